@@ -1,0 +1,48 @@
+"""The MCP server: an `MCPServer` whose lifespan owns the `Rift` app object and whose tools come from
+`tools.ALL_TOOLS`. Importing this module stays light (no torch) so `initialize` answers at once; the model
+loads in the background and the first tool call waits for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+from server import __version__
+from server.config import Settings
+from server.service import Rift
+from tools import ALL_TOOLS
+
+INSTRUCTIONS = (
+    "rift stores documents and finds them again with hybrid (vector + keyword) search. Save knowledge with "
+    "add_documents, look it up with hybrid_search before answering from memory, remove stale entries with "
+    "delete_documents, and check what is stored with stats. Searches are logged so rift can learn from use."
+)
+
+
+def create_server(settings: Settings | None = None) -> MCPServer:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[Rift]:
+        rift = Rift(settings).start(background=True)
+        try:
+            yield rift
+        finally:
+            await anyio.to_thread.run_sync(rift.close)
+
+    server = MCPServer(
+        name="rift",
+        title="rift hybrid retrieval",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        lifespan=lifespan,
+        log_level="WARNING",
+    )
+    for spec in ALL_TOOLS:
+        server.add_tool(
+            spec.fn, name=spec.name, title=spec.title, description=spec.description, annotations=spec.annotations
+        )
+    return server

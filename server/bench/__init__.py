@@ -1,0 +1,1 @@
+"""Benchmarks on BEIR-format data through the same engine the MCP tools use."""

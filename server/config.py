@@ -1,0 +1,131 @@
+"""All of rift's settings, in one place.
+
+Precedence (highest first): explicit keyword arguments, environment variables (``RIFT_*``), the TOML file
+named by ``RIFT_CONFIG`` (else ``$XDG_CONFIG_HOME/rift/config.toml`` when it exists), then the defaults below.
+``configs/rift.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def default_config_file() -> Path | None:
+    explicit = os.environ.get("RIFT_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    candidate = Path(platformdirs.user_config_dir("rift")) / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RIFT_", extra="forbid", validate_default=True)
+
+    # --- storage -------------------------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("rift")),
+        description="Where Chroma, the keyword index state, the query log and model versions live.",
+    )
+    vector_backend: Literal["embedded", "http"] = Field(
+        "embedded", description="'embedded' = Chroma PersistentClient in data_dir; 'http' = a Chroma server."
+    )
+    chroma_host: str = "127.0.0.1"
+    chroma_port: int = Field(8000, ge=1, le=65535)
+    chroma_ssl: bool = False
+    chroma_auth_token: str | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
+
+    # --- model ---------------------------------------------------------------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="sentence-transformers model: a hub name (needs the hub or its cache) or a local folder. "
+        "The default is the packaged all-MiniLM-L6-v2 and works offline.",
+    )
+    query_prompt: str | None = Field(
+        None, description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge)."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'mps', ...")
+    embed_batch_size: int = Field(32, ge=1, le=4096)
+
+    # --- chunking ------------------------------------------------------------------------------------------
+    chunk_tokens: int = Field(256, ge=16, le=8192, description="Capped at the model's max sequence length.")
+    chunk_overlap: int = Field(32, ge=0, le=4096)
+    max_document_chars: int = Field(1_000_000, ge=1)
+    max_documents_per_call: int = Field(1000, ge=1)
+
+    # --- retrieval -----------------------------------------------------------------------------------------
+    candidate_depth: int = Field(100, ge=1, le=10_000, description="Candidates taken from each retriever.")
+    rrf_k: float = Field(60.0, gt=0)
+    vector_weight: float = Field(1.0, ge=0)
+    keyword_weight: float = Field(1.0, ge=0)
+    max_k: int = Field(100, ge=1, le=10_000)
+    stemmer_language: str | None = Field("english", description="PyStemmer language; None disables stemming.")
+    stopwords: str | None = Field("en", description="bm25s stopword list; None keeps every token.")
+
+    # --- learning log --------------------------------------------------------------------------------------
+    log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
+    blind_spot_depth: int = Field(5, ge=1, le=100, description="Top-n of each side compared for blind spots.")
+
+    # --- HTTP transport ------------------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8765, ge=1, le=65535)
+    http_token: str | None = Field(None, description="Bearer token; required when binding beyond loopback.")
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = default_config_file()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    # Derived paths: one layout, named here only.
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "state.sqlite"
+
+    @property
+    def log_db(self) -> Path:
+        return self.data_dir / "querylog.sqlite"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / "rift.lock"

@@ -1,0 +1,48 @@
+"""Token-aware chunking: windows of the embedding model's own tokens, cut back to a sentence end when one is
+near, with overlap, returned as exact slices of the original text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SENTENCE_ENDS = frozenset(".!?;\n")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    start: int  # character offsets into the document
+    end: int
+
+
+def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list[Chunk]:
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive")
+    overlap = max(0, min(overlap, max_tokens // 2))
+    offsets = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+    )["offset_mapping"]
+    offsets = [(s, e) for s, e in offsets if e > s]
+    if len(offsets) <= max_tokens:
+        stripped = text.strip()
+        return [Chunk(stripped, text.find(stripped), text.find(stripped) + len(stripped))] if stripped else []
+
+    chunks: list[Chunk] = []
+    start = 0
+    n = len(offsets)
+    while start < n:
+        end = min(start + max_tokens, n)
+        if end < n:
+            # Prefer to end on a sentence boundary in the last 40% of the window.
+            floor = start + int(max_tokens * 0.6)
+            for cut in range(end, floor, -1):
+                if text[offsets[cut - 1][1] - 1] in SENTENCE_ENDS:
+                    end = cut
+                    break
+        char_start, char_end = offsets[start][0], offsets[end - 1][1]
+        chunks.append(Chunk(text[char_start:char_end], char_start, char_end))
+        if end >= n:
+            break
+        start = max(end - overlap, start + 1)
+    return chunks

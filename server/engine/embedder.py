@@ -1,0 +1,77 @@
+"""A sentence-transformers model behind a small, thread-safe interface: encode queries, encode documents,
+and expose the tokenizer so chunking can respect the model's sequence limit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from server.engine.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    def __init__(self, spec: ModelSpec, version: str, device: str = "auto", batch_size: int = 32) -> None:
+        # Imported here: torch + sentence-transformers take seconds, and the server must answer before that.
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        self.spec = spec
+        self.version = version
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self.model = SentenceTransformer(spec.location, device=None if device == "auto" else device)
+        self.model.eval()
+        prompts = getattr(self.model, "prompts", None) or {}
+        self.query_prompt: str = spec.query_prompt if spec.query_prompt is not None else prompts.get("query", "")
+        self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
+        self.dimension: int = int(self.model.get_embedding_dimension())
+        self.max_seq_length: int = int(self.model.max_seq_length or 512)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def max_chunk_tokens(self, wanted: int) -> int:
+        """Content tokens per chunk so that [CLS] + document prompt + chunk + [SEP] fits the model."""
+        prompt_tokens = len(self.tokenizer(self.document_prompt, add_special_tokens=False)["input_ids"])
+        return max(8, min(wanted, self.max_seq_length - 2 - prompt_tokens))
+
+    def _encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
+        with self._lock:
+            vectors = self.model.encode(
+                list(texts),
+                prompt=prompt or None,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self._encode([text], self.query_prompt, 1)[0]
+
+    def encode_documents(
+        self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """Encode in batches, reporting (done, total) after each so callers can stream progress."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # Sorting by length keeps padding (and so CPU time) low; the original order is restored below.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        step = max(self.batch_size, 1) * 4
+        for start in range(0, len(texts), step):
+            idx = order[start : start + step]
+            out[idx] = self._encode([texts[i] for i in idx], self.document_prompt, self.batch_size)
+            if progress is not None:
+                progress(min(start + step, len(texts)), len(texts))
+        return out

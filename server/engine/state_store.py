@@ -1,0 +1,295 @@
+"""rift's own SQLite state: the collection catalog, every chunk's text, stemmed tokens and metadata (the keyword
+side's durable form), and a small write-ahead journal that makes multi-chunk writes to Chroma recoverable.
+
+Chroma's stored chunks remain the source of truth: on start-up `Engine` reconciles this table against them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    chroma_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    collection TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    doc_hash TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    tokens TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (collection, chunk_id)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    doc_hash TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chroma_name TEXT NOT NULL,
+    phase TEXT NOT NULL,          -- 'write-new' | 'delete-old'
+    new_ids TEXT NOT NULL,
+    old_ids TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    name: str
+    chroma_name: str
+    model_version: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    chunk_id: str
+    doc_id: str
+    doc_hash: str
+    chunk_index: int
+    text: str
+    tokens: tuple[str, ...]
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    chroma_name: str
+    phase: str
+    new_ids: list[str]
+    old_ids: list[str]
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # --- collections ---------------------------------------------------------------------------------------
+
+    def collections(self) -> list[CollectionRecord]:
+        return [CollectionRecord(*r) for r in self._rows("SELECT * FROM collections ORDER BY name")]
+
+    def collection(self, name: str) -> CollectionRecord | None:
+        rows = self._rows("SELECT * FROM collections WHERE name = ?", (name,))
+        return CollectionRecord(*rows[0]) if rows else None
+
+    def put_collection(self, name: str, chroma_name: str, model_version: str) -> CollectionRecord:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO collections VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "chroma_name = excluded.chroma_name, model_version = excluded.model_version",
+                (name, chroma_name, model_version, time.time()),
+            )
+        record = self.collection(name)
+        assert record is not None
+        return record
+
+    def delete_collection(self, name: str) -> None:
+        with self._transaction():
+            self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+
+    # --- chunks --------------------------------------------------------------------------------------------
+
+    def doc_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for doc_id, doc_hash in self._rows(
+                f"SELECT doc_id, doc_hash FROM documents WHERE collection = ? AND doc_id IN ({marks})",
+                [collection, *part],
+            ):
+                out[doc_id] = doc_hash
+        return out
+
+    def chunk_ids_of_docs(self, collection: str, doc_ids: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            out.extend(
+                r[0]
+                for r in self._rows(
+                    f"SELECT chunk_id FROM chunks WHERE collection = ? AND doc_id IN ({marks})",
+                    [collection, *part],
+                )
+            )
+        return out
+
+    def chunk_ids(self, collection: str) -> set[str]:
+        return {r[0] for r in self._rows("SELECT chunk_id FROM chunks WHERE collection = ?", (collection,))}
+
+    def iter_chunks(self, collection: str) -> Iterator[ChunkRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, tokens, metadata FROM chunks "
+                "WHERE collection = ? ORDER BY rowid",
+                (collection,),
+            ).fetchall()
+        for r in rows:
+            yield ChunkRow(r[0], r[1], r[2], r[3], r[4], tuple(r[5].split()), json.loads(r[6]))
+
+    def chunks_by_id(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, ChunkRow]:
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        rows = self._rows(
+            "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, '', metadata FROM chunks "
+            f"WHERE collection = ? AND chunk_id IN ({marks})",
+            [collection, *chunk_ids],
+        )
+        return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows}
+
+    def document_chunks(self, collection: str, doc_id: str) -> list[ChunkRow]:
+        rows = self._rows(
+            "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, '', metadata FROM chunks "
+            "WHERE collection = ? AND doc_id = ? ORDER BY chunk_index",
+            (collection, doc_id),
+        )
+        return [ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows]
+
+    def counts(self, collection: str) -> tuple[int, int]:
+        ((docs,),) = self._rows("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,))
+        ((chunks,),) = self._rows("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,))
+        return int(docs), int(chunks)
+
+    def document(self, collection: str, doc_id: str) -> tuple[str, str, dict[str, Any], float] | None:
+        rows = self._rows(
+            "SELECT doc_hash, text, metadata, updated_at FROM documents WHERE collection = ? AND doc_id = ?",
+            (collection, doc_id),
+        )
+        return (rows[0][0], rows[0][1], json.loads(rows[0][2]), rows[0][3]) if rows else None
+
+    def list_documents(self, collection: str, limit: int, offset: int) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT doc_id, metadata FROM documents WHERE collection = ? ORDER BY doc_id LIMIT ? OFFSET ?",
+            (collection, limit, offset),
+        )
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def orphan_documents(self, collection: str) -> list[str]:
+        """Documents whose chunks are all gone (after a repair from Chroma)."""
+        return [
+            r[0]
+            for r in self._rows(
+                "SELECT doc_id FROM documents d WHERE collection = ? AND NOT EXISTS "
+                "(SELECT 1 FROM chunks c WHERE c.collection = d.collection AND c.doc_id = d.doc_id)",
+                (collection,),
+            )
+        ]
+
+    def apply(
+        self,
+        collection: str,
+        remove_ids: Sequence[str],
+        add_rows: Sequence[ChunkRow],
+        journal_id: int | None = None,
+        remove_docs: Sequence[str] = (),
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
+    ) -> None:
+        """Remove and add chunks and whole documents (doc_id, hash, text, metadata) in one transaction, and
+        move the journal entry to 'delete-old' in the same transaction."""
+        with self._transaction():
+            self._conn.executemany(
+                "DELETE FROM documents WHERE collection = ? AND doc_id = ?", [(collection, d) for d in remove_docs]
+            )
+            now = time.time()
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)",
+                [(collection, d, h, t, json.dumps(m, ensure_ascii=False), now) for d, h, t, m in put_docs],
+            )
+            self._conn.executemany(
+                "DELETE FROM chunks WHERE collection = ? AND chunk_id = ?",
+                [(collection, c) for c in remove_ids],
+            )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        collection,
+                        r.chunk_id,
+                        r.doc_id,
+                        r.doc_hash,
+                        r.chunk_index,
+                        r.text,
+                        " ".join(r.tokens),
+                        json.dumps(r.metadata, ensure_ascii=False),
+                    )
+                    for r in add_rows
+                ],
+            )
+            if journal_id is not None:
+                self._conn.execute("UPDATE journal SET phase = 'delete-old' WHERE id = ?", (journal_id,))
+
+    # --- journal -------------------------------------------------------------------------------------------
+
+    def journal_begin(self, chroma_name: str, new_ids: Sequence[str], old_ids: Sequence[str]) -> int:
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO journal (chroma_name, phase, new_ids, old_ids, created_at) VALUES (?, ?, ?, ?, ?)",
+                (chroma_name, "write-new", json.dumps(list(new_ids)), json.dumps(list(old_ids)), time.time()),
+            )
+            return int(cur.lastrowid)
+
+    def journal_phase(self, entry_id: int, phase: str) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE journal SET phase = ? WHERE id = ?", (phase, entry_id))
+
+    def journal_clear(self, entry_id: int) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM journal WHERE id = ?", (entry_id,))
+
+    def journal_pending(self) -> list[JournalEntry]:
+        return [
+            JournalEntry(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]))
+            for r in self._rows("SELECT id, chroma_name, phase, new_ids, old_ids FROM journal ORDER BY id")
+        ]

@@ -1,0 +1,141 @@
+"""Chroma as the vector store: embedded PersistentClient by default, a Chroma server through HttpClient.
+
+rift always passes its own embeddings, so collections are created without an embedding function (Chroma's
+default one would try to download a model).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from server.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_client(settings: Settings) -> Any:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.vector_backend == "http":
+        headers = {}
+        if settings.chroma_auth_token:
+            headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
+        return chromadb.HttpClient(
+            host=settings.chroma_host,
+            port=settings.chroma_port,
+            ssl=settings.chroma_ssl,
+            headers=headers,
+            settings=chroma_settings,
+        )
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+class VectorStore:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
+
+    def _coll(self, name: str, dimension: int | None = None) -> Any:
+        coll = self._collections.get(name)
+        if coll is not None:
+            return coll
+        with self._lock:
+            coll = self._collections.get(name)
+            if coll is None:
+                metadata: dict[str, Any] = {"hnsw:space": "cosine"}
+                if dimension is not None:
+                    metadata["rift:dimension"] = dimension
+                coll = self._client.get_or_create_collection(
+                    name=name, embedding_function=None, metadata=metadata
+                )
+                self._collections[name] = coll
+        return coll
+
+    def ensure(self, name: str, dimension: int) -> None:
+        self._coll(name, dimension)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self._collections.pop(name, None)
+            try:
+                self._client.delete_collection(name)
+            except Exception as exc:  # already gone is fine; anything else is logged, not fatal
+                log.debug("drop %s: %s", name, exc)
+
+    def exists(self, name: str) -> bool:
+        return name in {c.name if hasattr(c, "name") else c for c in self._client.list_collections()}
+
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        documents: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> None:
+        coll = self._coll(name, int(embeddings.shape[1]) if len(ids) else None)
+        for start in range(0, len(ids), self.max_batch):
+            end = start + self.max_batch
+            coll.upsert(
+                ids=list(ids[start:end]),
+                embeddings=embeddings[start:end],
+                documents=list(documents[start:end]),
+                metadatas=[dict(m) for m in metadatas[start:end]],
+            )
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        coll = self._coll(name)
+        for start in range(0, len(ids), self.max_batch):
+            coll.delete(ids=list(ids[start : start + self.max_batch]))
+
+    def query(
+        self, name: str, embedding: np.ndarray, n: int, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, float]]:
+        """(chunk_id, cosine similarity) best first, filtered inside Chroma."""
+        coll = self._coll(name)
+        result = coll.query(
+            query_embeddings=[embedding], n_results=n, where=dict(where) if where else None, include=["distances"]
+        )
+        ids = result["ids"][0] if result["ids"] else []
+        dists = result["distances"][0] if result.get("distances") else [0.0] * len(ids)
+        return [(i, 1.0 - float(d)) for i, d in zip(ids, dists, strict=True)]
+
+    def count(self, name: str) -> int:
+        return int(self._coll(name).count())
+
+    def all_ids(self, name: str) -> list[str]:
+        coll = self._coll(name)
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = coll.get(include=[], limit=self.max_batch, offset=offset)
+            out.extend(page["ids"])
+            if len(page["ids"]) < self.max_batch:
+                return out
+            offset += self.max_batch
+
+    def get(self, name: str, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, document, metadata) for the ids that exist."""
+        coll = self._coll(name)
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for start in range(0, len(ids), self.max_batch):
+            page = coll.get(ids=list(ids[start : start + self.max_batch]), include=["documents", "metadatas"])
+            out.extend(zip(page["ids"], page["documents"], page["metadatas"], strict=True))
+        return out
+
+    def get_embeddings(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        coll = self._coll(name)
+        page = coll.get(ids=list(ids), include=["embeddings"])
+        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(page["ids"], page["embeddings"], strict=True)}

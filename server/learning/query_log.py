@@ -1,0 +1,171 @@
+"""The durable disagreement log (SQLite, WAL): one record per hybrid search, with both ranked candidate lists
+and the model version that produced the vector list. It is the only training source for `retrain`, so it
+outlives restarts and model swaps, and it never stores evaluation labels."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    query_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    query TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    k INTEGER NOT NULL,
+    filters TEXT,
+    vector TEXT NOT NULL,          -- JSON [[doc_id, chunk_id, score], ...] best first, to candidate depth
+    keyword TEXT NOT NULL,         -- same shape, BM25 scores
+    fused TEXT NOT NULL,           -- JSON [doc_id, ...] as returned to the caller
+    top INTEGER NOT NULL,
+    overlap REAL NOT NULL,
+    vector_blind TEXT NOT NULL,    -- JSON [doc_id, ...]
+    keyword_blind TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'mcp'
+);
+CREATE INDEX IF NOT EXISTS queries_by_collection ON queries (collection, ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    query_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    relevant INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (query_id, doc_id)
+);
+CREATE TABLE IF NOT EXISTS fetches (
+    query_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class LoggedQuery:
+    query_id: str
+    ts: float
+    query: str
+    collection: str
+    model_version: str
+    k: int
+    vector: list[tuple[str, str, float]]
+    keyword: list[tuple[str, str, float]]
+    fused: list[str]
+    overlap: float
+    vector_blind: list[str]
+    keyword_blind: list[str]
+
+
+def new_query_id() -> str:
+    return uuid.uuid4().hex
+
+
+class QueryLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode is crash-safe (no corruption); a power cut may lose the last few records.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def record(
+        self,
+        query_id: str,
+        query: str,
+        collection: str,
+        model_version: str,
+        mode: str,
+        k: int,
+        filters: Any,
+        vector: Sequence[tuple[str, str, float]],
+        keyword: Sequence[tuple[str, str, float]],
+        fused: Sequence[str],
+        top: int,
+        overlap: float,
+        vector_blind: Sequence[str],
+        keyword_blind: Sequence[str],
+        source: str = "mcp",
+    ) -> None:
+        row = (
+            query_id,
+            time.time(),
+            query,
+            collection,
+            model_version,
+            mode,
+            k,
+            json.dumps(filters) if filters else None,
+            json.dumps([[d, c, round(s, 6)] for d, c, s in vector]),
+            json.dumps([[d, c, round(s, 6)] for d, c, s in keyword]),
+            json.dumps(list(fused)),
+            top,
+            overlap,
+            json.dumps(list(vector_blind)),
+            json.dumps(list(keyword_blind)),
+            source,
+        )
+        with self._lock:
+            self._conn.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+
+    def get(self, query_id: str) -> LoggedQuery | None:
+        for item in self._select("WHERE query_id = ?", (query_id,)):
+            return item
+        return None
+
+    def iter_queries(self, collection: str | None = None, since: float = 0.0) -> Iterator[LoggedQuery]:
+        if collection is None:
+            yield from self._select("WHERE ts >= ? ORDER BY ts", (since,))
+        else:
+            yield from self._select("WHERE collection = ? AND ts >= ? ORDER BY ts", (collection, since))
+
+    def _select(self, where: str, args: Sequence[Any]) -> Iterator[LoggedQuery]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT query_id, ts, query, collection, model_version, k, vector, keyword, fused, overlap, "
+                f"vector_blind, keyword_blind FROM queries {where}",
+                args,
+            ).fetchall()
+        for r in rows:
+            yield LoggedQuery(
+                r[0], r[1], r[2], r[3], r[4], r[5],
+                [tuple(x) for x in json.loads(r[6])],
+                [tuple(x) for x in json.loads(r[7])],
+                json.loads(r[8]), r[9], json.loads(r[10]), json.loads(r[11]),
+            )
+
+    def stats(self, collection: str | None = None) -> dict[str, Any]:
+        where, args = ("WHERE collection = ?", (collection,)) if collection else ("", ())
+        with self._lock:
+            n, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
+                "SELECT COUNT(*), AVG(overlap), "
+                "AVG(CASE WHEN vector_blind != '[]' THEN 1.0 ELSE 0.0 END), "
+                "AVG(CASE WHEN keyword_blind != '[]' THEN 1.0 ELSE 0.0 END), "
+                "AVG(json_array_length(vector_blind)), AVG(json_array_length(keyword_blind)) "
+                f"FROM queries {where}",
+                args,
+            ).fetchone()
+            (feedback,) = self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()
+        return {
+            "logged_queries": int(n or 0),
+            "mean_top_overlap": round(overlap or 0.0, 4),
+            "queries_with_vector_blind_spots": round(vb or 0.0, 4),
+            "queries_with_keyword_blind_spots": round(kb or 0.0, 4),
+            "mean_vector_blind_spots": round(vb_n or 0.0, 3),
+            "mean_keyword_blind_spots": round(kb_n or 0.0, 3),
+            "feedback_labels": int(feedback or 0),
+        }

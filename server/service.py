@@ -1,0 +1,222 @@
+"""The application object behind the MCP tools and the CLI: owns the data-dir lock, the engine and the
+disagreement log, and loads the heavy parts (torch, the model, Chroma) off the critical path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from server.config import Settings
+from server.errors import DataDirLockedError, RiftError
+from server.learning.disagreement import Disagreement, summarize
+from server.learning.query_log import QueryLog, new_query_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResponse:
+    query_id: str | None
+    outcome: Any  # engine.SearchOutcome
+    disagreement: Disagreement | None
+    logged: bool
+
+
+class DataDirLock:
+    def __init__(self, settings: Settings) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._path = settings.lock_file
+        self._pid_file = settings.data_dir / "rift.pid"
+        self._lock = FileLock(str(self._path), timeout=0)
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire()
+        except Timeout:
+            try:
+                holder = self._pid_file.read_text().strip()
+            except OSError:
+                holder = "unknown"
+            raise DataDirLockedError(
+                f"data dir {self._path.parent} is in use by another rift process (pid {holder}); stop it or "
+                "point this one elsewhere with RIFT_DATA_DIR"
+            ) from None
+        self._pid_file.write_text(str(os.getpid()))
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+class Rift:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._lock = DataDirLock(self.settings)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._engine: Any = None
+        self.log: QueryLog | None = None
+        self.started_at = time.time()
+        self.load_seconds: float | None = None
+        self.repair_report: dict[str, Any] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self, background: bool = True) -> Rift:
+        self._lock.acquire()
+        if background:
+            threading.Thread(target=self._open, name="rift-open", daemon=True).start()
+        else:
+            self._open()
+            self.engine()  # re-raise a failure to the caller
+        return self
+
+    def _open(self) -> None:
+        started = time.perf_counter()
+        try:
+            from server.engine.embedder import Embedder
+            from server.engine.engine import Engine
+            from server.engine.models import resolve_model
+            from server.engine.state_store import StateStore
+            from server.engine.vector_store import VectorStore, make_client
+
+            s = self.settings
+            self.log = QueryLog(s.log_db)
+            spec = resolve_model(s.model, s.query_prompt)
+            embedder = Embedder(spec, version=s.model, device=s.device, batch_size=s.embed_batch_size)
+            engine = Engine(s, embedder, VectorStore(make_client(s)), StateStore(s.state_db))
+            self.repair_report = engine.open()
+            self._engine = engine
+            self.load_seconds = time.perf_counter() - started
+            log.info("rift ready in %.1fs (model %s)", self.load_seconds, s.model)
+        except BaseException as exc:  # surfaced to every tool call, with the cause
+            log.exception("rift failed to start")
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._error is None
+
+    def engine(self, timeout: float | None = None) -> Any:
+        if not self._ready.wait(timeout):
+            raise RiftError("rift is still loading its model; try again in a few seconds")
+        if self._error is not None:
+            raise RiftError(f"rift failed to start: {self._error}")
+        return self._engine
+
+    def close(self) -> None:
+        self._ready.wait(60)
+        if self._engine is not None:
+            self._engine.state.close()
+        if self.log is not None:
+            self.log.close()
+        self._lock.release()
+
+    # --- operations shared by the MCP tools and the CLI ----------------------------------------------------
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        k: int = 10,
+        mode: str = "hybrid",
+        filters: Mapping[str, Any] | None = None,
+        group_by_document: bool = True,
+        source: str = "mcp",
+        **knobs: Any,
+    ) -> SearchResponse:
+        engine = self.engine()
+        outcome = engine.search(collection, query, k, mode, filters, group_by_document, **knobs)
+        if mode != "hybrid":
+            return SearchResponse(None, outcome, None, False)
+        disagreement = summarize(
+            [c.doc_id for c in outcome.vector],
+            [c.doc_id for c in outcome.keyword],
+            k,
+            self.settings.blind_spot_depth,
+        )
+        query_id = new_query_id()
+        logged = False
+        if self.settings.log_queries and self.log is not None:
+            started = time.perf_counter()
+            self.log.record(
+                query_id,
+                query,
+                collection,
+                outcome.model_version,
+                mode,
+                k,
+                dict(filters) if filters else None,
+                [(c.doc_id, c.chunk_id, c.score) for c in outcome.vector],
+                [(c.doc_id, c.chunk_id, c.score) for c in outcome.keyword],
+                [h.doc_id for h in outcome.hits],
+                disagreement.top,
+                disagreement.overlap,
+                disagreement.vector_blind_spots,
+                disagreement.keyword_blind_spots,
+                source,
+            )
+            outcome.timings_ms["log_ms"] = (time.perf_counter() - started) * 1000
+            logged = True
+        return SearchResponse(query_id, outcome, disagreement, logged)
+
+    def add_documents(
+        self, collection: str, documents: Sequence[Any], progress: Callable[[int, int], None] | None = None
+    ) -> list[Any]:
+        return self.engine().add_documents(collection, documents, progress)
+
+    def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        return self.engine().delete_documents(collection, ids)
+
+    def stats(self, collection: str | None = None) -> dict[str, Any]:
+        engine = self.engine()
+        names = [collection] if collection else engine.collection_names()
+        collections = []
+        for name in names:
+            info = engine.info(name)
+            collections.append(
+                {
+                    "name": info.name,
+                    "documents": info.documents,
+                    "chunks": info.chunks,
+                    "model_version": info.model_version,
+                    "keyword_rebuild_ms": round(info.keyword_rebuild_ms, 2),
+                    "queries": self.log.stats(name) if self.log else {},
+                }
+            )
+        return {
+            "model": self.settings.model,
+            "model_version": engine.embedder.version,
+            "dimension": engine.embedder.dimension,
+            "data_dir": str(self.settings.data_dir),
+            "vector_backend": self.settings.vector_backend,
+            "index_bytes": _index_bytes(self.settings),
+            "collections": collections,
+            "queries": self.log.stats(collection) if self.log else {},
+            "logging_enabled": self.settings.log_queries,
+            "load_seconds": round(self.load_seconds or 0.0, 2),
+        }
+
+
+def _index_bytes(settings: Settings) -> dict[str, int]:
+    def size(path: Any) -> int:
+        if not path.exists():
+            return 0
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+    return {
+        "chroma": size(settings.chroma_dir) if settings.vector_backend == "embedded" else 0,
+        "state_sqlite": sum(size(settings.state_db.with_name(settings.state_db.name + s)) for s in ("", "-wal")),
+        "query_log_sqlite": sum(size(settings.log_db.with_name(settings.log_db.name + s)) for s in ("", "-wal")),
+    }

@@ -1,0 +1,71 @@
+"""add_documents: store or update documents in a collection (chunked, embedded, keyword-indexed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from server.engine.engine import DocumentInput
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, progress_reporter, rift_of
+
+MetadataValue = StrictStr | StrictBool | StrictInt | StrictFloat
+
+
+class DocumentIn(BaseModel):
+    id: StrictStr | None = Field(
+        None, min_length=1, max_length=512, description="Stable id; defaults to a hash of the text."
+    )
+    text: StrictStr = Field(description="The document's full text; it is chunked to fit the model.")
+    metadata: dict[str, MetadataValue] | None = Field(
+        None, description="Flat str/int/float/bool values, usable in hybrid_search filters."
+    )
+
+
+class DocumentStatusOut(BaseModel):
+    id: str
+    status: Literal["added", "updated", "unchanged"]
+    chunks: int = Field(description="Chunks written for this document (0 when unchanged).")
+
+
+class AddDocumentsResult(BaseModel):
+    collection: str
+    added: int
+    updated: int
+    unchanged: int
+    documents: list[DocumentStatusOut]
+
+
+async def add_documents(
+    documents: Annotated[list[DocumentIn], Field(min_length=1, description="Documents to add or replace.")],
+    ctx: Context,
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+) -> AddDocumentsResult:
+    rift = rift_of(ctx)
+    inputs = [DocumentInput(text=d.text, id=d.id, metadata=d.metadata) for d in documents]
+    statuses = await call(rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks"))
+    out = [DocumentStatusOut(id=s.id, status=s.status, chunks=s.chunks) for s in statuses]
+    return AddDocumentsResult(
+        collection=collection,
+        added=sum(s.status == "added" for s in out),
+        updated=sum(s.status == "updated" for s in out),
+        unchanged=sum(s.status == "unchanged" for s in out),
+        documents=out,
+    )
+
+
+TOOL = ToolSpec(
+    fn=add_documents,
+    name="add_documents",
+    title="Add documents",
+    description=(
+        "Store documents so they can be found later with hybrid_search. Use it to save notes, files' text, "
+        "web pages or any knowledge worth retrieving. Re-adding an id replaces that document; unchanged "
+        "content is skipped. The collection is created if it does not exist. Returns each document's status."
+    ),
+    annotations=ToolAnnotations(
+        title="Add documents", read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    ),
+)

@@ -1,0 +1,104 @@
+"""hybrid_search: vector + keyword retrieval fused with reciprocal rank fusion."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+
+
+class SearchHit(BaseModel):
+    doc_id: str
+    chunk_id: str
+    text: str = Field(description="The best-matching chunk of the document.")
+    metadata: dict[str, Any]
+    score: float = Field(description="Fused RRF score (higher is better).")
+    vector_rank: int | None = Field(description="Rank in the vector list; null if that side did not return it.")
+    keyword_rank: int | None = Field(description="Rank in the keyword list; null if that side did not return it.")
+
+
+class DisagreementOut(BaseModel):
+    top: int
+    overlap: float = Field(description="Share of the two sides' top results that agree (0-1).")
+    vector_blind_spots: list[str] = Field(description="Vector top hits the keyword side did not return in top-k.")
+    keyword_blind_spots: list[str] = Field(description="Keyword top hits the vector side did not return in top-k.")
+
+
+class SearchResult(BaseModel):
+    query_id: str | None = Field(description="Id of the logged search (hybrid mode); cite it in feedback.")
+    collection: str
+    mode: str
+    model_version: str
+    hits: list[SearchHit]
+    disagreement: DisagreementOut | None
+    timings_ms: dict[str, float]
+
+
+async def hybrid_search(
+    query: Annotated[str, Field(min_length=1, max_length=8192, description="What to look for, in words.")],
+    ctx: Context,
+    k: Annotated[int, Field(ge=1, le=100, description="How many results to return.")] = 10,
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    filters: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description='Metadata filter applied inside both retrievers, e.g. {"lang": "en"}, '
+            '{"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, {"$or": [...]}.'
+        ),
+    ] = None,
+    mode: Annotated[
+        Literal["hybrid", "vector", "keyword"], Field(description="hybrid (default), vector only, or keyword only.")
+    ] = "hybrid",
+    group_by_document: Annotated[bool, Field(description="One hit per document (best chunk).")] = True,
+) -> SearchResult:
+    rift = rift_of(ctx)
+    response = await call(rift.search, collection, query, k, mode, filters, group_by_document)
+    outcome = response.outcome
+    d = response.disagreement
+    return SearchResult(
+        query_id=response.query_id,
+        collection=collection,
+        mode=mode,
+        model_version=outcome.model_version,
+        hits=[
+            SearchHit(
+                doc_id=h.doc_id,
+                chunk_id=h.chunk_id,
+                text=h.text,
+                metadata=h.metadata,
+                score=round(h.score, 6),
+                vector_rank=h.vector_rank,
+                keyword_rank=h.keyword_rank,
+            )
+            for h in outcome.hits
+        ],
+        disagreement=None
+        if d is None
+        else DisagreementOut(
+            top=d.top,
+            overlap=d.overlap,
+            vector_blind_spots=d.vector_blind_spots,
+            keyword_blind_spots=d.keyword_blind_spots,
+        ),
+        timings_ms={key: round(v, 3) for key, v in outcome.timings_ms.items()},
+    )
+
+
+TOOL = ToolSpec(
+    fn=hybrid_search,
+    name="hybrid_search",
+    title="Hybrid search",
+    description=(
+        "Find the stored documents most relevant to a question or keywords. Combines meaning-based (vector) "
+        "and exact-word (BM25) retrieval with reciprocal rank fusion, so it finds paraphrases as well as rare "
+        "names, codes and identifiers. Use it before answering from stored knowledge. Each hit shows its rank "
+        "on each side; the result's query_id identifies this search in the learning log."
+    ),
+    annotations=ToolAnnotations(
+        title="Hybrid search", read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    ),
+)

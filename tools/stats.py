@@ -1,0 +1,54 @@
+"""stats: what is stored, which model serves, and how often the two retrievers disagree."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from tools._common import ToolSpec, call, rift_of
+
+
+class CollectionStats(BaseModel):
+    name: str
+    documents: int
+    chunks: int
+    model_version: str
+    keyword_rebuild_ms: float
+    queries: dict[str, Any]
+
+
+class StatsResult(BaseModel):
+    model: str
+    model_version: str
+    dimension: int
+    data_dir: str
+    vector_backend: str
+    index_bytes: dict[str, int]
+    collections: list[CollectionStats]
+    queries: dict[str, Any] = Field(description="Logged searches and disagreement rates.")
+    logging_enabled: bool
+    load_seconds: float
+
+
+async def stats(
+    ctx: Context,
+    collection: Annotated[str | None, Field(description="One collection, or all when omitted.")] = None,
+) -> StatsResult:
+    return StatsResult(**await call(rift_of(ctx).stats, collection))
+
+
+TOOL = ToolSpec(
+    fn=stats,
+    name="stats",
+    title="Index statistics",
+    description=(
+        "Report collections with their document and chunk counts, the embedding model in use, index sizes "
+        "on disk, and the disagreement log: logged searches and how often vector and keyword results disagree."
+    ),
+    annotations=ToolAnnotations(
+        title="Index statistics", read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    ),
+)
