@@ -43,6 +43,10 @@ def create_server(settings: Settings | None = None) -> MCPServer:
     )
     for spec in ALL_TOOLS:
         server.add_tool(
-            spec.fn, name=spec.name, title=spec.title, description=spec.description, annotations=spec.annotations
+            spec.fn,
+            name=spec.name,
+            title=spec.title,
+            description=spec.description,
+            annotations=spec.annotations,
         )
     return server

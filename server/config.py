@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         "The default is the packaged all-MiniLM-L6-v2 and works offline.",
     )
     query_prompt: str | None = Field(
-        None, description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge)."
+        None,
+        description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge).",
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'mps', ...")
     embed_batch_size: int = Field(32, ge=1, le=4096)

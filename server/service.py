@@ -217,6 +217,10 @@ def _index_bytes(settings: Settings) -> dict[str, int]:
 
     return {
         "chroma": size(settings.chroma_dir) if settings.vector_backend == "embedded" else 0,
-        "state_sqlite": sum(size(settings.state_db.with_name(settings.state_db.name + s)) for s in ("", "-wal")),
-        "query_log_sqlite": sum(size(settings.log_db.with_name(settings.log_db.name + s)) for s in ("", "-wal")),
+        "state_sqlite": sum(
+            size(settings.state_db.with_name(settings.state_db.name + s)) for s in ("", "-wal")
+        ),
+        "query_log_sqlite": sum(
+            size(settings.log_db.with_name(settings.log_db.name + s)) for s in ("", "-wal")
+        ),
     }

@@ -66,6 +66,10 @@ TOOL = ToolSpec(
         "content is skipped. The collection is created if it does not exist. Returns each document's status."
     ),
     annotations=ToolAnnotations(
-        title="Add documents", read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        title="Add documents",
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
     ),
 )

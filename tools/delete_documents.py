@@ -35,6 +35,10 @@ TOOL = ToolSpec(
         "Use it when stored knowledge is wrong or obsolete. Ids that do not exist are reported, not errors."
     ),
     annotations=ToolAnnotations(
-        title="Delete documents", read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        title="Delete documents",
+        read_only_hint=False,
+        destructive_hint=True,
+        idempotent_hint=True,
+        open_world_hint=False,
     ),
 )

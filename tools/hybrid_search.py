@@ -17,15 +17,23 @@ class SearchHit(BaseModel):
     text: str = Field(description="The best-matching chunk of the document.")
     metadata: dict[str, Any]
     score: float = Field(description="Fused RRF score (higher is better).")
-    vector_rank: int | None = Field(description="Rank in the vector list; null if that side did not return it.")
-    keyword_rank: int | None = Field(description="Rank in the keyword list; null if that side did not return it.")
+    vector_rank: int | None = Field(
+        description="Rank in the vector list; null if that side did not return it."
+    )
+    keyword_rank: int | None = Field(
+        description="Rank in the keyword list; null if that side did not return it."
+    )
 
 
 class DisagreementOut(BaseModel):
     top: int
     overlap: float = Field(description="Share of the two sides' top results that agree (0-1).")
-    vector_blind_spots: list[str] = Field(description="Vector top hits the keyword side did not return in top-k.")
-    keyword_blind_spots: list[str] = Field(description="Keyword top hits the vector side did not return in top-k.")
+    vector_blind_spots: list[str] = Field(
+        description="Vector top hits the keyword side did not return in top-k."
+    )
+    keyword_blind_spots: list[str] = Field(
+        description="Keyword top hits the vector side did not return in top-k."
+    )
 
 
 class SearchResult(BaseModel):
@@ -51,7 +59,8 @@ async def hybrid_search(
         ),
     ] = None,
     mode: Annotated[
-        Literal["hybrid", "vector", "keyword"], Field(description="hybrid (default), vector only, or keyword only.")
+        Literal["hybrid", "vector", "keyword"],
+        Field(description="hybrid (default), vector only, or keyword only."),
     ] = "hybrid",
     group_by_document: Annotated[bool, Field(description="One hit per document (best chunk).")] = True,
 ) -> SearchResult:
@@ -99,6 +108,10 @@ TOOL = ToolSpec(
         "on each side; the result's query_id identifies this search in the learning log."
     ),
     annotations=ToolAnnotations(
-        title="Hybrid search", read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        title="Hybrid search",
+        read_only_hint=True,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
     ),
 )

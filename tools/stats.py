@@ -49,6 +49,10 @@ TOOL = ToolSpec(
         "on disk, and the disagreement log: logged searches and how often vector and keyword results disagree."
     ),
     annotations=ToolAnnotations(
-        title="Index statistics", read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        title="Index statistics",
+        read_only_hint=True,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
     ),
 )

@@ -30,7 +30,9 @@ class Embedder:
         self.model = SentenceTransformer(spec.location, device=None if device == "auto" else device)
         self.model.eval()
         prompts = getattr(self.model, "prompts", None) or {}
-        self.query_prompt: str = spec.query_prompt if spec.query_prompt is not None else prompts.get("query", "")
+        self.query_prompt: str = (
+            spec.query_prompt if spec.query_prompt is not None else prompts.get("query", "")
+        )
         self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
         self.dimension: int = int(self.model.get_embedding_dimension())
         self.max_seq_length: int = int(self.model.max_seq_length or 512)

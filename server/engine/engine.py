@@ -155,9 +155,7 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
         elif isinstance(item, bool | int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
             raise RiftError(f"{where}.{key} is out of the 64-bit integer range")
         elif not isinstance(item, str | int | float | bool):
-            raise RiftError(
-                f"{where}.{key} must be a string, number or boolean, got {type(item).__name__}"
-            )
+            raise RiftError(f"{where}.{key} must be a string, number or boolean, got {type(item).__name__}")
         out[key] = item
     return out
 
@@ -200,11 +198,18 @@ class Engine:
     def open(self) -> dict[str, Any]:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
         made by another model. Returns what was repaired."""
-        report: dict[str, Any] = {"journal": 0, "added_from_chroma": 0, "removed_missing": 0, "reembedded": []}
+        report: dict[str, Any] = {
+            "journal": 0,
+            "added_from_chroma": 0,
+            "removed_missing": 0,
+            "reembedded": [],
+        }
         with self._write_lock:
             for entry in self.state.journal_pending():
                 ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
-                log.warning("recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids))
+                log.warning(
+                    "recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids)
+                )
                 self.vectors.delete(entry.chroma_name, ids)
                 self.state.journal_clear(entry.id)
                 report["journal"] += 1
@@ -234,14 +239,18 @@ class Engine:
                 meta = dict(meta or {})
                 doc_id = str(meta.get("_rift_doc", cid))
                 doc_hash = str(meta.get("_rift_hash", ""))
-                rows.append(ChunkRow(cid, doc_id, doc_hash, int(meta.get("_rift_idx", 0)), text, tuple(toks), meta))
+                rows.append(
+                    ChunkRow(cid, doc_id, doc_hash, int(meta.get("_rift_idx", 0)), text, tuple(toks), meta)
+                )
             present = self.state.doc_hashes(collection, sorted({r.doc_id for r in rows}))
             for r in sorted(rows, key=lambda r: (r.doc_id, r.chunk_index)):
                 if r.doc_id not in present and r.doc_id not in docs:
                     user_meta = {k: v for k, v in r.metadata.items() if not k.startswith(RESERVED_PREFIX)}
                     docs[r.doc_id] = (r.doc_id, r.doc_hash, r.text, user_meta)
         if missing or extra:
-            log.warning("repairing %s: %d chunks from Chroma, %d stale rows", collection, len(missing), len(extra))
+            log.warning(
+                "repairing %s: %d chunks from Chroma, %d stale rows", collection, len(missing), len(extra)
+            )
             self.state.apply(collection, extra, rows, put_docs=list(docs.values()))
             orphans = self.state.orphan_documents(collection)
             if orphans:
@@ -291,7 +300,12 @@ class Engine:
         record = self._record(collection)
         docs, chunks = self.state.counts(collection)
         return CollectionInfo(
-            collection, docs, chunks, record.model_version, record.chroma_name, self._rebuild_ms.get(collection, 0.0)
+            collection,
+            docs,
+            chunks,
+            record.model_version,
+            record.chroma_name,
+            self._rebuild_ms.get(collection, 0.0),
         )
 
     # --- writes --------------------------------------------------------------------------------------------
@@ -313,11 +327,15 @@ class Engine:
                 doc_id = default_doc_id(text)
             else:
                 if not isinstance(doc.id, str) or not doc.id.strip() or len(doc.id) > MAX_ID_CHARS:
-                    raise RiftError(f"documents[{i}].id must be a non-empty string of at most {MAX_ID_CHARS} chars")
+                    raise RiftError(
+                        f"documents[{i}].id must be a non-empty string of at most {MAX_ID_CHARS} chars"
+                    )
                 check_text(doc.id, f"documents[{i}].id", MAX_ID_CHARS)
                 doc_id = doc.id
             if doc_id in seen:
-                raise RiftError(f"documents[{i}].id {doc_id!r} duplicates documents[{seen[doc_id]}] in this call")
+                raise RiftError(
+                    f"documents[{i}].id {doc_id!r} duplicates documents[{seen[doc_id]}] in this call"
+                )
             seen[doc_id] = i
             out.append((doc_id, text, meta))
         return out
@@ -402,7 +420,11 @@ class Engine:
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         if rows:
             self.vectors.upsert(
-                chroma_name, [r.chunk_id for r in rows], embeddings, [r.text for r in rows], [r.metadata for r in rows]
+                chroma_name,
+                [r.chunk_id for r in rows],
+                embeddings,
+                [r.text for r in rows],
+                [r.metadata for r in rows],
             )
         self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
         rebuild = self._keyword[collection].apply(
@@ -430,7 +452,9 @@ class Engine:
                 self._commit(collection, record.chroma_name, [], None, stale, remove_docs=deleted)
         return deleted, missing
 
-    def reembed(self, collection: str, embedder: Embedder, progress: Callable[[int, int], None] | None = None) -> str:
+    def reembed(
+        self, collection: str, embedder: Embedder, progress: Callable[[int, int], None] | None = None
+    ) -> str:
         """Embed every chunk with `embedder` into a fresh Chroma collection, then switch to it atomically.
         Searches keep using the old collection until the switch."""
         record = self._record(collection)
@@ -441,8 +465,9 @@ class Engine:
         self.vectors.drop(target)  # a leftover from an interrupted re-embed
         self.vectors.ensure(target, embedder.dimension)
         embeddings = embedder.encode_documents([r.text for r in rows], progress)
-        self.vectors.upsert(target, [r.chunk_id for r in rows], embeddings, [r.text for r in rows],
-                            [r.metadata for r in rows])
+        self.vectors.upsert(
+            target, [r.chunk_id for r in rows], embeddings, [r.text for r in rows], [r.metadata for r in rows]
+        )
         with self._write_lock:
             # Writes that landed while we were embedding: copy their delta before switching.
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}
@@ -450,8 +475,13 @@ class Engine:
             late = [current[c] for c in current.keys() - done]
             if late:
                 vecs = embedder.encode_documents([r.text for r in late])
-                self.vectors.upsert(target, [r.chunk_id for r in late], vecs, [r.text for r in late],
-                                    [r.metadata for r in late])
+                self.vectors.upsert(
+                    target,
+                    [r.chunk_id for r in late],
+                    vecs,
+                    [r.text for r in late],
+                    [r.metadata for r in late],
+                )
             self.vectors.delete(target, sorted(done - current.keys()))
             old = record.chroma_name
             self.state.put_collection(collection, target, embedder.version)
@@ -499,7 +529,9 @@ class Engine:
             t0 = time.perf_counter()
             embedding = self.embedder.encode_query(query)
             t1 = time.perf_counter()
-            found = self.vectors.query(record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node))
+            found = self.vectors.query(
+                record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+            )
             t2 = time.perf_counter()
             timings["embed_ms"] = (t1 - t0) * 1000
             timings["vector_ms"] = (t2 - t1) * 1000
@@ -536,7 +568,9 @@ class Engine:
             if row is None:
                 continue  # deleted between ranking and hydration
             meta = {m: v for m, v in row.metadata.items() if not m.startswith(RESERVED_PREFIX)}
-            hits.append(Hit(cand.doc_id, cand.chunk_id, row.text, meta, score, v_rank.get(key_), k_rank.get(key_)))
+            hits.append(
+                Hit(cand.doc_id, cand.chunk_id, row.text, meta, score, v_rank.get(key_), k_rank.get(key_))
+            )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
         return SearchOutcome(collection, query, mode, k, hits, vector, keyword, version, timings)
 

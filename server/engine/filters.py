@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from server.errors import RiftError
 
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 COMPARE_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"}
 RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 MAX_DEPTH = 8
@@ -39,7 +39,7 @@ class Bool:
     children: tuple[Node, ...]
 
 
-Node = Union[Cond, Bool]
+Node = Cond | Bool
 
 
 def _scalar(value: Any, where: str) -> Scalar:
@@ -88,7 +88,9 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
 
 def _condition(field: str, op: Any, operand: Any, where: str) -> Cond:
     if op not in COMPARE_OPS:
-        raise RiftError(f"filters: unknown operator {op!r} on field {field!r}; use one of {sorted(COMPARE_OPS)}")
+        raise RiftError(
+            f"filters: unknown operator {op!r} on field {field!r}; use one of {sorted(COMPARE_OPS)}"
+        )
     if op in ("$in", "$nin"):
         if not isinstance(operand, list) or not operand:
             raise RiftError(f"{where} must be a non-empty list")

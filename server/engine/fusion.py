@@ -8,9 +8,9 @@ from typing import TypeVar
 K = TypeVar("K", bound=Hashable)
 
 
-def rrf(ranked_lists: Sequence[Sequence[K]], k: float = 60.0, weights: Sequence[float] | None = None) -> list[
-    tuple[K, float]
-]:
+def rrf(
+    ranked_lists: Sequence[Sequence[K]], k: float = 60.0, weights: Sequence[float] | None = None
+) -> list[tuple[K, float]]:
     """Fuse ranked lists of keys; ties keep first-seen order so results are deterministic."""
     if weights is None:
         weights = [1.0] * len(ranked_lists)

@@ -10,8 +10,8 @@ import json
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,7 +240,8 @@ class StateStore:
         move the journal entry to 'delete-old' in the same transaction."""
         with self._transaction():
             self._conn.executemany(
-                "DELETE FROM documents WHERE collection = ? AND doc_id = ?", [(collection, d) for d in remove_docs]
+                "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
+                [(collection, d) for d in remove_docs],
             )
             now = time.time()
             self._conn.executemany(

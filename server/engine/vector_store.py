@@ -106,7 +106,10 @@ class VectorStore:
         """(chunk_id, cosine similarity) best first, filtered inside Chroma."""
         coll = self._coll(name)
         result = coll.query(
-            query_embeddings=[embedding], n_results=n, where=dict(where) if where else None, include=["distances"]
+            query_embeddings=[embedding],
+            n_results=n,
+            where=dict(where) if where else None,
+            include=["distances"],
         )
         ids = result["ids"][0] if result["ids"] else []
         dists = result["distances"][0] if result.get("distances") else [0.0] * len(ids)
@@ -138,4 +141,6 @@ class VectorStore:
     def get_embeddings(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         coll = self._coll(name)
         page = coll.get(ids=list(ids), include=["embeddings"])
-        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(page["ids"], page["embeddings"], strict=True)}
+        return {
+            i: np.asarray(e, dtype=np.float32) for i, e in zip(page["ids"], page["embeddings"], strict=True)
+        }

@@ -142,10 +142,18 @@ class QueryLog:
             ).fetchall()
         for r in rows:
             yield LoggedQuery(
-                r[0], r[1], r[2], r[3], r[4], r[5],
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
                 [tuple(x) for x in json.loads(r[6])],
                 [tuple(x) for x in json.loads(r[7])],
-                json.loads(r[8]), r[9], json.loads(r[10]), json.loads(r[11]),
+                json.loads(r[8]),
+                r[9],
+                json.loads(r[10]),
+                json.loads(r[11]),
             )
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:

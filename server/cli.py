@@ -1,0 +1,144 @@
+"""The `rift` command line. `rift serve` speaks MCP on stdio (default) or streamable HTTP; the other
+commands work on the same data dir directly (stop the server first: the data dir is locked while it runs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from server.config import Settings
+from server.errors import DataDirLockedError, RiftError
+
+
+def _setup_logging(verbose: bool) -> None:
+    # stderr only: on stdio, stdout is the MCP channel.
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    if model:
+        overrides["model"] = model
+    try:
+        return Settings(**overrides)
+    except Exception as exc:
+        raise click.UsageError(f"invalid settings: {exc}") from None
+
+
+def open_rift(settings: Settings):
+    from server.service import Rift
+
+    try:
+        return Rift(settings).start(background=False)
+    except DataDirLockedError as exc:
+        raise click.ClickException(str(exc)) from None
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def emit(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group()
+@click.version_option(package_name="rift-mcp", prog_name="rift")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def main(verbose: bool) -> None:
+    """rift: hybrid retrieval for agents that learns from their own searches."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option(
+    "--transport", type=click.Choice(["stdio", "streamable-http"]), default="stdio", show_default=True
+)
+@click.option("--host", default=None, help="HTTP bind address (default 127.0.0.1, RIFT_HTTP_HOST).")
+@click.option("--port", type=int, default=None, help="HTTP port (default 8765, RIFT_HTTP_PORT).")
+@click.option("--data-dir", default=None, help="Data directory (default: the XDG data dir, RIFT_DATA_DIR).")
+@click.option("--model", default=None, help="Embedding model name or folder (RIFT_MODEL).")
+def serve(
+    transport: str, host: str | None, port: int | None, data_dir: str | None, model: str | None
+) -> None:
+    """Run the MCP server."""
+    from server.app import create_server
+    from server.service import DataDirLock
+
+    settings = load_settings(data_dir, model, http_host=host, http_port=port)
+    # Fail fast, before the protocol starts, if another server holds the data dir.
+    probe = DataDirLock(settings)
+    try:
+        probe.acquire()
+    except DataDirLockedError as exc:
+        raise click.ClickException(str(exc)) from None
+    probe.release()
+    server = create_server(settings)
+    if transport == "stdio":
+        server.run("stdio")
+        return
+    from server.http import run_http
+
+    run_http(server, settings)
+
+
+@main.command()
+@click.option("--collection", default=None)
+@click.option("--data-dir", default=None)
+def stats(collection: str | None, data_dir: str | None) -> None:
+    """Print collections, model and disagreement statistics as JSON."""
+    rift = open_rift(load_settings(data_dir))
+    try:
+        emit(rift.stats(collection))
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", default=10, show_default=True)
+@click.option("--collection", default="default", show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True
+)
+@click.option("--filters", default=None, help="JSON metadata filter.")
+@click.option("--data-dir", default=None)
+def search(query: str, k: int, collection: str, mode: str, filters: str | None, data_dir: str | None) -> None:
+    """Search a collection from the shell (logged like an MCP search, source 'cli')."""
+    rift = open_rift(load_settings(data_dir))
+    try:
+        parsed = json.loads(filters) if filters else None
+        response = rift.search(collection, query, k, mode, parsed, source="cli")
+        emit(
+            {
+                "query_id": response.query_id,
+                "hits": [
+                    {
+                        "doc_id": h.doc_id,
+                        "score": round(h.score, 5),
+                        "vector_rank": h.vector_rank,
+                        "keyword_rank": h.keyword_rank,
+                        "text": h.text[:300],
+                    }
+                    for h in response.outcome.hits
+                ],
+            }
+        )
+    except (RiftError, json.JSONDecodeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()
+
+
+if __name__ == "__main__":
+    main()

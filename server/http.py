@@ -1,0 +1,67 @@
+"""Streamable-HTTP transport: loopback by default, and a bearer token that is required beyond loopback."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any
+
+from server.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                body = b'{"error": "missing or wrong bearer token"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def build_http_app(server: Any, settings: Settings) -> Any:
+    if not is_loopback(settings.http_host) and not settings.http_token:
+        raise ValueError(
+            f"refusing to bind {settings.http_host} without a bearer token: set RIFT_HTTP_TOKEN (or bind 127.0.0.1)"
+        )
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    security = None
+    if not is_loopback(settings.http_host):
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    app = server.streamable_http_app(transport_security=security, host=settings.http_host)
+    return BearerAuth(app, settings.http_token) if settings.http_token else app
+
+
+def run_http(server: Any, settings: Settings) -> None:
+    import uvicorn
+
+    app = build_http_app(server, settings)
+    log.warning("rift MCP over streamable HTTP on http://%s:%d/mcp", settings.http_host, settings.http_port)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
