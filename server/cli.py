@@ -90,6 +90,13 @@ def serve(
     run_http(server, settings)
 
 
+@main.command("config")
+@click.option("--data-dir", default=None)
+def show_config(data_dir: str | None) -> None:
+    """Print the effective settings (defaults < TOML < environment < flags) as JSON."""
+    emit(load_settings(data_dir).model_dump(mode="json"))
+
+
 @main.command()
 @click.option("--collection", default=None)
 @click.option("--data-dir", default=None)
