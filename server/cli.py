@@ -87,7 +87,10 @@ def serve(
         return
     from server.http import run_http
 
-    run_http(server, settings)
+    try:
+        run_http(server, settings)
+    except ValueError as exc:  # e.g. a public bind without a token: a message, not a traceback
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("config")
@@ -145,6 +148,21 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
         raise click.ClickException(str(exc)) from None
     finally:
         rift.close()
+
+
+from server.bench.cli import bench  # noqa: E402  (registered last: keeps the core CLI readable)
+
+main.add_command(bench)
+
+from server.ingest import cli as ingest_cli  # noqa: E402
+
+main.add_command(ingest_cli.add)
+main.add_command(ingest_cli.watch)
+
+from server.learning.cli import COMMANDS as LEARNING_COMMANDS  # noqa: E402
+
+for _command in LEARNING_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     chroma_port: int = Field(8000, ge=1, le=65535)
     chroma_ssl: bool = False
     chroma_auth_token: str | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
+    chroma_sync_ms: int = Field(
+        250,
+        ge=0,
+        description="With vector_backend='http': how often, at most, a search checks the Chroma server for other "
+        "rift processes' writes (every write checks first regardless); 0 = before every search.",
+    )
 
     # --- model ---------------------------------------------------------------------------------------------
     model: str = Field(
@@ -66,6 +72,14 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(1_000_000, ge=1)
     max_documents_per_call: int = Field(1000, ge=1)
 
+    # --- files (add_paths / rift add / rift watch) ------------------------------------------------------------
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders the MCP tools may read files under; empty = add_paths refuses every path. "
+        "The CLI (rift add, rift watch) may read whatever its user can.",
+    )
+    max_file_bytes: int = Field(10_000_000, ge=1, description="Larger files are skipped with a reason.")
+
     # --- retrieval -----------------------------------------------------------------------------------------
     candidate_depth: int = Field(100, ge=1, le=10_000, description="Candidates taken from each retriever.")
     rrf_k: float = Field(60.0, gt=0)
@@ -79,6 +93,32 @@ class Settings(BaseSettings):
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
     blind_spot_depth: int = Field(5, ge=1, le=100, description="Top-n of each side compared for blind spots.")
 
+    # --- learning from use (server/learning/; README "Learning from use") ---------------------------------
+    learn_strategy: Literal["fused", "agreement", "keyword_blind", "fused+pseudo"] = Field(
+        "fused", description="How triples are mined from the log; 'fused' was best measured (README)."
+    )
+    learn_epochs: float = Field(1.0, gt=0, le=20)
+    learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3)
+    learn_batch_size: int = Field(32, ge=2, le=4096)
+    learn_loss: Literal["mnrl", "cached_mnrl"] = Field("mnrl", description="cached_mnrl: large batches, small memory.")
+    learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
+    learn_negatives_per_query: int = Field(1, ge=1, le=10)
+    learn_min_triples: int = Field(32, ge=1, description="A retrain with fewer mined triples is refused.")
+    learn_keep_versions: int = Field(
+        2, ge=1, le=20, description="Versions whose vectors stay in Chroma, so rollback to them is instant."
+    )
+    learn_auto_after_queries: int | None = Field(
+        None, ge=1, description="Periodic retrain: after this many new logged queries (None = off)."
+    )
+    learn_auto_interval_hours: float | None = Field(
+        None, gt=0, description="Periodic retrain: at most this often, when enough triples (None = off)."
+    )
+    gate_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Most recent logged queries held out.")
+    gate_tolerance: float = Field(0.01, ge=0, le=1, description="Largest drop allowed in a label-free signal.")
+    gate_eval_data: Path | None = Field(None, description="A BEIR-format folder the gate also scores on.")
+    gate_eval_split: str = Field("test", description="qrels/<split>.tsv of gate_eval_data.")
+    gate_eval_collection: str = Field("default", description="The collection holding gate_eval_data's corpus.")
+
     # --- HTTP transport ------------------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(8765, ge=1, le=65535)
@@ -88,6 +128,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("allowed_roots", mode="after")
+    @classmethod
+    def _expand_roots(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -34,7 +34,8 @@ class DataDirLock:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._path = settings.lock_file
         self._pid_file = settings.data_dir / "rift.pid"
-        self._lock = FileLock(str(self._path), timeout=0)
+        # Not thread-local: the MCP lifespan acquires it on the event loop and releases it from a worker thread.
+        self._lock = FileLock(str(self._path), timeout=0, thread_local=False)
 
     def acquire(self) -> None:
         try:
@@ -66,6 +67,7 @@ class Rift:
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self.repair_report: dict[str, Any] = {}
+        self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -89,18 +91,38 @@ class Rift:
 
             s = self.settings
             self.log = QueryLog(s.log_db)
-            spec = resolve_model(s.model, s.query_prompt)
-            embedder = Embedder(spec, version=s.model, device=s.device, batch_size=s.embed_batch_size)
+            embedder = self._serving_embedder(Embedder, resolve_model)
             engine = Engine(s, embedder, VectorStore(make_client(s)), StateStore(s.state_db))
             self.repair_report = engine.open()
             self._engine = engine
+            from server.learning.manager import LearningManager
+
+            self.learning = LearningManager(self)
+            self.learning.start()
             self.load_seconds = time.perf_counter() - started
-            log.info("rift ready in %.1fs (model %s)", self.load_seconds, s.model)
+            log.info("rift ready in %.1fs (model %s)", self.load_seconds, embedder.version)
         except BaseException as exc:  # surfaced to every tool call, with the cause
             log.exception("rift failed to start")
             self._error = exc
         finally:
             self._ready.set()
+
+    def _serving_embedder(self, embedder_cls: Any, resolve_model: Any) -> Any:
+        """The registry's serving version (it survives restarts), else the configured model."""
+        from server.learning.registry import Registry
+
+        s = self.settings
+        registry = Registry(s.models_dir)
+        serving = registry.resolve_serving(s.model)
+        if serving.version != s.model:
+            try:
+                spec = resolve_model(registry.location_of(serving), s.query_prompt)
+                return embedder_cls(spec, version=serving.version, device=s.device, batch_size=s.embed_batch_size)
+            except Exception:
+                log.exception("cannot load serving version %s; serving the configured model", serving.version)
+                registry.serve_base(s.model)
+        spec = resolve_model(s.model, s.query_prompt)
+        return embedder_cls(spec, version=s.model, device=s.device, batch_size=s.embed_batch_size)
 
     @property
     def ready(self) -> bool:
@@ -115,6 +137,8 @@ class Rift:
 
     def close(self) -> None:
         self._ready.wait(60)
+        if self.learning is not None:
+            self.learning.close()
         if self._engine is not None:
             self._engine.state.close()
         if self.log is not None:
@@ -138,9 +162,9 @@ class Rift:
         outcome = engine.search(collection, query, k, mode, filters, group_by_document, **knobs)
         if mode != "hybrid":
             return SearchResponse(None, outcome, None, False)
-        disagreement = summarize(
-            [c.doc_id for c in outcome.vector],
-            [c.doc_id for c in outcome.keyword],
+        disagreement = summarize(  # per document, also when the lists rank chunks
+            list(dict.fromkeys(c.doc_id for c in outcome.vector)),
+            list(dict.fromkeys(c.doc_id for c in outcome.keyword)),
             k,
             self.settings.blind_spot_depth,
         )
@@ -167,7 +191,8 @@ class Rift:
             )
             outcome.timings_ms["log_ms"] = (time.perf_counter() - started) * 1000
             logged = True
-        return SearchResponse(query_id, outcome, disagreement, logged)
+        # An id that names no record would only make feedback on it fail later.
+        return SearchResponse(query_id if logged else None, outcome, disagreement, logged)
 
     def add_documents(
         self, collection: str, documents: Sequence[Any], progress: Callable[[int, int], None] | None = None
@@ -204,6 +229,7 @@ class Rift:
             "queries": self.log.stats(collection) if self.log else {},
             "logging_enabled": self.settings.log_queries,
             "load_seconds": round(self.load_seconds or 0.0, 2),
+            "learning": self.learning.stats() if self.learning is not None else None,
         }
 
 

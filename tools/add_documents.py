@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from server.engine.engine import DocumentInput
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, progress_reporter, rift_of
 
-MetadataValue = StrictStr | StrictBool | StrictInt | StrictFloat
+JSON_TYPE_NAMES = {type(None): "null", list: "array", dict: "object", tuple: "array"}
+
+
+def _scalar_only(value: Any) -> Any:
+    # One clear error instead of pydantic's four union-member failures.
+    if isinstance(value, str | bool | int | float):
+        return value
+    got = JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    raise ValueError(f"metadata values must be a string, number or boolean, got {got}")
+
+
+MetadataValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_scalar_only)]
 
 
 class DocumentIn(BaseModel):

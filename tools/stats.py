@@ -31,6 +31,9 @@ class StatsResult(BaseModel):
     queries: dict[str, Any] = Field(description="Logged searches and disagreement rates.")
     logging_enabled: bool
     load_seconds: float
+    learning: dict[str, Any] | None = Field(
+        None, description="Serving model version, registry size, running learning job, periodic policy."
+    )
 
 
 async def stats(

@@ -3,7 +3,8 @@ near, with overlap, returned as exact slices of the original text."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 SENTENCE_ENDS = frozenset(".!?;\n")
@@ -14,6 +15,7 @@ class Chunk:
     text: str
     start: int  # character offsets into the document
     end: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # per chunk, e.g. {"heading": "Setup > Linux"}
 
 
 def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list[Chunk]:
@@ -46,3 +48,14 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
             break
         start = max(end - overlap, start + 1)
     return chunks
+
+
+def chunk_document(
+    text: str, metadata: Mapping[str, Any], tokenizer: Any, max_tokens: int, overlap: int
+) -> list[Chunk]:
+    """Structure-aware chunks when the document's `file_type` has a splitter (Markdown headings, code symbols,
+    PDF pages: see server.ingest.splitters), else plain token windows."""
+    from server.ingest.splitters import chunk_structured  # lazy: the engine does not need ingest to import
+
+    chunks = chunk_structured(text, metadata, tokenizer, max_tokens, overlap)
+    return chunk_text(text, tokenizer, max_tokens, overlap) if chunks is None else chunks

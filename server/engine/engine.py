@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from server.config import Settings
-from server.engine.chunking import chunk_text
+from server.engine.chunking import chunk_document
 from server.engine.embedder import Embedder
-from server.engine.filters import Node, parse_filters, to_chroma
+from server.engine.filters import Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
+from server.engine.reconcile import reconcile_with_chroma
+from server.engine.shared import SharedSync, writer_id
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
 from server.errors import NotFoundError, RiftError
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["hybrid", "vector", "keyword"]
 RESERVED_PREFIX = "_rift_"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+CHROMA_NAME = re.compile(r"^rift-([A-Za-z0-9][A-Za-z0-9_-]{0,62})-[0-9a-f]{10}$")
 MAX_QUERY_CHARS = 8192
 MAX_ID_CHARS = 512
 
@@ -185,13 +188,20 @@ class Engine:
         self, settings: Settings, embedder: Embedder, vectors: VectorStore, state: StateStore
     ) -> None:
         self.settings = settings
-        self.embedder = embedder
+        # Every collection record names the model version its vectors came from; queries are embedded by that
+        # version's embedder, so a search never mixes one model's query with another model's vectors.
+        self._embedders: dict[str, Embedder] = {}
+        self.embedder = embedder  # the serving model: new collections and start-up re-embeds use it
         self.vectors = vectors
         self.state = state
         self.tokenizer = KeywordTokenizer(settings.stemmer_language, settings.stopwords)
         self._keyword: dict[str, KeywordIndex] = {}
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
+        # With a Chroma server, other rift processes may write the same collections: follow their writes.
+        self.shared: SharedSync | None = None
+        if settings.vector_backend == "http":
+            self.shared = SharedSync(self, writer_id(settings.data_dir), settings.chroma_sync_ms)
 
     # --- start-up ------------------------------------------------------------------------------------------
 
@@ -213,6 +223,7 @@ class Engine:
                 self.vectors.delete(entry.chroma_name, ids)
                 self.state.journal_clear(entry.id)
                 report["journal"] += 1
+            report["adopted_from_chroma"] = self._adopt_chroma_collections()
             for record in self.state.collections():
                 added, removed = self._reconcile(record.name, record.chroma_name)
                 report["added_from_chroma"] += added
@@ -221,41 +232,46 @@ class Engine:
                 if record.model_version != self.embedder.version:
                     self.reembed(record.name, self.embedder)
                     report["reembedded"].append(record.name)
+            if self.shared is not None:
+                self.shared.prime()
         return report
 
     def _reconcile(self, collection: str, chroma_name: str) -> tuple[int, int]:
-        """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth)."""
+        """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth), one whole
+        document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped)."""
         self.vectors.ensure(chroma_name, self.embedder.dimension)
-        in_chroma = set(self.vectors.all_ids(chroma_name))
-        in_state = self.state.chunk_ids(collection)
-        missing = sorted(in_chroma - in_state)
-        extra = sorted(in_state - in_chroma)
-        rows: list[ChunkRow] = []
-        docs: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
-        if missing:
-            got = self.vectors.get(chroma_name, missing)
-            tokens = self.tokenizer.tokenize([t for _, t, _ in got])
-            for (cid, text, meta), toks in zip(got, tokens, strict=True):
-                meta = dict(meta or {})
-                doc_id = str(meta.get("_rift_doc", cid))
-                doc_hash = str(meta.get("_rift_hash", ""))
-                rows.append(
-                    ChunkRow(cid, doc_id, doc_hash, int(meta.get("_rift_idx", 0)), text, tuple(toks), meta)
-                )
-            present = self.state.doc_hashes(collection, sorted({r.doc_id for r in rows}))
-            for r in sorted(rows, key=lambda r: (r.doc_id, r.chunk_index)):
-                if r.doc_id not in present and r.doc_id not in docs:
-                    user_meta = {k: v for k, v in r.metadata.items() if not k.startswith(RESERVED_PREFIX)}
-                    docs[r.doc_id] = (r.doc_id, r.doc_hash, r.text, user_meta)
-        if missing or extra:
-            log.warning(
-                "repairing %s: %d chunks from Chroma, %d stale rows", collection, len(missing), len(extra)
-            )
-            self.state.apply(collection, extra, rows, put_docs=list(docs.values()))
-            orphans = self.state.orphan_documents(collection)
-            if orphans:
-                self.state.apply(collection, [], [], remove_docs=orphans)
-        return len(missing), len(extra)
+        delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
+        return len(delta.added), len(delta.removed)
+
+    def _adopt_chroma_collections(self) -> list[str]:
+        """Re-register rift's Chroma collections that the state database does not know (it was deleted or
+        lost): Chroma holds every chunk, so `_reconcile` can rebuild the rest from it."""
+        known = {r.chroma_name for r in self.state.collections()}
+        found: dict[str, list[tuple[str, str, int]]] = {}
+        for name, meta in self.vectors.list_collections():
+            if name in known:
+                continue
+            match = CHROMA_NAME.match(name)
+            if match is None:
+                continue
+            collection = match.group(1)
+            version = (meta or {}).get("rift:model_version")
+            if version is None and name == chroma_name_for(collection, self.embedder.version):
+                version = self.embedder.version
+            if not isinstance(version, str) or chroma_name_for(collection, version) != name:
+                continue  # vectors of a model whose version we cannot name
+            found.setdefault(collection, []).append((name, version, self.vectors.count(name)))
+        adopted = []
+        for collection, options in sorted(found.items()):
+            if self.state.collection(collection) is not None:
+                continue  # a kept collection of another model version, not an orphan
+            # Several versions: prefer the fullest (an interrupted re-embed leaves a partial one), then the
+            # serving model.
+            name, version, _ = max(options, key=lambda o: (o[2], o[1] == self.embedder.version))
+            log.warning("state database lacked collection %r: adopting Chroma collection %s", collection, name)
+            self.state.put_collection(collection, name, version)
+            adopted.append(collection)
+        return adopted
 
     def _load_keyword(self, collection: str) -> None:
         rows = [
@@ -264,6 +280,44 @@ class Engine:
         index = KeywordIndex(rows)
         self._keyword[collection] = index
         self._rebuild_ms[collection] = index.snapshot.build_seconds * 1000
+
+    # --- models --------------------------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._serving
+
+    @embedder.setter
+    def embedder(self, value: Embedder) -> None:
+        # Assigning a wrapper of the same version (e.g. the benchmark's caching embedder) replaces it everywhere.
+        self._serving = value
+        self._embedders[value.version] = value
+
+    def embedder_for(self, record: Any) -> Embedder:
+        embedder = self._embedders.get(record.model_version)
+        if embedder is None:
+            raise RiftError(
+                f"collection {record.name!r} was embedded by model {record.model_version!r}, which is not loaded"
+            )
+        return embedder
+
+    def set_serving_embedder(self, embedder: Embedder) -> None:
+        """Make `embedder` the default for new collections; drop embedders no collection uses any more."""
+        with self._write_lock:
+            self._embedders[embedder.version] = embedder
+            self.embedder = embedder
+            used = {r.model_version for r in self.state.collections()} | {embedder.version}
+            for version in list(self._embedders):
+                if version not in used:
+                    del self._embedders[version]
+
+    def drop_vectors(self, collection: str, model_version: str) -> None:
+        """Drop a kept (non-live) Chroma collection of `collection` for another model version."""
+        with self._write_lock:
+            record = self._record(collection)
+            name = chroma_name_for(collection, model_version)
+            if name != record.chroma_name:
+                self.vectors.drop(name)
 
     # --- collections ---------------------------------------------------------------------------------------
 
@@ -284,9 +338,15 @@ class Engine:
             if self.state.collection(collection) is not None:
                 return False
             chroma_name = chroma_name_for(collection, self.embedder.version)
-            self.vectors.ensure(chroma_name, self.embedder.dimension)
+            self.vectors.ensure(
+                chroma_name,
+                self.embedder.dimension,
+                {"rift:collection": collection, "rift:model_version": self.embedder.version},
+            )
             self.state.put_collection(collection, chroma_name, self.embedder.version)
             self._keyword[collection] = KeywordIndex()
+            if self.shared is not None:
+                self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
 
     def delete_collection(self, collection: str) -> None:
@@ -295,6 +355,8 @@ class Engine:
             self.state.delete_collection(collection)
             self._keyword.pop(collection, None)
             self.vectors.drop(record.chroma_name)
+            if self.shared is not None:
+                self.shared.retire(record.chroma_name)
 
     def info(self, collection: str) -> CollectionInfo:
         record = self._record(collection)
@@ -349,6 +411,8 @@ class Engine:
         check_collection_name(collection)
         docs = self.validate_documents(documents)
         with self._write_lock:
+            if self.shared is not None:
+                self.shared.sync(force=True)
             self.create_collection(collection)
             record = self._record(collection)
             existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
@@ -360,12 +424,18 @@ class Engine:
                     statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
                 else:
                     changed.append((doc_id, text, meta, doc_hash))
-            rows = self._chunk_rows(changed)
+            embedder = self.embedder_for(record)
+            rows = self._chunk_rows(changed, embedder)
             if rows:
-                embeddings = self.embedder.encode_documents([r.text for r in rows], progress)
+                embeddings = embedder.encode_documents([r.text for r in rows], progress)
                 old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
                 new_ids = [r.chunk_id for r in rows]
                 stale = sorted(set(old_ids) - set(new_ids))
+                if self.shared is not None:  # versions other processes wrote before this one
+                    before = float(rows[0].metadata["_rift_ts"])
+                    ids = [c[0] for c in changed]
+                    older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
+                    stale = sorted(set(stale) | older)
                 self._commit(
                     collection,
                     record.chroma_name,
@@ -382,16 +452,23 @@ class Engine:
                 statuses[doc_id] = DocumentStatus(doc_id, status, per_doc.get(doc_id, 0))
         return [statuses[d] for d, _, _ in docs]
 
-    def _chunk_rows(self, changed: list[tuple[str, str, dict[str, Any], str]]) -> list[ChunkRow]:
+    def _chunk_rows(
+        self, changed: list[tuple[str, str, dict[str, Any], str]], embedder: Embedder | None = None
+    ) -> list[ChunkRow]:
         if not changed:
             return []
-        max_tokens = self.embedder.max_chunk_tokens(self.settings.chunk_tokens)
+        embedder = embedder or self.embedder
+        max_tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
         pieces: list[tuple[str, str, dict[str, Any], int, int, str, int, int]] = []
         for doc_id, text, meta, doc_hash in changed:
-            chunks = chunk_text(text, self.embedder.tokenizer, max_tokens, self.settings.chunk_overlap)
+            # Structure-aware when meta names a file_type with a splitter; chunks may add e.g. "heading".
+            chunks = chunk_document(text, meta, embedder.tokenizer, max_tokens, self.settings.chunk_overlap)
+            dirs = path_keys(meta)  # ancestor folders of meta["source"], for the $prefix filter
             for i, ch in enumerate(chunks):
-                pieces.append((doc_id, doc_hash, meta, i, len(chunks), ch.text, ch.start, ch.end))
+                chunk_meta = {**meta, **ch.metadata, **dirs}
+                pieces.append((doc_id, doc_hash, chunk_meta, i, len(chunks), ch.text, ch.start, ch.end))
         tokens = self.tokenizer.tokenize([p[5] for p in pieces])
+        written = time.time()  # orders versions of one document written by different processes
         rows = []
         for (doc_id, doc_hash, meta, i, n, text, start, end), toks in zip(pieces, tokens, strict=True):
             full_meta = {
@@ -402,6 +479,7 @@ class Engine:
                 "_rift_n": n,
                 "_rift_start": start,
                 "_rift_end": end,
+                "_rift_ts": written,
             }
             chunk_id = f"{doc_id}::{doc_hash[:16]}::{i}"
             rows.append(ChunkRow(chunk_id, doc_id, doc_hash, i, text, tuple(toks), full_meta))
@@ -418,22 +496,38 @@ class Engine:
         remove_docs: Sequence[str] = (),
     ) -> None:
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
-        if rows:
-            self.vectors.upsert(
-                chroma_name,
-                [r.chunk_id for r in rows],
-                embeddings,
-                [r.text for r in rows],
-                [r.metadata for r in rows],
-            )
-        self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
+        try:
+            if rows:
+                self.vectors.upsert(
+                    chroma_name,
+                    [r.chunk_id for r in rows],
+                    embeddings,
+                    [r.text for r in rows],
+                    [r.metadata for r in rows],
+                )
+            self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
+        except BaseException:
+            # Not committed: undo the Chroma half now rather than at the next start (the journal still
+            # covers a crash in here).
+            try:
+                self.vectors.delete(chroma_name, [r.chunk_id for r in rows])
+                self.state.journal_clear(journal_id)
+            except Exception:
+                log.exception("rollback of write %s failed; start-up will finish it", journal_id)
+            raise
         rebuild = self._keyword[collection].apply(
             remove=stale, add=[KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in rows]
         )
         if rebuild:
             self._rebuild_ms[collection] = rebuild * 1000
-        self.vectors.delete(chroma_name, stale)
-        self.state.journal_clear(journal_id)
+        try:
+            self.vectors.delete(chroma_name, stale)
+            self.state.journal_clear(journal_id)
+        except Exception:
+            # Committed and visible; the stale chunks are invisible to search and start-up removes them.
+            log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
+        if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
+            self.shared.publish(collection, chroma_name, self._record(collection).model_version)
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""
@@ -443,36 +537,69 @@ class Engine:
             if not isinstance(doc_id, str) or not doc_id:
                 raise RiftError(f"ids[{i}] must be a non-empty string")
         with self._write_lock:
+            if self.shared is not None:
+                self.shared.sync(force=True)
             record = self._record(collection)
             present = self.state.doc_hashes(collection, list(dict.fromkeys(ids)))
             deleted = [d for d in dict.fromkeys(ids) if d in present]
             missing = [d for d in dict.fromkeys(ids) if d not in present]
             if deleted:
                 stale = self.state.chunk_ids_of_docs(collection, deleted)
+                if self.shared is not None:  # versions of these documents other processes wrote meanwhile
+                    older = self.shared.older_versions(record.chroma_name, deleted, time.time(), set())
+                    stale = sorted(set(stale) | older)
                 self._commit(collection, record.chroma_name, [], None, stale, remove_docs=deleted)
         return deleted, missing
 
     def reembed(
+        self,
+        collection: str,
+        embedder: Embedder,
+        progress: Callable[[int, int], None] | None = None,
+        keep_old: bool = False,
+    ) -> str:
+        """Embed every chunk with `embedder` into that model's Chroma collection, then switch to it atomically.
+        Searches keep using the old collection until the switch."""
+        self.build_vectors(collection, embedder, progress)
+        return self.switch_vectors(collection, embedder, keep_old)
+
+    def build_vectors(
         self, collection: str, embedder: Embedder, progress: Callable[[int, int], None] | None = None
     ) -> str:
-        """Embed every chunk with `embedder` into a fresh Chroma collection, then switch to it atomically.
-        Searches keep using the old collection until the switch."""
+        """Fill `embedder`'s Chroma collection for `collection` without switching to it (a gate can compare it
+        first). A kept collection of the same model version (an earlier swap, or an interrupted one) is reused:
+        only the chunks it lacks are embedded, so switching back to a kept version is fast. The Chroma name
+        hashes the model version, so a model of another dimension never lands in another model's collection."""
         record = self._record(collection)
         target = chroma_name_for(collection, embedder.version)
         if target == record.chroma_name:
             return target
-        rows = list(self.state.iter_chunks(collection))
-        self.vectors.drop(target)  # a leftover from an interrupted re-embed
-        self.vectors.ensure(target, embedder.dimension)
-        embeddings = embedder.encode_documents([r.text for r in rows], progress)
-        self.vectors.upsert(
-            target, [r.chunk_id for r in rows], embeddings, [r.text for r in rows], [r.metadata for r in rows]
+        self.vectors.ensure(
+            target, embedder.dimension, {"rift:collection": collection, "rift:model_version": embedder.version}
         )
+        have = set(self.vectors.all_ids(target))
+        rows = [r for r in self.state.iter_chunks(collection) if r.chunk_id not in have]
+        if rows:
+            embeddings = embedder.encode_documents([r.text for r in rows], progress)
+            self.vectors.upsert(
+                target, [r.chunk_id for r in rows], embeddings, [r.text for r in rows], [r.metadata for r in rows]
+            )
+        elif progress is not None:
+            progress(0, 0)
+        return target
+
+    def switch_vectors(self, collection: str, embedder: Embedder, keep_old: bool = False) -> str:
+        """Catch up on writes made since `build_vectors`, then switch the collection record and its query
+        embedder together under the write lock. With keep_old the previous vectors stay (no longer updated;
+        a later switch back catches up by the same delta)."""
+        target = chroma_name_for(collection, embedder.version)
         with self._write_lock:
-            # Writes that landed while we were embedding: copy their delta before switching.
+            record = self._record(collection)
+            if target == record.chroma_name:
+                return target
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}
-            done = {r.chunk_id for r in rows}
-            late = [current[c] for c in current.keys() - done]
+            have = set(self.vectors.all_ids(target))
+            late = [current[c] for c in current.keys() - have]
             if late:
                 vecs = embedder.encode_documents([r.text for r in late])
                 self.vectors.upsert(
@@ -482,17 +609,40 @@ class Engine:
                     [r.text for r in late],
                     [r.metadata for r in late],
                 )
-            self.vectors.delete(target, sorted(done - current.keys()))
+            self.vectors.delete(target, sorted(have - current.keys()))
             old = record.chroma_name
+            self._embedders[embedder.version] = embedder
             self.state.put_collection(collection, target, embedder.version)
-            self.vectors.drop(old)
+            if self.shared is not None:  # other processes sharing the Chroma server follow the switch
+                self.shared.publish(collection, target, embedder.version)
+            if not keep_old:
+                self.vectors.drop(old)
         return target
+
+    def vector_ranking(
+        self, collection: str, embedder: Embedder, query: str, depth: int
+    ) -> list[Candidate]:
+        """Documents ranked by `embedder`'s vectors for `collection` (built or live), best chunk per document.
+        Used to compare a candidate model with the serving one before switching."""
+        snap = (self._keyword.get(collection) or KeywordIndex()).snapshot
+        if not snap.live_count:
+            return []
+        name = chroma_name_for(collection, embedder.version)
+        found = self.vectors.query(name, embedder.encode_query(query), min(depth, snap.live_count), None)
+        out = []
+        for chunk_id, score in found:
+            row = snap.row_of.get(chunk_id)
+            if row is not None and snap.alive[row]:
+                out.append(Candidate(snap.rows[row].doc_id, chunk_id, score))
+        return _group(out, True)
 
     # --- reads ---------------------------------------------------------------------------------------------
 
     def check_query(self, query: Any, k: Any, mode: Any) -> tuple[str, int, Mode]:
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str) or not query:
             raise RiftError("query must be a non-empty string")
+        if not query.strip():
+            raise RiftError("query must not be only whitespace")
         if len(query) > MAX_QUERY_CHARS:
             raise RiftError(f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
         check_text(query, "query", MAX_QUERY_CHARS)
@@ -516,6 +666,8 @@ class Engine:
     ) -> SearchOutcome:
         query, k, mode = self.check_query(query, k, mode)
         node: Node | None = parse_filters(filters)
+        if self.shared is not None:
+            self.shared.before_search(collection)
         record = self._record(collection)
         index = self._keyword.get(collection) or KeywordIndex()
         snap = index.snapshot
@@ -527,11 +679,23 @@ class Engine:
         vector: list[Candidate] = []
         if mode in ("hybrid", "vector") and snap.live_count:
             t0 = time.perf_counter()
-            embedding = self.embedder.encode_query(query)
+            embedding = self.embedder_for(record).encode_query(query)
             t1 = time.perf_counter()
-            found = self.vectors.query(
-                record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
-            )
+            try:
+                found = self.vectors.query(
+                    record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                )
+            except Exception:
+                # A model swap switched (and may have dropped) this collection's vectors between reading the
+                # record and querying: answer from the new (record, embedder) pair instead.
+                fresh = self._record(collection)
+                if fresh.chroma_name == record.chroma_name:
+                    raise
+                record, version = fresh, fresh.model_version
+                embedding = self.embedder_for(record).encode_query(query)
+                found = self.vectors.query(
+                    record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                )
             t2 = time.perf_counter()
             timings["embed_ms"] = (t1 - t0) * 1000
             timings["vector_ms"] = (t2 - t1) * 1000

@@ -6,14 +6,22 @@ Grammar (a subset of Chroma's ``where``, with the same meaning on both sides):
   {"field": {"$gt"|"$gte"|"$lt"|"$lte": number}}  numeric ranges (several ops in one dict = AND)
   {"field": {"$in"|"$nin": [value, ...]}}
   {"$and": [filter, ...]}, {"$or": [filter, ...]}
-Several top-level keys are ANDed. ``$ne`` and ``$nin`` only match chunks that have the field.
+  {"source": {"$prefix": "/abs/dir"}}            the file at that absolute path or anything under it
+                                                 (whole path components; only on "source")
+Several top-level keys are ANDed. As in Chroma (and MongoDB), ``$ne`` and ``$nin`` also match chunks that
+lack the field; ranges and equality never do.
+
+Chroma has no prefix operator, so every chunk whose ``source`` is an absolute path also stores its ancestor
+folders as ``_rift_dir_<depth>`` (see `path_keys`); ``$prefix`` compiles to equality on one of them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -24,6 +32,8 @@ Scalar = str | int | float | bool
 COMPARE_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"}
 RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 MAX_DEPTH = 8
+PREFIX_FIELD = "source"
+DIR_KEY = "_rift_dir_"
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,32 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
     return nodes[0] if len(nodes) == 1 else Bool("$and", tuple(nodes))
 
 
-def _condition(field: str, op: Any, operand: Any, where: str) -> Cond:
+def path_keys(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Ancestor folders of an absolute `source` path, keyed by depth: "/a/b/c.md" -> {_rift_dir_0: "/",
+    _rift_dir_1: "/a", _rift_dir_2: "/a/b"}. Stored with each chunk so `$prefix` is an equality test."""
+    source = metadata.get(PREFIX_FIELD)
+    if not isinstance(source, str) or not os.path.isabs(source):
+        return {}
+    parents = list(reversed(PurePath(os.path.normpath(source)).parents))
+    return {f"{DIR_KEY}{depth}": str(folder) for depth, folder in enumerate(parents)}
+
+
+def _prefix(field: str, operand: Any, where: str) -> Node:
+    if field != PREFIX_FIELD:
+        raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths)")
+    if not isinstance(operand, str) or not os.path.isabs(operand) or "\x00" in operand:
+        raise RiftError(f"{where} must be an absolute path, e.g. \"/home/me/notes\"")
+    folder = PurePath(os.path.normpath(operand))
+    depth_key = f"{DIR_KEY}{len(folder.parts) - 1}"
+    return Bool("$or", (Cond(field, "$eq", str(folder)), Cond(depth_key, "$eq", str(folder))))
+
+
+def _condition(field: str, op: Any, operand: Any, where: str) -> Node:
+    if op == "$prefix":
+        return _prefix(field, operand, where)
     if op not in COMPARE_OPS:
         raise RiftError(
-            f"filters: unknown operator {op!r} on field {field!r}; use one of {sorted(COMPARE_OPS)}"
+            f"filters: unknown operator {op!r} on field {field!r}; use one of {sorted(COMPARE_OPS | {'$prefix'})}"
         )
     if op in ("$in", "$nin"):
         if not isinstance(operand, list) or not operand:
@@ -110,8 +142,14 @@ def to_chroma(node: Node | None) -> dict[str, Any] | None:
     if isinstance(node, Bool):
         children = [to_chroma(c) for c in node.children]
         return children[0] if len(children) == 1 else {node.op: children}
-    value = list(node.value) if node.op in ("$in", "$nin") else node.value
-    return {node.field: {node.op: value}}
+    if node.op in ("$in", "$nin"):
+        values = list(node.value)
+        if len({type(v) for v in values}) > 1:
+            # Chroma wants one type per list; x $in [a, b] is x == a OR x == b (and $nin the negation).
+            op, join = ("$eq", "$or") if node.op == "$in" else ("$ne", "$and")
+            return {join: [{node.field: {op: v}} for v in values]}
+        return {node.field: {node.op: values}}
+    return {node.field: {node.op: node.value}}
 
 
 # --- keyword side: evaluated over columnar metadata ---------------------------------------------------------
@@ -183,8 +221,8 @@ def mask(node: Node | None, columns: MetadataColumns) -> np.ndarray | None:
     col = columns.objects(node.field)
     if node.op in ("$eq", "$ne"):
         eq = _typed_equal(col, node.value)
-        return eq if node.op == "$eq" else (~eq & columns.present(node.field))
+        return eq if node.op == "$eq" else ~eq
     hit = np.zeros(columns.size, dtype=bool)
     for v in node.value:
         hit |= _typed_equal(col, v)
-    return hit if node.op == "$in" else (~hit & columns.present(node.field))
+    return hit if node.op == "$in" else ~hit

@@ -168,6 +168,15 @@ class StateStore:
     def chunk_ids(self, collection: str) -> set[str]:
         return {r[0] for r in self._rows("SELECT chunk_id FROM chunks WHERE collection = ?", (collection,))}
 
+    def chunk_keys(self, collection: str) -> dict[str, tuple[str, str]]:
+        """chunk_id -> (doc_id, doc_hash): what a repair against Chroma needs, without texts or tokens."""
+        return {
+            r[0]: (r[1], r[2])
+            for r in self._rows(
+                "SELECT chunk_id, doc_id, doc_hash FROM chunks WHERE collection = ?", (collection,)
+            )
+        }
+
     def iter_chunks(self, collection: str) -> Iterator[ChunkRow]:
         with self._lock:
             rows = self._conn.execute(

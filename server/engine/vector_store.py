@@ -45,7 +45,7 @@ class VectorStore:
         self._lock = threading.Lock()
         self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
 
-    def _coll(self, name: str, dimension: int | None = None) -> Any:
+    def _coll(self, name: str, dimension: int | None = None, labels: Mapping[str, Any] | None = None) -> Any:
         coll = self._collections.get(name)
         if coll is not None:
             return coll
@@ -55,14 +55,34 @@ class VectorStore:
                 metadata: dict[str, Any] = {"hnsw:space": "cosine"}
                 if dimension is not None:
                     metadata["rift:dimension"] = dimension
+                metadata.update(labels or {})  # lets start-up re-adopt it if rift's state db is lost
                 coll = self._client.get_or_create_collection(
                     name=name, embedding_function=None, metadata=metadata
                 )
                 self._collections[name] = coll
         return coll
 
-    def ensure(self, name: str, dimension: int) -> None:
-        self._coll(name, dimension)
+    def ensure(self, name: str, dimension: int, labels: Mapping[str, Any] | None = None) -> None:
+        self._coll(name, dimension, labels)
+
+    def list_collections(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, metadata) of every collection in the Chroma database."""
+        out = []
+        for c in self._client.list_collections():
+            if isinstance(c, str):
+                out.append((c, dict(self._client.get_collection(c).metadata or {})))
+            else:
+                out.append((c.name, dict(c.metadata or {})))
+        return out
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def forget(self, name: str) -> None:
+        """Drop the cached handle: another process may have deleted and re-created the collection."""
+        with self._lock:
+            self._collections.pop(name, None)
 
     def drop(self, name: str) -> None:
         with self._lock:
@@ -137,6 +157,11 @@ class VectorStore:
             page = coll.get(ids=list(ids[start : start + self.max_batch]), include=["documents", "metadatas"])
             out.extend(zip(page["ids"], page["documents"], page["metadatas"], strict=True))
         return out
+
+    def where_ids(self, name: str, where: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of the chunks matching a Chroma `where` filter."""
+        page = self._coll(name).get(where=dict(where), include=["metadatas"])
+        return [(i, dict(m or {})) for i, m in zip(page["ids"], page["metadatas"], strict=True)]
 
     def get_embeddings(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         coll = self._coll(name)

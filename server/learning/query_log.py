@@ -156,6 +156,44 @@ class QueryLog:
                 json.loads(r[11]),
             )
 
+    def add_feedback(self, query_id: str, doc_id: str, relevant: bool) -> bool:
+        """Record (or overwrite) one judgement; True when it replaced an earlier one."""
+        with self._lock:
+            before = self._conn.execute(
+                "SELECT 1 FROM feedback WHERE query_id = ? AND doc_id = ?", (query_id, doc_id)
+            ).fetchone()
+            self._conn.execute(
+                "INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)",
+                (query_id, doc_id, 1 if relevant else 0, time.time()),
+            )
+        return before is not None
+
+    def feedback_map(self) -> dict[str, dict[str, bool]]:
+        """query_id -> {doc_id: relevant}."""
+        with self._lock:
+            rows = self._conn.execute("SELECT query_id, doc_id, relevant FROM feedback").fetchall()
+        out: dict[str, dict[str, bool]] = {}
+        for qid, doc, rel in rows:
+            out.setdefault(qid, {})[doc] = bool(rel)
+        return out
+
+    def count(self, since: float = 0.0) -> int:
+        with self._lock:
+            (n,) = self._conn.execute("SELECT COUNT(*) FROM queries WHERE ts >= ?", (since,)).fetchone()
+        return int(n)
+
+    def record_fetch(self, query_id: str, doc_id: str) -> None:
+        """An agent read a whole document after this search: a usage signal for learning."""
+        with self._lock:
+            self._conn.execute("INSERT INTO fetches VALUES (?,?,?)", (query_id, doc_id, time.time()))
+
+    def fetches(self, query_id: str | None = None) -> list[tuple[str, str, float]]:
+        """(query_id, doc_id, ts) oldest first, for one search or all."""
+        where, args = ("WHERE query_id = ?", (query_id,)) if query_id else ("", ())
+        with self._lock:
+            rows = self._conn.execute(f"SELECT query_id, doc_id, ts FROM fetches {where} ORDER BY ts", args)
+            return [(r[0], r[1], r[2]) for r in rows.fetchall()]
+
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         where, args = ("WHERE collection = ?", (collection,)) if collection else ("", ())
         with self._lock:

@@ -134,7 +134,8 @@ def build_tiny_model(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars], *WORDS]
     vocab = list(dict.fromkeys(vocab))
     (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores `vocab_file=`; pass the vocabulary itself or every word becomes [UNK].
+    tokenizer = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(str(raw))
     torch.manual_seed(seed)
     config = BertConfig(
@@ -147,7 +148,7 @@ def build_tiny_model(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     )
     BertModel(config).save_pretrained(str(raw))
     transformer = models.Transformer(str(raw), max_seq_length=64)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     out = path / "model"
     model.save(str(out))

@@ -1,0 +1,341 @@
+"""`rift bench`: retrieval quality, speed and scale on a BEIR-format folder, through the engine the MCP tools use.
+
+Prints one JSON line (stable keys, schema "rift-bench/1") and then a markdown rendering to stdout; progress goes
+to stderr with -v.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from server.errors import RiftError
+
+log = logging.getLogger(__name__)
+
+MODES = ("keyword", "vector", "hybrid")
+
+
+def _floats(value: str | None, option: str) -> list[float]:
+    if not value:
+        return []
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of numbers", param_hint=option
+        ) from None
+
+
+def _ints(value: str | None, option: str) -> list[int]:
+    out = _floats(value, option)
+    if any(v != int(v) or v < 1 for v in out):
+        raise click.BadParameter(f"{value!r} must be positive whole numbers", param_hint=option)
+    return [int(v) for v in out]
+
+
+def _weights(values: tuple[str, ...]) -> list[tuple[float, float]]:
+    out = []
+    for value in values:
+        pair = _floats(value, "--weights")
+        if len(pair) != 2 or min(pair) < 0 or max(pair) == 0:
+            raise click.BadParameter(f"{value!r} must be 'vector,keyword', e.g. 1,1", param_hint="--weights")
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} must be KEY=VALUE", param_hint="--set")
+        out[key.strip()] = None if raw.strip().lower() in ("none", "null") else raw.strip()
+    return out
+
+
+def _emit(result: dict[str, Any], json_out: Path | None, plot_out: Path | None) -> None:
+    from server.bench.report import json_line, markdown, plot
+
+    line = json_line(result)
+    click.echo(line)
+    click.echo("")
+    click.echo(markdown(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        with json_out.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    if plot_out:
+        try:
+            click.echo(f"plot written to {plot(result, plot_out)}", err=True)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _run_learn(
+    data: Path | None,
+    split: str,
+    usage_split: str | None,
+    model: str | None,
+    seeds: str,
+    cache_dir: Path,
+    out: Path | None,
+) -> None:
+    if data is None or usage_split is None:
+        raise click.UsageError(
+            "--learn needs --data and --usage-split (the split whose queries simulate usage)"
+        )
+    try:
+        module = importlib.import_module("server.bench.learning_experiment")
+    except ModuleNotFoundError as exc:
+        if exc.name != "server.bench.learning_experiment":
+            raise
+        raise click.ClickException(
+            "the learning experiment is not available in this build (server/bench/learning_experiment.py is missing)"
+        ) from None
+    result = module.run_learning_experiment(
+        data=data,
+        eval_split=split,
+        usage_split=usage_split,
+        model=model,
+        seeds=[int(s) for s in _ints(seeds, "--seeds")] if seeds else [0],
+        cache_dir=cache_dir,
+        out=out,
+    )
+    from server.bench.report import json_line
+
+    click.echo(json_line({"kind": "learn", **result}))
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="A BEIR-format folder.")
+@click.option(
+    "--split", default="test", show_default=True, help="qrels/<split>.tsv to evaluate (test, dev, ...)."
+)
+@click.option(
+    "--mode", "modes", multiple=True, type=click.Choice(MODES), help="Repeatable; default all three."
+)
+@click.option("--model", default=None, help="Embedding model name or folder (default: the settings' model).")
+@click.option("--rrf-k", default=None, help="RRF k, or a comma list to compare (default: settings, 60).")
+@click.option(
+    "--depth", default=None, help="Candidates per retriever, or a comma list (default: settings, 100)."
+)
+@click.option("--weights", multiple=True, help="'vector,keyword' RRF weights; repeat to compare.")
+@click.option(
+    "--limit-queries", type=click.IntRange(min=1), default=None, help="Evaluate only the first N queries."
+)
+@click.option("--latency", is_flag=True, help="Also measure warm latency per mode and ingest throughput.")
+@click.option(
+    "--ingest-sample",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Documents ingested without the cache for the throughput comparison.",
+)
+@click.option(
+    "--scale", default=None, help="Comma list of synthetic corpus sizes in chunks, e.g. 10000,100000."
+)
+@click.option(
+    "--scale-batch",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Documents per add_documents call in the scale sweep.",
+)
+@click.option(
+    "--max-rss-gib",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Stop the scale sweep above this peak RSS.",
+)
+@click.option(
+    "--set",
+    "settings_set",
+    multiple=True,
+    help="Override a setting for this run, e.g. --set chunk_tokens=128.",
+)
+@click.option(
+    "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."
+)
+@click.option(
+    "--json-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Append the JSON line to this file.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".bench_cache"),
+    show_default=True,
+)
+@click.option("--no-cache", is_flag=True, help="Encode the corpus even when cached vectors exist.")
+@click.option("--learn", is_flag=True, help="Run the learning experiment instead (needs --usage-split).")
+@click.option("--usage-split", default=None, help="With --learn: the split whose queries simulate usage.")
+@click.option("--seeds", default="0", show_default=True, help="With --learn: comma list of seeds.")
+def bench(
+    data: Path | None,
+    split: str,
+    modes: tuple[str, ...],
+    model: str | None,
+    rrf_k: str | None,
+    depth: str | None,
+    weights: tuple[str, ...],
+    limit_queries: int | None,
+    latency: bool,
+    ingest_sample: int,
+    scale: str | None,
+    scale_batch: int,
+    max_rss_gib: float,
+    settings_set: tuple[str, ...],
+    plot_out: Path | None,
+    json_out: Path | None,
+    cache_dir: Path,
+    no_cache: bool,
+    learn: bool,
+    usage_split: str | None,
+    seeds: str,
+) -> None:
+    """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
+    if learn:
+        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out)
+        return
+    if data is None and not scale:
+        raise click.UsageError("give --data PATH (a BEIR folder) and/or --scale SIZES")
+    from server.bench.quality import FusionConfig
+
+    depths = _ints(depth, "--depth") or [None]
+    ks = _floats(rrf_k, "--rrf-k") or [None]
+    if any(k is not None and k <= 0 for k in ks):
+        raise click.BadParameter("must be positive", param_hint="--rrf-k")
+    ws = _weights(weights) or [None]
+    configs = [FusionConfig(d, k, w) for d in depths for k in ks for w in ws]
+    sizes = _ints(scale, "--scale")
+    overrides = _overrides(settings_set)
+    try:
+        result = _run(
+            data,
+            split,
+            list(modes) or list(MODES),
+            model,
+            configs,
+            limit_queries,
+            latency,
+            ingest_sample,
+            sizes,
+            scale_batch,
+            max_rss_gib,
+            overrides,
+            None if no_cache else cache_dir,
+        )
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationError as exc:  # --set values and --model are validated by Settings
+        raise click.ClickException(f"invalid setting: {exc}") from None
+    _emit(result, json_out, plot_out)
+
+
+def _run(
+    data: Path | None,
+    split: str,
+    modes: list[str],
+    model: str | None,
+    configs: list[Any],
+    limit: int | None,
+    latency: bool,
+    ingest_sample: int,
+    sizes: list[int],
+    scale_batch: int,
+    max_rss_gib: float,
+    overrides: dict[str, Any],
+    cache_dir: Path | None,
+) -> dict[str, Any]:
+    from server.bench.beir import load_beir
+    from server.bench.harness import BenchIndex
+    from server.bench.report import machine, peak_rss_mib
+
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "command": "rift bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "rift bench",
+        "machine": machine(),
+        "notes": [],
+    }
+    dataset = load_beir(data, split) if data else None
+    if dataset is not None:
+        with BenchIndex(model, cache_dir, overrides) as index:
+            s = index.settings
+            result["model"] = s.model
+            result["settings"] = {
+                "chunk_tokens": index.engine.embedder.max_chunk_tokens(s.chunk_tokens),
+                "chunk_overlap": s.chunk_overlap,
+                "stemmer_language": s.stemmer_language,
+                "stopwords": s.stopwords,
+                "embed_backend": getattr(s, "embed_backend", "torch"),
+                **{k: str(v) for k, v in overrides.items()},
+            }
+            ingest = index.ingest(dataset)
+            result["dataset"] = {
+                "name": dataset.name,
+                "split": split,
+                "documents": ingest.documents,
+                "chunks": ingest.chunks,
+                "queries": min(limit, len(dataset.queries)) if limit else len(dataset.queries),
+                "content_hash": dataset.content_hash()[:16],
+                "skipped": dataset.skipped,
+            }
+            result["corpus_ingest"] = {
+                "seconds": round(ingest.seconds, 2),
+                "encode_seconds": round(ingest.encode_seconds, 2),
+                "cache_hits": ingest.cache_hits,
+                "cache_misses": ingest.cache_misses,
+                "keyword_rebuild_ms": round(ingest.keyword_rebuild_ms, 1),
+            }
+            from server.bench.quality import run_quality
+
+            result["quality"] = run_quality(index, dataset, modes, configs, limit)
+            if latency:
+                result["latency"] = _latency(index, dataset, modes, configs[0], limit)
+                from server.bench.latency import measure_ingest
+
+                result["ingest"] = measure_ingest(index, dataset, min(ingest_sample, len(dataset.documents)))
+            result["index_bytes"] = index.index_bytes()
+    if sizes:
+        from server.bench.scale import run_scale
+
+        texts = list(dataset.documents.values()) if dataset else _default_texts()
+        queries = list(dataset.queries.values()) if dataset else ["hybrid retrieval of documents"]
+        result["scale"] = run_scale(
+            sizes, model, texts, queries, cache_dir, batch=scale_batch, max_rss_gib=max_rss_gib, modes=modes
+        )
+        result["notes"] += [r["stopped"] for r in result["scale"] if r.get("stopped")]
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _latency(index: Any, dataset: Any, modes: list[str], config: Any, limit: int | None) -> dict[str, Any]:
+    from server.bench.latency import measure_embed, measure_search
+
+    queries = list(dataset.queries.values())[:limit] if limit else list(dataset.queries.values())
+    embed = measure_embed(index.embedder, queries)
+    search = measure_search(index, queries, modes, config.knobs())
+    out: dict[str, Any] = {
+        "backend": getattr(index.settings, "embed_backend", "torch"),
+        "embed_only_ms": embed,
+        "search": search,
+    }
+    if "hybrid" in search and embed.get("p50"):
+        out["hybrid_over_embed"] = round(search["hybrid"]["total_ms"]["p50"] / embed["p50"], 3)
+    return out
+
+
+def _default_texts() -> list[str]:
+    raise RiftError("--scale needs --data: its corpus supplies the synthetic documents' sentences")

@@ -1,0 +1,323 @@
+"""`rift bench --learn`: does learning from use make retrieval better, with zero labels?
+
+Protocol (per seed): index the corpus through rift; replay the usage split's query TEXTS through hybrid search
+(logged in the experiment's own temporary data dir, exactly as an agent's searches would be); retrain from that
+log with the product's own pipeline (time split, mining, training, candidate vectors, gate); switch; evaluate the
+base and retrained models in vector and hybrid modes on the held-out evaluation split. Relevance labels are read
+only to score the evaluation split and, after mining, to report how often a mined positive / negative was truly
+relevant (the usage split's labels); they never reach mining, training or the gate.
+
+Reported: mean nDCG@10 per mode, per-seed deltas with 95% paired-bootstrap CIs, the seed-averaged delta with
+its CI, spread over seeds, triples mined by type, training and re-encoding time, and the gate's decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.bench.beir import load_beir
+from server.bench.harness import COLLECTION, BenchIndex
+from server.bench.metrics import ndcg_at_k
+from server.learning.gate import Gate, GateConfig
+from server.learning.mining import MiningConfig
+from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
+from server.learning.training import TrainConfig, train_model
+
+log = logging.getLogger(__name__)
+
+MODES = ("vector", "hybrid")
+
+
+def paired_bootstrap(
+    base: Sequence[float], new: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean delta, 2.5th, 97.5th percentile) of the mean per-query difference, queries resampled."""
+    diff = np.asarray(new, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    if diff.size == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, diff.size, size=(resamples, diff.size))
+    means = diff[idx].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _evaluate(
+    engine: Any, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, float]]:
+    """Per-query nDCG@10 by mode, straight from the engine (not logged: evaluation never reaches the log)."""
+    out: dict[str, dict[str, float]] = {m: {} for m in MODES}
+    for qid, text in queries.items():
+        for mode in MODES:
+            res = engine.search(COLLECTION, text, 10, mode)
+            out[mode][qid] = ndcg_at_k([h.doc_id for h in res.hits], qrels[qid], 10)
+    return out
+
+
+def _label_quality(
+    triples: Sequence[Any], qids_by_text: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, Any]:
+    """After mining only: how often mined positives / negatives are truly relevant (usage-split labels)."""
+    by_kind: dict[str, list[tuple[bool, bool]]] = {}
+    for t in triples:
+        qid = qids_by_text.get(t.query)
+        if qid is None or qid not in qrels:
+            continue
+        rel = qrels[qid]
+        by_kind.setdefault(t.kind, []).append(
+            (rel.get(t.positive_doc, 0) > 0, rel.get(t.negative_doc, 0) > 0)
+        )
+    return {
+        kind: {
+            "judged": len(v),
+            "positive_precision": round(sum(p for p, _ in v) / len(v), 4),
+            "negative_false_rate": round(sum(n for _, n in v) / len(v), 4),
+        }
+        for kind, v in by_kind.items()
+        if v
+    }
+
+
+def _summary(base: Mapping[str, float], runs: Sequence[Mapping[str, float]], seed: int) -> dict[str, Any]:
+    qids = sorted(base)
+    b = [base[q] for q in qids]
+    per_seed = []
+    for run in runs:
+        n = [run[q] for q in qids]
+        d, lo, hi = paired_bootstrap(b, n, seed=seed)
+        per_seed.append(
+            {
+                "ndcg@10": round(float(np.mean(n)), 4),
+                "delta": round(d, 4),
+                "ci95": [round(lo, 4), round(hi, 4)],
+            }
+        )
+    avg = [float(np.mean([run[q] for run in runs])) for q in qids]
+    d, lo, hi = paired_bootstrap(b, avg, seed=seed)
+    deltas = [s["delta"] for s in per_seed]
+    return {
+        "base": round(float(np.mean(b)), 4),
+        "per_seed": per_seed,
+        "seed_mean_delta": round(d, 4),
+        "seed_mean_ci95": [round(lo, 4), round(hi, 4)],
+        "delta_std_over_seeds": round(statistics.stdev(deltas), 4) if len(deltas) > 1 else 0.0,
+    }
+
+
+def run_learning_experiment(
+    data: Path,
+    eval_split: str,
+    usage_split: str,
+    model: str | None,
+    seeds: list[int],
+    cache_dir: Path,
+    out: Path | None,
+    *,
+    strategy: str = "fused",
+    epochs: float = 1.0,
+    learning_rate: float = 2e-5,
+    batch_size: int = 32,
+    train_max_seq_length: int | None = 128,
+    negatives_per_query: int = 1,
+    loss: str = "mnrl",
+    destroyed_check: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    say = progress or (lambda msg: log.info("%s", msg))
+    data = Path(data)
+    eval_ds = load_beir(data, eval_split)
+    usage_ds = load_beir(data, usage_split)
+    usage_ids = sorted(usage_ds.queries)
+    overlap = set(usage_ds.queries) & set(eval_ds.queries)
+    if overlap:
+        raise ValueError(f"usage and eval splits share {len(overlap)} queries")
+    texts_to_qid = {usage_ds.queries[q]: q for q in usage_ids}
+    mining = MiningConfig(strategy=strategy, negatives_per_query=negatives_per_query)
+    train_cfg = TrainConfig(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_seq_length=train_max_seq_length,
+        loss=loss,
+    )
+    result: dict[str, Any] = {
+        "dataset": eval_ds.name,
+        "eval_split": eval_split,
+        "usage_split": usage_split,
+        "usage_queries": len(usage_ids),
+        "eval_queries": len(eval_ds.queries),
+        "documents": len(eval_ds.documents),
+        "strategy": strategy,
+        "train": {
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "max_seq_length": train_max_seq_length,
+            "negatives_per_query": negatives_per_query,
+            "loss": loss,
+        },
+        "seeds": [],
+    }
+    base_eval: dict[str, dict[str, float]] | None = None
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    for seed in seeds:
+        random.seed(seed)
+        np.random.seed(seed)
+        seed_info: dict[str, Any] = {"seed": seed}
+        with BenchIndex(model, cache_dir) as index, tempfile.TemporaryDirectory(prefix="rift-learn-") as tmp:
+            t0 = time.perf_counter()
+            index.ingest(eval_ds)
+            seed_info["ingest_s"] = round(time.perf_counter() - t0, 1)
+            engine = index.engine
+            if base_eval is None:
+                say(f"{eval_ds.name}: evaluating the base model")
+                base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels)
+            say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
+            t0 = time.perf_counter()
+            for qid in usage_ids:
+                index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
+            seed_info["replay_s"] = round(time.perf_counter() - t0, 1)
+
+            gate_cfg = GateConfig(seed=seed)
+            mined = collect_and_mine(
+                index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
+            )
+            rows, kept = materialize(engine, mined.report.triples)
+            seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
+            seed_info["mining"]["train_queries"] = len(mined.train_queries)
+            seed_info["mining"]["holdout_queries"] = len(mined.holdout)
+            seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
+            say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
+            base_embedder = index.embedder
+            trained = train_model(
+                base_embedder.spec.location,
+                rows,
+                Path(tmp) / "model",
+                TrainConfig(**{**train_cfg.__dict__, "seed": seed}),
+                base_embedder.query_prompt,
+                base_embedder.document_prompt,
+            )
+            seed_info["train_s"] = round(trained.seconds, 1)
+            seed_info["train_triples_per_s"] = round(len(rows) * epochs / max(trained.seconds, 1e-9), 2)
+            seed_info["train_device"] = trained.device
+            candidate = load_embedder(str(trained.path), f"learned-seed{seed}", index.settings)
+            say(f"{eval_ds.name} seed {seed}: re-encoding the corpus with the candidate")
+            t0 = time.perf_counter()
+            build_all(engine, candidate)
+            seed_info["reencode_s"] = round(time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            gate = Gate(engine, gate_cfg).score(engine.embedder, candidate, mined.holdout, mined.feedback)
+            seed_info["gate"] = gate.as_dict()
+            seed_info["gate_s"] = round(time.perf_counter() - t0, 1)
+            if destroyed_check and seed == seeds[0]:
+                seed_info["destroyed_gate"] = _destroyed_gate(
+                    engine, base_embedder, mined, gate_cfg, Path(tmp), index.settings
+                )
+            switch_all(engine, candidate, keep_old=True)
+            say(f"{eval_ds.name} seed {seed}: evaluating the retrained model")
+            evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels)
+            seed_info["per_query"] = {m: {q: round(v, 5) for q, v in evaluated[m].items()} for m in MODES}
+            for m in MODES:
+                runs[m].append(evaluated[m])
+                seed_info[f"{m}_ndcg@10"] = round(float(np.mean(list(evaluated[m].values()))), 4)
+        result["seeds"].append(seed_info)
+        assert base_eval is not None
+        result["base_per_query"] = {m: {q: round(v, 5) for q, v in base_eval[m].items()} for m in MODES}
+        result["modes"] = {m: _summary(base_eval[m], runs[m], seeds[0]) for m in MODES}
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
+        say(
+            f"{eval_ds.name} seed {seed}: "
+            + json.dumps({m: result["modes"][m]["per_seed"][-1] for m in MODES})
+        )
+    return result
+
+
+def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine runs of the same dataset made one seed at a time into one result with seed-spread summaries."""
+    first = results[0]
+    merged = {k: v for k, v in first.items() if k not in ("seeds", "modes")}
+    merged["seeds"] = [s for r in results for s in r["seeds"]]
+    base = first["base_per_query"]
+    merged["modes"] = {
+        m: _summary(base[m], [s["per_query"][m] for s in merged["seeds"]], merged["seeds"][0]["seed"])
+        for m in MODES
+    }
+    return merged
+
+
+def _destroyed_gate(
+    engine: Any, base: Any, mined: Any, gate_cfg: GateConfig, tmp: Path, settings: Any
+) -> dict[str, Any]:
+    """The gate must reject a destroyed model: the base architecture with re-initialised weights."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(gate_cfg.seed)
+    model = SentenceTransformer(base.spec.location, device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    path = tmp / "destroyed"
+    model.save(str(path), create_model_card=False)
+    destroyed = load_embedder(str(path), "destroyed", settings)
+    build_all(engine, destroyed)
+    report = Gate(engine, gate_cfg).score(engine.embedder, destroyed, mined.holdout, mined.feedback)
+    for name in engine.collection_names():
+        engine.drop_vectors(name, "destroyed")
+    return report.as_dict()
+
+
+MINING_VARIANTS: dict[str, dict[str, Any]] = {
+    "fused (default)": {"strategy": "fused"},
+    "fused, no positive filter": {"strategy": "fused", "positive_max_rank": 10_000},
+    "fused, both sides top-3": {"strategy": "fused", "positive_max_rank": 3},
+    "fused, weak negative guard (keyword top-10)": {"strategy": "fused", "negative_min_keyword_rank": 10},
+    "fused, strict negative guard (absent from keyword top-100)": {
+        "strategy": "fused",
+        "negative_min_keyword_rank": 100,
+    },
+    "fused, 3 negatives per query": {"strategy": "fused", "negatives_per_query": 3},
+    "agreement (both top-5)": {"strategy": "agreement", "negatives_per_query": 1},
+    "keyword blind spot as positive": {"strategy": "keyword_blind"},
+}
+
+
+def run_mining_analysis(
+    data: Path,
+    usage_split: str,
+    model: str | None,
+    cache_dir: Path,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """No training: replay the usage queries, mine with each variant, and report how many triples it yields and
+    how often its positives / negatives are truly relevant by the usage split's labels (read only here, after
+    mining, to judge the miners)."""
+    usage_ds = load_beir(Path(data), usage_split)
+    usage_ids = sorted(usage_ds.queries)
+    texts_to_qid = {usage_ds.queries[q]: q for q in usage_ids}
+    out: dict[str, Any] = {"dataset": usage_ds.name, "usage_split": usage_split, "variants": {}}
+    with BenchIndex(model, cache_dir) as index:
+        index.ingest(usage_ds)
+        for qid in usage_ids:
+            index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
+        for name, overrides in (variants or MINING_VARIANTS).items():
+            mined = collect_and_mine(index.rift.log, index.engine, MiningConfig(**overrides), GateConfig())
+            quality = _label_quality(mined.report.triples, texts_to_qid, usage_ds.qrels)
+            out["variants"][name] = {
+                "triples": len(mined.report.triples),
+                "queries_used": len({t.query for t in mined.report.triples}),
+                "train_queries": len(mined.train_queries),
+                "quality": quality,
+            }
+    return out

@@ -1,0 +1,213 @@
+"""Output of a bench run: one JSON line with stable keys, a markdown rendering, and an optional plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "rift-bench/1"
+
+
+def machine() -> dict[str, Any]:
+    try:
+        import psutil
+
+        memory_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # psutil comes with chromadb; tolerate its absence anyway
+        memory_gib = None
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "platform": platform.platform(terse=True),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def json_line(result: dict[str, Any]) -> str:
+    return json.dumps({"schema": SCHEMA, **result}, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    ds = result.get("dataset")
+    if ds:
+        lines.append(
+            f"**{ds['name']}** ({ds['split']}): {ds['documents']:,} documents, {ds.get('chunks', 0):,} chunks, "
+            f"{ds['queries']:,} queries; model `{result.get('model')}`"
+        )
+        lines.append("")
+    quality = result.get("quality") or []
+    if quality:
+        lines += _table(
+            ["mode", "depth", "rrf_k", "weights (v,k)", "nDCG@10", "Recall@100", "MRR@10"],
+            [
+                [
+                    r["mode"],
+                    r["depth"],
+                    r["rrf_k"] if r["mode"] == "hybrid" else None,
+                    ",".join(f"{w:g}" for w in r["weights"]) if r["mode"] == "hybrid" else None,
+                    r["ndcg@10"],
+                    r["recall@100"],
+                    r["mrr@10"],
+                ]
+                for r in quality
+            ],
+        )
+        lines.append("")
+    latency = result.get("latency")
+    if latency:
+        modes = latency["search"]
+        parts = ["embed_ms", "vector_ms", "keyword_ms", "fusion_ms", "hydrate_ms", "log_ms"]
+        lines += _table(
+            ["mode (k=10, ms)", "p50", "p95", "p99", *[p.removesuffix("_ms") + " p50" for p in parts]],
+            [
+                [
+                    mode,
+                    m["total_ms"]["p50"],
+                    m["total_ms"]["p95"],
+                    m["total_ms"]["p99"],
+                    *[m["parts_p50_ms"].get(p) for p in parts],
+                ]
+                for mode, m in modes.items()
+            ],
+        )
+        e = latency["embed_only_ms"]
+        lines.append("")
+        lines.append(
+            f"Query embedding alone ({latency.get('backend', 'torch')}): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms; "
+            f"hybrid p50 / embed p50 = {latency.get('hybrid_over_embed', 0):.2f}"
+        )
+        lines.append("")
+    ingest = result.get("ingest")
+    if ingest:
+        lines.append(
+            f"Ingest ({ingest['documents']:,} docs, {ingest['chunks']:,} chunks, no cache): "
+            f"{ingest['ingest_docs_per_s']:.1f} docs/s, {ingest['ingest_chunks_per_s']:.1f} chunks/s; raw "
+            f"`model.encode` {ingest['raw_encode_docs_per_s']:.1f} docs/s (truncated) and "
+            f"{ingest['raw_encode_chunks_per_s']:.1f} chunks/s; ratio "
+            f"{ingest['ratio_vs_raw_chunks']:.2f} vs the same chunks, {ingest['ratio_vs_raw_docs']:.2f} vs whole docs"
+        )
+        lines.append("")
+    if result.get("index_bytes"):
+        sizes = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in result["index_bytes"].items())
+        lines.append(f"Index on disk: {sizes}. Peak RSS {result.get('peak_rss_mib', 0):,.0f} MiB.")
+        lines.append("")
+    scale = result.get("scale") or []
+    if scale:
+        lines += _table(
+            [
+                "chunks",
+                "ingest s",
+                "bm25 rebuild s",
+                "keyword p50/p99",
+                "vector p50/p99",
+                "hybrid p50/p99",
+                "disk MiB",
+                "RSS MiB",
+            ],
+            [
+                [
+                    f"{r['chunks']:,}",
+                    r["ingest_seconds"],
+                    r["keyword_rebuild_seconds"],
+                    _pp(r["latency"].get("keyword")),
+                    _pp(r["latency"].get("vector")),
+                    _pp(r["latency"].get("hybrid")),
+                    round(r["disk_bytes"] / 2**20, 1),
+                    r["rss_mib"],
+                ]
+                for r in scale
+            ],
+        )
+        lines.append("")
+    for note in result.get("notes") or []:
+        lines.append(f"- {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _pp(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "–"
+    return f"{m['total_ms']['p50']:.1f} / {m['total_ms']['p99']:.1f}"
+
+
+def plot(result: dict[str, Any], out: Path) -> Path:
+    """Latency versus corpus size (when a scale sweep ran) and the quality table, in one figure."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'rift-mcp[bench]'") from exc
+
+    scale = result.get("scale") or []
+    quality = result.get("quality") or []
+    panels = int(bool(scale)) + int(bool(quality)) or 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    ax_iter = iter(axes[0])
+    if scale:
+        ax = next(ax_iter)
+        sizes = [r["chunks"] for r in scale]
+        for mode in ("keyword", "vector", "hybrid"):
+            if all(mode in r["latency"] for r in scale):
+                for pct, style in (("p50", "-o"), ("p99", "--x")):
+                    ys = [r["latency"][mode]["total_ms"][pct] for r in scale]
+                    ax.plot(sizes, ys, style, label=f"{mode} {pct}")
+        ax.set_xscale("log")
+        ax.set_xlabel("chunks in the collection")
+        ax.set_ylabel("search latency (ms)")
+        ax.set_title("Latency vs corpus size")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if quality:
+        ax = next(ax_iter)
+        ax.axis("off")
+        cols = ["mode", "depth", "rrf_k", "w(v,k)", "nDCG@10", "R@100", "MRR@10"]
+        cells = [
+            [
+                r["mode"],
+                r["depth"],
+                f"{r['rrf_k']:g}" if r["mode"] == "hybrid" else "",
+                ",".join(f"{w:g}" for w in r["weights"]) if r["mode"] == "hybrid" else "",
+                f"{r['ndcg@10']:.4f}",
+                f"{r['recall@100']:.4f}",
+                f"{r['mrr@10']:.4f}",
+            ]
+            for r in quality
+        ]
+        table = ax.table(cellText=cells, colLabels=cols, loc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        ds = result.get("dataset") or {}
+        ax.set_title(f"Quality: {ds.get('name', '')} {ds.get('split', '')}")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

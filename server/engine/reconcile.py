@@ -1,0 +1,152 @@
+"""Bring rift's SQLite chunk rows (the keyword side's durable form) in line with the chunks stored in Chroma.
+
+Chroma is the source of truth, but it can hold more than one version of a document at a time: while a writer
+is between "upsert the new chunks" and "delete the old ones", after a writer crashed half-way, or when two rift
+processes sharing one Chroma server wrote the same document id at once. So the repair works per document:
+among the versions whose every chunk is present (`_rift_n` of them), the newest (`_rift_ts`) is made visible;
+a version missing any chunk is never shown. Nothing is written to Chroma here: the writer that left an
+incomplete or superseded version cleans it up itself (its journal), so a reader can never delete data that a
+recovering writer still needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.keyword_index import KeywordTokenizer
+from server.engine.state_store import ChunkRow, StateStore
+from server.engine.vector_store import VectorStore
+
+log = logging.getLogger(__name__)
+
+RESERVED_PREFIX = "_rift_"
+
+
+@dataclass
+class Delta:
+    """What a repair changed in rift's own state (and so in the keyword index)."""
+
+    removed: list[str] = field(default_factory=list)
+    added: list[ChunkRow] = field(default_factory=list)
+    put_docs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    removed_docs: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.removed or self.added or self.put_docs or self.removed_docs)
+
+
+@dataclass
+class _Version:
+    present: set[str] = field(default_factory=set)  # chunk ids in rift's state that Chroma also has
+    absent: set[str] = field(default_factory=set)  # chunk ids in rift's state that Chroma lacks
+    fetched: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (id, text, meta) new to us
+    expected: int | None = None  # _rift_n of the fetched chunks
+    ts: float | None = None  # _rift_ts of the fetched chunks
+
+    @property
+    def in_state(self) -> bool:
+        return bool(self.present or self.absent)
+
+    def complete(self) -> bool:
+        if self.absent:
+            return False
+        total = len(self.present) + len(self.fetched)
+        if not self.fetched:
+            return total > 0  # rift only commits whole versions, so a version fully in its state is whole
+        return total == (self.expected if self.expected is not None else total)
+
+
+def _number(meta: Mapping[str, Any], key: str, default: float) -> float:
+    value = meta.get(key, default)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def join_chunks(parts: Sequence[ChunkRow]) -> str:
+    """A document's text rebuilt from its chunks (exact slices at known offsets; gaps become one space)."""
+    text, covered = "", 0  # `covered`: end of the text so far, in the original document's offsets
+    for r in sorted(parts, key=lambda r: r.chunk_index):
+        start = int(r.metadata.get("_rift_start", covered))
+        if start >= covered:
+            text += (" " if text and start > covered else "") + r.text
+        else:
+            text += r.text[covered - start :]
+        covered = max(covered, start + len(r.text))
+    return text
+
+
+def reconcile_with_chroma(
+    vectors: VectorStore,
+    state: StateStore,
+    tokenizer: KeywordTokenizer,
+    collection: str,
+    chroma_name: str,
+) -> Delta:
+    """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name`; return what changed."""
+    in_chroma = set(vectors.all_ids(chroma_name))
+    keys = state.chunk_keys(collection)
+    if in_chroma == keys.keys():
+        return Delta()  # the common case: one id listing and one SQLite scan
+    missing = sorted(in_chroma - keys.keys())
+    versions: dict[str, dict[str, _Version]] = {}
+    for chunk_id, (doc_id, doc_hash) in keys.items():
+        version = versions.setdefault(doc_id, {}).setdefault(doc_hash, _Version())
+        (version.present if chunk_id in in_chroma else version.absent).add(chunk_id)
+    for chunk_id, text, meta in vectors.get(chroma_name, missing) if missing else []:
+        meta = dict(meta or {})
+        doc_id = str(meta.get("_rift_doc", chunk_id))
+        version = versions.setdefault(doc_id, {}).setdefault(str(meta.get("_rift_hash", "")), _Version())
+        version.fetched.append((chunk_id, text or "", meta))
+        version.expected = int(_number(meta, "_rift_n", 0)) or None
+        version.ts = _number(meta, "_rift_ts", 0.0)
+
+    delta = Delta()
+    for doc_id, by_hash in versions.items():
+        chosen = _choose(state, collection, doc_id, by_hash)
+        for doc_hash, version in by_hash.items():
+            if doc_hash != chosen:
+                delta.removed.extend(sorted(version.present | version.absent))
+        if chosen is None or by_hash[chosen].in_state:
+            continue
+        fetched = sorted(by_hash[chosen].fetched, key=lambda f: _number(f[2], "_rift_idx", 0))
+        tokens = tokenizer.tokenize([text for _, text, _ in fetched])
+        rows = [
+            ChunkRow(chunk_id, doc_id, chosen, int(_number(meta, "_rift_idx", 0)), text, tuple(toks), meta)
+            for (chunk_id, text, meta), toks in zip(fetched, tokens, strict=True)
+        ]
+        delta.added.extend(rows)
+        user_meta = {k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX)}
+        delta.put_docs.append((doc_id, chosen, join_chunks(rows), user_meta))
+
+    if not delta.empty:
+        log.warning(
+            "repairing %s from Chroma: %d chunks added, %d chunk rows dropped",
+            collection,
+            len(delta.added),
+            len(delta.removed),
+        )
+        state.apply(collection, delta.removed, delta.added, put_docs=delta.put_docs)
+        delta.removed_docs = state.orphan_documents(collection)
+        if delta.removed_docs:
+            state.apply(collection, [], [], remove_docs=delta.removed_docs)
+    return delta
+
+
+def _choose(state: StateStore, collection: str, doc_id: str, by_hash: dict[str, _Version]) -> str | None:
+    """The hash of the version to show: the newest complete one, rift's current one on a tie; None if no
+    version is complete."""
+    complete = [h for h, v in by_hash.items() if v.complete()]
+    if len(complete) <= 1:
+        return complete[0] if complete else None
+
+    def ts(doc_hash: str) -> float:
+        version = by_hash[doc_hash]
+        if version.ts is None:  # only known from rift's own state: read its chunks' metadata
+            rows = state.document_chunks(collection, doc_id)
+            version.ts = max((_number(r.metadata, "_rift_ts", 0.0) for r in rows), default=0.0)
+        return version.ts
+
+    return max(complete, key=lambda h: (ts(h), by_hash[h].in_state, h))

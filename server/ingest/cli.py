@@ -1,0 +1,119 @@
+"""`rift add` and `rift watch`: the command-line side of file ingestion. The CLI reads whatever its user can
+(allowed_roots only limits the MCP server); like the other commands it needs the data dir to itself."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from server.errors import RiftError
+
+if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help` and `rift serve` stay quick
+    from server.ingest.sync import SyncReport
+
+
+def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> None:
+    if as_json:
+        payload = {
+            "collection": report.collection,
+            **report.counts(),
+            "files": [f.__dict__ for f in report.files],
+        }
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    for f in report.files:
+        if f.status == "unchanged" and not verbose:
+            continue
+        detail = f" ({f.chunks} chunks)" if f.chunks else ""
+        detail += f": {f.reason}" if f.reason else ""
+        click.echo(f"{f.status:<9} {f.path}{detail}")
+    summary = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
+    click.echo(f"{report.collection}: {summary or 'nothing to do'}", err=True)
+
+
+@click.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--collection", default="default", show_default=True)
+@click.option(
+    "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
+)
+@click.option("--prune", is_flag=True, help="Remove documents of files that are gone from the folders.")
+@click.option("--no-recursive", is_flag=True, help="Do not descend into sub-folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file report as JSON.")
+@click.option("--data-dir", default=None)
+def add(
+    paths: tuple[str, ...],
+    collection: str,
+    glob: tuple[str, ...],
+    prune: bool,
+    no_recursive: bool,
+    as_json: bool,
+    data_dir: str | None,
+) -> None:
+    """Ingest files and folders (Markdown, text, PDF, HTML, reStructuredText, code); run again to sync."""
+    from server.cli import load_settings, open_rift
+    from server.ingest.security import PathPolicy
+    from server.ingest.sync import sync_paths
+
+    rift = open_rift(load_settings(data_dir))
+    try:
+        report = sync_paths(
+            rift.engine(),
+            collection,
+            list(paths),
+            PathPolicy.unrestricted(),
+            recursive=not no_recursive,
+            glob=list(glob) or None,
+            prune=prune,
+        )
+        _print_report(report, as_json, verbose=False)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()
+
+
+@click.command("watch")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--collection", default="default", show_default=True)
+@click.option(
+    "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
+)
+@click.option("--no-prune", is_flag=True, help="Keep documents of deleted files.")
+@click.option("--debounce-ms", default=1000, show_default=True, type=click.IntRange(50, 60_000))
+@click.option("--poll", is_flag=True, help="Poll instead of using OS notifications (network drives).")
+@click.option("--data-dir", default=None)
+def watch(
+    path: str,
+    collection: str,
+    glob: tuple[str, ...],
+    no_prune: bool,
+    debounce_ms: int,
+    poll: bool,
+    data_dir: str | None,
+) -> None:
+    """Keep a collection in sync with a folder until interrupted (Ctrl-C)."""
+    from server.cli import load_settings, open_rift
+    from server.ingest.watch import watch_folder
+
+    settings = load_settings(data_dir)
+    rift = open_rift(settings)
+    click.echo(f"watching {path} -> collection {collection!r} (Ctrl-C to stop)", err=True)
+    try:
+        watch_folder(
+            rift.engine(),
+            click.format_filename(path),
+            collection,
+            glob=list(glob) or None,
+            prune=not no_prune,
+            debounce_ms=debounce_ms,
+            force_polling=poll or None,
+            ignore_under=[settings.data_dir],
+            on_sync=lambda report: _print_report(report, False, verbose=False),
+        )
+    except (RiftError, NotADirectoryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()

@@ -1,0 +1,269 @@
+"""Text and metadata from a file's bytes, one extractor per format, each built on a maintained library:
+pypdf (PDF), BeautifulSoup (HTML), markdown-it-py + PyYAML (Markdown headings and front matter),
+charset-normalizer (text that is not UTF-8)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.ingest.filetypes import Family
+
+log = logging.getLogger(__name__)
+
+SNIFF_BYTES = 8192
+MAX_FRONT_MATTER_KEYS = 64
+MAX_FRONT_MATTER_VALUE = 4096
+MAX_TITLE = 300
+# Keys a file document always has; front matter cannot override them.
+FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", "sha256"})
+FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
+RST_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:.])\1+\s*$")
+HTML_DROP = ("script", "style", "noscript", "template", "svg", "head")
+
+
+class SkipFile(Exception):  # noqa: N818 - a skip with a reason, not a failure
+    """The file is not ingested; the message is the reason shown to the caller."""
+
+
+@dataclass
+class Extracted:
+    text: str
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # format-specific (front matter, pages)
+
+
+def looks_binary(data: bytes) -> bool:
+    head = data[:SNIFF_BYTES]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text has NULs but is not binary
+        return False
+    return b"\x00" in head
+
+
+def decode_text(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(data))
+    if not matches:
+        raise SkipFile("binary file (not decodable as text)")
+    # Among plausible legacy encodings, Windows-1252 is by far the most common for text files; the detector
+    # otherwise picks rarer ones (mac_latin2, cp1250) for plain Western text.
+    for match in matches:
+        if match.encoding == "cp1252":
+            return str(match)
+    return str(matches[0])
+
+
+def clean(text: str) -> str:
+    """One newline convention, no NULs, no lone surrogates: what the engine accepts."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _short(title: Any) -> str | None:
+    if not isinstance(title, str):
+        return None
+    title = " ".join(title.split())
+    return title[:MAX_TITLE] or None
+
+
+# --- Markdown -------------------------------------------------------------------------------------------------
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """(front matter mapping, body). Invalid or non-mapping YAML stays in the body, unparsed."""
+    import yaml
+
+    match = FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    try:
+        data = yaml.safe_load(match.group(1) or "")
+    except yaml.YAMLError as exc:
+        log.info("ignoring invalid front matter: %s", exc)
+        return {}, text
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        return {}, text
+    return dict(data), text[match.end() :]
+
+
+def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
+    """Nested keys become 'a.b'; lists of scalars become 'x, y'; dates become ISO strings; what cannot be
+    stored as a flat metadata value (null, NaN, reserved names) is dropped."""
+    out: dict[str, str | int | float | bool] = {}
+
+    def put(key: str, value: Any) -> None:
+        if len(out) >= MAX_FRONT_MATTER_KEYS or not key or key.startswith(("$", "#", "_rift_", "chroma:")):
+            return
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return
+        if isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = value if abs(value) < 2**63 else str(value)
+        elif isinstance(value, float):
+            out[key] = value
+        elif isinstance(value, dt.date | dt.datetime | dt.time):
+            out[key] = value.isoformat()
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                put(f"{key}.{k}", v)
+            return
+        elif isinstance(value, list | tuple | set):
+            if all(isinstance(v, str | int | float | bool) for v in value):
+                out[key] = ", ".join(str(v) for v in value)[:MAX_FRONT_MATTER_VALUE]
+            else:
+                out[key] = json.dumps(list(value), default=str, ensure_ascii=False)[:MAX_FRONT_MATTER_VALUE]
+        else:
+            out[key] = str(value)[:MAX_FRONT_MATTER_VALUE]
+        if isinstance(out.get(key), str):
+            out[key] = clean(str(out[key]))[:MAX_FRONT_MATTER_VALUE]
+
+    for k, v in data.items():
+        put(str(k).strip(), v)
+    return out
+
+
+def markdown_headings(text: str) -> list[tuple[int, int, str]]:
+    """(level, line index, heading text) for every ATX or setext heading, ignoring '#' inside code blocks."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    out = []
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open" and tok.map is not None:
+            inline = tokens[i + 1].content if i + 1 < len(tokens) else ""
+            out.append((int(tok.tag[1:]), tok.map[0], " ".join(inline.split())))
+    return out
+
+
+def extract_markdown(text: str) -> Extracted:
+    front, body = split_front_matter(text)
+    meta = flatten_front_matter(front)
+    title = _short(front.get("title"))
+    if title is None:
+        title = next((_short(h) for _, _, h in markdown_headings(body) if h.strip()), None)
+    return Extracted(body, title, {k: v for k, v in meta.items() if k not in FILE_KEYS})
+
+
+# --- reStructuredText -------------------------------------------------------------------------------------------
+
+
+def rst_headings(text: str) -> list[tuple[int, int, str]]:
+    """(level, line index of the section's first line, title). Levels follow the order adornment styles first
+    appear, as docutils assigns them."""
+    lines = text.split("\n")
+    styles: list[tuple[str, bool]] = []
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while i + 1 < len(lines):
+        title, under = lines[i], lines[i + 1]
+        match = RST_UNDERLINE.match(under)
+        if title.strip() and not title[0].isspace() and match and len(under.rstrip()) >= len(title.rstrip()):
+            if RST_UNDERLINE.match(title) and title.rstrip() == under.rstrip():  # a transition, not a title
+                i += 1
+                continue
+            over = i > 0 and lines[i - 1].rstrip() == under.rstrip()
+            style = (match.group(1), over)
+            if style not in styles:
+                styles.append(style)
+            out.append((styles.index(style) + 1, i - 1 if over else i, " ".join(title.split())))
+            i += 2
+            continue
+        i += 1
+    return out
+
+
+def extract_rst(text: str) -> Extracted:
+    title = next((_short(h) for _, _, h in rst_headings(text)), None)
+    return Extracted(text, title)
+
+
+# --- HTML -----------------------------------------------------------------------------------------------------
+
+
+def extract_html(data: bytes) -> Extracted:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(data, "html.parser")  # bytes: bs4 honours <meta charset> and BOMs
+    title = _short(soup.title.get_text()) if soup.title else None
+    for tag in soup(HTML_DROP):
+        tag.decompose()
+    if title is None:
+        h1 = soup.find("h1")
+        title = _short(h1.get_text(" ")) if h1 else None
+    lines = (" ".join(line.split()) for line in soup.get_text("\n").split("\n"))
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return Extracted(text, title)
+
+
+# --- PDF ------------------------------------------------------------------------------------------------------
+
+
+def extract_pdf(data: bytes) -> Extracted:
+    """Pages are joined with a form feed so the PDF splitter can tell which page a chunk came from."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise SkipFile("encrypted PDF (needs a password)")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = _short(reader.metadata.title) if reader.metadata else None
+    except SkipFile:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise SkipFile(f"unreadable PDF: {exc}") from None
+    except Exception as exc:  # pypdf raises assorted errors on damaged files; name the file, do not crash
+        raise SkipFile(f"unreadable PDF: {type(exc).__name__}: {exc}") from None
+    pages = [clean(p).strip("\n") for p in pages]
+    if not any(p.strip() for p in pages):
+        raise SkipFile("PDF has no extractable text (scanned images?)")
+    return Extracted("\n\f\n".join(pages), title, {"pages": len(pages)})
+
+
+# --- dispatch -------------------------------------------------------------------------------------------------
+
+
+def extract(path: Path, data: bytes, family: Family) -> Extracted:
+    """Text, title and format metadata of a file's bytes; raises SkipFile with the reason when it has none."""
+    if family == "pdf":
+        if not data.startswith(b"%PDF"):
+            raise SkipFile("not a PDF file (no %PDF header)")
+        out = extract_pdf(data)
+    else:
+        if looks_binary(data):
+            raise SkipFile("binary file (contains NUL bytes)")
+        if family == "html":
+            out = extract_html(data)
+        else:
+            text = clean(decode_text(data))
+            if family == "markdown":
+                out = extract_markdown(text)
+            elif family == "rst":
+                out = extract_rst(text)
+            else:
+                out = Extracted(text)
+    out.text = clean(out.text)
+    if not out.text.strip():
+        raise SkipFile("no text")
+    if out.title is None:
+        out.title = path.name
+    return out

@@ -1,0 +1,114 @@
+"""Reading back and managing what is stored: whole documents (recording fetches as a learning signal),
+filtered document listings, and the collection catalog. Shared by the MCP tools and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server.engine.filters import MetadataColumns, mask, parse_filters, path_keys
+from server.errors import NotFoundError, RiftError
+
+MAX_LIST = 1000
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    collection: str
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+    chunks: int
+    updated_at: float
+    total_chars: int
+    offset: int
+    truncated: bool
+    fetch_recorded: bool
+
+
+def _check_int(value: Any, where: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+        bound = f"from {low} to {high}" if high else f"of at least {low}"
+        raise RiftError(f"{where} must be an integer {bound}")
+    return value
+
+
+def get_document(
+    rift: Any,
+    collection: str,
+    doc_id: str,
+    query_id: str | None = None,
+    offset: int = 0,
+    max_chars: int | None = None,
+) -> DocumentView:
+    """A stored document's text (or a window of it) and metadata. With `query_id` (from hybrid_search), the
+    read is recorded against that search in the query log."""
+    if not isinstance(doc_id, str) or not doc_id:
+        raise RiftError("doc_id must be a non-empty string")
+    _check_int(offset, "offset", 0)
+    if max_chars is not None:
+        _check_int(max_chars, "max_chars", 1)
+    engine = rift.engine()
+    logged = None
+    if query_id is not None:
+        if not isinstance(query_id, str) or not query_id.strip():
+            raise RiftError("query_id must be a non-empty string (the query_id a hybrid_search returned)")
+        if rift.settings.log_queries and rift.log is not None:
+            logged = rift.log.get(query_id)
+            if logged is None:
+                raise NotFoundError(
+                    f"unknown query_id {query_id!r}: pass the query_id a hybrid_search returned"
+                )
+            if logged.collection != collection:
+                raise RiftError(
+                    f"query_id {query_id!r} searched collection {logged.collection!r}, not {collection!r}"
+                )
+    text, metadata, chunks, updated = engine.get_document(collection, doc_id)
+    end = len(text) if max_chars is None else offset + max_chars
+    if logged is not None:
+        rift.log.record_fetch(query_id, doc_id)
+    return DocumentView(
+        collection,
+        doc_id,
+        text[offset:end],
+        metadata,
+        chunks,
+        updated,
+        len(text),
+        offset,
+        end < len(text),
+        logged is not None,
+    )
+
+
+def list_documents(
+    engine: Any, collection: str, filters: Mapping[str, Any] | None, limit: int = 50, offset: int = 0
+) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+    """(number of matching documents, one page of (doc_id, metadata)) ordered by id. Filters use the search
+    grammar over document metadata ($prefix on source included); chunk-level keys such as heading are not
+    document metadata."""
+    node = parse_filters(filters)
+    _check_int(limit, "limit", 1, MAX_LIST)
+    _check_int(offset, "offset", 0)
+    engine.info(collection)  # NotFoundError naming the known collections
+    docs = engine.state.list_documents(collection, -1, 0)
+    if node is not None:
+        keep = mask(node, MetadataColumns([{**m, **path_keys(m)} for _, m in docs]))
+        docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
+    return len(docs), docs[offset : offset + limit]
+
+
+def list_collections(engine: Any) -> list[dict[str, Any]]:
+    out = []
+    for name in engine.collection_names():
+        info = engine.info(name)
+        out.append(
+            {
+                "name": info.name,
+                "documents": info.documents,
+                "chunks": info.chunks,
+                "model_version": info.model_version,
+            }
+        )
+    return out

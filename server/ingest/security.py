@@ -1,0 +1,101 @@
+"""Which paths rift may read. The MCP server reads only under `allowed_roots` (none until the user sets them);
+the CLI reads whatever its user can. A requested path is checked as written ('..' is refused outright), then
+resolved (every symlink followed) and the result must lie inside a root, so neither a symlink nor '..' can lead
+out. Files are opened with O_NOFOLLOW so a file swapped for a symlink after the check is not followed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from server.config import Settings
+from server.errors import NotFoundError, RiftError
+
+NO_ROOTS = (
+    "reading files is disabled until allowed_roots is set: add the folders rift may read to allowed_roots in "
+    "config.toml or RIFT_ALLOWED_ROOTS='[\"/path/to/notes\"]', then restart the server"
+)
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    roots: tuple[Path, ...] | None  # None = unrestricted (the CLI)
+
+    @classmethod
+    def for_server(cls, settings: Settings) -> PathPolicy:
+        return cls(tuple(Path(r).resolve() for r in settings.allowed_roots))
+
+    @classmethod
+    def unrestricted(cls) -> PathPolicy:
+        return cls(None)
+
+    def allows(self, resolved: Path) -> bool:
+        if self.roots is None:
+            return True
+        return any(resolved == root or resolved.is_relative_to(root) for root in self.roots)
+
+    def describe_roots(self) -> str:
+        return "any path" if self.roots is None else ", ".join(str(r) for r in self.roots) or "none"
+
+    def check(self, raw: object, where: str) -> Path:
+        """The resolved path of an existing file or folder the caller may read; RiftError naming `where`
+        and the reason otherwise."""
+        if not isinstance(raw, str) or not raw.strip():
+            raise RiftError(f"{where} must be a non-empty path string")
+        if "\x00" in raw:
+            raise RiftError(f"{where} contains a NUL character")
+        if self.roots is not None and not self.roots:
+            raise RiftError(NO_ROOTS)
+        path = Path(raw).expanduser()
+        if self.roots is not None:
+            if not path.is_absolute():
+                raise RiftError(
+                    f"{where} {raw!r} must be an absolute path (allowed roots: {self.describe_roots()})"
+                )
+            if ".." in PurePath(raw).parts:
+                raise RiftError(
+                    f"{where} {raw!r} must not contain '..'; give the folder's plain absolute path"
+                )
+        try:
+            resolved = path.resolve(strict=True)
+        except FileNotFoundError:
+            raise NotFoundError(f"{where} {raw!r} does not exist") from None
+        except RuntimeError:
+            raise RiftError(f"{where} {raw!r} is a symlink loop") from None
+        except OSError as exc:
+            raise RiftError(f"{where} {raw!r} cannot be read: {exc.strerror or exc}") from None
+        if not self.allows(resolved):
+            lexical = Path(os.path.normpath(path))
+            if self.allows(lexical):
+                raise RiftError(
+                    f"{where} {raw!r} is a symlink that leads to {str(resolved)!r}, outside the allowed roots "
+                    f"({self.describe_roots()})"
+                )
+            raise RiftError(f"{where} {raw!r} is outside the allowed roots ({self.describe_roots()})")
+        if not (resolved.is_file() or resolved.is_dir()):
+            raise RiftError(f"{where} {raw!r} is not a regular file or folder")
+        return resolved
+
+
+def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes and stat, read without following a symlink at its last component; OSError, or
+    ValueError with the reason, on refusal."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"file is {info.st_size:,} bytes; the limit is {max_bytes:,} (max_file_bytes)")
+        with os.fdopen(fd, "rb", closefd=True) as handle:
+            fd = -1
+            data = handle.read(max_bytes + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"file is over {max_bytes:,} bytes (max_file_bytes)")
+    return data, info

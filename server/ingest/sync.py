@@ -1,0 +1,252 @@
+"""Bring a collection in line with files and folders.
+
+A file's document id is its absolute (resolved) path, so ingesting a folder again updates it in place:
+  - same size and mtime as stored, or the same SHA-256 of its bytes  -> unchanged (not read / not re-embedded)
+  - different content                                                -> updated
+  - new                                                              -> added
+  - with prune=True, documents of files under a given folder that are gone, or now left out (.gitignore,
+    binary, too large, no text)                                      -> removed
+A file that could not be read this time (permissions, a race) keeps its document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pathspec
+
+from server.engine.engine import MAX_ID_CHARS, DocumentInput, check_collection_name
+from server.errors import RiftError
+from server.ingest.extract import SNIFF_BYTES, SkipFile, extract, looks_binary
+from server.ingest.filetypes import classify
+from server.ingest.security import PathPolicy, read_file
+from server.ingest.walker import Found, Skipped, compile_glob, walk
+
+log = logging.getLogger(__name__)
+
+Status = Literal["added", "updated", "unchanged", "skipped", "removed"]
+MAX_PATHS = 100
+BATCH_DOCS = 32
+BATCH_CHARS = 500_000
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: Status
+    reason: str | None = None
+    chunks: int = 0
+
+
+@dataclass
+class SyncReport:
+    collection: str
+    files: list[FileResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("added", "updated", "unchanged", "skipped", "removed")}
+        for f in self.files:
+            out[f.status] += 1
+        return out
+
+
+def _unsupported_reason(path: Path, max_bytes: int) -> str:
+    try:
+        head, _ = read_file(path, max_bytes)
+    except (OSError, ValueError):
+        head = b""
+    if looks_binary(head[:SNIFF_BYTES]):
+        return "binary file (contains NUL bytes)"
+    return f"unsupported file type {path.suffix or path.name!r}"
+
+
+class _Sync:
+    def __init__(
+        self,
+        engine: Any,
+        collection: str,
+        max_file_bytes: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.collection = collection
+        self.max_file_bytes = max_file_bytes
+        self.max_chars = engine.settings.max_document_chars
+        self.progress = progress
+        self.report = SyncReport(collection)
+        self.keep: set[str] = set()  # documents that must survive pruning
+        self.skipped: dict[str, FileResult] = {}
+        self.batch: list[DocumentInput] = []
+        self.batch_chars = 0
+        self.existing: dict[str, dict[str, Any]] = {}
+
+    def skip(self, path: Path | str, reason: str, transient: bool = False) -> None:
+        result = FileResult(str(path), "skipped", reason)
+        self.report.files.append(result)
+        self.skipped[str(path)] = result
+        if transient:
+            self.keep.add(str(path))
+
+    def one(self, path: Path) -> None:
+        key = str(path)
+        kind = classify(path)
+        if kind is None:
+            self.skip(path, _unsupported_reason(path, self.max_file_bytes))
+            return
+        if len(key) > MAX_ID_CHARS:
+            self.skip(path, f"path is longer than {MAX_ID_CHARS} characters (the document id limit)")
+            return
+        old = self.existing.get(key)
+        try:
+            info = path.stat()
+        except OSError as exc:
+            self.skip(path, f"cannot read file: {exc.strerror or exc}", transient=True)
+            return
+        if old and old.get("size") == info.st_size and old.get("mtime") == info.st_mtime:
+            self.unchanged(key)
+            return
+        try:
+            data, info = read_file(path, self.max_file_bytes)
+        except ValueError as exc:
+            self.skip(path, str(exc))
+            return
+        except OSError as exc:
+            self.skip(path, f"cannot read file: {exc.strerror or exc}", transient=True)
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if old and old.get("sha256") == digest:
+            self.unchanged(key)
+            return
+        file_type, family = kind
+        try:
+            extracted = extract(path, data, family)
+        except SkipFile as exc:
+            self.skip(path, str(exc))
+            return
+        if len(extracted.text) > self.max_chars:
+            self.skip(
+                path,
+                f"extracted text is {len(extracted.text):,} characters; the limit is {self.max_chars:,} "
+                "(max_document_chars)",
+            )
+            return
+        metadata = {
+            **extracted.metadata,
+            "source": key,
+            "name": path.name,
+            "file_type": file_type,
+            "size": info.st_size,
+            "mtime": info.st_mtime,
+            "title": extracted.title or path.name,
+            "sha256": digest,
+        }
+        doc = DocumentInput(text=extracted.text, id=key, metadata=metadata)
+        try:
+            self.engine.validate_documents([doc])
+        except RiftError as exc:
+            self.skip(path, str(exc).replace("documents[0].", "file "))
+            return
+        self.batch.append(doc)
+        self.batch_chars += len(extracted.text)
+        if len(self.batch) >= BATCH_DOCS or self.batch_chars >= BATCH_CHARS:
+            self.flush()
+
+    def unchanged(self, key: str) -> None:
+        self.report.files.append(FileResult(key, "unchanged"))
+        self.keep.add(key)
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        for status in self.engine.add_documents(self.collection, self.batch):
+            self.report.files.append(FileResult(status.id, status.status, chunks=status.chunks))
+            self.keep.add(status.id)
+        self.batch = []
+        self.batch_chars = 0
+
+    def prune(self, folder: Path, recursive: bool, pattern: pathspec.PathSpec | None) -> list[str]:
+        doomed = []
+        for doc_id, meta in self.existing.items():
+            source = meta.get("source")
+            if doc_id != source or doc_id in self.keep:
+                continue  # not a file document, or a file that is still there
+            path = Path(source)
+            if not path.is_relative_to(folder) or path == folder:
+                continue
+            if not recursive and path.parent != folder:
+                continue
+            if pattern is not None and not pattern.match_file(path.relative_to(folder).as_posix()):
+                continue
+            doomed.append(doc_id)
+        return doomed
+
+
+def sync_paths(
+    engine: Any,
+    collection: str,
+    paths: Sequence[str],
+    policy: PathPolicy,
+    *,
+    recursive: bool = True,
+    glob: str | Sequence[str] | None = None,
+    prune: bool = False,
+    max_file_bytes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncReport:
+    """Ingest files and folders into `collection` (created if needed); see the module docstring."""
+    check_collection_name(collection)
+    if isinstance(paths, str) or not isinstance(paths, Sequence) or not paths:
+        raise RiftError("paths must be a non-empty list of files or folders")
+    if len(paths) > MAX_PATHS:
+        raise RiftError(f"paths has {len(paths)} items; the limit per call is {MAX_PATHS}")
+    pattern = compile_glob(glob)
+    targets = list(dict.fromkeys(policy.check(p, f"paths[{i}]") for i, p in enumerate(paths)))
+
+    run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress)
+    engine.create_collection(collection)
+    run.existing = dict(engine.state.list_documents(collection, -1, 0))
+
+    candidates: dict[Path, None] = {}
+    for target in targets:
+        if target.is_file():
+            candidates[target] = None  # named explicitly: no glob or .gitignore applies
+            continue
+        for item in walk(target, policy, recursive, pattern):
+            if isinstance(item, Found):
+                candidates[item.path] = None
+            elif isinstance(item, Skipped):
+                run.skip(item.path, item.reason, item.transient)
+
+    total = len(candidates)
+    for done, path in enumerate(candidates, 1):
+        run.one(path)
+        if progress is not None and (done % BATCH_DOCS == 0 or done == total):
+            run.flush()
+            progress(done, total)
+    run.flush()
+
+    if prune:
+        doomed: list[str] = []
+        for target in targets:
+            if target.is_dir():
+                doomed.extend(run.prune(target, recursive, pattern))
+        doomed = list(dict.fromkeys(doomed))
+        if doomed:
+            deleted, _ = engine.delete_documents(collection, doomed)
+            for doc_id in deleted:
+                earlier = run.skipped.get(doc_id)
+                if earlier is not None:
+                    earlier.status = "removed"
+                    earlier.reason = f"{earlier.reason}; its document was removed"
+                else:
+                    gone = not Path(doc_id).exists()
+                    reason = (
+                        "file no longer exists" if gone else "left out of the folder now (e.g. .gitignore)"
+                    )
+                    run.report.files.append(FileResult(doc_id, "removed", reason))
+    return run.report

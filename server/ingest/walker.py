@@ -1,0 +1,155 @@
+"""Folder walking: .gitignore rules (nested files, and those above the folder up to its repository root),
+an optional gitignore-style glob, symlinks checked against the allowed roots, VCS folders left out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from server.errors import RiftError
+from server.ingest.security import PathPolicy
+
+log = logging.getLogger(__name__)
+VCS_DIRS = frozenset({".git", ".hg", ".svn"})
+MAX_GLOBS = 32
+
+
+@dataclass(frozen=True)
+class Found:
+    path: Path  # resolved: no symlink left in it
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+    transient: bool = False  # an error that may pass; pruning keeps such a file's document
+
+
+def compile_glob(glob: str | Sequence[str] | None, where: str = "glob") -> pathspec.PathSpec | None:
+    """Gitignore-style patterns matched against paths relative to the folder: '*.md' matches at any depth,
+    'docs/**/*.py' from the folder down."""
+    if glob is None:
+        return None
+    patterns = [glob] if isinstance(glob, str) else list(glob)
+    if not patterns or len(patterns) > MAX_GLOBS:
+        raise RiftError(f"{where} must be a pattern or a list of 1-{MAX_GLOBS} patterns")
+    for i, p in enumerate(patterns):
+        if not isinstance(p, str) or not p.strip() or "\x00" in p:
+            raise RiftError(f"{where}[{i}] must be a non-empty pattern string")
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(patterns)
+    except Exception as exc:  # pathspec raises its own error types for malformed patterns
+        raise RiftError(f"{where}: invalid pattern: {exc}") from None
+
+
+class IgnoreRules:
+    """.gitignore files by folder; a deeper file's matching rule overrides a shallower one, as in git."""
+
+    def __init__(self) -> None:
+        self._specs: dict[Path, pathspec.GitIgnoreSpec] = {}
+
+    def load(self, folder: Path) -> None:
+        try:
+            lines = (folder / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return
+        try:
+            self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
+        except Exception as exc:
+            log.warning("ignoring unreadable %s: %s", folder / ".gitignore", exc)
+
+    def ignored(self, path: Path, is_dir: bool) -> bool:
+        result = False
+        for folder in reversed(path.parents):  # shallowest first, so deeper rules win
+            spec = self._specs.get(folder)
+            if spec is None:
+                continue
+            rel = path.relative_to(folder).as_posix() + ("/" if is_dir else "")
+            verdict = spec.check_file(rel).include
+            if verdict is not None:
+                result = verdict
+        return result
+
+
+def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> None:
+    """.gitignore files above `folder` up to the repository root (a folder holding .git), when readable."""
+    chain: list[Path] = []
+    for parent in folder.parents:
+        if not policy.allows(parent):
+            return
+        chain.append(parent)
+        if (parent / ".git").exists():
+            for ancestor in reversed(chain):
+                rules.load(ancestor)
+            return
+
+
+def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Skipped(path, "broken or looping symlink")
+    if not policy.allows(target):
+        return Skipped(path, f"symlink leads outside the allowed roots (to {target})")
+    return target
+
+
+def walk(
+    folder: Path, policy: PathPolicy, recursive: bool = True, pattern: pathspec.PathSpec | None = None
+) -> Iterator[Found | Skipped]:
+    """Every file under `folder` (already resolved and allowed) that is a candidate for ingestion, in a stable
+    order, and every file or folder left out for a reason worth reporting. Files the glob does not match are
+    out of scope and not reported."""
+    rules = IgnoreRules()
+    _load_ancestors(rules, folder, policy)
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=errors.append):
+        here = Path(dirpath)
+        rules.load(here)
+        for err in errors:
+            yield Skipped(Path(err.filename or here), f"cannot read folder: {err.strerror or err}", True)
+        errors.clear()
+        keep: list[str] = []
+        for name in sorted(dirnames):
+            sub = here / name
+            if name in VCS_DIRS or not recursive:
+                continue
+            if sub.is_symlink():
+                target = _symlink_target(sub, policy)
+                yield target if isinstance(target, Skipped) else Skipped(sub, "symlinked folder not followed")
+            elif rules.ignored(sub, is_dir=True):
+                yield Skipped(sub, "ignored by .gitignore")
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = here / name
+            if pattern is not None and not pattern.match_file(path.relative_to(folder).as_posix()):
+                continue
+            if rules.ignored(path, is_dir=False):
+                yield Skipped(path, "ignored by .gitignore")
+                continue
+            try:
+                info = path.lstat()
+            except OSError as exc:
+                yield Skipped(path, f"cannot read file: {exc.strerror or exc}", True)
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                target = _symlink_target(path, policy)
+                if isinstance(target, Skipped):
+                    yield target
+                elif not target.is_file():
+                    yield Skipped(path, "symlink to something that is not a regular file")
+                else:
+                    yield Found(target)
+            elif stat.S_ISREG(info.st_mode):
+                yield Found(path)
+            else:
+                yield Skipped(path, "not a regular file")

@@ -1,0 +1,113 @@
+"""`rift retrain`, `rift models`, `rift rollback`, `rift reindex`: the learning tools from the shell.
+
+They open the data dir directly (stop the server first: it holds the data dir's lock), run the same background
+job the MCP tools start, report progress on stderr and print the final status as JSON on stdout."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from server.errors import RiftError
+
+
+def _wait(learning: Any, started: dict[str, Any]) -> dict[str, Any]:
+    job_id = started["job_id"]
+    last = ""
+    while True:
+        snap = learning.status(job_id)
+        line = f"{snap['kind']}: {snap['phase']} {snap['progress']['done']}/{snap['progress']['total']}"
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+        if snap["status"] != "running":
+            return snap
+        time.sleep(0.5)
+
+
+def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
+    from server.cli import emit, load_settings, open_rift
+
+    rift = open_rift(load_settings(data_dir, **settings))
+    try:
+        result = fn(rift.learning)
+        emit(result)
+        if isinstance(result, dict) and result.get("status") in ("failed", "cancelled"):
+            sys.exit(1)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        job = rift.learning.jobs.running
+        if job is not None:
+            rift.learning.cancel(job.id)
+            rift.learning.jobs.wait(60)
+        raise click.ClickException(
+            "interrupted; the job was cancelled and the serving model is unchanged"
+        ) from None
+    finally:
+        rift.close()
+
+
+@click.command()
+@click.option(
+    "--strategy", type=click.Choice(["fused", "agreement", "keyword_blind", "fused+pseudo"]), default=None
+)
+@click.option("--epochs", type=float, default=None)
+@click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate (default 2e-5).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--min-triples", type=int, default=None)
+@click.option("--dry-run", is_flag=True, help="Only show the triples that would be mined.")
+@click.option("--data-dir", default=None)
+def retrain(
+    strategy: str | None,
+    epochs: float | None,
+    learning_rate: float | None,
+    batch_size: int | None,
+    min_triples: int | None,
+    dry_run: bool,
+    data_dir: str | None,
+) -> None:
+    """Fine-tune the model on the search log, gate it, and serve it if it is no worse."""
+
+    def go(learning: Any) -> dict[str, Any]:
+        started = learning.retrain(
+            strategy=strategy,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            min_triples=min_triples,
+            dry_run=dry_run,
+            source="cli",
+        )
+        return started if dry_run else _wait(learning, started)
+
+    _run(data_dir, go)
+
+
+@click.command()
+@click.option("--data-dir", default=None)
+def models(data_dir: str | None) -> None:
+    """List model versions (serving, retired, rejected) with their gate numbers."""
+    _run(data_dir, lambda learning: {"versions": learning.models()})
+
+
+@click.command()
+@click.argument("version", required=False)
+@click.option("--data-dir", default=None)
+def rollback(version: str | None, data_dir: str | None) -> None:
+    """Serve VERSION again (default: the previously serving version)."""
+    _run(data_dir, lambda learning: _wait(learning, learning.rollback(version)))
+
+
+@click.command()
+@click.option("--model", "model", required=True, help="A sentence-transformers hub name or a local folder.")
+@click.option("--data-dir", default=None)
+def reindex(model: str, data_dir: str | None) -> None:
+    """Re-embed every collection with MODEL and serve it (a new dimension gets new collections)."""
+    _run(data_dir, lambda learning: _wait(learning, learning.reindex(model)))
+
+
+COMMANDS = [retrain, models, rollback, reindex]

@@ -1,0 +1,262 @@
+"""The honest gate: a candidate model may serve only if, on queries it was not trained on, it is not worse than
+the serving model.
+
+What is scored (serving vs candidate, both over their own fully built vectors of the same collections):
+  feedback_ndcg@10   hybrid nDCG@10 against the agent's own feedback labels, on held-out queries that have
+                     feedback. Real labels; the strongest label-free-of-benchmark signal there is.
+  labelled_ndcg@10   hybrid (and vector) nDCG@10 on a BEIR-format evaluation set the user configures
+                     (`gate_eval_data`, `gate_eval_split`), searched in the collection that holds its corpus.
+  keyword_recall@10  of the keyword side's top-3 documents for each held-out query, the share found in the
+                     model's vector top-10. The keyword retriever is independent of both models, so this does
+                     not reward a model for agreeing with itself; it falls sharply when a model collapses.
+  known_item_mrr@10  a sample of stored documents, each searched by its title or first sentence: the MRR of
+                     the document itself in the vector ranking (a catastrophe detector, independent of the log).
+  stability@10       overlap of the two models' hybrid top-10 on the held-out queries (reported; a guard
+                     against a model that upends everything).
+
+Held-out queries are the most recent logged queries (a time split): training uses only older ones.
+Decision: with a labelled set, the candidate must not lose labelled hybrid nDCG@10; with enough held-out
+feedback, it must not lose feedback nDCG@10; in every case no label-free signal may drop by more than
+`tolerance` and stability must stay above `min_stability`. Label-free signals catch a damaged model; only
+labels (feedback or an evaluation set) can show that a model is better, and the report says which applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.bench.metrics import ndcg_at_k
+from server.engine.fusion import rrf
+from server.learning.query_log import LoggedQuery
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    holdout_fraction: float = 0.2
+    max_holdout: int = 300
+    min_holdout: int = 3
+    tolerance: float = 0.01
+    min_stability: float = 0.5
+    known_items: int = 200
+    min_feedback_queries: int = 5
+    depth: int = 100
+    seed: int = 0
+
+
+@dataclass
+class LabelledSet:
+    collection: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    name: str = "eval"
+
+
+@dataclass
+class GateReport:
+    accepted: bool
+    reason: str
+    basis: str  # labelled | feedback | label-free
+    holdout_queries: int
+    serving: dict[str, float] = field(default_factory=dict)
+    candidate: dict[str, float] = field(default_factory=dict)
+    delta: dict[str, float] = field(default_factory=dict)
+    stability: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "basis": self.basis,
+            "holdout_queries": self.holdout_queries,
+            "serving": self.serving,
+            "candidate": self.candidate,
+            "delta": self.delta,
+            "stability@10": self.stability,
+        }
+
+
+def time_split(
+    queries: Sequence[LoggedQuery], cfg: GateConfig
+) -> tuple[list[LoggedQuery], list[LoggedQuery]]:
+    """(older queries for training, most recent queries held out for the gate)."""
+    ordered = sorted(queries, key=lambda q: q.ts)
+    n = min(cfg.max_holdout, max(cfg.min_holdout, round(len(ordered) * cfg.holdout_fraction)))
+    if len(ordered) < 2 * cfg.min_holdout:
+        n = min(len(ordered) // 2, n)
+    if n <= 0:
+        return ordered, []
+    return ordered[:-n], ordered[-n:]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def known_item_query(text: str, meta: Mapping[str, Any]) -> str | None:
+    title = meta.get("title")
+    if isinstance(title, str) and len(title.split()) >= 3:
+        return title
+    first = text.strip().split("\n", 1)[0]
+    first = _SENTENCE.split(first, 1)[0]
+    words = first.split()
+    if len(words) < 4:
+        return None
+    return " ".join(words[:32])
+
+
+class Gate:
+    """Scores two models over an Engine whose collections have vectors built for both (see Engine.build_vectors)."""
+
+    def __init__(self, engine: Any, config: GateConfig | None = None) -> None:
+        self.engine = engine
+        self.cfg = config or GateConfig()
+
+    def _vector(self, embedder: Any, collection: str, query: str) -> list[str]:
+        return [c.doc_id for c in self.engine.vector_ranking(collection, embedder, query, self.cfg.depth)]
+
+    def _keyword(self, collection: str, query: str) -> list[str]:
+        out = self.engine.search(collection, query, 10, "keyword", depth=self.cfg.depth)
+        return [c.doc_id for c in out.keyword]
+
+    def _hybrid(self, vector: Sequence[str], keyword: Sequence[str]) -> list[str]:
+        s = self.engine.settings
+        fused = rrf([list(vector), list(keyword)], k=s.rrf_k, weights=(s.vector_weight, s.keyword_weight))
+        return [d for d, _ in fused]
+
+    def score(
+        self,
+        serving: Any,
+        candidate: Any,
+        holdout: Sequence[LoggedQuery],
+        feedback: Mapping[str, Mapping[str, bool]] | None = None,
+        labelled: LabelledSet | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GateReport:
+        feedback = feedback or {}
+        sums: dict[str, dict[str, list[float]]] = {"serving": {}, "candidate": {}}
+        overlaps: list[float] = []
+
+        def add(which: str, name: str, value: float) -> None:
+            sums[which].setdefault(name, []).append(value)
+
+        collections = set(self.engine.collection_names())
+        fb_queries = 0
+        for q in holdout:
+            if should_stop is not None and should_stop():
+                break
+            if q.collection not in collections:
+                continue
+            keyword = self._keyword(q.collection, q.query)
+            top3 = keyword[:3]
+            hybrids = {}
+            for which, model in (("serving", serving), ("candidate", candidate)):
+                vector = self._vector(model, q.collection, q.query)
+                hybrids[which] = self._hybrid(vector, keyword)
+                if top3:
+                    add(which, "keyword_recall@10", len(set(top3) & set(vector[:10])) / len(top3))
+                labels = feedback.get(q.query_id)
+                if labels:
+                    qrel = {d: 1 if rel else 0 for d, rel in labels.items()}
+                    if any(qrel.values()):
+                        add(which, "feedback_ndcg@10", ndcg_at_k(hybrids[which][:10], qrel, 10))
+            if feedback.get(q.query_id) and any(feedback[q.query_id].values()):
+                fb_queries += 1
+            a, b = set(hybrids["serving"][:10]), set(hybrids["candidate"][:10])
+            if a or b:
+                overlaps.append(len(a & b) / max(len(a), len(b)))
+
+        for collection, doc_id, query in self._known_items(collections):
+            if should_stop is not None and should_stop():
+                break
+            for which, model in (("serving", serving), ("candidate", candidate)):
+                ranked = self._vector(model, collection, query)[:10]
+                add(which, "known_item_mrr@10", 1.0 / (ranked.index(doc_id) + 1) if doc_id in ranked else 0.0)
+
+        if labelled is not None:
+            for qid, text in labelled.queries.items():
+                if should_stop is not None and should_stop():
+                    break
+                keyword = self._keyword(labelled.collection, text)
+                for which, model in (("serving", serving), ("candidate", candidate)):
+                    vector = self._vector(model, labelled.collection, text)
+                    add(which, "labelled_vector_ndcg@10", ndcg_at_k(vector[:10], labelled.qrels[qid], 10))
+                    hybrid = self._hybrid(vector, keyword)[:10]
+                    add(which, "labelled_ndcg@10", ndcg_at_k(hybrid, labelled.qrels[qid], 10))
+
+        mean = {w: {k: sum(v) / len(v) for k, v in d.items() if v} for w, d in sums.items()}
+        delta = {k: mean["candidate"][k] - mean["serving"][k] for k in mean["serving"]}
+        stability = sum(overlaps) / len(overlaps) if overlaps else None
+        report = GateReport(
+            accepted=False,
+            reason="",
+            basis="label-free",
+            holdout_queries=len(holdout),
+            serving={k: round(v, 5) for k, v in mean["serving"].items()},
+            candidate={k: round(v, 5) for k, v in mean["candidate"].items()},
+            delta={k: round(v, 5) for k, v in delta.items()},
+            stability=None if stability is None else round(stability, 4),
+        )
+        self._decide(report, delta, fb_queries)
+        return report
+
+    def _known_items(self, collections: set[str]) -> list[tuple[str, str, str]]:
+        rng = random.Random(self.cfg.seed)
+        out: list[tuple[str, str, str]] = []
+        per = max(1, self.cfg.known_items // max(1, len(collections)))
+        for collection in sorted(collections):
+            docs, _chunks = self.engine.state.counts(collection)
+            if docs == 0:
+                continue
+            picks = sorted(rng.sample(range(docs), min(per, docs)))
+            for offset in picks:
+                listed = self.engine.state.list_documents(collection, 1, offset)
+                if not listed:
+                    continue
+                doc_id, meta = listed[0]
+                found = self.engine.state.document(collection, doc_id)
+                if found is None:
+                    continue
+                query = known_item_query(found[1], meta)
+                if query:
+                    out.append((collection, doc_id, query))
+        return out
+
+    def _decide(self, report: GateReport, delta: Mapping[str, float], fb_queries: int) -> None:
+        tol = self.cfg.tolerance
+        for name in ("keyword_recall@10", "known_item_mrr@10"):
+            if name in delta and delta[name] < -tol:
+                report.reason = f"{name} fell by {-delta[name]:.4f} (tolerance {tol})"
+                return
+        if report.stability is not None and report.stability < self.cfg.min_stability:
+            report.reason = f"stability@10 {report.stability:.3f} is below {self.cfg.min_stability}"
+            return
+        if "labelled_ndcg@10" in delta:
+            report.basis = "labelled"
+            if delta["labelled_ndcg@10"] < 0:
+                report.reason = f"labelled hybrid nDCG@10 fell by {-delta['labelled_ndcg@10']:.4f}"
+                return
+            report.accepted = True
+            report.reason = f"labelled hybrid nDCG@10 {delta['labelled_ndcg@10']:+.4f}"
+            return
+        if "feedback_ndcg@10" in delta and fb_queries >= self.cfg.min_feedback_queries:
+            report.basis = "feedback"
+            if delta["feedback_ndcg@10"] < 0:
+                report.reason = f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f}"
+                return
+            report.accepted = True
+            report.reason = f"feedback nDCG@10 {delta['feedback_ndcg@10']:+.4f}; label-free signals held"
+            return
+        if not delta:
+            report.reason = "nothing to score: no held-out queries and no documents"
+            return
+        if sum(delta.values()) < -tol:
+            report.reason = "label-free signals fell on balance"
+            return
+        report.accepted = True
+        report.reason = "no label-free signal fell beyond tolerance (no labels to show a gain)"

@@ -1,0 +1,165 @@
+"""One background learning job at a time (retrain, rollback, reindex): phases, progress, cancellation.
+
+Jobs run in a daemon thread; their state is polled (`retrain_status`) rather than pushed, because the MCP call
+that started a job has already returned. Finished jobs stay listed (the last 50) until the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.errors import NotFoundError, RiftError
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    status: str = "running"  # running | succeeded | rejected | failed | cancelled
+    phase: str = "queued"
+    done: int = 0
+    total: int = 0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    # --- called from the job's own thread ------------------------------------------------------------------
+
+    def enter(self, phase: str, total: int = 0) -> None:
+        self.check()
+        now = time.time()
+        if self.phases:
+            self.phases[-1]["seconds"] = round(now - self.phases[-1]["started_at"], 2)
+        self.phases.append({"phase": phase, "started_at": now})
+        self.phase, self.done, self.total = phase, 0, total
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def snapshot(self) -> dict[str, Any]:
+        end = self.finished_at or time.time()
+        return {
+            "job_id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "phase": self.phase,
+            "progress": {"done": self.done, "total": self.total},
+            "elapsed_s": round(end - self.started_at, 2),
+            "phases": [
+                {"phase": p["phase"], "seconds": p.get("seconds", round(end - p["started_at"], 2))}
+                for p in self.phases
+            ],
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+class JobRunner:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._current: Job | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        work: Callable[[Job], dict[str, Any]],
+        done_phases: dict[str, float] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Job:
+        """Start `work` in the background. `done_phases` (name -> seconds) were finished before the job
+        started (e.g. mining, done synchronously to validate the request); `result` seeds the job's result."""
+
+        with self._lock:
+            if self._current is not None and self._current.status == "running":
+                raise RiftError(
+                    f"a {self._current.kind} job is already running (job_id {self._current.id}, phase "
+                    f"{self._current.phase}); wait for it or cancel it"
+                )
+            job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params, result=dict(result or {}))
+            for name, seconds in (done_phases or {}).items():
+                job.phases.append({"phase": name, "started_at": job.started_at, "seconds": round(seconds, 2)})
+            self._jobs[job.id] = job
+            if len(self._jobs) > 50:
+                for old in list(self._jobs)[: len(self._jobs) - 50]:
+                    if self._jobs[old].status != "running":
+                        del self._jobs[old]
+            self._current = job
+            self._thread = threading.Thread(
+                target=self._run, args=(job, work), name=f"rift-{kind}", daemon=True
+            )
+            self._thread.start()
+            return job
+
+    def _run(self, job: Job, work: Callable[[Job], dict[str, Any]]) -> None:
+        try:
+            result = work(job)
+            job.result = result
+            job.status = str(result.get("status", "succeeded"))
+        except JobCancelled:
+            job.status = "cancelled"
+        except RiftError as exc:
+            job.status, job.error = "failed", str(exc)
+        except Exception as exc:  # reported through retrain_status; the server keeps serving
+            log.exception("%s job %s failed", job.kind, job.id)
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            now = time.time()
+            if job.phases and "seconds" not in job.phases[-1]:
+                job.phases[-1]["seconds"] = round(now - job.phases[-1]["started_at"], 2)
+            job.phase = job.status
+            job.finished_at = now
+
+    def get(self, job_id: str | None = None) -> Job:
+        with self._lock:
+            if job_id is None:
+                if self._current is None:
+                    raise NotFoundError("no learning job has run since the server started")
+                return self._current
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"unknown job_id {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.status == "running":
+            job._cancel.set()
+        return job
+
+    @property
+    def running(self) -> Job | None:
+        current = self._current
+        return current if current is not None and current.status == "running" else None
+
+    def wait(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)

@@ -1,0 +1,301 @@
+"""Mine (query, positive, hard negative) triples from the disagreement log.
+
+Every strategy reads only what rift itself logged (the two ranked candidate lists and the fused list it
+returned) plus the agent's explicit feedback, never an evaluation label. Measured on SciFact/NFCorpus (see
+README "Learning from use"): the fused top-1 is the cleanest label-free positive; a keyword blind spot is
+almost never relevant and teaches noise, so that strategy exists only to show it.
+
+Strategies (setting `learn_strategy`):
+  fused          positive = fused top-1 when both retrievers returned it near the top;
+                 negatives = vector blind spots (vector top, keyword never near the top)
+  agreement      positive = the best document both sides put in their top-5; negatives = vector blind spots the
+                 vector side ranked above it
+  keyword_blind  positive = a keyword blind spot; negatives = vector blind spots (measured harmful)
+  fused+pseudo   fused, plus corpus pseudo-queries (a document's title or first sentence -> the document)
+
+Feedback is applied on top of every strategy: a document the agent marked relevant becomes the positive of
+that query (high confidence), one marked not relevant becomes a negative, and a mined positive the agent
+rejected is dropped. A document the agent opened after the search (get_document with its query_id) is the
+next-best positive.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from server.learning.query_log import LoggedQuery
+
+Strategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo"]
+STRATEGIES: tuple[str, ...] = ("fused", "agreement", "keyword_blind", "fused+pseudo")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    strategy: str = "fused"
+    # Positive confidence: the fused top-1 must be within this rank on BOTH sides (agreement of two
+    # independent retrievers is what makes an unlabelled positive believable).
+    positive_max_rank: int = 10
+    # False-negative guard: a negative must be absent from the keyword side's top `negative_min_keyword_rank`
+    # (docs both sides like are too often relevant, e.g. NFCorpus has ~35 relevant docs per query) ...
+    negative_min_keyword_rank: int = 30
+    # ... and within the vector side's top `negative_max_vector_rank` (so it is hard, not random).
+    negative_max_vector_rank: int = 5
+    negatives_per_query: int = 1
+    agreement_depth: int = 5
+    pseudo_per_document: int = 1
+    max_pseudo: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Triple:
+    query: str
+    collection: str
+    positive_doc: str
+    positive_chunk: str
+    negative_doc: str
+    negative_chunk: str
+    kind: str  # which rule produced it: fused, agreement, keyword_blind, feedback, fetched, pseudo
+    query_id: str | None = None
+    confidence: float = 0.5
+
+
+@dataclass
+class MiningReport:
+    strategy: str
+    queries_seen: int = 0
+    triples: list[Triple] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def counts_by_type(self) -> dict[str, int]:
+        return dict(Counter(t.kind for t in self.triples))
+
+    def summary(self, examples: int = 5) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "queries_seen": self.queries_seen,
+            "triples": len(self.triples),
+            "by_type": self.counts_by_type(),
+            "skipped": dict(self.skipped),
+            "examples": [asdict(t) for t in self.triples[:examples]],
+        }
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _ranks(items: Sequence[tuple[str, str, float]]) -> dict[str, tuple[int, str]]:
+    """doc id -> (1-based rank, best chunk id); the lists are already grouped by document when logged."""
+    out: dict[str, tuple[int, str]] = {}
+    for i, (doc, chunk, _score) in enumerate(items, 1):
+        out.setdefault(doc, (i, chunk))
+    return out
+
+
+def _chunk_of(doc: str, v: Mapping[str, tuple[int, str]], k: Mapping[str, tuple[int, str]]) -> str:
+    if doc in v:
+        return v[doc][1]
+    if doc in k:
+        return k[doc][1]
+    return ""
+
+
+def _negatives(
+    q: LoggedQuery,
+    positive: str,
+    cfg: MiningConfig,
+    v: Mapping[str, tuple[int, str]],
+    k: Mapping[str, tuple[int, str]],
+    above: int | None = None,
+) -> list[str]:
+    """Vector blind spots passing the false-negative guard, best vector rank first."""
+    out = []
+    for doc, (rank, _chunk) in sorted(v.items(), key=lambda kv: kv[1][0]):
+        if rank > cfg.negative_max_vector_rank or (above is not None and rank >= above):
+            break
+        if doc == positive:
+            continue
+        if doc in k and k[doc][0] <= cfg.negative_min_keyword_rank:
+            continue
+        out.append(doc)
+        if len(out) >= cfg.negatives_per_query:
+            break
+    return out
+
+
+def _positive(
+    q: LoggedQuery, cfg: MiningConfig, v: Mapping[str, tuple[int, str]], k: Mapping[str, tuple[int, str]]
+) -> tuple[str | None, str, str]:
+    """(positive doc, kind, reason-if-none)."""
+    if cfg.strategy in ("fused", "fused+pseudo"):
+        if not q.fused:
+            return None, "fused", "no_results"
+        top = q.fused[0]
+        if top not in v or top not in k:
+            return None, "fused", "positive_one_sided"
+        if v[top][0] > cfg.positive_max_rank or k[top][0] > cfg.positive_max_rank:
+            return None, "fused", "positive_low_confidence"
+        return top, "fused", ""
+    if cfg.strategy == "agreement":
+        both = [d for d in v if v[d][0] <= cfg.agreement_depth and d in k and k[d][0] <= cfg.agreement_depth]
+        if not both:
+            return None, "agreement", "no_agreement"
+        return min(both, key=lambda d: v[d][0] + k[d][0]), "agreement", ""
+    if cfg.strategy == "keyword_blind":
+        if not q.keyword_blind:
+            return None, "keyword_blind", "no_keyword_blind_spot"
+        return q.keyword_blind[0], "keyword_blind", ""
+    raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def mine(
+    queries: Iterable[LoggedQuery],
+    config: MiningConfig | None = None,
+    feedback: Mapping[str, Mapping[str, bool]] | None = None,
+    fetched: Mapping[str, Sequence[str]] | None = None,
+) -> MiningReport:
+    """Triples from logged queries. `feedback` maps query_id -> {doc_id: relevant}.
+
+    `fetched` maps query_id -> documents the agent opened (get_document with that query_id) after the search:
+    an implicit positive, preferred to the mined one but weaker than explicit feedback.
+
+    Repeated query texts count once (the latest record wins), so an agent asking the same thing twenty times
+    does not weigh it twenty-fold; triples are deduplicated on (query, positive, negative)."""
+    cfg = config or MiningConfig()
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    feedback = feedback or {}
+    fetched = fetched or {}
+    report = MiningReport(cfg.strategy)
+    latest: dict[tuple[str, str], LoggedQuery] = {}
+    for q in queries:
+        report.queries_seen += 1
+        key = (q.collection, _norm(q.query))
+        previous = latest.get(key)
+        if previous is not None:
+            report.skipped["duplicate_query"] += 1
+            # Keep feedback from any repeat: merge by preferring the record that has feedback.
+            if q.query_id not in feedback and previous.query_id in feedback:
+                continue
+        latest[key] = q
+
+    seen: set[tuple[str, str, str, str]] = set()
+    for q in latest.values():
+        v, k = _ranks(q.vector), _ranks(q.keyword)
+        labels = dict(feedback.get(q.query_id, {}))
+        liked = [d for d, rel in labels.items() if rel]
+        disliked = {d for d, rel in labels.items() if not rel}
+        triples: list[Triple] = []
+        if liked:
+            negs = [d for d in disliked if d not in liked]
+            for pos in liked:
+                chosen = negs or _negatives(q, pos, cfg, v, k)
+                chosen = [n for n in chosen if n not in liked]
+                if not chosen:
+                    report.skipped["feedback_without_negative"] += 1
+                for neg in chosen:
+                    triples.append(
+                        Triple(
+                            q.query,
+                            q.collection,
+                            pos,
+                            _chunk_of(pos, v, k),
+                            neg,
+                            _chunk_of(neg, v, k),
+                            "feedback",
+                            q.query_id,
+                            1.0,
+                        )
+                    )
+        else:
+            opened = [d for d in fetched.get(q.query_id, ()) if d not in disliked]
+            if opened:
+                pos, kind, reason = opened[0], "fetched", ""
+            else:
+                pos, kind, reason = _positive(q, cfg, v, k)
+            if pos is None:
+                report.skipped[reason] += 1
+                continue
+            if pos in disliked:
+                report.skipped["positive_rejected_by_feedback"] += 1
+                continue
+            above = v[pos][0] if cfg.strategy == "agreement" and pos in v else None
+            negs = [n for n in _negatives(q, pos, cfg, v, k, above) if n not in opened]
+            negs = list(dict.fromkeys([*sorted(disliked), *negs]))[
+                : max(cfg.negatives_per_query, len(disliked))
+            ]
+            if not negs:
+                report.skipped["no_hard_negative"] += 1
+                continue
+            for neg in negs:
+                conf = 1.0 if neg in disliked else 0.8 if kind == "fetched" else 0.5
+                triples.append(
+                    Triple(
+                        q.query,
+                        q.collection,
+                        pos,
+                        _chunk_of(pos, v, k),
+                        neg,
+                        _chunk_of(neg, v, k),
+                        kind,
+                        q.query_id,
+                        conf,
+                    )
+                )
+        for t in triples:
+            if t.positive_doc == t.negative_doc:  # never pair a document with itself
+                report.skipped["self_pair"] += 1
+                continue
+            key = (_norm(t.query), t.collection, t.positive_doc, t.negative_doc)
+            if key in seen:
+                report.skipped["duplicate_triple"] += 1
+                continue
+            seen.add(key)
+            report.triples.append(t)
+    # Feedback first, then documents the agent opened: when a budget cuts the list, these are kept.
+    report.triples.sort(key=lambda t: {"feedback": 0, "fetched": 1}.get(t.kind, 2))
+    return report
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def pseudo_queries(
+    documents: Iterable[tuple[str, str, str, Mapping[str, Any]]],
+    collection: str,
+    negatives_from: Callable[[str, str], tuple[str, str] | None],
+    config: MiningConfig | None = None,
+) -> list[Triple]:
+    """Corpus pseudo-queries: a document's title (metadata 'title', else its first line when the text has a
+    title line) or its first sentence -> that document's first chunk. `documents` yields
+    (doc_id, first chunk id, text, metadata); `negatives_from(query, doc_id)` returns a hard negative as
+    (doc_id, chunk_id), e.g. the vector side's best other document, or None."""
+    cfg = config or MiningConfig()
+    rng = random.Random(cfg.seed)
+    pool = list(documents)
+    rng.shuffle(pool)
+    out: list[Triple] = []
+    for doc_id, chunk_id, text, meta in pool:
+        if len(out) >= cfg.max_pseudo:
+            break
+        title = meta.get("title") if isinstance(meta.get("title"), str) else None
+        lines = text.split("\n", 1)
+        if title is None and len(lines) == 2 and 3 <= len(lines[0].split()) <= 30:
+            title = lines[0]
+        query = title or _SENTENCE.split(text.strip(), 1)[0]
+        if not query or len(query.split()) < 3 or len(query) > 300:
+            continue
+        neg = negatives_from(query, doc_id)
+        if neg is None:
+            continue
+        neg_doc, neg_chunk = neg
+        if neg_doc == doc_id:
+            continue
+        out.append(Triple(query, collection, doc_id, chunk_id, neg_doc, neg_chunk, "pseudo", None, 0.5))
+    return out

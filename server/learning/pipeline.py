@@ -1,0 +1,142 @@
+"""The steps of one retrain, shared by the background job (`jobs.py`) and the benchmark experiment:
+collect the log -> time split -> mine -> materialize texts -> train -> build candidate vectors -> gate -> switch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.learning.gate import GateConfig, time_split
+from server.learning.mining import MiningConfig, MiningReport, Triple, mine, pseudo_queries
+from server.learning.query_log import LoggedQuery, QueryLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Mined:
+    report: MiningReport
+    train_queries: list[LoggedQuery]
+    holdout: list[LoggedQuery]
+    feedback: dict[str, dict[str, bool]]
+
+
+def collect_and_mine(
+    query_log: QueryLog,
+    engine: Any,
+    mining: MiningConfig,
+    gate: GateConfig,
+    collection: str | None = None,
+) -> Mined:
+    queries = [
+        q for q in query_log.iter_queries(collection) if q.collection in set(engine.collection_names())
+    ]
+    train, holdout = time_split(queries, gate)
+    feedback = query_log.feedback_map()
+    fetched: dict[str, list[str]] = {}
+    for query_id, doc_id, _ts in query_log.fetches():
+        fetched.setdefault(query_id, []).append(doc_id)
+    report = mine(train, mining, feedback, fetched)
+    if mining.strategy == "fused+pseudo":
+        for name in sorted({q.collection for q in train}):
+            report.triples.extend(_pseudo(engine, name, mining))
+    return Mined(report, train, holdout, feedback)
+
+
+def _pseudo(engine: Any, collection: str, mining: MiningConfig) -> list[Triple]:
+    docs: list[tuple[str, str, str, dict[str, Any]]] = []
+    offset = 0
+    while len(docs) < mining.max_pseudo * 2:
+        page = engine.state.list_documents(collection, 500, offset)
+        if not page:
+            break
+        offset += len(page)
+        for doc_id, meta in page:
+            chunks = engine.state.document_chunks(collection, doc_id)
+            if chunks:
+                docs.append((doc_id, chunks[0].chunk_id, chunks[0].text, meta))
+
+    def negative(query: str, doc_id: str) -> tuple[str, str] | None:
+        # The vector side's best other document: what the model confuses with the true one.
+        for cand in engine.vector_ranking(collection, engine.embedder, query, 5):
+            if cand.doc_id != doc_id:
+                return cand.doc_id, cand.chunk_id
+        return None
+
+    return pseudo_queries(docs, collection, negative, mining)
+
+
+def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str, str, str]], list[Triple]]:
+    """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
+    best chunk is used when it is still stored; otherwise the document's first chunk."""
+    by_collection: dict[str, set[str]] = {}
+    for t in triples:
+        by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
+    chunks: dict[tuple[str, str], str] = {}
+    for name, ids in by_collection.items():
+        for cid, row in engine.state.chunks_by_id(name, sorted(i for i in ids if i)).items():
+            chunks[(name, cid)] = row.text
+
+    def text(collection: str, doc_id: str, chunk_id: str) -> str | None:
+        if (collection, chunk_id) in chunks:
+            return chunks[(collection, chunk_id)]
+        rows = engine.state.document_chunks(collection, doc_id)
+        return rows[0].text if rows else None
+
+    rows: list[tuple[str, str, str]] = []
+    kept: list[Triple] = []
+    for t in triples:
+        pos = text(t.collection, t.positive_doc, t.positive_chunk)
+        neg = text(t.collection, t.negative_doc, t.negative_chunk)
+        if pos is None or neg is None or pos == neg:
+            continue
+        rows.append((t.query, pos, neg))
+        kept.append(t)
+    return rows, kept
+
+
+def load_embedder(location: str, version: str, settings: Any) -> Any:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    spec = resolve_model(location, settings.query_prompt)
+    return Embedder(spec, version=version, device=settings.device, batch_size=settings.embed_batch_size)
+
+
+def build_all(
+    engine: Any,
+    embedder: Any,
+    progress: Callable[[int, int], None] | None = None,
+    collections: Sequence[str] | None = None,
+) -> list[str]:
+    names = list(collections or engine.collection_names())
+    totals = {n: engine.info(n).chunks for n in names}
+    grand = sum(totals.values())
+    done = 0
+    for name in names:
+
+        def step(d: int, _t: int, base: int = done) -> None:
+            if progress is not None:
+                progress(base + d, grand)
+
+        engine.build_vectors(name, embedder, step)
+        done += totals[name]
+    return names
+
+
+def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
+    for name in engine.collection_names():
+        engine.switch_vectors(name, embedder, keep_old=keep_old)
+    engine.set_serving_embedder(embedder)
+
+
+def drop_built(engine: Any, version: str) -> None:
+    for name in engine.collection_names():
+        engine.drop_vectors(name, version)
+
+
+def model_dir(models_dir: Path, version: str) -> Path:
+    return models_dir / version

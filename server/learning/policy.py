@@ -1,0 +1,120 @@
+"""Optional periodic retraining (off by default): start the same background retrain, through the same gate,
+after `learn_auto_after_queries` new logged queries and/or every `learn_auto_interval_hours`, provided that at
+least `learn_min_triples` triples can be mined. The check runs in a daemon thread every `check_seconds`; its
+state (last check, last trigger and why) is shown in `stats`. The time of the last retrain survives restarts
+(`models/policy.json`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Policy:
+    def __init__(self, manager: Any, check_seconds: float = 60.0) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.check_seconds = check_seconds
+        self._path = self.settings.models_dir / "policy.json"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_check: float | None = None
+        self.last_outcome: str | None = None
+        state = {}
+        if self._path.is_file():
+            try:
+                state = json.loads(self._path.read_text())
+            except (OSError, ValueError):
+                state = {}
+        self.last_retrain: float = float(state.get("last_retrain", time.time()))
+        if not self._path.is_file():
+            self._persist()
+
+    @property
+    def enabled(self) -> bool:
+        s = self.settings
+        return s.learn_auto_after_queries is not None or s.learn_auto_interval_hours is not None
+
+    def _persist(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"last_retrain": self.last_retrain}))
+        os.replace(tmp, self._path)
+
+    def note_started(self) -> None:
+        """Any retrain (manual or automatic) resets the counters."""
+        self.last_retrain = time.time()
+        self._persist()
+
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rift-learn-policy", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_seconds):
+            try:
+                self.check()
+            except Exception:  # the policy must never take the server down
+                log.exception("periodic retrain check failed")
+
+    def due(self) -> tuple[bool, str]:
+        s = self.settings
+        new = self.manager.log.count(since=self.last_retrain)
+        if s.learn_auto_after_queries is not None and new >= s.learn_auto_after_queries:
+            return True, f"{new} new queries >= {s.learn_auto_after_queries}"
+        hours = s.learn_auto_interval_hours
+        if hours is not None and new > 0 and time.time() - self.last_retrain >= hours * 3600:
+            return True, f"{s.learn_auto_interval_hours} h since the last retrain, {new} new queries"
+        return False, f"{new} new queries since the last retrain"
+
+    def check(self) -> str:
+        """One policy evaluation; starts a retrain when due. Returns what happened."""
+        self.last_check = time.time()
+        if not self.enabled:
+            self.last_outcome = "off"
+            return self.last_outcome
+        if self.manager.jobs.running is not None:
+            self.last_outcome = "a job is running"
+            return self.last_outcome
+        due, why = self.due()
+        if not due:
+            self.last_outcome = f"not due: {why}"
+            return self.last_outcome
+        from server.errors import RiftError
+
+        try:
+            started = self.manager.retrain(source="policy")
+            self.last_outcome = f"started retrain job {started['job_id']} ({why})"
+        except RiftError as exc:
+            # Not enough triples yet: wait for the next window rather than retrying every check.
+            self.note_started()
+            self.last_outcome = f"skipped ({why}): {exc}"
+        log.info("periodic retrain: %s", self.last_outcome)
+        return self.last_outcome
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        out: dict[str, Any] = {
+            "enabled": self.enabled,
+            "after_queries": s.learn_auto_after_queries,
+            "interval_hours": s.learn_auto_interval_hours,
+            "min_triples": s.learn_min_triples,
+            "last_retrain": self.last_retrain,
+            "last_check": self.last_check,
+            "last_outcome": self.last_outcome,
+        }
+        if self.enabled and self.manager.rift.log is not None:
+            out["new_queries_since_last_retrain"] = self.manager.log.count(since=self.last_retrain)
+        return out

@@ -1,0 +1,181 @@
+"""Model versions in the data dir (`models/registry.json`, written atomically): the base model, every
+fine-tune and re-index, with what it was trained on, the gate's numbers and its status.
+
+Status: serving (exactly one), retired (served before; rollback can return to it), rejected (failed the gate;
+kept for inspection, never served), failed (training or encoding did not finish).
+The serving version survives restarts: `Rift` loads it at start-up instead of the configured model, as long as
+it descends from the configured model (changing `model` in the settings starts a new lineage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["serving", "retired", "rejected", "failed"]
+
+
+@dataclass
+class ModelVersion:
+    version: str  # the engine's model_version: the configured name for a base model, else a generated id
+    kind: str  # base | fine-tune | reindex
+    location: str  # what sentence-transformers loads: a folder or a hub name
+    base_model: str  # root of the lineage: the configured model this descends from
+    status: str
+    created_at: float
+    parent: str | None = None
+    dimension: int | None = None
+    strategy: str | None = None
+    triples: int | None = None
+    triples_by_type: dict[str, int] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    served_at: float | None = None
+    note: str | None = None
+
+
+def new_version_id(kind: str) -> str:
+    prefix = "ft" if kind == "fine-tune" else "rx"
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+class Registry:
+    def __init__(self, models_dir: Path) -> None:
+        self.dir = models_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = models_dir / "registry.json"
+        self._lock = threading.RLock()
+        self._versions: dict[str, ModelVersion] = {}
+        if self.path.is_file():
+            raw = json.loads(self.path.read_text())
+            for item in raw.get("versions", []):
+                known = {k: v for k, v in item.items() if k in ModelVersion.__dataclass_fields__}
+                self._versions[known["version"]] = ModelVersion(**known)
+
+    def _save(self) -> None:
+        payload = {"versions": [asdict(v) for v in self._versions.values()]}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, self.path)
+
+    # --- queries -------------------------------------------------------------------------------------------
+
+    def get(self, version: str) -> ModelVersion | None:
+        with self._lock:
+            return self._versions.get(version)
+
+    def all(self) -> list[ModelVersion]:
+        with self._lock:
+            return sorted(self._versions.values(), key=lambda v: v.created_at)
+
+    def serving(self) -> ModelVersion | None:
+        with self._lock:
+            for v in self._versions.values():
+                if v.status == "serving":
+                    return v
+        return None
+
+    def location_of(self, entry: ModelVersion) -> str:
+        """What to load: fine-tunes live under the models dir and are stored relative to it, so the data dir
+        can move."""
+        if entry.kind == "fine-tune" and not Path(entry.location).is_absolute():
+            return str(self.dir / entry.location)
+        return entry.location
+
+    def resolve_serving(self, configured_model: str) -> ModelVersion:
+        """The version to load at start-up: the registry's serving one when it descends from the configured
+        model and its files still exist; otherwise the configured model itself (registered as the base)."""
+        with self._lock:
+            current = self.serving()
+            usable = current is not None and (
+                current.kind != "fine-tune" or Path(self.location_of(current)).exists()
+            )
+            if current is not None and usable and current.base_model == configured_model:
+                return current
+            return self.serve_base(configured_model)
+
+    def serve_base(self, configured_model: str) -> ModelVersion:
+        """Register the configured model as a base version (once) and make it the serving one."""
+        with self._lock:
+            base = self._versions.get(configured_model)
+            if base is None:
+                base = ModelVersion(
+                    version=configured_model,
+                    kind="base",
+                    location=configured_model,
+                    base_model=configured_model,
+                    status="serving",
+                    created_at=time.time(),
+                    served_at=time.time(),
+                )
+                self._versions[base.version] = base
+            self._mark_serving(base.version)
+            self._save()
+            return base
+
+    def rollback_target(self, version: str | None) -> ModelVersion:
+        """The named version, or else the most recently retired one of this lineage."""
+        from server.errors import NotFoundError, RiftError
+
+        with self._lock:
+            current = self.serving()
+            if version is not None:
+                target = self._versions.get(version)
+                if target is None:
+                    known = ", ".join(self._versions) or "none"
+                    raise NotFoundError(f"unknown model version {version!r} (versions: {known})")
+                if target.status in ("rejected", "failed"):
+                    raise RiftError(
+                        f"version {version!r} is {target.status}; only a retired version can serve again"
+                    )
+                if current is not None and target.version == current.version:
+                    raise RiftError(f"version {version!r} is already serving")
+                return target
+            retired = [
+                v
+                for v in self._versions.values()
+                if v.status == "retired" and (current is None or v.base_model == current.base_model)
+            ]
+            if not retired:
+                raise RiftError("nothing to roll back to: no earlier version has served")
+            return max(retired, key=lambda v: v.served_at or v.created_at)
+
+    # --- changes -------------------------------------------------------------------------------------------
+
+    def add(self, entry: ModelVersion) -> ModelVersion:
+        with self._lock:
+            self._versions[entry.version] = entry
+            if entry.status == "serving":
+                self._mark_serving(entry.version)
+            self._save()
+            return entry
+
+    def update(self, version: str, **changes: Any) -> ModelVersion:
+        with self._lock:
+            entry = self._versions[version]
+            for key, value in changes.items():
+                setattr(entry, key, value)
+            if changes.get("status") == "serving":
+                self._mark_serving(version)
+            self._save()
+            return entry
+
+    def set_serving(self, version: str) -> None:
+        with self._lock:
+            self._mark_serving(version)
+            self._save()
+
+    def _mark_serving(self, version: str) -> None:
+        now = time.time()
+        for v in self._versions.values():
+            if v.version == version:
+                v.status = "serving"
+                v.served_at = now
+            elif v.status == "serving":
+                v.status = "retired"

@@ -1,0 +1,178 @@
+"""Fine-tune the serving sentence-transformers model on mined triples with sentence-transformers' own trainer.
+
+MultipleNegativesRankingLoss with an explicit hard negative per row (the other rows' positives and negatives
+are in-batch negatives); the no-duplicates batch sampler keeps a document that is the positive of two queries
+out of one batch, where it would be a false in-batch negative. CachedMNRL gives the same loss with a large
+effective batch at small memory. TripletLoss is here only to reproduce the collapse the gate must reject.
+
+Seeded; GPU when present; nothing is written to stdout (stdout is the MCP channel): progress bars are off,
+no reporting integrations, and the trainer logs through `logging` (stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Loss = Literal["mnrl", "cached_mnrl", "triplet"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    loss: str = "mnrl"
+    mini_batch_size: int = 16  # CachedMNRL's forward chunk
+    max_seq_length: int | None = (
+        128  # training-time cap: documents beyond it are cut (speed); serving keeps its own
+    )
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    examples: int
+    steps: int
+    seconds: float
+    cancelled: bool
+    train_loss: float | None
+    device: str
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _quiet() -> None:
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def train_model(
+    base_location: str,
+    triples: Sequence[tuple[str, str, str]],
+    out_dir: Path,
+    config: TrainConfig | None = None,
+    query_prompt: str = "",
+    document_prompt: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train on (query, positive text, negative text) rows and save the model to `out_dir`."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.training_args import BatchSamplers
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+
+    cfg = config or TrainConfig()
+    if not triples:
+        raise ValueError("no training triples")
+    _quiet()
+    set_seed(cfg.seed)
+    device = None if cfg.device == "auto" else cfg.device
+    model = SentenceTransformer(base_location, device=device)
+    serving_length = model.max_seq_length
+    if cfg.max_seq_length:
+        model.max_seq_length = min(serving_length or cfg.max_seq_length, cfg.max_seq_length)
+    data = Dataset.from_dict(
+        {
+            "anchor": [t[0] for t in triples],
+            "positive": [t[1] for t in triples],
+            "negative": [t[2] for t in triples],
+        }
+    )
+    if cfg.loss == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model)
+    elif cfg.loss == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=cfg.mini_batch_size, show_progress_bar=False
+        )
+    elif cfg.loss == "triplet":
+        loss = losses.TripletLoss(model)
+    else:
+        raise ValueError(f"unknown loss {cfg.loss!r}; choose mnrl, cached_mnrl or triplet")
+    prompts: dict[str, str] = {}
+    if query_prompt:
+        prompts["anchor"] = query_prompt
+    if document_prompt:
+        prompts["positive"] = prompts["negative"] = document_prompt
+
+    work = out_dir.parent / f".{out_dir.name}.trainer"
+    use_cpu = device == "cpu" or not torch.cuda.is_available()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        prompts=prompts or None,
+        report_to="none",
+        disable_tqdm=True,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+    )
+    state = {"cancelled": False}
+
+    class _Hooks(TrainerCallback):
+        def on_step_end(self, args, state_, control, **kwargs):  # noqa: ANN001 - transformers' signature
+            if progress is not None:
+                progress(state_.global_step, state_.max_steps)
+            if should_stop is not None and should_stop():
+                state["cancelled"] = True
+                control.should_training_stop = True
+            return control
+
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=data, loss=loss, callbacks=[_Hooks()]
+    )
+    # With tqdm off, transformers adds a PrinterCallback that print()s metrics: that would corrupt MCP's stdout.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    started = time.perf_counter()
+    try:
+        output = trainer.train()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    model.max_seq_length = serving_length
+    if not state["cancelled"]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save(str(out_dir), create_model_card=False)
+    log.info("trained on %d triples in %.1fs (%s)", len(triples), seconds, "cpu" if use_cpu else "cuda")
+    return TrainResult(
+        path=out_dir,
+        examples=len(triples),
+        steps=int(output.global_step),
+        seconds=seconds,
+        cancelled=state["cancelled"],
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        device="cpu" if use_cpu else "cuda",
+    )

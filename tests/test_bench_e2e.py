@@ -1,0 +1,141 @@
+"""A tiny end-to-end `rift bench` run with the tiny model: quality, latency, ingest, scale, outputs, cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+
+DOCS = {
+    "d1": ("Cats", "The cat sat on the mat in the house."),
+    "d2": ("Dogs", "A dog ran down the road to the city."),
+    "d3": ("Fish", "Fish swim in the river and the sea."),
+    "d4": ("Coffee", "Coffee with milk and sugar is good."),
+    "d5": ("Quantum", "Quantum physics and the strong force. " * 12),  # several chunks
+    "d6": ("Bread", "Bread and salt on the table."),
+}
+QUERIES = {"q1": "cat mat", "q2": "dog road city", "q3": "river fish", "q4": "strong force quantum"}
+QRELS = [("q1", "d1", 1), ("q2", "d2", 2), ("q3", "d3", 1), ("q4", "d5", 1), ("q4", "d3", 0)]
+
+
+def write_beir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, (t, x) in DOCS.items())
+    )
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "text": q}) + "\n" for i, q in QUERIES.items())
+    )
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in QRELS)
+    )
+    return root
+
+
+def run_bench(args: list[str]) -> tuple[dict, str]:
+    result = CliRunner().invoke(main, ["bench", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first, _, rest = result.stdout.partition("\n")
+    return json.loads(first), rest
+
+
+@pytest.mark.slow
+def test_bench_end_to_end(tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_dir = tmp_path / "user-data"
+    monkeypatch.setenv("RIFT_DATA_DIR", str(user_dir))  # a real user's data dir must stay untouched
+    data = write_beir(tmp_path / "tiny")
+    cache = tmp_path / "cache"
+    common = [
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--model",
+        str(tiny_model_path),
+        "--cache-dir",
+        str(cache),
+    ]
+    common += ["--set", "chunk_tokens=24", "--set", "chunk_overlap=4"]
+    out_json = tmp_path / "runs.jsonl"
+    first, md = run_bench(
+        [*common, "--latency", "--ingest-sample", "3", "--scale", "40,80", "--scale-batch", "30"]
+        + ["--json-out", str(out_json), "--rrf-k", "60,10", "--weights", "1,1", "--weights", "1,2"]
+    )
+    assert first["schema"] == "rift-bench/1"
+    assert first["dataset"]["documents"] == 6 and first["dataset"]["queries"] == 4
+    assert first["dataset"]["chunks"] > 6  # d5 was chunked
+    assert first["corpus_ingest"]["cache_misses"] == first["dataset"]["chunks"]
+    rows = first["quality"]
+    assert [r["mode"] for r in rows] == ["keyword", "vector"] + ["hybrid"] * 4
+    by_mode = {r["mode"]: r for r in rows}
+    # Every query shares a distinctive word with its relevant document: BM25 must rank it first.
+    assert by_mode["keyword"]["ndcg@10"] == pytest.approx(1.0)
+    assert by_mode["keyword"]["mrr@10"] == pytest.approx(1.0)
+    for r in rows:  # only 6 documents: all of them are within the top 100 in every mode
+        assert r["recall@100"] == pytest.approx(1.0)
+    lat = first["latency"]
+    assert set(lat["search"]) == {"keyword", "vector", "hybrid"}
+    assert lat["search"]["hybrid"]["parts_p50_ms"].keys() >= {"embed_ms", "keyword_ms", "fusion_ms", "log_ms"}
+    assert lat["embed_only_ms"]["p50"] > 0
+    assert first["ingest"]["documents"] == 3 and first["ingest"]["ratio_vs_raw_chunks"] > 0
+    scale = first["scale"]
+    assert [r["chunks"] for r in scale] == [40, 80]
+    assert all(0 <= r["hnsw_recall@100"] <= 1 for r in scale)
+    assert "| hybrid |" in md and "nDCG@10" in md and "chunks" in md
+    assert json.loads(out_json.read_text().splitlines()[0])["quality"] == rows
+    assert not (user_dir / "querylog.sqlite").exists()
+
+    # Second run: every chunk vector comes from the cache.
+    second, _ = run_bench([*common, "--mode", "keyword", "--mode", "hybrid", "--limit-queries", "2"])
+    assert second["corpus_ingest"]["cache_misses"] == 0
+    assert second["corpus_ingest"]["cache_hits"] == first["dataset"]["chunks"]
+    assert [r["mode"] for r in second["quality"]] == ["keyword", "hybrid"]
+    assert second["quality"][0]["queries"] == 2
+
+
+def test_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from server.bench.report import plot
+
+    lat = {"total_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0}, "parts_p50_ms": {}}
+    result = {
+        "dataset": {"name": "x", "split": "test"},
+        "quality": [
+            {
+                "mode": "hybrid",
+                "depth": 100,
+                "rrf_k": 60.0,
+                "weights": [1, 1],
+                "ndcg@10": 0.5,
+                "recall@100": 0.9,
+                "mrr@10": 0.4,
+            }
+        ],
+        "scale": [{"chunks": n, "latency": {"hybrid": lat}} for n in (10, 100)],
+    }
+    out = plot(result, tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["bench", "--data", str(tmp_path), "--split", "test"])
+    assert res.exit_code != 0 and "qrels" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["bench"])
+    assert res.exit_code == 2 and "--data" in res.output
+    res = runner.invoke(main, ["bench", "--data", str(tmp_path), "--weights", "1"])
+    assert res.exit_code == 2 and "vector,keyword" in res.output
+
+
+def test_learn_without_the_module_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "server.bench.learning_experiment", None)
+    res = CliRunner().invoke(main, ["bench", "--learn", "--data", str(tmp_path), "--usage-split", "train"])
+    assert res.exit_code == 1 and "learning experiment is not available" in res.output
+    res = CliRunner().invoke(main, ["bench", "--learn", "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "--usage-split" in res.output

@@ -1,0 +1,310 @@
+"""rift against a real Chroma server (`chroma run`), and several rift processes sharing one.
+
+The core flows run through the MCP tools on both backends; the sharing tests start two rift apps with their
+own data dirs on one server and check each sees the other's writes, in both retrieval modes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from server.app import create_server
+from server.config import Settings
+from server.service import Rift
+from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
+from tests.support.processes import ChromaServer, chroma_binary, chroma_server, start_rift, stop
+
+pytestmark = pytest.mark.skipif(chroma_binary() is None, reason="the chroma CLI is not installed")
+
+LONG = " ".join(f"Part {i} of the field manual covers the river crossing and gravel." for i in range(14))
+
+
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    with chroma_server(tmp_path_factory.mktemp("chroma-server") / "db") as server:
+        yield server
+
+
+def http_overrides(chroma: ChromaServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "vector_backend": "http",
+        "chroma_host": chroma.host,
+        "chroma_port": chroma.port,
+        "chroma_sync_ms": 0,
+        **extra,
+    }
+
+
+@pytest.fixture(params=["embedded", "http"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_path: Path) -> Settings:
+    overrides: dict[str, Any] = {}
+    if request.param == "http":
+        chroma: ChromaServer = request.getfixturevalue("chroma")
+        chroma.wipe()
+        overrides = http_overrides(chroma)
+    return make_settings(tmp_path / "data", tiny_model_path, **overrides)
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert not result.is_error, text
+    return json.loads(text)
+
+
+def hit_ids(result: dict[str, Any]) -> list[str]:
+    return [h["doc_id"] for h in result["hits"]]
+
+
+# --- the same tool flows on both backends ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_add_search_filter_delete(backend: Settings) -> None:
+    async with Client(create_server(backend)) as client:
+        added = await call(
+            client,
+            "add_documents",
+            documents=[
+                {"id": "cat", "text": "the cat sat on the mat", "metadata": {"kind": "pet", "year": 2020}},
+                {"id": "fish", "text": "a blue fish in the sea", "metadata": {"kind": "pet", "year": 2024}},
+                {"id": "manual", "text": LONG, "metadata": {"kind": "doc", "year": 2022}},
+            ],
+        )
+        assert added["added"] == 3
+        assert hit_ids(await call(client, "hybrid_search", query="cat mat"))[0] == "cat"
+        assert hit_ids(await call(client, "hybrid_search", query="fish sea", mode="keyword")) == ["fish"]
+        vector = await call(client, "hybrid_search", query="a blue fish in the sea", mode="vector", k=1)
+        assert hit_ids(vector) == ["fish"]
+        filtered = await call(
+            client, "hybrid_search", query="river gravel sea cat", filters={"year": {"$gte": 2022}}
+        )
+        assert sorted(hit_ids(filtered)) == ["fish", "manual"]
+        only_pets = await call(client, "hybrid_search", query="river gravel", filters={"kind": "pet"})
+        assert "manual" not in hit_ids(only_pets)
+        deleted = await call(client, "delete_documents", ids=["fish", "ghost"])
+        assert deleted["deleted"] == ["fish"] and deleted["not_found"] == ["ghost"]
+        for mode in ("hybrid", "vector", "keyword"):
+            found = await call(client, "hybrid_search", query="a blue fish in the sea", mode=mode)
+            assert "fish" not in hit_ids(found)
+        stats = await call(client, "stats")
+        assert stats["vector_backend"] == backend.vector_backend
+        (coll,) = stats["collections"]
+        assert coll["documents"] == 2 and coll["chunks"] > 2
+
+
+@pytest.mark.anyio
+async def test_update_replaces_every_chunk_and_survives_restart(backend: Settings) -> None:
+    async with Client(create_server(backend)) as client:
+        await call(
+            client, "add_documents", documents=[{"id": "manual", "text": LONG}, {"id": "x", "text": "cat"}]
+        )
+        await call(client, "add_documents", documents=[{"id": "manual", "text": "now only about snow"}])
+    app = open_rift(backend)
+    try:
+        state = index_state(app)
+        assert state["chroma"] == state["keyword"] == state["sqlite"]
+        assert {c.split("::")[0] for c in state["chroma"]} == {"manual", "x"}
+        assert len([c for c in state["chroma"] if c.startswith("manual::")]) == 1
+        assert app.repair_report["added_from_chroma"] == app.repair_report["removed_missing"] == 0
+        assert ids(app.search("default", "snow", mode="keyword").outcome.hits) == ["manual"]
+        assert app.search("default", "gravel crossing", mode="keyword").outcome.hits == []
+        assert ids(app.search("default", "now only about snow", mode="vector", k=1).outcome.hits) == [
+            "manual"
+        ]
+    finally:
+        app.close()
+    if backend.vector_backend == "http":
+        assert not backend.chroma_dir.exists()  # the vectors live on the server, not in the data dir
+
+
+def test_partial_or_superseded_versions_are_never_shown(backend: Settings) -> None:
+    """A version missing a chunk (a writer died half-way) stays invisible; of two whole versions the newer
+    one (its chunks' _rift_ts) is shown."""
+    app = open_rift(backend)
+    try:
+        app.add_documents("default", docs(("manual", LONG), ("cat", "the cat sat on the mat")))
+        engine = app.engine()
+        record = engine.state.collection("default")
+        old_chunks = engine.state.document_chunks("default", "manual")
+        # A newer version of "manual" whose write stopped after 2 of its 3 chunks.
+        newer = engine._chunk_rows([("manual", "snow " * 150, {}, "f" * 64)])
+        assert len(newer) >= 3
+        vecs = engine.embedder.encode_documents([r.text for r in newer])
+        engine.vectors.upsert(
+            record.chroma_name,
+            [r.chunk_id for r in newer[:2]],
+            vecs[:2],
+            [r.text for r in newer[:2]],
+            [r.metadata for r in newer[:2]],
+        )
+        assert engine._reconcile("default", record.chroma_name) == (0, 0)
+        assert [r.chunk_id for r in engine.state.document_chunks("default", "manual")] == [
+            r.chunk_id for r in old_chunks
+        ]
+        # The rest lands: the newer version is whole and newer, so it wins; the old one is dropped.
+        engine.vectors.upsert(
+            record.chroma_name,
+            [r.chunk_id for r in newer[2:]],
+            vecs[2:],
+            [r.text for r in newer[2:]],
+            [r.metadata for r in newer[2:]],
+        )
+        added, removed = engine._reconcile("default", record.chroma_name)
+        assert (added, removed) == (len(newer), len(old_chunks))
+        assert {r.chunk_id for r in engine.state.document_chunks("default", "manual")} == {
+            r.chunk_id for r in newer
+        }
+        text, _, n, _ = engine.get_document("default", "manual")
+        assert n == len(newer) and "snow" in text and "gravel" not in text
+    finally:
+        app.close()
+
+
+# --- several rift processes on one Chroma server --------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path) -> Iterator[tuple[Rift, Rift]]:
+    chroma.wipe()
+    apps = [
+        open_rift(make_settings(tmp_path / name, tiny_model_path, **http_overrides(chroma)))
+        for name in ("a", "b")
+    ]
+    yield apps[0], apps[1]
+    for app in apps:
+        app.close()
+
+
+def assert_same_index(*apps: Rift) -> None:
+    states = [index_state(app) for app in apps]
+    for state in states:
+        assert state["chroma"] == state["keyword"] == state["sqlite"]
+    assert all(s["chroma"] == states[0]["chroma"] for s in states)
+
+
+def test_two_rift_processes_see_each_others_writes(pair: tuple[Rift, Rift]) -> None:
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("manual", LONG)))
+    for mode, query in (("keyword", "cat mat"), ("vector", "the cat sat on the mat"), ("hybrid", "cat mat")):
+        assert ids(b.search("default", query, k=1, mode=mode).outcome.hits) == ["cat"]
+    assert ids(b.search("default", "gravel crossing", mode="keyword").outcome.hits) == ["manual"]
+
+    b.add_documents("default", docs(("fish", "a blue fish in the sea")))
+    assert ids(a.search("default", "fish sea", mode="keyword").outcome.hits) == ["fish"]
+    assert ids(a.search("default", "a blue fish in the sea", k=1, mode="vector").outcome.hits) == ["fish"]
+
+    # b replaces a's document, a deletes b's: each side sees the other's latest version only.
+    b.add_documents("default", docs(("manual", "snow on the mountain pass")))
+    a.delete_documents("default", ["fish"])
+    for app in (a, b):
+        for mode in ("keyword", "vector", "hybrid"):
+            found = ids(app.search("default", "a blue fish in the sea", k=10, mode=mode).outcome.hits)
+            assert "fish" not in found
+        assert ids(app.search("default", "snow mountain", mode="keyword").outcome.hits) == ["manual"]
+        assert app.search("default", "gravel crossing", mode="keyword").outcome.hits == []
+        text, _, chunks, _ = app.engine().get_document("default", "manual")
+        assert text == "snow on the mountain pass" and chunks == 1
+    assert_same_index(a, b)
+    assert [c["documents"] for c in a.stats()["collections"]] == [2]
+    assert [c["documents"] for c in b.stats()["collections"]] == [2]
+
+    # A collection created by one process appears in the other; deleting it removes it there too.
+    a.add_documents("notes", docs(("n1", "python code on a server")))
+    assert ids(b.search("notes", "python server", mode="keyword").outcome.hits) == ["n1"]
+    a.engine().delete_collection("notes")
+    b.engine().shared.sync(force=True)
+    assert "notes" not in b.engine().collection_names()
+
+    # The query logs stay per process.
+    assert a.stats()["queries"]["logged_queries"] > 0 and b.stats()["queries"]["logged_queries"] > 0
+
+
+def test_conflicting_writes_of_one_document_converge(pair: tuple[Rift, Rift], monkeypatch) -> None:
+    """Two processes write the same id without seeing each other's write first: the later one wins in
+    Chroma and in both keyword indices."""
+    a, b = pair
+    a.add_documents("default", docs(("doc", LONG)))
+    b.engine().shared.sync(force=True)
+    # b misses a's next write (as if both wrote at the same moment), then writes its own version.
+    monkeypatch.setattr(b.engine().shared, "sync", lambda force=False: False)
+    a.add_documents("default", docs(("doc", "version from a about the sea")))
+    time.sleep(0.01)
+    b.add_documents("default", docs(("doc", "version from b about snow")))
+    monkeypatch.undo()
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        text, _, _, _ = app.engine().get_document("default", "doc")
+        assert text == "version from b about snow"
+        assert ids(app.search("default", "snow", mode="keyword").outcome.hits) == ["doc"]
+        assert app.search("default", "sea gravel", mode="keyword").outcome.hits == []
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 1
+
+
+def test_reads_follow_other_writers_within_the_sync_interval(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    chroma.wipe()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    b = open_rift(
+        make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=60_000))
+    )
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        b.engine().shared.sync(force=True)
+        a.add_documents("default", docs(("dog", "a dog on the road")))
+        # Within the interval b answers from its last view (no request to the server)...
+        assert b.search("default", "dog road", mode="keyword").outcome.hits == []
+        checks = b.engine().shared.stats["checks"]
+        assert b.search("default", "dog road", mode="keyword").outcome.hits == []
+        assert b.engine().shared.stats["checks"] == checks
+        # ...and a write, which always checks first, brings it up to date.
+        b.add_documents("default", docs(("fish", "a blue fish")))
+        assert ids(b.search("default", "dog road", mode="keyword").outcome.hits) == ["dog"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_rift_serve_processes_share_one_chroma_server(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Two real `rift serve` processes (streamable HTTP) on one Chroma server."""
+    chroma.wipe()
+    env = {
+        "RIFT_VECTOR_BACKEND": "http",
+        "RIFT_CHROMA_HOST": chroma.host,
+        "RIFT_CHROMA_PORT": str(chroma.port),
+        "RIFT_CHROMA_SYNC_MS": "0",
+    }
+    servers = [start_rift(tmp_path / name, tiny_model_path, env) for name in ("a", "b")]
+    try:
+        async with Client(servers[0].url) as a, Client(servers[1].url) as b:
+            await call(a, "add_documents", documents=[{"id": "cat", "text": "the cat sat on the mat"}])
+            await call(b, "add_documents", documents=[{"id": "fish", "text": "a blue fish in the sea"}])
+            for client in (a, b):
+                for mode in ("keyword", "vector"):
+                    assert hit_ids(
+                        await call(client, "hybrid_search", query="the cat sat on the mat", k=1, mode=mode)
+                    ) == ["cat"]
+                    assert hit_ids(
+                        await call(client, "hybrid_search", query="a blue fish in the sea", k=1, mode=mode)
+                    ) == ["fish"]
+            await call(b, "delete_documents", ids=["cat"])
+            found = await call(a, "hybrid_search", query="the cat sat on the mat", k=5)
+            assert "cat" not in hit_ids(found)
+            assert (await call(a, "stats"))["collections"][0]["documents"] == 1
+    finally:
+        for server in servers:
+            assert stop(server.proc) in (0, -15)
+    for server in servers:
+        assert "Traceback" not in server.log.read_text()

@@ -1,0 +1,116 @@
+"""Token-aware chunking (with the tiny model's real tokenizer) and reciprocal rank fusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.engine.chunking import chunk_text
+from server.engine.fusion import rrf
+from tests.support.tiny_model import WORDS
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_path))
+
+
+def n_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_chunks(text: str, chunks: list[Any], tokenizer: Any, max_tokens: int, overlap: int) -> None:
+    for ch in chunks:
+        assert ch.text == text[ch.start : ch.end] and ch.text.strip() == ch.text and ch.text
+        assert n_tokens(tokenizer, ch.text) <= max_tokens
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        assert prev.start < nxt.start and prev.end < nxt.end  # always moves forward
+        if overlap == 0:
+            assert nxt.start >= prev.end
+    # Every word of the text lands in some chunk.
+    covered = [False] * len(text)
+    for ch in chunks:
+        covered[ch.start : ch.end] = [True] * (ch.end - ch.start)
+    assert all(covered[i] for i, c in enumerate(text) if not c.isspace())
+
+
+def test_short_text_is_one_stripped_chunk(tokenizer: Any) -> None:
+    text = "  the cat sat on the mat \n"
+    (chunk,) = chunk_text(text, tokenizer, 48, 8)
+    assert chunk.text == "the cat sat on the mat" and text[chunk.start : chunk.end] == chunk.text
+    assert chunk_text("   \n\t ", tokenizer, 48, 8) == []
+    with pytest.raises(ValueError):
+        chunk_text("x", tokenizer, 0, 0)
+
+
+def test_long_text_respects_the_token_limit_with_overlap(tokenizer: Any) -> None:
+    text = " ".join(f"Sentence {i} is about the river near the city." for i in range(40))
+    chunks = chunk_text(text, tokenizer, 48, 8)
+    assert len(chunks) > 5
+    check_chunks(text, chunks, tokenizer, 48, 8)
+    # Overlap: each next chunk starts inside the previous one, by at most `overlap` tokens.
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        assert nxt.start < prev.end
+        assert 1 <= n_tokens(tokenizer, text[nxt.start : prev.end]) <= 8
+    # Cuts prefer sentence ends when one is near the window's end.
+    assert sum(c.text.endswith(".") for c in chunks[:-1]) >= len(chunks) // 2
+
+
+def test_unknown_words_and_punctuation_are_counted_as_the_model_sees_them(tokenizer: Any) -> None:
+    text = "xylophone-zebra!? " * 30  # out-of-vocabulary words split into many word pieces
+    chunks = chunk_text(text, tokenizer, 16, 0)
+    check_chunks(text, chunks, tokenizer, 16, 0)
+    assert len(chunks) >= n_tokens(tokenizer, text) / 16
+
+
+word = st.sampled_from([*WORDS[:60], "quántum", "zebra", "x", ".", ",", "!", "\n", "42"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(word, min_size=0, max_size=200),
+    max_tokens=st.integers(8, 40),
+    overlap=st.integers(0, 10),
+)
+def test_chunking_properties(tokenizer: Any, words: list[str], max_tokens: int, overlap: int) -> None:
+    text = " ".join(words)
+    chunks = chunk_text(text, tokenizer, max_tokens, overlap)
+    if not text.strip():
+        assert chunks == []
+        return
+    check_chunks(text, chunks, tokenizer, max_tokens, min(overlap, max_tokens // 2))
+
+
+def test_engine_caps_chunks_at_the_model_sequence_length(rift) -> None:
+    embedder = rift.engine().embedder
+    assert embedder.max_seq_length == 64
+    assert embedder.max_chunk_tokens(8192) == 62  # room for [CLS] and [SEP]
+    assert embedder.max_chunk_tokens(48) == 48
+
+
+# --- fusion ------------------------------------------------------------------------------------------------
+
+
+def test_rrf_scores_and_order() -> None:
+    fused = rrf([["a", "b", "c"], ["c", "a", "d"]], k=60)
+    scores = dict(fused)
+    assert scores["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert scores["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert scores["b"] == pytest.approx(1 / 62) and scores["d"] == pytest.approx(1 / 63)
+    assert [key for key, _ in fused] == ["a", "c", "b", "d"]
+
+
+def test_rrf_weights_k_and_ties() -> None:
+    assert [key for key, _ in rrf([["a"], ["b"]])] == ["a", "b"]  # tie: first seen wins
+    assert [key for key, _ in rrf([["a"], ["b"]], weights=[1.0, 2.0])] == ["b", "a"]
+    assert rrf([["a"], ["b"]], weights=[1.0, 0.0]) == [("a", pytest.approx(1 / 61))]
+    assert dict(rrf([["a"]], k=1))["a"] == pytest.approx(0.5)
+    assert rrf([[], []]) == []
+    with pytest.raises(ValueError):
+        rrf([["a"]], weights=[1.0, 1.0])

@@ -1,0 +1,171 @@
+"""The disagreement log: one durable record per hybrid search, with both ranked lists, the overlap and the
+blind spots, for a corpus where the two retrievers provably disagree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server.learning.disagreement import summarize
+from server.learning.query_log import QueryLog
+from tests.support.helpers import docs, make_settings, open_rift, sqlite_rows
+
+QUERY = "quantum gluon plasma"
+# BERT lower-cases and strips accents, so "vec" embeds exactly like QUERY (cosine 1: vector rank 1), while
+# bm25s sees other words ("quántum" is not "quantum"), so "vec" never reaches the keyword list.
+VEC = "quántum glúon plásma"
+# The only document sharing QUERY's words: keyword rank 1, and its vectors are not identical to the query's.
+KW = "gluon plasma measurements at the collider facility and the quantum detector"
+FILLERS = [
+    "the cat sat on the mat",
+    "a blue fish in the sea",
+    "bread milk and coffee for breakfast",
+    "the old house by the river",
+    "python code running on a server",
+    "red apple green banana",
+]
+CORPUS = [("vec", VEC), ("kw", KW), *[(f"f{i}", t) for i, t in enumerate(FILLERS)]]
+
+
+@pytest.fixture
+def logged(tmp_path: Path, tiny_model_path: Path):
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    app = open_rift(settings)
+    app.add_documents("sci", docs(*CORPUS))
+    yield app
+    app.close()
+
+
+def test_record_of_a_query_where_the_retrievers_disagree(logged) -> None:
+    response = logged.search("sci", QUERY, k=1)
+    assert response.logged and response.query_id
+    record = logged.log.get(response.query_id)
+    assert record is not None
+    assert (record.query, record.collection, record.k) == (QUERY, "sci", 1)
+    assert record.model_version == logged.engine().embedder.version == str(logged.settings.model)
+
+    # Vector list: every document (depth 100 > corpus), best first, with ids, chunk ids and cosine scores.
+    vector_docs = [d for d, _, _ in record.vector]
+    assert sorted(vector_docs) == sorted(d for d, _ in CORPUS)
+    assert vector_docs[0] == "vec" and record.vector[0][2] == pytest.approx(1.0, abs=1e-4)
+    scores = [s for _, _, s in record.vector]
+    assert scores == sorted(scores, reverse=True) and scores[1] < 0.9999
+    assert all(c.startswith(f"{d}::") for d, c, _ in record.vector)
+    # Keyword list: only "kw" shares the query's words.
+    assert [(d, c.split("::")[0]) for d, c, _ in record.keyword] == [("kw", "kw")]
+    assert record.keyword[0][2] > 0
+
+    # Blind spots against the k=1 the caller saw: the keyword side never returned "vec" or the fillers, and
+    # the vector side's top-1 is not "kw".
+    v_top5 = vector_docs[:5]
+    assert record.keyword_blind == ["kw"]
+    assert record.vector_blind == [d for d in v_top5 if d != "kw"] and record.vector_blind[0] == "vec"
+    assert record.overlap == pytest.approx((1 if "kw" in v_top5 else 0) / 5)
+    # "kw" is on both lists, "vec" only on one: RRF puts "kw" first.
+    assert record.fused == ["kw"] == [h.doc_id for h in response.outcome.hits]
+
+    # The same summary went back to the caller.
+    d = response.disagreement
+    assert (d.overlap, d.vector_blind_spots, d.keyword_blind_spots) == (
+        record.overlap,
+        record.vector_blind,
+        record.keyword_blind,
+    )
+    ((mode, filters, top, source),) = sqlite_rows(
+        logged.settings.log_db,
+        f"SELECT mode, filters, top, source FROM queries WHERE query_id = '{response.query_id}'",
+    )
+    assert (mode, filters, top, source) == ("hybrid", None, 5, "mcp")
+    # Log write time is measured and reported with the search's timings.
+    assert response.outcome.timings_ms["log_ms"] >= 0
+
+
+def test_lists_are_logged_to_the_candidate_depth_and_survive_restart(tmp_path: Path, tiny_model_path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, candidate_depth=3)
+    app = open_rift(settings)
+    app.add_documents("sci", docs(*CORPUS))
+    flt = {"kind": {"$ne": "x"}}
+    response = app.search("sci", QUERY, k=2, filters=flt, source="cli")
+    app.close()
+
+    log = QueryLog(settings.log_db)  # a fresh connection, as after a restart
+    try:
+        record = log.get(response.query_id)
+        assert record is not None and len(record.vector) == 3 and record.vector[0][0] == "vec"
+        assert [d for d, _, _ in record.keyword] == ["kw"]
+        assert record.model_version == str(settings.model)
+    finally:
+        log.close()
+    ((filters, source),) = sqlite_rows(
+        settings.log_db, f"SELECT filters, source FROM queries WHERE query_id = '{response.query_id}'"
+    )
+    assert json.loads(filters) == flt and source == "cli"
+
+
+def test_agreeing_top_hit_has_no_keyword_blind_spot(logged) -> None:
+    # The query is f0's exact text: vector rank 1 (cosine 1) and the only keyword match.
+    response = logged.search("sci", FILLERS[0], k=1)
+    record = logged.log.get(response.query_id)
+    vector_docs = [d for d, _, _ in record.vector]
+    assert vector_docs[0] == "f0" and [d for d, _, _ in record.keyword] == ["f0"]
+    assert record.keyword_blind == [] and record.vector_blind == vector_docs[1:5]
+    assert record.overlap == pytest.approx(1 / 5) and record.fused == ["f0"]
+
+
+def test_only_hybrid_searches_are_logged_and_stats_report_rates(logged) -> None:
+    logged.search("sci", QUERY, k=1)
+    logged.search("sci", QUERY, k=1, mode="vector")
+    logged.search("sci", QUERY, k=1, mode="keyword")
+    logged.search("sci", "the cat sat on the mat", k=10)
+    stats = logged.stats("sci")
+    queries = stats["queries"]
+    assert queries["logged_queries"] == 2
+    assert queries["queries_with_keyword_blind_spots"] == pytest.approx(0.5)  # QUERY k=1; k=10 sees all
+    assert queries["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+    assert 0 <= queries["mean_top_overlap"] <= 1
+    assert stats["collections"][0]["queries"]["logged_queries"] == 2
+    assert stats["logging_enabled"] is True
+
+
+def test_logging_can_be_turned_off(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, log_queries=False)
+    app = open_rift(settings)
+    try:
+        app.add_documents("sci", docs(*CORPUS))
+        response = app.search("sci", QUERY, k=1)
+        assert not response.logged and response.query_id is None
+        assert response.disagreement is not None  # still summarised for the caller
+        assert "log_ms" not in response.outcome.timings_ms
+        stats = app.stats()
+        assert stats["logging_enabled"] is False and stats["queries"]["logged_queries"] == 0
+    finally:
+        app.close()
+    assert sqlite_rows(settings.log_db, "SELECT COUNT(*) FROM queries") == [(0,)]
+
+
+def test_summarize_compares_top_with_the_other_sides_top_k() -> None:
+    d = summarize(["a", "b", "c", "d", "e", "f"], ["c", "x", "a", "y"], k=2, top=5)
+    assert d.top == 5
+    assert d.overlap == pytest.approx(2 / 5)  # {a, c}
+    assert d.vector_blind_spots == ["a", "b", "d", "e"]  # not in keyword top-2 (c, x)
+    assert d.keyword_blind_spots == ["c", "x", "y"]  # not in vector top-2 (a, b)
+    small = summarize(["a", "b"], ["b", "a"], k=10)
+    assert small.overlap == 1.0 and small.vector_blind_spots == small.keyword_blind_spots == []
+    assert summarize([], [], k=3).overlap == 0.0
+
+
+def test_chunk_level_search_summarises_per_document(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    app = open_rift(settings)
+    try:
+        long = " ".join(f"Gluon plasma note {i} from the collider." for i in range(20))
+        app.add_documents("sci", docs(("long", long), *CORPUS))
+        response = app.search("sci", QUERY, k=3, group_by_document=False)
+        assert len({c.chunk_id for c in response.outcome.keyword}) > 2  # chunks of "long" and "kw"
+        d = response.disagreement
+        for spots in (d.vector_blind_spots, d.keyword_blind_spots):
+            assert len(spots) == len(set(spots))
+    finally:
+        app.close()

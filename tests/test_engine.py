@@ -1,0 +1,271 @@
+"""Engine behaviour through the `Rift` app object: persistence, upsert/delete consistency in both indices,
+filters inside both retrievers, grouping, per-side ranks and the data-dir lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.errors import DataDirLockedError, NotFoundError, RiftError
+from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
+
+LONG = " ".join(
+    f"Sentence {i} talks about the river and the {w} near the old city." for i, w in enumerate(["sea"] * 30)
+)
+
+
+@pytest.fixture
+def rift_factory(tmp_path: Path, tiny_model_path: Path):
+    opened = []
+
+    def factory(**overrides: Any):
+        app = open_rift(make_settings(tmp_path / "data", tiny_model_path, **overrides))
+        opened.append(app)
+        return app
+
+    yield factory
+    for app in opened:
+        app.close()
+
+
+def test_persistence_across_restart(rift_factory) -> None:
+    first = rift_factory()
+    first.add_documents(
+        "default",
+        docs(("long", LONG), ("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea")),
+    )
+    first.add_documents("other", docs(("x", "python code on a server")))
+    before = first.stats()
+    first.close()
+
+    second = rift_factory()
+    assert second.repair_report["journal"] == 0
+    assert second.repair_report["added_from_chroma"] == 0
+    after = second.stats()
+    assert [(c["name"], c["documents"], c["chunks"]) for c in after["collections"]] == [
+        (c["name"], c["documents"], c["chunks"]) for c in before["collections"]
+    ]
+    assert ids(second.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+    assert ids(second.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    assert ids(second.search("other", "python server", mode="hybrid").outcome.hits) == ["x"]
+    text, _, n_chunks, _ = second.engine().get_document("default", "long")
+    assert text == LONG and n_chunks > 1
+
+
+def test_upsert_replaces_every_chunk_in_both_indices(rift) -> None:
+    (status,) = rift.add_documents("default", docs(("doc", LONG)))
+    assert status.status == "added" and status.chunks > 3
+    old = index_state(rift)
+    assert old["chroma"] == old["keyword"] == old["sqlite"] and len(old["chroma"]) == status.chunks
+
+    (status,) = rift.add_documents("default", docs(("doc", "a short note about a green tree")))
+    assert status.status == "updated" and status.chunks == 1
+    new = index_state(rift)
+    assert new["chroma"] == new["keyword"] == new["sqlite"]
+    assert len(new["chroma"]) == 1 and not new["chroma"] & old["chroma"]
+
+    # Neither side can still find the old text.
+    assert rift.search("default", "river city", mode="keyword").outcome.hits == []
+    found = rift.search("default", LONG[:200], k=10, mode="vector", group_by_document=False).outcome
+    assert [c.chunk_id for c in found.vector] == list(new["chroma"])
+    assert rift.stats("default")["collections"][0]["chunks"] == 1
+
+
+def test_unchanged_content_is_skipped_and_metadata_change_updates(rift) -> None:
+    rift.add_documents("default", docs(("a", "the cat sat"), ("b", "the dog ran")))
+    before = index_state(rift)
+    statuses = rift.add_documents("default", docs(("a", "the cat sat"), ("b", "the dog ran")))
+    assert [(s.status, s.chunks) for s in statuses] == [("unchanged", 0), ("unchanged", 0)]
+    assert index_state(rift) == before
+
+    statuses = rift.add_documents("default", docs(("a", "the cat sat", {"lang": "en"})))
+    assert statuses[0].status == "updated"
+    (hit,) = rift.search("default", "cat", mode="keyword").outcome.hits
+    assert hit.metadata == {"lang": "en"}
+
+
+def test_default_id_is_a_content_hash(rift) -> None:
+    (a,) = rift.add_documents("default", docs((None, "the same text")))  # type: ignore[arg-type]
+    (b,) = rift.add_documents("default", docs((None, "the same text")))  # type: ignore[arg-type]
+    assert a.id == b.id and len(a.id) == 32 and b.status == "unchanged"
+
+
+def test_delete_removes_every_chunk_from_both_indices(rift) -> None:
+    rift.add_documents("default", docs(("long", LONG), ("keep", "the river is wide")))
+    deleted, missing = rift.delete_documents("default", ["long", "nope", "long"])
+    assert deleted == ["long"] and missing == ["nope"]
+    state = index_state(rift)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    assert {c.split("::")[0] for c in state["chroma"]} == {"keep"}
+    assert ids(rift.search("default", "river city sea", mode="hybrid").outcome.hits) == ["keep"]
+    with pytest.raises(NotFoundError):
+        rift.engine().get_document("default", "long")
+
+
+# --- filters ---------------------------------------------------------------------------------------------
+
+CORPUS = [
+    ("d0", {"lang": "en", "year": 2018, "score": 0.5, "draft": False}),
+    ("d1", {"lang": "en", "year": 2020, "score": 1.5, "draft": True}),
+    ("d2", {"lang": "de", "year": 2021, "score": 2.5, "draft": False}),
+    ("d3", {"lang": "fr", "year": 2022, "score": 3.5}),
+    ("d4", {"lang": "de", "year": 2019, "draft": True}),
+    ("d5", {"year": 2023, "score": 0.0}),
+    ("d6", {"lang": "en", "year": 2024, "score": 9.0, "draft": False}),
+]
+
+Pred = Callable[[dict[str, Any]], bool]
+FILTERS: list[tuple[dict[str, Any], Pred]] = [
+    ({"lang": "en"}, lambda m: m.get("lang") == "en"),
+    ({"lang": {"$eq": "de"}}, lambda m: m.get("lang") == "de"),
+    ({"lang": {"$ne": "en"}}, lambda m: m.get("lang") != "en"),
+    ({"lang": {"$in": ["de", "fr"]}}, lambda m: m.get("lang") in ("de", "fr")),
+    ({"lang": {"$nin": ["de", "fr"]}}, lambda m: m.get("lang") not in ("de", "fr")),
+    ({"year": {"$gte": 2021}}, lambda m: m["year"] >= 2021),
+    ({"year": {"$gt": 2019, "$lt": 2022}}, lambda m: 2019 < m["year"] < 2022),
+    ({"score": {"$lte": 1.5}}, lambda m: "score" in m and m["score"] <= 1.5),
+    ({"draft": True}, lambda m: m.get("draft") is True),
+    ({"lang": "en", "year": {"$gte": 2020}}, lambda m: m.get("lang") == "en" and m["year"] >= 2020),
+    (
+        {"$or": [{"lang": "fr"}, {"year": {"$lt": 2019}}]},
+        lambda m: m.get("lang") == "fr" or m["year"] < 2019,
+    ),
+    (
+        {"$and": [{"lang": {"$in": ["en", "de"]}}, {"$or": [{"draft": True}, {"score": {"$gt": 5}}]}]},
+        lambda m: m.get("lang") in ("en", "de") and (m.get("draft") is True or m.get("score", 0) > 5),
+    ),
+    ({"lang": "xx"}, lambda m: False),
+]
+
+
+@pytest.fixture
+def filtered(rift):
+    rift.add_documents(
+        "default",
+        docs(*[(d, f"the river report number {i} about water", m) for i, (d, m) in enumerate(CORPUS)]),
+    )
+    return rift
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_filters_apply_inside_each_retriever(filtered, mode: str) -> None:
+    for raw, pred in FILTERS:
+        expected = {d for d, m in CORPUS if pred(m)}
+        outcome = filtered.search("default", "river water", k=100, mode=mode, filters=raw).outcome
+        assert set(ids(outcome.hits)) == expected, (mode, raw)
+        if mode == "hybrid":  # both candidate lists were filtered, not just the fused one
+            assert {c.doc_id for c in outcome.vector} == expected, raw
+            assert {c.doc_id for c in outcome.keyword} == expected, raw
+        for hit in outcome.hits:
+            assert pred(hit.metadata), (raw, hit.metadata)
+
+
+def test_filter_errors_name_the_field_or_operator(filtered) -> None:
+    cases = [
+        ({"year": {"$between": [1, 2]}}, "$between"),
+        ({"year": {"$gt": "2020"}}, "filters.year.$gt"),
+        ({"lang": {"$in": []}}, "filters.lang.$in"),
+        ({"lang": ["en"]}, "filters.lang"),
+        ({"$or": {}}, "filters.$or"),
+        ({"$not": [{"a": 1}]}, "$not"),
+        ({"lang": None}, "filters.lang"),
+    ]
+    for raw, needle in cases:
+        with pytest.raises(RiftError) as err:
+            filtered.search("default", "river", filters=raw)
+        assert needle in str(err.value), (raw, str(err.value))
+
+
+def test_selective_filter_is_a_prefilter_without_recall_loss(rift_factory) -> None:
+    # Each retriever only takes 3 candidates; a post-filter over them would find nothing.
+    app = rift_factory(candidate_depth=3)
+    texts = [f"river {'water ' * (i % 5)}bank number {i} " + "tree " * i for i in range(20)]
+    app.add_documents("default", docs(*[(f"d{i}", t, {"n": i}) for i, t in enumerate(texts)]))
+    unfiltered = app.search("default", "river water bank", k=3, mode="hybrid").outcome
+    seen = {c.doc_id for c in unfiltered.vector} | {c.doc_id for c in unfiltered.keyword}
+    assert len(seen) <= 6
+    wanted = [f"d{i}" for i in range(20) if f"d{i}" not in seen][-2:]
+    flt = {"n": {"$in": [int(d[1:]) for d in wanted]}}
+    for mode in ("vector", "keyword"):
+        got = app.search("default", "river water bank", k=3, mode=mode, filters=flt).outcome
+        assert set(ids(got.hits)) == set(wanted), mode
+    hybrid = app.search("default", "river water bank", k=3, mode="hybrid", filters=flt).outcome
+    assert set(ids(hybrid.hits)) == set(wanted)
+    assert all(h.vector_rank is not None and h.keyword_rank is not None for h in hybrid.hits)
+
+
+# --- grouping and per-side ranks ---------------------------------------------------------------------------
+
+
+def test_one_hit_per_document_unless_asked(rift) -> None:
+    rift.add_documents("default", docs(("long", LONG), ("short", "the river and the sea")))
+    grouped = rift.search("default", "river sea city", k=10).outcome.hits
+    assert sorted(ids(grouped)) == ["long", "short"]
+    chunks = rift.search("default", "river sea city", k=10, group_by_document=False).outcome.hits
+    assert ids(chunks).count("long") > 1
+    assert len({h.chunk_id for h in chunks}) == len(chunks)
+    # Each side ranks chunks too, so ranks are per chunk here.
+    assert all(h.keyword_rank is not None for h in chunks)
+
+
+def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:
+    # BERT strips accents, so "rívér" embeds exactly like the query "river"; bm25s sees other words, so only
+    # "kw" can match on the keyword side.
+    fillers = [(f"f{i}", "rívér " * (i + 1) + "bánk") for i in range(8)]
+    rift.add_documents("default", docs(("kw", "the river bank and the moon"), ("vec", "rívér"), *fillers))
+    vector_order = ids(rift.search("default", "river", k=100, mode="vector").outcome.hits)
+    assert vector_order[0] == "vec"
+    k = vector_order.index("kw")  # depth = k candidates per side, so the vector side stops before "kw"
+    assert k >= 2
+    outcome = rift.search("default", "river", k=k, depth=k).outcome
+    by_id = {h.doc_id: h for h in outcome.hits}
+    assert (by_id["vec"].vector_rank, by_id["vec"].keyword_rank) == (1, None)
+    assert (by_id["kw"].vector_rank, by_id["kw"].keyword_rank) == (None, 1)
+    assert by_id["vec"].score == pytest.approx(by_id["kw"].score) == pytest.approx(1 / 61)
+    assert [c.doc_id for c in outcome.keyword] == ["kw"] and "kw" not in [c.doc_id for c in outcome.vector]
+
+
+def test_empty_or_missing_collection(rift) -> None:
+    with pytest.raises(NotFoundError, match="unknown collection 'nope'"):
+        rift.search("nope", "river")
+    rift.engine().create_collection("empty")
+    assert rift.search("empty", "river").outcome.hits == []
+
+
+def test_rejected_add_writes_nothing(rift) -> None:
+    rift.add_documents("default", docs(("a", "the cat sat")))
+    before = (rift.stats(), index_state(rift))
+    bad_batches = [
+        docs(("b", "fine"), ("c", "   ")),
+        docs(("b", "fine"), ("b", "dupe")),
+        docs(("b", "fine"), ("c", "x", {"tags": ["a"]})),  # type: ignore[dict-item]
+        docs(("b", "fine"), ("c", 5)),  # type: ignore[arg-type]
+        docs(("b", "fine"), ("c", "ok", {"_rift_doc": "x"})),
+        [],
+    ]
+    for batch in bad_batches:
+        with pytest.raises(RiftError):
+            rift.add_documents("default", batch)
+    with pytest.raises(RiftError):
+        rift.add_documents("new", docs(("b", "")))
+    after = (rift.stats(), index_state(rift))
+    assert before[0]["collections"] == after[0]["collections"] and before[1] == after[1]
+    assert rift.engine().collection_names() == ["default"]
+
+
+# --- lock ---------------------------------------------------------------------------------------------------
+
+
+def test_second_rift_on_the_same_data_dir_is_refused(rift, settings) -> None:
+    from server.service import Rift
+
+    with pytest.raises(DataDirLockedError) as err:
+        Rift(settings).start(background=False)
+    message = str(err.value)
+    assert str(settings.data_dir) in message and "another rift process" in message
+    rift.close()
+    again = Rift(settings).start(background=False)  # released on close
+    again.close()

@@ -1,0 +1,140 @@
+"""The filter grammar: parse errors name the field or operator, and the keyword side's numpy mask selects
+exactly what Chroma's `where` selects for the same filter (so both retrievers pre-filter identically)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.engine.filters import MetadataColumns, mask, parse_filters, to_chroma
+from server.errors import RiftError
+
+ROWS: list[dict[str, Any]] = [
+    {"lang": "en", "year": 2018, "score": 0.5, "draft": False, "n": 1},
+    {"lang": "en", "year": 2020, "score": 1.5, "draft": True, "n": 1.0},
+    {"lang": "de", "year": 2021, "score": 2.5, "draft": False, "n": True},
+    {"lang": "fr", "year": 2022, "score": 3.0},
+    {"lang": "de", "year": 2019, "draft": True, "n": "1"},
+    {"year": 2023, "score": 0.0, "n": 0},
+    {"lang": "EN", "year": 2024, "score": 9.0, "draft": False},
+    {"lang": 7, "year": 2025},
+]
+
+FILTERS: list[dict[str, Any]] = [
+    {"lang": "en"},
+    {"lang": {"$eq": "de"}},
+    {"lang": {"$ne": "en"}},
+    {"lang": {"$in": ["de", "fr"]}},
+    {"lang": {"$nin": ["de", "fr"]}},
+    {"lang": {"$in": ["en", 7]}},
+    {"year": 2020},
+    {"year": {"$gte": 2021}},
+    {"year": {"$gt": 2019, "$lt": 2022}},
+    {"score": {"$lte": 1.5}},
+    {"score": {"$gt": 2}},
+    {"score": 3},  # int query, float value
+    {"score": {"$ne": 0.5}},
+    {"draft": True},
+    {"draft": {"$ne": True}},
+    {"draft": False},
+    {"n": 1},  # int 1 is neither True nor "1"
+    {"n": True},
+    {"n": "1"},
+    {"n": {"$in": [0, True]}},
+    {"n": {"$in": [True, 0]}},
+    {"n": {"$nin": [1, "1"]}},
+    {"score": {"$in": [3, 0.5]}},
+    {"year": {"$in": [2018, 2024]}},
+    {"missing": "x"},
+    {"missing": {"$ne": "x"}},
+    {"lang": "en", "year": {"$gte": 2020}},
+    {"$or": [{"lang": "fr"}, {"year": {"$lt": 2019}}]},
+    {"$and": [{"lang": {"$in": ["en", "de"]}}, {"$or": [{"draft": True}, {"score": {"$gt": 5}}]}]},
+    {"$or": [{"$and": [{"year": {"$gte": 2020}}, {"draft": False}]}, {"lang": "EN"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def chroma_rows():
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
+    coll = client.create_collection(f"filters-{uuid.uuid4().hex[:8]}", embedding_function=None)
+    ids = [f"r{i}" for i in range(len(ROWS))]
+    coll.add(ids=ids, embeddings=np.eye(len(ROWS), 4 + len(ROWS), dtype=np.float32), metadatas=ROWS)
+    return coll, ids
+
+
+@pytest.mark.parametrize("raw", FILTERS, ids=[str(f) for f in FILTERS])
+def test_mask_selects_what_chroma_selects(chroma_rows, raw: dict[str, Any]) -> None:
+    coll, ids = chroma_rows
+    node = parse_filters(raw)
+    chroma = set(coll.get(where=to_chroma(node), include=[])["ids"])
+    ours = {ids[i] for i in np.flatnonzero(mask(node, MetadataColumns(ROWS)))}
+    assert ours == chroma
+
+
+def test_to_chroma_shapes() -> None:
+    assert parse_filters(None) is None and parse_filters({}) is None and to_chroma(None) is None
+    assert to_chroma(parse_filters({"a": 1})) == {"a": {"$eq": 1}}
+    assert to_chroma(parse_filters({"a": 1, "b": {"$in": ["x"]}})) == {
+        "$and": [{"a": {"$eq": 1}}, {"b": {"$in": ["x"]}}]
+    }
+    assert to_chroma(parse_filters({"y": {"$gt": 1, "$lt": 3}})) == {
+        "$and": [{"y": {"$gt": 1}}, {"y": {"$lt": 3}}]
+    }
+    assert to_chroma(parse_filters({"$or": [{"a": 1}]})) == {"a": {"$eq": 1}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ("lang", "filters must be an object"),
+        ({"year": {"$between": [1, 2]}}, "unknown operator '$between' on field 'year'"),
+        ({"year": {"$gt": "2020"}}, "filters.year.$gt must be a number"),
+        ({"year": {"$gt": True}}, "filters.year.$gt must be a number"),
+        ({"lang": {"$in": []}}, "filters.lang.$in must be a non-empty list"),
+        ({"lang": {"$in": "en"}}, "filters.lang.$in must be a non-empty list"),
+        ({"lang": {"$in": ["en", ["x"]]}}, "filters.lang.$in[1]"),
+        ({"lang": ["en"]}, "filters.lang must be a string, number or boolean"),
+        ({"lang": None}, "filters.lang must be a string, number or boolean"),
+        ({"lang": float("nan")}, "filters.lang must be a finite number"),
+        ({"lang": {}}, "filters.lang must name at least one operator"),
+        ({"$or": {}}, "filters.$or must be a non-empty list"),
+        ({"$and": []}, "filters.$and must be a non-empty list"),
+        ({"$or": [{}]}, "filters.$or[0] must be a non-empty object"),
+        ({"$not": [{"a": 1}]}, "unknown operator '$not'"),
+        ({"": 1}, "field names must be non-empty strings"),
+    ],
+)
+def test_parse_errors_name_the_field_or_operator(raw: Any, needle: str) -> None:
+    with pytest.raises(RiftError) as err:
+        parse_filters(raw)
+    assert needle in str(err.value)
+
+
+def test_nesting_is_bounded() -> None:
+    raw: dict[str, Any] = {"a": 1}
+    for _ in range(10):
+        raw = {"$and": [raw]}
+    with pytest.raises(RiftError, match="nest deeper"):
+        parse_filters(raw)
+
+
+def test_mask_on_no_rows_and_no_filter() -> None:
+    assert mask(None, MetadataColumns(ROWS)) is None
+    empty = mask(parse_filters({"a": {"$ne": 1}}), MetadataColumns([]))
+    assert empty is not None and empty.shape == (0,)
+
+
+def test_mixed_type_lists_compile_to_single_type_conditions() -> None:
+    assert to_chroma(parse_filters({"a": {"$in": ["x", 1]}})) == {
+        "$or": [{"a": {"$eq": "x"}}, {"a": {"$eq": 1}}]
+    }
+    assert to_chroma(parse_filters({"a": {"$nin": [1, 1.5]}})) == {
+        "$and": [{"a": {"$ne": 1}}, {"a": {"$ne": 1.5}}]
+    }

@@ -1,0 +1,83 @@
+"""Streamable HTTP: a bearer token guards every request, and binding beyond loopback needs one."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import httpx2
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from server.app import create_server
+from server.config import Settings
+from server.http import build_http_app, is_loopback
+from tests.support.helpers import make_settings
+
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def http_url(tmp_path: Path, tiny_model_path: Path) -> Iterator[str]:
+    port = free_port()
+    settings = make_settings(tmp_path / "data", tiny_model_path, http_port=port, http_token=TOKEN)
+    app = build_http_app(create_server(settings), settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/mcp"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_requests_without_the_token_are_refused(http_url: str) -> None:
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        response = httpx.post(http_url, json=hello, headers=headers, timeout=10)
+        assert response.status_code == 401, headers
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "bearer token" in response.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_requests_with_the_token_work(http_url: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for _ in range(2):  # two sessions in a row share the one engine (the lifespan runs once)
+        async with (
+            httpx2.AsyncClient(headers=auth, timeout=30) as http,
+            Client(streamable_http_client(http_url, http_client=http), mode="legacy") as client,
+        ):
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"add_documents", "hybrid_search", "delete_documents", "stats"} <= tools
+            added = await client.call_tool("add_documents", {"documents": [{"id": "a", "text": "the sea"}]})
+            assert not added.is_error, added.content
+            found = await client.call_tool("hybrid_search", {"query": "sea"})
+            assert [h["doc_id"] for h in found.structured_content["hits"]] == ["a"]
+
+
+def test_binding_beyond_loopback_needs_a_token(tmp_path: Path, tiny_model_path: Path) -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+    open_settings = make_settings(tmp_path / "data", tiny_model_path, http_host="0.0.0.0")
+    with pytest.raises(ValueError, match="without a bearer token"):
+        build_http_app(create_server(open_settings), open_settings)
+    guarded = Settings(**{**open_settings.model_dump(), "http_token": TOKEN})
+    assert build_http_app(create_server(guarded), guarded) is not None
+    local = make_settings(tmp_path / "data", tiny_model_path)  # loopback without a token is allowed
+    assert build_http_app(create_server(local), local) is not None

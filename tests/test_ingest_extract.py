@@ -1,0 +1,217 @@
+"""Extraction per format, structure-aware splitting, folder walking and the low-level path checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from server.errors import NotFoundError, RiftError
+from server.ingest.extract import (
+    SkipFile,
+    decode_text,
+    extract,
+    flatten_front_matter,
+    markdown_headings,
+    rst_headings,
+    split_front_matter,
+)
+from server.ingest.filetypes import classify
+from server.ingest.security import PathPolicy, read_file
+from server.ingest.splitters import chunk_structured, split_blocks, split_markdown, split_pdf, split_python
+from server.ingest.walker import Found, compile_glob, walk
+from tests.support.corpus import make_pdf
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_path))
+
+
+# --- extraction ------------------------------------------------------------------------------------------------
+
+
+def test_front_matter_is_parsed_flattened_or_left_alone() -> None:
+    front, body = split_front_matter("---\na: 1\nb:\n  c: [x, y]\n  d: [{e: 1}]\n...\nbody\n")
+    assert body == "body\n"
+    flat = flatten_front_matter(front)
+    assert flat == {"a": 1, "b.c": "x, y", "b.d": '[{"e": 1}]'}
+    assert split_front_matter("---\n: : bad [\n---\nbody") == ({}, "---\n: : bad [\n---\nbody")
+    assert split_front_matter("---\n- a list\n---\nbody")[0] == {}
+    assert split_front_matter("no front matter\n---\n") == ({}, "no front matter\n---\n")
+    dropped = flatten_front_matter({"$where": 1, "#x": 2, "_rift_doc": 3, "none": None, "nan": float("nan")})
+    assert dropped == {}
+
+
+def test_markdown_title_and_headings_ignore_code_fences() -> None:
+    text = "Intro\n\n```\n# not a heading\n```\n\nSetext Title\n============\n\n## Sub\n"
+    assert markdown_headings(text) == [(1, 6, "Setext Title"), (2, 9, "Sub")]
+    out = extract(Path("a.md"), text.encode(), "markdown")
+    assert out.title == "Setext Title"
+    assert extract(Path("plain.md"), b"just words\n", "markdown").title == "plain.md"
+
+
+def test_rst_heading_levels_follow_first_appearance() -> None:
+    text = "=====\nTop\n=====\n\nintro\n\nPart\n----\n\nx\n\nDetail\n~~~~~~\n\n----------\n\nOther\n-----\n"
+    assert rst_headings(text) == [(1, 0, "Top"), (2, 6, "Part"), (3, 11, "Detail"), (2, 16, "Other")]
+
+
+def test_html_text_title_and_encoding() -> None:
+    page = '<html><head><meta charset="iso-8859-1"></head><body><h1>Caf\xe9</h1><p>cr\xe8me</p></body></html>'
+    out = extract(Path("p.html"), page.encode("latin-1"), "html")
+    assert out.title == "Café" and "crème" in out.text
+
+
+def test_text_decoding_and_binary_detection() -> None:
+    french = "Le cœur a ses raisons que la raison ne connaît point. Déjà l'été, à côté du château." * 3
+    assert decode_text(french.encode("cp1252")) == french
+    assert decode_text("\ufeffbom".encode()) == "bom"
+    assert extract(Path("u16.txt"), "wide text".encode("utf-16"), "text").text == "wide text"
+    with pytest.raises(SkipFile, match="binary file"):
+        extract(Path("x.txt"), b"abc\x00def", "text")
+    with pytest.raises(SkipFile, match="no text"):
+        extract(Path("x.txt"), b" \n\t\n", "text")
+    assert extract(Path("crlf.txt"), b"a\r\nb\rc", "text").text == "a\nb\nc"
+
+
+def test_pdf_text_pages_and_failures(tmp_path: Path) -> None:
+    make_pdf(tmp_path / "two.pdf", "Two Pages", ["First page words.", "Second page words."])
+    out = extract(tmp_path / "two.pdf", (tmp_path / "two.pdf").read_bytes(), "pdf")
+    assert out.title == "Two Pages" and out.metadata == {"pages": 2}
+    assert out.text.split("\f")[0].strip() == "First page words."
+    with pytest.raises(SkipFile, match="no %PDF header"):
+        extract(Path("fake.pdf"), b"hello", "pdf")
+    with pytest.raises(SkipFile, match="unreadable PDF"):
+        extract(Path("broken.pdf"), b"%PDF-1.4\n garbage without objects", "pdf")
+
+
+def test_classify() -> None:
+    assert classify(Path("a/B.PY")) == ("python", "code")
+    assert classify(Path("Makefile")) == ("make", "code")
+    assert classify(Path("README")) == ("text", "text")
+    assert classify(Path("x.markdown")) == ("markdown", "markdown")
+    assert classify(Path("photo.png")) is None and classify(Path(".env")) is None
+
+
+# --- splitting -------------------------------------------------------------------------------------------------
+
+
+def labels(chunks, key: str) -> list[str | None]:
+    return [c.metadata.get(key) for c in chunks]
+
+
+def test_markdown_sections_merge_under_a_shared_parent_only(tokenizer) -> None:
+    text = "# A\n\na text\n\n## A1\n\none\n\n## A2\n\ntwo\n\n# B\n\nb text\n"
+    assert [(text[s.start : s.end].split("\n")[0], s.path) for s in split_markdown(text)] == [
+        ("# A", ("A",)), ("## A1", ("A", "A1")), ("## A2", ("A", "A2")), ("# B", ("B",))
+    ]  # fmt: skip
+    chunks = chunk_structured(text, {"file_type": "markdown"}, tokenizer, 10_000, 0)
+    assert labels(chunks, "heading") == ["A", "B"]  # A's children fold into A; B stays apart
+    tiny = chunk_structured(text, {"file_type": "markdown"}, tokenizer, 4, 1)  # every section is cut
+    assert len(tiny) > 4 and set(labels(tiny, "heading")) == {"A", "A > A1", "A > A2", "B"}
+    for chunk in tiny:
+        assert text[chunk.start : chunk.end] == chunk.text
+
+
+def test_python_symbols_keep_decorators_and_comments(tokenizer) -> None:
+    code = (
+        "import os\n\n\n# helper comment\n@decorator\ndef f():\n    return 1\n\n\n"
+        "class K:\n    x = 1\n\n    # about m\n    def m(self):\n        return 2\n\n    y = 3\n"
+    )
+    sections = [(s.path, code[s.start : s.end]) for s in split_python(code) if code[s.start : s.end].strip()]
+    assert [path for path, _ in sections] == [(), ("f",), ("K",), ("K", "m"), ("K",)]  # y = 3 is K's again
+    assert sections[0][1].startswith("import os")
+    assert sections[1][1].startswith("# helper comment\n@decorator\ndef f():")
+    assert sections[3][1].startswith("    # about m\n    def m(self):")
+    assert sections[4][1].strip() == "y = 3"
+    chunks = chunk_structured(code, {"file_type": "python"}, tokenizer, 10_000, 0)
+    assert labels(chunks, "symbol") == ["f", "K"]  # the module preamble joins f; m folds into K
+    broken = split_python("def broken(:\n    pass\n\nx = 1\n")
+    assert [s.path for s in broken] == [(), ()]  # unparsable: blank-line blocks
+
+
+def test_code_blocks_pdf_pages_and_plain_fallback(tokenizer) -> None:
+    js = "function a() {\n  return 1;\n}\n\nfunction b() {\n  return 2;\n}\n"
+    assert [js[s.start : s.end].strip() for s in split_blocks(js)] == [
+        "function a() {\n  return 1;\n}", "function b() {\n  return 2;\n}"
+    ]  # fmt: skip
+    assert len(chunk_structured(js, {"file_type": "javascript"}, tokenizer, 10_000, 0)) == 1
+    assert [s.meta["page"] for s in split_pdf("one\n\f\ntwo\f\fthree")] == [1, 2, 3, 4]
+    pages = chunk_structured("one page\n\f\ntwo page", {"file_type": "pdf"}, tokenizer, 4, 0)
+    assert 1 in labels(pages, "page") and 2 in labels(pages, "page")
+    assert chunk_structured("text", {"file_type": "text"}, tokenizer, 10, 0) is None
+    assert chunk_structured("text", {}, tokenizer, 10, 0) is None
+
+
+# --- walking and path checks ---------------------------------------------------------------------------------
+
+
+def listing(folder: Path, **kwargs) -> dict[str, str]:
+    out = {}
+    for item in walk(folder, PathPolicy.unrestricted(), **kwargs):
+        rel = str(Path(item.path).relative_to(folder))
+        out[rel] = "found" if isinstance(item, Found) else item.reason
+    return out
+
+
+def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".gitignore").write_text("*.log\nsecret/\n")
+    docs = repo / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "secret").mkdir()
+    (docs / "a.md").write_text("a")
+    (docs / "debug.log").write_text("x")  # ignored by the repository's .gitignore above the folder
+    (docs / "sub" / ".gitignore").write_text("*.txt\n!keep.txt\n")
+    (docs / "sub" / "drop.txt").write_text("x")
+    (docs / "sub" / "keep.txt").write_text("x")
+    (docs / "secret" / "s.md").write_text("x")
+    (docs / ".git").mkdir()  # VCS folders are left out silently
+    (docs / ".git" / "HEAD").write_text("ref")
+    os.mkfifo(docs / "pipe.md")
+    got = listing(docs)
+    assert got == {
+        "a.md": "found",
+        "debug.log": "ignored by .gitignore",
+        "secret": "ignored by .gitignore",
+        "sub/.gitignore": "found",
+        "sub/drop.txt": "ignored by .gitignore",
+        "sub/keep.txt": "found",
+        "pipe.md": "not a regular file",
+    }
+    assert listing(docs, pattern=compile_glob("*.md")) == {
+        "a.md": "found", "secret": "ignored by .gitignore", "pipe.md": "not a regular file"
+    }  # fmt: skip
+    assert "sub/keep.txt" not in listing(docs, recursive=False)
+    with pytest.raises(RiftError, match="glob"):
+        compile_glob([])
+
+
+def test_policy_and_reads(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "f.txt").write_text("hi")
+    (tmp_path / "out.txt").write_text("secret")
+    os.symlink(tmp_path / "out.txt", root / "in" / "link.txt")
+    policy = PathPolicy((root.resolve(),))
+    assert policy.check(str(root / "in" / "f.txt"), "p") == (root / "in" / "f.txt").resolve()
+    with pytest.raises(RiftError, match="symlink that leads to"):
+        policy.check(str(root / "in" / "link.txt"), "p")
+    with pytest.raises(NotFoundError):
+        policy.check(str(root / "nope"), "p")
+    with pytest.raises(RiftError, match="NUL"):
+        policy.check("/x\x00y", "p")
+    assert (
+        PathPolicy.unrestricted().check(str(root / "in" / "link.txt"), "p")
+        == (tmp_path / "out.txt").resolve()
+    )
+    with pytest.raises(OSError):
+        read_file(root / "in" / "link.txt", 100)  # O_NOFOLLOW: a symlink is never read through
+    with pytest.raises(ValueError, match="max_file_bytes"):
+        read_file(root / "in" / "f.txt", 1)
+    data, info = read_file(root / "in" / "f.txt", 100)
+    assert data == b"hi" and info.st_size == 2

@@ -1,0 +1,172 @@
+"""The corpus-management MCP tools through an in-process client: add_paths (and each security refusal),
+get_document recording fetches, list_documents, and the collection tools."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from server.app import create_server
+from server.config import Settings
+from server.learning.query_log import QueryLog
+from tests.support.corpus import build_corpus
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    build_corpus(tmp_path / "root", tmp_path / "outside")
+    return tmp_path / "root"
+
+
+def make_settings(tmp_path: Path, model: Path, roots: list[Path]) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", model=str(model), chunk_tokens=48, chunk_overlap=8, allowed_roots=roots
+    )
+
+
+async def ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+async def refused(client: Client, tool: str, **args: Any) -> str:
+    result = await client.call_tool(tool, args)
+    assert result.is_error, result.structured_content
+    text = result.content[0].text
+    assert "Traceback" not in text
+    return text
+
+
+async def test_add_paths_is_refused_until_allowed_roots_are_set(
+    tmp_path: Path, tiny_model_path: Path, root: Path
+):
+    async with Client(create_server(make_settings(tmp_path, tiny_model_path, []))) as client:
+        message = await refused(client, "add_paths", paths=[str(root / "docs")])
+    assert "allowed_roots" in message and "RIFT_ALLOWED_ROOTS" in message
+
+
+async def test_each_path_trick_is_refused_with_a_clear_error(
+    tmp_path: Path, tiny_model_path: Path, root: Path
+):
+    outside = tmp_path / "outside"
+    os.symlink(outside, root / "escape")  # a folder symlink inside the root that leads out of it
+    async with Client(create_server(make_settings(tmp_path, tiny_model_path, [root]))) as client:
+        message = await refused(client, "add_paths", paths=[str(outside)])
+        assert "outside the allowed roots" in message and str(root) in message
+        message = await refused(client, "add_paths", paths=[str(root / "escape")])
+        assert "symlink" in message and "outside the allowed roots" in message
+        message = await refused(
+            client, "add_paths", paths=[str(root / "docs" / "notes" / "linked-secret.txt")]
+        )
+        assert "symlink" in message
+        message = await refused(client, "add_paths", paths=[f"{root}/docs/../../outside"])
+        assert "'..'" in message
+        message = await refused(client, "add_paths", paths=[f"{root}/docs/../docs"])  # even inside the root
+        assert "'..'" in message
+        message = await refused(client, "add_paths", paths=["docs"])
+        assert "absolute path" in message
+        message = await refused(client, "add_paths", paths=[str(root / "missing")])
+        assert "does not exist" in message
+        message = await refused(client, "add_paths", paths=[str(root / "docs")], collection="bad name!")
+        assert "collection" in message
+        # A refusal reads nothing: one bad path fails the whole call before any file is ingested.
+        message = await refused(client, "add_paths", paths=[str(root / "docs"), str(outside)])
+        assert "paths[1]" in message
+        listed = await ok(client, "list_collections")
+    assert listed["collections"] == []
+
+
+async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, root: Path):
+    docs = root / "docs"
+    settings = make_settings(tmp_path, tiny_model_path, [root])
+    async with Client(create_server(settings)) as client:
+        added = await ok(client, "add_paths", paths=[str(docs)], collection="kb")
+        assert added["added"] == 6 and added["skipped"] >= 4 and not added["truncated"]
+        reasons = {Path(f["path"]).name: f["reason"] for f in added["files"] if f["status"] == "skipped"}
+        assert reasons["photo.png"].startswith("binary file")
+        assert "outside the allowed roots" in reasons["linked-secret.txt"]
+
+        found = await ok(client, "hybrid_search", query="saguaro pleated stems", collection="kb", k=3)
+        hit = found["hits"][0]
+        assert hit["doc_id"] == str(docs / "botany.html")
+        assert hit["metadata"]["file_type"] == "html" and hit["metadata"]["title"] == "Desert Botany"
+        assert not any(key.startswith("_rift_") for key in hit["metadata"])
+
+        doc = await ok(
+            client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id=found["query_id"]
+        )
+        assert "Saguaro cacti store water" in doc["text"] and doc["fetch_recorded"]
+        assert doc["metadata"]["source"] == str(docs / "botany.html") and not doc["truncated"]
+        window = await ok(
+            client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=2, max_chars=5
+        )
+        assert window["text"] == doc["text"][2:7] and window["truncated"] and not window["fetch_recorded"]
+
+        message = await refused(
+            client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id="nope"
+        )
+        assert "unknown query_id" in message
+        await ok(client, "create_collection", collection="other")
+        message = await refused(
+            client, "get_document", doc_id=hit["doc_id"], collection="other", query_id=found["query_id"]
+        )
+        assert "searched collection 'kb'" in message
+        message = await refused(client, "get_document", doc_id=str(docs / "nothing.md"), collection="kb")
+        assert "no document" in message
+
+        pdfs = await ok(client, "list_documents", collection="kb", filters={"file_type": "pdf"})
+        assert [d["doc_id"] for d in pdfs["documents"]] == [str(docs / "aurora.pdf")]
+        assert pdfs["documents"][0]["metadata"]["title"] == "Aurora Observations"
+        notes = await ok(
+            client, "list_documents", collection="kb", filters={"source": {"$prefix": str(docs / "notes")}}
+        )
+        assert [d["doc_id"] for d in notes["documents"]] == [str(docs / "notes" / "walrus.txt")]
+        page1 = await ok(client, "list_documents", collection="kb", limit=4)
+        page2 = await ok(client, "list_documents", collection="kb", limit=4, offset=page1["next_offset"])
+        assert page1["total"] == 6 and page2["next_offset"] is None
+        ids = [d["doc_id"] for d in page1["documents"] + page2["documents"]]
+        assert ids == sorted(ids) and len(set(ids)) == 6
+        message = await refused(
+            client, "list_documents", collection="kb", filters={"source": {"$prefix": "rel"}}
+        )
+        assert "absolute path" in message
+
+    log = QueryLog(settings.log_db)
+    try:
+        assert [(q, d) for q, d, _ in log.fetches()] == [(found["query_id"], str(docs / "botany.html"))]
+    finally:
+        log.close()
+
+
+async def test_collection_tools(tmp_path: Path, tiny_model_path: Path, root: Path):
+    async with Client(create_server(make_settings(tmp_path, tiny_model_path, [root]))) as client:
+        assert (await ok(client, "create_collection", collection="alpha"))["created"] is True
+        assert (await ok(client, "create_collection", collection="alpha"))["created"] is False
+        await ok(client, "add_paths", paths=[str(root / "docs" / "notes")], collection="beta")
+        listed = {c["name"]: c for c in (await ok(client, "list_collections"))["collections"]}
+        assert listed["alpha"]["documents"] == 0 and listed["beta"]["documents"] == 1
+        assert listed["beta"]["chunks"] >= 1
+
+        dropped = await ok(client, "delete_collection", collection="beta")
+        assert dropped["deleted_documents"] == 1 and dropped["deleted_chunks"] >= 1
+        names = [c["name"] for c in (await ok(client, "list_collections"))["collections"]]
+        assert names == ["alpha"]
+        message = await refused(client, "delete_collection", collection="beta")
+        assert "unknown collection 'beta'" in message and "alpha" in message
+        message = await refused(client, "create_collection", collection="no spaces")
+        assert "collection must be" in message
+
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert tools["delete_collection"].annotations.destructive_hint is True
+        assert tools["list_documents"].annotations.read_only_hint is True
+        assert tools["add_paths"].annotations.destructive_hint is False
+        schema = json.dumps(tools["add_paths"].input_schema)
+        assert "prune" in schema and "glob" in schema and "recursive" in schema

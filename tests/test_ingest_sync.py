@@ -1,0 +1,271 @@
+"""Folder ingestion end to end on the engine: every format, what is left out and why, search, change/delete
+and re-ingest with prune, and the index matching the folder afterwards."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.config import Settings
+from server.ingest.security import PathPolicy
+from server.ingest.sync import sync_paths
+from server.service import Rift
+from tests.support.corpus import build_corpus
+
+INGESTIBLE = {"guide.md", "notes/walrus.txt", "src/tides.py", "glacier.rst", "botany.html", "aurora.pdf"}
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return build_corpus(tmp_path / "root", tmp_path / "outside")
+
+
+@pytest.fixture
+def app(tmp_path: Path, tiny_model_path: Path, docs: Path):
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        model=str(tiny_model_path),
+        chunk_tokens=48,
+        chunk_overlap=8,
+        allowed_roots=[docs.parent],
+    )
+    rift = Rift(settings).start(background=False)
+    yield rift
+    rift.close()
+
+
+def sync(app: Rift, *paths: Path, **kwargs):
+    return sync_paths(
+        app.engine(), "files", [str(p) for p in paths], PathPolicy.for_server(app.settings), **kwargs
+    )
+
+
+def statuses(report, root: Path) -> dict[str, tuple[str, str | None]]:
+    return {str(Path(f.path).relative_to(root)): (f.status, f.reason) for f in report.files}
+
+
+def stored(app: Rift, root: Path) -> set[str]:
+    return {str(Path(d).relative_to(root)) for d, _ in app.engine().state.list_documents("files", -1, 0)}
+
+
+def assert_consistent(app: Rift) -> None:
+    engine = app.engine()
+    record = engine.state.collection("files")
+    chroma = set(engine.vectors.all_ids(record.chroma_name))
+    assert chroma == engine.state.chunk_ids("files") == engine._keyword["files"].chunk_ids()
+
+
+def top_doc(app: Rift, query: str, root: Path, **kwargs) -> str | None:
+    hits = app.search("files", query, k=3, mode="keyword", **kwargs).outcome.hits
+    return str(Path(hits[0].doc_id).relative_to(root)) if hits else None
+
+
+def test_ingests_every_format_and_says_why_others_are_left_out(app: Rift, docs: Path) -> None:
+    report = sync(app, docs)
+    got = statuses(report, docs)
+    assert {p for p, (s, _) in got.items() if s == "added"} == INGESTIBLE
+    assert got["photo.png"] == ("skipped", "binary file (contains NUL bytes)")
+    assert got["build"] == ("skipped", "ignored by .gitignore")
+    assert got["scratch.tmp"] == ("skipped", "ignored by .gitignore")
+    status, reason = got["notes/linked-secret.txt"]
+    assert status == "skipped" and "outside the allowed roots" in reason
+    assert stored(app, docs) == INGESTIBLE
+    assert report.counts()["added"] == len(INGESTIBLE)
+    assert all(f.chunks > 0 for f in report.files if f.status == "added")
+    assert_consistent(app)
+
+
+def test_file_metadata_and_structure_aware_chunks(app: Rift, docs: Path) -> None:
+    sync(app, docs)
+    engine = app.engine()
+    text, meta, _, _ = engine.get_document("files", str(docs / "guide.md"))
+    assert meta["source"] == str(docs / "guide.md") and meta["file_type"] == "markdown"
+    assert meta["title"] == "Volcano Field Guide"  # front matter title wins over the first heading
+    assert meta["tags"] == "geology, safety" and meta["version"] == 3 and meta["draft"] is False
+    assert meta["author.name"] == "Ann" and meta["published"] == "2024-01-02"
+    assert meta["size"] == (docs / "guide.md").stat().st_size
+    assert meta["mtime"] == pytest.approx((docs / "guide.md").stat().st_mtime)
+    assert not text.startswith("---") and "Strombolian" in text  # front matter is metadata, not text
+
+    headings = [
+        c.metadata.get("heading") for c in engine.state.document_chunks("files", str(docs / "guide.md"))
+    ]
+    assert {"Eruptions", "Eruptions > Warning signs", "Evacuation"} <= set(headings)
+    assert (
+        headings.index("Eruptions")
+        < headings.index("Eruptions > Warning signs")
+        < headings.index("Evacuation")
+    )
+    for chunk in engine.state.document_chunks("files", str(docs / "guide.md")):
+        assert text[chunk.metadata["_rift_start"] : chunk.metadata["_rift_end"]] == chunk.text
+
+    symbols = [
+        c.metadata.get("symbol") for c in engine.state.document_chunks("files", str(docs / "src/tides.py"))
+    ]
+    assert "tide_height" in symbols and any(s and s.startswith("Harbour") for s in symbols)
+
+    _, pdf_meta, _, _ = engine.get_document("files", str(docs / "aurora.pdf"))
+    assert pdf_meta["title"] == "Aurora Observations" and pdf_meta["file_type"] == "pdf"
+    pages = [c.metadata.get("page") for c in engine.state.document_chunks("files", str(docs / "aurora.pdf"))]
+    assert pages[0] == 1
+
+    html_text, html_meta, _, _ = engine.get_document("files", str(docs / "botany.html"))
+    assert html_meta["title"] == "Desert Botany"
+    assert "Saguaro" in html_text and "cactusTracker" not in html_text and "color: red" not in html_text
+
+    _, rst_meta, _, _ = engine.get_document("files", str(docs / "glacier.rst"))
+    assert rst_meta["title"] == "Glacier Handbook"
+    _, txt_meta, _, _ = engine.get_document("files", str(docs / "notes/walrus.txt"))
+    assert txt_meta["title"] == "walrus.txt" and txt_meta["file_type"] == "text"
+
+
+def test_search_finds_each_format_and_nothing_left_out(app: Rift, docs: Path) -> None:
+    sync(app, docs)
+    assert top_doc(app, "strombolian lava bombs", docs) == "guide.md"
+    assert top_doc(app, "walrus colonies", docs) == "notes/walrus.txt"
+    assert top_doc(app, "harbour draft", docs) == "src/tides.py"
+    assert top_doc(app, "crevasses bedrock", docs) == "glacier.rst"
+    assert top_doc(app, "saguaro pleated", docs) == "botany.html"
+    assert top_doc(app, "magnetometers geomagnetic", docs) == "aurora.pdf"
+    assert top_doc(app, "penguins", docs) is None  # only in .gitignore'd files
+    assert top_doc(app, "swordfish launch code", docs) is None  # only behind the escaping symlink
+    hybrid = app.search("files", "walrus colonies", k=3).outcome.hits
+    assert str(docs / "notes/walrus.txt") in [h.doc_id for h in hybrid]
+
+
+def test_reingest_updates_skips_and_prunes_until_the_index_matches_the_folder(app: Rift, docs: Path) -> None:
+    sync(app, docs)
+    (docs / "notes/walrus.txt").write_text("Narwhal tusks are elongated teeth.\n")
+    (docs / "glacier.rst").unlink()
+    (docs / "notes/new.md").write_text("# Fjords\n\nFjords are drowned glacial valleys.\n")
+    guide = docs / "guide.md"
+    os.utime(guide, (time.time() + 100, time.time() + 100))  # touched, same bytes
+
+    without_prune = statuses(sync(app, docs), docs)
+    assert without_prune["notes/walrus.txt"][0] == "updated"
+    assert without_prune["notes/new.md"][0] == "added"
+    assert without_prune["guide.md"][0] == "unchanged"  # content hash, not mtime, decides
+    assert without_prune["src/tides.py"][0] == "unchanged"
+    assert "glacier.rst" in stored(app, docs)  # kept: prune is opt-in
+
+    pruned = statuses(sync(app, docs, prune=True), docs)
+    assert pruned["glacier.rst"] == ("removed", "file no longer exists")
+    expected = (INGESTIBLE - {"glacier.rst"}) | {"notes/new.md"}
+    assert stored(app, docs) == expected
+    assert top_doc(app, "walrus colonies", docs) is None
+    assert top_doc(app, "narwhal tusks", docs) == "notes/walrus.txt"
+    assert top_doc(app, "crevasses bedrock", docs) is None
+    assert top_doc(app, "drowned glacial fjords", docs) == "notes/new.md"
+    assert_consistent(app)
+
+    again = sync(app, docs, prune=True).counts()
+    assert again["added"] == again["updated"] == again["removed"] == 0
+    assert again["unchanged"] == len(expected)
+
+
+def test_prune_removes_newly_ignored_files_but_respects_glob_scope(app: Rift, docs: Path) -> None:
+    sync(app, docs)
+    only_md = statuses(sync(app, docs, glob="*.md", prune=True), docs)
+    # Out-of-glob files are neither listed nor pruned (ignored folders are still reported).
+    assert {p for p, (s, _) in only_md.items() if s != "skipped"} == {"guide.md"}
+    assert stored(app, docs) == INGESTIBLE
+
+    (docs / ".gitignore").write_text("build/\n*.tmp\nnotes/\n")
+    pruned = statuses(sync(app, docs, prune=True), docs)
+    status, reason = pruned["notes"]
+    assert status == "skipped" and reason == "ignored by .gitignore"
+    assert pruned["notes/walrus.txt"][0] == "removed"
+    assert stored(app, docs) == INGESTIBLE - {"notes/walrus.txt"}
+
+
+def test_size_limit_single_files_and_no_recursion(tmp_path: Path, tiny_model_path: Path, docs: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data2",
+        model=str(tiny_model_path),
+        chunk_tokens=48,
+        chunk_overlap=8,
+        allowed_roots=[docs],
+        max_file_bytes=200,
+    )
+    rift = Rift(settings).start(background=False)
+    try:
+        got = statuses(sync(rift, docs, recursive=False), docs)
+        status, reason = got["guide.md"]
+        assert status == "skipped" and "max_file_bytes" in reason
+        assert "notes/walrus.txt" not in got and "src/tides.py" not in got
+        single = statuses(sync(rift, docs / "src" / "tides.py", docs / "notes" / "walrus.txt"), docs)
+        assert single["notes/walrus.txt"] == ("added", None)  # a file named explicitly, in a sub-folder
+        assert single["src/tides.py"][0] == "skipped" and "max_file_bytes" in single["src/tides.py"][1]
+    finally:
+        rift.close()
+
+
+def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("RIFT_CHUNK_TOKENS", "48")
+    monkeypatch.setenv("RIFT_CHUNK_OVERLAP", "8")
+    data = str(tmp_path / "cli-data")
+    runner = CliRunner()
+    added = runner.invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert added.exit_code == 0, added.output
+    assert f"added     {docs / 'guide.md'}" in added.output
+    assert "binary file" in added.output
+    found = runner.invoke(
+        main,
+        ["search", "saguaro pleated stems", "--collection", "notes", "--mode", "keyword", "--data-dir", data],
+    )
+    assert found.exit_code == 0, found.output
+    assert str(docs / "botany.html") in found.output
+    again = runner.invoke(
+        main, ["add", str(docs), "--collection", "notes", "--prune", "--json", "--data-dir", data]
+    )
+    # The CLI reads what its user can, so the symlink out of the folder was followed (the server refuses it).
+    assert again.exit_code == 0 and '"unchanged": 7' in again.output
+    assert str(docs.parent.parent / "outside" / "secret.txt") in again.output
+    missing = runner.invoke(main, ["add", str(docs / "nope"), "--data-dir", data])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
+    from server.ingest.watch import watch_folder
+
+    stop = threading.Event()
+    syncs: list = []
+    thread = threading.Thread(
+        target=watch_folder,
+        args=(app.engine(), docs, "files"),
+        kwargs={
+            "policy": PathPolicy.for_server(app.settings),
+            "debounce_ms": 200,
+            "stop_event": stop,
+            "on_sync": syncs.append,
+        },
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        (docs / "notes" / "walrus.txt").unlink()
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: stored(app, docs) == (INGESTIBLE - {"notes/walrus.txt"}) | {"kelp.md"})
+        assert top_doc(app, "kelp forests otters", docs) == "kelp.md"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert len(syncs) >= 2
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)

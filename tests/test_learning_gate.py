@@ -1,0 +1,124 @@
+"""The gate with a real model (the packaged MiniLM) on a small corpus: a destroyed model (re-initialised
+weights) is rejected and kept as a rejected version; a lightly fine-tuned one passes; a labelled evaluation set,
+when configured, decides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import DEFAULT_MODEL
+from server.learning.gate import Gate, GateConfig, LabelledSet, known_item_query, time_split
+from server.learning.pipeline import build_all, load_embedder
+from tests.support.helpers import docs, make_settings, open_rift
+
+pytestmark = pytest.mark.slow
+
+ANIMALS = [
+    ("otter", "river", "fish and crabs"),
+    ("koala", "eucalyptus forest", "eucalyptus leaves"),
+    ("camel", "desert", "dry grasses and thorny plants"),
+    ("penguin", "antarctic coast", "krill and squid"),
+    ("panda", "bamboo forest", "bamboo shoots"),
+    ("owl", "woodland", "mice and voles"),
+    ("shark", "open ocean", "seals and fish"),
+    ("bee", "meadow", "nectar and pollen"),
+    ("wolf", "taiga", "deer and elk"),
+    ("frog", "pond", "insects and worms"),
+    ("eagle", "mountain cliffs", "rabbits and fish"),
+    ("bat", "cave", "moths and fruit"),
+]
+
+
+def corpus() -> list[tuple[str, str]]:
+    out = []
+    for i, (animal, home, food) in enumerate(ANIMALS):
+        out.append((f"{animal}-diet", f"The {animal} feeds mostly on {food}. Diet notes for the {animal}."))
+        out.append((f"{animal}-home", f"The {animal} lives in the {home}. Habitat notes for the {animal}."))
+        out.append(
+            (f"misc-{i}", f"Unrelated memo {i}: the quarterly budget meeting moved to room {100 + i}.")
+        )
+    return out
+
+
+def queries() -> list[str]:
+    out = []
+    for animal, _home, _food in ANIMALS:
+        out += [f"what does the {animal} eat", f"where does the {animal} live", f"{animal} habitat and food"]
+    return out
+
+
+@pytest.fixture
+def rift(tmp_path: Path):
+    settings = make_settings(tmp_path / "data", Path(DEFAULT_MODEL), learn_min_triples=2)
+    settings = settings.model_copy(update={"model": DEFAULT_MODEL})
+    app = open_rift(settings)
+    app.add_documents("default", docs(*corpus()))
+    for text in queries():
+        app.search("default", text)
+    yield app
+    app.close()
+
+
+def _destroyed(tmp_path: Path, settings) -> object:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from server.engine.models import resolve_model
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(resolve_model(DEFAULT_MODEL).location, device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    model.save(str(tmp_path / "destroyed"), create_model_card=False)
+    return load_embedder(str(tmp_path / "destroyed"), "destroyed", settings)
+
+
+def test_gate_rejects_a_destroyed_model_and_accepts_a_light_fine_tune(rift, tmp_path: Path) -> None:
+    engine = rift.engine()
+    learning = rift.learning
+    _train, holdout = time_split(list(rift.log.iter_queries()), GateConfig())
+    assert holdout and holdout[-1].query == queries()[-1]  # the most recent queries are held out
+
+    destroyed = _destroyed(tmp_path, rift.settings)
+    build_all(engine, destroyed)
+    report = Gate(engine).score(engine.embedder, destroyed, holdout)
+    assert not report.accepted, report.as_dict()
+    # A re-initialised BERT still matches shared words (mean pooling of identical token vectors), so the drop
+    # shows first in agreement with the keyword side's confident hits and in stability.
+    assert min(report.delta.values()) < -GateConfig().tolerance or report.stability < GateConfig().min_stability
+
+    # Through the retrain job: the same gate runs; a real fine-tune on these triples is not destroyed.
+    started = learning.retrain(batch_size=8)
+    learning.jobs.wait(300)
+    status = learning.status(started["job_id"])
+    assert status["status"] == "succeeded", status["result"].get("gate")
+    gate = status["result"]["gate"]
+    assert gate["basis"] == "label-free" and gate["stability@10"] >= 0.5
+
+
+def test_labelled_set_decides_when_configured(rift, tmp_path: Path) -> None:
+    engine = rift.engine()
+    destroyed = _destroyed(tmp_path, rift.settings)
+    build_all(engine, destroyed)
+    labelled = LabelledSet(
+        "default",
+        {f"q{i}": f"what does the {a} eat" for i, (a, _, _) in enumerate(ANIMALS)},
+        {f"q{i}": {f"{a}-diet": 1} for i, (a, _, _) in enumerate(ANIMALS)},
+    )
+    # A lenient label-free tolerance: only the labels can reject it now.
+    report = Gate(engine, GateConfig(tolerance=1.0, min_stability=0.0)).score(
+        engine.embedder, destroyed, [], labelled=labelled
+    )
+    assert report.basis == "labelled" and not report.accepted
+    assert report.serving["labelled_ndcg@10"] > report.candidate["labelled_ndcg@10"]
+    same = Gate(engine).score(engine.embedder, engine.embedder, [], labelled=labelled)
+    assert same.accepted and same.delta["labelled_ndcg@10"] == 0
+
+
+def test_known_item_query_prefers_titles() -> None:
+    assert known_item_query("body text here and more", {"title": "A Study of Otters"}) == "A Study of Otters"
+    assert known_item_query("Otters eat fish daily. More text.", {}) == "Otters eat fish daily."
+    assert known_item_query("tiny", {}) is None

@@ -1,0 +1,111 @@
+"""Learning jobs and policy: cancellation leaves the serving model untouched, one job at a time, the periodic
+policy (off by default) starts the same gated retrain after N new queries and shows in stats, and the CLI
+mirrors (`rift retrain --dry-run`, `rift models`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+from server.errors import RiftError
+from server.learning.jobs import JobRunner
+from tests.support.helpers import make_settings, open_rift
+from tests.test_learning_swap import _fill
+
+pytestmark = pytest.mark.slow
+
+
+def test_job_runner_runs_one_job_at_a_time_and_cancels() -> None:
+    runner = JobRunner()
+    release = threading.Event()
+
+    def work(job):
+        job.enter("waiting", total=1)
+        while not release.wait(0.01):
+            job.check()
+        return {"status": "succeeded"}
+
+    job = runner.start("retrain", {}, work)
+    with pytest.raises(RiftError, match="already running"):
+        runner.start("retrain", {}, work)
+    runner.cancel(job.id)
+    runner.wait(5)
+    assert runner.get(job.id).status == "cancelled"
+    again = runner.start("rollback", {}, lambda j: {"status": "succeeded"})
+    runner.wait(5)
+    assert runner.get().id == again.id and again.status == "succeeded"
+
+
+def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        _fill(rift)
+        learning = rift.learning
+        base = learning.registry.serving().version
+        started = learning.retrain(batch_size=2, epochs=20)
+        learning.cancel(started["job_id"])
+        learning.jobs.wait(120)
+        assert learning.status(started["job_id"])["status"] == "cancelled"
+        assert learning.registry.serving().version == base
+        assert rift.search("default", "cat dog").outcome.model_version == base
+        assert [p.name for p in settings.models_dir.iterdir() if p.is_dir()] == []
+    finally:
+        rift.close()
+
+
+def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    rift = open_rift(make_settings(tmp_path / "off", tiny_model_path))
+    try:
+        assert rift.stats()["learning"]["policy"]["enabled"] is False
+        assert rift.learning.policy.check() == "off"
+    finally:
+        rift.close()
+
+    settings = make_settings(
+        tmp_path / "on", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_auto_after_queries=30
+    )
+    rift = open_rift(settings)
+    try:
+        policy = rift.learning.policy
+        assert policy.check().startswith("not due: 0 new queries")
+        _fill(rift)  # 60 searches
+        outcome = policy.check()
+        assert outcome.startswith("started retrain job"), outcome
+        rift.learning.jobs.wait(120)
+        status = rift.learning.status()
+        assert status["params"]["source"] == "policy" and status["status"] == "succeeded", status
+        shown = rift.stats()["learning"]["policy"]
+        assert (
+            shown["enabled"] and shown["after_queries"] == 30 and shown["new_queries_since_last_retrain"] == 0
+        )
+        assert policy.check().startswith("not due")  # the counter restarted with the retrain
+    finally:
+        rift.close()
+
+
+def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        _fill(rift)
+    finally:
+        rift.close()
+    env = {"RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48", "RIFT_CHUNK_OVERLAP": "8"}
+    runner = CliRunner()
+    dry = runner.invoke(main, ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)], env=env)
+    assert dry.exit_code == 0, dry.output
+    out = json.loads(dry.stdout)
+    assert out["status"] == "dry_run" and out["mining"]["triples"] > 0
+    models = runner.invoke(main, ["models", "--data-dir", str(settings.data_dir)], env=env)
+    assert models.exit_code == 0, models.output
+    assert [v["status"] for v in json.loads(models.stdout)["versions"]] == ["serving"]
+    bad = runner.invoke(main, ["rollback", "--data-dir", str(settings.data_dir)], env=env)
+    assert bad.exit_code != 0 and "nothing to roll back to" in bad.output

@@ -1,0 +1,103 @@
+"""Mining on a crafted disagreement log: the expected triples, never a document paired with itself, repeated
+queries and triples deduplicated, confidence and false-negative filters applied, feedback preferred."""
+
+from __future__ import annotations
+
+from server.learning.mining import MiningConfig, mine
+from server.learning.query_log import LoggedQuery
+
+
+def q(
+    qid: str,
+    text: str,
+    vector: list[str],
+    keyword: list[str],
+    fused: list[str],
+    ts: float = 0.0,
+    collection: str = "c",
+) -> LoggedQuery:
+    v = [(d, f"{d}::h::0", 1.0 - i / 100) for i, d in enumerate(vector)]
+    k = [(d, f"{d}::h::0", 10.0 - i) for i, d in enumerate(keyword)]
+    vb = [d for d in vector[:5] if d not in keyword[:10]]
+    kb = [d for d in keyword[:5] if d not in vector[:10]]
+    overlap = len(set(vector[:5]) & set(keyword[:5])) / 5
+    return LoggedQuery(qid, ts, text, collection, "m", 10, v, k, fused, overlap, vb, kb)
+
+
+FILL = [f"f{i}" for i in range(40)]  # keyword-only filler so blind spots are far down the keyword list
+
+
+def test_fused_strategy_pairs_fused_top1_with_a_vector_blind_spot() -> None:
+    log = [
+        # a is fused top-1, in both tops; x is a vector blind spot absent from the keyword list.
+        q("1", "what is a", ["x", "a", "b"], ["a", "b", *FILL], ["a", "x", "b"]),
+        # fused top-1 only on the keyword side: not confident, skipped.
+        q("2", "only keyword", ["y", "z"], ["k", *FILL], ["k", "y", "z"]),
+        # every vector top doc is high in the keyword list: no hard negative passes the guard.
+        q("3", "agree", ["a", "b"], ["b", "a", *FILL], ["a", "b"]),
+    ]
+    report = mine(log, MiningConfig())
+    got = [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in report.triples]
+    assert got == [("what is a", "a", "x", "fused")]
+    assert report.skipped["positive_one_sided"] == 1
+    assert report.skipped["no_hard_negative"] == 1
+    assert report.triples[0].positive_chunk == "a::h::0"
+
+
+def test_false_negative_guard_uses_keyword_rank() -> None:
+    # x is ranked 12th by the keyword side: within the guard (30), so it may be relevant and is not used.
+    keyword = ["a", *FILL[:10], "x", *FILL[10:]]
+    log = [q("1", "query", ["x", "a"], keyword, ["a", "x"])]
+    assert mine(log, MiningConfig()).triples == []
+    assert [t.negative_doc for t in mine(log, MiningConfig(negative_min_keyword_rank=5)).triples] == ["x"]
+
+
+def test_repeated_queries_and_triples_are_deduplicated_and_never_self_paired() -> None:
+    row = (["x", "a"], ["a", *FILL], ["a", "x"])
+    log = [q(str(i), "Same  Query", *row, ts=float(i)) for i in range(5)]
+    log.append(q("9", "same query", *row, collection="other"))  # another collection is another query
+    report = mine(log, MiningConfig(negatives_per_query=3))
+    assert len(report.triples) == 2
+    assert report.skipped["duplicate_query"] == 4
+    assert all(t.positive_doc != t.negative_doc for t in report.triples)
+    # A positive that is also the only vector top document: nothing to pair with, never itself.
+    solo = mine([q("1", "solo", ["a"], ["a", *FILL], ["a"])], MiningConfig())
+    assert solo.triples == [] and solo.skipped["no_hard_negative"] == 1
+
+
+def test_agreement_and_keyword_blind_strategies() -> None:
+    log = [q("1", "q", ["x", "y", "a", "b"], ["a", "b", *FILL], ["a", "x", "b", "y"])]
+    agreement = mine(log, MiningConfig(strategy="agreement", negatives_per_query=5))
+    # positive a (top-5 on both sides); negatives are vector blind spots ranked above a by the vector side.
+    assert sorted((t.positive_doc, t.negative_doc) for t in agreement.triples) == [("a", "x"), ("a", "y")]
+    kw = [q("1", "q", ["x", "a"], ["k", "a", *FILL], ["a", "k", "x"])]
+    blind = mine(kw, MiningConfig(strategy="keyword_blind"))
+    assert [(t.positive_doc, t.negative_doc, t.kind) for t in blind.triples] == [("k", "x", "keyword_blind")]
+
+
+def test_feedback_is_preferred_and_rejections_are_respected() -> None:
+    log = [
+        q("1", "with feedback", ["x", "a", "b"], ["a", "b", *FILL], ["a", "x", "b"]),
+        q("2", "rejected positive", ["x", "a"], ["a", *FILL], ["a", "x"]),
+        q("3", "mined", ["x", "a"], ["a", *FILL], ["a", "x"]),
+    ]
+    feedback = {"1": {"b": True, "a": False}, "2": {"a": False}}
+    report = mine(log, MiningConfig(), feedback)
+    got = [(t.query, t.positive_doc, t.negative_doc, t.kind, t.confidence) for t in report.triples]
+    assert got[0] == ("with feedback", "b", "a", "feedback", 1.0)  # feedback first
+    assert ("mined", "a", "x", "fused", 0.5) in got
+    assert all(t.query != "rejected positive" for t in report.triples)
+    assert report.skipped["positive_rejected_by_feedback"] == 1
+    assert report.counts_by_type() == {"feedback": 1, "fused": 1}
+    summary = report.summary(examples=1)
+    assert summary["triples"] == 2 and len(summary["examples"]) == 1
+
+
+def test_opened_documents_are_implicit_positives() -> None:
+    log = [
+        q("1", "opened", ["x", "a", "b"], ["a", "b", *FILL], ["a", "x", "b"]),
+        q("2", "opened but rejected", ["x", "a"], ["a", *FILL], ["a", "x"]),
+    ]
+    report = mine(log, MiningConfig(), feedback={"2": {"a": False}}, fetched={"1": ["b"], "2": ["a"]})
+    got = [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in report.triples]
+    assert got == [("opened", "b", "x", "fetched")]

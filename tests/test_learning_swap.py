@@ -1,0 +1,113 @@
+"""Model swaps under load: searches running concurrently with retrain, swap, rollback and a re-index to a model
+of another dimension never fail and never mix one model's query embedding with another model's vectors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server.service import Rift
+from tests.support.helpers import docs, make_settings, open_rift
+from tests.support.tiny_model import build_tiny_model
+from tests.test_learning_tools import corpus, queries
+
+pytestmark = pytest.mark.slow
+
+
+def _fill(rift: Rift) -> None:
+    rift.add_documents("default", docs(*[(d["id"], d["text"]) for d in corpus()]))
+    rift.add_documents("other", docs(("o1", "quantum physics energy note"), ("o2", "coffee tea sugar milk")))
+    for text in queries():
+        rift.search("default", text)
+
+
+def test_searches_keep_answering_through_retrain_swap_rollback_and_reindex(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        _fill(rift)
+        base = rift.engine().embedder.version
+        errors: list[BaseException] = []
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def searcher(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    for mode in ("hybrid", "vector"):
+                        out = rift.search("default", queries()[(i + n) % 60], 5, mode, source="test")
+                        assert out.outcome.hits, "no hits"
+                        seen.add(out.outcome.model_version)
+                    n += 1
+                except BaseException as exc:  # collected: the assertion below reports it
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=searcher, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        learning = rift.learning
+        started = learning.retrain(batch_size=4)
+        learning.jobs.wait(120)
+        assert learning.status(started["job_id"])["status"] == "succeeded"
+        tuned = learning.registry.serving().version
+        # A model of another dimension (16 instead of 32) gets new Chroma collections, never a broken one.
+        other = build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)
+        reindexed = learning.reindex(str(other))
+        learning.jobs.wait(120)
+        assert learning.status(reindexed["job_id"])["status"] == "succeeded", learning.status()
+        assert rift.engine().embedder.dimension == 16
+        back = learning.rollback(tuned)
+        learning.jobs.wait(120)
+        assert learning.status(back["job_id"])["status"] == "succeeded"
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert base in seen and tuned in seen
+        # Every collection moved together; searches in the other collection use the same model.
+        assert {r.model_version for r in rift.engine().state.collections()} == {tuned}
+        assert rift.search("other", "quantum energy", 2).outcome.model_version == tuned
+    finally:
+        rift.close()
+
+
+def test_rejected_candidate_is_kept_but_never_served(tmp_path: Path, tiny_model_path: Path) -> None:
+    # An impossible gate (stability must exceed 100%) rejects whatever is trained.
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2)
+    rift = open_rift(settings)
+    try:
+        _fill(rift)
+        learning = rift.learning
+        base = learning.registry.serving().version
+        learning.gate_overrides = {"min_stability": 1.01}
+        started = learning.retrain(batch_size=4)
+        learning.jobs.wait(120)
+        status = learning.status(started["job_id"])
+        assert status["status"] == "rejected", status
+        assert "stability" in status["result"]["gate"]["reason"]
+        rejected = status["result"]["version"]
+        assert learning.registry.get(rejected).status == "rejected"
+        assert learning.registry.serving().version == base
+        assert rift.search("default", queries()[0]).outcome.model_version == base
+        # Its vectors were dropped; the serving collection is untouched.
+        engine = rift.engine()
+        names = {n for n, _ in engine.vectors.list_collections()}
+        assert not any(rejected_hash in n for n in names for rejected_hash in [_hash(rejected)])
+        with pytest.raises(Exception, match="rejected"):
+            learning.rollback(rejected)
+    finally:
+        rift.close()
+
+
+def _hash(version: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(version.encode()).hexdigest()[:10]

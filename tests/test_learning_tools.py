@@ -1,0 +1,135 @@
+"""Learning from use through the MCP tools, end to end on the tiny model: feedback, retrain (dry run, job id at
+once, phases and progress, gate, swap), the registry surviving a restart, list_models and rollback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from server.app import create_server
+from server.config import Settings
+from tests.support.helpers import make_settings
+from tests.support.tiny_model import WORDS
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+TOPICS = [w for w in WORDS if len(w) > 3][:40]
+
+
+def corpus() -> list[dict[str, Any]]:
+    out = []
+    for i in range(30):
+        words = [TOPICS[(i * 3 + j) % len(TOPICS)] for j in range(4)]
+        out.append({"id": f"d{i}", "text": f"{' '.join(words)} note {i} about {words[0]} and {words[1]}"})
+    return out
+
+
+def queries() -> list[str]:
+    return [f"{TOPICS[(i * 3) % len(TOPICS)]} {TOPICS[(i * 3 + 1) % len(TOPICS)]} {i}" for i in range(60)]
+
+
+@asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Client]:
+    async with Client(create_server(settings), raise_exceptions=False) as client:
+        yield client
+
+
+async def ok(client: Client, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = await client.call_tool(name, args or {})
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error(client: Client, name: str, args: dict[str, Any]) -> str:
+    result = await client.call_tool(name, args)
+    assert result.is_error, result.structured_content
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, tiny_model_path: Path) -> Settings:
+    # A lenient gate: the tiny model is random, so its label-free signals are noise; the gate's judgement is
+    # tested with a real model in test_learning_gate.py.
+    return make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+
+
+async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> None:
+    async with connect(cfg) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"retrain", "retrain_status", "feedback", "rollback", "list_models"} <= tools
+        await ok(client, "add_documents", {"documents": corpus()})
+        searches = [await ok(client, "hybrid_search", {"query": text}) for text in queries()]
+        base = searches[0]["model_version"]
+
+        # feedback: validated against the logged search
+        first = searches[0]
+        doc = first["hits"][0]["doc_id"]
+        assert (
+            await ok(client, "feedback", {"query_id": first["query_id"], "doc_id": doc, "relevant": True})
+        )["replaced"] is False
+        assert "unknown query_id" in await error(
+            client, "feedback", {"query_id": "nope", "doc_id": doc, "relevant": True}
+        )
+        assert "not among the results" in await error(
+            client, "feedback", {"query_id": first["query_id"], "doc_id": "no-such-doc", "relevant": False}
+        )
+
+        dry = await ok(client, "retrain", {"dry_run": True})
+        assert dry["job_id"] is None and dry["status"] == "dry_run"
+        mining = dry["mining"]
+        assert mining["triples"] >= 2 and sum(mining["by_type"].values()) == mining["triples"]
+        assert mining["examples"] and {"query", "positive_doc", "negative_doc", "kind"} <= set(
+            mining["examples"][0]
+        )
+        assert mining["holdout_queries"] > 0
+        assert "min_triples" in await error(client, "retrain", {"min_triples": 100000})
+
+        started = await ok(client, "retrain", {"epochs": 1, "batch_size": 4})
+        assert started["job_id"] and started["status"] == "running"
+        assert "already running" in await error(client, "retrain", {})
+        done = await ok(client, "retrain_status", {"job_id": started["job_id"], "wait_seconds": 120})
+        assert done["status"] == "succeeded", done
+        assert [p["phase"] for p in done["phases"]] == [
+            "mining",
+            "training",
+            "encoding",
+            "gating",
+            "switching",
+        ]
+        new = done["result"]["version"]
+        assert done["result"]["train"]["triples"] == mining["triples"]
+        assert done["result"]["gate"]["accepted"] is True
+        assert {"keyword_recall@10", "known_item_mrr@10"} <= set(done["result"]["gate"]["candidate"])
+
+        hit = await ok(client, "hybrid_search", {"query": queries()[1]})
+        assert hit["model_version"] == new and hit["hits"]
+        stats = await ok(client, "stats")
+        assert stats["learning"]["serving_version"] == new
+        assert stats["learning"]["policy"]["enabled"] is False
+        versions = (await ok(client, "list_models"))["versions"]
+        assert [(v["version"], v["status"]) for v in versions] == [(new, "serving"), (base, "retired")]
+        assert versions[0]["triples"] == mining["triples"] and versions[0]["gate"]["accepted"]
+
+    # The serving version survives a restart.
+    async with connect(cfg) as client:
+        hit = await ok(client, "hybrid_search", {"query": queries()[2]})
+        assert hit["model_version"] == new
+        back = await ok(client, "rollback", {})
+        assert back["version"] == base
+        status = await ok(client, "retrain_status", {"job_id": back["job_id"], "wait_seconds": 60})
+        assert status["status"] == "succeeded" and status["kind"] == "rollback"
+        hit = await ok(client, "hybrid_search", {"query": queries()[3]})
+        assert hit["model_version"] == base
+        versions = (await ok(client, "list_models"))["versions"]
+        assert {v["version"]: v["status"] for v in versions} == {new: "retired", base: "serving"}
+        assert "already serving" in await error(client, "rollback", {"version": base})
+        assert "unknown model version" in await error(client, "rollback", {"version": "v-nope"})
+        assert "unknown job_id" in await error(client, "retrain_status", {"job_id": "nope"})

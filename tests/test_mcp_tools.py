@@ -1,0 +1,274 @@
+"""Every core tool through an in-process MCP client, as an agent sees it: the listing (schemas with bounds,
+titles, descriptions, annotations), structured output, round trips, and a clear is_error for each bad input
+with nothing half-written behind it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from mcp import Client
+
+from server.app import create_server
+from server.config import Settings
+from tests.support.helpers import make_settings
+
+pytestmark = pytest.mark.anyio
+
+CORE = {"add_documents", "hybrid_search", "delete_documents", "stats"}
+LONG = " ".join(f"Part {i} of the manual covers the pump valve and its seal." for i in range(30))
+
+
+@asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Client]:
+    async with Client(create_server(settings), raise_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, tiny_model_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", tiny_model_path, max_document_chars=2000, embed_batch_size=2)
+
+
+class Session:
+    """Calls tools and checks each successful result against the tool's advertised output schema."""
+
+    def __init__(self, client: Client, schemas: dict[str, dict[str, Any]]) -> None:
+        self.client = client
+        self.schemas = schemas
+
+    async def ok(self, name: str, args: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        result = await self.client.call_tool(name, args or {}, **kw)
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data is not None
+        jsonschema.validate(data, self.schemas[name])
+        # The text content carries the same payload for clients that ignore structured output.
+        assert json.loads(result.content[0].text) == data
+        return data
+
+    async def error(self, name: str, args: dict[str, Any]) -> str:
+        result = await self.client.call_tool(name, args)
+        assert result.is_error, (name, args, result.structured_content)
+        text = " ".join(getattr(c, "text", "") for c in result.content)
+        assert "Traceback" not in text and text.strip()
+        return text
+
+
+@asynccontextmanager
+async def session(settings: Settings) -> AsyncIterator[Session]:
+    async with connect(settings) as client:
+        listing = await client.list_tools()
+        yield Session(client, {t.name: t.output_schema for t in listing.tools})
+
+
+async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
+    async with connect(cfg) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) >= CORE
+    expected_hints = {  # read_only, destructive, idempotent
+        "add_documents": (False, False, True),
+        "hybrid_search": (True, False, True),
+        "delete_documents": (False, True, True),
+        "stats": (True, False, True),
+    }
+    for name in CORE:
+        tool = tools[name]
+        assert tool.title and tool.annotations is not None and tool.annotations.title == tool.title
+        assert tool.description and len(tool.description) > 80  # tells an agent when to use it
+        a = tool.annotations
+        assert (a.read_only_hint, a.destructive_hint, a.idempotent_hint) == expected_hints[name], name
+        assert a.open_world_hint is False
+        assert tool.output_schema and tool.output_schema.get("type") == "object"
+
+    search = tools["hybrid_search"].input_schema["properties"]
+    assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 100, 10)
+    assert (search["query"]["minLength"], search["query"]["maxLength"]) == (1, 8192)
+    assert search["mode"]["enum"] == ["hybrid", "vector", "keyword"]
+    assert search["collection"]["default"] == "default" and "filters" in search
+    assert tools["hybrid_search"].input_schema["required"] == ["query"]
+
+    add = tools["add_documents"].input_schema
+    assert add["properties"]["documents"]["minItems"] == 1 and add["required"] == ["documents"]
+    doc = add["$defs"]["DocumentIn"]
+    assert doc["required"] == ["text"] and doc["properties"]["text"]["type"] == "string"
+    meta_types = doc["properties"]["metadata"]["anyOf"][0]["additionalProperties"]["anyOf"]
+    assert sorted(t["type"] for t in meta_types) == ["boolean", "integer", "number", "string"]
+
+    delete = tools["delete_documents"].input_schema
+    assert delete["properties"]["ids"]["minItems"] == 1 and delete["required"] == ["ids"]
+    hit = tools["hybrid_search"].output_schema["$defs"]["SearchHit"]["properties"]
+    assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank"} <= set(hit)
+
+
+async def test_add_search_delete_round_trip(cfg: Settings) -> None:
+    async with session(cfg) as s:
+        added = await s.ok(
+            "add_documents",
+            {
+                "documents": [
+                    {"id": "pump", "text": LONG, "metadata": {"kind": "manual", "year": 2024}},
+                    {
+                        "id": "cat",
+                        "text": "the cat sat on the mat",
+                        "metadata": {"kind": "story", "ok": True},
+                    },
+                    {"text": "an anonymous note about coffee and milk", "metadata": {"score": 0.5}},
+                ],
+                "collection": "docs",
+            },
+        )
+        assert (added["added"], added["updated"], added["unchanged"]) == (3, 0, 0)
+        statuses = {d["id"]: d for d in added["documents"]}
+        assert statuses["pump"]["chunks"] > 1 and statuses["cat"]["chunks"] == 1
+        anon = next(i for i in statuses if i not in ("pump", "cat"))
+        assert len(anon) == 32  # content-hash id
+
+        found = await s.ok("hybrid_search", {"query": "pump valve seal", "collection": "docs", "k": 2})
+        assert found["query_id"] and found["mode"] == "hybrid" and found["disagreement"]["top"] == 5
+        top = found["hits"][0]
+        assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024}
+        assert top["keyword_rank"] == 1 and top["vector_rank"] is not None and "pump" in top["text"]
+        assert top["chunk_id"].startswith("pump::")
+        assert {"embed_ms", "vector_ms", "keyword_ms", "fusion_ms", "log_ms"} <= set(found["timings_ms"])
+
+        filtered = await s.ok(
+            "hybrid_search", {"query": "cat pump", "collection": "docs", "filters": {"kind": "story"}}
+        )
+        assert [h["doc_id"] for h in filtered["hits"]] == ["cat"]
+        vector = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "mode": "vector"})
+        assert vector["query_id"] is None and vector["disagreement"] is None and len(vector["hits"]) == 3
+
+        deleted = await s.ok("delete_documents", {"ids": ["pump", "ghost"], "collection": "docs"})
+        assert deleted == {"collection": "docs", "deleted": ["pump"], "not_found": ["ghost"]}
+        after = await s.ok("hybrid_search", {"query": "pump valve seal", "collection": "docs"})
+        assert "pump" not in [h["doc_id"] for h in after["hits"]]
+
+        stats = await s.ok("stats", {"collection": "docs"})
+        (coll,) = stats["collections"]
+        assert (coll["name"], coll["documents"], coll["chunks"]) == ("docs", 2, 2)
+        assert stats["model"] == cfg.model and stats["dimension"] == 32
+        assert stats["queries"]["logged_queries"] == 3  # the hybrid searches
+        assert set(stats["index_bytes"]) >= {"chroma", "state_sqlite", "query_log_sqlite"}
+
+
+async def test_upsert_replaces_chunks_and_unchanged_is_skipped(cfg: Settings) -> None:
+    async with session(cfg) as s:
+        first = await s.ok("add_documents", {"documents": [{"id": "m", "text": LONG}]})
+        n_old = first["documents"][0]["chunks"]
+        chunks = await s.ok("hybrid_search", {"query": "pump valve", "k": 100, "group_by_document": False})
+        old_ids = {h["chunk_id"] for h in chunks["hits"]}
+        assert len(old_ids) == n_old > 3
+
+        again = await s.ok("add_documents", {"documents": [{"id": "m", "text": LONG}]})
+        assert again["documents"] == [{"id": "m", "status": "unchanged", "chunks": 0}]
+
+        short = await s.ok("add_documents", {"documents": [{"id": "m", "text": "a green tree by the road"}]})
+        assert short["documents"] == [{"id": "m", "status": "updated", "chunks": 1}]
+        keyword = await s.ok("hybrid_search", {"query": "pump valve seal", "mode": "keyword"})
+        assert keyword["hits"] == []
+        vector = await s.ok(
+            "hybrid_search", {"query": LONG[:300], "k": 100, "mode": "vector", "group_by_document": False}
+        )
+        assert len(vector["hits"]) == 1 and vector["hits"][0]["chunk_id"] not in old_ids
+        stats = await s.ok("stats")
+        assert stats["collections"][0]["chunks"] == 1
+
+
+async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> None:
+    async with session(cfg) as s:
+        await s.ok("add_documents", {"documents": [{"id": "a", "text": "the cat sat on the mat"}]})
+        before = await s.ok("stats")
+        doc = {"id": "b", "text": "fine"}
+        cases: list[tuple[str, dict[str, Any], list[str]]] = [
+            ("hybrid_search", {"query": ""}, ["query"]),
+            ("hybrid_search", {"query": "   \n\t"}, ["query"]),
+            ("hybrid_search", {"query": "cat", "k": 0}, ["k", "greater than or equal to 1"]),
+            ("hybrid_search", {"query": "cat", "k": 101}, ["k", "less than or equal to 100"]),
+            ("hybrid_search", {"query": "cat", "k": "many"}, ["k"]),
+            ("hybrid_search", {"query": "cat", "mode": "fuzzy"}, ["mode"]),
+            ("hybrid_search", {"query": "cat", "collection": "nope"}, ["unknown collection 'nope'"]),
+            ("hybrid_search", {"query": "cat", "collection": "../etc"}, ["collection"]),
+            ("hybrid_search", {"query": "cat", "filters": {"year": {"$gt": "x"}}}, ["filters.year.$gt"]),
+            ("add_documents", {"documents": []}, ["documents", "at least 1"]),
+            ("add_documents", {"documents": [doc, {"id": "c", "text": 42}]}, ["documents.1.text"]),
+            ("add_documents", {"documents": [doc, {"id": "c", "text": None}]}, ["documents.1.text"]),
+            ("add_documents", {"documents": [doc, {"id": "c", "text": "  "}]}, ["documents[1].text"]),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "c", "text": "x" * 2001}]},
+                ["documents[1].text", "2,001", "max_document_chars"],
+            ),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "c", "text": "x", "metadata": {"tags": ["a", "b"]}}]},
+                ["documents.1.metadata.tags", "string, number or boolean", "array"],
+            ),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "c", "text": "x", "metadata": {"nested": {"a": 1}}}]},
+                ["documents.1.metadata.nested", "object"],
+            ),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "c", "text": "x", "metadata": {"gone": None}}]},
+                ["documents.1.metadata.gone", "null"],
+            ),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "c", "text": "x", "metadata": {"_rift_doc": "y"}}]},
+                ["documents[1].metadata._rift_doc", "reserved"],
+            ),
+            (
+                "add_documents",
+                {"documents": [doc, {"id": "b", "text": "other"}]},
+                ["documents[1].id", "duplicates documents[0]"],
+            ),
+            (
+                "add_documents",
+                {"documents": [{"text": "same"}, {"text": "same"}]},
+                ["documents[1].id", "duplicates"],
+            ),
+            ("add_documents", {"documents": [doc], "collection": "bad name!"}, ["collection"]),
+            ("delete_documents", {"ids": []}, ["ids"]),
+            ("delete_documents", {"ids": ["a"], "collection": "nope"}, ["unknown collection 'nope'"]),
+            ("stats", {"collection": "nope"}, ["unknown collection 'nope'"]),
+        ]
+        for name, args, needles in cases:
+            message = await s.error(name, args)
+            for needle in needles:
+                assert needle in message, (name, args, message)
+        after = await s.ok("stats")
+        assert after["collections"] == before["collections"]  # no 'b', no new collection
+        found = await s.ok("hybrid_search", {"query": "fine", "mode": "keyword"})
+        assert found["hits"] == []
+
+
+async def test_large_add_streams_progress(cfg: Settings) -> None:
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    async with session(cfg) as s:
+        documents = [{"id": f"d{i}", "text": f"note {i} about the river and the sea"} for i in range(40)]
+        result = await s.ok("add_documents", {"documents": documents}, progress_callback=on_progress)
+    assert result["added"] == 40
+    # embed_batch_size=2 -> one notification per 8 chunks.
+    assert len(updates) == 5
+    assert [u[0] for u in updates] == [8, 16, 24, 32, 40] and {u[1] for u in updates} == {40}
+    assert updates[-1][2] == "embedding chunks: 40/40"
+
+
+async def test_a_model_that_cannot_load_is_reported_by_every_tool(tmp_path: Path) -> None:
+    broken = Settings(data_dir=tmp_path / "data", model=str(tmp_path / "no-such-model"))
+    async with connect(broken) as client:
+        listing = await client.list_tools()  # the listing does not need the model
+        assert {t.name for t in listing.tools} >= CORE
+        result = await client.call_tool("stats", {})
+        assert result.is_error and "rift failed to start" in result.content[0].text

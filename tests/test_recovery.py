@@ -1,0 +1,177 @@
+"""Chroma and the keyword side stay consistent across failures: a write that fails is undone at once, a
+process killed between the Chroma write and the SQLite commit is repaired at start-up (journal roll-back or
+roll-forward), and a lost or damaged state database is rebuilt from Chroma's stored chunks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from server.config import Settings
+from server.engine.state_store import StateStore
+from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_rows
+
+OLD = " ".join(f"Line {i}: the old river report mentions gravel and sand." for i in range(12))
+NEW = "the new report is about snow on the mountain"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, tiny_model_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", tiny_model_path)
+
+
+def seed(settings: Settings) -> dict[str, set[str]]:
+    app = open_rift(settings)
+    try:
+        app.add_documents("default", docs(("doc", OLD), ("other", "a blue fish in the sea")))
+        return index_state(app)
+    finally:
+        app.close()
+
+
+def consistent(state: dict[str, set[str]]) -> set[str]:
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    return state["chroma"]
+
+
+def test_failed_sqlite_commit_is_rolled_back_at_once(cfg: Settings, monkeypatch) -> None:
+    before = seed(cfg)
+    app = open_rift(cfg)
+    try:
+        stats = app.stats()
+
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(StateStore, "apply", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            app.add_documents("default", docs(("doc", NEW), ("third", "brand new doc")))
+        monkeypatch.undo()
+        assert index_state(app) == before
+        assert app.engine().state.journal_pending() == []
+        assert app.stats()["collections"] == stats["collections"]
+        assert ids(app.search("default", "gravel sand", mode="keyword").outcome.hits) == ["doc"]
+        assert app.search("default", "snow mountain", mode="keyword").outcome.hits == []
+    finally:
+        app.close()
+
+
+CRASH = """
+import os, sys
+from server.config import Settings
+from server.engine.engine import DocumentInput
+from server.service import Rift
+import server.engine.state_store as state_store
+import server.engine.vector_store as vector_store
+
+settings = Settings(data_dir=sys.argv[1], model=sys.argv[2], chunk_tokens=48, chunk_overlap=8)
+app = Rift(settings).start(background=False)
+where = sys.argv[3]
+if where == "before-commit":      # Chroma has the new chunks, SQLite never committed
+    state_store.StateStore.apply = lambda *a, **k: os._exit(17)
+else:                              # SQLite committed, the replaced chunks are still in Chroma
+    vector_store.VectorStore.delete = lambda *a, **k: os._exit(17)
+app.add_documents("default", [DocumentInput(text={new!r}, id="doc")])
+"""
+
+
+def crash_during_update(settings: Settings, where: str) -> None:
+    script = textwrap.dedent(CRASH.format(new=NEW))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(settings.data_dir), settings.model, where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 17, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("where", ["before-commit", "after-commit"])
+def test_killed_mid_write_is_repaired_at_start_up(cfg: Settings, where: str) -> None:
+    before = seed(cfg)
+    crash_during_update(cfg, where)
+    (pending,) = sqlite_rows(cfg.state_db, "SELECT phase FROM journal")
+    assert pending[0] == ("write-new" if where == "before-commit" else "delete-old")
+
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["journal"] == 1
+        assert app.engine().state.journal_pending() == []
+        chunks = consistent(index_state(app))
+        doc_chunks = {c for c in chunks if c.startswith("doc::")}
+        text, _, _, _ = app.engine().get_document("default", "doc")
+        if where == "before-commit":  # rolled back: the old version, whole
+            assert chunks == before["chroma"] and text == OLD
+            assert ids(app.search("default", "gravel sand", mode="keyword").outcome.hits) == ["doc"]
+            assert app.search("default", "snow mountain", mode="keyword").outcome.hits == []
+        else:  # rolled forward: only the new version
+            assert len(doc_chunks) == 1 and not doc_chunks & before["chroma"] and text == NEW
+            assert ids(app.search("default", "snow mountain", mode="keyword").outcome.hits) == ["doc"]
+            assert app.search("default", "gravel sand", mode="keyword").outcome.hits == []
+        assert ids(app.search("default", "fish sea", mode="hybrid", k=1).outcome.hits) == ["other"]
+    finally:
+        app.close()
+
+
+def test_lost_chunk_rows_are_rebuilt_from_chroma(cfg: Settings) -> None:
+    before = seed(cfg)
+    sqlite_rows(cfg.state_db, "SELECT 1")  # the db exists
+    import sqlite3
+
+    conn = sqlite3.connect(str(cfg.state_db))
+    conn.execute("DELETE FROM chunks")
+    conn.commit()
+    conn.close()
+
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["added_from_chroma"] == len(before["chroma"])
+        assert consistent(index_state(app)) == before["chroma"]
+        assert ids(app.search("default", "gravel sand", mode="keyword").outcome.hits) == ["doc"]
+        assert ids(app.search("default", "fish sea", mode="keyword").outcome.hits) == ["other"]
+    finally:
+        app.close()
+
+
+def test_deleted_state_database_is_rebuilt_from_chroma(cfg: Settings) -> None:
+    before = seed(cfg)
+    for suffix in ("", "-wal", "-shm"):
+        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["adopted_from_chroma"] == ["default"]
+        assert consistent(index_state(app)) == before["chroma"]
+        assert app.stats("default")["collections"][0]["documents"] == 2
+        text, _, n_chunks, _ = app.engine().get_document("default", "doc")
+        assert text == OLD and n_chunks > 1  # rebuilt from the chunks' offsets
+        assert ids(app.search("default", "gravel sand", mode="keyword").outcome.hits) == ["doc"]
+        # Content hashes survived too: re-adding the same text is still a no-op.
+        (status,) = app.add_documents("default", docs(("doc", OLD)))
+        assert status.status == "unchanged"
+    finally:
+        app.close()
+
+
+def test_chunks_missing_from_chroma_are_dropped_from_the_keyword_side(cfg: Settings) -> None:
+    seed(cfg)
+    app = open_rift(cfg)
+    engine = app.engine()
+    record = engine.state.collection("default")
+    gone = sorted(c for c in engine.vectors.all_ids(record.chroma_name) if c.startswith("other::"))
+    engine.vectors.delete(record.chroma_name, gone)  # Chroma lost them behind rift's back
+    app.close()
+
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["removed_missing"] == len(gone)
+        assert not consistent(index_state(app)) & set(gone)
+        assert app.search("default", "fish sea", mode="keyword").outcome.hits == []
+        assert app.stats("default")["collections"][0]["documents"] == 1  # the orphaned document went too
+    finally:
+        app.close()

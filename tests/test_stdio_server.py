@@ -1,0 +1,137 @@
+"""`rift serve` as a subprocess over stdio, the way Claude Desktop runs it: handshake, tools/list before the
+model has loaded, then real tool calls; stdout carries nothing but JSON-RPC; a second server is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from tests.support.helpers import make_settings, open_rift
+
+RIFT = str(Path(sys.executable).parent / "rift")
+
+
+def server_env(data_dir: Path, model: Path) -> dict[str, str]:
+    return {
+        "RIFT_DATA_DIR": str(data_dir),
+        "RIFT_MODEL": str(model),
+        "RIFT_CHUNK_TOKENS": "48",
+        "RIFT_CHUNK_OVERLAP": "8",
+        "HF_HUB_OFFLINE": "1",
+        "RIFT_CONFIG": str(data_dir.parent / "absent.toml"),  # ignore any user config
+    }
+
+
+@pytest.mark.anyio
+async def test_claude_desktop_style_session(tmp_path: Path, tiny_model_path: Path) -> None:
+    params = StdioServerParameters(
+        command=RIFT, args=["-v", "serve"], env=server_env(tmp_path / "data", tiny_model_path)
+    )
+    errlog_path = tmp_path / "stderr.log"
+    with errlog_path.open("w") as errlog:
+        started = time.perf_counter()
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
+            initialized = time.perf_counter() - started
+            tools = await client.list_tools()
+            listed = time.perf_counter() - started
+            # The model loads in the background: the server answered before it was ready.
+            loaded_before_list = "rift ready" in errlog_path.read_text()
+            assert {"add_documents", "hybrid_search", "delete_documents", "stats"} <= {
+                t.name for t in tools.tools
+            }
+            assert client.server_info is not None and client.server_info.name == "rift"
+
+            added = await client.call_tool(
+                "add_documents",
+                {"documents": [{"id": "n1", "text": "the cat sat on the mat"}, {"text": "a blue fish"}]},
+            )
+            assert not added.is_error and added.structured_content["added"] == 2
+            found = await client.call_tool("hybrid_search", {"query": "cat on a mat", "k": 1})
+            assert not found.is_error
+            assert [h["doc_id"] for h in found.structured_content["hits"]] == ["n1"]
+            bad = await client.call_tool("hybrid_search", {"query": " "})
+            assert bad.is_error and "query" in bad.content[0].text
+    print(f"stdio cold start: initialize {initialized:.2f}s, tools/list {listed:.2f}s")
+    assert not loaded_before_list, "tools/list waited for the model"
+    assert listed < 10
+
+
+def rpc(msg_id: int | None, method: str, params: dict | None = None) -> str:
+    msg: dict = {"jsonrpc": "2.0", "method": method}
+    if msg_id is not None:
+        msg["id"] = msg_id
+    if params is not None:
+        msg["params"] = params
+    return json.dumps(msg) + "\n"
+
+
+def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> None:
+    version = HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+    stderr_path = tmp_path / "stderr.log"
+    lines: list[str] = []
+    with stderr_path.open("w") as errlog:
+        proc = subprocess.Popen(
+            [RIFT, "-v", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+            text=True,
+            env=env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def ask(msg_id: int | None, method: str, params: dict | None = None) -> dict | None:
+            # One request at a time: the server handles requests concurrently.
+            proc.stdin.write(rpc(msg_id, method, params))
+            proc.stdin.flush()
+            while msg_id is not None:
+                line = proc.stdout.readline()
+                assert line, stderr_path.read_text()[-3000:]
+                lines.append(line)
+                message = json.loads(line)  # any non-JSON byte on stdout would break a real client
+                assert message["jsonrpc"] == "2.0"
+                if message.get("id") == msg_id:
+                    return message
+            return None
+
+        hello = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        assert ask(1, "initialize", hello)["result"]["serverInfo"]["name"] == "rift"
+        ask(None, "notifications/initialized")
+        assert len(ask(2, "tools/list")["result"]["tools"]) >= 4
+        add = {"name": "add_documents", "arguments": {"documents": [{"text": "the sea"}]}}
+        assert ask(3, "tools/call", add)["result"]["structuredContent"]["added"] == 1
+        search = ask(4, "tools/call", {"name": "hybrid_search", "arguments": {"query": "sea"}})
+        assert search["result"]["structuredContent"]["hits"][0]["text"] == "the sea"
+        bad = ask(5, "tools/call", {"name": "hybrid_search", "arguments": {"query": "sea", "k": 0}})
+        assert bad["result"]["isError"] is True
+        proc.stdin.close()  # EOF ends the server
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+    for line in rest.splitlines():
+        assert json.loads(line)["jsonrpc"] == "2.0"
+    assert "rift ready" in stderr_path.read_text()  # logs go to stderr
+
+
+def test_second_server_on_a_locked_data_dir_is_refused(tmp_path: Path, tiny_model_path: Path) -> None:
+    holder = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+        proc = subprocess.run(
+            [RIFT, "serve"], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    finally:
+        holder.close()
+    assert proc.returncode != 0
+    assert "in use by another rift process" in proc.stderr and str(tmp_path / "data") in proc.stderr
+    assert f"pid {os.getpid()}" in proc.stderr
+    assert proc.stdout == ""

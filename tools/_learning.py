@@ -1,0 +1,34 @@
+"""Shared by the learning tools: reach the app's LearningManager once the engine is loaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from server.errors import RiftError
+from server.service import Rift
+
+
+def learning_of(rift: Rift) -> Any:
+    rift.engine()  # waits for start-up, or raises its error
+    if rift.learning is None:
+        raise RiftError("learning is not available: the server did not finish starting")
+    return rift.learning
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kind: str = Field(description="retrain, rollback or reindex.")
+    status: str = Field(description="running, succeeded, rejected (gate said no), failed or cancelled.")
+    phase: str = Field(
+        description="mining, training, encoding, gating, switching, loading, or the final status."
+    )
+    progress: dict[str, int] = Field(description="done/total within the current phase (steps or chunks).")
+    elapsed_s: float
+    phases: list[dict[str, Any]] = Field(description="Each phase with its duration in seconds.")
+    params: dict[str, Any]
+    result: dict[str, Any] = Field(
+        description="Triples used, training time, the gate's numbers, new version."
+    )
+    error: str | None

@@ -1,0 +1,101 @@
+"""add_paths: ingest files and folders (Markdown, text, PDF, HTML, reStructuredText, source code)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from server.ingest.security import PathPolicy
+from server.ingest.sync import sync_paths
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, progress_reporter, rift_of
+
+MAX_LISTED = 1000
+
+
+class FileStatusOut(BaseModel):
+    path: str
+    status: Literal["added", "updated", "unchanged", "skipped", "removed"]
+    reason: str | None = Field(None, description="Why a file was skipped or removed.")
+    chunks: int = Field(0, description="Chunks written (0 unless added or updated).")
+
+
+class AddPathsResult(BaseModel):
+    collection: str
+    added: int
+    updated: int
+    unchanged: int
+    skipped: int
+    removed: int
+    files: list[FileStatusOut] = Field(description="Per-file status (skipped and removed ones listed first).")
+    truncated: bool = Field(description=f"True when more than {MAX_LISTED} files were listed.")
+
+
+async def add_paths(
+    paths: Annotated[
+        list[str],
+        Field(min_length=1, max_length=100, description="Absolute paths of files or folders to ingest."),
+    ],
+    ctx: Context,
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    recursive: Annotated[bool, Field(description="Descend into sub-folders.")] = True,
+    glob: Annotated[
+        str | None,
+        Field(description="Only files matching this gitignore-style pattern, e.g. '*.md' or 'docs/**/*.py'."),
+    ] = None,
+    prune: Annotated[
+        bool,
+        Field(
+            description="Also remove documents of files that are gone from (or now ignored in) the folders."
+        ),
+    ] = False,
+) -> AddPathsResult:
+    rift = rift_of(ctx)
+    policy = PathPolicy.for_server(rift.settings)
+    report = await call(
+        lambda: sync_paths(
+            rift.engine(),
+            collection,
+            paths,
+            policy,
+            recursive=recursive,
+            glob=glob,
+            prune=prune,
+            progress=progress_reporter(ctx, "reading files"),
+        )
+    )
+    order = {"removed": 0, "skipped": 1, "added": 2, "updated": 2, "unchanged": 3}
+    files = sorted(report.files, key=lambda f: order[f.status])
+    counts = report.counts()
+    return AddPathsResult(
+        collection=collection,
+        **counts,
+        files=[FileStatusOut(path=f.path, status=f.status, reason=f.reason, chunks=f.chunks) for f in files][
+            :MAX_LISTED
+        ],
+        truncated=len(files) > MAX_LISTED,
+    )
+
+
+TOOL = ToolSpec(
+    fn=add_paths,
+    name="add_paths",
+    title="Add files and folders",
+    description=(
+        "Ingest files or whole folders from disk so hybrid_search can find them: Markdown (front matter "
+        "and headings kept), plain text, PDF, HTML, reStructuredText and source code. Each file becomes one "
+        "document whose id is its absolute path, with metadata source, file_type, size, mtime and title. "
+        "Run it again on the same folder to sync: changed files are updated, unchanged ones skipped, and "
+        "with prune=true documents of deleted files are removed. Honours .gitignore; binary and oversized "
+        "files are skipped with a reason. Only paths under the server's allowed_roots can be read."
+    ),
+    annotations=ToolAnnotations(
+        title="Add files and folders",
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
+    ),
+)

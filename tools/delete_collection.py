@@ -1,0 +1,50 @@
+"""delete_collection: drop a collection with every document in it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+
+
+class DeleteCollectionResult(BaseModel):
+    collection: str
+    deleted_documents: int
+    deleted_chunks: int
+
+
+async def delete_collection(
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
+) -> DeleteCollectionResult:
+    engine = await call(rift_of(ctx).engine)
+
+    def drop() -> DeleteCollectionResult:
+        info = engine.info(collection)  # NotFoundError naming the collections that exist
+        engine.delete_collection(collection)
+        return DeleteCollectionResult(
+            collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
+        )
+
+    return await call(drop)
+
+
+TOOL = ToolSpec(
+    fn=delete_collection,
+    name="delete_collection",
+    title="Delete collection",
+    description=(
+        "Permanently delete a collection with all of its documents and chunks from both indices. This cannot "
+        "be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
+    ),
+    annotations=ToolAnnotations(
+        title="Delete collection",
+        read_only_hint=False,
+        destructive_hint=True,
+        idempotent_hint=False,
+        open_world_hint=False,
+    ),
+)

@@ -1,0 +1,64 @@
+"""get_document: a stored document's full text and metadata."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from server.ingest.manage import get_document as fetch_document
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+
+
+class DocumentOut(BaseModel):
+    collection: str
+    doc_id: str
+    text: str = Field(description="The document's text (the requested window of it, if max_chars is set).")
+    metadata: dict[str, Any]
+    chunks: int
+    updated_at: float = Field(description="When it was last written (Unix seconds).")
+    total_chars: int
+    offset: int
+    truncated: bool = Field(
+        description="True when text stops before the end; call again with a later offset."
+    )
+    fetch_recorded: bool = Field(description="True when this read was recorded against query_id.")
+
+
+async def get_document(
+    doc_id: Annotated[str, Field(min_length=1, description="The doc_id of a search hit or listed document.")],
+    ctx: Context,
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    query_id: Annotated[
+        str | None,
+        Field(
+            description="The query_id of the hybrid_search that found this document: it tells rift the hit "
+            "was useful."
+        ),
+    ] = None,
+    offset: Annotated[int, Field(ge=0, description="First character to return.")] = 0,
+    max_chars: Annotated[int | None, Field(ge=1, description="Return at most this many characters.")] = None,
+) -> DocumentOut:
+    view = await call(fetch_document, rift_of(ctx), collection, doc_id, query_id, offset, max_chars)
+    return DocumentOut(**view.__dict__)
+
+
+TOOL = ToolSpec(
+    fn=get_document,
+    name="get_document",
+    title="Get document",
+    description=(
+        "Read a whole stored document (full text and metadata) by its doc_id, typically after hybrid_search "
+        "returned one of its chunks and you need the rest. Pass the search's query_id so rift can learn "
+        "which results were worth reading. Use offset/max_chars to page through very long documents."
+    ),
+    annotations=ToolAnnotations(
+        title="Get document",
+        read_only_hint=True,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
+    ),
+)

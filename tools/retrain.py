@@ -1,0 +1,72 @@
+"""retrain: fine-tune the embedding model on triples mined from this server's own search log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from tools._common import ToolSpec, call, rift_of
+from tools._learning import learning_of
+
+
+class RetrainResult(BaseModel):
+    job_id: str | None = Field(description="Poll it with retrain_status; null for a dry run.")
+    status: str = Field(description="'running' (job started) or 'dry_run'.")
+    mining: dict[str, Any] = Field(
+        description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples."
+    )
+
+
+async def retrain(
+    ctx: Context,
+    strategy: Annotated[
+        Literal["fused", "agreement", "keyword_blind", "fused+pseudo"] | None,
+        Field(description="Mining strategy; default from settings (fused: measured best)."),
+    ] = None,
+    epochs: Annotated[float | None, Field(gt=0, le=20, description="Training epochs (default 1).")] = None,
+    learning_rate: Annotated[
+        float | None, Field(gt=0, le=1e-3, description="Learning rate (default 2e-5).")
+    ] = None,
+    batch_size: Annotated[int | None, Field(ge=2, le=4096, description="Batch size (default 32).")] = None,
+    min_triples: Annotated[
+        int | None, Field(ge=1, description="Refuse to train on fewer triples (default 32).")
+    ] = None,
+    dry_run: Annotated[
+        bool, Field(description="Only report the triples that would be used, with examples and counts.")
+    ] = False,
+) -> RetrainResult:
+    learning = await call(learning_of, rift_of(ctx))
+    out = await call(
+        learning.retrain,
+        strategy=strategy,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        min_triples=min_triples,
+        dry_run=dry_run,
+    )
+    return RetrainResult(**out)
+
+
+TOOL = ToolSpec(
+    fn=retrain,
+    name="retrain",
+    title="Retrain from use",
+    description=(
+        "Fine-tune rift's embedding model on what its own searches taught it: triples mined from the "
+        "disagreement log (and your feedback). Returns at once with a job_id; follow it with retrain_status. "
+        "The new model serves only if an honest gate on held-out recent searches finds it no worse; "
+        "otherwise it is kept as a rejected version. Searches keep working throughout. Use dry_run to see "
+        "the triples first."
+    ),
+    annotations=ToolAnnotations(
+        title="Retrain from use",
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=False,
+        open_world_hint=False,
+    ),
+)
