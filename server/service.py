@@ -109,6 +109,7 @@ class Rift:
 
     def _serving_embedder(self, embedder_cls: Any, resolve_model: Any) -> Any:
         """The registry's serving version (it survives restarts), else the configured model."""
+        from server.engine.embedder import embed_options
         from server.learning.registry import Registry
 
         s = self.settings
@@ -117,12 +118,16 @@ class Rift:
         if serving.version != s.model:
             try:
                 spec = resolve_model(registry.location_of(serving), s.query_prompt)
-                return embedder_cls(spec, version=serving.version, device=s.device, batch_size=s.embed_batch_size)
+                return embedder_cls(
+                    spec, version=serving.version, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
+                )
             except Exception:
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
                 registry.serve_base(s.model)
         spec = resolve_model(s.model, s.query_prompt)
-        return embedder_cls(spec, version=s.model, device=s.device, batch_size=s.embed_batch_size)
+        return embedder_cls(
+            spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
+        )
 
     @property
     def ready(self) -> bool:

@@ -3,9 +3,11 @@ turning rift's own errors into clear `is_error` results."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,8 +38,46 @@ def rift_of(ctx: Context) -> Rift:
     return ctx.request_context.lifespan_context
 
 
+def lone_surrogate(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first string under `value` that is not valid Unicode (a lone surrogate): such text can
+    reach a tool in-process, and SQLite, Chroma and JSON cannot store it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if depth > 64:
+        return None  # the call's own depth limits answer for deeper input
+    if isinstance(value, Mapping):
+        items = [(f"{path}.{k}" if isinstance(k, str) else path, k, v) for k, v in value.items()]
+        for where, key, item in items:
+            found = lone_surrogate(key, f"{path} (a key)", depth + 1) or lone_surrogate(item, where, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            found = lone_surrogate(getattr(value, f.name), f"{path}.{f.name}", depth + 1)
+            if found:
+                return found
+    return None
+
+
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking engine work in a worker thread; RiftError becomes a ToolError with its message."""
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"argument {i}": a for i, a in enumerate(args)} | kwargs
+    for name, value in bound.items():
+        where = lone_surrogate(value, name)
+        if where is not None:
+            raise ToolError(f"{where} is not valid Unicode (it contains a lone surrogate)")
     try:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
     except RiftError as exc:

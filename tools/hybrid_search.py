@@ -55,7 +55,8 @@ async def hybrid_search(
         dict[str, Any] | None,
         Field(
             description='Metadata filter applied inside both retrievers, e.g. {"lang": "en"}, '
-            '{"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, {"$or": [...]}.'
+            '{"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, {"$or": [...]}; for files: '
+            '{"source": {"$prefix": "/abs/folder"}}, {"file_type": "pdf"}, {"mtime": {"$gte": 1717200000}}.'
         ),
     ] = None,
     mode: Annotated[

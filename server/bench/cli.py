@@ -150,6 +150,9 @@ def _run_learn(
     help="Documents per add_documents call in the scale sweep.",
 )
 @click.option(
+    "--scale-only", is_flag=True, help="With --scale: skip the quality run (--data supplies the text)."
+)
+@click.option(
     "--max-rss-gib",
     type=float,
     default=20.0,
@@ -194,6 +197,7 @@ def bench(
     ingest_sample: int,
     scale: str | None,
     scale_batch: int,
+    scale_only: bool,
     max_rss_gib: float,
     settings_set: tuple[str, ...],
     plot_out: Path | None,
@@ -235,6 +239,7 @@ def bench(
             max_rss_gib,
             overrides,
             None if no_cache else cache_dir,
+            scale_only,
         )
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
@@ -257,6 +262,7 @@ def _run(
     max_rss_gib: float,
     overrides: dict[str, Any],
     cache_dir: Path | None,
+    scale_only: bool = False,
 ) -> dict[str, Any]:
     from server.bench.beir import load_beir
     from server.bench.harness import BenchIndex
@@ -269,7 +275,7 @@ def _run(
         "notes": [],
     }
     dataset = load_beir(data, split) if data else None
-    if dataset is not None:
+    if dataset is not None and not (scale_only and sizes):
         with BenchIndex(model, cache_dir, overrides) as index:
             s = index.settings
             result["model"] = s.model

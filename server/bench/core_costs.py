@@ -1,8 +1,12 @@
 """Costs of rift's core design choices, measured on this machine:
 
-1. bm25s has no incremental add, so every add rebuilds the keyword index from cached tokens: the cost of
-   `KeywordIndex.apply(add=[one chunk])` on an index of 5K and 50K chunks (SciFact abstracts, repeated to 50K),
-   the per-document cost when 100 documents arrive in one call, and the cost of a delete (a mask flip).
+1. Keyword index writes: bm25s has no incremental add, so `KeywordIndex` keeps bm25s' term-major postings and
+   recomputes the score array with numpy on each add (see keyword_index.py). Measured on an index of 5K and
+   50K chunks (SciFact abstracts, repeated to 50K): `KeywordIndex.apply(add=[one chunk])` (wall and CPU), the
+   same right after a delete (the add then also compacts the deleted row away), the per-document cost when
+   100 documents arrive in one call, a delete (a mask flip), and start-up: reading the chunks' tokens from
+   the SQLite state store and building the index from them. At sizes up to 10K it also checks that the
+   scores equal those of a fresh `bm25s.BM25().index(tokens)` over the same rows, bit for bit.
 2. One disagreement-log write (`QueryLog.record` with 100 + 100 candidates), median over 1000 writes.
 3. Cold start of `rift serve` over stdio: time from spawn to the `initialize` answer, to `tools/list`, and to
    the first tool call that needs the model (it loads in the background).
@@ -27,10 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import bm25s
 import click
 import numpy as np
 
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
+from server.engine.state_store import ChunkRow, StateStore
 from server.learning.disagreement import summarize
 from server.learning.query_log import QueryLog, new_query_id
 
@@ -59,14 +65,63 @@ def load_texts(corpus: Path | None, limit: int = 10_000) -> tuple[list[str], str
     return [" ".join(vocab[r] for r in row) for row in ranks], "synthetic zipf"
 
 
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
+    """fn(...)'s result, wall seconds and CPU seconds (CPU time is robust to a busy machine)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def startup_costs(texts: Sequence[str], tokens: Sequence[Sequence[str]], size: int) -> dict[str, float]:
+    """What `Engine` does per collection at start-up: read every chunk's tokens from SQLite, build the index."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = StateStore(Path(tmp) / "state.sqlite")
+        for first in range(0, size, 5000):
+            state.apply(
+                "bench",
+                [],
+                [
+                    ChunkRow(
+                        f"c{i}", f"d{i}", "h", 0, texts[i % len(texts)], tuple(tokens[i % len(tokens)]), {}
+                    )
+                    for i in range(first, min(size, first + 5000))
+                ],
+            )
+        rows, load_wall, load_cpu = _timed(
+            lambda: [
+                KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in state.iter_chunks("bench")
+            ]
+        )
+        state.close()
+    _, build_wall, build_cpu = _timed(KeywordIndex, rows)
+    return {
+        "startup_read_ms": _ms(load_wall),
+        "startup_read_cpu_ms": _ms(load_cpu),
+        "startup_build_ms": _ms(build_wall),
+        "startup_build_cpu_ms": _ms(build_cpu),
+    }
+
+
+def matches_fresh_bm25s(index: KeywordIndex, queries: Sequence[Sequence[str]]) -> bool:
+    """Every score of every query equals a fresh bm25s index's over the snapshot's (all live) rows."""
+    snap = index.snapshot
+    assert snap.bm25 is not None and snap.alive.all()
+    ref = bm25s.BM25()
+    ref.index([list(r.tokens) for r in snap.rows], show_progress=False)
+    for query in queries:
+        known = [t for t in query if t in ref.vocab_dict]
+        if known and not np.array_equal(ref.get_scores(known), snap.bm25.get_scores(known)):
+            return False
+    return True
+
+
 def keyword_costs(texts: Sequence[str], sizes: Sequence[int], repeats: int = 3) -> list[dict[str, Any]]:
     tokens = KeywordTokenizer().tokenize(list(texts))
     out = []
     for size in sizes:
         # Repeat the corpus to reach `size` chunks; copies get their own ids.
         rows = [KeywordRow(f"c{i}", f"d{i}", tuple(tokens[i % len(tokens)]), {"n": i}) for i in range(size)]
-        index = KeywordIndex(rows)
-        initial = index.snapshot.build_seconds
+        index, initial, initial_cpu = _timed(KeywordIndex, rows)
         next_id = size
 
         def new_rows(n: int, first: int) -> list[KeywordRow]:
@@ -75,29 +130,41 @@ def keyword_costs(texts: Sequence[str], sizes: Sequence[int], repeats: int = 3) 
                 for i in range(first, first + n)
             ]
 
-        one, one_cpu, batch, delete = [], [], [], []
+        one, one_cpu, after_delete, after_delete_cpu, batch, delete = [], [], [], [], [], []
         for _ in range(repeats):
-            cpu = time.process_time()
-            one.append(index.apply(add=new_rows(1, next_id)))
-            one_cpu.append(time.process_time() - cpu)
+            _, wall, cpu = _timed(index.apply, add=new_rows(1, next_id))
+            one.append(wall)
+            one_cpu.append(cpu)
+            next_id += 1
+        for r in range(repeats):
+            index.apply(remove=[f"c{size - 1 - r}"])
+            _, wall, cpu = _timed(index.apply, add=new_rows(1, next_id))
+            after_delete.append(wall)
+            after_delete_cpu.append(cpu)
             next_id += 1
         for _ in range(repeats):
-            batch.append(index.apply(add=new_rows(100, next_id)))
+            batch.append(_timed(index.apply, add=new_rows(100, next_id))[1])
             next_id += 100
+        exact = matches_fresh_bm25s(index, tokens[:50]) if size <= 10_000 else None
         for r in range(repeats):
-            started = time.perf_counter()
-            index.apply(remove=[f"c{r}"])
-            delete.append(time.perf_counter() - started)
+            delete.append(_timed(index.apply, remove=[f"c{r}"])[1])
         avg_tokens = sum(len(r.tokens) for r in rows) / len(rows)
         out.append(
             {
                 "chunks": size,
                 "avg_tokens_per_chunk": round(avg_tokens, 1),
+                "postings": int(len(index.snapshot.postings.docs)),
+                "vocabulary": len(index.snapshot.postings.vocab),
                 "initial_build_ms": _ms(initial),
+                "initial_build_cpu_ms": _ms(initial_cpu),
                 "add_one_ms": _ms(statistics.median(one)),
-                "add_one_cpu_ms": _ms(statistics.median(one_cpu)),  # robust to a busy machine
+                "add_one_cpu_ms": _ms(statistics.median(one_cpu)),
+                "add_one_after_delete_ms": _ms(statistics.median(after_delete)),
+                "add_one_after_delete_cpu_ms": _ms(statistics.median(after_delete_cpu)),
                 "add_100_per_doc_ms": _ms(statistics.median(batch) / 100),
                 "delete_one_ms": _ms(statistics.median(delete)),
+                "scores_match_fresh_bm25s": exact,
+                **startup_costs(texts, tokens, size),
             }
         )
     return out
@@ -225,14 +292,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"keyword index ({result['corpus']}):",
         "",
-        "| chunks | tokens/chunk | full build ms | add 1 doc ms (cpu ms) | per doc in a 100-doc add ms | delete 1 ms |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| chunks | tokens/chunk | postings | add 1 doc ms (cpu) | add 1 after a delete ms (cpu) "
+        "| per doc in a 100-doc add ms | delete 1 ms | start-up: read tokens ms (cpu) | start-up: build ms (cpu) "
+        "| = fresh bm25s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for k in result["keyword"]:
+        exact = {True: "yes", False: "NO", None: "-"}[k["scores_match_fresh_bm25s"]]
         lines.append(
-            f"| {k['chunks']:,} | {k['avg_tokens_per_chunk']} | {k['initial_build_ms']:.0f} | "
-            f"{k['add_one_ms']:.0f} ({k['add_one_cpu_ms']:.0f}) | {k['add_100_per_doc_ms']:.2f} | "
-            f"{k['delete_one_ms']:.3f} |"
+            f"| {k['chunks']:,} | {k['avg_tokens_per_chunk']} | {k['postings']:,} | "
+            f"{k['add_one_ms']:.0f} ({k['add_one_cpu_ms']:.0f}) | "
+            f"{k['add_one_after_delete_ms']:.0f} ({k['add_one_after_delete_cpu_ms']:.0f}) | "
+            f"{k['add_100_per_doc_ms']:.2f} | {k['delete_one_ms']:.3f} | "
+            f"{k['startup_read_ms']:.0f} ({k['startup_read_cpu_ms']:.0f}) | "
+            f"{k['startup_build_ms']:.0f} ({k['startup_build_cpu_ms']:.0f}) | {exact} |"
         )
     lg = result["query_log"]
     lines += [
@@ -268,7 +341,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(corpus: Path, sizes: str, writes: int, starts: int, model: str | None) -> None:
     texts, source = load_texts(corpus)
     result: dict[str, Any] = {
-        "schema": "rift-core-costs/1",
+        "schema": "rift-core-costs/2",
         "corpus": source,
         "cpus": os.cpu_count(),
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the box inflates wall times

@@ -1,7 +1,8 @@
 """A document-embedding cache used only by the benchmark, so a second run over the same corpus skips encoding.
 
 Vectors are stored per chunk text (sha1 of the text) under a folder keyed by the model's identity: its
-location, configured version, document prompt, backend and the size/mtime of its weight files. A change of
+location, configured version, document prompt and the size/mtime of its weight files. The inference backend
+(torch or onnx) is not part of the key: both give the same vectors to ~1e-7 (tests/test_onnx_backend.py). A change of
 chunking settings changes the chunk texts and so misses the cache by itself; unchanged chunks are reused.
 Each encode call that misses writes one shard (.npz), so an interrupted run keeps what it finished.
 """
@@ -38,7 +39,6 @@ def model_identity(embedder: Any) -> dict[str, Any]:
         "location": spec.location,
         "version": embedder.version,
         "document_prompt": embedder.document_prompt,
-        "backend": getattr(embedder, "backend", "torch"),
         "dimension": embedder.dimension,
         "max_seq_length": embedder.max_seq_length,
         "weights": weights,
@@ -83,7 +83,8 @@ class CachingEmbedder:
     def inner(self) -> Any:
         return self._inner
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:  # not __len__: an empty cache must not be falsy
         return len(self._vectors)
 
     def all_vectors(self) -> np.ndarray:

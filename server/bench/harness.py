@@ -84,9 +84,9 @@ class BenchIndex:
 
         batch = batch or self.settings.max_documents_per_call
         ids = list(dataset.documents)
-        hits0 = self.cache.hits if self.cache else 0
-        misses0 = self.cache.misses if self.cache else 0
-        enc0 = self.cache.encode_seconds if self.cache else 0.0
+        hits0 = self.cache.hits if self.cache is not None else 0
+        misses0 = self.cache.misses if self.cache is not None else 0
+        enc0 = self.cache.encode_seconds if self.cache is not None else 0.0
         started = time.perf_counter()
         chunks = 0
         for start in range(0, len(ids), batch):
@@ -102,9 +102,9 @@ class BenchIndex:
             documents=len(ids),
             chunks=chunks,
             seconds=seconds,
-            encode_seconds=(self.cache.encode_seconds - enc0) if self.cache else seconds,
-            cache_hits=(self.cache.hits - hits0) if self.cache else 0,
-            cache_misses=(self.cache.misses - misses0) if self.cache else chunks,
+            encode_seconds=(self.cache.encode_seconds - enc0) if self.cache is not None else seconds,
+            cache_hits=(self.cache.hits - hits0) if self.cache is not None else 0,
+            cache_misses=(self.cache.misses - misses0) if self.cache is not None else chunks,
             keyword_rebuild_ms=info.keyword_rebuild_ms,
         )
 

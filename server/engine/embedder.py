@@ -4,8 +4,10 @@ and expose the tokenizer so chunking can respect the model's sequence limit."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +17,22 @@ from server.engine.models import ModelSpec
 log = logging.getLogger(__name__)
 
 
+def embed_options(settings: Any) -> dict[str, Any]:
+    """The Embedder keyword arguments that come from Settings beyond model, device and batch size."""
+    backend = getattr(settings, "embed_backend", "torch")
+    return {"backend": backend, "onnx_dir": settings.models_dir / "onnx"}
+
+
 class Embedder:
-    def __init__(self, spec: ModelSpec, version: str, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        version: str,
+        device: str = "auto",
+        batch_size: int = 32,
+        backend: str = "torch",
+        onnx_dir: Path | None = None,
+    ) -> None:
         # Imported here: torch + sentence-transformers take seconds, and the server must answer before that.
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -36,6 +52,15 @@ class Embedder:
         self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
         self.dimension: int = int(self.model.get_embedding_dimension())
         self.max_seq_length: int = int(self.model.max_seq_length or 512)
+        self.backend = backend
+        self._onnx: Any = None
+        if backend == "onnx":
+            from server.engine.onnx_backend import OnnxEncoder
+
+            cache = onnx_dir or Path(tempfile.gettempdir()) / "rift-onnx"
+            self._onnx = OnnxEncoder(self.model, spec.location, cache)
+        elif backend != "torch":
+            raise ValueError(f"unknown embed backend {backend!r}")
 
     @property
     def tokenizer(self) -> Any:
@@ -47,6 +72,8 @@ class Embedder:
         return max(8, min(wanted, self.max_seq_length - 2 - prompt_tokens))
 
     def _encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx.encode(texts, prompt, batch_size)
         with self._lock:
             vectors = self.model.encode(
                 list(texts),

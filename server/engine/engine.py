@@ -678,24 +678,24 @@ class Engine:
 
         vector: list[Candidate] = []
         if mode in ("hybrid", "vector") and snap.live_count:
-            t0 = time.perf_counter()
-            embedding = self.embedder_for(record).encode_query(query)
-            t1 = time.perf_counter()
-            try:
-                found = self.vectors.query(
-                    record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
-                )
-            except Exception:
-                # A model swap switched (and may have dropped) this collection's vectors between reading the
-                # record and querying: answer from the new (record, embedder) pair instead.
-                fresh = self._record(collection)
-                if fresh.chroma_name == record.chroma_name:
-                    raise
-                record, version = fresh, fresh.model_version
-                embedding = self.embedder_for(record).encode_query(query)
-                found = self.vectors.query(
-                    record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
-                )
+            t0 = t1 = time.perf_counter()
+            for attempt in (0, 1):
+                try:
+                    t0 = time.perf_counter()
+                    embedding = self.embedder_for(record).encode_query(query)
+                    t1 = time.perf_counter()
+                    found = self.vectors.query(
+                        record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                    )
+                    break
+                except Exception:
+                    # A model swap switched this collection (and may have released the old model or dropped
+                    # its vectors) between reading the record and querying: answer from the new (record,
+                    # embedder) pair, which are always switched together.
+                    fresh = self._record(collection)
+                    if attempt or fresh.chroma_name == record.chroma_name:
+                        raise
+                    record, version = fresh, fresh.model_version
             t2 = time.perf_counter()
             timings["embed_ms"] = (t1 - t0) * 1000
             timings["vector_ms"] = (t2 - t1) * 1000

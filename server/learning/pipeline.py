@@ -99,11 +99,13 @@ def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str,
 
 
 def load_embedder(location: str, version: str, settings: Any) -> Any:
-    from server.engine.embedder import Embedder
+    from server.engine.embedder import Embedder, embed_options
     from server.engine.models import resolve_model
 
     spec = resolve_model(location, settings.query_prompt)
-    return Embedder(spec, version=version, device=settings.device, batch_size=settings.embed_batch_size)
+    return Embedder(
+        spec, version=version, device=settings.device, batch_size=settings.embed_batch_size, **embed_options(settings)
+    )
 
 
 def build_all(

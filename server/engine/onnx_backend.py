@@ -1,0 +1,144 @@
+"""Optional onnxruntime inference for the embedding model (setting `embed_backend = "onnx"`).
+
+The model's transformer, its pooling (mean or CLS) and L2 normalisation are exported once, offline, from the
+local weights with torch's ONNX exporter into `<data_dir>/models/onnx/`, keyed by the weights' identity, and
+then run with onnxruntime. Vectors match the torch path to within float rounding (~1e-7).
+
+Why: a single short query is latency-bound, and on a small, busy CPU torch's spinning intra-op threads lose
+badly to onnxruntime with spinning turned off (measured in README "Benchmarks").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.errors import RiftError
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _structure(model: Any) -> tuple[Any, str]:
+    """(the Hugging Face transformer, pooling mode) of a plain Transformer + Pooling [+ Normalize] model."""
+    modules = list(model)
+    names = [type(m).__name__ for m in modules]
+    if (
+        len(modules) not in (2, 3)
+        or names[:2] != ["Transformer", "Pooling"]
+        or names[2:] not in ([], ["Normalize"])
+    ):
+        raise RiftError(
+            f"embed_backend='onnx' supports Transformer + Pooling models only, not {' + '.join(names)}"
+        )
+    pooling = modules[1]
+    mode = str(getattr(pooling, "pooling_mode", None) or pooling.get_config_dict().get("pooling_mode", ""))
+    if mode not in ("mean", "cls"):
+        raise RiftError(f"embed_backend='onnx' supports mean or CLS pooling, not {mode!r}")
+    return modules[0].auto_model, mode
+
+
+def _fingerprint(location: str, mode: str) -> str:
+    import torch
+
+    parts: list[Any] = [location, mode, torch.__version__]
+    root = Path(location)
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in (".safetensors", ".bin", ".json"):
+                stat = path.stat()
+                parts.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
+def export(transformer: Any, mode: str, tokenizer: Any, out: Path) -> None:
+    import torch
+
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise RiftError("embed_backend='onnx' needs the onnx package: pip install 'rift-mcp[onnx]'") from None
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            if mode == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    sample = tokenizer(
+        ["an example query", "a second, longer example text"], padding=True, return_tensors="pt"
+    )
+    args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUTS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{uuid.uuid4().hex}.onnx")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            Pooled().eval(),
+            args,
+            str(tmp),
+            input_names=list(INPUTS),
+            output_names=["embedding"],
+            dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in INPUTS}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    tmp.rename(out)
+
+
+class OnnxEncoder:
+    def __init__(self, model: Any, location: str, cache_dir: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        transformer, mode = _structure(model)
+        self.tokenizer = model.tokenizer
+        self.max_length = int(model.max_seq_length or 512)
+        self.path = Path(cache_dir) / f"{_fingerprint(location, mode)}.onnx"
+        if not self.path.is_file():
+            log.info("exporting the embedding model to ONNX at %s", self.path)
+            export(transformer, mode, self.tokenizer, self.path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Spinning threads win benchmarks on an idle machine and lose badly on a shared one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
+        texts = [prompt + t for t in texts] if prompt else list(texts)
+        out = []
+        for start in range(0, len(texts), max(batch_size, 1)):
+            enc = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            feed = {
+                n: np.asarray(enc.get(n, np.zeros_like(enc["input_ids"])), dtype=np.int64) for n in INPUTS
+            }
+            with self._lock:
+                out.append(self.session.run(None, feed)[0])
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)

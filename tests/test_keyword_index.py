@@ -1,0 +1,160 @@
+"""The incremental keyword index scores exactly like a fresh bm25s index over the same rows.
+
+After any add (or `compact()`), the snapshot's rows are the live rows in order and every score equals that of
+`bm25s.BM25().index(tokens)`; a delete alone only masks rows, so until the next add the scores are those of
+the index before the delete with the deleted rows masked out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bm25s
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.engine import keyword_index
+from server.engine.filters import Node, parse_filters
+from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
+
+WORDS = [f"w{i}" for i in range(12)]
+QUERIES = [["w0"], ["w1", "w2"], ["w3", "w3", "w4"], ["w5", "nope"], WORDS, ["w11", "w7", "w0"], ["nope"]]
+# Each filter with the rows it should let through, written out independently of filters.mask.
+FILTERS: list[tuple[Node | None, Callable[[dict[str, Any]], bool]]] = [
+    (None, lambda m: True),
+    (parse_filters({"g": 1}), lambda m: m.get("g") == 1),
+    (parse_filters({"g": {"$ne": 0}}), lambda m: m.get("g") != 0),
+]
+
+
+def reference(rows: list[KeywordRow]) -> bm25s.BM25 | None:
+    if not any(r.tokens for r in rows):
+        return None
+    ref = bm25s.BM25()
+    ref.index([list(r.tokens) for r in rows], show_progress=False)
+    return ref
+
+
+def expected_search(
+    ref: bm25s.BM25 | None, rows: list[KeywordRow], weights: np.ndarray, query: list[str], depth: int
+) -> list[tuple[str, float]]:
+    """What search() returned when every change rebuilt a bm25s index from the snapshot's rows."""
+    if ref is None:
+        return []
+    tokens = [t for t in query if t in ref.vocab_dict]
+    if not tokens or not weights.any():
+        return []
+    docs, scores = ref.retrieve(
+        [tokens], k=min(depth, len(rows)), show_progress=False, weight_mask=weights.astype(np.float32)
+    )
+    return [(rows[int(d)].chunk_id, float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+
+def check(index: KeywordIndex, live: dict[str, KeywordRow]) -> None:
+    snap = index.snapshot
+    assert index.chunk_ids() == set(live)
+    assert snap.live_count == len(live)
+    assert snap.row_of == {r.chunk_id: i for i, r in enumerate(snap.rows)}
+    ref = reference(snap.rows)
+    for query in QUERIES:
+        if ref is not None and snap.bm25 is not None:
+            known = [t for t in query if t in ref.vocab_dict]
+            if known:  # the whole score vector, not just the top
+                np.testing.assert_array_equal(snap.bm25.get_scores(known), ref.get_scores(known))
+        for node, allows in FILTERS:
+            weights = snap.alive & np.array([allows(dict(r.metadata)) for r in snap.rows], bool)
+            for depth in (1, 3, 50):
+                got = [(r.chunk_id, s) for r, s in index.search(query, depth, node)]
+                assert got == expected_search(ref, snap.rows, weights, query, depth), (query, node, depth)
+
+
+row_tokens = st.lists(st.sampled_from(WORDS), max_size=8)
+operation = st.tuples(
+    st.lists(
+        st.tuples(st.integers(0, 14), row_tokens, st.integers(0, 2)), max_size=4
+    ),  # (id, tokens, g) to add
+    st.lists(st.integers(0, 14), max_size=3),  # ids to delete
+    st.booleans(),  # compact afterwards
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    initial=st.lists(st.tuples(row_tokens, st.integers(0, 2)), max_size=6),
+    ops=st.lists(operation, max_size=6),
+)
+def test_random_adds_and_deletes_score_like_a_fresh_bm25s_index(
+    initial: list[tuple[list[str], int]], ops: list[tuple[list[tuple[int, list[str], int]], list[int], bool]]
+) -> None:
+    live = {f"c{i}": KeywordRow(f"c{i}", f"d{i}", tuple(t), {"g": g}) for i, (t, g) in enumerate(initial)}
+    index = KeywordIndex(list(live.values()))
+    check(index, live)
+    for adds, deletes, compact in ops:
+        rows = list({f"c{i}": KeywordRow(f"c{i}", f"d{i}", tuple(t), {"g": g}) for i, t, g in adds}.values())
+        removed = {f"c{i}" for i in deletes}
+        for chunk_id in removed:
+            live.pop(chunk_id, None)
+        live.update((r.chunk_id, r) for r in rows)
+        index.apply(remove=removed, add=rows)
+        if rows:  # deleted rows are gone, not just masked: the index is a fresh one over the live rows
+            assert index.snapshot.alive.all()
+        if compact:
+            index.compact()
+            assert index.snapshot.alive.all()
+        check(index, live)
+
+
+def test_real_text_scores_match_bm25s_bit_for_bit() -> None:
+    texts = [
+        "Vitamin D deficiency is associated with an increased risk of fractures in elderly patients.",
+        "The deficiency of iron causes anaemia; iron supplements reduce the risk.",
+        "Fractures of the hip are common in elderly women with osteoporosis.",
+        "Randomised trials of vitamin supplements show no effect on mortality.",
+        "Smoking increases the risk of lung cancer and heart disease.",
+        "Exercise reduces the risk of heart disease in elderly patients.",
+    ]
+    tokens = KeywordTokenizer().tokenize(texts)
+    rows = [KeywordRow(f"c{i}", f"d{i}", tuple(t), {}) for i, t in enumerate(tokens)]
+    index = KeywordIndex(rows[:3])
+    index.apply(add=rows[3:5])
+    index.apply(remove=["c1"], add=[rows[5]])
+    live = [rows[0], rows[2], rows[3], rows[4], rows[5]]
+    assert index.snapshot.rows == live
+    query = KeywordTokenizer().tokenize(["risk of fractures in the elderly with vitamin deficiency"])[0]
+    ref = reference(live)
+    assert ref is not None
+    got = index.search(query, 10)
+    docs, scores = ref.retrieve([query], k=5, show_progress=False)
+    assert [(r.chunk_id, s) for r, s in got] == [
+        (live[int(d)].chunk_id, float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0
+    ]
+    assert got[0][0].chunk_id == "c0"
+
+
+def test_rows_without_tokens_are_counted_but_never_match() -> None:
+    index = KeywordIndex([KeywordRow("a", "a", (), {}), KeywordRow("b", "b", (), {})])
+    assert index.search(["w1"], 5) == []
+    index.apply(add=[KeywordRow("c", "c", ("w1", "w2"), {})])
+    check(index, {r.chunk_id: r for r in index.snapshot.rows})
+    assert [r.chunk_id for r, _ in index.search(["w1"], 5)] == ["c"]
+
+
+def test_unused_terms_are_pruned_and_old_snapshots_stay_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keyword_index, "_PRUNE_MIN", 4)
+    base = [KeywordRow(f"b{i}", f"b{i}", ("shared", f"base{i}"), {}) for i in range(3)]
+    index = KeywordIndex(base)
+    index.apply(add=[KeywordRow(f"x{i}", f"x{i}", ("shared", f"gone{i}", f"gone{i}"), {}) for i in range(6)])
+    before = index.snapshot
+    hits_before = index.search(["gone1", "shared"], 5)
+    assert hits_before[0][0].chunk_id == "x1"
+    assert len(before.postings.vocab) == 10
+    index.apply(remove=[f"x{i}" for i in range(6)], add=[KeywordRow("n", "n", ("shared", "new"), {})])
+    assert set(index.snapshot.postings.vocab) == {"shared", "base0", "base1", "base2", "new"}
+    check(index, {r.chunk_id: r for r in base} | {"n": index.snapshot.rows[-1]})
+    # A reader still holding the old snapshot sees it unchanged: nothing published is ever mutated.
+    assert len(before.postings.vocab) == 10
+    assert not before.postings.docs.flags.writeable
+    scores = before.bm25.get_scores(["gone1", "shared"]) if before.bm25 else None
+    assert scores is not None and float(scores.max()) == hits_before[0][1]

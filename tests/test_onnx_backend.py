@@ -1,0 +1,41 @@
+"""embed_backend='onnx': exported once from the local weights, same vectors as torch to float rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def test_onnx_matches_torch_and_is_cached(tmp_path: Path, tiny_model_path: Path) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    spec = resolve_model(str(tiny_model_path))
+    torch_e = Embedder(spec, version="tiny")
+    onnx_e = Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")
+    exported = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    texts = ["the cat sat on the mat", "a dog", "quantum physics and the strong force " * 20]
+    np.testing.assert_allclose(onnx_e.encode_documents(texts), torch_e.encode_documents(texts), atol=1e-5)
+    np.testing.assert_allclose(onnx_e.encode_query("cat mat"), torch_e.encode_query("cat mat"), atol=1e-5)
+    mtime = exported[0].stat().st_mtime_ns
+    Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")  # reuses the export
+    assert exported[0].stat().st_mtime_ns == mtime
+
+
+def test_settings_select_the_backend(tmp_path: Path, tiny_model_path: Path) -> None:
+    from server.config import Settings
+    from server.service import Rift
+
+    settings = Settings(data_dir=tmp_path / "data", model=str(tiny_model_path), embed_backend="onnx")
+    app = Rift(settings).start(background=False)
+    try:
+        assert app.engine().embedder.backend == "onnx"
+        assert list((settings.models_dir / "onnx").glob("*.onnx"))
+    finally:
+        app.close()
