@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     chroma_port: int = Field(8000, ge=1, le=65535)
     chroma_ssl: bool = False
     chroma_auth_token: str | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
+    chroma_auth_header: Literal["authorization", "x-chroma-token"] = Field(
+        "authorization",
+        description="How the token travels: 'Authorization: Bearer <token>', or 'X-Chroma-Token: <token>' "
+        "(Chroma Cloud's API keys).",
+    )
+    chroma_tenant: str = Field("default_tenant", min_length=1, description="Chroma tenant (server mode).")
+    chroma_database: str = Field("default_database", min_length=1, description="Chroma database (server mode).")
     chroma_sync_ms: int = Field(
         250,
         ge=0,

@@ -308,3 +308,33 @@ async def test_rift_serve_processes_share_one_chroma_server(
             assert stop(server.proc) in (0, -15)
     for server in servers:
         assert "Traceback" not in server.log.read_text()
+
+
+def test_tenant_and_database_keep_deployments_apart(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma.wipe()
+    admin = chromadb.AdminClient(
+        ChromaSettings(
+            chroma_api_impl="chromadb.api.fastapi.FastAPI",
+            chroma_server_host=chroma.host,
+            chroma_server_http_port=chroma.port,
+            anonymized_telemetry=False,
+        )
+    )
+    database = f"team-{tmp_path.name[-12:].replace('_', '-')}"
+    admin.create_database(database)
+    app = open_rift(
+        make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma, chroma_database=database))
+    )
+    try:
+        app.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        assert ids(app.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+    finally:
+        app.close()
+    theirs = chromadb.HttpClient(host=chroma.host, port=chroma.port, database=database)
+    assert any(c.name.startswith("rift-default-") for c in theirs.list_collections())
+    assert not any(c.name.startswith("rift-default-") for c in chroma.client().list_collections())

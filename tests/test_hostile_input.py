@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
@@ -294,14 +294,24 @@ def test_search_with_hostile_filters(harness: Harness, query: str, where: Any) -
     harness.check("list_documents", {"filters": where})
 
 
+# Mostly plausible documents, so that calls get past validation and reach the stores with odd corners.
+plausible_text = st.one_of(
+    st.sampled_from(["the cat sat on the mat", "sea " * 40, "x", "\u202eRTL text"]), hostile_text
+)
+meta_key = st.one_of(
+    st.sampled_from(
+        ["kind", "year", "$x", "$and", "#document", "chroma:document", "_rift_doc", "", " ", "a\x00b"]
+    ),
+    small_text,
+)
+meta_value = st.one_of(st.sampled_from(["pet", 2024, 1.5, True, ""]), scalar)
 document = st.fixed_dictionaries(
-    {"text": st.one_of(hostile_text, scalar)},
+    {"text": plausible_text},
     optional={
-        "id": st.one_of(hostile_text, scalar),
+        "id": st.one_of(st.sampled_from(["d1", "new-doc", "::", "a/b"]), hostile_text, scalar),
         "metadata": st.one_of(
-            st.dictionaries(
-                st.one_of(small_text, st.sampled_from(["_rift_doc", "$and", ""])), hostile, max_size=4
-            ),
+            st.dictionaries(meta_key, meta_value, max_size=3),
+            st.dictionaries(meta_key, hostile, max_size=3),
             deeply_nested,
             hostile,
         ),
@@ -315,6 +325,8 @@ document = st.fixed_dictionaries(
     collection=st.one_of(st.just("fuzz"), hostile_text),
 )
 @settings(PROFILE, max_examples=50 * SCALE)
+@example(docs=[{"text": "the cat", "metadata": {"$x": 1}}], collection="fuzz")  # Chroma's reserved keys
+@example(docs=[{"text": "the cat", "metadata": {"chroma:document": "x"}}], collection="fuzz")
 def test_add_documents_with_hostile_documents(harness: Harness, docs: Any, collection: Any) -> None:
     rejected = harness.check("add_documents", {"documents": docs, "collection": collection})
     if not rejected:  # whatever was accepted reads back exactly as sent
@@ -359,10 +371,10 @@ def rejected_cleanly(rift: Rift, fn: Any, *args: Any) -> None:
 
 @pytest.mark.slow
 @given(
-    query=st.one_of(hostile_text, scalar),
-    k=st.one_of(extreme_int, scalar),
+    query=st.one_of(st.sampled_from(["cat", "sea mat"]), hostile_text, scalar),
+    k=st.one_of(st.integers(1, 20), extreme_int, scalar),
     mode=st.one_of(st.sampled_from(["hybrid", "vector", "keyword"]), scalar),
-    where=st.one_of(st.none(), filters, hostile),
+    where=st.one_of(st.none(), filters, filters, hostile),
     collection=st.one_of(st.just("default"), hostile_text, scalar),
 )
 @settings(PROFILE, max_examples=80 * SCALE)
@@ -374,13 +386,17 @@ def test_app_search_rejects_with_rift_errors(
 
 @pytest.mark.slow
 @given(
-    text=st.one_of(hostile_text, scalar),
+    text=st.one_of(plausible_text, scalar),
     doc_id=st.one_of(st.none(), hostile_text, scalar),
     metadata=st.one_of(
-        st.none(), st.dictionaries(st.one_of(small_text, scalar), hostile, max_size=3), hostile
+        st.none(),
+        st.dictionaries(meta_key, meta_value, max_size=3),
+        st.dictionaries(st.one_of(meta_key, scalar), hostile, max_size=3),
+        hostile,
     ),
     ids=st.one_of(st.lists(st.one_of(hostile_text, scalar), max_size=3), hostile),
 )
+@example(text="the cat", doc_id=None, metadata={"#x": 1}, ids="\ud800")  # a str is not a list of ids
 @settings(PROFILE, max_examples=60 * SCALE)
 def test_app_writes_reject_with_rift_errors(
     app: Rift, text: Any, doc_id: Any, metadata: Any, ids: Any

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -269,8 +270,9 @@ def _run(
     from server.bench.report import machine, peak_rss_mib
 
     started = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews latency: say so
     result: dict[str, Any] = {
-        "command": "rift bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "rift bench",
+        "command": "rift " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "notes": [],
     }
@@ -323,6 +325,7 @@ def _run(
         )
         result["notes"] += [r["stopped"] for r in result["scale"] if r.get("stopped")]
     result["peak_rss_mib"] = peak_rss_mib()
+    result["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 

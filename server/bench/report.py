@@ -69,7 +69,7 @@ def markdown(result: dict[str, Any]) -> str:
                 [
                     r["mode"],
                     r["depth"],
-                    r["rrf_k"] if r["mode"] == "hybrid" else None,
+                    f"{r['rrf_k']:g}" if r["mode"] == "hybrid" else None,
                     ",".join(f"{w:g}" for w in r["weights"]) if r["mode"] == "hybrid" else None,
                     r["ndcg@10"],
                     r["recall@100"],
@@ -143,6 +143,13 @@ def markdown(result: dict[str, Any]) -> str:
                 ]
                 for r in scale
             ],
+        )
+        lines.append("")
+    load = result.get("load_average")
+    if load:
+        lines.append(
+            f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['memory_gib']} GiB; 1/5/15-min load average "
+            f"{'/'.join(f'{x:g}' for x in load['start'])} at start, {'/'.join(f'{x:g}' for x in load['end'])} at end."
         )
         lines.append("")
     for note in result.get("notes") or []:

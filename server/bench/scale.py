@@ -116,7 +116,7 @@ def run_scale(
     queries: Sequence[str],
     cache_dir: Path | None,
     batch: int = 10_000,
-    latency_queries: int = 200,
+    latency_queries: int = 100,
     recall_queries: int = 50,
     max_rss_gib: float = 20.0,
     seed: int = 0,

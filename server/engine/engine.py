@@ -140,6 +140,10 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
             raise RiftError(f"{where} keys must be non-empty strings")
         if key.startswith(RESERVED_PREFIX):
             raise RiftError(f"{where}.{key}: keys starting with {RESERVED_PREFIX!r} are reserved")
+        if key[0] in "$#" or key == "chroma:document":  # Chroma's operators and its own keys
+            raise RiftError(
+                f"{where}.{key}: keys starting with '$' or '#', and 'chroma:document', are reserved"
+            )
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
@@ -531,11 +535,15 @@ class Engine:
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+            raise RiftError("ids must be a list of document ids")
         if not ids:
             raise RiftError("ids must contain at least one document id")
         for i, doc_id in enumerate(ids):
             if not isinstance(doc_id, str) or not doc_id:
                 raise RiftError(f"ids[{i}] must be a non-empty string")
+            if doc_id.strip():  # a blank id cannot exist; it is reported as not found
+                check_text(doc_id, f"ids[{i}]", MAX_ID_CHARS)
         with self._write_lock:
             if self.shared is not None:
                 self.shared.sync(force=True)

@@ -84,8 +84,10 @@ def reconcile_with_chroma(
     tokenizer: KeywordTokenizer,
     collection: str,
     chroma_name: str,
+    log_level: int = logging.WARNING,
 ) -> Delta:
-    """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name`; return what changed."""
+    """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name`; return what changed.
+    (Following another process's writes is routine, not a repair: the shared sync logs it at DEBUG.)"""
     in_chroma = set(vectors.all_ids(chroma_name))
     keys = state.chunk_keys(collection)
     if in_chroma == keys.keys():
@@ -122,7 +124,8 @@ def reconcile_with_chroma(
         delta.put_docs.append((doc_id, chosen, join_chunks(rows), user_meta))
 
     if not delta.empty:
-        log.warning(
+        log.log(
+            log_level,
             "repairing %s from Chroma: %d chunks added, %d chunk rows dropped",
             collection,
             len(delta.added),

@@ -192,7 +192,9 @@ class SharedSync:
     def refresh(self, collection: str, chroma: str) -> None:
         """Repair one collection's state from Chroma and apply the change to its live keyword index."""
         engine = self.engine
-        delta = reconcile_with_chroma(engine.vectors, engine.state, engine.tokenizer, collection, chroma)
+        delta = reconcile_with_chroma(
+            engine.vectors, engine.state, engine.tokenizer, collection, chroma, logging.DEBUG
+        )
         index = engine._keyword.get(collection)
         if index is None:
             engine._load_keyword(collection)

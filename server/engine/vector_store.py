@@ -25,7 +25,9 @@ def make_client(settings: Settings) -> Any:
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if settings.vector_backend == "http":
         headers = {}
-        if settings.chroma_auth_token:
+        if settings.chroma_auth_token and settings.chroma_auth_header == "x-chroma-token":
+            headers["X-Chroma-Token"] = settings.chroma_auth_token
+        elif settings.chroma_auth_token:
             headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
         return chromadb.HttpClient(
             host=settings.chroma_host,
@@ -33,6 +35,8 @@ def make_client(settings: Settings) -> Any:
             ssl=settings.chroma_ssl,
             headers=headers,
             settings=chroma_settings,
+            tenant=settings.chroma_tenant,
+            database=settings.chroma_database,
         )
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
