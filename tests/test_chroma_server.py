@@ -16,6 +16,7 @@ from mcp import Client
 
 from server.app import create_server
 from server.config import Settings
+from server.engine.engine import content_hash
 from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
 from tests.support.processes import ChromaServer, chroma_binary, chroma_server, start_rift, stop
@@ -338,3 +339,64 @@ def test_tenant_and_database_keep_deployments_apart(
     theirs = chromadb.HttpClient(host=chroma.host, port=chroma.port, database=database)
     assert any(c.name.startswith("rift-default-") for c in theirs.list_collections())
     assert not any(c.name.startswith("rift-default-") for c in chroma.client().list_collections())
+
+
+def test_following_a_write_costs_its_size_not_the_collections(pair: tuple[Rift, Rift], monkeypatch) -> None:
+    a, b = pair
+    a.add_documents("default", docs(*((f"d{i}", f"the cat {i} sat on the mat") for i in range(30))))
+    b.engine().shared.sync(force=True)
+    full = b.engine().shared.stats["full_repairs"]
+
+    def no_listing(*_args):
+        raise AssertionError("a routine sync listed every chunk id")
+
+    monkeypatch.setattr(b.engine().vectors, "all_ids", no_listing)
+    a.add_documents("default", docs(("fish", "a blue fish in the sea"), ("d3", "now about snow")))
+    a.delete_documents("default", ["d4"])
+    assert ids(b.search("default", "fish sea", mode="keyword").outcome.hits) == ["fish"]
+    assert ids(b.search("default", "snow", mode="keyword").outcome.hits) == ["d3"]
+    assert "d4" not in ids(b.search("default", "the cat 4 sat on the mat", k=30, mode="vector").outcome.hits)
+    assert b.engine().shared.stats["full_repairs"] == full
+    monkeypatch.undo()
+    assert_same_index(a, b)
+
+    # A gap in the change records (pruned, or a reader far behind) falls back to a full repair.
+    a.add_documents("default", docs(("late", "the late train")))
+    b.engine().shared._changes.delete(where={"writer": a.engine().shared.writer})
+    assert ids(b.search("default", "late train", mode="keyword").outcome.hits) == ["late"]
+    assert b.engine().shared.stats["full_repairs"] == full + 1
+    assert_same_index(a, b)
+
+
+def test_recovery_spares_an_identical_write_by_another_process(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Chunk ids derive from content: when a process dies mid-write and another writes the same document,
+    the first one's journal roll-back at restart must not delete the other's acknowledged chunks."""
+    chroma.wipe()
+    settings_a = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(settings_a)
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma)))
+    try:
+        a.add_documents("default", docs(("seed", "the sea")))
+        engine = a.engine()
+        record = engine.state.collection("default")
+        rows = engine._chunk_rows(
+            [("x", "the cat sat on the mat", {}, content_hash("the cat sat on the mat"))]
+        )
+        # a was killed after journaling this write (and perhaps upserting it), before committing it...
+        engine.state.journal_begin(record.chroma_name, [r.chunk_id for r in rows], [])
+        time.sleep(0.01)
+        # ...then b writes the very same document and it is acknowledged.
+        b.add_documents("default", docs(("x", "the cat sat on the mat")))
+        assert {r.chunk_id for r in rows} <= set(engine.vectors.all_ids(record.chroma_name))
+        a.close()
+        a = open_rift(settings_a)
+        assert a.repair_report["journal"] == 1
+        for app in (a, b):
+            assert ids(app.search("default", "cat mat", mode="keyword").outcome.hits) == ["x"]
+            hits = app.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits
+            assert ids(hits) == ["x"]
+    finally:
+        a.close()
+        b.close()

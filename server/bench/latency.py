@@ -35,12 +35,13 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 def measure_embed(embedder: Any, queries: Sequence[str], warmup: int = 10) -> dict[str, float]:
     for q in queries[:warmup]:
         embedder.encode_query(q)
-    times = []
+    times, cpu = [], []
     for q in queries:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         embedder.encode_query(q)
         times.append((time.perf_counter() - t0) * 1000)
-    return percentiles(times)
+        cpu.append((time.process_time() - c0) * 1000)
+    return {**percentiles(times), "cpu_p50": percentiles(cpu)["p50"]}
 
 
 def measure_search(
@@ -58,17 +59,20 @@ def measure_search(
         for q in queries[:warmup]:
             index.search(q, mode, k, **knobs)
         total: list[float] = []
+        cpu: list[float] = []  # process CPU time (all threads): the cost that does not depend on other load
         parts: dict[str, list[float]] = {p: [] for p in PARTS}
         for q in queries:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             response = index.search(q, mode, k, **knobs)
             total.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
             for p in PARTS:
                 if p in response.outcome.timings_ms:
                     parts[p].append(response.outcome.timings_ms[p])
         out[mode] = {
             "queries": len(queries),
             "total_ms": percentiles(total),
+            "cpu_ms": percentiles(cpu),
             "parts_p50_ms": {p: percentiles(v)["p50"] for p, v in parts.items() if v},
         }
         log.info("latency %s %s", mode, out[mode])

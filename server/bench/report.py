@@ -84,13 +84,21 @@ def markdown(result: dict[str, Any]) -> str:
         modes = latency["search"]
         parts = ["embed_ms", "vector_ms", "keyword_ms", "fusion_ms", "hydrate_ms", "log_ms"]
         lines += _table(
-            ["mode (k=10, ms)", "p50", "p95", "p99", *[p.removesuffix("_ms") + " p50" for p in parts]],
+            [
+                "mode (k=10, ms)",
+                "p50",
+                "p95",
+                "p99",
+                "CPU p50",
+                *[p.removesuffix("_ms") + " p50" for p in parts],
+            ],
             [
                 [
                     mode,
                     m["total_ms"]["p50"],
                     m["total_ms"]["p95"],
                     m["total_ms"]["p99"],
+                    m.get("cpu_ms", {}).get("p50"),
                     *[m["parts_p50_ms"].get(p) for p in parts],
                 ]
                 for mode, m in modes.items()
@@ -99,7 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
         e = latency["embed_only_ms"]
         lines.append("")
         lines.append(
-            f"Query embedding alone ({latency.get('backend', 'torch')}): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms; "
+            f"Query embedding alone ({latency.get('backend', 'torch')}): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms, "
+            f"CPU p50 {e.get('cpu_p50', 0):.2f} ms; "
             f"hybrid p50 / embed p50 = {latency.get('hybrid_over_embed', 0):.2f}"
         )
         lines.append("")
@@ -124,6 +133,7 @@ def markdown(result: dict[str, Any]) -> str:
                 "chunks",
                 "ingest s",
                 "bm25 rebuild s",
+                "HNSW recall@100",
                 "keyword p50/p99",
                 "vector p50/p99",
                 "hybrid p50/p99",
@@ -133,13 +143,14 @@ def markdown(result: dict[str, Any]) -> str:
             [
                 [
                     f"{r['chunks']:,}",
-                    r["ingest_seconds"],
-                    r["keyword_rebuild_seconds"],
+                    f"{r['ingest_seconds']:.1f}",
+                    f"{r['keyword_rebuild_seconds']:.2f}",
+                    f"{r['hnsw_recall@100']:.3f}",
                     _pp(r["latency"].get("keyword")),
                     _pp(r["latency"].get("vector")),
                     _pp(r["latency"].get("hybrid")),
-                    round(r["disk_bytes"] / 2**20, 1),
-                    r["rss_mib"],
+                    f"{r['disk_bytes'] / 2**20:.0f}",
+                    f"{r['rss_mib']:.0f}",
                 ]
                 for r in scale
             ],

@@ -221,6 +221,8 @@ class Engine:
         with self._write_lock:
             for entry in self.state.journal_pending():
                 ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
+                if self.shared is not None:  # chunk ids are content hashes: spare a later identical write
+                    ids = self.shared.written_before(entry.chroma_name, ids, entry.created_at)
                 log.warning(
                     "recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids)
                 )
@@ -531,7 +533,8 @@ class Engine:
             # Committed and visible; the stale chunks are invisible to search and start-up removes them.
             log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
-            self.shared.publish(collection, chroma_name, self._record(collection).model_version)
+            touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
+            self.shared.publish(collection, chroma_name, self._record(collection).model_version, sorted(touched))
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""

@@ -85,11 +85,19 @@ def reconcile_with_chroma(
     collection: str,
     chroma_name: str,
     log_level: int = logging.WARNING,
+    doc_ids: Sequence[str] | None = None,
 ) -> Delta:
-    """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name`; return what changed.
-    (Following another process's writes is routine, not a repair: the shared sync logs it at DEBUG.)"""
-    in_chroma = set(vectors.all_ids(chroma_name))
-    keys = state.chunk_keys(collection)
+    """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name` (all of it, or only the
+    documents `doc_ids`); return what changed. Following another process's writes is routine, not a repair:
+    the shared sync passes the documents it wrote and logs at DEBUG."""
+    if doc_ids is None:
+        in_chroma = set(vectors.all_ids(chroma_name))
+    else:
+        in_chroma = set()
+        for start in range(0, len(doc_ids), 500):
+            where = {"_rift_doc": {"$in": list(doc_ids[start : start + 500])}}
+            in_chroma.update(i for i, _ in vectors.where_ids(chroma_name, where))
+    keys = state.chunk_keys(collection, doc_ids)
     if in_chroma == keys.keys():
         return Delta()  # the common case: one id listing and one SQLite scan
     missing = sorted(in_chroma - keys.keys())
@@ -132,7 +140,11 @@ def reconcile_with_chroma(
             len(delta.removed),
         )
         state.apply(collection, delta.removed, delta.added, put_docs=delta.put_docs)
-        delta.removed_docs = state.orphan_documents(collection)
+        if doc_ids is None:
+            delta.removed_docs = state.orphan_documents(collection)
+        else:
+            with_chunks = {d for d, _ in state.chunk_keys(collection, doc_ids).values()}
+            delta.removed_docs = sorted(state.doc_hashes(collection, doc_ids).keys() - with_chunks)
         if delta.removed_docs:
             state.apply(collection, [], [], remove_docs=delta.removed_docs)
     return delta

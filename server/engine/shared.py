@@ -1,16 +1,20 @@
 """Several rift processes on one Chroma server (``vector_backend = "http"``).
 
-Each process keeps its own data dir (keyword state, query log, lock) and shares the Chroma collections. A
-process learns about the others' writes through a small Chroma collection, ``rift-heads``: every writer keeps
-one record per Chroma collection it wrote (id ``<writer>/<chroma name>``) and replaces its token after each
-write has fully landed in Chroma. Writers only touch their own records, so concurrent writers never clobber
-each other (Chroma's collection metadata would: ``modify`` replaces it whole, with no compare-and-set).
+Each process keeps its own data dir (keyword state, query log, lock) and shares the Chroma collections. The
+processes tell each other about writes through two small Chroma collections:
 
-Before a search (at most every ``chroma_sync_ms``) and before every write, a process reads the heads (one
-small request). When another writer's token changed, it repairs its keyword side from Chroma for that
-collection (`reconcile_with_chroma`: list ids, fetch the chunks it lacks) and applies the delta to the live
-keyword index. Reading the heads before listing ids makes this safe: a token changes only after the write it
-announces is in Chroma, and a write not yet announced will change a token later.
+- ``rift-heads``: one record per (writer, Chroma collection), id ``<writer>/<chroma name>``, holding the
+  writer's latest sequence number for it. Writers only touch their own records, so concurrent writers never
+  clobber each other (Chroma's collection metadata would: ``modify`` replaces it whole, with no compare-and-set).
+- ``rift-changes``: one record per write, ``(writer, epoch, seq, chroma)`` and the document ids it touched.
+
+A write lands in Chroma, then its change record, then its head. Before a search (at most every
+``chroma_sync_ms``) and before every write, a process reads the heads (one small request). For each head that
+moved, it fetches the change records in between and repairs only those documents from Chroma
+(`reconcile_with_chroma` with ``doc_ids``), applying the delta to the live keyword index: the cost follows the
+size of the change, not of the collection. A gap (a writer restarted, records pruned, a head never seen)
+falls back to a full repair of that collection. Reading heads before changes and changes before chunks makes
+this safe: everything a head announces is already in Chroma.
 
 Concurrent writes of one document id from two processes resolve last-writer-wins on the chunks' `_rift_ts`:
 a writer removes every older version of its documents from Chroma, and readers show the newest whole version.
@@ -18,6 +22,7 @@ a writer removes every older version of its documents from Chroma, and readers s
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from server.engine.keyword_index import KeywordRow
 from server.engine.reconcile import reconcile_with_chroma
@@ -37,12 +42,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEADS = "rift-heads"
+CHANGES = "rift-changes"
+KEEP_CHANGES = 2000  # change records each writer keeps; a reader further behind repairs in full
+PRUNE_EVERY = 200
 
 
 @dataclass(frozen=True)
 class Head:
-    token: str
     writer: str
+    epoch: str
+    seq: int
     collection: str
     chroma: str
     model: str
@@ -67,15 +76,25 @@ class SharedSync:
     def __init__(self, engine: Engine, writer: str, interval_ms: int) -> None:
         self.engine = engine
         self.writer = writer
+        self.epoch = uuid.uuid4().hex[:8]  # this process's run: a restart restarts `seq`
         self.interval = interval_ms / 1000.0
-        self._heads = engine.vectors.client.get_or_create_collection(HEADS, embedding_function=None)
+        client = engine.vectors.client
+        self._heads = client.get_or_create_collection(HEADS, embedding_function=None)
+        self._changes = client.get_or_create_collection(CHANGES, embedding_function=None)
+        self._seq = 0
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
         self._moved: dict[str, str] = {}  # collection -> model another process switched it to
         self._stats_lock = threading.Lock()
-        self.stats: dict[str, float] = {"checks": 0, "check_ms": 0.0, "syncs": 0, "sync_ms": 0.0}
+        self.stats: dict[str, float] = {
+            "checks": 0,
+            "check_ms": 0.0,
+            "syncs": 0,
+            "sync_ms": 0.0,
+            "full_repairs": 0,
+        }
 
-    # --- the heads collection ------------------------------------------------------------------------------
+    # --- writing: announce what this process wrote ----------------------------------------------------------
 
     def read(self) -> dict[str, Head]:
         page = self._heads.get(include=["metadatas"])
@@ -83,25 +102,48 @@ class SharedSync:
         for head_id, meta in zip(page["ids"], page["metadatas"], strict=True):
             meta = meta or {}
             out[head_id] = Head(
-                str(meta.get("token", "")),
                 str(meta.get("writer", "")),
+                str(meta.get("epoch", "")),
+                int(meta.get("seq", 0) or 0),
                 str(meta.get("collection", "")),
                 str(meta.get("chroma", "")),
                 str(meta.get("model", "")),
             )
         return out
 
-    def publish(self, collection: str, chroma: str, model: str) -> None:
-        """Announce a finished write (caller holds the engine's write lock)."""
-        head = Head(uuid.uuid4().hex, self.writer, collection, chroma, model)
+    def publish(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None = None) -> None:
+        """Announce a write that has fully landed in Chroma (the caller holds the engine's write lock). Without
+        `doc_ids` (a new or switched collection) readers repair the whole collection."""
+        self._seq += 1
+        now = time.time()
+        change = {"writer": self.writer, "epoch": self.epoch, "seq": self._seq, "chroma": chroma, "ts": now}
+        if doc_ids is not None:
+            self._changes.upsert(
+                ids=[f"{self.writer}:{self.epoch}:{self._seq}"],
+                embeddings=[[1.0]],
+                metadatas=[change],
+                documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
+            )
+        head = Head(self.writer, self.epoch, self._seq, collection, chroma, model)
         head_id = f"{self.writer}/{chroma}"
-        meta: dict[str, Any] = {**head.__dict__, "ts": time.time()}
-        self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[meta])
-        self._seen[head_id] = head
+        self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[{**head.__dict__, "ts": now}])
+        self._seen = {**self._seen, head_id: head}  # copy on write: searches compare against it unlocked
+        if self._seq % PRUNE_EVERY == 0:
+            self._prune()
+
+    def _prune(self) -> None:
+        try:
+            self._changes.delete(
+                where={"$and": [{"writer": self.writer}, {"seq": {"$lt": self._seq - KEEP_CHANGES}}]}
+            )
+            self._changes.delete(where={"$and": [{"writer": self.writer}, {"epoch": {"$ne": self.epoch}}]})
+        except Exception:  # housekeeping only
+            log.debug("pruning change records failed", exc_info=True)
 
     def retire(self, chroma: str) -> None:
-        """A dropped Chroma collection: remove every writer's head for it, which the others notice."""
+        """A dropped Chroma collection: remove every writer's head and changes for it; the others notice."""
         self._heads.delete(where={"chroma": chroma})
+        self._changes.delete(where={"chroma": chroma})
         self._seen = {k: h for k, h in self._seen.items() if h.chroma != chroma}
 
     def prime(self) -> None:
@@ -109,15 +151,16 @@ class SharedSync:
         self._seen = self.read()
         self._checked = time.monotonic()
 
-    # --- keeping up with the other writers -----------------------------------------------------------------
+    # --- reading: follow the other writers ------------------------------------------------------------------
 
-    def _changed(self, heads: dict[str, Head]) -> set[str]:
-        names = set()
+    def _changed(self, heads: dict[str, Head]) -> dict[str, list[tuple[Head | None, Head | None]]]:
+        """Chroma name -> (seen, now) for each head that moved."""
+        out: dict[str, list[tuple[Head | None, Head | None]]] = {}
         for head_id in heads.keys() | self._seen.keys():
             now, before = heads.get(head_id), self._seen.get(head_id)
             if now != before:
-                names.add((now or before).chroma)  # type: ignore[union-attr]
-        return names
+                out.setdefault((now or before).chroma, []).append((before, now))  # type: ignore[union-attr]
+        return out
 
     def before_search(self, collection: str) -> None:
         self.sync()
@@ -128,8 +171,8 @@ class SharedSync:
             )
 
     def sync(self, force: bool = False) -> bool:
-        """Catch up with other processes' writes; returns whether anything was repaired. Without `force`, at
-        most once per `interval`."""
+        """Catch up with other processes' writes; returns whether anything moved. Without `force`, at most
+        once per `interval`."""
         started = time.perf_counter()
         if not force and self.interval and time.monotonic() - self._checked < self.interval:
             return False
@@ -138,8 +181,7 @@ class SharedSync:
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
             return False
-        engine = self.engine
-        with engine._write_lock:
+        with self.engine._write_lock:
             started = time.perf_counter()
             heads = self.read()  # again, under the lock: our own writes may have moved on meanwhile
             changed = self._changed(heads)
@@ -154,12 +196,37 @@ class SharedSync:
             self.stats[n_key] += 1
             self.stats[ms_key] += (time.perf_counter() - started) * 1000
 
-    def _apply(self, changed: set[str], heads: dict[str, Head]) -> None:
+    def _touched(self, chroma: str, moves: list[tuple[Head | None, Head | None]]) -> list[str] | None:
+        """Documents the moved heads' writes touched, or None when only a full repair is safe."""
+        docs: set[str] = set()
+        for before, now in moves:
+            if before is None or now is None or before.epoch != now.epoch or now.seq <= before.seq:
+                return None
+            page = self._changes.get(
+                where={
+                    "$and": [
+                        {"writer": now.writer},
+                        {"epoch": now.epoch},
+                        {"chroma": chroma},
+                        {"seq": {"$gt": before.seq}},
+                        {"seq": {"$lte": now.seq}},
+                    ]
+                },
+                include=["documents"],
+            )
+            if len(page["ids"]) != now.seq - before.seq:
+                return None  # pruned, or announced without a change record
+            for text in page["documents"]:
+                docs.update(json.loads(text or "[]"))
+        return sorted(docs)
+
+    def _apply(
+        self, changed: dict[str, list[tuple[Head | None, Head | None]]], heads: dict[str, Head]
+    ) -> None:
         engine = self.engine
         records = {r.chroma_name: r for r in engine.state.collections()}
         existing = {name for name, _ in engine.vectors.list_collections()}
         for chroma in sorted(changed):
-            engine.vectors.forget(chroma)  # it may have been dropped and re-created under a new id
             record = records.get(chroma)
             if record is None:
                 continue
@@ -172,10 +239,14 @@ class SharedSync:
                     log.warning("collection %r was deleted by another rift process", record.name)
                     engine.state.delete_collection(record.name)
                     engine._keyword.pop(record.name, None)
+                engine.vectors.forget(chroma)
                 continue
             self._moved.pop(record.name, None)
-            self.refresh(record.name, chroma)
-        unknown = {h.collection for h in heads.values() if h.chroma in changed and h.chroma not in records}
+            docs = self._touched(chroma, changed[chroma])
+            if docs is None:
+                engine.vectors.forget(chroma)  # it may have been dropped and re-created under a new id
+            self.refresh(record.name, chroma, docs)
+        unknown = {h.collection for c in changed if c not in records for h in heads.values() if h.chroma == c}
         if not unknown:
             return
         for name in engine._adopt_chroma_collections():  # collections another process created
@@ -189,11 +260,14 @@ class SharedSync:
                 if newer:
                     self._moved[name] = newer[0].model
 
-    def refresh(self, collection: str, chroma: str) -> None:
-        """Repair one collection's state from Chroma and apply the change to its live keyword index."""
+    def refresh(self, collection: str, chroma: str, doc_ids: Sequence[str] | None = None) -> None:
+        """Repair one collection's state from Chroma (all of it, or `doc_ids`) and apply the change to its live
+        keyword index."""
         engine = self.engine
+        if doc_ids is None:
+            self.stats["full_repairs"] += 1
         delta = reconcile_with_chroma(
-            engine.vectors, engine.state, engine.tokenizer, collection, chroma, logging.DEBUG
+            engine.vectors, engine.state, engine.tokenizer, collection, chroma, logging.DEBUG, doc_ids
         )
         index = engine._keyword.get(collection)
         if index is None:
@@ -205,6 +279,14 @@ class SharedSync:
             )
 
     # --- last writer wins for one document id ---------------------------------------------------------------
+
+    def written_before(self, chroma: str, chunk_ids: Sequence[str], when: float) -> list[str]:
+        """The chunks among `chunk_ids` last written before `when`. Chunk ids derive from content, so another
+        process may have written the same ids since: recovery must leave those alone."""
+        if not chunk_ids or chroma not in {name for name, _ in self.engine.vectors.list_collections()}:
+            return list(chunk_ids)
+        found = {i: meta for i, _, meta in self.engine.vectors.get(chroma, list(chunk_ids))}
+        return [c for c in chunk_ids if c not in found or float(found[c].get("_rift_ts", 0.0)) <= when]
 
     def older_versions(self, chroma: str, doc_ids: Sequence[str], before: float, keep: set[str]) -> set[str]:
         """Chunk ids in Chroma of `doc_ids` written before `before` (other processes' versions included)."""

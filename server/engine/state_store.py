@@ -81,6 +81,7 @@ class JournalEntry:
     phase: str
     new_ids: list[str]
     old_ids: list[str]
+    created_at: float = 0.0
 
 
 class StateStore:
@@ -168,14 +169,19 @@ class StateStore:
     def chunk_ids(self, collection: str) -> set[str]:
         return {r[0] for r in self._rows("SELECT chunk_id FROM chunks WHERE collection = ?", (collection,))}
 
-    def chunk_keys(self, collection: str) -> dict[str, tuple[str, str]]:
-        """chunk_id -> (doc_id, doc_hash): what a repair against Chroma needs, without texts or tokens."""
-        return {
-            r[0]: (r[1], r[2])
-            for r in self._rows(
-                "SELECT chunk_id, doc_id, doc_hash FROM chunks WHERE collection = ?", (collection,)
-            )
-        }
+    def chunk_keys(self, collection: str, doc_ids: Sequence[str] | None = None) -> dict[str, tuple[str, str]]:
+        """chunk_id -> (doc_id, doc_hash), of every chunk or of `doc_ids`' chunks: what a repair against Chroma
+        needs, without texts or tokens."""
+        sql = "SELECT chunk_id, doc_id, doc_hash FROM chunks WHERE collection = ?"
+        if doc_ids is None:
+            return {r[0]: (r[1], r[2]) for r in self._rows(sql, (collection,))}
+        out: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for r in self._rows(f"{sql} AND doc_id IN ({marks})", [collection, *part]):
+                out[r[0]] = (r[1], r[2])
+        return out
 
     def iter_chunks(self, collection: str) -> Iterator[ChunkRow]:
         with self._lock:
@@ -300,6 +306,8 @@ class StateStore:
 
     def journal_pending(self) -> list[JournalEntry]:
         return [
-            JournalEntry(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]))
-            for r in self._rows("SELECT id, chroma_name, phase, new_ids, old_ids FROM journal ORDER BY id")
+            JournalEntry(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5])
+            for r in self._rows(
+                "SELECT id, chroma_name, phase, new_ids, old_ids, created_at FROM journal ORDER BY id"
+            )
         ]
