@@ -17,6 +17,7 @@ from mcp import Client
 from server.app import create_server
 from server.config import Settings
 from server.engine.engine import content_hash
+from server.errors import RiftError
 from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
 from tests.support.processes import ChromaServer, chroma_binary, chroma_server, start_rift, stop
@@ -400,3 +401,20 @@ def test_recovery_spares_an_identical_write_by_another_process(
     finally:
         a.close()
         b.close()
+
+
+def test_a_model_switch_elsewhere_is_refused_not_mixed(pair: tuple[Rift, Rift], tmp_path: Path) -> None:
+    """A retrain or model change in one process moves a collection to other vectors (the old ones kept): the
+    other process can neither embed queries for them nor follow writes there, so it says so."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+    other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+    a.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
+    with pytest.raises(RiftError, match="switched to model"):
+        b.search("default", "cat", mode="hybrid")
+    assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import chromadb
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from chromadb.config import Settings as ChromaSettings
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mcp import Client
@@ -200,9 +202,6 @@ class Harness:
             out["feedback"] = log.execute("SELECT COUNT(*) FROM feedback").fetchone()
         finally:
             log.close()
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
         chroma = chromadb.PersistentClient(
             path=str(self.settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
         )
@@ -267,7 +266,6 @@ def harness(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> 
 # --- properties ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @given(data=st.data())
 @settings(PROFILE, max_examples=120 * SCALE)
 def test_every_tool_survives_hostile_arguments(harness: Harness, data: st.DataObject) -> None:
@@ -319,7 +317,6 @@ document = st.fixed_dictionaries(
 )
 
 
-@pytest.mark.slow
 @given(
     docs=st.one_of(st.lists(document, min_size=0, max_size=3), hostile),
     collection=st.one_of(st.just("fuzz"), hostile_text),
@@ -369,7 +366,6 @@ def rejected_cleanly(rift: Rift, fn: Any, *args: Any) -> None:
     rift.engine().search("default", "cat", 1)  # still serving
 
 
-@pytest.mark.slow
 @given(
     query=st.one_of(st.sampled_from(["cat", "sea mat"]), hostile_text, scalar),
     k=st.one_of(st.integers(1, 20), extreme_int, scalar),
@@ -384,7 +380,6 @@ def test_app_search_rejects_with_rift_errors(
     rejected_cleanly(app, app.search, collection, query, k, mode, where)
 
 
-@pytest.mark.slow
 @given(
     text=st.one_of(plausible_text, scalar),
     doc_id=st.one_of(st.none(), hostile_text, scalar),

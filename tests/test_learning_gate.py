@@ -88,7 +88,9 @@ def test_gate_rejects_a_destroyed_model_and_accepts_a_light_fine_tune(rift, tmp_
     assert not report.accepted, report.as_dict()
     # A re-initialised BERT still matches shared words (mean pooling of identical token vectors), so the drop
     # shows first in agreement with the keyword side's confident hits and in stability.
-    assert min(report.delta.values()) < -GateConfig().tolerance or report.stability < GateConfig().min_stability
+    assert (
+        min(report.delta.values()) < -GateConfig().tolerance or report.stability < GateConfig().min_stability
+    )
 
     # Through the retrain job: the same gate runs; a real fine-tune on these triples is not destroyed.
     started = learning.retrain(batch_size=8)

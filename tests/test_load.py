@@ -25,7 +25,6 @@ def test_concurrent_searches_during_adds_and_deletes(tiny_model_path: Path) -> N
     assert result.wall_s < 60  # it stops by itself
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(chroma_binary() is None, reason="the chroma CLI is not installed")
 def test_sync_cost_measurement_runs(tiny_model_path: Path) -> None:
     report = measure_sync(str(tiny_model_path), [50, 150], reps=3)

@@ -123,6 +123,7 @@ def measure_ingest(index: BenchIndex, dataset: BeirDataset, sample: int) -> dict
     engine.delete_collection(collection)
     raw_docs = (raw_docs_1 + raw_docs_2) / 2
     return {
+        "backend": getattr(model, "backend", "torch"),  # of the ingest; raw encode is always torch
         "documents": len(ids),
         "chunks": chunks,
         "ingest_seconds": round(ingest_s, 2),

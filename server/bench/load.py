@@ -193,6 +193,8 @@ class LoadResult:
     violation_samples: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     search_ms: dict[str, float] = field(default_factory=dict)
+    search_engine_ms: dict[str, float] = field(default_factory=dict)  # the server's own timings_ms, summed
+    search_phase_p50_ms: dict[str, float] = field(default_factory=dict)  # embed / vector / keyword / log ...
     add_ms: dict[str, float] = field(default_factory=dict)
     delete_ms: dict[str, float] = field(default_factory=dict)
     searches_per_s: float = 0.0
@@ -244,6 +246,8 @@ async def _load(config: LoadConfig, url: str) -> LoadResult:
     live: list[int] = []
     ever: list[int] = []
     search_ms: list[float] = []
+    engine_ms: list[float] = []
+    phases: dict[str, list[float]] = {}
     add_ms: list[float] = []
     delete_ms: list[float] = []
     done = anyio.Event()
@@ -284,6 +288,9 @@ async def _load(config: LoadConfig, url: str) -> LoadResult:
                     error("hybrid_search", exc)
                     continue
                 search_ms.append((time.monotonic() - t0) * 1000)
+                engine_ms.append(sum(found.get("timings_ms", {}).values()))
+                for phase, ms in found.get("timings_ms", {}).items():
+                    phases.setdefault(phase, []).append(ms)
                 result.searches += 1
                 for hit in found["hits"]:
                     gone = deleted_at.get(hit["doc_id"])
@@ -340,6 +347,8 @@ async def _load(config: LoadConfig, url: str) -> LoadResult:
 
     result.wall_s = round(time.monotonic() - started, 2)
     result.search_ms = percentiles(search_ms)
+    result.search_engine_ms = percentiles(engine_ms)
+    result.search_phase_p50_ms = {k: percentiles(v)["p50"] for k, v in sorted(phases.items())}
     result.add_ms = percentiles(add_ms)
     result.delete_ms = percentiles(delete_ms)
     result.searches_per_s = round(result.searches / max(result.wall_s, 1e-9), 1)
@@ -367,6 +376,7 @@ def load_markdown(r: LoadResult) -> str:
     ]
     for name, count, ms in (
         ("hybrid_search", r.searches, r.search_ms),
+        ("  of which inside the engine", r.searches, r.search_engine_ms),
         ("add_documents (1 doc)", r.adds, r.add_ms),
         ("delete_documents (1 doc)", r.deletes, r.delete_ms),
     ):
@@ -376,6 +386,7 @@ def load_markdown(r: LoadResult) -> str:
         )
     lines += [
         "",
+        "Engine phases, p50 ms: " + ", ".join(f"{k} {v}" for k, v in r.search_phase_p50_ms.items()) + ".",
         f"Searches/s: {r.searches_per_s}. Errors: {r.errors}. "
         f"Searches naming a document after its delete was acknowledged: {r.deleted_doc_violations}.",
     ]

@@ -115,9 +115,10 @@ def markdown(result: dict[str, Any]) -> str:
     ingest = result.get("ingest")
     if ingest:
         lines.append(
-            f"Ingest ({ingest['documents']:,} docs, {ingest['chunks']:,} chunks, no cache): "
+            f"Ingest ({ingest['documents']:,} docs, {ingest['chunks']:,} chunks, no cache, "
+            f"{ingest.get('backend', 'torch')} backend): "
             f"{ingest['ingest_docs_per_s']:.1f} docs/s, {ingest['ingest_chunks_per_s']:.1f} chunks/s; raw "
-            f"`model.encode` {ingest['raw_encode_docs_per_s']:.1f} docs/s (truncated) and "
+            f"`model.encode` (torch) {ingest['raw_encode_docs_per_s']:.1f} docs/s (truncated) and "
             f"{ingest['raw_encode_chunks_per_s']:.1f} chunks/s; ratio "
             f"{ingest['ratio_vs_raw_chunks']:.2f} vs the same chunks, {ingest['ratio_vs_raw_docs']:.2f} vs whole docs"
         )

@@ -84,7 +84,7 @@ class SharedSync:
         self._seq = 0
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
-        self._moved: dict[str, str] = {}  # collection -> model another process switched it to
+        self._moved: dict[str, str] = {}  # collection -> model another process switched it to (sticky)
         self._stats_lock = threading.Lock()
         self.stats: dict[str, float] = {
             "checks": 0,
@@ -241,24 +241,23 @@ class SharedSync:
                     engine._keyword.pop(record.name, None)
                 engine.vectors.forget(chroma)
                 continue
-            self._moved.pop(record.name, None)
             docs = self._touched(chroma, changed[chroma])
             if docs is None:
                 engine.vectors.forget(chroma)  # it may have been dropped and re-created under a new id
             self.refresh(record.name, chroma, docs)
-        unknown = {h.collection for c in changed if c not in records for h in heads.values() if h.chroma == c}
-        if not unknown:
-            return
-        for name in engine._adopt_chroma_collections():  # collections another process created
-            record = engine.state.collection(name)
-            if record is not None:
-                self.refresh(name, record.chroma_name)
-        for name in unknown:
-            current = engine.state.collection(name)
-            if current is not None and current.chroma_name not in existing:
-                newer = [h for h in heads.values() if h.collection == name and h.chroma in existing]
-                if newer:
-                    self._moved[name] = newer[0].model
+        fresh = [h for c in changed if c not in records for h in heads.values() if h.chroma == c]
+        if any(engine.state.collection(h.collection) is None for h in fresh):
+            for name in engine._adopt_chroma_collections():  # collections another process created
+                record = engine.state.collection(name)
+                if record is not None:
+                    self.refresh(name, record.chroma_name)
+        for h in fresh:
+            current = engine.state.collection(h.collection)
+            if current is not None and current.chroma_name != h.chroma:
+                # Another process now writes this collection's chunks to another model's vectors (a retrain
+                # or model switch): this one can neither query those nor follow those writes. Until restart.
+                self._moved[h.collection] = h.model
+                log.warning("collection %r is now served by model %r elsewhere", h.collection, h.model)
 
     def refresh(self, collection: str, chroma: str, doc_ids: Sequence[str] | None = None) -> None:
         """Repair one collection's state from Chroma (all of it, or `doc_ids`) and apply the change to its live

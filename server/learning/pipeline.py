@@ -104,7 +104,11 @@ def load_embedder(location: str, version: str, settings: Any) -> Any:
 
     spec = resolve_model(location, settings.query_prompt)
     return Embedder(
-        spec, version=version, device=settings.device, batch_size=settings.embed_batch_size, **embed_options(settings)
+        spec,
+        version=version,
+        device=settings.device,
+        batch_size=settings.embed_batch_size,
+        **embed_options(settings),
     )
 
 

@@ -150,6 +150,8 @@ def train_model(
                 control.should_training_stop = True
             return control
 
+    # The model-card widget sampler draws a tqdm bar and global random numbers; rift writes no model card.
+    model.model_card_data.set_widget_examples = lambda dataset: None
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=data, loss=loss, callbacks=[_Hooks()]
     )
