@@ -109,7 +109,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"Query embedding alone ({latency.get('backend', 'torch')}): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms, "
             f"CPU p50 {e.get('cpu_p50', 0):.2f} ms; "
-            f"hybrid p50 / embed p50 = {latency.get('hybrid_over_embed', 0):.2f}"
+            f"hybrid p50 / embed p50 = {latency.get('hybrid_over_embed', 0):.2f} "
+            f"({latency.get('hybrid_over_embed_part', 0):.2f} against the embed part of the same hybrid calls)"
         )
         lines.append("")
     ingest = result.get("ingest")
