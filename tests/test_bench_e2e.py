@@ -85,7 +85,8 @@ def test_bench_end_to_end(tmp_path: Path, tiny_model_path: Path, monkeypatch: py
     assert lat["embed_only_ms"]["p50"] > 0
     assert first["ingest"]["documents"] == 3 and first["ingest"]["ratio_vs_raw_chunks"] > 0
     scale = first["scale"]
-    assert [r["chunks"] for r in scale] == [40, 80]
+    # Sizes count documents; --set chunk_tokens=24 reaches the scale index too, so some have several chunks.
+    assert [r["chunks"] >= n for r, n in zip(scale, (40, 80), strict=True)] == [True, True]
     assert all(0 <= r["hnsw_recall@100"] <= 1 for r in scale)
     assert "| hybrid |" in md and "nDCG@10" in md and "chunks" in md
     assert json.loads(out_json.read_text().splitlines()[0])["quality"] == rows

@@ -141,7 +141,9 @@ def _run_learn(
     help="Documents ingested without the cache for the throughput comparison.",
 )
 @click.option(
-    "--scale", default=None, help="Comma list of synthetic corpus sizes in chunks, e.g. 10000,100000."
+    "--scale",
+    default=None,
+    help="Synthetic corpus sizes in documents (one chunk each at default settings), e.g. 10000,100000.",
 )
 @click.option(
     "--scale-batch",
@@ -321,7 +323,15 @@ def _run(
         texts = list(dataset.documents.values()) if dataset else _default_texts()
         queries = list(dataset.queries.values()) if dataset else ["hybrid retrieval of documents"]
         result["scale"] = run_scale(
-            sizes, model, texts, queries, cache_dir, batch=scale_batch, max_rss_gib=max_rss_gib, modes=modes
+            sizes,
+            model,
+            texts,
+            queries,
+            cache_dir,
+            batch=scale_batch,
+            max_rss_gib=max_rss_gib,
+            modes=modes,
+            settings_overrides=overrides,
         )
         result["notes"] += [r["stopped"] for r in result["scale"] if r.get("stopped")]
     result["peak_rss_mib"] = peak_rss_mib()

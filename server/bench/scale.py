@@ -121,6 +121,7 @@ def run_scale(
     max_rss_gib: float = 20.0,
     seed: int = 0,
     modes: Sequence[str] = ("keyword", "vector", "hybrid"),
+    settings_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per size reached; stops early (and says why) if memory passes `max_rss_gib`."""
     from server.engine.engine import DocumentInput
@@ -128,7 +129,7 @@ def run_scale(
     rng = np.random.default_rng(seed)
     pool = sentence_pool(texts)
     rows: list[dict[str, Any]] = []
-    with BenchIndex(model, None, {"max_documents_per_call": batch}) as index:
+    with BenchIndex(model, None, {**(settings_overrides or {}), "max_documents_per_call": batch}) as index:
         base = CachingEmbedder(index.engine.embedder, cache_dir).all_vectors() if cache_dir else None
         log.info("scale: %d cached corpus vectors as bases", 0 if base is None else len(base))
         embedder = SyntheticEmbedder(index.engine.embedder, base, seed)
