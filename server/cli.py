@@ -95,9 +95,22 @@ def serve(
 
 @main.command("config")
 @click.option("--data-dir", default=None)
-def show_config(data_dir: str | None) -> None:
+@click.option("--markdown", is_flag=True, help="Print every setting with its default and meaning as a table.")
+def show_config(data_dir: str | None, markdown: bool) -> None:
     """Print the effective settings (defaults < TOML < environment < flags) as JSON."""
+    if markdown:
+        click.echo(settings_table())
+        return
     emit(load_settings(data_dir).model_dump(mode="json"))
+
+
+def settings_table() -> str:
+    rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "(XDG data dir)" if field.default_factory is not None else json.dumps(field.default)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | `RIFT_{name.upper()}` | `{default}` | {meaning} |")
+    return "\n".join(rows)
 
 
 @main.command()

@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     vector_backend: Literal["embedded", "http"] = Field(
         "embedded", description="'embedded' = Chroma PersistentClient in data_dir; 'http' = a Chroma server."
     )
-    chroma_host: str = "127.0.0.1"
-    chroma_port: int = Field(8000, ge=1, le=65535)
-    chroma_ssl: bool = False
+    chroma_host: str = Field("127.0.0.1", description="Chroma server host (vector_backend = 'http').")
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port.")
+    chroma_ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
     chroma_auth_token: str | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
     chroma_auth_header: Literal["authorization", "x-chroma-token"] = Field(
         "authorization",
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge).",
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'mps', ...")
-    embed_batch_size: int = Field(32, ge=1, le=4096)
+    embed_batch_size: int = Field(32, ge=1, le=4096, description="Chunks per encode batch.")
     embed_backend: Literal["torch", "onnx"] = Field(
         "torch",
         description="'onnx' runs the model with onnxruntime (exported once from the local weights into "
@@ -80,9 +80,9 @@ class Settings(BaseSettings):
 
     # --- chunking ------------------------------------------------------------------------------------------
     chunk_tokens: int = Field(256, ge=16, le=8192, description="Capped at the model's max sequence length.")
-    chunk_overlap: int = Field(32, ge=0, le=4096)
-    max_document_chars: int = Field(1_000_000, ge=1)
-    max_documents_per_call: int = Field(1000, ge=1)
+    chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
+    max_document_chars: int = Field(1_000_000, ge=1, description="Longer documents are rejected.")
+    max_documents_per_call: int = Field(1000, ge=1, description="Most documents one add_documents call takes.")
 
     # --- files (add_paths / rift add / rift watch) ------------------------------------------------------------
     allowed_roots: list[Path] = Field(
@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     # depth 200 and k 20 were picked on SciFact test and NFCorpus dev only (README "Benchmarks"): depth 200 also
     # lifts Chroma's HNSW ef to 200, which makes the vector side effectively exact at these sizes.
     candidate_depth: int = Field(200, ge=1, le=10_000, description="Candidates taken from each retriever.")
-    rrf_k: float = Field(20.0, gt=0)
-    vector_weight: float = Field(1.0, ge=0)
-    keyword_weight: float = Field(1.0, ge=0)
-    max_k: int = Field(100, ge=1, le=10_000)
+    rrf_k: float = Field(20.0, gt=0, description="RRF constant: score = sum w / (rrf_k + rank). Tuned (README).")
+    vector_weight: float = Field(1.0, ge=0, description="RRF weight of the vector list.")
+    keyword_weight: float = Field(1.0, ge=0, description="RRF weight of the keyword list.")
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for.")
     stemmer_language: str | None = Field("english", description="PyStemmer language; None disables stemming.")
     stopwords: str | None = Field("en", description="bm25s stopword list; None keeps every token.")
 
@@ -111,12 +111,12 @@ class Settings(BaseSettings):
     learn_strategy: Literal["fused", "agreement", "keyword_blind", "fused+pseudo"] = Field(
         "fused", description="How triples are mined from the log; 'fused' was best measured (README)."
     )
-    learn_epochs: float = Field(1.0, gt=0, le=20)
-    learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3)
-    learn_batch_size: int = Field(32, ge=2, le=4096)
+    learn_epochs: float = Field(1.0, gt=0, le=20, description="Training epochs per retrain.")
+    learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3, description="Training learning rate.")
+    learn_batch_size: int = Field(32, ge=2, le=4096, description="Training batch size (in-batch negatives).")
     learn_loss: Literal["mnrl", "cached_mnrl"] = Field("mnrl", description="cached_mnrl: large batches, small memory.")
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
-    learn_negatives_per_query: int = Field(1, ge=1, le=10)
+    learn_negatives_per_query: int = Field(1, ge=1, le=10, description="Hard negatives mined per query.")
     learn_min_triples: int = Field(32, ge=1, description="A retrain with fewer mined triples is refused.")
     learn_keep_versions: int = Field(
         2, ge=1, le=20, description="Versions whose vectors stay in Chroma, so rollback to them is instant."
@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     gate_eval_collection: str = Field("default", description="The collection holding gate_eval_data's corpus.")
 
     # --- HTTP transport ------------------------------------------------------------------------------------
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8765, ge=1, le=65535)
+    http_host: str = Field("127.0.0.1", description="Bind address of the streamable-HTTP transport.")
+    http_port: int = Field(8765, ge=1, le=65535, description="Port of the streamable-HTTP transport.")
     http_token: str | None = Field(None, description="Bearer token; required when binding beyond loopback.")
 
     @field_validator("data_dir", mode="after")
