@@ -35,10 +35,10 @@ def _floats(value: str | None, option: str) -> list[float]:
         ) from None
 
 
-def _ints(value: str | None, option: str) -> list[int]:
+def _ints(value: str | None, option: str, minimum: int = 1) -> list[int]:
     out = _floats(value, option)
-    if any(v != int(v) or v < 1 for v in out):
-        raise click.BadParameter(f"{value!r} must be positive whole numbers", param_hint=option)
+    if any(v != int(v) or v < minimum for v in out):
+        raise click.BadParameter(f"{value!r} must be whole numbers >= {minimum}", param_hint=option)
     return [int(v) for v in out]
 
 
@@ -106,7 +106,7 @@ def _run_learn(
         eval_split=split,
         usage_split=usage_split,
         model=model,
-        seeds=[int(s) for s in _ints(seeds, "--seeds")] if seeds else [0],
+        seeds=_ints(seeds, "--seeds", minimum=0) if seeds else [0],
         cache_dir=cache_dir,
         out=out,
     )
