@@ -192,6 +192,20 @@ def mine(
         liked = [d for d, rel in labels.items() if rel]
         disliked = {d for d, rel in labels.items() if not rel}
         triples: list[Triple] = []
+
+        def triple(pos: str, neg: str, kind: str, conf: float, q=q, v=v, k=k) -> Triple:
+            return Triple(
+                q.query,
+                q.collection,
+                pos,
+                _chunk_of(pos, v, k),
+                neg,
+                _chunk_of(neg, v, k),
+                kind,
+                q.query_id,
+                conf,
+            )
+
         if liked:
             negs = [d for d in disliked if d not in liked]
             for pos in liked:
@@ -199,20 +213,7 @@ def mine(
                 chosen = [n for n in chosen if n not in liked]
                 if not chosen:
                     report.skipped["feedback_without_negative"] += 1
-                for neg in chosen:
-                    triples.append(
-                        Triple(
-                            q.query,
-                            q.collection,
-                            pos,
-                            _chunk_of(pos, v, k),
-                            neg,
-                            _chunk_of(neg, v, k),
-                            "feedback",
-                            q.query_id,
-                            1.0,
-                        )
-                    )
+                triples.extend(triple(pos, neg, "feedback", 1.0) for neg in chosen)
         else:
             opened = [d for d in fetched.get(q.query_id, ()) if d not in disliked]
             if opened:
@@ -235,19 +236,7 @@ def mine(
                 continue
             for neg in negs:
                 conf = 1.0 if neg in disliked else 0.8 if kind == "fetched" else 0.5
-                triples.append(
-                    Triple(
-                        q.query,
-                        q.collection,
-                        pos,
-                        _chunk_of(pos, v, k),
-                        neg,
-                        _chunk_of(neg, v, k),
-                        kind,
-                        q.query_id,
-                        conf,
-                    )
-                )
+                triples.append(triple(pos, neg, kind, conf))
         for t in triples:
             if t.positive_doc == t.negative_doc:  # never pair a document with itself
                 report.skipped["self_pair"] += 1
