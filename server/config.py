@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         "(Chroma Cloud's API keys).",
     )
     chroma_tenant: str = Field("default_tenant", min_length=1, description="Chroma tenant (server mode).")
-    chroma_database: str = Field("default_database", min_length=1, description="Chroma database (server mode).")
+    chroma_database: str = Field(
+        "default_database", min_length=1, description="Chroma database (server mode)."
+    )
     chroma_sync_ms: int = Field(
         250,
         ge=0,
@@ -82,7 +84,9 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(256, ge=16, le=8192, description="Capped at the model's max sequence length.")
     chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
     max_document_chars: int = Field(1_000_000, ge=1, description="Longer documents are rejected.")
-    max_documents_per_call: int = Field(1000, ge=1, description="Most documents one add_documents call takes.")
+    max_documents_per_call: int = Field(
+        1000, ge=1, description="Most documents one add_documents call takes."
+    )
 
     # --- files (add_paths / rift add / rift watch) ------------------------------------------------------------
     allowed_roots: list[Path] = Field(
@@ -96,7 +100,16 @@ class Settings(BaseSettings):
     # depth 200 and k 20 were picked on SciFact test and NFCorpus dev only (README "Benchmarks"): depth 200 also
     # lifts Chroma's HNSW ef to 200, which makes the vector side effectively exact at these sizes.
     candidate_depth: int = Field(200, ge=1, le=10_000, description="Candidates taken from each retriever.")
-    rrf_k: float = Field(20.0, gt=0, description="RRF constant: score = sum w / (rrf_k + rank). Tuned (README).")
+    rrf_k: float = Field(
+        20.0, gt=0, description="RRF constant: score = sum w / (rrf_k + rank). Tuned (README)."
+    )
+    exact_search_max_chunks: int = Field(
+        40_000,
+        ge=0,
+        description="Collections up to this many chunks keep their vectors in memory too and are searched "
+        'exactly with numpy (faster than Chroma\'s HNSW at that size; README "Benchmarks"); 0 = always Chroma. '
+        "Not used with a Chroma server.",
+    )
     vector_weight: float = Field(1.0, ge=0, description="RRF weight of the vector list.")
     keyword_weight: float = Field(1.0, ge=0, description="RRF weight of the keyword list.")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for.")
@@ -114,7 +127,9 @@ class Settings(BaseSettings):
     learn_epochs: float = Field(1.0, gt=0, le=20, description="Training epochs per retrain.")
     learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3, description="Training learning rate.")
     learn_batch_size: int = Field(32, ge=2, le=4096, description="Training batch size (in-batch negatives).")
-    learn_loss: Literal["mnrl", "cached_mnrl"] = Field("mnrl", description="cached_mnrl: large batches, small memory.")
+    learn_loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description="cached_mnrl: large batches, small memory."
+    )
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
     learn_negatives_per_query: int = Field(1, ge=1, le=10, description="Hard negatives mined per query.")
     learn_min_triples: int = Field(32, ge=1, description="A retrain with fewer mined triples is refused.")
@@ -128,10 +143,14 @@ class Settings(BaseSettings):
         None, gt=0, description="Periodic retrain: at most this often, when enough triples (None = off)."
     )
     gate_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Most recent logged queries held out.")
-    gate_tolerance: float = Field(0.01, ge=0, le=1, description="Largest drop allowed in a label-free signal.")
+    gate_tolerance: float = Field(
+        0.01, ge=0, le=1, description="Largest drop allowed in a label-free signal."
+    )
     gate_eval_data: Path | None = Field(None, description="A BEIR-format folder the gate also scores on.")
     gate_eval_split: str = Field("test", description="qrels/<split>.tsv of gate_eval_data.")
-    gate_eval_collection: str = Field("default", description="The collection holding gate_eval_data's corpus.")
+    gate_eval_collection: str = Field(
+        "default", description="The collection holding gate_eval_data's corpus."
+    )
 
     # --- HTTP transport ------------------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", description="Bind address of the streamable-HTTP transport.")

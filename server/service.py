@@ -119,7 +119,11 @@ class Rift:
             try:
                 spec = resolve_model(registry.location_of(serving), s.query_prompt)
                 return embedder_cls(
-                    spec, version=serving.version, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
+                    spec,
+                    version=serving.version,
+                    device=s.device,
+                    batch_size=s.embed_batch_size,
+                    **embed_options(s),
                 )
             except Exception:
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)

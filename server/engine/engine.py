@@ -26,6 +26,7 @@ from typing import Any, Literal
 from server.config import Settings
 from server.engine.chunking import chunk_document
 from server.engine.embedder import Embedder
+from server.engine.exact_vectors import VectorRows
 from server.engine.filters import Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
@@ -274,7 +275,9 @@ class Engine:
             # Several versions: prefer the fullest (an interrupted re-embed leaves a partial one), then the
             # serving model.
             name, version, _ = max(options, key=lambda o: (o[2], o[1] == self.embedder.version))
-            log.warning("state database lacked collection %r: adopting Chroma collection %s", collection, name)
+            log.warning(
+                "state database lacked collection %r: adopting Chroma collection %s", collection, name
+            )
             self.state.put_collection(collection, name, version)
             adopted.append(collection)
         return adopted
@@ -286,6 +289,35 @@ class Engine:
         index = KeywordIndex(rows)
         self._keyword[collection] = index
         self._rebuild_ms[collection] = index.snapshot.build_seconds * 1000
+        self._load_vector_copy(collection)
+
+    def _exact_search_on(self) -> bool:
+        # With a Chroma server other processes write too; their writes reach this process without vectors.
+        return self.shared is None and self.settings.exact_search_max_chunks > 0
+
+    def _load_vector_copy(self, collection: str) -> None:
+        """Fill the collection's in-memory vector copy (exact vector search) from Chroma, or drop it when the
+        collection is too large for it or exact search is off. Callers hold the write lock (or run start-up)."""
+        index = self._keyword.get(collection)
+        record = self.state.collection(collection)
+        if index is None or record is None:
+            return
+        snap = index.snapshot
+        if not self._exact_search_on() or len(snap.rows) > self.settings.exact_search_max_chunks:
+            index.set_vectors(None, None)
+            return
+        embedder = self._embedders.get(record.model_version)
+        ids = [r.chunk_id for r in snap.rows]
+        if not ids:
+            copy = VectorRows(embedder.dimension) if embedder is not None else None
+            index.set_vectors(copy, record.model_version)
+            return
+        found = self.vectors.embeddings_matrix(record.chroma_name, ids)
+        if found is None or (embedder is not None and found.shape[1] != embedder.dimension):
+            log.warning("exact vector search off for %r: Chroma lacks some of its vectors", collection)
+            index.set_vectors(None, None)
+            return
+        index.set_vectors(VectorRows.of(found), record.model_version)
 
     # --- models --------------------------------------------------------------------------------------------
 
@@ -351,6 +383,7 @@ class Engine:
             )
             self.state.put_collection(collection, chroma_name, self.embedder.version)
             self._keyword[collection] = KeywordIndex()
+            self._load_vector_copy(collection)
             if self.shared is not None:
                 self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
@@ -521,8 +554,12 @@ class Engine:
             except Exception:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
             raise
-        rebuild = self._keyword[collection].apply(
-            remove=stale, add=[KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in rows]
+        index = self._keyword[collection]
+        fits = len(index.snapshot.rows) + len(rows) <= self.settings.exact_search_max_chunks
+        rebuild = index.apply(
+            remove=stale,
+            add=[KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in rows],
+            add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
         )
         if rebuild:
             self._rebuild_ms[collection] = rebuild * 1000
@@ -534,7 +571,9 @@ class Engine:
             log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
-            self.shared.publish(collection, chroma_name, self._record(collection).model_version, sorted(touched))
+            self.shared.publish(
+                collection, chroma_name, self._record(collection).model_version, sorted(touched)
+            )
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""
@@ -586,14 +625,20 @@ class Engine:
         if target == record.chroma_name:
             return target
         self.vectors.ensure(
-            target, embedder.dimension, {"rift:collection": collection, "rift:model_version": embedder.version}
+            target,
+            embedder.dimension,
+            {"rift:collection": collection, "rift:model_version": embedder.version},
         )
         have = set(self.vectors.all_ids(target))
         rows = [r for r in self.state.iter_chunks(collection) if r.chunk_id not in have]
         if rows:
             embeddings = embedder.encode_documents([r.text for r in rows], progress)
             self.vectors.upsert(
-                target, [r.chunk_id for r in rows], embeddings, [r.text for r in rows], [r.metadata for r in rows]
+                target,
+                [r.chunk_id for r in rows],
+                embeddings,
+                [r.text for r in rows],
+                [r.metadata for r in rows],
             )
         elif progress is not None:
             progress(0, 0)
@@ -628,11 +673,10 @@ class Engine:
                 self.shared.publish(collection, target, embedder.version)
             if not keep_old:
                 self.vectors.drop(old)
+            self._load_vector_copy(collection)
         return target
 
-    def vector_ranking(
-        self, collection: str, embedder: Embedder, query: str, depth: int
-    ) -> list[Candidate]:
+    def vector_ranking(self, collection: str, embedder: Embedder, query: str, depth: int) -> list[Candidate]:
         """Documents ranked by `embedder`'s vectors for `collection` (built or live), best chunk per document.
         Used to compare a candidate model with the serving one before switching."""
         snap = (self._keyword.get(collection) or KeywordIndex()).snapshot
@@ -695,9 +739,13 @@ class Engine:
                     t0 = time.perf_counter()
                     embedding = self.embedder_for(record).encode_query(query)
                     t1 = time.perf_counter()
-                    found = self.vectors.query(
-                        record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
-                    )
+                    exact = index.vector_search(embedding, depth, node, version)
+                    if exact is not None:
+                        found = [(row.chunk_id, score) for row, score in exact]
+                    else:
+                        found = self.vectors.query(
+                            record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                        )
                     break
                 except Exception:
                     # A model swap switched this collection (and may have released the old model or dropped

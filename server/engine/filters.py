@@ -110,7 +110,7 @@ def _prefix(field: str, operand: Any, where: str) -> Node:
     if field != PREFIX_FIELD:
         raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths)")
     if not isinstance(operand, str) or not os.path.isabs(operand) or "\x00" in operand:
-        raise RiftError(f"{where} must be an absolute path, e.g. \"/home/me/notes\"")
+        raise RiftError(f'{where} must be an absolute path, e.g. "/home/me/notes"')
     folder = PurePath(os.path.normpath(operand))
     depth_key = f"{DIR_KEY}{len(folder.parts) - 1}"
     return Bool("$or", (Cond(field, "$eq", str(folder)), Cond(depth_key, "$eq", str(folder))))

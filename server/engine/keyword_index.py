@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
 import bm25s
 import numpy as np
 
+from server.engine.exact_vectors import VectorRows, top_rows
 from server.engine.filters import MetadataColumns, Node, mask
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,9 @@ class Postings:
 
 @dataclass
 class KeywordSnapshot:
+    """One collection's rows as searches see them. Besides BM25 it can carry the rows' vectors of one model
+    version (`vectors`, same row order) for exact vector search; None when the copy is off or out of date."""
+
     rows: list[KeywordRow]
     alive: np.ndarray
     bm25: bm25s.BM25 | None
@@ -198,6 +202,8 @@ class KeywordSnapshot:
     columns: MetadataColumns | None = None
     build_seconds: float = 0.0
     postings: Postings = field(default_factory=Postings.empty)
+    vectors: VectorRows | None = None
+    vectors_version: str | None = None
 
     @property
     def live_count(self) -> int:
@@ -236,8 +242,14 @@ class KeywordIndex:
         snap = self._snap
         return {r.chunk_id for r, ok in zip(snap.rows, snap.alive, strict=True) if ok}
 
-    def apply(self, remove: Iterable[str] = (), add: Sequence[KeywordRow] = ()) -> float:
-        """Remove then add chunks; returns the seconds spent rebuilding (0 when only masking)."""
+    def apply(
+        self,
+        remove: Iterable[str] = (),
+        add: Sequence[KeywordRow] = (),
+        add_vectors: np.ndarray | None = None,
+    ) -> float:
+        """Remove then add chunks; returns the seconds spent rebuilding (0 when only masking). `add_vectors`
+        (one per added row) extends the snapshot's vector copy; without them the copy is dropped."""
         snap = self._snap
         remove = {c for c in remove if c in snap.row_of}
         if not add:
@@ -245,9 +257,7 @@ class KeywordIndex:
                 return 0.0
             alive = snap.alive.copy()
             alive[[snap.row_of[c] for c in remove]] = False
-            self._snap = KeywordSnapshot(
-                snap.rows, alive, snap.bm25, snap.row_of, snap.columns, postings=snap.postings
-            )
+            self._snap = replace(snap, alive=alive, build_seconds=0.0)
             return 0.0
         started = time.perf_counter()
         add = list(add)
@@ -266,6 +276,9 @@ class KeywordIndex:
             postings = postings.compact(keep)
             rows = [r for r, ok in zip(rows, keep, strict=True) if ok]
         fresh = build_snapshot(rows + add, postings.append([r.tokens for r in add]), row_of)
+        if snap.vectors is not None and add_vectors is not None and len(add_vectors) == len(add):
+            kept = snap.vectors if keep.all() else snap.vectors.kept(keep)
+            fresh.vectors, fresh.vectors_version = kept.appended(add_vectors), snap.vectors_version
         fresh.build_seconds = time.perf_counter() - started
         self._snap = fresh  # one reference swap: readers see the old snapshot or the new one
         return fresh.build_seconds
@@ -279,9 +292,18 @@ class KeywordIndex:
         started = time.perf_counter()
         rows = [r for r, ok in zip(snap.rows, snap.alive, strict=True) if ok]
         fresh = build_snapshot(rows, snap.postings.compact(snap.alive))
+        if snap.vectors is not None:
+            fresh.vectors, fresh.vectors_version = snap.vectors.kept(snap.alive), snap.vectors_version
         fresh.build_seconds = time.perf_counter() - started
         self._snap = fresh
         return fresh.build_seconds
+
+    def set_vectors(self, vectors: VectorRows | None, version: str | None) -> None:
+        """Attach (or drop, with None) the vector copy of model `version`, one row per snapshot row."""
+        snap = self._snap
+        if vectors is not None and vectors.n != len(snap.rows):
+            raise ValueError(f"{vectors.n} vectors for {len(snap.rows)} rows")
+        self._snap = replace(snap, vectors=vectors, vectors_version=version if vectors is not None else None)
 
     def search(
         self, query_tokens: Sequence[str], depth: int, filter_node: Node | None = None
@@ -310,3 +332,15 @@ class KeywordIndex:
                 continue
             out.append((snap.rows[int(row)], float(score)))
         return out
+
+    def vector_search(
+        self, query: np.ndarray, depth: int, filter_node: Node | None, version: str
+    ) -> list[tuple[KeywordRow, float]] | None:
+        """Exact cosine top `depth` over live, filter-passing rows; None when no copy of `version` is held."""
+        snap = self._snap
+        if snap.vectors is None or snap.vectors_version != version:
+            return None
+        allowed = snap.alive
+        if filter_node is not None and snap.columns is not None:
+            allowed = allowed & mask(filter_node, snap.columns)
+        return [(snap.rows[r], s) for r, s in top_rows(snap.vectors.view(), query, allowed, depth)]

@@ -173,9 +173,22 @@ class VectorStore:
         page = self._coll(name).get(where=dict(where), include=["metadatas"])
         return [(i, dict(m or {})) for i, m in zip(page["ids"], page["metadatas"], strict=True)]
 
-    def get_embeddings(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    def embeddings_matrix(self, name: str, ids: Sequence[str]) -> np.ndarray | None:
+        """The stored vectors of `ids`, one row each in that order; None if any id is missing."""
         coll = self._coll(name)
-        page = coll.get(ids=list(ids), include=["embeddings"])
-        return {
-            i: np.asarray(e, dtype=np.float32) for i, e in zip(page["ids"], page["embeddings"], strict=True)
-        }
+        position = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        out: np.ndarray | None = None
+        filled = 0
+        for start in range(0, len(ids), self.max_batch):
+            page = coll.get(ids=list(ids[start : start + self.max_batch]), include=["embeddings"])
+            vectors = np.asarray(page["embeddings"], dtype=np.float32)
+            if not len(page["ids"]):
+                continue
+            if out is None:
+                out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
+            rows = [position[i] for i in page["ids"]]
+            out[rows] = vectors
+            filled += len(set(rows))
+        if filled != len(ids):
+            return None if ids else np.zeros((0, 0), dtype=np.float32)
+        return out
