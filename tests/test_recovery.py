@@ -138,8 +138,27 @@ def test_lost_chunk_rows_are_rebuilt_from_chroma(cfg: Settings) -> None:
         app.close()
 
 
-def test_deleted_state_database_is_rebuilt_from_chroma(cfg: Settings) -> None:
+def rewrite_in_old_layout(settings: Settings) -> None:
+    """Move every chunk's text from its metadata back to a Chroma document, as earlier versions of rift stored it."""
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(settings.chroma_dir))
+    for coll in client.list_collections():
+        coll = client.get_collection(coll if isinstance(coll, str) else coll.name)
+        page = coll.get(include=["embeddings", "metadatas"])
+        if not page["ids"]:
+            continue
+        metas = [dict(m) for m in page["metadatas"]]
+        texts = [m.pop("_rift_text") for m in metas]
+        coll.delete(ids=page["ids"])
+        coll.add(ids=page["ids"], embeddings=page["embeddings"], metadatas=metas, documents=texts)
+
+
+@pytest.mark.parametrize("layout", ["current", "texts as chroma documents"])
+def test_deleted_state_database_is_rebuilt_from_chroma(cfg: Settings, layout: str) -> None:
     before = seed(cfg)
+    if layout != "current":
+        rewrite_in_old_layout(cfg)
     for suffix in ("", "-wal", "-shm"):
         cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
 

@@ -157,6 +157,7 @@ def run_scale(
                     break
             ingest_total += time.perf_counter() - started
             info = index.engine.info(COLLECTION)
+            exact = index.engine.exact_search_active(COLLECTION)
             latency = measure_search(index, qs, modes, warmup=10)
             row = {
                 "chunks": info.chunks,
@@ -164,6 +165,8 @@ def run_scale(
                 "ingest_chunks_per_s": round(info.chunks / ingest_total, 1) if ingest_total else None,
                 "keyword_rebuild_seconds": round(info.keyword_rebuild_ms / 1000, 2),
                 "hnsw_recall@100": round(hnsw_recall(index, embedder, qs[:recall_queries]), 4),
+                # Small collections are searched exactly in memory (exact_search_max_chunks), larger by HNSW.
+                "vector_search": "exact" if exact else "hnsw",
                 "latency": latency,
                 "disk_bytes": _dir_bytes(index.settings.data_dir),
                 "rss_mib": peak_rss_mib(),

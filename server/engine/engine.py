@@ -291,6 +291,11 @@ class Engine:
         self._rebuild_ms[collection] = index.snapshot.build_seconds * 1000
         self._load_vector_copy(collection)
 
+    def exact_search_active(self, collection: str) -> bool:
+        """Whether vector searches of `collection` run on the in-memory copy (else Chroma's HNSW)."""
+        index = self._keyword.get(collection)
+        return index is not None and index.snapshot.vectors is not None
+
     def _exact_search_on(self) -> bool:
         # With a Chroma server other processes write too; their writes reach this process without vectors.
         return self.shared is None and self.settings.exact_search_max_chunks > 0
