@@ -26,7 +26,7 @@ from typing import Any, Literal
 from server.config import Settings
 from server.engine.chunking import chunk_document
 from server.engine.embedder import Embedder
-from server.engine.exact_vectors import VectorRows
+from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
@@ -193,6 +193,7 @@ class Engine:
         self, settings: Settings, embedder: Embedder, vectors: VectorStore, state: StateStore
     ) -> None:
         self.settings = settings
+        quiet_numpy_blas()
         # Every collection record names the model version its vectors came from; queries are embedded by that
         # version's embedder, so a search never mixes one model's query with another model's vectors.
         self._embedders: dict[str, Embedder] = {}

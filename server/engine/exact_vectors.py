@@ -10,7 +10,24 @@ Rows line up with the collection's keyword snapshot, so liveness and filter mask
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def quiet_numpy_blas() -> None:
+    """Run numpy's (and scipy's) OpenBLAS on one thread. A 10K x 384 scan is too small to gain from threads,
+    and OpenBLAS workers busy-wait after every call, taking a core from the next query's embedding: one
+    thread halved the CPU time of a hybrid search at equal latency (README "Benchmarks"). torch uses MKL and
+    OpenMP, which this leaves alone."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        ThreadpoolController().select(internal_api="openblas").limit(limits=1)
+    except Exception as exc:  # an optimisation only
+        log.debug("could not limit OpenBLAS threads: %s", exc)
 
 
 class VectorRows:
