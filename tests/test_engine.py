@@ -244,6 +244,8 @@ def test_rejected_add_writes_nothing(rift) -> None:
         docs(("b", "fine"), ("c", "x", {"tags": ["a"]})),  # type: ignore[dict-item]
         docs(("b", "fine"), ("c", 5)),  # type: ignore[arg-type]
         docs(("b", "fine"), ("c", "ok", {"_rift_doc": "x"})),
+        docs(("b", "fine"), ("c", "ok", {"n": 2**63})),
+        docs(("b", "fine"), ("c", "ok", {"n": -(2**63) - 1})),
         [],
     ]
     for batch in bad_batches:
@@ -254,6 +256,13 @@ def test_rejected_add_writes_nothing(rift) -> None:
     after = (rift.stats(), index_state(rift))
     assert before[0]["collections"] == after[0]["collections"] and before[1] == after[1]
     assert rift.engine().collection_names() == ["default"]
+
+
+def test_64_bit_integer_metadata_at_both_ends_is_stored_and_filterable(rift) -> None:
+    rift.add_documents("default", docs(("lo", "cold snow", {"n": -(2**63)}), ("hi", "warm sun", {"n": 2**63 - 1})))
+    for mode in ("keyword", "vector"):
+        got = rift.search("default", "snow sun", mode=mode, filters={"n": {"$lt": 0}}).outcome
+        assert ids(got.hits) == ["lo"], mode
 
 
 # --- lock ---------------------------------------------------------------------------------------------------

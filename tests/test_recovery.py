@@ -194,3 +194,24 @@ def test_chunks_missing_from_chroma_are_dropped_from_the_keyword_side(cfg: Setti
         assert app.stats("default")["collections"][0]["documents"] == 1  # the orphaned document went too
     finally:
         app.close()
+
+
+def test_collections_from_earlier_versions_get_the_raised_search_ef(cfg: Settings) -> None:
+    import chromadb
+
+    from server.engine.vector_store import HNSW_SEARCH_EF
+
+    seed(cfg)
+    client = chromadb.PersistentClient(path=str(cfg.chroma_dir))
+    (name,) = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+    client.get_collection(name).modify(configuration={"hnsw": {"ef_search": 100}})  # as rift 0.1 made them
+    del client
+
+    app = open_rift(cfg)
+    try:
+        record = app.engine().state.collection("default")
+        coll = app.engine().vectors.client.get_collection(record.chroma_name)
+        assert coll.configuration["hnsw"]["ef_search"] == HNSW_SEARCH_EF
+        assert ids(app.search("default", "gravel sand", mode="vector", k=1).outcome.hits) in (["doc"], ["other"])
+    finally:
+        app.close()

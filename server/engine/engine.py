@@ -160,7 +160,7 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
                 raise RiftError(f"{where}.{key} is not valid Unicode") from None
         elif isinstance(item, float) and not math.isfinite(item):
             raise RiftError(f"{where}.{key} must be a finite number")
-        elif isinstance(item, bool | int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
+        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item <= 2**63 - 1:
             raise RiftError(f"{where}.{key} is out of the 64-bit integer range")
         elif not isinstance(item, str | int | float | bool):
             raise RiftError(f"{where}.{key} must be a string, number or boolean, got {type(item).__name__}")

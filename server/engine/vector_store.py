@@ -50,6 +50,17 @@ HNSW_SEARCH_EF = 400
 TEXT_KEY = "_rift_text"
 
 
+def _raise_search_ef(coll: Any) -> None:
+    """Collections made by earlier versions (or another tool) may search with Chroma's default ef 100."""
+    try:
+        hnsw = (getattr(coll, "configuration", None) or {}).get("hnsw") or {}
+        if int(hnsw.get("ef_search") or HNSW_SEARCH_EF) < HNSW_SEARCH_EF:
+            coll.modify(configuration={"hnsw": {"ef_search": HNSW_SEARCH_EF}})
+            log.info("raised ef_search of Chroma collection %s to %d", coll.name, HNSW_SEARCH_EF)
+    except Exception as exc:  # an accuracy upgrade only; the collection works either way
+        log.debug("could not raise ef_search of %s: %s", getattr(coll, "name", "?"), exc)
+
+
 class VectorStore:
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -74,6 +85,7 @@ class VectorStore:
                 coll = self._client.get_or_create_collection(
                     name=name, embedding_function=None, metadata=metadata
                 )
+                _raise_search_ef(coll)
                 self._collections[name] = coll
         return coll
 
