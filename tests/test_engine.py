@@ -224,7 +224,9 @@ def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:
     by_id = {h.doc_id: h for h in outcome.hits}
     assert (by_id["vec"].vector_rank, by_id["vec"].keyword_rank) == (1, None)
     assert (by_id["kw"].vector_rank, by_id["kw"].keyword_rank) == (None, 1)
-    assert by_id["vec"].score == pytest.approx(by_id["kw"].score) == pytest.approx(1 / (rift.settings.rrf_k + 1))
+    assert (
+        by_id["vec"].score == pytest.approx(by_id["kw"].score) == pytest.approx(1 / (rift.settings.rrf_k + 1))
+    )
     assert [c.doc_id for c in outcome.keyword] == ["kw"] and "kw" not in [c.doc_id for c in outcome.vector]
 
 
@@ -259,7 +261,9 @@ def test_rejected_add_writes_nothing(rift) -> None:
 
 
 def test_64_bit_integer_metadata_at_both_ends_is_stored_and_filterable(rift) -> None:
-    rift.add_documents("default", docs(("lo", "cold snow", {"n": -(2**63)}), ("hi", "warm sun", {"n": 2**63 - 1})))
+    rift.add_documents(
+        "default", docs(("lo", "cold snow", {"n": -(2**63)}), ("hi", "warm sun", {"n": 2**63 - 1}))
+    )
     for mode in ("keyword", "vector"):
         got = rift.search("default", "snow sun", mode=mode, filters={"n": {"$lt": 0}}).outcome
         assert ids(got.hits) == ["lo"], mode

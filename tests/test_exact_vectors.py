@@ -92,7 +92,9 @@ def assert_same_rankings(exact: Any, chroma: Any, **kwargs: Any) -> None:
 
 
 def corpus() -> list:
-    return docs(*[(f"d{i}", t, {"n": i, "kind": "even" if i % 2 == 0 else "odd"}) for i, t in enumerate(TEXTS)])
+    return docs(
+        *[(f"d{i}", t, {"n": i, "kind": "even" if i % 2 == 0 else "odd"}) for i, t in enumerate(TEXTS)]
+    )
 
 
 def test_exact_search_ranks_as_chroma_does_through_writes_and_restart(pair) -> None:

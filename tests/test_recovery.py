@@ -212,6 +212,9 @@ def test_collections_from_earlier_versions_get_the_raised_search_ef(cfg: Setting
         record = app.engine().state.collection("default")
         coll = app.engine().vectors.client.get_collection(record.chroma_name)
         assert coll.configuration["hnsw"]["ef_search"] == HNSW_SEARCH_EF
-        assert ids(app.search("default", "gravel sand", mode="vector", k=1).outcome.hits) in (["doc"], ["other"])
+        assert ids(app.search("default", "gravel sand", mode="vector", k=1).outcome.hits) in (
+            ["doc"],
+            ["other"],
+        )
     finally:
         app.close()

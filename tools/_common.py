@@ -52,7 +52,9 @@ def lone_surrogate(value: Any, path: str, depth: int = 0) -> str | None:
     if isinstance(value, Mapping):
         items = [(f"{path}.{k}" if isinstance(k, str) else path, k, v) for k, v in value.items()]
         for where, key, item in items:
-            found = lone_surrogate(key, f"{path} (a key)", depth + 1) or lone_surrogate(item, where, depth + 1)
+            found = lone_surrogate(key, f"{path} (a key)", depth + 1) or lone_surrogate(
+                item, where, depth + 1
+            )
             if found:
                 return found
     elif isinstance(value, list | tuple):
