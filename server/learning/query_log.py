@@ -118,7 +118,7 @@ class QueryLog:
                 batch, self._pending, self._writing = self._pending, [], True
                 self._cond.notify_all()  # wakes a recorder waiting for room
             try:
-                rows = [self._row(*args) for args in batch]
+                rows = [self._row(args) for args in batch]
                 with self._lock:
                     self._conn.execute("BEGIN")
                     try:
@@ -163,24 +163,10 @@ class QueryLog:
             self._cond.notify_all()
 
     @staticmethod
-    def _row(
-        query_id: str,
-        ts: float,
-        query: str,
-        collection: str,
-        model_version: str,
-        mode: str,
-        k: int,
-        filters: Any,
-        vector: Sequence[tuple[str, str, float]],
-        keyword: Sequence[tuple[str, str, float]],
-        fused: Sequence[str],
-        top: int,
-        overlap: float,
-        vector_blind: Sequence[str],
-        keyword_blind: Sequence[str],
-        source: str,
-    ) -> tuple[Any, ...]:
+    def _row(args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The SQLite row of one record() call's arguments (encoded here, on the writer thread)."""
+        query_id, ts, query, collection, model_version, mode, k, filters, vector, keyword = args[:10]
+        fused, top, overlap, vector_blind, keyword_blind, source = args[10:]
         return (
             query_id,
             ts,
