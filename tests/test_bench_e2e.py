@@ -140,3 +140,13 @@ def test_learn_without_the_module_says_so(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 1 and "learning experiment is not available" in res.output
     res = CliRunner().invoke(main, ["bench", "--learn", "--data", str(tmp_path)])
     assert res.exit_code == 2 and "--usage-split" in res.output
+
+
+def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
+    base = ["bench", "--learn", "--data", str(tmp_path), "--usage-split", "train"]
+    res = CliRunner().invoke(main, [*base, "--set", "chunk_tokens=128"])
+    assert res.exit_code == 2 and "does not apply to --learn" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "learn_loss=contrastive"])
+    assert res.exit_code == 2 and "learn_loss must be" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
+    assert res.exit_code == 2 and "not a float" in res.output

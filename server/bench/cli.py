@@ -80,6 +80,36 @@ def _emit(result: dict[str, Any], json_out: Path | None, plot_out: Path | None) 
             raise click.ClickException(str(exc)) from None
 
 
+# --set keys the learning experiment takes, and how each is read. "triplet" is allowed here (not in Settings):
+# TripletLoss at lr 2e-5 for 3 epochs is the published collapse the gate must reject.
+LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
+    "learn_strategy": ("strategy", str),
+    "learn_epochs": ("epochs", float),
+    "learn_learning_rate": ("learning_rate", float),
+    "learn_batch_size": ("batch_size", int),
+    "learn_max_seq_length": ("train_max_seq_length", int),
+    "learn_negatives_per_query": ("negatives_per_query", int),
+    "learn_loss": ("loss", str),
+}
+
+
+def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in LEARN_OPTIONS:
+            raise click.BadParameter(
+                f"{key} does not apply to --learn; use one of {', '.join(LEARN_OPTIONS)}", param_hint="--set"
+            )
+        name, kind = LEARN_OPTIONS[key]
+        try:
+            out[name] = kind(raw)
+        except (TypeError, ValueError):
+            raise click.BadParameter(f"{key}={raw!r} is not a {kind.__name__}", param_hint="--set") from None
+    if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
+        raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
+    return out
+
+
 def _run_learn(
     data: Path | None,
     split: str,
@@ -88,6 +118,7 @@ def _run_learn(
     seeds: str,
     cache_dir: Path,
     out: Path | None,
+    overrides: dict[str, Any],
 ) -> None:
     if data is None or usage_split is None:
         raise click.UsageError(
@@ -109,6 +140,7 @@ def _run_learn(
         seeds=_ints(seeds, "--seeds", minimum=0) if seeds else [0],
         cache_dir=cache_dir,
         out=out,
+        **_learn_options(overrides),
     )
     from server.bench.report import json_line
 
@@ -166,7 +198,7 @@ def _run_learn(
     "--set",
     "settings_set",
     multiple=True,
-    help="Override a setting for this run, e.g. --set chunk_tokens=128.",
+    help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings (learn_loss also takes triplet).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."
@@ -213,7 +245,7 @@ def bench(
 ) -> None:
     """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
     if learn:
-        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out)
+        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out, _overrides(settings_set))
         return
     if data is None and not scale:
         raise click.UsageError("give --data PATH (a BEIR folder) and/or --scale SIZES")

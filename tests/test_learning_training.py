@@ -1,0 +1,35 @@
+"""Each training loss trains on (query, positive, negative) rows and saves a model that loads and encodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.learning.training import TrainConfig, train_model
+
+ROWS = [
+    ("river flood", "the river bank floods every spring", "bank loans and interest rates"),
+    ("cat mat", "a cat sat on the warm mat", "the sea wall protects the harbour"),
+    ("python server", "python code runs on the server", "spring flowers bloom near the river"),
+    ("night train", "night trains cross the old bridge", "blue fish swim in the cold sea"),
+]
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "cached_mnrl", "triplet"])
+def test_each_loss_trains_and_saves_a_usable_model(tiny_model_path: Path, tmp_path: Path, loss: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    # Several steps: the first one runs at warm-up learning rate 0.
+    cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=2, loss=loss, device="cpu", seed=1)
+    result = train_model(str(tiny_model_path), ROWS, tmp_path / loss, cfg)
+    assert result.examples == len(ROWS) and result.steps >= 1 and result.path.is_dir()
+    before = SentenceTransformer(str(tiny_model_path), device="cpu").encode(["river flood"])
+    after = SentenceTransformer(str(result.path), device="cpu").encode(["river flood"])
+    assert after.shape == before.shape and not np.allclose(after, before)  # it trained
+
+
+def test_unknown_loss_is_refused(tiny_model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown loss"):
+        train_model(str(tiny_model_path), ROWS, tmp_path / "x", TrainConfig(loss="contrastive", device="cpu"))
