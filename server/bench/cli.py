@@ -110,6 +110,31 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _run_mining_analysis(
+    data: Path | None, usage_split: str | None, model: str | None, cache_dir: Path, out: Path | None
+) -> None:
+    if data is None or usage_split is None:
+        raise click.UsageError("--mining-analysis needs --data and --usage-split")
+    from server.bench.learning_experiment import run_mining_analysis
+    from server.bench.report import json_line
+
+    result = run_mining_analysis(data, usage_split, model, cache_dir)
+    line = json_line({"kind": "mining-analysis", **result})
+    click.echo(line)
+    if out is not None:
+        with out.open("a") as fh:
+            fh.write(line + "\n")
+    click.echo(f"\n**{result['dataset']}** ({usage_split} queries replayed as usage)\n")
+    click.echo("| variant | triples | queries | positives truly relevant | negatives truly relevant |")
+    click.echo("|---|---|---|---|---|")
+    for name, v in result["variants"].items():
+        judged = [q for q in v["quality"].values() if q["judged"]]
+        n = sum(q["judged"] for q in judged) or 1
+        pos = sum(q["positive_precision"] * q["judged"] for q in judged) / n
+        neg = sum(q["negative_false_rate"] * q["judged"] for q in judged) / n
+        click.echo(f"| {name} | {v['triples']:,} | {v['queries_used']:,} | {pos:.1%} | {neg:.1%} |")
+
+
 def _run_learn(
     data: Path | None,
     split: str,
@@ -219,6 +244,12 @@ def _run_learn(
 @click.option("--learn", is_flag=True, help="Run the learning experiment instead (needs --usage-split).")
 @click.option("--usage-split", default=None, help="With --learn: the split whose queries simulate usage.")
 @click.option("--seeds", default="0", show_default=True, help="With --learn: comma list of seeds.")
+@click.option(
+    "--mining-analysis",
+    is_flag=True,
+    help="No training: replay --usage-split's queries, mine with each strategy variant, and report how often "
+    "mined positives / negatives are truly relevant (labels read only to judge the miners).",
+)
 def bench(
     data: Path | None,
     split: str,
@@ -242,8 +273,12 @@ def bench(
     learn: bool,
     usage_split: str | None,
     seeds: str,
+    mining_analysis: bool,
 ) -> None:
     """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
+    if mining_analysis:
+        _run_mining_analysis(data, usage_split, model, cache_dir, json_out)
+        return
     if learn:
         _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out, _overrides(settings_set))
         return
