@@ -154,7 +154,15 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
 
 def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: Path) -> None:
     data = write_beir(tmp_path / "tiny")
-    args = ["--mining-analysis", "--data", str(data), "--usage-split", "test", "--model", str(tiny_model_path)]
+    args = [
+        "--mining-analysis",
+        "--data",
+        str(data),
+        "--usage-split",
+        "test",
+        "--model",
+        str(tiny_model_path),
+    ]
     first, md = run_bench([*args, "--cache-dir", str(tmp_path / "cache")])
     assert first["kind"] == "mining-analysis" and first["usage_split"] == "test"
     assert "fused (default)" in first["variants"] and "| variant | triples |" in md

@@ -218,3 +218,26 @@ def test_collections_from_earlier_versions_get_the_raised_search_ef(cfg: Setting
         )
     finally:
         app.close()
+
+
+def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Settings) -> None:
+    note = "# Setup\n\nInstall the river tools.\n\n## Linux\n\n" + "Run the gravel script. " * 40
+    meta = {"file_type": "markdown", "author": "ana"}
+    app = open_rift(cfg)
+    try:
+        app.add_documents("default", docs(("note", note, meta)))
+        chunks = app.engine().state.document_chunks("default", "note")
+        assert any("heading" in c.metadata for c in chunks)  # the splitter gave chunks their heading
+        _, before, _, _ = app.engine().get_document("default", "note")
+    finally:
+        app.close()
+    for suffix in ("", "-wal", "-shm"):
+        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+
+    app = open_rift(cfg)
+    try:
+        text, after, _, _ = app.engine().get_document("default", "note")
+        assert after == before == meta
+        assert text.split() == note.split()  # whitespace between sections is not stored in the chunks
+    finally:
+        app.close()

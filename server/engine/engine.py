@@ -31,7 +31,7 @@ from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
-from server.engine.reconcile import reconcile_with_chroma
+from server.engine.reconcile import CHUNK_KEYS, reconcile_with_chroma
 from server.engine.shared import SharedSync, writer_id
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
@@ -517,6 +517,10 @@ class Engine:
             dirs = path_keys(meta)  # ancestor folders of meta["source"], for the $prefix filter
             for i, ch in enumerate(chunks):
                 chunk_meta = {**meta, **ch.metadata, **dirs}
+                if (
+                    ch.metadata
+                ):  # names the chunk's own keys, so a repair from Chroma leaves them off the document
+                    chunk_meta[CHUNK_KEYS] = ",".join(sorted(ch.metadata))
                 pieces.append((doc_id, doc_hash, chunk_meta, i, len(chunks), ch.text, ch.start, ch.end))
         tokens = self.tokenizer.tokenize([p[5] for p in pieces])
         written = time.time()  # orders versions of one document written by different processes

@@ -23,6 +23,7 @@ from server.engine.vector_store import VectorStore
 log = logging.getLogger(__name__)
 
 RESERVED_PREFIX = "_rift_"
+CHUNK_KEYS = "_rift_ckeys"  # comma-separated metadata keys a chunk has beyond its document's (e.g. heading)
 
 
 @dataclass
@@ -128,7 +129,10 @@ def reconcile_with_chroma(
             for (chunk_id, text, meta), toks in zip(fetched, tokens, strict=True)
         ]
         delta.added.extend(rows)
-        user_meta = {k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX)}
+        own = set(str(rows[0].metadata.get(CHUNK_KEYS, "")).split(","))  # e.g. a Markdown chunk's heading
+        user_meta = {
+            k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX) and k not in own
+        }
         delta.put_docs.append((doc_id, chosen, join_chunks(rows), user_meta))
 
     if not delta.empty:
