@@ -282,8 +282,10 @@ class Engine:
             # Several versions: prefer the fullest (an interrupted re-embed leaves a partial one), then the
             # serving model.
             name, version, _ = max(options, key=lambda o: (o[2], o[1] == self.embedder.version))
-            log.warning(
-                "state database lacked collection %r: adopting Chroma collection %s", collection, name
+            # With a Chroma server this is routine (another process made the collection); alone it is a repair.
+            level = logging.INFO if self.shared is not None else logging.WARNING
+            log.log(
+                level, "state database lacked collection %r: adopting Chroma collection %s", collection, name
             )
             self.state.put_collection(collection, name, version)
             adopted.append(collection)
