@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,10 +32,9 @@ from typing import Any
 import anyio
 import click
 
+from server.bench.processes import BIN, chroma_binary, free_port, launch_chroma, stop
+
 log = logging.getLogger(__name__)
-
-BIN = Path(sys.executable).parent
-
 
 # --- corpus --------------------------------------------------------------------------------------------------
 
@@ -87,12 +84,6 @@ def _accumulate(values: Iterator[float]) -> Iterator[float]:
 # --- processes -----------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,16 +94,6 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> 
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{what} did not open port {port} in {timeout:.0f}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @contextmanager
@@ -139,30 +120,21 @@ def rift_server(model: str, data_dir: Path, extra_env: dict[str, str] | None = N
         _wait_port(port, proc, 120, "rift serve")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextmanager
 def chroma_server(path: Path) -> Iterator[tuple[str, int]]:
     """`chroma run` (shipped with the chromadb package) on a free loopback port; yields (host, port)."""
-    local = BIN / "chroma"
-    binary = str(local) if local.exists() else shutil.which("chroma")
+    binary = chroma_binary()
     if binary is None:
         raise click.ClickException("the `chroma` CLI (part of the chromadb package) is not installed")
-    port = free_port()
-    log_path = path.parent / "chroma.log"
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    proc, port = launch_chroma(binary, path, path.parent / "chroma.log")
     try:
         _wait_port(port, proc, 60, "chroma run")
         yield "127.0.0.1", port
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --- the load test -------------------------------------------------------------------------------------------

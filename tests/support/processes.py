@@ -5,11 +5,7 @@ Everything binds 127.0.0.1 on a free port and is stopped (SIGTERM, then SIGKILL)
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,18 +14,10 @@ from pathlib import Path
 
 import httpx
 
-VENV_BIN = Path(sys.executable).parent
+from server.bench.processes import BIN as VENV_BIN
+from server.bench.processes import chroma_binary, free_port, launch_chroma, stop
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def chroma_binary() -> str | None:
-    local = VENV_BIN / "chroma"
-    return str(local) if local.exists() else shutil.which("chroma")
+__all__ = ["chroma_binary", "free_port", "stop"]  # tests import them from here
 
 
 def rift_binary() -> str:
@@ -54,17 +42,6 @@ def wait_until(
         time.sleep(0.1)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise TimeoutError(f"{what} not ready after {timeout}s\n{tail}")
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return int(proc.returncode)
 
 
 @dataclass
@@ -94,15 +71,8 @@ def chroma_server(path: Path) -> Iterator[ChromaServer]:
     binary = chroma_binary()
     if binary is None:
         raise FileNotFoundError("the `chroma` CLI (shipped with the chromadb package) is not installed")
-    port = free_port()
-    log = path.parent / f"chroma-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    log = path.parent / f"chroma-{path.name}.log"
+    proc, port = launch_chroma(binary, path, log)
     try:
         url = f"http://127.0.0.1:{port}/api/v2/heartbeat"
         wait_until(lambda: httpx.get(url, timeout=1).status_code == 200, 60, "chroma server", proc, log)
