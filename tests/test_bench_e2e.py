@@ -149,7 +149,9 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, [*base, "--set", "learn_loss=contrastive"])
     assert res.exit_code == 2 and "learn_loss must be" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
-    assert res.exit_code == 2 and "not a float" in res.output
+    assert res.exit_code == 2 and "is not a number" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
+    assert res.exit_code == 2 and "is not an integer" in res.output
 
 
 def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: Path) -> None:

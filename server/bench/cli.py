@@ -90,6 +90,9 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_max_seq_length": ("train_max_seq_length", int),
     "learn_negatives_per_query": ("negatives_per_query", int),
     "learn_loss": ("loss", str),
+    # mining variants (README "Learning from use": label quality per variant)
+    "mining_positive_max_rank": ("positive_max_rank", int),
+    "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
 }
 
 
@@ -104,7 +107,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         try:
             out[name] = kind(raw)
         except (TypeError, ValueError):
-            raise click.BadParameter(f"{key}={raw!r} is not a {kind.__name__}", param_hint="--set") from None
+            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise click.BadParameter(f"{key}={raw!r} is not {what}", param_hint="--set") from None
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out
@@ -223,7 +227,8 @@ def _run_learn(
     "--set",
     "settings_set",
     multiple=True,
-    help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings (learn_loss also takes triplet).",
+    help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
+    "(learn_loss also takes triplet) and mining_positive_max_rank / mining_negative_min_keyword_rank.",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."

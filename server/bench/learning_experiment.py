@@ -128,6 +128,8 @@ def run_learning_experiment(
     batch_size: int = 32,
     train_max_seq_length: int | None = 128,
     negatives_per_query: int = 1,
+    positive_max_rank: int = 10,
+    negative_min_keyword_rank: int = 30,
     loss: str = "mnrl",
     destroyed_check: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -141,7 +143,12 @@ def run_learning_experiment(
     if overlap:
         raise ValueError(f"usage and eval splits share {len(overlap)} queries")
     texts_to_qid = {usage_ds.queries[q]: q for q in usage_ids}
-    mining = MiningConfig(strategy=strategy, negatives_per_query=negatives_per_query)
+    mining = MiningConfig(
+        strategy=strategy,
+        negatives_per_query=negatives_per_query,
+        positive_max_rank=positive_max_rank,
+        negative_min_keyword_rank=negative_min_keyword_rank,
+    )
     train_cfg = TrainConfig(
         epochs=epochs,
         learning_rate=learning_rate,
@@ -157,6 +164,10 @@ def run_learning_experiment(
         "eval_queries": len(eval_ds.queries),
         "documents": len(eval_ds.documents),
         "strategy": strategy,
+        "mining": {
+            "positive_max_rank": positive_max_rank,
+            "negative_min_keyword_rank": negative_min_keyword_rank,
+        },
         "train": {
             "epochs": epochs,
             "learning_rate": learning_rate,
