@@ -120,7 +120,7 @@ def _run_mining_analysis(
     if data is None or usage_split is None:
         raise click.UsageError("--mining-analysis needs --data and --usage-split")
     from server.bench.learning_experiment import run_mining_analysis
-    from server.bench.report import json_line
+    from server.bench.report import _table, json_line
 
     result = run_mining_analysis(data, usage_split, model, cache_dir)
     line = json_line({"kind": "mining-analysis", **result})
@@ -128,15 +128,16 @@ def _run_mining_analysis(
     if out is not None:
         with out.open("a") as fh:
             fh.write(line + "\n")
-    click.echo(f"\n**{result['dataset']}** ({usage_split} queries replayed as usage)\n")
-    click.echo("| variant | triples | queries | positives truly relevant | negatives truly relevant |")
-    click.echo("|---|---|---|---|---|")
+    rows = []
     for name, v in result["variants"].items():
         judged = [q for q in v["quality"].values() if q["judged"]]
         n = sum(q["judged"] for q in judged) or 1
         pos = sum(q["positive_precision"] * q["judged"] for q in judged) / n
         neg = sum(q["negative_false_rate"] * q["judged"] for q in judged) / n
-        click.echo(f"| {name} | {v['triples']:,} | {v['queries_used']:,} | {pos:.1%} | {neg:.1%} |")
+        rows.append([name, f"{v['triples']:,}", f"{v['queries_used']:,}", f"{pos:.1%}", f"{neg:.1%}"])
+    headers = ["variant", "triples", "queries", "positives truly relevant", "negatives truly relevant"]
+    click.echo(f"\n**{result['dataset']}** ({usage_split} queries replayed as usage)\n")
+    click.echo("\n".join(_table(headers, rows)))
 
 
 def _run_learn(

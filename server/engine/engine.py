@@ -207,9 +207,7 @@ class Engine:
         self._write_lock = threading.RLock()
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
-        self._side: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="rift-keyword"
-        )
+        self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
         # With a Chroma server, other rift processes may write the same collections: follow their writes.
         self.shared: SharedSync | None = None
         if settings.vector_backend == "http":
@@ -519,9 +517,8 @@ class Engine:
             dirs = path_keys(meta)  # ancestor folders of meta["source"], for the $prefix filter
             for i, ch in enumerate(chunks):
                 chunk_meta = {**meta, **ch.metadata, **dirs}
-                if (
-                    ch.metadata
-                ):  # names the chunk's own keys, so a repair from Chroma leaves them off the document
+                # Name the chunk's own keys, so a repair from Chroma leaves them off the document.
+                if ch.metadata:
                     chunk_meta[CHUNK_KEYS] = ",".join(sorted(ch.metadata))
                 pieces.append((doc_id, doc_hash, chunk_meta, i, len(chunks), ch.text, ch.start, ch.end))
         tokens = self.tokenizer.tokenize([p[5] for p in pieces])
@@ -755,8 +752,7 @@ class Engine:
             found = [Candidate(r.doc_id, r.chunk_id, s) for r, s in index.search(tokens, depth, node)]
             return found, (time.perf_counter() - started) * 1000
 
-        pool = self._side
-        overlapped = pool.submit(keyword_side) if pool is not None and mode == "hybrid" else None
+        overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
         vector: list[Candidate] = []
         if mode in ("hybrid", "vector") and snap.live_count:
             t0 = t1 = time.perf_counter()
