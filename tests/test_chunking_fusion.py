@@ -112,5 +112,9 @@ def test_rrf_weights_k_and_ties() -> None:
     assert rrf([["a"], ["b"]], weights=[1.0, 0.0]) == [("a", pytest.approx(1 / 61))]
     assert dict(rrf([["a"]], k=1))["a"] == pytest.approx(0.5)
     assert rrf([[], []]) == []
+    lists = [["a", "b", "c", "d"], ["d", "c", "e", "a"]]
+    for limit in range(6):  # the best `limit`, in the same order (ties included) as the full fusion
+        assert rrf(lists, limit=limit) == rrf(lists)[:limit]
+    assert [key for key, _ in rrf([["a", "b"], ["b", "a"]], limit=1)] == ["a"]  # a tie keeps first seen
     with pytest.raises(ValueError):
         rrf([["a"]], weights=[1.0, 1.0])

@@ -282,3 +282,20 @@ def test_second_rift_on_the_same_data_dir_is_refused(rift, settings) -> None:
     rift.close()
     again = Rift(settings).start(background=False)  # released on close
     again.close()
+
+
+def test_collection_records_follow_every_write(tmp_path) -> None:
+    from server.engine.state_store import StateStore
+
+    store = StateStore(tmp_path / "state.sqlite")
+    assert store.collection("a") is None
+    store.put_collection("a", "chroma_a1", "m1")
+    assert store.collection("a").chroma_name == "chroma_a1"  # read once, then served from memory
+    store.put_collection("a", "chroma_a2", "m2")  # a model switch
+    assert (store.collection("a").chroma_name, store.collection("a").model_version) == ("chroma_a2", "m2")
+    store.delete_collection("a")
+    assert store.collection("a") is None
+    store.close()
+    reopened = StateStore(tmp_path / "state.sqlite")
+    assert reopened.collection("a") is None
+    reopened.close()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.engine.exact_vectors import VectorRows, top_rows
+from server.engine.exact_vectors import SPLIT_MIN_ROWS, VectorRows, scores_of, top_rows
 from tests.support.helpers import docs, make_settings, open_rift
 
 TEXTS = [
@@ -48,6 +48,20 @@ def test_top_rows_is_a_sorted_brute_force_over_allowed_rows() -> None:
     assert all(abs(s - float(scores[r])) < 1e-6 for r, s in got)
     assert top_rows(vectors, query, np.zeros(50, bool), 5) == []
     assert top_rows(vectors[:0], query, np.ones(0, bool), 5) == []
+
+
+def test_a_scan_split_across_threads_scores_and_ranks_as_one_thread_does() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    n = SPLIT_MIN_ROWS * 3 + 17  # uneven parts
+    vectors, query = unit(rng, n, 32), unit(rng, 1, 32)[0]
+    allowed = rng.random(n) < 0.9
+    with ThreadPoolExecutor(4) as pool:
+        np.testing.assert_allclose(scores_of(vectors, query, pool), vectors @ query, rtol=0, atol=1e-6)
+        assert top_rows(vectors, query, allowed, 200, pool) == top_rows(vectors, query, allowed, 200)
+        small = vectors[: SPLIT_MIN_ROWS - 1]  # below the split size: one thread, the same answer
+        np.testing.assert_array_equal(scores_of(small, query, pool), small @ query)
 
 
 def test_vector_rows_append_never_changes_an_older_view() -> None:

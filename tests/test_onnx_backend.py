@@ -17,15 +17,28 @@ def test_onnx_matches_torch_and_is_cached(tmp_path: Path, tiny_model_path: Path)
 
     spec = resolve_model(str(tiny_model_path))
     torch_e = Embedder(spec, version="tiny")
-    onnx_e = Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")
+    onnx_e = Embedder(
+        spec, version="tiny", backend="onnx", document_backend="onnx", onnx_dir=tmp_path / "onnx"
+    )
     exported = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(exported) == 1
     texts = ["the cat sat on the mat", "a dog", "quantum physics and the strong force " * 20]
     np.testing.assert_allclose(onnx_e.encode_documents(texts), torch_e.encode_documents(texts), atol=1e-5)
     np.testing.assert_allclose(onnx_e.encode_query("cat mat"), torch_e.encode_query("cat mat"), atol=1e-5)
     mtime = exported[0].stat().st_mtime_ns
-    Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")  # reuses the export
+    # The default pairing: onnx for queries, torch for document batches (reuses the export).
+    split = Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")
     assert exported[0].stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(split.encode_query("cat mat"), onnx_e.encode_query("cat mat"))
+    np.testing.assert_array_equal(split.encode_documents(texts), torch_e.encode_documents(texts))
+
+
+def test_unknown_backend_is_refused(tiny_model_path: Path) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    with pytest.raises(ValueError, match="unknown embed backend 'tensorrt'"):
+        Embedder(resolve_model(str(tiny_model_path)), version="tiny", document_backend="tensorrt")
 
 
 def test_settings_select_the_backend(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -36,6 +49,7 @@ def test_settings_select_the_backend(tmp_path: Path, tiny_model_path: Path) -> N
     app = Rift(settings).start(background=False)
     try:
         assert app.engine().embedder.backend == "onnx"
+        assert app.engine().embedder.document_backend == "torch"
         assert list((settings.models_dir / "onnx").glob("*.onnx"))
     finally:
         app.close()

@@ -92,40 +92,47 @@ def _raw_encode(embedder: Any, texts: Sequence[str]) -> float:
     return time.perf_counter() - t0
 
 
-def measure_ingest(index: BenchIndex, dataset: BeirDataset, sample: int) -> dict[str, Any]:
+def measure_ingest(index: BenchIndex, dataset: BeirDataset, sample: int, rounds: int = 2) -> dict[str, Any]:
     """Ingest `sample` documents through add_documents with no embedding cache, and compare with raw encoding
-    of the same documents (truncated by the model, as a naive indexer would) and of the same chunk texts.
-    Raw runs bracket the ingest and are averaged, so a change in CPU load during the run affects both."""
+    of the same chunk texts and of the same documents (truncated by the model, as a naive indexer would).
+    Ingest and raw encoding alternate for `rounds` rounds and the totals are compared, so a drift in CPU speed
+    during the run (±3 % here) affects both sides alike."""
     from server.engine.engine import DocumentInput
 
     engine = index.engine
     ids = list(dataset.documents)[:sample]
     texts = [dataset.documents[i] for i in ids]
     model = index.embedder
-    collection = "ingest"
+    step = index.settings.max_documents_per_call
     raw_docs_1 = _raw_encode(model, texts)
-    cached, engine.embedder = engine.embedder, model  # the real encoder, not the cache
-    try:
-        t0 = time.perf_counter()
-        chunks = 0
-        step = index.settings.max_documents_per_call
-        for start in range(0, len(ids), step):
-            docs = [
-                DocumentInput(text=texts[j], id=ids[j]) for j in range(start, min(start + step, len(ids)))
-            ]
-            chunks += sum(s.chunks for s in index.rift.add_documents(collection, docs))
-        ingest_s = time.perf_counter() - t0
-    finally:
-        engine.embedder = cached
-    chunk_texts = [r.text for r in engine.state.iter_chunks(collection)]
-    raw_chunks = _raw_encode(model, chunk_texts)
+    ingest_s = raw_chunks = 0.0
+    chunks = 0
+    chunk_texts: list[str] = []
+    for round_ in range(rounds):
+        collection = f"ingest{round_}"
+        cached, engine.embedder = engine.embedder, model  # the real encoder, not the cache
+        try:
+            t0 = time.perf_counter()
+            chunks = 0
+            for start in range(0, len(ids), step):
+                docs = [
+                    DocumentInput(text=texts[j], id=ids[j]) for j in range(start, min(start + step, len(ids)))
+                ]
+                chunks += sum(s.chunks for s in index.rift.add_documents(collection, docs))
+            ingest_s += time.perf_counter() - t0
+        finally:
+            engine.embedder = cached
+        chunk_texts = [r.text for r in engine.state.iter_chunks(collection)]
+        raw_chunks += _raw_encode(model, chunk_texts)
+        engine.delete_collection(collection)
     raw_docs_2 = _raw_encode(model, texts)
-    engine.delete_collection(collection)
     raw_docs = (raw_docs_1 + raw_docs_2) / 2
+    ingest_s, raw_chunks = ingest_s / rounds, raw_chunks / rounds
     return {
-        "backend": getattr(model, "backend", "torch"),  # of the ingest; raw encode is always torch
+        "backend": getattr(model, "document_backend", "torch"),  # of the ingest; raw encode is always torch
         "documents": len(ids),
         "chunks": chunks,
+        "rounds": rounds,
         "ingest_seconds": round(ingest_s, 2),
         "ingest_docs_per_s": round(len(ids) / ingest_s, 2),
         "ingest_chunks_per_s": round(chunks / ingest_s, 2),

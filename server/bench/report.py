@@ -117,7 +117,8 @@ def markdown(result: dict[str, Any]) -> str:
     if ingest:
         lines.append(
             f"Ingest ({ingest['documents']:,} docs, {ingest['chunks']:,} chunks, no cache, "
-            f"{ingest.get('backend', 'torch')} backend): "
+            f"{ingest.get('backend', 'torch')} backend, mean of {ingest.get('rounds', 1)} rounds "
+            "alternating with raw encoding): "
             f"{ingest['ingest_docs_per_s']:.1f} docs/s, {ingest['ingest_chunks_per_s']:.1f} chunks/s; raw "
             f"`model.encode` (torch) {ingest['raw_encode_docs_per_s']:.1f} docs/s (truncated) and "
             f"{ingest['raw_encode_chunks_per_s']:.1f} chunks/s; ratio "

@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 def embed_options(settings: Any) -> dict[str, Any]:
     """The Embedder keyword arguments that come from Settings beyond model, device and batch size."""
-    backend = getattr(settings, "embed_backend", "torch")
-    return {"backend": backend, "onnx_dir": settings.models_dir / "onnx"}
+    return {
+        "backend": getattr(settings, "embed_backend", "torch"),
+        "document_backend": getattr(settings, "document_backend", "torch"),
+        "onnx_dir": settings.models_dir / "onnx",
+    }
 
 
 class Embedder:
@@ -32,7 +35,12 @@ class Embedder:
         batch_size: int = 32,
         backend: str = "torch",
         onnx_dir: Path | None = None,
+        document_backend: str = "torch",
     ) -> None:
+        """`backend` runs query embedding, `document_backend` batch document encoding. They can differ because
+        the fastest differs: onnxruntime answers one short query sooner (and without spinning threads on a
+        busy CPU), while torch encoded batches of chunks 8 % faster on this 2-core machine (README
+        "Benchmarks"). Both give the same vectors to ~1e-7."""
         # Imported here: torch + sentence-transformers take seconds, and the server must answer before that.
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -52,15 +60,17 @@ class Embedder:
         self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
         self.dimension: int = int(self.model.get_embedding_dimension())
         self.max_seq_length: int = int(self.model.max_seq_length or 512)
+        for name in (backend, document_backend):
+            if name not in ("torch", "onnx"):
+                raise ValueError(f"unknown embed backend {name!r}")
         self.backend = backend
+        self.document_backend = document_backend
         self._onnx: Any = None
-        if backend == "onnx":
+        if "onnx" in (backend, document_backend):
             from server.engine.onnx_backend import OnnxEncoder
 
             cache = onnx_dir or Path(tempfile.gettempdir()) / "rift-onnx"
             self._onnx = OnnxEncoder(self.model, spec.location, cache)
-        elif backend != "torch":
-            raise ValueError(f"unknown embed backend {backend!r}")
 
     @property
     def tokenizer(self) -> Any:
@@ -71,8 +81,8 @@ class Embedder:
         prompt_tokens = len(self.tokenizer(self.document_prompt, add_special_tokens=False)["input_ids"])
         return max(8, min(wanted, self.max_seq_length - 2 - prompt_tokens))
 
-    def _encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
-        if self._onnx is not None:
+    def _encode(self, texts: Sequence[str], prompt: str, batch_size: int, backend: str) -> np.ndarray:
+        if backend == "onnx":
             return self._onnx.encode(texts, prompt, batch_size)
         with self._lock:
             vectors = self.model.encode(
@@ -86,7 +96,7 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def encode_query(self, text: str) -> np.ndarray:
-        return self._encode([text], self.query_prompt, 1)[0]
+        return self._encode([text], self.query_prompt, 1, self.backend)[0]
 
     def encode_documents(
         self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
@@ -100,7 +110,9 @@ class Embedder:
         step = max(self.batch_size, 1) * 4
         for start in range(0, len(texts), step):
             idx = order[start : start + step]
-            out[idx] = self._encode([texts[i] for i in idx], self.document_prompt, self.batch_size)
+            out[idx] = self._encode(
+                [texts[i] for i in idx], self.document_prompt, self.batch_size, self.document_backend
+            )
             if progress is not None:
                 progress(min(start + step, len(texts)), len(texts))
         return out

@@ -761,13 +761,20 @@ class Engine:
                     t0 = time.perf_counter()
                     embedding = self.embedder_for(record).encode_query(query)
                     t1 = time.perf_counter()
-                    exact = index.vector_search(embedding, depth, node, version)
+                    exact = index.vector_search(embedding, depth, node, version, self._side)
                     if exact is not None:
-                        found = [(row.chunk_id, score) for row, score in exact]
+                        # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
+                        vector = [Candidate(row.doc_id, row.chunk_id, score) for row, score in exact]
                     else:
                         found = self.vectors.query(
                             record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
                         )
+                        # Chroma may hold rows of a write not yet acknowledged: keep them invisible.
+                        vector = []
+                        for chunk_id, score in found:
+                            row = snap.row_of.get(chunk_id)
+                            if row is not None and snap.alive[row]:
+                                vector.append(Candidate(snap.rows[row].doc_id, chunk_id, score))
                     break
                 except Exception:
                     # A model swap switched this collection (and may have released the old model or dropped
@@ -780,10 +787,6 @@ class Engine:
             t2 = time.perf_counter()
             timings["embed_ms"] = (t1 - t0) * 1000
             timings["vector_ms"] = (t2 - t1) * 1000
-            for chunk_id, score in found:
-                row = snap.row_of.get(chunk_id)
-                if row is not None and snap.alive[row]:  # invisible until the write is acknowledged
-                    vector.append(Candidate(snap.rows[row].doc_id, chunk_id, score))
         keyword: list[Candidate] = []
         if mode in ("hybrid", "keyword"):
             keyword, timings["keyword_ms"] = overlapped.result() if overlapped else keyword_side()
@@ -791,15 +794,17 @@ class Engine:
         t0 = time.perf_counter()
         vector = _group(vector, group_by_document)
         keyword = _group(keyword, group_by_document)
-        key = (lambda c: c.doc_id) if group_by_document else (lambda c: c.chunk_id)
-        v_rank = {key(c): i for i, c in enumerate(vector, 1)}
-        k_rank = {key(c): i for i, c in enumerate(keyword, 1)}
-        best = {key(c): c for c in reversed(keyword)}
-        best.update({key(c): c for c in reversed(vector)})  # prefer the vector side's best chunk
+        v_keys = [c.doc_id for c in vector] if group_by_document else [c.chunk_id for c in vector]
+        k_keys = [c.doc_id for c in keyword] if group_by_document else [c.chunk_id for c in keyword]
+        v_rank = {key_: i for i, key_ in enumerate(v_keys, 1)}
+        k_rank = {key_: i for i, key_ in enumerate(k_keys, 1)}
         w = weights or (self.settings.vector_weight, self.settings.keyword_weight)
-        fused = rrf(
-            [[key(c) for c in vector], [key(c) for c in keyword]], k=rrf_k or self.settings.rrf_k, weights=w
-        )[:k]
+        fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
+        # Each fused key's best chunk, preferring the vector side's.
+        best = {
+            key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1]
+            for key_, _ in fused
+        }
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         chunk_rows = self.state.chunks_by_id(collection, [best[key_].chunk_id for key_, _ in fused])

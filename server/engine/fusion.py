@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 
 def rrf(
-    ranked_lists: Sequence[Sequence[K]], k: float = 60.0, weights: Sequence[float] | None = None
+    ranked_lists: Sequence[Sequence[K]],
+    k: float = 60.0,
+    weights: Sequence[float] | None = None,
+    limit: int | None = None,
 ) -> list[tuple[K, float]]:
-    """Fuse ranked lists of keys; ties keep first-seen order so results are deterministic."""
+    """Fuse ranked lists of keys, best first (the best `limit` when given); ties keep first-seen order so
+    results are deterministic."""
     if weights is None:
         weights = [1.0] * len(ranked_lists)
     if len(weights) != len(ranked_lists):
@@ -22,5 +27,11 @@ def rrf(
             continue
         for rank, key in enumerate(ranked, start=1):
             scores[key] = scores.get(key, 0.0) + weight / (k + rank)
-    order = {key: i for i, key in enumerate(scores)}
-    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+    # Both orderings are stable, and dicts keep first-seen order: ties stay in first-seen order.
+    if limit is not None and limit < len(scores):
+        return heapq.nsmallest(limit, scores.items(), key=_by_score)
+    return sorted(scores.items(), key=_by_score)
+
+
+def _by_score(item: tuple[Any, float]) -> float:
+    return -item[1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
@@ -334,7 +335,12 @@ class KeywordIndex:
         return out
 
     def vector_search(
-        self, query: np.ndarray, depth: int, filter_node: Node | None, version: str
+        self,
+        query: np.ndarray,
+        depth: int,
+        filter_node: Node | None,
+        version: str,
+        pool: Executor | None = None,
     ) -> list[tuple[KeywordRow, float]] | None:
         """Exact cosine top `depth` over live, filter-passing rows; None when no copy of `version` is held."""
         snap = self._snap
@@ -343,4 +349,4 @@ class KeywordIndex:
         allowed = snap.alive
         if filter_node is not None and snap.columns is not None:
             allowed = allowed & mask(filter_node, snap.columns)
-        return [(snap.rows[r], s) for r, s in top_rows(snap.vectors.view(), query, allowed, depth)]
+        return [(snap.rows[r], s) for r, s in top_rows(snap.vectors.view(), query, allowed, depth, pool)]
