@@ -40,16 +40,16 @@ def reference(rows: list[KeywordRow]) -> bm25s.BM25 | None:
 def expected_search(
     ref: bm25s.BM25 | None, rows: list[KeywordRow], weights: np.ndarray, query: list[str], depth: int
 ) -> list[tuple[str, float]]:
-    """What search() returned when every change rebuilt a bm25s index from the snapshot's rows."""
+    """What search() should return: a bm25s index rebuilt from the snapshot's rows scores every row; the
+    allowed rows with a positive score rank by score, ties in row order, and the first `depth` are kept."""
     if ref is None:
         return []
     tokens = [t for t in query if t in ref.vocab_dict]
     if not tokens or not weights.any():
         return []
-    docs, scores = ref.retrieve(
-        [tokens], k=min(depth, len(rows)), show_progress=False, weight_mask=weights.astype(np.float32)
-    )
-    return [(rows[int(d)].chunk_id, float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+    scores = ref.get_scores(tokens) * weights
+    ranked = sorted((i for i in range(len(rows)) if scores[i] > 0), key=lambda i: -scores[i])
+    return [(rows[i].chunk_id, float(scores[i])) for i in ranked[:depth]]
 
 
 def check(index: KeywordIndex, live: dict[str, KeywordRow]) -> None:

@@ -323,16 +323,18 @@ class KeywordIndex:
         allowed = int(weights.sum())
         if allowed == 0:
             return []
-        k = min(depth, len(snap.rows))
-        docs, scores = snap.bm25.retrieve(
-            [tokens], k=k, show_progress=False, weight_mask=weights.astype(np.float32), n_threads=0
-        )
-        out: list[tuple[KeywordRow, float]] = []
-        for row, score in zip(docs[0], scores[0], strict=True):
-            if score <= 0 or not weights[row]:
-                continue
-            out.append((snap.rows[int(row)], float(score)))
-        return out
+        scores = snap.bm25.get_scores(tokens, weight_mask=weights.astype(np.float32))
+        # Rank only the rows that score: most rows of a corpus share none of the query's terms, and
+        # selecting among their tied zeros was bm25s' slowest step (0.5 of 0.75 ms a query at 10K chunks).
+        # Ties rank in row order, at the cut too.
+        scoring = np.flatnonzero(scores > 0)
+        if len(scoring) > depth:
+            values = scores[scoring]
+            cut = -np.partition(-values, depth - 1)[depth - 1]  # the depth-th best score
+            above = scoring[values > cut]
+            scoring = np.concatenate([above, scoring[values == cut][: depth - len(above)]])
+        scoring = scoring[np.argsort(-scores[scoring], kind="stable")]
+        return [(snap.rows[r], s) for r, s in zip(scoring.tolist(), scores[scoring].tolist(), strict=True)]
 
     def vector_search(
         self,
