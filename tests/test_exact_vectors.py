@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.engine.exact_vectors import SPLIT_MIN_ROWS, VectorRows, scores_of, top_rows
+from server.engine.exact_vectors import MIN_PART_ROWS, VectorRows, scores_of, top_rows
 from tests.support.helpers import docs, make_settings, open_rift
 
 TEXTS = [
@@ -54,13 +54,13 @@ def test_a_scan_split_across_threads_scores_and_ranks_as_one_thread_does() -> No
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(2)
-    n = SPLIT_MIN_ROWS * 3 + 17  # uneven parts
+    n = MIN_PART_ROWS * 3 + 17  # uneven parts
     vectors, query = unit(rng, n, 32), unit(rng, 1, 32)[0]
     allowed = rng.random(n) < 0.9
     with ThreadPoolExecutor(4) as pool:
         np.testing.assert_allclose(scores_of(vectors, query, pool), vectors @ query, rtol=0, atol=1e-6)
         assert top_rows(vectors, query, allowed, 200, pool) == top_rows(vectors, query, allowed, 200)
-        small = vectors[: SPLIT_MIN_ROWS - 1]  # below the split size: one thread, the same answer
+        small = vectors[: MIN_PART_ROWS * 2 - 1]  # too small for two parts: one thread, the same answer
         np.testing.assert_array_equal(scores_of(small, query, pool), small @ query)
 
 
