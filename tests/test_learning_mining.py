@@ -3,6 +3,8 @@ queries and triples deduplicated, confidence and false-negative filters applied,
 
 from __future__ import annotations
 
+import pytest
+
 from server.learning.mining import MiningConfig, mine
 from server.learning.query_log import LoggedQuery
 
@@ -50,6 +52,23 @@ def test_false_negative_guard_uses_keyword_rank() -> None:
     log = [q("1", "query", ["x", "a"], keyword, ["a", "x"])]
     assert mine(log, MiningConfig()).triples == []
     assert [t.negative_doc for t in mine(log, MiningConfig(negative_min_keyword_rank=5)).triples] == ["x"]
+
+
+def test_negatives_from_the_keyword_side_or_both_sides() -> None:
+    vfill = [f"v{i}" for i in range(40)]  # vector-only filler, so keyword blind spots are far down that list
+    # a: fused top-1 on both sides. x: a vector blind spot; w: a keyword blind spot (keyword top 5, vector never);
+    # b: high on both sides, so the guard keeps it out either way.
+    log = [q("1", "query", ["x", "a", "b", *vfill], ["w", "a", "b", *FILL], ["a", "x", "w"])]
+
+    def negatives(**cfg) -> list[str]:
+        return [t.negative_doc for t in mine(log, MiningConfig(**cfg)).triples]
+
+    assert negatives() == ["x"]
+    assert negatives(negative_source="keyword") == ["w"]
+    assert negatives(negative_source="both", negatives_per_query=2) == ["x", "w"]
+    assert negatives(negative_source="both", negatives_per_query=1) == ["x"]
+    with pytest.raises(ValueError, match="unknown negative source 'random'"):
+        negatives(negative_source="random")
 
 
 def test_repeated_queries_and_triples_are_deduplicated_and_never_self_paired() -> None:

@@ -93,6 +93,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
+    "mining_negative_source": ("negative_source", str),
 }
 
 
@@ -109,6 +110,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
             raise click.BadParameter(f"{key}={raw!r} is not {what}", param_hint="--set") from None
+    if out.get("negative_source", "vector") not in ("vector", "keyword", "both"):
+        raise click.BadParameter("mining_negative_source must be vector, keyword or both", param_hint="--set")
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out
@@ -229,7 +232,7 @@ def _run_learn(
     "settings_set",
     multiple=True,
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
-    "(learn_loss also takes triplet) and mining_positive_max_rank / mining_negative_min_keyword_rank.",
+    "(learn_loss also takes triplet), mining_positive_max_rank, mining_negative_min_keyword_rank and mining_negative_source (vector, keyword or both).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."

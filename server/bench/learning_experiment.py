@@ -130,6 +130,7 @@ def run_learning_experiment(
     negatives_per_query: int = 1,
     positive_max_rank: int = 10,
     negative_min_keyword_rank: int = 30,
+    negative_source: str = "vector",
     loss: str = "mnrl",
     destroyed_check: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -148,6 +149,7 @@ def run_learning_experiment(
         negatives_per_query=negatives_per_query,
         positive_max_rank=positive_max_rank,
         negative_min_keyword_rank=negative_min_keyword_rank,
+        negative_source=negative_source,
     )
     train_cfg = TrainConfig(
         epochs=epochs,
@@ -167,6 +169,8 @@ def run_learning_experiment(
         "mining": {
             "positive_max_rank": positive_max_rank,
             "negative_min_keyword_rank": negative_min_keyword_rank,
+            "negative_source": negative_source,
+            "negatives_per_query": negatives_per_query,
         },
         "train": {
             "epochs": epochs,
@@ -299,6 +303,12 @@ MINING_VARIANTS: dict[str, dict[str, Any]] = {
         "negative_min_keyword_rank": 100,
     },
     "fused, 3 negatives per query": {"strategy": "fused", "negatives_per_query": 3},
+    "fused, keyword blind spot as negative": {"strategy": "fused", "negative_source": "keyword"},
+    "fused, one negative from each side": {
+        "strategy": "fused",
+        "negative_source": "both",
+        "negatives_per_query": 2,
+    },
     "agreement (both top-5)": {"strategy": "agreement", "negatives_per_query": 1},
     "keyword blind spot as positive": {"strategy": "keyword_blind"},
 }

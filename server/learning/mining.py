@@ -26,12 +26,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from typing import Any, Literal
 
 from server.learning.query_log import LoggedQuery
 
 Strategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo"]
 STRATEGIES: tuple[str, ...] = ("fused", "agreement", "keyword_blind", "fused+pseudo")
+NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class MiningConfig:
     # ... and within the vector side's top `negative_max_vector_rank` (so it is hard, not random).
     negative_max_vector_rank: int = 5
     negatives_per_query: int = 1
+    # Which side's blind spots become negatives: "vector" (above), "keyword" (keyword top
+    # `negative_max_vector_rank`, absent from the vector top `negative_min_keyword_rank`: documents that only
+    # share words with the query, so training makes the dense side less like BM25), or "both", alternating.
+    negative_source: str = "vector"
     agreement_depth: int = 5
     pseudo_per_document: int = 1
     max_pseudo: int = 2000
@@ -114,19 +120,31 @@ def _negatives(
     k: Mapping[str, tuple[int, str]],
     above: int | None = None,
 ) -> list[str]:
-    """Vector blind spots passing the false-negative guard, best vector rank first."""
-    out = []
-    for doc, (rank, _chunk) in sorted(v.items(), key=lambda kv: kv[1][0]):
-        if rank > cfg.negative_max_vector_rank or (above is not None and rank >= above):
-            break
-        if doc == positive:
-            continue
-        if doc in k and k[doc][0] <= cfg.negative_min_keyword_rank:
-            continue
-        out.append(doc)
-        if len(out) >= cfg.negatives_per_query:
-            break
-    return out
+    """Blind spots of `cfg.negative_source` passing the false-negative guard (the other side does not rank them
+    near the top), best rank first; "both" alternates vector and keyword blind spots."""
+    if cfg.negative_source not in NEGATIVE_SOURCES:
+        raise ValueError(
+            f"unknown negative source {cfg.negative_source!r}; choose one of {', '.join(NEGATIVE_SOURCES)}"
+        )
+
+    def blind_spots(side: Mapping[str, tuple[int, str]], other: Mapping[str, tuple[int, str]]) -> list[str]:
+        out = []
+        for doc, (rank, _chunk) in sorted(side.items(), key=lambda kv: kv[1][0]):
+            if rank > cfg.negative_max_vector_rank or (above is not None and rank >= above):
+                break
+            if doc == positive or (doc in other and other[doc][0] <= cfg.negative_min_keyword_rank):
+                continue
+            out.append(doc)
+        return out
+
+    if cfg.negative_source == "vector":
+        picked = blind_spots(v, k)
+    elif cfg.negative_source == "keyword":
+        picked = blind_spots(k, v)
+    else:
+        pairs = zip_longest(blind_spots(v, k), blind_spots(k, v))
+        picked = list(dict.fromkeys(d for pair in pairs for d in pair if d is not None))
+    return picked[: cfg.negatives_per_query]
 
 
 def _positive(
