@@ -107,7 +107,14 @@ def markdown(result: dict[str, Any]) -> str:
         e = latency["embed_only_ms"]
         lines.append("")
         lines.append(
-            f"Query embedding alone ({latency.get('backend', 'torch')}): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms, "
+            f"Query embedding alone ({latency.get('backend', 'torch')}, mean of runs before and after the searches"
+            + (
+                f": p50 {latency['embed_only_p50_before_after_ms'][0]:.2f} and "
+                f"{latency['embed_only_p50_before_after_ms'][1]:.2f} ms"
+                if "embed_only_p50_before_after_ms" in latency
+                else ""
+            )
+            + f"): p50 {e['p50']:.2f} ms, p99 {e['p99']:.2f} ms, "
             f"CPU p50 {e.get('cpu_p50', 0):.2f} ms; "
             f"hybrid p50 / embed p50 = {latency.get('hybrid_over_embed', 0):.2f} "
             f"({latency.get('hybrid_over_embed_part', 0):.2f} against the embed part of the same hybrid calls)"
