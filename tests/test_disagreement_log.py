@@ -169,3 +169,65 @@ def test_chunk_level_search_summarises_per_document(tmp_path: Path, tiny_model_p
             assert len(spots) == len(set(spots))
     finally:
         app.close()
+
+
+def _record(log: QueryLog, query_id: str) -> None:
+    vector = [("a", "a::h::0", 0.9), ("b", "b::h::0", 0.5)]
+    keyword = [("b", "b::h::0", 7.0)]
+    log.record(
+        query_id,
+        "q " + query_id,
+        "c",
+        "m",
+        "hybrid",
+        10,
+        None,
+        vector,
+        keyword,
+        ["b", "a"],
+        5,
+        0.5,
+        ["a"],
+        [],
+    )
+
+
+def test_records_are_readable_and_bounded_when_the_writer_thread_falls_behind(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The writer runs at idle priority, so a busy CPU can starve it: a reader then writes the pending records
+    itself, and a search does so once MAX_PENDING wait, so nothing is lost and memory stays bounded."""
+    import server.learning.query_log as query_log
+
+    log = QueryLog(tmp_path / "log.sqlite")
+    with log._cond:  # stop the writer thread, as if starved for good
+        log._closed = True
+        log._cond.notify_all()
+    log._writer.join(timeout=10)
+    assert not log._writer.is_alive()
+    monkeypatch.setattr(query_log, "MAX_PENDING", 3)
+    for i in range(5):
+        _record(log, f"id{i}")
+    # The third record wrote the first three from the search's own thread; two still wait.
+    assert sqlite_rows(tmp_path / "log.sqlite", "SELECT COUNT(*) FROM queries") == [(3,)]
+    assert len(log._pending) == 2
+    got = log.get("id4")  # a read writes what is pending first
+    assert got is not None and got.vector == [("a", "a::h::0", 0.9), ("b", "b::h::0", 0.5)]
+    assert [q.query_id for q in log.iter_queries("c")] == [f"id{i}" for i in range(5)]
+    log.close()
+
+
+def test_candidate_lists_in_the_older_layout_are_still_read(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "log.sqlite")
+    _record(log, "new")
+    log.flush()
+    with log._lock:  # rewrite the lists as older versions stored them: one [doc, chunk, score] list each
+        log._conn.execute(
+            "UPDATE queries SET vector = ?, keyword = ? WHERE query_id = 'new'",
+            (json.dumps([["a", "a::h::0", 0.9], ["b", "b::h::0", 0.5]]), json.dumps([["b", "b::h::0", 7.0]])),
+        )
+    got = log.get("new")
+    assert got is not None
+    assert got.vector == [("a", "a::h::0", 0.9), ("b", "b::h::0", 0.5)]
+    assert got.keyword == [("b", "b::h::0", 7.0)]
+    log.close()
