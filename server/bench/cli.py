@@ -110,8 +110,11 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
             raise click.BadParameter(f"{key}={raw!r} is not {what}", param_hint="--set") from None
-    if out.get("negative_source", "vector") not in ("vector", "keyword", "both"):
-        raise click.BadParameter("mining_negative_source must be vector, keyword or both", param_hint="--set")
+    from server.learning.mining import NEGATIVE_SOURCES
+
+    if out.get("negative_source", "vector") not in NEGATIVE_SOURCES:
+        choices = ", ".join(NEGATIVE_SOURCES)
+        raise click.BadParameter(f"mining_negative_source must be one of {choices}", param_hint="--set")
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out

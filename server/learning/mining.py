@@ -122,10 +122,6 @@ def _negatives(
 ) -> list[str]:
     """Blind spots of `cfg.negative_source` passing the false-negative guard (the other side does not rank them
     near the top), best rank first; "both" alternates vector and keyword blind spots."""
-    if cfg.negative_source not in NEGATIVE_SOURCES:
-        raise ValueError(
-            f"unknown negative source {cfg.negative_source!r}; choose one of {', '.join(NEGATIVE_SOURCES)}"
-        )
 
     def blind_spots(side: Mapping[str, tuple[int, str]], other: Mapping[str, tuple[int, str]]) -> list[str]:
         out = []
@@ -188,6 +184,10 @@ def mine(
     cfg = config or MiningConfig()
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if cfg.negative_source not in NEGATIVE_SOURCES:
+        raise ValueError(
+            f"unknown negative source {cfg.negative_source!r}; choose one of {', '.join(NEGATIVE_SOURCES)}"
+        )
     feedback = feedback or {}
     fetched = fetched or {}
     report = MiningReport(cfg.strategy)

