@@ -120,3 +120,60 @@ def test_opened_documents_are_implicit_positives() -> None:
     report = mine(log, MiningConfig(), feedback={"2": {"a": False}}, fetched={"1": ["b"], "2": ["a"]})
     got = [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in report.triples]
     assert got == [("opened", "b", "x", "fetched")]
+
+
+DOCS = [
+    (
+        "a",
+        "a::0",
+        "Title of a\nCats purr when they are content and calm. "
+        "The sound comes from the larynx muscles moving fast. Kittens learn it within days of birth.",
+        {},
+    ),
+    ("b", "b::0", "Too short. Two sentences only here.", {}),
+    ("c", "c::0", "Dogs bark at the mail carrier every single morning. Then they sleep. Then they eat.", {}),
+]
+
+
+def test_pseudo_queries_pair_a_title_or_first_sentence_with_its_document() -> None:
+    from server.learning.mining import pseudo_queries
+
+    triples = pseudo_queries(DOCS, "c1", lambda q, doc: ("z", "z::0"))
+    by_doc = {t.positive_doc: t for t in triples}
+    assert by_doc["a"].query == "Title of a" and by_doc["a"].kind == "pseudo"
+    assert by_doc["c"].query == "Dogs bark at the mail carrier every single morning."
+    assert all(t.positive_text is None and t.negative_doc == "z" for t in triples)
+
+
+def test_ict_cuts_the_query_sentence_out_of_its_positive() -> None:
+    from server.learning.mining import corpus_supplement, ict_queries
+
+    assert corpus_supplement("fused+ict") == "ict" and corpus_supplement("fused") is None
+    # A negative that is the document itself is never used.
+    triples = ict_queries(DOCS, "c1", lambda q, doc: (doc, f"{doc}::0") if doc == "c" else ("z", "z::0"))
+    assert [t.positive_doc for t in triples] == ["a"]  # b: fewer than 3 sentences; c: self-negative
+    (t,) = triples
+    assert t.kind == "ict" and t.positive_chunk == "a::0" and t.negative_doc == "z"
+    assert len(t.query.split()) >= 6 and t.query not in t.positive_text
+    assert t.positive_text.startswith("Title of a\n")  # the title line stays, never chosen as the query
+    sentences = DOCS[0][2].split("\n", 1)[1].split(". ")
+    assert sum(s.rstrip(".") in t.positive_text for s in sentences) == 2
+
+
+def test_materialize_prefers_a_triples_own_positive_text() -> None:
+    from types import SimpleNamespace
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+
+    rows = {"a::0": "stored a", "z::0": "stored z"}
+    state = SimpleNamespace(
+        chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
+        document_chunks=lambda name, doc: [],
+    )
+    engine = SimpleNamespace(state=state)
+    plain = Triple("q", "c1", "a", "a::0", "z", "z::0", "fused")
+    cut = Triple("q2", "c1", "a", "a::0", "z", "z::0", "ict", positive_text="a without its sentence")
+    got, kept = materialize(engine, [plain, cut])
+    assert got == [("q", "stored a", "stored z"), ("q2", "a without its sentence", "stored z")]
+    assert kept == [plain, cut]

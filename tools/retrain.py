@@ -23,7 +23,7 @@ class RetrainResult(BaseModel):
 async def retrain(
     ctx: Context,
     strategy: Annotated[
-        Literal["fused", "agreement", "keyword_blind", "fused+pseudo"] | None,
+        Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"] | None,
         Field(description="Mining strategy; default from settings (fused: measured best)."),
     ] = None,
     epochs: Annotated[float | None, Field(gt=0, le=20, description="Training epochs (default 1).")] = None,

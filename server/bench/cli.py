@@ -94,6 +94,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
     "mining_negative_source": ("negative_source", str),
+    "mining_max_pseudo": ("max_pseudo", int),
 }
 
 

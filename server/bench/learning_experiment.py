@@ -131,6 +131,7 @@ def run_learning_experiment(
     positive_max_rank: int = 10,
     negative_min_keyword_rank: int = 30,
     negative_source: str = "vector",
+    max_pseudo: int = 2000,
     loss: str = "mnrl",
     destroyed_check: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -150,6 +151,7 @@ def run_learning_experiment(
         positive_max_rank=positive_max_rank,
         negative_min_keyword_rank=negative_min_keyword_rank,
         negative_source=negative_source,
+        max_pseudo=max_pseudo,
     )
     train_cfg = TrainConfig(
         epochs=epochs,
@@ -171,6 +173,7 @@ def run_learning_experiment(
             "negative_min_keyword_rank": negative_min_keyword_rank,
             "negative_source": negative_source,
             "negatives_per_query": negatives_per_query,
+            "max_corpus_pairs": max_pseudo,
         },
         "train": {
             "epochs": epochs,

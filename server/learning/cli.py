@@ -53,7 +53,9 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
 
 @click.command()
 @click.option(
-    "--strategy", type=click.Choice(["fused", "agreement", "keyword_blind", "fused+pseudo"]), default=None
+    "--strategy",
+    type=click.Choice(["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]),
+    default=None,
 )
 @click.option("--epochs", type=float, default=None)
 @click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate (default 2e-5).")

@@ -12,6 +12,8 @@ Strategies (setting `learn_strategy`):
                  vector side ranked above it
   keyword_blind  positive = a keyword blind spot; negatives = vector blind spots (measured harmful)
   fused+pseudo   fused, plus corpus pseudo-queries (a document's title or first sentence -> the document)
+  fused+ict      fused, plus inverse-cloze pairs (Lee et al. 2019): a sentence of a document -> the rest of
+                 that document, the sentence cut out, so the pair cannot be matched on shared words alone
 
 Feedback is applied on top of every strategy: a document the agent marked relevant becomes the positive of
 that query (high confidence), one marked not relevant becomes a negative, and a mined positive the agent
@@ -31,8 +33,9 @@ from typing import Any, Literal
 
 from server.learning.query_log import LoggedQuery
 
-Strategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo"]
-STRATEGIES: tuple[str, ...] = ("fused", "agreement", "keyword_blind", "fused+pseudo")
+Strategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
+STRATEGIES: tuple[str, ...] = ("fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict")
+CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
 NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both")
 
 
@@ -66,9 +69,11 @@ class Triple:
     positive_chunk: str
     negative_doc: str
     negative_chunk: str
-    kind: str  # which rule produced it: fused, agreement, keyword_blind, feedback, fetched, pseudo
+    kind: str  # which rule produced it: fused, agreement, keyword_blind, feedback, fetched, pseudo, ict
     query_id: str | None = None
     confidence: float = 0.5
+    # The positive's training text when it is not a stored chunk (an inverse-cloze passage).
+    positive_text: str | None = None
 
 
 @dataclass
@@ -147,7 +152,7 @@ def _positive(
     q: LoggedQuery, cfg: MiningConfig, v: Mapping[str, tuple[int, str]], k: Mapping[str, tuple[int, str]]
 ) -> tuple[str | None, str, str]:
     """(positive doc, kind, reason-if-none)."""
-    if cfg.strategy in ("fused", "fused+pseudo"):
+    if cfg.strategy in ("fused", "fused+pseudo", "fused+ict"):
         if not q.fused:
             return None, "fused", "no_results"
         top = q.fused[0]
@@ -305,4 +310,51 @@ def pseudo_queries(
         if neg_doc == doc_id:
             continue
         out.append(Triple(query, collection, doc_id, chunk_id, neg_doc, neg_chunk, "pseudo", None, 0.5))
+    return out
+
+
+def corpus_supplement(strategy: str) -> str | None:
+    """The corpus-derived supplement a strategy adds to the mined triples ("pseudo", "ict"), if any."""
+    _, _, extra = strategy.partition("+")
+    return extra if extra in CORPUS_SUPPLEMENTS else None
+
+
+def ict_queries(
+    documents: Iterable[tuple[str, str, str, Mapping[str, Any]]],
+    collection: str,
+    negatives_from: Callable[[str, str], tuple[str, str] | None],
+    config: MiningConfig | None = None,
+) -> list[Triple]:
+    """Inverse-cloze pairs: one sentence of a document's first chunk is the query, the chunk with that
+    sentence cut out is the positive. Unlike a title -> document pair, the query's words are not in the
+    positive, so the pair teaches meaning rather than word overlap (the part BM25 already covers).
+    `documents` and `negatives_from` are as for `pseudo_queries`; the first sentence of a chunk that starts
+    with a title line is never chosen, and a chunk needs three sentences so the rest still says something."""
+    cfg = config or MiningConfig()
+    rng = random.Random(cfg.seed)
+    pool = list(documents)
+    rng.shuffle(pool)
+    out: list[Triple] = []
+    for doc_id, chunk_id, text, _meta in pool:
+        if len(out) >= cfg.max_pseudo:
+            break
+        title, sep, body = text.strip().partition("\n")
+        if not sep:
+            title, body = "", title
+        sentences = [s for s in _SENTENCE.split(body.strip()) if s]
+        usable = [i for i, s in enumerate(sentences) if 6 <= len(s.split()) <= 60]
+        if len(sentences) < 3 or not usable:
+            continue
+        pick = rng.choice(usable)
+        query = sentences[pick]
+        rest = " ".join(s for i, s in enumerate(sentences) if i != pick)
+        passage = f"{title}\n{rest}" if title else rest
+        neg = negatives_from(query, doc_id)
+        if neg is None or neg[0] == doc_id:
+            continue
+        out.append(
+            Triple(
+                query, collection, doc_id, chunk_id, neg[0], neg[1], "ict", None, 0.5, positive_text=passage
+            )
+        )
     return out

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from server.learning.gate import GateConfig, time_split
-from server.learning.mining import MiningConfig, MiningReport, Triple, mine, pseudo_queries
+from server.learning.mining import (
+    MiningConfig,
+    MiningReport,
+    Triple,
+    corpus_supplement,
+    ict_queries,
+    mine,
+    pseudo_queries,
+)
 from server.learning.query_log import LoggedQuery, QueryLog
 
 log = logging.getLogger(__name__)
@@ -40,13 +48,14 @@ def collect_and_mine(
     for query_id, doc_id, _ts in query_log.fetches():
         fetched.setdefault(query_id, []).append(doc_id)
     report = mine(train, mining, feedback, fetched)
-    if mining.strategy == "fused+pseudo":
+    supplement = corpus_supplement(mining.strategy)
+    if supplement is not None:
         for name in sorted({q.collection for q in train}):
-            report.triples.extend(_pseudo(engine, name, mining))
+            report.triples.extend(_corpus_pairs(engine, name, mining, supplement))
     return Mined(report, train, holdout, feedback)
 
 
-def _pseudo(engine: Any, collection: str, mining: MiningConfig) -> list[Triple]:
+def _corpus_pairs(engine: Any, collection: str, mining: MiningConfig, supplement: str) -> list[Triple]:
     docs: list[tuple[str, str, str, dict[str, Any]]] = []
     offset = 0
     while len(docs) < mining.max_pseudo * 2:
@@ -66,7 +75,8 @@ def _pseudo(engine: Any, collection: str, mining: MiningConfig) -> list[Triple]:
                 return cand.doc_id, cand.chunk_id
         return None
 
-    return pseudo_queries(docs, collection, negative, mining)
+    build = ict_queries if supplement == "ict" else pseudo_queries
+    return build(docs, collection, negative, mining)
 
 
 def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str, str, str]], list[Triple]]:
@@ -89,7 +99,7 @@ def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str,
     rows: list[tuple[str, str, str]] = []
     kept: list[Triple] = []
     for t in triples:
-        pos = text(t.collection, t.positive_doc, t.positive_chunk)
+        pos = t.positive_text or text(t.collection, t.positive_doc, t.positive_chunk)
         neg = text(t.collection, t.negative_doc, t.negative_chunk)
         if pos is None or neg is None or pos == neg:
             continue
