@@ -33,6 +33,30 @@ def test_onnx_matches_torch_and_is_cached(tmp_path: Path, tiny_model_path: Path)
     np.testing.assert_array_equal(split.encode_documents(texts), torch_e.encode_documents(texts))
 
 
+def test_single_texts_skip_the_batch_tokenizer_with_identical_inputs(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    spec = resolve_model(str(tiny_model_path))
+    onnx_e = Embedder(spec, version="tiny", backend="onnx", onnx_dir=tmp_path / "onnx")
+    encoder = onnx_e._onnx
+    assert encoder._single is not None
+    texts = ["cat mat", "the cat sat on the mat", "quantum physics and the strong force " * 200]
+    for text in texts:
+        wrapped = encoder.tokenizer(
+            [text], truncation=True, max_length=encoder.max_length, return_tensors="np"
+        )
+        single = encoder._single.encode(text)
+        assert wrapped["input_ids"][0].tolist() == single.ids
+        assert wrapped["attention_mask"][0].tolist() == single.attention_mask
+        assert wrapped["token_type_ids"][0].tolist() == single.type_ids
+    # The one-text path gives the same vector as the batch path (which pads a batch of several).
+    one = np.vstack([encoder.encode([t], "", 32) for t in texts])
+    np.testing.assert_allclose(one, encoder.encode(texts, "", 32), atol=1e-5)
+
+
 def test_unknown_backend_is_refused(tiny_model_path: Path) -> None:
     from server.engine.embedder import Embedder
     from server.engine.models import resolve_model
