@@ -54,6 +54,23 @@ def test_false_negative_guard_uses_keyword_rank() -> None:
     assert [t.negative_doc for t in mine(log, MiningConfig(negative_min_keyword_rank=5)).triples] == ["x"]
 
 
+def test_keyword_margin_keeps_only_positives_bm25_clearly_prefers() -> None:
+    from dataclasses import replace
+
+    base = q("1", "clear", ["x", "a"], ["a", "b", *FILL], ["a", "x"])  # keyword scores 10, 9, 8, ...
+    clear = replace(base, keyword=[("a", "a::0", 13.0), ("b", "b::0", 10.0)] + base.keyword[2:])
+    alone = replace(base, query_id="3", query="alone", keyword=[("a", "a::0", 4.0)])
+    tied = replace(base, query_id="2", query="tied")  # 10 against 9: margin 1.11
+    cfg = MiningConfig(positive_min_keyword_margin=1.3)
+    assert [t.query for t in mine([clear, tied, alone], cfg).triples] == ["clear", "alone"]
+    assert mine([tied], cfg).skipped["positive_small_keyword_margin"] == 1
+    # Off by default: the tied query still gives its triple.
+    assert [t.query for t in mine([tied]).triples] == ["tied"]
+    # Not the keyword side's first document: margin below 1, never confident.
+    second = replace(base, fused=["b", "x"], vector=[("x", "x::0", 0.9), ("b", "b::0", 0.8)])
+    assert mine([second], cfg).skipped["positive_small_keyword_margin"] == 1
+
+
 def test_negatives_from_the_keyword_side_or_both_sides() -> None:
     vfill = [f"v{i}" for i in range(40)]  # vector-only filler, so keyword blind spots are far down that list
     # a: fused top-1 on both sides. x: a vector blind spot; w: a keyword blind spot (keyword top 5, vector never);

@@ -129,6 +129,7 @@ def run_learning_experiment(
     train_max_seq_length: int | None = 128,
     negatives_per_query: int = 1,
     positive_max_rank: int = 10,
+    positive_min_keyword_margin: float = 0.0,
     negative_min_keyword_rank: int = 30,
     negative_source: str = "vector",
     max_pseudo: int = 2000,
@@ -149,6 +150,7 @@ def run_learning_experiment(
         strategy=strategy,
         negatives_per_query=negatives_per_query,
         positive_max_rank=positive_max_rank,
+        positive_min_keyword_margin=positive_min_keyword_margin,
         negative_min_keyword_rank=negative_min_keyword_rank,
         negative_source=negative_source,
         max_pseudo=max_pseudo,
@@ -170,6 +172,7 @@ def run_learning_experiment(
         "strategy": strategy,
         "mining": {
             "positive_max_rank": positive_max_rank,
+            "positive_min_keyword_margin": positive_min_keyword_margin,
             "negative_min_keyword_rank": negative_min_keyword_rank,
             "negative_source": negative_source,
             "negatives_per_query": negatives_per_query,
@@ -306,6 +309,12 @@ MINING_VARIANTS: dict[str, dict[str, Any]] = {
         "negative_min_keyword_rank": 100,
     },
     "fused, 3 negatives per query": {"strategy": "fused", "negatives_per_query": 3},
+    "fused, BM25 margin 1.3": {"strategy": "fused", "positive_min_keyword_margin": 1.3},
+    "fused, BM25 margin 1.3, 2 negatives": {
+        "strategy": "fused",
+        "positive_min_keyword_margin": 1.3,
+        "negatives_per_query": 2,
+    },
     "fused, keyword blind spot as negative": {"strategy": "fused", "negative_source": "keyword"},
     "fused, one negative from each side": {
         "strategy": "fused",
