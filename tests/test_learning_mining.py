@@ -69,6 +69,11 @@ def test_keyword_margin_keeps_only_positives_bm25_clearly_prefers() -> None:
     # Not the keyword side's first document: margin below 1, never confident.
     second = replace(base, fused=["b", "x"], vector=[("x", "x::0", 0.9), ("b", "b::0", 0.8)])
     assert mine([second], cfg).skipped["positive_small_keyword_margin"] == 1
+    # A keyword blind spot as the positive takes the same filter.
+    blind = replace(clear, vector=[("x", "x::0", 0.9)], fused=["a", "x"], keyword_blind=["a"])
+    kb = MiningConfig(strategy="keyword_blind", positive_min_keyword_margin=1.3)
+    assert [t.positive_doc for t in mine([blind], kb).triples] == ["a"]
+    assert mine([replace(blind, keyword=tied.keyword)], kb).skipped["positive_small_keyword_margin"] == 1
 
 
 def test_negatives_from_the_keyword_side_or_both_sides() -> None:

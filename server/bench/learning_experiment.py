@@ -323,6 +323,10 @@ MINING_VARIANTS: dict[str, dict[str, Any]] = {
     },
     "agreement (both top-5)": {"strategy": "agreement", "negatives_per_query": 1},
     "keyword blind spot as positive": {"strategy": "keyword_blind"},
+    "keyword blind spot as positive, BM25 margin 1.3": {
+        "strategy": "keyword_blind",
+        "positive_min_keyword_margin": 1.3,
+    },
 }
 
 

@@ -45,7 +45,7 @@ class MiningConfig:
     # Positive confidence: the fused top-1 must be within this rank on BOTH sides (agreement of two
     # independent retrievers is what makes an unlabelled positive believable).
     positive_max_rank: int = 10
-    # ... and, when above 0, BM25 must prefer it clearly: its keyword score at least this many times the next
+    # ... and, when above 0, BM25 must prefer it clearly (also applied to a keyword blind-spot positive): its keyword score at least this many times the next
     # document's. A margin is a confidence the log already holds (README "Learning from use": on SciFact's
     # usage queries, BM25 top-1s with a margin of 1.3 were relevant 88 % of the time against 57 % without).
     positive_min_keyword_margin: float = 0.0
@@ -183,7 +183,10 @@ def _positive(
     if cfg.strategy == "keyword_blind":
         if not q.keyword_blind:
             return None, "keyword_blind", "no_keyword_blind_spot"
-        return q.keyword_blind[0], "keyword_blind", ""
+        pos = q.keyword_blind[0]
+        if cfg.positive_min_keyword_margin > 0 and _keyword_margin(q, pos) < cfg.positive_min_keyword_margin:
+            return None, "keyword_blind", "positive_small_keyword_margin"
+        return pos, "keyword_blind", ""
     raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
