@@ -199,3 +199,33 @@ def test_materialize_prefers_a_triples_own_positive_text() -> None:
     got, kept = materialize(engine, [plain, cut])
     assert got == [("q", "stored a", "stored z"), ("q2", "a without its sentence", "stored z")]
     assert kept == [plain, cut]
+
+
+def test_corpus_pairs_reach_training_rows_through_the_pipeline(tmp_path, tiny_model_path) -> None:
+    from server.learning.gate import GateConfig
+    from server.learning.pipeline import collect_and_mine, materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        # Short one-token words: the tiny model's chunks must hold three sentences of six words.
+        w = [x for x in WORDS if x.isalpha()]
+
+        def text(i: int) -> str:
+            return " ".join(" ".join(w[(i + 6 * s + j) % len(w)] for j in range(6)) + "." for s in range(3))
+
+        app.add_documents("default", docs(*((f"d{i}", text(i)) for i in range(6))))
+        for i in range(3):
+            app.search("default", " ".join(w[i : i + 2]))
+        mining = MiningConfig(strategy="fused+ict", max_pseudo=4)
+        mined = collect_and_mine(app.log, app.engine(), mining, GateConfig())
+        ict = [t for t in mined.report.triples if t.kind == "ict"]
+        assert len(ict) == 4 and all(t.positive_doc != t.negative_doc for t in ict)
+        rows, kept = materialize(app.engine(), ict)
+        assert len(rows) == 4
+        for (query, positive, _negative), t in zip(rows, kept, strict=True):
+            assert positive == t.positive_text and query not in positive
+            assert len(positive.split()) == 12  # two of the three sentences
+    finally:
+        app.close()

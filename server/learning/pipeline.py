@@ -51,11 +51,11 @@ def collect_and_mine(
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
         for name in sorted({q.collection for q in train}):
-            report.triples.extend(_corpus_pairs(engine, name, mining, supplement))
+            report.triples.extend(_corpus_triples(engine, name, mining, supplement))
     return Mined(report, train, holdout, feedback)
 
 
-def _corpus_pairs(engine: Any, collection: str, mining: MiningConfig, supplement: str) -> list[Triple]:
+def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, supplement: str) -> list[Triple]:
     docs: list[tuple[str, str, str, dict[str, Any]]] = []
     offset = 0
     while len(docs) < mining.max_pseudo * 2:
