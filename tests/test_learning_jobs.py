@@ -107,5 +107,8 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     models = runner.invoke(main, ["models", "--data-dir", str(settings.data_dir)], env=env)
     assert models.exit_code == 0, models.output
     assert [v["status"] for v in json.loads(models.stdout)["versions"]] == ["serving"]
+    pruned = runner.invoke(main, ["models", "--prune", "--data-dir", str(settings.data_dir)], env=env)
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.stdout) == {"deleted": [], "freed_bytes": 0}
     bad = runner.invoke(main, ["rollback", "--data-dir", str(settings.data_dir)], env=env)
     assert bad.exit_code != 0 and "nothing to roll back to" in bad.output

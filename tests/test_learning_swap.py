@@ -103,6 +103,16 @@ def test_rejected_candidate_is_kept_but_never_served(tmp_path: Path, tiny_model_
         assert not any(rejected_hash in n for n in names for rejected_hash in [_hash(rejected)])
         with pytest.raises(Exception, match="rejected"):
             learning.rollback(rejected)
+        # Its weights stay for inspection until pruned; the entry stays after.
+        folder = Path(learning.registry.location_of(learning.registry.get(rejected)))
+        assert folder.is_dir()
+        pruned = learning.delete_unservable_weights()
+        assert [d["version"] for d in pruned["deleted"]] == [rejected] and pruned["freed_bytes"] > 0
+        assert not folder.exists()
+        entry = learning.registry.get(rejected)
+        assert entry.status == "rejected" and "weights deleted" in entry.note
+        assert learning.delete_unservable_weights() == {"deleted": [], "freed_bytes": 0}
+        assert rift.search("default", queries()[0]).outcome.model_version == base
     finally:
         rift.close()
 

@@ -90,10 +90,18 @@ def retrain(
 
 
 @click.command()
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete the weights of rejected and failed fine-tunes (never servable); their entries stay.",
+)
 @click.option("--data-dir", default=None)
-def models(data_dir: str | None) -> None:
+def models(prune: bool, data_dir: str | None) -> None:
     """List model versions (serving, retired, rejected) with their gate numbers."""
-    _run(data_dir, lambda learning: {"versions": learning.models()})
+    if prune:
+        _run(data_dir, lambda learning: learning.delete_unservable_weights())
+    else:
+        _run(data_dir, lambda learning: {"versions": learning.models()})
 
 
 @click.command()

@@ -2,7 +2,7 @@
 fine-tune and re-index, with what it was trained on, the gate's numbers and its status.
 
 Status: serving (exactly one), retired (served before; rollback can return to it), rejected (failed the gate;
-kept for inspection, never served), failed (training or encoding did not finish).
+kept for inspection until `rift models --prune`, never served), failed (training or encoding did not finish).
 The serving version survives restarts: `Rift` loads it at start-up instead of the configured model, as long as
 it descends from the configured model (changing `model` in the settings starts a new lineage).
 """
