@@ -20,6 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# How `retrain` mines triples (server/learning/mining.py); the CLI and the MCP tool offer the same choices.
+LearnStrategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -127,7 +130,7 @@ class Settings(BaseSettings):
     blind_spot_depth: int = Field(5, ge=1, le=100, description="Top-n of each side compared for blind spots.")
 
     # --- learning from use (server/learning/; README "Learning from use") ---------------------------------
-    learn_strategy: Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"] = Field(
+    learn_strategy: LearnStrategy = Field(
         "fused", description="How triples are mined from the log; 'fused' was best measured (README)."
     )
     learn_epochs: float = Field(1.0, gt=0, le=20, description="Training epochs per retrain.")

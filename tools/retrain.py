@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.config import LearnStrategy
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
@@ -23,7 +24,7 @@ class RetrainResult(BaseModel):
 async def retrain(
     ctx: Context,
     strategy: Annotated[
-        Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"] | None,
+        LearnStrategy | None,
         Field(description="Mining strategy; default from settings (fused: measured best)."),
     ] = None,
     epochs: Annotated[float | None, Field(gt=0, le=20, description="Training epochs (default 1).")] = None,

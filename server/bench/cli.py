@@ -237,7 +237,9 @@ def _run_learn(
     "settings_set",
     multiple=True,
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
-    "(learn_loss also takes triplet), mining_positive_max_rank, mining_negative_min_keyword_rank and mining_negative_source (vector, keyword or both).",
+    "(learn_loss also takes triplet) and the miner's "
+    + ", ".join(key for key in LEARN_OPTIONS if key.startswith("mining_"))
+    + " (mining_negative_source: vector, keyword or both).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."

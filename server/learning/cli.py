@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 import click
 
+from server.config import LearnStrategy
 from server.errors import RiftError
 
 
@@ -54,7 +55,7 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
 @click.command()
 @click.option(
     "--strategy",
-    type=click.Choice(["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]),
+    type=click.Choice(get_args(LearnStrategy)),
     default=None,
 )
 @click.option("--epochs", type=float, default=None)

@@ -29,12 +29,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
-from typing import Any, Literal
+from typing import Any, get_args
 
+from server.config import LearnStrategy
 from server.learning.query_log import LoggedQuery
 
-Strategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
-STRATEGIES: tuple[str, ...] = ("fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict")
+STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
 NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both")
 
