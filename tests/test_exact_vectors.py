@@ -46,6 +46,10 @@ def test_top_rows_is_a_sorted_brute_force_over_allowed_rows() -> None:
     got = top_rows(vectors, query, np.ones(50, bool), 50)
     assert [r for r, _ in got] == [int(i) for i in np.argsort(-scores)]
     assert all(abs(s - float(scores[r])) < 1e-6 for r, s in got)
+    assert top_rows(vectors, query, None, 9) == top_rows(
+        vectors, query, np.ones(50, bool), 9
+    )  # None: all rows
+    assert [r for r, _ in top_rows(vectors, query, None, 9)] == [int(i) for i in np.argsort(-scores)[:9]]
     assert top_rows(vectors, query, np.zeros(50, bool), 5) == []
     assert top_rows(vectors[:0], query, np.ones(0, bool), 5) == []
 
@@ -166,3 +170,44 @@ def test_model_switch_reloads_the_copy_for_the_new_model(pair, tiny_model_path: 
     from_chroma = [c for c, _ in engine.vectors.query(record.chroma_name, query, 5)]
     from_copy = [row.chunk_id for row, _ in engine._keyword["default"].vector_search(query, 5, None, "other")]
     assert from_copy == from_chroma
+
+
+def hit_payloads(app: Any, query: str, mode: str) -> list[tuple[str, str, str, dict]]:
+    hits = app.search("default", query, k=10, mode=mode).outcome.hits
+    return [(h.doc_id, h.chunk_id, h.text, h.metadata) for h in hits]
+
+
+def test_hits_hydrated_from_memory_match_those_read_from_sqlite(pair) -> None:
+    memory, sqlite = pair("memory"), pair("sqlite", exact_search_max_chunks=0)
+    for app in (memory, sqlite):
+        app.add_documents("default", corpus())
+        app.add_documents("default", docs(("d1", "a dog sat on the cold floor", {"n": 1, "kind": "odd"})))
+        app.engine().delete_documents("default", ["d4"])
+    rows = memory.engine()._keyword["default"].snapshot.rows
+    assert rows and all(r.text is not None for r in rows)  # the copy's collection keeps chunk text in memory
+    assert all(r.text is None for r in sqlite.engine()._keyword["default"].snapshot.rows)
+    for query in QUERIES:
+        for mode in ("hybrid", "keyword", "vector"):
+            assert hit_payloads(memory, query, mode) == hit_payloads(sqlite, query, mode), (query, mode)
+    updated = hit_payloads(memory, "dog cold floor", "hybrid")
+    assert updated[0][:3] == ("d1", updated[0][1], "a dog sat on the cold floor")
+
+    settings = memory.settings
+    memory.close()
+    reopened = open_rift(settings)  # start-up loads the text again
+    try:
+        assert all(r.text is not None for r in reopened.engine()._keyword["default"].snapshot.rows)
+        for query in QUERIES:
+            assert hit_payloads(reopened, query, "hybrid") == hit_payloads(sqlite, query, "hybrid"), query
+    finally:
+        reopened.close()
+
+
+def test_a_collection_past_the_copy_limit_reads_new_chunk_text_from_sqlite(pair) -> None:
+    app = pair("grown", exact_search_max_chunks=5)
+    app.add_documents("default", corpus()[:4])
+    app.add_documents("default", corpus()[4:])
+    rows = app.engine()._keyword["default"].snapshot.rows
+    assert any(r.text is None for r in rows)  # rows added past the limit hold no text
+    top = app.search("default", TEXTS[-1], k=1, mode="keyword").outcome.hits[0]
+    assert top.text == TEXTS[-1]

@@ -67,6 +67,7 @@ class Candidate:
     doc_id: str
     chunk_id: str
     score: float
+    row: KeywordRow | None = None  # the snapshot row it came from, when known (hydration reads its text)
 
 
 @dataclass(frozen=True)
@@ -291,9 +292,13 @@ class Engine:
         return adopted
 
     def _load_keyword(self, collection: str) -> None:
+        chunks = list(self.state.iter_chunks(collection))
+        keep_text = self._exact_search_on() and len(chunks) <= self.settings.exact_search_max_chunks
         rows = [
-            KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in self.state.iter_chunks(collection)
+            KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if keep_text else None)
+            for r in chunks
         ]
+        del chunks
         index = KeywordIndex(rows)
         self._keyword[collection] = index
         self._rebuild_ms[collection] = index.snapshot.build_seconds * 1000
@@ -572,9 +577,13 @@ class Engine:
             raise
         index = self._keyword[collection]
         fits = len(index.snapshot.rows) + len(rows) <= self.settings.exact_search_max_chunks
+        keep_text = fits and self._exact_search_on()
         rebuild = index.apply(
             remove=stale,
-            add=[KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in rows],
+            add=[
+                KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if keep_text else None)
+                for r in rows
+            ],
             add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
         )
         if rebuild:
@@ -750,7 +759,7 @@ class Engine:
         def keyword_side() -> tuple[list[Candidate], float]:
             started = time.perf_counter()
             tokens = self.tokenizer.tokenize([query])[0]
-            found = [Candidate(r.doc_id, r.chunk_id, s) for r, s in index.search(tokens, depth, node)]
+            found = [Candidate(r.doc_id, r.chunk_id, s, r) for r, s in index.search(tokens, depth, node)]
             return found, (time.perf_counter() - started) * 1000
 
         overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
@@ -765,7 +774,7 @@ class Engine:
                     exact = index.vector_search(embedding, depth, node, version, self._side)
                     if exact is not None:
                         # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
-                        vector = [Candidate(row.doc_id, row.chunk_id, score) for row, score in exact]
+                        vector = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
                     else:
                         found = self.vectors.query(
                             record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
@@ -773,9 +782,10 @@ class Engine:
                         # Chroma may hold rows of a write not yet acknowledged: keep them invisible.
                         vector = []
                         for chunk_id, score in found:
-                            row = snap.row_of.get(chunk_id)
-                            if row is not None and snap.alive[row]:
-                                vector.append(Candidate(snap.rows[row].doc_id, chunk_id, score))
+                            at = snap.row_of.get(chunk_id)
+                            if at is not None and snap.alive[at]:
+                                row = snap.rows[at]
+                                vector.append(Candidate(row.doc_id, chunk_id, score, row))
                     break
                 except Exception:
                     # A model swap switched this collection (and may have released the old model or dropped
@@ -808,16 +818,22 @@ class Engine:
         }
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
-        chunk_rows = self.state.chunks_by_id(collection, [best[key_].chunk_id for key_, _ in fused])
+        # Text from the snapshot row where it is held (the same snapshot ranked it), else from SQLite.
+        missing = [
+            best[key_].chunk_id for key_, _ in fused if best[key_].row is None or best[key_].row.text is None
+        ]
+        stored = self.state.chunks_by_id(collection, missing) if missing else {}
         hits = []
         for key_, score in fused:
             cand = best[key_]
-            row = chunk_rows.get(cand.chunk_id)
-            if row is None:
-                continue  # deleted between ranking and hydration
-            meta = {m: v for m, v in row.metadata.items() if not m.startswith(RESERVED_PREFIX)}
+            source: KeywordRow | ChunkRow | None = cand.row
+            if source is None or source.text is None:
+                source = stored.get(cand.chunk_id)
+                if source is None:
+                    continue  # deleted between ranking and hydration
+            meta = {m: v for m, v in source.metadata.items() if not m.startswith(RESERVED_PREFIX)}
             hits.append(
-                Hit(cand.doc_id, cand.chunk_id, row.text, meta, score, v_rank.get(key_), k_rank.get(key_))
+                Hit(cand.doc_id, cand.chunk_id, source.text, meta, score, v_rank.get(key_), k_rank.get(key_))
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
         return SearchOutcome(collection, query, mode, k, hits, vector, keyword, version, timings)

@@ -104,18 +104,25 @@ def scores_of(vectors: np.ndarray, query: np.ndarray, pool: Executor | None = No
 
 
 def top_rows(
-    vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, depth: int, pool: Executor | None = None
+    vectors: np.ndarray,
+    query: np.ndarray,
+    allowed: np.ndarray | None,
+    depth: int,
+    pool: Executor | None = None,
 ) -> list[tuple[int, float]]:
-    """(row, cosine) of the `depth` best allowed rows, best first. Vectors and query are unit length."""
+    """(row, cosine) of the `depth` best allowed rows (every row when `allowed` is None), best first. Vectors
+    and query are unit length."""
     if not len(vectors) or depth <= 0:
         return []
     scores = scores_of(vectors, query, pool)
-    if not allowed.all():
+    if allowed is not None and not allowed.all():
         scores = np.where(allowed, scores, -np.inf)
         depth = min(depth, int(allowed.sum()))
         if depth == 0:
             return []
-    # argpartition finds the top `depth` in linear time; only those get sorted.
-    best = np.argpartition(-scores, depth - 1)[:depth] if depth < len(scores) else np.arange(len(scores))
+    # argpartition finds the top `depth` in linear time (on the scores as they are: negating them first
+    # would copy the array); only those get sorted.
+    n = len(scores)
+    best = np.argpartition(scores, n - depth)[n - depth :] if depth < n else np.arange(n)
     best = best[np.argsort(-scores[best], kind="stable")]
     return list(zip(best.tolist(), scores[best].tolist(), strict=True))
