@@ -115,9 +115,9 @@ class Settings(BaseSettings):
     exact_search_max_chunks: int = Field(
         40_000,
         ge=0,
-        description="Collections up to this many chunks keep their vectors in memory too and are searched "
-        'exactly with numpy (faster than Chroma\'s HNSW at that size; README "Benchmarks"); 0 = always Chroma. '
-        "Not used with a Chroma server.",
+        description="Collections up to this many chunks keep their vectors and chunk texts in memory too and are "
+        'searched exactly with numpy (faster than Chroma\'s HNSW at that size; README "Benchmarks"); 0 = always '
+        "Chroma. Not used with a Chroma server.",
     )
     vector_weight: float = Field(1.0, ge=0, description="RRF weight of the vector list.")
     keyword_weight: float = Field(1.0, ge=0, description="RRF weight of the keyword list.")
