@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     )
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
     learn_negatives_per_query: int = Field(1, ge=1, le=10, description="Hard negatives mined per query.")
+    learn_positive_min_keyword_margin: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="A mined positive must also be BM25's first document with at least this many times the "
+        "next one's score (0 = off): cleaner, fewer triples (README).",
+    )
     learn_min_triples: int = Field(32, ge=1, description="A retrain with fewer mined triples is refused.")
     learn_keep_versions: int = Field(
         2, ge=1, le=20, description="Versions whose vectors stay in Chroma, so rollback to them is instant."

@@ -104,6 +104,16 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     assert dry.exit_code == 0, dry.output
     out = json.loads(dry.stdout)
     assert out["status"] == "dry_run" and out["mining"]["triples"] > 0
+    # The miner's BM25-margin setting reaches `retrain`: an impossible margin keeps no fused positive.
+    strict = runner.invoke(
+        main,
+        ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)],
+        env={**env, "RIFT_LEARN_POSITIVE_MIN_KEYWORD_MARGIN": "100"},
+    )
+    assert strict.exit_code == 0, strict.output
+    mining = json.loads(strict.stdout)["mining"]
+    assert mining["triples"] < out["mining"]["triples"]
+    assert mining["skipped"]["positive_small_keyword_margin"] > 0
     models = runner.invoke(main, ["models", "--data-dir", str(settings.data_dir)], env=env)
     assert models.exit_code == 0, models.output
     assert [v["status"] for v in json.loads(models.stdout)["versions"]] == ["serving"]

@@ -8,9 +8,11 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.config import LearnStrategy
+from server.config import LearnStrategy, Settings
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
+
+_DEFAULTS = Settings.model_construct()  # the built-in defaults, which configured settings may change
 
 
 class RetrainResult(BaseModel):
@@ -27,13 +29,36 @@ async def retrain(
         LearnStrategy | None,
         Field(description="Mining strategy; default from settings (fused: measured best)."),
     ] = None,
-    epochs: Annotated[float | None, Field(gt=0, le=20, description="Training epochs (default 1).")] = None,
-    learning_rate: Annotated[
-        float | None, Field(gt=0, le=1e-3, description="Learning rate (default 2e-5).")
+    epochs: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=20,
+            description=f"Training epochs (default: setting learn_epochs, {_DEFAULTS.learn_epochs:g}).",
+        ),
     ] = None,
-    batch_size: Annotated[int | None, Field(ge=2, le=4096, description="Batch size (default 32).")] = None,
+    learning_rate: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=1e-3,
+            description=f"Learning rate (default: setting learn_learning_rate, {_DEFAULTS.learn_learning_rate:g}).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        Field(
+            ge=2,
+            le=4096,
+            description=f"Batch size (default: setting learn_batch_size, {_DEFAULTS.learn_batch_size}).",
+        ),
+    ] = None,
     min_triples: Annotated[
-        int | None, Field(ge=1, description="Refuse to train on fewer triples (default 32).")
+        int | None,
+        Field(
+            ge=1,
+            description=f"Refuse to train on fewer triples (default: setting learn_min_triples, {_DEFAULTS.learn_min_triples}).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, Field(description="Only report the triples that would be used, with examples and counts.")

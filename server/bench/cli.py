@@ -89,10 +89,11 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_batch_size": ("batch_size", int),
     "learn_max_seq_length": ("train_max_seq_length", int),
     "learn_negatives_per_query": ("negatives_per_query", int),
+    "learn_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
     "learn_loss": ("loss", str),
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
-    "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
+    "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
     "mining_negative_source": ("negative_source", str),
     "mining_max_pseudo": ("max_pseudo", int),

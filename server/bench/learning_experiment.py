@@ -28,6 +28,7 @@ import numpy as np
 from server.bench.beir import load_beir
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
+from server.config import Settings
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig
 from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
@@ -36,6 +37,8 @@ from server.learning.training import TrainConfig, train_model
 log = logging.getLogger(__name__)
 
 MODES = ("vector", "hybrid")
+# The experiment trains as `retrain` would by default: its defaults are the product's settings.
+_PRODUCT = Settings.model_construct()
 
 
 def paired_bootstrap(
@@ -122,18 +125,18 @@ def run_learning_experiment(
     cache_dir: Path,
     out: Path | None,
     *,
-    strategy: str = "fused",
-    epochs: float = 1.0,
-    learning_rate: float = 2e-5,
-    batch_size: int = 32,
-    train_max_seq_length: int | None = 128,
-    negatives_per_query: int = 1,
+    strategy: str = _PRODUCT.learn_strategy,
+    epochs: float = _PRODUCT.learn_epochs,
+    learning_rate: float = _PRODUCT.learn_learning_rate,
+    batch_size: int = _PRODUCT.learn_batch_size,
+    train_max_seq_length: int | None = _PRODUCT.learn_max_seq_length,
+    negatives_per_query: int = _PRODUCT.learn_negatives_per_query,
     positive_max_rank: int = 10,
-    positive_min_keyword_margin: float = 0.0,
+    positive_min_keyword_margin: float = _PRODUCT.learn_positive_min_keyword_margin,
     negative_min_keyword_rank: int = 30,
     negative_source: str = "vector",
     max_pseudo: int = 2000,
-    loss: str = "mnrl",
+    loss: str = _PRODUCT.learn_loss,
     destroyed_check: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -96,7 +96,11 @@ class LearningManager:
         strategy = strategy or s.learn_strategy
         if strategy not in STRATEGIES:
             raise RiftError(f"strategy must be one of {', '.join(STRATEGIES)}")
-        mining = MiningConfig(strategy=strategy, negatives_per_query=negatives or s.learn_negatives_per_query)
+        mining = MiningConfig(
+            strategy=strategy,
+            negatives_per_query=negatives or s.learn_negatives_per_query,
+            positive_min_keyword_margin=s.learn_positive_min_keyword_margin,
+        )
         return mining, self._gate_config()
 
     def mine(
