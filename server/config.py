@@ -133,16 +133,18 @@ class Settings(BaseSettings):
     learn_strategy: LearnStrategy = Field(
         "fused", description="How triples are mined from the log; 'fused' was best measured (README)."
     )
-    learn_epochs: float = Field(1.0, gt=0, le=20, description="Training epochs per retrain.")
+    learn_epochs: float = Field(
+        3.0, gt=0, le=20, description="Training epochs per retrain (3 with margin-filtered triples: README)."
+    )
     learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3, description="Training learning rate.")
     learn_batch_size: int = Field(32, ge=2, le=4096, description="Training batch size (in-batch negatives).")
     learn_loss: Literal["mnrl", "cached_mnrl"] = Field(
         "mnrl", description="cached_mnrl: large batches, small memory."
     )
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
-    learn_negatives_per_query: int = Field(1, ge=1, le=10, description="Hard negatives mined per query.")
+    learn_negatives_per_query: int = Field(2, ge=1, le=10, description="Hard negatives mined per query.")
     learn_positive_min_keyword_margin: float = Field(
-        0.0,
+        1.3,
         ge=0,
         le=100,
         description="A mined positive must also be BM25's first document with at least this many times the "
