@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,6 +239,25 @@ def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Setting
     try:
         text, after, _, _ = app.engine().get_document("default", "note")
         assert after == before == meta
-        assert text.split() == note.split()  # whitespace between sections is not stored in the chunks
+        assert text == note  # the text between sections is stored with the chunks
     finally:
         app.close()
+
+
+def test_join_chunks_restores_the_text_between_chunks_and_reads_older_chunks() -> None:
+    from server.engine.reconcile import join_chunks
+    from server.engine.state_store import ChunkRow
+
+    def row(i: int, text: str, start: int, **meta: Any) -> ChunkRow:
+        return ChunkRow(f"c{i}", "d", "h", i, text, (), {"_rift_start": start, **meta})
+
+    doc = "  alpha beta\n\n\tgamma delta  \n"
+    stored = [
+        row(0, "alpha beta", 2, _rift_gap="  "),
+        row(1, "beta\n\n\tgamma", 8),  # overlaps the first chunk: nothing between them
+        row(2, "delta", 21, _rift_gap=" ", _rift_tail="  \n"),
+    ]
+    assert join_chunks(stored) == doc
+    # Written before the gaps were stored: gaps become one space, the ends are dropped.
+    older = [row(0, "alpha beta", 2), row(1, "gamma delta", 15)]
+    assert join_chunks(older) == "alpha beta gamma delta"

@@ -31,7 +31,7 @@ from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
-from server.engine.reconcile import CHUNK_KEYS, reconcile_with_chroma
+from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import SharedSync, writer_id
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
@@ -521,11 +521,19 @@ class Engine:
             # Structure-aware when meta names a file_type with a splitter; chunks may add e.g. "heading".
             chunks = chunk_document(text, meta, embedder.tokenizer, max_tokens, self.settings.chunk_overlap)
             dirs = path_keys(meta)  # ancestor folders of meta["source"], for the $prefix filter
+            covered = 0
             for i, ch in enumerate(chunks):
                 chunk_meta = {**meta, **ch.metadata, **dirs}
                 # Name the chunk's own keys, so a repair from Chroma leaves them off the document.
                 if ch.metadata:
                     chunk_meta[CHUNK_KEYS] = ",".join(sorted(ch.metadata))
+                # The text no chunk holds (whitespace between sections, mostly), so that a repair from Chroma
+                # rebuilds the document exactly (reconcile.join_chunks).
+                if ch.start > covered:
+                    chunk_meta[GAP_BEFORE] = text[covered : ch.start][:MAX_GAP_CHARS]
+                if i == len(chunks) - 1 and ch.end < len(text):
+                    chunk_meta[GAP_AFTER] = text[ch.end :][:MAX_GAP_CHARS]
+                covered = max(covered, ch.end)
                 pieces.append((doc_id, doc_hash, chunk_meta, i, len(chunks), ch.text, ch.start, ch.end))
         tokens = self.tokenizer.tokenize([p[5] for p in pieces])
         written = time.time()  # orders versions of one document written by different processes

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 RESERVED_PREFIX = "_rift_"
 CHUNK_KEYS = "_rift_ckeys"  # comma-separated metadata keys a chunk has beyond its document's (e.g. heading)
+GAP_BEFORE = "_rift_gap"  # the document's text between the previous chunk (or its start) and this chunk
+GAP_AFTER = "_rift_tail"  # on the last chunk: the document's text after it
+MAX_GAP_CHARS = (
+    512  # longer gaps are cut (a repair then rebuilds them shorter); they are rarely more than "\n\n"
+)
 
 
 @dataclass
@@ -67,16 +72,22 @@ def _number(meta: Mapping[str, Any], key: str, default: float) -> float:
 
 
 def join_chunks(parts: Sequence[ChunkRow]) -> str:
-    """A document's text rebuilt from its chunks (exact slices at known offsets; gaps become one space)."""
+    """A document's text rebuilt from its chunks: exact slices at known offsets, and the text between them as
+    stored with each chunk (chunks written before rift stored it: one space)."""
     text, covered = "", 0  # `covered`: end of the text so far, in the original document's offsets
-    for r in sorted(parts, key=lambda r: r.chunk_index):
+    ordered = sorted(parts, key=lambda r: r.chunk_index)
+    for r in ordered:
         start = int(r.metadata.get("_rift_start", covered))
         if start >= covered:
-            text += (" " if text and start > covered else "") + r.text
+            gap = r.metadata.get(GAP_BEFORE)
+            if not isinstance(gap, str):
+                gap = " " if text and start > covered else ""
+            text += gap + r.text
         else:
             text += r.text[covered - start :]
         covered = max(covered, start + len(r.text))
-    return text
+    tail = ordered[-1].metadata.get(GAP_AFTER) if ordered else None
+    return text + tail if isinstance(tail, str) else text
 
 
 def reconcile_with_chroma(
