@@ -15,6 +15,10 @@ from tools._learning import learning_of
 _DEFAULTS = Settings.model_construct()  # the built-in defaults, which configured settings may change
 
 
+def _default(setting: str) -> str:
+    return f"(default: setting {setting}, {getattr(_DEFAULTS, setting):g})"
+
+
 class RetrainResult(BaseModel):
     job_id: str | None = Field(description="Poll it with retrain_status; null for a dry run.")
     status: str = Field(description="'running' (job started) or 'dry_run'.")
@@ -31,34 +35,19 @@ async def retrain(
     ] = None,
     epochs: Annotated[
         float | None,
-        Field(
-            gt=0,
-            le=20,
-            description=f"Training epochs (default: setting learn_epochs, {_DEFAULTS.learn_epochs:g}).",
-        ),
+        Field(gt=0, le=20, description=f"Training epochs {_default('learn_epochs')}."),
     ] = None,
     learning_rate: Annotated[
         float | None,
-        Field(
-            gt=0,
-            le=1e-3,
-            description=f"Learning rate (default: setting learn_learning_rate, {_DEFAULTS.learn_learning_rate:g}).",
-        ),
+        Field(gt=0, le=1e-3, description=f"Learning rate {_default('learn_learning_rate')}."),
     ] = None,
     batch_size: Annotated[
         int | None,
-        Field(
-            ge=2,
-            le=4096,
-            description=f"Batch size (default: setting learn_batch_size, {_DEFAULTS.learn_batch_size}).",
-        ),
+        Field(ge=2, le=4096, description=f"Batch size {_default('learn_batch_size')}."),
     ] = None,
     min_triples: Annotated[
         int | None,
-        Field(
-            ge=1,
-            description=f"Refuse to train on fewer triples (default: setting learn_min_triples, {_DEFAULTS.learn_min_triples}).",
-        ),
+        Field(ge=1, description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
     ] = None,
     dry_run: Annotated[
         bool, Field(description="Only report the triples that would be used, with examples and counts.")

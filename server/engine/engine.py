@@ -293,7 +293,7 @@ class Engine:
 
     def _load_keyword(self, collection: str) -> None:
         chunks = list(self.state.iter_chunks(collection))
-        keep_text = self._exact_search_on() and len(chunks) <= self.settings.exact_search_max_chunks
+        keep_text = self._fits_copy(len(chunks))
         rows = [
             KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if keep_text else None)
             for r in chunks
@@ -313,6 +313,10 @@ class Engine:
         # With a Chroma server other processes write too; their writes reach this process without vectors.
         return self.shared is None and self.settings.exact_search_max_chunks > 0
 
+    def _fits_copy(self, chunks: int) -> bool:
+        """Whether a collection of `chunks` keeps the in-memory copy (vectors and chunk texts)."""
+        return self._exact_search_on() and chunks <= self.settings.exact_search_max_chunks
+
     def _load_vector_copy(self, collection: str) -> None:
         """Fill the collection's in-memory vector copy (exact vector search) from Chroma, or drop it when the
         collection is too large for it or exact search is off. Callers hold the write lock (or run start-up)."""
@@ -321,7 +325,7 @@ class Engine:
         if index is None or record is None:
             return
         snap = index.snapshot
-        if not self._exact_search_on() or len(snap.rows) > self.settings.exact_search_max_chunks:
+        if not self._fits_copy(len(snap.rows)):
             index.set_vectors(None, None)
             return
         embedder = self._embedders.get(record.model_version)
@@ -584,13 +588,11 @@ class Engine:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
             raise
         index = self._keyword[collection]
-        fits = len(index.snapshot.rows) + len(rows) <= self.settings.exact_search_max_chunks
-        keep_text = fits and self._exact_search_on()
+        fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
         rebuild = index.apply(
             remove=stale,
             add=[
-                KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if keep_text else None)
-                for r in rows
+                KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if fits else None) for r in rows
             ],
             add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
         )
@@ -827,18 +829,17 @@ class Engine:
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         # Text from the snapshot row where it is held (the same snapshot ranked it), else from SQLite.
-        missing = [
-            best[key_].chunk_id for key_, _ in fused if best[key_].row is None or best[key_].row.text is None
-        ]
+        held = {
+            key_: best[key_].row for key_, _ in fused if best[key_].row and best[key_].row.text is not None
+        }
+        missing = [best[key_].chunk_id for key_, _ in fused if key_ not in held]
         stored = self.state.chunks_by_id(collection, missing) if missing else {}
         hits = []
         for key_, score in fused:
             cand = best[key_]
-            source: KeywordRow | ChunkRow | None = cand.row
-            if source is None or source.text is None:
-                source = stored.get(cand.chunk_id)
-                if source is None:
-                    continue  # deleted between ranking and hydration
+            source: KeywordRow | ChunkRow | None = held.get(key_) or stored.get(cand.chunk_id)
+            if source is None:
+                continue  # deleted between ranking and hydration
             meta = {m: v for m, v in source.metadata.items() if not m.startswith(RESERVED_PREFIX)}
             hits.append(
                 Hit(cand.doc_id, cand.chunk_id, source.text, meta, score, v_rank.get(key_), k_rank.get(key_))

@@ -26,9 +26,8 @@ RESERVED_PREFIX = "_rift_"
 CHUNK_KEYS = "_rift_ckeys"  # comma-separated metadata keys a chunk has beyond its document's (e.g. heading)
 GAP_BEFORE = "_rift_gap"  # the document's text between the previous chunk (or its start) and this chunk
 GAP_AFTER = "_rift_tail"  # on the last chunk: the document's text after it
-MAX_GAP_CHARS = (
-    512  # longer gaps are cut (a repair then rebuilds them shorter); they are rarely more than "\n\n"
-)
+# Longer gaps are cut (a repair then rebuilds them shorter); they are rarely more than "\n\n".
+MAX_GAP_CHARS = 512
 
 
 @dataclass
