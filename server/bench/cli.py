@@ -158,6 +158,7 @@ def _run_learn(
     cache_dir: Path,
     out: Path | None,
     overrides: dict[str, Any],
+    labelled_bound: bool = False,
 ) -> None:
     if data is None or usage_split is None:
         raise click.UsageError(
@@ -179,6 +180,7 @@ def _run_learn(
         seeds=_ints(seeds, "--seeds", minimum=0) if seeds else [0],
         cache_dir=cache_dir,
         out=out,
+        labelled_bound=labelled_bound,
         **_learn_options(overrides),
     )
     from server.bench.report import json_line
@@ -262,6 +264,13 @@ def _run_learn(
 @click.option("--usage-split", default=None, help="With --learn: the split whose queries simulate usage.")
 @click.option("--seeds", default="0", show_default=True, help="With --learn: comma list of seeds.")
 @click.option(
+    "--labelled-bound",
+    is_flag=True,
+    help="With --learn: NOT label-free, a reference only. Train on the usage split's relevance labels (each "
+    "usage query's most relevant document as the positive, the vector side's best non-relevant documents as "
+    "negatives) instead of mined triples, to show what perfect labels for the same queries would give.",
+)
+@click.option(
     "--mining-analysis",
     is_flag=True,
     help="No training: replay --usage-split's queries, mine with each strategy variant, and report how often "
@@ -290,14 +299,18 @@ def bench(
     learn: bool,
     usage_split: str | None,
     seeds: str,
+    labelled_bound: bool,
     mining_analysis: bool,
 ) -> None:
     """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
+    if labelled_bound and not learn:
+        raise click.UsageError("--labelled-bound applies only with --learn")
     if mining_analysis:
         _run_mining_analysis(data, usage_split, model, cache_dir, json_out)
         return
     if learn:
-        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out, _overrides(settings_set))
+        overrides = _overrides(settings_set)
+        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out, overrides, labelled_bound)
         return
     if data is None and not scale:
         raise click.UsageError("give --data PATH (a BEIR folder) and/or --scale SIZES")

@@ -30,7 +30,7 @@ from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
 from server.learning.gate import Gate, GateConfig
-from server.learning.mining import MiningConfig
+from server.learning.mining import MiningConfig, Triple
 from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
 from server.learning.training import TrainConfig, train_model
 
@@ -63,6 +63,44 @@ def _evaluate(
         for mode in MODES:
             res = engine.search(COLLECTION, text, 10, mode)
             out[mode][qid] = ndcg_at_k([h.doc_id for h in res.hits], qrels[qid], 10)
+    return out
+
+
+def labelled_triples(
+    queries: Sequence[Any],
+    qids_by_text: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    negatives_per_query: int,
+    negative_depth: int = 10,
+) -> list[Triple]:
+    """The reference that is NOT label-free (`--labelled-bound`): for the same logged training queries the miner
+    saw, the positive is the query's most relevant document by the usage split's labels (ties: the one the
+    vector side ranked best) and the negatives are the vector side's best-ranked documents the labels call
+    non-relevant. It bounds what perfect labels for the same usage would give this recipe."""
+    out: list[Triple] = []
+    for q in queries:
+        rel = qrels.get(qids_by_text.get(q.query, ""), {})
+        relevant = [d for d, grade in rel.items() if grade > 0]
+        if not relevant:
+            continue
+        vector_rank = {doc: i for i, (doc, _chunk, _s) in enumerate(q.vector)}
+        positive = min(relevant, key=lambda d: (-rel[d], vector_rank.get(d, len(vector_rank)), d))
+        chunk_of = {doc: chunk for doc, chunk, _s in [*q.keyword, *q.vector]}
+        negatives = [doc for doc, _c, _s in q.vector[:negative_depth] if rel.get(doc, 0) <= 0]
+        for negative in negatives[:negatives_per_query]:
+            out.append(
+                Triple(
+                    q.query,
+                    q.collection,
+                    positive,
+                    chunk_of.get(positive, ""),
+                    negative,
+                    chunk_of[negative],
+                    "labelled",
+                    q.query_id,
+                    1.0,
+                )
+            )
     return out
 
 
@@ -138,6 +176,7 @@ def run_learning_experiment(
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
     destroyed_check: bool = False,
+    labelled_bound: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
@@ -172,7 +211,8 @@ def run_learning_experiment(
         "usage_queries": len(usage_ids),
         "eval_queries": len(eval_ds.queries),
         "documents": len(eval_ds.documents),
-        "strategy": strategy,
+        "strategy": "labelled bound (usage-split relevance labels)" if labelled_bound else strategy,
+        "labelled_bound": labelled_bound,
         "mining": {
             "positive_max_rank": positive_max_rank,
             "positive_min_keyword_margin": positive_min_keyword_margin,
@@ -215,6 +255,10 @@ def run_learning_experiment(
             mined = collect_and_mine(
                 index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
             )
+            if labelled_bound:
+                mined.report.triples[:] = labelled_triples(
+                    mined.train_queries, texts_to_qid, usage_ds.qrels, negatives_per_query
+                )
             rows, kept = materialize(engine, mined.report.triples)
             seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
             seed_info["mining"]["train_queries"] = len(mined.train_queries)
