@@ -229,24 +229,3 @@ def test_corpus_pairs_reach_training_rows_through_the_pipeline(tmp_path, tiny_mo
             assert len(positive.split()) == 12  # two of the three sentences
     finally:
         app.close()
-
-
-def test_labelled_bound_uses_the_labels_for_the_same_logged_queries() -> None:
-    """`rift bench --learn --labelled-bound` (a reference, not label-free): the most relevant document is the
-    positive even when neither side ranked it; negatives are the vector side's best non-relevant documents."""
-    from server.bench.learning_experiment import labelled_triples
-
-    log = [
-        q("1", "first", ["x", "a", "y", "z"], ["a", *FILL], ["a", "x"]),
-        q("2", "second", ["b", "w"], ["w"], ["w", "b"]),
-        q("3", "unlabelled", ["c"], ["c"], ["c"]),
-    ]
-    qrels = {"Q1": {"a": 1, "y": 2}, "Q2": {"m": 1, "b": 0}}
-    got = labelled_triples(log, {"first": "Q1", "second": "Q2", "unlabelled": "Q3"}, qrels, 2)
-    assert [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in got] == [
-        ("first", "y", "x", "labelled"),
-        ("first", "y", "z", "labelled"),  # a is relevant (grade 1): never a negative
-        ("second", "m", "b", "labelled"),
-        ("second", "m", "w", "labelled"),
-    ]
-    assert got[0].positive_chunk == "y::h::0" and got[2].positive_chunk == ""

@@ -54,13 +54,25 @@ def paired_bootstrap(
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+# Buckets of evaluation queries by the keyword side's own nDCG@10 (lower bound, label): where BM25 already
+# answers well, the hybrid has little left to gain; where it fails, the hybrid leans on the dense side.
+KEYWORD_BUCKETS = (
+    (0.8, 1.01, "BM25 nDCG@10 >= 0.8"),
+    (0.3, 0.8, "0.3 <= BM25 < 0.8"),
+    (0.0, 0.3, "BM25 < 0.3"),
+)
+
+
 def _evaluate(
-    engine: Any, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
+    engine: Any,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    modes: Sequence[str] = MODES,
 ) -> dict[str, dict[str, float]]:
     """Per-query nDCG@10 by mode, straight from the engine (not logged: evaluation never reaches the log)."""
-    out: dict[str, dict[str, float]] = {m: {} for m in MODES}
+    out: dict[str, dict[str, float]] = {m: {} for m in modes}
     for qid, text in queries.items():
-        for mode in MODES:
+        for mode in modes:
             res = engine.search(COLLECTION, text, 10, mode)
             out[mode][qid] = ndcg_at_k([h.doc_id for h in res.hits], qrels[qid], 10)
     return out
@@ -244,7 +256,7 @@ def run_learning_experiment(
             engine = index.engine
             if base_eval is None:
                 say(f"{eval_ds.name}: evaluating the base model")
-                base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels)
+                base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"))
             say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
             t0 = time.perf_counter()
             for qid in usage_ids:
@@ -299,8 +311,11 @@ def run_learning_experiment(
                 seed_info[f"{m}_ndcg@10"] = round(float(np.mean(list(evaluated[m].values()))), 4)
         result["seeds"].append(seed_info)
         assert base_eval is not None
-        result["base_per_query"] = {m: {q: round(v, 5) for q, v in base_eval[m].items()} for m in MODES}
+        result["base_per_query"] = {
+            m: {q: round(v, 5) for q, v in per.items()} for m, per in base_eval.items()
+        }
         result["modes"] = {m: _summary(base_eval[m], runs[m], seeds[0]) for m in MODES}
+        result["by_keyword_ndcg"] = by_keyword_difficulty(base_eval, runs)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2))
@@ -309,6 +324,33 @@ def run_learning_experiment(
             + json.dumps({m: result["modes"][m]["per_seed"][-1] for m in MODES})
         )
     return result
+
+
+def by_keyword_difficulty(
+    base: Mapping[str, Mapping[str, float]], runs: Mapping[str, Sequence[Mapping[str, float]]]
+) -> list[dict[str, Any]]:
+    """Where the learning gain lands: evaluation queries grouped by the keyword side's nDCG@10 (the base
+    run's; BM25 does not change with the model), with each mode's seed-averaged delta in the group and its
+    share of the overall mean delta (delta x group size / all queries)."""
+    keyword = base.get("keyword")
+    if not keyword:
+        return []
+    total = len(keyword)
+    out = []
+    for low, high, label in KEYWORD_BUCKETS:
+        qids = [q for q, v in keyword.items() if low <= v < high]
+        row: dict[str, Any] = {"bucket": label, "queries": len(qids)}
+        for m in MODES:
+            if not qids or not runs[m]:
+                continue
+            delta = float(np.mean([np.mean([run[q] - base[m][q] for run in runs[m]]) for q in qids]))
+            row[m] = {
+                "base": round(float(np.mean([base[m][q] for q in qids])), 4),
+                "delta": round(delta, 4),
+                "share_of_mean_delta": round(delta * len(qids) / total, 4),
+            }
+        out.append(row)
+    return out
 
 
 def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -321,6 +363,8 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         m: _summary(base[m], [s["per_query"][m] for s in merged["seeds"]], merged["seeds"][0]["seed"])
         for m in MODES
     }
+    runs = {m: [s["per_query"][m] for s in merged["seeds"]] for m in MODES}
+    merged["by_keyword_ndcg"] = by_keyword_difficulty(base, runs)
     return merged
 
 

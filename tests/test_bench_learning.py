@@ -1,0 +1,94 @@
+"""The learning experiment's bookkeeping (`rift bench --learn`): the labelled reference, the breakdown of gains
+by how well BM25 answered, and merging one-seed runs. The experiment itself is a benchmark, not a test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from server.bench.learning_experiment import by_keyword_difficulty, labelled_triples, merge_results
+from server.cli import main
+from tests.test_learning_mining import FILL, q
+
+
+def test_labelled_bound_uses_the_labels_for_the_same_logged_queries() -> None:
+    """`--labelled-bound` (a reference, not label-free): the most relevant document is the positive even when
+    neither side ranked it; negatives are the vector side's best non-relevant documents."""
+    log = [
+        q("1", "first", ["x", "a", "y", "z"], ["a", *FILL], ["a", "x"]),
+        q("2", "second", ["b", "w"], ["w"], ["w", "b"]),
+        q("3", "unlabelled", ["c"], ["c"], ["c"]),
+    ]
+    qrels = {"Q1": {"a": 1, "y": 2}, "Q2": {"m": 1, "b": 0}}
+    got = labelled_triples(log, {"first": "Q1", "second": "Q2", "unlabelled": "Q3"}, qrels, 2)
+    assert [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in got] == [
+        ("first", "y", "x", "labelled"),
+        ("first", "y", "z", "labelled"),  # a is relevant (grade 1): never a negative
+        ("second", "m", "b", "labelled"),
+        ("second", "m", "w", "labelled"),
+    ]
+    assert got[0].positive_chunk == "y::h::0" and got[2].positive_chunk == ""
+
+
+def test_labelled_bound_needs_learn(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--labelled-bound"])
+    assert res.exit_code == 2 and "--labelled-bound applies only with --learn" in res.output
+
+
+BASE = {
+    "keyword": {"easy": 1.0, "mid": 0.5, "hard1": 0.0, "hard2": 0.1},
+    "vector": {"easy": 0.8, "mid": 0.4, "hard1": 0.5, "hard2": 0.3},
+    "hybrid": {"easy": 1.0, "mid": 0.5, "hard1": 0.3, "hard2": 0.2},
+}
+
+
+def _run(vector: dict[str, float], hybrid: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {"vector": vector, "hybrid": hybrid}
+
+
+def test_gains_are_broken_down_by_how_well_bm25_answered() -> None:
+    seed_a = _run(
+        {"easy": 1.0, "mid": 0.6, "hard1": 0.3, "hard2": 0.3},
+        {"easy": 1.0, "mid": 0.7, "hard1": 0.1, "hard2": 0.2},
+    )
+    seed_b = _run(
+        {"easy": 1.0, "mid": 0.4, "hard1": 0.5, "hard2": 0.3},
+        {"easy": 1.0, "mid": 0.5, "hard1": 0.3, "hard2": 0.2},
+    )
+    rows = by_keyword_difficulty(BASE, {m: [seed_a[m], seed_b[m]] for m in ("vector", "hybrid")})
+    assert [(r["bucket"], r["queries"]) for r in rows] == [
+        ("BM25 nDCG@10 >= 0.8", 1),
+        ("0.3 <= BM25 < 0.8", 1),
+        ("BM25 < 0.3", 2),
+    ]
+    easy, mid, hard = rows
+    assert easy["vector"] == {"base": 0.8, "delta": 0.2, "share_of_mean_delta": 0.05}
+    assert easy["hybrid"]["delta"] == 0.0  # nothing left to gain where BM25 already answers
+    assert mid["vector"]["delta"] == 0.1 and mid["hybrid"]["delta"] == 0.1
+    assert hard["vector"] == {"base": 0.4, "delta": -0.05, "share_of_mean_delta": -0.025}
+    assert hard["hybrid"]["delta"] == -0.05
+    # The shares add up to the overall mean delta.
+    overall = sum(r["vector"]["share_of_mean_delta"] for r in rows)
+    assert abs(overall - 0.05) < 1e-9
+    assert by_keyword_difficulty({"vector": {}, "hybrid": {}}, {"vector": [], "hybrid": []}) == []
+
+
+def test_one_seed_runs_merge_into_a_seed_averaged_summary() -> None:
+    def result(seed: int, run: dict[str, dict[str, float]]) -> dict:
+        return {
+            "dataset": "d",
+            "base_per_query": BASE,
+            "seeds": [{"seed": seed, "per_query": run}],
+            "modes": {},
+        }
+
+    up = _run({q: v + 0.1 for q, v in BASE["vector"].items()}, dict(BASE["hybrid"]))
+    same = _run(dict(BASE["vector"]), dict(BASE["hybrid"]))
+    merged = merge_results([result(0, up), result(1, same)])
+    assert [s["seed"] for s in merged["seeds"]] == [0, 1]
+    vector = merged["modes"]["vector"]
+    assert [s["delta"] for s in vector["per_seed"]] == [0.1, 0.0]
+    assert vector["seed_mean_delta"] == 0.05 and vector["seed_mean_ci95"] == [0.05, 0.05]
+    assert merged["modes"]["hybrid"]["seed_mean_delta"] == 0.0
+    assert merged["by_keyword_ndcg"][2]["vector"]["delta"] == 0.05
