@@ -92,3 +92,36 @@ def test_one_seed_runs_merge_into_a_seed_averaged_summary() -> None:
     assert vector["seed_mean_delta"] == 0.05 and vector["seed_mean_ci95"] == [0.05, 0.05]
     assert merged["modes"]["hybrid"]["seed_mean_delta"] == 0.0
     assert merged["by_keyword_ndcg"][2]["vector"]["delta"] == 0.05
+
+
+def test_the_learning_result_renders_as_tables() -> None:
+    from server.bench.report import learn_markdown
+
+    up = _run({q: v + 0.1 for q, v in BASE["vector"].items()}, dict(BASE["hybrid"]))
+    seeds = []
+    for seed, gate in ((0, {"accepted": True}), (1, {"accepted": False, "reason": "known_item_mrr@10 fell"})):
+        seeds.append(
+            {"seed": seed, "per_query": up, "mining": {"materialized": 12}, "train_s": 3.0, "gate": gate}
+        )
+    result = merge_results(
+        [
+            {
+                "dataset": "tiny",
+                "eval_split": "test",
+                "eval_queries": 4,
+                "usage_split": "train",
+                "usage_queries": 9,
+                "strategy": "fused",
+                "labelled_bound": True,
+                "base_per_query": BASE,
+                "seeds": [s],
+            }
+            for s in seeds
+        ]
+    )
+    text = learn_markdown(result)
+    assert "labelled bound (NOT label-free)" in text
+    assert "| 0 | 12 | 3.00 | – | accepted | 0.6000, +0.1000 [+0.1000, +0.1000] |" in text
+    assert "rejected: known_item_mrr@10 fell" in text
+    assert "| mean |" in text and "s.d. 0.0" in text
+    assert "| BM25 < 0.3 | 2 | 0.400, +0.1000 (share +0.0500) |" in text

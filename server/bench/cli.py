@@ -183,9 +183,10 @@ def _run_learn(
         labelled_bound=labelled_bound,
         **_learn_options(overrides),
     )
-    from server.bench.report import json_line
+    from server.bench.report import json_line, learn_markdown
 
     click.echo(json_line({"kind": "learn", **result}))
+    click.echo("\n" + learn_markdown(result))
 
 
 @click.command()

@@ -241,3 +241,69 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def learn_markdown(result: dict[str, Any]) -> str:
+    """The learning experiment as tables: each seed's triples, times, gate and deltas, the seed average, and
+    where the gain landed (queries grouped by BM25's own nDCG@10)."""
+    modes = result.get("modes", {})
+    what = (
+        "labelled bound (NOT label-free)"
+        if result.get("labelled_bound")
+        else f"strategy `{result['strategy']}`"
+    )
+    lines = [
+        f"**{result['dataset']}** ({result['eval_split']}, {result['eval_queries']} queries; usage = "
+        f"{result['usage_split']}, {result['usage_queries']} queries), {what}",
+        "",
+    ]
+    rows = []
+    for i, seed in enumerate(result.get("seeds", [])):
+        gate = seed.get("gate", {})
+        decision = "accepted" if gate.get("accepted") else f"rejected: {gate.get('reason', '')}"
+        cells = [
+            seed["seed"],
+            seed["mining"]["materialized"],
+            seed.get("train_s"),
+            seed.get("reencode_s"),
+            decision,
+        ]
+        for m in ("vector", "hybrid"):
+            per = modes[m]["per_seed"][i]
+            cells.append(
+                f"{per['ndcg@10']:.4f}, {per['delta']:+.4f} [{per['ci95'][0]:+.4f}, {per['ci95'][1]:+.4f}]"
+            )
+        rows.append(cells)
+    if len(rows) > 1:
+        mean = ["mean", "", "", "", ""]
+        for m in ("vector", "hybrid"):
+            lo, hi = modes[m]["seed_mean_ci95"]
+            mean.append(
+                f"{modes[m]['seed_mean_delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], s.d. {modes[m]['delta_std_over_seeds']}"
+            )
+        rows.append(mean)
+    headers = ["seed", "triples", "train s", "re-encode s", "gate"]
+    headers += [f"{m} nDCG@10 (base {modes[m]['base']:.4f}), Δ [95 % CI]" for m in ("vector", "hybrid")]
+    lines += _table(headers, rows)
+    buckets = result.get("by_keyword_ndcg") or []
+    if buckets:
+        lines += [
+            "",
+            "Where the gain landed (evaluation queries by BM25's own nDCG@10; seed-averaged deltas):",
+            "",
+        ]
+        rows = [
+            [
+                b["bucket"],
+                b["queries"],
+                *(
+                    f"{b[m]['base']:.3f}, {b[m]['delta']:+.4f} (share {b[m]['share_of_mean_delta']:+.4f})"
+                    if m in b
+                    else None
+                    for m in ("vector", "hybrid")
+                ),
+            ]
+            for b in buckets
+        ]
+        lines += _table(["queries", "n", "vector base, Δ", "hybrid base, Δ"], rows)
+    return "\n".join(lines)
