@@ -162,7 +162,14 @@ class Settings(BaseSettings):
     )
     gate_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Most recent logged queries held out.")
     gate_tolerance: float = Field(
-        0.01, ge=0, le=1, description="Largest drop allowed in a label-free signal."
+        0.01, ge=0, le=1, description="Largest drop allowed in a label-free signal when no labels decide."
+    )
+    gate_guard_tolerance: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest drop allowed in a label-free signal when labels decide (gate_eval_data, or "
+        "enough held-out feedback): the proxies then only guard against a collapsed model.",
     )
     gate_eval_data: Path | None = Field(None, description="A BEIR-format folder the gate also scores on.")
     gate_eval_split: str = Field("test", description="qrels/<split>.tsv of gate_eval_data.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.config import DEFAULT_MODEL
-from server.learning.gate import Gate, GateConfig, LabelledSet, known_item_query, time_split
+from server.learning.gate import Gate, GateConfig, GateReport, LabelledSet, known_item_query, time_split
 from server.learning.pipeline import build_all, load_embedder
 from tests.support.helpers import docs, make_settings, open_rift
 
@@ -110,8 +110,8 @@ def test_labelled_set_decides_when_configured(rift, tmp_path: Path) -> None:
         {f"q{i}": f"what does the {a} eat" for i, (a, _, _) in enumerate(ANIMALS)},
         {f"q{i}": {f"{a}-diet": 1} for i, (a, _, _) in enumerate(ANIMALS)},
     )
-    # A lenient label-free tolerance: only the labels can reject it now.
-    report = Gate(engine, GateConfig(tolerance=1.0, min_stability=0.0)).score(
+    # Lenient label-free tolerances: only the labels can reject it now.
+    report = Gate(engine, GateConfig(tolerance=1.0, guard_tolerance=1.0, min_stability=0.0)).score(
         engine.embedder, destroyed, [], labelled=labelled
     )
     assert report.basis == "labelled" and not report.accepted
@@ -124,3 +124,35 @@ def test_known_item_query_prefers_titles() -> None:
     assert known_item_query("body text here and more", {"title": "A Study of Otters"}) == "A Study of Otters"
     assert known_item_query("Otters eat fish daily. More text.", {}) == "Otters eat fish daily."
     assert known_item_query("tiny", {}) is None
+
+
+def _report(**delta: float) -> GateReport:
+    return GateReport(
+        accepted=False, reason="", basis="label-free", holdout_queries=50, delta=delta, stability=0.8
+    )
+
+
+def test_where_labels_decide_the_proxies_only_guard_against_collapse() -> None:
+    """A model trained on real labels lost 0.035 of keyword agreement while gaining 0.022 nDCG@10: without
+    labels the gate must refuse it (a proxy cannot tell it from damage); with labels showing the gain it serves,
+    unless a proxy collapses."""
+    gate = Gate(None, GateConfig())
+    better = {"keyword_recall@10": -0.035, "known_item_mrr@10": -0.001}
+    alone = _report(**better)
+    gate._decide(alone, alone.delta, 0)
+    assert not alone.accepted and alone.basis == "label-free" and "keyword_recall@10 fell" in alone.reason
+    labelled = _report(**better, **{"labelled_ndcg@10": 0.022})
+    gate._decide(labelled, labelled.delta, 0)
+    assert labelled.accepted and labelled.basis == "labelled"
+    judged = _report(**better, **{"feedback_ndcg@10": 0.05})
+    gate._decide(judged, judged.delta, fb_queries=GateConfig().min_feedback_queries)
+    assert judged.accepted and judged.basis == "feedback"
+    too_few = _report(**better, **{"feedback_ndcg@10": 0.05})
+    gate._decide(too_few, too_few.delta, fb_queries=1)  # too little feedback to decide: the proxies do
+    assert not too_few.accepted and too_few.basis == "label-free"
+    collapsed = _report(**{"keyword_recall@10": -0.4, "labelled_ndcg@10": 0.01})
+    gate._decide(collapsed, collapsed.delta, 0)
+    assert not collapsed.accepted and collapsed.basis == "labelled" and "tolerance 0.1" in collapsed.reason
+    worse = _report(**{"keyword_recall@10": 0.0, "labelled_ndcg@10": -0.01})
+    gate._decide(worse, worse.delta, 0)
+    assert not worse.accepted and "labelled hybrid nDCG@10 fell" in worse.reason

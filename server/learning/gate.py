@@ -16,9 +16,12 @@ What is scored (serving vs candidate, both over their own fully built vectors of
 
 Held-out queries are the most recent logged queries (a time split): training uses only older ones.
 Decision: with a labelled set, the candidate must not lose labelled hybrid nDCG@10; with enough held-out
-feedback, it must not lose feedback nDCG@10; in every case no label-free signal may drop by more than
-`tolerance` and stability must stay above `min_stability`. Label-free signals catch a damaged model; only
-labels (feedback or an evaluation set) can show that a model is better, and the report says which applied.
+feedback, it must not lose feedback nDCG@10; stability must stay above `min_stability`. No label-free signal
+may drop by more than `tolerance` when no labels decide, or by more than `guard_tolerance` when they do.
+Label-free signals catch a damaged model; only labels (feedback or an evaluation set) can show that a model is
+better, and the report says which applied. They cannot tell "finds what BM25 misses" from "damaged": a model
+trained on real labels lost 0.035 of keyword agreement while gaining 0.022 labelled nDCG@10, and a harmful one
+lost 0.027 (README "Where the gain lands"). So where labels decide, the proxies only guard against collapse.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class GateConfig:
     max_holdout: int = 300
     min_holdout: int = 3
     tolerance: float = 0.01
+    # Where labels decide, a label-free signal only vetoes a collapse; a worse model fails the labels anyway.
+    guard_tolerance: float = 0.1
     min_stability: float = 0.5
     # 1,000 rather than 200: with 200 the paired delta's standard error (about 0.01) equalled the tolerance, so
     # a decision could turn on the sample. Costs ~30 s more per gate on NFCorpus (README "Learning from use").
@@ -230,15 +235,18 @@ class Gate:
         return out
 
     def _decide(self, report: GateReport, delta: Mapping[str, float], fb_queries: int) -> None:
-        tol = self.cfg.tolerance
+        labelled = "labelled_ndcg@10" in delta
+        feedback = "feedback_ndcg@10" in delta and fb_queries >= self.cfg.min_feedback_queries
+        tol = self.cfg.guard_tolerance if labelled or feedback else self.cfg.tolerance
         for name in ("keyword_recall@10", "known_item_mrr@10"):
             if name in delta and delta[name] < -tol:
+                report.basis = "labelled" if labelled else "feedback" if feedback else "label-free"
                 report.reason = f"{name} fell by {-delta[name]:.4f} (tolerance {tol})"
                 return
         if report.stability is not None and report.stability < self.cfg.min_stability:
             report.reason = f"stability@10 {report.stability:.3f} is below {self.cfg.min_stability}"
             return
-        if "labelled_ndcg@10" in delta:
+        if labelled:
             report.basis = "labelled"
             if delta["labelled_ndcg@10"] < 0:
                 report.reason = f"labelled hybrid nDCG@10 fell by {-delta['labelled_ndcg@10']:.4f}"
@@ -246,7 +254,7 @@ class Gate:
             report.accepted = True
             report.reason = f"labelled hybrid nDCG@10 {delta['labelled_ndcg@10']:+.4f}"
             return
-        if "feedback_ndcg@10" in delta and fb_queries >= self.cfg.min_feedback_queries:
+        if feedback:
             report.basis = "feedback"
             if delta["feedback_ndcg@10"] < 0:
                 report.reason = f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f}"

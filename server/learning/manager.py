@@ -175,7 +175,11 @@ class LearningManager:
 
     def _gate_config(self) -> GateConfig:
         s = self.settings
-        base = {"holdout_fraction": s.gate_holdout_fraction, "tolerance": s.gate_tolerance}
+        base = {
+            "holdout_fraction": s.gate_holdout_fraction,
+            "tolerance": s.gate_tolerance,
+            "guard_tolerance": s.gate_guard_tolerance,
+        }
         return GateConfig(**{**base, **self.gate_overrides})
 
     def _labelled(self) -> LabelledSet | None:
