@@ -8,7 +8,11 @@ only to score the evaluation split and, after mining, to report how often a mine
 relevant (the usage split's labels); they never reach mining, training or the gate.
 
 Reported: mean nDCG@10 per mode, per-seed deltas with 95% paired-bootstrap CIs, the seed-averaged delta with
-its CI, spread over seeds, triples mined by type, training and re-encoding time, and the gate's decision.
+its CI, spread over seeds, triples mined by type, training and re-encoding time, the gate's decision, and where
+the gain landed (evaluation queries grouped by BM25's own nDCG@10).
+
+`labelled_bound=True` (`--labelled-bound`) is the one exception to "zero labels", and says so in its output:
+it trains on the usage split's labels for the same logged queries, to show what perfect labels would give.
 """
 
 from __future__ import annotations
