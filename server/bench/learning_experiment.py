@@ -58,7 +58,7 @@ def paired_bootstrap(
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-# Buckets of evaluation queries by the keyword side's own nDCG@10 (lower bound, label): where BM25 already
+# Buckets of evaluation queries by the keyword side's own nDCG@10 (low, high exclusive, label): where BM25 already
 # answers well, the hybrid has little left to gain; where it fails, the hybrid leans on the dense side.
 KEYWORD_BUCKETS = (
     (0.8, 1.01, "BM25 nDCG@10 >= 0.8"),

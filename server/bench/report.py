@@ -243,10 +243,13 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     return out
 
 
+LEARN_MODES = ("vector", "hybrid")
+
+
 def learn_markdown(result: dict[str, Any]) -> str:
     """The learning experiment as tables: each seed's triples, times, gate and deltas, the seed average, and
     where the gain landed (queries grouped by BM25's own nDCG@10)."""
-    modes = result.get("modes", {})
+    modes = result["modes"]
     what = (
         "labelled bound (NOT label-free)"
         if result.get("labelled_bound")
@@ -268,7 +271,7 @@ def learn_markdown(result: dict[str, Any]) -> str:
             seed.get("reencode_s"),
             decision,
         ]
-        for m in ("vector", "hybrid"):
+        for m in LEARN_MODES:
             per = modes[m]["per_seed"][i]
             cells.append(
                 f"{per['ndcg@10']:.4f}, {per['delta']:+.4f} [{per['ci95'][0]:+.4f}, {per['ci95'][1]:+.4f}]"
@@ -276,14 +279,14 @@ def learn_markdown(result: dict[str, Any]) -> str:
         rows.append(cells)
     if len(rows) > 1:
         mean = ["mean", "", "", "", ""]
-        for m in ("vector", "hybrid"):
+        for m in LEARN_MODES:
             lo, hi = modes[m]["seed_mean_ci95"]
             mean.append(
                 f"{modes[m]['seed_mean_delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], s.d. {modes[m]['delta_std_over_seeds']}"
             )
         rows.append(mean)
     headers = ["seed", "triples", "train s", "re-encode s", "gate"]
-    headers += [f"{m} nDCG@10 (base {modes[m]['base']:.4f}), Δ [95 % CI]" for m in ("vector", "hybrid")]
+    headers += [f"{m} nDCG@10 (base {modes[m]['base']:.4f}), Δ [95 % CI]" for m in LEARN_MODES]
     lines += _table(headers, rows)
     buckets = result.get("by_keyword_ndcg") or []
     if buckets:
@@ -300,7 +303,7 @@ def learn_markdown(result: dict[str, Any]) -> str:
                     f"{b[m]['base']:.3f}, {b[m]['delta']:+.4f} (share {b[m]['share_of_mean_delta']:+.4f})"
                     if m in b
                     else None
-                    for m in ("vector", "hybrid")
+                    for m in LEARN_MODES
                 ),
             ]
             for b in buckets

@@ -237,17 +237,18 @@ class Gate:
     def _decide(self, report: GateReport, delta: Mapping[str, float], fb_queries: int) -> None:
         labelled = "labelled_ndcg@10" in delta
         feedback = "feedback_ndcg@10" in delta and fb_queries >= self.cfg.min_feedback_queries
-        tol = self.cfg.guard_tolerance if labelled or feedback else self.cfg.tolerance
+        basis = "labelled" if labelled else "feedback" if feedback else "label-free"
+        tol = self.cfg.tolerance if basis == "label-free" else self.cfg.guard_tolerance
         for name in ("keyword_recall@10", "known_item_mrr@10"):
             if name in delta and delta[name] < -tol:
-                report.basis = "labelled" if labelled else "feedback" if feedback else "label-free"
+                report.basis = basis
                 report.reason = f"{name} fell by {-delta[name]:.4f} (tolerance {tol})"
                 return
         if report.stability is not None and report.stability < self.cfg.min_stability:
             report.reason = f"stability@10 {report.stability:.3f} is below {self.cfg.min_stability}"
             return
         if labelled:
-            report.basis = "labelled"
+            report.basis = basis
             if delta["labelled_ndcg@10"] < 0:
                 report.reason = f"labelled hybrid nDCG@10 fell by {-delta['labelled_ndcg@10']:.4f}"
                 return
@@ -255,7 +256,7 @@ class Gate:
             report.reason = f"labelled hybrid nDCG@10 {delta['labelled_ndcg@10']:+.4f}"
             return
         if feedback:
-            report.basis = "feedback"
+            report.basis = basis
             if delta["feedback_ndcg@10"] < 0:
                 report.reason = f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f}"
                 return
