@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from server.bench.learning_experiment import by_keyword_difficulty, labelled_triples, merge_results
 from server.cli import main
-from tests.test_learning_mining import FILL, q
+from tests.support.learning import FILL, q
 
 
 def test_labelled_bound_uses_the_labels_for_the_same_logged_queries() -> None:

@@ -15,7 +15,7 @@ from server.cli import main
 from server.errors import RiftError
 from server.learning.jobs import JobRunner
 from tests.support.helpers import make_settings, open_rift
-from tests.test_learning_swap import _fill
+from tests.support.learning import fill_two_collections
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     rift = open_rift(settings)
     try:
-        _fill(rift)
+        fill_two_collections(rift)
         learning = rift.learning
         base = learning.registry.serving().version
         started = learning.retrain(batch_size=2, epochs=20)
@@ -76,7 +76,7 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
     try:
         policy = rift.learning.policy
         assert policy.check().startswith("not due: 0 new queries")
-        _fill(rift)  # 60 searches
+        fill_two_collections(rift)  # 60 searches
         outcome = policy.check()
         assert outcome.startswith("started retrain job"), outcome
         rift.learning.jobs.wait(120)
@@ -95,7 +95,7 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     settings = make_settings(tmp_path / "data", tiny_model_path)
     rift = open_rift(settings)
     try:
-        _fill(rift)
+        fill_two_collections(rift)
     finally:
         rift.close()
     env = {"RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48", "RIFT_CHUNK_OVERLAP": "8"}

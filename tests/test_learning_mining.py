@@ -6,27 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.learning.mining import MiningConfig, mine
-from server.learning.query_log import LoggedQuery
-
-
-def q(
-    qid: str,
-    text: str,
-    vector: list[str],
-    keyword: list[str],
-    fused: list[str],
-    ts: float = 0.0,
-    collection: str = "c",
-) -> LoggedQuery:
-    v = [(d, f"{d}::h::0", 1.0 - i / 100) for i, d in enumerate(vector)]
-    k = [(d, f"{d}::h::0", 10.0 - i) for i, d in enumerate(keyword)]
-    vb = [d for d in vector[:5] if d not in keyword[:10]]
-    kb = [d for d in keyword[:5] if d not in vector[:10]]
-    overlap = len(set(vector[:5]) & set(keyword[:5])) / 5
-    return LoggedQuery(qid, ts, text, collection, "m", 10, v, k, fused, overlap, vb, kb)
-
-
-FILL = [f"f{i}" for i in range(40)]  # keyword-only filler so blind spots are far down the keyword list
+from tests.support.learning import FILL, q
 
 
 def test_fused_strategy_pairs_fused_top1_with_a_vector_blind_spot() -> None:

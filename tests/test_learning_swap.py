@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from server.service import Rift
-from tests.support.helpers import docs, make_settings, open_rift
+from tests.support.helpers import make_settings, open_rift
+from tests.support.learning import fill_two_collections, queries
 from tests.support.tiny_model import build_tiny_model
-from tests.test_learning_tools import corpus, queries
 
 pytestmark = pytest.mark.slow
-
-
-def _fill(rift: Rift) -> None:
-    rift.add_documents("default", docs(*[(d["id"], d["text"]) for d in corpus()]))
-    rift.add_documents("other", docs(("o1", "quantum physics energy note"), ("o2", "coffee tea sugar milk")))
-    for text in queries():
-        rift.search("default", text)
 
 
 def test_searches_keep_answering_through_retrain_swap_rollback_and_reindex(
@@ -30,7 +22,7 @@ def test_searches_keep_answering_through_retrain_swap_rollback_and_reindex(
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     rift = open_rift(settings)
     try:
-        _fill(rift)
+        fill_two_collections(rift)
         base = rift.engine().embedder.version
         errors: list[BaseException] = []
         seen: set[str] = set()
@@ -84,7 +76,7 @@ def test_rejected_candidate_is_kept_but_never_served(tmp_path: Path, tiny_model_
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2)
     rift = open_rift(settings)
     try:
-        _fill(rift)
+        fill_two_collections(rift)
         learning = rift.learning
         base = learning.registry.serving().version
         learning.gate_overrides = {"min_stability": 1.01}

@@ -14,23 +14,9 @@ from mcp import Client
 from server.app import create_server
 from server.config import Settings
 from tests.support.helpers import make_settings
-from tests.support.tiny_model import WORDS
+from tests.support.learning import corpus, queries
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-TOPICS = [w for w in WORDS if len(w) > 3][:40]
-
-
-def corpus() -> list[dict[str, Any]]:
-    out = []
-    for i in range(30):
-        words = [TOPICS[(i * 3 + j) % len(TOPICS)] for j in range(4)]
-        out.append({"id": f"d{i}", "text": f"{' '.join(words)} note {i} about {words[0]} and {words[1]}"})
-    return out
-
-
-def queries() -> list[str]:
-    return [f"{TOPICS[(i * 3) % len(TOPICS)]} {TOPICS[(i * 3 + 1) % len(TOPICS)]} {i}" for i in range(60)]
 
 
 @asynccontextmanager
