@@ -148,6 +148,8 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "does not apply to --learn" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_loss=contrastive"])
     assert res.exit_code == 2 and "learn_loss must be" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "mining_mask_query_terms=1.5"])
+    assert res.exit_code == 2 and "between 0 and 1" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
     assert res.exit_code == 2 and "is not a number" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
@@ -170,3 +172,36 @@ def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: 
     assert "fused (default)" in first["variants"] and "| variant | triples |" in md
     res = CliRunner().invoke(main, ["bench", "--mining-analysis", "--data", str(data)])
     assert res.exit_code == 2 and "--usage-split" in res.output
+
+
+USAGE = {
+    "u1": "milk sugar coffee",
+    "u2": "salt bread table",
+    "u3": "cat house",
+    "u4": "dog city",
+    "u5": "sea fish swim",
+}
+USAGE_QRELS = [("u1", "d4", 1), ("u2", "d6", 1), ("u3", "d1", 1), ("u4", "d2", 1), ("u5", "d3", 1)]
+
+
+@pytest.mark.slow
+def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`--agent-feedback` (NOT label-free): the usage split's labels play an agent answering rift's feedback
+    tool, and the product's own mining turns those judgements into the training triples."""
+    data = write_beir(tmp_path / "tiny")
+    with (data / "queries.jsonl").open("a") as f:
+        f.writelines(json.dumps({"_id": i, "text": t}) + "\n" for i, t in USAGE.items())
+    (data / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in USAGE_QRELS)
+    )
+    args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
+    args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--agent-feedback"]
+    first, md = run_bench(args)
+    assert first["agent_feedback"] is True and "simulated agent feedback" in first["strategy"]
+    [seed] = first["seeds"]
+    judged = seed["agent_feedback"]
+    assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"]}
+    assert seed["mining"]["by_type"].get("feedback", 0) > 0
+    assert "hybrid" in first["modes"] and "NOT label-free" in md
+    res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
+    assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from server.bench.learning_experiment import by_keyword_difficulty, labelled_triples, merge_results
+from server.bench.learning_experiment import (
+    by_keyword_difficulty,
+    labelled_triples,
+    merge_results,
+    simulated_agent,
+)
 from server.cli import main
 from tests.support.learning import FILL, q
 
@@ -31,9 +36,26 @@ def test_labelled_bound_uses_the_labels_for_the_same_logged_queries() -> None:
     assert got[0].positive_chunk == "y::h::0" and got[2].positive_chunk == ""
 
 
-def test_labelled_bound_needs_learn(tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), "--labelled-bound"])
-    assert res.exit_code == 2 and "--labelled-bound applies only with --learn" in res.output
+def test_the_references_that_use_labels_need_learn(tmp_path: Path) -> None:
+    for flag in ("--labelled-bound", "--agent-feedback"):
+        res = CliRunner().invoke(main, ["bench", "--data", str(tmp_path), flag])
+        assert res.exit_code == 2 and "apply only with --learn" in res.output
+
+
+def test_the_simulated_agent_judges_only_what_it_read() -> None:
+    """`--agent-feedback` (NOT label-free): the agent reads top-down, confirms the first two relevant results,
+    rejects the ones it read past before them, and stops; with nothing relevant shown it rejects what it read."""
+    shown = ["a", "b", "c", "d", "e", "f"]
+    assert simulated_agent(shown, {"c": 1, "e": 2, "f": 1}) == [
+        ("a", False),
+        ("b", False),
+        ("c", True),
+        ("d", False),
+        ("e", True),
+    ]
+    assert simulated_agent(shown, {"a": 1}) == [("a", True)]
+    assert simulated_agent(shown, {"a": 0, "zzz": 1}) == [("a", False), ("b", False), ("c", False)]
+    assert simulated_agent([], {"a": 1}) == []
 
 
 BASE = {

@@ -91,6 +91,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_negatives_per_query": ("negatives_per_query", int),
     "learn_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
     "learn_loss": ("loss", str),
+    "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name
@@ -118,6 +119,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     if out.get("negative_source", "vector") not in NEGATIVE_SOURCES:
         choices = ", ".join(NEGATIVE_SOURCES)
         raise click.BadParameter(f"mining_negative_source must be one of {choices}", param_hint="--set")
+    if not 0.0 <= out.get("mask_query_terms", 0.0) <= 1.0:
+        raise click.BadParameter("mining_mask_query_terms must be between 0 and 1", param_hint="--set")
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out
@@ -159,6 +162,7 @@ def _run_learn(
     out: Path | None,
     overrides: dict[str, Any],
     labelled_bound: bool = False,
+    agent_feedback: bool = False,
 ) -> None:
     if data is None or usage_split is None:
         raise click.UsageError(
@@ -181,6 +185,7 @@ def _run_learn(
         cache_dir=cache_dir,
         out=out,
         labelled_bound=labelled_bound,
+        agent_feedback=agent_feedback,
         **_learn_options(overrides),
     )
     from server.bench.report import json_line, learn_markdown
@@ -272,6 +277,13 @@ def _run_learn(
     "negatives) instead of mined triples, to show what perfect labels for the same queries would give.",
 )
 @click.option(
+    "--agent-feedback",
+    is_flag=True,
+    help="With --learn: NOT label-free. The usage split's labels play an agent that confirms the relevant "
+    "results it was shown and rejects those it read past, through rift's feedback; mining, training and the "
+    "gate (which then decides on that feedback) run unchanged.",
+)
+@click.option(
     "--mining-analysis",
     is_flag=True,
     help="No training: replay --usage-split's queries, mine with each strategy variant, and report how often "
@@ -301,17 +313,31 @@ def bench(
     usage_split: str | None,
     seeds: str,
     labelled_bound: bool,
+    agent_feedback: bool,
     mining_analysis: bool,
 ) -> None:
     """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
-    if labelled_bound and not learn:
-        raise click.UsageError("--labelled-bound applies only with --learn")
+    if (labelled_bound or agent_feedback) and not learn:
+        raise click.UsageError("--labelled-bound and --agent-feedback apply only with --learn")
+    if labelled_bound and agent_feedback:
+        raise click.UsageError("choose one of --labelled-bound and --agent-feedback")
     if mining_analysis:
         _run_mining_analysis(data, usage_split, model, cache_dir, json_out)
         return
     if learn:
         overrides = _overrides(settings_set)
-        _run_learn(data, split, usage_split, model, seeds, cache_dir, json_out, overrides, labelled_bound)
+        _run_learn(
+            data,
+            split,
+            usage_split,
+            model,
+            seeds,
+            cache_dir,
+            json_out,
+            overrides,
+            labelled_bound,
+            agent_feedback,
+        )
         return
     if data is None and not scale:
         raise click.UsageError("give --data PATH (a BEIR folder) and/or --scale SIZES")

@@ -11,8 +11,12 @@ Reported: mean nDCG@10 per mode, per-seed deltas with 95% paired-bootstrap CIs, 
 its CI, spread over seeds, triples mined by type, training and re-encoding time, the gate's decision, and where
 the gain landed (evaluation queries grouped by BM25's own nDCG@10).
 
-`labelled_bound=True` (`--labelled-bound`) is the one exception to "zero labels", and says so in its output:
-it trains on the usage split's labels for the same logged queries, to show what perfect labels would give.
+Two runs are exceptions to "zero labels", and say so in their output:
+- `labelled_bound=True` (`--labelled-bound`) trains on the usage split's labels for the same logged queries,
+  to show what perfect labels would give.
+- `agent_feedback=True` (`--agent-feedback`) lets the usage split's labels play an agent that reads each
+  search's results and tells rift's `feedback` what it found (`simulated_agent`). Mining, training and the gate
+  then run unchanged: this is the product's own route for an agent's judgements, measured end to end.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from server.bench.beir import load_beir
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
+from server.learning.augment import TermMasker, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
 from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
@@ -79,6 +84,31 @@ def _evaluate(
         for mode in modes:
             res = engine.search(COLLECTION, text, 10, mode)
             out[mode][qid] = ndcg_at_k([h.doc_id for h in res.hits], qrels[qid], 10)
+    return out
+
+
+def simulated_agent(
+    shown: Sequence[str], relevance: Mapping[str, int], confirm_at_most: int = 2, read_when_none: int = 3
+) -> list[tuple[str, bool]]:
+    """What an agent reading one search's results top-down tells `feedback` (the labels play its judgement;
+    NOT label-free): it confirms the first `confirm_at_most` relevant documents it meets and rejects every
+    one it read past before the last of them; when nothing shown is relevant it rejects the first
+    `read_when_none` it read. It judges only what it was shown."""
+    out: list[tuple[str, bool]] = []
+    passed: list[str] = []
+    confirmed = 0
+    for doc in shown:
+        if relevance.get(doc, 0) > 0:
+            out.extend((d, False) for d in passed)
+            passed = []
+            out.append((doc, True))
+            confirmed += 1
+            if confirmed >= confirm_at_most:
+                break
+        else:
+            passed.append(doc)
+    if confirmed == 0:
+        return [(doc, False) for doc in shown[:read_when_none]]
     return out
 
 
@@ -191,11 +221,15 @@ def run_learning_experiment(
     negative_source: str = "vector",
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
+    mask_query_terms: float = 0.0,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
+    agent_feedback: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
+    if labelled_bound and agent_feedback:
+        raise ValueError("choose one of labelled_bound and agent_feedback")
     data = Path(data)
     eval_ds = load_beir(data, eval_split)
     usage_ds = load_beir(data, usage_split)
@@ -227,8 +261,13 @@ def run_learning_experiment(
         "usage_queries": len(usage_ids),
         "eval_queries": len(eval_ds.queries),
         "documents": len(eval_ds.documents),
-        "strategy": "labelled bound (usage-split relevance labels)" if labelled_bound else strategy,
+        "strategy": "labelled bound (usage-split relevance labels)"
+        if labelled_bound
+        else f"{strategy} + simulated agent feedback (usage-split relevance labels)"
+        if agent_feedback
+        else strategy,
         "labelled_bound": labelled_bound,
+        "agent_feedback": agent_feedback,
         "mining": {
             "positive_max_rank": positive_max_rank,
             "positive_min_keyword_margin": positive_min_keyword_margin,
@@ -244,6 +283,7 @@ def run_learning_experiment(
             "max_seq_length": train_max_seq_length,
             "negatives_per_query": negatives_per_query,
             "loss": loss,
+            "mask_query_terms": mask_query_terms,
         },
         "seeds": [],
     }
@@ -263,9 +303,20 @@ def run_learning_experiment(
                 base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"))
             say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
             t0 = time.perf_counter()
+            judged = {"queries": 0, "relevant": 0, "not_relevant": 0}
             for qid in usage_ids:
-                index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
+                found = index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
+                if not agent_feedback:
+                    continue
+                shown = [hit.doc_id for hit in found.outcome.hits]
+                said = simulated_agent(shown, usage_ds.qrels.get(qid, {}))
+                for doc_id, relevant in said:
+                    index.rift.learning.feedback(found.query_id, doc_id, relevant)
+                    judged["relevant" if relevant else "not_relevant"] += 1
+                judged["queries"] += bool(said)
             seed_info["replay_s"] = round(time.perf_counter() - t0, 1)
+            if agent_feedback:
+                seed_info["agent_feedback"] = judged
 
             gate_cfg = GateConfig(seed=seed)
             mined = collect_and_mine(
@@ -280,6 +331,8 @@ def run_learning_experiment(
             seed_info["mining"]["train_queries"] = len(mined.train_queries)
             seed_info["mining"]["holdout_queries"] = len(mined.holdout)
             seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
+            masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
+            rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
             say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
             base_embedder = index.embedder
             trained = train_model(

@@ -250,11 +250,11 @@ def learn_markdown(result: dict[str, Any]) -> str:
     """The learning experiment as tables: each seed's triples, times, gate and deltas, the seed average, and
     where the gain landed (queries grouped by BM25's own nDCG@10)."""
     modes = result["modes"]
-    what = (
-        "labelled bound (NOT label-free)"
-        if result.get("labelled_bound")
-        else f"strategy `{result['strategy']}`"
-    )
+    what = f"strategy `{result['strategy']}`"
+    if result.get("labelled_bound"):
+        what = "labelled bound (NOT label-free)"
+    elif result.get("agent_feedback"):
+        what = f"{what}, a simulated agent's feedback (NOT label-free)"
     lines = [
         f"**{result['dataset']}** ({result['eval_split']}, {result['eval_queries']} queries; usage = "
         f"{result['usage_split']}, {result['usage_queries']} queries), {what}",

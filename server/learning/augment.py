@@ -1,0 +1,69 @@
+"""Training-text transforms applied between mining and training.
+
+`mask_shared_terms`: remove from a triple's documents every word that shares a stem with its query. Mined
+positives are documents BM25 already ranks first, so the raw pair teaches the dense model to match on shared
+words, which is what BM25 does and what the hybrid already has. With the shared words gone from both documents
+(positive and negative alike, so "lacks the query's words" is no shortcut), the pair can only be matched on
+what the words do not say: the vocabulary mismatch where BM25 fails and the hybrid leans on the dense side.
+Measured (README "Learning from use"): on SciFact it cost the dense side its gain and left the hybrid where
+it was, so it is an experiment variant (`rift bench --learn --set mining_mask_query_terms=1`), not a setting.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class TermMasker:
+    """Stems like the keyword index (PyStemmer, lower-cased; stopwords are never query terms)."""
+
+    def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
+        self._stem = lambda w: w
+        if stemmer_language:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer(stemmer_language)
+            self._stem = stemmer.stemWord
+        self._stopwords: frozenset[str] = frozenset()
+        if stopwords:
+            from bm25s.stopwords import STOPWORDS_EN
+
+            self._stopwords = frozenset(STOPWORDS_EN) if stopwords == "en" else frozenset()
+
+    def query_stems(self, query: str) -> frozenset[str]:
+        words = (w.lower() for w in _WORD.findall(query))
+        return frozenset(self._stem(w) for w in words if w not in self._stopwords and len(w) > 1)
+
+    def mask(self, text: str, stems: frozenset[str]) -> str:
+        if not stems:
+            return text
+        kept = _WORD.sub(lambda m: "" if self._stem(m.group(0).lower()) in stems else m.group(0), text)
+        return re.sub(r"[ \t]{2,}", " ", kept).strip()
+
+
+def mask_shared_terms(
+    rows: Sequence[tuple[str, str, str]],
+    rate: float = 1.0,
+    masker: TermMasker | None = None,
+    seed: int = 0,
+) -> list[tuple[str, str, str]]:
+    """(query, positive, negative) rows with the query's words removed from both documents: each of the
+    query's stems is masked with probability `rate` (all its occurrences in both documents together). A row
+    whose documents would be left with no words keeps its original texts."""
+    if rate <= 0:
+        return list(rows)
+    masker = masker or TermMasker()
+    rng = random.Random(seed)
+    out: list[tuple[str, str, str]] = []
+    for query, pos, neg in rows:
+        stems = frozenset(s for s in sorted(masker.query_stems(query)) if rng.random() < rate)
+        new_pos, new_neg = masker.mask(pos, stems), masker.mask(neg, stems)
+        if _WORD.search(new_pos) and _WORD.search(new_neg):
+            out.append((query, new_pos, new_neg))
+        else:
+            out.append((query, pos, neg))
+    return out

@@ -1,0 +1,37 @@
+"""Masking the query's words out of its training documents (server/learning/augment.py)."""
+
+from server.learning.augment import TermMasker, mask_shared_terms
+
+ROW = (
+    "Does vitamin D reduce fractures in older adults?",
+    "Vitamin D supplementation and fracture risk in elderly adults: a trial of vitamins.",
+    "Calcium intake reduces bone loss in women.",
+)
+
+
+def test_query_words_leave_both_documents_by_stem() -> None:
+    [(query, pos, neg)] = mask_shared_terms([ROW])
+    assert query == ROW[0]
+    # vitamin/vitamins, fracture(s), adults share stems with the query; the rest of the positive stays
+    assert pos == "D supplementation and risk in elderly : a trial of ."
+    # reduces shares a stem with reduce; "in" is a stopword, never a query term, so it stays
+    assert neg == "Calcium intake bone loss in women."
+
+
+def test_rate_zero_is_a_no_op_and_partial_rates_are_seeded() -> None:
+    assert mask_shared_terms([ROW], rate=0.0) == [ROW]
+    a = mask_shared_terms([ROW] * 20, rate=0.5, seed=3)
+    assert a == mask_shared_terms([ROW] * 20, rate=0.5, seed=3)
+    positives = {pos for _q, pos, _n in a}
+    assert len(positives) > 1  # different stems masked on different rows
+
+
+def test_a_document_left_without_words_keeps_its_text() -> None:
+    row = ("vitamin fractures", "Vitamins, fractures.", "Bone loss.")
+    assert mask_shared_terms([row]) == [row]
+
+
+def test_without_a_stemmer_only_exact_words_match() -> None:
+    masker = TermMasker(stemmer_language=None, stopwords=None)
+    [(_, pos, _)] = mask_shared_terms([ROW], masker=masker)
+    assert "vitamins" in pos and "Vitamin" not in pos and "adults" not in pos
