@@ -150,6 +150,8 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "learn_loss must be" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_mask_query_terms=1.5"])
     assert res.exit_code == 2 and "between 0 and 1" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "agent_share=0.5"])
+    assert res.exit_code == 2 and "only with --agent-feedback" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
     assert res.exit_code == 2 and "is not a number" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
@@ -198,10 +200,15 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--agent-feedback"]
     first, md = run_bench(args)
     assert first["agent_feedback"] is True and "simulated agent feedback" in first["strategy"]
+    assert first["agent"] == {"share": 1.0, "error_rate": 0.0}
     [seed] = first["seeds"]
     judged = seed["agent_feedback"]
-    assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"]}
+    assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"], "wrong": 0}
     assert seed["mining"]["by_type"].get("feedback", 0) > 0
     assert "hybrid" in first["modes"] and "NOT label-free" in md
+    # An agent that judges no search leaves mining to the margin rule.
+    quiet, _ = run_bench([*args, "--set", "agent_share=0"])
+    assert quiet["seeds"][0]["agent_feedback"]["queries"] == 0
+    assert "feedback" not in quiet["seeds"][0]["mining"]["by_type"]
     res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
     assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output

@@ -91,6 +91,9 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_negatives_per_query": ("negatives_per_query", int),
     "learn_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
     "learn_loss": ("loss", str),
+    # with --agent-feedback: the share of searches the simulated agent judges, and how often it judges wrongly
+    "agent_share": ("agent_share", float),
+    "agent_error_rate": ("agent_error_rate", float),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
@@ -119,8 +122,13 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     if out.get("negative_source", "vector") not in NEGATIVE_SOURCES:
         choices = ", ".join(NEGATIVE_SOURCES)
         raise click.BadParameter(f"mining_negative_source must be one of {choices}", param_hint="--set")
-    if not 0.0 <= out.get("mask_query_terms", 0.0) <= 1.0:
-        raise click.BadParameter("mining_mask_query_terms must be between 0 and 1", param_hint="--set")
+    for key, name in (
+        ("mining_mask_query_terms", "mask_query_terms"),
+        ("agent_share", "agent_share"),
+        ("agent_error_rate", "agent_error_rate"),
+    ):
+        if not 0.0 <= out.get(name, 0.0) <= 1.0:
+            raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out
@@ -176,6 +184,9 @@ def _run_learn(
         raise click.ClickException(
             "the learning experiment is not available in this build (server/bench/learning_experiment.py is missing)"
         ) from None
+    options = _learn_options(overrides)
+    if not agent_feedback and {"agent_share", "agent_error_rate"} & set(options):
+        raise click.UsageError("agent_share and agent_error_rate apply only with --agent-feedback")
     result = module.run_learning_experiment(
         data=data,
         eval_split=split,
@@ -186,7 +197,7 @@ def _run_learn(
         out=out,
         labelled_bound=labelled_bound,
         agent_feedback=agent_feedback,
-        **_learn_options(overrides),
+        **options,
     )
     from server.bench.report import json_line, learn_markdown
 

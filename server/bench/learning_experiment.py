@@ -225,6 +225,8 @@ def run_learning_experiment(
     destroyed_check: bool = False,
     labelled_bound: bool = False,
     agent_feedback: bool = False,
+    agent_share: float = 1.0,
+    agent_error_rate: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
@@ -268,6 +270,7 @@ def run_learning_experiment(
         else strategy,
         "labelled_bound": labelled_bound,
         "agent_feedback": agent_feedback,
+        **({"agent": {"share": agent_share, "error_rate": agent_error_rate}} if agent_feedback else {}),
         "mining": {
             "positive_max_rank": positive_max_rank,
             "positive_min_keyword_margin": positive_min_keyword_margin,
@@ -303,14 +306,20 @@ def run_learning_experiment(
                 base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"))
             say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
             t0 = time.perf_counter()
-            judged = {"queries": 0, "relevant": 0, "not_relevant": 0}
+            judged = {"queries": 0, "relevant": 0, "not_relevant": 0, "wrong": 0}
+            agent_rng = random.Random(seed)
             for qid in usage_ids:
                 found = index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
-                if not agent_feedback:
+                # The agent judges a share of its searches, and may judge wrongly: each verdict flips with
+                # probability `agent_error_rate` (both draws seeded).
+                if not agent_feedback or agent_rng.random() >= agent_share:
                     continue
                 shown = [hit.doc_id for hit in found.outcome.hits]
                 said = simulated_agent(shown, usage_ds.qrels.get(qid, {}))
                 for doc_id, relevant in said:
+                    if agent_rng.random() < agent_error_rate:
+                        relevant = not relevant
+                        judged["wrong"] += 1
                     index.rift.learning.feedback(found.query_id, doc_id, relevant)
                     judged["relevant" if relevant else "not_relevant"] += 1
                 judged["queries"] += bool(said)
