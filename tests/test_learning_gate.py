@@ -156,3 +156,16 @@ def test_where_labels_decide_the_proxies_only_guard_against_collapse() -> None:
     worse = _report(**{"keyword_recall@10": 0.0, "labelled_ndcg@10": -0.01})
     gate._decide(worse, worse.delta, 0)
     assert not worse.accepted and "labelled hybrid nDCG@10 fell" in worse.reason
+
+
+def test_feedback_is_scored_on_the_documents_the_agent_judged() -> None:
+    """The agent judged the serving model's results. A candidate that brings up documents it never saw must
+    not lose for them (condensed lists); one that puts a rejected document above a confirmed one must."""
+    from server.learning.gate import feedback_ndcg
+
+    labels = {"good": True, "bad": False}
+    serving = ["bad", "good", "x"]
+    surfaces_new = ["new1", "new2", "good", "new3", "bad"]
+    assert feedback_ndcg(surfaces_new, labels) == 1.0
+    assert feedback_ndcg(serving, labels) < 1.0
+    assert feedback_ndcg(["x", "bad"], labels) == 0.0  # the confirmed document is not found at all

@@ -3,7 +3,11 @@ the serving model.
 
 What is scored (serving vs candidate, both over their own fully built vectors of the same collections):
   feedback_ndcg@10   hybrid nDCG@10 against the agent's own feedback labels, on held-out queries that have
-                     feedback. Real labels; the strongest label-free-of-benchmark signal there is.
+                     feedback. Real labels; the strongest label-free-of-benchmark signal there is. Scored on
+                     condensed lists (`feedback_ndcg`: only the documents the agent judged, in each model's
+                     order), because the agent judged the serving model's results: counting every unjudged
+                     document as not relevant would refuse a candidate for surfacing relevant documents the
+                     agent was never shown.
   labelled_ndcg@10   hybrid (and vector) nDCG@10 on a BEIR-format evaluation set the user configures
                      (`gate_eval_data`, `gate_eval_split`), searched in the collection that holds its corpus.
   keyword_recall@10  of the keyword side's top-3 documents for each held-out query, the share found in the
@@ -38,6 +42,14 @@ from server.engine.fusion import rrf
 from server.learning.query_log import LoggedQuery
 
 log = logging.getLogger(__name__)
+
+
+def feedback_ndcg(ranking: Sequence[str], labels: Mapping[str, bool], k: int = 10) -> float:
+    """nDCG@k of `ranking` condensed to the judged documents (Sakai 2007's condensed lists for incomplete
+    judgments): how well a model orders what the agent confirmed above what it rejected. Unjudged documents
+    are dropped, not counted as misses; a confirmed document the model does not retrieve still costs it."""
+    judged = [d for d in ranking if d in labels]
+    return ndcg_at_k(judged[:k], {d: 1 if rel else 0 for d, rel in labels.items()}, k)
 
 
 @dataclass(frozen=True)
@@ -168,10 +180,8 @@ class Gate:
                 if top3:
                     add(which, "keyword_recall@10", len(set(top3) & set(vector[:10])) / len(top3))
                 labels = feedback.get(q.query_id)
-                if labels:
-                    qrel = {d: 1 if rel else 0 for d, rel in labels.items()}
-                    if any(qrel.values()):
-                        add(which, "feedback_ndcg@10", ndcg_at_k(hybrids[which][:10], qrel, 10))
+                if labels and any(labels.values()):
+                    add(which, "feedback_ndcg@10", feedback_ndcg(hybrids[which], labels, 10))
             if feedback.get(q.query_id) and any(feedback[q.query_id].values()):
                 fb_queries += 1
             a, b = set(hybrids["serving"][:10]), set(hybrids["candidate"][:10])
