@@ -51,6 +51,11 @@ class KeywordTokenizer:
             self._stemmer = Stemmer.Stemmer(stemmer_language)
         self._stopwords = stopwords or []
 
+    def stem(self, word: str) -> str:
+        """One word as the index stores it (lower-cased, stemmed); stopwords are not filtered here."""
+        word = word.lower()
+        return self._stemmer.stemWord(word) if self._stemmer is not None else word
+
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         if not texts:
             return []

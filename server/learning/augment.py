@@ -15,33 +15,25 @@ import random
 import re
 from collections.abc import Sequence
 
+from server.engine.keyword_index import KeywordTokenizer
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class TermMasker:
-    """Stems like the keyword index (PyStemmer, lower-cased; stopwords are never query terms)."""
+    """Query terms exactly as the keyword index sees them (its tokenizer: stopwords dropped, stemmed)."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
-        self._stem = lambda w: w
-        if stemmer_language:
-            import Stemmer
-
-            stemmer = Stemmer.Stemmer(stemmer_language)
-            self._stem = stemmer.stemWord
-        self._stopwords: frozenset[str] = frozenset()
-        if stopwords:
-            from bm25s.stopwords import STOPWORDS_EN
-
-            self._stopwords = frozenset(STOPWORDS_EN) if stopwords == "en" else frozenset()
+        self._tokenizer = KeywordTokenizer(stemmer_language, stopwords)
 
     def query_stems(self, query: str) -> frozenset[str]:
-        words = (w.lower() for w in _WORD.findall(query))
-        return frozenset(self._stem(w) for w in words if w not in self._stopwords and len(w) > 1)
+        return frozenset(self._tokenizer.tokenize([query])[0])
 
     def mask(self, text: str, stems: frozenset[str]) -> str:
         if not stems:
             return text
-        kept = _WORD.sub(lambda m: "" if self._stem(m.group(0).lower()) in stems else m.group(0), text)
+        stem = self._tokenizer.stem
+        kept = _WORD.sub(lambda m: "" if stem(m.group(0)) in stems else m.group(0), text)
         return re.sub(r"[ \t]{2,}", " ", kept).strip()
 
 
