@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from server.bench.learning_experiment import FUSION_SWEEP
 from server.cli import main
 
 DOCS = {
@@ -206,6 +207,10 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"], "wrong": 0}
     assert seed["mining"]["by_type"].get("feedback", 0) > 0
     assert "hybrid" in first["modes"] and "NOT label-free" in md
+    # The hybrid re-fused at the default weight is the hybrid search itself.
+    assert seed["per_query"]["hybrid@vector_weight=1"] == seed["per_query"]["hybrid"]
+    assert [r["vector_weight"] for r in first["fusion_sweep"]] == list(FUSION_SWEEP)
+    assert "| vector weight |" in md
     # An agent that judges no search leaves mining to the margin rule.
     quiet, _ = run_bench([*args, "--set", "agent_share=0"])
     assert quiet["seeds"][0]["agent_feedback"]["queries"] == 0

@@ -8,7 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from server.bench.learning_experiment import (
+    FUSION_SWEEP,
     by_keyword_difficulty,
+    fusion_sweep,
     labelled_triples,
     merge_results,
     simulated_agent,
@@ -108,6 +110,7 @@ def test_one_seed_runs_merge_into_a_seed_averaged_summary() -> None:
     up = _run({q: v + 0.1 for q, v in BASE["vector"].items()}, dict(BASE["hybrid"]))
     same = _run(dict(BASE["vector"]), dict(BASE["hybrid"]))
     merged = merge_results([result(0, up), result(1, same)])
+    assert merged["fusion_sweep"] == []  # runs made before the sweep existed merge without one
     assert [s["seed"] for s in merged["seeds"]] == [0, 1]
     vector = merged["modes"]["vector"]
     assert [s["delta"] for s in vector["per_seed"]] == [0.1, 0.0]
@@ -147,3 +150,25 @@ def test_the_learning_result_renders_as_tables() -> None:
     assert "rejected: known_item_mrr@10 fell" in text
     assert "| mean |" in text and "s.d. 0.0" in text
     assert "| BM25 < 0.3 | 2 | 0.400, +0.1000 (share +0.0500) |" in text
+
+
+def test_the_fusion_sweep_compares_each_weight_with_the_base_at_the_default_and_at_that_weight() -> None:
+    """An oracle read-out (the weight is chosen on evaluation labels): does re-fusing with more weight on the
+    retrained vector side turn its gain into a hybrid one?"""
+    qids = ("a", "b")
+
+    def per_query(default: float, heavy: float) -> dict[str, dict[str, float]]:
+        out = {f"hybrid@vector_weight={w:g}": {q: default for q in qids} for w in FUSION_SWEEP}
+        out["hybrid@vector_weight=2"] = {q: heavy for q in qids}
+        return out
+
+    base = per_query(0.5, 0.4)  # the base loses from more vector weight
+    rows = fusion_sweep(base, [per_query(0.5, 0.6), per_query(0.5, 0.8)], seed=0)
+    assert [r["vector_weight"] for r in rows] == list(FUSION_SWEEP)
+    default = next(r for r in rows if r["vector_weight"] == 1.0)
+    assert default["delta_vs_base_default"] == 0.0 == default["delta_vs_base_same_weight"]
+    heavy = next(r for r in rows if r["vector_weight"] == 2.0)
+    assert heavy["base"] == 0.4 and heavy["retrained"] == 0.7  # seed-averaged
+    assert heavy["delta_vs_base_default"] == 0.2 and heavy["ci95_vs_base_default"] == [0.2, 0.2]
+    assert heavy["delta_vs_base_same_weight"] == 0.3
+    assert fusion_sweep({}, [], seed=0) == []

@@ -37,6 +37,7 @@ from server.bench.beir import load_beir
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
+from server.engine.fusion import rrf
 from server.learning.augment import TermMasker, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
@@ -72,19 +73,71 @@ KEYWORD_BUCKETS = (
 )
 
 
+# Vector-side RRF weights (keyword weight 1) at which the hybrid is also scored, to see whether re-fitting the
+# fusion after a retrain would turn a dense gain into a hybrid one. The weight is read off the evaluation labels,
+# so this is a ceiling for any re-fitting rule, never a result.
+FUSION_SWEEP = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def sweep_key(weight: float) -> str:
+    return f"hybrid@vector_weight={weight:g}"
+
+
 def _evaluate(
     engine: Any,
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
     modes: Sequence[str] = MODES,
+    sweep: Sequence[float] = FUSION_SWEEP,
 ) -> dict[str, dict[str, float]]:
-    """Per-query nDCG@10 by mode, straight from the engine (not logged: evaluation never reaches the log)."""
+    """Per-query nDCG@10 by mode, straight from the engine (not logged: evaluation never reaches the log).
+    The hybrid search's own candidate lists are re-fused at each `sweep` weight (`sweep_key`), so the sweep
+    costs no extra searches."""
     out: dict[str, dict[str, float]] = {m: {} for m in modes}
+    keys = {w: sweep_key(w) for w in sweep} if "hybrid" in modes else {}
+    out.update({key: {} for key in keys.values()})
+    rrf_k, keyword_weight = engine.settings.rrf_k, engine.settings.keyword_weight
     for qid, text in queries.items():
         for mode in modes:
             res = engine.search(COLLECTION, text, 10, mode)
             out[mode][qid] = ndcg_at_k([h.doc_id for h in res.hits], qrels[qid], 10)
+            if mode != "hybrid":
+                continue
+            lists = [[c.doc_id for c in res.vector], [c.doc_id for c in res.keyword]]
+            for weight, key in keys.items():
+                fused = rrf(lists, k=rrf_k, weights=(weight, keyword_weight), limit=10)
+                out[key][qid] = ndcg_at_k([doc for doc, _ in fused], qrels[qid], 10)
     return out
+
+
+def fusion_sweep(
+    base: Mapping[str, Mapping[str, float]], runs: Sequence[Mapping[str, Mapping[str, float]]], seed: int
+) -> list[dict[str, Any]]:
+    """Hybrid nDCG@10 of the base and the retrained models (seed-averaged) at each swept vector weight, with
+    the retrained model's delta against the base at the default weight and against the base at the same
+    weight (paired bootstrap). An oracle: the best row is chosen by the evaluation labels."""
+    default = sweep_key(_PRODUCT.vector_weight)
+    rows = []
+    for weight in FUSION_SWEEP:
+        key = sweep_key(weight)
+        if not runs or any(key not in per or default not in per for per in (base, *runs)):
+            continue
+        qids = sorted(base[key])
+        avg = [float(np.mean([run[key][q] for run in runs])) for q in qids]
+        d0, lo0, hi0 = paired_bootstrap([base[default][q] for q in qids], avg, seed=seed)
+        d1, lo1, hi1 = paired_bootstrap([base[key][q] for q in qids], avg, seed=seed)
+        rows.append(
+            {
+                "vector_weight": weight,
+                "base": round(float(np.mean([base[key][q] for q in qids])), 4),
+                "retrained": round(float(np.mean(avg)), 4),
+                "delta_vs_base_default": round(d0, 4),
+                "ci95_vs_base_default": [round(lo0, 4), round(hi0, 4)],
+                "delta_vs_base_same_weight": round(d1, 4),
+                "ci95_vs_base_same_weight": [round(lo1, 4), round(hi1, 4)],
+            }
+        )
+    return rows
 
 
 def simulated_agent(
@@ -277,7 +330,7 @@ def run_learning_experiment(
             "negative_min_keyword_rank": negative_min_keyword_rank,
             "negative_source": negative_source,
             "negatives_per_query": negatives_per_query,
-            "max_corpus_pairs": max_pseudo,
+            "max_pseudo": max_pseudo,
         },
         "train": {
             "epochs": epochs,
@@ -371,7 +424,9 @@ def run_learning_experiment(
             switch_all(engine, candidate, keep_old=True)
             say(f"{eval_ds.name} seed {seed}: evaluating the retrained model")
             evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels)
-            seed_info["per_query"] = {m: {q: round(v, 5) for q, v in evaluated[m].items()} for m in MODES}
+            seed_info["per_query"] = {
+                m: {q: round(v, 5) for q, v in per.items()} for m, per in evaluated.items()
+            }
             for m in MODES:
                 runs[m].append(evaluated[m])
                 seed_info[f"{m}_ndcg@10"] = round(float(np.mean(list(evaluated[m].values()))), 4)
@@ -382,6 +437,9 @@ def run_learning_experiment(
         }
         result["modes"] = {m: _summary(base_eval[m], runs[m], seeds[0]) for m in MODES}
         result["by_keyword_ndcg"] = by_keyword_difficulty(base_eval, runs)
+        result["fusion_sweep"] = fusion_sweep(
+            result["base_per_query"], [s["per_query"] for s in result["seeds"]], seeds[0]
+        )
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2))
@@ -431,6 +489,9 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     runs = {m: [s["per_query"][m] for s in merged["seeds"]] for m in MODES}
     merged["by_keyword_ndcg"] = by_keyword_difficulty(base, runs)
+    merged["fusion_sweep"] = fusion_sweep(
+        base, [s["per_query"] for s in merged["seeds"]], merged["seeds"][0]["seed"]
+    )
     return merged
 
 

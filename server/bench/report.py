@@ -309,4 +309,36 @@ def learn_markdown(result: dict[str, Any]) -> str:
             for b in buckets
         ]
         lines += _table(["queries", "n", "vector base, Δ", "hybrid base, Δ"], rows)
+    sweep = result.get("fusion_sweep") or []
+    if sweep:
+        lines += [
+            "",
+            "Hybrid at other vector-side RRF weights (keyword weight 1; seed-averaged). The weight is read off the "
+            "evaluation labels, so the best row is a ceiling for re-fitting the fusion, not a result:",
+            "",
+        ]
+        rows = [
+            [
+                f"{r['vector_weight']:g}",
+                f"{r['base']:.4f}",
+                f"{r['retrained']:.4f}",
+                _delta(r["delta_vs_base_default"], r["ci95_vs_base_default"]),
+                _delta(r["delta_vs_base_same_weight"], r["ci95_vs_base_same_weight"]),
+            ]
+            for r in sweep
+        ]
+        lines += _table(
+            [
+                "vector weight",
+                "base",
+                "retrained",
+                "Δ vs base at the default weight",
+                "Δ vs base at this weight",
+            ],
+            rows,
+        )
     return "\n".join(lines)
+
+
+def _delta(delta: float, ci: list[float]) -> str:
+    return f"{delta:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
