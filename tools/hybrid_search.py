@@ -106,7 +106,9 @@ TOOL = ToolSpec(
         "Find the stored documents most relevant to a question or keywords. Combines meaning-based (vector) "
         "and exact-word (BM25) retrieval with reciprocal rank fusion, so it finds paraphrases as well as rare "
         "names, codes and identifiers. Use it before answering from stored knowledge. Each hit shows its rank "
-        "on each side; the result's query_id identifies this search in the learning log."
+        "on each side; the result's query_id identifies this search in the learning log. When you have used "
+        "the results, tell rift which hits answered the question and which did not with feedback(query_id, "
+        "doc_id, relevant): those judgements are what retrain learns from best."
     ),
     annotations=ToolAnnotations(
         title="Hybrid search",

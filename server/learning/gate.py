@@ -173,17 +173,18 @@ class Gate:
                 continue
             keyword = self._keyword(q.collection, q.query)
             top3 = keyword[:3]
+            # Only a query with a confirmed document can score nDCG; rejections alone cannot.
+            labels = feedback.get(q.query_id) or {}
+            judged = any(labels.values())
+            fb_queries += judged
             hybrids = {}
             for which, model in (("serving", serving), ("candidate", candidate)):
                 vector = self._vector(model, q.collection, q.query)
                 hybrids[which] = self._hybrid(vector, keyword)
                 if top3:
                     add(which, "keyword_recall@10", len(set(top3) & set(vector[:10])) / len(top3))
-                labels = feedback.get(q.query_id)
-                if labels and any(labels.values()):
+                if judged:
                     add(which, "feedback_ndcg@10", feedback_ndcg(hybrids[which], labels, 10))
-            if feedback.get(q.query_id) and any(feedback[q.query_id].values()):
-                fb_queries += 1
             a, b = set(hybrids["serving"][:10]), set(hybrids["candidate"][:10])
             if a or b:
                 overlaps.append(len(a & b) / max(len(a), len(b)))
