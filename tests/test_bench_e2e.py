@@ -217,3 +217,8 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     assert "feedback" not in quiet["seeds"][0]["mining"]["by_type"]
     res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
     assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output
+    # The labelled reference trains on the usage labels; the miner's skip counts would not describe it.
+    bound, _ = run_bench([*[a for a in args if a != "--agent-feedback"], "--labelled-bound"])
+    mining = bound["seeds"][0]["mining"]
+    assert bound["labelled_bound"] is True and set(mining["by_type"]) == {"labelled"}
+    assert mining["skipped"] == {}

@@ -388,6 +388,7 @@ def run_learning_experiment(
                 mined.report.triples[:] = labelled_triples(
                     mined.train_queries, texts_to_qid, usage_ds.qrels, negatives_per_query
                 )
+                mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
             rows, kept = materialize(engine, mined.report.triples)
             seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
             seed_info["mining"]["train_queries"] = len(mined.train_queries)
