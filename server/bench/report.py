@@ -273,17 +273,14 @@ def learn_markdown(result: dict[str, Any]) -> str:
         ]
         for m in LEARN_MODES:
             per = modes[m]["per_seed"][i]
-            cells.append(
-                f"{per['ndcg@10']:.4f}, {per['delta']:+.4f} [{per['ci95'][0]:+.4f}, {per['ci95'][1]:+.4f}]"
-            )
+            cells.append(f"{per['ndcg@10']:.4f}, {_delta(per['delta'], per['ci95'])}")
         rows.append(cells)
     if len(rows) > 1:
         mean = ["mean", "", "", "", ""]
         for m in LEARN_MODES:
-            lo, hi = modes[m]["seed_mean_ci95"]
-            mean.append(
-                f"{modes[m]['seed_mean_delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], s.d. {modes[m]['delta_std_over_seeds']}"
-            )
+            summary = modes[m]
+            delta = _delta(summary["seed_mean_delta"], summary["seed_mean_ci95"])
+            mean.append(f"{delta}, s.d. {summary['delta_std_over_seeds']}")
         rows.append(mean)
     headers = ["seed", "triples", "train s", "re-encode s", "gate"]
     headers += [f"{m} nDCG@10 (base {modes[m]['base']:.4f}), Δ [95 % CI]" for m in LEARN_MODES]
