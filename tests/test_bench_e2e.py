@@ -187,6 +187,22 @@ USAGE = {
 USAGE_QRELS = [("u1", "d4", 1), ("u2", "d6", 1), ("u3", "d1", 1), ("u4", "d2", 1), ("u5", "d3", 1)]
 
 
+def test_log_reach_reports_what_similar_logged_searches_hold(tmp_path: Path, tiny_model_path: Path) -> None:
+    data = write_beir(tmp_path / "tiny")
+    with (data / "queries.jsonl").open("a") as f:
+        f.writelines(json.dumps({"_id": i, "text": t}) + "\n" for i, t in USAGE.items())
+    (data / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in USAGE_QRELS)
+    )
+    args = ["--log-reach", "--data", str(data), "--split", "test", "--usage-split", "train"]
+    first, md = run_bench([*args, "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")])
+    assert first["kind"] == "log-reach" and first["usage_queries"] == len(USAGE)
+    assert first["queries"] == len(QUERIES) and len(first["rows"]) == 8
+    assert "| answer of a similar logged search |" in md
+    res = CliRunner().invoke(main, ["bench", "--log-reach", "--data", str(data), "--usage-split", "test"])
+    assert res.exit_code == 2 and "other than --split" in res.output
+
+
 @pytest.mark.slow
 def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tiny_model_path: Path) -> None:
     """`--agent-feedback` (NOT label-free): the usage split's labels play an agent answering rift's feedback

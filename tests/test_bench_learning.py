@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from server.bench.learning_experiment import (
@@ -172,3 +173,37 @@ def test_the_fusion_sweep_compares_each_weight_with_the_base_at_the_default_and_
     assert heavy["delta_vs_base_default"] == 0.2 and heavy["ci95_vs_base_default"] == [0.2, 0.2]
     assert heavy["delta_vs_base_same_weight"] == 0.3
     assert fusion_sweep({}, [], seed=0) == []
+
+
+def test_log_reach_counts_neighbour_answers_inside_and_outside_the_top_10() -> None:
+    """`--log-reach`: the answers of the logged searches most like an evaluation query, nearest first; the
+    ones it already ranks, the ones it does not, and the hybrid with them fused in as a third list."""
+    from server.bench.log_reach import THRESHOLDS, neighbour_answers, reach_rows
+
+    sims = np.array([0.9, 0.2, 0.75, 0.65])
+    answers = ["a", "b", None, "a"]
+    assert neighbour_answers(sims, answers, 0.6) == ["a"]  # None passed over, "a" once
+    assert neighbour_answers(sims, ["a", "b", "c", "d"], 0.6) == ["a", "c", "d"]
+    assert neighbour_answers(sims, ["a", "b", "c", "d"], 0.6, limit=2) == ["a", "c"]
+    assert neighbour_answers(sims, answers, 0.95) == []
+
+    usage = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # Query 1 is the first logged search itself (cosine 1): its answer "r" is relevant and not yet ranked.
+    # Query 2 is most like the second logged search (cosine 0.8; 0.6 with the first), whose answer "s" it
+    # already ranks first.
+    evaluation = [
+        (np.array([2.0, 0.0]), ["x", "y"], ["x", "y"], ["y", "x"], {"r": 1}),
+        (np.array([0.6, 0.8]), ["s", "t"], ["s"], ["t"], {"s": 1}),
+    ]
+    rows = reach_rows(usage, {"fused top-1": ["r", "s"]}, evaluation, rrf_k=20.0)
+    assert [r["threshold"] for r in rows] == list(THRESHOLDS)
+    at_07 = rows[THRESHOLDS.index(0.7)]
+    assert at_07["queries_with_a_neighbour"] == 2
+    assert (at_07["outside_top10"], at_07["outside_relevant"]) == (1, 1)
+    assert (at_07["inside_top10"], at_07["inside_relevant"]) == (1, 1)
+    assert at_07["queries_gaining_a_relevant_document"] == 1
+    # Fused in, "r" enters query 1's top 10: nDCG rises from 0 on that query.
+    assert all(m["delta"] > 0 for m in at_07["memory"])
+    # At 0.5 query 2 also reaches the first logged search (cosine 0.6), whose answer "r" is not relevant to it.
+    at_05 = rows[THRESHOLDS.index(0.5)]
+    assert (at_05["outside_top10"], at_05["outside_relevant"]) == (2, 1)

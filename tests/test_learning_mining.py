@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.learning.mining import MiningConfig, mine
+from server.learning.mining import MiningConfig, mine, mined_positive
 from tests.support.learning import FILL, q
 
 
@@ -44,6 +44,7 @@ def test_keyword_margin_keeps_only_positives_bm25_clearly_prefers() -> None:
     cfg = MiningConfig(positive_min_keyword_margin=1.3)
     assert [t.query for t in mine([clear, tied, alone], cfg).triples] == ["clear", "alone"]
     assert mine([tied], cfg).skipped["positive_small_keyword_margin"] == 1
+    assert (mined_positive(clear, cfg), mined_positive(tied, cfg), mined_positive(tied)) == ("a", None, "a")
     # Off by default: the tied query still gives its triple.
     assert [t.query for t in mine([tied]).triples] == ["tied"]
     # Not the keyword side's first document: margin below 1, never confident.
@@ -69,6 +70,8 @@ def test_negatives_from_the_keyword_side_or_both_sides() -> None:
     assert negatives(negative_source="keyword") == ["w"]
     assert negatives(negative_source="both", negatives_per_query=2) == ["x", "w"]
     assert negatives(negative_source="both", negatives_per_query=1) == ["x"]
+    # "fused": the hybrid's own runners-up after the positive, whatever their sides' ranks.
+    assert negatives(negative_source="fused", negatives_per_query=2) == ["x", "w"]
     with pytest.raises(ValueError, match="unknown negative source 'random'"):
         negatives(negative_source="random")
 

@@ -134,6 +134,33 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _run_log_reach(
+    data: Path | None,
+    split: str,
+    usage_split: str | None,
+    model: str | None,
+    cache_dir: Path,
+    out: Path | None,
+) -> None:
+    if data is None or usage_split is None:
+        raise click.UsageError("--log-reach needs --data and --usage-split")
+    if usage_split == split:
+        raise click.UsageError("--log-reach needs a --usage-split other than --split")
+    from server.bench.log_reach import run_log_reach
+    from server.bench.report import json_line, log_reach_markdown
+
+    try:
+        result = run_log_reach(data, split, usage_split, model, cache_dir)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    line = json_line({"kind": "log-reach", **result})
+    click.echo(line)
+    if out is not None:
+        with out.open("a") as fh:
+            fh.write(line + "\n")
+    click.echo(log_reach_markdown(result))
+
+
 def _run_mining_analysis(
     data: Path | None, usage_split: str | None, model: str | None, cache_dir: Path, out: Path | None
 ) -> None:
@@ -259,7 +286,7 @@ def _run_learn(
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
     "(learn_loss also takes triplet) and the miner's "
     + ", ".join(key for key in LEARN_OPTIONS if key.startswith("mining_"))
-    + " (mining_negative_source: vector, keyword or both).",
+    + " (mining_negative_source: vector, keyword, both or fused).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."
@@ -300,6 +327,13 @@ def _run_learn(
     help="No training: replay --usage-split's queries, mine with each strategy variant, and report how often "
     "mined positives / negatives are truly relevant (labels read only to judge the miners).",
 )
+@click.option(
+    "--log-reach",
+    is_flag=True,
+    help="No training: replay --usage-split's queries, then report for each --split query what the answers "
+    "of the most similar logged searches hold (inside / outside its hybrid top 10, how often relevant) and "
+    "the hybrid with them fused in as a query memory (evaluation labels read only to score).",
+)
 def bench(
     data: Path | None,
     split: str,
@@ -326,6 +360,7 @@ def bench(
     labelled_bound: bool,
     agent_feedback: bool,
     mining_analysis: bool,
+    log_reach: bool,
 ) -> None:
     """Measure retrieval quality (nDCG@10, Recall@100, MRR@10), latency and scale on BEIR data."""
     if (labelled_bound or agent_feedback) and not learn:
@@ -334,6 +369,9 @@ def bench(
         raise click.UsageError("choose one of --labelled-bound and --agent-feedback")
     if mining_analysis:
         _run_mining_analysis(data, usage_split, model, cache_dir, json_out)
+        return
+    if log_reach:
+        _run_log_reach(data, split, usage_split, model, cache_dir, json_out)
         return
     if learn:
         overrides = _overrides(settings_set)

@@ -534,6 +534,12 @@ MINING_VARIANTS: dict[str, dict[str, Any]] = {
         "positive_min_keyword_margin": 1.3,
         "negatives_per_query": 2,
     },
+    "fused, BM25 margin 1.3, the hybrid's next 2 documents as negatives": {
+        "strategy": "fused",
+        "positive_min_keyword_margin": 1.3,
+        "negatives_per_query": 2,
+        "negative_source": "fused",
+    },
     "fused, keyword blind spot as negative": {"strategy": "fused", "negative_source": "keyword"},
     "fused, one negative from each side": {
         "strategy": "fused",

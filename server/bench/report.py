@@ -339,3 +339,34 @@ def learn_markdown(result: dict[str, Any]) -> str:
 
 def _delta(delta: float, ci: list[float]) -> str:
     return f"{delta:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def log_reach_markdown(result: dict[str, Any]) -> str:
+    """The `--log-reach` table: what the answers of similar logged searches hold for each evaluation query."""
+    headers = [
+        "answer of a similar logged search",
+        "cosine ≥",
+        "queries with one",
+        "inside top 10 (relevant)",
+        "outside top 10 (relevant)",
+        "queries gaining a relevant document",
+        *[f"query memory, weight {m['weight']:g}: hybrid Δ [95 % CI]" for m in result["rows"][0]["memory"]],
+    ]
+    rows = [
+        [
+            r["answer"],
+            f"{r['threshold']:g}",
+            r["queries_with_a_neighbour"],
+            f"{r['inside_top10']} ({r['inside_relevant']})",
+            f"{r['outside_top10']} ({r['outside_relevant']})",
+            r["queries_gaining_a_relevant_document"],
+            *[_delta(m["delta"], m["ci95"]) for m in r["memory"]],
+        ]
+        for r in result["rows"]
+    ]
+    head = (
+        f"\n**{result['dataset']}** {result['split']} ({result['queries']} queries, hybrid nDCG@10 "
+        f"{result['hybrid']:.4f}); log: {result['usage_queries']} {result['usage_split']} queries replayed, "
+        f"{result['confident_answers']} with a confident answer; up to {result['neighbours']} neighbours each\n"
+    )
+    return head + "\n" + "\n".join(_table(headers, rows))

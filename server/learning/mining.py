@@ -36,7 +36,7 @@ from server.learning.query_log import LoggedQuery
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
-NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both")
+NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both", "fused")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class MiningConfig:
     negatives_per_query: int = 1
     # Which side's blind spots become negatives: "vector" (above), "keyword" (keyword top
     # `negative_max_vector_rank`, absent from the vector top `negative_min_keyword_rank`: documents that only
-    # share words with the query, so training makes the dense side less like BM25), or "both", alternating.
+    # share words with the query, so training makes the dense side less like BM25), "both", alternating, or
+    # "fused": the documents fusion ranked right after the positive (the hybrid's own runners-up, unguarded).
     negative_source: str = "vector"
     agreement_depth: int = 5
     pseudo_per_document: int = 1
@@ -143,7 +144,10 @@ def _negatives(
             out.append(doc)
         return out
 
-    if cfg.negative_source == "vector":
+    if cfg.negative_source == "fused":
+        after = q.fused[q.fused.index(positive) + 1 :] if positive in q.fused else []
+        picked = [d for d in after[: cfg.negative_max_vector_rank] if d != positive]
+    elif cfg.negative_source == "vector":
         picked = blind_spots(v, k)
     elif cfg.negative_source == "keyword":
         picked = blind_spots(k, v)
@@ -189,6 +193,13 @@ def _positive(
             return None, "keyword_blind", "positive_small_keyword_margin"
         return pos, "keyword_blind", ""
     raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def mined_positive(q: LoggedQuery, config: MiningConfig | None = None) -> str | None:
+    """The document `config`'s strategy takes as `q`'s positive, before feedback and negatives (None when its
+    confidence rules refuse every candidate)."""
+    cfg = config or MiningConfig()
+    return _positive(q, cfg, _ranks(q.vector), _ranks(q.keyword))[0]
 
 
 def mine(
