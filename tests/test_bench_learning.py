@@ -178,7 +178,7 @@ def test_the_fusion_sweep_compares_each_weight_with_the_base_at_the_default_and_
 def test_log_reach_counts_neighbour_answers_inside_and_outside_the_top_10() -> None:
     """`--log-reach`: the answers of the logged searches most like an evaluation query, nearest first; the
     ones it already ranks, the ones it does not, and the hybrid with them fused in as a third list."""
-    from server.bench.log_reach import THRESHOLDS, neighbour_answers, reach_rows
+    from server.bench.log_reach import THRESHOLDS, EvalQuery, neighbour_answers, reach_rows
 
     sims = np.array([0.9, 0.2, 0.75, 0.65])
     answers = ["a", "b", None, "a"]
@@ -192,8 +192,8 @@ def test_log_reach_counts_neighbour_answers_inside_and_outside_the_top_10() -> N
     # Query 2 is most like the second logged search (cosine 0.8; 0.6 with the first), whose answer "s" it
     # already ranks first.
     evaluation = [
-        (np.array([2.0, 0.0]), ["x", "y"], ["x", "y"], ["y", "x"], {"r": 1}),
-        (np.array([0.6, 0.8]), ["s", "t"], ["s"], ["t"], {"s": 1}),
+        EvalQuery(np.array([2.0, 0.0]), ["x", "y"], ["x", "y"], ["y", "x"], {"r": 1}),
+        EvalQuery(np.array([0.6, 0.8]), ["s", "t"], ["s"], ["t"], {"s": 1}),
     ]
     rows = reach_rows(usage, {"fused top-1": ["r", "s"]}, evaluation, rrf_k=20.0)
     assert [r["threshold"] for r in rows] == list(THRESHOLDS)

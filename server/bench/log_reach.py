@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,14 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 NEIGHBOURS = 5
 MEMORY_WEIGHTS = (0.5, 1.0)
 ANSWERS = ("fused top-1", "confident top-1")
+
+
+class EvalQuery(NamedTuple):
+    vector: np.ndarray  # the query's vector
+    hits: list[str]  # its hybrid top 10
+    vector_side: list[str]  # the hybrid search's candidate lists, to re-fuse with a memory
+    keyword_side: list[str]
+    labels: Mapping[str, int]
 
 
 def neighbour_answers(
@@ -63,30 +71,37 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.where(norms == 0, 1.0, norms)
 
 
+def _with_memory(query: EvalQuery, memory: list[str], weight: float, rrf_k: float) -> float:
+    """nDCG@10 of the query's hybrid with the memory fused in as a third RRF list."""
+    lists = [query.vector_side, query.keyword_side, memory]
+    fused = rrf(lists, k=rrf_k, weights=(1.0, 1.0, weight), limit=10)
+    return ndcg_at_k([doc for doc, _ in fused], query.labels, 10)
+
+
 def reach_rows(
     usage_vectors: np.ndarray,
     usage_answers: Mapping[str, Sequence[str | None]],
-    evaluation: Sequence[tuple[np.ndarray, list[str], list[str], list[str], Mapping[str, int]]],
+    evaluation: Sequence[EvalQuery],
     rrf_k: float,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per (answer kind, threshold). `evaluation` holds, per query: its vector, its hybrid top 10, its
-    vector and keyword candidate lists, and its labels."""
+    """One row per (answer kind, threshold): the logged answers `usage_answers[kind]` (one per row of
+    `usage_vectors`, None where the log holds none) as seen from each evaluation query."""
     usage = _unit(usage_vectors)
-    sims_all = [usage @ _unit(vec) for vec, *_ in evaluation]
-    base = [ndcg_at_k(hits, rel, 10) for _v, hits, _a, _b, rel in evaluation]
+    sims_all = [usage @ _unit(e.vector) for e in evaluation]
+    base = [ndcg_at_k(e.hits, e.labels, 10) for e in evaluation]
     rows = []
     for kind, answers in usage_answers.items():
         for threshold in THRESHOLDS:
             inside = inside_rel = outside = outside_rel = helped = 0
             memories = []
-            for sims, (_vec, hits, _v, _k, rel) in zip(sims_all, evaluation, strict=True):
+            for sims, e in zip(sims_all, evaluation, strict=True):
                 memory = neighbour_answers(sims, answers, threshold)
                 memories.append(memory)
                 new_relevant = False
                 for doc in memory:
-                    relevant = rel.get(doc, 0) > 0
-                    if doc in hits:
+                    relevant = e.labels.get(doc, 0) > 0
+                    if doc in e.hits:
                         inside, inside_rel = inside + 1, inside_rel + relevant
                     else:
                         outside, outside_rel = outside + 1, outside_rel + relevant
@@ -104,12 +119,7 @@ def reach_rows(
                 "memory": [],
             }
             for weight in MEMORY_WEIGHTS:
-                fused = [
-                    ndcg_at_k(
-                        [d for d, _ in rrf([v, k, m], k=rrf_k, weights=(1.0, 1.0, weight), limit=10)], rel, 10
-                    )
-                    for m, (_vec, _h, v, k, rel) in zip(memories, evaluation, strict=True)
-                ]
+                fused = [_with_memory(e, m, weight, rrf_k) for e, m in zip(evaluation, memories, strict=True)]
                 delta, lo, hi = paired_bootstrap(base, fused, seed=seed)
                 row["memory"].append(
                     {
@@ -147,7 +157,7 @@ def run_log_reach(
         for qid, text in evaluation_ds.queries.items():
             res = index.engine.search(COLLECTION, text, 10, "hybrid")  # not logged: evaluation stays out
             evaluation.append(
-                (
+                EvalQuery(
                     embedder.encode_query(text),
                     [h.doc_id for h in res.hits],
                     [c.doc_id for c in res.vector],
@@ -156,7 +166,7 @@ def run_log_reach(
                 )
             )
         rrf_k = index.settings.rrf_k
-    base = float(np.mean([ndcg_at_k(hits, rel, 10) for _v, hits, _a, _b, rel in evaluation]))
+    base = float(np.mean([ndcg_at_k(e.hits, e.labels, 10) for e in evaluation]))
     return {
         "dataset": evaluation_ds.name,
         "split": eval_split,
