@@ -187,13 +187,19 @@ USAGE = {
 USAGE_QRELS = [("u1", "d4", 1), ("u2", "d6", 1), ("u3", "d1", 1), ("u4", "d2", 1), ("u5", "d3", 1)]
 
 
-def test_log_reach_reports_what_similar_logged_searches_hold(tmp_path: Path, tiny_model_path: Path) -> None:
-    data = write_beir(tmp_path / "tiny")
+def write_beir_with_usage(root: Path) -> Path:
+    """The tiny dataset plus a "train" split of usage queries (its labels judge only the agent / miners)."""
+    data = write_beir(root)
     with (data / "queries.jsonl").open("a") as f:
         f.writelines(json.dumps({"_id": i, "text": t}) + "\n" for i, t in USAGE.items())
     (data / "qrels" / "train.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in USAGE_QRELS)
     )
+    return data
+
+
+def test_log_reach_reports_what_similar_logged_searches_hold(tmp_path: Path, tiny_model_path: Path) -> None:
+    data = write_beir_with_usage(tmp_path / "tiny")
     args = ["--log-reach", "--data", str(data), "--split", "test", "--usage-split", "train"]
     first, md = run_bench([*args, "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")])
     assert first["kind"] == "log-reach" and first["usage_queries"] == len(USAGE)
@@ -207,12 +213,7 @@ def test_log_reach_reports_what_similar_logged_searches_hold(tmp_path: Path, tin
 def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tiny_model_path: Path) -> None:
     """`--agent-feedback` (NOT label-free): the usage split's labels play an agent answering rift's feedback
     tool, and the product's own mining turns those judgements into the training triples."""
-    data = write_beir(tmp_path / "tiny")
-    with (data / "queries.jsonl").open("a") as f:
-        f.writelines(json.dumps({"_id": i, "text": t}) + "\n" for i, t in USAGE.items())
-    (data / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in USAGE_QRELS)
-    )
+    data = write_beir_with_usage(tmp_path / "tiny")
     args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
     args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--agent-feedback"]
     first, md = run_bench(args)
