@@ -62,17 +62,21 @@ def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _emit(result: dict[str, Any], json_out: Path | None, plot_out: Path | None) -> None:
-    from server.bench.report import json_line, markdown, plot
-
-    line = json_line(result)
+def _echo_json(line: str, json_out: Path | None) -> None:
+    """Print a result's JSON line (the first line of the output) and append it to `json_out` when given."""
     click.echo(line)
-    click.echo("")
-    click.echo(markdown(result))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         with json_out.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+
+
+def _emit(result: dict[str, Any], json_out: Path | None, plot_out: Path | None) -> None:
+    from server.bench.report import json_line, markdown, plot
+
+    _echo_json(json_line(result), json_out)
+    click.echo("")
+    click.echo(markdown(result))
     if plot_out:
         try:
             click.echo(f"plot written to {plot(result, plot_out)}", err=True)
@@ -153,11 +157,7 @@ def _run_log_reach(
         result = run_log_reach(data, split, usage_split, model, cache_dir)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
-    line = json_line({"kind": "log-reach", **result})
-    click.echo(line)
-    if out is not None:
-        with out.open("a") as fh:
-            fh.write(line + "\n")
+    _echo_json(json_line({"kind": "log-reach", **result}), out)
     click.echo(log_reach_markdown(result))
 
 
@@ -170,11 +170,7 @@ def _run_mining_analysis(
     from server.bench.report import _table, json_line
 
     result = run_mining_analysis(data, usage_split, model, cache_dir)
-    line = json_line({"kind": "mining-analysis", **result})
-    click.echo(line)
-    if out is not None:
-        with out.open("a") as fh:
-            fh.write(line + "\n")
+    _echo_json(json_line({"kind": "mining-analysis", **result}), out)
     rows = []
     for name, v in result["variants"].items():
         judged = [q for q in v["quality"].values() if q["judged"]]

@@ -146,7 +146,7 @@ def _negatives(
 
     if cfg.negative_source == "fused":
         after = q.fused[q.fused.index(positive) + 1 :] if positive in q.fused else []
-        picked = [d for d in after[: cfg.negative_max_vector_rank] if d != positive]
+        picked = after[: cfg.negative_max_vector_rank]
     elif cfg.negative_source == "vector":
         picked = blind_spots(v, k)
     elif cfg.negative_source == "keyword":
