@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     )
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
     learn_negatives_per_query: int = Field(2, ge=1, le=10, description="Hard negatives mined per query.")
+    learn_negative_source: Literal["fused", "vector", "keyword", "both"] = Field(
+        "fused",
+        description="Where hard negatives come from: 'fused' = the documents fusion ranked right after the "
+        "positive (measured best for the hybrid, README); 'vector' / 'keyword' = that side's blind spots; "
+        "'both' alternates them.",
+    )
     learn_positive_min_keyword_margin: float = Field(
         1.3,
         ge=0,

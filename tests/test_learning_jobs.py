@@ -122,3 +122,34 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     assert json.loads(pruned.stdout) == {"deleted": [], "freed_bytes": 0}
     bad = runner.invoke(main, ["rollback", "--data-dir", str(settings.data_dir)], env=env)
     assert bad.exit_code != 0 and "nothing to roll back to" in bad.output
+
+
+@pytest.mark.parametrize("source", ["fused", "vector"])
+def test_mining_takes_its_negatives_from_the_configured_source(
+    tmp_path: Path, tiny_model_path: Path, source: str
+) -> None:
+    # "fused" (the default) pairs a positive with the documents fusion ranked right after it; "vector" with
+    # vector blind spots, which the keyword side does not rank in its top 30.
+    overrides = {} if source == "fused" else {"learn_negative_source": source}
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_positive_min_keyword_margin=0, **overrides)
+    assert settings.learn_negative_source == source
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        rift.learning.log.flush()
+        logged = {q.query: q for q in rift.learning.log.iter_queries()}
+        mined, _rows, triples = rift.learning.mine()
+        assert triples and mined.report.strategy == "fused"
+        guarded = 0  # negatives the vector source's false-negative guard would have refused
+        for t in triples:
+            q = logged[t.query]
+            keyword_top = [d for d, _, _ in q.keyword[:30]]
+            guarded += t.negative_doc in keyword_top
+            if source == "fused":
+                after = q.fused[q.fused.index(t.positive_doc) + 1 :]
+                assert t.negative_doc in after[: settings.learn_negatives_per_query]
+            else:
+                assert t.negative_doc in [d for d, _, _ in q.vector[:5]]
+        assert (guarded > 0) == (source == "fused")
+    finally:
+        rift.close()

@@ -94,6 +94,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_max_seq_length": ("train_max_seq_length", int),
     "learn_negatives_per_query": ("negatives_per_query", int),
     "learn_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
+    "learn_negative_source": ("negative_source", str),
     "learn_loss": ("loss", str),
     # with --agent-feedback: the share of searches the simulated agent judges, and how often it judges wrongly
     "agent_share": ("agent_share", float),
@@ -103,7 +104,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
-    "mining_negative_source": ("negative_source", str),
+    "mining_negative_source": ("negative_source", str),  # its earlier name
     "mining_max_pseudo": ("max_pseudo", int),
 }
 
@@ -125,7 +126,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
 
     if out.get("negative_source", "vector") not in NEGATIVE_SOURCES:
         choices = ", ".join(NEGATIVE_SOURCES)
-        raise click.BadParameter(f"mining_negative_source must be one of {choices}", param_hint="--set")
+        raise click.BadParameter(f"learn_negative_source must be one of {choices}", param_hint="--set")
     for key, name in (
         ("mining_mask_query_terms", "mask_query_terms"),
         ("agent_share", "agent_share"),
@@ -282,7 +283,7 @@ def _run_learn(
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
     "(learn_loss also takes triplet) and the miner's "
     + ", ".join(key for key in LEARN_OPTIONS if key.startswith("mining_"))
-    + " (mining_negative_source: vector, keyword, both or fused).",
+    + " (learn_negative_source, earlier mining_negative_source: fused, vector, keyword or both).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."

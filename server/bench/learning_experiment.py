@@ -271,7 +271,7 @@ def run_learning_experiment(
     positive_max_rank: int = 10,
     positive_min_keyword_margin: float = _PRODUCT.learn_positive_min_keyword_margin,
     negative_min_keyword_rank: int = 30,
-    negative_source: str = "vector",
+    negative_source: str = _PRODUCT.learn_negative_source,
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,

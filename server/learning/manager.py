@@ -100,6 +100,7 @@ class LearningManager:
             strategy=strategy,
             negatives_per_query=negatives or s.learn_negatives_per_query,
             positive_min_keyword_margin=s.learn_positive_min_keyword_margin,
+            negative_source=s.learn_negative_source,
         )
         return mining, self._gate_config()
 

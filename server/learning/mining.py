@@ -6,8 +6,10 @@ README "Learning from use"): the fused top-1 is the cleanest label-free positive
 almost never relevant and teaches noise, so that strategy exists only to show it.
 
 Strategies (setting `learn_strategy`):
-  fused          positive = fused top-1 when both retrievers returned it near the top;
-                 negatives = vector blind spots (vector top, keyword never near the top)
+  fused          positive = fused top-1 when both retrievers returned it near the top; negatives from
+                 `negative_source` (setting `learn_negative_source`): the product default "fused" takes the
+                 documents fusion ranked right after the positive; "vector" takes vector blind spots (vector
+                 top, keyword never near the top)
   agreement      positive = the best document both sides put in their top-5; negatives = vector blind spots the
                  vector side ranked above it
   keyword_blind  positive = a keyword blind spot; negatives = vector blind spots (measured harmful)
@@ -60,6 +62,8 @@ class MiningConfig:
     # `negative_max_vector_rank`, absent from the vector top `negative_min_keyword_rank`: documents that only
     # share words with the query, so training makes the dense side less like BM25), "both", alternating, or
     # "fused": the documents fusion ranked right after the positive (the hybrid's own runners-up, unguarded).
+    # The product passes its setting `learn_negative_source` ("fused" since it measured best for the hybrid);
+    # this bare default keeps the miner's earlier behaviour for the mining-analysis variants that name none.
     negative_source: str = "vector"
     agreement_depth: int = 5
     pseudo_per_document: int = 1
