@@ -131,7 +131,9 @@ def test_mining_takes_its_negatives_from_the_configured_source(
     # "fused" (the default) pairs a positive with the documents fusion ranked right after it; "vector" with
     # vector blind spots, which the keyword side does not rank in its top 30.
     overrides = {} if source == "fused" else {"learn_negative_source": source}
-    settings = make_settings(tmp_path / "data", tiny_model_path, learn_positive_min_keyword_margin=0, **overrides)
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, learn_positive_min_keyword_margin=0, **overrides
+    )
     assert settings.learn_negative_source == source
     rift = open_rift(settings)
     try:
