@@ -229,13 +229,20 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     assert [r["vector_weight"] for r in first["fusion_sweep"]] == list(FUSION_SWEEP)
     assert "| vector weight |" in md
     # An agent that judges no search leaves mining to the margin rule.
-    quiet, _ = run_bench([*args, "--set", "agent_share=0"])
+    out = tmp_path / "learn.jsonl"
+    quiet, _ = run_bench([*args, "--set", "agent_share=0", "--json-out", str(out)])
     assert quiet["seeds"][0]["agent_feedback"]["queries"] == 0
     assert "feedback" not in quiet["seeds"][0]["mining"]["by_type"]
     res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
     assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output
     # The labelled reference trains on the usage labels; the miner's skip counts would not describe it.
-    bound, _ = run_bench([*[a for a in args if a != "--agent-feedback"], "--labelled-bound"])
+    bound, _ = run_bench(
+        [*[a for a in args if a != "--agent-feedback"], "--labelled-bound", "--json-out", str(out)]
+    )
+    # --json-out gains one JSON line per finished run; the per-seed checkpoint beside it is gone.
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["labelled_bound"] for line in lines] == [False, True]
+    assert json.loads(lines[1])["seeds"] == bound["seeds"] and not (tmp_path / "learn.jsonl.partial").exists()
     mining = bound["seeds"][0]["mining"]
     assert bound["labelled_bound"] is True and set(mining["by_type"]) == {"labelled"}
     assert mining["skipped"] == {}

@@ -211,6 +211,9 @@ def _run_learn(
     options = _learn_options(overrides)
     if not agent_feedback and {"agent_share", "agent_error_rate"} & set(options):
         raise click.UsageError("agent_share and agent_error_rate apply only with --agent-feedback")
+    # A run takes hours on a CPU: the experiment rewrites a checkpoint of the seeds done so far beside
+    # --json-out, and only the finished result is appended to it as one JSON line, as in the other modes.
+    checkpoint = out.with_name(out.name + ".partial") if out else None
     result = module.run_learning_experiment(
         data=data,
         eval_split=split,
@@ -218,14 +221,16 @@ def _run_learn(
         model=model,
         seeds=_ints(seeds, "--seeds", minimum=0) if seeds else [0],
         cache_dir=cache_dir,
-        out=out,
+        out=checkpoint,
         labelled_bound=labelled_bound,
         agent_feedback=agent_feedback,
         **options,
     )
     from server.bench.report import json_line, learn_markdown
 
-    click.echo(json_line({"kind": "learn", **result}))
+    _echo_json(json_line({"kind": "learn", **result}), out)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     click.echo("\n" + learn_markdown(result))
 
 
