@@ -22,6 +22,8 @@ from pydantic_settings import (
 
 # How `retrain` mines triples (server/learning/mining.py); the CLI and the MCP tool offer the same choices.
 LearnStrategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
+# Where mined hard negatives come from (setting learn_negative_source); the miner and the bench take these.
+NegativeSource = Literal["fused", "vector", "keyword", "both"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -143,7 +145,7 @@ class Settings(BaseSettings):
     )
     learn_max_seq_length: int = Field(128, ge=16, le=8192, description="Training-time token cap (speed).")
     learn_negatives_per_query: int = Field(2, ge=1, le=10, description="Hard negatives mined per query.")
-    learn_negative_source: Literal["fused", "vector", "keyword", "both"] = Field(
+    learn_negative_source: NegativeSource = Field(
         "fused",
         description="Where hard negatives come from: 'fused' = the documents fusion ranked right after the "
         "positive (measured best for the hybrid, README); 'vector' / 'keyword' = that side's blind spots; "

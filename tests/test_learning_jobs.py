@@ -138,7 +138,6 @@ def test_mining_takes_its_negatives_from_the_configured_source(
     rift = open_rift(settings)
     try:
         fill_two_collections(rift)
-        rift.learning.log.flush()
         logged = {q.query: q for q in rift.learning.log.iter_queries()}
         mined, _rows, triples = rift.learning.mine()
         assert triples and mined.report.strategy == "fused"

@@ -124,7 +124,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
             raise click.BadParameter(f"{key}={raw!r} is not {what}", param_hint="--set") from None
     from server.learning.mining import NEGATIVE_SOURCES
 
-    if out.get("negative_source", "vector") not in NEGATIVE_SOURCES:
+    if out.get("negative_source", NEGATIVE_SOURCES[0]) not in NEGATIVE_SOURCES:
         choices = ", ".join(NEGATIVE_SOURCES)
         raise click.BadParameter(f"learn_negative_source must be one of {choices}", param_hint="--set")
     for key, name in (

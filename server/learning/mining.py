@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from typing import Any, get_args
 
-from server.config import LearnStrategy
+from server.config import LearnStrategy, NegativeSource
 from server.learning.query_log import LoggedQuery
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
-NEGATIVE_SOURCES: tuple[str, ...] = ("vector", "keyword", "both", "fused")
+NEGATIVE_SOURCES: tuple[str, ...] = get_args(NegativeSource)
 
 
 @dataclass(frozen=True)
