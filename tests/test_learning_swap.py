@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import make_settings, open_rift
+from tests.support.helpers import docs, make_settings, open_rift
 from tests.support.learning import fill_two_collections, queries
 from tests.support.tiny_model import build_tiny_model
 
@@ -113,3 +113,28 @@ def _hash(version: str) -> str:
     import hashlib
 
     return hashlib.sha256(version.encode()).hexdigest()[:10]
+
+
+def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(tmp_path: Path, tiny_model_path: Path) -> None:
+    # A swap keeps the previous version's vectors for rollback; deleting the collection must drop those too, or
+    # the next start would adopt them back as an orphan, deleted documents and all.
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("secret", docs(("doc1", "the cat sat on the mat"), ("doc2", "dogs bark at night")))
+        other = build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)
+        started = rift.learning.reindex(str(other))
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        engine = rift.engine()
+        assert sum("secret" in n for n, _ in engine.vectors.list_collections()) == 2  # serving + kept
+        engine.delete_collection("secret")
+        assert not [n for n, _ in engine.vectors.list_collections() if "secret" in n]
+    finally:
+        rift.close()
+    reopened = open_rift(settings)
+    try:
+        assert "secret" not in reopened.engine().collection_names()
+        assert not reopened.repair_report.get("adopted_from_chroma")
+    finally:
+        reopened.close()

@@ -415,9 +415,17 @@ class Engine:
             record = self._record(collection)
             self.state.delete_collection(collection)
             self._keyword.pop(collection, None)
-            self.vectors.drop(record.chroma_name)
-            if self.shared is not None:
-                self.shared.retire(record.chroma_name)
+            # Every model version's vectors go, not only the serving one: a version kept for rollback would
+            # otherwise be adopted back as an orphan at the next start, deleted documents and all.
+            names = {record.chroma_name} | {
+                name
+                for name, _meta in self.vectors.list_collections()
+                if (match := CHROMA_NAME.match(name)) is not None and match.group(1) == collection
+            }
+            for name in sorted(names):
+                self.vectors.drop(name)
+                if self.shared is not None:
+                    self.shared.retire(name)
 
     def info(self, collection: str) -> CollectionInfo:
         record = self._record(collection)
