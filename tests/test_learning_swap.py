@@ -115,7 +115,9 @@ def _hash(version: str) -> str:
     return hashlib.sha256(version.encode()).hexdigest()[:10]
 
 
-def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     # A swap keeps the previous version's vectors for rollback; deleting the collection must drop those too, or
     # the next start would adopt them back as an orphan, deleted documents and all.
     settings = make_settings(tmp_path / "data", tiny_model_path)
