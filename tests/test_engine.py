@@ -211,6 +211,19 @@ def test_one_hit_per_document_unless_asked(rift) -> None:
     assert all(h.keyword_rank is not None for h in chunks)
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+def test_a_long_document_does_not_crowd_out_the_others(rift_factory, mode: str) -> None:
+    # The candidate depth counts chunks: one document with more matching chunks than the depth used to fill
+    # each side's list, and grouping then returned it alone.
+    app = rift_factory(candidate_depth=8)
+    app.add_documents(
+        "default", docs(("long", LONG), *[(f"s{i}", f"the river and the sea {i}") for i in range(4)])
+    )
+    assert len(app.engine().state.document_chunks("default", "long")) > 8
+    hits = app.search("default", "river sea city", k=5, mode=mode).outcome.hits
+    assert sorted(ids(hits)) == ["long", "s0", "s1", "s2", "s3"]
+
+
 def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:
     # BERT strips accents, so "rívér" embeds exactly like the query "river"; bm25s sees other words, so only
     # "kw" can match on the keyword side.

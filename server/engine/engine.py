@@ -774,37 +774,36 @@ class Engine:
         timings: dict[str, float] = {}
         version = record.model_version
 
-        def keyword_side() -> tuple[list[Candidate], float]:
+        def keyword_side(depth: int = depth) -> tuple[list[Candidate], float]:
             started = time.perf_counter()
             tokens = self.tokenizer.tokenize([query])[0]
             found = [Candidate(r.doc_id, r.chunk_id, s, r) for r, s in index.search(tokens, depth, node)]
             return found, (time.perf_counter() - started) * 1000
 
-        overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
-        vector: list[Candidate] = []
-        if mode in ("hybrid", "vector") and snap.live_count:
-            t0 = t1 = time.perf_counter()
+        def vector_side(depth: int = depth) -> list[Candidate]:
+            nonlocal record, version
             for attempt in (0, 1):
                 try:
                     t0 = time.perf_counter()
                     embedding = self.embedder_for(record).encode_query(query)
                     t1 = time.perf_counter()
+                    timings["embed_ms"] = (t1 - t0) * 1000
                     exact = index.vector_search(embedding, depth, node, version, self._side)
                     if exact is not None:
                         # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
-                        vector = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
+                        found = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
                     else:
-                        found = self.vectors.query(
-                            record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
-                        )
+                        found = []
                         # Chroma may hold rows of a write not yet acknowledged: keep them invisible.
-                        vector = []
-                        for chunk_id, score in found:
+                        for chunk_id, score in self.vectors.query(
+                            record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                        ):
                             at = snap.row_of.get(chunk_id)
                             if at is not None and snap.alive[at]:
                                 row = snap.rows[at]
-                                vector.append(Candidate(row.doc_id, chunk_id, score, row))
-                    break
+                                found.append(Candidate(row.doc_id, chunk_id, score, row))
+                    timings["vector_ms"] = (time.perf_counter() - t1) * 1000
+                    return found
                 except Exception:
                     # A model swap switched this collection (and may have released the old model or dropped
                     # its vectors) between reading the record and querying: answer from the new (record,
@@ -813,12 +812,30 @@ class Engine:
                     if attempt or fresh.chroma_name == record.chroma_name:
                         raise
                     record, version = fresh, fresh.model_version
-            t2 = time.perf_counter()
-            timings["embed_ms"] = (t1 - t0) * 1000
-            timings["vector_ms"] = (t2 - t1) * 1000
+            return []  # unreachable: the second attempt returns or raises
+
+        def deepened(found: list[Candidate], side: Callable[[int], list[Candidate]]) -> list[Candidate]:
+            """`depth` counts chunks; grouped by document, a few long documents can fill it and leave fewer
+            than k documents. Ask that side again, deeper, until it has k documents or runs out."""
+            reach = depth
+            while (
+                group_by_document
+                and len(found) >= reach
+                and reach < snap.live_count
+                and len({c.doc_id for c in found}) < k
+            ):
+                reach = min(reach * 4, snap.live_count)
+                found = side(reach)
+            return found
+
+        overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
+        vector: list[Candidate] = []
+        if mode in ("hybrid", "vector") and snap.live_count:
+            vector = deepened(vector_side(), vector_side)
         keyword: list[Candidate] = []
         if mode in ("hybrid", "keyword"):
             keyword, timings["keyword_ms"] = overlapped.result() if overlapped else keyword_side()
+            keyword = deepened(keyword, lambda reach: keyword_side(reach)[0])
 
         t0 = time.perf_counter()
         vector = _group(vector, group_by_document)
