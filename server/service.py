@@ -189,9 +189,10 @@ class Rift:
                 mode,
                 k,
                 dict(filters) if filters else None,
-                [(c.doc_id, c.chunk_id, c.score) for c in outcome.vector],
-                [(c.doc_id, c.chunk_id, c.score) for c in outcome.keyword],
-                [h.doc_id for h in outcome.hits],
+                # Per document, like the disagreement summary: mining reads ranks as document ranks.
+                _per_document(outcome.vector),
+                _per_document(outcome.keyword),
+                list(dict.fromkeys(h.doc_id for h in outcome.hits)),
                 disagreement.top,
                 disagreement.overlap,
                 disagreement.vector_blind_spots,
@@ -259,3 +260,11 @@ def _index_bytes(settings: Settings) -> dict[str, int]:
             size(settings.log_db.with_name(settings.log_db.name + s)) for s in ("", "-wal")
         ),
     }
+
+
+def _per_document(candidates: Sequence[Any]) -> list[tuple[str, str, float]]:
+    """(doc, best chunk, score) in rank order, one entry per document; a list already grouped is unchanged."""
+    out: dict[str, tuple[str, str, float]] = {}
+    for c in candidates:
+        out.setdefault(c.doc_id, (c.doc_id, c.chunk_id, c.score))
+    return list(out.values())

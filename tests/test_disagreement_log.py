@@ -167,6 +167,11 @@ def test_chunk_level_search_summarises_per_document(tmp_path: Path, tiny_model_p
         d = response.disagreement
         for spots in (d.vector_blind_spots, d.keyword_blind_spots):
             assert len(spots) == len(set(spots))
+        # The log holds document rankings too (mining reads ranks as document ranks), each document once.
+        logged = app.log.get(response.query_id)
+        for ranked in ([d for d, _c, _s in logged.vector], [d for d, _c, _s in logged.keyword], logged.fused):
+            assert ranked and len(ranked) == len(set(ranked))
+        assert logged.fused == list(dict.fromkeys(h.doc_id for h in response.outcome.hits))
     finally:
         app.close()
 

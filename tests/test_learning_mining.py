@@ -127,6 +127,20 @@ def test_opened_documents_are_implicit_positives() -> None:
     assert got == [("opened", "b", "x", "fetched")]
 
 
+def test_fused_negatives_continue_past_the_hits_the_search_returned() -> None:
+    # A k=1 search logs one fused hit but both 200-deep candidate lists; an opened last hit likewise has no
+    # returned hit after it. Their runners-up come from re-fusing the logged lists.
+    cfg = MiningConfig(negative_source="fused", negatives_per_query=2)
+    k1 = q("1", "one hit", ["a", "b", "c"], ["a", "c", "b", *FILL], ["a"])
+    assert [(t.positive_doc, t.negative_doc) for t in mine([k1], cfg).triples] == [("a", "b"), ("a", "c")]
+    last = q("2", "opened last", ["a", "b", "c", "d"], ["a", "b", "d", *FILL], ["a", "b"])
+    report = mine([last], cfg, fetched={"2": ["b"]})
+    assert [(t.positive_doc, t.negative_doc, t.kind) for t in report.triples] == [
+        ("b", "d", "fetched"),
+        ("b", "c", "fetched"),
+    ]
+
+
 DOCS = [
     (
         "a",

@@ -301,6 +301,8 @@ def run_learning_experiment(
         negative_min_keyword_rank=negative_min_keyword_rank,
         negative_source=negative_source,
         max_pseudo=max_pseudo,
+        fusion_k=_PRODUCT.rrf_k,
+        fusion_weights=(_PRODUCT.vector_weight, _PRODUCT.keyword_weight),
     )
     train_cfg = TrainConfig(
         epochs=epochs,

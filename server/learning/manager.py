@@ -101,6 +101,8 @@ class LearningManager:
             negatives_per_query=negatives or s.learn_negatives_per_query,
             positive_min_keyword_margin=s.learn_positive_min_keyword_margin,
             negative_source=s.learn_negative_source,
+            fusion_k=s.rrf_k,
+            fusion_weights=(s.vector_weight, s.keyword_weight),
         )
         return mining, self._gate_config()
 

@@ -34,6 +34,7 @@ from itertools import zip_longest
 from typing import Any, get_args
 
 from server.config import LearnStrategy, NegativeSource
+from server.engine.fusion import rrf
 from server.learning.query_log import LoggedQuery
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
@@ -66,6 +67,10 @@ class MiningConfig:
     # this bare default keeps the miner's earlier behaviour for the mining-analysis variants that name none.
     negative_source: str = "vector"
     agreement_depth: int = 5
+    # How the search fused its lists (the product passes its settings): the logged fused list holds only the k
+    # hits returned, and "fused" negatives continue past them by re-fusing the logged candidate lists.
+    fusion_k: float = 20.0
+    fusion_weights: tuple[float, float] = (1.0, 1.0)
     pseudo_per_document: int = 1
     max_pseudo: int = 2000
     seed: int = 0
@@ -149,7 +154,8 @@ def _negatives(
         return out
 
     if cfg.negative_source == "fused":
-        after = q.fused[q.fused.index(positive) + 1 :] if positive in q.fused else []
+        order = _fused_order(q, cfg)
+        after = order[order.index(positive) + 1 :] if positive in order else []
         picked = after[: cfg.negative_max_vector_rank]
     elif cfg.negative_source == "vector":
         picked = blind_spots(v, k)
@@ -159,6 +165,17 @@ def _negatives(
         pairs = zip_longest(blind_spots(v, k), blind_spots(k, v))
         picked = list(dict.fromkeys(d for pair in pairs for d in pair if d is not None))
     return picked[: cfg.negatives_per_query]
+
+
+def _fused_order(q: LoggedQuery, cfg: MiningConfig) -> list[str]:
+    """The hits the search returned, then the rest of its candidates in the order fusion would have ranked
+    them: a search with k=1, or an opened last hit, still has runners-up."""
+    tail = rrf(
+        [[d for d, _c, _s in q.vector], [d for d, _c, _s in q.keyword]],
+        k=cfg.fusion_k,
+        weights=cfg.fusion_weights,
+    )
+    return list(dict.fromkeys([*q.fused, *(d for d, _score in tail)]))
 
 
 def _keyword_margin(q: LoggedQuery, doc: str) -> float:
