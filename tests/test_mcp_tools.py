@@ -87,7 +87,8 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
         assert tool.output_schema and tool.output_schema.get("type") == "object"
 
     search = tools["hybrid_search"].input_schema["properties"]
-    assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 100, 10)
+    # No fixed maximum: the engine checks k against the configured max_k (100 by default).
+    assert (search["k"]["minimum"], search["k"]["default"]) == (1, 10) and "maximum" not in search["k"]
     assert (search["query"]["minLength"], search["query"]["maxLength"]) == (1, 8192)
     assert search["mode"]["enum"] == ["hybrid", "vector", "keyword"]
     assert search["collection"]["default"] == "default" and "filters" in search
@@ -157,6 +158,15 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert set(stats["index_bytes"]) >= {"chroma", "state_sqlite", "query_log_sqlite"}
 
 
+async def test_a_raised_max_k_is_honoured_over_mcp(cfg: Settings) -> None:
+    async with session(cfg.model_copy(update={"max_k": 500})) as s:
+        docs = [{"id": f"d{i}", "text": f"note {i} about pumps and valves"} for i in range(150)]
+        await s.ok("add_documents", {"documents": docs})
+        found = await s.ok("hybrid_search", {"query": "pumps valves", "k": 150})
+        assert len(found["hits"]) == 150
+        assert "from 1 to 500" in await s.error("hybrid_search", {"query": "pumps", "k": 501})
+
+
 async def test_upsert_replaces_chunks_and_unchanged_is_skipped(cfg: Settings) -> None:
     async with session(cfg) as s:
         first = await s.ok("add_documents", {"documents": [{"id": "m", "text": LONG}]})
@@ -189,7 +199,7 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ("hybrid_search", {"query": ""}, ["query"]),
             ("hybrid_search", {"query": "   \n\t"}, ["query"]),
             ("hybrid_search", {"query": "cat", "k": 0}, ["k", "greater than or equal to 1"]),
-            ("hybrid_search", {"query": "cat", "k": 101}, ["k", "less than or equal to 100"]),
+            ("hybrid_search", {"query": "cat", "k": 101}, ["k must be an integer from 1 to 100"]),
             ("hybrid_search", {"query": "cat", "k": "many"}, ["k"]),
             ("hybrid_search", {"query": "cat", "mode": "fuzzy"}, ["mode"]),
             ("hybrid_search", {"query": "cat", "collection": "nope"}, ["unknown collection 'nope'"]),

@@ -49,7 +49,10 @@ class SearchResult(BaseModel):
 async def hybrid_search(
     query: Annotated[str, Field(min_length=1, max_length=8192, description="What to look for, in words.")],
     ctx: Context,
-    k: Annotated[int, Field(ge=1, le=100, description="How many results to return.")] = 10,
+    k: Annotated[
+        int,
+        Field(ge=1, description="How many results to return (at most the server's max_k, 100 by default)."),
+    ] = 10,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
     filters: Annotated[
         dict[str, Any] | None,
