@@ -212,6 +212,16 @@ class Rift:
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         return self.engine().delete_documents(collection, ids)
 
+    def delete_collection(self, collection: str) -> Any:
+        """Drop a collection from both indices and its searches from the query log; returns its info as it
+        was (NotFoundError naming the collections that exist when it does not)."""
+        engine = self.engine()
+        info = engine.info(collection)
+        engine.delete_collection(collection)
+        if self.log is not None:
+            self.log.forget_collection(collection)
+        return info
+
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()
         names = [collection] if collection else engine.collection_names()

@@ -129,6 +129,21 @@ def test_only_hybrid_searches_are_logged_and_stats_report_rates(logged) -> None:
     assert stats["logging_enabled"] is True
 
 
+def test_stats_count_each_collections_feedback_and_a_deleted_collection_leaves_no_log(logged) -> None:
+    logged.add_documents("other", docs(("o1", "the cat sat on the mat")))
+    sci = logged.search("sci", QUERY)
+    other = logged.search("other", "cat mat")
+    logged.log.add_feedback(sci.query_id, "kw", True)
+    logged.log.record_fetch(sci.query_id, "kw")
+    assert logged.stats("sci")["queries"]["feedback_labels"] == 1
+    assert logged.stats("other")["queries"]["feedback_labels"] == 0
+    logged.delete_collection("sci")
+    assert logged.log.get(sci.query_id) is None and logged.log.fetches(sci.query_id) == []
+    assert logged.log.feedback_map() == {}
+    assert logged.log.get(other.query_id) is not None
+    assert logged.stats()["queries"]["logged_queries"] == 1
+
+
 def test_logging_can_be_turned_off(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, log_queries=False)
     app = open_rift(settings)

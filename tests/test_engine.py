@@ -224,6 +224,17 @@ def test_a_long_document_does_not_crowd_out_the_others(rift_factory, mode: str) 
     assert sorted(ids(hits)) == ["long", "s0", "s1", "s2", "s3"]
 
 
+def test_a_documents_own_metadata_wins_over_a_key_the_splitter_adds(rift) -> None:
+    # A Markdown splitter labels chunks with their "heading"; a document that has its own keeps it, and a
+    # filter on it finds the same document in both retrievers as in list_documents.
+    meta = {"file_type": "markdown", "heading": "mine"}
+    rift.add_documents("default", docs(("md", "# Intro\n\nthe cat sat on the mat\n", meta)))
+    for mode in ("hybrid", "vector", "keyword"):
+        hits = rift.search("default", "cat mat", mode=mode, filters={"heading": "mine"}).outcome.hits
+        assert ids(hits) == ["md"] and hits[0].metadata["heading"] == "mine", mode
+    assert rift.engine().get_document("default", "md")[1]["heading"] == "mine"
+
+
 def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:
     # BERT strips accents, so "rívér" embeds exactly like the query "river"; bm25s sees other words, so only
     # "kw" can match on the keyword side.

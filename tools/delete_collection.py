@@ -20,16 +20,10 @@ class DeleteCollectionResult(BaseModel):
 async def delete_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> DeleteCollectionResult:
-    engine = await call(rift_of(ctx).engine)
-
-    def drop() -> DeleteCollectionResult:
-        info = engine.info(collection)  # NotFoundError naming the collections that exist
-        engine.delete_collection(collection)
-        return DeleteCollectionResult(
-            collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
-        )
-
-    return await call(drop)
+    info = await call(rift_of(ctx).delete_collection, collection)
+    return DeleteCollectionResult(
+        collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
+    )
 
 
 TOOL = ToolSpec(
@@ -37,8 +31,8 @@ TOOL = ToolSpec(
     name="delete_collection",
     title="Delete collection",
     description=(
-        "Permanently delete a collection with all of its documents and chunks from both indices. This cannot "
-        "be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
+        "Permanently delete a collection with all of its documents and chunks from both indices, and its logged "
+        "searches with their feedback. This cannot be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
     ),
     annotations=ToolAnnotations(
         title="Delete collection",

@@ -535,10 +535,13 @@ class Engine:
             dirs = path_keys(meta)  # ancestor folders of meta["source"], for the $prefix filter
             covered = 0
             for i, ch in enumerate(chunks):
-                chunk_meta = {**meta, **ch.metadata, **dirs}
+                # The user's metadata wins over a key the splitter adds (a document's own "heading" stays its
+                # own, so a filter on it finds the same chunks in both retrievers and in list_documents).
+                own = {key: value for key, value in ch.metadata.items() if key not in meta}
+                chunk_meta = {**meta, **own, **dirs}
                 # Name the chunk's own keys, so a repair from Chroma leaves them off the document.
-                if ch.metadata:
-                    chunk_meta[CHUNK_KEYS] = ",".join(sorted(ch.metadata))
+                if own:
+                    chunk_meta[CHUNK_KEYS] = ",".join(sorted(own))
                 # The text no chunk holds (whitespace between sections, mostly), so that a repair from Chroma
                 # rebuilds the document exactly (reconcile.join_chunks).
                 if ch.start > covered:

@@ -283,6 +283,24 @@ class QueryLog:
             )
         return before is not None
 
+    def forget_collection(self, collection: str) -> int:
+        """Delete a collection's logged searches with their feedback and fetches, in one transaction (a deleted
+        collection leaves no query text behind, and its searches can never train a later collection of the same
+        name). Returns how many searches went."""
+        self.flush()
+        ids = "SELECT query_id FROM queries WHERE collection = ?"
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.execute(f"DELETE FROM feedback WHERE query_id IN ({ids})", (collection,))
+                self._conn.execute(f"DELETE FROM fetches WHERE query_id IN ({ids})", (collection,))
+                gone = self._conn.execute("DELETE FROM queries WHERE collection = ?", (collection,)).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return int(gone)
+
     def feedback_map(self) -> dict[str, dict[str, bool]]:
         """query_id -> {doc_id: relevant}."""
         self.flush()
@@ -325,7 +343,11 @@ class QueryLog:
                 f"FROM queries {where}",
                 args,
             ).fetchone()
-            (feedback,) = self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()
+            (feedback,) = self._conn.execute(
+                "SELECT COUNT(*) FROM feedback f JOIN queries q ON q.query_id = f.query_id "
+                f"{where.replace('collection', 'q.collection')}",
+                args,
+            ).fetchone()
         return {
             "logged_queries": int(n or 0),
             "mean_top_overlap": round(overlap or 0.0, 4),
