@@ -32,7 +32,7 @@ def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) 
     try:
         return Settings(**overrides)
     except Exception as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from None
+        raise click.ClickException(f"invalid settings: {exc}") from None
 
 
 def open_rift(settings: Settings):
@@ -107,7 +107,12 @@ def show_config(data_dir: str | None, markdown: bool) -> None:
 def settings_table() -> str:
     rows = ["| setting | env var | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "(XDG data dir)" if field.default_factory is not None else json.dumps(field.default)
+        if name == "data_dir":
+            default = "(XDG data dir)"  # the machine's own path would make the table differ per machine
+        elif field.default_factory is not None:
+            default = json.dumps(field.default_factory())
+        else:
+            default = json.dumps(field.default)
         meaning = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | `RIFT_{name.upper()}` | `{default}` | {meaning} |")
     return "\n".join(rows)

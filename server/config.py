@@ -31,13 +31,21 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 def default_config_file() -> Path | None:
     explicit = os.environ.get("RIFT_CONFIG")
     if explicit:
-        return Path(explicit).expanduser()
+        named = Path(explicit).expanduser()
+        if explicit == os.devnull:
+            return None  # "no config file at all", e.g. to keep a user's own file out of a test
+        if not named.is_file():
+            raise ValueError(f"RIFT_CONFIG names {named}, which is not a file ({os.devnull} means none)")
+        return named
     candidate = Path(platformdirs.user_config_dir("rift")) / "config.toml"
     return candidate if candidate.is_file() else None
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RIFT_", extra="forbid", validate_default=True)
+    # An empty variable (RIFT_DATA_DIR=) means unset, not "" (which would put the data dir in the cwd).
+    model_config = SettingsConfigDict(
+        env_prefix="RIFT_", extra="forbid", validate_default=True, env_ignore_empty=True
+    )
 
     # --- storage -------------------------------------------------------------------------------------------
     data_dir: Path = Field(
@@ -194,6 +202,33 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("gate_eval_data", mode="after")
+    @classmethod
+    def _expand_eval(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("stemmer_language", mode="after")
+    @classmethod
+    def _known_stemmer(cls, value: str | None) -> str | None:
+        import Stemmer
+
+        if value is not None and value not in Stemmer.algorithms():
+            raise ValueError(f"unknown stemmer {value!r}; PyStemmer has {', '.join(Stemmer.algorithms())}")
+        return value
+
+    @field_validator("stopwords", mode="after")
+    @classmethod
+    def _known_stopwords(cls, value: str | None) -> str | None:
+        import bm25s
+
+        try:
+            bm25s.tokenize(["a"], stopwords=value, show_progress=False)
+        except Exception:
+            raise ValueError(
+                f"unknown stopword list {value!r}; bm25s knows e.g. en, de, fr, es, it, pt, nl, sv, ru, zh"
+            ) from None
+        return value
 
     @field_validator("allowed_roots", mode="after")
     @classmethod

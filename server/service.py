@@ -31,7 +31,12 @@ class SearchResponse:
 
 class DataDirLock:
     def __init__(self, settings: Settings) -> None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RiftError(
+                f"data_dir {settings.data_dir} cannot be used as rift's data folder: {exc.strerror or exc}"
+            ) from None
         self._path = settings.lock_file
         self._pid_file = settings.data_dir / "rift.pid"
         # Not thread-local: the MCP lifespan acquires it on the event loop and releases it from a worker thread.
@@ -68,16 +73,20 @@ class Rift:
         self.load_seconds: float | None = None
         self.repair_report: dict[str, Any] = {}
         self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
+        self._background = True
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self, background: bool = True) -> Rift:
         self._lock.acquire()
+        self._background = background
         if background:
             threading.Thread(target=self._open, name="rift-open", daemon=True).start()
         else:
             self._open()
-            self.engine()  # re-raise a failure to the caller
+            if self._error is not None:
+                self.close()  # the caller gets no app to close: free the data dir now
+                self.engine()  # re-raise the failure to the caller
         return self
 
     def _open(self) -> None:
@@ -102,7 +111,10 @@ class Rift:
             self.load_seconds = time.perf_counter() - started
             log.info("rift ready in %.1fs (model %s)", self.load_seconds, embedder.version)
         except BaseException as exc:  # surfaced to every tool call, with the cause
-            log.exception("rift failed to start")
+            # A server's stderr is its only log: the traceback goes there. A foreground caller (a CLI command)
+            # re-raises the failure and shows it once; -v adds the traceback.
+            if self._background or log.isEnabledFor(logging.INFO):
+                log.exception("rift failed to start")
             self._error = exc
         finally:
             self._ready.set()
@@ -114,8 +126,8 @@ class Rift:
 
         s = self.settings
         registry = Registry(s.models_dir)
-        serving = registry.resolve_serving(s.model)
-        if serving.version != s.model:
+        serving = registry.serving_descendant(s.model)
+        if serving is not None and serving.version != s.model:
             try:
                 spec = resolve_model(registry.location_of(serving), s.query_prompt)
                 return embedder_cls(
@@ -127,11 +139,12 @@ class Rift:
                 )
             except Exception:
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
-                registry.serve_base(s.model)
         spec = resolve_model(s.model, s.query_prompt)
-        return embedder_cls(
+        embedder = embedder_cls(
             spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
         )
+        registry.serve_base(s.model)  # only once it loaded: a model that cannot load changes nothing
+        return embedder
 
     @property
     def ready(self) -> bool:

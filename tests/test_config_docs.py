@@ -31,3 +31,34 @@ def test_documented_toml_loads_as_the_defaults(monkeypatch) -> None:
     loaded = Settings().model_dump(exclude={"data_dir"})
     defaults = Settings.model_construct().model_dump(exclude={"data_dir"})
     assert loaded == defaults
+
+
+def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("RIFT_DATA_DIR", "")  # empty means unset, not the working directory
+    assert Settings().data_dir == Settings.model_construct().data_dir.expanduser().resolve()
+    for bad in ({"stopwords": "xx"}, {"stemmer_language": "klingon"}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            Settings(**bad)
+    assert Settings(stopwords="de", stemmer_language=None).stopwords == "de"
+    assert Settings(gate_eval_data="~/beir/x").gate_eval_data == Path.home() / "beir" / "x"
+    monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match="RIFT_CONFIG names .*missing.toml"):
+        Settings()
+
+
+def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    res = CliRunner().invoke(main, ["stats", "--data-dir", str(a_file)])
+    assert res.exit_code == 1 and "cannot be used as rift's data folder" in res.output
+    monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
+    res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
+    assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output

@@ -154,3 +154,19 @@ def test_mining_takes_its_negatives_from_the_configured_source(
         assert (guarded > 0) == (source == "fused")
     finally:
         rift.close()
+
+
+def test_a_wrong_gate_eval_data_fails_before_any_training(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_eval_data=tmp_path / "no-beir"
+    )
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        with pytest.raises(RiftError, match="gate_eval_data .*no-beir.* cannot be read"):
+            rift.learning.retrain(batch_size=4)
+        assert rift.learning.jobs.running is None
+        assert [v.kind for v in rift.learning.registry.all()] == ["base"]
+        assert rift.learning.retrain(dry_run=True)["status"] == "dry_run"  # a dry run reads no labels
+    finally:
+        rift.close()

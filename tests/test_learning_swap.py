@@ -140,3 +140,27 @@ def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(
         assert not reopened.repair_report.get("adopted_from_chroma")
     finally:
         reopened.close()
+
+
+def test_a_model_that_fails_to_load_does_not_retire_the_serving_version(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
+        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        rift.learning.jobs.wait(120)
+        reindexed = rift.learning.status(started["job_id"])["result"]["version"]
+        assert rift.learning.registry.serving().version == reindexed
+    finally:
+        rift.close()
+    with pytest.raises(Exception, match="no-such-model"):
+        open_rift(settings.model_copy(update={"model": str(tmp_path / "no-such-model")}))
+    again = open_rift(settings)
+    try:
+        assert again.learning.registry.serving().version == reindexed
+        assert str(tmp_path / "no-such-model") not in {v.version for v in again.learning.registry.all()}
+        assert again.search("default", "cat").outcome.model_version == reindexed
+    finally:
+        again.close()

@@ -44,6 +44,7 @@ class LearningManager:
         self.jobs = JobRunner()
         self.policy = Policy(self)
         self.gate_overrides: dict[str, Any] = {}  # GateConfig fields without a setting (tests, experiments)
+        self._labelled_data: tuple[tuple[str, str], Any] | None = None  # gate_eval_data, read once
 
     def start(self) -> None:
         self.policy.start()
@@ -141,6 +142,8 @@ class LearningManager:
             raise RiftError(
                 f"a {running.kind} job is already running (job_id {running.id}); one job at a time"
             )
+        if not dry_run:
+            self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
         mining_started = time.perf_counter()
         mined, rows, kept = self.mine(strategy, negatives_per_query)
         summary = mined.report.summary(examples)
@@ -189,9 +192,18 @@ class LearningManager:
         s = self.settings
         if s.gate_eval_data is None:
             return None
-        from server.bench.beir import load_beir
+        from server.bench.beir import BenchError, load_beir
 
-        ds = load_beir(Path(s.gate_eval_data), s.gate_eval_split)
+        key = (str(s.gate_eval_data), s.gate_eval_split)
+        if self._labelled_data is None or self._labelled_data[0] != key:
+            try:
+                self._labelled_data = (key, load_beir(Path(s.gate_eval_data), s.gate_eval_split))
+            except BenchError as exc:
+                raise RiftError(
+                    f"gate_eval_data {s.gate_eval_data} with gate_eval_split {s.gate_eval_split!r} cannot be read "
+                    f"({exc}); fix or unset them"
+                ) from None
+        ds = self._labelled_data[1]
         if s.gate_eval_collection not in self.engine.collection_names():
             raise RiftError(
                 f"gate_eval_collection {s.gate_eval_collection!r} does not exist; index gate_eval_data's corpus "

@@ -88,9 +88,11 @@ class Registry:
             return str(self.dir / entry.location)
         return entry.location
 
-    def resolve_serving(self, configured_model: str) -> ModelVersion:
-        """The version to load at start-up: the registry's serving one when it descends from the configured
-        model and its files still exist; otherwise the configured model itself (registered as the base)."""
+    def serving_descendant(self, configured_model: str) -> ModelVersion | None:
+        """The registry's serving version when it descends from the configured model and its files still exist
+        (what to load at start-up); None when the configured model itself should serve. Changes nothing: the
+        caller registers the configured model with `serve_base` only once it has loaded, so a model that fails
+        to load (a typo in RIFT_MODEL) never retires the version that was serving."""
         with self._lock:
             current = self.serving()
             usable = current is not None and (
@@ -98,7 +100,7 @@ class Registry:
             )
             if current is not None and usable and current.base_model == configured_model:
                 return current
-            return self.serve_base(configured_model)
+            return None
 
     def serve_base(self, configured_model: str) -> ModelVersion:
         """Register the configured model as a base version (once) and make it the serving one."""
