@@ -65,15 +65,13 @@ def main(verbose: bool) -> None:
 @click.option("--host", default=None, help="HTTP bind address (default 127.0.0.1, RIFT_HTTP_HOST).")
 @click.option("--port", type=int, default=None, help="HTTP port (default 8765, RIFT_HTTP_PORT).")
 @click.option("--data-dir", default=None, help="Data directory (default: the XDG data dir, RIFT_DATA_DIR).")
-@click.option("--model", default=None, help="Embedding model name or folder (RIFT_MODEL).")
-def serve(
-    transport: str, host: str | None, port: int | None, data_dir: str | None, model: str | None
-) -> None:
-    """Run the MCP server."""
+def serve(transport: str, host: str | None, port: int | None, data_dir: str | None) -> None:
+    """Run the MCP server. Its model comes from RIFT_MODEL or the config file, like every other command's;
+    `rift reindex --model` switches models without downtime."""
     from server.app import create_server
     from server.service import DataDirLock
 
-    settings = load_settings(data_dir, model, http_host=host, http_port=port)
+    settings = load_settings(data_dir, http_host=host, http_port=port)
     # Fail fast, before the protocol starts, if another server holds the data dir.
     probe = DataDirLock(settings)
     try:

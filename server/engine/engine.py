@@ -244,6 +244,14 @@ class Engine:
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
                 if record.model_version != self.embedder.version:
+                    log.warning(
+                        "collection %r was embedded by %s; the model to serve is %s: re-embedding its %d chunks "
+                        "before serving (to switch models without downtime, use `rift reindex --model`)",
+                        record.name,
+                        record.model_version,
+                        self.embedder.version,
+                        self.state.counts(record.name)[1],
+                    )
                     self.reembed(record.name, self.embedder)
                     report["reembedded"].append(record.name)
             if self.shared is not None:
