@@ -3,6 +3,7 @@ filters inside both retrievers, grouping, per-side ranks and the data-dir lock."
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,29 @@ def test_a_documents_own_metadata_wins_over_a_key_the_splitter_adds(rift) -> Non
         hits = rift.search("default", "cat mat", mode=mode, filters={"heading": "mine"}).outcome.hits
         assert ids(hits) == ["md"] and hits[0].metadata["heading"] == "mine", mode
     assert rift.engine().get_document("default", "md")[1]["heading"] == "mine"
+
+
+def test_keyword_matching_normalises_unicode(rift) -> None:
+    # Decomposed accents (macOS file names) and a PDF's ligatures match what a user types.
+    decomposed = unicodedata.normalize("NFD", "un café résumé")
+    rift.add_documents(
+        "default", docs(("nfd", decomposed), ("lig", "the \ufb01nance of \ufb02ows"), ("x", "tea"))
+    )
+    for query, expected in (("café résumé", "nfd"), ("finance flows", "lig")):
+        assert ids(rift.search("default", query, mode="keyword").outcome.hits) == [expected], query
+
+
+def test_a_changed_tokenizer_re_tokenizes_stored_chunks(rift_factory) -> None:
+    first = rift_factory()
+    first.add_documents("default", docs(("d", "running dogs jumped"), ("x", "tea and milk")))
+    assert ids(first.search("default", "runs", mode="keyword").outcome.hits) == ["d"]  # stemmed: run
+    first.close()
+    plain = rift_factory(stemmer_language=None)  # stored tokens were stemmed: without a re-tokenize, no match
+    assert plain.repair_report["retokenized"] == 2
+    assert ids(plain.search("default", "running", mode="keyword").outcome.hits) == ["d"]
+    assert plain.search("default", "runs", mode="keyword").outcome.hits == []
+    plain.close()
+    assert rift_factory(stemmer_language=None).repair_report["retokenized"] == 0  # once, not every start
 
 
 def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:

@@ -238,6 +238,7 @@ class Engine:
                 self.state.journal_clear(entry.id)
                 report["journal"] += 1
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
+            report["retokenized"] = self._retokenize_if_changed()
             for record in self.state.collections():
                 added, removed = self._reconcile(record.name, record.chroma_name)
                 report["added_from_chroma"] += added
@@ -264,6 +265,25 @@ class Engine:
         self.vectors.ensure(chroma_name, self.embedder.dimension)
         delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
         return len(delta.added), len(delta.removed)
+
+    def _retokenize_if_changed(self) -> int:
+        """Stored keyword tokens follow the tokenizer they were made with; after a change of stemmer, stopword
+        list or normalisation, re-derive them from the stored text, so old and new chunks match alike."""
+        stored = self.state.setting("keyword_tokenizer")
+        if stored == self.tokenizer.signature:
+            return 0
+        started = time.perf_counter()
+        done = self.state.retokenize(self.tokenizer.tokenize)
+        self.state.put_setting("keyword_tokenizer", self.tokenizer.signature)
+        if done:
+            log.warning(
+                "keyword tokenizer changed (%s -> %s): re-tokenized %d stored chunks in %.1fs",
+                stored or "an earlier version",
+                self.tokenizer.signature,
+                done,
+                time.perf_counter() - started,
+            )
+        return done
 
     def _adopt_chroma_collections(self) -> list[str]:
         """Re-register rift's Chroma collections that the state database does not know (it was deleted or

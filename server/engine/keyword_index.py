@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,8 @@ class KeywordTokenizer:
     """Lower-cases, drops stopwords and stems (PyStemmer) exactly like bm25s' own tokenizer."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
+        # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.
+        self.signature = f"nfkc stemmer={stemmer_language} stopwords={stopwords}"
         self._stemmer = None
         if stemmer_language:
             import Stemmer
@@ -53,14 +56,16 @@ class KeywordTokenizer:
 
     def stem(self, word: str) -> str:
         """One word as the index stores it (lower-cased, stemmed); stopwords are not filtered here."""
-        word = word.lower()
+        word = unicodedata.normalize("NFKC", word).lower()
         return self._stemmer.stemWord(word) if self._stemmer is not None else word
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         if not texts:
             return []
+        # NFKC: a query typed as composed characters matches text stored decomposed (macOS file names), and
+        # a PDF's ligatures ("ﬁ") match plain letters.
         return bm25s.tokenize(
-            list(texts),
+            [unicodedata.normalize("NFKC", t) for t in texts],
             stopwords=self._stopwords,
             stemmer=self._stemmer,
             return_ids=False,

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS documents (
     metadata TEXT NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (collection, doc_id)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,6 +117,32 @@ class StateStore:
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
+
+    # --- settings the stored data depends on ---------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def put_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+
+    def retokenize(self, tokenize: Callable[[list[str]], list[list[str]]], batch: int = 2000) -> int:
+        """Re-derive every chunk's keyword tokens from its stored text, in one transaction (the keyword
+        tokenizer changed: another stemmer or stopword list). Returns how many chunks were re-tokenized."""
+        done = 0
+        with self._transaction():
+            rows = self._conn.execute("SELECT rowid, text FROM chunks").fetchall()
+            for start in range(0, len(rows), batch):
+                part = rows[start : start + batch]
+                tokens = tokenize([text for _rowid, text in part])
+                self._conn.executemany(
+                    "UPDATE chunks SET tokens = ? WHERE rowid = ?",
+                    [(" ".join(t), rowid) for (rowid, _text), t in zip(part, tokens, strict=True)],
+                )
+                done += len(part)
+        return done
 
     # --- collections ---------------------------------------------------------------------------------------
 
