@@ -71,6 +71,8 @@ def serve(transport: str, host: str | None, port: int | None, data_dir: str | No
     from server.app import create_server
     from server.service import DataDirLock
 
+    if transport == "stdio" and (host is not None or port is not None):
+        raise click.UsageError("--host and --port apply to --transport streamable-http only")
     settings = load_settings(data_dir, http_host=host, http_port=port)
     # Fail fast, before the protocol starts, if another server holds the data dir.
     probe = DataDirLock(settings)
@@ -99,7 +101,11 @@ def show_config(data_dir: str | None, markdown: bool) -> None:
     if markdown:
         click.echo(settings_table())
         return
-    emit(load_settings(data_dir).model_dump(mode="json"))
+    shown = load_settings(data_dir).model_dump(mode="json")
+    for secret in ("http_token", "chroma_auth_token"):  # set or not, never their value in a terminal
+        if shown.get(secret):
+            shown[secret] = "***"
+    emit(shown)
 
 
 def settings_table() -> str:
@@ -141,9 +147,12 @@ def stats(collection: str | None, data_dir: str | None) -> None:
 @click.option("--data-dir", default=None)
 def search(query: str, k: int, collection: str, mode: str, filters: str | None, data_dir: str | None) -> None:
     """Search a collection from the shell (logged like an MCP search, source 'cli')."""
-    rift = open_rift(load_settings(data_dir))
     try:
         parsed = json.loads(filters) if filters else None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--filters") from None
+    rift = open_rift(load_settings(data_dir))
+    try:
         response = rift.search(collection, query, k, mode, parsed, source="cli")
         emit(
             {

@@ -8,6 +8,7 @@ named by ``RIFT_CONFIG`` (else ``$XDG_CONFIG_HOME/rift/config.toml`` when it exi
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -253,7 +254,10 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml_file = default_config_file()
         if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"config file {toml_file} is not valid TOML: {exc}") from None
         return tuple(sources)
 
     # Derived paths: one layout, named here only.

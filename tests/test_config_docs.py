@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -62,3 +63,23 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
+
+
+def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_CONFIG", os.devnull)
+    res = CliRunner().invoke(main, ["search", "x", "--filters", "{bad"])
+    assert res.exit_code == 2 and "--filters" in res.output and "not JSON" in res.output
+    res = CliRunner().invoke(main, ["serve", "--port", "9000"])
+    assert res.exit_code == 2 and "streamable-http only" in res.output
+    monkeypatch.setenv("RIFT_HTTP_TOKEN", "s3cret")
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 0 and "s3cret" not in res.output and '"http_token": "***"' in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("k = [\n")
+    monkeypatch.setenv("RIFT_CONFIG", str(bad))
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and f"config file {bad} is not valid TOML" in res.output
