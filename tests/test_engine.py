@@ -317,6 +317,20 @@ def test_64_bit_integer_metadata_at_both_ends_is_stored_and_filterable(rift) -> 
         assert ids(got.hits) == ["lo"], mode
 
 
+@pytest.mark.parametrize("exact_limit", [40_000, 0])  # the vector side in numpy, or in Chroma
+def test_integers_beyond_float_precision_filter_alike_on_both_sides(rift_factory, exact_limit: int) -> None:
+    # 2**53 + 1 is not a float64: compared as floats it equals 2**53, and the sides used to disagree.
+    app = rift_factory(exact_search_max_chunks=exact_limit)
+    app.add_documents(
+        "default", docs(("big", "warm sun", {"n": 2**53 + 1}), ("edge", "sun rays", {"n": 2**53}))
+    )
+    for mode in ("keyword", "vector", "hybrid"):
+        got = app.search("default", "sun", mode=mode, filters={"n": {"$gt": 2**53}}).outcome
+        assert ids(got.hits) == ["big"], mode
+        got = app.search("default", "sun", mode=mode, filters={"n": {"$lte": 2**53}}).outcome
+        assert ids(got.hits) == ["edge"], mode
+
+
 # --- lock ---------------------------------------------------------------------------------------------------
 
 

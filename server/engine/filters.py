@@ -18,6 +18,7 @@ folders as ``_rift_dir_<depth>`` (see `path_keys`); ``$prefix`` compiles to equa
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ class MetadataColumns:
         self._metadatas = metadatas
         self._obj: dict[str, np.ndarray] = {}
         self._num: dict[str, np.ndarray] = {}
+        self._wide: dict[str, bool] = {}
         self.size = len(metadatas)
 
     def objects(self, field: str) -> np.ndarray:
@@ -185,8 +187,27 @@ class MetadataColumns:
             self._num[field] = col
         return col
 
+    def has_wide_ints(self, field: str) -> bool:
+        """Whether a value of `field` is an integer float64 cannot hold exactly (beyond 2**53)."""
+        wide = self._wide.get(field)
+        if wide is None:
+            wide = any(_wide_int(m.get(field)) for m in self._metadatas)
+            self._wide[field] = wide
+        return wide
+
     def present(self, field: str) -> np.ndarray:
         return np.array([field in m for m in self._metadatas], dtype=bool) if self.size else np.zeros(0, bool)
+
+
+_RANGE = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _wide_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53
 
 
 def _typed_equal(col: np.ndarray, value: Scalar) -> np.ndarray:
@@ -210,6 +231,15 @@ def mask(node: Node | None, columns: MetadataColumns) -> np.ndarray | None:
             out = (out & p) if node.op == "$and" else (out | p)
         return out
     if node.op in RANGE_OPS:
+        if _wide_int(node.value) or columns.has_wide_ints(node.field):
+            # Chroma compares int64 exactly; float64 would round 2**53 + 1 to 2**53. Python's int/float
+            # comparisons are exact, so such a field is compared value by value.
+            compare = _RANGE[node.op]
+            return np.fromiter(
+                (_is_number(v) and compare(v, node.value) for v in columns.objects(node.field)),
+                bool,
+                columns.size,
+            )
         nums = columns.numbers(node.field)
         with np.errstate(invalid="ignore"):
             return {
