@@ -57,6 +57,24 @@ def test_keyword_margin_keeps_only_positives_bm25_clearly_prefers() -> None:
     assert mine([replace(blind, keyword=tied.keyword)], kb).skipped["positive_small_keyword_margin"] == 1
 
 
+def test_a_sure_vector_side_supplies_the_positive_the_keyword_margin_refuses() -> None:
+    from dataclasses import replace
+
+    base = q("1", "tied", ["v", "a", "b"], ["a", "b", *FILL], ["a", "v", "b"])  # BM25 margin 10/9: refused
+    sure = replace(base, vector=[("v", "v::0", 0.9), ("v", "v::1", 0.85), ("a", "a::0", 0.7)])
+    unsure = replace(base, query_id="2", query="unsure", vector=[("v", "v::0", 0.9), ("a", "a::0", 0.85)])
+    cfg = MiningConfig(
+        positive_min_keyword_margin=1.3, positive_min_vector_margin=0.1, negative_source="fused"
+    )
+    report = mine([sure, unsure], cfg)
+    # The margin is over the next *document* (v's own second chunk does not count); negatives follow v.
+    assert [(t.query, t.positive_doc, t.negative_doc, t.kind) for t in report.triples] == [
+        ("tied", "v", "b", "vector_sure")
+    ]
+    assert report.skipped["positive_small_keyword_margin"] == 1
+    assert mine([sure], replace(cfg, positive_min_vector_margin=0.0)).triples == []  # off by default
+
+
 def test_negatives_from_the_keyword_side_or_both_sides() -> None:
     vfill = [f"v{i}" for i in range(40)]  # vector-only filler, so keyword blind spots are far down that list
     # a: fused top-1 on both sides. x: a vector blind spot; w: a keyword blind spot (keyword top 5, vector never);

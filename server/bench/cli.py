@@ -103,6 +103,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name
+    "mining_positive_min_vector_margin": ("positive_min_vector_margin", float),
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
     "mining_negative_source": ("negative_source", str),  # its earlier name
     "mining_max_pseudo": ("max_pseudo", int),

@@ -270,6 +270,7 @@ def run_learning_experiment(
     negatives_per_query: int = _PRODUCT.learn_negatives_per_query,
     positive_max_rank: int = 10,
     positive_min_keyword_margin: float = _PRODUCT.learn_positive_min_keyword_margin,
+    positive_min_vector_margin: float = 0.0,
     negative_min_keyword_rank: int = 30,
     negative_source: str = _PRODUCT.learn_negative_source,
     max_pseudo: int = 2000,
@@ -298,6 +299,7 @@ def run_learning_experiment(
         negatives_per_query=negatives_per_query,
         positive_max_rank=positive_max_rank,
         positive_min_keyword_margin=positive_min_keyword_margin,
+        positive_min_vector_margin=positive_min_vector_margin,
         negative_min_keyword_rank=negative_min_keyword_rank,
         negative_source=negative_source,
         max_pseudo=max_pseudo,
@@ -329,6 +331,7 @@ def run_learning_experiment(
         "mining": {
             "positive_max_rank": positive_max_rank,
             "positive_min_keyword_margin": positive_min_keyword_margin,
+            "positive_min_vector_margin": positive_min_vector_margin,
             "negative_min_keyword_rank": negative_min_keyword_rank,
             "negative_source": negative_source,
             "negatives_per_query": negatives_per_query,

@@ -53,6 +53,10 @@ class MiningConfig:
     # 1.3, fused positives were truly relevant 87 % / 71 % of the time on SciFact / NFCorpus usage queries,
     # against 59 % / 47 % without, but a third as many were kept (README "Learning from use").
     positive_min_keyword_margin: float = 0.0
+    # An experiment, not a setting: where the BM25 margin refuses a query, take the vector side's first document
+    # instead when its cosine beats the next document's by at least this much (0 = off). Positives the dense
+    # side is sure of, not only those BM25 is sure of (README "Learning from use", more variants).
+    positive_min_vector_margin: float = 0.0
     # False-negative guard: a negative must be absent from the keyword side's top `negative_min_keyword_rank`
     # (docs both sides like are too often relevant, e.g. NFCorpus has ~35 relevant docs per query) ...
     negative_min_keyword_rank: int = 30
@@ -84,7 +88,7 @@ class Triple:
     positive_chunk: str
     negative_doc: str
     negative_chunk: str
-    kind: str  # which rule produced it: fused, agreement, keyword_blind, feedback, fetched, pseudo, ict
+    kind: str  # which rule produced it: fused, vector_sure, agreement, keyword_blind, feedback, fetched, pseudo, ict
     query_id: str | None = None
     confidence: float = 0.5
     # The positive's training text when it is not a stored chunk (an inverse-cloze passage).
@@ -186,6 +190,15 @@ def _keyword_margin(q: LoggedQuery, doc: str) -> float:
     return mine_ / other if other > 0 else float("inf") if mine_ > 0 else 0.0
 
 
+def _vector_sure(q: LoggedQuery, margin: float) -> str | None:
+    """The vector side's first document when its score beats the next document's by `margin` (off at 0)."""
+    if margin <= 0 or not q.vector:
+        return None
+    first_doc, _chunk, first = q.vector[0]
+    runner_up = next((score for doc, _c, score in q.vector[1:] if doc != first_doc), None)
+    return first_doc if runner_up is None or first - runner_up >= margin else None
+
+
 def _positive(
     q: LoggedQuery, cfg: MiningConfig, v: Mapping[str, tuple[int, str]], k: Mapping[str, tuple[int, str]]
 ) -> tuple[str | None, str, str]:
@@ -199,6 +212,9 @@ def _positive(
         if v[top][0] > cfg.positive_max_rank or k[top][0] > cfg.positive_max_rank:
             return None, "fused", "positive_low_confidence"
         if cfg.positive_min_keyword_margin > 0 and _keyword_margin(q, top) < cfg.positive_min_keyword_margin:
+            sure = _vector_sure(q, cfg.positive_min_vector_margin)
+            if sure is not None:
+                return sure, "vector_sure", ""
             return None, "fused", "positive_small_keyword_margin"
         return top, "fused", ""
     if cfg.strategy == "agreement":
