@@ -53,6 +53,10 @@ def test_requests_without_the_token_are_refused(http_url: str) -> None:
         assert response.status_code == 401, headers
         assert response.headers["www-authenticate"] == "Bearer"
         assert "bearer token" in response.json()["error"]
+    # The scheme is case-insensitive (RFC 9110): these pass the token check (and get the protocol's answer).
+    for given in (f"bearer {TOKEN}", f"BEARER  {TOKEN}"):
+        response = httpx.post(http_url, json=hello, headers={"Authorization": given}, timeout=10)
+        assert response.status_code != 401, given
 
 
 @pytest.mark.anyio

@@ -75,6 +75,23 @@ def test_text_decoding_and_binary_detection() -> None:
     with pytest.raises(SkipFile, match="no text"):
         extract(Path("x.txt"), b" \n\t\n", "text")
     assert extract(Path("crlf.txt"), b"a\r\nb\rc", "text").text == "a\nb\nc"
+    # A broken UTF-16 tail or one stray byte in UTF-8 costs a replacement character, not the file.
+    assert decode_text("wide text".encode("utf-16") + b"\x00\xd8x").startswith("wide text")
+    assert decode_text("un café crème, déjà vu ".encode() * 20 + b"\xe9").startswith("un café crème")
+
+
+def test_front_matter_aliases_are_dropped_not_expanded() -> None:
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    for front in ("a: &a {b: *a}\n", "a: &a [*a]\n", laughs):
+        meta, body = split_front_matter(f"---\n{front}---\n# Body\n")
+        assert meta == {} and "# Body" in body  # left in the body, unparsed, as invalid front matter is
+
+
+def test_an_inline_svg_title_is_not_the_page_title() -> None:
+    page = b"<html><body><svg><title>icon</title></svg><h1>Real</h1><p>text</p></body></html>"
+    assert extract(Path("p.html"), page, "html").title == "Real"
 
 
 def test_pdf_text_pages_and_failures(tmp_path: Path) -> None:
@@ -215,3 +232,12 @@ def test_policy_and_reads(tmp_path: Path) -> None:
         read_file(root / "in" / "f.txt", 1)
     data, info = read_file(root / "in" / "f.txt", 100)
     assert data == b"hi" and info.st_size == 2
+    assert read_file(root / "in" / "f.txt", 1, head_only=True)[0] == b"h"
+    # A folder on the way swapped for a symlink after the walk checked it: O_NOFOLLOW guards only the last
+    # component, so the opened file itself is checked against the roots.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f.txt").write_text("outside")
+    os.symlink(tmp_path / "elsewhere", root / "swapped")
+    assert read_file(root / "swapped" / "f.txt", 100)[0] == b"outside"  # the CLI may read anything
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        read_file(root / "swapped" / "f.txt", 100, policy)

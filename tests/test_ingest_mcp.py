@@ -170,3 +170,16 @@ async def test_collection_tools(tmp_path: Path, tiny_model_path: Path, root: Pat
         assert tools["add_paths"].annotations.destructive_hint is False
         schema = json.dumps(tools["add_paths"].input_schema)
         assert "prune" in schema and "glob" in schema and "recursive" in schema
+
+
+async def test_a_file_name_that_is_not_utf8_does_not_fail_the_call(tmp_path: Path, tiny_model_path: Path):
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    (folder / "good.md").write_text("# Good\n\nplain note\n")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.md"), "wb") as handle:  # Latin-1 name
+        handle.write(b"# Cafe\n\nnote\n")
+    async with Client(create_server(make_settings(tmp_path, tiny_model_path, [folder]))) as client:
+        report = await ok(client, "add_paths", paths=[str(folder)], collection="latin")
+        paths = {Path(f["path"]).name for f in report["files"]}
+        assert "good.md" in paths and "caf\ufffd.md" in paths
+        json.dumps(report)  # plain UTF-8 all through

@@ -263,6 +263,92 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
     assert len(syncs) >= 2
 
 
+def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:
+    odd = docs / "odd"
+    odd.mkdir()
+    (odd / "broken16.txt").write_bytes("wide text".encode("utf-16") + b"\x00\xd8x")
+    (odd / "alias.md").write_text("---\na: &a {b: *a}\n---\n# Loop\n\nfront matter that refers to itself\n")
+    (odd / "crash.md").write_text("# Crash\n\nthe parser fails on this one\n")
+    real = __import__("server.ingest.sync", fromlist=["extract"]).extract
+
+    def flaky(path, data, family):
+        if path.name == "crash.md":
+            raise RecursionError("a parser bug")
+        return real(path, data, family)
+
+    monkeypatch.setattr("server.ingest.sync.extract", flaky)
+    got = statuses(sync(app, odd), odd)
+    assert got["broken16.txt"][0] == got["alias.md"][0] == "added"
+    assert got["crash.md"] == ("skipped", "cannot extract text: RecursionError: a parser bug")
+
+
+def test_prune_keeps_documents_under_a_folder_it_cannot_read_this_time(
+    app: Rift, docs: Path, monkeypatch
+) -> None:
+    sync(app, docs)
+    assert "notes/walrus.txt" in stored(app, docs)
+    real_walk = os.walk
+
+    def walk_without_notes(top, **kwargs):  # as os.walk does when listing a folder fails: onerror, after
+        for dirpath, dirnames, filenames in real_walk(top, **kwargs):
+            if "notes" in dirnames:
+                dirnames.remove("notes")
+            yield dirpath, dirnames, filenames
+        kwargs["onerror"](PermissionError(13, "Permission denied", str(docs / "notes")))
+
+    monkeypatch.setattr("server.ingest.walker.os.walk", walk_without_notes)
+    got = statuses(sync(app, docs, prune=True), docs)
+    assert got["notes"] == ("skipped", "cannot read folder: Permission denied")
+    assert "notes/walrus.txt" in stored(app, docs)
+
+
+def test_rifts_own_data_dir_inside_a_synced_folder_is_not_ingested(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    root = tmp_path / "home"
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "a.md").write_text("# A\n\nplain note\n")
+    settings = Settings(data_dir=root / ".rift", model=str(tiny_model_path), chunk_tokens=48, chunk_overlap=8)
+    app = Rift(settings).start(background=False)
+    try:
+        (root / ".rift" / "notes.txt").write_text("rift's own file")
+        report = sync_paths(app.engine(), "files", [str(root)], PathPolicy.unrestricted())
+        assert {Path(f.path).relative_to(root).as_posix() for f in report.files} == {"notes/a.md"}
+    finally:
+        app.close()
+
+
+def test_watch_survives_a_failed_sync(app: Rift, docs: Path, monkeypatch) -> None:
+    from server.ingest import watch
+
+    calls: list[int] = []
+    real = watch.sync_paths
+
+    def fails_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watch, "sync_paths", fails_first)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch.watch_folder,
+        args=(app.engine(), docs, "files"),
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        time.sleep(1.0)
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: "kelp.md" in stored(app, docs))
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -72,9 +72,10 @@ async def add_paths(
     return AddPathsResult(
         collection=collection,
         **counts,
-        files=[FileStatusOut(path=f.path, status=f.status, reason=f.reason, chunks=f.chunks) for f in files][
-            :MAX_LISTED
-        ],
+        files=[
+            FileStatusOut(path=_printable(f.path), status=f.status, reason=f.reason, chunks=f.chunks)
+            for f in files
+        ][:MAX_LISTED],
         truncated=len(files) > MAX_LISTED,
     )
 
@@ -99,3 +100,8 @@ TOOL = ToolSpec(
         open_world_hint=False,
     ),
 )
+
+
+def _printable(path: str) -> str:
+    """A file name that is not valid UTF-8 reaches Python with surrogate escapes, which JSON cannot carry."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -50,7 +50,8 @@ def looks_binary(data: bytes) -> bool:
 
 def decode_text(data: bytes) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
+        # A broken tail (an odd byte, a lone surrogate) costs a replacement character, not the file.
+        return data.decode("utf-16", errors="replace")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -59,6 +60,10 @@ def decode_text(data: bytes) -> str:
 
     matches = list(from_bytes(data))
     if not matches:
+        # UTF-8 with a few stray bytes (a pasted Latin-1 character) is still UTF-8 text.
+        text = data.decode("utf-8-sig", errors="replace")
+        if text.count("\ufffd") <= max(1, len(text) // 1000):
+            return text
         raise SkipFile("binary file (not decodable as text)")
     # Among plausible legacy encodings, Windows-1252 is by far the most common for text files; the detector
     # otherwise picks rarer ones (mac_latin2, cp1250) for plain Western text.
@@ -91,8 +96,14 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     match = FRONT_MATTER.match(text)
     if not match:
         return {}, text
+    raw = match.group(1) or ""
     try:
-        data = yaml.safe_load(match.group(1) or "")
+        # Aliases are refused: a self-referencing one recursed without end, and a few hundred bytes of nested
+        # ones ("billion laughs") expand exponentially once flattened. Front matter never needs them.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(raw, Loader=yaml.SafeLoader)):
+            log.info("ignoring front matter that uses YAML aliases")
+            return {}, text
+        data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         log.info("ignoring invalid front matter: %s", exc)
         return {}, text
@@ -202,7 +213,9 @@ def extract_html(data: bytes) -> Extracted:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(data, "html.parser")  # bytes: bs4 honours <meta charset> and BOMs
-    title = _short(soup.title.get_text()) if soup.title else None
+    # The document's own <title>, not one inside an inline <svg> (its accessible name).
+    own = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
+    title = _short(own.get_text()) if own else None
     for tag in soup(HTML_DROP):
         tag.decompose()
     if title is None:

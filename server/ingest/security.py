@@ -79,15 +79,25 @@ class PathPolicy:
         return resolved
 
 
-def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
+def read_file(
+    path: Path, max_bytes: int, policy: PathPolicy | None = None, head_only: bool = False
+) -> tuple[bytes, os.stat_result]:
     """A regular file's bytes and stat, read without following a symlink at its last component; OSError, or
-    ValueError with the reason, on refusal."""
+    ValueError with the reason, on refusal. With `policy`, the opened file itself must lie inside its roots: a
+    folder on the way swapped for a symlink after the walk checked it (O_NOFOLLOW guards the last component
+    only) is refused. `head_only` reads the first `max_bytes` of a file of any size."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("not a regular file")
+        if policy is not None and policy.roots is not None:
+            opened = _opened_path(fd, path)
+            if not policy.allows(opened):
+                raise ValueError(f"the file opened is {str(opened)!r}, outside the allowed roots")
+        if head_only:
+            return os.read(fd, max_bytes), info
         if info.st_size > max_bytes:
             raise ValueError(f"file is {info.st_size:,} bytes; the limit is {max_bytes:,} (max_file_bytes)")
         with os.fdopen(fd, "rb", closefd=True) as handle:
@@ -99,3 +109,26 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
     if len(data) > max_bytes:
         raise ValueError(f"file is over {max_bytes:,} bytes (max_file_bytes)")
     return data, info
+
+
+def _opened_path(fd: int, path: Path) -> Path:
+    """Where an open file really is: the kernel's own path for the descriptor (Linux /proc, macOS F_GETPATH),
+    else the path resolved again and matched to the descriptor's device and inode."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    try:
+        return Path(os.readlink(proc))
+    except OSError:
+        pass
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None  # type: ignore[assignment]
+    getpath = getattr(fcntl, "F_GETPATH", None)
+    if getpath is not None:
+        raw = fcntl.fcntl(fd, getpath, b"\0" * 1024)
+        return Path(os.fsdecode(raw.rstrip(b"\0")))
+    resolved = Path(path).resolve()
+    here, there = os.fstat(fd), os.stat(resolved)
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        raise ValueError("the file changed while it was opened")
+    return resolved

@@ -55,9 +55,9 @@ class SyncReport:
         return out
 
 
-def _unsupported_reason(path: Path, max_bytes: int) -> str:
+def _unsupported_reason(path: Path) -> str:
     try:
-        head, _ = read_file(path, max_bytes)
+        head, _ = read_file(path, SNIFF_BYTES, head_only=True)
     except (OSError, ValueError):
         head = b""
     if looks_binary(head[:SNIFF_BYTES]):
@@ -72,14 +72,17 @@ class _Sync:
         collection: str,
         max_file_bytes: int,
         progress: Callable[[int, int], None] | None,
+        policy: PathPolicy | None = None,
     ) -> None:
         self.engine = engine
+        self.policy = policy
         self.collection = collection
         self.max_file_bytes = max_file_bytes
         self.max_chars = engine.settings.max_document_chars
         self.progress = progress
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
+        self.kept_folders: list[Path] = []  # unreadable this time: every document under them survives too
         self.skipped: dict[str, FileResult] = {}
         self.batch: list[DocumentInput] = []
         self.batch_chars = 0
@@ -91,12 +94,13 @@ class _Sync:
         self.skipped[str(path)] = result
         if transient:
             self.keep.add(str(path))
+            self.kept_folders.append(Path(path))
 
     def one(self, path: Path) -> None:
         key = str(path)
         kind = classify(path)
         if kind is None:
-            self.skip(path, _unsupported_reason(path, self.max_file_bytes))
+            self.skip(path, _unsupported_reason(path))
             return
         if len(key) > MAX_ID_CHARS:
             self.skip(path, f"path is longer than {MAX_ID_CHARS} characters (the document id limit)")
@@ -111,7 +115,7 @@ class _Sync:
             self.unchanged(key)
             return
         try:
-            data, info = read_file(path, self.max_file_bytes)
+            data, info = read_file(path, self.max_file_bytes, self.policy)
         except ValueError as exc:
             self.skip(path, str(exc))
             return
@@ -127,6 +131,10 @@ class _Sync:
             extracted = extract(path, data, family)
         except SkipFile as exc:
             self.skip(path, str(exc))
+            return
+        except Exception as exc:  # a parser's bug on one odd file must not abort the whole sync
+            log.warning("cannot extract text from %s", path, exc_info=True)
+            self.skip(path, f"cannot extract text: {type(exc).__name__}: {exc}"[:300])
             return
         if len(extracted.text) > self.max_chars:
             self.skip(
@@ -178,6 +186,8 @@ class _Sync:
             path = Path(source)
             if not path.is_relative_to(folder) or path == folder:
                 continue
+            if any(path.is_relative_to(kept) for kept in self.kept_folders):
+                continue  # under a folder that could not be read this time
             if not recursive and path.parent != folder:
                 continue
             if pattern is not None and not pattern.match_file(path.relative_to(folder).as_posix()):
@@ -207,10 +217,12 @@ def sync_paths(
     pattern = compile_glob(glob)
     targets = list(dict.fromkeys(policy.check(p, f"paths[{i}]") for i, p in enumerate(paths)))
 
-    run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress)
+    run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
     engine.create_collection(collection)
     run.existing = dict(engine.state.list_documents(collection, -1, 0))
 
+    # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
+    own = Path(engine.settings.data_dir).resolve()
     candidates: dict[Path, None] = {}
     for target in targets:
         if target.is_file():
@@ -218,7 +230,8 @@ def sync_paths(
             continue
         for item in walk(target, policy, recursive, pattern):
             if isinstance(item, Found):
-                candidates[item.path] = None
+                if not item.path.is_relative_to(own):
+                    candidates[item.path] = None
             elif isinstance(item, Skipped):
                 run.skip(item.path, item.reason, item.transient)
 
@@ -244,7 +257,10 @@ def sync_paths(
                     earlier.status = "removed"
                     earlier.reason = f"{earlier.reason}; its document was removed"
                 else:
-                    gone = not Path(doc_id).exists()
+                    try:
+                        gone = not Path(doc_id).exists()
+                    except OSError:  # exists() raises on EACCES: it is there, only left out
+                        gone = False
                     reason = (
                         "file no longer exists" if gone else "left out of the folder now (e.g. .gitignore)"
                     )

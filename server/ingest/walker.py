@@ -153,3 +153,6 @@ def walk(
                 yield Found(path)
             else:
                 yield Skipped(path, "not a regular file")
+    # os.walk reports a folder it cannot list when it tries to enter it: after the loop for the last one.
+    for err in errors:
+        yield Skipped(Path(err.filename or folder), f"cannot read folder: {err.strerror or err}", True)

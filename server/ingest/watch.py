@@ -45,7 +45,11 @@ def watch_folder(
         return default(change, path) and not path.startswith(skip or ("\0",))
 
     def sync() -> None:
-        report = sync_paths(engine, collection, [str(folder)], policy, glob=glob, prune=prune)
+        try:
+            report = sync_paths(engine, collection, [str(folder)], policy, glob=glob, prune=prune)
+        except Exception:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
+            log.exception("sync of %s failed; watching on, the next change retries", folder)
+            return
         if on_sync is not None:
             on_sync(report)
 
