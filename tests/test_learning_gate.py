@@ -120,6 +120,22 @@ def test_labelled_set_decides_when_configured(rift, tmp_path: Path) -> None:
     assert same.accepted and same.delta["labelled_ndcg@10"] == 0
 
 
+def test_a_repeated_query_is_held_out_with_every_earlier_asking() -> None:
+    from server.learning.query_log import LoggedQuery
+
+    def asked(i: int, text: str) -> LoggedQuery:
+        return LoggedQuery(str(i), float(i), text, "c", "m", 10, [], [], [], 0.0, [], [])
+
+    texts = [f"question {i}" for i in range(10)]
+    log = [asked(i, t) for i, t in enumerate(texts)] + [
+        asked(10 + i, t.upper()) for i, t in enumerate(texts[:3])
+    ]
+    train, holdout = time_split(log, GateConfig(holdout_fraction=0.2, min_holdout=1))
+    held = {q.query.lower() for q in holdout}
+    assert held and not held & {q.query.lower() for q in train}  # the gate never scores a trained-on text
+    assert len(train) + len(holdout) < len(log)
+
+
 def test_known_item_query_prefers_titles() -> None:
     assert known_item_query("body text here and more", {"title": "A Study of Otters"}) == "A Study of Otters"
     assert known_item_query("Otters eat fish daily. More text.", {}) == "Otters eat fish daily."

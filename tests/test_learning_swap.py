@@ -164,3 +164,49 @@ def test_a_model_that_fails_to_load_does_not_retire_the_serving_version(
         assert again.search("default", "cat").outcome.model_version == reindexed
     finally:
         again.close()
+
+
+def test_collections_deleted_or_created_during_a_build_and_a_failed_switch(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    from server.learning.pipeline import build_all, load_embedder, switch_all
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        engine = rift.engine()
+        base = engine.embedder.version
+        candidate = load_embedder(
+            str(build_tiny_model(tmp_path / "t16", hidden=16, seed=3)), "cand", settings
+        )
+        real_upsert = engine.vectors.upsert
+
+        def upsert_during_changes(name, *args, **kwargs):
+            if name.startswith("rift-other-") and "other" in engine.collection_names():
+                engine.delete_collection("other")  # deleted while its vectors are embedded
+                rift.add_documents("late", docs(("l1", "a collection made meanwhile")))
+            return real_upsert(name, *args, **kwargs)
+
+        monkeypatch.setattr(engine.vectors, "upsert", upsert_during_changes)
+        built = build_all(engine, candidate)
+        monkeypatch.setattr(engine.vectors, "upsert", real_upsert)
+        assert sorted(built) == ["default", "late"]  # "other" skipped, "late" built too
+        assert not [n for n, _ in engine.vectors.list_collections() if n.startswith("rift-other-")]
+
+        real_switch = engine.switch_vectors
+
+        def fails_on_late(name, embedder, keep_old=False):
+            if name == "late" and embedder is candidate:
+                raise RuntimeError("disk full")
+            return real_switch(name, embedder, keep_old=keep_old)
+
+        monkeypatch.setattr(engine, "switch_vectors", fails_on_late)
+        with pytest.raises(RuntimeError, match="disk full"):
+            switch_all(engine, candidate)
+        # Nothing half-switched: every collection and new ones still use the serving model.
+        assert {r.model_version for r in engine.state.collections()} == {base}
+        assert engine.embedder.version == base
+        assert rift.search("default", queries()[0]).outcome.model_version == base
+    finally:
+        rift.close()

@@ -19,8 +19,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -716,7 +717,19 @@ class Engine:
             )
         elif progress is not None:
             progress(0, 0)
+        with self._write_lock:
+            if self.state.collection(collection) is None:
+                # Deleted while this ran (the upsert recreated what the delete dropped): never leave vectors
+                # that the next start would adopt as an orphan.
+                self.vectors.drop(target)
+                raise NotFoundError(f"collection {collection!r} was deleted while its vectors were built")
         return target
+
+    @contextmanager
+    def writes_paused(self) -> Iterator[None]:
+        """No write, delete or switch runs while inside (it is the write lock; re-entrant)."""
+        with self._write_lock:
+            yield
 
     def switch_vectors(self, collection: str, embedder: Embedder, keep_old: bool = False) -> str:
         """Catch up on writes made since `build_vectors`, then switch the collection record and its query

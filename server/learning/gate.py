@@ -104,14 +104,18 @@ class GateReport:
 def time_split(
     queries: Sequence[LoggedQuery], cfg: GateConfig
 ) -> tuple[list[LoggedQuery], list[LoggedQuery]]:
-    """(older queries for training, most recent queries held out for the gate)."""
+    """(older queries for training, most recent queries held out for the gate). A query asked again later is
+    held out with every earlier asking of it: the gate must score texts the candidate was not trained on, and
+    an agent repeats itself (with feedback, the gate would otherwise decide on its training labels)."""
     ordered = sorted(queries, key=lambda q: q.ts)
     n = min(cfg.max_holdout, max(cfg.min_holdout, round(len(ordered) * cfg.holdout_fraction)))
     if len(ordered) < 2 * cfg.min_holdout:
         n = min(len(ordered) // 2, n)
     if n <= 0:
         return ordered, []
-    return ordered[:-n], ordered[-n:]
+    held = {(q.collection, " ".join(q.query.lower().split())) for q in ordered[-n:]}
+    train = [q for q in ordered[:-n] if (q.collection, " ".join(q.query.lower().split())) not in held]
+    return train, ordered[-n:]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

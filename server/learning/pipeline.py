@@ -128,25 +128,61 @@ def build_all(
     progress: Callable[[int, int], None] | None = None,
     collections: Sequence[str] | None = None,
 ) -> list[str]:
-    names = list(collections or engine.collection_names())
-    totals = {n: engine.info(n).chunks for n in names}
-    grand = sum(totals.values())
+    """Build `embedder`'s vectors for every collection (or the named ones). A collection deleted meanwhile is
+    skipped; one created meanwhile is built too, so the gate and the switch find every collection ready."""
+    from server.errors import NotFoundError
+
+    built: list[str] = []
+    pending = list(collections or engine.collection_names())
     done = 0
-    for name in names:
+    while pending:
+        totals: dict[str, int] = {}
+        for name in pending:
+            try:
+                totals[name] = engine.info(name).chunks
+            except NotFoundError:
+                continue
+        grand = done + sum(totals.values())
+        for name in totals:
 
-        def step(d: int, _t: int, base: int = done) -> None:
-            if progress is not None:
-                progress(base + d, grand)
+            def step(d: int, _t: int, base: int = done, total: int = grand) -> None:
+                if progress is not None:
+                    progress(base + d, total)
 
-        engine.build_vectors(name, embedder, step)
-        done += totals[name]
-    return names
+            try:
+                engine.build_vectors(name, embedder, step)
+            except NotFoundError:
+                log.info("collection %s was deleted while its vectors were built; skipped", name)
+                continue
+            built.append(name)
+            done += totals[name]
+        pending = [] if collections else [n for n in engine.collection_names() if n not in built]
+    return built
 
 
 def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
-    for name in engine.collection_names():
-        engine.switch_vectors(name, embedder, keep_old=keep_old)
-    engine.set_serving_embedder(embedder)
+    """Switch every collection, with writes paused so none is created or deleted in between; if one switch
+    fails, the collections already switched go back to the serving model, so the server never serves two."""
+    from server.errors import NotFoundError
+
+    previous = engine.embedder
+    switched: list[str] = []
+    with engine.writes_paused():
+        try:
+            for name in engine.collection_names():
+                try:
+                    engine.switch_vectors(name, embedder, keep_old=keep_old)
+                except NotFoundError:
+                    continue
+                switched.append(name)
+            engine.set_serving_embedder(embedder)
+        except BaseException:
+            for name in switched:
+                try:
+                    engine.switch_vectors(name, previous, keep_old=True)
+                except Exception:
+                    log.exception("could not switch %s back to %s", name, previous.version)
+            raise
 
 
 def drop_built(engine: Any, version: str) -> None:
