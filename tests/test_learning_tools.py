@@ -81,8 +81,19 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         started = await ok(client, "retrain", {"epochs": 1, "batch_size": 4})
         assert started["job_id"] and started["status"] == "running"
         assert "already running" in await error(client, "retrain", {})
-        done = await ok(client, "retrain_status", {"job_id": started["job_id"], "wait_seconds": 120})
+        seen: list[float] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            seen.append(value)
+
+        result = await client.call_tool(
+            "retrain_status",
+            {"job_id": started["job_id"], "wait_seconds": 120},
+            progress_callback=on_progress,
+        )
+        done = result.structured_content
         assert done["status"] == "succeeded", done
+        assert seen and seen == sorted(set(seen))  # MCP progress only increases, across phases too
         assert [p["phase"] for p in done["phases"]] == [
             "mining",
             "training",

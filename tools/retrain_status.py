@@ -33,13 +33,32 @@ async def retrain_status(
         await call(learning.cancel, job_id)
     snap = await call(learning.status, job_id)
     deadline = time.monotonic() + wait_seconds
+    sent = -1.0
     while snap["status"] == "running" and time.monotonic() < deadline:
         done, total = snap["progress"]["done"], snap["progress"]["total"]
-        with contextlib.suppress(Exception):  # progress is best effort
-            await ctx.report_progress(done, total or None, f"{snap['kind']}: {snap['phase']} {done}/{total}")
+        # MCP progress must increase: one scale across the phases, each phase one unit; only news is sent.
+        overall = PHASE_ORDER.get(snap["phase"], 0) + (min(done, total) / total if total else 0.0)
+        if overall > sent:
+            sent = overall
+            with contextlib.suppress(Exception):  # progress is best effort
+                message = f"{snap['kind']}: {snap['phase']} {done}/{total}"
+                await ctx.report_progress(round(overall, 4), float(len(PHASE_ORDER) - 1), message)
         await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         snap = await call(learning.status, snap["job_id"])
     return JobStatus(**snap)
+
+
+# Phases in the order a job passes them (rollback and reindex skip some); the last one ends the scale.
+PHASE_ORDER = {
+    "queued": 0,
+    "mining": 0,
+    "loading": 0,
+    "training": 1,
+    "encoding": 2,
+    "gating": 3,
+    "switching": 4,
+    "done": 5,
+}
 
 
 TOOL = ToolSpec(
