@@ -15,7 +15,7 @@ from server.cli import main
 from server.errors import RiftError
 from server.learning.jobs import JobRunner
 from tests.support.helpers import make_settings, open_rift
-from tests.support.learning import fill_two_collections
+from tests.support.learning import fill_two_collections, queries
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +87,18 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
             shown["enabled"] and shown["after_queries"] == 30 and shown["new_queries_since_last_retrain"] == 0
         )
         assert policy.check().startswith("not due")  # the counter restarted with the retrain
+        # The last action outlives later "not due" checks.
+        assert shown["last_action"]["outcome"].startswith("started retrain job")
+        retrained_at = policy.last_retrain
+        # A due retrain skipped for too few triples restarts the count but is no retrain.
+        policy.settings = policy.settings.model_copy(update={"learn_min_triples": 10**6})
+        rift.learning.settings = policy.settings
+        for text in queries()[:30]:
+            rift.search("other", text + " again")
+        assert policy.check().startswith("skipped")
+        assert policy.last_retrain == retrained_at and policy.window_start > retrained_at
+        assert policy.check().startswith("not due: 0 new queries")
+        assert policy.describe()["last_action"]["outcome"].startswith("skipped")
     finally:
         rift.close()
 

@@ -25,7 +25,10 @@ class Policy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_check: float | None = None
-        self.last_outcome: str | None = None
+        self.last_outcome: str | None = None  # of the last check, "not due" included
+        self.last_action: dict[str, Any] | None = (
+            None  # the last time the policy started or skipped a retrain
+        )
         state = {}
         if self._path.is_file():
             try:
@@ -33,6 +36,9 @@ class Policy:
             except (OSError, ValueError):
                 state = {}
         self.last_retrain: float = float(state.get("last_retrain", time.time()))
+        # Counting restarts here: at the last retrain, or when a due retrain was skipped for too few triples
+        # (so it waits for the next window rather than retrying every check). Not a retrain itself.
+        self.window_start: float = float(state.get("window_start", self.last_retrain))
         if not self._path.is_file():
             self._persist()
 
@@ -44,12 +50,12 @@ class Policy:
     def _persist(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last_retrain": self.last_retrain}))
+        tmp.write_text(json.dumps({"last_retrain": self.last_retrain, "window_start": self.window_start}))
         os.replace(tmp, self._path)
 
     def note_started(self) -> None:
         """Any retrain (manual or automatic) resets the counters."""
-        self.last_retrain = time.time()
+        self.last_retrain = self.window_start = time.time()
         self._persist()
 
     def start(self) -> None:
@@ -71,13 +77,13 @@ class Policy:
 
     def due(self) -> tuple[bool, str]:
         s = self.settings
-        new = self.manager.log.count(since=self.last_retrain)
+        new = self.manager.log.count(since=self.window_start)
         if s.learn_auto_after_queries is not None and new >= s.learn_auto_after_queries:
             return True, f"{new} new queries >= {s.learn_auto_after_queries}"
         hours = s.learn_auto_interval_hours
-        if hours is not None and new > 0 and time.time() - self.last_retrain >= hours * 3600:
-            return True, f"{s.learn_auto_interval_hours} h since the last retrain, {new} new queries"
-        return False, f"{new} new queries since the last retrain"
+        if hours is not None and new > 0 and time.time() - self.window_start >= hours * 3600:
+            return True, f"{s.learn_auto_interval_hours} h since the last retrain or skip, {new} new queries"
+        return False, f"{new} new queries since the last retrain or skip"
 
     def check(self) -> str:
         """One policy evaluation; starts a retrain when due. Returns what happened."""
@@ -99,8 +105,10 @@ class Policy:
             self.last_outcome = f"started retrain job {started['job_id']} ({why})"
         except RiftError as exc:
             # Not enough triples yet: wait for the next window rather than retrying every check.
-            self.note_started()
+            self.window_start = time.time()
+            self._persist()
             self.last_outcome = f"skipped ({why}): {exc}"
+        self.last_action = {"at": self.last_check, "outcome": self.last_outcome}
         log.info("periodic retrain: %s", self.last_outcome)
         return self.last_outcome
 
@@ -112,9 +120,11 @@ class Policy:
             "interval_hours": s.learn_auto_interval_hours,
             "min_triples": s.learn_min_triples,
             "last_retrain": self.last_retrain,
+            "window_start": self.window_start,
             "last_check": self.last_check,
             "last_outcome": self.last_outcome,
+            "last_action": self.last_action,
         }
         if self.enabled and self.manager.rift.log is not None:
-            out["new_queries_since_last_retrain"] = self.manager.log.count(since=self.last_retrain)
+            out["new_queries_since_last_retrain"] = self.manager.log.count(since=self.window_start)
         return out
