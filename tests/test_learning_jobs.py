@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,23 @@ def test_job_runner_runs_one_job_at_a_time_and_cancels() -> None:
     again = runner.start("rollback", {}, lambda j: {"status": "succeeded"})
     runner.wait(5)
     assert runner.get().id == again.id and again.status == "succeeded"
+
+    # Once switching, a cancel is refused, never accepted and then ignored.
+    def switching(job):
+        job.enter("switching")
+        release.wait(5)
+        job.check()
+        return {"status": "succeeded"}
+
+    release.clear()
+    late = runner.start("retrain", {}, switching)
+    while late.phase != "switching":
+        time.sleep(0.01)
+    with pytest.raises(RiftError, match="can no longer be cancelled"):
+        runner.cancel(late.id)
+    release.set()
+    runner.wait(5)
+    assert late.status == "succeeded"
 
 
 def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:

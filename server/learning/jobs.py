@@ -38,16 +38,21 @@ class Job:
     error: str | None = None
     phases: list[dict[str, Any]] = field(default_factory=list)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _phase_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # Past this phase a cancel would leave the server half-way between two models: it is refused.
+    UNCANCELLABLE = "switching"
 
     # --- called from the job's own thread ------------------------------------------------------------------
 
     def enter(self, phase: str, total: int = 0) -> None:
-        self.check()
-        now = time.time()
-        if self.phases:
-            self.phases[-1]["seconds"] = round(now - self.phases[-1]["started_at"], 2)
-        self.phases.append({"phase": phase, "started_at": now})
-        self.phase, self.done, self.total = phase, 0, total
+        with self._phase_lock:  # a cancel either lands before this phase starts or sees it
+            self.check()
+            now = time.time()
+            if self.phases:
+                self.phases[-1]["seconds"] = round(now - self.phases[-1]["started_at"], 2)
+            self.phases.append({"phase": phase, "started_at": now})
+            self.phase, self.done, self.total = phase, 0, total
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total
@@ -150,8 +155,14 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
-        if job.status == "running":
-            job._cancel.set()
+        with job._phase_lock:
+            if job.status == "running" and job.phase == Job.UNCANCELLABLE:
+                raise RiftError(
+                    f"job {job_id} is already switching models and can no longer be cancelled; it finishes in "
+                    "moments (rollback afterwards returns to the previous version)"
+                )
+            if job.status == "running":
+                job._cancel.set()
         return job
 
     @property

@@ -10,6 +10,7 @@ vectors are kept (`learn_keep_versions`), so rollback to it only embeds chunks w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -302,10 +303,16 @@ class LearningManager:
                 return result
             job.enter("switching")
             switch_all(engine, candidate, keep_old=True)
-        except BaseException:
+        except BaseException as exc:
             current = self.registry.get(entry.version)
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
-                self.registry.update(entry.version, status="failed", note="interrupted")
+                cancelled = isinstance(exc, JobCancelled)
+                self.registry.update(
+                    entry.version, status="failed", note="cancelled" if cancelled else "interrupted"
+                )
+                if cancelled:  # nothing of a cancelled candidate is worth keeping: its weights go now
+                    with contextlib.suppress(Exception):
+                        self.delete_unservable_weights(versions={entry.version})
             drop_built(engine, candidate.version)
             raise
         self.registry.update(
@@ -398,14 +405,17 @@ class LearningManager:
     def models(self) -> list[dict[str, Any]]:
         return [asdict(v) for v in reversed(self.registry.all())]
 
-    def delete_unservable_weights(self) -> dict[str, Any]:
-        """Delete the weight folders of rejected and failed fine-tunes, which can never serve (rollback refuses
-        them): about 90 MB each for MiniLM. Their registry entries, with the gate's numbers, stay."""
-        if self.jobs.running is not None:
+    def delete_unservable_weights(self, versions: set[str] | None = None) -> dict[str, Any]:
+        """Delete the weight folders of rejected and failed fine-tunes (or of the named ones among them), which
+        can never serve (rollback refuses them): about 90 MB each for MiniLM. Their registry entries, with the
+        gate's numbers, stay."""
+        if versions is None and self.jobs.running is not None:
             raise RiftError("a retrain, rollback or reindex is running; prune once it has finished")
         deleted: list[dict[str, Any]] = []
         for v in self.registry.all():
             if v.kind != "fine-tune" or v.status not in ("rejected", "failed"):
+                continue
+            if versions is not None and v.version not in versions:
                 continue
             path = Path(self.registry.location_of(v))
             if not path.is_dir() or self.registry.dir.resolve() not in path.resolve().parents:
