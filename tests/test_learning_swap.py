@@ -210,3 +210,44 @@ def test_collections_deleted_or_created_during_a_build_and_a_failed_switch(
         assert rift.search("default", queries()[0]).outcome.model_version == base
     finally:
         rift.close()
+
+
+def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    import time as clock
+
+    from server.engine.engine import chroma_name_for
+    from server.learning.registry import ModelVersion
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
+        # What a kill -9 during encoding leaves: the candidate's entry, half its vectors, a trainer folder.
+        rift.learning.registry.add(
+            ModelVersion(
+                "ft-x",
+                "fine-tune",
+                "ft-x",
+                str(tiny_model_path),
+                "failed",
+                clock.time(),
+                note="candidate being evaluated",
+            )
+        )
+        rift.engine().vectors.ensure(chroma_name_for("default", "ft-x"), 32, {"rift:model_version": "ft-x"})
+        (settings.models_dir / ".ft-x.trainer").mkdir()
+    finally:
+        rift.close()
+    again = open_rift(settings)
+    try:
+        entry = again.learning.registry.get("ft-x")
+        assert entry.status == "failed" and entry.note.startswith("interrupted")
+        assert chroma_name_for("default", "ft-x") not in {
+            n for n, _ in again.engine().vectors.list_collections()
+        }
+        assert not (settings.models_dir / ".ft-x.trainer").exists()
+        assert again.search("default", "cat").outcome.hits
+    finally:
+        again.close()

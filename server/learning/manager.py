@@ -47,8 +47,21 @@ class LearningManager:
         self.gate_overrides: dict[str, Any] = {}  # GateConfig fields without a setting (tests, experiments)
         self._labelled_data: tuple[tuple[str, str], Any] | None = None  # gate_eval_data, read once
 
-    def start(self) -> None:
+    def start(self, engine: Any) -> None:
+        """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it)."""
+        self._clear_interrupted(engine)
         self.policy.start()
+
+    def _clear_interrupted(self, engine: Any) -> None:
+        """A job the process did not live to finish left its candidate marked "being evaluated" and, maybe, half
+        its vectors: say what happened, and drop those vectors (only serving or retired versions keep any)."""
+        for v in self.registry.all():
+            if v.status == "failed" and v.note == "candidate being evaluated":
+                self.registry.update(v.version, note="interrupted: the server stopped during the job")
+        with contextlib.suppress(Exception):  # a cleanup: never a reason not to start
+            self._prune(engine)
+            for scratch in self.settings.models_dir.glob(".*.trainer"):  # a killed training's work folder
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def close(self) -> None:
         self.policy.stop()
@@ -326,14 +339,15 @@ class LearningManager:
         result.update(status="succeeded", version=entry.version)
         return result
 
-    def _prune(self) -> None:
+    def _prune(self, engine: Any = None) -> None:
         """Keep Chroma vectors only for the most recently served versions (fast rollback to them)."""
+        engine = engine or self.engine
         served = [v for v in self.registry.all() if v.status in ("serving", "retired")]
         served.sort(key=lambda v: v.served_at or v.created_at, reverse=True)
         keep = {v.version for v in served[: self.settings.learn_keep_versions]}
         for v in self.registry.all():
             if v.version not in keep:
-                drop_built(self.engine, v.version)
+                drop_built(engine, v.version)
 
     # --- rollback / reindex --------------------------------------------------------------------------------
 
