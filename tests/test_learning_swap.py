@@ -124,10 +124,7 @@ def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(
     rift = open_rift(settings)
     try:
         rift.add_documents("secret", docs(("doc1", "the cat sat on the mat"), ("doc2", "dogs bark at night")))
-        other = build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)
-        started = rift.learning.reindex(str(other))
-        rift.learning.jobs.wait(120)
-        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        _reindexed(rift, tmp_path)
         engine = rift.engine()
         assert sum("secret" in n for n, _ in engine.vectors.list_collections()) == 2  # serving + kept
         engine.delete_collection("secret")
@@ -145,13 +142,9 @@ def test_deleted_collection_stays_deleted_after_a_swap_and_a_restart(
 def test_a_model_that_fails_to_load_does_not_retire_the_serving_version(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
-    settings = make_settings(tmp_path / "data", tiny_model_path)
-    rift = open_rift(settings)
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
     try:
-        rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
-        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
-        rift.learning.jobs.wait(120)
-        reindexed = rift.learning.status(started["job_id"])["result"]["version"]
+        reindexed = _reindexed(rift, tmp_path)
         assert rift.learning.registry.serving().version == reindexed
     finally:
         rift.close()
@@ -220,10 +213,8 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
     from server.engine.engine import chroma_name_for
     from server.learning.registry import ModelVersion
 
-    settings = make_settings(tmp_path / "data", tiny_model_path)
-    rift = open_rift(settings)
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
     try:
-        rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
         # What a kill -9 during encoding leaves: the candidate's entry, half its vectors, a trainer folder.
         rift.learning.registry.add(
             ModelVersion(
@@ -251,3 +242,19 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
         assert again.search("default", "cat").outcome.hits
     finally:
         again.close()
+
+
+def _reindexed(rift, tmp_path: Path) -> str:
+    """Re-index `rift` to a second tiny model (another dimension); returns the version now serving."""
+    started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+    rift.learning.jobs.wait(120)
+    status = rift.learning.status(started["job_id"])
+    assert status["status"] == "succeeded", status
+    return status["result"]["version"]
+
+
+def _with_one_document(tmp_path: Path, tiny_model_path: Path):
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
+    return settings, rift
