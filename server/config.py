@@ -7,15 +7,17 @@ named by ``RIFT_CONFIG`` (else ``$XDG_CONFIG_HOME/rift/config.toml`` when it exi
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -109,7 +111,7 @@ class Settings(BaseSettings):
     )
 
     # --- files (add_paths / rift add / rift watch) ------------------------------------------------------------
-    allowed_roots: list[Path] = Field(
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Folders the MCP tools may read files under; empty = add_paths refuses every path. "
         "The CLI (rift add, rift watch) may read whatever its user can.",
@@ -230,6 +232,16 @@ class Settings(BaseSettings):
                 f"unknown stopword list {value!r}; bm25s knows e.g. en, de, fr, es, it, pt, nl, sv, ru, zh"
             ) from None
         return value
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _roots_from_text(cls, value: object) -> object:
+        """From the environment: a JSON list, or plain paths separated like PATH (':' here, ';' on Windows)."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [part for part in value.split(os.pathsep) if part.strip()]
 
     @field_validator("allowed_roots", mode="after")
     @classmethod

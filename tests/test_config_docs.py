@@ -45,6 +45,10 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
             Settings(**bad)
     assert Settings(stopwords="de", stemmer_language=None).stopwords == "de"
     assert Settings(gate_eval_data="~/beir/x").gate_eval_data == Path.home() / "beir" / "x"
+    for given in (f"{tmp_path}{os.pathsep}/srv", f'["{tmp_path}", "/srv"]'):  # PATH-like or JSON
+        monkeypatch.setenv("RIFT_ALLOWED_ROOTS", given)
+        assert Settings().allowed_roots == [tmp_path.resolve(), Path("/srv").resolve()]
+    monkeypatch.delenv("RIFT_ALLOWED_ROOTS")
     monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ValueError, match="RIFT_CONFIG names .*missing.toml"):
         Settings()
