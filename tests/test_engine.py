@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from server.errors import DataDirLockedError, NotFoundError, RiftError
@@ -86,6 +87,40 @@ def test_unchanged_content_is_skipped_and_metadata_change_updates(rift) -> None:
     assert statuses[0].status == "updated"
     (hit,) = rift.search("default", "cat", mode="keyword").outcome.hits
     assert hit.metadata == {"lang": "en"}
+
+
+def test_a_rewrite_keeps_the_vectors_of_chunks_whose_text_it_already_had(rift, monkeypatch) -> None:
+    rift.add_documents("default", docs(("long", LONG), ("cat", "the cat sat on the mat")))
+    engine = rift.engine()
+    before = {r.text: r.chunk_id for r in engine.state.document_chunks("default", "long")}
+    assert len(before) > 2
+    chroma = engine.state.collection("default").chroma_name
+    vector_of = dict(
+        zip(before, engine.vectors.embeddings_matrix(chroma, list(before.values())), strict=True)
+    )
+    encoded: list[str] = []
+    real = engine.embedder.encode_documents
+
+    def counting(texts, progress=None):
+        encoded.extend(texts)
+        return real(texts, progress)
+
+    monkeypatch.setattr(engine.embedder, "encode_documents", counting)
+    # Only the metadata changes (a touched file): nothing is embedded again, the metadata is new everywhere.
+    (status,) = rift.add_documents("default", docs(("long", LONG, {"lang": "en"})))
+    assert status.status == "updated" and encoded == []
+    hits = rift.search("default", "river sea city", filters={"lang": "en"}).outcome.hits
+    assert [h.doc_id for h in hits] == ["long"]
+    record = engine.state.collection("default")
+    after = engine.state.document_chunks("default", "long")
+    old_vectors = engine.vectors.embeddings_matrix(record.chroma_name, [before[r.text] for r in after])
+    assert old_vectors is None  # the old chunks are gone ...
+    new_vectors = engine.vectors.embeddings_matrix(record.chroma_name, [r.chunk_id for r in after])
+    for row, vector in zip(after, new_vectors, strict=True):  # ... their vectors carried over
+        assert np.allclose(vector, vector_of[row.text], atol=1e-5)
+    # One sentence more at the end: only the chunks whose text changed are embedded.
+    rift.add_documents("default", docs(("long", LONG + " A new closing sentence.", {"lang": "en"})))
+    assert 0 < len(encoded) < len(after)
 
 
 def test_default_id_is_a_content_hash(rift) -> None:

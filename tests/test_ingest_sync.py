@@ -349,6 +349,28 @@ def test_watch_survives_a_failed_sync(app: Rift, docs: Path, monkeypatch) -> Non
         thread.join(10)
 
 
+def test_a_touched_file_gets_its_new_mtime_once_then_is_skipped_unread(
+    app: Rift, docs: Path, monkeypatch
+) -> None:
+    sync(app, docs)
+    guide = docs / "guide.md"
+    os.utime(guide, (guide.stat().st_atime, guide.stat().st_mtime + 100))  # same bytes, new mtime
+    got = statuses(sync(app, docs), docs)
+    assert got["guide.md"] == ("unchanged", "same bytes, new mtime: metadata refreshed")
+    stored_meta = dict(app.engine().state.list_documents("files", -1, 0))[str(guide)]
+    assert stored_meta["mtime"] == guide.stat().st_mtime
+    reads: list[Path] = []
+    real = __import__("server.ingest.sync", fromlist=["read_file"]).read_file
+
+    def counting(path, *args, **kwargs):
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("server.ingest.sync.read_file", counting)
+    assert statuses(sync(app, docs), docs)["guide.md"] == ("unchanged", None)
+    assert guide not in reads  # skipped by its stat, as before the touch
+
+
 def wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -525,7 +525,7 @@ class Engine:
             embedder = self.embedder_for(record)
             rows = self._chunk_rows(changed, embedder)
             if rows:
-                embeddings = embedder.encode_documents([r.text for r in rows], progress)
+                embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
                 old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
                 new_ids = [r.chunk_id for r in rows]
                 stale = sorted(set(old_ids) - set(new_ids))
@@ -549,6 +549,35 @@ class Engine:
                 status = "updated" if doc_id in existing else "added"
                 statuses[doc_id] = DocumentStatus(doc_id, status, per_doc.get(doc_id, 0))
         return [statuses[d] for d, _, _ in docs]
+
+    def _embed_reusing(
+        self,
+        collection: str,
+        chroma_name: str,
+        rows: Sequence[ChunkRow],
+        embedder: Embedder,
+        progress: Callable[[int, int], None] | None,
+    ) -> Any:
+        """Vectors for `rows`. A chunk whose text its document already had (a metadata change, a touched file,
+        an edit elsewhere in a long document) keeps its stored vector: the model is the cost of a write."""
+        import numpy as np
+
+        before: dict[tuple[str, str], str] = {}
+        for doc_id in dict.fromkeys(r.doc_id for r in rows):
+            for old in self.state.document_chunks(collection, doc_id):
+                before.setdefault((doc_id, old.text), old.chunk_id)
+        reuse = {i: before[(r.doc_id, r.text)] for i, r in enumerate(rows) if (r.doc_id, r.text) in before}
+        stored = self.vectors.embeddings_matrix(chroma_name, list(reuse.values())) if reuse else None
+        if stored is None or stored.shape[1] != embedder.dimension:
+            return embedder.encode_documents([r.text for r in rows], progress)
+        fresh_at = [i for i in range(len(rows)) if i not in reuse]
+        out = np.zeros((len(rows), embedder.dimension), dtype=np.float32)
+        out[list(reuse)] = stored
+        if fresh_at:
+            out[fresh_at] = np.asarray(embedder.encode_documents([rows[i].text for i in fresh_at], progress))
+        elif progress is not None:
+            progress(len(rows), len(rows))
+        return out
 
     def _chunk_rows(
         self, changed: list[tuple[str, str, dict[str, Any], str]], embedder: Embedder | None = None

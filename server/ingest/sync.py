@@ -1,7 +1,9 @@
 """Bring a collection in line with files and folders.
 
 A file's document id is its absolute (resolved) path, so ingesting a folder again updates it in place:
-  - same size and mtime as stored, or the same SHA-256 of its bytes  -> unchanged (not read / not re-embedded)
+  - same size and mtime as stored                                    -> unchanged (not read)
+  - same SHA-256 of its bytes, new mtime                             -> unchanged (its stored mtime is refreshed;
+                                                                        nothing is embedded again)
   - different content                                                -> updated
   - new                                                              -> added
   - with prune=True, documents of files under a given folder that are gone, or now left out (.gitignore,
@@ -82,6 +84,7 @@ class _Sync:
         self.progress = progress
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
+        self.refreshed: set[str] = set()  # same bytes, new mtime: only the stored metadata changes
         self.kept_folders: list[Path] = []  # unreadable this time: every document under them survives too
         self.skipped: dict[str, FileResult] = {}
         self.batch: list[DocumentInput] = []
@@ -123,9 +126,14 @@ class _Sync:
             self.skip(path, f"cannot read file: {exc.strerror or exc}", transient=True)
             return
         digest = hashlib.sha256(data).hexdigest()
-        if old and old.get("sha256") == digest:
+        same_bytes = bool(old) and old.get("sha256") == digest and old.get("size") == info.st_size
+        if same_bytes and old.get("mtime") == info.st_mtime:
             self.unchanged(key)
             return
+        if same_bytes:
+            # A touch or a checkout: store the new mtime, so later syncs skip the file by its stat again and
+            # mtime filters see it. The engine keeps every chunk's vector (same text); reported as unchanged.
+            self.refreshed.add(key)
         file_type, family = kind
         try:
             extracted = extract(path, data, family)
@@ -172,7 +180,12 @@ class _Sync:
         if not self.batch:
             return
         for status in self.engine.add_documents(self.collection, self.batch):
-            self.report.files.append(FileResult(status.id, status.status, chunks=status.chunks))
+            if status.id in self.refreshed:
+                self.report.files.append(
+                    FileResult(status.id, "unchanged", "same bytes, new mtime: metadata refreshed")
+                )
+            else:
+                self.report.files.append(FileResult(status.id, status.status, chunks=status.chunks))
             self.keep.add(status.id)
         self.batch = []
         self.batch_chars = 0
