@@ -121,6 +121,13 @@ def test_a_rewrite_keeps_the_vectors_of_chunks_whose_text_it_already_had(rift, m
     # One sentence more at the end: only the chunks whose text changed are embedded.
     rift.add_documents("default", docs(("long", LONG + " A new closing sentence.", {"lang": "en"})))
     assert 0 < len(encoded) < len(after)
+    # Chunks with the same text (a repetitive document) share one stored vector.
+    rift.add_documents("default", docs(("rep", "alpha beta gamma delta. " * 80)))
+    texts = [r.text for r in engine.state.document_chunks("default", "rep")]
+    assert len(set(texts)) < len(texts)
+    encoded.clear()
+    rift.add_documents("default", docs(("rep", "alpha beta gamma delta. " * 80, {"lang": "en"})))
+    assert encoded == []
 
 
 def test_default_id_is_a_content_hash(rift) -> None:

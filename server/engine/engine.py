@@ -567,12 +567,14 @@ class Engine:
             for old in self.state.document_chunks(collection, doc_id):
                 before.setdefault((doc_id, old.text), old.chunk_id)
         reuse = {i: before[(r.doc_id, r.text)] for i, r in enumerate(rows) if (r.doc_id, r.text) in before}
-        stored = self.vectors.embeddings_matrix(chroma_name, list(reuse.values())) if reuse else None
+        unique = list(dict.fromkeys(reuse.values()))  # two new chunks may share one old text
+        stored = self.vectors.embeddings_matrix(chroma_name, unique) if reuse else None
         if stored is None or stored.shape[1] != embedder.dimension:
             return embedder.encode_documents([r.text for r in rows], progress)
+        row_of = {chunk_id: n for n, chunk_id in enumerate(unique)}
         fresh_at = [i for i in range(len(rows)) if i not in reuse]
         out = np.zeros((len(rows), embedder.dimension), dtype=np.float32)
-        out[list(reuse)] = stored
+        out[list(reuse)] = stored[[row_of[c] for c in reuse.values()]]
         if fresh_at:
             out[fresh_at] = np.asarray(embedder.encode_documents([rows[i].text for i in fresh_at], progress))
         elif progress is not None:
