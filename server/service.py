@@ -184,11 +184,10 @@ class Rift:
         outcome = engine.search(collection, query, k, mode, filters, group_by_document, **knobs)
         if mode != "hybrid":
             return SearchResponse(None, outcome, None, False)
-        disagreement = summarize(  # per document, also when the lists rank chunks
-            list(dict.fromkeys(c.doc_id for c in outcome.vector)),
-            list(dict.fromkeys(c.doc_id for c in outcome.keyword)),
-            k,
-            self.settings.blind_spot_depth,
+        # Per document, also when the lists rank chunks: the summary and the miner read document ranks.
+        vector, keyword = _per_document(outcome.vector), _per_document(outcome.keyword)
+        disagreement = summarize(
+            [d for d, _c, _s in vector], [d for d, _c, _s in keyword], k, self.settings.blind_spot_depth
         )
         query_id = new_query_id()
         logged = False
@@ -202,9 +201,8 @@ class Rift:
                 mode,
                 k,
                 dict(filters) if filters else None,
-                # Per document, like the disagreement summary: mining reads ranks as document ranks.
-                _per_document(outcome.vector),
-                _per_document(outcome.keyword),
+                vector,
+                keyword,
                 list(dict.fromkeys(h.doc_id for h in outcome.hits)),
                 disagreement.top,
                 disagreement.overlap,

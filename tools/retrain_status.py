@@ -42,7 +42,7 @@ async def retrain_status(
             sent = overall
             with contextlib.suppress(Exception):  # progress is best effort
                 message = f"{snap['kind']}: {snap['phase']} {done}/{total}"
-                await ctx.report_progress(round(overall, 4), float(len(PHASE_ORDER) - 1), message)
+                await ctx.report_progress(round(overall, 4), float(PHASE_ORDER["done"]), message)
         await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         snap = await call(learning.status, snap["job_id"])
     return JobStatus(**snap)

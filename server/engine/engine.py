@@ -525,7 +525,10 @@ class Engine:
             embedder = self.embedder_for(record)
             rows = self._chunk_rows(changed, embedder)
             if rows:
-                embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
+                rewritten = {d for d, _, _, _ in changed if d in existing}
+                embeddings = self._embed_reusing(
+                    collection, record.chroma_name, rows, rewritten, embedder, progress
+                )
                 old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
                 new_ids = [r.chunk_id for r in rows]
                 stale = sorted(set(old_ids) - set(new_ids))
@@ -555,15 +558,17 @@ class Engine:
         collection: str,
         chroma_name: str,
         rows: Sequence[ChunkRow],
+        rewritten: set[str],
         embedder: Embedder,
         progress: Callable[[int, int], None] | None,
     ) -> Any:
         """Vectors for `rows`. A chunk whose text its document already had (a metadata change, a touched file,
-        an edit elsewhere in a long document) keeps its stored vector: the model is the cost of a write."""
+        an edit elsewhere in a long document) keeps its stored vector: the model is the cost of a write.
+        Only the `rewritten` documents (stored before this write) are looked up: new ones have nothing to keep."""
         import numpy as np
 
         before: dict[tuple[str, str], str] = {}
-        for doc_id in dict.fromkeys(r.doc_id for r in rows):
+        for doc_id in rewritten:
             for old in self.state.document_chunks(collection, doc_id):
                 before.setdefault((doc_id, old.text), old.chunk_id)
         reuse = {i: before[(r.doc_id, r.text)] for i, r in enumerate(rows) if (r.doc_id, r.text) in before}

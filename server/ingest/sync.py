@@ -62,7 +62,7 @@ def _unsupported_reason(path: Path) -> str:
         head, _ = read_file(path, SNIFF_BYTES, head_only=True)
     except (OSError, ValueError):
         head = b""
-    if looks_binary(head[:SNIFF_BYTES]):
+    if looks_binary(head):
         return "binary file (contains NUL bytes)"
     return f"unsupported file type {path.suffix or path.name!r}"
 
@@ -85,7 +85,9 @@ class _Sync:
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
         self.refreshed: set[str] = set()  # same bytes, new mtime: only the stored metadata changes
-        self.kept_folders: list[Path] = []  # unreadable this time: every document under them survives too
+        self.unread: list[
+            Path
+        ] = []  # could not be read this time: their documents (and those under them) stay
         self.skipped: dict[str, FileResult] = {}
         self.batch: list[DocumentInput] = []
         self.batch_chars = 0
@@ -96,8 +98,7 @@ class _Sync:
         self.report.files.append(result)
         self.skipped[str(path)] = result
         if transient:
-            self.keep.add(str(path))
-            self.kept_folders.append(Path(path))
+            self.unread.append(Path(path))
 
     def one(self, path: Path) -> None:
         key = str(path)
@@ -199,8 +200,8 @@ class _Sync:
             path = Path(source)
             if not path.is_relative_to(folder) or path == folder:
                 continue
-            if any(path.is_relative_to(kept) for kept in self.kept_folders):
-                continue  # under a folder that could not be read this time
+            if any(path.is_relative_to(unread) for unread in self.unread):
+                continue  # that file, or a folder above it, could not be read this time
             if not recursive and path.parent != folder:
                 continue
             if pattern is not None and not pattern.match_file(path.relative_to(folder).as_posix()):

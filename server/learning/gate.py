@@ -39,7 +39,7 @@ from typing import Any
 
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
-from server.learning.query_log import LoggedQuery
+from server.learning.query_log import LoggedQuery, normalized_query
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def time_split(
         n = min(len(ordered) // 2, n)
     if n <= 0:
         return ordered, []
-    held = {(q.collection, " ".join(q.query.lower().split())) for q in ordered[-n:]}
-    train = [q for q in ordered[:-n] if (q.collection, " ".join(q.query.lower().split())) not in held]
+    held = {(q.collection, normalized_query(q.query)) for q in ordered[-n:]}
+    train = [q for q in ordered[:-n] if (q.collection, normalized_query(q.query)) not in held]
     return train, ordered[-n:]
 
 

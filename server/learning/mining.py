@@ -35,7 +35,7 @@ from typing import Any, get_args
 
 from server.config import LearnStrategy, NegativeSource
 from server.engine.fusion import rrf
-from server.learning.query_log import LoggedQuery
+from server.learning.query_log import LoggedQuery, normalized_query
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
@@ -114,10 +114,6 @@ class MiningReport:
             "skipped": dict(self.skipped),
             "examples": [asdict(t) for t in self.triples[:examples]],
         }
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def _ranks(items: Sequence[tuple[str, str, float]]) -> dict[str, tuple[int, str]]:
@@ -265,7 +261,7 @@ def mine(
     latest: dict[tuple[str, str], LoggedQuery] = {}
     for q in queries:
         report.queries_seen += 1
-        key = (q.collection, _norm(q.query))
+        key = (q.collection, normalized_query(q.query))
         previous = latest.get(key)
         if previous is not None:
             report.skipped["duplicate_query"] += 1
@@ -330,7 +326,7 @@ def mine(
             if t.positive_doc == t.negative_doc:  # never pair a document with itself
                 report.skipped["self_pair"] += 1
                 continue
-            key = (_norm(t.query), t.collection, t.positive_doc, t.negative_doc)
+            key = (normalized_query(t.query), t.collection, t.positive_doc, t.negative_doc)
             if key in seen:
                 report.skipped["duplicate_triple"] += 1
                 continue

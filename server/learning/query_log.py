@@ -74,6 +74,11 @@ class LoggedQuery:
     keyword_blind: list[str]
 
 
+def normalized_query(text: str) -> str:
+    """A query's text as repeats are recognised: lower-cased, whitespace collapsed."""
+    return " ".join(text.lower().split())
+
+
 def new_query_id() -> str:
     return uuid.uuid4().hex
 
