@@ -207,3 +207,14 @@ def test_log_reach_counts_neighbour_answers_inside_and_outside_the_top_10() -> N
     # At 0.5 query 2 also reaches the first logged search (cosine 0.6), whose answer "r" is not relevant to it.
     at_05 = rows[THRESHOLDS.index(0.5)]
     assert (at_05["outside_top10"], at_05["outside_relevant"]) == (2, 1)
+
+
+def test_log_reach_internal_split_keeps_scored_queries_out_of_the_log() -> None:
+    """`--log-reach` with one split for both: 80 % logged, 20 % scored, and no scored text was logged."""
+    from server.bench.log_reach import internal_split
+
+    queries = {f"q{i}": f"text {i % 45}" for i in range(50)}  # q45..q49 repeat the texts of q0..q4
+    logged, scored = internal_split(queries)
+    assert len(logged) == 40 and not set(logged) & set(scored)
+    assert {queries[q] for q in scored}.isdisjoint(queries[q] for q in logged)
+    assert internal_split(queries) == (logged, scored)  # seeded

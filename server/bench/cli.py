@@ -150,8 +150,6 @@ def _run_log_reach(
 ) -> None:
     if data is None or usage_split is None:
         raise click.UsageError("--log-reach needs --data and --usage-split")
-    if usage_split == split:
-        raise click.UsageError("--log-reach needs a --usage-split other than --split")
     from server.bench.log_reach import run_log_reach
     from server.bench.report import json_line, log_reach_markdown
 
@@ -335,7 +333,8 @@ def _run_learn(
     is_flag=True,
     help="No training: replay --usage-split's queries, then report for each --split query what the answers "
     "of the most similar logged searches hold (inside / outside its hybrid top 10, how often relevant) and "
-    "the hybrid with them fused in as a query memory (evaluation labels read only to score).",
+    "the hybrid with them fused in as a query memory (evaluation labels read only to score). With --split "
+    "equal to --usage-split, 80 % of that split is logged and the other 20 % scored.",
 )
 def bench(
     data: Path | None,

@@ -13,10 +13,16 @@ threshold:
   for what they found), with a paired-bootstrap CI against the plain hybrid.
 
 Evaluation labels are read only to score; usage labels are not read at all.
+
+With the same split for both (`--split train --usage-split train`), its queries are shuffled (seed 0) and cut
+80 / 20: the first part is logged, the rest is scored (a held-out query whose text was logged is dropped). That
+is where a memory's threshold and weight may honestly be chosen: on the usage split's own labels, as the
+miner's settings were, never on the evaluation split's.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +38,7 @@ from server.learning.mining import MiningConfig, mined_positive
 from server.learning.query_log import LoggedQuery
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+INTERNAL_HOLDOUT = 0.2  # the scored share of a split that is both usage and evaluation
 NEIGHBOURS = 5
 MEMORY_WEIGHTS = (0.5, 1.0)
 ANSWERS = ("fused top-1", "confident top-1")
@@ -133,12 +140,30 @@ def reach_rows(
     return rows
 
 
+def internal_split(queries: Mapping[str, str], seed: int = 0) -> tuple[list[str], list[str]]:
+    """(logged ids, scored ids) of one split's queries: shuffled, the last `INTERNAL_HOLDOUT` scored; a scored
+    query whose text was logged is dropped, so no query finds itself in the log."""
+    ids = sorted(queries)
+    random.Random(seed).shuffle(ids)
+    cut = round(len(ids) * (1 - INTERNAL_HOLDOUT))
+    logged = ids[:cut]
+    texts = {queries[q] for q in logged}
+    return logged, [q for q in ids[cut:] if queries[q] not in texts]
+
+
 def run_log_reach(
     data: Path, eval_split: str, usage_split: str, model: str | None, cache_dir: Path
 ) -> dict[str, Any]:
     evaluation_ds = load_beir(Path(data), eval_split)
     usage_ds = load_beir(Path(data), usage_split)
-    usage_ids = sorted(usage_ds.queries)
+    usage_ids, eval_ids = (
+        internal_split(usage_ds.queries)
+        if eval_split == usage_split
+        else (
+            sorted(usage_ds.queries),
+            list(evaluation_ds.queries),
+        )
+    )
     with BenchIndex(model, cache_dir) as index:
         index.ingest(evaluation_ds)
         for qid in usage_ids:
@@ -154,7 +179,8 @@ def run_log_reach(
         embedder = index.embedder
         usage_vectors = np.stack([embedder.encode_query(q.query) for q in usage_logged])
         evaluation = []
-        for qid, text in evaluation_ds.queries.items():
+        for qid in eval_ids:
+            text = evaluation_ds.queries[qid]
             res = index.engine.search(COLLECTION, text, 10, "hybrid")  # not logged: evaluation stays out
             evaluation.append(
                 EvalQuery(
@@ -169,7 +195,9 @@ def run_log_reach(
     base = float(np.mean([ndcg_at_k(e.hits, e.labels, 10) for e in evaluation]))
     return {
         "dataset": evaluation_ds.name,
-        "split": eval_split,
+        "split": eval_split
+        if eval_split != usage_split
+        else f"{eval_split} (internal {INTERNAL_HOLDOUT:.0%})",
         "usage_split": usage_split,
         "usage_queries": len(usage_logged),
         "confident_answers": len(confident),
