@@ -246,3 +246,7 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     mining = bound["seeds"][0]["mining"]
     assert bound["labelled_bound"] is True and set(mining["by_type"]) == {"labelled"}
     assert mining["skipped"] == {}
+    res = CliRunner().invoke(main, [*base, "--set", "labelled_scope=mined"])
+    assert res.exit_code == 2 and "only with --labelled-bound" in res.output
+    res = CliRunner().invoke(main, [*base, "--labelled-bound", "--set", "labelled_scope=some"])
+    assert res.exit_code == 2 and "labelled_scope must be all or mined" in res.output

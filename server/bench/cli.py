@@ -99,6 +99,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # with --agent-feedback: the share of searches the simulated agent judges, and how often it judges wrongly
     "agent_share": ("agent_share", float),
     "agent_error_rate": ("agent_error_rate", float),
+    # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined")
+    "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
@@ -135,6 +137,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if not 0.0 <= out.get(name, 0.0) <= 1.0:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
+    if out.get("labelled_scope", "all") not in ("all", "mined"):
+        raise click.BadParameter("labelled_scope must be all or mined", param_hint="--set")
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out
@@ -210,6 +214,8 @@ def _run_learn(
     options = _learn_options(overrides)
     if not agent_feedback and {"agent_share", "agent_error_rate"} & set(options):
         raise click.UsageError("agent_share and agent_error_rate apply only with --agent-feedback")
+    if not labelled_bound and "labelled_scope" in options:
+        raise click.UsageError("labelled_scope applies only with --labelled-bound")
     # A run takes hours on a CPU: the experiment rewrites a checkpoint of the seeds done so far beside
     # --json-out, and only the finished result is appended to it as one JSON line, as in the other modes.
     checkpoint = out.with_name(out.name + ".partial") if out else None

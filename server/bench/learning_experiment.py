@@ -278,6 +278,7 @@ def run_learning_experiment(
     mask_query_terms: float = 0.0,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
+    labelled_scope: str = "all",
     agent_feedback: bool = False,
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
@@ -320,7 +321,7 @@ def run_learning_experiment(
         "usage_queries": len(usage_ids),
         "eval_queries": len(eval_ds.queries),
         "documents": len(eval_ds.documents),
-        "strategy": "labelled bound (usage-split relevance labels)"
+        "strategy": f"labelled bound (usage-split relevance labels, {labelled_scope} queries)"
         if labelled_bound
         else f"{strategy} + simulated agent feedback (usage-split relevance labels)"
         if agent_feedback
@@ -390,8 +391,12 @@ def run_learning_experiment(
                 index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
             )
             if labelled_bound:
+                # "mined": label only the queries the miner made triples for, to tell whether the limit is
+                # which queries label-free mining can use, or how right its positives are on them.
+                used = {t.query_id for t in mined.report.triples}
+                scope = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
                 mined.report.triples[:] = labelled_triples(
-                    mined.train_queries, texts_to_qid, usage_ds.qrels, negatives_per_query
+                    scope, texts_to_qid, usage_ds.qrels, negatives_per_query
                 )
                 mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
             rows, kept = materialize(engine, mined.report.triples)
