@@ -157,6 +157,10 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "is not a number" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
     assert res.exit_code == 2 and "is not an integer" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "labelled_scope=mined"])
+    assert res.exit_code == 2 and "only with --labelled-bound" in res.output
+    res = CliRunner().invoke(main, [*base, "--labelled-bound", "--set", "labelled_scope=some"])
+    assert res.exit_code == 2 and "labelled_scope must be all or mined" in res.output
 
 
 def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -246,7 +250,3 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     mining = bound["seeds"][0]["mining"]
     assert bound["labelled_bound"] is True and set(mining["by_type"]) == {"labelled"}
     assert mining["skipped"] == {}
-    res = CliRunner().invoke(main, [*base, "--set", "labelled_scope=mined"])
-    assert res.exit_code == 2 and "only with --labelled-bound" in res.output
-    res = CliRunner().invoke(main, [*base, "--labelled-bound", "--set", "labelled_scope=some"])
-    assert res.exit_code == 2 and "labelled_scope must be all or mined" in res.output

@@ -33,3 +33,29 @@ def test_each_loss_trains_and_saves_a_usable_model(tiny_model_path: Path, tmp_pa
 def test_unknown_loss_is_refused(tiny_model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown loss"):
         train_model(str(tiny_model_path), ROWS, tmp_path / "x", TrainConfig(loss="contrastive", device="cpu"))
+
+
+def test_a_merge_with_the_base_interpolates_every_trained_weight(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """WiSE-FT (`merge_base`): the saved weights lie between the base's and the trained model's."""
+    from sentence_transformers import SentenceTransformer
+
+    from server.learning.training import merge_into
+
+    states = {}
+    for share in (0.0, 0.5):
+        cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=2, device="cpu", seed=1, merge_base=share)
+        out = train_model(str(tiny_model_path), ROWS, tmp_path / f"m{share}", cfg).path
+        states[share] = SentenceTransformer(str(out), device="cpu").state_dict()
+    base = SentenceTransformer(str(tiny_model_path), device="cpu").state_dict()
+    trained = states[0.0]
+    moved = [n for n, w in trained.items() if w.is_floating_point() and not np.allclose(w, base[n])]
+    assert moved  # training changed weights, so the merge has something to interpolate
+    for name in moved:
+        assert np.allclose(states[0.5][name], (trained[name] + base[name]) / 2, atol=1e-5)
+    model = SentenceTransformer(str(tmp_path / "m0.0"), device="cpu")
+    merge_into(model, str(tiny_model_path), 1.0)
+    assert all(np.allclose(w, base[n], atol=1e-6) for n, w in model.state_dict().items())
+    with pytest.raises(ValueError, match="base_share"):
+        merge_into(model, str(tiny_model_path), 1.5)

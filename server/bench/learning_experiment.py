@@ -276,6 +276,7 @@ def run_learning_experiment(
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
+    merge_base: float = 0.0,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
     labelled_scope: str = "all",
@@ -313,6 +314,7 @@ def run_learning_experiment(
         batch_size=batch_size,
         max_seq_length=train_max_seq_length,
         loss=loss,
+        merge_base=merge_base,
     )
     result: dict[str, Any] = {
         "dataset": eval_ds.name,
@@ -346,6 +348,7 @@ def run_learning_experiment(
             "negatives_per_query": negatives_per_query,
             "loss": loss,
             "mask_query_terms": mask_query_terms,
+            "merge_base": merge_base,
         },
         "seeds": [],
     }

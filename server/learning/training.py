@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class TrainConfig:
         128  # training-time cap: documents beyond it are cut (speed); serving keeps its own
     )
     warmup_ratio: float = 0.1
+    merge_base: float = 0.0  # WiSE-FT: the base model's share of the saved weights (0: the trained model)
     seed: int = 0
     device: str = "auto"
 
@@ -166,6 +167,8 @@ def train_model(
     seconds = time.perf_counter() - started
     model.max_seq_length = serving_length
     if not state["cancelled"]:
+        if cfg.merge_base:
+            merge_into(model, base_location, cfg.merge_base)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(str(out_dir), create_model_card=False)
     log.info("trained on %d triples in %.1fs (%s)", len(triples), seconds, "cpu" if use_cpu else "cuda")
@@ -178,3 +181,24 @@ def train_model(
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
         device="cpu" if use_cpu else "cuda",
     )
+
+
+def merge_into(model: Any, base_location: str, base_share: float) -> None:
+    """Weight-space ensemble (WiSE-FT, Wortsman et al. 2022): every floating-point weight of the trained
+    `model` becomes `base_share * base + (1 - base_share) * trained`, in place. It keeps part of the base
+    model's behaviour on what the triples never showed, at no serving cost."""
+    if not 0.0 <= base_share <= 1.0:
+        raise ValueError(f"base_share must be between 0 and 1, got {base_share}")
+    from sentence_transformers import SentenceTransformer
+
+    base_state = SentenceTransformer(base_location, device="cpu").state_dict()
+    state = model.state_dict()
+    if base_state.keys() != state.keys():
+        raise ValueError("the trained model's weights do not match its base model's")
+    merged = {
+        name: weight + (base_state[name].to(weight.device, weight.dtype) - weight) * base_share
+        if weight.is_floating_point()
+        else weight
+        for name, weight in state.items()
+    }
+    model.load_state_dict(merged)
