@@ -228,9 +228,15 @@ class Engine:
             "reembedded": [],
         }
         with self._write_lock:
+            serving = {r.chroma_name: r.name for r in self.state.collections()}
             for entry in self.state.journal_pending():
                 ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
-                if self.shared is not None:  # chunk ids are content hashes: spare a later identical write
+                # Chunk ids are content hashes: a later write of the same content made these ids live
+                # again, and Chroma must keep every live chunk.
+                if entry.chroma_name in serving:
+                    live = self.state.live_chunk_ids(serving[entry.chroma_name], ids)
+                    ids = [i for i in ids if i not in live]
+                if self.shared is not None:  # ... or another process wrote them since
                     ids = self.shared.written_before(entry.chroma_name, ids, entry.created_at)
                 log.warning(
                     "recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids)

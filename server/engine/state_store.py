@@ -247,6 +247,21 @@ class StateStore:
         )
         return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows}
 
+    def live_chunk_ids(self, collection: str, chunk_ids: Sequence[str], batch: int = 500) -> set[str]:
+        """Those of `chunk_ids` that are live chunks of `collection`."""
+        out: set[str] = set()
+        for start in range(0, len(chunk_ids), batch):
+            part = list(chunk_ids[start : start + batch])
+            marks = ",".join("?" * len(part))
+            out.update(
+                r[0]
+                for r in self._rows(
+                    f"SELECT chunk_id FROM chunks WHERE collection = ? AND chunk_id IN ({marks})",
+                    [collection, *part],
+                )
+            )
+        return out
+
     def document_chunks(self, collection: str, doc_id: str) -> list[ChunkRow]:
         rows = self._rows(
             "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, '', metadata FROM chunks "
