@@ -89,6 +89,28 @@ def test_front_matter_aliases_are_dropped_not_expanded() -> None:
         assert meta == {} and "# Body" in body  # left in the body, unparsed, as invalid front matter is
 
 
+def test_front_matter_is_bounded_in_all_so_the_document_stays_storable() -> None:
+    from server.engine.engine import MAX_METADATA_CHARS, check_metadata
+    from server.ingest.extract import MAX_FRONT_MATTER_CHARS
+
+    flat = flatten_front_matter({f"k{i}": "x" * 5000 for i in range(60)} | {"y" * 300: 1})
+    assert 0 < sum(len(k) + len(v) for k, v in flat.items()) <= MAX_FRONT_MATTER_CHARS < MAX_METADATA_CHARS
+    assert list(flat) == [f"k{i}" for i in range(len(flat))]  # in the file's order; the 300-char key dropped
+    check_metadata(flat, "metadata")  # accepted by the engine
+
+
+def test_metadata_is_bounded_in_keys_key_length_and_total_size() -> None:
+    from server.engine.engine import MAX_METADATA_CHARS, check_metadata
+
+    with pytest.raises(RiftError, match="at most 128"):
+        check_metadata({f"k{i}": i for i in range(129)}, "documents[0].metadata")
+    with pytest.raises(RiftError, match="key longer than 256"):
+        check_metadata({"k" * 1_000: 1}, "documents[0].metadata")
+    with pytest.raises(RiftError, match=r"documents\[0\].metadata is larger than 65,536 characters in all"):
+        check_metadata({f"k{i}": "v" * 40_000 for i in range(2)}, "documents[0].metadata")
+    assert check_metadata({"k": "v" * (MAX_METADATA_CHARS - 1)}, "m")  # one long value still fits
+
+
 def test_an_inline_svg_title_is_not_the_page_title() -> None:
     page = b"<html><body><svg><title>icon</title></svg><h1>Real</h1><p>text</p></body></html>"
     assert extract(Path("p.html"), page, "html").title == "Real"

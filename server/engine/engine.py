@@ -134,15 +134,26 @@ def check_text(value: Any, where: str, limit: int) -> str:
     return value
 
 
+# Metadata bounds per document. Each chunk carries a copy, so these bound what one request can store.
+MAX_METADATA_KEYS = 128
+MAX_METADATA_KEY = 256
+MAX_METADATA_CHARS = 65_536
+
+
 def check_metadata(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise RiftError(f"{where} must be an object of str/int/float/bool values")
+    if len(value) > MAX_METADATA_KEYS:
+        raise RiftError(f"{where} has {len(value)} keys; at most {MAX_METADATA_KEYS} are allowed")
     out: dict[str, Any] = {}
+    size = 0
     for key, item in value.items():
         if not isinstance(key, str) or not key.strip():
             raise RiftError(f"{where} keys must be non-empty strings")
+        if len(key) > MAX_METADATA_KEY:
+            raise RiftError(f"{where} has a key longer than {MAX_METADATA_KEY} characters ({key[:40]!r}...)")
         if key.startswith(RESERVED_PREFIX):
             raise RiftError(f"{where}.{key}: keys starting with {RESERVED_PREFIX!r} are reserved")
         if key[0] in "$#" or key == "chroma:document":  # Chroma's operators and its own keys
@@ -154,8 +165,8 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise RiftError(f"{where} has a key that is not valid Unicode") from None
         if isinstance(item, str):
-            if len(item) > 65_536:
-                raise RiftError(f"{where}.{key} is longer than 65,536 characters")
+            if len(item) > MAX_METADATA_CHARS:
+                raise RiftError(f"{where}.{key} is longer than {MAX_METADATA_CHARS:,} characters")
             if "\x00" in item:
                 raise RiftError(f"{where}.{key} contains a NUL character")
             try:
@@ -168,6 +179,13 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
             raise RiftError(f"{where}.{key} is out of the 64-bit integer range")
         elif not isinstance(item, str | int | float | bool):
             raise RiftError(f"{where}.{key} must be a string, number or boolean, got {type(item).__name__}")
+        size += len(key) + (len(item) if isinstance(item, str) else 8)
+        if size > MAX_METADATA_CHARS:
+            # Every chunk stores its document's metadata (Chroma filters per chunk): bound the total.
+            raise RiftError(
+                f"{where} is larger than {MAX_METADATA_CHARS:,} characters in all (keys and values); "
+                "keep long text in the document itself"
+            )
         out[key] = item
     return out
 

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 SNIFF_BYTES = 8192
 MAX_FRONT_MATTER_KEYS = 64
 MAX_FRONT_MATTER_VALUE = 4096
+MAX_FRONT_MATTER_KEY = 256
+# All front matter together (keys and values): it is stored with every chunk, and a document's metadata is
+# bounded in all (engine.MAX_METADATA_CHARS); the file's own keys need the rest.
+MAX_FRONT_MATTER_CHARS = 32_768
 MAX_TITLE = 300
 # Keys a file document always has; front matter cannot override them.
 FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", "sha256"})
@@ -122,6 +126,8 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
     def put(key: str, value: Any) -> None:
         if len(out) >= MAX_FRONT_MATTER_KEYS or not key or key.startswith(("$", "#", "_rift_", "chroma:")):
             return
+        if len(key) > MAX_FRONT_MATTER_KEY:
+            return
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return
         if isinstance(value, bool):
@@ -148,7 +154,14 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
 
     for k, v in data.items():
         put(str(k).strip(), v)
-    return out
+    size = 0
+    kept: dict[str, str | int | float | bool] = {}
+    for key, value in out.items():  # in the file's order, until the budget is spent
+        size += len(key) + (len(value) if isinstance(value, str) else 8)
+        if size > MAX_FRONT_MATTER_CHARS:
+            break
+        kept[key] = value
+    return kept
 
 
 def markdown_headings(text: str) -> list[tuple[int, int, str]]:
