@@ -282,3 +282,46 @@ async def test_a_model_that_cannot_load_is_reported_by_every_tool(tmp_path: Path
         assert {t.name for t in listing.tools} >= CORE
         result = await client.call_tool("stats", {})
         assert result.is_error and "rift failed to start" in result.content[0].text
+
+
+async def test_queued_writes_leave_worker_threads_for_searches(cfg: Settings, monkeypatch) -> None:
+    """Writes run one at a time under the engine's write lock. Fifty queued writes must not take every worker
+    thread (anyio's pool has 40): a search during them is answered at once."""
+    import threading
+
+    import anyio
+
+    from server.service import Rift
+    from tools._common import WRITE_THREADS
+
+    release, entered = threading.Event(), []
+    real = Rift.add_documents
+
+    def held_add(self: Rift, *args: Any, **kwargs: Any) -> Any:
+        entered.append(1)
+        release.wait(60)
+        return real(self, *args, **kwargs)
+
+    async with session(cfg) as s:
+        await s.ok("add_documents", {"documents": [{"id": "seed", "text": "pump valve seal"}]})
+        monkeypatch.setattr(Rift, "add_documents", held_add)
+        added: list[int] = []
+
+        async def add(i: int) -> None:
+            added.append(
+                (await s.ok("add_documents", {"documents": [{"id": f"w{i}", "text": f"note {i}"}]}))["added"]
+            )
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(50):
+                    tg.start_soon(add, i)
+                await anyio.sleep(0.3)
+                with anyio.fail_after(20):
+                    found = await s.ok("hybrid_search", {"query": "pump"})
+                assert [h["doc_id"] for h in found["hits"]] == ["seed"]
+                assert len(entered) <= WRITE_THREADS  # the others queue without a thread
+                release.set()
+        finally:
+            release.set()
+    assert added == [1] * 50

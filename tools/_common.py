@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+from anyio.lowlevel import RunVar
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -23,6 +24,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION_DESCRIPTION = "Collection name: 1-63 letters, digits, '_' or '-'."
+
+# Writes take the engine's write lock one at a time, so a worker thread per queued write only waits; with
+# anyio's shared pool (40 threads), 40 queued writes would leave no thread for a search. Writes get their own
+# few threads and queue without one.
+WRITE_THREADS = 2
+_write_limiter: RunVar[anyio.CapacityLimiter] = RunVar("rift_write_limiter")
+
+
+def write_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _write_limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(WRITE_THREADS)
+        _write_limiter.set(limiter)
+        return limiter
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,15 @@ def lone_surrogate(value: Any, path: str, depth: int = 0) -> str | None:
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking engine work in a worker thread; RiftError becomes a ToolError with its message."""
+    return await _run(None, fn, *args, **kwargs)
+
+
+async def call_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call` for work that writes (takes the engine's write lock): it runs on the writes' own threads."""
+    return await _run(write_limiter(), fn, *args, **kwargs)
+
+
+async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
@@ -81,7 +106,7 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if where is not None:
             raise ToolError(f"{where} is not valid Unicode (it contains a lone surrogate)")
     try:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
     except RiftError as exc:
         raise ToolError(str(exc)) from None
 

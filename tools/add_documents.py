@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from server.engine.engine import DocumentInput
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, progress_reporter, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 
 JSON_TYPE_NAMES = {type(None): "null", list: "array", dict: "object", tuple: "array"}
 
@@ -58,7 +58,9 @@ async def add_documents(
 ) -> AddDocumentsResult:
     rift = rift_of(ctx)
     inputs = [DocumentInput(text=d.text, id=d.id, metadata=d.metadata) for d in documents]
-    statuses = await call(rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks"))
+    statuses = await call_write(
+        rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks")
+    )
     out = [DocumentStatusOut(id=s.id, status=s.status, chunks=s.chunks) for s in statuses]
     return AddDocumentsResult(
         collection=collection,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from server.ingest.security import PathPolicy
 from server.ingest.sync import sync_paths
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, progress_reporter, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 
 MAX_LISTED = 1000
 
@@ -54,7 +54,7 @@ async def add_paths(
 ) -> AddPathsResult:
     rift = rift_of(ctx)
     policy = PathPolicy.for_server(rift.settings)
-    report = await call(
+    report = await call_write(
         lambda: sync_paths(
             rift.engine(),
             collection,

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, call_write, rift_of
 
 
 class CreateCollectionResult(BaseModel):
@@ -20,7 +20,7 @@ async def create_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> CreateCollectionResult:
     engine = await call(rift_of(ctx).engine)
-    created = await call(engine.create_collection, collection)
+    created = await call_write(engine.create_collection, collection)
     return CreateCollectionResult(collection=collection, created=created)
 
 

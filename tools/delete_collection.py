@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
 
 
 class DeleteCollectionResult(BaseModel):
@@ -20,7 +20,7 @@ class DeleteCollectionResult(BaseModel):
 async def delete_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> DeleteCollectionResult:
-    info = await call(rift_of(ctx).delete_collection, collection)
+    info = await call_write(rift_of(ctx).delete_collection, collection)
     return DeleteCollectionResult(
         collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
     )

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
 
 
 class DeleteDocumentsResult(BaseModel):
@@ -22,7 +22,7 @@ async def delete_documents(
     ctx: Context,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> DeleteDocumentsResult:
-    deleted, missing = await call(rift_of(ctx).delete_documents, collection, ids)
+    deleted, missing = await call_write(rift_of(ctx).delete_documents, collection, ids)
     return DeleteDocumentsResult(collection=collection, deleted=deleted, not_found=missing)
 
 
