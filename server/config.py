@@ -200,6 +200,20 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Bind address of the streamable-HTTP transport.")
     http_port: int = Field(8765, ge=1, le=65535, description="Port of the streamable-HTTP transport.")
     http_token: str | None = Field(None, description="Bearer token; required when binding beyond loopback.")
+    http_max_request_mb: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Largest HTTP request body in MiB; a larger one gets 413 (split the add).",
+    )
+
+    @field_validator("http_token", mode="after")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        # HTTP strips a header value's surrounding whitespace, so such a token could never match.
+        if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("the bearer token must not contain whitespace")
+        return value
 
     @field_validator("data_dir", mode="after")
     @classmethod

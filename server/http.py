@@ -54,10 +54,24 @@ def build_http_app(server: Any, settings: Settings) -> Any:
         )
     from mcp.server.transport_security import TransportSecuritySettings
 
-    security = None
-    if not is_loopback(settings.http_host):
+    host = settings.http_host
+    if is_loopback(host):
+        # No token on loopback, so a web page must not reach the server through DNS rebinding: only loopback
+        # names in Host and Origin. The SDK does this itself for three spellings of loopback; every loopback
+        # bind (127.0.0.2, a long-form ::1) gets it here.
+        names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=sorted({*names, *(f"{name}:*" for name in names)}),
+            allowed_origins=sorted({*(f"http://{n}" for n in names), *(f"http://{n}:*" for n in names)}),
+        )
+    else:  # beyond loopback the bearer token guards every request
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    app = server.streamable_http_app(transport_security=security, host=settings.http_host)
+    app = server.streamable_http_app(
+        transport_security=security,
+        host=host,
+        max_request_body_size=settings.http_max_request_mb * 1024 * 1024,
+    )
     return BearerAuth(app, settings.http_token) if settings.http_token else app
 
 

@@ -85,3 +85,60 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path: Path, tiny_model_path: 
     assert build_http_app(create_server(guarded), guarded) is not None
     local = make_settings(tmp_path / "data", tiny_model_path)  # loopback without a token is allowed
     assert build_http_app(create_server(local), local) is not None
+
+
+def serve(settings: Settings, host: str) -> tuple[uvicorn.Server, threading.Thread]:
+    app = build_http_app(create_server(settings), settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=settings.http_port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    return server, thread
+
+
+def test_every_loopback_bind_refuses_foreign_hosts_and_bounds_the_body(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """No token on loopback, so DNS rebinding must be refused on any loopback address, not only 127.0.0.1;
+    and a request body over http_max_request_mb gets 413."""
+    port = free_port()
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, http_host="127.0.0.2", http_port=port, http_max_request_mb=1
+    )
+    server, thread = serve(settings, "127.0.0.2")
+    try:
+        url = f"http://127.0.0.2:{port}/mcp"
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        accept = {"Accept": "application/json, text/event-stream"}
+        evil = httpx.post(
+            url, json=hello, headers={**accept, "Host": "evil.example", "Origin": "http://evil.example"}
+        )
+        assert evil.status_code == 421
+        foreign_origin = httpx.post(url, json=hello, headers={**accept, "Origin": "http://evil.example"})
+        assert foreign_origin.status_code == 403
+        assert httpx.post(url, json=hello, headers=accept, timeout=10).status_code == 200
+        big = {**hello, "params": {**hello["params"], "pad": "x" * (1024 * 1024)}}
+        assert httpx.post(url, json=big, headers=accept, timeout=10).status_code == 413
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_a_token_with_whitespace_is_refused_at_start(tmp_path: Path, tiny_model_path: Path) -> None:
+    from pydantic import ValidationError
+
+    for token in ("secret ", " secret", "sec ret"):
+        with pytest.raises(ValidationError, match="must not contain whitespace"):
+            make_settings(tmp_path / "data", tiny_model_path, http_token=token)
