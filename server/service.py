@@ -61,6 +61,9 @@ class DataDirLock:
             self._lock.release()
 
 
+CHROMA_WAIT_S = 60.0
+
+
 class Rift:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
@@ -101,7 +104,9 @@ class Rift:
             s = self.settings
             self.log = QueryLog(s.log_db)
             embedder = self._serving_embedder(Embedder, resolve_model)
-            engine = Engine(s, embedder, VectorStore(make_client(s)), StateStore(s.state_db))
+            # A server waits a minute for a Chroma server that starts with it; a CLI command fails at once.
+            client = make_client(s, wait_s=CHROMA_WAIT_S if self._background else 0.0)
+            engine = Engine(s, embedder, VectorStore(client), StateStore(s.state_db))
             self.repair_report = engine.open()
             self._engine = engine
             from server.learning.manager import LearningManager
@@ -235,6 +240,7 @@ class Rift:
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()
+        engine.follow_others()
         names = [collection] if collection else engine.collection_names()
         collections = []
         for name in names:

@@ -418,3 +418,39 @@ def test_a_model_switch_elsewhere_is_refused_not_mixed(pair: tuple[Rift, Rift], 
     with pytest.raises(RiftError, match="switched to model"):
         b.search("default", "cat", mode="hybrid")
     assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    # Writes are refused too: they would land in vectors the serving process no longer reads.
+    with pytest.raises(RiftError, match="switched to model"):
+        b.add_documents("default", docs(("fish", "a blue fish in the sea")))
+    with pytest.raises(RiftError, match="switched to model"):
+        b.delete_documents("default", ["cat"])
+    assert ids(a.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+
+
+def test_document_reads_follow_other_writers(pair: tuple[Rift, Rift]) -> None:
+    """get_document, list_documents and stats agree with searches: they catch up with other processes too."""
+    from server.ingest.manage import get_document, list_collections, list_documents
+
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    assert get_document(b, "default", "cat").text == "the cat sat on the mat"
+    a.add_documents("default", docs(("cat", "the cat moved to the sofa"), ("new", "a new note")))
+    assert get_document(b, "default", "cat").text == "the cat moved to the sofa"
+    assert list_documents(b.engine(), "default", None)[0] == 2
+    assert [c["documents"] for c in b.stats()["collections"]] == [2]
+    a.add_documents("notes", docs(("n1", "python code")))
+    assert {c["name"] for c in list_collections(b.engine())} == {"default", "notes"}
+
+
+def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
+    import socket
+
+    from server.engine.vector_store import make_client
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    settings = make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port)
+    started = time.monotonic()
+    with pytest.raises(RiftError, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"):
+        make_client(settings, wait_s=1.0)
+    assert time.monotonic() - started >= 1.0  # it waited for a server that may come up second

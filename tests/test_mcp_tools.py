@@ -325,3 +325,28 @@ async def test_queued_writes_leave_worker_threads_for_searches(cfg: Settings, mo
         finally:
             release.set()
     assert added == [1] * 50
+
+
+async def test_chroma_errors_reach_the_client_with_their_cause() -> None:
+    """A Chroma (or its HTTP client's) error becomes an is_error naming it; other exceptions stay bugs."""
+    from chromadb.errors import NotFoundError as ChromaNotFound
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools._common import call
+
+    def gone() -> None:
+        raise ChromaNotFound("Collection [x] does not exist.")
+
+    def refused() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ToolError, match=r"vector store \(Chroma\) failed: NotFoundError: Collection \[x\]"):
+        await call(gone)
+    with pytest.raises(ToolError, match="Connection refused"):
+        await call(refused)
+
+    def bug() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await call(bug)

@@ -109,6 +109,20 @@ async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *arg
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
     except RiftError as exc:
         raise ToolError(str(exc)) from None
+    except Exception as exc:
+        if not from_vector_store(exc):
+            raise
+        # Chroma's and its HTTP client's errors: the cause, not the SDK's bare "Error executing tool".
+        log.exception("Chroma failed")
+        raise ToolError(
+            f"the vector store (Chroma) failed: {type(exc).__name__}: {exc} (with vector_backend = 'http', "
+            "check that the Chroma server is up)"
+        ) from None
+
+
+def from_vector_store(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.split(".")[0] in {"chromadb", "httpx", "httpcore"} or isinstance(exc, ConnectionError)
 
 
 def progress_reporter(ctx: Context, label: str) -> Callable[[int, int], None]:

@@ -535,6 +535,7 @@ class Engine:
         with self._write_lock:
             if self.shared is not None:
                 self.shared.sync(force=True)
+                self.shared.check_served_here(collection)
             self.create_collection(collection)
             record = self._record(collection)
             existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
@@ -724,6 +725,7 @@ class Engine:
         with self._write_lock:
             if self.shared is not None:
                 self.shared.sync(force=True)
+                self.shared.check_served_here(collection)
             record = self._record(collection)
             present = self.state.doc_hashes(collection, list(dict.fromkeys(ids)))
             deleted = [d for d in dict.fromkeys(ids) if d in present]
@@ -976,7 +978,14 @@ class Engine:
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
         return SearchOutcome(collection, query, mode, k, hits, vector, keyword, version, timings)
 
+    def follow_others(self) -> None:
+        """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms),
+        so reads agree with searches."""
+        if self.shared is not None:
+            self.shared.sync()
+
     def get_document(self, collection: str, doc_id: str) -> tuple[str, dict[str, Any], int, float]:
+        self.follow_others()
         self._record(collection)
         found = self.state.document(collection, doc_id)
         if found is None:

@@ -164,6 +164,11 @@ class SharedSync:
 
     def before_search(self, collection: str) -> None:
         self.sync()
+        self.check_served_here(collection)
+
+    def check_served_here(self, collection: str) -> None:
+        """Refuse to search or write a collection another process switched to another model: this one can
+        neither query those vectors nor write chunks the other would see."""
         if collection in self._moved:
             raise RiftError(
                 f"collection {collection!r} was switched to model {self._moved[collection]!r} by another rift "

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from server.config import Settings
+from server.errors import RiftError
 
 log = logging.getLogger(__name__)
 
 
-def make_client(settings: Settings) -> Any:
+def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
+    """Chroma's client: embedded in data_dir, or a Chroma server's, which is waited for up to `wait_s` (a
+    server started together with rift may come up second)."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -29,15 +33,24 @@ def make_client(settings: Settings) -> Any:
             headers["X-Chroma-Token"] = settings.chroma_auth_token
         elif settings.chroma_auth_token:
             headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
-        return chromadb.HttpClient(
-            host=settings.chroma_host,
-            port=settings.chroma_port,
-            ssl=settings.chroma_ssl,
-            headers=headers,
-            settings=chroma_settings,
-            tenant=settings.chroma_tenant,
-            database=settings.chroma_database,
-        )
+        where = f"{settings.chroma_host}:{settings.chroma_port}"
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return chromadb.HttpClient(
+                    host=settings.chroma_host,
+                    port=settings.chroma_port,
+                    ssl=settings.chroma_ssl,
+                    headers=headers,
+                    settings=chroma_settings,
+                    tenant=settings.chroma_tenant,
+                    database=settings.chroma_database,
+                )
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise RiftError(f"cannot reach the Chroma server at {where}: {exc}") from None
+                log.warning("waiting for the Chroma server at %s: %s", where, exc)
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
 

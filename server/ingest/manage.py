@@ -91,6 +91,7 @@ def list_documents(
     node = parse_filters(filters)
     _check_int(limit, "limit", 1, MAX_LIST)
     _check_int(offset, "offset", 0)
+    engine.follow_others()
     engine.info(collection)  # NotFoundError naming the known collections
     docs = engine.state.list_documents(collection, -1, 0)
     if node is not None:
@@ -100,6 +101,7 @@ def list_documents(
 
 
 def list_collections(engine: Any) -> list[dict[str, Any]]:
+    engine.follow_others()
     out = []
     for name in engine.collection_names():
         info = engine.info(name)
