@@ -454,3 +454,27 @@ def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: 
     with pytest.raises(RiftError, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"):
         make_client(settings, wait_s=1.0)
     assert time.monotonic() - started >= 1.0  # it waited for a server that may come up second
+
+
+def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(
+    pair: tuple[Rift, Rift], monkeypatch
+) -> None:
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]  # b is up to date
+    heads = a.engine().shared._heads
+    real, calls = heads.upsert, []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("network blip")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heads, "upsert", flaky)
+    statuses = a.add_documents("default", docs(("dog", "a dog on the road")))  # committed: no error
+    assert [s.status for s in statuses] == ["added"]
+    assert b.search("default", "dog road", mode="keyword").outcome.hits == []  # not announced yet
+    a.search("default", "cat", mode="keyword")  # a's next sync pays the announcement it owes
+    assert ids(b.search("default", "dog road", mode="keyword").outcome.hits) == ["dog"]
+    assert not a.engine().shared._owed

@@ -85,6 +85,8 @@ class SharedSync:
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
         self._moved: dict[str, str] = {}  # collection -> model another process switched it to (sticky)
+        # chroma -> (collection, model, doc ids or None for all) of writes whose announcement failed
+        self._owed: dict[str, tuple[str, str, list[str] | None]] = {}
         self._stats_lock = threading.Lock()
         self.stats: dict[str, float] = {
             "checks": 0,
@@ -113,7 +115,30 @@ class SharedSync:
 
     def publish(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None = None) -> None:
         """Announce a write that has fully landed in Chroma (the caller holds the engine's write lock). Without
-        `doc_ids` (a new or switched collection) readers repair the whole collection."""
+        `doc_ids` (a new or switched collection) readers repair the whole collection. The write is committed
+        whatever happens here: an announcement that fails is owed, and paid at the next sync or write."""
+        try:
+            self._announce(collection, chroma, model, doc_ids)
+        except Exception as exc:
+            log.warning(
+                "telling other rift processes about a write failed (%s); retrying at the next sync", exc
+            )
+            owed = self._owed.get(chroma)
+            docs = None
+            if doc_ids is not None and (owed is None or owed[2] is not None):
+                docs = sorted({*doc_ids, *(owed[2] if owed else ())})
+            self._owed[chroma] = (collection, model, docs)
+
+    def _pay_owed(self) -> None:
+        """Announce writes whose announcement failed (the caller holds the engine's write lock); one for vectors
+        a collection no longer uses is dropped, since it would read as a switch back."""
+        for chroma, (collection, model, docs) in list(self._owed.items()):
+            del self._owed[chroma]
+            record = self.engine.state.collection(collection)
+            if record is not None and record.chroma_name == chroma:
+                self.publish(collection, chroma, model, docs)
+
+    def _announce(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None) -> None:
         self._seq += 1
         now = time.time()
         change = {"writer": self.writer, "epoch": self.epoch, "seq": self._seq, "chroma": chroma, "ts": now}
@@ -181,6 +206,9 @@ class SharedSync:
         started = time.perf_counter()
         if not force and self.interval and time.monotonic() - self._checked < self.interval:
             return False
+        if self._owed:
+            with self.engine._write_lock:
+                self._pay_owed()
         heads = self.read()
         self._checked = time.monotonic()
         self._count("checks", "check_ms", started)
