@@ -478,3 +478,38 @@ def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(
     a.search("default", "cat", mode="keyword")  # a's next sync pays the announcement it owes
     assert ids(b.search("default", "dog road", mode="keyword").outcome.hits) == ["dog"]
     assert not a.engine().shared._owed
+
+
+def test_a_restart_follows_deletes_and_switches_made_while_down(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """While b is down, a deletes one collection and switches another to a new model, dropping the old
+    vectors. b's restart drops the deleted one (not re-created empty) and refuses the switched one (not served
+    empty, and its old vectors not re-created), leaving a's data alone."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    settings = {n: make_settings(tmp_path / n, tiny_model_path, **http_overrides(chroma)) for n in ("a", "b")}
+    a, b = open_rift(settings["a"]), open_rift(settings["b"])
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        assert ids(b.search("notes", "python", mode="keyword").outcome.hits) == ["n1"]
+        assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+        b.close()
+        a.engine().delete_collection("notes")
+        other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+        a.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=False)
+        chroma_before = sorted(name for name, _ in a.engine().vectors.list_collections())
+        b = open_rift(settings["b"])
+        assert b.repair_report["deleted_elsewhere"] == ["notes"]
+        assert "notes" not in b.engine().collection_names()
+        with pytest.raises(RiftError, match="switched to model"):
+            b.search("default", "cat", mode="keyword")
+        assert sorted(name for name, _ in b.engine().vectors.list_collections()) == chroma_before
+        assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    finally:
+        a.close()
+        b.close()

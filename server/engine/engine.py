@@ -262,9 +262,14 @@ class Engine:
                 self.vectors.delete(entry.chroma_name, ids)
                 self.state.journal_clear(entry.id)
                 report["journal"] += 1
+            if self.shared is not None:
+                report["deleted_elsewhere"] = self.shared.gone_while_down()
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
             report["retokenized"] = self._retokenize_if_changed()
             for record in self.state.collections():
+                if self.shared is not None and not self.shared.may_serve(record):
+                    self._load_keyword(record.name)  # refused until restarted on the model serving it
+                    continue
                 added, removed = self._reconcile(record.name, record.chroma_name)
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from server.engine.keyword_index import KeywordRow
 from server.engine.reconcile import reconcile_with_chroma
@@ -170,6 +170,52 @@ class SharedSync:
         self._heads.delete(where={"chroma": chroma})
         self._changes.delete(where={"chroma": chroma})
         self._seen = {k: h for k, h in self._seen.items() if h.chroma != chroma}
+
+    def gone_while_down(self) -> list[str]:
+        """At start-up, before the repair: collections whose vectors left the server while this process was
+        down. With no other vectors announced for one, another process deleted it: it is dropped here too
+        rather than re-created empty. With another process's vectors announced, it was switched to another
+        model (the old vectors dropped): it is refused, as a switch seen while running is."""
+        engine = self.engine
+        existing = {name for name, _ in engine.vectors.list_collections()}
+        heads = self.read()
+        gone = []
+        for record in engine.state.collections():
+            if record.chroma_name in existing:
+                continue
+            newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
+            if newer:
+                self._moved[record.name] = newer[0].model
+                log.warning("collection %r was switched to model %r elsewhere", record.name, newer[0].model)
+            else:
+                log.warning("collection %r was deleted by another rift process meanwhile", record.name)
+                engine.state.delete_collection(record.name)
+                gone.append(record.name)
+        return gone
+
+    def may_serve(self, record: Any) -> bool:
+        """Whether start-up may repair and serve `record` here. Not when another process switched it, nor
+        when its vectors are another model's that another process announced: re-embedding them with this
+        process's model would take them from under that process (which switches collections between models
+        without downtime only through `rift reindex` / retrain in one process)."""
+        if record.name in self._moved:
+            return False
+        if record.model_version == self.engine.embedder.version:
+            return True
+        others = [
+            h for h in self.read().values() if h.chroma == record.chroma_name and h.writer != self.writer
+        ]
+        if others:
+            self._moved[record.name] = record.model_version
+            log.warning(
+                "collection %r is served with model %r by another rift process; this one serves %r: restart "
+                "it with that model to serve the collection",
+                record.name,
+                record.model_version,
+                self.engine.embedder.version,
+            )
+            return False
+        return True
 
     def prime(self) -> None:
         """After start-up's full repair: take the current heads as seen."""
