@@ -513,3 +513,28 @@ def test_a_restart_follows_deletes_and_switches_made_while_down(
     finally:
         a.close()
         b.close()
+
+
+def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_failed(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    from server.errors import NotFoundError
+
+    chroma.wipe()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    b = open_rift(
+        make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=60_000))
+    )
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        b.engine().shared.sync(force=True)
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        # b checked moments ago, yet finds the collection a has just created
+        assert ids(b.search("notes", "python server", mode="hybrid").outcome.hits) == ["n1"]
+        a.engine().delete_collection("notes")
+        # ...and says a deleted one is unknown, not Chroma's "Collection [uuid] does not exist"
+        with pytest.raises(NotFoundError, match="unknown collection 'notes'"):
+            b.search("notes", "python server", mode="vector")
+    finally:
+        a.close()
+        b.close()

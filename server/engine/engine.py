@@ -877,7 +877,13 @@ class Engine:
         node: Node | None = parse_filters(filters)
         if self.shared is not None:
             self.shared.before_search(collection)
-        record = self._record(collection)
+        try:
+            record = self._record(collection)
+        except NotFoundError:
+            # Created by another process since the last check (within chroma_sync_ms): look now.
+            if self.shared is None or not self.shared.sync(force=True):
+                raise
+            record = self._record(collection)
         index = self._keyword.get(collection) or KeywordIndex()
         snap = index.snapshot
         depth = depth or self.settings.candidate_depth
@@ -918,7 +924,12 @@ class Engine:
                 except Exception:
                     # A model swap switched this collection (and may have released the old model or dropped
                     # its vectors) between reading the record and querying: answer from the new (record,
-                    # embedder) pair, which are always switched together.
+                    # embedder) pair, which are always switched together. Another process sharing the Chroma
+                    # server may have deleted or switched it since the last check: look now, so the answer
+                    # says so rather than relaying Chroma's error.
+                    if self.shared is not None and not attempt:
+                        self.shared.sync(force=True)
+                        self.shared.check_served_here(collection)
                     fresh = self._record(collection)
                     if attempt or fresh.chroma_name == record.chroma_name:
                         raise
