@@ -209,8 +209,12 @@ def test_log_reach_reports_what_similar_logged_searches_hold(tmp_path: Path, tin
     assert first["kind"] == "log-reach" and first["usage_queries"] == len(USAGE)
     assert first["queries"] == len(QUERIES) and len(first["rows"]) == 8
     assert "| answer of a similar logged search |" in md
-    res = CliRunner().invoke(main, ["bench", "--log-reach", "--data", str(data), "--usage-split", "test"])
-    assert res.exit_code == 2 and "other than --split" in res.output
+    # One split for both: 80 % of it is logged, the rest scored on its own labels.
+    args = ["--log-reach", "--data", str(data), "--split", "train", "--usage-split", "train"]
+    inside, _ = run_bench([*args, "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")])
+    logged = round(len(USAGE) * 0.8)
+    assert inside["split"] == "train (internal 20%)" and inside["usage_queries"] == logged
+    assert 0 < inside["queries"] <= len(USAGE) - logged
 
 
 @pytest.mark.slow
