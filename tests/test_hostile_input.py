@@ -181,6 +181,9 @@ class Harness:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a rejected call must leave alone."""
+        # The query log is written by a writer thread: stats reads it, which first lands an earlier search's
+        # pending record (else it could land between two snapshots and look like the rejected call's doing).
+        self.call("stats", {})
         conn = sqlite3.connect(str(self.settings.state_db))
         try:
             out: dict[str, Any] = {
