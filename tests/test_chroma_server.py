@@ -250,14 +250,18 @@ def test_conflicting_writes_of_one_document_converge(pair: tuple[Rift, Rift], mo
     assert len(index_state(a)["chroma"]) == 1
 
 
+def slow_follower_pair(chroma: ChromaServer, tmp_path: Path, model: Path) -> tuple[Rift, Rift]:
+    """a checks other writers before every search; b at most once a minute."""
+    chroma.wipe()
+    a = open_rift(make_settings(tmp_path / "a", model, **http_overrides(chroma)))
+    b = open_rift(make_settings(tmp_path / "b", model, **http_overrides(chroma, chroma_sync_ms=60_000)))
+    return a, b
+
+
 def test_reads_follow_other_writers_within_the_sync_interval(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:
-    chroma.wipe()
-    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
-    b = open_rift(
-        make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=60_000))
-    )
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
     try:
         a.add_documents("default", docs(("cat", "the cat sat on the mat")))
         b.engine().shared.sync(force=True)
@@ -520,11 +524,7 @@ def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_
 ) -> None:
     from server.errors import NotFoundError
 
-    chroma.wipe()
-    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
-    b = open_rift(
-        make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=60_000))
-    )
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
     try:
         a.add_documents("default", docs(("cat", "the cat sat on the mat")))
         b.engine().shared.sync(force=True)

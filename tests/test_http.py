@@ -33,14 +33,7 @@ def free_port() -> int:
 def http_url(tmp_path: Path, tiny_model_path: Path) -> Iterator[str]:
     port = free_port()
     settings = make_settings(tmp_path / "data", tiny_model_path, http_port=port, http_token=TOKEN)
-    app = build_http_app(create_server(settings), settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
+    server, thread = serve(settings, "127.0.0.1")
     yield f"http://127.0.0.1:{port}/mcp"
     server.should_exit = True
     thread.join(timeout=30)

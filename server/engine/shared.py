@@ -179,19 +179,24 @@ class SharedSync:
         engine = self.engine
         existing = {name for name, _ in engine.vectors.list_collections()}
         heads = self.read()
-        gone = []
-        for record in engine.state.collections():
-            if record.chroma_name in existing:
-                continue
-            newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
-            if newer:
-                self._moved[record.name] = newer[0].model
-                log.warning("collection %r was switched to model %r elsewhere", record.name, newer[0].model)
-            else:
-                log.warning("collection %r was deleted by another rift process meanwhile", record.name)
-                engine.state.delete_collection(record.name)
-                gone.append(record.name)
-        return gone
+        return [
+            record.name
+            for record in engine.state.collections()
+            if record.chroma_name not in existing and self._vectors_gone(record, heads, existing) == "deleted"
+        ]
+
+    def _vectors_gone(self, record: Any, heads: dict[str, Head], existing: set[str]) -> str:
+        """`record`'s vectors left the server: another process switched it to other vectors that exist (it is
+        refused here until restart) or deleted it (dropped here too). Returns "moved" or "deleted"."""
+        newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
+        if newer:
+            self._moved[record.name] = newer[0].model
+            log.warning("collection %r was switched to model %r elsewhere", record.name, newer[0].model)
+            return "moved"
+        log.warning("collection %r was deleted by another rift process", record.name)
+        self.engine.state.delete_collection(record.name)
+        self.engine._keyword.pop(record.name, None)
+        return "deleted"
 
     def may_serve(self, record: Any) -> bool:
         """Whether start-up may repair and serve `record` here. Not when another process switched it, nor
@@ -310,14 +315,7 @@ class SharedSync:
             if record is None:
                 continue
             if chroma not in existing:
-                newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
-                if newer:
-                    self._moved[record.name] = newer[0].model
-                    log.warning("collection %r moved to model %r elsewhere", record.name, newer[0].model)
-                else:
-                    log.warning("collection %r was deleted by another rift process", record.name)
-                    engine.state.delete_collection(record.name)
-                    engine._keyword.pop(record.name, None)
+                self._vectors_gone(record, heads, existing)
                 engine.vectors.forget(chroma)
                 continue
             docs = self._touched(chroma, changed[chroma])

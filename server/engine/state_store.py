@@ -196,14 +196,20 @@ class StateStore:
         return out
 
     def chunk_ids_of_docs(self, collection: str, doc_ids: Sequence[str]) -> list[str]:
+        return self._chunk_ids_where(collection, "doc_id", doc_ids)
+
+    def _chunk_ids_where(
+        self, collection: str, column: str, values: Sequence[str], batch: int = 500
+    ) -> list[str]:
+        """Chunk ids of `collection` whose `column` (doc_id or chunk_id) is among `values`, in batches."""
         out: list[str] = []
-        for start in range(0, len(doc_ids), 500):
-            part = list(doc_ids[start : start + 500])
+        for start in range(0, len(values), batch):
+            part = list(values[start : start + batch])
             marks = ",".join("?" * len(part))
             out.extend(
                 r[0]
                 for r in self._rows(
-                    f"SELECT chunk_id FROM chunks WHERE collection = ? AND doc_id IN ({marks})",
+                    f"SELECT chunk_id FROM chunks WHERE collection = ? AND {column} IN ({marks})",
                     [collection, *part],
                 )
             )
@@ -247,20 +253,9 @@ class StateStore:
         )
         return {r[0]: ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows}
 
-    def live_chunk_ids(self, collection: str, chunk_ids: Sequence[str], batch: int = 500) -> set[str]:
+    def live_chunk_ids(self, collection: str, chunk_ids: Sequence[str]) -> set[str]:
         """Those of `chunk_ids` that are live chunks of `collection`."""
-        out: set[str] = set()
-        for start in range(0, len(chunk_ids), batch):
-            part = list(chunk_ids[start : start + batch])
-            marks = ",".join("?" * len(part))
-            out.update(
-                r[0]
-                for r in self._rows(
-                    f"SELECT chunk_id FROM chunks WHERE collection = ? AND chunk_id IN ({marks})",
-                    [collection, *part],
-                )
-            )
-        return out
+        return set(self._chunk_ids_where(collection, "chunk_id", chunk_ids))
 
     def document_chunks(self, collection: str, doc_id: str) -> list[ChunkRow]:
         rows = self._rows(
