@@ -156,14 +156,11 @@ def run_log_reach(
 ) -> dict[str, Any]:
     evaluation_ds = load_beir(Path(data), eval_split)
     usage_ds = load_beir(Path(data), usage_split)
-    usage_ids, eval_ids = (
-        internal_split(usage_ds.queries)
-        if eval_split == usage_split
-        else (
-            sorted(usage_ds.queries),
-            list(evaluation_ds.queries),
-        )
-    )
+    internal = eval_split == usage_split
+    if internal:
+        usage_ids, eval_ids = internal_split(usage_ds.queries)
+    else:
+        usage_ids, eval_ids = sorted(usage_ds.queries), list(evaluation_ds.queries)
     with BenchIndex(model, cache_dir) as index:
         index.ingest(evaluation_ds)
         for qid in usage_ids:
@@ -195,9 +192,7 @@ def run_log_reach(
     base = float(np.mean([ndcg_at_k(e.hits, e.labels, 10) for e in evaluation]))
     return {
         "dataset": evaluation_ds.name,
-        "split": eval_split
-        if eval_split != usage_split
-        else f"{eval_split} (internal {INTERNAL_HOLDOUT:.0%})",
+        "split": f"{eval_split} (internal {INTERNAL_HOLDOUT:.0%})" if internal else eval_split,
         "usage_split": usage_split,
         "usage_queries": len(usage_logged),
         "confident_answers": len(confident),

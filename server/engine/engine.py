@@ -140,6 +140,11 @@ MAX_METADATA_KEY = 256
 MAX_METADATA_CHARS = 65_536
 
 
+def metadata_chars(key: str, value: Any) -> int:
+    """What one metadata entry counts towards MAX_METADATA_CHARS (a number or a boolean counts 8)."""
+    return len(key) + (len(value) if isinstance(value, str) else 8)
+
+
 def check_metadata(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -179,7 +184,7 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
             raise RiftError(f"{where}.{key} is out of the 64-bit integer range")
         elif not isinstance(item, str | int | float | bool):
             raise RiftError(f"{where}.{key} must be a string, number or boolean, got {type(item).__name__}")
-        size += len(key) + (len(item) if isinstance(item, str) else 8)
+        size += metadata_chars(key, item)
         if size > MAX_METADATA_CHARS:
             # Every chunk stores its document's metadata (Chroma filters per chunk): bound the total.
             raise RiftError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.engine.engine import MAX_METADATA_KEY, metadata_chars
 from server.ingest.filetypes import Family
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 SNIFF_BYTES = 8192
 MAX_FRONT_MATTER_KEYS = 64
 MAX_FRONT_MATTER_VALUE = 4096
-MAX_FRONT_MATTER_KEY = 256
 # All front matter together (keys and values): it is stored with every chunk, and a document's metadata is
 # bounded in all (engine.MAX_METADATA_CHARS); the file's own keys need the rest.
 MAX_FRONT_MATTER_CHARS = 32_768
@@ -126,7 +126,7 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
     def put(key: str, value: Any) -> None:
         if len(out) >= MAX_FRONT_MATTER_KEYS or not key or key.startswith(("$", "#", "_rift_", "chroma:")):
             return
-        if len(key) > MAX_FRONT_MATTER_KEY:
+        if len(key) > MAX_METADATA_KEY:
             return
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return
@@ -157,7 +157,7 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
     size = 0
     kept: dict[str, str | int | float | bool] = {}
     for key, value in out.items():  # in the file's order, until the budget is spent
-        size += len(key) + (len(value) if isinstance(value, str) else 8)
+        size += metadata_chars(key, value)
         if size > MAX_FRONT_MATTER_CHARS:
             break
         kept[key] = value
