@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     )
     learn_learning_rate: float = Field(2e-5, gt=0, le=1e-3, description="Training learning rate.")
     learn_batch_size: int = Field(32, ge=2, le=4096, description="Training batch size (in-batch negatives).")
+    learn_merge_base: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="WiSE-FT: after training, move every weight back towards the serving model's by this share "
+        "(0 = keep the trained weights); lets a higher learning rate learn more and forget less (README).",
+    )
     learn_loss: Literal["mnrl", "cached_mnrl"] = Field(
         "mnrl", description="cached_mnrl: large batches, small memory."
     )

@@ -258,3 +258,28 @@ def _with_one_document(tmp_path: Path, tiny_model_path: Path):
     rift = open_rift(settings)
     rift.add_documents("default", docs(("doc1", "the cat sat on the mat")))
     return settings, rift
+
+
+def test_merge_base_moves_the_candidate_back_to_the_serving_model(tmp_path: Path, tiny_model_path: Path) -> None:
+    """learn_merge_base (WiSE-FT) starts from the serving weights: a full share gives them back unchanged."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        with pytest.raises(Exception, match="merge_base must be between 0.0 and 1.0"):
+            learning.retrain(batch_size=4, merge_base=1.5)
+        learning.gate_overrides = {"min_stability": 1.01}  # keep it out of serving; only its weights matter
+        started = learning.retrain(batch_size=4, learning_rate=1e-3, merge_base=1.0)
+        learning.jobs.wait(120)
+        status = learning.status(started["job_id"])
+        assert status["params"]["merge_base"] == 1.0, status["params"]
+        folder = learning.registry.location_of(learning.registry.get(status["result"]["version"]))
+        base = SentenceTransformer(str(tiny_model_path), device="cpu").state_dict()
+        merged = SentenceTransformer(folder, device="cpu").state_dict()
+        assert all(torch.allclose(base[name], merged[name], atol=1e-6) for name in base)
+    finally:
+        rift.close()

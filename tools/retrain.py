@@ -49,6 +49,15 @@ async def retrain(
         int | None,
         Field(ge=1, description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
     ] = None,
+    merge_base: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=1,
+            description="Share by which the trained weights move back towards the serving model's "
+            f"(WiSE-FT; 0 = none) {_default('learn_merge_base')}.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, Field(description="Only report the triples that would be used, with examples and counts.")
     ] = False,
@@ -61,6 +70,7 @@ async def retrain(
         learning_rate=learning_rate,
         batch_size=batch_size,
         min_triples=min_triples,
+        merge_base=merge_base,
         dry_run=dry_run,
     )
     return RetrainResult(**out)

@@ -96,11 +96,11 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "learn_positive_min_keyword_margin": ("positive_min_keyword_margin", float),
     "learn_negative_source": ("negative_source", str),
     "learn_loss": ("loss", str),
+    "learn_merge_base": ("merge_base", float),
     # with --agent-feedback: the share of searches the simulated agent judges, and how often it judges wrongly
     "agent_share": ("agent_share", float),
     "agent_error_rate": ("agent_error_rate", float),
-    # WiSE-FT: the base model's share of the trained weights (a variant measured in the README, not a setting)
-    "train_merge_base": ("merge_base", float),
+    "train_merge_base": ("merge_base", float),  # learn_merge_base's earlier name
     # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined")
     "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
@@ -134,7 +134,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         raise click.BadParameter(f"learn_negative_source must be one of {choices}", param_hint="--set")
     for key, name in (
         ("mining_mask_query_terms", "mask_query_terms"),
-        ("train_merge_base", "merge_base"),
+        ("learn_merge_base", "merge_base"),
         ("agent_share", "agent_share"),
         ("agent_error_rate", "agent_error_rate"),
     ):

@@ -276,7 +276,7 @@ def run_learning_experiment(
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
-    merge_base: float = 0.0,
+    merge_base: float = _PRODUCT.learn_merge_base,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
     labelled_scope: str = "all",

@@ -59,9 +59,21 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     default=None,
 )
 @click.option("--epochs", type=float, default=None)
-@click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate (default 2e-5).")
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=float,
+    default=None,
+    help="Learning rate (default: setting learn_learning_rate).",
+)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--min-triples", type=int, default=None)
+@click.option(
+    "--merge-base",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Move the trained weights back towards the serving model's by this share (WiSE-FT).",
+)
 @click.option("--dry-run", is_flag=True, help="Only show the triples that would be mined.")
 @click.option("--data-dir", default=None)
 def retrain(
@@ -70,6 +82,7 @@ def retrain(
     learning_rate: float | None,
     batch_size: int | None,
     min_triples: int | None,
+    merge_base: float | None,
     dry_run: bool,
     data_dir: str | None,
 ) -> None:
@@ -82,6 +95,7 @@ def retrain(
             learning_rate=learning_rate,
             batch_size=batch_size,
             min_triples=min_triples,
+            merge_base=merge_base,
             dry_run=dry_run,
             source="cli",
         )

@@ -138,6 +138,7 @@ class LearningManager:
         batch_size: int | None = None,
         min_triples: int | None = None,
         negatives_per_query: int | None = None,
+        merge_base: float | None = None,
         dry_run: bool = False,
         examples: int = 5,
         source: str = "mcp",
@@ -148,6 +149,7 @@ class LearningManager:
             ("learning_rate", learning_rate, 1e-8, 1e-3),
             ("batch_size", batch_size, 2, 4096),
             ("min_triples", min_triples, 1, 10_000_000),
+            ("merge_base", merge_base, 0.0, 1.0),
         ):
             if value is not None and not (low <= value <= high):
                 raise RiftError(f"{name} must be between {low} and {high}")
@@ -177,6 +179,7 @@ class LearningManager:
             loss=s.learn_loss,
             max_seq_length=s.learn_max_seq_length,
             device=s.device,
+            merge_base=s.learn_merge_base if merge_base is None else merge_base,
         )
         params = {"strategy": mined.report.strategy, "source": source, **asdict(cfg)}
         self.policy.note_started()
