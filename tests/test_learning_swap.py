@@ -260,7 +260,9 @@ def _with_one_document(tmp_path: Path, tiny_model_path: Path):
     return settings, rift
 
 
-def test_merge_base_moves_the_candidate_back_to_the_serving_model(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_merge_base_moves_the_candidate_back_to_the_serving_model(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     """learn_merge_base (WiSE-FT) starts from the serving weights: a full share gives them back unchanged."""
     import torch
     from sentence_transformers import SentenceTransformer
