@@ -285,3 +285,24 @@ def test_merge_base_moves_the_candidate_back_to_the_serving_model(
         assert all(torch.allclose(base[name], merged[name], atol=1e-6) for name in base)
     finally:
         rift.close()
+
+
+def test_a_swap_after_a_delete_keeps_exact_vector_search(tmp_path: Path, tiny_model_path: Path) -> None:
+    # A delete only masks the keyword index's rows; the new model's vectors never had them. The in-memory
+    # copy must be filled from the live rows, or the collection falls back to HNSW until restart.
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents(
+            "default",
+            docs(("doc1", "the cat sat on the mat"), ("doc2", "dogs bark at night"), ("doc3", "owls")),
+        )
+        engine = rift.engine()
+        assert engine.exact_search_active("default")
+        rift.delete_documents("default", ["doc2"])
+        _reindexed(rift, tmp_path)
+        assert engine.exact_search_active("default")
+        hits = rift.search("default", "dogs bark at night", k=5, mode="vector").outcome.hits
+        assert {h.doc_id for h in hits} == {"doc1", "doc3"}
+    finally:
+        rift.close()

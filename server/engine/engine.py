@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from server.config import Settings
 from server.engine.chunking import chunk_document
 from server.engine.embedder import Embedder
@@ -392,17 +394,30 @@ class Engine:
             index.set_vectors(None, None)
             return
         embedder = self._embedders.get(record.model_version)
-        ids = [r.chunk_id for r in snap.rows]
-        if not ids:
+        if not snap.rows:
             copy = VectorRows(embedder.dimension) if embedder is not None else None
             index.set_vectors(copy, record.model_version)
             return
-        found = self.vectors.embeddings_matrix(record.chroma_name, ids)
-        if found is None or (embedder is not None and found.shape[1] != embedder.dimension):
+        # Only live rows: a delete masks its rows here but removes their vectors from Chroma (and a new
+        # model's collection never had them). Masked rows get zeros; vector search never reads them.
+        ids = [r.chunk_id for r, ok in zip(snap.rows, snap.alive, strict=True) if ok]
+        dimension = embedder.dimension if embedder is not None else None
+        found = self.vectors.embeddings_matrix(record.chroma_name, ids) if ids else None
+        if ids and (found is None or (dimension is not None and found.shape[1] != dimension)):
             log.warning("exact vector search off for %r: Chroma lacks some of its vectors", collection)
             index.set_vectors(None, None)
             return
-        index.set_vectors(VectorRows.of(found), record.model_version)
+        if found is not None and snap.all_alive:
+            index.set_vectors(VectorRows.of(found), record.model_version)
+            return
+        dimension = found.shape[1] if found is not None else dimension
+        if dimension is None:
+            index.set_vectors(None, None)
+            return
+        matrix = np.zeros((len(snap.rows), dimension), dtype=np.float32)
+        if found is not None:
+            matrix[snap.alive] = found
+        index.set_vectors(VectorRows.of(matrix), record.model_version)
 
     # --- models --------------------------------------------------------------------------------------------
 
