@@ -306,3 +306,31 @@ def test_a_swap_after_a_delete_keeps_exact_vector_search(tmp_path: Path, tiny_mo
         assert {h.doc_id for h in hits} == {"doc1", "doc3"}
     finally:
         rift.close()
+
+
+def test_a_collection_deleted_while_the_gate_runs_is_left_out_of_it(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    import server.learning.gate as gate
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        for text in ("quantum physics", "coffee tea", "energy note", "milk sugar"):
+            rift.search("other", text)  # the latest searches, so the gate's hold-out reads 'other'
+        keyword, deleted = gate.Gate._keyword, []
+
+        def delete_midway(self, collection: str, query: str) -> list[str]:
+            if not deleted:  # a user's delete_collection arriving while the gate scores
+                deleted.append(rift.delete_collection("other"))
+            return keyword(self, collection, query)
+
+        monkeypatch.setattr(gate.Gate, "_keyword", delete_midway)
+        started = rift.learning.retrain(batch_size=4)
+        rift.learning.jobs.wait(120)
+        status = rift.learning.status(started["job_id"])
+        assert deleted and status["status"] == "succeeded", status
+        assert rift.engine().collection_names() == ["default"]
+    finally:
+        rift.close()

@@ -39,6 +39,7 @@ from typing import Any
 
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
+from server.errors import NotFoundError
 from server.learning.query_log import LoggedQuery, normalized_query
 
 log = logging.getLogger(__name__)
@@ -175,15 +176,22 @@ class Gate:
                 break
             if q.collection not in collections:
                 continue
-            keyword = self._keyword(q.collection, q.query)
+            try:
+                keyword = self._keyword(q.collection, q.query)
+                vectors = {
+                    w: self._vector(m, q.collection, q.query)
+                    for w, m in (("serving", serving), ("candidate", candidate))
+                }
+            except NotFoundError:  # the collection was deleted while the gate ran: score the others
+                collections.discard(q.collection)
+                continue
             top3 = keyword[:3]
             # Only a query with a confirmed document can score nDCG; rejections alone cannot.
             labels = feedback.get(q.query_id) or {}
             judged = any(labels.values())
             fb_queries += judged
             hybrids = {}
-            for which, model in (("serving", serving), ("candidate", candidate)):
-                vector = self._vector(model, q.collection, q.query)
+            for which, vector in vectors.items():
                 hybrids[which] = self._hybrid(vector, keyword)
                 if top3:
                     add(which, "keyword_recall@10", len(set(top3) & set(vector[:10])) / len(top3))
@@ -196,9 +204,18 @@ class Gate:
         for collection, doc_id, query in self._known_items(collections):
             if should_stop is not None and should_stop():
                 break
-            for which, model in (("serving", serving), ("candidate", candidate)):
-                ranked = self._vector(model, collection, query)[:10]
-                add(which, "known_item_mrr@10", 1.0 / (ranked.index(doc_id) + 1) if doc_id in ranked else 0.0)
+            if collection not in collections:
+                continue
+            try:
+                ranked = {
+                    w: self._vector(m, collection, query)[:10]
+                    for w, m in (("serving", serving), ("candidate", candidate))
+                }
+            except NotFoundError:
+                collections.discard(collection)
+                continue
+            for which, top in ranked.items():
+                add(which, "known_item_mrr@10", 1.0 / (top.index(doc_id) + 1) if doc_id in top else 0.0)
 
         if labelled is not None:
             for qid, text in labelled.queries.items():
