@@ -58,6 +58,17 @@ def test_job_runner_runs_one_job_at_a_time_and_cancels() -> None:
     runner.wait(5)
     assert late.status == "succeeded"
 
+    # Shutdown (stop) cancels a cancellable job, and lets a switching one finish instead of raising.
+    release.clear()
+    early = runner.start("retrain", {}, work)
+    assert runner.stop(5) is early and early.status == "cancelled"
+    late = runner.start("retrain", {}, switching)
+    while late.phase != "switching":
+        time.sleep(0.01)
+    threading.Timer(0.3, release.set).start()
+    assert runner.stop(0.01, switch_timeout=5) is late and late.status == "succeeded"
+    assert runner.stop(5) is None
+
 
 def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)

@@ -41,10 +41,13 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        job = rift.learning.jobs.running
-        if job is not None:
-            rift.learning.cancel(job.id)
-            rift.learning.jobs.wait(60)
+        job = rift.learning.jobs.stop(60)
+        if job is not None and job.status == "succeeded":  # it was switching models: that cannot be cut short
+            raise click.ClickException(
+                f"interrupted while the {job.kind} job was switching models; it finished first, and "
+                f"{(job.result or {}).get('version', 'the new version')} serves (rift rollback returns to the "
+                "previous one)"
+            ) from None
         raise click.ClickException(
             "interrupted; the job was cancelled and the serving model is unchanged"
         ) from None

@@ -165,6 +165,19 @@ class JobRunner:
                 job._cancel.set()
         return job
 
+    def stop(self, timeout: float, switch_timeout: float = 600.0) -> Job | None:
+        """For shutdown: cancel the running job and wait up to `timeout` s for it; a job already switching
+        models cannot be cancelled, so let it finish (up to `switch_timeout` s) rather than cut it half-way."""
+        job = self.running
+        if job is None:
+            return None
+        with job._phase_lock:
+            switching = job.phase == Job.UNCANCELLABLE
+            if not switching:
+                job._cancel.set()
+        self.wait(switch_timeout if switching else timeout)
+        return job
+
     @property
     def running(self) -> Job | None:
         current = self._current

@@ -65,10 +65,7 @@ class LearningManager:
 
     def close(self) -> None:
         self.policy.stop()
-        job = self.jobs.running
-        if job is not None:
-            self.jobs.cancel(job.id)
-            self.jobs.wait(30)
+        self.jobs.stop(30)
 
     @property
     def engine(self) -> Any:
