@@ -138,6 +138,13 @@ class Registry:
                     )
                 if current is not None and target.version == current.version:
                     raise RiftError(f"version {version!r} is already serving")
+                if current is not None and target.base_model != current.base_model:
+                    # Start-up serves only the configured model's lineage: this rollback would not survive it.
+                    raise RiftError(
+                        f"version {version!r} descends from model {target.base_model!r}, but this server is "
+                        f"configured with {current.base_model!r} (setting model), which a restart would serve "
+                        f"again; set model to {target.base_model!r}, restart, then roll back"
+                    )
                 return target
             retired = [
                 v
