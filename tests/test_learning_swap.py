@@ -227,6 +227,17 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
                 note="candidate being evaluated",
             )
         )
+        rift.learning.registry.add(
+            ModelVersion(
+                "rx-y",
+                "reindex",
+                "/m",
+                str(tiny_model_path),
+                "failed",
+                clock.time(),
+                note="re-index with /m: in progress",
+            )
+        )
         rift.engine().vectors.ensure(chroma_name_for("default", "ft-x"), 32, {"rift:model_version": "ft-x"})
         (settings.models_dir / ".ft-x.trainer").mkdir()
     finally:
@@ -235,6 +246,10 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
     try:
         entry = again.learning.registry.get("ft-x")
         assert entry.status == "failed" and entry.note.startswith("interrupted")
+        assert (
+            again.learning.registry.get("rx-y").note
+            == "re-index with /m: interrupted: the server stopped during the job"
+        )
         assert chroma_name_for("default", "ft-x") not in {
             n for n, _ in again.engine().vectors.list_collections()
         }

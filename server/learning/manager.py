@@ -35,6 +35,8 @@ from server.learning.registry import ModelVersion, Registry, new_version_id
 from server.learning.training import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
+# A re-index entry stays "failed" with this note suffix until it serves; a stop replaces the suffix with why.
+IN_PROGRESS = ": in progress"
 
 
 class LearningManager:
@@ -58,6 +60,11 @@ class LearningManager:
         for v in self.registry.all():
             if v.status == "failed" and v.note == "candidate being evaluated":
                 self.registry.update(v.version, note="interrupted: the server stopped during the job")
+            elif v.status == "failed" and v.note and v.note.endswith(IN_PROGRESS):
+                self.registry.update(
+                    v.version,
+                    note=v.note.replace(IN_PROGRESS, ": interrupted: the server stopped during the job"),
+                )
         with contextlib.suppress(Exception):  # a cleanup: never a reason not to start
             self._prune(engine)
             for scratch in self.settings.models_dir.glob(".*.trainer"):  # a killed training's work folder
@@ -318,8 +325,13 @@ class LearningManager:
             switch_all(engine, candidate, keep_old=True)
         except BaseException as exc:
             current = self.registry.get(entry.version)
+            cancelled = isinstance(exc, JobCancelled)
+            why = "cancelled" if cancelled else f"interrupted ({type(exc).__name__}: {exc})"
+            if current is not None and current.status == "failed" and entry.kind == "reindex":
+                self.registry.update(
+                    entry.version, note=(current.note or "").replace(IN_PROGRESS, f": {why}")
+                )
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
-                cancelled = isinstance(exc, JobCancelled)
                 self.registry.update(
                     entry.version, status="failed", note="cancelled" if cancelled else "interrupted"
                 )
@@ -397,7 +409,7 @@ class LearningManager:
                     created_at=time.time(),
                     parent=parent.version if parent else None,
                     dimension=embedder.dimension,
-                    note=f"re-index with {model}",
+                    note=f"re-index with {model}{IN_PROGRESS}",
                 )
             )
             holdout = list(self.log.iter_queries())[-200:]
