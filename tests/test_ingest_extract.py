@@ -78,6 +78,17 @@ def test_text_decoding_and_binary_detection() -> None:
     # A broken UTF-16 tail or one stray byte in UTF-8 costs a replacement character, not the file.
     assert decode_text("wide text".encode("utf-16") + b"\x00\xd8x").startswith("wide text")
     assert decode_text("un café crème, déjà vu ".encode() * 20 + b"\xe9").startswith("un café crème")
+    # ... even where a legacy-encoding detector would claim the whole file (it picked cp1250 for these).
+    assert decode_text("Grüße aus Köln. ".encode() * 3 + b"caf\xe9") == "Grüße aus Köln. " * 3 + "caf\ufffd"
+    assert decode_text("Grüße aus Köln ö".encode()[:-1]) == "Grüße aus Köln \ufffd"  # cut mid-character
+    assert decode_text("L'été à Paris, où ça coûte cher. ".encode() + b"\x93q\x94") == (
+        "L'été à Paris, où ça coûte cher. \ufffdq\ufffd"
+    )
+
+
+def test_front_matter_nested_too_deeply_stays_in_the_body() -> None:
+    meta, body = split_front_matter("---\na: " + "[" * 3000 + "]" * 3000 + "\n---\n# Body\n")
+    assert meta == {} and "# Body" in body
 
 
 def test_front_matter_aliases_are_dropped_not_expanded() -> None:
@@ -228,6 +239,60 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     assert "sub/keep.txt" not in listing(docs, recursive=False)
     with pytest.raises(RiftError, match="glob"):
         compile_glob([])
+
+
+def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:
+    # Rules about a folder's contents do not exclude the folder itself, so a later "!" can re-include files.
+    for rules, folder in (("*\n!*/\n!*.md\n", "sub"), ("build/**\n!build/keep.md\n", "build")):
+        root = tmp_path / folder
+        (root / folder).mkdir(parents=True)
+        (root / ".gitignore").write_text(rules)
+        (root / folder / "keep.md").write_text("x")
+        (root / folder / "drop.txt").write_text("x")
+        assert listing(root)[f"{folder}/keep.md"] == "found"
+        assert listing(root)[f"{folder}/drop.txt"] == "ignored by .gitignore"
+    # A folder a rule names is still left out whole, and git cannot re-include a file inside it.
+    root = tmp_path / "whole"
+    (root / "out").mkdir(parents=True)
+    (root / ".gitignore").write_text("out/\n!out/keep.md\n")
+    (root / "out" / "keep.md").write_text("x")
+    assert listing(root) == {".gitignore": "found", "out": "ignored by .gitignore"}
+
+
+def test_one_bad_gitignore_line_costs_only_that_line(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("secret.txt\nfoo[z-a]bar\n")
+    (tmp_path / "secret.txt").write_text("hunter2")
+    assert listing(tmp_path)["secret.txt"] == "ignored by .gitignore"
+
+
+def test_a_symlink_does_not_let_in_what_gitignore_or_the_glob_keeps_out(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("secret.txt\nprivate/\n")
+    (tmp_path / "secret.txt").write_text("hunter2")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "p.md").write_text("x")
+    (tmp_path / "y.txt").write_text("x")
+    os.symlink("secret.txt", tmp_path / "link.txt")
+    os.symlink("private/p.md", tmp_path / "plink.md")
+    os.symlink("y.txt", tmp_path / "x.md")
+    got = listing(tmp_path)
+    assert got["link.txt"] == "symlink to a file ignored by .gitignore"
+    assert got["plink.md"] == "symlink to a file in a folder ignored by .gitignore"
+    assert "x.md" not in listing(tmp_path, pattern=compile_glob("*.md"))  # its target, y.txt, is out of scope
+
+
+def test_a_folder_listed_but_not_entered_is_skipped_not_fatal(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "noexec" / "inner").mkdir(parents=True)
+    (tmp_path / "a.md").write_text("x")
+    real = Path.is_symlink
+
+    def is_symlink(self: Path) -> bool:  # as Python 3.11 does under a folder without x permission
+        if self.name == "inner":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_symlink", is_symlink)
+    got = listing(tmp_path)
+    assert got["a.md"] == "found" and got["noexec/inner"] == "cannot read folder: Permission denied"
 
 
 def test_policy_and_reads(tmp_path: Path) -> None:

@@ -183,3 +183,13 @@ async def test_a_file_name_that_is_not_utf8_does_not_fail_the_call(tmp_path: Pat
         paths = {Path(f["path"]).name for f in report["files"]}
         assert "good.md" in paths and "caf\ufffd.md" in paths
         json.dumps(report)  # plain UTF-8 all through
+
+
+def test_reasons_quoting_undecodable_file_names_still_serialize() -> None:
+    from tools.add_paths import _printable
+
+    # A skip reason can quote a symlink's target whose name is not UTF-8 (a surrogate escape in Python).
+    assert _printable("symlink leads outside the allowed roots (to /x/caf\udce9.md)").endswith(
+        "caf\ufffd.md)"
+    )
+    assert _printable("lone \ud800 surrogate") == "lone ? surrogate"

@@ -183,6 +183,24 @@ def test_prune_removes_newly_ignored_files_but_respects_glob_scope(app: Rift, do
     assert stored(app, docs) == INGESTIBLE - {"notes/walrus.txt"}
 
 
+def test_prune_of_a_folder_that_is_gone_removes_its_documents(app: Rift, docs: Path) -> None:
+    import shutil
+
+    from server.errors import NotFoundError
+
+    sync(app, docs)
+    assert "notes/walrus.txt" in stored(app, docs)
+    shutil.rmtree(docs / "notes")
+    with pytest.raises(NotFoundError, match="does not exist"):
+        sync(app, docs / "notes")  # without prune a missing path is an error, as before
+    pruned = statuses(sync(app, docs / "notes", prune=True), docs)
+    assert pruned == {"notes/walrus.txt": ("removed", "file no longer exists")}
+    assert stored(app, docs) == INGESTIBLE - {"notes/walrus.txt"}
+    with pytest.raises(NotFoundError, match="does not exist"):
+        sync(app, docs / "never-synced", prune=True)  # a typo removes nothing and says so
+    assert_consistent(app)
+
+
 def test_size_limit_single_files_and_no_recursion(tmp_path: Path, tiny_model_path: Path, docs: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data2",

@@ -73,7 +73,12 @@ async def add_paths(
         collection=collection,
         **counts,
         files=[
-            FileStatusOut(path=_printable(f.path), status=f.status, reason=f.reason, chunks=f.chunks)
+            FileStatusOut(
+                path=_printable(f.path),
+                status=f.status,
+                reason=None if f.reason is None else _printable(f.reason),
+                chunks=f.chunks,
+            )
             for f in files
         ][:MAX_LISTED],
         truncated=len(files) > MAX_LISTED,
@@ -102,6 +107,10 @@ TOOL = ToolSpec(
 )
 
 
-def _printable(path: str) -> str:
-    """A file name that is not valid UTF-8 reaches Python with surrogate escapes, which JSON cannot carry."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def _printable(text: str) -> str:
+    """A file name that is not valid UTF-8 reaches Python with surrogate escapes, which JSON cannot carry; a
+    reason can quote one (a symlink's target)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no byte escaped
+        return text.encode("utf-8", "replace").decode("utf-8")

@@ -34,12 +34,16 @@ def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> No
 
 
 @click.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())  # with --prune a path may be gone
 @click.option("--collection", default="default", show_default=True)
 @click.option(
     "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
 )
-@click.option("--prune", is_flag=True, help="Remove documents of files that are gone from the folders.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Remove documents of files that are gone from the folders (or of a folder that is gone).",
+)
 @click.option("--no-recursive", is_flag=True, help="Do not descend into sub-folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file report as JSON.")
 @click.option("--data-dir", default=None)

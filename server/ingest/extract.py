@@ -60,14 +60,20 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    # UTF-8 with a few stray bytes (a pasted Latin-1 character, a file cut mid-character) is still UTF-8 text:
+    # read as a legacy encoding, all of its other non-ASCII characters would turn to mojibake.
+    # Valid multi-byte sequences are strong evidence: legacy-encoded text almost never forms them.
+    lenient = data.decode("utf-8-sig", errors="replace")
+    stray = lenient.count("\ufffd")
+    few = stray <= max(1, len(lenient) // 1000)
+    if stray <= 2 + len(lenient) // 50 and sum(ord(c) > 127 for c in lenient) - stray >= 2 * stray:
+        return lenient
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(data))
     if not matches:
-        # UTF-8 with a few stray bytes (a pasted Latin-1 character) is still UTF-8 text.
-        text = data.decode("utf-8-sig", errors="replace")
-        if text.count("\ufffd") <= max(1, len(text) // 1000):
-            return text
+        if few:
+            return lenient
         raise SkipFile("binary file (not decodable as text)")
     # Among plausible legacy encodings, Windows-1252 is by far the most common for text files; the detector
     # otherwise picks rarer ones (mac_latin2, cp1250) for plain Western text.
@@ -110,6 +116,9 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         log.info("ignoring invalid front matter: %s", exc)
+        return {}, text
+    except RecursionError:  # thousands of nested brackets: PyYAML's parser recurses per level
+        log.info("ignoring front matter nested too deeply")
         return {}, text
     if data is None:
         data = {}

@@ -39,6 +39,14 @@ class PathPolicy:
     def describe_roots(self) -> str:
         return "any path" if self.roots is None else ", ".join(str(r) for r in self.roots) or "none"
 
+    def vanished(self, raw: str, where: str) -> Path:
+        """For pruning: the absolute path a file or folder that no longer exists had, when the caller may
+        read there (the same rules as `check`, which the caller ran first and which raised NotFoundError)."""
+        path = Path(raw).expanduser().resolve(strict=False)
+        if not self.allows(path):
+            raise RiftError(f"{where} {raw!r} is outside the allowed roots ({self.describe_roots()})")
+        return path
+
     def check(self, raw: object, where: str) -> Path:
         """The resolved path of an existing file or folder the caller may read; RiftError naming `where`
         and the reason otherwise."""

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pathspec
 
 from server.engine.engine import MAX_ID_CHARS, DocumentInput, check_collection_name
-from server.errors import RiftError
+from server.errors import NotFoundError, RiftError
 from server.ingest.extract import SNIFF_BYTES, SkipFile, extract, looks_binary
 from server.ingest.filetypes import classify
 from server.ingest.security import PathPolicy, read_file
@@ -191,6 +191,20 @@ class _Sync:
         self.batch = []
         self.batch_chars = 0
 
+    def vanished_under(
+        self, gone: Path, recursive: bool, pattern: pathspec.PathSpec | None, doc_id: str
+    ) -> bool:
+        """Whether `doc_id` is the file document of `gone` (a path that no longer exists), or of a file in
+        that folder within the sync's scope."""
+        if doc_id != self.existing[doc_id].get("source"):
+            return False
+        path = Path(doc_id)
+        if path == gone:
+            return True
+        if not path.is_relative_to(gone) or (not recursive and path.parent != gone):
+            return False
+        return pattern is None or pattern.match_file(path.relative_to(gone).as_posix())
+
     def prune(self, folder: Path, recursive: bool, pattern: pathspec.PathSpec | None) -> list[str]:
         doomed = []
         for doc_id, meta in self.existing.items():
@@ -229,9 +243,23 @@ def sync_paths(
     if len(paths) > MAX_PATHS:
         raise RiftError(f"paths has {len(paths)} items; the limit per call is {MAX_PATHS}")
     pattern = compile_glob(glob)
-    targets = list(dict.fromkeys(policy.check(p, f"paths[{i}]") for i, p in enumerate(paths)))
+    targets: list[Path] = []
+    vanished: dict[Path, NotFoundError] = {}  # with prune: a folder (or file) deleted since the last sync
+    for i, raw in enumerate(paths):
+        try:
+            targets.append(policy.check(raw, f"paths[{i}]"))
+        except NotFoundError as exc:
+            if not prune:
+                raise
+            vanished[policy.vanished(raw, f"paths[{i}]")] = exc
+    targets = list(dict.fromkeys(targets))
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
+    if vanished and collection in engine.collection_names():
+        run.existing = dict(engine.state.list_documents(collection, -1, 0))
+    for path, missing in vanished.items():
+        if not any(run.vanished_under(path, recursive, pattern, doc_id) for doc_id in run.existing):
+            raise missing  # nothing of it was ever synced here: a typo, not a deletion
     engine.create_collection(collection)
     run.existing = dict(engine.state.list_documents(collection, -1, 0))
 
@@ -262,6 +290,8 @@ def sync_paths(
         for target in targets:
             if target.is_dir():
                 doomed.extend(run.prune(target, recursive, pattern))
+        for path in vanished:
+            doomed.extend(d for d in run.existing if run.vanished_under(path, recursive, pattern, d))
         doomed = list(dict.fromkeys(doomed))
         if doomed:
             deleted, _ = engine.delete_documents(collection, doomed)

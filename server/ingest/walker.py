@@ -54,16 +54,27 @@ class IgnoreRules:
 
     def __init__(self) -> None:
         self._specs: dict[Path, pathspec.GitIgnoreSpec] = {}
+        self._loaded: set[Path] = set()
 
     def load(self, folder: Path) -> None:
+        if folder in self._loaded:
+            return
+        self._loaded.add(folder)
         try:
             lines = (folder / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return
         try:
             self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
-        except Exception as exc:
-            log.warning("ignoring unreadable %s: %s", folder / ".gitignore", exc)
+        except Exception:
+            # git skips a line it cannot read and keeps the others; so must we, or one typo un-ignores secrets.
+            good = [line for line in lines if _parses(line)]
+            for number, line in enumerate(lines, 1):
+                if not _parses(line):
+                    log.warning(
+                        "%s line %d ignored: not a valid pattern: %r", folder / ".gitignore", number, line
+                    )
+            self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(good)
 
     def ignored(self, path: Path, is_dir: bool) -> bool:
         result = False
@@ -71,11 +82,34 @@ class IgnoreRules:
             spec = self._specs.get(folder)
             if spec is None:
                 continue
-            rel = path.relative_to(folder).as_posix() + ("/" if is_dir else "")
-            verdict = spec.check_file(rel).include
+            rel = path.relative_to(folder).as_posix()
+            verdict = _folder_verdict(spec, rel) if is_dir else spec.check_file(rel).include
             if verdict is not None:
                 result = verdict
         return result
+
+
+def _parses(line: str) -> bool:
+    try:
+        pathspec.GitIgnoreSpec.from_lines([line])
+    except Exception:
+        return False
+    return True
+
+
+def _folder_verdict(spec: pathspec.GitIgnoreSpec, rel: str) -> bool | None:
+    """Whether git's rules exclude the folder `rel` itself (None: no rule speaks of it). Matching "rel/" as a
+    file path, as pathspec would, lets rules about a folder's contents ("build/**", "*" under "!*/") exclude
+    the folder and everything git would still read in it. As git does, a rule ending in "/" is tried on the
+    folder as a folder, any other rule on its name."""
+    verdict = None
+    for pattern in spec.patterns:
+        if pattern.include is None:
+            continue
+        text = pattern.pattern.rstrip().removeprefix("!")
+        if pattern.match_file(rel + "/" if text.endswith("/") else rel) is not None:
+            verdict = pattern.include
+    return verdict
 
 
 def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> None:
@@ -101,6 +135,24 @@ def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
     return target
 
 
+def _excluded_here(
+    target: Path, folder: Path, rules: IgnoreRules, policy: PathPolicy, pattern: pathspec.PathSpec | None
+) -> str | None:
+    """Why a symlink's target inside `folder` is left out ("" when only the glob excludes it: out of scope,
+    not reported), or None. A link must not let in a file that .gitignore or the glob keeps out."""
+    if not target.is_relative_to(folder):
+        return None
+    if pattern is not None and not pattern.match_file(target.relative_to(folder).as_posix()):
+        return ""
+    _load_ancestors(rules, folder, policy)
+    for parent in reversed(target.parents):
+        if parent.is_relative_to(folder):
+            rules.load(parent)
+            if parent != folder and rules.ignored(parent, is_dir=True):
+                return "symlink to a file in a folder ignored by .gitignore"
+    return "symlink to a file ignored by .gitignore" if rules.ignored(target, is_dir=False) else None
+
+
 def walk(
     folder: Path, policy: PathPolicy, recursive: bool = True, pattern: pathspec.PathSpec | None = None
 ) -> Iterator[Found | Skipped]:
@@ -121,7 +173,14 @@ def walk(
             sub = here / name
             if name in VCS_DIRS or not recursive:
                 continue
-            if sub.is_symlink():
+            try:
+                linked = sub.is_symlink()
+            except (
+                OSError
+            ) as exc:  # a folder listed but not entered (no x permission) cannot stat its entries
+                yield Skipped(sub, f"cannot read folder: {exc.strerror or exc}", True)
+                continue
+            if linked:
                 target = _symlink_target(sub, policy)
                 yield target if isinstance(target, Skipped) else Skipped(sub, "symlinked folder not followed")
             elif rules.ignored(sub, is_dir=True):
@@ -147,6 +206,9 @@ def walk(
                     yield target
                 elif not target.is_file():
                     yield Skipped(path, "symlink to something that is not a regular file")
+                elif (why := _excluded_here(target, folder, rules, policy, pattern)) is not None:
+                    if why:
+                        yield Skipped(path, why)
                 else:
                     yield Found(target)
             elif stat.S_ISREG(info.st_mode):
