@@ -403,3 +403,65 @@ def test_collection_records_follow_every_write(tmp_path) -> None:
     reopened = StateStore(tmp_path / "state.sqlite")
     assert reopened.collection("a") is None
     reopened.close()
+
+
+@pytest.mark.parametrize("exact_limit", [40_000, 0])  # the vector side in numpy, or in Chroma
+def test_both_sides_of_a_search_rank_one_state_of_the_collection(rift_factory, exact_limit: int) -> None:
+    # A write landing between the vector side's ranking and the keyword side's must not give one search
+    # chunks of two versions of a document.
+    import threading
+
+    rift = rift_factory(exact_search_max_chunks=exact_limit)
+    engine = rift.engine()
+    rift.add_documents("default", docs(("x", "old words about the river"), ("y", "unrelated text")))
+    tokenize, written = engine.tokenizer.tokenize, []
+
+    def tokenize_after_a_write(texts):  # the keyword side starts only once a rewrite of x has landed
+        if not written:
+            written.append(True)  # first: the write tokenizes too
+            writer = threading.Thread(
+                target=rift.add_documents,
+                args=("default", docs(("x", "new words about the river"))),
+                daemon=True,
+            )
+            writer.start()
+            writer.join(30)
+        return tokenize(texts)
+
+    engine.tokenizer.tokenize = tokenize_after_a_write
+    try:
+        hits = rift.search("default", "words about the river", k=5, group_by_document=False).outcome.hits
+    finally:
+        engine.tokenizer.tokenize = tokenize
+    assert written
+    texts = {h.text for h in hits if h.doc_id == "x"}
+    # In memory both sides rank the snapshot the search began with; on Chroma's path the old chunk's text is
+    # gone by hydration and the hit is dropped. Never both versions.
+    assert texts == {"old words about the river"} if exact_limit else len(texts) <= 1
+    after = rift.search("default", "words about the river", k=5, group_by_document=False).outcome.hits
+    assert {h.text for h in after if h.doc_id == "x"} == {"new words about the river"}
+
+
+def test_a_one_sided_search_ignores_the_fusion_weights(rift_factory) -> None:
+    rift = rift_factory(vector_weight=0.0, keyword_weight=0.0)  # weights only balance the two sides
+    rift.add_documents("default", docs(("a", "the cat sat on the mat"), ("b", "dogs bark at night")))
+    assert ids(rift.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["a"]
+    assert ids(rift.search("default", "dogs", mode="keyword").outcome.hits) == ["b"]
+
+
+def test_a_hybrid_hit_shows_the_chunk_of_the_side_that_ranked_it_higher(rift_factory) -> None:
+    rift = rift_factory()
+    filler = " ".join(f"Paragraph {i} is about pumps and valves in general." for i in range(40))
+    # BERT strips accents, so "gásket QẊ7781" embeds exactly like the query while bm25s sees other words: the
+    # decoy is the vector side's first document, and the manual's accented paragraph its best chunk there.
+    manual = (
+        filler + " The gasket code QX7781 means a worn seal. " + filler + " gásket QẊ7781 gásket. " + filler
+    )
+    rift.add_documents("default", docs(("manual", manual), ("decoy", "gásket QẊ7781")))
+    outcome = rift.search("default", "gasket QX7781", k=2).outcome
+    hit = next(h for h in outcome.hits if h.doc_id == "manual")
+    assert hit.keyword_rank == 1 and hit.vector_rank == 2
+    by_vector = next(c for c in outcome.vector if c.doc_id == "manual")
+    by_keyword = next(c for c in outcome.keyword if c.doc_id == "manual")
+    assert by_vector.chunk_id != by_keyword.chunk_id
+    assert hit.chunk_id == by_keyword.chunk_id and "QX7781" in hit.text  # where its words are

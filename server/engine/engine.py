@@ -914,7 +914,9 @@ class Engine:
         def keyword_side(depth: int = depth) -> tuple[list[Candidate], float]:
             started = time.perf_counter()
             tokens = self.tokenizer.tokenize([query])[0]
-            found = [Candidate(r.doc_id, r.chunk_id, s, r) for r, s in index.search(tokens, depth, node)]
+            found = [
+                Candidate(r.doc_id, r.chunk_id, s, r) for r, s in index.search(tokens, depth, node, snap)
+            ]
             return found, (time.perf_counter() - started) * 1000
 
         def vector_side(depth: int = depth) -> list[Candidate]:
@@ -925,7 +927,7 @@ class Engine:
                     embedding = self.embedder_for(record).encode_query(query)
                     t1 = time.perf_counter()
                     timings["embed_ms"] = (t1 - t0) * 1000
-                    exact = index.vector_search(embedding, depth, node, version, self._side)
+                    exact = index.vector_search(embedding, depth, node, version, self._side, snap)
                     if exact is not None:
                         # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
                         found = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
@@ -986,11 +988,20 @@ class Engine:
         k_keys = [c.doc_id for c in keyword] if group_by_document else [c.chunk_id for c in keyword]
         v_rank = {key_: i for i, key_ in enumerate(v_keys, 1)}
         k_rank = {key_: i for i, key_ in enumerate(k_keys, 1)}
-        w = weights or (self.settings.vector_weight, self.settings.keyword_weight)
+        # The fusion weights balance two sides; a one-sided search ranks by its own side (a weight of 0
+        # would otherwise empty it).
+        w = (
+            (weights or (self.settings.vector_weight, self.settings.keyword_weight))
+            if mode == "hybrid"
+            else (1, 1)
+        )
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
-        # Each fused key's best chunk, preferring the vector side's.
+        # Each fused key's best chunk: the one from the side that ranked the key higher (the vector side's on a
+        # tie), so a hit found by its words shows the chunk that holds them.
         best = {
-            key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1]
+            key_: vector[v_rank[key_] - 1]
+            if v_rank.get(key_, math.inf) <= k_rank.get(key_, math.inf)
+            else keyword[k_rank[key_] - 1]
             for key_, _ in fused
         }
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000

@@ -325,10 +325,15 @@ class KeywordIndex:
         self._snap = replace(snap, vectors=vectors, vectors_version=version if vectors is not None else None)
 
     def search(
-        self, query_tokens: Sequence[str], depth: int, filter_node: Node | None = None
+        self,
+        query_tokens: Sequence[str],
+        depth: int,
+        filter_node: Node | None = None,
+        snap: KeywordSnapshot | None = None,
     ) -> list[tuple[KeywordRow, float]]:
-        """Top `depth` live rows with a positive BM25 score, filtered before ranking."""
-        snap = self._snap
+        """Top `depth` live rows with a positive BM25 score, filtered before ranking. `snap`: the snapshot a
+        search already read, so both of its sides rank the same state of the collection."""
+        snap = snap or self._snap
         if snap.bm25 is None or not query_tokens:
             return []
         vocab = snap.bm25.vocab_dict
@@ -363,9 +368,10 @@ class KeywordIndex:
         filter_node: Node | None,
         version: str,
         pool: Executor | None = None,
+        snap: KeywordSnapshot | None = None,
     ) -> list[tuple[KeywordRow, float]] | None:
         """Exact cosine top `depth` over live, filter-passing rows; None when no copy of `version` is held."""
-        snap = self._snap
+        snap = snap or self._snap
         if snap.vectors is None or snap.vectors_version != version:
             return None
         allowed = None if snap.all_alive else snap.alive  # None: every row
