@@ -12,6 +12,7 @@ from server.bench.learning_experiment import (
     FUSION_SWEEP,
     by_keyword_difficulty,
     fusion_sweep,
+    half_labelled_triples,
     labelled_triples,
     merge_results,
     simulated_agent,
@@ -37,6 +38,19 @@ def test_labelled_bound_uses_the_labels_for_the_same_logged_queries() -> None:
         ("second", "m", "w", "labelled"),
     ]
     assert got[0].positive_chunk == "y::h::0" and got[2].positive_chunk == ""
+
+
+def test_half_labelled_triples_replace_only_the_positives_or_only_the_negatives() -> None:
+    from server.learning.mining import Triple
+
+    log = [q("1", "first", ["x", "a", "y", "z"], ["a", *FILL], ["a", "x"])]
+    qrels = {"Q1": {"a": 1, "y": 2}}
+    mined = [Triple("first", "c", "a", "a::h::0", n, f"{n}::h::0", "fused", "1") for n in ("x", "y")]
+    positives = half_labelled_triples(mined, log, {"first": "Q1"}, qrels, "positives")
+    # The labels' positive (y), the miner's negatives, less the one that is now the positive.
+    assert [(t.positive_doc, t.negative_doc, t.kind) for t in positives] == [("y", "x", "fused")]
+    negatives = half_labelled_triples(mined, log, {"first": "Q1"}, qrels, "negatives")
+    assert [(t.positive_doc, t.negative_doc) for t in negatives] == [("a", "x"), ("a", "z")]
 
 
 def test_the_references_that_use_labels_need_learn(tmp_path: Path) -> None:

@@ -101,7 +101,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "agent_share": ("agent_share", float),
     "agent_error_rate": ("agent_error_rate", float),
     "train_merge_base": ("merge_base", float),  # learn_merge_base's earlier name
-    # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined")
+    # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined"),
+    # or replace only the mined triples' positives ("positives") or negatives ("negatives") by the labels'
     "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
     # mining variants (README "Learning from use": label quality per variant)
@@ -140,8 +141,10 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if not 0.0 <= out.get(name, 0.0) <= 1.0:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
-    if out.get("labelled_scope", "all") not in ("all", "mined"):
-        raise click.BadParameter("labelled_scope must be all or mined", param_hint="--set")
+    if out.get("labelled_scope", "all") not in ("all", "mined", "positives", "negatives"):
+        raise click.BadParameter(
+            "labelled_scope must be all, mined, positives or negatives", param_hint="--set"
+        )
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
     return out

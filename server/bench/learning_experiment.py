@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,44 @@ def labelled_triples(
                     1.0,
                 )
             )
+    return out
+
+
+def half_labelled_triples(
+    mined: Sequence[Triple],
+    queries: Sequence[Any],
+    qids_by_text: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    labelled_part: str,
+) -> list[Triple]:
+    """Diagnostics, NOT label-free (`--labelled-bound --set labelled_scope=...`): the miner's triples with one
+    part replaced by what the labels say, for the same queries. "positives": the labels' positive with the
+    miner's negatives; "negatives": the miner's positive with the vector side's best non-relevant documents.
+    Which half closes the gap to the fully labelled triples says whether mining's positives or its negatives
+    limit it."""
+    by_id = {q.query_id: q for q in queries}
+    per_query: dict[str, list[Triple]] = {}
+    for t in mined:
+        per_query.setdefault(t.query_id, []).append(t)
+    out: list[Triple] = []
+    for qid, group in per_query.items():
+        q = by_id.get(qid)
+        if q is None:
+            continue
+        labelled = labelled_triples([q], qids_by_text, qrels, len(group) + 1)
+        if not labelled:
+            continue
+        if labelled_part == "positives":
+            pos, chunk = labelled[0].positive_doc, labelled[0].positive_chunk
+            out += [
+                replace(t, positive_doc=pos, positive_chunk=chunk) for t in group if t.negative_doc != pos
+            ]
+        else:
+            mined_pos = group[0].positive_doc
+            out += [
+                replace(t, negative_doc=lt.negative_doc, negative_chunk=lt.negative_chunk)
+                for t, lt in zip(group, [lt for lt in labelled if lt.negative_doc != mined_pos], strict=False)
+            ]
     return out
 
 
@@ -398,9 +437,14 @@ def run_learning_experiment(
                 # which queries label-free mining can use, or how right its positives are on them.
                 used = {t.query_id for t in mined.report.triples}
                 scope = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
-                mined.report.triples[:] = labelled_triples(
-                    scope, texts_to_qid, usage_ds.qrels, negatives_per_query
-                )
+                if labelled_scope in ("positives", "negatives"):
+                    mined.report.triples[:] = half_labelled_triples(
+                        mined.report.triples, scope, texts_to_qid, usage_ds.qrels, labelled_scope
+                    )
+                else:
+                    mined.report.triples[:] = labelled_triples(
+                        scope, texts_to_qid, usage_ds.qrels, negatives_per_query
+                    )
                 mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
             rows, kept = materialize(engine, mined.report.triples)
             seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
