@@ -373,6 +373,32 @@ def test_integers_beyond_float_precision_filter_alike_on_both_sides(rift_factory
         assert ids(got.hits) == ["edge"], mode
 
 
+@pytest.mark.parametrize("exact_limit", [40_000, 0])
+def test_fractional_operands_filter_alike_on_both_sides(rift_factory, exact_limit: int) -> None:
+    # Chroma cuts a fractional operand to an integer against integer metadata ({"n": 1.5} matched n = 1).
+    import operator as op
+
+    values = {"m2": -2, "zero": 0, "one": 1, "two": 2, "onef": 1.0, "f15": 1.5, "fm05": -0.5}
+    app = rift_factory(exact_search_max_chunks=exact_limit)
+    app.add_documents("default", docs(*[(d, f"zebra {d}", {"n": n}) for d, n in values.items()]))
+    compare = {"$eq": op.eq, "$ne": op.ne, "$gt": op.gt, "$gte": op.ge, "$lt": op.lt, "$lte": op.le}
+    for name, fn in compare.items():
+        for operand in (1.5, 0.5, -0.5, -1.5):
+            got = app.search("default", "zebra", k=10, mode="vector", filters={"n": {name: operand}}).outcome
+            assert set(ids(got.hits)) == {d for d, n in values.items() if fn(n, operand)}, (name, operand)
+    got = app.search("default", "zebra", k=10, mode="vector", filters={"n": {"$in": [1.5, 2]}}).outcome
+    assert set(ids(got.hits)) == {"f15", "two"}
+
+
+def test_filters_refuse_rifts_own_keys_and_what_chroma_cannot_evaluate(rift) -> None:
+    with pytest.raises(RiftError, match="'_rift_text': fields starting with '_rift_' are rift's own"):
+        rift.search("default", "x", filters={"_rift_text": "x"})
+    with pytest.raises(RiftError, match="expands to 999 conditions.*limit is 400"):
+        rift.search("default", "x", filters={"$or": [{"n": i} for i in range(999)]})
+    with pytest.raises(RiftError, match="expands to 999 conditions"):
+        rift.search("default", "x", filters={"n": {"$in": [*range(998), "x"]}})
+
+
 # --- lock ---------------------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from server.config import Settings
 from server.engine.chunking import chunk_document
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
-from server.engine.filters import Node, parse_filters, path_keys, to_chroma
+from server.engine.filters import RESERVED_PREFIX, Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
@@ -43,7 +43,6 @@ from server.errors import NotFoundError, RiftError
 log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "vector", "keyword"]
-RESERVED_PREFIX = "_rift_"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 CHROMA_NAME = re.compile(r"^rift-([A-Za-z0-9][A-Za-z0-9_-]{0,62})-[0-9a-f]{10}$")
 MAX_QUERY_CHARS = 8192

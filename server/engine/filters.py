@@ -33,6 +33,12 @@ Scalar = str | int | float | bool
 COMPARE_OPS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"}
 RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 MAX_DEPTH = 8
+# Chroma evaluates a filter as a tree it refuses beyond depth 1,000, and a wide $or (or an $in of mixed types,
+# which becomes one) is that deep: bound what a filter may expand to, with an error that names the cause.
+MAX_CONDITIONS = 400
+RESERVED_PREFIX = (
+    "_rift_"  # rift's own per-chunk keys (text, document, folders): never user metadata or filters
+)
 PREFIX_FIELD = "source"
 DIR_KEY = "_rift_dir_"
 
@@ -68,7 +74,26 @@ def parse_filters(raw: Mapping[str, Any] | None) -> Node | None:
         raise RiftError("filters must be an object")
     if not raw:
         return None
-    return _parse(raw, "filters", 0)
+    node = _parse(raw, "filters", 0)
+    size = _conditions(node)
+    if size > MAX_CONDITIONS:
+        raise RiftError(
+            f"filters: expands to {size} conditions (each $or branch, and each value of an $in that mixes "
+            f"types or holds fractional numbers); the limit is {MAX_CONDITIONS}. Put values of one type in one $in"
+        )
+    return node
+
+
+def _conditions(node: Node) -> int:
+    """How many leaf conditions `node` becomes for Chroma (see `to_chroma`)."""
+    if isinstance(node, Bool):
+        return sum(_conditions(c) for c in node.children)
+    if node.op in ("$in", "$nin"):
+        values = list(node.value)
+        if len({type(v) for v in values}) > 1 or any(_fraction(v) for v in values):
+            return sum(2 if _fraction(v) else 1 for v in values)
+        return 1
+    return 2 if _fraction(node.value) else 1
 
 
 def _parse(raw: Any, path: str, depth: int) -> Node:
@@ -87,6 +112,8 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
             nodes.append(Bool(key, children))
         elif key.startswith("$"):
             raise RiftError(f"{path}: unknown operator {key!r} (use $and/$or, or a field name)")
+        elif key.startswith(RESERVED_PREFIX):
+            raise RiftError(f"{path}: {key!r}: fields starting with {RESERVED_PREFIX!r} are rift's own")
         elif isinstance(value, Mapping):
             if not value:
                 raise RiftError(f"{path}.{key} must name at least one operator")
@@ -145,12 +172,40 @@ def to_chroma(node: Node | None) -> dict[str, Any] | None:
         return children[0] if len(children) == 1 else {node.op: children}
     if node.op in ("$in", "$nin"):
         values = list(node.value)
-        if len({type(v) for v in values}) > 1:
+        if len({type(v) for v in values}) > 1 or any(_fraction(v) for v in values):
             # Chroma wants one type per list; x $in [a, b] is x == a OR x == b (and $nin the negation).
             op, join = ("$eq", "$or") if node.op == "$in" else ("$ne", "$and")
-            return {join: [{node.field: {op: v}} for v in values]}
+            return {join: [_chroma_cond(node.field, op, v) for v in values]}
         return {node.field: {node.op: values}}
-    return {node.field: {node.op: node.value}}
+    return _chroma_cond(node.field, node.op, node.value)
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, float) and not value.is_integer()
+
+
+# Chroma compares a fractional operand with integer metadata after cutting it to an integer (toward zero):
+# {"n": 1.5} matched n = 1. Where that cut changes the answer for integers, one more condition on the cut
+# value t corrects it; for float metadata the extra condition changes nothing (t lies on the true side).
+_CUT_FIX = {  # (op, operand above zero) -> how to combine with the condition on t
+    ("$eq", True): ("$and", "$ne"),
+    ("$eq", False): ("$and", "$ne"),
+    ("$ne", True): ("$or", "$eq"),
+    ("$ne", False): ("$or", "$eq"),
+    ("$gt", False): ("$or", "$eq"),  # -0.5: integers need n >= 0; cut, n > 0
+    ("$gte", True): ("$and", "$ne"),  # 1.5: integers need n >= 2; cut, n >= 1
+    ("$lt", True): ("$or", "$eq"),  # 0.5: integers need n <= 0; cut, n < 0
+    ("$lte", False): ("$and", "$ne"),  # -0.5: integers need n <= -1; cut, n <= 0
+}
+
+
+def _chroma_cond(field: str, op: str, value: Any) -> dict[str, Any]:
+    cond = {field: {op: value}}
+    fix = _CUT_FIX.get((op, value > 0)) if _fraction(value) else None
+    if fix is None:
+        return cond
+    join, extra = fix
+    return {join: [cond, {field: {extra: int(value)}}]}
 
 
 # --- keyword side: evaluated over columnar metadata ---------------------------------------------------------

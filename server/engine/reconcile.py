@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.engine.filters import RESERVED_PREFIX
 from server.engine.keyword_index import KeywordTokenizer
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 
-RESERVED_PREFIX = "_rift_"
 CHUNK_KEYS = "_rift_ckeys"  # comma-separated metadata keys a chunk has beyond its document's (e.g. heading)
 GAP_BEFORE = "_rift_gap"  # the document's text between the previous chunk (or its start) and this chunk
 GAP_AFTER = "_rift_tail"  # on the last chunk: the document's text after it
