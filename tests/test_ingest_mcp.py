@@ -170,6 +170,14 @@ async def test_collection_tools(tmp_path: Path, tiny_model_path: Path, root: Pat
         assert tools["add_paths"].annotations.destructive_hint is False
         schema = json.dumps(tools["add_paths"].input_schema)
         assert "prune" in schema and "glob" in schema and "recursive" in schema
+        # A list of globs, as the CLI takes: any of them matches.
+        listed = await ok(
+            client, "add_paths", paths=[str(root / "docs")], collection="globs", glob=["*.md", "*.txt"]
+        )
+        kinds = {Path(f["path"]).suffix for f in listed["files"] if f["status"] == "added"}
+        assert kinds and kinds <= {".md", ".txt"}
+        message = await refused(client, "hybrid_search", query="\u200b\u200e", collection="alpha")
+        assert "invisible characters" in message
 
 
 async def test_a_file_name_that_is_not_utf8_does_not_fail_the_call(tmp_path: Path, tiny_model_path: Path):

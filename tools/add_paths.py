@@ -42,8 +42,11 @@ async def add_paths(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
     recursive: Annotated[bool, Field(description="Descend into sub-folders.")] = True,
     glob: Annotated[
-        str | None,
-        Field(description="Only files matching this gitignore-style pattern, e.g. '*.md' or 'docs/**/*.py'."),
+        str | list[str] | None,
+        Field(
+            description="Only files matching this gitignore-style pattern, or any of a list of them, e.g. "
+            "'*.md' or ['docs/**/*.py', '*.rst']."
+        ),
     ] = None,
     prune: Annotated[
         bool,

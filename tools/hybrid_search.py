@@ -27,7 +27,9 @@ class SearchHit(BaseModel):
 
 class DisagreementOut(BaseModel):
     top: int
-    overlap: float = Field(description="Share of the two sides' top results that agree (0-1).")
+    overlap: float = Field(
+        description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1)."
+    )
     vector_blind_spots: list[str] = Field(
         description="Vector top hits the keyword side did not return in top-k."
     )

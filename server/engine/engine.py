@@ -19,6 +19,7 @@ import math
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -869,8 +870,8 @@ class Engine:
     def check_query(self, query: Any, k: Any, mode: Any) -> tuple[str, int, Mode]:
         if not isinstance(query, str) or not query:
             raise RiftError("query must be a non-empty string")
-        if not query.strip():
-            raise RiftError("query must not be only whitespace")
+        if not query.strip() or all(unicodedata.category(c)[0] in "CZ" for c in query):
+            raise RiftError("query must not be only whitespace or invisible characters")
         if len(query) > MAX_QUERY_CHARS:
             raise RiftError(f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
         check_text(query, "query", MAX_QUERY_CHARS)
