@@ -160,7 +160,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, [*base, "--set", "labelled_scope=mined"])
     assert res.exit_code == 2 and "only with --labelled-bound" in res.output
     res = CliRunner().invoke(main, [*base, "--labelled-bound", "--set", "labelled_scope=some"])
-    assert res.exit_code == 2 and "labelled_scope must be all or mined" in res.output
+    assert res.exit_code == 2 and "labelled_scope must be all, mined, positives or negatives" in res.output
 
 
 def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: Path) -> None:
