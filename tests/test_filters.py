@@ -135,6 +135,8 @@ def test_mixed_type_lists_compile_to_single_type_conditions() -> None:
     assert to_chroma(parse_filters({"a": {"$in": ["x", 1]}})) == {
         "$or": [{"a": {"$eq": "x"}}, {"a": {"$eq": 1}}]
     }
+    # Chroma cuts 1.5 to 1 against integer metadata, so "a != 1.5" also lets through a == 1 (which the first
+    # condition still excludes here).
     assert to_chroma(parse_filters({"a": {"$nin": [1, 1.5]}})) == {
-        "$and": [{"a": {"$ne": 1}}, {"a": {"$ne": 1.5}}]
+        "$and": [{"a": {"$ne": 1}}, {"$or": [{"a": {"$ne": 1.5}}, {"a": {"$eq": 1}}]}]
     }
