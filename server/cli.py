@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from server.config import Settings
 from server.errors import DataDirLockedError, RiftError
@@ -31,8 +32,20 @@ def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) 
         overrides["model"] = model
     try:
         return Settings(**overrides)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {settings_error(exc)}") from None
     except Exception as exc:
         raise click.ClickException(f"invalid settings: {exc}") from None
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each bad setting and why, never the value it was given (it may be a token)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 def open_rift(settings: Settings):
@@ -75,10 +88,10 @@ def serve(transport: str, host: str | None, port: int | None, data_dir: str | No
         raise click.UsageError("--host and --port apply to --transport streamable-http only")
     settings = load_settings(data_dir, http_host=host, http_port=port)
     # Fail fast, before the protocol starts, if another server holds the data dir.
-    probe = DataDirLock(settings)
     try:
+        probe = DataDirLock(settings)
         probe.acquire()
-    except DataDirLockedError as exc:
+    except (DataDirLockedError, RiftError) as exc:  # locked elsewhere, or a data dir that cannot be made
         raise click.ClickException(str(exc)) from None
     probe.release()
     server = create_server(settings)

@@ -7,11 +7,14 @@ named by ``RIFT_CONFIG`` (else ``$XDG_CONFIG_HOME/rift/config.toml`` when it exi
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
@@ -29,6 +32,7 @@ LearnStrategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "
 NegativeSource = Literal["fused", "vector", "keyword", "both"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
 
 
 def default_config_file() -> Path | None:
@@ -42,6 +46,45 @@ def default_config_file() -> Path | None:
         return named
     candidate = Path(platformdirs.user_config_dir("rift")) / "config.toml"
     return candidate if candidate.is_file() else None
+
+
+# Environment variables named like settings that are not settings: rift's own, read elsewhere.
+_OTHER_ENV = {"RIFT_CONFIG", "RIFT_FUZZ_SCALE"}
+_warned_env: set[str] = set()
+
+
+def _warn_unknown_env(fields: Mapping[str, Any]) -> None:
+    """A misspelt RIFT_ variable would otherwise be ignored in silence (RIFT_DATADIR: data in the default place)."""
+    known = {f"RIFT_{name.upper()}" for name in fields} | _OTHER_ENV
+    for name in sorted(os.environ):
+        if name.upper().startswith("RIFT_") and name.upper() not in known and name not in _warned_env:
+            _warned_env.add(name)
+            near = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            log.warning("ignoring environment variable %s: no such setting%s", name, hint)
+
+
+class _TomlBesideItsFile(TomlConfigSettingsSource):
+    """Relative paths in a config file are relative to that file, not to wherever a client starts rift."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        self._folder = Path(toml_file).expanduser().resolve().parent
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for key in ("data_dir", "gate_eval_data"):
+            if isinstance(data.get(key), str):
+                data[key] = str(self._beside(data[key]))
+        if isinstance(data.get("allowed_roots"), list):
+            data["allowed_roots"] = [
+                str(self._beside(r)) if isinstance(r, str) else r for r in data["allowed_roots"]
+            ]
+        return data
+
+    def _beside(self, raw: str) -> Path:
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else self._folder / path
 
 
 class Settings(BaseSettings):
@@ -123,7 +166,10 @@ class Settings(BaseSettings):
     # lifts Chroma's HNSW ef to 200, which makes the vector side effectively exact at these sizes.
     candidate_depth: int = Field(200, ge=1, le=10_000, description="Candidates taken from each retriever.")
     rrf_k: float = Field(
-        20.0, gt=0, description="RRF constant: score = sum w / (rrf_k + rank). Tuned (README)."
+        20.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="RRF constant: score = sum w / (rrf_k + rank). Tuned (README).",
     )
     exact_search_max_chunks: int = Field(
         40_000,
@@ -132,11 +178,15 @@ class Settings(BaseSettings):
         'searched exactly with numpy (faster than Chroma\'s HNSW at that size; README "Benchmarks"); 0 = always '
         "Chroma. Not used with a Chroma server.",
     )
-    vector_weight: float = Field(1.0, ge=0, description="RRF weight of the vector list.")
-    keyword_weight: float = Field(1.0, ge=0, description="RRF weight of the keyword list.")
+    vector_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="RRF weight of the vector list.")
+    keyword_weight: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="RRF weight of the keyword list."
+    )
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for.")
-    stemmer_language: str | None = Field("english", description="PyStemmer language; None disables stemming.")
-    stopwords: str | None = Field("en", description="bm25s stopword list; None keeps every token.")
+    stemmer_language: str | None = Field(
+        "english", description='PyStemmer language; "" or "none" disables stemming.'
+    )
+    stopwords: str | None = Field("en", description='bm25s stopword list; "" or "none" keeps every token.')
 
     # --- learning log --------------------------------------------------------------------------------------
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
@@ -232,6 +282,14 @@ class Settings(BaseSettings):
     def _expand_eval(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
+    @field_validator("stemmer_language", "stopwords", mode="before")
+    @classmethod
+    def _none_from_text(cls, value: object) -> object:
+        # TOML has no null and an empty variable means unset: "" (in TOML) or "none" turns these off.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
     @field_validator("stemmer_language", mode="after")
     @classmethod
     def _known_stemmer(cls, value: str | None) -> str | None:
@@ -273,6 +331,10 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        if self.vector_weight == 0 and self.keyword_weight == 0:
+            raise ValueError(
+                "vector_weight and keyword_weight cannot both be 0: hybrid search would rank nothing"
+            )
         return self
 
     @classmethod
@@ -284,11 +346,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        _warn_unknown_env(settings_cls.model_fields)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml_file = default_config_file()
         if toml_file is not None:
             try:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+                sources.append(_TomlBesideItsFile(settings_cls, toml_file=toml_file))
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"config file {toml_file} is not valid TOML: {exc}") from None
         return tuple(sources)

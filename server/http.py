@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import socket
 from typing import Any
 
 from server.config import Settings
@@ -79,5 +80,22 @@ def run_http(server: Any, settings: Settings) -> None:
     import uvicorn
 
     app = build_http_app(server, settings)
-    log.warning("rift MCP over streamable HTTP on http://%s:%d/mcp", settings.http_host, settings.http_port)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    host, port = settings.http_host, settings.http_port
+    check_can_listen(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    log.warning("rift MCP over streamable HTTP on http://%s:%d/mcp", shown, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """A port in use or a host that is not this machine's: one clear error before anything says it serves."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

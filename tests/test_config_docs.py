@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -44,11 +46,34 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
         with pytest.raises(ValidationError, match=next(iter(bad))):
             Settings(**bad)
     assert Settings(stopwords="de", stemmer_language=None).stopwords == "de"
+    # TOML has no null, and an empty variable means unset: "" and "none" turn these off.
+    assert Settings(stopwords="", stemmer_language="none").model_dump(
+        include={"stopwords", "stemmer_language"}
+    ) == {
+        "stopwords": None,
+        "stemmer_language": None,
+    }
+    for bad, message in (
+        ({"vector_weight": 0, "keyword_weight": 0}, "cannot both be 0"),
+        ({"vector_weight": math.inf}, "finite"),
+        ({"rrf_k": math.nan}, "finite"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            Settings(**bad)
     assert Settings(gate_eval_data="~/beir/x").gate_eval_data == Path.home() / "beir" / "x"
     for given in (f"{tmp_path}{os.pathsep}/srv", f'["{tmp_path}", "/srv"]'):  # PATH-like or JSON
         monkeypatch.setenv("RIFT_ALLOWED_ROOTS", given)
         assert Settings().allowed_roots == [tmp_path.resolve(), Path("/srv").resolve()]
     monkeypatch.delenv("RIFT_ALLOWED_ROOTS")
+    # Relative paths in a config file are relative to it, wherever a client starts rift.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "rift.toml").write_text('data_dir = "data"\nallowed_roots = ["notes", "/srv"]\n')
+    monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "conf" / "rift.toml"))
+    monkeypatch.delenv("RIFT_DATA_DIR")
+    monkeypatch.chdir("/")
+    beside = Settings()
+    assert beside.data_dir == (tmp_path / "conf" / "data").resolve()
+    assert beside.allowed_roots == [(tmp_path / "conf" / "notes").resolve(), Path("/srv").resolve()]
     monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ValueError, match="RIFT_CONFIG names .*missing.toml"):
         Settings()
@@ -69,7 +94,7 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
 
 
-def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path) -> None:
+def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path, caplog) -> None:
     from click.testing import CliRunner
 
     from server.cli import main
@@ -82,6 +107,30 @@ def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path)
     monkeypatch.setenv("RIFT_HTTP_TOKEN", "s3cret")
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 0 and "s3cret" not in res.output and '"http_token": "***"' in res.output
+    monkeypatch.setenv("RIFT_HTTP_TOKEN", "s3cret x")  # refused, and still not shown
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and "s3cret" not in res.output and "http_token: the bearer token" in res.output
+    assert "pydantic.dev" not in res.output and len(res.output.strip().splitlines()) == 1
+    monkeypatch.delenv("RIFT_HTTP_TOKEN")
+    monkeypatch.setenv("RIFT_RFF_K", "5")  # a misspelt setting is named, not ignored in silence
+    with caplog.at_level(logging.WARNING):
+        assert CliRunner().invoke(main, ["config"]).exit_code == 0
+    assert (
+        "ignoring environment variable RIFT_RFF_K: no such setting (did you mean RIFT_RRF_K?)" in caplog.text
+    )
+    monkeypatch.delenv("RIFT_RFF_K")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    res = CliRunner().invoke(main, ["serve", "--data-dir", str(a_file)])
+    assert (
+        res.exit_code == 1
+        and "cannot be used as rift's data folder" in res.output
+        and "Traceback" not in res.output
+    )
+    res = CliRunner().invoke(
+        main, ["watch", str(tmp_path), "--collection", "Bad/Name", "--data-dir", str(tmp_path)]
+    )
+    assert res.exit_code == 1 and "collection must be" in res.output
     bad = tmp_path / "bad.toml"
     bad.write_text("k = [\n")
     monkeypatch.setenv("RIFT_CONFIG", str(bad))

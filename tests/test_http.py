@@ -135,3 +135,18 @@ def test_a_token_with_whitespace_is_refused_at_start(tmp_path: Path, tiny_model_
     for token in ("secret ", " secret", "sec ret"):
         with pytest.raises(ValidationError, match="must not contain whitespace"):
             make_settings(tmp_path / "data", tiny_model_path, http_token=token)
+
+
+def test_a_port_in_use_is_one_clear_error_before_anything_says_it_serves() -> None:
+    import socket
+
+    from server.http import check_can_listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            check_can_listen("127.0.0.1", port)
+    with pytest.raises(ValueError, match="cannot listen on no-such-host.invalid:80"):
+        check_can_listen("no-such-host.invalid", 80)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import sys
 import time
@@ -28,11 +29,12 @@ def _floats(value: str | None, option: str) -> list[float]:
     if not value:
         return []
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a comma-separated list of numbers", param_hint=option
-        ) from None
+        out = [math.nan]
+    if not all(math.isfinite(v) for v in out):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers", param_hint=option)
+    return out
 
 
 def _ints(value: str | None, option: str, minimum: int = 1) -> list[int]:

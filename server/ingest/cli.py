@@ -100,8 +100,13 @@ def watch(
 ) -> None:
     """Keep a collection in sync with a folder until interrupted (Ctrl-C)."""
     from server.cli import load_settings, open_rift
+    from server.engine.engine import check_collection_name
     from server.ingest.watch import watch_folder
 
+    try:
+        check_collection_name(collection)  # fail now, not on every change while watching
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
     settings = load_settings(data_dir)
     rift = open_rift(settings)
     click.echo(f"watching {path} -> collection {collection!r} (Ctrl-C to stop)", err=True)
