@@ -48,8 +48,15 @@ def settings_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def open_rift(settings: Settings):
+def open_rift(settings: Settings, must_exist: bool = False):
+    """`must_exist`: for commands that only read, a data dir that is not there is a typo, not a new store."""
     from server.service import Rift
+
+    if must_exist and not settings.data_dir.exists():
+        raise click.ClickException(
+            f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR "
+            "(rift add or rift serve create one)"
+        )
 
     try:
         return Rift(settings).start(background=False)
@@ -140,7 +147,7 @@ def settings_table() -> str:
 @click.option("--data-dir", default=None)
 def stats(collection: str | None, data_dir: str | None) -> None:
     """Print collections, model and disagreement statistics as JSON."""
-    rift = open_rift(load_settings(data_dir))
+    rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
         emit(rift.stats(collection))
     except RiftError as exc:
@@ -164,7 +171,7 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
         parsed = json.loads(filters) if filters else None
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--filters") from None
-    rift = open_rift(load_settings(data_dir))
+    rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
         response = rift.search(collection, query, k, mode, parsed, source="cli")
         emit(

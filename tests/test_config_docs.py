@@ -89,6 +89,9 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     a_file.write_text("x")
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(a_file)])
     assert res.exit_code == 1 and "cannot be used as rift's data folder" in res.output
+    res = CliRunner().invoke(main, ["search", "x", "--data-dir", str(tmp_path / "typo")])
+    assert res.exit_code == 1 and "no rift data folder at" in res.output and not (tmp_path / "typo").exists()
+    (tmp_path / "data").mkdir()
     monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
