@@ -469,10 +469,11 @@ def test_both_sides_of_a_search_rank_one_state_of_the_collection(rift_factory, e
 
 
 def test_a_one_sided_search_ignores_the_fusion_weights(rift_factory) -> None:
-    rift = rift_factory(vector_weight=0.0, keyword_weight=0.0)  # weights only balance the two sides
+    rift = rift_factory(vector_weight=0.0)  # weights only balance the two sides
     rift.add_documents("default", docs(("a", "the cat sat on the mat"), ("b", "dogs bark at night")))
     assert ids(rift.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["a"]
     assert ids(rift.search("default", "dogs", mode="keyword").outcome.hits) == ["b"]
+    assert ids(rift.search("default", "dogs", mode="hybrid").outcome.hits) == ["b"]  # the keyword side alone
 
 
 def test_a_hybrid_hit_shows_the_chunk_of_the_side_that_ranked_it_higher(rift_factory) -> None:
