@@ -394,29 +394,26 @@ class Engine:
             index.set_vectors(None, None)
             return
         embedder = self._embedders.get(record.model_version)
-        if not snap.rows:
-            copy = VectorRows(embedder.dimension) if embedder is not None else None
-            index.set_vectors(copy, record.model_version)
-            return
+        dimension = embedder.dimension if embedder is not None else None
         # Only live rows: a delete masks its rows here but removes their vectors from Chroma (and a new
         # model's collection never had them). Masked rows get zeros; vector search never reads them.
         ids = [r.chunk_id for r, ok in zip(snap.rows, snap.alive, strict=True) if ok]
-        dimension = embedder.dimension if embedder is not None else None
         found = self.vectors.embeddings_matrix(record.chroma_name, ids) if ids else None
         if ids and (found is None or (dimension is not None and found.shape[1] != dimension)):
             log.warning("exact vector search off for %r: Chroma lacks some of its vectors", collection)
             index.set_vectors(None, None)
             return
         if found is not None and snap.all_alive:
-            index.set_vectors(VectorRows.of(found), record.model_version)
-            return
-        dimension = found.shape[1] if found is not None else dimension
-        if dimension is None:
+            matrix = found
+        elif found is not None or dimension is not None:
+            matrix = np.zeros(
+                (len(snap.rows), found.shape[1] if found is not None else dimension), np.float32
+            )
+            if found is not None:
+                matrix[snap.alive] = found
+        else:  # nothing live, and no model loaded to say the dimension
             index.set_vectors(None, None)
             return
-        matrix = np.zeros((len(snap.rows), dimension), dtype=np.float32)
-        if found is not None:
-            matrix[snap.alive] = found
         index.set_vectors(VectorRows.of(matrix), record.model_version)
 
     # --- models --------------------------------------------------------------------------------------------

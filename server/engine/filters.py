@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -36,9 +36,8 @@ MAX_DEPTH = 8
 # Chroma evaluates a filter as a tree it refuses beyond depth 1,000, and a wide $or (or an $in of mixed types,
 # which becomes one) is that deep: bound what a filter may expand to, with an error that names the cause.
 MAX_CONDITIONS = 400
-RESERVED_PREFIX = (
-    "_rift_"  # rift's own per-chunk keys (text, document, folders): never user metadata or filters
-)
+# rift's own per-chunk keys (text, document, folders): never user metadata or filters
+RESERVED_PREFIX = "_rift_"
 PREFIX_FIELD = "source"
 DIR_KEY = "_rift_dir_"
 
@@ -89,10 +88,7 @@ def _conditions(node: Node) -> int:
     if isinstance(node, Bool):
         return sum(_conditions(c) for c in node.children)
     if node.op in ("$in", "$nin"):
-        values = list(node.value)
-        if len({type(v) for v in values}) > 1 or any(_fraction(v) for v in values):
-            return sum(2 if _fraction(v) else 1 for v in values)
-        return 1
+        return sum(2 if _fraction(v) else 1 for v in node.value) if _expands(node.value) else 1
     return 2 if _fraction(node.value) else 1
 
 
@@ -172,7 +168,7 @@ def to_chroma(node: Node | None) -> dict[str, Any] | None:
         return children[0] if len(children) == 1 else {node.op: children}
     if node.op in ("$in", "$nin"):
         values = list(node.value)
-        if len({type(v) for v in values}) > 1 or any(_fraction(v) for v in values):
+        if _expands(values):
             # Chroma wants one type per list; x $in [a, b] is x == a OR x == b (and $nin the negation).
             op, join = ("$eq", "$or") if node.op == "$in" else ("$ne", "$and")
             return {join: [_chroma_cond(node.field, op, v) for v in values]}
@@ -182,6 +178,11 @@ def to_chroma(node: Node | None) -> dict[str, Any] | None:
 
 def _fraction(value: Any) -> bool:
     return isinstance(value, float) and not value.is_integer()
+
+
+def _expands(values: Sequence[Any]) -> bool:
+    """Whether an $in / $nin list goes to Chroma as one condition per value: mixed types, or a fraction."""
+    return len({type(v) for v in values}) > 1 or any(_fraction(v) for v in values)
 
 
 # Chroma compares a fractional operand with integer metadata after cutting it to an integer (toward zero):

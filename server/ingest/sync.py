@@ -255,13 +255,15 @@ def sync_paths(
     targets = list(dict.fromkeys(targets))
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
-    if vanished and collection in engine.collection_names():
+    if collection in engine.collection_names():
         run.existing = dict(engine.state.list_documents(collection, -1, 0))
+    gone_docs: list[str] = []
     for path, missing in vanished.items():
-        if not any(run.vanished_under(path, recursive, pattern, doc_id) for doc_id in run.existing):
+        under = [doc_id for doc_id in run.existing if run.vanished_under(path, recursive, pattern, doc_id)]
+        if not under:
             raise missing  # nothing of it was ever synced here: a typo, not a deletion
+        gone_docs += under
     engine.create_collection(collection)
-    run.existing = dict(engine.state.list_documents(collection, -1, 0))
 
     # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
     own = Path(engine.settings.data_dir).resolve()
@@ -290,8 +292,7 @@ def sync_paths(
         for target in targets:
             if target.is_dir():
                 doomed.extend(run.prune(target, recursive, pattern))
-        for path in vanished:
-            doomed.extend(d for d in run.existing if run.vanished_under(path, recursive, pattern, d))
+        doomed.extend(gone_docs)
         doomed = list(dict.fromkeys(doomed))
         if doomed:
             deleted, _ = engine.delete_documents(collection, doomed)

@@ -68,9 +68,11 @@ class IgnoreRules:
             self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
         except Exception:
             # git skips a line it cannot read and keeps the others; so must we, or one typo un-ignores secrets.
-            good = [line for line in lines if _parses(line)]
+            good = []
             for number, line in enumerate(lines, 1):
-                if not _parses(line):
+                if _parses(line):
+                    good.append(line)
+                else:
                     log.warning(
                         "%s line %d ignored: not a valid pattern: %r", folder / ".gitignore", number, line
                     )
@@ -136,15 +138,15 @@ def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
 
 
 def _excluded_here(
-    target: Path, folder: Path, rules: IgnoreRules, policy: PathPolicy, pattern: pathspec.PathSpec | None
+    target: Path, folder: Path, rules: IgnoreRules, pattern: pathspec.PathSpec | None
 ) -> str | None:
     """Why a symlink's target inside `folder` is left out ("" when only the glob excludes it: out of scope,
-    not reported), or None. A link must not let in a file that .gitignore or the glob keeps out."""
+    not reported), or None. A link must not let in a file that .gitignore or the glob keeps out. `rules`
+    already hold those above `folder` (walk loads them first); folders not walked yet are loaded here."""
     if not target.is_relative_to(folder):
         return None
     if pattern is not None and not pattern.match_file(target.relative_to(folder).as_posix()):
         return ""
-    _load_ancestors(rules, folder, policy)
     for parent in reversed(target.parents):
         if parent.is_relative_to(folder):
             rules.load(parent)
@@ -173,11 +175,10 @@ def walk(
             sub = here / name
             if name in VCS_DIRS or not recursive:
                 continue
+            # A folder listed but not entered (no x permission) cannot stat its entries.
             try:
                 linked = sub.is_symlink()
-            except (
-                OSError
-            ) as exc:  # a folder listed but not entered (no x permission) cannot stat its entries
+            except OSError as exc:
                 yield Skipped(sub, f"cannot read folder: {exc.strerror or exc}", True)
                 continue
             if linked:
@@ -206,7 +207,7 @@ def walk(
                     yield target
                 elif not target.is_file():
                     yield Skipped(path, "symlink to something that is not a regular file")
-                elif (why := _excluded_here(target, folder, rules, policy, pattern)) is not None:
+                elif (why := _excluded_here(target, folder, rules, pattern)) is not None:
                     if why:
                         yield Skipped(path, why)
                 else:

@@ -169,6 +169,7 @@ class Gate:
         def add(which: str, name: str, value: float) -> None:
             sums[which].setdefault(name, []).append(value)
 
+        models = {"serving": serving, "candidate": candidate}
         collections = set(self.engine.collection_names())
         fb_queries = 0
         for q in holdout:
@@ -178,10 +179,7 @@ class Gate:
                 continue
             try:
                 keyword = self._keyword(q.collection, q.query)
-                vectors = {
-                    w: self._vector(m, q.collection, q.query)
-                    for w, m in (("serving", serving), ("candidate", candidate))
-                }
+                vectors = {which: self._vector(m, q.collection, q.query) for which, m in models.items()}
             except NotFoundError:  # the collection was deleted while the gate ran: score the others
                 collections.discard(q.collection)
                 continue
@@ -207,10 +205,7 @@ class Gate:
             if collection not in collections:
                 continue
             try:
-                ranked = {
-                    w: self._vector(m, collection, query)[:10]
-                    for w, m in (("serving", serving), ("candidate", candidate))
-                }
+                ranked = {which: self._vector(m, collection, query)[:10] for which, m in models.items()}
             except NotFoundError:
                 collections.discard(collection)
                 continue
@@ -222,7 +217,7 @@ class Gate:
                 if should_stop is not None and should_stop():
                     break
                 keyword = self._keyword(labelled.collection, text)
-                for which, model in (("serving", serving), ("candidate", candidate)):
+                for which, model in models.items():
                     vector = self._vector(model, labelled.collection, text)
                     add(which, "labelled_vector_ndcg@10", ndcg_at_k(vector[:10], labelled.qrels[qid], 10))
                     hybrid = self._hybrid(vector, keyword)[:10]
