@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bm25s
 import numpy as np
 import pytest
 
@@ -286,6 +287,46 @@ def test_keyword_matching_normalises_unicode(rift) -> None:
     )
     for query, expected in (("café résumé", "nfd"), ("finance flows", "lig")):
         assert ids(rift.search("default", query, mode="keyword").outcome.hits) == [expected], query
+
+
+def test_words_inside_unspaced_cjk_text_are_keyword_terms(rift) -> None:
+    # Chinese and Japanese put no spaces between words: each run is indexed as character bigrams, so a word
+    # inside a sentence matches, and a run never swallows the Latin word next to it.
+    rift.add_documents(
+        "default",
+        docs(
+            ("zh", "我们研究机器学习的基础理论"),
+            ("ja", "東京で機械学習の勉強会を開きます"),
+            ("mix", "iPhone手机的电池"),
+            ("en", "plain english text about tea"),
+        ),
+    )
+    for query, expected in (("机器学习", ["zh"]), ("勉強会", ["ja"]), ("iphone", ["mix"]), ("电池", ["mix"])):
+        assert ids(rift.search("default", query, mode="keyword").outcome.hits) == expected, query
+    assert ids(rift.search("default", "学习", mode="keyword").outcome.hits) == [
+        "zh"
+    ]  # the Japanese text writes 学習
+
+
+def test_a_data_dir_tokenized_before_cjk_bigrams_is_re_tokenized(rift_factory) -> None:
+    from server.engine.keyword_index import KeywordTokenizer
+
+    first = rift_factory()
+    first.add_documents("default", docs(("zh", "我们研究机器学习的基础理论"), ("x", "tea")))
+    engine = first.engine()
+    # Put the store back as the previous version left it: one token per CJK run, its old signature.
+    old = KeywordTokenizer()
+    engine.state.retokenize(
+        lambda texts: bm25s.tokenize(
+            texts, stopwords=old._stopwords, stemmer=old._stemmer, return_ids=False, show_progress=False
+        )
+    )
+    engine.state.put_setting("keyword_tokenizer", "nfkc stemmer=english stopwords=en")
+    first.close()
+    again = rift_factory()
+    assert again.repair_report["retokenized"] == 2
+    assert ids(again.search("default", "机器学习", mode="keyword").outcome.hits) == ["zh"]
+    again.close()
 
 
 def test_a_changed_tokenizer_re_tokenizes_stored_chunks(rift_factory) -> None:

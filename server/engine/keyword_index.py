@@ -16,6 +16,7 @@ published), so searches read whichever snapshot is current and never wait for a 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,12 +42,33 @@ _PRUNE_SHARE = 0.5
 _PRUNE_MIN = 10_000
 
 
+# Scripts written without spaces between words (Han, Hiragana, Katakana; Hangul too, as Lucene's CJK analyzer
+# does): a run of them is indexed as overlapping character bigrams, so a word inside a sentence is a term.
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+# bm25s' own rule (two or more word characters) plus a lone CJK character, which is a word on its own.
+_TOKEN_PATTERN = rf"(?u)\b\w\w+\b|[{_CJK}]"
+
+
+def _cjk_bigrams(text: str) -> str:
+    """`text` with every CJK run replaced by its character bigrams (a one-character run stays whole), set
+    apart by spaces so a run never merges with adjacent Latin letters or digits into one token."""
+
+    def split(run: re.Match[str]) -> str:
+        chars = run.group()
+        grams = [chars] if len(chars) == 1 else [chars[i : i + 2] for i in range(len(chars) - 1)]
+        return f" {' '.join(grams)} "
+
+    return _CJK_RUN.sub(split, text)
+
+
 class KeywordTokenizer:
-    """Lower-cases, drops stopwords and stems (PyStemmer) exactly like bm25s' own tokenizer."""
+    """Lower-cases, drops stopwords and stems (PyStemmer) like bm25s' own tokenizer, which it calls; CJK text
+    becomes character bigrams first."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
         # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.
-        self.signature = f"nfkc stemmer={stemmer_language} stopwords={stopwords}"
+        self.signature = f"nfkc cjk-bigrams stemmer={stemmer_language} stopwords={stopwords}"
         self._stemmer = None
         if stemmer_language:
             import Stemmer
@@ -63,9 +85,10 @@ class KeywordTokenizer:
         if not texts:
             return []
         # NFKC: a query typed as composed characters matches text stored decomposed (macOS file names), and
-        # a PDF's ligatures ("ﬁ") match plain letters.
+        # a PDF's ligatures ("ﬁ") match plain letters; it also turns half-width katakana into full-width.
         return bm25s.tokenize(
-            [unicodedata.normalize("NFKC", t) for t in texts],
+            [_cjk_bigrams(unicodedata.normalize("NFKC", t)) for t in texts],
+            token_pattern=_TOKEN_PATTERN,
             stopwords=self._stopwords,
             stemmer=self._stemmer,
             return_ids=False,
