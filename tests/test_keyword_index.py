@@ -6,6 +6,7 @@ the index before the delete with the deleted rows masked out."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -158,3 +159,45 @@ def test_unused_terms_are_pruned_and_old_snapshots_stay_valid(monkeypatch: pytes
     assert not before.postings.docs.flags.writeable
     scores = before.bm25.get_scores(["gone1", "shared"]) if before.bm25 else None
     assert scores is not None and float(scores.max()) == hits_before[0][1]
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("我的猫很可爱", "猫"),  # one Chinese character inside a run is a term
+        ("明日は時々雨が降ります", "時々"),  # 々 belongs to the run
+        ("佐々木さんに会った", "佐々木"),
+        ("물을 마셨다", "물"),
+        ("二〇二四年の計画", "二〇二四"),
+        ("İstanbul'da bir gün", "istanbul"),  # "İ".lower() carries a combining dot
+        ("दिल्ली की यात्रा", "दिल्ली"),  # vowel signs and viramas stay in the word
+        ("bilgisayar ve infor\u00admation", "information"),  # a soft hyphen splits no word
+        ("iPhone手机的battery很好", "battery"),
+    ],
+)
+def test_multilingual_words_are_keyword_terms(text: str, query: str) -> None:
+    tok = KeywordTokenizer()
+    doc, q = tok.tokenize([text, query])
+    assert q and set(q) <= set(doc), (q, doc)
+
+
+def test_kana_punctuation_is_no_term_and_cjk_stopwords_apply_to_whole_words() -> None:
+    assert "・" not in KeywordTokenizer().tokenize(["ジョン・スミス"])[0]
+    # Korean separates words by spaces: its stopwords (그리고 "and", 하지만 "but") go before runs are split.
+    korean = KeywordTokenizer(None, "ko").tokenize(["그리고 데이터를 하지만 결국"])[0]
+    assert "그리" not in korean and "하지" not in korean and "데이" in korean
+
+
+def test_english_tokens_are_bm25s_own() -> None:
+    # Benchmarks and stored data: for Latin text the tokens are exactly those of bm25s' tokenizer.
+    import Stemmer
+
+    texts = ["Running dogs jumped over the lazy fox in 2024.", "The ﬁnance of C++ and R: naïve résumés"]
+    expected = bm25s.tokenize(
+        [unicodedata.normalize("NFKC", t) for t in texts],
+        stopwords="en",
+        stemmer=Stemmer.Stemmer("english"),
+        return_ids=False,
+        show_progress=False,
+    )
+    assert KeywordTokenizer().tokenize(texts) == expected

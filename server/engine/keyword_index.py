@@ -27,6 +27,7 @@ from typing import Any
 
 import bm25s
 import numpy as np
+import regex
 
 from server.engine.exact_vectors import VectorRows, top_rows
 from server.engine.filters import MetadataColumns, Node, mask
@@ -42,33 +43,48 @@ _PRUNE_SHARE = 0.5
 _PRUNE_MIN = 10_000
 
 
-# Scripts written without spaces between words (Han, Hiragana, Katakana; Hangul too, as Lucene's CJK analyzer
-# does): a run of them is indexed as overlapping character bigrams, so a word inside a sentence is a term.
-_CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
+# Scripts written without spaces between words: Han (with 々 〆 〇 〻), Hiragana, Katakana (with ー, without the
+# middle dot ・ and other kana punctuation), and Hangul, which Lucene's CJK analyzer treats alike. A run of them
+# is indexed as its characters and its overlapping character bigrams, so any word inside a sentence, one
+# character long or more, is a keyword term.
+_CJK = (
+    "\u1100-\u11ff\u3005-\u3007\u303b\u3041-\u3096\u3099-\u309a\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff"
+    "\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff"
+    "\uf900-\ufaff\U00020000-\U0002fa1f\U00030000-\U000323af"
+)
+_CJK_CHAR = re.compile(f"[{_CJK}]")
 _CJK_RUN = re.compile(f"[{_CJK}]+")
-# bm25s' own rule (two or more word characters) plus a lone CJK character, which is a word on its own.
-_TOKEN_PATTERN = rf"(?u)\b\w\w+\b|[{_CJK}]"
+# A word: letters, combining marks (Indic vowel signs and viramas, Arabic vowel marks, which Python's \w
+# leaves out, splitting such words apart), digits and "_".
+_WORD = regex.compile(r"[\p{L}\p{N}_][\p{L}\p{M}\p{N}_]*")  # a stray mark starts no word
+# Invisible characters that split a word where none ends: soft hyphens (HTML &shy;), joiners, BOM. A
+# zero-width space does end a word (Thai and Khmer use it so).
+_INVISIBLE = str.maketrans(
+    {"\u00ad": None, "\u200c": None, "\u200d": None, "\u2060": None, "\ufeff": None, "\u200b": " "}
+)
 
 
-def _cjk_bigrams(text: str) -> str:
-    """`text` with every CJK run replaced by its character bigrams (a one-character run stays whole), set
-    apart by spaces so a run never merges with adjacent Latin letters or digits into one token."""
+def _words(text: str) -> list[str]:
+    """`text`'s words, lower-cased: CJK runs apart from the letters around them, other words of two or more
+    characters (bm25s's rule: a lone letter or digit is no term)."""
+    text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE)).lower()
+    # "İ".lower() is "i" + a combining dot, which would not match a typed "i".
+    text = _CJK_RUN.sub(lambda run: f" {run.group()} ", text.replace("i\u0307", "i"))
+    return [w for w in _WORD.findall(text) if len(w) > 1 or _CJK_CHAR.match(w)]
 
-    def split(run: re.Match[str]) -> str:
-        chars = run.group()
-        grams = [chars] if len(chars) == 1 else [chars[i : i + 2] for i in range(len(chars) - 1)]
-        return f" {' '.join(grams)} "
 
-    return _CJK_RUN.sub(split, text)
+def _cjk_grams(run: str) -> list[str]:
+    """A CJK run's characters, then its overlapping bigrams ("机器学习" -> 机 器 学 习 机器 器学 学习)."""
+    return [*run, *(run[i : i + 2] for i in range(len(run) - 1))]
 
 
 class KeywordTokenizer:
-    """Lower-cases, drops stopwords and stems (PyStemmer) like bm25s' own tokenizer, which it calls; CJK text
-    becomes character bigrams first."""
+    """Words (see `_words`) without stopwords, stemmed by PyStemmer through bm25s' own tokenizer; CJK runs then
+    become their characters and bigrams. The stopword list applies to whole words, before a run is split."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
         # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.
-        self.signature = f"nfkc cjk-bigrams stemmer={stemmer_language} stopwords={stopwords}"
+        self.signature = f"nfkc words+marks cjk-grams stemmer={stemmer_language} stopwords={stopwords}"
         self._stemmer = None
         if stemmer_language:
             import Stemmer
@@ -84,16 +100,21 @@ class KeywordTokenizer:
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         if not texts:
             return []
-        # NFKC: a query typed as composed characters matches text stored decomposed (macOS file names), and
-        # a PDF's ligatures ("ﬁ") match plain letters; it also turns half-width katakana into full-width.
-        return bm25s.tokenize(
-            [_cjk_bigrams(unicodedata.normalize("NFKC", t)) for t in texts],
-            token_pattern=_TOKEN_PATTERN,
+        # Words hold no whitespace, so bm25s' split on it gives them back whole for its stopwords and stemmer
+        # (no stemmer changes CJK text).
+        tokenized = bm25s.tokenize(
+            [" ".join(_words(t)) for t in texts],
+            lower=False,
+            token_pattern=r"\S+",
             stopwords=self._stopwords,
             stemmer=self._stemmer,
             return_ids=False,
             show_progress=False,
         )
+        return [
+            [gram for token in tokens for gram in (_cjk_grams(token) if _CJK_CHAR.match(token) else (token,))]
+            for tokens in tokenized
+        ]
 
 
 @dataclass(frozen=True)
