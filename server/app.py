@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from pydantic import ConfigDict
 
 from server import __version__
 from server.config import Settings
@@ -53,4 +54,20 @@ def create_server(settings: Settings | None = None) -> MCPServer:
             description=spec.description,
             annotations=spec.annotations,
         )
+        _refuse_unknown_arguments(server, spec.name)
     return server
+
+
+def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
+    """The SDK's argument model ignores names it does not know, so `delete_documents(ids, colection=...)`
+    deleted from "default". Swap in a subclass that forbids them (the error names the argument) and publish
+    `additionalProperties: false` so a client can see it. The tool manager is the SDK's private attribute:
+    tests/test_mcp_tools.py fails if it moves."""
+    tool = server._tool_manager.get_tool(name)  # noqa: SLF001
+    assert tool is not None, name
+    loose = tool.fn_metadata.arg_model
+    strict = type(
+        loose.__name__, (loose,), {"model_config": ConfigDict(**loose.model_config, extra="forbid")}
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)

@@ -241,7 +241,7 @@ class Rift:
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()
         engine.follow_others()
-        names = [collection] if collection else engine.collection_names()
+        names = [collection] if collection is not None else engine.collection_names()
         collections = []
         for name in names:
             info = engine.info(name)

@@ -103,6 +103,9 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
 
     delete = tools["delete_documents"].input_schema
     assert delete["properties"]["ids"]["minItems"] == 1 and delete["required"] == ["ids"]
+    # A client can see that unknown arguments are refused (server/app.py `_refuse_unknown_arguments`).
+    assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+    assert doc.get("additionalProperties") is False
     hit = tools["hybrid_search"].output_schema["$defs"]["SearchHit"]["properties"]
     assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank"} <= set(hit)
 
@@ -248,6 +251,16 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ("delete_documents", {"ids": []}, ["ids"]),
             ("delete_documents", {"ids": ["a"], "collection": "nope"}, ["unknown collection 'nope'"]),
             ("stats", {"collection": "nope"}, ["unknown collection 'nope'"]),
+            ("stats", {"collection": ""}, ["collection"]),  # "" is no name; omit it for every collection
+            # A misspelt argument is named, never ignored: the typo'd collection would have deleted from default.
+            ("delete_documents", {"ids": ["a"], "colection": "other"}, ["colection", "xtra"]),
+            ("hybrid_search", {"query": "cat", "filter": {"lang": "de"}}, ["filter", "xtra"]),
+            ("add_documents", {"documents": [{"id": "c", "text": "x", "meta": {"lang": "fr"}}]}, ["meta"]),
+            (
+                "hybrid_search",
+                {"query": "cat", "filters": {"n": {"$in": list(range(10_001))}}},
+                ["10,001 values", "10,000"],
+            ),
         ]
         for name, args, needles in cases:
             message = await s.error(name, args)

@@ -6,7 +6,16 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from server.engine.engine import DocumentInput
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
@@ -26,6 +35,8 @@ MetadataValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, Befo
 
 
 class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt "meta" must not drop the metadata in silence
+
     id: StrictStr | None = Field(
         None, min_length=1, max_length=512, description="Stable id; defaults to a hash of the text."
     )

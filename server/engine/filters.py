@@ -36,6 +36,9 @@ MAX_DEPTH = 8
 # Chroma evaluates a filter as a tree it refuses beyond depth 1,000, and a wide $or (or an $in of mixed types,
 # which becomes one) is that deep: bound what a filter may expand to, with an error that names the cause.
 MAX_CONDITIONS = 400
+# Chroma binds every $in / $nin value as one SQLite variable: 20,000 in one filter failed there ("too many SQL
+# variables") while the in-memory path took them, so a filter means one thing on both paths up to this many.
+MAX_LIST_VALUES = 10_000
 # rift's own per-chunk keys (text, document, folders): never user metadata or filters
 RESERVED_PREFIX = "_rift_"
 PREFIX_FIELD = "source"
@@ -80,7 +83,18 @@ def parse_filters(raw: Mapping[str, Any] | None) -> Node | None:
             f"filters: expands to {size} conditions (each $or branch, and each value of an $in that mixes "
             f"types or holds fractional numbers); the limit is {MAX_CONDITIONS}. Put values of one type in one $in"
         )
+    values = _list_values(node)
+    if values > MAX_LIST_VALUES:
+        raise RiftError(
+            f"filters: its $in / $nin lists hold {values:,} values; the limit is {MAX_LIST_VALUES:,} in one filter"
+        )
     return node
+
+
+def _list_values(node: Node) -> int:
+    if isinstance(node, Bool):
+        return sum(_list_values(c) for c in node.children)
+    return len(node.value) if node.op in ("$in", "$nin") else 0
 
 
 def _conditions(node: Node) -> int:
