@@ -65,6 +65,25 @@ def test_html_text_title_and_encoding() -> None:
     assert out.title == "Café" and "crème" in out.text
 
 
+def test_html_breaks_lines_at_blocks_not_at_inline_tags() -> None:
+    page = (
+        "<p>我们用<a href='#'>深度</a>学习做<b>机器</b>翻译。</p><p>re<i>trie</i>val is\n  wrapped in source</p>"
+        "<ul><li>one</li><li>two</li></ul>a<br>b<pre>x = 1\ny = 2</pre><table><tr><td>c1</td><td>c2</td></tr></table>"
+    )
+    lines = [line for line in extract(Path("p.html"), page.encode(), "html").text.split("\n") if line]
+    assert lines == [
+        "我们用深度学习做机器翻译。",
+        "retrieval is wrapped in source",
+        "one",
+        "two",
+        "a",
+        "b",
+        "x = 1",
+        "y = 2",
+        "c1 c2",
+    ]
+
+
 def test_text_decoding_and_binary_detection() -> None:
     french = "Le cœur a ses raisons que la raison ne connaît point. Déjà l'été, à côté du château." * 3
     assert decode_text(french.encode("cp1252")) == french

@@ -32,6 +32,16 @@ FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", 
 FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 RST_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:.])\1+\s*$")
 HTML_DROP = ("script", "style", "noscript", "template", "svg", "head")
+# Elements that start a new line when a browser lays the page out; any other tag is inline.
+# fmt: off
+HTML_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "caption", "dd", "details", "dialog", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "html", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "thead", "tfoot",
+    "tr", "ul",
+})
+# fmt: on
+_BREAK = "\x00"  # marks a line break (a NUL in a page's own text would only become one)
 
 
 class SkipFile(Exception):  # noqa: N818 - a skip with a reason, not a failure
@@ -243,7 +253,21 @@ def extract_html(data: bytes) -> Extracted:
     if title is None:
         h1 = soup.find("h1")
         title = _short(h1.get_text(" ")) if h1 else None
-    lines = (" ".join(line.split()) for line in soup.get_text("\n").split("\n"))
+    # Line breaks where the layout has them (blocks, <br>, each line of a <pre>), none at inline tags: a word
+    # or a CJK phrase split by <b>/<a>/<span> stays one piece, and source line wrapping inside a paragraph
+    # is only a space.
+    for tag in soup.find_all(True):
+        if tag.name == "br":
+            tag.replace_with(_BREAK)
+        elif tag.name == "pre":
+            for node in tag.find_all(string=True):
+                node.replace_with(node.replace("\n", _BREAK))
+        if tag.name in HTML_BLOCKS:
+            tag.insert_before(_BREAK)
+            tag.insert_after(_BREAK)
+        elif tag.name in ("td", "th"):
+            tag.insert_after(" ")
+    lines = (" ".join(line.split()) for line in soup.get_text("").split(_BREAK))
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return Extracted(text, title)
 
