@@ -140,6 +140,11 @@ def test_known_item_query_prefers_titles() -> None:
     assert known_item_query("body text here and more", {"title": "A Study of Otters"}) == "A Study of Otters"
     assert known_item_query("Otters eat fish daily. More text.", {}) == "Otters eat fish daily."
     assert known_item_query("tiny", {}) is None
+    # Text without spaces (Chinese, Japanese) still makes a query: its first sentence, ended by 。
+    assert (
+        known_item_query("我们研究机器学习的基础理论。第二句话很长。", {}) == "我们研究机器学习的基础理论。"
+    )
+    assert known_item_query("猫。", {}) is None
 
 
 def _report(**delta: float) -> GateReport:

@@ -73,6 +73,13 @@ def _words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if len(w) > 1 or _CJK_CHAR.match(w)]
 
 
+def length_in_words(text: str) -> float:
+    """About how many words `text` holds: space-separated words, with a CJK run counting one word per two
+    characters (Chinese words average about that), so texts without spaces are not read as one word."""
+    cjk = sum(len(run) for run in _CJK_RUN.findall(text))
+    return len(_CJK_RUN.sub(" ", text).split()) + cjk / 2
+
+
 def _cjk_grams(run: str) -> list[str]:
     """A CJK run's characters, then its overlapping bigrams ("机器学习" -> 机 器 学 习 机器 器学 学习)."""
     return [*run, *(run[i : i + 2] for i in range(len(run) - 1))]

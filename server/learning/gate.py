@@ -39,6 +39,7 @@ from typing import Any
 
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
+from server.engine.keyword_index import length_in_words
 from server.errors import NotFoundError
 from server.learning.query_log import LoggedQuery, normalized_query
 
@@ -119,19 +120,19 @@ def time_split(
     return train, ordered[-n:]
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")  # CJK full stops need no space after them
+_KNOWN_ITEM_CHARS = 600  # 32 English words never reach it; it cuts an unspaced CJK sentence
 
 
 def known_item_query(text: str, meta: Mapping[str, Any]) -> str | None:
     title = meta.get("title")
-    if isinstance(title, str) and len(title.split()) >= 3:
+    if isinstance(title, str) and length_in_words(title) >= 3:
         return title
     first = text.strip().split("\n", 1)[0]
     first = _SENTENCE.split(first, 1)[0]
-    words = first.split()
-    if len(words) < 4:
+    if length_in_words(first) < 4:
         return None
-    return " ".join(words[:32])
+    return " ".join(first.split()[:32])[:_KNOWN_ITEM_CHARS]
 
 
 class Gate:
