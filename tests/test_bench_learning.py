@@ -15,6 +15,7 @@ from server.bench.learning_experiment import (
     half_labelled_triples,
     labelled_triples,
     merge_results,
+    repeat_hard_positives,
     simulated_agent,
 )
 from server.cli import main
@@ -51,6 +52,19 @@ def test_half_labelled_triples_replace_only_the_positives_or_only_the_negatives(
     assert [(t.positive_doc, t.negative_doc, t.kind) for t in positives] == [("y", "x", "fused")]
     negatives = half_labelled_triples(mined, log, {"first": "Q1"}, qrels, "negatives")
     assert [(t.positive_doc, t.negative_doc) for t in negatives] == [("a", "x"), ("a", "z")]
+
+
+def test_hard_positives_are_repeated_and_easy_ones_kept_once() -> None:
+    from server.learning.mining import Triple
+
+    log = [q("1", "easy", ["a", "x"], ["a"], ["a"]), q("2", "hard", ["x", "b"], ["b"], ["b", "x"])]
+    kept = [
+        Triple("easy", "c", "a", "a::h::0", "x", "x::h::0", "fused", "1"),
+        Triple("hard", "c", "b", "b::h::0", "x", "x::h::0", "fused", "2"),
+    ]
+    rows = [("easy", "A", "X"), ("hard", "B", "X")]
+    got, hard = repeat_hard_positives(rows, kept, log, 3)
+    assert hard == 1 and got == [*rows, ("hard", "B", "X"), ("hard", "B", "X")]
 
 
 def test_the_references_that_use_labels_need_learn(tmp_path: Path) -> None:

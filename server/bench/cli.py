@@ -107,6 +107,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # or replace only the mined triples' positives ("positives") or negatives ("negatives") by the labels'
     "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
+    "mining_hard_positive_repeat": ("hard_positive_repeat", int),  # an experiment, not a setting
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name
@@ -143,6 +144,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if not 0.0 <= out.get(name, 0.0) <= 1.0:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
+    if out.get("hard_positive_repeat", 1) < 1:
+        raise click.BadParameter("mining_hard_positive_repeat must be 1 or more", param_hint="--set")
     if out.get("labelled_scope", "all") not in ("all", "mined", "positives", "negatives"):
         raise click.BadParameter(
             "labelled_scope must be all, mined, positives or negatives", param_hint="--set"

@@ -242,6 +242,22 @@ def half_labelled_triples(
     return out
 
 
+def repeat_hard_positives(
+    rows: Sequence[tuple[str, str, str]], kept: Sequence[Triple], queries: Sequence[Any], times: int
+) -> tuple[list[tuple[str, str, str]], int]:
+    """An experiment (`--set mining_hard_positive_repeat=N`, not a setting): the triples whose positive the
+    vector side did not rank first (BM25 was sure of a document the dense model put lower: the disagreement
+    the dense side can learn from) are trained `times` times; the rest once. Returns the rows and how many
+    triples were hard."""
+    vector_top = {q.query_id: q.vector[0][0] for q in queries if q.vector}
+    hard = [
+        row
+        for row, t in zip(rows, kept, strict=True)
+        if vector_top.get(t.query_id, t.positive_doc) != t.positive_doc
+    ]
+    return [*rows, *(hard * (times - 1))], len(hard)
+
+
 def _label_quality(
     triples: Sequence[Any], qids_by_text: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
 ) -> dict[str, Any]:
@@ -315,6 +331,7 @@ def run_learning_experiment(
     max_pseudo: int = 2000,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
+    hard_positive_repeat: int = 1,
     merge_base: float = _PRODUCT.learn_merge_base,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
@@ -387,6 +404,7 @@ def run_learning_experiment(
             "negatives_per_query": negatives_per_query,
             "loss": loss,
             "mask_query_terms": mask_query_terms,
+            "hard_positive_repeat": hard_positive_repeat,
             "merge_base": merge_base,
         },
         "seeds": [],
@@ -451,6 +469,9 @@ def run_learning_experiment(
             seed_info["mining"]["train_queries"] = len(mined.train_queries)
             seed_info["mining"]["holdout_queries"] = len(mined.holdout)
             seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
+            if hard_positive_repeat > 1:
+                rows, hard = repeat_hard_positives(rows, kept, mined.train_queries, hard_positive_repeat)
+                seed_info["mining"]["hard_positive_triples"] = hard
             masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
             rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
             say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
