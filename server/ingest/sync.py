@@ -24,7 +24,7 @@ import pathspec
 
 from server.engine.engine import MAX_ID_CHARS, DocumentInput, check_collection_name
 from server.errors import NotFoundError, RiftError
-from server.ingest.extract import SNIFF_BYTES, SkipFile, extract, looks_binary
+from server.ingest.extract import SNIFF_BYTES, SkipFile, extract, extractor_version, looks_binary
 from server.ingest.filetypes import classify
 from server.ingest.security import PathPolicy, read_file
 from server.ingest.walker import Found, Skipped, compile_glob, walk
@@ -110,6 +110,9 @@ class _Sync:
             self.skip(path, f"path is longer than {MAX_ID_CHARS} characters (the document id limit)")
             return
         old = self.existing.get(key)
+        file_type, family = kind
+        if old and old.get("extractor", 1) != extractor_version(family):
+            old = {**old, "size": None, "sha256": None}  # made by an earlier extractor: read it again
         try:
             info = path.stat()
         except OSError as exc:
@@ -135,7 +138,6 @@ class _Sync:
             # A touch or a checkout: store the new mtime, so later syncs skip the file by its stat again and
             # mtime filters see it. The engine keeps every chunk's vector (same text); reported as unchanged.
             self.refreshed.add(key)
-        file_type, family = kind
         try:
             extracted = extract(path, data, family)
         except SkipFile as exc:
@@ -161,6 +163,7 @@ class _Sync:
             "mtime": info.st_mtime,
             "title": extracted.title or path.name,
             "sha256": digest,
+            "extractor": extractor_version(family),
         }
         doc = DocumentInput(text=extracted.text, id=key, metadata=metadata)
         try:
