@@ -66,8 +66,8 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     tool = server._tool_manager.get_tool(name)  # noqa: SLF001
     assert tool is not None, name
     loose = tool.fn_metadata.arg_model
-    strict = type(
-        loose.__name__, (loose,), {"model_config": ConfigDict(**loose.model_config, extra="forbid")}
-    )
+    # The title names the tool in validation errors ("1 validation error for delete_documents arguments").
+    config = ConfigDict(**loose.model_config, extra="forbid", title=f"{name} arguments")
+    strict = type(loose.__name__, (loose,), {"model_config": config})
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)

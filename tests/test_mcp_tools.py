@@ -253,7 +253,11 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ("stats", {"collection": "nope"}, ["unknown collection 'nope'"]),
             ("stats", {"collection": ""}, ["collection"]),  # "" is no name; omit it for every collection
             # A misspelt argument is named, never ignored: the typo'd collection would have deleted from default.
-            ("delete_documents", {"ids": ["a"], "colection": "other"}, ["colection", "xtra"]),
+            (
+                "delete_documents",
+                {"ids": ["a"], "colection": "other"},
+                ["delete_documents arguments", "colection"],
+            ),
             ("hybrid_search", {"query": "cat", "filter": {"lang": "de"}}, ["filter", "xtra"]),
             ("add_documents", {"documents": [{"id": "c", "text": "x", "meta": {"lang": "fr"}}]}, ["meta"]),
             (
