@@ -112,7 +112,7 @@ class _Sync:
         old = self.existing.get(key)
         file_type, family = kind
         if old and old.get("extractor", 1) != extractor_version(family):
-            old = {**old, "size": None, "sha256": None}  # made by an earlier extractor: read it again
+            old = None  # made by an earlier extractor: extract it again, whatever its bytes
         try:
             info = path.stat()
         except OSError as exc:
