@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from server.config import Settings
 from server.errors import DataDirLockedError, RiftError
-from server.learning.disagreement import Disagreement, summarize
+from server.learning.disagreement import Disagreement, not_compared, summarize
 from server.learning.query_log import QueryLog, new_query_id
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,11 @@ class Rift:
             return SearchResponse(None, outcome, None, False)
         # Per document, also when the lists rank chunks: the summary and the miner read document ranks.
         vector, keyword = _per_document(outcome.vector), _per_document(outcome.keyword)
-        disagreement = summarize(
-            [d for d, _c, _s in vector], [d for d, _c, _s in keyword], k, self.settings.blind_spot_depth
-        )
+        top = self.settings.blind_spot_depth
+        if outcome.keyword_terms == 0:
+            disagreement = not_compared(top)
+        else:
+            disagreement = summarize([d for d, _c, _s in vector], [d for d, _c, _s in keyword], k, top)
         query_id = new_query_id()
         logged = False
         if self.settings.log_queries and self.log is not None:
@@ -214,6 +216,7 @@ class Rift:
                 disagreement.vector_blind_spots,
                 disagreement.keyword_blind_spots,
                 source,
+                compared=disagreement.compared,
             )
             outcome.timings_ms["log_ms"] = (time.perf_counter() - started) * 1000
             logged = True

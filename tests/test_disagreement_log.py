@@ -4,12 +4,13 @@ blind spots, for a corpus where the two retrievers provably disagree."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from server.learning.disagreement import summarize
-from server.learning.query_log import QueryLog
+from server.learning.query_log import SCHEMA, QueryLog
 from tests.support.helpers import docs, make_settings, open_rift, sqlite_rows
 
 QUERY = "quantum gluon plasma"
@@ -251,3 +252,42 @@ def test_candidate_lists_in_the_older_layout_are_still_read(tmp_path: Path) -> N
     assert got.vector == [("a", "a::h::0", 0.9), ("b", "b::h::0", 0.5)]
     assert got.keyword == [("b", "b::h::0", 7.0)]
     log.close()
+
+
+def test_a_query_without_keyword_terms_is_not_counted_as_disagreement(logged) -> None:
+    logged.search("sci", QUERY, k=10)  # both sides search: compared
+    none = logged.search("sci", "the and of it", k=10)  # stopwords only: the keyword side has no terms
+    assert none.outcome.keyword == [] and none.outcome.keyword_terms == 0
+    d = none.disagreement
+    assert not d.compared and d.vector_blind_spots == [] and d.keyword_blind_spots == []
+    assert none.logged and none.outcome.hits  # still answered (by the vector side) and logged
+    # Words no document holds: the keyword side did search and found nothing, a real disagreement.
+    unmatched = logged.search("sci", "zyxwv qwerty", k=10)
+    assert unmatched.disagreement.compared and unmatched.disagreement.vector_blind_spots
+    queries = logged.stats("sci")["queries"]
+    assert queries["logged_queries"] == 3 and queries["queries_without_keyword_terms"] == 1
+    # Both compared searches have vector blind spots; counting the third would read 2/3.
+    assert queries["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+
+
+def test_a_log_from_before_the_compared_column_opens_and_counts_its_rows_as_compared(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    conn = sqlite3.connect(path)
+    old = [line for line in SCHEMA.splitlines() if not line.strip().startswith("compared ")]
+    conn.executescript("\n".join(old).replace("DEFAULT 'mcp',\n);", "DEFAULT 'mcp'\n);"))
+    conn.execute(
+        "INSERT INTO queries VALUES ('q1', 1.0, 'x', 'c', 'm', 'hybrid', 5, NULL, '[]', '[]', '[]', 5, 0.4, "
+        "'[\"a\"]', '[]', 'mcp')"
+    )
+    conn.commit()
+    conn.close()
+    log = QueryLog(path)
+    try:
+        log.record("q2", "y", "c", "m", "hybrid", 5, None, [], [], [], 5, 0.0, [], [], compared=False)
+        assert log.get("q1").overlap == pytest.approx(0.4) and log.get("q2") is not None
+        stats = log.stats("c")
+        assert stats["logged_queries"] == 2 and stats["queries_without_keyword_terms"] == 1
+        assert stats["mean_top_overlap"] == pytest.approx(0.4)
+        assert stats["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+    finally:
+        log.close()

@@ -135,6 +135,7 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
 
         found = await s.ok("hybrid_search", {"query": "pump valve seal", "collection": "docs", "k": 2})
         assert found["query_id"] and found["mode"] == "hybrid" and found["disagreement"]["top"] == 5
+        assert found["disagreement"]["compared"] and 0 <= found["disagreement"]["overlap"] <= 1
         top = found["hits"][0]
         assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024}
         assert top["keyword_rank"] == 1 and top["vector_rank"] is not None and "pump" in top["text"]
@@ -147,6 +148,9 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert [h["doc_id"] for h in filtered["hits"]] == ["cat"]
         vector = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "mode": "vector"})
         assert vector["query_id"] is None and vector["disagreement"] is None and len(vector["hits"]) == 3
+        stopwords = await s.ok("hybrid_search", {"query": "the and of it", "collection": "docs"})
+        assert stopwords["hits"] and stopwords["disagreement"]["compared"] is False
+        assert stopwords["disagreement"]["overlap"] is None
 
         deleted = await s.ok("delete_documents", {"ids": ["pump", "ghost"], "collection": "docs"})
         assert deleted == {"collection": "docs", "deleted": ["pump"], "not_found": ["ghost"]}
@@ -157,7 +161,8 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         (coll,) = stats["collections"]
         assert (coll["name"], coll["documents"], coll["chunks"]) == ("docs", 2, 2)
         assert stats["model"] == cfg.model and stats["dimension"] == 32
-        assert stats["queries"]["logged_queries"] == 3  # the hybrid searches
+        assert stats["queries"]["logged_queries"] == 4  # the hybrid searches
+        assert stats["queries"]["queries_without_keyword_terms"] == 1
         assert set(stats["index_bytes"]) >= {"chroma", "state_sqlite", "query_log_sqlite"}
 
 

@@ -27,8 +27,13 @@ class SearchHit(BaseModel):
 
 class DisagreementOut(BaseModel):
     top: int
-    overlap: float = Field(
-        description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1)."
+    compared: bool = Field(
+        description="False when the query has no keyword terms (only stopwords or symbols): the keyword side "
+        "did not search, so there is no overlap and there are no blind spots."
+    )
+    overlap: float | None = Field(
+        description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1); "
+        "null when not compared."
     )
     vector_blind_spots: list[str] = Field(
         description="Vector top hits the keyword side did not return in top-k."
@@ -95,7 +100,8 @@ async def hybrid_search(
         if d is None
         else DisagreementOut(
             top=d.top,
-            overlap=d.overlap,
+            compared=d.compared,
+            overlap=d.overlap if d.compared else None,
             vector_blind_spots=d.vector_blind_spots,
             keyword_blind_spots=d.keyword_blind_spots,
         ),

@@ -95,6 +95,9 @@ class SearchOutcome:
     keyword: list[Candidate]
     model_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # How many terms the keyword side searched for; 0: the query has none (only stopwords or symbols), so
+    # that side did not search. None where it did not run (vector mode).
+    keyword_terms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -907,10 +910,12 @@ class Engine:
         depth = max(depth, k)
         timings: dict[str, float] = {}
         version = record.model_version
+        terms: list[int] = []
 
         def keyword_side(depth: int = depth) -> tuple[list[Candidate], float]:
             started = time.perf_counter()
             tokens = self.tokenizer.tokenize([query])[0]
+            terms.append(len(tokens))
             found = [
                 Candidate(r.doc_id, r.chunk_id, s, r) for r, s in index.search(tokens, depth, node, snap)
             ]
@@ -1020,7 +1025,9 @@ class Engine:
                 Hit(cand.doc_id, cand.chunk_id, source.text, meta, score, v_rank.get(key_), k_rank.get(key_))
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
-        return SearchOutcome(collection, query, mode, k, hits, vector, keyword, version, timings)
+        return SearchOutcome(
+            collection, query, mode, k, hits, vector, keyword, version, timings, terms[0] if terms else None
+        )
 
     def follow_others(self) -> None:
         """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms),

@@ -12,6 +12,14 @@ class Disagreement:
     overlap: float  # |V_top ∩ K_top| / min(top, longer head), in [0, 1]
     vector_blind_spots: list[str]  # in vector top, absent from keyword top-k: the keyword side missed them
     keyword_blind_spots: list[str]  # in keyword top, absent from vector top-k: the vector side missed them
+    # False when the query had no keyword terms (only stopwords or symbols): the keyword side did not search,
+    # so there is nothing to disagree with (overlap 0, no blind spots), and the log's rates leave it out.
+    compared: bool = True
+
+
+def not_compared(top: int = 5) -> Disagreement:
+    """A search whose keyword side had no terms to look for."""
+    return Disagreement(top=top, overlap=0.0, vector_blind_spots=[], keyword_blind_spots=[], compared=False)
 
 
 def summarize(vector: Sequence[str], keyword: Sequence[str], k: int, top: int = 5) -> Disagreement:

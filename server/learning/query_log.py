@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS queries (
     overlap REAL NOT NULL,
     vector_blind TEXT NOT NULL,    -- JSON [doc_id, ...]
     keyword_blind TEXT NOT NULL,
-    source TEXT NOT NULL DEFAULT 'mcp'
+    source TEXT NOT NULL DEFAULT 'mcp',
+    compared INTEGER NOT NULL DEFAULT 1  -- 0: the query had no keyword terms, so no disagreement was measured
 );
 CREATE INDEX IF NOT EXISTS queries_by_collection ON queries (collection, ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -52,6 +53,11 @@ CREATE TABLE IF NOT EXISTS fetches (
     ts REAL NOT NULL
 );
 """
+
+COLUMNS = (
+    "query_id", "ts", "query", "collection", "model_version", "mode", "k", "filters", "vector", "keyword",
+    "fused", "top", "overlap", "vector_blind", "keyword_blind", "source", "compared",
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,9 @@ class QueryLog:
         # NORMAL in WAL mode is crash-safe (no corruption); a power cut may lose the last few records.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(queries)")}
+        if "compared" not in columns:  # a log written before the column existed: its rows count as compared
+            self._conn.execute("ALTER TABLE queries ADD COLUMN compared INTEGER NOT NULL DEFAULT 1")
         self._lock = threading.Lock()
         # Searches hand their record to a writer thread and return: encoding ~400 candidates and the insert
         # cost ~0.3 ms. That thread runs at idle priority (see _yield_to_searches); whoever cannot wait for it
@@ -163,7 +172,8 @@ class QueryLog:
                 self._conn.execute("BEGIN")
                 try:
                     self._conn.executemany(
-                        "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                        f"INSERT INTO queries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                        rows,
                     )
                     self._conn.execute("COMMIT")
                 except BaseException:
@@ -204,9 +214,10 @@ class QueryLog:
         vector_blind: Sequence[str],
         keyword_blind: Sequence[str],
         source: str = "mcp",
+        compared: bool = True,
     ) -> None:
         args = (query_id, time.time(), query, collection, model_version, mode, k, filters, vector, keyword)
-        args += (fused, top, overlap, vector_blind, keyword_blind, source)
+        args += (fused, top, overlap, vector_blind, keyword_blind, source, compared)
         with self._cond:
             self._pending.append(args)
             # The writer has fallen behind (a busy CPU starves an idle-priority thread): bounded memory, no
@@ -220,7 +231,7 @@ class QueryLog:
     def _row(args: tuple[Any, ...]) -> tuple[Any, ...]:
         """The SQLite row of one record() call's arguments (encoded here, on the writer thread)."""
         query_id, ts, query, collection, model_version, mode, k, filters, vector, keyword = args[:10]
-        fused, top, overlap, vector_blind, keyword_blind, source = args[10:]
+        fused, top, overlap, vector_blind, keyword_blind, source, compared = args[10:]
         return (
             query_id,
             ts,
@@ -238,6 +249,7 @@ class QueryLog:
             json.dumps(list(vector_blind)),
             json.dumps(list(keyword_blind)),
             source,
+            int(compared),
         )
 
     def get(self, query_id: str) -> LoggedQuery | None:
@@ -340,11 +352,15 @@ class QueryLog:
         self.flush()
         where, args = ("WHERE collection = ?", (collection,)) if collection else ("", ())
         with self._lock:
-            n, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
-                "SELECT COUNT(*), AVG(overlap), "
-                "AVG(CASE WHEN vector_blind != '[]' THEN 1.0 ELSE 0.0 END), "
-                "AVG(CASE WHEN keyword_blind != '[]' THEN 1.0 ELSE 0.0 END), "
-                "AVG(json_array_length(vector_blind)), AVG(json_array_length(keyword_blind)) "
+            # Rates over the searches where both sides searched: a query with no keyword terms has nothing
+            # to disagree with, and counting its vector hits as blind spots would inflate them.
+            n, uncompared, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
+                "SELECT COUNT(*), SUM(1 - compared), "
+                "AVG(CASE WHEN compared THEN overlap END), "
+                "AVG(CASE WHEN compared THEN (CASE WHEN vector_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
+                "AVG(CASE WHEN compared THEN (CASE WHEN keyword_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
+                "AVG(CASE WHEN compared THEN json_array_length(vector_blind) END), "
+                "AVG(CASE WHEN compared THEN json_array_length(keyword_blind) END) "
                 f"FROM queries {where}",
                 args,
             ).fetchone()
@@ -355,6 +371,7 @@ class QueryLog:
             ).fetchone()
         return {
             "logged_queries": int(n or 0),
+            "queries_without_keyword_terms": int(uncompared or 0),
             "mean_top_overlap": round(overlap or 0.0, 4),
             "queries_with_vector_blind_spots": round(vb or 0.0, 4),
             "queries_with_keyword_blind_spots": round(kb or 0.0, 4),
