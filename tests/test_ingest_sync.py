@@ -407,3 +407,30 @@ def test_files_from_an_earlier_extractor_are_read_again_once(app: Rift, docs: Pa
     assert got["botany.html"][0] == "updated" and got["guide.md"] == ("unchanged", None)
     assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == 3
     assert statuses(sync(app, docs), docs)["botany.html"] == ("unchanged", None)
+
+
+def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift, docs: Path) -> None:
+    shared = docs.parent / "shared"
+    shared.mkdir()
+    (shared / "comet.md").write_text("# Comets\n\nA comet's tail points away from the sun.\n")
+    (shared / "nebula.md").write_text("# Nebulae\n\nA nebula is a cloud of gas and dust.\n")
+    (docs / "comet-link.md").symlink_to(shared / "comet.md")
+    (docs / "nebula-link.md").symlink_to(shared / "nebula.md")
+
+    sync(app, docs)
+    meta = dict(app.engine().state.list_documents("files", -1, 0))
+    comet, nebula = str(shared / "comet.md"), str(shared / "nebula.md")
+    assert meta[comet]["source"] == comet and meta[comet]["via"] == str(docs / "comet-link.md")
+    sync(app, shared / "nebula.md")  # synced directly too: the document is that file's now
+    meta = dict(app.engine().state.list_documents("files", -1, 0))
+    assert "via" not in meta[nebula]
+
+    (docs / "comet-link.md").unlink()
+    (docs / "nebula-link.md").unlink()
+    report = sync(app, docs, prune=True)
+    removed = {f.path: f.reason for f in report.files if f.status == "removed"}
+    assert removed == {comet: f"the symlink it was reached through ({docs / 'comet-link.md'}) is gone"}
+    left = {d for d, _ in app.engine().state.list_documents("files", -1, 0)}
+    assert nebula in left and comet not in left
+    assert (shared / "comet.md").exists()  # the file itself is never touched
+    assert_consistent(app)

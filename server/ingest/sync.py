@@ -8,6 +8,8 @@ A file's document id is its absolute (resolved) path, so ingesting a folder agai
   - new                                                              -> added
   - with prune=True, documents of files under a given folder that are gone, or now left out (.gitignore,
     binary, too large, no text)                                      -> removed
+A file reached through a symlink in the folder is stored under its target's path, with the link in `via`:
+the document belongs to the folder the link is in, so removing the link and pruning removes it.
 A file that could not be read this time (permissions, a race) keeps its document.
 """
 
@@ -100,7 +102,7 @@ class _Sync:
         if transient:
             self.unread.append(Path(path))
 
-    def one(self, path: Path) -> None:
+    def one(self, path: Path, via: Path | None = None) -> None:
         key = str(path)
         kind = classify(path)
         if kind is None:
@@ -118,6 +120,8 @@ class _Sync:
         except OSError as exc:
             self.skip(path, f"cannot read file: {exc.strerror or exc}", transient=True)
             return
+        if old and old.get("via") != (str(via) if via else None):
+            old = {**old, "mtime": None}  # reached another way now: refresh the stored metadata
         if old and old.get("size") == info.st_size and old.get("mtime") == info.st_mtime:
             self.unchanged(key)
             return
@@ -165,6 +169,8 @@ class _Sync:
             "sha256": digest,
             "extractor": extractor_version(family),
         }
+        if via is not None:
+            metadata["via"] = str(via)
         doc = DocumentInput(text=extracted.text, id=key, metadata=metadata)
         try:
             self.engine.validate_documents([doc])
@@ -199,9 +205,10 @@ class _Sync:
     ) -> bool:
         """Whether `doc_id` is the file document of `gone` (a path that no longer exists), or of a file in
         that folder within the sync's scope."""
-        if doc_id != self.existing[doc_id].get("source"):
+        meta = self.existing[doc_id]
+        if doc_id != meta.get("source"):
             return False
-        path = Path(doc_id)
+        path = _place(doc_id, meta)
         if path == gone:
             return True
         if not path.is_relative_to(gone) or (not recursive and path.parent != gone):
@@ -211,10 +218,9 @@ class _Sync:
     def prune(self, folder: Path, recursive: bool, pattern: pathspec.PathSpec | None) -> list[str]:
         doomed = []
         for doc_id, meta in self.existing.items():
-            source = meta.get("source")
-            if doc_id != source or doc_id in self.keep:
+            if doc_id != meta.get("source") or doc_id in self.keep:
                 continue  # not a file document, or a file that is still there
-            path = Path(source)
+            path = _place(doc_id, meta)
             if not path.is_relative_to(folder) or path == folder:
                 continue
             if any(path.is_relative_to(unread) for unread in self.unread):
@@ -225,6 +231,12 @@ class _Sync:
                 continue
             doomed.append(doc_id)
         return doomed
+
+
+def _place(doc_id: str, meta: dict[str, Any]) -> Path:
+    """Where a file document was found: the symlink it was reached through, else its own path."""
+    via = meta.get("via")
+    return Path(via) if isinstance(via, str) and via else Path(doc_id)
 
 
 def sync_paths(
@@ -270,7 +282,7 @@ def sync_paths(
 
     # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
     own = Path(engine.settings.data_dir).resolve()
-    candidates: dict[Path, None] = {}
+    candidates: dict[Path, Path | None] = {}  # file -> the symlink it was reached through (None: directly)
     for target in targets:
         if target.is_file():
             candidates[target] = None  # named explicitly: no glob or .gitignore applies
@@ -278,13 +290,15 @@ def sync_paths(
         for item in walk(target, policy, recursive, pattern):
             if isinstance(item, Found):
                 if not item.path.is_relative_to(own):
-                    candidates[item.path] = None
+                    # Found directly somewhere, it is that file's document, whatever links to it.
+                    via = candidates.get(item.path, item.via) if item.via else None
+                    candidates[item.path] = via
             elif isinstance(item, Skipped):
                 run.skip(item.path, item.reason, item.transient)
 
     total = len(candidates)
-    for done, path in enumerate(candidates, 1):
-        run.one(path)
+    for done, (path, via) in enumerate(candidates.items(), 1):
+        run.one(path, via)
         if progress is not None and (done % BATCH_DOCS == 0 or done == total):
             run.flush()
             progress(done, total)
@@ -305,12 +319,17 @@ def sync_paths(
                     earlier.status = "removed"
                     earlier.reason = f"{earlier.reason}; its document was removed"
                 else:
+                    via = run.existing.get(doc_id, {}).get("via")
                     try:
                         gone = not Path(doc_id).exists()
+                        unlinked = bool(via) and not Path(via).is_symlink()
                     except OSError:  # exists() raises on EACCES: it is there, only left out
-                        gone = False
-                    reason = (
-                        "file no longer exists" if gone else "left out of the folder now (e.g. .gitignore)"
-                    )
+                        gone = unlinked = False
+                    if gone:
+                        reason = "file no longer exists"
+                    elif unlinked:
+                        reason = f"the symlink it was reached through ({via}) is gone"
+                    else:
+                        reason = "left out of the folder now (e.g. .gitignore)"
                     run.report.files.append(FileResult(doc_id, "removed", reason))
     return run.report

@@ -23,6 +23,7 @@ MAX_GLOBS = 32
 @dataclass(frozen=True)
 class Found:
     path: Path  # resolved: no symlink left in it
+    via: Path | None = None  # the symlink in the folder it was reached through, if any
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def walk(
                     if why:
                         yield Skipped(path, why)
                 else:
-                    yield Found(target)
+                    yield Found(target, via=path)
             elif stat.S_ISREG(info.st_mode):
                 yield Found(path)
             else:
