@@ -258,6 +258,10 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     assert "sub/keep.txt" not in listing(docs, recursive=False)
     with pytest.raises(RiftError, match="glob"):
         compile_glob([])
+    for silent in ("[", "*.md[", "#notes"):  # would match no file at all: refused, not a quiet empty sync
+        with pytest.raises(RiftError, match=r"glob\[1\] .* matches nothing in gitignore syntax"):
+            compile_glob(["*.md", silent])
+    assert compile_glob(["\\[draft\\]*.md", "\\#tag.md", "[abc].md"]) is not None
 
 
 def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:

@@ -45,9 +45,17 @@ def compile_glob(glob: str | Sequence[str] | None, where: str = "glob") -> paths
         if not isinstance(p, str) or not p.strip() or "\x00" in p:
             raise RiftError(f"{where}[{i}] must be a non-empty pattern string")
     try:
-        return pathspec.GitIgnoreSpec.from_lines(patterns)
+        spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     except Exception as exc:  # pathspec raises its own error types for malformed patterns
         raise RiftError(f"{where}: invalid pattern: {exc}") from None
+    for i, compiled in enumerate(spec.patterns):
+        # gitignore syntax reads such a line as a comment or as nothing at all, so it would match no file.
+        if compiled.include is None:
+            raise RiftError(
+                f"{where}[{i}] {patterns[i]!r} matches nothing in gitignore syntax (an unclosed '[', or a "
+                "'#' comment); escape a literal character with a backslash, e.g. '\\[' or '\\#'"
+            )
+    return spec
 
 
 class IgnoreRules:
