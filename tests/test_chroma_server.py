@@ -519,6 +519,55 @@ def test_a_restart_follows_deletes_and_switches_made_while_down(
         b.close()
 
 
+def test_a_process_restarted_on_the_model_switched_to_elsewhere_serves_it(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """a switches a collection to a model under its own version name (as a retrain's `ft-…` or a reindex's
+    `rx-…`); b, restarted with a copy of that model's folder as its `model`, serves the switched vectors and
+    follows a's writes, where before it refused the collection for the name."""
+    import shutil
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    settings = {n: make_settings(tmp_path / n, tiny_model_path, **http_overrides(chroma)) for n in ("a", "b")}
+    a, b = open_rift(settings["a"]), open_rift(settings["b"])
+    try:
+        a.add_documents(
+            "default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea"))
+        )
+        assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+        other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+        a.engine().reembed("default", Embedder(resolve_model(other), version="rx-test"), keep_old=True)
+        b.close()
+        b = open_rift(settings["b"])  # restarted on its old model: still refused
+        with pytest.raises(RiftError, match="switched to model"):
+            b.search("default", "cat", mode="hybrid")  # its old vectors were kept, but nobody writes them
+        a.engine().follow_others()
+        assert ids(a.search("default", "the cat sat on the mat", k=1, mode="hybrid").outcome.hits) == ["cat"]
+        b.close()
+        copied = str(shutil.copytree(other, tmp_path / "copied-model"))  # as on another host
+        b = open_rift(settings["b"].model_copy(update={"model": copied}))
+        served = a.engine().state.collection("default")
+        mine = b.engine().state.collection("default")
+        assert mine.chroma_name == served.chroma_name and mine.model_version == copied
+        assert b.repair_report["reembedded"] == []  # a's vectors are used, not re-embedded
+        hits = b.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits
+        assert ids(hits) == ["cat"]
+        a.add_documents("default", docs(("owl", "an owl hunts at night")))
+        b.engine().follow_others()
+        assert ids(b.search("default", "owl night", k=1, mode="keyword").outcome.hits) == ["owl"]
+        b.add_documents("default", docs(("ant", "ants carry leaves")))
+        a.engine().follow_others()
+        assert ids(a.search("default", "ants leaves", k=1, mode="hybrid").outcome.hits) == ["ant"]
+        assert_same_index(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_failed(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -22,13 +22,14 @@ a writer removes every older version of its documents from Chroma, and readers s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,30 @@ class Head:
     collection: str
     chroma: str
     model: str
+    # Not compared: a head "moves" when its sequence does (Chroma stores ts as float32-ish, not bit-exact).
+    weights: str = field(default="", compare=False)  # the vectors' weights (model_identity; "" if older)
+    ts: float = field(default=0.0, compare=False)
+
+
+_IDENTITIES: dict[str, str] = {}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
+
+
+def model_identity(embedder: Any) -> str:
+    """The weights an embedder runs: `sha256:<digest>` of a local folder's weights file, so a fine-tune's
+    folder copied to another host or path is recognised as the same model; a hub id as it is named."""
+    location = str(getattr(getattr(embedder, "spec", None), "location", "") or "")
+    if not location:
+        return ""
+    if location not in _IDENTITIES:
+        folder = Path(location)
+        found = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+        if found is None:
+            _IDENTITIES[location] = location
+        else:
+            with found.open("rb") as fh:  # ~0.1 s for MiniLM's 90 MB, once per process
+                _IDENTITIES[location] = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+    return _IDENTITIES[location]
 
 
 def writer_id(data_dir: Path) -> str:
@@ -110,6 +135,8 @@ class SharedSync:
                 str(meta.get("collection", "")),
                 str(meta.get("chroma", "")),
                 str(meta.get("model", "")),
+                str(meta.get("weights", "")),
+                float(meta.get("ts", 0.0) or 0.0),
             )
         return out
 
@@ -149,9 +176,9 @@ class SharedSync:
                 metadatas=[change],
                 documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
             )
-        head = Head(self.writer, self.epoch, self._seq, collection, chroma, model)
+        head = Head(self.writer, self.epoch, self._seq, collection, chroma, model, self._weights(model), now)
         head_id = f"{self.writer}/{chroma}"
-        self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[{**head.__dict__, "ts": now}])
+        self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[head.__dict__])
         self._seen = {**self._seen, head_id: head}  # copy on write: searches compare against it unlocked
         if self._seq % PRUNE_EVERY == 0:
             self._prune()
@@ -179,15 +206,64 @@ class SharedSync:
         engine = self.engine
         existing = {name for name, _ in engine.vectors.list_collections()}
         heads = self.read()
-        return [
-            record.name
-            for record in engine.state.collections()
-            if record.chroma_name not in existing and self._vectors_gone(record, heads, existing) == "deleted"
-        ]
+        deleted = []
+        for record in engine.state.collections():
+            if self.rejoin(record, heads) or record.chroma_name in existing or record.name in self._moved:
+                continue
+            if self._vectors_gone(record, heads, existing) == "deleted":
+                deleted.append(record.name)
+        return deleted
+
+    def _weights(self, model: str) -> str:
+        """Which weights model version `model` runs here, told to the other processes so that one restarted
+        on the same model can tell it is the same under another version name (or another folder)."""
+        engine = self.engine
+        embedder = engine._embedders.get(model) or (
+            engine.embedder if engine.embedder.version == model else None
+        )
+        return model_identity(embedder)
+
+    def _serves_here(self, head: Head) -> bool:
+        """Whether `head`'s vectors are this process's serving model's: the same version name, or the same
+        weights loaded by another name (another process's fine-tune `ft-…`, configured here by its folder)."""
+        embedder = self.engine.embedder
+        return head.model == embedder.version or bool(
+            head.weights and head.weights == model_identity(embedder)
+        )
+
+    def rejoin(self, record: Any, heads: dict[str, Head] | None = None) -> bool:
+        """At start-up: whether another process switched `record`'s collection to other vectors (a retrain,
+        rollback or reindex there; the newest announcement names the vectors in use). When this process was
+        started on that model, it serves those vectors (its keyword state is then repaired from them) and this
+        returns True. Otherwise the collection is refused here until restarted on that model, also when its
+        old vectors were kept: serving them would split the collection in two."""
+        heads = self.read() if heads is None else heads
+        existing = {name for name, _ in self.engine.vectors.list_collections()}
+        newest = max(
+            (h for h in heads.values() if h.collection == record.name and h.chroma in existing),
+            key=lambda h: h.ts,
+            default=None,
+        )
+        if newest is None or newest.chroma == record.chroma_name:
+            return False
+        if not self._serves_here(newest):
+            self._moved[record.name] = newest.model
+            log.warning("collection %r was switched to model %r elsewhere", record.name, newest.model)
+            return False
+        log.info(
+            "collection %r: serving the vectors another rift process switched it to (%s), the model this one "
+            "was started on",
+            record.name,
+            newest.model,
+        )
+        self.engine.state.put_collection(record.name, newest.chroma, self.engine.embedder.version)
+        self._moved.pop(record.name, None)
+        return True
 
     def _vectors_gone(self, record: Any, heads: dict[str, Head], existing: set[str]) -> str:
         """`record`'s vectors left the server: another process switched it to other vectors that exist (it is
-        refused here until restart) or deleted it (dropped here too). Returns "moved" or "deleted"."""
+        refused here until restart, or served at start-up when this process runs that model) or deleted it
+        (dropped here too). Returns "moved" or "deleted"."""
         newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
         if newer:
             self._moved[record.name] = newer[0].model
