@@ -4,6 +4,7 @@ loads in the background and the first tool call waits for it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,8 @@ INSTRUCTIONS = (
 
 def create_server(settings: Settings | None = None) -> MCPServer:
     settings = settings or Settings()
+    # A validation error reaches the agent as text: pydantic's docs link per error is noise there.
+    os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Rift]:

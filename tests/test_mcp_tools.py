@@ -275,6 +275,7 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             message = await s.error(name, args)
             for needle in needles:
                 assert needle in message, (name, args, message)
+            assert "errors.pydantic.dev" not in message  # no docs link per error in what the agent reads
         after = await s.ok("stats")
         assert after["collections"] == before["collections"]  # no 'b', no new collection
         found = await s.ok("hybrid_search", {"query": "fine", "mode": "keyword"})
