@@ -84,6 +84,17 @@ def test_html_breaks_lines_at_blocks_not_at_inline_tags() -> None:
     ]
 
 
+def test_html_pre_keeps_its_indentation() -> None:
+    page = (
+        "<p>Example:</p><pre class='highlight'>\n<span class='k'>def</span> <span>f</span>(x):\n"
+        "    <span class='k'>if</span> x:\n        return  1\n\treturn 0</pre><p>after   it</p>"
+    )
+    text = extract(Path("p.html"), page.encode(), "html").text
+    assert "def f(x):\n    if x:\n        return  1\n\treturn 0\n" in text
+    assert text.startswith("Example:\n") and text.endswith("\nafter it")
+    assert "\x01" not in text and "\x00" not in text
+
+
 def test_text_decoding_and_binary_detection() -> None:
     french = "Le cœur a ses raisons que la raison ne connaît point. Déjà l'été, à côté du château." * 3
     assert decode_text(french.encode("cp1252")) == french

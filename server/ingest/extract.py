@@ -42,6 +42,7 @@ HTML_BLOCKS = frozenset({
 })
 # fmt: on
 _BREAK = "\x00"  # marks a line break (a NUL in a page's own text would only become one)
+_VERBATIM = "\x01"  # starts a line of a <pre>: its indentation and spacing are kept
 
 
 class SkipFile(Exception):  # noqa: N818 - a skip with a reason, not a failure
@@ -261,13 +262,17 @@ def extract_html(data: bytes) -> Extracted:
             tag.replace_with(_BREAK)
         elif tag.name == "pre":
             for node in tag.find_all(string=True):
-                node.replace_with(node.replace("\n", _BREAK))
+                node.replace_with(node.replace("\n", _BREAK + _VERBATIM))
+            tag.insert(0, _VERBATIM)  # after the break inserted before it, below
         if tag.name in HTML_BLOCKS:
             tag.insert_before(_BREAK)
             tag.insert_after(_BREAK)
         elif tag.name in ("td", "th"):
             tag.insert_after(" ")
-    lines = (" ".join(line.split()) for line in soup.get_text("").split(_BREAK))
+    lines = (
+        line.replace(_VERBATIM, "").rstrip() if line.startswith(_VERBATIM) else " ".join(line.split())
+        for line in soup.get_text("").split(_BREAK)
+    )
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return Extracted(text, title)
 
@@ -302,8 +307,9 @@ def extract_pdf(data: bytes) -> Extracted:
 
 
 # Bumped when a family's extraction changes what text a file gives, so the next sync re-reads files stored by
-# the earlier extractor (same bytes) instead of skipping them: 2 = html without line breaks at inline tags.
-EXTRACTOR_VERSIONS: dict[str, int] = {"html": 2}
+# the earlier extractor (same bytes) instead of skipping them: html 2 = no line breaks at inline tags,
+# 3 = <pre> keeps its indentation.
+EXTRACTOR_VERSIONS: dict[str, int] = {"html": 3}
 
 
 def extractor_version(family: str) -> int:
