@@ -244,3 +244,19 @@ def test_corpus_pairs_reach_training_rows_through_the_pipeline(tmp_path, tiny_mo
             assert len(positive.split()) == 12  # two of the three sentences
     finally:
         app.close()
+
+
+def test_corpus_pairs_read_unspaced_cjk_sentences() -> None:
+    from server.learning.mining import ict_queries, pseudo_queries
+
+    text = (
+        "猫は満足しているときに喉を鳴らします。その音は喉頭の筋肉が速く動くことで生まれます。"
+        "子猫は生まれて数日でそれを覚えます。"
+    )
+    docs = [("j", "j::0", text, {})]
+    (pseudo,) = pseudo_queries(docs, "c1", lambda q, doc: ("z", "z::0"))
+    assert pseudo.query == "猫は満足しているときに喉を鳴らします。"  # the first sentence, not the whole text
+    (ict,) = ict_queries(docs, "c1", lambda q, doc: ("z", "z::0"))
+    sentences = [s + "。" for s in text.split("。") if s]
+    assert ict.query in sentences and ict.query not in ict.positive_text
+    assert ict.positive_text == "".join(s for s in sentences if s != ict.query)  # rejoined without spaces

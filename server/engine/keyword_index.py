@@ -73,6 +73,10 @@ def _words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if len(w) > 1 or _CJK_CHAR.match(w)]
 
 
+# Where a sentence ends: after . ! ? and whitespace, or right after a CJK full stop (no space follows one).
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
 def length_in_words(text: str) -> float:
     """About how many words `text` holds: space-separated words, with a CJK run counting one word per two
     characters (Chinese words average about that), so texts without spaces are not read as one word."""

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
-from server.engine.keyword_index import length_in_words
+from server.engine.keyword_index import SENTENCE_BREAK, length_in_words
 from server.errors import NotFoundError
 from server.learning.query_log import LoggedQuery, normalized_query
 
@@ -120,7 +119,6 @@ def time_split(
     return train, ordered[-n:]
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")  # CJK full stops need no space after them
 _KNOWN_ITEM_CHARS = 600  # 32 English words never reach it; it cuts an unspaced CJK sentence
 
 
@@ -129,7 +127,7 @@ def known_item_query(text: str, meta: Mapping[str, Any]) -> str | None:
     if isinstance(title, str) and length_in_words(title) >= 3:
         return title
     first = text.strip().split("\n", 1)[0]
-    first = _SENTENCE.split(first, 1)[0]
+    first = SENTENCE_BREAK.split(first, 1)[0]
     if length_in_words(first) < 4:
         return None
     return " ".join(first.split()[:32])[:_KNOWN_ITEM_CHARS]

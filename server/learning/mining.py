@@ -26,7 +26,6 @@ next-best positive.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from typing import Any, get_args
 
 from server.config import LearnStrategy, NegativeSource
 from server.engine.fusion import rrf
+from server.engine.keyword_index import SENTENCE_BREAK, length_in_words
 from server.learning.query_log import LoggedQuery, normalized_query
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
@@ -337,9 +337,6 @@ def mine(
     return report
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
 def _corpus_pairs(
     documents: Iterable[tuple[str, str, str, Mapping[str, Any]]],
     collection: str,
@@ -382,10 +379,10 @@ def pseudo_queries(
     def make(_rng: random.Random, text: str, meta: Mapping[str, Any]) -> tuple[str, None] | None:
         title = meta.get("title") if isinstance(meta.get("title"), str) else None
         lines = text.split("\n", 1)
-        if title is None and len(lines) == 2 and 3 <= len(lines[0].split()) <= 30:
+        if title is None and len(lines) == 2 and 3 <= length_in_words(lines[0]) <= 30:
             title = lines[0]
-        query = title or _SENTENCE.split(text.strip(), 1)[0]
-        if not query or len(query.split()) < 3 or len(query) > 300:
+        query = title or SENTENCE_BREAK.split(text.strip(), 1)[0]
+        if not query or length_in_words(query) < 3 or len(query) > 300:
             return None
         return query, None
 
@@ -415,12 +412,15 @@ def ict_queries(
         title, sep, body = text.strip().partition("\n")
         if not sep:
             title, body = "", title
-        sentences = [s for s in _SENTENCE.split(body.strip()) if s]
-        usable = [i for i, s in enumerate(sentences) if 6 <= len(s.split()) <= 60]
+        sentences = [s.strip() for s in SENTENCE_BREAK.split(body.strip()) if s.strip()]
+        usable = [i for i, s in enumerate(sentences) if 6 <= length_in_words(s) <= 60]
         if len(sentences) < 3 or not usable:
             return None
         pick = rng.choice(usable)
-        rest = " ".join(s for i, s in enumerate(sentences) if i != pick)
+        rest = ""
+        for s in (s for i, s in enumerate(sentences) if i != pick):
+            # CJK sentences join without a space, as they were written.
+            rest += s if not rest or rest[-1] in "。！？" else f" {s}"
         return sentences[pick], f"{title}\n{rest}" if title else rest
 
     return _corpus_pairs(documents, collection, negatives_from, config or MiningConfig(), "ict", make)
