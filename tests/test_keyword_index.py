@@ -188,8 +188,9 @@ def test_kana_punctuation_is_no_term_and_cjk_stopwords_apply_to_whole_words() ->
     assert "그리" not in korean and "하지" not in korean and "데이" in korean
 
 
-def test_english_tokens_are_bm25s_own() -> None:
-    # Benchmarks and stored data: for Latin text the tokens are exactly those of bm25s' tokenizer.
+def test_english_tokens_are_bm25s_own_with_lone_letters_and_digits() -> None:
+    # For Latin text the tokens are those of bm25s' tokenizer with a one-character word pattern (its default,
+    # \w\w+, drops "R", "C" or "3").
     import Stemmer
 
     texts = ["Running dogs jumped over the lazy fox in 2024.", "The ﬁnance of C++ and R: naïve résumés"]
@@ -197,7 +198,18 @@ def test_english_tokens_are_bm25s_own() -> None:
         [unicodedata.normalize("NFKC", t) for t in texts],
         stopwords="en",
         stemmer=Stemmer.Stemmer("english"),
+        token_pattern=r"(?u)\b\w+\b",
         return_ids=False,
         show_progress=False,
     )
     assert KeywordTokenizer().tokenize(texts) == expected
+    assert {"c", "r"} <= set(expected[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [("plots in R with ggplot", "R"), ("templates in C++", "C++"), ("runs on Python 3", "3")],
+)
+def test_one_character_names_are_keyword_terms(text: str, query: str) -> None:
+    doc, q = KeywordTokenizer().tokenize([text, query])
+    assert q and set(q) <= set(doc)
