@@ -249,6 +249,23 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
     assert str(docs.parent.parent / "outside" / "secret.txt") in again.output
     missing = runner.invoke(main, ["add", str(docs / "nope"), "--data-dir", data])
     assert missing.exit_code != 0 and "does not exist" in missing.output
+    # A shell glob may name more files than one sync call takes; the CLI syncs them in groups.
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(105):
+        (many / f"n{i}.md").write_text(f"note number {i}\n")
+    bulk = runner.invoke(main, ["add", *sorted(str(p) for p in many.iterdir()), "--data-dir", data, "--json"])
+    assert bulk.exit_code == 0, bulk.output
+    assert '"added": 105' in bulk.output
+    # A glob that matches nothing is refused before a watch starts, not logged on every change.
+    bad = runner.invoke(main, ["watch", str(docs), "--glob", "[", "--data-dir", data])
+    assert bad.exit_code != 0 and "matches nothing" in bad.output
+    # Learning commands read an existing store: a mistyped data dir is named, not created.
+    typo = tmp_path / "typo-data"
+    for command in (["models"], ["rollback"], ["retrain", "--dry-run"]):
+        result = runner.invoke(main, [*command, "--data-dir", str(typo)])
+        assert result.exit_code != 0 and "no rift data folder" in result.output, (command, result.output)
+    assert not typo.exists()
 
 
 def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
@@ -264,14 +281,17 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
             "debounce_ms": 200,
             "stop_event": stop,
             "on_sync": syncs.append,
+            # Changes under this folder are not reacted to; kelp.md merely shares the start of its name.
+            "ignore_under": [docs / "kelp"],
         },
         daemon=True,
     )
     thread.start()
     try:
         wait_for(lambda: stored(app, docs) == INGESTIBLE)
-        (docs / "notes" / "walrus.txt").unlink()
         (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+        (docs / "notes" / "walrus.txt").unlink()
         wait_for(lambda: stored(app, docs) == (INGESTIBLE - {"notes/walrus.txt"}) | {"kelp.md"})
         assert top_doc(app, "kelp forests otters", docs) == "kelp.md"
     finally:

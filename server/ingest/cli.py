@@ -59,19 +59,27 @@ def add(
     """Ingest files and folders (Markdown, text, PDF, HTML, reStructuredText, code); run again to sync."""
     from server.cli import load_settings, open_rift
     from server.ingest.security import PathPolicy
-    from server.ingest.sync import sync_paths
+    from server.ingest.sync import MAX_PATHS, sync_paths
 
     rift = open_rift(load_settings(data_dir))
     try:
-        report = sync_paths(
-            rift.engine(),
-            collection,
-            list(paths),
-            PathPolicy.unrestricted(),
-            recursive=not no_recursive,
-            glob=list(glob) or None,
-            prune=prune,
-        )
+        # A shell glob (notes/*.md) can name more paths than one sync call takes: sync them in groups.
+        report: SyncReport | None = None
+        for start in range(0, len(paths), MAX_PATHS):
+            part = sync_paths(
+                rift.engine(),
+                collection,
+                list(paths[start : start + MAX_PATHS]),
+                PathPolicy.unrestricted(),
+                recursive=not no_recursive,
+                glob=list(glob) or None,
+                prune=prune,
+            )
+            if report is None:
+                report = part
+            else:
+                report.files.extend(part.files)
+        assert report is not None  # click requires at least one path
         _print_report(report, as_json, verbose=False)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
@@ -101,10 +109,12 @@ def watch(
     """Keep a collection in sync with a folder until interrupted (Ctrl-C)."""
     from server.cli import load_settings, open_rift
     from server.engine.engine import check_collection_name
+    from server.ingest.walker import compile_glob
     from server.ingest.watch import watch_folder
 
     try:
         check_collection_name(collection)  # fail now, not on every change while watching
+        compile_glob(list(glob) or None)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     settings = load_settings(data_dir)

@@ -5,6 +5,7 @@ files whose size and mtime are unchanged are not read again."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,8 @@ def watch_folder(
     skip = tuple(str(p.resolve()) for p in ignore_under)
 
     def relevant(change: Any, path: str) -> bool:
-        return default(change, path) and not path.startswith(skip or ("\0",))
+        # Under a skipped folder, not merely sharing its name's prefix ("data" vs "data-notes").
+        return default(change, path) and not any(path == s or path.startswith(s + os.sep) for s in skip)
 
     def sync() -> None:
         try:

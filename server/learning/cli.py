@@ -32,7 +32,8 @@ def _wait(learning: Any, started: dict[str, Any]) -> dict[str, Any]:
 def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     from server.cli import emit, load_settings, open_rift
 
-    rift = open_rift(load_settings(data_dir, **settings))
+    # Every learning command reads an existing store: a data dir that is not there is a typo.
+    rift = open_rift(load_settings(data_dir, **settings), must_exist=True)
     try:
         result = fn(rift.learning)
         emit(result)
