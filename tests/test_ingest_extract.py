@@ -273,6 +273,9 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
         with pytest.raises(RiftError, match=r"glob\[1\] .* matches nothing in gitignore syntax"):
             compile_glob(["*.md", silent])
     assert compile_glob(["\\[draft\\]*.md", "\\#tag.md", "[abc].md"]) is not None
+    with pytest.raises(RiftError, match="only exclusions"):
+        compile_glob(["!*.md"])
+    assert compile_glob(["*", "!*.log"]) is not None
 
 
 def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:
@@ -362,3 +365,8 @@ def test_policy_and_reads(tmp_path: Path) -> None:
     assert read_file(root / "swapped" / "f.txt", 100)[0] == b"outside"  # the CLI may read anything
     with pytest.raises(ValueError, match="outside the allowed roots"):
         read_file(root / "swapped" / "f.txt", 100, policy)
+
+
+def test_an_unknown_home_directory_is_named_not_raised() -> None:
+    with pytest.raises(RiftError, match=r"paths\[0\] '~no-such-user-rift/x': cannot expand '~'"):
+        PathPolicy.unrestricted().check("~no-such-user-rift/x", "paths[0]")

@@ -42,7 +42,7 @@ class PathPolicy:
     def vanished(self, raw: str, where: str) -> Path:
         """For pruning: the absolute path a file or folder that no longer exists had, when the caller may
         read there (the same rules as `check`, which the caller ran first and which raised NotFoundError)."""
-        path = Path(raw).expanduser().resolve(strict=False)
+        path = _expand_user(raw, where).resolve(strict=False)
         if not self.allows(path):
             raise RiftError(f"{where} {raw!r} is outside the allowed roots ({self.describe_roots()})")
         return path
@@ -56,7 +56,7 @@ class PathPolicy:
             raise RiftError(f"{where} contains a NUL character")
         if self.roots is not None and not self.roots:
             raise RiftError(NO_ROOTS)
-        path = Path(raw).expanduser()
+        path = _expand_user(raw, where)
         if self.roots is not None:
             if not path.is_absolute():
                 raise RiftError(
@@ -140,3 +140,11 @@ def _opened_path(fd: int, path: Path) -> Path:
     if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
         raise ValueError("the file changed while it was opened")
     return resolved
+
+
+def _expand_user(raw: str, where: str) -> Path:
+    """`~` and `~user` expanded; an unknown user is named rather than raised as Python's RuntimeError."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        raise RiftError(f"{where} {raw!r}: cannot expand '~' (no such user, or no home directory)") from None

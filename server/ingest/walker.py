@@ -48,6 +48,11 @@ def compile_glob(glob: str | Sequence[str] | None, where: str = "glob") -> paths
         spec = pathspec.GitIgnoreSpec.from_lines(patterns)
     except Exception as exc:  # pathspec raises its own error types for malformed patterns
         raise RiftError(f"{where}: invalid pattern: {exc}") from None
+    if all(compiled.include is False for compiled in spec.patterns):
+        raise RiftError(
+            f"{where} has only exclusions ('!…'), so it matches no file; start with what to include, "
+            "e.g. ['*', '!*.log']"
+        )
     for i, compiled in enumerate(spec.patterns):
         # gitignore syntax reads such a line as a comment or as nothing at all, so it would match no file.
         if compiled.include is None:
