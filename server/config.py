@@ -76,10 +76,18 @@ class _TomlBesideItsFile(TomlConfigSettingsSource):
         for key in ("data_dir", "gate_eval_data"):
             if isinstance(data.get(key), str):
                 data[key] = str(self._beside(data[key]))
-        if isinstance(data.get("allowed_roots"), list):
-            data["allowed_roots"] = [
-                str(self._beside(r)) if isinstance(r, str) else r for r in data["allowed_roots"]
-            ]
+        roots = data.get("allowed_roots")
+        if isinstance(roots, str):  # one string, separated like PATH, as the environment variable takes it
+            roots = [part.strip() for part in roots.split(os.pathsep) if part.strip()]
+        if isinstance(roots, list):
+            data["allowed_roots"] = [str(self._beside(r)) if isinstance(r, str) else r for r in roots]
+        # A model folder beside the config file; anything else (a hub name such as "BAAI/bge-small-en-v1.5",
+        # an absolute path) is left as written.
+        model = data.get("model")
+        if isinstance(model, str) and not Path(model).expanduser().is_absolute():
+            beside = self._beside(model)
+            if beside.is_dir():
+                data["model"] = str(beside)
         return data
 
     def _beside(self, raw: str) -> Path:
@@ -320,7 +328,7 @@ class Settings(BaseSettings):
             return value
         if value.lstrip().startswith("["):
             return json.loads(value)
-        return [part for part in value.split(os.pathsep) if part.strip()]
+        return [part.strip() for part in value.split(os.pathsep) if part.strip()]
 
     @field_validator("allowed_roots", mode="after")
     @classmethod
@@ -354,6 +362,10 @@ class Settings(BaseSettings):
                 sources.append(_TomlBesideItsFile(settings_cls, toml_file=toml_file))
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"config file {toml_file} is not valid TOML: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"config file {toml_file} is not UTF-8 text: {exc.reason}") from None
+            except OSError as exc:
+                raise ValueError(f"config file {toml_file} cannot be read: {exc.strerror or exc}") from None
         return tuple(sources)
 
     # Derived paths: one layout, named here only.

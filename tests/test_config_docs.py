@@ -74,6 +74,17 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
     beside = Settings()
     assert beside.data_dir == (tmp_path / "conf" / "data").resolve()
     assert beside.allowed_roots == [(tmp_path / "conf" / "notes").resolve(), Path("/srv").resolve()]
+    # A model folder beside the file is found from anywhere; a hub name stays as written. One string of
+    # roots reads as the environment variable does, spaces around the separators ignored.
+    (tmp_path / "conf" / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "conf" / "rift.toml").write_text(
+        f'model = "models/mine"\nallowed_roots = "notes{os.pathsep} /srv"\n'
+    )
+    beside = Settings()
+    assert beside.model == str(tmp_path / "conf" / "models" / "mine")
+    assert beside.allowed_roots == [(tmp_path / "conf" / "notes").resolve(), Path("/srv").resolve()]
+    (tmp_path / "conf" / "rift.toml").write_text('model = "BAAI/bge-small-en-v1.5"\n')
+    assert Settings().model == "BAAI/bge-small-en-v1.5"
     monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ValueError, match="RIFT_CONFIG names .*missing.toml"):
         Settings()
@@ -139,3 +150,6 @@ def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path,
     monkeypatch.setenv("RIFT_CONFIG", str(bad))
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 1 and f"config file {bad} is not valid TOML" in res.output
+    bad.write_bytes(b"\xff\xfe = 1\n")
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and f"config file {bad} is not UTF-8 text" in res.output
