@@ -239,12 +239,19 @@ class SharedSync:
         old vectors were kept: serving them would split the collection in two."""
         heads = self.read() if heads is None else heads
         existing = {name for name, _ in self.engine.vectors.list_collections()}
+        mine = [h for h in heads.values() if h.collection == record.name and h.writer == self.writer]
         newest = max(
-            (h for h in heads.values() if h.collection == record.name and h.chroma in existing),
+            (
+                h
+                for h in heads.values()
+                if h.collection == record.name and h.chroma in existing and h.writer != self.writer
+            ),
             key=lambda h: h.ts,
             default=None,
         )
-        if newest is None or newest.chroma == record.chroma_name:
+        # This process's own later announcement (or its own switch, whose announcement may have failed before
+        # a crash: its state is the authority on it) outranks an older one from elsewhere.
+        if newest is None or newest.chroma == record.chroma_name or any(h.ts >= newest.ts for h in mine):
             return False
         if not self._serves_here(newest):
             self._moved[record.name] = newest.model
