@@ -52,7 +52,14 @@ def open_rift(settings: Settings, must_exist: bool = False):
     """`must_exist`: for commands that only read, a data dir that is not there is a typo, not a new store."""
     from server.service import Rift
 
-    if must_exist and not settings.data_dir.exists():
+    # A folder with files but without rift's state (a notes folder given by mistake) is no store either:
+    # writing rift's files into it would be the wrong answer. An empty one may become one.
+    folder = settings.data_dir
+    try:
+        foreign = must_exist and folder.is_dir() and not settings.state_db.exists() and any(folder.iterdir())
+    except OSError:  # unreadable: start-up names the problem
+        foreign = False
+    if must_exist and (not folder.exists() or foreign):
         raise click.ClickException(
             f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR "
             "(rift add or rift serve create one)"

@@ -266,6 +266,13 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
         result = runner.invoke(main, [*command, "--data-dir", str(typo)])
         assert result.exit_code != 0 and "no rift data folder" in result.output, (command, result.output)
     assert not typo.exists()
+    notes = tmp_path / "just-notes"  # an existing folder that is no rift store is not written into
+    notes.mkdir()
+    (notes / "a.md").write_text("hello\n")
+    for command in (["stats"], ["models"]):
+        result = runner.invoke(main, [*command, "--data-dir", str(notes)])
+        assert result.exit_code != 0 and "no rift data folder" in result.output, (command, result.output)
+    assert [p.name for p in notes.iterdir()] == ["a.md"]
 
 
 def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
