@@ -208,7 +208,11 @@ class SharedSync:
         heads = self.read()
         deleted = []
         for record in engine.state.collections():
-            if self.rejoin(record, heads) or record.chroma_name in existing or record.name in self._moved:
+            if (
+                self.rejoin(record, heads, existing)
+                or record.chroma_name in existing
+                or record.name in self._moved
+            ):
                 continue
             if self._vectors_gone(record, heads, existing) == "deleted":
                 deleted.append(record.name)
@@ -231,14 +235,13 @@ class SharedSync:
             head.weights and head.weights == model_identity(embedder)
         )
 
-    def rejoin(self, record: Any, heads: dict[str, Head] | None = None) -> bool:
+    def rejoin(self, record: Any, heads: dict[str, Head], existing: set[str]) -> bool:
         """At start-up: whether another process switched `record`'s collection to other vectors (a retrain,
         rollback or reindex there; the newest announcement names the vectors in use). When this process was
         started on that model, it serves those vectors (its keyword state is then repaired from them) and this
         returns True. Otherwise the collection is refused here until restarted on that model, also when its
-        old vectors were kept: serving them would split the collection in two."""
-        heads = self.read() if heads is None else heads
-        existing = {name for name, _ in self.engine.vectors.list_collections()}
+        old vectors were kept: serving them would split the collection in two. `heads` and `existing` (the
+        Chroma collections on the server) are read once by the caller for every collection."""
         mine = [h for h in heads.values() if h.collection == record.name and h.writer == self.writer]
         newest = max(
             (
