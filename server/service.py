@@ -145,9 +145,17 @@ class Rift:
             except Exception:
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
         spec = resolve_model(s.model, s.query_prompt)
-        embedder = embedder_cls(
-            spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
-        )
+        try:
+            embedder = embedder_cls(
+                spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
+            )
+        except Exception as exc:
+            from server.engine.models import describe_load_failure
+
+            raise RiftError(
+                f"cannot load the embedding model {s.model!r} (setting `model`, RIFT_MODEL): "
+                + describe_load_failure(s.model, exc)
+            ) from exc
         registry.serve_base(s.model)  # only once it loaded: a model that cannot load changes nothing
         return embedder
 

@@ -106,6 +106,28 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
+    assert "setting `model`, RIFT_MODEL" in res.output and f"no folder at {tmp_path / 'no-model'}" in res.output
+
+
+def test_a_model_that_cannot_load_is_explained(monkeypatch, tmp_path: Path) -> None:
+    """The hub's own errors name neither the setting nor the folder, and offline they blame the connection."""
+    from server.engine.models import describe_load_failure, looks_like_path
+
+    assert looks_like_path("./m") and looks_like_path("~/m") and looks_like_path("/a/b") and looks_like_path("a/b/c")
+    assert looks_like_path("C:\\models\\m") and not looks_like_path("BAAI/bge-small-en-v1.5")
+    assert not looks_like_path("all-MiniLM-L6-v2")
+    error = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE=1 forbids downloading it" in describe_load_failure("BAAI/bge-small-en-v1.5", error)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    online = describe_load_failure("BAAI/bge-small-en-v1.5", error)
+    assert "could not be fetched from the Hugging Face hub (We couldn't connect" in online
+    a_file = tmp_path / "weights.bin"
+    a_file.write_text("x")
+    assert describe_load_failure(str(a_file), error) == f"{a_file} is a file; give the folder that holds the model"
+    assert "does not hold a loadable sentence-transformers model" in describe_load_failure(str(tmp_path), error)
+    monkeypatch.chdir(tmp_path)
+    assert describe_load_failure("./missing", error) == f"no folder at {tmp_path / 'missing'}"
 
 
 def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path, caplog) -> None:

@@ -349,3 +349,18 @@ def test_a_collection_deleted_while_the_gate_runs_is_left_out_of_it(
         assert rift.engine().collection_names() == ["default"]
     finally:
         rift.close()
+
+
+def test_reindex_to_a_model_that_cannot_load_says_why_and_changes_nothing(tmp_path: Path, tiny_model_path: Path):
+    _, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        before = rift.learning.registry.serving().version
+        started = rift.learning.reindex(str(tmp_path / "no-such-model"))
+        rift.learning.jobs.wait(60)
+        status = rift.learning.status(started["job_id"])
+        assert status["status"] == "failed"
+        assert f"no folder at {tmp_path / 'no-such-model'}" in status["error"], status
+        assert rift.learning.registry.serving().version == before
+        assert [h.doc_id for h in rift.search("default", "cat").outcome.hits] == ["doc1"]
+    finally:
+        rift.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,3 +39,34 @@ def resolve_model(name: str, query_prompt: str | None = None) -> ModelSpec:
         location = name
     prompt = query_prompt if query_prompt is not None else KNOWN_QUERY_PROMPTS.get(key)
     return ModelSpec(name=name, location=location, query_prompt=prompt)
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (absolute, `./x`, `~/x`, `a/b/c`, `C:\\x`) is a folder."""
+    text = name.strip()
+    return (
+        text.startswith((".", "~", "/", "\\"))
+        or "\\" in text
+        or text.count("/") > 1
+        or (len(text) > 1 and text[1] == ":")
+    )
+
+
+def describe_load_failure(name: str, exc: BaseException) -> str:
+    """Why `name` could not be loaded, in words a user can act on (the hub's own messages name neither the
+    setting nor the folder, and offline they blame the internet connection)."""
+    if looks_like_path(name) or Path(name).expanduser().exists():
+        folder = Path(name).expanduser().resolve()
+        if not folder.exists():
+            return f"no folder at {folder}"
+        if not folder.is_dir():
+            return f"{folder} is a file; give the folder that holds the model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{folder} does not hold a loadable sentence-transformers model ({first})"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return (
+            "it is not a local folder and is not in the Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+            "downloading it; download it once with network access (HF_HUB_OFFLINE=0), or give a local folder"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"it is not a local folder and could not be fetched from the Hugging Face hub ({first})"

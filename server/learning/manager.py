@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from server.engine.models import describe_load_failure
 from server.errors import NotFoundError, RiftError
 from server.learning.gate import Gate, GateConfig, LabelledSet
 from server.learning.jobs import Job, JobCancelled, JobRunner
@@ -398,7 +399,7 @@ class LearningManager:
             try:
                 embedder = load_embedder(model, version, self.settings)
             except Exception as exc:
-                raise RiftError(f"cannot load model {model!r}: {exc}") from None
+                raise RiftError(f"cannot load model {model!r}: {describe_load_failure(model, exc)}") from None
             entry = self.registry.add(
                 ModelVersion(
                     version=version,
