@@ -238,6 +238,11 @@ class Settings(BaseSettings):
     learn_keep_versions: int = Field(
         2, ge=1, le=20, description="Versions whose vectors stay in Chroma, so rollback to them is instant."
     )
+    learn_resume_interrupted: bool = Field(
+        True,
+        description="A retrain stopped by a shutdown or a crash continues from its last checkpoint when the "
+        "server next starts (if the model it started from still serves); false drops it.",
+    )
     learn_auto_after_queries: int | None = Field(
         None, ge=1, description="Periodic retrain: after this many new logged queries (None = off)."
     )

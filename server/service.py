@@ -112,7 +112,7 @@ class Rift:
             from server.learning.manager import LearningManager
 
             self.learning = LearningManager(self)
-            self.learning.start(engine)
+            self.learning.start(engine, resume_jobs=self._background)  # a server, not a CLI command
             self.load_seconds = time.perf_counter() - started
             log.info("rift ready in %.1fs (model %s)", self.load_seconds, embedder.version)
         except BaseException as exc:  # surfaced to every tool call, with the cause

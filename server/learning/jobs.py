@@ -37,6 +37,9 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     phases: list[dict[str, Any]] = field(default_factory=list)
+    # Set when the process shuts down (not when a caller cancels): a retrain then keeps what it has done, to
+    # continue at the next start (resume.py).
+    shutting_down: bool = False
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _phase_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -174,6 +177,7 @@ class JobRunner:
         with job._phase_lock:
             switching = job.phase == Job.UNCANCELLABLE
             if not switching:
+                job.shutting_down = True
                 job._cancel.set()
         self.wait(switch_timeout if switching else timeout)
         return job

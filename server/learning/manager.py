@@ -20,6 +20,7 @@ from typing import Any
 
 from server.engine.models import describe_load_failure
 from server.errors import NotFoundError, RiftError
+from server.learning import resume, training
 from server.learning.gate import Gate, GateConfig, LabelledSet
 from server.learning.jobs import Job, JobCancelled, JobRunner
 from server.learning.mining import STRATEGIES, MiningConfig
@@ -33,6 +34,7 @@ from server.learning.pipeline import (
 )
 from server.learning.policy import Policy
 from server.learning.registry import ModelVersion, Registry, new_version_id
+from server.learning.resume import ResumePlan
 from server.learning.training import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,13 @@ class LearningManager:
         self.gate_overrides: dict[str, Any] = {}  # GateConfig fields without a setting (tests, experiments)
         self._labelled_data: tuple[tuple[str, str], Any] | None = None  # gate_eval_data, read once
 
-    def start(self, engine: Any) -> None:
-        """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it)."""
+    def start(self, engine: Any, resume_jobs: bool = False) -> None:
+        """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it).
+        `resume_jobs`: continue a retrain the last process left unfinished (a server does; a one-off CLI
+        command, which would stop it again moments later, does not, and leaves it for the next server)."""
         self._clear_interrupted(engine)
+        if resume_jobs:
+            self._resume_interrupted()
         self.policy.start()
 
     def _clear_interrupted(self, engine: Any) -> None:
@@ -68,8 +74,10 @@ class LearningManager:
                 )
         with contextlib.suppress(Exception):  # a cleanup: never a reason not to start
             self._prune(engine)
+            keep = resume.owned_scratch(self.settings.models_dir)  # checkpoints a retrain continues from
             for scratch in self.settings.models_dir.glob(".*.trainer"):  # a killed training's work folder
-                shutil.rmtree(scratch, ignore_errors=True)
+                if scratch not in keep:
+                    shutil.rmtree(scratch, ignore_errors=True)
 
     def close(self) -> None:
         self.policy.stop()
@@ -187,19 +195,80 @@ class LearningManager:
             merge_base=s.learn_merge_base if merge_base is None else merge_base,
         )
         params = {"strategy": mined.report.strategy, "source": source, **asdict(cfg)}
+        serving = self.engine.embedder
+        parent = self.registry.serving()
+        plan = ResumePlan(
+            version=new_version_id("fine-tune"),
+            parent=parent.version if parent else None,
+            base_location=serving.spec.location,
+            query_prompt=serving.query_prompt,
+            document_prompt=serving.document_prompt,
+            config=asdict(cfg),
+            rows=[list(row) for row in rows],
+            strategy=mined.report.strategy,
+            triples_by_type=mined.report.counts_by_type(),
+            holdout=[q.query_id for q in mined.holdout],
+            params=params,
+            result={"mining": {k: v for k, v in summary.items() if k != "examples"}},
+        )
         self.policy.note_started()
 
         def work(job: Job) -> dict[str, Any]:
-            return self._retrain_job(job, mined, rows, cfg)
+            return self._retrain_job(job, plan, mined.holdout, mined.feedback)
 
         job = self.jobs.start(
             "retrain",
             params,
             work,
             done_phases={"mining": time.perf_counter() - mining_started},
-            result={"mining": {k: v for k, v in summary.items() if k != "examples"}},
+            result=plan.result,
         )
         return {"job_id": job.id, "status": job.status, "mining": summary}
+
+    def _resume_interrupted(self) -> None:
+        """Continue a retrain the last process did not live to finish (a shutdown or a crash), from its
+        last checkpoint, or from the gate when its weights were already saved. Only while the model it
+        started from still serves: anything else would train on one model and gate against another."""
+        models_dir = self.settings.models_dir
+        plans = resume.pending(models_dir)
+        serving = self.registry.serving()
+        for plan in plans[:-1]:  # one job at a time; only the newest can still be current
+            self._drop_plan(plan, "a later retrain was started after it")
+        if not plans:
+            return
+        plan = plans[-1]
+        if not self.settings.learn_resume_interrupted:
+            self._drop_plan(plan, "learn_resume_interrupted is off")
+            return
+        if (serving.version if serving else None) != plan.parent:
+            self._drop_plan(plan, f"the model it started from ({plan.parent}) no longer serves")
+            return
+        if plan.trained and not (models_dir / plan.version).is_dir():
+            self._drop_plan(plan, "its trained weights were deleted")
+            return
+        step = training.latest_checkpoint(resume.checkpoint_dir(models_dir, plan.version))
+        log.info(
+            "continuing retrain %s interrupted by the last shutdown (%s)",
+            plan.version,
+            "weights trained, gate next"
+            if plan.trained
+            else f"from training step {training.checkpoint_step(step)}"
+            if step
+            else "training from its start, no checkpoint was saved",
+        )
+
+        def work(job: Job) -> dict[str, Any]:
+            holdout = [q for q in (self.log.get(qid) for qid in plan.holdout) if q is not None]
+            return self._retrain_job(job, plan, holdout, self.log.feedback_map())
+
+        self.jobs.start("retrain", {**plan.params, "resumed": True}, work, result=plan.result)
+
+    def _drop_plan(self, plan: ResumePlan, why: str) -> None:
+        log.warning("not continuing interrupted retrain %s: %s", plan.version, why)
+        resume.discard(self.settings.models_dir, plan.version)
+        entry = self.registry.get(plan.version)
+        if entry is not None and entry.status == "failed":
+            self.registry.update(plan.version, note=f"interrupted; not continued: {why}")
 
     def _gate_config(self) -> GateConfig:
         s = self.settings
@@ -233,58 +302,86 @@ class LearningManager:
             )
         return LabelledSet(s.gate_eval_collection, ds.queries, ds.qrels, f"{ds.name}/{s.gate_eval_split}")
 
-    def _retrain_job(self, job: Job, mined: Any, rows: list, cfg: TrainConfig) -> dict[str, Any]:
-        engine = self.engine
-        serving = engine.embedder
-        parent = self.registry.serving()
-        version = new_version_id("fine-tune")
-        out_dir = self.settings.models_dir / version
-        job.enter("training")
+    def _retrain_job(
+        self, job: Job, plan: ResumePlan, holdout: list, feedback: dict[str, dict[str, bool]]
+    ) -> dict[str, Any]:
+        """Train (continuing from a checkpoint when there is one), gate and switch. The plan stays on disk
+        while the job runs; it is removed when the job ends, unless a shutdown stopped it."""
+        models_dir = self.settings.models_dir
+        out_dir = models_dir / plan.version
+        resumable = self.settings.learn_resume_interrupted
+        cfg = TrainConfig(**plan.config)
         result: dict[str, Any] = dict(job.result)
+        keep = False
         try:
-            trained = train_model(
-                serving.spec.location,
-                rows,
-                out_dir,
-                cfg,
-                serving.query_prompt,
-                serving.document_prompt,
-                progress=job.progress,
-                should_stop=lambda: job.cancelled,
-            )
-            if trained.cancelled:
-                raise JobCancelled()
+            if resumable:
+                resume.save(models_dir, plan)
+            entry = self.registry.get(plan.version) if plan.trained else None
+            if entry is None:
+                job.enter("training")
+                trained = train_model(
+                    plan.base_location,
+                    [tuple(row) for row in plan.rows],
+                    out_dir,
+                    cfg,
+                    plan.query_prompt,
+                    plan.document_prompt,
+                    progress=job.progress,
+                    should_stop=lambda: job.cancelled,
+                    checkpoint_dir=resume.checkpoint_dir(models_dir, plan.version) if resumable else None,
+                )
+                if trained.cancelled:
+                    keep = resumable and job.shutting_down
+                    raise JobCancelled()
+                result["train"] = {
+                    "triples": trained.examples,
+                    "steps": trained.steps,
+                    "seconds": round(trained.seconds, 2),
+                    "device": trained.device,
+                    "loss": trained.train_loss,
+                    **({"resumed_at_step": trained.resumed_at_step} if trained.resumed_at_step else {}),
+                }
+                entry = self.registry.add(
+                    ModelVersion(
+                        version=plan.version,
+                        kind="fine-tune",
+                        location=plan.version,  # relative to the models dir (Registry.location_of)
+                        base_model=self._base_model_of(plan.parent),
+                        status="failed",
+                        created_at=time.time(),
+                        parent=plan.parent,
+                        strategy=plan.strategy,
+                        triples=len(plan.rows),
+                        triples_by_type=plan.triples_by_type,
+                        train={**plan.config, **result["train"]},
+                        note="candidate being evaluated",
+                    )
+                )
+                if resumable:  # from here on a restart gates the saved weights instead of training again
+                    plan.trained, plan.result = True, result
+                    resume.save(models_dir, plan)
+                    shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
+            else:
+                self.registry.update(plan.version, status="failed", note="candidate being evaluated")
+                result = {**plan.result, **result}
+            candidate = load_embedder(str(out_dir), plan.version, self.settings)
+            entry.dimension = candidate.dimension
+            try:
+                return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
+            except JobCancelled:
+                keep = resumable and job.shutting_down
+                raise
         except BaseException:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            if not keep and self.registry.get(plan.version) is None:
+                shutil.rmtree(out_dir, ignore_errors=True)
             raise
-        result["train"] = {
-            "triples": trained.examples,
-            "steps": trained.steps,
-            "seconds": round(trained.seconds, 2),
-            "device": trained.device,
-            "loss": trained.train_loss,
-        }
-        entry = self.registry.add(
-            ModelVersion(
-                version=version,
-                kind="fine-tune",
-                location=version,  # relative to the models dir (Registry.location_of)
-                base_model=parent.base_model if parent else self.settings.model,
-                status="failed",
-                created_at=time.time(),
-                parent=parent.version if parent else None,
-                strategy=mined.report.strategy,
-                triples=len(rows),
-                triples_by_type=mined.report.counts_by_type(),
-                train={**asdict(cfg), **result["train"]},
-                note="candidate being evaluated",
-            )
-        )
-        candidate = load_embedder(str(out_dir), version, self.settings)
-        entry.dimension = candidate.dimension
-        return self._gate_and_switch(
-            job, candidate, entry, mined.holdout, mined.feedback, result, force=False
-        )
+        finally:
+            if not keep:
+                resume.discard(models_dir, plan.version)
+
+    def _base_model_of(self, version: str | None) -> str:
+        parent = self.registry.get(version) if version else None
+        return parent.base_model if parent else self.settings.model
 
     def _gate_and_switch(
         self,
@@ -332,11 +429,13 @@ class LearningManager:
                 self.registry.update(
                     entry.version, note=(current.note or "").replace(IN_PROGRESS, f": {why}")
                 )
+            resumes = cancelled and job.shutting_down and self.settings.learn_resume_interrupted
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
-                self.registry.update(
-                    entry.version, status="failed", note="cancelled" if cancelled else "interrupted"
-                )
-                if cancelled:  # nothing of a cancelled candidate is worth keeping: its weights go now
+                note = "cancelled" if cancelled else "interrupted"
+                if resumes:
+                    note = "interrupted by a shutdown: the gate runs again at the next start"
+                self.registry.update(entry.version, status="failed", note=note)
+                if cancelled and not resumes:  # nothing of a cancelled candidate is worth keeping: its weights go
                     with contextlib.suppress(Exception):
                         self.delete_unservable_weights(versions={entry.version})
             drop_built(engine, candidate.version)

@@ -12,6 +12,7 @@ no reporting integrations, and the trainer logs through `logging` (stderr).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ class TrainResult:
     cancelled: bool
     train_loss: float | None
     device: str
+    resumed_at_step: int | None = None  # the checkpoint this run started from
 
 
 class Cancelled(Exception):
@@ -74,8 +76,14 @@ def train_model(
     document_prompt: str = "",
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
-    """Train on (query, positive text, negative text) rows and save the model to `out_dir`."""
+    """Train on (query, positive text, negative text) rows and save the model to `out_dir`.
+
+    With `checkpoint_dir`, training can outlive its process: it saves a checkpoint there every tenth of its
+    steps and when `should_stop` stops it, and starts from the newest checkpoint it finds (model, optimizer,
+    scheduler, random state and data order: the result equals an uninterrupted run's). The caller removes the
+    folder once the job is over. Without it, a scratch folder beside `out_dir` is used and removed."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -120,8 +128,10 @@ def train_model(
     if document_prompt:
         prompts["positive"] = prompts["negative"] = document_prompt
 
-    work = out_dir.parent / f".{out_dir.name}.trainer"
+    work = checkpoint_dir or out_dir.parent / f".{out_dir.name}.trainer"
     use_cpu = device == "cpu" or not torch.cuda.is_available()
+    # The batch sampler may drop a few rows that would repeat a text in a batch: an estimate is enough here.
+    steps = max(1, math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size)))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -135,7 +145,10 @@ def train_model(
         report_to="none",
         disable_tqdm=True,
         logging_strategy="no",
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_dir else "no",
+        save_steps=max(1, steps // 10),
+        save_total_limit=1,
+        save_only_model=False,
         eval_strategy="no",
         use_cpu=use_cpu,
         dataloader_num_workers=0,
@@ -149,6 +162,7 @@ def train_model(
             if should_stop is not None and should_stop():
                 state["cancelled"] = True
                 control.should_training_stop = True
+                control.should_save = checkpoint_dir is not None  # resume from here, not the last tenth
             return control
 
     # The model-card widget sampler draws a tqdm bar and global random numbers; rift writes no model card.
@@ -159,11 +173,15 @@ def train_model(
     # With tqdm off, transformers adds a PrinterCallback that print()s metrics: that would corrupt MCP's stdout.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    resume_from = latest_checkpoint(work) if checkpoint_dir else None
+    if resume_from is not None:
+        log.info("resuming training from %s", resume_from)
     started = time.perf_counter()
     try:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=resume_from)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if checkpoint_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     model.max_seq_length = serving_length
     if not state["cancelled"]:
@@ -180,7 +198,30 @@ def train_model(
         cancelled=state["cancelled"],
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
         device="cpu" if use_cpu else "cuda",
+        resumed_at_step=checkpoint_step(resume_from) if resume_from is not None else None,
     )
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint in `folder` (None when there is none yet). The trainer writes its state
+    file last and removes the older checkpoint only after that, so a process killed while saving leaves a
+    newer, incomplete folder beside a complete one; the incomplete one is removed."""
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    for path in found:
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
 
 
 def merge_into(model: Any, base_location: str, base_share: float) -> None:

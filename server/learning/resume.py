@@ -1,0 +1,80 @@
+"""What a retrain needs to continue in a later process: its plan on disk beside the registry.
+
+A retrain on a CPU can take an hour, and MCP clients stop their servers whenever they quit. The job writes
+its plan (the mined rows, the training settings, the held-out query ids, the model it started from) before
+training, and training checkpoints into a folder beside it; the next server start continues from there
+instead of mining and training again. The plan is removed when the job ends in any other way.
+
+Files in the models dir: `.<version>.resume.json` (the plan) and `.<version>.trainer/` (the checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".resume.json"
+
+
+@dataclass
+class ResumePlan:
+    version: str  # the candidate's version id (its weights folder)
+    parent: str | None  # the version serving when the job started: it must still serve to continue
+    base_location: str  # the weights training starts from
+    query_prompt: str
+    document_prompt: str
+    config: dict[str, Any]  # TrainConfig fields
+    rows: list[list[str]]  # (query, positive text, negative text)
+    strategy: str
+    triples_by_type: dict[str, int]
+    holdout: list[str]  # query ids the gate scores
+    params: dict[str, Any]  # the job's parameters, as retrain_status shows them
+    result: dict[str, Any] = field(default_factory=dict)  # the job's result so far (mining summary)
+    trained: bool = False  # the weights are saved and registered; only the gate and the switch remain
+
+
+def plan_path(models_dir: Path, version: str) -> Path:
+    return models_dir / f".{version}{SUFFIX}"
+
+
+def checkpoint_dir(models_dir: Path, version: str) -> Path:
+    return models_dir / f".{version}.trainer"
+
+
+def save(models_dir: Path, plan: ResumePlan) -> None:
+    """Write atomically: a process killed while writing leaves the previous plan or none, never half of one."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = plan_path(models_dir, plan.version)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(plan)))
+    os.replace(tmp, path)
+
+
+def pending(models_dir: Path) -> list[ResumePlan]:
+    """Plans left by jobs a process did not live to finish, oldest first; unreadable ones are dropped."""
+    plans: list[ResumePlan] = []
+    for path in sorted(models_dir.glob(f".*{SUFFIX}"), key=lambda p: p.stat().st_mtime):
+        try:
+            plans.append(ResumePlan(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("dropping an unreadable retrain plan %s: %s", path.name, exc)
+            path.unlink(missing_ok=True)
+    return plans
+
+
+def discard(models_dir: Path, version: str) -> None:
+    """Forget a plan and its checkpoints (the job ended, or cannot continue)."""
+    plan_path(models_dir, version).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_dir(models_dir, version), ignore_errors=True)
+
+
+def owned_scratch(models_dir: Path) -> set[Path]:
+    """Checkpoint folders that belong to a pending plan (start-up cleanup must leave them)."""
+    return {checkpoint_dir(models_dir, p.name[1 : -len(SUFFIX)]) for p in models_dir.glob(f".*{SUFFIX}")}

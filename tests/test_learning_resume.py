@@ -1,0 +1,176 @@
+"""A retrain outlives its process: a shutdown mid-training checkpoints, the next server start continues from
+that step (and ends where an uninterrupted training ends), a shutdown while gating gates the saved weights
+again; a plan that cannot continue (another model serves now, or the setting is off) is dropped with a note,
+and a one-off CLI command leaves it for the next server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from server.learning import resume
+from server.learning.resume import ResumePlan
+from server.learning.training import TrainConfig, latest_checkpoint, train_model
+from server.service import Rift
+from tests.support.helpers import make_settings, open_rift
+from tests.support.learning import fill_two_collections
+
+pytestmark = pytest.mark.slow
+
+
+def _serve(settings) -> Rift:
+    """Open as `rift serve` does (in the background, so interrupted jobs continue), and wait for it."""
+    rift = Rift(settings).start(background=True)
+    rift.engine(timeout=120)
+    return rift
+
+
+def _wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _stopped_while_training(settings, at_step: int) -> tuple[ResumePlan, str]:
+    """Start a retrain, shut the server down once training passed `at_step`; the plan and the base version."""
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        base = rift.learning.registry.serving().version
+        started = rift.learning.retrain(batch_size=2, epochs=2)
+        job = rift.learning.jobs.get(started["job_id"])
+        _wait_for(lambda: job.phase == "training" and job.done >= at_step)
+    finally:
+        rift.close()  # a shutdown: the job stops and keeps what it did
+    [plan] = resume.pending(settings.models_dir)
+    return plan, base
+
+
+def test_a_retrain_stopped_by_shutdown_continues_at_the_next_start(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, base = _stopped_while_training(settings, at_step=2)
+    checkpoint = latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version))
+    assert checkpoint is not None
+    step = int(checkpoint.rsplit("-", 1)[-1])
+    assert step >= 2
+    kept = json.loads(resume.plan_path(settings.models_dir, plan.version).read_text())
+    assert kept["parent"] == base and kept["rows"] and kept["holdout"]
+
+    # A one-off command (the CLI opens in the foreground) leaves the plan for the next server.
+    open_rift(settings).close()
+    assert resume.plan_path(settings.models_dir, plan.version).exists()
+
+    rift = _serve(settings)
+    try:
+        job = rift.learning.jobs.get()
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status(job.id)
+        assert status["status"] == "succeeded", status
+        assert status["params"]["resumed"] is True
+        assert status["result"]["train"]["resumed_at_step"] == step
+        assert status["result"]["version"] == plan.version
+        assert rift.learning.registry.serving().version == plan.version
+        assert rift.search("default", "cat dog").outcome.model_version == plan.version
+        assert resume.pending(settings.models_dir) == []
+        assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
+    finally:
+        rift.close()
+
+    # Continuing from the checkpoint ends where one uninterrupted training on the same rows ends.
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    reference = train_model(
+        plan.base_location,
+        [tuple(row) for row in kept["rows"]],
+        tmp_path / "reference",
+        TrainConfig(**kept["config"]),
+        plan.query_prompt,
+        plan.document_prompt,
+    )
+    resumed = SentenceTransformer(str(settings.models_dir / plan.version), device="cpu").state_dict()
+    uninterrupted = SentenceTransformer(str(reference.path), device="cpu").state_dict()
+    assert resumed.keys() == uninterrupted.keys()
+    for name, weight in uninterrupted.items():
+        assert torch.allclose(resumed[name], weight, atol=1e-6), name
+
+
+def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, base = _stopped_while_training(settings, at_step=1)
+    saved = settings.models_dir / "saved-plan"
+    shutil.copy(resume.plan_path(settings.models_dir, plan.version), saved)
+
+    # The setting off: the next server drops it and its checkpoints, and serves on.
+    off = settings.model_copy(update={"learn_resume_interrupted": False})
+    rift = _serve(off)
+    try:
+        assert rift.learning.jobs.running is None
+        assert resume.pending(settings.models_dir) == []
+        assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
+        assert rift.learning.registry.serving().version == base
+    finally:
+        rift.close()
+
+    # Another model serves now: the plan (trained from the old one) is dropped, never trained on.
+    shutil.copy(saved, resume.plan_path(settings.models_dir, plan.version))
+    stale = json.loads(saved.read_text())
+    stale["parent"] = "some-other-version"
+    resume.plan_path(settings.models_dir, plan.version).write_text(json.dumps(stale))
+    rift = _serve(settings)
+    try:
+        assert rift.learning.jobs.running is None
+        assert resume.pending(settings.models_dir) == []
+        assert rift.learning.registry.get(plan.version) is None
+    finally:
+        rift.close()
+
+
+def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    import server.learning.manager as manager
+
+    built = manager.build_all
+
+    def slow_build(engine, embedder, progress=None, collections=None):  # a corpus that takes a while
+        done = built(engine, embedder, progress, collections)
+        if progress is not None and embedder.version.startswith("ft-"):
+            for _ in range(3000):
+                progress(0, 1)  # raises once the shutdown cancels the job
+                time.sleep(0.01)
+        return done
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        base = rift.learning.registry.serving().version
+        monkeypatch.setattr(manager, "build_all", slow_build)
+        started = rift.learning.retrain(batch_size=2, epochs=1)
+        job = rift.learning.jobs.get(started["job_id"])
+        _wait_for(lambda: job.phase == "encoding")
+    finally:
+        rift.close()
+    monkeypatch.setattr(manager, "build_all", built)
+    [plan] = resume.pending(settings.models_dir)
+    assert plan.trained and (settings.models_dir / plan.version).is_dir()
+    assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()  # training is done
+
+    rift = _serve(settings)
+    try:
+        assert rift.learning.registry.serving().version == base
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status()
+        assert status["status"] == "succeeded", status
+        assert [p["phase"] for p in status["phases"]][:2] == ["encoding", "gating"]  # not trained again
+        assert status["result"]["train"]["triples"] == len(plan.rows)
+        assert rift.learning.registry.serving().version == plan.version
+        assert resume.pending(settings.models_dir) == []
+    finally:
+        rift.close()
