@@ -174,3 +174,23 @@ def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
         assert resume.pending(settings.models_dir) == []
     finally:
         rift.close()
+
+
+def test_only_a_shutdown_keeps_progress_a_cli_interrupt_cancels() -> None:
+    import threading
+
+    from server.learning.jobs import JobRunner
+
+    runner = JobRunner()
+    release = threading.Event()
+
+    def work(job):
+        job.enter("training", total=1)
+        while not release.wait(0.01):
+            job.check()
+        return {"status": "succeeded"}
+
+    shutdown = runner.start("retrain", {}, work)
+    assert runner.stop(5) is shutdown and shutdown.status == "cancelled" and shutdown.shutting_down
+    interrupted = runner.start("retrain", {}, work)
+    assert runner.stop(5, resumable=False) is interrupted and not interrupted.shutting_down

@@ -42,7 +42,7 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        job = rift.learning.jobs.stop(60)
+        job = rift.learning.jobs.stop(60, resumable=False)  # Ctrl-C on a command means: cancel it
         if job is not None and job.status == "succeeded":  # it was switching models: that cannot be cut short
             raise click.ClickException(
                 f"interrupted while the {job.kind} job was switching models; it finished first, and "

@@ -168,16 +168,18 @@ class JobRunner:
                 job._cancel.set()
         return job
 
-    def stop(self, timeout: float, switch_timeout: float = 600.0) -> Job | None:
+    def stop(self, timeout: float, switch_timeout: float = 600.0, resumable: bool = True) -> Job | None:
         """For shutdown: cancel the running job and wait up to `timeout` s for it; a job already switching
-        models cannot be cancelled, so let it finish (up to `switch_timeout` s) rather than cut it half-way."""
+        models cannot be cancelled, so let it finish (up to `switch_timeout` s) rather than cut it half-way.
+        `resumable`: the job may keep its progress to continue at the next start (a person's Ctrl-C on a CLI
+        command is a cancel instead)."""
         job = self.running
         if job is None:
             return None
         with job._phase_lock:
             switching = job.phase == Job.UNCANCELLABLE
             if not switching:
-                job.shutting_down = True
+                job.shutting_down = resumable
                 job._cancel.set()
         self.wait(switch_timeout if switching else timeout)
         return job
