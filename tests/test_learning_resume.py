@@ -61,8 +61,19 @@ def test_a_retrain_stopped_by_shutdown_continues_at_the_next_start(tmp_path: Pat
     kept = json.loads(resume.plan_path(settings.models_dir, plan.version).read_text())
     assert kept["parent"] == base and kept["rows"] and kept["holdout"]
 
-    # A one-off command (the CLI opens in the foreground) leaves the plan for the next server.
-    open_rift(settings).close()
+    # A one-off command (the CLI opens in the foreground) leaves the plan for the next server, and says so.
+    cli = open_rift(settings)
+    try:
+        assert cli.learning.jobs.running is None
+        assert cli.stats()["learning"]["interrupted_retrain"] == {
+            "version": plan.version,
+            "triples": len(plan.rows),
+            "continues_from": f"training step {step}",
+            "continues_at_next_server_start": True,
+        }
+        assert cli.learning.delete_unservable_weights()["deleted"] == []
+    finally:
+        cli.close()
     assert resume.plan_path(settings.models_dir, plan.version).exists()
 
     rift = _serve(settings)
@@ -78,6 +89,7 @@ def test_a_retrain_stopped_by_shutdown_continues_at_the_next_start(tmp_path: Pat
         assert rift.search("default", "cat dog").outcome.model_version == plan.version
         assert resume.pending(settings.models_dir) == []
         assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
+        assert rift.stats()["learning"]["interrupted_retrain"] is None
     finally:
         rift.close()
 
@@ -161,6 +173,13 @@ def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
     [plan] = resume.pending(settings.models_dir)
     assert plan.trained and (settings.models_dir / plan.version).is_dir()
     assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()  # training is done
+    cli = open_rift(settings)
+    try:  # `rift models --prune` keeps the weights the next server gates
+        assert cli.learning.registry.get(plan.version).status == "failed"
+        assert cli.learning.delete_unservable_weights()["deleted"] == []
+        assert cli.stats()["learning"]["interrupted_retrain"]["continues_from"] == "the gate (weights trained)"
+    finally:
+        cli.close()
 
     rift = _serve(settings)
     try:

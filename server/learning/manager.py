@@ -538,9 +538,10 @@ class LearningManager:
         if versions is None and self.jobs.running is not None:
             raise RiftError("a retrain, rollback or reindex is running; prune once it has finished")
         deleted: list[dict[str, Any]] = []
+        pending = {p.version for p in resume.pending(self.settings.models_dir)} if versions is None else set()
         for v in self.registry.all():
-            if v.kind != "fine-tune" or v.status not in ("rejected", "failed"):
-                continue
+            if v.kind != "fine-tune" or v.status not in ("rejected", "failed") or v.version in pending:
+                continue  # (a pending one is an interrupted retrain's candidate: the next server gates it)
             if versions is not None and v.version not in versions:
                 continue
             path = Path(self.registry.location_of(v))
@@ -561,5 +562,26 @@ class LearningManager:
             "versions": len(self.registry.all()),
             "strategy": self.settings.learn_strategy,
             "running_job": running.snapshot() if running else None,
+            "interrupted_retrain": self._interrupted(running),
             "policy": self.policy.describe(),
+        }
+
+    def _interrupted(self, running: Job | None) -> dict[str, Any] | None:
+        """A retrain the next server start continues (none while a job runs: that is the one continuing)."""
+        if running is not None:
+            return None
+        plans = resume.pending(self.settings.models_dir)
+        if not plans:
+            return None
+        plan = plans[-1]
+        step = training.latest_checkpoint(resume.checkpoint_dir(self.settings.models_dir, plan.version))
+        return {
+            "version": plan.version,
+            "triples": len(plan.rows),
+            "continues_from": "the gate (weights trained)"
+            if plan.trained
+            else f"training step {training.checkpoint_step(step)}"
+            if step
+            else "the start of training",
+            "continues_at_next_server_start": self.settings.learn_resume_interrupted,
         }
