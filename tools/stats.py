@@ -32,7 +32,9 @@ class StatsResult(BaseModel):
     logging_enabled: bool
     load_seconds: float
     learning: dict[str, Any] | None = Field(
-        None, description="Serving model version, registry size, running learning job, an interrupted retrain waiting for the next start, periodic policy."
+        None,
+        description="Serving model version, registry size, running learning job, an interrupted retrain "
+        "waiting for the next start, periodic policy.",
     )
 
 
