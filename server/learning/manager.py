@@ -258,6 +258,9 @@ class LearningManager:
         )
 
         def work(job: Job) -> dict[str, Any]:
+            # The serving model is the one the plan started from; read its weights from where they are now
+            # (a data dir moved since keeps its fine-tunes, not their old absolute paths).
+            plan.base_location = self.engine.embedder.spec.location
             holdout = [q for q in (self.log.get(qid) for qid in plan.holdout) if q is not None]
             return self._retrain_job(job, plan, holdout, self.log.feedback_map())
 
