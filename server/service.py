@@ -134,7 +134,10 @@ class Rift:
         serving = registry.serving_descendant(s.model)
         if serving is not None and serving.version != s.model:
             try:
-                spec = resolve_model(registry.location_of(serving), s.query_prompt)
+                from server.engine.models import lineage_query_prompt
+
+                prompt = lineage_query_prompt(s.query_prompt, serving.base_model)
+                spec = resolve_model(registry.location_of(serving), prompt)
                 return embedder_cls(
                     spec,
                     version=serving.version,

@@ -364,3 +364,41 @@ def test_reindex_to_a_model_that_cannot_load_says_why_and_changes_nothing(tmp_pa
         assert [h.doc_id for h in rift.search("default", "cat").outcome.hits] == ["doc1"]
     finally:
         rift.close()
+
+
+def test_a_fine_tune_serves_with_the_query_prompt_it_was_trained_with(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """A bge model's query instruction comes from rift's table of known models, keyed by the base's name; its
+    fine-tune lives in a folder the table does not know, and must keep the prompt (saved with the weights, or
+    for a fine-tune saved without it, taken from the lineage's base model)."""
+    import json
+
+    import server.engine.models as models
+
+    prompt = "Represent this sentence for searching relevant passages: "
+    monkeypatch.setitem(models.KNOWN_QUERY_PROMPTS, str(tiny_model_path).lower(), prompt)
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        assert rift.engine().embedder.query_prompt == prompt
+        started = rift.learning.retrain(batch_size=4, epochs=1)
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status(started["job_id"])
+        assert status["status"] == "succeeded", status
+        version = status["result"]["version"]
+        assert rift.engine().embedder.version == version and rift.engine().embedder.query_prompt == prompt
+    finally:
+        rift.close()
+    saved = json.loads((settings.models_dir / version / "config_sentence_transformers.json").read_text())
+    assert saved["prompts"]["query"] == prompt
+
+    # A fine-tune saved without its prompt (by an earlier version) still serves with the base's.
+    saved["prompts"] = {}
+    (settings.models_dir / version / "config_sentence_transformers.json").write_text(json.dumps(saved))
+    rift = open_rift(settings)
+    try:
+        assert rift.engine().embedder.version == version and rift.engine().embedder.query_prompt == prompt
+    finally:
+        rift.close()

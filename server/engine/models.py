@@ -41,6 +41,12 @@ def resolve_model(name: str, query_prompt: str | None = None) -> ModelSpec:
     return ModelSpec(name=name, location=location, query_prompt=prompt)
 
 
+def lineage_query_prompt(configured: str | None, base_model: str) -> str | None:
+    """The query prompt for a fine-tune of `base_model`: the configured one, else the base's known one.
+    Fine-tunes save their prompt since this version; older ones carry none and fall back to the base's."""
+    return configured if configured is not None else KNOWN_QUERY_PROMPTS.get(base_model.strip().lower())
+
+
 def looks_like_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (absolute, `./x`, `~/x`, `a/b/c`, `C:\\x`) is a folder."""
     text = name.strip()

@@ -367,7 +367,7 @@ class LearningManager:
             else:
                 self.registry.update(plan.version, status="failed", note="candidate being evaluated")
                 result = {**plan.result, **result}
-            candidate = load_embedder(str(out_dir), plan.version, self.settings)
+            candidate = load_embedder(str(out_dir), plan.version, self.settings, entry.base_model)
             entry.dimension = candidate.dimension
             try:
                 return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
@@ -471,7 +471,9 @@ class LearningManager:
 
         def work(job: Job) -> dict[str, Any]:
             job.enter("loading")
-            embedder = load_embedder(self.registry.location_of(target), target.version, self.settings)
+            embedder = load_embedder(
+                self.registry.location_of(target), target.version, self.settings, target.base_model
+            )
 
             def progress(done: int, total: int) -> None:
                 job.progress(done, total)

@@ -108,11 +108,15 @@ def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str,
     return rows, kept
 
 
-def load_embedder(location: str, version: str, settings: Any) -> Any:
+def load_embedder(location: str, version: str, settings: Any, base_model: str | None = None) -> Any:
+    """`base_model`: the lineage's configured model, for a fine-tune whose folder does not say its prompt."""
     from server.engine.embedder import Embedder, embed_options
-    from server.engine.models import resolve_model
+    from server.engine.models import lineage_query_prompt, resolve_model
 
-    spec = resolve_model(location, settings.query_prompt)
+    prompt = settings.query_prompt
+    if base_model is not None:
+        prompt = lineage_query_prompt(prompt, base_model)
+    spec = resolve_model(location, prompt)
     return Embedder(
         spec,
         version=version,

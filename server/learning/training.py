@@ -187,6 +187,13 @@ def train_model(
     if not state["cancelled"]:
         if cfg.merge_base:
             merge_into(model, base_location, cfg.merge_base)
+        # The fine-tune must serve with the instruction it was trained with: a bge model's query prompt comes
+        # from rift's table of known models (models.py), which knows the base's name, not this folder's.
+        model.prompts = {
+            **(model.prompts or {}),
+            **({"query": query_prompt} if query_prompt else {}),
+            **({"document": document_prompt} if document_prompt else {}),
+        }
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(str(out_dir), create_model_card=False)
     log.info("trained on %d triples in %.1fs (%s)", len(triples), seconds, "cpu" if use_cpu else "cuda")
