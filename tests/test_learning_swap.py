@@ -402,3 +402,24 @@ def test_a_fine_tune_serves_with_the_query_prompt_it_was_trained_with(
         assert rift.engine().embedder.version == version and rift.engine().embedder.query_prompt == prompt
     finally:
         rift.close()
+
+
+def test_dropping_a_version_skips_a_collection_deleted_meanwhile() -> None:
+    """A delete_collection between listing the collections and dropping one's vectors must not fail the job
+    (after the gate, that failure turned an accepted retrain into a failed one while it already served)."""
+    from server.errors import NotFoundError
+    from server.learning.pipeline import drop_built
+
+    dropped = []
+
+    class Engine:
+        def collection_names(self):
+            return ["a", "gone", "b"]
+
+        def drop_vectors(self, name, version):
+            if name == "gone":
+                raise NotFoundError("unknown collection 'gone'")
+            dropped.append((name, version))
+
+    drop_built(Engine(), "ft-1")
+    assert dropped == [("a", "ft-1"), ("b", "ft-1")]

@@ -190,8 +190,14 @@ def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
 
 
 def drop_built(engine: Any, version: str) -> None:
+    """Drop `version`'s vectors from every collection; one deleted meanwhile has none left to drop."""
+    from server.errors import NotFoundError
+
     for name in engine.collection_names():
-        engine.drop_vectors(name, version)
+        try:
+            engine.drop_vectors(name, version)
+        except NotFoundError:
+            continue
 
 
 def model_dir(models_dir: Path, version: str) -> Path:
