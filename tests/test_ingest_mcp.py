@@ -134,6 +134,8 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
         assert page1["total"] == 6 and page2["next_offset"] is None
         ids = [d["doc_id"] for d in page1["documents"] + page2["documents"]]
         assert ids == sorted(ids) and len(set(ids)) == 6
+        after = await ok(client, "list_documents", collection="kb", limit=4, after=page1["next_after"])
+        assert after["documents"] == page2["documents"] and after["offset"] == 4 and after["next_after"] is None
         message = await refused(
             client, "list_documents", collection="kb", filters={"source": {"$prefix": "rel"}}
         )

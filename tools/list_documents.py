@@ -24,6 +24,10 @@ class ListDocumentsResult(BaseModel):
     offset: int
     documents: list[DocumentEntry]
     next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
+    next_after: str | None = Field(
+        description="Pass as `after` for the next page (null on the last page): unlike an offset, it lists "
+        "every document once even while documents are added or deleted between pages."
+    )
 
 
 async def list_documents(
@@ -38,16 +42,25 @@ async def list_documents(
     ] = None,
     limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="Documents per page.")] = 50,
     offset: Annotated[int, Field(ge=0, description="Documents to skip.")] = 0,
+    after: Annotated[
+        str | None,
+        Field(
+            description="Start after this doc_id (the previous page's next_after) instead of at an offset; "
+            "stable while documents change."
+        ),
+    ] = None,
 ) -> ListDocumentsResult:
     engine = await call(rift_of(ctx).engine)
-    total, page = await call(list_docs, engine, collection, filters, limit, offset)
+    total, page, offset = await call(list_docs, engine, collection, filters, limit, offset, after)
     end = offset + len(page)
+    more = end < total
     return ListDocumentsResult(
         collection=collection,
         total=total,
         offset=offset,
         documents=[DocumentEntry(doc_id=d, metadata=m) for d, m in page],
-        next_offset=end if end < total else None,
+        next_offset=end if more else None,
+        next_after=page[-1][0] if more and page else None,
     )
 
 

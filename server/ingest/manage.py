@@ -3,6 +3,7 @@ filtered document listings, and the collection catalog. Shared by the MCP tools 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,21 +84,33 @@ def get_document(
 
 
 def list_documents(
-    engine: Any, collection: str, filters: Mapping[str, Any] | None, limit: int = 50, offset: int = 0
-) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
-    """(number of matching documents, one page of (doc_id, metadata)) ordered by id. Filters use the search
+    engine: Any,
+    collection: str,
+    filters: Mapping[str, Any] | None,
+    limit: int = 50,
+    offset: int = 0,
+    after: str | None = None,
+) -> tuple[int, list[tuple[str, dict[str, Any]]], int]:
+    """(number of matching documents, one page of (doc_id, metadata) ordered by id, the page's offset). Filters use the search
     grammar over document metadata ($prefix on source included); chunk-level keys such as heading are not
-    document metadata."""
+    document metadata. `after` (a doc_id) starts the page after that id instead of at `offset`: paging by
+    the last id seen lists every document once even while others are added or deleted between pages."""
     node = parse_filters(filters)
     _check_int(limit, "limit", 1, MAX_LIST)
     _check_int(offset, "offset", 0)
+    if after is not None and (not isinstance(after, str) or not after):
+        raise RiftError("after must be the doc_id of the last document of the previous page")
+    if after is not None and offset:
+        raise RiftError("give either after (the last doc_id of the previous page) or offset, not both")
     engine.follow_others()
     engine.info(collection)  # NotFoundError naming the known collections
     docs = engine.state.list_documents(collection, -1, 0)
     if node is not None:
         keep = mask(node, MetadataColumns([{**m, **path_keys(m)} for _, m in docs]))
         docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
-    return len(docs), docs[offset : offset + limit]
+    if after is not None:  # ids are ordered as SQLite orders them: by UTF-8 bytes, i.e. by code point
+        offset = bisect.bisect_right([d for d, _ in docs], after)
+    return len(docs), docs[offset : offset + limit], offset
 
 
 def list_collections(engine: Any) -> list[dict[str, Any]]:
