@@ -535,3 +535,84 @@ def test_a_hybrid_hit_shows_the_chunk_of_the_side_that_ranked_it_higher(rift_fac
     by_keyword = next(c for c in outcome.keyword if c.doc_id == "manual")
     assert by_vector.chunk_id != by_keyword.chunk_id
     assert hit.chunk_id == by_keyword.chunk_id and "QX7781" in hit.text  # where its words are
+
+
+def test_a_model_folder_replaced_in_place_is_refused_not_searched(tmp_path: Path) -> None:
+    """Vectors are labelled by the model's name; other weights under the same folder (another dimension, or
+    the same dimension) must not be searched against them: start-up refuses, saying what to do."""
+    import shutil
+
+    from tests.support.tiny_model import build_tiny_model
+
+    first = build_tiny_model(tmp_path / "first")
+    folder = tmp_path / "model"
+    shutil.copytree(first, folder)
+    settings = make_settings(tmp_path / "data", folder)
+    rift = open_rift(settings)
+    rift.add_documents("notes", docs(("a", "the cat sat on the mat")))
+    rift.close()
+
+    wide = build_tiny_model(tmp_path / "wide", hidden=48)
+    for other in (wide, build_tiny_model(tmp_path / "seed1", seed=1)):
+        shutil.rmtree(folder)
+        shutil.copytree(other, folder)
+        with pytest.raises(RiftError, match=r"not the one collections 'notes' were embedded with: its weights"):
+            open_rift(settings)
+
+    shutil.rmtree(folder)
+    shutil.copytree(first, folder)  # the earlier model back: it serves its vectors again
+    rift = open_rift(settings)
+    try:
+        assert ids(rift.search("notes", "cat mat").outcome.hits) == ["a"]
+    finally:
+        rift.close()
+
+    # Under a new folder the new model is a new model: start-up re-embeds with it.
+    moved = make_settings(tmp_path / "data", wide)
+    rift = open_rift(moved)
+    try:
+        assert rift.repair_report["reembedded"] == ["notes"]
+        assert ids(rift.search("notes", "cat mat").outcome.hits) == ["a"]
+    finally:
+        rift.close()
+
+
+def test_paging_by_the_last_id_lists_every_document_once_while_others_change(rift) -> None:
+    from server.ingest.manage import list_documents
+
+    rift.add_documents("default", docs(*[(f"d{i:02d}", f"note number {i} about tides") for i in range(20)]))
+    engine = rift.engine()
+    seen: list[str] = []
+    total, page, start = list_documents(engine, "default", None, limit=4)
+    assert (total, start) == (20, 0)
+    seen += [d for d, _ in page]
+    rift.delete_documents("default", ["d00"])  # an offset would now skip d04
+    total, page, start = list_documents(engine, "default", None, limit=4, after=seen[-1])
+    assert (total, start) == (19, 3)
+    seen += [d for d, _ in page]
+    rift.add_documents("default", docs(("d01a", "a late note about tides")))  # ... and now repeat one
+    while True:
+        total, page, start = list_documents(engine, "default", None, limit=4, after=seen[-1])
+        seen += [d for d, _ in page]
+        if start + len(page) >= total:
+            break
+    assert seen == sorted(set(seen)) and set(seen) >= {f"d{i:02d}" for i in range(20)}
+    assert "d01a" not in seen  # added behind the reader, as a listing by id should leave it
+    with pytest.raises(RiftError, match="either after"):
+        list_documents(engine, "default", None, offset=4, after="d03")
+    with pytest.raises(RiftError, match="after must be"):
+        list_documents(engine, "default", None, after="")
+
+
+def test_stats_and_listings_skip_a_collection_deleted_while_they_read(rift, monkeypatch) -> None:
+    """The names are read first, then each collection: one deleted in between is not an error of the caller."""
+    from server.ingest.manage import list_collections
+
+    rift.add_documents("keep", docs(("a", "the cat sat on the mat")))
+    engine = rift.engine()
+    names = engine.collection_names
+    monkeypatch.setattr(engine, "collection_names", lambda: [*names(), "gone"])
+    assert [c["name"] for c in rift.stats()["collections"]] == ["keep"]
+    assert [c["name"] for c in list_collections(engine)] == ["keep"]
+    with pytest.raises(NotFoundError):
+        rift.stats("gone")

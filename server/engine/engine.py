@@ -276,6 +276,7 @@ class Engine:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
             report["retokenized"] = self._retokenize_if_changed()
+            self._check_configured_weights()
             for record in self.state.collections():
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # refused until restarted on the model serving it
@@ -305,6 +306,32 @@ class Engine:
         self.vectors.ensure(chroma_name, self.embedder.dimension)
         delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
         return len(delta.added), len(delta.removed)
+
+    def _check_configured_weights(self) -> None:
+        """A model folder replaced in place keeps its name, and vectors are labelled by name: never serve (or
+        roll back to) vectors another model made. Stored vectors of the configured name are checked against
+        the weights the name held when they were made; the first start that records them trusts them."""
+        from server.engine.models import resolve_model, weights_identity
+
+        configured = self.settings.model
+        key = f"model_weights:{configured}"
+        identity = weights_identity(resolve_model(configured).location)
+        stored = self.state.setting(key)
+        if stored is not None and stored != identity:
+            stale = [r.name for r in self.state.collections() if r.model_version == configured]
+            if stale:
+                raise RiftError(
+                    f"the model at {configured!r} (setting `model`) is not the one collections "
+                    f"{', '.join(repr(n) for n in stale)} were embedded with: its weights changed ({stored[:19]}… "
+                    f"then, {identity[:19]}… now), and rift will not search vectors another model made. Put the "
+                    "earlier model back, or give the new one a new folder or name (setting `model`): rift then "
+                    "re-embeds every collection with it at start-up"
+                )
+            for record in self.state.collections():  # vectors kept for a rollback to the old weights
+                self.drop_vectors(record.name, configured)
+            log.warning("the model at %r changed; dropped the vectors its earlier weights made", configured)
+        if stored != identity:
+            self.state.put_setting(key, identity)
 
     def _retokenize_if_changed(self) -> int:
         """Stored keyword tokens follow the tokenizer they were made with; after a change of stemmer, stopword

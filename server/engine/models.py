@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,26 @@ def resolve_model(name: str, query_prompt: str | None = None) -> ModelSpec:
         location = name
     prompt = query_prompt if query_prompt is not None else KNOWN_QUERY_PROMPTS.get(key)
     return ModelSpec(name=name, location=location, query_prompt=prompt)
+
+
+_IDENTITIES: dict[tuple[str, int, int], str] = {}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
+
+
+def weights_identity(location: str) -> str:
+    """`sha256:<digest>` of a local model folder's weights file, so the same weights are recognised under
+    another path and other weights under the same path; a hub id as it is named. Hashed once per file
+    version (path, size, modification time) in a process: about 0.1 s for MiniLM's 90 MB."""
+    folder = Path(location)
+    found = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    if found is None:
+        return location
+    stat = found.stat()
+    key = (str(found.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _IDENTITIES:
+        with found.open("rb") as fh:
+            _IDENTITIES[key] = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+    return _IDENTITIES[key]
 
 
 def lineage_query_prompt(configured: str | None, base_model: str) -> str | None:

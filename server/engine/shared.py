@@ -22,7 +22,6 @@ a writer removes every older version of its documents from Chroma, and readers s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.engine.keyword_index import KeywordRow
+from server.engine.models import weights_identity
 from server.engine.reconcile import reconcile_with_chroma
 from server.errors import RiftError
 
@@ -61,25 +61,10 @@ class Head:
     ts: float = field(default=0.0, compare=False)
 
 
-_IDENTITIES: dict[str, str] = {}
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
-
-
 def model_identity(embedder: Any) -> str:
-    """The weights an embedder runs: `sha256:<digest>` of a local folder's weights file, so a fine-tune's
-    folder copied to another host or path is recognised as the same model; a hub id as it is named."""
+    """The weights an embedder runs (`models.weights_identity` of its location)."""
     location = str(getattr(getattr(embedder, "spec", None), "location", "") or "")
-    if not location:
-        return ""
-    if location not in _IDENTITIES:
-        folder = Path(location)
-        found = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
-        if found is None:
-            _IDENTITIES[location] = location
-        else:
-            with found.open("rb") as fh:  # ~0.1 s for MiniLM's 90 MB, once per process
-                _IDENTITIES[location] = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-    return _IDENTITIES[location]
+    return weights_identity(location) if location else ""
 
 
 def writer_id(data_dir: Path) -> str:
