@@ -14,7 +14,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from server.config import Settings
-from server.errors import DataDirLockedError, RiftError
+from server.errors import DataDirLockedError, NotFoundError, RiftError
 from server.learning.disagreement import Disagreement, not_compared, summarize
 from server.learning.query_log import QueryLog, new_query_id
 
@@ -258,7 +258,12 @@ class Rift:
         names = [collection] if collection is not None else engine.collection_names()
         collections = []
         for name in names:
-            info = engine.info(name)
+            try:
+                info = engine.info(name)
+            except NotFoundError:
+                if collection is not None:
+                    raise
+                continue  # deleted since the names were read
             collections.append(
                 {
                     "name": info.name,

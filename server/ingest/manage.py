@@ -117,7 +117,10 @@ def list_collections(engine: Any) -> list[dict[str, Any]]:
     engine.follow_others()
     out = []
     for name in engine.collection_names():
-        info = engine.info(name)
+        try:
+            info = engine.info(name)
+        except NotFoundError:
+            continue  # deleted since the names were read
         out.append(
             {
                 "name": info.name,
