@@ -109,6 +109,8 @@ def test_to_chroma_shapes() -> None:
         ({"$or": [{}]}, "filters.$or[0] must be a non-empty object"),
         ({"$not": [{"a": 1}]}, "unknown operator '$not'"),
         ({"": 1}, "field names must be non-empty strings"),
+        ({"#document": "x"}, "filters: '#document': no document has this field"),
+        ({"$or": [{"chroma:document": {"$ne": "x"}}]}, "filters.$or[0]: 'chroma:document': no document has"),
     ],
 )
 def test_parse_errors_name_the_field_or_operator(raw: Any, needle: str) -> None:

@@ -124,6 +124,12 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
             raise RiftError(f"{path}: unknown operator {key!r} (use $and/$or, or a field name)")
         elif key.startswith(RESERVED_PREFIX):
             raise RiftError(f"{path}: {key!r}: fields starting with {RESERVED_PREFIX!r} are rift's own")
+        elif key.startswith("#") or key == "chroma:document":
+            # Chroma's own names (it refuses to filter on them); no stored metadata can carry them either.
+            raise RiftError(
+                f"{path}: {key!r}: no document has this field (names starting with '#', and "
+                "'chroma:document', are reserved by Chroma)"
+            )
         elif isinstance(value, Mapping):
             if not value:
                 raise RiftError(f"{path}.{key} must name at least one operator")
