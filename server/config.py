@@ -154,8 +154,16 @@ class Settings(BaseSettings):
     )
 
     # --- chunking ------------------------------------------------------------------------------------------
-    chunk_tokens: int = Field(256, ge=16, le=8192, description="Capped at the model's max sequence length.")
-    chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
+    chunk_tokens: int = Field(
+        256,
+        ge=16,
+        le=8192,
+        description="Capped at the model's max sequence length. A change re-chunks (and re-embeds) every "
+        "stored document once at the next start.",
+    )
+    chunk_overlap: int = Field(
+        32, ge=0, le=4096, description="Tokens shared by neighbouring chunks (a change re-chunks, too)."
+    )
     max_document_chars: int = Field(1_000_000, ge=1, description="Longer documents are rejected.")
     max_documents_per_call: int = Field(
         1000, ge=1, description="Most documents one add_documents call takes."

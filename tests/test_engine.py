@@ -616,3 +616,33 @@ def test_stats_and_listings_skip_a_collection_deleted_while_they_read(rift, monk
     assert [c["name"] for c in list_collections(engine)] == ["keep"]
     with pytest.raises(NotFoundError):
         rift.stats("gone")
+
+
+def test_a_change_of_chunk_size_rechunks_stored_documents_once(rift_factory) -> None:
+    """Stored documents follow chunk_tokens / chunk_overlap: after a change they are split again from their
+    stored text at start-up (re-adding them would be a no-op: their content did not change)."""
+    first = rift_factory(chunk_tokens=48)
+    first.add_documents("default", docs(("long", LONG), ("cat", "the cat sat on the mat")))
+    first.add_documents("other", docs(("x", "python code on a server")))
+    chunks_before = {c["name"]: c["chunks"] for c in first.stats()["collections"]}
+    first.close()
+
+    second = rift_factory(chunk_tokens=16)
+    assert second.repair_report["rechunked"] == {"default": 2, "other": 1}
+    chunks_after = {c["name"]: c["chunks"] for c in second.stats()["collections"]}
+    assert chunks_after["default"] > chunks_before["default"]
+    state = index_state(second)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]  # the old chunks are gone everywhere
+    engine = second.engine()
+    assert all(
+        len(engine.embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= 16
+        for c in engine.state.document_chunks("default", "long")
+    )
+    text, _, n_chunks, _ = engine.get_document("default", "long")
+    assert text == LONG and n_chunks == chunks_after["default"] - 1
+    assert ids(second.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    assert second.add_documents("default", docs(("long", LONG)))[0].status == "unchanged"
+    second.close()
+
+    third = rift_factory(chunk_tokens=16)
+    assert "rechunked" not in third.repair_report

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from server.config import Settings
-from server.engine.chunking import chunk_document
+from server.engine.chunking import CHUNKER_VERSION, chunk_document
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import RESERVED_PREFIX, Node, parse_filters, path_keys, to_chroma
@@ -296,6 +296,10 @@ class Engine:
                     )
                     self.reembed(record.name, self.embedder)
                     report["reembedded"].append(record.name)
+                if self.shared is None:  # several processes sharing a Chroma server would each re-chunk
+                    rechunked = self._rechunk_if_changed(record.name)
+                    if rechunked:
+                        report.setdefault("rechunked", {})[record.name] = rechunked
             if self.shared is not None:
                 self.shared.prime()
         return report
@@ -306,6 +310,45 @@ class Engine:
         self.vectors.ensure(chroma_name, self.embedder.dimension)
         delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
         return len(delta.added), len(delta.removed)
+
+    def _chunking(self, collection: str) -> str:
+        """What a document's chunks depend on besides its text: stored chunks made otherwise are re-made."""
+        embedder = self.embedder_for(self._record(collection))
+        tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
+        return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
+
+    def _rechunk_if_changed(self, collection: str) -> int:
+        """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
+        size), split every stored document again from its stored text and embed the chunks that changed:
+        otherwise old documents keep chunks the model may not read to the end, and re-adding them is a no-op
+        (their content is unchanged). Interrupted, it runs again at the next start."""
+        key = f"chunking:{collection}"
+        wanted, stored = self._chunking(collection), self.state.setting(key)
+        if stored == wanted:
+            return 0
+        done = 0
+        if stored is not None:  # (none: a data dir from before this check; its chunks are taken as they are)
+            started = time.perf_counter()
+            ids = [d for d, _ in self.state.list_documents(collection, -1, 0)]
+            for first in range(0, len(ids), 64):
+                batch = [self.state.document(collection, d) for d in ids[first : first + 64]]
+                inputs = [
+                    DocumentInput(text=row[1], id=d, metadata=row[2])
+                    for d, row in zip(ids[first : first + 64], batch, strict=True)
+                    if row is not None
+                ]
+                self.add_documents(collection, inputs, rechunk=True)
+                done += len(inputs)
+            log.warning(
+                "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
+                collection,
+                stored,
+                wanted,
+                done,
+                time.perf_counter() - started,
+            )
+        self.state.put_setting(key, wanted)
+        return done
 
     def _check_configured_weights(self) -> None:
         """A model folder replaced in place keeps its name, and vectors are labelled by name: never serve (or
@@ -509,6 +552,7 @@ class Engine:
                 {"rift:collection": collection, "rift:model_version": self.embedder.version},
             )
             self.state.put_collection(collection, chroma_name, self.embedder.version)
+            self.state.put_setting(f"chunking:{collection}", self._chunking(collection))
             self._keyword[collection] = KeywordIndex()
             self._load_vector_copy(collection)
             if self.shared is not None:
@@ -581,7 +625,9 @@ class Engine:
         collection: str,
         documents: Sequence[DocumentInput],
         progress: Callable[[int, int], None] | None = None,
+        rechunk: bool = False,
     ) -> list[DocumentStatus]:
+        """`rechunk`: split and write even documents whose content is unchanged (the chunking changed)."""
         check_collection_name(collection)
         docs = self.validate_documents(documents)
         with self._write_lock:
@@ -595,7 +641,7 @@ class Engine:
             changed: list[tuple[str, str, dict[str, Any], str]] = []
             for doc_id, text, meta in docs:
                 doc_hash = content_hash(text, meta)
-                if existing.get(doc_id) == doc_hash:
+                if existing.get(doc_id) == doc_hash and not rechunk:
                     statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
                 else:
                     changed.append((doc_id, text, meta, doc_hash))
