@@ -66,7 +66,8 @@ def open_rift(settings: Settings, must_exist: bool = False):
         )
 
     try:
-        return Rift(settings).start(background=False)
+        # Commands that only read (or manage model versions) never re-embed the store for another model.
+        return Rift(settings).start(background=False, reembed=not must_exist)
     except DataDirLockedError as exc:
         raise click.ClickException(str(exc)) from None
     except RiftError as exc:

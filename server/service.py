@@ -77,10 +77,15 @@ class Rift:
         self.repair_report: dict[str, Any] = {}
         self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
         self._background = True
+        self._reembed = True
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
-    def start(self, background: bool = True) -> Rift:
+    def start(self, background: bool = True, reembed: bool = True) -> Rift:
+        """`reembed=False` (commands that only read or manage models): refuse to start when the configured
+        model is not the one the collections are embedded with, instead of re-embedding them all with it
+        and retiring the version that served (a wrong RIFT_MODEL in one shell must not rewrite the store)."""
+        self._reembed = reembed
         self._lock.acquire()
         self._background = background
         if background:
@@ -103,10 +108,17 @@ class Rift:
 
             s = self.settings
             self.log = QueryLog(s.log_db)
-            embedder = self._serving_embedder(Embedder, resolve_model)
+            state = StateStore(s.state_db)
+            try:
+                if not self._reembed:
+                    self._refuse_another_model(state)
+                embedder = self._serving_embedder(Embedder, resolve_model)
+            except BaseException:
+                state.close()
+                raise
             # A server waits a minute for a Chroma server that starts with it; a CLI command fails at once.
             client = make_client(s, wait_s=CHROMA_WAIT_S if self._background else 0.0)
-            engine = Engine(s, embedder, VectorStore(client), StateStore(s.state_db))
+            engine = Engine(s, embedder, VectorStore(client), state)
             self.repair_report = engine.open()
             self._engine = engine
             from server.learning.manager import LearningManager
@@ -123,6 +135,25 @@ class Rift:
             self._error = exc
         finally:
             self._ready.set()
+
+    def _refuse_another_model(self, state: Any) -> None:
+        from server.learning.registry import Registry
+
+        s = self.settings
+        registry = Registry(s.models_dir)
+        serving = registry.serving_descendant(s.model)
+        would_serve = serving.version if serving is not None else s.model
+        other = {r.model_version: r.name for r in state.collections() if r.model_version != would_serve}
+        if not other:
+            return
+        version, name = next(iter(other.items()))
+        entry = registry.get(version)
+        lineage = entry.base_model if entry is not None else version
+        raise RiftError(
+            f"collection {name!r} is embedded with {version!r} (model {lineage!r}), but this command is "
+            f"configured with model {s.model!r} (setting `model`, RIFT_MODEL); it does not re-embed the store. "
+            f"Set model to {lineage!r}, or start `rift serve` with the new model to re-embed every collection"
+        )
 
     def _serving_embedder(self, embedder_cls: Any, resolve_model: Any) -> Any:
         """The registry's serving version (it survives restarts), else the configured model."""

@@ -175,3 +175,33 @@ def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path,
     bad.write_bytes(b"\xff\xfe = 1\n")
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 1 and f"config file {bad} is not UTF-8 text" in res.output
+
+
+def test_read_commands_refuse_another_model_instead_of_re_embedding(
+    monkeypatch, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A wrong RIFT_MODEL in one shell must not make `rift stats` or `rift models` re-embed the whole store
+    with it and retire the version that served."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import build_tiny_model
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    rift.add_documents("notes", docs(("a", "the cat sat on the mat")))
+    rift.close()
+    registry_before = (settings.models_dir / "registry.json").read_text()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RIFT_MODEL", str(build_tiny_model(tmp_path / "other", hidden=16)))
+    for command in (["stats"], ["search", "cat"], ["models"]):
+        res = CliRunner().invoke(main, [*command, "--data-dir", str(settings.data_dir)])
+        assert res.exit_code == 1, (command, res.output)
+        assert f"collection 'notes' is embedded with {str(tiny_model_path)!r}" in res.output
+        assert "it does not re-embed the store" in res.output
+    assert (settings.models_dir / "registry.json").read_text() == registry_before
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    res = CliRunner().invoke(main, ["stats", "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 0 and '"notes"' in res.output
