@@ -375,6 +375,7 @@ class LearningManager:
                 keep = resumable and job.shutting_down
                 raise
         except BaseException:
+            job.result = result  # what it got to (training, gate numbers) stays readable in retrain_status
             if not keep and self.registry.get(plan.version) is None:
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise

@@ -104,6 +104,9 @@ class Policy:
             started = self.manager.retrain(source="policy")
             self.last_outcome = f"started retrain job {started['job_id']} ({why})"
         except RiftError as exc:
+            if self.manager.jobs.running is not None:  # another job started meanwhile: due at the next check
+                self.last_outcome = "a job is running"
+                return self.last_outcome
             # Not enough triples yet: wait for the next window rather than retrying every check.
             self.window_start = time.time()
             self._persist()
