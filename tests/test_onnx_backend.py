@@ -77,3 +77,24 @@ def test_settings_select_the_backend(tmp_path: Path, tiny_model_path: Path) -> N
         assert list((settings.models_dir / "onnx").glob("*.onnx"))
     finally:
         app.close()
+
+
+def test_exports_of_deleted_model_folders_are_pruned(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A rejected fine-tune's weights are deleted; its ONNX export (about 90 MB for MiniLM) must go too."""
+    import shutil
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from server.engine.onnx_backend import prune_exports
+
+    candidate = tmp_path / "ft-candidate"
+    shutil.copytree(tiny_model_path, candidate)
+    cache = tmp_path / "onnx"
+    Embedder(resolve_model(str(tiny_model_path)), version="base", backend="onnx", onnx_dir=cache)
+    Embedder(resolve_model(str(candidate)), version="ft", backend="onnx", onnx_dir=cache)
+    (cache / "from-an-earlier-version.onnx").write_bytes(b"x")  # no recorded source: kept
+    assert len(list(cache.glob("*.onnx"))) == 3
+    assert prune_exports(cache) == 0
+    shutil.rmtree(candidate)
+    assert prune_exports(cache) == 1
+    assert len(list(cache.glob("*.onnx"))) == 2 and len(list(cache.glob("*.source"))) == 1

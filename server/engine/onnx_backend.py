@@ -117,6 +117,8 @@ class OnnxEncoder:
         if not self.path.is_file():
             log.info("exporting the embedding model to ONNX at %s", self.path)
             export(transformer, mode, self.tokenizer, self.path)
+        if Path(location).is_dir():  # so prune_exports can tell when the weights it came from are gone
+            self.path.with_suffix(".source").write_text(str(Path(location).resolve()))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -173,3 +175,19 @@ def _single_text_tokenizer(tokenizer: Any, max_length: int) -> Any | None:
     except Exception as exc:  # an optimisation only
         log.debug("no single-text tokenizer: %s", exc)
         return None
+
+
+def prune_exports(cache_dir: Path) -> int:
+    """Delete exports of local model folders that no longer exist (a rejected fine-tune's deleted weights):
+    about 90 MB each for MiniLM. Exports of hub models, or from before sources were recorded, stay."""
+    removed = 0
+    for source in Path(cache_dir).glob("*.source"):
+        try:
+            gone = not Path(source.read_text().strip()).is_dir()
+        except OSError:
+            continue
+        if gone:
+            source.with_suffix(".onnx").unlink(missing_ok=True)
+            source.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.models import describe_load_failure
+from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError
 from server.learning import resume, training
 from server.learning.gate import Gate, GateConfig, LabelledSet
@@ -74,6 +75,7 @@ class LearningManager:
                 )
         with contextlib.suppress(Exception):  # a cleanup: never a reason not to start
             self._prune(engine)
+            prune_exports(self.settings.models_dir / "onnx")  # of weights deleted (by hand, or by a crash)
             keep = resume.owned_scratch(self.settings.models_dir)  # checkpoints a retrain continues from
             for scratch in self.settings.models_dir.glob(".*.trainer"):  # a killed training's work folder
                 if scratch not in keep:
@@ -558,6 +560,8 @@ class LearningManager:
             note = "; ".join(n for n in (v.note, "weights deleted") if n)
             self.registry.update(v.version, note=note)
             deleted.append({"version": v.version, "status": v.status, "bytes": size})
+        if deleted:
+            prune_exports(self.settings.models_dir / "onnx")  # their ONNX exports (embed_backend = "onnx")
         return {"deleted": deleted, "freed_bytes": sum(d["bytes"] for d in deleted)}
 
     def stats(self) -> dict[str, Any]:
