@@ -423,3 +423,33 @@ def test_dropping_a_version_skips_a_collection_deleted_meanwhile() -> None:
 
     drop_built(Engine(), "ft-1")
     assert dropped == [("a", "ft-1"), ("b", "ft-1")]
+
+
+def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Chunks are cut to fit the serving model; after a switch to one that reads fewer tokens, stored documents
+    are split again for it (the swap itself keeps answering with the old chunks)."""
+    import json
+    import shutil
+
+    short = tmp_path / "short-model"
+    shutil.copytree(tiny_model_path, short)
+    config = json.loads((short / "sentence_bert_config.json").read_text())
+    config["max_seq_length"] = 24
+    (short / "sentence_bert_config.json").write_text(json.dumps(config))
+    _, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        text = " ".join(f"word{i} about the river and the sea" for i in range(30))
+        rift.add_documents("default", docs(("long", text)))
+        before = len(rift.engine().state.document_chunks("default", "long"))
+        started = rift.learning.reindex(str(short))
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        engine = rift.engine()
+        chunks = engine.state.document_chunks("default", "long")
+        limit = engine.embedder.max_chunk_tokens(engine.settings.chunk_tokens)
+        assert limit < 24 and len(chunks) > before
+        assert all(len(engine.embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= limit for c in chunks)
+        assert engine.get_document("default", "long")[0] == text
+        assert [h.doc_id for h in rift.search("default", "cat").outcome.hits][:1] == ["doc1"]
+    finally:
+        rift.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Raise when a change here (or in the file-type splitters) cuts stored documents differently: every data dir
-# then re-chunks its documents once at start-up (Engine._rechunk_if_changed).
+# then re-chunks its documents once at start-up (Engine.rechunk_if_changed).
 CHUNKER_VERSION = 1
 SENTENCE_ENDS = frozenset(".!?;\n")
 

@@ -297,7 +297,7 @@ class Engine:
                     self.reembed(record.name, self.embedder)
                     report["reembedded"].append(record.name)
                 if self.shared is None:  # several processes sharing a Chroma server would each re-chunk
-                    rechunked = self._rechunk_if_changed(record.name)
+                    rechunked = self.rechunk_if_changed(record.name)
                     if rechunked:
                         report.setdefault("rechunked", {})[record.name] = rechunked
             if self.shared is not None:
@@ -317,7 +317,7 @@ class Engine:
         tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
         return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
 
-    def _rechunk_if_changed(self, collection: str) -> int:
+    def rechunk_if_changed(self, collection: str) -> int:
         """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
         size), split every stored document again from its stored text and embed the chunks that changed:
         otherwise old documents keep chunks the model may not read to the end, and re-adding them is a no-op

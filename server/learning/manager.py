@@ -454,8 +454,23 @@ class LearningManager:
             dimension=candidate.dimension,
         )
         self._prune()
+        self._rechunk(engine)
         result.update(status="succeeded", version=entry.version)
         return result
+
+    def _rechunk(self, engine: Any) -> None:
+        """A model with a shorter sequence limit caps the chunk size: split stored documents again for it
+        (a fine-tune keeps its base's limit, so after a retrain this is a no-op). The switch has happened;
+        a failure here is logged, and the next start re-chunks."""
+        if engine.shared is not None:
+            return
+        for name in engine.collection_names():
+            try:
+                engine.rechunk_if_changed(name)
+            except NotFoundError:
+                continue
+            except Exception:
+                log.exception("re-chunking collection %r for the new model failed; the next start retries", name)
 
     def _prune(self, engine: Any = None) -> None:
         """Keep Chroma vectors only for the most recently served versions (fast rollback to them)."""
@@ -488,6 +503,7 @@ class LearningManager:
             switch_all(self.engine, embedder, keep_old=True)
             self.registry.set_serving(target.version)
             self._prune()
+            self._rechunk(self.engine)
             return {"status": "succeeded", "version": target.version}
 
         job = self.jobs.start("rollback", {"version": target.version}, work)
