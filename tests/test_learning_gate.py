@@ -116,8 +116,13 @@ def test_labelled_set_decides_when_configured(rift, tmp_path: Path) -> None:
     )
     assert report.basis == "labelled" and not report.accepted
     assert report.serving["labelled_ndcg@10"] > report.candidate["labelled_ndcg@10"]
-    same = Gate(engine).score(engine.embedder, engine.embedder, [], labelled=labelled)
+    ticks: list[tuple[int, int]] = []
+    same = Gate(engine).score(
+        engine.embedder, engine.embedder, [], labelled=labelled, progress=lambda d, t: ticks.append((d, t))
+    )
     assert same.accepted and same.delta["labelled_ndcg@10"] == 0
+    # Progress counts every scored query: known items and labelled ones (no held-out queries here).
+    assert ticks and ticks[-1][0] == ticks[-1][1] > len(labelled.queries) and len({t for _, t in ticks}) == 1
 
 
 def test_a_repeated_query_is_held_out_with_every_earlier_asking() -> None:

@@ -160,7 +160,9 @@ class Gate:
         feedback: Mapping[str, Mapping[str, bool]] | None = None,
         labelled: LabelledSet | None = None,
         should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> GateReport:
+        """`progress(done, total)` after each scored query (held-out, known-item and labelled ones)."""
         feedback = feedback or {}
         sums: dict[str, dict[str, list[float]]] = {"serving": {}, "candidate": {}}
         overlaps: list[float] = []
@@ -171,9 +173,20 @@ class Gate:
         models = {"serving": serving, "candidate": candidate}
         collections = set(self.engine.collection_names())
         fb_queries = 0
+        known = self._known_items(collections)
+        total = len(holdout) + len(known) + (len(labelled.queries) if labelled is not None else 0)
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
         for q in holdout:
             if should_stop is not None and should_stop():
                 break
+            tick()
             if q.collection not in collections:
                 continue
             try:
@@ -198,9 +211,10 @@ class Gate:
             if a or b:
                 overlaps.append(len(a & b) / max(len(a), len(b)))
 
-        for collection, doc_id, query in self._known_items(collections):
+        for collection, doc_id, query in known:
             if should_stop is not None and should_stop():
                 break
+            tick()
             if collection not in collections:
                 continue
             try:
@@ -215,6 +229,7 @@ class Gate:
             for qid, text in labelled.queries.items():
                 if should_stop is not None and should_stop():
                     break
+                tick()
                 keyword = self._keyword(labelled.collection, text)
                 for which, model in models.items():
                     vector = self._vector(model, labelled.collection, text)

@@ -410,7 +410,13 @@ class LearningManager:
             build_all(engine, candidate, progress)
             job.enter("gating", total=len(holdout))
             gate = Gate(engine, self._gate_config()).score(
-                engine.embedder, candidate, holdout, feedback, self._labelled(), lambda: job.cancelled
+                engine.embedder,
+                candidate,
+                holdout,
+                feedback,
+                self._labelled(),
+                lambda: job.cancelled,
+                job.progress,
             )
             job.check()
             result["gate"] = gate.as_dict()
