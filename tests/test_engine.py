@@ -646,3 +646,50 @@ def test_a_change_of_chunk_size_rechunks_stored_documents_once(rift_factory) -> 
 
     third = rift_factory(chunk_tokens=16)
     assert "rechunked" not in third.repair_report
+
+
+def test_a_rechunk_cut_short_loses_nothing_and_resumes(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    """Each re-chunked document is a new version (the chunking is part of its hash, so new chunk ids): a write
+    that fails half-way rolls back to the old chunks intact, and the next start finishes the job. Stored
+    documents are not re-validated against today's per-call or size limits."""
+    import sqlite3
+
+    from server.engine.state_store import StateStore
+
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    rift.add_documents("default", docs(("long", LONG), ("cat", "the cat sat on the mat")))
+    before = rift.engine().state.counts("default")
+    rift.close()
+
+    apply = StateStore.apply
+    failed: list[bool] = []
+
+    def full_disk(self, *args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("database or disk is full")
+        return apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "apply", full_disk)
+    changed = make_settings(
+        tmp_path / "data", tiny_model_path, chunk_tokens=16, chunk_overlap=4, max_documents_per_call=1,
+        max_document_chars=10,
+    )
+    with pytest.raises(RiftError, match="disk is full"):
+        open_rift(changed)
+    monkeypatch.setattr(StateStore, "apply", apply)
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path))  # the old settings: all still there
+    try:
+        assert rift.engine().state.counts("default") == before
+        assert rift.engine().get_document("default", "long")[0] == LONG
+    finally:
+        rift.close()
+    rift = open_rift(changed)
+    try:
+        assert rift.repair_report["rechunked"] == {"default": 2}
+        assert rift.engine().state.counts("default")[1] > before[1]
+        state = index_state(rift)
+        assert state["chroma"] == state["keyword"] == state["sqlite"]
+        assert rift.engine().get_document("default", "long")[0] == LONG
+    finally:
+        rift.close()

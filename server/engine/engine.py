@@ -110,8 +110,13 @@ class CollectionInfo:
     keyword_rebuild_ms: float
 
 
-def content_hash(text: str, metadata: Mapping[str, Any] | None = None) -> str:
-    payload = json.dumps({"t": text, "m": metadata or {}}, sort_keys=True, ensure_ascii=False)
+def content_hash(text: str, metadata: Mapping[str, Any] | None = None, chunking: str = "") -> str:
+    """What a stored document version is: its text, its metadata, and how it was cut into chunks (so a change
+    of chunking makes a new version, with new chunk ids, rather than new texts under the old ids)."""
+    fields: dict[str, Any] = {"t": text, "m": metadata or {}}
+    if chunking:
+        fields["c"] = chunking
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -246,9 +251,10 @@ class Engine:
 
     # --- start-up ------------------------------------------------------------------------------------------
 
-    def open(self) -> dict[str, Any]:
+    def open(self, rechunk: bool = True) -> dict[str, Any]:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
-        made by another model. Returns what was repaired."""
+        made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
+        command that only reads leaves that to the next server). Returns what was repaired."""
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -296,7 +302,7 @@ class Engine:
                     )
                     self.reembed(record.name, self.embedder)
                     report["reembedded"].append(record.name)
-                if self.shared is None:  # several processes sharing a Chroma server would each re-chunk
+                if rechunk and self.shared is None:  # processes sharing a Chroma server would each re-chunk
                     rechunked = self.rechunk_if_changed(record.name)
                     if rechunked:
                         report.setdefault("rechunked", {})[record.name] = rechunked
@@ -312,16 +318,20 @@ class Engine:
         return len(delta.added), len(delta.removed)
 
     def _chunking(self, collection: str) -> str:
+        return self._chunking_of(self.embedder_for(self._record(collection)))
+
+    def _chunking_of(self, embedder: Embedder) -> str:
         """What a document's chunks depend on besides its text: stored chunks made otherwise are re-made."""
-        embedder = self.embedder_for(self._record(collection))
         tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
         return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
 
     def rechunk_if_changed(self, collection: str) -> int:
         """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
         size), split every stored document again from its stored text and embed the chunks that changed:
-        otherwise old documents keep chunks the model may not read to the end, and re-adding them is a no-op
-        (their content is unchanged). Interrupted, it runs again at the next start."""
+        otherwise old documents keep chunks the model may not read to the end. The chunking is part of a
+        document version's hash, so each re-chunked document is a new version with new chunk ids (an
+        interrupted write rolls back to the old one intact), and a run cut short resumes where it stopped:
+        documents already re-chunked are unchanged the second time. Returns the documents rewritten."""
         key = f"chunking:{collection}"
         wanted, stored = self._chunking(collection), self.state.setting(key)
         if stored == wanted:
@@ -331,14 +341,13 @@ class Engine:
             started = time.perf_counter()
             ids = [d for d, _ in self.state.list_documents(collection, -1, 0)]
             for first in range(0, len(ids), 64):
-                batch = [self.state.document(collection, d) for d in ids[first : first + 64]]
-                inputs = [
-                    DocumentInput(text=row[1], id=d, metadata=row[2])
-                    for d, row in zip(ids[first : first + 64], batch, strict=True)
-                    if row is not None
-                ]
-                self.add_documents(collection, inputs, rechunk=True)
-                done += len(inputs)
+                batch = []
+                for doc_id in ids[first : first + 64]:
+                    found = self.state.document(collection, doc_id)
+                    if found is not None:  # (stored documents passed the limits of their day: not re-checked)
+                        batch.append((doc_id, found[1], found[2]))
+                written = self._write_documents(collection, batch)
+                done += sum(s.status != "unchanged" for s in written)
             log.warning(
                 "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
                 collection,
@@ -625,27 +634,35 @@ class Engine:
         collection: str,
         documents: Sequence[DocumentInput],
         progress: Callable[[int, int], None] | None = None,
-        rechunk: bool = False,
     ) -> list[DocumentStatus]:
-        """`rechunk`: split and write even documents whose content is unchanged (the chunking changed)."""
         check_collection_name(collection)
-        docs = self.validate_documents(documents)
+        return self._write_documents(collection, self.validate_documents(documents), progress)
+
+    def _write_documents(
+        self,
+        collection: str,
+        docs: Sequence[tuple[str, str, dict[str, Any]]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[DocumentStatus]:
+        """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
+        chunking) is skipped."""
         with self._write_lock:
             if self.shared is not None:
                 self.shared.sync(force=True)
                 self.shared.check_served_here(collection)
             self.create_collection(collection)
             record = self._record(collection)
+            embedder = self.embedder_for(record)
+            chunking = self._chunking_of(embedder)
             existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
             statuses: dict[str, DocumentStatus] = {}
             changed: list[tuple[str, str, dict[str, Any], str]] = []
             for doc_id, text, meta in docs:
-                doc_hash = content_hash(text, meta)
-                if existing.get(doc_id) == doc_hash and not rechunk:
+                doc_hash = content_hash(text, meta, chunking)
+                if existing.get(doc_id) == doc_hash:
                     statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
                 else:
                     changed.append((doc_id, text, meta, doc_hash))
-            embedder = self.embedder_for(record)
             rows = self._chunk_rows(changed, embedder)
             if rows:
                 rewritten = {d for d, _, _, _ in changed if d in existing}
