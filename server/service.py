@@ -119,7 +119,7 @@ class Rift:
             # A server waits a minute for a Chroma server that starts with it; a CLI command fails at once.
             client = make_client(s, wait_s=CHROMA_WAIT_S if self._background else 0.0)
             engine = Engine(s, embedder, VectorStore(client), state)
-            self.repair_report = engine.open()
+            self.repair_report = engine.open(rechunk=self._reembed)
             self._engine = engine
             from server.learning.manager import LearningManager
 
@@ -140,6 +140,8 @@ class Rift:
         from server.learning.registry import Registry
 
         s = self.settings
+        if s.vector_backend == "http":  # a shared Chroma: other processes' collections serve their own models
+            return
         registry = Registry(s.models_dir)
         serving = registry.serving_descendant(s.model)
         would_serve = serving.version if serving is not None else s.model
@@ -149,6 +151,12 @@ class Rift:
         version, name = next(iter(other.items()))
         entry = registry.get(version)
         lineage = entry.base_model if entry is not None else version
+        if lineage == s.model and entry is not None:  # this lineage, but its version cannot serve
+            raise RiftError(
+                f"collection {name!r} is embedded with version {version!r}, whose weights at "
+                f"{registry.location_of(entry)} are missing; this command does not re-embed the store. Restore "
+                "them, or start `rift serve` to re-embed every collection with the configured model"
+            )
         raise RiftError(
             f"collection {name!r} is embedded with {version!r} (model {lineage!r}), but this command is "
             f"configured with model {s.model!r} (setting `model`, RIFT_MODEL); it does not re-embed the store. "
@@ -167,7 +175,9 @@ class Rift:
             try:
                 from server.engine.models import lineage_query_prompt
 
-                prompt = lineage_query_prompt(s.query_prompt, serving.base_model)
+                prompt = s.query_prompt
+                if serving.kind == "fine-tune":  # one saved before fine-tunes kept their prompt
+                    prompt = lineage_query_prompt(prompt, registry.origin_model(serving))
                 spec = resolve_model(registry.location_of(serving), prompt)
                 return embedder_cls(
                     spec,
@@ -176,7 +186,15 @@ class Rift:
                     batch_size=s.embed_batch_size,
                     **embed_options(s),
                 )
-            except Exception:
+            except Exception as exc:
+                if not self._reembed:  # falling back would re-embed every collection and retire the version
+                    from server.engine.models import describe_load_failure
+
+                    raise RiftError(
+                        f"the serving version {serving.version!r} cannot load: "
+                        f"{describe_load_failure(registry.location_of(serving), exc)}; this command does not "
+                        "re-embed the store with the configured model (`rift serve` would)"
+                    ) from exc
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
         spec = resolve_model(s.model, s.query_prompt)
         try:

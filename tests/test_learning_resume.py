@@ -213,3 +213,13 @@ def test_only_a_shutdown_keeps_progress_a_cli_interrupt_cancels() -> None:
     assert runner.stop(5) is shutdown and shutdown.status == "cancelled" and shutdown.shutting_down
     interrupted = runner.start("retrain", {}, work)
     assert runner.stop(5, resumable=False) is interrupted and not interrupted.shutting_down
+
+
+def test_a_shutdown_right_after_start_keeps_the_plan(tmp_path: Path, tiny_model_path: Path) -> None:
+    """The continued job may be stopped again before it trained a step: what it continues from stays."""
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, _ = _stopped_while_training(settings, at_step=1)
+    checkpoint = latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version))
+    Rift(settings).start(background=True).close()  # stopped while it loads
+    assert [p.version for p in resume.pending(settings.models_dir)] == [plan.version]
+    assert latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version)) == checkpoint

@@ -453,3 +453,37 @@ def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(tmp_path: Pat
         assert [h.doc_id for h in rift.search("default", "cat").outcome.hits][:1] == ["doc1"]
     finally:
         rift.close()
+
+
+def test_a_reindexed_model_keeps_its_own_prompt_and_read_commands_refuse_a_missing_version(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """Only fine-tunes inherit a prompt from the model they were trained from; and a one-off command whose
+    serving version cannot load says so instead of re-embedding the store with the configured model."""
+    import shutil
+
+    import server.engine.models as models
+    from server.errors import RiftError
+    from server.service import Rift
+
+    monkeypatch.setitem(models.KNOWN_QUERY_PROMPTS, str(tiny_model_path).lower(), "Represent this: ")
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    other = tmp_path / "other-model"
+    shutil.copytree(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3), other)
+    try:
+        assert rift.engine().embedder.query_prompt == "Represent this: "
+        started = rift.learning.reindex(str(other))
+        rift.learning.jobs.wait(120)
+        version = rift.learning.status(started["job_id"])["result"]["version"]
+        assert rift.engine().embedder.query_prompt == ""
+    finally:
+        rift.close()
+    rift = open_rift(settings)
+    try:
+        assert rift.engine().embedder.version == version and rift.engine().embedder.query_prompt == ""
+    finally:
+        rift.close()
+    shutil.rmtree(other)
+    with pytest.raises(RiftError, match=f"the serving version '{version}' cannot load: no folder at"):
+        Rift(settings).start(background=False, reembed=False)
+    assert Rift(settings).start(background=False).close() is None  # a server falls back and re-embeds

@@ -321,6 +321,9 @@ class LearningManager:
         try:
             if resumable:
                 resume.save(models_dir, plan)
+                for older in resume.versions(models_dir):  # (left by a CLI command): this one supersedes it
+                    if older != plan.version:
+                        resume.discard(models_dir, older)
             entry = self.registry.get(plan.version) if plan.trained else None
             if entry is None:
                 job.enter("training")
@@ -336,7 +339,6 @@ class LearningManager:
                     checkpoint_dir=resume.checkpoint_dir(models_dir, plan.version) if resumable else None,
                 )
                 if trained.cancelled:
-                    keep = resumable and job.shutting_down
                     raise JobCancelled()
                 result["train"] = {
                     "triples": trained.examples,
@@ -369,13 +371,17 @@ class LearningManager:
             else:
                 self.registry.update(plan.version, status="failed", note="candidate being evaluated")
                 result = {**plan.result, **result}
-            candidate = load_embedder(str(out_dir), plan.version, self.settings, entry.base_model)
+            candidate = load_embedder(
+                str(out_dir), plan.version, self.settings, self.registry.origin_model(entry)
+            )
             entry.dimension = candidate.dimension
-            try:
-                return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
-            except JobCancelled:
-                keep = resumable and job.shutting_down
-                raise
+            return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
+        except JobCancelled:
+            keep = resumable and job.shutting_down  # a shutdown, at any step: the next start continues
+            job.result = result
+            if not keep and self.registry.get(plan.version) is None:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         except BaseException:
             job.result = result  # what it got to (training, gate numbers) stays readable in retrain_status
             if not keep and self.registry.get(plan.version) is None:
@@ -495,9 +501,8 @@ class LearningManager:
 
         def work(job: Job) -> dict[str, Any]:
             job.enter("loading")
-            embedder = load_embedder(
-                self.registry.location_of(target), target.version, self.settings, target.base_model
-            )
+            origin = self.registry.origin_model(target) if target.kind == "fine-tune" else None
+            embedder = load_embedder(self.registry.location_of(target), target.version, self.settings, origin)
 
             def progress(done: int, total: int) -> None:
                 job.progress(done, total)

@@ -109,7 +109,8 @@ def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str,
 
 
 def load_embedder(location: str, version: str, settings: Any, base_model: str | None = None) -> Any:
-    """`base_model`: the lineage's configured model, for a fine-tune whose folder does not say its prompt."""
+    """`base_model`: for a fine-tune, the model it was trained from (Registry.origin_model), whose known
+    query prompt applies when the fine-tune's folder does not say its own."""
     from server.engine.embedder import Embedder, embed_options
     from server.engine.models import lineage_query_prompt, resolve_model
 

@@ -88,6 +88,19 @@ class Registry:
             return str(self.dir / entry.location)
         return entry.location
 
+    def origin_model(self, entry: ModelVersion) -> str:
+        """The model a fine-tune was ultimately trained from: its nearest ancestor that is not a fine-tune (a
+        re-index's model, or the configured base); what its query prompt comes from when it saved none."""
+        current: ModelVersion | None = entry
+        seen: set[str] = set()
+        with self._lock:
+            while current is not None and current.kind == "fine-tune" and current.version not in seen:
+                seen.add(current.version)
+                current = self._versions.get(current.parent) if current.parent else None
+        if current is None or current.kind == "fine-tune":
+            return entry.base_model
+        return current.location if current.kind == "reindex" else current.base_model
+
     def serving_descendant(self, configured_model: str) -> ModelVersion | None:
         """The registry's serving version when it descends from the configured model and its files still exist
         (what to load at start-up); None when the configured model itself should serve. Changes nothing: the

@@ -69,6 +69,11 @@ def pending(models_dir: Path) -> list[ResumePlan]:
     return plans
 
 
+def versions(models_dir: Path) -> list[str]:
+    """The versions with a plan on disk (from the file names: no plan is read)."""
+    return [p.name[1 : -len(SUFFIX)] for p in models_dir.glob(f".*{SUFFIX}")]
+
+
 def discard(models_dir: Path, version: str) -> None:
     """Forget a plan and its checkpoints (the job ended, or cannot continue)."""
     plan_path(models_dir, version).unlink(missing_ok=True)
@@ -77,4 +82,4 @@ def discard(models_dir: Path, version: str) -> None:
 
 def owned_scratch(models_dir: Path) -> set[Path]:
     """Checkpoint folders that belong to a pending plan (start-up cleanup must leave them)."""
-    return {checkpoint_dir(models_dir, p.name[1 : -len(SUFFIX)]) for p in models_dir.glob(f".*{SUFFIX}")}
+    return {checkpoint_dir(models_dir, version) for version in versions(models_dir)}
