@@ -693,3 +693,10 @@ def test_a_rechunk_cut_short_loses_nothing_and_resumes(tmp_path: Path, tiny_mode
         assert rift.engine().get_document("default", "long")[0] == LONG
     finally:
         rift.close()
+
+
+def test_length_errors_name_the_setting_only_when_one_sets_the_limit(rift) -> None:
+    with pytest.raises(RiftError, match=r"ids\[0\] is 600 characters; the limit is 512$"):
+        rift.delete_documents("default", ["x" * 600])
+    with pytest.raises(RiftError, match=r"the limit is 1,000,000 \(setting max_document_chars\)"):
+        rift.add_documents("default", docs(("big", "word " * 200_001)))

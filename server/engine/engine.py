@@ -128,13 +128,15 @@ def chroma_name_for(collection: str, model_version: str) -> str:
     return f"rift-{collection}-{hashlib.sha256(model_version.encode()).hexdigest()[:10]}"
 
 
-def check_text(value: Any, where: str, limit: int) -> str:
+def check_text(value: Any, where: str, limit: int, setting: str | None = None) -> str:
+    """`setting`: the setting that sets `limit`, named in the error (fixed limits name none)."""
     if not isinstance(value, str):
         raise RiftError(f"{where} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise RiftError(f"{where} must not be empty or whitespace")
     if len(value) > limit:
-        raise RiftError(f"{where} is {len(value):,} characters; the limit is {limit:,} (max_document_chars)")
+        source = f" (setting {setting})" if setting else ""
+        raise RiftError(f"{where} is {len(value):,} characters; the limit is {limit:,}{source}")
     if "\x00" in value:
         raise RiftError(f"{where} contains a NUL character")
     try:
@@ -610,7 +612,9 @@ class Engine:
         out: list[tuple[str, str, dict[str, Any]]] = []
         seen: dict[str, int] = {}
         for i, doc in enumerate(documents):
-            text = check_text(doc.text, f"documents[{i}].text", self.settings.max_document_chars)
+            text = check_text(
+                doc.text, f"documents[{i}].text", self.settings.max_document_chars, "max_document_chars"
+            )
             meta = check_metadata(doc.metadata, f"documents[{i}].metadata")
             if doc.id is None:
                 doc_id = default_doc_id(text)
