@@ -386,9 +386,8 @@ def test_recovery_spares_an_identical_write_by_another_process(
         a.add_documents("default", docs(("seed", "the sea")))
         engine = a.engine()
         record = engine.state.collection("default")
-        rows = engine._chunk_rows(
-            [("x", "the cat sat on the mat", {}, content_hash("the cat sat on the mat"))]
-        )
+        version = content_hash("the cat sat on the mat", {}, engine._chunking("default"))
+        rows = engine._chunk_rows([("x", "the cat sat on the mat", {}, version)])
         # a was killed after journaling this write (and perhaps upserting it), before committing it...
         engine.state.journal_begin(record.chroma_name, [r.chunk_id for r in rows], [])
         time.sleep(0.01)
