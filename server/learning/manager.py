@@ -376,13 +376,9 @@ class LearningManager:
             )
             entry.dimension = candidate.dimension
             return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
-        except JobCancelled:
-            keep = resumable and job.shutting_down  # a shutdown, at any step: the next start continues
-            job.result = result
-            if not keep and self.registry.get(plan.version) is None:
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
-        except BaseException:
+        except BaseException as exc:
+            # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not.
+            keep = isinstance(exc, JobCancelled) and resumable and job.shutting_down
             job.result = result  # what it got to (training, gate numbers) stays readable in retrain_status
             if not keep and self.registry.get(plan.version) is None:
                 shutil.rmtree(out_dir, ignore_errors=True)
