@@ -14,7 +14,7 @@ from pydantic import ConfigDict
 
 from server import __version__
 from server.config import Settings
-from server.service import Rift
+from server.service import DataDirLock, Rift
 from tools import ALL_TOOLS
 
 INSTRUCTIONS = (
@@ -28,14 +28,16 @@ INSTRUCTIONS = (
 )
 
 
-def create_server(settings: Settings | None = None) -> MCPServer:
+def create_server(settings: Settings | None = None, lock: DataDirLock | None = None) -> MCPServer:
+    """`lock`: the data dir's lock, already held (`rift serve` takes it before the protocol starts, so
+    another process cannot take the data dir in between and fail this server's start-up)."""
     settings = settings or Settings()
     # A validation error reaches the agent as text: pydantic's docs link per error is noise there.
     os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Rift]:
-        rift = Rift(settings).start(background=True)
+        rift = Rift(settings, lock=lock).start(background=True)
         try:
             yield rift
         finally:

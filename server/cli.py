@@ -102,14 +102,14 @@ def serve(transport: str, host: str | None, port: int | None, data_dir: str | No
     if transport == "stdio" and (host is not None or port is not None):
         raise click.UsageError("--host and --port apply to --transport streamable-http only")
     settings = load_settings(data_dir, http_host=host, http_port=port)
-    # Fail fast, before the protocol starts, if another server holds the data dir.
+    # Fail fast, before the protocol starts, if another server holds the data dir; and hold it from here on,
+    # so nothing gets in between this check and the server's start-up.
     try:
-        probe = DataDirLock(settings)
-        probe.acquire()
+        lock = DataDirLock(settings)
+        lock.acquire()
     except (DataDirLockedError, RiftError) as exc:  # locked elsewhere, or a data dir that cannot be made
         raise click.ClickException(str(exc)) from None
-    probe.release()
-    server = create_server(settings)
+    server = create_server(settings, lock=lock)
     if transport == "stdio":
         server.run("stdio")
         return

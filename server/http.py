@@ -95,6 +95,8 @@ def check_can_listen(host: str, port: int) -> None:
         raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     family, kind, proto, _name, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port whose last server just stopped (its sockets in TIME_WAIT) is free to use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:

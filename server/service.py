@@ -3,6 +3,7 @@ disagreement log, and loads the heavy parts (torch, the model, Chroma) off the c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -45,6 +46,11 @@ class DataDirLock:
     def acquire(self) -> None:
         try:
             self._lock.acquire()
+        except PermissionError as exc:
+            raise RiftError(
+                f"data dir {self._path.parent} cannot be used: its lock file {self._path.name} cannot be "
+                f"written ({exc.strerror or exc}); check the folder's owner and permissions"
+            ) from None
         except Timeout:
             try:
                 holder = self._pid_file.read_text().strip()
@@ -54,20 +60,22 @@ class DataDirLock:
                 f"data dir {self._path.parent} is in use by another rift process (pid {holder}); stop it or "
                 "point this one elsewhere with RIFT_DATA_DIR"
             ) from None
-        self._pid_file.write_text(str(os.getpid()))
+        with contextlib.suppress(OSError):  # informational only (names the holder to a second process)
+            self._pid_file.write_text(str(os.getpid()))
 
     def release(self) -> None:
         if self._lock.is_locked:
-            self._lock.release()
+            self._lock.release(force=True)  # also a hold taken over from `rift serve`'s start-up check
 
 
 CHROMA_WAIT_S = 60.0
 
 
 class Rift:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, lock: DataDirLock | None = None) -> None:
+        """`lock`: the data dir's lock, already held by the caller (so no other process gets in between)."""
         self.settings = settings or Settings()
-        self._lock = DataDirLock(self.settings)
+        self._lock = lock or DataDirLock(self.settings)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._engine: Any = None

@@ -457,6 +457,31 @@ def test_second_rift_on_the_same_data_dir_is_refused(rift, settings) -> None:
     again.close()
 
 
+def test_a_lock_held_before_start_up_is_handed_over_and_released_on_close(settings, monkeypatch) -> None:
+    """`rift serve` takes the lock before the protocol starts and hands it to the server, so no other
+    process can take the data dir in between; the server's close releases it."""
+    from filelock import FileLock
+
+    from server.service import DataDirLock, Rift
+
+    lock = DataDirLock(settings)
+    lock.acquire()
+    with pytest.raises(DataDirLockedError):
+        DataDirLock(settings).acquire()
+    app = Rift(settings, lock=lock).start(background=False)
+    app.close()
+    other = DataDirLock(settings)
+    other.acquire()  # free again
+    other.release()
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", denied)
+    with pytest.raises(RiftError, match=r"its lock file rift.lock cannot be written \(Permission denied\)"):
+        DataDirLock(settings).acquire()
+
+
 def test_collection_records_follow_every_write(tmp_path) -> None:
     from server.engine.state_store import StateStore
 
