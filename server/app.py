@@ -4,6 +4,7 @@ loads in the background and the first tool call waits for it."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,29 @@ INSTRUCTIONS = (
 )
 
 
+log = logging.getLogger(__name__)
+
+# The apps this process serves (for a shutdown by signal, which does not unwind the protocol's lifespan).
+SERVING: list[Rift] = []
+
+
+def close_on_terminate() -> None:
+    """On SIGTERM, close what this process serves before exiting (the default handler exits at once): the
+    query log writes the searches it has answered, a retrain checkpoints to continue at the next start. A
+    stdio server is meant to stop when its client closes stdin; SIGTERM is the client's next step."""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        for rift in list(SERVING):
+            try:
+                rift.close()
+            except Exception:  # exiting anyway: say why the close was incomplete
+                log.exception("closing rift on SIGTERM failed")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def create_server(settings: Settings | None = None, lock: DataDirLock | None = None) -> MCPServer:
     """`lock`: the data dir's lock, already held (`rift serve` takes it before the protocol starts, so
     another process cannot take the data dir in between and fail this server's start-up)."""
@@ -38,9 +62,11 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Rift]:
         rift = Rift(settings, lock=lock).start(background=True)
+        SERVING.append(rift)
         try:
             yield rift
         finally:
+            SERVING.remove(rift)
             await anyio.to_thread.run_sync(rift.close)
 
     server = MCPServer(

@@ -96,7 +96,7 @@ def main(verbose: bool) -> None:
 def serve(transport: str, host: str | None, port: int | None, data_dir: str | None) -> None:
     """Run the MCP server. Its model comes from RIFT_MODEL or the config file, like every other command's;
     `rift reindex --model` switches models without downtime."""
-    from server.app import create_server
+    from server.app import close_on_terminate, create_server
     from server.service import DataDirLock
 
     if transport == "stdio" and (host is not None or port is not None):
@@ -111,6 +111,7 @@ def serve(transport: str, host: str | None, port: int | None, data_dir: str | No
         raise click.ClickException(str(exc)) from None
     server = create_server(settings, lock=lock)
     if transport == "stdio":
+        close_on_terminate()  # (uvicorn handles SIGTERM for the HTTP transport: it shuts the lifespan down)
         server.run("stdio")
         return
     from server.http import run_http

@@ -135,3 +135,48 @@ def test_second_server_on_a_locked_data_dir_is_refused(tmp_path: Path, tiny_mode
     assert "in use by another rift process" in proc.stderr and str(tmp_path / "data") in proc.stderr
     assert f"pid {os.getpid()}" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A client's SIGTERM (its next step when closing stdin did not stop the server) must not lose the
+    searches the server answered: their log records are what feedback and retrain read."""
+    import signal
+
+    from server.learning.query_log import QueryLog
+
+    env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        proc = subprocess.Popen(
+            [RIFT, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, text=True, env=env
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def ask(msg_id: int, method: str, params: dict) -> dict:
+            proc.stdin.write(rpc(msg_id, method, params))
+            proc.stdin.flush()
+            while True:
+                message = json.loads(proc.stdout.readline())
+                if message.get("id") == msg_id:
+                    return message
+
+        hello = {
+            "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        }
+        ask(1, "initialize", hello)
+        proc.stdin.write(rpc(None, "notifications/initialized", None))
+        add = {"name": "add_documents", "arguments": {"documents": [{"text": "the sea and the river"}]}}
+        ask(2, "tools/call", add)
+        answered = []
+        for i in range(20):
+            found = ask(10 + i, "tools/call", {"name": "hybrid_search", "arguments": {"query": f"sea {i}"}})
+            answered.append(found["result"]["structuredContent"]["query_id"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    log = QueryLog(make_settings(tmp_path / "data", tiny_model_path).log_db)
+    try:
+        assert all(log.get(query_id) is not None for query_id in answered)
+    finally:
+        log.close()
+    open_rift(make_settings(tmp_path / "data", tiny_model_path)).close()  # the lock is free
