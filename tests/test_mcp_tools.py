@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jsonschema
 import pytest
 from mcp import Client
@@ -373,3 +374,28 @@ async def test_chroma_errors_reach_the_client_with_their_cause() -> None:
 
     with pytest.raises(KeyError):
         await call(bug)
+
+
+async def test_a_cancelled_request_stops_its_worker_at_the_next_progress_report() -> None:
+    """notifications/cancelled cancels the request's task; the worker thread running its write learns of it
+    at its next progress report and stops (before the write commits) instead of running on."""
+    import time
+
+    from tools._common import progress_reporter
+
+    class Ctx:
+        async def report_progress(self, done: int, total: int, message: str) -> None:
+            return None
+
+    report = progress_reporter(Ctx(), "embedding chunks")  # type: ignore[arg-type]
+    steps: list[int] = []
+
+    def work() -> None:
+        for i in range(500):
+            report(i, 500)
+            steps.append(i)
+            time.sleep(0.01)
+
+    with anyio.move_on_after(0.3):
+        await anyio.to_thread.run_sync(work)
+    assert 0 < len(steps) < 200

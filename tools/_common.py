@@ -126,9 +126,13 @@ def from_vector_store(exc: BaseException) -> bool:
 
 
 def progress_reporter(ctx: Context, label: str) -> Callable[[int, int], None]:
-    """A (done, total) callback usable from the worker thread that streams MCP progress notifications."""
+    """A (done, total) callback usable from the worker thread that streams MCP progress notifications. It is
+    also where a cancelled request stops its work: when the client cancels (notifications/cancelled), the
+    next report raises in the worker thread. A write stops before it commits (nothing of that call is
+    stored; add_paths keeps the files it finished), instead of running on and holding the write lock."""
 
     def report(done: int, total: int) -> None:
+        anyio.from_thread.check_cancelled()
         try:
             anyio.from_thread.run(ctx.report_progress, done, total, f"{label}: {done}/{total}")
         except Exception:  # progress is best effort; never fail the write because a client went away
