@@ -93,11 +93,14 @@ def check_can_listen(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    family, kind, proto, _name, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        # As uvicorn binds: a port whose last server just stopped (its sockets in TIME_WAIT) is free to use.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    # Every address the name resolves to (localhost: ::1 and 127.0.0.1), as asyncio's server binds them all.
+    for family, kind, proto, _name, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds: a port whose last server just stopped (sockets in TIME_WAIT) is free to use.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: the IPv6 socket does not also take IPv4
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

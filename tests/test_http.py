@@ -148,5 +148,13 @@ def test_a_port_in_use_is_one_clear_error_before_anything_says_it_serves() -> No
         port = taken.getsockname()[1]
         with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
             check_can_listen("127.0.0.1", port)
+        # A name that resolves to several addresses (localhost: ::1 and 127.0.0.1 on many hosts) is refused
+        # when any of them is taken, whichever the resolver lists first.
+        with pytest.raises(ValueError, match=f"cannot listen on localhost:{port}: Address already in use"):
+            check_can_listen("localhost", port)
+    with socket.socket() as stopped:  # a server that just stopped leaves its port reusable at once
+        stopped.bind(("127.0.0.1", 0))
+        port = stopped.getsockname()[1]
+    check_can_listen("127.0.0.1", port)
     with pytest.raises(ValueError, match="cannot listen on no-such-host.invalid:80"):
         check_can_listen("no-such-host.invalid", 80)
