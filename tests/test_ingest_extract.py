@@ -370,3 +370,32 @@ def test_policy_and_reads(tmp_path: Path) -> None:
 def test_an_unknown_home_directory_is_named_not_raised() -> None:
     with pytest.raises(RiftError, match=r"paths\[0\] '~no-such-user-rift/x': cannot expand '~'"):
         PathPolicy.unrestricted().check("~no-such-user-rift/x", "paths[0]")
+
+
+def test_front_matter_that_cannot_be_stored_is_dropped_not_the_file() -> None:
+    """A value PyYAML cannot build (an impossible date), deep bracket nesting (PyYAML's time grows with its
+    square), keys with lone surrogates, and a front-matter key that names a file key (`via`, which the sync
+    reads): the body and the rest stay."""
+    import time
+
+    from server.ingest.extract import extract_markdown
+
+    meta, body = split_front_matter("---\ndate: 2020-02-30\n---\n# Body\n")
+    assert meta == {} and "# Body" in body
+    started = time.perf_counter()
+    meta, body = split_front_matter("---\na: " + "[" * 16000 + "]" * 16000 + "\n---\n# Body\n")
+    assert meta == {} and "# Body" in body and time.perf_counter() - started < 2
+    out = extract_markdown('---\n"\\udc00": 1\nvia: /elsewhere/link.md\nkept: yes\n---\n# Body\n')
+    assert out.metadata == {"kept": True}
+
+
+def test_a_pdf_stops_extracting_past_the_size_limit(tmp_path: Path) -> None:
+    """A few KB of PDF can hold thousands of pages: extraction stops once the text passes the limit."""
+    from server.ingest.extract import SkipFile, extract_pdf
+
+    pdf = tmp_path / "long.pdf"
+    make_pdf(pdf, "Long", [f"page {i} " + "words " * 200 for i in range(6)])
+    data = pdf.read_bytes()
+    assert extract_pdf(data).metadata["pages"] == 6
+    with pytest.raises(SkipFile, match=r"passes 2,000 characters after 2 of 6 pages \(max_document_chars\)"):
+        extract_pdf(data, max_chars=2000)

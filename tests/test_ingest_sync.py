@@ -461,3 +461,34 @@ def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift
     assert nebula in left and comet not in left
     assert (shared / "comet.md").exists()  # the file itself is never touched
     assert_consistent(app)
+
+
+def test_front_matter_cannot_steer_prune_and_batches_follow_the_per_call_limit(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A Markdown file whose front matter says `via: <a link elsewhere>` is not pruned by another folder's
+    sync (the sync's own `via` key is not the user's to set); `add_paths` writes in batches no larger than
+    max_documents_per_call; a FIFO named .gitignore is not read (it would block the walk forever)."""
+    root = tmp_path / "root"
+    (root / "A").mkdir(parents=True)
+    (root / "B").mkdir()
+    (root / "A" / "via.md").write_text(f"---\nvia: {root / 'B' / 'link.md'}\n---\n# Kept\n")
+    for i in range(12):
+        (root / "B" / f"n{i}.md").write_text(f"# note {i}\n")
+    os.mkfifo(root / "B" / ".gitignore")
+    settings = Settings(
+        data_dir=tmp_path / "data", model=str(tiny_model_path), chunk_tokens=48, chunk_overlap=8,
+        allowed_roots=[root], max_documents_per_call=5,
+    )
+    rift = Rift(settings).start(background=False)
+    try:
+        policy = PathPolicy.for_server(settings)
+        sync_paths(rift.engine(), "files", [str(root / "A")], policy)
+        report = sync_paths(rift.engine(), "files", [str(root / "B")], policy, prune=True)
+        assert sum(f.status == "added" for f in report.files) == 12
+        docs = {d for d, _ in rift.engine().state.list_documents("files", -1, 0)}
+        assert str(root / "A" / "via.md") in docs and len(docs) == 13
+        meta = rift.engine().get_document("files", str(root / "A" / "via.md"))[1]
+        assert "via" not in meta
+    finally:
+        rift.close()

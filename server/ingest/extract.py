@@ -28,7 +28,10 @@ MAX_FRONT_MATTER_VALUE = 4096
 MAX_FRONT_MATTER_CHARS = 32_768
 MAX_TITLE = 300
 # Keys a file document always has; front matter cannot override them.
-FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", "sha256"})
+FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", "sha256", "via"})
+# Deeper bracket nesting than front matter ever needs: PyYAML's time grows with the square of it (32 KB of
+# "[[[[" took 41 s), so such front matter is left in the body unparsed.
+MAX_FRONT_MATTER_NESTING = 64
 FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)?(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
 RST_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:.])\1+\s*$")
 HTML_DROP = ("script", "style", "noscript", "template", "svg", "head")
@@ -118,6 +121,9 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if not match:
         return {}, text
     raw = match.group(1) or ""
+    if _nesting(raw) > MAX_FRONT_MATTER_NESTING:
+        log.info("ignoring front matter nested more than %d levels", MAX_FRONT_MATTER_NESTING)
+        return {}, text
     try:
         # Aliases are refused: a self-referencing one recursed without end, and a few hundred bytes of nested
         # ones ("billion laughs") expand exponentially once flattened. Front matter never needs them.
@@ -125,7 +131,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
             log.info("ignoring front matter that uses YAML aliases")
             return {}, text
         data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # (a date like 2020-02-30: ValueError)
         log.info("ignoring invalid front matter: %s", exc)
         return {}, text
     except RecursionError:  # thousands of nested brackets: PyYAML's parser recurses per level
@@ -138,6 +144,18 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return dict(data), text[match.end() :]
 
 
+def _nesting(raw: str) -> int:
+    """The deepest nesting of [ and { in `raw` (quotes ignored: an upper bound is all that is needed)."""
+    depth = deepest = 0
+    for char in raw:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
     """Nested keys become 'a.b'; lists of scalars become 'x, y'; dates become ISO strings; what cannot be
     stored as a flat metadata value (null, NaN, reserved names) is dropped."""
@@ -146,6 +164,8 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
     def put(key: str, value: Any) -> None:
         if len(out) >= MAX_FRONT_MATTER_KEYS or not key or key.startswith(("$", "#", "_rift_", "chroma:")):
             return
+        if not _encodable(key) or (isinstance(value, str) and not _encodable(value)):
+            return  # a lone surrogate (an escape in YAML) cannot be stored: drop the entry, keep the file
         if len(key) > MAX_METADATA_KEY:
             return
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -280,8 +300,10 @@ def extract_html(data: bytes) -> Extracted:
 # --- PDF ------------------------------------------------------------------------------------------------------
 
 
-def extract_pdf(data: bytes) -> Extracted:
-    """Pages are joined with a form feed so the PDF splitter can tell which page a chunk came from."""
+def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
+    """Pages are joined with a form feed so the PDF splitter can tell which page a chunk came from. Extraction
+    stops once the text passes `max_chars` (a few KB of PDF can hold thousands of pages sharing one
+    compressed stream: every page extracted costs time, and the document would be refused anyway)."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -289,7 +311,16 @@ def extract_pdf(data: bytes) -> Extracted:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise SkipFile("encrypted PDF (needs a password)")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages: list[str] = []
+        total = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            total += len(pages[-1])
+            if max_chars is not None and total > max_chars:
+                raise SkipFile(
+                    f"extracted text passes {max_chars:,} characters after {len(pages)} of "
+                    f"{len(reader.pages)} pages (max_document_chars)"
+                )
         title = _short(reader.metadata.title) if reader.metadata else None
     except SkipFile:
         raise
@@ -317,12 +348,13 @@ def extractor_version(family: str) -> int:
     return EXTRACTOR_VERSIONS.get(family, 1)
 
 
-def extract(path: Path, data: bytes, family: Family) -> Extracted:
-    """Text, title and format metadata of a file's bytes; raises SkipFile with the reason when it has none."""
+def extract(path: Path, data: bytes, family: Family, max_chars: int | None = None) -> Extracted:
+    """Text, title and format metadata of a file's bytes; raises SkipFile with the reason when it has none.
+    `max_chars`: formats whose text can be far larger than their bytes stop early past it (PDF)."""
     if family == "pdf":
         if not data.startswith(b"%PDF"):
             raise SkipFile("not a PDF file (no %PDF header)")
-        out = extract_pdf(data)
+        out = extract_pdf(data, max_chars)
     else:
         if looks_binary(data):
             raise SkipFile("binary file (contains NUL bytes)")
@@ -342,3 +374,11 @@ def extract(path: Path, data: bytes, family: Family) -> Extracted:
     if out.title is None:
         out.title = path.name
     return out
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -143,12 +143,13 @@ class _Sync:
             # mtime filters see it. The engine keeps every chunk's vector (same text); reported as unchanged.
             self.refreshed.add(key)
         try:
-            extracted = extract(path, data, family)
+            extracted = extract(path, data, family, self.max_chars)
         except SkipFile as exc:
             self.skip(path, str(exc))
             return
         except Exception as exc:  # a parser's bug on one odd file must not abort the whole sync
-            log.warning("cannot extract text from %s", path, exc_info=True)
+            log.warning("cannot extract text from %s: %s: %s", path, type(exc).__name__, exc)
+            log.debug("extractor failure on %s", path, exc_info=True)  # the traceback, with -v
             self.skip(path, f"cannot extract text: {type(exc).__name__}: {exc}"[:300])
             return
         if len(extracted.text) > self.max_chars:
@@ -179,7 +180,9 @@ class _Sync:
             return
         self.batch.append(doc)
         self.batch_chars += len(extracted.text)
-        if len(self.batch) >= BATCH_DOCS or self.batch_chars >= BATCH_CHARS:
+        if len(self.batch) >= min(BATCH_DOCS, self.engine.settings.max_documents_per_call) or (
+            self.batch_chars >= BATCH_CHARS
+        ):
             self.flush()
 
     def unchanged(self, key: str) -> None:

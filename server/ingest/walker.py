@@ -74,8 +74,11 @@ class IgnoreRules:
         if folder in self._loaded:
             return
         self._loaded.add(folder)
+        rules = folder / ".gitignore"
         try:
-            lines = (folder / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
+            if not rules.is_file():  # (a FIFO or a device would block the read forever)
+                return
+            lines = rules.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return
         try:
