@@ -316,10 +316,10 @@ def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) ->
     (odd / "crash.md").write_text("# Crash\n\nthe parser fails on this one\n")
     real = __import__("server.ingest.sync", fromlist=["extract"]).extract
 
-    def flaky(path, data, family):
+    def flaky(path, data, family, max_chars=None):
         if path.name == "crash.md":
             raise RecursionError("a parser bug")
-        return real(path, data, family)
+        return real(path, data, family, max_chars)
 
     monkeypatch.setattr("server.ingest.sync.extract", flaky)
     got = statuses(sync(app, odd), odd)
