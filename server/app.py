@@ -43,8 +43,10 @@ def close_on_terminate() -> None:
 
     def terminate(signum: int, _frame: object) -> None:
         for rift in list(SERVING):
+            if rift.loading:  # nothing to save yet, and start-up work is safe to cut short
+                continue
             try:
-                rift.close()
+                rift.close()  # (waits for a close already under way: stdin EOF came first)
             except Exception:  # exiting anyway: say why the close was incomplete
                 log.exception("closing rift on SIGTERM failed")
         os._exit(128 + signum)
@@ -66,8 +68,10 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
         try:
             yield rift
         finally:
-            SERVING.remove(rift)
-            await anyio.to_thread.run_sync(rift.close)
+            try:
+                await anyio.to_thread.run_sync(rift.close)
+            finally:
+                SERVING.remove(rift)  # only now: a SIGTERM meanwhile waits for this close to finish
 
     server = MCPServer(
         name="rift",

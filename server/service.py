@@ -86,6 +86,8 @@ class Rift:
         self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
         self._background = True
         self._reembed = True
+        self._close_lock = threading.Lock()
+        self._closed = False
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -231,14 +233,26 @@ class Rift:
         return self._engine
 
     def close(self) -> None:
-        self._ready.wait(60)
-        if self.learning is not None:
-            self.learning.close()
-        if self._engine is not None:
-            self._engine.state.close()
-        if self.log is not None:
-            self.log.close()
-        self._lock.release()
+        """Stop jobs (a retrain checkpoints), write the query log, release the data dir. Once: a second
+        caller (a SIGTERM arriving while the client's stdin EOF is already closing the server) waits for
+        the first to finish instead of closing twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._ready.wait(60)
+            if self.learning is not None:
+                self.learning.close()
+            if self._engine is not None:
+                self._engine.state.close()
+            if self.log is not None:
+                self.log.close()
+            self._lock.release()
+            self._closed = True
+
+    @property
+    def loading(self) -> bool:
+        """Still opening (loading the model, re-embedding at start-up): nothing to save yet."""
+        return not self._ready.is_set()
 
     # --- operations shared by the MCP tools and the CLI ----------------------------------------------------
 

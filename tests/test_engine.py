@@ -482,6 +482,34 @@ def test_a_lock_held_before_start_up_is_handed_over_and_released_on_close(settin
         DataDirLock(settings).acquire()
 
 
+def test_close_runs_once_and_a_second_caller_waits_for_it(settings, monkeypatch) -> None:
+    """stdin EOF closes the server in a worker thread; the client's SIGTERM that follows must wait for that
+    close (a retrain checkpointing, the log writing) instead of closing again or exiting under it."""
+    import threading
+    import time
+
+    from server.service import Rift
+
+    app = Rift(settings).start(background=False)
+    assert not app.loading
+    calls: list[float] = []
+    log_close = app.log.close
+
+    def slow_close() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.5)
+        log_close()
+
+    monkeypatch.setattr(app.log, "close", slow_close)
+    first = threading.Thread(target=app.close)
+    first.start()
+    time.sleep(0.1)
+    started = time.perf_counter()
+    app.close()  # waits for the first
+    assert time.perf_counter() - started > 0.3 and len(calls) == 1
+    first.join()
+
+
 def test_collection_records_follow_every_write(tmp_path) -> None:
     from server.engine.state_store import StateStore
 

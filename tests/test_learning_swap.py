@@ -443,7 +443,10 @@ def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(tmp_path: Pat
         before = len(rift.engine().state.document_chunks("default", "long"))
         started = rift.learning.reindex(str(short))
         rift.learning.jobs.wait(120)
-        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        status = rift.learning.status(started["job_id"])
+        assert status["status"] == "succeeded"
+        # Its own phase after the switch (cancellable, unlike switching): a stop there resumes at the next start.
+        assert [p["phase"] for p in status["phases"]][-2:] == ["switching", "re-chunking"]
         engine = rift.engine()
         chunks = engine.state.document_chunks("default", "long")
         limit = engine.embedder.max_chunk_tokens(engine.settings.chunk_tokens)

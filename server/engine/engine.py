@@ -327,7 +327,7 @@ class Engine:
         tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
         return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
 
-    def rechunk_if_changed(self, collection: str) -> int:
+    def rechunk_if_changed(self, collection: str, should_stop: Callable[[], bool] | None = None) -> int:
         """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
         size), split every stored document again from its stored text and embed the chunks that changed:
         otherwise old documents keep chunks the model may not read to the end. The chunking is part of a
@@ -343,6 +343,8 @@ class Engine:
             started = time.perf_counter()
             ids = [d for d, _ in self.state.list_documents(collection, -1, 0)]
             for first in range(0, len(ids), 64):
+                if should_stop is not None and should_stop():  # the signature stays: the next start resumes
+                    return done
                 batch = []
                 for doc_id in ids[first : first + 64]:
                     found = self.state.document(collection, doc_id)

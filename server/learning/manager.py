@@ -376,9 +376,11 @@ class LearningManager:
             )
             entry.dimension = candidate.dimension
             return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
-        except BaseException as exc:
-            # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not.
-            keep = isinstance(exc, JobCancelled) and resumable and job.shutting_down
+        except BaseException:
+            # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not. (A
+            # job still running when the shutdown stops waiting for it fails on the closed stores instead of
+            # stopping: that failure is the shutdown's too.)
+            keep = resumable and job.shutting_down
             job.result = result  # what it got to (training, gate numbers) stays readable in retrain_status
             if not keep and self.registry.get(plan.version) is None:
                 shutil.rmtree(out_dir, ignore_errors=True)
@@ -443,7 +445,7 @@ class LearningManager:
                 self.registry.update(
                     entry.version, note=(current.note or "").replace(IN_PROGRESS, f": {why}")
                 )
-            resumes = cancelled and job.shutting_down and self.settings.learn_resume_interrupted
+            resumes = job.shutting_down and self.settings.learn_resume_interrupted  # (see _retrain_job)
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
                 note = "cancelled" if cancelled else "interrupted"
                 if resumes:
@@ -462,23 +464,30 @@ class LearningManager:
             dimension=candidate.dimension,
         )
         self._prune()
-        self._rechunk(engine)
+        self._rechunk(engine, job)
         result.update(status="succeeded", version=entry.version)
         return result
 
-    def _rechunk(self, engine: Any) -> None:
+    def _rechunk(self, engine: Any, job: Job) -> None:
         """A model with a shorter sequence limit caps the chunk size: split stored documents again for it
-        (a fine-tune keeps its base's limit, so after a retrain this is a no-op). The switch has happened;
-        a failure here is logged, and the next start re-chunks."""
+        (a fine-tune keeps its base's limit, so after a retrain this is a no-op). The switch has happened,
+        so this is a phase of its own that a cancel or a shutdown may cut short; a failure is logged; either
+        way the next start finishes it."""
         if engine.shared is not None:
+            return
+        try:
+            job.enter("re-chunking")
+        except JobCancelled:
             return
         for name in engine.collection_names():
             try:
-                engine.rechunk_if_changed(name)
+                engine.rechunk_if_changed(name, lambda: job.cancelled)
             except NotFoundError:
                 continue
             except Exception:
                 log.exception("re-chunking collection %r for the new model failed; the next start retries", name)
+            if job.cancelled:
+                return
 
     def _prune(self, engine: Any = None) -> None:
         """Keep Chroma vectors only for the most recently served versions (fast rollback to them)."""
@@ -510,7 +519,7 @@ class LearningManager:
             switch_all(self.engine, embedder, keep_old=True)
             self.registry.set_serving(target.version)
             self._prune()
-            self._rechunk(self.engine)
+            self._rechunk(self.engine, job)
             return {"status": "succeeded", "version": target.version}
 
         job = self.jobs.start("rollback", {"version": target.version}, work)
