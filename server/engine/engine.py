@@ -327,6 +327,11 @@ class Engine:
         tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
         return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
 
+    def chunking_changed(self, collection: str) -> bool:
+        """Stored documents of `collection` were cut for other chunk settings than the serving model's."""
+        stored = self.state.setting(f"chunking:{collection}")
+        return stored is not None and stored != self._chunking(collection)
+
     def rechunk_if_changed(self, collection: str, should_stop: Callable[[], bool] | None = None) -> int:
         """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
         size), split every stored document again from its stored text and embed the chunks that changed:

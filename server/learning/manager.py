@@ -475,11 +475,18 @@ class LearningManager:
         way the next start finishes it."""
         if engine.shared is not None:
             return
+        names = []
+        for name in engine.collection_names():
+            with contextlib.suppress(NotFoundError):
+                if engine.chunking_changed(name):
+                    names.append(name)
+        if not names:  # (a fine-tune: its base's limit, nothing to do)
+            return
         try:
             job.enter("re-chunking")
         except JobCancelled:
             return
-        for name in engine.collection_names():
+        for name in names:
             try:
                 engine.rechunk_if_changed(name, lambda: job.cancelled)
             except NotFoundError:
