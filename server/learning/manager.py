@@ -585,7 +585,7 @@ class LearningManager:
         if versions is None and self.jobs.running is not None:
             raise RiftError("a retrain, rollback or reindex is running; prune once it has finished")
         deleted: list[dict[str, Any]] = []
-        pending = {p.version for p in resume.pending(self.settings.models_dir)} if versions is None else set()
+        pending = set(resume.versions(self.settings.models_dir)) if versions is None else set()
         for v in self.registry.all():
             if v.kind != "fine-tune" or v.status not in ("rejected", "failed") or v.version in pending:
                 continue  # (a pending one is an interrupted retrain's candidate: the next server gates it)
