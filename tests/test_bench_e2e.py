@@ -236,6 +236,7 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     assert seed["per_query"]["hybrid@vector_weight=1"] == seed["per_query"]["hybrid"]
     assert [r["vector_weight"] for r in first["fusion_sweep"]] == list(FUSION_SWEEP)
     assert "| vector weight |" in md
+    assert [r["base_weight"] for r in first["ensemble"]] == [1.0, 0.5, 0.5] and "| base weight |" in md
     # An agent that judges no search leaves mining to the margin rule.
     out = tmp_path / "learn.jsonl"
     quiet, _ = run_bench([*args, "--set", "agent_share=0", "--json-out", str(out)])

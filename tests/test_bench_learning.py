@@ -9,8 +9,10 @@ import numpy as np
 from click.testing import CliRunner
 
 from server.bench.learning_experiment import (
+    ENSEMBLE_KEYS,
     FUSION_SWEEP,
     by_keyword_difficulty,
+    ensemble_summary,
     fusion_sweep,
     half_labelled_triples,
     labelled_triples,
@@ -246,3 +248,13 @@ def test_log_reach_internal_split_keeps_scored_queries_out_of_the_log() -> None:
     assert len(logged) == 40 and not set(logged) & set(scored)
     assert {queries[q] for q in scored}.isdisjoint(queries[q] for q in logged)
     assert internal_split(queries) == (logged, scored)  # seeded
+
+
+def test_the_ensemble_compares_three_list_fusion_with_the_base_hybrid() -> None:
+    qids = ("a", "b")
+    base = {"hybrid": {q: 0.5 for q in qids}}
+    run = {key: {"a": 0.7, "b": 0.5} for key in ENSEMBLE_KEYS}
+    rows = ensemble_summary(base, [run, run], seed=0)
+    assert [(r["retrained_weight"], r["base_weight"]) for r in rows] == list(ENSEMBLE_KEYS.values())
+    assert rows[0]["ndcg@10"] == 0.6 and rows[0]["delta_vs_base_hybrid"] == 0.1
+    assert ensemble_summary(base, [{}], seed=0) == []  # runs made before the ensemble existed

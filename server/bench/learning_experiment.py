@@ -90,13 +90,18 @@ def _evaluate(
     qrels: Mapping[str, Mapping[str, int]],
     modes: Sequence[str] = MODES,
     sweep: Sequence[float] = FUSION_SWEEP,
+    vector_lists: dict[str, list[str]] | None = None,
+    ensemble_with: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-query nDCG@10 by mode, straight from the engine (not logged: evaluation never reaches the log).
     The hybrid search's own candidate lists are re-fused at each `sweep` weight (`sweep_key`), so the sweep
-    costs no extra searches."""
+    costs no extra searches. `vector_lists` collects each query's vector candidate list (the base model's);
+    `ensemble_with` fuses those base lists as a third RRF list next to this model's two (`ENSEMBLE_KEYS`)."""
     out: dict[str, dict[str, float]] = {m: {} for m in modes}
     keys = {w: sweep_key(w) for w in sweep} if "hybrid" in modes else {}
     out.update({key: {} for key in keys.values()})
+    if ensemble_with is not None:
+        out.update({key: {} for key in ENSEMBLE_KEYS})
     rrf_k, keyword_weight = engine.settings.rrf_k, engine.settings.keyword_weight
     for qid, text in queries.items():
         for mode in modes:
@@ -105,10 +110,26 @@ def _evaluate(
             if mode != "hybrid":
                 continue
             lists = [[c.doc_id for c in res.vector], [c.doc_id for c in res.keyword]]
+            if vector_lists is not None:
+                vector_lists[qid] = lists[0]
             for weight, key in keys.items():
                 fused = rrf(lists, k=rrf_k, weights=(weight, keyword_weight), limit=10)
                 out[key][qid] = ndcg_at_k([doc for doc, _ in fused], qrels[qid], 10)
+            if ensemble_with is not None:
+                three = [lists[0], list(ensemble_with[qid]), lists[1]]
+                for key, (w_new, w_base) in ENSEMBLE_KEYS.items():
+                    fused = rrf(three, k=rrf_k, weights=(w_new, w_base, keyword_weight), limit=10)
+                    out[key][qid] = ndcg_at_k([doc for doc, _ in fused], qrels[qid], 10)
     return out
+
+
+# Three-list fusion: the retrained model's vector list, the base model's, and BM25's, at (retrained, base)
+# vector weights; the keyword weight stays the product's.
+ENSEMBLE_KEYS = {
+    "hybrid@ensemble=1+1": (1.0, 1.0),
+    "hybrid@ensemble=0.5+0.5": (0.5, 0.5),
+    "hybrid@ensemble=1+0.5": (1.0, 0.5),
+}
 
 
 def fusion_sweep(
@@ -136,6 +157,30 @@ def fusion_sweep(
                 "ci95_vs_base_default": [round(lo0, 4), round(hi0, 4)],
                 "delta_vs_base_same_weight": round(d1, 4),
                 "ci95_vs_base_same_weight": [round(lo1, 4), round(hi1, 4)],
+            }
+        )
+    return rows
+
+
+def ensemble_summary(
+    base: Mapping[str, Mapping[str, float]], runs: Sequence[Mapping[str, Mapping[str, float]]], seed: int
+) -> list[dict[str, Any]]:
+    """Hybrid nDCG@10 when the base model's vector list stays in the fusion next to the retrained model's
+    (seed-averaged), against the base hybrid at the product's weights (paired bootstrap)."""
+    rows = []
+    for key, (w_new, w_base) in ENSEMBLE_KEYS.items():
+        if not runs or any(key not in run for run in runs):
+            continue
+        qids = sorted(base["hybrid"])
+        avg = [float(np.mean([run[key][q] for run in runs])) for q in qids]
+        delta, lo, hi = paired_bootstrap([base["hybrid"][q] for q in qids], avg, seed=seed)
+        rows.append(
+            {
+                "retrained_weight": w_new,
+                "base_weight": w_base,
+                "ndcg@10": round(float(np.mean(avg)), 4),
+                "delta_vs_base_hybrid": round(delta, 4),
+                "ci95": [round(lo, 4), round(hi, 4)],
             }
         )
     return rows
@@ -410,6 +455,7 @@ def run_learning_experiment(
         "seeds": [],
     }
     base_eval: dict[str, dict[str, float]] | None = None
+    base_vectors: dict[str, list[str]] = {}
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     for seed in seeds:
         random.seed(seed)
@@ -422,7 +468,9 @@ def run_learning_experiment(
             engine = index.engine
             if base_eval is None:
                 say(f"{eval_ds.name}: evaluating the base model")
-                base_eval = _evaluate(engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"))
+                base_eval = _evaluate(
+                    engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"), vector_lists=base_vectors
+                )
             say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
             t0 = time.perf_counter()
             judged = {"queries": 0, "relevant": 0, "not_relevant": 0, "wrong": 0}
@@ -502,7 +550,7 @@ def run_learning_experiment(
                 )
             switch_all(engine, candidate, keep_old=True)
             say(f"{eval_ds.name} seed {seed}: evaluating the retrained model")
-            evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels)
+            evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels, ensemble_with=base_vectors)
             seed_info["per_query"] = {
                 m: {q: round(v, 5) for q, v in per.items()} for m, per in evaluated.items()
             }
@@ -517,6 +565,9 @@ def run_learning_experiment(
         result["modes"] = {m: _summary(base_eval[m], runs[m], seeds[0]) for m in MODES}
         result["by_keyword_ndcg"] = by_keyword_difficulty(base_eval, runs)
         result["fusion_sweep"] = fusion_sweep(
+            result["base_per_query"], [s["per_query"] for s in result["seeds"]], seeds[0]
+        )
+        result["ensemble"] = ensemble_summary(
             result["base_per_query"], [s["per_query"] for s in result["seeds"]], seeds[0]
         )
         if out is not None:
@@ -569,6 +620,9 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     runs = {m: [s["per_query"][m] for s in merged["seeds"]] for m in MODES}
     merged["by_keyword_ndcg"] = by_keyword_difficulty(base, runs)
     merged["fusion_sweep"] = fusion_sweep(
+        base, [s["per_query"] for s in merged["seeds"]], merged["seeds"][0]["seed"]
+    )
+    merged["ensemble"] = ensemble_summary(
         base, [s["per_query"] for s in merged["seeds"]], merged["seeds"][0]["seed"]
     )
     return merged

@@ -334,6 +334,26 @@ def learn_markdown(result: dict[str, Any]) -> str:
             ],
             rows,
         )
+    ensemble = result.get("ensemble") or []
+    if ensemble:
+        lines += [
+            "",
+            "Hybrid with the base model's vector list kept as a third RRF list (seed-averaged; Δ against the base "
+            "hybrid):",
+            "",
+        ]
+        lines += _table(
+            ["retrained weight", "base weight", "nDCG@10", "Δ [95 % CI]"],
+            [
+                [
+                    f"{r['retrained_weight']:g}",
+                    f"{r['base_weight']:g}",
+                    f"{r['ndcg@10']:.4f}",
+                    _delta(r["delta_vs_base_hybrid"], r["ci95"]),
+                ]
+                for r in ensemble
+            ],
+        )
     return "\n".join(lines)
 
 
