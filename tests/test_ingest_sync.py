@@ -427,12 +427,14 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 def test_files_from_an_earlier_extractor_are_read_again_once(app: Rift, docs: Path, monkeypatch) -> None:
     sync(app, docs)
     page = str(docs / "botany.html")
-    assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == 3
+    versions = __import__("server.ingest.extract", fromlist=["x"]).EXTRACTOR_VERSIONS
+    now = versions["html"]
+    assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == now
     # A new html extractor: the same bytes must be extracted again (and only the html files), then skipped.
-    monkeypatch.setitem(__import__("server.ingest.extract", fromlist=["x"]).EXTRACTOR_VERSIONS, "html", 4)
+    monkeypatch.setitem(versions, "html", now + 1)
     got = statuses(sync(app, docs), docs)
     assert got["botany.html"][0] == "updated" and got["guide.md"] == ("unchanged", None)
-    assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == 4
+    assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == now + 1
     assert statuses(sync(app, docs), docs)["botany.html"] == ("unchanged", None)
 
 

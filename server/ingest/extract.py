@@ -274,27 +274,53 @@ def extract_html(data: bytes) -> Extracted:
     if title is None:
         h1 = soup.find("h1")
         title = _short(h1.get_text(" ")) if h1 else None
-    # Line breaks where the layout has them (blocks, <br>, each line of a <pre>), none at inline tags: a word
-    # or a CJK phrase split by <b>/<a>/<span> stays one piece, and source line wrapping inside a paragraph
-    # is only a space.
-    for tag in soup.find_all(True):
-        if tag.name == "br":
-            tag.replace_with(_BREAK)
-        elif tag.name == "pre":
-            for node in tag.find_all(string=True):
-                node.replace_with(node.replace("\n", _BREAK + _VERBATIM))
-            tag.insert(0, _VERBATIM)  # after the break inserted before it, below
-        if tag.name in HTML_BLOCKS:
-            tag.insert_before(_BREAK)
-            tag.insert_after(_BREAK)
-        elif tag.name in ("td", "th"):
-            tag.insert_after(" ")
     lines = (
         line.replace(_VERBATIM, "").rstrip() if line.startswith(_VERBATIM) else " ".join(line.split())
-        for line in soup.get_text("").split(_BREAK)
+        for line in _laid_out_text(soup).split(_BREAK)
     )
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return Extracted(text, title)
+
+
+def _laid_out_text(root: Any) -> str:
+    """The text of a parsed page with `_BREAK` where the layout breaks lines (blocks, <br>, each line of a
+    <pre>, whose lines start with `_VERBATIM`) and none at inline tags: a word or a CJK phrase split by
+    <b>/<a>/<span> stays one piece, and source line wrapping inside a paragraph is only a space.
+    One walk over the tree: inserting markers into it costs a walk of each tag's subtree, which is quadratic
+    in pages whose unclosed <p> tags nest thousands deep."""
+    from bs4 import NavigableString, Tag
+
+    keep = root.interesting_string_types  # what get_text() reads: text and CDATA, no comments
+    parts: list[str] = []
+    in_pre = 0
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            if node.name == "pre":
+                in_pre -= 1
+            if node.name in HTML_BLOCKS:
+                parts.append(_BREAK)
+            elif node.name in ("td", "th"):
+                parts.append(" ")
+            continue
+        if isinstance(node, NavigableString):
+            if type(node) in keep:
+                parts.append(node.replace("\n", _BREAK + _VERBATIM) if in_pre else str(node))
+            continue
+        if not isinstance(node, Tag):
+            continue
+        if node.name == "br":
+            parts.append(_BREAK)
+            continue
+        if node.name in HTML_BLOCKS:
+            parts.append(_BREAK)
+        if node.name == "pre":
+            in_pre += 1
+            parts.append(_VERBATIM)
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(node.contents))
+    return "".join(parts)
 
 
 # --- PDF ------------------------------------------------------------------------------------------------------
@@ -339,8 +365,8 @@ def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
 
 # Bumped when a family's extraction changes what text a file gives, so the next sync re-reads files stored by
 # the earlier extractor (same bytes) instead of skipping them: html 2 = no line breaks at inline tags,
-# 3 = <pre> keeps its indentation.
-EXTRACTOR_VERSIONS: dict[str, int] = {"html": 3}
+# 3 = <pre> keeps its indentation, 4 = a comment inside a <pre> is no longer read as text.
+EXTRACTOR_VERSIONS: dict[str, int] = {"html": 4}
 
 
 def extractor_version(family: str) -> int:
