@@ -308,6 +308,39 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
     assert len(syncs) >= 2
 
 
+def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift, docs: Path) -> None:
+    from server.ingest.watch import watch_folder
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch_folder,
+        args=(app.engine(), docs, "files"),
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
+        daemon=True,
+    )
+    thread.start()
+    away = docs.with_name("docs-away")
+    try:
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        docs.rename(away)  # gone (an unmounted disk, a checkout in progress): nothing is pruned
+        time.sleep(2.0)
+        assert stored(app, docs) == INGESTIBLE and thread.is_alive()
+        away.rename(docs)  # back, with a change made meanwhile: the watch picks the folder up again
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+        # Replaced by a new folder of the same name (a new inode): watched and synced as the new content.
+        docs.rename(away)
+        docs.mkdir()
+        (docs / "fresh.md").write_text("# Fresh\n\nA new folder in the old one's place.\n")
+        wait_for(lambda: stored(app, docs) == {"fresh.md"})
+        (docs / "later.md").write_text("# Later\n\nWritten after the new watch started.\n")
+        wait_for(lambda: stored(app, docs) == {"fresh.md", "later.md"})
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:
     odd = docs / "odd"
     odd.mkdir()

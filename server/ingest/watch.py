@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,20 +56,55 @@ def watch_folder(
         if on_sync is not None:
             on_sync(report)
 
-    started = False
-    # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
-    # miss a change made while it runs; later empty yields only let stop_event be checked.
-    for changes in watch(
-        folder,
-        watch_filter=relevant,
-        debounce=debounce_ms,
-        stop_event=stop_event,
-        rust_timeout=500,
-        yield_on_timeout=True,
-        force_polling=force_polling,
-        raise_interrupt=False,
-    ):
-        if not started or changes:
-            log.info("syncing %s (%d changes)", folder, len(changes))
-            sync()
-            started = True
+    def identity() -> tuple[int, int] | None:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if os.path.isdir(folder) else None
+
+    def stopped() -> bool:
+        return stop_event is not None and stop_event.is_set()
+
+    # The OS watch is on the folder itself: once it is deleted (or replaced, e.g. by a tool that writes a new
+    # copy and renames it over) no change under it is reported again. So the folder's identity is checked at
+    # every wake-up (at least every rust_timeout), and a new watch starts when it changes. A vanished folder
+    # is not pruned: an unmounted disk or a checkout in progress must not empty the collection.
+    while not stopped():
+        watching = identity()
+        if watching is None:
+            log.warning("%s is gone; its documents are kept; watching for it to come back", folder)
+            while identity() is None:
+                if stop_event is not None:
+                    if stop_event.wait(1.0):
+                        return
+                else:
+                    try:
+                        time.sleep(1.0)
+                    except KeyboardInterrupt:
+                        return
+            log.warning("%s is back; syncing it", folder)
+            continue
+        started = False
+        replaced = False
+        # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
+        # miss a change made while it runs; later empty yields only let stop_event be checked.
+        for changes in watch(
+            folder,
+            watch_filter=relevant,
+            debounce=debounce_ms,
+            stop_event=stop_event,
+            rust_timeout=500,
+            yield_on_timeout=True,
+            force_polling=force_polling,
+            raise_interrupt=False,
+        ):
+            if identity() != watching:
+                replaced = True
+                break
+            if not started or changes:
+                log.info("syncing %s (%d changes)", folder, len(changes))
+                sync()
+                started = True
+        if not replaced:
+            return  # stopped: stop_event or Ctrl-C
