@@ -90,6 +90,25 @@ def test_unchanged_content_is_skipped_and_metadata_change_updates(rift) -> None:
     assert hit.metadata == {"lang": "en"}
 
 
+def test_a_failed_first_write_leaves_no_empty_collection_behind(rift, monkeypatch) -> None:
+    rift.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    engine = rift.engine()
+
+    def fails(texts, progress=None):
+        raise RuntimeError("cancelled")  # as a cancelled request's progress report raises
+
+    monkeypatch.setattr(engine.embedder, "encode_documents", fails)
+    for collection in ("fresh", "default"):
+        with pytest.raises(RuntimeError):
+            rift.add_documents(collection, docs(("dog", "the dog barked")))
+    # The collection this write made is gone again; one that already held documents keeps them.
+    assert engine.collection_names() == ["default"]
+    assert ids(rift.search("default", "cat mat").outcome.hits) == ["cat"]
+    monkeypatch.undo()
+    (status,) = rift.add_documents("fresh", docs(("dog", "the dog barked")))
+    assert status.status == "added" and sorted(engine.collection_names()) == ["default", "fresh"]
+
+
 def test_a_rewrite_keeps_the_vectors_of_chunks_whose_text_it_already_had(rift, monkeypatch) -> None:
     rift.add_documents("default", docs(("long", LONG), ("cat", "the cat sat on the mat")))
     engine = rift.engine()

@@ -341,6 +341,20 @@ def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift,
     assert not thread.is_alive()
 
 
+def test_a_sync_stopped_before_its_first_commit_leaves_no_new_collection(
+    app: Rift, docs: Path, monkeypatch
+) -> None:
+    engine = app.engine()
+
+    def cancelled(texts, progress=None):
+        raise KeyboardInterrupt  # as Ctrl-C, or a cancelled request's progress report, stops it
+
+    monkeypatch.setattr(engine.embedder, "encode_documents", cancelled)
+    with pytest.raises(KeyboardInterrupt):
+        sync_paths(engine, "fresh", [str(docs)], PathPolicy.unrestricted())
+    assert "fresh" not in engine.collection_names()
+
+
 def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:
     odd = docs / "odd"
     odd.mkdir()

@@ -661,47 +661,79 @@ class Engine:
             if self.shared is not None:
                 self.shared.sync(force=True)
                 self.shared.check_served_here(collection)
-            self.create_collection(collection)
-            record = self._record(collection)
-            embedder = self.embedder_for(record)
-            chunking = self._chunking_of(embedder)
-            existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
-            statuses: dict[str, DocumentStatus] = {}
-            changed: list[tuple[str, str, dict[str, Any], str]] = []
-            for doc_id, text, meta in docs:
-                doc_hash = content_hash(text, meta, chunking)
-                if existing.get(doc_id) == doc_hash:
-                    statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
-                else:
-                    changed.append((doc_id, text, meta, doc_hash))
-            rows = self._chunk_rows(changed, embedder)
-            if rows:
-                rewritten = {d for d, _, _, _ in changed if d in existing}
-                embeddings = self._embed_reusing(
-                    collection, record.chroma_name, rows, rewritten, embedder, progress
-                )
-                old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
-                new_ids = [r.chunk_id for r in rows]
-                stale = sorted(set(old_ids) - set(new_ids))
-                if self.shared is not None:  # versions other processes wrote before this one
-                    before = float(rows[0].metadata["_rift_ts"])
-                    ids = [c[0] for c in changed]
-                    older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
-                    stale = sorted(set(stale) | older)
-                self._commit(
-                    collection,
-                    record.chroma_name,
-                    rows,
-                    embeddings,
-                    stale,
-                    put_docs=[(d, h, t, m) for d, t, m, h in changed],
-                )
-            per_doc: dict[str, int] = {}
-            for r in rows:
-                per_doc[r.doc_id] = per_doc.get(r.doc_id, 0) + 1
-            for doc_id, _, _, _ in changed:
-                status = "updated" if doc_id in existing else "added"
-                statuses[doc_id] = DocumentStatus(doc_id, status, per_doc.get(doc_id, 0))
+            created = self.create_collection(collection)
+            try:
+                return self._write_into(collection, docs, progress)
+            except BaseException:
+                # A write that made the collection and then failed or was cancelled (before its commit) must
+                # not leave an empty collection behind.
+                if created:
+                    self.drop_collection_if_empty(collection)
+                raise
+
+    def drop_collection_if_empty(self, collection: str) -> bool:
+        """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in
+        shared mode, where another process may be writing into it. Failures are logged, not raised: the
+        caller is already handling the write's own error."""
+        if self.shared is not None:
+            return False
+        try:
+            with self._write_lock:
+                if collection not in self.collection_names() or self.state.counts(collection)[0]:
+                    return False
+                self.delete_collection(collection)
+                return True
+        except Exception:
+            log.warning("could not remove the empty collection %r", collection, exc_info=True)
+            return False
+
+    def _write_into(
+        self,
+        collection: str,
+        docs: Sequence[tuple[str, str, dict[str, Any]]],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[DocumentStatus]:
+        """The body of `_write_documents`, under its write lock, into an existing collection."""
+        record = self._record(collection)
+        embedder = self.embedder_for(record)
+        chunking = self._chunking_of(embedder)
+        existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
+        statuses: dict[str, DocumentStatus] = {}
+        changed: list[tuple[str, str, dict[str, Any], str]] = []
+        for doc_id, text, meta in docs:
+            doc_hash = content_hash(text, meta, chunking)
+            if existing.get(doc_id) == doc_hash:
+                statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
+            else:
+                changed.append((doc_id, text, meta, doc_hash))
+        rows = self._chunk_rows(changed, embedder)
+        if rows:
+            rewritten = {d for d, _, _, _ in changed if d in existing}
+            embeddings = self._embed_reusing(
+                collection, record.chroma_name, rows, rewritten, embedder, progress
+            )
+            old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
+            new_ids = [r.chunk_id for r in rows]
+            stale = sorted(set(old_ids) - set(new_ids))
+            if self.shared is not None:  # versions other processes wrote before this one
+                before = float(rows[0].metadata["_rift_ts"])
+                ids = [c[0] for c in changed]
+                older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
+                stale = sorted(set(stale) | older)
+            self._commit(
+                collection,
+                record.chroma_name,
+                rows,
+                embeddings,
+                stale,
+                put_docs=[(d, h, t, m) for d, t, m, h in changed],
+            )
+        per_doc: dict[str, int] = {}
+        for r in rows:
+            per_doc[r.doc_id] = per_doc.get(r.doc_id, 0) + 1
+        for doc_id, _, _, _ in changed:
+            status = "updated" if doc_id in existing else "added"
+            statuses[doc_id] = DocumentStatus(doc_id, status, per_doc.get(doc_id, 0))
         return [statuses[d] for d, _, _ in docs]
 
     def _embed_reusing(

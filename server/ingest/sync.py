@@ -281,58 +281,65 @@ def sync_paths(
         if not under:
             raise missing  # nothing of it was ever synced here: a typo, not a deletion
         gone_docs += under
-    engine.create_collection(collection)
-
-    # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
-    own = Path(engine.settings.data_dir).resolve()
-    candidates: dict[Path, Path | None] = {}  # file -> the symlink it was reached through (None: directly)
-    for target in targets:
-        if target.is_file():
-            candidates[target] = None  # named explicitly: no glob or .gitignore applies
-            continue
-        for item in walk(target, policy, recursive, pattern):
-            if isinstance(item, Found):
-                if not item.path.is_relative_to(own):
-                    # Found directly somewhere, it is that file's document, whatever links to it.
-                    via = candidates.get(item.path, item.via) if item.via else None
-                    candidates[item.path] = via
-            elif isinstance(item, Skipped):
-                run.skip(item.path, item.reason, item.transient)
-
-    total = len(candidates)
-    for done, (path, via) in enumerate(candidates.items(), 1):
-        run.one(path, via)
-        if progress is not None and (done % BATCH_DOCS == 0 or done == total):
-            run.flush()
-            progress(done, total)
-    run.flush()
-
-    if prune:
-        doomed: list[str] = []
+    created = engine.create_collection(collection)
+    try:
+        # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
+        own = Path(engine.settings.data_dir).resolve()
+        # file -> the symlink it was reached through (None: directly)
+        candidates: dict[Path, Path | None] = {}
         for target in targets:
-            if target.is_dir():
-                doomed.extend(run.prune(target, recursive, pattern))
-        doomed.extend(gone_docs)
-        doomed = list(dict.fromkeys(doomed))
-        if doomed:
-            deleted, _ = engine.delete_documents(collection, doomed)
-            for doc_id in deleted:
-                earlier = run.skipped.get(doc_id)
-                if earlier is not None:
-                    earlier.status = "removed"
-                    earlier.reason = f"{earlier.reason}; its document was removed"
-                else:
-                    via = run.existing.get(doc_id, {}).get("via")
-                    try:
-                        gone = not Path(doc_id).exists()
-                        unlinked = bool(via) and not Path(via).is_symlink()
-                    except OSError:  # exists() raises on EACCES: it is there, only left out
-                        gone = unlinked = False
-                    if gone:
-                        reason = "file no longer exists"
-                    elif unlinked:
-                        reason = f"the symlink it was reached through ({via}) is gone"
+            if target.is_file():
+                candidates[target] = None  # named explicitly: no glob or .gitignore applies
+                continue
+            for item in walk(target, policy, recursive, pattern):
+                if isinstance(item, Found):
+                    if not item.path.is_relative_to(own):
+                        # Found directly somewhere, it is that file's document, whatever links to it.
+                        via = candidates.get(item.path, item.via) if item.via else None
+                        candidates[item.path] = via
+                elif isinstance(item, Skipped):
+                    run.skip(item.path, item.reason, item.transient)
+
+        total = len(candidates)
+        for done, (path, via) in enumerate(candidates.items(), 1):
+            run.one(path, via)
+            if progress is not None and (done % BATCH_DOCS == 0 or done == total):
+                run.flush()
+                progress(done, total)
+        run.flush()
+
+        if prune:
+            doomed: list[str] = []
+            for target in targets:
+                if target.is_dir():
+                    doomed.extend(run.prune(target, recursive, pattern))
+            doomed.extend(gone_docs)
+            doomed = list(dict.fromkeys(doomed))
+            if doomed:
+                deleted, _ = engine.delete_documents(collection, doomed)
+                for doc_id in deleted:
+                    earlier = run.skipped.get(doc_id)
+                    if earlier is not None:
+                        earlier.status = "removed"
+                        earlier.reason = f"{earlier.reason}; its document was removed"
                     else:
-                        reason = "left out of the folder now (e.g. .gitignore)"
-                    run.report.files.append(FileResult(doc_id, "removed", reason))
-    return run.report
+                        via = run.existing.get(doc_id, {}).get("via")
+                        try:
+                            gone = not Path(doc_id).exists()
+                            unlinked = bool(via) and not Path(via).is_symlink()
+                        except OSError:  # exists() raises on EACCES: it is there, only left out
+                            gone = unlinked = False
+                        if gone:
+                            reason = "file no longer exists"
+                        elif unlinked:
+                            reason = f"the symlink it was reached through ({via}) is gone"
+                        else:
+                            reason = "left out of the folder now (e.g. .gitignore)"
+                        run.report.files.append(FileResult(doc_id, "removed", reason))
+        return run.report
+    except BaseException:
+        # A sync that made the collection and stopped (cancelled, failed) before committing any document
+        # leaves no empty collection behind; batches it committed stay, as a re-run skips them.
+        if created:
+            engine.drop_collection_if_empty(collection)
+        raise
