@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -309,6 +312,65 @@ def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:
     (root / ".gitignore").write_text("out/\n!out/keep.md\n")
     (root / "out" / "keep.md").write_text("x")
     assert listing(root) == {".gitignore": "found", "out": "ignored by .gitignore"}
+
+
+def test_a_rule_about_a_folder_never_re_includes_the_files_in_it(tmp_path: Path) -> None:
+    # git matches a rule against a path's own name: "!build", "!/a" or "!*/" re-include a folder, never the
+    # files in it that other rules exclude. pathspec's verdict counted the parent folder's match.
+    cases = {
+        "root": ("*.md\n", "keep/build/.gitignore", "!build\n", "keep/build/y.md"),
+        "under": ("a/**\n!/a\n", "a/b/.gitignore", "x.txt\n", "a/b/keep.txt"),
+        "folders": ("a/**\n", "a/.gitignore", "!*/\n", "a/logs/y.md"),
+    }
+    for name, (top, deeper, rules, target) in cases.items():
+        root = tmp_path / name
+        (root / target).parent.mkdir(parents=True)
+        (root / ".gitignore").write_text(top)
+        (root / deeper).write_text(rules)
+        (root / target).write_text("x")
+        assert listing(root).get(target) != "found", name
+    # "keep/**/" names the folders inside keep, not keep itself: keep stays excluded by "/*".
+    root = tmp_path / "strictly"
+    (root / "keep" / "sub").mkdir(parents=True)
+    (root / ".gitignore").write_text("/*\n!/.gitignore\n!keep/**/\n")
+    (root / "keep" / "sub" / "x.txt").write_text("x")
+    assert listing(root) == {".gitignore": "found", "keep": "ignored by .gitignore"}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git itself")
+def test_walk_agrees_with_git_on_random_ignore_rules(tmp_path: Path) -> None:
+    """Random folders and nested .gitignore files: rift must find exactly what git lists as untracked."""
+    rng = random.Random(7)
+    names, files = ["a", "b", "logs", "build", "keep"], ["x.txt", "y.md", "keep.txt"]
+    rules = [
+        "*.md", "!*.md", "logs/", "!logs/", "build", "!build", "/a", "!/a", "keep*", "!keep*", "b/*", "!b/keep/",
+        "**/logs", "!**/keep.txt", "*", "!*/", "!*.txt", "x.txt", "!x.txt", "a/**", "!a/b/", "/build/*", "*/",
+        "!keep/", "**", "**/", "/*", "!/*/", "a/*/x.txt", "?", "[ab]", "logs/**/keep.txt", "!logs/**", "keep/**",
+        "!keep/**/", "*/x.txt",
+    ]  # fmt: skip
+    for trial in range(40):
+        root = tmp_path / str(trial)
+        root.mkdir()
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        folders = [root]
+        for _ in range(rng.randint(2, 6)):
+            folder = rng.choice(folders) / rng.choice(names)
+            folder.mkdir(exist_ok=True)
+            folders.append(folder)
+        for folder in folders:
+            for name in rng.sample(files, rng.randint(1, 3)):
+                (folder / name).write_text("x")
+        for folder in rng.sample(folders, rng.randint(1, min(3, len(folders)))):
+            (folder / ".gitignore").write_text("\n".join(rng.sample(rules, rng.randint(1, 4))) + "\n")
+        git = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--others", "--exclude-standard"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        ours = {rel for rel, verdict in listing(root).items() if verdict == "found"}
+        rules_files = {rel for rel in {*git, *ours} if rel.endswith(".gitignore")}  # rift reads them as text
+        assert ours - rules_files == set(git) - rules_files, [
+            (str(p.relative_to(root)), p.read_text()) for p in root.rglob(".gitignore")
+        ]
 
 
 def test_one_bad_gitignore_line_costs_only_that_line(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@ an optional gitignore-style glob, symlinks checked against the allowed roots, VC
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,7 +104,7 @@ class IgnoreRules:
             if spec is None:
                 continue
             rel = path.relative_to(folder).as_posix()
-            verdict = _folder_verdict(spec, rel) if is_dir else spec.check_file(rel).include
+            verdict = _verdict(spec, rel, is_dir)
             if verdict is not None:
                 result = verdict
         return result
@@ -116,19 +118,53 @@ def _parses(line: str) -> bool:
     return True
 
 
-def _folder_verdict(spec: pathspec.GitIgnoreSpec, rel: str) -> bool | None:
-    """Whether git's rules exclude the folder `rel` itself (None: no rule speaks of it). Matching "rel/" as a
-    file path, as pathspec would, lets rules about a folder's contents ("build/**", "*" under "!*/") exclude
-    the folder and everything git would still read in it. As git does, a rule ending in "/" is tried on the
-    folder as a folder, any other rule on its name."""
+def _verdict(spec: pathspec.GitIgnoreSpec, rel: str, is_dir: bool) -> bool | None:
+    """Whether `spec`'s rules exclude the file or folder `rel` itself (None: no rule speaks of it); the last
+    rule that matches wins. As in git, a rule matches a path by the path's own name, never through a parent
+    folder: "build" or "!build" says nothing about "build/notes.md", which only the walk's pruning of an
+    excluded "build" folder decides. (pathspec's own verdict also counts a rule that matched a parent
+    folder, so "!*/" or "!build" re-included files that other rules exclude.)"""
     verdict = None
     for pattern in spec.patterns:
-        if pattern.include is None:
+        if pattern.include is None or pattern.regex is None:
             continue
-        text = pattern.pattern.rstrip().removeprefix("!")
-        if pattern.match_file(rel + "/" if text.endswith("/") else rel) is not None:
+        regex = pattern.regex
+        body = pattern.pattern.rstrip().removeprefix("!")
+        if body.endswith("/**/"):
+            # Folders strictly inside: pathspec compiles "keep/**/" as "keep/", which also names keep itself.
+            if not is_dir:
+                continue
+            regex = _compiled(body[:-1])
+        if _names(regex, rel, is_dir):
             verdict = pattern.include
     return verdict
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(rule: str) -> re.Pattern[str]:
+    regex = pathspec.patterns.GitWildMatchPattern(rule).regex
+    assert regex is not None
+    return regex
+
+
+def _names(regex: re.Pattern[str], rel: str, is_dir: bool) -> bool:
+    """Whether a compiled gitignore rule matches `rel` itself. pathspec marks a match that ended at a folder
+    separator with the group "ps_d": that is a match of a parent folder, unless it is the trailing "/" put
+    after a folder's own path (which rules ending in "/" require)."""
+    text = rel + "/" if is_dir else rel
+    folder_group = "ps_d" in regex.groupindex
+    pos = 0
+    while pos <= len(text) and (m := regex.search(text, pos)) is not None:
+        end_of_folder = m.end("ps_d") if folder_group else -1
+        if end_of_folder == -1:
+            # A whole-name match ("$"), or a rule about everything inside a folder ("docs/**"), which must
+            # not get its match from the "/" added after a folder's own path ("docs/" is not inside docs).
+            if not is_dir or m.end() <= len(rel):
+                return True
+        elif is_dir and end_of_folder == len(text):
+            return True
+        pos = m.start() + 1  # an unanchored rule may also match further along
+    return False
 
 
 def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> None:
