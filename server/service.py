@@ -274,7 +274,8 @@ class Rift:
         # Per document, also when the lists rank chunks: the summary and the miner read document ranks.
         vector, keyword = _per_document(outcome.vector), _per_document(outcome.keyword)
         top = self.settings.blind_spot_depth
-        if outcome.keyword_terms == 0:
+        if outcome.keyword_terms == 0 or not (vector or keyword):
+            # Nothing to compare (no keyword terms; a filter or collection with no match): not a disagreement.
             disagreement = not_compared(top)
         else:
             disagreement = summarize([d for d, _c, _s in vector], [d for d, _c, _s in keyword], k, top)

@@ -268,6 +268,12 @@ def test_a_query_without_keyword_terms_is_not_counted_as_disagreement(logged) ->
     assert queries["logged_queries"] == 3 and queries["queries_without_keyword_terms"] == 1
     # Both compared searches have vector blind spots; counting the third would read 2/3.
     assert queries["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+    # A filter no document matches: neither side found anything, so nothing disagreed either.
+    empty = logged.search("sci", QUERY, k=10, filters={"no_such_field": "x"})
+    assert empty.outcome.hits == [] and not empty.disagreement.compared and empty.logged
+    queries = logged.stats("sci")["queries"]
+    assert queries["queries_not_compared"] == 2 and queries["queries_without_keyword_terms"] == 1
+    assert queries["mean_top_overlap"] == logged.stats("sci")["queries"]["mean_top_overlap"] > 0
 
 
 def test_a_log_from_before_the_compared_column_opens_and_counts_its_rows_as_compared(tmp_path: Path) -> None:
@@ -286,7 +292,7 @@ def test_a_log_from_before_the_compared_column_opens_and_counts_its_rows_as_comp
         log.record("q2", "y", "c", "m", "hybrid", 5, None, [], [], [], 5, 0.0, [], [], compared=False)
         assert log.get("q1").overlap == pytest.approx(0.4) and log.get("q2") is not None
         stats = log.stats("c")
-        assert stats["logged_queries"] == 2 and stats["queries_without_keyword_terms"] == 1
+        assert stats["logged_queries"] == 2 and stats["queries_not_compared"] == 1
         assert stats["mean_top_overlap"] == pytest.approx(0.4)
         assert stats["queries_with_vector_blind_spots"] == pytest.approx(1.0)
     finally:

@@ -64,6 +64,9 @@ Node = Cond | Bool
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         raise RiftError(f"filters: {where} must be a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        # No stored value holds one (writes refuse it), and numpy's string compare would drop a trailing one.
+        raise RiftError(f"filters: {where} contains a NUL character")
     if isinstance(value, (str, int, float, bool)):
         return value
     raise RiftError(f"filters: {where} must be a string, number or boolean, got {type(value).__name__}")
@@ -115,6 +118,8 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
     for key, value in raw.items():
         if not isinstance(key, str) or not key:
             raise RiftError(f"{path}: field names must be non-empty strings")
+        if "\x00" in key:
+            raise RiftError(f"{path}: field name {key!r} contains a NUL character")
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise RiftError(f"{path}.{key} must be a non-empty list of filters")

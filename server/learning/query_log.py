@@ -354,8 +354,11 @@ class QueryLog:
         with self._lock:
             # Rates over the searches where both sides searched: a query with no keyword terms has nothing
             # to disagree with, and counting its vector hits as blind spots would inflate them.
-            n, uncompared, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
+            # Not compared: no keyword terms (the vector side answered alone), or neither side found anything.
+            n, uncompared, no_terms, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
                 "SELECT COUNT(*), SUM(1 - compared), "
+                "SUM(CASE WHEN NOT compared AND "
+                "COALESCE(json_array_length(vector, '$.d'), json_array_length(vector)) > 0 THEN 1 ELSE 0 END), "
                 "AVG(CASE WHEN compared THEN overlap END), "
                 "AVG(CASE WHEN compared THEN (CASE WHEN vector_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
                 "AVG(CASE WHEN compared THEN (CASE WHEN keyword_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
@@ -371,7 +374,8 @@ class QueryLog:
             ).fetchone()
         return {
             "logged_queries": int(n or 0),
-            "queries_without_keyword_terms": int(uncompared or 0),
+            "queries_not_compared": int(uncompared or 0),
+            "queries_without_keyword_terms": int(no_terms or 0),
             "mean_top_overlap": round(overlap or 0.0, 4),
             "queries_with_vector_blind_spots": round(vb or 0.0, 4),
             "queries_with_keyword_blind_spots": round(kb or 0.0, 4),
