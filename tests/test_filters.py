@@ -21,6 +21,10 @@ ROWS: list[dict[str, Any]] = [
     {"year": 2023, "score": 0.0, "n": 0},
     {"lang": "EN", "year": 2024, "score": 9.0, "draft": False},
     {"lang": 7, "year": 2025},
+    {"big": 2**63 - 1},  # numbers at the ends of what Chroma compares exactly
+    {"big": 9007199254740992.0},
+    {"big": 2**53 + 1},
+    {"big": -(2**63)},
 ]
 
 FILTERS: list[dict[str, Any]] = [
@@ -54,6 +58,15 @@ FILTERS: list[dict[str, Any]] = [
     {"$or": [{"lang": "fr"}, {"year": {"$lt": 2019}}]},
     {"$and": [{"lang": {"$in": ["en", "de"]}}, {"$or": [{"draft": True}, {"score": {"$gt": 5}}]}]},
     {"$or": [{"$and": [{"year": {"$gte": 2020}}, {"draft": False}]}, {"lang": "EN"}]},
+    {"big": 2**53 + 1},  # int operand: exact against ints, as a float against the stored 2**53.0
+    {"big": {"$gte": 2**53 + 1}},
+    {"big": {"$lt": 2**53 + 1}},
+    {"big": {"$in": [2**53 + 1, 5]}},
+    {"big": {"$nin": [2**53 + 1, -(2**63)]}},
+    {"big": 9007199254740992.0},
+    {"big": {"$lt": 2**63 - 1}},
+    {"big": {"$gt": 9.2e18}},
+    {"big": {"$lte": -9.2e18}},
 ]
 
 
@@ -103,6 +116,8 @@ def test_to_chroma_shapes() -> None:
         ({"lang": ["en"]}, "filters.lang must be a string, number or boolean"),
         ({"lang": None}, "filters.lang must be a string, number or boolean"),
         ({"lang": float("nan")}, "filters.lang must be a finite number"),
+        ({"n": {"$lt": 1e19}}, "filters.n.$lt is 1e+19; numbers must lie within ±9.2e18"),
+        ({"n": {"$in": [1, -1e300]}}, "filters.n.$in[1] is -1e+300"),
         ({"lang": {}}, "filters.lang must name at least one operator"),
         ({"$or": {}}, "filters.$or must be a non-empty list"),
         ({"$and": []}, "filters.$and must be a non-empty list"),

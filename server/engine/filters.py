@@ -64,6 +64,10 @@ Node = Cond | Bool
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         raise RiftError(f"filters: {where} must be a finite number")
+    if isinstance(value, float) and abs(value) >= 2**63:
+        # Chroma compares a float operand with integer metadata as a 64-bit integer, saturating: 1e19 would
+        # equal 2**63 - 1 there and not here. No such number can tell two stored values apart reliably.
+        raise RiftError(f"filters: {where} is {value:g}; numbers must lie within ±9.2e18 (64-bit integers)")
     if isinstance(value, str) and "\x00" in value:
         # No stored value holds one (writes refuse it), and numpy's string compare would drop a trailing one.
         raise RiftError(f"filters: {where} contains a NUL character")
@@ -291,9 +295,18 @@ def _wide_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53
 
 
+def _as_chroma_compares(stored: Any, operand: Any) -> Any:
+    """Chroma compares an integer operand with float metadata as a float: beyond 2**53, 2**53 + 1 equals
+    the stored 2**53.0 there, so it must here too."""
+    return float(operand) if isinstance(stored, float) and _wide_int(operand) else operand
+
+
 def _typed_equal(col: np.ndarray, value: Scalar) -> np.ndarray:
     # Python says True == 1; Chroma does not, so compare type classes too.
-    eq = col == value
+    if _wide_int(value):
+        eq = np.fromiter((v == _as_chroma_compares(v, value) for v in col), bool, len(col))
+    else:
+        eq = col == value
     if isinstance(value, bool):
         return eq & np.fromiter((isinstance(v, bool) for v in col), bool, len(col))
     if isinstance(value, (int, float)):
@@ -317,7 +330,10 @@ def mask(node: Node | None, columns: MetadataColumns) -> np.ndarray | None:
             # comparisons are exact, so such a field is compared value by value.
             compare = _RANGE[node.op]
             return np.fromiter(
-                (_is_number(v) and compare(v, node.value) for v in columns.objects(node.field)),
+                (
+                    _is_number(v) and compare(v, _as_chroma_compares(v, node.value))
+                    for v in columns.objects(node.field)
+                ),
                 bool,
                 columns.size,
             )
