@@ -240,6 +240,10 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
         )
         rift.engine().vectors.ensure(chroma_name_for("default", "ft-x"), 32, {"rift:model_version": "ft-x"})
         (settings.models_dir / ".ft-x.trainer").mkdir()
+        # Weights saved by a job killed before it registered them; and a registered candidate's, which stay.
+        for version in ("ft-20261203-071500-abc123", "ft-x"):
+            (settings.models_dir / version).mkdir()
+            (settings.models_dir / version / "model.safetensors").write_bytes(b"w")
     finally:
         rift.close()
     again = open_rift(settings)
@@ -254,6 +258,8 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
             n for n, _ in again.engine().vectors.list_collections()
         }
         assert not (settings.models_dir / ".ft-x.trainer").exists()
+        assert not (settings.models_dir / "ft-20261203-071500-abc123").exists()
+        assert (settings.models_dir / "ft-x" / "model.safetensors").exists()
         assert again.search("default", "cat").outcome.hits
     finally:
         again.close()

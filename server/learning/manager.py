@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -41,6 +42,7 @@ from server.learning.training import TrainConfig, train_model
 log = logging.getLogger(__name__)
 # A re-index entry stays "failed" with this note suffix until it serves; a stop replaces the suffix with why.
 IN_PROGRESS = ": in progress"
+FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fine-tune")
 
 
 class LearningManager:
@@ -80,6 +82,22 @@ class LearningManager:
             for scratch in self.settings.models_dir.glob(".*.trainer"):  # a killed training's work folder
                 if scratch not in keep:
                     shutil.rmtree(scratch, ignore_errors=True)
+            self._delete_orphan_weights()
+
+    def _delete_orphan_weights(self) -> list[str]:
+        """Fine-tuned weights no registry entry names and no interrupted retrain continues from: a process
+        killed between saving a candidate and registering it (without `learn_resume_interrupted`) left them,
+        about 90 MB each for MiniLM, which nothing else would ever delete."""
+        known = {v.version for v in self.registry.all()} | set(resume.versions(self.settings.models_dir))
+        deleted = []
+        for folder in sorted(self.settings.models_dir.glob("ft-*")):
+            if folder.name in known or not FINE_TUNE_DIR.fullmatch(folder.name):
+                continue
+            if folder.is_dir() and not folder.is_symlink():
+                log.warning("deleting %s: weights no model version names (a job killed midway)", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+                deleted.append(folder.name)
+        return deleted
 
     def close(self) -> None:
         self.policy.stop()
