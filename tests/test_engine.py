@@ -148,6 +148,17 @@ def test_a_rewrite_keeps_the_vectors_of_chunks_whose_text_it_already_had(rift, m
     encoded.clear()
     rift.add_documents("default", docs(("rep", "alpha beta gamma delta. " * 80, {"lang": "en"})))
     assert encoded == []
+    # A renamed or copied file is a new id with texts the collection holds: nothing is embedded either.
+    original = engine.state.document_chunks("default", "long")
+    (status,) = rift.add_documents("default", docs(("long-renamed", LONG + " A new closing sentence.")))
+    assert status.status == "added" and status.chunks == len(original) and encoded == []
+    rift.delete_documents("default", ["long"])
+    renamed = engine.state.document_chunks("default", "long-renamed")
+    vectors = engine.vectors.embeddings_matrix(record.chroma_name, [r.chunk_id for r in renamed])
+    assert vectors is not None and np.allclose(vectors, np.asarray(real([r.text for r in renamed])), atol=1e-5)
+    assert [h.doc_id for h in rift.search("default", "a new closing sentence").outcome.hits][:1] == [
+        "long-renamed"
+    ]
 
 
 def test_default_id_is_a_content_hash(rift) -> None:

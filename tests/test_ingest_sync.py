@@ -355,6 +355,24 @@ def test_a_sync_stopped_before_its_first_commit_leaves_no_new_collection(
     assert "fresh" not in engine.collection_names()
 
 
+def test_a_renamed_folder_is_synced_without_embedding_anything_again(app: Rift, docs: Path, monkeypatch) -> None:
+    sync(app, docs)
+    engine = app.engine()
+    encoded: list[str] = []
+    real = engine.embedder.encode_documents
+
+    def counting(texts, progress=None):
+        encoded.extend(texts)
+        return real(texts, progress)
+
+    monkeypatch.setattr(engine.embedder, "encode_documents", counting)
+    (docs / "notes").rename(docs / "journal")
+    got = statuses(sync(app, docs, prune=True), docs)
+    assert got["journal/walrus.txt"][0] == "added" and got["notes/walrus.txt"][0] == "removed"
+    assert encoded == []
+    assert top_doc(app, "walrus", docs) == "journal/walrus.txt"
+
+
 def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:
     odd = docs / "odd"
     odd.mkdir()

@@ -708,10 +708,7 @@ class Engine:
                 changed.append((doc_id, text, meta, doc_hash))
         rows = self._chunk_rows(changed, embedder)
         if rows:
-            rewritten = {d for d, _, _, _ in changed if d in existing}
-            embeddings = self._embed_reusing(
-                collection, record.chroma_name, rows, rewritten, embedder, progress
-            )
+            embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
@@ -741,20 +738,16 @@ class Engine:
         collection: str,
         chroma_name: str,
         rows: Sequence[ChunkRow],
-        rewritten: set[str],
         embedder: Embedder,
         progress: Callable[[int, int], None] | None,
     ) -> Any:
-        """Vectors for `rows`. A chunk whose text its document already had (a metadata change, a touched file,
-        an edit elsewhere in a long document) keeps its stored vector: the model is the cost of a write.
-        Only the `rewritten` documents (stored before this write) are looked up: new ones have nothing to keep."""
+        """Vectors for `rows`. A chunk whose text the collection already holds keeps that stored vector (a
+        vector depends on the text alone): a metadata change, a touched file, an edit elsewhere in a long
+        document, a renamed or copied file. The model is the cost of a write."""
         import numpy as np
 
-        before: dict[tuple[str, str], str] = {}
-        for doc_id in rewritten:
-            for old in self.state.document_chunks(collection, doc_id):
-                before.setdefault((doc_id, old.text), old.chunk_id)
-        reuse = {i: before[(r.doc_id, r.text)] for i, r in enumerate(rows) if (r.doc_id, r.text) in before}
+        before = self.state.chunk_ids_by_text(collection, [r.text for r in rows])
+        reuse = {i: before[r.text] for i, r in enumerate(rows) if r.text in before}
         unique = list(dict.fromkeys(reuse.values()))  # two new chunks may share one old text
         stored = self.vectors.embeddings_matrix(chroma_name, unique) if reuse else None
         if stored is None or stored.shape[1] != embedder.dimension:

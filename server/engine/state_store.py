@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (collection, chunk_id)
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
+CREATE INDEX IF NOT EXISTS chunks_by_text_start ON chunks (collection, substr(text, 1, 64));
 CREATE TABLE IF NOT EXISTS documents (
     collection TEXT NOT NULL,
     doc_id TEXT NOT NULL,
@@ -213,6 +214,23 @@ class StateStore:
                     [collection, *part],
                 )
             )
+        return out
+
+    def chunk_ids_by_text(self, collection: str, texts: Sequence[str], batch: int = 500) -> dict[str, str]:
+        """text -> the id of one stored chunk of `collection` with exactly that text, for those of `texts` that
+        have one. Looked up by an index on the texts' first 64 characters, then compared whole."""
+        wanted = set(texts)
+        starts = sorted({t[:64] for t in wanted})
+        out: dict[str, str] = {}
+        for first in range(0, len(starts), batch):
+            part = starts[first : first + batch]
+            marks = ",".join("?" * len(part))
+            for chunk_id, text in self._rows(
+                f"SELECT chunk_id, text FROM chunks WHERE collection = ? AND substr(text, 1, 64) IN ({marks})",
+                [collection, *part],
+            ):
+                if text in wanted:
+                    out.setdefault(text, chunk_id)
         return out
 
     def chunk_ids(self, collection: str) -> set[str]:
