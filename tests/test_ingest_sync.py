@@ -300,12 +300,16 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
         (docs / "notes" / "walrus.txt").unlink()
         wait_for(lambda: stored(app, docs) == (INGESTIBLE - {"notes/walrus.txt"}) | {"kelp.md"})
+        # A folder watchfiles skips by default but the sync reads (no .gitignore excludes it here).
+        (docs / "node_modules").mkdir()
+        (docs / "node_modules" / "readme.md").write_text("# Pkg\n\nA vendored package.\n")
+        wait_for(lambda: "node_modules/readme.md" in stored(app, docs))
         assert top_doc(app, "kelp forests otters", docs) == "kelp.md"
     finally:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert len(syncs) >= 2
+    assert len(syncs) >= 3
 
 
 def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift, docs: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from server.ingest.security import PathPolicy
 from server.ingest.sync import SyncReport, sync_paths
+from server.ingest.walker import VCS_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def watch_folder(
     folder = policy.check(str(folder), "path")
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
-    default = DefaultFilter()
+    # Only the folders the walk itself leaves out: watchfiles' defaults also skip node_modules, .venv, .tox
+    # and the like, whose files a sync does ingest unless .gitignore excludes them; a change there must sync.
+    default = DefaultFilter(ignore_dirs=tuple(sorted(VCS_DIRS)))
     skip = tuple(str(p.resolve()) for p in ignore_under)
 
     def relevant(change: Any, path: str) -> bool:
