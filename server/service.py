@@ -283,7 +283,7 @@ class Rift:
         logged = False
         if self.settings.log_queries and self.log is not None:
             started = time.perf_counter()
-            self.log.record(
+            logged = self.log.record(
                 query_id,
                 query,
                 collection,
@@ -300,9 +300,9 @@ class Rift:
                 disagreement.keyword_blind_spots,
                 source,
                 compared=disagreement.compared,
+                collection_created=outcome.collection_created,
             )
             outcome.timings_ms["log_ms"] = (time.perf_counter() - started) * 1000
-            logged = True
         # An id that names no record would only make feedback on it fail later.
         return SearchResponse(query_id if logged else None, outcome, disagreement, logged)
 
@@ -319,9 +319,11 @@ class Rift:
         was (NotFoundError naming the collections that exist when it does not)."""
         engine = self.engine()
         info = engine.info(collection)
-        engine.delete_collection(collection)
-        if self.log is not None:
-            self.log.forget_collection(collection)
+        if self.log is None:
+            engine.delete_collection(collection)
+        else:
+            with self.log.forgetting(collection):  # also a search of it still running meanwhile
+                engine.delete_collection(collection)
         return info
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:

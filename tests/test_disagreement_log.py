@@ -145,6 +145,29 @@ def test_stats_count_each_collections_feedback_and_a_deleted_collection_leaves_n
     assert logged.stats()["queries"]["logged_queries"] == 1
 
 
+def test_a_search_still_running_when_its_collection_is_deleted_is_not_logged(logged, monkeypatch) -> None:
+    engine = logged.engine()
+    real = engine.search
+
+    def deleted_meanwhile(collection, *args, **kwargs):
+        outcome = real(collection, *args, **kwargs)
+        logged.delete_collection(collection)  # between the search and its log record
+        return outcome
+
+    monkeypatch.setattr(engine, "search", deleted_meanwhile)
+    response = logged.search("sci", QUERY)
+    assert response.outcome.hits and not response.logged and response.query_id is None
+    monkeypatch.undo()
+    assert logged.stats()["queries"]["logged_queries"] == 0
+    # A new collection of the same name logs again; a failed deletion forgets nothing.
+    logged.add_documents("sci", docs(*CORPUS))
+    again = logged.search("sci", QUERY)
+    assert again.logged and logged.log.get(again.query_id) is not None
+    with pytest.raises(RuntimeError), logged.log.forgetting("sci"):
+        raise RuntimeError("the deletion failed")
+    assert logged.log.get(again.query_id) is not None and logged.search("sci", QUERY).logged
+
+
 def test_logging_can_be_turned_off(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, log_queries=False)
     app = open_rift(settings)

@@ -98,6 +98,9 @@ class SearchOutcome:
     # How many terms the keyword side searched for; 0: the query has none (only stopwords or symbols), so
     # that side did not search. None where it did not run (vector mode).
     keyword_terms: int | None = None
+    # When the searched collection was created: tells a search of a since deleted collection from one of a
+    # new collection of the same name (the query log drops the former).
+    collection_created: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1152,7 +1155,17 @@ class Engine:
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
         return SearchOutcome(
-            collection, query, mode, k, hits, vector, keyword, version, timings, terms[0] if terms else None
+            collection,
+            query,
+            mode,
+            k,
+            hits,
+            vector,
+            keyword,
+            version,
+            timings,
+            terms[0] if terms else None,
+            record.created_at,
         )
 
     def follow_others(self) -> None:

@@ -4,6 +4,7 @@ outlives restarts and model swaps, and it never stores evaluation labels."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -135,6 +136,9 @@ class QueryLog:
         self._in_flight = 0  # batches taken from _pending and not yet committed, by any thread
         self._closed = False
         self._cond = threading.Condition()
+        # collection -> when it was deleted: a search of the deleted collection still in flight then must not
+        # land in the log afterwards (see forgetting / record's collection_created).
+        self._deleted: dict[str, float] = {}
         self._writer = threading.Thread(target=self._write_forever, name="rift-query-log", daemon=True)
         self._writer.start()
 
@@ -215,10 +219,16 @@ class QueryLog:
         keyword_blind: Sequence[str],
         source: str = "mcp",
         compared: bool = True,
-    ) -> None:
+        collection_created: float | None = None,
+    ) -> bool:
+        """Queue one search's record; False (nothing recorded) when it searched a collection that has since
+        been deleted (`collection_created`: when the searched collection was created)."""
         args = (query_id, time.time(), query, collection, model_version, mode, k, filters, vector, keyword)
         args += (fused, top, overlap, vector_blind, keyword_blind, source, compared)
         with self._cond:
+            deleted = self._deleted.get(collection)
+            if deleted is not None and collection_created is not None and collection_created <= deleted:
+                return False
             self._pending.append(args)
             # The writer has fallen behind (a busy CPU starves an idle-priority thread): bounded memory, no
             # lost records, at the cost of this one search writing them.
@@ -226,6 +236,7 @@ class QueryLog:
             self._cond.notify_all()
         if batch:
             self._write(batch)
+        return True
 
     @staticmethod
     def _row(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -300,18 +311,41 @@ class QueryLog:
             )
         return before is not None
 
-    def forget_collection(self, collection: str) -> int:
-        """Delete a collection's logged searches with their feedback and fetches, in one transaction (a deleted
-        collection leaves no query text behind, and its searches can never train a later collection of the same
-        name). Returns how many searches went."""
+    @contextlib.contextmanager
+    def forgetting(self, collection: str) -> Iterator[None]:
+        """Around a collection's deletion: afterwards its logged searches are deleted with their feedback and
+        fetches (a deleted collection leaves no query text behind, and its searches can never train a later
+        collection of the same name), and so is any search of it that was still running meanwhile, while
+        searches of a collection of the same name created after the deletion are kept. If the body raises,
+        nothing is forgotten."""
+        started = time.time()
+        with self._cond:
+            earlier = self._deleted.get(collection)
+            self._deleted[collection] = max(started, earlier or 0.0)
+        try:
+            yield
+        except BaseException:
+            with self._cond:
+                if earlier is None:
+                    self._deleted.pop(collection, None)
+                else:
+                    self._deleted[collection] = earlier
+            raise
+        self.forget_collection(collection, before=started)
+
+    def forget_collection(self, collection: str, before: float | None = None) -> int:
+        """Delete a collection's logged searches (those recorded before `before`) with their feedback and
+        fetches, in one transaction. Returns how many searches went."""
         self.flush()
-        ids = "SELECT query_id FROM queries WHERE collection = ?"
+        where = "collection = ?" + (" AND ts < ?" if before is not None else "")
+        args = (collection, before) if before is not None else (collection,)
+        ids = f"SELECT query_id FROM queries WHERE {where}"
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                self._conn.execute(f"DELETE FROM feedback WHERE query_id IN ({ids})", (collection,))
-                self._conn.execute(f"DELETE FROM fetches WHERE query_id IN ({ids})", (collection,))
-                gone = self._conn.execute("DELETE FROM queries WHERE collection = ?", (collection,)).rowcount
+                self._conn.execute(f"DELETE FROM feedback WHERE query_id IN ({ids})", args)
+                self._conn.execute(f"DELETE FROM fetches WHERE query_id IN ({ids})", args)
+                gone = self._conn.execute(f"DELETE FROM queries WHERE {where}", args).rowcount
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
