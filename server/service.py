@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -30,8 +31,36 @@ class SearchResponse:
     logged: bool
 
 
+# What rift writes into a data dir (SQLite adds -wal / -shm / -journal beside its files).
+_OWN_ENTRIES = ("chroma", "models", "state.sqlite", "querylog.sqlite", "rift.lock", "rift.pid", "writer-id")
+
+
+def foreign_entry(data_dir: Path) -> str | None:
+    """The name of an entry that shows `data_dir` is not (and was never made into) rift's data folder: a
+    folder of notes given by mistake, which rift must not write its store into. None when it is rift's,
+    empty, or missing. A folder with rift's state database is rift's whatever else it holds."""
+    try:
+        if not data_dir.is_dir() or (data_dir / "state.sqlite").exists():
+            return None
+        for entry in sorted(data_dir.iterdir()):
+            name = entry.name
+            for suffix in ("-wal", "-shm", "-journal"):
+                name = name.removesuffix(suffix)
+            if name not in _OWN_ENTRIES:
+                return entry.name
+    except OSError:  # unreadable: opening it names the problem
+        return None
+    return None
+
+
 class DataDirLock:
     def __init__(self, settings: Settings) -> None:
+        foreign = foreign_entry(settings.data_dir)
+        if foreign is not None:
+            raise RiftError(
+                f"data_dir {settings.data_dir} holds files that are not rift's (such as {foreign}) and no rift "
+                "store; rift will not write one into it. Point --data-dir / RIFT_DATA_DIR at a new or empty folder"
+            )
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

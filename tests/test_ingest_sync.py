@@ -272,6 +272,10 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
     for command in (["stats"], ["models"]):
         result = runner.invoke(main, [*command, "--data-dir", str(notes)])
         assert result.exit_code != 0 and "no rift data folder" in result.output, (command, result.output)
+    # Nor by the commands that create a store: only a new or empty folder becomes one.
+    for command in (["add", str(docs / "guide.md")], ["watch", str(docs)]):
+        result = runner.invoke(main, [*command, "--data-dir", str(notes)])
+        assert result.exit_code != 0 and "holds files that are not rift's (such as a.md)" in result.output
     assert [p.name for p in notes.iterdir()] == ["a.md"]
 
 
