@@ -132,8 +132,9 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------------------
     model: str = Field(
         DEFAULT_MODEL,
-        description="sentence-transformers model: a hub name (needs the hub or its cache) or a local folder. "
-        "The default is the packaged all-MiniLM-L6-v2 and works offline.",
+        description="sentence-transformers model: a hub name (needs the hub or its cache) or a local folder "
+        "(named by its absolute path, however written). The default is the packaged all-MiniLM-L6-v2 and works "
+        "offline.",
     )
     query_prompt: str | None = Field(
         None,
@@ -297,6 +298,18 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _model_folder(cls, value: str) -> str:
+        # A local folder is named by its absolute path, so "m", "./m/" and "/home/me/m" are one model (the
+        # name labels the stored vectors) wherever rift is started from. Hub names stay as written.
+        from server.engine.models import PACKAGED_ALIASES
+
+        folder = Path(value.strip()).expanduser()
+        if value.strip().lower() in PACKAGED_ALIASES or not value.strip() or not folder.is_dir():
+            return value
+        return str(folder.resolve())
 
     @field_validator("gate_eval_data", mode="after")
     @classmethod

@@ -149,6 +149,7 @@ class Rift:
             self.log = QueryLog(s.log_db)
             state = StateStore(s.state_db)
             try:
+                self._adopt_stored_spelling(state)
                 if not self._reembed:
                     self._refuse_another_model(state)
                 embedder = self._serving_embedder(Embedder, resolve_model)
@@ -174,6 +175,33 @@ class Rift:
             self._error = exc
         finally:
             self._ready.set()
+
+    def _adopt_stored_spelling(self, state: Any) -> None:
+        """Stores made before model folders were named by their absolute path may know the configured folder
+        by another name ("tiny/model", "./m/"): the same folder is the same model, so the stored name is used
+        instead of re-embedding every collection (and retiring a serving fine-tune) over a spelling. (A
+        relative name that resolves elsewhere from this working folder is another model, as before.)"""
+        from server.learning.registry import Registry
+
+        s = self.settings
+        here = Path(s.model)
+        if not here.is_absolute() or not here.is_dir():
+            return
+        registry = Registry(s.models_dir)
+        names: set[str] = set()
+        for record in state.collections():
+            entry = registry.get(record.model_version)
+            names.add(entry.base_model if entry is not None else record.model_version)
+        for name in sorted(names - {s.model}):
+            folder = Path(name).expanduser()
+            try:
+                same = folder.is_dir() and folder.resolve() == here
+            except OSError:
+                continue
+            if same:
+                log.info("model %s is the folder this store knows as %r; keeping that name", s.model, name)
+                s.model = name
+                return
 
     def _refuse_another_model(self, state: Any) -> None:
         from server.learning.registry import Registry

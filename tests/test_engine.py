@@ -58,6 +58,32 @@ def test_persistence_across_restart(rift_factory) -> None:
     assert text == LONG and n_chunks > 1
 
 
+def test_one_model_folder_under_another_spelling_is_the_same_model(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tiny_model_path.parent)
+    spelled = [tiny_model_path.name, f"./{tiny_model_path.name}/", f"{tiny_model_path}/", str(tiny_model_path)]
+    # A folder is named by its absolute path, however it is written.
+    assert {make_settings(tmp_path / "d", Path(name)).model for name in spelled} == {str(tiny_model_path)}
+    # A store from before that, which recorded the relative name: other spellings adopt it, re-embed nothing.
+    old = make_settings(tmp_path / "data", tiny_model_path)
+    old.model = tiny_model_path.name
+    first = open_rift(old)
+    first.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    first.close()
+    for name in spelled[1:]:
+        again = open_rift(make_settings(tmp_path / "data", Path(name)))
+        try:
+            assert again.settings.model == tiny_model_path.name
+            assert again.engine().state.collection("default").model_version == tiny_model_path.name
+            assert again.learning.registry.all() == [] or all(
+                v.status != "retired" for v in again.learning.registry.all()
+            )
+            assert ids(again.search("default", "cat mat").outcome.hits) == ["cat"]
+        finally:
+            again.close()
+
+
 def test_upsert_replaces_every_chunk_in_both_indices(rift) -> None:
     (status,) = rift.add_documents("default", docs(("doc", LONG)))
     assert status.status == "added" and status.chunks > 3
