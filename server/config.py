@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,7 +141,10 @@ class Settings(BaseSettings):
         None,
         description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge).",
     )
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'mps', ...")
+    device: str = Field(
+        "auto",
+        description="'auto' (a GPU when torch sees one), 'cpu', 'cuda', 'cuda:1', 'mps', 'xpu', ...",
+    )
     embed_batch_size: int = Field(32, ge=1, le=4096, description="Chunks per encode batch.")
     embed_backend: Literal["torch", "onnx"] = Field(
         "torch",
@@ -298,6 +302,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("device", mode="after")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu|npu|hpu|mtia)(:\d+)?", value):
+            raise ValueError(f"must be 'auto', 'cpu', 'mps', or a GPU such as 'cuda' or 'cuda:1' (got {value!r})")
+        return value
 
     @field_validator("model", mode="after")
     @classmethod

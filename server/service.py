@@ -268,12 +268,14 @@ class Rift:
             embedder = embedder_cls(
                 spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
             )
+        except RiftError:
+            raise  # already names its setting (device, embed_backend)
         except Exception as exc:
             from server.engine.models import describe_load_failure
 
             raise RiftError(
                 f"cannot load the embedding model {s.model!r} (setting `model`, RIFT_MODEL): "
-                + describe_load_failure(s.model, exc)
+                + describe_load_failure(spec.location, exc)
             ) from exc
         registry.serve_base(s.model)  # only once it loaded: a model that cannot load changes nothing
         return embedder

@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from server.cli import settings_table
 from server.config import Settings
 
@@ -57,6 +59,7 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
         ({"vector_weight": 0, "keyword_weight": 0}, "cannot both be 0"),
         ({"vector_weight": math.inf}, "finite"),
         ({"rrf_k": math.nan}, "finite"),
+        ({"device": "bogus"}, "device\n.*must be 'auto', 'cpu', 'mps', or a GPU such as 'cuda'"),
     ):
         with pytest.raises(ValidationError, match=message):
             Settings(**bad)
@@ -128,6 +131,20 @@ def test_a_model_that_cannot_load_is_explained(monkeypatch, tmp_path: Path) -> N
     assert "does not hold a loadable sentence-transformers model" in describe_load_failure(str(tmp_path), error)
     monkeypatch.chdir(tmp_path)
     assert describe_load_failure("./missing", error) == f"no folder at {tmp_path / 'missing'}"
+
+
+def test_a_device_torch_cannot_use_is_named(tmp_path: Path) -> None:
+    import torch
+
+    from server.engine.embedder import check_device
+    from server.errors import RiftError
+
+    assert Settings(device="cuda:1").device == "cuda:1"
+    check_device("auto")
+    check_device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RiftError, match=r"device 'cuda' \(setting `device`, RIFT_DEVICE\): torch .* no CUDA GPU"):
+            check_device("cuda")
 
 
 def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path, caplog) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from server.engine.models import ModelSpec
+from server.errors import RiftError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,27 @@ def embed_options(settings: Any) -> dict[str, Any]:
         "document_backend": getattr(settings, "document_backend", "torch"),
         "onnx_dir": settings.models_dir / "onnx",
     }
+
+
+def check_device(device: str) -> None:
+    """A clear error naming the setting when `device` names hardware torch cannot use here (torch's own says
+    "Torch not compiled with CUDA enabled" from deep inside the model load)."""
+    if device == "auto":
+        return
+    import torch
+
+    kind, _, index = device.partition(":")
+    where = f"device {device!r} (setting `device`, RIFT_DEVICE)"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = " (this torch is a CPU-only build)" if torch.version.cuda is None else ""
+            raise RiftError(
+                f"{where}: torch {torch.__version__} sees no CUDA GPU{build}; use 'auto' or 'cpu'"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise RiftError(f"{where}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise RiftError(f"{where}: Apple's MPS is not available here; use 'auto' or 'cpu'")
 
 
 class Embedder:
@@ -51,6 +73,7 @@ class Embedder:
         self.version = version
         self.batch_size = batch_size
         self._lock = threading.Lock()
+        check_device(device)
         self.model = SentenceTransformer(spec.location, device=None if device == "auto" else device)
         self.model.eval()
         prompts = getattr(self.model, "prompts", None) or {}
