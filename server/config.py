@@ -203,7 +203,9 @@ class Settings(BaseSettings):
     keyword_weight: float = Field(
         1.0, ge=0, allow_inf_nan=False, description="RRF weight of the keyword list."
     )
-    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for.")
+    max_k: int = Field(
+        100, ge=10, le=10_000, description="Largest k a search may ask for (at least 10, the default k)."
+    )
     stemmer_language: str | None = Field(
         "english", description='PyStemmer language; "" or "none" disables stemming.'
     )

@@ -59,6 +59,7 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
         ({"vector_weight": 0, "keyword_weight": 0}, "cannot both be 0"),
         ({"vector_weight": math.inf}, "finite"),
         ({"rrf_k": math.nan}, "finite"),
+        ({"max_k": 5}, "max_k\n.*greater than or equal to 10"),
         ({"device": "bogus"}, "device\n.*must be 'auto', 'cpu', 'mps', or a GPU such as 'cuda'"),
     ):
         with pytest.raises(ValidationError, match=message):
