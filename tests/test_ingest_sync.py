@@ -257,6 +257,12 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
     bulk = runner.invoke(main, ["add", *sorted(str(p) for p in many.iterdir()), "--data-dir", data, "--json"])
     assert bulk.exit_code == 0, bulk.output
     assert '"added": 105' in bulk.output
+    # A missing path past the first group of 100 is named by its own index, before anything is stored.
+    more = [str(p) for p in sorted(many.iterdir())] + [str(many / "missing.md")]
+    typo = runner.invoke(main, ["add", *more, "--collection", "typo", "--data-dir", data])
+    assert typo.exit_code != 0 and f"paths[105] '{many / 'missing.md'}' does not exist" in typo.output
+    listed = runner.invoke(main, ["stats", "--data-dir", data])
+    assert '"typo"' not in listed.output
     # A glob that matches nothing is refused before a watch starts, not logged on every change.
     bad = runner.invoke(main, ["watch", str(docs), "--glob", "[", "--data-dir", data])
     assert bad.exit_code != 0 and "matches nothing" in bad.output

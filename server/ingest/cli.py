@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -61,10 +62,14 @@ def add(
     from server.ingest.security import PathPolicy
     from server.ingest.sync import MAX_PATHS, sync_paths
 
+    if not prune:  # a typo in the 150th path fails before the first 100 are stored (with --prune, a path
+        for i, raw in enumerate(paths):  # that is gone may name a synced folder, which sync decides)
+            if not os.path.lexists(raw):
+                raise click.ClickException(f"paths[{i}] {raw!r} does not exist")
     rift = open_rift(load_settings(data_dir))
+    report: SyncReport | None = None
     try:
         # A shell glob (notes/*.md) can name more paths than one sync call takes: sync them in groups.
-        report: SyncReport | None = None
         for start in range(0, len(paths), MAX_PATHS):
             part = sync_paths(
                 rift.engine(),
@@ -74,6 +79,7 @@ def add(
                 recursive=not no_recursive,
                 glob=list(glob) or None,
                 prune=prune,
+                first_index=start,
             )
             if report is None:
                 report = part
@@ -82,6 +88,8 @@ def add(
         assert report is not None  # click requires at least one path
         _print_report(report, as_json, verbose=False)
     except RiftError as exc:
+        if report is not None:  # the groups before the failing one are stored: say which
+            _print_report(report, as_json, verbose=False)
         raise click.ClickException(str(exc)) from None
     finally:
         rift.close()

@@ -253,8 +253,10 @@ def sync_paths(
     prune: bool = False,
     max_file_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    first_index: int = 0,
 ) -> SyncReport:
-    """Ingest files and folders into `collection` (created if needed); see the module docstring."""
+    """Ingest files and folders into `collection` (created if needed); see the module docstring.
+    `first_index`: where `paths` starts in the caller's list (an error names paths[i] by that list)."""
     check_collection_name(collection)
     if isinstance(paths, str) or not isinstance(paths, Sequence) or not paths:
         raise RiftError("paths must be a non-empty list of files or folders")
@@ -265,11 +267,11 @@ def sync_paths(
     vanished: dict[Path, NotFoundError] = {}  # with prune: a folder (or file) deleted since the last sync
     for i, raw in enumerate(paths):
         try:
-            targets.append(policy.check(raw, f"paths[{i}]"))
+            targets.append(policy.check(raw, f"paths[{first_index + i}]"))
         except NotFoundError as exc:
             if not prune:
                 raise
-            vanished[policy.vanished(raw, f"paths[{i}]")] = exc
+            vanished[policy.vanished(raw, f"paths[{first_index + i}]")] = exc
     targets = list(dict.fromkeys(targets))
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
