@@ -11,7 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from server.config import Settings
+from server.config import Settings, default_config_file
 from server.errors import DataDirLockedError, RiftError
 
 
@@ -40,10 +40,20 @@ def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) 
 
 def settings_error(exc: ValidationError) -> str:
     """One line naming each bad setting and why, never the value it was given (it may be a token)."""
+    import difflib
+
     parts = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
         where = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":  # only a config file can name a key Settings does not have
+            near = difflib.get_close_matches(where, sorted(Settings.model_fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else " (settings are top-level keys, no [tables])"
+            source = default_config_file()
+            parts.append(
+                f"{'config file ' + str(source) if source else 'settings'}: unknown setting {where!r}{hint}"
+            )
+            continue
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 

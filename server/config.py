@@ -74,6 +74,9 @@ class _TomlBesideItsFile(TomlConfigSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
+        for key in ("data_dir", "gate_eval_data", "model"):  # "" means unset, as an empty variable does
+            if isinstance(data.get(key), str) and not data[key].strip():
+                del data[key]
         for key in ("data_dir", "gate_eval_data"):
             if isinstance(data.get(key), str):
                 data[key] = str(self._beside(data[key]))

@@ -111,6 +111,17 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
     assert "setting `model`, RIFT_MODEL" in res.output and f"no folder at {tmp_path / 'no-model'}" in res.output
+    # A config file's misspelt key or [table] is named with the file and the nearest setting.
+    monkeypatch.delenv("RIFT_MODEL")
+    config = tmp_path / "rift.toml"
+    config.write_text('chunk_tokns = 100\nmodel = ""\n[rift]\nx = 1\n')
+    monkeypatch.setenv("RIFT_CONFIG", str(config))
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"config file {config}: unknown setting 'chunk_tokns' (did you mean 'chunk_tokens'?)" in res.output
+    assert "unknown setting 'rift' (settings are top-level keys, no [tables])" in res.output
+    config.write_text('model = ""\n')  # empty means unset, as an empty RIFT_MODEL does
+    assert Settings().model == Settings.model_construct().model
 
 
 def test_a_model_that_cannot_load_is_explained(monkeypatch, tmp_path: Path) -> None:
