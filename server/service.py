@@ -33,6 +33,7 @@ class SearchResponse:
 
 # What rift writes into a data dir (SQLite adds -wal / -shm / -journal beside its files).
 _OWN_ENTRIES = ("chroma", "models", "state.sqlite", "querylog.sqlite", "rift.lock", "rift.pid", "writer-id")
+_DESKTOP_FILES = ("Thumbs.db", "desktop.ini")  # with dotfiles (.DS_Store): what opening a folder leaves
 
 
 def foreign_entry(data_dir: Path) -> str | None:
@@ -46,7 +47,7 @@ def foreign_entry(data_dir: Path) -> str | None:
             name = entry.name
             for suffix in ("-wal", "-shm", "-journal"):
                 name = name.removesuffix(suffix)
-            if name not in _OWN_ENTRIES:
+            if name not in _OWN_ENTRIES and not name.startswith(".") and name not in _DESKTOP_FILES:
                 return entry.name
     except OSError:  # unreadable: opening it names the problem
         return None
