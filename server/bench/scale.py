@@ -30,33 +30,38 @@ MAX_CHARS = 600  # about 150 tokens: one chunk per synthetic document
 
 
 class SyntheticEmbedder:
-    """Looks like the engine's Embedder; documents get base vectors + noise, queries the real model."""
+    """Looks like the engine's Embedder; documents get base vectors + noise, queries the real model. A text
+    always gets the same vector, as from a real model (the engine reuses a stored vector for a text it holds)."""
 
     def __init__(self, inner: Any, base: np.ndarray | None, seed: int = 0, noise: float = 0.35) -> None:
         self._inner = inner
         self._base = base
         self._rng = np.random.default_rng(seed)
         self._noise = noise
-        self.vectors: list[np.ndarray] = []  # every vector handed out, for exact-search recall checks
+        self._by_text: dict[str, np.ndarray] = {}  # every vector handed out, for exact-search recall checks
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def vector_of(self, text: str) -> np.ndarray | None:
+        return self._by_text.get(text)
+
     def encode_documents(
         self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
     ) -> np.ndarray:
-        n, dim = len(texts), self._inner.dimension
+        new = list(dict.fromkeys(t for t in texts if t not in self._by_text))
+        n, dim = len(new), self._inner.dimension
         if self._base is not None and len(self._base):
             picks = self._base[self._rng.integers(0, len(self._base), n)]
             noise = self._rng.standard_normal((n, dim)).astype(np.float32) * (self._noise / np.sqrt(dim))
-            out = picks + noise
+            fresh = picks + noise
         else:
-            out = self._rng.standard_normal((n, dim)).astype(np.float32)
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
-        out = out.astype(np.float32)
-        self.vectors.append(out)
+            fresh = self._rng.standard_normal((n, dim)).astype(np.float32)
+        fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+        self._by_text.update(zip(new, fresh.astype(np.float32), strict=True))
+        out = np.stack([self._by_text[t] for t in texts]) if texts else np.zeros((0, dim), np.float32)
         if progress is not None:
-            progress(n, n)
+            progress(len(texts), len(texts))
         return out
 
 
@@ -90,20 +95,17 @@ def hnsw_recall(
     """Fraction of the exact top-k chunks (brute-force cosine over every stored vector) that Chroma returns."""
     engine = index.engine
     record = engine.state.collection(COLLECTION)
-    # Vectors were handed out in write order: documents (ids are zero-padded write positions), then chunks.
-    rows = sorted(
-        ((r.doc_id, r.chunk_index, r.chunk_id) for r in engine.state.iter_chunks(COLLECTION)),
-        key=lambda t: (t[0], t[1]),
-    )
-    matrix = np.concatenate(embedder.vectors)
-    if len(rows) != len(matrix) or not queries:
+    rows = list(engine.state.iter_chunks(COLLECTION))
+    vectors = [embedder.vector_of(r.text) for r in rows]
+    if not rows or any(v is None for v in vectors) or not queries:
         return float("nan")
+    matrix = np.stack(vectors)
     k = min(k, len(matrix))
     found = 0
     for q in queries:
         vec = embedder.encode_query(q)
         exact = np.argpartition(-(matrix @ vec), k - 1)[:k]
-        want = {rows[i][2] for i in exact}
+        want = {rows[i].chunk_id for i in exact}
         got = {cid for cid, _ in engine.vectors.query(record.chroma_name, vec, k)}
         found += len(want & got)
     return found / (k * len(queries))
