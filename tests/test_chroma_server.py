@@ -429,6 +429,43 @@ def test_a_model_switch_elsewhere_is_refused_not_mixed(pair: tuple[Rift, Rift], 
     assert ids(a.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
 
 
+def test_a_switch_keeps_writes_of_a_process_still_on_the_old_model(
+    pair: tuple[Rift, Rift], tmp_path: Path, monkeypatch
+) -> None:
+    """The switching process catches up on other processes' writes before it switches, and on those a process
+    still on the old model makes before it sees the switch; and it keeps serving."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    b.add_documents("default", docs(("fish", "a blue fish in the sea")))  # a has not looked since
+    other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+    a.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
+    assert ids(a.search("default", "blue fish sea", mode="keyword").outcome.hits) == ["fish"]
+    # b writes before it has seen the switch: to the old vectors.
+    shared = b.engine().shared
+    monkeypatch.setattr(shared, "sync", lambda force=False: False)
+    monkeypatch.setattr(shared, "check_served_here", lambda collection: None)
+    b.add_documents(
+        "default", docs(("eel", "an electric eel in the river"), ("cat", "the cat sleeps on the sofa"))
+    )
+    b.delete_documents("default", ["fish"])
+    monkeypatch.undo()
+    assert ids(a.search("default", "electric eel river", mode="keyword").outcome.hits) == ["eel"]
+    assert ids(a.search("default", "an electric eel in the river", k=1, mode="vector").outcome.hits) == [
+        "eel"
+    ]
+    assert a.engine().get_document("default", "cat")[0] == "the cat sleeps on the sofa"
+    assert ids(a.search("default", "blue fish sea", mode="keyword").outcome.hits) == []
+    state = index_state(a)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    a.add_documents("default", docs(("dog", "a dog on the road")))  # a serves on, reads and writes
+    with pytest.raises(RiftError, match="switched to model"):
+        b.search("default", "cat")
+
+
 def test_document_reads_follow_other_writers(pair: tuple[Rift, Rift]) -> None:
     """get_document, list_documents and stats agree with searches: they catch up with other processes too."""
     from server.ingest.manage import get_document, list_collections, list_documents

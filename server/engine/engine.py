@@ -953,6 +953,8 @@ class Engine:
         a later switch back catches up by the same delta)."""
         target = chroma_name_for(collection, embedder.version)
         with self._write_lock:
+            if self.shared is not None:  # other processes' writes so far are part of what is caught up
+                self.shared.sync(force=True)
             record = self._record(collection)
             if target == record.chroma_name:
                 return target
@@ -974,6 +976,7 @@ class Engine:
             self.state.put_collection(collection, target, embedder.version)
             if self.shared is not None:  # other processes sharing the Chroma server follow the switch
                 self.shared.publish(collection, target, embedder.version)
+                self.shared.switched(collection, old)
             if not keep_old:
                 self.vectors.drop(old)
             self._load_vector_copy(collection)

@@ -95,6 +95,9 @@ class SharedSync:
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
         self._moved: dict[str, str] = {}  # collection -> model another process switched it to (sticky)
+        # Chroma name -> collection, for vectors this process switched a collection away from: a process still
+        # on the old model may write there until it sees the switch, and those writes are caught up here.
+        self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
         # chroma -> (collection, model, doc ids or None for all) of writes whose announcement failed
         self._owed: dict[str, tuple[str, str, list[str] | None]] = {}
         self._stats_lock = threading.Lock()
@@ -399,13 +402,69 @@ class SharedSync:
                 record = engine.state.collection(name)
                 if record is not None:
                     self.refresh(name, record.chroma_name)
+        for chroma in sorted(c for c in changed if c in self._left and c not in records):
+            current = engine.state.collection(self._left[chroma][0])
+            if current is not None and chroma in existing:
+                since = self._left[chroma][1]
+                self._catch_up(current, chroma, self._touched(chroma, changed[chroma]), since)
         for h in fresh:
             current = engine.state.collection(h.collection)
+            if h.chroma in self._left:
+                continue  # the old vectors this process switched from (caught up above), not a new model
             if current is not None and current.chroma_name != h.chroma:
                 # Another process now writes this collection's chunks to another model's vectors (a retrain
                 # or model switch): this one can neither query those nor follow those writes. Until restart.
                 self._moved[h.collection] = h.model
                 log.warning("collection %r is now served by model %r elsewhere", h.collection, h.model)
+
+    def switched(self, collection: str, old_chroma: str) -> None:
+        """This process switched `collection` away from `old_chroma` (under the engine's write lock)."""
+        self._left[old_chroma] = (collection, time.time())
+
+    def _catch_up(self, record: Any, old: str, doc_ids: Sequence[str] | None, switched_at: float) -> None:
+        """Another process, still on the model this one switched from, wrote `doc_ids` (None: unknown, so every
+        document) to the old vectors before it saw the switch: copy each such document's newest version into
+        the serving vectors, embedded by the serving model, unless this process wrote it since (a document
+        deleted there loses only chunks written here before the switch)."""
+        engine = self.engine
+        if doc_ids is None:
+            every = engine.vectors.get(old, engine.vectors.all_ids(old))
+            doc_ids = sorted({str(m["_rift_doc"]) for _, _, m in every if m and "_rift_doc" in m})
+        copied: list[str] = []
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            theirs = _by_doc(engine.vectors.where_ids(old, {"_rift_doc": {"$in": part}}))
+            ours = _by_doc(engine.vectors.where_ids(record.chroma_name, {"_rift_doc": {"$in": part}}))
+            for doc_id in part:
+                their_ts = max((ts for _, ts in theirs.get(doc_id, [])), default=None)
+                our_ts = max((ts for _, ts in ours.get(doc_id, [])), default=None)
+                if their_ts is not None and our_ts is not None and our_ts >= their_ts:
+                    continue  # written here since: the newer version stays
+                if their_ts is None and our_ts is None:
+                    continue
+                keep = [c for c, _ in theirs.get(doc_id, [])]
+                rows = engine.vectors.get(old, keep) if keep else []
+                if rows:
+                    vectors = engine.embedder_for(record).encode_documents([text for _, text, _ in rows])
+                    engine.vectors.upsert(
+                        record.chroma_name,
+                        [c for c, _, _ in rows],
+                        vectors,
+                        [text for _, text, _ in rows],
+                        [meta for _, _, meta in rows],
+                    )
+                gone = [c for c, ts in ours.get(doc_id, []) if c not in keep and (keep or ts < switched_at)]
+                engine.vectors.delete(record.chroma_name, gone)
+                if rows or gone:
+                    copied.append(doc_id)
+        if copied:
+            self.refresh(record.name, record.chroma_name, copied)
+            self.publish(record.name, record.chroma_name, record.model_version, copied)
+            log.warning(
+                "caught up %d document(s) another rift process wrote to collection %r's previous vectors",
+                len(copied),
+                record.name,
+            )
 
     def refresh(self, collection: str, chroma: str, doc_ids: Sequence[str] | None = None) -> None:
         """Repair one collection's state from Chroma (all of it, or `doc_ids`) and apply the change to its live
@@ -445,3 +504,14 @@ class SharedSync:
                 if chunk_id not in keep and isinstance(ts, int | float) and ts <= before:
                     out.add(chunk_id)
         return out
+
+
+def _by_doc(found: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[str, float]]]:
+    """doc id -> [(chunk id, _rift_ts)] of chunks read back from Chroma."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for chunk_id, meta in found:
+        doc = meta.get("_rift_doc") if meta else None
+        ts = meta.get("_rift_ts", 0.0) if meta else 0.0
+        if doc is not None:
+            out.setdefault(str(doc), []).append((chunk_id, float(ts) if isinstance(ts, int | float) else 0.0))
+    return out
