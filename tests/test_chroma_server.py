@@ -620,6 +620,13 @@ def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_
         # ...and says a deleted one is unknown, not Chroma's "Collection [uuid] does not exist"
         with pytest.raises(NotFoundError, match="unknown collection 'notes'"):
             b.search("notes", "python server", mode="vector")
+        # Deleted and created again under the same name: b's vector side looks again instead of failing.
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        b.search("notes", "python server", mode="vector")
+        a.engine().delete_collection("notes")
+        a.add_documents("notes", docs(("n2", "a dog on the road")))
+        b.search("notes", "a dog on the road", mode="vector")
+        assert ids(b.search("notes", "a dog on the road", mode="hybrid").outcome.hits) == ["n2"]
     finally:
         a.close()
         b.close()

@@ -1087,7 +1087,9 @@ class Engine:
                         self.shared.sync(force=True)
                         self.shared.check_served_here(collection)
                     fresh = self._record(collection)
-                    if attempt or fresh.chroma_name == record.chroma_name:
+                    # (Shared: a collection deleted and re-created elsewhere keeps its name; the sync above
+                    # dropped the stale handle, so one more try reaches the new one.)
+                    if attempt or (fresh.chroma_name == record.chroma_name and self.shared is None):
                         raise
                     record, version = fresh, fresh.model_version
             return []  # unreachable: the second attempt returns or raises
