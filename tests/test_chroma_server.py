@@ -466,6 +466,43 @@ def test_a_switch_keeps_writes_of_a_process_still_on_the_old_model(
         b.search("default", "cat")
 
 
+def test_a_write_undone_at_restart_is_undone_for_the_other_processes_too(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    chroma.wipe()
+    settings_a = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(settings_a)
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma)))
+    try:
+        a.add_documents("default", docs(("x", "old text about a dog on the road")))
+        engine = a.engine()
+        record = engine.state.collection("default")
+        version = content_hash("the cat sat on the mat", {}, engine._chunking("default"))
+        rows = engine._chunk_rows([("x", "the cat sat on the mat", {}, version)])
+        old = [c for c in engine.state.chunk_ids("default") if c.startswith("x::")]
+        # a dies between putting a new version into Chroma and committing it ...
+        engine.state.journal_begin(record.chroma_name, [r.chunk_id for r in rows], old)
+        vectors = engine.embedder.encode_documents([r.text for r in rows])
+        engine.vectors.upsert(
+            record.chroma_name,
+            [r.chunk_id for r in rows],
+            vectors,
+            [r.text for r in rows],
+            [r.metadata for r in rows],
+        )
+        a.close()
+        b.engine().shared.refresh("default", record.chroma_name)  # ... b reads Chroma in full meanwhile
+        assert b.engine().get_document("default", "x")[0] == "the cat sat on the mat"
+        a = open_rift(settings_a)  # a's restart undoes the unfinished write, and says so
+        assert a.repair_report["journal"] == 1
+        assert ids(b.search("default", "cat mat", mode="keyword").outcome.hits) == []
+        assert b.engine().get_document("default", "x")[0] == "old text about a dog on the road"
+        assert_same_index(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_document_reads_follow_other_writers(pair: tuple[Rift, Rift]) -> None:
     """get_document, list_documents and stats agree with searches: they catch up with other processes too."""
     from server.ingest.manage import get_document, list_collections, list_documents

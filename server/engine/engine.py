@@ -268,6 +268,7 @@ class Engine:
         }
         with self._write_lock:
             serving = {r.chroma_name: r.name for r in self.state.collections()}
+            settled: dict[str, set[str]] = {}  # Chroma name -> documents whose unfinished write was undone
             for entry in self.state.journal_pending():
                 ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
                 # Chunk ids are content hashes: a later write of the same content made these ids live
@@ -283,6 +284,8 @@ class Engine:
                 self.vectors.delete(entry.chroma_name, ids)
                 self.state.journal_clear(entry.id)
                 report["journal"] += 1
+                if ids:  # chunk ids are "<doc id>::<hash>::<n>"
+                    settled.setdefault(entry.chroma_name, set()).update(i.rsplit("::", 2)[0] for i in ids)
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
@@ -313,6 +316,11 @@ class Engine:
                         report.setdefault("rechunked", {})[record.name] = rechunked
             if self.shared is not None:
                 self.shared.prime()
+                # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
+                for chroma, doc_ids in settled.items():
+                    record = self.state.collection(serving.get(chroma, ""))
+                    if record is not None and record.chroma_name == chroma:
+                        self.shared.publish(record.name, chroma, record.model_version, sorted(doc_ids))
         return report
 
     def _reconcile(self, collection: str, chroma_name: str) -> tuple[int, int]:
