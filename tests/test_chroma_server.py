@@ -344,6 +344,16 @@ def test_tenant_and_database_keep_deployments_apart(
     theirs = chromadb.HttpClient(host=chroma.host, port=chroma.port, database=database)
     assert any(c.name.startswith("rift-default-") for c in theirs.list_collections())
     assert not any(c.name.startswith("rift-default-") for c in chroma.client().list_collections())
+    # A database the server does not have is named at once (the server answered), not waited for.
+    missing = make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_database="nope"))
+    started = time.monotonic()
+    failing = Rift(missing).start(background=True)
+    try:
+        with pytest.raises(RiftError, match=r"refused rift's connection: Database \[nope\] not found"):
+            failing.engine(timeout=120)
+    finally:
+        failing.close()
+    assert time.monotonic() - started < 30
 
 
 def test_following_a_write_costs_its_size_not_the_collections(pair: tuple[Rift, Rift], monkeypatch) -> None:

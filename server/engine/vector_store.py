@@ -24,6 +24,7 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
     """Chroma's client: embedded in data_dir, or a Chroma server's, which is waited for up to `wait_s` (a
     server started together with rift may come up second)."""
     import chromadb
+    import chromadb.errors
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
@@ -47,6 +48,11 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
                     database=settings.chroma_database,
                 )
             except Exception as exc:
+                if isinstance(exc, chromadb.errors.ChromaError):  # it answered: waiting will not change that
+                    raise RiftError(
+                        f"the Chroma server at {where} refused rift's connection: {exc} (settings chroma_tenant, "
+                        "chroma_database: both must exist on the server; chroma_auth_token)"
+                    ) from None
                 if time.monotonic() >= deadline:
                     raise RiftError(f"cannot reach the Chroma server at {where}: {exc}") from None
                 log.warning("waiting for the Chroma server at %s: %s", where, exc)
