@@ -314,6 +314,13 @@ class Engine:
                     rechunked = self.rechunk_if_changed(record.name)
                     if rechunked:
                         report.setdefault("rechunked", {})[record.name] = rechunked
+                elif rechunk and self.chunking_changed(record.name):
+                    log.warning(
+                        "collection %r was chunked with other settings (chunk_tokens, chunk_overlap or the model's "
+                        "limit); with a shared Chroma server stored documents are not re-chunked at start-up (every "
+                        "process would): re-add them (add_documents or `rift add` rewrites each with these settings)",
+                        record.name,
+                    )
             if self.shared is not None:
                 self.shared.prime()
                 # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
