@@ -359,6 +359,7 @@ def test_tenant_and_database_keep_deployments_apart(
 def test_following_a_write_costs_its_size_not_the_collections(pair: tuple[Rift, Rift], monkeypatch) -> None:
     a, b = pair
     a.add_documents("default", docs(*((f"d{i}", f"the cat {i} sat on the mat") for i in range(30))))
+    a.add_documents("notes", docs(("n0", "python code")))
     b.engine().shared.sync(force=True)
     full = b.engine().shared.stats["full_repairs"]
 
@@ -371,6 +372,13 @@ def test_following_a_write_costs_its_size_not_the_collections(pair: tuple[Rift, 
     assert ids(b.search("default", "fish sea", mode="keyword").outcome.hits) == ["fish"]
     assert ids(b.search("default", "snow", mode="keyword").outcome.hits) == ["d3"]
     assert "d4" not in ids(b.search("default", "the cat 4 sat on the mat", k=30, mode="vector").outcome.hits)
+    assert b.engine().shared.stats["full_repairs"] == full
+    # Nor when a also writes another collection in between: sequence numbers run per collection.
+    for i in range(3):
+        a.add_documents("default", docs((f"y{i}", "a dog on the road")))
+        a.add_documents("notes", docs((f"m{i}", f"snow on mountain {i}")))
+        b.engine().shared.sync(force=True)
+    assert ids(b.search("notes", "snow mountain 2", k=1, mode="keyword").outcome.hits) == ["m2"]
     assert b.engine().shared.stats["full_repairs"] == full
     monkeypatch.undo()
     assert_same_index(a, b)

@@ -592,6 +592,8 @@ class Engine:
             self._keyword[collection] = KeywordIndex()
             self._load_vector_copy(collection)
             if self.shared is not None:
+                # (No change record: a reader repairs it in full, which also drops a stale handle to a collection
+                # deleted and created again under this name; it is empty, so that costs nothing.)
                 self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
 
@@ -1106,6 +1108,8 @@ class Engine:
                     # dropped the stale handle, so one more try reaches the new one.)
                     if attempt or (fresh.chroma_name == record.chroma_name and self.shared is None):
                         raise
+                    if fresh.chroma_name == record.chroma_name:
+                        self.vectors.forget(record.chroma_name)  # a stale handle to a re-created collection
                     record, version = fresh, fresh.model_version
             return []  # unreachable: the second attempt returns or raises
 

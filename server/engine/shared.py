@@ -91,7 +91,10 @@ class SharedSync:
         client = engine.vectors.client
         self._heads = client.get_or_create_collection(HEADS, embedding_function=None)
         self._changes = client.get_or_create_collection(CHANGES, embedding_function=None)
-        self._seq = 0
+        # Sequence numbers run per Chroma collection, so a reader following one collection sees every number
+        # in its change records (one writer's writes to another collection are not a gap there).
+        self._seqs: dict[str, int] = {}
+        self._announced = 0
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
         self._moved: dict[str, str] = {}  # collection -> model another process switched it to (sticky)
@@ -154,28 +157,38 @@ class SharedSync:
                 self.publish(collection, chroma, model, docs)
 
     def _announce(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None) -> None:
-        self._seq += 1
+        seq = self._seqs.get(chroma, 0) + 1
+        self._seqs[chroma] = seq
+        self._announced += 1
         now = time.time()
-        change = {"writer": self.writer, "epoch": self.epoch, "seq": self._seq, "chroma": chroma, "ts": now}
+        change = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
         if doc_ids is not None:
             self._changes.upsert(
-                ids=[f"{self.writer}:{self.epoch}:{self._seq}"],
+                ids=[f"{self.writer}:{self.epoch}:{chroma}:{seq}"],
                 embeddings=[[1.0]],
                 metadatas=[change],
                 documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
             )
-        head = Head(self.writer, self.epoch, self._seq, collection, chroma, model, self._weights(model), now)
+        head = Head(self.writer, self.epoch, seq, collection, chroma, model, self._weights(model), now)
         head_id = f"{self.writer}/{chroma}"
         self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[head.__dict__])
         self._seen = {**self._seen, head_id: head}  # copy on write: searches compare against it unlocked
-        if self._seq % PRUNE_EVERY == 0:
+        if self._announced % PRUNE_EVERY == 0:
             self._prune()
 
     def _prune(self) -> None:
         try:
-            self._changes.delete(
-                where={"$and": [{"writer": self.writer}, {"seq": {"$lt": self._seq - KEEP_CHANGES}}]}
-            )
+            for chroma, seq in self._seqs.items():
+                if seq > KEEP_CHANGES:
+                    self._changes.delete(
+                        where={
+                            "$and": [
+                                {"writer": self.writer},
+                                {"chroma": chroma},
+                                {"seq": {"$lt": seq - KEEP_CHANGES}},
+                            ]
+                        }
+                    )
             self._changes.delete(where={"$and": [{"writer": self.writer}, {"epoch": {"$ne": self.epoch}}]})
         except Exception:  # housekeeping only
             log.debug("pruning change records failed", exc_info=True)
