@@ -4,6 +4,7 @@ roll-forward), and a lost or damaged state database is rebuilt from Chroma's sto
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,8 @@ import pytest
 
 from server.config import Settings
 from server.engine.state_store import StateStore
+from server.errors import RiftError
+from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_rows
 
 OLD = " ".join(f"Line {i}: the old river report mentions gravel and sand." for i in range(12))
@@ -178,21 +181,35 @@ def test_deleted_state_database_is_rebuilt_from_chroma(cfg: Settings, layout: st
         app.close()
 
 
-def test_chunks_missing_from_chroma_are_dropped_from_the_keyword_side(cfg: Settings) -> None:
+def test_chunks_chroma_lost_are_embedded_again_from_the_stored_text(cfg: Settings) -> None:
+    """Alone on its store, rift deletes a chunk from Chroma only after committing its removal: a committed
+    chunk Chroma lacks was lost there (a removed `chroma` folder), and the document's text is still in
+    rift's state. It is embedded again, never dropped; a command that only reads says so instead."""
     seed(cfg)
     app = open_rift(cfg)
     engine = app.engine()
     record = engine.state.collection("default")
+    before = index_state(app)
     gone = sorted(c for c in engine.vectors.all_ids(record.chroma_name) if c.startswith("other::"))
     engine.vectors.delete(record.chroma_name, gone)  # Chroma lost them behind rift's back
     app.close()
 
+    with pytest.raises(RiftError, match=r"Chroma has lost \d+ chunks \(1 documents\) of collection 'default'"):
+        Rift(cfg).start(background=False, reembed=False)
     app = open_rift(cfg)
     try:
-        assert app.repair_report["removed_missing"] == len(gone)
-        assert not consistent(index_state(app)) & set(gone)
-        assert app.search("default", "fish sea", mode="keyword").outcome.hits == []
-        assert app.stats("default")["collections"][0]["documents"] == 1  # the orphaned document went too
+        assert app.repair_report["restored_to_chroma"] == {"default": len(gone)}
+        assert app.repair_report["removed_missing"] == 0
+        assert index_state(app) == before and consistent(before)
+        assert [h.doc_id for h in app.search("default", "fish sea", mode="keyword").outcome.hits][:1] == ["other"]
+        assert app.stats("default")["collections"][0]["documents"] == 2
+    finally:
+        app.close()
+    # The whole Chroma folder gone: every document comes back from rift's state.
+    shutil.rmtree(cfg.chroma_dir)
+    app = open_rift(cfg)
+    try:
+        assert index_state(app) == before and app.stats("default")["collections"][0]["documents"] == 2
     finally:
         app.close()
 

@@ -246,6 +246,7 @@ class Engine:
         self._keyword: dict[str, KeywordIndex] = {}
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
+        self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -295,7 +296,9 @@ class Engine:
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # refused until restarted on the model serving it
                     continue
-                added, removed = self._reconcile(record.name, record.chroma_name)
+                added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
+                if record.name in self._restored:
+                    report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
@@ -330,12 +333,55 @@ class Engine:
                         self.shared.publish(record.name, chroma, record.model_version, sorted(doc_ids))
         return report
 
-    def _reconcile(self, collection: str, chroma_name: str) -> tuple[int, int]:
+    def _reconcile(self, collection: str, chroma_name: str, repair: bool = True) -> tuple[int, int]:
         """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth), one whole
-        document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped)."""
+        document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped).
+        Alone on its store, first put back into Chroma what it lost (see `_restore_lost_vectors`)."""
         self.vectors.ensure(chroma_name, self.embedder.dimension)
+        if self.shared is None and not self._restore_lost_vectors(collection, chroma_name, repair):
+            return 0, 0
         delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
         return len(delta.added), len(delta.removed)
+
+    def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> bool:
+        """Alone on its store, rift writes Chroma before it commits a chunk and deletes it there only after
+        committing its removal, so a committed chunk Chroma lacks was lost there (a deleted or damaged
+        `chroma` folder), never deleted on purpose: re-embed it from its stored text instead of dropping the
+        document. Returns False when the reconcile must wait (the collection is re-embedded by another model
+        right after, from the same rows). A command that must not repair (`repair` off) refuses instead."""
+        have = set(self.vectors.all_ids(chroma_name))
+        lost = sorted(self.state.chunk_ids(collection) - have)
+        if not lost:
+            return True
+        record = self._record(collection)
+        embedder = self._embedders.get(record.model_version)
+        docs = len({chunk_id.rsplit("::", 2)[0] for chunk_id in lost})
+        if not repair:
+            raise RiftError(
+                f"Chroma has lost {len(lost):,} chunks ({docs:,} documents) of collection {collection!r} that rift's "
+                f"state holds (was {self.settings.chroma_dir} removed or damaged?); this command does not repair "
+                "the store: start `rift serve` or run `rift add` to re-embed them from their stored text"
+            )
+        if embedder is None:
+            return False
+        log.warning(
+            "Chroma has lost %d chunks (%d documents) of collection %r; re-embedding them from rift's stored text",
+            len(lost),
+            docs,
+            collection,
+        )
+        self._restored[collection] = len(lost)
+        for start in range(0, len(lost), 500):
+            rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
+            vectors = embedder.encode_documents([r.text for r in rows])
+            self.vectors.upsert(
+                chroma_name,
+                [r.chunk_id for r in rows],
+                vectors,
+                [r.text for r in rows],
+                [r.metadata for r in rows],
+            )
+        return True
 
     def _chunking(self, collection: str) -> str:
         return self._chunking_of(self.embedder_for(self._record(collection)))
