@@ -313,3 +313,34 @@ def test_a_pending_delete_spares_chunks_a_later_write_made_live_again(cfg: Setti
         assert ids(app.search("default", "gravel sand", mode="keyword").outcome.hits) == ["doc"]
     finally:
         app.close()
+
+
+def test_a_deleted_collection_stays_deleted_when_chroma_fails_to_drop_it(cfg: Settings, monkeypatch) -> None:
+    """The drop is noted in the transaction that forgets the collection, so a crash or a Chroma error
+    before it finishes is finished at the next start: never adopted back as an orphan with its documents."""
+    seed(cfg)
+    app = open_rift(cfg)
+    try:
+        app.add_documents("notes", docs(("n1", "python code on a server")))
+        engine = app.engine()
+        chroma = engine.state.collection("notes").chroma_name
+        # an unfinished write's journal entry on it, which recovery must not use to create it again
+        engine.state.journal_begin(chroma, ["n1::x::0"], [])
+
+        def fails(name):
+            raise RuntimeError("simulated Chroma failure")
+
+        monkeypatch.setattr(engine.vectors._client, "delete_collection", fails)
+        app.delete_collection("notes")
+        monkeypatch.undo()
+        assert engine.collection_names() == ["default"] and engine.state.pending_drops() == [chroma]
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        engine = app.engine()
+        assert engine.collection_names() == ["default"] and app.repair_report["adopted_from_chroma"] == []
+        assert engine.state.pending_drops() == [] and not engine.vectors.exists(chroma)
+        assert app.stats("default")["collections"][0]["documents"] == 2
+    finally:
+        app.close()

@@ -270,7 +270,11 @@ class Engine:
         with self._write_lock:
             serving = {r.chroma_name: r.name for r in self.state.collections()}
             settled: dict[str, set[str]] = {}  # Chroma name -> documents whose unfinished write was undone
+            existing = {name for name, _ in self.vectors.list_collections()}
             for entry in self.state.journal_pending():
+                if entry.chroma_name not in existing:  # dropped since: a delete must not create it again
+                    self.state.journal_clear(entry.id)
+                    continue
                 ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
                 # Chunk ids are content hashes: a later write of the same content made these ids live
                 # again, and Chroma must keep every live chunk.
@@ -289,6 +293,7 @@ class Engine:
                     settled.setdefault(entry.chroma_name, set()).update(i.rsplit("::", 2)[0] for i in ids)
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
+            self._finish_drops()  # of collections deleted before a crash or a Chroma error
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
             report["retokenized"] = self._retokenize_if_changed()
             self._check_configured_weights()
@@ -480,7 +485,7 @@ class Engine:
     def _adopt_chroma_collections(self) -> list[str]:
         """Re-register rift's Chroma collections that the state database does not know (it was deleted or
         lost): Chroma holds every chunk, so `_reconcile` can rebuild the rest from it."""
-        known = {r.chroma_name for r in self.state.collections()}
+        known = {r.chroma_name for r in self.state.collections()} | set(self.state.pending_drops())
         found: dict[str, list[tuple[str, str, int]]] = {}
         for name, meta in self.vectors.list_collections():
             if name in known:
@@ -607,7 +612,15 @@ class Engine:
             record = self._record(collection)
             name = chroma_name_for(collection, model_version)
             if name != record.chroma_name:
-                self.vectors.drop(name)
+                self._drop_quietly(name)
+
+    def _drop_quietly(self, name: str) -> None:
+        """Drop Chroma collection `name` where a failure must not fail the caller's committed work (it stays
+        known to the state, so it is never adopted back as an orphan; a later cleanup retries)."""
+        try:
+            self.vectors.drop(name)
+        except Exception as exc:
+            log.warning("dropping Chroma collection %s failed: %s", name, exc)
 
     # --- collections ---------------------------------------------------------------------------------------
 
@@ -646,8 +659,6 @@ class Engine:
     def delete_collection(self, collection: str) -> None:
         with self._write_lock:
             record = self._record(collection)
-            self.state.delete_collection(collection)
-            self._keyword.pop(collection, None)
             # Every model version's vectors go, not only the serving one: a version kept for rollback would
             # otherwise be adopted back as an orphan at the next start, deleted documents and all.
             names = {record.chroma_name} | {
@@ -655,10 +666,22 @@ class Engine:
                 for name, _meta in self.vectors.list_collections()
                 if (match := CHROMA_NAME.match(name)) is not None and match.group(1) == collection
             }
-            for name in sorted(names):
+            # Noted as to drop in the same transaction that forgets the collection: a crash (or a Chroma error)
+            # before the drops below finish is finished at the next start, never adopted back.
+            self.state.delete_collection(collection, sorted(names))
+            self._keyword.pop(collection, None)
+            self._finish_drops(sorted(names))
+
+    def _finish_drops(self, names: Sequence[str] | None = None) -> None:
+        for name in self.state.pending_drops() if names is None else names:
+            try:
                 self.vectors.drop(name)
-                if self.shared is not None:
-                    self.shared.retire(name)
+            except Exception as exc:
+                log.warning("dropping Chroma collection %s failed (%s); the next start retries", name, exc)
+                continue
+            if self.shared is not None:
+                self.shared.retire(name)
+            self.state.drop_done(name)
 
     def info(self, collection: str) -> CollectionInfo:
         record = self._record(collection)
@@ -999,8 +1022,9 @@ class Engine:
         with self._write_lock:
             if self.state.collection(collection) is None:
                 # Deleted while this ran (the upsert recreated what the delete dropped): never leave vectors
-                # that the next start would adopt as an orphan.
-                self.vectors.drop(target)
+                # that the next start would adopt as an orphan (noted first: a failed drop is retried).
+                self.state.delete_collection(collection, [target])
+                self._finish_drops([target])
                 raise NotFoundError(f"collection {collection!r} was deleted while its vectors were built")
         return target
 
@@ -1041,7 +1065,7 @@ class Engine:
                 self.shared.publish(collection, target, embedder.version)
                 self.shared.switched(collection, old)
             if not keep_old:
-                self.vectors.drop(old)
+                self._drop_quietly(old)
             self._load_vector_copy(collection)
         return target
 

@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 
+_DROP = "dropping:"  # settings key prefix: a deleted collection's Chroma collection still to drop
+
+
 @dataclass(frozen=True)
 class CollectionRecord:
     name: str
@@ -175,12 +178,30 @@ class StateStore:
         assert record is not None
         return record
 
-    def delete_collection(self, name: str) -> None:
+    def delete_collection(self, name: str, drop_chroma: Sequence[str] = ()) -> None:
+        """Forget collection `name`; in the same transaction, note its Chroma collections `drop_chroma` as to
+        be dropped (see `pending_drops`) and drop their unfinished writes' journal entries."""
         with self._transaction():
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+            for chroma in drop_chroma:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?)", (f"{_DROP}{chroma}", name)
+                )
+                self._conn.execute("DELETE FROM journal WHERE chroma_name = ?", (chroma,))
             self._records.pop(name, None)
+
+    def pending_drops(self) -> list[str]:
+        """Chroma collections of deleted collections not yet dropped (a crash, or Chroma failed to drop one)."""
+        return [
+            r[0][len(_DROP) :]
+            for r in self._rows("SELECT key FROM settings WHERE key LIKE ?", (f"{_DROP}%",))
+        ]
+
+    def drop_done(self, chroma: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM settings WHERE key = ?", (f"{_DROP}{chroma}",))
 
     # --- chunks --------------------------------------------------------------------------------------------
 

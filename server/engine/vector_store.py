@@ -131,11 +131,14 @@ class VectorStore:
             self._collections.pop(name, None)
 
     def drop(self, name: str) -> None:
+        """Delete Chroma collection `name`; one already gone is fine, any other failure raises."""
+        import chromadb.errors
+
         with self._lock:
             self._collections.pop(name, None)
             try:
                 self._client.delete_collection(name)
-            except Exception as exc:  # already gone is fine; anything else is logged, not fatal
+            except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
 
     def exists(self, name: str) -> bool:
