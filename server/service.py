@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,20 @@ def foreign_entry(data_dir: Path) -> str | None:
     except OSError:  # unreadable: opening it names the problem
         return None
     return None
+
+
+def _open_query_log(path: Path) -> QueryLog:
+    """The query log, or a new one when the file is damaged: it is learning data, not the documents, and
+    must not keep the server from starting. The damaged file is kept beside it."""
+    try:
+        return QueryLog(path)
+    except sqlite3.DatabaseError as exc:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+        log.warning("the query log %s is damaged (%s); moved it to %s and started a new one", path, exc, aside)
+        return QueryLog(path)
 
 
 class DataDirLock:
@@ -147,8 +162,14 @@ class Rift:
             from server.engine.vector_store import VectorStore, make_client
 
             s = self.settings
-            self.log = QueryLog(s.log_db)
-            state = StateStore(s.state_db)
+            self.log = _open_query_log(s.log_db)
+            try:
+                state = StateStore(s.state_db)
+            except sqlite3.DatabaseError as exc:
+                raise RiftError(
+                    f"rift's state database {s.state_db} is damaged ({exc}); move it aside (keep the copy): the "
+                    "next start rebuilds it from the chunks Chroma holds"
+                ) from None
             try:
                 self._adopt_stored_spelling(state)
                 if not self._reembed:

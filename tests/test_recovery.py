@@ -344,3 +344,25 @@ def test_a_deleted_collection_stays_deleted_when_chroma_fails_to_drop_it(cfg: Se
         assert app.stats("default")["collections"][0]["documents"] == 2
     finally:
         app.close()
+
+
+def test_damaged_files_are_named_and_a_damaged_query_log_is_set_aside(cfg: Settings) -> None:
+    seed(cfg)
+    garbage = bytes(range(256)) * 16
+    cfg.log_db.write_bytes(garbage)  # learning data only: moved aside, the server starts with a new log
+    app = open_rift(cfg)
+    try:
+        assert app.stats("default")["collections"][0]["documents"] == 2
+        assert [p.name for p in cfg.data_dir.glob("querylog.sqlite.damaged-*")]
+    finally:
+        app.close()
+    registry = cfg.models_dir / "registry.json"
+    registry.write_text('{"versions": [')
+    with pytest.raises(RiftError, match=rf"the model registry {registry} is damaged \(JSONDecodeError"):
+        open_rift(cfg)
+    registry.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{cfg.state_db}{suffix}").unlink(missing_ok=True)
+    cfg.state_db.write_bytes(garbage)
+    with pytest.raises(RiftError, match=rf"state database {cfg.state_db} is damaged .*move it aside"):
+        open_rift(cfg)

@@ -58,7 +58,16 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
                 log.warning("waiting for the Chroma server at %s: %s", where, exc)
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    try:
+        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    except Exception as exc:
+        if "malformed" not in str(exc) and "not a database" not in str(exc):
+            raise
+        raise RiftError(
+            f"Chroma's store {settings.chroma_dir} is damaged ({exc}); restore it from a backup, or move the folder "
+            "aside (keep the copy): `rift serve` or `rift add` then embed every document again from the text "
+            "rift's state holds"
+        ) from None
 
 
 HNSW_SEARCH_EF = 400

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from server.errors import RiftError
+
 Status = Literal["serving", "retired", "rejected", "failed"]
 
 
@@ -53,10 +55,17 @@ class Registry:
         self._lock = threading.RLock()
         self._versions: dict[str, ModelVersion] = {}
         if self.path.is_file():
-            raw = json.loads(self.path.read_text())
-            for item in raw.get("versions", []):
-                known = {k: v for k, v in item.items() if k in ModelVersion.__dataclass_fields__}
-                self._versions[known["version"]] = ModelVersion(**known)
+            try:
+                raw = json.loads(self.path.read_text())
+                for item in raw.get("versions", []):
+                    known = {k: v for k, v in item.items() if k in ModelVersion.__dataclass_fields__}
+                    self._versions[known["version"]] = ModelVersion(**known)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise RiftError(
+                    f"the model registry {self.path} is damaged ({type(exc).__name__}: {exc}); restore it, or move "
+                    "it aside to start a new one (rift then serves the configured `model`; fine-tuned weights "
+                    "beside it stay on disk)"
+                ) from None
 
     def _save(self) -> None:
         payload = {"versions": [asdict(v) for v in self._versions.values()]}
