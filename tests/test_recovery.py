@@ -366,3 +366,26 @@ def test_damaged_files_are_named_and_a_damaged_query_log_is_set_aside(cfg: Setti
     cfg.state_db.write_bytes(garbage)
     with pytest.raises(RiftError, match=rf"state database {cfg.state_db} is damaged .*move it aside"):
         open_rift(cfg)
+
+
+def test_a_document_left_without_chunks_is_split_again(cfg: Settings) -> None:
+    """A repair cut short (in an earlier version) could leave a document listed with no chunk: never found,
+    and re-adding it was a no-op. Start-up writes it again from its stored text, and so does a re-add."""
+    seed(cfg)
+    for fix_by_readd in (False, True):
+        app = open_rift(cfg)
+        engine = app.engine()
+        record = engine.state.collection("default")
+        gone = [c for c in engine.state.chunk_ids("default") if c.startswith("other::")]
+        engine.vectors.delete(record.chroma_name, gone)
+        engine.state.apply("default", gone, [])  # the chunks left both stores; the document row stayed
+        if fix_by_readd:
+            (status,) = app.add_documents("default", docs(("other", "a blue fish in the sea")))
+            assert status.status == "updated" and status.chunks == 1
+        app.close()
+        app = open_rift(cfg)
+        try:
+            assert ids(app.search("default", "blue fish sea", mode="keyword").outcome.hits)[:1] == ["other"]
+            assert consistent(index_state(app))
+        finally:
+            app.close()

@@ -307,6 +307,8 @@ class Engine:
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
+                if self.shared is None and rechunk:
+                    self._rechunk_orphans(record.name)
                 if record.model_version != self.embedder.version:
                     log.warning(
                         "collection %r was embedded by %s; the model to serve is %s: re-embedding its %d chunks "
@@ -345,8 +347,28 @@ class Engine:
         self.vectors.ensure(chroma_name, self.embedder.dimension)
         if self.shared is None and not self._restore_lost_vectors(collection, chroma_name, repair):
             return 0, 0
-        delta = reconcile_with_chroma(self.vectors, self.state, self.tokenizer, collection, chroma_name)
+        delta = reconcile_with_chroma(
+            self.vectors,
+            self.state,
+            self.tokenizer,
+            collection,
+            chroma_name,
+            drop_orphans=self.shared is not None,
+        )
         return len(delta.added), len(delta.removed)
+
+    def _rechunk_orphans(self, collection: str) -> None:
+        """Documents stored without any chunk (a repair cut short by a crash, in an earlier version) would be
+        listed but never found, and re-adding them was a no-op: write them again from their stored text."""
+        orphans = self.state.orphan_documents(collection)
+        if not orphans or self._embedders.get(self._record(collection).model_version) is None:
+            return
+        docs = [(d, found[1], found[2]) for d in orphans if (found := self.state.document(collection, d))]
+        log.warning("collection %r: %d documents had no chunks; splitting them again", collection, len(docs))
+        for start in range(0, len(docs), self.settings.max_documents_per_call):
+            self._write_documents(
+                collection, docs[start : start + self.settings.max_documents_per_call], rewrite=True
+            )
 
     def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> bool:
         """Alone on its store, rift writes Chroma before it commits a chunk and deletes it there only after
@@ -743,6 +765,7 @@ class Engine:
         collection: str,
         docs: Sequence[tuple[str, str, dict[str, Any]]],
         progress: Callable[[int, int], None] | None = None,
+        rewrite: bool = False,
     ) -> list[DocumentStatus]:
         """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
         chunking) is skipped."""
@@ -752,7 +775,7 @@ class Engine:
                 self.shared.check_served_here(collection)
             created = self.create_collection(collection)
             try:
-                return self._write_into(collection, docs, progress)
+                return self._write_into(collection, docs, progress, rewrite)
             except BaseException:
                 # A write that made the collection and then failed or was cancelled (before its commit) must
                 # not leave an empty collection behind.
@@ -781,17 +804,22 @@ class Engine:
         collection: str,
         docs: Sequence[tuple[str, str, dict[str, Any]]],
         progress: Callable[[int, int], None] | None,
+        rewrite: bool = False,
     ) -> list[DocumentStatus]:
-        """The body of `_write_documents`, under its write lock, into an existing collection."""
+        """The body of `_write_documents`, under its write lock, into an existing collection. `rewrite`: also
+        the documents whose stored version matches (a repair of documents that lost their chunks)."""
         record = self._record(collection)
         embedder = self.embedder_for(record)
         chunking = self._chunking_of(embedder)
         existing = self.state.doc_hashes(collection, [d for d, _, _ in docs])
+        if existing and not rewrite:  # a stored version without chunks is not "unchanged": it is never found
+            chunked = {c.rsplit("::", 2)[0] for c in self.state.chunk_ids_of_docs(collection, list(existing))}
+            existing = {d: h if d in chunked else "" for d, h in existing.items()}
         statuses: dict[str, DocumentStatus] = {}
         changed: list[tuple[str, str, dict[str, Any], str]] = []
         for doc_id, text, meta in docs:
             doc_hash = content_hash(text, meta, chunking)
-            if existing.get(doc_id) == doc_hash:
+            if existing.get(doc_id) == doc_hash and not rewrite:
                 statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
             else:
                 changed.append((doc_id, text, meta, doc_hash))

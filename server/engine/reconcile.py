@@ -97,9 +97,11 @@ def reconcile_with_chroma(
     chroma_name: str,
     log_level: int = logging.WARNING,
     doc_ids: Sequence[str] | None = None,
+    drop_orphans: bool = True,
 ) -> Delta:
     """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name` (all of it, or only the
-    documents `doc_ids`); return what changed. Following another process's writes is routine, not a repair:
+    documents `doc_ids`); return what changed. `drop_orphans`: forget documents left with no chunk (with a
+    shared Chroma server: another process deleted them). Following another process's writes is routine, not a repair:
     the shared sync passes the documents it wrote and logs at DEBUG."""
     if doc_ids is None:
         in_chroma = set(vectors.all_ids(chroma_name))
@@ -154,9 +156,9 @@ def reconcile_with_chroma(
             len(delta.removed),
         )
         state.apply(collection, delta.removed, delta.added, put_docs=delta.put_docs)
-        if doc_ids is None:
+        if drop_orphans and doc_ids is None:
             delta.removed_docs = state.orphan_documents(collection)
-        else:
+        elif drop_orphans:
             with_chunks = {d for d, _ in state.chunk_keys(collection, doc_ids).values()}
             delta.removed_docs = sorted(state.doc_hashes(collection, doc_ids).keys() - with_chunks)
         if delta.removed_docs:
