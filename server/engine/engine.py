@@ -400,6 +400,12 @@ class Engine:
         self._restored[collection] = len(lost)
         for start in range(0, len(lost), 500):
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
+            self._embed_into(chroma_name, rows, embedder)
+        return True
+
+    def _embed_into(self, chroma_name: str, rows: Sequence[ChunkRow], embedder: Embedder) -> None:
+        """Embed stored chunk rows with `embedder` and put them into Chroma collection `chroma_name`."""
+        if rows:
             vectors = embedder.encode_documents([r.text for r in rows])
             self.vectors.upsert(
                 chroma_name,
@@ -408,7 +414,6 @@ class Engine:
                 [r.text for r in rows],
                 [r.metadata for r in rows],
             )
-        return True
 
     def _chunking(self, collection: str) -> str:
         return self._chunking_of(self.embedder_for(self._record(collection)))
@@ -1075,16 +1080,7 @@ class Engine:
                 return target
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}
             have = set(self.vectors.all_ids(target))
-            late = [current[c] for c in current.keys() - have]
-            if late:
-                vecs = embedder.encode_documents([r.text for r in late])
-                self.vectors.upsert(
-                    target,
-                    [r.chunk_id for r in late],
-                    vecs,
-                    [r.text for r in late],
-                    [r.metadata for r in late],
-                )
+            self._embed_into(target, [current[c] for c in current.keys() - have], embedder)
             self.vectors.delete(target, sorted(have - current.keys()))
             old = record.chroma_name
             self._embedders[embedder.version] = embedder
