@@ -194,14 +194,18 @@ def test_chunks_chroma_lost_are_embedded_again_from_the_stored_text(cfg: Setting
     engine.vectors.delete(record.chroma_name, gone)  # Chroma lost them behind rift's back
     app.close()
 
-    with pytest.raises(RiftError, match=r"Chroma has lost \d+ chunks \(1 documents\) of collection 'default'"):
+    with pytest.raises(
+        RiftError, match=r"Chroma has lost \d+ chunks \(1 documents\) of collection 'default'"
+    ):
         Rift(cfg).start(background=False, reembed=False)
     app = open_rift(cfg)
     try:
         assert app.repair_report["restored_to_chroma"] == {"default": len(gone)}
         assert app.repair_report["removed_missing"] == 0
         assert index_state(app) == before and consistent(before)
-        assert [h.doc_id for h in app.search("default", "fish sea", mode="keyword").outcome.hits][:1] == ["other"]
+        assert [h.doc_id for h in app.search("default", "fish sea", mode="keyword").outcome.hits][:1] == [
+            "other"
+        ]
         assert app.stats("default")["collections"][0]["documents"] == 2
     finally:
         app.close()
@@ -333,15 +337,31 @@ def test_a_deleted_collection_stays_deleted_when_chroma_fails_to_drop_it(cfg: Se
         monkeypatch.setattr(engine.vectors._client, "delete_collection", fails)
         app.delete_collection("notes")
         monkeypatch.undo()
-        assert engine.collection_names() == ["default"] and engine.state.pending_drops() == [chroma]
+        assert engine.collection_names() == ["default"] and list(engine.state.pending_drops()) == [chroma]
     finally:
         app.close()
     app = open_rift(cfg)
     try:
         engine = app.engine()
         assert engine.collection_names() == ["default"] and app.repair_report["adopted_from_chroma"] == []
-        assert engine.state.pending_drops() == [] and not engine.vectors.exists(chroma)
+        assert engine.state.pending_drops() == {} and not engine.vectors.exists(chroma)
         assert app.stats("default")["collections"][0]["documents"] == 2
+        # Made again under the same name after a failed drop: it starts empty, not with the deleted chunks.
+        monkeypatch.setattr(engine.vectors._client, "delete_collection", fails)
+        app.delete_collection("default")
+        monkeypatch.undo()
+        app.add_documents("default", docs(("new", "a brand new document")))
+        assert engine.state.pending_drops() == {}
+        assert (
+            index_state(app)["chroma"] == index_state(app)["sqlite"]
+            and app.stats()["collections"][0]["documents"] == 1
+        )
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        assert ids(app.search("default", "brand new document", mode="keyword").outcome.hits) == ["new"]
+        assert app.stats()["collections"][0]["documents"] == 1
     finally:
         app.close()
 

@@ -668,6 +668,15 @@ class Engine:
             if self.state.collection(collection) is not None:
                 return False
             chroma_name = chroma_name_for(collection, self.embedder.version)
+            if (
+                chroma_name in self.state.pending_drops()
+            ):  # a deleted collection of this name: finish its drop
+                self._finish_drops([chroma_name])
+                if chroma_name in self.state.pending_drops():
+                    raise RiftError(
+                        f"the deleted collection {collection!r} is still in Chroma (dropping it failed; see the log); "
+                        "try again, or restart rift, which retries"
+                    )
             self.vectors.ensure(
                 chroma_name,
                 self.embedder.dimension,
@@ -693,21 +702,40 @@ class Engine:
                 for name, _meta in self.vectors.list_collections()
                 if (match := CHROMA_NAME.match(name)) is not None and match.group(1) == collection
             }
-            # Noted as to drop in the same transaction that forgets the collection: a crash (or a Chroma error)
-            # before the drops below finish is finished at the next start, never adopted back.
-            self.state.delete_collection(collection, sorted(names))
+            if self.shared is not None:
+                # Shared: drop first, so a failure changes nothing (the tool reports it), and the others see
+                # the collection go. A crash before the state forgets it is a collection "deleted elsewhere"
+                # at the next start. (A tombstone here could drop what another process made since.)
+                for name in sorted(names):
+                    self.vectors.drop(name)
+                    self.shared.retire(name)
+                self.state.delete_collection(collection)
+                self._keyword.pop(collection, None)
+                return
+            # Alone: noted as to drop in the transaction that forgets the collection, so a crash (or a Chroma
+            # error) before the drops below finish is finished at the next start, never adopted back.
+            ids = {n: self.vectors.collection_id(n) for n in sorted(names)}
+            self.state.delete_collection(collection, ids)
             self._keyword.pop(collection, None)
             self._finish_drops(sorted(names))
 
     def _finish_drops(self, names: Sequence[str] | None = None) -> None:
-        for name in self.state.pending_drops() if names is None else names:
-            try:
-                self.vectors.drop(name)
-            except Exception as exc:
-                log.warning("dropping Chroma collection %s failed (%s); the next start retries", name, exc)
-                continue
-            if self.shared is not None:
-                self.shared.retire(name)
+        """Drop the Chroma collections of deleted collections (all those pending, or `names`). One made again
+        under the name since (a new collection of the same name, here or in another process sharing the
+        Chroma server) has another id and is left alone."""
+        pending = self.state.pending_drops()
+        for name in pending if names is None else [n for n in names if n in pending]:
+            current = self.vectors.collection_id(name)
+            if current is not None and (pending[name] is None or current == pending[name]):
+                try:
+                    self.vectors.drop(name)
+                except Exception as exc:
+                    log.warning(
+                        "dropping Chroma collection %s failed (%s); the next start retries", name, exc
+                    )
+                    continue
+                if self.shared is not None:
+                    self.shared.retire(name)
             self.state.drop_done(name)
 
     def info(self, collection: str) -> CollectionInfo:
@@ -1056,7 +1084,7 @@ class Engine:
             if self.state.collection(collection) is None:
                 # Deleted while this ran (the upsert recreated what the delete dropped): never leave vectors
                 # that the next start would adopt as an orphan (noted first: a failed drop is retried).
-                self.state.delete_collection(collection, [target])
+                self.state.delete_collection(collection, {target: self.vectors.collection_id(target)})
                 self._finish_drops([target])
                 raise NotFoundError(f"collection {collection!r} was deleted while its vectors were built")
         return target

@@ -440,9 +440,15 @@ class SharedSync:
         the serving vectors, embedded by the serving model, unless this process wrote it since (a document
         deleted there loses only chunks written here before the switch)."""
         engine = self.engine
-        if doc_ids is None:
+        if doc_ids is None:  # every document written there since the switch (the rest was copied by it)
             every = engine.vectors.get(old, engine.vectors.all_ids(old))
-            doc_ids = sorted({str(m["_rift_doc"]) for _, _, m in every if m and "_rift_doc" in m})
+            doc_ids = sorted(
+                {
+                    str(m["_rift_doc"])
+                    for _, _, m in every
+                    if m and "_rift_doc" in m and float(m.get("_rift_ts", 0.0) or 0.0) > switched_at
+                }
+            )
         copied: list[str] = []
         for start in range(0, len(doc_ids), 500):
             part = list(doc_ids[start : start + 500])
@@ -455,7 +461,8 @@ class SharedSync:
                     continue  # written here since: the newer version stays
                 if their_ts is None and our_ts is None:
                     continue
-                keep = [c for c, _ in theirs.get(doc_id, [])]
+                newest = [(c, ts) for c, ts in theirs.get(doc_id, []) if ts == their_ts]  # its newest version
+                keep = [c for c, _ in newest]
                 rows = engine.vectors.get(old, keep) if keep else []
                 if rows:
                     vectors = engine.embedder_for(record).encode_documents([text for _, text, _ in rows])

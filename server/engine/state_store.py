@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,26 +178,33 @@ class StateStore:
         assert record is not None
         return record
 
-    def delete_collection(self, name: str, drop_chroma: Sequence[str] = ()) -> None:
-        """Forget collection `name`; in the same transaction, note its Chroma collections `drop_chroma` as to
-        be dropped (see `pending_drops`) and drop their unfinished writes' journal entries."""
+    def delete_collection(self, name: str, drop_chroma: Mapping[str, str | None] | None = None) -> None:
+        """Forget collection `name`; in the same transaction, note its Chroma collections `drop_chroma` (name ->
+        Chroma's id for it) as to be dropped (see `pending_drops`) and drop their unfinished writes' journal
+        entries."""
         with self._transaction():
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
-            for chroma in drop_chroma:
+            for chroma, chroma_id in (drop_chroma or {}).items():
+                value = json.dumps({"collection": name, "id": chroma_id})
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO settings VALUES (?, ?)", (f"{_DROP}{chroma}", name)
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?)", (f"{_DROP}{chroma}", value)
                 )
                 self._conn.execute("DELETE FROM journal WHERE chroma_name = ?", (chroma,))
             self._records.pop(name, None)
 
-    def pending_drops(self) -> list[str]:
-        """Chroma collections of deleted collections not yet dropped (a crash, or Chroma failed to drop one)."""
-        return [
-            r[0][len(_DROP) :]
-            for r in self._rows("SELECT key FROM settings WHERE key LIKE ?", (f"{_DROP}%",))
-        ]
+    def pending_drops(self) -> dict[str, str | None]:
+        """Chroma collections of deleted collections not yet dropped (a crash, or Chroma failed to drop one):
+        name -> the id Chroma gave it (None if unknown), so one made since under the name is told apart."""
+        out: dict[str, str | None] = {}
+        for key, value in self._rows("SELECT key, value FROM settings WHERE key LIKE ?", (f"{_DROP}%",)):
+            try:
+                chroma_id = json.loads(value).get("id")
+            except (ValueError, AttributeError):
+                chroma_id = None
+            out[key[len(_DROP) :]] = chroma_id if isinstance(chroma_id, str) else None
+        return out
 
     def drop_done(self, chroma: str) -> None:
         with self._lock:

@@ -150,6 +150,16 @@ class VectorStore:
             except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
 
+    def collection_id(self, name: str) -> str | None:
+        """Chroma's id of collection `name` (a collection dropped and made again gets a new one); None if
+        there is none."""
+        import chromadb.errors
+
+        try:
+            return str(self._client.get_collection(name).id)
+        except (chromadb.errors.NotFoundError, ValueError):
+            return None
+
     def exists(self, name: str) -> bool:
         return name in {c.name if hasattr(c, "name") else c for c in self._client.list_collections()}
 
