@@ -214,6 +214,9 @@ def test_chunks_chroma_lost_are_embedded_again_from_the_stored_text(cfg: Setting
     app = open_rift(cfg)
     try:
         assert index_state(app) == before and app.stats("default")["collections"][0]["documents"] == 2
+        # labelled as rift labels its collections, so losing the state database later can still adopt it
+        (meta,) = [m for _, m in app.engine().vectors.list_collections()]
+        assert meta["rift:collection"] == "default"
     finally:
         app.close()
 

@@ -344,7 +344,12 @@ class Engine:
         """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth), one whole
         document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped).
         Alone on its store, first put back into Chroma what it lost (see `_restore_lost_vectors`)."""
-        self.vectors.ensure(chroma_name, self.embedder.dimension)
+        record = self._record(collection)
+        embedder = self._embedders.get(record.model_version, self.embedder)
+        # Labelled as create_collection labels it: made again here (a lost `chroma` folder), it can still be
+        # adopted should the state database be lost later too.
+        labels = {"rift:collection": collection, "rift:model_version": record.model_version}
+        self.vectors.ensure(chroma_name, embedder.dimension, labels)
         if self.shared is None and not self._restore_lost_vectors(collection, chroma_name, repair):
             return 0, 0
         delta = reconcile_with_chroma(
