@@ -216,10 +216,17 @@ def test_only_a_shutdown_keeps_progress_a_cli_interrupt_cancels() -> None:
 
 
 def test_a_shutdown_right_after_start_keeps_the_plan(tmp_path: Path, tiny_model_path: Path) -> None:
-    """The continued job may be stopped again before it trained a step: what it continues from stays."""
+    """The continued job may be stopped again before it trained a step: what it continues from stays (on a
+    slow or busy CPU it may also get a step further, and keeps that)."""
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     plan, _ = _stopped_while_training(settings, at_step=1)
-    checkpoint = latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version))
+
+    def step() -> int:
+        latest = latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version))
+        assert latest is not None
+        return int(Path(latest).name.rsplit("-", 1)[1])
+
+    before = step()
     Rift(settings).start(background=True).close()  # stopped while it loads
     assert [p.version for p in resume.pending(settings.models_dir)] == [plan.version]
-    assert latest_checkpoint(resume.checkpoint_dir(settings.models_dir, plan.version)) == checkpoint
+    assert step() >= before
