@@ -350,8 +350,11 @@ class Engine:
         # adopted should the state database be lost later too.
         labels = {"rift:collection": collection, "rift:model_version": record.model_version}
         self.vectors.ensure(chroma_name, embedder.dimension, labels)
-        if self.shared is None and not self._restore_lost_vectors(collection, chroma_name, repair):
-            return 0, 0
+        in_chroma: set[str] | None = None
+        if self.shared is None:
+            in_chroma = self._restore_lost_vectors(collection, chroma_name, repair)
+            if in_chroma is None:
+                return 0, 0
         delta = reconcile_with_chroma(
             self.vectors,
             self.state,
@@ -359,6 +362,7 @@ class Engine:
             collection,
             chroma_name,
             drop_orphans=self.shared is not None,
+            in_chroma=in_chroma,
         )
         return len(delta.added), len(delta.removed)
 
@@ -375,16 +379,17 @@ class Engine:
                 collection, docs[start : start + self.settings.max_documents_per_call], rewrite=True
             )
 
-    def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> bool:
+    def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> set[str] | None:
         """Alone on its store, rift writes Chroma before it commits a chunk and deletes it there only after
         committing its removal, so a committed chunk Chroma lacks was lost there (a deleted or damaged
         `chroma` folder), never deleted on purpose: re-embed it from its stored text instead of dropping the
-        document. Returns False when the reconcile must wait (the collection is re-embedded by another model
-        right after, from the same rows). A command that must not repair (`repair` off) refuses instead."""
+        document. Returns the chunk ids Chroma then holds, or None when the reconcile must wait (the
+        collection is re-embedded by another model right after, from the same rows). A command that must not
+        repair (`repair` off) refuses instead."""
         have = set(self.vectors.all_ids(chroma_name))
         lost = sorted(self.state.chunk_ids(collection) - have)
         if not lost:
-            return True
+            return have
         record = self._record(collection)
         embedder = self._embedders.get(record.model_version)
         docs = len({chunk_id.rsplit("::", 2)[0] for chunk_id in lost})
@@ -395,7 +400,7 @@ class Engine:
                 "the store: start `rift serve` or run `rift add` to re-embed them from their stored text"
             )
         if embedder is None:
-            return False
+            return None
         log.warning(
             "Chroma has lost %d chunks (%d documents) of collection %r; re-embedding them from rift's stored text",
             len(lost),
@@ -406,19 +411,21 @@ class Engine:
         for start in range(0, len(lost), 500):
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
             self._embed_into(chroma_name, rows, embedder)
-        return True
+        return have | set(lost)
 
     def _embed_into(self, chroma_name: str, rows: Sequence[ChunkRow], embedder: Embedder) -> None:
         """Embed stored chunk rows with `embedder` and put them into Chroma collection `chroma_name`."""
         if rows:
-            vectors = embedder.encode_documents([r.text for r in rows])
-            self.vectors.upsert(
-                chroma_name,
-                [r.chunk_id for r in rows],
-                vectors,
-                [r.text for r in rows],
-                [r.metadata for r in rows],
-            )
+            self._upsert_rows(chroma_name, rows, embedder.encode_documents([r.text for r in rows]))
+
+    def _upsert_rows(self, chroma_name: str, rows: Sequence[ChunkRow], embeddings: Any) -> None:
+        self.vectors.upsert(
+            chroma_name,
+            [r.chunk_id for r in rows],
+            embeddings,
+            [r.text for r in rows],
+            [r.metadata for r in rows],
+        )
 
     def _chunking(self, collection: str) -> str:
         return self._chunking_of(self.embedder_for(self._record(collection)))
@@ -977,13 +984,7 @@ class Engine:
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
             if rows:
-                self.vectors.upsert(
-                    chroma_name,
-                    [r.chunk_id for r in rows],
-                    embeddings,
-                    [r.text for r in rows],
-                    [r.metadata for r in rows],
-                )
+                self._upsert_rows(chroma_name, rows, embeddings)
             self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
         except BaseException:
             # Not committed: undo the Chroma half now rather than at the next start (the journal still

@@ -98,13 +98,15 @@ def reconcile_with_chroma(
     log_level: int = logging.WARNING,
     doc_ids: Sequence[str] | None = None,
     drop_orphans: bool = True,
+    in_chroma: set[str] | None = None,
 ) -> Delta:
     """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name` (all of it, or only the
     documents `doc_ids`); return what changed. `drop_orphans`: forget documents left with no chunk (with a
-    shared Chroma server: another process deleted them). Following another process's writes is routine, not a repair:
+    shared Chroma server: another process deleted them). `in_chroma`: every chunk id Chroma holds, when the
+    caller has just listed them (a full repair only). Following another process's writes is routine, not a repair:
     the shared sync passes the documents it wrote and logs at DEBUG."""
     if doc_ids is None:
-        in_chroma = set(vectors.all_ids(chroma_name))
+        in_chroma = in_chroma if in_chroma is not None else set(vectors.all_ids(chroma_name))
     else:
         in_chroma = set()
         for start in range(0, len(doc_ids), 500):
