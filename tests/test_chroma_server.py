@@ -17,6 +17,7 @@ from mcp import Client
 from server.app import create_server
 from server.config import Settings
 from server.engine.engine import content_hash
+from server.engine.shared import CHANGES, HEADS
 from server.errors import RiftError
 from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
@@ -385,7 +386,7 @@ def test_following_a_write_costs_its_size_not_the_collections(pair: tuple[Rift, 
 
     # A gap in the change records (pruned, or a reader far behind) falls back to a full repair.
     a.add_documents("default", docs(("late", "the late train")))
-    b.engine().shared._changes.delete(where={"writer": a.engine().shared.writer})
+    b.engine().shared._coll(CHANGES).delete(where={"writer": a.engine().shared.writer})
     assert ids(b.search("default", "late train", mode="keyword").outcome.hits) == ["late"]
     assert b.engine().shared.stats["full_repairs"] == full + 1
     assert_same_index(a, b)
@@ -465,7 +466,7 @@ def test_a_switch_keeps_writes_of_a_process_still_on_the_old_model(
     assert ids(a.search("default", "blue fish sea", mode="keyword").outcome.hits) == ["fish"]
     a.delete_documents("default", ["dog"])  # after the switch: the old vectors keep it, it must not come back
     if full:  # b's change records are gone (pruned): a copies what the old vectors got since the switch
-        b.engine().shared._changes.delete(where={"writer": b.engine().shared.writer})
+        b.engine().shared._coll(CHANGES).delete(where={"writer": b.engine().shared.writer})
     # b writes before it has seen the switch: to the old vectors.
     shared = b.engine().shared
     monkeypatch.setattr(shared, "sync", lambda force=False: False)
@@ -562,7 +563,7 @@ def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(
     a, b = pair
     a.add_documents("default", docs(("cat", "the cat sat on the mat")))
     assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]  # b is up to date
-    heads = a.engine().shared._heads
+    heads = a.engine().shared._coll(HEADS)
     real, calls = heads.upsert, []
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -610,6 +611,87 @@ def test_a_restart_follows_deletes_and_switches_made_while_down(
             b.search("default", "cat", mode="keyword")
         assert sorted(name for name, _ in b.engine().vectors.list_collections()) == chroma_before
         assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_new_or_wiped_chroma_server_gets_the_store_uploaded_not_emptied(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """rift pointed at a Chroma server that lacks its collections, with no rift process having deleted them
+    there (a new server, or one whose data was lost), embeds its documents again from their stored text
+    instead of forgetting them as "deleted elsewhere". A collection another process deleted still goes."""
+    chroma.wipe()
+    settings = {n: make_settings(tmp_path / n, tiny_model_path, **http_overrides(chroma)) for n in ("a", "b")}
+    a = open_rift(settings["a"])
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("manual", LONG)))
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        before = index_state(a)
+    finally:
+        a.close()
+    chroma.wipe()  # the server's data is gone (or rift now points at a new server)
+    with pytest.raises(
+        RiftError, match=r"Chroma has lost \d+ chunks \(2 documents\) of collection 'default'"
+    ):
+        Rift(settings["a"]).start(background=False, reembed=False)  # a command that only reads
+    assert not [
+        n
+        for n in chroma.client().list_collections()
+        if str(getattr(n, "name", n)).startswith("rift-default-")
+    ]
+    a = open_rift(settings["a"])
+    b = open_rift(settings["b"])  # a fresh process on the same server sees what a put back
+    try:
+        assert a.repair_report["deleted_elsewhere"] == []
+        assert set(a.repair_report["restored_to_chroma"]) == {"default", "notes"}
+        assert index_state(a) == before
+        for app in (a, b):
+            assert ids(app.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == [
+                "cat"
+            ]
+            assert ids(app.search("notes", "python server", k=1, mode="hybrid").outcome.hits) == ["n1"]
+        b.close()
+        a.engine().delete_collection("notes")  # deleted by a rift process: b drops it too when it restarts
+        b = open_rift(settings["b"])
+        assert b.repair_report["deleted_elsewhere"] == ["notes"]
+        assert b.engine().collection_names() == ["default"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_chroma_server_wiped_while_rift_runs_loses_no_document(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The server loses its data while two processes run: they keep their documents (searches say what
+    happened instead of failing on stale handles), and a restart uploads them again for both."""
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
+    try:
+        a.add_documents(
+            "default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea"))
+        )
+        b.engine().shared.sync(force=True)
+        assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+        chroma.wipe()
+        for app in (a, b):
+            app.engine().shared.sync(force=True)
+            with pytest.raises(RiftError, match="restart"):
+                app.search("default", "the cat sat on the mat", mode="vector")
+            assert app.engine().state.counts("default") == (2, 2)
+        settings = a.settings
+        a.close()
+        a = open_rift(settings)
+        assert a.repair_report["restored_to_chroma"] == {"default": 2}
+        b.engine().shared.sync(force=True)
+        for app in (a, b):
+            assert ids(app.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == [
+                "cat"
+            ]
+        a.add_documents("default", docs(("owl", "an owl hunts at night")))
+        b.engine().shared.sync(force=True)
+        assert ids(b.search("default", "owl night", k=1, mode="hybrid").outcome.hits) == ["owl"]
     finally:
         a.close()
         b.close()

@@ -304,6 +304,9 @@ class Engine:
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
+                    if self.shared is not None:  # the others read it whole again
+                        self.shared.restored(record.name)
+                        self.shared.publish(record.name, record.chroma_name, record.model_version)
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
@@ -345,13 +348,19 @@ class Engine:
         document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped).
         Alone on its store, first put back into Chroma what it lost (see `_restore_lost_vectors`)."""
         record = self._record(collection)
+        lost_on_server = self.shared is not None and self.shared.lost(collection)
+        # Refused before `ensure`: an empty collection left on the server would read as "every document deleted".
+        if lost_on_server and not repair:
+            chunks = self.state.chunk_ids(collection)
+            self._refuse_repair(collection, len(chunks), len({c.rsplit("::", 2)[0] for c in chunks}))
         embedder = self._embedders.get(record.model_version, self.embedder)
         # Labelled as create_collection labels it: made again here (a lost `chroma` folder), it can still be
         # adopted should the state database be lost later too.
         labels = {"rift:collection": collection, "rift:model_version": record.model_version}
         self.vectors.ensure(chroma_name, embedder.dimension, labels)
         in_chroma: set[str] | None = None
-        if self.shared is None:
+        # Alone on its store, or on a Chroma server that lost the collection (no rift process deleted it).
+        if self.shared is None or lost_on_server:
             in_chroma = self._restore_lost_vectors(collection, chroma_name, repair)
             if in_chroma is None:
                 return 0, 0
@@ -394,11 +403,7 @@ class Engine:
         embedder = self._embedders.get(record.model_version)
         docs = len({chunk_id.rsplit("::", 2)[0] for chunk_id in lost})
         if not repair:
-            raise RiftError(
-                f"Chroma has lost {len(lost):,} chunks ({docs:,} documents) of collection {collection!r} that rift's "
-                f"state holds (was {self.settings.chroma_dir} removed or damaged?); this command does not repair "
-                "the store: start `rift serve` or run `rift add` to re-embed them from their stored text"
-            )
+            self._refuse_repair(collection, len(lost), docs)
         if embedder is None:
             return None
         log.warning(
@@ -412,6 +417,18 @@ class Engine:
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
             self._embed_into(chroma_name, rows, embedder)
         return have | set(lost)
+
+    def _refuse_repair(self, collection: str, chunks: int, docs: int) -> None:
+        where = (
+            f"was {self.settings.chroma_dir} removed or damaged?"
+            if self.shared is None
+            else "a new Chroma server, or one whose data was lost?"
+        )
+        raise RiftError(
+            f"Chroma has lost {chunks:,} chunks ({docs:,} documents) of collection {collection!r} that rift's "
+            f"state holds ({where}); this command does not repair the store: start `rift serve` or run "
+            "`rift add` to re-embed them from their stored text"
+        )
 
     def _embed_into(self, chroma_name: str, rows: Sequence[ChunkRow], embedder: Embedder) -> None:
         """Embed stored chunk rows with `embedder` and put them into Chroma collection `chroma_name`."""
@@ -717,7 +734,9 @@ class Engine:
             if self.shared is not None:
                 # Shared: drop first, so a failure changes nothing (the tool reports it), and the others see
                 # the collection go. A crash before the state forgets it is a collection "deleted elsewhere"
-                # at the next start. (A tombstone here could drop what another process made since.)
+                # at the next start. (A tombstone here could drop what another process made since.) Noted on the
+                # server first as deleted by rift, so that no process takes their absence for a lost server.
+                self.shared.deleting(sorted(names))
                 for name in sorted(names):
                     self.vectors.drop(name)
                     self.shared.retire(name)
@@ -740,6 +759,8 @@ class Engine:
             current = self.vectors.collection_id(name)
             if current is not None and (pending[name] is None or current == pending[name]):
                 try:
+                    if self.shared is not None:
+                        self.shared.deleting([name])
                     self.vectors.drop(name)
                 except Exception as exc:
                     log.warning(

@@ -7,6 +7,10 @@ processes tell each other about writes through two small Chroma collections:
   writer's latest sequence number for it. Writers only touch their own records, so concurrent writers never
   clobber each other (Chroma's collection metadata would: ``modify`` replaces it whole, with no compare-and-set).
 - ``rift-changes``: one record per write, ``(writer, epoch, seq, chroma)`` and the document ids it touched.
+- ``rift-deleted``: one record per Chroma collection a rift process deleted, written before the drop and
+  removed when the name is made again. It tells "deleted by rift" (forgotten here too) from "lost by the
+  server" (a new server, or one whose data was lost): those collections are embedded again from rift's own
+  stored text instead of being forgotten, documents and all.
 
 A write lands in Chroma, then its change record, then its head. Before a search (at most every
 ``chroma_sync_ms``) and before every write, a process reads the heads (one small request). For each head that
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 
 HEADS = "rift-heads"
 CHANGES = "rift-changes"
+DELETED = "rift-deleted"
 KEEP_CHANGES = 2000  # change records each writer keeps; a reader further behind repairs in full
 PRUNE_EVERY = 200
 
@@ -88,9 +93,7 @@ class SharedSync:
         self.writer = writer
         self.epoch = uuid.uuid4().hex[:8]  # this process's run: a restart restarts `seq`
         self.interval = interval_ms / 1000.0
-        client = engine.vectors.client
-        self._heads = client.get_or_create_collection(HEADS, embedding_function=None)
-        self._changes = client.get_or_create_collection(CHANGES, embedding_function=None)
+        self._handles: dict[str, Any] = {}
         # Sequence numbers run per Chroma collection, so a reader following one collection sees every number
         # in its change records (one writer's writes to another collection are not a gap there).
         self._seqs: dict[str, int] = {}
@@ -98,6 +101,9 @@ class SharedSync:
         self._seen: dict[str, Head] = {}
         self._checked = float("-inf")
         self._moved: dict[str, str] = {}  # collection -> model another process switched it to (sticky)
+        # Collections whose vectors the server lost (no rift process deleted them): kept, refused until a
+        # restart embeds them again (start-up does so at once), or until another process has put them back.
+        self._lost: set[str] = set()
         # Chroma name -> collection, for vectors this process switched a collection away from: a process still
         # on the old model may write there until it sees the switch, and those writes are caught up here.
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
@@ -112,10 +118,30 @@ class SharedSync:
             "full_repairs": 0,
         }
 
+    # --- the bookkeeping collections -------------------------------------------------------------------------
+
+    def _coll(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self.engine.vectors.client.get_or_create_collection(name, embedding_function=None)
+            self._handles[name] = handle
+        return handle
+
+    def _call(self, name: str, op: str, **kwargs: Any) -> Any:
+        """`op` on bookkeeping collection `name`; a handle the server no longer knows (its data was wiped, or
+        it was replaced) is looked up again, the collection made again if need be, and the call retried."""
+        import chromadb.errors
+
+        try:
+            return getattr(self._coll(name), op)(**kwargs)
+        except (chromadb.errors.NotFoundError, ValueError):
+            self._handles.pop(name, None)
+            return getattr(self._coll(name), op)(**kwargs)
+
     # --- writing: announce what this process wrote ----------------------------------------------------------
 
     def read(self) -> dict[str, Head]:
-        page = self._heads.get(include=["metadatas"])
+        page = self._call(HEADS, "get", include=["metadatas"])
         out = {}
         for head_id, meta in zip(page["ids"], page["metadatas"], strict=True):
             meta = meta or {}
@@ -163,15 +189,19 @@ class SharedSync:
         now = time.time()
         change = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
         if doc_ids is not None:
-            self._changes.upsert(
+            self._call(
+                CHANGES,
+                "upsert",
                 ids=[f"{self.writer}:{self.epoch}:{chroma}:{seq}"],
                 embeddings=[[1.0]],
                 metadatas=[change],
                 documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
             )
+        if doc_ids is None:  # a collection made (again) or switched to: no longer a deleted one
+            self._call(DELETED, "delete", ids=[chroma])
         head = Head(self.writer, self.epoch, seq, collection, chroma, model, self._weights(model), now)
         head_id = f"{self.writer}/{chroma}"
-        self._heads.upsert(ids=[head_id], embeddings=[[1.0]], metadatas=[head.__dict__])
+        self._call(HEADS, "upsert", ids=[head_id], embeddings=[[1.0]], metadatas=[head.__dict__])
         self._seen = {**self._seen, head_id: head}  # copy on write: searches compare against it unlocked
         if self._announced % PRUNE_EVERY == 0:
             self._prune()
@@ -180,30 +210,50 @@ class SharedSync:
         try:
             for chroma, seq in self._seqs.items():
                 if seq > KEEP_CHANGES:
-                    self._changes.delete(
+                    self._call(
+                        CHANGES,
+                        "delete",
                         where={
                             "$and": [
                                 {"writer": self.writer},
                                 {"chroma": chroma},
                                 {"seq": {"$lt": seq - KEEP_CHANGES}},
                             ]
-                        }
+                        },
                     )
-            self._changes.delete(where={"$and": [{"writer": self.writer}, {"epoch": {"$ne": self.epoch}}]})
+            self._call(
+                CHANGES, "delete", where={"$and": [{"writer": self.writer}, {"epoch": {"$ne": self.epoch}}]}
+            )
         except Exception:  # housekeeping only
             log.debug("pruning change records failed", exc_info=True)
 
+    def deleting(self, chromas: Sequence[str]) -> None:
+        """Before this process drops Chroma collections `chromas` (a deleted collection's vectors): note them as
+        deleted by rift, so no process takes their absence for a server that lost them. A failure raises
+        before anything is dropped."""
+        now = time.time()
+        self._call(
+            DELETED,
+            "upsert",
+            ids=list(chromas),
+            embeddings=[[1.0]] * len(chromas),
+            metadatas=[{"writer": self.writer, "ts": now} for _ in chromas],
+        )
+
+    def _deleted_by_rift(self, chroma: str) -> bool:
+        return bool(self._call(DELETED, "get", ids=[chroma], include=[])["ids"])
+
     def retire(self, chroma: str) -> None:
         """A dropped Chroma collection: remove every writer's head and changes for it; the others notice."""
-        self._heads.delete(where={"chroma": chroma})
-        self._changes.delete(where={"chroma": chroma})
+        self._call(HEADS, "delete", where={"chroma": chroma})
+        self._call(CHANGES, "delete", where={"chroma": chroma})
         self._seen = {k: h for k, h in self._seen.items() if h.chroma != chroma}
 
     def gone_while_down(self) -> list[str]:
         """At start-up, before the repair: collections whose vectors left the server while this process was
-        down. With no other vectors announced for one, another process deleted it: it is dropped here too
-        rather than re-created empty. With another process's vectors announced, it was switched to another
-        model (the old vectors dropped): it is refused, as a switch seen while running is."""
+        down. One another process deleted is dropped here too rather than re-created empty; one switched to
+        another model (the old vectors dropped) is refused, as a switch seen while running is; one the server
+        lost is noted (`lost`), and start-up embeds it again from the stored text. Returns the deleted ones."""
         engine = self.engine
         existing = {name for name, _ in engine.vectors.list_collections()}
         heads = self.read()
@@ -280,10 +330,30 @@ class SharedSync:
             self._moved[record.name] = newer[0].model
             log.warning("collection %r was switched to model %r elsewhere", record.name, newer[0].model)
             return "moved"
+        if not self._deleted_by_rift(record.chroma_name):
+            if record.name not in self._lost:
+                log.warning(
+                    "the Chroma server no longer has collection %r's vectors (%s) and no rift process deleted "
+                    "them (a new server, or one whose data was lost); its %d documents are kept, and a start "
+                    "that repairs (`rift serve`, `rift add`) embeds them again from rift's stored text",
+                    record.name,
+                    record.chroma_name,
+                    self.engine.state.counts(record.name)[0],
+                )
+            self._lost.add(record.name)
+            return "lost"
         log.warning("collection %r was deleted by another rift process", record.name)
         self.engine.state.delete_collection(record.name)
         self.engine._keyword.pop(record.name, None)
         return "deleted"
+
+    def lost(self, collection: str) -> bool:
+        """Whether the server lost `collection`'s vectors (see `_vectors_gone`)."""
+        return collection in self._lost
+
+    def restored(self, collection: str) -> None:
+        """`collection`'s vectors are on the server again (embedded anew here, or found there)."""
+        self._lost.discard(collection)
 
     def may_serve(self, record: Any) -> bool:
         """Whether start-up may repair and serve `record` here. Not when another process switched it, nor
@@ -337,6 +407,12 @@ class SharedSync:
                 f"collection {collection!r} was switched to model {self._moved[collection]!r} by another rift "
                 f"process sharing this Chroma server; restart this process to serve that model"
             )
+        if collection in self._lost:
+            raise RiftError(
+                f"the Chroma server no longer has collection {collection!r}'s vectors (its data was lost or "
+                "replaced) and no rift process deleted them; rift keeps the documents: restart it to embed them "
+                "again from their stored text"
+            )
 
     def sync(self, force: bool = False) -> bool:
         """Catch up with other processes' writes; returns whether anything moved. Without `force`, at most
@@ -373,7 +449,9 @@ class SharedSync:
         for before, now in moves:
             if before is None or now is None or before.epoch != now.epoch or now.seq <= before.seq:
                 return None
-            page = self._changes.get(
+            page = self._call(
+                CHANGES,
+                "get",
                 where={
                     "$and": [
                         {"writer": now.writer},
@@ -406,6 +484,10 @@ class SharedSync:
                 engine.vectors.forget(chroma)
                 continue
             docs = self._touched(chroma, changed[chroma])
+            if record.name in self._lost:  # another process put the vectors back: read them whole
+                engine.vectors.forget(chroma)
+                self._lost.discard(record.name)
+                docs = None
             if docs is None:
                 engine.vectors.forget(chroma)  # it may have been dropped and re-created under a new id
             self.refresh(record.name, chroma, docs)
