@@ -211,3 +211,35 @@ def test_a_wrong_gate_eval_data_fails_before_any_training(tmp_path: Path, tiny_m
         assert rift.learning.retrain(dry_run=True)["status"] == "dry_run"  # a dry run reads no labels
     finally:
         rift.close()
+
+
+def test_cli_retrain_says_when_the_gate_kept_the_serving_model(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected candidate is no failure, but no new model either: `rift retrain` exits 3 and says why, so a
+    script's `rift retrain && …` does not read it as a new model."""
+    import functools
+
+    from server.learning import manager
+    from server.learning.cli import REJECTED_EXIT
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+    finally:
+        rift.close()
+    # An impossible gate (stability must exceed 100%) rejects whatever is trained.
+    monkeypatch.setattr(manager, "GateConfig", functools.partial(manager.GateConfig, min_stability=1.01))
+    env = {
+        "RIFT_MODEL": str(tiny_model_path),
+        "RIFT_CHUNK_TOKENS": "48",
+        "RIFT_CHUNK_OVERLAP": "8",
+        "RIFT_LEARN_MIN_TRIPLES": "2",
+    }
+    result = CliRunner().invoke(
+        main, ["retrain", "--batch-size", "4", "--data-dir", str(settings.data_dir)], env=env
+    )
+    assert result.exit_code == REJECTED_EXIT == 3, result.output
+    assert json.loads(result.stdout)["status"] == "rejected"
+    assert "the gate rejected the candidate (" in result.stderr and "serving model is unchanged" in result.stderr

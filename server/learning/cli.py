@@ -14,6 +14,8 @@ import click
 from server.config import LearnStrategy
 from server.errors import RiftError
 
+REJECTED_EXIT = 3  # `rift retrain`: the job ran, the gate kept the serving model
+
 
 def _wait(learning: Any, started: dict[str, Any]) -> dict[str, Any]:
     job_id = started["job_id"]
@@ -39,6 +41,11 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
         emit(result)
         if isinstance(result, dict) and result.get("status") in ("failed", "cancelled"):
             sys.exit(1)
+        if isinstance(result, dict) and result.get("status") == "rejected":
+            # Not a failure, but no new model either: a script's `rift retrain && …` must not read it as one.
+            reason = ((result.get("result") or {}).get("gate") or {}).get("reason") or "see the gate's numbers"
+            click.echo(f"the gate rejected the candidate ({reason}); the serving model is unchanged", err=True)
+            sys.exit(REJECTED_EXIT)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
