@@ -173,6 +173,11 @@ def test_unused_terms_are_pruned_and_old_snapshots_stay_valid(monkeypatch: pytes
         ("दिल्ली की यात्रा", "दिल्ली"),  # vowel signs and viramas stay in the word
         ("bilgisayar ve infor\u00admation", "information"),  # a soft hyphen splits no word
         ("iPhone手机的battery很好", "battery"),
+        ("ฉันชอบเรียนภาษาไทยมาก", "ภาษาไทย"),  # Thai, Lao, Khmer, Myanmar: no spaces between words
+        ("ຂ້ອຍມັກຮຽນພາສາລາວ", "ພາສາລາວ"),
+        ("ខ្ញុំចូលចិត្តភាសាខ្មែរ", "ភាសាខ្មែរ"),
+        ("ကျွန်တော်မြန်မာစာကိုကြိုက်တယ်", "မြန်မာစာ"),
+        ("Pythonภาษาโปรแกรม", "python"),
     ],
 )
 def test_multilingual_words_are_keyword_terms(text: str, query: str) -> None:

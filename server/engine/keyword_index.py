@@ -54,6 +54,13 @@ _CJK = (
 )
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _CJK_RUN = re.compile(f"[{_CJK}]+")
+# Thai, Lao, Khmer and Myanmar are written without spaces between words too, but in alphabets whose letters
+# and vowel or tone marks mean nothing alone: a run becomes its overlapping character bigrams (Lucene segments
+# these with ICU's dictionaries; character bigrams need none and find any word of two characters or more
+# inside a run). A run of one or two characters stays whole.
+_SEA = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
+_SEA_CHAR = re.compile(f"[{_SEA}]")
+_SPACELESS_RUN = re.compile(f"[{_CJK}]+|[{_SEA}]+")
 # A word: letters, combining marks (Indic vowel signs and viramas, Arabic vowel marks, which Python's \w
 # leaves out, splitting such words apart), digits and "_".
 _WORD = regex.compile(r"[\p{L}\p{N}_][\p{L}\p{M}\p{N}_]*")  # a stray mark starts no word
@@ -70,7 +77,7 @@ def _words(text: str) -> list[str]:
     on SciFact and NFCorpus that moved BM25 nDCG@10 by +0.002 each (README "Benchmarks")."""
     text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE)).lower()
     # "İ".lower() is "i" + a combining dot, which would not match a typed "i".
-    text = _CJK_RUN.sub(lambda run: f" {run.group()} ", text.replace("i\u0307", "i"))
+    text = _SPACELESS_RUN.sub(lambda run: f" {run.group()} ", text.replace("i\u0307", "i"))
     return _WORD.findall(text)
 
 
@@ -90,13 +97,28 @@ def _cjk_grams(run: str) -> list[str]:
     return [*run, *(run[i : i + 2] for i in range(len(run) - 1))]
 
 
+def _sea_grams(run: str) -> list[str]:
+    """A Thai, Lao, Khmer or Myanmar run's overlapping bigrams ("ภาษา" -> ภา าษ ษา); a short run stays whole."""
+    return [run] if len(run) <= 2 else [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def _grams(token: str) -> Sequence[str]:
+    if _CJK_CHAR.match(token):
+        return _cjk_grams(token)
+    if _SEA_CHAR.match(token):
+        return _sea_grams(token)
+    return (token,)
+
+
 class KeywordTokenizer:
     """Words (see `_words`) without stopwords, stemmed by PyStemmer through bm25s' own tokenizer; CJK runs then
-    become their characters and bigrams. The stopword list applies to whole words, before a run is split."""
+    become their characters and bigrams, Thai, Lao, Khmer and Myanmar runs their bigrams. The stopword list applies to whole words, before a run is split."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
         # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.
-        self.signature = f"nfkc words1+marks cjk-grams stemmer={stemmer_language} stopwords={stopwords}"
+        self.signature = (
+            f"nfkc words1+marks cjk-grams sea-bigrams stemmer={stemmer_language} stopwords={stopwords}"
+        )
         self._stemmer = None
         if stemmer_language:
             import Stemmer
@@ -123,10 +145,7 @@ class KeywordTokenizer:
             return_ids=False,
             show_progress=False,
         )
-        return [
-            [gram for token in tokens for gram in (_cjk_grams(token) if _CJK_CHAR.match(token) else (token,))]
-            for tokens in tokenized
-        ]
+        return [[gram for token in tokens for gram in _grams(token)] for tokens in tokenized]
 
 
 @dataclass(frozen=True)
