@@ -697,6 +697,144 @@ def test_a_chroma_server_wiped_while_rift_runs_loses_no_document(
         b.close()
 
 
+def test_an_interrupted_re_upload_is_finished_by_the_next_start(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that embeds a lost collection again is cut short (killed, out of memory): the collection it
+    made on the server is partial or empty, and the next start must finish the upload, not read that as
+    "every document deleted". The same when the start was on a new model, re-embedding everything."""
+    from server.engine.engine import Engine
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    settings = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(settings)
+    a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea")))
+    a.close()
+    other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+    for method, config in (
+        ("_embed_into", settings),
+        ("build_vectors", settings.model_copy(update={"model": other})),
+    ):
+        chroma.wipe()
+
+        def killed(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("killed while embedding")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Engine, method, killed)
+            with pytest.raises(RiftError, match="killed"):
+                open_rift(config)
+        a = open_rift(settings)
+        try:
+            assert a.engine().state.counts("default") == (2, 2), (method, a.repair_report)
+            hits = a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits
+            assert ids(hits) == ["cat"]
+        finally:
+            a.close()
+
+
+def test_after_a_wipe_each_process_puts_back_what_only_it_holds(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The first process to put a lost collection back (or to write to it anew) does not decide what the
+    others keep: each adds the chunks the server lacks from its own state instead of reading the
+    collection back without them."""
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
+    c = None
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        b.engine().shared.sync(force=True)
+        a.add_documents("default", docs(("owl", "an owl hunts at night")))  # b has not followed this yet
+        chroma.wipe()
+        settings = b.settings
+        b.close()
+        b = open_rift(settings)  # b restarts first and puts back what it holds: "cat"
+        a.engine().shared.sync(force=True)  # a adds "owl" rather than forgetting it
+        assert a.engine().state.counts("default")[0] == 2
+        b.engine().shared.sync(force=True)
+        assert ids(b.search("default", "owl night", k=1, mode="keyword").outcome.hits) == ["owl"]
+
+        chroma.wipe()  # again; now a process that never had "default" writes to it first
+        c = open_rift(make_settings(tmp_path / "c", tiny_model_path, **http_overrides(chroma)))
+        c.add_documents("default", docs(("ant", "ants carry leaves")))
+        a.engine().shared.sync(force=True)
+        assert a.engine().state.counts("default")[0] == 3
+        c.engine().shared.sync(force=True)
+        assert ids(c.search("default", "the cat sat on the mat", k=1, mode="hybrid").outcome.hits) == ["cat"]
+    finally:
+        for app in (a, b, c):
+            if app is not None:
+                app.close()
+
+
+def test_a_collection_deleted_after_a_model_switch_stays_deleted(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """While b is down, a switches a collection to another model (dropping the vectors b knows) and then
+    deletes it: b forgets it too, rather than taking the missing vectors for a server that lost them."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    settings = {n: make_settings(tmp_path / n, tiny_model_path, **http_overrides(chroma)) for n in ("a", "b")}
+    a, b = open_rift(settings["a"]), open_rift(settings["b"])
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        assert ids(b.search("default", "cat", mode="keyword").outcome.hits) == ["cat"]
+        b.close()
+        other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+        a.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=False)
+        a.engine().delete_collection("default")
+        b = open_rift(settings["b"])
+        assert b.repair_report["deleted_elsewhere"] == ["default"]
+        assert b.engine().collection_names() == [] and not b.repair_report.get("restored_to_chroma")
+        a.engine().shared.sync(force=True)
+        assert a.engine().collection_names() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_lost_collection_serves_again_once_embedded_anew(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """However a lost collection gets whole vectors again (a restart on another model, a reindex while
+    running, a restart when it holds no document), it is served again, and a retrain's rankings on it are
+    refused meanwhile rather than making it empty on the server."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    settings = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+    a = open_rift(settings)
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        a.delete_documents("notes", ["n1"])
+        chroma.wipe()
+        a.engine().shared.sync(force=True)
+        engine = a.engine()
+        with pytest.raises(RiftError, match="restart it"):
+            engine.vector_ranking("default", engine.embedder, "cat", 5)  # what a retrain's gate does
+        engine.reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
+        assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    finally:
+        a.close()
+    chroma.wipe()
+    a = open_rift(settings)  # back on the first model; "notes" holds no document
+    try:
+        assert a.repair_report["reembedded"] == ["default"]
+        assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+        a.add_documents("notes", docs(("n2", "a dog on the road")))
+        assert ids(a.search("notes", "dog road", k=1, mode="hybrid").outcome.hits) == ["n2"]
+    finally:
+        a.close()
+
+
 def test_a_process_restarted_on_the_model_switched_to_elsewhere_serves_it(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

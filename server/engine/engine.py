@@ -304,9 +304,6 @@ class Engine:
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
-                    if self.shared is not None:  # the others read it whole again
-                        self.shared.restored(record.name)
-                        self.shared.publish(record.name, record.chroma_name, record.model_version)
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
@@ -353,6 +350,11 @@ class Engine:
         if lost_on_server and not repair:
             chunks = self.state.chunk_ids(collection)
             self._refuse_repair(collection, len(chunks), len({c.rsplit("::", 2)[0] for c in chunks}))
+        if lost_on_server and record.model_version not in self._embedders:
+            return (
+                0,
+                0,
+            )  # re-embedded by the serving model right after, from the stored rows: nothing to make here
         embedder = self._embedders.get(record.model_version, self.embedder)
         # Labelled as create_collection labels it: made again here (a lost `chroma` folder), it can still be
         # adopted should the state database be lost later too.
@@ -373,6 +375,10 @@ class Engine:
             drop_orphans=self.shared is not None,
             in_chroma=in_chroma,
         )
+        if (
+            lost_on_server
+        ):  # whole again (only now: a start cut short before this puts back the rest next time)
+            self.shared.restored(collection)  # type: ignore[union-attr]
         return len(delta.added), len(delta.removed)
 
     def _rechunk_orphans(self, collection: str) -> None:
@@ -569,6 +575,8 @@ class Engine:
                 level, "state database lacked collection %r: adopting Chroma collection %s", collection, name
             )
             self.state.put_collection(collection, name, version)
+            if self.shared is not None:  # the incarnation this process now serves (see SharedSync._check)
+                self.shared.remember(name)
             adopted.append(collection)
         return adopted
 
@@ -668,14 +676,21 @@ class Engine:
             record = self._record(collection)
             name = chroma_name_for(collection, model_version)
             if name != record.chroma_name:
-                self._drop_quietly(name)
+                self._drop_quietly(name, collection, record.model_version)
 
-    def _drop_quietly(self, name: str) -> None:
-        """Drop Chroma collection `name` where a failure must not fail the caller's committed work (it stays
-        known to the state, so it is never adopted back as an orphan; a later cleanup retries)."""
+    def _drop_quietly(self, name: str, collection: str, serving: str) -> None:
+        """Drop Chroma collection `name`, vectors `collection` no longer serves (it serves model version
+        `serving`), where a failure must not fail the caller's committed work (it stays known to the state, so
+        it is never adopted back as an orphan; a later cleanup retries)."""
+        chroma_id = None
         try:
+            if self.shared is not None:  # retired by rift, not lost by the server (see SharedSync._check)
+                chroma_id = self.vectors.collection_id(name)
+                self.shared.dropping({name: chroma_id}, "retired", collection, serving)
             self.vectors.drop(name)
         except Exception as exc:
+            if self.shared is not None:
+                self.shared.not_dropped(chroma_id)
             log.warning("dropping Chroma collection %s failed: %s", name, exc)
 
     # --- collections ---------------------------------------------------------------------------------------
@@ -718,6 +733,7 @@ class Engine:
             if self.shared is not None:
                 # (No change record: a reader repairs it in full, which also drops a stale handle to a collection
                 # deleted and created again under this name; it is empty, so that costs nothing.)
+                self.shared.remember(chroma_name)
                 self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
 
@@ -735,10 +751,16 @@ class Engine:
                 # Shared: drop first, so a failure changes nothing (the tool reports it), and the others see
                 # the collection go. A crash before the state forgets it is a collection "deleted elsewhere"
                 # at the next start. (A tombstone here could drop what another process made since.) Noted on the
-                # server first as deleted by rift, so that no process takes their absence for a lost server.
-                self.shared.deleting(sorted(names))
+                # server first as dropped by rift, so that no process takes their absence for a lost server.
+                ids = {name: self.vectors.collection_id(name) for name in sorted(names)}
+                self.shared.dropping(ids, "deleted", collection)
                 for name in sorted(names):
-                    self.vectors.drop(name)
+                    try:
+                        self.vectors.drop(name)
+                    except BaseException:
+                        for left in [n for n in sorted(names) if n >= name]:
+                            self.shared.not_dropped(ids[left])
+                        raise
                     self.shared.retire(name)
                 self.state.delete_collection(collection)
                 self._keyword.pop(collection, None)
@@ -760,7 +782,8 @@ class Engine:
             if current is not None and (pending[name] is None or current == pending[name]):
                 try:
                     if self.shared is not None:
-                        self.shared.deleting([name])
+                        match = CHROMA_NAME.match(name)
+                        self.shared.dropping({name: current}, "deleted", match.group(1) if match else name)
                     self.vectors.drop(name)
                 except Exception as exc:
                     log.warning(
@@ -1141,16 +1164,20 @@ class Engine:
             self._embedders[embedder.version] = embedder
             self.state.put_collection(collection, target, embedder.version)
             if self.shared is not None:  # other processes sharing the Chroma server follow the switch
+                self.shared.remember(target)
                 self.shared.publish(collection, target, embedder.version)
                 self.shared.switched(collection, old)
+                self.shared.restored(collection)  # new vectors, whole: a collection the server lost is back
             if not keep_old:
-                self._drop_quietly(old)
+                self._drop_quietly(old, collection, embedder.version)
             self._load_vector_copy(collection)
         return target
 
     def vector_ranking(self, collection: str, embedder: Embedder, query: str, depth: int) -> list[Candidate]:
         """Documents ranked by `embedder`'s vectors for `collection` (built or live), best chunk per document.
         Used to compare a candidate model with the serving one before switching."""
+        if self.shared is not None:  # not from vectors another process switched to, or the server lost
+            self.shared.check_served_here(collection)
         snap = (self._keyword.get(collection) or KeywordIndex()).snapshot
         if not snap.live_count:
             return []

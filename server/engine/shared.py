@@ -7,10 +7,13 @@ processes tell each other about writes through two small Chroma collections:
   writer's latest sequence number for it. Writers only touch their own records, so concurrent writers never
   clobber each other (Chroma's collection metadata would: ``modify`` replaces it whole, with no compare-and-set).
 - ``rift-changes``: one record per write, ``(writer, epoch, seq, chroma)`` and the document ids it touched.
-- ``rift-deleted``: one record per Chroma collection a rift process deleted, written before the drop and
-  removed when the name is made again. It tells "deleted by rift" (forgotten here too) from "lost by the
-  server" (a new server, or one whose data was lost): those collections are embedded again from rift's own
-  stored text instead of being forgotten, documents and all.
+- ``rift-deleted``: one record per Chroma collection a rift process dropped, keyed by the id Chroma gave it
+  (a collection made again under a name gets a new id) and written before the drop, with why: the rift
+  collection was deleted, or these vectors were retired by a model switch. Each process remembers the id of
+  each Chroma collection it serves (in its state database), so it tells "dropped by rift" (deleted: forgotten
+  here too; retired: switched elsewhere) from "lost by the server" (missing, or made again under the name,
+  with no rift process having dropped it: a new or wiped server). A lost collection's documents are never
+  forgotten: this process embeds the chunks the server lacks again from its own stored text.
 
 A write lands in Chroma, then its change record, then its head. Before a search (at most every
 ``chroma_sync_ms``) and before every write, a process reads the heads (one small request). For each head that
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 HEADS = "rift-heads"
 CHANGES = "rift-changes"
 DELETED = "rift-deleted"
+ID_KEY = "chroma_id:"  # state setting: the Chroma id of the collection this process serves under that name
 KEEP_CHANGES = 2000  # change records each writer keeps; a reader further behind repairs in full
 PRUNE_EVERY = 200
 
@@ -197,8 +201,6 @@ class SharedSync:
                 metadatas=[change],
                 documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
             )
-        if doc_ids is None:  # a collection made (again) or switched to: no longer a deleted one
-            self._call(DELETED, "delete", ids=[chroma])
         head = Head(self.writer, self.epoch, seq, collection, chroma, model, self._weights(model), now)
         head_id = f"{self.writer}/{chroma}"
         self._call(HEADS, "upsert", ids=[head_id], embeddings=[[1.0]], metadatas=[head.__dict__])
@@ -227,21 +229,57 @@ class SharedSync:
         except Exception:  # housekeeping only
             log.debug("pruning change records failed", exc_info=True)
 
-    def deleting(self, chromas: Sequence[str]) -> None:
-        """Before this process drops Chroma collections `chromas` (a deleted collection's vectors): note them as
-        deleted by rift, so no process takes their absence for a server that lost them. A failure raises
-        before anything is dropped."""
+    def dropping(self, ids: dict[str, str | None], reason: str, collection: str, model: str = "") -> None:
+        """Before this process drops Chroma collections of `collection` (name -> Chroma's id for it, None when
+        there is none): note each id as dropped by rift and why ("deleted": the collection was deleted;
+        "retired": old vectors after a switch to `model`), so that no process takes its absence for a server
+        that lost it. Raises before anything is dropped."""
+        found = {name: chroma_id for name, chroma_id in ids.items() if chroma_id}
+        if not found:
+            return
         now = time.time()
         self._call(
             DELETED,
             "upsert",
-            ids=list(chromas),
-            embeddings=[[1.0]] * len(chromas),
-            metadatas=[{"writer": self.writer, "ts": now} for _ in chromas],
+            ids=list(found.values()),
+            embeddings=[[1.0]] * len(found),
+            metadatas=[
+                {"chroma": name, "collection": collection, "reason": reason, "model": model, "ts": now}
+                for name in found
+            ],
         )
 
-    def _deleted_by_rift(self, chroma: str) -> bool:
-        return bool(self._call(DELETED, "get", ids=[chroma], include=[])["ids"])
+    def not_dropped(self, chroma_id: str | None) -> None:
+        """A drop noted by `dropping` failed: the collection lives on, so its note goes (best effort)."""
+        if chroma_id:
+            try:
+                self._call(DELETED, "delete", ids=[chroma_id])
+            except Exception:
+                log.warning(
+                    "could not withdraw the drop note of Chroma collection %s", chroma_id, exc_info=True
+                )
+
+    def _drop_note(self, chroma_id: str | None) -> dict[str, Any] | None:
+        if not chroma_id:
+            return None
+        page = self._call(DELETED, "get", ids=[chroma_id], include=["metadatas"])
+        return dict(page["metadatas"][0] or {}) if page["ids"] else None
+
+    def _deleted_since(self, collection: str, since: float) -> bool:
+        """Whether a rift process deleted `collection` at or after `since`."""
+        page = self._call(
+            DELETED,
+            "get",
+            where={"$and": [{"collection": collection}, {"reason": "deleted"}]},
+            include=["metadatas"],
+        )
+        return any(float((m or {}).get("ts", 0.0) or 0.0) >= since for m in page["metadatas"])
+
+    def remember(self, chroma: str, chroma_id: str | None = None) -> None:
+        """Note the Chroma id of collection `chroma` as the one this process serves (looked up if not given)."""
+        chroma_id = chroma_id or self.engine.vectors.collection_id(chroma)
+        if chroma_id:
+            self.engine.state.put_setting(f"{ID_KEY}{chroma}", chroma_id)
 
     def retire(self, chroma: str) -> None:
         """A dropped Chroma collection: remove every writer's head and changes for it; the others notice."""
@@ -250,22 +288,20 @@ class SharedSync:
         self._seen = {k: h for k, h in self._seen.items() if h.chroma != chroma}
 
     def gone_while_down(self) -> list[str]:
-        """At start-up, before the repair: collections whose vectors left the server while this process was
-        down. One another process deleted is dropped here too rather than re-created empty; one switched to
-        another model (the old vectors dropped) is refused, as a switch seen while running is; one the server
-        lost is noted (`lost`), and start-up embeds it again from the stored text. Returns the deleted ones."""
+        """At start-up, before the repair: collections whose vectors left the server, or were made again
+        there, while this process was down. One another process deleted is forgotten here too rather than
+        re-created empty (one made again since under the name is then adopted as new); one switched to another
+        model (the old vectors dropped) is refused, as a switch seen while running is; one the server lost is
+        noted (`lost`), and start-up embeds what the server lacks from the stored text. Returns the deleted
+        ones."""
         engine = self.engine
-        existing = {name for name, _ in engine.vectors.list_collections()}
+        ids = engine.vectors.collection_ids()
         heads = self.read()
         deleted = []
         for record in engine.state.collections():
-            if (
-                self.rejoin(record, heads, existing)
-                or record.chroma_name in existing
-                or record.name in self._moved
-            ):
+            if self.rejoin(record, heads, set(ids)) or record.name in self._moved:
                 continue
-            if self._vectors_gone(record, heads, existing) == "deleted":
+            if self._check(record, heads, ids) == "deleted":
                 deleted.append(record.name)
         return deleted
 
@@ -318,42 +354,75 @@ class SharedSync:
             newest.model,
         )
         self.engine.state.put_collection(record.name, newest.chroma, self.engine.embedder.version)
+        self.remember(newest.chroma)
         self._moved.pop(record.name, None)
         return True
 
-    def _vectors_gone(self, record: Any, heads: dict[str, Head], existing: set[str]) -> str:
-        """`record`'s vectors left the server: another process switched it to other vectors that exist (it is
-        refused here until restart, or served at start-up when this process runs that model) or deleted it
-        (dropped here too). Returns "moved" or "deleted"."""
-        newer = [h for h in heads.values() if h.collection == record.name and h.chroma in existing]
-        if newer:
-            self._moved[record.name] = newer[0].model
-            log.warning("collection %r was switched to model %r elsewhere", record.name, newer[0].model)
+    def _check(self, record: Any, heads: dict[str, Head], ids: dict[str, str]) -> str:
+        """Whether `record`'s Chroma collection is still the one this process serves: "same"; "moved" (another
+        process switched the collection to other vectors: refused here until restart, or served at start-up
+        when this process runs that model); "deleted" (another process deleted it: forgotten here too); or
+        "lost" (missing, or made again under the name, and no rift process dropped it: the server lost it;
+        kept, and marked `lost` until what the server lacks is embedded again). `ids`: name -> Chroma id of
+        every collection on the server."""
+        chroma = record.chroma_name
+        now, known = ids.get(chroma), self.engine.state.setting(f"{ID_KEY}{chroma}")
+        if now is not None and known in (None, now):
+            if known is None:
+                self.remember(chroma, now)
+            return "same"
+        newer = [
+            h
+            for h in heads.values()
+            if h.collection == record.name and h.chroma in ids and h.chroma != chroma
+        ]
+        note = self._drop_note(known)
+        dropped_at = float(note.get("ts", 0.0) or 0.0) if note else 0.0
+        # Deleted: this id was dropped with its collection, or retired by a switch and the collection deleted
+        # since. (Without a note nothing is known of this id: a deletion of an earlier collection of the same
+        # name proves nothing about it.)
+        if note is not None and (
+            note.get("reason") == "deleted" or self._deleted_since(record.name, dropped_at)
+        ):
+            log.warning("collection %r was deleted by another rift process", record.name)
+            self.engine.state.delete_collection(record.name)
+            self.engine._keyword.pop(record.name, None)
+            self._lost.discard(record.name)
+            return "deleted"
+        if now is not None and note is not None:  # retired, then made again by a switch back: rift's own
+            self.remember(chroma, now)
+            return "same"
+        if newer or note is not None:
+            model = newer[0].model if newer else str(note.get("model") or "another model")  # type: ignore[union-attr]
+            self._moved[record.name] = model
+            log.warning("collection %r was switched to model %r elsewhere", record.name, model)
             return "moved"
-        if not self._deleted_by_rift(record.chroma_name):
-            if record.name not in self._lost:
-                log.warning(
-                    "the Chroma server no longer has collection %r's vectors (%s) and no rift process deleted "
-                    "them (a new server, or one whose data was lost); its %d documents are kept, and a start "
-                    "that repairs (`rift serve`, `rift add`) embeds them again from rift's stored text",
-                    record.name,
-                    record.chroma_name,
-                    self.engine.state.counts(record.name)[0],
-                )
-            self._lost.add(record.name)
-            return "lost"
-        log.warning("collection %r was deleted by another rift process", record.name)
-        self.engine.state.delete_collection(record.name)
-        self.engine._keyword.pop(record.name, None)
-        return "deleted"
+        if record.name not in self._lost:
+            log.warning(
+                "the Chroma server %s collection %r's vectors (%s), and no rift process dropped them (a new "
+                "server, or one whose data was lost); its %d documents are kept, and what the server lacks is "
+                "embedded again from rift's stored text",
+                "no longer has" if now is None else "made again",
+                record.name,
+                chroma,
+                self.engine.state.counts(record.name)[0],
+            )
+        self._lost.add(record.name)
+        return "lost"
 
     def lost(self, collection: str) -> bool:
-        """Whether the server lost `collection`'s vectors (see `_vectors_gone`)."""
+        """Whether the server lost `collection`'s vectors (see `_check`)."""
         return collection in self._lost
 
     def restored(self, collection: str) -> None:
-        """`collection`'s vectors are on the server again (embedded anew here, or found there)."""
+        """`collection`'s vectors are whole on the server again (its chunks the server lacked were embedded
+        again here, or it was switched to new vectors): remember their id and tell the others."""
+        record = self.engine.state.collection(collection)
+        if record is None or collection not in self._lost:
+            return
         self._lost.discard(collection)
+        self.remember(record.chroma_name)
+        self.publish(collection, record.chroma_name, record.model_version)
 
     def may_serve(self, record: Any) -> bool:
         """Whether start-up may repair and serve `record` here. Not when another process switched it, nor
@@ -474,22 +543,24 @@ class SharedSync:
     ) -> None:
         engine = self.engine
         records = {r.chroma_name: r for r in engine.state.collections()}
-        existing = {name for name, _ in engine.vectors.list_collections()}
+        ids = engine.vectors.collection_ids()
+        existing = set(ids)
         for chroma in sorted(changed):
             record = records.get(chroma)
             if record is None:
                 continue
-            if chroma not in existing:
-                self._vectors_gone(record, heads, existing)
-                engine.vectors.forget(chroma)
-                continue
-            docs = self._touched(chroma, changed[chroma])
-            if record.name in self._lost:  # another process put the vectors back: read them whole
-                engine.vectors.forget(chroma)
-                self._lost.discard(record.name)
+            docs = None if chroma not in existing else self._touched(chroma, changed[chroma])
+            if docs is None or record.name in self._lost:
+                engine.vectors.forget(chroma)  # it may have been dropped, or made again under a new id
+                verdict = self._check(record, heads, ids)
+                if verdict == "deleted" and chroma in existing:  # deleted, then made again: a new collection
+                    for name in engine._adopt_chroma_collections():
+                        adopted = engine.state.collection(name)
+                        if adopted is not None:
+                            self.refresh(name, adopted.chroma_name)
+                if verdict != "same" and not (verdict == "lost" and self._put_back(record)):
+                    continue
                 docs = None
-            if docs is None:
-                engine.vectors.forget(chroma)  # it may have been dropped and re-created under a new id
             self.refresh(record.name, chroma, docs)
         fresh = [h for c in changed if c not in records for h in heads.values() if h.chroma == c]
         if any(engine.state.collection(h.collection) is None for h in fresh):
@@ -511,6 +582,29 @@ class SharedSync:
                 # or model switch): this one can neither query those nor follow those writes. Until restart.
                 self._moved[h.collection] = h.model
                 log.warning("collection %r is now served by model %r elsewhere", h.collection, h.model)
+
+    def _put_back(self, record: Any) -> bool:
+        """While running: `record`'s collection, lost by the server, is there again (another process made it
+        again): embed the chunks it lacks from this process's stored text, so that reading it back loses
+        nothing, and tell the others. Returns whether it is whole again (not when its model is not loaded
+        here: then it stays refused until a restart re-embeds it)."""
+        engine = self.engine
+        embedder = engine._embedders.get(record.model_version)
+        if embedder is None or record.chroma_name not in engine.vectors.collection_ids():
+            return False
+        have = set(engine.vectors.all_ids(record.chroma_name))
+        missing = sorted(engine.state.chunk_ids(record.name) - have)
+        for start in range(0, len(missing), 500):
+            rows = list(engine.state.chunks_by_id(record.name, missing[start : start + 500]).values())
+            engine._embed_into(record.chroma_name, rows, embedder)
+        if missing:
+            log.warning(
+                "collection %r: put %d chunks back into the Chroma server from rift's stored text",
+                record.name,
+                len(missing),
+            )
+        self.restored(record.name)
+        return True
 
     def switched(self, collection: str, old_chroma: str) -> None:
         """This process switched `collection` away from `old_chroma` (under the engine's write lock)."""

@@ -130,6 +130,14 @@ class VectorStore:
                 out.append((c.name, dict(c.metadata or {})))
         return out
 
+    def collection_ids(self) -> dict[str, str]:
+        """name -> Chroma's id of every collection in the Chroma database (one made again gets a new id)."""
+        out = {}
+        for c in self._client.list_collections():
+            coll = self._client.get_collection(c) if isinstance(c, str) else c
+            out[coll.name] = str(coll.id)
+        return out
+
     @property
     def client(self) -> Any:
         return self._client
