@@ -65,8 +65,14 @@ def _open_query_log(path: Path) -> QueryLog:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
-        log.warning("the query log %s is damaged (%s); moved it to %s and started a new one", path, exc, aside)
+        log.warning(
+            "the query log %s is damaged (%s); moved it to %s and started a new one", path, exc, aside
+        )
         return QueryLog(path)
+
+
+# The job that registers a version of each kind (a version left half-switched names it).
+JOB_OF_KIND = {"fine-tune": "retrain", "reindex": "reindex", "base": "rollback"}
 
 
 class DataDirLock:
@@ -240,6 +246,12 @@ class Rift:
         version, name = next(iter(other.items()))
         entry = registry.get(version)
         lineage = entry.base_model if entry is not None else version
+        if entry is not None and entry.status in ("failed", "rejected"):  # a switch cut short (a kill)
+            raise RiftError(
+                f"collection {name!r} was left on version {version!r} by a {JOB_OF_KIND.get(entry.kind, 'model switch')} "
+                f"that stopped before it finished; the serving version is {would_serve!r}. This command does not "
+                "re-embed the store: start `rift serve`, which re-embeds such collections with the serving version"
+            )
         if lineage == s.model and entry is not None:  # this lineage, but its version cannot serve
             raise RiftError(
                 f"collection {name!r} is embedded with version {version!r}, whose weights at "

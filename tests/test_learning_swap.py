@@ -357,7 +357,9 @@ def test_a_collection_deleted_while_the_gate_runs_is_left_out_of_it(
         rift.close()
 
 
-def test_reindex_to_a_model_that_cannot_load_says_why_and_changes_nothing(tmp_path: Path, tiny_model_path: Path):
+def test_reindex_to_a_model_that_cannot_load_says_why_and_changes_nothing(
+    tmp_path: Path, tiny_model_path: Path
+):
     _, rift = _with_one_document(tmp_path, tiny_model_path)
     try:
         before = rift.learning.registry.serving().version
@@ -431,7 +433,9 @@ def test_dropping_a_version_skips_a_collection_deleted_meanwhile() -> None:
     assert dropped == [("a", "ft-1"), ("b", "ft-1")]
 
 
-def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     """Chunks are cut to fit the serving model; after a switch to one that reads fewer tokens, stored documents
     are split again for it (the swap itself keeps answering with the old chunks)."""
     import json
@@ -457,7 +461,10 @@ def test_a_reindex_to_a_model_with_a_shorter_limit_rechunks_for_it(tmp_path: Pat
         chunks = engine.state.document_chunks("default", "long")
         limit = engine.embedder.max_chunk_tokens(engine.settings.chunk_tokens)
         assert limit < 24 and len(chunks) > before
-        assert all(len(engine.embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= limit for c in chunks)
+        assert all(
+            len(engine.embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= limit
+            for c in chunks
+        )
         assert engine.get_document("default", "long")[0] == text
         assert [h.doc_id for h in rift.search("default", "cat").outcome.hits][:1] == ["doc1"]
     finally:
@@ -496,3 +503,44 @@ def test_a_reindexed_model_keeps_its_own_prompt_and_read_commands_refuse_a_missi
     with pytest.raises(RiftError, match=f"the serving version '{version}' cannot load: no folder at"):
         Rift(settings).start(background=False, reembed=False)
     assert Rift(settings).start(background=False).close() is None  # a server falls back and re-embeds
+
+
+def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reindex stopped after switching the collections but before the registry named its version serving
+    (a kill there): a read-only command says what happened instead of "weights are missing", and a server
+    start re-embeds with the serving version."""
+    from server.errors import RiftError
+    from server.learning.registry import Registry
+    from server.service import Rift
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    real = Registry.update
+
+    def killed(self: Registry, version: str, **changes: object) -> object:
+        if changes.get("status") == "serving":
+            raise RuntimeError("killed")  # stands for the kill: nothing after the switch runs
+        return real(self, version, **changes)
+
+    try:
+        monkeypatch.setattr(Registry, "update", killed)
+        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        rift.learning.jobs.wait(120)
+        version = started["version"]
+        assert rift.engine().state.collection("default").model_version == version
+    finally:
+        monkeypatch.undo()
+        rift.close()
+    with pytest.raises(
+        RiftError, match=f"left on version '{version}' by a reindex that stopped before it finished"
+    ):
+        Rift(settings).start(background=False, reembed=False)
+    again = open_rift(settings)
+    try:
+        assert again.repair_report["reembedded"] == ["default"]
+        assert [
+            h.doc_id for h in again.search("default", "the cat sat on the mat", mode="vector").outcome.hits
+        ] == ["doc1"]
+    finally:
+        again.close()
