@@ -884,6 +884,42 @@ def test_a_process_restarted_on_the_model_switched_to_elsewhere_serves_it(
         b.close()
 
 
+def test_a_process_on_a_copy_of_the_model_in_another_folder_serves_the_shared_collection(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Hosts rarely keep a model folder at the same path: b, configured with a byte-identical copy of a's
+    model, serves and writes a's collection (its vectors are those weights') instead of refusing it as
+    another model's."""
+    import shutil
+
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    copied = shutil.copytree(tiny_model_path, tmp_path / "elsewhere" / "model")
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    b = None
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea")))
+        b = open_rift(make_settings(tmp_path / "b", copied, **http_overrides(chroma)))
+        assert b.repair_report["reembedded"] == []
+        assert ids(b.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+        b.add_documents("default", docs(("owl", "an owl hunts at night")))
+        a.engine().follow_others()
+        assert ids(a.search("default", "owl night", k=1, mode="hybrid").outcome.hits) == ["owl"]
+        assert_same_index(a, b)
+        b.close()
+        # Other weights are another model: refused, named as served elsewhere (not switched), not re-embedded.
+        other = build_tiny_model(tmp_path / "other-model", hidden=48, seed=1)
+        b = open_rift(make_settings(tmp_path / "b", other, **http_overrides(chroma)))
+        with pytest.raises(RiftError, match="is served with model .* by another rift process"):
+            b.search("default", "cat", mode="keyword")
+        assert b.repair_report["reembedded"] == []
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
 def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_failed(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -301,6 +301,7 @@ class Engine:
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # refused until restarted on the model serving it
                     continue
+                record = self.state.collection(record.name) or record  # may_serve may rename its model
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]

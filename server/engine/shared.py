@@ -108,6 +108,7 @@ class SharedSync:
         # Collections whose vectors the server lost (no rift process deleted them): kept, refused until a
         # restart embeds them again (start-up does so at once), or until another process has put them back.
         self._lost: set[str] = set()
+        self._served_elsewhere: set[str] = set()  # ... of `_moved`: made with that model there, not switched
         # Chroma name -> collection, for vectors this process switched a collection away from: a process still
         # on the old model may write there until it sees the switch, and those writes are caught up here.
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
@@ -436,8 +437,21 @@ class SharedSync:
         others = [
             h for h in self.read().values() if h.chroma == record.chroma_name and h.writer != self.writer
         ]
+        mine = model_identity(self.engine.embedder)
+        if mine and any(h.weights == mine for h in others):
+            # The same weights under another name (a copy of the model folder at another path, as on another
+            # host): its vectors are this process's model's, so it serves them under its own name.
+            log.info(
+                "collection %r: its vectors are those of model %r, whose weights this process runs as %r",
+                record.name,
+                record.model_version,
+                self.engine.embedder.version,
+            )
+            self.engine.state.put_collection(record.name, record.chroma_name, self.engine.embedder.version)
+            return True
         if others:
             self._moved[record.name] = record.model_version
+            self._served_elsewhere.add(record.name)
             log.warning(
                 "collection %r is served with model %r by another rift process; this one serves %r: restart "
                 "it with that model to serve the collection",
@@ -471,6 +485,12 @@ class SharedSync:
     def check_served_here(self, collection: str) -> None:
         """Refuse to search or write a collection another process switched to another model: this one can
         neither query those vectors nor write chunks the other would see."""
+        if collection in self._served_elsewhere:
+            raise RiftError(
+                f"collection {collection!r} is served with model {self._moved[collection]!r} by another rift "
+                f"process sharing this Chroma server; restart this process with that model (or a copy of its "
+                f"folder) to serve it"
+            )
         if collection in self._moved:
             raise RiftError(
                 f"collection {collection!r} was switched to model {self._moved[collection]!r} by another rift "
