@@ -1249,13 +1249,14 @@ class Engine:
 
         def vector_side(depth: int = depth) -> list[Candidate]:
             nonlocal record, version
+            idx, view = index, snap
             for attempt in (0, 1):
                 try:
                     t0 = time.perf_counter()
                     embedding = self.embedder_for(record).encode_query(query)
                     t1 = time.perf_counter()
                     timings["embed_ms"] = (t1 - t0) * 1000
-                    exact = index.vector_search(embedding, depth, node, version, self._side, snap)
+                    exact = idx.vector_search(embedding, depth, node, version, self._side, view)
                     if exact is not None:
                         # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
                         found = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
@@ -1263,11 +1264,11 @@ class Engine:
                         found = []
                         # Chroma may hold rows of a write not yet acknowledged: keep them invisible.
                         for chunk_id, score in self.vectors.query(
-                            record.chroma_name, embedding, min(depth, snap.live_count), to_chroma(node)
+                            record.chroma_name, embedding, min(depth, view.live_count), to_chroma(node)
                         ):
-                            at = snap.row_of.get(chunk_id)
-                            if at is not None and snap.alive[at]:
-                                row = snap.rows[at]
+                            at = view.row_of.get(chunk_id)
+                            if at is not None and view.alive[at]:
+                                row = view.rows[at]
                                 found.append(Candidate(row.doc_id, chunk_id, score, row))
                     timings["vector_ms"] = (time.perf_counter() - t1) * 1000
                     return found
@@ -1288,6 +1289,9 @@ class Engine:
                     if fresh.chroma_name == record.chroma_name:
                         self.vectors.forget(record.chroma_name)  # a stale handle to a re-created collection
                     record, version = fresh, fresh.model_version
+                    if self.shared is not None:  # the sync may have read a re-created collection's chunks
+                        idx = self._keyword.get(collection) or KeywordIndex()
+                        view = idx.snapshot
             return []  # unreachable: the second attempt returns or raises
 
         def deepened(found: list[Candidate], side: Callable[[int], list[Candidate]]) -> list[Candidate]:
