@@ -835,6 +835,124 @@ def test_a_lost_collection_serves_again_once_embedded_anew(
         a.close()
 
 
+def rift_collections(chroma: ChromaServer, collection: str) -> list[str]:
+    names = (str(getattr(c, "name", c)) for c in chroma.client().list_collections())
+    return sorted(n for n in names if n.startswith(f"rift-{collection}-"))
+
+
+def test_deletions_win_over_putting_lost_collections_back(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection deleted by a rift process stays deleted however the deletion and a lost server meet: a
+    delete while the server had lost it, a delete during another process's start, a re-embed of it built
+    by a process that had not seen the delete yet, and a store from before ids were remembered."""
+    import sqlite3
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from server.engine.shared import SharedSync
+    from server.errors import NotFoundError
+    from tests.support.tiny_model import build_tiny_model
+
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
+    try:
+        # Deleted by b while the server had lost it: a's restart does not put it back.
+        a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        b.engine().shared.sync(force=True)
+        chroma.wipe()
+        b.engine().shared.sync(force=True)
+        assert b.engine().shared.lost("default")
+        b.engine().delete_collection("default")
+        settings = {"a": a.settings, "b": b.settings}
+        a.close()
+        a = open_rift(settings["a"])
+        assert "default" not in a.engine().collection_names() and rift_collections(chroma, "default") == []
+
+        # Deleted by a while b starts (after b listed the server): b does not make it again, empty.
+        a.add_documents("notes", docs(("n1", "python code on a server")))
+        b.engine().shared.sync(force=True)
+        b.close()
+        listed = SharedSync.gone_while_down
+
+        def then_a_deletes(self: SharedSync) -> list[str]:
+            found = listed(self)
+            a.engine().delete_collection("notes")
+            return found
+
+        with monkeypatch.context() as patch:
+            patch.setattr(SharedSync, "gone_while_down", then_a_deletes)
+            b = open_rift(settings["b"])
+        assert b.repair_report["deleted_elsewhere"] == ["notes"]
+        assert "notes" not in b.engine().collection_names() and rift_collections(chroma, "notes") == []
+
+        # Re-embedded by b for another model after a deleted it: the vectors b built do not stay behind.
+        a.add_documents("docs", docs(("d1", "a dog on the road")))
+        b.engine().shared.sync(force=True)
+        a.engine().delete_collection("docs")
+        other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+        with pytest.raises(NotFoundError):
+            b.engine().reembed("docs", Embedder(resolve_model(other), version=other))
+        assert rift_collections(chroma, "docs") == []
+
+        # b's store predates remembered ids, and a deletes while b is down: b forgets it too.
+        a.add_documents("old", docs(("o1", "an owl hunts at night")))
+        b.engine().shared.sync(force=True)
+        b.close()
+        with sqlite3.connect(str(settings["b"].state_db)) as conn:
+            conn.execute("DELETE FROM settings WHERE key LIKE 'chroma_id:%'")
+        a.engine().delete_collection("old")
+        b = open_rift(settings["b"])
+        assert b.repair_report["deleted_elsewhere"] == ["old"] and not b.repair_report.get(
+            "restored_to_chroma"
+        )
+        assert b.engine().collection_names() == [] and rift_collections(chroma, "old") == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_after_a_wipe_two_starts_follow_each_others_restores(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a and b restart together after a wipe, b's restore landing while a repairs: a still reads what only b
+    held. And a command that only reads, on a store whose collection another process has put back whole,
+    runs instead of refusing."""
+    from server.engine.shared import SharedSync
+
+    chroma.wipe()
+    sa = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=60_000))
+    sb = make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma))
+    a, b = open_rift(sa), open_rift(sb)
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    b.engine().shared.sync(force=True)
+    b.add_documents("default", docs(("owl", "an owl hunts at night")))  # a has not followed this
+    a.close()
+    b.close()
+    chroma.wipe()
+    prime, started = SharedSync.prime, []
+
+    def b_starts_meanwhile(self: SharedSync) -> None:
+        if self.engine.settings.data_dir == sa.data_dir and not started:
+            started.append(open_rift(sb))  # b puts back "cat" and "owl" and announces it
+        prime(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SharedSync, "prime", b_starts_meanwhile)
+        a = open_rift(sa)
+    b = started[0]
+    try:
+        assert ids(a.search("default", "owl night", k=1, mode="keyword").outcome.hits) == ["owl"]
+    finally:
+        a.close()
+        b.close()
+    chroma.wipe()
+    b = open_rift(sb)  # puts everything back
+    try:
+        Rift(sa).start(background=False, reembed=False).close()  # a's store lacks nothing on the server
+    finally:
+        b.close()
+
+
 def test_a_process_restarted_on_the_model_switched_to_elsewhere_serves_it(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:
@@ -899,7 +1017,9 @@ def test_a_process_on_a_copy_of_the_model_in_another_folder_serves_the_shared_co
     a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
     b = None
     try:
-        a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea")))
+        a.add_documents(
+            "default", docs(("cat", "the cat sat on the mat"), ("fish", "a blue fish in the sea"))
+        )
         b = open_rift(make_settings(tmp_path / "b", copied, **http_overrides(chroma)))
         assert b.repair_report["reembedded"] == []
         assert ids(b.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]

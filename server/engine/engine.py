@@ -303,6 +303,12 @@ class Engine:
                     continue
                 record = self.state.collection(record.name) or record  # may_serve may rename its model
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
+                if self.state.collection(record.name) is None:  # deleted elsewhere since start-up looked
+                    report.setdefault("deleted_elsewhere", []).append(record.name)
+                    continue
+                if self.shared is not None and not self.shared.may_serve(record):
+                    self._load_keyword(record.name)  # switched elsewhere since start-up looked
+                    continue
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
                 report["added_from_chroma"] += added
@@ -346,11 +352,23 @@ class Engine:
         document version at a time (see server/engine/reconcile.py). Returns (chunks added, rows dropped).
         Alone on its store, first put back into Chroma what it lost (see `_restore_lost_vectors`)."""
         record = self._record(collection)
+        # Gone since start-up listed the server (another process deleted it meanwhile): look again rather than
+        # let `ensure` make it anew, empty, for every process to adopt.
+        if (
+            self.shared is not None
+            and not self.shared.lost(collection)
+            and not self.vectors.exists(chroma_name)
+            and self.shared.check_again(record) != "lost"
+        ):
+            return 0, 0
         lost_on_server = self.shared is not None and self.shared.lost(collection)
         # Refused before `ensure`: an empty collection left on the server would read as "every document deleted".
         if lost_on_server and not repair:
             chunks = self.state.chunk_ids(collection)
-            self._refuse_repair(collection, len(chunks), len({c.rsplit("::", 2)[0] for c in chunks}))
+            if self.vectors.exists(chroma_name):  # made again elsewhere: refused only if it lacks chunks
+                chunks -= set(self.vectors.all_ids(chroma_name))
+            if chunks:
+                self._refuse_repair(collection, len(chunks), len({c.rsplit("::", 2)[0] for c in chunks}))
         if lost_on_server and record.model_version not in self._embedders:
             return (
                 0,
@@ -679,15 +697,15 @@ class Engine:
             if name != record.chroma_name:
                 self._drop_quietly(name, collection, record.model_version)
 
-    def _drop_quietly(self, name: str, collection: str, serving: str) -> None:
+    def _drop_quietly(self, name: str, collection: str, serving: str, reason: str = "retired") -> None:
         """Drop Chroma collection `name`, vectors `collection` no longer serves (it serves model version
-        `serving`), where a failure must not fail the caller's committed work (it stays known to the state, so
-        it is never adopted back as an orphan; a later cleanup retries)."""
+        `serving`; `reason` "deleted": it was deleted), where a failure must not fail the caller's committed
+        work (it stays known to the state, so it is never adopted back as an orphan; a later cleanup retries)."""
         chroma_id = None
         try:
-            if self.shared is not None:  # retired by rift, not lost by the server (see SharedSync._check)
+            if self.shared is not None:  # dropped by rift, not lost by the server (see SharedSync._check)
                 chroma_id = self.vectors.collection_id(name)
-                self.shared.dropping({name: chroma_id}, "retired", collection, serving)
+                self.shared.dropping({name: chroma_id}, reason, collection, serving)
             self.vectors.drop(name)
         except Exception as exc:
             if self.shared is not None:
@@ -1154,7 +1172,12 @@ class Engine:
         with self._write_lock:
             if self.shared is not None:  # other processes' writes so far are part of what is caught up
                 self.shared.sync(force=True)
-            record = self._record(collection)
+            try:
+                record = self._record(collection)
+            except NotFoundError:
+                if self.shared is not None:  # deleted elsewhere while built here: the vectors must not stay
+                    self._drop_quietly(target, collection, embedder.version, reason="deleted")
+                raise
             if target == record.chroma_name:
                 return target
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}

@@ -108,7 +108,10 @@ class SharedSync:
         # Collections whose vectors the server lost (no rift process deleted them): kept, refused until a
         # restart embeds them again (start-up does so at once), or until another process has put them back.
         self._lost: set[str] = set()
-        self._served_elsewhere: set[str] = set()  # ... of `_moved`: made with that model there, not switched
+        self._served_elsewhere: set[str] = set()
+        self._heads_before_repair: dict[str, Head] | None = (
+            None  # ... of `_moved`: made with that model there, not switched
+        )
         # Chroma name -> collection, for vectors this process switched a collection away from: a process still
         # on the old model may write there until it sees the switch, and those writes are caught up here.
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
@@ -234,19 +237,25 @@ class SharedSync:
         """Before this process drops Chroma collections of `collection` (name -> Chroma's id for it, None when
         there is none): note each id as dropped by rift and why ("deleted": the collection was deleted;
         "retired": old vectors after a switch to `model`), so that no process takes its absence for a server
-        that lost it. Raises before anything is dropped."""
-        found = {name: chroma_id for name, chroma_id in ids.items() if chroma_id}
+        that lost it. A deletion notes the id this process remembers for a name too: a collection deleted
+        while the server had lost it must not be put back by a process that still knows it by that id.
+        Raises before anything is dropped."""
+        found = {chroma_id: name for name, chroma_id in ids.items() if chroma_id}
+        for name in ids:
+            known = self.engine.state.setting(f"{ID_KEY}{name}")
+            if known and reason == "deleted":
+                found.setdefault(known, name)
         if not found:
             return
         now = time.time()
         self._call(
             DELETED,
             "upsert",
-            ids=list(found.values()),
+            ids=list(found),
             embeddings=[[1.0]] * len(found),
             metadatas=[
                 {"chroma": name, "collection": collection, "reason": reason, "model": model, "ts": now}
-                for name in found
+                for name in found.values()
             ],
         )
 
@@ -298,6 +307,9 @@ class SharedSync:
         engine = self.engine
         ids = engine.vectors.collection_ids()
         heads = self.read()
+        # Taken as seen once the repair is done (`prime`): what others announce meanwhile (a restore of their
+        # own) is then followed at the first sync instead of being taken as already read.
+        self._heads_before_repair = heads
         deleted = []
         for record in engine.state.collections():
             if self.rejoin(record, heads, set(ids)) or record.name in self._moved:
@@ -381,15 +393,14 @@ class SharedSync:
         dropped_at = float(note.get("ts", 0.0) or 0.0) if note else 0.0
         # Deleted: this id was dropped with its collection, or retired by a switch and the collection deleted
         # since. (Without a note nothing is known of this id: a deletion of an earlier collection of the same
-        # name proves nothing about it.)
+        # name proves nothing about it. A store from before ids were remembered knows none: for it, a
+        # deletion noted under the name is taken as its own.)
         if note is not None and (
             note.get("reason") == "deleted" or self._deleted_since(record.name, dropped_at)
         ):
-            log.warning("collection %r was deleted by another rift process", record.name)
-            self.engine.state.delete_collection(record.name)
-            self.engine._keyword.pop(record.name, None)
-            self._lost.discard(record.name)
-            return "deleted"
+            return self._forget(record)
+        if known is None and now is None and not newer and self._deleted_name(chroma):
+            return self._forget(record)
         if now is not None and note is not None:  # retired, then made again by a switch back: rift's own
             self.remember(chroma, now)
             return "same"
@@ -410,6 +421,24 @@ class SharedSync:
             )
         self._lost.add(record.name)
         return "lost"
+
+    def _forget(self, record: Any) -> str:
+        log.warning("collection %r was deleted by another rift process", record.name)
+        self.engine.state.delete_collection(record.name)
+        self.engine._keyword.pop(record.name, None)
+        self._lost.discard(record.name)
+        return "deleted"
+
+    def _deleted_name(self, chroma: str) -> bool:
+        """Whether a rift process noted Chroma collection `chroma` (by name) as dropped with its collection."""
+        page = self._call(
+            DELETED, "get", where={"$and": [{"chroma": chroma}, {"reason": "deleted"}]}, include=[]
+        )
+        return bool(page["ids"])
+
+    def check_again(self, record: Any) -> str:
+        """`_check` against the server as it is now (its collection went since start-up listed them)."""
+        return self._check(record, self.read(), self.engine.vectors.collection_ids())
 
     def lost(self, collection: str) -> bool:
         """Whether the server lost `collection`'s vectors (see `_check`)."""
@@ -463,9 +492,10 @@ class SharedSync:
         return True
 
     def prime(self) -> None:
-        """After start-up's full repair: take the current heads as seen."""
-        self._seen = self.read()
-        self._checked = time.monotonic()
+        """After start-up's full repair: take the heads read before it as seen."""
+        heads, self._heads_before_repair = self._heads_before_repair, None
+        self._seen = heads if heads is not None else self.read()
+        self._checked = float("-inf")  # the first search looks at once
 
     # --- reading: follow the other writers ------------------------------------------------------------------
 
