@@ -639,20 +639,9 @@ class SharedSync:
         nothing, and tell the others. Returns whether it is whole again (not when its model is not loaded
         here: then it stays refused until a restart re-embeds it)."""
         engine = self.engine
-        embedder = engine._embedders.get(record.model_version)
-        if embedder is None or record.chroma_name not in engine.vectors.collection_ids():
+        if record.model_version not in engine._embedders or not engine.vectors.exists(record.chroma_name):
             return False
-        have = set(engine.vectors.all_ids(record.chroma_name))
-        missing = sorted(engine.state.chunk_ids(record.name) - have)
-        for start in range(0, len(missing), 500):
-            rows = list(engine.state.chunks_by_id(record.name, missing[start : start + 500]).values())
-            engine._embed_into(record.chroma_name, rows, embedder)
-        if missing:
-            log.warning(
-                "collection %r: put %d chunks back into the Chroma server from rift's stored text",
-                record.name,
-                len(missing),
-            )
+        engine._restore_lost_vectors(record.name, record.chroma_name, repair=True)
         self.restored(record.name)
         return True
 
