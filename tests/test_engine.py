@@ -135,6 +135,27 @@ def test_a_failed_first_write_leaves_no_empty_collection_behind(rift, monkeypatc
     assert status.status == "added" and sorted(engine.collection_names()) == ["default", "fresh"]
 
 
+@pytest.mark.parametrize("stop_at", [2, 3])
+def test_a_write_cancelled_after_its_last_progress_report_stores_nothing(rift, stop_at: int) -> None:
+    """A client may cancel after the last progress report (all chunks embedded): the write reports that
+    progress again before it writes Chroma (2nd report) and before its SQLite transaction (3rd), where a
+    cancelled call's report raises; nothing of it is stored, in Chroma or in the state."""
+    rift.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    engine = rift.engine()
+    before = index_state(rift)
+    seen: list[tuple[int, int]] = []
+
+    def report(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == total and seen.count((done, total)) == stop_at:
+            raise RuntimeError("cancelled")  # what a cancelled request's report raises
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        engine.add_documents("default", docs(("dog", "the dog barked"), ("long", LONG)), report)
+    assert index_state(rift) == before
+    assert engine.state.counts("default") == (1, len(before["sqlite"]))
+    assert ids(rift.search("default", "dog barked", mode="keyword").outcome.hits) == []
+
 def test_a_rewrite_keeps_the_vectors_of_chunks_whose_text_it_already_had(rift, monkeypatch) -> None:
     rift.add_documents("default", docs(("long", LONG), ("cat", "the cat sat on the mat")))
     engine = rift.engine()

@@ -399,3 +399,24 @@ async def test_a_cancelled_request_stops_its_worker_at_the_next_progress_report(
     with anyio.move_on_after(0.3):
         await anyio.to_thread.run_sync(work)
     assert 0 < len(steps) < 200
+
+
+async def test_the_same_progress_again_only_checks_for_cancellation() -> None:
+    """A write reports its last progress again before it commits, to stop there if cancelled: MCP progress
+    must increase, so the repeat sends no notification."""
+    from tools._common import progress_reporter
+
+    sent: list[tuple[int, int]] = []
+
+    class Ctx:
+        async def report_progress(self, done: int, total: int, message: str) -> None:
+            sent.append((done, total))
+
+    report = progress_reporter(Ctx(), "embedding chunks")  # type: ignore[arg-type]
+
+    def work() -> None:
+        for done in (1, 2, 2, 2):
+            report(done, 2)
+
+    await anyio.to_thread.run_sync(work)
+    assert sent == [(1, 2), (2, 2)]

@@ -942,6 +942,12 @@ class Engine:
                 ids = [c[0] for c in changed]
                 older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
                 stale = sorted(set(stale) | older)
+
+            def checkpoint() -> None:  # a cancelled call raises here (see tools/_common.progress_reporter)
+                if progress is not None:
+                    progress(len(rows), len(rows))
+
+            checkpoint()
             self._commit(
                 collection,
                 record.chroma_name,
@@ -949,6 +955,7 @@ class Engine:
                 embeddings,
                 stale,
                 put_docs=[(d, h, t, m) for d, t, m, h in changed],
+                checkpoint=checkpoint,
             )
         per_doc: dict[str, int] = {}
         for r in rows:
@@ -1043,11 +1050,16 @@ class Engine:
         stale: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
+        checkpoint: Callable[[], None] | None = None,
     ) -> None:
+        """Write `rows` to Chroma, then commit them (and drop `stale`) in SQLite; `checkpoint` runs between
+        the two and may raise to stop the write (a cancelled call), which undoes the Chroma half."""
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
             if rows:
                 self._upsert_rows(chroma_name, rows, embeddings)
+            if checkpoint is not None:
+                checkpoint()
             self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
         except BaseException:
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
