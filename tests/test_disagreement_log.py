@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from server.errors import RiftError
 from server.learning.disagreement import summarize
 from server.learning.query_log import SCHEMA, QueryLog
 from tests.support.helpers import docs, make_settings, open_rift, sqlite_rows
@@ -179,6 +180,8 @@ def test_logging_can_be_turned_off(tmp_path: Path, tiny_model_path: Path) -> Non
         assert "log_ms" not in response.outcome.timings_ms
         stats = app.stats()
         assert stats["logging_enabled"] is False and stats["queries"]["logged_queries"] == 0
+        with pytest.raises(RiftError, match="feedback needs the query log, and it is off"):
+            app.learning.feedback("abc", "cat", True)  # names the setting, not an "unknown query_id"
     finally:
         app.close()
     assert sqlite_rows(settings.log_db, "SELECT COUNT(*) FROM queries") == [(0,)]

@@ -109,6 +109,15 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
             client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=2, max_chars=5
         )
         assert window["text"] == doc["text"][2:7] and window["truncated"] and not window["fetch_recorded"]
+        # A read of a document that search never ranked is returned but not recorded as its usage signal.
+        pdf_only = await ok(
+            client, "hybrid_search", query="saguaro", collection="kb", filters={"file_type": "pdf"}
+        )
+        assert hit["doc_id"] not in [h["doc_id"] for h in pdf_only["hits"]]
+        unranked = await ok(
+            client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id=pdf_only["query_id"]
+        )
+        assert unranked["text"] == doc["text"] and not unranked["fetch_recorded"]
 
         message = await refused(
             client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id="nope"

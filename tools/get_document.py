@@ -24,7 +24,9 @@ class DocumentOut(BaseModel):
     truncated: bool = Field(
         description="True when text stops before the end; call again with a later offset."
     )
-    fetch_recorded: bool = Field(description="True when this read was recorded against query_id.")
+    fetch_recorded: bool = Field(
+        description="True when this read was recorded against query_id (only a document that search ranked)."
+    )
 
 
 async def get_document(

@@ -67,8 +67,14 @@ def get_document(
                 )
     text, metadata, chunks, updated = engine.get_document(collection, doc_id)
     end = len(text) if max_chars is None else offset + max_chars
-    if logged is not None:
+    # Recorded only as a read of something that search showed (as `feedback` is): a document the search
+    # never ranked would become that query's positive with no hard negative, and waste its signal.
+    if logged is not None and doc_id in (
+        set(logged.fused) | {d for d, _, _ in logged.vector} | {d for d, _, _ in logged.keyword}
+    ):
         rift.log.record_fetch(query_id, doc_id)
+    else:
+        logged = None
     return DocumentView(
         collection,
         doc_id,

@@ -122,6 +122,11 @@ class LearningManager:
             raise RiftError("doc_id must be a document id from that search's results")
         if not isinstance(relevant, bool):
             raise RiftError("relevant must be true or false")
+        if not self.settings.log_queries:
+            raise RiftError(
+                "feedback needs the query log, and it is off (setting log_queries, RIFT_LOG_QUERIES): searches "
+                "return no query_id to give feedback on"
+            )
         logged = self.log.get(query_id)
         if logged is None:
             raise NotFoundError(
