@@ -97,12 +97,13 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     """The SDK's argument model ignores names it does not know, so `delete_documents(ids, colection=...)`
     deleted from "default". Swap in a subclass that forbids them (the error names the argument) and publish
     `additionalProperties: false` so a client can see it. The tool manager is the SDK's private attribute:
-    tests/test_mcp_tools.py fails if it moves."""
+    tests/test_mcp_tools.py fails if it moves. Strict types too: the SDK converted `k=true` to 1 and
+    `relevant=1` to true, past rift's own checks; a value of the wrong JSON type is now named instead."""
     tool = server._tool_manager.get_tool(name)  # noqa: SLF001
     assert tool is not None, name
     loose = tool.fn_metadata.arg_model
     # The title names the tool in validation errors ("1 validation error for delete_documents arguments").
-    config = ConfigDict(**loose.model_config, extra="forbid", title=f"{name} arguments")
+    config = ConfigDict(**loose.model_config, extra="forbid", strict=True, title=f"{name} arguments")
     strict = type(loose.__name__, (loose,), {"model_config": config})
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)

@@ -265,6 +265,12 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
                 ["delete_documents arguments", "colection"],
             ),
             ("hybrid_search", {"query": "cat", "filter": {"lang": "de"}}, ["filter", "xtra"]),
+            # A value of the wrong JSON type is refused, not converted (k=true was one hit, relevant=1 a
+            # confirmation).
+            ("hybrid_search", {"query": "cat", "k": True}, ["k", "valid integer"]),
+            ("hybrid_search", {"query": "cat", "k": "5"}, ["k", "valid integer"]),
+            ("feedback", {"query_id": "q", "doc_id": "a", "relevant": 1}, ["relevant", "valid boolean"]),
+            ("get_document", {"doc_id": "a", "offset": True}, ["offset", "valid integer"]),
             ("add_documents", {"documents": [{"id": "c", "text": "x", "meta": {"lang": "fr"}}]}, ["meta"]),
             (
                 "hybrid_search",
