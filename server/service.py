@@ -71,6 +71,8 @@ def _open_query_log(path: Path) -> QueryLog:
         return QueryLog(path)
 
 
+CLOSE_WAIT_S = 10.0  # how long closing waits for a write in flight to finish
+
 # The job that registers a version of each kind (a version left half-switched names it).
 JOB_OF_KIND = {"fine-tune": "retrain", "reindex": "reindex", "base": "rollback"}
 
@@ -336,7 +338,14 @@ class Rift:
             if self.learning is not None:
                 self.learning.close()
             if self._engine is not None:
-                self._engine.state.close()
+                # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
+                # closes under it; one that takes longer is rolled back by the next start (its journal).
+                held = self._engine._write_lock.acquire(timeout=CLOSE_WAIT_S)
+                try:
+                    self._engine.state.close()
+                finally:
+                    if held:
+                        self._engine._write_lock.release()
             if self.log is not None:
                 self.log.close()
             self._lock.release()

@@ -42,6 +42,41 @@ def consistent(state: dict[str, set[str]]) -> set[str]:
     return state["chroma"]
 
 
+def test_closing_waits_for_a_write_in_flight(cfg: Settings, monkeypatch) -> None:
+    """A SIGTERM mid-call closes rift while a worker thread writes: the write finishes before the state
+    database closes (it closed under the commit, losing the write with a traceback on stderr)."""
+    import threading
+    import time
+
+    seed(cfg)
+    app = open_rift(cfg)
+    real = StateStore.apply
+    committing = threading.Event()
+
+    def slow(self: StateStore, *args: Any, **kwargs: Any) -> Any:
+        committing.set()
+        time.sleep(0.5)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "apply", slow)
+    results: list[Any] = []
+    writer = threading.Thread(
+        target=lambda: results.append(app.add_documents("default", docs(("third", "brand new doc"))))
+    )
+    writer.start()
+    assert committing.wait(30)
+    app.close()
+    writer.join(30)
+    monkeypatch.undo()
+    assert [s.status for s in results[0]] == ["added"]
+    again = open_rift(cfg)
+    try:
+        assert again.repair_report["journal"] == 0
+        assert ids(again.search("default", "brand new doc", k=1, mode="keyword").outcome.hits) == ["third"]
+        consistent(index_state(again))
+    finally:
+        again.close()
+
 def test_failed_sqlite_commit_is_rolled_back_at_once(cfg: Settings, monkeypatch) -> None:
     before = seed(cfg)
     app = open_rift(cfg)
