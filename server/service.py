@@ -188,7 +188,8 @@ class Rift:
                 raise
             # A server waits a minute for a Chroma server that starts with it; a CLI command fails at once.
             client = make_client(s, wait_s=CHROMA_WAIT_S if self._background else 0.0)
-            engine = Engine(s, embedder, VectorStore(client), state)
+            folder = s.chroma_dir if s.vector_backend != "http" else None
+            engine = Engine(s, embedder, VectorStore(client, folder), state)
             self.repair_report = engine.open(rechunk=self._reembed)
             self._engine = engine
             from server.learning.manager import LearningManager

@@ -830,3 +830,27 @@ def test_length_errors_name_the_setting_only_when_one_sets_the_limit(rift) -> No
         rift.delete_documents("default", ["x" * 600])
     with pytest.raises(RiftError, match=r"the limit is 1,000,000 \(setting max_document_chars\)"):
         rift.add_documents("default", docs(("big", "word " * 200_001)))
+
+
+def test_a_deleted_collection_leaves_no_index_files_on_disk(rift_factory) -> None:
+    """Chroma 1.x drops a deleted collection's rows but leaves its HNSW folder (with the chunk ids) on
+    disk: rift removes it, and the other collections keep working, also after a restart."""
+    import os
+
+    rift = rift_factory()
+    chroma_dir = rift.settings.chroma_dir
+
+    def index_folders() -> set[str]:
+        return {p for p in os.listdir(chroma_dir) if (chroma_dir / p).is_dir()}
+
+    rift.add_documents("keep", docs(("cat", "the cat sat on the mat")))
+    kept = index_folders()
+    rift.add_documents("gone", docs(*((f"d{i}", f"note {i} about the river") for i in range(30))))
+    assert index_folders() > kept
+    rift.engine().delete_collection("gone")
+    assert index_folders() == kept
+    rift.add_documents("new", docs(("owl", "an owl hunts at night")))
+    rift.close()
+    again = rift_factory()  # (closed by the fixture)
+    assert ids(again.search("keep", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    assert ids(again.search("new", "an owl hunts at night", k=1, mode="vector").outcome.hits) == ["owl"]

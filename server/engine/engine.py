@@ -294,6 +294,7 @@ class Engine:
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             self._finish_drops()  # of collections deleted before a crash or a Chroma error
+            self.vectors.sweep()  # index files Chroma left on disk for collections dropped before
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
             report["retokenized"] = self._retokenize_if_changed()
             self._check_configured_weights()

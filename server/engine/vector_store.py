@@ -7,9 +7,13 @@ default one would try to download a model).
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,9 +93,41 @@ def _raise_search_ef(coll: Any) -> None:
         log.debug("could not raise ef_search of %s: %s", getattr(coll, "name", "?"), exc)
 
 
+_SEGMENT_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def remove_dropped_index_folders(folder: Path) -> list[str]:
+    """Delete the index folders an embedded Chroma leaves behind for dropped collections (Chroma 1.x drops
+    the collection's rows but not its `<segment id>/` HNSW files: chroma-core/chroma#5259), so a deleted
+    collection's vectors and chunk ids do not stay on disk. Only folders named like a segment id that no
+    segment in chroma.sqlite3 has; nothing when that layout does not hold (another Chroma version)."""
+    db = folder / "chroma.sqlite3"
+    if not db.is_file():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            segments = con.execute("SELECT id, type FROM segments").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        log.debug("not sweeping %s: %s", folder, exc)
+        return []
+    live = {str(i) for i, _ in segments}
+    folders = {p.name for p in folder.iterdir() if p.is_dir() and _SEGMENT_DIR.match(p.name)}
+    vector = {str(i) for i, kind in segments if "hnsw" in str(kind)}
+    if folders - live and not (vector & folders) and vector:
+        return []  # no live index is where this layout puts it: leave everything alone
+    removed = sorted(folders - live)
+    for name in removed:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    return removed
+
+
 class VectorStore:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, folder: Path | None = None) -> None:
         self._client = client
+        self._folder = folder  # an embedded store's folder (dropped collections' index files are swept there)
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
@@ -157,6 +193,11 @@ class VectorStore:
                 self._client.delete_collection(name)
             except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Embedded: delete dropped collections' leftover index folders (see `remove_dropped_index_folders`)."""
+        return remove_dropped_index_folders(self._folder) if self._folder is not None else []
 
     def collection_id(self, name: str) -> str | None:
         """Chroma's id of collection `name` (a collection dropped and made again gets a new one); None if
