@@ -71,7 +71,7 @@ def _open_query_log(path: Path) -> QueryLog:
         return QueryLog(path)
 
 
-CLOSE_WAIT_S = 10.0  # how long closing waits for a write in flight to finish
+CLOSE_WAIT_S = 10.0  # how long closing (off the main thread) waits for a write in flight to finish
 
 # The job that registers a version of each kind (a version left half-switched names it).
 JOB_OF_KIND = {"fine-tune": "retrain", "reindex": "reindex", "base": "rollback"}
@@ -341,7 +341,10 @@ class Rift:
             if self._engine is not None:
                 # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
                 # closes under it; one that takes longer is rolled back by the next start (its journal).
-                held = self._engine._write_lock.acquire(timeout=CLOSE_WAIT_S)
+                # On the main thread (a SIGTERM handler, which blocks the event loop a write's progress report
+                # may need, and whose client kills it soon) only briefly.
+                main = threading.current_thread() is threading.main_thread()
+                held = self._engine._write_lock.acquire(timeout=1.0 if main else CLOSE_WAIT_S)
                 try:
                     self._engine.state.close()
                 finally:

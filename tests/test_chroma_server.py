@@ -1067,3 +1067,28 @@ def test_within_the_sync_interval_new_and_deleted_collections_are_looked_up_not_
     finally:
         a.close()
         b.close()
+
+
+def test_a_vector_search_of_a_collection_made_again_empty_elsewhere_finds_nothing(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Deleted and made again, empty, by another process: the slow follower's vector search answers no hit
+    (it asked Chroma for 0 results, which Chroma refuses)."""
+    chroma.wipe()
+    exact_off = {"exact_search_max_chunks": 0}
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma, **exact_off)))
+    b = open_rift(
+        make_settings(
+            tmp_path / "b", tiny_model_path, **http_overrides(chroma, chroma_sync_ms=600_000, **exact_off)
+        )
+    )
+    try:
+        a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("dog", "a dog in the fog")))
+        b.engine().shared.sync(force=True)
+        assert ids(b.search("default", "the cat sat", k=1, mode="vector").outcome.hits) == ["cat"]
+        a.engine().delete_collection("default")
+        a.engine().create_collection("default")
+        assert b.search("default", "the cat sat", k=1, mode="vector").outcome.hits == []
+    finally:
+        a.close()
+        b.close()

@@ -130,8 +130,7 @@ def progress_reporter(ctx: Context, label: str) -> Callable[[int, int], None]:
     also where a cancelled request stops its work: when the client cancels (notifications/cancelled), the
     next report raises in the worker thread. A write stops before it commits (nothing of that call is
     stored; add_paths keeps the files it finished), instead of running on and holding the write lock; it
-    reports its last progress again right before committing, and again before the SQLite transaction, to
-    look once more."""
+    reports its last progress again right before committing, to look once more."""
 
     last: list[tuple[int, int]] = []
 

@@ -944,11 +944,8 @@ class Engine:
                 older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
                 stale = sorted(set(stale) | older)
 
-            def checkpoint() -> None:  # a cancelled call raises here (see tools/_common.progress_reporter)
-                if progress is not None:
-                    progress(len(rows), len(rows))
-
-            checkpoint()
+            if progress is not None:  # a cancelled call stops here (see tools/_common.progress_reporter)
+                progress(len(rows), len(rows))
             self._commit(
                 collection,
                 record.chroma_name,
@@ -956,7 +953,6 @@ class Engine:
                 embeddings,
                 stale,
                 put_docs=[(d, h, t, m) for d, t, m, h in changed],
-                checkpoint=checkpoint,
             )
         per_doc: dict[str, int] = {}
         for r in rows:
@@ -1051,16 +1047,13 @@ class Engine:
         stale: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
-        checkpoint: Callable[[], None] | None = None,
     ) -> None:
-        """Write `rows` to Chroma, then commit them (and drop `stale`) in SQLite; `checkpoint` runs between
-        the two and may raise to stop the write (a cancelled call), which undoes the Chroma half."""
+        # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
+        # content hashes that another process sharing the server may hold too.)
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
             if rows:
                 self._upsert_rows(chroma_name, rows, embeddings)
-            if checkpoint is not None:
-                checkpoint()
             self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
         except BaseException:
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
@@ -1296,6 +1289,8 @@ class Engine:
                     if exact is not None:
                         # Rows of a published snapshot, masked by its liveness: acknowledged writes only.
                         found = [Candidate(row.doc_id, row.chunk_id, score, row) for row, score in exact]
+                    elif not view.live_count:  # (a collection made again elsewhere, still empty)
+                        found = []
                     else:
                         found = []
                         # Chroma may hold rows of a write not yet acknowledged: keep them invisible.
