@@ -8,10 +8,11 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 
 from server import __version__
 from server.config import Settings
@@ -104,6 +105,27 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     loose = tool.fn_metadata.arg_model
     # The title names the tool in validation errors ("1 validation error for delete_documents arguments").
     config = ConfigDict(**loose.model_config, extra="forbid", strict=True, title=f"{name} arguments")
-    strict = type(loose.__name__, (loose,), {"model_config": config})
+    integers = _integer_fields(loose.model_json_schema())
+
+    def integral_floats(cls: type, data: Any) -> Any:
+        """JSON Schema counts 5.0 as an integer; strict validation would refuse it."""
+        if not isinstance(data, dict):
+            return data
+        return {
+            k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v for k, v in data.items()
+        }
+
+    namespace = {"model_config": config, "_integral_floats": model_validator(mode="before")(integral_floats)}
+    strict = type(loose.__name__, (loose,), namespace)
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)
+
+
+def _integer_fields(schema: dict[str, Any]) -> set[str]:
+    """Argument names whose JSON Schema type is integer (alone, or in an anyOf with null)."""
+    out = set()
+    for field, spec in (schema.get("properties") or {}).items():
+        options = [spec, *spec.get("anyOf", [])]
+        if any(o.get("type") == "integer" for o in options):
+            out.add(field)
+    return out

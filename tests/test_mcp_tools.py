@@ -174,6 +174,7 @@ async def test_a_raised_max_k_is_honoured_over_mcp(cfg: Settings) -> None:
         found = await s.ok("hybrid_search", {"query": "pumps valves", "k": 150})
         assert len(found["hits"]) == 150
         assert "from 1 to 500" in await s.error("hybrid_search", {"query": "pumps", "k": 501})
+        assert len((await s.ok("hybrid_search", {"query": "pumps", "k": 1.0}))["hits"]) <= 1  # 1.0 is an integer
 
 
 async def test_upsert_replaces_chunks_and_unchanged_is_skipped(cfg: Settings) -> None:
@@ -269,6 +270,7 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             # confirmation).
             ("hybrid_search", {"query": "cat", "k": True}, ["k", "valid integer"]),
             ("hybrid_search", {"query": "cat", "k": "5"}, ["k", "valid integer"]),
+            ("hybrid_search", {"query": "cat", "k": 5.5}, ["k", "valid integer"]),
             ("feedback", {"query_id": "q", "doc_id": "a", "relevant": 1}, ["relevant", "valid boolean"]),
             ("get_document", {"doc_id": "a", "offset": True}, ["offset", "valid integer"]),
             ("add_documents", {"documents": [{"id": "c", "text": "x", "meta": {"lang": "fr"}}]}, ["meta"]),
