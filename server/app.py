@@ -112,7 +112,8 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
         if not isinstance(data, dict):
             return data
         return {
-            k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v for k, v in data.items()
+            k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v
+            for k, v in data.items()
         }
 
     namespace = {"model_config": config, "_integral_floats": model_validator(mode="before")(integral_floats)}

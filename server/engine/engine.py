@@ -371,10 +371,8 @@ class Engine:
             if chunks:
                 self._refuse_repair(collection, len(chunks), len({c.rsplit("::", 2)[0] for c in chunks}))
         if lost_on_server and record.model_version not in self._embedders:
-            return (
-                0,
-                0,
-            )  # re-embedded by the serving model right after, from the stored rows: nothing to make here
+            # Re-embedded by the serving model right after, from the stored rows: nothing to make here.
+            return 0, 0
         embedder = self._embedders.get(record.model_version, self.embedder)
         # Labelled as create_collection labels it: made again here (a lost `chroma` folder), it can still be
         # adopted should the state database be lost later too.
@@ -395,9 +393,8 @@ class Engine:
             drop_orphans=self.shared is not None,
             in_chroma=in_chroma,
         )
-        if (
-            lost_on_server
-        ):  # whole again (only now: a start cut short before this puts back the rest next time)
+        # Whole again (only now: a start cut short before this puts back the rest next time).
+        if lost_on_server:
             self.shared.restored(collection)  # type: ignore[union-attr]
         return len(delta.added), len(delta.removed)
 
@@ -943,7 +940,6 @@ class Engine:
                 ids = [c[0] for c in changed]
                 older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
                 stale = sorted(set(stale) | older)
-
             if progress is not None:  # a cancelled call stops here (see tools/_common.progress_reporter)
                 progress(len(rows), len(rows))
             self._commit(
