@@ -250,10 +250,11 @@ class Rift:
         entry = registry.get(version)
         lineage = entry.base_model if entry is not None else version
         if entry is not None and entry.status in ("failed", "rejected"):  # a switch cut short (a kill)
+            job = JOB_OF_KIND.get(entry.kind, "model switch")
             raise RiftError(
-                f"collection {name!r} was left on version {version!r} by a {JOB_OF_KIND.get(entry.kind, 'model switch')} "
-                f"that stopped before it finished; the serving version is {would_serve!r}. This command does not "
-                "re-embed the store: start `rift serve`, which re-embeds such collections with the serving version"
+                f"collection {name!r} was left on version {version!r} by a {job} that stopped before it "
+                f"finished; the serving version is {would_serve!r}. This command does not re-embed the store: "
+                "start `rift serve`, which re-embeds such collections with the serving version"
             )
         if lineage == s.model and entry is not None:  # this lineage, but its version cannot serve
             raise RiftError(

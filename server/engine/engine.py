@@ -1141,14 +1141,7 @@ class Engine:
         have = set(self.vectors.all_ids(target))
         rows = [r for r in self.state.iter_chunks(collection) if r.chunk_id not in have]
         if rows:
-            embeddings = embedder.encode_documents([r.text for r in rows], progress)
-            self.vectors.upsert(
-                target,
-                [r.chunk_id for r in rows],
-                embeddings,
-                [r.text for r in rows],
-                [r.metadata for r in rows],
-            )
+            self._upsert_rows(target, rows, embedder.encode_documents([r.text for r in rows], progress))
         elif progress is not None:
             progress(0, 0)
         with self._write_lock:

@@ -112,7 +112,8 @@ def _grams(token: str) -> Sequence[str]:
 
 class KeywordTokenizer:
     """Words (see `_words`) without stopwords, stemmed by PyStemmer through bm25s' own tokenizer; CJK runs then
-    become their characters and bigrams, Thai, Lao, Khmer and Myanmar runs their bigrams. The stopword list applies to whole words, before a run is split."""
+    become their characters and bigrams, Thai, Lao, Khmer and Myanmar runs their bigrams. The stopword list
+    applies to whole words, before a run is split."""
 
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
         # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.

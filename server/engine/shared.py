@@ -108,10 +108,8 @@ class SharedSync:
         # Collections whose vectors the server lost (no rift process deleted them): kept, refused until a
         # restart embeds them again (start-up does so at once), or until another process has put them back.
         self._lost: set[str] = set()
-        self._served_elsewhere: set[str] = set()
-        self._heads_before_repair: dict[str, Head] | None = (
-            None  # ... of `_moved`: made with that model there, not switched
-        )
+        self._served_elsewhere: set[str] = set()  # ... of `_moved`: made with that model there, not switched
+        self._heads_before_repair: dict[str, Head] | None = None  # read by `gone_while_down`, for `prime`
         # Chroma name -> collection, for vectors this process switched a collection away from: a process still
         # on the old model may write there until it sees the switch, and those writes are caught up here.
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)

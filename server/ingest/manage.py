@@ -69,9 +69,7 @@ def get_document(
     end = len(text) if max_chars is None else offset + max_chars
     # Recorded only as a read of something that search showed (as `feedback` is): a document the search
     # never ranked would become that query's positive with no hard negative, and waste its signal.
-    if logged is not None and doc_id in (
-        set(logged.fused) | {d for d, _, _ in logged.vector} | {d for d, _, _ in logged.keyword}
-    ):
+    if logged is not None and doc_id in logged.shown:
         rift.log.record_fetch(query_id, doc_id)
     else:
         logged = None

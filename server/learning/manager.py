@@ -133,8 +133,7 @@ class LearningManager:
                 f"unknown query_id {query_id!r}: give the query_id a hybrid_search result returned "
                 "(searches in vector or keyword mode are not logged)"
             )
-        shown = set(logged.fused) | {d for d, _, _ in logged.vector} | {d for d, _, _ in logged.keyword}
-        if doc_id not in shown:
+        if doc_id not in logged.shown:
             raise RiftError(
                 f"doc_id {doc_id!r} was not among the results or candidates of query {query_id!r}; "
                 f"results were: {', '.join(logged.fused[:10]) or 'none'}"

@@ -80,6 +80,11 @@ class LoggedQuery:
     vector_blind: list[str]
     keyword_blind: list[str]
 
+    @property
+    def shown(self) -> set[str]:
+        """Documents this search ranked: its results and either side's candidates."""
+        return set(self.fused) | {d for d, _, _ in self.vector} | {d for d, _, _ in self.keyword}
+
 
 def normalized_query(text: str) -> str:
     """A query's text as repeats are recognised: lower-cased, whitespace collapsed."""
