@@ -55,7 +55,16 @@ def close_on_terminate() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
-def create_server(settings: Settings | None = None, lock: DataDirLock | None = None) -> MCPServer:
+class RiftMCPServer(MCPServer):
+    """The SDK's server, whose stdio transport answers request lines it cannot read (`server.stdio`)."""
+
+    async def run_stdio_async(self) -> None:
+        from server.stdio import serve_stdio
+
+        await serve_stdio(self._lowlevel_server)
+
+
+def create_server(settings: Settings | None = None, lock: DataDirLock | None = None) -> RiftMCPServer:
     """`lock`: the data dir's lock, already held (`rift serve` takes it before the protocol starts, so
     another process cannot take the data dir in between and fail this server's start-up)."""
     settings = settings or Settings()
@@ -74,7 +83,7 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
             finally:
                 SERVING.remove(rift)  # only now: a SIGTERM meanwhile waits for this close to finish
 
-    server = MCPServer(
+    server = RiftMCPServer(
         name="rift",
         title="rift hybrid retrieval",
         instructions=INSTRUCTIONS,

@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
+from server.stdio import request_id_of
 from tests.support.helpers import make_settings, open_rift
 
 RIFT = str(Path(sys.executable).parent / "rift")
@@ -114,12 +115,51 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         assert search["result"]["structuredContent"]["hits"][0]["text"] == "the sea"
         bad = ask(5, "tools/call", {"name": "hybrid_search", "arguments": {"query": "sea", "k": 0}})
         assert bad["result"]["isError"] is True
+
+        def send_raw(line: str) -> dict:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            assert answer, stderr_path.read_text()[-3000:]
+            lines.append(answer)
+            return json.loads(answer)
+
+        # Lines the SDK's parser cannot read are answered with the request's id, never left hanging.
+        surrogate = '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"hybrid_search",'
+        surrogate += '"arguments":{"query":"\\ud83d"}}}'
+        assert send_raw(surrogate)["id"] == 6 and lines[-1].count("-32700") == 1
+        deep = '{"jsonrpc":"2.0","id":"seven","method":"tools/call","params":{"name":"stats","arguments":'
+        deep += '{"x":' + "[" * 3000 + "]" * 3000 + "}}}"
+        answer = send_raw(deep)
+        assert answer["id"] == "seven" and answer["error"]["code"] == -32700
+        garbage = send_raw("this is not json")
+        assert garbage["id"] is None and garbage["error"]["code"] == -32700
+        no_version = send_raw('{"id": 8, "method": "tools/list"}')
+        assert no_version["id"] == 8 and no_version["error"]["code"] == -32600
+        assert len(ask(9, "tools/list")["result"]["tools"]) >= 4  # and the session goes on
         proc.stdin.close()  # EOF ends the server
         rest = proc.stdout.read()
         assert proc.wait(timeout=60) == 0
     for line in rest.splitlines():
         assert json.loads(line)["jsonrpc"] == "2.0"
     assert "rift ready" in stderr_path.read_text()  # logs go to stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('{"jsonrpc":"2.0","id":7,"method":"m"}', 7),
+        ('{"jsonrpc":"2.0","method":"m","params":{"id":"inner","a":[{"id":1}]},"id":"outer"}', "outer"),
+        ('{"method":"m","params":{"text":"say \\"id\\": 3"},"id":-2}', -2),
+        ('{"jsonrpc":"2.0","method":"m","params":{"id":5}}', None),  # a notification: only a nested id
+        ('{"id":true,"method":"m"}', None),  # not a JSON-RPC id
+        ('{"id":1.5,"method":"m"}', None),
+        ('{"params":"unterminated', None),
+        ("[1, 2]", None),
+    ],
+)
+def test_request_id_of_reads_only_the_top_level_id(line: str, expected: object) -> None:
+    assert request_id_of(line) == expected
 
 
 def test_second_server_on_a_locked_data_dir_is_refused(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""MCP over stdio, answering every request line. The SDK's stdio transport hands a line it cannot read (not
+JSON to its parser, such as a lone surrogate escape or nesting past its depth, or not a JSON-RPC message) to
+the server as an exception, which the server only logs: the client waits for an answer that never comes.
+Here such a line gets the JSON-RPC error the specification asks for (-32700 parse error, -32600 invalid
+request), with the request's id wherever it can be found, so the client's call fails at once and says why."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+def request_id_of(line: str) -> str | int | None:
+    """The top-level "id" of a JSON-RPC line, read without parsing the rest of it (which may be past a
+    parser's depth or hold text no parser accepts); None when the line has none, or none a response may echo."""
+    depth = 0
+    i, n = 0, len(line)
+    expect_key = False
+    while i < n:
+        ch = line[i]
+        if ch == '"':
+            end = _string_end(line, i)
+            if end < 0:
+                return None
+            if depth == 1 and expect_key:
+                rest = line[end + 1 :].lstrip()
+                if line[i : end + 1] == '"id"' and rest.startswith(":"):
+                    return _scalar_id(rest[1:].lstrip())
+            i = end + 1
+            expect_key = False
+            continue
+        if ch in "{[":
+            depth += 1
+            expect_key = ch == "{" and depth == 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == "," and depth == 1:
+            expect_key = True
+        i += 1
+    return None
+
+
+def _string_end(line: str, start: int) -> int:
+    """Index of the quote closing the JSON string opening at `start`; -1 if it never closes."""
+    i = start + 1
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        if line[i] == '"':
+            return i
+        i += 1
+    return -1
+
+
+def _scalar_id(text: str) -> str | int | None:
+    """The id value at the start of `text`: a JSON string or integer (what JSON-RPC ids are)."""
+    decoder = json.JSONDecoder()
+    try:
+        value, _ = decoder.raw_decode(text)
+    except ValueError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return value
+
+
+def answer_to_unreadable(exc: Exception) -> JSONRPCError | None:
+    """The error reply to a line the transport could not turn into a message; None where no reply is due (a
+    malformed notification or response: nothing waits for an answer to those)."""
+    if not isinstance(exc, ValidationError):
+        return None
+    errors = exc.errors(include_url=False)
+    raw: Any = errors[0].get("input") if errors else None
+    if isinstance(raw, str):  # not JSON the SDK's parser reads
+        reason = errors[0].get("msg", "invalid JSON")
+        return _error(request_id_of(raw), PARSE_ERROR, f"Parse error: the request could not be read ({reason})")
+    if isinstance(raw, dict):
+        if "method" not in raw or "id" not in raw:  # a notification, or a response to us: nobody waits
+            return None
+        request_id = raw.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+            request_id = None
+        return _error(request_id, INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 request object")
+    return _error(None, INVALID_REQUEST, "Invalid request: expected one JSON-RPC request object per line")
+
+
+def _error(request_id: str | int | None, code: int, message: str) -> JSONRPCError:
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
+
+
+class AnsweringReadStream:
+    """The transport's read stream, answering the lines it could not read instead of passing them on."""
+
+    def __init__(self, inner: Any, write_stream: Any) -> None:
+        self._inner = inner
+        self._write = write_stream
+
+    @property
+    def last_context(self) -> Any:  # the sender's context, which the dispatcher reads off the stream
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, Exception):
+                return item
+            answer = answer_to_unreadable(item)
+            if answer is None:
+                return item  # (the server logs it)
+            log.warning("answered an unreadable request line: %s", answer.error.message)
+            await self._write.send(SessionMessage(answer))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def serve_stdio(lowlevel_server: Any) -> None:
+    """Serve one MCP session on stdin/stdout (the SDK's transport: stdout claimed for the protocol)."""
+    async with stdio_server() as (read_stream, write_stream):
+        await lowlevel_server.run(
+            AnsweringReadStream(read_stream, write_stream),
+            write_stream,
+            lowlevel_server.create_initialization_options(),
+        )
