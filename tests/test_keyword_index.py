@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from server.engine import keyword_index
 from server.engine.filters import Node, parse_filters
-from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
+from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer, length_in_words
 
 WORDS = [f"w{i}" for i in range(12)]
 QUERIES = [["w0"], ["w1", "w2"], ["w3", "w3", "w4"], ["w5", "nope"], WORDS, ["w11", "w7", "w0"], ["nope"]]
@@ -184,6 +184,21 @@ def test_multilingual_words_are_keyword_terms(text: str, query: str) -> None:
     tok = KeywordTokenizer()
     doc, q = tok.tokenize([text, query])
     assert q and set(q) <= set(doc), (q, doc)
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [
+        ("the cat sat on the mat", 6, 6),
+        ("我的猫很可爱", 2.5, 3.5),  # Chinese: about two characters a word
+        ("ฉันชอบเรียนภาษาไทยมาก", 4, 7),  # Thai, one run of seven words (ฉัน ชอบ เรียน ภาษา ไทย มาก)
+        ("ខ្ញុំចូលចិត្តភាសាខ្មែរ", 3, 7),  # Khmer, one run of four words
+        ("read ภาษาไทย today", 3.5, 5),
+    ],
+)
+def test_length_in_words_counts_words_in_scripts_without_spaces(text: str, low: float, high: float) -> None:
+    # The miner's and the gate's length filters read it: a run without spaces is not one word.
+    assert low <= length_in_words(text) <= high
 
 
 def test_kana_punctuation_is_no_term_and_cjk_stopwords_apply_to_whole_words() -> None:

@@ -60,6 +60,7 @@ _CJK_RUN = re.compile(f"[{_CJK}]+")
 # inside a run). A run of one or two characters stays whole.
 _SEA = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
 _SEA_CHAR = re.compile(f"[{_SEA}]")
+_SEA_RUN = re.compile(f"[{_SEA}]+")
 _SPACELESS_RUN = re.compile(f"[{_CJK}]+|[{_SEA}]+")
 # A word: letters, combining marks (Indic vowel signs and viramas, Arabic vowel marks, which Python's \w
 # leaves out, splitting such words apart), digits and "_".
@@ -87,9 +88,12 @@ SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 
 def length_in_words(text: str) -> float:
     """About how many words `text` holds: space-separated words, with a CJK run counting one word per two
-    characters (Chinese words average about that), so texts without spaces are not read as one word."""
+    characters (Chinese words average about that) and a Thai, Lao, Khmer or Myanmar run one per four (letters
+    plus vowel and tone marks: Thai words average 4-5 code points), so texts without spaces are not read as
+    one word."""
     cjk = sum(len(run) for run in _CJK_RUN.findall(text))
-    return len(_CJK_RUN.sub(" ", text).split()) + cjk / 2
+    sea = sum(max(1.0, len(run) / 4) for run in _SEA_RUN.findall(text))
+    return len(_SPACELESS_RUN.sub(" ", text).split()) + cjk / 2 + sea
 
 
 def _cjk_grams(run: str) -> list[str]:
