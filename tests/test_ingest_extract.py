@@ -22,7 +22,15 @@ from server.ingest.extract import (
 )
 from server.ingest.filetypes import classify
 from server.ingest.security import PathPolicy, read_file
-from server.ingest.splitters import chunk_structured, split_blocks, split_markdown, split_pdf, split_python
+from server.ingest.splitters import (
+    MAX_PATH_CHARS,
+    MAX_PATH_PART_CHARS,
+    chunk_structured,
+    split_blocks,
+    split_markdown,
+    split_pdf,
+    split_python,
+)
 from server.ingest.walker import Found, compile_glob, walk
 from tests.support.corpus import make_pdf
 
@@ -199,6 +207,17 @@ def test_classify() -> None:
 
 def labels(chunks, key: str) -> list[str | None]:
     return [c.metadata.get(key) for c in chunks]
+
+
+def test_a_long_heading_is_clipped_in_every_chunk_label(tokenizer) -> None:
+    # A paragraph followed by "---" is a setext heading: its text would otherwise be stored in every chunk.
+    paragraph = " ".join(f"word{i}" for i in range(3000))
+    text = f"# {'very long title ' * 40}\n\n## Part\n\n{paragraph}\n---\n\n" + "body text here. " * 400
+    chunks = chunk_structured(text, {"file_type": "markdown"}, tokenizer, 64, 8)
+    headings = labels(chunks, "heading")
+    assert len(chunks) > 20 and all(h is not None and len(h) <= MAX_PATH_CHARS for h in headings)
+    assert headings[0].startswith("very long title") and headings[0].split(" > ")[0].endswith("…")
+    assert max(len(part) for h in headings for part in h.split(" > ")) <= MAX_PATH_PART_CHARS
 
 
 def test_markdown_sections_merge_under_a_shared_parent_only(tokenizer) -> None:

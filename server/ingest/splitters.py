@@ -24,6 +24,10 @@ from server.ingest.filetypes import CODE_TYPES
 
 log = logging.getLogger(__name__)
 BLANK_RUN = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
+# Every chunk of a section carries its path, so an unbounded heading (a paragraph a "---" line turns into a
+# setext heading, a file that is one long "# ..." line) would be stored once per chunk: quadratic in the file.
+MAX_PATH_PART_CHARS = 200
+MAX_PATH_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,15 @@ class Splitter:
     split: Callable[[str], list[Section]]
     label: str | None = None  # metadata key that receives the joined path
     joiner: str = " > "
+
+
+def path_label(path: tuple[str, ...], joiner: str = " > ") -> str:
+    """A section path as its chunks' label ("Install > Linux"), each part and the whole bounded."""
+    return _clip(joiner.join(_clip(part, MAX_PATH_PART_CHARS) for part in path), MAX_PATH_CHARS)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _line_starts(text: str) -> list[int]:
@@ -176,7 +189,7 @@ def pack(
     chunks: list[Chunk] = []
     for start, end, path, meta in groups:
         if path and splitter.label:
-            meta[splitter.label] = splitter.joiner.join(path)
+            meta[splitter.label] = path_label(path, splitter.joiner)
         piece = text[start:end]
         if tokens(start, end) <= max_tokens:
             stripped = piece.strip()
