@@ -31,7 +31,7 @@ from server.ingest.splitters import (
     split_pdf,
     split_python,
 )
-from server.ingest.walker import Found, compile_glob, walk
+from server.ingest.walker import MAX_FOLDER_DEPTH, Found, compile_glob, walk
 from tests.support.corpus import make_pdf
 
 
@@ -313,6 +313,24 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     with pytest.raises(RiftError, match="only exclusions"):
         compile_glob(["!*.md"])
     assert compile_glob(["*", "!*.log"]) is not None
+
+
+def test_walk_survives_a_tree_nested_past_the_recursion_limit(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "top.md").write_text("x")
+    deep = root
+    for _ in range(1100):  # os.walk recursed once a level: RecursionError, nothing stored
+        deep = deep / "d"
+        deep.mkdir()  # (one level at a time: mkdir(parents=True) recurses too)
+    (deep / "bottom.md").write_text("x")
+    shallow = root.joinpath(*["d"] * 5, "mid.md")
+    shallow.write_text("x")
+    seen = listing(root)
+    assert seen["top.md"] == "found" and seen[str(shallow.relative_to(root))] == "found"
+    cut = str(root.joinpath(*["d"] * (MAX_FOLDER_DEPTH + 1)).relative_to(root))
+    assert seen[cut] == f"folder nested more than {MAX_FOLDER_DEPTH} levels deep"
+    assert str((deep / "bottom.md").relative_to(root)) not in seen
 
 
 def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:

@@ -20,6 +20,10 @@ from server.ingest.security import PathPolicy
 log = logging.getLogger(__name__)
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 MAX_GLOBS = 32
+# os.walk recurses once per level before Python 3.12: a tree nested ~1,000 deep raised RecursionError and lost
+# the whole sync. Deeper folders are reported and left out (kept as transient: pruning never removes their
+# documents).
+MAX_FOLDER_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -224,9 +228,13 @@ def walk(
             yield Skipped(Path(err.filename or here), f"cannot read folder: {err.strerror or err}", True)
         errors.clear()
         keep: list[str] = []
+        too_deep = len(here.relative_to(folder).parts) >= MAX_FOLDER_DEPTH
         for name in sorted(dirnames):
             sub = here / name
             if name in VCS_DIRS or not recursive:
+                continue
+            if too_deep:
+                yield Skipped(sub, f"folder nested more than {MAX_FOLDER_DEPTH} levels deep", True)
                 continue
             # A folder listed but not entered (no x permission) cannot stat its entries.
             try:
