@@ -51,6 +51,8 @@ FILTERS: list[dict[str, Any]] = [
     {"n": {"$in": [True, 0]}},
     {"n": {"$nin": [1, "1"]}},
     {"score": {"$in": [3, 0.5]}},
+    {"score": {"$in": [0.5]}},  # one fraction: one condition (Chroma refuses a one-item $or)
+    {"score": {"$nin": [1.5]}},
     {"year": {"$in": [2018, 2024]}},
     {"missing": "x"},
     {"missing": {"$ne": "x"}},
@@ -118,6 +120,8 @@ def test_to_chroma_shapes() -> None:
         ({"lang": float("nan")}, "filters.lang must be a finite number"),
         ({"n": {"$lt": 1e19}}, "filters.n.$lt is 1e+19; numbers must lie within ±9.2e18"),
         ({"n": {"$in": [1, -1e300]}}, "filters.n.$in[1] is -1e+300"),
+        ({"n": 2**63}, "filters.n is 9223372036854775808; numbers must lie within ±9.2e18"),
+        ({"n": {"$in": [1, -(2**70)]}}, "filters.n.$in[1] is -1180591620717411303424"),
         ({"lang": {}}, "filters.lang must name at least one operator"),
         ({"$or": {}}, "filters.$or must be a non-empty list"),
         ({"$and": []}, "filters.$and must be a non-empty list"),

@@ -176,6 +176,10 @@ def test_metadata_is_bounded_in_keys_key_length_and_total_size() -> None:
     with pytest.raises(RiftError, match=r"documents\[0\].metadata is larger than 65,536 characters in all"):
         check_metadata({f"k{i}": "v" * 40_000 for i in range(2)}, "documents[0].metadata")
     assert check_metadata({"k": "v" * (MAX_METADATA_CHARS - 1)}, "m")  # one long value still fits
+    # Each ancestor folder of an absolute source is stored with every chunk (for $prefix): they count too.
+    assert check_metadata({"source": "/home/me/notes/" + "d/" * 100 + "x.md"}, "m")
+    with pytest.raises(RiftError, match=r"m.source is nested too deep: its ancestor folders"):
+        check_metadata({"source": "/a" * 3000}, "m")
 
 
 def test_an_inline_svg_title_is_not_the_page_title() -> None:

@@ -32,7 +32,7 @@ from server.config import Settings
 from server.engine.chunking import CHUNKER_VERSION, chunk_document
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
-from server.engine.filters import RESERVED_PREFIX, Node, parse_filters, path_keys, to_chroma
+from server.engine.filters import PREFIX_FIELD, RESERVED_PREFIX, Node, parse_filters, path_keys, to_chroma
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
@@ -207,6 +207,14 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
                 "keep long text in the document itself"
             )
         out[key] = item
+    # An absolute `source` adds one key per ancestor folder, each holding that folder's whole path (the $prefix
+    # filter's equality test), so a deep path grows every chunk's copy with the square of its length.
+    folder_chars = sum(metadata_chars(key, item) for key, item in path_keys(out).items())
+    if folder_chars and size + folder_chars > MAX_METADATA_CHARS:
+        raise RiftError(
+            f"{where}.{PREFIX_FIELD} is nested too deep: its ancestor folders, which every chunk stores for the "
+            f"$prefix filter, take {folder_chars:,} characters, past the {MAX_METADATA_CHARS:,} metadata bound"
+        )
     return out
 
 

@@ -68,6 +68,8 @@ def _scalar(value: Any, where: str) -> Scalar:
         # Chroma compares a float operand with integer metadata as a 64-bit integer, saturating: 1e19 would
         # equal 2**63 - 1 there and not here. No such number can tell two stored values apart reliably.
         raise RiftError(f"filters: {where} is {value:g}; numbers must lie within ±9.2e18 (64-bit integers)")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value <= 2**63 - 1:
+        raise RiftError(f"filters: {where} is {value}; numbers must lie within ±9.2e18 (64-bit integers)")
     if isinstance(value, str) and "\x00" in value:
         # No stored value holds one (writes refuse it), and numpy's string compare would drop a trailing one.
         raise RiftError(f"filters: {where} contains a NUL character")
@@ -200,7 +202,8 @@ def to_chroma(node: Node | None) -> dict[str, Any] | None:
         if _expands(values):
             # Chroma wants one type per list; x $in [a, b] is x == a OR x == b (and $nin the negation).
             op, join = ("$eq", "$or") if node.op == "$in" else ("$ne", "$and")
-            return {join: [_chroma_cond(node.field, op, v) for v in values]}
+            conds = [_chroma_cond(node.field, op, v) for v in values]
+            return conds[0] if len(conds) == 1 else {join: conds}  # Chroma refuses a one-item $or / $and
         return {node.field: {node.op: values}}
     return _chroma_cond(node.field, node.op, node.value)
 
