@@ -139,6 +139,13 @@ def test_a_repeated_query_is_held_out_with_every_earlier_asking() -> None:
     held = {q.query.lower() for q in holdout}
     assert held and not held & {q.query.lower() for q in train}  # the gate never scores a trained-on text
     assert len(train) + len(holdout) < len(log)
+    # One model serves every collection: the same text asked in another collection is held out too.
+    elsewhere = [asked(i, t) for i, t in enumerate(texts)]
+    elsewhere += [LoggedQuery(str(10 + i), 10.0 + i, t, "other", "m", 10, [], [], [], 0.0, [], []) for i, t in
+                  enumerate(texts[:3])]  # fmt: skip
+    train, holdout = time_split(elsewhere, GateConfig(holdout_fraction=0.2, min_holdout=1))
+    assert {(q.collection, q.query) for q in holdout} == {("other", t) for t in texts[:3]}
+    assert not {q.query for q in train} & set(texts[:3])  # (they were asked in "c" first)
 
 
 def test_known_item_query_prefers_titles() -> None:
@@ -182,6 +189,10 @@ def test_where_labels_decide_the_proxies_only_guard_against_collapse() -> None:
     worse = _report(**{"keyword_recall@10": 0.0, "labelled_ndcg@10": -0.01})
     gate._decide(worse, worse.delta, 0)
     assert not worse.accepted and "labelled hybrid nDCG@10 fell" in worse.reason
+    # Too little feedback to decide on is still enough to veto: a feedback nDCG that falls at all rejects.
+    judged_worse = _report(**{"keyword_recall@10": 0.0, "feedback_ndcg@10": -0.025})
+    gate._decide(judged_worse, judged_worse.delta, fb_queries=4)
+    assert not judged_worse.accepted and "feedback nDCG@10 fell by 0.0250 on the 4 held-out" in judged_worse.reason
 
 
 def test_feedback_is_scored_on_the_documents_the_agent_judged() -> None:

@@ -114,8 +114,9 @@ def time_split(
         n = min(len(ordered) // 2, n)
     if n <= 0:
         return ordered, []
-    held = {(q.collection, normalized_query(q.query)) for q in ordered[-n:]}
-    train = [q for q in ordered[:-n] if (q.collection, normalized_query(q.query)) not in held]
+    # By text alone: one model serves every collection, so a text asked in another collection trains it too.
+    held = {normalized_query(q.query) for q in ordered[-n:]}
+    train = [q for q in ordered[:-n] if normalized_query(q.query) not in held]
     return train, ordered[-n:]
 
 
@@ -303,6 +304,12 @@ class Gate:
                 return
             report.accepted = True
             report.reason = f"feedback nDCG@10 {delta['feedback_ndcg@10']:+.4f}; label-free signals held"
+            return
+        if delta.get("feedback_ndcg@10", 0.0) < 0:  # too few queries to decide on, enough to veto
+            report.reason = (
+                f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f} on the {fb_queries} held-out "
+                "queries with feedback"
+            )
             return
         if not delta:
             report.reason = "nothing to score: no held-out queries and no documents"
