@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from server.cli import main
 from server.errors import RiftError
 from server.learning.jobs import JobRunner
+from server.service import Rift
 from tests.support.helpers import make_settings, open_rift
 from tests.support.learning import fill_two_collections, queries
 
@@ -104,6 +105,7 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
     rift = open_rift(settings)
     try:
         policy = rift.learning.policy
+        assert not policy.running  # a one-off command (foreground start) never retrains on its own
         assert policy.check().startswith("not due: 0 new queries")
         fill_two_collections(rift)  # 60 searches
         outcome = policy.check()
@@ -130,6 +132,17 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
         assert policy.describe()["last_action"]["outcome"].startswith("skipped")
     finally:
         rift.close()
+
+
+def test_the_periodic_policy_runs_in_a_server_only(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_auto_after_queries=30)
+    server = Rift(settings).start(background=True)  # as `rift serve` opens it
+    try:
+        server.engine(timeout=120)
+        assert server.learning.policy.running
+    finally:
+        server.close()
+    assert not server.learning.policy.running
 
 
 def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -58,11 +58,13 @@ class LearningManager:
     def start(self, engine: Any, resume_jobs: bool = False) -> None:
         """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it).
         `resume_jobs`: continue a retrain the last process left unfinished (a server does; a one-off CLI
-        command, which would stop it again moments later, does not, and leaves it for the next server)."""
+        command, which would stop it again moments later, does not, and leaves it for the next server). The
+        periodic policy runs in a server only, for the same reason: a long `rift add` must not start, and then
+        cut short, a retrain of its own."""
         self._clear_interrupted(engine)
         if resume_jobs:
             self._resume_interrupted()
-        self.policy.start()
+            self.policy.start()
 
     def _clear_interrupted(self, engine: Any) -> None:
         """A job the process did not live to finish left its candidate marked "being evaluated" and, maybe, half

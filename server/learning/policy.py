@@ -63,6 +63,11 @@ class Policy:
             self._thread = threading.Thread(target=self._loop, name="rift-learn-policy", daemon=True)
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether this process checks the policy on its own (a server does; a one-off command does not)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
