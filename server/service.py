@@ -472,11 +472,16 @@ class Rift:
 
 def _index_bytes(settings: Settings) -> dict[str, int]:
     def size(path: Any) -> int:
-        if not path.exists():
-            return 0
-        if path.is_file():
-            return path.stat().st_size
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        # Files come and go under a walk (a model switch drops a collection's folder): a vanished one is 0 bytes.
+        total = 0
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        if not total and not os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                total = os.stat(path).st_size
+        return total
 
     return {
         "chroma": size(settings.chroma_dir) if settings.vector_backend == "embedded" else 0,

@@ -853,3 +853,29 @@ def test_a_deleted_collection_leaves_no_index_files_on_disk(rift_factory) -> Non
     again = rift_factory()  # (closed by the fixture)
     assert ids(again.search("keep", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
     assert ids(again.search("new", "an owl hunts at night", k=1, mode="vector").outcome.hits) == ["owl"]
+
+
+def test_index_sizes_skip_files_removed_during_the_walk(tmp_path: Path, monkeypatch) -> None:
+    # A model switch drops a collection's folder while `stats` walks the Chroma dir: that file counts 0 bytes.
+    import os
+
+    from server import service
+
+    settings = make_settings(tmp_path / "data", tmp_path / "model")
+    folder = settings.chroma_dir / "segment"
+    folder.mkdir(parents=True)
+    (folder / "kept.bin").write_bytes(b"x" * 10)
+    (folder / "gone.bin").write_bytes(b"x" * 7)
+
+    class VanishingOs:  # the os module, with one file gone between listing and stat
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        @staticmethod
+        def lstat(path, *args, **kwargs):
+            if str(path).endswith("gone.bin"):
+                raise FileNotFoundError(path)
+            return os.lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(service, "os", VanishingOs())
+    assert service._index_bytes(settings)["chroma"] == 10

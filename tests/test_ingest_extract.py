@@ -330,11 +330,17 @@ def test_walk_survives_a_tree_nested_past_the_recursion_limit(tmp_path: Path) ->
     (deep / "bottom.md").write_text("x")
     shallow = root.joinpath(*["d"] * 5, "mid.md")
     shallow.write_text("x")
-    seen = listing(root)
-    assert seen["top.md"] == "found" and seen[str(shallow.relative_to(root))] == "found"
-    cut = str(root.joinpath(*["d"] * (MAX_FOLDER_DEPTH + 1)).relative_to(root))
-    assert seen[cut] == f"folder nested more than {MAX_FOLDER_DEPTH} levels deep"
-    assert str((deep / "bottom.md").relative_to(root)) not in seen
+    try:
+        seen = listing(root)
+        assert seen["top.md"] == "found" and seen[str(shallow.relative_to(root))] == "found"
+        cut = str(root.joinpath(*["d"] * (MAX_FOLDER_DEPTH + 1)).relative_to(root))
+        assert seen[cut] == f"folder nested more than {MAX_FOLDER_DEPTH} levels deep"
+        assert str((deep / "bottom.md").relative_to(root)) not in seen
+    finally:  # bottom-up, one level at a time: pytest's own clean-up of old temp dirs recurses too
+        (deep / "bottom.md").unlink()
+        while deep != root.joinpath(*["d"] * 5):
+            deep.rmdir()
+            deep = deep.parent
 
 
 def test_walk_reads_into_folders_as_git_does(tmp_path: Path) -> None:
