@@ -30,6 +30,7 @@ from server.engine.engine import DocumentInput
 from server.errors import RiftError
 from server.service import Rift
 from tests.support.helpers import make_settings, open_rift
+from tools._common import UNEXPECTED
 
 # RIFT_FUZZ_SCALE=20 multiplies every example count, for a longer hunt than the suite's.
 SCALE = max(1, int(os.environ.get("RIFT_FUZZ_SCALE", "1")))
@@ -232,7 +233,7 @@ class Harness:
             )
             if text.startswith(prefix):
                 assert text[len(prefix) :].startswith(": ") and text[len(prefix) + 2 :].strip()
-            assert "Traceback" not in text
+            assert "Traceback" not in text and UNEXPECTED not in text, text
             assert self.snapshot() == before, f"rejected {name} call changed the index: {args!r:.500}"
         else:
             json.loads(text)

@@ -171,6 +171,8 @@ def test_metadata_is_bounded_in_keys_key_length_and_total_size() -> None:
 
     with pytest.raises(RiftError, match="at most 128"):
         check_metadata({f"k{i}": i for i in range(129)}, "documents[0].metadata")
+    with pytest.raises(RiftError, match="key containing a NUL character"):
+        check_metadata({"a\x00b": "x"}, "documents[0].metadata")
     with pytest.raises(RiftError, match="key longer than 256"):
         check_metadata({"k" * 1_000: 1}, "documents[0].metadata")
     with pytest.raises(RiftError, match=r"documents\[0\].metadata is larger than 65,536 characters in all"):

@@ -107,6 +107,15 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     # A client can see that unknown arguments are refused (server/app.py `_refuse_unknown_arguments`).
     assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
     assert doc.get("additionalProperties") is False
+    # The published bounds are the ones the server enforces (a value the schema allows is not refused).
+    retrain = tools["retrain"].input_schema["properties"]
+    bounds = {
+        name: next(a for a in retrain[name]["anyOf"] if a.get("type") != "null")
+        for name in ("epochs", "learning_rate", "min_triples")
+    }
+    assert (bounds["epochs"]["minimum"], bounds["epochs"]["maximum"]) == (0.01, 20)
+    assert (bounds["learning_rate"]["minimum"], bounds["learning_rate"]["maximum"]) == (1e-8, 1e-3)
+    assert (bounds["min_triples"]["minimum"], bounds["min_triples"]["maximum"]) == (1, 10_000_000)
     hit = tools["hybrid_search"].output_schema["$defs"]["SearchHit"]["properties"]
     assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank"} <= set(hit)
 
@@ -360,7 +369,7 @@ async def test_queued_writes_leave_worker_threads_for_searches(cfg: Settings, mo
 
 
 async def test_chroma_errors_reach_the_client_with_their_cause() -> None:
-    """A Chroma (or its HTTP client's) error becomes an is_error naming it; other exceptions stay bugs."""
+    """A Chroma (or its HTTP client's) error becomes an is_error naming it; another exception, a bug, too."""
     from chromadb.errors import NotFoundError as ChromaNotFound
     from mcp.server.mcpserver.exceptions import ToolError
 
@@ -372,15 +381,16 @@ async def test_chroma_errors_reach_the_client_with_their_cause() -> None:
     def refused() -> None:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    with pytest.raises(ToolError, match=r"vector store \(Chroma\) failed: NotFoundError: Collection \[x\]"):
-        await call(gone)
-    with pytest.raises(ToolError, match="Connection refused"):
+    with pytest.raises(ToolError, match=r"\(Chroma\) failed: NotFoundError: Collection \[x\] does not exist\.$"):
+        await call(gone)  # (an embedded Chroma error: no hint about a server)
+    with pytest.raises(ToolError, match=r"Connection refused.*check that the Chroma server is up"):
         await call(refused)
 
     def bug() -> None:
         raise KeyError("x")
 
-    with pytest.raises(KeyError):
+    # Other exceptions are bugs: the client gets their cause and the log the traceback, not a bare message.
+    with pytest.raises(ToolError, match=r"^rift failed unexpectedly: KeyError: 'x' \(a bug in rift"):
         await call(bug)
 
 

@@ -111,13 +111,24 @@ async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *arg
         raise ToolError(str(exc)) from None
     except Exception as exc:
         if not from_vector_store(exc):
-            raise
+            # A bug, not bad input: name the cause rather than the SDK's bare "Error executing tool".
+            log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))
+            raise ToolError(
+                f"{UNEXPECTED}: {type(exc).__name__}: {exc} (a bug in rift; the server's log has the traceback)"
+            ) from None
         # Chroma's and its HTTP client's errors: the cause, not the SDK's bare "Error executing tool".
         log.exception("Chroma failed")
-        raise ToolError(
-            f"the vector store (Chroma) failed: {type(exc).__name__}: {exc} (with vector_backend = 'http', "
-            "check that the Chroma server is up)"
-        ) from None
+        hint = " (check that the Chroma server is up)" if _from_connection(exc) else ""
+        raise ToolError(f"the vector store (Chroma) failed: {type(exc).__name__}: {exc}{hint}") from None
+
+
+UNEXPECTED = "rift failed unexpectedly"
+
+
+def _from_connection(exc: BaseException) -> bool:
+    """An error of the connection to a Chroma server (vector_backend = "http"), not of Chroma itself."""
+    module = type(exc).__module__ or ""
+    return module.split(".")[0] in {"httpx", "httpcore"} or isinstance(exc, ConnectionError)
 
 
 def from_vector_store(exc: BaseException) -> bool:

@@ -35,11 +35,11 @@ async def retrain(
     ] = None,
     epochs: Annotated[
         float | None,
-        Field(gt=0, le=20, description=f"Training epochs {_default('learn_epochs')}."),
+        Field(ge=0.01, le=20, description=f"Training epochs {_default('learn_epochs')}."),
     ] = None,
     learning_rate: Annotated[
         float | None,
-        Field(gt=0, le=1e-3, description=f"Learning rate {_default('learn_learning_rate')}."),
+        Field(ge=1e-8, le=1e-3, description=f"Learning rate {_default('learn_learning_rate')}."),
     ] = None,
     batch_size: Annotated[
         int | None,
@@ -47,7 +47,7 @@ async def retrain(
     ] = None,
     min_triples: Annotated[
         int | None,
-        Field(ge=1, description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
+        Field(ge=1, le=10_000_000, description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
     ] = None,
     merge_base: Annotated[
         float | None,

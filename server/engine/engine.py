@@ -174,6 +174,8 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
             raise RiftError(f"{where} keys must be non-empty strings")
         if len(key) > MAX_METADATA_KEY:
             raise RiftError(f"{where} has a key longer than {MAX_METADATA_KEY} characters ({key[:40]!r}...)")
+        if "\x00" in key:  # no filter could name it (filters refuse a NUL), as writes refuse one in a value
+            raise RiftError(f"{where} has a key containing a NUL character")
         if key.startswith(RESERVED_PREFIX):
             raise RiftError(f"{where}.{key}: keys starting with {RESERVED_PREFIX!r} are reserved")
         if key[0] in "$#" or key == "chroma:document":  # Chroma's operators and its own keys
