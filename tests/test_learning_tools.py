@@ -67,6 +67,12 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         assert "not among the results" in await error(
             client, "feedback", {"query_id": first["query_id"], "doc_id": "no-such-doc", "relevant": False}
         )
+        # Only a result the search returned: a k=1 search's runners-up were candidates the agent never saw.
+        single = await ok(client, "hybrid_search", {"query": queries()[0], "k": 1})
+        other = next(d["id"] for d in corpus() if d["id"] != single["hits"][0]["doc_id"])
+        assert "not among the results" in await error(
+            client, "feedback", {"query_id": single["query_id"], "doc_id": other, "relevant": True}
+        )
 
         dry = await ok(client, "retrain", {"dry_run": True})
         assert dry["job_id"] is None and dry["status"] == "dry_run"

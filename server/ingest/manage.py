@@ -67,9 +67,9 @@ def get_document(
                 )
     text, metadata, chunks, updated = engine.get_document(collection, doc_id)
     end = len(text) if max_chars is None else offset + max_chars
-    # Recorded only as a read of something that search showed (as `feedback` is): a document the search
-    # never ranked would become that query's positive with no hard negative, and waste its signal.
-    if logged is not None and doc_id in logged.shown:
+    # Recorded only as a read of a result that search returned (as `feedback` is): another document would
+    # become that query's positive though the agent found it elsewhere.
+    if logged is not None and doc_id in logged.returned:
         rift.log.record_fetch(query_id, doc_id)
     else:
         logged = None

@@ -81,9 +81,10 @@ class LoggedQuery:
     keyword_blind: list[str]
 
     @property
-    def shown(self) -> set[str]:
-        """Documents this search ranked: its results and either side's candidates."""
-        return set(self.fused) | {d for d, _, _ in self.vector} | {d for d, _, _ in self.keyword}
+    def returned(self) -> set[str]:
+        """The documents this search gave the agent: its results (not either side's deeper candidates, which
+        the agent never saw, so a judgement or a read of one belongs to some other search)."""
+        return set(self.fused)
 
 
 def normalized_query(text: str) -> str:
