@@ -260,3 +260,36 @@ def test_corpus_pairs_read_unspaced_cjk_sentences() -> None:
     sentences = [s + "。" for s in text.split("。") if s]
     assert ict.query in sentences and ict.query not in ict.positive_text
     assert ict.positive_text == "".join(s for s in sentences if s != ict.query)  # rejoined without spaces
+
+
+def test_corpus_pairs_never_train_on_what_the_gate_scores(tmp_path, tiny_model_path) -> None:
+    """A title -> document pair would train on a held-out query that is a title, and on the known-item queries
+    the gate asks (a document's title): held-out texts get no pair, and trained texts are no known items."""
+    from server.learning.gate import Gate, GateConfig
+    from server.learning.pipeline import collect_and_mine
+    from server.learning.query_log import normalized_query
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        w = [x for x in WORDS if x.isalpha()]
+        titles = [" ".join(w[(3 * i + j) % len(w)] for j in range(3)) for i in range(10)]
+        body = [" ".join(w[(5 * i + j) % len(w)] for j in range(8)) + "." for i in range(10)]
+        app.add_documents("default", docs(*((f"d{i}", body[i], {"title": titles[i]}) for i in range(10))))
+        for title in titles:  # the agent searches for titles; the latest are the gate's hold-out
+            app.search("default", title)
+        app.log.flush()
+        mining = MiningConfig(strategy="fused+pseudo")
+        mined = collect_and_mine(app.log, app.engine(), mining, GateConfig())
+        held = {normalized_query(q.query) for q in mined.holdout}
+        pseudo = [t for t in mined.report.triples if t.kind == "pseudo"]
+        assert held and pseudo
+        assert not held & {normalized_query(t.query) for t in pseudo}
+        trained = {normalized_query(t.query) for t in mined.report.triples}
+        gate = Gate(app.engine(), GateConfig(known_items=100))
+        known = gate._known_items({"default"}, trained)
+        assert not {normalized_query(q) for _c, _d, q in known} & trained
+        assert len(gate._known_items({"default"}, set())) == 10  # (all ten without the exclusion)
+    finally:
+        app.close()

@@ -43,6 +43,7 @@ from server.learning.augment import TermMasker, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
 from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
+from server.learning.query_log import normalized_query
 from server.learning.training import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -541,7 +542,13 @@ def run_learning_experiment(
             build_all(engine, candidate)
             seed_info["reencode_s"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            gate = Gate(engine, gate_cfg).score(engine.embedder, candidate, mined.holdout, mined.feedback)
+            gate = Gate(engine, gate_cfg).score(
+                engine.embedder,
+                candidate,
+                mined.holdout,
+                mined.feedback,
+                trained_texts={normalized_query(row[0]) for row in rows},
+            )
             seed_info["gate"] = gate.as_dict()
             seed_info["gate_s"] = round(time.perf_counter() - t0, 1)
             if destroyed_check and seed == seeds[0]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,8 +162,11 @@ class Gate:
         labelled: LabelledSet | None = None,
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        trained_texts: Collection[str] = (),
     ) -> GateReport:
-        """`progress(done, total)` after each scored query (held-out, known-item and labelled ones)."""
+        """`progress(done, total)` after each scored query (held-out, known-item and labelled ones).
+        `trained_texts`: the candidate's training queries (normalized); a known item whose query is one of them
+        is not sampled (a title -> document pair from a corpus supplement would score its own training)."""
         feedback = feedback or {}
         sums: dict[str, dict[str, list[float]]] = {"serving": {}, "candidate": {}}
         overlaps: list[float] = []
@@ -174,7 +177,7 @@ class Gate:
         models = {"serving": serving, "candidate": candidate}
         collections = set(self.engine.collection_names())
         fb_queries = 0
-        known = self._known_items(collections)
+        known = self._known_items(collections, set(trained_texts))
         total = len(holdout) + len(known) + (len(labelled.queries) if labelled is not None else 0)
         done = 0
 
@@ -254,7 +257,7 @@ class Gate:
         self._decide(report, delta, fb_queries)
         return report
 
-    def _known_items(self, collections: set[str]) -> list[tuple[str, str, str]]:
+    def _known_items(self, collections: set[str], trained: set[str]) -> list[tuple[str, str, str]]:
         rng = random.Random(self.cfg.seed)
         out: list[tuple[str, str, str]] = []
         per = max(1, self.cfg.known_items // max(1, len(collections)))
@@ -272,7 +275,7 @@ class Gate:
                 if found is None:
                     continue
                 query = known_item_query(found[1], meta)
-                if query:
+                if query and normalized_query(query) not in trained:
                     out.append((collection, doc_id, query))
         return out
 

@@ -35,6 +35,7 @@ from server.learning.pipeline import (
     switch_all,
 )
 from server.learning.policy import Policy
+from server.learning.query_log import normalized_query
 from server.learning.registry import ModelVersion, Registry, new_version_id
 from server.learning.resume import ResumePlan
 from server.learning.training import TrainConfig, train_model
@@ -399,7 +400,10 @@ class LearningManager:
                 str(out_dir), plan.version, self.settings, self.registry.origin_model(entry)
             )
             entry.dimension = candidate.dimension
-            return self._gate_and_switch(job, candidate, entry, holdout, feedback, result, force=False)
+            trained = {normalized_query(row[0]) for row in plan.rows}
+            return self._gate_and_switch(
+                job, candidate, entry, holdout, feedback, result, force=False, trained_texts=trained
+            )
         except BaseException:
             # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not. (A
             # job still running when the shutdown stops waiting for it fails on the closed stores instead of
@@ -426,6 +430,7 @@ class LearningManager:
         feedback: dict,
         result: dict[str, Any],
         force: bool,
+        trained_texts: set[str] | None = None,
     ) -> dict[str, Any]:
         engine = self.engine
 
@@ -445,6 +450,7 @@ class LearningManager:
                 self._labelled(),
                 lambda: job.cancelled,
                 job.progress,
+                trained_texts or (),
             )
             job.check()
             result["gate"] = gate.as_dict()

@@ -19,7 +19,7 @@ from server.learning.mining import (
     mine,
     pseudo_queries,
 )
-from server.learning.query_log import LoggedQuery, QueryLog
+from server.learning.query_log import LoggedQuery, QueryLog, normalized_query
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,10 @@ def collect_and_mine(
     report = mine(train, mining, feedback, fetched)
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
+        held = {normalized_query(q.query) for q in holdout}  # the gate scores these texts: never train on them
         for name in sorted({q.collection for q in train}):
-            report.triples.extend(_corpus_triples(engine, name, mining, supplement))
+            corpus = _corpus_triples(engine, name, mining, supplement)
+            report.triples.extend(t for t in corpus if normalized_query(t.query) not in held)
     return Mined(report, train, holdout, feedback)
 
 
