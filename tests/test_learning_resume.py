@@ -126,6 +126,8 @@ def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny
         assert resume.pending(settings.models_dir) == []
         assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
         assert rift.learning.registry.serving().version == base
+        dropped = rift.learning.registry.get(plan.version)  # a note says what became of it
+        assert dropped.status == "failed" and dropped.note.endswith("continued: learn_resume_interrupted is off")
     finally:
         rift.close()
 
@@ -138,7 +140,8 @@ def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny
     try:
         assert rift.learning.jobs.running is None
         assert resume.pending(settings.models_dir) == []
-        assert rift.learning.registry.get(plan.version) is None
+        note = rift.learning.registry.get(plan.version).note
+        assert "no longer serves" in note, note
     finally:
         rift.close()
 

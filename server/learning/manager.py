@@ -297,7 +297,24 @@ class LearningManager:
         log.warning("not continuing interrupted retrain %s: %s", plan.version, why)
         resume.discard(self.settings.models_dir, plan.version)
         entry = self.registry.get(plan.version)
-        if entry is not None and entry.status == "failed":
+        if entry is None:  # stopped during training: the registry had no entry yet, so say so in a new one
+            self.registry.add(
+                ModelVersion(
+                    version=plan.version,
+                    kind="fine-tune",
+                    location=plan.version,  # (no weights: they were never saved)
+                    base_model=self._base_model_of(plan.parent),
+                    status="failed",
+                    created_at=time.time(),
+                    parent=plan.parent,
+                    strategy=plan.strategy,
+                    triples=len(plan.rows),
+                    triples_by_type=plan.triples_by_type,
+                    train=dict(plan.config),
+                    note=f"interrupted during training; not continued: {why}",
+                )
+            )
+        elif entry.status == "failed":
             self.registry.update(plan.version, note=f"interrupted; not continued: {why}")
 
     def _gate_config(self) -> GateConfig:
