@@ -75,6 +75,9 @@ async def test_each_path_trick_is_refused_with_a_clear_error(
         assert "absolute path" in message
         message = await refused(client, "add_paths", paths=[str(root / "missing")])
         assert "does not exist" in message
+        # Outside the roots the answer is the same whether a path exists or not: no probing the disk.
+        message = await refused(client, "add_paths", paths=[str(outside.parent / "no-such-file")])
+        assert "outside the allowed roots" in message and "does not exist" not in message
         message = await refused(client, "add_paths", paths=[str(root / "docs")], collection="bad name!")
         assert "collection" in message
         # A refusal reads nothing: one bad path fails the whole call before any file is ingested.

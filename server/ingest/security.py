@@ -68,11 +68,14 @@ class PathPolicy:
                 )
         try:
             resolved = path.resolve(strict=True)
-        except FileNotFoundError:
-            raise NotFoundError(f"{where} {raw!r} does not exist") from None
-        except RuntimeError:
-            raise RiftError(f"{where} {raw!r} is a symlink loop") from None
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
+            # Outside the roots, whether a path exists (or why it cannot be read) is not the caller's to learn.
+            if not self.allows(Path(os.path.normpath(path))):
+                raise RiftError(f"{where} {raw!r} is outside the allowed roots ({self.describe_roots()})") from None
+            if isinstance(exc, FileNotFoundError):
+                raise NotFoundError(f"{where} {raw!r} does not exist") from None
+            if isinstance(exc, RuntimeError):
+                raise RiftError(f"{where} {raw!r} is a symlink loop") from None
             raise RiftError(f"{where} {raw!r} cannot be read: {exc.strerror or exc}") from None
         if not self.allows(resolved):
             lexical = Path(os.path.normpath(path))
