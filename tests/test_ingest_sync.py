@@ -223,6 +223,19 @@ def test_size_limit_single_files_and_no_recursion(tmp_path: Path, tiny_model_pat
         rift.close()
 
 
+def test_a_named_file_now_left_out_keeps_no_stale_document_under_prune(app: Rift, docs: Path) -> None:
+    walrus = docs / "notes" / "walrus.txt"
+    assert statuses(sync(app, walrus), docs)["notes/walrus.txt"][0] == "added"
+    walrus.write_text("")  # emptied: no text to index now
+    status, reason = statuses(sync(app, walrus), docs)["notes/walrus.txt"]
+    assert status == "skipped" and reason.endswith("its earlier version stays indexed (prune removes it)")
+    assert top_doc(app, "walrus", docs) == "notes/walrus.txt"  # (said so: the old text still answers)
+    status, reason = statuses(sync(app, walrus, prune=True), docs)["notes/walrus.txt"]
+    assert status == "removed" and reason.endswith("its document was removed")
+    assert "notes/walrus.txt" not in stored(app, docs) and top_doc(app, "walrus", docs) is None
+    assert_consistent(app)
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 
@@ -532,6 +545,11 @@ def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift
     sync(app, shared / "nebula.md")  # synced directly too: the document is that file's now
     meta = dict(app.engine().state.list_documents("files", -1, 0))
     assert "via" not in meta[nebula]
+    # Reached through the link again in a later call, it stays the file's own document (it flipped to the
+    # link, was rewritten each time, and the link's removal then pruned a file that still exists).
+    again = sync(app, docs)
+    assert {f.path: f.status for f in again.files}[nebula] == "unchanged"
+    assert "via" not in dict(app.engine().state.list_documents("files", -1, 0))[nebula]
 
     (docs / "comet-link.md").unlink()
     (docs / "nebula-link.md").unlink()

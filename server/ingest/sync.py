@@ -185,6 +185,11 @@ class _Sync:
         ):
             self.flush()
 
+    def left_out(self, key: str) -> bool:
+        """Whether the file `key`, which has a stored document, was skipped this time for good (not a read
+        error that may pass)."""
+        return key in self.skipped and Path(key) not in self.unread and self.existing.get(key, {}).get("source") == key
+
     def unchanged(self, key: str) -> None:
         self.report.files.append(FileResult(key, "unchanged"))
         self.keep.add(key)
@@ -296,8 +301,11 @@ def sync_paths(
             for item in walk(target, policy, recursive, pattern):
                 if isinstance(item, Found):
                     if not item.path.is_relative_to(own):
-                        # Found directly somewhere, it is that file's document, whatever links to it.
-                        via = candidates.get(item.path, item.via) if item.via else None
+                        # Found directly somewhere (in this call, or stored so by an earlier one), it is that
+                        # file's document, whatever links to it: a link's removal must not prune it.
+                        stored = run.existing.get(str(item.path))
+                        direct = stored is not None and stored.get("source") == str(item.path) and not stored.get("via")
+                        via = candidates.get(item.path, item.via) if item.via and not direct else None
                         candidates[item.path] = via
                 elif isinstance(item, Skipped):
                     run.skip(item.path, item.reason, item.transient)
@@ -310,11 +318,18 @@ def sync_paths(
                 progress(done, total)
         run.flush()
 
+        if not prune:
+            for key, result in run.skipped.items():
+                if run.left_out(key):
+                    result.reason = f"{result.reason}; its earlier version stays indexed (prune removes it)"
         if prune:
             doomed: list[str] = []
             for target in targets:
                 if target.is_dir():
                     doomed.extend(run.prune(target, recursive, pattern))
+                elif run.left_out(str(target)):
+                    # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
+                    doomed.append(str(target))
             doomed.extend(gone_docs)
             doomed = list(dict.fromkeys(doomed))
             if doomed:
