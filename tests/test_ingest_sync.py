@@ -236,6 +236,26 @@ def test_a_named_file_now_left_out_keeps_no_stale_document_under_prune(app: Rift
     assert_consistent(app)
 
 
+def test_a_symlinked_folder_switched_to_another_target_is_pruned_of_the_old_one(app: Rift, docs: Path) -> None:
+    releases = docs / "releases"
+    for version, words in (("v1", "old pelican instructions"), ("v2", "new flamingo instructions")):
+        (releases / version).mkdir(parents=True)
+        (releases / version / "guide.md").write_text(f"# Guide\n\n{words} for this release.\n")
+    current = docs / "current"
+    current.symlink_to(releases / "v1")
+    sync(app, current)
+    assert stored(app, docs) == {"releases/v1/guide.md"}
+    current.unlink()
+    current.symlink_to(releases / "v2")  # a deploy switches the link
+    kept = statuses(sync(app, current), docs)  # without prune the old target's file stays ...
+    assert kept["releases/v2/guide.md"][0] == "added" and "releases/v1/guide.md" in stored(app, docs)
+    report = statuses(sync(app, current, prune=True), docs)  # ... until a run with prune
+    assert report["releases/v1/guide.md"] == ("removed", f"{current} now leads to {releases / 'v2'}, not to the folder this file is in")
+    assert stored(app, docs) == {"releases/v2/guide.md"} and top_doc(app, "pelican", docs) is None
+    assert (releases / "v1" / "guide.md").exists()  # the files themselves are never touched
+    assert_consistent(app)
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 
@@ -362,6 +382,37 @@ def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift,
         wait_for(lambda: stored(app, docs) == {"fresh.md"})
         (docs / "later.md").write_text("# Later\n\nWritten after the new watch started.\n")
         wait_for(lambda: stored(app, docs) == {"fresh.md", "later.md"})
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:
+    from server.ingest.watch import watch_folder
+
+    releases = docs / "releases"
+    for version in ("v1", "v2"):
+        (releases / version).mkdir(parents=True)
+        (releases / version / "guide.md").write_text(f"# Guide\n\nRelease {version} notes.\n")
+    current = docs / "current"
+    current.symlink_to(releases / "v1")
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch_folder,
+        args=(app.engine(), current, "files"),
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_for(lambda: stored(app, docs) == {"releases/v1/guide.md"})
+        switched = docs / "current.new"  # an atomic switch, as deploy tools do it
+        switched.symlink_to(releases / "v2")
+        switched.replace(current)
+        wait_for(lambda: stored(app, docs) == {"releases/v2/guide.md"})
+        (releases / "v2" / "faq.md").write_text("# FAQ\n\nWatched in the new target.\n")
+        wait_for(lambda: stored(app, docs) == {"releases/v2/guide.md", "releases/v2/faq.md"})
     finally:
         stop.set()
         thread.join(10)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,11 @@ class _Sync:
         return doomed
 
 
+def _root_key(collection: str, given: str) -> str:
+    """The state setting that remembers where a folder named through a symlink led at its last sync."""
+    return f"sync_root:{collection}:{given}"
+
+
 def _place(doc_id: str, meta: dict[str, Any]) -> Path:
     """Where a file document was found: the symlink it was reached through, else its own path."""
     via = meta.get("via")
@@ -270,13 +276,19 @@ def sync_paths(
     pattern = compile_glob(glob)
     targets: list[Path] = []
     vanished: dict[Path, NotFoundError] = {}  # with prune: a folder (or file) deleted since the last sync
+    linked: dict[str, Path] = {}  # a folder named through a symlink ("current" -> releases/v2): its target now
     for i, raw in enumerate(paths):
         try:
-            targets.append(policy.check(raw, f"paths[{first_index + i}]"))
+            target = policy.check(raw, f"paths[{first_index + i}]")
         except NotFoundError as exc:
             if not prune:
                 raise
             vanished[policy.vanished(raw, f"paths[{first_index + i}]")] = exc
+            continue
+        targets.append(target)
+        given = os.path.abspath(os.path.expanduser(raw))
+        if target.is_dir() and Path(given) != target:
+            linked[given] = target
     targets = list(dict.fromkeys(targets))
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
@@ -288,6 +300,13 @@ def sync_paths(
         if not under:
             raise missing  # nothing of it was ever synced here: a typo, not a deletion
         gone_docs += under
+    # A symlinked folder switched to another target since the last sync: the old target's files are no longer
+    # under the folder the caller names, so prune treats them as gone (the files themselves stay).
+    switched: dict[str, Path] = {}
+    for given, target in linked.items():
+        before = engine.state.setting(_root_key(collection, given))
+        if before and Path(before) != target:
+            switched[given] = Path(before)
     created = engine.create_collection(collection)
     try:
         # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
@@ -331,6 +350,12 @@ def sync_paths(
                     # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
                     doomed.append(str(target))
             doomed.extend(gone_docs)
+            for old_target in switched.values():
+                doomed.extend(
+                    doc_id
+                    for doc_id in run.prune(old_target, recursive, pattern)
+                    if not any(_place(doc_id, run.existing[doc_id]).is_relative_to(t) for t in targets)
+                )
             doomed = list(dict.fromkeys(doomed))
             if doomed:
                 deleted, _ = engine.delete_documents(collection, doomed)
@@ -346,13 +371,19 @@ def sync_paths(
                             unlinked = bool(via) and not Path(via).is_symlink()
                         except OSError:  # exists() raises on EACCES: it is there, only left out
                             gone = unlinked = False
+                        moved = next((g for g, t in switched.items() if Path(doc_id).is_relative_to(t)), None)
                         if gone:
                             reason = "file no longer exists"
+                        elif moved is not None:
+                            reason = f"{moved} now leads to {linked[moved]}, not to the folder this file is in"
                         elif unlinked:
                             reason = f"the symlink it was reached through ({via}) is gone"
                         else:
                             reason = "left out of the folder now (e.g. .gitignore)"
                         run.report.files.append(FileResult(doc_id, "removed", reason))
+        for given, target in linked.items():
+            if prune or given not in switched:  # (without prune the old target's files stay: remember it)
+                engine.state.put_setting(_root_key(collection, given), str(target))
         return run.report
     except BaseException:
         # A sync that made the collection and stopped (cancelled, failed) before committing any document

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from server.errors import RiftError
 from server.ingest.security import PathPolicy
 from server.ingest.sync import SyncReport, sync_paths
 from server.ingest.walker import VCS_DIRS
@@ -38,7 +39,10 @@ def watch_folder(
     from watchfiles import DefaultFilter, watch
 
     policy = policy or PathPolicy.unrestricted()
-    folder = policy.check(str(folder), "path")
+    # The path as given, which a symlink may lead elsewhere later ("current" -> releases/v2): its identity is
+    # checked at every wake-up, and each sync names it, so the old target's documents are pruned.
+    given = os.path.abspath(os.path.expanduser(str(folder)))
+    folder = policy.check(given, "path")
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     # Only the folders the walk itself leaves out: watchfiles' defaults also skip node_modules, .venv, .tox
@@ -52,7 +56,7 @@ def watch_folder(
 
     def sync() -> None:
         try:
-            report = sync_paths(engine, collection, [str(folder)], policy, glob=glob, prune=prune)
+            report = sync_paths(engine, collection, [given], policy, glob=glob, prune=prune)
         except Exception:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
             log.exception("sync of %s failed; watching on, the next change retries", folder)
             return
@@ -61,10 +65,10 @@ def watch_folder(
 
     def identity() -> tuple[int, int] | None:
         try:
-            st = os.stat(folder)
+            st = os.stat(given)
         except OSError:
             return None
-        return (st.st_dev, st.st_ino) if os.path.isdir(folder) else None
+        return (st.st_dev, st.st_ino) if os.path.isdir(given) else None
 
     def stopped() -> bool:
         return stop_event is not None and stop_event.is_set()
@@ -87,6 +91,20 @@ def watch_folder(
                     except KeyboardInterrupt:
                         return
             log.warning("%s is back; syncing it", folder)
+            continue
+        try:
+            folder = policy.check(given, "path")  # where it leads now
+        except RiftError as exc:  # (e.g. a link switched to somewhere outside the allowed roots)
+            log.warning("%s cannot be watched now: %s; waiting for it to change", given, exc)
+            while identity() == watching:
+                if stop_event is not None:
+                    if stop_event.wait(1.0):
+                        return
+                else:
+                    try:
+                        time.sleep(1.0)
+                    except KeyboardInterrupt:
+                        return
             continue
         started = False
         replaced = False
