@@ -63,19 +63,22 @@ Node = Cond | Bool
 
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
-        raise RiftError(f"filters: {where} must be a finite number")
+        raise RiftError(f"{where} must be a finite number")
     if isinstance(value, float) and abs(value) >= 2**63:
         # Chroma compares a float operand with integer metadata as a 64-bit integer, saturating: 1e19 would
         # equal 2**63 - 1 there and not here. No such number can tell two stored values apart reliably.
-        raise RiftError(f"filters: {where} is {value:g}; numbers must lie within ±9.2e18 (64-bit integers)")
+        raise RiftError(f"{where} is {value:g}; numbers must lie within ±9.2e18 (64-bit integers)")
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value <= 2**63 - 1:
-        raise RiftError(f"filters: {where} is {value}; numbers must lie within ±9.2e18 (64-bit integers)")
+        raise RiftError(f"{where} is {value}; numbers must lie within ±9.2e18 (64-bit integers)")
     if isinstance(value, str) and "\x00" in value:
         # No stored value holds one (writes refuse it), and numpy's string compare would drop a trailing one.
-        raise RiftError(f"filters: {where} contains a NUL character")
+        raise RiftError(f"{where} contains a NUL character")
     if isinstance(value, (str, int, float, bool)):
         return value
-    raise RiftError(f"filters: {where} must be a string, number or boolean, got {type(value).__name__}")
+    raise RiftError(f"{where} must be a string, number or boolean, got {_JSON_NAMES.get(type(value), type(value).__name__)}")
+
+
+_JSON_NAMES = {type(None): "null", dict: "object", list: "array"}  # what an agent sent, in its JSON terms
 
 
 def parse_filters(raw: Mapping[str, Any] | None) -> Node | None:
