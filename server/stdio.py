@@ -81,18 +81,30 @@ def answer_to_unreadable(exc: Exception) -> JSONRPCError | None:
     if not isinstance(exc, ValidationError):
         return None
     errors = exc.errors(include_url=False)
-    raw: Any = errors[0].get("input") if errors else None
-    if isinstance(raw, str):  # not JSON the SDK's parser reads
-        reason = errors[0].get("msg", "invalid JSON")
-        return _error(request_id_of(raw), PARSE_ERROR, f"Parse error: the request could not be read ({reason})")
-    if isinstance(raw, dict):
-        if "method" not in raw or "id" not in raw:  # a notification, or a response to us: nobody waits
-            return None
-        request_id = raw.get("id")
-        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-            request_id = None
-        return _error(request_id, INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 request object")
-    return _error(None, INVALID_REQUEST, "Invalid request: expected one JSON-RPC request object per line")
+    unreadable = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if unreadable is not None:  # not JSON the SDK's parser reads
+        raw = unreadable.get("input")
+        request_id = request_id_of(raw) if isinstance(raw, str) else None
+        reason = unreadable.get("msg", "invalid JSON")
+        return _error(request_id, PARSE_ERROR, f"Parse error: the request could not be read ({reason})")
+    # JSON, but no JSON-RPC message: the errors of a field the object lacks carry the whole object.
+    whole = next(
+        (e["input"] for e in errors if e["type"] == "missing" and len(e["loc"]) == 2 and isinstance(e["input"], dict)),
+        None,
+    )
+    if whole is None:
+        if errors and all(len(e["loc"]) == 1 for e in errors):  # an array, a number: not an object at all
+            return _error(None, INVALID_REQUEST, "Invalid request: expected one JSON-RPC request object per line")
+        return None
+    if "method" not in whole or "id" not in whole:  # a notification, or a response to us: nobody waits
+        return None
+    request_id = whole["id"]
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        request_id = None
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in errors if e["loc"][0] == "JSONRPCRequest"
+    )
+    return _error(request_id, INVALID_REQUEST, f"Invalid request: not a JSON-RPC 2.0 request ({problems})")
 
 
 def _error(request_id: str | int | None, code: int, message: str) -> JSONRPCError:

@@ -136,7 +136,15 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         assert garbage["id"] is None and garbage["error"]["code"] == -32700
         no_version = send_raw('{"id": 8, "method": "tools/list"}')
         assert no_version["id"] == 8 and no_version["error"]["code"] == -32600
-        assert len(ask(9, "tools/list")["result"]["tools"]) >= 4  # and the session goes on
+        old_version = send_raw('{"jsonrpc": "1.0", "id": 9, "method": "tools/list"}')
+        assert old_version["id"] == 9 and "jsonrpc: Input should be '2.0'" in old_version["error"]["message"]
+        bad_params = send_raw('{"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": "abc"}')
+        assert bad_params["id"] == 10 and bad_params["error"]["code"] == -32600
+        # A malformed notification gets no answer (nothing waits for one): the next line is the next reply.
+        proc.stdin.write('{"jsonrpc": "1.0", "method": "notifications/initialized"}\n')
+        before = len(lines)
+        assert len(ask(11, "tools/list")["result"]["tools"]) >= 4  # and the session goes on
+        assert [json.loads(line).get("id") for line in lines[before:]] == [11]
         proc.stdin.close()  # EOF ends the server
         rest = proc.stdout.read()
         assert proc.wait(timeout=60) == 0
