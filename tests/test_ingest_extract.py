@@ -470,6 +470,18 @@ def test_policy_and_reads(tmp_path: Path) -> None:
         policy.check(str(root / "in" / "link.txt"), "p")
     with pytest.raises(NotFoundError):
         policy.check(str(root / "nope"), "p")
+    # Outside the roots a missing path is "outside", as an existing one is (no probing the disk) ...
+    with pytest.raises(RiftError, match="outside the allowed roots") as outside:
+        policy.check(str(tmp_path / "nope.txt"), "p")
+    assert not isinstance(outside.value, NotFoundError)
+    os.symlink(tmp_path, root / "peek")
+    with pytest.raises(RiftError, match="outside the allowed roots") as outside:
+        policy.check(str(root / "peek" / "nope.txt"), "p")  # (through a symlink that leads out, too)
+    assert not isinstance(outside.value, NotFoundError)
+    # ... and inside them a missing path is missing, spelt through a symlink to a root too (macOS /tmp).
+    os.symlink(root, tmp_path / "alias")
+    with pytest.raises(NotFoundError):
+        policy.check(str(tmp_path / "alias" / "nope"), "p")
     with pytest.raises(RiftError, match="NUL"):
         policy.check("/x\x00y", "p")
     assert (

@@ -70,7 +70,8 @@ class PathPolicy:
             resolved = path.resolve(strict=True)
         except (OSError, RuntimeError) as exc:
             # Outside the roots, whether a path exists (or why it cannot be read) is not the caller's to learn.
-            if not self.allows(Path(os.path.normpath(path))):
+            # (Resolved as far as it exists: roots are resolved, and a symlink on the way may lead out.)
+            if not self.allows(_resolve_lenient(path)):
                 raise RiftError(f"{where} {raw!r} is outside the allowed roots ({self.describe_roots()})") from None
             if isinstance(exc, FileNotFoundError):
                 raise NotFoundError(f"{where} {raw!r} does not exist") from None
@@ -143,6 +144,14 @@ def _opened_path(fd: int, path: Path) -> Path:
     if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
         raise ValueError("the file changed while it was opened")
     return resolved
+
+
+def _resolve_lenient(path: Path) -> Path:
+    """`path` with the symlinks of its existing part resolved; its plain normal form on a symlink loop."""
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):
+        return Path(os.path.normpath(path))
 
 
 def _expand_user(raw: str, where: str) -> Path:
