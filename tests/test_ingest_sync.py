@@ -250,9 +250,19 @@ def test_a_symlinked_folder_switched_to_another_target_is_pruned_of_the_old_one(
     kept = statuses(sync(app, current), docs)  # without prune the old target's file stays ...
     assert kept["releases/v2/guide.md"][0] == "added" and "releases/v1/guide.md" in stored(app, docs)
     report = statuses(sync(app, current, prune=True), docs)  # ... until a run with prune
-    assert report["releases/v1/guide.md"] == ("removed", f"{current} now leads to {releases / 'v2'}, not to the folder this file is in")
+    reason = f"the path it was reached through ({current / 'guide.md'}) no longer leads to it"
+    assert report["releases/v1/guide.md"] == ("removed", reason)
     assert stored(app, docs) == {"releases/v2/guide.md"} and top_doc(app, "pelican", docs) is None
     assert (releases / "v1" / "guide.md").exists()  # the files themselves are never touched
+    # A folder synced as itself keeps its documents when a link to it switches away.
+    sync(app, releases / "v1")
+    current.unlink()
+    current.symlink_to(releases / "v1")
+    sync(app, current, prune=True)
+    current.unlink()
+    current.symlink_to(releases / "v2")
+    report = statuses(sync(app, current, prune=True), docs)
+    assert "releases/v1/guide.md" not in report and "releases/v1/guide.md" in stored(app, docs)
     assert_consistent(app)
 
 
@@ -606,7 +616,7 @@ def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift
     (docs / "nebula-link.md").unlink()
     report = sync(app, docs, prune=True)
     removed = {f.path: f.reason for f in report.files if f.status == "removed"}
-    assert removed == {comet: f"the symlink it was reached through ({docs / 'comet-link.md'}) is gone"}
+    assert removed == {comet: f"the path it was reached through ({docs / 'comet-link.md'}) no longer leads to it"}
     left = {d for d, _ in app.engine().state.list_documents("files", -1, 0)}
     assert nebula in left and comet not in left
     assert (shared / "comet.md").exists()  # the file itself is never touched

@@ -242,11 +242,6 @@ class _Sync:
         return doomed
 
 
-def _root_key(collection: str, given: str) -> str:
-    """The state setting that remembers where a folder named through a symlink led at its last sync."""
-    return f"sync_root:{collection}:{given}"
-
-
 def _place(doc_id: str, meta: dict[str, Any]) -> Path:
     """Where a file document was found: the symlink it was reached through, else its own path."""
     via = meta.get("via")
@@ -276,7 +271,10 @@ def sync_paths(
     pattern = compile_glob(glob)
     targets: list[Path] = []
     vanished: dict[Path, NotFoundError] = {}  # with prune: a folder (or file) deleted since the last sync
-    linked: dict[str, Path] = {}  # a folder named through a symlink ("current" -> releases/v2): its target now
+    # A folder named through a symlink ("current" -> releases/v2) -> that name: its files are reached through
+    # it, as a symlinked file is, so once the link leads elsewhere, prune finds them no longer there.
+    linked: dict[Path, Path] = {}
+    named: set[Path] = set()  # folders named as they are
     for i, raw in enumerate(paths):
         try:
             target = policy.check(raw, f"paths[{first_index + i}]")
@@ -286,10 +284,13 @@ def sync_paths(
             vanished[policy.vanished(raw, f"paths[{first_index + i}]")] = exc
             continue
         targets.append(target)
-        given = os.path.abspath(os.path.expanduser(raw))
-        if target.is_dir() and Path(given) != target:
-            linked[given] = target
+        given = Path(os.path.abspath(os.path.expanduser(raw)))
+        if target.is_dir() and given != target:
+            linked.setdefault(target, given)
+        else:
+            named.add(target)
     targets = list(dict.fromkeys(targets))
+    linked = {target: given for target, given in linked.items() if target not in named}
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
     if collection in engine.collection_names():
@@ -300,13 +301,6 @@ def sync_paths(
         if not under:
             raise missing  # nothing of it was ever synced here: a typo, not a deletion
         gone_docs += under
-    # A symlinked folder switched to another target since the last sync: the old target's files are no longer
-    # under the folder the caller names, so prune treats them as gone (the files themselves stay).
-    switched: dict[str, Path] = {}
-    for given, target in linked.items():
-        before = engine.state.setting(_root_key(collection, given))
-        if before and Path(before) != target:
-            switched[given] = Path(before)
     created = engine.create_collection(collection)
     try:
         # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
@@ -317,14 +311,18 @@ def sync_paths(
             if target.is_file():
                 candidates[target] = None  # named explicitly: no glob or .gitignore applies
                 continue
+            through = linked.get(target)
             for item in walk(target, policy, recursive, pattern):
                 if isinstance(item, Found):
                     if not item.path.is_relative_to(own):
+                        reached = item.via
+                        if through is not None:  # the path as named: under the link, not its target
+                            reached = through / (item.via or item.path).relative_to(target)
                         # Found directly somewhere (in this call, or stored so by an earlier one), it is that
                         # file's document, whatever links to it: a link's removal must not prune it.
                         stored = run.existing.get(str(item.path))
                         direct = stored is not None and stored.get("source") == str(item.path) and not stored.get("via")
-                        via = candidates.get(item.path, item.via) if item.via and not direct else None
+                        via = candidates.get(item.path, reached) if reached and not direct else None
                         candidates[item.path] = via
                 elif isinstance(item, Skipped):
                     run.skip(item.path, item.reason, item.transient)
@@ -346,16 +344,12 @@ def sync_paths(
             for target in targets:
                 if target.is_dir():
                     doomed.extend(run.prune(target, recursive, pattern))
+                    if target in linked:  # files reached through the link, wherever it led before
+                        doomed.extend(run.prune(linked[target], recursive, pattern))
                 elif run.left_out(str(target)):
                     # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
                     doomed.append(str(target))
             doomed.extend(gone_docs)
-            for old_target in switched.values():
-                doomed.extend(
-                    doc_id
-                    for doc_id in run.prune(old_target, recursive, pattern)
-                    if not any(_place(doc_id, run.existing[doc_id]).is_relative_to(t) for t in targets)
-                )
             doomed = list(dict.fromkeys(doomed))
             if doomed:
                 deleted, _ = engine.delete_documents(collection, doomed)
@@ -368,22 +362,16 @@ def sync_paths(
                         via = run.existing.get(doc_id, {}).get("via")
                         try:
                             gone = not Path(doc_id).exists()
-                            unlinked = bool(via) and not Path(via).is_symlink()
+                            unlinked = bool(via) and os.path.realpath(via) != doc_id
                         except OSError:  # exists() raises on EACCES: it is there, only left out
                             gone = unlinked = False
-                        moved = next((g for g, t in switched.items() if Path(doc_id).is_relative_to(t)), None)
                         if gone:
                             reason = "file no longer exists"
-                        elif moved is not None:
-                            reason = f"{moved} now leads to {linked[moved]}, not to the folder this file is in"
                         elif unlinked:
-                            reason = f"the symlink it was reached through ({via}) is gone"
+                            reason = f"the path it was reached through ({via}) no longer leads to it"
                         else:
                             reason = "left out of the folder now (e.g. .gitignore)"
                         run.report.files.append(FileResult(doc_id, "removed", reason))
-        for given, target in linked.items():
-            if prune or given not in switched:  # (without prune the old target's files stay: remember it)
-                engine.state.put_setting(_root_key(collection, given), str(target))
         return run.report
     except BaseException:
         # A sync that made the collection and stopped (cancelled, failed) before committing any document
