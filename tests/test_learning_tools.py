@@ -67,12 +67,18 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         assert "not among the results" in await error(
             client, "feedback", {"query_id": first["query_id"], "doc_id": "no-such-doc", "relevant": False}
         )
-        # Only a result the search returned: a k=1 search's runners-up were candidates the agent never saw.
+        # Only a document the response named (a hit, a listed blind spot): a k=1 search's deeper candidates
+        # were never shown to the agent.
         single = await ok(client, "hybrid_search", {"query": queries()[0], "k": 1})
-        other = next(d["id"] for d in corpus() if d["id"] != single["hits"][0]["doc_id"])
+        summary = single["disagreement"]
+        named = {single["hits"][0]["doc_id"], *summary["vector_blind_spots"], *summary["keyword_blind_spots"]}
+        assert len(named) > 1
+        other = next(d["id"] for d in corpus() if d["id"] not in named)
         assert "not among the results" in await error(
             client, "feedback", {"query_id": single["query_id"], "doc_id": other, "relevant": True}
         )
+        for spot in named - {single["hits"][0]["doc_id"]}:
+            await ok(client, "feedback", {"query_id": single["query_id"], "doc_id": spot, "relevant": False})
 
         dry = await ok(client, "retrain", {"dry_run": True})
         assert dry["job_id"] is None and dry["status"] == "dry_run"

@@ -25,7 +25,7 @@ class DocumentOut(BaseModel):
         description="True when text stops before the end; call again with a later offset."
     )
     fetch_recorded: bool = Field(
-        description="True when this read was recorded against query_id (only a result that search returned)."
+        description="True when this read was recorded against query_id (only a document that search's response named: a hit or a listed blind spot)."
     )
 
 

@@ -67,9 +67,9 @@ def get_document(
                 )
     text, metadata, chunks, updated = engine.get_document(collection, doc_id)
     end = len(text) if max_chars is None else offset + max_chars
-    # Recorded only as a read of a result that search returned (as `feedback` is): another document would
+    # Recorded only as a read of a document that search's response named (as `feedback` is): another document would
     # become that query's positive though the agent found it elsewhere.
-    if logged is not None and doc_id in logged.returned:
+    if logged is not None and doc_id in logged.shown:
         rift.log.record_fetch(query_id, doc_id)
     else:
         logged = None

@@ -136,9 +136,9 @@ class LearningManager:
                 f"unknown query_id {query_id!r}: give the query_id a hybrid_search result returned "
                 "(searches in vector or keyword mode are not logged)"
             )
-        if doc_id not in logged.returned:
+        if doc_id not in logged.shown:
             raise RiftError(
-                f"doc_id {doc_id!r} was not among the results of query {query_id!r}; "
+                f"doc_id {doc_id!r} was not among the results (or listed blind spots) of query {query_id!r}; "
                 f"results were: {', '.join(logged.fused[:10]) or 'none'}"
             )
         replaced = self.log.add_feedback(query_id, doc_id, relevant)

@@ -81,10 +81,11 @@ class LoggedQuery:
     keyword_blind: list[str]
 
     @property
-    def returned(self) -> set[str]:
-        """The documents this search gave the agent: its results (not either side's deeper candidates, which
-        the agent never saw, so a judgement or a read of one belongs to some other search)."""
-        return set(self.fused)
+    def shown(self) -> set[str]:
+        """The documents this search's response named: its results and the blind spots its disagreement summary
+        listed (not either side's deeper candidates, which the agent never saw, so a judgement or a read of one
+        belongs to some other search)."""
+        return set(self.fused) | set(self.vector_blind) | set(self.keyword_blind)
 
 
 def normalized_query(text: str) -> str:
