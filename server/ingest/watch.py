@@ -73,6 +73,19 @@ def watch_folder(
     def stopped() -> bool:
         return stop_event is not None and stop_event.is_set()
 
+    def wait_while(condition: Callable[[], bool]) -> bool:
+        """Check `condition` every second until it is false (True) or the watch is stopped (False)."""
+        while condition():
+            if stop_event is not None:
+                if stop_event.wait(1.0):
+                    return False
+            else:
+                try:
+                    time.sleep(1.0)
+                except KeyboardInterrupt:
+                    return False
+        return True
+
     # The OS watch is on the folder itself: once it is deleted (or replaced, e.g. by a tool that writes a new
     # copy and renames it over) no change under it is reported again. So the folder's identity is checked at
     # every wake-up (at least every rust_timeout), and a new watch starts when it changes. A vanished folder
@@ -81,30 +94,16 @@ def watch_folder(
         watching = identity()
         if watching is None:
             log.warning("%s is gone; its documents are kept; watching for it to come back", folder)
-            while identity() is None:
-                if stop_event is not None:
-                    if stop_event.wait(1.0):
-                        return
-                else:
-                    try:
-                        time.sleep(1.0)
-                    except KeyboardInterrupt:
-                        return
+            if not wait_while(lambda: identity() is None):
+                return
             log.warning("%s is back; syncing it", folder)
             continue
         try:
             folder = policy.check(given, "path")  # where it leads now
         except RiftError as exc:  # (e.g. a link switched to somewhere outside the allowed roots)
             log.warning("%s cannot be watched now: %s; waiting for it to change", given, exc)
-            while identity() == watching:
-                if stop_event is not None:
-                    if stop_event.wait(1.0):
-                        return
-                else:
-                    try:
-                        time.sleep(1.0)
-                    except KeyboardInterrupt:
-                        return
+            if not wait_while(lambda was=watching: identity() == was):
+                return
             continue
         started = False
         replaced = False

@@ -298,22 +298,8 @@ class LearningManager:
         resume.discard(self.settings.models_dir, plan.version)
         entry = self.registry.get(plan.version)
         if entry is None:  # stopped during training: the registry had no entry yet, so say so in a new one
-            self.registry.add(
-                ModelVersion(
-                    version=plan.version,
-                    kind="fine-tune",
-                    location=plan.version,  # (no weights: they were never saved)
-                    base_model=self._base_model_of(plan.parent),
-                    status="failed",
-                    created_at=time.time(),
-                    parent=plan.parent,
-                    strategy=plan.strategy,
-                    triples=len(plan.rows),
-                    triples_by_type=plan.triples_by_type,
-                    train=dict(plan.config),
-                    note=f"interrupted during training; not continued: {why}",
-                )
-            )
+            note = f"interrupted during training; not continued: {why}"
+            self.registry.add(self._candidate_entry(plan, dict(plan.config), note))  # (no weights were saved)
         elif entry.status == "failed":
             self.registry.update(plan.version, note=f"interrupted; not continued: {why}")
 
@@ -391,20 +377,7 @@ class LearningManager:
                     **({"resumed_at_step": trained.resumed_at_step} if trained.resumed_at_step else {}),
                 }
                 entry = self.registry.add(
-                    ModelVersion(
-                        version=plan.version,
-                        kind="fine-tune",
-                        location=plan.version,  # relative to the models dir (Registry.location_of)
-                        base_model=self._base_model_of(plan.parent),
-                        status="failed",
-                        created_at=time.time(),
-                        parent=plan.parent,
-                        strategy=plan.strategy,
-                        triples=len(plan.rows),
-                        triples_by_type=plan.triples_by_type,
-                        train={**plan.config, **result["train"]},
-                        note="candidate being evaluated",
-                    )
+                    self._candidate_entry(plan, {**plan.config, **result["train"]}, "candidate being evaluated")
                 )
                 if resumable:  # from here on a restart gates the saved weights instead of training again
                     plan.trained, plan.result = True, result
@@ -433,6 +406,23 @@ class LearningManager:
         finally:
             if not keep:
                 resume.discard(models_dir, plan.version)
+
+    def _candidate_entry(self, plan: ResumePlan, train: dict[str, Any], note: str) -> ModelVersion:
+        """A retrain's registry entry, "failed" until its gate and switch succeed."""
+        return ModelVersion(
+            version=plan.version,
+            kind="fine-tune",
+            location=plan.version,  # relative to the models dir (Registry.location_of)
+            base_model=self._base_model_of(plan.parent),
+            status="failed",
+            created_at=time.time(),
+            parent=plan.parent,
+            strategy=plan.strategy,
+            triples=len(plan.rows),
+            triples_by_type=plan.triples_by_type,
+            train=train,
+            note=note,
+        )
 
     def _base_model_of(self, version: str | None) -> str:
         parent = self.registry.get(version) if version else None
