@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from server.bench.learning_experiment import (
@@ -148,6 +149,28 @@ def test_one_seed_runs_merge_into_a_seed_averaged_summary() -> None:
     assert vector["seed_mean_delta"] == 0.05 and vector["seed_mean_ci95"] == [0.05, 0.05]
     assert merged["modes"]["hybrid"]["seed_mean_delta"] == 0.0
     assert merged["by_keyword_ndcg"][2]["vector"]["delta"] == 0.05
+
+    # A run from another session has its own base (CPU floating point): its gain is taken against that base.
+    shifted = {m: {q: v + 0.01 for q, v in BASE[m].items()} for m in BASE}
+    later = {**result(2, _run({q: v + 0.11 for q, v in BASE["vector"].items()}, dict(BASE["hybrid"]))),
+             "base_per_query": shifted}  # fmt: skip
+    merged = merge_results([result(0, up), later])
+    assert [s["delta"] for s in merged["modes"]["vector"]["per_seed"]] == [0.1, 0.1]
+    assert merged["base_spread"]["vector"] == 0.01
+    with pytest.raises(ValueError, match="a seed appears in more than one run"):
+        merge_results([result(0, up), result(0, same)])
+    with pytest.raises(ValueError, match="runs differ in dataset"):
+        merge_results([result(0, up), {**result(1, same), "dataset": "other"}])
+
+
+def test_usage_queries_with_an_evaluation_querys_text_are_left_out() -> None:
+    """BEIR splits repeat a few texts under other ids (SciFact train 1291 = test 1292): replaying them would
+    feed evaluation queries to the learning loop."""
+    from server.bench.learning_experiment import usage_apart_from
+
+    usage = {"1291": "No association between HNF4A and diabetes.", "7": "Obesity and sleep", "8": "Glycotoxins"}
+    evaluation = {"1292": "no association between  HNF4A and diabetes.", "870": "glycotoxins"}
+    assert usage_apart_from(usage, evaluation) == (["7"], ["1291", "8"])
 
 
 def test_the_learning_result_renders_as_tables() -> None:

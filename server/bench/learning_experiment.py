@@ -393,10 +393,12 @@ def run_learning_experiment(
     data = Path(data)
     eval_ds = load_beir(data, eval_split)
     usage_ds = load_beir(data, usage_split)
-    usage_ids = sorted(usage_ds.queries)
     overlap = set(usage_ds.queries) & set(eval_ds.queries)
     if overlap:
         raise ValueError(f"usage and eval splits share {len(overlap)} queries")
+    usage_ids, dropped = usage_apart_from(usage_ds.queries, eval_ds.queries)
+    if dropped:
+        say(f"{len(dropped)} usage queries left out: their text is an evaluation query's ({', '.join(dropped)})")
     texts_to_qid = {usage_ds.queries[q]: q for q in usage_ids}
     mining = MiningConfig(
         strategy=strategy,
@@ -423,6 +425,7 @@ def run_learning_experiment(
         "eval_split": eval_split,
         "usage_split": usage_split,
         "usage_queries": len(usage_ids),
+        "usage_queries_left_out": dropped,  # their text is an evaluation query's, under another id
         "eval_queries": len(eval_ds.queries),
         "documents": len(eval_ds.documents),
         "strategy": f"labelled bound (usage-split relevance labels, {labelled_scope} queries)"
@@ -614,14 +617,40 @@ def by_keyword_difficulty(
     return out
 
 
+def usage_apart_from(
+    usage: Mapping[str, str], evaluation: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """(usage query ids to replay, those left out). A usage query whose text is an evaluation query's (BEIR
+    splits repeat a few texts under other ids: SciFact train 1291 = test 1292) would feed an evaluation query
+    to the learning loop, so it is left out, compared as the query log compares repeats."""
+    held = {normalized_query(text) for text in evaluation.values()}
+    kept = [q for q in sorted(usage) if normalized_query(usage[q]) not in held]
+    return kept, sorted(set(usage) - set(kept))
+
+
 def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Combine runs of the same dataset made one seed at a time into one result with seed-spread summaries."""
+    """Combine runs of the same dataset made one seed at a time into one result with seed-spread summaries.
+    Each seed's gain is taken against its own run's base (CPU floating point moves a re-run's base by up to
+    ~0.0005); the other summaries use the first run's base, and `base_spread` says how far the bases differ."""
     first = results[0]
+    for key in ("dataset", "eval_split", "usage_split", "strategy"):
+        if len({str(r.get(key)) for r in results}) > 1:
+            raise ValueError(f"runs differ in {key}: {sorted({str(r.get(key)) for r in results})}")
+    seeds = [s["seed"] for r in results for s in r["seeds"]]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"a seed appears in more than one run: {seeds}")
     merged = {k: v for k, v in first.items() if k not in ("seeds", "modes")}
     merged["seeds"] = [s for r in results for s in r["seeds"]]
     base = first["base_per_query"]
-    merged["modes"] = {
-        m: _summary(base[m], [s["per_query"][m] for s in merged["seeds"]], merged["seeds"][0]["seed"])
+    # Per seed, its score shifted by the first base minus its own: the gain against its own run's base.
+    own = [
+        {m: {q: v - r["base_per_query"][m][q] + base[m][q] for q, v in s["per_query"][m].items()} for m in MODES}
+        for r in results
+        for s in r["seeds"]
+    ]
+    merged["modes"] = {m: _summary(base[m], [o[m] for o in own], merged["seeds"][0]["seed"]) for m in MODES}
+    merged["base_spread"] = {
+        m: round(max(abs(float(np.mean(list(r["base_per_query"][m].values()))) - float(np.mean(list(base[m].values())))) for r in results), 5)
         for m in MODES
     }
     runs = {m: [s["per_query"][m] for s in merged["seeds"]] for m in MODES}

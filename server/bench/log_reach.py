@@ -31,11 +31,11 @@ import numpy as np
 
 from server.bench.beir import load_beir
 from server.bench.harness import COLLECTION, BenchIndex
-from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
+from server.bench.learning_experiment import _PRODUCT, paired_bootstrap, usage_apart_from
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
 from server.learning.mining import MiningConfig, mined_positive
-from server.learning.query_log import LoggedQuery
+from server.learning.query_log import LoggedQuery, normalized_query
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 INTERNAL_HOLDOUT = 0.2  # the scored share of a split that is both usage and evaluation
@@ -147,8 +147,8 @@ def internal_split(queries: Mapping[str, str], seed: int = 0) -> tuple[list[str]
     random.Random(seed).shuffle(ids)
     cut = round(len(ids) * (1 - INTERNAL_HOLDOUT))
     logged = ids[:cut]
-    texts = {queries[q] for q in logged}
-    return logged, [q for q in ids[cut:] if queries[q] not in texts]
+    texts = {normalized_query(queries[q]) for q in logged}
+    return logged, [q for q in ids[cut:] if normalized_query(queries[q]) not in texts]
 
 
 def run_log_reach(
@@ -160,7 +160,8 @@ def run_log_reach(
     if internal:
         usage_ids, eval_ids = internal_split(usage_ds.queries)
     else:
-        usage_ids, eval_ids = sorted(usage_ds.queries), list(evaluation_ds.queries)
+        usage_ids, _left_out = usage_apart_from(usage_ds.queries, evaluation_ds.queries)
+        eval_ids = list(evaluation_ds.queries)
     with BenchIndex(model, cache_dir) as index:
         index.ingest(evaluation_ds)
         for qid in usage_ids:
