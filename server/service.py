@@ -425,13 +425,11 @@ class Rift:
         """Drop a collection from both indices and its searches from the query log; returns its info as it
         was (NotFoundError naming the collections that exist when it does not)."""
         engine = self.engine()
-        info = engine.info(collection)
+        engine.info(collection)  # (unknown: NotFoundError before the query log is touched)
         if self.log is None:
-            engine.delete_collection(collection)
-        else:
-            with self.log.forgetting(collection):  # also a search of it still running meanwhile
-                engine.delete_collection(collection)
-        return info
+            return engine.delete_collection(collection)
+        with self.log.forgetting(collection):  # also a search of it still running meanwhile
+            return engine.delete_collection(collection)
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()

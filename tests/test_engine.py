@@ -879,3 +879,33 @@ def test_index_sizes_skip_files_removed_during_the_walk(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(service, "os", VanishingOs())
     assert service._index_bytes(settings)["chroma"] == 10
+
+
+def test_delete_collection_counts_a_write_queued_before_it(rift) -> None:
+    """The counts a delete reports are read under the write lock: a write already running when the delete was
+    asked for commits first, and is counted (it reported the collection as it was before that write)."""
+    import threading
+
+    rift.add_documents("race", docs(("first", "one document to begin with")))
+    embedding, release = threading.Event(), threading.Event()
+
+    def progress(*_args) -> None:
+        embedding.set()
+        release.wait(10)
+
+    writer = threading.Thread(
+        target=rift.add_documents,
+        args=("race", docs(*((f"d{i}", f"document number {i} about tides") for i in range(5)))),
+        kwargs={"progress": progress},
+    )
+    writer.start()
+    assert embedding.wait(30)
+    result: list = []
+    deleter = threading.Thread(target=lambda: result.append(rift.delete_collection("race")))
+    deleter.start()
+    deleter.join(0.5)
+    assert deleter.is_alive()  # waiting for the write
+    release.set()
+    writer.join(30)
+    deleter.join(30)
+    assert result[0].documents == 6 and "race" not in rift.engine().collection_names()

@@ -764,9 +764,12 @@ class Engine:
                 self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
 
-    def delete_collection(self, collection: str) -> None:
+    def delete_collection(self, collection: str) -> CollectionInfo:
+        """Drop it; returns its info as it was when dropped (read under the write lock, so a write that was
+        queued before the drop is counted)."""
         with self._write_lock:
             record = self._record(collection)
+            info = self.info(collection)
             # Every model version's vectors go, not only the serving one: a version kept for rollback would
             # otherwise be adopted back as an orphan at the next start, deleted documents and all.
             names = {record.chroma_name} | {
@@ -791,13 +794,14 @@ class Engine:
                     self.shared.retire(name)
                 self.state.delete_collection(collection)
                 self._keyword.pop(collection, None)
-                return
+                return info
             # Alone: noted as to drop in the transaction that forgets the collection, so a crash (or a Chroma
             # error) before the drops below finish is finished at the next start, never adopted back.
             ids = {n: self.vectors.collection_id(n) for n in sorted(names)}
             self.state.delete_collection(collection, ids)
             self._keyword.pop(collection, None)
             self._finish_drops(sorted(names))
+            return info
 
     def _finish_drops(self, names: Sequence[str] | None = None) -> None:
         """Drop the Chroma collections of deleted collections (all those pending, or `names`). One made again
