@@ -161,6 +161,25 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "only with --labelled-bound" in res.output
     res = CliRunner().invoke(main, [*base, "--labelled-bound", "--set", "labelled_scope=some"])
     assert res.exit_code == 2 and "labelled_scope must be all, mined, positives or negatives" in res.output
+    # Values training would fail on are refused before an hour of replay and encoding.
+    for bad, message in (
+        ("learn_strategy=bogus", "learn_strategy must be one of fused"),
+        ("learn_epochs=nan", "learn_epochs must be between 0.01 and 20"),
+        ("learn_learning_rate=inf", "learn_learning_rate must be between"),
+        ("learn_batch_size=1", "learn_batch_size must be between 2 and 4096"),
+        ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 16"),
+    ):
+        res = CliRunner().invoke(main, [*base, "--set", bad])
+        assert res.exit_code == 2 and message in res.output, (bad, res.output)
+
+
+def test_bench_settings_are_checked_before_any_work(tmp_path: Path) -> None:
+    base = ["bench", "--data", str(tmp_path / "no-such-beir")]  # never read: the settings fail first
+    res = CliRunner().invoke(main, [*base, "--set", "chunk_tokens=abc", "--set", "http_token=s3cret!"])
+    assert res.exit_code == 1 and "invalid setting: chunk_tokens" in res.output
+    assert "s3cret" not in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "data_dir=/x"])
+    assert res.exit_code == 2 and "data_dir cannot be set here" in res.output
 
 
 def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -152,7 +152,38 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         )
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
+    from server.learning.mining import STRATEGIES
+
+    if out.get("strategy", STRATEGIES[0]) not in STRATEGIES:
+        raise click.BadParameter(f"learn_strategy must be one of {', '.join(STRATEGIES)}", param_hint="--set")
+    # The ranges `retrain` takes (an hour of CPU must not start on a value that fails at training time).
+    for key, name, low, high in (
+        ("learn_epochs", "epochs", 0.01, 20),
+        ("learn_learning_rate", "learning_rate", 1e-8, 1e-3),
+        ("learn_batch_size", "batch_size", 2, 4096),
+        ("learn_negatives_per_query", "negatives_per_query", 1, 16),
+        ("learn_max_seq_length", "train_max_seq_length", 8, 8192),
+    ):
+        if name in out and not low <= out[name] <= high:  # (NaN fails both comparisons)
+            raise click.BadParameter(f"{key} must be between {low} and {high}", param_hint="--set")
     return out
+
+
+def _check_settings(overrides: dict[str, Any], model: str | None) -> None:
+    """--set values as Settings reads them, before any work (a corpus loads and encodes for minutes first)."""
+    from pydantic import ValidationError
+
+    from server.cli import settings_error
+    from server.config import Settings
+
+    for key in ("data_dir", "model"):
+        if key in overrides:
+            hint = "use --model" if key == "model" else "the bench uses a temporary data dir of its own"
+            raise click.BadParameter(f"{key} cannot be set here: {hint}", param_hint="--set")
+    try:
+        Settings(data_dir="/nonexistent/rift-bench-check", **({"model": model} if model else {}), **overrides)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid setting: {settings_error(exc)}") from None
 
 
 def _run_log_reach(
@@ -419,6 +450,7 @@ def bench(
     configs = [FusionConfig(d, k, w) for d in depths for k in ks for w in ws]
     sizes = _ints(scale, "--scale")
     overrides = _overrides(settings_set)
+    _check_settings(overrides, model)
     try:
         result = _run(
             data,
@@ -439,7 +471,9 @@ def bench(
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except ValidationError as exc:  # --set values and --model are validated by Settings
-        raise click.ClickException(f"invalid setting: {exc}") from None
+        from server.cli import settings_error
+
+        raise click.ClickException(f"invalid setting: {settings_error(exc)}") from None
     _emit(result, json_out, plot_out)
 
 

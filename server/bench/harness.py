@@ -18,6 +18,7 @@ from typing import Any
 from server.bench.beir import BeirDataset
 from server.bench.embed_cache import CachingEmbedder
 from server.config import Settings
+from server.errors import RiftError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class IngestStats:
 
 
 def bench_settings(data_dir: Path, model: str | None, **overrides: Any) -> Settings:
+    for key in ("data_dir", "model"):
+        if key in overrides:
+            raise RiftError(f"--set {key}: the bench sets it (use --model; the data dir is a temporary one)")
     values: dict[str, Any] = {"data_dir": data_dir, "log_queries": True, **overrides}
     if model:
         values["model"] = model
@@ -50,11 +54,15 @@ class BenchIndex:
         settings_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="rift-bench-"))
-        self.settings = bench_settings(self.tmp / "data", model, **(settings_overrides or {}))
-        from server.service import Rift
+        try:
+            self.settings = bench_settings(self.tmp / "data", model, **(settings_overrides or {}))
+            from server.service import Rift
 
-        self.rift = Rift(self.settings).start(background=False)
-        self.engine = self.rift.engine()
+            self.rift = Rift(self.settings).start(background=False)
+            self.engine = self.rift.engine()
+        except BaseException:  # (bad settings, a model that does not load): no temporary folder left behind
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.cache: CachingEmbedder | None = None
         if cache_dir is not None:
             self.cache = CachingEmbedder(self.engine.embedder, cache_dir)
