@@ -15,10 +15,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import platformdirs
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -330,7 +330,24 @@ class Settings(BaseSettings):
     @field_validator("gate_eval_data", mode="after")
     @classmethod
     def _expand_eval(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        # Absolute now, as data_dir is: a server reads it at retrain time, from wherever it was started.
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
+        """Environment variables and TOML have no null: "none" or "null" unsets an optional setting (so the
+        environment can switch off what a config file turned on). A boolean is not a number (pydantic's lax
+        mode read `embed_batch_size = true` as 1), and a blank path or model names nothing."""
+        field = cls.model_fields[info.field_name]
+        kinds = set(get_args(field.annotation)) or {field.annotation}
+        if isinstance(value, str) and type(None) in kinds and value.strip().lower() in ("none", "null"):
+            return None
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        if isinstance(value, str) and not value.strip() and kinds & {Path} | ({str} if info.field_name == "model" else set()):
+            raise ValueError("must not be blank")
+        return value
 
     @field_validator("stemmer_language", "stopwords", mode="before")
     @classmethod

@@ -89,6 +89,23 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
     assert beside.allowed_roots == [(tmp_path / "conf" / "notes").resolve(), Path("/srv").resolve()]
     (tmp_path / "conf" / "rift.toml").write_text('model = "BAAI/bge-small-en-v1.5"\n')
     assert Settings().model == "BAAI/bge-small-en-v1.5"
+    # The environment can switch off an optional setting the file turns on ("none"/"null": no null in
+    # either); a boolean is no number; a blank path names nothing; a relative evaluation folder is absolute.
+    (tmp_path / "conf" / "rift.toml").write_text("learn_auto_after_queries = 500\nembed_batch_size = 8\n")
+    assert Settings().learn_auto_after_queries == 500
+    monkeypatch.setenv("RIFT_LEARN_AUTO_AFTER_QUERIES", "none")
+    assert Settings().learn_auto_after_queries is None
+    monkeypatch.delenv("RIFT_LEARN_AUTO_AFTER_QUERIES")
+    for bad, message in (
+        ({"embed_batch_size": True}, "embed_batch_size\n.*must be a number, not true"),
+        ({"max_k": False}, "max_k\n.*must be a number, not false"),
+        ({"data_dir": "  "}, "data_dir\n.*must not be blank"),
+        ({"model": " "}, "model\n.*must not be blank"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            Settings(**bad)
+    assert Settings(gate_eval_data="rel/beir").gate_eval_data == Path("/rel/beir")  # (the cwd is / here)
+    assert Settings(gate_eval_data="null").gate_eval_data is None
     monkeypatch.setenv("RIFT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ValueError, match="RIFT_CONFIG names .*missing.toml"):
         Settings()
