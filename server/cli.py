@@ -65,6 +65,8 @@ def open_rift(settings: Settings, must_exist: bool = False):
     # A folder with files but without rift's state (a notes folder given by mistake) is no store either:
     # writing rift's files into it would be the wrong answer. An empty one may become one.
     folder = settings.data_dir
+    if folder.exists() and not folder.is_dir():
+        raise click.ClickException(f"data_dir {folder} is a file, not a folder; check --data-dir or RIFT_DATA_DIR")
     try:
         foreign = must_exist and folder.is_dir() and not settings.state_db.exists() and any(folder.iterdir())
     except OSError:  # unreadable: start-up names the problem

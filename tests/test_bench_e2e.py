@@ -167,7 +167,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_epochs=nan", "learn_epochs must be between 0.01 and 20"),
         ("learn_learning_rate=inf", "learn_learning_rate must be between"),
         ("learn_batch_size=1", "learn_batch_size must be between 2 and 4096"),
-        ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 16"),
+        ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 10"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)

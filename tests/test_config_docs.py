@@ -120,7 +120,7 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(a_file)])
-    assert res.exit_code == 1 and "cannot be used as rift's data folder" in res.output
+    assert res.exit_code == 1 and f"data_dir {a_file} is a file, not a folder" in res.output
     res = CliRunner().invoke(main, ["search", "x", "--data-dir", str(tmp_path / "typo")])
     assert res.exit_code == 1 and "no rift data folder at" in res.output and not (tmp_path / "typo").exists()
     (tmp_path / "data").mkdir()

@@ -544,3 +544,19 @@ def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
         ] == ["doc1"]
     finally:
         again.close()
+
+
+def test_cli_reindex_with_a_model_that_cannot_load_says_why(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    rift.close()
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("RIFT_CONFIG", "/dev/null")
+    missing = tmp_path / "no-such-model"
+    res = CliRunner().invoke(main, ["reindex", "--model", str(missing), "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 1
+    # The reason on stderr, in one line (stdout has the job's JSON): not only "reindex: failed 0/0".
+    assert "reindex failed: " in res.stderr and str(missing) in res.stderr.splitlines()[-1], res.stderr

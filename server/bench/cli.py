@@ -161,7 +161,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         ("learn_epochs", "epochs", 0.01, 20),
         ("learn_learning_rate", "learning_rate", 1e-8, 1e-3),
         ("learn_batch_size", "batch_size", 2, 4096),
-        ("learn_negatives_per_query", "negatives_per_query", 1, 16),
+        ("learn_negatives_per_query", "negatives_per_query", 1, 10),
         ("learn_max_seq_length", "train_max_seq_length", 8, 8192),
     ):
         if name in out and not low <= out[name] <= high:  # (NaN fails both comparisons)

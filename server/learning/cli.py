@@ -40,6 +40,8 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
         result = fn(rift.learning)
         emit(result)
         if isinstance(result, dict) and result.get("status") in ("failed", "cancelled"):
+            if result.get("error"):  # the reason, where a person reads (stdout has the whole JSON)
+                click.echo(f"{result.get('kind', 'job')} {result['status']}: {result['error']}", err=True)
             sys.exit(1)
         if isinstance(result, dict) and result.get("status") == "rejected":
             # Not a failure, but no new model either: a script's `rift retrain && …` must not read it as one.
