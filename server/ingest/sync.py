@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,26 +270,14 @@ def sync_paths(
     pattern = compile_glob(glob)
     targets: list[Path] = []
     vanished: dict[Path, NotFoundError] = {}  # with prune: a folder (or file) deleted since the last sync
-    # A folder named through a symlink ("current" -> releases/v2) -> that name: its files are reached through
-    # it, as a symlinked file is, so once the link leads elsewhere, prune finds them no longer there.
-    linked: dict[Path, Path] = {}
-    named: set[Path] = set()  # folders named as they are
     for i, raw in enumerate(paths):
         try:
-            target = policy.check(raw, f"paths[{first_index + i}]")
+            targets.append(policy.check(raw, f"paths[{first_index + i}]"))
         except NotFoundError as exc:
             if not prune:
                 raise
             vanished[policy.vanished(raw, f"paths[{first_index + i}]")] = exc
-            continue
-        targets.append(target)
-        given = Path(os.path.abspath(os.path.expanduser(raw)))
-        if target.is_dir() and given != target:
-            linked.setdefault(target, given)
-        else:
-            named.add(target)
     targets = list(dict.fromkeys(targets))
-    linked = {target: given for target, given in linked.items() if target not in named}
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
     if collection in engine.collection_names():
@@ -311,18 +298,14 @@ def sync_paths(
             if target.is_file():
                 candidates[target] = None  # named explicitly: no glob or .gitignore applies
                 continue
-            through = linked.get(target)
             for item in walk(target, policy, recursive, pattern):
                 if isinstance(item, Found):
                     if not item.path.is_relative_to(own):
-                        reached = item.via
-                        if through is not None:  # the path as named: under the link, not its target
-                            reached = through / (item.via or item.path).relative_to(target)
                         # Found directly somewhere (in this call, or stored so by an earlier one), it is that
                         # file's document, whatever links to it: a link's removal must not prune it.
                         stored = run.existing.get(str(item.path))
                         direct = stored is not None and stored.get("source") == str(item.path) and not stored.get("via")
-                        via = candidates.get(item.path, reached) if reached and not direct else None
+                        via = candidates.get(item.path, item.via) if item.via and not direct else None
                         candidates[item.path] = via
                 elif isinstance(item, Skipped):
                     run.skip(item.path, item.reason, item.transient)
@@ -344,8 +327,6 @@ def sync_paths(
             for target in targets:
                 if target.is_dir():
                     doomed.extend(run.prune(target, recursive, pattern))
-                    if target in linked:  # files reached through the link, wherever it led before
-                        doomed.extend(run.prune(linked[target], recursive, pattern))
                 elif run.left_out(str(target)):
                     # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
                     doomed.append(str(target))
@@ -362,13 +343,13 @@ def sync_paths(
                         via = run.existing.get(doc_id, {}).get("via")
                         try:
                             gone = not Path(doc_id).exists()
-                            unlinked = bool(via) and os.path.realpath(via) != doc_id
+                            unlinked = bool(via) and not Path(via).is_symlink()
                         except OSError:  # exists() raises on EACCES: it is there, only left out
                             gone = unlinked = False
                         if gone:
                             reason = "file no longer exists"
                         elif unlinked:
-                            reason = f"the path it was reached through ({via}) no longer leads to it"
+                            reason = f"the symlink it was reached through ({via}) is gone"
                         else:
                             reason = "left out of the folder now (e.g. .gitignore)"
                         run.report.files.append(FileResult(doc_id, "removed", reason))
