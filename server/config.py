@@ -31,6 +31,14 @@ from pydantic_settings import (
 LearnStrategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
 # Where mined hard negatives come from (setting learn_negative_source); the miner and the bench take these.
 NegativeSource = Literal["fused", "vector", "keyword", "both"]
+# What one retrain may ask for (the `retrain` tool publishes these bounds; `rift bench --learn` checks them too).
+RETRAIN_BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (0.01, 20),
+    "learning_rate": (1e-8, 1e-3),
+    "batch_size": (2, 4096),
+    "min_triples": (1, 10_000_000),
+    "merge_base": (0.0, 1.0),
+}
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 log = logging.getLogger(__name__)
@@ -345,7 +353,8 @@ class Settings(BaseSettings):
             return None
         if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
             raise ValueError(f"must be a number, not {str(value).lower()}")
-        if isinstance(value, str) and not value.strip() and kinds & {Path} | ({str} if info.field_name == "model" else set()):
+        names_something = Path in kinds or info.field_name == "model"
+        if isinstance(value, str) and not value.strip() and names_something:
             raise ValueError("must not be blank")
         return value
 

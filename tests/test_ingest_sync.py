@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -335,19 +337,30 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
     assert len(syncs) >= 3
 
 
-def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift, docs: Path) -> None:
+@contextmanager
+def watching(app: Rift, folder: Path) -> Iterator[threading.Thread]:
+    """`watch_folder` on `folder` in a thread for the body; stopped after it, and it must stop."""
     from server.ingest.watch import watch_folder
 
     stop = threading.Event()
     thread = threading.Thread(
         target=watch_folder,
-        args=(app.engine(), docs, "files"),
+        args=(app.engine(), folder, "files"),
         kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
         daemon=True,
     )
     thread.start()
-    away = docs.with_name("docs-away")
     try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift, docs: Path) -> None:
+    away = docs.with_name("docs-away")
+    with watching(app, docs) as thread:
         wait_for(lambda: stored(app, docs) == INGESTIBLE)
         docs.rename(away)  # gone (an unmounted disk, a checkout in progress): nothing is pruned
         time.sleep(2.0)
@@ -362,30 +375,16 @@ def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift,
         wait_for(lambda: stored(app, docs) == {"fresh.md"})
         (docs / "later.md").write_text("# Later\n\nWritten after the new watch started.\n")
         wait_for(lambda: stored(app, docs) == {"fresh.md", "later.md"})
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:
-    from server.ingest.watch import watch_folder
-
     releases = docs / "releases"
     for version in ("v1", "v2"):
         (releases / version).mkdir(parents=True)
         (releases / version / "guide.md").write_text(f"# Guide\n\nRelease {version} notes.\n")
     current = docs / "current"
     current.symlink_to(releases / "v1")
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=watch_folder,
-        args=(app.engine(), current, "files"),
-        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with watching(app, current):
         wait_for(lambda: stored(app, docs) == {"releases/v1/guide.md"})
         switched = docs / "current.new"  # an atomic switch, as deploy tools do it
         switched.symlink_to(releases / "v2")
@@ -394,10 +393,6 @@ def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Pat
         (releases / "v2" / "faq.md").write_text("# FAQ\n\nWatched in the new target.\n")
         wait_for(lambda: "releases/v2/faq.md" in stored(app, docs))
         # (The old target's documents stay: its files are still there, and prune only reads the new target.)
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_a_sync_stopped_before_its_first_commit_leaves_no_new_collection(

@@ -132,8 +132,7 @@ def _from_connection(exc: BaseException) -> bool:
 
 
 def from_vector_store(exc: BaseException) -> bool:
-    module = type(exc).__module__ or ""
-    return module.split(".")[0] in {"chromadb", "httpx", "httpcore"} or isinstance(exc, ConnectionError)
+    return (type(exc).__module__ or "").split(".")[0] == "chromadb" or _from_connection(exc)
 
 
 def progress_reporter(ctx: Context, label: str) -> Callable[[int, int], None]:

@@ -8,6 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.config import RETRAIN_BOUNDS as _BOUNDS
 from server.config import LearnStrategy, Settings
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
@@ -35,25 +36,25 @@ async def retrain(
     ] = None,
     epochs: Annotated[
         float | None,
-        Field(ge=0.01, le=20, description=f"Training epochs {_default('learn_epochs')}."),
+        Field(ge=_BOUNDS["epochs"][0], le=_BOUNDS["epochs"][1], description=f"Training epochs {_default('learn_epochs')}."),
     ] = None,
     learning_rate: Annotated[
         float | None,
-        Field(ge=1e-8, le=1e-3, description=f"Learning rate {_default('learn_learning_rate')}."),
+        Field(ge=_BOUNDS["learning_rate"][0], le=_BOUNDS["learning_rate"][1], description=f"Learning rate {_default('learn_learning_rate')}."),
     ] = None,
     batch_size: Annotated[
         int | None,
-        Field(ge=2, le=4096, description=f"Batch size {_default('learn_batch_size')}."),
+        Field(ge=_BOUNDS["batch_size"][0], le=_BOUNDS["batch_size"][1], description=f"Batch size {_default('learn_batch_size')}."),
     ] = None,
     min_triples: Annotated[
         int | None,
-        Field(ge=1, le=10_000_000, description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
+        Field(ge=_BOUNDS["min_triples"][0], le=_BOUNDS["min_triples"][1], description=f"Refuse to train on fewer triples {_default('learn_min_triples')}."),
     ] = None,
     merge_base: Annotated[
         float | None,
         Field(
-            ge=0,
-            le=1,
+            ge=_BOUNDS["merge_base"][0],
+            le=_BOUNDS["merge_base"][1],
             description="Share by which the trained weights move back towards the serving model's "
             f"(WiSE-FT; 0 = none) {_default('learn_merge_base')}.",
         ),

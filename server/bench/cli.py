@@ -157,13 +157,12 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     if out.get("strategy", STRATEGIES[0]) not in STRATEGIES:
         raise click.BadParameter(f"learn_strategy must be one of {', '.join(STRATEGIES)}", param_hint="--set")
     # The ranges `retrain` takes (an hour of CPU must not start on a value that fails at training time).
-    for key, name, low, high in (
-        ("learn_epochs", "epochs", 0.01, 20),
-        ("learn_learning_rate", "learning_rate", 1e-8, 1e-3),
-        ("learn_batch_size", "batch_size", 2, 4096),
-        ("learn_negatives_per_query", "negatives_per_query", 1, 10),
-        ("learn_max_seq_length", "train_max_seq_length", 8, 8192),
-    ):
+    from server.config import RETRAIN_BOUNDS
+
+    bounds = {f"learn_{name}": (name, *RETRAIN_BOUNDS[name]) for name in ("epochs", "learning_rate", "batch_size")}
+    bounds |= {"learn_negatives_per_query": ("negatives_per_query", 1, 10)}
+    bounds |= {"learn_max_seq_length": ("train_max_seq_length", 8, 8192)}
+    for key, (name, low, high) in bounds.items():
         if name in out and not low <= out[name] <= high:  # (NaN fails both comparisons)
             raise click.BadParameter(f"{key} must be between {low} and {high}", param_hint="--set")
     return out
@@ -173,15 +172,13 @@ def _check_settings(overrides: dict[str, Any], model: str | None) -> None:
     """--set values as Settings reads them, before any work (a corpus loads and encodes for minutes first)."""
     from pydantic import ValidationError
 
+    from server.bench.harness import bench_settings
     from server.cli import settings_error
-    from server.config import Settings
 
-    for key in ("data_dir", "model"):
-        if key in overrides:
-            hint = "use --model" if key == "model" else "the bench uses a temporary data dir of its own"
-            raise click.BadParameter(f"{key} cannot be set here: {hint}", param_hint="--set")
     try:
-        Settings(data_dir="/nonexistent/rift-bench-check", **({"model": model} if model else {}), **overrides)
+        bench_settings(Path("/nonexistent/rift-bench-check"), model, **overrides)
+    except RiftError as exc:  # data_dir or model among them
+        raise click.BadParameter(str(exc), param_hint="--set") from None
     except ValidationError as exc:
         raise click.ClickException(f"invalid setting: {settings_error(exc)}") from None
 

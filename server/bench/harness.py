@@ -36,10 +36,12 @@ class IngestStats:
     keyword_rebuild_ms: float
 
 
-def bench_settings(data_dir: Path, model: str | None, **overrides: Any) -> Settings:
+def bench_settings(data_dir: Path, model: str | None, /, **overrides: Any) -> Settings:
+    # (Positional-only: a --set data_dir or model lands in `overrides`, to be refused by name below.)
     for key in ("data_dir", "model"):
         if key in overrides:
-            raise RiftError(f"--set {key}: the bench sets it (use --model; the data dir is a temporary one)")
+            hint = "use --model" if key == "model" else "the bench uses a temporary data dir of its own"
+            raise RiftError(f"{key} cannot be set here: {hint}")
     values: dict[str, Any] = {"data_dir": data_dir, "log_queries": True, **overrides}
     if model:
         values["model"] = model

@@ -649,9 +649,11 @@ def merge_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for s in r["seeds"]
     ]
     merged["modes"] = {m: _summary(base[m], [o[m] for o in own], merged["seeds"][0]["seed"]) for m in MODES}
+    def mean(scores: Mapping[str, float]) -> float:
+        return float(np.mean(list(scores.values())))
+
     merged["base_spread"] = {
-        m: round(max(abs(float(np.mean(list(r["base_per_query"][m].values()))) - float(np.mean(list(base[m].values())))) for r in results), 5)
-        for m in MODES
+        m: round(max(abs(mean(r["base_per_query"][m]) - mean(base[m])) for r in results), 5) for m in MODES
     }
     runs = {m: [s["per_query"][m] for s in merged["seeds"]] for m in MODES}
     merged["by_keyword_ndcg"] = by_keyword_difficulty(base, runs)

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from server.config import RETRAIN_BOUNDS
 from server.engine.models import describe_load_failure
 from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError
@@ -184,14 +185,10 @@ class LearningManager:
         source: str = "mcp",
     ) -> dict[str, Any]:
         s = self.settings
-        for name, value, low, high in (
-            ("epochs", epochs, 0.01, 20),
-            ("learning_rate", learning_rate, 1e-8, 1e-3),
-            ("batch_size", batch_size, 2, 4096),
-            ("min_triples", min_triples, 1, 10_000_000),
-            ("merge_base", merge_base, 0.0, 1.0),
-        ):
-            if value is not None and not (low <= value <= high):
+        asked = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size}
+        asked |= {"min_triples": min_triples, "merge_base": merge_base}
+        for name, (low, high) in RETRAIN_BOUNDS.items():
+            if asked[name] is not None and not (low <= asked[name] <= high):
                 raise RiftError(f"{name} must be between {low} and {high}")
         running = self.jobs.running
         if running is not None and not dry_run:
