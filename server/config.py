@@ -184,6 +184,11 @@ class Settings(BaseSettings):
     max_documents_per_call: int = Field(
         1000, ge=1, description="Most documents one add_documents call takes."
     )
+    # Bounds one call's memory and write-lock time over stdio, where no request-size cap applies (HTTP's is
+    # http_max_request_mb); 32 M characters is about that cap's worth of text.
+    max_chars_per_call: int = Field(
+        32_000_000, ge=1, description="Most characters of text one add_documents call takes, all documents together."
+    )
 
     # --- files (add_paths / rift add / rift watch) ------------------------------------------------------------
     allowed_roots: Annotated[list[Path], NoDecode] = Field(

@@ -831,6 +831,20 @@ def test_length_errors_name_the_setting_only_when_one_sets_the_limit(rift) -> No
         rift.add_documents("default", docs(("big", "word " * 200_001)))
 
 
+def test_one_call_s_text_is_bounded_in_all_and_a_refused_call_stores_nothing(rift_factory) -> None:
+    """max_chars_per_call bounds one call's memory and write-lock time: stdio has no request-size cap, and
+    1,000 documents of max_document_chars each were several GB."""
+    rift = rift_factory(max_chars_per_call=25)
+    with pytest.raises(RiftError, match=r"documents\[0\.\.2\] hold 30 characters; the limit per call is 25 "
+                       r"\(setting max_chars_per_call\): split"):
+        rift.add_documents("default", docs(("a", "x" * 10), ("b", "y" * 10), ("c", "z" * 10)))
+    with pytest.raises(RiftError, match=r"documents\[0\]\.text is 26 characters; the limit per call is 25"):
+        rift.add_documents("default", docs(("a", "x" * 26)))
+    assert "default" not in rift.engine().collection_names() or rift.engine().state.counts("default") == (0, 0)
+    statuses = rift.add_documents("default", docs(("a", "x" * 10), ("b", "y" * 15)))  # exactly the limit
+    assert [s.status for s in statuses] == ["added", "added"]
+
+
 def test_a_deleted_collection_leaves_no_index_files_on_disk(rift_factory) -> None:
     """Chroma 1.x drops a deleted collection's rows but leaves its HNSW folder (with the chunk ids) on
     disk: rift removes it, and the other collections keep working, also after a restart."""

@@ -618,3 +618,37 @@ def test_front_matter_cannot_steer_prune_and_batches_follow_the_per_call_limit(
         assert "via" not in meta
     finally:
         rift.close()
+
+
+def test_batches_follow_the_per_call_character_budget(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A sync never sends one add_documents call more text than max_chars_per_call (it would be refused
+    whole); a file beyond the budget on its own is skipped with the reason, the others are stored."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(7):
+        (root / f"n{i}.txt").write_text(f"note {i} " + "word " * 7)  # 42 characters each
+    (root / "big.txt").write_text("long " * 30)
+    settings = Settings(
+        data_dir=tmp_path / "data", model=str(tiny_model_path), chunk_tokens=48, chunk_overlap=8,
+        allowed_roots=[root], max_chars_per_call=100,
+    )
+    rift = Rift(settings).start(background=False)
+    sizes: list[int] = []
+    engine = rift.engine()
+    add = engine.add_documents
+
+    def recording(collection, documents, progress=None):
+        sizes.append(sum(len(d.text) for d in documents))
+        return add(collection, documents, progress)
+
+    engine.add_documents = recording  # type: ignore[method-assign]
+    try:
+        report = sync_paths(engine, "files", [str(root)], PathPolicy.for_server(settings))
+        by_name = {Path(f.path).name: f for f in report.files}
+        assert sum(f.status == "added" for f in report.files) == 7
+        assert by_name["big.txt"].status == "skipped"
+        assert "limit per call is 100 (setting max_chars_per_call)" in (by_name["big.txt"].reason or "")
+        assert sizes and max(sizes) <= 100 and sum(sizes) == 7 * 42
+        assert len(engine.state.list_documents("files", -1, 0)) == 7
+    finally:
+        rift.close()

@@ -849,10 +849,19 @@ class Engine:
             )
         out: list[tuple[str, str, dict[str, Any]]] = []
         seen: dict[str, int] = {}
+        total_chars = 0
         for i, doc in enumerate(documents):
             text = check_text(
                 doc.text, f"documents[{i}].text", self.settings.max_document_chars, "max_document_chars"
             )
+            total_chars += len(text)
+            if total_chars > self.settings.max_chars_per_call:
+                what = f"documents[{i}].text is" if i == 0 else f"documents[0..{i}] hold"
+                raise RiftError(
+                    f"{what} {total_chars:,} characters; the limit per call is "
+                    f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): split the documents "
+                    "over several calls"
+                )
             meta = check_metadata(doc.metadata, f"documents[{i}].metadata")
             if doc.id is None:
                 doc_id = default_doc_id(text)

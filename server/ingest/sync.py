@@ -178,6 +178,8 @@ class _Sync:
         except RiftError as exc:
             self.skip(path, str(exc).replace("documents[0].", "file "))
             return
+        if self.batch_chars + len(extracted.text) > self.engine.settings.max_chars_per_call:
+            self.flush()  # one add_documents call must stay within the per-call budget
         self.batch.append(doc)
         self.batch_chars += len(extracted.text)
         if len(self.batch) >= min(BATCH_DOCS, self.engine.settings.max_documents_per_call) or (
