@@ -845,6 +845,32 @@ def test_one_call_s_text_is_bounded_in_all_and_a_refused_call_stores_nothing(rif
     assert [s.status for s in statuses] == ["added", "added"]
 
 
+def test_a_larger_k_extends_the_hits_and_never_reorders_them(rift_factory) -> None:
+    """Long documents fill the chunk depth with few documents. The sides were read deeper only until they
+    held k documents, so at k=10 a document ranked first by vectors lacked its keyword rank (39th) and fell
+    out of the top 10 it held at k=50: an agent asking for more results got a different list."""
+    import random
+
+    words = [
+        "pump", "valve", "seal", "gasket", "pressure", "flow", "turbine", "bearing", "lubricant", "vibration",
+        "sensor", "motor", "shaft", "coupling", "impeller", "housing", "filter", "drain", "inlet", "outlet",
+        "thermal", "alarm", "torque", "calibration", "inspection",
+    ]
+    rnd = random.Random(7)
+    rift = rift_factory()
+    rift.add_documents(
+        "default",
+        docs(*(
+            (f"d{i:02d}", " ".join(rnd.choice(words) for _ in range(rnd.choice([20, 60, 400, 900]))) + ".")
+            for i in range(50)
+        )),
+    )
+    for query in ("pump seal pressure", "turbine vibration alarm", "calibration torque shaft", "drain filter"):
+        widest = ids(rift.search("default", query, k=50, source="test").outcome.hits)
+        for k in (5, 10, 20):
+            assert ids(rift.search("default", query, k=k, source="test").outcome.hits) == widest[:k], (query, k)
+
+
 def test_a_deleted_collection_leaves_no_index_files_on_disk(rift_factory) -> None:
     """Chroma 1.x drops a deleted collection's rows but leaves its HNSW folder (with the chunk ids) on
     disk: rift removes it, and the other collections keep working, also after a restart."""

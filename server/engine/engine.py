@@ -1337,15 +1337,19 @@ class Engine:
                         view = idx.snapshot
             return []  # unreachable: the second attempt returns or raises
 
+        # `depth` counts chunks; grouped by document, a few long documents can fill it and leave few documents.
+        # Each side is then read deeper until it holds this many documents: a number that does not depend on k
+        # (for every k up to it), so a larger k only extends the hits and never reorders them (a document's
+        # fused score would otherwise lack the side that a shallow read missed).
+        doc_target = max(k, min(self.settings.max_k, depth))
+
         def deepened(found: list[Candidate], side: Callable[[int], list[Candidate]]) -> list[Candidate]:
-            """`depth` counts chunks; grouped by document, a few long documents can fill it and leave fewer
-            than k documents. Ask that side again, deeper, until it has k documents or runs out."""
             reach = depth
             while (
                 group_by_document
                 and len(found) >= reach
                 and reach < snap.live_count
-                and len({c.doc_id for c in found}) < k
+                and len({c.doc_id for c in found}) < doc_target
             ):
                 reach = min(reach * 4, snap.live_count)
                 found = side(reach)
