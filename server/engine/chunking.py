@@ -9,8 +9,9 @@ from typing import Any
 
 # Raise when a change here (or in the file-type splitters) cuts stored documents differently: every data dir
 # then re-chunks its documents once at start-up (Engine.rechunk_if_changed).
-CHUNKER_VERSION = 1
-SENTENCE_ENDS = frozenset(".!?;\n")
+CHUNKER_VERSION = 2  # 2: cuts at whitespace, not inside a word (v1 began chunks with "ynthesis experiments")
+SENTENCE_ENDS = frozenset(".!?;")
+WIDE_SENTENCE_ENDS = frozenset("。！？；")  # scripts written without spaces end sentences with these
 
 
 @dataclass(frozen=True)
@@ -33,23 +34,49 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
         stripped = text.strip()
         return [Chunk(stripped, text.find(stripped), text.find(stripped) + len(stripped))] if stripped else []
 
-    chunks: list[Chunk] = []
-    start = 0
     n = len(offsets)
-    while start < n:
+
+    def at_space(i: int) -> bool:
+        """Whether a chunk may begin at token i (or end before it): whitespace (or a skipped character)
+        separates it from the token before, so no word is cut in two."""
+        return i == 0 or i == n or offsets[i][0] > offsets[i - 1][1]
+
+    def ends_sentence(cut: int) -> bool:
+        last = text[offsets[cut - 1][1] - 1]
+        if last in WIDE_SENTENCE_ENDS:
+            return True
+        # "3.14" or "e.g.x" is no sentence end: one is followed by whitespace, a line break is one too.
+        return at_space(cut) and (last in SENTENCE_ENDS or "\n" in text[offsets[cut - 1][1] : offsets[cut][0]])
+
+    def window_end(start: int) -> int:
         end = min(start + max_tokens, n)
-        if end < n:
-            # Prefer to end on a sentence boundary in the last 40% of the window.
-            floor = start + int(max_tokens * 0.6)
-            for cut in range(end, floor, -1):
-                if text[offsets[cut - 1][1] - 1] in SENTENCE_ENDS:
-                    end = cut
-                    break
+        if end == n:
+            return end
+        # Prefer to end on a sentence (or line) end in the last 40% of the window, else between words (as late
+        # as the window has one); a window without a space (CJK, a long URL) is cut between tokens.
+        floor = start + int(max_tokens * 0.6)
+        cut = next((c for c in range(end, floor, -1) if ends_sentence(c)), None)
+        return cut or next((c for c in range(end, start, -1) if at_space(c)), None) or end
+
+    chunks: list[Chunk] = []
+    start, last_end = 0, 0
+    while start < n:
+        end = window_end(start)
+        if end <= last_end:  # the overlap left no room before a long word: start where the last chunk ended
+            start = last_end
+            end = window_end(start)
         char_start, char_end = offsets[start][0], offsets[end - 1][1]
         chunks.append(Chunk(text[char_start:char_end], char_start, char_end))
         if end >= n:
             break
-        start = max(end - overlap, start + 1)
+        # The next chunk starts `overlap` tokens back, moved forward to a word's start (a little less overlap),
+        # else back to one (a little more), else at `end` (none: a word longer than the overlap); never at or
+        # before `start`.
+        back = max(end - overlap, start + 1)
+        begin = next((i for i in range(back, end) if at_space(i)), None)
+        if begin is None:
+            begin = next((i for i in range(back - 1, max(start, back - overlap), -1) if at_space(i)), None)
+        start, last_end = (begin if begin is not None else end if at_space(end) else back), end
     return chunks
 
 
