@@ -229,6 +229,13 @@ class Settings(BaseSettings):
 
     # --- learning log --------------------------------------------------------------------------------------
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
+    # Bounds the log's disk (a search's record is tens of KB: both candidate lists) and what each retrain mines.
+    log_max_queries: int = Field(
+        20_000,
+        ge=0,
+        description="Most searches the disagreement log keeps; the oldest go first, those with feedback last. "
+        "0 keeps every search.",
+    )
     blind_spot_depth: int = Field(5, ge=1, le=100, description="Top-n of each side compared for blind spots.")
 
     # --- learning from use (server/learning/; README "Learning from use") ---------------------------------

@@ -55,11 +55,11 @@ def foreign_entry(data_dir: Path) -> str | None:
     return None
 
 
-def _open_query_log(path: Path) -> QueryLog:
+def _open_query_log(path: Path, max_queries: int = 0) -> QueryLog:
     """The query log, or a new one when the file is damaged: it is learning data, not the documents, and
     must not keep the server from starting. The damaged file is kept beside it."""
     try:
-        return QueryLog(path)
+        return QueryLog(path, max_queries)
     except sqlite3.DatabaseError as exc:
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
@@ -68,7 +68,7 @@ def _open_query_log(path: Path) -> QueryLog:
         log.warning(
             "the query log %s is damaged (%s); moved it to %s and started a new one", path, exc, aside
         )
-        return QueryLog(path)
+        return QueryLog(path, max_queries)
 
 
 CLOSE_WAIT_S = 10.0  # how long closing (off the main thread) waits for a write in flight to finish
@@ -170,7 +170,7 @@ class Rift:
             from server.engine.vector_store import VectorStore, make_client
 
             s = self.settings
-            self.log = _open_query_log(s.log_db)
+            self.log = _open_query_log(s.log_db, s.log_max_queries)
             try:
                 state = StateStore(s.state_db)
             except sqlite3.DatabaseError as exc:

@@ -323,3 +323,44 @@ def test_a_log_from_before_the_compared_column_opens_and_counts_its_rows_as_comp
         assert stats["queries_with_vector_blind_spots"] == pytest.approx(1.0)
     finally:
         log.close()
+
+
+def test_the_log_keeps_the_newest_searches_and_those_with_feedback(tmp_path: Path) -> None:
+    """log_max_queries bounds the log (each search stores both candidate lists): the oldest searches go with
+    their fetches, once the log is 2 % over; a search an agent judged goes last."""
+    log = QueryLog(tmp_path / "log.sqlite", max_queries=50)
+    _record(log, "judged")
+    log.add_feedback("judged", "a", True)
+    _record(log, "read")
+    log.record_fetch("read", "a")
+    for i in range(100):
+        _record(log, f"id{i:03d}")
+    log.flush()
+    kept = [q.query_id for q in log.iter_queries()]
+    assert 50 <= len(kept) <= 51 and kept[0] == "judged" and kept[-1] == "id099"
+    assert "read" not in kept and log.fetches() == [] and log.feedback_map() == {"judged": {"a": True}}
+    log.close()
+    again = QueryLog(tmp_path / "log.sqlite", max_queries=10)  # a lower limit applies at the next start
+    assert [q.query_id for q in again.iter_queries()] == ["judged", *(f"id{i:03d}" for i in range(91, 100))]
+    again.close()
+
+
+def test_chunk_ids_are_stored_once_and_read_back_whole(tmp_path: Path) -> None:
+    """A chunk id repeats its document's id ("doc::hash::i"); only the rest is stored. A list whose chunk ids
+    do not follow that shape is stored whole."""
+    log = QueryLog(tmp_path / "log.sqlite")
+    path_id = "/home/user/notes/projects/2026/very-long-folder-name/meeting-notes.md"
+    log.record(
+        "q1", "text", "c", "base", "hybrid", 10, None,
+        [(path_id, f"{path_id}::0123456789abcdef::0", 0.9), ("b", "b::h::1", 0.5)],
+        [("odd", "not-shaped", 7.0)],
+        [path_id], 5, 0.2, [], [],
+    )  # fmt: skip
+    log.flush()
+    raw = sqlite_rows(tmp_path / "log.sqlite", "SELECT vector, keyword FROM queries")[0]
+    assert raw[0].count(path_id) == 1 and '"c"' in raw[1]
+    got = log.get("q1")
+    assert got is not None
+    assert got.vector == [(path_id, f"{path_id}::0123456789abcdef::0", 0.9), ("b", "b::h::1", 0.5)]
+    assert got.keyword == [("odd", "not-shaped", 7.0)]
+    log.close()

@@ -29,8 +29,9 @@ CREATE TABLE IF NOT EXISTS queries (
     mode TEXT NOT NULL,
     k INTEGER NOT NULL,
     filters TEXT,
-    vector TEXT NOT NULL,          -- JSON {"d": [doc_id, ...], "c": [chunk_id, ...], "s": [score, ...]}, best
-                                   -- first, to candidate depth (older logs: [[doc_id, chunk_id, score], ...])
+    vector TEXT NOT NULL,          -- JSON {"d": [doc_id, ...], "x": [chunk id after "doc_id::", ...],
+                                   -- "s": [score, ...]}, best first, to candidate depth (older logs: "c" with
+                                   -- whole chunk ids, or [[doc_id, chunk_id, score], ...])
     keyword TEXT NOT NULL,         -- same shape, BM25 scores
     fused TEXT NOT NULL,           -- JSON [doc_id, ...] as returned to the caller
     top INTEGER NOT NULL,
@@ -63,6 +64,8 @@ COLUMNS = (
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # records waiting for the writer thread before record() blocks
+WRITE_BATCH = 500  # records per transaction: a burst must not grow the WAL in one transaction
+WAL_LIMIT_BYTES = 64 * 1024 * 1024  # what the WAL file is truncated back to after a checkpoint
 
 
 @dataclass(frozen=True)
@@ -109,32 +112,48 @@ def _yield_to_searches() -> None:
 
 def _encode_candidates(items: Sequence[tuple[str, str, float]]) -> str:
     """Parallel lists, which json encodes in C: 0.09 ms for 200 candidates against 0.14 ms with a list per
-    candidate, on the writer thread."""
+    candidate, on the writer thread. A chunk id repeats its document's id ("doc::hash::i"): only the part
+    after it is stored, which halved a search's record for documents named by a file path."""
     docs, chunks, scores = zip(*items, strict=True) if items else ((), (), ())
-    return json.dumps(
-        {"d": docs, "c": chunks, "s": np.round(np.asarray(scores, dtype=np.float64), 6).tolist()}
-    )
+    rounded = np.round(np.asarray(scores, dtype=np.float64), 6).tolist()
+    if all(c.startswith(d) and c[len(d) : len(d) + 2] == "::" for d, c in zip(docs, chunks, strict=True)):
+        return json.dumps({"d": docs, "x": [c[len(d) + 2 :] for d, c in zip(docs, chunks, strict=True)], "s": rounded})
+    return json.dumps({"d": docs, "c": chunks, "s": rounded})
 
 
 def _decode_candidates(raw: str) -> list[tuple[str, str, float]]:
     value = json.loads(raw)
     if isinstance(value, dict):
-        return list(zip(value["d"], value["c"], value["s"], strict=True))
+        docs = value["d"]
+        chunks = value["c"] if "c" in value else [f"{d}::{x}" for d, x in zip(docs, value["x"], strict=True)]
+        return list(zip(docs, chunks, value["s"], strict=True))
     return [tuple(x) for x in value]  # older logs: one [doc, chunk, score] list per candidate
 
 
 class QueryLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_queries: int = 0) -> None:
+        """`max_queries`: keep at most this many logged searches, dropping the oldest (0 keeps all)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # A burst of writes while readers hold the WAL grows it; without a limit it stays that large for good.
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         # NORMAL in WAL mode is crash-safe (no corruption); a power cut may lose the last few records.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(queries)")}
         if "compared" not in columns:  # a log written before the column existed: its rows count as compared
             self._conn.execute("ALTER TABLE queries ADD COLUMN compared INTEGER NOT NULL DEFAULT 1")
+        # stats() reads these small columns from the index alone: reaching them in the row means reading past
+        # both candidate lists (tens of KB a search), which made stats linear in the log's size in bytes.
+        self._conn.execute(
+            "CREATE INDEX IF NOT EXISTS queries_stats "
+            "ON queries (collection, compared, overlap, vector_blind, keyword_blind)"
+        )
         self._lock = threading.Lock()
+        self.max_queries = max_queries
+        (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
+        self._keep_within_limit()
         # Searches hand their record to a writer thread and return: encoding ~400 candidates and the insert
         # cost ~0.3 ms. That thread runs at idle priority (see _yield_to_searches); whoever cannot wait for it
         # writes the pending records itself: a reader (flush) before reading, so it sees every acknowledged
@@ -179,23 +198,57 @@ class QueryLog:
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
         try:
             rows = [self._row(args) for args in batch]
-            with self._lock:
-                self._conn.execute("BEGIN")
-                try:
-                    self._conn.executemany(
-                        f"INSERT INTO queries ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                        rows,
-                    )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+            for start in range(0, len(rows), WRITE_BATCH):
+                with self._lock:
+                    self._conn.execute("BEGIN")
+                    try:
+                        self._conn.executemany(
+                            f"INSERT INTO queries ({', '.join(COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                            rows[start : start + WRITE_BATCH],
+                        )
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+                    self._rows += len(rows[start : start + WRITE_BATCH])
+            self._keep_within_limit()
         except Exception:  # the log is a learning signal: never let it take searches down
             log.exception("could not write %d query log records", len(batch))
         finally:
             with self._cond:
                 self._in_flight -= 1
                 self._cond.notify_all()
+
+    def _keep_within_limit(self) -> None:
+        """Drop the oldest searches past `max_queries` (with their fetches), once the log is 2 % over it so
+        a write does not delete one row each time. Searches with feedback go last: an agent's judgements are
+        the best training data the log holds."""
+        if not self.max_queries or self._rows <= self.max_queries + self.max_queries // 50:
+            return
+        with self._lock:
+            excess = self._rows - self.max_queries
+            ids = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT query_id FROM queries ORDER BY query_id IN (SELECT query_id FROM feedback), ts "
+                    "LIMIT ?",
+                    (excess,),
+                )
+            ]
+            self._conn.execute("BEGIN")
+            try:
+                for start in range(0, len(ids), 500):
+                    part = [(i,) for i in ids[start : start + 500]]
+                    self._conn.executemany("DELETE FROM fetches WHERE query_id = ?", part)
+                    self._conn.executemany("DELETE FROM feedback WHERE query_id = ?", part)
+                    self._conn.executemany("DELETE FROM queries WHERE query_id = ?", part)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
+        log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(ids), self.max_queries)
 
     def _write_forever(self) -> None:
         _yield_to_searches()
@@ -354,6 +407,7 @@ class QueryLog:
                 self._conn.execute(f"DELETE FROM fetches WHERE query_id IN ({ids})", args)
                 gone = self._conn.execute(f"DELETE FROM queries WHERE {where}", args).rowcount
                 self._conn.execute("COMMIT")
+                self._rows -= gone
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -396,16 +450,21 @@ class QueryLog:
             # Rates over the searches where both sides searched: a query with no keyword terms has nothing
             # to disagree with, and counting its vector hits as blind spots would inflate them.
             # Not compared: no keyword terms (the vector side answered alone), or neither side found anything.
-            n, uncompared, no_terms, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
+            n, uncompared, overlap, vb, kb, vb_n, kb_n = self._conn.execute(
                 "SELECT COUNT(*), SUM(1 - compared), "
-                "SUM(CASE WHEN NOT compared AND "
-                "COALESCE(json_array_length(vector, '$.d'), json_array_length(vector)) > 0 THEN 1 ELSE 0 END), "
                 "AVG(CASE WHEN compared THEN overlap END), "
                 "AVG(CASE WHEN compared THEN (CASE WHEN vector_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
                 "AVG(CASE WHEN compared THEN (CASE WHEN keyword_blind != '[]' THEN 1.0 ELSE 0.0 END) END), "
                 "AVG(CASE WHEN compared THEN json_array_length(vector_blind) END), "
                 "AVG(CASE WHEN compared THEN json_array_length(keyword_blind) END) "
-                f"FROM queries {where}",
+                f"FROM queries INDEXED BY queries_stats {where}",
+                args,
+            ).fetchone()
+            # (only the few uncompared searches' rows are read for their vector list)
+            (no_terms,) = self._conn.execute(
+                "SELECT COUNT(*) FROM queries "
+                f"{where + ' AND' if where else 'WHERE'} NOT compared AND "
+                "COALESCE(json_array_length(vector, '$.d'), json_array_length(vector)) > 0",
                 args,
             ).fetchone()
             (feedback,) = self._conn.execute(
