@@ -276,6 +276,13 @@ class Settings(BaseSettings):
     learn_keep_versions: int = Field(
         2, ge=1, le=20, description="Versions whose vectors stay in Chroma, so rollback to them is instant."
     )
+    learn_keep_weights: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Retired fine-tunes whose weights stay on disk for rollback (about 90 MB each for MiniLM); "
+        "an older one's weight folder is deleted after each swap (never one whose vectors are kept).",
+    )
     learn_resume_interrupted: bool = Field(
         True,
         description="A retrain stopped by a shutdown or a crash continues from its last checkpoint when the "

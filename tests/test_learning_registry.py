@@ -12,9 +12,9 @@ from server.learning.registry import ModelVersion, Registry
 
 
 def _fine_tune(registry: Registry, version: str, base: str) -> None:
-    registry.add(
-        ModelVersion(version, "fine-tune", f"/weights/{version}", base, "retired", time.time(), parent=base)
-    )
+    weights = registry.dir / version
+    weights.mkdir(parents=True)
+    registry.add(ModelVersion(version, "fine-tune", str(weights), base, "retired", time.time(), parent=base))
 
 
 def test_rollback_stays_within_the_configured_models_lineage(tmp_path: Path) -> None:

@@ -560,3 +560,36 @@ def test_cli_reindex_with_a_model_that_cannot_load_says_why(tmp_path: Path, tiny
     assert res.exit_code == 1
     # The reason on stderr, in one line (stdout has the job's JSON): not only "reindex: failed 0/0".
     assert "reindex failed: " in res.stderr and str(missing) in res.stderr.splitlines()[-1], res.stderr
+
+
+def test_only_the_newest_retired_fine_tunes_keep_their_weights(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Every accepted retrain left its weight folder (~90 MB for MiniLM) on disk for good: past
+    learn_keep_weights retired fine-tunes the oldest is deleted at the swap, noted in the registry, and rollback
+    refuses it by name and skips it when choosing the version to return to."""
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_keep_weights=1,
+        learn_keep_versions=1,
+    )
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        tuned = []
+        for _ in range(3):
+            started = learning.retrain(batch_size=4, epochs=1)
+            learning.jobs.wait(120)
+            assert learning.status(started["job_id"])["status"] == "succeeded", learning.status()
+            tuned.append(learning.registry.serving().version)
+        first, second, third = (learning.registry.get(v) for v in tuned)
+        assert (first.status, second.status, third.status) == ("retired", "retired", "serving")
+        assert not Path(learning.registry.location_of(first)).exists() and "weights deleted" in first.note
+        assert Path(learning.registry.location_of(second)).is_dir()
+        with pytest.raises(Exception, match="weights were deleted.*learn_keep_weights"):
+            learning.rollback(first.version)
+        back = learning.rollback()
+        assert back["version"] == second.version
+        learning.jobs.wait(120)
+        assert learning.status(back["job_id"])["status"] == "succeeded"
+        assert rift.search("default", queries()[0]).outcome.model_version == second.version
+    finally:
+        rift.close()

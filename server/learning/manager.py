@@ -37,7 +37,7 @@ from server.learning.pipeline import (
 )
 from server.learning.policy import Policy
 from server.learning.query_log import normalized_query
-from server.learning.registry import ModelVersion, Registry, new_version_id
+from server.learning.registry import WEIGHTS_DELETED, ModelVersion, Registry, new_version_id
 from server.learning.resume import ResumePlan
 from server.learning.training import TrainConfig, train_model
 
@@ -531,7 +531,9 @@ class LearningManager:
                 return
 
     def _prune(self, engine: Any = None) -> None:
-        """Keep Chroma vectors only for the most recently served versions (fast rollback to them)."""
+        """Keep Chroma vectors only for the most recently served versions (fast rollback to them), and the
+        weights of the newest `learn_keep_weights` retired fine-tunes: each accepted retrain otherwise left
+        ~90 MB on disk for good."""
         engine = engine or self.engine
         served = [v for v in self.registry.all() if v.status in ("serving", "retired")]
         served.sort(key=lambda v: v.served_at or v.created_at, reverse=True)
@@ -539,6 +541,12 @@ class LearningManager:
         for v in self.registry.all():
             if v.version not in keep:
                 drop_built(engine, v.version)
+        retired = [v for v in served if v.kind == "fine-tune" and v.status == "retired"]
+        keep |= {v.version for v in retired[: self.settings.learn_keep_weights]}
+        deleted = [v.version for v in retired if v.version not in keep and self._delete_weights(v) is not None]
+        if deleted:
+            prune_exports(self.settings.models_dir / "onnx")
+            log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))
 
     # --- rollback / reindex --------------------------------------------------------------------------------
 
@@ -625,17 +633,23 @@ class LearningManager:
                 continue  # (a pending one is an interrupted retrain's candidate: the next server gates it)
             if versions is not None and v.version not in versions:
                 continue
-            path = Path(self.registry.location_of(v))
-            if not path.is_dir() or self.registry.dir.resolve() not in path.resolve().parents:
-                continue  # already gone, or not a folder rift made
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            shutil.rmtree(path)
-            note = "; ".join(n for n in (v.note, "weights deleted") if n)
-            self.registry.update(v.version, note=note)
-            deleted.append({"version": v.version, "status": v.status, "bytes": size})
+            size = self._delete_weights(v)
+            if size is not None:
+                deleted.append({"version": v.version, "status": v.status, "bytes": size})
         if deleted:
             prune_exports(self.settings.models_dir / "onnx")  # their ONNX exports (embed_backend = "onnx")
         return {"deleted": deleted, "freed_bytes": sum(d["bytes"] for d in deleted)}
+
+    def _delete_weights(self, v: ModelVersion) -> int | None:
+        """Delete a fine-tune's weight folder and note it in the registry; the bytes freed, or None when it was
+        already gone or is not a folder rift made."""
+        path = Path(self.registry.location_of(v))
+        if not path.is_dir() or self.registry.dir.resolve() not in path.resolve().parents:
+            return None
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path)
+        self.registry.update(v.version, note="; ".join(n for n in (v.note, WEIGHTS_DELETED) if n))
+        return size
 
     def stats(self) -> dict[str, Any]:
         serving = self.registry.serving()

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from server.errors import RiftError
 
 Status = Literal["serving", "retired", "rejected", "failed"]
+WEIGHTS_DELETED = "weights deleted"  # a note: the version's weight folder is gone (it can never serve again)
 
 
 @dataclass
@@ -160,6 +161,11 @@ class Registry:
                     )
                 if current is not None and target.version == current.version:
                     raise RiftError(f"version {version!r} is already serving")
+                if not self._has_weights(target):
+                    raise RiftError(
+                        f"version {version!r}'s weights were deleted (setting learn_keep_weights keeps those "
+                        "of the newest retired fine-tunes); it cannot serve again"
+                    )
                 if current is not None and target.base_model != current.base_model:
                     # Start-up serves only the configured model's lineage: this rollback would not survive it.
                     raise RiftError(
@@ -171,11 +177,17 @@ class Registry:
             retired = [
                 v
                 for v in self._versions.values()
-                if v.status == "retired" and (current is None or v.base_model == current.base_model)
+                if v.status == "retired"
+                and (current is None or v.base_model == current.base_model)
+                and self._has_weights(v)
             ]
             if not retired:
                 raise RiftError("nothing to roll back to: no earlier version has served")
             return max(retired, key=lambda v: v.served_at or v.created_at)
+
+    def _has_weights(self, entry: ModelVersion) -> bool:
+        """False for a fine-tune whose weight folder is gone (only rift's own folders are ever deleted)."""
+        return entry.kind != "fine-tune" or Path(self.location_of(entry)).is_dir()
 
     # --- changes -------------------------------------------------------------------------------------------
 
