@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION_DESCRIPTION = "Collection name: 1-63 letters, digits, '_' or '-'."
+FILTERS_DESCRIPTION = (
+    "Metadata filter. Keys are metadata fields (several keys: all must match); a value matches exactly and by "
+    'type (1, "1" and true differ). Operators: $eq, $ne; $gt, $gte, $lt, $lte (numbers); $in, $nin (a list); '
+    '$and, $or (a list of filters); {"source": {"$prefix": "/abs/folder"}} (files only). A key no document '
+    'has matches nothing. E.g. {"lang": "en"}, {"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, '
+    '{"$or": [{"lang": "en"}, {"lang": "de"}]}; files also carry name, file_type, size, mtime and title.'
+)
 
 # Writes take the engine's write lock one at a time, so a worker thread per queued write only waits; with
 # anyio's shared pool (40 threads), 40 queued writes would leave no thread for a search. Writes get their own

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
 
 
 class SearchHit(BaseModel):
@@ -28,8 +28,9 @@ class SearchHit(BaseModel):
 class DisagreementOut(BaseModel):
     top: int
     compared: bool = Field(
-        description="False when the query has no keyword terms (only stopwords or symbols): the keyword side "
-        "did not search, so there is no overlap and there are no blind spots."
+        description="False when the query has no keyword terms (only stopwords or symbols), so the keyword "
+        "side did not search, or when neither side found anything (e.g. a filter no document matches): there "
+        "is then no overlap and there are no blind spots."
     )
     overlap: float | None = Field(
         description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1); "
@@ -63,11 +64,7 @@ async def hybrid_search(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
     filters: Annotated[
         dict[str, Any] | None,
-        Field(
-            description='Metadata filter applied inside both retrievers, e.g. {"lang": "en"}, '
-            '{"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, {"$or": [...]}; for files: '
-            '{"source": {"$prefix": "/abs/folder"}}, {"file_type": "pdf"}, {"mtime": {"$gte": 1717200000}}.'
-        ),
+        Field(description=FILTERS_DESCRIPTION + " Applied inside both retrievers."),
     ] = None,
     mode: Annotated[
         Literal["hybrid", "vector", "keyword"],

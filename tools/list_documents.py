@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from server.ingest.manage import MAX_LIST
 from server.ingest.manage import list_documents as list_docs
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
 
 
 class DocumentEntry(BaseModel):
@@ -35,10 +35,7 @@ async def list_documents(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
     filters: Annotated[
         dict[str, Any] | None,
-        Field(
-            description='Metadata filter, same grammar as hybrid_search: {"file_type": "markdown"}, '
-            '{"source": {"$prefix": "/abs/folder"}}, {"mtime": {"$gte": 1700000000}}, {"$or": [...]}.'
-        ),
+        Field(description=FILTERS_DESCRIPTION),
     ] = None,
     limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="Documents per page.")] = 50,
     offset: Annotated[int, Field(ge=0, description="Documents to skip.")] = 0,
