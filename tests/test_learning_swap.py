@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import docs, make_settings, open_rift
+from server.service import Rift
+from tests.support.helpers import docs, ids, make_settings, open_rift
 from tests.support.learning import fill_two_collections, queries
 from tests.support.tiny_model import build_tiny_model
 
@@ -593,3 +594,30 @@ def test_only_the_newest_retired_fine_tunes_keep_their_weights(tmp_path: Path, t
         assert rift.search("default", queries()[0]).outcome.model_version == second.version
     finally:
         rift.close()
+
+
+def test_setting_model_to_the_reindexed_model_serves_its_vectors_without_re_embedding(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """After `rift reindex --model X`, setting `model = X` (the obvious next step) re-embedded the whole store
+    as a new version of the same weights, and read-only commands refused the store meanwhile. The reindexed
+    version (and a fine-tune trained from it) now serves under that setting as it is."""
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        reindexed = _reindexed(rift, tmp_path)
+    finally:
+        rift.close()
+    moved = make_settings(tmp_path / "data", tmp_path / "tiny16" / "model" / ".." / "model")  # another spelling
+    readonly = Rift(moved).start(background=False, reembed=False)  # as `rift stats` opens the store
+    try:
+        assert readonly.engine().embedder.version == reindexed
+    finally:
+        readonly.close()
+    again = open_rift(moved)
+    try:
+        assert again.engine().embedder.version == reindexed
+        assert {r.model_version for r in again.engine().state.collections()} == {reindexed}
+        assert again.learning.registry.serving().version == reindexed
+        assert ids(again.search("default", "cat on the mat", 1).outcome.hits) == ["doc1"]
+    finally:
+        again.close()

@@ -48,6 +48,16 @@ def new_version_id(kind: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def _same_model(a: str, b: str) -> bool:
+    """The same model name, or two spellings of one folder."""
+    if a == b:
+        return True
+    try:
+        return Path(a).expanduser().is_dir() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
 class Registry:
     def __init__(self, models_dir: Path) -> None:
         self.dir = models_dir
@@ -121,9 +131,16 @@ class Registry:
             usable = current is not None and (
                 current.kind != "fine-tune" or Path(self.location_of(current)).exists()
             )
-            if current is not None and usable and current.base_model == configured_model:
+            if current is not None and usable and self.descends_from(current, configured_model):
                 return current
             return None
+
+    def descends_from(self, entry: ModelVersion, configured_model: str) -> bool:
+        """Whether `entry` belongs to the lineage of the configured model: made from it, or it is (or was
+        fine-tuned from) the model a `rift reindex` switched to, which users then name as `model`."""
+        return _same_model(entry.base_model, configured_model) or (
+            entry.kind != "base" and _same_model(self.origin_model(entry), configured_model)
+        )
 
     def serve_base(self, configured_model: str) -> ModelVersion:
         """Register the configured model as a base version (once) and make it the serving one."""
