@@ -223,9 +223,9 @@ class Settings(BaseSettings):
         100, ge=10, le=10_000, description="Largest k a search may ask for (at least 10, the default k)."
     )
     stemmer_language: str | None = Field(
-        "english", description='PyStemmer language; "" or "none" disables stemming.'
+        "english", description='PyStemmer language; "none" (or "" in a config file) disables stemming.'
     )
-    stopwords: str | None = Field("en", description='bm25s stopword list; "" or "none" keeps every token.')
+    stopwords: str | None = Field("en", description='bm25s stopword list; "none" (or "" in a config file) keeps every token.')
 
     # --- learning log --------------------------------------------------------------------------------------
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
@@ -292,7 +292,8 @@ class Settings(BaseSettings):
         None, ge=1, description="Periodic retrain: after this many new logged queries (None = off)."
     )
     learn_auto_interval_hours: float | None = Field(
-        None, gt=0, description="Periodic retrain: at most this often, when enough triples (None = off)."
+        None, gt=0, description="Periodic retrain: every this many hours when there are new logged queries and enough "
+        "triples (None = off); with learn_auto_after_queries set too, either starts one."
     )
     gate_holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Most recent logged queries held out.")
     gate_tolerance: float = Field(
