@@ -71,6 +71,11 @@ def open_rift(settings: Settings, must_exist: bool = False):
         foreign = must_exist and folder.is_dir() and not settings.state_db.exists() and any(folder.iterdir())
     except OSError:  # unreadable: start-up names the problem
         foreign = False
+    if foreign and settings.chroma_dir.is_dir():
+        raise click.ClickException(
+            f"the rift data folder {folder} has lost {settings.state_db.name} (its chroma folder is there); "
+            "start `rift serve` (or `rift add`) once, which rebuilds it from the stored chunks"
+        )
     if must_exist and (not folder.exists() or foreign):
         raise click.ClickException(
             f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR "

@@ -251,3 +251,27 @@ def test_read_commands_refuse_another_model_instead_of_re_embedding(
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 0 and '"notes"' in res.output
+
+
+def test_a_read_only_command_on_a_store_that_lost_its_state_says_how_to_rebuild_it(
+    monkeypatch, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """It said 'no rift data folder' for a store whose state.sqlite alone was lost; a start rebuilds it."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    rift.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    rift.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.state_db}{suffix}").unlink(missing_ok=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    res = CliRunner().invoke(main, ["stats", "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 1 and "has lost state.sqlite" in res.output and "rift serve" in res.output
+    open_rift(settings).close()  # what `rift serve` does first: rebuild the state from Chroma
+    res = CliRunner().invoke(main, ["search", "cat", "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 0 and '"cat"' in res.output, res.output
