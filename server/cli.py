@@ -221,6 +221,31 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
         rift.close()
 
 
+@main.command()
+@click.option("--collection", default=None, help="Only this collection (default: every one).")
+@click.option("--data-dir", default=None)
+def rechunk(collection: str | None, data_dir: str | None) -> None:
+    """Split stored documents again for the current chunk settings (and chunker version), embedding only the
+    chunks that changed. A local store does this at every start; with a shared Chroma server start-up only
+    warns (every process would do it at once): run this once, then in each other process (which then finds
+    the documents done and rewrites nothing)."""
+    rift = open_rift(load_settings(data_dir), must_exist=True)
+    try:
+        engine = rift.engine()
+        names = [collection] if collection else engine.collection_names()
+        if collection and collection not in engine.collection_names():
+            raise RiftError(f"unknown collection {collection!r}")
+        done = {}
+        for name in names:
+            click.echo(f"rechunk: {name}", err=True)
+            done[name] = engine.rechunk_if_changed(name)
+        emit({"rechunked": done})
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()
+
+
 from server.bench.cli import bench  # noqa: E402  (registered last: keeps the core CLI readable)
 
 main.add_command(bench)

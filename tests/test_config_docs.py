@@ -275,3 +275,38 @@ def test_a_read_only_command_on_a_store_that_lost_its_state_says_how_to_rebuild_
     open_rift(settings).close()  # what `rift serve` does first: rebuild the state from Chroma
     res = CliRunner().invoke(main, ["search", "cat", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 0 and '"cat"' in res.output, res.output
+
+
+def test_rift_rechunk_splits_stored_documents_again_for_new_chunk_settings(
+    monkeypatch, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """With a shared Chroma server start-up only warns about a chunking change; `rift rechunk` does the work
+    (here on a local store opened as a read-only command opens it, which does not re-chunk)."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=48, chunk_overlap=8)
+    rift = open_rift(settings)
+    rift.add_documents("default", docs(("long", " ".join(f"word{i} river city" for i in range(60)))))
+    rift.add_documents("other", docs(("short", "the cat sat on the mat")))
+    before = rift.engine().state.counts("default")[1]
+    rift.close()
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("RIFT_MODEL", str(tiny_model_path))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RIFT_CHUNK_TOKENS", "16")
+    monkeypatch.setenv("RIFT_CHUNK_OVERLAP", "4")
+    res = CliRunner().invoke(main, ["rechunk", "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 0, res.output
+    assert '"default": 1' in res.output and '"other": 1' in res.output  # (a new version, its vector kept)
+    res = CliRunner().invoke(main, ["rechunk", "--data-dir", str(settings.data_dir)])  # nothing left to do
+    assert res.exit_code == 0 and '"default": 0' in res.output and '"other": 0' in res.output
+    res = CliRunner().invoke(main, ["rechunk", "--collection", "nope", "--data-dir", str(settings.data_dir)])
+    assert res.exit_code == 1 and "unknown collection 'nope'" in res.output
+    changed = make_settings(settings.data_dir, tiny_model_path, chunk_tokens=16, chunk_overlap=4)
+    again = open_rift(changed)
+    try:
+        assert again.engine().state.counts("default")[1] > before
+    finally:
+        again.close()

@@ -344,9 +344,10 @@ class Engine:
                         report.setdefault("rechunked", {})[record.name] = rechunked
                 elif rechunk and self.chunking_changed(record.name):
                     log.warning(
-                        "collection %r was chunked with other settings (chunk_tokens, chunk_overlap or the model's "
-                        "limit); with a shared Chroma server stored documents are not re-chunked at start-up (every "
-                        "process would): re-add them (add_documents or `rift add` rewrites each with these settings)",
+                        "collection %r was chunked with other settings (chunk_tokens, chunk_overlap, the model's "
+                        "limit or a newer rift's chunker); with a shared Chroma server stored documents are not "
+                        "re-chunked at start-up (every process would): stop this process and run `rift rechunk` "
+                        "once, then in each other process (which then rewrites nothing)",
                         record.name,
                     )
             if self.shared is not None:
