@@ -1092,3 +1092,31 @@ def test_a_vector_search_of_a_collection_made_again_empty_elsewhere_finds_nothin
     finally:
         a.close()
         b.close()
+
+
+def test_a_chunking_change_is_done_once_by_rechunk_and_followed_elsewhere(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, caplog
+) -> None:
+    """Sharing a Chroma server, start-up only warns about new chunk settings (every process would re-chunk
+    at once); `rift rechunk` in one process splits the documents again, and another process, which has followed
+    those writes, then finds nothing to rewrite."""
+    chroma.wipe()
+    first = [open_rift(make_settings(tmp_path / n, tiny_model_path, **http_overrides(chroma))) for n in "ab"]
+    first[0].add_documents("default", docs(("manual", LONG), ("cat", "the cat sat on the mat")))
+    before = first[1].engine().get_document("default", "manual")[2]
+    for app in first:
+        app.close()
+    changed = {"chunk_tokens": 16, "chunk_overlap": 4, **http_overrides(chroma)}
+    a, b = (open_rift(make_settings(tmp_path / n, tiny_model_path, **changed)) for n in "ab")
+    try:
+        assert "rift rechunk" in caplog.text
+        assert a.engine().rechunk_if_changed("default") == 2
+        b.engine().shared.sync(force=True)
+        assert b.engine().get_document("default", "manual")[2] > before  # b follows the new chunks
+        assert b.engine().rechunk_if_changed("default") == 0
+        assert not a.engine().chunking_changed("default") and not b.engine().chunking_changed("default")
+        assert ids(b.search("default", "gravel river crossing", mode="keyword").outcome.hits) == ["manual"]
+        assert_same_index(a, b)
+    finally:
+        a.close()
+        b.close()
