@@ -345,6 +345,27 @@ def test_the_log_keeps_the_newest_searches_and_those_with_feedback(tmp_path: Pat
     again.close()
 
 
+def test_judged_searches_never_crowd_out_new_ones_and_a_stale_count_drops_nothing(tmp_path: Path) -> None:
+    """Judged searches go last only while they fill at most half the log: a log full of them dropped every new
+    search at once (its feedback call then failed). A row count gone stale (a collection's searches forgotten
+    meanwhile) once made the prune's LIMIT negative, which SQLite reads as no limit: the whole log went."""
+    log = QueryLog(tmp_path / "log.sqlite", max_queries=10)
+    for i in range(10):
+        _record(log, f"judged{i}")
+        log.add_feedback(f"judged{i}", "a", True)
+    for i in range(8):
+        _record(log, f"fresh{i}")
+        log.flush()
+        assert log.get(f"fresh{i}") is not None
+    kept = [q.query_id for q in log.iter_queries()]  # judged ones keep half the log, the newest the rest
+    assert kept == [*(f"judged{i}" for i in range(5, 10)), *(f"fresh{i}" for i in range(3, 8))]
+    with log._lock:
+        log._rows = 1_000  # as if another thread's delete had not been counted yet
+    log._keep_within_limit()
+    assert [q.query_id for q in log.iter_queries()] == kept
+    log.close()
+
+
 def test_chunk_ids_are_stored_once_and_read_back_whole(tmp_path: Path) -> None:
     """A chunk id repeats its document's id ("doc::hash::i"); only the rest is stored. A list whose chunk ids
     do not follow that shape is stored whole."""

@@ -621,3 +621,34 @@ def test_setting_model_to_the_reindexed_model_serves_its_vectors_without_re_embe
         assert ids(again.search("default", "cat on the mat", 1).outcome.hits) == ["doc1"]
     finally:
         again.close()
+
+
+def test_a_fine_tune_folder_the_configured_model_names_keeps_its_weights(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The README tells other processes to set `model` to a fine-tune's folder; set so here, a base version of
+    that path serves while the fine-tune's own entry is retired, and pruning past learn_keep_weights deleted
+    the very weights being served."""
+    knobs = {"learn_min_triples": 2, "gate_tolerance": 1.0, "learn_keep_weights": 1, "learn_keep_versions": 1}
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, **knobs))
+    try:
+        fill_two_collections(rift)
+        started = rift.learning.retrain(batch_size=4, epochs=1)
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        first = rift.learning.registry.serving()
+        folder = Path(rift.learning.registry.location_of(first))
+    finally:
+        rift.close()
+    rift = open_rift(make_settings(tmp_path / "data", folder, **knobs))
+    try:
+        assert rift.learning.registry.get(first.version).status == "retired"
+        for _ in range(2):
+            started = rift.learning.retrain(batch_size=4, epochs=1)
+            rift.learning.jobs.wait(120)
+            assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        assert folder.is_dir() and "weights deleted" not in (rift.learning.registry.get(first.version).note or "")
+    finally:
+        rift.close()
+    again = open_rift(make_settings(tmp_path / "data", folder, **knobs))  # the configured model still loads
+    again.close()

@@ -47,6 +47,14 @@ IN_PROGRESS = ": in progress"
 FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fine-tune")
 
 
+def _resolved(location: str) -> str:
+    """A model location as one spelling (a folder's real path; a hub name as it is)."""
+    try:
+        return str(Path(location).expanduser().resolve()) if Path(location).expanduser().exists() else location
+    except (OSError, RuntimeError, ValueError):
+        return location
+
+
 class LearningManager:
     def __init__(self, rift: Any) -> None:
         self.rift = rift
@@ -543,7 +551,18 @@ class LearningManager:
                 drop_built(engine, v.version)
         retired = [v for v in served if v.kind == "fine-tune" and v.status == "retired"]
         keep |= {v.version for v in retired[: self.settings.learn_keep_weights]}
-        deleted = [v.version for v in retired if v.version not in keep and self._delete_weights(v) is not None]
+        # A folder something still loads stays: the configured `model` may name a fine-tune's folder (a base
+        # version of that path then serves while the fine-tune's own entry is retired).
+        in_use = {_resolved(self.settings.model)} | {
+            _resolved(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
+        }
+        deleted = [
+            v.version
+            for v in retired
+            if v.version not in keep
+            and _resolved(self.registry.location_of(v)) not in in_use
+            and self._delete_weights(v) is not None
+        ]
         if deleted:
             prune_exports(self.settings.models_dir / "onnx")
             log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))

@@ -222,24 +222,38 @@ class QueryLog:
 
     def _keep_within_limit(self) -> None:
         """Drop the oldest searches past `max_queries` (with their fetches), once the log is 2 % over it so
-        a write does not delete one row each time. Searches with feedback go last: an agent's judgements are
-        the best training data the log holds."""
+        a write does not delete one row each time. Searches with feedback, an agent's judgements and the best
+        training data the log holds, go after the others, as long as they fill at most half the log: past that
+        the oldest of them go too, so new searches are never the ones dropped."""
         if not self.max_queries or self._rows <= self.max_queries + self.max_queries // 50:
             return
         with self._lock:
+            # (counted again here: a forget_collection may have deleted rows since the check above)
+            (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
             excess = self._rows - self.max_queries
-            ids = [
+            if excess <= 0:
+                return
+            judged = [
                 r[0]
                 for r in self._conn.execute(
-                    "SELECT query_id FROM queries ORDER BY query_id IN (SELECT query_id FROM feedback), ts "
-                    "LIMIT ?",
-                    (excess,),
+                    "SELECT query_id FROM queries WHERE query_id IN (SELECT query_id FROM feedback) ORDER BY ts"
                 )
             ]
+            drop = judged[: max(0, len(judged) - self.max_queries // 2)][:excess]
+            drop += [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT query_id FROM queries WHERE query_id NOT IN (SELECT query_id FROM feedback) "
+                    "ORDER BY ts LIMIT ?",
+                    (excess - len(drop),),
+                )
+            ]
+            if len(drop) < excess:  # (every search left is judged)
+                drop += [q for q in judged if q not in set(drop)][: excess - len(drop)]
             self._conn.execute("BEGIN")
             try:
-                for start in range(0, len(ids), 500):
-                    part = [(i,) for i in ids[start : start + 500]]
+                for start in range(0, len(drop), 500):
+                    part = [(i,) for i in drop[start : start + 500]]
                     self._conn.executemany("DELETE FROM fetches WHERE query_id = ?", part)
                     self._conn.executemany("DELETE FROM feedback WHERE query_id = ?", part)
                     self._conn.executemany("DELETE FROM queries WHERE query_id = ?", part)
@@ -248,7 +262,7 @@ class QueryLog:
                 self._conn.execute("ROLLBACK")
                 raise
             (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
-        log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(ids), self.max_queries)
+        log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(drop), self.max_queries)
 
     def _write_forever(self) -> None:
         _yield_to_searches()
