@@ -619,8 +619,25 @@ def test_setting_model_to_the_reindexed_model_serves_its_vectors_without_re_embe
         assert {r.model_version for r in again.engine().state.collections()} == {reindexed}
         assert again.learning.registry.serving().version == reindexed
         assert ids(again.search("default", "cat on the mat", 1).outcome.hits) == ["doc1"]
+        # Rollback agrees with start-up: the first model's version is of another lineage now, which a restart
+        # with this setting would not serve.
+        with pytest.raises(Exception, match="nothing to roll back to"):
+            again.learning.rollback()
+        with pytest.raises(Exception, match="configured with .*tiny16.*set model to"):
+            again.learning.rollback(str(tiny_model_path))
+        # A second reindex from there: `model` may keep naming the first reindexed model.
+        chained = again.learning.reindex(str(build_tiny_model(tmp_path / "tiny16b", hidden=16, seed=5)))
+        again.learning.jobs.wait(120)
+        assert again.learning.status(chained["job_id"])["status"] == "succeeded"
+        second = again.learning.registry.serving().version
     finally:
         again.close()
+    last = open_rift(moved)
+    try:
+        assert last.engine().embedder.version == second
+        assert {r.model_version for r in last.engine().state.collections()} == {second}
+    finally:
+        last.close()
 
 
 def test_a_fine_tune_folder_the_configured_model_names_keeps_its_weights(

@@ -570,7 +570,7 @@ class LearningManager:
     # --- rollback / reindex --------------------------------------------------------------------------------
 
     def rollback(self, version: str | None = None) -> dict[str, Any]:
-        target = self.registry.rollback_target(version)
+        target = self.registry.rollback_target(version, self.settings.model)
 
         def work(job: Job) -> dict[str, Any]:
             job.enter("loading")

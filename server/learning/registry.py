@@ -136,11 +136,19 @@ class Registry:
             return None
 
     def descends_from(self, entry: ModelVersion, configured_model: str) -> bool:
-        """Whether `entry` belongs to the lineage of the configured model: made from it, or it is (or was
-        fine-tuned from) the model a `rift reindex` switched to, which users then name as `model`."""
-        return _same_model(entry.base_model, configured_model) or (
-            entry.kind != "base" and _same_model(self.origin_model(entry), configured_model)
-        )
+        """Whether `entry` belongs to the lineage of the configured model: made from it, or it is (or descends
+        from) a version a `rift reindex` made with that model, which users then name as `model`."""
+        if _same_model(entry.base_model, configured_model):
+            return True
+        current: ModelVersion | None = entry
+        seen: set[str] = set()
+        with self._lock:
+            while current is not None and current.version not in seen:
+                seen.add(current.version)
+                if current.kind == "reindex" and _same_model(current.location, configured_model):
+                    return True
+                current = self._versions.get(current.parent) if current.parent else None
+        return False
 
     def serve_base(self, configured_model: str) -> ModelVersion:
         """Register the configured model as a base version (once) and make it the serving one."""
@@ -161,12 +169,14 @@ class Registry:
             self._save()
             return base
 
-    def rollback_target(self, version: str | None) -> ModelVersion:
-        """The named version, or else the most recently retired one of this lineage."""
+    def rollback_target(self, version: str | None, configured_model: str | None = None) -> ModelVersion:
+        """The named version, or else the most recently retired one of the configured model's lineage (by
+        default the serving version's base model), the only one a restart serves."""
         from server.errors import NotFoundError, RiftError
 
         with self._lock:
             current = self.serving()
+            configured = configured_model or (current.base_model if current is not None else None)
             if version is not None:
                 target = self._versions.get(version)
                 if target is None:
@@ -183,11 +193,11 @@ class Registry:
                         f"version {version!r}'s weights were deleted (setting learn_keep_weights keeps those "
                         "of the newest retired fine-tunes); it cannot serve again"
                     )
-                if current is not None and target.base_model != current.base_model:
+                if configured is not None and not self.descends_from(target, configured):
                     # Start-up serves only the configured model's lineage: this rollback would not survive it.
                     raise RiftError(
                         f"version {version!r} descends from model {target.base_model!r}, but this server is "
-                        f"configured with {current.base_model!r} (setting model), which a restart would serve "
+                        f"configured with {configured!r} (setting model), which a restart would serve "
                         f"again; set model to {target.base_model!r}, restart, then roll back"
                     )
                 return target
@@ -195,7 +205,7 @@ class Registry:
                 v
                 for v in self._versions.values()
                 if v.status == "retired"
-                and (current is None or v.base_model == current.base_model)
+                and (configured is None or self.descends_from(v, configured))
                 and self._has_weights(v)
             ]
             if not retired:
