@@ -87,6 +87,19 @@ def test_chunks_begin_and_end_between_words(tokenizer: Any) -> None:
             assert sum(nxt.start < prev.end for prev, nxt in zip(chunks, chunks[1:], strict=False)) > len(chunks) / 2
 
 
+def test_decomposed_accents_are_no_word_boundary(tokenizer: Any) -> None:
+    """A tokenizer that strips accents skips the combining marks of decomposed (NFD) text, leaving a gap
+    between the pieces of one word; only whitespace separates words."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", " ".join(["Größenordnung Fähigkeit café"] * 60))
+    for max_tokens, overlap in ((48, 8), (32, 0)):
+        chunks = chunk_text(text, tokenizer, max_tokens, overlap)
+        for ch in chunks:
+            assert ch.start == 0 or text[ch.start - 1].isspace(), text[ch.start - 5 : ch.start + 10]
+            assert ch.end == len(text) or text[ch.end].isspace(), text[ch.end - 10 : ch.end + 5]
+
+
 def test_a_text_without_spaces_is_still_cut_to_the_limit(tokenizer: Any) -> None:
     text = "川の水は冷たい。山は高い。" * 20 + "x" * 400
     chunks = chunk_text(text, tokenizer, 16, 4)

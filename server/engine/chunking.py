@@ -37,9 +37,13 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
     n = len(offsets)
 
     def at_space(i: int) -> bool:
-        """Whether a chunk may begin at token i (or end before it): whitespace (or a skipped character)
-        separates it from the token before, so no word is cut in two."""
-        return i == 0 or i == n or offsets[i][0] > offsets[i - 1][1]
+        """Whether a chunk may begin at token i (or end before it): whitespace separates it from the token
+        before, so no word is cut in two (a tokenizer also skips characters inside a word, such as the
+        combining accents of decomposed text: such a gap is no boundary)."""
+        if i == 0 or i == n:
+            return True
+        gap = text[offsets[i - 1][1] : offsets[i][0]]
+        return bool(gap) and (gap.isspace() or any(c.isspace() for c in gap))
 
     def ends_sentence(cut: int) -> bool:
         last = text[offsets[cut - 1][1] - 1]
@@ -66,6 +70,10 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
             start = last_end
             end = window_end(start)
         char_start, char_end = offsets[start][0], offsets[end - 1][1]
+        # Characters the tokenizer skipped next to the chunk's edge tokens (a combining accent, a zero-width
+        # mark) belong to those words: keep them in the chunk's text.
+        char_end += len(_word_tail(text[char_end : offsets[end][0] if end < n else len(text)]))
+        char_start -= len(_word_tail(text[offsets[start - 1][1] if start else 0 : char_start][::-1]))
         chunks.append(Chunk(text[char_start:char_end], char_start, char_end))
         if end >= n:
             break
@@ -78,6 +86,14 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
             begin = next((i for i in range(back - 1, max(start, back - overlap), -1) if at_space(i)), None)
         start, last_end = (begin if begin is not None else end if at_space(end) else back), end
     return chunks
+
+
+def _word_tail(gap: str) -> str:
+    """The leading part of `gap` before its first whitespace."""
+    for i, c in enumerate(gap):
+        if c.isspace():
+            return gap[:i]
+    return gap
 
 
 def chunk_document(

@@ -1339,19 +1339,20 @@ class Engine:
             return []  # unreachable: the second attempt returns or raises
 
         # `depth` counts chunks; grouped by document, a few long documents can fill it and leave few documents.
-        # Each side is then read deeper until it holds this many documents: a number that does not depend on k
-        # (for every k up to it), so a larger k only extends the hits and never reorders them (a document's
-        # fused score would otherwise lack the side that a shallow read missed).
+        # Each side is then read deeper until it holds this many documents (or all the collection has): a
+        # number that does not depend on k (for every k up to it), so a larger k only extends the hits and never
+        # reorders them (a document's fused score would otherwise lack the side that a shallow read missed).
+        # Past 16 times the depth a side is read deeper only while it holds fewer than k documents, so a filter
+        # that passes a few very long documents does not make every search read all their chunks.
         doc_target = max(k, min(self.settings.max_k, depth))
+        ceiling = depth * 16
 
         def deepened(found: list[Candidate], side: Callable[[int], list[Candidate]]) -> list[Candidate]:
             reach = depth
-            while (
-                group_by_document
-                and len(found) >= reach
-                and reach < snap.live_count
-                and len({c.doc_id for c in found}) < doc_target
-            ):
+            while group_by_document and len(found) >= reach and reach < snap.live_count:
+                documents = len({c.doc_id for c in found})
+                if documents >= min(doc_target, snap.live_documents) or (documents >= k and reach >= ceiling):
+                    break
                 reach = min(reach * 4, snap.live_count)
                 found = side(reach)
             return found

@@ -15,6 +15,7 @@ published), so searches read whichever snapshot is current and never wait for a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -307,6 +308,11 @@ class KeywordSnapshot:
         self.live_count = int(self.alive.sum())
         self.all_alive = self.live_count == len(self.alive)
         self.alive_weights = self.alive.astype(np.float32)
+
+    @functools.cached_property
+    def live_documents(self) -> int:
+        """Distinct documents among the live rows; counted on first use only (a search of long documents)."""
+        return len({r.doc_id for r, ok in zip(self.rows, self.alive, strict=True) if ok})
 
 
 def build_snapshot(
