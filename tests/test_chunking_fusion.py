@@ -69,44 +69,6 @@ def test_unknown_words_and_punctuation_are_counted_as_the_model_sees_them(tokeni
     assert len(chunks) >= n_tokens(tokenizer, text) / 16
 
 
-def test_chunks_begin_and_end_between_words(tokenizer: Any) -> None:
-    """Words split into many word pieces (as a real vocabulary splits rare words): v1 cut between pieces, so
-    chunks began "ynthesis experiments" and BM25 indexed the fragments."""
-    import random
-
-    rnd = random.Random(3)
-    words = ["photosynthesis", "recalibrated", "xylophone", "river", "city", "3.14", "e.g.x"]
-    text = " ".join(rnd.choice(words) + rnd.choice(["", "", "", ".", ",\n"]) for _ in range(300))
-    for max_tokens, overlap in ((48, 8), (48, 0), (32, 16), (16, 4)):
-        chunks = chunk_text(text, tokenizer, max_tokens, overlap)
-        check_chunks(text, chunks, tokenizer, max_tokens, overlap)
-        for ch in chunks:
-            assert ch.start == 0 or text[ch.start - 1].isspace(), text[ch.start - 5 : ch.start + 10]
-            assert ch.end == len(text) or text[ch.end].isspace(), text[ch.end - 10 : ch.end + 5]
-        if overlap and max_tokens >= 32:  # (a 16-token window holds little more than one long word)
-            assert sum(nxt.start < prev.end for prev, nxt in zip(chunks, chunks[1:], strict=False)) > len(chunks) / 2
-
-
-def test_decomposed_accents_are_no_word_boundary(tokenizer: Any) -> None:
-    """A tokenizer that strips accents skips the combining marks of decomposed (NFD) text, leaving a gap
-    between the pieces of one word; only whitespace separates words."""
-    import unicodedata
-
-    text = unicodedata.normalize("NFD", " ".join(["Größenordnung Fähigkeit café"] * 60))
-    for max_tokens, overlap in ((48, 8), (32, 0)):
-        chunks = chunk_text(text, tokenizer, max_tokens, overlap)
-        for ch in chunks:
-            assert ch.start == 0 or text[ch.start - 1].isspace(), text[ch.start - 5 : ch.start + 10]
-            assert ch.end == len(text) or text[ch.end].isspace(), text[ch.end - 10 : ch.end + 5]
-
-
-def test_a_text_without_spaces_is_still_cut_to_the_limit(tokenizer: Any) -> None:
-    text = "川の水は冷たい。山は高い。" * 20 + "x" * 400
-    chunks = chunk_text(text, tokenizer, 16, 4)
-    check_chunks(text, chunks, tokenizer, 16, 4)
-    assert chunks[0].text.endswith("。")  # a wide sentence end counts without a space after it
-
-
 word = st.sampled_from([*WORDS[:60], "quántum", "zebra", "x", ".", ",", "!", "\n", "42"])
 
 
