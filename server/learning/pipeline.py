@@ -39,9 +39,8 @@ def collect_and_mine(
     gate: GateConfig,
     collection: str | None = None,
 ) -> Mined:
-    queries = [
-        q for q in query_log.iter_queries(collection) if q.collection in set(engine.collection_names())
-    ]
+    names = set(engine.collection_names())
+    queries = [q for q in query_log.iter_queries(collection) if q.collection in names]
     train, holdout = time_split(queries, gate)
     feedback = query_log.feedback_map()
     fetched: dict[str, list[str]] = {}
