@@ -233,8 +233,8 @@ class Settings(BaseSettings):
     log_max_queries: int = Field(
         20_000,
         ge=0,
-        description="Most searches the disagreement log keeps; the oldest go first, those with feedback last. "
-        "0 keeps every search.",
+        description="Most searches the disagreement log keeps (pruned once 2 % over); the oldest go first, those "
+        "with feedback last while they fill at most half of it. 0 keeps every search.",
     )
     blind_spot_depth: int = Field(5, ge=1, le=100, description="Top-n of each side compared for blind spots.")
 
@@ -281,7 +281,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Retired fine-tunes whose weights stay on disk for rollback (about 90 MB each for MiniLM); "
-        "an older one's weight folder is deleted after each swap (never one whose vectors are kept).",
+        "an older one's weight folder is deleted after a swap or rollback and at start-up (never one whose "
+        "vectors are kept, that the configured model names or that a version serves).",
     )
     learn_resume_interrupted: bool = Field(
         True,

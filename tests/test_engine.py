@@ -903,6 +903,31 @@ def test_a_few_long_documents_are_not_read_whole_on_every_search(rift_factory, m
     assert reads == {"keyword": [200], "vector": [200]}  # all 12 documents were in the first 200 chunks
 
 
+def test_past_sixteen_times_the_depth_only_fewer_than_k_documents_read_deeper(rift_factory, monkeypatch) -> None:
+    """A filter that passes many chunks of fewer documents than max_k: each side stops at 16 times the depth
+    once it holds k documents, instead of reading every chunk the filter passes on every search."""
+    from server.engine.keyword_index import KeywordIndex
+
+    rnd = __import__("random").Random(6)
+    vocab = ["pump", "valve", "seal", "flow", "motor", "shaft", "drain", "inlet", "alarm", "torque"]
+    rift = rift_factory(chunk_tokens=16, chunk_overlap=0, candidate_depth=25)  # a ceiling of 400 chunks
+    rift.add_documents(
+        "default",
+        docs(*((f"d{i:02d}", " ".join(rnd.choice(vocab) for _ in range(400)), {"n": i}) for i in range(30))),
+    )
+    reads: list[int] = []
+    search = KeywordIndex.search
+
+    def keyword_read(self, tokens, depth, *args, **kwargs):
+        reads.append(depth)
+        return search(self, tokens, depth, *args, **kwargs)
+
+    monkeypatch.setattr(KeywordIndex, "search", keyword_read)
+    out = rift.search("default", "pump", k=10, mode="keyword", filters={"n": {"$lt": 20}}, source="test")
+    assert len(out.outcome.hits) == 10
+    assert reads == [25, 100, 400]  # not on to every one of the ~500 chunks the filter passes
+
+
 def test_a_deleted_collection_leaves_no_index_files_on_disk(rift_factory) -> None:
     """Chroma 1.x drops a deleted collection's rows but leaves its HNSW folder (with the chunk ids) on
     disk: rift removes it, and the other collections keep working, also after a restart."""

@@ -28,7 +28,8 @@ FILTERS_DESCRIPTION = (
     "Metadata filter. Keys are metadata fields (several keys: all must match); a value matches exactly and by "
     'type (1, "1" and true differ). Operators: $eq, $ne; $gt, $gte, $lt, $lte (numbers); $in, $nin (a list); '
     '$and, $or (a list of filters); {"source": {"$prefix": "/abs/folder"}} (files only). A key no document '
-    'has matches nothing. E.g. {"lang": "en"}, {"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, '
+    "has matches nothing under equality, ranges or $in; $ne and $nin also match documents that lack it. "
+    'E.g. {"lang": "en"}, {"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, '
     '{"$or": [{"lang": "en"}, {"lang": "de"}]}; files also carry name, file_type, size, mtime and title.'
 )
 

@@ -1351,7 +1351,9 @@ class Engine:
             reach = depth
             while group_by_document and len(found) >= reach and reach < snap.live_count:
                 documents = len({c.doc_id for c in found})
-                if documents >= min(doc_target, snap.live_documents) or (documents >= k and reach >= ceiling):
+                if documents >= doc_target or (documents >= k and reach >= ceiling):
+                    break
+                if documents >= snap.live_documents:  # (counted only here: a few long documents fill the depth)
                     break
                 reach = min(reach * 4, snap.live_count)
                 found = side(reach)

@@ -311,7 +311,8 @@ class KeywordSnapshot:
 
     @functools.cached_property
     def live_documents(self) -> int:
-        """Distinct documents among the live rows; counted on first use only (a search of long documents)."""
+        """Distinct documents among the live rows; counted once per snapshot, when a search finds fewer
+        documents than it wants in its first reads (a collection of a few long documents)."""
         return len({r.doc_id for r, ok in zip(self.rows, self.alive, strict=True) if ok})
 
 

@@ -37,7 +37,7 @@ from server.learning.pipeline import (
 )
 from server.learning.policy import Policy
 from server.learning.query_log import normalized_query
-from server.learning.registry import WEIGHTS_DELETED, ModelVersion, Registry, new_version_id
+from server.learning.registry import WEIGHTS_DELETED, ModelVersion, Registry, model_key, new_version_id
 from server.learning.resume import ResumePlan
 from server.learning.training import TrainConfig, train_model
 
@@ -45,14 +45,6 @@ log = logging.getLogger(__name__)
 # A re-index entry stays "failed" with this note suffix until it serves; a stop replaces the suffix with why.
 IN_PROGRESS = ": in progress"
 FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fine-tune")
-
-
-def _resolved(location: str) -> str:
-    """A model location as one spelling (a folder's real path; a hub name as it is)."""
-    try:
-        return str(Path(location).expanduser().resolve()) if Path(location).expanduser().exists() else location
-    except (OSError, RuntimeError, ValueError):
-        return location
 
 
 class LearningManager:
@@ -553,14 +545,14 @@ class LearningManager:
         keep |= {v.version for v in retired[: self.settings.learn_keep_weights]}
         # A folder something still loads stays: the configured `model` may name a fine-tune's folder (a base
         # version of that path then serves while the fine-tune's own entry is retired).
-        in_use = {_resolved(self.settings.model)} | {
-            _resolved(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
+        in_use = {model_key(self.settings.model)} | {
+            model_key(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
         }
         deleted = [
             v.version
             for v in retired
             if v.version not in keep
-            and _resolved(self.registry.location_of(v)) not in in_use
+            and model_key(self.registry.location_of(v)) not in in_use
             and self._delete_weights(v) is not None
         ]
         if deleted:

@@ -195,26 +195,39 @@ class QueryLog:
             self._in_flight += 1
         return batch
 
-    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction (hold self._lock): committed, or rolled back if the body raises."""
+        self._conn.execute("BEGIN")
         try:
-            rows = [self._row(args) for args in batch]
-            for start in range(0, len(rows), WRITE_BATCH):
-                with self._lock:
-                    self._conn.execute("BEGIN")
-                    try:
-                        self._conn.executemany(
-                            f"INSERT INTO queries ({', '.join(COLUMNS)}) "
-                            f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                            rows[start : start + WRITE_BATCH],
-                        )
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        self._conn.execute("ROLLBACK")
-                        raise
-                    self._rows += len(rows[start : start + WRITE_BATCH])
-            self._keep_within_limit()
-        except Exception:  # the log is a learning signal: never let it take searches down
-            log.exception("could not write %d query log records", len(batch))
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        # The log is a learning signal: a failure here is logged, never raised into a search. The prune runs
+        # before the batch counts as written, so a reader after flush() never sees the log over its limit.
+        try:
+            try:
+                rows = [self._row(args) for args in batch]
+                for start in range(0, len(rows), WRITE_BATCH):
+                    part = rows[start : start + WRITE_BATCH]
+                    with self._lock:
+                        with self._transaction():
+                            self._conn.executemany(
+                                f"INSERT INTO queries ({', '.join(COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                                part,
+                            )
+                        self._rows += len(part)
+            except Exception:
+                log.exception("could not write %d query log records", len(batch))
+            try:
+                self._keep_within_limit()
+            except Exception:
+                log.exception("could not drop the query log's oldest searches (log_max_queries)")
         finally:
             with self._cond:
                 self._in_flight -= 1
@@ -248,19 +261,12 @@ class QueryLog:
                     (excess - len(drop),),
                 )
             ]
-            if len(drop) < excess:  # (every search left is judged)
-                drop += [q for q in judged if q not in set(drop)][: excess - len(drop)]
-            self._conn.execute("BEGIN")
-            try:
-                for start in range(0, len(drop), 500):
-                    part = [(i,) for i in drop[start : start + 500]]
-                    self._conn.executemany("DELETE FROM fetches WHERE query_id = ?", part)
-                    self._conn.executemany("DELETE FROM feedback WHERE query_id = ?", part)
-                    self._conn.executemany("DELETE FROM queries WHERE query_id = ?", part)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            # (judged ones past half the log, then the others: together never fewer than `excess`)
+            with self._transaction():
+                part = [(i,) for i in drop]
+                self._conn.executemany("DELETE FROM fetches WHERE query_id = ?", part)
+                self._conn.executemany("DELETE FROM feedback WHERE query_id = ?", part)
+                self._conn.executemany("DELETE FROM queries WHERE query_id = ?", part)
             (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
         log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(drop), self.max_queries)
 
@@ -415,16 +421,11 @@ class QueryLog:
         args = (collection, before) if before is not None else (collection,)
         ids = f"SELECT query_id FROM queries WHERE {where}"
         with self._lock:
-            self._conn.execute("BEGIN")
-            try:
+            with self._transaction():
                 self._conn.execute(f"DELETE FROM feedback WHERE query_id IN ({ids})", args)
                 self._conn.execute(f"DELETE FROM fetches WHERE query_id IN ({ids})", args)
                 gone = self._conn.execute(f"DELETE FROM queries WHERE {where}", args).rowcount
-                self._conn.execute("COMMIT")
-                self._rows -= gone
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            self._rows -= gone
         return int(gone)
 
     def feedback_map(self) -> dict[str, dict[str, bool]]:

@@ -48,14 +48,18 @@ def new_version_id(kind: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def model_key(location: str) -> str:
+    """A model location in one spelling: an existing folder's real path, anything else (a hub name) as it is."""
+    try:
+        path = Path(location).expanduser()
+        return str(path.resolve()) if path.is_dir() else location
+    except (OSError, RuntimeError, ValueError):
+        return location
+
+
 def _same_model(a: str, b: str) -> bool:
     """The same model name, or two spellings of one folder."""
-    if a == b:
-        return True
-    try:
-        return Path(a).expanduser().is_dir() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
+    return a == b or model_key(a) == model_key(b)
 
 
 class Registry:
