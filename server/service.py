@@ -421,6 +421,13 @@ class Rift:
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         return self.engine().delete_documents(collection, ids)
 
+    def update_metadata(
+        self, collection: str, ids: Sequence[str], metadata: Mapping[str, Any] | None, remove: Sequence[str]
+    ) -> list[Any]:
+        from server.ingest.extract import synced_file_keys
+
+        return self.engine().update_metadata(collection, ids, metadata, remove, synced_file_keys)
+
     def delete_collection(self, collection: str) -> Any:
         """Drop a collection from both indices and its searches from the query log; returns its info as it
         was (NotFoundError naming the collections that exist when it does not)."""

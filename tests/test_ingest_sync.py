@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from server.config import Settings
+from server.errors import RiftError
 from server.ingest.security import PathPolicy
 from server.ingest.sync import sync_paths
 from server.service import Rift
@@ -652,3 +653,20 @@ def test_batches_follow_the_per_call_character_budget(tmp_path: Path, tiny_model
         assert len(engine.state.list_documents("files", -1, 0)) == 7
     finally:
         rift.close()
+
+
+def test_a_file_document_takes_an_agent_s_own_keys_but_not_those_sync_sets(app: Rift, docs: Path) -> None:
+    """update_metadata on a file's document: an agent's own key is kept (also through a sync that finds the
+    file unchanged); the keys sync sets and compares (source, mtime, sha256, ...) are refused."""
+    sync(app, docs)
+    doc_id = next(d for d, _ in app.engine().state.list_documents("files", -1, 0))
+    [status] = app.update_metadata("files", [doc_id], {"reviewed": True}, [])
+    assert status.status == "updated"
+    for change, remove in (({"source": "/elsewhere"}, []), ({}, ["mtime"]), ({"sha256": "0" * 64}, [])):
+        with pytest.raises(RiftError, match="change the file instead"):
+            app.update_metadata("files", [doc_id], change, remove)
+    report = sync(app, docs)
+    assert {f.status for f in report.files if f.path == doc_id} == {"unchanged"}
+    meta = app.engine().get_document("files", doc_id)[1]
+    assert meta["reviewed"] is True and meta["source"] == doc_id
+    assert_consistent(app)

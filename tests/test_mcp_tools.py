@@ -211,6 +211,38 @@ async def test_upsert_replaces_chunks_and_unchanged_is_skipped(cfg: Settings) ->
         assert stats["collections"][0]["chunks"] == 1
 
 
+async def test_update_metadata_changes_filters_without_the_text(cfg: Settings) -> None:
+    """An agent retags stored documents without sending their text again; the text and its vectors stay,
+    filters see the new metadata at once, and a bad call changes nothing."""
+    async with session(cfg) as s:
+        await s.ok(
+            "add_documents",
+            {"documents": [
+                {"id": "a", "text": LONG, "metadata": {"tag": "draft", "year": 2020}},
+                {"id": "b", "text": "a green tree by the road", "metadata": {"tag": "draft", "year": 2020}},
+            ]},
+        )  # fmt: skip
+        before = await s.ok("hybrid_search", {"query": "pump valve", "k": 100, "group_by_document": False})
+        args = {"ids": ["a"], "metadata": {"tag": "final", "reviewed": True}, "remove": ["year"]}
+        assert await s.ok("update_metadata", args) == {"collection": "default", "updated": ["a"], "unchanged": []}
+        assert (await s.ok("update_metadata", args))["unchanged"] == ["a"]
+        doc = await s.ok("get_document", {"doc_id": "a"})
+        assert doc["text"] == LONG and doc["metadata"] == {"tag": "final", "reviewed": True}
+        found = await s.ok("hybrid_search", {"query": "pump valve", "filters": {"tag": "final"}})
+        assert [h["doc_id"] for h in found["hits"]] == ["a"]
+        found = await s.ok("hybrid_search", {"query": "pump valve tree", "filters": {"year": 2020}})
+        assert [h["doc_id"] for h in found["hits"]] == ["b"]
+        after = await s.ok("hybrid_search", {"query": "pump valve", "k": 100, "group_by_document": False})
+        assert [h["text"] for h in after["hits"]] == [h["text"] for h in before["hits"]]
+
+        text = await s.error("update_metadata", {"ids": ["b", "nope"], "metadata": {"tag": "x"}})
+        assert "'nope'" in text and "not in collection 'default'" in text
+        text = await s.error("update_metadata", {"ids": ["b"], "metadata": {"tag": "x"}, "remove": ["tag"]})
+        assert "both set and removed: tag" in text
+        assert "give metadata to set or keys to remove" in await s.error("update_metadata", {"ids": ["b"]})
+        assert (await s.ok("get_document", {"doc_id": "b"}))["metadata"] == {"tag": "draft", "year": 2020}
+
+
 async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> None:
     async with session(cfg) as s:
         await s.ok("add_documents", {"documents": [{"id": "a", "text": "the cat sat on the mat"}]})

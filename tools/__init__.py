@@ -18,6 +18,7 @@ from tools import (
     retrain_status,
     rollback,
     stats,
+    update_metadata,
 )
 from tools._common import ToolSpec
 
@@ -25,6 +26,7 @@ ALL_TOOLS: list[ToolSpec] = [add_documents.TOOL, hybrid_search.TOOL, delete_docu
 # Corpus management (server/ingest).
 ALL_TOOLS += [
     add_paths.TOOL,
+    update_metadata.TOOL,
     get_document.TOOL,
     list_documents.TOOL,
     list_collections.TOOL,

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1106,6 +1106,59 @@ class Engine:
             self.shared.publish(
                 collection, chroma_name, self._record(collection).model_version, sorted(touched)
             )
+
+    def update_metadata(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        metadata: Mapping[str, Any] | None = None,
+        remove: Sequence[str] = (),
+        fixed_keys: Callable[[Mapping[str, Any]], Iterable[str]] | None = None,
+    ) -> list[DocumentStatus]:
+        """Merge `metadata` into stored documents' metadata and drop the `remove` keys, keeping their text: each
+        is written again as a new version (its chunks keep their vectors: the texts are unchanged). All or
+        nothing: an unknown id, a change to a key `fixed_keys` names for that document's stored metadata, or a
+        result over the metadata bounds refuses the whole call."""
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence) or not ids:
+            raise RiftError("ids must be a non-empty list of document ids")
+        if len(ids) > self.settings.max_documents_per_call:
+            raise RiftError(
+                f"ids has {len(ids)} items; the limit per call is {self.settings.max_documents_per_call} "
+                "(max_documents_per_call)"
+            )
+        for i, doc_id in enumerate(ids):
+            check_text(doc_id, f"ids[{i}]", MAX_ID_CHARS)
+        changes = check_metadata(metadata, "metadata")
+        if isinstance(remove, str | bytes) or not all(isinstance(k, str) and k for k in remove):
+            raise RiftError("remove must be a list of metadata keys")
+        if not changes and not remove:
+            raise RiftError("give metadata to set or keys to remove")
+        if both := sorted(set(changes) & set(remove)):
+            raise RiftError(f"keys both set and removed: {', '.join(both)}")
+        with self._write_lock:
+            if self.shared is not None:
+                self.shared.sync(force=True)
+                self.shared.check_served_here(collection)
+            self._record(collection)  # an unknown collection: NotFoundError naming those that exist
+            docs: list[tuple[str, str, dict[str, Any]]] = []
+            missing: list[str] = []
+            for doc_id in dict.fromkeys(ids):
+                found = self.state.document(collection, doc_id)
+                if found is None:
+                    missing.append(doc_id)
+                    continue
+                fixed = sorted(set(fixed_keys(found[2]) if fixed_keys else ()) & (set(changes) | set(remove)))
+                if fixed:
+                    raise RiftError(
+                        f"document {doc_id!r} was read from a file, whose sync sets {', '.join(fixed)}: "
+                        "change the file instead"
+                    )
+                merged = {k: v for k, v in found[2].items() if k not in remove} | changes
+                docs.append((doc_id, found[1], check_metadata(merged, f"the metadata of {doc_id!r}")))
+            if missing:
+                shown = ", ".join(repr(d) for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
+                raise NotFoundError(f"{len(missing)} ids are not in collection {collection!r}: {shown}")
+            return self._write_documents(collection, docs)
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""

@@ -1,0 +1,57 @@
+"""update_metadata: change stored documents' metadata without sending their text again."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools.add_documents import MetadataValue
+
+
+class UpdateMetadataResult(BaseModel):
+    collection: str
+    updated: list[str] = Field(description="Documents whose metadata changed.")
+    unchanged: list[str] = Field(description="Documents that already had this metadata.")
+
+
+async def update_metadata(
+    ids: Annotated[
+        list[str], Field(min_length=1, max_length=1000, description="Ids of stored documents to change.")
+    ],
+    ctx: Context,
+    metadata: Annotated[
+        dict[str, MetadataValue] | None,
+        Field(description="Keys to set (added or replaced), flat str/int/float/bool values as in add_documents."),
+    ] = None,
+    remove: Annotated[list[str] | None, Field(description="Keys to delete.")] = None,
+    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+) -> UpdateMetadataResult:
+    statuses = await call_write(rift_of(ctx).update_metadata, collection, ids, metadata, remove or [])
+    return UpdateMetadataResult(
+        collection=collection,
+        updated=[s.id for s in statuses if s.status != "unchanged"],
+        unchanged=[s.id for s in statuses if s.status == "unchanged"],
+    )
+
+
+TOOL = ToolSpec(
+    fn=update_metadata,
+    name="update_metadata",
+    title="Update metadata",
+    description=(
+        "Set or remove metadata keys of stored documents (tags, status, dates used in hybrid_search filters) "
+        "without sending their text again; the text and its search vectors stay. All or nothing: an unknown "
+        "id refuses the call. Keys that file sync sets (source, mtime, ...) cannot change on a file's document."
+    ),
+    annotations=ToolAnnotations(
+        title="Update metadata",
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
+    ),
+)
