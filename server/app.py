@@ -25,10 +25,11 @@ INSTRUCTIONS = (
     "rift stores documents and finds them again with hybrid (vector + keyword) search. Save knowledge with "
     "add_documents (or whole folders with add_paths), look it up with hybrid_search before answering from "
     "memory, read a full hit with get_document (pass the search's query_id), retag documents with "
-    "update_metadata, and remove stale entries with delete_documents. Organise with list_collections / create_collection / list_documents; check what is "
-    "stored with stats. Searches are logged so rift can learn from use: tell it which results were right or "
-    "wrong with feedback, and call retrain (then retrain_status) to fine-tune the embedding model; a candidate "
-    "only serves if it passes the gate, and rollback returns to an earlier version."
+    "update_metadata, and remove stale entries with delete_documents. Organise with list_collections / "
+    "create_collection / list_documents; check what is stored with stats. Searches are logged so rift can "
+    "learn from use: tell it which results were right or wrong with feedback, and call retrain (then "
+    "retrain_status) to fine-tune the embedding model; a candidate only serves if it passes the gate, and "
+    "rollback returns to an earlier version."
 )
 
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from server.config import Settings
+from server.engine.engine import DocumentInput
 from server.errors import RiftError
 from server.ingest.security import PathPolicy
 from server.ingest.sync import sync_paths
@@ -669,4 +670,28 @@ def test_a_file_document_takes_an_agent_s_own_keys_but_not_those_sync_sets(app: 
     assert {f.status for f in report.files if f.path == doc_id} == {"unchanged"}
     meta = app.engine().get_document("files", doc_id)[1]
     assert meta["reviewed"] is True and meta["source"] == doc_id
+    # A touch (same bytes, new mtime) refreshes the stored mtime and keeps the agent's key.
+    os.utime(doc_id, (time.time() + 60, time.time() + 60))
+    report = sync(app, docs)
+    meta = app.engine().get_document("files", doc_id)[1]
+    assert meta["reviewed"] is True and meta["mtime"] == os.stat(doc_id).st_mtime
+    # A file's document is recognised as sync does, by its source being its id (not by other keys).
+    app.engine().add_documents("files", [DocumentInput(text="x y z", id="note", metadata={"sha256": "0"})])
+    app.update_metadata("files", ["note"], {"sha256": "1", "source": "/somewhere"}, [])
     assert_consistent(app)
+
+
+def test_update_metadata_keeps_to_the_per_call_character_budget(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", model=str(tiny_model_path), chunk_tokens=48, chunk_overlap=8,
+        max_chars_per_call=100,
+    )
+    rift = Rift(settings).start(background=False)
+    try:
+        for i in range(3):
+            rift.add_documents("default", [DocumentInput(text="word " * 12, id=f"d{i}")])
+        with pytest.raises(RiftError, match=r"180 characters; the limit per call is 100 .*max_chars_per_call"):
+            rift.update_metadata("default", ["d0", "d1", "d2"], {"tag": "x"}, [])
+        assert [s.status for s in rift.update_metadata("default", ["d0"], {"tag": "x"}, [])] == ["updated"]
+    finally:
+        rift.close()

@@ -20,12 +20,18 @@ class UpdateMetadataResult(BaseModel):
 
 async def update_metadata(
     ids: Annotated[
-        list[str], Field(min_length=1, max_length=1000, description="Ids of stored documents to change.")
+        list[str],
+        Field(
+            min_length=1,
+            max_length=10_000,
+            description="Ids of stored documents to change (at most the server's max_documents_per_call, 1,000 "
+            "by default).",
+        ),
     ],
     ctx: Context,
     metadata: Annotated[
         dict[str, MetadataValue] | None,
-        Field(description="Keys to set (added or replaced), flat str/int/float/bool values as in add_documents."),
+        Field(description="Keys to set (added or replaced): flat str/int/float/bool values, as in add_documents."),
     ] = None,
     remove: Annotated[list[str] | None, Field(description="Keys to delete.")] = None,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",

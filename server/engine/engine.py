@@ -1113,7 +1113,7 @@ class Engine:
         ids: Sequence[str],
         metadata: Mapping[str, Any] | None = None,
         remove: Sequence[str] = (),
-        fixed_keys: Callable[[Mapping[str, Any]], Iterable[str]] | None = None,
+        fixed_keys: Callable[[str, Mapping[str, Any]], Iterable[str]] | None = None,
     ) -> list[DocumentStatus]:
         """Merge `metadata` into stored documents' metadata and drop the `remove` keys, keeping their text: each
         is written again as a new version (its chunks keep their vectors: the texts are unchanged). All or
@@ -1147,7 +1147,8 @@ class Engine:
                 if found is None:
                     missing.append(doc_id)
                     continue
-                fixed = sorted(set(fixed_keys(found[2]) if fixed_keys else ()) & (set(changes) | set(remove)))
+                fixed = set(fixed_keys(doc_id, found[2])) if fixed_keys else set()
+                fixed = sorted(fixed & (set(changes) | set(remove)))
                 if fixed:
                     raise RiftError(
                         f"document {doc_id!r} was read from a file, whose sync sets {', '.join(fixed)}: "
@@ -1158,7 +1159,15 @@ class Engine:
             if missing:
                 shown = ", ".join(repr(d) for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
                 raise NotFoundError(f"{len(missing)} ids are not in collection {collection!r}: {shown}")
-            return self._write_documents(collection, docs)
+            total = sum(len(text) for _, text, _ in docs)
+            if total > self.settings.max_chars_per_call:  # each is split and indexed again, as an add would
+                raise RiftError(
+                    f"these documents hold {total:,} characters; the limit per call is "
+                    f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): update fewer at a time"
+                )
+            # Written as read: no second sync with other processes in between (a newer version one brought in
+            # would be overwritten with the text read before it).
+            return self._write_into(collection, docs, None)
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""

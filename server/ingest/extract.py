@@ -31,10 +31,11 @@ MAX_TITLE = 300
 FILE_KEYS = frozenset({"source", "name", "file_type", "size", "mtime", "title", "sha256", "via"})
 
 
-def synced_file_keys(metadata: Mapping[str, Any]) -> frozenset[str]:
-    """The keys file sync sets (and compares on the next sync) for a document read from a file; none for a
-    document added as text."""
-    return FILE_KEYS | {"extractor"} if "sha256" in metadata and "extractor" in metadata else frozenset()
+def synced_file_keys(doc_id: str, metadata: Mapping[str, Any]) -> frozenset[str]:
+    """The keys file sync sets (and compares on the next sync) for a document read from a file, which sync
+    recognises by its `source` being its id; none for a document added as text."""
+    return FILE_KEYS | {"extractor"} if metadata.get("source") == doc_id else frozenset()
+
 
 # Deeper bracket nesting than front matter ever needs: PyYAML's time grows with the square of it (32 KB of
 # "[[[[" took 41 s), so such front matter is left in the body unparsed.

@@ -26,7 +26,14 @@ import pathspec
 
 from server.engine.engine import MAX_ID_CHARS, DocumentInput, check_collection_name
 from server.errors import NotFoundError, RiftError
-from server.ingest.extract import SNIFF_BYTES, SkipFile, extract, extractor_version, looks_binary
+from server.ingest.extract import (
+    SNIFF_BYTES,
+    SkipFile,
+    extract,
+    extractor_version,
+    looks_binary,
+    synced_file_keys,
+)
 from server.ingest.filetypes import classify
 from server.ingest.security import PathPolicy, read_file
 from server.ingest.walker import Found, Skipped, compile_glob, walk
@@ -172,6 +179,8 @@ class _Sync:
         }
         if via is not None:
             metadata["via"] = str(via)
+        if same_bytes:  # keys an agent set with update_metadata stay while the file's content does
+            metadata = {k: v for k, v in old.items() if k not in synced_file_keys(key, old)} | metadata
         doc = DocumentInput(text=extracted.text, id=key, metadata=metadata)
         try:
             self.engine.validate_documents([doc])
