@@ -232,9 +232,10 @@ def rechunk(collection: str | None, data_dir: str | None) -> None:
     rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
         engine = rift.engine()
-        names = [collection] if collection else engine.collection_names()
-        if collection and collection not in engine.collection_names():
+        names = engine.collection_names()
+        if collection and collection not in names:
             raise RiftError(f"unknown collection {collection!r}")
+        names = [collection] if collection else names
         done = {}
         for name in names:
             click.echo(f"rechunk: {name}", err=True)

@@ -840,14 +840,17 @@ class Engine:
 
     # --- writes --------------------------------------------------------------------------------------------
 
+    def _check_call_count(self, count: int, field: str) -> None:
+        if count > self.settings.max_documents_per_call:
+            raise RiftError(
+                f"{field} has {count} items; the limit per call is {self.settings.max_documents_per_call} "
+                "(max_documents_per_call)"
+            )
+
     def validate_documents(self, documents: Sequence[DocumentInput]) -> list[tuple[str, str, dict[str, Any]]]:
         if not documents:
             raise RiftError("documents must contain at least one document")
-        if len(documents) > self.settings.max_documents_per_call:
-            raise RiftError(
-                f"documents has {len(documents)} items; the limit per call is "
-                f"{self.settings.max_documents_per_call} (max_documents_per_call)"
-            )
+        self._check_call_count(len(documents), "documents")
         out: list[tuple[str, str, dict[str, Any]]] = []
         seen: dict[str, int] = {}
         total_chars = 0
@@ -1121,11 +1124,7 @@ class Engine:
         result over the metadata bounds refuses the whole call."""
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence) or not ids:
             raise RiftError("ids must be a non-empty list of document ids")
-        if len(ids) > self.settings.max_documents_per_call:
-            raise RiftError(
-                f"ids has {len(ids)} items; the limit per call is {self.settings.max_documents_per_call} "
-                "(max_documents_per_call)"
-            )
+        self._check_call_count(len(ids), "ids")
         for i, doc_id in enumerate(ids):
             check_text(doc_id, f"ids[{i}]", MAX_ID_CHARS)
         changes = check_metadata(metadata, "metadata")

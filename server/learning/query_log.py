@@ -267,7 +267,7 @@ class QueryLog:
                 self._conn.executemany("DELETE FROM fetches WHERE query_id = ?", part)
                 self._conn.executemany("DELETE FROM feedback WHERE query_id = ?", part)
                 self._conn.executemany("DELETE FROM queries WHERE query_id = ?", part)
-            (self._rows,) = self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()
+            self._rows -= len(drop)
         log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(drop), self.max_queries)
 
     def _write_forever(self) -> None:

@@ -132,10 +132,7 @@ class Registry:
         to load (a typo in RIFT_MODEL) never retires the version that was serving."""
         with self._lock:
             current = self.serving()
-            usable = current is not None and (
-                current.kind != "fine-tune" or Path(self.location_of(current)).exists()
-            )
-            if current is not None and usable and self.descends_from(current, configured_model):
+            if current is not None and self._has_weights(current) and self.descends_from(current, configured_model):
                 return current
             return None
 
