@@ -256,3 +256,65 @@ def test_cli_retrain_says_when_the_gate_kept_the_serving_model(
     assert result.exit_code == REJECTED_EXIT == 3, result.output
     assert json.loads(result.stdout)["status"] == "rejected"
     assert "the gate rejected the candidate (" in result.stderr and "serving model is unchanged" in result.stderr
+
+
+def test_retrain_returns_at_once_while_a_long_log_is_still_mined(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mining reads the whole log (seconds at 20,000 searches): the call waits for it only briefly, then returns
+    a job id, and the job's status has the counts, or the refusal, once mining ends."""
+    from server.learning.manager import LearningManager
+
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=10**6))
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        release = threading.Event()
+        mine = LearningManager.mine
+
+        def slow_mine(self, *args, **kwargs):
+            release.wait(30)
+            return mine(self, *args, **kwargs)
+
+        monkeypatch.setattr(LearningManager, "mine", slow_mine)
+        t0 = time.perf_counter()
+        started = learning.retrain(wait_for_mining=0.2)
+        assert time.perf_counter() - t0 < 5
+        assert started["status"] == "running" and started["mining"] is None
+        snap = learning.status(started["job_id"])
+        assert snap["phase"] == "mining" and snap["status"] == "running"
+        with pytest.raises(RiftError, match="already running"):
+            learning.retrain(wait_for_mining=0.2)
+        release.set()
+        learning.jobs.wait(30)
+        snap = learning.status(started["job_id"])
+        assert snap["status"] == "failed" and "min_triples is 1000000" in snap["error"]
+        assert snap["result"]["mining"]["triples"] > 0  # the counts the refusal was based on
+        assert [p["phase"] for p in snap["phases"]] == ["mining"]
+        assert [v.kind for v in learning.registry.all()] == ["base"]
+    finally:
+        rift.close()
+
+
+def test_a_refusal_within_the_wait_comes_back_with_the_call_and_leaves_no_job(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0))
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        with pytest.raises(RiftError, match=r"only \d+ training triples .* min_triples is 1000000"):
+            learning.retrain(min_triples=10**6)
+        assert learning.jobs.running is None
+        with pytest.raises(RiftError, match="no learning job has run"):
+            learning.status()
+        started = learning.retrain(batch_size=4, epochs=1)  # counts and examples come back with the call
+        assert started["mining"]["triples"] >= 2 and started["mining"]["examples"]
+        learning.jobs.wait(120)
+        with pytest.raises(RiftError, match="only"):
+            learning.retrain(min_triples=10**6)
+        snap = learning.status()  # the job before the refused call is still the latest
+        assert snap["job_id"] == started["job_id"] and snap["status"] == "succeeded", snap
+        assert [p["phase"] for p in snap["phases"]][:2] == ["mining", "training"]
+    finally:
+        rift.close()

@@ -293,3 +293,43 @@ def test_corpus_pairs_never_train_on_what_the_gate_scores(tmp_path, tiny_model_p
         assert len(gate._known_items({"default"}, set())) == 10  # (all ten without the exclusion)
     finally:
         app.close()
+
+
+def test_a_long_log_is_mined_a_page_at_a_time_with_the_same_triples(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 searches decoded at once took 2.6 GB: the pipeline reads heads (ids, times, texts), splits and
+    deduplicates on those, and decodes the candidate lists a page at a time. The triples, skips and hold-out
+    must be those of mining the whole log in memory."""
+    from server.learning import query_log
+    from server.learning.gate import GateConfig, time_split
+    from server.learning.pipeline import collect_and_mine
+    from server.learning.query_log import QueryLog
+
+    monkeypatch.setattr(query_log, "READ_PAGE", 3)
+    log = QueryLog(tmp_path / "log.sqlite")
+    texts = ["what is a", "what is b", "What  is a", "only keyword", "b again", "what is a"]
+    for i in range(30):
+        docs = [f"d{(i + j) % 7}" for j in range(5)]
+        rec = q(f"q{i:02d}", f"{texts[i % len(texts)]} {i // 6}", [f"x{i % 4}", *docs], [*docs, *FILL], docs)
+        log.record(rec.query_id, rec.query, "c" if i % 5 else "gone", "m", "hybrid", 5, None, rec.vector,
+                   rec.keyword, rec.fused, 5, 0.5, rec.vector_blind, rec.keyword_blind)  # fmt: skip
+    log.add_feedback("q07", "d3", True)
+    log.flush()
+
+    class Engine:
+        def collection_names(self) -> list[str]:
+            return ["c"]
+
+    cfg, gate = MiningConfig(negative_source="fused", negatives_per_query=2), GateConfig(max_holdout=5)
+    mined = collect_and_mine(log, Engine(), cfg, gate)
+    whole = [r for r in log.iter_queries() if r.collection == "c"]
+    train, holdout = time_split(whole, gate)
+    expected = mine(train, cfg, log.feedback_map(), {})
+    assert mined.report.triples == expected.triples and len(expected.triples) > 10
+    assert mined.report.skipped == expected.skipped and expected.skipped["duplicate_query"] > 0
+    assert mined.report.queries_seen == expected.queries_seen == len(train)
+    assert mined.holdout == holdout and len(holdout) == 5
+    assert [h.query_id for h in mined.train_queries] == [r.query_id for r in train]
+    assert [r.query_id for r in log.by_ids(["q03", "nope", "q01"])] == ["q03", "q01"]  # the order asked
+    log.close()

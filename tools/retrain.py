@@ -23,8 +23,10 @@ def _default(setting: str) -> str:
 class RetrainResult(BaseModel):
     job_id: str | None = Field(description="Poll it with retrain_status; null for a dry run.")
     status: str = Field(description="'running' (job started) or 'dry_run'.")
-    mining: dict[str, Any] = Field(
-        description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples."
+    mining: dict[str, Any] | None = Field(
+        description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples; "
+        "null while the job is still mining a long log (retrain_status then shows the counts, or why it "
+        "stopped)."
     )
 
 

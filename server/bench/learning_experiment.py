@@ -506,7 +506,8 @@ def run_learning_experiment(
                 # "mined": label only the queries the miner made triples for, to tell whether the limit is
                 # which queries label-free mining can use, or how right its positives are on them.
                 used = {t.query_id for t in mined.report.triples}
-                scope = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
+                heads = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
+                scope = list(index.rift.log.by_ids([q.query_id for q in heads]))
                 if labelled_scope in ("positives", "negatives"):
                     mined.report.triples[:] = half_labelled_triples(
                         mined.report.triples, scope, texts_to_qid, usage_ds.qrels, labelled_scope
@@ -522,7 +523,8 @@ def run_learning_experiment(
             seed_info["mining"]["holdout_queries"] = len(mined.holdout)
             seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
             if hard_positive_repeat > 1:
-                rows, hard = repeat_hard_positives(rows, kept, mined.train_queries, hard_positive_repeat)
+                train = list(index.rift.log.by_ids([q.query_id for q in mined.train_queries]))
+                rows, hard = repeat_hard_positives(rows, kept, train, hard_positive_repeat)
                 seed_info["mining"]["hard_positive_triples"] = hard
             masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
             rows = mask_shared_terms(rows, mask_query_terms, masker, seed)

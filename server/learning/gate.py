@@ -34,15 +34,16 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
 from server.engine.keyword_index import SENTENCE_BREAK, length_in_words
 from server.errors import NotFoundError
-from server.learning.query_log import LoggedQuery, normalized_query
+from server.learning.query_log import LoggedQuery, QueryHead, normalized_query
 
 log = logging.getLogger(__name__)
+Q = TypeVar("Q", LoggedQuery, QueryHead)  # a logged search, with or without its candidate lists
 
 
 def feedback_ndcg(ranking: Sequence[str], labels: Mapping[str, bool], k: int = 10) -> float:
@@ -102,9 +103,7 @@ class GateReport:
         }
 
 
-def time_split(
-    queries: Sequence[LoggedQuery], cfg: GateConfig
-) -> tuple[list[LoggedQuery], list[LoggedQuery]]:
+def time_split(queries: Sequence[Q], cfg: GateConfig) -> tuple[list[Q], list[Q]]:
     """(older queries for training, most recent queries held out for the gate). A query asked again later is
     held out with every earlier asking of it: the gate must score texts the candidate was not trained on, and
     an agent repeats itself (with feedback, the gate would otherwise decide on its training labels)."""

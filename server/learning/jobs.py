@@ -99,11 +99,9 @@ class JobRunner:
         kind: str,
         params: dict[str, Any],
         work: Callable[[Job], dict[str, Any]],
-        done_phases: dict[str, float] | None = None,
         result: dict[str, Any] | None = None,
     ) -> Job:
-        """Start `work` in the background. `done_phases` (name -> seconds) were finished before the job
-        started (e.g. mining, done synchronously to validate the request); `result` seeds the job's result."""
+        """Start `work` in the background; `result` seeds the job's result."""
 
         with self._lock:
             if self._current is not None and self._current.status == "running":
@@ -112,8 +110,6 @@ class JobRunner:
                     f"{self._current.phase}); wait for it or cancel it"
                 )
             job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params, result=dict(result or {}))
-            for name, seconds in (done_phases or {}).items():
-                job.phases.append({"phase": name, "started_at": job.started_at, "seconds": round(seconds, 2)})
             self._jobs[job.id] = job
             if len(self._jobs) > 50:
                 for old in list(self._jobs)[: len(self._jobs) - 50]:
@@ -155,6 +151,17 @@ class JobRunner:
         if job is None:
             raise NotFoundError(f"unknown job_id {job_id!r}")
         return job
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job that ended (a retrain whose refusal its caller already got): the latest job becomes
+        the one before it."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status == "running":
+                return
+            del self._jobs[job_id]
+            if self._current is job:
+                self._current = next(reversed(self._jobs.values()), None)
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)

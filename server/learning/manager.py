@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import shutil
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 # A re-index entry stays "failed" with this note suffix until it serves; a stop replaces the suffix with why.
 IN_PROGRESS = ": in progress"
 FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fine-tune")
+MINING_WAIT_S = 5.0  # how long `retrain` waits for its job's mining before it returns (a small log's takes ms)
 
 
 class LearningManager:
@@ -183,7 +185,12 @@ class LearningManager:
         dry_run: bool = False,
         examples: int = 5,
         source: str = "mcp",
+        wait_for_mining: float | None = MINING_WAIT_S,
     ) -> dict[str, Any]:
+        """Start a retrain job. `wait_for_mining`: seconds the call waits for the job's mining (None: until it
+        ends); when mining ends within them, the result has its counts, and a refusal (too few triples) or a
+        failure is raised here and leaves no job. After them the call returns with `mining` None; the job's
+        status has the counts, or the refusal, once mining ends."""
         s = self.settings
         asked = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size}
         asked |= {"min_triples": min_triples, "merge_base": merge_base}
@@ -197,18 +204,13 @@ class LearningManager:
             )
         if not dry_run:
             self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
-        mining_started = time.perf_counter()
-        mined, rows, kept = self.mine(strategy, negatives_per_query)
-        summary = mined.report.summary(examples)
-        summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
+        self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         if dry_run:
+            mined, rows, _ = self.mine(strategy, negatives_per_query)
+            summary = mined.report.summary(examples)
+            summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
             return {"job_id": None, "status": "dry_run", "mining": summary}
         need = min_triples if min_triples is not None else s.learn_min_triples
-        if len(rows) < need:
-            raise RiftError(
-                f"only {len(rows)} training triples from {len(mined.train_queries)} logged queries; min_triples is "
-                f"{need}. Search more, give feedback, or lower min_triples"
-            )
         cfg = TrainConfig(
             epochs=epochs or s.learn_epochs,
             learning_rate=learning_rate or s.learn_learning_rate,
@@ -218,36 +220,60 @@ class LearningManager:
             device=s.device,
             merge_base=s.learn_merge_base if merge_base is None else merge_base,
         )
-        params = {"strategy": mined.report.strategy, "source": source, **asdict(cfg)}
-        serving = self.engine.embedder
-        parent = self.registry.serving()
-        plan = ResumePlan(
-            version=new_version_id("fine-tune"),
-            parent=parent.version if parent else None,
-            base_location=serving.spec.location,
-            query_prompt=serving.query_prompt,
-            document_prompt=serving.document_prompt,
-            config=asdict(cfg),
-            rows=[list(row) for row in rows],
-            strategy=mined.report.strategy,
-            triples_by_type=mined.report.counts_by_type(),
-            holdout=[q.query_id for q in mined.holdout],
-            params=params,
-            result={"mining": {k: v for k, v in summary.items() if k != "examples"}},
-        )
-        self.policy.note_started()
+        params = {"strategy": strategy or s.learn_strategy, "source": source, **asdict(cfg)}
+        # Mining reads the whole log (seconds at the default 20,000 searches), so it runs in the job; the call
+        # waits for it a little, so a small log's counts, or its refusal, still come back with the call.
+        mined_out: dict[str, Any] = {}
+        mining_over = threading.Event()
 
         def work(job: Job) -> dict[str, Any]:
+            try:
+                job.enter("mining")
+                mined, rows, _ = self.mine(strategy, negatives_per_query)
+                summary = mined.report.summary(examples)
+                summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
+                mined_out["summary"] = summary
+                job.result = {"mining": {k: v for k, v in summary.items() if k != "examples"}}
+                if len(rows) < need:
+                    raise RiftError(
+                        f"only {len(rows)} training triples from {len(mined.train_queries)} logged queries; "
+                        f"min_triples is {need}. Search more, give feedback, or lower min_triples"
+                    )
+                job.check()
+                serving = self.engine.embedder
+                parent = self.registry.serving()
+                plan = ResumePlan(
+                    version=new_version_id("fine-tune"),
+                    parent=parent.version if parent else None,
+                    base_location=serving.spec.location,
+                    query_prompt=serving.query_prompt,
+                    document_prompt=serving.document_prompt,
+                    config=asdict(cfg),
+                    rows=[list(row) for row in rows],
+                    strategy=mined.report.strategy,
+                    triples_by_type=mined.report.counts_by_type(),
+                    holdout=[q.query_id for q in mined.holdout],
+                    params=params,
+                    result=dict(job.result),
+                )
+                self.policy.note_started()
+            except BaseException as exc:
+                mined_out["error"] = exc
+                raise
+            finally:
+                mining_over.set()
             return self._retrain_job(job, plan, mined.holdout, mined.feedback)
 
-        job = self.jobs.start(
-            "retrain",
-            params,
-            work,
-            done_phases={"mining": time.perf_counter() - mining_started},
-            result=plan.result,
-        )
-        return {"job_id": job.id, "status": job.status, "mining": summary}
+        job = self.jobs.start("retrain", params, work)
+        mining_over.wait(wait_for_mining)
+        failed = mined_out.get("error")
+        if failed is not None and not isinstance(failed, JobCancelled):
+            # Refused (too few triples) or failed while the caller still waits: the call says why, as it did
+            # when mining ran in the call, and no job is left behind for it.
+            self.jobs.wait(30)
+            self.jobs.discard(job.id)
+            raise failed
+        return {"job_id": job.id, "status": job.status, "mining": mined_out.get("summary")}
 
     def _resume_interrupted(self) -> None:
         """Continue a retrain the last process did not live to finish (a shutdown or a crash), from its
@@ -612,7 +638,7 @@ class LearningManager:
                     note=f"re-index with {model}{IN_PROGRESS}",
                 )
             )
-            holdout = list(self.log.iter_queries())[-200:]
+            holdout = list(self.log.by_ids([q.query_id for q in self.log.heads()[-200:]]))
             return self._gate_and_switch(
                 job, embedder, entry, holdout, self.log.feedback_map(), {}, force=True
             )

@@ -35,7 +35,7 @@ from typing import Any, get_args
 from server.config import LearnStrategy, NegativeSource
 from server.engine.fusion import rrf
 from server.engine.keyword_index import SENTENCE_BREAK, length_in_words
-from server.learning.query_log import LoggedQuery, normalized_query
+from server.learning.query_log import LoggedQuery, QueryHead, normalized_query
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
@@ -236,15 +236,19 @@ def mined_positive(q: LoggedQuery, config: MiningConfig | None = None) -> str | 
 
 
 def mine(
-    queries: Iterable[LoggedQuery],
+    queries: Iterable[LoggedQuery | QueryHead],
     config: MiningConfig | None = None,
     feedback: Mapping[str, Mapping[str, bool]] | None = None,
     fetched: Mapping[str, Sequence[str]] | None = None,
+    load: Callable[[Sequence[str]], Iterable[LoggedQuery]] | None = None,
 ) -> MiningReport:
     """Triples from logged queries. `feedback` maps query_id -> {doc_id: relevant}.
 
     `fetched` maps query_id -> documents the agent opened (get_document with that query_id) after the search:
     an implicit positive, preferred to the mined one but weaker than explicit feedback.
+
+    `load`: `queries` are heads (`QueryLog.heads`), and load(query_ids) yields the full records of those it
+    still holds, in that order: a long log is then mined a page at a time instead of held whole.
 
     Repeated query texts count once (the latest record wins), so an agent asking the same thing twenty times
     does not weigh it twenty-fold; triples are deduplicated on (query, positive, negative)."""
@@ -258,7 +262,7 @@ def mine(
     feedback = feedback or {}
     fetched = fetched or {}
     report = MiningReport(cfg.strategy)
-    latest: dict[tuple[str, str], LoggedQuery] = {}
+    latest: dict[tuple[str, str], LoggedQuery | QueryHead] = {}
     for q in queries:
         report.queries_seen += 1
         key = (q.collection, normalized_query(q.query))
@@ -271,7 +275,10 @@ def mine(
         latest[key] = q
 
     seen: set[tuple[str, str, str, str]] = set()
-    for q in latest.values():
+    chosen = list(latest.values())
+    records = load([h.query_id for h in chosen]) if load is not None else chosen
+    for q in records:
+        assert isinstance(q, LoggedQuery)
         v, k = _ranks(q.vector), _ranks(q.keyword)
         labels = dict(feedback.get(q.query_id, {}))
         liked = [d for d, rel in labels.items() if rel]

@@ -19,7 +19,7 @@ from server.learning.mining import (
     mine,
     pseudo_queries,
 )
-from server.learning.query_log import LoggedQuery, QueryLog, normalized_query
+from server.learning.query_log import LoggedQuery, QueryHead, QueryLog, normalized_query
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Mined:
     report: MiningReport
-    train_queries: list[LoggedQuery]
+    train_queries: list[QueryHead]  # (without candidate lists: QueryLog.by_ids reads those)
     holdout: list[LoggedQuery]
     feedback: dict[str, dict[str, bool]]
 
@@ -40,13 +40,14 @@ def collect_and_mine(
     collection: str | None = None,
 ) -> Mined:
     names = set(engine.collection_names())
-    queries = [q for q in query_log.iter_queries(collection) if q.collection in names]
-    train, holdout = time_split(queries, gate)
+    heads = [q for q in query_log.heads(collection) if q.collection in names]
+    train, held = time_split(heads, gate)
+    holdout = list(query_log.by_ids([q.query_id for q in held]))
     feedback = query_log.feedback_map()
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches():
         fetched.setdefault(query_id, []).append(doc_id)
-    report = mine(train, mining, feedback, fetched)
+    report = mine(train, mining, feedback, fetched, load=query_log.by_ids)
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
         held = {normalized_query(q.query) for q in holdout}  # the gate scores these texts: never train on them

@@ -106,7 +106,7 @@ class Policy:
         from server.errors import RiftError
 
         try:
-            started = self.manager.retrain(source="policy")
+            started = self.manager.retrain(source="policy", wait_for_mining=None)  # a skip is known at once
             self.last_outcome = f"started retrain job {started['job_id']} ({why})"
         except RiftError as exc:
             if self.manager.jobs.running is not None:  # another job started meanwhile: due at the next check

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000  # records waiting for the writer thread before record() blocks
 WRITE_BATCH = 500  # records per transaction: a burst must not grow the WAL in one transaction
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # what the WAL file is truncated back to after a checkpoint
+READ_PAGE = 500  # records read and decoded at a time (a search's is tens of KB)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,16 @@ class LoggedQuery:
         listed (not either side's deeper candidates, which the agent never saw, so a judgement or a read of one
         belongs to some other search)."""
         return set(self.fused) | set(self.vector_blind) | set(self.keyword_blind)
+
+
+@dataclass(frozen=True)
+class QueryHead:
+    """A logged search without its candidate lists."""
+
+    query_id: str
+    ts: float
+    query: str
+    collection: str
 
 
 def normalized_query(text: str) -> str:
@@ -344,39 +355,55 @@ class QueryLog:
         )
 
     def get(self, query_id: str) -> LoggedQuery | None:
-        for item in self._select("WHERE query_id = ?", (query_id,)):
-            return item
-        return None
+        return next(self.by_ids([query_id]), None)
 
-    def iter_queries(self, collection: str | None = None, since: float = 0.0) -> Iterator[LoggedQuery]:
-        if collection is None:
-            yield from self._select("WHERE ts >= ? ORDER BY ts", (since,))
-        else:
-            yield from self._select("WHERE collection = ? AND ts >= ? ORDER BY ts", (collection, since))
-
-    def _select(self, where: str, args: Sequence[Any]) -> Iterator[LoggedQuery]:
+    def heads(self, collection: str | None = None, since: float = 0.0) -> list[QueryHead]:
+        """Every logged search oldest first, without its candidate lists: enough to order, split and deduplicate
+        a long log (the lists are tens of KB a search, so 20,000 decoded at once took 2.6 GB)."""
         self.flush()
+        where, args = ("WHERE ts >= ?", (since,)) if collection is None else (
+            "WHERE collection = ? AND ts >= ?", (collection, since)
+        )
         with self._lock:
             rows = self._conn.execute(
-                "SELECT query_id, ts, query, collection, model_version, k, vector, keyword, fused, overlap, "
-                f"vector_blind, keyword_blind FROM queries {where}",
-                args,
+                f"SELECT query_id, ts, query, collection FROM queries {where} ORDER BY ts, rowid", args
             ).fetchall()
-        for r in rows:
-            yield LoggedQuery(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                _decode_candidates(r[6]),
-                _decode_candidates(r[7]),
-                json.loads(r[8]),
-                r[9],
-                json.loads(r[10]),
-                json.loads(r[11]),
-            )
+        return [QueryHead(*r) for r in rows]
+
+    def iter_queries(self, collection: str | None = None, since: float = 0.0) -> Iterator[LoggedQuery]:
+        """Oldest first, read a page at a time."""
+        yield from self.by_ids([h.query_id for h in self.heads(collection, since)])
+
+    def by_ids(self, ids: Sequence[str]) -> Iterator[LoggedQuery]:
+        """The records of `ids` in that order, read and decoded a page at a time (the writer and other readers
+        get the connection between pages); ids no longer logged (pruned or forgotten since) are skipped."""
+        self.flush()
+        for start in range(0, len(ids), READ_PAGE):
+            page = list(ids[start : start + READ_PAGE])
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT query_id, ts, query, collection, model_version, k, vector, keyword, fused, overlap, "
+                    f"vector_blind, keyword_blind FROM queries WHERE query_id IN ({','.join('?' * len(page))})",
+                    page,
+                ).fetchall()
+            found = {r[0]: r for r in rows}
+            for query_id in page:
+                r = found.get(query_id)
+                if r is not None:
+                    yield LoggedQuery(
+                        r[0],
+                        r[1],
+                        r[2],
+                        r[3],
+                        r[4],
+                        r[5],
+                        _decode_candidates(r[6]),
+                        _decode_candidates(r[7]),
+                        json.loads(r[8]),
+                        r[9],
+                        json.loads(r[10]),
+                        json.loads(r[11]),
+                    )
 
     def add_feedback(self, query_id: str, doc_id: str, relevant: bool) -> bool:
         """Record (or overwrite) one judgement; True when it replaced an earlier one."""
