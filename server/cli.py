@@ -209,6 +209,7 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
                         "score": round(h.score, 5),
                         "vector_rank": h.vector_rank,
                         "keyword_rank": h.keyword_rank,
+                        "start": h.start,
                         "text": h.text[:300],
                     }
                     for h in response.outcome.hits

@@ -331,6 +331,21 @@ def test_one_hit_per_document_unless_asked(rift) -> None:
     assert all(h.keyword_rank is not None for h in chunks)
 
 
+@pytest.mark.parametrize("exact_limit", [0, 10_000])  # hits hydrated from SQLite, or from the in-memory copy
+def test_a_hit_says_where_its_chunk_lies_in_the_document(rift_factory, exact_limit: int) -> None:
+    """An agent reads around a hit with get_document(offset=...) instead of fetching the whole text."""
+    app = rift_factory(exact_search_max_chunks=exact_limit)
+    app.add_documents("default", docs(("long", "  " + LONG), ("short", "the river and the sea")))
+    text = app.engine().get_document("default", "long")[0]
+    for mode in ("hybrid", "vector", "keyword"):
+        hits = app.search("default", "river sea city", k=50, mode=mode, group_by_document=False).outcome.hits
+        assert len(hits) > 3
+        for h in hits:
+            whole = text if h.doc_id == "long" else "the river and the sea"
+            assert h.start is not None and h.end is not None and whole[h.start : h.end] == h.text
+    assert {h.start for h in hits if h.doc_id == "long"} > {2}  # later chunks start later
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
 def test_a_long_document_does_not_crowd_out_the_others(rift_factory, mode: str) -> None:
     # The candidate depth counts chunks: one document with more matching chunks than the depth used to fill

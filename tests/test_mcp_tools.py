@@ -119,7 +119,7 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     assert (bounds["learning_rate"]["minimum"], bounds["learning_rate"]["maximum"]) == (1e-8, 1e-3)
     assert (bounds["min_triples"]["minimum"], bounds["min_triples"]["maximum"]) == (1, 10_000_000)
     hit = tools["hybrid_search"].output_schema["$defs"]["SearchHit"]["properties"]
-    assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank"} <= set(hit)
+    assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank", "start", "end"} <= set(hit)
 
 
 async def test_add_search_delete_round_trip(cfg: Settings) -> None:
@@ -152,6 +152,11 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024}
         assert top["keyword_rank"] == 1 and top["vector_rank"] is not None and "pump" in top["text"]
         assert top["chunk_id"].startswith("pump::")
+        around = await s.ok(  # read around the hit, not the whole document
+            "get_document",
+            {"doc_id": "pump", "collection": "docs", "offset": top["start"], "max_chars": top["end"] - top["start"]},
+        )
+        assert around["text"] == top["text"] and around["truncated"] == (top["end"] < around["total_chars"])
         assert {"embed_ms", "vector_ms", "keyword_ms", "fusion_ms", "log_ms"} <= set(found["timings_ms"])
 
         filtered = await s.ok(

@@ -23,6 +23,11 @@ class SearchHit(BaseModel):
     keyword_rank: int | None = Field(
         description="Rank in the keyword list; null if that side did not return it."
     )
+    start: int | None = Field(
+        description="Where this chunk begins in the document's text, in characters: read around it with "
+        "get_document(doc_id, offset=..., max_chars=...)."
+    )
+    end: int | None = Field(description="Where this chunk ends in the document's text (exclusive).")
 
 
 class DisagreementOut(BaseModel):
@@ -90,6 +95,8 @@ async def hybrid_search(
                 score=round(h.score, 6),
                 vector_rank=h.vector_rank,
                 keyword_rank=h.keyword_rank,
+                start=h.start,
+                end=h.end,
             )
             for h in outcome.hits
         ],

@@ -82,6 +82,9 @@ class Hit:
     score: float
     vector_rank: int | None
     keyword_rank: int | None
+    # Where the chunk lies in its document's text (characters; None for a chunk stored without them).
+    start: int | None = None
+    end: int | None = None
 
 
 @dataclass
@@ -1467,8 +1470,19 @@ class Engine:
             if source is None:
                 continue  # deleted between ranking and hydration
             meta = {m: v for m, v in source.metadata.items() if not m.startswith(RESERVED_PREFIX)}
+            start, end = source.metadata.get("_rift_start"), source.metadata.get("_rift_end")
             hits.append(
-                Hit(cand.doc_id, cand.chunk_id, source.text, meta, score, v_rank.get(key_), k_rank.get(key_))
+                Hit(
+                    cand.doc_id,
+                    cand.chunk_id,
+                    source.text,
+                    meta,
+                    score,
+                    v_rank.get(key_),
+                    k_rank.get(key_),
+                    int(start) if isinstance(start, int | float) else None,
+                    int(end) if isinstance(end, int | float) else None,
+                )
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
         return SearchOutcome(
