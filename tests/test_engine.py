@@ -452,6 +452,12 @@ def test_rank_is_null_when_a_side_did_not_return_the_document(rift) -> None:
         by_id["vec"].score == pytest.approx(by_id["kw"].score) == pytest.approx(1 / (rift.settings.rrf_k + 1))
     )
     assert [c.doc_id for c in outcome.keyword] == ["kw"] and "kw" not in [c.doc_id for c in outcome.vector]
+    # Each side's own score comes with its rank: the cosine of the query and the chunk, and BM25.
+    assert (by_id["vec"].keyword_score, by_id["kw"].vector_score) == (None, None)
+    assert by_id["kw"].keyword_score == pytest.approx(outcome.keyword[0].score) and by_id["kw"].keyword_score > 0
+    embedder = rift.engine().embedder
+    query, chunk = embedder.encode_query("river"), embedder.encode_documents(["rívér"])[0]
+    assert by_id["vec"].vector_score == pytest.approx(float(np.dot(query, chunk)), abs=1e-4)
 
 
 def test_empty_or_missing_collection(rift) -> None:

@@ -120,6 +120,7 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     assert (bounds["min_triples"]["minimum"], bounds["min_triples"]["maximum"]) == (1, 10_000_000)
     hit = tools["hybrid_search"].output_schema["$defs"]["SearchHit"]["properties"]
     assert {"doc_id", "chunk_id", "text", "metadata", "score", "vector_rank", "keyword_rank", "start", "end"} <= set(hit)
+    assert {"vector_score", "keyword_score"} <= set(hit)
 
 
 async def test_add_search_delete_round_trip(cfg: Settings) -> None:
@@ -151,6 +152,7 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         top = found["hits"][0]
         assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024}
         assert top["keyword_rank"] == 1 and top["vector_rank"] is not None and "pump" in top["text"]
+        assert top["keyword_score"] > 0 and -1 <= top["vector_score"] <= 1
         assert top["chunk_id"].startswith("pump::")
         around = await s.ok(  # read around the hit, not the whole document
             "get_document",

@@ -16,7 +16,16 @@ class SearchHit(BaseModel):
     chunk_id: str
     text: str = Field(description="The best-matching chunk of the document.")
     metadata: dict[str, Any]
-    score: float = Field(description="Fused RRF score (higher is better).")
+    score: float = Field(
+        description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
+    )
+    vector_score: float | None = Field(
+        description="Cosine similarity of the query and this chunk (-1 to 1) on the vector side; null if that side "
+        "did not return it. Comparable across searches with one model: low everywhere means nothing close."
+    )
+    keyword_score: float | None = Field(
+        description="BM25 score on the keyword side (0 or more, unbounded); null if that side did not return it."
+    )
     vector_rank: int | None = Field(
         description="Rank in the vector list; null if that side did not return it."
     )
@@ -95,6 +104,8 @@ async def hybrid_search(
                 score=round(h.score, 6),
                 vector_rank=h.vector_rank,
                 keyword_rank=h.keyword_rank,
+                vector_score=None if h.vector_score is None else round(h.vector_score, 4),
+                keyword_score=None if h.keyword_score is None else round(h.keyword_score, 4),
                 start=h.start,
                 end=h.end,
             )

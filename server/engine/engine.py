@@ -85,6 +85,10 @@ class Hit:
     # Where the chunk lies in its document's text (characters; None for a chunk stored without them).
     start: int | None = None
     end: int | None = None
+    # Each side's own score of the key (its best chunk when grouped): cosine similarity, BM25; None where that
+    # side did not return it. Unlike the rank-based fused score, these say how close the best match is.
+    vector_score: float | None = None
+    keyword_score: float | None = None
 
 
 @dataclass
@@ -1482,6 +1486,8 @@ class Engine:
                     k_rank.get(key_),
                     int(start) if isinstance(start, int | float) else None,
                     int(end) if isinstance(end, int | float) else None,
+                    vector[v_rank[key_] - 1].score if key_ in v_rank else None,
+                    keyword[k_rank[key_] - 1].score if key_ in k_rank else None,
                 )
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
