@@ -303,6 +303,30 @@ def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Setting
         app.close()
 
 
+def test_hits_of_a_rebuilt_document_point_into_the_rebuilt_text(cfg: Settings) -> None:
+    """A gap between sections over MAX_GAP_CHARS is stored cut, so the text rebuilt from Chroma is shorter than
+    the one written: the hits' offsets must be those of the rebuilt text, which get_document returns."""
+    one = " ".join(f"Line {i}: the old river report mentions gravel and sand." for i in range(8))
+    two = " ".join(f"Part {i}: the blue fish swims in the sea today." for i in range(8))
+    text = "# One\n" + one + "\n" + " " * 700 + "\n# Two\n" + two
+    app = open_rift(cfg)
+    try:
+        app.add_documents("default", docs(("doc", text, {"file_type": "markdown"})))
+    finally:
+        app.close()
+    for suffix in ("", "-wal", "-shm"):
+        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+    app = open_rift(cfg)
+    try:
+        stored = app.engine().get_document("default", "doc")[0]
+        assert len(stored) < len(text)
+        hits = app.search("default", "blue fish sea", k=50, group_by_document=False).outcome.hits
+        assert len(hits) > 1 and {h.start for h in hits} != {0}
+        assert all(stored[h.start : h.end] == h.text for h in hits)
+    finally:
+        app.close()
+
+
 def test_join_chunks_restores_the_text_between_chunks_and_reads_older_chunks() -> None:
     from server.engine.reconcile import join_chunks
     from server.engine.state_store import ChunkRow
@@ -316,10 +340,18 @@ def test_join_chunks_restores_the_text_between_chunks_and_reads_older_chunks() -
         row(1, "beta\n\n\tgamma", 8),  # overlaps the first chunk: nothing between them
         row(2, "delta", 21, _rift_gap=" ", _rift_tail="  \n"),
     ]
-    assert join_chunks(stored) == doc
-    # Written before the gaps were stored: gaps become one space, the ends are dropped.
+    text, placed = join_chunks(stored)
+    assert text == doc and placed == {"c0": (2, 12), "c1": (8, 20), "c2": (21, 26)}
+    # Written before the gaps were stored: gaps become one space, the ends are dropped; the chunks lie where
+    # the rebuilt text has them, not at the offsets they were written with.
     older = [row(0, "alpha beta", 2), row(1, "gamma delta", 15)]
-    assert join_chunks(older) == "alpha beta gamma delta"
+    text, placed = join_chunks(older)
+    assert text == "alpha beta gamma delta" and placed == {"c0": (0, 10), "c1": (11, 22)}
+    assert all(text[a:b] == r.text for r in older for a, b in [placed[r.chunk_id]])
+    # A gap over MAX_GAP_CHARS is stored cut: the chunks after it move up by what was cut.
+    cut = [row(0, "one", 0), row(1, "two", 3 + 700, _rift_gap=" " * 512)]
+    text, placed = join_chunks(cut)
+    assert placed["c1"] == (515, 518) and text[515:518] == "two"
 
 
 def test_a_pending_delete_spares_chunks_a_later_write_made_live_again(cfg: Settings, monkeypatch) -> None:

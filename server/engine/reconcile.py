@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.engine.filters import RESERVED_PREFIX
@@ -70,10 +70,13 @@ def _number(meta: Mapping[str, Any], key: str, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
-def join_chunks(parts: Sequence[ChunkRow]) -> str:
+def join_chunks(parts: Sequence[ChunkRow]) -> tuple[str, dict[str, tuple[int, int]]]:
     """A document's text rebuilt from its chunks: exact slices at known offsets, and the text between them as
-    stored with each chunk (chunks written before rift stored it: one space)."""
+    stored with each chunk (chunks written before rift stored it: one space; a gap over MAX_GAP_CHARS: cut).
+    Also where each chunk now lies in that text (chunk id -> start, end): it differs from the offsets the chunk
+    was written with wherever a gap was cut or guessed, and hits point agents there."""
     text, covered = "", 0  # `covered`: end of the text so far, in the original document's offsets
+    placed: dict[str, tuple[int, int]] = {}
     ordered = sorted(parts, key=lambda r: r.chunk_index)
     for r in ordered:
         start = int(r.metadata.get("_rift_start", covered))
@@ -81,12 +84,16 @@ def join_chunks(parts: Sequence[ChunkRow]) -> str:
             gap = r.metadata.get(GAP_BEFORE)
             if not isinstance(gap, str):
                 gap = " " if text and start > covered else ""
+            at = len(text) + len(gap)
             text += gap + r.text
         else:
-            text += r.text[covered - start :]
+            overlap = min(covered - start, len(r.text))
+            at = len(text) - overlap
+            text += r.text[overlap:]
+        placed[r.chunk_id] = (at, at + len(r.text))
         covered = max(covered, start + len(r.text))
     tail = ordered[-1].metadata.get(GAP_AFTER) if ordered else None
-    return text + tail if isinstance(tail, str) else text
+    return (text + tail if isinstance(tail, str) else text), placed
 
 
 def reconcile_with_chroma(
@@ -142,12 +149,18 @@ def reconcile_with_chroma(
             ChunkRow(chunk_id, doc_id, chosen, int(_number(meta, "_rift_idx", 0)), text, tuple(toks), meta)
             for (chunk_id, text, meta), toks in zip(fetched, tokens, strict=True)
         ]
+        joined, placed = join_chunks(rows)
+        rows = [  # where the chunks lie in the rebuilt text, which the stored offsets may no longer match
+            replace(r, metadata={**r.metadata, "_rift_start": at, "_rift_end": end})
+            for r in rows
+            for at, end in [placed[r.chunk_id]]
+        ]
         delta.added.extend(rows)
         own = set(str(rows[0].metadata.get(CHUNK_KEYS, "")).split(","))  # e.g. a Markdown chunk's heading
         user_meta = {
             k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX) and k not in own
         }
-        delta.put_docs.append((doc_id, chosen, join_chunks(rows), user_meta))
+        delta.put_docs.append((doc_id, chosen, joined, user_meta))
 
     if not delta.empty:
         log.log(
