@@ -210,6 +210,7 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
                         "vector_rank": h.vector_rank,
                         "keyword_rank": h.keyword_rank,
                         "start": h.start,
+                        "end": h.end,
                         "text": h.text[:300],
                     }
                     for h in response.outcome.hits

@@ -318,3 +318,39 @@ def test_a_refusal_within_the_wait_comes_back_with_the_call_and_leaves_no_job(
         assert [p["phase"] for p in snap["phases"]][:2] == ["mining", "training"]
     finally:
         rift.close()
+
+
+def test_a_retrain_cancelled_while_mining_ends_cancelled(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mining checks for a cancel as it reads the log: a cancel (or a shutdown) need not wait for a long log,
+    and the job reads "cancelled", never the refusal it would have met after mining."""
+    from server.learning import mining
+
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=10**6))
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        release, reading = threading.Event(), threading.Event()
+        mine = mining.mine
+
+        def slow_mine(*args, **kwargs):
+            progress = kwargs["progress"]
+
+            def paused(done: int, total: int) -> None:
+                reading.set()
+                release.wait(30)
+                progress(done, total)
+
+            return mine(*args, **{**kwargs, "progress": paused})
+
+        monkeypatch.setattr("server.learning.pipeline.mine", slow_mine)
+        started = learning.retrain(wait_for_mining=0.2)
+        assert started["mining"] is None and reading.wait(10)
+        learning.cancel(started["job_id"])
+        release.set()
+        assert learning.jobs.get(started["job_id"]).finished.wait(30)
+        snap = learning.status(started["job_id"])
+        assert snap["status"] == "cancelled" and snap["error"] is None, snap
+    finally:
+        rift.close()

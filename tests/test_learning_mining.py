@@ -332,4 +332,7 @@ def test_a_long_log_is_mined_a_page_at_a_time_with_the_same_triples(
     assert mined.holdout == holdout and len(holdout) == 5
     assert [h.query_id for h in mined.train_queries] == [r.query_id for r in train]
     assert [r.query_id for r in log.by_ids(["q03", "nope", "q01"])] == ["q03", "q01"]  # the order asked
+    # Searches dropped from the log (its size limit) between reading the heads and the records are counted.
+    gone = mine(mined.train_queries, cfg, {}, {}, load=lambda ids: log.by_ids(ids[2:]))
+    assert gone.skipped["gone_from_log"] == 2
     log.close()

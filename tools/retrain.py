@@ -22,7 +22,7 @@ def _default(setting: str) -> str:
 
 class RetrainResult(BaseModel):
     job_id: str | None = Field(description="Poll it with retrain_status; null for a dry run.")
-    status: str = Field(description="'running' (job started) or 'dry_run'.")
+    status: str = Field(description="'running' (job started; 'cancelled' if cancelled meanwhile) or 'dry_run'.")
     mining: dict[str, Any] | None = Field(
         description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples; "
         "null while the job is still mining a long log (retrain_status then shows the counts, or why it "

@@ -41,6 +41,7 @@ class Job:
     # continue at the next start (resume.py).
     shutting_down: bool = False
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    finished: threading.Event = field(default_factory=threading.Event, repr=False)  # set once its status is final
     _phase_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # Past this phase a cancel would leave the server half-way between two models: it is refused.
@@ -140,6 +141,7 @@ class JobRunner:
                 job.phases[-1]["seconds"] = round(now - job.phases[-1]["started_at"], 2)
             job.phase = job.status
             job.finished_at = now
+            job.finished.set()
 
     def get(self, job_id: str | None = None) -> Job:
         with self._lock:

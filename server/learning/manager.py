@@ -16,6 +16,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,13 @@ class LearningManager:
         return mining, self._gate_config()
 
     def mine(
-        self, strategy: str | None = None, negatives_per_query: int | None = None
+        self,
+        strategy: str | None = None,
+        negatives_per_query: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[Any, list, list]:
         mining, gate = self._configs(strategy, negatives_per_query)
-        mined = collect_and_mine(self.log, self.engine, mining, gate)
+        mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress)
         rows, kept = materialize(self.engine, mined.report.triples)
         mined.report.triples = kept
         return mined, rows, kept
@@ -229,7 +233,13 @@ class LearningManager:
         def work(job: Job) -> dict[str, Any]:
             try:
                 job.enter("mining")
-                mined, rows, _ = self.mine(strategy, negatives_per_query)
+
+                def progress(done: int, total: int) -> None:
+                    job.progress(done, total)
+                    job.check()  # a cancel, or a shutdown, need not wait for a long log's mining
+
+                mined, rows, _ = self.mine(strategy, negatives_per_query, progress)
+                job.check()
                 summary = mined.report.summary(examples)
                 summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
                 mined_out["summary"] = summary
@@ -270,7 +280,7 @@ class LearningManager:
         if failed is not None and not isinstance(failed, JobCancelled):
             # Refused (too few triples) or failed while the caller still waits: the call says why, as it did
             # when mining ran in the call, and no job is left behind for it.
-            self.jobs.wait(30)
+            job.finished.wait(30)
             self.jobs.discard(job.id)
             raise failed
         return {"job_id": job.id, "status": job.status, "mining": mined_out.get("summary")}

@@ -241,6 +241,7 @@ def mine(
     feedback: Mapping[str, Mapping[str, bool]] | None = None,
     fetched: Mapping[str, Sequence[str]] | None = None,
     load: Callable[[Sequence[str]], Iterable[LoggedQuery]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MiningReport:
     """Triples from logged queries. `feedback` maps query_id -> {doc_id: relevant}.
 
@@ -248,7 +249,8 @@ def mine(
     an implicit positive, preferred to the mined one but weaker than explicit feedback.
 
     `load`: `queries` are heads (`QueryLog.heads`), and load(query_ids) yields the full records of those it
-    still holds, in that order: a long log is then mined a page at a time instead of held whole.
+    still holds, in that order: a long log is then mined a page at a time instead of held whole. `progress`
+    (done, total) is called every hundred queries; it may raise to stop mining (a cancelled job).
 
     Repeated query texts count once (the latest record wins), so an agent asking the same thing twenty times
     does not weigh it twenty-fold; triples are deduplicated on (query, positive, negative)."""
@@ -277,8 +279,12 @@ def mine(
     seen: set[tuple[str, str, str, str]] = set()
     chosen = list(latest.values())
     records = load([h.query_id for h in chosen]) if load is not None else chosen
+    done = 0
     for q in records:
         assert isinstance(q, LoggedQuery)
+        if progress is not None and done % 100 == 0:
+            progress(done, len(chosen))
+        done += 1
         v, k = _ranks(q.vector), _ranks(q.keyword)
         labels = dict(feedback.get(q.query_id, {}))
         liked = [d for d, rel in labels.items() if rel]
@@ -339,6 +345,8 @@ def mine(
                 continue
             seen.add(key)
             report.triples.append(t)
+    if done < len(chosen):  # dropped from the log (its size limit, a deleted collection) while mining read it
+        report.skipped["gone_from_log"] += len(chosen) - done
     # Feedback first, then documents the agent opened: when a budget cuts the list, these are kept.
     report.triples.sort(key=lambda t: {"feedback": 0, "fetched": 1}.get(t.kind, 2))
     return report

@@ -38,7 +38,10 @@ def collect_and_mine(
     mining: MiningConfig,
     gate: GateConfig,
     collection: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Mined:
+    """The log split in time (the latest searches held out for the gate) and the older ones mined; `progress`
+    as in `mine`."""
     names = set(engine.collection_names())
     heads = [q for q in query_log.heads(collection) if q.collection in names]
     train, held = time_split(heads, gate)
@@ -47,7 +50,7 @@ def collect_and_mine(
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches():
         fetched.setdefault(query_id, []).append(doc_id)
-    report = mine(train, mining, feedback, fetched, load=query_log.by_ids)
+    report = mine(train, mining, feedback, fetched, load=query_log.by_ids, progress=progress)
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
         held = {normalized_query(q.query) for q in holdout}  # the gate scores these texts: never train on them
