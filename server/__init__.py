@@ -10,6 +10,10 @@ for _name, _value in {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "ANONYMIZED_TELEMETRY": "False",
+    # A validation error reaches the agent as text, where pydantic's docs link per error is noise. Set before any
+    # error is rendered: pydantic-core reads it once, so setting it later (in create_server) came too late in a
+    # process that had already shown one.
+    "PYDANTIC_ERRORS_INCLUDE_URL": "0",
 }.items():
     os.environ.setdefault(_name, _value)
 

@@ -87,8 +87,6 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
     """`lock`: the data dir's lock, already held (`rift serve` takes it before the protocol starts, so
     another process cannot take the data dir in between and fail this server's start-up)."""
     settings = settings or Settings()
-    # A validation error reaches the agent as text: pydantic's docs link per error is noise there.
-    os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Rift]:
