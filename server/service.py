@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -121,7 +122,11 @@ class DataDirLock:
             self._lock.release(force=True)  # also a hold taken over from `rift serve`'s start-up check
 
 
-CHROMA_WAIT_S = 60.0
+# A server whose Chroma server does not answer keeps trying (tool calls meanwhile say so, at once): every 2 s
+# for the first minute (a Chroma started together with rift comes up second), then every 30 s.
+CHROMA_RETRY_S = (2.0, 30.0)
+CHROMA_PATIENT_S = 60.0
+CHROMA_WARN_EVERY_S = 600.0  # how often a long wait is logged again
 
 
 class Rift:
@@ -141,6 +146,8 @@ class Rift:
         self._reembed = True
         self._close_lock = threading.Lock()
         self._closed = False
+        self._waiting: str | None = None  # why start-up is waiting (an unreachable Chroma server), while it is
+        self._stopping = threading.Event()  # close() was called: a start-up still waiting gives up
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -186,8 +193,11 @@ class Rift:
             except BaseException:
                 state.close()
                 raise
-            # A server waits a minute for a Chroma server that starts with it; a CLI command fails at once.
-            client = make_client(s, wait_s=CHROMA_WAIT_S if self._background else 0.0)
+            try:
+                client = self._chroma_client(make_client)
+            except BaseException:
+                state.close()
+                raise
             folder = s.chroma_dir if s.vector_backend != "http" else None
             engine = Engine(s, embedder, VectorStore(client, folder), state)
             self.repair_report = engine.open(rechunk=self._reembed)
@@ -206,6 +216,35 @@ class Rift:
             self._error = exc
         finally:
             self._ready.set()
+
+    def _chroma_client(self, make_client: Callable[..., Any]) -> Any:
+        """Chroma's client. A server whose Chroma server does not answer keeps trying until it does, and
+        starts then (tool calls meanwhile answer at once with why); a CLI command fails at once."""
+        from server.engine.vector_store import ChromaUnreachable
+
+        if not self._background or self.settings.vector_backend != "http":
+            return make_client(self.settings)
+        first = time.monotonic()
+        warned = -math.inf
+        while True:
+            try:
+                client = make_client(self.settings)
+                if self._waiting is not None:
+                    log.warning("the Chroma server answers: starting")
+                self._waiting = None
+                return client
+            except ChromaUnreachable as exc:
+                waited = time.monotonic() - first
+                self._waiting = (
+                    f"rift is waiting for its Chroma server: {exc}. It has tried for {waited:.0f} s and keeps "
+                    "trying: start the server (`chroma run`), or check chroma_host and chroma_port"
+                )
+                if time.monotonic() - warned >= CHROMA_WARN_EVERY_S or waited < CHROMA_PATIENT_S:
+                    log.warning("%s", self._waiting)
+                    warned = time.monotonic() if waited >= CHROMA_PATIENT_S else warned
+                pause = CHROMA_RETRY_S[0] if waited < CHROMA_PATIENT_S else CHROMA_RETRY_S[1]
+                if self._stopping.wait(pause):
+                    raise RiftError(f"closed while waiting for the Chroma server ({exc})") from None
 
     def _adopt_stored_spelling(self, state: Any) -> None:
         """Stores made before model folders were named by their absolute path may know the configured folder
@@ -323,8 +362,15 @@ class Rift:
         return self._ready.is_set() and self._error is None
 
     def engine(self, timeout: float | None = None) -> Any:
-        if not self._ready.wait(timeout):
-            raise RiftError("rift is still loading its model; try again in a few seconds")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready.is_set():
+            waiting = self._waiting  # (a call waiting for the model learns of this at once too)
+            if waiting is not None:
+                raise RiftError(waiting)
+            left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if left <= 0:
+                raise RiftError("rift is still loading its model; try again in a few seconds")
+            self._ready.wait(left)
         if self._error is not None:
             raise RiftError(f"rift failed to start: {self._error}")
         return self._engine
@@ -336,6 +382,7 @@ class Rift:
         with self._close_lock:
             if self._closed:
                 return
+            self._stopping.set()
             self._ready.wait(60)
             if self.learning is not None:
                 self.learning.close()
@@ -420,6 +467,11 @@ class Rift:
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         return self.engine().delete_documents(collection, ids)
+
+    def delete_matching(self, collection: str, filters: Mapping[str, Any] | None) -> tuple[list[str], int]:
+        """Delete up to max_documents_per_call documents whose metadata matches `filters`: (deleted ids,
+        matching documents left for the next call)."""
+        return self.engine().delete_matching(collection, filters, self.settings.max_documents_per_call)
 
     def update_metadata(
         self, collection: str, ids: Sequence[str], metadata: Mapping[str, Any] | None, remove: Sequence[str]

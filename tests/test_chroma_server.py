@@ -557,6 +557,60 @@ def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: 
     assert time.monotonic() - started >= 1.0  # it waited for a server that may come up second
 
 
+def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A server started before its Chroma server (or while it is down) keeps trying, and starts when it
+    answers; tool calls meanwhile say why at once instead of hanging, and a close meanwhile is prompt."""
+    import subprocess
+
+    from server.bench.processes import free_port
+
+    port = free_port()
+    settings = make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port)
+    app = Rift(settings).start(background=True)
+    chroma_proc = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                app.engine(timeout=1)
+            except RiftError as exc:
+                if "waiting for its Chroma server" in str(exc):
+                    assert f"127.0.0.1:{port}" in str(exc) and "keeps trying" in str(exc)
+                    break
+            assert time.monotonic() < deadline, "no word of the unreachable Chroma server"
+        chroma_proc = subprocess.Popen(
+            [str(chroma_binary()), "run", "--path", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                app.engine(timeout=5)
+                break
+            except RiftError as exc:
+                assert "waiting for its Chroma server" in str(exc) or "still loading" in str(exc), exc
+                assert time.monotonic() < deadline, "rift did not start once its Chroma server answered"
+                time.sleep(0.5)
+        app.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        assert ids(app.search("default", "cat mat").outcome.hits) == ["cat"]
+    finally:
+        app.close()
+        if chroma_proc is not None:
+            stop(chroma_proc)
+
+    waiting = Rift(make_settings(tmp_path / "other", tiny_model_path, vector_backend="http", chroma_port=free_port()))
+    waiting.start(background=True)
+    while waiting._waiting is None:
+        time.sleep(0.1)
+    started = time.monotonic()
+    waiting.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(RiftError, match="closed while waiting for the Chroma server"):
+        waiting.engine()
+
+
 def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(
     pair: tuple[Rift, Rift], monkeypatch
 ) -> None:

@@ -24,6 +24,10 @@ from server.errors import RiftError
 log = logging.getLogger(__name__)
 
 
+class ChromaUnreachable(RiftError):
+    """Nothing answered at the Chroma server's address (it may come up later)."""
+
+
 def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
     """Chroma's client: embedded in data_dir, or a Chroma server's, which is waited for up to `wait_s` (a
     server started together with rift may come up second)."""
@@ -58,7 +62,7 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
                         "chroma_database: both must exist on the server; chroma_auth_token)"
                     ) from None
                 if time.monotonic() >= deadline:
-                    raise RiftError(f"cannot reach the Chroma server at {where}: {exc}") from None
+                    raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {exc}") from None
                 log.warning("waiting for the Chroma server at %s: %s", where, exc)
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
