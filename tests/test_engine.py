@@ -225,6 +225,34 @@ def test_delete_removes_every_chunk_from_both_indices(rift) -> None:
         rift.engine().get_document("default", "long")
 
 
+def test_delete_by_filter_removes_the_matching_documents_a_page_at_a_time(rift_factory) -> None:
+    """An agent retiring a folder's documents, or everything tagged obsolete, needs no list of ids: a call
+    deletes up to max_documents_per_call of the documents that match, and says how many still do."""
+    app = rift_factory(max_documents_per_call=2)
+    notes = [(f"n{i}", f"the river note {i}", {"source": f"/home/me/old/n{i}.md"}) for i in range(3)]
+    keep = [("k0", "the river kept", {"source": "/home/me/older/k0.md"}), ("k1", "the river too", {"tag": "x"})]
+    for pair in (notes[:2], [notes[2], keep[0]], keep[1:]):
+        app.add_documents("default", docs(*pair))
+    where = {"source": {"$prefix": "/home/me/old"}}
+    assert app.delete_matching("default", where) == (["n0", "n1"], 1)
+    assert app.delete_matching("default", where) == (["n2"], 0)
+    assert app.delete_matching("default", where) == ([], 0)
+    state = index_state(app)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    assert {c.split("::")[0] for c in state["sqlite"]} == {"k0", "k1"}
+    assert sorted(ids(app.search("default", "river note", k=10).outcome.hits)) == ["k0", "k1"]
+    for bad, message in [
+        ({}, "at least one condition"),
+        (None, "at least one condition"),
+        ({"tag": {"$regex": "x"}}, r"\$regex"),
+    ]:
+        with pytest.raises(RiftError, match=message):
+            app.delete_matching("default", bad)
+    with pytest.raises(NotFoundError, match="unknown collection"):
+        app.delete_matching("nope", {"tag": "x"})
+    assert {c.split("::")[0] for c in index_state(app)["sqlite"]} == {"k0", "k1"}
+
+
 # --- filters ---------------------------------------------------------------------------------------------
 
 CORPUS = [

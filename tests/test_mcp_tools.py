@@ -105,7 +105,8 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     assert sorted(t["type"] for t in meta_types) == ["boolean", "integer", "number", "string"]
 
     delete = tools["delete_documents"].input_schema
-    assert delete["properties"]["ids"]["minItems"] == 1 and delete["required"] == ["ids"]
+    ids_schema = next(a for a in delete["properties"]["ids"]["anyOf"] if a.get("type") == "array")
+    assert ids_schema["minItems"] == 1 and "filters" in delete["properties"] and "required" not in delete
     # A client can see that unknown arguments are refused (server/app.py `_refuse_unknown_arguments`).
     assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
     assert doc.get("additionalProperties") is False
@@ -172,7 +173,11 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert stopwords["disagreement"]["overlap"] is None
 
         deleted = await s.ok("delete_documents", {"ids": ["pump", "ghost"], "collection": "docs"})
-        assert deleted == {"collection": "docs", "deleted": ["pump"], "not_found": ["ghost"]}
+        assert deleted == {"collection": "docs", "deleted": ["pump"], "not_found": ["ghost"], "remaining": 0}
+        by_filter = await s.ok("delete_documents", {"filters": {"kind": "story"}, "collection": "docs"})
+        assert by_filter == {"collection": "docs", "deleted": ["cat"], "not_found": [], "remaining": 0}
+        cat = {"id": "cat", "text": "the cat sat on the mat", "metadata": {"kind": "story", "ok": True}}
+        await s.ok("add_documents", {"collection": "docs", "documents": [cat]})
         after = await s.ok("hybrid_search", {"query": "pump valve seal", "collection": "docs"})
         assert "pump" not in [h["doc_id"] for h in after["hits"]]
 
@@ -306,6 +311,10 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ),
             ("add_documents", {"documents": [doc], "collection": "bad name!"}, ["collection"]),
             ("delete_documents", {"ids": []}, ["ids"]),
+            ("delete_documents", {}, ["give ids", "or filters"]),
+            ("delete_documents", {"ids": ["a"], "filters": {"tag": "x"}}, ["either ids or filters, not both"]),
+            ("delete_documents", {"filters": {}}, ["at least one condition", "delete_collection"]),
+            ("delete_documents", {"filters": {"tag": {"$like": "x"}}}, ["$like"]),
             ("delete_documents", {"ids": ["a"], "collection": "nope"}, ["unknown collection 'nope'"]),
             ("stats", {"collection": "nope"}, ["unknown collection 'nope'"]),
             ("stats", {"collection": ""}, ["collection"]),  # "" is no name; omit it for every collection

@@ -2,28 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
+from server.errors import RiftError
+from server.service import Rift
+from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
 
 
 class DeleteDocumentsResult(BaseModel):
     collection: str
     deleted: list[str]
-    not_found: list[str]
+    not_found: list[str] = Field(description="Ids asked for that were not stored (with ids).")
+    remaining: int = Field(
+        description="With filters: documents that still match, beyond those one call deletes (the setting "
+        "max_documents_per_call, 1,000 by default); call again with the same filters. 0 with ids."
+    )
 
 
 async def delete_documents(
-    ids: Annotated[list[str], Field(min_length=1, max_length=10_000, description="Document ids to delete.")],
     ctx: Context,
+    ids: Annotated[
+        list[str] | None,
+        Field(min_length=1, max_length=10_000, description="Document ids to delete (or give filters)."),
+    ] = None,
+    filters: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description=FILTERS_DESCRIPTION
+            + " Deletes every document whose metadata matches (or give ids); at least one condition."
+        ),
+    ] = None,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> DeleteDocumentsResult:
-    deleted, missing = await call_write(rift_of(ctx).delete_documents, collection, ids)
-    return DeleteDocumentsResult(collection=collection, deleted=deleted, not_found=missing)
+    deleted, missing, remaining = await call_write(_delete, rift_of(ctx), collection, ids, filters)
+    return DeleteDocumentsResult(collection=collection, deleted=deleted, not_found=missing, remaining=remaining)
+
+
+def _delete(
+    rift: Rift, collection: str, ids: list[str] | None, filters: dict[str, Any] | None
+) -> tuple[list[str], list[str], int]:
+    if ids is not None and filters is not None:
+        raise RiftError("give either ids or filters, not both")
+    if ids is not None:
+        return (*rift.delete_documents(collection, ids), 0)
+    if filters is None:
+        raise RiftError(
+            "give ids (the documents to delete) or filters (delete the documents whose metadata matches)"
+        )
+    deleted, remaining = rift.delete_matching(collection, filters)
+    return deleted, [], remaining
 
 
 TOOL = ToolSpec(
@@ -31,8 +62,10 @@ TOOL = ToolSpec(
     name="delete_documents",
     title="Delete documents",
     description=(
-        "Permanently remove documents by id, with every chunk, from both the vector and keyword indices. "
-        "Use it when stored knowledge is wrong or obsolete. Ids that do not exist are reported, not errors."
+        "Permanently remove documents, with every chunk, from both the vector and keyword indices: by id, or "
+        "every document whose metadata matches filters (e.g. all files under a folder). Use it when stored "
+        "knowledge is wrong or obsolete. Ids that do not exist are reported, not errors. To check what a filter "
+        "matches first, call list_documents with it."
     ),
     annotations=ToolAnnotations(
         title="Delete documents",

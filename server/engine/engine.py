@@ -32,7 +32,16 @@ from server.config import Settings
 from server.engine.chunking import CHUNKER_VERSION, chunk_document
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
-from server.engine.filters import PREFIX_FIELD, RESERVED_PREFIX, Node, parse_filters, path_keys, to_chroma
+from server.engine.filters import (
+    PREFIX_FIELD,
+    RESERVED_PREFIX,
+    MetadataColumns,
+    Node,
+    mask,
+    parse_filters,
+    path_keys,
+    to_chroma,
+)
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
@@ -1201,6 +1210,29 @@ class Engine:
                     stale = sorted(set(stale) | older)
                 self._commit(collection, record.chroma_name, [], None, stale, remove_docs=deleted)
         return deleted, missing
+
+    def delete_matching(
+        self, collection: str, filters: Mapping[str, Any] | None, limit: int
+    ) -> tuple[list[str], int]:
+        """Delete the first `limit` documents (by id) whose metadata matches `filters` (the search grammar,
+        $prefix on source included). Returns (deleted ids, matching documents left). Matched and deleted under
+        one hold of the write lock, so a document written meanwhile is either matched or not there yet."""
+        node = parse_filters(filters)
+        if node is None:
+            raise RiftError(
+                "filters must hold at least one condition (to empty a collection, use delete_collection)"
+            )
+        with self._write_lock:
+            if self.shared is not None:
+                self.shared.sync(force=True)
+                self.shared.check_served_here(collection)
+            self._record(collection)
+            docs = self.state.list_documents(collection, -1, 0)
+            keep = mask(node, MetadataColumns([{**m, **path_keys(m)} for _, m in docs]))
+            matched = [d for (d, _), ok in zip(docs, keep, strict=True) if ok]
+            doomed = matched[:limit]
+            deleted, _ = self.delete_documents(collection, doomed) if doomed else ([], [])
+            return deleted, len(matched) - len(doomed)
 
     def reembed(
         self,
