@@ -258,6 +258,11 @@ from server.ingest import cli as ingest_cli  # noqa: E402
 main.add_command(ingest_cli.add)
 main.add_command(ingest_cli.watch)
 
+from server.ingest.docs_cli import COMMANDS as DOCUMENT_COMMANDS  # noqa: E402
+
+for _command in DOCUMENT_COMMANDS:
+    main.add_command(_command)
+
 from server.learning.cli import COMMANDS as LEARNING_COMMANDS  # noqa: E402
 
 for _command in LEARNING_COMMANDS:

@@ -3,6 +3,7 @@ and re-ingest with prune, and the index matching the folder afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -695,3 +696,49 @@ def test_update_metadata_keeps_to_the_per_call_character_budget(tmp_path: Path, 
         assert [s.status for s in rift.update_metadata("default", ["d0"], {"tag": "x"}, [])] == ["updated"]
     finally:
         rift.close()
+
+
+def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    """The corpus from the shell: `rift list`, `rift get`, `rift delete` (by id, or every document a filter
+    matches, past the per-call limit the MCP tool pages by)."""
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("RIFT_MAX_DOCUMENTS_PER_CALL", "2")
+    folder = tmp_path / "notes"
+    (folder / "old").mkdir(parents=True)
+    for i in range(5):
+        (folder / "old" / f"n{i}.md").write_text(f"# Note {i}\n\nold river note {i}\n")
+    (folder / "keep.md").write_text("# Keep\n\nthe river we keep\n")
+    data = str(tmp_path / "cli-data")
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(main, [*args, "--data-dir", data])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    for path in sorted(folder.rglob("*.md")):  # one file a call: the per-call limit is 2
+        run("add", str(path), "--json")
+    listed = run("list", "--limit", "4")
+    assert listed["total"] == 6 and len(listed["documents"]) == 4 and listed["next_after"]
+    rest = run("list", "--limit", "4", "--after", listed["next_after"])
+    assert len(rest["documents"]) == 2 and rest["next_after"] is None
+    keep = str(folder / "keep.md")
+    doc = run("get", keep, "--max-chars", "6")
+    assert doc["text"] == "# Keep" and doc["truncated"] and doc["metadata"]["source"] == keep
+    where = json.dumps({"source": {"$prefix": str(folder / "old")}})
+    assert run("list", "--filters", where)["total"] == 5
+    gone = run("delete", "--filters", where)
+    assert sorted(gone["deleted"]) == sorted(str(folder / "old" / f"n{i}.md") for i in range(5))
+    assert [d["doc_id"] for d in run("list")["documents"]] == [keep]
+    assert run("delete", keep, "nope") == {"collection": "default", "deleted": [keep], "not_found": ["nope"]}
+    for bad, message in [
+        (["delete"], "document ids or --filters"),
+        (["delete", "x", "--filters", "{}"], "document ids or --filters"),
+        (["delete", "--filters", "{}"], "at least one condition"),
+        (["delete", "--filters", "[1]"], "JSON object"),
+        (["get", "nope"], "no document 'nope'"),
+    ]:
+        result = runner.invoke(main, [*bad, "--data-dir", data])
+        assert result.exit_code != 0 and message in result.output, (bad, result.output)
