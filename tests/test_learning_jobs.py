@@ -306,7 +306,7 @@ def test_a_refusal_within_the_wait_comes_back_with_the_call_and_leaves_no_job(
         with pytest.raises(RiftError, match=r"only \d+ training triples .* min_triples is 1000000"):
             learning.retrain(min_triples=10**6)
         assert learning.jobs.running is None
-        with pytest.raises(RiftError, match="no learning job has run"):
+        with pytest.raises(RiftError, match="no learning job has run .*list_models shows every model version"):
             learning.status()
         started = learning.retrain(batch_size=4, epochs=1)  # counts and examples come back with the call
         assert started["mining"]["triples"] >= 2 and started["mining"]["examples"]

@@ -147,7 +147,10 @@ class JobRunner:
         with self._lock:
             if job_id is None:
                 if self._current is None:
-                    raise NotFoundError("no learning job has run since the server started")
+                    raise NotFoundError(
+                        "no learning job has run since the server started (jobs are not kept across restarts: "
+                        "list_models shows every model version, with its gate numbers)"
+                    )
                 return self._current
             job = self._jobs.get(job_id)
         if job is None:
