@@ -241,16 +241,22 @@ def test_delete_by_filter_removes_the_matching_documents_a_page_at_a_time(rift_f
     assert state["chroma"] == state["keyword"] == state["sqlite"]
     assert {c.split("::")[0] for c in state["sqlite"]} == {"k0", "k1"}
     assert sorted(ids(app.search("default", "river note", k=10).outcome.hits)) == ["k0", "k1"]
+    # A field no document has is refused: $ne would match every document without it (a typo, or a chunk's
+    # own key such as a Markdown heading, which is not document metadata).
+    app.add_documents("default", docs(("md", "# Intro\n\nthe cat sat on the mat\n", {"file_type": "markdown"})))
+    assert app.search("default", "cat", filters={"heading": "Intro"}).outcome.hits  # a chunk key in search
     for bad, message in [
         ({}, "at least one condition"),
         (None, "at least one condition"),
         ({"tag": {"$regex": "x"}}, r"\$regex"),
+        ({"heading": {"$ne": "Intro"}}, "'heading', which no document in 'default' has"),
+        ({"$or": [{"tag": "x"}, {"tga": {"$nin": ["y"]}}]}, "'tga', which no document"),
     ]:
         with pytest.raises(RiftError, match=message):
             app.delete_matching("default", bad)
     with pytest.raises(NotFoundError, match="unknown collection"):
         app.delete_matching("nope", {"tag": "x"})
-    assert {c.split("::")[0] for c in index_state(app)["sqlite"]} == {"k0", "k1"}
+    assert {c.split("::")[0] for c in index_state(app)["sqlite"]} == {"k0", "k1", "md"}
 
 
 # --- filters ---------------------------------------------------------------------------------------------

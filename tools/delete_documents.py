@@ -33,7 +33,9 @@ async def delete_documents(
         dict[str, Any] | None,
         Field(
             description=FILTERS_DESCRIPTION
-            + " Deletes every document whose metadata matches (or give ids); at least one condition."
+            + " Deletes every document whose metadata matches (or give ids); at least one condition. It reads "
+            "document metadata, as list_documents does: a chunk's heading, symbol or page is not, and a field no "
+            "document has is refused."
         ),
     ] = None,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",

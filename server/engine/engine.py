@@ -37,6 +37,7 @@ from server.engine.filters import (
     RESERVED_PREFIX,
     MetadataColumns,
     Node,
+    fields_of,
     mask,
     parse_filters,
     path_keys,
@@ -1196,43 +1197,62 @@ class Engine:
             if doc_id.strip():  # a blank id cannot exist; it is reported as not found
                 check_text(doc_id, f"ids[{i}]", MAX_ID_CHARS)
         with self._write_lock:
-            if self.shared is not None:
-                self.shared.sync(force=True)
-                self.shared.check_served_here(collection)
-            record = self._record(collection)
+            seen = self._sync_for_write(collection)
             present = self.state.doc_hashes(collection, list(dict.fromkeys(ids)))
             deleted = [d for d in dict.fromkeys(ids) if d in present]
             missing = [d for d in dict.fromkeys(ids) if d not in present]
-            if deleted:
-                stale = self.state.chunk_ids_of_docs(collection, deleted)
-                if self.shared is not None:  # versions of these documents other processes wrote meanwhile
-                    older = self.shared.older_versions(record.chroma_name, deleted, time.time(), set())
-                    stale = sorted(set(stale) | older)
-                self._commit(collection, record.chroma_name, [], None, stale, remove_docs=deleted)
+            self._delete_present(collection, deleted, seen)
         return deleted, missing
 
     def delete_matching(
         self, collection: str, filters: Mapping[str, Any] | None, limit: int
     ) -> tuple[list[str], int]:
         """Delete the first `limit` documents (by id) whose metadata matches `filters` (the search grammar,
-        $prefix on source included). Returns (deleted ids, matching documents left). Matched and deleted under
-        one hold of the write lock, so a document written meanwhile is either matched or not there yet."""
+        $prefix on source included, over document metadata as list_documents reads it). Returns (deleted ids,
+        matching documents left). A filter naming a field no document has is refused: `$ne`/`$nin` match a
+        document without the field, so a typo (or a chunk's own key such as heading) would match them all."""
         node = parse_filters(filters)
         if node is None:
             raise RiftError(
                 "filters must hold at least one condition (to empty a collection, use delete_collection)"
             )
         with self._write_lock:
-            if self.shared is not None:
-                self.shared.sync(force=True)
-                self.shared.check_served_here(collection)
-            self._record(collection)
+            seen = self._sync_for_write(collection)
             docs = self.state.list_documents(collection, -1, 0)
-            keep = mask(node, MetadataColumns([{**m, **path_keys(m)} for _, m in docs]))
+            metas = [{**m, **path_keys(m)} for _, m in docs]
+            unknown = sorted(fields_of(node) - {key for m in metas for key in m})
+            if unknown and docs:
+                raise RiftError(
+                    f"filters name {', '.join(map(repr, unknown))}, which no document in {collection!r} has in "
+                    "its metadata (delete filters read document metadata, as list_documents does; a chunk's "
+                    "heading, symbol or page is not): nothing was deleted"
+                )
+            keep = mask(node, MetadataColumns(metas))
             matched = [d for (d, _), ok in zip(docs, keep, strict=True) if ok]
             doomed = matched[:limit]
-            deleted, _ = self.delete_documents(collection, doomed) if doomed else ([], [])
-            return deleted, len(matched) - len(doomed)
+            self._delete_present(collection, doomed, seen)
+            return doomed, len(matched) - len(doomed)
+
+    def _sync_for_write(self, collection: str) -> float:
+        """With a shared Chroma server, catch up with other processes first (hold the write lock). Returns the
+        time before that: versions of a document other processes write after it were not seen by the caller."""
+        seen = time.time()
+        if self.shared is not None:
+            self.shared.sync(force=True)
+            self.shared.check_served_here(collection)
+        self._record(collection)
+        return seen
+
+    def _delete_present(self, collection: str, doc_ids: Sequence[str], seen: float) -> None:
+        """Delete documents the state holds (hold the write lock, after `_sync_for_write`, which gave `seen`)."""
+        if not doc_ids:
+            return
+        record = self._record(collection)
+        stale = self.state.chunk_ids_of_docs(collection, list(doc_ids))
+        if self.shared is not None:  # versions of these documents other processes wrote before the sync
+            older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
+            stale = sorted(set(stale) | older)
+        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
 
     def reembed(
         self,

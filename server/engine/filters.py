@@ -103,6 +103,13 @@ def parse_filters(raw: Mapping[str, Any] | None) -> Node | None:
     return node
 
 
+def fields_of(node: Node) -> set[str]:
+    """The metadata fields a filter names (not the folder keys a $prefix on source adds)."""
+    if isinstance(node, Bool):
+        return set().union(*(fields_of(c) for c in node.children))
+    return set() if node.field.startswith(DIR_KEY) else {node.field}
+
+
 def _list_values(node: Node) -> int:
     if isinstance(node, Bool):
         return sum(_list_values(c) for c in node.children)

@@ -103,9 +103,14 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
         if ids:
             deleted, missing = rift.delete_documents(collection, list(ids))
             return {"collection": collection, "deleted": deleted, "not_found": missing}
-        deleted = []
+        deleted: list[str] = []
         while True:
-            batch, remaining = rift.delete_matching(collection, where)
+            try:
+                batch, remaining = rift.delete_matching(collection, where)
+            except RiftError as exc:
+                if not deleted:
+                    raise
+                raise RiftError(f"{exc} (after deleting {len(deleted)} documents: {', '.join(deleted)})") from None
             deleted.extend(batch)
             if not remaining or not batch:
                 return {"collection": collection, "deleted": deleted, "not_found": []}
