@@ -348,6 +348,10 @@ def test_join_chunks_restores_the_text_between_chunks_and_reads_older_chunks() -
     text, placed = join_chunks(older)
     assert text == "alpha beta gamma delta" and placed == {"c0": (0, 10), "c1": (11, 22)}
     assert all(text[a:b] == r.text for r in older for a, b in [placed[r.chunk_id]])
+    # A chunk inside the text already joined lies where it was.
+    inside = [row(0, "abcdef", 0), row(1, "cd", 2), row(2, "efgh", 4)]
+    text, placed = join_chunks(inside)
+    assert text == "abcdefgh" and placed == {"c0": (0, 6), "c1": (2, 4), "c2": (4, 8)}
     # A gap over MAX_GAP_CHARS is stored cut: the chunks after it move up by what was cut.
     cut = [row(0, "one", 0), row(1, "two", 3 + 700, _rift_gap=" " * 512)]
     text, placed = join_chunks(cut)

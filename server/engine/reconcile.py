@@ -86,10 +86,9 @@ def join_chunks(parts: Sequence[ChunkRow]) -> tuple[str, dict[str, tuple[int, in
                 gap = " " if text and start > covered else ""
             at = len(text) + len(gap)
             text += gap + r.text
-        else:
-            overlap = min(covered - start, len(r.text))
-            at = len(text) - overlap
-            text += r.text[overlap:]
+        else:  # overlaps what is joined (or lies inside it)
+            at = len(text) - (covered - start)
+            text += r.text[covered - start :]
         placed[r.chunk_id] = (at, at + len(r.text))
         covered = max(covered, start + len(r.text))
     tail = ordered[-1].metadata.get(GAP_AFTER) if ordered else None
