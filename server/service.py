@@ -129,6 +129,10 @@ CHROMA_PATIENT_S = 60.0
 CHROMA_WARN_EVERY_S = 600.0  # how often a long wait is logged again
 
 
+class WaitAbandoned(RiftError):
+    """Start-up was waiting (for a Chroma server) when the app was closed."""
+
+
 class Rift:
     def __init__(self, settings: Settings | None = None, lock: DataDirLock | None = None) -> None:
         """`lock`: the data dir's lock, already held by the caller (so no other process gets in between)."""
@@ -211,7 +215,9 @@ class Rift:
         except BaseException as exc:  # surfaced to every tool call, with the cause
             # A server's stderr is its only log: the traceback goes there. A foreground caller (a CLI command)
             # re-raises the failure and shows it once; -v adds the traceback.
-            if self._background or log.isEnabledFor(logging.INFO):
+            if isinstance(exc, WaitAbandoned):  # a shutdown, not a failure
+                log.info("%s", exc)
+            elif self._background or log.isEnabledFor(logging.INFO):
                 log.exception("rift failed to start")
             self._error = exc
         finally:
@@ -229,6 +235,8 @@ class Rift:
         while True:
             try:
                 client = make_client(self.settings)
+                if self._stopping.is_set():  # closed meanwhile (close() gave up waiting): start nothing
+                    raise WaitAbandoned("closed while waiting for the Chroma server")
                 if self._waiting is not None:
                     log.warning("the Chroma server answers: starting")
                 self._waiting = None
@@ -244,7 +252,7 @@ class Rift:
                     warned = time.monotonic() if waited >= CHROMA_PATIENT_S else warned
                 pause = CHROMA_RETRY_S[0] if waited < CHROMA_PATIENT_S else CHROMA_RETRY_S[1]
                 if self._stopping.wait(pause):
-                    raise RiftError(f"closed while waiting for the Chroma server ({exc})") from None
+                    raise WaitAbandoned(f"closed while waiting for the Chroma server ({exc})") from None
 
     def _adopt_stored_spelling(self, state: Any) -> None:
         """Stores made before model folders were named by their absolute path may know the configured folder

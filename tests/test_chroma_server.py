@@ -542,6 +542,33 @@ def test_document_reads_follow_other_writers(pair: tuple[Rift, Rift]) -> None:
     assert {c["name"] for c in list_collections(b.engine())} == {"default", "notes"}
 
 
+def test_a_delete_by_filter_spares_what_another_process_rewrote_meanwhile(
+    pair: tuple[Rift, Rift], monkeypatch
+) -> None:
+    """a matches its filter on what it has synced; a document b rewrites after that (here: no longer tagged
+    draft) is b's newer version, and a's delete must leave it."""
+    from server.ingest.manage import list_documents
+
+    a, b = pair
+    a.add_documents("default", docs(("x", "the cat sat on the mat", {"tag": "draft"}), ("y", "a dog", {"tag": "draft"})))
+    b.engine().follow_others()
+    state = a.engine().state
+    real = state.list_documents
+
+    def listing(*args: Any) -> Any:
+        out = real(*args)
+        monkeypatch.setattr(state, "list_documents", real)
+        b.update_metadata("default", ["x"], {"tag": "final"}, [])  # between a's match and its delete
+        return out
+
+    monkeypatch.setattr(state, "list_documents", listing)
+    a.delete_matching("default", {"tag": "draft"})
+    for app in (a, b):
+        app.engine().follow_others()
+        assert list_documents(app.engine(), "default", None)[1] == [("x", {"tag": "final"})]
+    assert_same_index(a, b)
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 
@@ -609,6 +636,38 @@ def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, t
     assert time.monotonic() - started < 5
     with pytest.raises(RiftError, match="closed while waiting for the Chroma server"):
         waiting.engine()
+
+
+def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """Something accepts connections at the address but never answers (Chroma's client has no time limit):
+    tool calls still learn why at once, and a close is prompt."""
+    import socket
+
+    from server.engine import vector_store
+
+    monkeypatch.setattr(vector_store, "PROBE_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel's backlog; nothing ever reads or answers
+        port = silent.getsockname()[1]
+        app = Rift(make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port))
+        app.start(background=True)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    app.engine(timeout=0.5)
+                except RiftError as exc:
+                    if "waiting for its Chroma server" in str(exc):
+                        assert "timed out" in str(exc).lower(), exc
+                        break
+                assert time.monotonic() < deadline, "a silent Chroma address hung start-up"
+        finally:
+            started = time.monotonic()
+            app.close()
+            assert time.monotonic() - started < 5
 
 
 def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(

@@ -24,6 +24,9 @@ from server.errors import RiftError
 log = logging.getLogger(__name__)
 
 
+PROBE_TIMEOUT_S = 10.0  # for the Chroma server's first answer
+
+
 class ChromaUnreachable(RiftError):
     """Nothing answered at the Chroma server's address (it may come up later)."""
 
@@ -33,6 +36,7 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
     server started together with rift may come up second)."""
     import chromadb
     import chromadb.errors
+    import httpx
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
@@ -46,6 +50,14 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
         deadline = time.monotonic() + wait_s
         while True:
             try:
+                # Chroma's client waits for an answer without a time limit: a server that accepts connections
+                # and never answers would hang start-up (and every tool call waiting on it). Ask it first.
+                scheme = "https" if settings.chroma_ssl else "http"
+                httpx.get(
+                    f"{scheme}://{settings.chroma_host}:{settings.chroma_port}/api/v2/heartbeat",
+                    headers=headers,
+                    timeout=PROBE_TIMEOUT_S,
+                )
                 return chromadb.HttpClient(
                     host=settings.chroma_host,
                     port=settings.chroma_port,
@@ -62,7 +74,9 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
                         "chroma_database: both must exist on the server; chroma_auth_token)"
                     ) from None
                 if time.monotonic() >= deadline:
-                    raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {exc}") from None
+                    why = " ".join(str(exc).split())  # (an answer that is no Chroma's may be a whole web page)
+                    why = why if len(why) <= 300 else why[:300] + " …"
+                    raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {why}") from None
                 log.warning("waiting for the Chroma server at %s: %s", where, exc)
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
