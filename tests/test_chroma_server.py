@@ -569,6 +569,58 @@ def test_a_delete_by_filter_spares_what_another_process_rewrote_meanwhile(
     assert_same_index(a, b)
 
 
+def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """Pointing an embedded data dir at a Chroma server puts its chunks there from rift's state: the vectors
+    come from the embedded store the data dir still has (re-embedding 100K chunks takes hours on a CPU), and
+    only chunks it lacks are embedded."""
+    import numpy as np
+
+    from server.engine.embedder import Embedder
+
+    chroma.wipe()
+    data = tmp_path / "data"
+    app = open_rift(make_settings(data, tiny_model_path))
+    try:
+        app.add_documents("default", docs(("cat", "the cat sat on the mat"), ("dog", "a dog on the road")))
+        app.add_documents("notes", docs(("n", "python code")))
+        state = app.engine().state
+        record = state.collection("default")
+        cat, dog = (state.document_chunks("default", d)[0].chunk_id for d in ("cat", "dog"))
+        local = app.engine().vectors.client.get_collection(record.chroma_name)
+        before = local.get(ids=[cat], include=["embeddings"])
+    finally:
+        app.close()
+    # The embedded store lost one chunk's vector: that one is embedded, the others copied.
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(path=str(data / "chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+    client.get_collection(record.chroma_name).delete(ids=[dog])
+    del client
+    embedded: list[int] = []
+    real = Embedder.encode_documents
+
+    def counting(self, texts, *args, **kwargs):
+        embedded.append(len(texts))
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Embedder, "encode_documents", counting)
+    moved = open_rift(make_settings(data, tiny_model_path, **http_overrides(chroma)))
+    try:
+        assert moved.repair_report["restored_to_chroma"] == {"default": 2, "notes": 1}
+        assert moved.repair_report["copied_from_embedded_store"] == {"default": 1, "notes": 1}
+        assert sum(embedded) == 1
+        served = chroma.client().get_collection(record.chroma_name).get(ids=before["ids"], include=["embeddings"])
+        assert np.allclose(served["embeddings"][0], before["embeddings"][0])
+        assert ids(moved.search("default", "cat mat").outcome.hits)[0] == "cat"
+        assert ids(moved.search("default", "dog road", mode="vector").outcome.hits)[0] == "dog"
+        assert_same_index(moved)
+    finally:
+        moved.close()
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 

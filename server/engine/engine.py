@@ -245,6 +245,19 @@ def check_collection_name(name: Any) -> str:
     return name
 
 
+def _vectors_of(collection: Any, ids: list[str], dimension: int) -> dict[str, Any]:
+    """Chunk id -> vector, of the `ids` Chroma collection `collection` holds with that dimension."""
+    try:
+        got = collection.get(ids=ids, include=["embeddings"])
+    except Exception as exc:  # the copy is a shortcut: embed instead
+        log.debug("reading vectors from the embedded store failed: %s", exc)
+        return {}
+    vectors = got.get("embeddings")
+    if vectors is None:
+        return {}
+    return {i: v for i, v in zip(got["ids"], vectors, strict=True) if v is not None and len(v) == dimension}
+
+
 def _group(candidates: list[Candidate], by_document: bool) -> list[Candidate]:
     if not by_document:
         return candidates
@@ -274,6 +287,7 @@ class Engine:
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
+        self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -339,6 +353,8 @@ class Engine:
                     continue
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
+                if record.name in self._copied:
+                    report.setdefault("copied_from_embedded_store", {})[record.name] = self._copied[record.name]
                 report["added_from_chroma"] += added
                 report["removed_missing"] += removed
                 self._load_keyword(record.name)
@@ -458,16 +474,44 @@ class Engine:
         if embedder is None:
             return None
         log.warning(
-            "Chroma has lost %d chunks (%d documents) of collection %r; re-embedding them from rift's stored text",
+            "Chroma has lost %d chunks (%d documents) of collection %r; putting them back from rift's stored text",
             len(lost),
             docs,
             collection,
         )
         self._restored[collection] = len(lost)
+        local = self._local_chroma_collection(chroma_name, embedder.dimension)
+        copied = 0
         for start in range(0, len(lost), 500):
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
-            self._embed_into(chroma_name, rows, embedder)
+            held = _vectors_of(local, [r.chunk_id for r in rows], embedder.dimension) if local else {}
+            if held:
+                found = [r for r in rows if r.chunk_id in held]
+                self._upsert_rows(chroma_name, found, np.asarray([held[r.chunk_id] for r in found]))
+                copied += len(found)
+            self._embed_into(chroma_name, [r for r in rows if r.chunk_id not in held], embedder)
+        if copied:
+            self._copied[collection] = copied
+            log.warning("copied %d of those vectors from the embedded store %s", copied, self.settings.chroma_dir)
         return have | set(lost)
+
+    def _local_chroma_collection(self, chroma_name: str, dimension: int) -> Any:
+        """With a Chroma server, the embedded store this data dir used before (`data_dir/chroma`), when it holds
+        `chroma_name`: a store moved to a server then copies its vectors instead of embedding every chunk
+        again (hours on a CPU for 100K chunks). The collection's name carries the model version, and a chunk
+        id its text's hash, so a vector found there is the one the model would make."""
+        folder = self.settings.chroma_dir
+        if self.shared is None or not (folder / "chroma.sqlite3").is_file():
+            return None
+        try:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            client = chromadb.PersistentClient(path=str(folder), settings=ChromaSettings(anonymized_telemetry=False))
+            return client.get_collection(chroma_name)
+        except Exception as exc:  # no such collection, or an unreadable store: embed instead
+            log.debug("no vectors to copy from %s for %s: %s", folder, chroma_name, exc)
+            return None
 
     def _refuse_repair(self, collection: str, chunks: int, docs: int) -> None:
         where = (
