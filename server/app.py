@@ -24,8 +24,9 @@ from tools import ALL_TOOLS
 INSTRUCTIONS = (
     "rift stores documents and finds them again with hybrid (vector + keyword) search. Save knowledge with "
     "add_documents (or whole folders with add_paths), look it up with hybrid_search before answering from "
-    "memory, read a full hit with get_document (pass the search's query_id), retag documents with "
-    "update_metadata, and remove stale entries with delete_documents. Organise with list_collections / "
+    "memory, read a full hit, or the text around it (a hit's start/end with get_document's offset and "
+    "max_chars), with get_document (pass the search's query_id), retag documents with update_metadata, and "
+    "remove stale entries with delete_documents (by id or by filter). Organise with list_collections / "
     "create_collection / list_documents; check what is stored with stats. Searches are logged so rift can "
     "learn from use: tell it which results were right or wrong with feedback, and call retrain (then "
     "retrain_status) to fine-tune the embedding model; a candidate only serves if it passes the gate, and "

@@ -607,7 +607,9 @@ def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
         return real(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(Embedder, "encode_documents", counting)
-    moved = open_rift(make_settings(data, tiny_model_path, **http_overrides(chroma)))
+    # chroma_host may be a whole URL, as Chroma's client allows (e.g. a server behind a path prefix).
+    server = http_overrides(chroma, chroma_host=f"http://{chroma.host}:{chroma.port}")
+    moved = open_rift(make_settings(data, tiny_model_path, **server))
     try:
         assert moved.repair_report["restored_to_chroma"] == {"default": 2, "notes": 1}
         assert moved.repair_report["copied_from_embedded_store"] == {"default": 1, "notes": 1}
@@ -619,6 +621,16 @@ def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
         assert_same_index(moved)
     finally:
         moved.close()
+    # Only the move itself reads the embedded store: what it holds may go stale afterwards (vectors dropped or
+    # rewritten on the server only). A server that later loses its data gets every chunk embedded again.
+    chroma.wipe()
+    embedded.clear()
+    again = open_rift(make_settings(data, tiny_model_path, **server))
+    try:
+        assert again.repair_report["restored_to_chroma"] == {"default": 2, "notes": 1}
+        assert "copied_from_embedded_store" not in again.repair_report and sum(embedded) == 3
+    finally:
+        again.close()
 
 
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:

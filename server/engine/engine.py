@@ -245,6 +245,10 @@ def check_collection_name(name: Any) -> str:
     return name
 
 
+# State setting: when this data dir first started on a Chroma server (its embedded store is not read after).
+LEFT_EMBEDDED_STORE = "left_embedded_store"
+
+
 def _vectors_of(collection: Any, ids: list[str], dimension: int) -> dict[str, Any]:
     """Chunk id -> vector, of the `ids` Chroma collection `collection` holds with that dimension."""
     try:
@@ -288,6 +292,7 @@ class Engine:
         self._write_lock = threading.RLock()
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
         self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
+        self._weights_changed = False  # the configured model's folder holds other weights than last time
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -384,6 +389,9 @@ class Engine:
                         record.name,
                     )
             if self.shared is not None:
+                # The embedded store is read for the move to a server only: what it holds may go stale later.
+                if self.state.setting(LEFT_EMBEDDED_STORE) is None:
+                    self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
                 self.shared.prime()
                 # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
                 for chroma, doc_ids in settled.items():
@@ -498,10 +506,16 @@ class Engine:
     def _local_chroma_collection(self, chroma_name: str, dimension: int) -> Any:
         """With a Chroma server, the embedded store this data dir used before (`data_dir/chroma`), when it holds
         `chroma_name`: a store moved to a server then copies its vectors instead of embedding every chunk
-        again (hours on a CPU for 100K chunks). The collection's name carries the model version, and a chunk
-        id its text's hash, so a vector found there is the one the model would make."""
+        again (over an hour on a CPU for 100K chunks). The collection's name carries the model version, and a
+        chunk id its document version's hash (text, metadata, chunking) and its place, so a vector found there
+        is the one the model made of that chunk."""
         folder = self.settings.chroma_dir
         if self.shared is None or not (folder / "chroma.sqlite3").is_file():
+            return None
+        # Only at the move itself (the first start on a server), and not when the configured model's weights
+        # changed meanwhile: the embedded store keeps vectors that later drops and rewrites reach only on the
+        # server, under the same names.
+        if self.state.setting(LEFT_EMBEDDED_STORE) is not None or self._weights_changed:
             return None
         try:
             import chromadb
@@ -608,6 +622,7 @@ class Engine:
                     "earlier model back, or give the new one a new folder or name (setting `model`): rift then "
                     "re-embeds every collection with it at start-up"
                 )
+            self._weights_changed = True
             for record in self.state.collections():  # vectors kept for a rollback to the old weights
                 self.drop_vectors(record.name, configured)
             log.warning("the model at %r changed; dropped the vectors its earlier weights made", configured)

@@ -37,6 +37,7 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
     import chromadb
     import chromadb.errors
     import httpx
+    from chromadb.api.fastapi import FastAPI
     from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
@@ -52,12 +53,14 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
             try:
                 # Chroma's client waits for an answer without a time limit: a server that accepts connections
                 # and never answers would hang start-up (and every tool call waiting on it). Ask it first.
-                scheme = "https" if settings.chroma_ssl else "http"
-                httpx.get(
-                    f"{scheme}://{settings.chroma_host}:{settings.chroma_port}/api/v2/heartbeat",
-                    headers=headers,
-                    timeout=PROBE_TIMEOUT_S,
+                # The address as Chroma's client makes it (chroma_host may be a whole URL with a path prefix).
+                base = FastAPI.resolve_url(
+                    chroma_server_host=settings.chroma_host,
+                    chroma_server_http_port=settings.chroma_port,
+                    chroma_server_ssl_enabled=settings.chroma_ssl,
+                    default_api_path=chroma_settings.chroma_server_api_default_path,
                 )
+                httpx.get(f"{base}/heartbeat", headers=headers, timeout=PROBE_TIMEOUT_S)
                 return chromadb.HttpClient(
                     host=settings.chroma_host,
                     port=settings.chroma_port,
