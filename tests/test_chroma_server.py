@@ -636,16 +636,31 @@ def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 
-    from server.engine.vector_store import make_client
+    import click
+
+    from server.cli import open_rift as cli_open_rift
+    from server.engine.vector_store import ChromaUnreachable, make_client
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free once closed: nothing listens there
     settings = make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port)
-    started = time.monotonic()
-    with pytest.raises(RiftError, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"):
-        make_client(settings, wait_s=1.0)
-    assert time.monotonic() - started >= 1.0  # it waited for a server that may come up second
+    with pytest.raises(ChromaUnreachable, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"):
+        make_client(settings)  # one attempt: a server keeps trying (below), a CLI command fails at once
+    with pytest.raises(click.ClickException, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"):
+        cli_open_rift(settings)
+
+
+def waiting_message(app: Rift, within: float) -> str:
+    """What a tool call hears while `app` waits for its Chroma server (fails unless it says so in time)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            app.engine(timeout=0.5)
+        except RiftError as exc:
+            if "waiting for its Chroma server" in str(exc):
+                return str(exc)
+        assert time.monotonic() < deadline, "no word of the unreachable Chroma server: start-up hung"
 
 
 def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -660,15 +675,8 @@ def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, t
     app = Rift(settings).start(background=True)
     chroma_proc = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                app.engine(timeout=1)
-            except RiftError as exc:
-                if "waiting for its Chroma server" in str(exc):
-                    assert f"127.0.0.1:{port}" in str(exc) and "keeps trying" in str(exc)
-                    break
-            assert time.monotonic() < deadline, "no word of the unreachable Chroma server"
+        said = waiting_message(app, 30)
+        assert f"127.0.0.1:{port}" in said and "keeps trying" in said
         chroma_proc = subprocess.Popen(
             [str(chroma_binary()), "run", "--path", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)],
             stdout=subprocess.DEVNULL,
@@ -719,15 +727,7 @@ def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
         app = Rift(make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port))
         app.start(background=True)
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    app.engine(timeout=0.5)
-                except RiftError as exc:
-                    if "waiting for its Chroma server" in str(exc):
-                        assert "timed out" in str(exc).lower(), exc
-                        break
-                assert time.monotonic() < deadline, "a silent Chroma address hung start-up"
+            assert "timed out" in waiting_message(app, 20).lower()
         finally:
             started = time.monotonic()
             app.close()

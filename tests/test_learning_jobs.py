@@ -332,7 +332,7 @@ def test_a_retrain_cancelled_while_mining_ends_cancelled(
         fill_two_collections(rift)
         learning = rift.learning
         release, reading = threading.Event(), threading.Event()
-        mine = mining.mine
+        mine, finished = mining.mine, []
 
         def slow_mine(*args, **kwargs):
             progress = kwargs["progress"]
@@ -342,7 +342,9 @@ def test_a_retrain_cancelled_while_mining_ends_cancelled(
                 release.wait(30)
                 progress(done, total)
 
-            return mine(*args, **{**kwargs, "progress": paused})
+            report = mine(*args, **{**kwargs, "progress": paused})
+            finished.append(report)  # (not reached: the cancel stops mining where it reads on)
+            return report
 
         monkeypatch.setattr("server.learning.pipeline.mine", slow_mine)
         started = learning.retrain(wait_for_mining=0.2)
@@ -352,5 +354,6 @@ def test_a_retrain_cancelled_while_mining_ends_cancelled(
         assert learning.jobs.get(started["job_id"]).finished.wait(30)
         snap = learning.status(started["job_id"])
         assert snap["status"] == "cancelled" and snap["error"] is None, snap
+        assert finished == []
     finally:
         rift.close()

@@ -77,7 +77,7 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     expected_hints = {  # read_only, destructive, idempotent
         "add_documents": (False, False, True),
         "hybrid_search": (True, False, True),
-        "delete_documents": (False, True, True),
+        "delete_documents": (False, True, False),
         "stats": (True, False, True),
     }
     for name in CORE:

@@ -42,6 +42,12 @@ def consistent(state: dict[str, set[str]]) -> set[str]:
     return state["chroma"]
 
 
+def lose_state_db(cfg: Settings) -> None:
+    """Delete rift's state database (and its WAL files), as a lost or damaged one would be moved aside."""
+    for suffix in ("", "-wal", "-shm"):
+        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+
+
 def test_closing_waits_for_a_write_in_flight(cfg: Settings, monkeypatch) -> None:
     """A SIGTERM mid-call closes rift while a worker thread writes: the write finishes before the state
     database closes (it closed under the commit, losing the write with a traceback on stderr)."""
@@ -198,8 +204,7 @@ def test_deleted_state_database_is_rebuilt_from_chroma(cfg: Settings, layout: st
     before = seed(cfg)
     if layout != "current":
         rewrite_in_old_layout(cfg)
-    for suffix in ("", "-wal", "-shm"):
-        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+    lose_state_db(cfg)
 
     app = open_rift(cfg)
     try:
@@ -291,8 +296,7 @@ def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Setting
         _, before, _, _ = app.engine().get_document("default", "note")
     finally:
         app.close()
-    for suffix in ("", "-wal", "-shm"):
-        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+    lose_state_db(cfg)
 
     app = open_rift(cfg)
     try:
@@ -314,8 +318,7 @@ def test_hits_of_a_rebuilt_document_point_into_the_rebuilt_text(cfg: Settings) -
         app.add_documents("default", docs(("doc", text, {"file_type": "markdown"})))
     finally:
         app.close()
-    for suffix in ("", "-wal", "-shm"):
-        cfg.state_db.with_name(cfg.state_db.name + suffix).unlink(missing_ok=True)
+    lose_state_db(cfg)
     app = open_rift(cfg)
     try:
         stored = app.engine().get_document("default", "doc")[0]

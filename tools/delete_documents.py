@@ -73,7 +73,7 @@ TOOL = ToolSpec(
         title="Delete documents",
         read_only_hint=False,
         destructive_hint=True,
-        idempotent_hint=True,
+        idempotent_hint=False,  # by filter, a repeat deletes the next page of matches
         open_world_hint=False,
     ),
 )

@@ -20,11 +20,14 @@ class SearchHit(BaseModel):
         description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
     )
     vector_score: float | None = Field(
-        description="Cosine similarity of the query and this chunk (-1 to 1) on the vector side; null if that side "
-        "did not return it. Comparable across searches with one model: low everywhere means nothing close."
+        description="Cosine similarity (-1 to 1) of the query and the vector side's best chunk of this document "
+        "(with group_by_document; it may be another chunk than text, which comes from the side that ranked the "
+        "document higher); null if that side did not return it. Comparable across searches with one model: low "
+        "everywhere means nothing close."
     )
     keyword_score: float | None = Field(
-        description="BM25 score on the keyword side (0 or more, unbounded); null if that side did not return it."
+        description="BM25 score (0 or more, unbounded) of the keyword side's best chunk of this document; null if "
+        "that side did not return it."
     )
     vector_rank: int | None = Field(
         description="Rank in the vector list; null if that side did not return it."

@@ -35,8 +35,8 @@ from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import (
     PREFIX_FIELD,
     RESERVED_PREFIX,
-    MetadataColumns,
     Node,
+    document_columns,
     fields_of,
     mask,
     parse_filters,
@@ -46,7 +46,7 @@ from server.engine.filters import (
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
-from server.engine.shared import SharedSync, writer_id
+from server.engine.shared import ID_KEY, SharedSync, writer_id
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
 from server.errors import NotFoundError, RiftError
@@ -293,6 +293,7 @@ class Engine:
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
         self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
         self._weights_changed = False  # the configured model's folder holds other weights than last time
+        self._moving_to_server = False  # this start is the data dir's first on a Chroma server (see open)
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -307,6 +308,11 @@ class Engine:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
         made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
         command that only reads leaves that to the next server). Returns what was repaired."""
+        # Whether this start moves the data dir to a server: none before it recorded being on one (this
+        # version's marker, or the Chroma ids earlier versions noted for the collections they served there).
+        self._moving_to_server = self.shared is not None and not (
+            self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
+        )
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -390,8 +396,9 @@ class Engine:
                     )
             if self.shared is not None:
                 # The embedded store is read for the move to a server only: what it holds may go stale later.
-                if self.state.setting(LEFT_EMBEDDED_STORE) is None:
+                if self._moving_to_server:
                     self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
+                    self._moving_to_server = False
                 self.shared.prime()
                 # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
                 for chroma, doc_ids in settled.items():
@@ -488,7 +495,7 @@ class Engine:
             collection,
         )
         self._restored[collection] = len(lost)
-        local = self._local_chroma_collection(chroma_name, embedder.dimension)
+        local = self._local_chroma_collection(chroma_name)
         copied = 0
         for start in range(0, len(lost), 500):
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
@@ -503,7 +510,7 @@ class Engine:
             log.warning("copied %d of those vectors from the embedded store %s", copied, self.settings.chroma_dir)
         return have | set(lost)
 
-    def _local_chroma_collection(self, chroma_name: str, dimension: int) -> Any:
+    def _local_chroma_collection(self, chroma_name: str) -> Any:
         """With a Chroma server, the embedded store this data dir used before (`data_dir/chroma`), when it holds
         `chroma_name`: a store moved to a server then copies its vectors instead of embedding every chunk
         again (over an hour on a CPU for 100K chunks). The collection's name carries the model version, and a
@@ -515,7 +522,7 @@ class Engine:
         # Only at the move itself (the first start on a server), and not when the configured model's weights
         # changed meanwhile: the embedded store keeps vectors that later drops and rewrites reach only on the
         # server, under the same names.
-        if self.state.setting(LEFT_EMBEDDED_STORE) is not None or self._weights_changed:
+        if not self._moving_to_server or self._weights_changed:
             return None
         try:
             import chromadb
@@ -1278,15 +1285,15 @@ class Engine:
         with self._write_lock:
             seen = self._sync_for_write(collection)
             docs = self.state.list_documents(collection, -1, 0)
-            metas = [{**m, **path_keys(m)} for _, m in docs]
-            unknown = sorted(fields_of(node) - {key for m in metas for key in m})
+            columns = document_columns([m for _, m in docs])
+            unknown = sorted(fields_of(node) - columns.fields)
             if unknown and docs:
                 raise RiftError(
                     f"filters name {', '.join(map(repr, unknown))}, which no document in {collection!r} has in "
                     "its metadata (delete filters read document metadata, as list_documents does; a chunk's "
                     "heading, symbol or page is not): nothing was deleted"
                 )
-            keep = mask(node, MetadataColumns(metas))
+            keep = mask(node, columns)
             matched = [d for (d, _), ok in zip(docs, keep, strict=True) if ok]
             doomed = matched[:limit]
             self._delete_present(collection, doomed, seen)

@@ -171,6 +171,12 @@ def path_keys(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {f"{DIR_KEY}{depth}": str(folder) for depth, folder in enumerate(parents)}
 
 
+def document_columns(metadatas: Sequence[Mapping[str, Any]]) -> MetadataColumns:
+    """Documents' metadata as filters read it (with the folder keys of `source` for $prefix): what
+    list_documents shows and a delete by filter matches."""
+    return MetadataColumns([{**m, **path_keys(m)} for m in metadatas])
+
+
 def _prefix(field: str, operand: Any, where: str) -> Node:
     if field != PREFIX_FIELD:
         raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths)")
@@ -263,6 +269,11 @@ class MetadataColumns:
         self._num: dict[str, np.ndarray] = {}
         self._wide: dict[str, bool] = {}
         self.size = len(metadatas)
+
+    @property
+    def fields(self) -> set[str]:
+        """Every field some row has."""
+        return {key for m in self._metadatas for key in m}
 
     def objects(self, field: str) -> np.ndarray:
         col = self._obj.get(field)

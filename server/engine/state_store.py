@@ -128,6 +128,11 @@ class StateStore:
         rows = self._rows("SELECT value FROM settings WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
+    def has_setting_prefix(self, prefix: str) -> bool:
+        """Whether any setting's key starts with `prefix`."""
+        rows = self._rows("SELECT 1 FROM settings WHERE substr(key, 1, ?) = ? LIMIT 1", (len(prefix), prefix))
+        return bool(rows)
+
     def put_setting(self, key: str, value: str) -> None:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))

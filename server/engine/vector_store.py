@@ -11,7 +11,6 @@ import re
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ class ChromaUnreachable(RiftError):
     """Nothing answered at the Chroma server's address (it may come up later)."""
 
 
-def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
-    """Chroma's client: embedded in data_dir, or a Chroma server's, which is waited for up to `wait_s` (a
-    server started together with rift may come up second)."""
+def make_client(settings: Settings) -> Any:
+    """Chroma's client: embedded in data_dir, or a Chroma server's (one attempt: ChromaUnreachable when nothing
+    answers; a server retries, see Rift._chroma_client)."""
     import chromadb
     import chromadb.errors
     import httpx
@@ -48,40 +47,35 @@ def make_client(settings: Settings, wait_s: float = 0.0) -> Any:
         elif settings.chroma_auth_token:
             headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
         where = f"{settings.chroma_host}:{settings.chroma_port}"
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                # Chroma's client waits for an answer without a time limit: a server that accepts connections
-                # and never answers would hang start-up (and every tool call waiting on it). Ask it first.
-                # The address as Chroma's client makes it (chroma_host may be a whole URL with a path prefix).
-                base = FastAPI.resolve_url(
-                    chroma_server_host=settings.chroma_host,
-                    chroma_server_http_port=settings.chroma_port,
-                    chroma_server_ssl_enabled=settings.chroma_ssl,
-                    default_api_path=chroma_settings.chroma_server_api_default_path,
-                )
-                httpx.get(f"{base}/heartbeat", headers=headers, timeout=PROBE_TIMEOUT_S)
-                return chromadb.HttpClient(
-                    host=settings.chroma_host,
-                    port=settings.chroma_port,
-                    ssl=settings.chroma_ssl,
-                    headers=headers,
-                    settings=chroma_settings,
-                    tenant=settings.chroma_tenant,
-                    database=settings.chroma_database,
-                )
-            except Exception as exc:
-                if isinstance(exc, chromadb.errors.ChromaError):  # it answered: waiting will not change that
-                    raise RiftError(
-                        f"the Chroma server at {where} refused rift's connection: {exc} (settings chroma_tenant, "
-                        "chroma_database: both must exist on the server; chroma_auth_token)"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    why = " ".join(str(exc).split())  # (an answer that is no Chroma's may be a whole web page)
-                    why = why if len(why) <= 300 else why[:300] + " …"
-                    raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {why}") from None
-                log.warning("waiting for the Chroma server at %s: %s", where, exc)
-                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        try:
+            # Chroma's client waits for an answer without a time limit: a server that accepts connections and
+            # never answers would hang start-up (and every tool call waiting on it). Ask it first, at the
+            # address Chroma's client makes (chroma_host may be a whole URL with a path prefix).
+            base = FastAPI.resolve_url(
+                chroma_server_host=settings.chroma_host,
+                chroma_server_http_port=settings.chroma_port,
+                chroma_server_ssl_enabled=settings.chroma_ssl,
+                default_api_path=chroma_settings.chroma_server_api_default_path,
+            )
+            httpx.get(f"{base}/heartbeat", headers=headers, timeout=PROBE_TIMEOUT_S)
+            return chromadb.HttpClient(
+                host=settings.chroma_host,
+                port=settings.chroma_port,
+                ssl=settings.chroma_ssl,
+                headers=headers,
+                settings=chroma_settings,
+                tenant=settings.chroma_tenant,
+                database=settings.chroma_database,
+            )
+        except Exception as exc:
+            if isinstance(exc, chromadb.errors.ChromaError):  # it answered: trying again will not change that
+                raise RiftError(
+                    f"the Chroma server at {where} refused rift's connection: {exc} (settings chroma_tenant, "
+                    "chroma_database: both must exist on the server; chroma_auth_token)"
+                ) from None
+            why = " ".join(str(exc).split())  # (an answer that is no Chroma's may be a whole web page)
+            why = why if len(why) <= 300 else why[:300] + " …"
+            raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {why}") from None
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     try:
         return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)

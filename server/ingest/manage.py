@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.filters import MetadataColumns, mask, parse_filters, path_keys
+from server.engine.filters import document_columns, mask, parse_filters
 from server.errors import NotFoundError, RiftError
 
 MAX_LIST = 1000
@@ -110,7 +110,7 @@ def list_documents(
     engine.info(collection)  # NotFoundError naming the known collections
     docs = engine.state.list_documents(collection, -1, 0)
     if node is not None:
-        keep = mask(node, MetadataColumns([{**m, **path_keys(m)} for _, m in docs]))
+        keep = mask(node, document_columns([m for _, m in docs]))
         docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
     if after is not None:  # ids are ordered as SQLite orders them: by UTF-8 bytes, i.e. by code point
         offset = bisect.bisect_right([d for d, _ in docs], after)

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from server.config import LearnStrategy, NegativeSource
 from server.engine.fusion import rrf
@@ -278,10 +278,9 @@ def mine(
 
     seen: set[tuple[str, str, str, str]] = set()
     chosen = list(latest.values())
-    records = load([h.query_id for h in chosen]) if load is not None else chosen
+    records = load([h.query_id for h in chosen]) if load is not None else cast(list[LoggedQuery], chosen)
     done = 0
     for q in records:
-        assert isinstance(q, LoggedQuery)
         if progress is not None and done % 100 == 0:
             progress(done, len(chosen))
         done += 1

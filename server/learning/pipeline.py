@@ -44,8 +44,8 @@ def collect_and_mine(
     as in `mine`."""
     names = set(engine.collection_names())
     heads = [q for q in query_log.heads(collection) if q.collection in names]
-    train, held = time_split(heads, gate)
-    holdout = list(query_log.by_ids([q.query_id for q in held]))
+    train, held_out = time_split(heads, gate)
+    holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     feedback = query_log.feedback_map()
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches():
