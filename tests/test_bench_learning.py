@@ -3,6 +3,7 @@ by how well BM25 answered, and merging one-seed runs. The experiment itself is a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,13 @@ def test_the_ensemble_compares_three_list_fusion_with_the_base_hybrid() -> None:
     assert [(r["retrained_weight"], r["base_weight"]) for r in rows] == list(ENSEMBLE_KEYS.values())
     assert rows[0]["ndcg@10"] == 0.6 and rows[0]["delta_vs_base_hybrid"] == 0.1
     assert ensemble_summary(base, [{}], seed=0) == []  # runs made before the ensemble existed
+
+
+def test_mining_cost_bench_mines_a_synthetic_log() -> None:
+    """`python -m server.bench.mining_cost` (the README's mining figures) runs the product's mining."""
+    from server.bench.mining_cost import main as mining_cost
+
+    result = CliRunner().invoke(mining_cost, ["--searches", "60", "--candidates", "30"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["searches"] == 60 and out["triples"] > 0 and out["holdout"] > 0 and out["mining_s"] >= 0
