@@ -178,7 +178,7 @@ class Rift:
             from server.engine.engine import Engine
             from server.engine.models import resolve_model
             from server.engine.state_store import StateStore
-            from server.engine.vector_store import VectorStore, make_client
+            from server.engine.vector_store import VectorStore
 
             s = self.settings
             self.log = _open_query_log(s.log_db, s.log_max_queries)
@@ -194,11 +194,7 @@ class Rift:
                 if not self._reembed:
                     self._refuse_another_model(state)
                 embedder = self._serving_embedder(Embedder, resolve_model)
-            except BaseException:
-                state.close()
-                raise
-            try:
-                client = self._chroma_client(make_client)
+                client = self._chroma_client()
             except BaseException:
                 state.close()
                 raise
@@ -223,10 +219,10 @@ class Rift:
         finally:
             self._ready.set()
 
-    def _chroma_client(self, make_client: Callable[..., Any]) -> Any:
+    def _chroma_client(self) -> Any:
         """Chroma's client. A server whose Chroma server does not answer keeps trying until it does, and
         starts then (tool calls meanwhile answer at once with why); a CLI command fails at once."""
-        from server.engine.vector_store import ChromaUnreachable
+        from server.engine.vector_store import ChromaUnreachable, make_client
 
         if not self._background or self.settings.vector_backend != "http":
             return make_client(self.settings)

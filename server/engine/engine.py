@@ -1218,10 +1218,7 @@ class Engine:
         if both := sorted(set(changes) & set(remove)):
             raise RiftError(f"keys both set and removed: {', '.join(both)}")
         with self._write_lock:
-            if self.shared is not None:
-                self.shared.sync(force=True)
-                self.shared.check_served_here(collection)
-            self._record(collection)  # an unknown collection: NotFoundError naming those that exist
+            self._sync_for_write(collection)  # (an unknown collection: NotFoundError naming those that exist)
             docs: list[tuple[str, str, dict[str, Any]]] = []
             missing: list[str] = []
             for doc_id in dict.fromkeys(ids):

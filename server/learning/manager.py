@@ -249,7 +249,6 @@ class LearningManager:
                         f"only {len(rows)} training triples from {len(mined.train_queries)} logged queries; "
                         f"min_triples is {need}. Search more, give feedback, or lower min_triples"
                     )
-                job.check()
                 serving = self.engine.embedder
                 parent = self.registry.serving()
                 plan = ResumePlan(
