@@ -13,13 +13,21 @@ from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, CompleteRequestParams, ListResourcesResult, TextContent
 from pydantic import ConfigDict, model_validator
 
 from server import __version__
 from server.config import Settings
 from server.service import DataDirLock, Rift
 from tools import ALL_TOOLS
+from tools.resources import (
+    ANY_VALUE,
+    DOCUMENT_TEMPLATE,
+    MIME_TYPE,
+    handle_completion,
+    handle_list_resources,
+    read_document,
+)
 
 INSTRUCTIONS = (
     "rift stores documents and finds them again with hybrid (vector + keyword) search. Save knowledge with "
@@ -78,6 +86,11 @@ class RiftMCPServer(MCPServer):
             return result.model_copy(update={"content": [TextContent(type="text", text=text)]})
         return result
 
+    async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
+        # The SDK lists only resources registered one by one, on one page; rift's documents are many and
+        # change, so they are listed from the store, a page per cursor.
+        return await handle_list_resources(ctx, params)
+
     async def run_stdio_async(self) -> None:
         from server.stdio import serve_stdio
 
@@ -118,6 +131,19 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
             annotations=spec.annotations,
         )
         _refuse_unknown_arguments(server, spec.name)
+    server.resource(
+        DOCUMENT_TEMPLATE,
+        name="document",
+        title="rift document",
+        description="A stored document's whole text. Both parts are percent-encoded (a doc_id's '/' is %2F).",
+        mime_type=MIME_TYPE,
+        security=ANY_VALUE,
+    )(read_document)
+    # Registered on the low-level server for the request context (the app object); the SDK's decorator
+    # passes its handler only the reference and the argument.
+    server._lowlevel_server.add_request_handler(  # noqa: SLF001
+        "completion/complete", CompleteRequestParams, handle_completion
+    )
     return server
 
 

@@ -83,6 +83,26 @@ class ChunkRow:
 
 
 @dataclass(frozen=True)
+class DocumentEntry:
+    doc_id: str
+    metadata: dict[str, Any]
+    size: int  # the text's UTF-8 bytes
+    updated_at: float
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (SQLite orders text by UTF-8 bytes, which
+    is code point order), or None when there is none ("" or only U+10FFFF)."""
+    head = prefix.rstrip("\U0010ffff")
+    if not head:
+        return None
+    nxt = ord(head[-1]) + 1
+    if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not stored text
+        nxt = 0xE000
+    return head[:-1] + chr(nxt)
+
+
+@dataclass(frozen=True)
 class JournalEntry:
     id: int
     chroma_name: str
@@ -334,6 +354,29 @@ class StateStore:
             (collection, limit, offset),
         )
         return [(r[0], json.loads(r[1])) for r in rows]
+
+    def document_page(self, collection: str, after: str, limit: int) -> list[DocumentEntry]:
+        """Up to `limit` documents whose id sorts after `after` ("" = from the first), by id, without their
+        text: paging by the last id seen reads only the page, from the primary key."""
+        rows = self._rows(
+            "SELECT doc_id, metadata, length(CAST(text AS BLOB)), updated_at FROM documents "
+            "WHERE collection = ? AND doc_id > ? ORDER BY doc_id LIMIT ?",
+            (collection, after, limit),
+        )
+        return [DocumentEntry(r[0], json.loads(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+    def doc_ids_starting(self, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
+        """Up to `limit` ids (by id) that start with `prefix`, and how many ids do."""
+        where = "WHERE collection = ? AND doc_id >= ?"
+        args: list[Any] = [collection, prefix]
+        end = _after_prefix(prefix)
+        if end is not None:
+            where += " AND doc_id < ?"
+            args.append(end)
+        page = self._rows(f"SELECT doc_id FROM documents {where} ORDER BY doc_id LIMIT ?", [*args, limit])
+        ids = [r[0] for r in page]
+        ((total,),) = self._rows(f"SELECT COUNT(*) FROM documents {where}", args)
+        return ids, int(total)
 
     def orphan_documents(self, collection: str) -> list[str]:
         """Documents whose chunks are all gone (after a repair from Chroma)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.filters import document_columns, mask, parse_filters
+from server.engine.state_store import DocumentEntry
 from server.errors import NotFoundError, RiftError
 
 MAX_LIST = 1000
@@ -134,3 +135,31 @@ def list_collections(engine: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def document_page(
+    engine: Any, start: tuple[str, str] | None, limit: int
+) -> tuple[list[tuple[str, DocumentEntry]], tuple[str, str] | None]:
+    """Every collection's documents a page at a time: up to `limit` (collection, entry) pairs, ordered by
+    collection then id, from `start` = (collection, the last doc_id listed; "" = from its first). Returns the
+    page and where the next one starts (None after the last). Paging by the last id lists each document once
+    while others are added or deleted."""
+    engine.follow_others()
+    names = sorted(engine.collection_names())
+    collection, after = start or (names[0] if names else "", "")
+    page: list[tuple[str, DocumentEntry]] = []
+    for name in names[bisect.bisect_left(names, collection) :]:
+        if name != collection:
+            after = ""  # a collection deleted since the cursor was made resumes at the next one
+        entries = engine.state.document_page(name, after, limit - len(page))
+        page += [(name, e) for e in entries]
+        if len(page) == limit:
+            return page, (name, entries[-1].doc_id)
+    return page, None
+
+
+def complete_doc_ids(engine: Any, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
+    """Up to `limit` doc_ids of `collection` that start with `prefix` (by id), and how many do."""
+    engine.follow_others()
+    engine.info(collection)  # NotFoundError naming the known collections
+    return engine.state.doc_ids_starting(collection, prefix, limit)

@@ -1,0 +1,131 @@
+"""Stored documents as MCP resources, through an in-process client as Claude Desktop or VS Code use them:
+listed a page per cursor across collections, read by URI (any doc_id, percent-encoded), and completed as a
+user types; a bad URI or cursor gets a clear JSON-RPC error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, ResourceTemplateReference
+
+import tools.resources as resources
+from server.app import create_server
+from server.config import Settings
+from tests.support.helpers import make_settings
+
+pytestmark = pytest.mark.anyio
+
+ODD_IDS = ["notes/a b.md", "../etc/passwd", "/abs/path.md", "x%y?z#w", "é ü", "a+b"]
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, tiny_model_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", tiny_model_path)
+
+
+async def add(client: Client, collection: str, documents: list[dict]) -> None:
+    if collection != "default":
+        result = await client.call_tool("create_collection", {"collection": collection})
+        assert not result.is_error, result.content
+    result = await client.call_tool("add_documents", {"documents": documents, "collection": collection})
+    assert not result.is_error, result.content
+
+
+async def test_documents_are_listed_a_page_per_cursor_and_read_by_uri(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resources, "LIST_PAGE", 3)
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(
+            client,
+            "default",
+            [{"id": d, "text": f"text of {d}", "metadata": {"title": f"T {d}"}} for d in ODD_IDS],
+        )
+        await add(client, "notes", [{"id": "n1", "text": "a note"}, {"id": "n2", "text": "another"}])
+
+        listed, cursor, pages = [], None, 0
+        while True:
+            page = await client.list_resources(cursor=cursor)
+            listed += page.resources
+            pages += 1
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert pages == 3  # 8 documents, 3 a page
+        assert [r.uri for r in listed] == [
+            *[resources.document_uri("default", d) for d in sorted(ODD_IDS)],
+            resources.document_uri("notes", "n1"),
+            resources.document_uri("notes", "n2"),
+        ]
+        first = {r.name: r for r in listed}["é ü"]
+        assert first.title == "T é ü" and first.mime_type == "text/plain"
+        assert first.size == len("text of é ü".encode())
+        assert first.annotations is not None and first.annotations.last_modified
+
+        for doc_id in ODD_IDS:
+            read = await client.read_resource(resources.document_uri("default", doc_id))
+            assert [c.text for c in read.contents] == [f"text of {doc_id}"]
+        assert (await client.read_resource("rift://documents/notes/n2")).contents[0].text == "another"
+
+        capabilities = client.server_capabilities
+        assert capabilities.resources is not None and capabilities.completions is not None
+        templates = (await client.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == [resources.DOCUMENT_TEMPLATE]
+
+
+async def test_a_document_added_between_pages_is_listed_once(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resources, "LIST_PAGE", 2)
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": d, "text": d} for d in ("b", "d", "f")])
+        first = await client.list_resources()
+        await add(client, "default", [{"id": "a", "text": "a"}, {"id": "e", "text": "e"}])
+        rest = await client.list_resources(cursor=first.next_cursor)
+        assert [r.name for r in first.resources + rest.resources] == ["b", "d", "e", "f"]
+
+
+async def test_bad_uris_and_cursors_get_clear_errors(cfg: Settings) -> None:
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": "doc", "text": "text"}])
+        with pytest.raises(MCPError, match="no document 'missing' in collection 'default'") as err:
+            await client.read_resource("rift://documents/default/missing")
+        assert err.value.error.code == INVALID_PARAMS
+        with pytest.raises(MCPError, match="unknown collection 'nope'"):
+            await client.read_resource("rift://documents/nope/doc")
+        with pytest.raises(MCPError, match="collection"):  # not a collection name
+            await client.read_resource("rift://documents/" + quote("a b", safe="") + "/doc")
+        with pytest.raises(MCPError):  # outside the template
+            await client.read_resource("rift://other/default/doc")
+        for cursor in ("not base64!", "bm90IGpzb24=", resources._encode_cursor(("a", "b"))[:-4] + "AAAA"):
+            with pytest.raises(MCPError, match="invalid cursor") as err:
+                await client.list_resources(cursor=cursor)
+            assert err.value.error.code == INVALID_PARAMS
+        # the server goes on answering
+        assert [r.name for r in (await client.list_resources()).resources] == ["doc"]
+
+
+async def test_completion_of_collections_and_doc_ids(cfg: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "COMPLETION_LIMIT", 2)
+    ref = ResourceTemplateReference(type="ref/resource", uri=resources.DOCUMENT_TEMPLATE)
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": d, "text": d} for d in ("ab", "abc", "abd", "b", "a\U0010ffff")])
+        await add(client, "defs", [{"id": "x", "text": "x"}])
+
+        done = (await client.complete(ref, {"name": "collection", "value": "def"})).completion
+        assert (done.values, done.total, done.has_more) == (["default", "defs"], 2, False)
+        done = (await client.complete(ref, {"name": "doc_id", "value": "ab"}, {"collection": "default"})).completion
+        assert (done.values, done.total, done.has_more) == (["ab", "abc"], 3, True)
+        done = (await client.complete(ref, {"name": "doc_id", "value": "a"}, {"collection": "default"})).completion
+        assert done.total == 4
+        done = (await client.complete(ref, {"name": "doc_id", "value": "x"}, {"collection": "default"})).completion
+        assert (done.values, done.total) == ([], 0)
+        # no collection yet: nothing to complete from, not an error
+        done = (await client.complete(ref, {"name": "doc_id", "value": "a"})).completion
+        assert done.values == []
+        with pytest.raises(MCPError, match="unknown collection 'nope'"):
+            await client.complete(ref, {"name": "doc_id", "value": "a"}, {"collection": "nope"})
