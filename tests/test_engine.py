@@ -788,6 +788,30 @@ def test_paging_by_the_last_id_lists_every_document_once_while_others_change(rif
         list_documents(engine, "default", None, after="")
 
 
+def test_a_listing_without_filters_pages_as_a_filtered_one_does(rift) -> None:
+    """Without filters a page is read from the primary key (not every document's metadata); it must list the
+    same documents, in the same (code point) order, with the same totals and offsets, as a filter matching
+    them all."""
+    from server.ingest.manage import list_documents
+
+    names = ["b", "a", "Z", "é", "e", "\U0001f600", "\uffff", "a b", "a/b", "ä"]
+    rift.add_documents("default", docs(*[(n, f"note {i} about tides", {"n": i}) for i, n in enumerate(names)]))
+    engine = rift.engine()
+    everything = {"absent": {"$ne": 1}}  # matches every document (none has the key)
+    for limit in (1, 3, 50):
+        for offset in (0, 2, 9, 10, 11):
+            assert list_documents(engine, "default", None, limit, offset) == list_documents(
+                engine, "default", everything, limit, offset
+            )
+        for after in [*names, "0", "\U0010ffff"]:
+            assert list_documents(engine, "default", None, limit, after=after) == list_documents(
+                engine, "default", everything, limit, after=after
+            )
+    total, page, _ = list_documents(engine, "default", None, 50)
+    assert total == len(names) and [d for d, _ in page] == sorted(names)
+    assert dict(page)["é"] == {"n": 3}
+
+
 def test_stats_and_listings_skip_a_collection_deleted_while_they_read(rift, monkeypatch) -> None:
     """The names are read first, then each collection: one deleted in between is not an error of the caller."""
     from server.ingest.manage import list_collections

@@ -355,6 +355,15 @@ class StateStore:
         )
         return [(r[0], json.loads(r[1])) for r in rows]
 
+    def document_count(self, collection: str, up_to: str | None = None) -> int:
+        """The collection's documents, or those whose id sorts at or before `up_to`."""
+        sql, args = "SELECT COUNT(*) FROM documents WHERE collection = ?", [collection]
+        if up_to is not None:
+            sql += " AND doc_id <= ?"
+            args.append(up_to)
+        ((count,),) = self._rows(sql, args)
+        return int(count)
+
     def document_page(self, collection: str, after: str, limit: int) -> list[DocumentEntry]:
         """Up to `limit` documents whose id sorts after `after` ("" = from the first), by id, without their
         text: paging by the last id seen reads only the page, from the primary key."""
