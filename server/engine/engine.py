@@ -1282,7 +1282,7 @@ class Engine:
         with self._write_lock:
             seen = self._sync_for_write(collection)
             docs = self.state.list_documents(collection, -1, 0)
-            columns = document_columns([m for _, m in docs])
+            columns = document_columns([m for _, m in docs], node)
             unknown = sorted(fields_of(node) - columns.fields)
             if unknown and docs:
                 raise RiftError(

