@@ -4,16 +4,19 @@ user types; a bad URI or cursor gets a clear JSON-RPC error."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from urllib.parse import quote
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, ResourceTemplateReference
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, ResourceTemplateReference
 
 import tools.resources as resources
 from server.app import create_server
+from server.bench.processes import free_port
 from server.config import Settings
 from tests.support.helpers import make_settings
 
@@ -101,7 +104,16 @@ async def test_bad_uris_and_cursors_get_clear_errors(cfg: Settings) -> None:
             await client.read_resource("rift://documents/" + quote("a b", safe="") + "/doc")
         with pytest.raises(MCPError):  # outside the template
             await client.read_resource("rift://other/default/doc")
-        for cursor in ("not base64!", "bm90IGpzb24=", resources._encode_cursor(("a", "b"))[:-4] + "AAAA"):
+        hostile = [
+            "not base64!",
+            "bm90IGpzb24=",  # "not json"
+            resources._encode_cursor(("a", "b"))[:-4] + "AAAA",
+            base64.urlsafe_b64encode(b"[" * 100_000).decode(),  # too deep for json, and too long
+            base64.urlsafe_b64encode(b"[" * 5_000).decode(),  # too deep for json
+            base64.urlsafe_b64encode(b'["default", "\\ud800"]').decode(),  # a lone surrogate
+            base64.urlsafe_b64encode(b'["default", 1]').decode(),
+        ]
+        for cursor in hostile:
             with pytest.raises(MCPError, match="invalid cursor") as err:
                 await client.list_resources(cursor=cursor)
             assert err.value.error.code == INVALID_PARAMS
@@ -129,3 +141,62 @@ async def test_completion_of_collections_and_doc_ids(cfg: Settings, monkeypatch:
         assert done.values == []
         with pytest.raises(MCPError, match="unknown collection 'nope'"):
             await client.complete(ref, {"name": "doc_id", "value": "a"}, {"collection": "nope"})
+
+
+async def test_writes_are_announced_to_listening_clients(cfg: Settings) -> None:
+    """The server advertises resource change events (subscriptions/listen); every write tool publishes them:
+    each changed or removed document's URI, and that the list changed."""
+    from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+
+    watched = [resources.document_uri("default", d) for d in ("a/1", "b")]
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        caps = client.server_capabilities.resources
+        assert caps is not None and caps.list_changed and caps.subscribe
+        events: list[object] = []
+        async with client.listen(resources_list_changed=True, resource_subscriptions=watched) as sub:
+
+            async def consume() -> None:
+                async for event in sub:
+                    events.append(event)
+
+            async def after(name: str, args: dict, wait: float = 5) -> list[object]:
+                events.clear()
+                result = await client.call_tool(name, args)
+                assert not result.is_error, result.content
+                with anyio.move_on_after(wait):
+                    while not any(isinstance(e, ResourcesListChanged) for e in events):
+                        await anyio.sleep(0.02)
+                await anyio.sleep(0.1)
+                return [e.uri if isinstance(e, ResourceUpdated) else "list" for e in events]
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                got = await after("add_documents", {"documents": [{"id": "a/1", "text": "x"}, {"id": "c", "text": "y"}]})
+                assert watched[0] in got and "list" in got and watched[1] not in got
+                got = await after("update_metadata", {"ids": ["a/1"], "metadata": {"tag": "t"}})
+                assert watched[0] in got and "list" in got
+                got = await after("delete_documents", {"ids": ["a/1"]})
+                assert watched[0] in got and "list" in got
+                got = await after("add_documents", {"documents": [{"id": "c", "text": "y"}]}, wait=0.5)  # unchanged
+                assert got == []
+                got = await after("delete_collection", {"collection": "default"})
+                assert got == ["list"]
+                tg.cancel_scope.cancel()
+
+
+async def test_a_server_not_up_yet_is_the_servers_error_not_the_requests(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """While rift waits for its Chroma server, resource requests fail with -32603 and the reason: -32602 would
+    tell the client its request was wrong (and evict its cursor), so it would not try again."""
+    cfg = make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=free_port())
+    ref = ResourceTemplateReference(type="ref/resource", uri=resources.DOCUMENT_TEMPLATE)
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        for request in (
+            client.list_resources,
+            lambda: client.read_resource("rift://documents/default/a"),
+            lambda: client.complete(ref, {"name": "collection", "value": ""}),
+        ):
+            with pytest.raises(MCPError, match="Chroma") as err:
+                await request()
+            assert err.value.error.code == INTERNAL_ERROR

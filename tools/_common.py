@@ -105,6 +105,19 @@ async def call_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    problem = not_unicode(fn, args, kwargs)
+    if problem is not None:
+        raise ToolError(problem)
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+    except RiftError as exc:
+        raise ToolError(str(exc)) from None
+    except Exception as exc:
+        raise ToolError(failure(fn, exc)) from None
+
+
+def not_unicode(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """What names an argument holding a string that is not valid Unicode, if one does."""
     try:
         bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
@@ -112,22 +125,20 @@ async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *arg
     for name, value in bound.items():
         where = lone_surrogate(value, name)
         if where is not None:
-            raise ToolError(f"{where} is not valid Unicode (it contains a lone surrogate)")
-    try:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
-    except RiftError as exc:
-        raise ToolError(str(exc)) from None
-    except Exception as exc:
-        if not from_vector_store(exc):
-            # A bug, not bad input: name the cause rather than the SDK's bare "Error executing tool".
-            log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))
-            raise ToolError(
-                f"{UNEXPECTED}: {type(exc).__name__}: {exc} (a bug in rift; the server's log has the traceback)"
-            ) from None
-        # Chroma's and its HTTP client's errors: the cause, not the SDK's bare "Error executing tool".
-        log.exception("Chroma failed")
-        hint = " (check that the Chroma server is up)" if _from_connection(exc) else ""
-        raise ToolError(f"the vector store (Chroma) failed: {type(exc).__name__}: {exc}{hint}") from None
+            return f"{where} is not valid Unicode (it contains a lone surrogate)"
+    return None
+
+
+def failure(fn: Callable[..., Any], exc: Exception) -> str:
+    """The message for an exception that is not rift's own (logged with its traceback): Chroma's, or a bug."""
+    if not from_vector_store(exc):
+        # A bug, not bad input: name the cause rather than the SDK's bare "Error executing tool".
+        log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))
+        return f"{UNEXPECTED}: {type(exc).__name__}: {exc} (a bug in rift; the server's log has the traceback)"
+    # Chroma's and its HTTP client's errors: the cause, not the SDK's bare "Error executing tool".
+    log.exception("Chroma failed")
+    hint = " (check that the Chroma server is up)" if _from_connection(exc) else ""
+    return f"the vector store (Chroma) failed: {type(exc).__name__}: {exc}{hint}"
 
 
 UNEXPECTED = "rift failed unexpectedly"

@@ -19,6 +19,7 @@ from pydantic import (
 
 from server.engine.engine import DocumentInput
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
+from tools.resources import announce
 
 JSON_TYPE_NAMES = {type(None): "null", list: "array", dict: "object", tuple: "array"}
 
@@ -73,6 +74,7 @@ async def add_documents(
         rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks")
     )
     out = [DocumentStatusOut(id=s.id, status=s.status, chunks=s.chunks) for s in statuses]
+    await announce(ctx, collection, [s.id for s in out if s.status != "unchanged"])
     return AddDocumentsResult(
         collection=collection,
         added=sum(s.status == "added" for s in out),

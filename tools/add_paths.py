@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from server.ingest.security import PathPolicy
 from server.ingest.sync import sync_paths
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
+from tools.resources import announce
 
 MAX_LISTED = 1000
 
@@ -69,6 +70,7 @@ async def add_paths(
             progress=progress_reporter(ctx, "reading files"),
         )
     )
+    await announce(ctx, collection, [f.path for f in report.files if f.status in ("added", "updated", "removed")])
     order = {"removed": 0, "skipped": 1, "added": 2, "updated": 2, "unchanged": 3}
     files = sorted(report.files, key=lambda f: order[f.status])
     counts = report.counts()

@@ -9,6 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools.resources import announce
 
 
 class DeleteCollectionResult(BaseModel):
@@ -21,6 +22,7 @@ async def delete_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> DeleteCollectionResult:
     info = await call_write(rift_of(ctx).delete_collection, collection)
+    await announce(ctx, collection, [], whole_collection=info.documents > 0)
     return DeleteCollectionResult(
         collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from server.errors import RiftError
 from server.service import Rift
 from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools.resources import announce
 
 
 class DeleteDocumentsResult(BaseModel):
@@ -41,6 +42,7 @@ async def delete_documents(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> DeleteDocumentsResult:
     deleted, missing, remaining = await call_write(_delete, rift_of(ctx), collection, ids, filters)
+    await announce(ctx, collection, deleted)
     return DeleteDocumentsResult(collection=collection, deleted=deleted, not_found=missing, remaining=remaining)
 
 

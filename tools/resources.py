@@ -8,14 +8,16 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import anyio
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -32,17 +34,20 @@ from mcp.types import (
 )
 
 from server.engine.state_store import DocumentEntry
-from server.ingest.manage import complete_doc_ids, document_page
+from server.errors import RiftError
+from server.ingest.manage import collection_names, complete_doc_ids, document_page
 from server.ingest.manage import get_document as fetch_document
 from server.service import Rift
-from tools._common import UNEXPECTED, call, rift_of
+from tools._common import failure, lone_surrogate, not_unicode, rift_of
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DOCUMENT_TEMPLATE = "rift://documents/{collection}/{doc_id}"
 MIME_TYPE = "text/plain"
 LIST_PAGE = 100  # documents per resources/list page
 COMPLETION_LIMIT = 100  # the most values the MCP spec lets one completion return
+MAX_CURSOR = 16_384  # characters; a real cursor (two names, JSON-escaped, base64) stays under 9,000
 # Both parts are rift's names, never paths read from disk, and a doc_id may well look like one ("../a.md").
 ANY_VALUE = ResourceSecurity(exempt_params={"collection", "doc_id"})
 
@@ -51,19 +56,29 @@ def document_uri(collection: str, doc_id: str) -> str:
     return f"rift://documents/{quote(collection, safe='')}/{quote(doc_id, safe='')}"
 
 
-async def _call(uri: str, fn: Callable[..., T], *args: Any) -> T:
-    """`call`, with its clear message as a JSON-RPC error: bad input (an unknown document or collection)
-    is the request's fault, a bug is rift's."""
+async def _call(uri: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
+    """Run engine work in a worker thread; its failure becomes a JSON-RPC error with a clear message. Bad
+    input (an unknown document or collection) is the request's fault (-32602); the engine not being up yet
+    (`server_side`: loading, waiting for a Chroma server) or a failing vector store is the server's (-32603),
+    so a client tries again rather than giving up on the request."""
+    data = {"uri": uri}
+    problem = not_unicode(fn, args, {})
+    if problem is not None:
+        raise MCPError(code=INVALID_PARAMS, message=problem, data=data)
     try:
-        return await call(fn, *args)
-    except ToolError as exc:
-        code = INTERNAL_ERROR if str(exc).startswith(UNEXPECTED) else INVALID_PARAMS
-        raise MCPError(code=code, message=str(exc), data={"uri": uri}) from None
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+    except RiftError as exc:
+        raise MCPError(code=INTERNAL_ERROR if server_side else INVALID_PARAMS, message=str(exc), data=data) from None
+    except Exception as exc:
+        raise MCPError(code=INTERNAL_ERROR, message=failure(fn, exc), data=data) from None
 
 
 async def read_document(collection: str, doc_id: str, ctx: Context) -> str:
     """The document's whole text."""
-    view = await _call(document_uri(collection, doc_id), fetch_document, rift_of(ctx), collection, doc_id)
+    uri = document_uri(collection, doc_id)
+    rift = rift_of(ctx)
+    await _call(uri, rift.engine, server_side=True)
+    view = await _call(uri, fetch_document, rift, collection, doc_id)
     return view.text
 
 
@@ -72,11 +87,17 @@ def _encode_cursor(position: tuple[str, str]) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        position = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (binascii.Error, UnicodeError, ValueError):
-        position = None
-    if not (isinstance(position, list) and len(position) == 2 and all(isinstance(p, str) for p in position)):
+    position: Any = None
+    if len(cursor) <= MAX_CURSOR:
+        try:
+            position = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        except (binascii.Error, UnicodeError, ValueError, RecursionError):
+            position = None
+    if not (
+        isinstance(position, list)
+        and len(position) == 2
+        and all(isinstance(p, str) and lone_surrogate(p, "") is None for p in position)
+    ):
         raise MCPError(
             code=INVALID_PARAMS, message="invalid cursor: pass the nextCursor of the previous resources/list"
         )
@@ -100,7 +121,7 @@ def _resource(collection: str, entry: DocumentEntry) -> Resource:
 
 async def list_document_resources(rift: Rift, cursor: str | None) -> ListResourcesResult:
     start = _decode_cursor(cursor) if cursor is not None else None
-    engine = await _call("resources/list", rift.engine)
+    engine = await _call("resources/list", rift.engine, server_side=True)
     page, following = await _call("resources/list", document_page, engine, start, LIST_PAGE)
     return ListResourcesResult(
         resources=[_resource(c, e) for c, e in page],
@@ -114,9 +135,9 @@ async def complete_document_uri(rift: Rift, params: CompleteRequestParams) -> Co
     ref, argument = params.ref, params.argument
     if not isinstance(ref, ResourceTemplateReference) or ref.uri != DOCUMENT_TEMPLATE:
         return none
-    engine = await _call(ref.uri, rift.engine)
+    engine = await _call(ref.uri, rift.engine, server_side=True)
     if argument.name == "collection":
-        names = [n for n in sorted(await _call(ref.uri, engine.collection_names)) if n.startswith(argument.value)]
+        names = [n for n in await _call(ref.uri, collection_names, engine) if n.startswith(argument.value)]
         values, total = names[:COMPLETION_LIMIT], len(names)
     elif argument.name == "doc_id":
         collection = ((params.context and params.context.arguments) or {}).get("collection")
@@ -136,3 +157,19 @@ async def handle_list_resources(
     ctx: ServerRequestContext[Rift], params: PaginatedRequestParams | None
 ) -> ListResourcesResult:
     return await list_document_resources(ctx.lifespan_context, params.cursor if params else None)
+
+
+async def announce(ctx: Context, collection: str, changed: Iterable[str], whole_collection: bool = False) -> None:
+    """Tell clients that listen for resource changes (MCP `subscriptions/listen`) about a write this server
+    made: each changed or removed document's URI, then that the list changed (also when only
+    `whole_collection`, a deleted collection, says so). Writes by another process sharing a Chroma server
+    are not announced. Best effort: a write that succeeded never fails here."""
+    try:
+        any_changed = whole_collection
+        for doc_id in changed:
+            any_changed = True
+            await ctx.notify_resource_updated(document_uri(collection, doc_id))
+        if any_changed:
+            await ctx.notify_resources_changed()
+    except Exception:
+        log.warning("announcing changed resources failed", exc_info=True)

@@ -165,8 +165,15 @@ def document_page(
     return page, None
 
 
+def collection_names(engine: Any) -> list[str]:
+    """The collections' names, sorted, with other processes' changes caught up."""
+    engine.follow_others()
+    return sorted(engine.collection_names())
+
+
 def complete_doc_ids(engine: Any, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
     """Up to `limit` doc_ids of `collection` that start with `prefix` (by id), and how many do."""
     engine.follow_others()
-    engine.info(collection)  # NotFoundError naming the known collections
+    if engine.state.collection(collection) is None:  # (not engine.info: it counts every chunk, per keystroke)
+        engine.info(collection)  # NotFoundError naming the known collections, or a bad name's error
     return engine.state.doc_ids_starting(collection, prefix, limit)
