@@ -1308,3 +1308,44 @@ def test_resources_and_their_completion_see_other_processes_collections(pair: tu
     assert collection_names(b.engine()) == ["default", "notes"]
     assert complete_doc_ids(b.engine(), "notes", "n", 10) == (["n1"], 1)
     assert [(c, e.doc_id) for c, e in document_page(b.engine(), None, 10)[0]] == [("default", "x"), ("notes", "n1")]
+
+
+def test_a_chroma_server_that_stops_answering_is_an_error_not_a_hang(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A Chroma server that accepts connections and never answers (stopped here with SIGSTOP; Chroma does
+    this after its disk fills) fails each call after `chroma_timeout_s`, and the write lock is free again:
+    once it answers, writes and searches work, and nothing half-written shows."""
+    import os
+    import signal
+
+    import httpx
+
+    chroma.wipe()
+    app = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma, chroma_timeout_s=1)))
+    try:
+        app.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        os.kill(chroma.proc.pid, signal.SIGSTOP)
+        try:
+            for call in (
+                lambda: app.search("default", "cat mat"),  # catching up with other processes asks Chroma first
+                lambda: app.add_documents("default", docs(("fish", "a blue fish in the sea"))),
+            ):
+                started = time.monotonic()
+                with pytest.raises(httpx.TimeoutException):
+                    call()
+                assert time.monotonic() - started < 15
+        finally:
+            os.kill(chroma.proc.pid, signal.SIGCONT)
+        assert app.search("default", "fish sea", mode="keyword").outcome.hits == []  # never committed
+        app.add_documents("default", docs(("fish", "a blue fish in the sea")))
+        assert ids(app.search("default", "fish sea", mode="keyword").outcome.hits) == ["fish"]
+        assert ids(app.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    finally:
+        app.close()
+    app = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    try:
+        state = index_state(app)
+        assert state["chroma"] == state["keyword"] == state["sqlite"]  # start-up removed what the write left
+    finally:
+        app.close()
