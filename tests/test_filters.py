@@ -164,3 +164,24 @@ def test_mixed_type_lists_compile_to_single_type_conditions() -> None:
     assert to_chroma(parse_filters({"a": {"$nin": [1, 1.5]}})) == {
         "$and": [{"a": {"$ne": 1}}, {"$or": [{"a": {"$ne": 1.5}}, {"a": {"$eq": 1}}]}]
     }
+
+
+def test_document_columns_give_each_document_its_own_folder_keys() -> None:
+    """A $prefix filter over document metadata computes the folder keys once per folder; every document must
+    still get exactly the keys of its own source path (as stored with its chunks), roots and odd paths too."""
+    import random
+
+    from server.engine.filters import DIR_KEY, document_columns, path_keys
+
+    parts = ["a", "b", "é", "..", ".", "", "x y", "c.md"]
+    rng = random.Random(7)
+    sources = ["/", "//", "/x.md", "//a/b.md", "/a/", "/a/b/", "relative/c.md", 5, None]
+    sources += ["/" + "/".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(400)]
+    metadatas = [{"source": s} if s is not None else {"other": 1} for s in sources]
+    node = parse_filters({"source": {"$prefix": "/a"}})
+    columns = document_columns(metadatas, node)
+    fields = {f for m in metadatas for f in {**m, **path_keys(m)}}
+    assert any(f.startswith(DIR_KEY) for f in fields)
+    for field in fields:
+        want = [({**m, **path_keys(m)}).get(field) for m in metadatas]
+        assert list(columns.objects(field)) == want, field

@@ -183,7 +183,22 @@ def document_columns(metadatas: Sequence[Mapping[str, Any]], node: Node) -> Meta
     read them: they were 80 % of a filtered listing's time."""
     if not _names_folders(node):
         return MetadataColumns(list(metadatas))
-    return MetadataColumns([{**m, **path_keys(m)} for m in metadatas])
+    by_folder: dict[str, dict[str, str]] = {}  # files in one folder share its keys: path_keys once per folder
+
+    def folder_keys(metadata: Mapping[str, Any]) -> dict[str, str]:
+        source = metadata.get(PREFIX_FIELD)
+        if not isinstance(source, str) or not os.path.isabs(source):
+            return {}
+        path = os.path.normpath(source)
+        folder = os.path.dirname(path)
+        if folder == path:  # a root has no folders above it
+            return path_keys(metadata)
+        keys = by_folder.get(folder)
+        if keys is None:
+            keys = by_folder[folder] = path_keys(metadata)
+        return keys
+
+    return MetadataColumns([{**m, **folder_keys(m)} for m in metadatas])
 
 
 def _prefix(field: str, operand: Any, where: str) -> Node:
