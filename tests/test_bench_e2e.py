@@ -274,3 +274,14 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     mining = bound["seeds"][0]["mining"]
     assert bound["labelled_bound"] is True and set(mining["by_type"]) == {"labelled"}
     assert mining["skipped"] == {}
+
+
+def test_listing_cost_bench_times_each_listing() -> None:
+    """`python -m server.bench.listing_cost` (the README's listing figures) runs rift's listing code."""
+    from server.bench.listing_cost import main as listing_cost
+
+    result = CliRunner().invoke(listing_cost, ["--documents", "120", "--repeat", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["documents"] == 120
+    assert all(out[key] >= 0 for key in ("list_page_ms", "list_prefix_ms", "resources_list_page_ms"))
