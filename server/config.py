@@ -134,13 +134,6 @@ class Settings(BaseSettings):
     chroma_database: str = Field(
         "default_database", min_length=1, description="Chroma database (server mode)."
     )
-    chroma_timeout_s: float = Field(
-        120.0,
-        ge=0,
-        description="With vector_backend='http': the longest rift waits for one answer from the Chroma server "
-        "(a write's batches included) before the call fails, so a server that stops answering is an error, not "
-        "a hang that holds the write lock; 0 = no limit (Chroma's own client has none).",
-    )
     chroma_sync_ms: int = Field(
         250,
         ge=0,

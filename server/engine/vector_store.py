@@ -30,19 +30,6 @@ class ChromaUnreachable(RiftError):
     """Nothing answered at the Chroma server's address (it may come up later)."""
 
 
-def limit_requests(client: Any, timeout_s: float) -> None:
-    """Give Chroma's HTTP client a time limit per request (it has none: a server that stopped answering, as
-    Chroma does after its disk filled, hung every call, and a write held rift's write lock for good). The
-    session is Chroma's private attribute; tests/test_chroma_server.py fails if it moves."""
-    import httpx
-
-    session = getattr(getattr(client, "_server", None), "_session", None)
-    if not isinstance(session, httpx.Client):
-        log.warning("cannot set a time limit on Chroma's HTTP client (chromadb changed): requests have none")
-        return
-    session.timeout = httpx.Timeout(timeout_s or None)
-
-
 def make_client(settings: Settings) -> Any:
     """Chroma's client: embedded in data_dir, or a Chroma server's (one attempt: ChromaUnreachable when nothing
     answers; a server retries, see Rift._chroma_client)."""
@@ -71,7 +58,7 @@ def make_client(settings: Settings) -> Any:
                 default_api_path=chroma_settings.chroma_server_api_default_path,
             )
             httpx.get(f"{base}/heartbeat", headers=headers, timeout=PROBE_TIMEOUT_S)
-            client = chromadb.HttpClient(
+            return chromadb.HttpClient(
                 host=settings.chroma_host,
                 port=settings.chroma_port,
                 ssl=settings.chroma_ssl,
@@ -80,8 +67,6 @@ def make_client(settings: Settings) -> Any:
                 tenant=settings.chroma_tenant,
                 database=settings.chroma_database,
             )
-            limit_requests(client, settings.chroma_timeout_s)
-            return client
         except Exception as exc:
             if isinstance(exc, chromadb.errors.ChromaError):  # it answered: trying again will not change that
                 raise RiftError(
