@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -200,3 +201,92 @@ async def test_a_server_not_up_yet_is_the_servers_error_not_the_requests(
             with pytest.raises(MCPError, match="Chroma") as err:
                 await request()
             assert err.value.error.code == INTERNAL_ERROR
+
+
+async def listen_while(client: Client, uris: list[str], work: Any, settle: float = 0.5) -> list[str]:
+    """What a client listening for the list and `uris` hears while `work()` runs (and `settle` s after)."""
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    events: list[str] = []
+    async with client.listen(resources_list_changed=True, resource_subscriptions=uris) as sub:
+
+        async def consume() -> None:
+            async for event in sub:
+                events.append(event.uri if isinstance(event, ResourceUpdated) else "list")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await work()
+            await anyio.sleep(settle)
+            tg.cancel_scope.cancel()
+    return events
+
+
+async def test_an_add_paths_that_fails_part_way_announces_the_files_it_stored(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.engine.engine import Engine
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(100):  # add_paths commits 32 files at a time
+        (folder / f"f{i:03}.md").write_text(f"note number {i} about topic {i}")
+    real, calls = Engine.add_documents, []
+
+    def third_batch_fails(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("the disk went away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "add_documents", third_batch_fails)
+    cfg = make_settings(tmp_path / "data", tiny_model_path, allowed_roots=[tmp_path])
+    first = resources.document_uri("default", str(folder / "f000.md"))
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+
+        async def work() -> None:
+            assert (await client.call_tool("add_paths", {"paths": [str(folder)]})).is_error
+
+        events = await listen_while(client, [first], work)
+        assert len((await client.list_resources()).resources) == 64
+    assert first in events and "list" in events
+
+
+async def test_a_write_cancelled_as_it_commits_is_announced_in_full(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel comes while the worker thread commits: the write lands, and the news of it is not cut short."""
+    import time
+
+    from server.engine.engine import Engine
+
+    real = Engine._commit
+
+    def slow_commit(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)  # (a slow Chroma upsert; the client gives up meanwhile)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_commit", slow_commit)
+    uris = [resources.document_uri("default", d) for d in ("x", "y")]
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": "seed", "text": "seed"}])  # (the model is loaded)
+
+        async def work() -> None:
+            with anyio.move_on_after(1.0):  # the client's timeout: the SDK sends notifications/cancelled
+                await client.call_tool("add_documents", {"documents": [{"id": "x", "text": "a"}, {"id": "y", "text": "b"}]})
+
+        events = await listen_while(client, uris, work, settle=3)
+        assert len((await client.list_resources()).resources) == 3
+    assert set(uris) | {"list"} <= set(events)
+
+
+async def test_deleting_a_collection_announces_each_of_its_documents(cfg: Settings) -> None:
+    watched = [resources.document_uri("notes", "n1")]
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "notes", [{"id": "n1", "text": "a note"}, {"id": "n2", "text": "another"}])
+
+        async def work() -> None:
+            assert not (await client.call_tool("delete_collection", {"collection": "notes"})).is_error
+
+        events = await listen_while(client, watched, work)
+    assert watched[0] in events and "list" in events

@@ -19,7 +19,7 @@ from pydantic import (
 
 from server.engine.engine import DocumentInput
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
-from tools.resources import announce
+from tools.resources import announcing
 
 JSON_TYPE_NAMES = {type(None): "null", list: "array", dict: "object", tuple: "array"}
 
@@ -70,11 +70,12 @@ async def add_documents(
 ) -> AddDocumentsResult:
     rift = rift_of(ctx)
     inputs = [DocumentInput(text=d.text, id=d.id, metadata=d.metadata) for d in documents]
-    statuses = await call_write(
-        rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks")
-    )
+    async with announcing(ctx, collection, [d.id for d in documents if d.id]) as changed:
+        statuses = await call_write(
+            rift.add_documents, collection, inputs, progress_reporter(ctx, "embedding chunks")
+        )
+        changed += [s.id for s in statuses if s.status != "unchanged"]
     out = [DocumentStatusOut(id=s.id, status=s.status, chunks=s.chunks) for s in statuses]
-    await announce(ctx, collection, [s.id for s in out if s.status != "unchanged"])
     return AddDocumentsResult(
         collection=collection,
         added=sum(s.status == "added" for s in out),

@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.ingest.security import PathPolicy
-from server.ingest.sync import sync_paths
+from server.ingest.sync import SyncReport, sync_paths
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 from tools.resources import announce
 
@@ -58,19 +58,24 @@ async def add_paths(
 ) -> AddPathsResult:
     rift = rift_of(ctx)
     policy = PathPolicy.for_server(rift.settings)
-    report = await call_write(
-        lambda: sync_paths(
-            rift.engine(),
-            collection,
-            paths,
-            policy,
-            recursive=recursive,
-            glob=glob,
-            prune=prune,
-            progress=progress_reporter(ctx, "reading files"),
+    report = SyncReport(collection)
+    try:
+        await call_write(
+            lambda: sync_paths(
+                rift.engine(),
+                collection,
+                paths,
+                policy,
+                recursive=recursive,
+                glob=glob,
+                prune=prune,
+                progress=progress_reporter(ctx, "reading files"),
+                report=report,
+            )
         )
-    )
-    await announce(ctx, collection, [f.path for f in report.files if f.status in ("added", "updated", "removed")])
+    finally:  # batches committed before a failure or a cancel stay stored: announced too
+        changed = [f.path for f in report.files if f.status in ("added", "updated", "removed")]
+        await announce(ctx, collection, changed)
     order = {"removed": 0, "skipped": 1, "added": 2, "updated": 2, "unchanged": 3}
     files = sorted(report.files, key=lambda f: order[f.status])
     counts = report.counts()

@@ -8,8 +8,9 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
-from tools.resources import announce
+from server.service import Rift
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, call_write, rift_of
+from tools.resources import announcing
 
 
 class DeleteCollectionResult(BaseModel):
@@ -21,8 +22,11 @@ class DeleteCollectionResult(BaseModel):
 async def delete_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> DeleteCollectionResult:
-    info = await call_write(rift_of(ctx).delete_collection, collection)
-    await announce(ctx, collection, [], whole_collection=info.documents > 0)
+    rift = rift_of(ctx)
+    stored = await call(_doc_ids, rift, collection)  # (for the announcement: gone once it is deleted)
+    async with announcing(ctx, collection, stored) as changed:
+        info = await call_write(rift.delete_collection, collection)
+        changed += stored
     return DeleteCollectionResult(
         collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
     )
@@ -44,3 +48,12 @@ TOOL = ToolSpec(
         open_world_hint=False,
     ),
 )
+
+
+def _doc_ids(rift: Rift, collection: str) -> list[str]:
+    """The collection's doc_ids, or none when it does not exist (the delete then says so)."""
+    engine = rift.engine()
+    engine.follow_others()
+    if engine.state.collection(collection) is None:
+        return []
+    return engine.state.doc_ids_starting(collection, "", 2**62)[0]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from server.errors import RiftError
 from server.service import Rift
 from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
-from tools.resources import announce
+from tools.resources import announcing
 
 
 class DeleteDocumentsResult(BaseModel):
@@ -41,8 +41,9 @@ async def delete_documents(
     ] = None,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> DeleteDocumentsResult:
-    deleted, missing, remaining = await call_write(_delete, rift_of(ctx), collection, ids, filters)
-    await announce(ctx, collection, deleted)
+    async with announcing(ctx, collection, ids or []) as changed:
+        deleted, missing, remaining = await call_write(_delete, rift_of(ctx), collection, ids, filters)
+        changed += deleted
     return DeleteDocumentsResult(collection=collection, deleted=deleted, not_found=missing, remaining=remaining)
 
 

@@ -11,7 +11,8 @@ import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -164,12 +165,30 @@ async def announce(ctx: Context, collection: str, changed: Iterable[str], whole_
     made: each changed or removed document's URI, then that the list changed (also when only
     `whole_collection`, a deleted collection, says so). Writes by another process sharing a Chroma server
     are not announced. Best effort: a write that succeeded never fails here."""
-    try:
-        any_changed = whole_collection
-        for doc_id in changed:
-            any_changed = True
-            await ctx.notify_resource_updated(document_uri(collection, doc_id))
-        if any_changed:
+    changed = list(changed)
+    if not (changed or whole_collection):
+        return
+    # Shielded: a cancel that arrives once the write has committed must not cut the news of it short. The
+    # list change goes first: a listener subscribed to more URIs than its stream buffers (1,024 events)
+    # loses the rest of a large write's updates, and re-listens; it must not lose the list change too.
+    with anyio.CancelScope(shield=True):
+        try:
             await ctx.notify_resources_changed()
-    except Exception:
-        log.warning("announcing changed resources failed", exc_info=True)
+            for doc_id in changed:
+                await ctx.notify_resource_updated(document_uri(collection, doc_id))
+        except Exception:
+            log.warning("announcing changed resources failed", exc_info=True)
+
+
+@asynccontextmanager
+async def announcing(ctx: Context, collection: str, expected: Iterable[str] = ()) -> AsyncIterator[list[str]]:
+    """Around a write tool's work: announces the doc_ids the body adds to the yielded list. A cancel can
+    arrive after the write committed (the worker thread finishes it, then the cancel is raised): the
+    documents it `expected` to change, and a list change, are announced then, as they may have changed."""
+    changed: list[str] = []
+    try:
+        yield changed
+    except anyio.get_cancelled_exc_class():
+        await announce(ctx, collection, expected, whole_collection=True)
+        raise
+    await announce(ctx, collection, changed)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
 from tools.add_documents import MetadataValue
-from tools.resources import announce
+from tools.resources import announcing
 
 
 class UpdateMetadataResult(BaseModel):
@@ -37,8 +37,9 @@ async def update_metadata(
     remove: Annotated[list[str] | None, Field(description="Keys to delete.")] = None,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> UpdateMetadataResult:
-    statuses = await call_write(rift_of(ctx).update_metadata, collection, ids, metadata, remove or [])
-    await announce(ctx, collection, [s.id for s in statuses if s.status != "unchanged"])
+    async with announcing(ctx, collection, ids) as changed:
+        statuses = await call_write(rift_of(ctx).update_metadata, collection, ids, metadata, remove or [])
+        changed += [s.id for s in statuses if s.status != "unchanged"]
     return UpdateMetadataResult(
         collection=collection,
         updated=[s.id for s in statuses if s.status != "unchanged"],

@@ -270,9 +270,12 @@ def sync_paths(
     max_file_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     first_index: int = 0,
+    report: SyncReport | None = None,
 ) -> SyncReport:
     """Ingest files and folders into `collection` (created if needed); see the module docstring.
-    `first_index`: where `paths` starts in the caller's list (an error names paths[i] by that list)."""
+    `first_index`: where `paths` starts in the caller's list (an error names paths[i] by that list).
+    `report`: the report to fill (returned), file by file as batches commit, so a caller whose sync failed or
+    was cancelled part way still knows which documents it stored."""
     check_collection_name(collection)
     if isinstance(paths, str) or not isinstance(paths, Sequence) or not paths:
         raise RiftError("paths must be a non-empty list of files or folders")
@@ -291,6 +294,8 @@ def sync_paths(
     targets = list(dict.fromkeys(targets))
 
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
+    if report is not None:
+        run.report = report
     if collection in engine.collection_names():
         run.existing = dict(engine.state.list_documents(collection, -1, 0))
     gone_docs: list[str] = []
