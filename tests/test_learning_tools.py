@@ -142,3 +142,52 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         assert "already serving" in await error(client, "rollback", {"version": base})
         assert "unknown model version" in await error(client, "rollback", {"version": "v-nope"})
         assert "unknown job_id" in await error(client, "retrain_status", {"job_id": "nope"})
+
+
+async def test_several_verdicts_in_one_feedback_call_are_recorded_all_or_none(cfg: Settings) -> None:
+    import sqlite3
+
+    async with connect(cfg) as client:
+        await ok(client, "add_documents", {"documents": corpus()})
+        search = await ok(client, "hybrid_search", {"query": queries()[0], "k": 3})
+        qid, hits = search["query_id"], [h["doc_id"] for h in search["hits"]]
+        assert len(hits) == 3
+
+        def recorded() -> dict[str, bool]:
+            conn = sqlite3.connect(str(cfg.log_db))
+            try:
+                rows = conn.execute("SELECT doc_id, relevant FROM feedback WHERE query_id = ?", (qid,))
+                return {d: bool(r) for d, r in rows.fetchall()}
+            finally:
+                conn.close()
+
+        # one wrong verdict (a document the search did not show): nothing is recorded
+        bad = [{"doc_id": hits[0], "relevant": True}, {"doc_id": "no-such-doc", "relevant": False}]
+        message = await error(client, "feedback", {"query_id": qid, "judgments": bad})
+        assert "judgments[1].doc_id 'no-such-doc' was not among the results" in message
+        assert "nothing was recorded" in message and recorded() == {}
+        twice = [{"doc_id": hits[0], "relevant": True}, {"doc_id": hits[0], "relevant": False}]
+        assert "judged twice" in await error(client, "feedback", {"query_id": qid, "judgments": twice})
+        loose = [{"doc_id": hits[0], "relevant": 1}]
+        assert "relevant" in await error(client, "feedback", {"query_id": qid, "judgments": loose})
+
+        verdicts = [{"doc_id": hits[0], "relevant": True}, {"doc_id": hits[2], "relevant": False}]
+        out = await ok(client, "feedback", {"query_id": qid, "judgments": verdicts})
+        assert out["doc_id"] is None and [(j["doc_id"], j["relevant"], j["replaced"]) for j in out["judged"]] == [
+            (hits[0], True, False),
+            (hits[2], False, False),
+        ]
+        assert recorded() == {hits[0]: True, hits[2]: False}
+        one = await ok(client, "feedback", {"query_id": qid, "doc_id": hits[2], "relevant": True})
+        assert (one["doc_id"], one["relevant"], one["replaced"]) == (hits[2], True, True)
+        assert one["judged"] == [{"doc_id": hits[2], "relevant": True, "replaced": True}]
+        assert recorded() == {hits[0]: True, hits[2]: True}
+
+        for args, needle in (
+            ({"query_id": qid}, "give doc_id and relevant"),
+            ({"query_id": qid, "doc_id": hits[0]}, "relevant is missing"),
+            ({"query_id": qid, "relevant": True}, "doc_id is missing"),
+            ({"query_id": qid, "doc_id": hits[0], "relevant": True, "judgments": verdicts}, "not both"),
+            ({"query_id": qid, "judgments": []}, "judgments"),
+        ):
+            assert needle in await error(client, "feedback", args), args

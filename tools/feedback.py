@@ -1,45 +1,92 @@
-"""feedback: confirm or reject a search result; mining prefers these labels over its own guesses."""
+"""feedback: confirm or reject search results; mining prefers these labels over its own guesses."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
+MAX_JUDGMENTS = 100  # one search shows at most max_k (100) results
 
-class FeedbackResult(BaseModel):
-    query_id: str
+
+class Judgment(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")  # as the tool's own arguments: `relevant: 1` is refused
+
+    doc_id: str = Field(min_length=1, max_length=512, description="A doc_id that search returned.")
+    relevant: bool = Field(description="true if the document answered the query, false if not.")
+
+
+class Judged(BaseModel):
     doc_id: str
     relevant: bool
     replaced: bool = Field(description="True when this overwrote an earlier judgement of the same pair.")
 
 
+class FeedbackResult(BaseModel):
+    query_id: str
+    doc_id: str | None = Field(description="The judged document (with doc_id and relevant; null with judgments).")
+    relevant: bool | None
+    replaced: bool | None = Field(description="True when this overwrote an earlier judgement of the same pair.")
+    judged: list[Judged] = Field(description="Every verdict recorded by this call, in the order given.")
+
+
 async def feedback(
     query_id: Annotated[str, Field(min_length=1, max_length=64, description="query_id from hybrid_search.")],
-    doc_id: Annotated[str, Field(min_length=1, max_length=512, description="A doc_id that search returned.")],
-    relevant: Annotated[bool, Field(description="true if the document answered the query, false if not.")],
     ctx: Context,
+    doc_id: Annotated[
+        str | None,
+        Field(min_length=1, max_length=512, description="A doc_id that search returned (or give judgments)."),
+    ] = None,
+    relevant: Annotated[
+        bool | None, Field(description="true if the document answered the query, false if not (with doc_id).")
+    ] = None,
+    judgments: Annotated[
+        list[Judgment] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_JUDGMENTS,
+            description="Several verdicts on that search's results in one call, instead of doc_id and relevant: "
+            "[{doc_id, relevant}, ...]; all are recorded, or none when one is wrong.",
+        ),
+    ] = None,
 ) -> FeedbackResult:
+    single = doc_id is not None or relevant is not None
+    if single and judgments is not None:
+        raise ToolError("give either doc_id and relevant, or judgments, not both")
+    if single and (doc_id is None or relevant is None):
+        raise ToolError(f"{'relevant' if relevant is None else 'doc_id'} is missing: give doc_id with relevant")
+    if not single and judgments is None:
+        raise ToolError("give doc_id and relevant (one verdict), or judgments (several)")
+    verdicts = [(doc_id, relevant)] if single else [(j.doc_id, j.relevant) for j in judgments or []]
     learning = await call(learning_of, rift_of(ctx))
-    return FeedbackResult(**await call(learning.feedback, query_id, doc_id, relevant))
+    judged = [Judged(**j) for j in await call(learning.judge, query_id, verdicts)]
+    first = judged[0] if single else None
+    return FeedbackResult(
+        query_id=query_id,
+        doc_id=first and first.doc_id,
+        relevant=first and first.relevant,
+        replaced=first and first.replaced,
+        judged=judged,
+    )
 
 
 TOOL = ToolSpec(
     fn=feedback,
     name="feedback",
-    title="Judge a search result",
+    title="Judge search results",
     description=(
-        "Tell rift whether a document a hybrid_search returned was relevant to that search. These judgements "
-        "are the strongest training signal for retrain and are used by its gate. Give the query_id from the "
-        "search result and one of its doc_ids."
+        "Tell rift whether documents a hybrid_search returned were relevant to that search: one (doc_id, "
+        "relevant) or several at once (judgments). These judgements are the strongest training signal for "
+        "retrain and are used by its gate. Give the query_id from the search result and its doc_ids."
     ),
     annotations=ToolAnnotations(
-        title="Judge a search result",
+        title="Judge search results",
         read_only_hint=False,
         destructive_hint=False,
         idempotent_hint=True,

@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -123,12 +123,27 @@ class LearningManager:
     # --- feedback ------------------------------------------------------------------------------------------
 
     def feedback(self, query_id: str, doc_id: str, relevant: bool) -> dict[str, Any]:
+        (judged,) = self.judge(query_id, [(doc_id, relevant)])
+        return {"query_id": query_id, **judged}
+
+    def judge(self, query_id: str, judgements: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
+        """Record verdicts on documents one search showed: all of them, or none when one is wrong. Returns
+        each as {doc_id, relevant, replaced}."""
         if not isinstance(query_id, str) or not query_id.strip():
             raise RiftError("query_id must be the query_id returned by hybrid_search")
-        if not isinstance(doc_id, str) or not doc_id.strip():
-            raise RiftError("doc_id must be a document id from that search's results")
-        if not isinstance(relevant, bool):
-            raise RiftError("relevant must be true or false")
+        if not judgements:
+            raise RiftError("give a doc_id and relevant, or judgments with at least one verdict")
+        many = len(judgements) > 1
+        seen: set[str] = set()
+        for i, (doc_id, relevant) in enumerate(judgements):
+            where = f"judgments[{i}]." if many else ""
+            if not isinstance(doc_id, str) or not doc_id.strip():
+                raise RiftError(f"{where}doc_id must be a document id from that search's results")
+            if not isinstance(relevant, bool):
+                raise RiftError(f"{where}relevant must be true or false")
+            if doc_id in seen:
+                raise RiftError(f"{where}doc_id {doc_id!r} is judged twice; give each document one verdict")
+            seen.add(doc_id)
         if not self.settings.log_queries:
             raise RiftError(
                 "feedback needs the query log, and it is off (setting log_queries, RIFT_LOG_QUERIES): searches "
@@ -140,13 +155,18 @@ class LearningManager:
                 f"unknown query_id {query_id!r}: give the query_id a hybrid_search result returned "
                 "(searches in vector or keyword mode are not logged)"
             )
-        if doc_id not in logged.shown:
-            raise RiftError(
-                f"doc_id {doc_id!r} was not among the results (or listed blind spots) of query {query_id!r}; "
-                f"results were: {', '.join(logged.fused[:10]) or 'none'}"
-            )
-        replaced = self.log.add_feedback(query_id, doc_id, relevant)
-        return {"query_id": query_id, "doc_id": doc_id, "relevant": relevant, "replaced": replaced}
+        for i, (doc_id, _) in enumerate(judgements):
+            if doc_id not in logged.shown:
+                where = f"judgments[{i}]." if many else ""
+                raise RiftError(
+                    f"{where}doc_id {doc_id!r} was not among the results (or listed blind spots) of query "
+                    f"{query_id!r}; results were: {', '.join(logged.fused[:10]) or 'none'}"
+                    + ("; nothing was recorded" if many else "")
+                )
+        replaced = self.log.add_judgements(query_id, judgements)
+        return [
+            {"doc_id": d, "relevant": r, "replaced": again} for (d, r), again in zip(judgements, replaced, strict=True)
+        ]
 
     # --- retrain -------------------------------------------------------------------------------------------
 

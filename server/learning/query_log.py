@@ -409,16 +409,25 @@ class QueryLog:
 
     def add_feedback(self, query_id: str, doc_id: str, relevant: bool) -> bool:
         """Record (or overwrite) one judgement; True when it replaced an earlier one."""
+        return self.add_judgements(query_id, [(doc_id, relevant)])[0]
+
+    def add_judgements(self, query_id: str, judgements: Sequence[tuple[str, bool]]) -> list[bool]:
+        """Record (or overwrite) judgements of one search's documents, all in one transaction; for each,
+        whether it replaced an earlier one."""
         self.flush()
-        with self._lock:
-            before = self._conn.execute(
-                "SELECT 1 FROM feedback WHERE query_id = ? AND doc_id = ?", (query_id, doc_id)
-            ).fetchone()
-            self._conn.execute(
-                "INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)",
-                (query_id, doc_id, 1 if relevant else 0, time.time()),
-            )
-        return before is not None
+        now = time.time()
+        replaced = []
+        with self._lock, self._transaction():
+            for doc_id, relevant in judgements:
+                before = self._conn.execute(
+                    "SELECT 1 FROM feedback WHERE query_id = ? AND doc_id = ?", (query_id, doc_id)
+                ).fetchone()
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)",
+                    (query_id, doc_id, 1 if relevant else 0, now),
+                )
+                replaced.append(before is not None)
+        return replaced
 
     @contextlib.contextmanager
     def forgetting(self, collection: str) -> Iterator[None]:
