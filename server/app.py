@@ -21,9 +21,9 @@ from server.config import Settings
 from server.service import DataDirLock, Rift
 from tools import ALL_TOOLS
 from tools.resources import (
-    ANY_VALUE,
     DOCUMENT_TEMPLATE,
     MIME_TYPE,
+    NOT_PATHS,
     handle_completion,
     handle_list_resources,
     read_document,
@@ -137,7 +137,7 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
         title="rift document",
         description="A stored document's whole text. Both parts are percent-encoded (a doc_id's '/' is %2F).",
         mime_type=MIME_TYPE,
-        security=ANY_VALUE,
+        security=NOT_PATHS,
     )(read_document)
     # Registered on the low-level server for the request context (the app object); the SDK's decorator
     # passes its handler only the reference and the argument.

@@ -1300,11 +1300,11 @@ def test_a_chunking_change_is_done_once_by_rechunk_and_followed_elsewhere(
 
 
 def test_resources_and_their_completion_see_other_processes_collections(pair: tuple[Rift, Rift]) -> None:
-    from server.ingest.manage import collection_names, complete_doc_ids, document_page
+    from server.ingest.manage import collection_names, complete_doc_ids, resource_page
 
     a, b = pair
     b.add_documents("default", docs(("x", "x")))
     a.add_documents("notes", docs(("n1", "python code")))  # b has not looked since
     assert collection_names(b.engine()) == ["default", "notes"]
     assert complete_doc_ids(b.engine(), "notes", "n", 10) == (["n1"], 1)
-    assert [(c, e.doc_id) for c, e in document_page(b.engine(), None, 10)[0]] == [("default", "x"), ("notes", "n1")]
+    assert [(c, e.doc_id) for c, e in resource_page(b.engine(), None, 10)[0]] == [("default", "x"), ("notes", "n1")]

@@ -810,6 +810,9 @@ def test_a_listing_without_filters_pages_as_a_filtered_one_does(rift) -> None:
     total, page, _ = list_documents(engine, "default", None, 50)
     assert total == len(names) and [d for d, _ in page] == sorted(names)
     assert dict(page)["é"] == {"n": 3}
+    for filters in (None, everything):  # what a shell makes of bytes that are not UTF-8 (`rift list --after`)
+        with pytest.raises(RiftError, match="after is not valid Unicode"):
+            list_documents(engine, "default", filters, 50, after="a\udcff")
 
 
 def test_stats_and_listings_skip_a_collection_deleted_while_they_read(rift, monkeypatch) -> None:

@@ -103,8 +103,10 @@ async def test_bad_uris_and_cursors_get_clear_errors(cfg: Settings) -> None:
             await client.read_resource("rift://documents/nope/doc")
         with pytest.raises(MCPError, match="collection"):  # not a collection name
             await client.read_resource("rift://documents/" + quote("a b", safe="") + "/doc")
-        with pytest.raises(MCPError):  # outside the template
-            await client.read_resource("rift://other/default/doc")
+        for outside in ("rift://other/default/doc", "rift://documents/default/a/b", "rift://documents/default/"):
+            with pytest.raises(MCPError) as err:
+                await client.read_resource(outside)
+            assert err.value.error.code == INVALID_PARAMS
         hostile = [
             "not base64!",
             "bm90IGpzb24=",  # "not json"
@@ -241,15 +243,16 @@ async def test_an_add_paths_that_fails_part_way_announces_the_files_it_stored(
 
     monkeypatch.setattr(Engine, "add_documents", third_batch_fails)
     cfg = make_settings(tmp_path / "data", tiny_model_path, allowed_roots=[tmp_path])
-    first = resources.document_uri("default", str(folder / "f000.md"))
+    uris = [resources.document_uri("default", str(folder / f"f{i:03}.md")) for i in range(100)]
     async with Client(create_server(cfg), raise_exceptions=False) as client:
 
         async def work() -> None:
             assert (await client.call_tool("add_paths", {"paths": [str(folder)]})).is_error
 
-        events = await listen_while(client, [first], work)
-        assert len((await client.list_resources()).resources) == 64
-    assert first in events and "list" in events
+        events = await listen_while(client, uris, work)
+        stored = {r.uri for r in (await client.list_resources()).resources}
+    assert len(stored) == 64 and events[0] == "list"  # the list change first
+    assert set(events) - {"list"} == stored  # exactly the files stored, none of the failed batch
 
 
 async def test_a_write_cancelled_as_it_commits_is_announced_in_full(

@@ -113,7 +113,7 @@ async def _run(limiter: anyio.CapacityLimiter | None, fn: Callable[..., T], *arg
     except RiftError as exc:
         raise ToolError(str(exc)) from None
     except Exception as exc:
-        raise ToolError(failure(fn, exc)) from None
+        raise ToolError(failure_message(fn, exc)) from None
 
 
 def not_unicode(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -129,8 +129,9 @@ def not_unicode(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     return None
 
 
-def failure(fn: Callable[..., Any], exc: Exception) -> str:
-    """The message for an exception that is not rift's own (logged with its traceback): Chroma's, or a bug."""
+def failure_message(fn: Callable[..., Any], exc: Exception) -> str:
+    """The message for an exception that is not rift's own: Chroma's, or a bug. Call it in the `except` block
+    that caught `exc`: it logs the traceback being handled."""
     if not from_vector_store(exc):
         # A bug, not bad input: name the cause rather than the SDK's bare "Error executing tool".
         log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))

@@ -56,4 +56,4 @@ def _doc_ids(rift: Rift, collection: str) -> list[str]:
     engine.follow_others()
     if engine.state.collection(collection) is None:
         return []
-    return engine.state.doc_ids_starting(collection, "", 2**62)[0]
+    return engine.state.doc_ids(collection)

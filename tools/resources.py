@@ -36,10 +36,10 @@ from mcp.types import (
 
 from server.engine.state_store import DocumentEntry
 from server.errors import RiftError
-from server.ingest.manage import collection_names, complete_doc_ids, document_page
+from server.ingest.manage import collection_names, complete_doc_ids, resource_page
 from server.ingest.manage import get_document as fetch_document
 from server.service import Rift
-from tools._common import failure, lone_surrogate, not_unicode, rift_of
+from tools._common import failure_message, lone_surrogate, not_unicode, rift_of
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -50,19 +50,20 @@ LIST_PAGE = 100  # documents per resources/list page
 COMPLETION_LIMIT = 100  # the most values the MCP spec lets one completion return
 MAX_CURSOR = 16_384  # characters; a real cursor (two names, JSON-escaped, base64) stays under 9,000
 # Both parts are rift's names, never paths read from disk, and a doc_id may well look like one ("../a.md").
-ANY_VALUE = ResourceSecurity(exempt_params={"collection", "doc_id"})
+NOT_PATHS = ResourceSecurity(exempt_params={"collection", "doc_id"})
 
 
 def document_uri(collection: str, doc_id: str) -> str:
     return f"rift://documents/{quote(collection, safe='')}/{quote(doc_id, safe='')}"
 
 
-async def _call(uri: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
-    """Run engine work in a worker thread; its failure becomes a JSON-RPC error with a clear message. Bad
-    input (an unknown document or collection) is the request's fault (-32602); the engine not being up yet
-    (`server_side`: loading, waiting for a Chroma server) or a failing vector store is the server's (-32603),
-    so a client tries again rather than giving up on the request."""
-    data = {"uri": uri}
+async def _call(what: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
+    """Run engine work in a worker thread; its failure becomes a JSON-RPC error with a clear message, its data
+    naming `what` was asked for (a URI, or the method). Bad input (an unknown document or collection) is the
+    request's fault (-32602); a server that cannot answer yet (`server_side`: waiting for its Chroma server,
+    or it failed to start; while the model loads, the call waits) or a failing vector store is the server's
+    (-32603), so a client tries again rather than giving up on the request."""
+    data = {"uri": what} if "://" in what else {"method": what}
     problem = not_unicode(fn, args, {})
     if problem is not None:
         raise MCPError(code=INVALID_PARAMS, message=problem, data=data)
@@ -71,7 +72,7 @@ async def _call(uri: str, fn: Callable[..., T], *args: Any, server_side: bool = 
     except RiftError as exc:
         raise MCPError(code=INTERNAL_ERROR if server_side else INVALID_PARAMS, message=str(exc), data=data) from None
     except Exception as exc:
-        raise MCPError(code=INTERNAL_ERROR, message=failure(fn, exc), data=data) from None
+        raise MCPError(code=INTERNAL_ERROR, message=failure_message(fn, exc), data=data) from None
 
 
 async def read_document(collection: str, doc_id: str, ctx: Context) -> str:
@@ -123,7 +124,7 @@ def _resource(collection: str, entry: DocumentEntry) -> Resource:
 async def list_document_resources(rift: Rift, cursor: str | None) -> ListResourcesResult:
     start = _decode_cursor(cursor) if cursor is not None else None
     engine = await _call("resources/list", rift.engine, server_side=True)
-    page, following = await _call("resources/list", document_page, engine, start, LIST_PAGE)
+    page, following = await _call("resources/list", resource_page, engine, start, LIST_PAGE)
     return ListResourcesResult(
         resources=[_resource(c, e) for c, e in page],
         next_cursor=_encode_cursor(following) if following else None,
@@ -160,13 +161,13 @@ async def handle_list_resources(
     return await list_document_resources(ctx.lifespan_context, params.cursor if params else None)
 
 
-async def announce(ctx: Context, collection: str, changed: Iterable[str], whole_collection: bool = False) -> None:
+async def announce(ctx: Context, collection: str, changed: Iterable[str], list_changed: bool = False) -> None:
     """Tell clients that listen for resource changes (MCP `subscriptions/listen`) about a write this server
-    made: each changed or removed document's URI, then that the list changed (also when only
-    `whole_collection`, a deleted collection, says so). Writes by another process sharing a Chroma server
+    made: that the list changed (also with no doc_ids when `list_changed`), then each changed or removed
+    document's URI. Writes by another process sharing a Chroma server
     are not announced. Best effort: a write that succeeded never fails here."""
     changed = list(changed)
-    if not (changed or whole_collection):
+    if not (changed or list_changed):
         return
     # Shielded: a cancel that arrives once the write has committed must not cut the news of it short. The
     # list change goes first: a listener subscribed to more URIs than its stream buffers (1,024 events)
@@ -189,6 +190,6 @@ async def announcing(ctx: Context, collection: str, expected: Iterable[str] = ()
     try:
         yield changed
     except anyio.get_cancelled_exc_class():
-        await announce(ctx, collection, expected, whole_collection=True)
+        await announce(ctx, collection, expected, list_changed=True)
         raise
     await announce(ctx, collection, changed)

@@ -23,13 +23,14 @@ from typing import Any
 import click
 
 from server.engine.state_store import StateStore
-from server.ingest.manage import complete_doc_ids, document_page, list_documents
+from server.ingest.manage import complete_doc_ids, list_documents, resource_page
 
 FOLDERS = 50
 
 
 class _Engine:
-    """What the listing code asks of the engine: its state, and (no-op here) catching up and checking names."""
+    """What the listing code asks of the engine: its state, and (no-ops here) catching up with other processes
+    and naming the known collections when one is unknown."""
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
@@ -59,6 +60,7 @@ def _fill(path: Path, documents: int) -> None:
     conn = sqlite3.connect(str(path))  # (documents only: listings never read chunks)
     try:
         with conn:
+            conn.execute("INSERT INTO collections VALUES ('docs', 'docs-chroma', 'base', 0.0)")
             conn.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)", rows)
     finally:
         conn.close()
@@ -87,7 +89,7 @@ def measure(documents: int, repeat: int) -> dict[str, Any]:
                 "list_page_after_ms": lambda: list_documents(engine, "docs", None, 50, after=first[-1][0]),
                 "list_filtered_ms": lambda: list_documents(engine, "docs", {"file_type": "pdf"}, 50),
                 "list_prefix_ms": lambda: list_documents(engine, "docs", {"source": {"$prefix": folder}}, 50),
-                "resources_list_page_ms": lambda: document_page(engine, None, 100),
+                "resources_list_page_ms": lambda: resource_page(engine, None, 100),
                 "complete_doc_id_ms": lambda: complete_doc_ids(engine, "docs", folder, 100),
             }
             return {"documents": documents, **{name: _best_ms(call, repeat) for name, call in calls.items()}}

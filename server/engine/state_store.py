@@ -374,6 +374,9 @@ class StateStore:
         )
         return [DocumentEntry(r[0], json.loads(r[1]), int(r[2]), float(r[3])) for r in rows]
 
+    def doc_ids(self, collection: str) -> list[str]:
+        return [r[0] for r in self._rows("SELECT doc_id FROM documents WHERE collection = ? ORDER BY doc_id", (collection,))]
+
     def doc_ids_starting(self, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
         """Up to `limit` ids (by id) that start with `prefix`, and how many ids do."""
         where = "WHERE collection = ? AND doc_id >= ?"

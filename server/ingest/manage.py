@@ -107,8 +107,10 @@ def list_documents(
         raise RiftError("after must be the doc_id of the last document of the previous page")
     if after is not None and offset:
         raise RiftError("give either after (the last doc_id of the previous page) or offset, not both")
+    if after is not None and not _is_unicode(after):
+        raise RiftError("after is not valid Unicode: give the doc_id of the last document of the previous page")
     engine.follow_others()
-    engine.info(collection)  # NotFoundError naming the known collections
+    _check_collection(engine, collection)
     if node is None:  # a page from the primary key: reading every document's metadata took 1 s per 100K
         state = engine.state
         if after is not None:
@@ -144,7 +146,22 @@ def list_collections(engine: Any) -> list[dict[str, Any]]:
     return out
 
 
-def document_page(
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: what the shell makes of bytes that are not UTF-8
+        return False
+    return True
+
+
+def _check_collection(engine: Any, collection: str) -> None:
+    """NotFoundError naming the known collections (or a bad name's error) unless `collection` exists; not
+    engine.info, which counts every chunk of the collection."""
+    if engine.state.collection(collection) is None:
+        engine.info(collection)
+
+
+def resource_page(
     engine: Any, start: tuple[str, str] | None, limit: int
 ) -> tuple[list[tuple[str, DocumentEntry]], tuple[str, str] | None]:
     """Every collection's documents a page at a time: up to `limit` (collection, entry) pairs, ordered by
@@ -174,6 +191,5 @@ def collection_names(engine: Any) -> list[str]:
 def complete_doc_ids(engine: Any, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
     """Up to `limit` doc_ids of `collection` that start with `prefix` (by id), and how many do."""
     engine.follow_others()
-    if engine.state.collection(collection) is None:  # (not engine.info: it counts every chunk, per keystroke)
-        engine.info(collection)  # NotFoundError naming the known collections, or a bad name's error
+    _check_collection(engine, collection)
     return engine.state.doc_ids_starting(collection, prefix, limit)
