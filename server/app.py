@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import types
+import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -172,6 +174,7 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     namespace = {"model_config": config, "_integral_floats": model_validator(mode="before")(integral_floats)}
     strict = type(loose.__name__, (loose,), namespace)
     tool.fn_metadata.arg_model = strict
+    _keep_optional_text(tool.fn_metadata)
     tool.parameters = strict.model_json_schema(by_alias=True)
 
 
@@ -183,3 +186,26 @@ def _integer_fields(schema: dict[str, Any]) -> set[str]:
         if any(o.get("type") == "integer" for o in options):
             out.add(field)
     return out
+
+
+def _keep_optional_text(meta: Any) -> None:
+    """The SDK JSON-decodes a string argument whose type is not exactly `str` (for clients that send lists as
+    JSON text), so an optional text argument given "null" became None and '["a"]' a list: feedback on a
+    document named "null" failed, and list_documents(after="null") started again at the first page. Arguments
+    typed `str | None` keep the string they were given. (`fn_metadata` is the SDK's: tests/test_mcp_tools.py
+    fails if this stops taking effect.)"""
+    texts = {
+        name
+        for name, field in meta.arg_model.model_fields.items()
+        if typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        and {a for a in typing.get_args(field.annotation) if a is not type(None)} == {str}
+    }
+    if not texts:
+        return
+    decode = meta.pre_parse_json
+
+    def pre_parse_json(data: dict[str, Any]) -> dict[str, Any]:
+        decoded = decode(data)
+        return {k: data[k] if k in texts and isinstance(data[k], str) else v for k, v in decoded.items()}
+
+    object.__setattr__(meta, "pre_parse_json", pre_parse_json)

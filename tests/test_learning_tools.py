@@ -191,3 +191,54 @@ async def test_several_verdicts_in_one_feedback_call_are_recorded_all_or_none(cf
             ({"query_id": qid, "judgments": []}, "judgments"),
         ):
             assert needle in await error(client, "feedback", args), args
+
+
+async def test_optional_text_arguments_that_look_like_json_stay_text(cfg: Settings) -> None:
+    """The SDK decodes JSON in string arguments not typed exactly `str`: a document named "null" could not be
+    judged, and list_documents(after="null") started over at the first page (a client paging looped)."""
+    names = ["null", '["a"]', '{"x": 1}', "zz"]
+    async with connect(cfg) as client:
+        await ok(client, "add_documents", {"documents": [{"id": n, "text": f"tide pool note {n}"} for n in names]})
+        search = await ok(client, "hybrid_search", {"query": "tide pool note", "k": 4})
+        assert sorted(h["doc_id"] for h in search["hits"]) == sorted(names)
+        for name in names:
+            out = await ok(client, "feedback", {"query_id": search["query_id"], "doc_id": name, "relevant": True})
+            assert out["doc_id"] == name
+        pages, after = [], None
+        while True:
+            page = await ok(client, "list_documents", {"limit": 1, **({"after": after} if after else {})})
+            pages += [d["doc_id"] for d in page["documents"]]
+            after = page["next_after"]
+            if after is None:
+                break
+            assert len(pages) <= len(names), pages
+        assert pages == sorted(names)
+
+
+async def test_verdicts_on_a_search_that_left_the_log_are_refused(cfg: Settings) -> None:
+    """Checked where they are written: a search pruned (or its collection deleted) after feedback looked it up
+    gets no verdicts, which nothing would ever remove."""
+    from server.learning.query_log import QueryLog
+
+    async with connect(cfg) as client:
+        await ok(client, "add_documents", {"documents": corpus()})
+        search = await ok(client, "hybrid_search", {"query": queries()[0], "k": 2})
+        qid, hits = search["query_id"], [h["doc_id"] for h in search["hits"]]
+        original = QueryLog.get
+
+        def get_then_forget(self: QueryLog, query_id: str) -> Any:
+            found = original(self, query_id)
+            with self._lock:  # as a prune or a deleted collection would, just after the lookup
+                self._conn.execute("DELETE FROM queries WHERE query_id = ?", (query_id,))
+            return found
+
+        QueryLog.get = get_then_forget  # type: ignore[method-assign]
+        try:
+            verdicts = [{"doc_id": hits[0], "relevant": True}]
+            message = await error(client, "feedback", {"query_id": qid, "judgments": verdicts})
+        finally:
+            QueryLog.get = original  # type: ignore[method-assign]
+        assert "left the log just now" in message and "nothing was recorded" in message
+        assert "judgments[0].doc_id" in await error(
+            client, "feedback", {"query_id": qid, "judgments": [{"doc_id": " ", "relevant": True}]}
+        )

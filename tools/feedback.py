@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
-MAX_JUDGMENTS = 100  # one search shows at most max_k (100) results
+MAX_JUDGMENTS = 100  # a default search's 100 hits at most; more (a larger max_k, blind spots) take more calls
 
 
 class Judgment(BaseModel):
@@ -23,15 +23,15 @@ class Judgment(BaseModel):
 
 
 class Judged(BaseModel):
-    doc_id: str
-    relevant: bool
+    doc_id: str = Field(description="The judged document.")
+    relevant: bool = Field(description="The verdict recorded.")
     replaced: bool = Field(description="True when this overwrote an earlier judgement of the same pair.")
 
 
 class FeedbackResult(BaseModel):
     query_id: str
     doc_id: str | None = Field(description="The judged document (with doc_id and relevant; null with judgments).")
-    relevant: bool | None
+    relevant: bool | None = Field(description="The verdict recorded (with doc_id and relevant; null with judgments).")
     replaced: bool | None = Field(description="True when this overwrote an earlier judgement of the same pair.")
     judged: list[Judged] = Field(description="Every verdict recorded by this call, in the order given.")
 
@@ -65,7 +65,7 @@ async def feedback(
         raise ToolError("give doc_id and relevant (one verdict), or judgments (several)")
     verdicts = [(doc_id, relevant)] if single else [(j.doc_id, j.relevant) for j in judgments or []]
     learning = await call(learning_of, rift_of(ctx))
-    judged = [Judged(**j) for j in await call(learning.judge, query_id, verdicts)]
+    judged = [Judged(**j) for j in await call(learning.judge, query_id, verdicts, not single)]
     first = judged[0] if single else None
     return FeedbackResult(
         query_id=query_id,

@@ -70,10 +70,8 @@ def get_document(
     end = len(text) if max_chars is None else offset + max_chars
     # Recorded only as a read of a document that search's response named (as `feedback` is): another document would
     # become that query's positive though the agent found it elsewhere.
-    if logged is not None and doc_id in logged.shown:
-        rift.log.record_fetch(query_id, doc_id)
-    else:
-        logged = None
+    if logged is None or doc_id not in logged.shown or not rift.log.record_fetch(query_id, doc_id):
+        logged = None  # (not recorded)
     return DocumentView(
         collection,
         doc_id,

@@ -126,14 +126,16 @@ class LearningManager:
         (judged,) = self.judge(query_id, [(doc_id, relevant)])
         return {"query_id": query_id, **judged}
 
-    def judge(self, query_id: str, judgements: Sequence[tuple[str, bool]]) -> list[dict[str, Any]]:
+    def judge(
+        self, query_id: str, judgements: Sequence[tuple[str, bool]], listed: bool = False
+    ) -> list[dict[str, Any]]:
         """Record verdicts on documents one search showed: all of them, or none when one is wrong. Returns
-        each as {doc_id, relevant, replaced}."""
+        each as {doc_id, relevant, replaced}. `listed`: they came as a list (errors name judgments[i])."""
         if not isinstance(query_id, str) or not query_id.strip():
             raise RiftError("query_id must be the query_id returned by hybrid_search")
         if not judgements:
             raise RiftError("give a doc_id and relevant, or judgments with at least one verdict")
-        many = len(judgements) > 1
+        many = listed or len(judgements) > 1
         seen: set[str] = set()
         for i, (doc_id, relevant) in enumerate(judgements):
             where = f"judgments[{i}]." if many else ""
@@ -164,6 +166,11 @@ class LearningManager:
                     + ("; nothing was recorded" if many else "")
                 )
         replaced = self.log.add_judgements(query_id, judgements)
+        if replaced is None:
+            raise NotFoundError(
+                f"query {query_id!r} left the log just now (past log_max_queries the oldest searches go, and a "
+                "deleted collection's searches go with it): nothing was recorded"
+            )
         return [
             {"doc_id": d, "relevant": r, "replaced": again} for (d, r), again in zip(judgements, replaced, strict=True)
         ]

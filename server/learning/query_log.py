@@ -407,17 +407,21 @@ class QueryLog:
                         json.loads(r[11]),
                     )
 
-    def add_feedback(self, query_id: str, doc_id: str, relevant: bool) -> bool:
-        """Record (or overwrite) one judgement; True when it replaced an earlier one."""
-        return self.add_judgements(query_id, [(doc_id, relevant)])[0]
+    def add_feedback(self, query_id: str, doc_id: str, relevant: bool) -> bool | None:
+        """Record (or overwrite) one judgement; True when it replaced an earlier one (None: see add_judgements)."""
+        replaced = self.add_judgements(query_id, [(doc_id, relevant)])
+        return None if replaced is None else replaced[0]
 
-    def add_judgements(self, query_id: str, judgements: Sequence[tuple[str, bool]]) -> list[bool]:
+    def add_judgements(self, query_id: str, judgements: Sequence[tuple[str, bool]]) -> list[bool] | None:
         """Record (or overwrite) judgements of one search's documents, all in one transaction; for each,
-        whether it replaced an earlier one."""
+        whether it replaced an earlier one. None, recording nothing, when the search has left the log since
+        the caller looked (pruned, or its collection deleted): its verdicts would stay behind for good."""
         self.flush()
         now = time.time()
         replaced = []
         with self._lock, self._transaction():
+            if not self._logged(query_id):
+                return None
             for doc_id, relevant in judgements:
                 before = self._conn.execute(
                     "SELECT 1 FROM feedback WHERE query_id = ? AND doc_id = ?", (query_id, doc_id)
@@ -482,11 +486,19 @@ class QueryLog:
             (n,) = self._conn.execute("SELECT COUNT(*) FROM queries WHERE ts >= ?", (since,)).fetchone()
         return int(n)
 
-    def record_fetch(self, query_id: str, doc_id: str) -> None:
-        """An agent read a whole document after this search: a usage signal for learning."""
+    def record_fetch(self, query_id: str, doc_id: str) -> bool:
+        """An agent read a whole document after this search: a usage signal for learning. False, recording
+        nothing, when the search has left the log since the caller looked."""
         self.flush()
         with self._lock:
+            if not self._logged(query_id):
+                return False
             self._conn.execute("INSERT INTO fetches VALUES (?,?,?)", (query_id, doc_id, time.time()))
+        return True
+
+    def _logged(self, query_id: str) -> bool:
+        """Whether the search is (still) in the log (hold self._lock)."""
+        return self._conn.execute("SELECT 1 FROM queries WHERE query_id = ?", (query_id,)).fetchone() is not None
 
     def fetches(self, query_id: str | None = None) -> list[tuple[str, str, float]]:
         """(query_id, doc_id, ts) oldest first, for one search or all."""
