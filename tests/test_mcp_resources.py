@@ -293,3 +293,14 @@ async def test_deleting_a_collection_announces_each_of_its_documents(cfg: Settin
 
         events = await listen_while(client, watched, work)
     assert watched[0] in events and "list" in events
+
+
+async def test_a_full_last_page_ends_the_listing(cfg: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "LIST_PAGE", 3)
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": d, "text": d} for d in ("a", "b", "c")])
+        await add(client, "notes", [{"id": d, "text": d} for d in ("d", "e", "f")])
+        first = await client.list_resources()
+        assert [r.name for r in first.resources] == ["a", "b", "c"] and first.next_cursor
+        last = await client.list_resources(cursor=first.next_cursor)
+        assert [r.name for r in last.resources] == ["d", "e", "f"] and last.next_cursor is None

@@ -173,10 +173,11 @@ def resource_page(
     for name in names[bisect.bisect_left(names, collection) :]:
         if name != collection:
             after = ""  # a collection deleted since the cursor was made resumes at the next one
-        entries = engine.state.document_page(name, after, limit - len(page))
-        page += [(name, e) for e in entries]
-        if len(page) == limit:
-            return page, (name, entries[-1].doc_id)
+        # one more than the page holds: a full last page then ends the listing without an empty page after it
+        page += [(name, e) for e in engine.state.document_page(name, after, limit + 1 - len(page))]
+        if len(page) > limit:
+            last = page[limit - 1]
+            return page[:limit], (last[0], last[1].doc_id)
     return page, None
 
 
