@@ -348,10 +348,14 @@ class StateStore:
         )
         return (rows[0][0], rows[0][1], json.loads(rows[0][2]), rows[0][3]) if rows else None
 
-    def list_documents(self, collection: str, limit: int, offset: int) -> list[tuple[str, dict[str, Any]]]:
+    def list_documents(
+        self, collection: str, limit: int, offset: int, after: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(doc_id, metadata) by id: `limit` (-1 = all) from `offset`, of the ids that sort after `after`."""
         rows = self._rows(
-            "SELECT doc_id, metadata FROM documents WHERE collection = ? ORDER BY doc_id LIMIT ? OFFSET ?",
-            (collection, limit, offset),
+            "SELECT doc_id, metadata FROM documents WHERE collection = ? AND doc_id > ? "
+            "ORDER BY doc_id LIMIT ? OFFSET ?",
+            (collection, after or "", limit, offset),
         )
         return [(r[0], json.loads(r[1])) for r in rows]
 

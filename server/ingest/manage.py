@@ -113,7 +113,7 @@ def list_documents(
         state = engine.state
         if after is not None:
             offset = state.document_count(collection, up_to=after)
-            page = [(e.doc_id, e.metadata) for e in state.document_page(collection, after, limit)]
+            page = state.list_documents(collection, limit, 0, after=after)
         else:
             page = state.list_documents(collection, limit, offset)
         return state.document_count(collection), page, offset

@@ -136,15 +136,18 @@ class LearningManager:
         if not judgements:
             raise RiftError("give a doc_id and relevant, or judgments with at least one verdict")
         many = listed or len(judgements) > 1
+
+        def where(i: int) -> str:  # how an error names the verdict
+            return f"judgments[{i}]." if many else ""
+
         seen: set[str] = set()
         for i, (doc_id, relevant) in enumerate(judgements):
-            where = f"judgments[{i}]." if many else ""
             if not isinstance(doc_id, str) or not doc_id.strip():
-                raise RiftError(f"{where}doc_id must be a document id from that search's results")
+                raise RiftError(f"{where(i)}doc_id must be a document id from that search's results")
             if not isinstance(relevant, bool):
-                raise RiftError(f"{where}relevant must be true or false")
+                raise RiftError(f"{where(i)}relevant must be true or false")
             if doc_id in seen:
-                raise RiftError(f"{where}doc_id {doc_id!r} is judged twice; give each document one verdict")
+                raise RiftError(f"{where(i)}doc_id {doc_id!r} is judged twice; give each document one verdict")
             seen.add(doc_id)
         if not self.settings.log_queries:
             raise RiftError(
@@ -159,9 +162,8 @@ class LearningManager:
             )
         for i, (doc_id, _) in enumerate(judgements):
             if doc_id not in logged.shown:
-                where = f"judgments[{i}]." if many else ""
                 raise RiftError(
-                    f"{where}doc_id {doc_id!r} was not among the results (or listed blind spots) of query "
+                    f"{where(i)}doc_id {doc_id!r} was not among the results (or listed blind spots) of query "
                     f"{query_id!r}; results were: {', '.join(logged.fused[:10]) or 'none'}"
                     + ("; nothing was recorded" if many else "")
                 )
