@@ -1308,3 +1308,31 @@ def test_resources_and_their_completion_see_other_processes_collections(pair: tu
     assert collection_names(b.engine()) == ["default", "notes"]
     assert complete_doc_ids(b.engine(), "notes", "n", 10) == (["n1"], 1)
     assert [(c, e.doc_id) for c, e in resource_page(b.engine(), None, 10)[0]] == [("default", "x"), ("notes", "n1")]
+
+
+def test_an_export_without_a_server_here_catches_up_with_the_others_first(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """Sharing a Chroma server, a data dir's state lags the other processes' writes while no server runs on it:
+    `rift export` starts it once to catch up, so the file holds what the shared collection holds."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    chroma.wipe()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    a.close()
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma)))
+    try:
+        b.add_documents("default", docs(("fish", "a blue fish in the sea")))
+        b.delete_documents("default", ["cat"])
+        for key, value in {
+            "model": tiny_model_path, "chunk_tokens": 48, "chunk_overlap": 8, **http_overrides(chroma)
+        }.items():
+            monkeypatch.setenv(f"RIFT_{key.upper()}", str(value))
+        result = CliRunner().invoke(main, ["export", "--data-dir", str(tmp_path / "a")])
+        assert result.exit_code == 0, result.output
+        assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
+    finally:
+        b.close()

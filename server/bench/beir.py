@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from server.errors import RiftError
+from server.ingest.jsonl import document_text  # (as `rift import` reads a BEIR corpus)
 
 
 class BenchError(RiftError):
@@ -67,11 +68,6 @@ def _records(path: Path) -> Iterator[dict]:
             if not isinstance(record, dict) or "_id" not in record:
                 raise BenchError(f"{path}:{line_no}: each line must be an object with an '_id'")
             yield record
-
-
-def document_text(title: str | None, text: str | None) -> str:
-    title, text = (title or "").strip(), (text or "").strip()
-    return f"{title}\n{text}" if title and text else title or text
 
 
 def load_qrels(path: Path) -> dict[str, dict[str, int]]:

@@ -938,9 +938,7 @@ class Engine:
         seen: dict[str, int] = {}
         total_chars = 0
         for i, doc in enumerate(documents):
-            text = check_text(
-                doc.text, f"documents[{i}].text", self.settings.max_document_chars, "max_document_chars"
-            )
+            doc_id, text, meta = self.validate_document(doc, lambda name, i=i: f"documents[{i}].{name}")
             total_chars += len(text)
             if total_chars > self.settings.max_chars_per_call:
                 what = f"documents[{i}].text is" if i == 0 else f"documents[0..{i}] hold"
@@ -949,16 +947,6 @@ class Engine:
                     f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): split the documents "
                     "over several calls"
                 )
-            meta = check_metadata(doc.metadata, f"documents[{i}].metadata")
-            if doc.id is None:
-                doc_id = default_doc_id(text)
-            else:
-                if not isinstance(doc.id, str) or not doc.id.strip() or len(doc.id) > MAX_ID_CHARS:
-                    raise RiftError(
-                        f"documents[{i}].id must be a non-empty string of at most {MAX_ID_CHARS} chars"
-                    )
-                check_text(doc.id, f"documents[{i}].id", MAX_ID_CHARS)
-                doc_id = doc.id
             if doc_id in seen:
                 raise RiftError(
                     f"documents[{i}].id {doc_id!r} duplicates documents[{seen[doc_id]}] in this call"
@@ -966,6 +954,19 @@ class Engine:
             seen[doc_id] = i
             out.append((doc_id, text, meta))
         return out
+
+    def validate_document(
+        self, doc: DocumentInput, field: Callable[[str], str]
+    ) -> tuple[str, str, dict[str, Any]]:
+        """One document's (doc_id, text, metadata), or a RiftError naming the field as `field(name)` does."""
+        text = check_text(doc.text, field("text"), self.settings.max_document_chars, "max_document_chars")
+        meta = check_metadata(doc.metadata, field("metadata"))
+        if doc.id is None:
+            return default_doc_id(text), text, meta
+        if not isinstance(doc.id, str) or not doc.id.strip() or len(doc.id) > MAX_ID_CHARS:
+            raise RiftError(f"{field('id')} must be a non-empty string of at most {MAX_ID_CHARS} chars")
+        check_text(doc.id, field("id"), MAX_ID_CHARS)
+        return doc.id, text, meta
 
     def add_documents(
         self,

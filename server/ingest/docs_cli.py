@@ -1,16 +1,22 @@
 """`rift list`, `rift get`, `rift delete`: the stored documents from the shell, as the MCP tools
-list_documents, get_document and delete_documents see them. JSON on stdout; like the other commands they need
-the data dir to themselves (stop the server first)."""
+list_documents, get_document and delete_documents see them; `rift export` and `rift import`: a collection as
+JSON Lines. JSON on stdout; like the other commands they need the data dir to themselves (stop the server
+first), except `rift export`, which reads a snapshot of the committed documents."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import click
 
-from server.errors import RiftError
+from server.errors import DataDirLockedError, RiftError
 
 
 def _filters(raw: str | None) -> dict[str, Any] | None:
@@ -118,4 +124,99 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
     _run(data_dir, go)
 
 
-COMMANDS = [list_documents, get_document, delete_documents]
+@click.command("export")
+@click.option("--collection", default="default", show_default=True)
+@click.option("--filters", default=None, help="Only the documents whose metadata matches this JSON filter.")
+@click.option(
+    "--output", "-o", default="-", show_default=True, help="File to write (replaced only once it is whole); - = stdout."
+)
+@click.option("--data-dir", default=None)
+def export_documents(collection: str, filters: str | None, output: str, data_dir: str | None) -> None:
+    """Write a collection's documents as JSON Lines ({"id", "text", "metadata"} a line, by id), as `rift import`
+    reads them. Works while a server runs: it reads one snapshot of the committed documents."""
+    from server.cli import load_settings, open_rift
+    from server.ingest.jsonl import export_documents as export
+    from server.ingest.jsonl import read_only_state, write_atomically
+    from server.service import DataDirLock
+
+    where = _filters(filters)
+    settings = load_settings(data_dir)
+    if not settings.state_db.is_file():
+        raise click.ClickException(f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR")
+    if settings.vector_backend == "http":
+        # Sharing a Chroma server, this data dir's state may be behind other processes' writes: with no server
+        # here to follow them, start once to catch up (a running server follows them itself).
+        try:
+            probe = DataDirLock(settings)
+            probe.acquire()
+            probe.release()
+        except DataDirLockedError:
+            pass
+        except RiftError as exc:
+            raise click.ClickException(str(exc)) from None
+        else:
+            open_rift(settings, must_exist=True).close()
+    try:
+        conn = read_only_state(settings.state_db)
+        try:
+            if output == "-":
+                count = export(conn, collection, where, click.get_text_stream("stdout"))
+            else:
+                count = write_atomically(Path(output), lambda out: export(conn, collection, where, out))
+        finally:
+            conn.close()
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"exported {count} documents from collection {collection!r}", err=True)
+
+
+@click.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--collection", default="default", show_default=True)
+@click.option("--data-dir", default=None)
+def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> None:
+    """Add the documents of a JSON Lines FILE (- = stdin): {"id", "text", "metadata"} a line, as `rift export`
+    writes them, or a BEIR corpus.jsonl ({"_id", "title", "text"}). Every line is checked before anything is
+    written; run it again to resume an interrupted import (stored documents are skipped, not embedded again)."""
+    with contextlib.ExitStack() as stack:
+        stream: IO[bytes] = file
+        if not file.seekable():  # read twice (checked, then written): keep a copy of stdin or a pipe
+            stream = stack.enter_context(tempfile.TemporaryFile())
+            shutil.copyfileobj(file, stream)
+            stream.seek(0)
+        _import(stream, collection, data_dir)
+
+
+def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
+    from server.cli import emit, load_settings, open_rift
+    from server.ingest.jsonl import ImportReport
+    from server.ingest.jsonl import import_documents as load
+
+    interactive = sys.stderr.isatty()
+    last: list[ImportReport] = []
+
+    def progress(report: ImportReport) -> None:
+        last[:] = [report]
+        if interactive:
+            done = report.added + report.updated + report.unchanged
+            click.echo(f"\rimported {done:,}/{report.documents:,} documents", err=True, nl=False)
+
+    rift = open_rift(load_settings(data_dir))
+    try:
+        report = load(rift, collection, stream, progress)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        stored = f"lines up to {last[0].written_through_line} are stored" if last else "nothing was stored"
+        click.echo(f"\ninterrupted: {stored}; run the same import again to resume", err=True)
+        sys.exit(130)
+    finally:
+        if interactive:
+            click.echo("", err=True)
+        rift.close()
+    emit(report.as_dict())
+
+
+COMMANDS = [list_documents, get_document, delete_documents, export_documents, import_documents]

@@ -1,0 +1,277 @@
+"""A collection's documents as JSON Lines: `rift export` writes them, `rift import` reads them back (or a corpus
+from elsewhere, such as a BEIR `corpus.jsonl`).
+
+One document per line: `{"id": ..., "text": ..., "metadata": {...}}`, the shape `add_documents` takes. An
+import reads the whole file once to check every line before it writes anything, so a bad line 90,000 stores
+nothing; then it writes in batches, and a run stopped half way is resumed by running it again (documents
+already stored with the same text and metadata are skipped without embedding them again).
+
+An export reads rift's `state.sqlite`, where a write becomes visible when its transaction commits, in one read
+transaction: a consistent snapshot of the committed documents, even while a server is writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from server.engine.filters import document_columns, mask, parse_filters
+from server.errors import NotFoundError, RiftError
+
+FIELDS = ("id", "text", "metadata")
+BEIR_FIELDS = ("_id", "title", "text", "metadata")
+BATCH_DOCUMENTS = 256  # per write: large enough to keep the model's batches full
+EXPORT_PAGE = 500
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """A titled document's text as rift indexes it: the title on its own line, then the text."""
+    title, text = (title or "").strip(), (text or "").strip()
+    return f"{title}\n{text}" if title and text else title or text
+
+
+@dataclass(frozen=True)
+class ImportDocument:
+    line: int
+    doc_id: str | None
+    text: Any
+    metadata: Any
+
+
+def parse_line(raw: str, line: int) -> ImportDocument | None:
+    """One line of an import file as a document (None for a blank line); a RiftError names the line."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RiftError(f"line {line}: not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise RiftError(f"line {line}: not JSON (nested too deep)") from None
+    if not isinstance(value, dict):
+        raise RiftError(f'line {line}: a JSON object such as {{"id": ..., "text": ...}} expected, got {_kind(value)}')
+    beir = "_id" in value
+    known = BEIR_FIELDS if beir else FIELDS
+    unknown = sorted(k for k in value if k not in known)
+    if unknown:
+        shape = "BEIR's _id, title, text, metadata" if beir else "id, text, metadata (or BEIR's _id, title, text)"
+        raise RiftError(f"line {line}: unknown field {', '.join(map(repr, unknown))}; a line holds {shape}")
+    if "text" not in value and not (beir and value.get("title")):
+        raise RiftError(f"line {line}: text is missing")
+    if not beir:
+        return ImportDocument(line, value.get("id"), value.get("text"), value.get("metadata"))
+    title, text, metadata = value.get("title"), value.get("text"), value.get("metadata")
+    for name, item in (("title", title), ("text", text)):
+        if item is not None and not isinstance(item, str):
+            raise RiftError(f"line {line}: {name} must be a string, got {_kind(item)}")
+    if isinstance(title, str) and title.strip():
+        # (Its title as metadata, as a file's document has one, unless the line's own metadata gives one.)
+        if metadata is None or metadata == {}:
+            metadata = {"title": title.strip()}
+        elif isinstance(metadata, Mapping) and "title" not in metadata:
+            metadata = {"title": title.strip(), **metadata}
+    return ImportDocument(line, value["_id"], document_text(title, text), metadata)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[ImportDocument]:
+    """The documents of a JSON Lines byte stream (UTF-8, a BOM allowed), each with its line number."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RiftError(f"line {number}: not UTF-8 (byte {exc.start + 1})") from None
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        doc = parse_line(text, number)
+        if doc is not None:
+            yield doc
+
+
+@dataclass
+class ImportReport:
+    collection: str
+    documents: int = 0  # in the file
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks: int = 0  # of the documents written (not of those skipped as unchanged)
+    written_through_line: int = 0  # the last line of the last batch stored
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "documents": self.documents,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "chunks": self.chunks,
+        }
+
+
+def check_file(engine: Any, stream: IO[bytes]) -> int:
+    """Check every line as `add_documents` would check it, and that no two lines give one id; returns the
+    number of documents. Nothing is written."""
+    seen: dict[str, int] = {}
+    count = 0
+    for doc in read_lines(stream):
+        doc_id, _, _ = _validated(engine, doc)
+        if doc_id in seen:
+            what = "id" if doc.doc_id is not None else "text (a line without an id gets its text's hash as id)"
+            raise RiftError(f"line {doc.line}: its {what} {doc_id!r} is also line {seen[doc_id]}'s")
+        seen[doc_id] = doc.line
+        count += 1
+    if not count:
+        raise RiftError("the file holds no document")
+    return count
+
+
+def _validated(engine: Any, doc: ImportDocument) -> tuple[str, str, dict[str, Any]]:
+    from server.engine.engine import DocumentInput
+
+    return engine.validate_document(
+        DocumentInput(text=doc.text, id=doc.doc_id, metadata=doc.metadata),
+        lambda name: f"line {doc.line}: {name}",
+    )
+
+
+def import_documents(
+    rift: Any,
+    collection: str,
+    stream: IO[bytes],
+    progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Check the whole stream (seekable), then write its documents in batches through `add_documents`. A
+    failure part way raises a RiftError saying which lines are stored; running the import again resumes."""
+    from server.engine.engine import DocumentInput, check_collection_name
+
+    check_collection_name(collection)
+    engine = rift.engine()
+    report = ImportReport(collection)
+    report.documents = check_file(engine, stream)
+    stream.seek(0)
+    settings = engine.settings
+    limit_docs = min(BATCH_DOCUMENTS, settings.max_documents_per_call)
+    batch: list[ImportDocument] = []
+    chars = 0
+
+    def write() -> None:
+        try:
+            statuses = rift.add_documents(
+                collection, [DocumentInput(text=d.text, id=d.doc_id, metadata=d.metadata) for d in batch]
+            )
+        except RiftError as exc:
+            stored = (
+                f"lines up to {report.written_through_line} are stored ({_counts(report)}); run the import "
+                "again to resume: stored documents are skipped"
+                if report.written_through_line
+                else "nothing was stored"
+            )
+            raise RiftError(f"importing lines {batch[0].line}-{batch[-1].line} failed: {exc}; {stored}") from None
+        for status in statuses:
+            setattr(report, status.status, getattr(report, status.status) + 1)
+            if status.status != "unchanged":
+                report.chunks += status.chunks
+        report.written_through_line = batch[-1].line
+        if progress is not None:
+            progress(report)
+
+    for doc in read_lines(stream):
+        size = len(doc.text)
+        if batch and (len(batch) >= limit_docs or chars + size > settings.max_chars_per_call):
+            write()
+            batch, chars = [], 0
+        batch.append(doc)
+        chars += size
+    if batch:
+        write()
+    return report
+
+
+def _counts(report: ImportReport) -> str:
+    return f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged"
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+def read_only_state(path: Path) -> sqlite3.Connection:
+    """A read-only connection to rift's state database (another process may be writing it)."""
+    if not path.is_file():
+        raise RiftError(f"no rift state at {path}; check --data-dir or RIFT_DATA_DIR")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+        conn.execute("SELECT 1 FROM documents LIMIT 1")
+    except sqlite3.Error as exc:
+        raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+    return conn
+
+
+def export_documents(
+    conn: sqlite3.Connection, collection: str, filters: Mapping[str, Any] | None, out: IO[str]
+) -> int:
+    """Write the collection's documents (or those matching `filters`, as `list_documents` matches them) to `out`
+    as JSON Lines, by id, from one snapshot of the state; returns how many."""
+    node = parse_filters(filters)
+    conn.execute("BEGIN")  # one snapshot: pages read later see no write committed after the first
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+        if collection not in names:
+            there = f"the collections are {', '.join(names)}" if names else "there is none yet"
+            raise NotFoundError(f"collection {collection!r} does not exist ({there})")
+        count, after = 0, ""
+        while True:
+            rows = conn.execute(
+                "SELECT doc_id, text, metadata FROM documents WHERE collection = ? AND doc_id > ? "
+                "ORDER BY doc_id LIMIT ?",
+                (collection, after, EXPORT_PAGE),
+            ).fetchall()
+            if not rows:
+                return count
+            after = rows[-1][0]
+            metadatas = [json.loads(m) for _, _, m in rows]
+            keep = mask(node, document_columns(metadatas, node)) if node is not None else [True] * len(rows)
+            for (doc_id, text, _), metadata, ok in zip(rows, metadatas, keep, strict=True):
+                if ok:
+                    out.write(_line({"id": doc_id, "text": text, "metadata": metadata}))
+                    count += 1
+    finally:
+        conn.execute("COMMIT")
+
+
+def _line(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8").decode("utf-8") + "\n"
+    except UnicodeEncodeError:  # a lone surrogate stored by an older version: JSON's escape keeps it
+        return json.dumps(record) + "\n"
+
+
+def write_atomically(path: Path, fill: Callable[[IO[str]], int]) -> int:
+    """Fill a temporary file beside `path`, then move it into place: a failed export leaves no partial file
+    that looks complete (and an existing file stays as it was)."""
+    path = path.expanduser()
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # as a file the shell writes would be (mkstemp's is private)
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+            count = fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return count

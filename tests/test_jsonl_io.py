@@ -1,0 +1,219 @@
+"""`rift export` / `rift import`: a collection as JSON Lines, and back."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.engine.engine import DocumentInput
+from server.errors import RiftError
+from server.ingest import jsonl
+from server.service import DataDirLock
+from tests.conftest import *  # noqa: F403
+
+
+@pytest.fixture
+def cli(tmp_path: Path, tiny_model_path: Path, monkeypatch):
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    monkeypatch.setenv("RIFT_CHUNK_TOKENS", "48")
+    monkeypatch.setenv("RIFT_CHUNK_OVERLAP", "8")
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True, stdin: bytes | None = None):
+        result = runner.invoke(main, list(args), input=stdin)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return run
+
+
+def lines_of(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
+    """What an export writes, an import into another data dir stores again as it was: ids, texts (non-ASCII
+    included) and metadata, a file's document with its sync keys; importing it again changes nothing."""
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "river.md").write_text("# River\n\nThe river floods in spring.\n")
+    cli("add", str(folder), "--collection", "kb", "--data-dir", first)
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "\n".join(
+            json.dumps(d, ensure_ascii=False)
+            for d in [
+                {"id": "b", "text": "Straße und Brücke über den Fluss 🌉", "metadata": {"year": 2020, "ok": True}},
+                {"id": "a", "text": "granite weathers slowly", "metadata": {"score": 0.5, "tag": "rock"}},
+                {"text": "a document without an id"},
+            ]
+        )
+        + "\n\n",  # a blank line is skipped
+        encoding="utf-8",
+    )
+    imported = json.loads(cli("import", str(source), "--collection", "kb", "--data-dir", first).stdout)
+    assert imported == {"collection": "kb", "documents": 3, "added": 3, "updated": 0, "unchanged": 0,
+                        "chunks": imported["chunks"]} and imported["chunks"] >= 3
+    dump = tmp_path / "kb.jsonl"
+    done = cli("export", "--collection", "kb", "-o", str(dump), "--data-dir", first)
+    assert "exported 4 documents" in done.stderr
+    exported = lines_of(dump.read_text(encoding="utf-8"))
+    assert [d["id"] for d in exported] == sorted(d["id"] for d in exported) and len(exported) == 4
+    by_id = {d["id"]: d for d in exported}
+    assert by_id["b"] == {"id": "b", "text": "Straße und Brücke über den Fluss 🌉", "metadata": {"year": 2020, "ok": True}}
+    river = by_id[str(folder / "river.md")]
+    assert river["metadata"]["source"] == str(folder / "river.md") and river["text"].startswith("# River")
+    listed = json.loads(cli("list", "--collection", "kb", "--data-dir", first).stdout)
+    assert {d["doc_id"]: d["metadata"] for d in listed["documents"]} == {d["id"]: d["metadata"] for d in exported}
+
+    again = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
+    assert again["added"] == 4
+    copy = lines_of(cli("export", "--collection", "copy", "--data-dir", second).stdout)
+    assert copy == exported
+    # The copy answers searches, filters on the imported metadata and $prefix on a file's source included.
+    found = json.loads(
+        cli("search", "granite", "--collection", "copy", "--filters", '{"tag": "rock"}', "--data-dir", second).stdout
+    )
+    assert [h["doc_id"] for h in found["hits"]] == ["a"]
+    where = json.dumps({"source": {"$prefix": str(folder)}})
+    assert json.loads(cli("list", "--collection", "copy", "--filters", where, "--data-dir", second).stdout)["total"] == 1
+    same = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
+    assert (same["added"], same["updated"], same["unchanged"], same["chunks"]) == (0, 0, 4, 0)
+    # The folder's next sync into the copy finds its file as stored: nothing to read again.
+    synced = json.loads(cli("add", str(folder), "--collection", "copy", "--json", "--data-dir", second).stdout)
+    assert [f["status"] for f in synced["files"]] == ["unchanged"], synced
+    subset = lines_of(cli("export", "--collection", "copy", "--filters", '{"year": {"$gte": 2000}}', "--data-dir", second).stdout)
+    assert [d["id"] for d in subset] == ["b"]
+
+
+def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path) -> None:
+    """A bad line anywhere is named with its line number, and nothing of the file is stored."""
+    data = str(tmp_path / "data")
+    good = [json.dumps({"id": f"d{i}", "text": f"document number {i}"}) for i in range(3)]
+    cases = [
+        ("{not json", "line 4: not JSON"),
+        ('["a"]', "line 4: a JSON object"),
+        ('{"id": "x", "txt": "typo"}', "line 4: unknown field 'txt'"),
+        ('{"id": "x"}', "line 4: text is missing"),
+        ('{"id": "x", "text": "   "}', "line 4: text must not be empty"),
+        ('{"id": "x", "text": "t", "metadata": {"a": {"b": 1}}}', "line 4: metadata.a must be a string, number or boolean"),
+        ('{"id": "x", "text": "t", "metadata": {"_rift_doc": "y"}}', "reserved"),
+        ('{"id": 5, "text": "t"}', "line 4: id must be a non-empty string"),
+        ('{"id": "d1", "text": "again"}', "line 4: its id 'd1' is also line 2's"),
+        ('{"_id": "x", "id": "y", "text": "t"}', "unknown field 'id'"),
+        ('{"_id": "x", "title": 3, "text": "t"}', "line 4: title must be a string"),
+    ]
+    for bad, message in cases:
+        path = tmp_path / "bad.jsonl"
+        path.write_text("\n".join([*good, bad, good[0].replace("d0", "d9")]) + "\n")
+        result = cli("import", str(path), "--data-dir", data, ok=False)
+        assert result.exit_code != 0 and message in result.output, (bad, result.output)
+    path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n')
+    result = cli("import", str(path), "--data-dir", data, ok=False)
+    assert "line 2: not UTF-8" in result.output
+    path.write_text("\n\n")
+    assert "holds no document" in cli("import", str(path), "--data-dir", data, ok=False).output
+    assert "No such file" in cli("import", str(tmp_path / "nope.jsonl"), "--data-dir", data, ok=False).output
+    # Nothing was written by any of them.
+    listed = cli("list", "--data-dir", data, ok=False)
+    assert listed.exit_code != 0 or json.loads(listed.stdout)["total"] == 0
+
+
+def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:
+    """A BEIR corpus.jsonl line becomes a document whose text is its title then its text, with its title as
+    metadata (as rift's benchmark indexes it); a UTF-8 BOM is allowed."""
+    data = str(tmp_path / "data")
+    corpus = "\ufeff" + "\n".join(
+        json.dumps(d)
+        for d in [
+            {"_id": "MED-1", "title": "Vitamin D", "text": "Sunlight makes it.", "metadata": {"url": "http://x"}},
+            {"_id": "MED-2", "title": "", "text": "No title here.", "metadata": {}},
+            {"_id": "MED-3", "title": "Only a title"},
+        ]
+    )
+    out = json.loads(cli("import", "-", "--collection", "nf", "--data-dir", data, stdin=corpus.encode()).stdout)
+    assert out["added"] == 3
+    docs = {d["id"]: d for d in lines_of(cli("export", "--collection", "nf", "--data-dir", data).stdout)}
+    assert docs["MED-1"] == {"id": "MED-1", "text": "Vitamin D\nSunlight makes it.", "metadata": {"title": "Vitamin D", "url": "http://x"}}
+    assert docs["MED-2"] == {"id": "MED-2", "text": "No title here.", "metadata": {}}
+    assert docs["MED-3"]["text"] == "Only a title"
+
+
+def test_an_import_that_fails_part_way_says_what_is_stored_and_resumes(rift, monkeypatch) -> None:
+    """Each batch is one add_documents call: a failure names the lines already stored, and running the same
+    file again skips them (unchanged, not embedded again) and stores the rest."""
+    monkeypatch.setattr(jsonl, "BATCH_DOCUMENTS", 2)
+    data = "".join(json.dumps({"id": f"d{i}", "text": f"stone number {i} in the wall"}) + "\n" for i in range(5))
+    real = rift.add_documents
+    calls = []
+
+    def flaky(collection, documents, progress=None):
+        calls.append([d.id for d in documents])
+        if len(calls) == 2:
+            raise RiftError("Chroma said no")
+        return real(collection, documents, progress)
+
+    monkeypatch.setattr(rift, "add_documents", flaky)
+    with pytest.raises(RiftError, match=r"importing lines 3-4 failed: Chroma said no; lines up to 2 are stored \(2 added"):
+        jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()))
+    assert [d for d, _ in rift.engine().state.list_documents("wall", -1, 0)] == ["d0", "d1"]
+    seen = []
+    report = jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()), progress=lambda r: seen.append(r.written_through_line))
+    assert (report.added, report.unchanged, report.documents) == (3, 2, 5) and seen == [2, 4, 5]
+    assert len(rift.engine().state.list_documents("wall", -1, 0)) == 5
+
+
+def test_export_reads_one_snapshot_while_a_server_writes(rift, settings, monkeypatch) -> None:
+    """An export reads state.sqlite read-only in one transaction: it works while the data dir is locked by a
+    server, and a write committed while it pages through is not half in the file."""
+    monkeypatch.setattr(jsonl, "EXPORT_PAGE", 1)
+    rift.add_documents("kb", [DocumentInput(text=f"page {i} of the book", id=f"p{i}") for i in range(3)])
+    conn = jsonl.read_only_state(settings.state_db)
+    written = []
+
+    class Sink(io.StringIO):
+        def write(self, line: str) -> int:
+            if not written:  # a server's write lands between the export's pages
+                rift.add_documents("kb", [DocumentInput(text="a late page", id="p9")])
+                rift.delete_documents("kb", ["p2"])
+                written.append(True)
+            return super().write(line)
+
+    sink = Sink()
+    assert jsonl.export_documents(conn, "kb", None, sink) == 3
+    assert [d["id"] for d in lines_of(sink.getvalue())] == ["p0", "p1", "p2"]
+    with pytest.raises(RiftError, match=r"collection 'nope' does not exist \(the collections are kb\)"):
+        jsonl.export_documents(conn, "nope", None, io.StringIO())
+    conn.close()
+
+
+def test_cli_export_while_the_data_dir_is_locked(cli, tmp_path: Path, tiny_model_path: Path) -> None:
+    """`rift export` needs no lock (other commands refuse while a server runs); an export to a file that fails
+    leaves the file that was there."""
+    from server.config import Settings
+
+    data = tmp_path / "data"
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
+    cli("import", str(source), "--data-dir", str(data))
+    lock = DataDirLock(Settings(data_dir=data, model=str(tiny_model_path)))
+    lock.acquire()
+    try:
+        assert "in use" in cli("list", "--data-dir", str(data), ok=False).output
+        assert lines_of(cli("export", "--data-dir", str(data)).stdout) == [{"id": "x", "text": "the only document", "metadata": {}}]
+        target = tmp_path / "keep.jsonl"
+        target.write_text("earlier export\n")
+        failed = cli("export", "--collection", "nope", "-o", str(target), "--data-dir", str(data), ok=False)
+        assert "collection 'nope' does not exist" in failed.output
+        assert target.read_text() == "earlier export\n" and [p.name for p in tmp_path.glob(".keep.jsonl.*")] == []
+        assert "no rift data folder" in cli("export", "--data-dir", str(tmp_path / "none"), ok=False).output
+    finally:
+        lock.release()
