@@ -484,15 +484,15 @@ class Rift:
 
         return self.engine().update_metadata(collection, ids, metadata, remove, synced_file_keys)
 
-    def delete_collection(self, collection: str) -> Any:
+    def delete_collection(self, collection: str, removed: list[str] | None = None) -> Any:
         """Drop a collection from both indices and its searches from the query log; returns its info as it
-        was (NotFoundError naming the collections that exist when it does not)."""
+        was (NotFoundError naming the collections that exist when it does not); `removed` gets its doc_ids."""
         engine = self.engine()
         engine.info(collection)  # (unknown: NotFoundError before the query log is touched)
         if self.log is None:
-            return engine.delete_collection(collection)
+            return engine.delete_collection(collection, removed)
         with self.log.forgetting(collection):  # also a search of it still running meanwhile
-            return engine.delete_collection(collection)
+            return engine.delete_collection(collection, removed)
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()

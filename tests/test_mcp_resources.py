@@ -5,6 +5,7 @@ user types; a bad URI or cursor gets a clear JSON-RPC error."""
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +20,7 @@ import tools.resources as resources
 from server.app import create_server
 from server.bench.processes import free_port
 from server.config import Settings
-from tests.support.helpers import make_settings
+from tests.support.helpers import docs, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -151,7 +152,7 @@ async def test_writes_are_announced_to_listening_clients(cfg: Settings) -> None:
     each changed or removed document's URI, and that the list changed."""
     from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 
-    watched = [resources.document_uri("default", d) for d in ("a/1", "b")]
+    watched = [resources.document_uri("default", d) for d in ("a/1", "b", "c")]
     async with Client(create_server(cfg), raise_exceptions=False) as client:
         caps = client.server_capabilities.resources
         assert caps is not None and caps.list_changed and caps.subscribe
@@ -183,7 +184,7 @@ async def test_writes_are_announced_to_listening_clients(cfg: Settings) -> None:
                 got = await after("add_documents", {"documents": [{"id": "c", "text": "y"}]}, wait=0.5)  # unchanged
                 assert got == []
                 got = await after("delete_collection", {"collection": "default"})
-                assert got == ["list"]
+                assert got == ["list", watched[2]]  # its documents: "c" was left
                 tg.cancel_scope.cancel()
 
 
@@ -304,3 +305,21 @@ async def test_a_full_last_page_ends_the_listing(cfg: Settings, monkeypatch: pyt
         assert [r.name for r in first.resources] == ["a", "b", "c"] and first.next_cursor
         last = await client.list_resources(cursor=first.next_cursor)
         assert [r.name for r in last.resources] == ["d", "e", "f"] and last.next_cursor is None
+
+
+def test_a_deleted_collections_documents_are_read_under_the_lock_that_deletes_them(rift) -> None:
+    """The doc_ids delete_collection announces are those it deleted: a write that lands while the delete
+    waits for the write lock is among them (they were read before the lock, and such a document was never
+    announced as gone)."""
+    import threading
+
+    engine = rift.engine()
+    rift.add_documents("kb", docs(("a", "the first note")))
+    removed: list[str] = []
+    with engine._write_lock:
+        worker = threading.Thread(target=rift.delete_collection, args=("kb", removed))
+        worker.start()
+        time.sleep(0.3)  # the delete is waiting for the lock
+        rift.add_documents("kb", docs(("late", "written while the delete waited")))
+    worker.join(30)
+    assert sorted(removed) == ["a", "late"] and "kb" not in engine.collection_names()

@@ -8,8 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.service import Rift
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, call_write, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
 from tools.resources import announcing
 
 
@@ -23,10 +22,10 @@ async def delete_collection(
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
 ) -> DeleteCollectionResult:
     rift = rift_of(ctx)
-    stored = await call(_doc_ids, rift, collection)  # (for the announcement: gone once it is deleted)
-    async with announcing(ctx, collection, stored) as changed:
-        info = await call_write(rift.delete_collection, collection)
-        changed += stored
+    removed: list[str] = []  # its documents, read under the write lock that deletes them: all are announced
+    async with announcing(ctx, collection, removed) as changed:
+        info = await call_write(rift.delete_collection, collection, removed)
+        changed += removed
     return DeleteCollectionResult(
         collection=collection, deleted_documents=info.documents, deleted_chunks=info.chunks
     )
@@ -49,11 +48,3 @@ TOOL = ToolSpec(
     ),
 )
 
-
-def _doc_ids(rift: Rift, collection: str) -> list[str]:
-    """The collection's doc_ids, or none when it does not exist (the delete then says so)."""
-    engine = rift.engine()
-    engine.follow_others()
-    if engine.state.collection(collection) is None:
-        return []
-    return engine.state.doc_ids(collection)

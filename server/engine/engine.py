@@ -848,12 +848,14 @@ class Engine:
                 self.shared.publish(collection, chroma_name, self.embedder.version)
             return True
 
-    def delete_collection(self, collection: str) -> CollectionInfo:
+    def delete_collection(self, collection: str, removed: list[str] | None = None) -> CollectionInfo:
         """Drop it; returns its info as it was when dropped (read under the write lock, so a write that was
-        queued before the drop is counted)."""
+        queued before the drop is counted). `removed`, if given, gets the doc_ids it held, read then too."""
         with self._write_lock:
             record = self._record(collection)
             info = self.info(collection)
+            if removed is not None:
+                removed.extend(self.state.doc_ids(collection))
             # Every model version's vectors go, not only the serving one: a version kept for rollback would
             # otherwise be adopted back as an orphan at the next start, deleted documents and all.
             names = {record.chroma_name} | {
