@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from pathlib import Path
@@ -145,6 +146,16 @@ def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:
     assert docs["MED-1"] == {"id": "MED-1", "text": "Vitamin D\nSunlight makes it.", "metadata": {"title": "Vitamin D", "url": "http://x"}}
     assert docs["MED-2"] == {"id": "MED-2", "text": "No title here.", "metadata": {}}
     assert docs["MED-3"]["text"] == "Only a title"
+    # As BEIR ships it: corpus.jsonl.gz, from a file or stdin; a damaged one is an error, not a traceback.
+    packed = tmp_path / "corpus.jsonl.gz"
+    packed.write_bytes(gzip.compress(corpus.encode()))
+    again = json.loads(cli("import", str(packed), "--collection", "nf", "--data-dir", data).stdout)
+    assert (again["added"], again["unchanged"]) == (0, 3)
+    piped = cli("import", "-", "--collection", "nf2", "--data-dir", data, stdin=packed.read_bytes()).stdout
+    assert json.loads(piped)["added"] == 3
+    packed.write_bytes(packed.read_bytes()[:-12])
+    cut = cli("import", str(packed), "--collection", "nf3", "--data-dir", data, ok=False)
+    assert cut.exit_code == 1 and "cannot read the file" in cut.output, cut.output
 
 
 def test_an_import_that_fails_part_way_says_what_is_stored_and_resumes(rift, monkeypatch) -> None:

@@ -6,6 +6,7 @@ first), except `rift export`, which reads a snapshot of the committed documents.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import shutil
 import sys
@@ -177,14 +178,19 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
 @click.option("--collection", default="default", show_default=True)
 @click.option("--data-dir", default=None)
 def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> None:
-    """Add the documents of a JSON Lines FILE (- = stdin): {"id", "text", "metadata"} a line, as `rift export`
-    writes them, or a BEIR corpus.jsonl ({"_id", "title", "text"}). Every line is checked before anything is
+    """Add the documents of a JSON Lines FILE (- = stdin; gzipped too): {"id", "text", "metadata"} a line, as
+    `rift export` writes them, or a BEIR corpus.jsonl ({"_id", "title", "text"}). Every line is checked before anything is
     written; run it again to resume an interrupted import (stored documents are skipped, not embedded again)."""
     with contextlib.ExitStack() as stack:
         stream: IO[bytes] = file
         if not file.seekable():  # read twice (checked, then written): keep a copy of stdin or a pipe
             stream = stack.enter_context(tempfile.TemporaryFile())
             shutil.copyfileobj(file, stream)
+            stream.seek(0)
+        if stream.read(2) == b"\x1f\x8b":  # gzip (a BEIR corpus.jsonl.gz): read through it, seekable too
+            stream.seek(0)
+            stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
+        else:
             stream.seek(0)
         _import(stream, collection, data_dir)
 

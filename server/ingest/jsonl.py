@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def _kind(value: Any) -> str:
 
 def read_lines(stream: IO[bytes]) -> Iterator[ImportDocument]:
     """The documents of a JSON Lines byte stream (UTF-8, a BOM allowed), each with its line number."""
-    for number, raw in enumerate(stream, 1):
+    for number, raw in enumerate(_raw_lines(stream), 1):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -97,6 +98,19 @@ def read_lines(stream: IO[bytes]) -> Iterator[ImportDocument]:
         doc = parse_line(text, number)
         if doc is not None:
             yield doc
+
+
+def _raw_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    number = 0
+    while True:
+        try:
+            raw = stream.readline()
+        except (OSError, EOFError, zlib.error) as exc:  # a damaged or cut-off gzip file, a read error
+            raise RiftError(f"line {number + 1}: cannot read the file ({exc or type(exc).__name__})") from None
+        if not raw:
+            return
+        number += 1
+        yield raw
 
 
 @dataclass
