@@ -15,13 +15,15 @@ from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import CallToolResult, CompleteRequestParams, ListResourcesResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, CompleteRequestParams, ListResourcesResult, TextContent
 from pydantic import ConfigDict, model_validator
 
 from server import __version__
 from server.config import Settings
 from server.service import DataDirLock, Rift
 from tools import ALL_TOOLS
+from tools.prompts import ASK, IMPROVE, ask, improve_search, prompt_problem
 from tools.resources import (
     DOCUMENT_TEMPLATE,
     MIME_TYPE,
@@ -88,6 +90,23 @@ class RiftMCPServer(MCPServer):
             return result.model_copy(update={"content": [TextContent(type="text", text=text)]})
         return result
 
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None
+    ) -> Any:
+        # The SDK answers a missing argument, an unknown prompt or a misspelt argument with "Internal server
+        # error" (or ignores the argument): name what is wrong, as a client error.
+        problem = prompt_problem(self.list_prompts_now(), name, arguments or {})
+        if problem is not None:
+            raise MCPError(code=INVALID_PARAMS, message=problem)
+        return await super().get_prompt(name, arguments, context)
+
+    def list_prompts_now(self) -> dict[str, tuple[set[str], set[str]]]:
+        """Each prompt's (required, all) argument names."""
+        return {
+            p.name: ({a.name for a in p.arguments or [] if a.required}, {a.name for a in p.arguments or []})
+            for p in self._prompt_manager.list_prompts()  # noqa: SLF001 (tests/test_mcp_prompts.py checks it)
+        }
+
     async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
         # The SDK lists only resources registered one by one, on one page; rift's documents are many and
         # change, so they are listed from the store, a page per cursor.
@@ -141,6 +160,14 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
         mime_type=MIME_TYPE,
         security=NOT_PATHS,
     )(read_document)
+    server.prompt(
+        name=ASK, title="Ask your documents", description="Answer a question from rift's documents with sources, then "
+        "judge the results read (feedback), which rift learns from."
+    )(ask)
+    server.prompt(
+        name=IMPROVE, title="Improve search from use", description="Fine-tune rift's search on the logged searches "
+        "and feedback (retrain, through its quality gate) and report the outcome."
+    )(improve_search)
     # Registered on the low-level server for the request context (the app object); the SDK's decorator
     # passes its handler only the reference and the argument.
     server._lowlevel_server.add_request_handler(  # noqa: SLF001

@@ -30,6 +30,7 @@ from mcp.types import (
     Completion,
     ListResourcesResult,
     PaginatedRequestParams,
+    PromptReference,
     Resource,
     ResourceTemplateReference,
 )
@@ -40,6 +41,7 @@ from server.ingest.manage import collection_names, complete_doc_ids, resource_pa
 from server.ingest.manage import get_document as fetch_document
 from server.service import Rift
 from tools._common import failure_message, lone_surrogate, not_unicode, rift_of
+from tools.prompts import ASK, COLLECTION_ARGUMENT
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -151,7 +153,21 @@ async def complete_document_uri(rift: Rift, params: CompleteRequestParams) -> Co
     return CompleteResult(completion=Completion(values=values, total=total, has_more=total > len(values)))
 
 
+async def complete_prompt_argument(rift: Rift, params: CompleteRequestParams) -> CompleteResult:
+    """Completes a prompt's `collection` argument with the collection names."""
+    ref, argument = params.ref, params.argument
+    if not isinstance(ref, PromptReference) or ref.name != ASK or argument.name != COLLECTION_ARGUMENT:
+        return CompleteResult(completion=Completion(values=[], total=0, has_more=False))
+    engine = await _call(f"prompt {ref.name}", rift.engine, server_side=True)
+    names = [n for n in await _call(f"prompt {ref.name}", collection_names, engine) if n.startswith(argument.value)]
+    return CompleteResult(
+        completion=Completion(values=names[:COMPLETION_LIMIT], total=len(names), has_more=len(names) > COMPLETION_LIMIT)
+    )
+
+
 async def handle_completion(ctx: ServerRequestContext[Rift], params: CompleteRequestParams) -> CompleteResult:
+    if isinstance(params.ref, PromptReference):
+        return await complete_prompt_argument(ctx.lifespan_context, params)
     return await complete_document_uri(ctx.lifespan_context, params)
 
 
