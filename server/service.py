@@ -488,6 +488,7 @@ class Rift:
         """Drop a collection from both indices and its searches from the query log; returns its info as it
         was (NotFoundError naming the collections that exist when it does not); `removed` gets its doc_ids."""
         engine = self.engine()
+        engine.follow_others(force=True)  # (a shared Chroma server: a collection made elsewhere is known)
         engine.info(collection)  # (unknown: NotFoundError before the query log is touched)
         if self.log is None:
             return engine.delete_collection(collection, removed)

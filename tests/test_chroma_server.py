@@ -1336,3 +1336,26 @@ def test_an_export_without_a_server_here_catches_up_with_the_others_first(
         assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
     finally:
         b.close()
+
+
+def test_a_collection_deleted_here_takes_and_names_what_others_wrote_to_it(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A delete is a write: it catches up with the other processes first, whatever the sync interval, so it
+    deletes a collection made elsewhere, and the doc_ids it names (announced to listening clients) include
+    the documents written elsewhere since this process last looked."""
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
+    try:
+        a.add_documents("kb", docs(("a", "the first note")))
+        b.engine().shared.sync(force=True)
+        a.add_documents("kb", docs(("late", "written by the other process")))
+        a.add_documents("kb2", docs(("z", "a collection made elsewhere")))
+        removed: list[str] = []
+        info = b.delete_collection("kb", removed)
+        assert sorted(removed) == ["a", "late"] and info.documents == 2
+        assert b.delete_collection("kb2").documents == 1
+        a.engine().shared.sync(force=True)
+        assert {"kb", "kb2"}.isdisjoint(a.engine().collection_names() + b.engine().collection_names())
+    finally:
+        a.close()
+        b.close()

@@ -852,6 +852,8 @@ class Engine:
         """Drop it; returns its info as it was when dropped (read under the write lock, so a write that was
         queued before the drop is counted). `removed`, if given, gets the doc_ids it held, read then too."""
         with self._write_lock:
+            if self.shared is not None:  # what other processes wrote to it since is deleted (and named) too
+                self.shared.sync(force=True)
             record = self._record(collection)
             info = self.info(collection)
             if removed is not None:
@@ -1623,11 +1625,11 @@ class Engine:
             record.created_at,
         )
 
-    def follow_others(self) -> None:
-        """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms),
-        so reads agree with searches."""
+    def follow_others(self, force: bool = False) -> None:
+        """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms
+        unless `force`: a write checks first regardless), so reads agree with searches."""
         if self.shared is not None:
-            self.shared.sync()
+            self.shared.sync(force=force)
 
     def get_document(self, collection: str, doc_id: str) -> tuple[str, dict[str, Any], int, float]:
         self.follow_others()
