@@ -95,17 +95,14 @@ class RiftMCPServer(MCPServer):
     ) -> Any:
         # The SDK answers a missing argument, an unknown prompt or a misspelt argument with "Internal server
         # error" (or ignores the argument): name what is wrong, as a client error.
-        problem = prompt_problem(self.list_prompts_now(), name, arguments or {})
+        prompts = {
+            p.name: ({a.name for a in p.arguments or [] if a.required}, {a.name for a in p.arguments or []})
+            for p in await self.list_prompts()
+        }
+        problem = prompt_problem(prompts, name, arguments or {})
         if problem is not None:
             raise MCPError(code=INVALID_PARAMS, message=problem)
         return await super().get_prompt(name, arguments, context)
-
-    def list_prompts_now(self) -> dict[str, tuple[set[str], set[str]]]:
-        """Each prompt's (required, all) argument names."""
-        return {
-            p.name: ({a.name for a in p.arguments or [] if a.required}, {a.name for a in p.arguments or []})
-            for p in self._prompt_manager.list_prompts()  # noqa: SLF001 (tests/test_mcp_prompts.py checks it)
-        }
 
     async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
         # The SDK lists only resources registered one by one, on one page; rift's documents are many and

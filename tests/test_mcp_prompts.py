@@ -35,9 +35,9 @@ async def test_the_prompts_name_tools_and_arguments_that_exist(cfg: Settings) ->
         default = await client.get_prompt("ask", {"question": "x"})
     text = asked.messages[0].content.text  # type: ignore[union-attr]
     assert asked.messages[0].role == "user" and "Question: When does the river flood?" in text
-    assert 'collection "notes"' in text and 'collection "default"' in default.messages[0].content.text  # type: ignore[union-attr]
+    assert text.count('collection "notes"') == 3 and 'collection "default"' in default.messages[0].content.text  # type: ignore[union-attr]
     uses = {
-        "ask": (text, {"hybrid_search": set(), "get_document": {"query_id", "offset", "max_chars"}, "feedback": {"query_id", "judgments"}}),
+        "ask": (text, {"hybrid_search": set(), "get_document": {"collection", "query_id", "offset", "max_chars"}, "feedback": {"query_id", "judgments"}}),
         "improve_search": (
             improve.messages[0].content.text,  # type: ignore[union-attr]
             {"stats": set(), "retrain": {"dry_run"}, "retrain_status": {"job_id", "wait_seconds"}, "list_models": set(), "rollback": set()},
@@ -59,6 +59,7 @@ async def test_a_wrong_prompt_request_is_named_as_the_clients_error(cfg: Setting
             ("ask", {"question": "x", "colection": "kb"}, "prompt 'ask' has no argument 'colection'; it takes collection, question"),
             ("improve_search", {"collection": "kb"}, "prompt 'improve_search' has no argument 'collection'; it takes none"),
             ("asc", {"question": "x"}, "unknown prompt 'asc'; the prompts are ask, improve_search"),
+            ("a" * 5000, {}, "unknown prompt '" + "a" * 100 + "'…; the prompts"),
             ("ask", {"question": "  "}, "question must not be empty"),
             ("ask", {"question": "x" * 9000}, "question is 9,000 characters; the limit is 8,192"),
             ("ask", {"question": "x", "collection": "no such/name"}, "collection must be 1-63 characters"),

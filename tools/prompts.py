@@ -39,17 +39,17 @@ def ask(
 Question: {question}
 
 1. Search with hybrid_search (collection "{collection}"). If the hits miss, search again in other words: a term the answer would contain, or a rephrasing. Each search returns its own query_id.
-2. Read the hits that look promising with get_document, passing the query_id of the search that returned them. In a long document, read around a hit with offset and max_chars (the hit's start and end say where its text is).
+2. Read the hits that look promising with get_document (collection "{collection}"), passing the query_id of the search that returned them. In a long document, read around a hit with offset and max_chars (the hit's start and end say where its text is).
 3. Answer, citing the doc_id of every document you used. If the documents do not answer the question, say so rather than guess.
-4. Then judge what you read: call feedback once per search, with its query_id and judgments=[{{"doc_id": ..., "relevant": true or false}}, ...]: true for a document that answered the question, false for one that looked relevant and did not. rift fine-tunes its search on these verdicts, so judge only documents you checked."""
+4. Then judge what you read: for each search whose results you checked, call feedback with its query_id and judgments=[{{"doc_id": ..., "relevant": true or false}}, ...]: true for a document that answered the question, false for one that looked relevant and did not. rift fine-tunes its search on these verdicts, so judge only documents you checked. (A search whose query_id is null was not logged: skip it.)"""
 
 
 def improve_search() -> str:
     """Fine-tune rift's search on how it has been used, through its quality gate, and report the outcome."""
     return """Help rift's search learn from how it has been used.
 
-1. Call stats and report the learning status: searches logged, feedback verdicts, how often the vector and keyword sides disagree, and whether a retrain is due.
-2. Call retrain with dry_run=true to see the training triples it would use (counts by type, with examples). If there are too few, say how many more searches or feedback verdicts it needs, and stop.
+1. Call stats and report the learning status: searches logged, feedback verdicts, how often the vector and keyword sides disagree, and the retrain policy if one is set.
+2. Call retrain with dry_run=true to see the training triples it would use (counts by type, with examples). If it says there are too few, report its numbers (stats shows the minimum) and stop: more searches, and feedback on their results, add triples.
 3. Otherwise call retrain, then retrain_status with its job_id and wait_seconds=300 until the job has finished. Report the gate's decision with its numbers: a candidate that is not better is kept as a rejected version, and the serving model stays.
 4. Say that list_models shows every version, and that rollback serves an earlier one if search seems worse later."""
 
@@ -57,13 +57,18 @@ def improve_search() -> str:
 def prompt_problem(prompts: dict[str, tuple[set[str], set[str]]], name: str, arguments: dict[str, object]) -> str | None:
     """What is wrong with a prompts/get request (`prompts`: name -> (required, all) argument names), if anything."""
     if name not in prompts:
-        return f"unknown prompt {name!r}; the prompts are {', '.join(sorted(prompts))}"
+        return f"unknown prompt {_short(name)}; the prompts are {', '.join(sorted(prompts))}"
     required, known = prompts[name]
     unknown = sorted(set(arguments) - known)
     if unknown:
         takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
-        return f"prompt {name!r} has no argument {', '.join(map(repr, unknown))}; {takes}"
+        return f"prompt {name!r} has no argument {', '.join(map(_short, unknown[:5]))}; {takes}"
     missing = sorted(required - set(arguments))
     if missing:
         return f"prompt {name!r} needs the argument {', '.join(map(repr, missing))}"
     return None
+
+
+def _short(name: str) -> str:
+    """A name from the request as an error quotes it: a huge one is not echoed back whole."""
+    return repr(name) if len(name) <= 100 else repr(name[:100]) + "…"
