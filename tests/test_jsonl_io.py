@@ -36,7 +36,7 @@ def cli(tmp_path: Path, tiny_model_path: Path, monkeypatch):
 
 
 def lines_of(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in text.split("\n") if line]  # (not splitlines: U+2028 is text here)
 
 
 def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
@@ -95,8 +95,10 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     assert [d["id"] for d in subset] == ["b"]
 
 
-def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path) -> None:
-    """A bad line anywhere is named with its line number, and nothing of the file is stored."""
+def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypatch) -> None:
+    """A bad line anywhere is named with its line number, and nothing of the file is stored (a document longer
+    than one write takes too: it stored the lines before it, then failed on every run)."""
+    monkeypatch.setenv("RIFT_MAX_CHARS_PER_CALL", "60")
     data = str(tmp_path / "data")
     good = [json.dumps({"id": f"d{i}", "text": f"document number {i}"}) for i in range(3)]
     cases = [
@@ -111,6 +113,10 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path) -> None:
         ('{"id": "d1", "text": "again"}', "line 4: its id 'd1' is also line 2's"),
         ('{"_id": "x", "id": "y", "text": "t"}', "unknown field 'id'"),
         ('{"_id": "x", "title": 3, "text": "t"}', "line 4: title must be a string"),
+        ('{"_id": "", "text": "t"}', "line 4: _id must be a non-empty string"),
+        ('{"id": "x", "text": "a\tb"}', "line 4: not JSON (Invalid control character at column"),
+        ('{"id": "x", "text": "t", "metadata": {"n": ' + "9" * 5000 + "}}", "line 4: not JSON (Exceeds the limit"),
+        ('{"id": "x", "text": "' + "y" * 70 + '"}', "line 4: text is 70 characters; one write takes at most 60"),
     ]
     for bad, message in cases:
         path = tmp_path / "bad.jsonl"
@@ -170,10 +176,15 @@ def test_an_import_that_fails_part_way_says_what_is_stored_and_resumes(rift, mon
         calls.append([d.id for d in documents])
         if len(calls) == 2:
             raise RiftError("Chroma said no")
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
         return real(collection, documents, progress)
 
     monkeypatch.setattr(rift, "add_documents", flaky)
     with pytest.raises(RiftError, match=r"importing lines 3-4 failed: Chroma said no; lines up to 2 are stored \(2 added"):
+        jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()))
+    # (a failure that is not rift's own says the same, with its kind)
+    with pytest.raises(RiftError, match=r"lines 1-2 failed: OSError: \[Errno 28\] No space left on device; nothing was"):
         jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()))
     assert [d for d, _ in rift.engine().state.list_documents("wall", -1, 0)] == ["d0", "d1"]
     seen = []
@@ -228,3 +239,75 @@ def test_cli_export_while_the_data_dir_is_locked(cli, tmp_path: Path, tiny_model
         assert "no rift data folder" in cli("export", "--data-dir", str(tmp_path / "none"), ok=False).output
     finally:
         lock.release()
+
+
+def test_export_output_goes_where_it_is_told_and_nowhere_else(cli, tmp_path: Path) -> None:
+    """-o through a symlink fills the file it points to (the link stays), an existing file keeps its mode, and
+    a pipe (or a device) is written as it is, not replaced by a regular file."""
+    import os
+    import stat
+    import threading
+
+    data = str(tmp_path / "data")
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
+    cli("import", str(source), "--data-dir", data)
+    expected = [{"id": "x", "text": "the only document", "metadata": {}}]
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    real.chmod(0o600)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    cli("export", "-o", str(link), "--data-dir", data)
+    assert link.is_symlink() and lines_of(real.read_text()) == expected
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    cli("export", "-o", str(fifo), "--data-dir", data)
+    reader.join(10)
+    assert lines_of(got[0]) == expected and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert "give a file name" in cli("export", "-o", "", "--data-dir", data, ok=False).output
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_export_writes_utf8_whatever_the_locale_and_stops_quietly_when_the_reader_does(
+    tmp_path: Path, tiny_model_path: Path, rift
+) -> None:
+    """A shell whose locale is not UTF-8 still gets a file rift import reads (it was a traceback, or latin-1);
+    `rift export | head -1` ends without an error message."""
+    import os
+    import subprocess
+    import sys
+
+    rift.add_documents("kb", [DocumentInput(text=f"Straße\u2028{i} 🌉", id=f"d{i:04d}") for i in range(300)])
+    data = str(rift.settings.data_dir)
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1", "RIFT_MODEL": str(tiny_model_path)}
+    command = [sys.executable, "-m", "server.cli", "export", "--collection", "kb", "--data-dir", data]
+    done = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert lines_of(done.stdout.decode("utf-8"))[0] == {"id": "d0000", "text": "Straße\u20280 🌉", "metadata": {}}
+    piped = subprocess.run(f"{' '.join(command)} | head -1", shell=True, env=env, capture_output=True, timeout=120)
+    assert piped.stdout.decode("utf-8").startswith('{"id": "d0000"') and b"Error" not in piped.stderr, piped.stderr
+
+
+def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path) -> None:
+    """A copy of the data dir (a backup, another user's store) in a read-only folder: without a -wal file the
+    database file is all there is, and it is read as it is."""
+    import shutil
+
+    rift.add_documents("kb", [DocumentInput(text="kept in the backup", id="b")])
+    rift.close()
+    copy = tmp_path / "backup"
+    copy.mkdir()
+    shutil.copy(settings.state_db, copy / "state.sqlite")
+    copy.chmod(0o555)
+    try:
+        conn = jsonl.read_only_state(copy / "state.sqlite")
+        out = io.StringIO()
+        assert jsonl.export_documents(conn, "kb", None, out) == 1 and "kept in the backup" in out.getvalue()
+        conn.close()
+    finally:
+        copy.chmod(0o755)

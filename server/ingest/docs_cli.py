@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -137,12 +139,19 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
     reads them. Works while a server runs: it reads one snapshot of the committed documents."""
     from server.cli import load_settings, open_rift
     from server.ingest.jsonl import export_documents as export
-    from server.ingest.jsonl import read_only_state, write_atomically
+    from server.ingest.jsonl import read_only_state, write_output
     from server.service import DataDirLock
 
+    if not output:
+        raise click.BadParameter("give a file name, or - for stdout", param_hint="--output")
     where = _filters(filters)
     settings = load_settings(data_dir)
     if not settings.state_db.is_file():
+        if settings.chroma_dir.is_dir():
+            raise click.ClickException(
+                f"the rift data folder {settings.data_dir} has lost {settings.state_db.name} (its chroma folder "
+                "is there); start `rift serve` (or `rift add`) once, which rebuilds it from the stored chunks"
+            )
         raise click.ClickException(f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR")
     if settings.vector_backend == "http":
         # Sharing a Chroma server, this data dir's state may be behind other processes' writes: with no server
@@ -151,23 +160,31 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
             probe = DataDirLock(settings)
             probe.acquire()
             probe.release()
-        except DataDirLockedError:
-            pass
-        except RiftError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (DataDirLockedError, RiftError) as exc:  # a server follows them; or a folder rift may not write
+            if not isinstance(exc, DataDirLockedError):
+                click.echo(f"exporting what this data dir holds, without catching up first: {exc}", err=True)
         else:
             open_rift(settings, must_exist=True).close()
     try:
         conn = read_only_state(settings.state_db)
         try:
             if output == "-":
-                count = export(conn, collection, where, click.get_text_stream("stdout"))
+                # UTF-8 whatever the locale says (rift import reads UTF-8); stdout's text layer may not be.
+                stdout = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="\n")
+                try:
+                    count = export(conn, collection, where, stdout)
+                    stdout.flush()
+                finally:
+                    stdout.detach()
             else:
-                count = write_atomically(Path(output), lambda out: export(conn, collection, where, out))
+                count = write_output(Path(output), lambda out: export(conn, collection, where, out))
         finally:
             conn.close()
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:  # `rift export | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        sys.exit(1)
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"exported {count} documents from collection {collection!r}", err=True)
@@ -197,6 +214,7 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
 
 def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     from server.cli import emit, load_settings, open_rift
+    from server.engine.engine import check_collection_name
     from server.ingest.jsonl import ImportReport
     from server.ingest.jsonl import import_documents as load
 
@@ -209,6 +227,10 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
             done = report.added + report.updated + report.unchanged
             click.echo(f"\rimported {done:,}/{report.documents:,} documents", err=True, nl=False)
 
+    try:
+        check_collection_name(collection)  # (before the model loads)
+    except RiftError as exc:
+        raise click.BadParameter(str(exc), param_hint="--collection") from None
     rift = open_rift(load_settings(data_dir))
     try:
         report = load(rift, collection, stream, progress)

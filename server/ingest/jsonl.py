@@ -12,8 +12,10 @@ transaction: a consistent snapshot of the committed documents, even while a serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import zlib
@@ -43,6 +45,7 @@ class ImportDocument:
     doc_id: str | None
     text: Any
     metadata: Any
+    id_field: str = "id"  # as the line names it (BEIR's: _id)
 
 
 def parse_line(raw: str, line: int) -> ImportDocument | None:
@@ -52,7 +55,9 @@ def parse_line(raw: str, line: int) -> ImportDocument | None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise RiftError(f"line {line}: not JSON ({exc.msg} at column {exc.colno})") from None
+        raise RiftError(f"line {line}: not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RiftError(f"line {line}: not JSON ({exc})") from None
     except RecursionError:
         raise RiftError(f"line {line}: not JSON (nested too deep)") from None
     if not isinstance(value, dict):
@@ -77,7 +82,7 @@ def parse_line(raw: str, line: int) -> ImportDocument | None:
             metadata = {"title": title.strip()}
         elif isinstance(metadata, Mapping) and "title" not in metadata:
             metadata = {"title": title.strip(), **metadata}
-    return ImportDocument(line, value["_id"], document_text(title, text), metadata)
+    return ImportDocument(line, value["_id"], document_text(title, text), metadata, "_id")
 
 
 def _kind(value: Any) -> str:
@@ -139,8 +144,15 @@ def check_file(engine: Any, stream: IO[bytes]) -> int:
     number of documents. Nothing is written."""
     seen: dict[str, int] = {}
     count = 0
+    # A document longer than one call takes could never be written: refused here, before any line is stored.
+    per_call = engine.settings.max_chars_per_call
     for doc in read_lines(stream):
-        doc_id, _, _ = _validated(engine, doc)
+        doc_id, text, _ = _validated(engine, doc)
+        if len(text) > per_call:
+            raise RiftError(
+                f"line {doc.line}: text is {len(text):,} characters; one write takes at most {per_call:,} "
+                "(setting max_chars_per_call)"
+            )
         if doc_id in seen:
             what = "id" if doc.doc_id is not None else "text (a line without an id gets its text's hash as id)"
             raise RiftError(f"line {doc.line}: its {what} {doc_id!r} is also line {seen[doc_id]}'s")
@@ -156,7 +168,7 @@ def _validated(engine: Any, doc: ImportDocument) -> tuple[str, str, dict[str, An
 
     return engine.validate_document(
         DocumentInput(text=doc.text, id=doc.doc_id, metadata=doc.metadata),
-        lambda name: f"line {doc.line}: {name}",
+        lambda name: f"line {doc.line}: {doc.id_field if name == 'id' else name}",
     )
 
 
@@ -185,14 +197,15 @@ def import_documents(
             statuses = rift.add_documents(
                 collection, [DocumentInput(text=d.text, id=d.doc_id, metadata=d.metadata) for d in batch]
             )
-        except RiftError as exc:
+        except Exception as exc:  # rift's own errors, and others (Chroma's, a full disk): say what is stored
+            why = str(exc) if isinstance(exc, RiftError) else f"{type(exc).__name__}: {exc}"
             stored = (
                 f"lines up to {report.written_through_line} are stored ({_counts(report)}); run the import "
                 "again to resume: stored documents are skipped"
                 if report.written_through_line
                 else "nothing was stored"
             )
-            raise RiftError(f"importing lines {batch[0].line}-{batch[-1].line} failed: {exc}; {stored}") from None
+            raise RiftError(f"importing lines {batch[0].line}-{batch[-1].line} failed: {why}; {stored}") from exc
         for status in statuses:
             setattr(report, status.status, getattr(report, status.status) + 1)
             if status.status != "unchanged":
@@ -225,10 +238,24 @@ def read_only_state(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise RiftError(f"no rift state at {path}; check --data-dir or RIFT_DATA_DIR")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
-        conn.execute("SELECT 1 FROM documents LIMIT 1")
+        return _check(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30))
     except sqlite3.Error as exc:
-        raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+        # A reader of a WAL database makes its -shm file: impossible in a folder it may not write (a backup
+        # copy, another user's store). With no -wal file there is nothing but the database file to read.
+        if Path(f"{path}-wal").exists():
+            raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+        try:
+            return _check(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None))
+        except sqlite3.Error:
+            raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+
+
+def _check(conn: sqlite3.Connection) -> sqlite3.Connection:
+    try:
+        conn.execute("SELECT 1 FROM documents LIMIT 1")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -260,8 +287,11 @@ def export_documents(
                 if ok:
                     out.write(_line({"id": doc_id, "text": text, "metadata": metadata}))
                     count += 1
+    except sqlite3.Error as exc:
+        raise RiftError(f"reading rift's state failed: {exc}") from None
     finally:
-        conn.execute("COMMIT")
+        with contextlib.suppress(sqlite3.Error):  # (a failure here must not hide the one that ended the read)
+            conn.execute("ROLLBACK")
 
 
 def _line(record: dict[str, Any]) -> str:
@@ -271,21 +301,35 @@ def _line(record: dict[str, Any]) -> str:
         return json.dumps(record) + "\n"
 
 
-def write_atomically(path: Path, fill: Callable[[IO[str]], int]) -> int:
-    """Fill a temporary file beside `path`, then move it into place: a failed export leaves no partial file
-    that looks complete (and an existing file stays as it was)."""
-    path = path.expanduser()
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+def write_output(path: Path, fill: Callable[[IO[str]], int]) -> int:
+    """Write UTF-8 text to `path`. A regular file (new, or through a symlink to one) is filled beside its place
+    and moved there once whole, keeping an existing file's mode: a failed export leaves no partial file that
+    looks complete, and the earlier file as it was. Anything else (a device, a pipe, /dev/fd/N) is written
+    as it is."""
+    target = Path(os.path.realpath(path.expanduser()))
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8", newline="\n") as out:
+            return fill(out)
+    handle, temp = tempfile.mkstemp(prefix=".rift-export-", suffix=".partial", dir=target.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # as a file the shell writes would be (mkstemp's is private)
+        if target.exists():
+            shutil.copymode(target, temp)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)  # as a file the shell writes would be (mkstemp's is private)
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
             count = fill(out)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut once its folder is synced
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     return count
