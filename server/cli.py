@@ -190,8 +190,17 @@ def stats(collection: str | None, data_dir: str | None) -> None:
     "--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True
 )
 @click.option("--filters", default=None, help="JSON metadata filter.")
+@click.option(
+    "--max-chars",
+    default=300,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Each hit's text at most this long: the part of its chunk with the most query words (0: whole chunks).",
+)
 @click.option("--data-dir", default=None)
-def search(query: str, k: int, collection: str, mode: str, filters: str | None, data_dir: str | None) -> None:
+def search(
+    query: str, k: int, collection: str, mode: str, filters: str | None, max_chars: int, data_dir: str | None
+) -> None:
     """Search a collection from the shell (logged like an MCP search, source 'cli')."""
     try:
         parsed = json.loads(filters) if filters else None
@@ -199,7 +208,7 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--filters") from None
     rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
-        response = rift.search(collection, query, k, mode, parsed, source="cli")
+        response = rift.search(collection, query, k, mode, parsed, source="cli", max_chars=max_chars or None)
         emit(
             {
                 "query_id": response.query_id,
@@ -211,7 +220,8 @@ def search(query: str, k: int, collection: str, mode: str, filters: str | None, 
                         "keyword_rank": h.keyword_rank,
                         "start": h.start,
                         "end": h.end,
-                        "text": h.text[:300],
+                        "text": h.text,
+                        "truncated": h.truncated,
                     }
                     for h in response.outcome.hits
                 ],

@@ -25,6 +25,9 @@ from server.learning.query_log import QueryLog, new_query_id
 log = logging.getLogger(__name__)
 
 
+MIN_SNIPPET_CHARS = 20  # a search's max_chars: below this a hit's text shows a word or two
+
+
 @dataclass
 class SearchResponse:
     query_id: str | None
@@ -423,10 +426,23 @@ class Rift:
         filters: Mapping[str, Any] | None = None,
         group_by_document: bool = True,
         source: str = "mcp",
+        max_chars: int | None = None,
         **knobs: Any,
     ) -> SearchResponse:
+        """`max_chars`: each hit's text at most this long, the part of its chunk with the most query terms."""
+        if max_chars is not None and (
+            isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < MIN_SNIPPET_CHARS
+        ):
+            raise RiftError(
+                f"max_chars must be an integer of at least {MIN_SNIPPET_CHARS} (or null: each hit's whole chunk)"
+            )
         engine = self.engine()
         outcome = engine.search(collection, query, k, mode, filters, group_by_document, **knobs)
+        if max_chars is not None:
+            from server.engine.snippets import clip_hits
+
+            terms = engine.tokenizer.tokenize([query])[0]
+            outcome.hits = clip_hits(outcome.hits, terms, engine.tokenizer.stem, max_chars)
         if mode != "hybrid":
             return SearchResponse(None, outcome, None, False)
         # Per document, also when the lists rank chunks: the summary and the miner read document ranks.

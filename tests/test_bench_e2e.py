@@ -285,3 +285,17 @@ def test_listing_cost_bench_times_each_listing() -> None:
     out = json.loads(result.output)
     assert out["documents"] == 120
     assert all(out[key] >= 0 for key in ("list_page_ms", "list_prefix_ms", "resources_list_page_ms"))
+
+
+def test_snippet_cost_bench_compares_whole_chunks_with_max_chars(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`python -m server.bench.snippet_cost` (the README's max_chars figures) runs searches both ways."""
+    from server.bench.snippet_cost import main as snippet_cost
+
+    data = write_beir(tmp_path / "tiny")
+    args = ["--data", str(data), "--split", "test", "--max-chars", "40", "--model", str(tiny_model_path)]
+    result = CliRunner().invoke(snippet_cost, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["queries"] == 4 and set(out) >= {"whole", "max_chars_40"}
+    assert out["max_chars_40"]["mean_hits_json_chars"] < out["whole"]["mean_hits_json_chars"]
+    assert 0 <= out["max_chars_40"]["query_terms_shown_by_a_plain_cut"] <= 1

@@ -8,13 +8,17 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.service import MIN_SNIPPET_CHARS
 from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
 
 
 class SearchHit(BaseModel):
     doc_id: str
     chunk_id: str
-    text: str = Field(description="The best-matching chunk of the document.")
+    text: str = Field(
+        description="The best-matching chunk of the document; with max_chars, the part of it that holds the most "
+        "query words (start and end say where it lies)."
+    )
     metadata: dict[str, Any]
     score: float = Field(
         description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
@@ -40,6 +44,7 @@ class SearchHit(BaseModel):
         "get_document(doc_id, offset=..., max_chars=...)."
     )
     end: int | None = Field(description="Where this chunk ends in the document's text (exclusive).")
+    truncated: bool = Field(description="True when text is a part of the chunk (max_chars).")
 
 
 class DisagreementOut(BaseModel):
@@ -88,9 +93,20 @@ async def hybrid_search(
         Field(description="hybrid (default), vector only, or keyword only."),
     ] = "hybrid",
     group_by_document: Annotated[bool, Field(description="One hit per document (best chunk).")] = True,
+    max_chars: Annotated[
+        int | None,
+        Field(
+            ge=MIN_SNIPPET_CHARS,
+            description="At most this many characters of each hit's text: the part of its chunk with the most "
+            "query words, cut at word boundaries (for example 300 to skim many results for less context); "
+            "null for whole chunks.",
+        ),
+    ] = None,
 ) -> SearchResult:
     rift = rift_of(ctx)
-    response = await call(rift.search, collection, query, k, mode, filters, group_by_document)
+    response = await call(
+        rift.search, collection, query, k, mode, filters, group_by_document, max_chars=max_chars
+    )
     outcome = response.outcome
     d = response.disagreement
     return SearchResult(
@@ -111,6 +127,7 @@ async def hybrid_search(
                 keyword_score=None if h.keyword_score is None else round(h.keyword_score, 4),
                 start=h.start,
                 end=h.end,
+                truncated=h.truncated,
             )
             for h in outcome.hits
         ],

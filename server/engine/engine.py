@@ -99,6 +99,7 @@ class Hit:
     # side did not return it. Unlike the rank-based fused score, these say how close the best match is.
     vector_score: float | None = None
     keyword_score: float | None = None
+    truncated: bool = False  # text is a part of the chunk (a search's max_chars), which start/end locate
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""A search's max_chars: each hit's text is the part of its chunk with the most query words."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from server.app import create_server
+from server.engine.engine import DocumentInput
+from server.engine.keyword_index import _WORD, KeywordTokenizer
+from server.engine.snippets import best_window
+from server.errors import RiftError
+from tests.support.helpers import make_settings
+
+TOKENIZER = KeywordTokenizer()
+
+
+def window(text: str, query: str, max_chars: int) -> str:
+    a, b = best_window(text, TOKENIZER.tokenize([query])[0], TOKENIZER.stem, max_chars)
+    return text[a:b]
+
+
+FILLER = " ".join(f"plain filler sentence number {i} about nothing much." for i in range(20))
+
+
+def test_the_window_holds_the_query_words_within_the_budget() -> None:
+    text = f"{FILLER} The river floods the valley every spring, and the farmers move uphill. {FILLER}"
+    got = window(text, "when does the river flood", 80)
+    assert "river floods" in got and len(got) <= 80  # (stemmed: "flood" matches "floods")
+    assert got == got.strip() and text.index(got) > 0
+    # Context on both sides of the matched words, not only after them.
+    assert not got.startswith("river") and got.endswith(got.split()[-1])
+    # Fits: the whole text; nothing matches: its first words.
+    assert window("short text", "river", 80) == "short text"
+    assert window(FILLER, "volcano", 40) == "plain filler sentence number 0 about"
+    # More distinct query words beat one word repeated; on a tie, the earliest.
+    text = f"volcano volcano volcano volcano. {FILLER} a volcano near the river. {FILLER}"
+    assert "volcano near the river" in window(text, "volcano river", 40)
+    assert window(f"{FILLER} gold here. {FILLER} gold there. {FILLER}", "gold", 20) == "much. gold here"
+    # A word longer than the budget is cut (the only way to show it).
+    assert window("x" * 50 + " end", "x", 10) == "x" * 10
+
+
+def test_spaceless_scripts_match_by_their_characters() -> None:
+    text = "这是一个很长的句子没有意思。" * 8 + "机器学习很有趣。" + "这是一个很长的句子没有意思。" * 8
+    assert "机器学习" in window(text, "机器学习", 20)
+
+
+def test_random_texts_give_whole_words_within_the_budget() -> None:
+    rng = random.Random(7)
+    vocabulary = ["river", "flood", "stone", "x", "über", "naïve", "C++", "a-b", "机器", "—", "3.14", "r2d2"]
+    for _ in range(400):
+        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 60)))
+        budget = rng.randint(1, 80)
+        query = " ".join(rng.sample(vocabulary, 2))
+        a, b = best_window(text, TOKENIZER.tokenize([query])[0], TOKENIZER.stem, budget)
+        assert 0 <= a < b <= len(text) and b - a <= budget, (text, budget)
+        if len(text) > budget:
+            starts = {m.start() for m in _WORD.finditer(text)}
+            ends = {m.end() for m in _WORD.finditer(text)}
+            longest = max(m.end() - m.start() for m in _WORD.finditer(text))
+            assert a in starts and (b in ends or longest > budget), (text, budget, a, b)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, tiny_model_path: Path):
+    return make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=200)
+
+
+def test_a_hits_start_and_end_locate_its_part_in_the_document(rift) -> None:
+    text = f"{FILLER} The river floods the valley every spring. {FILLER}"
+    rift.add_documents("kb", [DocumentInput(text=text, id="d")])
+    whole = rift.search("kb", "river floods valley", k=1).outcome.hits[0]
+    short = rift.search("kb", "river floods valley", k=1, max_chars=60).outcome.hits[0]
+    assert not whole.truncated and short.truncated and len(short.text) <= 60
+    assert "river floods the valley" in short.text
+    stored = rift.engine().get_document("kb", "d")[0]
+    assert stored[short.start : short.end] == short.text and whole.start <= short.start < short.end <= whole.end
+    roomy = rift.search("kb", "river floods valley", k=1, max_chars=100_000).outcome.hits[0]
+    assert roomy.text == whole.text and not roomy.truncated
+    for bad in (0, 19, True, 2.5, "60"):
+        with pytest.raises(RiftError, match="max_chars must be an integer of at least 20"):
+            rift.search("kb", "river", max_chars=bad)
+
+
+@pytest.mark.anyio
+async def test_hybrid_search_takes_max_chars(cfg) -> None:
+    long = f"{FILLER} The river floods the valley every spring. {FILLER}"
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        added = await client.call_tool("add_documents", {"documents": [{"id": "d", "text": long}]})
+        assert not added.is_error
+        result = await client.call_tool("hybrid_search", {"query": "river floods", "max_chars": 80})
+        hits = json.loads(result.content[0].text)["hits"]  # type: ignore[union-attr]
+        assert hits and all(len(h["text"]) <= 80 and h["truncated"] for h in hits)
+        assert "river floods" in hits[0]["text"]
+        whole = json.loads((await client.call_tool("hybrid_search", {"query": "river floods"})).content[0].text)  # type: ignore[union-attr]
+        assert not whole["hits"][0]["truncated"] and len(whole["hits"][0]["text"]) > 80
+        bad = await client.call_tool("hybrid_search", {"query": "river", "max_chars": 5})
+        assert bad.is_error and "max_chars" in bad.content[0].text  # type: ignore[union-attr]
