@@ -182,6 +182,14 @@ def stats(collection: str | None, data_dir: str | None) -> None:
         rift.close()
 
 
+def _snippet_chars(value: int) -> int:
+    from server.service import MIN_SNIPPET_CHARS
+
+    if 0 < value < MIN_SNIPPET_CHARS:
+        raise click.BadParameter(f"0 (whole chunks) or at least {MIN_SNIPPET_CHARS}", param_hint="--max-chars")
+    return value
+
+
 @main.command()
 @click.argument("query")
 @click.option("-k", default=10, show_default=True)
@@ -195,7 +203,9 @@ def stats(collection: str | None, data_dir: str | None) -> None:
     default=300,
     show_default=True,
     type=click.IntRange(0),
-    help="Each hit's text at most this long: the part of its chunk with the most query words (0: whole chunks).",
+    callback=lambda _ctx, _param, value: _snippet_chars(value),
+    help="Each hit's text at most this long (20 or more): the part of its chunk with the most query words "
+    "(0: whole chunks).",
 )
 @click.option("--data-dir", default=None)
 def search(

@@ -46,8 +46,27 @@ def test_the_window_holds_the_query_words_within_the_budget() -> None:
 
 
 def test_spaceless_scripts_match_by_their_characters() -> None:
+    """A run of CJK or Thai text is split as the keyword index splits it, so a window can lie inside a run
+    longer than the budget, at the query's words (it showed the run's first characters)."""
     text = "这是一个很长的句子没有意思。" * 8 + "机器学习很有趣。" + "这是一个很长的句子没有意思。" * 8
     assert "机器学习" in window(text, "机器学习", 20)
+    text = "在过去的几十年里，人工智能领域经历了许多重大的变革以及令人瞩目的突破性进展，这些进展改变了世界。"
+    assert "突破" in window(text, "突破", 20) and len(window(text, "突破", 20)) <= 20
+    assert "量子コンピュータ" in window("東京大学の研究チームは新しい量子コンピュータの開発に成功したと発表しました", "量子コンピュータ", 20)
+    thai = "ประเทศไทยมีประวัติศาสตร์อันยาวนานและวัฒนธรรมที่หลากหลายซึ่งดึงดูดนักท่องเที่ยวจากทั่วโลก"
+    got = window(thai, "วัฒนธรรม", 30)
+    assert "วัฒนธรรม" in got and len(got) <= 30 and thai.index(got) > 0
+
+
+def test_words_match_as_the_keyword_index_reads_them() -> None:
+    """Soft hyphens, a dotted capital I, and Latin letters run into CJK, as the index normalises them."""
+    filler = "filler " * 10
+    assert "national" in window(f"{filler}inter\u00adnational {filler}", "international", 30)
+    assert "İstanbul" in window(f"{filler}İstanbul {filler}", "Istanbul", 30)
+    assert "机器学习" in window(f"{filler}Python3机器学习 {filler}", "机器学习", 30)
+    # No word at all: cut between graphemes (an emoji sequence or a letter's marks stay whole).
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert window(family * 10, "x", 12) == family * 2  # (5 code points each)
 
 
 def test_random_texts_give_whole_words_within_the_budget() -> None:
@@ -60,8 +79,9 @@ def test_random_texts_give_whole_words_within_the_budget() -> None:
         a, b = best_window(text, TOKENIZER.tokenize([query])[0], TOKENIZER.stem, budget)
         assert 0 <= a < b <= len(text) and b - a <= budget, (text, budget)
         if len(text) > budget:
-            starts = {m.start() for m in _WORD.finditer(text)}
-            ends = {m.end() for m in _WORD.finditer(text)}
+            cjk = {i for i, c in enumerate(text) if "\u4e00" <= c <= "\u9fff"}  # (a CJK run splits anywhere)
+            starts = {m.start() for m in _WORD.finditer(text)} | cjk
+            ends = {m.end() for m in _WORD.finditer(text)} | {i + 1 for i in cjk}
             longest = max(m.end() - m.start() for m in _WORD.finditer(text))
             assert a in starts and (b in ends or longest > budget), (text, budget, a, b)
 
