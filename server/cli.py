@@ -62,6 +62,26 @@ def open_rift(settings: Settings, must_exist: bool = False):
     """`must_exist`: for commands that only read, a data dir that is not there is a typo, not a new store."""
     from server.service import Rift
 
+    check_store(settings, must_exist)
+    try:
+        # Commands that only read (or manage model versions) never re-embed the store for another model.
+        return Rift(settings).start(background=False, reembed=not must_exist)
+    except DataDirLockedError as exc:
+        raise click.ClickException(str(exc)) from None
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def no_store(settings: Settings) -> click.ClickException:
+    return click.ClickException(
+        f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR "
+        "(rift add or rift serve create one)"
+    )
+
+
+def check_store(settings: Settings, must_exist: bool) -> None:
+    """A ClickException when the data dir cannot be rift's (a file; a folder of other files) or, `must_exist`,
+    is not one yet."""
     # A folder with files but without rift's state (a notes folder given by mistake) is no store either:
     # writing rift's files into it would be the wrong answer. An empty one may become one.
     folder = settings.data_dir
@@ -77,18 +97,7 @@ def open_rift(settings: Settings, must_exist: bool = False):
             "start `rift serve` (or `rift add`) once, which rebuilds it from the stored chunks"
         )
     if must_exist and (not folder.exists() or foreign):
-        raise click.ClickException(
-            f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR "
-            "(rift add or rift serve create one)"
-        )
-
-    try:
-        # Commands that only read (or manage model versions) never re-embed the store for another model.
-        return Rift(settings).start(background=False, reembed=not must_exist)
-    except DataDirLockedError as exc:
-        raise click.ClickException(str(exc)) from None
-    except RiftError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise no_store(settings)
 
 
 def emit(payload: Any) -> None:

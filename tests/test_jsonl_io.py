@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
         ('{"id": "x", "text": "t", "metadata": {"_rift_doc": "y"}}', "reserved"),
         ('{"id": 5, "text": "t"}', "line 4: id must be a non-empty string"),
         ('{"id": "d1", "text": "again"}', "line 4: its id 'd1' is also line 2's"),
+        ('{"_id": "d1", "text": "again"}', "line 4: its _id 'd1' is also line 2's"),
         ('{"_id": "x", "id": "y", "text": "t"}', "unknown field 'id'"),
         ('{"_id": "x", "title": 3, "text": "t"}', "line 4: title must be a string"),
         ('{"_id": "", "text": "t"}', "line 4: _id must be a non-empty string"),
@@ -235,7 +237,7 @@ def test_cli_export_while_the_data_dir_is_locked(cli, tmp_path: Path, tiny_model
         target.write_text("earlier export\n")
         failed = cli("export", "--collection", "nope", "-o", str(target), "--data-dir", str(data), ok=False)
         assert "collection 'nope' does not exist" in failed.output
-        assert target.read_text() == "earlier export\n" and [p.name for p in tmp_path.glob(".keep.jsonl.*")] == []
+        assert target.read_text() == "earlier export\n" and [p.name for p in tmp_path.glob("*.partial")] == []
         assert "no rift data folder" in cli("export", "--data-dir", str(tmp_path / "none"), ok=False).output
     finally:
         lock.release()
@@ -291,9 +293,16 @@ def test_export_writes_utf8_whatever_the_locale_and_stops_quietly_when_the_reade
     assert lines_of(done.stdout.decode("utf-8"))[0] == {"id": "d0000", "text": "Straße\u20280 🌉", "metadata": {}}
     piped = subprocess.run(f"{' '.join(command)} | head -1", shell=True, env=env, capture_output=True, timeout=120)
     assert piped.stdout.decode("utf-8").startswith('{"id": "d0000"') and b"Error" not in piped.stderr, piped.stderr
+    # -o /dev/stdout writes where the shell points stdout, between what others write there (it replaced
+    # the redirected file with a new one: HEADER was lost and FOOTER went to the replaced file).
+    out = tmp_path / "all.txt"
+    shell = f"{{ echo HEADER; {' '.join(command)} -o /dev/stdout; echo FOOTER; }} > {out}"
+    assert subprocess.run(shell, shell=True, env=env, timeout=120).returncode == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "HEADER" and lines[-2] == "FOOTER" and len(lines) == 303
 
 
-def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path) -> None:
+def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path, monkeypatch) -> None:
     """A copy of the data dir (a backup, another user's store) in a read-only folder: without a -wal file the
     database file is all there is, and it is read as it is."""
     import shutil
@@ -303,11 +312,22 @@ def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_p
     copy = tmp_path / "backup"
     copy.mkdir()
     shutil.copy(settings.state_db, copy / "state.sqlite")
-    copy.chmod(0o555)
-    try:
-        conn = jsonl.read_only_state(copy / "state.sqlite")
-        out = io.StringIO()
-        assert jsonl.export_documents(conn, "kb", None, out) == 1 and "kept in the backup" in out.getvalue()
-        conn.close()
-    finally:
-        copy.chmod(0o755)
+    real = sqlite3.connect
+    tried: list[str] = []
+
+    def readonly_folder(database: str, *args, **kwargs):  # as SQLite answers where it may not make the -shm
+        tried.append(database)
+        if "immutable=1" not in database:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(jsonl.sqlite3, "connect", readonly_folder)
+    conn = jsonl.read_only_state(copy / "state.sqlite")
+    out = io.StringIO()
+    assert jsonl.export_documents(conn, "kb", None, out) == 1 and "kept in the backup" in out.getvalue()
+    conn.close()
+    assert ["immutable=1" in uri for uri in tried] == [False, True]
+    # With a -wal file, the database file may lack committed writes: refused, not read without them.
+    (copy / "state.sqlite-wal").write_bytes(b"")
+    with pytest.raises(RiftError, match="cannot read rift's state .*readonly database"):
+        jsonl.read_only_state(copy / "state.sqlite")

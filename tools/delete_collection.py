@@ -47,4 +47,3 @@ TOOL = ToolSpec(
         open_world_hint=False,
     ),
 )
-

@@ -11,7 +11,7 @@ from typing import Any
 
 import regex
 
-from server.engine.keyword_index import _CJK_CHAR, _SPACELESS_RUN, _words
+from server.engine.keyword_index import _CJK_CHAR, _SPACELESS_RUN, _grams, _words
 
 # A word as it stands in the text: `_WORD`'s, with the invisible characters the keyword tokenizer drops inside
 # it (a soft hyphen in "inter\u00adnational" does not end the word there).
@@ -30,7 +30,7 @@ class _Terms:
     def of_word(self, word: str) -> tuple[str, ...]:
         found = self._seen.get(word)
         if found is None:
-            found = self._seen[word] = tuple(self._stem(w) for w in _words(word))
+            found = self._seen[word] = tuple(g for w in _words(word) for g in _grams(self._stem(w)))
         return found
 
 

@@ -137,7 +137,7 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
 def export_documents(collection: str, filters: str | None, output: str, data_dir: str | None) -> None:
     """Write a collection's documents as JSON Lines ({"id", "text", "metadata"} a line, by id), as `rift import`
     reads them. Works while a server runs: it reads one snapshot of the committed documents."""
-    from server.cli import load_settings, open_rift
+    from server.cli import check_store, load_settings, no_store, open_rift
     from server.ingest.jsonl import export_documents as export
     from server.ingest.jsonl import read_only_state, write_output
     from server.service import DataDirLock
@@ -146,23 +146,23 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
         raise click.BadParameter("give a file name, or - for stdout", param_hint="--output")
     where = _filters(filters)
     settings = load_settings(data_dir)
+    check_store(settings, must_exist=True)
     if not settings.state_db.is_file():
-        if settings.chroma_dir.is_dir():
-            raise click.ClickException(
-                f"the rift data folder {settings.data_dir} has lost {settings.state_db.name} (its chroma folder "
-                "is there); start `rift serve` (or `rift add`) once, which rebuilds it from the stored chunks"
-            )
-        raise click.ClickException(f"no rift data folder at {settings.data_dir}; check --data-dir or RIFT_DATA_DIR")
+        raise no_store(settings)
     if settings.vector_backend == "http":
-        # Sharing a Chroma server, this data dir's state may be behind other processes' writes: with no server
-        # here to follow them, start once to catch up (a running server follows them itself).
+        # Sharing a Chroma server, this data dir's state may be behind other processes' writes: start once to
+        # catch up. A server running here catches up only when it serves a request, so say so.
         try:
             probe = DataDirLock(settings)
             probe.acquire()
             probe.release()
-        except (DataDirLockedError, RiftError) as exc:  # a server follows them; or a folder rift may not write
-            if not isinstance(exc, DataDirLockedError):
-                click.echo(f"exporting what this data dir holds, without catching up first: {exc}", err=True)
+        except (DataDirLockedError, RiftError) as exc:
+            why = "a server runs on it" if isinstance(exc, DataDirLockedError) else str(exc)
+            click.echo(
+                f"exporting what this data dir has seen of the other processes' writes ({why}): a server here "
+                "catches up when it next serves a request",
+                err=True,
+            )
         else:
             open_rift(settings, must_exist=True).close()
     try:

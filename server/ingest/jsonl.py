@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -154,7 +155,7 @@ def check_file(engine: Any, stream: IO[bytes]) -> int:
                 "(setting max_chars_per_call)"
             )
         if doc_id in seen:
-            what = "id" if doc.doc_id is not None else "text (a line without an id gets its text's hash as id)"
+            what = doc.id_field if doc.doc_id is not None else "text (a line without an id gets its text's hash as id)"
             raise RiftError(f"line {doc.line}: its {what} {doc_id!r} is also line {seen[doc_id]}'s")
         seen[doc_id] = doc.line
         count += 1
@@ -295,21 +296,32 @@ def export_documents(
 
 
 def _line(record: dict[str, Any]) -> str:
-    try:
-        return json.dumps(record, ensure_ascii=False).encode("utf-8").decode("utf-8") + "\n"
-    except UnicodeEncodeError:  # a lone surrogate stored by an older version: JSON's escape keeps it
-        return json.dumps(record) + "\n"
+    return json.dumps(record, ensure_ascii=False) + "\n"  # (SQLite's text is UTF-8: no lone surrogate)
+
+
+_DESCRIPTOR_PATH = re.compile(r"^/(?:dev/(?:std(out|err)|fd/(\d+))|proc/self/fd/(\d+))$")
 
 
 def write_output(path: Path, fill: Callable[[IO[str]], int]) -> int:
     """Write UTF-8 text to `path`. A regular file (new, or through a symlink to one) is filled beside its place
     and moved there once whole, keeping an existing file's mode: a failed export leaves no partial file that
-    looks complete, and the earlier file as it was. Anything else (a device, a pipe, /dev/fd/N) is written
-    as it is."""
-    target = Path(os.path.realpath(path.expanduser()))
+    looks complete, and the earlier file as it was. A descriptor's path (/dev/stdout, /dev/fd/N) is written
+    through that descriptor, where the shell pointed it (reopening it would truncate a redirected file, and
+    moving a file there would replace it); anything else that is not a regular file (a device, a pipe) is
+    written as it is. A file that may not be written is refused, as the shell's `>` refuses it."""
+    given = path.expanduser()
+    descriptor = _DESCRIPTOR_PATH.match(str(given))
+    if descriptor is not None:
+        name, *numbers = descriptor.groups()
+        fd = {"out": 1, "err": 2}[name] if name else int(next(n for n in numbers if n is not None))
+        with os.fdopen(os.dup(fd), "w", encoding="utf-8", newline="\n") as out:
+            return fill(out)
+    target = Path(os.path.realpath(given))
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8", newline="\n") as out:
             return fill(out)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise PermissionError(13, "Permission denied", str(given))
     handle, temp = tempfile.mkstemp(prefix=".rift-export-", suffix=".partial", dir=target.parent)
     try:
         if target.exists():
