@@ -222,6 +222,12 @@ class Settings(BaseSettings):
     max_k: int = Field(
         100, ge=10, le=10_000, description="Largest k a search may ask for (at least 10, the default k)."
     )
+    search_max_chars: int = Field(
+        0,
+        ge=0,
+        description="hybrid_search's max_chars when a call gives none: each hit's text at most this long, the "
+        "part of its chunk with the most query words (about half the context at 300); 0 = whole chunks.",
+    )
     stemmer_language: str | None = Field(
         "english", description='PyStemmer language; "none" (or "" in a config file) disables stemming.'
     )
@@ -323,6 +329,13 @@ class Settings(BaseSettings):
         le=4096,
         description="Largest HTTP request body in MiB; a larger one gets 413 (split the add).",
     )
+
+    @field_validator("search_max_chars", mode="after")
+    @classmethod
+    def _snippet(cls, value: int) -> int:
+        if 0 < value < 20:  # (server.service.MIN_SNIPPET_CHARS)
+            raise ValueError("must be 0 (whole chunks) or at least 20")
+        return value
 
     @field_validator("http_token", mode="after")
     @classmethod

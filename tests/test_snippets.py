@@ -122,3 +122,25 @@ async def test_hybrid_search_takes_max_chars(cfg) -> None:
         assert not whole["hits"][0]["truncated"] and len(whole["hits"][0]["text"]) > 80
         bad = await client.call_tool("hybrid_search", {"query": "river", "max_chars": 5})
         assert bad.is_error and "max_chars" in bad.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_the_server_default_applies_when_a_search_gives_no_max_chars(tmp_path: Path, tiny_model_path: Path) -> None:
+    """search_max_chars: one setting makes every search's hits short, unless a call asks otherwise."""
+    from pydantic import ValidationError
+
+    cfg = make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=200, search_max_chars=60)
+    long = f"{FILLER} The river floods the valley every spring. {FILLER}"
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        assert not (await client.call_tool("add_documents", {"documents": [{"id": "d", "text": long}]})).is_error
+
+        async def hit(**args) -> dict:
+            result = await client.call_tool("hybrid_search", {"query": "river floods", **args})
+            return json.loads(result.content[0].text)["hits"][0]  # type: ignore[union-attr]
+
+        short = await hit()
+        assert short["truncated"] and len(short["text"]) <= 60 and "river floods" in short["text"]
+        assert not (await hit(max_chars=1_000_000))["truncated"]
+        assert len((await hit(max_chars=30))["text"]) <= 30
+    with pytest.raises(ValidationError, match="must be 0 \\(whole chunks\\) or at least 20"):
+        make_settings(tmp_path / "data", tiny_model_path, search_max_chars=5)

@@ -99,11 +99,14 @@ async def hybrid_search(
             ge=MIN_SNIPPET_CHARS,
             description="At most this many characters of each hit's text: the part of its chunk with the most "
             "query words, cut at word boundaries (for example 300 to skim many results for less context); "
-            "null for whole chunks.",
+            "null for the server's default (whole chunks unless its search_max_chars is set; a large value "
+            "such as 1000000 asks for whole chunks then).",
         ),
     ] = None,
 ) -> SearchResult:
     rift = rift_of(ctx)
+    if max_chars is None:
+        max_chars = rift.settings.search_max_chars or None
     response = await call(
         rift.search, collection, query, k, mode, filters, group_by_document, max_chars=max_chars
     )
