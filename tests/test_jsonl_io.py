@@ -300,6 +300,18 @@ def test_export_writes_utf8_whatever_the_locale_and_stops_quietly_when_the_reade
     assert subprocess.run(shell, shell=True, env=env, timeout=120).returncode == 0
     lines = out.read_text(encoding="utf-8").split("\n")
     assert lines[0] == "HEADER" and lines[-2] == "FOOTER" and len(lines) == 303
+    # ... also through a link to it, or a relative path to it.
+    link = tmp_path / "to-stdout"
+    link.symlink_to("/dev/stdout")
+    for target in (str(link), "dev/stdout"):
+        shell = f"cd / && {{ echo HEADER; {' '.join(command)} -o {target}; echo FOOTER; }} > {out}"
+        assert subprocess.run(shell, shell=True, env=env, timeout=120).returncode == 0
+        assert out.read_text(encoding="utf-8").split("\n")[::301] == ["HEADER", "FOOTER"], target
+    # A descriptor the shell did not open is refused, as the shell refuses it: never one of rift's own files.
+    for fd in ("7", "4", "99999999999999999999"):
+        refused = subprocess.run([*command, "-o", f"/dev/fd/{fd}"], env=env, capture_output=True, timeout=120)
+        assert refused.returncode == 1 and b"Bad file descriptor" in refused.stderr, refused.stderr
+    assert rift.engine().state.document_count("kb") == 300
 
 
 def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path, monkeypatch) -> None:

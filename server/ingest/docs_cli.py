@@ -137,13 +137,30 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
 def export_documents(collection: str, filters: str | None, output: str, data_dir: str | None) -> None:
     """Write a collection's documents as JSON Lines ({"id", "text", "metadata"} a line, by id), as `rift import`
     reads them. Works while a server runs: it reads one snapshot of the committed documents."""
+    from server.ingest.jsonl import descriptor_of, open_descriptor
+
+    if not output:
+        raise click.BadParameter("give a file name, or - for stdout", param_hint="--output")
+    fd = descriptor_of(output) if output != "-" else None
+    try:
+        # A descriptor the shell opened (-o /dev/fd/3), taken before rift opens any file of its own.
+        stream = open_descriptor(fd) if fd is not None else None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        _export(collection, filters, output, stream, data_dir)
+    finally:
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _export(collection: str, filters: str | None, output: str, stream: IO[str] | None, data_dir: str | None) -> None:
     from server.cli import check_store, load_settings, no_store, open_rift
     from server.ingest.jsonl import export_documents as export
     from server.ingest.jsonl import read_only_state, write_output
     from server.service import DataDirLock
 
-    if not output:
-        raise click.BadParameter("give a file name, or - for stdout", param_hint="--output")
     where = _filters(filters)
     settings = load_settings(data_dir)
     check_store(settings, must_exist=True)
@@ -156,13 +173,14 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
             probe = DataDirLock(settings)
             probe.acquire()
             probe.release()
-        except (DataDirLockedError, RiftError) as exc:
-            why = "a server runs on it" if isinstance(exc, DataDirLockedError) else str(exc)
+        except DataDirLockedError:
             click.echo(
-                f"exporting what this data dir has seen of the other processes' writes ({why}): a server here "
-                "catches up when it next serves a request",
+                "exporting what this data dir's server has seen of the other processes' writes: it catches up "
+                "when it next serves a request",
                 err=True,
             )
+        except RiftError as exc:
+            click.echo(f"exporting what this data dir holds, without catching up first: {exc}", err=True)
         else:
             open_rift(settings, must_exist=True).close()
     try:
@@ -176,6 +194,9 @@ def export_documents(collection: str, filters: str | None, output: str, data_dir
                     stdout.flush()
                 finally:
                     stdout.detach()
+            elif stream is not None:
+                count = export(conn, collection, where, stream)
+                stream.flush()
             else:
                 count = write_output(Path(output), lambda out: export(conn, collection, where, out))
         finally:

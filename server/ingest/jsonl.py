@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -299,23 +298,35 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"  # (SQLite's text is UTF-8: no lone surrogate)
 
 
-_DESCRIPTOR_PATH = re.compile(r"^/(?:dev/(?:std(out|err)|fd/(\d+))|proc/self/fd/(\d+))$")
+def descriptor_of(path: str) -> int | None:
+    """The file descriptor a path names (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link to one), else None.
+    Links are followed one at a time: resolving the path whole would name the file the descriptor is open on."""
+    at = os.path.abspath(os.path.expanduser(path))
+    for _ in range(40):  # (a loop of links ends here)
+        parent, name = os.path.split(at)
+        if name.isdigit() and os.path.realpath(parent) == f"/proc/{os.getpid()}/fd":
+            return int(name) if len(name) <= 9 else -1  # (-1: no such descriptor)
+        if not os.path.islink(at):
+            return None
+        at = os.path.normpath(os.path.join(parent, os.readlink(at)))
+    return None
+
+
+def open_descriptor(fd: int) -> IO[str]:
+    """A UTF-8 text stream on a copy of descriptor `fd` (inherited from the shell: take it before opening any
+    file, so that a number the shell did not open cannot name one of rift's own)."""
+    if fd < 0:
+        raise OSError(9, "Bad file descriptor")
+    return os.fdopen(os.dup(fd), "w", encoding="utf-8", newline="\n")
 
 
 def write_output(path: Path, fill: Callable[[IO[str]], int]) -> int:
     """Write UTF-8 text to `path`. A regular file (new, or through a symlink to one) is filled beside its place
     and moved there once whole, keeping an existing file's mode: a failed export leaves no partial file that
-    looks complete, and the earlier file as it was. A descriptor's path (/dev/stdout, /dev/fd/N) is written
-    through that descriptor, where the shell pointed it (reopening it would truncate a redirected file, and
-    moving a file there would replace it); anything else that is not a regular file (a device, a pipe) is
-    written as it is. A file that may not be written is refused, as the shell's `>` refuses it."""
+    looks complete, and the earlier file as it was. Anything else that is not a regular file (a device, a
+    pipe) is written as it is. A file that may not be written is refused, as the shell's `>` refuses it.
+    (A descriptor's path goes through `open_descriptor` instead.)"""
     given = path.expanduser()
-    descriptor = _DESCRIPTOR_PATH.match(str(given))
-    if descriptor is not None:
-        name, *numbers = descriptor.groups()
-        fd = {"out": 1, "err": 2}[name] if name else int(next(n for n in numbers if n is not None))
-        with os.fdopen(os.dup(fd), "w", encoding="utf-8", newline="\n") as out:
-            return fill(out)
     target = Path(os.path.realpath(given))
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8", newline="\n") as out:
