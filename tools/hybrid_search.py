@@ -155,9 +155,11 @@ TOOL = ToolSpec(
         "Find the stored documents most relevant to a question or keywords. Combines meaning-based (vector) "
         "and exact-word (BM25) retrieval with reciprocal rank fusion, so it finds paraphrases as well as rare "
         "names, codes and identifiers. Use it before answering from stored knowledge. Each hit shows its rank "
-        "on each side; the result's query_id identifies this search in the learning log. When you have used "
-        "the results, tell rift which hits answered the question and which did not with feedback(query_id, "
-        "doc_id, relevant): those judgements are what retrain learns from best."
+        "on each side; the result's query_id identifies this search in the learning log. To skim many results "
+        "for less context, pass max_chars (e.g. 300): each hit then shows the part of its text with the most "
+        "query words, and get_document reads around it. When you have used the results, tell rift which hits "
+        "answered the question and which did not with feedback(query_id, judgments=[{doc_id, relevant}, ...]): "
+        "those judgements are what retrain learns from best."
     ),
     annotations=ToolAnnotations(
         title="Hybrid search",
