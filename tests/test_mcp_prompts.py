@@ -37,7 +37,7 @@ async def test_the_prompts_name_tools_and_arguments_that_exist(cfg: Settings) ->
     assert asked.messages[0].role == "user" and "Question: When does the river flood?" in text
     assert text.count('collection "notes"') == 3 and 'collection "default"' in default.messages[0].content.text  # type: ignore[union-attr]
     uses = {
-        "ask": (text, {"hybrid_search": set(), "get_document": {"collection", "query_id", "offset", "max_chars"}, "feedback": {"query_id", "judgments"}}),
+        "ask": (text, {"hybrid_search": {"collection", "max_chars"}, "get_document": {"collection", "query_id", "offset", "max_chars"}, "feedback": {"query_id", "judgments"}}),
         "improve_search": (
             improve.messages[0].content.text,  # type: ignore[union-attr]
             {"stats": set(), "retrain": {"dry_run"}, "retrain_status": {"job_id", "wait_seconds"}, "list_models": set(), "rollback": set()},

@@ -38,7 +38,7 @@ def ask(
 
 Question: {question}
 
-1. Search with hybrid_search (collection "{collection}"). If the hits miss, search again in other words: a term the answer would contain, or a rephrasing. Each search returns its own query_id.
+1. Search with hybrid_search (collection "{collection}", max_chars=300 to skim: each hit then shows the part of its text with the most query words). If the hits miss, search again in other words: a term the answer would contain, or a rephrasing. Each search returns its own query_id.
 2. Read the hits that look promising with get_document (collection "{collection}"), passing the query_id of the search that returned them. In a long document, read around a hit with offset and max_chars (the hit's start and end say where its text is).
 3. Answer, citing the doc_id of every document you used. If the documents do not answer the question, say so rather than guess.
 4. Then judge what you read: for each search whose results you checked, call feedback with its query_id and judgments=[{{"doc_id": ..., "relevant": true or false}}, ...]: true for a document that answered the question, false for one that looked relevant and did not. rift fine-tunes its search on these verdicts, so judge only documents you checked. (A search whose query_id is null was not logged: skip it.)"""
