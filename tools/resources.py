@@ -133,36 +133,44 @@ async def list_document_resources(rift: Rift, cursor: str | None) -> ListResourc
     )
 
 
+NO_COMPLETION = CompleteResult(completion=Completion(values=[], total=0, has_more=False))
+
+
+def _completion(values: list[str], total: int) -> CompleteResult:
+    return CompleteResult(completion=Completion(values=values, total=total, has_more=total > len(values)))
+
+
+async def _complete_collection(label: str, engine: Any, prefix: str) -> CompleteResult:
+    """The collection names that start with `prefix` (the resource template's and the ask prompt's argument)."""
+    names = [n for n in await _call(label, collection_names, engine) if n.startswith(prefix)]
+    return _completion(names[:COMPLETION_LIMIT], len(names))
+
+
 async def complete_document_uri(rift: Rift, params: CompleteRequestParams) -> CompleteResult:
     """Completes the template's `collection` (names) and `doc_id` (ids in the collection already given)."""
-    none = CompleteResult(completion=Completion(values=[], total=0, has_more=False))
     ref, argument = params.ref, params.argument
     if not isinstance(ref, ResourceTemplateReference) or ref.uri != DOCUMENT_TEMPLATE:
-        return none
+        return NO_COMPLETION
     engine = await _call(ref.uri, rift.engine, server_side=True)
     if argument.name == "collection":
-        names = [n for n in await _call(ref.uri, collection_names, engine) if n.startswith(argument.value)]
-        values, total = names[:COMPLETION_LIMIT], len(names)
-    elif argument.name == "doc_id":
-        collection = ((params.context and params.context.arguments) or {}).get("collection")
-        if not collection:
-            return none  # which collection's ids: the client completes `collection` first
-        values, total = await _call(ref.uri, complete_doc_ids, engine, collection, argument.value, COMPLETION_LIMIT)
-    else:
-        return none
-    return CompleteResult(completion=Completion(values=values, total=total, has_more=total > len(values)))
+        return await _complete_collection(ref.uri, engine, argument.value)
+    if argument.name != "doc_id":
+        return NO_COMPLETION
+    collection = ((params.context and params.context.arguments) or {}).get("collection")
+    if not collection:
+        return NO_COMPLETION  # which collection's ids: the client completes `collection` first
+    return _completion(
+        *await _call(ref.uri, complete_doc_ids, engine, collection, argument.value, COMPLETION_LIMIT)
+    )
 
 
 async def complete_prompt_argument(rift: Rift, params: CompleteRequestParams) -> CompleteResult:
     """Completes a prompt's `collection` argument with the collection names."""
     ref, argument = params.ref, params.argument
     if not isinstance(ref, PromptReference) or ref.name != ASK or argument.name != COLLECTION_ARGUMENT:
-        return CompleteResult(completion=Completion(values=[], total=0, has_more=False))
-    engine = await _call(f"prompt {ref.name}", rift.engine, server_side=True)
-    names = [n for n in await _call(f"prompt {ref.name}", collection_names, engine) if n.startswith(argument.value)]
-    return CompleteResult(
-        completion=Completion(values=names[:COMPLETION_LIMIT], total=len(names), has_more=len(names) > COMPLETION_LIMIT)
-    )
+        return NO_COMPLETION
+    label = f"prompt {ref.name}"
+    return await _complete_collection(label, await _call(label, rift.engine, server_side=True), argument.value)
 
 
 async def handle_completion(ctx: ServerRequestContext[Rift], params: CompleteRequestParams) -> CompleteResult:
