@@ -70,8 +70,19 @@ def _scalar_id(text: str) -> str | int | None:
         value, _ = decoder.raw_decode(text)
     except ValueError:
         return None
+    return echoable_id(value)
+
+
+def echoable_id(value: Any) -> str | int | None:
+    """`value` when a response may carry it as its id: an integer or a string that is valid Unicode (a lone
+    surrogate escape such as "\\ud83d" cannot be written out as UTF-8, and writing it ended the session)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
     return value
 
 
@@ -98,9 +109,7 @@ def answer_to_unreadable(exc: Exception) -> JSONRPCError | None:
         return None
     if "method" not in whole or "id" not in whole:  # a notification, or a response to us: nobody waits
         return None
-    request_id = whole["id"]
-    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-        request_id = None
+    request_id = echoable_id(whole["id"])
     problems = "; ".join(
         f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in errors if e["loc"][0] == "JSONRPCRequest"
     )

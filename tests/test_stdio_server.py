@@ -132,6 +132,10 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         deep += '{"x":' + "[" * 3000 + "]" * 3000 + "}}}"
         answer = send_raw(deep)
         assert answer["id"] == "seven" and answer["error"]["code"] == -32700
+        # An id no reply can carry (a lone surrogate cannot be written as UTF-8) is answered with id null; it
+        # used to end the session, as the transport failed to write the reply.
+        bad_id = send_raw('{"jsonrpc":"2.0","id":"\\ud83d","method":"ping","params":{"x":"\\udc00"}}')
+        assert bad_id["id"] is None and bad_id["error"]["code"] == -32700
         garbage = send_raw("this is not json")
         assert garbage["id"] is None and garbage["error"]["code"] == -32700
         no_version = send_raw('{"id": 8, "method": "tools/list"}')
@@ -162,6 +166,7 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         ('{"jsonrpc":"2.0","method":"m","params":{"id":5}}', None),  # a notification: only a nested id
         ('{"id":true,"method":"m"}', None),  # not a JSON-RPC id
         ('{"id":1.5,"method":"m"}', None),
+        ('{"jsonrpc":"2.0","id":"\\ud83d","method":"m"}', None),  # no reply could carry it as UTF-8
         ('{"params":"unterminated', None),
         ("[1, 2]", None),
     ],
