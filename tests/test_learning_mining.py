@@ -336,3 +336,17 @@ def test_a_long_log_is_mined_a_page_at_a_time_with_the_same_triples(
     gone = mine(mined.train_queries, cfg, {}, {}, load=lambda ids: log.by_ids(ids[2:]))
     assert gone.skipped["gone_from_log"] == 2
     log.close()
+
+
+def test_progress_and_gone_count_hold_with_feedback_in_the_log() -> None:
+    """A query with feedback used to rebind the list of queries being mined (to its negatives), so progress
+    read "200 / 1" from then on and searches gone from the log were not counted."""
+    abc = ["a", "b", "c"]
+    queries = [q(f"q{i:03d}", f"question {i}", abc, [*abc, *FILL], abc) for i in range(250)]
+    judged = {"q000": {"a": True, "b": False}}
+    calls: list[tuple[int, int]] = []
+    report = mine(queries, MiningConfig(), judged, {}, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 250), (100, 250), (200, 250)]
+    assert any(t.kind == "feedback" for t in report.triples)
+    gone = mine(queries, MiningConfig(), judged, {}, load=lambda ids: queries[:240])
+    assert gone.skipped["gone_from_log"] == 10

@@ -306,11 +306,10 @@ def mine(
         if liked:
             negs = [d for d in disliked if d not in liked]
             for pos in liked:
-                chosen = negs or _negatives(q, pos, cfg, v, k)
-                chosen = [n for n in chosen if n not in liked]
-                if not chosen:
+                against = [n for n in negs or _negatives(q, pos, cfg, v, k) if n not in liked]
+                if not against:
                     report.skipped["feedback_without_negative"] += 1
-                triples.extend(triple(pos, neg, "feedback", 1.0) for neg in chosen)
+                triples.extend(triple(pos, neg, "feedback", 1.0) for neg in against)
         else:
             opened = [d for d in fetched.get(q.query_id, ()) if d not in disliked]
             if opened:
