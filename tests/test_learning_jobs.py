@@ -106,6 +106,7 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
     try:
         policy = rift.learning.policy
         assert not policy.running  # a one-off command (foreground start) never retrains on its own
+        assert policy.describe()["last_retrain"] is None  # a new data dir has never retrained
         assert policy.check().startswith("not due: 0 new queries")
         fill_two_collections(rift)  # 60 searches
         outcome = policy.check()
@@ -121,6 +122,7 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
         # The last action outlives later "not due" checks.
         assert shown["last_action"]["outcome"].startswith("started retrain job")
         retrained_at = policy.last_retrain
+        assert retrained_at is not None and shown["last_retrain"] == retrained_at
         # A due retrain skipped for too few triples restarts the count but is no retrain.
         policy.settings = policy.settings.model_copy(update={"learn_min_triples": 10**6})
         rift.learning.settings = policy.settings

@@ -233,3 +233,47 @@ def test_a_shutdown_right_after_start_keeps_the_plan(tmp_path: Path, tiny_model_
     Rift(settings).start(background=True).close()  # stopped while it loads
     assert [p.version for p in resume.pending(settings.models_dir)] == [plan.version]
     assert step() >= before
+
+
+def test_a_plan_a_later_retrain_supersedes_gets_a_note(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A retrain started by a one-off command drops the plan an earlier shutdown left, and says so in the
+    registry (the plan used to vanish without a word, and a version stopped after training kept a note that
+    its gate would run at the next start)."""
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, _ = _stopped_while_training(settings, at_step=1)
+    assert (settings.models_dir / plan.version).is_dir()  # marked as not registered yet
+    cli = open_rift(settings)
+    try:
+        started = cli.learning.retrain(batch_size=4, epochs=1)
+        cli.learning.jobs.wait(180)
+        assert cli.learning.status(started["job_id"])["status"] == "succeeded"
+        dropped = cli.learning.registry.get(plan.version)
+        assert dropped.status == "failed"
+        assert dropped.note.endswith("not continued: a later retrain was started after it"), dropped.note
+        assert not (settings.models_dir / plan.version).exists()  # nothing registered was in it
+        assert resume.pending(settings.models_dir) == []
+    finally:
+        cli.close()
+
+
+def test_a_retrain_that_fails_says_why_in_the_registry(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    from server.learning.gate import Gate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("synthetic gate failure")
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        monkeypatch.setattr(Gate, "score", broken)
+        started = rift.learning.retrain(batch_size=4, epochs=1)
+        rift.learning.jobs.wait(180)
+        assert rift.learning.status(started["job_id"])["status"] == "failed"
+        [entry] = [v for v in rift.learning.registry.all() if v.kind == "fine-tune"]
+        assert entry.status == "failed"
+        assert entry.note == "failed (RuntimeError: synthetic gate failure)"  # it said "interrupted"
+    finally:
+        rift.close()

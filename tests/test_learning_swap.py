@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from server.learning.manager import UNREGISTERED
 from server.service import Rift
 from tests.support.helpers import docs, ids, make_settings, open_rift
 from tests.support.learning import fill_two_collections, queries
@@ -241,10 +242,12 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
         )
         rift.engine().vectors.ensure(chroma_name_for("default", "ft-x"), 32, {"rift:model_version": "ft-x"})
         (settings.models_dir / ".ft-x.trainer").mkdir()
-        # Weights saved by a job killed before it registered them; and a registered candidate's, which stay.
-        for version in ("ft-20261203-071500-abc123", "ft-x"):
+        # Weights saved by a job killed before it registered them (still marked); weights a registry that was
+        # moved aside named (no mark), which stay; and a registered candidate's, which stay.
+        for version in ("ft-20261203-071500-abc123", "ft-20261203-071500-def456", "ft-x"):
             (settings.models_dir / version).mkdir()
             (settings.models_dir / version / "model.safetensors").write_bytes(b"w")
+        (settings.models_dir / "ft-20261203-071500-abc123" / UNREGISTERED).touch()
     finally:
         rift.close()
     again = open_rift(settings)
@@ -260,6 +263,7 @@ def test_a_job_the_process_did_not_finish_is_cleaned_up_at_start(
         }
         assert not (settings.models_dir / ".ft-x.trainer").exists()
         assert not (settings.models_dir / "ft-20261203-071500-abc123").exists()
+        assert (settings.models_dir / "ft-20261203-071500-def456" / "model.safetensors").exists()
         assert (settings.models_dir / "ft-x" / "model.safetensors").exists()
         assert again.search("default", "cat").outcome.hits
     finally:

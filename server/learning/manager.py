@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # A re-index entry stays "failed" with this note suffix until it serves; a stop replaces the suffix with why.
 IN_PROGRESS = ": in progress"
 FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fine-tune")
+# In a fine-tune's folder from before its weights are saved until the registry names it: only such a folder
+# is a killed job's leftover that start-up may delete.
+UNREGISTERED = ".rift-unregistered"
 MINING_WAIT_S = 5.0  # how long `retrain` waits for its job's mining before it returns (a small log's takes ms)
 
 
@@ -94,13 +97,18 @@ class LearningManager:
     def _delete_orphan_weights(self) -> list[str]:
         """Fine-tuned weights no registry entry names and no interrupted retrain continues from: a process
         killed between saving a candidate and registering it (without `learn_resume_interrupted`) left them,
-        about 90 MB each for MiniLM, which nothing else would ever delete."""
+        about 90 MB each for MiniLM, which nothing else would ever delete. Only folders still marked
+        UNREGISTERED go: a registered fine-tune's folder stays even when the registry no longer names it (a
+        damaged registry moved aside, as its error message suggests), and so does the configured `model`'s."""
         known = {v.version for v in self.registry.all()} | set(resume.versions(self.settings.models_dir))
+        configured = model_key(self.settings.model)
         deleted = []
         for folder in sorted(self.settings.models_dir.glob("ft-*")):
             if folder.name in known or not FINE_TUNE_DIR.fullmatch(folder.name):
                 continue
-            if folder.is_dir() and not folder.is_symlink():
+            if folder.is_symlink() or not (folder / UNREGISTERED).is_file() or model_key(str(folder)) == configured:
+                continue
+            if folder.is_dir():
                 log.warning("deleting %s: weights no model version names (a job killed midway)", folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 deleted.append(folder.name)
@@ -359,6 +367,9 @@ class LearningManager:
         resume.discard(self.settings.models_dir, plan.version)
         entry = self.registry.get(plan.version)
         if entry is None:  # stopped during training: the registry had no entry yet, so say so in a new one
+            folder = self.settings.models_dir / plan.version
+            if (folder / UNREGISTERED).is_file():  # (holds no registered weights)
+                shutil.rmtree(folder, ignore_errors=True)
             note = f"interrupted during training; not continued: {why}"
             self.registry.add(self._candidate_entry(plan, dict(plan.config), note))  # (no weights were saved)
         elif entry.status == "failed":
@@ -410,11 +421,13 @@ class LearningManager:
         try:
             if resumable:
                 resume.save(models_dir, plan)
-                for older in resume.versions(models_dir):  # (left by a CLI command): this one supersedes it
-                    if older != plan.version:
-                        resume.discard(models_dir, older)
+                for older in resume.pending(models_dir):  # (left by a CLI command): this one supersedes it
+                    if older.version != plan.version:
+                        self._drop_plan(older, "a later retrain was started after it")
             entry = self.registry.get(plan.version) if plan.trained else None
             if entry is None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / UNREGISTERED).touch()
                 job.enter("training")
                 trained = train_model(
                     plan.base_location,
@@ -434,12 +447,13 @@ class LearningManager:
                     "steps": trained.steps,
                     "seconds": round(trained.seconds, 2),
                     "device": trained.device,
-                    "loss": trained.train_loss,
+                    "final_loss": trained.train_loss,  # (not "loss": that key names the loss function)
                     **({"resumed_at_step": trained.resumed_at_step} if trained.resumed_at_step else {}),
                 }
                 entry = self.registry.add(
                     self._candidate_entry(plan, {**plan.config, **result["train"]}, "candidate being evaluated")
                 )
+                (out_dir / UNREGISTERED).unlink(missing_ok=True)
                 if resumable:  # from here on a restart gates the saved weights instead of training again
                     plan.trained, plan.result = True, result
                     resume.save(models_dir, plan)
@@ -545,7 +559,7 @@ class LearningManager:
                 )
             resumes = job.shutting_down and self.settings.learn_resume_interrupted  # (see _retrain_job)
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
-                note = "cancelled" if cancelled else "interrupted"
+                note = "cancelled" if cancelled else f"failed ({type(exc).__name__}: {exc})"
                 if resumes:
                     note = "interrupted by a shutdown: the gate runs again at the next start"
                 self.registry.update(entry.version, status="failed", note=note)
@@ -605,23 +619,34 @@ class LearningManager:
         for v in self.registry.all():
             if v.version not in keep:
                 drop_built(engine, v.version)
-        retired = [v for v in served if v.kind == "fine-tune" and v.status == "retired"]
-        keep |= {v.version for v in retired[: self.settings.learn_keep_weights]}
+        # Retired versions that load weights from the models dir: fine-tunes, and re-indexes to a fine-tune's
+        # folder (`rift reindex --model <data>/models/ft-…`). The newest learn_keep_weights of them keep theirs.
+        holders = [v for v in served if v.status == "retired" and self._in_models_dir(v)]
+        keep |= {v.version for v in holders[: self.settings.learn_keep_weights]}
+        kept = {model_key(self.registry.location_of(v)) for v in holders if v.version in keep}
         # A folder something still loads stays: the configured `model` may name a fine-tune's folder (a base
         # version of that path then serves while the fine-tune's own entry is retired).
-        in_use = {model_key(self.settings.model)} | {
-            model_key(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
-        }
+        in_use = kept | self._loaded_locations()
         deleted = [
             v.version
-            for v in retired
-            if v.version not in keep
+            for v in holders
+            if v.kind == "fine-tune"
             and model_key(self.registry.location_of(v)) not in in_use
             and self._delete_weights(v) is not None
         ]
         if deleted:
             prune_exports(self.settings.models_dir / "onnx")
             log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))
+
+    def _in_models_dir(self, v: ModelVersion) -> bool:
+        return self.registry.dir.resolve() in Path(self.registry.location_of(v)).resolve().parents
+
+    def _loaded_locations(self) -> set[str]:
+        """Model folders something loads now or at the next start: the configured `model` and every serving
+        version's location."""
+        return {model_key(self.settings.model)} | {
+            model_key(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
+        }
 
     # --- rollback / reindex --------------------------------------------------------------------------------
 
@@ -631,7 +656,13 @@ class LearningManager:
         def work(job: Job) -> dict[str, Any]:
             job.enter("loading")
             origin = self.registry.origin_model(target) if target.kind == "fine-tune" else None
-            embedder = load_embedder(self.registry.location_of(target), target.version, self.settings, origin)
+            location = self.registry.location_of(target)
+            try:
+                embedder = load_embedder(location, target.version, self.settings, origin)
+            except Exception as exc:
+                raise RiftError(
+                    f"cannot load version {target.version!r} from {location}: {describe_load_failure(location, exc)}"
+                ) from None
 
             def progress(done: int, total: int) -> None:
                 job.progress(done, total)
@@ -703,10 +734,18 @@ class LearningManager:
             raise RiftError("a retrain, rollback or reindex is running; prune once it has finished")
         deleted: list[dict[str, Any]] = []
         pending = set(resume.versions(self.settings.models_dir)) if versions is None else set()
+        # A re-index may serve (or, retired, serve again) from a rejected candidate's folder: those stay.
+        in_use = self._loaded_locations() | {
+            model_key(self.registry.location_of(v))
+            for v in self.registry.all()
+            if v.kind != "fine-tune" and v.status == "retired"
+        }
         for v in self.registry.all():
             if v.kind != "fine-tune" or v.status not in ("rejected", "failed") or v.version in pending:
                 continue  # (a pending one is an interrupted retrain's candidate: the next server gates it)
             if versions is not None and v.version not in versions:
+                continue
+            if model_key(self.registry.location_of(v)) in in_use:
                 continue
             size = self._delete_weights(v)
             if size is not None:
@@ -723,7 +762,10 @@ class LearningManager:
             return None
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path)
-        self.registry.update(v.version, note="; ".join(n for n in (v.note, WEIGHTS_DELETED) if n))
+        gone = model_key(str(path))
+        for other in self.registry.all():  # itself, and any re-index that loaded this folder
+            if other.version == v.version or model_key(self.registry.location_of(other)) == gone:
+                self.registry.update(other.version, note="; ".join(n for n in (other.note, WEIGHTS_DELETED) if n))
         return size
 
     def stats(self) -> dict[str, Any]:

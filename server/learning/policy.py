@@ -35,10 +35,13 @@ class Policy:
                 state = json.loads(self._path.read_text())
             except (OSError, ValueError):
                 state = {}
-        self.last_retrain: float = float(state.get("last_retrain", time.time()))
+        last = state.get("last_retrain")
+        self.last_retrain: float | None = float(last) if isinstance(last, int | float) else None  # None: never
         # Counting restarts here: at the last retrain, or when a due retrain was skipped for too few triples
-        # (so it waits for the next window rather than retrying every check). Not a retrain itself.
-        self.window_start: float = float(state.get("window_start", self.last_retrain))
+        # (so it waits for the next window rather than retrying every check), or when the data dir was new.
+        # Not a retrain itself.
+        start = state.get("window_start", self.last_retrain)
+        self.window_start: float = float(start) if isinstance(start, int | float) else time.time()
         if not self._path.is_file():
             self._persist()
 

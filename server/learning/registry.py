@@ -214,8 +214,12 @@ class Registry:
             return max(retired, key=lambda v: v.served_at or v.created_at)
 
     def _has_weights(self, entry: ModelVersion) -> bool:
-        """False for a fine-tune whose weight folder is gone (only rift's own folders are ever deleted)."""
-        return entry.kind != "fine-tune" or Path(self.location_of(entry)).is_dir()
+        """False for a version whose weight folder under the models dir is gone: a fine-tune's, or a re-index's
+        to a fine-tune's folder (only rift's own folders are ever deleted)."""
+        location = Path(self.location_of(entry))
+        if entry.kind != "fine-tune" and self.dir.resolve() not in location.resolve().parents:
+            return True
+        return location.is_dir()
 
     # --- changes -------------------------------------------------------------------------------------------
 
