@@ -75,11 +75,13 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) >= CORE
     expected_hints = {  # read_only, destructive, idempotent
-        "add_documents": (False, False, True),
+        "add_documents": (False, True, True),  # re-adding an id replaces its text
         "hybrid_search": (True, False, True),
         "delete_documents": (False, True, False),
         "stats": (True, False, True),
     }
+    # Not "additive only" either (MCP's destructiveHint false): add_paths prunes, update_metadata removes keys.
+    assert tools["add_paths"].annotations.destructive_hint and tools["update_metadata"].annotations.destructive_hint
     for name in CORE:
         tool = tools[name]
         assert tool.title and tool.annotations is not None and tool.annotations.title == tool.title

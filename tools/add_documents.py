@@ -97,7 +97,7 @@ TOOL = ToolSpec(
     annotations=ToolAnnotations(
         title="Add documents",
         read_only_hint=False,
-        destructive_hint=False,
+        destructive_hint=True,  # (MCP: False means "only additive updates"; this one replaces or removes)
         idempotent_hint=True,
         open_world_hint=False,
     ),
