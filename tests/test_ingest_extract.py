@@ -272,9 +272,9 @@ def test_code_blocks_pdf_pages_and_plain_fallback(tokenizer) -> None:
 # --- walking and path checks ---------------------------------------------------------------------------------
 
 
-def listing(folder: Path, **kwargs) -> dict[str, str]:
+def listing(folder: Path, policy: PathPolicy | None = None, **kwargs) -> dict[str, str]:
     out = {}
-    for item in walk(folder, PathPolicy.unrestricted(), **kwargs):
+    for item in walk(folder, policy or PathPolicy.unrestricted(), **kwargs):
         rel = str(Path(item.path).relative_to(folder))
         out[rel] = "found" if isinstance(item, Found) else item.reason
     return out
@@ -293,8 +293,8 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     (docs / "sub" / "drop.txt").write_text("x")
     (docs / "sub" / "keep.txt").write_text("x")
     (docs / "secret" / "s.md").write_text("x")
-    (docs / ".git").mkdir()  # VCS folders are left out silently
-    (docs / ".git" / "HEAD").write_text("ref")
+    (docs / ".hg").mkdir()  # VCS folders are left out silently
+    (docs / ".hg" / "store").write_text("x")
     os.mkfifo(docs / "pipe.md")
     got = listing(docs)
     assert got == {
@@ -319,6 +319,45 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     with pytest.raises(RiftError, match="only exclusions"):
         compile_glob(["!*.md"])
     assert compile_glob(["*", "!*.log"]) is not None
+
+
+def test_gitignores_above_the_folder_apply_whichever_folder_is_synced(tmp_path: Path, monkeypatch) -> None:
+    """A file's verdict does not depend on the folder synced: the .gitignore files of the folders above it
+    apply up to the repository root, inside the allowed roots even when that root lies outside them, and up to
+    the filesystem root outside any repository. A folder holding .git is its own root: nothing above applies."""
+    repo = tmp_path.resolve() / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".gitignore").write_text("*.key.md\n")
+    docs = repo / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / ".gitignore").write_text("secret.md\n")
+    for name in ("secret.md", "api.key.md", "ok.md"):
+        (docs / "sub" / name).write_text("x")
+    inside_docs = PathPolicy((docs,))  # the repository root (and its .gitignore) lie outside the roots
+    expected = {"secret.md": "ignored by .gitignore", "api.key.md": "found", "ok.md": "found"}
+    assert listing(docs / "sub", inside_docs) == expected
+    assert {k.removeprefix("sub/"): v for k, v in listing(docs, inside_docs).items() if "/" in k} == expected
+    assert listing(docs / "sub")["api.key.md"] == "ignored by .gitignore"  # unrestricted: up to the root
+
+    notes = tmp_path.resolve() / "notes"  # no repository above
+    (notes / "sub").mkdir(parents=True)
+    (notes / ".gitignore").write_text("secret.md\n")
+    (notes / "sub" / "secret.md").write_text("x")
+    assert listing(notes)["sub/secret.md"] == "ignored by .gitignore"
+    assert listing(notes / "sub") == {"secret.md": "ignored by .gitignore"}
+    assert listing(notes / "sub", PathPolicy((notes / "sub",))) == {"secret.md": "found"}  # notes is outside
+    (notes / "sub" / ".git").mkdir()
+    assert listing(notes / "sub") == {"secret.md": "found"}
+
+    exists = Path.exists
+
+    def unsearchable(self: Path) -> bool:  # a folder without x permission (chmod would not stop root)
+        if self.parent == notes / "sub":
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self)
+
+    monkeypatch.setattr(Path, "exists", unsearchable)
+    assert listing(notes / "sub") == {"secret.md": "ignored by .gitignore"}  # walked as far as it can be
 
 
 def test_walk_survives_a_tree_nested_past_the_recursion_limit(tmp_path: Path) -> None:

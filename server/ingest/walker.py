@@ -1,5 +1,6 @@
-"""Folder walking: .gitignore rules (nested files, and those above the folder up to its repository root),
-an optional gitignore-style glob, symlinks checked against the allowed roots, VCS folders left out."""
+"""Folder walking: .gitignore rules (nested files, and those above the folder up to its repository root, or
+up to the filesystem root outside a repository; none from outside the allowed roots), an optional
+gitignore-style glob, symlinks checked against the allowed roots, VCS folders left out."""
 
 from __future__ import annotations
 
@@ -172,16 +173,27 @@ def _names(regex: re.Pattern[str], rel: str, is_dir: bool) -> bool:
 
 
 def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> None:
-    """.gitignore files above `folder` up to the repository root (a folder holding .git), when readable."""
+    """.gitignore files above `folder` that apply to its files: up to its repository root (the nearest folder
+    holding .git), or up to the filesystem root outside any repository, so that a file's verdict does not
+    depend on which folder above it is synced. Never from a folder outside the allowed roots."""
+    if _holds_git(folder):
+        return  # the folder is its own repository root: as in git, nothing above applies
     chain: list[Path] = []
     for parent in folder.parents:
         if not policy.allows(parent):
-            return
+            break  # those inside the roots still apply (a repository root further up is not ours to read)
         chain.append(parent)
-        if (parent / ".git").exists():
-            for ancestor in reversed(chain):
-                rules.load(ancestor)
-            return
+        if _holds_git(parent):
+            break
+    for ancestor in reversed(chain):
+        rules.load(ancestor)
+
+
+def _holds_git(folder: Path) -> bool:
+    try:
+        return (folder / ".git").exists()
+    except OSError:  # a folder that cannot be searched: the walk reports it; the rules above still apply
+        return False
 
 
 def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
