@@ -31,7 +31,7 @@ from server.ingest.splitters import (
     split_pdf,
     split_python,
 )
-from server.ingest.walker import MAX_FOLDER_DEPTH, Found, compile_glob, walk
+from server.ingest.walker import MAX_FOLDER_DEPTH, UNKNOWN_RULES, Found, Skipped, compile_glob, walk
 from tests.support.corpus import make_pdf
 
 
@@ -358,6 +358,28 @@ def test_gitignores_above_the_folder_apply_whichever_folder_is_synced(tmp_path: 
 
     monkeypatch.setattr(Path, "exists", unsearchable)
     assert listing(notes / "sub") == {"secret.md": "ignored by .gitignore"}  # walked as far as it can be
+
+
+def test_an_unreadable_gitignore_leaves_out_what_it_governs(tmp_path: Path) -> None:
+    """Its folder's whole subtree is left out (a link into it too), and for one above the walked folder the
+    whole walk, each reported once as an error that may pass."""
+    root = tmp_path.resolve() / "root"
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "ok.md").write_text("x")
+    (root / "sub" / "secret.md").write_text("x")
+    (root / "sub" / "deep" / "d.md").write_text("x")
+    (root / "sub" / ".gitignore").mkdir()  # its rules cannot be read
+    (root / "link.md").symlink_to(root / "sub" / "secret.md")
+    why = f"cannot read {root / 'sub' / '.gitignore'}: not a regular file"
+    items = list(walk(root, PathPolicy.unrestricted()))
+    got = {str(i.path.relative_to(root)): i.reason if isinstance(i, Skipped) else "found" for i in items}
+    assert got == {
+        "ok.md": "found",
+        "sub": f"{why}; {UNKNOWN_RULES}",
+        "link.md": f"symlink to a file whose folder's rules are unknown: {why}",
+    }
+    assert all(i.transient for i in items if isinstance(i, Skipped))
+    assert listing(root / "sub" / "deep") == {".": f"{why}; {UNKNOWN_RULES}"}
 
 
 def test_walk_survives_a_tree_nested_past_the_recursion_limit(tmp_path: Path) -> None:
