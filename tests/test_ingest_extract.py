@@ -256,6 +256,30 @@ def test_python_symbols_keep_decorators_and_comments(tokenizer) -> None:
     assert [s.path for s in broken] == [(), ()]  # unparsable: blank-line blocks
 
 
+def test_each_pdf_chunk_is_labelled_with_the_page_its_text_is_on(tmp_path: Path, tokenizer) -> None:
+    """Short pages are not packed into one chunk (it carried only the first page's number and a raw form
+    feed), and a form feed inside a page's own text does not shift the numbers of the pages after it."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for text in ("first page alpha \f still first page beta", "second page gamma", "third page delta"):
+        pdf.add_page()
+        pdf.cell(text=text)  # (multi_cell would break the line at the form feed)
+    pdf.output(str(tmp_path / "ff.pdf"))
+    out = extract(tmp_path / "ff.pdf", (tmp_path / "ff.pdf").read_bytes(), "pdf")
+    assert out.metadata == {"pages": 3} and len(out.text.split("\f")) == 3
+    chunks = chunk_structured(out.text, {"file_type": "pdf"}, tokenizer, 256, 32)
+    assert chunks is not None
+    got = [(c.metadata["page"], " ".join(c.text.split())) for c in chunks]
+    assert got == [
+        (1, "first page alpha still first page beta"),
+        (2, "second page gamma"),
+        (3, "third page delta"),
+    ]
+    assert not any("\f" in c.text for c in chunks)
+
+
 def test_code_blocks_pdf_pages_and_plain_fallback(tokenizer) -> None:
     js = "function a() {\n  return 1;\n}\n\nfunction b() {\n  return 2;\n}\n"
     assert [js[s.start : s.end].strip() for s in split_blocks(js)] == [

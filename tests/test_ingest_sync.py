@@ -117,7 +117,9 @@ def test_file_metadata_and_structure_aware_chunks(app: Rift, docs: Path) -> None
     _, pdf_meta, _, _ = engine.get_document("files", str(docs / "aurora.pdf"))
     assert pdf_meta["title"] == "Aurora Observations" and pdf_meta["file_type"] == "pdf"
     pages = [c.metadata.get("page") for c in engine.state.document_chunks("files", str(docs / "aurora.pdf"))]
-    assert pages[0] == 1
+    assert pages == [1, 2]  # two short pages: one chunk each, so a page filter finds each page's text
+    assert top_doc(app, "magnetometers", docs, filters={"page": 2}) == "aurora.pdf"
+    assert top_doc(app, "magnetometers", docs, filters={"page": 1}) is None
 
     html_text, html_meta, _, _ = engine.get_document("files", str(docs / "botany.html"))
     assert html_meta["title"] == "Desert Botany"
