@@ -31,7 +31,7 @@ from server.ingest.splitters import (
     split_pdf,
     split_python,
 )
-from server.ingest.walker import MAX_FOLDER_DEPTH, Found, compile_glob, walk
+from server.ingest.walker import MAX_FOLDER_DEPTH, UNKNOWN_RULES, Found, Skipped, compile_glob, walk
 from tests.support.corpus import make_pdf
 
 
@@ -256,6 +256,30 @@ def test_python_symbols_keep_decorators_and_comments(tokenizer) -> None:
     assert [s.path for s in broken] == [(), ()]  # unparsable: blank-line blocks
 
 
+def test_each_pdf_chunk_is_labelled_with_the_page_its_text_is_on(tmp_path: Path, tokenizer) -> None:
+    """Short pages are not packed into one chunk (it carried only the first page's number and a raw form
+    feed), and a form feed inside a page's own text does not shift the numbers of the pages after it."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for text in ("first page alpha \f still first page beta", "second page gamma", "third page delta"):
+        pdf.add_page()
+        pdf.cell(text=text)  # (multi_cell would break the line at the form feed)
+    pdf.output(str(tmp_path / "ff.pdf"))
+    out = extract(tmp_path / "ff.pdf", (tmp_path / "ff.pdf").read_bytes(), "pdf")
+    assert out.metadata == {"pages": 3} and len(out.text.split("\f")) == 3
+    chunks = chunk_structured(out.text, {"file_type": "pdf"}, tokenizer, 256, 32)
+    assert chunks is not None
+    got = [(c.metadata["page"], " ".join(c.text.split())) for c in chunks]
+    assert got == [
+        (1, "first page alpha still first page beta"),
+        (2, "second page gamma"),
+        (3, "third page delta"),
+    ]
+    assert not any("\f" in c.text for c in chunks)
+
+
 def test_code_blocks_pdf_pages_and_plain_fallback(tokenizer) -> None:
     js = "function a() {\n  return 1;\n}\n\nfunction b() {\n  return 2;\n}\n"
     assert [js[s.start : s.end].strip() for s in split_blocks(js)] == [
@@ -272,9 +296,9 @@ def test_code_blocks_pdf_pages_and_plain_fallback(tokenizer) -> None:
 # --- walking and path checks ---------------------------------------------------------------------------------
 
 
-def listing(folder: Path, **kwargs) -> dict[str, str]:
+def listing(folder: Path, policy: PathPolicy | None = None, **kwargs) -> dict[str, str]:
     out = {}
-    for item in walk(folder, PathPolicy.unrestricted(), **kwargs):
+    for item in walk(folder, policy or PathPolicy.unrestricted(), **kwargs):
         rel = str(Path(item.path).relative_to(folder))
         out[rel] = "found" if isinstance(item, Found) else item.reason
     return out
@@ -293,8 +317,8 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     (docs / "sub" / "drop.txt").write_text("x")
     (docs / "sub" / "keep.txt").write_text("x")
     (docs / "secret" / "s.md").write_text("x")
-    (docs / ".git").mkdir()  # VCS folders are left out silently
-    (docs / ".git" / "HEAD").write_text("ref")
+    (docs / ".hg").mkdir()  # VCS folders are left out silently
+    (docs / ".hg" / "store").write_text("x")
     os.mkfifo(docs / "pipe.md")
     got = listing(docs)
     assert got == {
@@ -319,6 +343,67 @@ def test_walk_nested_gitignore_negation_ancestor_rules_and_glob(tmp_path: Path) 
     with pytest.raises(RiftError, match="only exclusions"):
         compile_glob(["!*.md"])
     assert compile_glob(["*", "!*.log"]) is not None
+
+
+def test_gitignores_above_the_folder_apply_whichever_folder_is_synced(tmp_path: Path, monkeypatch) -> None:
+    """A file's verdict does not depend on the folder synced: the .gitignore files of the folders above it
+    apply up to the repository root, inside the allowed roots even when that root lies outside them, and up to
+    the filesystem root outside any repository. A folder holding .git is its own root: nothing above applies."""
+    repo = tmp_path.resolve() / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".gitignore").write_text("*.key.md\n")
+    docs = repo / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / ".gitignore").write_text("secret.md\n")
+    for name in ("secret.md", "api.key.md", "ok.md"):
+        (docs / "sub" / name).write_text("x")
+    inside_docs = PathPolicy((docs,))  # the repository root (and its .gitignore) lie outside the roots
+    expected = {"secret.md": "ignored by .gitignore", "api.key.md": "found", "ok.md": "found"}
+    assert listing(docs / "sub", inside_docs) == expected
+    assert {k.removeprefix("sub/"): v for k, v in listing(docs, inside_docs).items() if "/" in k} == expected
+    assert listing(docs / "sub")["api.key.md"] == "ignored by .gitignore"  # unrestricted: up to the root
+
+    notes = tmp_path.resolve() / "notes"  # no repository above
+    (notes / "sub").mkdir(parents=True)
+    (notes / ".gitignore").write_text("secret.md\n")
+    (notes / "sub" / "secret.md").write_text("x")
+    assert listing(notes)["sub/secret.md"] == "ignored by .gitignore"
+    assert listing(notes / "sub") == {"secret.md": "ignored by .gitignore"}
+    assert listing(notes / "sub", PathPolicy((notes / "sub",))) == {"secret.md": "found"}  # notes is outside
+    (notes / "sub" / ".git").mkdir()
+    assert listing(notes / "sub") == {"secret.md": "found"}
+
+    exists = Path.exists
+
+    def unsearchable(self: Path) -> bool:  # a folder without x permission (chmod would not stop root)
+        if self.parent == notes / "sub":
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self)
+
+    monkeypatch.setattr(Path, "exists", unsearchable)
+    assert listing(notes / "sub") == {"secret.md": "ignored by .gitignore"}  # walked as far as it can be
+
+
+def test_an_unreadable_gitignore_leaves_out_what_it_governs(tmp_path: Path) -> None:
+    """Its folder's whole subtree is left out (a link into it too), and for one above the walked folder the
+    whole walk, each reported once as an error that may pass."""
+    root = tmp_path.resolve() / "root"
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "ok.md").write_text("x")
+    (root / "sub" / "secret.md").write_text("x")
+    (root / "sub" / "deep" / "d.md").write_text("x")
+    (root / "sub" / ".gitignore").mkdir()  # its rules cannot be read
+    (root / "link.md").symlink_to(root / "sub" / "secret.md")
+    why = f"cannot read {root / 'sub' / '.gitignore'}: not a regular file"
+    items = list(walk(root, PathPolicy.unrestricted()))
+    got = {str(i.path.relative_to(root)): i.reason if isinstance(i, Skipped) else "found" for i in items}
+    assert got == {
+        "ok.md": "found",
+        "sub": f"{why}; {UNKNOWN_RULES}",
+        "link.md": f"symlink to a file whose folder's rules are unknown: {why}",
+    }
+    assert all(i.transient for i in items if isinstance(i, Skipped))
+    assert listing(root / "sub" / "deep") == {".": f"{why}; {UNKNOWN_RULES}"}
 
 
 def test_walk_survives_a_tree_nested_past_the_recursion_limit(tmp_path: Path) -> None:

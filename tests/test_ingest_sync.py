@@ -117,7 +117,9 @@ def test_file_metadata_and_structure_aware_chunks(app: Rift, docs: Path) -> None
     _, pdf_meta, _, _ = engine.get_document("files", str(docs / "aurora.pdf"))
     assert pdf_meta["title"] == "Aurora Observations" and pdf_meta["file_type"] == "pdf"
     pages = [c.metadata.get("page") for c in engine.state.document_chunks("files", str(docs / "aurora.pdf"))]
-    assert pages[0] == 1
+    assert pages == [1, 2]  # two short pages: one chunk each, so a page filter finds each page's text
+    assert top_doc(app, "magnetometers", docs, filters={"page": 2}) == "aurora.pdf"
+    assert top_doc(app, "magnetometers", docs, filters={"page": 1}) is None
 
     html_text, html_meta, _, _ = engine.get_document("files", str(docs / "botany.html"))
     assert html_meta["title"] == "Desert Botany"
@@ -186,6 +188,42 @@ def test_prune_removes_newly_ignored_files_but_respects_glob_scope(app: Rift, do
     assert status == "skipped" and reason == "ignored by .gitignore"
     assert pruned["notes/walrus.txt"][0] == "removed"
     assert stored(app, docs) == INGESTIBLE - {"notes/walrus.txt"}
+
+
+def test_an_unreadable_gitignore_leaves_its_folder_out_and_prune_keeps_its_documents(
+    app: Rift, docs: Path, monkeypatch
+) -> None:
+    """A .gitignore that cannot be read may be keeping secrets out: the files it governs are not guessed at
+    but left out, reported as an error that may pass (pruning keeps their documents); one above the synced
+    folder leaves the whole folder out."""
+    (docs / "notes" / ".gitignore").write_text("secret.md\n")
+    (docs / "notes" / "secret.md").write_text("The walrus keeper's password is hunter2.\n")
+    sync(app, docs)
+    assert stored(app, docs) == INGESTIBLE
+
+    unreadable: set[Path] = {docs / "notes" / ".gitignore"}
+    read_text = Path.read_text
+
+    def denied(self: Path, *args, **kwargs) -> str:
+        if self in unreadable:  # (chmod would not stop root from reading it)
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    left_out = "the folder is left out, as the rules that apply to it are unknown"
+    got = statuses(sync(app, docs, prune=True), docs)
+    assert got["notes"] == (
+        "skipped",
+        f"cannot read {docs / 'notes' / '.gitignore'}: Permission denied; {left_out}",
+    )
+    assert not any(p.startswith("notes/") for p in got)
+    assert stored(app, docs) == INGESTIBLE  # notes/walrus.txt stays; the secret never came in
+
+    unreadable.clear()
+    unreadable.add(docs / ".gitignore")
+    got = statuses(sync(app, docs / "notes", prune=True), docs)
+    assert got == {"notes": ("skipped", f"cannot read {docs / '.gitignore'}: Permission denied; {left_out}")}
+    assert stored(app, docs) == INGESTIBLE
 
 
 def test_prune_of_a_folder_that_is_gone_removes_its_documents(app: Rift, docs: Path) -> None:
@@ -597,14 +635,17 @@ def test_front_matter_cannot_steer_prune_and_batches_follow_the_per_call_limit(
 ) -> None:
     """A Markdown file whose front matter says `via: <a link elsewhere>` is not pruned by another folder's
     sync (the sync's own `via` key is not the user's to set); `add_paths` writes in batches no larger than
-    max_documents_per_call; a FIFO named .gitignore is not read (it would block the walk forever)."""
+    max_documents_per_call; a FIFO named .gitignore is not read (it would block the walk forever): its folder is
+    left out, as its rules are unknown."""
     root = tmp_path / "root"
     (root / "A").mkdir(parents=True)
     (root / "B").mkdir()
+    (root / "C").mkdir()
     (root / "A" / "via.md").write_text(f"---\nvia: {root / 'B' / 'link.md'}\n---\n# Kept\n")
     for i in range(12):
         (root / "B" / f"n{i}.md").write_text(f"# note {i}\n")
-    os.mkfifo(root / "B" / ".gitignore")
+    os.mkfifo(root / "C" / ".gitignore")
+    (root / "C" / "c.md").write_text("# C\n")
     settings = Settings(
         data_dir=tmp_path / "data", model=str(tiny_model_path), chunk_tokens=48, chunk_overlap=8,
         allowed_roots=[root], max_documents_per_call=5,
@@ -615,6 +656,9 @@ def test_front_matter_cannot_steer_prune_and_batches_follow_the_per_call_limit(
         sync_paths(rift.engine(), "files", [str(root / "A")], policy)
         report = sync_paths(rift.engine(), "files", [str(root / "B")], policy, prune=True)
         assert sum(f.status == "added" for f in report.files) == 12
+        fifo = sync_paths(rift.engine(), "files", [str(root / "C")], policy).files
+        assert [(f.path, f.status) for f in fifo] == [(str(root / "C"), "skipped")]
+        assert f"cannot read {root / 'C' / '.gitignore'}: not a regular file" in (fifo[0].reason or "")
         docs = {d for d, _ in rift.engine().state.list_documents("files", -1, 0)}
         assert str(root / "A" / "via.md") in docs and len(docs) == 13
         meta = rift.engine().get_document("files", str(root / "A" / "via.md"))[1]

@@ -335,9 +335,10 @@ def _laid_out_text(root: Any) -> str:
 
 
 def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
-    """Pages are joined with a form feed so the PDF splitter can tell which page a chunk came from. Extraction
-    stops once the text passes `max_chars` (a few KB of PDF can hold thousands of pages sharing one
-    compressed stream: every page extracted costs time, and the document would be refused anyway)."""
+    """Pages are joined with a form feed (those in a page's own text become newlines) so the PDF splitter can
+    tell which page a chunk came from. Extraction stops once the text passes `max_chars` (a few KB of PDF can
+    hold thousands of pages sharing one compressed stream: every page extracted costs time, and the document
+    would be refused anyway)."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -362,7 +363,8 @@ def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
         raise SkipFile(f"unreadable PDF: {exc}") from None
     except Exception as exc:  # pypdf raises assorted errors on damaged files; name the file, do not crash
         raise SkipFile(f"unreadable PDF: {type(exc).__name__}: {exc}") from None
-    pages = [clean(p).strip("\n") for p in pages]
+    # A form feed inside a page's text would read as a page break: every later page's number would shift.
+    pages = [clean(p).replace("\f", "\n").strip("\n") for p in pages]
     if not any(p.strip() for p in pages):
         raise SkipFile("PDF has no extractable text (scanned images?)")
     return Extracted("\n\f\n".join(pages), title, {"pages": len(pages)})
@@ -373,8 +375,9 @@ def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
 
 # Bumped when a family's extraction changes what text a file gives, so the next sync re-reads files stored by
 # the earlier extractor (same bytes) instead of skipping them: html 2 = no line breaks at inline tags,
-# 3 = <pre> keeps its indentation, 4 = a comment inside a <pre> is no longer read as text.
-EXTRACTOR_VERSIONS: dict[str, int] = {"html": 4}
+# 3 = <pre> keeps its indentation, 4 = a comment inside a <pre> is no longer read as text; pdf 2 = a form feed
+# in a page's text no longer shifts later pages' numbers (re-reading also re-chunks: pages no longer share one).
+EXTRACTOR_VERSIONS: dict[str, int] = {"html": 4, "pdf": 2}
 
 
 def extractor_version(family: str) -> int:

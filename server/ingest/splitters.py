@@ -5,7 +5,7 @@ class, a blank-line block of other code, a PDF page), each with a path such as (
 ("Engine", "search"). Sections are then packed: neighbours are merged while they fit in one chunk and share a
 path prefix (so a chunk never mixes two unrelated top-level sections), and a section too long for one chunk is
 cut into token windows. Each chunk records its path under `heading` (documents) or `symbol` (code), and PDF
-chunks their `page`.
+chunks their `page` (pages are never packed together).
 """
 
 from __future__ import annotations
@@ -179,8 +179,10 @@ def pack(
             g = groups[-1]
             common = _common(g[2], sec.path)
             # An untitled section (preamble, module-level code) may join its neighbour; titled ones only
-            # merge under a shared parent, which then labels the chunk.
-            if (common or not g[2] or not sec.path) and tokens(g[0], sec.end) <= max_tokens:
+            # merge under a shared parent, which then labels the chunk. Sections with their own metadata (a
+            # PDF page) never share a chunk: it would carry only the first one's.
+            same_meta = g[3] == dict(sec.meta)
+            if same_meta and (common or not g[2] or not sec.path) and tokens(g[0], sec.end) <= max_tokens:
                 g[1] = sec.end
                 g[2] = common if (g[2] and sec.path) else (g[2] or sec.path)
                 continue

@@ -1,5 +1,7 @@
-"""Folder walking: .gitignore rules (nested files, and those above the folder up to its repository root),
-an optional gitignore-style glob, symlinks checked against the allowed roots, VCS folders left out."""
+"""Folder walking: .gitignore rules (nested files, and those above the folder up to its repository root, or
+up to the filesystem root outside a repository; none from outside the allowed roots; an unreadable one
+leaves out what it governs), an optional gitignore-style glob, symlinks checked against the allowed roots, VCS
+folders left out."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ MAX_GLOBS = 32
 # the whole sync. Deeper folders are reported and left out (kept as transient: pruning never removes their
 # documents).
 MAX_FOLDER_DEPTH = 100
+# An unreadable .gitignore may be keeping secrets out: what it governs is left out (transient: pruning keeps
+# its documents) rather than guessed at.
+UNKNOWN_RULES = "the folder is left out, as the rules that apply to it are unknown"
 
 
 @dataclass(frozen=True)
@@ -74,19 +79,33 @@ class IgnoreRules:
 
     def __init__(self) -> None:
         self._specs: dict[Path, pathspec.GitIgnoreSpec] = {}
-        self._loaded: set[Path] = set()
+        self._loaded: dict[Path, str | None] = {}
 
-    def load(self, folder: Path) -> None:
-        if folder in self._loaded:
-            return
-        self._loaded.add(folder)
+    def load(self, folder: Path) -> str | None:
+        """Reads `folder`'s .gitignore, if any; returns why it cannot be read (its rules are then unknown, and
+        the caller must leave out what they govern rather than guess: they may keep secrets out)."""
+        if folder not in self._loaded:
+            self._loaded[folder] = self._read(folder)
+        return self._loaded[folder]
+
+    def _read(self, folder: Path) -> str | None:
         rules = folder / ".gitignore"
         try:
-            if not rules.is_file():  # (a FIFO or a device would block the read forever)
-                return
+            info = rules.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # no .gitignore (or a dangling symlink named so): no rules
+        except OSError as exc:
+            return f"cannot read {rules}: {exc.strerror or exc}"
+        if not stat.S_ISREG(info.st_mode):  # (a FIFO or a device would block the read forever)
+            return f"cannot read {rules}: not a regular file"
+        try:
             lines = rules.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return
+        except OSError as exc:
+            return f"cannot read {rules}: {exc.strerror or exc}"
+        self._parse(folder, lines)
+        return None
+
+    def _parse(self, folder: Path, lines: list[str]) -> None:
         try:
             self._specs[folder] = pathspec.GitIgnoreSpec.from_lines(lines)
         except Exception:
@@ -171,17 +190,31 @@ def _names(regex: re.Pattern[str], rel: str, is_dir: bool) -> bool:
     return False
 
 
-def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> None:
-    """.gitignore files above `folder` up to the repository root (a folder holding .git), when readable."""
+def _load_ancestors(rules: IgnoreRules, folder: Path, policy: PathPolicy) -> str | None:
+    """.gitignore files above `folder` that apply to its files: up to its repository root (the nearest folder
+    holding .git), or up to the filesystem root outside any repository, so that a file's verdict does not
+    depend on which folder above it is synced. Never from a folder outside the allowed roots. Returns why one
+    of them cannot be read, if so."""
+    if _holds_git(folder):
+        return None  # the folder is its own repository root: as in git, nothing above applies
     chain: list[Path] = []
     for parent in folder.parents:
         if not policy.allows(parent):
-            return
+            break  # those inside the roots still apply (a repository root further up is not ours to read)
         chain.append(parent)
-        if (parent / ".git").exists():
-            for ancestor in reversed(chain):
-                rules.load(ancestor)
-            return
+        if _holds_git(parent):
+            break
+    for ancestor in reversed(chain):
+        if (why := rules.load(ancestor)) is not None:
+            return why
+    return None
+
+
+def _holds_git(folder: Path) -> bool:
+    try:
+        return (folder / ".git").exists()
+    except OSError:  # a folder that cannot be searched: the walk reports it; the rules above still apply
+        return False
 
 
 def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
@@ -194,22 +227,28 @@ def _symlink_target(path: Path, policy: PathPolicy) -> Path | Skipped:
     return target
 
 
-def _excluded_here(
-    target: Path, folder: Path, rules: IgnoreRules, pattern: pathspec.PathSpec | None
-) -> str | None:
-    """Why a symlink's target inside `folder` is left out ("" when only the glob excludes it: out of scope,
-    not reported), or None. A link must not let in a file that .gitignore or the glob keeps out. `rules`
-    already hold those above `folder` (walk loads them first); folders not walked yet are loaded here."""
+def _excluded_here(link: Path, target: Path, folder: Path, rules: IgnoreRules) -> Skipped | None:
+    """Why a symlink's target inside `folder` is left out, or None: a link must not let in a file that
+    .gitignore keeps out. `rules` already hold those above `folder` (walk loads them first); folders not walked
+    yet are loaded here."""
     if not target.is_relative_to(folder):
         return None
-    if pattern is not None and not pattern.match_file(target.relative_to(folder).as_posix()):
-        return ""
     for parent in reversed(target.parents):
         if parent.is_relative_to(folder):
-            rules.load(parent)
+            if (why := rules.load(parent)) is not None:
+                return Skipped(link, f"symlink to a file whose folder's rules are unknown: {why}", True)
             if parent != folder and rules.ignored(parent, is_dir=True):
-                return "symlink to a file in a folder ignored by .gitignore"
-    return "symlink to a file ignored by .gitignore" if rules.ignored(target, is_dir=False) else None
+                return Skipped(link, "symlink to a file in a folder ignored by .gitignore")
+    if rules.ignored(target, is_dir=False):
+        return Skipped(link, "symlink to a file ignored by .gitignore")
+    return None
+
+
+def _out_of_glob(target: Path, folder: Path, pattern: pathspec.PathSpec | None) -> bool:
+    """Whether a symlink's target inside `folder` is one the glob does not match: a link must not let it in."""
+    if pattern is None or not target.is_relative_to(folder):
+        return False
+    return not pattern.match_file(target.relative_to(folder).as_posix())
 
 
 def walk(
@@ -219,14 +258,20 @@ def walk(
     order, and every file or folder left out for a reason worth reporting. Files the glob does not match are
     out of scope and not reported."""
     rules = IgnoreRules()
-    _load_ancestors(rules, folder, policy)
+    if (why := _load_ancestors(rules, folder, policy)) is not None:
+        yield Skipped(folder, f"{why}; {UNKNOWN_RULES}", True)
+        return
     errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=errors.append):
         here = Path(dirpath)
-        rules.load(here)
         for err in errors:
             yield Skipped(Path(err.filename or here), f"cannot read folder: {err.strerror or err}", True)
         errors.clear()
+        if (why := rules.load(here)) is not None:
+            # Transient: pruning keeps the documents under it, as for a folder that cannot be listed.
+            yield Skipped(here, f"{why}; {UNKNOWN_RULES}", True)
+            dirnames.clear()
+            continue
         keep: list[str] = []
         too_deep = len(here.relative_to(folder).parts) >= MAX_FOLDER_DEPTH
         for name in sorted(dirnames):
@@ -268,9 +313,10 @@ def walk(
                     yield target
                 elif not target.is_file():
                     yield Skipped(path, "symlink to something that is not a regular file")
-                elif (why := _excluded_here(target, folder, rules, pattern)) is not None:
-                    if why:
-                        yield Skipped(path, why)
+                elif _out_of_glob(target, folder, pattern):
+                    continue  # out of scope, as the file itself would be: not reported
+                elif (excluded := _excluded_here(path, target, folder, rules)) is not None:
+                    yield excluded
                 else:
                     yield Found(target, via=path)
             elif stat.S_ISREG(info.st_mode):
