@@ -142,6 +142,33 @@ def test_text_decoding_and_binary_detection() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("encoding", "text"),
+    [
+        ("cp1252", "Zürich"),  # read as UTF-16 ("嫼物捨"): the detector rates every guess alike on a few bytes
+        ("cp1252", "Prix: 12 €"),
+        ("latin-1", "# Größe"),  # read as Urdu (cp1006)
+        ("cp1252", "Café"),
+        ("cp1252", "Straße"),
+        ("cp1252", "São Paulo"),
+        ("cp1252", "Ærø og Østerbro"),
+        ("latin-1", "Größe: 5 m²"),
+        ("cp1251", "Привет мир"),  # read as cp1125 with box drawing
+        ("koi8_r", "Отчёт о продажах за второй квартал 2024 года"),  # read as half-width katakana
+        ("euc_jp", "会議の議事録です。明日は雨が降るでしょう。"),  # read as Korean
+        ("shift_jis", "会議の議事録"),
+        ("gbk", "会议纪要：明天下雨"),
+        ("euc_kr", "회의록: 내일은 비가 옵니다"),
+        ("big5", "會議記錄：明天下雨"),
+        ("cp1250", "Zażółć gęślą jaźń – polski tekst przykładowy"),
+        ("iso8859_7", "Καλημέρα κόσμε, αυτό είναι ένα δοκιμαστικό αρχείο"),
+        ("cp1256", "مرحبا بالعالم هذا ملف اختبار"),
+    ],
+)
+def test_short_legacy_encoded_texts_are_read_as_written(encoding: str, text: str) -> None:
+    assert decode_text(text.encode(encoding)) == text
+
+
 def test_front_matter_nested_too_deeply_stays_in_the_body() -> None:
     meta, body = split_front_matter("---\na: " + "[" * 3000 + "]" * 3000 + "\n---\n# Body\n")
     assert meta == {} and "# Body" in body
