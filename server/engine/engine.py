@@ -1571,6 +1571,10 @@ class Engine:
             if mode == "hybrid"
             else (1, 1)
         )
+        if not (v_keys and k_keys):
+            # One side found nothing (a query of stopwords only has no keyword terms): the other ranks alone, as
+            # in a one-sided search, even with a weight of 0, which would otherwise leave no hits at all.
+            w = (w[0] or 1, w[1] or 1)
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
         # Each fused key's best chunk: the one from the side that ranked the key higher (the vector side's on a
         # tie), so a hit found by its words shows the chunk that holds them.
