@@ -23,6 +23,7 @@ from server import __version__
 from server.config import Settings
 from server.service import DataDirLock, Rift
 from tools import ALL_TOOLS
+from tools._common import ToolSpec
 from tools.prompts import ASK, IMPROVE, ask, improve_search, prompt_problem
 from tools.resources import (
     DOCUMENT_TEMPLATE,
@@ -149,6 +150,7 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
             annotations=spec.annotations,
         )
         _refuse_unknown_arguments(server, spec.name)
+        _publish_setting_bounds(server, spec, settings)
     server.resource(
         DOCUMENT_TEMPLATE,
         name="document",
@@ -200,6 +202,19 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     tool.fn_metadata.arg_model = strict
     _keep_optional_text(tool.fn_metadata)
     tool.parameters = strict.model_json_schema(by_alias=True)
+
+
+def _publish_setting_bounds(server: MCPServer, spec: ToolSpec, settings: Settings) -> None:
+    """Write into the published input schema the bounds that are settings (max_k, max_documents_per_call), as
+    this server is configured: a fixed number in the annotation would allow what the server refuses, or
+    refuse what a raised setting allows. The engine enforces them, naming the setting."""
+    tool = server._tool_manager.get_tool(spec.name)  # noqa: SLF001
+    assert tool is not None, spec.name
+    for argument, keyword, setting in spec.setting_bounds:
+        schema = tool.parameters["properties"][argument]
+        # an optional argument's bound belongs to its non-null branch
+        target = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+        target[keyword] = getattr(settings, setting)
 
 
 def _integer_fields(schema: dict[str, Any]) -> set[str]:

@@ -182,7 +182,10 @@ class Settings(BaseSettings):
     )
     max_document_chars: int = Field(1_000_000, ge=1, description="Longer documents are rejected.")
     max_documents_per_call: int = Field(
-        1000, ge=1, description="Most documents one add_documents call takes, or one delete_documents call deletes by filter."
+        1000,
+        ge=1,
+        description="Most documents one add_documents or update_metadata call takes, or one delete_documents call "
+        "deletes by filter (by id it takes up to 10,000).",
     )
     # Bounds one call's memory and write-lock time over stdio, where no request-size cap applies (HTTP's is
     # http_max_request_mb); 32 M characters is about that cap's worth of text.

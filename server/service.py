@@ -155,6 +155,8 @@ class Rift:
         self._closed = False
         self._waiting: str | None = None  # why start-up is waiting (an unreachable Chroma server), while it is
         self._stopping = threading.Event()  # close() was called: a start-up still waiting gives up
+        self._step_lock = threading.Lock()
+        self._quiet = False  # start-up is in a step that writes nothing (_writing_nothing)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -177,11 +179,12 @@ class Rift:
     def _open(self) -> None:
         started = time.perf_counter()
         try:
-            from server.engine.embedder import Embedder
-            from server.engine.engine import Engine
-            from server.engine.models import resolve_model
-            from server.engine.state_store import StateStore
-            from server.engine.vector_store import VectorStore
+            with self._writing_nothing():
+                from server.engine.embedder import Embedder
+                from server.engine.engine import Engine
+                from server.engine.models import resolve_model
+                from server.engine.state_store import StateStore
+                from server.engine.vector_store import VectorStore
 
             s = self.settings
             self.log = _open_query_log(s.log_db, s.log_max_queries)
@@ -221,6 +224,24 @@ class Rift:
             self._error = exc
         finally:
             self._ready.set()
+
+    @contextlib.contextmanager
+    def _writing_nothing(self) -> Any:
+        """A start-up step that writes nothing to the data dir (importing torch, loading the model: most of a
+        cold start). close() does not wait for it: start-up gives up when the step ends, before writing
+        anything, and a process exiting on its client's EOF abandons the load."""
+        with self._step_lock:
+            if self._stopping.is_set():  # closed between two steps
+                raise WaitAbandoned("closed while starting")
+            self._quiet = True
+        try:
+            yield
+        finally:
+            with self._step_lock:
+                self._quiet = False
+                stopping = self._stopping.is_set()
+        if stopping:
+            raise WaitAbandoned("closed while loading the model")
 
     def _chroma_client(self) -> Any:
         """Chroma's client. A server whose Chroma server does not answer keeps trying until it does, and
@@ -330,13 +351,16 @@ class Rift:
                 if serving.kind == "fine-tune":  # one saved before fine-tunes kept their prompt
                     prompt = lineage_query_prompt(prompt, registry.origin_model(serving))
                 spec = resolve_model(registry.location_of(serving), prompt)
-                return embedder_cls(
-                    spec,
-                    version=serving.version,
-                    device=s.device,
-                    batch_size=s.embed_batch_size,
-                    **embed_options(s),
-                )
+                with self._writing_nothing():
+                    return embedder_cls(
+                        spec,
+                        version=serving.version,
+                        device=s.device,
+                        batch_size=s.embed_batch_size,
+                        **embed_options(s),
+                    )
+            except WaitAbandoned:
+                raise
             except Exception as exc:
                 if not self._reembed:  # falling back would re-embed every collection and retire the version
                     from server.engine.models import describe_load_failure
@@ -349,9 +373,10 @@ class Rift:
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
         spec = resolve_model(s.model, s.query_prompt)
         try:
-            embedder = embedder_cls(
-                spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
-            )
+            with self._writing_nothing():
+                embedder = embedder_cls(
+                    spec, version=s.model, device=s.device, batch_size=s.embed_batch_size, **embed_options(s)
+                )
         except RiftError:
             raise  # already names its setting (device, embed_backend)
         except Exception as exc:
@@ -385,30 +410,40 @@ class Rift:
     def close(self) -> None:
         """Stop jobs (a retrain checkpoints), write the query log, release the data dir. Once: a second
         caller (a SIGTERM arriving while the client's stdin EOF is already closing the server) waits for
-        the first to finish instead of closing twice."""
+        the first to finish instead of closing twice. While start-up loads the model it does not wait for
+        the load (start-up gives up after it); while start-up writes (repairs, re-embedding) up to 60 s."""
         with self._close_lock:
             if self._closed:
                 return
             self._stopping.set()
-            self._ready.wait(60)
-            if self.learning is not None:
-                self.learning.close()
-            if self._engine is not None:
-                # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
-                # closes under it; one that takes longer is rolled back by the next start (its journal).
-                # On the main thread (a SIGTERM handler, which blocks the event loop a write's progress report
-                # may need, and whose client kills it soon) only briefly.
-                main = threading.current_thread() is threading.main_thread()
-                held = self._engine._write_lock.acquire(timeout=1.0 if main else CLOSE_WAIT_S)
-                try:
-                    self._engine.state.close()
-                finally:
-                    if held:
-                        self._engine._write_lock.release()
-            if self.log is not None:
-                self.log.close()
-            self._lock.release()
+            with self._step_lock:
+                loading_model = self._quiet and not self._ready.is_set()
+            # Loading the model writes nothing and may take half a minute: a client that closed stdin must not
+            # find the data dir in use by a server that was only loading. Start-up then opens nothing more.
+            if not loading_model:
+                self._ready.wait(60)
+            self._release()
             self._closed = True
+
+    def _release(self) -> None:
+        """Close what is open and release the data dir's lock."""
+        if self.learning is not None:
+            self.learning.close()
+        if self._engine is not None:
+            # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
+            # closes under it; one that takes longer is rolled back by the next start (its journal).
+            # On the main thread (a SIGTERM handler, which blocks the event loop a write's progress report
+            # may need, and whose client kills it soon) only briefly.
+            main = threading.current_thread() is threading.main_thread()
+            held = self._engine._write_lock.acquire(timeout=1.0 if main else CLOSE_WAIT_S)
+            try:
+                self._engine.state.close()
+            finally:
+                if held:
+                    self._engine._write_lock.release()
+        if self.log is not None:
+            self.log.close()
+        self._lock.release()
 
     @property
     def loading(self) -> bool:

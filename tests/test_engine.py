@@ -701,6 +701,11 @@ def test_a_one_sided_search_ignores_the_fusion_weights(rift_factory) -> None:
     assert ids(rift.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["a"]
     assert ids(rift.search("default", "dogs", mode="keyword").outcome.hits) == ["b"]
     assert ids(rift.search("default", "dogs", mode="hybrid").outcome.hits) == ["b"]  # the keyword side alone
+    # No keyword terms (stopwords only): the vector side answers, its weight of 0 notwithstanding.
+    stopwords = rift.search("default", "the on at", k=2).outcome
+    assert stopwords.keyword == [] and len(stopwords.hits) == 2
+    assert ids(stopwords.hits) == ids(rift.search("default", "the on at", k=2, mode="vector").outcome.hits)
+    assert all(h.vector_rank and h.keyword_rank is None for h in stopwords.hits)
 
 
 def test_a_hybrid_hit_shows_the_chunk_of_the_side_that_ranked_it_higher(rift_factory) -> None:
@@ -799,7 +804,7 @@ def test_a_listing_without_filters_pages_as_a_filtered_one_does(rift) -> None:
     engine = rift.engine()
     everything = {"absent": {"$ne": 1}}  # matches every document (none has the key)
     for limit in (1, 3, 50):
-        for offset in (0, 2, 9, 10, 11):
+        for offset in (0, 2, 9, 10, 11, 2**63, 10**20):  # past SQLite's integers too: an empty page, no error
             assert list_documents(engine, "default", None, limit, offset) == list_documents(
                 engine, "default", everything, limit, offset
             )

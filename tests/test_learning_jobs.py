@@ -71,6 +71,31 @@ def test_job_runner_runs_one_job_at_a_time_and_cancels() -> None:
     assert runner.stop(5) is None
 
 
+def test_a_cancelled_job_reads_as_stopping_until_it_has() -> None:
+    """A cancel lands at the job's next check: until then the job still runs, says the cancel is pending, and a
+    new job's refusal says the old one is stopping rather than just "already running"."""
+    runner = JobRunner()
+    release = threading.Event()
+
+    def work(job):
+        job.enter("training", total=1)
+        release.wait(5)  # one long step: the next check comes after it
+        job.check()
+        return {"status": "succeeded"}
+
+    job = runner.start("retrain", {}, work)
+    assert job.snapshot()["cancel_requested"] is False
+    snap = runner.cancel(job.id).snapshot()
+    assert (snap["status"], snap["phase"], snap["cancel_requested"]) == ("running", "training", True)
+    with pytest.raises(RiftError, match=f"job_id {job.id}, phase training\\) was cancelled and is still stopping"):
+        runner.start("retrain", {}, work)
+    release.set()
+    runner.wait(5)
+    assert (job.snapshot()["status"], job.snapshot()["cancel_requested"]) == ("cancelled", True)
+    runner.start("retrain", {}, lambda j: {"status": "succeeded"})
+    runner.wait(5)
+
+
 def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     rift = open_rift(settings)

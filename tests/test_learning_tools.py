@@ -242,3 +242,37 @@ async def test_verdicts_on_a_search_that_left_the_log_are_refused(cfg: Settings)
         assert "judgments[0].doc_id" in await error(
             client, "feedback", {"query_id": qid, "judgments": [{"doc_id": " ", "relevant": True}]}
         )
+
+
+async def test_a_cancelled_job_says_it_is_stopping_and_a_new_retrain_says_why_it_waits(cfg: Settings) -> None:
+    """retrain_status(cancel=true) on a job between two checks: the reply shows the cancel is pending, and a
+    retrain meanwhile is refused naming the stopping job, not as if it simply ran on."""
+    import threading
+
+    from server.app import SERVING
+
+    release = threading.Event()
+
+    def work(job: Any) -> dict[str, Any]:
+        job.enter("training", total=1)
+        release.wait(30)  # one long training step
+        job.check()
+        return {"status": "succeeded"}
+
+    async with connect(cfg) as client:
+        await ok(client, "stats")  # the model has loaded
+        job = SERVING[-1].learning.jobs.start("retrain", {}, work)
+        try:
+            before = await ok(client, "retrain_status", {})
+            assert (before["job_id"], before["cancel_requested"]) == (job.id, False)
+            cancelled = await ok(client, "retrain_status", {"cancel": True})
+            assert (cancelled["status"], cancelled["phase"], cancelled["cancel_requested"]) == (
+                "running",
+                "training",
+                True,
+            )
+            assert "was cancelled and is still stopping" in await error(client, "retrain", {})
+        finally:
+            release.set()
+        done = await ok(client, "retrain_status", {"wait_seconds": 10})
+        assert (done["status"], done["cancel_requested"]) == ("cancelled", True)

@@ -92,8 +92,8 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
         assert tool.output_schema and tool.output_schema.get("type") == "object"
 
     search = tools["hybrid_search"].input_schema["properties"]
-    # No fixed maximum: the engine checks k against the configured max_k (100 by default).
-    assert (search["k"]["minimum"], search["k"]["default"]) == (1, 10) and "maximum" not in search["k"]
+    # k's maximum is the configured max_k (test_bounds_that_are_settings_are_published_as_configured).
+    assert (search["k"]["minimum"], search["k"]["maximum"], search["k"]["default"]) == (1, 100, 10)
     assert (search["query"]["minLength"], search["query"]["maxLength"]) == (1, 8192)
     assert search["mode"]["enum"] == ["hybrid", "vector", "keyword"]
     assert search["collection"]["default"] == "default" and "filters" in search
@@ -200,6 +200,31 @@ async def test_a_raised_max_k_is_honoured_over_mcp(cfg: Settings) -> None:
         assert len(found["hits"]) == 150
         assert "from 1 to 500" in await s.error("hybrid_search", {"query": "pumps", "k": 501})
         assert len((await s.ok("hybrid_search", {"query": "pumps", "k": 1.0}))["hits"]) <= 1  # 1.0 is an integer
+
+
+async def test_bounds_that_are_settings_are_published_as_configured(cfg: Settings) -> None:
+    """A schema bound that is a setting is the configured one: what the schema allows is not refused and what
+    it refuses is refused, naming the setting. Deleting by id has a fixed bound, not max_documents_per_call."""
+    async with session(cfg.model_copy(update={"max_k": 20, "max_documents_per_call": 5})) as s:
+        listed = {t.name: t.input_schema for t in (await s.client.list_tools()).tools}
+        assert listed["hybrid_search"]["properties"]["k"]["maximum"] == 20
+        assert listed["add_documents"]["properties"]["documents"]["maxItems"] == 5
+        assert listed["update_metadata"]["properties"]["ids"]["maxItems"] == 5
+        delete_ids = next(a for a in listed["delete_documents"]["properties"]["ids"]["anyOf"] if a["type"] == "array")
+        assert delete_ids["maxItems"] == 10_000
+        docs = [{"id": f"d{i}", "text": f"note {i} about pumps"} for i in range(6)]
+        assert "(setting max_documents_per_call)" in await s.error("add_documents", {"documents": docs})
+        await s.ok("add_documents", {"documents": docs[:5]})
+        await s.ok("add_documents", {"documents": docs[5:]})
+        ids = [d["id"] for d in docs]
+        refused = await s.error("update_metadata", {"ids": ids, "metadata": {"tag": "x"}})
+        assert "ids has 6 items; the limit per call is 5 (setting max_documents_per_call)" in refused
+        assert len((await s.ok("update_metadata", {"ids": ids[:5], "metadata": {"tag": "x"}}))["updated"]) == 5
+        assert len((await s.ok("hybrid_search", {"query": "pumps", "k": 20}))["hits"]) == 6
+        assert "from 1 to 20 (setting max_k)" in await s.error("hybrid_search", {"query": "pumps", "k": 21})
+        assert sorted((await s.ok("delete_documents", {"ids": ids}))["deleted"]) == ids
+        too_many = await s.error("delete_documents", {"ids": [f"x{i}" for i in range(10_001)]})
+        assert "ids" in too_many and "10000" in too_many
 
 
 async def test_upsert_replaces_chunks_and_unchanged_is_skipped(cfg: Settings) -> None:

@@ -486,3 +486,47 @@ def test_a_document_left_without_chunks_is_split_again(cfg: Settings) -> None:
             assert consistent(index_state(app))
         finally:
             app.close()
+
+
+def test_a_close_while_the_model_loads_does_not_wait_for_it_and_the_load_writes_nothing(
+    cfg: Settings, monkeypatch
+) -> None:
+    """Loading the model writes nothing, so close() frees the data dir at once instead of waiting for the load
+    (up to 60 s); the load, once done, gives up before anything it would write next (the serving model in the
+    registry, Chroma), and the next start finds the store as it was."""
+    import threading
+    import time
+
+    from server.engine import embedder
+    from server.service import DataDirLock
+
+    loading, release = threading.Event(), threading.Event()
+    load = embedder.Embedder.__init__
+
+    def slow(self: Any, *args: Any, **kwargs: Any) -> None:
+        loading.set()
+        release.wait(30)
+        load(self, *args, **kwargs)
+
+    monkeypatch.setattr(embedder.Embedder, "__init__", slow)
+    app = Rift(cfg).start(background=True)
+    try:
+        assert loading.wait(30)
+        started = time.monotonic()
+        app.close()
+        assert time.monotonic() - started < 2
+        lock = DataDirLock(cfg)
+        lock.acquire()  # free, while the first app still loads
+        lock.release()
+    finally:
+        release.set()
+    with pytest.raises(RiftError, match="closed while loading the model"):
+        app.engine(timeout=30)
+    assert not (cfg.models_dir / "registry.json").exists() and not cfg.chroma_dir.exists()
+    monkeypatch.setattr(embedder.Embedder, "__init__", load)
+    again = open_rift(cfg)
+    try:
+        again.add_documents("default", docs(("a", "the cat sat on the mat")))
+        assert ids(again.search("default", "cat").outcome.hits) == ["a"]
+    finally:
+        again.close()

@@ -233,3 +233,61 @@ def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_pa
     finally:
         log.close()
     open_rift(make_settings(tmp_path / "data", tiny_model_path)).close()  # the lock is free
+
+
+# `rift serve` whose model takes a minute to load (as a cold start on a busy machine can take half of one).
+SLOW_LOAD_SERVE = """
+import time
+import server.engine.embedder as embedder
+load = embedder.Embedder.__init__
+def slow(self, *args, **kwargs):
+    time.sleep(60)
+    load(self, *args, **kwargs)
+embedder.Embedder.__init__ = slow
+from server.cli import main
+main(["serve"])
+"""
+
+
+def test_eof_while_the_model_loads_exits_at_once_and_frees_the_data_dir(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A client that closes stdin and starts the server again must not find the data dir in use by the first
+    server, still loading its model (the close waited up to 60 s for the load). Loading writes nothing, so the
+    close does not wait for it; the next server starts and serves."""
+    env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+    hello = {
+        "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    }
+    with (tmp_path / "first.log").open("w") as errlog:
+        first = subprocess.Popen(
+            [sys.executable, "-c", SLOW_LOAD_SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+            text=True, env=env,
+        )
+        assert first.stdin is not None and first.stdout is not None
+        try:
+            first.stdin.write(rpc(1, "initialize", hello))
+            first.stdin.flush()
+            assert json.loads(first.stdout.readline())["id"] == 1
+            first.stdin.close()
+            closed = time.monotonic()
+            assert first.wait(timeout=15) == 0
+            assert time.monotonic() - closed < 15
+        finally:
+            first.kill()
+            first.wait()
+    second = subprocess.Popen(
+        [RIFT, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert second.stdin is not None and second.stdout is not None
+    try:
+        second.stdin.write(rpc(1, "initialize", hello) + rpc(None, "notifications/initialized"))
+        second.stdin.write(rpc(2, "tools/call", {"name": "stats", "arguments": {}}))
+        second.stdin.flush()
+        replies = [json.loads(second.stdout.readline()) for _ in range(2)]  # (a locked data dir: none)
+        assert [r.get("id") for r in replies] == [1, 2] and replies[1]["result"]["isError"] is False, replies
+        second.stdin.close()
+        assert second.wait(timeout=60) == 0
+    finally:
+        second.kill()
+        second.wait()

@@ -56,6 +56,9 @@ class ToolSpec:
     title: str
     description: str
     annotations: ToolAnnotations
+    # (argument, JSON Schema keyword, setting): a bound that is a setting, published as the server is configured
+    # (server/app.py) rather than fixed in the annotation; the engine enforces it and names the setting.
+    setting_bounds: tuple[tuple[str, str, str], ...] = ()
 
 
 def rift_of(ctx: Context) -> Rift:

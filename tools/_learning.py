@@ -32,3 +32,8 @@ class JobStatus(BaseModel):
         description="Triples used, training time, the gate's numbers, new version."
     )
     error: str | None
+    cancel_requested: bool = Field(
+        description="A cancel was asked for (retrain_status cancel=true, or a shutdown). While status is still "
+        "running, the job is stopping: it ends cancelled at its next check (a training step, a batch of "
+        "chunks), and no other job can start until it has."
+    )

@@ -64,7 +64,11 @@ class AddDocumentsResult(BaseModel):
 
 
 async def add_documents(
-    documents: Annotated[list[DocumentIn], Field(min_length=1, description="Documents to add or replace.")],
+    documents: Annotated[list[DocumentIn], Field(
+            min_length=1,
+            description="Documents to add or replace (at most the setting max_documents_per_call: the schema's "
+            "maxItems).",
+        ),],
     ctx: Context,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> AddDocumentsResult:
@@ -101,4 +105,5 @@ TOOL = ToolSpec(
         idempotent_hint=True,
         open_world_hint=False,
     ),
+    setting_bounds=(("documents", "maxItems", "max_documents_per_call"),),
 )

@@ -13,6 +13,9 @@ from server.service import Rift
 from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
 from tools.resources import announcing
 
+# Deleting by id costs little per id (no embedding, unlike an add); the bound only caps one request's size.
+MAX_DELETE_IDS = 10_000
+
 
 class DeleteDocumentsResult(BaseModel):
     collection: str
@@ -28,7 +31,12 @@ async def delete_documents(
     ctx: Context,
     ids: Annotated[
         list[str] | None,
-        Field(min_length=1, max_length=10_000, description="Document ids to delete (or give filters)."),
+        Field(
+            min_length=1,
+            max_length=MAX_DELETE_IDS,
+            description=f"Document ids to delete (or give filters), up to {MAX_DELETE_IDS:,} a call: a fixed "
+            "limit, unlike a delete by filters, which the setting max_documents_per_call bounds.",
+        ),
     ] = None,
     filters: Annotated[
         dict[str, Any] | None,

@@ -81,7 +81,7 @@ async def hybrid_search(
     ctx: Context,
     k: Annotated[
         int,
-        Field(ge=1, description="How many results to return (at most the server's max_k, 100 by default)."),
+        Field(ge=1, description="How many results to return (at most the setting max_k: the schema's maximum)."),
     ] = 10,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
     filters: Annotated[
@@ -168,4 +168,5 @@ TOOL = ToolSpec(
         idempotent_hint=True,
         open_world_hint=False,
     ),
+    setting_bounds=(("k", "maximum", "max_k"),),
 )

@@ -38,7 +38,7 @@ async def list_documents(
         Field(description=FILTERS_DESCRIPTION),
     ] = None,
     limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="Documents per page.")] = 50,
-    offset: Annotated[int, Field(ge=0, description="Documents to skip.")] = 0,
+    offset: Annotated[int, Field(ge=0, description="Documents to skip (past the last one: an empty page).")] = 0,
     after: Annotated[
         str | None,
         Field(

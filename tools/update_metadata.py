@@ -24,9 +24,8 @@ async def update_metadata(
         list[str],
         Field(
             min_length=1,
-            max_length=10_000,
-            description="Ids of stored documents to change (at most the server's max_documents_per_call, 1,000 "
-            "by default).",
+            description="Ids of stored documents to change (at most the setting max_documents_per_call: the "
+            "schema's maxItems).",
         ),
     ],
     ctx: Context,
@@ -63,4 +62,5 @@ TOOL = ToolSpec(
         idempotent_hint=True,
         open_world_hint=False,
     ),
+    setting_bounds=(("ids", "maxItems", "max_documents_per_call"),),
 )

@@ -932,7 +932,7 @@ class Engine:
         if count > self.settings.max_documents_per_call:
             raise RiftError(
                 f"{field} has {count} items; the limit per call is {self.settings.max_documents_per_call} "
-                "(max_documents_per_call)"
+                "(setting max_documents_per_call)"
             )
 
     def validate_documents(self, documents: Sequence[DocumentInput]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -1433,7 +1433,7 @@ class Engine:
             raise RiftError(f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
         check_text(query, "query", MAX_QUERY_CHARS)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
-            raise RiftError(f"k must be an integer from 1 to {self.settings.max_k}")
+            raise RiftError(f"k must be an integer from 1 to {self.settings.max_k} (setting max_k)")
         if mode not in ("hybrid", "vector", "keyword"):
             raise RiftError("mode must be 'hybrid', 'vector' or 'keyword'")
         return query, k, mode
@@ -1571,6 +1571,10 @@ class Engine:
             if mode == "hybrid"
             else (1, 1)
         )
+        if not (v_keys and k_keys):
+            # One side found nothing (a query of stopwords only has no keyword terms): the other ranks alone, as
+            # in a one-sided search, even with a weight of 0, which would otherwise leave no hits at all.
+            w = (w[0] or 1, w[1] or 1)
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
         # Each fused key's best chunk: the one from the side that ranked the key higher (the vector side's on a
         # tie), so a hit found by its words shows the chunk that holds them.

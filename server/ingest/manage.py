@@ -114,9 +114,11 @@ def list_documents(
         if after is not None:
             offset = state.document_count(collection, up_to=after)
             page = state.list_documents(collection, limit, 0, after=after)
-        else:
-            page = state.list_documents(collection, limit, offset)
-        return state.document_count(collection), page, offset
+            return state.document_count(collection), page, offset
+        total = state.document_count(collection)
+        # past the end the page is empty, as a filtered listing's slice is; SQLite takes no offset over 2**63 - 1
+        page = state.list_documents(collection, limit, offset) if offset < total else []
+        return total, page, offset
     docs = engine.state.list_documents(collection, -1, 0)
     keep = mask(node, document_columns([m for _, m in docs], node))
     docs = [d for d, ok in zip(docs, keep, strict=True) if ok]

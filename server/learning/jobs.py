@@ -85,7 +85,19 @@ class Job:
             "params": self.params,
             "result": self.result,
             "error": self.error,
+            # A cancel lands at the job's next check (a training step, a batch of chunks): until then it still
+            # reads running, and this says it is stopping rather than carrying on.
+            "cancel_requested": self.cancelled,
         }
+
+    def busy(self) -> str:
+        """Why no other job may start while this one runs."""
+        if self.cancelled:
+            return (
+                f"a {self.kind} job (job_id {self.id}, phase {self.phase}) was cancelled and is still stopping: "
+                "retrain_status(job_id, wait_seconds=...) waits for it to end, then try again"
+            )
+        return f"a {self.kind} job is already running (job_id {self.id}, phase {self.phase}); wait for it or cancel it"
 
 
 class JobRunner:
@@ -106,10 +118,7 @@ class JobRunner:
 
         with self._lock:
             if self._current is not None and self._current.status == "running":
-                raise RiftError(
-                    f"a {self._current.kind} job is already running (job_id {self._current.id}, phase "
-                    f"{self._current.phase}); wait for it or cancel it"
-                )
+                raise RiftError(self._current.busy())
             job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params, result=dict(result or {}))
             self._jobs[job.id] = job
             if len(self._jobs) > 50:

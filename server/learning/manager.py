@@ -240,9 +240,7 @@ class LearningManager:
                 raise RiftError(f"{name} must be between {low} and {high}")
         running = self.jobs.running
         if running is not None and not dry_run:
-            raise RiftError(
-                f"a {running.kind} job is already running (job_id {running.id}); one job at a time"
-            )
+            raise RiftError(running.busy())
         if not dry_run:
             self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
