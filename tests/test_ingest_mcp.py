@@ -181,7 +181,7 @@ async def test_collection_tools(tmp_path: Path, tiny_model_path: Path, root: Pat
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert tools["delete_collection"].annotations.destructive_hint is True
         assert tools["list_documents"].annotations.read_only_hint is True
-        assert tools["add_paths"].annotations.destructive_hint is False
+        assert tools["add_paths"].annotations.destructive_hint is True  # prune removes documents
         schema = json.dumps(tools["add_paths"].input_schema)
         assert "prune" in schema and "glob" in schema and "recursive" in schema
         # A list of globs, as the CLI takes: any of them matches.
