@@ -64,7 +64,9 @@ def _open_query_log(path: Path, max_queries: int = 0) -> QueryLog:
     must not keep the server from starting. The damaged file is kept beside it."""
     try:
         return QueryLog(path, max_queries)
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError as exc:  # unreadable, locked, I/O: the file may be fine, so it stays put
+        raise RiftError(cannot_open("the query log", path, exc)) from None
+    except sqlite3.DatabaseError as exc:  # not a database, malformed
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
@@ -73,6 +75,14 @@ def _open_query_log(path: Path, max_queries: int = 0) -> QueryLog:
             "the query log %s is damaged (%s); moved it to %s and started a new one", path, exc, aside
         )
         return QueryLog(path, max_queries)
+
+
+def cannot_open(what: str, path: Path, exc: sqlite3.OperationalError) -> str:
+    """Why an SQLite file could not be opened, when the cause is not damage (permissions, a lock, I/O)."""
+    return (
+        f"cannot open {what} {path} ({exc}); check that this user may read and write it and its folder "
+        "(the file itself is not damaged: leave it in place)"
+    )
 
 
 CLOSE_WAIT_S = 10.0  # how long closing (off the main thread) waits for a write in flight to finish
@@ -190,6 +200,8 @@ class Rift:
             self.log = _open_query_log(s.log_db, s.log_max_queries)
             try:
                 state = StateStore(s.state_db)
+            except sqlite3.OperationalError as exc:
+                raise RiftError(cannot_open("rift's state database", s.state_db, exc)) from None
             except sqlite3.DatabaseError as exc:
                 raise RiftError(
                     f"rift's state database {s.state_db} is damaged ({exc}); move it aside (keep the copy): the "

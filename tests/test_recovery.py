@@ -465,6 +465,28 @@ def test_damaged_files_are_named_and_a_damaged_query_log_is_set_aside(cfg: Setti
         open_rift(cfg)
 
 
+def test_a_database_that_cannot_be_opened_is_named_and_left_in_place(cfg: Settings) -> None:
+    """Unreadable is not damaged: a query log that could not be opened (permissions, a lock) was moved aside
+    as damaged and a new one started, sidelining the learning data even from `rift stats`; an unreadable
+    state database was called damaged, with advice to move it aside. (A folder in the file's place gives the
+    same SQLite error as a file this user may not read; root reads any file.)"""
+    seed(cfg)
+    for db in (cfg.log_db, cfg.state_db):
+        kept = db.with_name(db.name + ".kept")
+        db.rename(kept)
+        db.mkdir()
+        with pytest.raises(RiftError, match=rf"cannot open .* {db} \(unable to open database file\).*leave it in"):
+            open_rift(cfg)
+        assert db.is_dir() and not list(cfg.data_dir.glob("*.damaged-*"))
+        db.rmdir()
+        kept.rename(db)
+    app = open_rift(cfg)
+    try:
+        assert app.stats("default")["collections"][0]["documents"] == 2
+    finally:
+        app.close()
+
+
 def test_a_document_left_without_chunks_is_split_again(cfg: Settings) -> None:
     """A repair cut short (in an earlier version) could leave a document listed with no chunk: never found,
     and re-adding it was a no-op. Start-up writes it again from its stored text, and so does a re-add."""
