@@ -26,6 +26,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) -> Settings:
     overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None and not data_dir.strip():  # ("$UNSET_VAR"): never the default store by accident
+        raise click.BadParameter("is empty; name a folder, or leave the option out", param_hint="--data-dir")
     if data_dir:
         overrides["data_dir"] = data_dir
     if model:
@@ -70,6 +72,9 @@ def open_rift(settings: Settings, must_exist: bool = False):
         raise click.ClickException(str(exc)) from None
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:  # (start-up's repairs are journaled: the next start finishes them)
+        click.echo("interrupted while starting", err=True)
+        sys.exit(130)
 
 
 def no_store(settings: Settings) -> click.ClickException:
@@ -85,6 +90,14 @@ def check_store(settings: Settings, must_exist: bool) -> None:
     # A folder with files but without rift's state (a notes folder given by mistake) is no store either:
     # writing rift's files into it would be the wrong answer. An empty one may become one.
     folder = settings.data_dir
+    try:
+        folder.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a folder above it that this user may not search, a file where a folder should be
+        raise click.ClickException(
+            f"data_dir {folder} cannot be used as rift's data folder: {exc.strerror or exc}"
+        ) from None
     if folder.exists() and not folder.is_dir():
         raise click.ClickException(f"data_dir {folder} is a file, not a folder; check --data-dir or RIFT_DATA_DIR")
     try:
@@ -110,6 +123,18 @@ def emit(payload: Any) -> None:
 def main(verbose: bool) -> None:
     """rift: hybrid retrieval for agents that learns from their own searches."""
     _setup_logging(verbose)
+    _utf8_stdout()
+
+
+def _utf8_stdout() -> None:
+    """Output in UTF-8 whatever the locale, as `rift export` writes: in a legacy one (a Windows console
+    redirected to a file, an ISO-8859 locale) a document's "😀" or a file named "文档.txt" failed the command
+    after its work was done. stderr keeps its encoding, escaping what it cannot show."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(errors="backslashreplace")
 
 
 @main.command()

@@ -183,6 +183,8 @@ class Rift:
             self._open()
             if self._error is not None:
                 self.close()  # the caller gets no app to close: free the data dir now
+                if isinstance(self._error, KeyboardInterrupt):  # Ctrl-C: not a failure to start
+                    raise KeyboardInterrupt
                 self.engine()  # re-raise the failure to the caller
         return self
 

@@ -1283,7 +1283,7 @@ class Engine:
         node = parse_filters(filters)
         if node is None:
             raise RiftError(
-                "filters must hold at least one condition (to empty a collection, use delete_collection)"
+                "filters must hold at least one condition (to empty a collection, delete it: the delete_collection tool)"
             )
         with self._write_lock:
             seen = self._sync_for_write(collection)

@@ -1,0 +1,75 @@
+"""The command line's failures are one line on stderr with a fitting exit status, never a traceback, and its
+output survives a locale that is not UTF-8."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+
+
+@pytest.fixture
+def env(tiny_model_path: Path, monkeypatch) -> dict[str, str]:
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    return {**os.environ, "RIFT_MODEL": str(tiny_model_path), "HF_HUB_OFFLINE": "1"}
+
+
+def test_output_is_utf8_in_a_legacy_locale_and_a_done_write_exits_0(tmp_path: Path, env: dict[str, str]) -> None:
+    """With a cp1252 stdout (a Windows console redirected to a file), `rift add` of "文档.txt" stored it and then
+    failed to print its report: exit 1, a traceback, and a script that thought nothing was stored."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "文档.txt").write_text("the bridge 🌉 at dawn", encoding="utf-8")
+    legacy = {**env, "PYTHONIOENCODING": "cp1252"}
+    data = str(tmp_path / "data")
+    rift = [sys.executable, "-m", "server.cli"]
+    added = subprocess.run([*rift, "add", str(docs), "--data-dir", data], env=legacy, capture_output=True, timeout=120)
+    assert added.returncode == 0, added.stderr.decode(errors="replace")
+    assert "文档.txt" in added.stdout.decode("utf-8")
+    found = subprocess.run(
+        [*rift, "search", "bridge", "--data-dir", data], env=legacy, capture_output=True, timeout=120
+    )
+    assert found.returncode == 0, found.stderr.decode(errors="replace")
+    assert "🌉" in found.stdout.decode("utf-8")
+
+
+def test_a_data_dir_that_cannot_be_reached_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """A folder above the data dir that cannot be searched (here: a file in a folder's place; a folder without
+    x permission raises the same way) was a PermissionError traceback from `rift add`, `stats`, `search`."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for args in (["stats"], ["search", "x"], ["list"]):
+        result = CliRunner().invoke(main, [*args, "--data-dir", str(blocker / "data")])
+        assert result.exit_code == 1, result.output
+        assert f"data_dir {blocker / 'data'} cannot be used as rift's data folder: Not a directory" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_an_empty_data_dir_option_is_refused(env: dict[str, str]) -> None:
+    """`--data-dir "$UNSET_VAR"` used the default store, so a script wrote into the user's own."""
+    result = CliRunner().invoke(main, ["stats", "--data-dir", ""])
+    assert result.exit_code == 2 and "--data-dir" in result.output and "is empty" in result.output
+
+
+def test_ctrl_c_while_starting_says_so_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """It read "Error: rift failed to start:" with no reason, exit 1."""
+    import server.service as service
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(main, ["add", str(tmp_path), "--data-dir", str(data)]).exit_code in (0, 1)
+    monkeypatch.setattr(service, "_open_query_log", interrupted)
+    result = CliRunner().invoke(main, ["stats", "--data-dir", str(data)])
+    assert result.exit_code == 130 and "interrupted while starting" in result.output, result.output
+    assert "failed to start" not in result.output
+    lock = service.DataDirLock(service.Settings(data_dir=data))  # released
+    lock.acquire()
+    lock.release()
