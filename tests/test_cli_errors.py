@@ -73,3 +73,23 @@ def test_ctrl_c_while_starting_says_so_and_exits_130(tmp_path: Path, env: dict[s
     lock = service.DataDirLock(service.Settings(data_dir=data))  # released
     lock.acquire()
     lock.release()
+
+
+def test_add_reports_a_file_name_that_is_not_utf8_in_valid_json(tmp_path: Path, env: dict[str, str]) -> None:
+    """`rift add --json` wrote the name's raw byte, so the report was not valid UTF-8 (nor JSON to a reader)."""
+    import json
+
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.md"), "wb") as handle:
+        handle.write(b"# Cafe\n")
+    data = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "add", str(folder), "--json", "--data-dir", data],
+        env={**env, "LC_ALL": "C", "LANG": "C"},  # (surrogate escapes go out as raw bytes in the C locale)
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    [skipped] = json.loads(done.stdout.decode("utf-8"))["files"]
+    assert skipped["path"].endswith("caf\ufffd.md") and skipped["status"] == "skipped"

@@ -202,16 +202,19 @@ async def test_a_file_name_that_is_not_utf8_does_not_fail_the_call(tmp_path: Pat
         handle.write(b"# Cafe\n\nnote\n")
     async with Client(create_server(make_settings(tmp_path, tiny_model_path, [folder]))) as client:
         report = await ok(client, "add_paths", paths=[str(folder)], collection="latin")
-        paths = {Path(f["path"]).name for f in report["files"]}
-        assert "good.md" in paths and "caf\ufffd.md" in paths
+        files = {Path(f["path"]).name: f for f in report["files"]}
+        assert files["good.md"]["status"] == "added"
+        # Its reason names the problem (it said "file metadata.source is not valid Unicode").
+        assert files["caf\ufffd.md"]["status"] == "skipped"
+        assert files["caf\ufffd.md"]["reason"].startswith("its path is not valid UTF-8"), files
         json.dumps(report)  # plain UTF-8 all through
 
 
 def test_reasons_quoting_undecodable_file_names_still_serialize() -> None:
-    from tools.add_paths import _printable
+    from server.ingest.sync import printable
 
     # A skip reason can quote a symlink's target whose name is not UTF-8 (a surrogate escape in Python).
-    assert _printable("symlink leads outside the allowed roots (to /x/caf\udce9.md)").endswith(
+    assert printable("symlink leads outside the allowed roots (to /x/caf\udce9.md)").endswith(
         "caf\ufffd.md)"
     )
-    assert _printable("lone \ud800 surrogate") == "lone ? surrogate"
+    assert printable("lone \ud800 surrogate") == "lone ? surrogate"

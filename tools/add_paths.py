@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.ingest.security import PathPolicy
-from server.ingest.sync import SyncReport, sync_paths
+from server.ingest.sync import SyncReport, printable, sync_paths
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 from tools.resources import announce
 
@@ -84,9 +84,9 @@ async def add_paths(
         **counts,
         files=[
             FileStatusOut(
-                path=_printable(f.path),
+                path=printable(f.path),
                 status=f.status,
-                reason=None if f.reason is None else _printable(f.reason),
+                reason=None if f.reason is None else printable(f.reason),
                 chunks=f.chunks,
             )
             for f in files
@@ -116,11 +116,3 @@ TOOL = ToolSpec(
     ),
 )
 
-
-def _printable(text: str) -> str:
-    """A file name that is not valid UTF-8 reaches Python with surrogate escapes, which JSON cannot carry; a
-    reason can quote one (a symlink's target)."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that no byte escaped
-        return text.encode("utf-8", "replace").decode("utf-8")

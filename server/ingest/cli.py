@@ -16,11 +16,15 @@ if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help`
 
 
 def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> None:
+    from server.ingest.sync import printable
+
     if as_json:
         payload = {
             "collection": report.collection,
             **report.counts(),
-            "files": [f.__dict__ for f in report.files],
+            "files": [
+                {k: printable(v) if isinstance(v, str) else v for k, v in f.__dict__.items()} for f in report.files
+            ],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
@@ -29,7 +33,7 @@ def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> No
             continue
         detail = f" ({f.chunks} chunks)" if f.chunks else ""
         detail += f": {f.reason}" if f.reason else ""
-        click.echo(f"{f.status:<9} {f.path}{detail}")
+        click.echo(printable(f"{f.status:<9} {f.path}{detail}"))
     summary = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     click.echo(f"{report.collection}: {summary or 'nothing to do'}", err=True)
 

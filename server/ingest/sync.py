@@ -46,6 +46,24 @@ BATCH_DOCS = 32
 BATCH_CHARS = 500_000
 
 
+def _is_text(name: str) -> bool:
+    """Whether a path string is text: a name that is not valid UTF-8 reaches Python with surrogate escapes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """`text` as JSON and UTF-8 output can carry it: a file name that is not valid UTF-8 (surrogate escapes)
+    shows its undecodable bytes as U+FFFD; a report names such files, and a reason can quote one."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no byte escaped
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass
 class FileResult:
     path: str
@@ -117,6 +135,9 @@ class _Sync:
             return
         if len(key) > MAX_ID_CHARS:
             self.skip(path, f"path is longer than {MAX_ID_CHARS} characters (the document id limit)")
+            return
+        if not _is_text(key) or (via is not None and not _is_text(str(via))):
+            self.skip(path, "its path is not valid UTF-8 (a document's id and source are text): rename it to store it")
             return
         old = self.existing.get(key)
         file_type, family = kind
