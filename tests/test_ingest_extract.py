@@ -637,6 +637,9 @@ def test_front_matter_that_cannot_be_stored_is_dropped_not_the_file() -> None:
     assert meta == {} and "# Body" in body and time.perf_counter() - started < 2
     out = extract_markdown('---\n"\\udc00": 1\nvia: /elsewhere/link.md\nkept: yes\n---\n# Body\n')
     assert out.metadata == {"kept": True}
+    # A key holding a NUL is dropped like the others (it made the whole file skipped).
+    out = extract_markdown('---\n"a\\0b": 1\nkept: yes\n---\n# Body\n')
+    assert out.metadata == {"kept": True}
 
 
 def test_a_pdf_stops_extracting_past_the_size_limit(tmp_path: Path) -> None:

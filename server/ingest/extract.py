@@ -237,6 +237,8 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
     def put(key: str, value: Any) -> None:
         if len(out) >= MAX_FRONT_MATTER_KEYS or not key or key.startswith(("$", "#", "_rift_", "chroma:")):
             return
+        if "\x00" in key:  # no filter could name it; the engine refuses it (and would have refused the file)
+            return
         if not _encodable(key) or (isinstance(value, str) and not _encodable(value)):
             return  # a lone surrogate (an escape in YAML) cannot be stored: drop the entry, keep the file
         if len(key) > MAX_METADATA_KEY:
