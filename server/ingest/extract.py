@@ -239,7 +239,7 @@ def flatten_front_matter(data: Mapping[str, Any]) -> dict[str, str | int | float
             return
         if "\x00" in key:  # no filter could name it; the engine refuses it (and would have refused the file)
             return
-        if not _encodable(key) or (isinstance(value, str) and not _encodable(value)):
+        if not encodable(key) or (isinstance(value, str) and not encodable(value)):
             return  # a lone surrogate (an escape in YAML) cannot be stored: drop the entry, keep the file
         if len(key) > MAX_METADATA_KEY:
             return
@@ -480,7 +480,9 @@ def extract(path: Path, data: bytes, family: Family, max_chars: int | None = Non
     return out
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: a lone surrogate (a YAML escape; a file name that is not valid
+    UTF-8 reaches Python with surrogate escapes) cannot."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -29,6 +29,7 @@ from server.errors import NotFoundError, RiftError
 from server.ingest.extract import (
     SNIFF_BYTES,
     SkipFile,
+    encodable,
     extract,
     extractor_version,
     looks_binary,
@@ -44,15 +45,6 @@ Status = Literal["added", "updated", "unchanged", "skipped", "removed"]
 MAX_PATHS = 100
 BATCH_DOCS = 32
 BATCH_CHARS = 500_000
-
-
-def _is_text(name: str) -> bool:
-    """Whether a path string is text: a name that is not valid UTF-8 reaches Python with surrogate escapes."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _still_links(link: str, target: Path) -> bool:
@@ -143,7 +135,7 @@ class _Sync:
         if len(key) > MAX_ID_CHARS:
             self.skip(path, f"path is longer than {MAX_ID_CHARS} characters (the document id limit)")
             return
-        if not _is_text(key) or (via is not None and not _is_text(str(via))):
+        if not encodable(key) or (via is not None and not encodable(str(via))):
             self.skip(path, "its path is not valid UTF-8 (a document's id and source are text): rename it to store it")
             return
         old = self.existing.get(key)
