@@ -163,10 +163,25 @@ def test_text_decoding_and_binary_detection() -> None:
         ("cp1250", "Zażółć gęślą jaźń – polski tekst przykładowy"),
         ("iso8859_7", "Καλημέρα κόσμε, αυτό είναι ένα δοκιμαστικό αρχείο"),
         ("cp1256", "مرحبا بالعالم هذا ملف اختبار"),
+        # What a first version of the scoring misread (a review caught them): apostrophes inside words, Latin
+        # words run into Chinese, CJK punctuation between characters.
+        ("cp1252", "Meeting notes: we’ll ship Monday. Don’t forget the client’s feedback.\n"),
+        ("cp1252", "Aujourd’hui, l’équipe d’été est là.\n" * 30),
+        ("gbk", "我能吞下玻璃而不伤身体。天地玄黄，宇宙洪荒。这是中文文本。\n"),
+        ("gbk", "中文README：安装说明\n1. 下载文件\n2. 运行 setup.exe\n"),
+        ("shift_jis", "東京"),
     ],
 )
 def test_short_legacy_encoded_texts_are_read_as_written(encoding: str, text: str) -> None:
     assert decode_text(text.encode(encoding)) == text
+
+
+def test_bytes_no_detector_reads_as_text_are_binary_even_without_nuls() -> None:
+    import random
+
+    rng = random.Random(0)
+    with pytest.raises(SkipFile, match="binary file"):
+        decode_text(bytes(rng.randrange(1, 256) for _ in range(4000)))  # (any code page decodes them)
 
 
 def test_front_matter_nested_too_deeply_stays_in_the_body() -> None:
