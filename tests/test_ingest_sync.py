@@ -630,30 +630,6 @@ def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift
     assert_consistent(app)
 
 
-def test_a_file_linked_from_two_synced_folders_stays_while_the_first_link_does(app: Rift, docs: Path) -> None:
-    """Synced through B's link, then C's, the file became C's (`via`); removing C's link and pruning C then
-    took it out although B's link still led to it. It stays the first link's while that link leads to it."""
-    shared, second = docs.parent / "shared", docs.parent / "second"
-    shared.mkdir()
-    second.mkdir()
-    (shared / "swift.md").write_text("# Swifts\n\nSwifts sleep while flying.\n")
-    (docs / "link.md").symlink_to(shared / "swift.md")
-    (second / "link.md").symlink_to(shared / "swift.md")
-    key = str(shared / "swift.md")
-    sync(app, docs)
-    again = sync(app, second)
-    assert {f.path: f.status for f in again.files}[key] == "unchanged"
-    assert dict(app.engine().state.list_documents("files", -1, 0))[key]["via"] == str(docs / "link.md")
-    (second / "link.md").unlink()
-    pruned = sync(app, second, prune=True)
-    assert not [f for f in pruned.files if f.status == "removed"]
-    assert key in {d for d, _ in app.engine().state.list_documents("files", -1, 0)}
-    (docs / "link.md").unlink()  # the first link gone too: its folder's prune removes it
-    removed = {f.path for f in sync(app, docs, prune=True).files if f.status == "removed"}
-    assert key in removed
-    assert_consistent(app)
-
-
 def test_rift_s_own_files_are_never_documents_even_when_named(app: Rift) -> None:
     registry = app.settings.models_dir / "registry.json"
     assert registry.is_file()

@@ -47,13 +47,6 @@ BATCH_DOCS = 32
 BATCH_CHARS = 500_000
 
 
-def _still_links(link: str, target: Path) -> bool:
-    try:
-        return Path(link).is_symlink() and Path(link).resolve(strict=True) == target
-    except (OSError, RuntimeError):
-        return False
-
-
 def printable(text: str) -> str:
     """`text` as JSON and UTF-8 output can carry it: a file name that is not valid UTF-8 (surrogate escapes)
     shows its undecodable bytes as U+FFFD; a report names such files, and a reason can quote one."""
@@ -147,9 +140,6 @@ class _Sync:
         except OSError as exc:
             self.skip(path, f"cannot read file: {exc.strerror or exc}", transient=True)
             return
-        if via is not None and old and old.get("via") not in (None, str(via)) and _still_links(old["via"], path):
-            via = Path(old["via"])  # reached through two links: it stays the first one's (a prune of the other
-            # folder, after its link was removed, took the file out although the first link still led to it)
         if old and old.get("via") != (str(via) if via else None):
             old = {**old, "mtime": None}  # reached another way now: refresh the stored metadata
         if old and old.get("size") == info.st_size and old.get("mtime") == info.st_mtime:
