@@ -4,14 +4,12 @@ charset-normalizer (text that is not UTF-8)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import json
 import logging
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,91 +90,19 @@ def decode_text(data: bytes) -> str:
     few = stray <= max(1, len(lenient) // 1000)
     if stray <= 2 + len(lenient) // 50 and sum(ord(c) > 127 for c in lenient) - stray >= 2 * stray:
         return lenient
-    return _legacy_decode(data, lenient if few else None)
-
-
-# Legacy encodings tried after the detector's guesses, the most used first. On a few bytes the detector has no
-# evidence: it rates every candidate alike, and may not list the right one at all ("Zürich" in Windows-1252
-# came out as UTF-16 or Urdu).
-LEGACY_ENCODINGS = ("cp1252", "cp1251", "cp1250", "koi8_r", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257")
-_CJK_SCRIPTS = frozenset({"CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC"})
-_INSIDE_WORDS = frozenset("\u2019\u2018\u02bc\u00b7\u2010\u2011\u00ad")  # apostrophes, middle dot, hyphens
-EBCDIC = frozenset({"cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"})  # mainframes' text, not files'
-
-
-def _legacy_decode(data: bytes, fallback: str | None) -> str:
-    """Text in some legacy encoding. When the detector recognised a language in its best guess (longer texts)
-    and does not list Windows-1252, that guess. Otherwise (a few bytes give it no evidence) the candidate whose
-    text reads most like text (fewest `_oddities`), the first in this order among equals: Windows-1252 when
-    the detector lists it or recognised no language (by far the most common for text files; the detector
-    otherwise prefers rarer ones such as cp1250 for plain Western text), the detector's candidates in its
-    order, then LEGACY_ENCODINGS."""
     from charset_normalizer import from_bytes
 
-    has_nul = b"\x00" in data
-    matches = [
-        m
-        for m in from_bytes(data)
-        # with neither a byte-order mark nor NULs, UTF-16/32 are never the file's encoding
-        if not (m.encoding.startswith(("utf_16", "utf_32")) and not has_nul) and m.encoding not in EBCDIC
-    ]
-    if not matches:  # (a legacy code page decodes any bytes: only the detector can tell binary from text)
-        if fallback is not None:
-            return fallback
+    matches = list(from_bytes(data))
+    if not matches:
+        if few:
+            return lenient
         raise SkipFile("binary file (not decodable as text)")
-    texts = {m.encoding: str(m) for m in reversed(matches)}  # (the first of a repeated encoding wins)
-    texts = dict(reversed(texts.items()))
-    if "cp1252" not in texts and matches[0].coherence > 0:
-        return texts[matches[0].encoding]
-    if "cp1252" in texts or not any(m.coherence > 0 for m in matches):
-        with contextlib.suppress(UnicodeDecodeError):
-            texts = {"cp1252": data.decode("cp1252"), **texts}
-    for encoding in LEGACY_ENCODINGS:
-        if encoding not in texts:
-            with contextlib.suppress(UnicodeDecodeError):
-                texts[encoding] = data.decode(encoding)
-    # (min keeps the first of equals; the first 20,000 characters tell, and keep a large file's cost down)
-    return min(texts.values(), key=lambda text: _oddities(text[:20_000]))
-
-
-def _script(ch: str) -> str:
-    word = unicodedata.name(ch, "?").split(" ", 1)[0]
-    return "CJK" if word in _CJK_SCRIPTS else word
-
-
-def _between_letters(text: str, i: int) -> bool:
-    return 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha()
-
-
-def _oddities(text: str) -> int:
-    """How little `text` reads like text in any language: characters mis-decoded bytes produce and real text
-    hardly holds (controls, private use, box drawing, presentation forms, half-width katakana), a non-ASCII
-    character other than an apostrophe or hyphen between two letters ("Z³rich"), and words that mix scripts ("Zьrich"), put a capital after another
-    letter in a word not all capitals ("ZŘrich", "пТЧЈТ"), or are Latin and mostly accented letters ("Ïðèâåò",
-    Russian read as Windows-1252)."""
-    odd = 0
-    for i, ch in enumerate(text):
-        code, category = ord(ch), unicodedata.category(ch)
-        if category in ("Co", "Cn", "Cs") or (category == "Cc" and ch not in "\t\n\r\f"):
-            odd += 1
-        elif 0x2500 <= code <= 0x259F or 0x3130 <= code <= 0x318F or 0xF900 <= code <= 0xFAFF:
-            odd += 1  # box drawing, Hangul compatibility jamo, CJK compatibility ideographs
-        elif 0xFB50 <= code <= 0xFDFF or 0xFE70 <= code <= 0xFEFF or 0xFF61 <= code <= 0xFF9F:
-            odd += 1  # Arabic presentation forms, half-width katakana
-        elif _between_letters(text, i) and ch not in _INSIDE_WORDS and not ch.isascii() and not ch.isalpha():
-            # "Z³rich", "Œ‹ž"; CJK punctuation and full-width forms sit between characters as a rule
-            odd += not (0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFF60)
-    for word in "".join(ch if ch.isalpha() else " " for ch in text).split():
-        scripts = {_script(ch) for ch in word}
-        if scripts & {"CJK", "HANGUL"}:
-            scripts.discard("LATIN")  # ("中文README": Chinese and Japanese run Latin words in without spaces)
-        if len(scripts) > 1:
-            odd += 1
-        if not word.isupper() and any(ch.isupper() for ch in word[1:]):
-            odd += 1
-        if scripts == {"LATIN"} and len(word) >= 3 and 3 * sum(ord(ch) > 127 for ch in word) > 2 * len(word):
-            odd += 1
-    return odd
+    # Among plausible legacy encodings, Windows-1252 is by far the most common for text files; the detector
+    # otherwise picks rarer ones (mac_latin2, cp1250) for plain Western text.
+    for match in matches:
+        if match.encoding == "cp1252":
+            return str(match)
+    return str(matches[0])
 
 
 def clean(text: str) -> str:
