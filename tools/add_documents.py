@@ -64,11 +64,14 @@ class AddDocumentsResult(BaseModel):
 
 
 async def add_documents(
-    documents: Annotated[list[DocumentIn], Field(
+    documents: Annotated[
+        list[DocumentIn],
+        Field(
             min_length=1,
             description="Documents to add or replace (at most the setting max_documents_per_call: the schema's "
             "maxItems).",
-        ),],
+        ),
+    ],
     ctx: Context,
     collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
 ) -> AddDocumentsResult:

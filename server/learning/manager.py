@@ -619,9 +619,10 @@ class LearningManager:
                 drop_built(engine, v.version)
         # Retired versions that load weights from the models dir: fine-tunes, and re-indexes to a fine-tune's
         # folder (`rift reindex --model <data>/models/ft-…`). The newest learn_keep_weights of them keep theirs.
-        holders = [v for v in served if v.status == "retired" and self._in_models_dir(v)]
+        registry = self.registry
+        holders = [v for v in served if v.status == "retired" and registry.holds(registry.location_of(v))]
         keep |= {v.version for v in holders[: self.settings.learn_keep_weights]}
-        kept = {model_key(self.registry.location_of(v)) for v in holders if v.version in keep}
+        kept = {self.registry.location_key(v) for v in holders if v.version in keep}
         # A folder something still loads stays: the configured `model` may name a fine-tune's folder (a base
         # version of that path then serves while the fine-tune's own entry is retired).
         in_use = kept | self._loaded_locations()
@@ -629,21 +630,18 @@ class LearningManager:
             v.version
             for v in holders
             if v.kind == "fine-tune"
-            and model_key(self.registry.location_of(v)) not in in_use
+            and self.registry.location_key(v) not in in_use
             and self._delete_weights(v) is not None
         ]
         if deleted:
             prune_exports(self.settings.models_dir / "onnx")
             log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))
 
-    def _in_models_dir(self, v: ModelVersion) -> bool:
-        return self.registry.dir.resolve() in Path(self.registry.location_of(v)).resolve().parents
-
     def _loaded_locations(self) -> set[str]:
         """Model folders something loads now or at the next start: the configured `model` and every serving
         version's location."""
         return {model_key(self.settings.model)} | {
-            model_key(self.registry.location_of(v)) for v in self.registry.all() if v.status == "serving"
+            self.registry.location_key(v) for v in self.registry.all() if v.status == "serving"
         }
 
     # --- rollback / reindex --------------------------------------------------------------------------------
@@ -734,7 +732,7 @@ class LearningManager:
         pending = set(resume.versions(self.settings.models_dir)) if versions is None else set()
         # A re-index may serve (or, retired, serve again) from a rejected candidate's folder: those stay.
         in_use = self._loaded_locations() | {
-            model_key(self.registry.location_of(v))
+            self.registry.location_key(v)
             for v in self.registry.all()
             if v.kind != "fine-tune" and v.status == "retired"
         }
@@ -743,7 +741,7 @@ class LearningManager:
                 continue  # (a pending one is an interrupted retrain's candidate: the next server gates it)
             if versions is not None and v.version not in versions:
                 continue
-            if model_key(self.registry.location_of(v)) in in_use:
+            if self.registry.location_key(v) in in_use:
                 continue
             size = self._delete_weights(v)
             if size is not None:
@@ -756,13 +754,13 @@ class LearningManager:
         """Delete a fine-tune's weight folder and note it in the registry; the bytes freed, or None when it was
         already gone or is not a folder rift made."""
         path = Path(self.registry.location_of(v))
-        if not path.is_dir() or self.registry.dir.resolve() not in path.resolve().parents:
+        if not path.is_dir() or not self.registry.holds(path):
             return None
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path)
         gone = model_key(str(path))
         for other in self.registry.all():  # itself, and any re-index that loaded this folder
-            if other.version == v.version or model_key(self.registry.location_of(other)) == gone:
+            if other.version == v.version or self.registry.location_key(other) == gone:
                 self.registry.update(other.version, note="; ".join(n for n in (other.note, WEIGHTS_DELETED) if n))
         return size
 

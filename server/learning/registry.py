@@ -112,6 +112,14 @@ class Registry:
             return str(self.dir / entry.location)
         return entry.location
 
+    def location_key(self, entry: ModelVersion) -> str:
+        """What `entry` loads, in one spelling (model_key): two versions with equal keys share a folder."""
+        return model_key(self.location_of(entry))
+
+    def holds(self, location: str | Path) -> bool:
+        """Whether `location` lies under the models dir: a folder rift made, and the only kind it deletes."""
+        return self.dir.resolve() in Path(location).resolve().parents
+
     def origin_model(self, entry: ModelVersion) -> str:
         """The model a fine-tune was ultimately trained from: its nearest ancestor that is not a fine-tune (a
         re-index's model, or the configured base); what its query prompt comes from when it saved none."""
@@ -216,10 +224,10 @@ class Registry:
     def _has_weights(self, entry: ModelVersion) -> bool:
         """False for a version whose weight folder under the models dir is gone: a fine-tune's, or a re-index's
         to a fine-tune's folder (only rift's own folders are ever deleted)."""
-        location = Path(self.location_of(entry))
-        if entry.kind != "fine-tune" and self.dir.resolve() not in location.resolve().parents:
+        location = self.location_of(entry)
+        if entry.kind != "fine-tune" and not self.holds(location):
             return True
-        return location.is_dir()
+        return Path(location).is_dir()
 
     # --- changes -------------------------------------------------------------------------------------------
 
