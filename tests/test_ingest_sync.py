@@ -322,6 +322,12 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
     # A glob that matches nothing is refused before a watch starts, not logged on every change.
     bad = runner.invoke(main, ["watch", str(docs), "--glob", "[", "--data-dir", data])
     assert bad.exit_code != 0 and "matches nothing" in bad.output
+    # So is one for add, and a bad collection name, before the model loads or a data dir is made.
+    fresh = tmp_path / "never-made"
+    for extra in (["--glob", "["], ["--collection", "no/slash"]):
+        early = runner.invoke(main, ["add", str(docs), *extra, "--data-dir", str(fresh)])
+        assert early.exit_code != 0 and not fresh.exists(), early.output
+    assert "matches nothing" in runner.invoke(main, ["add", str(docs), "--glob", "[", "--data-dir", str(fresh)]).output
     # Learning commands read an existing store: a mistyped data dir is named, not created.
     typo = tmp_path / "typo-data"
     for command in (["models"], ["rollback"], ["retrain", "--dry-run"]):

@@ -63,9 +63,16 @@ def add(
 ) -> None:
     """Ingest files and folders (Markdown, text, PDF, HTML, reStructuredText, code); run again to sync."""
     from server.cli import load_settings, open_rift
+    from server.engine.engine import check_collection_name
     from server.ingest.security import PathPolicy
     from server.ingest.sync import MAX_PATHS, sync_paths
+    from server.ingest.walker import compile_glob
 
+    try:  # before the model loads: a typo fails at once
+        check_collection_name(collection)
+        compile_glob(list(glob) or None)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
     if not prune:  # a typo in the 150th path fails before the first 100 are stored (with --prune, a path
         for i, raw in enumerate(paths):  # that is gone may name a synced folder, which sync decides)
             if not os.path.lexists(raw):
