@@ -3,6 +3,7 @@ filters inside both retrievers, grouping, per-side ranks and the data-dir lock."
 
 from __future__ import annotations
 
+import threading
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,49 @@ def test_a_failed_first_write_leaves_no_empty_collection_behind(rift, monkeypatc
     monkeypatch.undo()
     (status,) = rift.add_documents("fresh", docs(("dog", "the dog barked")))
     assert status.status == "added" and sorted(engine.collection_names()) == ["default", "fresh"]
+
+
+@pytest.mark.parametrize("write", ["update", "metadata", "delete", "delete_collection"])
+def test_re_chunking_never_undoes_a_write_that_lands_while_it_runs(rift, monkeypatch, write: str) -> None:
+    """Re-chunking (after a model with another sequence limit starts serving) rewrites every document from
+    its stored text while writes go on; a write landing between its read and its write-back must stand."""
+    rift.add_documents("default", docs(("a", LONG), ("b", "the cat sat on the mat"), ("c", "the dog ran")))
+    engine = rift.engine()
+    engine.state.put_setting("chunking:default", "v0 tokens=16 overlap=0")  # as a model change leaves it
+    user = {
+        "update": lambda: rift.add_documents("default", docs(("b", "the user's new text"))),
+        "metadata": lambda: rift.update_metadata("default", ["b"], {"owner": "ann"}, []),
+        "delete": lambda: rift.delete_documents("default", ["b"]),
+        "delete_collection": lambda: rift.delete_collection("default"),
+    }[write]
+    threads: list[threading.Thread] = []
+    read = engine.state.document
+
+    def read_then_race(collection: str, doc_id: str) -> Any:
+        found = read(collection, doc_id)
+        if doc_id == "c" and not threads:  # the user's write arrives once re-chunking has read "b" too
+            threads.append(threading.Thread(target=user))
+            threads[0].start()
+            threads[0].join(0.5)  # it finishes here unless the re-chunk holds the write lock
+        return found
+
+    monkeypatch.setattr(engine.state, "document", read_then_race)
+    engine.rechunk_if_changed("default")
+    threads[0].join(30)
+    monkeypatch.undo()
+    if write == "delete_collection":
+        assert engine.collection_names() == []
+        return
+    stored = engine.state.document("default", "b")
+    if write == "delete":
+        assert stored is None
+    elif write == "update":
+        assert stored is not None and stored[1] == "the user's new text"
+    else:
+        assert stored is not None and stored[2] == {"owner": "ann"}
+    assert engine.state.document("default", "a") is not None
+    state = index_state(rift)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
 
 
 def test_a_write_cancelled_after_its_last_progress_report_stores_nothing(rift) -> None:

@@ -592,12 +592,19 @@ class Engine:
             for first in range(0, len(ids), 64):
                 if should_stop is not None and should_stop():  # the signature stays: the next start resumes
                     return done
-                batch = []
-                for doc_id in ids[first : first + 64]:
-                    found = self.state.document(collection, doc_id)
-                    if found is not None:  # (stored documents passed the limits of their day: not re-checked)
-                        batch.append((doc_id, found[1], found[2]))
-                written = self._write_documents(collection, batch)
+                # Read and written back under one hold of the write lock: a write that landed in between
+                # (an update, new metadata, a delete, the collection's deletion) would otherwise be undone.
+                with self._write_lock:
+                    if self.shared is not None:
+                        self.shared.sync(force=True)
+                    if self.state.collection(collection) is None:
+                        return done  # deleted meanwhile: nothing left to re-chunk (nor to re-create)
+                    batch = []
+                    for doc_id in ids[first : first + 64]:
+                        found = self.state.document(collection, doc_id)
+                        if found is not None:  # (stored documents passed the limits of their day: not re-checked)
+                            batch.append((doc_id, found[1], found[2]))
+                    written = self._write_documents(collection, batch)
                 done += sum(s.status != "unchanged" for s in written)
             log.warning(
                 "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
