@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         description="With vector_backend='http': how often, at most, a search checks the Chroma server for other "
         "rift processes' writes (every write checks first regardless); 0 = before every search.",
     )
+    chroma_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="With vector_backend='http': how long one request may wait for the Chroma server (to "
+        "connect, send or answer) before the call fails naming it; Chroma's own client waits forever, so a "
+        "server that hangs would hang every tool call.",
+    )
 
     # --- model ---------------------------------------------------------------------------------------------
     model: str = Field(

@@ -6,6 +6,8 @@ own data dirs on one server and check each sees the other's writes, in both retr
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -732,6 +734,40 @@ def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
             started = time.monotonic()
             app.close()
             assert time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP to make the Chroma server hang")
+async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_used_again(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A Chroma server that hangs while rift runs (here stopped: its port still accepts connections) fails
+    each tool call within chroma_timeout_s, naming the server, instead of blocking it (and the write lock)
+    forever; once the server answers again, the same process carries on."""
+    with chroma_server(tmp_path / "own-chroma") as own:
+        settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=1))
+        async with Client(create_server(settings)) as client:
+            await call(client, "add_documents", documents=[{"id": "cat", "text": "the cat sat on the mat"}])
+            own.proc.send_signal(signal.SIGSTOP)
+            # A call blocked on the server (no time limit) is let go after 30 s: it then succeeds, and fails here.
+            resume = threading.Timer(30, own.proc.send_signal, (signal.SIGCONT,))
+            resume.start()
+            try:
+                for tool, args in (
+                    ("hybrid_search", {"query": "cat mat", "mode": "keyword"}),
+                    ("hybrid_search", {"query": "cat mat", "mode": "hybrid"}),
+                    ("add_documents", {"documents": [{"id": "dog", "text": "a dog on the road"}]}),
+                ):
+                    result = await client.call_tool(tool, args)
+                    text = result.content[0].text  # type: ignore[union-attr]
+                    assert result.is_error and "\n" not in text, text
+                    assert f"the Chroma server at http://127.0.0.1:{own.port} did not answer within 1 s" in text
+                    assert "chroma_timeout_s" in text
+            finally:
+                resume.cancel()
+                own.proc.send_signal(signal.SIGCONT)
+            await call(client, "add_documents", documents=[{"id": "dog", "text": "a dog on the road"}])
+            assert hit_ids(await call(client, "hybrid_search", query="dog road", mode="hybrid"))[0] == "dog"
 
 
 def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(

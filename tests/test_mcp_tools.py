@@ -471,6 +471,36 @@ async def test_chroma_errors_reach_the_client_with_their_cause() -> None:
         await call(bug)
 
 
+async def test_a_chroma_server_that_cannot_be_reached_or_does_not_answer_is_named_with_what_to_do() -> None:
+    """An HTTP client error reaching a Chroma server: one line naming the server's address, the time limit it
+    ran out of and what to do, not the bare exception."""
+    import httpx
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools._common import call
+
+    url = "http://chroma.internal:8000/api/v2/tenants/default_tenant/databases/default_database/collections"
+    request = httpx.Request("POST", url, extensions={"timeout": httpx.Timeout(7).as_dict()})
+
+    def silent() -> None:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    def refused() -> None:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    def cut() -> None:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    at = "the Chroma server at http://chroma.internal:8000"
+    timed_out = rf"^{at} did not answer within 7 s \(ReadTimeout: timed out\): .*chroma_timeout_s.*once it answers$"
+    with pytest.raises(ToolError, match=timed_out):
+        await call(silent)
+    with pytest.raises(ToolError, match=rf"^cannot reach {at} \(ConnectError: .*\): start it \(`chroma run`\)"):
+        await call(refused)
+    with pytest.raises(ToolError, match=rf"^the connection to {at} failed \(RemoteProtocolError: Server disc"):
+        await call(cut)
+
+
 async def test_a_cancelled_request_stops_its_worker_at_the_next_progress_report() -> None:
     """notifications/cancelled cancels the request's task; the worker thread running its write learns of it
     at its next progress report and stops (before the write commits) instead of running on."""

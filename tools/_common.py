@@ -140,9 +140,42 @@ def failure_message(fn: Callable[..., Any], exc: Exception) -> str:
         log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))
         return f"{UNEXPECTED}: {type(exc).__name__}: {exc} (a bug in rift; the server's log has the traceback)"
     # Chroma's and its HTTP client's errors: the cause, not the SDK's bare "Error executing tool".
+    unreachable = chroma_server_problem(exc)
+    if unreachable is not None:  # the network or the server, not a bug: one line in the log, no traceback
+        log.warning("%s", unreachable)
+        return unreachable
     log.exception("Chroma failed")
     hint = " (check that the Chroma server is up)" if _from_connection(exc) else ""
     return f"the vector store (Chroma) failed: {type(exc).__name__}: {exc}{hint}"
+
+
+def chroma_server_problem(exc: BaseException) -> str | None:
+    """What went wrong reaching a Chroma server, naming its address and what to do; None when `exc` is not
+    an HTTP client error with its request (the address comes from there: this module has no settings)."""
+    import httpx
+
+    if not isinstance(exc, httpx.RequestError):
+        return None
+    try:
+        request = exc.request
+    except RuntimeError:  # raised without a request
+        return None
+    where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    back = "rift uses it again by itself once it answers"
+    if isinstance(exc, httpx.TimeoutException):
+        limit = (request.extensions.get("timeout") or {}).get("read")
+        within = f"within {limit:g} s" if isinstance(limit, int | float) else "in time"
+        return (
+            f"the Chroma server at {where} did not answer {within} ({cause}): it is stuck, overloaded or "
+            f"unreachable; check it (setting chroma_timeout_s allows slow calls longer); {back}"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return (
+            f"cannot reach the Chroma server at {where} ({cause}): start it (`chroma run`) or check chroma_host "
+            f"and chroma_port; {back}"
+        )
+    return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {back}"
 
 
 UNEXPECTED = "rift failed unexpectedly"

@@ -57,8 +57,9 @@ def make_client(settings: Settings) -> Any:
                 chroma_server_ssl_enabled=settings.chroma_ssl,
                 default_api_path=chroma_settings.chroma_server_api_default_path,
             )
-            httpx.get(f"{base}/heartbeat", headers=headers, timeout=PROBE_TIMEOUT_S)
-            return chromadb.HttpClient(
+            probe_s = min(PROBE_TIMEOUT_S, settings.chroma_timeout_s)
+            httpx.get(f"{base}/heartbeat", headers=headers, timeout=probe_s)
+            client = chromadb.HttpClient(
                 host=settings.chroma_host,
                 port=settings.chroma_port,
                 ssl=settings.chroma_ssl,
@@ -67,6 +68,8 @@ def make_client(settings: Settings) -> Any:
                 tenant=settings.chroma_tenant,
                 database=settings.chroma_database,
             )
+            limit_requests(client, settings.chroma_timeout_s)
+            return client
         except Exception as exc:
             if isinstance(exc, chromadb.errors.ChromaError):  # it answered: trying again will not change that
                 raise RiftError(
@@ -87,6 +90,23 @@ def make_client(settings: Settings) -> Any:
             "aside (keep the copy): `rift serve` or `rift add` then embed every document again from the text "
             "rift's state holds"
         ) from None
+
+
+def limit_requests(client: Any, seconds: float) -> None:
+    """Give a Chroma HttpClient's requests a time limit. Chroma (1.x) builds its httpx session with
+    `timeout=None` and offers no setting for it: a server that accepts connections and never answers would
+    block a tool call, and the write lock it holds, forever. The session is Chroma's private attribute, so a
+    Chroma that no longer has it is logged, not failed."""
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(seconds)
+    else:
+        log.warning(
+            "cannot set chroma_timeout_s on this chromadb version's client: a Chroma server that stops "
+            "answering will block rift's calls"
+        )
 
 
 HNSW_SEARCH_EF = 400
