@@ -117,7 +117,23 @@ def emit(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; a Chroma server that stops answering during a command is one line, not a
+    traceback (start-up's own checks already say so; a server that fails later reached the user raw)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from server.engine.vector_store import chroma_server_problem
+
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            problem = chroma_server_problem(exc, then="run the command again once it answers")
+            if problem is None:
+                raise
+            raise click.ClickException(problem) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="rift-mcp", prog_name="rift")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
 def main(verbose: bool) -> None:

@@ -75,6 +75,29 @@ def test_ctrl_c_while_starting_says_so_and_exits_130(tmp_path: Path, env: dict[s
     lock.release()
 
 
+def test_a_chroma_server_lost_during_a_command_is_one_line(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """A Chroma server that stops answering after start-up reached the user as httpx's traceback."""
+    import httpx
+
+    import server.service as service
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(main, ["add", str(tmp_path), "--data-dir", str(data)]).exit_code in (0, 1)
+    request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
+
+    def refused(*args, **kwargs):
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    monkeypatch.setattr(service.Rift, "stats", refused)
+    result = CliRunner().invoke(main, ["stats", "--data-dir", str(data)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith("Error: cannot reach the Chroma server at http://chroma.internal:8000 (")
+    assert result.output.rstrip().endswith("run the command again once it answers")
+    lock = service.DataDirLock(service.Settings(data_dir=data))  # the command closed its rift
+    lock.acquire()
+    lock.release()
+
+
 def test_add_reports_a_file_name_that_is_not_utf8_in_valid_json(tmp_path: Path, env: dict[str, str]) -> None:
     """`rift add --json` wrote the name's raw byte, so the report was not valid UTF-8 (nor JSON to a reader)."""
     import json

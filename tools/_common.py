@@ -17,6 +17,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
+from server.engine.vector_store import chroma_server_problem
 from server.errors import RiftError
 from server.service import Rift
 
@@ -147,35 +148,6 @@ def failure_message(fn: Callable[..., Any], exc: Exception) -> str:
     log.exception("Chroma failed")
     hint = " (check that the Chroma server is up)" if _from_connection(exc) else ""
     return f"the vector store (Chroma) failed: {type(exc).__name__}: {exc}{hint}"
-
-
-def chroma_server_problem(exc: BaseException) -> str | None:
-    """What went wrong reaching a Chroma server, naming its address and what to do; None when `exc` is not
-    an HTTP client error with its request (the address comes from there: this module has no settings)."""
-    import httpx
-
-    if not isinstance(exc, httpx.RequestError):
-        return None
-    try:
-        request = exc.request
-    except RuntimeError:  # raised without a request
-        return None
-    where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
-    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    back = "rift uses it again by itself once it answers"
-    if isinstance(exc, httpx.TimeoutException):
-        limit = (request.extensions.get("timeout") or {}).get("read")
-        within = f"within {limit:g} s" if isinstance(limit, int | float) else "in time"
-        return (
-            f"the Chroma server at {where} did not answer {within} ({cause}): it is stuck, overloaded or "
-            f"unreachable; check it (setting chroma_timeout_s allows slow calls longer); {back}"
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return (
-            f"cannot reach the Chroma server at {where} ({cause}): start it (`chroma run`) or check chroma_host "
-            f"and chroma_port; {back}"
-        )
-    return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {back}"
 
 
 UNEXPECTED = "rift failed unexpectedly"

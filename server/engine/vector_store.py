@@ -109,6 +109,36 @@ def limit_requests(client: Any, seconds: float) -> None:
         )
 
 
+def chroma_server_problem(exc: BaseException, then: str = "rift uses it again by itself once it answers") -> str | None:
+    """What went wrong reaching a Chroma server, naming its address and what to do (`then`: what happens once
+    it answers again); None when `exc` is not an HTTP client error with its request (the address comes from
+    there, so it names the server the call used)."""
+    import httpx
+
+    if not isinstance(exc, httpx.RequestError):
+        return None
+    try:
+        request = exc.request
+    except RuntimeError:  # raised without a request
+        return None
+    where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    back = then
+    if isinstance(exc, httpx.TimeoutException):
+        limit = (request.extensions.get("timeout") or {}).get("read")
+        within = f"within {limit:g} s" if isinstance(limit, int | float) else "in time"
+        return (
+            f"the Chroma server at {where} did not answer {within} ({cause}): it is stuck, overloaded or "
+            f"unreachable; check it (setting chroma_timeout_s allows slow calls longer); {back}"
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return (
+            f"cannot reach the Chroma server at {where} ({cause}): start it (`chroma run`) or check chroma_host "
+            f"and chroma_port; {back}"
+        )
+    return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {back}"
+
+
 HNSW_SEARCH_EF = 400
 
 # A chunk's text is kept in its Chroma metadata, not as a Chroma document: Chroma builds a full-text index over
