@@ -745,9 +745,11 @@ async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_u
     each tool call within chroma_timeout_s, naming the server, instead of blocking it (and the write lock)
     forever; once the server answers again, the same process carries on."""
     with chroma_server(tmp_path / "own-chroma") as own:
-        settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=1))
+        settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=1, chroma_sync_ms=0))
         async with Client(create_server(settings)) as client:
             await call(client, "add_documents", documents=[{"id": "cat", "text": "the cat sat on the mat"}])
+            # (chroma_sync_ms=0: every search asks the server for other processes' writes, so a keyword search
+            # right after the write reaches it too, rather than skipping a check made under 250 ms ago.)
             own.proc.send_signal(signal.SIGSTOP)
             # A call blocked on the server (no time limit) is let go after 30 s: it then succeeds, and fails here.
             resume = threading.Timer(30, own.proc.send_signal, (signal.SIGCONT,))
