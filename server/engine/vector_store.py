@@ -123,20 +123,19 @@ def chroma_server_problem(exc: BaseException, then: str = "rift uses it again by
         return None
     where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
     cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    back = then
     if isinstance(exc, httpx.TimeoutException):
         limit = (request.extensions.get("timeout") or {}).get("read")
         within = f"within {limit:g} s" if isinstance(limit, int | float) else "in time"
         return (
             f"the Chroma server at {where} did not answer {within} ({cause}): it is stuck, overloaded or "
-            f"unreachable; check it (setting chroma_timeout_s allows slow calls longer); {back}"
+            f"unreachable; check it (setting chroma_timeout_s allows slow calls longer); {then}"
         )
     if isinstance(exc, httpx.ConnectError):
         return (
             f"cannot reach the Chroma server at {where} ({cause}): start it (`chroma run`) or check chroma_host "
-            f"and chroma_port; {back}"
+            f"and chroma_port; {then}"
         )
-    return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {back}"
+    return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {then}"
 
 
 HNSW_SEARCH_EF = 400

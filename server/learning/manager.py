@@ -622,7 +622,7 @@ class LearningManager:
         registry = self.registry
         holders = [v for v in served if v.status == "retired" and registry.holds(registry.location_of(v))]
         keep |= {v.version for v in holders[: self.settings.learn_keep_weights]}
-        kept = {self.registry.location_key(v) for v in holders if v.version in keep}
+        kept = {registry.location_key(v) for v in holders if v.version in keep}
         # A folder something still loads stays: the configured `model` may name a fine-tune's folder (a base
         # version of that path then serves while the fine-tune's own entry is retired).
         in_use = kept | self._loaded_locations()
@@ -630,7 +630,7 @@ class LearningManager:
             v.version
             for v in holders
             if v.kind == "fine-tune"
-            and self.registry.location_key(v) not in in_use
+            and registry.location_key(v) not in in_use
             and self._delete_weights(v) is not None
         ]
         if deleted:
