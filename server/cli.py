@@ -285,6 +285,7 @@ def search(
                     }
                     for h in response.outcome.hits
                 ],
+                **({"warnings": response.outcome.warnings} if response.outcome.warnings else {}),
             }
         )
     except (RiftError, json.JSONDecodeError) as exc:

@@ -494,6 +494,10 @@ class Rift:
             outcome.hits = clip_hits(outcome.hits, terms, engine.tokenizer.stem, max_chars)
         if mode != "hybrid":
             return SearchResponse(None, outcome, None, False)
+        if outcome.vector_skipped:
+            # Keyword results alone (the Chroma server could not be reached): nothing to compare, and logging
+            # them would teach the miner that every keyword hit is a vector blind spot.
+            return SearchResponse(None, outcome, not_compared(self.settings.blind_spot_depth), False)
         # Per document, also when the lists rank chunks: the summary and the miner read document ranks.
         vector, keyword = _per_document(outcome.vector), _per_document(outcome.keyword)
         top = self.settings.blind_spot_depth
@@ -562,7 +566,8 @@ class Rift:
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()
-        engine.follow_others()
+        # With a Chroma server that cannot be reached, this process's own figures, and why.
+        unreachable = engine.shared.catch_up() if engine.shared is not None else None
         names = [collection] if collection is not None else engine.collection_names()
         collections = []
         for name in names:
@@ -588,6 +593,7 @@ class Rift:
             "dimension": engine.embedder.dimension,
             "data_dir": str(self.settings.data_dir),
             "vector_backend": self.settings.vector_backend,
+            "chroma_unreachable": unreachable,
             "index_bytes": _index_bytes(self.settings),
             "collections": collections,
             "queries": self.log.stats(collection) if self.log else {},

@@ -741,9 +741,10 @@ def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
 async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_used_again(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
-    """A Chroma server that hangs while rift runs (here stopped: its port still accepts connections) fails
-    each tool call within chroma_timeout_s, naming the server, instead of blocking it (and the write lock)
-    forever; once the server answers again, the same process carries on."""
+    """A Chroma server that hangs while rift runs (here stopped: its port still accepts connections) costs a
+    call at most chroma_timeout_s instead of blocking it (and the write lock) forever. Searches still answer
+    from this process's copy, keyword side only, saying why and logging nothing; a vector search and a write
+    fail naming the server. Once the server answers again, the same process carries on."""
     with chroma_server(tmp_path / "own-chroma") as own:
         settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=1, chroma_sync_ms=0))
         async with Client(create_server(settings)) as client:
@@ -754,22 +755,87 @@ async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_u
             # A call blocked on the server (no time limit) is let go after 30 s: it then succeeds, and fails here.
             resume = threading.Timer(30, own.proc.send_signal, (signal.SIGCONT,))
             resume.start()
+            where = f"the Chroma server at http://127.0.0.1:{own.port} did not answer within 1 s"
             try:
+                started = time.monotonic()
+                for mode in ("keyword", "hybrid"):
+                    found = await call(client, "hybrid_search", query="cat mat", mode=mode)
+                    assert hit_ids(found) == ["cat"]
+                    assert found["query_id"] is None and len(found["warnings"]) == 1, found
+                    assert where in found["warnings"][0] and "keyword results only" in found["warnings"][0]
+                    if mode == "hybrid":
+                        hit = found["hits"][0]
+                        assert hit["vector_rank"] is None and hit["keyword_rank"] == 1
+                        assert found["disagreement"]["compared"] is False
+                stats = await call(client, "stats")
+                assert where in stats["chroma_unreachable"] and stats["collections"][0]["documents"] == 1
+                # The first search waited for the server; the next calls within the retry interval did not ask.
+                assert time.monotonic() - started < 10
                 for tool, args in (
-                    ("hybrid_search", {"query": "cat mat", "mode": "keyword"}),
-                    ("hybrid_search", {"query": "cat mat", "mode": "hybrid"}),
+                    ("hybrid_search", {"query": "cat mat", "mode": "vector"}),
                     ("add_documents", {"documents": [{"id": "dog", "text": "a dog on the road"}]}),
                 ):
                     result = await client.call_tool(tool, args)
                     text = result.content[0].text  # type: ignore[union-attr]
                     assert result.is_error and "\n" not in text, text
-                    assert f"the Chroma server at http://127.0.0.1:{own.port} did not answer within 1 s" in text
-                    assert "chroma_timeout_s" in text
+                    assert where in text and "chroma_timeout_s" in text
             finally:
                 resume.cancel()
                 own.proc.send_signal(signal.SIGCONT)
             await call(client, "add_documents", documents=[{"id": "dog", "text": "a dog on the road"}])
-            assert hit_ids(await call(client, "hybrid_search", query="dog road", mode="hybrid"))[0] == "dog"
+            found = await call(client, "hybrid_search", query="dog road", mode="hybrid")
+            assert hit_ids(found)[0] == "dog" and found["warnings"] == [] and found["query_id"] is not None
+            assert found["hits"][0]["vector_rank"] is not None
+            assert (await call(client, "stats"))["chroma_unreachable"] is None
+
+
+def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answered the check before the search but fails the vector query: a hybrid search answers
+    from its keyword side (not logged), a vector search fails naming the server, and searches skip the server
+    for UNREACHABLE_RETRY_S, until a call reaches it again."""
+    import httpx
+
+    import server.engine.shared as shared_mod
+
+    chroma.wipe()
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, **http_overrides(chroma)))
+    try:
+        rift.add_documents("default", docs(("cat", "the cat sat on the mat"), ("dog", "a dog on the road")))
+        engine = rift.engine()
+        url = f"http://{chroma.host}:{chroma.port}/api/v2/query"
+        refused = httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("POST", url))
+
+        def down(*_a: Any, **_k: Any) -> Any:
+            raise refused
+
+        monkeypatch.setattr(engine.vectors, "query", down)
+        response = rift.search("default", "cat mat", 5, "hybrid")
+        assert response.query_id is None and not response.logged
+        assert [h.doc_id for h in response.outcome.hits] == ["cat"]
+        assert response.outcome.vector_skipped and response.outcome.hits[0].vector_rank is None
+        (warning,) = response.outcome.warnings
+        assert f"cannot reach the Chroma server at http://{chroma.host}:{chroma.port}" in warning
+        assert not response.disagreement.compared
+        with pytest.raises(RiftError, match="a vector search needs the Chroma server"):
+            rift.search("default", "cat mat", 5, "vector")
+        # Within the retry interval the server is not asked again, even for the check before a search.
+        reads: list[int] = []
+        real_read = engine.shared.read
+        monkeypatch.setattr(engine.shared, "read", lambda: reads.append(1) or real_read())
+        assert rift.search("default", "cat", 5, "keyword").outcome.warnings == [warning]
+        assert reads == []
+        # Once the interval has passed, a search asks the server again and uses it (here: it answers).
+        monkeypatch.undo()
+        monkeypatch.setattr(shared_mod, "UNREACHABLE_RETRY_S", 0.0)
+        engine.shared.note_unreachable(refused)
+        time.sleep(0.01)
+        response = rift.search("default", "cat mat", 5, "hybrid")
+        assert response.outcome.warnings == [] and response.query_id is not None
+        assert response.outcome.hits[0].vector_rank == 1
+    finally:
+        rift.close()
 
 
 def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(

@@ -52,7 +52,7 @@ class DisagreementOut(BaseModel):
     compared: bool = Field(
         description="False when the query has no keyword terms (only stopwords or symbols), so the keyword "
         "side did not search, or when neither side found anything (e.g. a filter no document matches): there "
-        "is then no overlap and there are no blind spots."
+        "is then no overlap and there are no blind spots; also when the vector side could not run (warnings)."
     )
     overlap: float | None = Field(
         description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1); "
@@ -74,6 +74,11 @@ class SearchResult(BaseModel):
     hits: list[SearchHit]
     disagreement: DisagreementOut | None
     timings_ms: dict[str, float]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why these results may be incomplete, e.g. the Chroma server could not be reached: a hybrid "
+        "search then returns keyword results alone (not logged, so query_id is null); empty normally.",
+    )
 
 
 async def hybrid_search(
@@ -144,6 +149,7 @@ async def hybrid_search(
             keyword_blind_spots=d.keyword_blind_spots,
         ),
         timings_ms={key: round(v, 3) for key, v in outcome.timings_ms.items()},
+        warnings=outcome.warnings,
     )
 
 

@@ -26,6 +26,12 @@ class StatsResult(BaseModel):
     dimension: int
     data_dir: str
     vector_backend: str
+    chroma_unreachable: str | None = Field(
+        None,
+        description="With a Chroma server (vector_backend 'http'): what is wrong while it cannot be reached "
+        "(searches then return keyword results alone, and these figures are this process's own); null when "
+        "it answers, and with embedded Chroma.",
+    )
     index_bytes: dict[str, int]
     collections: list[CollectionStats]
     queries: dict[str, Any] = Field(description="Logged searches and disagreement rates.")

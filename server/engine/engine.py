@@ -119,6 +119,9 @@ class SearchOutcome:
     # When the searched collection was created: tells a search of a since deleted collection from one of a
     # new collection of the same name (the query log drops the former).
     collection_created: float | None = None
+    # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone).
+    warnings: list[str] = field(default_factory=list)
+    vector_skipped: bool = False  # a hybrid search whose vector side could not run
 
 
 @dataclass(frozen=True)
@@ -1459,11 +1462,16 @@ class Engine:
     ) -> SearchOutcome:
         query, k, mode = self.check_query(query, k, mode)
         node: Node | None = parse_filters(filters)
-        if self.shared is not None:
-            self.shared.before_search(collection)
+        # With a Chroma server that cannot be reached, what is wrong: the search answers from the keyword side.
+        unreachable = self.shared.before_search(collection) if self.shared is not None else None
         try:
             record = self._record(collection)
-        except NotFoundError:
+        except NotFoundError as exc:
+            if unreachable is not None:
+                raise NotFoundError(
+                    f"{exc} (collections other processes made since the Chroma server was last reached are not "
+                    f"seen: {unreachable})"
+                ) from None
             # Created by another process since the last check (within chroma_sync_ms): look now.
             if self.shared is None or not self.shared.sync(force=True):
                 raise
@@ -1555,10 +1563,23 @@ class Engine:
                 found = side(reach)
             return found
 
+        if unreachable is not None and mode == "vector":
+            raise RiftError(f"a vector search needs the Chroma server, which holds the vectors: {unreachable}")
         overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
         vector: list[Candidate] = []
+        vector_skipped = False
         if mode in ("hybrid", "vector") and snap.live_count:
-            vector = deepened(vector_side(), vector_side)
+            if unreachable is None:
+                try:
+                    vector = deepened(vector_side(), vector_side)
+                except Exception as exc:
+                    # The server went away after the check: a hybrid search still answers from its keyword side.
+                    if self.shared is None or mode != "hybrid":
+                        raise
+                    unreachable = self.shared.note_unreachable(exc)
+                    if unreachable is None:
+                        raise
+            vector_skipped = unreachable is not None
         keyword: list[Candidate] = []
         if mode in ("hybrid", "keyword"):
             keyword, timings["keyword_ms"] = overlapped.result() if overlapped else keyword_side()
@@ -1635,6 +1656,8 @@ class Engine:
             timings,
             terms[0] if terms else None,
             record.created_at,
+            [unreachable] if unreachable is not None else [],
+            vector_skipped,
         )
 
     def follow_others(self, force: bool = False) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from server.engine.keyword_index import KeywordRow
 from server.engine.models import weights_identity
 from server.engine.reconcile import reconcile_with_chroma
+from server.engine.vector_store import chroma_server_problem
 from server.errors import RiftError
 
 if TYPE_CHECKING:
@@ -55,6 +56,13 @@ DELETED = "rift-deleted"
 ID_KEY = "chroma_id:"  # state setting: the Chroma id of the collection this process serves under that name
 KEEP_CHANGES = 2000  # change records each writer keeps; a reader further behind repairs in full
 PRUNE_EVERY = 200
+# Once the server could not be reached, searches answer from this process's copy for this long before one
+# asks the server again: a hung server costs one search chroma_timeout_s per interval, not every search.
+UNREACHABLE_RETRY_S = 10.0
+SEARCH_WHILE_DOWN = (
+    "until it answers, searches answer from this process's copy: keyword results only (the vectors are on "
+    "the server), without other processes' writes since it was last reached, and not logged for learning"
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ class SharedSync:
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
         # chroma -> (collection, model, doc ids or None for all) of writes whose announcement failed
         self._owed: dict[str, tuple[str, str, list[str] | None]] = {}
+        # While the server cannot be reached: what is wrong, and until when searches skip asking it again.
+        self._unreachable: str | None = None
+        self._unreachable_until = float("-inf")
         self._stats_lock = threading.Lock()
         self.stats: dict[str, float] = {
             "checks": 0,
@@ -506,9 +517,36 @@ class SharedSync:
                 out.setdefault((now or before).chroma, []).append((before, now))  # type: ignore[union-attr]
         return out
 
-    def before_search(self, collection: str) -> None:
-        self.sync()
+    def before_search(self, collection: str) -> str | None:
+        """Catch up before a search. Returns None, or what is wrong when the server cannot be reached: the
+        search then answers from this process's copy (the keyword side) rather than failing."""
+        problem = self.catch_up()
         self.check_served_here(collection)
+        return problem
+
+    def catch_up(self) -> str | None:
+        """`sync()` for a read that can answer from this process's copy: None, or what is wrong when the
+        server cannot be reached (not asked again within UNREACHABLE_RETRY_S of a failure)."""
+        problem = self._unreachable if time.monotonic() < self._unreachable_until else None
+        if problem is None:
+            try:
+                self.sync()
+            except Exception as exc:
+                problem = self.note_unreachable(exc)
+                if problem is None:
+                    raise
+        return problem
+
+    def note_unreachable(self, exc: BaseException) -> str | None:
+        """If `exc` says the server cannot be reached, remember it (searches answer from the local copy for
+        UNREACHABLE_RETRY_S before asking again) and return the one-line problem; else None."""
+        problem = chroma_server_problem(exc, then=SEARCH_WHILE_DOWN)
+        if problem is not None:
+            if self._unreachable is None:
+                log.warning("%s", problem)
+            self._unreachable = problem
+            self._unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
+        return problem
 
     def check_served_here(self, collection: str) -> None:
         """Refuse to search or write a collection another process switched to another model: this one can
@@ -542,6 +580,9 @@ class SharedSync:
                 self._pay_owed()
         heads = self.read()
         self._checked = time.monotonic()
+        if self._unreachable is not None:
+            log.warning("the Chroma server answers again: searches use it again")
+            self._unreachable, self._unreachable_until = None, float("-inf")
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
             return False
