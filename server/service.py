@@ -219,8 +219,16 @@ class Rift:
                 state.close()
                 raise
             folder = s.chroma_dir if s.vector_backend != "http" else None
-            engine = Engine(s, embedder, VectorStore(client, folder), state)
-            self.repair_report = engine.open(rechunk=self._reembed)
+            while True:
+                engine = Engine(s, embedder, VectorStore(client, folder), state)
+                try:
+                    self.repair_report = engine.open(rechunk=self._reembed)
+                    break
+                except Exception as exc:
+                    # The Chroma server answered, then went away during the repairs: a server waits for it
+                    # and opens again (the repairs are written to survive a crash at any point, so an open cut
+                    # short is finished by the next one), rather than failing every call until a restart.
+                    client = self._chroma_lost_while_opening(engine, exc)
             self._engine = engine
             from server.learning.manager import LearningManager
 
@@ -287,6 +295,21 @@ class Rift:
                 pause = CHROMA_RETRY_S[0] if waited < CHROMA_PATIENT_S else CHROMA_RETRY_S[1]
                 if self._stopping.wait(pause):
                     raise WaitAbandoned(f"closed while waiting for the Chroma server ({exc})") from None
+
+    def _chroma_lost_while_opening(self, engine: Any, exc: Exception) -> Any:
+        """Re-raise `exc` unless a server lost its Chroma server during start-up; else a client once it
+        answers again (tool calls meanwhile answer at once with why)."""
+        from server.engine.vector_store import chroma_server_problem
+
+        problem = chroma_server_problem(exc, then="start-up waits for it and repairs again once it answers")
+        if problem is None or not self._background or self.settings.vector_backend != "http":
+            raise exc
+        engine.discard()
+        self._waiting = f"rift is waiting for its Chroma server: {problem}"
+        log.warning("%s", self._waiting)
+        if self._stopping.wait(CHROMA_RETRY_S[0]):
+            raise WaitAbandoned(f"closed while waiting for the Chroma server ({problem})") from None
+        return self._chroma_client()
 
     def _adopt_stored_spelling(self, state: Any) -> None:
         """Stores made before model folders were named by their absolute path may know the configured folder

@@ -712,6 +712,60 @@ def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, t
         waiting.engine()
 
 
+def test_a_chroma_server_lost_during_start_up_repairs_is_waited_for(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Chroma server answers rift's first contact, then goes away while start-up repairs: a server waits
+    for it (tool calls say why) and opens once it is back, instead of failing every call until a restart."""
+    import subprocess
+
+    from server.engine.engine import Engine
+
+    with chroma_server(tmp_path / "db") as own:
+        settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own))
+        first = open_rift(settings)
+        first.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        first.close()
+        real_open = Engine.open
+        opened: list[int] = []
+
+        def open_after_losing_the_server(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            opened.append(1)
+            if len(opened) == 1:
+                stop(own.proc)  # gone right after the client's first contact, before the repairs
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Engine, "open", open_after_losing_the_server)
+        app = Rift(settings).start(background=True)
+        again = None
+        try:
+            said = waiting_message(app, 60)
+            assert f"cannot reach the Chroma server at http://127.0.0.1:{own.port}" in said
+            again = subprocess.Popen(
+                [str(chroma_binary()), "run", "--path", str(own.path), "--host", "127.0.0.1", "--port", str(own.port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    app.engine(timeout=5)
+                    break
+                except RiftError as exc:
+                    assert "waiting for its Chroma server" in str(exc) or "still loading" in str(exc), exc
+                    assert time.monotonic() < deadline, "rift did not open once its Chroma server was back"
+                    time.sleep(0.5)
+            assert len(opened) == 2
+            assert ids(app.search("default", "cat mat").outcome.hits) == ["cat"]
+            app.add_documents("default", docs(("dog", "a dog on the road")))
+            assert ids(app.search("default", "dog road").outcome.hits)[0] == "dog"
+        finally:
+            app.close()
+            if again is not None:
+                stop(again)
+
+
 def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
     tmp_path: Path, tiny_model_path: Path, monkeypatch
 ) -> None:

@@ -308,6 +308,10 @@ class Engine:
 
     # --- start-up ------------------------------------------------------------------------------------------
 
+    def discard(self) -> None:
+        """Let go of an engine whose `open` failed (its state store stays open for the next one)."""
+        self._side.shutdown(wait=False)
+
     def open(self, rechunk: bool = True) -> dict[str, Any]:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
         made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
