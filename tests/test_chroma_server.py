@@ -843,6 +843,57 @@ async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_u
             assert (await call(client, "stats"))["chroma_unreachable"] is None
 
 
+def test_a_hung_chroma_server_costs_one_timeout_and_one_caller(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search whose vector query hangs waits chroma_timeout_s once (not again for a check after it); once
+    the retry interval has passed, one caller asks the server again while the others answer at once; and a
+    hybrid search of a collection empty here is not logged either."""
+    import server.engine.shared as shared_mod
+
+    monkeypatch.setattr(shared_mod, "UNREACHABLE_RETRY_S", 1.0)
+    with chroma_server(tmp_path / "own-chroma") as own:
+        # chroma_sync_ms=5000: the search right after a check skips it and meets the hung server in its query.
+        settings = make_settings(
+            tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=1, chroma_sync_ms=5000)
+        )
+        rift = open_rift(settings)
+        try:
+            rift.add_documents("default", docs(("cat", "the cat sat on the mat"), ("dog", "a dog on the road")))
+            rift.add_documents("empty", docs(("cat", "the cat sat on the mat")))
+            rift.delete_documents("empty", ["cat"])
+            assert rift.search("default", "cat mat", 5, "hybrid").query_id is not None
+            own.proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                response = rift.search("default", "cat mat", 5, "hybrid")
+                assert time.monotonic() - started < 1.9  # one chroma_timeout_s, not two
+                assert response.query_id is None and response.outcome.warnings
+                assert [h.doc_id for h in response.outcome.hits] == ["cat"]
+                empty = rift.search("empty", "cat mat", 5, "hybrid")
+                assert empty.query_id is None and empty.outcome.vector_skipped and empty.outcome.warnings
+                time.sleep(1.1)  # the retry interval has passed
+                took: list[float] = []
+
+                def search() -> None:
+                    began = time.monotonic()
+                    rift.search("default", "cat", 5, "keyword")
+                    took.append(time.monotonic() - began)
+
+                threads = [threading.Thread(target=search) for _ in range(4)]
+                for thread in threads:
+                    thread.start()
+                    time.sleep(0.05)
+                for thread in threads:
+                    thread.join()
+                took.sort()
+                assert took[-1] >= 0.9 and took[-2] < 0.5, took  # one asked the hung server; three did not wait
+            finally:
+                own.proc.send_signal(signal.SIGCONT)
+        finally:
+            rift.close()
+
+
 def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -883,7 +934,7 @@ def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
         # Once the interval has passed, a search asks the server again and uses it (here: it answers).
         monkeypatch.undo()
         monkeypatch.setattr(shared_mod, "UNREACHABLE_RETRY_S", 0.0)
-        engine.shared.note_unreachable(refused)
+        engine.shared.note_unreachable(refused, time.monotonic())
         time.sleep(0.01)
         response = rift.search("default", "cat mat", 5, "hybrid")
         assert response.outcome.warnings == [] and response.query_id is not None

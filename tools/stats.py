@@ -30,7 +30,7 @@ class StatsResult(BaseModel):
         None,
         description="With a Chroma server (vector_backend 'http'): what is wrong while it cannot be reached "
         "(searches then return keyword results alone, and these figures are this process's own); null when "
-        "it answers, and with embedded Chroma.",
+        "the last check reached it (made at most every chroma_sync_ms), and with embedded Chroma.",
     )
     index_bytes: dict[str, int]
     collections: list[CollectionStats]

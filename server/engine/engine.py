@@ -48,7 +48,7 @@ from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokeniz
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, writer_id
 from server.engine.state_store import ChunkRow, StateStore
-from server.engine.vector_store import VectorStore
+from server.engine.vector_store import VectorStore, chroma_not_answering
 from server.errors import NotFoundError, RiftError
 
 log = logging.getLogger(__name__)
@@ -1524,7 +1524,9 @@ class Engine:
                                 found.append(Candidate(row.doc_id, chunk_id, score, row))
                     timings["vector_ms"] = (time.perf_counter() - t1) * 1000
                     return found
-                except Exception:
+                except Exception as exc:
+                    if chroma_not_answering(exc):
+                        raise  # down or hung: asking it again below would fail or wait as long again
                     # A model swap switched this collection (and may have released the old model or dropped
                     # its vectors) between reading the record and querying: answer from the new (record,
                     # embedder) pair, which are always switched together. Another process sharing the Chroma
@@ -1571,19 +1573,18 @@ class Engine:
             raise RiftError(f"a vector search needs the Chroma server, which holds the vectors: {unreachable}")
         overlapped = self._side.submit(keyword_side) if mode == "hybrid" else None
         vector: list[Candidate] = []
-        vector_skipped = False
-        if mode in ("hybrid", "vector") and snap.live_count:
-            if unreachable is None:
-                try:
-                    vector = deepened(vector_side(), vector_side)
-                except Exception as exc:
-                    # The server went away after the check: a hybrid search still answers from its keyword side.
-                    if self.shared is None or mode != "hybrid":
-                        raise
-                    unreachable = self.shared.note_unreachable(exc)
-                    if unreachable is None:
-                        raise
-            vector_skipped = unreachable is not None
+        if mode in ("hybrid", "vector") and snap.live_count and unreachable is None:
+            asked = time.monotonic()
+            try:
+                vector = deepened(vector_side(), vector_side)
+            except Exception as exc:
+                # The server went away after the check: a hybrid search still answers from its keyword side.
+                if self.shared is None or mode != "hybrid":
+                    raise
+                unreachable = self.shared.note_unreachable(exc, asked)
+                if unreachable is None:
+                    raise
+        vector_skipped = mode == "hybrid" and unreachable is not None
         keyword: list[Candidate] = []
         if mode in ("hybrid", "keyword"):
             keyword, timings["keyword_ms"] = overlapped.result() if overlapped else keyword_side()

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from server.engine.keyword_index import KeywordRow
 from server.engine.models import weights_identity
 from server.engine.reconcile import reconcile_with_chroma
-from server.engine.vector_store import chroma_server_problem
+from server.engine.vector_store import chroma_not_answering, chroma_server_problem
 from server.errors import RiftError
 
 if TYPE_CHECKING:
@@ -126,6 +126,8 @@ class SharedSync:
         # While the server cannot be reached: what is wrong, and until when searches skip asking it again.
         self._unreachable: str | None = None
         self._unreachable_until = float("-inf")
+        self._answered = float("-inf")  # when a read last reached it
+        self._unreachable_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats: dict[str, float] = {
             "checks": 0,
@@ -526,22 +528,35 @@ class SharedSync:
 
     def catch_up(self) -> str | None:
         """`sync()` for a read that can answer from this process's copy: None, or what is wrong when the
-        server cannot be reached (not asked again within UNREACHABLE_RETRY_S of a failure)."""
-        problem = self._unreachable if time.monotonic() < self._unreachable_until else None
-        if problem is None:
-            try:
-                self.sync()
-            except Exception as exc:
-                problem = self.note_unreachable(exc)
-                if problem is None:
-                    raise
-        return problem
+        server cannot be reached. After a failure one caller asks again per UNREACHABLE_RETRY_S; the others
+        meanwhile get the problem at once rather than each waiting for the server."""
+        with self._unreachable_lock:
+            probe = self._unreachable
+            if probe is not None:
+                now = time.monotonic()
+                if now < self._unreachable_until:
+                    return probe
+                self._unreachable_until = now + UNREACHABLE_RETRY_S  # this caller asks
+        asked = time.monotonic()
+        try:
+            self.sync(force=probe is not None)
+        except Exception as exc:
+            problem = self.note_unreachable(exc, asked)
+            if problem is None:
+                raise
+            return problem
+        return None
 
-    def note_unreachable(self, exc: BaseException) -> str | None:
-        """If `exc` says the server cannot be reached, remember it (searches answer from the local copy for
-        UNREACHABLE_RETRY_S before asking again) and return the one-line problem; else None."""
+    def note_unreachable(self, exc: BaseException, asked: float) -> str | None:
+        """The one-line problem if `exc` (from a request begun at `asked`, time.monotonic()) says the server
+        cannot be reached, else None. A refused connection or a timeout is remembered (searches answer from
+        the local copy for UNREACHABLE_RETRY_S before asking again), unless the server answered since."""
         problem = chroma_server_problem(exc, then=SEARCH_WHILE_DOWN)
-        if problem is not None:
+        if problem is None or not chroma_not_answering(exc):
+            return problem  # (a dropped connection: this request alone)
+        with self._unreachable_lock:
+            if asked < self._answered:
+                return problem
             if self._unreachable is None:
                 log.warning("%s", problem)
             self._unreachable = problem
@@ -580,9 +595,11 @@ class SharedSync:
                 self._pay_owed()
         heads = self.read()
         self._checked = time.monotonic()
-        if self._unreachable is not None:
-            log.warning("the Chroma server answers again: searches use it again")
-            self._unreachable, self._unreachable_until = None, float("-inf")
+        with self._unreachable_lock:
+            self._answered = self._checked
+            if self._unreachable is not None:
+                log.warning("the Chroma server answers again: searches use it again")
+                self._unreachable, self._unreachable_until = None, float("-inf")
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
             return False

@@ -138,6 +138,14 @@ def chroma_server_problem(exc: BaseException, then: str = "rift uses it again by
     return f"the connection to the Chroma server at {where} failed ({cause}): check that it is up; {then}"
 
 
+def chroma_not_answering(exc: BaseException) -> bool:
+    """A refused connection or a request that timed out: the server is down or hung, so asking it again at
+    once would fail (or wait) the same way. (A dropped keep-alive connection is not: a new one may work.)"""
+    import httpx
+
+    return isinstance(exc, httpx.ConnectError | httpx.TimeoutException)
+
+
 HNSW_SEARCH_EF = 400
 
 # A chunk's text is kept in its Chroma metadata, not as a Chroma document: Chroma builds a full-text index over
