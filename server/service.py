@@ -219,16 +219,21 @@ class Rift:
                 state.close()
                 raise
             folder = s.chroma_dir if s.vector_backend != "http" else None
-            while True:
-                engine = Engine(s, embedder, VectorStore(client, folder), state)
-                try:
-                    self.repair_report = engine.open(rechunk=self._reembed)
-                    break
-                except Exception as exc:
-                    # The Chroma server answered, then went away during the repairs: a server waits for it
-                    # and opens again (the repairs are written to survive a crash at any point, so an open cut
-                    # short is finished by the next one), rather than failing every call until a restart.
-                    client = self._chroma_lost_while_opening(engine, exc)
+            try:
+                while True:
+                    engine = Engine(s, embedder, VectorStore(client, folder), state)
+                    try:
+                        self.repair_report = engine.open(rechunk=self._reembed)
+                        break
+                    except Exception as exc:
+                        # The Chroma server answered, then went away during the repairs: a server waits for
+                        # it and opens again (the repairs are written to survive a crash at any point, so an
+                        # open cut short is finished by the next one), rather than failing every call until a
+                        # restart.
+                        client = self._chroma_lost_while_opening(engine, exc)
+            except BaseException:
+                state.close()
+                raise
             self._engine = engine
             from server.learning.manager import LearningManager
 
@@ -299,12 +304,18 @@ class Rift:
     def _chroma_lost_while_opening(self, engine: Any, exc: Exception) -> Any:
         """Re-raise `exc` unless a server lost its Chroma server during start-up; else a client once it
         answers again (tool calls meanwhile answer at once with why)."""
-        from server.engine.vector_store import chroma_server_problem
+        from server.engine.vector_store import ChromaUnreachable, chroma_server_problem, make_client
 
+        engine.discard()
         problem = chroma_server_problem(exc, then="start-up waits for it and repairs again once it answers")
         if problem is None or not self._background or self.settings.vector_backend != "http":
             raise exc
-        engine.discard()
+        try:
+            make_client(self.settings)  # (its heartbeat)
+        except ChromaUnreachable:
+            pass  # gone: wait for it
+        else:
+            raise exc  # it answers: this request failed by itself (e.g. one slower than chroma_timeout_s)
         self._waiting = f"rift is waiting for its Chroma server: {problem}"
         log.warning("%s", self._waiting)
         if self._stopping.wait(CHROMA_RETRY_S[0]):
@@ -441,7 +452,10 @@ class Rift:
                 raise RiftError("rift is still loading its model; try again in a few seconds")
             self._ready.wait(left)
         if self._error is not None:
-            raise RiftError(f"rift failed to start: {self._error}")
+            from server.engine.vector_store import chroma_server_problem
+
+            why = chroma_server_problem(self._error, then="then restart rift") or self._error
+            raise RiftError(f"rift failed to start: {why}")
         return self._engine
 
     def close(self) -> None:

@@ -766,6 +766,47 @@ def test_a_chroma_server_lost_during_start_up_repairs_is_waited_for(
                 stop(again)
 
 
+def test_a_start_up_request_slower_than_the_timeout_fails_start_up_once(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request of start-up's repairs that times out while the server still answers its heartbeat (a slow
+    read of a large collection) fails start-up with the advice, once; it is not retried for ever."""
+    import httpx
+
+    from server.engine.engine import Engine
+    from server.engine.vector_store import VectorStore
+
+    with chroma_server(tmp_path / "db") as own:
+        settings = make_settings(tmp_path / "data", tiny_model_path, **http_overrides(own, chroma_timeout_s=5))
+        first = open_rift(settings)
+        first.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        first.close()
+        opened: list[int] = []
+        real_open = Engine.open
+
+        def counting_open(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            opened.append(1)
+            return real_open(self, *args, **kwargs)
+
+        def slow_read(self: VectorStore, name: str) -> Any:
+            request = httpx.Request(
+                "POST", f"http://127.0.0.1:{own.port}/api/v2/get", extensions={"timeout": {"read": 5.0}}
+            )
+            raise httpx.ReadTimeout("timed out", request=request)
+
+        monkeypatch.setattr(Engine, "open", counting_open)
+        monkeypatch.setattr(VectorStore, "all_ids", slow_read)
+        app = Rift(settings).start(background=True)
+        try:
+            with pytest.raises(RiftError) as failed:
+                app.engine(timeout=60)
+            assert "rift failed to start: the Chroma server at" in str(failed.value)
+            assert "did not answer within 5 s" in str(failed.value) and "chroma_timeout_s" in str(failed.value)
+            assert opened == [1]
+        finally:
+            app.close()
+
+
 def test_a_chroma_address_that_never_answers_is_waited_for_not_hung_on(
     tmp_path: Path, tiny_model_path: Path, monkeypatch
 ) -> None:

@@ -590,7 +590,10 @@ class SharedSync:
         started = time.perf_counter()
         if not force and self.interval and time.monotonic() - self._checked < self.interval:
             return False
-        if self._owed:
+        # While the server does not answer, a search that asks it pays owed announcements only once it
+        # answers: each would otherwise wait out chroma_timeout_s first, holding the write lock.
+        was_down = self._unreachable is not None
+        if self._owed and not was_down:
             with self.engine._write_lock:
                 self._pay_owed()
         heads = self.read()
@@ -600,6 +603,10 @@ class SharedSync:
             if self._unreachable is not None:
                 log.warning("the Chroma server answers again: searches use it again")
                 self._unreachable, self._unreachable_until = None, float("-inf")
+        if was_down and self._owed:
+            with self.engine._write_lock:
+                self._pay_owed()
+            heads = self.read()
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
             return False
