@@ -665,10 +665,34 @@ def waiting_message(app: Rift, within: float) -> str:
         assert time.monotonic() < deadline, "no word of the unreachable Chroma server: start-up hung"
 
 
+def run_chroma(path: Path, port: int) -> Any:
+    """`chroma run` on a given port (a server started late, or started again where one stopped)."""
+    import subprocess
+
+    return subprocess.Popen(
+        [str(chroma_binary()), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_open(app: Rift, within: float) -> None:
+    """Wait until `app` has started; meanwhile tool calls may only say it waits for Chroma or loads."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            app.engine(timeout=5)
+            return
+        except RiftError as exc:
+            assert "waiting for its Chroma server" in str(exc) or "still loading" in str(exc), exc
+            assert time.monotonic() < deadline, "rift did not start once its Chroma server answered"
+            time.sleep(0.5)
+
+
 def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, tiny_model_path: Path) -> None:
     """A server started before its Chroma server (or while it is down) keeps trying, and starts when it
     answers; tool calls meanwhile say why at once instead of hanging, and a close meanwhile is prompt."""
-    import subprocess
 
     from server.bench.processes import free_port
 
@@ -679,21 +703,8 @@ def test_a_server_waits_for_a_chroma_server_that_comes_up_late(tmp_path: Path, t
     try:
         said = waiting_message(app, 30)
         assert f"127.0.0.1:{port}" in said and "keeps trying" in said
-        chroma_proc = subprocess.Popen(
-            [str(chroma_binary()), "run", "--path", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                app.engine(timeout=5)
-                break
-            except RiftError as exc:
-                assert "waiting for its Chroma server" in str(exc) or "still loading" in str(exc), exc
-                assert time.monotonic() < deadline, "rift did not start once its Chroma server answered"
-                time.sleep(0.5)
+        chroma_proc = run_chroma(tmp_path / "db", port)
+        wait_open(app, 90)
         app.add_documents("default", docs(("cat", "the cat sat on the mat")))
         assert ids(app.search("default", "cat mat").outcome.hits) == ["cat"]
     finally:
@@ -717,7 +728,6 @@ def test_a_chroma_server_lost_during_start_up_repairs_is_waited_for(
 ) -> None:
     """The Chroma server answers rift's first contact, then goes away while start-up repairs: a server waits
     for it (tool calls say why) and opens once it is back, instead of failing every call until a restart."""
-    import subprocess
 
     from server.engine.engine import Engine
 
@@ -741,21 +751,8 @@ def test_a_chroma_server_lost_during_start_up_repairs_is_waited_for(
         try:
             said = waiting_message(app, 60)
             assert f"cannot reach the Chroma server at http://127.0.0.1:{own.port}" in said
-            again = subprocess.Popen(
-                [str(chroma_binary()), "run", "--path", str(own.path), "--host", "127.0.0.1", "--port", str(own.port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    app.engine(timeout=5)
-                    break
-                except RiftError as exc:
-                    assert "waiting for its Chroma server" in str(exc) or "still loading" in str(exc), exc
-                    assert time.monotonic() < deadline, "rift did not open once its Chroma server was back"
-                    time.sleep(0.5)
+            again = run_chroma(own.path, own.port)
+            wait_open(app, 90)
             assert len(opened) == 2
             assert ids(app.search("default", "cat mat").outcome.hits) == ["cat"]
             app.add_documents("default", docs(("dog", "a dog on the road")))
