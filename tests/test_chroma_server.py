@@ -861,6 +861,13 @@ async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_u
                         assert found["disagreement"]["compared"] is False
                 stats = await call(client, "stats")
                 assert where in stats["chroma_unreachable"] and stats["collections"][0]["documents"] == 1
+                # Reads answer from this process's copy too, saying why.
+                doc = await call(client, "get_document", doc_id="cat")
+                assert doc["text"] == "the cat sat on the mat" and where in doc["warnings"][0]
+                listed = await call(client, "list_documents")
+                assert [d["doc_id"] for d in listed["documents"]] == ["cat"] and where in listed["warnings"][0]
+                catalog = await call(client, "list_collections")
+                assert catalog["collections"][0]["name"] == "default" and where in catalog["warnings"][0]
                 # The first search waited for the server; the next calls within the retry interval did not ask.
                 assert time.monotonic() - started < 10
                 for tool, args in (
@@ -879,6 +886,8 @@ async def test_a_chroma_server_that_stops_answering_fails_calls_in_time_and_is_u
             assert hit_ids(found)[0] == "dog" and found["warnings"] == [] and found["query_id"] is not None
             assert found["hits"][0]["vector_rank"] is not None
             assert (await call(client, "stats"))["chroma_unreachable"] is None
+            assert (await call(client, "get_document", doc_id="dog"))["warnings"] == []
+            assert (await call(client, "list_documents"))["warnings"] == []
 
 
 def test_a_hung_chroma_server_costs_one_timeout_and_one_caller(

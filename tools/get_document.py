@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.ingest.manage import get_document as fetch_document
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, chroma_warnings, rift_of
 
 
 class DocumentOut(BaseModel):
@@ -27,6 +27,11 @@ class DocumentOut(BaseModel):
     fetch_recorded: bool = Field(
         description="True when this read was recorded against query_id (only a document that search's response named: a hit or a listed blind spot)."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
+        "copy answered, without other processes' writes since; empty normally.",
+    )
 
 
 async def get_document(
@@ -43,8 +48,9 @@ async def get_document(
     offset: Annotated[int, Field(ge=0, description="First character to return.")] = 0,
     max_chars: Annotated[int | None, Field(ge=1, description="Return at most this many characters.")] = None,
 ) -> DocumentOut:
-    view = await call(fetch_document, rift_of(ctx), collection, doc_id, query_id, offset, max_chars)
-    return DocumentOut(**view.__dict__)
+    rift = rift_of(ctx)
+    view = await call(fetch_document, rift, collection, doc_id, query_id, offset, max_chars)
+    return DocumentOut(**view.__dict__, warnings=chroma_warnings(rift.engine()))
 
 
 TOOL = ToolSpec(

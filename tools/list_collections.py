@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from server.ingest.manage import list_collections as catalog
-from tools._common import ToolSpec, call, rift_of
+from tools._common import ToolSpec, call, chroma_warnings, rift_of
 
 
 class CollectionOut(BaseModel):
@@ -19,11 +19,17 @@ class CollectionOut(BaseModel):
 
 class ListCollectionsResult(BaseModel):
     collections: list[CollectionOut]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
+        "copy answered, without other processes' writes since; empty normally.",
+    )
 
 
 async def list_collections(ctx: Context) -> ListCollectionsResult:
     engine = await call(rift_of(ctx).engine)
-    return ListCollectionsResult(collections=[CollectionOut(**c) for c in await call(catalog, engine)])
+    collections = [CollectionOut(**c) for c in await call(catalog, engine)]
+    return ListCollectionsResult(collections=collections, warnings=chroma_warnings(engine))
 
 
 TOOL = ToolSpec(

@@ -10,7 +10,14 @@ from pydantic import BaseModel, Field
 
 from server.ingest.manage import MAX_LIST
 from server.ingest.manage import list_documents as list_docs
-from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import (
+    COLLECTION_DESCRIPTION,
+    FILTERS_DESCRIPTION,
+    ToolSpec,
+    call,
+    chroma_warnings,
+    rift_of,
+)
 
 
 class DocumentEntry(BaseModel):
@@ -27,6 +34,11 @@ class ListDocumentsResult(BaseModel):
     next_after: str | None = Field(
         description="Pass as `after` for the next page (null on the last page): unlike an offset, it lists "
         "every document once even while documents are added or deleted between pages."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
+        "copy answered, without other processes' writes since; empty normally.",
     )
 
 
@@ -58,6 +70,7 @@ async def list_documents(
         documents=[DocumentEntry(doc_id=d, metadata=m) for d, m in page],
         next_offset=end if more else None,
         next_after=page[-1][0] if more and page else None,
+        warnings=chroma_warnings(engine),
     )
 
 

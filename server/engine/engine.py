@@ -1667,9 +1667,15 @@ class Engine:
 
     def follow_others(self, force: bool = False) -> None:
         """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms
-        unless `force`: a write checks first regardless), so reads agree with searches."""
-        if self.shared is not None:
-            self.shared.sync(force=force)
+        unless `force`: a write checks first regardless), so reads agree with searches. A read (not `force`)
+        answers from this process's copy while the server cannot be reached, as a search does
+        (`shared.problem` says why)."""
+        if self.shared is None:
+            return
+        if force:
+            self.shared.sync(force=True)
+        else:
+            self.shared.catch_up()
 
     def get_document(self, collection: str, doc_id: str) -> tuple[str, dict[str, Any], int, float]:
         self.follow_others()
