@@ -941,6 +941,43 @@ def test_a_hung_chroma_server_costs_one_timeout_and_one_caller(
             rift.close()
 
 
+def test_a_read_that_cannot_catch_up_answers_from_here_and_says_why(
+    pair: tuple[Rift, Rift], chroma: ChromaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However catching up with the other processes fails (a dropped connection, or a timeout after the
+    heads were read), a read answers from this process's copy with a warning naming the server, and the
+    next read catches up."""
+    import httpx
+
+    from server.ingest.manage import caught_up, list_documents
+
+    a, b = pair
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    engine = a.engine()
+    listing = caught_up(list_documents)
+    b.add_documents("default", docs(("dog", "a dog on the road")))
+    url = f"http://{chroma.host}:{chroma.port}/api/v2/heads"
+
+    def dropped() -> Any:
+        raise httpx.RemoteProtocolError("Server disconnected", request=httpx.Request("POST", url))
+
+    def hung(*_args: Any) -> Any:
+        raise httpx.ReadTimeout("timed out", request=httpx.Request("POST", url))
+
+    for name, failure, said in (
+        ("read", dropped, "the connection to the Chroma server at"),
+        ("_touched", hung, "did not answer"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(engine.shared, name, failure)
+            (total, page, _), warnings = listing(engine, "default", None)
+        assert [d for d, _ in page] == ["cat"] and total == 1
+        (warning,) = warnings
+        assert said in warning and f"{chroma.host}:{chroma.port}" in warning
+    (total, page, _), warnings = listing(engine, "default", None)
+    assert [d for d, _ in page] == ["cat", "dog"] and warnings == []
+
+
 def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

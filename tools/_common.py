@@ -62,12 +62,6 @@ class ToolSpec:
     setting_bounds: tuple[tuple[str, str, str], ...] = ()
 
 
-def chroma_warnings(engine: Any) -> list[str]:
-    """Why a read may be stale: the Chroma server could not be reached, so it answered from this process's copy."""
-    problem = engine.shared.problem if engine.shared is not None else None
-    return [problem] if problem else []
-
-
 def rift_of(ctx: Context) -> Rift:
     return ctx.request_context.lifespan_context
 

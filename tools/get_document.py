@@ -8,8 +8,9 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.ingest.manage import caught_up
 from server.ingest.manage import get_document as fetch_document
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, chroma_warnings, rift_of
+from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
 
 
 class DocumentOut(BaseModel):
@@ -48,9 +49,9 @@ async def get_document(
     offset: Annotated[int, Field(ge=0, description="First character to return.")] = 0,
     max_chars: Annotated[int | None, Field(ge=1, description="Return at most this many characters.")] = None,
 ) -> DocumentOut:
-    rift = rift_of(ctx)
-    view = await call(fetch_document, rift, collection, doc_id, query_id, offset, max_chars)
-    return DocumentOut(**view.__dict__, warnings=chroma_warnings(rift.engine()))
+    read = caught_up(fetch_document)
+    view, warnings = await call(read, rift_of(ctx), collection, doc_id, query_id, offset, max_chars)
+    return DocumentOut(**view.__dict__, warnings=warnings)
 
 
 TOOL = ToolSpec(

@@ -6,8 +6,9 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.ingest.manage import caught_up
 from server.ingest.manage import list_collections as catalog
-from tools._common import ToolSpec, call, chroma_warnings, rift_of
+from tools._common import ToolSpec, call, rift_of
 
 
 class CollectionOut(BaseModel):
@@ -28,8 +29,8 @@ class ListCollectionsResult(BaseModel):
 
 async def list_collections(ctx: Context) -> ListCollectionsResult:
     engine = await call(rift_of(ctx).engine)
-    collections = [CollectionOut(**c) for c in await call(catalog, engine)]
-    return ListCollectionsResult(collections=collections, warnings=chroma_warnings(engine))
+    listed, warnings = await call(caught_up(catalog), engine)
+    return ListCollectionsResult(collections=[CollectionOut(**c) for c in listed], warnings=warnings)
 
 
 TOOL = ToolSpec(

@@ -8,14 +8,13 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.ingest.manage import MAX_LIST
+from server.ingest.manage import MAX_LIST, caught_up
 from server.ingest.manage import list_documents as list_docs
 from tools._common import (
     COLLECTION_DESCRIPTION,
     FILTERS_DESCRIPTION,
     ToolSpec,
     call,
-    chroma_warnings,
     rift_of,
 )
 
@@ -60,7 +59,8 @@ async def list_documents(
     ] = None,
 ) -> ListDocumentsResult:
     engine = await call(rift_of(ctx).engine)
-    total, page, offset = await call(list_docs, engine, collection, filters, limit, offset, after)
+    read = caught_up(list_docs)
+    (total, page, offset), warnings = await call(read, engine, collection, filters, limit, offset, after)
     end = offset + len(page)
     more = end < total
     return ListDocumentsResult(
@@ -70,7 +70,7 @@ async def list_documents(
         documents=[DocumentEntry(doc_id=d, metadata=m) for d, m in page],
         next_offset=end if more else None,
         next_after=page[-1][0] if more and page else None,
-        warnings=chroma_warnings(engine),
+        warnings=warnings,
     )
 
 

@@ -1665,17 +1665,17 @@ class Engine:
             vector_skipped,
         )
 
-    def follow_others(self, force: bool = False) -> None:
+    def follow_others(self, force: bool = False) -> str | None:
         """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms
         unless `force`: a write checks first regardless), so reads agree with searches. A read (not `force`)
-        answers from this process's copy while the server cannot be reached, as a search does
-        (`shared.problem` says why)."""
+        answers from this process's copy while the server cannot be reached, as a search does: the returned
+        problem says why (None when caught up)."""
         if self.shared is None:
-            return
+            return None
         if force:
             self.shared.sync(force=True)
-        else:
-            self.shared.catch_up()
+            return None
+        return self.shared.catch_up()
 
     def get_document(self, collection: str, doc_id: str) -> tuple[str, dict[str, Any], int, float]:
         self.follow_others()

@@ -56,18 +56,21 @@ def list_documents(
     collection: str, filters: str | None, limit: int, after: str | None, data_dir: str | None
 ) -> None:
     """List stored documents (id and metadata), ordered by id."""
+    from server.ingest.manage import caught_up
     from server.ingest.manage import list_documents as listing
 
     where = _filters(filters)
 
     def go(rift: Any) -> dict[str, Any]:
-        total, page, offset = listing(rift.engine(), collection, where, limit, 0, after)
+        engine = rift.engine()
+        (total, page, offset), warnings = caught_up(listing)(engine, collection, where, limit, 0, after)
         more = offset + len(page) < total
         return {
             "collection": collection,
             "total": total,
             "documents": [{"doc_id": d, "metadata": m} for d, m in page],
             "next_after": page[-1][0] if more and page else None,
+            **({"warnings": warnings} if warnings else {}),
         }
 
     _run(data_dir, go)
@@ -83,11 +86,13 @@ def get_document(
     doc_id: str, collection: str, offset: int, max_chars: int | None, data_dir: str | None
 ) -> None:
     """Print a stored document's text and metadata."""
+    from server.ingest.manage import caught_up
     from server.ingest.manage import get_document as fetch
 
     def go(rift: Any) -> dict[str, Any]:
-        view = fetch(rift, collection, doc_id, None, offset, max_chars)
-        return {k: v for k, v in view.__dict__.items() if k != "fetch_recorded"}
+        view, warnings = caught_up(fetch)(rift, collection, doc_id, None, offset, max_chars)
+        shown = {k: v for k, v in view.__dict__.items() if k != "fetch_recorded"}
+        return shown | ({"warnings": warnings} if warnings else {})
 
     _run(data_dir, go)
 

@@ -4,15 +4,43 @@ filtered document listings, and the collection catalog. Shared by the MCP tools 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from server.engine.filters import document_columns, mask, parse_filters
 from server.engine.state_store import DocumentEntry
 from server.errors import NotFoundError, RiftError
 
 MAX_LIST = 1000
+
+
+T = TypeVar("T")
+
+
+def caught_up(read: Callable[..., T]) -> Callable[..., tuple[T, list[str]]]:
+    """`read` (whose first argument is the engine, or the app that has it), run after catching up with other
+    processes, returning also why its answer may be out of date: with a shared Chroma server that cannot be
+    reached, reads answer from this process's copy, as searches do. Keeps `read`'s signature, so argument
+    checks name its parameters."""
+
+    @functools.wraps(read)
+    def run(*args: Any, **kwargs: Any) -> tuple[T, list[str]]:
+        engine = args[0] if hasattr(args[0], "follow_others") else args[0].engine()
+        problem = engine.follow_others()
+        try:
+            result = read(*args, **kwargs)
+        except NotFoundError as exc:
+            if problem is None:
+                raise
+            raise NotFoundError(
+                f"{exc} (what other processes wrote since the Chroma server was last reached is not seen here: "
+                f"{problem})"
+            ) from None
+        return result, [problem] if problem else []
+
+    return run
 
 
 @dataclass(frozen=True)
