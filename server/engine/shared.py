@@ -526,11 +526,6 @@ class SharedSync:
         self.check_served_here(collection)
         return problem
 
-    @property
-    def problem(self) -> str | None:
-        """What is wrong while the server cannot be reached (reads answer from this process's copy)."""
-        return self._unreachable
-
     def catch_up(self) -> str | None:
         """`sync()` for a read that can answer from this process's copy: None, or what is wrong when the
         server cannot be reached. After a failure one caller asks again per UNREACHABLE_RETRY_S; the others
