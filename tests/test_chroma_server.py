@@ -987,6 +987,7 @@ def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
     import httpx
 
     import server.engine.shared as shared_mod
+    from server.ingest.manage import complete_doc_ids
 
     chroma.wipe()
     rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, **http_overrides(chroma)))
@@ -1020,7 +1021,11 @@ def test_a_chroma_server_lost_in_the_middle_of_a_search_leaves_its_keyword_side(
         monkeypatch.setattr(shared_mod, "UNREACHABLE_RETRY_S", 0.0)
         engine.shared.note_unreachable(refused, time.monotonic())
         time.sleep(0.01)
+        # A completion never is the call that asks: it answers at once from here.
+        monkeypatch.setattr(engine.shared, "read", lambda: reads.append(1) or real_read())
+        assert complete_doc_ids(engine, "default", "c", 10) == (["cat"], 1) and reads == []
         response = rift.search("default", "cat mat", 5, "hybrid")
+        assert reads  # the search asked
         assert response.outcome.warnings == [] and response.query_id is not None
         assert response.outcome.hits[0].vector_rank == 1
     finally:

@@ -1665,17 +1665,18 @@ class Engine:
             vector_skipped,
         )
 
-    def follow_others(self, force: bool = False) -> str | None:
+    def follow_others(self, force: bool = False, probe: bool = True) -> str | None:
         """With a shared Chroma server, catch up with other processes' writes (at most every chroma_sync_ms
         unless `force`: a write checks first regardless), so reads agree with searches. A read (not `force`)
         answers from this process's copy while the server cannot be reached, as a search does: the returned
-        problem says why (None when caught up)."""
+        problem says why (None when caught up). `probe=False`: not the call that asks a server found down
+        whether it answers again (see SharedSync.catch_up)."""
         if self.shared is None:
             return None
         if force:
             self.shared.sync(force=True)
             return None
-        return self.shared.catch_up()
+        return self.shared.catch_up(probe)
 
     def get_document(self, collection: str, doc_id: str) -> tuple[str, dict[str, Any], int, float]:
         self.follow_others()

@@ -526,20 +526,21 @@ class SharedSync:
         self.check_served_here(collection)
         return problem
 
-    def catch_up(self) -> str | None:
+    def catch_up(self, probe: bool = True) -> str | None:
         """`sync()` for a read that can answer from this process's copy: None, or what is wrong when the
         server cannot be reached. After a failure one caller asks again per UNREACHABLE_RETRY_S; the others
-        meanwhile get the problem at once rather than each waiting for the server."""
+        meanwhile get the problem at once rather than each waiting for the server. `probe=False` (a call a
+        client expects at once, such as a completion) never is that one caller."""
         with self._unreachable_lock:
-            probe = self._unreachable
-            if probe is not None:
+            known = self._unreachable
+            if known is not None:
                 now = time.monotonic()
-                if now < self._unreachable_until:
-                    return probe
+                if now < self._unreachable_until or not probe:
+                    return known
                 self._unreachable_until = now + UNREACHABLE_RETRY_S  # this caller asks
         asked = time.monotonic()
         try:
-            self.sync(force=probe is not None)
+            self.sync(force=known is not None)
         except Exception as exc:
             problem = self.note_unreachable(exc, asked)
             if problem is None:

@@ -196,7 +196,7 @@ def resource_page(
     collection then id, from `start` = (collection, the last doc_id listed; "" = from its first). Returns the
     page and where the next one starts (None after the last). Paging by the last id lists each document once
     while others are added or deleted."""
-    engine.follow_others()
+    engine.follow_others(probe=False)  # (resources and completions: answered at once)
     names = sorted(engine.collection_names())
     collection, after = start or (names[0] if names else "", "")
     page: list[tuple[str, DocumentEntry]] = []
@@ -213,12 +213,12 @@ def resource_page(
 
 def collection_names(engine: Any) -> list[str]:
     """The collections' names, sorted, with other processes' changes caught up."""
-    engine.follow_others()
+    engine.follow_others(probe=False)  # (resources and completions: answered at once)
     return sorted(engine.collection_names())
 
 
 def complete_doc_ids(engine: Any, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
     """Up to `limit` doc_ids of `collection` that start with `prefix` (by id), and how many do."""
-    engine.follow_others()
+    engine.follow_others(probe=False)  # (resources and completions: answered at once)
     _check_collection(engine, collection)
     return engine.state.doc_ids_starting(collection, prefix, limit)
