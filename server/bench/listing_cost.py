@@ -35,8 +35,8 @@ class _Engine:
     def __init__(self, state: StateStore) -> None:
         self.state = state
 
-    def follow_others(self) -> None:
-        pass
+    def follow_others(self, force: bool = False, probe: bool = True) -> str | None:
+        return None
 
     def info(self, collection: str) -> None:
         pass
