@@ -604,7 +604,7 @@ class Rift:
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()
         # With a Chroma server that cannot be reached, this process's own figures, and why.
-        unreachable = engine.shared.catch_up() if engine.shared is not None else None
+        unreachable = engine.follow_others()
         names = [collection] if collection is not None else engine.collection_names()
         collections = []
         for name in names:

@@ -46,7 +46,7 @@ from server.engine.filters import (
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
-from server.engine.shared import ID_KEY, SharedSync, writer_id
+from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
 from server.errors import NotFoundError, RiftError
@@ -121,7 +121,11 @@ class SearchOutcome:
     collection_created: float | None = None
     # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone).
     warnings: list[str] = field(default_factory=list)
-    vector_skipped: bool = False  # a hybrid search whose vector side could not run
+
+    @property
+    def vector_skipped(self) -> bool:
+        """A hybrid search whose vector side could not run (its only warning's cause)."""
+        return self.mode == "hybrid" and bool(self.warnings)
 
 
 @dataclass(frozen=True)
@@ -1472,10 +1476,7 @@ class Engine:
             record = self._record(collection)
         except NotFoundError as exc:
             if unreachable is not None:
-                raise NotFoundError(
-                    f"{exc} (collections other processes made since the Chroma server was last reached are not "
-                    f"seen: {unreachable})"
-                ) from None
+                raise unseen_while_unreachable(exc, unreachable) from None
             # Created by another process since the last check (within chroma_sync_ms): look now.
             if self.shared is None or not self.shared.sync(force=True):
                 raise
@@ -1584,7 +1585,6 @@ class Engine:
                 unreachable = self.shared.note_unreachable(exc, asked)
                 if unreachable is None:
                     raise
-        vector_skipped = mode == "hybrid" and unreachable is not None
         keyword: list[Candidate] = []
         if mode in ("hybrid", "keyword"):
             keyword, timings["keyword_ms"] = overlapped.result() if overlapped else keyword_side()
@@ -1662,7 +1662,6 @@ class Engine:
             terms[0] if terms else None,
             record.created_at,
             [unreachable] if unreachable is not None else [],
-            vector_skipped,
         )
 
     def follow_others(self, force: bool = False, probe: bool = True) -> str | None:

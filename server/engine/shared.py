@@ -43,7 +43,7 @@ from server.engine.keyword_index import KeywordRow
 from server.engine.models import weights_identity
 from server.engine.reconcile import reconcile_with_chroma
 from server.engine.vector_store import chroma_not_answering, chroma_server_problem
-from server.errors import RiftError
+from server.errors import NotFoundError, RiftError
 
 if TYPE_CHECKING:
     from server.engine.engine import Engine
@@ -63,6 +63,13 @@ SEARCH_WHILE_DOWN = (
     "until it answers, searches answer from this process's copy: keyword results only (the vectors are on "
     "the server), without other processes' writes since it was last reached, and not logged for learning"
 )
+
+
+def unseen_while_unreachable(exc: NotFoundError, problem: str) -> NotFoundError:
+    """`exc` for a read that answered from this process's copy: the missing thing may exist elsewhere."""
+    return NotFoundError(
+        f"{exc} (what other processes wrote since the Chroma server was last reached is not seen here: {problem})"
+    )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server.engine.filters import document_columns, mask, parse_filters
+from server.engine.shared import unseen_while_unreachable
 from server.engine.state_store import DocumentEntry
 from server.errors import NotFoundError, RiftError
 
@@ -34,10 +35,7 @@ def caught_up(read: Callable[..., T]) -> Callable[..., tuple[T, list[str]]]:
         except NotFoundError as exc:
             if problem is None:
                 raise
-            raise NotFoundError(
-                f"{exc} (what other processes wrote since the Chroma server was last reached is not seen here: "
-                f"{problem})"
-            ) from None
+            raise unseen_while_unreachable(exc, problem) from None
         return result, [problem] if problem else []
 
     return run
