@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install serve test lint bench
+.PHONY: install install-dev serve test lint
 
 $(BIN)/.rift-installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) 1>&2
@@ -22,17 +22,24 @@ $(BIN)/.rift-installed: pyproject.toml
 	    u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10)" >/dev/null 2>&1; then \
 	    $(BIN)/python -m pip install -q "$(TORCH_SPEC)" --extra-index-url "$(TORCH_CPU_INDEX)" 1>&2; \
 	  else $(BIN)/python -m pip install -q "$(TORCH_SPEC)" 1>&2; fi; }
+	@$(BIN)/python -m pip install -q -e . 1>&2
+	@touch $@
+
+# The test and benchmark tools (pytest, ruff, onnx, matplotlib, ...): `make test` needs them, `make serve` does not.
+$(BIN)/.rift-dev-installed: $(BIN)/.rift-installed
 	@$(BIN)/python -m pip install -q -e '.[dev]' 1>&2
 	@touch $@
 
 install: $(BIN)/.rift-installed
 
+install-dev: $(BIN)/.rift-dev-installed
+
 serve: install
 	@exec $(BIN)/rift serve
 
-test: install
+test: install-dev
 	@$(BIN)/ruff check server tools tests
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	@$(BIN)/ruff check server tools tests

@@ -3,6 +3,7 @@ output survives a locale that is not UTF-8."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,59 @@ def test_add_reports_a_file_name_that_is_not_utf8_in_valid_json(tmp_path: Path, 
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     [skipped] = json.loads(done.stdout.decode("utf-8"))["files"]
     assert skipped["path"].endswith("caf\ufffd.md") and skipped["status"] == "skipped"
+
+
+def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
+    tmp_path: Path, env: dict[str, str], monkeypatch
+) -> None:
+    """It printed click's "Aborted!" and exited 1, saying nothing of the files already stored."""
+    import server.ingest.sync as sync
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(5):
+        (docs / f"note{i}.md").write_text(f"# Note {i}\n\nThe harbour log entry number {i}.\n")
+    data = str(tmp_path / "data")
+    monkeypatch.setattr(sync, "BATCH_DOCS", 2)
+    real_flush = sync._Sync.flush
+    flushes: list[int] = []
+
+    def interrupted_after_one_batch(self) -> None:
+        if self.batch:
+            flushes.append(len(self.batch))
+            if len(flushes) == 2:
+                raise KeyboardInterrupt
+        real_flush(self)
+
+    monkeypatch.setattr(sync._Sync, "flush", interrupted_after_one_batch)
+    result = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: 2 file(s) stored" in result.output and "run the same command again" in result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    monkeypatch.setattr(sync._Sync, "flush", real_flush)
+    listed = CliRunner().invoke(main, ["list", "--collection", "notes", "--data-dir", data])
+    assert listed.exit_code == 0 and json.loads(listed.output)["total"] == 2, listed.output
+    again = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
+
+
+def test_ctrl_c_during_a_watch_sync_says_so_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """Between syncs watchfiles takes Ctrl-C (the watch ends, exit 0, and its WARNING about it is not shown);
+    during a sync it reached click as "Aborted!", exit 1."""
+    import logging
+
+    import server.ingest.sync as sync
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nwatched\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sync._Sync, "flush", interrupted)
+    result = CliRunner().invoke(main, ["watch", str(docs), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 130, result.output
+    assert "stopped in the middle of a sync" in result.output and "Aborted" not in result.output
+    notice = logging.LogRecord("watchfiles.main", logging.WARNING, "", 0, "KeyboardInterrupt caught, stopping watch", (), None)
+    assert not logging.getLogger("watchfiles.main").filter(notice)

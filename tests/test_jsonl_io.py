@@ -343,3 +343,27 @@ def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_p
     (copy / "state.sqlite-wal").write_bytes(b"")
     with pytest.raises(RiftError, match="cannot read rift's state .*readonly database"):
         jsonl.read_only_state(copy / "state.sqlite")
+
+
+def test_export_to_a_writable_file_in_a_folder_it_may_not_write_writes_it_in_place(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    """The copy made beside the target could not be created there, so `-o` failed where the shell's `>` works.
+    (As root every folder is writable: the refusal to make the copy is played by mkstemp.)"""
+    data = str(tmp_path / "data")
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
+    cli("import", str(source), "--data-dir", data)
+    target = tmp_path / "out.jsonl"
+    target.write_text("an older export\n")
+
+    def folder_not_writable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(jsonl.tempfile, "mkstemp", folder_not_writable)
+    cli("export", "-o", str(target), "--data-dir", data)
+    assert lines_of(target.read_text()) == [{"id": "x", "text": "the only document", "metadata": {}}]
+    missing = tmp_path / "new.jsonl"  # a new file needs the folder, as it does for the shell
+    result = cli("export", "-o", str(missing), "--data-dir", data, ok=False)
+    assert result.exit_code == 1 and f"cannot write {missing}: Permission denied" in result.output, result.output
+    assert not missing.exists()

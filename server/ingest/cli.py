@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -65,7 +66,7 @@ def add(
     from server.cli import load_settings, open_rift
     from server.engine.engine import check_collection_name
     from server.ingest.security import PathPolicy
-    from server.ingest.sync import MAX_PATHS, sync_paths
+    from server.ingest.sync import MAX_PATHS, SyncReport, sync_paths
     from server.ingest.walker import compile_glob
 
     try:  # before the model loads: a typo fails at once
@@ -78,11 +79,12 @@ def add(
             if not os.path.lexists(raw):
                 raise click.ClickException(f"paths[{i}] {raw!r} does not exist")
     rift = open_rift(load_settings(data_dir))
-    report: SyncReport | None = None
+    # One report for every group, filled as batches commit: a failure or Ctrl-C can still say what is stored.
+    report = SyncReport(collection)
     try:
         # A shell glob (notes/*.md) can name more paths than one sync call takes: sync them in groups.
         for start in range(0, len(paths), MAX_PATHS):
-            part = sync_paths(
+            sync_paths(
                 rift.engine(),
                 collection,
                 list(paths[start : start + MAX_PATHS]),
@@ -91,19 +93,30 @@ def add(
                 glob=list(glob) or None,
                 prune=prune,
                 first_index=start,
+                report=report,
             )
-            if report is None:
-                report = part
-            else:
-                report.files.extend(part.files)
-        assert report is not None  # click requires at least one path
         _print_report(report, as_json, verbose=False)
     except RiftError as exc:
-        if report is not None:  # the groups before the failing one are stored: say which
+        if report.files:  # the batches before the failing one are stored: say which
             _print_report(report, as_json, verbose=False)
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {_stored(report)}; run the same command again to finish", err=True)
+        sys.exit(130)
     finally:
         rift.close()
+
+
+def _stored(report: SyncReport) -> str:
+    """What an interrupted sync had committed, for the line that says so (its report holds only those)."""
+    counts = report.counts()
+    written = counts["added"] + counts["updated"]
+    if not written and not counts["removed"]:
+        return "nothing was stored"
+    parts = [f"{written} file(s) stored"] if written else []
+    if counts["removed"]:
+        parts.append(f"{counts['removed']} removed")
+    return ", ".join(parts) + " (unchanged ones are skipped by their size and mtime next time)"
 
 
 @click.command("watch")
@@ -153,5 +166,12 @@ def watch(
         )
     except (RiftError, NotADirectoryError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:  # (between syncs, watchfiles takes Ctrl-C itself and the watch returns)
+        click.echo(
+            "\nstopped in the middle of a sync: what it stored stays; the next `rift watch` or `rift add` of the "
+            "folder finishes it",
+            err=True,
+        )
+        sys.exit(130)
     finally:
         rift.close()

@@ -324,7 +324,8 @@ def write_output(path: Path, fill: Callable[[IO[str]], int]) -> int:
     """Write UTF-8 text to `path`. A regular file (new, or through a symlink to one) is filled beside its place
     and moved there once whole, keeping an existing file's mode: a failed export leaves no partial file that
     looks complete, and the earlier file as it was. Anything else that is not a regular file (a device, a
-    pipe) is written as it is. A file that may not be written is refused, as the shell's `>` refuses it.
+    pipe) is written as it is, and so is an existing file in a folder that may not be written. A file that may not
+    be written is refused, as the shell's `>` refuses it.
     (A descriptor's path goes through `open_descriptor` instead.)"""
     given = path.expanduser()
     target = Path(os.path.realpath(given))
@@ -333,7 +334,15 @@ def write_output(path: Path, fill: Callable[[IO[str]], int]) -> int:
             return fill(out)
     if target.exists() and not os.access(target, os.W_OK):
         raise PermissionError(13, "Permission denied", str(given))
-    handle, temp = tempfile.mkstemp(prefix=".rift-export-", suffix=".partial", dir=target.parent)
+    try:
+        handle, temp = tempfile.mkstemp(prefix=".rift-export-", suffix=".partial", dir=target.parent)
+    except PermissionError:
+        if not target.exists():
+            raise PermissionError(13, "Permission denied", str(given)) from None
+        # A file it may write in a folder it may not (no room for the copy beside it): written in place, as
+        # the shell's `>` writes it; a failure then leaves it partial.
+        with target.open("w", encoding="utf-8", newline="\n") as out:
+            return fill(out)
     try:
         if target.exists():
             shutil.copymode(target, temp)

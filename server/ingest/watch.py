@@ -20,6 +20,14 @@ from server.ingest.walker import VCS_DIRS
 log = logging.getLogger(__name__)
 
 
+def _not_its_interrupt_notice(record: logging.LogRecord) -> bool:
+    """watchfiles logs a WARNING when Ctrl-C stops its wait; Ctrl-C is how a watch is meant to end."""
+    return not str(record.msg).startswith("KeyboardInterrupt caught")
+
+
+logging.getLogger("watchfiles.main").addFilter(_not_its_interrupt_notice)
+
+
 def watch_folder(
     engine: Any,
     folder: Path | str,
