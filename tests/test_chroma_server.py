@@ -635,6 +635,63 @@ def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
         again.close()
 
 
+def test_a_data_dir_back_from_a_chroma_server_brings_back_nothing_deleted_there(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Set back to the embedded store after a time on a server, rift adopted what that store still held from
+    before the move: a document deleted on the server came back, with the old version of one replaced there,
+    and a collection deleted there came back whole."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    chroma.wipe()
+    data = tmp_path / "data"
+    app = open_rift(make_settings(data, tiny_model_path))
+    try:
+        app.add_documents("default", docs(("keep", "a cat sat on the mat"), ("gone", "the dog ran to the river")))
+        app.add_documents("default", docs(("edit", "apple banana orange")))
+        app.add_documents("scratch", docs(("s", "a collection deleted on the server")))
+    finally:
+        app.close()
+    on_server = open_rift(make_settings(data, tiny_model_path, **http_overrides(chroma)))
+    try:
+        on_server.delete_documents("default", ["gone"])
+        on_server.add_documents("default", docs(("edit", "milk coffee tea sugar"), ("added", "quantum physics")))
+        on_server.delete_collection("scratch")
+    finally:
+        on_server.close()
+    # A command that only reads must not rewrite the store: it says what to run instead.
+    refused = CliRunner().invoke(
+        main, ["search", "dog river", "--data-dir", str(data)], env={"RIFT_MODEL": str(tiny_model_path)}
+    )
+    assert refused.exit_code == 1 and "comes back from a Chroma server" in refused.output, refused.output
+    back = open_rift(make_settings(data, tiny_model_path))
+    try:
+        assert back.repair_report["added_from_chroma"] == 0
+        assert back.repair_report["restored_to_chroma"] == {"default": 2}  # written on the server: embedded here
+        assert len(back.repair_report["dropped_stale"]) == 1
+        engine = back.engine()
+        assert sorted(d for d, _ in engine.state.list_documents("default", -1, 0)) == ["added", "edit", "keep"]
+        assert engine.collection_names() == ["default"]
+        for mode in ("keyword", "vector", "hybrid"):
+            for query in ("the dog ran to the river", "apple banana orange"):
+                hits = back.search("default", query, mode=mode).outcome.hits
+                assert {h.doc_id for h in hits} <= {"added", "edit", "keep"}
+                assert [h.text for h in hits if h.doc_id == "edit"] in ([], ["milk coffee tea sugar"])
+        assert ids(back.search("default", "dog river", mode="keyword").outcome.hits) == []
+        assert ids(back.search("default", "milk coffee tea sugar", k=1, mode="vector").outcome.hits) == ["edit"]
+        assert_same_index(back)
+    finally:
+        back.close()
+    again = open_rift(make_settings(data, tiny_model_path))  # settled: an ordinary start now
+    try:
+        assert not again.repair_report.get("dropped_stale") and not again.repair_report.get("restored_to_chroma")
+        assert sorted(d for d, _ in again.engine().state.list_documents("default", -1, 0)) == ["added", "edit", "keep"]
+    finally:
+        again.close()
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 

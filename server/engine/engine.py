@@ -253,7 +253,8 @@ def check_collection_name(name: Any) -> str:
     return name
 
 
-# State setting: when this data dir first started on a Chroma server (its embedded store is not read after).
+# State setting: when this data dir first started on a Chroma server (its embedded store is not read after,
+# until the data dir comes back to it: see Engine.open).
 LEFT_EMBEDDED_STORE = "left_embedded_store"
 
 
@@ -302,6 +303,7 @@ class Engine:
         self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
         self._weights_changed = False  # the configured model's folder holds other weights than last time
         self._moving_to_server = False  # this start is the data dir's first on a Chroma server (see open)
+        self._returning = False  # this start brings a data dir back from a Chroma server to its embedded store
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -325,6 +327,10 @@ class Engine:
         self._moving_to_server = self.shared is not None and not (
             self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
         )
+        # Back from a Chroma server: the embedded store holds what it held when the data dir left it, so the
+        # state (which followed every write since) is the truth, not Chroma: documents deleted or replaced on
+        # the server must not come back from it.
+        self._returning = self.shared is None and self.state.setting(LEFT_EMBEDDED_STORE) is not None
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -359,6 +365,14 @@ class Engine:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             self._finish_drops()  # of collections deleted before a crash or a Chroma error
             self.vectors.sweep()  # index files Chroma left on disk for collections dropped before
+            if self._returning:
+                if not rechunk:
+                    raise RiftError(
+                        f"this data dir comes back from a Chroma server to its embedded store ({self.settings.chroma_dir}), "
+                        "which holds what it held before the move; this command does not update it: start "
+                        "`rift serve` or run `rift add` once"
+                    )
+                report["dropped_stale"] = self._drop_stale_embedded_collections()
             report["adopted_from_chroma"] = self._adopt_chroma_collections()
             report["retokenized"] = self._retokenize_if_changed()
             self._check_configured_weights()
@@ -406,6 +420,9 @@ class Engine:
                         "once, then in each other process (which then rewrites nothing)",
                         record.name,
                     )
+            if self._returning:  # every collection's vectors match the state again
+                self.state.delete_setting(LEFT_EMBEDDED_STORE)
+                self._returning = False
             if self.shared is not None:
                 # The embedded store is read for the move to a server only: what it holds may go stale later.
                 if self._moving_to_server:
@@ -455,6 +472,17 @@ class Engine:
             in_chroma = self._restore_lost_vectors(collection, chroma_name, repair)
             if in_chroma is None:
                 return 0, 0
+            if self._returning:
+                stale = sorted(in_chroma - self.state.chunk_ids(collection))
+                if stale:
+                    log.warning(
+                        "collection %r: removing %d chunks from the embedded store that were deleted or replaced "
+                        "while the data dir was on a Chroma server",
+                        collection,
+                        len(stale),
+                    )
+                    self.vectors.delete(chroma_name, stale)
+                    in_chroma -= set(stale)
         delta = reconcile_with_chroma(
             self.vectors,
             self.state,
@@ -673,6 +701,28 @@ class Engine:
                 time.perf_counter() - started,
             )
         return done
+
+    def _drop_stale_embedded_collections(self) -> list[str]:
+        """Back from a Chroma server: drop the embedded store's collections that the state no longer has (deleted
+        while the data dir was on the server), which `_adopt_chroma_collections` would otherwise bring back.
+        Kept vectors of another model version of a live collection stay: a switch back to them drops what
+        the state lacks (`switch_vectors`)."""
+        live = {r.name for r in self.state.collections()}
+        known = {r.chroma_name for r in self.state.collections()} | set(self.state.pending_drops())
+        dropped = []
+        for name, _meta in self.vectors.list_collections():
+            match = CHROMA_NAME.match(name)
+            if name in known or match is None or match.group(1) in live:
+                continue
+            log.warning(
+                "dropping Chroma collection %s from the embedded store: its collection %r was deleted while the "
+                "data dir was on a Chroma server",
+                name,
+                match.group(1),
+            )
+            self.vectors.drop(name)
+            dropped.append(name)
+        return dropped
 
     def _adopt_chroma_collections(self) -> list[str]:
         """Re-register rift's Chroma collections that the state database does not know (it was deleted or

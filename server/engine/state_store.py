@@ -157,6 +157,10 @@ class StateStore:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
+    def delete_setting(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+
     def retokenize(self, tokenize: Callable[[list[str]], list[list[str]]], batch: int = 2000) -> int:
         """Re-derive every chunk's keyword tokens from its stored text, in one transaction (the keyword
         tokenizer changed: another stemmer or stopword list). Returns how many chunks were re-tokenized."""
