@@ -692,6 +692,48 @@ def test_a_data_dir_back_from_a_chroma_server_brings_back_nothing_deleted_there(
         again.close()
 
 
+def test_moving_to_a_server_that_has_the_collection_already_loses_nothing(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A data dir moved to a server where another data dir's collection of that name (and model) was already,
+    or moved back to a server after writes in its embedded store, took the server's copy as the truth and
+    dropped its own documents from its state."""
+    chroma.wipe()
+    http = http_overrides(chroma)
+
+    def documents(app: Rift) -> list[str]:
+        return sorted(d for d, _ in app.engine().state.list_documents("default", -1, 0))
+
+    for name, doc in (("a", ("a1", "alpha one")), ("b", ("b1", "beta one"))):
+        app = open_rift(make_settings(tmp_path / name, tiny_model_path))
+        app.add_documents("default", docs(doc))
+        app.close()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http))
+    try:
+        b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http))
+        try:
+            assert documents(b) == ["a1", "b1"]
+            a.engine().shared.sync(force=True)  # a, serving meanwhile, follows b's move
+            assert documents(a) == ["a1", "b1"]
+            assert_same_index(a, b)
+        finally:
+            b.close()
+    finally:
+        a.close()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path))  # back to its embedded store for a while
+    try:
+        a.add_documents("default", docs(("a2", "alpha two")))
+    finally:
+        a.close()
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http))
+    try:
+        assert documents(a) == ["a1", "a2", "b1"]
+        assert ids(a.search("default", "alpha two", k=1, mode="keyword").outcome.hits) == ["a2"]
+        assert_same_index(a)
+    finally:
+        a.close()
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 

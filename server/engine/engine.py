@@ -304,6 +304,8 @@ class Engine:
         self._weights_changed = False  # the configured model's folder holds other weights than last time
         self._moving_to_server = False  # this start is the data dir's first on a Chroma server (see open)
         self._returning = False  # this start brings a data dir back from a Chroma server to its embedded store
+        # collection -> (Chroma name, model version, doc ids) its move to a server put there (see _reconcile)
+        self._put_on_server: dict[str, tuple[str, str, list[str]]] = {}
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -422,6 +424,9 @@ class Engine:
                     )
             if self._returning:  # every collection's vectors match the state again
                 self.state.delete_setting(LEFT_EMBEDDED_STORE)
+                # What it knew of the server is stale too: a later start there is a move again, which puts
+                # what was written here meanwhile onto the server rather than take the server's older copy.
+                self.state.delete_setting(ID_KEY, prefix=True)
                 self._returning = False
             if self.shared is not None:
                 # The embedded store is read for the move to a server only: what it holds may go stale later.
@@ -429,6 +434,9 @@ class Engine:
                     self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
                     self._moving_to_server = False
                 self.shared.prime()
+                for collection, (chroma, model, doc_ids) in self._put_on_server.items():
+                    self.shared.publish(collection, chroma, model, doc_ids)  # the others follow the move
+                self._put_on_server.clear()
                 # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
                 for chroma, doc_ids in settled.items():
                     record = self.state.collection(serving.get(chroma, ""))
@@ -467,11 +475,17 @@ class Engine:
         labels = {"rift:collection": collection, "rift:model_version": record.model_version}
         self.vectors.ensure(chroma_name, embedder.dimension, labels)
         in_chroma: set[str] | None = None
-        # Alone on its store, or on a Chroma server that lost the collection (no rift process deleted it).
-        if self.shared is None or lost_on_server:
-            in_chroma = self._restore_lost_vectors(collection, chroma_name, repair)
+        # Alone on its store, on a Chroma server that lost the collection (no rift process deleted it), or
+        # moving to a server that already has it (another data dir moved there first): what the state holds
+        # goes onto the server, whose documents this data dir lacks are then adopted, never the reverse.
+        if self.shared is None or lost_on_server or self._moving_to_server:
+            put: list[str] = []
+            in_chroma = self._restore_lost_vectors(collection, chroma_name, repair, put)
             if in_chroma is None:
                 return 0, 0
+            if put and self._moving_to_server and not lost_on_server:
+                docs = sorted({chunk_id.rsplit("::", 2)[0] for chunk_id in put})
+                self._put_on_server[collection] = (chroma_name, record.model_version, docs)
             if self._returning:
                 stale = sorted(in_chroma - self.state.chunk_ids(collection))
                 if stale:
@@ -510,13 +524,15 @@ class Engine:
                 collection, docs[start : start + self.settings.max_documents_per_call], rewrite=True
             )
 
-    def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> set[str] | None:
+    def _restore_lost_vectors(
+        self, collection: str, chroma_name: str, repair: bool, put: list[str] | None = None
+    ) -> set[str] | None:
         """Alone on its store, rift writes Chroma before it commits a chunk and deletes it there only after
         committing its removal, so a committed chunk Chroma lacks was lost there (a deleted or damaged
         `chroma` folder), never deleted on purpose: re-embed it from its stored text instead of dropping the
         document. Returns the chunk ids Chroma then holds, or None when the reconcile must wait (the
-        collection is re-embedded by another model right after, from the same rows). A command that must not
-        repair (`repair` off) refuses instead."""
+        collection is re-embedded by another model right after, from the same rows); the chunk ids put back
+        are added to `put`. A command that must not repair (`repair` off) refuses instead."""
         have = set(self.vectors.all_ids(chroma_name))
         lost = sorted(self.state.chunk_ids(collection) - have)
         if not lost:
@@ -528,13 +544,21 @@ class Engine:
             self._refuse_repair(collection, len(lost), docs)
         if embedder is None:
             return None
-        log.warning(
-            "Chroma has lost %d chunks (%d documents) of collection %r; putting them back from rift's stored text",
-            len(lost),
-            docs,
-            collection,
-        )
+        if self._moving_to_server:
+            log.warning(
+                "putting %d chunks (%d documents) of collection %r onto the Chroma server", len(lost), docs, collection
+            )
+        else:
+            log.warning(
+                "Chroma has lost %d chunks (%d documents) of collection %r; putting them back from rift's stored "
+                "text",
+                len(lost),
+                docs,
+                collection,
+            )
         self._restored[collection] = len(lost)
+        if put is not None:
+            put.extend(lost)
         local = self._local_chroma_collection(chroma_name)
         copied = 0
         for start in range(0, len(lost), 500):

@@ -157,9 +157,13 @@ class StateStore:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
-    def delete_setting(self, key: str) -> None:
+    def delete_setting(self, key: str, prefix: bool = False) -> None:
+        """Delete setting `key`, or with `prefix` every setting whose key starts with it."""
         with self._lock:
-            self._conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+            if prefix:
+                self._conn.execute("DELETE FROM settings WHERE substr(key, 1, ?) = ?", (len(key), key))
+            else:
+                self._conn.execute("DELETE FROM settings WHERE key = ?", (key,))
 
     def retokenize(self, tokenize: Callable[[list[str]], list[list[str]]], batch: int = 2000) -> int:
         """Re-derive every chunk's keyword tokens from its stored text, in one transaction (the keyword
