@@ -1137,3 +1137,16 @@ def test_delete_collection_counts_a_write_queued_before_it(rift) -> None:
     writer.join(30)
     deleter.join(30)
     assert result[0].documents == 6 and "race" not in rift.engine().collection_names()
+
+
+def test_metadata_of_a_document_longer_than_a_lowered_per_call_limit_names_the_setting(rift_factory) -> None:
+    """It read "update fewer at a time", which cannot help with one document."""
+    first = rift_factory()
+    first.add_documents("default", docs(("long", LONG), ("short", "a short note")))
+    first.close()
+    lowered = rift_factory(max_chars_per_call=len(LONG) - 1)
+    with pytest.raises(RiftError, match="document 'long' holds .* lowered since it was stored.*raise the setting"):
+        lowered.engine().update_metadata("default", ["long"], {"tag": "x"})
+    with pytest.raises(RiftError, match="update fewer at a time"):
+        lowered.engine().update_metadata("default", ["long", "short"], {"tag": "x"})
+    lowered.engine().update_metadata("default", ["short"], {"tag": "x"})

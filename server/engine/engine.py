@@ -1338,6 +1338,12 @@ class Engine:
                 raise NotFoundError(f"{len(missing)} ids are not in collection {collection!r}: {shown}")
             total = sum(len(text) for _, text, _ in docs)
             if total > self.settings.max_chars_per_call:  # each is split and indexed again, as an add would
+                if len(docs) == 1:  # stored before the setting was lowered: fewer at a time cannot help
+                    raise RiftError(
+                        f"document {docs[0][0]!r} holds {total:,} characters, more than one call may write "
+                        f"now ({self.settings.max_chars_per_call:,}, setting max_chars_per_call, lowered since "
+                        "it was stored): raise the setting to change its metadata"
+                    )
                 raise RiftError(
                     f"these documents hold {total:,} characters; the limit per call is "
                     f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): update fewer at a time"
