@@ -1150,3 +1150,37 @@ def test_metadata_of_a_document_longer_than_a_lowered_per_call_limit_names_the_s
     with pytest.raises(RiftError, match="update fewer at a time"):
         lowered.engine().update_metadata("default", ["long", "short"], {"tag": "x"})
     lowered.engine().update_metadata("default", ["short"], {"tag": "x"})
+
+
+def test_a_model_of_another_vocabulary_gets_the_documents_cut_again(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Chunks are cut in the tokenizer's tokens. With the same chunk size (here both models read 64 tokens), a
+    switch to a model of another vocabulary kept the old chunks, which it then read only in part: here three
+    times as many tokens each, so the end of every chunk was never embedded."""
+    from tests.support.tiny_model import build_tiny_model
+
+    chars_only = build_tiny_model(tmp_path / "chars", seed=1, words=False)
+    data = tmp_path / "data"
+    text = " ".join(["the cat sat on the mat"] * 20) + " quantum physics energy protein"
+    first = open_rift(make_settings(data, tiny_model_path))
+    try:
+        first.add_documents("default", docs(("old", text)))
+    finally:
+        first.close()
+    second = open_rift(make_settings(data, chars_only))
+    try:
+        assert second.repair_report["reembedded"] == ["default"]
+        assert second.repair_report["rechunked"] == {"default": 1}
+        engine = second.engine()
+        budget = engine.embedder.max_chunk_tokens(engine.settings.chunk_tokens)
+        lengths = [
+            len(engine.embedder.tokenizer(row.text, add_special_tokens=False)["input_ids"])
+            for row in engine.state.iter_chunks("default")
+        ]
+        assert len(lengths) > 3 and max(lengths) <= budget
+    finally:
+        second.close()
+    again = open_rift(make_settings(data, chars_only))  # done once
+    try:
+        assert not again.repair_report.get("rechunked")
+    finally:
+        again.close()

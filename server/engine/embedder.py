@@ -3,6 +3,9 @@ and expose the tokenizer so chunking can respect the model's sequence limit."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import tempfile
 import threading
@@ -98,6 +101,14 @@ class Embedder:
     @property
     def tokenizer(self) -> Any:
         return self.model.tokenizer
+
+    @functools.cached_property
+    def vocabulary_id(self) -> str:
+        """A short hash of the tokenizer's vocabulary and casing. Chunks are cut in its tokens, so chunks cut
+        with another vocabulary may run past what this model reads (see Engine._chunking_of)."""
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        lower = bool(getattr(self.tokenizer, "do_lower_case", False))
+        return hashlib.sha256(json.dumps([vocab, lower]).encode()).hexdigest()[:16]
 
     def max_chunk_tokens(self, wanted: int) -> int:
         """Content tokens per chunk so that [CLS] + document prompt + chunk + [SEP] fits the model."""

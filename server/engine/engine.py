@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "vector", "keyword"]
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# Embedder.vocabulary_id of BERT's uncased WordPiece vocabulary (all-MiniLM-L6-v2, bge-small-en-v1.5).
+BERT_UNCASED_VOCABULARY = "933b2a827add72e5"
 CHROMA_NAME = re.compile(r"^rift-([A-Za-z0-9][A-Za-z0-9_-]{0,62})-[0-9a-f]{10}$")
 MAX_QUERY_CHARS = 8192
 MAX_ID_CHARS = 512
@@ -630,7 +632,12 @@ class Engine:
     def _chunking_of(self, embedder: Embedder) -> str:
         """What a document's chunks depend on besides its text: stored chunks made otherwise are re-made."""
         tokens = embedder.max_chunk_tokens(self.settings.chunk_tokens)
-        return f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
+        signature = f"v{CHUNKER_VERSION} tokens={tokens} overlap={self.settings.chunk_overlap}"
+        # The tokenizer's vocabulary, since a model of another one (same chunk size) would read only part of
+        # chunks cut in the old one's tokens. BERT's uncased one (all-MiniLM-L6-v2, bge-small) stays out, so
+        # stores chunked before the vocabulary was recorded are not cut again for it.
+        vocabulary = getattr(embedder, "vocabulary_id", BERT_UNCASED_VOCABULARY)
+        return signature if vocabulary == BERT_UNCASED_VOCABULARY else f"{signature} vocabulary={vocabulary}"
 
     def chunking_changed(self, collection: str) -> bool:
         """Stored documents of `collection` were cut for other chunk settings than the serving model's."""

@@ -122,7 +122,8 @@ WORDS = [
 ]
 
 
-def build_tiny_model(path: Path, hidden: int = 32, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, hidden: int = 32, seed: int = 0, words: bool = True) -> Path:
+    """A random BERT with a small vocabulary (`words` off: characters only, so a text is many more tokens)."""
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -131,7 +132,7 @@ def build_tiny_model(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     raw = path / "raw"
     raw.mkdir(exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars], *WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars], *(WORDS if words else [])]
     vocab = list(dict.fromkeys(vocab))
     (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # transformers 5 ignores `vocab_file=`; pass the vocabulary itself or every word becomes [UNK].
