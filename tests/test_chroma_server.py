@@ -734,6 +734,35 @@ def test_moving_to_a_server_that_has_the_collection_already_loses_nothing(
         a.close()
 
 
+def test_a_process_that_adopted_a_collection_sees_its_chunking_change(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A process that learnt of a collection from another (adopted it) recorded no chunking for it: a later
+    change of chunk_tokens went unnoticed there, and `rift rechunk` in it did nothing."""
+    chroma.wipe()
+    http = http_overrides(chroma)
+    text = "the dogs were running to the rivers " * 30
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http))
+    try:
+        a.add_documents("default", docs(("d1", text)))
+    finally:
+        a.close()
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http))
+    try:
+        assert not b.engine().chunking_changed("default")  # adopted, cut as this process would cut it
+        before = b.stats()["collections"][0]["chunks"]
+    finally:
+        b.close()
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, chunk_tokens=16, chunk_overlap=4, **http))
+    try:
+        engine = b.engine()
+        assert engine.chunking_changed("default")
+        assert engine.rechunk_if_changed("default") == 1  # what `rift rechunk` runs
+        assert b.stats()["collections"][0]["chunks"] > before and not engine.chunking_changed("default")
+    finally:
+        b.close()
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 

@@ -639,9 +639,27 @@ class Engine:
         vocabulary = getattr(embedder, "vocabulary_id", BERT_UNCASED_VOCABULARY)
         return signature if vocabulary == BERT_UNCASED_VOCABULARY else f"{signature} vocabulary={vocabulary}"
 
+    def _recorded_chunking(self, collection: str) -> str | None:
+        """How `collection`'s stored documents were cut (None: it has none). Not recorded here (a collection
+        adopted from a Chroma server, which another process made; or a data dir from before the record), it is
+        read off a stored document's hash: the current chunking, or from before chunking was hashed (taken as
+        it is), or else unknown, which reads as changed."""
+        stored = self.state.setting(f"chunking:{collection}")
+        if stored is not None:
+            return stored
+        first = self.state.list_documents(collection, 1, 0)
+        found = self.state.document(collection, first[0][0]) if first else None
+        if found is None:
+            return None
+        doc_hash, text, metadata, _updated = found
+        wanted = self._chunking(collection)
+        if doc_hash in (content_hash(text, metadata, wanted), content_hash(text, metadata)):
+            return wanted
+        return "unknown: cut by another process"
+
     def chunking_changed(self, collection: str) -> bool:
         """Stored documents of `collection` were cut for other chunk settings than the serving model's."""
-        stored = self.state.setting(f"chunking:{collection}")
+        stored = self._recorded_chunking(collection)
         return stored is not None and stored != self._chunking(collection)
 
     def rechunk_if_changed(self, collection: str, should_stop: Callable[[], bool] | None = None) -> int:
@@ -652,11 +670,13 @@ class Engine:
         interrupted write rolls back to the old one intact), and a run cut short resumes where it stopped:
         documents already re-chunked are unchanged the second time. Returns the documents rewritten."""
         key = f"chunking:{collection}"
-        wanted, stored = self._chunking(collection), self.state.setting(key)
+        wanted, stored = self._chunking(collection), self._recorded_chunking(collection)
         if stored == wanted:
+            if self.state.setting(key) is None:
+                self.state.put_setting(key, wanted)
             return 0
         done = 0
-        if stored is not None:  # (none: a data dir from before this check; its chunks are taken as they are)
+        if stored is not None:  # (none: no document to cut again)
             started = time.perf_counter()
             ids = [d for d, _ in self.state.list_documents(collection, -1, 0)]
             for first in range(0, len(ids), 64):
