@@ -635,12 +635,14 @@ def test_a_store_moved_to_a_chroma_server_copies_its_vectors(
         again.close()
 
 
+@pytest.mark.parametrize("moved_by", ["this version", "an earlier version"])
 def test_a_data_dir_back_from_a_chroma_server_brings_back_nothing_deleted_there(
-    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, moved_by: str
 ) -> None:
     """Set back to the embedded store after a time on a server, rift adopted what that store still held from
     before the move: a document deleted on the server came back, with the old version of one replaced there,
-    and a collection deleted there came back whole."""
+    and a collection deleted there came back whole. (A data dir moved by an earlier version has no marker of
+    the move, only the server ids it noted.)"""
     from click.testing import CliRunner
 
     from server.cli import main
@@ -659,6 +661,8 @@ def test_a_data_dir_back_from_a_chroma_server_brings_back_nothing_deleted_there(
         on_server.delete_documents("default", ["gone"])
         on_server.add_documents("default", docs(("edit", "milk coffee tea sugar"), ("added", "quantum physics")))
         on_server.delete_collection("scratch")
+        if moved_by == "an earlier version":
+            on_server.engine().state.delete_setting("left_embedded_store")
     finally:
         on_server.close()
     # A command that only reads must not rewrite the store: it says what to run instead.
@@ -761,6 +765,68 @@ def test_a_process_that_adopted_a_collection_sees_its_chunking_change(
         assert b.stats()["collections"][0]["chunks"] > before and not engine.chunking_changed("default")
     finally:
         b.close()
+
+
+def test_a_move_to_a_server_that_stops_part_way_is_finished_by_the_next_start(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """A move cut short (a command that only reads first; a failure while putting chunks on the server) had
+    noted server ids on its way, so the next start was no longer a move: it took the server's copy as the
+    truth and dropped what the move had yet to put there. And a name some rift process once deleted on the
+    server made a moving data dir forget its own collection of that name."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from server.engine.engine import Engine
+
+    chroma.wipe()
+    http = http_overrides(chroma)
+    scratch = open_rift(make_settings(tmp_path / "other", tiny_model_path, **http))
+    try:
+        scratch.add_documents("notes", docs(("x", "another data dir's notes")))
+        scratch.add_documents("default", docs(("b1", "beta one")))
+        scratch.delete_collection("notes")  # a deletion of that name is on record
+    finally:
+        scratch.close()
+    data = tmp_path / "data"
+    app = open_rift(make_settings(data, tiny_model_path))
+    try:
+        app.add_documents("default", docs(("a1", "alpha one"), ("a2", "alpha two")))
+        app.add_documents("notes", docs(("n1", "note one")))
+    finally:
+        app.close()
+    env = {
+        "RIFT_MODEL": str(tiny_model_path),
+        "RIFT_VECTOR_BACKEND": "http",
+        "RIFT_CHROMA_HOST": chroma.host,
+        "RIFT_CHROMA_PORT": str(chroma.port),
+        "RIFT_CHUNK_TOKENS": "48",
+        "RIFT_CHUNK_OVERLAP": "8",
+    }
+    refused = CliRunner().invoke(main, ["search", "alpha", "--data-dir", str(data)], env=env)
+    assert refused.exit_code == 1 and "is moving to the Chroma server" in refused.output, refused.output
+    real = Engine._upsert_rows
+    calls: list[str] = []
+
+    def failing(self, chroma_name, rows, embeddings):
+        calls.append(chroma_name)
+        if len(calls) == 2:
+            raise RuntimeError("the server went away")
+        return real(self, chroma_name, rows, embeddings)
+
+    monkeypatch.setattr(Engine, "_upsert_rows", failing)
+    with pytest.raises(RiftError, match="the server went away"):
+        open_rift(make_settings(data, tiny_model_path, **http))
+    monkeypatch.setattr(Engine, "_upsert_rows", real)
+    moved = open_rift(make_settings(data, tiny_model_path, **http))
+    try:
+        state = moved.engine().state
+        assert sorted(d for d, _ in state.list_documents("default", -1, 0)) == ["a1", "a2", "b1"]
+        assert sorted(d for d, _ in state.list_documents("notes", -1, 0)) == ["n1"]
+        assert ids(moved.search("notes", "note one", mode="keyword").outcome.hits) == ["n1"]
+        assert_same_index(moved)
+    finally:
+        moved.close()
 
 
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:

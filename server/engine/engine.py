@@ -258,6 +258,8 @@ def check_collection_name(name: Any) -> str:
 # State setting: when this data dir first started on a Chroma server (its embedded store is not read after,
 # until the data dir comes back to it: see Engine.open).
 LEFT_EMBEDDED_STORE = "left_embedded_store"
+# State setting: a move to a Chroma server has begun and not finished (every start until it has is the move).
+MOVING_TO_SERVER = "moving_to_server"
 
 
 def _vectors_of(collection: Any, ids: list[str], dimension: int) -> dict[str, Any]:
@@ -327,14 +329,20 @@ class Engine:
         made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
         command that only reads leaves that to the next server). Returns what was repaired."""
         # Whether this start moves the data dir to a server: none before it recorded being on one (this
-        # version's marker, or the Chroma ids earlier versions noted for the collections they served there).
-        self._moving_to_server = self.shared is not None and not (
-            self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
-        )
+        # version's marker, or the Chroma ids earlier versions noted for the collections they served there),
+        # or a move began and did not finish (a command that only reads, a crash, a collection refused). The
+        # marker goes first: the ids a move notes on its way must not make its next try an ordinary start,
+        # whose reconcile takes the server's copy as the truth and drops what the move had yet to put there.
+        on_server_before = self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
+        moving = self.state.setting(MOVING_TO_SERVER) is not None
+        self._moving_to_server = self.shared is not None and (moving or not on_server_before)
+        if self._moving_to_server and not moving:
+            self.state.put_setting(MOVING_TO_SERVER, str(time.time()))
         # Back from a Chroma server: the embedded store holds what it held when the data dir left it, so the
         # state (which followed every write since) is the truth, not Chroma: documents deleted or replaced on
         # the server must not come back from it.
-        self._returning = self.shared is None and self.state.setting(LEFT_EMBEDDED_STORE) is not None
+        self._returning = self.shared is None and (on_server_before or moving)
+        complete = True  # every collection served (none refused for a model another process switched it to)
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -383,6 +391,7 @@ class Engine:
             for record in self.state.collections():
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # refused until restarted on the model serving it
+                    complete = False
                     continue
                 record = self.state.collection(record.name) or record  # may_serve may rename its model
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
@@ -391,6 +400,7 @@ class Engine:
                     continue
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # switched elsewhere since start-up looked
+                    complete = False
                     continue
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
@@ -425,16 +435,19 @@ class Engine:
                         record.name,
                     )
             if self._returning:  # every collection's vectors match the state again
-                self.state.delete_setting(LEFT_EMBEDDED_STORE)
                 # What it knew of the server is stale too: a later start there is a move again, which puts
                 # what was written here meanwhile onto the server rather than take the server's older copy.
+                # (The ids first: while any marker is left, the next start here is still the return.)
                 self.state.delete_setting(ID_KEY, prefix=True)
+                self.state.delete_setting(MOVING_TO_SERVER)
+                self.state.delete_setting(LEFT_EMBEDDED_STORE)
                 self._returning = False
             if self.shared is not None:
                 # The embedded store is read for the move to a server only: what it holds may go stale later.
-                if self._moving_to_server:
+                if self._moving_to_server and complete:
                     self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
-                    self._moving_to_server = False
+                    self.state.delete_setting(MOVING_TO_SERVER)
+                self._moving_to_server = False
                 self.shared.prime()
                 for collection, (chroma, model, doc_ids) in self._put_on_server.items():
                     self.shared.publish(collection, chroma, model, doc_ids)  # the others follow the move
@@ -601,6 +614,12 @@ class Engine:
             return None
 
     def _refuse_repair(self, collection: str, chunks: int, docs: int) -> None:
+        if self._moving_to_server:
+            raise RiftError(
+                f"this data dir is moving to the Chroma server, which lacks {chunks:,} chunks ({docs:,} documents) "
+                f"of its collection {collection!r}; this command does not put them there: start `rift serve` or "
+                "run `rift add` once"
+            )
         where = (
             f"was {self.settings.chroma_dir} removed or damaged?"
             if self.shared is None

@@ -417,7 +417,8 @@ class SharedSync:
             note.get("reason") == "deleted" or self._deleted_since(record.name, dropped_at)
         ):
             return self._forget(record)
-        if known is None and now is None and not newer and self._deleted_name(chroma):
+        # (Not for a data dir moving here, which knows no ids either: its collection of that name is its own.)
+        if known is None and now is None and not newer and not self.engine._moving_to_server and self._deleted_name(chroma):
             return self._forget(record)
         if now is not None and note is not None:  # retired, then made again by a switch back: rift's own
             self.remember(chroma, now)
