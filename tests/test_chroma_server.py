@@ -829,6 +829,56 @@ def test_a_move_to_a_server_that_stops_part_way_is_finished_by_the_next_start(
         moved.close()
 
 
+def test_a_collection_refused_in_a_move_leaves_the_other_collections_moved(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """One collection refused in a move (another process had switched it to another model) kept the whole data
+    dir moving: every later start put its documents back on the server, those others had deleted meanwhile
+    included. And a reindex in that data dir switched the refused collection from its own state, dropping the
+    other process's documents from the server."""
+    from server.learning.pipeline import load_embedder
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    http = http_overrides(chroma)
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1)
+    data = tmp_path / "data"
+    app = open_rift(make_settings(data, tiny_model_path))
+    try:
+        app.add_documents("default", docs(("a1", "alpha one"), ("a2", "alpha two")))
+        app.add_documents("notes", docs(("n1", "note one")))
+    finally:
+        app.close()
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http))
+    try:
+        b.add_documents("notes", docs(("bn", "beta note")))
+        b.engine().reembed("notes", load_embedder(str(other_model), str(other_model), b.settings))
+    finally:
+        b.close()
+    a = open_rift(make_settings(data, tiny_model_path, **http))  # notes refused, default moved
+    try:
+        assert sorted(d for d, _ in a.engine().state.list_documents("default", -1, 0)) == ["a1", "a2"]
+        with pytest.raises(RiftError, match="switched to model"):
+            a.engine().build_vectors("notes", load_embedder(str(other_model), str(other_model), a.settings))
+    finally:
+        a.close()
+    c = open_rift(make_settings(tmp_path / "c", tiny_model_path, **http))
+    try:
+        c.delete_documents("default", ["a1"])
+    finally:
+        c.close()
+    a = open_rift(make_settings(data, tiny_model_path, **http))
+    try:
+        assert sorted(d for d, _ in a.engine().state.list_documents("default", -1, 0)) == ["a2"]
+    finally:
+        a.close()
+    b = open_rift(make_settings(tmp_path / "b", other_model, **http))
+    try:
+        assert sorted(d for d, _ in b.engine().state.list_documents("notes", -1, 0)) == ["bn"]
+    finally:
+        b.close()
+
+
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:
     import socket
 

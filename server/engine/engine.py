@@ -258,8 +258,9 @@ def check_collection_name(name: Any) -> str:
 # State setting: when this data dir first started on a Chroma server (its embedded store is not read after,
 # until the data dir comes back to it: see Engine.open).
 LEFT_EMBEDDED_STORE = "left_embedded_store"
-# State setting: a move to a Chroma server has begun and not finished (every start until it has is the move).
-MOVING_TO_SERVER = "moving_to_server"
+# State settings "moving_to_server:<collection>": a collection whose move to a Chroma server has begun and not
+# finished (every start until it has moves it; see Engine.open).
+MOVING_TO_SERVER = "moving_to_server:"
 
 
 def _vectors_of(collection: Any, ids: list[str], dimension: int) -> dict[str, Any]:
@@ -306,10 +307,10 @@ class Engine:
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
         self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
         self._weights_changed = False  # the configured model's folder holds other weights than last time
-        self._moving_to_server = False  # this start is the data dir's first on a Chroma server (see open)
+        self._moving: set[str] = set()  # collections this start moves to a Chroma server (see open)
         self._returning = False  # this start brings a data dir back from a Chroma server to its embedded store
-        # collection -> (Chroma name, model version, doc ids) its move to a server put there (see _reconcile)
-        self._put_on_server: dict[str, tuple[str, str, list[str]]] = {}
+        # collection -> (Chroma name, model version, None) of collections this start's move merged (see open)
+        self._put_on_server: dict[str, tuple[str, str, None]] = {}
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -328,21 +329,23 @@ class Engine:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
         made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
         command that only reads leaves that to the next server). Returns what was repaired."""
-        # Whether this start moves the data dir to a server: none before it recorded being on one (this
-        # version's marker, or the Chroma ids earlier versions noted for the collections they served there),
-        # or a move began and did not finish (a command that only reads, a crash, a collection refused). The
-        # marker goes first: the ids a move notes on its way must not make its next try an ordinary start,
-        # whose reconcile takes the server's copy as the truth and drops what the move had yet to put there.
+        # The collections this start moves to a server: at the data dir's first start there (none before it
+        # recorded being on one: this version's marker, or the Chroma ids earlier versions noted), each one
+        # it holds; later, those whose move did not finish (a command that only reads, a crash, a collection
+        # refused for another model). The markers go first, one per collection: the ids a move notes on its
+        # way must not make its next try an ordinary start, whose reconcile takes the server's copy as the
+        # truth and drops what the move had yet to put there.
         on_server_before = self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
-        moving = self.state.setting(MOVING_TO_SERVER) is not None
-        self._moving_to_server = self.shared is not None and (moving or not on_server_before)
-        if self._moving_to_server and not moving:
-            self.state.put_setting(MOVING_TO_SERVER, str(time.time()))
+        moving = self.state.has_setting_prefix(MOVING_TO_SERVER)
+        if self.shared is not None and not on_server_before and not moving:
+            for record in self.state.collections():
+                self.state.put_setting(f"{MOVING_TO_SERVER}{record.name}", str(time.time()))
+        if self.shared is not None:
+            self._moving = {r.name for r in self.state.collections()} & set(self._moving_markers())
         # Back from a Chroma server: the embedded store holds what it held when the data dir left it, so the
         # state (which followed every write since) is the truth, not Chroma: documents deleted or replaced on
         # the server must not come back from it.
         self._returning = self.shared is None and (on_server_before or moving)
-        complete = True  # every collection served (none refused for a model another process switched it to)
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -391,7 +394,6 @@ class Engine:
             for record in self.state.collections():
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # refused until restarted on the model serving it
-                    complete = False
                     continue
                 record = self.state.collection(record.name) or record  # may_serve may rename its model
                 added, removed = self._reconcile(record.name, record.chroma_name, repair=rechunk)
@@ -400,8 +402,9 @@ class Engine:
                     continue
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # switched elsewhere since start-up looked
-                    complete = False
                     continue
+                if record.name in self._moving:  # merged: announced below, then its marker goes
+                    self._put_on_server[record.name] = (record.chroma_name, record.model_version, None)
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
                 if record.name in self._copied:
@@ -439,19 +442,29 @@ class Engine:
                 # what was written here meanwhile onto the server rather than take the server's older copy.
                 # (The ids first: while any marker is left, the next start here is still the return.)
                 self.state.delete_setting(ID_KEY, prefix=True)
-                self.state.delete_setting(MOVING_TO_SERVER)
+                self.state.delete_setting(MOVING_TO_SERVER, prefix=True)
                 self.state.delete_setting(LEFT_EMBEDDED_STORE)
                 self._returning = False
             if self.shared is not None:
-                # The embedded store is read for the move to a server only: what it holds may go stale later.
-                if self._moving_to_server and complete:
-                    self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
-                    self.state.delete_setting(MOVING_TO_SERVER)
-                self._moving_to_server = False
                 self.shared.prime()
-                for collection, (chroma, model, doc_ids) in self._put_on_server.items():
-                    self.shared.publish(collection, chroma, model, doc_ids)  # the others follow the move
+                # The others follow each merged collection whole (a move retried after a failure may have put
+                # its documents there before); only then is its move done.
+                for collection, (chroma, model, _docs) in self._put_on_server.items():
+                    current = self.state.collection(collection)
+                    if current is not None and current.chroma_name == chroma:
+                        self.shared.publish(collection, chroma, model)
+                    self.state.delete_setting(f"{MOVING_TO_SERVER}{collection}")
                 self._put_on_server.clear()
+                self._moving.clear()
+                # The embedded store is read for the move to a server only: what it holds may go stale later.
+                if not self.state.has_setting_prefix(MOVING_TO_SERVER):
+                    if self.state.setting(LEFT_EMBEDDED_STORE) is None:
+                        self.state.put_setting(LEFT_EMBEDDED_STORE, str(time.time()))
+                else:
+                    log.warning(
+                        "the move of collection(s) %s to the Chroma server is not finished; the next start goes on",
+                        ", ".join(repr(c) for c in self._moving_markers()),
+                    )
                 # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
                 for chroma, doc_ids in settled.items():
                     record = self.state.collection(serving.get(chroma, ""))
@@ -493,14 +506,10 @@ class Engine:
         # Alone on its store, on a Chroma server that lost the collection (no rift process deleted it), or
         # moving to a server that already has it (another data dir moved there first): what the state holds
         # goes onto the server, whose documents this data dir lacks are then adopted, never the reverse.
-        if self.shared is None or lost_on_server or self._moving_to_server:
-            put: list[str] = []
-            in_chroma = self._restore_lost_vectors(collection, chroma_name, repair, put)
+        if self.shared is None or lost_on_server or collection in self._moving:
+            in_chroma = self._restore_lost_vectors(collection, chroma_name, repair)
             if in_chroma is None:
                 return 0, 0
-            if put and self._moving_to_server and not lost_on_server:
-                docs = sorted({chunk_id.rsplit("::", 2)[0] for chunk_id in put})
-                self._put_on_server[collection] = (chroma_name, record.model_version, docs)
             if self._returning:
                 stale = sorted(in_chroma - self.state.chunk_ids(collection))
                 if stale:
@@ -539,15 +548,17 @@ class Engine:
                 collection, docs[start : start + self.settings.max_documents_per_call], rewrite=True
             )
 
-    def _restore_lost_vectors(
-        self, collection: str, chroma_name: str, repair: bool, put: list[str] | None = None
-    ) -> set[str] | None:
+    def _moving_markers(self) -> list[str]:
+        """The collections whose move to a Chroma server has begun and not finished."""
+        return self.state.setting_keys(MOVING_TO_SERVER)
+
+    def _restore_lost_vectors(self, collection: str, chroma_name: str, repair: bool) -> set[str] | None:
         """Alone on its store, rift writes Chroma before it commits a chunk and deletes it there only after
         committing its removal, so a committed chunk Chroma lacks was lost there (a deleted or damaged
         `chroma` folder), never deleted on purpose: re-embed it from its stored text instead of dropping the
         document. Returns the chunk ids Chroma then holds, or None when the reconcile must wait (the
-        collection is re-embedded by another model right after, from the same rows); the chunk ids put back
-        are added to `put`. A command that must not repair (`repair` off) refuses instead."""
+        collection is re-embedded by another model right after, from the same rows). A command that must not
+        repair (`repair` off) refuses instead."""
         have = set(self.vectors.all_ids(chroma_name))
         lost = sorted(self.state.chunk_ids(collection) - have)
         if not lost:
@@ -559,7 +570,7 @@ class Engine:
             self._refuse_repair(collection, len(lost), docs)
         if embedder is None:
             return None
-        if self._moving_to_server:
+        if collection in self._moving:
             log.warning(
                 "putting %d chunks (%d documents) of collection %r onto the Chroma server", len(lost), docs, collection
             )
@@ -572,9 +583,7 @@ class Engine:
                 collection,
             )
         self._restored[collection] = len(lost)
-        if put is not None:
-            put.extend(lost)
-        local = self._local_chroma_collection(chroma_name)
+        local = self._local_chroma_collection(collection, chroma_name)
         copied = 0
         for start in range(0, len(lost), 500):
             rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
@@ -589,7 +598,7 @@ class Engine:
             log.warning("copied %d of those vectors from the embedded store %s", copied, self.settings.chroma_dir)
         return have | set(lost)
 
-    def _local_chroma_collection(self, chroma_name: str) -> Any:
+    def _local_chroma_collection(self, collection: str, chroma_name: str) -> Any:
         """With a Chroma server, the embedded store this data dir used before (`data_dir/chroma`), when it holds
         `chroma_name`: a store moved to a server then copies its vectors instead of embedding every chunk
         again (over an hour on a CPU for 100K chunks). The collection's name carries the model version, and a
@@ -601,7 +610,7 @@ class Engine:
         # Only at the move itself (the first start on a server), and not when the configured model's weights
         # changed meanwhile: the embedded store keeps vectors that later drops and rewrites reach only on the
         # server, under the same names.
-        if not self._moving_to_server or self._weights_changed:
+        if collection not in self._moving or self._weights_changed:
             return None
         try:
             import chromadb
@@ -614,7 +623,7 @@ class Engine:
             return None
 
     def _refuse_repair(self, collection: str, chunks: int, docs: int) -> None:
-        if self._moving_to_server:
+        if collection in self._moving:
             raise RiftError(
                 f"this data dir is moving to the Chroma server, which lacks {chunks:,} chunks ({docs:,} documents) "
                 f"of its collection {collection!r}; this command does not put them there: start `rift serve` or "
@@ -1487,6 +1496,8 @@ class Engine:
         only the chunks it lacks are embedded, so switching back to a kept version is fast. The Chroma name
         hashes the model version, so a model of another dimension never lands in another model's collection."""
         record = self._record(collection)
+        if self.shared is not None:  # not from a state that another process's switch left behind
+            self.shared.check_served_here(collection, lost_ok=True)
         target = chroma_name_for(collection, embedder.version)
         if target == record.chroma_name:
             return target
@@ -1532,6 +1543,10 @@ class Engine:
                 raise
             if target == record.chroma_name:
                 return target
+            if self.shared is not None:
+                # Switched to another model elsewhere: this state lacks that process's writes, and a switch
+                # from it would drop them from the server.
+                self.shared.check_served_here(collection, lost_ok=True)
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}
             have = set(self.vectors.all_ids(target))
             self._embed_into(target, [current[c] for c in current.keys() - have], embedder)

@@ -407,6 +407,15 @@ class SharedSync:
             for h in heads.values()
             if h.collection == record.name and h.chroma in ids and h.chroma != chroma
         ]
+        if record.name in self.engine._moving and not newer:
+            # Moving here from this data dir's embedded store (see Engine.open), its documents are not all on
+            # the server yet: what another process deleted or the server lost there is not this collection,
+            # which goes onto the server (unless another process switched it to another model: refused).
+            if now is not None:
+                self.remember(chroma, now)
+                return "same"
+            self._lost.add(record.name)
+            return "lost"
         note = self._drop_note(known)
         dropped_at = float(note.get("ts", 0.0) or 0.0) if note else 0.0
         # Deleted: this id was dropped with its collection, or retired by a switch and the collection deleted
@@ -417,8 +426,7 @@ class SharedSync:
             note.get("reason") == "deleted" or self._deleted_since(record.name, dropped_at)
         ):
             return self._forget(record)
-        # (Not for a data dir moving here, which knows no ids either: its collection of that name is its own.)
-        if known is None and now is None and not newer and not self.engine._moving_to_server and self._deleted_name(chroma):
+        if known is None and now is None and not newer and self._deleted_name(chroma):
             return self._forget(record)
         if now is not None and note is not None:  # retired, then made again by a switch back: rift's own
             self.remember(chroma, now)
@@ -572,9 +580,10 @@ class SharedSync:
             self._unreachable_until = time.monotonic() + UNREACHABLE_RETRY_S
         return problem
 
-    def check_served_here(self, collection: str) -> None:
+    def check_served_here(self, collection: str, lost_ok: bool = False) -> None:
         """Refuse to search or write a collection another process switched to another model: this one can
-        neither query those vectors nor write chunks the other would see."""
+        neither query those vectors nor write chunks the other would see. `lost_ok`: one the server lost
+        passes (new vectors built from the stored text make it whole again)."""
         if collection in self._served_elsewhere:
             raise RiftError(
                 f"collection {collection!r} is served with model {self._moved[collection]!r} by another rift "
@@ -586,7 +595,7 @@ class SharedSync:
                 f"collection {collection!r} was switched to model {self._moved[collection]!r} by another rift "
                 f"process sharing this Chroma server; restart this process to serve that model"
             )
-        if collection in self._lost:
+        if collection in self._lost and not lost_ok:
             raise RiftError(
                 f"the Chroma server no longer has collection {collection!r}'s vectors (its data was lost or "
                 "replaced) and no rift process deleted them; rift keeps the documents: restart it to embed them "

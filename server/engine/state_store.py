@@ -157,6 +157,11 @@ class StateStore:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
+    def setting_keys(self, prefix: str) -> list[str]:
+        """What follows `prefix` in the keys of the settings whose key starts with it."""
+        rows = self._rows("SELECT key FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix))
+        return [key[len(prefix) :] for (key,) in rows]
+
     def delete_setting(self, key: str, prefix: bool = False) -> None:
         """Delete setting `key`, or with `prefix` every setting whose key starts with it."""
         with self._lock:
