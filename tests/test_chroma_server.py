@@ -825,6 +825,8 @@ def test_a_move_to_a_server_that_stops_part_way_is_finished_by_the_next_start(
         assert sorted(d for d, _ in state.list_documents("notes", -1, 0)) == ["n1"]
         assert ids(moved.search("notes", "note one", mode="keyword").outcome.hits) == ["n1"]
         assert_same_index(moved)
+        assert moved.engine().state.setting_keys("moving_to_server:") == []
+        assert moved.engine().state.setting("left_embedded_store") is not None
     finally:
         moved.close()
 
@@ -870,6 +872,7 @@ def test_a_collection_refused_in_a_move_leaves_the_other_collections_moved(
     a = open_rift(make_settings(data, tiny_model_path, **http))
     try:
         assert sorted(d for d, _ in a.engine().state.list_documents("default", -1, 0)) == ["a2"]
+        assert a.engine().state.setting_keys("moving_to_server:") == ["notes"]
     finally:
         a.close()
     b = open_rift(make_settings(tmp_path / "b", other_model, **http))
@@ -877,6 +880,17 @@ def test_a_collection_refused_in_a_move_leaves_the_other_collections_moved(
         assert sorted(d for d, _ in b.engine().state.list_documents("notes", -1, 0)) == ["bn"]
     finally:
         b.close()
+    a = open_rift(make_settings(data, tiny_model_path, **http))
+    try:
+        a.delete_collection("notes")  # deleted (everywhere): its move is over too
+    finally:
+        a.close()
+    a = open_rift(make_settings(data, tiny_model_path, **http))
+    try:
+        assert a.engine().state.setting_keys("moving_to_server:") == []
+        assert a.engine().state.setting("left_embedded_store") is not None
+    finally:
+        a.close()
 
 
 def test_an_unreachable_chroma_server_is_named(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -309,8 +309,6 @@ class Engine:
         self._weights_changed = False  # the configured model's folder holds other weights than last time
         self._moving: set[str] = set()  # collections this start moves to a Chroma server (see open)
         self._returning = False  # this start brings a data dir back from a Chroma server to its embedded store
-        # collection -> (Chroma name, model version, None) of collections this start's move merged (see open)
-        self._put_on_server: dict[str, tuple[str, str, None]] = {}
         # A hybrid search runs BM25 on this pool while its own thread embeds the query (onnxruntime and torch
         # release the GIL): about 1 ms less per search on this 2-core machine (README "Benchmarks").
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rift-keyword")
@@ -341,7 +339,10 @@ class Engine:
             for record in self.state.collections():
                 self.state.put_setting(f"{MOVING_TO_SERVER}{record.name}", str(time.time()))
         if self.shared is not None:
-            self._moving = {r.name for r in self.state.collections()} & set(self._moving_markers())
+            live = {r.name for r in self.state.collections()}
+            for name in set(self._moving_markers()) - live:  # its collection was deleted since
+                self.state.delete_setting(f"{MOVING_TO_SERVER}{name}")
+            self._moving = live & set(self._moving_markers())
         # Back from a Chroma server: the embedded store holds what it held when the data dir left it, so the
         # state (which followed every write since) is the truth, not Chroma: documents deleted or replaced on
         # the server must not come back from it.
@@ -403,8 +404,11 @@ class Engine:
                 if self.shared is not None and not self.shared.may_serve(record):
                     self._load_keyword(record.name)  # switched elsewhere since start-up looked
                     continue
-                if record.name in self._moving:  # merged: announced below, then its marker goes
-                    self._put_on_server[record.name] = (record.chroma_name, record.model_version, None)
+                # Merged: announced whole at once (a move retried after a failure may have put its documents
+                # there before), then its marker goes, before a later collection's move can fail.
+                if record.name in self._moving:
+                    self.shared.publish(record.name, record.chroma_name, record.model_version)  # type: ignore[union-attr]
+                    self.state.delete_setting(f"{MOVING_TO_SERVER}{record.name}")
                 if record.name in self._restored:
                     report.setdefault("restored_to_chroma", {})[record.name] = self._restored[record.name]
                 if record.name in self._copied:
@@ -447,14 +451,6 @@ class Engine:
                 self._returning = False
             if self.shared is not None:
                 self.shared.prime()
-                # The others follow each merged collection whole (a move retried after a failure may have put
-                # its documents there before); only then is its move done.
-                for collection, (chroma, model, _docs) in self._put_on_server.items():
-                    current = self.state.collection(collection)
-                    if current is not None and current.chroma_name == chroma:
-                        self.shared.publish(collection, chroma, model)
-                    self.state.delete_setting(f"{MOVING_TO_SERVER}{collection}")
-                self._put_on_server.clear()
                 self._moving.clear()
                 # The embedded store is read for the move to a server only: what it holds may go stale later.
                 if not self.state.has_setting_prefix(MOVING_TO_SERVER):
@@ -1029,6 +1025,7 @@ class Engine:
                         raise
                     self.shared.retire(name)
                 self.state.delete_collection(collection)
+                self.state.delete_setting(f"{MOVING_TO_SERVER}{collection}")
                 self._keyword.pop(collection, None)
                 return info
             # Alone: noted as to drop in the transaction that forgets the collection, so a crash (or a Chroma

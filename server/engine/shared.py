@@ -452,6 +452,7 @@ class SharedSync:
     def _forget(self, record: Any) -> str:
         log.warning("collection %r was deleted by another rift process", record.name)
         self.engine.state.delete_collection(record.name)
+        self.engine.state.delete_setting(f"moving_to_server:{record.name}")
         self.engine._keyword.pop(record.name, None)
         self._lost.discard(record.name)
         return "deleted"
@@ -693,7 +694,13 @@ class SharedSync:
                     continue
                 docs = None
             self.refresh(record.name, chroma, docs)
-        fresh = [h for c in changed if c not in records for h in heads.values() if h.chroma == c]
+        fresh = [
+            h
+            for c in changed
+            if c not in records and c in existing
+            for h in heads.values()
+            if h.chroma == c and h.writer != self.writer
+        ]
         if any(engine.state.collection(h.collection) is None for h in fresh):
             for name in engine._adopt_chroma_collections():  # collections another process created
                 record = engine.state.collection(name)
