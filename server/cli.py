@@ -123,11 +123,13 @@ class _Commands(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from server.engine.vector_store import chroma_server_problem
+        from server.errors import disk_full_problem
 
         try:
             return super().invoke(ctx)
         except Exception as exc:
             problem = chroma_server_problem(exc, then="run the command again once it answers")
+            problem = problem or disk_full_problem(exc)
             if problem is None:
                 raise
             raise click.ClickException(problem) from None

@@ -208,6 +208,12 @@ class Settings(BaseSettings):
         "The CLI (rift add, rift watch) may read whatever its user can.",
     )
     max_file_bytes: int = Field(10_000_000, ge=1, description="Larger files are skipped with a reason.")
+    min_free_disk_mb: int = Field(
+        64,
+        ge=0,
+        description="A write is refused while the disk holding data_dir has less free space than this (MB; 0: "
+        "never): an embedded Chroma that fills its disk keeps failing until rift restarts. Deletes are not refused.",
+    )
 
     # --- retrieval -----------------------------------------------------------------------------------------
     # depth 200 and k 20 were picked on SciFact test and NFCorpus dev only (README "Benchmarks"): depth 200 also

@@ -1,5 +1,9 @@
 """Errors whose message is meant for the caller (an agent or a person), not a traceback."""
 
+from __future__ import annotations
+
+import errno
+
 
 class RiftError(ValueError):
     """Bad input or a state the caller can fix; the message names what is wrong."""
@@ -11,3 +15,24 @@ class NotFoundError(RiftError):
 
 class DataDirLockedError(RuntimeError):
     """Another rift process holds the data directory."""
+
+
+# What SQLite, Chroma (which wraps SQLite's errors in its own) and the OS say when a disk is full.
+_FULL_MARKERS = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def disk_full_problem(exc: BaseException) -> str | None:
+    """One line for an error caused by a full disk (in `exc` or what it was raised from), else None. Chroma
+    reports it as "Error in compaction", SQLite as "database or disk is full": neither names the disk."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        full = isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or any(marker in str(current).lower() for marker in _FULL_MARKERS):
+            return (
+                "the disk holding rift's data (or the Chroma server's) is full: free some space and try again "
+                f"({type(current).__name__}: {current})"
+            )
+        current = current.__cause__ or current.__context__
+    return None

@@ -1184,3 +1184,37 @@ def test_a_model_of_another_vocabulary_gets_the_documents_cut_again(tmp_path: Pa
         assert not again.repair_report.get("rechunked")
     finally:
         again.close()
+
+
+def test_a_nearly_full_disk_refuses_writes_and_names_the_disk(rift_factory, monkeypatch) -> None:
+    """Chroma's embedded store, once a write failed for want of space, failed or hung every later write until
+    a restart; and SQLite's "database or disk is full" reached the agent as "a bug in rift"."""
+    import shutil
+    import sqlite3
+    from collections import namedtuple
+
+    from server.errors import disk_full_problem
+    from tools._common import failure_message
+
+    app = rift_factory(min_free_disk_mb=64)
+    app.add_documents("default", docs(("a", "the cat sat on the mat")))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    with pytest.raises(RiftError, match=r"has 5 MB free, less than min_free_disk_mb \(64\).*nothing was written"):
+        app.add_documents("default", docs(("b", "a blue fish in the sea")))
+    with pytest.raises(RiftError, match="min_free_disk_mb"):
+        app.engine().update_metadata("default", ["a"], {"tag": "x"})
+    app.delete_documents("default", ["a"])  # deleting makes room: never refused
+    assert app.stats()["collections"][0]["documents"] == 0
+    monkeypatch.undo()
+    # Errors a full disk causes elsewhere say so, however deep the cause sits.
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as cause:
+            raise RuntimeError("Error in compaction: Failed to apply logs to the metadata segment") from cause
+    except RuntimeError as exc:
+        message = failure_message(app.add_documents, exc)
+    assert message.startswith("the disk holding rift's data") and "bug" not in message
+    assert disk_full_problem(OSError(28, "No space left on device")) is not None
+    assert disk_full_problem(ValueError("something else")) is None

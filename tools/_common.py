@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from server.engine.vector_store import chroma_server_problem
-from server.errors import RiftError
+from server.errors import RiftError, disk_full_problem
 from server.service import Rift
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ def not_unicode(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 def failure_message(fn: Callable[..., Any], exc: Exception) -> str:
     """The message for an exception that is not rift's own: Chroma's, or a bug. Call it in the `except` block
     that caught `exc`: it logs the traceback being handled."""
+    full = disk_full_problem(exc)
+    if full is not None:  # not a bug: one line in the log, no traceback
+        log.warning("%s failed: %s", getattr(fn, "__name__", "a tool"), full)
+        return full
     if not from_vector_store(exc):
         # A bug, not bad input: name the cause rather than the SDK's bare "Error executing tool".
         log.exception("%s failed unexpectedly", getattr(fn, "__name__", "a tool"))

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import threading
 import time
 import unicodedata
@@ -1136,6 +1137,7 @@ class Engine:
         """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
         chunking) is skipped."""
         with self._write_lock:
+            self._check_room()
             if self.shared is not None:
                 self.shared.sync(force=True)
                 self.shared.check_served_here(collection)
@@ -1148,6 +1150,23 @@ class Engine:
                 if created:
                     self.drop_collection_if_empty(collection)
                 raise
+
+    def _check_room(self) -> None:
+        """Refuse a write while the data dir's disk is nearly full: Chroma's embedded store, once a write has
+        failed for want of space, fails (or hangs) every later one until the process restarts."""
+        floor = self.settings.min_free_disk_mb * 1024 * 1024
+        if not floor:
+            return
+        try:
+            free = shutil.disk_usage(self.settings.data_dir).free
+        except OSError:
+            return
+        if free < floor:
+            raise RiftError(
+                f"the disk holding data_dir {self.settings.data_dir} has {free / 1048576:.0f} MB free, less than "
+                f"min_free_disk_mb ({self.settings.min_free_disk_mb}): free some space (deleting documents helps) "
+                "and write again; nothing was written"
+            )
 
     def drop_collection_if_empty(self, collection: str) -> bool:
         """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in
@@ -1400,6 +1419,7 @@ class Engine:
                     f"these documents hold {total:,} characters; the limit per call is "
                     f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): update fewer at a time"
                 )
+            self._check_room()
             # Written as read: no second sync with other processes in between (a newer version one brought in
             # would be overwritten with the text read before it).
             return self._write_into(collection, docs, None)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.errors import RiftError
+from server.errors import RiftError, disk_full_problem
 
 if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help` and `rift serve` stay quick
     from server.ingest.sync import SyncReport
@@ -96,10 +96,13 @@ def add(
                 report=report,
             )
         _print_report(report, as_json, verbose=False)
-    except RiftError as exc:
+    except Exception as exc:
+        problem = str(exc) if isinstance(exc, RiftError) else disk_full_problem(exc)
+        if problem is None:
+            raise
         if report.files:  # the batches before the failing one are stored: say which
             _print_report(report, as_json, verbose=False)
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(problem) from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {_stored(report)}; run the same command again to finish", err=True)
         sys.exit(130)

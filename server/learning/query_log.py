@@ -216,7 +216,8 @@ class QueryLog:
             yield
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:  # (a COMMIT that failed, e.g. on a full disk, has rolled back)
+                self._conn.execute("ROLLBACK")
             raise
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
