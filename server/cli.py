@@ -127,6 +127,8 @@ class _Commands(click.Group):
 
         try:
             return super().invoke(ctx)
+        except click.ClickException:  # already one line for the user (and may echo user text)
+            raise
         except Exception as exc:
             problem = chroma_server_problem(exc, then="run the command again once it answers")
             problem = problem or disk_full_problem(exc)

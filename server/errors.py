@@ -29,7 +29,9 @@ def disk_full_problem(exc: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         full = isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or any(marker in str(current).lower() for marker in _FULL_MARKERS):
+        # The words count only from the storage layers (a bug's message may quote a user's text).
+        storage = isinstance(current, OSError) or type(current).__module__.split(".")[0] in ("sqlite3", "chromadb")
+        if full or (storage and any(marker in str(current).lower() for marker in _FULL_MARKERS)):
             return (
                 "the disk holding rift's data (or the Chroma server's) is full: free some space and try again "
                 f"({type(current).__name__}: {current})"

@@ -173,3 +173,10 @@ def test_ctrl_c_during_a_watch_sync_says_so_and_exits_130(tmp_path: Path, env: d
     assert "stopped in the middle of a sync" in result.output and "Aborted" not in result.output
     notice = logging.LogRecord("watchfiles.main", logging.WARNING, "", 0, "KeyboardInterrupt caught, stopping watch", (), None)
     assert not logging.getLogger("watchfiles.main").filter(notice)
+
+
+def test_a_command_error_quoting_disk_words_is_not_taken_for_a_full_disk(tmp_path: Path, env: dict[str, str]) -> None:
+    """A path named like the OS's message for a full disk turned "does not exist" into "the disk is full"."""
+    missing = tmp_path / "No space left on device.md"
+    result = CliRunner().invoke(main, ["add", str(missing), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "disk holding" not in result.output

@@ -1204,6 +1204,12 @@ def test_a_nearly_full_disk_refuses_writes_and_names_the_disk(rift_factory, monk
         app.add_documents("default", docs(("b", "a blue fish in the sea")))
     with pytest.raises(RiftError, match="min_free_disk_mb"):
         app.engine().update_metadata("default", ["a"], {"tag": "x"})
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    other = Embedder(resolve_model(app.settings.model), version="other")
+    with pytest.raises(RiftError, match="min_free_disk_mb"):  # a re-embed writes a whole new collection
+        app.engine().build_vectors("default", other)
     app.delete_documents("default", ["a"])  # deleting makes room: never refused
     assert app.stats()["collections"][0]["documents"] == 0
     monkeypatch.undo()

@@ -707,6 +707,11 @@ class Engine:
             for first in range(0, len(ids), 64):
                 if should_stop is not None and should_stop():  # the signature stays: the next start resumes
                     return done
+                try:
+                    self._check_room()
+                except RiftError as exc:  # not a reason to refuse to start (and serve reads): resumes next start
+                    log.warning("re-chunking collection %r stopped: %s", collection, exc)
+                    return done
                 # Read and written back under one hold of the write lock: a write that landed in between
                 # (an update, new metadata, a delete, the collection's deletion) would otherwise be undone.
                 with self._write_lock:
@@ -1518,6 +1523,7 @@ class Engine:
         target = chroma_name_for(collection, embedder.version)
         if target == record.chroma_name:
             return target
+        self._check_room()  # the biggest write of all: a whole new Chroma collection
         self.vectors.ensure(
             target,
             embedder.dimension,
