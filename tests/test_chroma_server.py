@@ -767,6 +767,16 @@ def test_a_process_that_adopted_a_collection_sees_its_chunking_change(
         b.close()
 
 
+def store_two_collections(data: Path, model: Path) -> None:
+    """An embedded store to move: "default" (a1, a2) and "notes" (n1)."""
+    app = open_rift(make_settings(data, model))
+    try:
+        app.add_documents("default", docs(("a1", "alpha one"), ("a2", "alpha two")))
+        app.add_documents("notes", docs(("n1", "note one")))
+    finally:
+        app.close()
+
+
 def test_a_move_to_a_server_that_stops_part_way_is_finished_by_the_next_start(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch
 ) -> None:
@@ -789,12 +799,7 @@ def test_a_move_to_a_server_that_stops_part_way_is_finished_by_the_next_start(
     finally:
         scratch.close()
     data = tmp_path / "data"
-    app = open_rift(make_settings(data, tiny_model_path))
-    try:
-        app.add_documents("default", docs(("a1", "alpha one"), ("a2", "alpha two")))
-        app.add_documents("notes", docs(("n1", "note one")))
-    finally:
-        app.close()
+    store_two_collections(data, tiny_model_path)
     env = {
         "RIFT_MODEL": str(tiny_model_path),
         "RIFT_VECTOR_BACKEND": "http",
@@ -845,12 +850,7 @@ def test_a_collection_refused_in_a_move_leaves_the_other_collections_moved(
     http = http_overrides(chroma)
     other_model = build_tiny_model(tmp_path / "other-model", seed=1)
     data = tmp_path / "data"
-    app = open_rift(make_settings(data, tiny_model_path))
-    try:
-        app.add_documents("default", docs(("a1", "alpha one"), ("a2", "alpha two")))
-        app.add_documents("notes", docs(("n1", "note one")))
-    finally:
-        app.close()
+    store_two_collections(data, tiny_model_path)
     b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http))
     try:
         b.add_documents("notes", docs(("bn", "beta note")))
