@@ -48,7 +48,7 @@ from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
-from server.engine.state_store import ChunkRow, StateStore
+from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
 from server.errors import NotFoundError, RiftError
 
@@ -259,9 +259,6 @@ def check_collection_name(name: Any) -> str:
 # State setting: when this data dir first started on a Chroma server (its embedded store is not read after,
 # until the data dir comes back to it: see Engine.open).
 LEFT_EMBEDDED_STORE = "left_embedded_store"
-# State settings "moving_to_server:<collection>": a collection whose move to a Chroma server has begun and not
-# finished (every start until it has moves it; see Engine.open).
-MOVING_TO_SERVER = "moving_to_server:"
 
 
 def _vectors_of(collection: Any, ids: list[str], dimension: int) -> dict[str, Any]:
@@ -335,19 +332,20 @@ class Engine:
         # way must not make its next try an ordinary start, whose reconcile takes the server's copy as the
         # truth and drops what the move had yet to put there.
         on_server_before = self.state.setting(LEFT_EMBEDDED_STORE) is not None or self.state.has_setting_prefix(ID_KEY)
-        moving = self.state.has_setting_prefix(MOVING_TO_SERVER)
-        if self.shared is not None and not on_server_before and not moving:
-            for record in self.state.collections():
-                self.state.put_setting(f"{MOVING_TO_SERVER}{record.name}", str(time.time()))
+        markers = set(self._moving_markers())
         if self.shared is not None:
             live = {r.name for r in self.state.collections()}
-            for name in set(self._moving_markers()) - live:  # its collection was deleted since
+            if not on_server_before and not markers:
+                for name in live:
+                    self.state.put_setting(f"{MOVING_TO_SERVER}{name}", str(time.time()))
+                markers = set(live)
+            for name in markers - live:  # its collection is gone (a delete takes the marker with it)
                 self.state.delete_setting(f"{MOVING_TO_SERVER}{name}")
-            self._moving = live & set(self._moving_markers())
+            self._moving = live & markers
         # Back from a Chroma server: the embedded store holds what it held when the data dir left it, so the
         # state (which followed every write since) is the truth, not Chroma: documents deleted or replaced on
         # the server must not come back from it.
-        self._returning = self.shared is None and (on_server_before or moving)
+        self._returning = self.shared is None and (on_server_before or bool(markers))
         report: dict[str, Any] = {
             "journal": 0,
             "added_from_chroma": 0,
@@ -788,8 +786,9 @@ class Engine:
         while the data dir was on the server), which `_adopt_chroma_collections` would otherwise bring back.
         Kept vectors of another model version of a live collection stay: a switch back to them drops what
         the state lacks (`switch_vectors`)."""
-        live = {r.name for r in self.state.collections()}
-        known = {r.chroma_name for r in self.state.collections()} | set(self.state.pending_drops())
+        records = self.state.collections()
+        live = {r.name for r in records}
+        known = {r.chroma_name for r in records} | set(self.state.pending_drops())
         dropped = []
         for name, _meta in self.vectors.list_collections():
             match = CHROMA_NAME.match(name)
@@ -1031,7 +1030,6 @@ class Engine:
                         raise
                     self.shared.retire(name)
                 self.state.delete_collection(collection)
-                self.state.delete_setting(f"{MOVING_TO_SERVER}{collection}")
                 self._keyword.pop(collection, None)
                 return info
             # Alone: noted as to drop in the transaction that forgets the collection, so a crash (or a Chroma

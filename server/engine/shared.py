@@ -452,7 +452,6 @@ class SharedSync:
     def _forget(self, record: Any) -> str:
         log.warning("collection %r was deleted by another rift process", record.name)
         self.engine.state.delete_collection(record.name)
-        self.engine.state.delete_setting(f"moving_to_server:{record.name}")
         self.engine._keyword.pop(record.name, None)
         self._lost.discard(record.name)
         return "deleted"

@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS journal (
 
 
 _DROP = "dropping:"  # settings key prefix: a deleted collection's Chroma collection still to drop
+# Settings key prefix: a collection whose move to a Chroma server has begun and not finished (see Engine.open).
+MOVING_TO_SERVER = "moving_to_server:"
 
 
 @dataclass(frozen=True)
@@ -217,10 +219,11 @@ class StateStore:
         return record
 
     def delete_collection(self, name: str, drop_chroma: Mapping[str, str | None] | None = None) -> None:
-        """Forget collection `name`; in the same transaction, note its Chroma collections `drop_chroma` (name ->
-        Chroma's id for it) as to be dropped (see `pending_drops`) and drop their unfinished writes' journal
-        entries."""
+        """Forget collection `name` (and its move to a Chroma server, if one is under way); in the same
+        transaction, note its Chroma collections `drop_chroma` (name -> Chroma's id for it) as to be dropped
+        (see `pending_drops`) and drop their unfinished writes' journal entries."""
         with self._transaction():
+            self._conn.execute("DELETE FROM settings WHERE key = ?", (f"{MOVING_TO_SERVER}{name}",))
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
