@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -77,8 +78,23 @@ def _open_query_log(path: Path, max_queries: int = 0) -> QueryLog:
         return QueryLog(path, max_queries)
 
 
+# Below this much free space SQLite cannot create a database's -wal / -shm files, and says only "disk I/O
+# error" or "unable to open database file".
+_NEARLY_NO_SPACE = 1 << 20
+
+
 def cannot_open(what: str, path: Path, exc: sqlite3.OperationalError) -> str:
-    """Why an SQLite file could not be opened, when the cause is not damage (permissions, a lock, I/O)."""
+    """Why an SQLite file could not be opened, when the cause is not damage (a full disk, permissions, a lock,
+    I/O)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < _NEARLY_NO_SPACE:
+        return (
+            f"cannot open {what} {path} ({exc}): the disk holding it is full ({free:,} bytes free); free some "
+            "space and start again (the file itself is not damaged: leave it in place)"
+        )
     return (
         f"cannot open {what} {path} ({exc}); check that this user may read and write it and its folder "
         "(the file itself is not damaged: leave it in place)"

@@ -487,6 +487,29 @@ def test_a_database_that_cannot_be_opened_is_named_and_left_in_place(cfg: Settin
         app.close()
 
 
+def test_a_database_that_cannot_be_opened_on_a_full_disk_names_the_disk(
+    cfg: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no space left SQLite cannot create a database's -wal / -shm files and says only "disk I/O error":
+    that read as a permission problem. (The unopenable file is simulated as above; the disk reads full.)"""
+    import shutil
+
+    import server.service
+
+    seed(cfg)
+    db = cfg.log_db
+    kept = db.with_name(db.name + ".kept")
+    db.rename(kept)
+    db.mkdir()
+    monkeypatch.setattr(server.service.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(RiftError, match=rf"cannot open the query log {db} .*the disk holding it is full \(0 bytes"):
+        open_rift(cfg)
+    monkeypatch.undo()
+    db.rmdir()
+    kept.rename(db)
+    open_rift(cfg).close()
+
+
 def test_a_document_left_without_chunks_is_split_again(cfg: Settings) -> None:
     """A repair cut short (in an earlier version) could leave a document listed with no chunk: never found,
     and re-adding it was a no-op. Start-up writes it again from its stored text, and so does a re-add."""
