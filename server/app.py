@@ -17,11 +17,12 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, CompleteRequestParams, ListResourcesResult, TextContent
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, ValidationError, model_validator
 
 from server import __version__
 from server.config import Settings
 from server.service import DataDirLock, Rift
+from server.wire import read_ids_strictly
 from tools import ALL_TOOLS
 from tools._common import ToolSpec
 from tools.prompts import ASK, IMPROVE, ask, improve_search, prompt_problem
@@ -172,7 +173,22 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
     server._lowlevel_server.add_request_handler(  # noqa: SLF001
         "completion/complete", CompleteRequestParams, handle_completion
     )
+    server._lowlevel_server.middleware.append(_name_invalid_params)  # noqa: SLF001
+    read_ids_strictly()
     return server
+
+
+async def _name_invalid_params(ctx: Any, call_next: Any) -> Any:
+    """The SDK answers params its model refuses (`tools/call` without a name, `resources/read` without a
+    uri) with a bare "Invalid request parameters": name the field and what is wrong with it."""
+    try:
+        return await call_next(ctx)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'params'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:5]
+        )
+        raise MCPError(code=INVALID_PARAMS, message=f"Invalid params for {ctx.method}: {problems}") from None
 
 
 def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:

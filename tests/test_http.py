@@ -124,6 +124,15 @@ def test_every_loopback_bind_refuses_foreign_hosts_and_bounds_the_body(
         assert httpx.post(url, json=hello, headers=accept, timeout=10).status_code == 200
         big = {**hello, "params": {**hello["params"], "pad": "x" * (1024 * 1024)}}
         assert httpx.post(url, json=big, headers=accept, timeout=10).status_code == 413
+        # In a session, a request whose id JSON-RPC does not allow was taken for a notification: 202 Accepted,
+        # and no answer ever came.
+        opened = httpx.post(url, json=hello, headers=accept, timeout=10)
+        session = {**accept, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-06-18"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert httpx.post(url, json=initialized, headers=session, timeout=10).status_code == 202
+        for odd in (1.5, None, {"a": 1}):
+            answer = httpx.post(url, json={"jsonrpc": "2.0", "id": odd, "method": "ping"}, headers=session, timeout=10)
+            assert answer.status_code == 400 and "id.int" in answer.json()["error"]["message"], answer.text
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -144,6 +144,17 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         assert old_version["id"] == 9 and "jsonrpc: Input should be '2.0'" in old_version["error"]["message"]
         bad_params = send_raw('{"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": "abc"}')
         assert bad_params["id"] == 10 and bad_params["error"]["code"] == -32600
+        # An id JSON-RPC does not allow read as a notification's (the SDK ignores what it cannot take), so the
+        # request was dispatched to nothing and never answered; its client waited forever.
+        for odd in ("1.5", "null", '{"a": 1}', "true"):
+            for method in ("ping", "tools/call"):
+                answer = send_raw(f'{{"jsonrpc": "2.0", "id": {odd}, "method": "{method}", "params": {{}}}}')
+                assert answer["id"] is None and answer["error"]["code"] == -32600, answer
+                assert "id.int: Input should be a valid integer" in answer["error"]["message"], answer
+        # Params the SDK's model refuses name the field, not a bare "Invalid request parameters".
+        nameless = send_raw('{"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"arguments": {}}}')
+        assert nameless["id"] == 12 and nameless["error"]["code"] == -32602
+        assert "Invalid params for tools/call: params.name: Field required" in nameless["error"]["message"], nameless
         # A malformed notification gets no answer (nothing waits for one): the next line is the next reply.
         proc.stdin.write('{"jsonrpc": "1.0", "method": "notifications/initialized"}\n')
         before = len(lines)
