@@ -407,6 +407,13 @@ class Rift:
         s = self.settings
         registry = Registry(s.models_dir)
         serving = registry.serving_descendant(s.model)
+        recorded = registry.serving()
+        if serving is None and recorded is not None and registry.descends_from(recorded, s.model):
+            log.warning(
+                "the serving version %s cannot serve: its weights at %s are gone; serving the configured model %s "
+                "(collections embedded with %s are re-embedded; `rift models` lists versions to roll back to)",
+                recorded.version, registry.location_of(recorded), s.model, recorded.version,
+            )
         if serving is not None and serving.version != s.model:
             try:
                 from server.engine.models import lineage_query_prompt

@@ -3,6 +3,7 @@ of another dimension never fail and never mix one model's query embedding with a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -517,6 +518,7 @@ def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
     (a kill there): a read-only command says what happened instead of "weights are missing", and a server
     start re-embeds with the serving version."""
     from server.errors import RiftError
+    from server.learning import manager
     from server.learning.registry import Registry
     from server.service import Rift
 
@@ -530,6 +532,8 @@ def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
 
     try:
         monkeypatch.setattr(Registry, "update", killed)
+        # A kill: no switching back either (what a failure to write the registry gets).
+        monkeypatch.setattr(manager, "_switched_back_on_failure", lambda *_: contextlib.nullcontext())
         started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
         rift.learning.jobs.wait(120)
         version = started["version"]
@@ -549,6 +553,108 @@ def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
         ] == ["doc1"]
     finally:
         again.close()
+
+
+def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry's write after a switch failing (a full disk): the job said "failed" while the new model
+    served, the registry in memory named it serving and the one on disk did not, so the next start went back
+    and re-embedded everything. Now the switch is undone, and memory and disk agree."""
+    import errno
+
+    from server.learning.registry import Registry
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    real_save = Registry._save
+
+    def full(self: Registry) -> None:
+        if any(v.status == "serving" and v.version.startswith("rx-") for v in self._versions.values()):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(self)
+
+    try:
+        monkeypatch.setattr(Registry, "_save", full)
+        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        rift.learning.jobs.wait(120)
+        status = rift.learning.status(started["job_id"])
+        assert status["status"] == "failed" and "disk holding rift's data" in status["error"], status
+        engine = rift.engine()
+        assert engine.state.collection("default").model_version == str(tiny_model_path)
+        assert engine.embedder.version == str(tiny_model_path)
+        assert rift.learning.registry.serving().version == str(tiny_model_path)
+        from server.engine.engine import chroma_name_for
+
+        names = [n for n, _ in engine.vectors.list_collections()]
+        assert chroma_name_for("default", str(tiny_model_path)) in names
+        assert chroma_name_for("default", started["version"]) not in names  # the candidate's vectors went
+        hits = rift.search("default", "the cat sat on the mat", mode="vector").outcome.hits
+        assert [h.doc_id for h in hits] == ["doc1"]
+    finally:
+        monkeypatch.undo()
+        rift.close()
+    again = open_rift(settings)
+    try:
+        assert not again.repair_report.get("reembedded")
+        assert again.learning.registry.serving().version == str(tiny_model_path)
+    finally:
+        again.close()
+
+
+def test_a_registry_write_that_fails_changes_nothing(tmp_path: Path) -> None:
+    import errno
+
+    from server.learning.registry import ModelVersion, Registry
+
+    registry = Registry(tmp_path / "models")
+    registry.serve_base("base-model")
+    registry.add(ModelVersion("ft-1", "fine-tune", "ft-1", "base-model", "retired", created_at=1.0))
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    registry._save = full  # type: ignore[method-assign]
+    for change in (
+        lambda: registry.set_serving("ft-1"),
+        lambda: registry.update("ft-1", status="serving", note="x"),
+        lambda: registry.add(ModelVersion("ft-2", "fine-tune", "ft-2", "base-model", "serving", created_at=2.0)),
+    ):
+        with pytest.raises(OSError):
+            change()
+        assert registry.serving().version == "base-model"
+        assert sorted((v.version, v.status, v.note) for v in registry.all()) == [
+            ("base-model", "serving", None),
+            ("ft-1", "retired", None),
+        ]
+    assert Registry(tmp_path / "models").serving().version == "base-model"
+
+
+def test_a_retrain_on_a_nearly_full_disk_is_refused_before_it_trains(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for the floor but not for the candidate's weights and checkpoints: the retrain used to train and
+    write them anyway, and fail only once it came to encoding (the periodic policy again every window)."""
+    import shutil
+
+    from server.engine import engine as engine_module
+    from server.errors import RiftError
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        weights = sum(f.stat().st_size for f in tiny_model_path.rglob("*.safetensors"))
+        free = settings.min_free_disk_mb * 1024 * 1024 + weights  # the floor and one copy: not four
+        usage = shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+        monkeypatch.setattr(engine_module.shutil, "disk_usage", lambda _: usage)
+        with pytest.raises(RiftError, match=r"less than min_free_disk_mb \(64\), and a retrain needs about 1 MB"):
+            rift.learning.retrain(batch_size=4)
+        assert not list(settings.models_dir.glob("ft-*"))
+        assert rift.learning.jobs.running is None
+        rift.add_documents("default", docs(("small", "a small write still fits")))  # above the floor
+    finally:
+        monkeypatch.undo()
+        rift.close()
 
 
 def test_cli_reindex_with_a_model_that_cannot_load_says_why(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:

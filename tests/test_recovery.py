@@ -4,6 +4,7 @@ roll-forward), and a lost or damaged state database is rebuilt from Chroma's sto
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -454,9 +455,16 @@ def test_damaged_files_are_named_and_a_damaged_query_log_is_set_aside(cfg: Setti
     finally:
         app.close()
     registry = cfg.models_dir / "registry.json"
+    kept = json.loads(registry.read_text())
     registry.write_text('{"versions": [')
     with pytest.raises(RiftError, match=rf"the model registry {registry} is damaged \(JSONDecodeError"):
         open_rift(cfg)
+    # A hand edit of one field: start-up failed on "'<' not supported between instances of 'float' and 'str'".
+    for field, value in (("created_at", "yesterday"), ("location", None), ("status", "live")):
+        entry = {**kept["versions"][0], field: value}
+        registry.write_text(json.dumps({"versions": [entry]}))
+        with pytest.raises(RiftError, match=rf"the model registry {registry} is damaged \(TypeError: version .*{field}"):
+            open_rift(cfg)
     registry.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{cfg.state_db}{suffix}").unlink(missing_ok=True)

@@ -706,7 +706,7 @@ class Engine:
                 if should_stop is not None and should_stop():  # the signature stays: the next start resumes
                     return done
                 try:
-                    self._check_room()
+                    self.check_room()
                 except RiftError as exc:  # not a reason to refuse to start (and serve reads): resumes next start
                     log.warning("re-chunking collection %r stopped: %s", collection, exc)
                     return done
@@ -1140,7 +1140,7 @@ class Engine:
         """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
         chunking) is skipped."""
         with self._write_lock:
-            self._check_room()
+            self.check_room()
             if self.shared is not None:
                 self.shared.sync(force=True)
                 self.shared.check_served_here(collection)
@@ -1154,9 +1154,10 @@ class Engine:
                     self.drop_collection_if_empty(collection)
                 raise
 
-    def _check_room(self) -> None:
+    def check_room(self, need_bytes: int = 0, what: str = "") -> None:
         """Refuse a write while the data dir's disk is nearly full: Chroma's embedded store, once a write has
-        failed for want of space, fails (or hangs) every later one until the process restarts."""
+        failed for want of space, fails (or hangs) every later one until the process restarts. `need_bytes`:
+        what the write itself is known to take (a retrain's weights), on top of the floor."""
         floor = self.settings.min_free_disk_mb * 1024 * 1024
         if not floor:
             return
@@ -1164,11 +1165,12 @@ class Engine:
             free = shutil.disk_usage(self.settings.data_dir).free
         except OSError:
             return
-        if free < floor:
+        if free < floor + need_bytes:
+            needs = f", and {what} needs about {-(-need_bytes // 1048576)} MB more" if need_bytes else ""
             raise RiftError(
                 f"the disk holding data_dir {self.settings.data_dir} has {free / 1048576:.0f} MB free, less than "
-                f"min_free_disk_mb ({self.settings.min_free_disk_mb}): free some space (deleting documents helps) "
-                "and write again; nothing was written"
+                f"min_free_disk_mb ({self.settings.min_free_disk_mb}){needs}: free some space (deleting documents "
+                "or `rift models --prune` helps) and write again; nothing was written"
             )
 
     def drop_collection_if_empty(self, collection: str) -> bool:
@@ -1422,7 +1424,7 @@ class Engine:
                     f"these documents hold {total:,} characters; the limit per call is "
                     f"{self.settings.max_chars_per_call:,} (setting max_chars_per_call): update fewer at a time"
                 )
-            self._check_room()
+            self.check_room()
             # Written as read: no second sync with other processes in between (a newer version one brought in
             # would be overwritten with the text read before it).
             return self._write_into(collection, docs, None)
@@ -1521,7 +1523,7 @@ class Engine:
         target = chroma_name_for(collection, embedder.version)
         if target == record.chroma_name:
             return target
-        self._check_room()  # the biggest write of all: a whole new Chroma collection
+        self.check_room()  # the biggest write of all: a whole new Chroma collection
         self.vectors.ensure(
             target,
             embedder.dimension,

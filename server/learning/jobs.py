@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.errors import NotFoundError, RiftError
+from server.errors import NotFoundError, RiftError, disk_full_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class JobRunner:
             job.status, job.error = "failed", str(exc)
         except Exception as exc:  # reported through retrain_status; the server keeps serving
             log.exception("%s job %s failed", job.kind, job.id)
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            job.status, job.error = "failed", disk_full_problem(exc) or f"{type(exc).__name__}: {exc}"
         finally:
             now = time.time()
             if job.phases and "seconds" not in job.phases[-1]:

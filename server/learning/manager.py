@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from server.config import RETRAIN_BOUNDS
 from server.engine.models import describe_load_failure
 from server.engine.onnx_backend import prune_exports
-from server.errors import NotFoundError, RiftError
+from server.errors import NotFoundError, RiftError, disk_full_problem
 from server.learning import resume, training
 from server.learning.gate import Gate, GateConfig, LabelledSet
 from server.learning.jobs import Job, JobCancelled, JobRunner
@@ -52,6 +52,28 @@ FINE_TUNE_DIR = re.compile(r"ft-\d{8}-\d{6}-[0-9a-f]{6}")  # new_version_id("fin
 UNREGISTERED = ".rift-unregistered"
 MINING_WAIT_S = 5.0  # how long `retrain` waits for its job's mining before it returns (a small log's takes ms)
 
+
+@contextlib.contextmanager
+def _switched_back_on_failure(engine: Any, previous: Any, switched_to: Any) -> Iterator[None]:
+    """Record a switch in the registry, or undo it: a registry that could not be written (a full disk) still
+    names the previous version as serving, which the next start would load, re-embedding every collection,
+    while this process served the new one under a job that said it failed."""
+    try:
+        yield
+    except BaseException:
+        with _logged(f"switching back to {previous.version}"):
+            switch_all(engine, previous, keep_old=True)
+            drop_built(engine, switched_to.version)
+        raise
+
+
+@contextlib.contextmanager
+def _logged(step: str) -> Iterator[None]:
+    """A clean-up step after a job's failure: its own failure is logged, and the job's error stands."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", step)
 
 class LearningManager:
     def __init__(self, rift: Any) -> None:
@@ -243,6 +265,7 @@ class LearningManager:
             raise RiftError(running.busy())
         if not dry_run:
             self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
+            self._check_room_to_train(self.engine.embedder.spec.location)
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query)
@@ -424,6 +447,7 @@ class LearningManager:
                         self._drop_plan(older, "a later retrain was started after it")
             entry = self.registry.get(plan.version) if plan.trained else None
             if entry is None:
+                self._check_room_to_train(plan.base_location)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / UNREGISTERED).touch()
                 job.enter("training")
@@ -479,6 +503,20 @@ class LearningManager:
         finally:
             if not keep:
                 resume.discard(models_dir, plan.version)
+
+    def _check_room_to_train(self, base_location: str) -> None:
+        """Refuse a retrain on a disk that cannot take its weights (about 90 MB for MiniLM) and, with
+        learn_resume_interrupted, its checkpoints (the weights again and the optimizer's state, twice them)
+        on top of min_free_disk_mb: it failed only once it came to encoding, its weights written anyway."""
+        folder = Path(base_location)
+        try:
+            weights = sum(
+                f.stat().st_size for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file()
+            )
+        except OSError:
+            weights = 0
+        copies = 4 if self.settings.learn_resume_interrupted else 1
+        self.engine.check_room(weights * copies, "a retrain")
 
     def _candidate_entry(self, plan: ResumePlan, train: dict[str, Any], note: str) -> ModelVersion:
         """A retrain's registry entry, "failed" until its gate and switch succeed."""
@@ -546,34 +584,44 @@ class LearningManager:
                 result.update(status="rejected", version=entry.version)
                 return result
             job.enter("switching")
+            previous = engine.embedder
             switch_all(engine, candidate, keep_old=True)
         except BaseException as exc:
+            # Each clean-up step on its own: on a full disk the registry's write fails too, and that must
+            # neither leave the candidate's vectors behind nor replace the job's own error.
             current = self.registry.get(entry.version)
             cancelled = isinstance(exc, JobCancelled)
             why = "cancelled" if cancelled else f"interrupted ({type(exc).__name__}: {exc})"
             if current is not None and current.status == "failed" and entry.kind == "reindex":
-                self.registry.update(
-                    entry.version, note=(current.note or "").replace(IN_PROGRESS, f": {why}")
-                )
+                with _logged("noting the failed re-index in the registry"):
+                    self.registry.update(
+                        entry.version, note=(current.note or "").replace(IN_PROGRESS, f": {why}")
+                    )
             resumes = job.shutting_down and self.settings.learn_resume_interrupted  # (see _retrain_job)
             if current is not None and current.status != "serving" and entry.kind == "fine-tune":
                 note = "cancelled" if cancelled else f"failed ({type(exc).__name__}: {exc})"
                 if resumes:
                     note = "interrupted by a shutdown: the gate runs again at the next start"
-                self.registry.update(entry.version, status="failed", note=note)
-                if cancelled and not resumes:  # nothing of a cancelled candidate is worth keeping: its weights go
-                    with contextlib.suppress(Exception):
+                with _logged("noting the failed candidate in the registry"):
+                    self.registry.update(entry.version, status="failed", note=note)
+                # Nothing of a cancelled candidate is worth keeping, nor of one a full disk stopped: its
+                # weights go (about 90 MB for MiniLM).
+                if (cancelled or disk_full_problem(exc)) and not resumes:
+                    with _logged("deleting the failed candidate's weights"):
                         self.delete_unservable_weights(versions={entry.version})
-            drop_built(engine, candidate.version)
+            with _logged("dropping the candidate's vectors"):
+                drop_built(engine, candidate.version)
             raise
-        self.registry.update(
-            entry.version,
-            status="serving",
-            gate=result.get("gate", {}),
-            note=None,
-            dimension=candidate.dimension,
-        )
-        self._prune()
+        with _switched_back_on_failure(engine, previous, candidate):
+            self.registry.update(
+                entry.version,
+                status="serving",
+                gate=result.get("gate", {}),
+                note=None,
+                dimension=candidate.dimension,
+            )
+        with _logged("deleting older versions' vectors and weights"):  # the next swap or start does it
+            self._prune()
         self._rechunk(engine, job)
         result.update(status="succeeded", version=entry.version)
         return result
@@ -667,9 +715,12 @@ class LearningManager:
             job.enter("encoding")
             build_all(self.engine, embedder, progress)
             job.enter("switching")
+            previous = self.engine.embedder
             switch_all(self.engine, embedder, keep_old=True)
-            self.registry.set_serving(target.version)
-            self._prune()
+            with _switched_back_on_failure(self.engine, previous, embedder):
+                self.registry.set_serving(target.version)
+            with _logged("deleting older versions' vectors and weights"):
+                self._prune()
             self._rechunk(self.engine, job)
             return {"status": "succeeded", "version": target.version}
 

@@ -178,6 +178,8 @@ def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
     previous = engine.embedder
     switched: list[str] = []
     with engine.writes_paused():
+        # Undoing a switch writes as much as the switch: on a full disk it fails too, and two models serve.
+        engine.check_room()
         try:
             for name in engine.collection_names():
                 try:
@@ -187,11 +189,18 @@ def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
                 switched.append(name)
             engine.set_serving_embedder(embedder)
         except BaseException:
+            stuck = []
             for name in switched:
                 try:
                     engine.switch_vectors(name, previous, keep_old=True)
                 except Exception:
                     log.exception("could not switch %s back to %s", name, previous.version)
+                    stuck.append(name)
+            if stuck:
+                log.error(
+                    "collections %s stay on %s until the next start, which re-embeds them with the serving model",
+                    ", ".join(stuck), embedder.version,
+                )
             raise
 
 

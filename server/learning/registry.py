@@ -9,6 +9,7 @@ it descends from the configured model (changing `model` in the settings starts a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -62,6 +63,38 @@ def _same_model(a: str, b: str) -> bool:
     return a == b or model_key(a) == model_key(b)
 
 
+_NUMBER = (int, float)
+# What each field of a stored entry may hold (None where the field is optional); a hand edit that breaks one
+# (a created_at in quotes) made start-up fail on a comparison that named neither the registry nor the field.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (str,),
+    "kind": (str,),
+    "location": (str,),
+    "base_model": (str,),
+    "status": (str,),
+    "created_at": _NUMBER,
+    "parent": (str, type(None)),
+    "dimension": (int, type(None)),
+    "strategy": (str, type(None)),
+    "triples": (int, type(None)),
+    "triples_by_type": (dict,),
+    "train": (dict,),
+    "gate": (dict,),
+    "served_at": (*_NUMBER, type(None)),
+    "note": (str, type(None)),
+}
+
+
+def _check_types(item: dict[str, Any]) -> None:
+    for name, value in item.items():
+        allowed = _FIELD_TYPES[name]
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            label = item.get("version") if isinstance(item.get("version"), str) else "?"
+            raise TypeError(f"version {label!r}: {name} is {json.dumps(value)[:80]}")
+    if item.get("status") not in ("serving", "retired", "rejected", "failed"):
+        raise TypeError(f"version {item.get('version')!r}: unknown status {item.get('status')!r}")
+
+
 class Registry:
     def __init__(self, models_dir: Path) -> None:
         self.dir = models_dir
@@ -74,6 +107,7 @@ class Registry:
                 raw = json.loads(self.path.read_text())
                 for item in raw.get("versions", []):
                     known = {k: v for k, v in item.items() if k in ModelVersion.__dataclass_fields__}
+                    _check_types(known)
                     self._versions[known["version"]] = ModelVersion(**known)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise RiftError(
@@ -162,9 +196,9 @@ class Registry:
     def serve_base(self, configured_model: str) -> ModelVersion:
         """Register the configured model as a base version (once) and make it the serving one."""
         with self._lock:
-            base = self._versions.get(configured_model)
-            if base is None:
-                base = ModelVersion(
+            versions = copy.deepcopy(self._versions)
+            if configured_model not in versions:
+                versions[configured_model] = ModelVersion(
                     version=configured_model,
                     kind="base",
                     location=configured_model,
@@ -173,10 +207,9 @@ class Registry:
                     created_at=time.time(),
                     served_at=time.time(),
                 )
-                self._versions[base.version] = base
-            self._mark_serving(base.version)
-            self._save()
-            return base
+            self._mark_serving(versions, configured_model)
+            self._commit(versions)
+            return self._versions[configured_model]
 
     def rollback_target(self, version: str | None, configured_model: str | None = None) -> ModelVersion:
         """The named version, or else the most recently retired one of the configured model's lineage (by
@@ -231,32 +264,47 @@ class Registry:
 
     # --- changes -------------------------------------------------------------------------------------------
 
+    # Every change is made to a copy, written, and only then kept: a write that fails (a full disk) leaves
+    # the registry in memory as it is on disk, not naming a version serving that the next start would not.
+
     def add(self, entry: ModelVersion) -> ModelVersion:
         with self._lock:
-            self._versions[entry.version] = entry
+            versions = copy.deepcopy(self._versions)
+            versions[entry.version] = entry
             if entry.status == "serving":
-                self._mark_serving(entry.version)
-            self._save()
-            return entry
+                self._mark_serving(versions, entry.version)
+            self._commit(versions)
+            return self._versions[entry.version]
 
     def update(self, version: str, **changes: Any) -> ModelVersion:
         with self._lock:
-            entry = self._versions[version]
+            versions = copy.deepcopy(self._versions)
+            entry = versions[version]
             for key, value in changes.items():
                 setattr(entry, key, value)
             if changes.get("status") == "serving":
-                self._mark_serving(version)
-            self._save()
-            return entry
+                self._mark_serving(versions, version)
+            self._commit(versions)
+            return self._versions[version]
 
     def set_serving(self, version: str) -> None:
         with self._lock:
-            self._mark_serving(version)
-            self._save()
+            versions = copy.deepcopy(self._versions)
+            self._mark_serving(versions, version)
+            self._commit(versions)
 
-    def _mark_serving(self, version: str) -> None:
+    def _commit(self, versions: dict[str, ModelVersion]) -> None:
+        previous, self._versions = self._versions, versions
+        try:
+            self._save()
+        except BaseException:
+            self._versions = previous
+            raise
+
+    @staticmethod
+    def _mark_serving(versions: dict[str, ModelVersion], version: str) -> None:
         now = time.time()
-        for v in self._versions.values():
+        for v in versions.values():
             if v.version == version:
                 v.status = "serving"
                 v.served_at = now
