@@ -145,6 +145,21 @@ def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny
     finally:
         rift.close()
 
+    # Stopped after its gate had rejected it (a kill before the plan was removed): the next start gated the
+    # rejected candidate again, and could have served it. It stays rejected.
+    from server.learning.registry import Registry
+
+    shutil.copy(saved, resume.plan_path(settings.models_dir, plan.version))
+    Registry(settings.models_dir).update(plan.version, status="rejected", note="gate")
+    rift = _serve(settings)
+    try:
+        assert rift.learning.jobs.running is None
+        assert resume.pending(settings.models_dir) == []
+        assert rift.learning.registry.get(plan.version).status == "rejected"
+        assert rift.learning.registry.serving().version == base
+    finally:
+        rift.close()
+
 
 def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
     tmp_path: Path, tiny_model_path: Path, monkeypatch

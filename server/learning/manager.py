@@ -357,6 +357,11 @@ class LearningManager:
         if not self.settings.learn_resume_interrupted:
             self._drop_plan(plan, "learn_resume_interrupted is off")
             return
+        entry = self.registry.get(plan.version)
+        if entry is not None and entry.status in ("serving", "rejected"):  # stopped after its gate had decided
+            log.info("retrain %s had ended when the last process stopped (%s)", plan.version, entry.status)
+            resume.discard(models_dir, plan.version)
+            return
         if (serving.version if serving else None) != plan.parent:
             self._drop_plan(plan, f"the model it started from ({plan.parent}) no longer serves")
             return
