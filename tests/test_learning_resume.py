@@ -161,6 +161,39 @@ def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny
         rift.close()
 
 
+def test_an_interrupted_retrain_without_room_to_continue_waits_for_a_start_with_room(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused by the room a retrain needs, a resumed job failed and its plan and checkpoints were deleted,
+    with no note anywhere. They stay for the next start."""
+    from server.engine import engine as engine_module
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, base = _stopped_while_training(settings, at_step=1)
+    checkpoints = resume.checkpoint_dir(settings.models_dir, plan.version)
+    assert checkpoints.exists()
+    weights = sum(f.stat().st_size for f in tiny_model_path.rglob("*.safetensors"))
+    free = settings.min_free_disk_mb * 1024 * 1024 + weights
+    monkeypatch.setattr(
+        engine_module.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+    )
+    rift = _serve(settings)
+    try:
+        assert rift.learning.jobs.running is None
+        assert [p.version for p in resume.pending(settings.models_dir)] == [plan.version]
+        assert checkpoints.exists()
+    finally:
+        rift.close()
+    monkeypatch.undo()
+    rift = _serve(settings)
+    try:
+        rift.learning.jobs.wait(180)
+        assert rift.learning.status()["status"] == "succeeded"
+        assert resume.pending(settings.models_dir) == []
+    finally:
+        rift.close()
+
+
 def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
     tmp_path: Path, tiny_model_path: Path, monkeypatch
 ) -> None:

@@ -562,19 +562,27 @@ def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
     served, the registry in memory named it serving and the one on disk did not, so the next start went back
     and re-embedded everything. Now the switch is undone, and memory and disk agree."""
     import errno
+    import shutil
 
+    from server.engine import engine as engine_module
     from server.learning.registry import Registry
 
     settings, rift = _with_one_document(tmp_path, tiny_model_path)
-    real_save = Registry._save
+    real_save, real_usage = Registry._save, engine_module.shutil.disk_usage
+    disk_full = threading.Event()
 
     def full(self: Registry) -> None:
         if any(v.status == "serving" and v.version.startswith("rx-") for v in self._versions.values()):
+            disk_full.set()  # from here on the disk reads full too (below min_free_disk_mb)
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(self)
 
+    def usage(path: object) -> object:
+        return shutil._ntuple_diskusage(10**12, 10**12, 0) if disk_full.is_set() else real_usage(path)
+
     try:
         monkeypatch.setattr(Registry, "_save", full)
+        monkeypatch.setattr(engine_module.shutil, "disk_usage", usage)
         started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
         rift.learning.jobs.wait(120)
         status = rift.learning.status(started["job_id"])
@@ -599,6 +607,47 @@ def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
         assert again.learning.registry.serving().version == str(tiny_model_path)
     finally:
         again.close()
+
+
+def test_a_rollback_whose_registry_write_fails_keeps_the_vectors_it_rolled_back_to(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undoing a rollback must not drop the retired version's kept vectors (learn_keep_versions): the next
+    rollback would re-embed every collection."""
+    import errno
+
+    from server.engine.engine import chroma_name_for
+    from server.learning.registry import Registry
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        engine, base = rift.engine(), str(tiny_model_path)
+        kept = chroma_name_for("default", base)
+        assert kept in [n for n, _ in engine.vectors.list_collections()]
+        real_save = Registry._save
+
+        def full(self: Registry) -> None:
+            if self._versions[base].status == "serving":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_save(self)
+
+        monkeypatch.setattr(Registry, "_save", full)
+        back = rift.learning.rollback()
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(back["job_id"])["status"] == "failed"
+        assert engine.embedder.version == started["version"] == rift.learning.registry.serving().version
+        assert kept in [n for n, _ in engine.vectors.list_collections()]
+        monkeypatch.undo()
+        back = rift.learning.rollback()
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(back["job_id"])["status"] == "succeeded"
+        assert engine.embedder.version == base
+    finally:
+        monkeypatch.undo()
+        rift.close()
 
 
 def test_a_registry_write_that_fails_changes_nothing(tmp_path: Path) -> None:

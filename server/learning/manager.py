@@ -54,16 +54,18 @@ MINING_WAIT_S = 5.0  # how long `retrain` waits for its job's mining before it r
 
 
 @contextlib.contextmanager
-def _switched_back_on_failure(engine: Any, previous: Any, switched_to: Any) -> Iterator[None]:
+def _switched_back_on_failure(engine: Any, previous: Any, switched_to: Any, drop: bool = True) -> Iterator[None]:
     """Record a switch in the registry, or undo it: a registry that could not be written (a full disk) still
     names the previous version as serving, which the next start would load, re-embedding every collection,
-    while this process served the new one under a job that said it failed."""
+    while this process served the new one under a job that said it failed. `drop`: the vectors switched to
+    were built by this job (a candidate's), not kept for a rollback to them."""
     try:
         yield
     except BaseException:
         with _logged(f"switching back to {previous.version}"):
-            switch_all(engine, previous, keep_old=True)
-            drop_built(engine, switched_to.version)
+            switch_all(engine, previous, keep_old=True, check_room=False)
+            if drop:
+                drop_built(engine, switched_to.version)
         raise
 
 
@@ -93,7 +95,7 @@ class LearningManager:
         cut short, a retrain of its own."""
         self._clear_interrupted(engine)
         if resume_jobs:
-            self._resume_interrupted()
+            self._resume_interrupted(engine)
             self.policy.start()
 
     def _clear_interrupted(self, engine: Any) -> None:
@@ -265,7 +267,7 @@ class LearningManager:
             raise RiftError(running.busy())
         if not dry_run:
             self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
-            self._check_room_to_train(self.engine.embedder.spec.location)
+            self._check_room_to_train(self.engine, self.engine.embedder.spec.location)
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query)
@@ -342,7 +344,7 @@ class LearningManager:
             raise failed
         return {"job_id": job.id, "status": job.status, "mining": mined_out.get("summary")}
 
-    def _resume_interrupted(self) -> None:
+    def _resume_interrupted(self, engine: Any) -> None:
         """Continue a retrain the last process did not live to finish (a shutdown or a crash), from its
         last checkpoint, or from the gate when its weights were already saved. Only while the model it
         started from still serves: anything else would train on one model and gate against another."""
@@ -368,6 +370,12 @@ class LearningManager:
         if plan.trained and not (models_dir / plan.version).is_dir():
             self._drop_plan(plan, "its trained weights were deleted")
             return
+        if not plan.trained:
+            try:
+                self._check_room_to_train(engine, self.registry.location_of(serving) if serving else plan.base_location)
+            except RiftError as exc:  # the plan and its checkpoints stay for a start with room
+                log.warning("not continuing interrupted retrain %s now: %s", plan.version, exc)
+                return
         step = training.latest_checkpoint(resume.checkpoint_dir(models_dir, plan.version))
         log.info(
             "continuing retrain %s interrupted by the last shutdown (%s)",
@@ -452,7 +460,6 @@ class LearningManager:
                         self._drop_plan(older, "a later retrain was started after it")
             entry = self.registry.get(plan.version) if plan.trained else None
             if entry is None:
-                self._check_room_to_train(plan.base_location)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / UNREGISTERED).touch()
                 job.enter("training")
@@ -496,7 +503,7 @@ class LearningManager:
             return self._gate_and_switch(
                 job, candidate, entry, holdout, feedback, result, force=False, trained_texts=trained
             )
-        except BaseException:
+        except BaseException as exc:
             # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not. (A
             # job still running when the shutdown stops waiting for it fails on the closed stores instead of
             # stopping: that failure is the shutdown's too.)
@@ -504,15 +511,18 @@ class LearningManager:
             job.result = result  # what it got to (training, gate numbers) stays readable in retrain_status
             if not keep and self.registry.get(plan.version) is None:
                 shutil.rmtree(out_dir, ignore_errors=True)
+            elif not keep and disk_full_problem(exc):  # (a registered candidate that never served)
+                with _logged("deleting the failed candidate's weights"):
+                    self.delete_unservable_weights(versions={plan.version})
             raise
         finally:
             if not keep:
                 resume.discard(models_dir, plan.version)
 
-    def _check_room_to_train(self, base_location: str) -> None:
+    def _check_room_to_train(self, engine: Any, base_location: str) -> None:
         """Refuse a retrain on a disk that cannot take its weights (about 90 MB for MiniLM) and, with
-        learn_resume_interrupted, its checkpoints (the weights again and the optimizer's state, twice them)
-        on top of min_free_disk_mb: it failed only once it came to encoding, its weights written anyway."""
+        learn_resume_interrupted, its checkpoints on top of min_free_disk_mb: it failed only once it came to
+        encoding, its weights written anyway. (A model named by hub id: the floor alone.)"""
         folder = Path(base_location)
         try:
             weights = sum(
@@ -520,8 +530,10 @@ class LearningManager:
             )
         except OSError:
             weights = 0
-        copies = 4 if self.settings.learn_resume_interrupted else 1
-        self.engine.check_room(weights * copies, "a retrain")
+        # Checkpoints hold the weights and the optimizer's two moments (3x), and the next is written before
+        # the last goes: 7x at the peak, with the candidate's own weights.
+        copies = 7 if self.settings.learn_resume_interrupted else 1
+        engine.check_room(weights * copies, "a retrain")
 
     def _candidate_entry(self, plan: ResumePlan, train: dict[str, Any], note: str) -> ModelVersion:
         """A retrain's registry entry, "failed" until its gate and switch succeed."""
@@ -722,7 +734,7 @@ class LearningManager:
             job.enter("switching")
             previous = self.engine.embedder
             switch_all(self.engine, embedder, keep_old=True)
-            with _switched_back_on_failure(self.engine, previous, embedder):
+            with _switched_back_on_failure(self.engine, previous, embedder, drop=False):
                 self.registry.set_serving(target.version)
             with _logged("deleting older versions' vectors and weights"):
                 self._prune()

@@ -170,7 +170,7 @@ def build_all(
     return built
 
 
-def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
+def switch_all(engine: Any, embedder: Any, keep_old: bool = True, check_room: bool = True) -> None:
     """Switch every collection, with writes paused so none is created or deleted in between; if one switch
     fails, the collections already switched go back to the serving model, so the server never serves two."""
     from server.errors import NotFoundError
@@ -179,7 +179,9 @@ def switch_all(engine: Any, embedder: Any, keep_old: bool = True) -> None:
     switched: list[str] = []
     with engine.writes_paused():
         # Undoing a switch writes as much as the switch: on a full disk it fails too, and two models serve.
-        engine.check_room()
+        # (An undo of a whole switch, to vectors kept, writes only a catch-up: it goes ahead on a full disk.)
+        if check_room:
+            engine.check_room()
         try:
             for name in engine.collection_names():
                 try:
