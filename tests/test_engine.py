@@ -1224,3 +1224,45 @@ def test_a_nearly_full_disk_refuses_writes_and_names_the_disk(rift_factory, monk
     assert message.startswith("the disk holding rift's data") and "bug" not in message
     assert disk_full_problem(OSError(28, "No space left on device")) is not None
     assert disk_full_problem(ValueError("something else")) is None
+
+
+def test_metadata_numbers_chroma_cannot_keep_apart_are_refused(rift_factory) -> None:
+    """Chroma may store a float 1 ULP off: the last float below 2**63 read as 2**63 there, equal in its integer
+    compare to 2**63 - 1, so a filter on either value matched both documents on the vector side only."""
+    app = rift_factory()
+    for value, expected in (
+        (float(2**63 - 1024), r"metadata\.v is 9\.22337e\+18; numbers must lie within ±9\.2e18"),
+        (-float(2**63 - 1024), r"metadata\.v is -9\.22337e\+18"),
+        (float("inf"), r"metadata\.v must be a finite number"),
+        (2**63, r"metadata\.v is out of the 64-bit integer range"),
+    ):
+        with pytest.raises(RiftError, match=expected):
+            app.add_documents("default", docs(("a", "the cat sat on the mat", {"v": value})))
+    app.add_documents("default", docs(("a", "the cat", {"v": 9.2e18}), ("b", "the mat", {"v": 2**63 - 1})))
+    for value, expected in ((9.2e18, ["a"]), (2**63 - 1, ["b"])):
+        for mode in ("vector", "keyword"):
+            assert ids(app.search("default", "cat mat", mode=mode, filters={"v": value}).outcome.hits) == expected
+
+
+def test_a_collection_deleted_and_made_again_during_a_search_is_named(rift_factory, monkeypatch) -> None:
+    """Chroma's own "collection does not exist" reached the agent as "the vector store (Chroma) failed"."""
+    import chromadb.errors
+
+    app = rift_factory(exact_search_max_chunks=0)  # the vector side asks Chroma
+    app.add_documents("c", docs(("d1", "the cat sat on the mat")))
+    engine = app.engine()
+    real = engine.vectors.query
+    raced: list[bool] = []
+
+    def query(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            app.delete_collection("c")
+            app.add_documents("c", docs(("d2", "a dog in the fog")))
+            raise chromadb.errors.NotFoundError("Collection [rift-c-…] does not exist")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.vectors, "query", query)
+    with pytest.raises(RiftError, match="collection 'c' was deleted and created again while this search ran"):
+        app.search("c", "cat", mode="vector")
+    assert ids(app.search("c", "dog fog", mode="vector").outcome.hits) == ["d2"]

@@ -121,6 +121,8 @@ def test_to_chroma_shapes() -> None:
         ({"n": {"$lt": 1e19}}, "filters.n.$lt is 1e+19; numbers must lie within ±9.2e18"),
         ({"n": {"$in": [1, -1e300]}}, "filters.n.$in[1] is -1e+300"),
         ({"n": 2**63}, "filters.n is 9223372036854775808; numbers must lie within ±9.2e18"),
+        # The last float below 2**63: Chroma may store it 1 ULP up, at 2**63, equal there to 2**63 - 1.
+        ({"n": float(2**63 - 1024)}, "filters.n is 9.22337e+18; numbers must lie within ±9.2e18"),
         ({"n": {"$in": [1, -(2**70)]}}, "filters.n.$in[1] is -1180591620717411303424"),
         ({"lang": {}}, "filters.lang must name at least one operator"),
         ({"$or": {}}, "filters.$or must be a non-empty list"),

@@ -34,6 +34,7 @@ from server.engine.chunking import CHUNKER_VERSION, chunk_document
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import (
+    FLOAT_LIMIT,
     PREFIX_FIELD,
     RESERVED_PREFIX,
     Node,
@@ -225,6 +226,8 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
                 raise RiftError(f"{where}.{key} is not valid Unicode") from None
         elif isinstance(item, float) and not math.isfinite(item):
             raise RiftError(f"{where}.{key} must be a finite number")
+        elif isinstance(item, float) and abs(item) >= FLOAT_LIMIT:
+            raise RiftError(f"{where}.{key} is {item:g}; numbers must lie within ±9.2e18 (64-bit integers)")
         elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item <= 2**63 - 1:
             raise RiftError(f"{where}.{key} is out of the 64-bit integer range")
         elif not isinstance(item, str | int | float | bool):
@@ -1701,6 +1704,13 @@ class Engine:
                         self.shared.sync(force=True)
                         self.shared.check_served_here(collection)
                     fresh = self._record(collection)
+                    if self.shared is None and fresh.created_at != record.created_at:
+                        # Deleted and made again by a write of this process while the search ran: neither
+                        # answer would match the keyword side's, read from the collection that was deleted.
+                        raise RiftError(
+                            f"collection {collection!r} was deleted and created again while this search ran; "
+                            "search again"
+                        ) from None
                     # (Shared: a collection deleted and re-created elsewhere keeps its name; the sync above
                     # dropped the stale handle, so one more try reaches the new one.)
                     if attempt or (fresh.chroma_name == record.chroma_name and self.shared is None):

@@ -61,10 +61,15 @@ class Bool:
 Node = Cond | Bool
 
 
+# Floats from here on are refused, in filters and in stored metadata: Chroma may store a float 1 ULP off, and
+# the last float below 2**63 (2**63 - 1024) then reads as 2**63, equal to 2**63 - 1 in its integer compare.
+FLOAT_LIMIT = 2**63 - 1024
+
+
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         raise RiftError(f"{where} must be a finite number")
-    if isinstance(value, float) and abs(value) >= 2**63:
+    if isinstance(value, float) and abs(value) >= FLOAT_LIMIT:
         # Chroma compares a float operand with integer metadata as a 64-bit integer, saturating: 1e19 would
         # equal 2**63 - 1 there and not here. No such number can tell two stored values apart reliably.
         raise RiftError(f"{where} is {value:g}; numbers must lie within ±9.2e18 (64-bit integers)")
