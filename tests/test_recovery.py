@@ -308,6 +308,27 @@ def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Setting
         app.close()
 
 
+def test_a_rebuilt_float_one_ulp_off_does_not_re_cut_the_collection(cfg: Settings) -> None:
+    """Chroma stores some floats 1 ULP off (this one comes back as ...511). Rebuilt from Chroma, the first
+    document's hash then matched no chunking, so the collection read as cut by another process and every
+    document was split and embedded again."""
+    app = open_rift(cfg)
+    try:
+        app.add_documents(
+            "default", docs(("a", "a blue fish in the sea", {"score": 9373.711634780513}), ("b", "the river"))
+        )
+    finally:
+        app.close()
+    lose_state_db(cfg)
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["adopted_from_chroma"] == ["default"]
+        assert not app.repair_report.get("rechunked"), app.repair_report
+        assert ids(app.search("default", "river", mode="keyword").outcome.hits) == ["b"]
+    finally:
+        app.close()
+
+
 def test_hits_of_a_rebuilt_document_point_into_the_rebuilt_text(cfg: Settings) -> None:
     """A gap between sections over MAX_GAP_CHARS is stored cut, so the text rebuilt from Chroma is shorter than
     the one written: the hits' offsets must be those of the rebuilt text, which get_document returns."""

@@ -156,6 +156,9 @@ def default_doc_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+_CHUNKING_SAMPLE = 8  # documents read to tell how an unrecorded collection was cut
+
+
 def chroma_name_for(collection: str, model_version: str) -> str:
     return f"rift-{collection}-{hashlib.sha256(model_version.encode()).hexdigest()[:10]}"
 
@@ -673,14 +676,19 @@ class Engine:
         stored = self.state.setting(f"chunking:{collection}")
         if stored is not None:
             return stored
-        first = self.state.list_documents(collection, 1, 0)
-        found = self.state.document(collection, first[0][0]) if first else None
-        if found is None:
-            return None
-        doc_hash, text, metadata, _updated = found
         wanted = self._chunking(collection)
-        if doc_hash in (content_hash(text, metadata, wanted), content_hash(text, metadata)):
-            return wanted
+        # A few documents, not one: rebuilt from Chroma (a lost state database), a float in a document's
+        # metadata may come back 1 ULP off, and its hash then matches no chunking at all.
+        sample = self.state.list_documents(collection, _CHUNKING_SAMPLE, 0)
+        if not sample:
+            return None
+        for doc_id, *_ in sample:
+            found = self.state.document(collection, doc_id)
+            if found is None:
+                continue
+            doc_hash, text, metadata, _updated = found
+            if doc_hash in (content_hash(text, metadata, wanted), content_hash(text, metadata)):
+                return wanted
         return "unknown: cut by another process"
 
     def chunking_changed(self, collection: str) -> bool:
