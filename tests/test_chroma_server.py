@@ -544,6 +544,35 @@ def test_document_reads_follow_other_writers(pair: tuple[Rift, Rift]) -> None:
     assert {c["name"] for c in list_collections(b.engine())} == {"default", "notes"}
 
 
+def test_a_folder_sync_starts_from_other_processes_writes(pair: tuple[Rift, Rift], tmp_path: Path) -> None:
+    """add_paths / rift watch compared the folder with this process's stale view of the collection: a document
+    another process deleted read as unchanged and was never stored again, and a touched file's metadata was
+    merged from stale metadata, dropping a key another process's agent had set."""
+    import os
+
+    from server.ingest.manage import get_document
+    from server.ingest.security import PathPolicy
+    from server.ingest.sync import sync_paths
+
+    a, b = pair
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "x.txt").write_text("the cat sat on the mat")
+    doc = str((folder / "x.txt").resolve())
+    policy = PathPolicy.unrestricted()
+    sync_paths(a.engine(), "files", [str(folder)], policy)
+    b.delete_documents("files", [doc])
+    report = sync_paths(a.engine(), "files", [str(folder)], policy)
+    assert [f.status for f in report.files] == ["added"]
+    assert get_document(b, "files", doc).text == "the cat sat on the mat"
+
+    b.update_metadata("files", [doc], {"tag": "kept"}, [])
+    os.utime(folder / "x.txt", (time.time() + 5, time.time() + 5))  # touched: same bytes, new mtime
+    sync_paths(a.engine(), "files", [str(folder)], policy)
+    assert get_document(b, "files", doc).metadata["tag"] == "kept"
+    assert get_document(a, "files", doc).metadata["tag"] == "kept"
+
+
 def test_a_delete_by_filter_spares_what_another_process_rewrote_meanwhile(
     pair: tuple[Rift, Rift], monkeypatch
 ) -> None:

@@ -309,6 +309,10 @@ def sync_paths(
     run = _Sync(engine, collection, max_file_bytes or engine.settings.max_file_bytes, progress, policy)
     if report is not None:
         run.report = report
+    # With a shared Chroma server, compare the files with what every process stored, not this one's last
+    # view: a document deleted elsewhere read as unchanged and stayed gone, and metadata an agent had set
+    # elsewhere was merged away.
+    engine.follow_others(force=True)
     if collection in engine.collection_names():
         run.existing = dict(engine.state.list_documents(collection, -1, 0))
     gone_docs: list[str] = []
