@@ -38,3 +38,8 @@ def disk_full_problem(exc: BaseException) -> str | None:
             )
         current = current.__cause__ or current.__context__
     return None
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to show for `exc` when it is meant for the user (rift's own errors, a full disk), else None."""
+    return str(exc) if isinstance(exc, RiftError) else disk_full_problem(exc)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.errors import RiftError, disk_full_problem
+from server.errors import RiftError, user_message
 
 if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help` and `rift serve` stay quick
     from server.ingest.sync import SyncReport
@@ -97,7 +97,7 @@ def add(
             )
         _print_report(report, as_json, verbose=False)
     except Exception as exc:
-        problem = str(exc) if isinstance(exc, RiftError) else disk_full_problem(exc)
+        problem = user_message(exc)
         if problem is None:
             raise
         if report.files:  # the batches before the failing one are stored: say which

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from server.engine.filters import document_columns, mask, parse_filters
-from server.errors import NotFoundError, RiftError, disk_full_problem
+from server.errors import NotFoundError, RiftError, user_message
 
 FIELDS = ("id", "text", "metadata")
 BEIR_FIELDS = ("_id", "title", "text", "metadata")
@@ -198,7 +198,7 @@ def import_documents(
                 collection, [DocumentInput(text=d.text, id=d.doc_id, metadata=d.metadata) for d in batch]
             )
         except Exception as exc:  # rift's own errors, and others (Chroma's, a full disk): say what is stored
-            why = str(exc) if isinstance(exc, RiftError) else disk_full_problem(exc) or f"{type(exc).__name__}: {exc}"
+            why = user_message(exc) or f"{type(exc).__name__}: {exc}"
             stored = (
                 f"lines up to {report.written_through_line} are stored ({_counts(report)}); run the import "
                 "again to resume: stored documents are skipped"

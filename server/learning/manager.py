@@ -77,6 +77,7 @@ def _logged(step: str) -> Iterator[None]:
     except Exception:
         log.exception("%s failed", step)
 
+
 class LearningManager:
     def __init__(self, rift: Any) -> None:
         self.rift = rift
@@ -601,8 +602,7 @@ class LearningManager:
                 result.update(status="rejected", version=entry.version)
                 return result
             job.enter("switching")
-            previous = engine.embedder
-            switch_all(engine, candidate, keep_old=True)
+            previous = switch_all(engine, candidate, keep_old=True)
         except BaseException as exc:
             # Each clean-up step on its own: on a full disk the registry's write fails too, and that must
             # neither leave the candidate's vectors behind nor replace the job's own error.
@@ -732,8 +732,7 @@ class LearningManager:
             job.enter("encoding")
             build_all(self.engine, embedder, progress)
             job.enter("switching")
-            previous = self.engine.embedder
-            switch_all(self.engine, embedder, keep_old=True)
+            previous = switch_all(self.engine, embedder, keep_old=True)
             with _switched_back_on_failure(self.engine, previous, embedder, drop=False):
                 self.registry.set_serving(target.version)
             with _logged("deleting older versions' vectors and weights"):

@@ -170,9 +170,10 @@ def build_all(
     return built
 
 
-def switch_all(engine: Any, embedder: Any, keep_old: bool = True, check_room: bool = True) -> None:
+def switch_all(engine: Any, embedder: Any, keep_old: bool = True, check_room: bool = True) -> Any:
     """Switch every collection, with writes paused so none is created or deleted in between; if one switch
-    fails, the collections already switched go back to the serving model, so the server never serves two."""
+    fails, the collections already switched go back to the serving model, so the server never serves two.
+    Returns the embedder that served before."""
     from server.errors import NotFoundError
 
     previous = engine.embedder
@@ -190,6 +191,7 @@ def switch_all(engine: Any, embedder: Any, keep_old: bool = True, check_room: bo
                     continue
                 switched.append(name)
             engine.set_serving_embedder(embedder)
+            return previous
         except BaseException:
             stuck = []
             for name in switched:
