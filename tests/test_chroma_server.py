@@ -1944,3 +1944,114 @@ def test_a_collection_deleted_here_takes_and_names_what_others_wrote_to_it(
     finally:
         a.close()
         b.close()
+
+
+def test_a_collection_deleted_elsewhere_mid_read_stays_deleted_and_fails_no_other_read(
+    pair: tuple[Rift, Rift],
+) -> None:
+    """Another process deletes a collection right after this one listed the server's collections, while it
+    follows a write to it: a search of another collection still answers, and the deleted collection is
+    neither made again (empty) on the server nor kept here."""
+    a, b = pair
+    a.add_documents("default", docs(("d", "a dog in the house")))
+    a.add_documents("c1", docs(("x", "a cat on the mat")))
+    b.engine().shared.sync(force=True)
+    a.add_documents("c1", docs(("y", "another cat")))  # b has this write of c1 to follow
+    vectors = b.engine().vectors
+    listed = vectors.collection_ids
+
+    def then_deleted() -> dict[str, str]:
+        found = listed()
+        vectors.collection_ids = listed  # (the retry lists again, unpatched)
+        a.delete_collection("c1")
+        return found
+
+    vectors.collection_ids = then_deleted  # type: ignore[method-assign]
+    assert ids(b.search("default", "dog", mode="keyword").outcome.hits) == ["d"]
+    assert "c1" not in b.engine().collection_names()
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().collection_names() == ["default"]
+    assert not [name for name, _ in a.engine().vectors.list_collections() if name.startswith("rift-c1")]
+
+
+def test_the_last_of_two_writes_of_one_document_at_once_wins_and_leaves_one_version(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a writes a document while b embeds its own version of it: b's write lands last, so its version wins
+    everywhere, and a's chunks do not stay in Chroma (they took places in its answers that no search shows:
+    a vector search of a one-chunk collection found nothing)."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the seed version")))
+    b.engine().shared.sync(force=True)
+    embedder = b.engine().embedder
+    encode = embedder.encode_documents
+
+    def while_embedding(texts: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(embedder, "encode_documents", encode)
+        a.add_documents("default", docs(("x", "the alpha version about cats")))
+        return encode(texts, *args, **kwargs)
+
+    monkeypatch.setattr(embedder, "encode_documents", while_embedding)
+    b.add_documents("default", docs(("x", "the beta version about dogs")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the beta version about dogs"
+        hits = app.search("default", "the beta version about dogs", k=1, mode="vector").outcome.hits
+        assert ids(hits) == ["x"]
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 1
+
+
+def test_a_write_undone_after_reaching_chroma_is_undone_for_the_other_processes_too(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a's write fails after its chunks reached Chroma, while b reads the collection in full (a restart, or a
+    gap in the change records): b follows the undo, rather than keep showing the version that never was."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the first version about a cat")))
+    b.engine().shared.sync(force=True)
+    chroma_name = a.engine().state.collection("default").chroma_name
+    apply = a.engine().state.apply
+
+    def fails_after_b_read(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(a.engine().state, "apply", apply)
+        b.engine().shared.refresh("default", chroma_name)
+        raise RuntimeError("state write failed")
+
+    monkeypatch.setattr(a.engine().state, "apply", fails_after_b_read)
+    with pytest.raises(RuntimeError, match="state write failed"):
+        a.add_documents("default", docs(("x", "the second version about a dog")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the first version about a cat"
+        assert app.search("default", "dog", mode="keyword").outcome.hits == []
+    assert_same_index(a, b)
+
+
+def test_an_unknown_collection_searched_while_the_server_is_down_is_named_with_the_problem(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the sync interval a search of a collection this process does not know looks on the server; when
+    that finds the server down, the answer names the collection and the server, not the HTTP client's error."""
+    import httpx
+
+    from server.errors import NotFoundError
+
+    a, b = slow_follower_pair(chroma, tmp_path, tiny_model_path)
+    try:
+        a.add_documents("notes", docs(("n", "a note about cats")))
+        b.engine().shared.sync(force=True)
+        url = f"http://{chroma.host}:{chroma.port}/api/v2/heads"
+
+        def refused() -> Any:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("POST", url))
+
+        monkeypatch.setattr(b.engine().shared, "read", refused)
+        with pytest.raises(NotFoundError, match="unknown collection 'nope'") as raised:
+            b.search("nope", "cats", mode="keyword")
+        assert f"cannot reach the Chroma server at http://{chroma.host}:{chroma.port}" in str(raised.value)
+        assert ids(b.search("notes", "cats", mode="keyword").outcome.hits) == ["n"]
+    finally:
+        a.close()
+        b.close()

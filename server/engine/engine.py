@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -818,6 +818,8 @@ class Engine:
     def _adopt_chroma_collections(self) -> list[str]:
         """Re-register rift's Chroma collections that the state database does not know (it was deleted or
         lost): Chroma holds every chunk, so `_reconcile` can rebuild the rest from it."""
+        import chromadb.errors
+
         known = {r.chroma_name for r in self.state.collections()} | set(self.state.pending_drops())
         found: dict[str, list[tuple[str, str, int]]] = {}
         for name, meta in self.vectors.list_collections():
@@ -832,7 +834,11 @@ class Engine:
                 version = self.embedder.version
             if not isinstance(version, str) or chroma_name_for(collection, version) != name:
                 continue  # vectors of a model whose version we cannot name
-            found.setdefault(collection, []).append((name, version, self.vectors.count(name)))
+            try:
+                size = self.vectors.count(name)
+            except chromadb.errors.NotFoundError:
+                continue  # deleted since the listing (by another process sharing the server)
+            found.setdefault(collection, []).append((name, version, size))
         adopted = []
         for collection, options in sorted(found.items()):
             if self.state.collection(collection) is not None:
@@ -1230,11 +1236,6 @@ class Engine:
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
-            if self.shared is not None:  # versions other processes wrote before this one
-                before = float(rows[0].metadata["_rift_ts"])
-                ids = [c[0] for c in changed]
-                older = self.shared.older_versions(record.chroma_name, ids, before, set(new_ids))
-                stale = sorted(set(stale) | older)
             if progress is not None:  # a cancelled call stops here (see tools/_common.progress_reporter)
                 progress(len(rows), len(rows))
             self._commit(
@@ -1341,6 +1342,13 @@ class Engine:
     ) -> None:
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
+        if rows:
+            # Versions of one document are ordered by this time, taken now rather than before embedding: two
+            # processes writing one document at once then order their versions as their chunks reach Chroma,
+            # so the later one's sweep below finds the earlier one's chunks there (before the journal: start-up
+            # recovery removes only chunks written before their journal entry).
+            written = time.time()
+            rows = [replace(r, metadata={**r.metadata, "_rift_ts": written}) for r in rows]
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
             if rows:
@@ -1354,6 +1362,15 @@ class Engine:
                 self.state.journal_clear(journal_id)
             except Exception:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
+            else:
+                if self.shared is not None and rows:
+                    # Another process may have read the undone version from Chroma meanwhile (a full repair
+                    # reads whatever is there): have it read these documents again.
+                    record = self.state.collection(collection)
+                    if record is not None and record.chroma_name == chroma_name:
+                        self.shared.publish(
+                            collection, chroma_name, record.model_version, sorted({r.doc_id for r in rows})
+                        )
             raise
         index = self._keyword[collection]
         fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
@@ -1372,11 +1389,27 @@ class Engine:
         except Exception:
             # Committed and visible; the stale chunks are invisible to search and start-up removes them.
             log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
+        if self.shared is not None and rows:
+            self._sweep_older_versions(chroma_name, rows)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
             self.shared.publish(
                 collection, chroma_name, self._record(collection).model_version, sorted(touched)
             )
+
+    def _sweep_older_versions(self, chroma_name: str, rows: Sequence[ChunkRow]) -> None:
+        """Last writer wins, once committed: delete from Chroma every older version of the documents `rows`
+        wrote, including other processes' (one written at the same moment is not in this state, so not in
+        `stale`; left there, its chunks would take places in Chroma's answers that no search shows). Never
+        before the commit: a write that is rolled back must leave the version it replaced."""
+        try:
+            written = float(rows[0].metadata["_rift_ts"])
+            doc_ids = sorted({r.doc_id for r in rows})
+            older = self.shared.older_versions(chroma_name, doc_ids, written, {r.chunk_id for r in rows})
+            self.vectors.delete(chroma_name, sorted(older))
+        except Exception:
+            # Committed and visible: those chunks are never shown, and the next write of the document removes them.
+            log.warning("removing other versions of %d written documents failed", len(rows), exc_info=True)
 
     def update_metadata(
         self,
@@ -1653,7 +1686,17 @@ class Engine:
             if unreachable is not None:
                 raise unseen_while_unreachable(exc, unreachable) from None
             # Created by another process since the last check (within chroma_sync_ms): look now.
-            if self.shared is None or not self.shared.sync(force=True):
+            if self.shared is None:
+                raise
+            asked = time.monotonic()
+            try:
+                moved = self.shared.sync(force=True)
+            except Exception as failed:
+                problem = self.shared.note_unreachable(failed, asked)
+                if problem is None:
+                    raise
+                raise unseen_while_unreachable(exc, problem) from None
+            if not moved:
                 raise
             record = self._record(collection)
         index = self._keyword.get(collection) or KeywordIndex()

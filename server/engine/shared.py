@@ -672,6 +672,8 @@ class SharedSync:
     def _apply(
         self, changed: dict[str, list[tuple[Head | None, Head | None]]], heads: dict[str, Head]
     ) -> None:
+        import chromadb.errors
+
         engine = self.engine
         records = {r.chroma_name: r for r in engine.state.collections()}
         ids = engine.vectors.collection_ids()
@@ -680,19 +682,18 @@ class SharedSync:
             record = records.get(chroma)
             if record is None:
                 continue
-            docs = None if chroma not in existing else self._touched(chroma, changed[chroma])
-            if docs is None or record.name in self._lost:
-                engine.vectors.forget(chroma)  # it may have been dropped, or made again under a new id
-                verdict = self._check(record, heads, ids)
-                if verdict == "deleted" and chroma in existing:  # deleted, then made again: a new collection
-                    for name in engine._adopt_chroma_collections():
-                        adopted = engine.state.collection(name)
-                        if adopted is not None:
-                            self.refresh(name, adopted.chroma_name)
-                if verdict != "same" and not (verdict == "lost" and self._put_back(record)):
-                    continue
-                docs = None
-            self.refresh(record.name, chroma, docs)
+            try:
+                self._follow(record, changed[chroma], heads, ids)
+            except chromadb.errors.ChromaError:
+                # Deleted by another process since the listing above (a collection this search may not even
+                # read): "does not exist", or "Missing metadata segment" while the server drops it. Look
+                # again, now that it is gone, rather than fail the whole call.
+                now = engine.vectors.collection_ids()
+                if now.get(chroma) == ids.get(chroma):
+                    raise
+                engine.vectors.forget(chroma)
+                ids, existing = now, set(now)
+                self._follow(record, changed[chroma], heads, ids)
         fresh = [
             h
             for c in changed
@@ -719,6 +720,27 @@ class SharedSync:
                 # or model switch): this one can neither query those nor follow those writes. Until restart.
                 self._moved[h.collection] = h.model
                 log.warning("collection %r is now served by model %r elsewhere", h.collection, h.model)
+
+    def _follow(
+        self, record: Any, moves: list[tuple[Head | None, Head | None]], heads: dict[str, Head], ids: dict[str, str]
+    ) -> None:
+        """Bring one collection this process serves up to date with the moved heads `moves` of its vectors.
+        `ids`: name -> Chroma id of every collection on the server."""
+        engine = self.engine
+        chroma = record.chroma_name
+        docs = None if chroma not in ids else self._touched(chroma, moves)
+        if docs is None or record.name in self._lost:
+            engine.vectors.forget(chroma)  # it may have been dropped, or made again under a new id
+            verdict = self._check(record, heads, ids)
+            if verdict == "deleted" and chroma in ids:  # deleted, then made again: a new collection
+                for name in engine._adopt_chroma_collections():
+                    adopted = engine.state.collection(name)
+                    if adopted is not None:
+                        self.refresh(name, adopted.chroma_name)
+            if verdict != "same" and not (verdict == "lost" and self._put_back(record)):
+                return
+            docs = None
+        self.refresh(record.name, chroma, docs)
 
     def _put_back(self, record: Any) -> bool:
         """While running: `record`'s collection, lost by the server, is there again (another process made it

@@ -204,29 +204,41 @@ class VectorStore:
         self._lock = threading.Lock()
         self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
 
-    def _coll(self, name: str, dimension: int | None = None, labels: Mapping[str, Any] | None = None) -> Any:
+    def _coll(
+        self,
+        name: str,
+        dimension: int | None = None,
+        labels: Mapping[str, Any] | None = None,
+        create: bool = False,
+    ) -> Any:
+        """Chroma's handle of collection `name`. Only writes (`create`) make one that is not there: a read that
+        made it would bring back, empty, a collection another process sharing the server just deleted (every
+        process would then adopt it). Otherwise chromadb.errors.NotFoundError."""
         coll = self._collections.get(name)
         if coll is not None:
             return coll
         with self._lock:
             coll = self._collections.get(name)
             if coll is None:
-                # ef_search 400 (Chroma's default is 100, and a query uses max(ef, n)): the vector side becomes
-                # practically exact up to ~100K chunks, so rankings no longer vary between index builds
-                # (README "Benchmarks": up to 0.007 nDCG@10 on SciFact at ef 100).
-                metadata: dict[str, Any] = {"hnsw:space": "cosine", "hnsw:search_ef": HNSW_SEARCH_EF}
-                if dimension is not None:
-                    metadata["rift:dimension"] = dimension
-                metadata.update(labels or {})  # lets start-up re-adopt it if rift's state db is lost
-                coll = self._client.get_or_create_collection(
-                    name=name, embedding_function=None, metadata=metadata
-                )
+                if create:
+                    # ef_search 400 (Chroma's default is 100, and a query uses max(ef, n)): the vector side
+                    # becomes practically exact up to ~100K chunks, so rankings no longer vary between index
+                    # builds (README "Benchmarks": up to 0.007 nDCG@10 on SciFact at ef 100).
+                    metadata: dict[str, Any] = {"hnsw:space": "cosine", "hnsw:search_ef": HNSW_SEARCH_EF}
+                    if dimension is not None:
+                        metadata["rift:dimension"] = dimension
+                    metadata.update(labels or {})  # lets start-up re-adopt it if rift's state db is lost
+                    coll = self._client.get_or_create_collection(
+                        name=name, embedding_function=None, metadata=metadata
+                    )
+                else:
+                    coll = self._client.get_collection(name=name, embedding_function=None)
                 _raise_search_ef(coll)
                 self._collections[name] = coll
         return coll
 
     def ensure(self, name: str, dimension: int, labels: Mapping[str, Any] | None = None) -> None:
-        self._coll(name, dimension, labels)
+        self._coll(name, dimension, labels, create=True)
 
     def list_collections(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, metadata) of every collection in the Chroma database."""
@@ -292,7 +304,7 @@ class VectorStore:
         documents: Sequence[str],
         metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
-        coll = self._coll(name, int(embeddings.shape[1]) if len(ids) else None)
+        coll = self._coll(name, int(embeddings.shape[1]) if len(ids) else None, create=True)
         for start in range(0, len(ids), self.max_batch):
             end = start + self.max_batch
             coll.upsert(
@@ -305,9 +317,15 @@ class VectorStore:
             )
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Delete chunks `ids`; none to delete in a collection that is not there."""
+        import chromadb.errors
+
         if not ids:
             return
-        coll = self._coll(name)
+        try:
+            coll = self._coll(name)
+        except chromadb.errors.NotFoundError:
+            return
         for start in range(0, len(ids), self.max_batch):
             coll.delete(ids=list(ids[start : start + self.max_batch]))
 
@@ -363,8 +381,14 @@ class VectorStore:
         ]
 
     def embeddings_matrix(self, name: str, ids: Sequence[str]) -> np.ndarray | None:
-        """The stored vectors of `ids`, one row each in that order; None if any id is missing."""
-        coll = self._coll(name)
+        """The stored vectors of `ids`, one row each in that order; None if any id is missing (or the whole
+        collection)."""
+        import chromadb.errors
+
+        try:
+            coll = self._coll(name)
+        except chromadb.errors.NotFoundError:
+            return None
         position = {chunk_id: i for i, chunk_id in enumerate(ids)}
         out: np.ndarray | None = None
         filled = 0
