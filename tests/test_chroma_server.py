@@ -2055,3 +2055,80 @@ def test_an_unknown_collection_searched_while_the_server_is_down_is_named_with_t
     finally:
         a.close()
         b.close()
+
+
+def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_those_following(
+    pair: tuple[Rift, Rift],
+) -> None:
+    """b stamps its version of a document, then a writes the document whole (stamp, upsert, commit, sweep)
+    before b's upsert reaches Chroma: a's version is the newer, and b's chunks, which a's sweep could not see,
+    are removed once b follows a's announcement of it."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the seed version")))
+    b.engine().shared.sync(force=True)
+    vectors = b.engine().vectors
+    upsert = vectors.upsert
+
+    def lands_late(*args: Any, **kwargs: Any) -> Any:
+        vectors.upsert = upsert  # type: ignore[method-assign]
+        a.add_documents("default", docs(("x", "the alpha version about cats")))
+        return upsert(*args, **kwargs)
+
+    vectors.upsert = lands_late  # type: ignore[method-assign]
+    b.add_documents("default", docs(("x", "the beta version about dogs")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the alpha version about cats"
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 1
+
+
+def test_a_metadata_change_loses_to_a_text_written_elsewhere_after_it_read_and_leaves_one_version(
+    pair: tuple[Rift, Rift],
+) -> None:
+    """a's update_metadata reads a document, then b writes a new text of it before a's write lands: b's
+    text is the newer (a's write back of the text it read must not undo it), and a's version goes from Chroma."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the old text about cats")))
+    b.add_documents("default", docs(("y", "written by b before")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+    vectors = a.engine().vectors
+    stored = vectors.embeddings_matrix
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        vectors.embeddings_matrix = stored  # type: ignore[method-assign]
+        b.add_documents("default", docs(("x", "the new text about dogs")))
+        return stored(*args, **kwargs)
+
+    vectors.embeddings_matrix = meanwhile  # type: ignore[method-assign]
+    a.engine().update_metadata("default", ["x"], {"tag": "t"})
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[:2] == ("the new text about dogs", {})
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 2  # x and y, one version each
+
+
+def test_a_collection_deleted_elsewhere_just_after_it_was_adopted_here_is_forgotten(
+    pair: tuple[Rift, Rift],
+) -> None:
+    """b adopts a collection a created, and a deletes it before b has read it: b's search of another
+    collection answers, and b does not keep the deleted collection (empty) until a restart."""
+    a, b = pair
+    a.add_documents("default", docs(("d", "a dog in the house")))
+    b.engine().shared.sync(force=True)
+    a.add_documents("c2", docs(("x", "a cat on the mat")))
+    shared = b.engine().shared
+    refresh = shared.refresh
+
+    def deleted_first(name: str, chroma: str, doc_ids: Any = None) -> None:
+        shared.refresh = refresh  # type: ignore[method-assign]
+        if name == "c2":
+            a.delete_collection("c2")
+        refresh(name, chroma, doc_ids)
+
+    shared.refresh = deleted_first  # type: ignore[method-assign]
+    assert ids(b.search("default", "dog", mode="keyword").outcome.hits) == ["d"]
+    b.engine().shared.sync(force=True)
+    assert b.engine().collection_names() == ["default"]

@@ -162,6 +162,31 @@ def test_a_model_that_fails_to_load_does_not_retire_the_serving_version(
         again.close()
 
 
+def test_a_collection_created_after_the_build_is_switched_whole_and_gated(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Created while the gate ran (after the candidate's vectors were built): the switch embeds all of it,
+    and the gate's ranking of it is skipped, not a failure (a read no longer makes a missing collection)."""
+    from server.errors import NotFoundError
+    from server.learning.pipeline import build_all, load_embedder, switch_all
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("c1", docs(("a", "a cat on the mat")))
+        engine = rift.engine()
+        candidate = load_embedder(str(build_tiny_model(tmp_path / "t2", seed=3)), "cand", settings)
+        assert build_all(engine, candidate) == ["c1"]
+        rift.add_documents("c2", docs(("b", "a dog in the house")))
+        with pytest.raises(NotFoundError, match="no vectors of model 'cand'"):
+            engine.vector_ranking("c2", candidate, "dog", 5)
+        switch_all(engine, candidate, keep_old=True)
+        assert {r.name: r.model_version for r in engine.state.collections()} == {"c1": "cand", "c2": "cand"}
+        assert ids(rift.search("c2", "a dog in the house", mode="vector").outcome.hits) == ["b"]
+    finally:
+        rift.close()
+
+
 def test_collections_deleted_or_created_during_a_build_and_a_failed_switch(
     tmp_path: Path, tiny_model_path: Path, monkeypatch
 ) -> None:
@@ -598,6 +623,9 @@ def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
         assert chroma_name_for("default", started["version"]) not in names  # the candidate's vectors went
         hits = rift.search("default", "the cat sat on the mat", mode="vector").outcome.hits
         assert [h.doc_id for h in hits] == ["doc1"]
+        # Noted as such, not left "in progress" (which the next start read as a server that stopped).
+        note = rift.learning.registry.get(started["version"]).note
+        assert note.endswith("failed: its switch was undone (OSError: [Errno 28] No space left on device)"), note
     finally:
         monkeypatch.undo()
         rift.close()
@@ -605,6 +633,7 @@ def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
     try:
         assert not again.repair_report.get("reembedded")
         assert again.learning.registry.serving().version == str(tiny_model_path)
+        assert again.learning.registry.get(started["version"]).note == note
     finally:
         again.close()
 
@@ -701,6 +730,9 @@ def test_a_retrain_on_a_nearly_full_disk_is_refused_before_it_trains(
         assert not list(settings.models_dir.glob("ft-*"))
         assert rift.learning.jobs.running is None
         rift.add_documents("default", docs(("small", "a small write still fits")))  # above the floor
+        # A model named by hub id has no folder to measure (it was the floor alone): its loaded size counts.
+        with pytest.raises(RiftError, match=r"a retrain needs about 1 MB"):
+            rift.learning._check_room_to_train(rift.engine(), "BAAI/bge-small-en-v1.5")
     finally:
         monkeypatch.undo()
         rift.close()

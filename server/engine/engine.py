@@ -48,7 +48,13 @@ from server.engine.filters import (
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
-from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
+from server.engine.shared import (
+    ID_KEY,
+    SUPERSEDED_MARGIN_S,
+    SharedSync,
+    unseen_while_unreachable,
+    writer_id,
+)
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
 from server.errors import NotFoundError, RiftError
@@ -724,6 +730,7 @@ class Engine:
                 # Read and written back under one hold of the write lock: a write that landed in between
                 # (an update, new metadata, a delete, the collection's deletion) would otherwise be undone.
                 with self._write_lock:
+                    seen = time.time()
                     if self.shared is not None:
                         self.shared.sync(force=True)
                     if self.state.collection(collection) is None:
@@ -733,7 +740,7 @@ class Engine:
                         found = self.state.document(collection, doc_id)
                         if found is not None:  # (stored documents passed the limits of their day: not re-checked)
                             batch.append((doc_id, found[1], found[2]))
-                    written = self._write_documents(collection, batch)
+                    written = self._write_documents(collection, batch, read_at=seen)
                 done += sum(s.status != "unchanged" for s in written)
             log.warning(
                 "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
@@ -1153,9 +1160,10 @@ class Engine:
         docs: Sequence[tuple[str, str, dict[str, Any]]],
         progress: Callable[[int, int], None] | None = None,
         rewrite: bool = False,
+        read_at: float | None = None,
     ) -> list[DocumentStatus]:
         """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
-        chunking) is skipped."""
+        chunking) is skipped. `read_at`: documents written back as read then (see `_commit`)."""
         with self._write_lock:
             self.check_room()
             if self.shared is not None:
@@ -1163,7 +1171,7 @@ class Engine:
                 self.shared.check_served_here(collection)
             created = self.create_collection(collection)
             try:
-                return self._write_into(collection, docs, progress, rewrite)
+                return self._write_into(collection, docs, progress, rewrite, read_at)
             except BaseException:
                 # A write that made the collection and then failed or was cancelled (before its commit) must
                 # not leave an empty collection behind.
@@ -1212,6 +1220,7 @@ class Engine:
         docs: Sequence[tuple[str, str, dict[str, Any]]],
         progress: Callable[[int, int], None] | None,
         rewrite: bool = False,
+        read_at: float | None = None,
     ) -> list[DocumentStatus]:
         """The body of `_write_documents`, under its write lock, into an existing collection. `rewrite`: also
         the documents whose stored version matches (a repair of documents that lost their chunks)."""
@@ -1236,6 +1245,8 @@ class Engine:
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
+            if read_at is not None:  # newer than the versions it replaces, whenever those were written
+                read_at = max([read_at, *(ts + SUPERSEDED_MARGIN_S for ts in self._stamps(collection, old_ids))])
             if progress is not None:  # a cancelled call stops here (see tools/_common.progress_reporter)
                 progress(len(rows), len(rows))
             self._commit(
@@ -1245,6 +1256,7 @@ class Engine:
                 embeddings,
                 stale,
                 put_docs=[(d, h, t, m) for d, t, m, h in changed],
+                written=read_at,
             )
         per_doc: dict[str, int] = {}
         for r in rows:
@@ -1339,7 +1351,12 @@ class Engine:
         stale: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
+        written: float | None = None,
     ) -> None:
+        """Write `rows` (and `put_docs`) and remove `stale` (and `remove_docs`): Chroma first, then rift's
+        state, then the keyword index. `written`: when the documents written back were read (a metadata change,
+        a re-chunk), so that a version another process wrote since, unseen here, stays the newer one; for a
+        delete, when it read the collection (versions written before are deleted with the document)."""
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
         if rows:
@@ -1347,7 +1364,7 @@ class Engine:
             # processes writing one document at once then order their versions as their chunks reach Chroma,
             # so the later one's sweep below finds the earlier one's chunks there (before the journal: start-up
             # recovery removes only chunks written before their journal entry).
-            written = time.time()
+            written = written if written is not None else time.time()
             rows = [replace(r, metadata={**r.metadata, "_rift_ts": written}) for r in rows]
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
@@ -1366,11 +1383,14 @@ class Engine:
                 if self.shared is not None and rows:
                     # Another process may have read the undone version from Chroma meanwhile (a full repair
                     # reads whatever is there): have it read these documents again.
-                    record = self.state.collection(collection)
-                    if record is not None and record.chroma_name == chroma_name:
-                        self.shared.publish(
-                            collection, chroma_name, record.model_version, sorted({r.doc_id for r in rows})
-                        )
+                    try:
+                        record = self.state.collection(collection)
+                        if record is not None and record.chroma_name == chroma_name:
+                            self.shared.publish(
+                                collection, chroma_name, record.model_version, sorted({r.doc_id for r in rows})
+                            )
+                    except Exception:
+                        log.warning("could not tell other processes of undone write %s", journal_id, exc_info=True)
             raise
         index = self._keyword[collection]
         fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
@@ -1394,8 +1414,19 @@ class Engine:
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
             self.shared.publish(
-                collection, chroma_name, self._record(collection).model_version, sorted(touched)
+                collection, chroma_name, self._record(collection).model_version, sorted(touched), written
             )
+
+    def _stamps(self, collection: str, chunk_ids: Sequence[str]) -> list[float]:
+        """The `_rift_ts` of those of `chunk_ids` the collection's keyword index holds."""
+        snap = self._keyword[collection].snapshot
+        out = []
+        for chunk_id in chunk_ids:
+            at = snap.row_of.get(chunk_id)
+            ts = snap.rows[at].metadata.get("_rift_ts") if at is not None else None
+            if isinstance(ts, int | float) and not isinstance(ts, bool):
+                out.append(float(ts))
+        return out
 
     def _sweep_older_versions(self, chroma_name: str, rows: Sequence[ChunkRow]) -> None:
         """Last writer wins, once committed: delete from Chroma every older version of the documents `rows`
@@ -1436,7 +1467,7 @@ class Engine:
         if both := sorted(set(changes) & set(remove)):
             raise RiftError(f"keys both set and removed: {', '.join(both)}")
         with self._write_lock:
-            self._sync_for_write(collection)  # (an unknown collection: NotFoundError naming those that exist)
+            seen = self._sync_for_write(collection)  # (an unknown collection: NotFoundError naming those there)
             docs: list[tuple[str, str, dict[str, Any]]] = []
             missing: list[str] = []
             for doc_id in dict.fromkeys(ids):
@@ -1471,7 +1502,7 @@ class Engine:
             self.check_room()
             # Written as read: no second sync with other processes in between (a newer version one brought in
             # would be overwritten with the text read before it).
-            return self._write_into(collection, docs, None)
+            return self._write_into(collection, docs, None, read_at=seen)
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present)."""
@@ -1540,7 +1571,7 @@ class Engine:
         if self.shared is not None:  # versions of these documents other processes wrote before the sync
             older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
             stale = sorted(set(stale) | older)
-        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
+        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids), written=seen)
 
     def reembed(
         self,
@@ -1615,6 +1646,12 @@ class Engine:
                 # from it would drop them from the server.
                 self.shared.check_served_here(collection, lost_ok=True)
             current = {r.chunk_id: r for r in self.state.iter_chunks(collection)}
+            # (Not there when the collection was created after `build_vectors` ran: all of it goes in now.)
+            self.vectors.ensure(
+                target,
+                embedder.dimension,
+                {"rift:collection": collection, "rift:model_version": embedder.version},
+            )
             have = set(self.vectors.all_ids(target))
             self._embed_into(target, [current[c] for c in current.keys() - have], embedder)
             self.vectors.delete(target, sorted(have - current.keys()))
@@ -1639,8 +1676,13 @@ class Engine:
         snap = (self._keyword.get(collection) or KeywordIndex()).snapshot
         if not snap.live_count:
             return []
+        import chromadb.errors
+
         name = chroma_name_for(collection, embedder.version)
-        found = self.vectors.query(name, embedder.encode_query(query), min(depth, snap.live_count), None)
+        try:
+            found = self.vectors.query(name, embedder.encode_query(query), min(depth, snap.live_count), None)
+        except chromadb.errors.NotFoundError:  # created after the candidate's vectors were built
+            raise NotFoundError(f"collection {collection!r} has no vectors of model {embedder.version!r}") from None
         out = []
         for chunk_id, score in found:
             row = snap.row_of.get(chunk_id)

@@ -108,12 +108,12 @@ def reconcile_with_chroma(
 ) -> Delta:
     """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name` (all of it, or only the
     documents `doc_ids`); return what changed. `drop_orphans`: forget documents left with no chunk (with a
-    shared Chroma server: another process deleted them). `in_chroma`: every chunk id Chroma holds, when the
-    caller has just listed them (a full repair only). Following another process's writes is routine, not a repair:
-    the shared sync passes the documents it wrote and logs at DEBUG."""
+    shared Chroma server: another process deleted them). `in_chroma`: every chunk id Chroma holds (of
+    `doc_ids`' documents, if given), when the caller has just listed them. Following another process's
+    writes is routine, not a repair: the shared sync passes the documents it wrote and logs at DEBUG."""
     if doc_ids is None:
         in_chroma = in_chroma if in_chroma is not None else set(vectors.all_ids(chroma_name))
-    else:
+    elif in_chroma is None:
         in_chroma = set()
         for start in range(0, len(doc_ids), 500):
             where = {"_rift_doc": {"$in": list(doc_ids[start : start + 500])}}

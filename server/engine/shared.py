@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ PRUNE_EVERY = 200
 # Once the server could not be reached, searches answer from this process's copy for this long before one
 # asks the server again: a hung server costs one search chroma_timeout_s per interval, not every search.
 UNREACHABLE_RETRY_S = 10.0
+SUPERSEDED_MARGIN_S = 0.001  # a version this much older than an announced one is left (stamps may come back off)
 SEARCH_WHILE_DOWN = (
     "until it answers, searches answer from this process's copy: keyword results only (the vectors are on "
     "the server), without other processes' writes since it was last reached, and not logged for learning"
@@ -183,12 +184,22 @@ class SharedSync:
             )
         return out
 
-    def publish(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None = None) -> None:
+    def publish(
+        self,
+        collection: str,
+        chroma: str,
+        model: str,
+        doc_ids: Sequence[str] | None = None,
+        written: float | None = None,
+    ) -> None:
         """Announce a write that has fully landed in Chroma (the caller holds the engine's write lock). Without
-        `doc_ids` (a new or switched collection) readers repair the whole collection. The write is committed
-        whatever happens here: an announcement that fails is owed, and paid at the next sync or write."""
+        `doc_ids` (a new or switched collection) readers repair the whole collection. `written`: the write's
+        version stamp (`_rift_ts`; a delete's: when it read the collection): versions of `doc_ids` older than
+        it are superseded by a committed one, and readers remove those they find. The write is committed
+        whatever happens here: an announcement that fails is owed, and paid at the next sync or write (without
+        `written`: a repair then sorts the versions out)."""
         try:
-            self._announce(collection, chroma, model, doc_ids)
+            self._announce(collection, chroma, model, doc_ids, written)
         except Exception as exc:
             log.warning(
                 "telling other rift processes about a write failed (%s); retrying at the next sync", exc
@@ -208,12 +219,16 @@ class SharedSync:
             if record is not None and record.chroma_name == chroma:
                 self.publish(collection, chroma, model, docs)
 
-    def _announce(self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None) -> None:
+    def _announce(
+        self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None, written: float | None = None
+    ) -> None:
         seq = self._seqs.get(chroma, 0) + 1
         self._seqs[chroma] = seq
         self._announced += 1
         now = time.time()
-        change = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
+        change: dict[str, Any] = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
+        if written is not None:
+            change["written"] = written
         if doc_ids is not None:
             self._call(
                 CHANGES,
@@ -643,9 +658,12 @@ class SharedSync:
             self.stats[n_key] += 1
             self.stats[ms_key] += (time.perf_counter() - started) * 1000
 
-    def _touched(self, chroma: str, moves: list[tuple[Head | None, Head | None]]) -> list[str] | None:
-        """Documents the moved heads' writes touched, or None when only a full repair is safe."""
-        docs: set[str] = set()
+    def _touched(
+        self, chroma: str, moves: list[tuple[Head | None, Head | None]]
+    ) -> dict[str, float | None] | None:
+        """Documents the moved heads' writes touched, each with the newest version stamp announced for it (None
+        if none was: see `publish`), or None when only a full repair is safe."""
+        docs: dict[str, float | None] = {}
         for before, now in moves:
             if before is None or now is None or before.epoch != now.epoch or now.seq <= before.seq:
                 return None
@@ -661,13 +679,17 @@ class SharedSync:
                         {"seq": {"$lte": now.seq}},
                     ]
                 },
-                include=["documents"],
+                include=["documents", "metadatas"],
             )
             if len(page["ids"]) != now.seq - before.seq:
                 return None  # pruned, or announced without a change record
-            for text in page["documents"]:
-                docs.update(json.loads(text or "[]"))
-        return sorted(docs)
+            for text, meta in zip(page["documents"], page["metadatas"], strict=True):
+                written = (meta or {}).get("written")
+                written = float(written) if isinstance(written, int | float) and not isinstance(written, bool) else None
+                for doc_id in json.loads(text or "[]"):
+                    known = docs.get(doc_id)
+                    docs[doc_id] = written if known is None else max(known, written or known)
+        return dict(sorted(docs.items()))
 
     def _apply(
         self, changed: dict[str, list[tuple[Head | None, Head | None]]], heads: dict[str, Head]
@@ -702,15 +724,13 @@ class SharedSync:
             if h.chroma == c and h.writer != self.writer
         ]
         if any(engine.state.collection(h.collection) is None for h in fresh):
-            for name in engine._adopt_chroma_collections():  # collections another process created
-                record = engine.state.collection(name)
-                if record is not None:
-                    self.refresh(name, record.chroma_name)
+            self._adopt_new()  # collections another process created
         for chroma in sorted(c for c in changed if c in self._left and c not in records):
             current = engine.state.collection(self._left[chroma][0])
             if current is not None and chroma in existing:
                 since = self._left[chroma][1]
-                self._catch_up(current, chroma, self._touched(chroma, changed[chroma]), since)
+                touched = self._touched(chroma, changed[chroma])
+                self._catch_up(current, chroma, None if touched is None else list(touched), since)
         for h in fresh:
             current = engine.state.collection(h.collection)
             if h.chroma in self._left:
@@ -733,14 +753,29 @@ class SharedSync:
             engine.vectors.forget(chroma)  # it may have been dropped, or made again under a new id
             verdict = self._check(record, heads, ids)
             if verdict == "deleted" and chroma in ids:  # deleted, then made again: a new collection
-                for name in engine._adopt_chroma_collections():
-                    adopted = engine.state.collection(name)
-                    if adopted is not None:
-                        self.refresh(name, adopted.chroma_name)
+                self._adopt_new()
             if verdict != "same" and not (verdict == "lost" and self._put_back(record)):
                 return
             docs = None
         self.refresh(record.name, chroma, docs)
+
+    def _adopt_new(self) -> None:
+        """Serve the collections other processes created: adopt them, then read them in full. One deleted again
+        in between is forgotten here as well, rather than failing the call (and staying, empty, until a restart:
+        its deletion retired the heads that would have told this process)."""
+        import chromadb.errors
+
+        engine = self.engine
+        for name in engine._adopt_chroma_collections():
+            record = engine.state.collection(name)
+            if record is None:
+                continue
+            try:
+                self.refresh(name, record.chroma_name)
+            except chromadb.errors.ChromaError:
+                engine.vectors.forget(record.chroma_name)
+                if self.check_again(record) == "same":
+                    raise
 
     def _put_back(self, record: Any) -> bool:
         """While running: `record`'s collection, lost by the server, is there again (another process made it
@@ -810,14 +845,28 @@ class SharedSync:
                 record.name,
             )
 
-    def refresh(self, collection: str, chroma: str, doc_ids: Sequence[str] | None = None) -> None:
+    def refresh(
+        self, collection: str, chroma: str, doc_ids: Sequence[str] | Mapping[str, float | None] | None = None
+    ) -> None:
         """Repair one collection's state from Chroma (all of it, or `doc_ids`) and apply the change to its live
-        keyword index."""
+        keyword index. `doc_ids` as a mapping: each document's newest announced version stamp (see `publish`);
+        older versions of it in Chroma are removed first."""
         engine = self.engine
         if doc_ids is None:
             self.stats["full_repairs"] += 1
+        in_chroma = None
+        if isinstance(doc_ids, Mapping):
+            in_chroma = self._without_superseded(chroma, doc_ids)
+            doc_ids = list(doc_ids)
         delta = reconcile_with_chroma(
-            engine.vectors, engine.state, engine.tokenizer, collection, chroma, logging.DEBUG, doc_ids
+            engine.vectors,
+            engine.state,
+            engine.tokenizer,
+            collection,
+            chroma,
+            logging.DEBUG,
+            doc_ids,
+            in_chroma=in_chroma,
         )
         index = engine._keyword.get(collection)
         if index is None:
@@ -829,6 +878,32 @@ class SharedSync:
             )
 
     # --- last writer wins for one document id ---------------------------------------------------------------
+
+    def _without_superseded(self, chroma: str, announced: Mapping[str, float | None]) -> set[str]:
+        """The chunk ids Chroma holds of the documents `announced`, after removing the versions older than the
+        one each was announced with. Their writer's own sweep misses a version whose chunks landed after it
+        (one written at the same moment, whose upsert took longer); a version older than a committed one is
+        never shown again, and its writer, should its write fail, removes only its own chunks."""
+        found: set[str] = set()
+        superseded: list[str] = []
+        docs = list(announced)
+        for start in range(0, len(docs), 500):
+            part = docs[start : start + 500]
+            for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
+                bar = announced.get(str((meta or {}).get("_rift_doc")))
+                ts = (meta or {}).get("_rift_ts")
+                # (SUPERSEDED_MARGIN_S: a stamp may come back from Chroma a little off)
+                if bar is not None and isinstance(ts, int | float) and ts < bar - SUPERSEDED_MARGIN_S:
+                    superseded.append(chunk_id)
+                else:
+                    found.add(chunk_id)
+        if superseded:
+            try:
+                self.engine.vectors.delete(chroma, superseded)
+            except Exception:  # left for the next write of those documents; never shown meanwhile
+                log.warning("removing %d superseded chunks from %s failed", len(superseded), chroma, exc_info=True)
+                found.update(superseded)
+        return found
 
     def written_before(self, chroma: str, chunk_ids: Sequence[str], when: float) -> list[str]:
         """The chunks among `chunk_ids` last written before `when`. Chunk ids derive from content, so another

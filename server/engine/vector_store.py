@@ -324,10 +324,10 @@ class VectorStore:
             return
         try:
             coll = self._coll(name)
-        except chromadb.errors.NotFoundError:
-            return
-        for start in range(0, len(ids), self.max_batch):
-            coll.delete(ids=list(ids[start : start + self.max_batch]))
+            for start in range(0, len(ids), self.max_batch):
+                coll.delete(ids=list(ids[start : start + self.max_batch]))
+        except chromadb.errors.NotFoundError:  # (a handle of a collection deleted since: it took them)
+            self.forget(name)
 
     def query(
         self, name: str, embedding: np.ndarray, n: int, where: Mapping[str, Any] | None = None

@@ -523,7 +523,7 @@ class LearningManager:
     def _check_room_to_train(self, engine: Any, base_location: str) -> None:
         """Refuse a retrain on a disk that cannot take its weights (about 90 MB for MiniLM) and, with
         learn_resume_interrupted, its checkpoints on top of min_free_disk_mb: it failed only once it came to
-        encoding, its weights written anyway. (A model named by hub id: the floor alone.)"""
+        encoding, its weights written anyway."""
         folder = Path(base_location)
         try:
             weights = sum(
@@ -531,6 +531,10 @@ class LearningManager:
             )
         except OSError:
             weights = 0
+        if not weights:  # a hub id (its files are in the hub's cache): the loaded model's own size
+            with contextlib.suppress(Exception):
+                model = engine.embedder.model
+                weights = sum(p.numel() * p.element_size() for p in model.parameters())
         # Checkpoints hold the weights and the optimizer's two moments (3x), and the next is written before
         # the last goes: 7x at the peak, with the candidate's own weights.
         copies = 7 if self.settings.learn_resume_interrupted else 1
@@ -629,14 +633,25 @@ class LearningManager:
             with _logged("dropping the candidate's vectors"):
                 drop_built(engine, candidate.version)
             raise
-        with _switched_back_on_failure(engine, previous, candidate):
-            self.registry.update(
-                entry.version,
-                status="serving",
-                gate=result.get("gate", {}),
-                note=None,
-                dimension=candidate.dimension,
-            )
+        try:
+            with _switched_back_on_failure(engine, previous, candidate):
+                self.registry.update(
+                    entry.version,
+                    status="serving",
+                    gate=result.get("gate", {}),
+                    note=None,
+                    dimension=candidate.dimension,
+                )
+        except BaseException as exc:
+            # Else its note stayed "being evaluated" / "in progress", which the next start reads as a job the
+            # server did not live to finish.
+            with _logged("noting the undone switch in the registry"):
+                undone = f"failed: its switch was undone ({type(exc).__name__}: {exc})"
+                current = self.registry.get(entry.version)
+                if entry.kind == "reindex" and current is not None and IN_PROGRESS in (current.note or ""):
+                    undone = (current.note or "").replace(IN_PROGRESS, f": {undone}")
+                self.registry.update(entry.version, status="failed", gate=result.get("gate", {}), note=undone)
+            raise
         with _logged("deleting older versions' vectors and weights"):  # the next swap or start does it
             self._prune()
         self._rechunk(engine, job)
