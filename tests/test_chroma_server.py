@@ -2083,31 +2083,65 @@ def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_tho
     assert len(index_state(a)["chroma"]) == 1
 
 
-def test_a_metadata_change_loses_to_a_text_written_elsewhere_after_it_read_and_leaves_one_version(
+def test_a_metadata_change_is_refused_when_the_text_was_written_elsewhere_after_it_read(
     pair: tuple[Rift, Rift],
 ) -> None:
-    """a's update_metadata reads a document, then b writes a new text of it before a's write lands: b's
-    text is the newer (a's write back of the text it read must not undo it), and a's version goes from Chroma."""
+    """a's update_metadata reads a document, then b writes a new text of it before a's write lands: writing
+    back the text a read would undo b's, so a's call changes nothing and says why; b's text stays everywhere.
+    A document another process deleted meanwhile is written back (the later write), in both processes."""
     a, b = pair
-    a.add_documents("default", docs(("x", "the old text about cats")))
+    a.add_documents("default", docs(("x", "the old text about cats"), ("z", "the text of z")))
     b.add_documents("default", docs(("y", "written by b before")))
     for app in (a, b):
         app.engine().shared.sync(force=True)
     vectors = a.engine().vectors
     stored = vectors.embeddings_matrix
 
-    def meanwhile(*args: Any, **kwargs: Any) -> Any:
-        vectors.embeddings_matrix = stored  # type: ignore[method-assign]
-        b.add_documents("default", docs(("x", "the new text about dogs")))
-        return stored(*args, **kwargs)
+    def meanwhile(write: Any) -> Any:
+        def embeddings(*args: Any, **kwargs: Any) -> Any:
+            vectors.embeddings_matrix = stored  # type: ignore[method-assign]
+            write()
+            return stored(*args, **kwargs)
 
-    vectors.embeddings_matrix = meanwhile  # type: ignore[method-assign]
-    a.engine().update_metadata("default", ["x"], {"tag": "t"})
+        return embeddings
+
+    vectors.embeddings_matrix = meanwhile(lambda: b.add_documents("default", docs(("x", "the new text about dogs"))))
+    with pytest.raises(RiftError, match=r"1 documents were written by another rift process while this call ran \('x'\)"):
+        a.engine().update_metadata("default", ["x"], {"tag": "t"})
+    vectors.embeddings_matrix = meanwhile(lambda: b.delete_documents("default", ["z"]))
+    a.engine().update_metadata("default", ["z"], {"tag": "t"})
     for app in (a, b):
         app.engine().shared.sync(force=True)
         assert app.engine().get_document("default", "x")[:2] == ("the new text about dogs", {})
+        assert app.engine().get_document("default", "z")[:2] == ("the text of z", {"tag": "t"})
     assert_same_index(a, b)
-    assert len(index_state(a)["chroma"]) == 2  # x and y, one version each
+    assert len(index_state(a)["chroma"]) == 3  # x, y and z, one version each
+
+
+def test_the_same_text_written_at_once_by_two_processes_stays(pair: tuple[Rift, Rift]) -> None:
+    """Both write the same new text of a document; b's upload lands after a's whole write. The chunk ids
+    derive from the content, so b's upload stamps a's committed chunks back to b's earlier stamp: following
+    a's announcement must not take them for an older version (it deleted the document's only version)."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the seed version")))
+    b.add_documents("default", docs(("y", "written by b before")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+    vectors = b.engine().vectors
+    upsert = vectors.upsert
+
+    def lands_late(*args: Any, **kwargs: Any) -> Any:
+        vectors.upsert = upsert  # type: ignore[method-assign]
+        a.add_documents("default", docs(("x", "the same new text about cats")))
+        return upsert(*args, **kwargs)
+
+    vectors.upsert = lands_late  # type: ignore[method-assign]
+    b.add_documents("default", docs(("x", "the same new text about cats")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the same new text about cats"
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 2
 
 
 def test_a_collection_deleted_elsewhere_just_after_it_was_adopted_here_is_forgotten(
@@ -2132,3 +2166,32 @@ def test_a_collection_deleted_elsewhere_just_after_it_was_adopted_here_is_forgot
     assert ids(b.search("default", "dog", mode="keyword").outcome.hits) == ["d"]
     b.engine().shared.sync(force=True)
     assert b.engine().collection_names() == ["default"]
+
+
+def test_a_re_chunk_leaves_out_a_document_written_elsewhere_after_it_read(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-chunk writes documents back as it read them: one another process writes meanwhile keeps that
+    process's text (the re-chunk leaves it out) instead of going back to the text read before."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the old text about cats"), ("z", "the text of z")))
+    b.add_documents("default", docs(("y", "written by b before")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+    engine = a.engine()
+    chunking = engine._chunking_of
+    monkeypatch.setattr(engine, "_chunking_of", lambda embedder: chunking(embedder) + " changed")
+    stored = engine.vectors.embeddings_matrix
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(engine.vectors, "embeddings_matrix", stored)
+        b.add_documents("default", docs(("x", "the new text about dogs")))
+        return stored(*args, **kwargs)
+
+    monkeypatch.setattr(engine.vectors, "embeddings_matrix", meanwhile)
+    assert engine.rechunk_if_changed("default") == 2  # y and z; x left out
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the new text about dogs"
+    assert_same_index(a, b)
+    assert len(index_state(a)["chroma"]) == 3

@@ -48,13 +48,7 @@ from server.engine.filters import (
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
-from server.engine.shared import (
-    ID_KEY,
-    SUPERSEDED_MARGIN_S,
-    SharedSync,
-    unseen_while_unreachable,
-    writer_id,
-)
+from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
 from server.errors import NotFoundError, RiftError
@@ -733,6 +727,7 @@ class Engine:
                     seen = time.time()
                     if self.shared is not None:
                         self.shared.sync(force=True)
+                        self.shared.check_served_here(collection)
                     if self.state.collection(collection) is None:
                         return done  # deleted meanwhile: nothing left to re-chunk (nor to re-create)
                     batch = []
@@ -740,7 +735,9 @@ class Engine:
                         found = self.state.document(collection, doc_id)
                         if found is not None:  # (stored documents passed the limits of their day: not re-checked)
                             batch.append((doc_id, found[1], found[2]))
-                    written = self._write_documents(collection, batch, read_at=seen)
+                    # (Not `_write_documents`: its own sync could bring in a newer text of a document read
+                    # above, which the text read before would then undo.)
+                    written = self._write_into(collection, batch, None, read_at=seen, skip_late=True)
                 done += sum(s.status != "unchanged" for s in written)
             log.warning(
                 "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
@@ -1160,10 +1157,9 @@ class Engine:
         docs: Sequence[tuple[str, str, dict[str, Any]]],
         progress: Callable[[int, int], None] | None = None,
         rewrite: bool = False,
-        read_at: float | None = None,
     ) -> list[DocumentStatus]:
         """Write validated (doc_id, text, metadata) documents; an unchanged one (same text, metadata and
-        chunking) is skipped. `read_at`: documents written back as read then (see `_commit`)."""
+        chunking) is skipped."""
         with self._write_lock:
             self.check_room()
             if self.shared is not None:
@@ -1171,7 +1167,7 @@ class Engine:
                 self.shared.check_served_here(collection)
             created = self.create_collection(collection)
             try:
-                return self._write_into(collection, docs, progress, rewrite, read_at)
+                return self._write_into(collection, docs, progress, rewrite)
             except BaseException:
                 # A write that made the collection and then failed or was cancelled (before its commit) must
                 # not leave an empty collection behind.
@@ -1221,9 +1217,13 @@ class Engine:
         progress: Callable[[int, int], None] | None,
         rewrite: bool = False,
         read_at: float | None = None,
+        skip_late: bool = False,
     ) -> list[DocumentStatus]:
         """The body of `_write_documents`, under its write lock, into an existing collection. `rewrite`: also
-        the documents whose stored version matches (a repair of documents that lost their chunks)."""
+        the documents whose stored version matches (a repair of documents that lost their chunks). `read_at`:
+        documents written back as read at that time (a metadata change, a re-chunk): with a shared Chroma
+        server, one another process wrote since would be undone by the text read before, so the call is
+        refused (RiftError naming them), or with `skip_late` those are left out (status "unchanged")."""
         record = self._record(collection)
         embedder = self.embedder_for(record)
         chunking = self._chunking_of(embedder)
@@ -1245,19 +1245,39 @@ class Engine:
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
-            if read_at is not None:  # newer than the versions it replaces, whenever those were written
-                read_at = max([read_at, *(ts + SUPERSEDED_MARGIN_S for ts in self._stamps(collection, old_ids))])
+            if read_at is not None and self.shared is not None:
+                # Checked once the slow part (embedding) is done: what lands after this is a write at the same
+                # moment, which the later stamp wins.
+                # (one that wrote the very version this writes, chunk ids and all, changed nothing it read)
+                same = set(old_ids) | set(new_ids)
+                late = self.shared.written_since(record.chroma_name, [c[0] for c in changed], read_at, same)
+                if late and not skip_late:
+                    shown = ", ".join(repr(d) for d in sorted(late)[:10]) + (" ..." if len(late) > 10 else "")
+                    raise RiftError(
+                        f"{len(late)} documents were written by another rift process while this call ran "
+                        f"({shown}): nothing was changed; read them again and retry"
+                    )
+                if late:
+                    log.info("left out %d documents another process wrote meanwhile", len(late))
+                    keep = [i for i, r in enumerate(rows) if r.doc_id not in late]
+                    rows, embeddings = [rows[i] for i in keep], embeddings[keep]
+                    changed = [c for c in changed if c[0] not in late]
+                    for doc_id in late:
+                        statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
+                    old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
+                    new_ids = [r.chunk_id for r in rows]
+                    stale = sorted(set(old_ids) - set(new_ids))
             if progress is not None:  # a cancelled call stops here (see tools/_common.progress_reporter)
                 progress(len(rows), len(rows))
-            self._commit(
-                collection,
-                record.chroma_name,
-                rows,
-                embeddings,
-                stale,
-                put_docs=[(d, h, t, m) for d, t, m, h in changed],
-                written=read_at,
-            )
+            if rows:
+                self._commit(
+                    collection,
+                    record.chroma_name,
+                    rows,
+                    embeddings,
+                    stale,
+                    put_docs=[(d, h, t, m) for d, t, m, h in changed],
+                )
         per_doc: dict[str, int] = {}
         for r in rows:
             per_doc[r.doc_id] = per_doc.get(r.doc_id, 0) + 1
@@ -1351,20 +1371,18 @@ class Engine:
         stale: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
-        written: float | None = None,
     ) -> None:
         """Write `rows` (and `put_docs`) and remove `stale` (and `remove_docs`): Chroma first, then rift's
-        state, then the keyword index. `written`: when the documents written back were read (a metadata change,
-        a re-chunk), so that a version another process wrote since, unseen here, stays the newer one; for a
-        delete, when it read the collection (versions written before are deleted with the document)."""
+        state, then the keyword index."""
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
+        written = None
         if rows:
             # Versions of one document are ordered by this time, taken now rather than before embedding: two
             # processes writing one document at once then order their versions as their chunks reach Chroma,
             # so the later one's sweep below finds the earlier one's chunks there (before the journal: start-up
             # recovery removes only chunks written before their journal entry).
-            written = written if written is not None else time.time()
+            written = time.time()
             rows = [replace(r, metadata={**r.metadata, "_rift_ts": written}) for r in rows]
         journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
         try:
@@ -1413,20 +1431,12 @@ class Engine:
             self._sweep_older_versions(chroma_name, rows)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
+            # (A delete announces no stamp: it is no version, and the stamp it read at may be later than a
+            # version written meanwhile that every process then shows.)
+            versions = {r.doc_id: r.doc_hash for r in rows} if written is not None else None
             self.shared.publish(
-                collection, chroma_name, self._record(collection).model_version, sorted(touched), written
+                collection, chroma_name, self._record(collection).model_version, sorted(touched), written, versions
             )
-
-    def _stamps(self, collection: str, chunk_ids: Sequence[str]) -> list[float]:
-        """The `_rift_ts` of those of `chunk_ids` the collection's keyword index holds."""
-        snap = self._keyword[collection].snapshot
-        out = []
-        for chunk_id in chunk_ids:
-            at = snap.row_of.get(chunk_id)
-            ts = snap.rows[at].metadata.get("_rift_ts") if at is not None else None
-            if isinstance(ts, int | float) and not isinstance(ts, bool):
-                out.append(float(ts))
-        return out
 
     def _sweep_older_versions(self, chroma_name: str, rows: Sequence[ChunkRow]) -> None:
         """Last writer wins, once committed: delete from Chroma every older version of the documents `rows`
@@ -1571,7 +1581,7 @@ class Engine:
         if self.shared is not None:  # versions of these documents other processes wrote before the sync
             older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
             stale = sorted(set(stale) | older)
-        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids), written=seen)
+        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
 
     def reembed(
         self,

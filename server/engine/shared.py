@@ -74,6 +74,14 @@ def unseen_while_unreachable(exc: NotFoundError, problem: str) -> NotFoundError:
 
 
 @dataclass(frozen=True)
+class Announced:
+    """The newest version of a document that another process announced: its stamp (`_rift_ts`) and hash."""
+
+    written: float
+    version: str
+
+
+@dataclass(frozen=True)
 class Head:
     writer: str
     epoch: str
@@ -191,15 +199,16 @@ class SharedSync:
         model: str,
         doc_ids: Sequence[str] | None = None,
         written: float | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> None:
         """Announce a write that has fully landed in Chroma (the caller holds the engine's write lock). Without
-        `doc_ids` (a new or switched collection) readers repair the whole collection. `written`: the write's
-        version stamp (`_rift_ts`; a delete's: when it read the collection): versions of `doc_ids` older than
-        it are superseded by a committed one, and readers remove those they find. The write is committed
-        whatever happens here: an announcement that fails is owed, and paid at the next sync or write (without
-        `written`: a repair then sorts the versions out)."""
+        `doc_ids` (a new or switched collection) readers repair the whole collection. `written` and `versions`
+        (doc id -> the version's hash): the version stamp (`_rift_ts`) of the versions this write committed;
+        other versions of those documents stamped before it are superseded, and readers remove those they
+        find. The write is committed whatever happens here: an announcement that fails is owed, and paid at the
+        next sync or write (without a stamp: such versions then stay, never shown, until the next write)."""
         try:
-            self._announce(collection, chroma, model, doc_ids, written)
+            self._announce(collection, chroma, model, doc_ids, written, versions)
         except Exception as exc:
             log.warning(
                 "telling other rift processes about a write failed (%s); retrying at the next sync", exc
@@ -220,15 +229,24 @@ class SharedSync:
                 self.publish(collection, chroma, model, docs)
 
     def _announce(
-        self, collection: str, chroma: str, model: str, doc_ids: Sequence[str] | None, written: float | None = None
+        self,
+        collection: str,
+        chroma: str,
+        model: str,
+        doc_ids: Sequence[str] | None,
+        written: float | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> None:
         seq = self._seqs.get(chroma, 0) + 1
         self._seqs[chroma] = seq
         self._announced += 1
         now = time.time()
         change: dict[str, Any] = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
-        if written is not None:
+        touched: Any = list(doc_ids or ())
+        if written is not None and versions is not None:
             change["written"] = written
+            # doc id -> version hash (readers that predate it take the keys, as they took the list)
+            touched = {d: versions.get(d, "") for d in touched}
         if doc_ids is not None:
             self._call(
                 CHANGES,
@@ -236,7 +254,7 @@ class SharedSync:
                 ids=[f"{self.writer}:{self.epoch}:{chroma}:{seq}"],
                 embeddings=[[1.0]],
                 metadatas=[change],
-                documents=[json.dumps(list(doc_ids), ensure_ascii=False)],
+                documents=[json.dumps(touched, ensure_ascii=False)],
             )
         head = Head(self.writer, self.epoch, seq, collection, chroma, model, self._weights(model), now)
         head_id = f"{self.writer}/{chroma}"
@@ -660,10 +678,10 @@ class SharedSync:
 
     def _touched(
         self, chroma: str, moves: list[tuple[Head | None, Head | None]]
-    ) -> dict[str, float | None] | None:
-        """Documents the moved heads' writes touched, each with the newest version stamp announced for it (None
-        if none was: see `publish`), or None when only a full repair is safe."""
-        docs: dict[str, float | None] = {}
+    ) -> dict[str, Announced | None] | None:
+        """Documents the moved heads' writes touched, each with the newest version announced for it (None if
+        none was: see `publish`), or None when only a full repair is safe."""
+        docs: dict[str, Announced | None] = {}
         for before, now in moves:
             if before is None or now is None or before.epoch != now.epoch or now.seq <= before.seq:
                 return None
@@ -685,10 +703,14 @@ class SharedSync:
                 return None  # pruned, or announced without a change record
             for text, meta in zip(page["documents"], page["metadatas"], strict=True):
                 written = (meta or {}).get("written")
-                written = float(written) if isinstance(written, int | float) and not isinstance(written, bool) else None
-                for doc_id in json.loads(text or "[]"):
-                    known = docs.get(doc_id)
-                    docs[doc_id] = written if known is None else max(known, written or known)
+                touched = json.loads(text or "[]")
+                for doc_id in touched:
+                    docs.setdefault(doc_id, None)
+                    if not isinstance(touched, dict) or not isinstance(written, int | float) or isinstance(written, bool):
+                        continue
+                    known = docs[doc_id]
+                    if known is None or written > known.written:
+                        docs[doc_id] = Announced(float(written), str(touched[doc_id]))
         return dict(sorted(docs.items()))
 
     def _apply(
@@ -846,11 +868,11 @@ class SharedSync:
             )
 
     def refresh(
-        self, collection: str, chroma: str, doc_ids: Sequence[str] | Mapping[str, float | None] | None = None
+        self, collection: str, chroma: str, doc_ids: Sequence[str] | Mapping[str, Announced | None] | None = None
     ) -> None:
         """Repair one collection's state from Chroma (all of it, or `doc_ids`) and apply the change to its live
-        keyword index. `doc_ids` as a mapping: each document's newest announced version stamp (see `publish`);
-        older versions of it in Chroma are removed first."""
+        keyword index. `doc_ids` as a mapping: each document's newest announced version (see `publish`);
+        versions of it in Chroma stamped before that one are removed first."""
         engine = self.engine
         if doc_ids is None:
             self.stats["full_repairs"] += 1
@@ -879,21 +901,28 @@ class SharedSync:
 
     # --- last writer wins for one document id ---------------------------------------------------------------
 
-    def _without_superseded(self, chroma: str, announced: Mapping[str, float | None]) -> set[str]:
-        """The chunk ids Chroma holds of the documents `announced`, after removing the versions older than the
-        one each was announced with. Their writer's own sweep misses a version whose chunks landed after it
-        (one written at the same moment, whose upsert took longer); a version older than a committed one is
-        never shown again, and its writer, should its write fail, removes only its own chunks."""
+    def _without_superseded(self, chroma: str, announced: Mapping[str, Announced | None]) -> set[str]:
+        """The chunk ids Chroma holds of the documents `announced`, after removing the versions stamped before
+        the one each was announced with. Their writer's own sweep misses a version whose chunks landed after it
+        (one written at the same moment, whose upload took longer); a version older than a committed one is
+        never shown again, and its writer, should its write fail, removes only its own chunks. The announced
+        version's chunks stay whatever their stamp: chunk ids derive from content, so a late upload of the
+        same text (by another process) stamps them back."""
         found: set[str] = set()
         superseded: list[str] = []
         docs = list(announced)
         for start in range(0, len(docs), 500):
             part = docs[start : start + 500]
             for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
-                bar = announced.get(str((meta or {}).get("_rift_doc")))
-                ts = (meta or {}).get("_rift_ts")
-                # (SUPERSEDED_MARGIN_S: a stamp may come back from Chroma a little off)
-                if bar is not None and isinstance(ts, int | float) and ts < bar - SUPERSEDED_MARGIN_S:
+                meta = meta or {}
+                bar = announced.get(str(meta.get("_rift_doc")))
+                ts = meta.get("_rift_ts")
+                if (
+                    bar is not None
+                    and meta.get("_rift_hash") != bar.version
+                    and isinstance(ts, int | float)
+                    and ts < bar.written - SUPERSEDED_MARGIN_S  # (a stamp may come back from Chroma a little off)
+                ):
                     superseded.append(chunk_id)
                 else:
                     found.add(chunk_id)
@@ -912,6 +941,18 @@ class SharedSync:
             return list(chunk_ids)
         found = {i: meta for i, _, meta in self.engine.vectors.get(chroma, list(chunk_ids))}
         return [c for c in chunk_ids if c not in found or float(found[c].get("_rift_ts", 0.0)) <= when]
+
+    def written_since(self, chroma: str, doc_ids: Sequence[str], since: float, known: set[str]) -> set[str]:
+        """The documents among `doc_ids` with chunks in Chroma stamped after `since` that are not among this
+        process's `known` chunk ids: another process wrote them after this one read them."""
+        out: set[str] = set()
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
+                ts = (meta or {}).get("_rift_ts")
+                if chunk_id not in known and isinstance(ts, int | float) and ts > since:
+                    out.add(str((meta or {}).get("_rift_doc")))
+        return out
 
     def older_versions(self, chroma: str, doc_ids: Sequence[str], before: float, keep: set[str]) -> set[str]:
         """Chunk ids in Chroma of `doc_ids` written before `before` (other processes' versions included)."""

@@ -646,7 +646,9 @@ class LearningManager:
             # Else its note stayed "being evaluated" / "in progress", which the next start reads as a job the
             # server did not live to finish.
             with _logged("noting the undone switch in the registry"):
-                undone = f"failed: its switch was undone ({type(exc).__name__}: {exc})"
+                # (The undo itself may have failed, logged: then say the candidate serves until a restart.)
+                how = "could not be undone: it serves until a restart" if engine.embedder.version == candidate.version else "was undone"
+                undone = f"failed: its switch {how} ({type(exc).__name__}: {exc})"
                 current = self.registry.get(entry.version)
                 if entry.kind == "reindex" and current is not None and IN_PROGRESS in (current.note or ""):
                     undone = (current.note or "").replace(IN_PROGRESS, f": {undone}")
