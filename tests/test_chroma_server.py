@@ -20,7 +20,7 @@ from server.app import create_server
 from server.config import Settings
 from server.engine.engine import content_hash
 from server.engine.shared import CHANGES, HEADS
-from server.errors import RiftError
+from server.errors import NotFoundError, RiftError
 from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
 from tests.support.processes import ChromaServer, chroma_binary, chroma_server, start_rift, stop
@@ -2086,9 +2086,9 @@ def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_tho
 def test_a_metadata_change_is_refused_when_the_text_was_written_elsewhere_after_it_read(
     pair: tuple[Rift, Rift],
 ) -> None:
-    """a's update_metadata reads a document, then b writes a new text of it before a's write lands: writing
-    back the text a read would undo b's, so a's call changes nothing and says why; b's text stays everywhere.
-    A document another process deleted meanwhile is written back (the later write), in both processes."""
+    """a's update_metadata reads a document, then b writes a new text of it (or deletes it) before a's write
+    lands: writing back the text a read would undo that, so a's call changes nothing and says why; b's text
+    stays everywhere (the deleted document stays deleted). A collection deleted meanwhile is named."""
     a, b = pair
     a.add_documents("default", docs(("x", "the old text about cats"), ("z", "the text of z")))
     b.add_documents("default", docs(("y", "written by b before")))
@@ -2106,16 +2106,22 @@ def test_a_metadata_change_is_refused_when_the_text_was_written_elsewhere_after_
         return embeddings
 
     vectors.embeddings_matrix = meanwhile(lambda: b.add_documents("default", docs(("x", "the new text about dogs"))))
-    with pytest.raises(RiftError, match=r"1 documents were written by another rift process while this call ran \('x'\)"):
+    written = r"1 documents were written or deleted by another rift process while this call ran \('{}'\)"
+    with pytest.raises(RiftError, match=written.format("x")):
         a.engine().update_metadata("default", ["x"], {"tag": "t"})
     vectors.embeddings_matrix = meanwhile(lambda: b.delete_documents("default", ["z"]))
-    a.engine().update_metadata("default", ["z"], {"tag": "t"})
+    with pytest.raises(RiftError, match=written.format("z")):
+        a.engine().update_metadata("default", ["z"], {"tag": "t"})
     for app in (a, b):
         app.engine().shared.sync(force=True)
         assert app.engine().get_document("default", "x")[:2] == ("the new text about dogs", {})
-        assert app.engine().get_document("default", "z")[:2] == ("the text of z", {"tag": "t"})
+        assert ids(app.search("default", "the text of z", mode="keyword").outcome.hits) != ["z"]
     assert_same_index(a, b)
-    assert len(index_state(a)["chroma"]) == 3  # x, y and z, one version each
+    assert len(index_state(a)["chroma"]) == 2  # x and y, one version each
+    vectors.embeddings_matrix = meanwhile(lambda: b.delete_collection("default"))
+    with pytest.raises(NotFoundError, match="collection 'default' was deleted by another rift process while"):
+        a.engine().update_metadata("default", ["x"], {"tag": "t"})
+    assert "default" not in b.engine().collection_names()
 
 
 def test_the_same_text_written_at_once_by_two_processes_stays(pair: tuple[Rift, Rift]) -> None:
@@ -2172,9 +2178,10 @@ def test_a_re_chunk_leaves_out_a_document_written_elsewhere_after_it_read(
     pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A re-chunk writes documents back as it read them: one another process writes meanwhile keeps that
-    process's text (the re-chunk leaves it out) instead of going back to the text read before."""
+    process's text (the re-chunk leaves it out) instead of going back to the text read before, and one it
+    deletes meanwhile stays deleted."""
     a, b = pair
-    a.add_documents("default", docs(("x", "the old text about cats"), ("z", "the text of z")))
+    a.add_documents("default", docs(("x", "the old text about cats"), ("z", "the text of z"), ("w", "doomed")))
     b.add_documents("default", docs(("y", "written by b before")))
     for app in (a, b):
         app.engine().shared.sync(force=True)
@@ -2186,12 +2193,66 @@ def test_a_re_chunk_leaves_out_a_document_written_elsewhere_after_it_read(
     def meanwhile(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(engine.vectors, "embeddings_matrix", stored)
         b.add_documents("default", docs(("x", "the new text about dogs")))
+        b.delete_documents("default", ["w"])
         return stored(*args, **kwargs)
 
     monkeypatch.setattr(engine.vectors, "embeddings_matrix", meanwhile)
-    assert engine.rechunk_if_changed("default") == 2  # y and z; x left out
+    assert engine.rechunk_if_changed("default") == 2  # y and z; x and w left out
     for app in (a, b):
         app.engine().shared.sync(force=True)
         assert app.engine().get_document("default", "x")[0] == "the new text about dogs"
+        assert "w" not in [d for d, _ in app.engine().state.list_documents("default", -1, 0)]
     assert_same_index(a, b)
     assert len(index_state(a)["chroma"]) == 3
+
+
+def test_a_version_is_removed_only_for_one_chroma_holds_whole(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """b and a write the same text, d another, stamped b < d < a; a's whole write lands first, then d's, then
+    b's late upload, which stamps a's chunks (the same ids) back before d's. A follower whose newest
+    announcement is a's must not remove d's version while a's is no longer whole there, nor a follower
+    whose newest is d's remove a's: every process ends on one version, and Chroma keeps it."""
+    chroma.wipe()
+    a, b, d, f = (
+        open_rift(make_settings(tmp_path / name, tiny_model_path, **http_overrides(chroma))) for name in "abdf"
+    )
+    try:
+        a.add_documents("default", docs(("x", "the seed version")))
+        b.add_documents("default", docs(("yb", "b before")))
+        d.add_documents("default", docs(("yd", "d before")))
+        for app in (a, b, d, f):
+            app.engine().shared.sync(force=True)
+        go_b = threading.Event()
+        b_upsert, d_upsert = b.engine().vectors.upsert, d.engine().vectors.upsert
+
+        def b_late(*args: Any, **kwargs: Any) -> Any:
+            b.engine().vectors.upsert = b_upsert  # type: ignore[method-assign]
+            go_b.wait(60)
+            return b_upsert(*args, **kwargs)
+
+        def d_after_a(*args: Any, **kwargs: Any) -> Any:
+            d.engine().vectors.upsert = d_upsert  # type: ignore[method-assign]
+            a.add_documents("default", docs(("x", "the same new text about cats")))
+            return d_upsert(*args, **kwargs)
+
+        b.engine().vectors.upsert = b_late  # type: ignore[method-assign]
+        d.engine().vectors.upsert = d_after_a  # type: ignore[method-assign]
+        writer = threading.Thread(target=b.add_documents, args=("default", docs(("x", "the same new text about cats"))))
+        writer.start()
+        time.sleep(0.2)  # b has stamped its version and waits to upload it
+        d.add_documents("default", docs(("x", "a different text about dogs")))
+        go_b.set()
+        writer.join()
+        shown = set()
+        for app in (a, f, b, d):
+            app.engine().shared.sync(force=True)
+        for app in (a, f, b, d):
+            app.engine().shared.sync(force=True)
+            shown.add(app.engine().get_document("default", "x")[0])
+        assert len(shown) == 1
+        assert_same_index(a, b, d, f)
+        assert len([c for c in index_state(a)["chroma"] if c.startswith("x::")]) == 1
+    finally:
+        for app in (a, b, d, f):
+            app.close()

@@ -142,6 +142,13 @@ class CollectionInfo:
     keyword_rebuild_ms: float
 
 
+def _deleted_meanwhile(collection: str) -> NotFoundError:
+    """A write whose collection another rift process sharing the Chroma server deleted while it ran."""
+    return NotFoundError(
+        f"collection {collection!r} was deleted by another rift process while this call ran: nothing was written"
+    )
+
+
 def content_hash(text: str, metadata: Mapping[str, Any] | None = None, chunking: str = "") -> str:
     """What a stored document version is: its text, its metadata, and how it was cut into chunks (so a change
     of chunking makes a new version, with new chunk ids, rather than new texts under the old ids)."""
@@ -1224,6 +1231,8 @@ class Engine:
         documents written back as read at that time (a metadata change, a re-chunk): with a shared Chroma
         server, one another process wrote since would be undone by the text read before, so the call is
         refused (RiftError naming them), or with `skip_late` those are left out (status "unchanged")."""
+        import chromadb.errors
+
         record = self._record(collection)
         embedder = self.embedder_for(record)
         chunking = self._chunking_of(embedder)
@@ -1241,7 +1250,12 @@ class Engine:
                 changed.append((doc_id, text, meta, doc_hash))
         rows = self._chunk_rows(changed, embedder)
         if rows:
-            embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
+            try:
+                embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
+            except chromadb.errors.NotFoundError:  # (its cached handle: the collection went since)
+                if self.shared is None:
+                    raise
+                raise _deleted_meanwhile(collection) from None
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
@@ -1250,15 +1264,21 @@ class Engine:
                 # moment, which the later stamp wins.
                 # (one that wrote the very version this writes, chunk ids and all, changed nothing it read)
                 same = set(old_ids) | set(new_ids)
-                late = self.shared.written_since(record.chroma_name, [c[0] for c in changed], read_at, same)
+                held = {c.rsplit("::", 2)[0] for c in old_ids}
+                try:
+                    late = self.shared.changed_since(
+                        record.chroma_name, [c[0] for c in changed], read_at, same, held
+                    )
+                except chromadb.errors.NotFoundError:
+                    raise _deleted_meanwhile(collection) from None
                 if late and not skip_late:
                     shown = ", ".join(repr(d) for d in sorted(late)[:10]) + (" ..." if len(late) > 10 else "")
                     raise RiftError(
-                        f"{len(late)} documents were written by another rift process while this call ran "
-                        f"({shown}): nothing was changed; read them again and retry"
+                        f"{len(late)} documents were written or deleted by another rift process while this call "
+                        f"ran ({shown}): nothing was changed; read them again and retry"
                     )
                 if late:
-                    log.info("left out %d documents another process wrote meanwhile", len(late))
+                    log.info("left out %d documents another process wrote or deleted meanwhile", len(late))
                     keep = [i for i, r in enumerate(rows) if r.doc_id not in late]
                     rows, embeddings = [rows[i] for i in keep], embeddings[keep]
                     changed = [c for c in changed if c[0] not in late]
@@ -1389,7 +1409,7 @@ class Engine:
             if rows:
                 self._upsert_rows(chroma_name, rows, embeddings)
             self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
-        except BaseException:
+        except BaseException as exc:
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
             # covers a crash in here).
             try:
@@ -1409,6 +1429,10 @@ class Engine:
                             )
                     except Exception:
                         log.warning("could not tell other processes of undone write %s", journal_id, exc_info=True)
+            import chromadb.errors
+
+            if self.shared is not None and isinstance(exc, chromadb.errors.NotFoundError):
+                raise _deleted_meanwhile(collection) from None  # (Chroma's own words name no collection of ours)
             raise
         index = self._keyword[collection]
         fits = self._fits_copy(len(index.snapshot.rows) + len(rows))

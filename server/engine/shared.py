@@ -244,7 +244,9 @@ class SharedSync:
         change: dict[str, Any] = {"writer": self.writer, "epoch": self.epoch, "seq": seq, "chroma": chroma, "ts": now}
         touched: Any = list(doc_ids or ())
         if written is not None and versions is not None:
-            change["written"] = written
+            # ("stamp": the key "written" went out, briefly, without the hashes it needs; readers of that key
+            # take this record as unstamped.)
+            change["stamp"] = written
             # doc id -> version hash (readers that predate it take the keys, as they took the list)
             touched = {d: versions.get(d, "") for d in touched}
         if doc_ids is not None:
@@ -702,7 +704,7 @@ class SharedSync:
             if len(page["ids"]) != now.seq - before.seq:
                 return None  # pruned, or announced without a change record
             for text, meta in zip(page["documents"], page["metadatas"], strict=True):
-                written = (meta or {}).get("written")
+                written = (meta or {}).get("stamp")
                 touched = json.loads(text or "[]")
                 for doc_id in touched:
                     docs.setdefault(doc_id, None)
@@ -912,13 +914,26 @@ class SharedSync:
         superseded: list[str] = []
         docs = list(announced)
         for start in range(0, len(docs), 500):
-            part = docs[start : start + 500]
-            for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
+            listed = self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": docs[start : start + 500]}})
+            # Only a version Chroma holds whole supersedes the others: another writer's sweep may have removed
+            # the announced one (its chunks, stamped back by a late upload of the same text, read as older).
+            held: dict[str, set[str]] = {}
+            needed: dict[str, Any] = {}
+            for chunk_id, meta in listed:
+                doc_id = str((meta or {}).get("_rift_doc"))
+                bar = announced.get(doc_id)
+                if bar is not None and (meta or {}).get("_rift_hash") == bar.version:
+                    held.setdefault(doc_id, set()).add(chunk_id)
+                    needed[doc_id] = (meta or {}).get("_rift_n")
+            whole = {d for d, chunks in held.items() if len(chunks) == needed[d]}
+            for chunk_id, meta in listed:
                 meta = meta or {}
-                bar = announced.get(str(meta.get("_rift_doc")))
+                doc_id = str(meta.get("_rift_doc"))
+                bar = announced.get(doc_id)
                 ts = meta.get("_rift_ts")
                 if (
                     bar is not None
+                    and doc_id in whole
                     and meta.get("_rift_hash") != bar.version
                     and isinstance(ts, int | float)
                     and ts < bar.written - SUPERSEDED_MARGIN_S  # (a stamp may come back from Chroma a little off)
@@ -942,17 +957,22 @@ class SharedSync:
         found = {i: meta for i, _, meta in self.engine.vectors.get(chroma, list(chunk_ids))}
         return [c for c in chunk_ids if c not in found or float(found[c].get("_rift_ts", 0.0)) <= when]
 
-    def written_since(self, chroma: str, doc_ids: Sequence[str], since: float, known: set[str]) -> set[str]:
-        """The documents among `doc_ids` with chunks in Chroma stamped after `since` that are not among this
-        process's `known` chunk ids: another process wrote them after this one read them."""
+    def changed_since(
+        self, chroma: str, doc_ids: Sequence[str], since: float, known: set[str], held: set[str]
+    ) -> set[str]:
+        """The documents among `doc_ids` another process wrote or deleted after this one read them at `since`:
+        with chunks in Chroma stamped after it that are not among this process's `known` chunk ids, or, of
+        those it `held` then, with no chunk left."""
         out: set[str] = set()
+        present: set[str] = set()
         for start in range(0, len(doc_ids), 500):
             part = list(doc_ids[start : start + 500])
             for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
-                ts = (meta or {}).get("_rift_ts")
+                doc_id, ts = str((meta or {}).get("_rift_doc")), (meta or {}).get("_rift_ts")
+                present.add(doc_id)
                 if chunk_id not in known and isinstance(ts, int | float) and ts > since:
-                    out.add(str((meta or {}).get("_rift_doc")))
-        return out
+                    out.add(doc_id)
+        return out | (held - present)
 
     def older_versions(self, chroma: str, doc_ids: Sequence[str], before: float, keep: set[str]) -> set[str]:
         """Chunk ids in Chroma of `doc_ids` written before `before` (other processes' versions included)."""
