@@ -2256,3 +2256,60 @@ def test_a_version_is_removed_only_for_one_chroma_holds_whole(
     finally:
         for app in (a, b, d, f):
             app.close()
+
+
+def test_a_write_whose_collection_another_process_deletes_meanwhile_says_so(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chroma answers such a write "Collection [uuid] does not exist", or, while it drops the collection,
+    "Missing metadata segment": the caller is told which collection went and that nothing was written."""
+    import chromadb.errors
+
+    a, b = pair
+    a.add_documents("notes", docs(("n", "a note about cats")))
+    b.engine().shared.sync(force=True)
+    upsert = a.engine().vectors.upsert
+
+    def deleted_first(error: Exception | None) -> Any:
+        def upload(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(a.engine().vectors, "upsert", upsert)
+            b.delete_collection("notes")
+            if error is not None:
+                raise error
+            return upsert(*args, **kwargs)
+
+        return upload
+
+    for error in (None, chromadb.errors.ChromaError("Missing field: [Missing metadata segment]")):
+        monkeypatch.setattr(a.engine().vectors, "upsert", deleted_first(error))
+        with pytest.raises(NotFoundError, match="collection 'notes' was deleted by another rift process while"):
+            a.add_documents("notes", docs(("n2", "another note")))
+        a.engine().shared.sync(force=True)
+        assert "notes" not in a.engine().collection_names() + b.engine().collection_names()
+        a.add_documents("notes", docs(("n", "a note about cats")))  # made again by the next write
+        b.engine().shared.sync(force=True)
+
+
+def test_a_collection_deleted_elsewhere_as_a_write_here_commits_is_followed_at_once(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b deletes the collection after a's write reached Chroma and before a announced it: a's announcement
+    put its head back, so a's next sync saw nothing (its keyword side kept the collection until a restart,
+    its vector side failed with Chroma's "does not exist"). The deletion wins, here at once."""
+    a, b = pair
+    a.add_documents("notes", docs(("n", "a note about cats")))
+    b.engine().shared.sync(force=True)
+    state = a.engine().state
+    apply = state.apply
+
+    def deleted_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(state, "apply", apply)
+        b.delete_collection("notes")
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(state, "apply", deleted_first)
+    a.add_documents("notes", docs(("n2", "another note")))
+    for mode in ("keyword", "vector", "hybrid"):
+        with pytest.raises(NotFoundError, match="unknown collection 'notes'"):
+            a.search("notes", "cats", mode=mode)
+    assert not [n for n, _ in a.engine().vectors.list_collections() if n.startswith("rift-notes")]

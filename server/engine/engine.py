@@ -1252,10 +1252,11 @@ class Engine:
         if rows:
             try:
                 embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
-            except chromadb.errors.NotFoundError:  # (its cached handle: the collection went since)
-                if self.shared is None:
-                    raise
-                raise _deleted_meanwhile(collection) from None
+            except chromadb.errors.ChromaError as exc:  # (its cached handle: the collection went since)
+                if self._gone_from_server(record.chroma_name, exc):
+                    self._look_again_on_server(collection)
+                    raise _deleted_meanwhile(collection) from None
+                raise
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
@@ -1269,8 +1270,11 @@ class Engine:
                     late = self.shared.changed_since(
                         record.chroma_name, [c[0] for c in changed], read_at, same, held
                     )
-                except chromadb.errors.NotFoundError:
-                    raise _deleted_meanwhile(collection) from None
+                except chromadb.errors.ChromaError as exc:
+                    if self._gone_from_server(record.chroma_name, exc):
+                        self._look_again_on_server(collection)
+                        raise _deleted_meanwhile(collection) from None
+                    raise
                 if late and not skip_late:
                     shown = ", ".join(repr(d) for d in sorted(late)[:10]) + (" ..." if len(late) > 10 else "")
                     raise RiftError(
@@ -1412,15 +1416,17 @@ class Engine:
         except BaseException as exc:
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
             # covers a crash in here).
+            gone = self._gone_from_server(chroma_name, exc)
             try:
                 self.vectors.delete(chroma_name, [r.chunk_id for r in rows])
                 self.state.journal_clear(journal_id)
             except Exception:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
             else:
-                if self.shared is not None and rows:
+                if self.shared is not None and rows and not gone:
                     # Another process may have read the undone version from Chroma meanwhile (a full repair
-                    # reads whatever is there): have it read these documents again.
+                    # reads whatever is there): have it read these documents again. (Not for a collection
+                    # deleted meanwhile: that head would hide the deletion from this process's next sync.)
                     try:
                         record = self.state.collection(collection)
                         if record is not None and record.chroma_name == chroma_name:
@@ -1429,9 +1435,8 @@ class Engine:
                             )
                     except Exception:
                         log.warning("could not tell other processes of undone write %s", journal_id, exc_info=True)
-            import chromadb.errors
-
-            if self.shared is not None and isinstance(exc, chromadb.errors.NotFoundError):
+            if gone:
+                self._look_again_on_server(collection)
                 raise _deleted_meanwhile(collection) from None  # (Chroma's own words name no collection of ours)
             raise
         index = self._keyword[collection]
@@ -1453,6 +1458,8 @@ class Engine:
             log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
         if self.shared is not None and rows:
             self._sweep_older_versions(chroma_name, rows)
+        if self.shared is not None and self._deleted_since_commit(collection, chroma_name):
+            return  # (announced, its head would hide that deletion from this process's next sync)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
             # (A delete announces no stamp: it is no version, and the stamp it read at may be later than a
@@ -1462,16 +1469,62 @@ class Engine:
                 collection, chroma_name, self._record(collection).model_version, sorted(touched), written, versions
             )
 
+    def _gone_from_server(self, chroma_name: str, exc: BaseException) -> bool:
+        """Whether `exc`, from a write to Chroma collection `chroma_name`, means another process sharing the
+        server deleted it meanwhile: "does not exist", or another error while it is being dropped ("Missing
+        metadata segment") after which it is gone."""
+        import chromadb.errors
+
+        if self.shared is None or not isinstance(exc, chromadb.errors.ChromaError):
+            return False
+        if isinstance(exc, chromadb.errors.NotFoundError):
+            return True
+        try:
+            return self.vectors.collection_id(chroma_name) is None
+        except Exception:
+            return False
+
+    def _deleted_since_commit(self, collection: str, chroma_name: str) -> bool:
+        """Whether another process sharing the server deleted `collection` since this process's write reached
+        Chroma (then followed here at once: the deletion wins)."""
+        try:
+            if self.vectors.collection_id(chroma_name) is not None:
+                return False
+        except Exception:  # unreachable: the announcement is owed and paid later
+            return False
+        self._look_again_on_server(collection)
+        return True
+
+    def _look_again_on_server(self, collection: str) -> None:
+        """With a shared server, after Chroma said `collection`'s vectors are gone: check the server as it is now,
+        so a deletion by another process is followed here (forgotten) even when the heads do not show it (a write
+        of this process, announced just after the deletion, put its head back)."""
+        if self.shared is None:
+            return
+        with self._write_lock:
+            record = self.state.collection(collection)
+            if record is None:
+                return
+            self.vectors.forget(record.chroma_name)
+            try:
+                self.shared.check_again(record)
+            except Exception:
+                log.debug("checking collection %r on the server failed", collection, exc_info=True)
+
     def _sweep_older_versions(self, chroma_name: str, rows: Sequence[ChunkRow]) -> None:
         """Last writer wins, once committed: delete from Chroma every older version of the documents `rows`
         wrote, including other processes' (one written at the same moment is not in this state, so not in
         `stale`; left there, its chunks would take places in Chroma's answers that no search shows). Never
         before the commit: a write that is rolled back must leave the version it replaced."""
+        import chromadb.errors
+
         try:
             written = float(rows[0].metadata["_rift_ts"])
             doc_ids = sorted({r.doc_id for r in rows})
             older = self.shared.older_versions(chroma_name, doc_ids, written, {r.chunk_id for r in rows})
             self.vectors.delete(chroma_name, sorted(older))
+        except chromadb.errors.NotFoundError:
+            return  # deleted by another process meanwhile (`_deleted_since_commit` follows it)
         except Exception:
             # Committed and visible: those chunks are never shown, and the next write of the document removes them.
             log.warning("removing other versions of %d written documents failed", len(rows), exc_info=True)
@@ -1829,6 +1882,8 @@ class Engine:
                     # says so rather than relaying Chroma's error.
                     if self.shared is not None and not attempt:
                         self.shared.sync(force=True)
+                        if self._gone_from_server(record.chroma_name, exc):
+                            self._look_again_on_server(collection)
                         self.shared.check_served_here(collection)
                     fresh = self._record(collection)
                     if self.shared is None and fresh.created_at != record.created_at:
