@@ -511,6 +511,11 @@ class Rift:
             main = threading.current_thread() is threading.main_thread()
             held = self._engine._write_lock.acquire(timeout=1.0 if main else CLOSE_WAIT_S)
             try:
+                if held and self._engine.shared is not None and not main:
+                    try:  # the others learn of this process's last writes now, not at its next start
+                        self._engine.shared.settle()
+                    except Exception:
+                        log.warning("announcing owed writes failed; the next start announces them", exc_info=True)
                 self._engine.state.close()
             finally:
                 if held:

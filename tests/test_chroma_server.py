@@ -2121,7 +2121,18 @@ def test_a_metadata_change_is_refused_when_the_text_was_written_elsewhere_after_
     vectors.embeddings_matrix = meanwhile(lambda: b.delete_collection("default"))
     with pytest.raises(NotFoundError, match="collection 'default' was deleted by another rift process while"):
         a.engine().update_metadata("default", ["x"], {"tag": "t"})
-    assert "default" not in b.engine().collection_names()
+    assert "default" not in b.engine().collection_names() + a.engine().collection_names()
+    a.add_documents("default", docs(("x", "made again")))
+    b.engine().shared.sync(force=True)
+    older = a.engine().shared.older_versions
+
+    def deleted_first(*args: Any) -> Any:
+        b.delete_collection("default")
+        return older(*args)
+
+    a.engine().shared.older_versions = deleted_first  # type: ignore[method-assign]
+    with pytest.raises(NotFoundError, match="collection 'default' was deleted by another rift process while"):
+        a.delete_documents("default", ["x"])
 
 
 def test_the_same_text_written_at_once_by_two_processes_stays(pair: tuple[Rift, Rift]) -> None:
@@ -2313,3 +2324,142 @@ def test_a_collection_deleted_elsewhere_as_a_write_here_commits_is_followed_at_o
         with pytest.raises(NotFoundError, match="unknown collection 'notes'"):
             a.search("notes", "cats", mode=mode)
     assert not [n for n, _ in a.engine().vectors.list_collections() if n.startswith("rift-notes")]
+
+
+def test_a_failed_write_leaves_the_same_text_another_process_committed(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a and b write the same new text (the same chunk ids); b commits first, then a's upload fails. a's undo
+    deleted those ids, b's committed version, and the document was gone everywhere."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the seed version")))
+    b.engine().shared.sync(force=True)
+    upsert = a.engine().vectors.upsert
+
+    def b_first_then_fails(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(a.engine().vectors, "upsert", upsert)
+        b.add_documents("default", docs(("x", "the same new text about cats")))
+        raise TimeoutError("the upload did not go through")
+
+    monkeypatch.setattr(a.engine().vectors, "upsert", b_first_then_fails)
+    with pytest.raises(TimeoutError):
+        a.add_documents("default", docs(("x", "the same new text about cats")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == "the same new text about cats"
+    assert_same_index(a, b)
+
+
+def test_a_metadata_change_is_refused_for_a_text_stamped_before_its_read_that_landed_after(
+    pair: tuple[Rift, Rift],
+) -> None:
+    """b stamps a new text of x and uploads slowly; a's update_metadata reads x (b has not announced yet) and
+    embeds while b's upload lands and b commits: b's text is newer than the version a read, so a refuses."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "the old text of x")))
+    b.engine().shared.sync(force=True)
+    go, b_done, b_stamped = threading.Event(), threading.Event(), threading.Event()
+    b_upsert = b.engine().vectors.upsert
+
+    def b_slow(*args: Any, **kwargs: Any) -> Any:
+        b.engine().vectors.upsert = b_upsert  # type: ignore[method-assign]
+        b_stamped.set()
+        go.wait(60)
+        return b_upsert(*args, **kwargs)
+
+    b.engine().vectors.upsert = b_slow  # type: ignore[method-assign]
+    writer = threading.Thread(
+        target=lambda: (b.add_documents("default", docs(("x", "b's new text of x"))), b_done.set())
+    )
+    writer.start()
+    assert b_stamped.wait(60)
+    stored = a.engine().vectors.embeddings_matrix
+
+    def while_b_lands(*args: Any, **kwargs: Any) -> Any:
+        a.engine().vectors.embeddings_matrix = stored  # type: ignore[method-assign]
+        go.set()
+        b_done.wait(60)
+        return stored(*args, **kwargs)
+
+    a.engine().vectors.embeddings_matrix = while_b_lands  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RiftError, match=r"written or deleted by another rift process while this call ran \('x'\)"):
+            a.engine().update_metadata("default", ["x"], {"tag": "t"})
+    finally:
+        go.set()
+        writer.join()
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[:2] == ("b's new text of x", {})
+
+
+def test_an_announcement_owed_when_the_process_stops_is_made_by_its_next_start(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """a's write commits but its announcement fails, and a stops before any sync pays it: b kept the old text
+    (whose chunks a's write had removed) until a wrote that collection again."""
+    chroma.wipe()
+    settings = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(settings)
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma)))
+    try:
+        a.add_documents("default", docs(("x", "the old text of x")))
+        b.engine().shared.sync(force=True)
+        shared = a.engine().shared
+        announce = shared._announce
+
+        def fails_once(*args: Any, **kwargs: Any) -> None:
+            shared._announce = announce  # type: ignore[method-assign]
+            raise ConnectionError("the server did not answer this request")
+
+        shared._announce = fails_once  # type: ignore[method-assign]
+        a.add_documents("default", docs(("x", "the new text of x")))
+        a.close()  # (on this thread a close does not wait on the server: the next start announces)
+        a = open_rift(settings)
+        for app in (a, b):
+            app.engine().shared.sync(force=True)
+            assert app.engine().get_document("default", "x")[0] == "the new text of x"
+        assert_same_index(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_owed_announcement_for_vectors_switched_elsewhere_is_dropped_not_made(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """b stops owing an announcement; a then switches the collection to another model. b's restart is refused
+    there, and must not announce the old vectors (that read as a switch back, and a restarted on the new model
+    refused its own collection)."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    other = str(build_tiny_model(tmp_path / "other", seed=5))
+    settings_a = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    settings_b = make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma))
+    a, b = open_rift(settings_a), open_rift(settings_b)
+    try:
+        a.add_documents("default", docs(("x", "the text of x")))
+        b.engine().shared.sync(force=True)
+        shared = b.engine().shared
+        announce = shared._announce
+
+        def fails_once(*args: Any, **kwargs: Any) -> None:
+            shared._announce = announce  # type: ignore[method-assign]
+            raise ConnectionError("the server did not answer this request")
+
+        shared._announce = fails_once  # type: ignore[method-assign]
+        b.add_documents("default", docs(("y", "the text of y")))
+        b.close()
+        a.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
+        b = open_rift(settings_b)
+        with pytest.raises(RiftError, match="switched to model"):
+            b.search("default", "text", mode="keyword")
+        a.close()
+        a = open_rift(make_settings(tmp_path / "a", Path(other), **http_overrides(chroma)))
+        assert "x" in ids(a.search("default", "the text of", mode="keyword").outcome.hits)  # served, not refused
+    finally:
+        a.close()
+        b.close()

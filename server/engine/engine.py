@@ -23,7 +23,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -1266,9 +1266,12 @@ class Engine:
                 # (one that wrote the very version this writes, chunk ids and all, changed nothing it read)
                 same = set(old_ids) | set(new_ids)
                 held = {c.rsplit("::", 2)[0] for c in old_ids}
+                # Per document, from the stamp of the version read, if older: a write stamped before `read_at`
+                # whose upload landed after this process's sync was not read either.
+                floors = self._version_stamps(collection, old_ids)
                 try:
                     late = self.shared.changed_since(
-                        record.chroma_name, [c[0] for c in changed], read_at, same, held
+                        record.chroma_name, [c[0] for c in changed], read_at, same, held, floors
                     )
                 except chromadb.errors.ChromaError as exc:
                     if self._gone_from_server(record.chroma_name, exc):
@@ -1408,7 +1411,13 @@ class Engine:
             # recovery removes only chunks written before their journal entry).
             written = time.time()
             rows = [replace(r, metadata={**r.metadata, "_rift_ts": written}) for r in rows]
-        journal_id = self.state.journal_begin(chroma_name, [r.chunk_id for r in rows], stale)
+        mine = [r.chunk_id for r in rows]  # what an undo (now, or by start-up recovery) deletes
+        if self.shared is not None and mine:
+            # Chunk ids are content hashes: ids Chroma already holds are another process's version of the same
+            # text (this one's live chunks are never rewritten), which an undo of this write must leave.
+            held = self.vectors.present(chroma_name, mine)
+            mine = [c for c in mine if c not in held]
+        journal_id = self.state.journal_begin(chroma_name, mine, stale)
         try:
             if rows:
                 self._upsert_rows(chroma_name, rows, embeddings)
@@ -1418,7 +1427,11 @@ class Engine:
             # covers a crash in here).
             gone = self._gone_from_server(chroma_name, exc)
             try:
-                self.vectors.delete(chroma_name, [r.chunk_id for r in rows])
+                if self.shared is not None and mine and not gone:
+                    # ... nor those another process uploaded since (the same text: stamped by it now)
+                    theirs = {c for c, _, m in self.vectors.get(chroma_name, mine) if m.get("_rift_ts") != written}
+                    mine = [c for c in mine if c not in theirs]
+                self.vectors.delete(chroma_name, mine)
                 self.state.journal_clear(journal_id)
             except Exception:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
@@ -1458,8 +1471,6 @@ class Engine:
             log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
         if self.shared is not None and rows:
             self._sweep_older_versions(chroma_name, rows)
-        if self.shared is not None and self._deleted_since_commit(collection, chroma_name):
-            return  # (announced, its head would hide that deletion from this process's next sync)
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
             touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
             # (A delete announces no stamp: it is no version, and the stamp it read at may be later than a
@@ -1468,6 +1479,7 @@ class Engine:
             self.shared.publish(
                 collection, chroma_name, self._record(collection).model_version, sorted(touched), written, versions
             )
+            self._deleted_since_commit(collection, chroma_name)
 
     def _gone_from_server(self, chroma_name: str, exc: BaseException) -> bool:
         """Whether `exc`, from a write to Chroma collection `chroma_name`, means another process sharing the
@@ -1486,14 +1498,31 @@ class Engine:
 
     def _deleted_since_commit(self, collection: str, chroma_name: str) -> bool:
         """Whether another process sharing the server deleted `collection` since this process's write reached
-        Chroma (then followed here at once: the deletion wins)."""
+        Chroma; then the deletion wins, here at once, and this process's announcement goes: its head would hide
+        the deletion from this process's own syncs. (Asked after announcing: a deleter retires the heads after
+        dropping the collection, so one it retired is seen here, and one put back after is withdrawn.)"""
         try:
             if self.vectors.collection_id(chroma_name) is not None:
                 return False
         except Exception:  # unreachable: the announcement is owed and paid later
             return False
         self._look_again_on_server(collection)
+        if self.state.collection(collection) is None:  # followed: deleted
+            with suppress(Exception):
+                self.shared.withdraw(chroma_name)  # type: ignore[union-attr]
         return True
+
+    def _version_stamps(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, float]:
+        """Document id -> the stamp (`_rift_ts`) of the version the keyword index holds, from `chunk_ids`."""
+        snap = self._keyword[collection].snapshot
+        out: dict[str, float] = {}
+        for chunk_id in chunk_ids:
+            at = snap.row_of.get(chunk_id)
+            ts = snap.rows[at].metadata.get("_rift_ts") if at is not None else None
+            if isinstance(ts, int | float) and not isinstance(ts, bool):
+                row = snap.rows[at]  # type: ignore[index]
+                out[row.doc_id] = max(out.get(row.doc_id, float(ts)), float(ts))
+        return out
 
     def _look_again_on_server(self, collection: str) -> None:
         """With a shared server, after Chroma said `collection`'s vectors are gone: check the server as it is now,
@@ -1656,7 +1685,15 @@ class Engine:
         record = self._record(collection)
         stale = self.state.chunk_ids_of_docs(collection, list(doc_ids))
         if self.shared is not None:  # versions of these documents other processes wrote before the sync
-            older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
+            import chromadb.errors
+
+            try:
+                older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
+            except chromadb.errors.ChromaError as exc:
+                if self._gone_from_server(record.chroma_name, exc):
+                    self._look_again_on_server(collection)
+                    raise _deleted_meanwhile(collection) from None
+                raise
             stale = sorted(set(stale) | older)
         self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
 

@@ -29,6 +29,7 @@ a writer removes every older version of its documents from Chroma, and readers s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 HEADS = "rift-heads"
 CHANGES = "rift-changes"
 DELETED = "rift-deleted"
+OWED_KEY = "owed_announcement:"  # state setting per Chroma name: a write there not yet announced (value: collection)
 ID_KEY = "chroma_id:"  # state setting: the Chroma id of the collection this process serves under that name
 KEEP_CHANGES = 2000  # change records each writer keeps; a reader further behind repairs in full
 PRUNE_EVERY = 200
@@ -218,6 +220,12 @@ class SharedSync:
             if doc_ids is not None and (owed is None or owed[2] is not None):
                 docs = sorted({*doc_ids, *(owed[2] if owed else ())})
             self._owed[chroma] = (collection, model, docs)
+            # Noted until paid: a process that stops first announces it at its next start.
+            with contextlib.suppress(Exception):
+                self.engine.state.put_setting(f"{OWED_KEY}{chroma}", collection)
+        else:
+            if chroma not in self._owed and self.engine.state.setting(f"{OWED_KEY}{chroma}") is not None:
+                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
 
     def _pay_owed(self) -> None:
         """Announce writes whose announcement failed (the caller holds the engine's write lock); one for vectors
@@ -225,8 +233,27 @@ class SharedSync:
         for chroma, (collection, model, docs) in list(self._owed.items()):
             del self._owed[chroma]
             record = self.engine.state.collection(collection)
-            if record is not None and record.chroma_name == chroma:
+            # (Not for a collection another process switched: that would read as a switch back.)
+            if record is not None and record.chroma_name == chroma and collection not in self._moved:
                 self.publish(collection, chroma, model, docs)
+            else:
+                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+
+    def settle(self) -> None:
+        """Before this process stops (under the engine's write lock): announce what is owed, unless the server
+        is known to be down; at the first failure it stops (each would wait out chroma_timeout_s): the next
+        start announces the rest."""
+        if self._unreachable is not None:
+            return
+        for chroma in list(self._owed):
+            collection, model, docs = self._owed.pop(chroma)
+            record = self.engine.state.collection(collection)
+            if record is None or record.chroma_name != chroma or collection in self._moved:
+                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+                continue
+            self.publish(collection, chroma, model, docs)
+            if chroma in self._owed:
+                return
 
     def _announce(
         self,
@@ -349,6 +376,13 @@ class SharedSync:
         self._call(HEADS, "delete", where={"chroma": chroma})
         self._call(CHANGES, "delete", where={"chroma": chroma})
         self._seen = {k: h for k, h in self._seen.items() if h.chroma != chroma}
+
+    def withdraw(self, chroma: str) -> None:
+        """Remove this process's head and changes for Chroma collection `chroma`, announced after another
+        process dropped it (and retired everyone's)."""
+        self._call(HEADS, "delete", ids=[f"{self.writer}/{chroma}"])
+        self._call(CHANGES, "delete", where={"$and": [{"writer": self.writer}, {"chroma": chroma}]})
+        self._seen = {k: h for k, h in self._seen.items() if not (h.chroma == chroma and h.writer == self.writer)}
 
     def gone_while_down(self) -> list[str]:
         """At start-up, before the repair: collections whose vectors left the server, or were made again
@@ -554,7 +588,16 @@ class SharedSync:
         return True
 
     def prime(self) -> None:
-        """After start-up's full repair: take the heads read before it as seen."""
+        """After start-up's full repair: take the heads read before it as seen, and owe the announcements the
+        last process here did not make (it stopped or crashed first): whole collections, so the others read
+        them in full."""
+        for chroma in self.engine.state.setting_keys(OWED_KEY):
+            collection = self.engine.state.setting(f"{OWED_KEY}{chroma}") or ""
+            record = self.engine.state.collection(collection)
+            if record is not None and record.chroma_name == chroma and collection not in self._moved:
+                self._owed[chroma] = (collection, record.model_version, None)
+            else:
+                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
         heads, self._heads_before_repair = self._heads_before_repair, None
         self._seen = heads if heads is not None else self.read()
         self._checked = float("-inf")  # the first search looks at once
@@ -958,11 +1001,18 @@ class SharedSync:
         return [c for c in chunk_ids if c not in found or float(found[c].get("_rift_ts", 0.0)) <= when]
 
     def changed_since(
-        self, chroma: str, doc_ids: Sequence[str], since: float, known: set[str], held: set[str]
+        self,
+        chroma: str,
+        doc_ids: Sequence[str],
+        since: float,
+        known: set[str],
+        held: set[str],
+        floors: Mapping[str, float] | None = None,
     ) -> set[str]:
-        """The documents among `doc_ids` another process wrote or deleted after this one read them at `since`:
-        with chunks in Chroma stamped after it that are not among this process's `known` chunk ids, or, of
-        those it `held` then, with no chunk left."""
+        """The documents among `doc_ids` another process wrote or deleted after this one read them at `since`
+        (or, where `floors` gives one, after the stamp of the version it read, if earlier): with chunks in
+        Chroma stamped after that which are not among this process's `known` chunk ids, or, of those it `held`
+        then, with no chunk left."""
         out: set[str] = set()
         present: set[str] = set()
         for start in range(0, len(doc_ids), 500):
@@ -970,7 +1020,8 @@ class SharedSync:
             for chunk_id, meta in self.engine.vectors.where_ids(chroma, {"_rift_doc": {"$in": part}}):
                 doc_id, ts = str((meta or {}).get("_rift_doc")), (meta or {}).get("_rift_ts")
                 present.add(doc_id)
-                if chunk_id not in known and isinstance(ts, int | float) and ts > since:
+                floor = min(since, (floors or {}).get(doc_id, since))
+                if chunk_id not in known and isinstance(ts, int | float) and ts > floor:
                     out.add(doc_id)
         return out | (held - present)
 

@@ -372,6 +372,19 @@ class VectorStore:
                 out.append((chunk_id, document if text is None else text, meta))
         return out
 
+    def present(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Those of `ids` the collection holds (none when it is not there)."""
+        import chromadb.errors
+
+        out: set[str] = set()
+        try:
+            coll = self._coll(name)
+            for start in range(0, len(ids), self.max_batch):
+                out.update(coll.get(ids=list(ids[start : start + self.max_batch]), include=[])["ids"])
+        except chromadb.errors.NotFoundError:
+            return set()
+        return out
+
     def where_ids(self, name: str, where: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """(id, metadata) of the chunks matching a Chroma `where` filter."""
         page = self._coll(name).get(where=dict(where), include=["metadatas"])
