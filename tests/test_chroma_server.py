@@ -2057,6 +2057,21 @@ def test_an_unknown_collection_searched_while_the_server_is_down_is_named_with_t
         b.close()
 
 
+def write_during_upload(late: Rift, late_text: str, first: Rift, first_text: str) -> None:
+    """`late` writes document x of "default" as `late_text`; while its upload is on its way (stamped, not yet in
+    Chroma), `first` writes x as `first_text`, whole."""
+    vectors = late.engine().vectors
+    upsert = vectors.upsert
+
+    def lands_late(*args: Any, **kwargs: Any) -> Any:
+        vectors.upsert = upsert  # type: ignore[method-assign]
+        first.add_documents("default", docs(("x", first_text)))
+        return upsert(*args, **kwargs)
+
+    vectors.upsert = lands_late  # type: ignore[method-assign]
+    late.add_documents("default", docs(("x", late_text)))
+
+
 def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_those_following(
     pair: tuple[Rift, Rift],
 ) -> None:
@@ -2066,16 +2081,7 @@ def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_tho
     a, b = pair
     a.add_documents("default", docs(("x", "the seed version")))
     b.engine().shared.sync(force=True)
-    vectors = b.engine().vectors
-    upsert = vectors.upsert
-
-    def lands_late(*args: Any, **kwargs: Any) -> Any:
-        vectors.upsert = upsert  # type: ignore[method-assign]
-        a.add_documents("default", docs(("x", "the alpha version about cats")))
-        return upsert(*args, **kwargs)
-
-    vectors.upsert = lands_late  # type: ignore[method-assign]
-    b.add_documents("default", docs(("x", "the beta version about dogs")))
+    write_during_upload(b, "the beta version about dogs", a, "the alpha version about cats")
     for app in (a, b):
         app.engine().shared.sync(force=True)
         assert app.engine().get_document("default", "x")[0] == "the alpha version about cats"
@@ -2144,16 +2150,7 @@ def test_the_same_text_written_at_once_by_two_processes_stays(pair: tuple[Rift, 
     b.add_documents("default", docs(("y", "written by b before")))
     for app in (a, b):
         app.engine().shared.sync(force=True)
-    vectors = b.engine().vectors
-    upsert = vectors.upsert
-
-    def lands_late(*args: Any, **kwargs: Any) -> Any:
-        vectors.upsert = upsert  # type: ignore[method-assign]
-        a.add_documents("default", docs(("x", "the same new text about cats")))
-        return upsert(*args, **kwargs)
-
-    vectors.upsert = lands_late  # type: ignore[method-assign]
-    b.add_documents("default", docs(("x", "the same new text about cats")))
+    write_during_upload(b, "the same new text about cats", a, "the same new text about cats")
     for app in (a, b):
         app.engine().shared.sync(force=True)
         assert app.engine().get_document("default", "x")[0] == "the same new text about cats"

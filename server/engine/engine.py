@@ -1231,8 +1231,6 @@ class Engine:
         documents written back as read at that time (a metadata change, a re-chunk): with a shared Chroma
         server, one another process wrote since would be undone by the text read before, so the call is
         refused (RiftError naming them), or with `skip_late` those are left out (status "unchanged")."""
-        import chromadb.errors
-
         record = self._record(collection)
         embedder = self.embedder_for(record)
         chunking = self._chunking_of(embedder)
@@ -1250,13 +1248,8 @@ class Engine:
                 changed.append((doc_id, text, meta, doc_hash))
         rows = self._chunk_rows(changed, embedder)
         if rows:
-            try:
+            with self._unless_deleted_meanwhile(collection, record.chroma_name):  # (via its cached handle)
                 embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
-            except chromadb.errors.ChromaError as exc:  # (its cached handle: the collection went since)
-                if self._gone_from_server(record.chroma_name, exc):
-                    self._look_again_on_server(collection)
-                    raise _deleted_meanwhile(collection) from None
-                raise
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
@@ -1269,15 +1262,10 @@ class Engine:
                 # Per document, from the stamp of the version read, if older: a write stamped before `read_at`
                 # whose upload landed after this process's sync was not read either.
                 floors = self._version_stamps(collection, old_ids)
-                try:
+                with self._unless_deleted_meanwhile(collection, record.chroma_name):
                     late = self.shared.changed_since(
                         record.chroma_name, [c[0] for c in changed], read_at, same, held, floors
                     )
-                except chromadb.errors.ChromaError as exc:
-                    if self._gone_from_server(record.chroma_name, exc):
-                        self._look_again_on_server(collection)
-                        raise _deleted_meanwhile(collection) from None
-                    raise
                 if late and not skip_late:
                     shown = ", ".join(repr(d) for d in sorted(late)[:10]) + (" ..." if len(late) > 10 else "")
                     raise RiftError(
@@ -1481,6 +1469,20 @@ class Engine:
             )
             self._deleted_since_commit(collection, chroma_name)
 
+    @contextmanager
+    def _unless_deleted_meanwhile(self, collection: str, chroma_name: str) -> Iterator[None]:
+        """Turn Chroma's error for a collection another process deleted during this call into one line naming
+        it, and follow the deletion here."""
+        import chromadb.errors
+
+        try:
+            yield
+        except chromadb.errors.ChromaError as exc:
+            if not self._gone_from_server(chroma_name, exc):
+                raise
+            self._look_again_on_server(collection)
+            raise _deleted_meanwhile(collection) from None
+
     def _gone_from_server(self, chroma_name: str, exc: BaseException) -> bool:
         """Whether `exc`, from a write to Chroma collection `chroma_name`, means another process sharing the
         server deleted it meanwhile: "does not exist", or another error while it is being dropped ("Missing
@@ -1518,9 +1520,11 @@ class Engine:
         out: dict[str, float] = {}
         for chunk_id in chunk_ids:
             at = snap.row_of.get(chunk_id)
-            ts = snap.rows[at].metadata.get("_rift_ts") if at is not None else None
+            if at is None:
+                continue
+            row = snap.rows[at]
+            ts = row.metadata.get("_rift_ts")
             if isinstance(ts, int | float) and not isinstance(ts, bool):
-                row = snap.rows[at]  # type: ignore[index]
                 out[row.doc_id] = max(out.get(row.doc_id, float(ts)), float(ts))
         return out
 
@@ -1685,15 +1689,8 @@ class Engine:
         record = self._record(collection)
         stale = self.state.chunk_ids_of_docs(collection, list(doc_ids))
         if self.shared is not None:  # versions of these documents other processes wrote before the sync
-            import chromadb.errors
-
-            try:
+            with self._unless_deleted_meanwhile(collection, record.chroma_name):
                 older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
-            except chromadb.errors.ChromaError as exc:
-                if self._gone_from_server(record.chroma_name, exc):
-                    self._look_again_on_server(collection)
-                    raise _deleted_meanwhile(collection) from None
-                raise
             stale = sorted(set(stale) | older)
         self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
 

@@ -647,7 +647,8 @@ class LearningManager:
             # server did not live to finish.
             with _logged("noting the undone switch in the registry"):
                 # (The undo itself may have failed, logged: then say the candidate serves until a restart.)
-                how = "could not be undone: it serves until a restart" if engine.embedder.version == candidate.version else "was undone"
+                serving = engine.embedder.version == candidate.version
+                how = "could not be undone: it serves until a restart" if serving else "was undone"
                 undone = f"failed: its switch {how} ({type(exc).__name__}: {exc})"
                 current = self.registry.get(entry.version)
                 if entry.kind == "reindex" and current is not None and IN_PROGRESS in (current.note or ""):
