@@ -141,6 +141,7 @@ class SharedSync:
         self._left: dict[str, tuple[str, float]] = {}  # ... -> (collection, when it switched)
         # chroma -> (collection, model, doc ids or None for all) of writes whose announcement failed
         self._owed: dict[str, tuple[str, str, list[str] | None]] = {}
+        self._noted: set[str] = set()  # Chroma names with an OWED_KEY setting (kept here: no read per write)
         # While the server cannot be reached: what is wrong, and until when searches skip asking it again.
         self._unreachable: str | None = None
         self._unreachable_until = float("-inf")
@@ -223,37 +224,41 @@ class SharedSync:
             # Noted until paid: a process that stops first announces it at its next start.
             with contextlib.suppress(Exception):
                 self.engine.state.put_setting(f"{OWED_KEY}{chroma}", collection)
+                self._noted.add(chroma)
         else:
-            if chroma not in self._owed and self.engine.state.setting(f"{OWED_KEY}{chroma}") is not None:
-                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+            if chroma not in self._owed and chroma in self._noted:
+                self._unnote(chroma)
 
-    def _pay_owed(self) -> None:
+    def _unnote(self, chroma: str) -> None:
+        self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+        self._noted.discard(chroma)
+
+    def _still_served(self, collection: str, chroma: str) -> Any:
+        """`collection`'s record if this process still serves it from `chroma` (one another process switched is
+        not: an announcement there would read as a switch back), else None."""
+        record = self.engine.state.collection(collection)
+        if record is None or record.chroma_name != chroma or collection in self._moved:
+            return None
+        return record
+
+    def _pay_owed(self, until_failure: bool = False) -> None:
         """Announce writes whose announcement failed (the caller holds the engine's write lock); one for vectors
-        a collection no longer uses is dropped, since it would read as a switch back."""
+        this process no longer serves is dropped. `until_failure`: stop at the first that fails again."""
         for chroma, (collection, model, docs) in list(self._owed.items()):
             del self._owed[chroma]
-            record = self.engine.state.collection(collection)
-            # (Not for a collection another process switched: that would read as a switch back.)
-            if record is not None and record.chroma_name == chroma and collection not in self._moved:
-                self.publish(collection, chroma, model, docs)
-            else:
-                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+            if self._still_served(collection, chroma) is None:
+                self._unnote(chroma)
+                continue
+            self.publish(collection, chroma, model, docs)
+            if until_failure and chroma in self._owed:
+                return
 
     def settle(self) -> None:
         """Before this process stops (under the engine's write lock): announce what is owed, unless the server
         is known to be down; at the first failure it stops (each would wait out chroma_timeout_s): the next
         start announces the rest."""
-        if self._unreachable is not None:
-            return
-        for chroma in list(self._owed):
-            collection, model, docs = self._owed.pop(chroma)
-            record = self.engine.state.collection(collection)
-            if record is None or record.chroma_name != chroma or collection in self._moved:
-                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
-                continue
-            self.publish(collection, chroma, model, docs)
-            if chroma in self._owed:
-                return
+        if self._unreachable is None:
+            self._pay_owed(until_failure=True)
 
     def _announce(
         self,
@@ -593,11 +598,12 @@ class SharedSync:
         them in full."""
         for chroma in self.engine.state.setting_keys(OWED_KEY):
             collection = self.engine.state.setting(f"{OWED_KEY}{chroma}") or ""
-            record = self.engine.state.collection(collection)
-            if record is not None and record.chroma_name == chroma and collection not in self._moved:
+            self._noted.add(chroma)
+            record = self._still_served(collection, chroma)
+            if record is not None:
                 self._owed[chroma] = (collection, record.model_version, None)
             else:
-                self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
+                self._unnote(chroma)
         heads, self._heads_before_repair = self._heads_before_repair, None
         self._seen = heads if heads is not None else self.read()
         self._checked = float("-inf")  # the first search looks at once
