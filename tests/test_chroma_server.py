@@ -2323,6 +2323,33 @@ def test_a_collection_deleted_elsewhere_as_a_write_here_commits_is_followed_at_o
     assert not [n for n, _ in a.engine().vectors.list_collections() if n.startswith("rift-notes")]
 
 
+def test_a_collection_deleted_and_made_again_elsewhere_as_a_write_here_commits_is_followed_at_once(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but b also makes the collection again before a looks: a's next sync follows the deletion (its
+    own documents went with the old collection) and adopts the new collection, which holds b's alone."""
+    a, b = pair
+    a.add_documents("notes", docs(("n", "a note about cats")))
+    b.engine().shared.sync(force=True)
+    state = a.engine().state
+    apply = state.apply
+
+    def deleted_and_made_again_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(state, "apply", apply)
+        b.delete_collection("notes")
+        b.add_documents("notes", docs(("m", "a new note about dogs")))
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(state, "apply", deleted_and_made_again_first)
+    a.add_documents("notes", docs(("n2", "another note")))
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        for mode in ("keyword", "vector", "hybrid"):
+            assert ids(app.search("notes", "note", mode=mode).outcome.hits) == ["m"]
+    states = [index_state(app, "notes") for app in (a, b)]
+    assert states[0] == states[1] and states[0]["chroma"] == states[0]["keyword"] == states[0]["sqlite"]
+
+
 def test_a_failed_write_leaves_the_same_text_another_process_committed(
     pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2420,6 +2447,51 @@ def test_an_announcement_owed_when_the_process_stops_is_made_by_its_next_start(
     finally:
         a.close()
         b.close()
+
+
+def test_a_write_whose_process_dies_before_announcing_it_is_announced_by_its_next_start(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """a's write commits and a dies before announcing it (here: the announcement never runs, and the close
+    owes nothing): b kept the old text, whose chunks a's write had removed, until a wrote there again."""
+    chroma.wipe()
+    settings = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(settings)
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, **http_overrides(chroma)))
+    try:
+        a.add_documents("default", docs(("x", "the old text of x")))
+        b.engine().shared.sync(force=True)
+        a.engine().shared.publish = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        a.add_documents("default", docs(("x", "the new text of x")))
+        a.close()
+        a = open_rift(settings)
+        for app in (a, b):
+            app.engine().shared.sync(force=True)
+            assert app.engine().get_document("default", "x")[0] == "the new text of x"
+        assert_same_index(a, b)
+        assert not a.engine().state.setting_keys("owed_announcement:")  # paid, and the note gone
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_undone_delete_leaves_no_announcement_owed(pair: tuple[Rift, Rift], monkeypatch) -> None:
+    a, b = pair
+    a.add_documents("default", docs(("x", "the text of x")))
+    state = a.engine().state
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(state, "apply", fails)
+    with pytest.raises(OSError):
+        a.engine().delete_documents("default", ["x"])
+    assert not state.setting_keys("owed_announcement:")
+    monkeypatch.undo()
+    a.add_documents("default", docs(("y", "the text of y")))  # an announced write clears its note
+    assert not state.setting_keys("owed_announcement:")
+    b.engine().shared.sync(force=True)
+    assert sorted(ids(b.search("default", "text of", mode="keyword").outcome.hits)) == ["x", "y"]
 
 
 def test_an_owed_announcement_for_vectors_switched_elsewhere_is_dropped_not_made(

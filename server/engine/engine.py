@@ -1405,6 +1405,8 @@ class Engine:
             # text (this one's live chunks are never rewritten), which an undo of this write must leave.
             held = self.vectors.present(chroma_name, mine)
             mine = [c for c in mine if c not in held]
+        if self.shared is not None:
+            self.shared.expect(collection, chroma_name)  # owed until announced: a crash before that is not lost
         journal_id = self.state.journal_begin(chroma_name, mine, stale)
         try:
             if rows:
@@ -1424,6 +1426,8 @@ class Engine:
             except Exception:
                 log.exception("rollback of write %s failed; start-up will finish it", journal_id)
             else:
+                if self.shared is not None and (not rows or gone):
+                    self.shared.unexpect(chroma_name)  # undone whole, and no other process read it
                 if self.shared is not None and rows and not gone:
                     # Another process may have read the undone version from Chroma meanwhile (a full repair
                     # reads whatever is there): have it read these documents again. (Not for a collection

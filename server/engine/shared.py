@@ -229,6 +229,21 @@ class SharedSync:
             if chroma not in self._owed and chroma in self._noted:
                 self._unnote(chroma)
 
+    def expect(self, collection: str, chroma: str) -> None:
+        """Before a write reaches Chroma collection `chroma`: note its announcement as owed in the state until
+        `publish` makes it, so a process that crashes in between has its next start announce the collection
+        (whole: which documents it wrote is not kept), as for an announcement that failed."""
+        if chroma not in self._noted:
+            self.engine.state.put_setting(f"{OWED_KEY}{chroma}", collection)
+            self._noted.add(chroma)
+
+    def unexpect(self, chroma: str) -> None:
+        """A write to `chroma` that was undone whole: nothing to announce for it (an earlier failed
+        announcement stays owed)."""
+        if chroma in self._noted and chroma not in self._owed:
+            with contextlib.suppress(Exception):
+                self._unnote(chroma)
+
     def _unnote(self, chroma: str) -> None:
         self.engine.state.delete_setting(f"{OWED_KEY}{chroma}")
         self._noted.discard(chroma)
