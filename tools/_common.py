@@ -24,7 +24,7 @@ from server.service import Rift
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-COLLECTION_DESCRIPTION = "Collection name: 1-63 letters, digits, '_' or '-'."
+COLLECTION_DESCRIPTION = "Collection name: 1-63 letters, digits, '_' or '-', starting with a letter or digit."
 FILTERS_DESCRIPTION = (
     "Metadata filter. Keys are metadata fields (several keys: all must match); a value matches exactly and by "
     'type (1, "1" and true differ). Operators: $eq, $ne; $gt, $gte, $lt, $lte (numbers); $in, $nin (a list); '

@@ -50,7 +50,7 @@ def improve_search() -> str:
 
 1. Call stats and report the learning status: searches logged, feedback verdicts, how often the vector and keyword sides disagree, and the retrain policy if one is set.
 2. Call retrain with dry_run=true to see the training triples it would use (counts by type, with examples). If it says there are too few, report its numbers (stats shows the minimum) and stop: more searches, and feedback on their results, add triples.
-3. Otherwise call retrain, then retrain_status with its job_id and wait_seconds=300 until the job has finished. Report the gate's decision with its numbers: a candidate that is not better is kept as a rejected version, and the serving model stays.
+3. Otherwise call retrain, then retrain_status with its job_id and wait_seconds=300 until the job has finished. Report the gate's decision with its numbers: a candidate that scores worse on the gate's measures is kept as a rejected version and the serving model stays; one that is no worse serves from then on.
 4. Say that list_models shows every version, and that rollback serves an earlier one if search seems worse later."""
 
 

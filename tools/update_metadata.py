@@ -53,7 +53,8 @@ TOOL = ToolSpec(
     description=(
         "Set or remove metadata keys of stored documents (tags, status, dates used in hybrid_search filters) "
         "without sending their text again; the text and its search vectors stay. All or nothing: an unknown "
-        "id refuses the call. Keys that file sync sets (source, mtime, ...) cannot change on a file's document."
+        "id refuses the call. Keys that file sync sets (source, mtime, ...) cannot change on a file's document, "
+        "and when that file changes, its next sync replaces the keys set here with what it reads from the file."
     ),
     annotations=ToolAnnotations(
         title="Update metadata",
