@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         description="hybrid_search's max_chars when a call gives none: each hit's text at most this long, the "
         "part of its chunk with the most query words (about half the context at 300); 0 = whole chunks.",
     )
+    get_document_max_chars: int = Field(
+        100_000,
+        ge=0,
+        description="get_document's max_chars when a call gives none: a longer document comes back a window at a "
+        "time (truncated: true; call again with a later offset), so one long PDF does not fill an agent's "
+        "context; 0 = whole documents.",
+    )
     stemmer_language: str | None = Field(
         "english", description='PyStemmer language; "none" (or "" in a config file) disables stemming.'
     )

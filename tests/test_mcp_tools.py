@@ -282,6 +282,26 @@ async def test_update_metadata_changes_filters_without_the_text(cfg: Settings) -
         assert (await s.ok("get_document", {"doc_id": "b"}))["metadata"] == {"tag": "draft", "year": 2020}
 
 
+async def test_a_long_document_is_read_a_window_at_a_time_by_default(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Without max_chars, get_document returns at most get_document_max_chars: one very long document must not
+    fill an agent's context; it pages on with offset, and max_chars (or the setting at 0) reads it whole."""
+    text = " ".join(f"word{i}" for i in range(400))  # 3,289 characters
+    for cap, first in ((1000, 1000), (0, len(text))):
+        settings = make_settings(tmp_path / f"data{cap}", tiny_model_path, get_document_max_chars=cap)
+        async with session(settings) as s:
+            await s.ok("add_documents", {"documents": [{"id": "long", "text": text}]})
+            doc = await s.ok("get_document", {"doc_id": "long"})
+            assert (len(doc["text"]), doc["total_chars"], doc["truncated"]) == (first, len(text), cap > 0)
+            if cap:
+                parts = [doc["text"]]
+                while doc["truncated"]:
+                    doc = await s.ok("get_document", {"doc_id": "long", "offset": doc["offset"] + len(doc["text"])})
+                    parts.append(doc["text"])
+                assert "".join(parts) == text and len(parts) == 4
+                whole = await s.ok("get_document", {"doc_id": "long", "max_chars": 5000})
+                assert whole["text"] == text and not whole["truncated"]
+
+
 async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> None:
     async with session(cfg) as s:
         await s.ok("add_documents", {"documents": [{"id": "a", "text": "the cat sat on the mat"}]})

@@ -47,10 +47,20 @@ async def get_document(
         ),
     ] = None,
     offset: Annotated[int, Field(ge=0, description="First character to return.")] = 0,
-    max_chars: Annotated[int | None, Field(ge=1, description="Return at most this many characters.")] = None,
+    max_chars: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Return at most this many characters; null for the server's default (its "
+            "get_document_max_chars, 100,000 unless set; truncated says whether more follows).",
+        ),
+    ] = None,
 ) -> DocumentOut:
+    rift = rift_of(ctx)
+    if max_chars is None:
+        max_chars = rift.settings.get_document_max_chars or None
     read = caught_up(fetch_document)
-    view, warnings = await call(read, rift_of(ctx), collection, doc_id, query_id, offset, max_chars)
+    view, warnings = await call(read, rift, collection, doc_id, query_id, offset, max_chars)
     return DocumentOut(**view.__dict__, warnings=warnings)
 
 
@@ -61,7 +71,8 @@ TOOL = ToolSpec(
     description=(
         "Read a whole stored document (full text and metadata) by its doc_id, typically after hybrid_search "
         "returned one of its chunks and you need the rest. Pass the search's query_id so rift can learn "
-        "which results were worth reading. Use offset/max_chars to page through very long documents."
+        "which results were worth reading. A very long document comes back a window at a time (truncated: "
+        "true): call again with a later offset, or use offset/max_chars to read just the part you need."
     ),
     annotations=ToolAnnotations(
         title="Get document",
