@@ -140,6 +140,13 @@ def test_text_decoding_and_binary_detection() -> None:
     assert decode_text("L'été à Paris, où ça coûte cher. ".encode() + b"\x93q\x94") == (
         "L'été à Paris, où ça coûte cher. \ufffdq\ufffd"
     )
+    # A few Windows-1252 bytes in short ASCII text: a detector picked cp437, cp1006 or big5hkscs for these.
+    for note in ("Budget: 500€ for travel\n", "Café\n", "“quoted” text\n", "It’s done.\n"):
+        assert decode_text(note.encode("cp1252")) == note
+        page = f"<p>{note}</p>".encode("cp1252")  # (no declared charset)
+        assert extract(Path("p.html"), page, "html").text == note.strip()
+    polish = "Zażółć gęślą jaźń"  # mostly non-ASCII: still the detector's
+    assert decode_text(polish.encode("cp1250")) == polish
 
 
 def test_bytes_no_detector_reads_as_text_are_binary_even_without_nuls() -> None:

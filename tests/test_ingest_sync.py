@@ -424,6 +424,27 @@ def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift,
         wait_for(lambda: stored(app, docs) == {"fresh.md", "later.md"})
 
 
+def test_watch_keeps_the_documents_of_a_mount_point_that_is_unmounted(app: Rift, docs: Path, monkeypatch) -> None:
+    """Unmounted, a mount point is an empty folder of another device: that is not the folder being replaced,
+    and its sync pruned every document (a remount embedded them all again)."""
+    mounted = {str(docs): True}
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: mounted.get(os.fspath(path), False) or real(path))
+    away = docs.with_name("docs-disk")
+    with watching(app, docs) as thread:
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        docs.rename(away)  # the disk goes: an empty folder of the parent's device stays
+        docs.mkdir()
+        mounted[str(docs)] = False
+        time.sleep(2.5)
+        assert stored(app, docs) == INGESTIBLE and thread.is_alive()
+        docs.rmdir()  # mounted again, with a change made meanwhile
+        away.rename(docs)
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        mounted[str(docs)] = True
+        wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+
+
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:
     releases = docs / "releases"
     for version in ("v1", "v2"):
@@ -560,6 +581,45 @@ def test_watch_survives_a_failed_sync(app: Rift, docs: Path, monkeypatch) -> Non
         thread.join(10)
 
 
+def test_a_watch_sync_that_fails_for_a_reason_says_it_in_one_line(app: Rift, docs: Path, monkeypatch, caplog) -> None:
+    from server.ingest import watch
+
+    monkeypatch.setattr(watch, "sync_paths", lambda *a, **k: (_ for _ in ()).throw(RiftError("the disk is full")))
+    stop = threading.Event()
+    stop_soon = threading.Timer(1.5, stop.set)
+    stop_soon.start()
+    with caplog.at_level("ERROR", logger="server.ingest.watch"):
+        watch.watch_folder(app.engine(), docs, "files", debounce_ms=200, stop_event=stop)
+    failed = [r for r in caplog.records if "sync of" in r.getMessage()]
+    assert failed and "the disk is full; watching on" in failed[0].getMessage()
+    assert all(r.exc_info is None for r in failed)  # no traceback for a problem that is the user's to fix
+
+
+def test_rift_watch_lists_a_skipped_file_again_only_when_its_reason_changes(capsys) -> None:
+    from server.ingest.cli import _print_report
+    from server.ingest.sync import FileResult, SyncReport
+
+    def report(*files: FileResult) -> SyncReport:
+        out = SyncReport("files")
+        out.files.extend(files)
+        return out
+
+    seen: dict[str, str | None] = {}
+    png, big = FileResult("/d/a.png", "skipped", "unsupported"), FileResult("/d/big.md", "skipped", "too large")
+    _print_report(report(png, FileResult("/d/n.md", "added", None, 1)), False, False, seen)
+    _print_report(report(png, FileResult("/d/n.md", "updated", None, 1)), False, False, seen)
+    _print_report(report(png, big), False, False, seen)
+    _print_report(report(FileResult("/d/a.png", "skipped", "unreadable"), big), False, False, seen)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "skipped   /d/a.png",
+        "added     /d/n.md (1 chunks)",
+        "updated   /d/n.md (1 chunks)",
+        "skipped   /d/big.md",
+        "skipped   /d/a.png",
+    ]
+
+
 def test_a_touched_file_gets_its_new_mtime_once_then_is_skipped_unread(
     app: Rift, docs: Path, monkeypatch
 ) -> None:
@@ -596,11 +656,14 @@ def test_files_from_an_earlier_extractor_are_read_again_once(app: Rift, docs: Pa
     versions = __import__("server.ingest.extract", fromlist=["x"]).EXTRACTOR_VERSIONS
     now = versions["html"]
     assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == now
+    app.update_metadata("files", [page], {"tag": "botany"}, [])
     # A new html extractor: the same bytes must be extracted again (and only the html files), then skipped.
     monkeypatch.setitem(versions, "html", now + 1)
     got = statuses(sync(app, docs), docs)
     assert got["botany.html"][0] == "updated" and got["guide.md"] == ("unchanged", None)
-    assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == now + 1
+    stored = dict(app.engine().state.list_documents("files", -1, 0))[page]
+    assert stored["extractor"] == now + 1
+    assert stored["tag"] == "botany"  # the agent's key stays: the file did not change (it was dropped)
     assert statuses(sync(app, docs), docs)["botany.html"] == ("unchanged", None)
 
 

@@ -16,7 +16,11 @@ if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help`
     from server.ingest.sync import SyncReport
 
 
-def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> None:
+def _print_report(
+    report: SyncReport, as_json: bool, verbose: bool = True, skipped_before: dict[str, str | None] | None = None
+) -> None:
+    """Print a sync's per-file lines and its summary. `skipped_before` (for `rift watch`, whose every sync
+    walks the whole folder): files skipped last time with the same reason are not listed again; it is updated."""
     from server.ingest.sync import printable
 
     if as_json:
@@ -29,8 +33,14 @@ def _print_report(report: SyncReport, as_json: bool, verbose: bool = True) -> No
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
+    repeated: dict[str, str | None] = {}
+    if skipped_before is not None:
+        now = {f.path: f.reason for f in report.files if f.status == "skipped"}
+        repeated = {path: reason for path, reason in now.items() if skipped_before.get(path, "") == reason}
+        skipped_before.clear()
+        skipped_before.update(now)
     for f in report.files:
-        if f.status == "unchanged" and not verbose:
+        if (f.status == "unchanged" and not verbose) or (f.status == "skipped" and f.path in repeated):
             continue
         detail = f" ({f.chunks} chunks)" if f.chunks else ""
         detail += f": {f.reason}" if f.reason else ""
@@ -155,6 +165,7 @@ def watch(
     settings = load_settings(data_dir)
     rift = open_rift(settings)
     click.echo(f"watching {path} -> collection {collection!r} (Ctrl-C to stop)", err=True)
+    skipped: dict[str, str | None] = {}  # each sync lists a skipped file only when new or its reason changed
     try:
         watch_folder(
             rift.engine(),
@@ -165,7 +176,7 @@ def watch(
             debounce_ms=debounce_ms,
             force_polling=poll or None,
             ignore_under=[settings.data_dir],
-            on_sync=lambda report: _print_report(report, False, verbose=False),
+            on_sync=lambda report: _print_report(report, False, verbose=False, skipped_before=skipped),
         )
     except (RiftError, NotADirectoryError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -67,6 +67,10 @@ class Extracted:
     metadata: dict[str, Any] = field(default_factory=dict)  # format-specific (front matter, pages)
 
 
+# Non-ASCII bytes up to which mostly ASCII text that is not UTF-8 is read as Windows-1252 (see decode_text).
+FEW_LEGACY_BYTES = 16
+
+
 def looks_binary(data: bytes) -> bool:
     head = data[:SNIFF_BYTES]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text has NULs but is not binary
@@ -90,6 +94,16 @@ def decode_text(data: bytes) -> str:
     few = stray <= max(1, len(lenient) // 1000)
     if stray <= 2 + len(lenient) // 50 and sum(ord(c) > 127 for c in lenient) - stray >= 2 * stray:
         return lenient
+    # A few legacy bytes in mostly ASCII text (a euro sign, a curly quote, "café" in a short note) are too
+    # little for a detector, which then picks a rare code page (cp437, cp1006, big5hkscs: mojibake); Windows-1252
+    # is by far the most common legacy encoding of such text. Mostly non-ASCII text (Cyrillic, Greek, CJK) and
+    # longer legacy text still go to the detector, which has the evidence then.
+    high = sum(byte > 127 for byte in data)
+    if high <= FEW_LEGACY_BYTES and high * 5 <= len(data):
+        try:
+            return data.decode("cp1252")
+        except UnicodeDecodeError:  # (a byte Windows-1252 leaves undefined: not that encoding)
+            pass
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(data))
@@ -274,8 +288,13 @@ def extract_rst(text: str) -> Extracted:
 
 def extract_html(data: bytes) -> Extracted:
     from bs4 import BeautifulSoup
+    from bs4.dammit import EncodingDetector
 
-    soup = BeautifulSoup(data, "html.parser")  # bytes: bs4 honours <meta charset> and BOMs
+    boms = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+    declared = data.startswith(boms) or EncodingDetector.find_declared_encoding(data, is_html=True)
+    # Bytes with a BOM or a declared charset (<meta charset>, an XML declaration): bs4 honours it. Without one,
+    # the same decoding as a text file (bs4's own guess took short Windows-1252 pages for other code pages).
+    soup = BeautifulSoup(data if declared else decode_text(data), "html.parser")
     # The document's own <title>, not one inside an inline <svg> (its accessible name).
     own = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
     title = _short(own.get_text()) if own else None

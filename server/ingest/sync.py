@@ -133,8 +133,9 @@ class _Sync:
             return
         old = self.existing.get(key)
         file_type, family = kind
-        if old and old.get("extractor", 1) != extractor_version(family):
-            old = None  # made by an earlier extractor: extract it again, whatever its bytes
+        # Made by an earlier extractor: extract it again, whatever its bytes (the keys an agent set stay, as for a
+        # touched file).
+        reextract = bool(old) and old.get("extractor", 1) != extractor_version(family)
         try:
             info = path.stat()
         except OSError as exc:
@@ -142,7 +143,7 @@ class _Sync:
             return
         if old and old.get("via") != (str(via) if via else None):
             old = {**old, "mtime": None}  # reached another way now: refresh the stored metadata
-        if old and old.get("size") == info.st_size and old.get("mtime") == info.st_mtime:
+        if old and not reextract and old.get("size") == info.st_size and old.get("mtime") == info.st_mtime:
             self.unchanged(key)
             return
         try:
@@ -155,10 +156,10 @@ class _Sync:
             return
         digest = hashlib.sha256(data).hexdigest()
         same_bytes = bool(old) and old.get("sha256") == digest and old.get("size") == info.st_size
-        if same_bytes and old.get("mtime") == info.st_mtime:
+        if same_bytes and not reextract and old.get("mtime") == info.st_mtime:
             self.unchanged(key)
             return
-        if same_bytes:
+        if same_bytes and not reextract:
             # A touch or a checkout: store the new mtime, so later syncs skip the file by its stat again and
             # mtime filters see it. The engine keeps every chunk's vector (same text); reported as unchanged.
             self.refreshed.add(key)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from server.errors import RiftError
+from server.errors import RiftError, user_message
 from server.ingest.security import PathPolicy
 from server.ingest.sync import SyncReport, sync_paths
 from server.ingest.walker import VCS_DIRS
@@ -65,18 +65,28 @@ def watch_folder(
     def sync() -> None:
         try:
             report = sync_paths(engine, collection, [given], policy, glob=glob, prune=prune)
-        except Exception:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
-            log.exception("sync of %s failed; watching on, the next change retries", folder)
+        except Exception as exc:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
+            problem = user_message(exc)
+            if problem is None:  # a bug: its traceback
+                log.exception("sync of %s failed; watching on, the next change retries", folder)
+            else:
+                log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
             return
         if on_sync is not None:
             on_sync(report)
+
+    # A folder that is a mount point (a disk, a network share) and then is not is unmounted, not replaced: the
+    # empty folder left under it must not prune the collection.
+    mount_point = os.path.ismount(given)
 
     def identity() -> tuple[int, int] | None:
         try:
             st = os.stat(given)
         except OSError:
             return None
-        return (st.st_dev, st.st_ino) if os.path.isdir(given) else None
+        if not os.path.isdir(given) or (mount_point and not os.path.ismount(given)):
+            return None
+        return (st.st_dev, st.st_ino)
 
     def stopped() -> bool:
         return stop_event is not None and stop_event.is_set()
@@ -101,7 +111,11 @@ def watch_folder(
     while not stopped():
         watching = identity()
         if watching is None:
-            log.warning("%s is gone; its documents are kept; watching for it to come back", folder)
+            log.warning(
+                "%s is %s; its documents are kept; watching for it to come back",
+                folder,
+                "no longer mounted" if mount_point and os.path.isdir(given) else "gone",
+            )
             if not wait_while(lambda: identity() is None):
                 return
             log.warning("%s is back; syncing it", folder)
