@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from server.config import Settings
 from server.engine.engine import DocumentInput
-from server.errors import RiftError
+from server.errors import NotFoundError, RiftError
 from server.ingest.security import PathPolicy
 from server.ingest.sync import sync_paths
 from server.service import Rift
@@ -443,6 +443,34 @@ def test_watch_keeps_the_documents_of_a_mount_point_that_is_unmounted(app: Rift,
         (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
         mounted[str(docs)] = True
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+
+
+def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(app: Rift, docs: Path) -> None:
+    """The link's target is stored, and was read again only when something in the folder itself changed."""
+    outside = docs.parent / "shared"
+    outside.mkdir()
+    target = outside / "comet.md"
+    target.write_text("# Comets\n\nA comet's tail points away from the sun.\n")
+    (docs / "comet.md").symlink_to(target)
+
+    def text() -> str:
+        try:
+            return app.engine().get_document("files", str(target))[0]
+        except NotFoundError:  # (not synced yet)
+            return ""
+
+    with watching(app, docs):
+        wait_for(lambda: "tail points" in text())
+        time.sleep(1.0)
+        target.write_text("# Comets\n\nA comet's nucleus is ice and dust.\n")  # edited in place
+        wait_for(lambda: "nucleus" in text())
+        fresh = outside / ".comet.md.tmp"  # an editor's save: a new file renamed over the old one
+        fresh.write_text("# Comets\n\nA comet's coma glows near the sun.\n")
+        fresh.replace(target)
+        wait_for(lambda: "coma" in text())
+        time.sleep(1.0)
+        target.write_text("# Comets\n\nComets return on long orbits.\n")  # the new file is watched too
+        wait_for(lambda: "long orbits" in text())
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:

@@ -62,7 +62,23 @@ def watch_folder(
         # Under a skipped folder, not merely sharing its name's prefix ("data" vs "data-notes").
         return default(change, path) and not any(path == s or path.startswith(s + os.sep) for s in skip)
 
+    # Files outside the folder that its symlinks lead to, with their inode: watched beside it (a change there
+    # syncs too), and the watch starts again when they change (a new link, or an editor's save replacing one).
+    linked: frozenset[tuple[str, int]] = frozenset()
+
+    def linked_files(report: SyncReport) -> frozenset[tuple[str, int]]:
+        inside = str(folder).rstrip(os.sep) + os.sep
+        out = set()
+        for f in report.files:
+            if f.status in ("added", "updated", "unchanged") and not f.path.startswith(inside):
+                try:
+                    out.add((f.path, os.stat(f.path).st_ino))
+                except OSError:
+                    continue
+        return frozenset(out)
+
     def sync() -> None:
+        nonlocal linked
         try:
             report = sync_paths(engine, collection, [given], policy, glob=glob, prune=prune)
         except Exception as exc:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
@@ -72,6 +88,7 @@ def watch_folder(
             else:
                 log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
             return
+        linked = linked_files(report)
         if on_sync is not None:
             on_sync(report)
 
@@ -129,10 +146,13 @@ def watch_folder(
             continue
         started = False
         replaced = False
+        relinked = False
+        watched = linked
         # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
         # miss a change made while it runs; later empty yields only let stop_event be checked.
         for changes in watch(
             folder,
+            *sorted(path for path, _ in watched if os.path.isfile(path)),
             watch_filter=relevant,
             debounce=debounce_ms,
             stop_event=stop_event,
@@ -148,5 +168,8 @@ def watch_folder(
                 log.info("syncing %s (%d changes)", folder, len(changes))
                 sync()
                 started = True
-        if not replaced:
+                if linked != watched:
+                    relinked = True
+                    break
+        if not (replaced or relinked):
             return  # stopped: stop_event or Ctrl-C
