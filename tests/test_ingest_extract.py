@@ -211,6 +211,11 @@ def test_pdf_text_pages_and_failures(tmp_path: Path) -> None:
     assert out.text.split("\f")[0].strip() == "First page words."
     with pytest.raises(SkipFile, match="no %PDF header"):
         extract(Path("fake.pdf"), b"hello", "pdf")
+    # Bytes before the header (a mail gateway's or a scanner's prefix): PDF readers accept it within 1,024.
+    prefixed = b"X" * 200 + b"\n" + (tmp_path / "two.pdf").read_bytes()
+    assert extract(Path("prefixed.pdf"), prefixed, "pdf").text == out.text
+    with pytest.raises(SkipFile, match="no %PDF header"):
+        extract(Path("late.pdf"), b"X" * 1100 + (tmp_path / "two.pdf").read_bytes(), "pdf")
     with pytest.raises(SkipFile, match="unreadable PDF"):
         extract(Path("broken.pdf"), b"%PDF-1.4\n garbage without objects", "pdf")
 

@@ -410,8 +410,8 @@ def extract(path: Path, data: bytes, family: Family, max_chars: int | None = Non
     """Text, title and format metadata of a file's bytes; raises SkipFile with the reason when it has none.
     `max_chars`: formats whose text can be far larger than their bytes stop early past it (PDF)."""
     if family == "pdf":
-        if not data.startswith(b"%PDF"):
-            raise SkipFile("not a PDF file (no %PDF header)")
+        if b"%PDF-" not in data[:1024]:  # (the header may follow other bytes within the first 1,024: PDF 1.7, H.3)
+            raise SkipFile("not a PDF file (no %PDF header in its first 1,024 bytes)")
         out = extract_pdf(data, max_chars)
     else:
         if looks_binary(data):
