@@ -2494,6 +2494,32 @@ def test_an_undone_delete_leaves_no_announcement_owed(pair: tuple[Rift, Rift], m
     assert sorted(ids(b.search("default", "text of", mode="keyword").outcome.hits)) == ["x", "y"]
 
 
+def test_a_committed_write_is_announced_and_not_failed_by_its_bookkeeping(pair: tuple[Rift, Rift], monkeypatch) -> None:
+    """Two failures after a write has committed: clearing its owed note (a full state disk) failed the call,
+    and a failure updating the keyword index left the write unannounced to the other processes."""
+    import sqlite3
+
+    a, b = pair
+    state = a.engine().state
+    real = state.delete_setting
+
+    def full(key: str, prefix: bool = False) -> None:
+        if key.startswith("owed_announcement:"):
+            raise sqlite3.OperationalError("database or disk is full")
+        real(key, prefix)
+
+    monkeypatch.setattr(state, "delete_setting", full)
+    assert [s.status for s in a.add_documents("default", docs(("x", "the text of x")))] == ["added"]
+    monkeypatch.undo()
+    b.engine().shared.sync(force=True)  # b follows a (a first follow repairs in full)
+    index = a.engine()._keyword["default"]
+    monkeypatch.setattr(index, "apply", lambda *args, **kwargs: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        a.add_documents("default", docs(("y", "the text of y")))
+    b.engine().shared.sync(force=True)
+    assert sorted(ids(b.search("default", "text of", mode="keyword").outcome.hits)) == ["x", "y"]
+
+
 def test_an_owed_announcement_for_vectors_switched_elsewhere_is_dropped_not_made(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -145,8 +145,13 @@ def test_text_decoding_and_binary_detection() -> None:
         assert decode_text(note.encode("cp1252")) == note
         page = f"<p>{note}</p>".encode("cp1252")  # (no declared charset)
         assert extract(Path("p.html"), page, "html").text == note.strip()
-    polish = "Zażółć gęślą jaźń"  # mostly non-ASCII: still the detector's
-    assert decode_text(polish.encode("cp1250")) == polish
+    # ... but not other code pages' text that Windows-1252 would misread, however much ASCII surrounds it.
+    padding = "An ordinary English paragraph about the project, its settings and how to run it. "
+    cases = [("Zażółć gęślą jaźń", "cp1250", 0), ("Zażółć gęślą jaźń", "cp1250", 1), ("Zażółć gęślą jaźń", "cp1250", 8)]
+    cases += [("繁體中文", "big5", 0), ("繁體中文", "big5", 1), ("한국어 문서", "euc_kr", 0), ("한국어 문서", "euc_kr", 1)]
+    for text, encoding, copies in cases:  # (longer CJK text the detector itself misreads: not these)
+        assert decode_text((padding * copies + text).encode(encoding)) == padding * copies + text
+    assert decode_text((padding + "テストです").encode("shift_jis")) == padding + "テストです"
 
 
 def test_bytes_no_detector_reads_as_text_are_binary_even_without_nuls() -> None:

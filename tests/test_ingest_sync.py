@@ -426,22 +426,34 @@ def test_watch_waits_for_a_vanished_folder_and_follows_a_replaced_one(app: Rift,
 
 def test_watch_keeps_the_documents_of_a_mount_point_that_is_unmounted(app: Rift, docs: Path, monkeypatch) -> None:
     """Unmounted, a mount point is an empty folder of another device: that is not the folder being replaced,
-    and its sync pruned every document (a remount embedded them all again)."""
-    mounted = {str(docs): True}
+    and its sync pruned every document (a remount embedded them all again). Here the watch starts before the
+    disk is mounted, as one started at login may."""
+    mounted = {str(docs): False}
     real = os.path.ismount
     monkeypatch.setattr(os.path, "ismount", lambda path: mounted.get(os.fspath(path), False) or real(path))
-    away = docs.with_name("docs-disk")
-    with watching(app, docs) as thread:
-        wait_for(lambda: stored(app, docs) == INGESTIBLE)
-        docs.rename(away)  # the disk goes: an empty folder of the parent's device stays
-        docs.mkdir()
+    disk = docs.with_name("docs-disk")
+    docs.rename(disk)
+    docs.mkdir()  # the mount point, nothing mounted on it yet
+
+    def mount() -> None:
+        docs.rmdir()
+        disk.rename(docs)
+        mounted[str(docs)] = True
+
+    def unmount() -> None:
+        docs.rename(disk)
+        docs.mkdir()  # an empty folder of the parent's device stays
         mounted[str(docs)] = False
+
+    with watching(app, docs) as thread:
+        time.sleep(1.5)
+        mount()
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        unmount()
         time.sleep(2.5)
         assert stored(app, docs) == INGESTIBLE and thread.is_alive()
-        docs.rmdir()  # mounted again, with a change made meanwhile
-        away.rename(docs)
-        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
-        mounted[str(docs)] = True
+        (disk / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")  # mounted again, changed
+        mount()
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
 
 

@@ -193,6 +193,15 @@ def test_where_labels_decide_the_proxies_only_guard_against_collapse() -> None:
     judged_worse = _report(**{"keyword_recall@10": 0.0, "feedback_ndcg@10": -0.025})
     gate._decide(judged_worse, judged_worse.delta, fb_queries=4)
     assert not judged_worse.accepted and "feedback nDCG@10 fell by 0.0250 on the 4 held-out" in judged_worse.reason
+    # ... with a labelled set too: a labelled gain does not outvote the agent's own verdicts falling.
+    both = _report(**{"labelled_ndcg@10": 0.001, "feedback_ndcg@10": -0.3})
+    gate._decide(both, both.delta, fb_queries=10)
+    assert not both.accepted and both.basis == "labelled" and "feedback nDCG@10 fell by 0.3000" in both.reason
+    unstable = GateReport(
+        accepted=False, reason="", basis="label-free", holdout_queries=50, delta={"labelled_ndcg@10": 0.1}, stability=0.2
+    )
+    gate._decide(unstable, unstable.delta, 0)
+    assert not unstable.accepted and unstable.basis == "labelled" and "stability@10" in unstable.reason
 
 
 def test_feedback_is_scored_on_the_documents_the_agent_judged() -> None:

@@ -157,6 +157,17 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
         assert policy.last_retrain == retrained_at and policy.window_start > retrained_at
         assert policy.check().startswith("not due: 0 new queries")
         assert policy.describe()["last_action"]["outcome"].startswith("skipped")
+        # An attempt that fails for another reason (a bug, the disk) waits for the next window too: it was tried
+        # again at every check, each reading the whole log.
+        for text in queries()[:30]:
+            rift.search("other", text + " once more")
+        real = rift.learning.retrain
+        rift.learning.retrain = lambda **kwargs: (_ for _ in ()).throw(OSError(5, "Input/output error"))  # type: ignore[method-assign]
+        try:
+            assert policy.check().startswith("failed to start (30 new queries")
+            assert policy.check().startswith("not due: 0 new queries")
+        finally:
+            rift.learning.retrain = real  # type: ignore[method-assign]
     finally:
         rift.close()
 
@@ -249,6 +260,37 @@ def test_a_wrong_gate_eval_data_fails_before_any_training(tmp_path: Path, tiny_m
         assert rift.learning.jobs.running is None
         assert [v.kind for v in rift.learning.registry.all()] == ["base"]
         assert rift.learning.retrain(dry_run=True)["status"] == "dry_run"  # a dry run reads no labels
+    finally:
+        rift.close()
+
+
+def test_searched_evaluation_queries_are_never_trained_on(tmp_path: Path, tiny_model_path: Path) -> None:
+    """gate_eval_data's query texts, once searched (by an agent, a user), were mined like any other search: the
+    candidate trained on them, and the labelled gate then scored it on the very texts it learned."""
+    from server.learning.query_log import normalized_query
+    from tests.support.learning import corpus
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": d["id"], "text": d["text"]}) for d in corpus()))
+    evaluation = {f"q{i}": queries()[i] for i in range(0, 40, 2)}
+    (beir / "queries.jsonl").write_text("\n".join(json.dumps({"_id": k, "text": v}) for k, v in evaluation.items()))
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "\n".join(f"q{i}\td{i % 30}\t1" for i in range(0, 40, 2))
+    )
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, gate_eval_data=beir, gate_eval_split="test", gate_eval_collection="default"
+    )
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)  # searches all of queries(), the evaluation texts among them
+        texts = {normalized_query(t) for t in evaluation.values()}
+        mined, rows, triples = rift.learning.mine()
+        assert rows and not texts & {normalized_query(row[0]) for row in rows}
+        assert not texts & {normalized_query(q.query) for q in mined.train_queries}
+        assert mined.evaluation_left_out > 0
+        dry = rift.learning.retrain(dry_run=True)["mining"]
+        assert dry["evaluation_queries_left_out"] == mined.evaluation_left_out
     finally:
         rift.close()
 

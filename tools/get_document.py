@@ -16,7 +16,10 @@ from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
 class DocumentOut(BaseModel):
     collection: str
     doc_id: str
-    text: str = Field(description="The document's text (the requested window of it, if max_chars is set).")
+    text: str = Field(
+        description="The document's text, or the window offset .. offset + max_chars of it (by default at most the "
+        "server's get_document_max_chars: truncated says whether more follows)."
+    )
     metadata: dict[str, Any]
     chunks: int
     updated_at: float = Field(description="When it was last written (Unix seconds).")

@@ -1444,34 +1444,51 @@ class Engine:
                 self._look_again_on_server(collection)
                 raise _deleted_meanwhile(collection) from None  # (Chroma's own words name no collection of ours)
             raise
-        index = self._keyword[collection]
-        fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
-        rebuild = index.apply(
-            remove=stale,
-            add=[
-                KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if fits else None) for r in rows
-            ],
-            add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
-        )
-        if rebuild:
-            self._rebuild_ms[collection] = rebuild * 1000
         try:
-            self.vectors.delete(chroma_name, stale)
-            self.state.journal_clear(journal_id)
-        except Exception:
-            # Committed and visible; the stale chunks are invisible to search and start-up removes them.
-            log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
-        if self.shared is not None and rows:
-            self._sweep_older_versions(chroma_name, rows)
-        if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
-            touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
-            # (A delete announces no stamp: it is no version, and the stamp it read at may be later than a
-            # version written meanwhile that every process then shows.)
-            versions = {r.doc_id: r.doc_hash for r in rows} if written is not None else None
-            self.shared.publish(
-                collection, chroma_name, self._record(collection).model_version, sorted(touched), written, versions
+            index = self._keyword[collection]
+            fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
+            rebuild = index.apply(
+                remove=stale,
+                add=[
+                    KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if fits else None) for r in rows
+                ],
+                add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
             )
+            if rebuild:
+                self._rebuild_ms[collection] = rebuild * 1000
+            try:
+                self.vectors.delete(chroma_name, stale)
+                self.state.journal_clear(journal_id)
+            except Exception:
+                # Committed and visible; the stale chunks are invisible to search and start-up removes them.
+                log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
+            if self.shared is not None and rows:
+                self._sweep_older_versions(chroma_name, rows)
+        except BaseException:
+            if self.shared is not None:  # committed all the same: the other processes must hear of it
+                with suppress(Exception):
+                    self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
+            raise
+        if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
+            self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
             self._deleted_since_commit(collection, chroma_name)
+
+    def _announce_commit(
+        self,
+        collection: str,
+        chroma_name: str,
+        rows: Sequence[ChunkRow],
+        written: float | None,
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+        remove_docs: Sequence[str],
+    ) -> None:
+        touched = {r.doc_id for r in rows} | set(remove_docs) | {d[0] for d in put_docs}
+        # (A delete announces no stamp: it is no version, and the stamp it read at may be later than a version
+        # written meanwhile that every process then shows.)
+        versions = {r.doc_id: r.doc_hash for r in rows} if written is not None else None
+        self.shared.publish(  # type: ignore[union-attr]
+            collection, chroma_name, self._record(collection).model_version, sorted(touched), written, versions
+        )
 
     @contextmanager
     def _unless_deleted_meanwhile(self, collection: str, chroma_name: str) -> Iterator[None]:

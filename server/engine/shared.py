@@ -227,7 +227,8 @@ class SharedSync:
                 self._noted.add(chroma)
         else:
             if chroma not in self._owed and chroma in self._noted:
-                self._unnote(chroma)
+                with contextlib.suppress(Exception):  # (left, it costs one announcement of the whole collection)
+                    self._unnote(chroma)
 
     def expect(self, collection: str, chroma: str) -> None:
         """Before a write reaches Chroma collection `chroma`: note its announcement as owed in the state until

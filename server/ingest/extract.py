@@ -101,9 +101,11 @@ def decode_text(data: bytes) -> str:
     high = sum(byte > 127 for byte in data)
     if high <= FEW_LEGACY_BYTES and high * 5 <= len(data):
         try:
-            return data.decode("cp1252")
+            western = data.decode("cp1252")
         except UnicodeDecodeError:  # (a byte Windows-1252 leaves undefined: not that encoding)
-            pass
+            western = None
+        if western is not None and _reads_as_western(western):
+            return western
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(data))
@@ -117,6 +119,25 @@ def decode_text(data: bytes) -> str:
         if match.encoding == "cp1252":
             return str(match)
     return str(matches[0])
+
+
+# A non-ASCII character inside a word that is not a letter ("Za¿ó³æ": Polish read as Windows-1252) or a
+# typographic mark that sits there (it’s, co‑op): the bytes are another code page's letters.
+_INSIDE_A_WORD = re.compile(r"(?<=[^\W\d_])[^\x00-\x7f](?=[^\W\d_])")
+_IN_WORD_MARKS = frozenset("’‘·–—")
+
+
+# Windows-1252 signs that Western prose hardly ever holds, and that other code pages' bytes often read as
+# ("ƒeƒXƒg" is Shift-JIS, "¤¤¤å" Big5).
+_UNLIKELY_SIGNS = frozenset("¤¦¨¬¯¸¹ƒˆ˜")
+
+
+def _reads_as_western(text: str) -> bool:
+    """Whether `text`, bytes read as Windows-1252, looks like Western text rather than another code page's
+    (Central European, or CJK double bytes)."""
+    if not _UNLIKELY_SIGNS.isdisjoint(text):
+        return False
+    return all(m.group().isalpha() or m.group() in _IN_WORD_MARKS for m in _INSIDE_A_WORD.finditer(text))
 
 
 def clean(text: str) -> str:

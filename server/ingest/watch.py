@@ -82,7 +82,9 @@ def watch_folder(
         try:
             report = sync_paths(engine, collection, [given], policy, glob=glob, prune=prune)
         except Exception as exc:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
-            problem = user_message(exc)
+            from server.engine.vector_store import chroma_server_problem
+
+            problem = user_message(exc) or chroma_server_problem(exc, then="the next change retries")
             if problem is None:  # a bug: its traceback
                 log.exception("sync of %s failed; watching on, the next change retries", folder)
             else:
@@ -94,9 +96,12 @@ def watch_folder(
 
     # A folder that is a mount point (a disk, a network share) and then is not is unmounted, not replaced: the
     # empty folder left under it must not prune the collection.
+    # (Sticky: a watch that starts before the disk is mounted must not take its later unmount for a replacement.)
     mount_point = os.path.ismount(given)
 
     def identity() -> tuple[int, int] | None:
+        nonlocal mount_point
+        mount_point = mount_point or os.path.ismount(given)
         try:
             st = os.stat(given)
         except OSError:

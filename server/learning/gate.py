@@ -289,12 +289,19 @@ class Gate:
                 report.reason = f"{name} fell by {-delta[name]:.4f} (tolerance {tol})"
                 return
         if report.stability is not None and report.stability < self.cfg.min_stability:
+            report.basis = basis
             report.reason = f"stability@10 {report.stability:.3f} is below {self.cfg.min_stability}"
             return
         if labelled:
             report.basis = basis
             if delta["labelled_ndcg@10"] < 0:
                 report.reason = f"labelled hybrid nDCG@10 fell by {-delta['labelled_ndcg@10']:.4f}"
+                return
+            if delta.get("feedback_ndcg@10", 0.0) < 0:  # the agent's own verdicts veto, as without labels
+                report.reason = (
+                    f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f} on the {fb_queries} held-out "
+                    "queries with feedback"
+                )
                 return
             report.accepted = True
             report.reason = f"labelled hybrid nDCG@10 {delta['labelled_ndcg@10']:+.4f}"

@@ -232,9 +232,20 @@ class LearningManager:
         strategy: str | None = None,
         negatives_per_query: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        dry_run: bool = False,
     ) -> tuple[Any, list, list]:
         mining, gate = self._configs(strategy, negatives_per_query)
-        mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress)
+        # A configured labelled set's queries are never trained on, even when they were searched: the gate then
+        # scores the candidate on texts it did not learn. (A dry run still shows triples when the set cannot be
+        # read; a retrain refuses before mining.)
+        try:
+            evaluation = self._evaluation_set()
+        except RiftError:
+            if not dry_run:
+                raise
+            evaluation = None
+        never = {normalized_query(q) for q in evaluation.queries.values()} if evaluation is not None else set()
+        mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress, never_train=never)
         rows, kept = materialize(self.engine, mined.report.triples)
         mined.report.triples = kept
         return mined, rows, kept
@@ -271,9 +282,11 @@ class LearningManager:
             self._check_room_to_train(self.engine, self.engine.embedder.spec.location)
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         if dry_run:
-            mined, rows, _ = self.mine(strategy, negatives_per_query)
+            mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
             summary = mined.report.summary(examples)
             summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
+            if mined.evaluation_left_out:
+                summary["evaluation_queries_left_out"] = mined.evaluation_left_out
             return {"job_id": None, "status": "dry_run", "mining": summary}
         need = min_triples if min_triples is not None else s.learn_min_triples
         cfg = TrainConfig(
@@ -303,6 +316,8 @@ class LearningManager:
                 job.check()
                 summary = mined.report.summary(examples)
                 summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
+                if mined.evaluation_left_out:
+                    summary["evaluation_queries_left_out"] = mined.evaluation_left_out
                 mined_out["summary"] = summary
                 job.result = {"mining": {k: v for k, v in summary.items() if k != "examples"}}
                 if len(rows) < need:
@@ -421,6 +436,19 @@ class LearningManager:
 
     def _labelled(self) -> LabelledSet | None:
         s = self.settings
+        ds = self._evaluation_set()
+        if ds is None:
+            return None
+        if s.gate_eval_collection not in self.engine.collection_names():
+            raise RiftError(
+                f"gate_eval_collection {s.gate_eval_collection!r} does not exist; index gate_eval_data's corpus "
+                "into it (document ids = the BEIR _id) or unset gate_eval_data"
+            )
+        return LabelledSet(s.gate_eval_collection, ds.queries, ds.qrels, f"{ds.name}/{s.gate_eval_split}")
+
+    def _evaluation_set(self) -> Any:
+        """The labelled set `gate_eval_data` names (read once; a `BeirDataset`), or None."""
+        s = self.settings
         if s.gate_eval_data is None:
             return None
         from server.bench.beir import BenchError, load_beir
@@ -434,13 +462,7 @@ class LearningManager:
                     f"gate_eval_data {s.gate_eval_data} with gate_eval_split {s.gate_eval_split!r} cannot be read "
                     f"({exc}); fix or unset them"
                 ) from None
-        ds = self._labelled_data[1]
-        if s.gate_eval_collection not in self.engine.collection_names():
-            raise RiftError(
-                f"gate_eval_collection {s.gate_eval_collection!r} does not exist; index gate_eval_data's corpus "
-                "into it (document ids = the BEIR _id) or unset gate_eval_data"
-            )
-        return LabelledSet(s.gate_eval_collection, ds.queries, ds.qrels, f"{ds.name}/{s.gate_eval_split}")
+        return self._labelled_data[1]
 
     def _retrain_job(
         self, job: Job, plan: ResumePlan, holdout: list, feedback: dict[str, dict[str, bool]]

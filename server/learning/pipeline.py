@@ -4,7 +4,7 @@ collect the log -> time split -> mine -> materialize texts -> train -> build can
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ class Mined:
     train_queries: list[QueryHead]  # (without candidate lists: QueryLog.by_ids reads those)
     holdout: list[LoggedQuery]
     feedback: dict[str, dict[str, bool]]
+    evaluation_left_out: int = 0  # logged searches not trained on: their text is a labelled evaluation query
 
 
 def collect_and_mine(
@@ -39,12 +40,17 @@ def collect_and_mine(
     gate: GateConfig,
     collection: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    never_train: Collection[str] = (),
 ) -> Mined:
     """The log split in time (the latest searches held out for the gate) and the older ones mined; `progress`
-    as in `mine`."""
+    as in `mine`. `never_train`: query texts (`normalized_query`) no training pair may have, such as a
+    labelled evaluation set's: a search of one is left out of mining."""
     names = set(engine.collection_names())
     heads = [q for q in query_log.heads(collection) if q.collection in names]
     train, held_out = time_split(heads, gate)
+    evaluation = frozenset(never_train)
+    kept = [q for q in train if normalized_query(q.query) not in evaluation]
+    left_out, train = len(train) - len(kept), kept
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     feedback = query_log.feedback_map()
     fetched: dict[str, list[str]] = {}
@@ -53,11 +59,11 @@ def collect_and_mine(
     report = mine(train, mining, feedback, fetched, load=query_log.by_ids, progress=progress)
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
-        held = {normalized_query(q.query) for q in holdout}  # the gate scores these texts: never train on them
+        held = {normalized_query(q.query) for q in holdout} | evaluation  # the gate scores these: never train on them
         for name in sorted({q.collection for q in train}):
             corpus = _corpus_triples(engine, name, mining, supplement)
             report.triples.extend(t for t in corpus if normalized_query(t.query) not in held)
-    return Mined(report, train, holdout, feedback)
+    return Mined(report, train, holdout, feedback, left_out)
 
 
 def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, supplement: str) -> list[Triple]:

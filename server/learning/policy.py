@@ -119,6 +119,11 @@ class Policy:
             self.window_start = time.time()
             self._persist()
             self.last_outcome = f"skipped ({why}): {exc}"
+        except Exception as exc:  # a failure of the attempt itself: logged once, tried again the next window
+            log.exception("periodic retrain could not start")
+            self.window_start = time.time()
+            self._persist()
+            self.last_outcome = f"failed to start ({why}): {type(exc).__name__}: {exc}"[:500]
         self.last_action = {"at": self.last_check, "outcome": self.last_outcome}
         log.info("periodic retrain: %s", self.last_outcome)
         return self.last_outcome
