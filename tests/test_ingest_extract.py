@@ -16,6 +16,7 @@ from server.ingest.extract import (
     decode_text,
     extract,
     flatten_front_matter,
+    looks_binary,
     markdown_headings,
     rst_headings,
     split_front_matter,
@@ -126,6 +127,10 @@ def test_text_decoding_and_binary_detection() -> None:
     assert decode_text(french.encode("cp1252")) == french
     assert decode_text("\ufeffbom".encode()) == "bom"
     assert extract(Path("u16.txt"), "wide text".encode("utf-16"), "text").text == "wide text"
+    for encoding in ("utf-16-le", "utf-16-be"):  # without a byte-order mark: not "binary (NUL bytes)"
+        wide = "wide text\r\nwithout a BOM, café".encode(encoding)
+        assert not looks_binary(wide) and extract(Path("u16.txt"), wide, "text").text == "wide text\nwithout a BOM, café"
+    assert looks_binary(b"\x00\x01\x00\x02" * 50)  # NULs every other byte, but no text between them
     with pytest.raises(SkipFile, match="binary file"):
         extract(Path("x.txt"), b"abc\x00def", "text")
     with pytest.raises(SkipFile, match="no text"):

@@ -71,9 +71,22 @@ class Extracted:
 FEW_LEGACY_BYTES = 16
 
 
+def utf16_without_bom(data: bytes) -> str | None:
+    """"utf-16-le" or "utf-16-be" for UTF-16 text that lacks a byte-order mark (some Windows tools write it):
+    mostly ASCII, so every other byte of its start is NUL and the others are printable; else None."""
+    head = data[:SNIFF_BYTES]
+    if len(head) < 8:
+        return None
+    head = head[: len(head) // 2 * 2]
+    for zeros, chars, name in ((head[1::2], head[::2], "utf-16-le"), (head[::2], head[1::2], "utf-16-be")):
+        if zeros.count(0) >= 0.9 * len(zeros) and sum(32 <= c < 127 or c in (9, 10, 13) for c in chars) >= 0.9 * len(chars):
+            return name
+    return None
+
+
 def looks_binary(data: bytes) -> bool:
     head = data[:SNIFF_BYTES]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text has NULs but is not binary
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or utf16_without_bom(head):  # UTF-16 text has NULs
         return False
     return b"\x00" in head
 
@@ -82,6 +95,9 @@ def decode_text(data: bytes) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         # A broken tail (an odd byte, a lone surrogate) costs a replacement character, not the file.
         return data.decode("utf-16", errors="replace")
+    wide = utf16_without_bom(data)
+    if wide is not None:
+        return data.decode(wide, errors="replace")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
