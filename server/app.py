@@ -55,7 +55,7 @@ SERVING: list[Rift] = []
 
 
 def close_on_terminate() -> None:
-    """On SIGTERM, close what this process serves before exiting (the default handler exits at once): the
+    """On SIGTERM (or SIGINT), close what this process serves before exiting (the default handler exits at once): the
     query log writes the searches it has answered, a retrain checkpoints to continue at the next start. A
     stdio server is meant to stop when its client closes stdin; SIGTERM is the client's next step."""
     import signal
@@ -71,6 +71,9 @@ def close_on_terminate() -> None:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+    # Ctrl-C in a terminal: the same (Python's own handler cancelled the protocol's task, but the thread
+    # reading stdin stayed blocked, so the process ran on, holding the data dir, until stdin closed).
+    signal.signal(signal.SIGINT, terminate)
 
 
 class RiftMCPServer(MCPServer):

@@ -102,6 +102,10 @@ class _TomlBesideItsFile(TomlConfigSettingsSource):
                 data["model"] = str(beside)
         return data
 
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        # A byte-order mark (Windows PowerShell's "UTF-8" writes one) is not TOML, but the file is meant as such.
+        return tomllib.loads(file_path.read_bytes().decode("utf-8").removeprefix("\ufeff"))
+
     def _beside(self, raw: str) -> Path:
         path = Path(raw).expanduser()
         return path if path.is_absolute() else self._folder / path
@@ -367,6 +371,9 @@ class Settings(BaseSettings):
         # HTTP strips a header value's surrounding whitespace, so such a token could never match.
         if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
             raise ValueError("the bearer token must not contain whitespace")
+        # Clients send header bytes as Latin-1 (Node) or refuse anything else (httpx): another token never matches.
+        if value is not None and not all("!" <= c <= "~" for c in value):
+            raise ValueError("the bearer token must be printable ASCII (letters, digits, punctuation)")
         return value
 
     @field_validator("data_dir", mode="after")

@@ -119,6 +119,27 @@ def test_add_reports_a_file_name_that_is_not_utf8_in_valid_json(tmp_path: Path, 
     assert skipped["path"].endswith("caf\ufffd.md") and skipped["status"] == "skipped"
 
 
+def test_ctrl_c_during_rift_retrain_cancels_it_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """It exited 1 (click's error), as a failure would, where every other command stopped by Ctrl-C exits 130."""
+    import server.learning.cli as learning_cli
+    from tests.support.helpers import make_settings, open_rift
+    from tests.support.learning import fill_two_collections
+
+    data = tmp_path / "data"
+    rift = open_rift(make_settings(data, Path(env["RIFT_MODEL"])))
+    fill_two_collections(rift)
+    rift.close()
+
+    def interrupted(learning, started):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(learning_cli, "_wait", interrupted)
+    result = CliRunner().invoke(main, ["retrain", "--min-triples", "1", "--data-dir", str(data)])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; the job was cancelled and the serving model is unchanged" in result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+
+
 def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
     tmp_path: Path, env: dict[str, str], monkeypatch
 ) -> None:

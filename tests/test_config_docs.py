@@ -221,6 +221,9 @@ def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path,
     bad.write_bytes(b"\xff\xfe = 1\n")
     res = CliRunner().invoke(main, ["config"])
     assert res.exit_code == 1 and f"config file {bad} is not UTF-8 text" in res.output
+    bad.write_bytes("\ufeffmax_k = 42\n".encode())  # "UTF-8" as Windows PowerShell writes it: with a BOM
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 0 and '"max_k": 42' in res.output, res.output
 
 
 def test_read_commands_refuse_another_model_instead_of_re_embedding(

@@ -144,6 +144,9 @@ def test_a_token_with_whitespace_is_refused_at_start(tmp_path: Path, tiny_model_
     for token in ("secret ", " secret", "sec ret"):
         with pytest.raises(ValidationError, match="must not contain whitespace"):
             make_settings(tmp_path / "data", tiny_model_path, http_token=token)
+    for token in ("sécret", "密钥"):  # clients send header bytes as Latin-1, or refuse: it could never match
+        with pytest.raises(ValidationError, match="must be printable ASCII"):
+            make_settings(tmp_path / "data", tiny_model_path, http_token=token)
 
 
 def test_a_port_in_use_is_one_clear_error_before_anything_says_it_serves() -> None:

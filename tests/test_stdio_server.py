@@ -201,9 +201,11 @@ def test_second_server_on_a_locked_data_dir_is_refused(tmp_path: Path, tiny_mode
     assert proc.stdout == ""
 
 
-def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_path: Path) -> None:
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_path: Path, signum: str) -> None:
     """A client's SIGTERM (its next step when closing stdin did not stop the server) must not lose the
-    searches the server answered: their log records are what feedback and retrain read."""
+    searches the server answered: their log records are what feedback and retrain read. Ctrl-C in a terminal
+    (SIGINT) does the same: it left the process running, holding the data dir, until stdin closed."""
     import signal
 
     from server.learning.query_log import QueryLog
@@ -236,8 +238,8 @@ def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_pa
         for i in range(20):
             found = ask(10 + i, "tools/call", {"name": "hybrid_search", "arguments": {"query": f"sea {i}"}})
             answered.append(found["result"]["structuredContent"]["query_id"])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(timeout=60) == 128 + getattr(signal, signum)
     log = QueryLog(make_settings(tmp_path / "data", tiny_model_path).log_db)
     try:
         assert all(log.get(query_id) is not None for query_id in answered)

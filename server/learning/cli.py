@@ -53,14 +53,15 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     except KeyboardInterrupt:
         job = rift.learning.jobs.stop(60, resumable=False)  # Ctrl-C on a command means: cancel it
         if job is not None and job.status == "succeeded":  # it was switching models: that cannot be cut short
-            raise click.ClickException(
+            click.echo(
                 f"interrupted while the {job.kind} job was switching models; it finished first, and "
                 f"{(job.result or {}).get('version', 'the new version')} serves (rift rollback returns to the "
-                "previous one)"
-            ) from None
-        raise click.ClickException(
-            "interrupted; the job was cancelled and the serving model is unchanged"
-        ) from None
+                "previous one)",
+                err=True,
+            )
+        else:
+            click.echo("interrupted; the job was cancelled and the serving model is unchanged", err=True)
+        sys.exit(130)  # (as every command stopped by Ctrl-C)
     finally:
         rift.close()
 
