@@ -60,7 +60,12 @@ def close_on_terminate() -> None:
     stdio server is meant to stop when its client closes stdin; SIGTERM is the client's next step."""
     import signal
 
+    closing: list[int] = []
+
     def terminate(signum: int, _frame: object) -> None:
+        if closing:  # a second signal during the close (Ctrl-C twice): the close holds its lock, so exit now
+            os._exit(128 + signum)
+        closing.append(signum)
         for rift in list(SERVING):
             if rift.loading:  # nothing to save yet, and start-up work is safe to cut short
                 continue

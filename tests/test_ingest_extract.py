@@ -146,10 +146,14 @@ def test_text_decoding_and_binary_detection() -> None:
         "L'été à Paris, où ça coûte cher. \ufffdq\ufffd"
     )
     # A few Windows-1252 bytes in short ASCII text: a detector picked cp437, cp1006 or big5hkscs for these.
-    for note in ("Budget: 500€ for travel\n", "Café\n", "“quoted” text\n", "It’s done.\n"):
+    for note in ("Budget: 500€ for travel\n", "Café\n", "“quoted” text\n", "It’s done.\n", "Cross\xadref in Zürich\n"):
         assert decode_text(note.encode("cp1252")) == note
         page = f"<p>{note}</p>".encode("cp1252")  # (no declared charset)
         assert extract(Path("p.html"), page, "html").text == note.strip()
+    # A page that says UTF-8 but was saved as Windows-1252: read as the text file it is.
+    page = '<meta charset="utf-8"><title>Café</title><p>500€ “quoted”</p>'.encode("cp1252")
+    out = extract(Path("p.html"), page, "html")
+    assert out.title == "Café" and out.text.endswith("500€ “quoted”")
     # ... but not other code pages' text that Windows-1252 would misread, however much ASCII surrounds it.
     padding = "An ordinary English paragraph about the project, its settings and how to run it. "
     cases = [("Zażółć gęślą jaźń", "cp1250", 0), ("Zażółć gęślą jaźń", "cp1250", 1), ("Zażółć gęślą jaźń", "cp1250", 8)]

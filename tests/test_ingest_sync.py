@@ -457,7 +457,7 @@ def test_watch_keeps_the_documents_of_a_mount_point_that_is_unmounted(app: Rift,
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
 
 
-def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(app: Rift, docs: Path) -> None:
+def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(app: Rift, docs: Path, monkeypatch) -> None:
     """The link's target is stored, and was read again only when something in the folder itself changed."""
     outside = docs.parent / "shared"
     outside.mkdir()
@@ -483,6 +483,56 @@ def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(ap
         time.sleep(1.0)
         target.write_text("# Comets\n\nComets return on long orbits.\n")  # the new file is watched too
         wait_for(lambda: "long orbits" in text())
+        # A save whose sync fails (the server away): the new file is watched all the same.
+        from server.ingest import watch
+
+        real, failed = watch.sync_paths, []
+
+        def fails_once(*args, **kwargs):
+            if not failed:
+                failed.append(1)
+                raise RiftError("the Chroma server is away")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(watch, "sync_paths", fails_once)
+        fresh.write_text("# Comets\n\nA comet's coma glows.\n")
+        fresh.replace(target)
+        wait_for(lambda: bool(failed))
+        time.sleep(1.5)
+        target.write_text("# Comets\n\nComets shed meteor showers.\n")
+        wait_for(lambda: "meteor" in text())
+        # Deleted, then written again later (no event inside the folder says so): synced when it comes back.
+        target.unlink()
+        wait_for(lambda: text() == "")
+        time.sleep(1.5)
+        target.write_text("# Comets\n\nComets are back.\n")
+        wait_for(lambda: "are back" in text())
+
+
+def test_watch_goes_on_when_a_linked_file_goes_as_its_watch_starts(app: Rift, docs: Path, monkeypatch) -> None:
+    """The OS watch of a file that no longer exists fails to start: that ended `rift watch` with a traceback."""
+    import watchfiles
+
+    outside = docs.parent / "shared"
+    outside.mkdir()
+    target = outside / "comet.md"
+    target.write_text("# Comets\n\nA comet's tail points away from the sun.\n")
+    (docs / "comet.md").symlink_to(target)
+    real, starts = watchfiles.watch, []
+
+    def target_gone_first(*paths, **kwargs):
+        starts.append(len(paths))
+        if len(paths) > 1 and target.exists():
+            target.unlink()
+        return real(*paths, **kwargs)
+
+    monkeypatch.setattr(watchfiles, "watch", target_gone_first)
+    with watching(app, docs) as thread:
+        wait_for(lambda: len(starts) >= 3)  # the start that failed, and one more
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        kelp = str(docs / "kelp.md")
+        wait_for(lambda: kelp in dict(app.engine().state.list_documents("files", -1, 0)))
+        assert thread.is_alive()
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:

@@ -248,6 +248,47 @@ def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_pa
     open_rift(make_settings(tmp_path / "data", tiny_model_path)).close()  # the lock is free
 
 
+# A served app whose close takes a while (a retrain checkpointing), stopped by two Ctrl-C presses.
+SLOW_CLOSE = """
+import os, signal, sys, threading, time
+from pathlib import Path
+import server.app as app
+from tests.support.helpers import make_settings, open_rift
+
+rift = open_rift(make_settings(Path(sys.argv[1]), Path(sys.argv[2])))
+close = rift.learning.close
+rift.learning.close = lambda: (time.sleep(3), close())
+app.SERVING.append(rift)
+app.close_on_terminate()
+
+def presses():
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=presses, daemon=True).start()
+while True:
+    time.sleep(0.2)
+"""
+
+
+def test_a_second_ctrl_c_while_closing_exits_at_once(tmp_path: Path, tiny_model_path: Path) -> None:
+    """The second signal ran the close again inside the first, which waited for the lock the first held:
+    the process hung for good (a SIGTERM too), holding the data dir."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", SLOW_CLOSE, str(tmp_path / "data"), str(tiny_model_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert time.monotonic() - started < 30
+
+
 # `rift serve` whose model takes a minute to load (as a cold start on a busy machine can take half of one).
 SLOW_LOAD_SERVE = """
 import time

@@ -140,7 +140,7 @@ def decode_text(data: bytes) -> str:
 # A non-ASCII character inside a word that is not a letter ("Za¿ó³æ": Polish read as Windows-1252) or a
 # typographic mark that sits there (it’s, co‑op): the bytes are another code page's letters.
 _INSIDE_A_WORD = re.compile(r"(?<=[^\W\d_])[^\x00-\x7f](?=[^\W\d_])")
-_IN_WORD_MARKS = frozenset("’‘·–—")
+_IN_WORD_MARKS = frozenset("’‘·–—\xad")  # (U+00AD: a soft hyphen, as Word, PDF and HTML exports hold)
 
 
 # Windows-1252 signs that Western prose hardly ever holds, and that other code pages' bytes often read as
@@ -323,15 +323,28 @@ def extract_rst(text: str) -> Extracted:
 # --- HTML -----------------------------------------------------------------------------------------------------
 
 
+def _decodes_as(data: bytes, encoding: str) -> bool:
+    """Whether `data` is text in `encoding` (a name Python does not know: taken as yes, bs4 decides)."""
+    try:
+        data.decode(encoding)
+    except LookupError:
+        return True
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def extract_html(data: bytes) -> Extracted:
     from bs4 import BeautifulSoup
     from bs4.dammit import EncodingDetector
 
     boms = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
-    declared = data.startswith(boms) or EncodingDetector.find_declared_encoding(data, is_html=True)
-    # Bytes with a BOM or a declared charset (<meta charset>, an XML declaration): bs4 honours it. Without one,
-    # the same decoding as a text file (bs4's own guess took short Windows-1252 pages for other code pages).
-    soup = BeautifulSoup(data if declared else decode_text(data), "html.parser")
+    declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+    # Bytes with a BOM or a charset they really are in (<meta charset>, an XML declaration): bs4 honours it.
+    # Without one, or with one the bytes are not in (a page saved in Windows-1252 that says UTF-8), the same
+    # decoding as a text file (bs4's own guess took short Windows-1252 pages for other code pages).
+    honest = data.startswith(boms) or (declared is not None and _decodes_as(data, declared))
+    soup = BeautifulSoup(data if honest else decode_text(data), "html.parser")
     # The document's own <title>, not one inside an inline <svg> (its accessible name).
     own = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
     title = _short(own.get_text()) if own else None

@@ -62,19 +62,34 @@ def watch_folder(
         # Under a skipped folder, not merely sharing its name's prefix ("data" vs "data-notes").
         return default(change, path) and not any(path == s or path.startswith(s + os.sep) for s in skip)
 
-    # Files outside the folder that its symlinks lead to, with their inode: watched beside it (a change there
-    # syncs too), and the watch starts again when they change (a new link, or an editor's save replacing one).
-    linked: frozenset[tuple[str, int]] = frozenset()
+    # Files outside the folder that its symlinks lead to (a broken link's too: its file may come back), from the
+    # last sync that ran: watched beside the folder, so a change there syncs too. The OS watch of a file ends
+    # with that file, so the watch starts again whenever one of them is replaced (an editor's save), goes or
+    # comes back, which is checked on the files themselves, not on a sync's report (a sync may fail).
+    linked: frozenset[str] = frozenset()
+    watch_links = True  # off once the OS refuses more watches (its per-user limit): the folder is still watched
 
-    def linked_files(report: SyncReport) -> frozenset[tuple[str, int]]:
+    def linked_files(report: SyncReport) -> frozenset[str]:
         inside = str(folder).rstrip(os.sep) + os.sep
         out = set()
         for f in report.files:
             if f.status in ("added", "updated", "unchanged") and not f.path.startswith(inside):
-                try:
-                    out.add((f.path, os.stat(f.path).st_ino))
-                except OSError:
-                    continue
+                out.add(f.path)
+            elif f.status == "skipped" and f.reason == "broken or looping symlink" and f.path.startswith(inside):
+                target = os.path.realpath(f.path)
+                if not target.startswith(inside):
+                    out.add(target)
+        return frozenset(out)
+
+    def on_disk(paths: frozenset[str]) -> frozenset[tuple[str, int]]:
+        """The files among `paths` that exist, with their inode."""
+        out = set()
+        for path in paths:
+            try:
+                if os.path.isfile(path):
+                    out.add((path, os.stat(path).st_ino))
+            except OSError:
+                continue
         return frozenset(out)
 
     def sync() -> None:
@@ -90,7 +105,7 @@ def watch_folder(
             else:
                 log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
             return
-        linked = linked_files(report)
+        linked = linked_files(report) if watch_links else frozenset()
         if on_sync is not None:
             on_sync(report)
 
@@ -152,29 +167,42 @@ def watch_folder(
         started = False
         replaced = False
         relinked = False
-        watched = linked
+        paths, watched = linked, on_disk(linked)
+        missing = paths - {path for path, _ in watched}  # (no event says one came back: looked for at wake-ups)
         # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
         # miss a change made while it runs; later empty yields only let stop_event be checked.
-        for changes in watch(
-            folder,
-            *sorted(path for path, _ in watched if os.path.isfile(path)),
-            watch_filter=relevant,
-            debounce=debounce_ms,
-            stop_event=stop_event,
-            rust_timeout=500,
-            yield_on_timeout=True,
-            force_polling=force_polling,
-            raise_interrupt=False,
-        ):
-            if identity() != watching:
-                replaced = True
-                break
-            if not started or changes:
-                log.info("syncing %s (%d changes)", folder, len(changes))
-                sync()
-                started = True
-                if linked != watched:
-                    relinked = True
+        try:
+            for changes in watch(
+                folder,
+                *sorted(path for path, _ in watched),
+                watch_filter=relevant,
+                debounce=debounce_ms,
+                stop_event=stop_event,
+                rust_timeout=500,
+                yield_on_timeout=True,
+                force_polling=force_polling,
+                raise_interrupt=False,
+            ):
+                if identity() != watching:
+                    replaced = True
                     break
+                if not started or changes:
+                    log.info("syncing %s (%d changes)", folder, len(changes))
+                    sync()
+                    started = True
+                    relinked = linked != paths or on_disk(paths) != watched
+                else:
+                    relinked = any(os.path.isfile(path) for path in missing)
+                if relinked:
+                    break
+        except OSError as exc:  # starting the OS watch: a linked file gone meanwhile, or too many watches
+            if identity() != watching:
+                continue  # the folder went or changed meanwhile: the loop sees to it
+            if not watched:
+                raise
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("cannot watch the files symlinks lead to outside %s (%s); watching the folder", folder, exc)
+                watch_links, linked = False, frozenset()
+            continue
         if not (replaced or relinked):
             return  # stopped: stop_event or Ctrl-C
