@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import types
 import typing
 from collections.abc import AsyncIterator
@@ -60,12 +61,17 @@ def close_on_terminate() -> None:
     stdio server is meant to stop when its client closes stdin; SIGTERM is the client's next step."""
     import signal
 
-    closing: list[int] = []
+    closing: list[float] = []  # when the close began
 
     def terminate(signum: int, _frame: object) -> None:
-        if closing:  # a second signal during the close (Ctrl-C twice): the close holds its lock, so exit now
+        if closing:
+            # A second signal runs inside the first one's close, which holds its lock: the same press reaching
+            # twice (SIGINT from the terminal, SIGTERM from a launcher) lets the close go on; a later one, the
+            # user pressing Ctrl-C again, exits now.
+            if time.monotonic() - closing[0] < 1.0:
+                return
             os._exit(128 + signum)
-        closing.append(signum)
+        closing.append(time.monotonic())
         for rift in list(SERVING):
             if rift.loading:  # nothing to save yet, and start-up work is safe to cut short
                 continue

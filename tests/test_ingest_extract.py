@@ -154,6 +154,9 @@ def test_text_decoding_and_binary_detection() -> None:
     page = '<meta charset="utf-8"><title>Café</title><p>500€ “quoted”</p>'.encode("cp1252")
     out = extract(Path("p.html"), page, "html")
     assert out.title == "Café" and out.text.endswith("500€ “quoted”")
+    # Another declared charset is honoured, a stray bad byte costing one replacement character, not the page.
+    page = '<meta charset="shift_jis"><p>日本語の文書'.encode("shift_jis") + b"\x81\x20" + "です</p>".encode("shift_jis")
+    assert extract(Path("p.html"), page, "html").text.startswith("日本語の文書")
     # ... but not other code pages' text that Windows-1252 would misread, however much ASCII surrounds it.
     padding = "An ordinary English paragraph about the project, its settings and how to run it. "
     cases = [("Zażółć gęślą jaźń", "cp1250", 0), ("Zażółć gęślą jaźń", "cp1250", 1), ("Zażółć gęślą jaźń", "cp1250", 8)]

@@ -501,6 +501,13 @@ def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(ap
         time.sleep(1.5)
         target.write_text("# Comets\n\nComets shed meteor showers.\n")
         wait_for(lambda: "meteor" in text())
+        # Deleted and written again at once, as a checkout does (its old inode may come back, its watch not).
+        target.unlink()
+        target.write_text("# Comets\n\nComets were checked out.\n")
+        wait_for(lambda: "checked out" in text())
+        time.sleep(1.5)
+        target.write_text("# Comets\n\nComets were edited after the checkout.\n")
+        wait_for(lambda: "after the checkout" in text())
         # Deleted, then written again later (no event inside the folder says so): synced when it comes back.
         target.unlink()
         wait_for(lambda: text() == "")
@@ -533,6 +540,30 @@ def test_watch_goes_on_when_a_linked_file_goes_as_its_watch_starts(app: Rift, do
         kelp = str(docs / "kelp.md")
         wait_for(lambda: kelp in dict(app.engine().state.list_documents("files", -1, 0)))
         assert thread.is_alive()
+
+
+def test_a_polling_watch_does_not_sync_again_and_again_for_a_broken_symlink(app: Rift, docs: Path, monkeypatch) -> None:
+    """Polling reports a broken link as deleted at every scan: each synced the folder, every 300 ms, for good."""
+    from server.ingest import watch
+
+    (docs / "gone.md").symlink_to(docs.parent / "nowhere.md")
+    real, syncs = watch.sync_paths, []
+    monkeypatch.setattr(watch, "sync_paths", lambda *a, **k: (syncs.append(1), real(*a, **k))[1])
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch.watch_folder,
+        args=(app.engine(), docs, "files"),
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop, "force_polling": True},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_for(lambda: len(syncs) >= 1)
+        time.sleep(3.0)
+        assert len(syncs) <= 2
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:

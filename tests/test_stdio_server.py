@@ -264,8 +264,9 @@ app.close_on_terminate()
 def presses():
     time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)  # the same press, forwarded by a launcher: the close goes on
+    time.sleep(1.5)
+    os.kill(os.getpid(), signal.SIGINT)  # pressed again
 
 threading.Thread(target=presses, daemon=True).start()
 while True:

@@ -1468,6 +1468,7 @@ class Engine:
             if self.shared is not None:  # committed all the same: the other processes must hear of it
                 with suppress(Exception):
                     self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
+                with suppress(Exception):
                     self._deleted_since_commit(collection, chroma_name)
             raise
         if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed

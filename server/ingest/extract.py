@@ -4,6 +4,7 @@ charset-normalizer (text that is not UTF-8)."""
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import io
 import json
@@ -323,15 +324,22 @@ def extract_rst(text: str) -> Extracted:
 # --- HTML -----------------------------------------------------------------------------------------------------
 
 
-def _decodes_as(data: bytes, encoding: str) -> bool:
-    """Whether `data` is text in `encoding` (a name Python does not know: taken as yes, bs4 decides)."""
+def _as_declared(data: bytes, declared: str) -> str | bool:
+    """A page's text in the charset it declares: the bytes to leave to bs4 (True: a name Python does not know),
+    the text with a stray bad byte replaced, or False when the page is not in that charset (a page saved in
+    Windows-1252 that says UTF-8: read as a text file is)."""
     try:
-        data.decode(encoding)
+        codec = codecs.lookup(declared).name
     except LookupError:
         return True
+    try:
+        return data.decode(codec)
     except UnicodeDecodeError:
+        pass
+    if codec == "utf-8":
         return False
-    return True
+    text = data.decode(codec, errors="replace")
+    return text if text.count("\ufffd") <= max(2, len(text) // 1000) else False
 
 
 def extract_html(data: bytes) -> Extracted:
@@ -340,11 +348,15 @@ def extract_html(data: bytes) -> Extracted:
 
     boms = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
     declared = EncodingDetector.find_declared_encoding(data, is_html=True)
-    # Bytes with a BOM or a charset they really are in (<meta charset>, an XML declaration): bs4 honours it.
-    # Without one, or with one the bytes are not in (a page saved in Windows-1252 that says UTF-8), the same
-    # decoding as a text file (bs4's own guess took short Windows-1252 pages for other code pages).
-    honest = data.startswith(boms) or (declared is not None and _decodes_as(data, declared))
-    soup = BeautifulSoup(data if honest else decode_text(data), "html.parser")
+    # A BOM or a declared charset (<meta charset>, an XML declaration) is honoured. Without one, or when the
+    # bytes are not in it, the same decoding as a text file (bs4's own guess took short Windows-1252 pages for
+    # other code pages).
+    markup: bytes | str = data
+    if not data.startswith(boms):
+        as_declared = _as_declared(data, declared) if declared is not None else False
+        if as_declared is not True:
+            markup = as_declared or decode_text(data)
+    soup = BeautifulSoup(markup, "html.parser")
     # The document's own <title>, not one inside an inline <svg> (its accessible name).
     own = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
     title = _short(own.get_text()) if own else None

@@ -4,6 +4,7 @@ files whose size and mtime are unchanged are not read again."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -28,6 +29,10 @@ def _not_its_interrupt_notice(record: logging.LogRecord) -> bool:
 logging.getLogger("watchfiles.main").addFilter(_not_its_interrupt_notice)
 
 
+def _broken_link(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
+
+
 def watch_folder(
     engine: Any,
     folder: Path | str,
@@ -44,7 +49,7 @@ def watch_folder(
 ) -> None:
     """Sync once, then after every debounced group of changes, until `stop_event` is set (or Ctrl-C).
     Changes under `ignore_under` (e.g. rift's own data dir) are not reacted to."""
-    from watchfiles import DefaultFilter, watch
+    from watchfiles import Change, DefaultFilter, watch
 
     policy = policy or PathPolicy.unrestricted()
     # The path as given, which a symlink may lead elsewhere later ("current" -> releases/v2): its identity is
@@ -81,6 +86,14 @@ def watch_folder(
                     out.add(target)
         return frozenset(out)
 
+    def watchable(path: str) -> bool:
+        """The OS watch takes UTF-8 paths only: a file named otherwise is synced with the folder, not watched."""
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
     def on_disk(paths: frozenset[str]) -> frozenset[tuple[str, int]]:
         """The files among `paths` that exist, with their inode."""
         out = set()
@@ -105,7 +118,7 @@ def watch_folder(
             else:
                 log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
             return
-        linked = linked_files(report) if watch_links else frozenset()
+        linked = frozenset(filter(watchable, linked_files(report))) if watch_links else frozenset()
         if on_sync is not None:
             on_sync(report)
 
@@ -171,38 +184,48 @@ def watch_folder(
         missing = paths - {path for path, _ in watched}  # (no event says one came back: looked for at wake-ups)
         # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
         # miss a change made while it runs; later empty yields only let stop_event be checked.
+        events = watch(
+            folder,
+            *sorted(path for path, _ in watched),
+            watch_filter=relevant,
+            debounce=debounce_ms,
+            stop_event=stop_event,
+            rust_timeout=500,
+            yield_on_timeout=True,
+            force_polling=force_polling,
+            raise_interrupt=False,
+        )
         try:
-            for changes in watch(
-                folder,
-                *sorted(path for path, _ in watched),
-                watch_filter=relevant,
-                debounce=debounce_ms,
-                stop_event=stop_event,
-                rust_timeout=500,
-                yield_on_timeout=True,
-                force_polling=force_polling,
-                raise_interrupt=False,
-            ):
-                if identity() != watching:
-                    replaced = True
-                    break
-                if not started or changes:
-                    log.info("syncing %s (%d changes)", folder, len(changes))
-                    sync()
-                    started = True
-                    relinked = linked != paths or on_disk(paths) != watched
-                else:
-                    relinked = any(os.path.isfile(path) for path in missing)
-                if relinked:
-                    break
-        except OSError as exc:  # starting the OS watch: a linked file gone meanwhile, or too many watches
+            first = next(events, None)  # (the OS watch starts here)
+        except OSError as exc:  # a linked file gone meanwhile, or more watches than the OS allows
             if identity() != watching:
                 continue  # the folder went or changed meanwhile: the loop sees to it
             if not watched:
                 raise
-            if not isinstance(exc, FileNotFoundError):
+            if isinstance(exc, FileNotFoundError):
+                log.debug("a file watched beside %s went as the watch started; starting again", folder)
+            else:
                 log.warning("cannot watch the files symlinks lead to outside %s (%s); watching the folder", folder, exc)
                 watch_links, linked = False, frozenset()
             continue
+        for changes in itertools.chain([] if first is None else [first], events):
+            # A broken symlink: polling reports it "deleted" at every scan, which synced every 300 ms for good.
+            # (Left out here, not by the watch's filter: filtered events still keep its timeout from coming, and
+            # the first yield, on which the first sync runs, is that timeout's.)
+            changes = {(c, p) for c, p in changes if not (c == Change.deleted and _broken_link(p))}
+            # A deleted and re-created folder or file may get its old inode back, but its OS watch has ended.
+            gone = {path for change, path in changes if change == Change.deleted}
+            if identity() != watching or str(folder) in gone:
+                replaced = True
+                break
+            if not started or changes:
+                log.info("syncing %s (%d changes)", folder, len(changes))
+                sync()
+                started = True
+                relinked = linked != paths or on_disk(paths) != watched or bool(gone & paths)
+            else:
+                relinked = any(os.path.isfile(path) for path in missing)
+            if relinked:
+                break
         if not (replaced or relinked):
             return  # stopped: stop_event or Ctrl-C
