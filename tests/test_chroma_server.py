@@ -2298,6 +2298,22 @@ def test_a_write_whose_collection_another_process_deletes_meanwhile_says_so(
         b.engine().shared.sync(force=True)
 
 
+def add_while_b_deletes_notes(a: Rift, b: Rift, monkeypatch: pytest.MonkeyPatch, meanwhile: Any) -> None:
+    """a writes to "notes" (which b follows); `meanwhile` runs after a's chunks reached Chroma, before a commits."""
+    a.add_documents("notes", docs(("n", "a note about cats")))
+    b.engine().shared.sync(force=True)
+    state = a.engine().state
+    apply = state.apply
+
+    def meanwhile_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(state, "apply", apply)
+        meanwhile()
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(state, "apply", meanwhile_first)
+    a.add_documents("notes", docs(("n2", "another note")))
+
+
 def test_a_collection_deleted_elsewhere_as_a_write_here_commits_is_followed_at_once(
     pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2305,18 +2321,7 @@ def test_a_collection_deleted_elsewhere_as_a_write_here_commits_is_followed_at_o
     put its head back, so a's next sync saw nothing (its keyword side kept the collection until a restart,
     its vector side failed with Chroma's "does not exist"). The deletion wins, here at once."""
     a, b = pair
-    a.add_documents("notes", docs(("n", "a note about cats")))
-    b.engine().shared.sync(force=True)
-    state = a.engine().state
-    apply = state.apply
-
-    def deleted_first(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(state, "apply", apply)
-        b.delete_collection("notes")
-        return apply(*args, **kwargs)
-
-    monkeypatch.setattr(state, "apply", deleted_first)
-    a.add_documents("notes", docs(("n2", "another note")))
+    add_while_b_deletes_notes(a, b, monkeypatch, lambda: b.delete_collection("notes"))
     for mode in ("keyword", "vector", "hybrid"):
         with pytest.raises(NotFoundError, match="unknown collection 'notes'"):
             a.search("notes", "cats", mode=mode)
@@ -2329,19 +2334,12 @@ def test_a_collection_deleted_and_made_again_elsewhere_as_a_write_here_commits_i
     """As above, but b also makes the collection again before a looks: a's next sync follows the deletion (its
     own documents went with the old collection) and adopts the new collection, which holds b's alone."""
     a, b = pair
-    a.add_documents("notes", docs(("n", "a note about cats")))
-    b.engine().shared.sync(force=True)
-    state = a.engine().state
-    apply = state.apply
 
-    def deleted_and_made_again_first(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(state, "apply", apply)
+    def deleted_and_made_again() -> None:
         b.delete_collection("notes")
         b.add_documents("notes", docs(("m", "a new note about dogs")))
-        return apply(*args, **kwargs)
 
-    monkeypatch.setattr(state, "apply", deleted_and_made_again_first)
-    a.add_documents("notes", docs(("n2", "another note")))
+    add_while_b_deletes_notes(a, b, monkeypatch, deleted_and_made_again)
     for app in (a, b):
         app.engine().shared.sync(force=True)
         for mode in ("keyword", "vector", "hybrid"):

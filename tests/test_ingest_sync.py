@@ -457,13 +457,19 @@ def test_watch_keeps_the_documents_of_a_mount_point_that_is_unmounted(app: Rift,
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
 
 
-def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(app: Rift, docs: Path, monkeypatch) -> None:
-    """The link's target is stored, and was read again only when something in the folder itself changed."""
+def link_outside(docs: Path) -> Path:
+    """A file outside `docs` (under the allowed roots) that a symlink in it leads to."""
     outside = docs.parent / "shared"
     outside.mkdir()
     target = outside / "comet.md"
     target.write_text("# Comets\n\nA comet's tail points away from the sun.\n")
     (docs / "comet.md").symlink_to(target)
+    return target
+
+
+def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(app: Rift, docs: Path, monkeypatch) -> None:
+    """The link's target is stored, and was read again only when something in the folder itself changed."""
+    target = link_outside(docs)
 
     def text() -> str:
         try:
@@ -476,7 +482,7 @@ def test_watch_syncs_a_change_to_a_file_a_symlink_leads_to_outside_the_folder(ap
         time.sleep(1.0)
         target.write_text("# Comets\n\nA comet's nucleus is ice and dust.\n")  # edited in place
         wait_for(lambda: "nucleus" in text())
-        fresh = outside / ".comet.md.tmp"  # an editor's save: a new file renamed over the old one
+        fresh = target.with_name(".comet.md.tmp")  # an editor's save: a new file renamed over the old one
         fresh.write_text("# Comets\n\nA comet's coma glows near the sun.\n")
         fresh.replace(target)
         wait_for(lambda: "coma" in text())
@@ -520,11 +526,7 @@ def test_watch_goes_on_when_a_linked_file_goes_as_its_watch_starts(app: Rift, do
     """The OS watch of a file that no longer exists fails to start: that ended `rift watch` with a traceback."""
     import watchfiles
 
-    outside = docs.parent / "shared"
-    outside.mkdir()
-    target = outside / "comet.md"
-    target.write_text("# Comets\n\nA comet's tail points away from the sun.\n")
-    (docs / "comet.md").symlink_to(target)
+    target = link_outside(docs)
     real, starts = watchfiles.watch, []
 
     def target_gone_first(*paths, **kwargs):
