@@ -154,6 +154,13 @@ def test_text_decoding_and_binary_detection() -> None:
     page = '<meta charset="utf-8"><title>Café</title><p>500€ “quoted”</p>'.encode("cp1252")
     out = extract(Path("p.html"), page, "html")
     assert out.title == "Café" and out.text.endswith("500€ “quoted”")
+    # Labels read as browsers read them: Latin-1 / ASCII mean Windows-1252, and a UTF-16 label in bytes that
+    # are not UTF-16 (bs4 found it as ASCII) means UTF-8.
+    for label in ("iso-8859-1", "us-ascii"):
+        page = f'<meta charset="{label}"><p>“Quoted” café, 500€</p>'.encode("cp1252")
+        assert extract(Path("p.html"), page, "html").text == "“Quoted” café, 500€"
+    for text in ("Hello world", "Hello worlds"):  # (either length)
+        assert extract(Path("p.html"), f'<meta charset="utf-16"><p>{text}</p>'.encode(), "html").text == text
     # Another declared charset is honoured, a stray bad byte costing one replacement character, not the page.
     page = '<meta charset="shift_jis"><p>日本語の文書'.encode("shift_jis") + b"\x81\x20" + "です</p>".encode("shift_jis")
     assert extract(Path("p.html"), page, "html").text.startswith("日本語の文書")

@@ -549,6 +549,7 @@ def test_a_polling_watch_does_not_sync_again_and_again_for_a_broken_symlink(app:
     from server.ingest import watch
 
     (docs / "gone.md").symlink_to(docs.parent / "nowhere.md")
+    (docs / ".#guide.md").symlink_to("user@host.1234")  # an editor's lock: left out by the filter (no first sync)
     real, syncs = watch.sync_paths, []
     monkeypatch.setattr(watch, "sync_paths", lambda *a, **k: (syncs.append(1), real(*a, **k))[1])
     stop = threading.Event()
@@ -566,6 +567,32 @@ def test_a_polling_watch_does_not_sync_again_and_again_for_a_broken_symlink(app:
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_folder_whose_os_watch_fails_is_synced_on_a_timer(app: Rift, docs: Path, monkeypatch) -> None:
+    """Polling that meets a symlink loop fails at every scan (watchfiles' RuntimeError): the watch ended."""
+    from server.ingest import watch
+
+    (docs / "l1").symlink_to(docs / "l2")
+    (docs / "l2").symlink_to(docs / "l1")
+    monkeypatch.setattr(watch, "FALLBACK_SYNC_S", 1)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=watch.watch_folder,
+        args=(app.engine(), docs, "files"),
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop, "force_polling": True},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:

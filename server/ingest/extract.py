@@ -324,6 +324,9 @@ def extract_rst(text: str) -> Extracted:
 # --- HTML -----------------------------------------------------------------------------------------------------
 
 
+_AS_BROWSERS_READ = {"ascii": "cp1252", "iso8859-1": "cp1252", "iso8859-9": "cp1254"}
+
+
 def _as_declared(data: bytes, declared: str) -> str | bool:
     """A page's text in the charset it declares: the bytes to leave to bs4 (True: a name Python does not know),
     the text with a stray bad byte replaced, or False when the page is not in that charset (a page saved in
@@ -332,6 +335,9 @@ def _as_declared(data: bytes, declared: str) -> str | bool:
         codec = codecs.lookup(declared).name
     except LookupError:
         return True
+    # As browsers read these labels (WHATWG Encoding): a UTF-16/32 label that bs4 found in the bytes is wrong
+    # (the bytes are ASCII-compatible), and ASCII / Latin-1 labels mean Windows-1252.
+    codec = _AS_BROWSERS_READ.get(codec, "utf-8" if codec.startswith(("utf-16", "utf-32")) else codec)
     try:
         return data.decode(codec)
     except UnicodeDecodeError:

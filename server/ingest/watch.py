@@ -4,7 +4,6 @@ files whose size and mtime are unchanged are not read again."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -27,6 +26,9 @@ def _not_its_interrupt_notice(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("watchfiles.main").addFilter(_not_its_interrupt_notice)
+
+
+FALLBACK_SYNC_S = 10  # how often a folder whose OS watch fails is synced instead
 
 
 def _broken_link(path: str) -> bool:
@@ -78,7 +80,7 @@ def watch_folder(
         inside = str(folder).rstrip(os.sep) + os.sep
         out = set()
         for f in report.files:
-            if f.status in ("added", "updated", "unchanged") and not f.path.startswith(inside):
+            if f.status != "removed" and not f.path.startswith(inside):  # (one skipped, empty say, may be fixed)
                 out.add(f.path)
             elif f.status == "skipped" and f.reason == "broken or looping symlink" and f.path.startswith(inside):
                 target = os.path.realpath(f.path)
@@ -125,16 +127,17 @@ def watch_folder(
     # A folder that is a mount point (a disk, a network share) and then is not is unmounted, not replaced: the
     # empty folder left under it must not prune the collection.
     # (Sticky: a watch that starts before the disk is mounted must not take its later unmount for a replacement.)
-    mount_point = os.path.ismount(given)
+    # (Of where `given` leads: a symlink is never a mount point itself.)
+    mount_point = os.path.ismount(os.path.realpath(given))
 
     def identity() -> tuple[int, int] | None:
         nonlocal mount_point
-        mount_point = mount_point or os.path.ismount(given)
+        mount_point = mount_point or os.path.ismount(os.path.realpath(given))
         try:
             st = os.stat(given)
         except OSError:
             return None
-        if not os.path.isdir(given) or (mount_point and not os.path.ismount(given)):
+        if not os.path.isdir(given) or (mount_point and not os.path.ismount(os.path.realpath(given))):
             return None
         return (st.st_dev, st.st_ino)
 
@@ -184,10 +187,13 @@ def watch_folder(
         missing = paths - {path for path, _ in watched}  # (no event says one came back: looked for at wake-ups)
         # yield_on_timeout: the first (empty) yield comes once the watcher is live, so the initial sync cannot
         # miss a change made while it runs; later empty yields only let stop_event be checked.
+        # Every event is filtered here, not by the watch: a filtered event still keeps the watch's timeout from
+        # coming, and the first yield, on which the first sync runs, is that timeout's (polling reports a broken
+        # symlink, or an editor's lock link such as ".#notes.md", as deleted at every scan).
         events = watch(
             folder,
             *sorted(path for path, _ in watched),
-            watch_filter=relevant,
+            watch_filter=None,
             debounce=debounce_ms,
             stop_event=stop_event,
             rust_timeout=500,
@@ -195,24 +201,20 @@ def watch_folder(
             force_polling=force_polling,
             raise_interrupt=False,
         )
-        try:
-            first = next(events, None)  # (the OS watch starts here)
-        except OSError as exc:  # a linked file gone meanwhile, or more watches than the OS allows
-            if identity() != watching:
-                continue  # the folder went or changed meanwhile: the loop sees to it
-            if not watched:
-                raise
-            if isinstance(exc, FileNotFoundError):
-                log.debug("a file watched beside %s went as the watch started; starting again", folder)
-            else:
-                log.warning("cannot watch the files symlinks lead to outside %s (%s); watching the folder", folder, exc)
-                watch_links, linked = False, frozenset()
-            continue
-        for changes in itertools.chain([] if first is None else [first], events):
-            # A broken symlink: polling reports it "deleted" at every scan, which synced every 300 ms for good.
-            # (Left out here, not by the watch's filter: filtered events still keep its timeout from coming, and
-            # the first yield, on which the first sync runs, is that timeout's.)
-            changes = {(c, p) for c, p in changes if not (c == Change.deleted and _broken_link(p))}
+        failed: Exception | None = None
+        while True:
+            try:
+                raw = next(events)
+            except StopIteration:
+                break
+            except (OSError, RuntimeError) as exc:  # the OS watch (watchfiles' own errors are RuntimeErrors)
+                failed = exc
+                break
+            changes = {
+                (c, path)
+                for c, path in raw
+                if relevant(c, path) and not (c == Change.deleted and _broken_link(path))
+            }
             # A deleted and re-created folder or file may get its old inode back, but its OS watch has ended.
             gone = {path for change, path in changes if change == Change.deleted}
             if identity() != watching or str(folder) in gone:
@@ -227,5 +229,21 @@ def watch_folder(
                 relinked = any(os.path.isfile(path) for path in missing)
             if relinked:
                 break
+        if failed is not None:
+            if identity() != watching:
+                continue  # the folder went or changed meanwhile: the loop sees to it
+            if watched and isinstance(failed, FileNotFoundError):
+                log.debug("a file watched beside %s went as the watch started; starting again", folder)
+                continue
+            if watched and isinstance(failed, OSError) and not started:
+                log.warning("cannot watch the files symlinks lead to outside %s (%s); watching the folder", folder, failed)
+                watch_links, linked = False, frozenset()
+                continue
+            # The OS watch itself fails (a symlink loop met by polling, the OS limit on watches): sync on a timer.
+            log.warning("watching %s failed (%s); syncing it every %d s instead", folder, failed, FALLBACK_SYNC_S)
+            sync()
+            if not wait_while(lambda until=time.monotonic() + FALLBACK_SYNC_S: time.monotonic() < until):  # noqa: B008
+                return
+            continue
         if not (replaced or relinked):
             return  # stopped: stop_event or Ctrl-C
