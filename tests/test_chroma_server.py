@@ -194,6 +194,14 @@ def assert_same_index(*apps: Rift) -> None:
     assert all(s["chroma"] == states[0]["chroma"] for s in states)
 
 
+def assert_both_read(a: Rift, b: Rift, text: str) -> None:
+    """Both processes, caught up, read `text` for document "x" and hold the same index."""
+    for app in (a, b):
+        app.engine().shared.sync(force=True)
+        assert app.engine().get_document("default", "x")[0] == text
+    assert_same_index(a, b)
+
+
 def test_two_rift_processes_see_each_others_writes(pair: tuple[Rift, Rift]) -> None:
     a, b = pair
     a.add_documents("default", docs(("cat", "the cat sat on the mat"), ("manual", LONG)))
@@ -2082,10 +2090,7 @@ def test_a_version_whose_upsert_lands_after_a_newer_ones_sweep_is_removed_by_tho
     a.add_documents("default", docs(("x", "the seed version")))
     b.engine().shared.sync(force=True)
     write_during_upload(b, "the beta version about dogs", a, "the alpha version about cats")
-    for app in (a, b):
-        app.engine().shared.sync(force=True)
-        assert app.engine().get_document("default", "x")[0] == "the alpha version about cats"
-    assert_same_index(a, b)
+    assert_both_read(a, b, "the alpha version about cats")
     assert len(index_state(a)["chroma"]) == 1
 
 
@@ -2151,10 +2156,7 @@ def test_the_same_text_written_at_once_by_two_processes_stays(pair: tuple[Rift, 
     for app in (a, b):
         app.engine().shared.sync(force=True)
     write_during_upload(b, "the same new text about cats", a, "the same new text about cats")
-    for app in (a, b):
-        app.engine().shared.sync(force=True)
-        assert app.engine().get_document("default", "x")[0] == "the same new text about cats"
-    assert_same_index(a, b)
+    assert_both_read(a, b, "the same new text about cats")
     assert len(index_state(a)["chroma"]) == 2
 
 
@@ -2366,10 +2368,7 @@ def test_a_failed_write_leaves_the_same_text_another_process_committed(
     monkeypatch.setattr(a.engine().vectors, "upsert", b_first_then_fails)
     with pytest.raises(TimeoutError):
         a.add_documents("default", docs(("x", "the same new text about cats")))
-    for app in (a, b):
-        app.engine().shared.sync(force=True)
-        assert app.engine().get_document("default", "x")[0] == "the same new text about cats"
-    assert_same_index(a, b)
+    assert_both_read(a, b, "the same new text about cats")
 
 
 def test_a_metadata_change_is_refused_for_a_text_stamped_before_its_read_that_landed_after(
@@ -2443,10 +2442,7 @@ def test_an_announcement_owed_when_the_process_stops_is_made_by_its_next_start(
         a.add_documents("default", docs(("x", "the new text of x")))
         a.close()  # (on this thread a close does not wait on the server: the next start announces)
         a = open_rift(settings)
-        for app in (a, b):
-            app.engine().shared.sync(force=True)
-            assert app.engine().get_document("default", "x")[0] == "the new text of x"
-        assert_same_index(a, b)
+        assert_both_read(a, b, "the new text of x")
         assert not a.engine().state.setting_keys("owed_announcement:")  # paid, and the note gone
     finally:
         a.close()

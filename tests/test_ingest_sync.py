@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -385,15 +386,15 @@ def test_watch_keeps_a_folder_in_sync(app: Rift, docs: Path) -> None:
 
 
 @contextmanager
-def watching(app: Rift, folder: Path) -> Iterator[threading.Thread]:
-    """`watch_folder` on `folder` in a thread for the body; stopped after it, and it must stop."""
+def watching(app: Rift, folder: Path, **options: Any) -> Iterator[threading.Thread]:
+    """`watch_folder` on `folder` (with `options`) in a thread for the body; stopped after it, and it must stop."""
     from server.ingest.watch import watch_folder
 
     stop = threading.Event()
     thread = threading.Thread(
         target=watch_folder,
         args=(app.engine(), folder, "files"),
-        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop},
+        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop, **options},
         daemon=True,
     )
     thread.start()
@@ -552,21 +553,10 @@ def test_a_polling_watch_does_not_sync_again_and_again_for_a_broken_symlink(app:
     (docs / ".#guide.md").symlink_to("user@host.1234")  # an editor's lock: left out by the filter (no first sync)
     real, syncs = watch.sync_paths, []
     monkeypatch.setattr(watch, "sync_paths", lambda *a, **k: (syncs.append(1), real(*a, **k))[1])
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=watch.watch_folder,
-        args=(app.engine(), docs, "files"),
-        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop, "force_polling": True},
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with watching(app, docs, force_polling=True):
         wait_for(lambda: len(syncs) >= 1)
         time.sleep(3.0)
         assert len(syncs) <= 2
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_a_folder_whose_os_watch_fails_is_synced_on_a_timer(app: Rift, docs: Path, monkeypatch) -> None:
@@ -576,23 +566,11 @@ def test_a_folder_whose_os_watch_fails_is_synced_on_a_timer(app: Rift, docs: Pat
     (docs / "l1").symlink_to(docs / "l2")
     (docs / "l2").symlink_to(docs / "l1")
     monkeypatch.setattr(watch, "FALLBACK_SYNC_S", 1)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=watch.watch_folder,
-        args=(app.engine(), docs, "files"),
-        kwargs={"policy": PathPolicy.for_server(app.settings), "debounce_ms": 200, "stop_event": stop, "force_polling": True},
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with watching(app, docs, force_polling=True) as thread:
         wait_for(lambda: stored(app, docs) == INGESTIBLE)
         (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
         wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
         assert thread.is_alive()
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:
