@@ -786,13 +786,35 @@ def test_files_from_an_earlier_extractor_are_read_again_once(app: Rift, docs: Pa
     assert dict(app.engine().state.list_documents("files", -1, 0))[page]["extractor"] == now
     app.update_metadata("files", [page], {"tag": "botany"}, [])
     # A new html extractor: the same bytes must be extracted again (and only the html files), then skipped.
+    # It reads the page as before: relabelled, not reported as changed.
     monkeypatch.setitem(versions, "html", now + 1)
     got = statuses(sync(app, docs), docs)
-    assert got["botany.html"][0] == "updated" and got["guide.md"] == ("unchanged", None)
+    assert got["botany.html"] == ("unchanged", "read again by a newer extractor: same text")
+    assert got["guide.md"] == ("unchanged", None)
     stored = dict(app.engine().state.list_documents("files", -1, 0))[page]
     assert stored["extractor"] == now + 1
     assert stored["tag"] == "botany"  # the agent's key stays: the file did not change (it was dropped)
     assert statuses(sync(app, docs), docs)["botany.html"] == ("unchanged", None)
+
+
+def test_text_an_earlier_extractor_garbled_is_read_again(app: Rift, docs: Path, monkeypatch) -> None:
+    extract_module = __import__("server.ingest.extract", fromlist=["x"])
+    note = docs / "prices.txt"
+    note.write_bytes(b"Caf\xe9 au lait costs 5\x80 at the corner.\n")  # Windows-1252, as a short note often is
+    # Stored by an extractor that read such bytes as another code page (rift before text extractor 2).
+    with monkeypatch.context() as old:
+        for family in extract_module.TEXT_FAMILIES:
+            old.setitem(extract_module.EXTRACTOR_VERSIONS, family, 1)
+        old.setattr(extract_module, "decode_text", lambda data: data.decode("cp437"))
+        sync(app, docs)
+    assert app.engine().get_document("files", str(note))[0].startswith("Caf\u0398")  # "CafΘ": mojibake
+    got = statuses(sync(app, docs), docs)
+    assert got["prices.txt"][0] == "updated"
+    assert app.engine().get_document("files", str(note))[0] == "Caf\xe9 au lait costs 5\u20ac at the corner.\n"
+    # Every other text file read again gives the same text: relabelled, its vectors kept, not reported changed.
+    assert got["guide.md"] == ("unchanged", "read again by a newer extractor: same text")
+    assert statuses(sync(app, docs), docs)["guide.md"] == ("unchanged", None)
+    assert_consistent(app)
 
 
 def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift, docs: Path) -> None:

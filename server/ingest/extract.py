@@ -465,8 +465,11 @@ def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
 # Bumped when a family's extraction changes what text a file gives, so the next sync re-reads files stored by
 # the earlier extractor (same bytes) instead of skipping them: html 2 = no line breaks at inline tags,
 # 3 = <pre> keeps its indentation, 4 = a comment inside a <pre> is no longer read as text; pdf 2 = a form feed
-# in a page's text no longer shifts later pages' numbers (re-reading also re-chunks: pages no longer share one).
-EXTRACTOR_VERSIONS: dict[str, int] = {"html": 4, "pdf": 2}
+# in a page's text no longer shifts later pages' numbers (re-reading also re-chunks: pages no longer share one);
+# html 5 and the text families 2 = legacy bytes decoded better (a short Windows-1252 note, a page's declared
+# charset): text stored as mojibake is read again. A file whose text comes out the same is only relabelled.
+TEXT_FAMILIES = ("markdown", "rst", "text", "code")
+EXTRACTOR_VERSIONS: dict[str, int] = {"html": 5, "pdf": 2} | dict.fromkeys(TEXT_FAMILIES, 2)
 
 
 def extractor_version(family: str) -> int:

@@ -103,7 +103,8 @@ class _Sync:
         self.progress = progress
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
-        self.refreshed: set[str] = set()  # same bytes, new mtime: only the stored metadata changes
+        # Only the stored metadata changes (same bytes and a new mtime, or a newer extractor's same text): why.
+        self.refreshed: dict[str, str] = {}
         self.unread: list[
             Path
         ] = []  # could not be read this time: their documents (and those under them) stay
@@ -162,7 +163,7 @@ class _Sync:
         if same_bytes and not reextract:
             # A touch or a checkout: store the new mtime, so later syncs skip the file by its stat again and
             # mtime filters see it. The engine keeps every chunk's vector (same text); reported as unchanged.
-            self.refreshed.add(key)
+            self.refreshed[key] = "same bytes, new mtime: metadata refreshed"
         try:
             extracted = extract(path, data, family, self.max_chars)
         except SkipFile as exc:
@@ -173,6 +174,10 @@ class _Sync:
             log.debug("extractor failure on %s", path, exc_info=True)  # the traceback, with -v
             self.skip(path, f"cannot extract text: {type(exc).__name__}: {exc}"[:300])
             return
+        if reextract and same_bytes and self._stored_text(key) == extracted.text:
+            # The newer extractor reads this file as the old one did (most files after a decoding fix): relabel
+            # it (its chunks keep their vectors) and do not report it as changed.
+            self.refreshed[key] = "read again by a newer extractor: same text"
         if len(extracted.text) > self.max_chars:
             self.skip(
                 path,
@@ -210,6 +215,12 @@ class _Sync:
         ):
             self.flush()
 
+    def _stored_text(self, key: str) -> str | None:
+        try:
+            return self.engine.get_document(self.collection, key)[0]
+        except NotFoundError:  # (deleted meanwhile)
+            return None
+
     def left_out(self, key: str) -> bool:
         """Whether the file `key`, which has a stored document, was skipped this time for good (not a read
         error that may pass)."""
@@ -224,9 +235,7 @@ class _Sync:
             return
         for status in self.engine.add_documents(self.collection, self.batch):
             if status.id in self.refreshed:
-                self.report.files.append(
-                    FileResult(status.id, "unchanged", "same bytes, new mtime: metadata refreshed")
-                )
+                self.report.files.append(FileResult(status.id, "unchanged", self.refreshed[status.id]))
             else:
                 self.report.files.append(FileResult(status.id, status.status, chunks=status.chunks))
             self.keep.add(status.id)
