@@ -625,9 +625,13 @@ class Rift:
         engine.follow_others(force=True)  # (a shared Chroma server: a collection made elsewhere is known)
         engine.info(collection)  # (unknown: NotFoundError before the query log is touched)
         if self.log is None:
-            return engine.delete_collection(collection, removed)
-        with self.log.forgetting(collection):  # also a search of it still running meanwhile
-            return engine.delete_collection(collection, removed)
+            info = engine.delete_collection(collection, removed)
+        else:
+            with self.log.forgetting(collection):  # also a search of it still running meanwhile
+                info = engine.delete_collection(collection, removed)
+        if self.learning is not None:  # nor does a retrain's plan keep its texts
+            self.learning.forget_collection(collection)
+        return info
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()

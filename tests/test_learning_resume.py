@@ -325,3 +325,94 @@ def test_a_retrain_that_fails_says_why_in_the_registry(
         assert entry.note == "failed (RuntimeError: synthetic gate failure)"  # it said "interrupted"
     finally:
         rift.close()
+
+
+def _fill_with_notes(rift: Rift) -> None:
+    """Two searched collections; every text of the second ("notes") holds the word "memo"."""
+    from tests.support.helpers import docs
+    from tests.support.learning import corpus, queries
+
+    fill_two_collections(rift)
+    rift.add_documents("notes", docs(*[(d["id"], f"{d['text']} memo") for d in corpus()]))
+    for text in queries():
+        rift.search("notes", f"{text} memo")
+
+
+def _texts_on_disk(folder: Path) -> str:
+    return "".join(f.read_text() for f in folder.rglob("*") if f.suffix in (".json", ".md", ".txt"))
+
+
+def test_a_deleted_collections_texts_leave_an_interrupted_retrain(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A collection deleted while a retrain waits to continue: its queries and chunks stayed on disk in the
+    plan (and its checkpoints' model card quoted training rows), though the query log forgets them."""
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = open_rift(settings)
+    try:
+        _fill_with_notes(rift)
+        started = rift.learning.retrain(batch_size=2, epochs=2)
+        job = rift.learning.jobs.get(started["job_id"])
+        _wait_for(lambda: job.phase == "training" and job.done >= 1)
+    finally:
+        rift.close()
+    [plan] = resume.pending(settings.models_dir)
+    assert set(plan.row_collections) == {"default", "notes"}
+    checkpoints = resume.checkpoint_dir(settings.models_dir, plan.version)
+    assert latest_checkpoint(checkpoints) is not None
+    assert "memo" not in _texts_on_disk(checkpoints)  # no model card quoting rows
+
+    cli = open_rift(settings)  # deleted by a one-off command, while no server runs
+    try:
+        cli.delete_collection("notes")
+        left = cli.stats()["learning"]["interrupted_retrain"]
+        assert left["continues_from"] == "the start of training"  # its checkpoints learnt from the deleted rows
+    finally:
+        cli.close()
+    assert "memo" not in resume.plan_path(settings.models_dir, plan.version).read_text()
+    [kept] = resume.pending(settings.models_dir)
+    assert set(kept.row_collections) == {"default"} and len(kept.rows) == left["triples"] > 0
+
+    rift = _serve(settings)
+    try:
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status()
+        assert status["status"] == "succeeded", status
+        assert "resumed_at_step" not in status["result"]["train"]
+        assert status["result"]["train"]["triples"] <= len(kept.rows)
+    finally:
+        rift.close()
+
+
+def test_deleting_a_collection_a_retrain_is_training_on_cancels_it(tmp_path: Path, tiny_model_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    rift = _serve(settings)
+    try:
+        _fill_with_notes(rift)
+        started = rift.learning.retrain(batch_size=2, epochs=3)
+        job = rift.learning.jobs.get(started["job_id"])
+        _wait_for(lambda: job.phase == "training" and job.done >= 1)
+        rift.delete_collection("notes")
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status(job.id)
+        assert status["status"] == "cancelled"
+        assert status["error"].startswith("cancelled: collection 'notes' was deleted, and ")
+        assert resume.pending(settings.models_dir) == []
+        assert not list(settings.models_dir.glob(".*.trainer"))  # its checkpoints went with it
+        # Deleting a collection it did not train on leaves a retrain alone.
+        started = rift.learning.retrain(batch_size=2, epochs=1)
+        job = rift.learning.jobs.get(started["job_id"])
+        rift.delete_collection("other")
+        rift.learning.jobs.wait(180)
+        assert rift.learning.status(job.id)["status"] == "succeeded"
+    finally:
+        rift.close()
+
+
+def test_a_plan_that_does_not_name_its_rows_collections_forgets_them_all() -> None:
+    """Plans written before rows named their collection: which rows a deleted collection gave is unknown."""
+    plan = ResumePlan("v", None, "m", "", "", {}, [["q", "p", "n"]], "s", {}, [], {})
+    assert plan.rows_of("any") == 1
+    assert plan.drop_rows_of({"any"}) == 1 and plan.rows == [] and plan.restart
+    named = ResumePlan("v", None, "m", "", "", {}, [["q", "p", "n"], ["r", "p", "n"]], "s", {}, [], {},
+                       row_collections=["a", "b"])
+    assert named.drop_rows_of({"b"}) == 1 and named.rows == [["q", "p", "n"]] and named.row_collections == ["a"]
+    assert named.drop_rows_of({"b"}) == 0

@@ -37,7 +37,7 @@ TOOL = ToolSpec(
     title="Delete collection",
     description=(
         "Permanently delete a collection with all of its documents and chunks from both indices, and its logged "
-        "searches with their feedback. This cannot be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
+        "searches with their feedback (a retrain still training on them is cancelled). This cannot be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
     ),
     annotations=ToolAnnotations(
         title="Delete collection",

@@ -87,6 +87,10 @@ class LearningManager:
         self.policy = Policy(self)
         self.gate_overrides: dict[str, Any] = {}  # GateConfig fields without a setting (tests, experiments)
         self._labelled_data: tuple[tuple[str, str], Any] | None = None  # gate_eval_data, read once
+        # The running retrain and its plan; the lock orders a deleted collection's removal from plans with the
+        # job's own saves and discards of its plan.
+        self._live: tuple[Job, ResumePlan] | None = None
+        self._plan_lock = threading.Lock()
 
     def start(self, engine: Any, resume_jobs: bool = False) -> None:
         """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it).
@@ -312,7 +316,7 @@ class LearningManager:
                     job.progress(done, total)
                     job.check()  # a cancel, or a shutdown, need not wait for a long log's mining
 
-                mined, rows, _ = self.mine(strategy, negatives_per_query, progress)
+                mined, rows, kept = self.mine(strategy, negatives_per_query, progress)
                 job.check()
                 summary = mined.report.summary(examples)
                 summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
@@ -335,6 +339,7 @@ class LearningManager:
                     document_prompt=serving.document_prompt,
                     config=asdict(cfg),
                     rows=[list(row) for row in rows],
+                    row_collections=[t.collection for t in kept],
                     strategy=mined.report.strategy,
                     triples_by_type=mined.report.counts_by_type(),
                     holdout=[q.query_id for q in mined.holdout],
@@ -392,7 +397,7 @@ class LearningManager:
             except RiftError as exc:  # the plan and its checkpoints stay for a start with room
                 log.warning("not continuing interrupted retrain %s now: %s", plan.version, exc)
                 return
-        step = training.latest_checkpoint(resume.checkpoint_dir(models_dir, plan.version))
+        step = self._checkpoint(plan)
         log.info(
             "continuing retrain %s interrupted by the last shutdown (%s)",
             plan.version,
@@ -411,6 +416,41 @@ class LearningManager:
             return self._retrain_job(job, plan, holdout, self.log.feedback_map())
 
         self.jobs.start("retrain", {**plan.params, "resumed": True}, work, result=plan.result)
+
+    def _checkpoint(self, plan: ResumePlan) -> str | None:
+        """The checkpoint a plan's training continues from (none when its rows changed since)."""
+        if plan.restart:
+            return None
+        return training.latest_checkpoint(resume.checkpoint_dir(self.settings.models_dir, plan.version))
+
+    def forget_collection(self, collection: str) -> None:
+        """After `collection` was deleted: no retrain plan keeps its texts (the query log no longer does). A
+        retrain still training on them is cancelled, saying why; an interrupted one drops those rows and trains
+        again from its start on the rest (or is dropped when none is left); one already trained only forgets
+        them (its weights cannot)."""
+        models_dir = self.settings.models_dir
+        with self._plan_lock:
+            live_version = None
+            if self._live is not None:
+                job, plan = self._live
+                live_version = plan.version
+                if plan.rows_of(collection) and job.phase == "training" and job.status == "running":
+                    why = (
+                        f"cancelled: collection {collection!r} was deleted, and {plan.rows_of(collection)} of the "
+                        f"{len(plan.rows)} training triples came from it; start a new retrain"
+                    )
+                    self.jobs.cancel(job.id)  # (lands at its next training step)
+                    job.error = why
+                    log.warning("retrain job %s %s", job.id, why)
+                if plan.drop_rows_of({collection}) and resume.plan_path(models_dir, plan.version).exists():
+                    resume.save(models_dir, plan)
+            for plan in resume.pending(models_dir):
+                if plan.version == live_version or not plan.drop_rows_of({collection}):
+                    continue
+                if plan.trained or plan.rows:
+                    resume.save(models_dir, plan)
+                else:
+                    self._drop_plan(plan, f"its training triples came from collection {collection!r}, since deleted")
 
     def _drop_plan(self, plan: ResumePlan, why: str) -> None:
         log.warning("not continuing interrupted retrain %s: %s", plan.version, why)
@@ -476,8 +516,20 @@ class LearningManager:
         result: dict[str, Any] = dict(job.result)
         keep = False
         try:
+            with self._plan_lock:
+                self._live = (job, plan)
+                # Collections deleted since mining (or while no server ran): their texts leave the plan.
+                gone = set(plan.row_collections) - set(self.engine.collection_names())
+                if gone:
+                    plan.drop_rows_of(gone)
+                if plan.restart:  # (its checkpoints learnt from rows since removed)
+                    shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
+                    plan.restart = False
+                if not plan.rows and not plan.trained:
+                    raise RiftError("every training triple came from collections deleted since mining")
+                if resumable:
+                    resume.save(models_dir, plan)
             if resumable:
-                resume.save(models_dir, plan)
                 for older in resume.pending(models_dir):  # (left by a CLI command): this one supersedes it
                     if older.version != plan.version:
                         self._drop_plan(older, "a later retrain was started after it")
@@ -512,8 +564,9 @@ class LearningManager:
                 )
                 (out_dir / UNREGISTERED).unlink(missing_ok=True)
                 if resumable:  # from here on a restart gates the saved weights instead of training again
-                    plan.trained, plan.result = True, result
-                    resume.save(models_dir, plan)
+                    with self._plan_lock:
+                        plan.trained, plan.result = True, result
+                        resume.save(models_dir, plan)
                     shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
             else:
                 self.registry.update(plan.version, status="failed", note="candidate being evaluated")
@@ -539,8 +592,10 @@ class LearningManager:
                     self.delete_unservable_weights(versions={plan.version})
             raise
         finally:
-            if not keep:
-                resume.discard(models_dir, plan.version)
+            with self._plan_lock:
+                self._live = None
+                if not keep:
+                    resume.discard(models_dir, plan.version)
 
     def _check_room_to_train(self, engine: Any, base_location: str) -> None:
         """Refuse a retrain on a disk that cannot take its weights (about 90 MB for MiniLM) and, with
@@ -891,7 +946,7 @@ class LearningManager:
         if not plans:
             return None
         plan = plans[-1]
-        step = training.latest_checkpoint(resume.checkpoint_dir(self.settings.models_dir, plan.version))
+        step = self._checkpoint(plan)
         return {
             "version": plan.version,
             "triples": len(plan.rows),

@@ -38,6 +38,29 @@ class ResumePlan:
     params: dict[str, Any]  # the job's parameters, as retrain_status shows them
     result: dict[str, Any] = field(default_factory=dict)  # the job's result so far (mining summary)
     trained: bool = False  # the weights are saved and registered; only the gate and the switch remain
+    # The collection each row was mined from, so a deleted collection's texts can leave the plan (empty in
+    # plans from before rift recorded them).
+    row_collections: list[str] = field(default_factory=list)
+    # Rows were removed after training began: its checkpoints learnt from other data, so training starts again.
+    restart: bool = False
+
+    def rows_of(self, collection: str) -> int:
+        """How many rows came from `collection` (all of them when the plan does not say)."""
+        if len(self.row_collections) != len(self.rows):
+            return len(self.rows)
+        return self.row_collections.count(collection)
+
+    def drop_rows_of(self, collections: set[str]) -> int:
+        """Remove the rows mined from `collections` (every row when the plan does not say); how many went."""
+        before = len(self.rows)
+        if len(self.row_collections) != len(self.rows):
+            self.rows, self.row_collections = [], []
+        else:
+            kept = [(r, c) for r, c in zip(self.rows, self.row_collections, strict=True) if c not in collections]
+            self.rows, self.row_collections = [r for r, _ in kept], [c for _, c in kept]
+        if len(self.rows) < before and not self.trained:
+            self.restart = True
+        return before - len(self.rows)
 
 
 def plan_path(models_dir: Path, version: str) -> Path:

@@ -11,6 +11,7 @@ no reporting integrations, and the trainer logs through `logging` (stderr).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -165,8 +166,10 @@ def train_model(
                 control.should_save = checkpoint_dir is not None  # resume from here, not the last tenth
             return control
 
-    # The model-card widget sampler draws a tqdm bar and global random numbers; rift writes no model card.
+    # The model-card widget sampler draws a tqdm bar and global random numbers; rift writes no model card, not
+    # even in a checkpoint (the trainer's saves would: it quotes training rows, a deleted collection's texts).
     model.model_card_data.set_widget_examples = lambda dataset: None
+    model.save_pretrained = functools.partial(model.save_pretrained, create_model_card=False)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=data, loss=loss, callbacks=[_Hooks()]
     )
