@@ -426,3 +426,23 @@ def test_a_retrain_cancelled_while_mining_ends_cancelled(
         assert finished == []
     finally:
         rift.close()
+
+
+@pytest.mark.parametrize("cause", ["log_off", "margin"])
+def test_a_refusal_says_what_would_help(tmp_path: Path, tiny_model_path: Path, cause: str) -> None:
+    """"Search more" cannot help while the log is off, nor much while a filter leaves most searches out."""
+    extra = {"log_queries": False} if cause == "log_off" else {"learn_positive_min_keyword_margin": 100}
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=10, **extra))
+    try:
+        fill_two_collections(rift)
+        with pytest.raises(RiftError) as refused:
+            rift.learning.retrain()
+        message = str(refused.value)
+        if cause == "log_off":
+            assert "from 0 logged queries" in message
+            assert "query log is off (setting log_queries, RIFT_LOG_QUERIES)" in message
+            assert "Search more" not in message
+        else:
+            assert "searches had no clear best document (setting learn_positive_min_keyword_margin, 100" in message
+    finally:
+        rift.close()

@@ -172,7 +172,16 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert vector["query_id"] is None and vector["disagreement"] is None and len(vector["hits"]) == 3
         stopwords = await s.ok("hybrid_search", {"query": "the and of it", "collection": "docs"})
         assert stopwords["hits"] and stopwords["disagreement"]["compared"] is False
-        assert stopwords["disagreement"]["overlap"] is None
+        assert stopwords["disagreement"]["overlap"] is None and stopwords["warnings"] == []
+        # Keyword mode finds nothing for it, and says why rather than returning an empty list without a word.
+        unsearchable = await s.ok("hybrid_search", {"query": "the and of it", "collection": "docs", "mode": "keyword"})
+        assert unsearchable["hits"] == []
+        assert unsearchable["warnings"] == [
+            "the query has no keyword terms (only stopwords or symbols), so keyword mode finds nothing: "
+            "search in hybrid or vector mode"
+        ]
+        keyword = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "mode": "keyword"})
+        assert keyword["hits"] and keyword["warnings"] == []
 
         deleted = await s.ok("delete_documents", {"ids": ["pump", "ghost"], "collection": "docs"})
         assert deleted == {"collection": "docs", "deleted": ["pump"], "not_found": ["ghost"], "remaining": 0}
@@ -353,8 +362,8 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ),
             (
                 "add_documents",
-                {"documents": [{"text": "same"}, {"text": "same"}]},
-                ["documents[1].id", "duplicates"],
+                {"documents": [{"text": "same"}, {"text": "same", "metadata": {"tag": "b"}}]},
+                ["documents[1] has no id and the same text as documents[0]", "give them ids"],
             ),
             ("add_documents", {"documents": [doc], "collection": "bad name!"}, ["collection"]),
             ("delete_documents", {"ids": []}, ["ids"]),

@@ -39,7 +39,8 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt "meta" must not drop the metadata in silence
 
     id: StrictStr | None = Field(
-        None, min_length=1, max_length=512, description="Stable id; defaults to a hash of the text."
+        None, min_length=1, max_length=512, description="Stable id; defaults to a hash of the text (the same text added again, with any metadata, "
+        "updates that one document)."
     )
     text: StrictStr = Field(description="The document's full text; it is chunked to fit the model.")
     metadata: dict[str, MetadataValue] | None = Field(

@@ -77,7 +77,8 @@ class SearchResult(BaseModel):
     warnings: list[str] = Field(
         default_factory=list,
         description="Why these results may be incomplete, e.g. the Chroma server could not be reached: a hybrid "
-        "search then returns keyword results alone (not logged, so query_id is null); empty normally.",
+        "search then returns keyword results alone (not logged, so query_id is null); or why keyword mode found "
+        "nothing (a query of stopwords only); empty normally.",
     )
 
 

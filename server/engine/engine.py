@@ -123,12 +123,13 @@ class SearchOutcome:
     # When the searched collection was created: tells a search of a since deleted collection from one of a
     # new collection of the same name (the query log drops the former).
     collection_created: float | None = None
-    # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone).
+    # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone), or, in
+    # keyword mode, empty (a query with no keyword terms).
     warnings: list[str] = field(default_factory=list)
 
     @property
     def vector_skipped(self) -> bool:
-        """A hybrid search whose vector side could not run (its only warning's cause)."""
+        """A hybrid search whose vector side could not run (a hybrid search's only warning's cause)."""
         return self.mode == "hybrid" and bool(self.warnings)
 
 
@@ -1129,6 +1130,11 @@ class Engine:
                     "over several calls"
                 )
             if doc_id in seen:
+                if doc.id is None and documents[seen[doc_id]].id is None:
+                    raise RiftError(
+                        f"documents[{i}] has no id and the same text as documents[{seen[doc_id]}] (an omitted id is "
+                        "a hash of the text, so both would be one document): give them ids, or send the text once"
+                    )
                 raise RiftError(
                     f"documents[{i}].id {doc_id!r} duplicates documents[{seen[doc_id]}] in this call"
                 )
@@ -2062,6 +2068,12 @@ class Engine:
                 )
             )
         timings["hydrate_ms"] = (time.perf_counter() - t0) * 1000
+        warnings = [unreachable] if unreachable is not None else []
+        if mode == "keyword" and terms and not terms[0]:  # (no hits, and no word of why: say it)
+            warnings.append(
+                "the query has no keyword terms (only stopwords or symbols), so keyword mode finds nothing: "
+                "search in hybrid or vector mode"
+            )
         return SearchOutcome(
             collection,
             query,
@@ -2074,7 +2086,7 @@ class Engine:
             timings,
             terms[0] if terms else None,
             record.created_at,
-            [unreachable] if unreachable is not None else [],
+            warnings,
         )
 
     def follow_others(self, force: bool = False, probe: bool = True) -> str | None:

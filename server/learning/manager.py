@@ -325,10 +325,7 @@ class LearningManager:
                 mined_out["summary"] = summary
                 job.result = {"mining": {k: v for k, v in summary.items() if k != "examples"}}
                 if len(rows) < need:
-                    raise RiftError(
-                        f"only {len(rows)} training triples from {len(mined.train_queries)} logged queries; "
-                        f"min_triples is {need}. Search more, give feedback, or lower min_triples"
-                    )
+                    raise RiftError(self._too_few_triples(len(rows), mined, need))
                 serving = self.engine.embedder
                 parent = self.registry.serving()
                 plan = ResumePlan(
@@ -416,6 +413,26 @@ class LearningManager:
             return self._retrain_job(job, plan, holdout, self.log.feedback_map())
 
         self.jobs.start("retrain", {**plan.params, "resumed": True}, work, result=plan.result)
+
+    def _too_few_triples(self, triples: int, mined: Any, need: int) -> str:
+        """Why a retrain is refused, with the advice that can help: searching more cannot while the log is off,
+        and a filter that left out most searches is named with its setting."""
+        said = f"only {triples} training triples from {len(mined.train_queries)} logged queries; min_triples is {need}"
+        if not self.settings.log_queries:
+            return (
+                f"{said}. The query log is off (setting log_queries, RIFT_LOG_QUERIES): searches leave nothing to "
+                "learn from; turn it on and search, or lower min_triples"
+            )
+        skipped = mined.report.skipped
+        reason = max(skipped, key=skipped.get, default=None)
+        if reason == "positive_small_keyword_margin" and skipped[reason] * 2 >= mined.report.queries_seen:
+            return (
+                f"{said}. {skipped[reason]} of {mined.report.queries_seen} searches had no clear best document "
+                f"(setting learn_positive_min_keyword_margin, {self.settings.learn_positive_min_keyword_margin}: "
+                "0 turns that filter off, at the cost of noisier triples); search more, give feedback on results, "
+                "or lower min_triples"
+            )
+        return f"{said}. Search more, give feedback, or lower min_triples"
 
     def _checkpoint(self, plan: ResumePlan) -> str | None:
         """The checkpoint a plan's training continues from (none when its rows changed since)."""
