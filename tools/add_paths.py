@@ -52,7 +52,8 @@ async def add_paths(
     prune: Annotated[
         bool,
         Field(
-            description="Also remove documents of files that are gone from (or now ignored in) the folders."
+            description="Also remove documents of files that are gone from (or now ignored in) the folders; with "
+            "glob, only among files the pattern matches (documents of other files stay)."
         ),
     ] = False,
 ) -> AddPathsResult:
