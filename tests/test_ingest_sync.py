@@ -559,6 +559,29 @@ def test_a_polling_watch_does_not_sync_again_and_again_for_a_broken_symlink(app:
         assert len(syncs) <= 2
 
 
+def test_a_change_in_a_symlinked_folder_sync_does_not_follow_syncs_nothing(app: Rift, docs: Path, monkeypatch) -> None:
+    """The OS watch follows a symlinked sub-folder (a linked build tree) that a sync does not: every change
+    there synced the whole folder for nothing."""
+    from server.ingest import watch
+
+    tree = docs.parent / "build-tree"
+    (tree / "deep").mkdir(parents=True)
+    (docs / "generated").symlink_to(tree)
+    real, syncs = watch.sync_paths, []
+    monkeypatch.setattr(watch, "sync_paths", lambda *a, **k: (syncs.append(1), real(*a, **k))[1])
+    with watching(app, docs):
+        wait_for(lambda: stored(app, docs) == INGESTIBLE)
+        time.sleep(0.5)
+        first = len(syncs)
+        for i in range(3):
+            (tree / "deep" / f"out{i}.md").write_text("# Built\n\nGenerated output.\n")
+            time.sleep(0.3)
+        time.sleep(2.0)
+        assert len(syncs) == first
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")  # a change inside syncs
+        wait_for(lambda: stored(app, docs) == INGESTIBLE | {"kelp.md"})
+
+
 def test_a_folder_whose_os_watch_fails_is_synced_on_a_timer(app: Rift, docs: Path, monkeypatch) -> None:
     """Polling that meets a symlink loop fails at every scan (watchfiles' RuntimeError): the watch ended."""
     from server.ingest import watch

@@ -65,9 +65,27 @@ def watch_folder(
     default = DefaultFilter(ignore_dirs=tuple(sorted(VCS_DIRS)))
     skip = tuple(str(p.resolve()) for p in ignore_under)
 
+    inside = str(folder).rstrip(os.sep) + os.sep
+
+    def through_linked_folder(path: str) -> bool:
+        """Whether `path` lies in a symlinked folder inside the watched one: the OS watch follows such links, a
+        sync does not ("symlinked folder not followed"), so a change there (a linked build tree) changes nothing."""
+        if not path.startswith(inside):
+            return False
+        at = str(folder)
+        for part in path[len(inside) :].split(os.sep)[:-1]:
+            at = os.path.join(at, part)
+            if os.path.islink(at):
+                return True
+        return False
+
     def relevant(change: Any, path: str) -> bool:
         # Under a skipped folder, not merely sharing its name's prefix ("data" vs "data-notes").
-        return default(change, path) and not any(path == s or path.startswith(s + os.sep) for s in skip)
+        return (
+            default(change, path)
+            and not any(path == s or path.startswith(s + os.sep) for s in skip)
+            and not through_linked_folder(path)
+        )
 
     # Files outside the folder that its symlinks lead to (a broken link's too: its file may come back), from the
     # last sync that ran: watched beside the folder, so a change there syncs too. The OS watch of a file ends
@@ -77,7 +95,6 @@ def watch_folder(
     watch_links = True  # off once the OS refuses more watches (its per-user limit): the folder is still watched
 
     def linked_files(report: SyncReport) -> frozenset[str]:
-        inside = str(folder).rstrip(os.sep) + os.sep
         out = set()
         for f in report.files:
             if f.status != "removed" and not f.path.startswith(inside):  # (one skipped, empty say, may be fixed)
