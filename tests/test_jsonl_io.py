@@ -367,3 +367,26 @@ def test_export_to_a_writable_file_in_a_folder_it_may_not_write_writes_it_in_pla
     result = cli("export", "-o", str(missing), "--data-dir", data, ok=False)
     assert result.exit_code == 1 and f"cannot write {missing}: Permission denied" in result.output, result.output
     assert not missing.exists()
+
+
+def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path: Path) -> None:
+    data = str(tmp_path / "a")
+    assert json.loads(cli("collections", "create", "notes", "--data-dir", data).output) == {
+        "collection": "notes",
+        "created": True,
+    }
+    assert json.loads(cli("collections", "create", "notes", "--data-dir", data).output)["created"] is False
+    cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
+    listed = json.loads(cli("collections", "--data-dir", data).output)["collections"]
+    assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
+    # Deleting cannot be undone: without a terminal to ask on, it needs --yes.
+    refused = cli("collections", "delete", "notes", "--data-dir", data, ok=False)
+    assert refused.exit_code == 2 and "add --yes to confirm" in refused.output
+    assert json.loads(cli("collections", "delete", "notes", "--yes", "--data-dir", data).output) == {
+        "collection": "notes",
+        "deleted_documents": 1,
+        "deleted_chunks": 1,
+    }
+    assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
+    gone = cli("collections", "delete", "notes", "--yes", "--data-dir", data, ok=False)
+    assert gone.exit_code == 1 and "unknown collection 'notes'" in gone.output

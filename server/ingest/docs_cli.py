@@ -273,4 +273,57 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     emit(report.as_dict())
 
 
-COMMANDS = [list_documents, get_document, delete_documents, export_documents, import_documents]
+@click.group("collections", invoke_without_command=True)
+@click.option("--data-dir", default=None, help="(listing: the data dir to list)")
+@click.pass_context
+def collections(ctx: click.Context, data_dir: str | None) -> None:
+    """List collections with their documents, chunks and model version (as list_collections); `create NAME` and
+    `delete NAME --yes` manage them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from server.ingest.manage import caught_up
+    from server.ingest.manage import list_collections as catalog
+
+    def go(rift: Any) -> dict[str, Any]:
+        listed, warnings = caught_up(catalog)(rift.engine())
+        return {"collections": listed, **({"warnings": warnings} if warnings else {})}
+
+    _run(data_dir, go)
+
+
+@collections.command("create")
+@click.argument("name")
+@click.option("--data-dir", default=None)
+def create_collection(name: str, data_dir: str | None) -> None:
+    """Create an empty collection (one that exists is left as it is)."""
+    from server.cli import emit, load_settings, open_rift
+
+    rift = open_rift(load_settings(data_dir))
+    try:
+        emit({"collection": name, "created": rift.engine().create_collection(name)})
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        rift.close()
+
+
+@collections.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Delete without asking (needed when stdin is not a terminal).")
+@click.option("--data-dir", default=None)
+def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
+    """Delete a collection with all of its documents, its logged searches and their feedback (as the
+    delete_collection tool). It cannot be undone: `rift export` it first to keep a copy."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"deleting collection {name!r} cannot be undone: add --yes to confirm")
+        click.confirm(f"Delete collection {name!r} and every document in it? This cannot be undone", abort=True, err=True)
+
+    def go(rift: Any) -> dict[str, Any]:
+        info = rift.delete_collection(name)
+        return {"collection": name, "deleted_documents": info.documents, "deleted_chunks": info.chunks}
+
+    _run(data_dir, go)
+
+
+COMMANDS = [list_documents, get_document, delete_documents, export_documents, import_documents, collections]
