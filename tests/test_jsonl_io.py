@@ -390,3 +390,38 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
     assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
     gone = cli("collections", "delete", "notes", "--yes", "--data-dir", data, ok=False)
     assert gone.exit_code == 1 and "unknown collection 'notes'" in gone.output
+
+
+def test_a_bad_file_is_refused_before_any_store_opens(cli, tmp_path: Path, monkeypatch) -> None:
+    """The store opened first: for a file refused at line 1 it created a data dir, loaded the model, and with a
+    changed model re-embedded the whole store."""
+    import server.cli
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\nnot json\n')
+    opened = []
+    monkeypatch.setattr(server.cli, "open_rift", lambda *a, **k: opened.append(1))
+    refused = cli("import", str(bad), "--data-dir", str(tmp_path / "fresh"), ok=False)
+    assert refused.exit_code == 1 and "line 2: not JSON" in refused.output, refused.output
+    assert opened == [] and not (tmp_path / "fresh").exists()
+
+
+def test_ctrl_c_while_stdin_is_read_exits_130(cli, tmp_path: Path, monkeypatch) -> None:
+    """Reading a pipe into a temporary copy ended in click's "Aborted!", exit 1."""
+    from server.ingest import docs_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import os
+    import threading
+
+    pipe = tmp_path / "pipe"  # (what `producer | rift import -` reads: not seekable)
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(b'{"text": "x"}\n'), daemon=True)
+    writer.start()
+    monkeypatch.setattr(docs_cli.shutil, "copyfileobj", interrupted)
+    result = cli("import", str(pipe), "--data-dir", str(tmp_path / "d"), ok=False)
+    writer.join(10)
+    assert result.exit_code == 130, result.output
+    assert "interrupted: nothing was stored; run the same import again to resume" in result.output

@@ -164,6 +164,21 @@ def default_doc_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def validate_document(
+    doc: DocumentInput, field: Callable[[str], str], settings: Settings
+) -> tuple[str, str, dict[str, Any]]:
+    """One document's (doc_id, text, metadata), or a RiftError naming the field as `field(name)` does. Needs
+    the settings only, so a file can be checked before a store opens (and maybe re-embeds) for it."""
+    text = check_text(doc.text, field("text"), settings.max_document_chars, "max_document_chars")
+    meta = check_metadata(doc.metadata, field("metadata"))
+    if doc.id is None:
+        return default_doc_id(text), text, meta
+    if not isinstance(doc.id, str) or not doc.id.strip() or len(doc.id) > MAX_ID_CHARS:
+        raise RiftError(f"{field('id')} must be a non-empty string of at most {MAX_ID_CHARS} chars")
+    check_text(doc.id, field("id"), MAX_ID_CHARS)
+    return doc.id, text, meta
+
+
 _CHUNKING_SAMPLE = 8  # documents read to tell how an unrecorded collection was cut
 
 
@@ -1146,14 +1161,7 @@ class Engine:
         self, doc: DocumentInput, field: Callable[[str], str]
     ) -> tuple[str, str, dict[str, Any]]:
         """One document's (doc_id, text, metadata), or a RiftError naming the field as `field(name)` does."""
-        text = check_text(doc.text, field("text"), self.settings.max_document_chars, "max_document_chars")
-        meta = check_metadata(doc.metadata, field("metadata"))
-        if doc.id is None:
-            return default_doc_id(text), text, meta
-        if not isinstance(doc.id, str) or not doc.id.strip() or len(doc.id) > MAX_ID_CHARS:
-            raise RiftError(f"{field('id')} must be a non-empty string of at most {MAX_ID_CHARS} chars")
-        check_text(doc.id, field("id"), MAX_ID_CHARS)
-        return doc.id, text, meta
+        return validate_document(doc, field, self.settings)
 
     def add_documents(
         self,

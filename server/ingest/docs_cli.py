@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import click
 
@@ -228,7 +228,10 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
         stream: IO[bytes] = file
         if not file.seekable():  # read twice (checked, then written): keep a copy of stdin or a pipe
             stream = stack.enter_context(tempfile.TemporaryFile())
-            shutil.copyfileobj(file, stream)
+            try:
+                shutil.copyfileobj(file, stream)
+            except KeyboardInterrupt:
+                _interrupted("nothing was stored")
             stream.seek(0)
         if stream.read(2) == b"\x1f\x8b":  # gzip (a BEIR corpus.jsonl.gz): read through it, seekable too
             stream.seek(0)
@@ -238,10 +241,15 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
         _import(stream, collection, data_dir)
 
 
+def _interrupted(stored: str) -> NoReturn:
+    click.echo(f"\ninterrupted: {stored}; run the same import again to resume", err=True)
+    sys.exit(130)
+
+
 def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     from server.cli import emit, load_settings, open_rift
     from server.engine.engine import check_collection_name
-    from server.ingest.jsonl import ImportReport
+    from server.ingest.jsonl import ImportReport, check_file
     from server.ingest.jsonl import import_documents as load
 
     interactive = sys.stderr.isatty()
@@ -257,15 +265,20 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
         check_collection_name(collection)  # (before the model loads)
     except RiftError as exc:
         raise click.BadParameter(str(exc), param_hint="--collection") from None
-    rift = open_rift(load_settings(data_dir))
-    try:
-        report = load(rift, collection, stream, progress)
+    settings = load_settings(data_dir)
+    try:  # the file before the store: opening one may create a data dir, or re-embed it for a changed model
+        documents = check_file(settings, stream)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        stored = f"lines up to {last[0].written_through_line} are stored" if last else "nothing was stored"
-        click.echo(f"\ninterrupted: {stored}; run the same import again to resume", err=True)
-        sys.exit(130)
+        _interrupted("nothing was stored")
+    rift = open_rift(settings)
+    try:
+        report = load(rift, collection, stream, progress, checked=documents)
+    except RiftError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        _interrupted(f"lines up to {last[0].written_through_line} are stored" if last else "nothing was stored")
     finally:
         if interactive:
             click.echo("", err=True)

@@ -139,15 +139,16 @@ class ImportReport:
         }
 
 
-def check_file(engine: Any, stream: IO[bytes]) -> int:
-    """Check every line as `add_documents` would check it, and that no two lines give one id; returns the
-    number of documents. Nothing is written."""
+def check_file(settings: Any, stream: IO[bytes]) -> int:
+    """Check every line as `add_documents` would check it under `settings`, and that no two lines give one id;
+    returns the number of documents. Nothing is opened or written (a bad file must not start a store: that may
+    create a data dir, or re-embed one for a changed model)."""
     seen: dict[str, int] = {}
     count = 0
     # A document longer than one call takes could never be written: refused here, before any line is stored.
-    per_call = engine.settings.max_chars_per_call
+    per_call = settings.max_chars_per_call
     for doc in read_lines(stream):
-        doc_id, text, _ = _validated(engine, doc)
+        doc_id, text, _ = _validated(settings, doc)
         if len(text) > per_call:
             raise RiftError(
                 f"line {doc.line}: text is {len(text):,} characters; one write takes at most {per_call:,} "
@@ -163,12 +164,13 @@ def check_file(engine: Any, stream: IO[bytes]) -> int:
     return count
 
 
-def _validated(engine: Any, doc: ImportDocument) -> tuple[str, str, dict[str, Any]]:
-    from server.engine.engine import DocumentInput
+def _validated(settings: Any, doc: ImportDocument) -> tuple[str, str, dict[str, Any]]:
+    from server.engine.engine import DocumentInput, validate_document
 
-    return engine.validate_document(
+    return validate_document(
         DocumentInput(text=doc.text, id=doc.doc_id, metadata=doc.metadata),
         lambda name: f"line {doc.line}: {doc.id_field if name == 'id' else name}",
+        settings,
     )
 
 
@@ -177,17 +179,18 @@ def import_documents(
     collection: str,
     stream: IO[bytes],
     progress: Callable[[ImportReport], None] | None = None,
+    checked: int | None = None,
 ) -> ImportReport:
-    """Check the whole stream (seekable), then write its documents in batches through `add_documents`. A
-    failure part way raises a RiftError saying which lines are stored; running the import again resumes."""
+    """Check the whole stream (seekable; `checked`: check_file already did, and found that many documents),
+    then write its documents in batches through `add_documents`. A failure part way raises a RiftError saying
+    which lines are stored; running the import again resumes."""
     from server.engine.engine import DocumentInput, check_collection_name
 
     check_collection_name(collection)
-    engine = rift.engine()
+    settings = rift.engine().settings
     report = ImportReport(collection)
-    report.documents = check_file(engine, stream)
+    report.documents = checked if checked is not None else check_file(settings, stream)
     stream.seek(0)
-    settings = engine.settings
     limit_docs = min(BATCH_DOCUMENTS, settings.max_documents_per_call)
     batch: list[ImportDocument] = []
     chars = 0
