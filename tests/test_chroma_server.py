@@ -1929,6 +1929,14 @@ def test_an_export_without_a_server_here_catches_up_with_the_others_first(
         assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
     finally:
         b.close()
+    # With the server unreachable, the data dir cannot catch up: export is how a store is rescued then, so it
+    # exports what it holds, and says so (it refused, with every document in its state.sqlite).
+    monkeypatch.setenv("RIFT_CHROMA_PORT", "1")
+    result = CliRunner().invoke(main, ["export", "--data-dir", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
+    assert "exporting what this data dir holds, without catching up first: " in result.stderr
+    assert "cannot reach the Chroma server" in result.stderr
 
 
 def test_a_collection_deleted_here_takes_and_names_what_others_wrote_to_it(

@@ -187,7 +187,11 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
         except RiftError as exc:
             click.echo(f"exporting what this data dir holds, without catching up first: {exc}", err=True)
         else:
-            open_rift(settings, must_exist=True).close()
+            try:
+                open_rift(settings, must_exist=True).close()
+            except click.ClickException as exc:  # (the server is down, a move to it unfinished, ...): export is
+                # how a store is rescued then, and state.sqlite holds every document this data dir has seen
+                click.echo(f"exporting what this data dir holds, without catching up first: {exc.message}", err=True)
     try:
         conn = read_only_state(settings.state_db)
         try:
