@@ -630,7 +630,10 @@ class Rift:
             with self.log.forgetting(collection):  # also a search of it still running meanwhile
                 info = engine.delete_collection(collection, removed)
         if self.learning is not None:  # nor does a retrain's plan keep its texts
-            self.learning.forget_collection(collection)
+            try:
+                self.learning.forget_collection(collection)
+            except Exception:  # the deletion is done: say so; the next start drops what is left (its plan check)
+                log.exception("could not remove collection %r's texts from a retrain's plan", collection)
         return info
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:

@@ -824,6 +824,8 @@ def test_text_an_earlier_extractor_garbled_is_read_again(app: Rift, docs: Path, 
     extract_module = __import__("server.ingest.extract", fromlist=["x"])
     note = docs / "prices.txt"
     note.write_bytes(b"Caf\xe9 au lait costs 5\x80 at the corner.\n")  # Windows-1252, as a short note often is
+    menu = docs / "menu.md"  # only its front matter is legacy text: the body reads the same either way
+    menu.write_bytes(b"---\ntitle: Caf\xe9 menu\n---\n\nTea and coffee are served all day.\n")
     # Stored by an extractor that read such bytes as another code page (rift before text extractor 2).
     with monkeypatch.context() as old:
         for family in extract_module.TEXT_FAMILIES:
@@ -834,6 +836,9 @@ def test_text_an_earlier_extractor_garbled_is_read_again(app: Rift, docs: Path, 
     got = statuses(sync(app, docs), docs)
     assert got["prices.txt"][0] == "updated"
     assert app.engine().get_document("files", str(note))[0] == "Caf\xe9 au lait costs 5\u20ac at the corner.\n"
+    # A title (or another front-matter value) read differently is a change, though the text is the same.
+    assert got["menu.md"][0] == "updated"
+    assert app.engine().get_document("files", str(menu))[1]["title"] == "Caf\xe9 menu"
     # Every other text file read again gives the same text: relabelled, its vectors kept, not reported changed.
     assert got["guide.md"] == ("unchanged", "read again by a newer extractor: same text")
     assert statuses(sync(app, docs), docs)["guide.md"] == ("unchanged", None)

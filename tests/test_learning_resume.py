@@ -328,14 +328,14 @@ def test_a_retrain_that_fails_says_why_in_the_registry(
 
 
 def _fill_with_notes(rift: Rift) -> None:
-    """Two searched collections; every text of the second ("notes") holds the word "memo"."""
+    """Two searched collections; every text of the second ("notes") holds the word "zyzzyva"."""
     from tests.support.helpers import docs
     from tests.support.learning import corpus, queries
 
     fill_two_collections(rift)
-    rift.add_documents("notes", docs(*[(d["id"], f"{d['text']} memo") for d in corpus()]))
+    rift.add_documents("notes", docs(*[(d["id"], f"{d['text']} zyzzyva") for d in corpus()]))
     for text in queries():
-        rift.search("notes", f"{text} memo")
+        rift.search("notes", f"{text} zyzzyva")
 
 
 def _texts_on_disk(folder: Path) -> str:
@@ -358,7 +358,10 @@ def test_a_deleted_collections_texts_leave_an_interrupted_retrain(tmp_path: Path
     assert set(plan.row_collections) == {"default", "notes"}
     checkpoints = resume.checkpoint_dir(settings.models_dir, plan.version)
     assert latest_checkpoint(checkpoints) is not None
-    assert "memo" not in _texts_on_disk(checkpoints)  # no model card quoting rows
+    # No model card, which quoted training rows: no row of either collection is on disk beside the weights.
+    assert not list(checkpoints.rglob("README.md"))
+    on_disk = _texts_on_disk(checkpoints)
+    assert not any(text in on_disk for row in plan.rows for text in row)
 
     cli = open_rift(settings)  # deleted by a one-off command, while no server runs
     try:
@@ -367,7 +370,8 @@ def test_a_deleted_collections_texts_leave_an_interrupted_retrain(tmp_path: Path
         assert left["continues_from"] == "the start of training"  # its checkpoints learnt from the deleted rows
     finally:
         cli.close()
-    assert "memo" not in resume.plan_path(settings.models_dir, plan.version).read_text()
+    assert "zyzzyva" not in resume.plan_path(settings.models_dir, plan.version).read_text()
+    assert not checkpoints.exists()  # never used again: gone at once, not at the next start
     [kept] = resume.pending(settings.models_dir)
     assert set(kept.row_collections) == {"default"} and len(kept.rows) == left["triples"] > 0
 
@@ -416,3 +420,19 @@ def test_a_plan_that_does_not_name_its_rows_collections_forgets_them_all() -> No
                        row_collections=["a", "b"])
     assert named.drop_rows_of({"b"}) == 1 and named.rows == [["q", "p", "n"]] and named.row_collections == ["a"]
     assert named.drop_rows_of({"b"}) == 0
+
+
+def test_an_edited_plan_keeps_its_place_among_plans(tmp_path: Path) -> None:
+    """Plans are ordered by their time, and the newest continues: removing a deleted collection's rows from
+    an older plan made it the newest."""
+    import os
+
+    older = ResumePlan("v1", None, "m", "", "", {}, [["q", "p", "n"]], "s", {}, [], {}, row_collections=["a"])
+    newer = ResumePlan("v2", None, "m", "", "", {}, [["q", "p", "n"]], "s", {}, [], {}, row_collections=["b"])
+    resume.save(tmp_path, older)
+    os.utime(resume.plan_path(tmp_path, "v1"), (1_000_000, 1_000_000))
+    resume.save(tmp_path, newer)
+    older.drop_rows_of({"a"})
+    resume.save(tmp_path, older, keep_mtime=True)
+    assert [p.version for p in resume.pending(tmp_path)] == ["v1", "v2"]
+    assert resume.pending(tmp_path)[0].rows == []

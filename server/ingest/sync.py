@@ -174,7 +174,7 @@ class _Sync:
             log.debug("extractor failure on %s", path, exc_info=True)  # the traceback, with -v
             self.skip(path, f"cannot extract text: {type(exc).__name__}: {exc}"[:300])
             return
-        if reextract and same_bytes and self._stored_text(key) == extracted.text:
+        if reextract and same_bytes and self._reads_as_stored(key, old, extracted, path):
             # The newer extractor reads this file as the old one did (most files after a decoding fix): relabel
             # it (its chunks keep their vectors) and do not report it as changed.
             self.refreshed[key] = "read again by a newer extractor: same text"
@@ -215,11 +215,15 @@ class _Sync:
         ):
             self.flush()
 
-    def _stored_text(self, key: str) -> str | None:
-        try:
-            return self.engine.get_document(self.collection, key)[0]
-        except NotFoundError:  # (deleted meanwhile)
-            return None
+    def _reads_as_stored(self, key: str, old: dict[str, Any], extracted: Any, path: Path) -> bool:
+        """Whether `extracted` gives the stored document's text, title and extracted metadata (front matter, a
+        PDF's page count), not only its text: a decoding fix may change only a front-matter value or a title."""
+        if (extracted.title or path.name) != old.get("title"):
+            return False
+        if any(old.get(k) != v for k, v in extracted.metadata.items()):
+            return False
+        stored = self.engine.state.document(self.collection, key)
+        return stored is not None and stored[1] == extracted.text
 
     def left_out(self, key: str) -> bool:
         """Whether the file `key`, which has a stored document, was skipped this time for good (not a read

@@ -442,32 +442,37 @@ class LearningManager:
 
     def forget_collection(self, collection: str) -> None:
         """After `collection` was deleted: no retrain plan keeps its texts (the query log no longer does). A
-        retrain still training on them is cancelled, saying why; an interrupted one drops those rows and trains
-        again from its start on the rest (or is dropped when none is left); one already trained only forgets
-        them (its weights cannot)."""
+        retrain that has not finished training on them is cancelled, saying why; an interrupted one drops those
+        rows and trains again from its start on the rest (or is dropped when none is left); one already trained
+        only forgets them (its weights cannot)."""
         models_dir = self.settings.models_dir
         with self._plan_lock:
             live_version = None
             if self._live is not None:
                 job, plan = self._live
                 live_version = plan.version
-                if plan.rows_of(collection) and job.phase == "training" and job.status == "running":
-                    why = (
-                        f"cancelled: collection {collection!r} was deleted, and {plan.rows_of(collection)} of the "
-                        f"{len(plan.rows)} training triples came from it; start a new retrain"
+                taken = plan.rows_of(collection)
+                if taken and not plan.trained and job.status == "running":
+                    some = (
+                        f"{taken} of the {len(plan.rows)} training triples came from it"
+                        if len(plan.row_collections) == len(plan.rows)
+                        else "its training triples may have come from it (an interrupted plan that does not say)"
                     )
-                    self.jobs.cancel(job.id)  # (lands at its next training step)
+                    why = f"cancelled: collection {collection!r} was deleted, and {some}; start a new retrain"
+                    self.jobs.cancel(job.id)  # (lands at its next check: a training step, or the phase after this)
                     job.error = why
                     log.warning("retrain job %s %s", job.id, why)
                 if plan.drop_rows_of({collection}) and resume.plan_path(models_dir, plan.version).exists():
-                    resume.save(models_dir, plan)
+                    resume.save(models_dir, plan, keep_mtime=True)
             for plan in resume.pending(models_dir):
                 if plan.version == live_version or not plan.drop_rows_of({collection}):
                     continue
-                if plan.trained or plan.rows:
-                    resume.save(models_dir, plan)
-                else:
+                if not plan.trained and not plan.rows:
                     self._drop_plan(plan, f"its training triples came from collection {collection!r}, since deleted")
+                    continue
+                if plan.restart:  # (its checkpoints learnt from the removed rows: never used again)
+                    shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
+                resume.save(models_dir, plan, keep_mtime=True)  # (the newest plan is the one that continues)
 
     def _drop_plan(self, plan: ResumePlan, why: str) -> None:
         log.warning("not continuing interrupted retrain %s: %s", plan.version, why)
@@ -580,10 +585,11 @@ class LearningManager:
                     self._candidate_entry(plan, {**plan.config, **result["train"]}, "candidate being evaluated")
                 )
                 (out_dir / UNREGISTERED).unlink(missing_ok=True)
-                if resumable:  # from here on a restart gates the saved weights instead of training again
-                    with self._plan_lock:
-                        plan.trained, plan.result = True, result
+                with self._plan_lock:  # (a deleted collection's rows no longer cancel it: it learnt them)
+                    plan.trained, plan.result = True, dict(result)
+                    if resumable:  # from here on a restart gates the saved weights instead of training again
                         resume.save(models_dir, plan)
+                if resumable:
                     shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
             else:
                 self.registry.update(plan.version, status="failed", note="candidate being evaluated")

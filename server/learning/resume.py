@@ -10,6 +10,7 @@ Files in the models dir: `.<version>.resume.json` (the plan) and `.<version>.tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,12 +72,17 @@ def checkpoint_dir(models_dir: Path, version: str) -> Path:
     return models_dir / f".{version}.trainer"
 
 
-def save(models_dir: Path, plan: ResumePlan) -> None:
-    """Write atomically: a process killed while writing leaves the previous plan or none, never half of one."""
+def save(models_dir: Path, plan: ResumePlan, keep_mtime: bool = False) -> None:
+    """Write atomically: a process killed while writing leaves the previous plan or none, never half of one.
+    `keep_mtime`: an edit, not a new plan (plans are ordered by their time: the newest one continues)."""
     models_dir.mkdir(parents=True, exist_ok=True)
     path = plan_path(models_dir, plan.version)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(asdict(plan)))
+    if keep_mtime:
+        with contextlib.suppress(OSError):
+            was = path.stat()
+            os.utime(tmp, ns=(was.st_atime_ns, was.st_mtime_ns))
     os.replace(tmp, path)
 
 
