@@ -5,7 +5,9 @@ own data dirs on one server and check each sees the other's writes, in both retr
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import signal
 import threading
 import time
@@ -18,8 +20,8 @@ from mcp import Client
 
 from server.app import create_server
 from server.config import Settings
-from server.engine.engine import content_hash
 from server.engine.shared import CHANGES, HEADS
+from server.engine.versions import content_hash
 from server.errors import NotFoundError, RiftError
 from server.service import Rift
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift
@@ -802,6 +804,53 @@ def test_a_process_that_adopted_a_collection_sees_its_chunking_change(
         assert b.stats()["collections"][0]["chunks"] > before and not engine.chunking_changed("default")
     finally:
         b.close()
+
+
+def test_a_process_that_adopted_files_reads_their_float_metadata_back_exactly(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Chroma gives floats back a few units in the last place off: a process that adopted folder-synced
+    documents stored mtimes no file ever had (every sync read those files again, and called them
+    "metadata refreshed"), and their versions hashed to no chunking (a warning to `rift rechunk` at every
+    start, which then rewrote them all)."""
+    from server.ingest.security import PathPolicy
+    from server.ingest.sync import sync_paths
+
+    chroma.wipe()
+    http = http_overrides(chroma)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i, mtime in enumerate((1796442811.1965353, 1796444066.3178165, 1796444066.3178163, 1700000000.123456789)):
+        note = folder / f"note{i}.md"
+        note.write_text(f"# Note {i}\n\nThe river floods in spring, year {i}.\n")
+        os.utime(note, (mtime, mtime))
+    a = open_rift(make_settings(tmp_path / "a", tiny_model_path, allowed_roots=[tmp_path], **http))
+    try:
+        sync_paths(a.engine(), "files", [str(folder)], PathPolicy.for_server(a.settings))
+        written = {d: m["mtime"] for d, m in a.engine().state.list_documents("files", -1, 0)}
+    finally:
+        a.close()
+    b = open_rift(make_settings(tmp_path / "b", tiny_model_path, allowed_roots=[tmp_path], **http))
+    try:
+        engine = b.engine()
+        assert {d: m["mtime"] for d, m in engine.state.list_documents("files", -1, 0)} == written
+        assert not engine.chunking_changed("files")
+        again = sync_paths(engine, "files", [str(folder)], PathPolicy.for_server(b.settings))
+        assert {(f.status, f.reason) for f in again.files} == {("unchanged", None)}
+    finally:
+        b.close()
+    # Either process exports the same file (Chroma also gives the keys back in its own order).
+    from server.ingest.jsonl import export_documents, read_only_state
+
+    def exported(data: Path) -> str:
+        out, conn = io.StringIO(), read_only_state(data / "state.sqlite")
+        try:
+            export_documents(conn, "files", None, out)
+        finally:
+            conn.close()
+        return out.getvalue()
+
+    assert exported(tmp_path / "a") == exported(tmp_path / "b")
 
 
 def store_two_collections(data: Path, model: Path) -> None:

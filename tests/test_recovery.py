@@ -604,3 +604,22 @@ def test_a_close_while_the_model_loads_does_not_wait_for_it_and_the_load_writes_
         assert ids(again.search("default", "cat").outcome.hits) == ["a"]
     finally:
         again.close()
+
+
+def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash() -> None:
+    import math
+
+    from server.engine.versions import MAX_ULPS, content_hash, exact_metadata
+
+    written = {"mtime": 1796442811.1965353, "score": 0.1 + 0.2, "name": "a.md", "size": 12}
+    doc_hash = content_hash("text", written, "v1 tokens=48")
+    off = {**written, "mtime": 1796442811.196535, "score": math.nextafter(written["score"], 0.0)}
+    assert exact_metadata("text", off, doc_hash, ("v1 tokens=48", "")) == written
+    assert exact_metadata("text", written, doc_hash, ("v1 tokens=48",)) == written  # (came back exact)
+    assert exact_metadata("text", off, doc_hash, ("other chunking",)) is None  # hashes to no version
+    far = {**written, "mtime": written["mtime"] + (MAX_ULPS + 1) * 2.4e-7}
+    assert exact_metadata("text", far, doc_hash, ("v1 tokens=48",)) is None
+    many = {f"f{i}": 1.5 for i in range(3)}  # too many floats to try every combination (but exact as read)
+    assert exact_metadata("text", many, content_hash("text", many), ("",)) == many
+    assert exact_metadata("text", {**many, "f0": math.nextafter(1.5, 2)}, content_hash("text", many), ("",)) is None
+    assert exact_metadata("text", {"n": 1}, "x", ()) == {"n": 1}  # no float: nothing to make exact

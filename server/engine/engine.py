@@ -13,7 +13,6 @@ Search results only name chunks that are live in the keyword snapshot, so a half
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -51,6 +50,7 @@ from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_C
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
+from server.engine.versions import content_hash
 from server.errors import NotFoundError, RiftError
 
 log = logging.getLogger(__name__)
@@ -148,16 +148,6 @@ def _deleted_meanwhile(collection: str) -> NotFoundError:
     return NotFoundError(
         f"collection {collection!r} was deleted by another rift process while this call ran: nothing was written"
     )
-
-
-def content_hash(text: str, metadata: Mapping[str, Any] | None = None, chunking: str = "") -> str:
-    """What a stored document version is: its text, its metadata, and how it was cut into chunks (so a change
-    of chunking makes a new version, with new chunk ids, rather than new texts under the old ids)."""
-    fields: dict[str, Any] = {"t": text, "m": metadata or {}}
-    if chunking:
-        fields["c"] = chunking
-    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def default_doc_id(text: str) -> str:
@@ -553,6 +543,7 @@ class Engine:
             chroma_name,
             drop_orphans=self.shared is not None,
             in_chroma=in_chroma,
+            chunkings=self.version_chunkings(collection),
         )
         # Whole again (only now: a start cut short before this puts back the rest next time).
         if lost_on_server:
@@ -690,6 +681,14 @@ class Engine:
         # stores chunked before the vocabulary was recorded are not cut again for it.
         vocabulary = getattr(embedder, "vocabulary_id", BERT_UNCASED_VOCABULARY)
         return signature if vocabulary == BERT_UNCASED_VOCABULARY else f"{signature} vocabulary={vocabulary}"
+
+    def version_chunkings(self, collection: str) -> tuple[str, ...]:
+        """The chunking signatures `collection`'s document versions may be hashed with (the current one, and
+        none: from before chunking was hashed), by which their metadata is read back exactly from Chroma."""
+        try:
+            return (self._chunking(collection), "")
+        except (RiftError, KeyError):  # (no record or model for it yet: metadata stays as Chroma gives it)
+            return ("",)
 
     def _recorded_chunking(self, collection: str) -> str | None:
         """How `collection`'s stored documents were cut (None: it has none). Not recorded here (a collection

@@ -20,6 +20,7 @@ from server.engine.filters import RESERVED_PREFIX
 from server.engine.keyword_index import KeywordTokenizer
 from server.engine.state_store import ChunkRow, StateStore
 from server.engine.vector_store import VectorStore
+from server.engine.versions import exact_metadata
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ GAP_BEFORE = "_rift_gap"  # the document's text between the previous chunk (or i
 GAP_AFTER = "_rift_tail"  # on the last chunk: the document's text after it
 # Longer gaps are cut (a repair then rebuilds them shorter); they are rarely more than "\n\n".
 MAX_GAP_CHARS = 512
+# Documents in a row whose floats match no version hash before a repair stops trying (another chunking).
+GIVE_UP_AFTER = 20
 
 
 @dataclass
@@ -105,12 +108,15 @@ def reconcile_with_chroma(
     doc_ids: Sequence[str] | None = None,
     drop_orphans: bool = True,
     in_chroma: set[str] | None = None,
+    chunkings: Sequence[str] = (),
 ) -> Delta:
     """Repair `collection`'s rows in `state` from Chroma's collection `chroma_name` (all of it, or only the
     documents `doc_ids`); return what changed. `drop_orphans`: forget documents left with no chunk (with a
     shared Chroma server: another process deleted them). `in_chroma`: every chunk id Chroma holds (of
     `doc_ids`' documents, if given), when the caller has just listed them. Following another process's
-    writes is routine, not a repair: the shared sync passes the documents it wrote and logs at DEBUG."""
+    writes is routine, not a repair: the shared sync passes the documents it wrote and logs at DEBUG.
+    `chunkings`: the chunking signatures the collection's documents may have been hashed with, by which their
+    float metadata is read back exactly (versions.exact_metadata)."""
     if doc_ids is None:
         in_chroma = in_chroma if in_chroma is not None else set(vectors.all_ids(chroma_name))
     elif in_chroma is None:
@@ -135,6 +141,7 @@ def reconcile_with_chroma(
         version.ts = _number(meta, "_rift_ts", 0.0)
 
     delta = Delta()
+    found = misses = 0  # documents whose float metadata was (or was not) read back exactly
     for doc_id, by_hash in versions.items():
         chosen = _choose(state, collection, doc_id, by_hash)
         for doc_hash, version in by_hash.items():
@@ -154,11 +161,19 @@ def reconcile_with_chroma(
             for r in rows
             for at, end in [placed[r.chunk_id]]
         ]
-        delta.added.extend(rows)
         own = set(str(rows[0].metadata.get(CHUNK_KEYS, "")).split(","))  # e.g. a Markdown chunk's heading
         user_meta = {
             k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX) and k not in own
         }
+        exact = exact_metadata(joined, user_meta, chosen, chunkings)
+        found += exact is not None
+        misses += exact is None
+        if not found and misses >= GIVE_UP_AFTER:  # (cut otherwise: each try hashes a whole document)
+            chunkings = ()
+        if exact is not None and exact is not user_meta:  # (the chunks carry the document's keys too)
+            user_meta = exact
+            rows = [replace(r, metadata={**r.metadata, **exact}) for r in rows]
+        delta.added.extend(rows)
         delta.put_docs.append((doc_id, chosen, joined, user_meta))
 
     if not delta.empty:

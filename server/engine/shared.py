@@ -956,6 +956,7 @@ class SharedSync:
             logging.DEBUG,
             doc_ids,
             in_chroma=in_chroma,
+            chunkings=engine.version_chunkings(collection),
         )
         index = engine._keyword.get(collection)
         if index is None:

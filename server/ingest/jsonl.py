@@ -288,7 +288,9 @@ def export_documents(
             keep = mask(node, document_columns(metadatas, node)) if node is not None else [True] * len(rows)
             for (doc_id, text, _), metadata, ok in zip(rows, metadatas, keep, strict=True):
                 if ok:
-                    out.write(_line({"id": doc_id, "text": text, "metadata": metadata}))
+                    # Keys in one order: a process that read a document back from a Chroma server holds them in
+                    # Chroma's, and the same collection exports the same file from any process.
+                    out.write(_line({"id": doc_id, "text": text, "metadata": dict(sorted(metadata.items()))}))
                     count += 1
     except sqlite3.Error as exc:
         raise RiftError(f"reading rift's state failed: {exc}") from None
