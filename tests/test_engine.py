@@ -3,6 +3,7 @@ filters inside both retrievers, grouping, per-side ranks and the data-dir lock."
 
 from __future__ import annotations
 
+import io
 import threading
 import unicodedata
 from collections.abc import Callable
@@ -301,6 +302,22 @@ def test_delete_by_filter_removes_the_matching_documents_a_page_at_a_time(rift_f
     with pytest.raises(NotFoundError, match="unknown collection"):
         app.delete_matching("nope", {"tag": "x"})
     assert {c.split("::")[0] for c in index_state(app)["sqlite"]} == {"k0", "k1", "md"}
+    # Listing and export by such a filter found nothing without a word: an empty answer read as "there are none".
+    from server.ingest.jsonl import export_documents, read_only_state
+    from server.ingest.manage import list_documents
+
+    unknown = "no document matches: filters name 'heading', which no document in 'default' has"
+    with pytest.raises(RiftError, match=unknown):
+        list_documents(app.engine(), "default", {"heading": "Intro"})
+    conn = read_only_state(app.settings.state_db)
+    try:
+        with pytest.raises(RiftError, match=unknown):
+            export_documents(conn, "default", {"heading": "Intro"}, io.StringIO())
+        assert export_documents(conn, "default", {"tag": "y"}, io.StringIO()) == 0  # a known field: none match
+    finally:
+        conn.close()
+    assert list_documents(app.engine(), "default", {"tag": "y"})[0] == 0
+    assert list_documents(app.engine(), "default", {"$or": [{"tag": "x"}, {"heading": "Intro"}]})[0] == 1
 
 
 # --- filters ---------------------------------------------------------------------------------------------

@@ -182,6 +182,19 @@ def _names_folders(node: Node) -> bool:
     return node.field.startswith(DIR_KEY)
 
 
+def unknown_fields_problem(node: Node, known: set[str], collection: str) -> str | None:
+    """Why a document filter matched nothing when it names fields no document has (a typo, or a chunk's own
+    key): said, rather than an empty answer that reads as "there are none"."""
+    unknown = sorted(fields_of(node) - known)
+    if not unknown:
+        return None
+    return (
+        f"no document matches: filters name {', '.join(map(repr, unknown))}, which no document in {collection!r} "
+        "has in its metadata (document filters read document metadata; a chunk's heading, symbol or page is not: "
+        "hybrid_search filters on those)"
+    )
+
+
 def document_columns(metadatas: Sequence[Mapping[str, Any]], node: Node) -> MetadataColumns:
     """Documents' metadata as `node` reads it (with the folder keys of `source` when it has a $prefix): what
     list_documents shows and a delete by filter matches. The folder keys are left out when `node` does not

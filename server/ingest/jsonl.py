@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from server.engine.filters import document_columns, mask, parse_filters
+from server.engine.filters import document_columns, mask, parse_filters, unknown_fields_problem
 from server.errors import NotFoundError, RiftError, user_message
 
 FIELDS = ("id", "text", "metadata")
@@ -275,6 +275,7 @@ def export_documents(
             there = f"the collections are {', '.join(names)}" if names else "there is none yet"
             raise NotFoundError(f"collection {collection!r} does not exist ({there})")
         count, after = 0, ""
+        known: set[str] = set()  # fields the documents read have: a filter naming others matched nothing for that
         while True:
             rows = conn.execute(
                 "SELECT doc_id, text, metadata FROM documents WHERE collection = ? AND doc_id > ? "
@@ -282,10 +283,18 @@ def export_documents(
                 (collection, after, EXPORT_PAGE),
             ).fetchall()
             if not rows:
+                if not count and node is not None and known:
+                    problem = unknown_fields_problem(node, known, collection)
+                    if problem:
+                        raise RiftError(problem)
                 return count
             after = rows[-1][0]
             metadatas = [json.loads(m) for _, _, m in rows]
-            keep = mask(node, document_columns(metadatas, node)) if node is not None else [True] * len(rows)
+            keep = [True] * len(rows)
+            if node is not None:
+                columns = document_columns(metadatas, node)
+                known |= columns.fields
+                keep = mask(node, columns)
             for (doc_id, text, _), metadata, ok in zip(rows, metadatas, keep, strict=True):
                 if ok:
                     # Keys in one order: a process that read a document back from a Chroma server holds them in

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from server.engine.filters import document_columns, mask, parse_filters
+from server.engine.filters import document_columns, mask, parse_filters, unknown_fields_problem
 from server.engine.shared import unseen_while_unreachable
 from server.engine.state_store import DocumentEntry
 from server.errors import NotFoundError, RiftError
@@ -146,8 +146,11 @@ def list_documents(
         page = state.list_documents(collection, limit, offset) if offset < total else []
         return total, page, offset
     docs = engine.state.list_documents(collection, -1, 0)
-    keep = mask(node, document_columns([m for _, m in docs], node))
+    columns = document_columns([m for _, m in docs], node)
+    keep = mask(node, columns)
     docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
+    if not docs and columns.size and (problem := unknown_fields_problem(node, columns.fields, collection)):
+        raise RiftError(problem)
     if after is not None:  # ids are ordered as SQLite orders them: by UTF-8 bytes, i.e. by code point
         offset = bisect.bisect_right([d for d, _ in docs], after)
     return len(docs), docs[offset : offset + limit], offset
