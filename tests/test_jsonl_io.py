@@ -128,12 +128,22 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n')
     result = cli("import", str(path), "--data-dir", data, ok=False)
     assert "line 2: not UTF-8" in result.output
-    path.write_text("\n\n")
-    assert "holds no document" in cli("import", str(path), "--data-dir", data, ok=False).output
     assert "No such file" in cli("import", str(tmp_path / "nope.jsonl"), "--data-dir", data, ok=False).output
     # Nothing was written by any of them.
     listed = cli("list", "--data-dir", data, ok=False)
     assert listed.exit_code != 0 or json.loads(listed.stdout)["total"] == 0
+    # An export of an empty collection holds no line, and imports as an empty collection (it was refused: a
+    # backup of such a collection could not be restored).
+    empty = tmp_path / "empty.jsonl"
+    cli("collections", "create", "drafts", "--data-dir", data)
+    cli("export", "--collection", "drafts", "-o", str(empty), "--data-dir", data)
+    assert empty.read_bytes() == b""
+    other = str(tmp_path / "other")
+    restored = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
+    assert json.loads(restored.stdout)["documents"] == 0
+    assert "the file holds no document: collection 'drafts' is there, empty" in restored.stderr
+    listed = json.loads(cli("collections", "--data-dir", other).output)["collections"]
+    assert [(c["name"], c["documents"]) for c in listed] == [("drafts", 0)]
 
 
 def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:

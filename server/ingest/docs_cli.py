@@ -287,6 +287,8 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
         if interactive:
             click.echo("", err=True)
         rift.close()
+    if not report.documents:
+        click.echo(f"the file holds no document: collection {collection!r} is there, empty", err=True)
     emit(report.as_dict())
 
 
