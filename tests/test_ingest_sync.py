@@ -596,7 +596,11 @@ def test_a_folder_whose_os_watch_fails_is_synced_on_a_timer(app: Rift, docs: Pat
         assert thread.is_alive()
 
 
-def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path) -> None:
+def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Path, monkeypatch) -> None:
+    import watchfiles
+
+    real_watch, watched = watchfiles.watch, []
+    monkeypatch.setattr(watchfiles, "watch", lambda *paths, **k: (watched.append(paths), real_watch(*paths, **k))[1])
     releases = docs / "releases"
     for version in ("v1", "v2"):
         (releases / version).mkdir(parents=True)
@@ -612,6 +616,21 @@ def test_watch_follows_a_symlinked_folder_to_its_new_target(app: Rift, docs: Pat
         (releases / "v2" / "faq.md").write_text("# FAQ\n\nWatched in the new target.\n")
         wait_for(lambda: "releases/v2/faq.md" in stored(app, docs))
         # (The old target's documents stay: its files are still there, and prune only reads the new target.)
+    # The new target's files are in the folder watched, not files outside it watched one by one (an OS watch
+    # each, up to the OS's limit, and a restart of the watch at every save).
+    assert {paths for paths in watched} == {(releases.resolve() / "v1",), (releases.resolve() / "v2",)}
+
+
+def test_watch_syncs_a_change_in_a_folder_that_a_link_inside_also_leads_to(app: Rift, docs: Path) -> None:
+    """The OS reports a change in `real/` through a link to it (`alias -> real`, one watch per folder), and the
+    change was taken for one in a linked folder a sync does not follow: never synced."""
+    (docs / "real").mkdir()
+    (docs / "real" / "old.md").write_text("# Old\n\nAlready there.\n")
+    (docs / "alias").symlink_to(docs / "real")
+    with watching(app, docs):
+        wait_for(lambda: "real/old.md" in stored(app, docs))
+        (docs / "real" / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        wait_for(lambda: "real/kelp.md" in stored(app, docs))
 
 
 def test_a_sync_stopped_before_its_first_commit_leaves_no_new_collection(

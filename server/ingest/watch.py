@@ -65,18 +65,22 @@ def watch_folder(
     default = DefaultFilter(ignore_dirs=tuple(sorted(VCS_DIRS)))
     skip = tuple(str(p.resolve()) for p in ignore_under)
 
-    inside = str(folder).rstrip(os.sep) + os.sep
+    def within() -> str:
+        """The folder's path with a separator: what its files' paths start with (of where `given` leads now)."""
+        return str(folder).rstrip(os.sep) + os.sep
 
     def through_linked_folder(path: str) -> bool:
-        """Whether `path` lies in a symlinked folder inside the watched one: the OS watch follows such links, a
-        sync does not ("symlinked folder not followed"), so a change there (a linked build tree) changes nothing."""
+        """Whether `path` lies in a symlinked folder that leads outside the watched one: the OS watch follows such
+        links, a sync does not ("symlinked folder not followed"), so a change there (a linked build tree) changes
+        nothing. (A link to a folder inside it stays: the OS may report a change there through the link.)"""
+        inside = within()
         if not path.startswith(inside):
             return False
         at = str(folder)
         for part in path[len(inside) :].split(os.sep)[:-1]:
             at = os.path.join(at, part)
             if os.path.islink(at):
-                return True
+                return not (os.path.realpath(at) + os.sep).startswith(inside)
         return False
 
     def relevant(change: Any, path: str) -> bool:
@@ -95,6 +99,7 @@ def watch_folder(
     watch_links = True  # off once the OS refuses more watches (its per-user limit): the folder is still watched
 
     def linked_files(report: SyncReport) -> frozenset[str]:
+        inside = within()
         out = set()
         for f in report.files:
             if f.status != "removed" and not f.path.startswith(inside):  # (one skipped, empty say, may be fixed)
