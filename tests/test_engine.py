@@ -1283,3 +1283,18 @@ def test_a_collection_deleted_and_made_again_during_a_search_is_named(rift_facto
     with pytest.raises(RiftError, match="collection 'c' was deleted and created again while this search ran"):
         app.search("c", "cat", mode="vector")
     assert ids(app.search("c", "dog fog", mode="vector").outcome.hits) == ["d2"]
+
+
+def test_a_long_document_shows_the_chunk_that_holds_the_query_s_words(rift_factory) -> None:
+    """Both sides rank a long document first, each by its own best chunk: the vector side's was shown (on a
+    tie), often one without the query's words (the agent read an off-topic passage, and its start/end pointed
+    there). Fusing the sides' chunk lists shows the chunk both found."""
+    app = rift_factory()
+    words = ["pelican", "walrus", "marmot", "ibex", "narwhal", "axolotl"]
+    sections = [f"Section {i} on river water and the old city, with one {w} near the bridge." for i, w in enumerate(words)]
+    text = " ".join(f"{s} " * 6 for s in sections)  # several chunks, each section's animal in its own
+    app.add_documents("default", docs(("long", text), ("cat", "the cat sat on the mat")))
+    assert app.engine().get_document("default", "long")[2] >= len(words)
+    for word in words:
+        [hit] = app.search("default", f"{word} river water", k=1).outcome.hits
+        assert hit.doc_id == "long" and word in hit.text, (word, hit.text[:80])

@@ -16,8 +16,9 @@ class SearchHit(BaseModel):
     doc_id: str
     chunk_id: str
     text: str = Field(
-        description="The best-matching chunk of the document; with max_chars, the part of it that holds the most "
-        "query words (start and end say where it lies)."
+        description="The best-matching chunk of the document (with group_by_document: the one that fusing both "
+        "sides' chunk lists ranks first, so a chunk both sides found wins); with max_chars, the part of it that "
+        "holds the most query words (start and end say where it lies)."
     )
     metadata: dict[str, Any]
     score: float = Field(
@@ -25,8 +26,7 @@ class SearchHit(BaseModel):
     )
     vector_score: float | None = Field(
         description="Cosine similarity (-1 to 1) of the query and the vector side's best chunk of this document "
-        "(with group_by_document; it may be another chunk than text, which comes from the side that ranked the "
-        "document higher); null if that side did not return it. Comparable across searches with one model: low "
+        "(with group_by_document it may be another chunk than text's); null if that side did not return it. Comparable across searches with one model: low "
         "everywhere means nothing close."
     )
     keyword_score: float | None = Field(

@@ -305,6 +305,26 @@ def _group(candidates: list[Candidate], by_document: bool) -> list[Candidate]:
     return out
 
 
+def _shown_chunks(
+    vector: Sequence[Candidate], keyword: Sequence[Candidate], weights: tuple[float, float], rrf_k: float
+) -> dict[str, Candidate]:
+    """Each document's chunk to show: the one that fusing the two sides' chunk lists ranks first, so a chunk
+    both sides found wins. (Each side's best chunk of the document, by the side that ranked the document higher,
+    showed a long document's vector chunk whenever both sides ranked it first: often not the chunk holding the
+    query's words, which the keyword side had found.)"""
+    score: dict[str, float] = {}
+    found: dict[str, Candidate] = {}
+    for weight, side in zip(weights, (vector, keyword), strict=True):
+        for rank, c in enumerate(side, 1):
+            score[c.chunk_id] = score.get(c.chunk_id, 0.0) + weight / (rrf_k + rank)
+            if c.chunk_id not in found or (found[c.chunk_id].row is None and c.row is not None):
+                found[c.chunk_id] = c  # (a keyword candidate carries its row: its text need not be read again)
+    best: dict[str, Candidate] = {}
+    for chunk_id in sorted(score, key=score.__getitem__, reverse=True):  # (stable: the vector side's on a tie)
+        best.setdefault(found[chunk_id].doc_id, found[chunk_id])
+    return best
+
+
 class Engine:
     def __init__(
         self, settings: Settings, embedder: Embedder, vectors: VectorStore, state: StateStore
@@ -2017,6 +2037,7 @@ class Engine:
             keyword = deepened(keyword, lambda reach: keyword_side(reach)[0])
 
         t0 = time.perf_counter()
+        vector_chunks, keyword_chunks = vector, keyword
         vector = _group(vector, group_by_document)
         keyword = _group(keyword, group_by_document)
         v_keys = [c.doc_id for c in vector] if group_by_document else [c.chunk_id for c in vector]
@@ -2035,14 +2056,10 @@ class Engine:
             # in a one-sided search, even with a weight of 0, which would otherwise leave no hits at all.
             w = (w[0] or 1, w[1] or 1)
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
-        # Each fused key's best chunk: the one from the side that ranked the key higher (the vector side's on a
-        # tie), so a hit found by its words shows the chunk that holds them.
-        best = {
-            key_: vector[v_rank[key_] - 1]
-            if v_rank.get(key_, math.inf) <= k_rank.get(key_, math.inf)
-            else keyword[k_rank[key_] - 1]
-            for key_, _ in fused
-        }
+        if group_by_document:
+            best = _shown_chunks(vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
+        else:  # (keys are chunks: each side's candidate is that chunk)
+            best = {key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused}
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         # Text from the snapshot row where it is held (the same snapshot ranked it), else from SQLite.
