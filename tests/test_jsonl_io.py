@@ -400,6 +400,13 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
     assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
     gone = cli("collections", "delete", "notes", "--yes", "--data-dir", data, ok=False)
     assert gone.exit_code == 1 and "unknown collection 'notes'" in gone.output
+    # --data-dir before the subcommand names the store too (it was ignored: the default store's was deleted).
+    cli("collections", "--data-dir", data, "create", "kept")
+    assert [c["name"] for c in json.loads(cli("collections", "--data-dir", data).output)["collections"]] == ["kept"]
+    cli("collections", "--data-dir", data, "delete", "kept", "--yes")
+    assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
+    twice = cli("collections", "--data-dir", data, "delete", "kept", "--yes", "--data-dir", "elsewhere", ok=False)
+    assert twice.exit_code == 2 and "two data dirs given" in twice.output
 
 
 def test_a_bad_file_is_refused_before_any_store_opens(cli, tmp_path: Path, monkeypatch) -> None:

@@ -299,6 +299,7 @@ def collections(ctx: click.Context, data_dir: str | None) -> None:
     """List collections with their documents, chunks and model version (as list_collections); `create NAME` and
     `delete NAME --yes` manage them."""
     if ctx.invoked_subcommand is not None:
+        ctx.obj = data_dir  # (`rift collections --data-dir X delete NAME`: X, never the default store)
         return
     from server.ingest.manage import caught_up
     from server.ingest.manage import list_collections as catalog
@@ -310,6 +311,14 @@ def collections(ctx: click.Context, data_dir: str | None) -> None:
     _run(data_dir, go)
 
 
+def _data_dir(data_dir: str | None) -> str | None:
+    """A subcommand's --data-dir, or the one given before it (both, and different: refused)."""
+    before = click.get_current_context().obj
+    if data_dir is not None and before is not None and data_dir != before:
+        raise click.UsageError(f"two data dirs given: --data-dir {before} and --data-dir {data_dir}")
+    return data_dir if data_dir is not None else before
+
+
 @collections.command("create")
 @click.argument("name")
 @click.option("--data-dir", default=None)
@@ -317,7 +326,7 @@ def create_collection(name: str, data_dir: str | None) -> None:
     """Create an empty collection (one that exists is left as it is)."""
     from server.cli import emit, load_settings, open_rift
 
-    rift = open_rift(load_settings(data_dir))
+    rift = open_rift(load_settings(_data_dir(data_dir)))
     try:
         emit({"collection": name, "created": rift.engine().create_collection(name)})
     except RiftError as exc:
@@ -333,6 +342,7 @@ def create_collection(name: str, data_dir: str | None) -> None:
 def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
     """Delete a collection with all of its documents, its logged searches and their feedback (as the
     delete_collection tool). It cannot be undone: `rift export` it first to keep a copy."""
+    data_dir = _data_dir(data_dir)
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"deleting collection {name!r} cannot be undone: add --yes to confirm")
