@@ -318,6 +318,12 @@ def test_delete_by_filter_removes_the_matching_documents_a_page_at_a_time(rift_f
         conn.close()
     assert list_documents(app.engine(), "default", {"tag": "y"})[0] == 0
     assert list_documents(app.engine(), "default", {"$or": [{"tag": "x"}, {"heading": "Intro"}]})[0] == 1
+    # Only where the unknown field is why nothing matched: not a $ne / $nin on it (which every document meets),
+    # nor an $or one of whose branches could match.
+    assert list_documents(app.engine(), "default", {"$and": [{"tag": "y"}, {"reviewed": {"$ne": True}}]})[0] == 0
+    assert list_documents(app.engine(), "default", {"$or": [{"tag": "y"}, {"status": "z"}]})[0] == 0
+    with pytest.raises(RiftError, match="filters name 'status', which no document"):
+        list_documents(app.engine(), "default", {"$and": [{"tag": "x"}, {"status": "z"}]})
 
 
 # --- filters ---------------------------------------------------------------------------------------------

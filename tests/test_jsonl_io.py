@@ -141,9 +141,11 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     other = str(tmp_path / "other")
     restored = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
     assert json.loads(restored.stdout)["documents"] == 0
-    assert "the file holds no document: collection 'drafts' is there, empty" in restored.stderr
+    assert "the file holds no document: collection 'drafts' was created, empty" in restored.stderr
     listed = json.loads(cli("collections", "--data-dir", other).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("drafts", 0)]
+    again = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
+    assert "the file holds no document: nothing was imported" in again.stderr
 
 
 def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:

@@ -705,10 +705,12 @@ class Engine:
     def version_chunkings(self, collection: str) -> tuple[str, ...]:
         """The chunking signatures `collection`'s document versions may be hashed with (the current one, and
         none: from before chunking was hashed), by which their metadata is read back exactly from Chroma."""
+        recorded = self.state.setting(f"chunking:{collection}")  # (cut otherwise, a rechunk pending)
         try:
-            return (self._chunking(collection), "")
-        except (RiftError, KeyError):  # (no record or model for it yet: metadata stays as Chroma gives it)
-            return ("",)
+            current = self._chunking(collection)
+        except (RiftError, KeyError):  # (no record or model for it yet)
+            current = ""
+        return tuple(dict.fromkeys(c for c in (current, recorded, "") if c is not None))
 
     def _recorded_chunking(self, collection: str) -> str | None:
         """How `collection`'s stored documents were cut (None: it has none). Not recorded here (a collection

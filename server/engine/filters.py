@@ -182,10 +182,22 @@ def _names_folders(node: Node) -> bool:
     return node.field.startswith(DIR_KEY)
 
 
+def _blocking(node: Node, known: set[str]) -> set[str]:
+    """Fields no document has (not in `known`) that by themselves make `node` match nothing: a condition on one
+    that only a value can meet ($ne / $nin on a missing field match every document), in every branch of an $or."""
+    if isinstance(node, Cond):
+        blocked = not node.field.startswith(DIR_KEY) and node.field not in known and node.op not in ("$ne", "$nin")
+        return {node.field} if blocked else set()
+    parts = [_blocking(c, known) for c in node.children]
+    if node.op == "$or" and not all(parts):
+        return set()  # (a branch that can match: "none" is a real answer)
+    return set().union(*parts)
+
+
 def unknown_fields_problem(node: Node, known: set[str], collection: str) -> str | None:
-    """Why a document filter matched nothing when it names fields no document has (a typo, or a chunk's own
+    """Why a document filter matched nothing when fields no document has are why (a typo, or a chunk's own
     key): said, rather than an empty answer that reads as "there are none"."""
-    unknown = sorted(fields_of(node) - known)
+    unknown = sorted(_blocking(node, known))
     if not unknown:
         return None
     return (

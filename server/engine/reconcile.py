@@ -166,8 +166,9 @@ def reconcile_with_chroma(
             k: v for k, v in rows[0].metadata.items() if not k.startswith(RESERVED_PREFIX) and k not in own
         }
         exact = exact_metadata(joined, user_meta, chosen, chunkings)
-        found += exact is not None
-        misses += exact is None
+        if any(isinstance(v, float) for v in user_meta.values()):  # (only those tell whether tries succeed)
+            found += exact is not None
+            misses += exact is None
         if not found and misses >= GIVE_UP_AFTER:  # (cut otherwise: each try hashes a whole document)
             chunkings = ()
         if exact is not None and exact is not user_meta:  # (the chunks carry the document's keys too)

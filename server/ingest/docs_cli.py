@@ -19,7 +19,7 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from server.errors import DataDirLockedError, RiftError
+from server.errors import DataDirLockedError, RiftError, user_message
 
 
 def _filters(raw: str | None) -> dict[str, Any] | None:
@@ -189,9 +189,10 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
         else:
             try:
                 open_rift(settings, must_exist=True).close()
-            except click.ClickException as exc:  # (the server is down, a move to it unfinished, ...): export is
-                # how a store is rescued then, and state.sqlite holds every document this data dir has seen
-                click.echo(f"exporting what this data dir holds, without catching up first: {exc.message}", err=True)
+            except Exception as exc:  # (the server is down or failed mid-way, a move to it unfinished, ...): export
+                # is how a store is rescued then, and state.sqlite holds every document this data dir has seen
+                why = exc.message if isinstance(exc, click.ClickException) else user_message(exc) or repr(exc)
+                click.echo(f"exporting what this data dir holds, without catching up first: {why}", err=True)
     try:
         conn = read_only_state(settings.state_db)
         try:
@@ -288,7 +289,8 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
             click.echo("", err=True)
         rift.close()
     if not report.documents:
-        click.echo(f"the file holds no document: collection {collection!r} is there, empty", err=True)
+        done = f"collection {collection!r} was created, empty" if report.created_empty else "nothing was imported"
+        click.echo(f"the file holds no document: {done}", err=True)
     emit(report.as_dict())
 
 

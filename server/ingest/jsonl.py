@@ -127,6 +127,7 @@ class ImportReport:
     unchanged: int = 0
     chunks: int = 0  # of the documents written (not of those skipped as unchanged)
     written_through_line: int = 0  # the last line of the last batch stored
+    created_empty: bool = False  # the file held no document, and the collection did not exist: made, empty
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -224,8 +225,8 @@ def import_documents(
         chars += size
     if batch:
         write()
-    if not report.documents:
-        rift.engine().create_collection(collection)  # (exported empty, imported empty: the collection is back)
+    if not report.documents:  # (exported empty, imported empty: the collection is back)
+        report.created_empty = rift.engine().create_collection(collection)
     return report
 
 
