@@ -1060,3 +1060,30 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
     ]:
         result = runner.invoke(main, [*bad, "--data-dir", data])
         assert result.exit_code != 0 and message in result.output, (bad, result.output)
+
+
+def test_a_sync_reports_while_it_embeds_and_stops_there_when_cancelled(app: Rift, docs: Path) -> None:
+    """Progress came only after a batch of up to 32 files had committed: a small folder of long files (a
+    minute to embed, past an MCP client's request timeout) sent one report, at the end, and could not be
+    cancelled."""
+    seen: list[tuple[float, int, str]] = []
+    report = sync(app, docs, progress=lambda done, total, message: seen.append((done, total, message)))
+    embedding = [s for s in seen if s[2].startswith("embedding ")]
+    assert embedding and embedding[0] != seen[-1]
+    assert [done for done, _, _ in seen] == sorted(done for done, _, _ in seen)  # never goes back
+    assert seen[-1][0] == seen[-1][1] > 0 and seen[-1][2].startswith("reading files: ")  # done, at the end
+    assert {f.status for f in report.files} >= {"added"}
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_while_embedding(done: float, total: int, message: str) -> None:
+        if message.startswith("embedding "):
+            raise Cancelled  # as a cancelled MCP request's next progress report raises
+
+    fresh = docs.parent / "fresh"
+    fresh.mkdir()
+    (fresh / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+    with pytest.raises(Cancelled):
+        sync(app, fresh, progress=cancel_while_embedding)
+    assert str(fresh / "kelp.md") not in dict(app.engine().state.list_documents("files", -1, 0))

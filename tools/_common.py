@@ -167,22 +167,22 @@ def from_vector_store(exc: BaseException) -> bool:
     return (type(exc).__module__ or "").split(".")[0] == "chromadb" or _from_connection(exc)
 
 
-def progress_reporter(ctx: Context, label: str) -> Callable[[int, int], None]:
+def progress_reporter(ctx: Context, label: str) -> Callable[..., None]:
     """A (done, total) callback usable from the worker thread that streams MCP progress notifications. It is
     also where a cancelled request stops its work: when the client cancels (notifications/cancelled), the
     next report raises in the worker thread. A write stops before it commits (nothing of that call is
     stored; add_paths keeps the files it finished), instead of running on and holding the write lock; it
     reports its last progress again right before committing, to look once more."""
 
-    last: list[tuple[int, int]] = []
+    last: list[tuple[float, float]] = []
 
-    def report(done: int, total: int) -> None:
+    def report(done: float, total: float, message: str | None = None) -> None:
         anyio.from_thread.check_cancelled()
         if last and last[0] == (done, total):
             return  # the same progress again is a cancellation checkpoint only (progress must increase)
         last[:] = [(done, total)]
         try:
-            anyio.from_thread.run(ctx.report_progress, done, total, f"{label}: {done}/{total}")
+            anyio.from_thread.run(ctx.report_progress, done, total, message or f"{label}: {done}/{total}")
         except Exception:  # progress is best effort; never fail the write because a client went away
             log.debug("progress notification failed", exc_info=True)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,13 +87,18 @@ def _unsupported_reason(path: Path) -> str:
     return f"unsupported file type {path.suffix or path.name!r}"
 
 
+# (files done, files in all, what is being done): files done may be fractional while a batch is embedded.
+Progress = Callable[[float, int, str], None]
+REPORT_EVERY_S = 1.0  # between reports while files are read (and a cancel is looked for)
+
+
 class _Sync:
     def __init__(
         self,
         engine: Any,
         collection: str,
         max_file_bytes: int,
-        progress: Callable[[int, int], None] | None,
+        progress: Progress | None,
         policy: PathPolicy | None = None,
     ) -> None:
         self.engine = engine
@@ -101,6 +107,10 @@ class _Sync:
         self.max_file_bytes = max_file_bytes
         self.max_chars = engine.settings.max_document_chars
         self.progress = progress
+        self.read = 0  # files examined so far, of `total`
+        self.total = 0
+        self.reported = 0.0  # the progress last reported (in files): what is reported next never goes back
+        self.last_report = time.monotonic()
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
         # Only the stored metadata changes (same bytes and a new mtime, or a newer extractor's same text): why.
@@ -234,10 +244,29 @@ class _Sync:
         self.report.files.append(FileResult(key, "unchanged"))
         self.keep.add(key)
 
+    def tell(self, files: float, message: str) -> None:
+        """Report progress (also where a cancelled request stops the sync: before the batch it reads commits)."""
+        if self.progress is not None:
+            self.reported, self.last_report = max(self.reported, files), time.monotonic()
+            self.progress(self.reported, self.total, message)
+
+    def embedding(self) -> Callable[[int, int], None] | None:
+        """The engine's progress while it embeds a batch, as progress in files: a batch of long files can take
+        minutes, through which a client must hear that the call is alive (and may cancel it)."""
+        if self.progress is None:
+            return None
+        start, files = self.reported, len(self.batch)
+
+        def report(done: int, total: int) -> None:
+            at = start + (self.read - start) * (done / total if total else 1.0)
+            self.tell(at, f"embedding {files} files: {done}/{total} chunks")
+
+        return report
+
     def flush(self) -> None:
         if not self.batch:
             return
-        for status in self.engine.add_documents(self.collection, self.batch):
+        for status in self.engine.add_documents(self.collection, self.batch, self.embedding()):
             if status.id in self.refreshed:
                 self.report.files.append(FileResult(status.id, "unchanged", self.refreshed[status.id]))
             else:
@@ -295,7 +324,7 @@ def sync_paths(
     glob: str | Sequence[str] | None = None,
     prune: bool = False,
     max_file_bytes: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     first_index: int = 0,
     report: SyncReport | None = None,
 ) -> SyncReport:
@@ -360,12 +389,15 @@ def sync_paths(
                 elif isinstance(item, Skipped):
                     run.skip(item.path, item.reason, item.transient)
 
-        total = len(candidates)
+        run.total = total = len(candidates)
         for done, (path, via) in enumerate(candidates.items(), 1):
+            run.read = done
             run.one(path, via)
             if progress is not None and (done % BATCH_DOCS == 0 or done == total):
                 run.flush()
-                progress(done, total)
+                run.tell(done, f"reading files: {done}/{total}")
+            elif progress is not None and time.monotonic() - run.last_report >= REPORT_EVERY_S:
+                run.tell(done, f"reading files: {done}/{total}")  # (long PDFs: the call is alive)
         run.flush()
 
         if not prune:
