@@ -79,6 +79,8 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         )
         for spot in named - {single["hits"][0]["doc_id"]}:
             await ok(client, "feedback", {"query_id": single["query_id"], "doc_id": spot, "relevant": False})
+        confirmed = {"query_id": single["query_id"], "doc_id": single["hits"][0]["doc_id"], "relevant": True}
+        await ok(client, "feedback", confirmed)
 
         dry = await ok(client, "retrain", {"dry_run": True})
         assert dry["job_id"] is None and dry["status"] == "dry_run"
@@ -88,6 +90,9 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
             mining["examples"][0]
         )
         assert mining["holdout_queries"] > 0
+        # The latest search is held out for the gate: its feedback scores the candidate rather than training it,
+        # which the summary says (the agent saw no feedback triple, and no word why).
+        assert mining["holdout_with_feedback"] == 1
         assert "min_triples" in await error(client, "retrain", {"min_triples": 100000})
 
         started = await ok(client, "retrain", {"epochs": 1, "batch_size": 4})

@@ -78,6 +78,20 @@ def _logged(step: str) -> Iterator[None]:
         log.exception("%s failed", step)
 
 
+def _mining_summary(mined: Any, examples: int) -> dict[str, Any]:
+    """What mining found, as retrain and its dry run report it. The latest searches are held out for the gate:
+    their feedback scores the candidate there instead of training it (`holdout_with_feedback` says how many)."""
+    summary = mined.report.summary(examples)
+    summary.update(
+        train_queries=len(mined.train_queries),
+        holdout_queries=len(mined.holdout),
+        holdout_with_feedback=sum(any((mined.feedback.get(q.query_id) or {}).values()) for q in mined.holdout),
+    )
+    if mined.evaluation_left_out:
+        summary["evaluation_queries_left_out"] = mined.evaluation_left_out
+    return summary
+
+
 class LearningManager:
     def __init__(self, rift: Any) -> None:
         self.rift = rift
@@ -287,11 +301,7 @@ class LearningManager:
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
-            summary = mined.report.summary(examples)
-            summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
-            if mined.evaluation_left_out:
-                summary["evaluation_queries_left_out"] = mined.evaluation_left_out
-            return {"job_id": None, "status": "dry_run", "mining": summary}
+            return {"job_id": None, "status": "dry_run", "mining": _mining_summary(mined, examples)}
         need = min_triples if min_triples is not None else s.learn_min_triples
         cfg = TrainConfig(
             epochs=epochs or s.learn_epochs,
@@ -318,10 +328,7 @@ class LearningManager:
 
                 mined, rows, kept = self.mine(strategy, negatives_per_query, progress)
                 job.check()
-                summary = mined.report.summary(examples)
-                summary.update(train_queries=len(mined.train_queries), holdout_queries=len(mined.holdout))
-                if mined.evaluation_left_out:
-                    summary["evaluation_queries_left_out"] = mined.evaluation_left_out
+                summary = _mining_summary(mined, examples)
                 mined_out["summary"] = summary
                 job.result = {"mining": {k: v for k, v in summary.items() if k != "examples"}}
                 if len(rows) < need:
