@@ -167,7 +167,15 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         filtered = await s.ok(
             "hybrid_search", {"query": "cat pump", "collection": "docs", "filters": {"kind": "story"}}
         )
-        assert [h["doc_id"] for h in filtered["hits"]] == ["cat"]
+        assert [h["doc_id"] for h in filtered["hits"]] == ["cat"] and filtered["warnings"] == []
+        # A filter nothing can match says why, rather than an empty list that reads as "nothing relevant".
+        typo = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "filters": {"knd": "story"}})
+        assert typo["hits"] == [] and typo["warnings"] == [
+            "nothing can match: filters name 'knd', which no chunk in 'docs' has in its metadata"
+        ]
+        value = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "filters": {"kind": "novel"}})
+        assert value["hits"] == [] and value["warnings"][0].startswith("no chunk in 'docs' has kind 'novel'; its values")
+        assert value["query_id"] is not None  # (logged as any search: the vector side ran)
         vector = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "mode": "vector"})
         assert vector["query_id"] is None and vector["disagreement"] is None and len(vector["hits"]) == 3
         stopwords = await s.ok("hybrid_search", {"query": "the and of it", "collection": "docs"})
@@ -196,7 +204,7 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         (coll,) = stats["collections"]
         assert (coll["name"], coll["documents"], coll["chunks"]) == ("docs", 2, 2)
         assert stats["model"] == cfg.model and stats["dimension"] == 32
-        assert stats["queries"]["logged_queries"] == 4  # the hybrid searches
+        assert stats["queries"]["logged_queries"] == 6  # the hybrid searches
         assert stats["queries"]["queries_without_keyword_terms"] == 1
         assert set(stats["index_bytes"]) >= {"chroma", "state_sqlite", "query_log_sqlite"}
 

@@ -77,8 +77,9 @@ class SearchResult(BaseModel):
     warnings: list[str] = Field(
         default_factory=list,
         description="Why these results may be incomplete, e.g. the Chroma server could not be reached: a hybrid "
-        "search then returns keyword results alone (not logged, so query_id is null); or why keyword mode found "
-        "nothing (a query of stopwords only); empty normally.",
+        "search then returns keyword results alone (not logged, so query_id is null); or why it found nothing (keyword "
+        "mode and a query of stopwords only; a filter naming a field or a value no chunk has, with the values it "
+        "has); empty normally.",
     )
 
 

@@ -36,6 +36,7 @@ from server.engine.filters import (
     FLOAT_LIMIT,
     PREFIX_FIELD,
     RESERVED_PREFIX,
+    Cond,
     Node,
     document_columns,
     fields_of,
@@ -43,6 +44,7 @@ from server.engine.filters import (
     parse_filters,
     path_keys,
     to_chroma,
+    unknown_fields_problem,
 )
 from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
@@ -123,14 +125,11 @@ class SearchOutcome:
     # When the searched collection was created: tells a search of a since deleted collection from one of a
     # new collection of the same name (the query log drops the former).
     collection_created: float | None = None
-    # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone), or, in
-    # keyword mode, empty (a query with no keyword terms).
+    # Why the results may be incomplete (the Chroma server could not be reached: keyword side alone), or why
+    # they are empty (keyword mode and a query with no keyword terms; a filter that nothing can match).
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def vector_skipped(self) -> bool:
-        """A hybrid search whose vector side could not run (a hybrid search's only warning's cause)."""
-        return self.mode == "hybrid" and bool(self.warnings)
+    # A hybrid search whose vector side could not run (the Chroma server): keyword results alone.
+    vector_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,6 +302,39 @@ def _group(candidates: list[Candidate], by_document: bool) -> list[Candidate]:
             seen.add(c.doc_id)
             out.append(c)
     return out
+
+
+MAX_VALUES_SHOWN = 20  # a field with more distinct values than this is not listed in a filter's warning
+
+
+def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
+    """Why a filtered search found nothing, when the filter is why: it names a field no chunk has (a typo), or
+    asks a text field for a value no chunk has, whose values are then listed ({"file_type": "py"}: python)."""
+    fields = snap.columns.fields
+    problem = unknown_fields_problem(node, fields, collection, of_chunks=True)
+    if problem is not None:
+        return problem
+    for cond in _conditions(node):
+        if cond.op not in ("$eq", "$in") or cond.field not in fields:
+            continue
+        column = snap.columns.objects(cond.field)
+        have = {v for v, alive in zip(column, snap.alive, strict=True) if alive and isinstance(v, str)}
+        wanted = cond.value if cond.op == "$in" else [cond.value]
+        if not have or len(have) > MAX_VALUES_SHOWN or any(w in have for w in wanted):
+            continue
+        return (
+            f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}; its values there: "
+            f"{', '.join(sorted(have))}"
+        )
+    return None
+
+
+def _conditions(node: Node) -> Iterator[Cond]:
+    if isinstance(node, Cond):
+        yield node
+    else:
+        for child in node.children:
+            yield from _conditions(child)
 
 
 def _shown_chunks(
@@ -2100,6 +2132,10 @@ class Engine:
                 "the query has no keyword terms (only stopwords or symbols), so keyword mode finds nothing: "
                 "search in hybrid or vector mode"
             )
+        if node is not None and not hits and snap.live_count and snap.columns is not None:
+            why = _unmatchable_filter(node, snap, collection)
+            if why is not None:
+                warnings.append(why)
         return SearchOutcome(
             collection,
             query,
@@ -2113,6 +2149,7 @@ class Engine:
             terms[0] if terms else None,
             record.created_at,
             warnings,
+            vector_skipped=mode == "hybrid" and unreachable is not None,
         )
 
     def follow_others(self, force: bool = False, probe: bool = True) -> str | None:

@@ -194,16 +194,20 @@ def _blocking(node: Node, known: set[str]) -> set[str]:
     return set().union(*parts)
 
 
-def unknown_fields_problem(node: Node, known: set[str], collection: str) -> str | None:
-    """Why a document filter matched nothing when fields no document has are why (a typo, or a chunk's own
-    key): said, rather than an empty answer that reads as "there are none"."""
+def unknown_fields_problem(node: Node, known: set[str], collection: str, of_chunks: bool = False) -> str | None:
+    """Why a filter matched nothing when fields no document (`of_chunks`: no chunk, as a search filters) has
+    are why: a typo, or a chunk's own key in a document filter. Said, rather than an empty answer that reads as
+    "there are none"."""
     unknown = sorted(_blocking(node, known))
     if not unknown:
         return None
+    named = ", ".join(map(repr, unknown))
+    if of_chunks:
+        return f"nothing can match: filters name {named}, which no chunk in {collection!r} has in its metadata"
     return (
-        f"no document matches: filters name {', '.join(map(repr, unknown))}, which no document in {collection!r} "
-        "has in its metadata (document filters read document metadata; a chunk's heading, symbol or page is not: "
-        "hybrid_search filters on those)"
+        f"no document matches: filters name {named}, which no document in {collection!r} has in its metadata "
+        "(document filters read document metadata; a chunk's heading, symbol or page is not: hybrid_search "
+        "filters on those)"
     )
 
 
