@@ -36,15 +36,21 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def _training(rift: Rift, epochs: int = 2, at_step: int = 1):
+    """Start a retrain and wait until its training passed `at_step`; the job."""
+    started = rift.learning.retrain(batch_size=2, epochs=epochs)
+    job = rift.learning.jobs.get(started["job_id"])
+    _wait_for(lambda: job.phase == "training" and job.done >= at_step)
+    return job
+
+
 def _stopped_while_training(settings, at_step: int) -> tuple[ResumePlan, str]:
     """Start a retrain, shut the server down once training passed `at_step`; the plan and the base version."""
     rift = open_rift(settings)
     try:
         fill_two_collections(rift)
         base = rift.learning.registry.serving().version
-        started = rift.learning.retrain(batch_size=2, epochs=2)
-        job = rift.learning.jobs.get(started["job_id"])
-        _wait_for(lambda: job.phase == "training" and job.done >= at_step)
+        _training(rift, at_step=at_step)
     finally:
         rift.close()  # a shutdown: the job stops and keeps what it did
     [plan] = resume.pending(settings.models_dir)
@@ -349,9 +355,7 @@ def test_a_deleted_collections_texts_leave_an_interrupted_retrain(tmp_path: Path
     rift = open_rift(settings)
     try:
         _fill_with_notes(rift)
-        started = rift.learning.retrain(batch_size=2, epochs=2)
-        job = rift.learning.jobs.get(started["job_id"])
-        _wait_for(lambda: job.phase == "training" and job.done >= 1)
+        _training(rift)
     finally:
         rift.close()
     [plan] = resume.pending(settings.models_dir)
@@ -391,9 +395,7 @@ def test_deleting_a_collection_a_retrain_is_training_on_cancels_it(tmp_path: Pat
     rift = _serve(settings)
     try:
         _fill_with_notes(rift)
-        started = rift.learning.retrain(batch_size=2, epochs=3)
-        job = rift.learning.jobs.get(started["job_id"])
-        _wait_for(lambda: job.phase == "training" and job.done >= 1)
+        job = _training(rift, epochs=3)
         rift.delete_collection("notes")
         rift.learning.jobs.wait(180)
         status = rift.learning.status(job.id)
