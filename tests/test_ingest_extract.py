@@ -669,21 +669,3 @@ def test_a_pdf_stops_extracting_past_the_size_limit(tmp_path: Path) -> None:
     assert extract_pdf(data).metadata["pages"] == 6
     with pytest.raises(SkipFile, match=r"passes 2,000 characters after 2 of 6 pages \(max_document_chars\)"):
         extract_pdf(data, max_chars=2000)
-
-
-def test_a_class_line_is_never_a_chunk_of_its_own(tokenizer) -> None:
-    """A class without a docstring whose first method is too long to join it was cut into a chunk holding
-    only "class Embedder:", which matched its name in searches and showed nothing else."""
-    body = "\n".join(f"        value_{i} = compute(value_{i - 1}, factor={i})" for i in range(1, 60))
-    code = f"import os\n\n\nclass Embedder:\n    def encode(self, texts):\n{body}\n        return value_59\n"
-    chunks = chunk_structured(code, {"file_type": "python"}, tokenizer, 128, 8)
-    assert all(c.text.strip() != "class Embedder:" for c in chunks)
-    first = next(c for c in chunks if "class Embedder:" in c.text)
-    assert first.text.startswith("import os\n\n\nclass Embedder:\n    def encode(self, texts):")
-    assert first.metadata["symbol"] == "Embedder.encode"
-    for chunk in chunks:
-        assert code[chunk.start : chunk.end] == chunk.text
-    # The same for a heading over a long first subsection.
-    text = "# Guide\n\n## Install\n\n" + "Run the installer and follow each step. " * 80
-    chunks = chunk_structured(text, {"file_type": "markdown"}, tokenizer, 128, 8)
-    assert chunks[0].text.startswith("# Guide\n\n## Install\n\nRun the installer")

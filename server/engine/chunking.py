@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Raise when a change here (or in the file-type splitters) cuts stored documents differently: every data dir
-# then re-chunks its documents once at start-up (Engine.rechunk_if_changed). 2: a parent's few lines (a class
-# line, a heading) open a too-long first child's chunk instead of being a chunk of their own.
-CHUNKER_VERSION = 2
+# then re-chunks its documents once at start-up (Engine.rechunk_if_changed).
+CHUNKER_VERSION = 1
 SENTENCE_ENDS = frozenset(".!?;\n")
 
 

@@ -151,10 +151,6 @@ SPLITTERS: dict[str, Splitter] = {
 }
 
 
-# A parent section this short (in tokens) is never a chunk of its own when its first child is too long to join.
-HEADER_TOKENS = 24
-
-
 def _common(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -189,14 +185,6 @@ def pack(
             if same_meta and (common or not g[2] or not sec.path) and tokens(g[0], sec.end) <= max_tokens:
                 g[1] = sec.end
                 g[2] = common if (g[2] and sec.path) else (g[2] or sec.path)
-                continue
-            if same_meta and common == g[2] and len(sec.path) > len(g[2]) and tokens(g[0], g[1]) <= min(
-                HEADER_TOKENS, max_tokens // 4
-            ):
-                # A parent's own few lines ("class Embedder:", a heading over its first subsection) that its
-                # too-long first child cannot join: they open the child's chunk instead of being one of their
-                # own, which matched the name and showed nothing else.
-                g[1], g[2] = sec.end, sec.path
                 continue
         groups.append([sec.start, sec.end, sec.path, dict(sec.meta)])
 
