@@ -1304,3 +1304,28 @@ def test_a_long_document_shows_the_chunk_that_holds_the_query_s_words(rift_facto
     for word in words:
         [hit] = app.search("default", f"{word} river water", k=1).outcome.hits
         assert hit.doc_id == "long" and word in hit.text, (word, hit.text[:80])
+
+
+def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_factory) -> None:
+    app = rift_factory()
+    app.add_documents(
+        "default",
+        docs(
+            ("a", "bird in a tree", {"lang": "python", "version": "1.0", "source": "/x/a.md"}),
+            ("b", "fish in the sea", {"lang": "rust", "version": 2}),
+        ),
+    )
+
+    def warned(filters: dict, query: str = "zebra") -> list[str]:  # (keyword mode: "zebra" matches nothing)
+        outcome = app.search("default", query, mode="keyword", filters=filters).outcome
+        assert outcome.hits == []
+        return outcome.warnings
+
+    assert warned({"lang": "py"}) == ["no chunk in 'default' has lang 'py'; its values there: python, rust"]
+    assert warned({"version": 3}) == ["no chunk in 'default' has version 3"]  # (mixed types: not listed)
+    assert warned({"lng": "py"}) == ["nothing can match: filters name 'lng', which no chunk in 'default' has in its metadata"]
+    # Not the filter's fault: a value some chunk has, a $prefix (an $or inside), an $or with a branch that holds.
+    assert warned({"version": 2}) == []
+    assert warned({"source": {"$prefix": "/x"}}) == []
+    assert warned({"$or": [{"lang": "py"}, {"lang": "python"}]}) == []
+    assert warned({"$and": [{"lang": "python"}, {"version": 2}]}) == []

@@ -314,46 +314,60 @@ def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
     problem = unknown_fields_problem(node, fields, collection, of_chunks=True)
     if problem is not None:
         return problem
-    for cond in _conditions(node):
-        if cond.op not in ("$eq", "$in") or cond.field not in fields:
+    for cond in _required(node):
+        if cond.op not in ("$eq", "$in") or cond.field not in fields or cond.field.startswith(RESERVED_PREFIX):
             continue
         column = snap.columns.objects(cond.field)
-        have = {v for v, alive in zip(column, snap.alive, strict=True) if alive and isinstance(v, str)}
+        have = {v for v, alive in zip(column, snap.alive, strict=True) if alive and v is not None}
         wanted = cond.value if cond.op == "$in" else [cond.value]
-        if not have or len(have) > MAX_VALUES_SHOWN or any(w in have for w in wanted):
+        if any(w in have for w in wanted):  # (as the filter compares: 2 == 2.0, "2" is another value)
             continue
-        return (
-            f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}; its values there: "
-            f"{', '.join(sorted(have))}"
+        values = (
+            f"; its values there: {', '.join(sorted(have))}"
+            if have and len(have) <= MAX_VALUES_SHOWN and all(isinstance(v, str) for v in have)
+            else ""
         )
+        return f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}{values}"
     return None
 
 
-def _conditions(node: Node) -> Iterator[Cond]:
+def _required(node: Node) -> Iterator[Cond]:
+    """The conditions every match must meet: `node`'s own, or its $and's, not an $or's (a $prefix is one)."""
     if isinstance(node, Cond):
         yield node
-    else:
+    elif node.op == "$and":
         for child in node.children:
-            yield from _conditions(child)
+            yield from _required(child)
 
 
 def _shown_chunks(
-    vector: Sequence[Candidate], keyword: Sequence[Candidate], weights: tuple[float, float], rrf_k: float
+    docs: Iterable[str],
+    vector: Sequence[Candidate],
+    keyword: Sequence[Candidate],
+    weights: tuple[float, float],
+    rrf_k: float,
 ) -> dict[str, Candidate]:
-    """Each document's chunk to show: the one that fusing the two sides' chunk lists ranks first, so a chunk
+    """Each of `docs`' chunk to show: the one that fusing the two sides' chunk lists ranks first, so a chunk
     both sides found wins. (Each side's best chunk of the document, by the side that ranked the document higher,
     showed a long document's vector chunk whenever both sides ranked it first: often not the chunk holding the
-    query's words, which the keyword side had found.)"""
+    query's words, which the keyword side had found.) One pass over the lists, scoring only `docs`' chunks: they
+    may run to thousands of candidates where a few long documents fill the depth."""
+    wanted = set(docs)
     score: dict[str, float] = {}
     found: dict[str, Candidate] = {}
     for weight, side in zip(weights, (vector, keyword), strict=True):
         for rank, c in enumerate(side, 1):
+            if c.doc_id not in wanted:
+                continue
             score[c.chunk_id] = score.get(c.chunk_id, 0.0) + weight / (rrf_k + rank)
             if c.chunk_id not in found or (found[c.chunk_id].row is None and c.row is not None):
                 found[c.chunk_id] = c  # (a keyword candidate carries its row: its text need not be read again)
     best: dict[str, Candidate] = {}
-    for chunk_id in sorted(score, key=score.__getitem__, reverse=True):  # (stable: the vector side's on a tie)
-        best.setdefault(found[chunk_id].doc_id, found[chunk_id])
+    top: dict[str, float] = {}
+    for chunk_id, value in score.items():  # (in first-seen order: the vector side's on a tie)
+        c = found[chunk_id]
+        if value > top.get(c.doc_id, -math.inf):
+            best[c.doc_id], top[c.doc_id] = c, value
     return best
 
 
@@ -2091,7 +2105,7 @@ class Engine:
             w = (w[0] or 1, w[1] or 1)
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
         if group_by_document:
-            best = _shown_chunks(vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
+            best = _shown_chunks((key_ for key_, _ in fused), vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
         else:  # (keys are chunks: each side's candidate is that chunk)
             best = {key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused}
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
