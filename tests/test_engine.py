@@ -1312,7 +1312,7 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
         "default",
         docs(
             ("a", "bird in a tree", {"lang": "python", "version": "1.0", "source": "/x/a.md"}),
-            ("b", "fish in the sea", {"lang": "rust", "version": 2}),
+            ("b", "fish in the sea", {"lang": "rust", "version": 2, "flag": 1}),
         ),
     )
 
@@ -1329,3 +1329,4 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
     assert warned({"source": {"$prefix": "/x"}}) == []
     assert warned({"$or": [{"lang": "py"}, {"lang": "python"}]}) == []
     assert warned({"$and": [{"lang": "python"}, {"version": 2}]}) == []
+    assert warned({"flag": True}) == ["no chunk in 'default' has flag True"]  # (true is not 1 in a filter)

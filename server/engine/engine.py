@@ -39,6 +39,7 @@ from server.engine.filters import (
     Cond,
     Node,
     document_columns,
+    equal_mask,
     fields_of,
     mask,
     parse_filters,
@@ -318,10 +319,10 @@ def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
         if cond.op not in ("$eq", "$in") or cond.field not in fields or cond.field.startswith(RESERVED_PREFIX):
             continue
         column = snap.columns.objects(cond.field)
-        have = {v for v, alive in zip(column, snap.alive, strict=True) if alive and v is not None}
         wanted = cond.value if cond.op == "$in" else [cond.value]
-        if any(w in have for w in wanted):  # (as the filter compares: 2 == 2.0, "2" is another value)
+        if any((equal_mask(column, w) & snap.alive).any() for w in wanted):  # (as the filter compares)
             continue
+        have = {v for v, alive in zip(column, snap.alive, strict=True) if alive and v is not None}
         values = (
             f"; its values there: {', '.join(sorted(have))}"
             if have and len(have) <= MAX_VALUES_SHOWN and all(isinstance(v, str) for v in have)

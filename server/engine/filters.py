@@ -383,6 +383,11 @@ def _as_chroma_compares(stored: Any, operand: Any) -> Any:
     return float(operand) if isinstance(stored, float) and _wide_int(operand) else operand
 
 
+def equal_mask(col: np.ndarray, value: Scalar) -> np.ndarray:
+    """Which of a column's values a filter's {"field": value} matches (as in memory and in Chroma)."""
+    return _typed_equal(col, value)
+
+
 def _typed_equal(col: np.ndarray, value: Scalar) -> np.ndarray:
     # Python says True == 1; Chroma does not, so compare type classes too.
     if _wide_int(value):
