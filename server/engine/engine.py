@@ -750,8 +750,9 @@ class Engine:
         return signature if vocabulary == BERT_UNCASED_VOCABULARY else f"{signature} vocabulary={vocabulary}"
 
     def version_chunkings(self, collection: str) -> tuple[str, ...]:
-        """The chunking signatures `collection`'s document versions may be hashed with (the current one, and
-        none: from before chunking was hashed), by which their metadata is read back exactly from Chroma."""
+        """The chunking signatures `collection`'s document versions may be hashed with (the current one, the one
+        recorded for its stored documents, and none: from before chunking was hashed), by which their metadata is
+        read back exactly from Chroma."""
         recorded = self.state.setting(f"chunking:{collection}")  # (cut otherwise, a rechunk pending)
         try:
             current = self._chunking(collection)
@@ -2106,9 +2107,12 @@ class Engine:
             w = (w[0] or 1, w[1] or 1)
         fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
         if group_by_document:
-            best = _shown_chunks((key_ for key_, _ in fused), vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
-        else:  # (keys are chunks: each side's candidate is that chunk)
-            best = {key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused}
+            fused_docs = (key_ for key_, _ in fused)
+            best = _shown_chunks(fused_docs, vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
+        else:  # (keys are chunks: either side's candidate is that chunk)
+            best = {
+                key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused
+            }
         timings["fusion_ms"] = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         # Text from the snapshot row where it is held (the same snapshot ranked it), else from SQLite.
