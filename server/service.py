@@ -238,6 +238,7 @@ class Rift:
             try:
                 while True:
                     engine = Engine(s, embedder, VectorStore(client, folder), state)
+                    engine.on_deleted_elsewhere = self._deleted_elsewhere
                     try:
                         self.repair_report = engine.open(rechunk=self._reembed)
                         break
@@ -635,6 +636,15 @@ class Rift:
             except Exception:  # the deletion is done: say so; the next start drops what is left (its plan check)
                 log.exception("could not remove collection %r's texts from a retrain's plan", collection)
         return info
+
+    def _deleted_elsewhere(self, collection: str) -> None:
+        """Another process sharing the Chroma server deleted `collection`: its searches logged here, with their
+        feedback, and its texts in a retrain's plan go too, as they do when it is deleted here."""
+        if self.log is not None:
+            with self.log.forgetting(collection):
+                pass
+        if self.learning is not None:
+            self.learning.forget_collection(collection)
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()

@@ -2589,3 +2589,22 @@ def test_an_owed_announcement_for_vectors_switched_elsewhere_is_dropped_not_made
     finally:
         a.close()
         b.close()
+
+
+def test_a_collection_deleted_elsewhere_leaves_no_search_of_it_in_this_process_s_log(pair: tuple[Rift, Rift]) -> None:
+    """Deleted here, a collection's logged searches go with it (they could train a later model); deleted by
+    another process, this process's searches of it stayed in its log, feedback and all."""
+    a, b = pair
+    a.add_documents("notes", docs(("n1", "the river floods in spring"), ("n2", "a bridge over the river")))
+    a.add_documents("kept", docs(("k1", "the river runs to the sea")))
+    b.engine().shared.sync(force=True)
+    searched = b.search("notes", "river floods")
+    b.learning.feedback(searched.query_id, "n1", True)
+    b.search("kept", "river sea")
+    assert b.stats("notes")["queries"]["logged_queries"] == 1
+    a.delete_collection("notes")
+    b.engine().shared.sync(force=True)
+    assert "notes" not in b.engine().collection_names()
+    b.log.flush()
+    assert b.log.get(searched.query_id) is None and searched.query_id not in b.log.feedback_map()
+    assert b.stats()["queries"]["logged_queries"] == 1  # the other collection's search stays

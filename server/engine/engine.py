@@ -386,6 +386,9 @@ class Engine:
         self.state = state
         self.tokenizer = KeywordTokenizer(settings.stemmer_language, settings.stopwords)
         self._keyword: dict[str, KeywordIndex] = {}
+        # Told when another process sharing the Chroma server deleted a collection (the app forgets its searches
+        # and its texts in a retrain's plan, as a deletion here does).
+        self.on_deleted_elsewhere: Callable[[str], None] | None = None
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open

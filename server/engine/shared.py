@@ -544,6 +544,11 @@ class SharedSync:
         self.engine.state.delete_collection(record.name)
         self.engine._keyword.pop(record.name, None)
         self._lost.discard(record.name)
+        if self.engine.on_deleted_elsewhere is not None:
+            try:
+                self.engine.on_deleted_elsewhere(record.name)
+            except Exception:  # (its state is gone already: the rest is this process's own log and plans)
+                log.exception("forgetting collection %r's searches here failed", record.name)
         return "deleted"
 
     def _deleted_name(self, chroma: str) -> bool:
