@@ -175,6 +175,7 @@ class Rift:
         self.load_seconds: float | None = None
         self.repair_report: dict[str, Any] = {}
         self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
+        self._deleted_while_opening: list[str] = []  # collections another process deleted, seen at start-up
         self._background = True
         self._reembed = True
         self._close_lock = threading.Lock()
@@ -255,6 +256,8 @@ class Rift:
             from server.learning.manager import LearningManager
 
             self.learning = LearningManager(self)
+            for name in self._deleted_while_opening:  # (seen by the engine's start-up, before learning was)
+                self.learning.forget_collection(name)
             self.learning.start(engine, resume_jobs=self._background)  # a server, not a CLI command
             self.load_seconds = time.perf_counter() - started
             log.info("rift ready in %.1fs (model %s)", self.load_seconds, embedder.version)
@@ -645,6 +648,8 @@ class Rift:
                 pass
         if self.learning is not None:
             self.learning.forget_collection(collection)
+        else:  # (the engine's start-up saw it: the retrain plans are seen to once learning starts)
+            self._deleted_while_opening.append(collection)
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:
         engine = self.engine()

@@ -2608,3 +2608,53 @@ def test_a_collection_deleted_elsewhere_leaves_no_search_of_it_in_this_process_s
     b.log.flush()
     assert b.log.get(searched.query_id) is None and searched.query_id not in b.log.feedback_map()
     assert b.stats()["queries"]["logged_queries"] == 1  # the other collection's search stays
+
+
+def test_a_deletion_here_that_finds_it_deleted_elsewhere_still_drops_a_search_still_running(
+    pair: tuple[Rift, Rift], monkeypatch
+) -> None:
+    """Deleting here found the collection deleted by the other process (its sync forgot it, and marked it), then
+    failed (unknown collection) and took that mark back: a search of it still running was then logged for good."""
+    a, b = pair
+    a.add_documents("notes", docs(("n1", "the river floods in spring")))
+    b.engine().shared.sync(force=True)
+    running = b.engine().search("notes", "river floods")  # ranked before the deletions, not logged yet
+    a.delete_collection("notes")
+    monkeypatch.setattr(b.engine(), "follow_others", lambda *args, **kwargs: None)  # (it looked just before)
+    with pytest.raises(NotFoundError):
+        b.delete_collection("notes")
+    logged = b.log.record(
+        "late", "river floods", "notes", running.model_version, "hybrid", 5, None, [], [], [], 3, 0.0, [], [],
+        collection_created=running.collection_created,
+    )
+    assert not logged
+
+
+def test_retrain_plans_forget_a_collection_deleted_elsewhere_while_this_process_was_down(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Seen by the engine's start-up, before learning existed, the deletion reached the query log but not the
+    interrupted retrain's plan; and with the name made again elsewhere, the plan kept the deleted texts."""
+    from server.learning import resume
+
+    chroma.wipe()
+    settings = {name: make_settings(tmp_path / name, tiny_model_path, **http_overrides(chroma)) for name in "ab"}
+    a = open_rift(settings["a"])
+    try:
+        a.add_documents("notes", docs(("n1", "the river floods in spring")))
+        open_rift(settings["b"]).close()  # b adopts "notes", then stops
+        plan = resume.ResumePlan(
+            "ft-x", None, "x", "", "", {}, [["floods", "the river floods in spring", "a bridge"]], "fused", {}, [], {},
+            row_collections=["notes"],
+        )
+        resume.save(settings["b"].models_dir, plan)
+        a.delete_collection("notes")
+        a.add_documents("notes", docs(("m1", "a new collection of the same name")))
+    finally:
+        a.close()
+    b = open_rift(settings["b"])
+    try:
+        assert b.engine().collection_names() == ["notes"]  # (the new one)
+        assert resume.pending(settings["b"].models_dir) == []  # its only rows were the deleted collection's
+    finally:
+        b.close()

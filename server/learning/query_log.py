@@ -444,15 +444,16 @@ class QueryLog:
         started = time.time()
         with self._cond:
             earlier = self._deleted.get(collection)
-            self._deleted[collection] = max(started, earlier or 0.0)
+            mine = self._deleted[collection] = max(started, earlier or 0.0)
         try:
             yield
         except BaseException:
-            with self._cond:
-                if earlier is None:
-                    self._deleted.pop(collection, None)
-                else:
-                    self._deleted[collection] = earlier
+            with self._cond:  # (unless a deletion inside it, by another process, marked it since: that one stands)
+                if self._deleted.get(collection) == mine:
+                    if earlier is None:
+                        self._deleted.pop(collection, None)
+                    else:
+                        self._deleted[collection] = earlier
             raise
         self.forget_collection(collection, before=started)
 
