@@ -633,11 +633,10 @@ class Rift:
         else:
             with self.log.forgetting(collection):  # also a search of it still running meanwhile
                 info = engine.delete_collection(collection, removed)
-        if self.learning is not None:  # nor does a retrain's plan keep its texts
-            try:
-                self.learning.forget_collection(collection)
-            except Exception:  # the deletion is done: say so; the next start drops what is left (its plan check)
-                log.exception("could not remove collection %r's texts from a retrain's plan", collection)
+        try:  # nor does a retrain's plan keep its texts
+            self._forget_in_plans(collection)
+        except Exception:  # the deletion is done: say so; the next start drops what is left (its plan check)
+            log.exception("could not remove collection %r's texts from a retrain's plan", collection)
         return info
 
     def _deleted_elsewhere(self, collection: str) -> None:
@@ -646,9 +645,14 @@ class Rift:
         if self.log is not None:
             with self.log.forgetting(collection):
                 pass
+        self._forget_in_plans(collection)
+
+    def _forget_in_plans(self, collection: str) -> None:
+        """A deleted collection's texts leave the retrain plans (once learning starts, for one that the engine's
+        start-up found deleted elsewhere)."""
         if self.learning is not None:
             self.learning.forget_collection(collection)
-        else:  # (the engine's start-up saw it: the retrain plans are seen to once learning starts)
+        else:
             self._deleted_while_opening.append(collection)
 
     def stats(self, collection: str | None = None) -> dict[str, Any]:

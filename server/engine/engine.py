@@ -1207,7 +1207,7 @@ class Engine:
         seen: dict[str, int] = {}
         total_chars = 0
         for i, doc in enumerate(documents):
-            doc_id, text, meta = self.validate_document(doc, lambda name, i=i: f"documents[{i}].{name}")
+            doc_id, text, meta = validate_document(doc, lambda name, i=i: f"documents[{i}].{name}", self.settings)
             total_chars += len(text)
             if total_chars > self.settings.max_chars_per_call:
                 what = f"documents[{i}].text is" if i == 0 else f"documents[0..{i}] hold"
@@ -1228,12 +1228,6 @@ class Engine:
             seen[doc_id] = i
             out.append((doc_id, text, meta))
         return out
-
-    def validate_document(
-        self, doc: DocumentInput, field: Callable[[str], str]
-    ) -> tuple[str, str, dict[str, Any]]:
-        """One document's (doc_id, text, metadata), or a RiftError naming the field as `field(name)` does."""
-        return validate_document(doc, field, self.settings)
 
     def add_documents(
         self,

@@ -55,7 +55,8 @@ def exact_metadata(
         return metadata  # (came back exact)
     if 9 ** len(floats) > MAX_COMBINATIONS:
         return None
-    for combo in itertools.product(*(_near(metadata[k]) for k in floats)):
+    # (The first combination is the values as read: tried above.)
+    for combo in itertools.islice(itertools.product(*(_near(metadata[k]) for k in floats)), 1, None):
         candidate = {**metadata, **dict(zip(floats, combo, strict=True))}
         if any(content_hash(text, candidate, c) == doc_hash for c in chunkings):
             return candidate

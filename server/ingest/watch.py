@@ -154,12 +154,13 @@ def watch_folder(
 
     def identity() -> tuple[int, int] | None:
         nonlocal mount_point
-        mount_point = mount_point or os.path.ismount(os.path.realpath(given))
+        mounted = os.path.ismount(os.path.realpath(given))  # (once per wake-up: it is every 500 ms)
+        mount_point = mount_point or mounted
         try:
             st = os.stat(given)
         except OSError:
             return None
-        if not os.path.isdir(given) or (mount_point and not os.path.ismount(os.path.realpath(given))):
+        if not os.path.isdir(given) or (mount_point and not mounted):
             return None
         return (st.st_dev, st.st_ino)
 
