@@ -168,6 +168,8 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_learning_rate=inf", "learn_learning_rate must be between"),
         ("learn_batch_size=1", "learn_batch_size must be between 2 and 4096"),
         ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 10"),
+        ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 0"),
+        ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)

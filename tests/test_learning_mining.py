@@ -350,3 +350,80 @@ def test_progress_and_gone_count_hold_with_feedback_in_the_log() -> None:
     assert any(t.kind == "feedback" for t in report.triples)
     gone = mine(queries, MiningConfig(), judged, {}, load=lambda ids: queries[:240])
     assert gone.skipped["gone_from_log"] == 10
+
+
+class _FixedOpinion:
+    """A second opinion with set scores, recording what it was asked."""
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        self._scores = scores
+        self.asked: list[list[str]] = []
+
+    def scores(self, collection: str, query: str, doc_ids) -> dict[str, float]:
+        ids = list(doc_ids)
+        self.asked.append(ids)
+        return {d: self._scores[d] for d in ids if d in self._scores}
+
+
+def test_a_second_opinion_must_agree_on_the_positive_and_checks_the_vector_sides_negatives() -> None:
+    # Vector ranks x, a, y, z; keyword a first. The opinion ranks a first, then x (too close to trust as a
+    # negative), then y and z.
+    log = [q("1", "query", ["x", "a", "y", "z"], ["a", *FILL], ["a", "x"])]
+    opinion = _FixedOpinion({"a": 0.9, "x": 0.8, "y": 0.3, "z": 0.2, **{f: 0.1 for f in FILL}})
+    cfg = MiningConfig(second_opinion_depth=4, negative_min_opinion_rank=2, negative_source="checked",
+                       negatives_per_query=2)
+    report = mine(log, cfg, opinion=opinion)
+    assert [(t.positive_doc, t.negative_doc) for t in report.triples] == [("a", "y"), ("a", "z")]
+    assert set(opinion.asked[0]) == {"a", "x", "y", "z", *FILL[:3]}  # both sides' first four, and the positive
+    # When the opinion prefers another document, the positive is not trusted.
+    doubting = _FixedOpinion({"a": 0.5, "x": 0.8, "y": 0.3, "z": 0.2})
+    report = mine(log, cfg, opinion=doubting)
+    assert report.triples == [] and report.skipped["positive_second_opinion_disagrees"] == 1
+    # Feedback still decides without the opinion's say.
+    fed = mine(log, cfg, {"1": {"x": True}}, opinion=doubting)
+    assert {t.positive_doc for t in fed.triples} == {"x"} and {t.kind for t in fed.triples} == {"feedback"}
+    with pytest.raises(ValueError, match="second opinion"):
+        mine(log, cfg)
+    with pytest.raises(ValueError, match="checked"):
+        mine(log, MiningConfig(negative_source="checked"))
+
+
+def test_sentence_opinion_scores_a_document_by_its_best_sentence(tiny_model_path) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from server.learning.second_opinion import SentenceOpinion, sentence_units
+
+    assert sentence_units("Title line\n\nOne sentence. Another one!\n") == ["Title line", "One sentence.", "Another one!"]
+    texts = {"long": "Unrelated words here.\nThe query itself.", "short": "Unrelated words here.", "empty": " "}
+    embedder = Embedder(resolve_model(str(tiny_model_path), ""), version="tiny")
+    opinion = SentenceOpinion(embedder, lambda _c, d: texts.get(d))
+    got = opinion.scores("c", "The query itself.", ["long", "short", "empty", "gone"])
+    assert set(got) == {"long", "short"}  # an empty or deleted document has no opinion
+    assert got["long"] == pytest.approx(1.0, abs=1e-5) and got["short"] < got["long"]
+    assert opinion.units_encoded == 3
+    opinion.scores("c", "other", ["long", "short"])
+    assert opinion.units_encoded == 3  # cached for the mining pass
+
+
+def test_the_pipeline_asks_the_serving_model_for_the_second_opinion(tmp_path, tiny_model_path) -> None:
+    from server.learning.gate import GateConfig
+    from server.learning.pipeline import collect_and_mine
+    from server.learning.second_opinion import SentenceOpinion
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.learning import corpus, queries
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(*((d["id"], d["text"]) for d in corpus())))
+        for text in queries()[:12]:
+            app.search("default", text)
+        engine = app.engine()
+        cfg = MiningConfig(second_opinion_depth=5, negative_source="checked", negative_min_opinion_rank=1)
+        mined = collect_and_mine(app.log, engine, cfg, GateConfig(holdout_fraction=0.0))
+        assert mined.report.triples
+        opinion = SentenceOpinion(engine.embedder, lambda c, d: engine.state.document(c, d)[1])
+        for t in mined.report.triples:
+            scores = opinion.scores(t.collection, t.query, [t.positive_doc, t.negative_doc])
+            assert scores[t.positive_doc] > scores[t.negative_doc]
+    finally:
+        app.close()

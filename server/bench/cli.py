@@ -115,6 +115,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "mining_negative_min_keyword_rank": ("negative_min_keyword_rank", int),
     "mining_negative_source": ("negative_source", str),  # its earlier name
     "mining_max_pseudo": ("max_pseudo", int),
+    "mining_second_opinion_depth": ("second_opinion_depth", int),  # an experiment, not a setting
 }
 
 
@@ -144,6 +145,12 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if not 0.0 <= out.get(name, 0.0) <= 1.0:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
+    if not 0 <= out.get("second_opinion_depth", 0) <= 200:
+        raise click.BadParameter("mining_second_opinion_depth must be between 0 and 200", param_hint="--set")
+    if out.get("negative_source") == "checked" and out.get("second_opinion_depth", 0) < 1:
+        raise click.BadParameter(
+            "learn_negative_source=checked needs mining_second_opinion_depth above 0", param_hint="--set"
+        )
     if out.get("hard_positive_repeat", 1) < 1:
         raise click.BadParameter("mining_hard_positive_repeat must be 1 or more", param_hint="--set")
     if out.get("labelled_scope", "all") not in ("all", "mined", "positives", "negatives"):
@@ -332,7 +339,8 @@ def _run_learn(
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
     "(learn_loss also takes triplet) and the miner's "
     + ", ".join(key for key in LEARN_OPTIONS if key.startswith("mining_"))
-    + " (learn_negative_source, earlier mining_negative_source: fused, vector, keyword or both).",
+    + " (learn_negative_source, earlier mining_negative_source: fused, vector, keyword, both, or checked with "
+    "mining_second_opinion_depth).",
 )
 @click.option(
     "--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write a PNG."

@@ -375,6 +375,7 @@ def run_learning_experiment(
     negative_min_keyword_rank: int = 30,
     negative_source: str = _PRODUCT.learn_negative_source,
     max_pseudo: int = 2000,
+    second_opinion_depth: int = 0,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
     hard_positive_repeat: int = 1,
@@ -409,6 +410,7 @@ def run_learning_experiment(
         negative_min_keyword_rank=negative_min_keyword_rank,
         negative_source=negative_source,
         max_pseudo=max_pseudo,
+        second_opinion_depth=second_opinion_depth,
         fusion_k=_PRODUCT.rrf_k,
         fusion_weights=(_PRODUCT.vector_weight, _PRODUCT.keyword_weight),
     )
@@ -444,6 +446,7 @@ def run_learning_experiment(
             "negative_source": negative_source,
             "negatives_per_query": negatives_per_query,
             "max_pseudo": max_pseudo,
+            "second_opinion_depth": second_opinion_depth,
         },
         "train": {
             "epochs": epochs,

@@ -39,7 +39,8 @@ from server.learning.query_log import LoggedQuery, QueryHead, normalized_query
 
 STRATEGIES: tuple[str, ...] = get_args(LearnStrategy)
 CORPUS_SUPPLEMENTS: tuple[str, ...] = ("pseudo", "ict")
-NEGATIVE_SOURCES: tuple[str, ...] = get_args(NegativeSource)
+# "checked" needs the second opinion, an experiment of `rift bench --learn` (not a setting: measured no better).
+NEGATIVE_SOURCES: tuple[str, ...] = (*get_args(NegativeSource), "checked")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,13 @@ class MiningConfig:
     # this bare default keeps the miner's earlier behaviour for the mining-analysis variants that name none.
     negative_source: str = "vector"
     agreement_depth: int = 5
+    # An experiment, not yet a setting (README "Learning from use"): a second opinion of the same model, each
+    # candidate scored by its best sentence (server/learning/second_opinion.py), over the first
+    # `second_opinion_depth` documents of both sides (0 = off). A mined positive must be that view's first as
+    # well, and negative source "checked" takes the vector side's best documents that the view ranks below its
+    # first `negative_min_opinion_rank` (the dense side's own wrong answers, which the other view doubts).
+    second_opinion_depth: int = 0
+    negative_min_opinion_rank: int = 5
     # How the search fused its lists (the product passes its settings): the logged fused list holds only the k
     # hits returned, and "fused" negatives continue past them by re-fusing the logged candidate lists.
     fusion_k: float = 20.0
@@ -139,9 +147,11 @@ def _negatives(
     v: Mapping[str, tuple[int, str]],
     k: Mapping[str, tuple[int, str]],
     above: int | None = None,
+    opinion_ranks: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Blind spots of `cfg.negative_source` passing the false-negative guard (the other side does not rank them
-    near the top), best rank first; "both" alternates vector and keyword blind spots."""
+    near the top), best rank first; "both" alternates vector and keyword blind spots; "checked" needs
+    `opinion_ranks` (doc id -> 1-based rank by the second opinion)."""
 
     def blind_spots(side: Mapping[str, tuple[int, str]], other: Mapping[str, tuple[int, str]]) -> list[str]:
         out = []
@@ -157,6 +167,12 @@ def _negatives(
         order = _fused_order(q, cfg)
         after = order[order.index(positive) + 1 :] if positive in order else []
         picked = after[: cfg.negative_max_vector_rank]
+    elif cfg.negative_source == "checked":
+        ranks = opinion_ranks or {}
+        in_order = [d for d, _ in sorted(v.items(), key=lambda kv: kv[1][0])][: cfg.second_opinion_depth]
+        picked = [
+            d for d in in_order if d != positive and d in ranks and ranks[d] > cfg.negative_min_opinion_rank
+        ]
     elif cfg.negative_source == "vector":
         picked = blind_spots(v, k)
     elif cfg.negative_source == "keyword":
@@ -228,6 +244,23 @@ def _positive(
     raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def _opinion_ranks(
+    q: LoggedQuery,
+    cfg: MiningConfig,
+    v: Mapping[str, tuple[int, str]],
+    k: Mapping[str, tuple[int, str]],
+    positive: str,
+    opinion: Any,
+) -> dict[str, int]:
+    """doc id -> 1-based rank by the second opinion among both sides' first `second_opinion_depth` documents and
+    the positive."""
+    def first(side: Mapping[str, tuple[int, str]]) -> list[str]:
+        return [d for d, _ in sorted(side.items(), key=lambda kv: kv[1][0])][: cfg.second_opinion_depth]
+
+    scores = opinion.scores(q.collection, q.query, [positive, *first(v), *first(k)])
+    return {d: i for i, d in enumerate(sorted(scores, key=lambda d: -scores[d]), 1)}
+
+
 def mined_positive(q: LoggedQuery, config: MiningConfig | None = None) -> str | None:
     """The document `config`'s strategy takes as `q`'s positive, before feedback and negatives (None when its
     confidence rules refuse every candidate)."""
@@ -242,6 +275,7 @@ def mine(
     fetched: Mapping[str, Sequence[str]] | None = None,
     load: Callable[[Sequence[str]], Iterable[LoggedQuery]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    opinion: Any = None,
 ) -> MiningReport:
     """Triples from logged queries. `feedback` maps query_id -> {doc_id: relevant}.
 
@@ -253,8 +287,14 @@ def mine(
     (done, total) is called every hundred queries; it may raise to stop mining (a cancelled job).
 
     Repeated query texts count once (the latest record wins), so an agent asking the same thing twenty times
-    does not weigh it twenty-fold; triples are deduplicated on (query, positive, negative)."""
+    does not weigh it twenty-fold; triples are deduplicated on (query, positive, negative).
+
+    `opinion`: the second opinion (`second_opinion.SentenceOpinion`) that `cfg.second_opinion_depth` asks for."""
     cfg = config or MiningConfig()
+    if cfg.second_opinion_depth > 0 and opinion is None:
+        raise ValueError("second_opinion_depth needs a second opinion to ask")
+    if cfg.negative_source == "checked" and cfg.second_opinion_depth <= 0:
+        raise ValueError("negative source 'checked' needs second_opinion_depth above 0")
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if cfg.negative_source not in NEGATIVE_SOURCES:
@@ -303,10 +343,16 @@ def mine(
                 conf,
             )
 
+        def ranks_for(pos: str, q=q, v=v, k=k) -> dict[str, int] | None:
+            if cfg.second_opinion_depth <= 0:
+                return None
+            return _opinion_ranks(q, cfg, v, k, pos, opinion)
+
         if liked:
             negs = [d for d in disliked if d not in liked]
             for pos in liked:
-                against = [n for n in negs or _negatives(q, pos, cfg, v, k) if n not in liked]
+                ranks = ranks_for(pos) if not negs and cfg.negative_source == "checked" else None
+                against = [n for n in negs or _negatives(q, pos, cfg, v, k, opinion_ranks=ranks) if n not in liked]
                 if not against:
                     report.skipped["feedback_without_negative"] += 1
                 triples.extend(triple(pos, neg, "feedback", 1.0) for neg in against)
@@ -322,8 +368,12 @@ def mine(
             if pos in disliked:
                 report.skipped["positive_rejected_by_feedback"] += 1
                 continue
+            ranks = ranks_for(pos)
+            if ranks is not None and kind not in ("fetched",) and ranks.get(pos) != 1:
+                report.skipped["positive_second_opinion_disagrees"] += 1
+                continue
             above = v[pos][0] if cfg.strategy == "agreement" and pos in v else None
-            negs = [n for n in _negatives(q, pos, cfg, v, k, above) if n not in opened]
+            negs = [n for n in _negatives(q, pos, cfg, v, k, above, ranks) if n not in opened]
             negs = list(dict.fromkeys([*sorted(disliked), *negs]))[
                 : max(cfg.negatives_per_query, len(disliked))
             ]

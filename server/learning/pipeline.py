@@ -56,7 +56,20 @@ def collect_and_mine(
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches():
         fetched.setdefault(query_id, []).append(doc_id)
-    report = mine(train, mining, feedback, fetched, load=query_log.by_ids, progress=progress)
+    opinion = None
+    if mining.second_opinion_depth > 0:
+        from server.learning.second_opinion import SentenceOpinion
+
+        def text_of(collection: str, doc_id: str) -> str | None:
+            found = engine.state.document(collection, doc_id)
+            return found[1] if found is not None else None
+
+        opinion = SentenceOpinion(engine.embedder, text_of)
+    report = mine(train, mining, feedback, fetched, load=query_log.by_ids, progress=progress, opinion=opinion)
+    if opinion is not None:
+        log.info(
+            "second opinion: %d documents, %d sentences encoded", opinion.documents_encoded, opinion.units_encoded
+        )
     supplement = corpus_supplement(mining.strategy)
     if supplement is not None:
         held = {normalized_query(q.query) for q in holdout} | evaluation  # the gate scores these: never train on them
