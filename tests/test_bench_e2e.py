@@ -168,7 +168,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_learning_rate=inf", "learn_learning_rate must be between"),
         ("learn_batch_size=1", "learn_batch_size must be between 2 and 4096"),
         ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 10"),
-        ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 0"),
+        ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 5"),
         ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
@@ -301,3 +301,26 @@ def test_snippet_cost_bench_compares_whole_chunks_with_max_chars(tmp_path: Path,
     assert out["queries"] == 4 and set(out) >= {"whole", "max_chars_40"}
     assert out["max_chars_40"]["mean_hits_json_chars"] < out["whole"]["mean_hits_json_chars"]
     assert 0 <= out["max_chars_40"]["query_terms_shown_by_a_plain_cut"] <= 1
+
+
+def test_sentence_view_analysis_scores_each_view_against_the_hybrid(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`python -m server.bench.sentence_view` (the README's second-opinion figures) runs rift's own searches."""
+    from server.bench.sentence_view import main as sentence_view
+
+    data = write_beir(tmp_path / "tiny")
+    args = ["--data", str(data), "--split", "test", "--model", str(tiny_model_path)]
+    result = CliRunner().invoke(sentence_view, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["queries"] == len(QUERIES)
+    assert set(out["views"]) == {
+        "vector", "keyword", "hybrid", "sentence", "hybrid + sentence", "keyword + sentence", "vector + sentence"
+    }
+    assert out["views"]["hybrid"]["vs_hybrid"] == [0.0, 0.0, 0.0]
+    # Sentence vectors are kept apart from the corpus's chunk vectors, which other benchmarks reuse.
+    assert list((tmp_path / "cache" / "sentences" / "embeddings").rglob("*.npz"))
+    chunk_shards = list((tmp_path / "cache" / "embeddings").rglob("*.npz"))
+    again = CliRunner().invoke(sentence_view, [*args, "--cache-dir", str(tmp_path / "cache")])
+    assert json.loads(again.output) == out
+    assert list((tmp_path / "cache" / "embeddings").rglob("*.npz")) == chunk_shards
+    assert all(0.0 <= v["ndcg@10"] <= 1.0 for v in out["views"].values())

@@ -3,6 +3,7 @@ queries and triples deduplicated, confidence and false-negative filters applied,
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from server.learning.mining import MiningConfig, mine, mined_positive
@@ -382,8 +383,13 @@ def test_a_second_opinion_must_agree_on_the_positive_and_checks_the_vector_sides
     # Feedback still decides without the opinion's say.
     fed = mine(log, cfg, {"1": {"x": True}}, opinion=doubting)
     assert {t.positive_doc for t in fed.triples} == {"x"} and {t.kind for t in fed.triples} == {"feedback"}
+    # A positive the opinion cannot score (deleted meanwhile, blank) is not trusted either.
+    gone = _FixedOpinion({"x": 0.8, "y": 0.3, "z": 0.2})
+    assert mine(log, cfg, opinion=gone).skipped["positive_unscored"] == 1
     with pytest.raises(ValueError, match="second opinion"):
         mine(log, cfg)
+    with pytest.raises(ValueError, match="above negative_min_opinion_rank"):  # no document could be a negative
+        mine(log, MiningConfig(second_opinion_depth=2, negative_source="checked"), opinion=opinion)
     with pytest.raises(ValueError, match="checked"):
         mine(log, MiningConfig(negative_source="checked"))
 
@@ -404,8 +410,22 @@ def test_sentence_opinion_scores_a_document_by_its_best_sentence(tiny_model_path
     opinion.scores("c", "other", ["long", "short"])
     assert opinion.units_encoded == 3  # cached for the mining pass
 
+    class Broken:  # a model whose query vectors are zero or NaN has no opinion, rather than a tie to win
+        def __init__(self, value: float) -> None:
+            self.value = value
+
+        def encode_query(self, _text: str):
+            return np.full(4, self.value, dtype=np.float32)
+
+        def encode_documents(self, texts):
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    for value in (0.0, float("nan")):
+        assert SentenceOpinion(Broken(value), lambda _c, d: texts.get(d)).scores("c", "q", ["long"]) == {}
+
 
 def test_the_pipeline_asks_the_serving_model_for_the_second_opinion(tmp_path, tiny_model_path) -> None:
+    from server.bench.embed_cache import CachingEmbedder
     from server.learning.gate import GateConfig
     from server.learning.pipeline import collect_and_mine
     from server.learning.second_opinion import SentenceOpinion
@@ -418,9 +438,12 @@ def test_the_pipeline_asks_the_serving_model_for_the_second_opinion(tmp_path, ti
         for text in queries()[:12]:
             app.search("default", text)
         engine = app.engine()
+        engine.embedder = CachingEmbedder(engine.embedder, tmp_path / "cache")  # as `rift bench` wraps it
         cfg = MiningConfig(second_opinion_depth=5, negative_source="checked", negative_min_opinion_rank=1)
         mined = collect_and_mine(app.log, engine, cfg, GateConfig(holdout_fraction=0.0))
         assert mined.report.triples
+        # The opinion encodes with the model itself: sentences never reach the corpus-vector disk cache.
+        assert not list((tmp_path / "cache").rglob("*.npz"))
         opinion = SentenceOpinion(engine.embedder, lambda c, d: engine.state.document(c, d)[1])
         for t in mined.report.triples:
             scores = opinion.scores(t.collection, t.query, [t.positive_doc, t.negative_doc])

@@ -147,9 +147,12 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
     if not 0 <= out.get("second_opinion_depth", 0) <= 200:
         raise click.BadParameter("mining_second_opinion_depth must be between 0 and 200", param_hint="--set")
-    if out.get("negative_source") == "checked" and out.get("second_opinion_depth", 0) < 1:
+    from server.learning.mining import MiningConfig
+
+    floor = MiningConfig().negative_min_opinion_rank  # (ranks reach only as far as the candidates)
+    if out.get("negative_source") == "checked" and out.get("second_opinion_depth", 0) <= floor:
         raise click.BadParameter(
-            "learn_negative_source=checked needs mining_second_opinion_depth above 0", param_hint="--set"
+            f"learn_negative_source=checked needs mining_second_opinion_depth above {floor}", param_hint="--set"
         )
     if out.get("hard_positive_repeat", 1) < 1:
         raise click.BadParameter("mining_hard_positive_repeat must be 1 or more", param_hint="--set")

@@ -149,9 +149,11 @@ def _negatives(
     above: int | None = None,
     opinion_ranks: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """Blind spots of `cfg.negative_source` passing the false-negative guard (the other side does not rank them
-    near the top), best rank first; "both" alternates vector and keyword blind spots; "checked" needs
-    `opinion_ranks` (doc id -> 1-based rank by the second opinion)."""
+    """Negatives from `cfg.negative_source`, best rank first. "vector", "keyword" and "both" (alternating) take
+    blind spots that pass the false-negative guard (the other side does not rank them near the top); "fused"
+    (the hybrid's runners-up) and "checked" are unguarded by the keyword side: "checked" takes the vector side's
+    best documents that `opinion_ranks` (doc id -> 1-based rank by the second opinion) places below
+    `cfg.negative_min_opinion_rank`."""
 
     def blind_spots(side: Mapping[str, tuple[int, str]], other: Mapping[str, tuple[int, str]]) -> list[str]:
         out = []
@@ -293,8 +295,12 @@ def mine(
     cfg = config or MiningConfig()
     if cfg.second_opinion_depth > 0 and opinion is None:
         raise ValueError("second_opinion_depth needs a second opinion to ask")
-    if cfg.negative_source == "checked" and cfg.second_opinion_depth <= 0:
-        raise ValueError("negative source 'checked' needs second_opinion_depth above 0")
+    if cfg.negative_source == "checked" and cfg.second_opinion_depth <= cfg.negative_min_opinion_rank:
+        # (Ranks reach only as far as the candidates: with fewer, no document could ever be a negative.)
+        raise ValueError(
+            f"negative source 'checked' needs second_opinion_depth above negative_min_opinion_rank "
+            f"({cfg.negative_min_opinion_rank})"
+        )
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if cfg.negative_source not in NEGATIVE_SOURCES:
@@ -369,8 +375,9 @@ def mine(
                 report.skipped["positive_rejected_by_feedback"] += 1
                 continue
             ranks = ranks_for(pos)
-            if ranks is not None and kind not in ("fetched",) and ranks.get(pos) != 1:
-                report.skipped["positive_second_opinion_disagrees"] += 1
+            if ranks is not None and kind != "fetched" and ranks.get(pos) != 1:
+                # (No score at all: the document is gone or blank, or the model gave none.)
+                report.skipped["positive_second_opinion_disagrees" if pos in ranks else "positive_unscored"] += 1
                 continue
             above = v[pos][0] if cfg.strategy == "agreement" and pos in v else None
             negs = [n for n in _negatives(q, pos, cfg, v, k, above, ranks) if n not in opened]

@@ -64,7 +64,8 @@ def collect_and_mine(
             found = engine.state.document(collection, doc_id)
             return found[1] if found is not None else None
 
-        opinion = SentenceOpinion(engine.embedder, text_of)
+        # (The model itself: the bench wraps it in a disk cache of corpus vectors, no place for sentences.)
+        opinion = SentenceOpinion(getattr(engine.embedder, "inner", engine.embedder), text_of)
     report = mine(train, mining, feedback, fetched, load=query_log.by_ids, progress=progress, opinion=opinion)
     if opinion is not None:
         log.info(

@@ -36,7 +36,9 @@ def sentence_units(text: str) -> list[str]:
 
 class SentenceOpinion:
     """`scores(collection, query, doc_ids)` -> {doc_id: best sentence cosine} for the documents that still
-    exist; `text_of(collection, doc_id)` returns a document's text or None when it is gone."""
+    exist and score a finite number; `text_of(collection, doc_id)` returns a document's text or None when it
+    is gone. Pass the model itself, not the bench's disk cache of corpus vectors: sentences do not belong
+    there, and this class keeps its own vectors for the pass."""
 
     def __init__(self, embedder: Any, text_of: Callable[[str, str], str | None]) -> None:
         self._embedder = embedder
@@ -73,10 +75,15 @@ class SentenceOpinion:
         ids = list(dict.fromkeys(doc_ids))
         self._load(collection, ids)
         q = np.asarray(self._embedder.encode_query(query), dtype=np.float32)
-        q = q / (np.linalg.norm(q) or 1.0)
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0.0:  # a broken model has no opinion (it must not agree by a tie)
+            return {}
+        q = q / norm
         out: dict[str, float] = {}
         for doc_id in ids:
             units = self._units.get((collection, doc_id))
             if units is not None:
-                out[doc_id] = float(np.max(units @ q))
+                best = float(np.max(units @ q))
+                if np.isfinite(best):
+                    out[doc_id] = best
         return out
