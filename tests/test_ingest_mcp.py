@@ -112,6 +112,11 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
             client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=2, max_chars=5
         )
         assert window["text"] == doc["text"][2:7] and window["truncated"] and not window["fetch_recorded"]
+        length = len(doc["text"])
+        last = await ok(client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=length)
+        assert last["text"] == "" and not last["truncated"]  # a reader paging on stops at the end
+        message = await refused(client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=length + 1)
+        assert f"offset {length + 1} is past the end of document" in message and f"has {length} characters" in message
         # A read of a document that search never ranked is returned but not recorded as its usage signal.
         pdf_only = await ok(
             client, "hybrid_search", query="saguaro", collection="kb", filters={"file_type": "pdf"}

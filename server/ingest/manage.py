@@ -93,6 +93,8 @@ def get_document(
                     f"query_id {query_id!r} searched collection {logged.collection!r}, not {collection!r}"
                 )
     text, metadata, chunks, updated = engine.get_document(collection, doc_id)
+    if offset > len(text):  # (at the end exactly, the window is empty: a reader paging on stops there)
+        raise RiftError(f"offset {offset} is past the end of document {doc_id!r}, which has {len(text)} characters")
     end = len(text) if max_chars is None else offset + max_chars
     # Recorded only as a read of a document that search's response named (as `feedback` is): another document would
     # become that query's positive though the agent found it elsewhere.
