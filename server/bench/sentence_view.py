@@ -9,8 +9,8 @@ hybrid. The split's labels are read only to score.
     python -m server.bench.sentence_view --data ../shared/beir/scifact --split train
 
 Sentence vectors are cached apart from the corpus's (`.bench_cache/sentences`), so a second run encodes
-nothing. It is an analysis, not a
-feature: the README ("Learning from use", the second opinion) reports what it showed on the usage splits.
+nothing. It is an analysis, not a feature: the README ("Learning from use", the second opinion) reports what
+it showed on the usage splits, and that the evaluation splits did not confirm the fusion's gain.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ class MiningConfig:
     # this bare default keeps the miner's earlier behaviour for the mining-analysis variants that name none.
     negative_source: str = "vector"
     agreement_depth: int = 5
-    # An experiment, not yet a setting (README "Learning from use"): a second opinion of the same model, each
-    # candidate scored by its best sentence (server/learning/second_opinion.py), over the first
+    # An experiment, not a setting (measured no better; README "Learning from use"): a second opinion of the
+    # model, each candidate scored by its best sentence (server/learning/second_opinion.py), over the first
     # `second_opinion_depth` documents of both sides (0 = off). A mined positive must be that view's first as
     # well, and negative source "checked" takes the vector side's best documents that the view ranks below its
     # first `negative_min_opinion_rank` (the dense side's own wrong answers, which the other view doubts).
