@@ -609,7 +609,7 @@ def test_a_close_while_the_model_loads_does_not_wait_for_it_and_the_load_writes_
 def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash() -> None:
     import math
 
-    from server.engine.versions import MAX_ULPS, content_hash, exact_metadata
+    from server.engine.versions import MAX_ULPS, content_hash, exact_metadata, same_float
 
     written = {"mtime": 1796442811.1965353, "score": 0.1 + 0.2, "name": "a.md", "size": 12}
     doc_hash = content_hash("text", written, "v1 tokens=48")
@@ -623,3 +623,9 @@ def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash(
     assert exact_metadata("text", many, content_hash("text", many), ("",)) == many
     assert exact_metadata("text", {**many, "f0": math.nextafter(1.5, 2)}, content_hash("text", many), ("",)) is None
     assert exact_metadata("text", {"n": 1}, "x", ()) == {"n": 1}  # no float: nothing to make exact
+    # A stamp read back is the one written when it lies within MAX_ULPS of it (the undo of a failed write).
+    stamp = written["mtime"]
+    assert same_float(stamp, stamp) and same_float(1796442811.196535, stamp)
+    assert not same_float(stamp + (MAX_ULPS + 1) * math.ulp(stamp), stamp)
+    assert not same_float(True, 1.0) and not same_float("1.0", 1.0) and not same_float(None, 1.0)
+    assert not same_float(stamp, None)

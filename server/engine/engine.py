@@ -53,7 +53,7 @@ from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_C
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering
-from server.engine.versions import content_hash
+from server.engine.versions import content_hash, same_float
 from server.errors import NotFoundError, RiftError
 
 log = logging.getLogger(__name__)
@@ -1498,8 +1498,11 @@ class Engine:
             gone = self._gone_from_server(chroma_name, exc)
             try:
                 if self.shared is not None and mine and not gone:
-                    # ... nor those another process uploaded since (the same text: stamped by it now)
-                    theirs = {c for c, _, m in self.vectors.get(chroma_name, mine) if m.get("_rift_ts") != written}
+                    # ... nor those another process uploaded since (the same text: stamped by it now). The stamp
+                    # may come back a few ULPs off; taken for another's, this write's chunks would stay for good.
+                    theirs = {
+                        c for c, _, m in self.vectors.get(chroma_name, mine) if not same_float(m.get("_rift_ts"), written)
+                    }
                     mine = [c for c in mine if c not in theirs]
                 self.vectors.delete(chroma_name, mine)
                 self.state.journal_clear(journal_id)

@@ -32,6 +32,13 @@ def content_hash(text: str, metadata: Mapping[str, Any] | None = None, chunking:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def same_float(found: Any, written: float | None) -> bool:
+    """Whether a float read back from Chroma is `written` (within MAX_ULPS of it; a bool or text never is)."""
+    if written is None or isinstance(found, bool) or not isinstance(found, int | float):
+        return False
+    return abs(float(found) - written) <= MAX_ULPS * math.ulp(written)
+
+
 def _near(value: float) -> list[float]:
     """`value` first, then the floats up to MAX_ULPS away from it, nearest first."""
     out, up, down = [value], value, value
