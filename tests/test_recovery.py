@@ -619,9 +619,17 @@ def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash(
     assert exact_metadata("text", off, doc_hash, ("other chunking",)) is None  # hashes to no version
     far = {**written, "mtime": written["mtime"] + (MAX_ULPS + 1) * 2.4e-7}
     assert exact_metadata("text", far, doc_hash, ("v1 tokens=48",)) is None
-    many = {f"f{i}": 1.5 for i in range(3)}  # too many floats to try every combination (but exact as read)
-    assert exact_metadata("text", many, content_hash("text", many), ("",)) == many
-    assert exact_metadata("text", {**many, "f0": math.nextafter(1.5, 2)}, content_hash("text", many), ("",)) is None
+    # Many floats: the fewest ULPs moved are tried first, so the one that drifted is found (9 ** 6 in all).
+    many = {f"f{i}": 1.5 + i for i in range(5)} | {"mtime": written["mtime"]}
+    drifted = {**many, "mtime": 1796442811.196535, "f3": math.nextafter(4.5, 5)}
+    assert exact_metadata("text", drifted, content_hash("text", many), ("",)) == many
+    # ... within MAX_COMBINATIONS tries: every float off by MAX_ULPS is past them.
+    def far_off(v: float) -> float:
+        for _ in range(MAX_ULPS):
+            v = math.nextafter(v, math.inf)
+        return v
+
+    assert exact_metadata("text", {k: far_off(v) for k, v in many.items()}, content_hash("text", many), ("",)) is None
     assert exact_metadata("text", {"n": 1}, "x", ()) == {"n": 1}  # no float: nothing to make exact
     # A stamp read back is the one written when it lies within MAX_ULPS of it (the undo of a failed write).
     stamp = written["mtime"]

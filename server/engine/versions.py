@@ -13,13 +13,14 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-# How far (in units in the last place) a float may come back from Chroma, and how many combinations of a
-# document's floats are tried before its metadata is kept as it came.
+# How far (in units in the last place) a float may come back from Chroma (measured: a time stamp at most 1,
+# other floats up to 3), and how many combinations of a document's floats are tried, fewest ULPs moved first,
+# before its metadata is kept as it came (each try hashes the whole text).
 MAX_ULPS = 4
-MAX_COMBINATIONS = 81  # (two floats: each try hashes the whole text)
+MAX_COMBINATIONS = 81
 
 
 def content_hash(text: str, metadata: Mapping[str, Any] | None = None, chunking: str = "") -> str:
@@ -53,18 +54,41 @@ def exact_metadata(
 ) -> dict[str, Any] | None:
     """`metadata` as read back from Chroma, with its floats set to the writer's values: the ones with which
     the document hashes to `doc_hash` under one of `chunkings` (`metadata` itself when it has no float or
-    came back exact). None when none does (another chunking, a text rebuilt inexactly) or when there are too
-    many floats to try."""
+    came back exact). None when none of the MAX_COMBINATIONS nearest combinations does (another chunking, a
+    text rebuilt inexactly, floats further off)."""
     floats = [k for k, v in metadata.items() if isinstance(v, float) and math.isfinite(v)]
     if not floats:
         return metadata
     if any(content_hash(text, metadata, c) == doc_hash for c in chunkings):
         return metadata  # (came back exact)
-    if 9 ** len(floats) > MAX_COMBINATIONS:
-        return None
     # (The first combination is the values as read: tried above.)
-    for combo in itertools.islice(itertools.product(*(_near(metadata[k]) for k in floats)), 1, None):
+    tries = itertools.islice(_fewest_ulps_first([metadata[k] for k in floats]), 1, MAX_COMBINATIONS + 1)
+    for combo in tries:
         candidate = {**metadata, **dict(zip(floats, combo, strict=True))}
         if any(content_hash(text, candidate, c) == doc_hash for c in chunkings):
             return candidate
     return None
+
+
+def _fewest_ulps_first(values: Sequence[float]) -> Iterator[tuple[float, ...]]:
+    """Every combination of `values` and their neighbours up to MAX_ULPS away, in order of the ULPs moved in
+    all: most floats come back exact, so with many floats (front matter's numbers beside a file's mtime) the
+    one that drifted is found among the first tries, where trying every combination would be 9 ** n."""
+    options = [_near(v) for v in values]  # (option i lies (i + 1) // 2 ULPs away)
+
+    def spend(at: int, left: int) -> Iterator[tuple[float, ...]]:
+        if at == len(options):
+            if left == 0:
+                yield ()
+            return
+        for i, value in enumerate(options[at]):
+            cost = (i + 1) // 2
+            if cost > left:
+                break
+            if at == len(options) - 1 and cost != left:
+                continue
+            for rest in spend(at + 1, left - cost):
+                yield (value, *rest)
+
+    for total in range(MAX_ULPS * len(values) + 1):
+        yield from spend(0, total)
