@@ -630,6 +630,10 @@ def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash(
         return v
 
     assert exact_metadata("text", {k: far_off(v) for k, v in many.items()}, content_hash("text", many), ("",)) is None
+    # One float alone drifted as far as MAX_ULPS is found whichever key it is.
+    for key in many:
+        one = {**many, key: far_off(many[key])}
+        assert exact_metadata("text", one, content_hash("text", many), ("",)) == many, key
     assert exact_metadata("text", {"n": 1}, "x", ()) == {"n": 1}  # no float: nothing to make exact
     # A stamp read back is the one written when it lies within MAX_ULPS of it (the undo of a failed write).
     stamp = written["mtime"]
@@ -637,3 +641,76 @@ def test_float_metadata_read_back_from_chroma_is_made_exact_by_its_version_hash(
     assert not same_float(stamp + (MAX_ULPS + 1) * math.ulp(stamp), stamp)
     assert not same_float(True, 1.0) and not same_float("1.0", 1.0) and not same_float(None, 1.0)
     assert not same_float(stamp, None)
+
+
+def test_a_repair_stops_trying_to_make_floats_exact_when_most_documents_match_no_version(monkeypatch) -> None:
+    """Each try hashes a whole document: once one document matched, every later one written under another
+    chunking cost 81 hashes per chunking (helper AJ: 100,000 documents, minutes of start-up). The repair
+    gives up when misses outnumber matches, and in any case after MAX_MISSES."""
+    import math
+
+    import server.engine.versions as versions
+    from server.engine.reconcile import GIVE_UP_AFTER, MISS_RATIO, reconcile_with_chroma
+
+    class Tokens:
+        def tokenize(self, texts):
+            return [[] for _ in texts]
+
+    class State:
+        def chunk_keys(self, _c, _ids):
+            return {}
+
+        def orphan_documents(self, _c):
+            return []
+
+        def apply(self, *_args, **_kwargs) -> None:
+            pass
+
+    class Store:
+        def __init__(self, chunks):
+            self.chunks = chunks
+
+        def get(self, _name, _ids):
+            return self.chunks
+
+    def chunks(count: int, matching: set[int]) -> list:
+        out = []
+        for d in range(count):
+            text = f"document {d} about the river"
+            meta = {"mtime": 1796442811.1965353 + d, "weight": 0.5, "rating": 4.25}
+            doc_hash = versions.content_hash(text, meta, "current" if d in matching else "other")
+            drifted = {**meta, "mtime": math.nextafter(meta["mtime"], 0)}
+            reserved = {"_rift_doc": f"d{d}", "_rift_hash": doc_hash, "_rift_n": 1, "_rift_idx": 0, "_rift_ts": 1.0}
+            out.append((f"c{d}", text, {**drifted, **reserved}))
+        return out
+
+    hashes = 0
+    real = versions.content_hash
+
+    def counted(*args, **kwargs):
+        nonlocal hashes
+        hashes += 1
+        return real(*args, **kwargs)
+
+    def repair(count: int, matching: set[int]) -> tuple[int, int]:
+        nonlocal hashes
+        fetched = chunks(count, matching)
+        hashes = 0
+        monkeypatch.setattr(versions, "content_hash", counted)
+        try:
+            delta = reconcile_with_chroma(
+                Store(fetched), State(), Tokens(), "files", "x", in_chroma={c for c, _, _ in fetched},
+                chunkings=("current", ""),
+            )
+        finally:
+            monkeypatch.setattr(versions, "content_hash", real)
+        exact = sum(meta["mtime"] == 1796442811.1965353 + int(d[1:]) for d, _h, _t, meta in delta.put_docs)
+        return exact, hashes
+
+    # A three-float document is made exact (the front matter's numbers never drifted, the mtime did).
+    assert repair(3, {0, 1, 2})[0] == 3
+    # The first matches, the rest were written under another chunking: the tries stop after a few dozen.
+    exact, tried = repair(300, {0})
+    assert exact == 1
+    per_miss = 2 * versions.MAX_COMBINATIONS  # (two chunkings)
+    assert tried <= (MISS_RATIO + 2) * (GIVE_UP_AFTER + 1) * per_miss + 300 * 2

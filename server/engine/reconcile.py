@@ -29,8 +29,13 @@ GAP_BEFORE = "_rift_gap"  # the document's text between the previous chunk (or i
 GAP_AFTER = "_rift_tail"  # on the last chunk: the document's text after it
 # Longer gaps are cut (a repair then rebuilds them shorter); they are rarely more than "\n\n".
 MAX_GAP_CHARS = 512
-# Documents in a row whose floats match no version hash before a repair stops trying (another chunking).
+# When a repair stops trying to make documents' floats exact (each try hashes a whole document, up to
+# versions.MAX_COMBINATIONS tries per chunking): after GIVE_UP_AFTER documents that match no version hash
+# while they outnumber those that do MISS_RATIO to one (another chunking), and in any case after MAX_MISSES.
+# A document past that keeps its floats as read: a file's sync reads it again, nothing is lost.
 GIVE_UP_AFTER = 20
+MISS_RATIO = 4
+MAX_MISSES = 1000
 
 
 @dataclass
@@ -169,7 +174,7 @@ def reconcile_with_chroma(
         if any(isinstance(v, float) for v in user_meta.values()):  # (only those tell whether tries succeed)
             found += exact is not None
             misses += exact is None
-        if not found and misses >= GIVE_UP_AFTER:  # (cut otherwise: each try hashes a whole document)
+        if (misses >= GIVE_UP_AFTER and misses > MISS_RATIO * found) or misses >= MAX_MISSES:
             chunkings = ()
         if exact is not None and exact is not user_meta:  # (the chunks carry the document's keys too)
             user_meta = exact

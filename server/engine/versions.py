@@ -59,15 +59,30 @@ def exact_metadata(
     floats = [k for k, v in metadata.items() if isinstance(v, float) and math.isfinite(v)]
     if not floats:
         return metadata
+    if not chunkings:  # (nothing to hash against: a repair that gave up)
+        return None
     if any(content_hash(text, metadata, c) == doc_hash for c in chunkings):
         return metadata  # (came back exact)
     # (The first combination is the values as read: tried above.)
-    tries = itertools.islice(_fewest_ulps_first([metadata[k] for k in floats]), 1, MAX_COMBINATIONS + 1)
+    tries = itertools.islice(_combinations([metadata[k] for k in floats]), 1, MAX_COMBINATIONS + 1)
     for combo in tries:
         candidate = {**metadata, **dict(zip(floats, combo, strict=True))}
         if any(content_hash(text, candidate, c) == doc_hash for c in chunkings):
             return candidate
     return None
+
+
+def _combinations(values: Sequence[float]) -> Iterator[tuple[float, ...]]:
+    """The values as read, then each float alone moved up to MAX_ULPS (the usual drift: one float off), then
+    the rest fewest ULPs first; each combination once."""
+    seen: set[tuple[float, ...]] = set()
+    singles = (
+        (*values[:i], near, *values[i + 1 :]) for i, value in enumerate(values) for near in _near(value)
+    )
+    for combo in itertools.chain([tuple(values)], singles, _fewest_ulps_first(values)):
+        if combo not in seen:
+            seen.add(combo)
+            yield combo
 
 
 def _fewest_ulps_first(values: Sequence[float]) -> Iterator[tuple[float, ...]]:
