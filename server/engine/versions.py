@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 # How far (in units in the last place) a float may come back from Chroma (measured: a time stamp at most 1,
-# other floats up to 3), and how many combinations of a document's floats are tried, fewest ULPs moved first,
-# before its metadata is kept as it came (each try hashes the whole text).
+# other floats up to 3), and how many combinations of a document's floats are tried (each float alone first,
+# then fewest ULPs moved in all) before its metadata is kept as it came (each try hashes the whole text).
 MAX_ULPS = 4
 MAX_COMBINATIONS = 81
 
