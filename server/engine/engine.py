@@ -2105,10 +2105,10 @@ class Engine:
             # One side found nothing (a query of stopwords only has no keyword terms): the other ranks alone, as
             # in a one-sided search, even with a weight of 0, which would otherwise leave no hits at all.
             w = (w[0] or 1, w[1] or 1)
-        fused = rrf([v_keys, k_keys], k=rrf_k or self.settings.rrf_k, weights=w, limit=k)
+        rrf_k = rrf_k or self.settings.rrf_k
+        fused = rrf([v_keys, k_keys], k=rrf_k, weights=w, limit=k)
         if group_by_document:
-            fused_docs = (key_ for key_, _ in fused)
-            best = _shown_chunks(fused_docs, vector_chunks, keyword_chunks, w, rrf_k or self.settings.rrf_k)
+            best = _shown_chunks((key_ for key_, _ in fused), vector_chunks, keyword_chunks, w, rrf_k)
         else:  # (keys are chunks: either side's candidate is that chunk)
             best = {
                 key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused

@@ -385,10 +385,6 @@ def _as_chroma_compares(stored: Any, operand: Any) -> Any:
 
 def equal_mask(col: np.ndarray, value: Scalar) -> np.ndarray:
     """Which of a column's values a filter's {"field": value} matches (as in memory and in Chroma)."""
-    return _typed_equal(col, value)
-
-
-def _typed_equal(col: np.ndarray, value: Scalar) -> np.ndarray:
     # Python says True == 1; Chroma does not, so compare type classes too.
     if _wide_int(value):
         eq = np.fromiter((v == _as_chroma_compares(v, value) for v in col), bool, len(col))
@@ -434,9 +430,9 @@ def mask(node: Node | None, columns: MetadataColumns) -> np.ndarray | None:
             }[node.op]
     col = columns.objects(node.field)
     if node.op in ("$eq", "$ne"):
-        eq = _typed_equal(col, node.value)
+        eq = equal_mask(col, node.value)
         return eq if node.op == "$eq" else ~eq
     hit = np.zeros(columns.size, dtype=bool)
     for v in node.value:
-        hit |= _typed_equal(col, v)
+        hit |= equal_mask(col, v)
     return hit if node.op == "$in" else ~hit

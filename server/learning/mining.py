@@ -125,7 +125,8 @@ class MiningReport:
 
 
 def _ranks(items: Sequence[tuple[str, str, float]]) -> dict[str, tuple[int, str]]:
-    """doc id -> (1-based rank, best chunk id); the lists are already grouped by document when logged."""
+    """doc id -> (1-based rank, best chunk id), in rank order; the lists are already grouped by document when
+    logged."""
     out: dict[str, tuple[int, str]] = {}
     for i, (doc, chunk, _score) in enumerate(items, 1):
         out.setdefault(doc, (i, chunk))
@@ -171,7 +172,7 @@ def _negatives(
         picked = after[: cfg.negative_max_vector_rank]
     elif cfg.negative_source == "checked":
         ranks = opinion_ranks or {}
-        in_order = [d for d, _ in sorted(v.items(), key=lambda kv: kv[1][0])][: cfg.second_opinion_depth]
+        in_order = list(v)[: cfg.second_opinion_depth]  # (`_ranks` keeps rank order)
         picked = [
             d for d in in_order if d != positive and d in ranks and ranks[d] > cfg.negative_min_opinion_rank
         ]
@@ -256,10 +257,8 @@ def _opinion_ranks(
 ) -> dict[str, int]:
     """doc id -> 1-based rank by the second opinion among both sides' first `second_opinion_depth` documents and
     the positive."""
-    def first(side: Mapping[str, tuple[int, str]]) -> list[str]:
-        return [d for d, _ in sorted(side.items(), key=lambda kv: kv[1][0])][: cfg.second_opinion_depth]
-
-    scores = opinion.scores(q.collection, q.query, [positive, *first(v), *first(k)])
+    depth = cfg.second_opinion_depth  # (`_ranks` keeps rank order)
+    scores = opinion.scores(q.collection, q.query, [positive, *list(v)[:depth], *list(k)[:depth]])
     return {d: i for i, d in enumerate(sorted(scores, key=lambda d: -scores[d]), 1)}
 
 
