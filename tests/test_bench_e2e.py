@@ -324,3 +324,22 @@ def test_sentence_view_analysis_scores_each_view_against_the_hybrid(tmp_path: Pa
     assert json.loads(again.output) == out
     assert list((tmp_path / "cache" / "embeddings").rglob("*.npz")) == chunk_shards
     assert all(0.0 <= v["ndcg@10"] <= 1.0 for v in out["views"].values())
+
+
+def test_query_bank_analysis_scores_each_setting_against_the_plain_fusion(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`python -m server.bench.query_bank` (the README's querybank figures): usage texts form the bank, the
+    evaluation split is scored; with one split for both, 80 % is the bank and the rest is scored."""
+    from server.bench.query_bank import BETAS
+    from server.bench.query_bank import main as query_bank
+
+    data = write_beir_with_usage(tmp_path / "tiny")
+    common = ["--data", str(data), "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(query_bank, [*common, "--split", "test", "--usage-split", "train"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert (out["bank_queries"], out["queries"]) == (len(USAGE), len(QUERIES))
+    assert len(out["rows"]) == 2 * len(BETAS) and 0.0 <= out["hybrid"] <= 1.0
+    assert all(len(r["vector"]) == len(r["hybrid"]) == 3 for r in out["rows"])
+    inside = CliRunner().invoke(query_bank, [*common, "--split", "train", "--usage-split", "train"])
+    assert inside.exit_code == 0, inside.output
+    assert (json.loads(inside.output)["bank_queries"], json.loads(inside.output)["queries"]) == (4, 1)

@@ -292,3 +292,27 @@ def test_mining_cost_bench_mines_a_synthetic_log() -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["searches"] == 60 and out["triples"] > 0 and out["holdout"] > 0 and out["mining_s"] >= 0
+
+
+def test_query_bank_normalisation_discounts_a_chunk_near_every_logged_query() -> None:
+    """`python -m server.bench.query_bank`: a hub (a chunk close to every bank query) loses its lead; with
+    `dynamic`, only queries whose nearest chunk is some bank query's nearest chunk are changed."""
+    from server.bench.query_bank import bank_penalty, document_ranking, normalized
+
+    # Chunks: 0 the hub (doc "h"), 1 and 2 two chunks of doc "a", 3 of doc "b".
+    bank_scores = np.array([[0.9, 0.1, 0.0, 0.2], [0.8, 0.0, 0.1, 0.3], [0.85, 0.2, 0.1, 0.0]])
+    owners = ["h", "a", "a", "b"]
+    query = np.array([0.7, 0.6, 0.65, 0.1])
+    assert document_ranking(query, owners) == ["h", "a", "b"]  # a document scores as its best chunk
+    assert document_ranking(query, owners, depth=2) == ["h", "a"]
+    penalty = bank_penalty(bank_scores, beta=10.0)
+    expected = [np.log(np.exp(10.0 * bank_scores[:, j]).sum()) for j in range(4)]
+    assert np.allclose(penalty, expected)
+    assert document_ranking(normalized(query, penalty, 10.0), owners)[0] == "a"
+    hubs = set(np.argmax(bank_scores, axis=1).tolist())
+    assert hubs == {0}
+    assert document_ranking(normalized(query, penalty, 10.0, hubs), owners)[0] == "a"  # its nearest is the hub
+    elsewhere = np.array([0.1, 0.6, 0.2, 0.5])  # nearest chunk is no bank query's nearest: left as it was
+    assert normalized(elsewhere, penalty, 10.0, hubs) is elsewhere
+    # Large scores do not overflow: the penalty is computed from the bank's best score down.
+    assert np.isfinite(bank_penalty(bank_scores, beta=5000.0)).all()
