@@ -445,11 +445,16 @@ class Settings(BaseSettings):
     def _known_stopwords(cls, value: str | None) -> str | None:
         import bm25s
 
+        from server.engine.keyword_index import RIFT_STOPWORDS
+
+        if value in RIFT_STOPWORDS:
+            return value
         try:
             bm25s.tokenize(["a"], stopwords=value, show_progress=False)
         except Exception:
             raise ValueError(
-                f"unknown stopword list {value!r}; bm25s knows e.g. en, de, fr, es, it, pt, nl, sv, ru, zh"
+                f"unknown stopword list {value!r}; rift has {', '.join(RIFT_STOPWORDS)}, bm25s e.g. en, de, fr, "
+                "es, it, pt, nl, sv, ru, zh"
             ) from None
         return value
 

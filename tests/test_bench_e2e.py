@@ -343,3 +343,23 @@ def test_query_bank_analysis_scores_each_setting_against_the_plain_fusion(tmp_pa
     inside = CliRunner().invoke(query_bank, [*common, "--split", "train", "--usage-split", "train"])
     assert inside.exit_code == 0, inside.output
     assert (json.loads(inside.output)["bank_queries"], json.loads(inside.output)["queries"]) == (4, 1)
+
+
+def test_compare_pairs_each_query_of_the_defaults_and_the_changed_settings(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`python -m server.bench.compare`: the same queries through two stores, the change paired per query."""
+    from server.bench.compare import main as compare
+
+    data = write_beir(tmp_path / "tiny")
+    common = ["--data", str(data), "--split", "test", "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "c")]
+    same = CliRunner().invoke(compare, [*common, "--set", "rrf_k=20", "--mode", "hybrid", "--mode", "keyword"])
+    assert same.exit_code == 0, same.output
+    out = json.loads(same.output)
+    assert out["queries"] == len(QUERIES) and set(out["ndcg@10"]) == {"hybrid", "keyword"}
+    for row in out["ndcg@10"].values():  # the default is 20: nothing moves
+        assert row["base"] == row["changed"] and row["delta"] == 0.0 and row["queries_moved"] == 0
+    # A real change, in one mode only.
+    other = CliRunner().invoke(compare, [*common, "--set", "stemmer_language=none", "--mode", "keyword"])
+    assert other.exit_code == 0, other.output
+    assert set(json.loads(other.output)["ndcg@10"]) == {"keyword"}
+    bad = CliRunner().invoke(compare, [*common, "--set", "stopwords=klingon"])
+    assert bad.exit_code == 2 and "unknown stopword list 'klingon'" in bad.output and "Traceback" not in bad.output

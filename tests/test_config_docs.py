@@ -48,6 +48,9 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
         with pytest.raises(ValidationError, match=next(iter(bad))):
             Settings(**bad)
     assert Settings(stopwords="de", stemmer_language=None).stopwords == "de"
+    assert Settings(stopwords="en_questions").stopwords == "en_questions"  # rift's own list
+    with pytest.raises(ValidationError, match="rift has en_questions"):
+        Settings(stopwords="english_questions")
     # TOML has no null, and an empty variable means unset: "" and "none" turn these off.
     assert Settings(stopwords="", stemmer_language="none").model_dump(
         include={"stopwords", "stemmer_language"}

@@ -233,3 +233,22 @@ def test_english_tokens_are_bm25s_own_with_lone_letters_and_digits() -> None:
 def test_one_character_names_are_keyword_terms(text: str, query: str) -> None:
     doc, q = KeywordTokenizer().tokenize([text, query])
     assert q and set(q) <= set(doc)
+
+
+def test_en_questions_drops_what_an_agents_question_says_about_itself_not_its_topic() -> None:
+    """rift's own list: bm25s' English one plus question words, auxiliaries and pronouns; the letters the
+    tokenizer splits off and words that carry a query's meaning stay terms."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    from server.engine.keyword_index import RIFT_STOPWORDS, stopword_list
+
+    asked = KeywordTokenizer("english", "en_questions").tokenize(["How do I configure my Chroma server?"])[0]
+    assert asked == ["configur", "chroma", "server"]
+    assert KeywordTokenizer("english", "en").tokenize(["How do I configure my Chroma server?"])[0] == [
+        "how", "do", "i", "configur", "my", "chroma", "server"
+    ]
+    kept = KeywordTokenizer(None, "en_questions").tokenize(["T cells need vitamin D more after exercise"])[0]
+    assert kept == ["t", "cells", "need", "vitamin", "d", "more", "after", "exercise"]
+    assert set(STOPWORDS_EN) < set(RIFT_STOPWORDS["en_questions"])
+    assert (stopword_list(None), stopword_list(""), stopword_list("de")) == ([], [], "de")
+    assert KeywordTokenizer(None, "en_questions").signature != KeywordTokenizer(None, "en").signature

@@ -29,6 +29,7 @@ from typing import Any
 import bm25s
 import numpy as np
 import regex
+from bm25s.stopwords import STOPWORDS_EN
 
 from server.engine.exact_vectors import VectorRows, top_rows
 from server.engine.filters import MetadataColumns, Node, mask
@@ -115,6 +116,33 @@ def _grams(token: str) -> Sequence[str]:
     return (token,)
 
 
+# rift's own stopword lists, named beside bm25s' ("en", "de", ...). "en_questions": bm25s' English list (Lucene's
+# 33 words) plus the question words, auxiliaries and pronouns that an agent's question carries ("how do I ...",
+# "what does my ..."), which are no topic. Not bm25s' larger "en_plus" (NLTK's): that also drops the letters the
+# tokenizer splits off ("T cells", "vitamin D") and words that carry meaning in a query ("more", "after",
+# "against", "few"). Measured in the README ("Benchmarks").
+QUESTION_WORDS = frozenset(
+    (
+        "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "do", "does", "did", "doing", "i",
+        "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours", "yourself", "yourselves",
+        "he", "him", "his", "himself", "she", "her", "hers", "herself", "its", "itself", "them", "theirs",
+        "themselves", "can", "could", "would", "should", "shall", "might", "must", "am", "been", "being", "have",
+        "has", "having", "had", "were", "from", "about", "than", "so", "any", "some",
+    )
+)
+RIFT_STOPWORDS: dict[str, tuple[str, ...]] = {
+    "en_questions": tuple(sorted(set(STOPWORDS_EN) | QUESTION_WORDS)),
+}
+
+
+def stopword_list(name: str | None) -> str | list[str]:
+    """What bm25s' tokenizer takes for the setting `stopwords`: rift's own list by that name, else the name (one
+    of bm25s' lists); no name, no stopwords."""
+    if not name:
+        return []
+    return list(RIFT_STOPWORDS[name]) if name in RIFT_STOPWORDS else name
+
+
 class KeywordTokenizer:
     """Words (see `_words`) without stopwords, stemmed by PyStemmer through bm25s' own tokenizer; CJK runs then
     become their characters and bigrams, Thai, Lao, Khmer and Myanmar runs their bigrams. The stopword list
@@ -130,7 +158,7 @@ class KeywordTokenizer:
             import Stemmer
 
             self._stemmer = Stemmer.Stemmer(stemmer_language)
-        self._stopwords = stopwords or []
+        self._stopwords = stopword_list(stopwords)
 
     def stem(self, word: str) -> str:
         """One word as the index stores it (lower-cased, stemmed); stopwords are not filtered here."""
