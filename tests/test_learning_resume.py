@@ -50,10 +50,11 @@ def _stopped_while_training(settings, at_step: int) -> tuple[ResumePlan, str]:
     try:
         fill_two_collections(rift)
         base = rift.learning.registry.serving().version
-        _training(rift, at_step=at_step)
+        job = _training(rift, at_step=at_step)
     finally:
         rift.close()  # a shutdown: the job stops and keeps what it did
     [plan] = resume.pending(settings.models_dir)
+    assert plan.job_id == job.id  # the id `retrain` returned, for the job that continues it
     return plan, base
 
 
@@ -85,8 +86,9 @@ def test_a_retrain_stopped_by_shutdown_continues_at_the_next_start(tmp_path: Pat
     rift = _serve(settings)
     try:
         job = rift.learning.jobs.get()
+        assert job.id == plan.job_id  # a client polling the id it was given still finds its job
         rift.learning.jobs.wait(180)
-        status = rift.learning.status(job.id)
+        status = rift.learning.status(plan.job_id)
         assert status["status"] == "succeeded", status
         assert status["params"]["resumed"] is True
         assert status["result"]["train"]["resumed_at_step"] == step
@@ -438,3 +440,36 @@ def test_an_edited_plan_keeps_its_place_among_plans(tmp_path: Path) -> None:
     resume.save(tmp_path, older, keep_mtime=True)
     assert [p.version for p in resume.pending(tmp_path)] == ["v1", "v2"]
     assert resume.pending(tmp_path)[0].rows == []
+
+
+def test_a_plan_from_before_job_ids_were_kept_still_loads(tmp_path: Path) -> None:
+    """Plans written by older versions have no job_id: they load, and their continued job gets a new one."""
+    from dataclasses import asdict
+
+    plan = ResumePlan("v", None, "m", "", "", {}, [["q", "p", "n"]], "s", {}, [], {}, job_id="abc")
+    old = {k: v for k, v in asdict(plan).items() if k != "job_id"}
+    resume.plan_path(tmp_path, "v").write_text(json.dumps(old))
+    [loaded] = resume.pending(tmp_path)
+    assert loaded.job_id is None and loaded.rows == plan.rows
+    resume.save(tmp_path, plan)
+    assert resume.pending(tmp_path)[0].job_id == "abc"
+
+
+def test_a_continued_job_keeps_its_id_and_an_unknown_id_says_why() -> None:
+    from server.errors import NotFoundError
+    from server.learning.jobs import JobRunner
+
+    runner = JobRunner()
+    with pytest.raises(NotFoundError, match="no learning job has run since the server started") as none:
+        runner.get("e2dcbc399205")
+    assert "unknown job_id 'e2dcbc399205'" in str(none.value)
+    job = runner.start("retrain", {"resumed": True}, lambda job: {"status": "succeeded"}, job_id="e2dcbc399205")
+    runner.wait(5)
+    assert job.id == "e2dcbc399205" and runner.get("e2dcbc399205") is job
+    with pytest.raises(NotFoundError) as gone:
+        runner.get("0123456789ab")
+    said = str(gone.value)
+    assert "the latest job is e2dcbc399205 (retrain, succeeded)" in said
+    assert "not kept across server restarts" in said and "continues under its own job_id" in said
+    fresh = runner.start("retrain", {}, lambda job: {"status": "succeeded"})
+    assert len(fresh.id) == 12 and fresh.id != job.id

@@ -100,6 +100,19 @@ class Job:
         return f"a {self.kind} job is already running (job_id {self.id}, phase {self.phase}); wait for it or cancel it"
 
 
+def _unknown_job(job_id: str, latest: Job | None) -> str:
+    """Why `job_id` is not known, and where to look instead: an id from before a restart is the usual cause."""
+    now = (
+        f"the latest job is {latest.id} ({latest.kind}, {latest.status})"
+        if latest is not None
+        else "no learning job has run since the server started"
+    )
+    return (
+        f"unknown job_id {job_id!r}: {now}. Jobs are not kept across server restarts (a retrain the restart "
+        "interrupted continues under its own job_id); list_models shows every model version, with its gate numbers"
+    )
+
+
 class JobRunner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -113,13 +126,16 @@ class JobRunner:
         params: dict[str, Any],
         work: Callable[[Job], dict[str, Any]],
         result: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """Start `work` in the background; `result` seeds the job's result."""
+        """Start `work` in the background; `result` seeds the job's result. `job_id`: the id of a job an
+        earlier process started, continued here (a new one when None)."""
 
         with self._lock:
             if self._current is not None and self._current.status == "running":
                 raise RiftError(self._current.busy())
-            job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params, result=dict(result or {}))
+            job = Job(id=job_id or uuid.uuid4().hex[:12], kind=kind, params=params, result=dict(result or {}))
+            self._jobs.pop(job.id, None)  # (an id reused is the latest job: listed last, pruned last)
             self._jobs[job.id] = job
             if len(self._jobs) > 50:
                 for old in list(self._jobs)[: len(self._jobs) - 50]:
@@ -162,8 +178,9 @@ class JobRunner:
                     )
                 return self._current
             job = self._jobs.get(job_id)
+            latest = self._current
         if job is None:
-            raise NotFoundError(f"unknown job_id {job_id!r}")
+            raise NotFoundError(_unknown_job(job_id, latest))
         return job
 
     def discard(self, job_id: str) -> None:

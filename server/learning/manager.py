@@ -349,6 +349,7 @@ class LearningManager:
                     holdout=[q.query_id for q in mined.holdout],
                     params=params,
                     result=dict(job.result),
+                    job_id=job.id,
                 )
                 self.policy.note_started()
             except BaseException as exc:
@@ -416,10 +417,12 @@ class LearningManager:
             # The serving model is the one the plan started from; read its weights from where they are now
             # (a data dir moved since keeps its fine-tunes, not their old absolute paths).
             plan.base_location = self.engine.embedder.spec.location
+            plan.job_id = job.id  # (a plan from before rift kept ids: its next continuation keeps this one)
             holdout = [q for q in (self.log.get(qid) for qid in plan.holdout) if q is not None]
             return self._retrain_job(job, plan, holdout, self.log.feedback_map())
 
-        self.jobs.start("retrain", {**plan.params, "resumed": True}, work, result=plan.result)
+        params = {**plan.params, "resumed": True}
+        self.jobs.start("retrain", params, work, result=plan.result, job_id=plan.job_id)
 
     def _too_few_triples(self, triples: int, mined: Any, need: int) -> str:
         """Why a retrain is refused, with the advice that can help: searching more cannot while the log is off,

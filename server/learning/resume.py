@@ -44,6 +44,9 @@ class ResumePlan:
     row_collections: list[str] = field(default_factory=list)
     # Rows were removed after training began: its checkpoints learnt from other data, so training starts again.
     restart: bool = False
+    # The job's id, kept when it continues so the id `retrain` returned still answers `retrain_status` after a
+    # restart (None in plans from before rift recorded it: the continued job gets a new one).
+    job_id: str | None = None
 
     def rows_of(self, collection: str) -> int:
         """How many rows came from `collection` (all of them when the plan does not say)."""
