@@ -428,13 +428,20 @@ def test_a_retrain_cancelled_while_mining_ends_cancelled(
         rift.close()
 
 
-@pytest.mark.parametrize("cause", ["log_off", "margin"])
+@pytest.mark.parametrize("cause", ["log_off", "margin", "deleted"])
 def test_a_refusal_says_what_would_help(tmp_path: Path, tiny_model_path: Path, cause: str) -> None:
-    """"Search more" cannot help while the log is off, nor much while a filter leaves most searches out."""
-    extra = {"log_queries": False} if cause == "log_off" else {"learn_positive_min_keyword_margin": 100}
-    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=10, **extra))
+    """"Search more" cannot help while the log is off, nor much while a filter leaves most searches out; and
+    triples whose documents were deleted since are named as such."""
+    extra = {
+        "log_off": {"log_queries": False},
+        "margin": {"learn_positive_min_keyword_margin": 100},
+        "deleted": {"learn_positive_min_keyword_margin": 0, "learn_min_triples": 1000},
+    }[cause]
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, **{"learn_min_triples": 10, **extra}))
     try:
         fill_two_collections(rift)
+        if cause == "deleted":
+            rift.delete_documents("default", [f"d{i}" for i in range(25)])
         with pytest.raises(RiftError) as refused:
             rift.learning.retrain()
         message = str(refused.value)
@@ -442,7 +449,9 @@ def test_a_refusal_says_what_would_help(tmp_path: Path, tiny_model_path: Path, c
             assert "from 0 logged queries" in message
             assert "query log is off (setting log_queries, RIFT_LOG_QUERIES)" in message
             assert "Search more" not in message
-        else:
+        elif cause == "margin":
             assert "searches had no clear best document (setting learn_positive_min_keyword_margin, 100" in message
+        else:
+            assert "triples named documents deleted since their searches" in message
     finally:
         rift.close()

@@ -217,6 +217,48 @@ def test_materialize_prefers_a_triples_own_positive_text() -> None:
     assert kept == [plain, cut]
 
 
+def test_materialize_counts_the_triples_it_leaves_out() -> None:
+    """A triple whose document is gone, or whose two texts read the same, is no training row: the report's
+    skipped counts say so, and they add up."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+
+    rows = {"a::0": "stored a", "z::0": "stored z", "y::0": "stored a"}  # y was rewritten to a's text
+    state = SimpleNamespace(
+        chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
+        document_chunks=lambda name, doc: [],
+    )
+    kept_one = Triple("q", "c1", "a", "a::0", "z", "z::0", "fused")
+    negative_gone = Triple("q", "c1", "a", "a::0", "x", "x::0", "fused")
+    positive_gone = Triple("q2", "c1", "x", "x::0", "z", "z::0", "feedback")
+    same = Triple("q3", "c1", "a", "a::0", "y", "y::0", "fused")
+    skipped: Counter[str] = Counter({"no_hard_negative": 2})
+    got, kept = materialize(SimpleNamespace(state=state), [kept_one, negative_gone, positive_gone, same], skipped)
+    assert kept == [kept_one] and got == [("q", "stored a", "stored z")]
+    assert skipped == {"no_hard_negative": 2, "document_deleted": 2, "same_text": 1}
+
+
+def test_a_dry_run_says_which_triples_went_with_deleted_documents(tmp_path, tiny_model_path) -> None:
+    from tests.support.helpers import make_settings, open_rift
+    from tests.support.learning import fill_two_collections
+
+    rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, learn_positive_min_keyword_margin=0))
+    try:
+        fill_two_collections(rift)
+        before = rift.learning.retrain(dry_run=True)["mining"]
+        rift.delete_documents("default", [f"d{i}" for i in range(0, 30, 2)])
+        after = rift.learning.retrain(dry_run=True)["mining"]
+    finally:
+        rift.close()
+    assert after["triples"] < before["triples"]
+    gone = after["skipped"].pop("document_deleted")
+    assert gone == before["triples"] - after["triples"]
+    assert after["skipped"] == before["skipped"]  # no other reason moved: the counts add up
+
+
 def test_corpus_pairs_reach_training_rows_through_the_pipeline(tmp_path, tiny_model_path) -> None:
     from server.learning.gate import GateConfig
     from server.learning.pipeline import collect_and_mine, materialize

@@ -264,7 +264,7 @@ class LearningManager:
             evaluation = None
         never = {normalized_query(q) for q in evaluation.queries.values()} if evaluation is not None else set()
         mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress, never_train=never)
-        rows, kept = materialize(self.engine, mined.report.triples)
+        rows, kept = materialize(self.engine, mined.report.triples, mined.report.skipped)
         mined.report.triples = kept
         return mined, rows, kept
 
@@ -441,6 +441,11 @@ class LearningManager:
                 f"(setting learn_positive_min_keyword_margin, {self.settings.learn_positive_min_keyword_margin}: "
                 "0 turns that filter off, at the cost of noisier triples); search more, give feedback on results, "
                 "or lower min_triples"
+            )
+        if reason == "document_deleted":
+            return (
+                f"{said}. {skipped[reason]} triples named documents deleted since their searches; search the "
+                "documents stored now, give feedback on results, or lower min_triples"
             )
         return f"{said}. Search more, give feedback, or lower min_triples"
 

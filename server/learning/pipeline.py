@@ -4,6 +4,7 @@ collect the log -> time split -> mine -> materialize texts -> train -> build can
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +105,13 @@ def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, suppleme
     return build(docs, collection, negative, mining)
 
 
-def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str, str, str]], list[Triple]]:
+def materialize(
+    engine: Any, triples: Sequence[Triple], skipped: Counter[str] | None = None
+) -> tuple[list[tuple[str, str, str]], list[Triple]]:
     """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
-    best chunk is used when it is still stored; otherwise the document's first chunk."""
+    best chunk is used when it is still stored; otherwise the document's first chunk. `skipped` (a mining
+    report's) counts the triples left out, so the report's counts add up: `document_deleted` (its positive or
+    negative document is gone since the search) and `same_text` (both read the same, after a rewrite say)."""
     by_collection: dict[str, set[str]] = {}
     for t in triples:
         by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
@@ -126,7 +131,10 @@ def materialize(engine: Any, triples: Sequence[Triple]) -> tuple[list[tuple[str,
     for t in triples:
         pos = t.positive_text or text(t.collection, t.positive_doc, t.positive_chunk)
         neg = text(t.collection, t.negative_doc, t.negative_chunk)
-        if pos is None or neg is None or pos == neg:
+        reason = "document_deleted" if pos is None or neg is None else "same_text" if pos == neg else None
+        if reason is not None:
+            if skipped is not None:
+                skipped[reason] += 1
             continue
         rows.append((t.query, pos, neg))
         kept.append(t)
