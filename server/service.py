@@ -4,6 +4,7 @@ disagreement log, and loads the heavy parts (torch, the model, Chroma) off the c
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -129,12 +130,7 @@ class DataDirLock:
     def acquire(self) -> None:
         try:
             self._lock.acquire()
-        except PermissionError as exc:
-            raise RiftError(
-                f"data dir {self._path.parent} cannot be used: its lock file {self._path.name} cannot be "
-                f"written ({exc.strerror or exc}); check the folder's owner and permissions"
-            ) from None
-        except Timeout:
+        except Timeout:  # (first: filelock's Timeout is an OSError too)
             try:
                 holder = self._pid_file.read_text().strip()
             except OSError:
@@ -143,8 +139,26 @@ class DataDirLock:
                 f"data dir {self._path.parent} is in use by another rift process (pid {holder}); stop it or "
                 "point this one elsewhere with RIFT_DATA_DIR"
             ) from None
+        except OSError as exc:  # a read-only copy, a folder in the lock file's place, ...
+            raise RiftError(self._unusable(exc)) from None
         with contextlib.suppress(OSError):  # informational only (names the holder to a second process)
             self._pid_file.write_text(str(os.getpid()))
+
+    def _unusable(self, exc: OSError) -> str:
+        """Why the lock file cannot be taken, and what to do."""
+        message = (
+            f"data dir {self._path.parent} cannot be used: its lock file {self._path.name} cannot be written "
+            f"({exc.strerror or exc})"
+        )
+        # A backup on read-only media, another user's store: nothing here may change it, but export reads it.
+        readable = "`rift export` can still read the store as it is"
+        if exc.errno == errno.EROFS:
+            return f"{message}; copy the data dir somewhere writable to use it ({readable})"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{message}; check the folder's owner and permissions ({readable})"
+        if exc.errno in (errno.EISDIR, errno.ENOTDIR):
+            return f"{message}; something else is in its place: remove or rename it"
+        return f"{message}; check the disk and the folder, then start again"
 
     def release(self) -> None:
         if self._lock.is_locked:

@@ -201,3 +201,39 @@ def test_a_command_error_quoting_disk_words_is_not_taken_for_a_full_disk(tmp_pat
     missing = tmp_path / "No space left on device.md"
     result = CliRunner().invoke(main, ["add", str(missing), "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 1 and "does not exist" in result.output and "disk holding" not in result.output
+
+
+def test_a_lock_file_that_cannot_be_made_is_one_line_and_export_still_reads(
+    tmp_path: Path, env: dict[str, str], monkeypatch
+) -> None:
+    """A read-only copy of a data dir (EROFS) or a folder where rift.lock should be ended every command but
+    `rift export` with an OSError traceback; sharing a Chroma server, export's start-up probe failed the same way
+    where the README promises it reads such a copy."""
+    import errno
+
+    from filelock import FileLock
+
+    data = tmp_path / "data"
+    (tmp_path / "n.md").write_text("# T\n\nthe cat sat on the mat\n")
+    assert CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", str(data)]).exit_code == 0
+    (data / "rift.lock").unlink()
+    (data / "rift.lock").mkdir()
+    for args in (["stats"], ["list"], ["search", "cat"], ["serve"]):
+        result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "its lock file rift.lock cannot be written (Is a directory)" in result.output, result.output
+    (data / "rift.lock").rmdir()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(data / "rift.lock"))
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    for args in (["list"], ["serve"]):
+        result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "(Read-only file system)" in result.output and "`rift export` can still read" in result.output
+    monkeypatch.setenv("RIFT_VECTOR_BACKEND", "http")
+    exported = CliRunner().invoke(main, ["export", "--data-dir", str(data)])
+    assert exported.exit_code == 0, exported.output
+    assert "exporting what this data dir holds, without catching up first" in exported.output
+    assert "the cat sat on the mat" in exported.output
