@@ -237,3 +237,17 @@ def test_a_lock_file_that_cannot_be_made_is_one_line_and_export_still_reads(
     assert exported.exit_code == 0, exported.output
     assert "exporting what this data dir holds, without catching up first" in exported.output
     assert "the cat sat on the mat" in exported.output
+
+
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """`rift get $'x\\xe9'` and `rift list --collection $'x\\xe9'` (the shell's bytes reach Python as a lone
+    surrogate) ended in a UnicodeEncodeError traceback from SQLite, where `rift delete` says what is wrong."""
+    data = str(tmp_path / "data")
+    (tmp_path / "n.md").write_text("# T\n\nthe cat sat on the mat\n")
+    assert CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", data]).exit_code == 0
+    got = CliRunner().invoke(main, ["get", "x\udce9", "--data-dir", data])
+    assert got.exit_code == 1 and "doc_id is not valid Unicode" in got.output, got.output
+    listed = CliRunner().invoke(main, ["list", "--collection", "x\udce9", "--data-dir", data])
+    assert listed.exit_code == 1 and "collection must be 1-63 characters" in listed.output, listed.output
+    for result in (got, listed):
+        assert "Traceback" not in result.output and "UnicodeEncodeError" not in repr(result.exception)

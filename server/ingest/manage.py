@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from server.engine.engine import check_collection_name
 from server.engine.filters import document_columns, mask, parse_filters, unknown_fields_problem
 from server.engine.shared import unseen_while_unreachable
 from server.engine.state_store import DocumentEntry
@@ -74,6 +75,8 @@ def get_document(
     read is recorded against that search in the query log."""
     if not isinstance(doc_id, str) or not doc_id:
         raise RiftError("doc_id must be a non-empty string")
+    if not _is_unicode(doc_id):  # (SQLite cannot take it: a UnicodeEncodeError traceback)
+        raise RiftError("doc_id is not valid Unicode: give a stored document's id (rift list shows them)")
     _check_int(offset, "offset", 0)
     if max_chars is not None:
         _check_int(max_chars, "max_chars", 1)
@@ -188,6 +191,7 @@ def _is_unicode(text: str) -> bool:
 def _check_collection(engine: Any, collection: str) -> None:
     """NotFoundError naming the known collections (or a bad name's error) unless `collection` exists; not
     engine.info, which counts every chunk of the collection."""
+    check_collection_name(collection)  # before the state is asked: a name that is not Unicode breaks SQLite
     if engine.state.collection(collection) is None:
         engine.info(collection)
 
