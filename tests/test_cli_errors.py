@@ -251,3 +251,14 @@ def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, env
     assert listed.exit_code == 1 and "collection must be 1-63 characters" in listed.output, listed.output
     for result in (got, listed):
         assert "Traceback" not in result.output and "UnicodeEncodeError" not in repr(result.exception)
+
+
+def test_a_data_dir_that_is_not_utf8_is_refused_before_anything_is_made(tmp_path: Path, env: dict[str, str]) -> None:
+    """`--data-dir $'/tmp/d\\xe9'` made state.sqlite, the query log, models/ and the lock, then failed in Chroma
+    with "'utf-8' codec can't encode character '\\udce9'", leaving a half-made store."""
+    (tmp_path / "n.md").write_text("# T\n\nthe cat sat on the mat\n")
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"d\xe9"))
+    result = CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", data])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"data_dir: {tmp_path}/d\\xe9 is not valid UTF-8 (Chroma needs a text path)" in result.output
+    assert not os.path.exists(data)
