@@ -60,14 +60,17 @@ def settings_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def open_rift(settings: Settings, must_exist: bool = False):
-    """`must_exist`: for commands that only read, a data dir that is not there is a typo, not a new store."""
+def open_rift(settings: Settings, must_exist: bool = False, reembed: bool | None = None):
+    """`must_exist`: for commands that only read, a data dir that is not there is a typo, not a new store.
+    `reembed` (default: not `must_exist`): whether a configured model other than the collections' re-embeds
+    the store with it; False refuses to start instead."""
     from server.service import Rift
 
     check_store(settings, must_exist)
+    if reembed is None:  # commands that only read (or manage model versions) never re-embed for another model
+        reembed = not must_exist
     try:
-        # Commands that only read (or manage model versions) never re-embed the store for another model.
-        return Rift(settings).start(background=False, reembed=not must_exist)
+        return Rift(settings).start(background=False, reembed=reembed)
     except DataDirLockedError as exc:
         raise click.ClickException(str(exc)) from None
     except RiftError as exc:

@@ -233,7 +233,8 @@ def test_read_commands_refuse_another_model_instead_of_re_embedding(
     monkeypatch, tmp_path: Path, tiny_model_path: Path
 ) -> None:
     """A wrong RIFT_MODEL in one shell must not make `rift stats` or `rift models` re-embed the whole store
-    with it and retire the version that served."""
+    with it and retire the version that served; nor `rift collections create`, which did (it adds nothing), though
+    it may still make a new data dir."""
     from click.testing import CliRunner
 
     from server.cli import main
@@ -248,12 +249,14 @@ def test_read_commands_refuse_another_model_instead_of_re_embedding(
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RIFT_MODEL", str(build_tiny_model(tmp_path / "other", hidden=16)))
-    for command in (["stats"], ["search", "cat"], ["models"]):
+    for command in (["stats"], ["search", "cat"], ["models"], ["collections", "create", "more"]):
         res = CliRunner().invoke(main, [*command, "--data-dir", str(settings.data_dir)])
         assert res.exit_code == 1, (command, res.output)
         assert f"collection 'notes' is embedded with {str(tiny_model_path)!r}" in res.output
         assert "it does not re-embed the store" in res.output
     assert (settings.models_dir / "registry.json").read_text() == registry_before
+    fresh = CliRunner().invoke(main, ["collections", "create", "more", "--data-dir", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0 and '"created": true' in fresh.output, fresh.output
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 0 and '"notes"' in res.output

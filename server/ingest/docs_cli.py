@@ -328,7 +328,8 @@ def create_collection(name: str, data_dir: str | None) -> None:
     """Create an empty collection (one that exists is left as it is)."""
     from server.cli import emit, load_settings, open_rift
 
-    rift = open_rift(load_settings(_data_dir(data_dir)))
+    # A new data dir may be made, but a wrong RIFT_MODEL must not re-embed an existing one (nothing is added).
+    rift = open_rift(load_settings(_data_dir(data_dir)), must_exist=False, reembed=False)
     try:
         emit({"collection": name, "created": rift.engine().create_collection(name)})
     except RiftError as exc:
