@@ -148,6 +148,19 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     assert "the file holds no document: nothing was imported" in again.stderr
 
 
+def test_a_line_cut_off_at_its_end_is_named_at_its_own_column() -> None:
+    """`{"id":"x","text":"a"` and its newline read "Expecting ',' delimiter at column 1": JSON's line 2, the
+    newline's. A CRLF file, and a text that ends in a line break inside its string, read as before."""
+    for end in (b"\n", b"\r\n", b""):
+        with pytest.raises(RiftError, match=r"^line 2: not JSON \(Expecting ',' delimiter at column 21\)$"):
+            list(jsonl.read_lines(io.BytesIO(b'{"id": "a", "text": "ok"}\n{"id":"x","text":"a"' + end)))
+    crlf = b'{"id": "a", "text": "ok"}\r\n{"id": "b", "text": "ends in a break \\r\\n"}\r\n'
+    assert [(d.doc_id, d.text) for d in jsonl.read_lines(io.BytesIO(crlf))] == [
+        ("a", "ok"),
+        ("b", "ends in a break \r\n"),
+    ]
+
+
 def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:
     """A BEIR corpus.jsonl line becomes a document whose text is its title then its text, with its title as
     metadata (as rift's benchmark indexes it); a UTF-8 BOM is allowed."""

@@ -100,7 +100,8 @@ def read_lines(stream: IO[bytes]) -> Iterator[ImportDocument]:
             raise RiftError(f"line {number}: not UTF-8 (byte {exc.start + 1})") from None
         if number == 1:
             text = text.removeprefix("\ufeff")
-        doc = parse_line(text, number)
+        # Without its line end: JSON's error for a line cut short would name "line 2, column 1" of it.
+        doc = parse_line(text.rstrip("\r\n"), number)
         if doc is not None:
             yield doc
 
