@@ -1054,7 +1054,8 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
     for bad, message in [
         (["delete"], "document ids or --filters"),
         (["delete", "x", "--filters", "{}"], "document ids or --filters"),
-        (["delete", "--filters", "{}"], "at least one condition"),
+        (["delete", "--filters", "{}"], "at least one condition; to empty a collection, delete the collection"),
+        (["delete", "--filters", "{}"], "`rift collections delete NAME`"),  # (it named the MCP tool alone)
         (["delete", "--filters", "[1]"], "JSON object"),
         (["get", "nope"], "no document 'nope'"),
     ]:

@@ -1758,8 +1758,9 @@ class Engine:
         document without the field, so a typo (or a chunk's own key such as heading) would match them all."""
         node = parse_filters(filters)
         if node is None:
-            raise RiftError(
-                "filters must hold at least one condition (to empty a collection, delete it: the delete_collection tool)"
+            raise RiftError(  # (read by agents and by `rift delete`'s users alike)
+                "filters must hold at least one condition; to empty a collection, delete the collection instead "
+                "(the delete_collection tool; `rift collections delete NAME`)"
             )
         with self._write_lock:
             seen = self._sync_for_write(collection)
