@@ -1311,8 +1311,8 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
     app.add_documents(
         "default",
         docs(
-            ("a", "bird in a tree", {"lang": "python", "version": "1.0", "source": "/x/a.md"}),
-            ("b", "fish in the sea", {"lang": "rust", "version": 2, "flag": 1}),
+            ("a", "bird in a tree", {"lang": "python", "version": "1.0", "source": "/x/a.md", "year": 2020}),
+            ("b", "fish in the sea", {"lang": "rust", "version": 2, "flag": 1, "year": 2021, "draft": True}),
         ),
     )
 
@@ -1329,4 +1329,22 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
     assert warned({"source": {"$prefix": "/x"}}) == []
     assert warned({"$or": [{"lang": "py"}, {"lang": "python"}]}) == []
     assert warned({"$and": [{"lang": "python"}, {"version": 2}]}) == []
-    assert warned({"flag": True}) == ["no chunk in 'default' has flag True"]  # (true is not 1 in a filter)
+    # A value of another JSON type than the field's: it read as "no such value" ("2020" for 2020, 1 for true).
+    assert warned({"flag": True}) == [
+        "no chunk in 'default' has flag True: flag holds numbers, and True is a boolean (filters compare by type; "
+        "write 1)"
+    ]
+    assert warned({"year": "2020"}) == [
+        "no chunk in 'default' has year '2020': year holds numbers, and '2020' is a string (filters compare by type; "
+        "write 2020)"
+    ]
+    assert warned({"draft": {"$in": [1, "true"]}}) == [
+        "no chunk in 'default' has draft 1, 'true': draft holds booleans, and 1 is a number (filters compare by "
+        "type; write true)"
+    ]
+    [mixed] = warned({"version": "2"})
+    assert mixed.endswith("version holds numbers and strings, and '2' is a string (filters compare by type; write 2)")
+    assert warned({"lang": 1}) == [
+        "no chunk in 'default' has lang 1: lang holds strings, and 1 is a number (filters compare by type); its "
+        "values there: python, rust"
+    ]

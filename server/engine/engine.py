@@ -13,6 +13,7 @@ Search results only name chunks that are live in the keyword snapshot, so a half
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -328,8 +329,58 @@ def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
             if have and len(have) <= MAX_VALUES_SHOWN and all(isinstance(v, str) for v in have)
             else ""
         )
-        return f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}{values}"
+        hint = _type_hint(cond.field, wanted, have)
+        return f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}{hint}{values}"
     return None
+
+
+def _kind(value: Any) -> str:
+    """A metadata value's JSON type, as filters compare them (True is not 1, "2020" not 2020)."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, int | float) else "string" if isinstance(value, str) else "value"
+
+
+def _look_alikes(value: Any) -> dict[str, Any]:
+    """`value` written as each other JSON type that reads the same ("2020" -> 2020, 1 -> True, True -> "true")."""
+    kind = _kind(value)
+    out: dict[str, Any] = {}
+    if kind == "string":
+        word = value.strip().lower()
+        if word in ("true", "false", "1", "0"):
+            out["boolean"] = word in ("true", "1")
+        try:
+            number = float(word)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            out["number"] = int(number) if number.is_integer() and abs(number) < 2**53 else number
+    elif kind == "number":
+        out["string"] = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        if value in (0, 1):
+            out["boolean"] = bool(value)
+    elif kind == "boolean":
+        out["string"] = "true" if value else "false"
+        out["number"] = int(value)
+    return out
+
+
+def _type_hint(field: str, wanted: Sequence[Any], have: set[Any]) -> str:
+    """Where a wanted value is of another type than the field's values (a number given as a string: a warning of
+    "no such value" alone misleads), say so, with the value to write when one of them reads the same."""
+    by_kind: dict[str, set[Any]] = {}
+    for v in have:  # (the distinct values already gathered: one pass more, only for a search that found nothing)
+        by_kind.setdefault(_kind(v), set()).add(v)
+    for w in wanted:
+        kind = _kind(w)
+        # (membership within one kind only: in Python True == 1, but not in a filter)
+        alike = [(k, c) for k, c in _look_alikes(w).items() if c in by_kind.get(k, ())]
+        if not alike and (kind in by_kind or not by_kind):
+            continue
+        holds = " and ".join(f"{k}s" for k in sorted(by_kind))
+        advice = f"; write {json.dumps(alike[0][1])}" if alike else ""
+        return f": {field} holds {holds}, and {w!r} is a {kind} (filters compare by type{advice})"
+    return ""
 
 
 def _required(node: Node) -> Iterator[Cond]:
