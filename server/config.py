@@ -379,14 +379,15 @@ class Settings(BaseSettings):
     @field_validator("data_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
+        resolved = value.expanduser().resolve()  # (checked whole: a relative path, ~ or a link adds parts too)
         try:
-            str(value).encode("utf-8")
+            str(resolved).encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 (a lone surrogate): refused before any file is made
-            shown = os.fsencode(value).decode("utf-8", "backslashreplace")
+            shown = os.fsencode(resolved).decode("utf-8", "backslashreplace")
             raise ValueError(
                 f"{shown} is not valid UTF-8 (Chroma needs a text path); rename it or choose another folder"
             ) from None
-        return value.expanduser().resolve()
+        return resolved
 
     @field_validator("device", mode="after")
     @classmethod

@@ -3,6 +3,7 @@ output survives a locale that is not UTF-8."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -262,3 +263,12 @@ def test_a_data_dir_that_is_not_utf8_is_refused_before_anything_is_made(tmp_path
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"data_dir: {tmp_path}/d\\xe9 is not valid UTF-8 (Chroma needs a text path)" in result.output
     assert not os.path.exists(data)
+    # The whole path is checked once made absolute: a relative one in such a folder, or a link into one.
+    os.symlink(data, tmp_path / "link", target_is_directory=True)
+    linked = CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", str(tmp_path / "link" / "store")])
+    assert linked.exit_code == 1 and "is not valid UTF-8" in linked.output, linked.output
+    os.mkdir(data)
+    with contextlib.chdir(data):
+        relative = CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", "store"])
+    assert relative.exit_code == 1 and "d\\xe9/store is not valid UTF-8" in relative.output, relative.output
+    assert os.listdir(data) == []

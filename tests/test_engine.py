@@ -1348,3 +1348,10 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
         "no chunk in 'default' has lang 1: lang holds strings, and 1 is a number (filters compare by type); its "
         "values there: python, rust"
     ]
+    # True and 1 are one value in a Python set: a field holding both must still say it holds both types.
+    app.add_documents("default", docs(("c", "a cow in a field", {"mix": True}), ("d", "a hen", {"mix": 1})))
+    assert warned({"mix": 2}) == ["no chunk in 'default' has mix 2"]  # (it holds numbers: 2 is just absent)
+    assert warned({"mix": "1"}) == [
+        "no chunk in 'default' has mix '1': mix holds booleans and numbers, and '1' is a string (filters compare by "
+        "type; write true)"
+    ]
