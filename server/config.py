@@ -259,7 +259,12 @@ class Settings(BaseSettings):
     stemmer_language: str | None = Field(
         "english", description='PyStemmer language; "none" (or "" in a config file) disables stemming.'
     )
-    stopwords: str | None = Field("en", description='bm25s stopword list; "none" (or "" in a config file) keeps every token.')
+    stopwords: str | None = Field(
+        "en_questions",
+        description='Stopword list: rift\'s "en_questions" (bm25s\' "en" plus question words, auxiliaries and '
+        'pronouns; measured in the README) or a bm25s list ("en", "de", ...); "none" (or "" in a config file) '
+        "keeps every token.",
+    )
 
     # --- learning log --------------------------------------------------------------------------------------
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")

@@ -1355,3 +1355,18 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
         "no chunk in 'default' has mix '1': mix holds booleans and numbers, and '1' is a string (filters compare by "
         "type; write true)"
     ]
+
+
+def test_an_agents_question_words_are_no_keyword_terms_by_default(rift_factory) -> None:
+    """The default stopwords (en_questions) drop what a question says about itself: with bm25s' "en" list the
+    document full of "how do I ... my" outranked the one about the question's topic."""
+    faq = "How do I do it? I do what I can do. How do you do yours? My way: how I do my own, as you do yours."
+    corpus = docs(("faq", faq), ("reset", "Resetting a password: open the account page and choose a new one."))
+    query = "how do I reset my password"
+    app = rift_factory()
+    app.add_documents("default", corpus)
+    assert ids(app.search("default", query, mode="keyword").outcome.hits) == ["reset"]
+    app.close()
+    plain = rift_factory(stopwords="en")  # (the same store, re-tokenized with the old list)
+    assert ids(plain.search("default", query, mode="keyword").outcome.hits)[0] == "faq"
+    plain.close()
