@@ -158,7 +158,7 @@ def _negatives(
 
     def blind_spots(side: Mapping[str, tuple[int, str]], other: Mapping[str, tuple[int, str]]) -> list[str]:
         out = []
-        for doc, (rank, _chunk) in sorted(side.items(), key=lambda kv: kv[1][0]):
+        for doc, (rank, _chunk) in side.items():  # (`_ranks` keeps rank order)
             if rank > cfg.negative_max_vector_rank or (above is not None and rank >= above):
                 break
             if doc == positive or (doc in other and other[doc][0] <= cfg.negative_min_keyword_rank):
