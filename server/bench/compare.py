@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import click
 import numpy as np
 
 from server.bench.beir import BeirDataset, load_beir
-from server.bench.harness import BenchIndex
+from server.bench.harness import BenchIndex, bench_settings
 from server.bench.learning_experiment import paired_bootstrap
 from server.bench.metrics import evaluate
 from server.bench.quality import MODES, RANK_K
@@ -95,11 +96,11 @@ def main(data: Path, split: str, items: tuple[str, ...], modes: tuple[str, ...],
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
     overrides = _overrides(items)
-    try:
-        result = run(data, split, overrides, model, cache_dir, modes or MODES)
-    except ValueError as exc:  # a setting the Settings model refuses (pydantic's error names it)
+    try:  # checked before anything runs: a setting the Settings model refuses (its error names it)
+        bench_settings(Path(tempfile.gettempdir()) / "rift-compare-check", model, **overrides)
+    except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
-    click.echo(json.dumps(result))
+    click.echo(json.dumps(run(data, split, overrides, model, cache_dir, modes or MODES)))
 
 
 if __name__ == "__main__":
