@@ -54,7 +54,8 @@ def _weights(values: tuple[str, ...]) -> list[tuple[float, float]]:
     return out
 
 
-def _overrides(values: tuple[str, ...]) -> dict[str, Any]:
+def parse_overrides(values: tuple[str, ...]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as settings overrides ("none" / "null": unset)."""
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -432,7 +433,7 @@ def bench(
         _run_log_reach(data, split, usage_split, model, cache_dir, json_out)
         return
     if learn:
-        overrides = _overrides(settings_set)
+        overrides = parse_overrides(settings_set)
         _run_learn(
             data,
             split,
@@ -457,7 +458,7 @@ def bench(
     ws = _weights(weights) or [None]
     configs = [FusionConfig(d, k, w) for d in depths for k in ks for w in ws]
     sizes = _ints(scale, "--scale")
-    overrides = _overrides(settings_set)
+    overrides = parse_overrides(settings_set)
     _check_settings(overrides, model)
     try:
         result = _run(

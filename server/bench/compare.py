@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from server.bench.beir import BeirDataset, load_beir
+from server.bench.cli import parse_overrides
 from server.bench.harness import BenchIndex, bench_settings
 from server.bench.learning_experiment import paired_bootstrap
 from server.bench.metrics import evaluate
@@ -75,16 +76,6 @@ def run(
     }
 
 
-def _overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} must be KEY=VALUE", param_hint="--set")
-        out[key.strip()] = raw.strip()
-    return out
-
-
 @click.command()
 @click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
 @click.option("--split", required=True)
@@ -95,7 +86,7 @@ def _overrides(items: tuple[str, ...]) -> dict[str, Any]:
 def main(data: Path, split: str, items: tuple[str, ...], modes: tuple[str, ...], model: str | None, cache_dir: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
-    overrides = _overrides(items)
+    overrides = parse_overrides(items)
     try:  # checked before anything runs: a setting the Settings model refuses (its error names it)
         bench_settings(Path(tempfile.gettempdir()) / "rift-compare-check", model, **overrides)
     except ValueError as exc:

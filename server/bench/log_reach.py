@@ -151,17 +151,23 @@ def internal_split(queries: Mapping[str, str], seed: int = 0) -> tuple[list[str]
     return logged, [q for q in ids[cut:] if normalized_query(queries[q]) not in texts]
 
 
+def usage_and_scored(
+    usage: Mapping[str, str], evaluation: Mapping[str, str], internal: bool
+) -> tuple[list[str], list[str]]:
+    """(usage query ids, scored query ids): one split's `internal_split`, or the usage queries apart from the
+    evaluation texts and every evaluation query."""
+    if internal:
+        return internal_split(usage)
+    return usage_apart_from(usage, evaluation)[0], list(evaluation)
+
+
 def run_log_reach(
     data: Path, eval_split: str, usage_split: str, model: str | None, cache_dir: Path
 ) -> dict[str, Any]:
     evaluation_ds = load_beir(Path(data), eval_split)
     usage_ds = load_beir(Path(data), usage_split)
     internal = eval_split == usage_split
-    if internal:
-        usage_ids, eval_ids = internal_split(usage_ds.queries)
-    else:
-        usage_ids, _left_out = usage_apart_from(usage_ds.queries, evaluation_ds.queries)
-        eval_ids = list(evaluation_ds.queries)
+    usage_ids, eval_ids = usage_and_scored(usage_ds.queries, evaluation_ds.queries, internal)
     with BenchIndex(model, cache_dir) as index:
         index.ingest(evaluation_ds)
         for qid in usage_ids:

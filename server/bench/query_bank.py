@@ -33,8 +33,8 @@ import numpy as np
 
 from server.bench.beir import load_beir
 from server.bench.harness import COLLECTION, BenchIndex
-from server.bench.learning_experiment import _PRODUCT, paired_bootstrap, usage_apart_from
-from server.bench.log_reach import internal_split
+from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
+from server.bench.log_reach import usage_and_scored
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
 
@@ -78,12 +78,11 @@ def document_ranking(scores: np.ndarray, owners: Sequence[str], depth: int = DEP
 
 def run(data: Path, split: str, usage_split: str, model: str | None, cache_dir: Path | None) -> dict[str, Any]:
     evaluation_ds = load_beir(Path(data), split)
-    usage_ds = evaluation_ds if usage_split == split else load_beir(Path(data), usage_split)
-    if usage_split == split:
-        bank_ids, eval_ids = internal_split(usage_ds.queries)
-    else:
-        bank_ids, _left_out = usage_apart_from(usage_ds.queries, evaluation_ds.queries)
-        eval_ids = sorted(evaluation_ds.queries)
+    internal = usage_split == split
+    usage_ds = evaluation_ds if internal else load_beir(Path(data), usage_split)
+    bank_ids, eval_ids = usage_and_scored(usage_ds.queries, evaluation_ds.queries, internal)
+    if not internal:
+        eval_ids = sorted(eval_ids)  # (the order the README's bootstrap CIs were drawn in)
     with BenchIndex(model, cache_dir) as index:
         index.ingest(evaluation_ds)
         engine = index.engine
