@@ -202,6 +202,10 @@ def test_where_labels_decide_the_proxies_only_guard_against_collapse() -> None:
     )
     gate._decide(unstable, unstable.delta, 0)
     assert not unstable.accepted and unstable.basis == "labelled" and "stability@10" in unstable.reason
+    # Nothing scored: a store of short documents has no known items (it said "no documents" of one that had some).
+    empty = _report()
+    gate._decide(empty, empty.delta, 0)
+    assert not empty.accepted and empty.reason.startswith("nothing to score: no held-out queries, and no document")
 
 
 def test_feedback_is_scored_on_the_documents_the_agent_judged() -> None:

@@ -321,7 +321,10 @@ class Gate:
             )
             return
         if not delta:
-            report.reason = "nothing to score: no held-out queries and no documents"
+            report.reason = (
+                "nothing to score: no held-out queries, and no document with a title or a first sentence of "
+                "4 words or more to look up"
+            )
             return
         if sum(delta.values()) < -tol:
             report.reason = "label-free signals fell on balance"
