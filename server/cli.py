@@ -249,7 +249,7 @@ def _snippet_chars(value: int) -> int:
 
 @main.command()
 @click.argument("query")
-@click.option("-k", default=10, show_default=True)
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1), help="Hits, up to the setting max_k.")
 @click.option("--collection", default="default", show_default=True)
 @click.option(
     "--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True

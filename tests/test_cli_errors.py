@@ -59,6 +59,12 @@ def test_an_empty_data_dir_option_is_refused(env: dict[str, str]) -> None:
     assert result.exit_code == 2 and "--data-dir" in result.output and "is empty" in result.output
 
 
+def test_a_k_below_one_is_a_bad_option(env: dict[str, str]) -> None:
+    """Exit 2, as for other bad option values, before any store is opened (it exited 1 from the engine)."""
+    result = CliRunner().invoke(main, ["search", "cat", "-k", "0", "--data-dir", "/nonexistent/rift"])
+    assert result.exit_code == 2 and "'-k'" in result.output and "x>=1" in result.output, result.output
+
+
 def test_ctrl_c_while_starting_says_so_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
     """It read "Error: rift failed to start:" with no reason, exit 1."""
     import server.service as service
