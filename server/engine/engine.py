@@ -323,10 +323,14 @@ def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
         wanted = cond.value if cond.op == "$in" else [cond.value]
         if any((equal_mask(column, w) & snap.alive).any() for w in wanted):  # (as the filter compares)
             continue
-        # Keyed by type too: in a plain set True and 1 (False and 0) are one value, and one type would vanish.
-        have = {(_kind(v), v) for v, alive in zip(column, snap.alive, strict=True) if alive and v is not None}
-        texts = sorted(v for kind, v in have if kind == "string")
-        values = f"; its values there: {', '.join(texts)}" if have and len(have) <= MAX_VALUES_SHOWN and len(texts) == len(have) else ""
+        # The distinct values by type: in one set True and 1 (False and 0) are one value, and a type would vanish.
+        have: dict[str, set[Any]] = {}
+        for v, alive in zip(column, snap.alive, strict=True):
+            if alive and v is not None:
+                have.setdefault(_kind(v), set()).add(v)
+        texts = have.get("string", set())
+        listed = len(have) == 1 and 0 < len(texts) <= MAX_VALUES_SHOWN
+        values = f"; its values there: {', '.join(sorted(texts))}" if listed else ""
         hint = _type_hint(cond.field, wanted, have)
         return f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}{hint}{values}"
     return None
@@ -363,13 +367,10 @@ def _look_alikes(value: Any) -> dict[str, Any]:
     return out
 
 
-def _type_hint(field: str, wanted: Sequence[Any], have: set[tuple[str, Any]]) -> str:
-    """Where a wanted value is of another type than the field's values (`have`: their distinct (type, value)
-    pairs; a number given as a string: a warning of "no such value" alone misleads), say so, with the value to
+def _type_hint(field: str, wanted: Sequence[Any], by_kind: Mapping[str, set[Any]]) -> str:
+    """Where a wanted value is of another type than the field's values (`by_kind`: their distinct values by
+    type; a number given as a string: a warning of "no such value" alone misleads), say so, with the value to
     write when one of them reads the same."""
-    by_kind: dict[str, set[Any]] = {}
-    for kind, v in have:  # (the distinct values already gathered: one pass more, only for a search that found nothing)
-        by_kind.setdefault(kind, set()).add(v)
     for w in wanted:
         kind = _kind(w)
         # (membership within one kind only: in Python True == 1, but not in a filter)
