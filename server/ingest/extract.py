@@ -362,7 +362,8 @@ def extract_html(data: bytes) -> Extracted:
     from bs4 import BeautifulSoup
 
     markup = _html_markup(data)
-    soup = BeautifulSoup(markup, "html.parser")
+    # lxml (libxml2): the tree a browser builds where optional tags are left out, in linear time.
+    soup = BeautifulSoup(markup, "lxml")
     # The document's own <title>, not one inside an inline <svg> (its accessible name).
     own = next((t for t in soup.find_all("title") if t.find_parent("svg") is None), None)
     title = _short(own.get_text()) if own else None
@@ -467,9 +468,11 @@ def extract_pdf(data: bytes, max_chars: int | None = None) -> Extracted:
 # 3 = <pre> keeps its indentation, 4 = a comment inside a <pre> is no longer read as text; pdf 2 = a form feed
 # in a page's text no longer shifts later pages' numbers (re-reading also re-chunks: pages no longer share one);
 # html 5 and the text families 2 = legacy bytes decoded better (a short Windows-1252 note, a page's declared
-# charset): text stored as mojibake is read again. A file whose text comes out the same is only relabelled.
+# charset): text stored as mojibake is read again; html 6 = parsed by lxml as browsers do (the body of a page
+# without </head> is its text, and a <title> outside a <head> is not). A file whose text comes out the same is
+# only relabelled.
 TEXT_FAMILIES = ("markdown", "rst", "text", "code")
-EXTRACTOR_VERSIONS: dict[str, int] = {"html": 5, "pdf": 2} | dict.fromkeys(TEXT_FAMILIES, 2)
+EXTRACTOR_VERSIONS: dict[str, int] = {"html": 6, "pdf": 2} | dict.fromkeys(TEXT_FAMILIES, 2)
 
 
 def extractor_version(family: str) -> int:
