@@ -278,3 +278,21 @@ def test_a_data_dir_that_is_not_utf8_is_refused_before_anything_is_made(tmp_path
         relative = CliRunner().invoke(main, ["add", str(tmp_path / "n.md"), "--data-dir", "store"])
     assert relative.exit_code == 1 and "d\\xe9/store is not valid UTF-8" in relative.output, relative.output
     assert os.listdir(data) == []
+
+
+def test_a_collection_name_with_a_trailing_newline_is_refused_before_anything_is_made(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A name pasted with its newline (`$(...)` keeps none, a script's echo may) passed the name check, whose `$`
+    matches before a final newline, and failed in Chroma with a traceback after a data dir was made."""
+    (tmp_path / "n.md").write_text("# T\n\nthe cat sat on the mat\n")
+    data = tmp_path / "data"
+    for args in (
+        ["collections", "create", "notes\n"],
+        ["collections", "create", "no spaces"],
+        ["add", str(tmp_path / "n.md"), "--collection", "notes\n"],
+    ):
+        result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+        assert result.exit_code in (1, 2) and "collection must be 1-63 characters" in result.output, result.output
+        assert "Traceback" not in result.output and "Chroma" not in result.output
+        assert not data.exists(), args

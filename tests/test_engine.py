@@ -566,6 +566,29 @@ def test_empty_or_missing_collection(rift) -> None:
         rift.search("nope", "river")
     rift.engine().create_collection("empty")
     assert rift.search("empty", "river").outcome.hits == []
+    with pytest.raises(RiftError, match="collection must be 1-63 characters"):
+        rift.engine().create_collection("empty\n")  # (a regex `$` matches before a final newline)
+
+
+def test_a_collection_made_again_during_a_call_is_found_not_called_unknown(rift, monkeypatch) -> None:
+    """A search racing a delete and an add of its collection read no record, then listed the names with the
+    collection among them: "unknown collection 'col' (collections: col)"."""
+    engine = rift.engine()
+    engine.create_collection("col")
+    state, reads = engine.state, []
+    real = state.collection
+
+    def first_read_misses(name: str):
+        reads.append(name)
+        return None if len(reads) == 1 else real(name)
+
+    monkeypatch.setattr(state, "collection", first_read_misses)
+    assert rift.search("col", "river").outcome.hits == []
+    reads.clear()
+    monkeypatch.setattr(state, "collection", lambda name: reads.append(name) or None)
+    monkeypatch.setattr(engine, "collection_names", lambda: ["col"])
+    with pytest.raises(NotFoundError, match="collection 'col' was deleted while this call ran"):
+        rift.search("col", "river")
 
 
 def test_rejected_add_writes_nothing(rift) -> None:

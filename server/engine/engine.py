@@ -60,10 +60,10 @@ from server.errors import NotFoundError, RiftError
 log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "vector", "keyword"]
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 # Embedder.vocabulary_id of BERT's uncased WordPiece vocabulary (all-MiniLM-L6-v2, bge-small-en-v1.5).
 BERT_UNCASED_VOCABULARY = "933b2a827add72e5"
-CHROMA_NAME = re.compile(r"^rift-([A-Za-z0-9][A-Za-z0-9_-]{0,62})-[0-9a-f]{10}$")
+CHROMA_NAME = re.compile(r"^rift-([A-Za-z0-9][A-Za-z0-9_-]{0,62})-[0-9a-f]{10}\Z")
 MAX_QUERY_CHARS = 8192
 MAX_ID_CHARS = 512
 
@@ -1129,7 +1129,13 @@ class Engine:
         check_collection_name(collection)
         record = self.state.collection(collection)
         if record is None:
-            known = ", ".join(self.collection_names()) or "none yet"
+            names = self.collection_names()
+            if collection in names:  # made again since the read above (a delete and an add raced this call)
+                record = self.state.collection(collection)
+                if record is None:
+                    raise NotFoundError(f"collection {collection!r} was deleted while this call ran")
+                return record
+            known = ", ".join(names) or "none yet"
             raise NotFoundError(f"unknown collection {collection!r} (collections: {known})")
         return record
 

@@ -165,7 +165,7 @@ def _raise_search_ef(coll: Any) -> None:
         log.debug("could not raise ef_search of %s: %s", getattr(coll, "name", "?"), exc)
 
 
-_SEGMENT_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SEGMENT_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 def remove_dropped_index_folders(folder: Path) -> list[str]:

@@ -328,6 +328,7 @@ def create_collection(name: str, data_dir: str | None) -> None:
     """Create an empty collection (one that exists is left as it is)."""
     from server.cli import emit, load_settings, open_rift
 
+    _check_name(name)  # (before a data dir is made or the model loads)
     # A new data dir may be made, but a wrong RIFT_MODEL must not re-embed an existing one (nothing is added).
     rift = open_rift(load_settings(_data_dir(data_dir)), must_exist=False, reembed=False)
     try:
@@ -346,6 +347,7 @@ def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
     """Delete a collection with all of its documents, its logged searches and their feedback (as the
     delete_collection tool). It cannot be undone: `rift export` it first to keep a copy."""
     data_dir = _data_dir(data_dir)
+    _check_name(name)
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"deleting collection {name!r} cannot be undone: add --yes to confirm")
@@ -356,6 +358,15 @@ def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
         return {"collection": name, "deleted_documents": info.documents, "deleted_chunks": info.chunks}
 
     _run(data_dir, go)
+
+
+def _check_name(name: str) -> None:
+    from server.engine.engine import check_collection_name
+
+    try:
+        check_collection_name(name)
+    except RiftError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
 
 
 COMMANDS = [list_documents, get_document, delete_documents, export_documents, import_documents, collections]
