@@ -280,6 +280,33 @@ def test_a_named_file_now_left_out_keeps_no_stale_document_under_prune(app: Rift
     assert_consistent(app)
 
 
+def test_a_file_named_with_its_folder_stays_whatever_the_folder_s_gitignore_says(app: Rift, docs: Path) -> None:
+    """A file named in the call bypasses .gitignore; the walk of a folder also named says it is ignored, which
+    is not its status: it is listed once, from its own reading, and prune keeps it run after run (it was
+    removed every other run, while the same report listed it unchanged; found by helper AS)."""
+    (docs / ".gitignore").write_text("build/\n*.tmp\nprivate.md\n")
+    private = docs / "private.md"
+    private.write_text("# Private\n\nThe heron nests by the reservoir.\n")
+    generated = docs / "build" / "generated.txt"  # named too, in a folder .gitignore leaves out whole
+    for run, status in enumerate(("added", "unchanged", "unchanged", "unchanged")):
+        paths = (docs, private, generated) if run % 2 == 0 else (private, generated, docs)
+        report = sync(app, *paths, prune=True)
+        assert [(f.status, f.reason) for f in report.files if f.path == str(private)] == [(status, None)], run
+        assert [f.status for f in report.files if f.path == str(generated)] == [status], run
+        assert report.counts()["removed"] == 0, run
+        assert stored(app, docs) == INGESTIBLE | {"private.md", "build/generated.txt"}, run
+    assert top_doc(app, "heron", docs) == "private.md"
+    assert_consistent(app)
+    # Without prune, once too (not also "skipped: ignored by .gitignore; its earlier version stays indexed").
+    report = sync(app, private, docs)
+    assert [(f.status, f.reason) for f in report.files if f.path == str(private)] == [("unchanged", None)]
+    # Not named, it is what the folder's rules say: left out, and pruned.
+    status, reason = statuses(sync(app, docs, prune=True), docs)["private.md"]
+    assert status == "removed" and reason == "ignored by .gitignore; its document was removed"
+    assert top_doc(app, "heron", docs) is None
+    assert_consistent(app)
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 

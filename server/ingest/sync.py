@@ -11,6 +11,9 @@ A file's document id is its absolute (resolved) path, so ingesting a folder agai
 A file reached through a symlink in the folder is stored under its target's path, with the link in `via`:
 the document belongs to the folder the link is in, so removing the link and pruning removes it.
 A file that could not be read this time (permissions, a race) keeps its document.
+A file named in the call is read whatever .gitignore or the glob say, also when a folder named with it leaves
+it out: its own reading alone gives its status (listed once; prune removes it only when that reading leaves
+it out: emptied, too large).
 """
 
 from __future__ import annotations
@@ -370,14 +373,20 @@ def sync_paths(
         own = Path(engine.settings.data_dir).resolve()
         # file -> the symlink it was reached through (None: directly)
         candidates: dict[Path, Path | None] = {}
+        # Files named in the call: what a folder walk also says of one (found, or left out by .gitignore or
+        # the glob, which do not apply to it) is not its status: it gets one entry in the report, from its own
+        # reading, and prune never takes a walk's skip of it for the file being left out.
+        named = {target for target in targets if target.is_file()}
         for target in targets:
-            if target.is_file():
+            if target in named:
                 if target.is_relative_to(own):
                     run.skip(target, "one of rift's own files (in its data dir)")
                     continue
                 candidates[target] = None  # named explicitly: no glob or .gitignore applies
                 continue
             for item in walk(target, policy, recursive, pattern):
+                if item.path in named:
+                    continue
                 if isinstance(item, Found):
                     if not item.path.is_relative_to(own):
                         # Found directly somewhere (in this call, or stored so by an earlier one), it is that
