@@ -307,6 +307,31 @@ def test_a_file_named_with_its_folder_stays_whatever_the_folder_s_gitignore_says
     assert_consistent(app)
 
 
+def test_cli_groups_leave_a_file_named_in_one_to_that_one(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    """`rift add` syncs more than 100 paths in groups: a folder in one group pruned the file its .gitignore
+    leaves out that another group names (removed for good when the folder came last), and listed it twice."""
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    folder, filler = tmp_path / "d", tmp_path / "f"
+    folder.mkdir()
+    filler.mkdir()
+    (folder / ".gitignore").write_text("private.md\n")
+    private = folder / "private.md"
+    private.write_text("# Private\n\nThe heron nests by the reservoir.\n")
+    for i in range(100):
+        (filler / f"n{i:03}.md").write_text(f"note number {i}\n")
+    notes = [str(p) for p in sorted(filler.iterdir())]
+    runner = CliRunner()
+    for run, status in enumerate(("added", "unchanged", "unchanged")):
+        paths = [str(private), *notes, str(folder)] if run % 2 == 0 else [str(folder), *notes, str(private)]
+        out = runner.invoke(main, ["add", *paths, "--prune", "--json", "--data-dir", str(tmp_path / "data")])
+        assert out.exit_code == 0, out.output
+        files = json.loads(out.stdout)["files"]
+        assert [f["status"] for f in files if f["path"] == str(private)] == [status], run
+        assert not [f for f in files if f["status"] == "removed"], run
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 

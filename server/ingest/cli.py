@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -88,6 +89,17 @@ def add(
         for i, raw in enumerate(paths):  # that is gone may name a synced folder, which sync decides)
             if not os.path.lexists(raw):
                 raise click.ClickException(f"paths[{i}] {raw!r} does not exist")
+    # The files named, resolved, by index: a folder in one group leaves those named in another to that group,
+    # as it does those named in its own (a .gitignore of the folder neither lists nor prunes them).
+    named: dict[int, Path] = {}
+    if len(paths) > MAX_PATHS:
+        for i, raw in enumerate(paths):
+            try:
+                path = PathPolicy.unrestricted().check(raw, f"paths[{i}]")
+            except RiftError:
+                continue  # gone (with --prune) or unreadable: its own group says so
+            if path.is_file():
+                named[i] = path
     rift = open_rift(load_settings(data_dir))
     # One report for every group, filled as batches commit: a failure or Ctrl-C can still say what is stored.
     report = SyncReport(collection)
@@ -104,6 +116,7 @@ def add(
                 prune=prune,
                 first_index=start,
                 report=report,
+                named_elsewhere={path for i, path in named.items() if not start <= i < start + MAX_PATHS},
             )
         _print_report(report, as_json, verbose=False)
     except Exception as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -330,11 +330,15 @@ def sync_paths(
     progress: Progress | None = None,
     first_index: int = 0,
     report: SyncReport | None = None,
+    named_elsewhere: Collection[Path] = (),
 ) -> SyncReport:
     """Ingest files and folders into `collection` (created if needed); see the module docstring.
     `first_index`: where `paths` starts in the caller's list (an error names paths[i] by that list).
     `report`: the report to fill (returned), file by file as batches commit, so a caller whose sync failed or
-    was cancelled part way still knows which documents it stored."""
+    was cancelled part way still knows which documents it stored.
+    `named_elsewhere`: files (resolved) that the caller names in its other calls of one command (the CLI's
+    groups of MAX_PATHS paths): a folder walk here leaves them to their own call, as it does the files named in
+    this one (neither read nor reported here, and never pruned by it)."""
     check_collection_name(collection)
     if isinstance(paths, str) or not isinstance(paths, Sequence) or not paths:
         raise RiftError("paths must be a non-empty list of files or folders")
@@ -377,6 +381,8 @@ def sync_paths(
         # the glob, which do not apply to it) is not its status: it gets one entry in the report, from its own
         # reading, and prune never takes a walk's skip of it for the file being left out.
         named = {target for target in targets if target.is_file()}
+        not_walked = named | set(named_elsewhere)
+        run.keep.update(str(path) for path in named_elsewhere)  # their own call reads (and may prune) them
         for target in targets:
             if target in named:
                 if target.is_relative_to(own):
@@ -385,7 +391,7 @@ def sync_paths(
                 candidates[target] = None  # named explicitly: no glob or .gitignore applies
                 continue
             for item in walk(target, policy, recursive, pattern):
-                if item.path in named:
+                if item.path in not_walked:
                     continue
                 if isinstance(item, Found):
                     if not item.path.is_relative_to(own):
