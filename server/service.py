@@ -190,6 +190,8 @@ class Rift:
         self.repair_report: dict[str, Any] = {}
         self.learning: Any = None  # server.learning.manager.LearningManager, once the engine is open
         self._deleted_while_opening: list[str] = []  # collections another process deleted, seen at start-up
+        # Documents whose texts left the store before learning started (followed from another process at start-up).
+        self._gone_while_opening: list[tuple[str, list[str]]] = []
         self._background = True
         self._reembed = True
         self._close_lock = threading.Lock()
@@ -254,6 +256,7 @@ class Rift:
                 while True:
                     engine = Engine(s, embedder, VectorStore(client, folder), state)
                     engine.on_deleted_elsewhere = self._deleted_elsewhere
+                    engine.on_documents_gone = self._documents_gone
                     try:
                         self.repair_report = engine.open(rechunk=self._reembed)
                         break
@@ -272,6 +275,11 @@ class Rift:
             self.learning = LearningManager(self)
             for name in self._deleted_while_opening:  # (seen by the engine's start-up, before learning was)
                 self.learning.forget_collection(name)
+            for name, doc_ids in self._gone_while_opening:
+                try:  # (the job that would continue the plan checks for deleted documents itself)
+                    self.learning.forget_documents(name, doc_ids)
+                except Exception:
+                    log.exception("could not remove deleted documents of %r from a retrain's plan", name)
             self.learning.start(engine, resume_jobs=self._background)  # a server, not a CLI command
             self.load_seconds = time.perf_counter() - started
             log.info("rift ready in %.1fs (model %s)", self.load_seconds, embedder.version)
@@ -660,6 +668,16 @@ class Rift:
             with self.log.forgetting(collection):
                 pass
         self._forget_in_plans(collection)
+
+    def _documents_gone(self, collection: str, doc_ids: list[str]) -> None:
+        """Documents of `collection` were deleted, or written again with other text (by any path: a tool, the
+        CLI, a file sync's prune, or another process sharing the Chroma server, followed here): their texts
+        leave the retrain plans (the engine logs a failure; the deletion stands). In a one-off CLI process too,
+        which scrubs the plans an interrupted retrain left on disk."""
+        if self.learning is not None:
+            self.learning.forget_documents(collection, doc_ids)
+        else:
+            self._gone_while_opening.append((collection, list(doc_ids)))
 
     def _forget_in_plans(self, collection: str) -> None:
         """A deleted collection's texts leave the retrain plans (once learning starts, for one that the engine's

@@ -2697,3 +2697,49 @@ def test_retrain_plans_forget_a_collection_deleted_elsewhere_while_this_process_
         assert resume.pending(settings["b"].models_dir) == []  # its only rows were the deleted collection's
     finally:
         b.close()
+
+
+def test_retrain_plans_forget_documents_deleted_or_rewritten_elsewhere(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Another process's deletion or rewrite of a document, followed here (while running, and at start-up for
+    one made while this process was down), left its text in this process's interrupted retrain's plan."""
+    from server.learning import resume
+
+    chroma.wipe()
+    settings = {name: make_settings(tmp_path / name, tiny_model_path, **http_overrides(chroma)) for name in "ab"}
+    texts = {f"n{i}": f"note {i} about the river {word}" for i, word in enumerate(("floods", "bridge", "gravel",
+                                                                                     "ferry", "hunter2"), 1)}
+    a = open_rift(settings["a"])
+    b = None
+    try:
+        a.add_documents("notes", docs(*texts.items()))
+        b = open_rift(settings["b"])  # adopts "notes"
+        picks = ["n1", "n2", "n3", "n5"]
+        plan = resume.ResumePlan(
+            "ft-x", None, "x", "", "", {}, [[f"q{d}", texts[d], texts["n4"]] for d in picks], "fused", {}, [], {},
+            row_collections=["notes"] * len(picks), row_docs=[[d, "n4"] for d in picks],
+        )
+        resume.save(settings["b"].models_dir, plan)
+        path = resume.plan_path(settings["b"].models_dir, plan.version)
+        a.delete_documents("notes", ["n1"])
+        a.add_documents("notes", docs(("n3", texts["n3"], {"tag": "same text"})))
+        b.engine().follow_others(force=True)  # (what a search or a write here does first)
+        assert [r[0] for r in resume.pending(settings["b"].models_dir)[0].rows] == ["qn2", "qn3", "qn5"]
+        assert texts["n1"] not in path.read_text()
+        b.close()
+        b = None
+        a.add_documents("notes", docs(("n2", "note 2 rewritten")))
+        a.delete_documents("notes", ["n5"])
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+    b = open_rift(settings["b"])  # follows what a did while it was down, before its learning starts
+    try:
+        assert b.engine().get_document("notes", "n2")[0] == "note 2 rewritten"
+        [kept] = resume.pending(settings["b"].models_dir)
+        assert kept.rows == [["qn3", texts["n3"], texts["n4"]]] and kept.restart
+        assert "hunter2" not in path.read_text()
+    finally:
+        b.close()

@@ -6,6 +6,7 @@ and a one-off CLI command leaves it for the next server."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -473,3 +474,243 @@ def test_a_continued_job_keeps_its_id_and_an_unknown_id_says_why() -> None:
     assert "not kept across server restarts" in said and "continues under its own job_id" in said
     fresh = runner.start("retrain", {}, lambda job: {"status": "succeeded"})
     assert len(fresh.id) == 12 and fresh.id != job.id
+
+
+# --- documents deleted or rewritten: their texts leave the plans too -----------------------------------------
+
+
+def _doc_in_rows(plan: ResumePlan, collection: str = "default") -> tuple[str, str]:
+    """A document of `collection` some row's texts came from, and its text (each test corpus text is one chunk)."""
+    from tests.support.learning import corpus
+
+    texts = {d["id"]: d["text"] for d in corpus()}
+    doc_id = next(docs[0] for c, docs in zip(plan.row_collections, plan.row_docs, strict=True) if c == collection)
+    assert any(texts[doc_id] in row for row in plan.rows)
+    return doc_id, texts[doc_id]
+
+
+def test_a_document_deleted_by_another_process_leaves_an_interrupted_retrain(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """The audit's case: a retrain stopped by a shutdown, one of its documents deleted by `rift delete` while no
+    server ran; its text stayed in the plan on disk, and the next start trained on it."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+    from server.learning import manager
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, _ = _stopped_while_training(settings, at_step=1)
+    assert len(plan.row_docs) == len(plan.rows) and all(len(d) == 2 for d in plan.row_docs)
+    doc_id, text = _doc_in_rows(plan)
+    path = resume.plan_path(settings.models_dir, plan.version)
+    assert text in path.read_text()
+    checkpoints = resume.checkpoint_dir(settings.models_dir, plan.version)
+    assert latest_checkpoint(checkpoints) is not None
+
+    for name, value in {"RIFT_CONFIG": "/dev/null", "RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48",
+                        "RIFT_CHUNK_OVERLAP": "8"}.items():
+        monkeypatch.setenv(name, value)
+    deleted = CliRunner().invoke(main, ["delete", doc_id, "--data-dir", str(settings.data_dir)])
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.output)["deleted"] == [doc_id]
+    assert text not in path.read_text()  # gone from the disk at once, not at the next start
+    assert not checkpoints.exists()  # they learnt from its rows: never continued from
+    [kept] = resume.pending(settings.models_dir)
+    assert kept.restart and 0 < len(kept.rows) < len(plan.rows)
+    assert not any(doc_id in docs for docs in kept.row_docs)
+
+    trained_on: list[list[tuple[str, str, str]]] = []
+    real = manager.train_model
+
+    def recording(base, rows, *args, **kwargs):
+        trained_on.append(list(rows))
+        return real(base, rows, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "train_model", recording)
+    rift = _serve(settings)
+    try:
+        rift.learning.jobs.wait(180)
+        status = rift.learning.status()
+        assert status["status"] == "succeeded", status
+        assert "resumed_at_step" not in status["result"]["train"]  # trained again from its start
+    finally:
+        rift.close()
+    [rows] = trained_on
+    assert rows == [tuple(r) for r in kept.rows]
+    assert not any(text in part for row in rows for part in row)
+
+
+def test_a_document_deleted_while_a_retrain_trains_leaves_its_plan_but_not_the_job(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """delete_documents (by filter, through MCP) during training: the running job is not cancelled (a routine
+    sync's prune would end hour-long retrains), its plan on disk forgets the document's rows at once, and a
+    shutdown then leaves a plan that trains again from its start without them."""
+    import anyio
+    from mcp import Client
+
+    from server.app import SERVING, create_server
+    from server.learning.jobs import Job
+    from tests.support.helpers import docs
+    from tests.support.learning import corpus, queries
+
+    real_progress = Job.progress
+
+    def slow(job: Job, done: int, total: int) -> None:  # a training step takes long enough to act during it
+        real_progress(job, done, total)
+        if job.phase == "training":
+            time.sleep(0.1)
+
+    monkeypatch.setattr(Job, "progress", slow)
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+
+    async def scenario() -> tuple[str, str]:
+        async with Client(create_server(settings), raise_exceptions=False) as client:
+            rift = SERVING[-1]
+            rift.engine(timeout=120)
+            rift.add_documents("default", docs(*[(d["id"], d["text"], {"n": i}) for i, d in enumerate(corpus())]))
+            for text in queries():
+                rift.search("default", text)
+            job = _training(rift, epochs=3)
+            _, plan = rift.learning._live
+            doc_id, text = _doc_in_rows(plan)
+            path = resume.plan_path(settings.models_dir, plan.version)
+            assert text in path.read_text()
+            n = next(i for i, d in enumerate(corpus()) if d["id"] == doc_id)
+            result = await client.call_tool("delete_documents", {"filters": {"n": n}, "collection": "default"})
+            assert not result.is_error and result.structured_content["deleted"] == [doc_id]
+            assert text not in path.read_text()
+            assert job.status == "running" and job.phase == "training"
+            assert rift.learning.status(job.id)["status"] == "running"
+        return doc_id, text  # (leaving the session shut the server down mid-training)
+
+    doc_id, text = anyio.run(scenario)
+    [kept] = resume.pending(settings.models_dir)
+    assert kept.restart and kept.rows and not any(doc_id in d for d in kept.row_docs)
+    assert text not in resume.plan_path(settings.models_dir, kept.version).read_text()
+    cli = open_rift(settings)
+    try:
+        assert cli.stats()["learning"]["interrupted_retrain"]["continues_from"] == "the start of training"
+    finally:
+        cli.close()
+
+
+def _hand_made_plan(models_dir: Path, rows: list[tuple[str, str, str, str, str]], collection: str,
+                    version: str = "ft-20250101-000000-abcdef") -> ResumePlan:
+    """A pending plan, as a shutdown mid-training leaves it: rows (query, positive, negative, their documents),
+    and a checkpoint folder."""
+    plan = ResumePlan(
+        version, None, "m", "", "", {}, [[q, p, n] for q, p, n, _, _ in rows], "fused", {}, [], {},
+        row_collections=[collection] * len(rows), row_docs=[[pd, nd] for *_, pd, nd in rows],
+    )
+    resume.save(models_dir, plan)
+    (resume.checkpoint_dir(models_dir, version) / "checkpoint-3").mkdir(parents=True)
+    return plan
+
+
+def test_a_pruned_or_edited_file_leaves_an_interrupted_retrain(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A folder sync's prune deletes documents through the engine, not the service's delete; an edited file
+    synced again replaces its text. Both leave a waiting retrain's plan; an unchanged file does not."""
+    from server.ingest.security import PathPolicy
+    from server.ingest.sync import sync_paths
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    texts = {
+        "secret.txt": "the vault password is hunter2 and the door code",
+        "edited.txt": "the old draft of the harbour plan",
+        "kept.txt": "the river floods every spring near the bridge",
+        "other.txt": "an unrelated note about coffee and tea",
+    }
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)  # a one-off command: no retrain runs in it
+    try:
+        engine = rift.engine()
+        sync_paths(engine, "files", [str(folder)], PathPolicy.unrestricted())
+        doc = {name: str(folder / name) for name in texts}
+        plan = _hand_made_plan(
+            settings.models_dir,
+            [
+                ("vault", texts["secret.txt"], texts["other.txt"], doc["secret.txt"], doc["other.txt"]),
+                ("harbour", texts["edited.txt"], texts["other.txt"], doc["edited.txt"], doc["other.txt"]),
+                ("river", texts["kept.txt"], texts["other.txt"], doc["kept.txt"], doc["other.txt"]),
+            ],
+            "files",
+        )
+        path = resume.plan_path(settings.models_dir, plan.version)
+        os.utime(folder / "other.txt", (time.time() + 5, time.time() + 5))  # newer, the same text: rows stay
+        sync_paths(engine, "files", [str(folder)], PathPolicy.unrestricted())
+        assert resume.pending(settings.models_dir)[0].rows == plan.rows
+        (folder / "secret.txt").unlink()
+        (folder / "edited.txt").write_text("the new draft of the harbour plan")
+        report = sync_paths(engine, "files", [str(folder)], PathPolicy.unrestricted(), prune=True)
+        assert {(f.path, f.status) for f in report.files} >= {(doc["secret.txt"], "removed"), (doc["edited.txt"], "updated")}
+        on_disk = path.read_text()
+        assert "hunter2" not in on_disk and "old draft" not in on_disk
+        [kept] = resume.pending(settings.models_dir)
+        assert kept.rows == [["river", texts["kept.txt"], texts["other.txt"]]]
+        assert kept.restart and not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
+    finally:
+        rift.close()
+
+
+def test_a_replaced_documents_old_text_leaves_a_plan_and_an_emptied_plan_is_dropped(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """add_documents over an existing id with other text replaces what a plan quotes; new metadata alone does
+    not. A plan left with no row is dropped, with a note; a plan from before rows named their documents loses
+    every row of the collection."""
+    from dataclasses import asdict
+
+    from tests.support.helpers import docs
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("default", docs(("a", "alpha text about hunter2"), ("b", "beta text about boats")))
+        rift.add_documents("other", docs(("c", "gamma text"), ("d", "delta text")))
+        plan = _hand_made_plan(settings.models_dir, [("alpha", "alpha text about hunter2", "beta text about boats",
+                                                      "a", "b")], "default")
+        legacy = ResumePlan("ft-20240101-000000-abcdef", None, "m", "", "", {}, [["gamma", "gamma text", "delta text"]],
+                            "fused", {}, [], {}, row_collections=["other"])
+        resume.plan_path(settings.models_dir, legacy.version).write_text(
+            json.dumps({k: v for k, v in asdict(legacy).items() if k != "row_docs"})
+        )
+        rift.add_documents("default", docs(("a", "alpha text about hunter2", {"tag": "x"})))  # metadata only
+        rift.add_documents("other", docs(("d", "delta text", {"tag": "x"})))
+        assert {p.version: p.rows for p in resume.pending(settings.models_dir)} == {
+            plan.version: plan.rows, legacy.version: legacy.rows
+        }
+        rift.add_documents("default", docs(("a", "alpha text, the password changed")))
+        assert not resume.plan_path(settings.models_dir, plan.version).exists()
+        assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()
+        entry = rift.learning.registry.get(plan.version)
+        assert entry is not None and entry.status == "failed"
+        assert "documents of collection 'default', since deleted or rewritten" in entry.note
+        rift.add_documents("other", docs(("c", "gamma text, rewritten")))  # a plan that does not say: all of it
+        assert resume.pending(settings.models_dir) == []
+    finally:
+        rift.close()
+
+
+def test_rows_leave_by_document_and_a_plan_that_does_not_name_them_by_collection() -> None:
+    rows = [["q", "p", "n"], ["r", "p2", "n2"], ["s", "p3", "n3"]]
+    plan = ResumePlan("v", None, "m", "", "", {}, [list(r) for r in rows], "s", {}, [], {},
+                      row_collections=["a", "a", "b"], row_docs=[["x", "y"], ["z", "x"], ["x", "w"]])
+    assert plan.documents_of() == {"a": {"x", "y", "z"}, "b": {"x", "w"}}
+    assert plan.drop_rows_of_documents("a", {"y"}) == 1 and plan.restart
+    assert plan.rows == rows[1:] and plan.row_collections == ["a", "b"] and plan.row_docs == [["z", "x"], ["x", "w"]]
+    assert plan.drop_rows_of_documents("a", {"w"}) == 0  # (w is a document of b)
+    assert plan.drop_rows_of({"a"}) == 1 and plan.row_docs == [["x", "w"]]  # (kept in step with the rows)
+    older = ResumePlan("v", None, "m", "", "", {}, [list(r) for r in rows], "s", {}, [], {},
+                       row_collections=["a", "a", "b"])
+    assert older.documents_of() == {}
+    assert older.drop_rows_of_documents("a", {"anything"}) == 2 and older.rows == [rows[2]]
+    oldest = ResumePlan("v", None, "m", "", "", {}, [list(r) for r in rows], "s", {}, [], {})
+    assert oldest.drop_rows_of_documents("b", {"x"}) == 3 and oldest.rows == []
+    trained = ResumePlan("v", None, "m", "", "", {}, [list(r) for r in rows], "s", {}, [], {}, trained=True,
+                         row_collections=["a", "a", "b"], row_docs=[["x", "y"], ["z", "x"], ["x", "w"]])
+    assert trained.drop_rows_of_documents("a", {"x"}) == 2 and not trained.restart  # (its weights learnt them)

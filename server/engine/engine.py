@@ -440,6 +440,10 @@ class Engine:
         # Told when another process sharing the Chroma server deleted a collection (the app forgets its searches
         # and its texts in a retrain's plan, as a deletion here does).
         self.on_deleted_elsewhere: Callable[[str], None] | None = None
+        # Told (collection, doc ids) once documents' stored texts have left the store: deleted, or written again
+        # with other text, here or by another process whose writes this one followed (the app removes them from
+        # a retrain's plan). A failure is logged; the committed write stands.
+        self.on_documents_gone: Callable[[str, list[str]], None] | None = None
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
@@ -666,6 +670,7 @@ class Engine:
             in_chroma=in_chroma,
             chunkings=self.version_chunkings(collection),
         )
+        self._texts_gone(collection, delta.texts_gone)  # (deleted or rewritten elsewhere while this one was down)
         # Whole again (only now: a start cut short before this puts back the rest next time).
         if lost_on_server:
             self.shared.restored(collection)  # type: ignore[union-attr]
@@ -1429,6 +1434,7 @@ class Engine:
                     embeddings,
                     stale,
                     put_docs=[(d, h, t, m) for d, t, m, h in changed],
+                    replaced=self._text_replaced(collection, changed, existing),
                 )
         per_doc: dict[str, int] = {}
         for r in rows:
@@ -1437,6 +1443,22 @@ class Engine:
             status = "updated" if doc_id in existing else "added"
             statuses[doc_id] = DocumentStatus(doc_id, status, per_doc.get(doc_id, 0))
         return [statuses[d] for d, _, _ in docs]
+
+    def _text_replaced(
+        self, collection: str, changed: Sequence[tuple[str, str, dict[str, Any], str]], existing: Mapping[str, str]
+    ) -> list[str]:
+        """The documents of `changed` (about to be written) whose stored text differs from the text written (not
+        a metadata change, a re-chunk or a repair): their old texts leave the store. Read only when someone
+        listens (`on_documents_gone`)."""
+        if self.on_documents_gone is None:
+            return []
+        out = []
+        for doc_id, text, _meta, _hash in changed:
+            if doc_id in existing:
+                found = self.state.document(collection, doc_id)
+                if found is not None and found[1] != text:
+                    out.append(doc_id)
+        return out
 
     def _embed_reusing(
         self,
@@ -1523,9 +1545,11 @@ class Engine:
         stale: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
+        replaced: Sequence[str] = (),
     ) -> None:
         """Write `rows` (and `put_docs`) and remove `stale` (and `remove_docs`): Chroma first, then rift's
-        state, then the keyword index."""
+        state, then the keyword index. `replaced`: documents of `put_docs` whose stored text this write
+        replaces (with `remove_docs`, told to `on_documents_gone` once committed)."""
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
         written = None
@@ -1585,35 +1609,56 @@ class Engine:
                 raise _deleted_meanwhile(collection) from None  # (Chroma's own words name no collection of ours)
             raise
         try:
-            index = self._keyword[collection]
-            fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
-            rebuild = index.apply(
-                remove=stale,
-                add=[
-                    KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if fits else None) for r in rows
-                ],
-                add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
-            )
-            if rebuild:
-                self._rebuild_ms[collection] = rebuild * 1000
             try:
-                self.vectors.delete(chroma_name, stale)
-                self.state.journal_clear(journal_id)
-            except Exception:
-                # Committed and visible; the stale chunks are invisible to search and start-up removes them.
-                log.exception("removing replaced chunks of write %s failed; start-up will finish it", journal_id)
-            if self.shared is not None and rows:
-                self._sweep_older_versions(chroma_name, rows)
-        except BaseException:
-            if self.shared is not None:  # committed all the same: the other processes must hear of it
-                with suppress(Exception):
-                    self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
-                with suppress(Exception):
-                    self._deleted_since_commit(collection, chroma_name)
-            raise
-        if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
-            self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
-            self._deleted_since_commit(collection, chroma_name)
+                index = self._keyword[collection]
+                fits = self._fits_copy(len(index.snapshot.rows) + len(rows))
+                rebuild = index.apply(
+                    remove=stale,
+                    add=[
+                        KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata, r.text if fits else None)
+                        for r in rows
+                    ],
+                    add_vectors=embeddings if rows and fits else None,  # outgrown: Chroma's HNSW takes over
+                )
+                if rebuild:
+                    self._rebuild_ms[collection] = rebuild * 1000
+                try:
+                    self.vectors.delete(chroma_name, stale)
+                    self.state.journal_clear(journal_id)
+                except Exception:
+                    # Committed and visible; the stale chunks are invisible to search and start-up removes them.
+                    log.exception(
+                        "removing replaced chunks of write %s failed; start-up will finish it", journal_id
+                    )
+                if self.shared is not None and rows:
+                    self._sweep_older_versions(chroma_name, rows)
+            except BaseException:
+                if self.shared is not None:  # committed all the same: the other processes must hear of it
+                    with suppress(Exception):
+                        self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
+                    with suppress(Exception):
+                        self._deleted_since_commit(collection, chroma_name)
+                raise
+            if self.shared is not None:  # tell the other processes sharing Chroma, now that it has landed
+                self._announce_commit(collection, chroma_name, rows, written, put_docs, remove_docs)
+                self._deleted_since_commit(collection, chroma_name)
+        finally:  # committed: the texts it removed or replaced are gone, whatever failed after
+            self._texts_gone(collection, [*remove_docs, *replaced])
+
+    def _texts_gone(self, collection: str, doc_ids: Iterable[str]) -> None:
+        """Tell `on_documents_gone` that the stored texts of `doc_ids` left `collection`; never raises."""
+        ids = sorted(set(doc_ids))
+        if not ids or self.on_documents_gone is None:
+            return
+        try:
+            self.on_documents_gone(collection, ids)
+        except Exception:
+            log.exception(
+                "could not remove %d deleted or rewritten documents of collection %r from a retrain's plan (the "
+                "next start of that retrain drops the deleted ones)",
+                len(ids),
+                collection,
+            )
 
     def _announce_commit(
         self,

@@ -46,10 +46,17 @@ class Delta:
     added: list[ChunkRow] = field(default_factory=list)
     put_docs: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     removed_docs: list[str] = field(default_factory=list)
+    # Documents of `put_docs` whose text differs from the version rift held before (another process rewrote them).
+    replaced_docs: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.removed or self.added or self.put_docs or self.removed_docs)
+
+    @property
+    def texts_gone(self) -> list[str]:
+        """The documents whose text rift held left its state: deleted, or replaced by other text."""
+        return [*self.removed_docs, *self.replaced_docs]
 
 
 @dataclass
@@ -181,6 +188,10 @@ def reconcile_with_chroma(
             rows = [replace(r, metadata={**r.metadata, **exact}) for r in rows]
         delta.added.extend(rows)
         delta.put_docs.append((doc_id, chosen, joined, user_meta))
+        if any(v.in_state for v in by_hash.values()):  # a version held before: did its text change?
+            before = state.document(collection, doc_id)
+            if before is not None and before[1] != joined:
+                delta.replaced_docs.append(doc_id)
 
     if not delta.empty:
         log.log(

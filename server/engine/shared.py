@@ -971,6 +971,7 @@ class SharedSync:
                 remove=delta.removed,
                 add=[KeywordRow(r.chunk_id, r.doc_id, r.tokens, r.metadata) for r in delta.added],
             )
+        engine._texts_gone(collection, delta.texts_gone)  # (deleted or rewritten by another process)
 
     # --- last writer wins for one document id ---------------------------------------------------------------
 

@@ -344,6 +344,7 @@ class LearningManager:
                     config=asdict(cfg),
                     rows=[list(row) for row in rows],
                     row_collections=[t.collection for t in kept],
+                    row_docs=[[t.positive_doc, t.negative_doc] for t in kept],
                     strategy=mined.report.strategy,
                     triples_by_type=mined.report.counts_by_type(),
                     holdout=[q.query_id for q in mined.holdout],
@@ -479,15 +480,70 @@ class LearningManager:
                     log.warning("retrain job %s %s", job.id, why)
                 if plan.drop_rows_of({collection}) and resume.plan_path(models_dir, plan.version).exists():
                     resume.save(models_dir, plan, keep_mtime=True)
-            for plan in resume.pending(models_dir):
-                if plan.version == live_version or not plan.drop_rows_of({collection}):
-                    continue
-                if not plan.trained and not plan.rows:
-                    self._drop_plan(plan, f"its training triples came from collection {collection!r}, since deleted")
-                    continue
-                if plan.restart:  # (its checkpoints learnt from the removed rows: never used again)
-                    shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
-                resume.save(models_dir, plan, keep_mtime=True)  # (the newest plan is the one that continues)
+            self._scrub_pending(
+                live_version,
+                lambda plan: plan.drop_rows_of({collection}),
+                f"its training triples came from collection {collection!r}, since deleted",
+            )
+
+    def forget_documents(self, collection: str, doc_ids: Sequence[str]) -> None:
+        """After documents of `collection` were deleted, or written again with other text (by this process or,
+        followed here, by another one sharing the Chroma server): no retrain plan keeps the rows whose texts
+        came from them (a plan from before rift recorded rows' documents loses every row of `collection`). An
+        interrupted retrain drops those rows and trains again from its start on the rest (its checkpoints
+        learnt from them), or is dropped with a note when none is left; one already trained only forgets them.
+        Unlike a deleted collection, a retrain still training is not cancelled: a routine file sync that prunes
+        or edits a file would otherwise end an hour-long retrain. It trains on what it holds in memory, while
+        its plan on disk loses those rows at once, so a shutdown meanwhile continues without them, from the
+        start of training. Only a retrain left with no row at all is cancelled."""
+        gone = set(doc_ids)
+        models_dir = self.settings.models_dir
+        if not gone or (self._live is None and not resume.versions(models_dir)):
+            return  # (the common case, on every write that replaces a document: no plan, nothing read)
+        with self._plan_lock:
+            live_version = None
+            if self._live is not None:
+                job, plan = self._live
+                live_version = plan.version
+                taken = plan.drop_rows_of_documents(collection, gone)
+                if taken and resume.plan_path(models_dir, plan.version).exists():
+                    resume.save(models_dir, plan, keep_mtime=True)
+                if taken and not plan.rows and not plan.trained and job.status == "running":
+                    why = (
+                        f"cancelled: every training triple came from documents of collection {collection!r} "
+                        "deleted or rewritten since mining; start a new retrain"
+                    )
+                    self.jobs.cancel(job.id)  # (lands at its next check: a training step)
+                    job.error = why
+                    log.warning("retrain job %s %s", job.id, why)
+                elif taken:
+                    log.info(
+                        "retrain job %s: %d training triples came from documents of collection %r deleted or "
+                        "rewritten; they left its plan (it goes on training on what it holds)",
+                        job.id,
+                        taken,
+                        collection,
+                    )
+            self._scrub_pending(
+                live_version,
+                lambda plan: plan.drop_rows_of_documents(collection, gone),
+                f"its training triples came from documents of collection {collection!r}, since deleted or rewritten",
+            )
+
+    def _scrub_pending(self, live_version: str | None, drop: Callable[[ResumePlan], int], why: str) -> None:
+        """Apply `drop` to the plans on disk other than the running job's (under `_plan_lock`): an edited plan is
+        saved, its checkpoints removed when it must train again from its start, and one left with nothing to
+        train on is dropped with a note (`why`)."""
+        models_dir = self.settings.models_dir
+        for plan in resume.pending(models_dir, skip=live_version):
+            if not drop(plan):
+                continue
+            if not plan.trained and not plan.rows:
+                self._drop_plan(plan, why)
+                continue
+            if plan.restart:  # (its checkpoints learnt from the removed rows: never used again)
+                shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
+            resume.save(models_dir, plan, keep_mtime=True)  # (the newest plan is the one that continues)
 
     def _drop_plan(self, plan: ResumePlan, why: str) -> None:
         log.warning("not continuing interrupted retrain %s: %s", plan.version, why)
@@ -559,11 +615,17 @@ class LearningManager:
                 gone = set(plan.row_collections) - set(self.engine.collection_names())
                 if gone:
                     plan.drop_rows_of(gone)
+                # ... and documents deleted since (by a process that could not scrub the plan: one killed
+                # between its deletion and the scrub, or a deletion while mining ran).
+                for collection, docs in plan.documents_of().items():
+                    missing = docs - self.engine.state.doc_hashes(collection, sorted(docs)).keys()
+                    if missing:
+                        plan.drop_rows_of_documents(collection, missing)
                 if plan.restart:  # (its checkpoints learnt from rows since removed)
                     shutil.rmtree(resume.checkpoint_dir(models_dir, plan.version), ignore_errors=True)
                     plan.restart = False
                 if not plan.rows and not plan.trained:
-                    raise RiftError("every training triple came from collections deleted since mining")
+                    raise RiftError("every training triple came from collections or documents deleted since mining")
                 if resumable:
                     resume.save(models_dir, plan)
             if resumable:
@@ -571,13 +633,16 @@ class LearningManager:
                     if older.version != plan.version:
                         self._drop_plan(older, "a later retrain was started after it")
             entry = self.registry.get(plan.version) if plan.trained else None
+            # What the weights learnt, for the gate: rows that leave the plan while training (a document
+            # deleted meanwhile: see forget_documents) were learnt all the same.
+            learnt = [tuple(row) for row in plan.rows]
             if entry is None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / UNREGISTERED).touch()
                 job.enter("training")
                 trained = train_model(
                     plan.base_location,
-                    [tuple(row) for row in plan.rows],
+                    learnt,
                     out_dir,
                     cfg,
                     plan.query_prompt,
@@ -613,7 +678,7 @@ class LearningManager:
                 str(out_dir), plan.version, self.settings, self.registry.origin_model(entry)
             )
             entry.dimension = candidate.dimension
-            trained = {normalized_query(row[0]) for row in plan.rows}
+            trained = {normalized_query(row[0]) for row in learnt}
             return self._gate_and_switch(
                 job, candidate, entry, holdout, feedback, result, force=False, trained_texts=trained
             )

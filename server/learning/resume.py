@@ -47,6 +47,10 @@ class ResumePlan:
     # The job's id, kept when it continues so the id `retrain` returned still answers `retrain_status` after a
     # restart (None in plans from before rift recorded it: the continued job gets a new one).
     job_id: str | None = None
+    # The documents each row's texts came from, [positive, negative] (a corpus pseudo-query's or inverse-cloze
+    # query is the positive document's text too), so a deleted or rewritten document's texts can leave the plan
+    # (empty in plans from before rift recorded them).
+    row_docs: list[list[str]] = field(default_factory=list)
 
     def rows_of(self, collection: str) -> int:
         """How many rows came from `collection` (all of them when the plan does not say)."""
@@ -56,12 +60,43 @@ class ResumePlan:
 
     def drop_rows_of(self, collections: set[str]) -> int:
         """Remove the rows mined from `collections` (every row when the plan does not say); how many went."""
-        before = len(self.rows)
         if len(self.row_collections) != len(self.rows):
-            self.rows, self.row_collections = [], []
-        else:
-            kept = [(r, c) for r, c in zip(self.rows, self.row_collections, strict=True) if c not in collections]
-            self.rows, self.row_collections = [r for r, _ in kept], [c for _, c in kept]
+            return self._keep([False] * len(self.rows))
+        return self._keep([c not in collections for c in self.row_collections])
+
+    def drop_rows_of_documents(self, collection: str, doc_ids: set[str]) -> int:
+        """Remove the rows whose texts came from documents `doc_ids` of `collection`; how many went. A plan that
+        does not name its rows' documents loses every row of `collection` (every row when it does not name their
+        collections either)."""
+        if not len(self.row_docs) == len(self.row_collections) == len(self.rows):
+            return self.drop_rows_of({collection})
+        return self._keep(
+            [
+                c != collection or not doc_ids.intersection(docs)
+                for c, docs in zip(self.row_collections, self.row_docs, strict=True)
+            ]
+        )
+
+    def documents_of(self) -> dict[str, set[str]]:
+        """The documents the rows' texts came from, by collection (none when the plan does not say)."""
+        out: dict[str, set[str]] = {}
+        if len(self.row_docs) == len(self.rows) == len(self.row_collections):
+            for collection, docs in zip(self.row_collections, self.row_docs, strict=True):
+                out.setdefault(collection, set()).update(docs)
+        return out
+
+    def _keep(self, keep: list[bool]) -> int:
+        """Keep the rows `keep` marks, with what the plan says of them; how many went."""
+        before = len(self.rows)
+
+        def kept(values: list[Any]) -> list[Any]:
+            return [v for v, k in zip(values, keep, strict=True) if k] if len(values) == before else []
+
+        self.rows, self.row_collections, self.row_docs = (
+            kept(self.rows),
+            kept(self.row_collections),
+            kept(self.row_docs),
+        )
         if len(self.rows) < before and not self.trained:
             self.restart = True
         return before - len(self.rows)
@@ -89,10 +124,12 @@ def save(models_dir: Path, plan: ResumePlan, keep_mtime: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def pending(models_dir: Path) -> list[ResumePlan]:
-    """Plans left by jobs a process did not live to finish, oldest first; unreadable ones are dropped."""
+def pending(models_dir: Path, skip: str | None = None) -> list[ResumePlan]:
+    """Plans left by jobs a process did not live to finish, oldest first; unreadable ones are dropped. `skip`:
+    a version whose plan is not read (the running job's, which it holds)."""
     plans: list[ResumePlan] = []
-    for path in sorted(models_dir.glob(f".*{SUFFIX}"), key=lambda p: p.stat().st_mtime):
+    paths = [p for p in models_dir.glob(f".*{SUFFIX}") if skip is None or p != plan_path(models_dir, skip)]
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime):
         try:
             plans.append(ResumePlan(**json.loads(path.read_text())))
         except (OSError, ValueError, TypeError) as exc:
