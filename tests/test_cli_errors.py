@@ -181,6 +181,45 @@ def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
     assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
 
 
+def test_a_chroma_server_lost_during_rift_add_lists_what_is_stored(
+    tmp_path: Path, env: dict[str, str], monkeypatch
+) -> None:
+    """A Chroma server that went down after some batches committed was re-raised before the report: the user
+    saw only the error (as the top-level line) and not the files already stored, as a RiftError there shows."""
+    import httpx
+
+    import server.ingest.sync as sync
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(5):
+        (docs / f"note{i}.md").write_text(f"# Note {i}\n\nThe harbour log entry number {i}.\n")
+    data = str(tmp_path / "data")
+    monkeypatch.setattr(sync, "BATCH_DOCS", 2)
+    real_flush = sync._Sync.flush
+    flushes: list[int] = []
+    request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
+
+    def lost_at_the_second_batch(self) -> None:
+        if self.batch:
+            flushes.append(len(self.batch))
+            if len(flushes) == 2:
+                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        real_flush(self)
+
+    monkeypatch.setattr(sync._Sync, "flush", lost_at_the_second_batch)
+    result = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stdout.count("added ") == 2, result.output  # the first batch's files, listed
+    assert "notes: 2 added" in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: cannot reach the Chroma server at http://chroma.internal:8000 ("), error
+    assert "run the same command again once it answers; before the failure, 2 file(s) stored" in error, error
+    monkeypatch.setattr(sync._Sync, "flush", real_flush)
+    again = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
+
+
 def test_ctrl_c_during_a_watch_sync_says_so_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
     """Between syncs watchfiles takes Ctrl-C (the watch ends, exit 0, and its WARNING about it is not shown);
     during a sync it reached click as "Aborted!", exit 1."""

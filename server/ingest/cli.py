@@ -120,11 +120,17 @@ def add(
             )
         _print_report(report, as_json, verbose=False)
     except Exception as exc:
-        problem = user_message(exc)
-        if problem is None:
-            raise
+        from server.engine.vector_store import chroma_server_problem
+
+        # (A Chroma server that stops answering is a known problem too, not a bug: its batches before are listed.)
+        problem = user_message(exc) or chroma_server_problem(exc, then="run the same command again once it answers")
         if report.files:  # the batches before the failing one are stored: say which
             _print_report(report, as_json, verbose=False)
+        if problem is None:
+            raise
+        counts = report.counts()
+        if counts["added"] or counts["updated"] or counts["removed"]:
+            problem += f"; before the failure, {_stored(report)}"
         raise click.ClickException(problem) from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {_stored(report)}; run the same command again to finish", err=True)
