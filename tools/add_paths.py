@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -74,6 +75,11 @@ async def add_paths(
                 report=report,
             )
         )
+    except ToolError as exc:  # (a Chroma server gone, a full disk, ...): its earlier batches are stored all the same
+        stored = _stored(report)
+        if stored is None:
+            raise
+        raise ToolError(f"{exc}; {stored}") from None
     finally:  # batches committed before a failure or a cancel stay stored: announced too
         changed = [f.path for f in report.files if f.status in ("added", "updated", "removed")]
         await announce(ctx, collection, changed)
@@ -93,6 +99,18 @@ async def add_paths(
             for f in files
         ][:MAX_LISTED],
         truncated=len(files) > MAX_LISTED,
+    )
+
+
+def _stored(report: SyncReport) -> str | None:
+    """What the batches before a failure committed, for the error that ends the call; None when nothing."""
+    counts = report.counts()
+    if not (counts["added"] or counts["updated"] or counts["removed"]):
+        return None
+    done = ", ".join(f"{counts[s]} {s}" for s in ("added", "updated", "removed") if counts[s])
+    return (
+        f"the files before the failure are stored ({done}): run add_paths again with the same arguments to "
+        "finish (unchanged files are skipped)"
     )
 
 
