@@ -1403,6 +1403,45 @@ def test_a_failed_announcement_does_not_fail_the_write_and_is_paid_later(
     assert not a.engine().shared._owed
 
 
+def test_a_chroma_server_lost_around_a_write_is_logged_in_one_line_not_a_traceback(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch, caplog
+) -> None:
+    """The clean-ups after a commit (and a rollback) logged httpx's whole traceback when the server went away,
+    which a `rift add` user saw on the terminal; the sweep also counted chunks as documents ("672 written
+    documents" for 32 files)."""
+    import logging
+
+    import httpx
+
+    chroma.wipe()
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, **http_overrides(chroma)))
+    try:
+        app.add_documents("default", docs(("manual", LONG)))
+        request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
+
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+        vectors = app.engine().vectors
+        monkeypatch.setattr(vectors, "delete", refused)
+        with caplog.at_level(logging.WARNING, logger="server.engine.engine"):
+            app.add_documents("default", docs(("manual", LONG.replace("gravel", "sand"))))  # committed
+            monkeypatch.setattr(vectors, "upsert", refused)
+            with pytest.raises(httpx.ConnectError):
+                app.add_documents("default", docs(("manual", LONG.replace("gravel", "clay"))))
+        logged = [r for r in caplog.records if r.name == "server.engine.engine"]
+        messages = [r.getMessage() for r in logged]
+        assert any(m.startswith("removing replaced chunks of write") for m in messages), messages
+        assert any(m.startswith("removing other versions of 1 written document(s) failed: ") for m in messages)
+        assert any(m.startswith("rollback of write") for m in messages), messages
+        for record in logged:
+            assert record.exc_info is None, record.getMessage()
+            assert "cannot reach the Chroma server at http://chroma.internal:8000 (" in record.getMessage()
+    finally:
+        monkeypatch.undo()
+        app.close()
+
+
 def test_a_restart_follows_deletes_and_switches_made_while_down(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

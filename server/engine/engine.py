@@ -53,11 +53,21 @@ from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokeniz
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
-from server.engine.vector_store import VectorStore, chroma_not_answering
+from server.engine.vector_store import VectorStore, chroma_not_answering, chroma_server_problem
 from server.engine.versions import content_hash, same_float
 from server.errors import NotFoundError, RiftError
 
 log = logging.getLogger(__name__)
+
+
+def _log_failure(level: int, what: str, exc: BaseException, then: str) -> None:
+    """Log a failure that a write survives (or leaves to start-up): one line when a Chroma server stopped
+    answering, which is no bug (a traceback would reach a `rift add` user's terminal); the traceback otherwise."""
+    problem = chroma_server_problem(exc, then=then)
+    if problem is None:
+        log.log(level, "%s; %s", what, then, exc_info=exc)
+    else:
+        log.log(level, "%s: %s", what, problem)
 
 Mode = Literal["hybrid", "vector", "keyword"]
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
@@ -1587,8 +1597,8 @@ class Engine:
                     mine = [c for c in mine if c not in theirs]
                 self.vectors.delete(chroma_name, mine)
                 self.state.journal_clear(journal_id)
-            except Exception:
-                log.exception("rollback of write %s failed; start-up will finish it", journal_id)
+            except Exception as undo_exc:
+                _log_failure(logging.ERROR, f"rollback of write {journal_id} failed", undo_exc, "start-up will finish it")
             else:
                 if self.shared is not None and (not rows or gone):
                     self.shared.unexpect(chroma_name)  # undone whole, and no other process read it
@@ -1625,10 +1635,13 @@ class Engine:
                 try:
                     self.vectors.delete(chroma_name, stale)
                     self.state.journal_clear(journal_id)
-                except Exception:
+                except Exception as exc:
                     # Committed and visible; the stale chunks are invisible to search and start-up removes them.
-                    log.exception(
-                        "removing replaced chunks of write %s failed; start-up will finish it", journal_id
+                    _log_failure(
+                        logging.ERROR,
+                        f"removing replaced chunks of write {journal_id} failed",
+                        exc,
+                        "start-up will finish it",
                     )
                 if self.shared is not None and rows:
                     self._sweep_older_versions(chroma_name, rows)
@@ -1759,16 +1772,21 @@ class Engine:
         before the commit: a write that is rolled back must leave the version it replaced."""
         import chromadb.errors
 
+        doc_ids = sorted({r.doc_id for r in rows})
         try:
             written = float(rows[0].metadata["_rift_ts"])
-            doc_ids = sorted({r.doc_id for r in rows})
             older = self.shared.older_versions(chroma_name, doc_ids, written, {r.chunk_id for r in rows})
             self.vectors.delete(chroma_name, sorted(older))
         except chromadb.errors.NotFoundError:
             return  # deleted by another process meanwhile (`_deleted_since_commit` follows it)
-        except Exception:
+        except Exception as exc:
             # Committed and visible: those chunks are never shown, and the next write of the document removes them.
-            log.warning("removing other versions of %d written documents failed", len(rows), exc_info=True)
+            _log_failure(
+                logging.WARNING,
+                f"removing other versions of {len(doc_ids)} written document(s) failed",
+                exc,
+                "the next write of those documents removes them (search never shows them)",
+            )
 
     def update_metadata(
         self,
