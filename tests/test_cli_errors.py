@@ -335,3 +335,89 @@ def test_a_collection_name_with_a_trailing_newline_is_refused_before_anything_is
         assert result.exit_code in (1, 2) and "collection must be 1-63 characters" in result.output, result.output
         assert "Traceback" not in result.output and "Chroma" not in result.output
         assert not data.exists(), args
+
+
+@contextlib.contextmanager
+def web_server(status: int, body: bytes, headers: dict[str, str] | None = None):
+    """A local HTTP server that is not Chroma: every GET answers `status` with `body`; yields its port."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(status)
+            for name, value in (headers or {"Content-Type": "text/html"}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+PAGE = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head>\n<body><h1>Error 404</h1>\n" * 20
+
+
+def test_a_port_that_answers_but_is_not_chroma_is_named_not_waited_for(
+    tmp_path: Path, env: dict[str, str], tiny_model_path: Path
+) -> None:
+    """A wrong port where a web server answers read as "cannot reach the Chroma server ...: <!DOCTYPE HTML> ..."
+    (the heartbeat's status was never read), and `rift serve` retried it forever."""
+    import time
+
+    from server.engine.vector_store import ChromaUnreachable, make_client
+    from server.errors import RiftError
+    from server.service import Rift
+    from tests.support.helpers import make_settings
+
+    (tmp_path / "n.md").write_text("# T\n\nthe cat sat on the mat\n")
+    with web_server(404, PAGE) as port:
+        result = CliRunner().invoke(
+            main,
+            ["add", str(tmp_path / "n.md"), "--data-dir", str(tmp_path / "data")],
+            env={"RIFT_VECTOR_BACKEND": "http", "RIFT_CHROMA_PORT": str(port)},
+        )
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.strip().splitlines() == [
+            f"Error: rift failed to start: something answers at 127.0.0.1:{port} but it is not a Chroma server (its "
+            "/api/v2/heartbeat "
+            "answered 404 Not Found): check chroma_host / chroma_port (a Chroma server older than 0.6 has no "
+            "/api/v2 either)"
+        ], result.output
+        settings = make_settings(tmp_path / "served", tiny_model_path, vector_backend="http", chroma_port=port)
+        app = Rift(settings).start(background=True)  # `rift serve`: fails start-up, does not wait
+        try:
+            started = time.monotonic()
+            with pytest.raises(RiftError, match="rift failed to start: something answers at"):
+                app.engine(timeout=60)
+            assert time.monotonic() - started < 30 and app._waiting is None
+        finally:
+            app.close()
+
+    def problem(status: int, body: bytes, **headers: str) -> BaseException:
+        with web_server(status, body, headers or None) as port:
+            settings = make_settings(tmp_path / "data", tiny_model_path, vector_backend="http", chroma_port=port)
+            with pytest.raises(RiftError) as caught:
+                make_client(settings)
+        assert "<" not in str(caught.value) and "\n" not in str(caught.value), caught.value
+        return caught.value
+
+    page = problem(200, PAGE)  # a web page at the right path: not Chroma either, and not waited for
+    assert not isinstance(page, ChromaUnreachable)
+    assert "answered 200 OK with a web page titled 'Error response', not Chroma's heartbeat" in str(page), page
+    moved = problem(301, b"", Location="https://127.0.0.1/api/v2/heartbeat")
+    assert "301 Moved Permanently (a redirect to https://127.0.0.1/api/v2/heartbeat: check chroma_ssl)" in str(moved)
+    refused = problem(401, b'{"error": "unauthorized"}', **{"Content-Type": "application/json"})
+    assert "check chroma_auth_token" in str(refused) and not isinstance(refused, ChromaUnreachable)
+    starting = problem(503, PAGE)  # a proxy whose Chroma is not up yet: waited for, as an unreachable one
+    assert isinstance(starting, ChromaUnreachable) and "503 Service Unavailable" in str(starting), starting

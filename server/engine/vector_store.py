@@ -58,7 +58,10 @@ def make_client(settings: Settings) -> Any:
                 default_api_path=chroma_settings.chroma_server_api_default_path,
             )
             probe_s = min(PROBE_TIMEOUT_S, settings.chroma_timeout_s)
-            httpx.get(f"{base}/heartbeat", headers=headers, timeout=probe_s)
+            answer = httpx.get(f"{base}/heartbeat", headers=headers, timeout=probe_s)
+            not_chroma = heartbeat_problem(answer, where)
+            if not_chroma is not None:  # (a 5xx, a proxy whose Chroma is not up yet, is waited for below)
+                raise RiftError(not_chroma)
             client = chromadb.HttpClient(
                 host=settings.chroma_host,
                 port=settings.chroma_port,
@@ -70,14 +73,15 @@ def make_client(settings: Settings) -> Any:
             )
             limit_requests(client, settings.chroma_timeout_s)
             return client
+        except RiftError:  # something answers there, and it is not (or not yet) Chroma's API
+            raise
         except Exception as exc:
             if isinstance(exc, chromadb.errors.ChromaError):  # it answered: trying again will not change that
                 raise RiftError(
                     f"the Chroma server at {where} refused rift's connection: {exc} (settings chroma_tenant, "
                     "chroma_database: both must exist on the server; chroma_auth_token)"
                 ) from None
-            why = " ".join(str(exc).split())  # (an answer that is no Chroma's may be a whole web page)
-            why = why if len(why) <= 300 else why[:300] + " …"
+            why = excerpt(str(exc), 300)  # (an answer that is no Chroma's may be a whole web page)
             raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {why}") from None
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -90,6 +94,51 @@ def make_client(settings: Settings) -> Any:
             "aside (keep the copy): `rift serve` or `rift add` then embed every document again from the text "
             "rift's state holds"
         ) from None
+
+
+def heartbeat_problem(answer: Any, where: str) -> str | None:
+    """Why the answer to a heartbeat request (an httpx.Response) is not a Chroma server's, as a RiftError's
+    message; None for Chroma's heartbeat. A 5xx (a proxy in front of a Chroma that is starting, or a server
+    failing for now) raises ChromaUnreachable: waited for, as a server that does not answer is."""
+    status = answer.status_code
+    said = f"{status} {answer.reason_phrase}".strip()
+    if status >= 500:
+        raise ChromaUnreachable(
+            f"cannot use the Chroma server at {where}: its heartbeat answered {said} ({excerpt(answer.text, 120)})"
+        )
+    if 200 <= status < 300:
+        try:
+            beat = answer.json()
+        except ValueError:
+            beat = None
+        if isinstance(beat, dict) and "nanosecond heartbeat" in beat:
+            return None
+        said = f"{said} with {excerpt(answer.text, 80)}, not Chroma's heartbeat"
+    elif 300 <= status < 400:
+        location = answer.headers.get("location", "")
+        said += f" (a redirect to {excerpt(location, 120)}: check chroma_ssl)" if location else ""
+    elif status in (401, 403):
+        return (
+            f"the server at {where} refused rift's heartbeat request ({said}): check chroma_auth_token and "
+            "chroma_auth_header, and chroma_host / chroma_port"
+        )
+    return (
+        f"something answers at {where} but it is not a Chroma server (its {answer.request.url.path} answered "
+        f"{said}): check chroma_host / chroma_port (a Chroma server older than 0.6 has no /api/v2 either)"
+    )
+
+
+def excerpt(text: str, limit: int) -> str:
+    """A short, one-line excerpt of what a server said: a web page is named by its title, never quoted whole."""
+    flat = " ".join(text.split())
+    if not flat:
+        return "an empty body"
+    head = flat[:200].lower()
+    if head.startswith("<") and ("<html" in head or "<!doctype" in head or "<head" in head or "<body" in head):
+        title = re.search(r"<title[^>]*>(.*?)</title", flat, re.IGNORECASE | re.DOTALL)
+        named = " ".join(title.group(1).split())[:limit] if title else ""
+        return f"a web page titled {named!r}" if named else "a web page"
+    return flat if len(flat) <= limit else flat[:limit] + " …"
 
 
 def limit_requests(client: Any, seconds: float) -> None:
