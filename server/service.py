@@ -708,6 +708,8 @@ class Rift:
                     "model_version": info.model_version,
                     "keyword_rebuild_ms": round(info.keyword_rebuild_ms, 2),
                     "queries": self.log.stats(name) if self.log else {},
+                    # (a shared Chroma server that lost its vectors, a model switched elsewhere: not healthy)
+                    "problem": engine.shared.problem(name) if engine.shared is not None else None,
                 }
             )
         return {

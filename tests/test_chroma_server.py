@@ -1558,6 +1558,37 @@ def test_a_chroma_server_wiped_while_rift_runs_loses_no_document(
         b.close()
 
 
+def test_stats_names_a_collection_whose_vectors_the_server_lost(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, caplog
+) -> None:
+    """stats showed such a collection as healthy (its counts alone), and its message read "the Chroma server no
+    longer has collection 'default''s vectors ...: restart it" without saying what to restart."""
+    import logging
+
+    from tools.stats import StatsResult
+
+    chroma.wipe()
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, **http_overrides(chroma)))
+    try:
+        app.add_documents("default", docs(("cat", "the cat sat on the mat")))
+        app.add_documents("other", docs(("owl", "an owl hunts at night")))
+        assert [c["problem"] for c in app.stats()["collections"]] == [None, None]
+        chroma.wipe()  # the server loses its data
+        with caplog.at_level(logging.WARNING, logger="server.engine.shared"):
+            stats = StatsResult(**app.stats())  # (the tool's output model keeps the field)
+        problems = {c.name: c.problem for c in stats.collections}
+        assert [c.documents for c in stats.collections] == [1, 1]  # kept
+        assert problems["other"] is not None and problems["other"].startswith("collection 'other': "), problems
+        assert problems["default"] == (
+            "collection 'default': the Chroma server no longer has its vectors (its data was lost or replaced) and "
+            "no rift process deleted them; rift keeps the documents: restart rift to embed them again from their "
+            "stored text"
+        ), problems
+        assert "''s" not in caplog.text and "collection 'default': the Chroma server no longer has its" in caplog.text
+    finally:
+        app.close()
+
+
 def test_an_interrupted_re_upload_is_finished_by_the_next_start(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1679,7 +1710,7 @@ def test_a_lost_collection_serves_again_once_embedded_anew(
         chroma.wipe()
         a.engine().shared.sync(force=True)
         engine = a.engine()
-        with pytest.raises(RiftError, match="restart it"):
+        with pytest.raises(RiftError, match="restart rift to embed them again"):
             engine.vector_ranking("default", engine.embedder, "cat", 5)  # what a retrain's gate does
         engine.reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
         assert ids(a.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]

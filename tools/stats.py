@@ -18,6 +18,11 @@ class CollectionStats(BaseModel):
     model_version: str
     keyword_rebuild_ms: float
     queries: dict[str, Any]
+    problem: str | None = Field(
+        None,
+        description="With a Chroma server: what keeps this collection from being searched and written here (the "
+        "server lost its vectors, another process switched its model) and what to do; null when nothing does.",
+    )
 
 
 class StatsResult(BaseModel):

@@ -528,11 +528,11 @@ class SharedSync:
             return "moved"
         if record.name not in self._lost:
             log.warning(
-                "the Chroma server %s collection %r's vectors (%s), and no rift process dropped them (a new "
+                "collection %r: the Chroma server %s its vectors (%s), and no rift process dropped them (a new "
                 "server, or one whose data was lost); its %d documents are kept, and what the server lacks is "
                 "embedded again from rift's stored text",
-                "no longer has" if now is None else "made again",
                 record.name,
+                "no longer has" if now is None else "made again",
                 chroma,
                 self.engine.state.counts(record.name)[0],
             )
@@ -702,10 +702,19 @@ class SharedSync:
             )
         if collection in self._lost and not lost_ok:
             raise RiftError(
-                f"the Chroma server no longer has collection {collection!r}'s vectors (its data was lost or "
-                "replaced) and no rift process deleted them; rift keeps the documents: restart it to embed them "
-                "again from their stored text"
+                f"collection {collection!r}: the Chroma server no longer has its vectors (its data was lost or "
+                "replaced) and no rift process deleted them; rift keeps the documents: restart rift to embed "
+                "them again from their stored text"
             )
+
+    def problem(self, collection: str) -> str | None:
+        """What keeps `collection` from being searched and written here (the server lost its vectors, another
+        process switched its model), as `check_served_here` says it; None when nothing does."""
+        try:
+            self.check_served_here(collection)
+        except RiftError as exc:
+            return str(exc)
+        return None
 
     def sync(self, force: bool = False) -> bool:
         """Catch up with other processes' writes; returns whether anything moved. Without `force`, at most
