@@ -82,6 +82,9 @@ async def test_tools_list_schemas_and_annotations(cfg: Settings) -> None:
     }
     # Not "additive only" either (MCP's destructiveHint false): add_paths prunes, update_metadata removes keys.
     assert tools["add_paths"].annotations.destructive_hint and tools["update_metadata"].annotations.destructive_hint
+    # Nor retrain and rollback: another model serves, and versions past learn_keep_versions / learn_keep_weights
+    # lose their vectors and weights (a client that auto-approves non-destructive tools must ask first).
+    assert all(tools[name].annotations.destructive_hint for name in ("retrain", "rollback"))
     for name in CORE:
         tool = tools[name]
         assert tool.title and tool.annotations is not None and tool.annotations.title == tool.title

@@ -93,7 +93,9 @@ TOOL = ToolSpec(
     annotations=ToolAnnotations(
         title="Retrain from use",
         read_only_hint=False,
-        destructive_hint=False,
+        # Not additive only: a new model serves, and older versions' vectors and weights past the settings
+        # learn_keep_versions / learn_keep_weights are deleted (a version without weights cannot serve again).
+        destructive_hint=True,
         idempotent_hint=False,
         open_world_hint=False,
     ),
