@@ -25,6 +25,7 @@ from server.config import Settings
 from server.service import DataDirLock, Rift
 from server.wire import read_ids_strictly
 from tools import ALL_TOOLS
+from tools._arguments import quoted, refuse_unknown_keys
 from tools._common import ToolSpec
 from tools.prompts import ASK, IMPROVE, ask, improve_search, prompt_problem
 from tools.resources import (
@@ -92,6 +93,11 @@ class RiftMCPServer(MCPServer):
     tool results' text is compact JSON."""
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        if self._tool_manager.get_tool(name) is None:
+            # A protocol error, as MCP has it (and as an unknown prompt or resource is here), not a tool's
+            # isError result; the SDK's "Unknown tool" also quoted the name whole.
+            known = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {quoted(name)}; the tools are {known}")
         # The SDK writes a result's text as JSON indented by 2: about 30 % of a search's text was whitespace,
         # which an agent pays for in context on every call. Same JSON, same structured content.
         result = await super().call_tool(name, arguments, context)
@@ -219,9 +225,11 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     integers = _integer_fields(loose.model_json_schema())
 
     def integral_floats(cls: type, data: Any) -> Any:
-        """JSON Schema counts 5.0 as an integer; strict validation would refuse it."""
+        """Unknown names are refused first, each quoted short; JSON Schema counts 5.0 as an integer, which strict
+        validation would refuse."""
         if not isinstance(data, dict):
             return data
+        refuse_unknown_keys(loose, data, name)
         return {
             k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v
             for k, v in data.items()

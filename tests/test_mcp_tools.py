@@ -14,6 +14,8 @@ import anyio
 import jsonschema
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 
 from server.app import create_server
 from server.config import Settings
@@ -391,7 +393,7 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
                 {"ids": ["a"], "colection": "other"},
                 ["delete_documents arguments", "colection"],
             ),
-            ("hybrid_search", {"query": "cat", "filter": {"lang": "de"}}, ["filter", "xtra"]),
+            ("hybrid_search", {"query": "cat", "filter": {"lang": "de"}}, ["has no argument 'filter'", "filters"]),
             # A value of the wrong JSON type is refused, not converted (k=true was one hit, relevant=1 a
             # confirmation).
             ("hybrid_search", {"query": "cat", "k": True}, ["k", "valid integer"]),
@@ -415,6 +417,32 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
         assert after["collections"] == before["collections"]  # no 'b', no new collection
         found = await s.ok("hybrid_search", {"query": "fine", "mode": "keyword"})
         assert found["hits"] == []
+
+
+async def test_unknown_names_are_quoted_short_and_an_unknown_tool_is_a_protocol_error(cfg: Settings) -> None:
+    """A 100,000-character unknown argument or field name came back whole in the error (100 KB of an agent's
+    context), and an unknown tool was a tool result (isError) quoting its name whole, where MCP makes it a
+    protocol error, as rift answers an unknown prompt or resource."""
+    long = "x" * 100_000
+    async with session(cfg) as s:
+        with pytest.raises(MCPError) as caught:
+            await s.client.call_tool("n" * 5000, {})
+        error = caught.value.error
+        assert error.code == INVALID_PARAMS and len(error.message) < 1000, len(error.message)
+        assert error.message.startswith("unknown tool '" + "n" * 100 + "'…; the tools are add_documents, ")
+        for name, args, needle in [
+            ("stats", {long: 1}, "stats has no argument '" + "x" * 100 + "'…; it takes collection"),
+            ("add_documents", {"documents": [{"text": "t", long: 1}]}, "a document has no field '"),
+            (
+                "feedback",
+                {"query_id": "q", "judgments": [{"doc_id": "a", "relevant": True, long: 1}]},
+                "a judgment has no field '",
+            ),
+        ]:
+            message = await s.error(name, args)
+            assert len(message) < 2000, (name, len(message))  # (checked first: pytest's report of a 100 KB miss)
+            assert needle in message, (name, message)
+        assert (await s.ok("stats"))["collections"] == []  # and the server goes on serving
 
 
 async def test_large_add_streams_progress(cfg: Settings) -> None:

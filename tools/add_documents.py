@@ -15,9 +15,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 
 from server.engine.engine import DocumentInput
+from tools._arguments import refuse_unknown_keys
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 from tools.resources import announcing
 
@@ -37,6 +39,11 @@ MetadataValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, Befo
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt "meta" must not drop the metadata in silence
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return refuse_unknown_keys(cls, data, "a document", "field")
 
     id: StrictStr | None = Field(
         None, min_length=1, max_length=512, description="Stable id; defaults to a hash of the text (the same text added again, with any metadata, "

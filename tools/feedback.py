@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tools._arguments import refuse_unknown_keys
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
@@ -17,6 +18,11 @@ MAX_JUDGMENTS = 100  # a default search's 100 hits at most; more (a larger max_k
 
 class Judgment(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")  # as the tool's own arguments: `relevant: 1` is refused
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return refuse_unknown_keys(cls, data, "a judgment", "field")
 
     doc_id: str = Field(min_length=1, max_length=512, description="A doc_id that search returned.")
     relevant: bool = Field(description="true if the document answered the query, false if not.")

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from server.engine.engine import MAX_QUERY_CHARS, check_collection_name
 from server.errors import RiftError
+from tools._arguments import quoted
 
 ASK = "ask"
 IMPROVE = "improve_search"
@@ -57,18 +58,13 @@ def improve_search() -> str:
 def prompt_problem(prompts: dict[str, tuple[set[str], set[str]]], name: str, arguments: dict[str, object]) -> str | None:
     """What is wrong with a prompts/get request (`prompts`: name -> (required, all) argument names), if anything."""
     if name not in prompts:
-        return f"unknown prompt {_short(name)}; the prompts are {', '.join(sorted(prompts))}"
+        return f"unknown prompt {quoted(name)}; the prompts are {', '.join(sorted(prompts))}"
     required, known = prompts[name]
     unknown = sorted(set(arguments) - known)
     if unknown:
         takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
-        return f"prompt {name!r} has no argument {', '.join(map(_short, unknown[:5]))}; {takes}"
+        return f"prompt {name!r} has no argument {', '.join(map(quoted, unknown[:5]))}; {takes}"
     missing = sorted(required - set(arguments))
     if missing:
         return f"prompt {name!r} needs the argument {', '.join(map(repr, missing))}"
     return None
-
-
-def _short(name: str) -> str:
-    """A name from the request as an error quotes it: a huge one is not echoed back whole."""
-    return repr(name) if len(name) <= 100 else repr(name[:100]) + "…"
