@@ -214,6 +214,25 @@ def test_an_import_that_fails_part_way_says_what_is_stored_and_resumes(rift, mon
     with pytest.raises(RiftError, match=r"lines 1-2 failed: the disk .* is full.*\(OSError: \[Errno 28\] No space left on device\); nothing was"):
         jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()))
     assert [d for d, _ in rift.engine().state.list_documents("wall", -1, 0)] == ["d0", "d1"]
+    # (a Chroma server lost: its address and what to do, not httpx's bare "ConnectError: ...")
+    import httpx
+
+    request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
+    calls[:] = [[], []]
+    monkeypatch.setattr(jsonl, "BATCH_DOCUMENTS", 1)
+
+    def lost(collection, documents, progress=None):
+        calls.append([d.id for d in documents])
+        if len(calls) == 4:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return real(collection, documents, progress)
+
+    monkeypatch.setattr(rift, "add_documents", lost)
+    with pytest.raises(RiftError, match=r"lines 2-2 failed: cannot reach the Chroma server at http://chroma.internal:8000 "
+                       r"\(ConnectError: .*\): start it .*; the import can resume once it answers; lines up to 1 are stored"):
+        jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()))
+    monkeypatch.setattr(rift, "add_documents", real)
+    monkeypatch.setattr(jsonl, "BATCH_DOCUMENTS", 2)
     seen = []
     report = jsonl.import_documents(rift, "wall", io.BytesIO(data.encode()), progress=lambda r: seen.append(r.written_through_line))
     assert (report.added, report.unchanged, report.documents) == (3, 2, 5) and seen == [2, 4, 5]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from server.engine.filters import document_columns, mask, parse_filters, unknown_fields_problem
+from server.engine.vector_store import chroma_server_problem
 from server.errors import NotFoundError, RiftError, user_message
 
 FIELDS = ("id", "text", "metadata")
@@ -201,7 +202,11 @@ def import_documents(
                 collection, [DocumentInput(text=d.text, id=d.doc_id, metadata=d.metadata) for d in batch]
             )
         except Exception as exc:  # rift's own errors, and others (Chroma's, a full disk): say what is stored
-            why = user_message(exc) or f"{type(exc).__name__}: {exc}"
+            why = (
+                user_message(exc)
+                or chroma_server_problem(exc, then="the import can resume once it answers")
+                or f"{type(exc).__name__}: {exc}"
+            )
             stored = (
                 f"lines up to {report.written_through_line} are stored ({_counts(report)}); run the import "
                 "again to resume: stored documents are skipped"
