@@ -714,3 +714,39 @@ def test_rows_leave_by_document_and_a_plan_that_does_not_name_them_by_collection
     trained = ResumePlan("v", None, "m", "", "", {}, [list(r) for r in rows], "s", {}, [], {}, trained=True,
                          row_collections=["a", "a", "b"], row_docs=[["x", "y"], ["z", "x"], ["x", "w"]])
     assert trained.drop_rows_of_documents("a", {"x"}) == 2 and not trained.restart  # (its weights learnt them)
+
+
+def test_a_document_rewritten_while_a_retrain_mines_leaves_its_plan(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Mining reads documents' texts before the job's plan exists, so a rewrite meanwhile (a sync, an agent)
+    had no plan to scrub, and the job-start check drops only documents that are gone: the old text was trained
+    on and stayed in the plan on disk."""
+    from tests.support.helpers import docs
+    from tests.support.learning import corpus
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    texts = {d["id"]: d["text"] for d in corpus()}
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        real_mine = rift.learning.mine
+        rewritten: list[str] = []
+
+        def mine_then_rewrite(*args, **kwargs):
+            out = real_mine(*args, **kwargs)
+            if not rewritten:  # (the job's own mining, not a dry run's)
+                doc_id = next(t.positive_doc for t in out[2] if t.collection == "default")
+                rift.add_documents("default", docs((doc_id, "rewritten: the old words are gone")))
+                rewritten.append(doc_id)
+            return out
+
+        rift.learning.mine = mine_then_rewrite
+        job = _training(rift)
+        _, plan = rift.learning._live
+        old = texts[rewritten[0]]
+        assert not any(old in part for row in plan.rows for part in row)
+        assert not any(rewritten[0] in d for d in plan.row_docs) and plan.rows
+        assert old not in resume.plan_path(settings.models_dir, plan.version).read_text()
+        assert job.status == "running"
+    finally:
+        rift.close()
+    assert rift.learning._mining_gone is None

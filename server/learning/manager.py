@@ -105,6 +105,9 @@ class LearningManager:
         # job's own saves and discards of its plan.
         self._live: tuple[Job, ResumePlan] | None = None
         self._plan_lock = threading.Lock()
+        # While a retrain mines (before its plan exists): collection -> documents deleted or rewritten meanwhile,
+        # whose rows the plan drops when the job starts (mining may have read their old texts).
+        self._mining_gone: dict[str, set[str]] | None = None
 
     def start(self, engine: Any, resume_jobs: bool = False) -> None:
         """`engine` is the one being opened (the app is not ready yet, so `self.engine` would wait for it).
@@ -319,6 +322,8 @@ class LearningManager:
         mining_over = threading.Event()
 
         def work(job: Job) -> dict[str, Any]:
+            with self._plan_lock:
+                self._mining_gone = {}
             try:
                 job.enter("mining")
 
@@ -355,6 +360,8 @@ class LearningManager:
                 self.policy.note_started()
             except BaseException as exc:
                 mined_out["error"] = exc
+                with self._plan_lock:
+                    self._mining_gone = None
                 raise
             finally:
                 mining_over.set()
@@ -498,9 +505,11 @@ class LearningManager:
         start of training. Only a retrain left with no row at all is cancelled."""
         gone = set(doc_ids)
         models_dir = self.settings.models_dir
-        if not gone or (self._live is None and not resume.versions(models_dir)):
+        if not gone or (self._live is None and self._mining_gone is None and not resume.versions(models_dir)):
             return  # (the common case, on every write that replaces a document: no plan, nothing read)
         with self._plan_lock:
+            if self._mining_gone is not None:  # (a retrain mining: its plan, made next, drops them)
+                self._mining_gone.setdefault(collection, set()).update(gone)
             live_version = None
             if self._live is not None:
                 job, plan = self._live
@@ -615,8 +624,12 @@ class LearningManager:
                 gone = set(plan.row_collections) - set(self.engine.collection_names())
                 if gone:
                     plan.drop_rows_of(gone)
+                # ... and documents deleted or rewritten while it mined (it may have read their old texts) ...
+                written_meanwhile, self._mining_gone = self._mining_gone or {}, None
+                for collection, docs in written_meanwhile.items():
+                    plan.drop_rows_of_documents(collection, docs)
                 # ... and documents deleted since (by a process that could not scrub the plan: one killed
-                # between its deletion and the scrub, or a deletion while mining ran).
+                # between its deletion and the scrub).
                 for collection, docs in plan.documents_of().items():
                     missing = docs - self.engine.state.doc_hashes(collection, sorted(docs)).keys()
                     if missing:
@@ -628,9 +641,8 @@ class LearningManager:
                     raise RiftError("every training triple came from collections or documents deleted since mining")
                 if resumable:
                     resume.save(models_dir, plan)
-            if resumable:
-                for older in resume.pending(models_dir):  # (left by a CLI command): this one supersedes it
-                    if older.version != plan.version:
+                    # (Under the lock: a scrub that read an older plan must not save it back after this.)
+                    for older in resume.pending(models_dir, skip=plan.version):  # (left by a CLI command)
                         self._drop_plan(older, "a later retrain was started after it")
             entry = self.registry.get(plan.version) if plan.trained else None
             # What the weights learnt, for the gate: rows that leave the plan while training (a document
@@ -731,7 +743,7 @@ class LearningManager:
             created_at=time.time(),
             parent=plan.parent,
             strategy=plan.strategy,
-            triples=len(plan.rows),
+            triples=int(train.get("triples", len(plan.rows))),  # (trained on; rows may leave the plan after)
             triples_by_type=plan.triples_by_type,
             train=train,
             note=note,
