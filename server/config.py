@@ -329,7 +329,10 @@ class Settings(BaseSettings):
         "server next starts (if the model it started from still serves); false drops it.",
     )
     learn_auto_after_queries: int | None = Field(
-        None, ge=1, description="Periodic retrain: after this many new logged queries (None = off)."
+        None,
+        ge=1,
+        description="Periodic retrain: after this many new logged queries since the last retrain or skip, pruned "
+        "ones included (may exceed log_max_queries; None = off).",
     )
     learn_auto_interval_hours: float | None = Field(
         None, gt=0, description="Periodic retrain: every this many hours when there are new logged queries and enough "

@@ -16,7 +16,7 @@ from server.cli import main
 from server.errors import RiftError
 from server.learning.jobs import JobRunner
 from server.service import Rift
-from tests.support.helpers import make_settings, open_rift
+from tests.support.helpers import docs, make_settings, open_rift
 from tests.support.learning import fill_two_collections, queries
 
 pytestmark = pytest.mark.slow
@@ -168,6 +168,44 @@ def test_periodic_policy_is_off_by_default_and_retrains_after_n_queries(
             assert policy.check().startswith("not due: 0 new queries")
         finally:
             rift.learning.retrain = real  # type: ignore[method-assign]
+    finally:
+        rift.close()
+
+
+def test_the_periodic_policy_counts_searches_the_log_no_longer_keeps(tmp_path: Path, tiny_model_path: Path) -> None:
+    """learn_auto_after_queries counts searches logged since the last retrain (or skip), not the rows still in
+    the log: past log_max_queries the log keeps as many rows however many were searched, so a count of them
+    stuck at the limit and a larger learn_auto_after_queries never came due (found by helper AZ). A policy file
+    from before the count starts from the searches still logged since its window began."""
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, log_max_queries=10, learn_auto_after_queries=25, learn_min_triples=10**6
+    )
+    rift = open_rift(settings)
+    try:
+        rift.add_documents("default", docs(("a", "quantum physics energy note"), ("b", "coffee tea sugar milk")))
+        policy = rift.learning.policy
+        for text in queries()[:24]:
+            rift.search("default", text)
+        assert rift.log.count() <= 10 and rift.log.searches_logged() == 24
+        assert policy.check() == "not due: 24 new queries since the last retrain or skip"
+        assert rift.stats()["learning"]["policy"]["new_queries_since_last_retrain"] == 24
+        rift.search("default", "coffee energy")
+        assert policy.check().startswith("skipped (25 new queries >= 25)")  # (too few triples: a new window)
+        assert policy.describe()["new_queries_since_last_retrain"] == 0
+        for text in queries()[:3]:
+            rift.search("default", text + " again")
+    finally:
+        rift.close()
+    # A policy file written before the count: its window's searches still logged are the new ones.
+    path = settings.models_dir / "policy.json"
+    state = json.loads(path.read_text())
+    assert state["window_searches"] == 25
+    path.write_text(json.dumps({"last_retrain": None, "window_start": state["window_start"]}))
+    rift = open_rift(settings)
+    try:
+        assert rift.learning.policy.check() == "not due: 3 new queries since the last retrain or skip"
+        rift.search("default", "coffee energy once more")
+        assert rift.learning.policy.check() == "not due: 4 new queries since the last retrain or skip"
     finally:
         rift.close()
 

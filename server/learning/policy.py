@@ -1,8 +1,8 @@
 """Optional periodic retraining (off by default): start the same background retrain, through the same gate,
 after `learn_auto_after_queries` new logged queries and/or every `learn_auto_interval_hours`, provided that at
 least `learn_min_triples` triples can be mined. The check runs in a daemon thread every `check_seconds`; its
-state (last check, last trigger and why) is shown in `stats`. The time of the last retrain survives restarts
-(`models/policy.json`)."""
+state (last check, last trigger and why) is shown in `stats`. The time of the last retrain, and the query log's
+count of searches ever logged when the current window started, survive restarts (`models/policy.json`)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ class Policy:
         # Not a retrain itself.
         start = state.get("window_start", self.last_retrain)
         self.window_start: float = float(start) if isinstance(start, int | float) else time.time()
+        # The query log's searches_logged() when the window started: new searches are the difference. Counting
+        # the rows logged since window_start instead could never pass log_max_queries (or the half of it that
+        # judged searches leave), so a larger learn_auto_after_queries never came due. A policy file from before
+        # this count (or a new one) starts it here (see new_searches); None while the log cannot be read.
+        searches = state.get("window_searches")
+        self.window_searches: int | None = (
+            int(searches) if isinstance(searches, int) and not isinstance(searches, bool) else None
+        )
+        if self.window_searches is None and manager.rift.log is not None:
+            try:
+                self.new_searches()  # (persists what it starts)
+            except Exception:  # never a reason not to start
+                log.exception("could not read the query log's count of searches")
         if not self._path.is_file():
             self._persist()
 
@@ -53,13 +66,39 @@ class Policy:
     def _persist(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last_retrain": self.last_retrain, "window_start": self.window_start}))
+        state = {
+            "last_retrain": self.last_retrain,
+            "window_start": self.window_start,
+            "window_searches": self.window_searches,
+        }
+        tmp.write_text(json.dumps(state))
         os.replace(tmp, self._path)
+
+    def _restart_window(self, at: float | None = None) -> None:
+        self.window_start = time.time() if at is None else at
+        try:
+            self.window_searches = self.manager.log.searches_logged()
+        except Exception:  # (an unreadable log: the next reading counts from window_start, as new_searches says)
+            log.exception("could not read the query log's count of searches")
+            self.window_searches = None
+        self._persist()
+
+    def new_searches(self) -> int:
+        """Searches logged since the window started, pruned or forgotten ones included."""
+        total = self.manager.log.searches_logged()
+        if self.window_searches is None:
+            # A policy file from before this count (or none): the searches still logged since window_start
+            # are the new ones, as they were counted before; from here on every logged search counts.
+            self.window_searches = max(0, total - self.manager.log.count(since=self.window_start))
+            self._persist()
+        if total < self.window_searches:  # a new log (a damaged one was moved aside): all of it is new
+            return total
+        return total - self.window_searches
 
     def note_started(self) -> None:
         """Any retrain (manual or automatic) resets the counters."""
-        self.last_retrain = self.window_start = time.time()
-        self._persist()
+        self.last_retrain = time.time()
+        self._restart_window(at=self.last_retrain)
 
     def start(self) -> None:
         if self.enabled and self._thread is None:
@@ -85,7 +124,7 @@ class Policy:
 
     def due(self) -> tuple[bool, str]:
         s = self.settings
-        new = self.manager.log.count(since=self.window_start)
+        new = self.new_searches()
         if s.learn_auto_after_queries is not None and new >= s.learn_auto_after_queries:
             return True, f"{new} new queries >= {s.learn_auto_after_queries}"
         hours = s.learn_auto_interval_hours
@@ -116,13 +155,11 @@ class Policy:
                 self.last_outcome = "a job is running"
                 return self.last_outcome
             # Not enough triples yet: wait for the next window rather than retrying every check.
-            self.window_start = time.time()
-            self._persist()
+            self._restart_window()
             self.last_outcome = f"skipped ({why}): {exc}"
         except Exception as exc:  # a failure of the attempt itself: logged once, tried again the next window
             log.exception("periodic retrain could not start")
-            self.window_start = time.time()
-            self._persist()
+            self._restart_window()
             self.last_outcome = f"failed to start ({why}): {type(exc).__name__}: {exc}"[:500]
         self.last_action = {"at": self.last_check, "outcome": self.last_outcome}
         log.info("periodic retrain: %s", self.last_outcome)
@@ -142,5 +179,5 @@ class Policy:
             "last_action": self.last_action,
         }
         if self.enabled and self.manager.rift.log is not None:
-            out["new_queries_since_last_retrain"] = self.manager.log.count(since=self.window_start)
+            out["new_queries_since_last_retrain"] = self.new_searches()
         return out

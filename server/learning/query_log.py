@@ -54,7 +54,16 @@ CREATE TABLE IF NOT EXISTS fetches (
     doc_id TEXT NOT NULL,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+# counters: how many searches were ever written to this log, pruned and forgotten ones included (the periodic
+# retrain counts new searches as the difference of two readings: the rows in the log cannot tell, since past
+# log_max_queries the log keeps as many rows whatever was searched).
+SEARCHES_LOGGED = "searches_logged"
 
 COLUMNS = (
     "query_id", "ts", "query", "collection", "model_version", "mode", "k", "filters", "vector", "keyword",
@@ -154,6 +163,13 @@ class QueryLog:
         # NORMAL in WAL mode is crash-safe (no corruption); a power cut may lose the last few records.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        # A log written before the counter existed starts it at the searches it holds (a count that only grows
+        # from here; those already pruned were never counted anywhere). (Read first: a write at every open would
+        # wait for another process's write lock.)
+        if self._conn.execute("SELECT 1 FROM counters WHERE name = ?", (SEARCHES_LOGGED,)).fetchone() is None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO counters VALUES (?, (SELECT COUNT(*) FROM queries))", (SEARCHES_LOGGED,)
+            )
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(queries)")}
         if "compared" not in columns:  # a log written before the column existed: its rows count as compared
             self._conn.execute("ALTER TABLE queries ADD COLUMN compared INTEGER NOT NULL DEFAULT 1")
@@ -234,6 +250,9 @@ class QueryLog:
                                 f"INSERT INTO queries ({', '.join(COLUMNS)}) "
                                 f"VALUES ({', '.join('?' * len(COLUMNS))})",
                                 part,
+                            )
+                            self._conn.execute(
+                                "UPDATE counters SET value = value + ? WHERE name = ?", (len(part), SEARCHES_LOGGED)
                             )
                         self._rows += len(part)
             except Exception:
@@ -487,6 +506,14 @@ class QueryLog:
         with self._lock:
             (n,) = self._conn.execute("SELECT COUNT(*) FROM queries WHERE ts >= ?", (since,)).fetchone()
         return int(n)
+
+    def searches_logged(self) -> int:
+        """How many searches were ever written to this log (by any process), pruned and forgotten ones too:
+        only ever grows, so the difference of two readings is the searches logged in between."""
+        self.flush()
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (SEARCHES_LOGGED,)).fetchone()
+        return int(row[0]) if row else 0
 
     def record_fetch(self, query_id: str, doc_id: str) -> bool:
         """An agent read a whole document after this search: a usage signal for learning. False, recording
