@@ -268,7 +268,8 @@ class Settings(BaseSettings):
 
     # --- learning log --------------------------------------------------------------------------------------
     log_queries: bool = Field(True, description="Record every hybrid search in the disagreement log.")
-    # Bounds the log's disk (a search's record is tens of KB: both candidate lists) and what each retrain mines.
+    # Bounds the log's disk (a search's record is tens of KB: both candidate lists; a lower limit shrinks the
+    # file at the next start, see QueryLog._reclaim) and what each retrain mines.
     log_max_queries: int = Field(
         20_000,
         ge=0,
