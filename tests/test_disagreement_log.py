@@ -446,3 +446,42 @@ def test_the_log_gives_deleted_searches_disk_back(tmp_path: Path, caplog) -> Non
     assert log.count() == 10 and [q.query_id for q in log.iter_queries()][-1] == "q149"
     log.close()
     assert old.stat().st_size < full / 8 and _pages(old)[0] == 2
+
+
+def test_a_search_that_left_the_log_is_named_as_such_and_its_document_still_read(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A search pruned past log_max_queries, or whose collection was deleted and made again, was reported as an
+    'unknown query_id' that no hybrid_search returned, and get_document with it refused to return the document
+    (found by helper AZ): feedback now says the search left the log, and get_document returns the document
+    with a warning instead of recording the read."""
+    from server.errors import NotFoundError
+    from server.ingest.manage import get_document
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, log_max_queries=10))
+    try:
+        app.add_documents("sci", docs(*CORPUS))
+        first = app.search("sci", QUERY, k=1)
+        for i in range(12):
+            app.search("sci", f"{FILLERS[i % len(FILLERS)]} {i}")
+        assert app.log.get(first.query_id) is None  # pruned
+        with pytest.raises(NotFoundError) as refused:
+            app.learning.feedback(first.query_id, "kw", True)
+        message = str(refused.value)
+        assert "is not in the query log" in message and "newest 10 searches (log_max_queries)" in message
+        assert "nothing was recorded" in message and "unknown query_id" not in message
+        view = get_document(app, "sci", "kw", first.query_id)
+        assert view.text == KW and not view.fetch_recorded
+        assert len(view.warnings) == 1 and "is not in the query log" in view.warnings[0]
+
+        # Deleted and made again: the search went with the collection.
+        again = app.search("sci", QUERY, k=1)
+        app.delete_collection("sci")
+        app.add_documents("sci", docs(*CORPUS))
+        view = get_document(app, "sci", "kw", again.query_id)
+        assert view.text == KW and not view.fetch_recorded and "deleted collection" in view.warnings[0]
+        assert app.log.fetches() == []
+        with pytest.raises(RiftError, match="not one hybrid_search returns"):
+            get_document(app, "sci", "kw", "kw")  # a doc_id passed as the query_id
+    finally:
+        app.close()

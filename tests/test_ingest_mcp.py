@@ -127,10 +127,19 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
         )
         assert unranked["text"] == doc["text"] and not unranked["fetch_recorded"]
 
+        # A query_id of a form hybrid_search never returns is the caller's mistake (a doc_id or the query
+        # passed instead) and is refused; one of the right form that is not in the log (pruned past
+        # log_max_queries, or its collection deleted since) still returns the document, saying why the read
+        # was not recorded: refusing it cost the agent the document it came for (found by helper AZ).
         message = await refused(
             client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id="nope"
         )
-        assert "unknown query_id" in message
+        assert "'nope' is not one hybrid_search returns" in message
+        gone = await ok(client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id="0" * 32)
+        assert gone["text"] == doc["text"] and not gone["fetch_recorded"]
+        assert len(gone["warnings"]) == 1 and "is not in the query log" in gone["warnings"][0]
+        assert "log_max_queries" in gone["warnings"][0] and "not recorded" in gone["warnings"][0]
+        assert doc["warnings"] == [] and unranked["warnings"] == []
         await ok(client, "create_collection", collection="other")
         message = await refused(
             client, "get_document", doc_id=hit["doc_id"], collection="other", query_id=found["query_id"]

@@ -61,9 +61,11 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         assert (
             await ok(client, "feedback", {"query_id": first["query_id"], "doc_id": doc, "relevant": True})
         )["replaced"] is False
-        assert "unknown query_id" in await error(
+        assert "'nope' is not one hybrid_search returns" in await error(
             client, "feedback", {"query_id": "nope", "doc_id": doc, "relevant": True}
         )
+        message = await error(client, "feedback", {"query_id": "0" * 32, "doc_id": doc, "relevant": True})
+        assert "is not in the query log" in message and "log_max_queries" in message
         assert "not among the results" in await error(
             client, "feedback", {"query_id": first["query_id"], "doc_id": "no-such-doc", "relevant": False}
         )

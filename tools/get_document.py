@@ -33,8 +33,9 @@ class DocumentOut(BaseModel):
     )
     warnings: list[str] = Field(
         default_factory=list,
-        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
-        "copy answered, without other processes' writes since; empty normally.",
+        description="Why this may be out of date (the Chroma server could not be reached, so this process's own "
+        "copy answered, without other processes' writes since), or why the read was not recorded against "
+        "query_id (the search is no longer in the query log); empty normally.",
     )
 
 
@@ -64,7 +65,7 @@ async def get_document(
         max_chars = rift.settings.get_document_max_chars or None
     read = caught_up(fetch_document)
     view, warnings = await call(read, rift, collection, doc_id, query_id, offset, max_chars)
-    return DocumentOut(**view.__dict__, warnings=warnings)
+    return DocumentOut(**{**view.__dict__, "warnings": [*view.warnings, *warnings]})
 
 
 TOOL = ToolSpec(

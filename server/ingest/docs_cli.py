@@ -91,7 +91,8 @@ def get_document(
 
     def go(rift: Any) -> dict[str, Any]:
         view, warnings = caught_up(fetch)(rift, collection, doc_id, None, offset, max_chars)
-        shown = {k: v for k, v in view.__dict__.items() if k != "fetch_recorded"}
+        shown = {k: v for k, v in view.__dict__.items() if k not in ("fetch_recorded", "warnings")}
+        warnings = [*view.warnings, *warnings]
         return shown | ({"warnings": warnings} if warnings else {})
 
     _run(data_dir, go)

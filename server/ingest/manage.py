@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from server.engine.engine import check_collection_name
@@ -14,6 +14,7 @@ from server.engine.filters import document_columns, mask, parse_filters, unknown
 from server.engine.shared import unseen_while_unreachable
 from server.engine.state_store import DocumentEntry
 from server.errors import NotFoundError, RiftError
+from server.learning.query_log import is_query_id, not_logged
 
 MAX_LIST = 1000
 
@@ -54,6 +55,7 @@ class DocumentView:
     offset: int
     truncated: bool
     fetch_recorded: bool
+    warnings: list[str] = field(default_factory=list)  # why a query_id given was not recorded against
 
 
 def _check_int(value: Any, where: str, low: int, high: int | None = None) -> int:
@@ -82,16 +84,26 @@ def get_document(
         _check_int(max_chars, "max_chars", 1)
     engine = rift.engine()
     logged = None
+    warnings = []
     if query_id is not None:
         if not isinstance(query_id, str) or not query_id.strip():
             raise RiftError("query_id must be a non-empty string (the query_id a hybrid_search returned)")
-        if rift.settings.log_queries and rift.log is not None:
+        # A query_id of the wrong form is a caller's mistake (a doc_id or the query's text passed instead), and
+        # is refused as other arguments are. One of the right form that the log no longer holds (pruned past
+        # log_max_queries, or its collection deleted and made again) is no mistake: the document is what the
+        # agent came for, so it is returned, with why the read was not recorded.
+        if not is_query_id(query_id):
+            raise RiftError(
+                f"query_id {query_id!r} is not one hybrid_search returns (32 hexadecimal digits): pass the "
+                "query_id of the search that found this document, or none"
+            )
+        if not rift.settings.log_queries or rift.log is None:
+            warnings.append("the query log is off (setting log_queries): this read was not recorded")
+        else:
             logged = rift.log.get(query_id)
             if logged is None:
-                raise NotFoundError(
-                    f"unknown query_id {query_id!r}: pass the query_id a hybrid_search returned"
-                )
-            if logged.collection != collection:
+                warnings.append(f"{not_logged(query_id, rift.log.max_queries)}; this read was not recorded")
+            elif logged.collection != collection:
                 raise RiftError(
                     f"query_id {query_id!r} searched collection {logged.collection!r}, not {collection!r}"
                 )
@@ -101,7 +113,13 @@ def get_document(
     end = len(text) if max_chars is None else offset + max_chars
     # Recorded only as a read of a document that search's response named (as `feedback` is): another document would
     # become that query's positive though the agent found it elsewhere.
-    if logged is None or doc_id not in logged.shown or not rift.log.record_fetch(query_id, doc_id):
+    if logged is not None and doc_id in logged.shown and not rift.log.record_fetch(query_id, doc_id):
+        warnings.append(
+            f"query {query_id!r} left the query log just now (past log_max_queries the oldest searches go, and a "
+            "deleted collection's searches go with it): this read was not recorded"
+        )
+        logged = None
+    if logged is None or doc_id not in logged.shown:
         logged = None  # (not recorded)
     return DocumentView(
         collection,
@@ -114,6 +132,7 @@ def get_document(
         offset,
         end < len(text),
         logged is not None,
+        warnings,
     )
 
 

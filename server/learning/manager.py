@@ -38,7 +38,7 @@ from server.learning.pipeline import (
     switch_all,
 )
 from server.learning.policy import Policy
-from server.learning.query_log import normalized_query
+from server.learning.query_log import is_query_id, normalized_query, not_logged
 from server.learning.registry import WEIGHTS_DELETED, ModelVersion, Registry, model_key, new_version_id
 from server.learning.resume import ResumePlan
 from server.learning.training import TrainConfig, train_model
@@ -208,12 +208,14 @@ class LearningManager:
                 "feedback needs the query log, and it is off (setting log_queries, RIFT_LOG_QUERIES): searches "
                 "return no query_id to give feedback on"
             )
+        if not is_query_id(query_id):
+            raise RiftError(
+                f"query_id {query_id!r} is not one hybrid_search returns (32 hexadecimal digits): give the "
+                "query_id of the search that showed these results"
+            )
         logged = self.log.get(query_id)
         if logged is None:
-            raise NotFoundError(
-                f"unknown query_id {query_id!r}: give the query_id a hybrid_search result returned "
-                "(searches in vector or keyword mode are not logged)"
-            )
+            raise NotFoundError(f"{not_logged(query_id, self.log.max_queries)}; nothing was recorded")
         for i, (doc_id, _) in enumerate(judgements):
             if doc_id not in logged.shown:
                 raise RiftError(

@@ -129,6 +129,25 @@ def new_query_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_query_id(value: str) -> bool:
+    """Whether `value` has the form of a query_id hybrid_search returns (new_query_id: 32 hexadecimal digits)."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def not_logged(query_id: str, max_queries: int) -> str:
+    """Why a query_id of the right form is not in the log: never returned, or its search left the log since."""
+    kept = (
+        f"the log keeps the newest {max_queries:,} searches (log_max_queries), and a deleted collection's searches "
+        "go with it"
+        if max_queries
+        else "a deleted collection's searches go with it"
+    )
+    return (
+        f"query_id {query_id!r} is not in the query log: no hybrid_search returned it (vector and keyword "
+        f"searches are not logged), or its search has been dropped since: {kept}"
+    )
+
+
 def _yield_to_searches() -> None:
     """Run the calling (writer) thread only when a CPU would otherwise idle (Linux SCHED_IDLE). Back-to-back
     searches otherwise lost 1-1.5 ms each on 2 cores: the writer's ~0.3 ms preempted one of the embedding
