@@ -750,3 +750,31 @@ def test_a_document_rewritten_while_a_retrain_mines_leaves_its_plan(tmp_path: Pa
     finally:
         rift.close()
     assert rift.learning._mining_gone is None
+
+
+def test_stats_says_when_the_next_start_drops_a_plan_instead_of_continuing_it(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """stats announced "continues from the gate" for a plan whose candidate already served (a kill after the
+    switch, before the plan was removed), and for one whose starting model no longer serves; the next start
+    drops both without a job."""
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    rift = open_rift(settings)
+    try:
+        base = rift.learning.registry.serving().version
+        plan = _hand_made_plan(settings.models_dir, [("q", "p", "n", "a", "b")], "default")  # (parent None)
+        said = rift.stats()["learning"]["interrupted_retrain"]
+        assert said == {
+            "version": plan.version,
+            "triples": 1,
+            "dropped_at_next_server_start": "the model it started from (None) no longer serves",
+        }
+        plan.parent = base
+        resume.save(settings.models_dir, plan)
+        assert rift.stats()["learning"]["interrupted_retrain"]["continues_at_next_server_start"] is True
+        entry = rift.learning._candidate_entry(plan, {}, "switched in")
+        entry.status = "serving"  # (as the registry says once the switch was saved)
+        rift.learning.registry.add(entry)
+        assert rift.stats()["learning"]["interrupted_retrain"] is None
+    finally:
+        rift.close()

@@ -392,19 +392,13 @@ class LearningManager:
         if not plans:
             return
         plan = plans[-1]
-        if not self.settings.learn_resume_interrupted:
-            self._drop_plan(plan, "learn_resume_interrupted is off")
-            return
-        entry = self.registry.get(plan.version)
-        if entry is not None and entry.status in ("serving", "rejected"):  # stopped after its gate had decided
-            log.info("retrain %s had ended when the last process stopped (%s)", plan.version, entry.status)
+        ended, why_not = self._why_not_continued(plan)
+        if ended:  # stopped after its gate had decided
+            log.info("retrain %s had ended when the last process stopped (%s)", plan.version, why_not)
             resume.discard(models_dir, plan.version)
             return
-        if (serving.version if serving else None) != plan.parent:
-            self._drop_plan(plan, f"the model it started from ({plan.parent}) no longer serves")
-            return
-        if plan.trained and not (models_dir / plan.version).is_dir():
-            self._drop_plan(plan, "its trained weights were deleted")
+        if why_not is not None:
+            self._drop_plan(plan, why_not)
             return
         if not plan.trained:
             try:
@@ -1055,14 +1049,35 @@ class LearningManager:
             "policy": self.policy.describe(),
         }
 
+    def _why_not_continued(self, plan: ResumePlan) -> tuple[bool, str | None]:
+        """Whether the newest plan `plan` had already ended (its gate decided before the stop), and why the next
+        server start does not continue it; (False, None) when it does."""
+        entry = self.registry.get(plan.version)
+        if entry is not None and entry.status in ("serving", "rejected"):
+            return True, f"its candidate was {'switched in' if entry.status == 'serving' else 'rejected'}"
+        if not self.settings.learn_resume_interrupted:
+            return False, "learn_resume_interrupted is off"
+        serving = self.registry.serving()
+        if (serving.version if serving else None) != plan.parent:
+            return False, f"the model it started from ({plan.parent}) no longer serves"
+        if plan.trained and not (self.settings.models_dir / plan.version).is_dir():
+            return False, "its trained weights were deleted"
+        return False, None
+
     def _interrupted(self, running: Job | None) -> dict[str, Any] | None:
-        """A retrain the next server start continues (none while a job runs: that is the one continuing)."""
+        """A retrain the next server start continues (none while a job runs: that is the one continuing), or
+        one it drops, saying why."""
         if running is not None:
             return None
         plans = resume.pending(self.settings.models_dir)
         if not plans:
             return None
         plan = plans[-1]
+        ended, why_not = self._why_not_continued(plan)
+        if ended:  # (its plan is only left over: the next start removes it)
+            return None
+        if why_not is not None:
+            return {"version": plan.version, "triples": len(plan.rows), "dropped_at_next_server_start": why_not}
         step = self._checkpoint(plan)
         return {
             "version": plan.version,
