@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from server.cli import main
+from tests.support.helpers import ChromaLostAtBatch, write_notes
 
 
 @pytest.fixture
@@ -186,28 +187,9 @@ def test_a_chroma_server_lost_during_rift_add_lists_what_is_stored(
 ) -> None:
     """A Chroma server that went down after some batches committed was re-raised before the report: the user
     saw only the error (as the top-level line) and not the files already stored, as a RiftError there shows."""
-    import httpx
-
-    import server.ingest.sync as sync
-
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(5):
-        (docs / f"note{i}.md").write_text(f"# Note {i}\n\nThe harbour log entry number {i}.\n")
+    docs = write_notes(tmp_path / "docs")
     data = str(tmp_path / "data")
-    monkeypatch.setattr(sync, "BATCH_DOCS", 2)
-    real_flush = sync._Sync.flush
-    flushes: list[int] = []
-    request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
-
-    def lost_at_the_second_batch(self) -> None:
-        if self.batch:
-            flushes.append(len(self.batch))
-            if len(flushes) == 2:
-                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-        real_flush(self)
-
-    monkeypatch.setattr(sync._Sync, "flush", lost_at_the_second_batch)
+    lost = ChromaLostAtBatch(monkeypatch)
     result = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.stdout.count("added ") == 2, result.output  # the first batch's files, listed
@@ -215,7 +197,7 @@ def test_a_chroma_server_lost_during_rift_add_lists_what_is_stored(
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: cannot reach the Chroma server at http://chroma.internal:8000 ("), error
     assert "run the same command again once it answers; before the failure, 2 file(s) stored" in error, error
-    monkeypatch.setattr(sync._Sync, "flush", real_flush)
+    lost.restore()
     again = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
     assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
 

@@ -13,7 +13,7 @@ import pytest
 from server.errors import RiftError
 from server.learning.disagreement import summarize
 from server.learning.query_log import SCHEMA, QueryLog
-from tests.support.helpers import docs, make_settings, open_rift, sqlite_rows
+from tests.support.helpers import docs, make_settings, open_rift, sqlite_pages, sqlite_rows
 
 QUERY = "quantum gluon plasma"
 # BERT lower-cases and strips accents, so "vec" embeds exactly like QUERY (cosine 1: vector rank 1), while
@@ -394,15 +394,6 @@ def _record_large(log: QueryLog, query_id: str, collection: str = "c") -> None:
     log.record(query_id, f"query {query_id}", collection, "m", "hybrid", 10, None, found, found, ["a"], 5, 0.2, [], [])
 
 
-def _pages(path: Path) -> tuple[int, int, int]:
-    """(auto_vacuum mode, pages, free pages) of a closed SQLite file."""
-    conn = sqlite3.connect(str(path))
-    try:
-        return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("auto_vacuum", "page_count", "freelist_count"))  # type: ignore[return-value]
-    finally:
-        conn.close()
-
-
 def test_the_log_gives_deleted_searches_disk_back(tmp_path: Path, caplog) -> None:
     """Pruning to a lower log_max_queries or forgetting a deleted collection's searches freed pages that SQLite
     kept for good: a 45 MB log with 99.9 % of its pages free stayed 45 MB (found by helper AZ). A new log uses
@@ -414,13 +405,13 @@ def test_the_log_gives_deleted_searches_disk_back(tmp_path: Path, caplog) -> Non
         _record_large(log, f"q{i}", "c" if i < 200 else "d")
     log.close()
     full = path.stat().st_size
-    assert full > 6_000_000 and _pages(path)[0] == 2  # (2: incremental)
+    assert full > 6_000_000 and sqlite_pages(path)[0] == 2  # (2: incremental)
     log = QueryLog(path, max_queries=150)  # a lower limit, at the next start
     assert log.count() == 150 and path.stat().st_size < full * 0.6
     log.forget_collection("d")  # the 100 searches of a deleted collection, while serving
     assert log.count() == 50 and path.stat().st_size < full / 4
     log.close()
-    assert path.stat().st_size < full / 4 and _pages(path)[2] < 50
+    assert path.stat().st_size < full / 4 and sqlite_pages(path)[2] < 50
 
     # A log from before auto-vacuum (its tables made without it): the first start that finds most of it free
     # rewrites it, which also converts it; one without the disk for that goes on as it was.
@@ -432,20 +423,20 @@ def test_the_log_gives_deleted_searches_disk_back(tmp_path: Path, caplog) -> Non
     for i in range(150):
         _record_large(log, f"q{i}")
     log.close()
-    assert _pages(old)[0] == 0
+    assert sqlite_pages(old)[0] == 0
     full = old.stat().st_size
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
-            "server.learning.query_log.shutil.disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20)
+            "server.engine.sqlite_space.shutil.disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20)
         )
         log = QueryLog(old, max_queries=10)
         assert log.count() == 10
         log.close()
-    assert "too little for the VACUUM" in caplog.text and old.stat().st_size == full and _pages(old)[0] == 0
+    assert "too little for the VACUUM" in caplog.text and old.stat().st_size == full and sqlite_pages(old)[0] == 0
     log = QueryLog(old, max_queries=10)
     assert log.count() == 10 and [q.query_id for q in log.iter_queries()][-1] == "q149"
     log.close()
-    assert old.stat().st_size < full / 8 and _pages(old)[0] == 2
+    assert old.stat().st_size < full / 8 and sqlite_pages(old)[0] == 2
 
 
 def test_a_search_that_left_the_log_is_named_as_such_and_its_document_still_read(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from server.errors import DataDirLockedError, NotFoundError, RiftError
-from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_rows
+from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_pages, sqlite_rows
 
 LONG = " ".join(
     f"Sentence {i} talks about the river and the {w} near the old city." for i, w in enumerate(["sea"] * 30)
@@ -1402,17 +1402,6 @@ def _filler(seed: int, words: int = 400) -> str:
     return " ".join(_WORDS[(seed * 7 + i * i) % len(_WORDS)] + str(i % 50) for i in range(words))
 
 
-def _file_pages(path: Path) -> tuple[int, int, int]:
-    """(auto_vacuum mode, pages, free pages) of a closed SQLite file."""
-    import sqlite3
-
-    conn = sqlite3.connect(str(path))
-    try:
-        return tuple(conn.execute(f"PRAGMA {n}").fetchone()[0] for n in ("auto_vacuum", "page_count", "freelist_count"))  # type: ignore[return-value]
-    finally:
-        conn.close()
-
-
 def _fill(app: Any) -> None:
     """A collection of 150 documents of about 3 KB (several MB of state) and a small one to keep."""
     app.add_documents("big", docs(*[(f"b{i}", _filler(i)) for i in range(150)]))
@@ -1426,6 +1415,13 @@ def _kept_intact(app: Any) -> None:
     assert ids(app.search("keep", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
     text, _, n_chunks, _ = app.engine().get_document("keep", "long")
     assert text == LONG and n_chunks > 1
+
+
+def _given_back(path: Path, full: int) -> None:
+    """The closed state file is incremental, mostly live pages, under an eighth of `full`, and intact."""
+    mode, pages, free = sqlite_pages(path)
+    assert mode == 2 and free < pages / 4 and path.stat().st_size < full / 8
+    assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_deleted_documents_and_collections_give_their_disk_back(rift_factory) -> None:
@@ -1445,9 +1441,7 @@ def test_deleted_documents_and_collections_give_their_disk_back(rift_factory) ->
     assert path.stat().st_size < full / 8
     _kept_intact(app)
     app.close()
-    mode, pages, free = _file_pages(path)
-    assert mode == 2 and free < pages / 4 and path.stat().st_size < full / 8
-    assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    _given_back(path, full)
     assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
     _kept_intact(rift_factory(chunk_tokens=256, chunk_overlap=16))
 
@@ -1460,7 +1454,7 @@ def test_a_state_from_before_auto_vacuum_is_rewritten_once_at_start(rift_factory
     import shutil
     import sqlite3
 
-    caplog.set_level(logging.INFO, logger="server.engine.state_store")
+    caplog.set_level(logging.INFO, logger="server.engine.sqlite_space")
     app = rift_factory(chunk_tokens=256, chunk_overlap=16)
     path = app.settings.state_db
     _fill(app)
@@ -1468,23 +1462,23 @@ def test_a_state_from_before_auto_vacuum_is_rewritten_once_at_start(rift_factory
     conn = sqlite3.connect(str(path))
     conn.executescript("PRAGMA auto_vacuum=NONE; VACUUM")  # as an earlier rift made it
     conn.close()
-    assert _file_pages(path)[0] == 0
+    assert sqlite_pages(path)[0] == 0
     app = rift_factory(chunk_tokens=256, chunk_overlap=16)
     app.delete_collection("big")  # while serving: the file is left as it is
     full = path.stat().st_size
     assert full > 3_000_000
     app.close()
-    assert path.stat().st_size == full and _file_pages(path)[0] == 0
+    assert path.stat().st_size == full and sqlite_pages(path)[0] == 0
 
     with monkeypatch.context() as mp:
         mp.setattr(
-            "server.engine.state_store.shutil.disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20)
+            "server.engine.sqlite_space.shutil.disk_usage", lambda _: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1 << 20)
         )
         app = rift_factory(chunk_tokens=256, chunk_overlap=16)
-        assert "too little to give them back" in caplog.text
+        assert "too little for the VACUUM that gives them back" in caplog.text
         _kept_intact(app)
         app.close()
-    assert path.stat().st_size == full and _file_pages(path)[0] == 0
+    assert path.stat().st_size == full and sqlite_pages(path)[0] == 0
 
     app = rift_factory(chunk_tokens=256, chunk_overlap=16)
     assert "rewriting it once (VACUUM)" in caplog.text
@@ -1495,9 +1489,7 @@ def test_a_state_from_before_auto_vacuum_is_rewritten_once_at_start(rift_factory
     assert path.stat().st_size < grown / 4
     _kept_intact(app)
     app.close()
-    mode, pages, free = _file_pages(path)
-    assert mode == 2 and free < pages / 4 and path.stat().st_size < full / 8
-    assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    _given_back(path, full)
 
 
 def test_an_export_reading_the_state_meanwhile_keeps_its_snapshot(tmp_path: Path) -> None:
@@ -1539,5 +1531,5 @@ def test_an_export_reading_the_state_meanwhile_keeps_its_snapshot(tmp_path: Path
     reader.close()
     assert store.counts("keep") == (20, 20) and store.document("keep", "d7")[1] == "text 7 " * 300
     store.close()
-    assert path.stat().st_size < full / 8 and _file_pages(path)[0] == 2
+    assert path.stat().st_size < full / 8 and sqlite_pages(path)[0] == 2
     assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]

@@ -15,6 +15,7 @@ from server.app import create_server
 from server.config import Settings
 from server.learning.query_log import QueryLog
 from tests.support.corpus import build_corpus
+from tests.support.helpers import ChromaLostAtBatch, write_notes
 
 pytestmark = pytest.mark.anyio
 
@@ -229,41 +230,21 @@ async def test_a_chroma_server_lost_part_way_says_what_add_paths_stored(
 ):
     """A Chroma server that went down after some batches committed answered only with its error: an agent
     read that nothing was stored (the audit saw 352 of 600 files stored)."""
-    import httpx
-
-    import server.ingest.sync as sync
-
-    folder = tmp_path / "notes"
-    folder.mkdir()
-    for i in range(5):
-        (folder / f"note{i}.md").write_text(f"# Note {i}\n\nThe harbour log entry number {i}.\n")
-    monkeypatch.setattr(sync, "BATCH_DOCS", 2)
-    real_flush = sync._Sync.flush
-    flushes: list[int] = []
-    request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
-
-    def lost_at_the_second_batch(self) -> None:
-        if self.batch:
-            flushes.append(len(self.batch))
-            if len(flushes) == 2:
-                raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-        real_flush(self)
-
-    monkeypatch.setattr(sync._Sync, "flush", lost_at_the_second_batch)
+    folder = write_notes(tmp_path / "notes")
+    lost = ChromaLostAtBatch(monkeypatch)
     async with Client(create_server(make_settings(tmp_path, tiny_model_path, [folder]))) as client:
         message = await refused(client, "add_paths", paths=[str(folder)], collection="notes")
         assert "cannot reach the Chroma server at http://chroma.internal:8000 (" in message, message
         assert "the files before the failure are stored (2 added): run add_paths again" in message, message
         assert "unchanged files are skipped" in message
         assert (await ok(client, "list_documents", collection="notes"))["total"] == 2
-        monkeypatch.setattr(sync._Sync, "flush", real_flush)
+        lost.restore()
         again = await ok(client, "add_paths", paths=[str(folder)], collection="notes")
         assert (again["added"], again["unchanged"]) == (3, 2), again
         # Nothing stored before the failure: the error alone, as before.
-        flushes.clear()
-        monkeypatch.setattr(sync._Sync, "flush", lost_at_the_second_batch)
+        lost.flushes[:] = [1]  # the next batch is the failing one
+        lost.lose_again()
         (folder / "note0.md").write_text("# Note 0\n\nRewritten.\n")
-        flushes.append(1)  # the next batch is the failing one
         message = await refused(client, "add_paths", paths=[str(folder)], collection="notes")
         assert "cannot reach the Chroma server" in message and "stored" not in message, message
 

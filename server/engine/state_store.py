@@ -7,18 +7,16 @@ Chroma's stored chunks remain the source of truth: on start-up `Engine` reconcil
 from __future__ import annotations
 
 import json
-import logging
-import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from server.engine.sqlite_space import incremental_if_new, reclaim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -64,12 +62,6 @@ CREATE TABLE IF NOT EXISTS journal (
 """
 
 
-# Deleted rows leave free pages that SQLite reuses but never gives back: deleting a 1,500-document collection
-# left a 31.6 MB file with 99.8 % of its pages free, for good (found by helper BA). Free pages go back to the disk
-# once they are this much of the file and at least RECLAIM_MIN_BYTES (see StateStore._reclaim): a small delete,
-# or a rewrite that frees pages its new rows fill again, leaves them.
-RECLAIM_FRACTION = 0.25
-RECLAIM_MIN_BYTES = 1 << 20
 # A large delete writes each page it changes to the WAL, which otherwise stays that size until the last close.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -132,11 +124,7 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # Free pages can go back to the disk without rewriting the file (see _reclaim). Set only for a new file,
-        # before its first table (on an existing one the pragma waits for a writer's lock): a state from before
-        # it is converted by its first VACUUM.
-        if self._conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        incremental_if_new(self._conn)  # (deleted rows' pages go back to the disk: server/engine/sqlite_space.py)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -151,76 +139,8 @@ class StateStore:
             self._conn.close()
 
     def _reclaim(self, starting: bool = False) -> None:
-        """Give the file's free pages back to the disk once they are a large part of it (hold self._lock; runs
-        only outside a transaction). A state made with incremental auto-vacuum moves its last live pages into
-        the free ones and truncates the file; one from before it (no auto-vacuum) is rewritten by a VACUUM
-        `starting` up, which also converts it. Either is one write transaction through the WAL (synchronous
-        FULL): a crash leaves the file as it was before or as after, never between. A failure (too little
-        disk, another process's lock past the busy timeout) is logged: the state works as before."""
-        if self._conn.in_transaction:  # (VACUUM cannot run in one, and executescript would commit it)
-            return
-        try:
-            (free,) = self._conn.execute("PRAGMA freelist_count").fetchone()
-            (pages,) = self._conn.execute("PRAGMA page_count").fetchone()
-            if free < pages * RECLAIM_FRACTION:
-                return
-            (page_size,) = self._conn.execute("PRAGMA page_size").fetchone()
-            if free * page_size < RECLAIM_MIN_BYTES:
-                return
-            (mode,) = self._conn.execute("PRAGMA auto_vacuum").fetchone()
-            if mode == 0 and not starting:
-                return  # (a state from before auto-vacuum, while serving: its next start rewrites it)
-            if mode not in (0, 2):
-                return  # (full auto-vacuum, which rift never sets, frees pages at each commit)
-            live = (pages - free) * page_size
-            # The incremental vacuum writes the live pages it moves (at most the free ones) to the WAL; VACUUM
-            # copies every live page to a temporary database, then writes them all to the WAL.
-            need = min(live, free * page_size) if mode == 2 else 2 * live
-            room = shutil.disk_usage(self.path.parent).free
-            if room < need + RECLAIM_MIN_BYTES:
-                log.warning(
-                    "rift's state %s: %d MB of its %d MB are free pages, but the disk has %d MB free, too little "
-                    "to give them back; that is tried again %s",
-                    self.path, free * page_size >> 20, pages * page_size >> 20, room >> 20,
-                    "after the next large delete or at the next start" if mode == 2 else "at the next start",
-                )
-                return
-            started = time.perf_counter()
-            self._shrink_wal()  # (what the delete wrote goes to the file: what follows reuses the WAL from its start)
-            if mode == 2:  # incremental
-                # (executescript: execute() runs one step of the pragma, which frees one page)
-                self._conn.executescript("PRAGMA incremental_vacuum")
-            else:
-                log.info(
-                    "rift's state %s: %d MB of its %d MB are free pages; rewriting it once (VACUUM) to give them "
-                    "back to the disk and free later deletes' pages as they happen",
-                    self.path, free * page_size >> 20, pages * page_size >> 20,
-                )
-                self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # (takes effect with the VACUUM)
-                self._conn.execute("VACUUM")
-            self._shrink_wal()
-            (after,) = self._conn.execute("PRAGMA page_count").fetchone()
-            log.info(
-                "rift's state %s: gave %d MB of free pages back to the disk in %.1f s",
-                self.path, (pages - after) * page_size >> 20, time.perf_counter() - started,
-            )
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("rift's state %s: could not give its free pages back to the disk: %s", self.path, exc)
-        finally:
-            if self._conn.in_transaction:  # (a statement that failed part way)
-                with suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-
-    def _shrink_wal(self) -> None:
-        """Checkpoint the WAL into the file (which shrinks to the pages kept) and truncate it, without waiting:
-        a reader in another process (`rift export`) keeps the rest in the WAL until a later checkpoint, and
-        journal_size_limit then bounds what stays."""
-        (timeout,) = self._conn.execute("PRAGMA busy_timeout").fetchone()
-        self._conn.execute("PRAGMA busy_timeout=0")
-        try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
+        """Give free pages back to the disk once they are a large part of the file (hold self._lock)."""
+        reclaim(self._conn, self.path, "rift's state", starting)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from server.engine.sqlite_space import incremental_if_new, reclaim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -79,12 +80,6 @@ MAX_PENDING = 500
 WRITE_BATCH = 500  # records per transaction: a burst must not grow the WAL in one transaction
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # what the WAL file is truncated back to after a checkpoint
 READ_PAGE = 500  # records read and decoded at a time (a search's is tens of KB)
-# Deleted rows leave free pages that SQLite reuses but never gives back: a log pruned to a lower log_max_queries
-# or emptied by deleted collections stayed its largest size (45 MB with 99.9 % of its pages free). Free pages
-# go back to the disk once they are this much of the file and at least RECLAIM_MIN_BYTES; the routine prune
-# frees about 2 % at a time, which the next searches fill again.
-RECLAIM_FRACTION = 0.25
-RECLAIM_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -184,11 +179,7 @@ class QueryLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # Free pages can go back to the disk without rewriting the file (see _reclaim). Set only for a new file
-        # (before its first table; on an existing one the pragma waits for another process's write lock): a log
-        # from before it is converted by its first VACUUM.
-        if self._conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        incremental_if_new(self._conn)  # (deleted rows' pages go back to the disk: server/engine/sqlite_space.py)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # A burst of writes while readers hold the WAL grows it; without a limit it stays that large for good.
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -339,49 +330,8 @@ class QueryLog:
         log.info("query log: dropped the %d oldest searches (log_max_queries %d)", len(drop), self.max_queries)
 
     def _reclaim(self, starting: bool = False) -> None:
-        """Give the log's free pages back to the disk once they are a large part of it (hold self._lock; outside
-        a transaction). A log made with incremental auto-vacuum moves its last pages into the free ones and
-        truncates the file; one from before it (no auto-vacuum) is rewritten by a VACUUM `starting` up, which
-        also converts it. A failure (a full disk, another process's lock) is logged: the log works as before."""
-        try:
-            (free,) = self._conn.execute("PRAGMA freelist_count").fetchone()
-            (pages,) = self._conn.execute("PRAGMA page_count").fetchone()
-            (page_size,) = self._conn.execute("PRAGMA page_size").fetchone()
-            (mode,) = self._conn.execute("PRAGMA auto_vacuum").fetchone()
-            if free * page_size < RECLAIM_MIN_BYTES or free < pages * RECLAIM_FRACTION:
-                return
-            started = time.perf_counter()
-            if mode == 2:  # incremental
-                # (executescript: execute() runs one step of the pragma, which frees one page)
-                self._conn.executescript("PRAGMA incremental_vacuum")
-                # The file shrinks when the moved pages are checkpointed: now, without waiting for readers.
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            elif mode == 0 and starting:
-                # VACUUM writes the live pages to a temporary copy and then through the WAL: room for twice them.
-                live = (pages - free) * page_size
-                room = shutil.disk_usage(self.path.parent).free
-                if room < 2 * live + RECLAIM_MIN_BYTES:
-                    log.warning(
-                        "query log %s: %d MB of its %d MB are free pages, but the disk has %d MB free, too "
-                        "little for the VACUUM that gives them back; it is tried again at the next start",
-                        self.path, free * page_size >> 20, pages * page_size >> 20, room >> 20,
-                    )
-                    return
-                self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # (takes effect with the VACUUM)
-                self._conn.execute("VACUUM")
-                # The rewritten pages are in the WAL: back in the file (now shorter) unless another process
-                # reads meanwhile, without waiting for it; the WAL goes back to journal_size_limit when it
-                # restarts, and away at the last close.
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            else:
-                return  # (a log from before auto-vacuum, while serving: its next start rewrites it)
-            (after,) = self._conn.execute("PRAGMA page_count").fetchone()
-            log.info(
-                "query log %s: gave %d MB of free pages back to the disk in %.1f s",
-                self.path, (pages - after) * page_size >> 20, time.perf_counter() - started,
-            )
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("query log %s: could not give its free pages back to the disk: %s", self.path, exc)
+        """Give free pages back to the disk once they are a large part of the log (hold self._lock)."""
+        reclaim(self._conn, self.path, "query log", starting)
 
     def _write_forever(self) -> None:
         _yield_to_searches()

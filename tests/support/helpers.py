@@ -48,3 +48,54 @@ def sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def sqlite_pages(path: Path) -> tuple[int, int, int]:
+    """(auto_vacuum mode, pages, free pages) of a closed SQLite file."""
+    conn = sqlite3.connect(str(path))
+    try:
+        mode, pages, free = (conn.execute(f"PRAGMA {n}").fetchone()[0] for n in ("auto_vacuum", "page_count", "freelist_count"))
+        return mode, pages, free
+    finally:
+        conn.close()
+
+
+def write_notes(folder: Path, count: int = 5) -> Path:
+    """`count` small Markdown notes in `folder` (made), note0.md ... ."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"note{i}.md").write_text(f"# Note {i}\n\nThe harbour log entry number {i}.\n")
+    return folder
+
+
+class ChromaLostAtBatch:
+    """Makes a file sync write batches of 2 files and its `at`-th batch fail as a Chroma server that stopped
+    answering does (httpx's ConnectError, its address chroma.internal:8000); `flushes` counts the batches met,
+    `restore()` lets the server answer again."""
+
+    def __init__(self, monkeypatch: Any, at: int = 2) -> None:
+        import httpx
+
+        import server.ingest.sync as sync
+
+        self.flushes: list[int] = []
+        self._sync, self._monkeypatch, self._real = sync, monkeypatch, sync._Sync.flush
+        request = httpx.Request("POST", "http://chroma.internal:8000/api/v2/collections")
+        real, flushes = self._real, self.flushes
+
+        def flush(batch_self: Any) -> None:
+            if batch_self.batch:
+                flushes.append(len(batch_self.batch))
+                if len(flushes) == at:
+                    raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+            real(batch_self)
+
+        self._lost = flush
+        monkeypatch.setattr(sync, "BATCH_DOCS", 2)
+        monkeypatch.setattr(sync._Sync, "flush", flush)
+
+    def restore(self) -> None:
+        self._monkeypatch.setattr(self._sync._Sync, "flush", self._real)
+
+    def lose_again(self) -> None:
+        self._monkeypatch.setattr(self._sync._Sync, "flush", self._lost)
