@@ -120,9 +120,16 @@ def top_rows(
         depth = min(depth, int(allowed.sum()))
         if depth == 0:
             return []
-    # argpartition finds the top `depth` in linear time (on the scores as they are: negating them first
-    # would copy the array); only those get sorted.
+    # The `depth` best in linear time (partition finds the cut; only the rows kept get sorted), ties in row
+    # order, at the cut too, as the keyword side breaks them: argpartition kept an arbitrary few of the rows
+    # tied at the cut, so copies of one text past the depth came back as other rows than BM25's, and the log
+    # took both sides' identical scores for disagreement (blind spots on each side).
     n = len(scores)
-    best = np.argpartition(scores, n - depth)[n - depth :] if depth < n else np.arange(n)
+    if depth < n:
+        cut = np.partition(scores, n - depth)[n - depth]
+        above = np.flatnonzero(scores > cut)
+        best = np.concatenate([above, np.flatnonzero(scores == cut)[: depth - len(above)]])
+    else:
+        best = np.arange(n)
     best = best[np.argsort(-scores[best], kind="stable")]
     return list(zip(best.tolist(), scores[best].tolist(), strict=True))
