@@ -187,3 +187,19 @@ def test_document_columns_give_each_document_its_own_folder_keys() -> None:
     for field in fields:
         want = [({**m, **path_keys(m)}).get(field) for m in metadatas]
         assert list(columns.objects(field)) == want, field
+
+
+def test_a_prefix_names_a_file_stored_under_an_unnormalized_path_by_that_path() -> None:
+    """A `source` an agent wrote as "/corp//odd/./x.md" was matched only through its folders: its own path, even
+    as literally stored, matched nothing (nor deleted anything through delete_documents)."""
+    metadatas = [{"source": "/corp//odd/./x.md"}, {"source": "/corp/odd/z.md"}]
+
+    def matched(operand: str) -> list[bool]:
+        from server.engine.filters import path_keys
+
+        columns = MetadataColumns([{**m, **path_keys(m)} for m in metadatas])
+        return mask(parse_filters({"source": {"$prefix": operand}}), columns).tolist()
+
+    assert matched("/corp/odd") == [True, True]
+    assert matched("/corp//odd/./x.md") == [True, False]
+    assert matched("/corp/odd/z.md") == [False, True]

@@ -242,7 +242,10 @@ def _prefix(field: str, operand: Any, where: str) -> Node:
         raise RiftError(f'{where} must be an absolute path, e.g. "/home/me/notes"')
     folder = PurePath(os.path.normpath(operand))
     depth_key = f"{DIR_KEY}{len(folder.parts) - 1}"
-    return Bool("$or", (Cond(field, "$eq", str(folder)), Cond(depth_key, "$eq", str(folder))))
+    nodes = [Cond(field, "$eq", str(folder)), Cond(depth_key, "$eq", str(folder))]
+    if operand != str(folder):  # (a source stored as written, "/a//b/./c.md": the file itself, by its own name)
+        nodes.append(Cond(field, "$eq", operand))
+    return Bool("$or", tuple(nodes))
 
 
 def _condition(field: str, op: Any, operand: Any, where: str) -> Node:
