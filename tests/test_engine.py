@@ -1344,7 +1344,7 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
         assert outcome.hits == []
         return outcome.warnings
 
-    assert warned({"lang": "py"}) == ["no chunk in 'default' has lang 'py'; its values there: python, rust"]
+    assert warned({"lang": "py"}) == ["no chunk in 'default' has lang \"py\"; its values there: python, rust"]
     assert warned({"version": 3}) == ["no chunk in 'default' has version 3"]  # (mixed types: not listed)
     assert warned({"lng": "py"}) == ["nothing can match: filters name 'lng', which no chunk in 'default' has in its metadata"]
     # Not the filter's fault: a value some chunk has, a $prefix (an $or inside), an $or with a branch that holds.
@@ -1354,19 +1354,19 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
     assert warned({"$and": [{"lang": "python"}, {"version": 2}]}) == []
     # A value of another JSON type than the field's: it read as "no such value" ("2020" for 2020, 1 for true).
     assert warned({"flag": True}) == [
-        "no chunk in 'default' has flag True: flag holds numbers, and True is a boolean (filters compare by type; "
+        "no chunk in 'default' has flag true: flag holds numbers, and true is a boolean (filters compare by type; "
         "write 1)"
     ]
     assert warned({"year": "2020"}) == [
-        "no chunk in 'default' has year '2020': year holds numbers, and '2020' is a string (filters compare by type; "
+        "no chunk in 'default' has year \"2020\": year holds numbers, and \"2020\" is a string (filters compare by type; "
         "write 2020)"
     ]
     assert warned({"draft": {"$in": [1, "true"]}}) == [
-        "no chunk in 'default' has draft 1, 'true': draft holds booleans, and 1 is a number (filters compare by "
+        "no chunk in 'default' has draft 1, \"true\": draft holds booleans, and 1 is a number (filters compare by "
         "type; write true)"
     ]
     [mixed] = warned({"version": "2"})
-    assert mixed.endswith("version holds numbers and strings, and '2' is a string (filters compare by type; write 2)")
+    assert mixed.endswith("version holds numbers and strings, and \"2\" is a string (filters compare by type; write 2)")
     assert warned({"lang": 1}) == [
         "no chunk in 'default' has lang 1: lang holds strings, and 1 is a number (filters compare by type); its "
         "values there: python, rust"
@@ -1375,7 +1375,7 @@ def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_fac
     app.add_documents("default", docs(("c", "a cow in a field", {"mix": True}), ("d", "a hen", {"mix": 1})))
     assert warned({"mix": 2}) == ["no chunk in 'default' has mix 2"]  # (it holds numbers: 2 is just absent)
     assert warned({"mix": "1"}) == [
-        "no chunk in 'default' has mix '1': mix holds booleans and numbers, and '1' is a string (filters compare by "
+        "no chunk in 'default' has mix \"1\": mix holds booleans and numbers, and \"1\" is a string (filters compare by "
         "type; write true)"
     ]
 

@@ -179,7 +179,7 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
             "nothing can match: filters name 'knd', which no chunk in 'docs' has in its metadata"
         ]
         value = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "filters": {"kind": "novel"}})
-        assert value["hits"] == [] and value["warnings"][0].startswith("no chunk in 'docs' has kind 'novel'; its values")
+        assert value["hits"] == [] and value["warnings"][0].startswith('no chunk in \'docs\' has kind "novel"; its values')
         assert value["query_id"] is not None  # (logged as any search: the vector side ran)
         vector = await s.ok("hybrid_search", {"query": "cat", "collection": "docs", "mode": "vector"})
         assert vector["query_id"] is None and vector["disagreement"] is None and len(vector["hits"]) == 3

@@ -342,7 +342,8 @@ def _unmatchable_filter(node: Node, snap: Any, collection: str) -> str | None:
         listed = len(have) == 1 and 0 < len(texts) <= MAX_VALUES_SHOWN
         values = f"; its values there: {', '.join(sorted(texts))}" if listed else ""
         hint = _type_hint(cond.field, wanted, have)
-        return f"no chunk in {collection!r} has {cond.field} {', '.join(map(repr, wanted))}{hint}{values}"
+        shown = ", ".join(json.dumps(w, ensure_ascii=False) for w in wanted)  # (as the agent wrote them: JSON)
+        return f"no chunk in {collection!r} has {cond.field} {shown}{hint}{values}"
     return None
 
 
@@ -389,7 +390,7 @@ def _type_hint(field: str, wanted: Sequence[Any], by_kind: Mapping[str, set[Any]
             continue
         holds = " and ".join(f"{k}s" for k in sorted(by_kind))
         advice = f"; write {json.dumps(alike[0][1])}" if alike else ""
-        return f": {field} holds {holds}, and {w!r} is a {kind} (filters compare by type{advice})"
+        return f": {field} holds {holds}, and {json.dumps(w, ensure_ascii=False)} is a {kind} (filters compare by type{advice})"
     return ""
 
 
