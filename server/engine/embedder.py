@@ -121,7 +121,10 @@ class Embedder:
         with self._lock:
             vectors = self.model.encode(
                 list(texts),
-                prompt=prompt or None,
+                # "" and not None: None makes sentence-transformers apply the model's `default_prompt_name`
+                # prompt, so a model whose default is its query prompt would get it on documents too, and a
+                # query_prompt set to "" would still get it.
+                prompt=prompt,
                 batch_size=batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,

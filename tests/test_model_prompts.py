@@ -1,0 +1,63 @@
+"""Which prompt a model's queries and documents are encoded with: the query_prompt setting, the model folder's
+own prompts, rift's table of known models (bge), and never sentence-transformers' `default_prompt_name`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.tiny_model import build_tiny_model
+
+
+def prompted_model(
+    path: Path, prompts: dict[str, str], default_prompt_name: str | None = None, include_prompt: bool = True
+) -> Path:
+    """A tiny model folder whose config_sentence_transformers.json carries `prompts` (and a default)."""
+    folder = build_tiny_model(path)
+    config_file = folder / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text())
+    config.update(prompts=prompts, default_prompt_name=default_prompt_name)
+    config_file.write_text(json.dumps(config))
+    pooling_file = folder / "1_Pooling" / "config.json"
+    pooling = json.loads(pooling_file.read_text())
+    pooling["include_prompt"] = include_prompt
+    pooling_file.write_text(json.dumps(pooling))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def default_query_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prompted_model(
+        tmp_path_factory.mktemp("default-query"), {"query": "query: ", "document": ""}, "query"
+    )
+
+
+def _reference(folder: Path, texts: list[str], prompt: str) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    return model.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_a_default_prompt_name_does_not_reach_documents_or_an_empty_query_prompt(
+    default_query_model: Path,
+) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    texts = ["the cat sat on the mat", "a dog in the river"]
+    no_prompt = _reference(default_query_model, texts, "")
+    with_query = _reference(default_query_model, texts, "query: ")
+    assert not np.allclose(no_prompt, with_query, atol=1e-3)  # the prompt matters for this model
+
+    embedder = Embedder(resolve_model(str(default_query_model)), version="d", device="cpu")
+    assert (embedder.query_prompt, embedder.document_prompt) == ("query: ", "")
+    np.testing.assert_allclose(embedder.encode_documents(texts), no_prompt, atol=1e-6)
+    np.testing.assert_allclose(embedder.encode_query(texts[0]), with_query[0], atol=1e-6)
+
+    off = Embedder(resolve_model(str(default_query_model), ""), version="d", device="cpu")
+    assert off.query_prompt == ""
+    np.testing.assert_allclose(off.encode_query(texts[0]), no_prompt[0], atol=1e-6)
