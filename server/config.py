@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     )
     query_prompt: str | None = Field(
         None,
-        description="Prefix for queries; None = the model's own 'query' prompt or a known default (bge).",
+        description="Prefix for queries; None = the model's own 'query' prompt, else a known model's "
+        "instruction (bge, also for a local folder or cache snapshot of it); \"\" = none.",
     )
     device: str = Field(
         "auto",

