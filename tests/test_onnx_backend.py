@@ -98,3 +98,35 @@ def test_exports_of_deleted_model_folders_are_pruned(tmp_path: Path, tiny_model_
     shutil.rmtree(candidate)
     assert prune_exports(cache) == 1
     assert len(list(cache.glob("*.onnx"))) == 2 and len(list(cache.glob("*.source"))) == 1
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls"])
+def test_onnx_leaves_the_prompt_out_of_pooling_like_torch(tmp_path: Path, mode: str) -> None:
+    """A Pooling module with include_prompt false pools without the prompt's tokens (sentence-transformers
+    zeroes them in the pooling mask); the onnx export must too, for queries and documents, one or many."""
+    import json
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.test_model_prompts import prompted_model
+
+    folder = prompted_model(
+        tmp_path / "model", {"query": "query: ", "document": "passage: "}, include_prompt=False
+    )
+    pooling_file = folder / "1_Pooling" / "config.json"
+    pooling_file.write_text(json.dumps({**json.loads(pooling_file.read_text()), "pooling_mode": mode}))
+    spec = resolve_model(str(folder))
+    torch_e = Embedder(spec, version="p", device="cpu")
+    onnx_e = Embedder(spec, version="p", backend="onnx", document_backend="onnx", onnx_dir=tmp_path / "onnx")
+    assert (torch_e.query_prompt, torch_e.document_prompt) == ("query: ", "passage: ")
+    texts = ["the cat sat on the mat", "a dog", "quantum physics and the strong force " * 20]
+    np.testing.assert_allclose(onnx_e.encode_documents(texts), torch_e.encode_documents(texts), atol=1e-6)
+    for text in texts:
+        np.testing.assert_allclose(onnx_e.encode_query(text), torch_e.encode_query(text), atol=1e-6)
+    # And with no prompt at all (query_prompt = ""), nothing is left out.
+    bare = resolve_model(str(folder), "")
+    np.testing.assert_allclose(
+        Embedder(bare, version="p", backend="onnx", onnx_dir=tmp_path / "onnx").encode_query("cat mat"),
+        Embedder(bare, version="p", device="cpu").encode_query("cat mat"),
+        atol=1e-6,
+    )

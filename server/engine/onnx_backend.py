@@ -1,8 +1,8 @@
 """Optional onnxruntime inference for the embedding model (setting `embed_backend = "onnx"`).
 
-The model's transformer, its pooling (mean or CLS) and L2 normalisation are exported once, offline, from the
-local weights with torch's ONNX exporter into `<data_dir>/models/onnx/`, keyed by the weights' identity, and
-then run with onnxruntime. Vectors match the torch path to within float rounding (~1e-7).
+The model's transformer, its pooling (mean or CLS, with or without the prompt's tokens) and L2 normalisation
+are exported once, offline, from the local weights with torch's ONNX exporter into `<data_dir>/models/onnx/`,
+keyed by the weights' identity, and then run with onnxruntime. Vectors match the torch path to within float rounding (~1e-7).
 
 Why: a single short query is latency-bound, and on a small, busy CPU torch's spinning intra-op threads lose
 badly to onnxruntime with spinning turned off (measured in README "Benchmarks").
@@ -27,10 +27,12 @@ from server.errors import RiftError
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+POOLING_MASK = "pooling_mask"
 
 
-def _structure(model: Any) -> tuple[Any, str]:
-    """(the Hugging Face transformer, pooling mode) of a plain Transformer + Pooling [+ Normalize] model."""
+def _structure(model: Any) -> tuple[Any, str, bool]:
+    """(the Hugging Face transformer, pooling mode, whether pooling includes the prompt's tokens) of a plain
+    Transformer + Pooling [+ Normalize] model."""
     modules = list(model)
     names = [type(m).__name__ for m in modules]
     if (
@@ -45,7 +47,8 @@ def _structure(model: Any) -> tuple[Any, str]:
     mode = str(getattr(pooling, "pooling_mode", None) or pooling.get_config_dict().get("pooling_mode", ""))
     if mode not in ("mean", "cls"):
         raise RiftError(f"embed_backend='onnx' supports mean or CLS pooling, not {mode!r}")
-    return modules[0].auto_model, mode
+    include_prompt = bool(getattr(pooling, "include_prompt", True))
+    return modules[0].auto_model, mode, include_prompt
 
 
 def _fingerprint(location: str, mode: str) -> str:
@@ -61,7 +64,10 @@ def _fingerprint(location: str, mode: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
-def export(transformer: Any, mode: str, tokenizer: Any, out: Path) -> None:
+def export(transformer: Any, mode: str, tokenizer: Any, out: Path, pooling_mask: bool = False) -> None:
+    """With `pooling_mask`, the graph takes a fourth input, the mask of the tokens to pool (the attention mask
+    without the prompt's tokens, for a Pooling module with include_prompt false); without it, it pools the
+    attention mask (and its inputs are those of exports made before that option)."""
     import torch
 
     try:
@@ -74,14 +80,18 @@ def export(transformer: Any, mode: str, tokenizer: Any, out: Path) -> None:
             super().__init__()
             self.transformer = transformer
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any, *pooled_mask: Any) -> Any:
             hidden = self.transformer(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
-            if mode == "cls":
+            pool = pooled_mask[0] if pooled_mask else attention_mask
+            if mode == "cls" and pooled_mask:  # sentence-transformers takes the first token it pools
+                first = pool.argmax(dim=1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+                pooled = torch.gather(hidden, 1, first).squeeze(1)
+            elif mode == "cls":
                 pooled = hidden[:, 0]
             else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                mask = pool.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
@@ -89,6 +99,10 @@ def export(transformer: Any, mode: str, tokenizer: Any, out: Path) -> None:
         ["an example query", "a second, longer example text"], padding=True, return_tensors="pt"
     )
     args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUTS)
+    names = list(INPUTS)
+    if pooling_mask:
+        args = (*args, sample["attention_mask"])
+        names.append(POOLING_MASK)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{uuid.uuid4().hex}.onnx")
     with torch.inference_mode(), warnings.catch_warnings():
@@ -97,9 +111,9 @@ def export(transformer: Any, mode: str, tokenizer: Any, out: Path) -> None:
             Pooled().eval(),
             args,
             str(tmp),
-            input_names=list(INPUTS),
+            input_names=names,
             output_names=["embedding"],
-            dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in INPUTS}, "embedding": {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "embedding": {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )
@@ -110,13 +124,18 @@ class OnnxEncoder:
     def __init__(self, model: Any, location: str, cache_dir: Path, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        transformer, mode = _structure(model)
+        transformer, mode, include_prompt = _structure(model)
         self.tokenizer = model.tokenizer
         self.max_length = int(model.max_seq_length or 512)
-        self.path = Path(cache_dir) / f"{_fingerprint(location, mode)}.onnx"
+        # A Pooling module with include_prompt false leaves the prompt's tokens out of the pooled vector, as
+        # sentence-transformers does; its export takes the mask to pool (a distinct file: another graph).
+        self.exclude_prompt = not include_prompt
+        self._prompt_lengths: dict[str, int] = {}
+        keyed = f"{mode}:without-prompt" if self.exclude_prompt else mode
+        self.path = Path(cache_dir) / f"{_fingerprint(location, keyed)}.onnx"
         if not self.path.is_file():
             log.info("exporting the embedding model to ONNX at %s", self.path)
-            export(transformer, mode, self.tokenizer, self.path)
+            export(transformer, mode, self.tokenizer, self.path, pooling_mask=self.exclude_prompt)
         if Path(location).is_dir():  # so prune_exports can tell when the weights it came from are gone
             self.path.with_suffix(".source").write_text(str(Path(location).resolve()))
         options = ort.SessionOptions()
@@ -128,6 +147,24 @@ class OnnxEncoder:
         self._lock = threading.Lock()
         self._single = _single_text_tokenizer(self.tokenizer, self.max_length)
 
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens the prompt takes at the start of a text, [CLS] included, as sentence-transformers counts them
+        (Transformer._get_prompt_length: the prompt tokenized alone, less a trailing special token)."""
+        if prompt not in self._prompt_lengths:
+            ids = list(self.tokenizer([prompt])["input_ids"][0])
+            special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+            self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
+        return self._prompt_lengths[prompt]
+
+    def _with_pooling_mask(self, feed: dict[str, np.ndarray], prompt: str) -> dict[str, np.ndarray]:
+        if not self.exclude_prompt:
+            return feed
+        mask = feed["attention_mask"].copy()
+        if prompt:  # as Pooling._exclude_prompt_from_mask: the prompt's positions after any left padding
+            starts = mask.argmax(axis=1) + self._prompt_length(prompt)
+            mask[np.arange(mask.shape[1])[None, :] < starts[:, None]] = 0
+        return {**feed, POOLING_MASK: mask}
+
     def encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
         texts = [prompt + t for t in texts] if prompt else list(texts)
         if len(texts) == 1 and self._single is not None:
@@ -136,6 +173,7 @@ class OnnxEncoder:
                 n: np.asarray([getattr(enc, attr)], dtype=np.int64)
                 for n, attr in zip(INPUTS, ("ids", "attention_mask", "type_ids"), strict=True)
             }
+            feed = self._with_pooling_mask(feed, prompt)
             with self._lock:
                 return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
         out = []
@@ -150,6 +188,7 @@ class OnnxEncoder:
             feed = {
                 n: np.asarray(enc.get(n, np.zeros_like(enc["input_ids"])), dtype=np.int64) for n in INPUTS
             }
+            feed = self._with_pooling_mask(feed, prompt)
             with self._lock:
                 out.append(self.session.run(None, feed)[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
