@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tomllib
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -35,13 +38,32 @@ def load_settings(data_dir: str | None, model: str | None = None, **extra: Any) 
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise click.ClickException(f"invalid settings: {settings_error(exc)}") from None
+        raise click.ClickException(f"invalid settings: {settings_error(exc, overrides)}") from None
     except Exception as exc:
         raise click.ClickException(f"invalid settings: {exc}") from None
 
 
-def settings_error(exc: ValidationError) -> str:
-    """One line naming each bad setting and why, never the value it was given (it may be a token)."""
+def _setting_source(name: str, given: Iterable[str]) -> str:
+    """Where a setting's value came from, in the precedence Settings reads them: the command line, the
+    environment, the config file; "" when none of them names it (a default, or a validator's other setting)."""
+    if name in given:
+        return " (from the command line)"
+    env = f"RIFT_{name.upper()}"
+    if os.environ.get(env):  # an empty variable counts as unset (env_ignore_empty)
+        return f" (from {env})"
+    try:
+        source = default_config_file()
+        text = source.read_bytes().decode("utf-8").removeprefix("\ufeff") if source is not None else ""
+        if source is not None and name in tomllib.loads(text):
+            return f" (config file {source})"
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
+def settings_error(exc: ValidationError, given: Iterable[str] = ()) -> str:
+    """One line naming each bad setting, why, and where its value came from (`given`: the settings the
+    command line set), never the value it was given (it may be a token)."""
     import difflib
 
     parts = []
@@ -56,7 +78,8 @@ def settings_error(exc: ValidationError) -> str:
                 f"{'config file ' + str(source) if source else 'settings'}: unknown setting {where!r}{hint}"
             )
             continue
-        parts.append(f"{where}: {message}" if where else message)
+        source = _setting_source(str(err["loc"][0]), set(given)) if err["loc"] else ""
+        parts.append(f"{where}: {message}{source}" if where else message)
     return "; ".join(parts)
 
 

@@ -319,3 +319,21 @@ def test_rift_rechunk_splits_stored_documents_again_for_new_chunk_settings(
         assert again.engine().state.counts("default")[1] > before
     finally:
         again.close()
+
+
+def test_a_bad_settings_error_says_where_its_value_came_from(monkeypatch, tmp_path: Path) -> None:
+    """A bad value names its source: the environment variable when set, else the config file that has it."""
+    from click.testing import CliRunner
+
+    from server.cli import main
+
+    config = tmp_path / "rift.toml"
+    config.write_text("chunk_tokens = -3\n")
+    monkeypatch.setenv("RIFT_CONFIG", str(config))
+    monkeypatch.delenv("RIFT_CHUNK_TOKENS", raising=False)
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "chunk_tokens: " in res.output and f"(config file {config})" in res.output
+    monkeypatch.setenv("RIFT_CHUNK_TOKENS", "-5")
+    res = CliRunner().invoke(main, ["config"])
+    assert res.exit_code == 1 and "(from RIFT_CHUNK_TOKENS)" in res.output and str(config) not in res.output
