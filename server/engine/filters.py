@@ -243,7 +243,7 @@ def _prefix(field: str, operand: Any, where: str) -> Node:
     folder = PurePath(os.path.normpath(operand))
     depth_key = f"{DIR_KEY}{len(folder.parts) - 1}"
     nodes = [Cond(field, "$eq", str(folder)), Cond(depth_key, "$eq", str(folder))]
-    if operand != str(folder):  # (a source stored as written, "/a//b/./c.md": the file itself, by its own name)
+    if operand not in (str(folder), f"{folder}/"):  # (a source stored as written, "/a//b/./c.md": that file)
         nodes.append(Cond(field, "$eq", operand))
     return Bool("$or", tuple(nodes))
 
