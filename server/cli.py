@@ -7,14 +7,13 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Iterable
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from server.config import Settings, default_config_file
+from server.config import Settings, default_config_file, read_config_file
 from server.errors import DataDirLockedError, RiftError
 
 
@@ -53,8 +52,7 @@ def _setting_source(name: str, given: Iterable[str]) -> str:
         return f" (from {env})"
     try:
         source = default_config_file()
-        text = source.read_bytes().decode("utf-8").removeprefix("\ufeff") if source is not None else ""
-        if source is not None and name in tomllib.loads(text):
+        if source is not None and name in read_config_file(source):
             return f" (config file {source})"
     except (OSError, ValueError):
         pass

@@ -57,6 +57,12 @@ def default_config_file() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings a TOML config file holds. A byte-order mark (Windows PowerShell's "UTF-8" writes one) is not
+    TOML, but the file is meant as such."""
+    return tomllib.loads(path.read_bytes().decode("utf-8").removeprefix("\ufeff"))
+
+
 # Environment variables named like settings that are not settings: rift's own, read elsewhere.
 _OTHER_ENV = {"RIFT_CONFIG", "RIFT_FUZZ_SCALE"}
 _warned_env: set[str] = set()
@@ -103,8 +109,7 @@ class _TomlBesideItsFile(TomlConfigSettingsSource):
         return data
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
-        # A byte-order mark (Windows PowerShell's "UTF-8" writes one) is not TOML, but the file is meant as such.
-        return tomllib.loads(file_path.read_bytes().decode("utf-8").removeprefix("\ufeff"))
+        return read_config_file(Path(file_path))
 
     def _beside(self, raw: str) -> Path:
         path = Path(raw).expanduser()

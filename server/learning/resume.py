@@ -68,7 +68,7 @@ class ResumePlan:
         """Remove the rows whose texts came from documents `doc_ids` of `collection`; how many went. A plan that
         does not name its rows' documents loses every row of `collection` (every row when it does not name their
         collections either)."""
-        if not len(self.row_docs) == len(self.row_collections) == len(self.rows):
+        if not self._names_documents:
             return self.drop_rows_of({collection})
         return self._keep(
             [
@@ -80,10 +80,15 @@ class ResumePlan:
     def documents_of(self) -> dict[str, set[str]]:
         """The documents the rows' texts came from, by collection (none when the plan does not say)."""
         out: dict[str, set[str]] = {}
-        if len(self.row_docs) == len(self.rows) == len(self.row_collections):
+        if self._names_documents:
             for collection, docs in zip(self.row_collections, self.row_docs, strict=True):
                 out.setdefault(collection, set()).update(docs)
         return out
+
+    @property
+    def _names_documents(self) -> bool:
+        """Whether the plan says each row's collection and documents (plans from before rift kept them do not)."""
+        return len(self.row_docs) == len(self.row_collections) == len(self.rows)
 
     def _keep(self, keep: list[bool]) -> int:
         """Keep the rows `keep` marks, with what the plan says of them; how many went."""
