@@ -70,6 +70,23 @@ def test_words_match_as_the_keyword_index_reads_them() -> None:
     assert window(family * 10, "x", 12) == family * 2  # (5 code points each)
 
 
+def test_a_window_never_starts_inside_a_word_with_an_apostrophe() -> None:
+    """"hit's" is two keyword words, but a window that starts at its "s" shows a fragment (found by helper BH:
+    a snippet began "s text worth showing")."""
+    text = (
+        "The part of a hit's text worth showing when the whole chunk is too long: the window of at most "
+        "max_chars characters, cut at word boundaries."
+    )
+    for query in ("text worth showing", "chunk too long", "window"):
+        for budget in range(20, 120):
+            got = window(text, query, budget)
+            assert not got.startswith("s "), (query, budget, got)
+    curly = f"{FILLER} l\u2019eau de la rivi\u00e8re coule vers la mer. {FILLER}"
+    assert not window(curly, "eau rivi\u00e8re", 40).startswith("eau")
+    # The words after the apostrophe still match as the index reads them.
+    assert "don't panic" in window(f"{FILLER} don't panic now {FILLER}", "panic", 20)
+
+
 def test_random_texts_give_whole_words_within_the_budget() -> None:
     rng = random.Random(7)
     vocabulary = ["river", "flood", "stone", "x", "über", "naïve", "C++", "a-b", "机器", "—", "3.14", "r2d2"]

@@ -14,8 +14,10 @@ import regex
 from server.engine.keyword_index import _CJK_CHAR, _SPACELESS_RUN, _grams, _words
 
 # A word as it stands in the text: `_WORD`'s, with the invisible characters the keyword tokenizer drops inside
-# it (a soft hyphen in "inter\u00adnational" does not end the word there).
-_RAW_WORD = regex.compile(r"[\p{L}\p{N}_][\p{L}\p{M}\p{N}_\u00ad\u200c\u200d\u2060\ufeff]*")
+# it (a soft hyphen in "inter\u00adnational" does not end the word there), and an apostrophe between letters
+# ("hit's", "don't", "l'eau"): the tokenizer makes two words of those, but a window must not start at the "s".
+_RAW_PART = r"[\p{L}\p{N}_][\p{L}\p{M}\p{N}_\u00ad\u200c\u200d\u2060\ufeff]*"
+_RAW_WORD = regex.compile(rf"{_RAW_PART}(?:['\u2019]{_RAW_PART})*")
 _GRAPHEME = regex.compile(r"\X")
 
 
