@@ -127,6 +127,9 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
             client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id=pdf_only["query_id"]
         )
         assert unranked["text"] == doc["text"] and not unranked["fetch_recorded"]
+        # ... and says so: the agent passed a query_id and would otherwise take the read as recorded.
+        assert len(unranked["warnings"]) == 1 and "was not among query" in unranked["warnings"][0]
+        assert "not recorded" in unranked["warnings"][0]
 
         # A query_id of a form hybrid_search never returns is the caller's mistake (a doc_id or the query
         # passed instead) and is refused; one of the right form that is not in the log (pruned past
@@ -140,7 +143,7 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
         assert gone["text"] == doc["text"] and not gone["fetch_recorded"]
         assert len(gone["warnings"]) == 1 and "is not in the query log" in gone["warnings"][0]
         assert "log_max_queries" in gone["warnings"][0] and "not recorded" in gone["warnings"][0]
-        assert doc["warnings"] == [] and unranked["warnings"] == []
+        assert doc["warnings"] == [] and window["warnings"] == []
         await ok(client, "create_collection", collection="other")
         message = await refused(
             client, "get_document", doc_id=hit["doc_id"], collection="other", query_id=found["query_id"]

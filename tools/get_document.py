@@ -35,7 +35,7 @@ class DocumentOut(BaseModel):
         default_factory=list,
         description="Why this may be out of date (the Chroma server could not be reached, so this process's own "
         "copy answered, without other processes' writes since), or why the read was not recorded against "
-        "query_id (the search is no longer in the query log); empty normally.",
+        "query_id (the search is no longer in the query log, or did not show this document); empty normally.",
     )
 
 

@@ -119,8 +119,12 @@ def get_document(
             "deleted collection's searches go with it): this read was not recorded"
         )
         logged = None
-    if logged is None or doc_id not in logged.shown:
-        logged = None  # (not recorded)
+    if logged is not None and doc_id not in logged.shown:
+        warnings.append(
+            f"document {doc_id!r} was not among query {query_id!r}'s results or blind spots: this read was not "
+            "recorded against it (a read counts only for a document that search showed)"
+        )
+        logged = None
     return DocumentView(
         collection,
         doc_id,
