@@ -137,7 +137,7 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
             "add_documents",
             {
                 "documents": [
-                    {"id": "pump", "text": LONG, "metadata": {"kind": "manual", "year": 2024}},
+                    {"id": "pump", "text": LONG, "metadata": {"kind": "manual", "year": 2024, "sha256": "x"}},
                     {
                         "id": "cat",
                         "text": "the cat sat on the mat",
@@ -158,7 +158,8 @@ async def test_add_search_delete_round_trip(cfg: Settings) -> None:
         assert found["query_id"] and found["mode"] == "hybrid" and found["disagreement"]["top"] == 5
         assert found["disagreement"]["compared"] and 0 <= found["disagreement"]["overlap"] <= 1
         top = found["hits"][0]
-        assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024}
+        # (a text document's own "sha256" key is its metadata, shown: only a file's sync bookkeeping is not)
+        assert top["doc_id"] == "pump" and top["metadata"] == {"kind": "manual", "year": 2024, "sha256": "x"}
         assert top["keyword_rank"] == 1 and top["vector_rank"] is not None and "pump" in top["text"]
         assert top["keyword_score"] > 0 and -1 <= top["vector_score"] <= 1
         assert top["chunk_id"].startswith("pump::")

@@ -8,6 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from server.ingest.extract import synced_file_keys
 from server.service import MIN_SNIPPET_CHARS
 from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
 
@@ -20,7 +21,10 @@ class SearchHit(BaseModel):
         "sides' chunk lists ranks first, so a chunk both sides found wins); with max_chars, the part of it that "
         "holds the most query words (start and end say where it lies)."
     )
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(
+        description="The document's metadata, with the chunk's own labels (heading, symbol, page); for a file, "
+        "without file sync's bookkeeping (sha256, extractor), which get_document shows."
+    )
     score: float = Field(
         description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
     )
@@ -83,6 +87,16 @@ class SearchResult(BaseModel):
     )
 
 
+# What file sync keeps to notice a changed file or extractor: 90 bytes a hit that an agent has no use for (a
+# k=50 skim paid more for metadata than for text). get_document and list_documents still show them.
+_SYNC_BOOKKEEPING = frozenset({"sha256", "extractor"})
+
+
+def _shown_metadata(doc_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    hidden = _SYNC_BOOKKEEPING & synced_file_keys(doc_id, metadata)
+    return {k: v for k, v in metadata.items() if k not in hidden} if hidden else metadata
+
+
 async def hybrid_search(
     query: Annotated[str, Field(min_length=1, max_length=8192, description="What to look for, in words.")],
     ctx: Context,
@@ -129,7 +143,7 @@ async def hybrid_search(
                 doc_id=h.doc_id,
                 chunk_id=h.chunk_id,
                 text=h.text,
-                metadata=h.metadata,
+                metadata=_shown_metadata(h.doc_id, h.metadata),
                 score=round(h.score, 6),
                 vector_rank=h.vector_rank,
                 keyword_rank=h.keyword_rank,
