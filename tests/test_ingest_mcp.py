@@ -249,6 +249,8 @@ async def test_a_chroma_server_lost_part_way_says_what_add_paths_stored(
         lost.restore()
         again = await ok(client, "add_paths", paths=[str(folder)], collection="notes")
         assert (again["added"], again["unchanged"]) == (3, 2), again
+        # The unchanged files are counted, not listed one by one in the agent's context.
+        assert sorted(f["status"] for f in again["files"]) == ["added"] * 3 and not again["truncated"]
         # Nothing stored before the failure: the error alone, as before.
         lost.flushes[:] = [1]  # the next batch is the failing one
         lost.lose_again()

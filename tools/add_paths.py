@@ -31,7 +31,10 @@ class AddPathsResult(BaseModel):
     unchanged: int
     skipped: int
     removed: int
-    files: list[FileStatusOut] = Field(description="Per-file status (skipped and removed ones listed first).")
+    files: list[FileStatusOut] = Field(
+        description="Per-file status (removed and skipped ones first); an unchanged file is only counted, unless "
+        "something about it changed (reason: metadata refreshed, read again by a newer extractor)."
+    )
     truncated: bool = Field(description=f"True when more than {MAX_LISTED} files were listed.")
 
 
@@ -84,7 +87,10 @@ async def add_paths(
         changed = [f.path for f in report.files if f.status in ("added", "updated", "removed")]
         await announce(ctx, collection, changed)
     order = {"removed": 0, "skipped": 1, "added": 2, "updated": 2, "unchanged": 3}
-    files = sorted(report.files, key=lambda f: order[f.status])
+    # A re-sync of a large folder is mostly unchanged files: listing each cost the agent ~80 bytes of context
+    # a file for nothing it could act on (the count says it).
+    listed = [f for f in report.files if f.status != "unchanged" or f.reason is not None]
+    files = sorted(listed, key=lambda f: order[f.status])
     counts = report.counts()
     return AddPathsResult(
         collection=collection,
