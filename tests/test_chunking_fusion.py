@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,43 @@ word = st.sampled_from([*WORDS[:60], "quántum", "zebra", "x", ".", ",", "!", "\
     words=st.lists(word, min_size=0, max_size=200),
     max_tokens=st.integers(8, 40),
     overlap=st.integers(0, 10),
+    lines=st.booleans(),
 )
-def test_chunking_properties(tokenizer: Any, words: list[str], max_tokens: int, overlap: int) -> None:
+def test_chunking_properties(tokenizer: Any, words: list[str], max_tokens: int, overlap: int, lines: bool) -> None:
     text = " ".join(words)
-    chunks = chunk_text(text, tokenizer, max_tokens, overlap)
+    chunks = chunk_text(text, tokenizer, max_tokens, overlap, lines)
     if not text.strip():
         assert chunks == []
         return
     check_chunks(text, chunks, tokenizer, max_tokens, min(overlap, max_tokens // 2))
+
+
+def starts_mid_line(text: str, at: int) -> bool:
+    return bool(text[:at].rsplit("\n", 1)[-1].strip())
+
+
+def ends_mid_line(text: str, at: int) -> bool:
+    return bool(text[at:].split("\n", 1)[0].strip())
+
+
+def test_code_windows_start_and_end_on_line_boundaries(tokenizer: Any) -> None:
+    """A window of code (lines=True) starts at the first line start inside the overlap and ends at a line end:
+    windows started wherever the overlap began, so a chunk of code could begin mid-identifier. Prose windows
+    keep starting there (README "Chunks are windows")."""
+    rng = random.Random(3)
+    body = ["    " + " ".join(rng.choice(WORDS[:60]) for _ in range(rng.randint(2, 6))) for _ in range(150)]
+    text = "def f():\n" + "\n".join(body) + "\n"
+    chunks = chunk_text(text, tokenizer, 48, 8, lines=True)
+    assert len(chunks) > 5
+    check_chunks(text, chunks, tokenizer, 48, 8)
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        assert not starts_mid_line(text, nxt.start) and not ends_mid_line(text, prev.end)
+        assert nxt.start < prev.end and n_tokens(tokenizer, text[nxt.start : prev.end]) <= 8  # still overlapping
+    prose = chunk_text(text, tokenizer, 48, 8)
+    assert any(starts_mid_line(text, c.start) for c in prose)  # (the same text as prose: cut as before)
+    # One line longer than the overlap: no line start inside it, so the window starts where the overlap does.
+    long_line = "x = " + " ".join(WORDS[:60]) + "\ny = 1\n"
+    check_chunks(long_line, chunk_text(long_line, tokenizer, 24, 4, lines=True), tokenizer, 24, 4)
 
 
 def test_engine_caps_chunks_at_the_model_sequence_length(rift) -> None:

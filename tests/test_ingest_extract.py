@@ -319,6 +319,37 @@ def test_python_symbols_keep_decorators_and_comments(tokenizer) -> None:
     assert [s.path for s in broken] == [(), ()]  # unparsable: blank-line blocks
 
 
+def test_a_small_section_joins_its_long_neighbour_instead_of_being_a_chunk(tokenizer) -> None:
+    """A class line before a long first method, or a comment between two long methods, was a chunk of its own
+    (packing merges a pair only when both fit one chunk): now it starts the next section's first chunk, which
+    keeps that section's label. A small section under another name (class K) stays its own; one with no next
+    section (module code at the end) ends the one before. Windows of a long method start and end on lines."""
+    body = "\n".join(f"        x = river + city  # the cat {i}" for i in range(60))
+    code = (
+        f"class Engine:\n    def search(self):\n{body}\n\n    # fusion\n\n    def fuse(self):\n{body}\n\n\n"
+        f"class K:\n    pass\n\n\ndef main():\n{body}\n\n\nmain()\n"
+    )
+    chunks = chunk_structured(code, {"file_type": "python"}, tokenizer, 128, 16)
+    assert chunks is not None and len(chunks) > 8
+    for chunk in chunks:
+        assert code[chunk.start : chunk.end] == chunk.text
+        assert len(tokenizer(chunk.text, add_special_tokens=False)["input_ids"]) <= 128
+        assert not code[: chunk.start].rsplit("\n", 1)[-1].strip()  # starts a line
+        assert not code[chunk.end :].split("\n", 1)[0].strip()  # ends one
+    assert not [c.text for c in chunks if c.text in ("class Engine:", "# fusion", "main()")]
+    assert chunks[0].text.startswith("class Engine:\n    def search(self):")
+    assert chunks[0].metadata["symbol"] == "Engine.search"
+    fuse = [c for c in chunks if c.metadata.get("symbol") == "Engine.fuse"]
+    assert fuse[0].text.startswith("# fusion\n\n    def fuse(self):")
+    assert [c.text for c in chunks if c.metadata.get("symbol") == "K"] == ["class K:\n    pass"]
+    assert chunks[-1].text.endswith("\n\n\nmain()") and chunks[-1].metadata["symbol"] == "main"
+    # A heading before a long subsection likewise starts the subsection's first chunk.
+    text = "# Guide\n\n## Install\n\n" + "\n".join("the cat sat on the mat by the river" for _ in range(60))
+    md = chunk_structured(text, {"file_type": "markdown"}, tokenizer, 128, 16)
+    assert md is not None and md[0].text.startswith("# Guide\n\n## Install")
+    assert {c.metadata["heading"] for c in md} == {"Guide > Install"}
+
+
 def test_each_pdf_chunk_is_labelled_with_the_page_its_text_is_on(tmp_path: Path, tokenizer) -> None:
     """Short pages are not packed into one chunk (it carried only the first page's number and a raw form
     feed), and a form feed inside a page's own text does not shift the numbers of the pages after it."""

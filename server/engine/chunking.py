@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Raise when a change here (or in the file-type splitters) cuts stored documents differently: every data dir
-# then re-chunks its documents once at start-up (Engine.rechunk_if_changed).
-CHUNKER_VERSION = 1
+# then re-chunks its documents once at start-up (Engine.rechunk_if_changed): every document is written again,
+# but a chunk whose text the collection already holds keeps its vector, so only changed chunks are embedded.
+# 2: code windows start and end on lines; a small section joins its long neighbour (splitters._glue_small).
+CHUNKER_VERSION = 2
 SENTENCE_ENDS = frozenset(".!?;\n")
 
 
@@ -21,7 +23,10 @@ class Chunk:
     metadata: Mapping[str, Any] = field(default_factory=dict)  # per chunk, e.g. {"heading": "Setup > Linux"}
 
 
-def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list[Chunk]:
+def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int, lines: bool = False) -> list[Chunk]:
+    """`lines` (code): a window ends at a line end in its last 40 % when there is one, and the next one starts
+    at the first line start inside the overlap (else where the overlap begins), so a chunk of code does not
+    begin or end mid-line. Prose windows keep their token cuts (README "Chunks are windows")."""
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
     overlap = max(0, min(overlap, max_tokens // 2))
@@ -33,16 +38,18 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
         stripped = text.strip()
         return [Chunk(stripped, text.find(stripped), text.find(stripped) + len(stripped))] if stripped else []
 
+    n = len(offsets)
+    # Token i is the first of its line (code only): a line break lies between it and the token before.
+    first_on_line = [i == 0 or "\n" in text[offsets[i - 1][1] : offsets[i][0]] for i in range(n)] if lines else []
     chunks: list[Chunk] = []
     start = 0
-    n = len(offsets)
     while start < n:
         end = min(start + max_tokens, n)
         if end < n:
-            # Prefer to end on a sentence boundary in the last 40% of the window.
+            # Prefer to end on a sentence boundary (code: a line end) in the last 40% of the window.
             floor = start + int(max_tokens * 0.6)
             for cut in range(end, floor, -1):
-                if text[offsets[cut - 1][1] - 1] in SENTENCE_ENDS:
+                if first_on_line[cut] if lines else text[offsets[cut - 1][1] - 1] in SENTENCE_ENDS:
                     end = cut
                     break
         char_start, char_end = offsets[start][0], offsets[end - 1][1]
@@ -50,6 +57,8 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int) -> list
         if end >= n:
             break
         start = max(end - overlap, start + 1)
+        if lines:
+            start = next((i for i in range(start, end) if first_on_line[i]), start)
     return chunks
 
 

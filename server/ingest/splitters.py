@@ -28,6 +28,9 @@ BLANK_RUN = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 # setext heading, a file that is one long "# ..." line) would be stored once per chunk: quadratic in the file.
 MAX_PATH_PART_CHARS = 200
 MAX_PATH_CHARS = 1000
+# A packed group of fewer tokens than this (or than an eighth of the chunk size) is glued onto a neighbour's
+# windows rather than stored as a chunk of its own (_glue_small).
+SMALL_GROUP_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Splitter:
     split: Callable[[str], list[Section]]
     label: str | None = None  # metadata key that receives the joined path
     joiner: str = " > "
+    lines: bool = False  # code: a section longer than a chunk is windowed at line starts (chunk_text)
 
 
 def path_label(path: tuple[str, ...], joiner: str = " > ") -> str:
@@ -146,8 +150,8 @@ SPLITTERS: dict[str, Splitter] = {
     "markdown": Splitter(split_markdown, "heading"),
     "rst": Splitter(split_rst, "heading"),
     "pdf": Splitter(split_pdf),
-    **{t: Splitter(split_blocks) for t in CODE_TYPES},
-    "python": Splitter(split_python, "symbol", "."),
+    **{t: Splitter(split_blocks, lines=True) for t in CODE_TYPES},
+    "python": Splitter(split_python, "symbol", ".", lines=True),
 }
 
 
@@ -187,6 +191,7 @@ def pack(
                 g[2] = common if (g[2] and sec.path) else (g[2] or sec.path)
                 continue
         groups.append([sec.start, sec.end, sec.path, dict(sec.meta)])
+    groups = _glue_small(groups, tokens, max_tokens)
 
     chunks: list[Chunk] = []
     for start, end, path, meta in groups:
@@ -199,9 +204,35 @@ def pack(
                 at = start + piece.find(stripped)
                 chunks.append(Chunk(stripped, at, at + len(stripped), meta))
             continue
-        for ch in chunk_text(piece, tokenizer, max_tokens, overlap):
+        for ch in chunk_text(piece, tokenizer, max_tokens, overlap, splitter.lines):
             chunks.append(Chunk(ch.text, start + ch.start, start + ch.end, meta))
     return chunks
+
+
+def _glue_small(groups: list[list[Any]], tokens: Callable[[int, int], int], max_tokens: int) -> list[list[Any]]:
+    """A group too small to be a useful chunk (a class line before a long first method, a heading before a long
+    subsection, a comment between two long functions) is left by packing only when its neighbours are too long
+    to share one chunk with it. It then joins the front of the next group, which keeps its own label, when that
+    one's path lies under the small one's (a class and its method; an untitled comment before anything), else
+    the end of the previous one likewise; never across other metadata (PDF pages). The neighbour is then
+    windowed (chunk_text) if it was not: two windows in place of the two chunks."""
+    small = min(SMALL_GROUP_TOKENS, max_tokens // 8)
+
+    def joins(g: list[Any], other: list[Any]) -> bool:
+        # (the small group's path is the neighbour's, or a parent of it: its label stays true of the text)
+        return g[3] == other[3] and other[2][: len(g[2])] == g[2]
+
+    out: list[list[Any]] = []
+    for i, g in enumerate(groups):
+        if tokens(g[0], g[1]) < small:
+            if i + 1 < len(groups) and joins(g, groups[i + 1]):
+                groups[i + 1][0] = g[0]
+                continue
+            if out and joins(g, out[-1]):
+                out[-1][1] = g[1]
+                continue
+        out.append(g)
+    return out
 
 
 def chunk_structured(
