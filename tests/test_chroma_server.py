@@ -20,6 +20,7 @@ from mcp import Client
 
 from server.app import create_server
 from server.config import Settings
+from server.engine.chunking import document_chunking
 from server.engine.shared import CHANGES, HEADS
 from server.engine.versions import content_hash
 from server.errors import NotFoundError, RiftError
@@ -417,7 +418,7 @@ def test_recovery_spares_an_identical_write_by_another_process(
         a.add_documents("default", docs(("seed", "the sea")))
         engine = a.engine()
         record = engine.state.collection("default")
-        version = content_hash("the cat sat on the mat", {}, engine._chunking("default"))
+        version = content_hash("the cat sat on the mat", {}, document_chunking(engine._chunking("default"), {}))
         rows = engine._chunk_rows([("x", "the cat sat on the mat", {}, version)])
         # a was killed after journaling this write (and perhaps upserting it), before committing it...
         engine.state.journal_begin(record.chroma_name, [r.chunk_id for r in rows], [])
@@ -513,7 +514,7 @@ def test_a_write_undone_at_restart_is_undone_for_the_other_processes_too(
         a.add_documents("default", docs(("x", "old text about a dog on the road")))
         engine = a.engine()
         record = engine.state.collection("default")
-        version = content_hash("the cat sat on the mat", {}, engine._chunking("default"))
+        version = content_hash("the cat sat on the mat", {}, document_chunking(engine._chunking("default"), {}))
         rows = engine._chunk_rows([("x", "the cat sat on the mat", {}, version)])
         old = [c for c in engine.state.chunk_ids("default") if c.startswith("x::")]
         # a dies between putting a new version into Chroma and committing it ...

@@ -7,6 +7,7 @@ import io
 import threading
 import unicodedata
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -952,6 +953,38 @@ def test_a_change_of_chunk_size_rechunks_stored_documents_once(rift_factory) -> 
 
     third = rift_factory(chunk_tokens=16)
     assert "rechunked" not in third.repair_report
+
+
+def test_a_chunker_bump_rewrites_only_the_kinds_of_documents_it_cuts_differently(rift_factory, monkeypatch) -> None:
+    """CHUNKER_VERSION 2 changed how code and Markdown are cut, not plain text: a store written by version 1
+    re-cuts its code at the next start and keeps its plain documents' versions (chunk ids), rather than write
+    every document of every collection again."""
+    from server.engine import chunking
+    from server.engine import engine as engine_module
+    from server.ingest import splitters
+
+    code = "def area(r):\n    return 3.14 * r * r\n"
+    texts = (("plain", "the cat sat on the mat", {}), ("code", code, {"file_type": "python"}))
+    # Written as version 1 wrote: every kind hashed with "v1".
+    monkeypatch.setattr(chunking, "CHUNKER_VERSION", 1)
+    monkeypatch.setattr(engine_module, "CHUNKER_VERSION", 1)
+    monkeypatch.setattr(splitters, "SPLITTERS", {k: replace(v, since=1) for k, v in splitters.SPLITTERS.items()})
+    first = rift_factory()
+    first.add_documents("default", docs(*texts))
+    before = {d: [c.chunk_id for c in first.engine().state.document_chunks("default", d)] for d in ("plain", "code")}
+    first.close()
+    monkeypatch.undo()
+
+    second = rift_factory()
+    assert second.repair_report["rechunked"] == {"default": 1}  # the code file alone
+    engine = second.engine()
+    after = {d: [c.chunk_id for c in engine.state.document_chunks("default", d)] for d in ("plain", "code")}
+    assert after["plain"] == before["plain"] and after["code"] != before["code"]
+    state = index_state(second)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    assert [s.status for s in second.add_documents("default", docs(*texts))] == ["unchanged", "unchanged"]
+    second.close()
+    assert "rechunked" not in rift_factory().repair_report
 
 
 def test_a_rechunk_cut_short_loses_nothing_and_resumes(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:

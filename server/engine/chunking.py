@@ -7,11 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Raise when a change here (or in the file-type splitters) cuts stored documents differently: every data dir
-# then re-chunks its documents once at start-up (Engine.rechunk_if_changed): every document is written again,
-# but a chunk whose text the collection already holds keeps its vector, so only changed chunks are embedded.
-# 2: code windows start and end on lines; a small section joins its long neighbour (splitters._glue_small).
+# Raise when a change here (or in the file-type splitters) cuts stored documents differently, and set the
+# version since which each kind of document is cut as now (PROSE_SINCE; Splitter.since): every data dir then
+# re-chunks once at start-up (Engine.rechunk_if_changed), but a document of a kind the change does not concern
+# keeps its version (document_chunking), so only documents cut differently are written again, and of those
+# only chunks whose text the collection does not hold yet are embedded.
+# 2: code windows start and end on lines; a small section joins its long neighbour (splitters._glue_small);
+# plain windows (text, HTML, documents added as text) and PDF pages are cut as in 1.
 CHUNKER_VERSION = 2
+PROSE_SINCE = 1  # plain token windows (chunk_text without lines)
 SENTENCE_ENDS = frozenset(".!?;\n")
 
 
@@ -60,6 +64,18 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int, lines: 
         if lines:
             start = next((i for i in range(start, end) if first_on_line[i]), start)
     return chunks
+
+
+def document_chunking(chunking: str, metadata: Mapping[str, Any]) -> str:
+    """The chunking signature a document's version is hashed with: the collection's (`chunking`, "v<CHUNKER_VERSION>
+    tokens=... overlap=..."), its version replaced by the one since which documents of this kind are cut as now.
+    A signature of an older chunker (recorded before a bump) is every document's as it stands."""
+    from server.ingest.splitters import cut_since  # lazy, as in chunk_document
+
+    current = f"v{CHUNKER_VERSION} "
+    if not chunking.startswith(current):
+        return chunking
+    return f"v{cut_since(metadata)} {chunking[len(current) :]}"
 
 
 def chunk_document(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from server.config import Settings
-from server.engine.chunking import CHUNKER_VERSION, chunk_document
+from server.engine.chunking import CHUNKER_VERSION, chunk_document, document_chunking
 from server.engine.embedder import Embedder
 from server.engine.exact_vectors import VectorRows, quiet_numpy_blas
 from server.engine.filters import (
@@ -849,7 +849,7 @@ class Engine:
             if found is None:
                 continue
             doc_hash, text, metadata, _updated = found
-            if doc_hash in (content_hash(text, metadata, wanted), content_hash(text, metadata)):
+            if doc_hash in (content_hash(text, metadata, document_chunking(wanted, metadata)), content_hash(text, metadata)):
                 return wanted
         return "unknown: cut by another process"
 
@@ -1394,7 +1394,7 @@ class Engine:
         statuses: dict[str, DocumentStatus] = {}
         changed: list[tuple[str, str, dict[str, Any], str]] = []
         for doc_id, text, meta in docs:
-            doc_hash = content_hash(text, meta, chunking)
+            doc_hash = content_hash(text, meta, document_chunking(chunking, meta))
             if existing.get(doc_id) == doc_hash and not rewrite:
                 statuses[doc_id] = DocumentStatus(doc_id, "unchanged", 0)
             else:

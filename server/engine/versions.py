@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from server.engine.chunking import document_chunking
+
 # How far (in units in the last place) a float may come back from Chroma (measured: a time stamp at most 1,
 # other floats up to 3), and how many combinations of a document's floats are tried (each float alone first,
 # then fewest ULPs moved in all) before its metadata is kept as it came (each try hashes the whole text).
@@ -61,6 +63,7 @@ def exact_metadata(
         return metadata
     if not chunkings:  # (nothing to hash against: a repair that gave up)
         return None
+    chunkings = [document_chunking(c, metadata) for c in chunkings]  # (file_type is no float: the same for all)
     if any(content_hash(text, metadata, c) == doc_hash for c in chunkings):
         return metadata  # (came back exact)
     # (The first combination is the values as read: tried above.)

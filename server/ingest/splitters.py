@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.chunking import Chunk, chunk_text
+from server.engine.chunking import PROSE_SINCE, Chunk, chunk_text
 from server.ingest.extract import markdown_headings, rst_headings
 from server.ingest.filetypes import CODE_TYPES
 
@@ -47,6 +47,7 @@ class Splitter:
     label: str | None = None  # metadata key that receives the joined path
     joiner: str = " > "
     lines: bool = False  # code: a section longer than a chunk is windowed at line starts (chunk_text)
+    since: int = PROSE_SINCE  # the chunker version since which this kind is cut as now (chunking.document_chunking)
 
 
 def path_label(path: tuple[str, ...], joiner: str = " > ") -> str:
@@ -147,12 +148,18 @@ def split_python(text: str) -> list[Section]:
 
 
 SPLITTERS: dict[str, Splitter] = {
-    "markdown": Splitter(split_markdown, "heading"),
-    "rst": Splitter(split_rst, "heading"),
-    "pdf": Splitter(split_pdf),
-    **{t: Splitter(split_blocks, lines=True) for t in CODE_TYPES},
-    "python": Splitter(split_python, "symbol", ".", lines=True),
+    "markdown": Splitter(split_markdown, "heading", since=2),
+    "rst": Splitter(split_rst, "heading", since=2),
+    "pdf": Splitter(split_pdf),  # (one section a page, each its own metadata: _glue_small never joins them)
+    **{t: Splitter(split_blocks, lines=True, since=2) for t in CODE_TYPES},
+    "python": Splitter(split_python, "symbol", ".", lines=True, since=2),
 }
+
+
+def cut_since(metadata: Mapping[str, Any]) -> int:
+    """The chunker version since which a document of this `file_type` is cut as now."""
+    splitter = SPLITTERS.get(metadata.get("file_type"))  # type: ignore[arg-type]
+    return PROSE_SINCE if splitter is None else splitter.since
 
 
 def _common(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
