@@ -235,6 +235,43 @@ def test_one_character_names_are_keyword_terms(text: str, query: str) -> None:
     assert q and set(q) <= set(doc)
 
 
+def test_identifiers_are_terms_whole_and_by_their_parts() -> None:
+    """A word with "_" or a change of case is indexed whole and as its parts, which go through the same
+    stopwords and stemmer as other words; plural acronyms, gene names and words in one case stay whole."""
+    tok = KeywordTokenizer(None, "en_questions")
+    assert tok.tokenize(["top_rows"])[0] == ["top_rows", "top", "rows"]
+    assert tok.tokenize(["KeywordIndex"])[0] == ["keywordindex", "keyword", "index"]
+    assert tok.tokenize(["parseHTTPResponse"])[0] == ["parsehttpresponse", "parse", "http", "response"]
+    assert tok.tokenize(["HTTP_SERVER __init__ base64Encode"])[0] == [
+        "http_server", "__init__", "base64encode", "http", "server", "init", "base64", "encode"
+    ]
+    assert tok.tokenize(["RNAs URLs IDs BRCA1 utf8 Keyword keyword HTTP IL-6"])[0] == [
+        "rnas", "urls", "ids", "brca1", "utf8", "keyword", "keyword", "http", "il", "6"
+    ]
+    # Parts are words like any other: stopwords drop, the stemmer stems.
+    assert KeywordTokenizer().tokenize(["get_the_rows"])[0] == ["get_the_row", "get", "row"]
+    assert "words1+marks+parts" in tok.signature  # stored chunks re-tokenize once (test_engine)
+
+
+def test_a_query_finds_an_identifier_by_its_parts_and_the_identifier_ranks_first() -> None:
+    texts = [
+        "def top_rows(vectors, query, allowed, depth):",
+        "class KeywordIndex:\n    One collection's keyword side.",
+        "the top of the table has more rows than columns",
+        "an index of keywords for the book",
+    ]
+    tok = KeywordTokenizer()
+    index = KeywordIndex(KeywordRow(f"c{i}", f"d{i}", tuple(t), {}) for i, t in enumerate(tok.tokenize(texts)))
+
+    def found(query: str) -> list[str]:
+        return [r.doc_id for r, _ in index.search(tok.tokenize([query])[0], 10)]
+
+    assert sorted(found("top rows")) == ["d0", "d2"]  # before, only the prose: `top_rows` was one term
+    assert found("top_rows") == ["d0", "d2"]  # whole word and parts: the identifier first
+    assert sorted(found("keyword index")) == ["d1", "d3"]
+    assert found("KeywordIndex") == ["d1", "d3"]
+
+
 def test_en_questions_drops_what_an_agents_question_says_about_itself_not_its_topic() -> None:
     """rift's own list: bm25s' English one plus question words, auxiliaries and pronouns; the letters the
     tokenizer splits off and words that carry a query's meaning stay terms."""

@@ -59,12 +59,14 @@ def test_spaceless_scripts_match_by_their_characters() -> None:
 
 
 def test_words_match_as_the_keyword_index_reads_them() -> None:
-    """Soft hyphens, a dotted capital I, and Latin letters run into CJK, as the index normalises them."""
+    """Soft hyphens, a dotted capital I, Latin letters run into CJK and identifiers' parts, as the index
+    normalises them."""
     filler = "filler " * 10
     assert "national" in window(f"{filler}inter\u00adnational {filler}", "international", 30)
     assert "İstanbul" in window(f"{filler}İstanbul {filler}", "Istanbul", 30)
     assert "机器学习" in window(f"{filler}Python3机器学习 {filler}", "机器学习", 30)
     assert "ｶﾀｶﾅ" in window(f"{filler}ｶﾀｶﾅ {filler}", "カタカナ", 30)  # (half-width: NFKC makes it CJK)
+    assert "top_rows" in window(f"{filler}def top_rows(x): {filler}", "top rows", 30)  # an identifier's parts
     # No word at all: cut between graphemes (an emoji sequence or a letter's marks stay whole).
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert window(family * 10, "x", 12) == family * 2  # (5 code points each)
