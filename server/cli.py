@@ -3,6 +3,7 @@ commands work on the same data dir directly (stop the server first: the data dir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -208,7 +209,15 @@ def serve(transport: str, host: str | None, port: int | None, data_dir: str | No
     if transport == "stdio":
         close_on_terminate()  # (uvicorn handles SIGTERM for the HTTP transport: it shuts the lifespan down)
         server.run("stdio")
-        return
+        # The client closed stdin, and the lifespan has closed rift (the log written, a retrain checkpointed).
+        # What is left is the interpreter's teardown: 3-4 s of garbage-collecting torch's and Chroma's objects,
+        # past the 2 s an MCP client waits before it sends SIGTERM (found by helper BG). Exit now, as the
+        # SIGTERM path does.
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
     from server.http import run_http
 
     try:
