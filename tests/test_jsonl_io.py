@@ -383,6 +383,21 @@ def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_p
     assert jsonl.export_documents(conn, "kb", None, out) == 1 and "kept in the backup" in out.getvalue()
     conn.close()
     assert ["immutable=1" in uri for uri in tried] == [False, True]
+    # Read without locks, a write meanwhile (its owner's rift starting on it) tears the read: said so, rather
+    # than "database disk image is malformed" from half a checkpoint (found by helper BJ).
+    conn = jsonl.read_only_state(copy / "state.sqlite")
+    writer = real(str(copy / "state.sqlite"))
+
+    class Written(io.StringIO):
+        def write(self, line: str) -> int:
+            writer.execute("UPDATE documents SET text = 'rewritten' WHERE doc_id = 'b'")
+            writer.commit()
+            return super().write(line)
+
+    with pytest.raises(RiftError, match="was written while it was read .* run the export again"):
+        jsonl.export_documents(conn, "kb", None, Written())
+    conn.close()
+    writer.close()
     # With a -wal file, the database file may lack committed writes: refused, not read without them.
     (copy / "state.sqlite-wal").write_bytes(b"")
     with pytest.raises(RiftError, match="cannot read rift's state .*readonly database"):

@@ -254,10 +254,49 @@ def read_only_state(path: Path) -> sqlite3.Connection:
         # copy, another user's store). With no -wal file there is nothing but the database file to read.
         if Path(f"{path}-wal").exists():
             raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+        before = _identity(path)
         try:
-            return _check(sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None))
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None, factory=_UnlockedRead
+            )
         except sqlite3.Error:
             raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+        conn.path, conn.identity = path, before
+        try:
+            return _check(conn)
+        except sqlite3.Error:
+            raise RiftError(f"cannot read rift's state {path}: {exc}") from None
+
+
+class _UnlockedRead(sqlite3.Connection):
+    """A read of a state database that takes no locks (immutable=1): SQLite then assumes the file never changes,
+    so a rift process that starts writing it meanwhile (its owner's server, on a store another user may not
+    write) tears the read. What the file was at the start is kept to tell (`_unchanged`)."""
+
+    path: Path
+    identity: tuple[int, int, int, bool]
+
+
+def _identity(path: Path) -> tuple[int, int, int, bool]:
+    """The file (inode), its size and last change, and whether a writer's -wal file is there."""
+    info = path.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns, Path(f"{path}-wal").exists()
+
+
+def _unchanged(conn: sqlite3.Connection) -> None:
+    """Raise when a read without locks overlapped a write: what it read may mix two states of the file."""
+    if not isinstance(conn, _UnlockedRead):
+        return
+    try:
+        same = _identity(conn.path) == conn.identity
+    except OSError:
+        same = False
+    if not same:
+        raise RiftError(
+            f"rift's state {conn.path} was written while it was read (a rift process started on that data dir), "
+            "and this read takes no locks (the folder is not writable here): nothing read can be trusted; run "
+            "the export again once no rift process writes it"
+        )
 
 
 def _check(conn: sqlite3.Connection) -> sqlite3.Connection:
@@ -290,6 +329,7 @@ def export_documents(
                 (collection, after, EXPORT_PAGE),
             ).fetchall()
             if not rows:
+                _unchanged(conn)
                 if not count and node is not None and known:
                     problem = unknown_fields_problem(node, known, collection)
                     if problem:
@@ -309,6 +349,7 @@ def export_documents(
                     out.write(_line({"id": doc_id, "text": text, "metadata": dict(sorted(metadata.items()))}))
                     count += 1
     except sqlite3.Error as exc:
+        _unchanged(conn)  # ("database disk image is malformed" from a torn read names the wrong cause)
         raise RiftError(f"reading rift's state failed: {exc}") from None
     finally:
         with contextlib.suppress(sqlite3.Error):  # (a failure here must not hide the one that ended the read)
