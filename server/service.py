@@ -413,6 +413,15 @@ class Rift:
                 f"finished; the serving version is {would_serve!r}. This command does not re-embed the store: "
                 "start `rift serve`, which re-embeds such collections with the serving version"
             )
+        if entry is not None and entry.status == "retired" and registry._has_weights(entry):
+            # A rollback switches the collections to a retired version, then names it serving: killed in
+            # between, they are on it and the registry still names the version before (found by helper BI).
+            raise RiftError(
+                f"collection {name!r} was left on version {version!r} by a rollback that stopped before it "
+                f"finished; the serving version is still {would_serve!r}. This command does not re-embed the "
+                "store: start `rift serve`, which switches such collections back to the serving version, then "
+                "run `rift rollback` again"
+            )
         if lineage == s.model and entry is not None:  # this lineage, but its version cannot serve
             raise RiftError(
                 f"collection {name!r} is embedded with version {version!r}, whose weights at "

@@ -580,6 +580,42 @@ def test_a_switch_cut_short_before_registering_says_so_to_read_commands(
         again.close()
 
 
+def test_a_rollback_killed_after_its_switch_is_named_as_such(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback stopped after switching the collections to a retired version but before the registry named
+    it serving: commands said the retired version's weights were missing, though they are there (found by
+    helper BI)."""
+    from server.errors import RiftError
+    from server.learning import manager
+    from server.learning.registry import Registry
+    from server.service import Rift
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        started = rift.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+
+        def killed(self: Registry, version: str) -> None:
+            raise RuntimeError("killed")  # stands for the kill: nothing after the switch runs
+
+        monkeypatch.setattr(Registry, "set_serving", killed)
+        monkeypatch.setattr(manager, "_switched_back_on_failure", lambda *_, **__: contextlib.nullcontext())
+        back = rift.learning.rollback()
+        rift.learning.jobs.wait(120)
+        assert rift.engine().state.collection("default").model_version == str(tiny_model_path)
+    finally:
+        monkeypatch.undo()
+        rift.close()
+    with pytest.raises(RiftError) as refused:
+        Rift(settings).start(background=False, reembed=False)
+    message = str(refused.value)
+    assert f"left on version '{tiny_model_path}' by a rollback that stopped before it finished" in message
+    assert f"the serving version is still '{started['version']}'" in message and "missing" not in message
+    assert back["job_id"]
+
+
 def test_a_registry_that_cannot_be_written_after_the_switch_switches_back(
     tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
