@@ -233,9 +233,25 @@ def test_a_shutdown_while_encoding_gates_the_saved_weights_at_the_next_start(
     [plan] = resume.pending(settings.models_dir)
     assert plan.trained and (settings.models_dir / plan.version).is_dir()
     assert not resume.checkpoint_dir(settings.models_dir, plan.version).exists()  # training is done
+    # A kill -9 instead of the shutdown leaves the note the job set while it ran: the next start (a command's
+    # too) said "the server stopped during the job", a candidate over, while stats said it continues (found by
+    # helper BI); now both say it continues.
+    from server.learning.registry import Registry
+
+    noted = Registry(settings.models_dir).get(plan.version).note
+    Registry(settings.models_dir).update(plan.version, note="candidate being evaluated")
+    cli = open_rift(settings)
+    try:
+        assert cli.learning.registry.get(plan.version).note == (
+            "interrupted: continues at the next server start (rift serve)"
+        )
+    finally:
+        cli.close()
+    Registry(settings.models_dir).update(plan.version, note=noted)
     cli = open_rift(settings)
     try:  # `rift models --prune` keeps the weights the next server gates
-        assert cli.learning.registry.get(plan.version).status == "failed"
+        entry = cli.learning.registry.get(plan.version)
+        assert entry.status == "failed" and entry.note.startswith("interrupted by a shutdown")
         assert cli.learning.delete_unservable_weights()["deleted"] == []
         assert cli.stats()["learning"]["interrupted_retrain"]["continues_from"] == "the gate (weights trained)"
     finally:

@@ -123,9 +123,18 @@ class LearningManager:
     def _clear_interrupted(self, engine: Any) -> None:
         """A job the process did not live to finish left its candidate marked "being evaluated" and, maybe, half
         its vectors: say what happened, and drop those vectors (only serving or retired versions keep any)."""
+        plans = resume.pending(self.settings.models_dir)
+        # The newest plan a server start continues: its candidate is not over, whichever process ran it (a
+        # killed `rift retrain` too), so `rift models` says so rather than "failed" alone (found by helper BI).
+        continues = plans[-1].version if plans and self._why_not_continued(plans[-1]) == (False, None) else None
         for v in self.registry.all():
             if v.status == "failed" and v.note == "candidate being evaluated":
-                self.registry.update(v.version, note="interrupted: the server stopped during the job")
+                note = (
+                    "interrupted: continues at the next server start (rift serve)"
+                    if v.version == continues
+                    else "interrupted: the server stopped during the job"
+                )
+                self.registry.update(v.version, note=note)
             elif v.status == "failed" and v.note and v.note.endswith(IN_PROGRESS):
                 self.registry.update(
                     v.version,
@@ -431,7 +440,12 @@ class LearningManager:
     def _too_few_triples(self, triples: int, mined: Any, need: int) -> str:
         """Why a retrain is refused, with the advice that can help: searching more cannot while the log is off,
         and a filter that left out most searches is named with its setting."""
-        said = f"only {triples} training triples from {len(mined.train_queries)} logged queries; min_triples is {need}"
+        held = len(mined.holdout)
+        said = (
+            f"only {triples} training triples from {len(mined.train_queries)} logged queries"
+            + (f" ({held} more are held out for the gate: the latest, and earlier askings of their texts)" if held else "")
+            + f"; min_triples is {need}"
+        )
         if not self.settings.log_queries:
             return (
                 f"{said}. The query log is off (setting log_queries, RIFT_LOG_QUERIES): searches leave nothing to "
