@@ -714,3 +714,36 @@ def test_a_repair_stops_trying_to_make_floats_exact_when_most_documents_match_no
     assert exact == 1
     per_miss = 2 * versions.MAX_COMBINATIONS  # (two chunkings)
     assert tried <= (MISS_RATIO + 2) * (GIVE_UP_AFTER + 1) * per_miss + 300 * 2
+
+
+def test_a_lost_state_database_of_an_older_chunker_still_re_cuts_its_code(cfg: Settings, monkeypatch) -> None:
+    """A plain document hashes the same under chunker versions 1 and 2 (document_chunking): rebuilt from Chroma,
+    the collection's chunking was read off the first sampled document that matched, a plain one, so a Python
+    file cut by version 1 was never cut again."""
+    from dataclasses import replace
+
+    from server.engine import chunking
+    from server.engine import engine as engine_module
+    from server.ingest import splitters
+
+    body = "\n".join(f"        x{i} = compute(value_{i}, other_{i}) + {i}" for i in range(30))
+    code = f"class E:\n    def run(self):\n{body}\n        return x0\n"
+    texts = (("a", "the cat sat on the mat", {}), ("code", code, {"file_type": "python"}))
+    monkeypatch.setattr(chunking, "CHUNKER_VERSION", 1)
+    monkeypatch.setattr(engine_module, "CHUNKER_VERSION", 1)
+    old = {k: replace(v, since=1, lines=False) for k, v in splitters.SPLITTERS.items()}
+    monkeypatch.setattr(splitters, "SPLITTERS", old)
+    monkeypatch.setattr(splitters, "_glue_small", lambda groups, tokens, max_tokens: groups)
+    app = open_rift(cfg)
+    try:
+        app.add_documents("default", docs(*texts))
+    finally:
+        app.close()
+    monkeypatch.undo()
+    lose_state_db(cfg)
+    app = open_rift(cfg)
+    try:
+        assert app.repair_report["adopted_from_chroma"] == ["default"]
+        assert app.repair_report["rechunked"] == {"default": 1}  # the Python file alone
+    finally:
+        app.close()

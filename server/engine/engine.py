@@ -844,7 +844,12 @@ class Engine:
         sample = self.state.list_documents(collection, _CHUNKING_SAMPLE, 0)
         if not sample:
             return None
-        for doc_id, *_ in sample:
+        # Of the kinds the current chunker cuts as an older one did (document_chunking), a document hashes
+        # the same under both: only the others tell. Sampled first; none stored, the rest tell as well.
+        from server.ingest.splitters import cut_now_types  # lazy, as in chunk_document
+
+        decisive = self.state.documents_of_types(collection, sorted(cut_now_types()), _CHUNKING_SAMPLE)
+        for doc_id, *_ in [(d, None) for d in decisive] or sample:
             found = self.state.document(collection, doc_id)
             if found is None:
                 continue

@@ -393,6 +393,18 @@ class StateStore:
         )
         return [(r[0], json.loads(r[1])) for r in rows]
 
+    def documents_of_types(self, collection: str, file_types: list[str], limit: int) -> list[str]:
+        """Up to `limit` ids (by id) of the collection's documents whose `file_type` is one of `file_types`."""
+        if not file_types:
+            return []
+        marks = ",".join("?" * len(file_types))
+        rows = self._rows(
+            "SELECT doc_id FROM documents WHERE collection = ? AND json_extract(metadata, '$.file_type') "
+            f"IN ({marks}) ORDER BY doc_id LIMIT ?",
+            (collection, *file_types, limit),
+        )
+        return [r[0] for r in rows]
+
     def document_count(self, collection: str, up_to: str | None = None) -> int:
         """The collection's documents, or those whose id sorts at or before `up_to`."""
         sql, args = "SELECT COUNT(*) FROM documents WHERE collection = ?", [collection]

@@ -162,6 +162,13 @@ def cut_since(metadata: Mapping[str, Any]) -> int:
     return PROSE_SINCE if splitter is None else splitter.since
 
 
+def cut_now_types() -> set[str]:
+    """The file types the current chunker cuts otherwise than the one before it (Splitter.since is current)."""
+    from server.engine.chunking import CHUNKER_VERSION
+
+    return {t for t, splitter in SPLITTERS.items() if splitter.since == CHUNKER_VERSION}
+
+
 def _common(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
