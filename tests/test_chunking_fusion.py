@@ -94,7 +94,8 @@ def starts_mid_line(text: str, at: int) -> bool:
 
 
 def ends_mid_line(text: str, at: int) -> bool:
-    return bool(text[at:].split("\n", 1)[0].strip())
+    # (a byte-level tokenizer's window may end with the line break itself: a line end too)
+    return text[at - 1 : at] != "\n" and bool(text[at:].split("\n", 1)[0].strip())
 
 
 def test_code_windows_start_and_end_on_line_boundaries(tokenizer: Any) -> None:
@@ -115,6 +116,27 @@ def test_code_windows_start_and_end_on_line_boundaries(tokenizer: Any) -> None:
     # One line longer than the overlap: no line start inside it, so the window starts where the overlap does.
     long_line = "x = " + " ".join(WORDS[:60]) + "\ny = 1\n"
     check_chunks(long_line, chunk_text(long_line, tokenizer, 24, 4, lines=True), tokenizer, 24, 4)
+
+
+def test_code_windows_follow_lines_with_a_byte_level_tokenizer_too() -> None:
+    """RoBERTa's and GPT's byte-level BPE makes a line break a token of its own, so no break lies between two
+    tokens' offsets and lines=True found no line start at all (found by helper BO): most windows began
+    mid-line."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    code = "\n".join(f"def f{i}(a, b):\n    return a + b * {i}  # comment number {i}\n" for i in range(40))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=True)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe.train_from_iterator([code] * 5, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    chunks = chunk_text(code, tokenizer, 64, 32, lines=True)  # (an overlap that holds a line start)
+    assert len(chunks) > 5 and all(code[c.start : c.end] == c.text for c in chunks)
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        assert not starts_mid_line(code, nxt.start) and not ends_mid_line(code, prev.end), (prev.text, nxt.text)
 
 
 def test_engine_caps_chunks_at_the_model_sequence_length(rift) -> None:

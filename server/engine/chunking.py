@@ -43,8 +43,10 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int, lines: 
         return [Chunk(stripped, text.find(stripped), text.find(stripped) + len(stripped))] if stripped else []
 
     n = len(offsets)
-    # Token i is the first of its line (code only): a line break lies between it and the token before.
-    first_on_line = [i == 0 or "\n" in text[offsets[i - 1][1] : offsets[i][0]] for i in range(n)] if lines else []
+    # Token i is the first of its line (code only): a line break, then only blanks, lie between the start of the
+    # token before and it. (From the token before's start: byte-level BPE tokenizers, RoBERTa's and GPT's, make
+    # the line break a token of its own, so no break lies between two tokens' offsets.)
+    first_on_line = [i == 0 or _breaks_line(text[offsets[i - 1][0] : offsets[i][0]]) for i in range(n)] if lines else []
     chunks: list[Chunk] = []
     start = 0
     while start < n:
@@ -64,6 +66,11 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int, lines: 
         if lines:
             start = next((i for i in range(start, end) if first_on_line[i]), start)
     return chunks
+
+
+def _breaks_line(between: str) -> bool:
+    at = between.rfind("\n")
+    return at >= 0 and not between[at + 1 :].strip()
 
 
 def document_chunking(chunking: str, metadata: Mapping[str, Any]) -> str:
