@@ -79,6 +79,11 @@ def _warn_unknown_env(fields: Mapping[str, Any]) -> None:
             log.warning("ignoring environment variable %s: no such setting%s", name, hint)
 
 
+def _unset_word(value: str) -> bool:
+    """ "none" or "null": an optional setting unset (TOML and the environment have no null)."""
+    return value.strip().lower() in ("none", "null")
+
+
 class _TomlBesideItsFile(TomlConfigSettingsSource):
     """Relative paths in a config file are relative to that file, not to wherever a client starts rift."""
 
@@ -92,7 +97,9 @@ class _TomlBesideItsFile(TomlConfigSettingsSource):
             if isinstance(data.get(key), str) and not data[key].strip():
                 del data[key]
         for key in ("data_dir", "gate_eval_data"):
-            if isinstance(data.get(key), str):
+            # ("none" unsets gate_eval_data, as in the environment: _plain_values reads it, not a path beside
+            # the file; found by helper BG)
+            if isinstance(data.get(key), str) and not (key == "gate_eval_data" and _unset_word(data[key])):
                 data[key] = str(self._beside(data[key]))
         roots = data.get("allowed_roots")
         if isinstance(roots, str):  # one string, separated like PATH, as the environment variable takes it
@@ -437,7 +444,7 @@ class Settings(BaseSettings):
         mode read `embed_batch_size = true` as 1), and a blank path or model names nothing."""
         field = cls.model_fields[info.field_name]
         kinds = set(get_args(field.annotation)) or {field.annotation}
-        if isinstance(value, str) and type(None) in kinds and value.strip().lower() in ("none", "null"):
+        if isinstance(value, str) and type(None) in kinds and _unset_word(value):
             return None
         if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
             raise ValueError(f"must be a number, not {str(value).lower()}")

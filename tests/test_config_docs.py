@@ -99,6 +99,11 @@ def test_settings_refuse_what_would_only_fail_later(monkeypatch, tmp_path: Path)
     monkeypatch.setenv("RIFT_LEARN_AUTO_AFTER_QUERIES", "none")
     assert Settings().learn_auto_after_queries is None
     monkeypatch.delenv("RIFT_LEARN_AUTO_AFTER_QUERIES")
+    # ... and so can the file: "none" was made a folder beside it (found by helper BG).
+    for word in ("none", "NULL"):
+        (tmp_path / "conf" / "rift.toml").write_text(f'gate_eval_data = "{word}"\n')
+        assert Settings().gate_eval_data is None
+    (tmp_path / "conf" / "rift.toml").write_text("learn_auto_after_queries = 500\nembed_batch_size = 8\n")
     for bad, message in (
         ({"embed_batch_size": True}, "embed_batch_size\n.*must be a number, not true"),
         ({"max_k": False}, "max_k\n.*must be a number, not false"),
