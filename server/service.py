@@ -722,6 +722,8 @@ class Rift:
             "model": self.settings.model,
             "model_version": engine.embedder.version,
             "dimension": engine.embedder.dimension,
+            "query_prompt": getattr(engine.embedder, "query_prompt", ""),
+            "query_prompt_because": getattr(engine.embedder, "query_prompt_because", ""),
             "data_dir": str(self.settings.data_dir),
             "vector_backend": self.settings.vector_backend,
             "chroma_unreachable": unreachable,

@@ -104,6 +104,15 @@ def test_a_local_copy_of_a_known_model_gets_its_query_instruction(
     # Another organisation's hub id of the same name is not taken for it (it is no local folder).
     assert resolve_model("someone/bge-small-en-v1.5").known_query_prompt is None
     assert resolve_model("BAAI/BGE-small-en-v1.5").known_query_prompt == BGE_PROMPT
+    # stats says which prompt applies and why: the log says it only with `rift -v` (found by helper BG).
+    from tests.support.helpers import make_settings, open_rift
+
+    rift = open_rift(make_settings(tmp_path / "data", named))
+    try:
+        stats = rift.stats()
+        assert stats["query_prompt"] == BGE_PROMPT and "known models" in stats["query_prompt_because"]
+    finally:
+        rift.close()
 
 
 def test_a_known_models_folder_with_its_own_query_prompt_keeps_it(tmp_path: Path) -> None:

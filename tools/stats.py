@@ -29,6 +29,10 @@ class StatsResult(BaseModel):
     model: str
     model_version: str
     dimension: int
+    query_prompt: str = Field(
+        "", description="The instruction put before every query for this model (empty: none)."
+    )
+    query_prompt_because: str = Field("", description="Why that prompt applies (a setting, the model, rift's table).")
     data_dir: str
     vector_backend: str
     chroma_unreachable: str | None = Field(

@@ -81,6 +81,7 @@ class Embedder:
         self.model.eval()
         prompts = getattr(self.model, "prompts", None) or {}
         self.query_prompt, why = choose_query_prompt(spec, prompts.get("query", "") or "")
+        self.query_prompt_because = why  # (stats shows both: the log says it only with -v)
         log.info("query prompt for %s: %r, because %s", spec.name, self.query_prompt, why)
         self.document_prompt: str = prompts.get("document", "") or prompts.get("passage", "")
         self.dimension: int = int(self.model.get_embedding_dimension())
