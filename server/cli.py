@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -169,6 +170,22 @@ def main(verbose: bool) -> None:
     """rift: hybrid retrieval for agents that learns from their own searches."""
     _setup_logging(verbose)
     _utf8_stdout()
+    if click.get_current_context().invoked_subcommand != "serve":  # (serve closes its own: close_on_terminate)
+        _terminate_as_interrupt()
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (systemd's, docker's or supervisord's stop) takes Ctrl-C's path: the command stops between two
+    Python steps, so a write into Chroma in hand finishes, says what is stored and closes the store. Its default
+    action killed the process mid-write: `rift watch` then left no note, and once a truncated HNSW file that
+    no command could open again (found by helper BL). A second SIGTERM kills, as before."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # (not the main thread: an embedding caller keeps its own handling)
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _utf8_stdout() -> None:

@@ -182,6 +182,40 @@ def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
     assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
 
 
+def test_sigterm_during_rift_add_takes_ctrl_cs_path(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """A stop by SIGTERM (systemd, docker) killed a command mid-write: no note of what was stored, no close, and
+    once a Chroma HNSW file cut short that no command could open again (found by helper BL)."""
+    import os
+    import signal
+
+    import server.ingest.sync as sync
+
+    docs = write_notes(tmp_path / "docs")
+    data = str(tmp_path / "data")
+    monkeypatch.setattr(sync, "BATCH_DOCS", 2)
+    real_flush = sync._Sync.flush
+    flushes: list[int] = []
+
+    def terminated_during_the_second_batch(self) -> None:
+        if self.batch:
+            flushes.append(len(self.batch))
+            if len(flushes) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # (Python takes it at its next step: before this batch)
+        real_flush(self)
+
+    monkeypatch.setattr(sync._Sync, "flush", terminated_during_the_second_batch)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.exit_code == 130, result.output
+    assert "interrupted: 2 file(s) stored" in result.output and "Traceback" not in result.output, result.output
+    monkeypatch.setattr(sync._Sync, "flush", real_flush)
+    again = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
+    assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
+
+
 def test_a_chroma_server_lost_during_rift_add_lists_what_is_stored(
     tmp_path: Path, env: dict[str, str], monkeypatch
 ) -> None:
