@@ -346,9 +346,18 @@ class Rift:
     def _chroma_lost_while_opening(self, engine: Any, exc: Exception) -> Any:
         """Re-raise `exc` unless a server lost its Chroma server during start-up; else a client once it
         answers again (tool calls meanwhile answer at once with why)."""
-        from server.engine.vector_store import ChromaUnreachable, chroma_server_problem, make_client
+        from server.engine.vector_store import (
+            ChromaUnreachable,
+            chroma_server_problem,
+            damaged_store,
+            make_client,
+        )
 
         engine.discard()
+        if self.settings.vector_backend != "http":
+            damaged = damaged_store(self.settings.chroma_dir, exc)  # (found when a segment is first read)
+            if damaged is not None:
+                raise damaged from None
         problem = chroma_server_problem(exc, then="start-up waits for it and repairs again once it answers")
         if problem is None or not self._background or self.settings.vector_backend != "http":
             raise exc

@@ -494,6 +494,32 @@ def test_damaged_files_are_named_and_a_damaged_query_log_is_set_aside(cfg: Setti
         open_rift(cfg)
 
 
+def test_a_damaged_hnsw_file_is_named_with_what_to_do(cfg: Settings) -> None:
+    """A kill while Chroma rewrote an HNSW segment's index_metadata.pickle in place left it cut short, and every
+    command then failed with Chroma's "Error constructing hnsw segment reader ... Error deserializing pickle
+    file" and nothing on what to do (found by helper BL); moving the folder aside re-embeds from the state."""
+    app = open_rift(cfg)
+    try:  # enough vectors for Chroma to write its HNSW files (past its sync threshold)
+        for batch in range(3):
+            app.add_documents("default", docs(*[(f"d{i}", f"note {i} on topic {i % 37}") for i in range(batch * 400, (batch + 1) * 400)]))
+    finally:
+        app.close()
+    from chromadb.api.client import SharedSystemClient
+
+    [pickle] = cfg.chroma_dir.rglob("index_metadata.pickle")
+    pickle.write_bytes(pickle.read_bytes()[: pickle.stat().st_size // 2])
+    SharedSystemClient.clear_system_cache()  # (as a new process: Chroma keeps a store's segments per process)
+    with pytest.raises(RiftError, match=rf"Chroma's store {cfg.chroma_dir} is damaged \(.*pickle.*move the folder"):
+        open_rift(cfg)
+    cfg.chroma_dir.rename(cfg.chroma_dir.with_name("chroma.kept"))
+    SharedSystemClient.clear_system_cache()
+    app = open_rift(cfg)
+    try:
+        assert ids(app.search("default", "note 5 on topic 5", k=1, mode="vector").outcome.hits) == ["d5"]
+    finally:
+        app.close()
+
+
 def test_a_database_that_cannot_be_opened_is_named_and_left_in_place(cfg: Settings) -> None:
     """Unreadable is not damaged: a query log that could not be opened (permissions, a lock) was moved aside
     as damaged and a new one started, sidelining the learning data even from `rift stats`; an unreadable

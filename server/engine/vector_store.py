@@ -87,13 +87,29 @@ def make_client(settings: Settings) -> Any:
     try:
         return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
     except Exception as exc:
-        if "malformed" not in str(exc) and "not a database" not in str(exc):
+        damaged = damaged_store(settings.chroma_dir, exc)
+        if damaged is None:
             raise
-        raise RiftError(
-            f"Chroma's store {settings.chroma_dir} is damaged ({exc}); restore it from a backup, or move the folder "
-            "aside (keep the copy): `rift serve` or `rift add` then embed every document again from the text "
-            "rift's state holds"
-        ) from None
+        raise damaged from None
+
+
+# What embedded Chroma says of a damaged file: its SQLite database, or an HNSW segment's files (a kill while
+# Chroma rewrote index_metadata.pickle in place left it cut short, and every command then failed with
+# "Error constructing hnsw segment reader: ... Error deserializing pickle file"; found by helper BL).
+_DAMAGE_SIGNS = (
+    "malformed", "not a database", "hnsw segment reader", "deserializing pickle", "Error loading hnsw index",
+)
+
+
+def damaged_store(chroma_dir: Path, exc: BaseException) -> RiftError | None:
+    """The error that names a damaged embedded store and what to do, when `exc` is Chroma's word for one."""
+    if not any(sign in str(exc) for sign in _DAMAGE_SIGNS):
+        return None
+    return RiftError(
+        f"Chroma's store {chroma_dir} is damaged ({excerpt(str(exc), 300)}); restore it from a backup, or move "
+        "the folder aside (keep the copy): `rift serve` or `rift add` then embed every document again from the "
+        "text rift's state holds"
+    )
 
 
 def heartbeat_problem(answer: Any, where: str) -> str | None:
