@@ -35,3 +35,12 @@ def test_without_a_stemmer_only_exact_words_match() -> None:
     masker = TermMasker(stemmer_language=None, stopwords=None)
     [(_, pos, _)] = mask_shared_terms([ROW], masker=masker)
     assert "vitamins" in pos and "Vitamin" not in pos and "adults" not in pos
+
+
+def test_an_identifier_goes_when_its_parts_match_the_query() -> None:
+    """The keyword index matches "keyword index" against `KeywordIndex` by its parts: masking must take it
+    too, or the masked positive still shares terms with its query (found by helper BQ)."""
+    [(_q, pos, neg)] = mask_shared_terms(
+        [("keyword index", "class KeywordIndex: one collection's side", "def top_rows(vectors): the best")]
+    )
+    assert "KeywordIndex" not in pos and "collection" in pos and "top_rows" in neg

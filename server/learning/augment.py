@@ -15,7 +15,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from server.engine.keyword_index import KeywordTokenizer
+from server.engine.keyword_index import KeywordTokenizer, _words
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -33,7 +33,9 @@ class TermMasker:
         if not stems:
             return text
         stem = self._tokenizer.stem
-        kept = _WORD.sub(lambda m: "" if stem(m.group(0)) in stems else m.group(0), text)
+        # A word goes when any of its keyword words does: the index matches the query "keyword index" against
+        # `KeywordIndex` by its parts, so masking must take it too (found by helper BQ).
+        kept = _WORD.sub(lambda m: "" if any(stem(w) in stems for w in _words(m.group(0))) else m.group(0), text)
         return re.sub(r"[ \t]{2,}", " ", kept).strip()
 
 
