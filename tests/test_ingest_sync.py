@@ -271,6 +271,7 @@ def test_a_named_file_now_left_out_keeps_no_stale_document_under_prune(app: Rift
     walrus = docs / "notes" / "walrus.txt"
     assert statuses(sync(app, walrus), docs)["notes/walrus.txt"][0] == "added"
     walrus.write_text("")  # emptied: no text to index now
+    os.utime(walrus, (time.time() - 60, time.time() - 60))  # (for good: not a save caught mid-way)
     status, reason = statuses(sync(app, walrus), docs)["notes/walrus.txt"]
     assert status == "skipped" and reason.endswith("its earlier version stays indexed (prune removes it)")
     assert top_doc(app, "walrus", docs) == "notes/walrus.txt"  # (said so: the old text still answers)
@@ -1140,3 +1141,33 @@ def test_a_sync_reports_while_it_embeds_and_stops_there_when_cancelled(app: Rift
     with pytest.raises(Cancelled):
         sync(app, fresh, progress=cancel_while_embedding)
     assert str(fresh / "kelp.md") not in dict(app.engine().state.list_documents("files", -1, 0))
+
+
+def test_a_file_caught_empty_mid_save_keeps_its_document_until_it_settles(app: Rift, docs: Path) -> None:
+    """An editor's in-place save (truncate, then write) or a shell's `>` leaves the file empty for a moment: a
+    sync then removed its document and the next added it back, losing the keys an agent had set (found by
+    helper BL). A stored file that reads empty and changed in the last SETTLING_S seconds is skipped as
+    transient; emptied for good, it goes at the first sync after that."""
+    from server.ingest.sync import SETTLING
+
+    sync(app, docs)
+    note = docs / "guide.md"
+    app.update_metadata("files", [str(note)], {"reviewed": True}, [])
+    text = note.read_text()
+    note.write_text("")  # (mid-save)
+    assert statuses(sync(app, docs, prune=True), docs)["guide.md"] == ("skipped", SETTLING)
+    note.write_text(text)  # the save's write
+    assert statuses(sync(app, docs, prune=True), docs)["guide.md"][0] == "unchanged"
+    assert app.engine().get_document("files", str(note))[1]["reviewed"] is True
+    note.write_text("")
+    os.utime(note, (time.time() - 60, time.time() - 60))  # empty and settled: emptied for good
+    assert statuses(sync(app, docs, prune=True), docs)["guide.md"][0] == "removed"
+
+
+def test_watch_syncs_a_file_caught_empty_again_once_it_settles(app: Rift, docs: Path) -> None:
+    """Emptied for good while watched, with no later change to wake the watch: it syncs again after
+    SETTLING_S and the document goes."""
+    with watching(app, docs, prune=True):
+        wait_for(lambda: "guide.md" in stored(app, docs))
+        (docs / "guide.md").write_text("")
+        wait_for(lambda: "guide.md" not in stored(app, docs), timeout=20)

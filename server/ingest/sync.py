@@ -93,6 +93,11 @@ def _unsupported_reason(path: Path) -> str:
 # (files done, files in all, what is being done): files done may be fractional while a batch is embedded.
 Progress = Callable[[float, int, str], None]
 REPORT_EVERY_S = 1.0  # between reports while files are read (and a cancel is looked for)
+# A stored file that reads empty and changed this recently is taken for one being saved in place (an editor's
+# truncate-then-write, a shell's `>`): skipped as transient, so its document and the keys an agent set stay;
+# `rift watch` syncs it again once it settles. Emptied for good, it goes at the first sync after that.
+SETTLING_S = 2.0
+SETTLING = "empty and just changed (a save in progress?): its document is kept until the file settles"
 
 
 class _Sync:
@@ -180,6 +185,11 @@ class _Sync:
         try:
             extracted = extract(path, data, family, self.max_chars)
         except SkipFile as exc:
+            if old and not data.strip() and time.time() - info.st_mtime < SETTLING_S:
+                # (caught between a truncate and the write after it, it was removed and added back, losing the
+                # keys an agent had set; found by helper BL)
+                self.skip(path, SETTLING, transient=True)
+                return
             self.skip(path, str(exc))
             return
         except Exception as exc:  # a parser's bug on one odd file must not abort the whole sync

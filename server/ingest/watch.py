@@ -14,7 +14,7 @@ from typing import Any
 
 from server.errors import RiftError, user_message
 from server.ingest.security import PathPolicy
-from server.ingest.sync import SyncReport, sync_paths
+from server.ingest.sync import SETTLING, SETTLING_S, SyncReport, sync_paths
 from server.ingest.walker import VCS_DIRS
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def watch_folder(
     # with that file, so the watch starts again whenever one of them is replaced (an editor's save), goes or
     # comes back, which is checked on the files themselves, not on a sync's report (a sync may fail).
     linked: frozenset[str] = frozenset()
+    settle_at: float | None = None  # when to sync again for a file caught mid-save (sync.SETTLING), if any
     watch_links = True  # off once the OS refuses more watches (its per-user limit): the folder is still watched
 
     def linked_files(report: SyncReport) -> frozenset[str]:
@@ -143,6 +144,9 @@ def watch_folder(
                 log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
             return
         linked = frozenset(filter(watchable, linked_files(report))) if watch_links else frozenset()
+        nonlocal settle_at
+        settling = any(f.status == "skipped" and f.reason == SETTLING for f in report.files)
+        settle_at = time.monotonic() + SETTLING_S if settling else None
         if on_sync is not None:
             on_sync(report)
 
@@ -243,7 +247,7 @@ def watch_folder(
             if identity() != watching or str(folder) in gone:
                 replaced = True
                 break
-            if not started or changes:
+            if not started or changes or (settle_at is not None and time.monotonic() >= settle_at):
                 log.info("syncing %s (%d changes)", folder, len(changes))
                 sync()
                 started = True
