@@ -77,12 +77,10 @@ _INVISIBLE = str.maketrans(
 # Identifiers: a word holding "_" or a change of case is indexed whole and also as its parts, so "top rows"
 # finds `top_rows` and "keyword index" `KeywordIndex`, while "top_rows" still ranks the identifier first (it
 # matches the whole word too). A part starts after "_", at a capital after a lower-case letter (digits may
-# come between: `base64Encode`), and at the last of a run of capitals that two lower-case letters follow
-# (`parseHTTPResponse` -> parse, http, response; `RNAs`, `URLs` and `IDs` stay whole). Letters and digits are
-# not split apart (`BRCA1`, `utf8`). Queries carry no file type, so the rule holds for all text, prose too:
-# on SciFact and NFCorpus it moved BM25 nDCG@10 by +0.006 and +0.003 (README "Benchmarks").
-# (Digits may also end a run of capitals: `S3Client` -> s3, client; `HTTP2Server` -> http2, server; found by
-# helper BQ.)
+# come between: `base64Encode`), and at the last of a run of capitals (digits may end it) that two lower-case
+# letters follow (`parseHTTPResponse` -> parse, http, response; `S3Client` -> s3, client; `RNAs`, `URLs` and
+# `IDs` stay whole). Letters and digits are not split apart (`BRCA1`, `utf8`). Queries carry no file type, so
+# the rule holds for all text, prose too (its effect on SciFact and NFCorpus: README "Benchmarks").
 _PART_BREAK = regex.compile(
     r"_+|(?<=\p{Ll}\p{M}*\p{N}*)(?=\p{Lu})|(?<=\p{Lu}\p{M}*\p{N}*)(?=\p{Lu}\p{M}*\p{Ll}\p{M}*\p{Ll})"
 )
