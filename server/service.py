@@ -108,6 +108,20 @@ CLOSE_WAIT_S = 10.0  # how long closing (off the main thread) waits for a write 
 JOB_OF_KIND = {"fine-tune": "retrain", "reindex": "reindex", "base": "rollback"}
 
 
+def _rolled_back_from(registry: Any, serving: Any, entry: Any) -> bool:
+    """Whether a rollback from the serving version could have targeted `entry`: it is one of serving's ancestors
+    or of its base model's lineage. A `rift serve` with a new model retires the old one too, and one killed while
+    re-embedding leaves collections on it: no rollback ran then (found by helper BP)."""
+    seen: set[str] = set()
+    current = serving
+    while current is not None and current.version not in seen:
+        if current.version == entry.version or current.base_model == entry.base_model:
+            return True
+        seen.add(current.version)
+        current = registry.get(current.parent) if current.parent else None
+    return False
+
+
 class DataDirLock:
     def __init__(self, settings: Settings) -> None:
         foreign = foreign_entry(settings.data_dir)
@@ -422,7 +436,13 @@ class Rift:
                 f"finished; the serving version is {would_serve!r}. This command does not re-embed the store: "
                 "start `rift serve`, which re-embeds such collections with the serving version"
             )
-        if entry is not None and entry.status == "retired" and registry._has_weights(entry):
+        if (
+            entry is not None
+            and entry.status == "retired"
+            and registry._has_weights(entry)
+            and serving is not None
+            and _rolled_back_from(registry, serving, entry)
+        ):
             # A rollback switches the collections to a retired version, then names it serving: killed in
             # between, they are on it and the registry still names the version before (found by helper BI).
             raise RiftError(

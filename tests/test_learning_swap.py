@@ -896,3 +896,30 @@ def test_a_fine_tune_folder_the_configured_model_names_keeps_its_weights(
         rift.close()
     again = open_rift(make_settings(tmp_path / "data", folder, **knobs))  # the configured model still loads
     again.close()
+
+
+def test_a_model_change_killed_while_re_embedding_is_no_rollback(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rift serve` with a new model retires the old one before it re-embeds: killed then, the collections are on
+    a retired version with its weights, which is what a killed rollback leaves too; but no rollback ran, and
+    running one would go back to the model the user left (found by helper BP)."""
+    from server.engine.engine import Engine
+    from server.errors import RiftError
+    from server.service import Rift
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    rift.close()
+    other = make_settings(tmp_path / "data", build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3))
+
+    def killed(self: Engine, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed")  # stands for a kill during the start-up's re-embedding
+
+    monkeypatch.setattr(Engine, "open", killed)
+    with pytest.raises(RiftError, match="killed"):
+        Rift(other).start(background=False)
+    monkeypatch.undo()
+    with pytest.raises(RiftError) as refused:
+        Rift(other).start(background=False, reembed=False)
+    message = str(refused.value)
+    assert "rollback" not in message and f"configured with model {other.model!r}" in message
