@@ -274,13 +274,19 @@ class _UnlockedRead(sqlite3.Connection):
     write) tears the read. What the file was at the start is kept to tell (`_unchanged`)."""
 
     path: Path
-    identity: tuple[int, int, int, bool]
+    identity: tuple[int, int, int, int]
 
 
-def _identity(path: Path) -> tuple[int, int, int, bool]:
-    """The file (inode), its size and last change, and whether a writer's -wal file is there."""
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """The file (inode), its size and last change, and the size of its -wal file (0 when there is none): a
+    writer's commit puts frames in it, while a reader in a folder it may write (the owner's `rift export`)
+    leaves an empty one, which changes nothing read here."""
     info = path.stat()
-    return info.st_ino, info.st_size, info.st_mtime_ns, Path(f"{path}-wal").exists()
+    try:
+        wal = Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        wal = 0
+    return info.st_ino, info.st_size, info.st_mtime_ns, wal
 
 
 def _unchanged(conn: sqlite3.Connection) -> None:
