@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -358,9 +359,9 @@ def test_export_writes_utf8_whatever_the_locale_and_stops_quietly_when_the_reade
     assert rift.engine().state.document_count("kb") == 300
 
 
-def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path, monkeypatch) -> None:
-    """A copy of the data dir (a backup, another user's store) in a read-only folder: without a -wal file the
-    database file is all there is, and it is read as it is."""
+def _copy_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path, monkeypatch) -> tuple[Path, Any, list[str]]:
+    """A one-document store's state copied to tmp_path/backup, where (as SQLite answers where it may not make
+    the -shm) only an immutable=1 connection opens; (the copy, sqlite3's own connect, the URIs tried)."""
     import shutil
 
     rift.add_documents("kb", [DocumentInput(text="kept in the backup", id="b")])
@@ -371,13 +372,20 @@ def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_p
     real = sqlite3.connect
     tried: list[str] = []
 
-    def readonly_folder(database: str, *args, **kwargs):  # as SQLite answers where it may not make the -shm
+    def readonly_folder(database: str, *args, **kwargs):
         tried.append(database)
         if "immutable=1" not in database:
             raise sqlite3.OperationalError("attempt to write a readonly database")
         return real(database, *args, **kwargs)
 
     monkeypatch.setattr(jsonl.sqlite3, "connect", readonly_folder)
+    return copy, real, tried
+
+
+def test_export_reads_a_store_in_a_folder_it_may_not_write(rift, settings, tmp_path: Path, monkeypatch) -> None:
+    """A copy of the data dir (a backup, another user's store) in a read-only folder: without a -wal file the
+    database file is all there is, and it is read as it is."""
+    copy, real, tried = _copy_in_a_folder_it_may_not_write(rift, settings, tmp_path, monkeypatch)
     conn = jsonl.read_only_state(copy / "state.sqlite")
     out = io.StringIO()
     assert jsonl.export_documents(conn, "kb", None, out) == 1 and "kept in the backup" in out.getvalue()
@@ -497,21 +505,7 @@ def test_a_reader_meanwhile_does_not_fail_an_export_without_locks(rift, settings
     """A reader of the store in a folder it may write (its owner's `rift export`) leaves an empty -wal file and
     changes nothing: the read without locks it overlapped is whole, not refused as written meanwhile (found by
     helper BP: nobody's export of 4,000 documents refused after writing them all)."""
-    import shutil
-
-    rift.add_documents("kb", [DocumentInput(text="kept in the backup", id="b")])
-    rift.close()
-    copy = tmp_path / "backup"
-    copy.mkdir()
-    shutil.copy(settings.state_db, copy / "state.sqlite")
-    real = sqlite3.connect
-
-    def readonly_folder(database: str, *args, **kwargs):
-        if "immutable=1" not in database:
-            raise sqlite3.OperationalError("attempt to write a readonly database")
-        return real(database, *args, **kwargs)
-
-    monkeypatch.setattr(jsonl.sqlite3, "connect", readonly_folder)
+    copy, real, _tried = _copy_in_a_folder_it_may_not_write(rift, settings, tmp_path, monkeypatch)
     conn = jsonl.read_only_state(copy / "state.sqlite")
     reader = real(f"file:{copy / 'state.sqlite'}?mode=ro", uri=True)
 
