@@ -524,25 +524,17 @@ def test_a_data_dir_tokenized_before_cjk_bigrams_is_re_tokenized(rift_factory) -
     again.close()
 
 
-def test_a_data_dir_tokenized_before_identifier_parts_is_re_tokenized(rift_factory) -> None:
-    from server.engine.keyword_index import _WORD
+def test_a_data_dir_tokenized_before_identifier_parts_is_re_tokenized(rift_factory, monkeypatch) -> None:
+    from server.engine import keyword_index
 
     first = rift_factory()
     first.add_documents("default", docs(("code", "def top_rows(vectors, depth):"), ("x", "tea")))
     engine = first.engine()
     # Put the store back as the previous version left it: identifiers as single terms, its old signature.
     tok = engine.tokenizer
-    engine.state.retokenize(
-        lambda texts: bm25s.tokenize(
-            [" ".join(_WORD.findall(t.lower())) for t in texts],
-            lower=False,
-            token_pattern=r"\S+",
-            stopwords=tok._stopwords,
-            stemmer=tok._stemmer,
-            return_ids=False,
-            show_progress=False,
-        )
-    )
+    with monkeypatch.context() as before:
+        before.setattr(keyword_index, "_words", lambda text: keyword_index._WORD.findall(text.lower()))
+        engine.state.retokenize(tok.tokenize)
     engine.state.put_setting("keyword_tokenizer", tok.signature.replace("words1+marks+parts", "words1+marks"))
     first.close()
     again = rift_factory()

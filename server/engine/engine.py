@@ -849,7 +849,7 @@ class Engine:
         from server.ingest.splitters import cut_now_types  # lazy, as in chunk_document
 
         decisive = self.state.documents_of_types(collection, sorted(cut_now_types()), _CHUNKING_SAMPLE)
-        for doc_id, *_ in [(d, None) for d in decisive] or sample:
+        for doc_id in decisive or [d for d, *_ in sample]:
             found = self.state.document(collection, doc_id)
             if found is None:
                 continue

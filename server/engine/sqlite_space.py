@@ -21,6 +21,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# What a WAL file is truncated back to after a checkpoint (journal_size_limit): a large delete, or a burst of
+# writes while readers hold the WAL, grows it, and without a limit it stays that large until the last close.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 RECLAIM_FRACTION = 0.25
 RECLAIM_MIN_BYTES = 1 << 20
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental (0: none, 1: full, which rift never sets)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.engine.sqlite_space import incremental_if_new, reclaim
+from server.engine.sqlite_space import WAL_LIMIT_BYTES, incremental_if_new, reclaim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -61,9 +61,6 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
-
-# A large delete writes each page it changes to the WAL, which otherwise stays that size until the last close.
-WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 _DROP = "dropping:"  # settings key prefix: a deleted collection's Chroma collection still to drop
 # Settings key prefix: a collection whose move to a Chroma server has begun and not finished (see Engine.open).

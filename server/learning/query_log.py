@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from server.engine.sqlite_space import incremental_if_new, reclaim
+from server.engine.sqlite_space import WAL_LIMIT_BYTES, incremental_if_new, reclaim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -78,7 +78,6 @@ log = logging.getLogger(__name__)
 # lists (~200 KB for 200 + 200 path-named candidates): 10,000 took 2.3 GB when searches outran the writer.
 MAX_PENDING = 500
 WRITE_BATCH = 500  # records per transaction: a burst must not grow the WAL in one transaction
-WAL_LIMIT_BYTES = 64 * 1024 * 1024  # what the WAL file is truncated back to after a checkpoint
 READ_PAGE = 500  # records read and decoded at a time (a search's is tens of KB)
 
 
