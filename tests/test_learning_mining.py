@@ -207,6 +207,7 @@ def test_materialize_prefers_a_triples_own_positive_text() -> None:
     rows = {"a::0": "stored a", "z::0": "stored z"}
     state = SimpleNamespace(
         chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
+        successors=lambda name, ids: {},
         document_chunks=lambda name, doc: [],
     )
     engine = SimpleNamespace(state=state)
@@ -229,6 +230,7 @@ def test_materialize_counts_the_triples_it_leaves_out() -> None:
     rows = {"a::0": "stored a", "z::0": "stored z", "y::0": "stored a"}  # y was rewritten to a's text
     state = SimpleNamespace(
         chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
+        successors=lambda name, ids: {},
         document_chunks=lambda name, doc: [],
     )
     kept_one = Triple("q", "c1", "a", "a::0", "z", "z::0", "fused")
@@ -239,6 +241,127 @@ def test_materialize_counts_the_triples_it_leaves_out() -> None:
     got, kept = materialize(SimpleNamespace(state=state), [kept_one, negative_gone, positive_gone, same], skipped)
     assert kept == [kept_one] and got == [("q", "stored a", "stored z")]
     assert skipped == {"no_hard_negative": 2, "document_deleted": 2, "same_text": 1}
+
+
+def test_a_logged_passage_outlives_a_metadata_change(tmp_path, tiny_model_path) -> None:
+    """A document written again with its text kept (update_metadata, a file touched) gets new chunk ids; the
+    query log keeps the ones a search saw. Mining must still train on that passage, not on the document's first
+    chunk (found by helper BR): through a chain of such changes, and for the chunks an edit left as they were."""
+    from collections import Counter
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    paragraphs = [" ".join(w[(7 * p + j) % len(w)] for j in range(14)) + "." for p in range(4)]
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=16, chunk_overlap=0))
+    try:
+        app.add_documents("default", docs(("long", "\n\n".join(paragraphs)), ("other", "neg " + " ".join(w[:3]))))
+        engine = app.engine()
+        chunks = engine.state.document_chunks("default", "long")
+        assert len(chunks) >= 3
+        neg = engine.state.document_chunks("default", "other")[0]
+        logged = [Triple("q", "default", "long", c.chunk_id, "other", neg.chunk_id, "fused") for c in chunks]
+        before, _ = materialize(engine, logged)
+        assert [p for _, p, _ in before] == [c.text for c in chunks]  # each its own passage, not chunk 0's
+
+        app.update_metadata("default", ["long", "other"], {"team": "a"}, [])
+        app.update_metadata("default", ["long"], {"team": "b"}, [])
+        now = engine.state.document_chunks("default", "long")
+        assert not {c.chunk_id for c in now} & {c.chunk_id for c in chunks}  # new ids, as the log does not know
+        assert materialize(engine, logged)[0] == before
+
+        # An edit of the last paragraph: the passages it left as they were still map; a triple on the edited
+        # one is left out (the document's text now is not what the search ranked), and says why.
+        edited = "\n\n".join([*paragraphs[:-1], "changed " + paragraphs[-1]])
+        app.add_documents("default", docs(("long", edited, {"team": "b"})))
+        after = {c.text for c in engine.state.document_chunks("default", "long")}
+        skipped: Counter[str] = Counter()
+        rows, kept = materialize(engine, logged, skipped)
+        assert rows == [r for r in before if r[1] in after] and 0 < len(rows) < len(before)
+        assert skipped == {"passage_changed": len(before) - len(rows)}
+
+        app.delete_collection("default")
+        assert engine.state.successors("default", [c.chunk_id for c in chunks]) == {}
+    finally:
+        app.close()
+
+
+def test_a_rewritten_document_teaches_nothing_for_searches_of_its_old_text(tmp_path, tiny_model_path) -> None:
+    """Searches logged before a document's text was replaced are no triples on its new text (found by helper
+    BT: every mined row paired 'quantum physics' queries with the cake recipe the note became)."""
+    from collections import Counter
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(("t", "quantum physics energy force note"), ("o", "coffee tea")))
+        engine = app.engine()
+        (pos,), (neg,) = (engine.state.document_chunks("default", d) for d in ("t", "o"))
+        logged = [Triple("quantum physics", "default", "t", pos.chunk_id, "o", neg.chunk_id, "feedback")]
+        assert materialize(engine, logged)[0] == [("quantum physics", pos.text, neg.text)]
+        app.add_documents("default", docs(("t", "sugar salt recipe for a cake")))
+        skipped: Counter[str] = Counter()
+        assert materialize(engine, logged, skipped) == ([], [])
+        assert skipped == {"passage_changed": 1}
+    finally:
+        app.close()
+
+
+def test_a_rechunk_maps_a_logged_passage_to_the_chunk_that_covers_it(tmp_path, tiny_model_path) -> None:
+    """A change of chunking keeps the text and cuts it anew: a logged chunk maps to the new chunk that covers
+    most of its span, rather than every triple on the document being lost."""
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    text = " ".join(w[i % len(w)] for i in range(120))
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=16, chunk_overlap=0))
+    try:
+        app.add_documents("default", docs(("long", text), ("o", "zzz other")))
+        old = app.engine().state.document_chunks("default", "long")
+        (neg,) = app.engine().state.document_chunks("default", "o")
+    finally:
+        app.close()
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=40, chunk_overlap=0))
+    try:
+        engine = app.engine()
+        new = engine.state.document_chunks("default", "long")
+        assert len(new) < len(old) and not {c.chunk_id for c in new} & {c.chunk_id for c in old}
+        logged = [Triple("q", "default", "long", c.chunk_id, "o", neg.chunk_id, "fused") for c in old]
+        rows, _ = materialize(engine, logged)
+        assert len(rows) == len(old)
+        for (_, passage, _), was in zip(rows, old, strict=True):
+            assert was.text in passage or passage in was.text or len(set(was.text.split()) & set(passage.split()))
+            assert passage in {c.text for c in new}
+    finally:
+        app.close()
+
+
+def test_renamed_chunk_ids_are_forgotten_once_no_logged_search_is_older(tmp_path, tiny_model_path) -> None:
+    import time
+
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(("a", "alpha beta gamma")))
+        (old,) = app.engine().state.document_chunks("default", "a")
+        app.update_metadata("default", ["a"], {"team": "a"}, [])
+        state = app.engine().state
+        assert list(state.successors("default", [old.chunk_id])) == [old.chunk_id]
+        assert state.prune_successors(time.time() - 3600) == 0
+        assert state.prune_successors(time.time() + 1) == 1
+        assert state.successors("default", [old.chunk_id]) == {}
+    finally:
+        app.close()
 
 
 def test_a_dry_run_says_which_triples_went_with_deleted_documents(tmp_path, tiny_model_path) -> None:

@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS documents (
     updated_at REAL NOT NULL,
     PRIMARY KEY (collection, doc_id)
 );
+-- A document written again with its text kept (a metadata change, a file touched) gets new chunk ids; the query
+-- log names the ones a search saw. Each gone chunk id -> the current chunk of the same document with the same
+-- text, so mining still trains on the passage that was ranked (see `successors`).
+CREATE TABLE IF NOT EXISTS chunk_successors (
+    collection TEXT NOT NULL,
+    old_id TEXT NOT NULL,
+    new_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (collection, old_id)
+);
+CREATE INDEX IF NOT EXISTS chunk_successors_by_new ON chunk_successors (collection, new_id);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -104,6 +115,20 @@ def _after_prefix(prefix: str) -> str | None:
     if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not stored text
         nxt = 0xE000
     return head[:-1] + chr(nxt)
+
+
+def _most_overlapping(meta: dict[str, Any], rows: Sequence[ChunkRow]) -> ChunkRow | None:
+    """Of `rows` (a document's new chunks), the one whose span of the document's text overlaps most with the
+    span `meta` (an old chunk's metadata) records; None when none does, or spans are not recorded."""
+    start, end = meta.get("_rift_start"), meta.get("_rift_end")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    best, most = None, 0
+    for r in rows:
+        s, e = r.metadata.get("_rift_start"), r.metadata.get("_rift_end")
+        if isinstance(s, int) and isinstance(e, int) and (shared := min(end, e) - max(start, s)) > most:
+            best, most = r, shared
+    return best
 
 
 @dataclass(frozen=True)
@@ -239,6 +264,7 @@ class StateStore:
             self._conn.execute("DELETE FROM settings WHERE key = ?", (f"{MOVING_TO_SERVER}{name}",))
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM chunk_successors WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
             for chroma, chroma_id in (drop_chroma or {}).items():
                 value = json.dumps({"collection": name, "id": chroma_id})
@@ -460,11 +486,12 @@ class StateStore:
         """Remove and add chunks and whole documents (doc_id, hash, text, metadata) in one transaction, and
         move the journal entry to 'delete-old' in the same transaction."""
         with self._transaction():
+            now = time.time()
+            self._note_successors(collection, remove_ids, add_rows, put_docs, now)
             self._conn.executemany(
                 "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
                 [(collection, d) for d in remove_docs],
             )
-            now = time.time()
             self._conn.executemany(
                 "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)",
                 [(collection, d, h, t, json.dumps(m, ensure_ascii=False), now) for d, h, t, m in put_docs],
@@ -494,6 +521,99 @@ class StateStore:
         if remove_ids or remove_docs:  # (a delete; a rewrite's new rows mostly fill what it frees)
             with self._lock:
                 self._reclaim()
+
+    def _note_successors(
+        self,
+        collection: str,
+        remove_ids: Sequence[str],
+        add_rows: Sequence[ChunkRow],
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+        now: float,
+    ) -> None:
+        """Inside `apply`'s transaction, before the stored documents and `remove_ids` change: each removed chunk
+        whose document gets, among `add_rows`, a chunk with the same text (the same position first, for a text
+        a document repeats) maps to it; failing that, when the document's text is kept (a re-chunk), to the new
+        chunk that covers most of its span. What mapped to a removed chunk maps on; the others end their
+        chains: a passage whose text changed is no longer the one a search saw."""
+        added = {r.chunk_id for r in add_rows}
+        gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
+        if not gone:
+            return
+        new_rows: dict[str, list[ChunkRow]] = {}
+        for r in add_rows:
+            new_rows.setdefault(r.doc_id, []).append(r)
+        texts = {d: t for d, _h, t, _m in put_docs}
+        moves: list[tuple[str, str]] = []
+        ended = [c for c in gone if c.rsplit("::", 2)[0] not in new_rows]
+        candidates = [c for c in gone if c.rsplit("::", 2)[0] in new_rows]
+        kept_text: dict[str, bool] = {}
+        for start in range(0, len(candidates), 500):
+            part = candidates[start : start + 500]
+            found = {
+                r[0]: (r[1], r[2], r[3], json.loads(r[4]))
+                for r in self._conn.execute(
+                    "SELECT chunk_id, doc_id, chunk_index, text, metadata FROM chunks "
+                    f"WHERE collection = ? AND chunk_id IN ({','.join('?' * len(part))})",
+                    [collection, *part],
+                )
+            }
+            for old in part:
+                if old not in found:
+                    ended.append(old)
+                    continue
+                doc_id, index, text, meta = found[old]
+                rows = new_rows[doc_id]
+                heirs = [r for r in rows if r.text == text]
+                heir = next((r for r in heirs if r.chunk_index == index), heirs[0] if heirs else None)
+                if heir is None and doc_id in texts:
+                    if doc_id not in kept_text:
+                        stored = self._conn.execute(
+                            "SELECT text FROM documents WHERE collection = ? AND doc_id = ?", (collection, doc_id)
+                        ).fetchone()
+                        kept_text[doc_id] = stored is not None and stored[0] == texts[doc_id]
+                    if kept_text[doc_id]:
+                        heir = _most_overlapping(meta, rows)
+                if heir is None:
+                    ended.append(old)
+                else:
+                    moves.append((old, heir.chunk_id))
+        self._conn.executemany(
+            "DELETE FROM chunk_successors WHERE collection = ? AND new_id = ?", [(collection, c) for c in ended]
+        )
+        self._conn.executemany(
+            "UPDATE chunk_successors SET new_id = ? WHERE collection = ? AND new_id = ?",
+            [(new, collection, old) for old, new in moves],
+        )
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)",
+            [(collection, old, new, now) for old, new in moves],
+        )
+
+    def successors(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """Gone chunk ids of `chunk_ids` -> the live chunk with the same text their document has now (see the
+        chunk_successors table); ids with none are left out."""
+        out: dict[str, str] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            out.update(
+                self._rows(
+                    "SELECT old_id, new_id FROM chunk_successors "
+                    f"WHERE collection = ? AND old_id IN ({','.join('?' * len(part))})",
+                    [collection, *part],
+                )
+            )
+        return out
+
+    def prune_successors(self, before: float) -> int:
+        """Forget the chunk ids that went before `before` (no logged search older than that is kept, so none
+        can name them). Returns how many were dropped."""
+        with self._transaction():
+            gone = self._conn.execute("DELETE FROM chunk_successors WHERE at < ?", (before,)).rowcount
+        if gone:
+            with self._lock:
+                self._reclaim()
+        return int(gone)
 
     # --- journal -------------------------------------------------------------------------------------------
 

@@ -117,8 +117,20 @@ class LearningManager:
         cut short, a retrain of its own."""
         self._clear_interrupted(engine)
         if resume_jobs:
+            self._prune_successors(engine)
             self._resume_interrupted(engine)
             self.policy.start()
+
+    def _prune_successors(self, engine: Any) -> None:
+        """Forget the chunk ids renamed before the oldest logged search (no search the log keeps can name them;
+        a minute's slack for searches still on their way to the log). Never raises: they only cost space."""
+        try:
+            oldest = self.log.oldest_ts()
+            before = min(time.time() if oldest is None else oldest, time.time()) - 60.0
+            if gone := engine.state.prune_successors(before):
+                log.info("forgot %d renamed chunk ids older than the query log", gone)
+        except Exception:
+            log.exception("could not prune the renamed chunk ids")
 
     def _clear_interrupted(self, engine: Any) -> None:
         """A job the process did not live to finish left its candidate marked "being evaluated" and, maybe, half
@@ -280,6 +292,7 @@ class LearningManager:
         mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress, never_train=never)
         rows, kept = materialize(self.engine, mined.report.triples, mined.report.skipped)
         mined.report.triples = kept
+        self._prune_successors(self.engine)
         return mined, rows, kept
 
     def retrain(
@@ -460,9 +473,10 @@ class LearningManager:
                 "0 turns that filter off, at the cost of noisier triples); search more, give feedback on results, "
                 "or lower min_triples"
             )
-        if reason == "document_deleted":
+        if reason in ("document_deleted", "passage_changed"):
+            what = "documents deleted" if reason == "document_deleted" else "passages rewritten"
             return (
-                f"{said}. {skipped[reason]} triples named documents deleted since their searches; search the "
+                f"{said}. {skipped[reason]} triples named {what} since their searches; search the "
                 "documents stored now, give feedback on results, or lower min_triples"
             )
         return f"{said}. Search more, give feedback, or lower min_triples"

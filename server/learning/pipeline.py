@@ -105,37 +105,64 @@ def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, suppleme
     return build(docs, collection, negative, mining)
 
 
+_CHANGED = object()  # `materialize`'s mark for a logged passage whose text changed since its search
+
+
 def materialize(
     engine: Any, triples: Sequence[Triple], skipped: Counter[str] | None = None
 ) -> tuple[list[tuple[str, str, str]], list[Triple]]:
     """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
-    best chunk is used when it is still stored; otherwise the document's first chunk. `skipped` (a mining
-    report's) counts the triples left out, so the report's counts add up: `document_deleted` (its positive or
-    negative document is gone since the search) and `same_text` (both read the same, after a rewrite say)."""
+    best chunk is used when it is still stored, or its successor when its document was written again with that
+    passage kept (a metadata change, a re-chunk: `StateStore.successors`). `skipped` (a mining report's) counts
+    the triples left out, so the report's counts add up: `document_deleted` (its positive or negative document
+    is gone since the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the
+    same)."""
     by_collection: dict[str, set[str]] = {}
     for t in triples:
         by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
     chunks: dict[tuple[str, str], str] = {}
     for name, ids in by_collection.items():
-        for cid, row in engine.state.chunks_by_id(name, sorted(i for i in ids if i)).items():
+        wanted = sorted(i for i in ids if i)
+        found = engine.state.chunks_by_id(name, wanted)
+        # A chunk id gone since the search, its document written again with the same text (a metadata change,
+        # a file touched): the same passage under its new id.
+        heirs = engine.state.successors(name, [i for i in wanted if i not in found])
+        later = engine.state.chunks_by_id(name, sorted(set(heirs.values())))
+        for cid, row in found.items():
             chunks[(name, cid)] = row.text
+        for cid, heir in heirs.items():
+            if heir in later:
+                chunks[(name, cid)] = later[heir].text
 
-    def text(collection: str, doc_id: str, chunk_id: str) -> str | None:
+    def text(collection: str, doc_id: str, chunk_id: str) -> str | object | None:
         if (collection, chunk_id) in chunks:
             return chunks[(collection, chunk_id)]
         rows = engine.state.document_chunks(collection, doc_id)
-        return rows[0].text if rows else None
+        if not rows:
+            return None
+        # A logged passage whose text changed since (no successor): the document's text now is not what the
+        # search ranked, so it teaches nothing true about the query.
+        return rows[0].text if not chunk_id else _CHANGED
 
     rows: list[tuple[str, str, str]] = []
     kept: list[Triple] = []
     for t in triples:
         pos = t.positive_text or text(t.collection, t.positive_doc, t.positive_chunk)
         neg = text(t.collection, t.negative_doc, t.negative_chunk)
-        reason = "document_deleted" if pos is None or neg is None else "same_text" if pos == neg else None
+        reason = (
+            "document_deleted"
+            if pos is None or neg is None
+            else "passage_changed"
+            if pos is _CHANGED or neg is _CHANGED
+            else "same_text"
+            if pos == neg
+            else None
+        )
         if reason is not None:
             if skipped is not None:
                 skipped[reason] += 1
             continue
+        assert isinstance(pos, str) and isinstance(neg, str)
         rows.append((t.query, pos, neg))
         kept.append(t)
     return rows, kept

@@ -532,6 +532,13 @@ class QueryLog:
             out.setdefault(qid, {})[doc] = bool(rel)
         return out
 
+    def oldest_ts(self) -> float | None:
+        """When the oldest search the log keeps was logged (None for an empty log)."""
+        self.flush()
+        with self._lock:
+            (ts,) = self._conn.execute("SELECT MIN(ts) FROM queries").fetchone()
+        return None if ts is None else float(ts)
+
     def count(self, since: float = 0.0) -> int:
         self.flush()
         with self._lock:
