@@ -615,3 +615,23 @@ def test_the_pipeline_asks_the_serving_model_for_the_second_opinion(tmp_path, ti
             assert scores[t.positive_doc] > scores[t.negative_doc]
     finally:
         app.close()
+
+
+def test_a_chunk_id_live_again_keeps_no_successor_of_its_own(tmp_path, tiny_model_path) -> None:
+    """Metadata set back gives the document its earlier hash, so its earlier chunk ids are live again: they are
+    no gone ids (the chain's update would otherwise point such an id at itself), while the ids in between
+    still map to them."""
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(("a", "alpha beta gamma", {"team": "a"})))
+        state = app.engine().state
+        (x,) = state.document_chunks("default", "a")
+        app.update_metadata("default", ["a"], {"team": "b"}, [])
+        (y,) = state.document_chunks("default", "a")
+        app.update_metadata("default", ["a"], {"team": "a"}, [])
+        assert [c.chunk_id for c in state.document_chunks("default", "a")] == [x.chunk_id]
+        assert state.successors("default", [x.chunk_id, y.chunk_id]) == {y.chunk_id: x.chunk_id}
+    finally:
+        app.close()

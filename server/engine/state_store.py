@@ -620,6 +620,11 @@ class StateStore:
             "INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)",
             [(collection, old, new, now) for old, new in moves],
         )
+        # A chunk id live again (metadata set back: the same hash) is no gone id: the update above may have
+        # pointed its own row at itself.
+        self._conn.executemany(
+            "DELETE FROM chunk_successors WHERE collection = ? AND old_id = ?", [(collection, c) for c in added]
+        )
 
     def successors(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
         """Gone chunk ids of `chunk_ids` -> the live chunk with the same text their document has now (see the
