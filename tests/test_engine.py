@@ -1006,6 +1006,38 @@ def test_a_chunker_bump_rewrites_only_the_kinds_of_documents_it_cuts_differently
     assert "rechunked" not in rift_factory().repair_report
 
 
+def test_a_store_from_before_chunking_was_hashed_recuts_its_code_once(rift_factory, monkeypatch) -> None:
+    """A data dir written before chunking was part of a version's hash (chunker 1, no chunking record) was
+    taken as cut by the current chunker, so its code kept chunker 1's windows (mid-line starts) for good while
+    the record said chunker 2 and `rift rechunk` found nothing to do. Its code is cut again at the next start (a collection of plain documents alone is
+    still taken as it is: chunker 2 cuts them as chunker 1 did)."""
+    from server.engine import chunking
+    from server.engine import engine as engine_module
+    from server.ingest import splitters
+
+    code = "def area(r):\n    return 3.14 * r * r\n"
+    texts = (("plain", "the cat sat on the mat", {}), ("code", code, {"file_type": "python"}))
+    # Written as rift wrote before the hash covered chunking: chunker 1, every version hashed without it.
+    monkeypatch.setattr(chunking, "CHUNKER_VERSION", 1)
+    monkeypatch.setattr(engine_module, "CHUNKER_VERSION", 1)
+    monkeypatch.setattr(splitters, "SPLITTERS", {k: replace(v, since=1) for k, v in splitters.SPLITTERS.items()})
+    monkeypatch.setattr(engine_module, "document_chunking", lambda chunking, metadata: "")
+    first = rift_factory()
+    first.add_documents("default", docs(*texts))
+    first.engine().state.delete_setting("chunking:default")  # no record then
+    before = [c.chunk_id for c in first.engine().state.document_chunks("default", "code")]
+    first.close()
+    monkeypatch.undo()
+
+    second = rift_factory()
+    assert second.repair_report["rechunked"]["default"] >= 1
+    assert [c.chunk_id for c in second.engine().state.document_chunks("default", "code")] != before
+    state = index_state(second)
+    assert state["chroma"] == state["keyword"] == state["sqlite"]
+    second.close()
+    assert "rechunked" not in rift_factory().repair_report
+
+
 def test_a_rechunk_cut_short_loses_nothing_and_resumes(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
     """Each re-chunked document is a new version (the chunking is part of its hash, so new chunk ids): a write
     that fails half-way rolls back to the old chunks intact, and the next start finishes the job. Stored

@@ -854,8 +854,13 @@ class Engine:
             if found is None:
                 continue
             doc_hash, text, metadata, _updated = found
-            if doc_hash in (content_hash(text, metadata, document_chunking(wanted, metadata)), content_hash(text, metadata)):
+            if doc_hash == content_hash(text, metadata, document_chunking(wanted, metadata)):
                 return wanted
+            if doc_hash == content_hash(text, metadata):
+                # Hashed before chunking was (chunker 1): taken as it is unless its kind is cut otherwise since.
+                from server.ingest.splitters import cut_since
+
+                return wanted if cut_since(metadata) == 1 else "v1 (before chunking was hashed)"
         return "unknown: cut by another process"
 
     def chunking_changed(self, collection: str) -> bool:
