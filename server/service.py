@@ -39,7 +39,10 @@ class SearchResponse:
 
 
 # What rift writes into a data dir (SQLite adds -wal / -shm / -journal beside its files).
-_OWN_ENTRIES = ("chroma", "models", "state.sqlite", "querylog.sqlite", "rift.lock", "rift.pid", "writer-id")
+_OWN_ENTRIES = (
+    "chroma", "models", "state.sqlite", "querylog.sqlite", "rift.lock", "rift.pid", "writer-id",
+    "writer-home.json",
+)
 _DESKTOP_FILES = ("Thumbs.db", "desktop.ini")  # with dotfiles (.DS_Store): what opening a folder leaves
 
 

@@ -1478,6 +1478,125 @@ def test_a_restart_follows_deletes_and_switches_made_while_down(
         b.close()
 
 
+def test_a_copied_data_dir_is_another_writer_so_the_original_sees_its_model_switch(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, caplog
+) -> None:
+    """A data dir copied (cp -a) to start a second process carries the writer id. Bound to the folder it was
+    made in, the copy writes as a new writer: its model switch reaches the original, which refuses the
+    collection as for any other process, instead of taking the switch for its own announcement and searching
+    the old vectors while later writes split the collection (found by helper BU)."""
+    import logging
+    import shutil
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    first = make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma))
+    a = open_rift(first)
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    writer = a.engine().shared.writer
+    a.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)  # as cp -a
+    with caplog.at_level(logging.WARNING, logger="server.engine.shared"):
+        b = open_rift(first.model_copy(update={"data_dir": tmp_path / "b"}))
+    a = open_rift(first)
+    try:
+        assert a.engine().shared.writer == writer != b.engine().shared.writer
+        assert any("copied" in r.getMessage() and "as a new writer" in r.getMessage() for r in caplog.records)
+        other = str(build_tiny_model(tmp_path / "other-model", hidden=48, seed=1))
+        b.engine().reembed("default", Embedder(resolve_model(other), version=other), keep_old=True)
+        with pytest.raises(RiftError, match="switched to model"):
+            a.search("default", "cat", mode="hybrid")
+        a.close()
+        a = open_rift(first)  # and at its next start
+        with pytest.raises(RiftError, match="switched to model"):
+            a.search("default", "cat", mode="hybrid")
+        with pytest.raises(RiftError, match="switched to model"):
+            a.add_documents("default", docs(("fish", "a blue fish in the sea")))
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("switched", [False, True])
+def test_a_data_dir_moved_to_another_file_system_serves_on_as_a_new_writer(
+    chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, switched: bool
+) -> None:
+    """Moved to another file system (copied, the original removed), a data dir gets a new writer id: its own
+    earlier announcements read as another process's, which neither refuses its collection (also after a model
+    switch of its own, whose old vectors were kept) nor keeps it from following and being followed."""
+    import shutil
+
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+    from tests.support.tiny_model import build_tiny_model
+
+    chroma.wipe()
+    model = tiny_model_path
+    a = open_rift(make_settings(tmp_path / "a", model, **http_overrides(chroma)))
+    a.add_documents("default", docs(("cat", "the cat sat on the mat")))
+    a.add_documents("default", docs(("dog", "a dog on the road")))
+    if switched:
+        model = build_tiny_model(tmp_path / "other-model", hidden=48, seed=1)
+        a.engine().reembed("default", Embedder(resolve_model(str(model)), version=str(model)), keep_old=True)
+        a.add_documents("default", docs(("eel", "an electric eel in the river")))
+    writer = a.engine().shared.writer
+    a.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "a", symlinks=True)
+    shutil.rmtree(tmp_path / "a")
+    moved = open_rift(make_settings(tmp_path / "elsewhere" / "a", model, **http_overrides(chroma)))
+    b = open_rift(make_settings(tmp_path / "b", model, **http_overrides(chroma)))
+    try:
+        assert moved.engine().shared.writer != writer
+        assert moved.repair_report["reembedded"] == []
+        assert moved.engine().shared.problem("default") is None
+        assert ids(moved.search("default", "the cat sat on the mat", k=1, mode="hybrid").outcome.hits) == ["cat"]
+        moved.add_documents("default", docs(("owl", "an owl hunts at night")))
+        b.engine().follow_others()
+        assert ids(b.search("default", "owl night", k=1, mode="hybrid").outcome.hits) == ["owl"]
+        b.add_documents("default", docs(("ant", "ants carry leaves")))
+        moved.engine().follow_others()
+        assert ids(moved.search("default", "ants leaves", k=1, mode="hybrid").outcome.hits) == ["ant"]
+        assert_same_index(moved, b)
+    finally:
+        moved.close()
+        b.close()
+
+
+def test_the_writer_id_stays_with_its_folder(tmp_path: Path, caplog) -> None:
+    """Kept in its folder however it is reached or moved within its file system, and after a remount that
+    numbers the device anew; adopted as it is from a data dir without a home (an earlier version's); new in
+    a copy."""
+    import logging
+    import shutil
+
+    from server.engine.shared import WRITER_HOME, writer_id
+
+    data = tmp_path / "data"
+    made = writer_id(data)
+    assert writer_id(data) == made
+    (tmp_path / "link").symlink_to(data)
+    assert writer_id(tmp_path / "link") == made
+    data.rename(tmp_path / "renamed")
+    assert writer_id(tmp_path / "renamed") == made
+    (tmp_path / "renamed").rename(data)
+    assert writer_id(data) == made
+    home = json.loads((data / WRITER_HOME).read_text())
+    (data / WRITER_HOME).write_text(json.dumps({**home, "device": home["device"] + 1}))  # a remount
+    assert writer_id(data) == made
+    (data / WRITER_HOME).unlink()  # an earlier version's data dir
+    assert writer_id(data) == made
+    assert json.loads((data / WRITER_HOME).read_text())["id"] == made
+    shutil.copytree(data, tmp_path / "copy")
+    with caplog.at_level(logging.WARNING, logger="server.engine.shared"):
+        fresh = writer_id(tmp_path / "copy")
+    assert fresh != made and writer_id(tmp_path / "copy") == fresh
+    assert str(data.resolve()) in caplog.text and "as a new writer" in caplog.text
+    assert writer_id(data) == made
+
+
 def test_a_new_or_wiped_chroma_server_gets_the_store_uploaded_not_emptied(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path
 ) -> None:

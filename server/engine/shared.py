@@ -102,18 +102,67 @@ def model_identity(embedder: Any) -> str:
     return weights_identity(location) if location else ""
 
 
+WRITER_ID = "writer-id"
+# Where the writer id was made: the data dir's resolved path, device and inode, and the id itself. A copy of the
+# data dir (cp -a, rsync, a backup restored beside it) carries the id but sits in another folder: it is another
+# writer, and must not read the original's announcements as its own (a model switch by one would never reach the
+# other, and each would prune the other's change records).
+WRITER_HOME = "writer-home.json"
+
+
+def _whereabouts(data_dir: Path) -> dict[str, Any]:
+    st = data_dir.stat()
+    return {"path": str(data_dir.resolve()), "device": st.st_dev, "inode": st.st_ino}
+
+
+def _same_folder(home: Mapping[str, Any], here: Mapping[str, Any]) -> bool:
+    """Whether `home` (where the id was made) is the folder `here`: the same inode on the same device (moved
+    within its file system, or reached by another path such as a bind mount), or the same inode at the same
+    path (a device number that changed with a remount: NFS, btrfs subvolumes and overlayfs number theirs when
+    mounted). A copy is a new folder: another inode. (A file system without inode numbers reports 0: there
+    the path and device must both match.)"""
+    if not here["inode"]:
+        return home.get("path") == here["path"] and home.get("device") == here["device"]
+    return home.get("inode") == here["inode"] and (
+        home.get("device") == here["device"] or home.get("path") == here["path"]
+    )
+
+
 def writer_id(data_dir: Path) -> str:
-    """A stable id for the process that owns `data_dir` (one writer per data dir: the dir is locked)."""
-    path = data_dir / "writer-id"
+    """A stable id for the process that owns `data_dir` (one writer per data dir: the dir is locked, and the
+    caller holds its lock). A copy of the data dir gets a new id at its first start (see WRITER_HOME)."""
+    path, home_path = data_dir / WRITER_ID, data_dir / WRITER_HOME
     try:
         value = path.read_text().strip()
-        if value:
-            return value
     except OSError:
-        pass
-    value = uuid.uuid4().hex[:16]
+        value = ""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(value)
+    here = _whereabouts(data_dir)
+    if value:
+        try:
+            home = json.loads(home_path.read_text())
+        except (OSError, ValueError):
+            home = None
+        if not isinstance(home, dict) or home.get("id") != value or _same_folder(home, here):
+            # Its own folder (perhaps moved within its file system, or remounted), or an id without its home,
+            # made by an earlier version or written by hand: adopted where it is.
+            if home != {**here, "id": value}:
+                home_path.write_text(json.dumps({**here, "id": value}))
+            return value
+        new = uuid.uuid4().hex[:16]
+        log.warning(
+            "data dir %s is not the folder its writer id %s was made in (%s): it was copied (or moved to another "
+            "file system), so it writes to the shared Chroma server as a new writer, %s",
+            here["path"],
+            value,
+            home.get("path"),
+            new,
+        )
+        value = new
+    else:
+        value = uuid.uuid4().hex[:16]
+    path.write_text(value)  # (before its home: a home written first would bind a copied id to this folder)
+    home_path.write_text(json.dumps({**here, "id": value}))
     return value
 
 
