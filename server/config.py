@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import platformdirs
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -535,6 +535,20 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise ValueError(f"config file {toml_file} cannot be read: {exc.strerror or exc}") from None
         return tuple(sources)
+
+    # Where `model` loads from when start-up found the configured folder's weights recorded under the path
+    # it had before it moved (Rift._adopt_stored_name): `model` then keeps that earlier path, which names the
+    # stored vectors and the versions trained from it.
+    _moved_model_folder: str | None = PrivateAttr(None)
+
+    @property
+    def model_location(self) -> str:
+        """What `model` loads: the folder or hub name `model` names, or the folder it moved to."""
+        return self._moved_model_folder or self.model
+
+    @model_location.setter
+    def model_location(self, folder: str) -> None:
+        self._moved_model_folder = folder
 
     # Derived paths: one layout, named here only.
     @property

@@ -260,7 +260,7 @@ class Rift:
                     "next start rebuilds it from the chunks Chroma holds"
                 ) from None
             try:
-                self._adopt_stored_spelling(state)
+                self._adopt_stored_name(state)
                 if not self._reembed:
                     self._refuse_another_model(state)
                 embedder = self._serving_embedder(Embedder, resolve_model)
@@ -390,11 +390,12 @@ class Rift:
             raise WaitAbandoned(f"closed while waiting for the Chroma server ({problem})") from None
         return self._chroma_client()
 
-    def _adopt_stored_spelling(self, state: Any) -> None:
+    def _adopt_stored_name(self, state: Any) -> None:
         """Stores made before model folders were named by their absolute path may know the configured folder
         by another name ("tiny/model", "./m/"): the same folder is the same model, so the stored name is used
         instead of re-embedding every collection (and retiring a serving fine-tune) over a spelling. (A
-        relative name that resolves elsewhere from this working folder is another model, as before.)"""
+        relative name that resolves elsewhere from this working folder is another model, as before.) So are
+        the same weights in another folder (`_adopt_moved_folder`)."""
         from server.learning.registry import Registry
 
         s = self.settings
@@ -406,6 +407,9 @@ class Rift:
         for record in state.collections():
             entry = registry.get(record.model_version)
             names.add(entry.base_model if entry is not None else record.model_version)
+        serving = registry.serving()
+        if serving is not None:  # (its lineage, also where no collection holds vectors yet)
+            names.add(serving.base_model)
         for name in sorted(names - {s.model}):
             folder = Path(name).expanduser()
             try:
@@ -416,6 +420,48 @@ class Rift:
                 log.info("model %s is the folder this store knows as %r; keeping that name", s.model, name)
                 s.model = name
                 return
+        self._adopt_moved_folder(state, registry, names, serving)
+
+    def _adopt_moved_folder(self, state: Any, registry: Any, names: set[str], serving: Any) -> None:
+        """A model folder moved (a new machine, a new home folder) with `model` set to its new path: the
+        weights the store recorded for its earlier path (`model_weights:<path>`, written by
+        Engine._check_configured_weights) are the configured folder's, so it is the same model. Its earlier
+        path stays its name, which labels the stored vectors and the versions trained from it
+        (`Settings.model_location` names the folder it loads from), and the registry's versions that loaded
+        the earlier path load the new one: the serving fine-tune and every collection's vectors are kept,
+        rather than every collection re-embedded with the base model and the fine-tune retired. Other weights
+        at the new path are another model, as before."""
+        from server.engine.models import weights_identity
+
+        s = self.settings
+        here = s.model
+        reindexed = {v.location for v in registry.all() if v.kind == "reindex"}
+        # The serving lineage's name first, then the collections' (one store rarely holds two).
+        first = [serving.base_model] if serving is not None else []
+        candidates = [n for n in dict.fromkeys(first + sorted(names) + sorted(reindexed)) if n != here]
+        recorded = {n: state.setting(f"model_weights:{n}") for n in candidates}
+        candidates = [n for n in candidates if (recorded[n] or "").startswith("sha256:")]
+        if not candidates:
+            return
+        identity = weights_identity(here)  # (hashed once per process; start-up checks it again anyway)
+        for name in candidates:
+            if recorded[name] != identity:
+                continue
+            moved = registry.relocate(name, here)
+            if moved:
+                log.info(
+                    "model folder moved from %s to %s (same weights): keeping the fine-tunes and the vectors "
+                    "made with it (version %s loads from the new path)",
+                    name,
+                    here,
+                    ", ".join(moved),
+                )
+            else:
+                log.debug("model %s holds the weights this store knows as %r", here, name)
+            if name in names:  # the name the stored vectors and versions know this model by
+                s.model = name
+                s.model_location = here
+            return
 
     def _refuse_another_model(self, state: Any) -> None:
         from server.learning.registry import Registry
@@ -506,7 +552,7 @@ class Rift:
                         "re-embed the store with the configured model (`rift serve` would)"
                     ) from exc
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
-        spec = resolve_model(s.model, s.query_prompt)
+        spec = resolve_model(s.model_location, s.query_prompt)
         try:
             with self._writing_nothing():
                 embedder = embedder_cls(
@@ -518,10 +564,11 @@ class Rift:
             from server.engine.models import describe_load_failure
 
             raise RiftError(
-                f"cannot load the embedding model {s.model!r} (setting `model`, RIFT_MODEL): "
+                f"cannot load the embedding model {s.model_location!r} (setting `model`, RIFT_MODEL): "
                 + describe_load_failure(spec.location, exc)
             ) from exc
-        registry.serve_base(s.model)  # only once it loaded: a model that cannot load changes nothing
+        # Only once it loaded: a model that cannot load changes nothing.
+        registry.serve_base(s.model, s.model_location)
         return embedder
 
     @property
@@ -751,7 +798,7 @@ class Rift:
                 }
             )
         return {
-            "model": self.settings.model,
+            "model": self.settings.model_location,
             "model_version": engine.embedder.version,
             "dimension": engine.embedder.dimension,
             "query_prompt": getattr(engine.embedder, "query_prompt", ""),

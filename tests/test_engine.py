@@ -876,6 +876,50 @@ def test_a_model_folder_replaced_in_place_is_refused_not_searched(tmp_path: Path
         rift.close()
 
 
+def test_a_model_folder_moved_with_its_data_dir_keeps_its_vectors(tmp_path: Path) -> None:
+    """A data dir and its model folder moved together (a new machine, a new home folder), `model` set to the
+    folder's new path: the same weights are the same model, so nothing is re-embedded and read-only commands
+    do not refuse the store. Other weights at a new path are another model, as before."""
+    import shutil
+
+    from server.service import Rift
+    from tests.support.tiny_model import build_tiny_model
+
+    old = build_tiny_model(tmp_path / "old")
+    rift = open_rift(make_settings(tmp_path / "old" / "data", old))
+    rift.add_documents("notes", docs(("a", "the cat sat on the mat"), ("b", "a dog ran in the park")))
+    rift.close()
+    shutil.move(tmp_path / "old", tmp_path / "new")  # the earlier path is gone
+    folder = tmp_path / "new" / old.name
+    moved = make_settings(tmp_path / "new" / "data", folder)
+    readonly = Rift(moved).start(background=False, reembed=False)  # as `rift search` opens the store
+    try:
+        assert ids(readonly.search("notes", "cat mat").outcome.hits)[0] == "a"
+    finally:
+        readonly.close()
+    for _ in range(2):  # (the second start finds the registry pointing at the new folder)
+        moved = make_settings(tmp_path / "new" / "data", folder)
+        rift = open_rift(moved)
+        try:
+            assert rift.repair_report["reembedded"] == []
+            assert rift.engine().state.collection("notes").model_version == str(old)  # its name, kept
+            assert rift.stats()["model"] == str(folder)
+            assert rift.learning.registry.get(str(old)).location == str(folder)
+            assert ids(rift.search("notes", "cat mat").outcome.hits)[0] == "a"
+        finally:
+            rift.close()
+
+    other = build_tiny_model(tmp_path / "other", seed=1)  # another model's weights at a new path
+    with pytest.raises(RiftError, match="configured with model .*other"):
+        Rift(make_settings(tmp_path / "new" / "data", other)).start(background=False, reembed=False)
+    rift = open_rift(make_settings(tmp_path / "new" / "data", other))
+    try:
+        assert rift.repair_report["reembedded"] == ["notes"]
+        assert rift.engine().state.collection("notes").model_version == str(other)
+    finally:
+        rift.close()
+
+
 def test_paging_by_the_last_id_lists_every_document_once_while_others_change(rift) -> None:
     from server.ingest.manage import list_documents
 

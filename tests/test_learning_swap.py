@@ -867,6 +867,83 @@ def test_setting_model_to_the_reindexed_model_serves_its_vectors_without_re_embe
         last.close()
 
 
+def test_a_fine_tune_keeps_serving_after_the_data_dir_and_model_folder_move(
+    tmp_path: Path,
+) -> None:
+    """The data dir and the base model's folder moved together, `model` set to the folder's new path (same
+    bytes): read-only commands refused, naming the old path, and `rift add` re-embedded every collection with
+    the base model and retired the fine-tune, which rollback then refused. The same weights are the same
+    model: the fine-tune keeps serving its vectors, and a rollback to the base loads it from its new
+    folder."""
+    import shutil
+
+    knobs = {"learn_min_triples": 2, "gate_tolerance": 1.0}
+    old = build_tiny_model(tmp_path / "old")
+    rift = open_rift(make_settings(tmp_path / "old" / "data", old, **knobs))
+    try:
+        fill_two_collections(rift)
+        started = rift.learning.retrain(batch_size=4, epochs=1)
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        tuned = rift.learning.registry.serving().version
+    finally:
+        rift.close()
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    folder = tmp_path / "new" / old.name
+    readonly = Rift(make_settings(tmp_path / "new" / "data", folder, **knobs)).start(
+        background=False, reembed=False
+    )  # as `rift search` opens the store
+    try:
+        assert readonly.engine().embedder.version == tuned
+    finally:
+        readonly.close()
+    rift = open_rift(make_settings(tmp_path / "new" / "data", folder, **knobs))
+    try:
+        assert rift.repair_report["reembedded"] == []
+        assert rift.engine().embedder.version == tuned
+        assert {r.model_version for r in rift.engine().state.collections()} == {tuned}
+        assert rift.search("default", queries()[0]).outcome.hits
+        back = rift.learning.rollback()  # to the base model, which loads from its new folder
+        assert back["version"] == str(old)
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(back["job_id"])["status"] == "succeeded", rift.learning.status()
+        assert rift.engine().embedder.spec.location == str(folder)
+    finally:
+        rift.close()
+    rift = open_rift(make_settings(tmp_path / "new" / "data", folder, **knobs))
+    try:
+        assert rift.repair_report["reembedded"] == []
+        assert rift.engine().embedder.version == str(old)
+        rift.learning.rollback(tuned)  # and forward again: still one lineage
+        rift.learning.jobs.wait(120)
+        assert rift.learning.registry.serving().version == tuned
+    finally:
+        rift.close()
+
+
+def test_a_moved_reindexed_model_folder_keeps_serving_its_version(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """`model` set to a re-indexed model's folder serves its version; once that folder moved and `model` names
+    its new path (same weights), it still does, without re-embedding."""
+    import shutil
+
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        reindexed = _reindexed(rift, tmp_path)
+    finally:
+        rift.close()
+    open_rift(make_settings(tmp_path / "data", tmp_path / "tiny16" / "model")).close()  # records its weights
+    shutil.move(tmp_path / "tiny16", tmp_path / "elsewhere")
+    rift = open_rift(make_settings(tmp_path / "data", tmp_path / "elsewhere" / "model"))
+    try:
+        assert rift.repair_report["reembedded"] == []
+        assert rift.engine().embedder.version == reindexed
+        assert ids(rift.search("default", "cat on the mat", 1).outcome.hits) == ["doc1"]
+    finally:
+        rift.close()
+
+
 def test_a_fine_tune_folder_the_configured_model_names_keeps_its_weights(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -930,7 +930,8 @@ class Engine:
 
         configured = self.settings.model
         key = f"model_weights:{configured}"
-        identity = weights_identity(resolve_model(configured).location)
+        # (`model_location`: where a moved folder lies now; `configured` keeps the name its vectors have)
+        identity = weights_identity(resolve_model(self.settings.model_location).location)
         stored = self.state.setting(key)
         if stored is not None and stored != identity:
             stale = [r.name for r in self.state.collections() if r.model_version == configured]

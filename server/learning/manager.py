@@ -168,7 +168,7 @@ class LearningManager:
         UNREGISTERED go: a registered fine-tune's folder stays even when the registry no longer names it (a
         damaged registry moved aside, as its error message suggests), and so does the configured `model`'s."""
         known = {v.version for v in self.registry.all()} | set(resume.versions(self.settings.models_dir))
-        configured = model_key(self.settings.model)
+        configured = model_key(self.settings.model_location)
         deleted = []
         for folder in sorted(self.settings.models_dir.glob("ft-*")):
             if folder.name in known or not FINE_TUNE_DIR.fullmatch(folder.name):
@@ -939,7 +939,7 @@ class LearningManager:
     def _loaded_locations(self) -> set[str]:
         """Model folders something loads now or at the next start: the configured `model` and every serving
         version's location."""
-        return {model_key(self.settings.model)} | {
+        return {model_key(self.settings.model_location)} | {
             self.registry.location_key(v) for v in self.registry.all() if v.status == "serving"
         }
 

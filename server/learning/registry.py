@@ -193,15 +193,20 @@ class Registry:
                 current = self._versions.get(current.parent) if current.parent else None
         return False
 
-    def serve_base(self, configured_model: str) -> ModelVersion:
-        """Register the configured model as a base version (once) and make it the serving one."""
+    def serve_base(self, configured_model: str, location: str | None = None) -> ModelVersion:
+        """Register the configured model as a base version (once) and make it the serving one. `location`:
+        what it loads from (Settings.model_location: not its name once its folder moved), which a rollback to
+        it loads too."""
         with self._lock:
             versions = copy.deepcopy(self._versions)
+            known = versions.get(configured_model)
+            if known is not None and known.kind == "base" and location and known.location != location:
+                known.location = location
             if configured_model not in versions:
                 versions[configured_model] = ModelVersion(
                     version=configured_model,
                     kind="base",
-                    location=configured_model,
+                    location=location or configured_model,
                     base_model=configured_model,
                     status="serving",
                     created_at=time.time(),
@@ -210,6 +215,20 @@ class Registry:
             self._mark_serving(versions, configured_model)
             self._commit(versions)
             return self._versions[configured_model]
+
+    def relocate(self, old: str, new: str) -> list[str]:
+        """Point the versions that load the model folder `old` (a base model, a re-index's model) at `new`,
+        where the same weights lie now (the folder moved); their names and lineages stay. Fine-tunes need
+        none: they are stored relative to the models dir and move with the data dir. Returns the versions
+        changed."""
+        with self._lock:
+            versions = copy.deepcopy(self._versions)
+            moved = [v for v in versions.values() if v.kind != "fine-tune" and v.location == old]
+            for entry in moved:
+                entry.location = new
+            if moved:
+                self._commit(versions)
+            return [v.version for v in moved]
 
     def rollback_target(self, version: str | None, configured_model: str | None = None) -> ModelVersion:
         """The named version, or else the most recently retired one of the configured model's lineage (by
