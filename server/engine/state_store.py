@@ -118,6 +118,15 @@ def _after_prefix(prefix: str) -> str | None:
     return head[:-1] + chr(nxt)
 
 
+# How many of their words (Jaccard) an edited chunk must share with the old one to stay its passage for the
+# query log's searches (a word or two changed in a 256-token chunk keeps ~0.95; a rewrite keeps almost none).
+EDITED_SIMILARITY = 0.8
+
+# The settings key holding when this state began to record chunk successors: a search logged before a
+# document's last write before then may name a chunk id whose successor was never recorded.
+SUCCESSORS_SINCE = "chunk_successors_since"
+
+
 def _span(meta: Mapping[str, Any]) -> tuple[int, int] | None:
     start, end = meta.get("_rift_start"), meta.get("_rift_end")
     return (start, end) if isinstance(start, int) and isinstance(end, int) else None
@@ -132,6 +141,7 @@ class _Heirs:
         self.by_text: dict[str, list[ChunkRow]] = {}
         for r in rows:
             self.by_text.setdefault(r.text, []).append(r)
+        self.by_index = {r.chunk_index: r for r in rows}
         spans = [(span, n, r) for n, r in enumerate(rows) if (span := _span(r.metadata)) is not None]
         spans.sort(key=lambda x: (x[0][0], x[1]))
         self.spans = spans
@@ -142,6 +152,19 @@ class _Heirs:
         """The new chunk with `text`, at `index` if one is there (a text the document repeats)."""
         heirs = self.by_text.get(text, [])
         return next((r for r in heirs if r.chunk_index == index), heirs[0] if heirs else None)
+
+    def edited(self, text: str, index: int, meta: Mapping[str, Any]) -> ChunkRow | None:
+        """The new chunk that is `text` (an old chunk's, at `index`) after a small edit: of the chunk at the same
+        position and the one covering most of its old span, the one sharing most words with it, if at least
+        EDITED_SIMILARITY of their words (Jaccard). A typo fixed is the same passage; a rewrite is not."""
+        words = set(text.split())
+        best, score = None, EDITED_SIMILARITY
+        for r in (self.by_index.get(index), self.most_overlapping(meta)):
+            if r is not None and (other := set(r.text.split())):
+                similarity = len(words & other) / len(words | other)
+                if similarity >= score:
+                    best, score = r, similarity
+        return best
 
     def most_overlapping(self, meta: Mapping[str, Any]) -> ChunkRow | None:
         """The new chunk whose span of the document's text overlaps most with the span `meta` (an old chunk's
@@ -181,6 +204,7 @@ class StateStore:
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._conn.executescript(SCHEMA)
+        self._conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (SUCCESSORS_SINCE, repr(time.time())))
         self._lock = threading.RLock()
         self._records: dict[str, CollectionRecord] = {}  # collection rows, read-through (see collection())
         with self._lock:
@@ -563,8 +587,9 @@ class StateStore:
         """Inside `apply`'s transaction, before the stored documents and `remove_ids` change: each removed chunk
         whose document gets, among `add_rows`, a chunk with the same text (the same position first, for a text
         a document repeats) maps to it; failing that, when the document's text is kept (a re-chunk), to the new
-        chunk that covers most of its span. What mapped to a removed chunk maps on; the others end their
-        chains: a passage whose text changed is no longer the one a search saw."""
+        chunk that covers most of its span, and when it changed, to the new chunk that is the old one after a
+        small edit (`_Heirs.edited`). What mapped to a removed chunk maps on; the others end their chains: a
+        passage rewritten is no longer the one a search saw."""
         added = {r.chunk_id for r in add_rows}
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
         if not gone:
@@ -603,8 +628,8 @@ class StateStore:
                             "SELECT text FROM documents WHERE collection = ? AND doc_id = ?", (collection, doc_id)
                         ).fetchone()
                         kept_text[doc_id] = stored is not None and stored[0] == texts[doc_id]
-                    if kept_text[doc_id]:
-                        heir = heirs.most_overlapping(json.loads(meta))
+                    meta = json.loads(meta)
+                    heir = heirs.most_overlapping(meta) if kept_text[doc_id] else heirs.edited(text, index, meta)
                 if heir is None:
                     ended.append(old)
                 else:
@@ -641,6 +666,12 @@ class StateStore:
                 )
             )
         return out
+
+    def successors_since(self) -> float:
+        """Since when this state records chunk successors (its creation, or the first start of a version that
+        does)."""
+        value = self.setting(SUCCESSORS_SINCE)
+        return float(value) if value else 0.0
 
     def prune_successors(self, before: float) -> int:
         """Forget the chunk ids that went before `before` (no logged search older than that is kept, so none

@@ -120,6 +120,7 @@ def materialize(
     by_collection: dict[str, set[str]] = {}
     for t in triples:
         by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
+    since = engine.state.successors_since()
     chunks: dict[tuple[str, str], str] = {}
     for name, ids in by_collection.items():
         wanted = sorted(i for i in ids if i)
@@ -140,9 +141,17 @@ def materialize(
         rows = engine.state.document_chunks(collection, doc_id)
         if not rows:
             return None
-        # A logged passage whose text changed since (no successor): the document's text now is not what the
-        # search ranked, so it teaches nothing true about the query.
-        return rows[0].text if not chunk_id else _CHANGED
+        if not chunk_id or (len(rows) == 1 and untracked(collection, doc_id)):
+            return rows[0].text
+        # A logged passage rewritten since (no successor): the document's text now is not what the search
+        # ranked, so it teaches nothing true about the query.
+        return _CHANGED
+
+    def untracked(collection: str, doc_id: str) -> bool:
+        # Last written before the state recorded successors (an upgraded data dir): the passage may be the
+        # same under a new id, and a document of one chunk is that chunk, as before.
+        found = engine.state.document(collection, doc_id)
+        return found is not None and found[3] < since
 
     rows: list[tuple[str, str, str]] = []
     kept: list[Triple] = []
