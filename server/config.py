@@ -337,6 +337,14 @@ class Settings(BaseSettings):
         "an older one's weight folder is deleted after a swap or rollback and at start-up (never one whose "
         "vectors are kept, that the configured model names or that a version serves).",
     )
+    learn_keep_rejected: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Rejected or failed fine-tunes whose weights stay on disk to inspect (about 90 MB each for "
+        "MiniLM; they never serve); an older one's weight folder is deleted after each rejection, swap or rollback "
+        "and at start-up. Their registry entries and gate numbers stay.",
+    )
     learn_resume_interrupted: bool = Field(
         True,
         description="A retrain stopped by a shutdown or a crash continues from its last checkpoint when the "

@@ -112,6 +112,36 @@ def test_rejected_candidate_is_kept_but_never_served(tmp_path: Path, tiny_model_
         rift.close()
 
 
+def test_only_the_newest_rejected_candidates_keep_their_weights(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A server retraining on a policy must not keep ~90 MB per rejection for good (found by helper BT: the
+    models folder grew with every rejected candidate, and `rift models --prune` needs the server stopped)."""
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, learn_keep_rejected=1)
+    rift = open_rift(settings)
+    try:
+        fill_two_collections(rift)
+        learning = rift.learning
+        learning.gate_overrides = {"min_stability": 1.01}
+        folders = []
+        for _ in range(2):
+            started = learning.retrain(batch_size=4)
+            learning.jobs.wait(120)
+            status = learning.status(started["job_id"])
+            assert status["status"] == "rejected", status
+            folders.append(Path(learning.registry.location_of(learning.registry.get(status["result"]["version"]))))
+        first, newest = folders
+        assert not first.exists() and newest.is_dir()
+        assert "weights deleted" in learning.registry.get(first.name).note
+        assert [v.status for v in learning.registry.all()].count("rejected") == 2  # the entries stay
+    finally:
+        rift.close()
+    # None kept: the next start deletes the newest too.
+    rift = open_rift(settings.model_copy(update={"learn_keep_rejected": 0}))
+    try:
+        assert not newest.exists()
+    finally:
+        rift.close()
+
+
 def _hash(version: str) -> str:
     import hashlib
 

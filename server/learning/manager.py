@@ -820,6 +820,8 @@ class LearningManager:
                     dimension=candidate.dimension,
                 )
                 result.update(status="rejected", version=entry.version)
+                with _logged("deleting older rejected fine-tunes' weights"):
+                    self._prune_unservable()
                 return result
             job.enter("switching")
             previous = switch_all(engine, candidate, keep_old=True)
@@ -935,6 +937,34 @@ class LearningManager:
         if deleted:
             prune_exports(self.settings.models_dir / "onnx")
             log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))
+        self._prune_unservable()
+
+    def _prune_unservable(self) -> None:
+        """Delete the weights of rejected and failed fine-tunes past the newest `learn_keep_rejected`: a server
+        retraining on a policy otherwise kept ~90 MB (MiniLM) for every rejection, which `rift models --prune`
+        could free only once the server stopped (found by helper BT). Never a candidate a job is evaluating or
+        an interrupted retrain continues (`delete_unservable_weights` keeps folders a re-index loads)."""
+        pending = set(resume.versions(self.settings.models_dir))
+        if self._live is not None:
+            pending.add(self._live[1].version)
+        registry = self.registry
+        unservable = [
+            v
+            for v in registry.all()
+            if v.kind == "fine-tune"
+            and v.status in ("rejected", "failed")
+            and Path(registry.location_of(v)).is_dir()
+        ]
+        unservable.sort(key=lambda v: v.created_at, reverse=True)
+        older = {
+            v.version
+            for v in unservable[self.settings.learn_keep_rejected :]
+            if v.version not in pending and v.note != "candidate being evaluated"
+        }
+        if older and (deleted := self.delete_unservable_weights(older)["deleted"]):
+            log.info(
+                "deleted the weights of %d older rejected or failed fine-tunes (learn_keep_rejected)", len(deleted)
+            )
 
     def _loaded_locations(self) -> set[str]:
         """Model folders something loads now or at the next start: the configured `model` and every serving
