@@ -957,9 +957,10 @@ class Engine:
         if stored == self.tokenizer.signature:
             return 0
         started = time.perf_counter()
-        if stored is not None:  # (minutes for a million chunks, while every call waits: say why first)
-            log.warning("keyword tokenizer changed (%s -> %s): re-tokenizing the stored chunks once", stored,
-                        self.tokenizer.signature)
+        # Minutes for a million chunks, while every call waits: say why first (a new data dir has none to redo).
+        if stored is not None or self.state.has_chunks():
+            log.warning("keyword tokenizer changed (%s -> %s): re-tokenizing the stored chunks once",
+                        stored or "an earlier version", self.tokenizer.signature)
         done = self.state.retokenize(self.tokenizer.tokenize)
         self.state.put_setting("keyword_tokenizer", self.tokenizer.signature)
         if done:

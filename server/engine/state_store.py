@@ -447,6 +447,10 @@ class StateStore:
         )
         return [ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows]
 
+    def has_chunks(self) -> bool:
+        """Whether any collection holds a chunk."""
+        return bool(self._rows("SELECT 1 FROM chunks LIMIT 1"))
+
     def counts(self, collection: str) -> tuple[int, int]:
         ((docs,),) = self._rows("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,))
         ((chunks,),) = self._rows("SELECT COUNT(*) FROM chunks WHERE collection = ?", (collection,))
