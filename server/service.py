@@ -435,6 +435,14 @@ class Rift:
 
         s = self.settings
         here = s.model
+        own = registry.get(here)
+        if own is not None and own.kind == "base" and own.location != here:
+            # Moved back (or `model` names its first path again): the base version, relocated by an earlier
+            # start, loads from where `model` says once the weights are the ones recorded for that path.
+            recorded_here = state.setting(f"model_weights:{here}") or ""
+            same = recorded_here.startswith("sha256:") and recorded_here == weights_identity(here)
+            if same and registry.relocate(here, here):
+                log.info("model folder %s is back where this store first knew it (same weights)", here)
         reindexed = {v.location for v in registry.all() if v.kind == "reindex"}
         # The serving lineage's name first, then the collections' (one store rarely holds two).
         first = [serving.base_model] if serving is not None else []

@@ -951,6 +951,42 @@ def test_a_fine_tune_keeps_serving_after_the_data_dir_and_model_folder_move(
         rift.close()
 
 
+def test_a_base_model_folder_moved_twice_or_back_still_rolls_back(tmp_path: Path) -> None:
+    """The base version's location follows its folder on every move, not only the first: moved again (B to C)
+    or back to its first path while a fine-tune serves, a rollback to the base loaded the folder of the
+    first move, which is gone."""
+    import shutil
+
+    knobs = {"learn_min_triples": 2, "gate_tolerance": 1.0}
+    first = build_tiny_model(tmp_path / "A")
+    rift = open_rift(make_settings(tmp_path / "A" / "data", first, **knobs))
+    try:
+        fill_two_collections(rift)
+        rift.learning.retrain(batch_size=4, epochs=1)
+        rift.learning.jobs.wait(120)
+        tuned = rift.learning.registry.serving().version
+    finally:
+        rift.close()
+    for where in ("B", "C", "A"):  # moved, moved again, moved back
+        shutil.move(next(p for p in tmp_path.iterdir() if p.name in "ABC"), tmp_path / where)
+        folder = tmp_path / where / first.name
+        rift = open_rift(make_settings(tmp_path / where / "data", folder, **knobs))
+        try:
+            assert rift.repair_report["reembedded"] == []
+            assert rift.engine().embedder.version == tuned
+            assert rift.learning.registry.get(str(first)).location == str(folder)
+        finally:
+            rift.close()
+    rift = open_rift(make_settings(tmp_path / "A" / "data", first, **knobs))
+    try:
+        back = rift.learning.rollback()
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(back["job_id"])["status"] == "succeeded", rift.learning.status()
+        assert rift.engine().embedder.spec.location == str(first)
+    finally:
+        rift.close()
+
+
 def test_a_moved_reindexed_model_folder_keeps_serving_its_version(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -219,11 +219,18 @@ class Registry:
     def relocate(self, old: str, new: str) -> list[str]:
         """Point the versions that load the model folder `old` (a base model, a re-index's model) at `new`,
         where the same weights lie now (the folder moved); their names and lineages stay. Fine-tunes need
-        none: they are stored relative to the models dir and move with the data dir. Returns the versions
-        changed."""
+        none: they are stored relative to the models dir and move with the data dir. The base version named
+        `old` is one of them wherever it loaded from (a folder moved twice, or back: its location is no longer
+        its name). Returns the versions changed."""
         with self._lock:
             versions = copy.deepcopy(self._versions)
-            moved = [v for v in versions.values() if v.kind != "fine-tune" and v.location == old]
+            moved = [
+                v
+                for v in versions.values()
+                if v.kind != "fine-tune"
+                and v.location != new
+                and (v.location == old or (v.kind == "base" and v.version == old))
+            ]
             for entry in moved:
                 entry.location = new
             if moved:
