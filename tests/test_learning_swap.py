@@ -987,6 +987,38 @@ def test_a_base_model_folder_moved_twice_or_back_still_rolls_back(tmp_path: Path
         rift.close()
 
 
+def test_a_reindex_to_the_packaged_model_survives_a_new_venv(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """`rift reindex --model all-MiniLM-L6-v2` recorded the packaged folder's path inside the venv: once the
+    venv was made again (another Python: another site-packages), the version could not load, read-only commands
+    refused and `rift serve` re-embedded every collection with the base model."""
+    import shutil
+
+    from server.engine import models
+
+    packaged = build_tiny_model(tmp_path / "venv1", hidden=16, seed=3)
+    monkeypatch.setattr(models, "packaged_model_path", lambda: packaged)
+    settings, rift = _with_one_document(tmp_path, tiny_model_path)
+    try:
+        started = rift.learning.reindex("all-MiniLM-L6-v2")
+        rift.learning.jobs.wait(120)
+        assert rift.learning.status(started["job_id"])["status"] == "succeeded"
+        version = rift.learning.registry.serving().version
+    finally:
+        rift.close()
+    shutil.move(tmp_path / "venv1", tmp_path / "venv2")  # the venv made again
+    packaged = tmp_path / "venv2" / packaged.name
+    Rift(settings).start(background=False, reembed=False).close()  # as `rift search` opens the store
+    rift = open_rift(settings)
+    try:
+        assert rift.repair_report["reembedded"] == []
+        assert rift.engine().embedder.version == version
+        assert rift.engine().embedder.spec.location == str(packaged)
+    finally:
+        rift.close()
+
+
 def test_a_moved_reindexed_model_folder_keeps_serving_its_version(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import RETRAIN_BOUNDS
-from server.engine.models import describe_load_failure
+from server.engine.models import PACKAGED_ALIASES, describe_load_failure
 from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError, disk_full_problem
 from server.learning import resume, training
@@ -1021,11 +1021,14 @@ class LearningManager:
                 embedder = load_embedder(model, version, self.settings)
             except Exception as exc:
                 raise RiftError(f"cannot load model {model!r}: {describe_load_failure(model, exc)}") from None
+            # The packaged model by its name, as the configured default is: its folder lies inside the venv,
+            # whose path changes when the venv is made again (another Python), so the path would not load then.
+            packaged = model.strip().lower() in PACKAGED_ALIASES
             entry = self.registry.add(
                 ModelVersion(
                     version=version,
                     kind="reindex",
-                    location=embedder.spec.location,
+                    location=model.strip() if packaged else embedder.spec.location,
                     base_model=parent.base_model if parent else self.settings.model,
                     status="failed",
                     created_at=time.time(),
