@@ -560,7 +560,9 @@ class Rift:
                         "re-embed the store with the configured model (`rift serve` would)"
                     ) from exc
                 log.exception("cannot load serving version %s; serving the configured model", serving.version)
-        spec = resolve_model(s.model_location, s.query_prompt)
+        # A moved folder, renamed too, keeps the known query prompt its earlier name gave (bge-small-en-v1.5).
+        moved = s.model if s.model_location != s.model else None
+        spec = resolve_model(s.model_location, s.query_prompt, moved_from=moved)
         try:
             with self._writing_nothing():
                 embedder = embedder_cls(

@@ -940,6 +940,33 @@ def test_a_model_folder_moved_with_its_data_dir_keeps_its_vectors(tmp_path: Path
         rift.close()
 
 
+def test_a_model_folder_renamed_in_its_move_keeps_its_known_query_prompt(tmp_path: Path) -> None:
+    """A folder named after a model rift knows a query prompt for (bge) moved and renamed with its data dir:
+    the same weights keep their vectors, so they keep their query prompt too; it was dropped, the stored
+    vectors searched with queries embedded without it."""
+    import shutil
+
+    from tests.support.tiny_model import build_tiny_model
+
+    built = build_tiny_model(tmp_path / "build")
+    shutil.copytree(built, tmp_path / "old" / "bge-small-en-v1.5")
+    rift = open_rift(make_settings(tmp_path / "old" / "data", tmp_path / "old" / "bge-small-en-v1.5"))
+    try:
+        rift.add_documents("notes", docs(("a", "the cat sat on the mat")))
+        prompt = rift.engine().embedder.query_prompt
+        assert prompt.startswith("Represent this sentence")
+    finally:
+        rift.close()
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    (tmp_path / "new" / "bge-small-en-v1.5").rename(tmp_path / "new" / "model")
+    rift = open_rift(make_settings(tmp_path / "new" / "data", tmp_path / "new" / "model"))
+    try:
+        assert rift.repair_report["reembedded"] == []
+        assert rift.engine().embedder.query_prompt == prompt
+    finally:
+        rift.close()
+
+
 def test_paging_by_the_last_id_lists_every_document_once_while_others_change(rift) -> None:
     from server.ingest.manage import list_documents
 

@@ -59,9 +59,13 @@ def known_query_prompt(name: str) -> tuple[str, str] | None:
     return None
 
 
-def resolve_model(name: str, query_prompt: str | None = None, origin: str | None = None) -> ModelSpec:
+def resolve_model(
+    name: str, query_prompt: str | None = None, origin: str | None = None, moved_from: str | None = None
+) -> ModelSpec:
     """`origin`: for a fine-tune, the model it was trained from (Registry.origin_model), whose known query
-    prompt applies when the fine-tune's own folder names none (one saved before fine-tunes kept their prompt)."""
+    prompt applies when the fine-tune's own folder names none (one saved before fine-tunes kept their prompt).
+    `moved_from`: the path a moved model folder had (the name its vectors know it by), whose known query prompt
+    applies the same way: renamed in the move, it is the same model, asked the same way."""
     key = name.strip().lower()
     if key in PACKAGED_ALIASES:
         location = str(packaged_model_path())
@@ -70,6 +74,10 @@ def resolve_model(name: str, query_prompt: str | None = None, origin: str | None
     else:
         location = name
     known = known_query_prompt(name) or known_query_prompt(location)
+    if known is None and moved_from is not None:
+        known = known_query_prompt(moved_from)
+        if known is not None:
+            known = (known[0], f"the folder moved from {moved_from.strip()}, and {known[1]}")
     if known is None and origin is not None:
         known = known_query_prompt(origin)
         if known is not None:

@@ -982,8 +982,9 @@ class LearningManager:
             job.enter("loading")
             origin = self.registry.origin_model(target) if target.kind == "fine-tune" else None
             location = self.registry.location_of(target)
+            moved = target.version if target.kind == "base" and location != target.version else None
             try:
-                embedder = load_embedder(location, target.version, self.settings, origin)
+                embedder = load_embedder(location, target.version, self.settings, origin, moved)
             except Exception as exc:
                 raise RiftError(
                     f"cannot load version {target.version!r} from {location}: {describe_load_failure(location, exc)}"

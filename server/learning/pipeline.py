@@ -177,13 +177,16 @@ def materialize(
     return rows, kept
 
 
-def load_embedder(location: str, version: str, settings: Any, base_model: str | None = None) -> Any:
+def load_embedder(
+    location: str, version: str, settings: Any, base_model: str | None = None, moved_from: str | None = None
+) -> Any:
     """`base_model`: for a fine-tune, the model it was trained from (Registry.origin_model), whose known
-    query prompt applies when the fine-tune's folder does not say its own."""
+    query prompt applies when the fine-tune's folder does not say its own; `moved_from`: a base version's
+    name when its folder moved (resolve_model)."""
     from server.engine.embedder import Embedder, embed_options
     from server.engine.models import resolve_model
 
-    spec = resolve_model(location, settings.query_prompt, base_model)
+    spec = resolve_model(location, settings.query_prompt, base_model, moved_from)
     return Embedder(
         spec,
         version=version,
