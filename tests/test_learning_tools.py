@@ -146,6 +146,10 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         assert hit["model_version"] == base
         versions = (await ok(client, "list_models"))["versions"]
         assert {v["version"]: v["status"] for v in versions} == {new: "retired", base: "serving"}
+        # A registry that grew with every periodic retrain: the newest, and which one serves, however old.
+        newest = await ok(client, "list_models", {"limit": 1})
+        assert [v["version"] for v in newest["versions"]] == [new]
+        assert newest["serving_version"] == base and newest["total"] == 2
         assert "already serving" in await error(client, "rollback", {"version": base})
         assert "unknown model version" in await error(client, "rollback", {"version": "v-nope"})
         assert "unknown job_id" in await error(client, "retrain_status", {"job_id": "nope"})

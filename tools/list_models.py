@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
@@ -14,14 +14,24 @@ from tools._learning import learning_of
 
 class ModelsResult(BaseModel):
     versions: list[dict[str, Any]] = Field(
-        description="Newest first: version, kind, status (serving/retired/rejected/failed), base_model, "
-        "strategy, triples, training settings and time, gate numbers."
+        description="Newest first, at most `limit`: version, kind, status (serving/retired/rejected/failed), "
+        "base_model, strategy, triples, training settings and time, gate numbers."
     )
+    serving_version: str | None = Field(description="The version that serves now (listed or not).")
+    total: int = Field(description="Versions in the registry; `rift models` lists them all.")
 
 
-async def list_models(ctx: Context) -> ModelsResult:
+async def list_models(
+    ctx: Context,
+    limit: Annotated[
+        int, Field(ge=1, le=1000, description="Most versions to list, newest first (each is about 1 KB).")
+    ] = 20,
+) -> ModelsResult:
+    # A periodic retrain adds a version per run, rejected ones too: the whole registry grows without bound.
     learning = await call(learning_of, rift_of(ctx))
-    return ModelsResult(versions=await call(learning.models))
+    versions = await call(learning.models)
+    serving = next((v["version"] for v in versions if v["status"] == "serving"), None)
+    return ModelsResult(versions=versions[:limit], serving_version=serving, total=len(versions))
 
 
 TOOL = ToolSpec(
@@ -29,8 +39,8 @@ TOOL = ToolSpec(
     name="list_models",
     title="Model versions",
     description=(
-        "List the embedding model versions rift has served or tried: which one serves now, what each was "
-        "trained on, and the gate's verdict and numbers."
+        "List the embedding model versions rift has served or tried, newest first: which one serves now, what "
+        "each was trained on, and the gate's verdict and numbers."
     ),
     annotations=ToolAnnotations(
         title="Model versions",
