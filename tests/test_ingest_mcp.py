@@ -103,9 +103,9 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
         assert hit["doc_id"] == str(docs / "botany.html")
         assert hit["metadata"]["file_type"] == "html" and hit["metadata"]["title"] == "Desert Botany"
         assert not any(key.startswith("_rift_") for key in hit["metadata"])
-        # File sync's bookkeeping is left out of hits (90 bytes each an agent has no use for) and shown by
-        # get_document, below.
-        assert "sha256" not in hit["metadata"] and "extractor" not in hit["metadata"]
+        # File sync's bookkeeping is left out of hits (90 bytes each an agent has no use for), and so is source,
+        # the doc_id again; get_document shows them, below.
+        assert not {"sha256", "extractor", "source"} & set(hit["metadata"])
 
         doc = await ok(
             client, "get_document", doc_id=hit["doc_id"], collection="kb", query_id=found["query_id"]
@@ -113,7 +113,8 @@ async def test_add_search_fetch_and_list(tmp_path: Path, tiny_model_path: Path, 
         assert "Saguaro cacti store water" in doc["text"] and doc["fetch_recorded"]
         assert doc["metadata"]["source"] == str(docs / "botany.html") and not doc["truncated"]
         assert len(doc["metadata"]["sha256"]) == 64 and doc["metadata"]["extractor"]
-        assert hit["metadata"] == {k: v for k, v in doc["metadata"].items() if k not in ("sha256", "extractor")}
+        shown = {k: v for k, v in doc["metadata"].items() if k not in ("sha256", "extractor", "source")}
+        assert hit["metadata"] == shown
         window = await ok(
             client, "get_document", doc_id=hit["doc_id"], collection="kb", offset=2, max_chars=5
         )

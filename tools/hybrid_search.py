@@ -23,7 +23,8 @@ class SearchHit(BaseModel):
     )
     metadata: dict[str, Any] = Field(
         description="The document's metadata, with the chunk's own labels (heading, symbol, page); for a file, "
-        "without file sync's bookkeeping (sha256, extractor), which get_document shows."
+        "without file sync's bookkeeping (sha256, extractor) and source (the doc_id: its path; filters still "
+        "take it), which get_document shows."
     )
     score: float = Field(
         description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
@@ -88,8 +89,9 @@ class SearchResult(BaseModel):
 
 
 # What file sync keeps to notice a changed file or extractor: 90 bytes a hit that an agent has no use for (a
-# k=50 skim paid more for metadata than for text). get_document and list_documents still show them.
-_SYNC_BOOKKEEPING = frozenset({"sha256", "extractor"})
+# k=50 skim paid more for metadata than for text); and a file's `source`, which is its doc_id again (its path).
+# get_document and list_documents still show them.
+_SYNC_BOOKKEEPING = frozenset({"sha256", "extractor", "source"})
 
 
 def _shown_metadata(doc_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
