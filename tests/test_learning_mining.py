@@ -672,3 +672,28 @@ def test_a_chunk_id_live_again_keeps_no_successor_of_its_own(tmp_path, tiny_mode
         assert state.successors("default", [x.chunk_id, y.chunk_id]) == {y.chunk_id: x.chunk_id}
     finally:
         app.close()
+
+
+def test_successors_are_tracked_since_the_table_began(tmp_path) -> None:
+    """A new state records successors from its first write (whatever the clock does later); a state made by a
+    version with the chunk_successors table kept them (exact text: a rewrite ended its chain, so its searches
+    must not train on the new text); only a state from before the table starts tracking at its upgrade."""
+    import time
+
+    from server.engine.state_store import SUCCESSORS_SINCE, StateStore
+
+    def reopened(prepare: str) -> float:
+        path = tmp_path / f"{len(prepare)}.sqlite"
+        state = StateStore(path)
+        state._conn.executescript(prepare)
+        state.close()
+        state = StateStore(path)
+        try:
+            return state.successors_since()
+        finally:
+            state.close()
+
+    assert StateStore(tmp_path / "new.sqlite").successors_since() == 0.0
+    with_table = f"DELETE FROM settings WHERE key = '{SUCCESSORS_SINCE}';"
+    assert reopened(with_table) == 0.0
+    assert abs(reopened(with_table + "DROP TABLE chunk_successors;") - time.time()) < 60

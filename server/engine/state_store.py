@@ -203,8 +203,14 @@ class StateStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._conn.executescript(SCHEMA)
-        self._conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (SUCCESSORS_SINCE, repr(time.time())))
+        # Successors are recorded from a new state's first write, and were by a version that made the table
+        # (its exact-text successors: a rewrite ended the chain, and must not train on the new text); only a
+        # state from before the table holds documents written unrecorded. (Not the creation time: a clock set
+        # back after it would make documents written since read as unrecorded.)
+        since = time.time() if "documents" in tables and "chunk_successors" not in tables else 0.0
+        self._conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (SUCCESSORS_SINCE, repr(since)))
         self._lock = threading.RLock()
         self._records: dict[str, CollectionRecord] = {}  # collection rows, read-through (see collection())
         with self._lock:
@@ -672,8 +678,8 @@ class StateStore:
         return out
 
     def successors_since(self) -> float:
-        """Since when this state records chunk successors (its creation, or the first start of a version that
-        does)."""
+        """Since when this state records chunk successors: 0.0 for a state that always did, else the first start
+        of a version that does (an upgrade from before the chunk_successors table)."""
         value = self.setting(SUCCESSORS_SINCE)
         return float(value) if value else 0.0
 
