@@ -697,3 +697,33 @@ def test_successors_are_tracked_since_the_table_began(tmp_path) -> None:
     with_table = f"DELETE FROM settings WHERE key = '{SUCCESSORS_SINCE}';"
     assert reopened(with_table) == 0.0
     assert abs(reopened(with_table + "DROP TABLE chunk_successors;") - time.time()) < 60
+
+
+def test_a_deleted_section_does_not_become_its_lookalike_neighbour(tmp_path, tiny_model_path) -> None:
+    """A templated document (an API reference: each entry the same sentence, its name differs) loses an entry:
+    the entry that moved into its place is the same passage it was (its text unchanged), not the deleted one
+    edited, however many words they share; the deleted entry's searches teach nothing."""
+    from collections import Counter
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    entries = [" ".join([w[p], *w[10:22]]) + "." for p in range(3)]
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=16, chunk_overlap=0))
+    try:
+        app.add_documents("default", docs(("api", "\n\n".join(entries)), ("o", "neg " + " ".join(w[30:33]))))
+        engine = app.engine()
+        old = engine.state.document_chunks("default", "api")
+        assert [c.text for c in old] == entries
+        (neg,) = engine.state.document_chunks("default", "o")
+        logged = [Triple(w[p], "default", "api", old[p].chunk_id, "o", neg.chunk_id, "fused") for p in range(3)]
+        app.add_documents("default", docs(("api", "\n\n".join(entries[1:]))))
+        skipped: Counter[str] = Counter()
+        rows, _ = materialize(engine, logged, skipped)
+        assert [(q, p) for q, p, _ in rows] == [(w[1], entries[1]), (w[2], entries[2])]
+        assert skipped == {"passage_changed": 1}
+    finally:
+        app.close()

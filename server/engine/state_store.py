@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,14 +153,18 @@ class _Heirs:
         heirs = self.by_text.get(text, [])
         return next((r for r in heirs if r.chunk_index == index), heirs[0] if heirs else None)
 
-    def edited(self, text: str, index: int, meta: Mapping[str, Any]) -> ChunkRow | None:
+    def edited(
+        self, text: str, index: int, meta: Mapping[str, Any], old_texts: Collection[str] = ()
+    ) -> ChunkRow | None:
         """The new chunk that is `text` (an old chunk's, at `index`) after a small edit: of the chunk at the same
         position and the one covering most of its old span, the one sharing most words with it, if at least
-        EDITED_SIMILARITY of their words (Jaccard). A typo fixed is the same passage; a rewrite is not."""
+        EDITED_SIMILARITY of their words (Jaccard). A typo fixed is the same passage; a rewrite is not. A new
+        chunk whose text one of the document's old chunks had (`old_texts`) is that passage, moved (a section
+        deleted before it): never this one, however alike (a templated API reference's entries)."""
         words = set(text.split())
         best, score = None, EDITED_SIMILARITY
         for r in (self.by_index.get(index), self.most_overlapping(meta)):
-            if r is not None and (other := set(r.text.split())):
+            if r is not None and r.text not in old_texts and (other := set(r.text.split())):
                 similarity = len(words & other) / len(words | other)
                 if similarity >= score:
                     best, score = r, similarity
@@ -613,6 +617,7 @@ class StateStore:
         ended = [c for c in gone if c.rsplit("::", 2)[0] not in by_doc]
         candidates = [c for c in gone if c.rsplit("::", 2)[0] in by_doc]
         kept_text: dict[str, bool] = {}
+        old_texts: dict[str, set[str]] = {}  # a document's chunk texts before the write
         for start in range(0, len(candidates), 500):
             part = candidates[start : start + 500]
             found = {
@@ -639,7 +644,19 @@ class StateStore:
                         ).fetchone()
                         kept_text[doc_id] = stored is not None and stored[0] == texts[doc_id]
                     meta = json.loads(meta)
-                    heir = heirs.most_overlapping(meta) if kept_text[doc_id] else heirs.edited(text, index, meta)
+                    if kept_text[doc_id]:
+                        heir = heirs.most_overlapping(meta)
+                    else:
+                        if doc_id not in old_texts:
+                            old_texts[doc_id] = {
+                                t
+                                for c, t in self._conn.execute(
+                                    "SELECT chunk_id, text FROM chunks WHERE collection = ? AND doc_id = ?",
+                                    (collection, doc_id),
+                                )
+                                if c not in added
+                            }
+                        heir = heirs.edited(text, index, meta, old_texts[doc_id])
                 if heir is None:
                     ended.append(old)
                 else:
