@@ -134,10 +134,17 @@ def test_only_the_newest_rejected_candidates_keep_their_weights(tmp_path: Path, 
         assert [v.status for v in learning.registry.all()].count("rejected") == 2  # the entries stay
     finally:
         rift.close()
-    # None kept: the next start deletes the newest too.
+    # None kept: the next start deletes the newest too, and a rejection its own candidate's at once.
     rift = open_rift(settings.model_copy(update={"learn_keep_rejected": 0}))
     try:
         assert not newest.exists()
+        learning = rift.learning
+        learning.gate_overrides = {"min_stability": 1.01}
+        started = learning.retrain(batch_size=4)
+        learning.jobs.wait(120)
+        status = learning.status(started["job_id"])
+        assert status["status"] == "rejected", status
+        assert not (settings.models_dir / status["result"]["version"]).exists()
     finally:
         rift.close()
 

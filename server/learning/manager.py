@@ -821,7 +821,7 @@ class LearningManager:
                 )
                 result.update(status="rejected", version=entry.version)
                 with _logged("deleting older rejected fine-tunes' weights"):
-                    self._prune_unservable()
+                    self._prune_unservable(decided=entry.version)  # (with learn_keep_rejected = 0, its own too)
                 return result
             job.enter("switching")
             previous = switch_all(engine, candidate, keep_old=True)
@@ -939,14 +939,16 @@ class LearningManager:
             log.info("deleted the weights of %d older retired fine-tunes (learn_keep_weights)", len(deleted))
         self._prune_unservable()
 
-    def _prune_unservable(self) -> None:
+    def _prune_unservable(self, decided: str | None = None) -> None:
         """Delete the weights of rejected and failed fine-tunes past the newest `learn_keep_rejected`: a server
         retraining on a policy otherwise kept ~90 MB (MiniLM) for every rejection, which `rift models --prune`
         could free only once the server stopped (found by helper BT). Never a candidate a job is evaluating or
-        an interrupted retrain continues (`delete_unservable_weights` keeps folders a re-index loads)."""
+        an interrupted retrain continues (`delete_unservable_weights` keeps folders a re-index loads). `decided`:
+        the running job's candidate, just rejected: no longer pending, so it counts like the others."""
         pending = set(resume.versions(self.settings.models_dir))
         if self._live is not None:
             pending.add(self._live[1].version)
+        pending.discard(decided)
         registry = self.registry
         unservable = [
             v
