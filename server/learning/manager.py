@@ -969,9 +969,14 @@ class LearningManager:
             )
 
     def _loaded_locations(self) -> set[str]:
-        """Model folders something loads now or at the next start: the configured `model` and every serving
-        version's location."""
-        return {model_key(self.settings.model_location)} | {
+        """Model folders something loads now or at the next start: the configured `model`, every serving
+        version's location, and the folder this process's model was loaded from."""
+        # And the folder the process serves from now: after a switch whose undo failed too, a failed fine-tune
+        # serves until a restart, and later retrains read that folder as their base.
+        engine = getattr(self.rift, "_engine", None)
+        spec = getattr(getattr(engine, "embedder", None), "spec", None)
+        now = {model_key(spec.location)} if spec is not None else set()
+        return now | {model_key(self.settings.model_location)} | {
             self.registry.location_key(v) for v in self.registry.all() if v.status == "serving"
         }
 
