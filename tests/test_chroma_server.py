@@ -1553,16 +1553,21 @@ def test_a_data_dir_moved_to_another_file_system_serves_on_as_a_new_writer(
         assert moved.repair_report["reembedded"] == []
         assert moved.engine().shared.problem("default") is None
         assert ids(moved.search("default", "the cat sat on the mat", k=1, mode="hybrid").outcome.hits) == ["cat"]
-        moved.add_documents("default", docs(("owl", "an owl hunts at night")))
-        b.engine().follow_others()
-        assert ids(b.search("default", "owl night", k=1, mode="hybrid").outcome.hits) == ["owl"]
-        b.add_documents("default", docs(("ant", "ants carry leaves")))
-        moved.engine().follow_others()
-        assert ids(moved.search("default", "ants leaves", k=1, mode="hybrid").outcome.hits) == ["ant"]
-        assert_same_index(moved, b)
+        _writes_reach_each_other(moved, b)
     finally:
         moved.close()
         b.close()
+
+
+def _writes_reach_each_other(x: Rift, y: Rift, first_mode: str = "hybrid") -> None:
+    """A document x adds is found by y once y follows, and the other way round; then both index alike."""
+    x.add_documents("default", docs(("owl", "an owl hunts at night")))
+    y.engine().follow_others()
+    assert ids(y.search("default", "owl night", k=1, mode=first_mode).outcome.hits) == ["owl"]
+    y.add_documents("default", docs(("ant", "ants carry leaves")))
+    x.engine().follow_others()
+    assert ids(x.search("default", "ants leaves", k=1, mode="hybrid").outcome.hits) == ["ant"]
+    assert_same_index(x, y)
 
 
 def test_the_writer_id_stays_with_its_folder(tmp_path: Path, caplog) -> None:
@@ -2002,13 +2007,7 @@ def test_a_process_restarted_on_the_model_switched_to_elsewhere_serves_it(
         assert b.repair_report["reembedded"] == []  # a's vectors are used, not re-embedded
         hits = b.search("default", "the cat sat on the mat", k=1, mode="vector").outcome.hits
         assert ids(hits) == ["cat"]
-        a.add_documents("default", docs(("owl", "an owl hunts at night")))
-        b.engine().follow_others()
-        assert ids(b.search("default", "owl night", k=1, mode="keyword").outcome.hits) == ["owl"]
-        b.add_documents("default", docs(("ant", "ants carry leaves")))
-        a.engine().follow_others()
-        assert ids(a.search("default", "ants leaves", k=1, mode="hybrid").outcome.hits) == ["ant"]
-        assert_same_index(a, b)
+        _writes_reach_each_other(a, b, first_mode="keyword")
     finally:
         a.close()
         b.close()
