@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import socket
 from typing import Any
@@ -48,6 +49,44 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class ExplainTooLarge:
+    """ASGI middleware: the SDK answers a body over `max_request_body_size` with a plain-text 413, which an MCP
+    client reports as a bare "error response" (found by helper CB: the Python SDK's said nothing more), so an
+    agent never learns to split its call. The 413 goes out as a JSON-RPC error that says what to do."""
+
+    def __init__(self, app: Any, limit_mb: int) -> None:
+        self.app = app
+        self._body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32600,
+                    "message": f"request body over {limit_mb} MiB (setting http_max_request_mb): send fewer or "
+                    "shorter documents per call",
+                },
+            }
+        ).encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def explained(message: dict[str, Any]) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message.get("status") == 413:
+                replaced = True
+                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(self._body))]
+                await send({"type": "http.response.start", "status": 413, "headers": headers})
+                await send({"type": "http.response.body", "body": self._body})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, receive, explained)
+
+
 def build_http_app(server: Any, settings: Settings) -> Any:
     if not is_loopback(settings.http_host) and not settings.http_token:
         raise ValueError(
@@ -73,6 +112,7 @@ def build_http_app(server: Any, settings: Settings) -> Any:
         host=host,
         max_request_body_size=settings.http_max_request_mb * 1024 * 1024,
     )
+    app = ExplainTooLarge(app, settings.http_max_request_mb)
     return BearerAuth(app, settings.http_token) if settings.http_token else app
 
 

@@ -68,6 +68,31 @@ async def test_requests_with_the_token_work(http_url: str) -> None:
             assert [h["doc_id"] for h in found.structured_content["hits"]] == ["a"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_an_sdk_client_is_told_its_request_was_too_large(
+    tmp_path: Path, tiny_model_path: Path, mode: str
+) -> None:
+    """The SDK's plain-text 413 reached an agent as a bare "error response" (found by helper CB): the JSON-RPC
+    error it gets instead says which setting bounds it and what to do, and the session goes on."""
+    from mcp.shared.exceptions import MCPError
+
+    port = free_port()
+    settings = make_settings(tmp_path / "data", tiny_model_path, http_port=port, http_max_request_mb=1)
+    server, thread = serve(settings, "127.0.0.1")
+    try:
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http), mode=mode) as client,
+        ):
+            with pytest.raises(MCPError, match="over 1 MiB .*http_max_request_mb.*fewer or shorter documents"):
+                await client.call_tool("add_documents", {"documents": [{"id": "big", "text": "word " * 400_000}]})
+            assert not (await client.call_tool("stats", {})).is_error
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_binding_beyond_loopback_needs_a_token(tmp_path: Path, tiny_model_path: Path) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
@@ -123,7 +148,8 @@ def test_every_loopback_bind_refuses_foreign_hosts_and_bounds_the_body(
         assert foreign_origin.status_code == 403
         assert httpx.post(url, json=hello, headers=accept, timeout=10).status_code == 200
         big = {**hello, "params": {**hello["params"], "pad": "x" * (1024 * 1024)}}
-        assert httpx.post(url, json=big, headers=accept, timeout=10).status_code == 413
+        too_large = httpx.post(url, json=big, headers=accept, timeout=10)
+        assert too_large.status_code == 413 and "http_max_request_mb" in too_large.json()["error"]["message"]
         # In a session, a request whose id JSON-RPC does not allow was taken for a notification: 202 Accepted,
         # and no answer ever came.
         opened = httpx.post(url, json=hello, headers=accept, timeout=10)
