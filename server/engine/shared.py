@@ -150,12 +150,13 @@ def writer_id(data_dir: Path) -> str:
                 home_path.write_text(json.dumps({**here, "id": value}))
             return value
         new = uuid.uuid4().hex[:16]
+        made = home.get("path")
         log.warning(
             "data dir %s is not the folder its writer id %s was made in (%s): it was copied (or moved to another "
             "file system), so it writes to the shared Chroma server as a new writer, %s",
             here["path"],
             value,
-            home.get("path"),
+            "a folder since made anew at this path" if made == here["path"] else made,
             new,
         )
         value = new

@@ -48,9 +48,9 @@ CREATE TABLE IF NOT EXISTS documents (
     updated_at REAL NOT NULL,
     PRIMARY KEY (collection, doc_id)
 );
--- A document written again with its text kept (a metadata change, a file touched) gets new chunk ids; the query
--- log names the ones a search saw. Each gone chunk id -> the current chunk of the same document with the same
--- text, so mining still trains on the passage that was ranked (see `successors`).
+-- A document written again (a metadata change, a file touched, a re-chunk, an edit) gets new chunk ids; the
+-- query log names the ones a search saw. Each gone chunk id -> the same document's chunk that holds its passage
+-- now, so mining still trains on the passage that was ranked (see `_note_successors`, `successors`).
 CREATE TABLE IF NOT EXISTS chunk_successors (
     collection TEXT NOT NULL,
     old_id TEXT NOT NULL,
@@ -679,8 +679,8 @@ class StateStore:
         )
 
     def successors(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
-        """Gone chunk ids of `chunk_ids` -> the live chunk with the same text their document has now (see the
-        chunk_successors table); ids with none are left out."""
+        """Gone chunk ids of `chunk_ids` -> the chunk that holds their passage now (see `_note_successors`); ids
+        with none (their passage rewritten, or never recorded) are left out."""
         out: dict[str, str] = {}
         ids = list(dict.fromkeys(chunk_ids))
         for start in range(0, len(ids), 500):

@@ -113,7 +113,7 @@ def materialize(
 ) -> tuple[list[tuple[str, str, str]], list[Triple]]:
     """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
     best chunk is used when it is still stored, or its successor when its document was written again with that
-    passage kept (a metadata change, a re-chunk: `StateStore.successors`). `skipped` (a mining report's) counts
+    passage kept (a metadata change, a re-chunk, a small edit: `StateStore.successors`). `skipped` (a mining report's) counts
     the triples left out, so the report's counts add up: `document_deleted` (its positive or negative document
     is gone since the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the
     same)."""
@@ -125,8 +125,8 @@ def materialize(
     for name, ids in by_collection.items():
         wanted = sorted(i for i in ids if i)
         found = engine.state.chunks_by_id(name, wanted)
-        # A chunk id gone since the search, its document written again with the same text (a metadata change,
-        # a file touched): the same passage under its new id.
+        # A chunk id gone since the search, its document written again with that passage kept (a metadata
+        # change, a file touched, a re-chunk, a small edit): the same passage under its new id.
         heirs = engine.state.successors(name, [i for i in wanted if i not in found])
         later = engine.state.chunks_by_id(name, sorted(set(heirs.values())))
         for cid, row in found.items():
