@@ -818,7 +818,8 @@ class Rift:
             "chroma_unreachable": unreachable,
             "index_bytes": _index_bytes(self.settings),
             "collections": collections,
-            "queries": self.log.stats(collection) if self.log else {},
+            # (one collection asked for: its block, not the same query over the log again)
+            "queries": collections[0]["queries"] if collection is not None else self.log.stats() if self.log else {},
             "logging_enabled": self.settings.log_queries,
             "load_seconds": round(self.load_seconds or 0.0, 2),
             "learning": self.learning.stats() if self.learning is not None else None,
