@@ -172,6 +172,7 @@ def create_server(settings: Settings | None = None, lock: DataDirLock | None = N
         )
         _refuse_unknown_arguments(server, spec.name)
         _publish_setting_bounds(server, spec, settings)
+        _compact_schemas(server, spec.name)
     server.resource(
         DOCUMENT_TEMPLATE,
         name="document",
@@ -253,6 +254,62 @@ def _publish_setting_bounds(server: MCPServer, spec: ToolSpec, settings: Setting
         # an optional argument's bound belongs to its non-null branch
         target = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
         target[keyword] = getattr(settings, setting)
+
+
+# Keywords whose value is a schema, a list of schemas, or a map of names to schemas (JSON Schema 2020-12).
+_SUBSCHEMA = ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else")
+_SUBSCHEMAS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+
+
+def _compact_schemas(server: MCPServer, name: str) -> None:
+    """Publish the tool's schemas without what pydantic adds that no agent reads: tools/list sits in every
+    agent's context, and this was about 13 % of it. Dropped everywhere: `title`, pydantic's restatement of each
+    property's name ("Doc Id" for doc_id) and of the Python class name (the tool's own title is Tool.title).
+    Dropped from the output schema only, where they have no effect on validation: `default` (every field is
+    always sent), `additionalProperties: true` (JSON Schema's default), and `anyOf: [{type: T}, {type: null}]`
+    written as `type: [T, null]` (the same set of values). Descriptions, bounds, enums, `required` and
+    `$defs` stay; the input schema keeps its `anyOf` and defaults, which clients turn into call forms. The
+    arguments and results are still validated by the SDK's pydantic models, not by these dicts;
+    tests/test_tool_schemas.py checks real results against what is published, and the size."""
+    tool = server._tool_manager.get_tool(name)  # noqa: SLF001
+    assert tool is not None, name
+    tool.parameters = _compact(tool.parameters, output=False)
+    meta = tool.fn_metadata
+    if meta.output_schema is not None:
+        meta.output_schema = _compact(meta.output_schema, output=True)
+        tool.__dict__.pop("output_schema", None)  # Tool.output_schema is a cached_property over it
+
+
+def _compact(schema: Any, *, output: bool) -> Any:
+    if not isinstance(schema, dict):
+        return schema  # a boolean schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" or (output and key == "default"):
+            continue
+        if output and key == "additionalProperties" and value is True:
+            continue
+        if key in _SUBSCHEMA:
+            value = _compact(value, output=output)
+        elif key in _SUBSCHEMAS and isinstance(value, list):
+            value = [_compact(v, output=output) for v in value]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {k: _compact(v, output=output) for k, v in value.items()}
+        out[key] = value
+    if output and "type" not in out:
+        branches = out.get("anyOf")
+        if (
+            isinstance(branches, list)
+            and len(branches) == 2
+            and {"type": "null"} in branches
+            and all(set(b) == {"type"} and isinstance(b["type"], str) for b in branches)
+        ):
+            # Both branches are plain types: one type list (["integer", "null"]).
+            kept = next(b["type"] for b in branches if b != {"type": "null"})
+            del out["anyOf"]
+            out = {"type": [kept, "null"], **out}
+    return out
 
 
 def _integer_fields(schema: dict[str, Any]) -> set[str]:
