@@ -2167,7 +2167,7 @@ def test_an_export_without_a_server_here_catches_up_with_the_others_first(
             monkeypatch.setenv(f"RIFT_{key.upper()}", str(value))
         result = CliRunner().invoke(main, ["export", "--data-dir", str(tmp_path / "a")])
         assert result.exit_code == 0, result.output
-        assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
+        assert [json.loads(line)["id"] for line in result.stdout.splitlines()[1:-1]] == ["fish"]
     finally:
         b.close()
     # With the server unreachable, the data dir cannot catch up: export is how a store is rescued then, so it
@@ -2175,7 +2175,7 @@ def test_an_export_without_a_server_here_catches_up_with_the_others_first(
     monkeypatch.setenv("RIFT_CHROMA_PORT", "1")
     result = CliRunner().invoke(main, ["export", "--data-dir", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["fish"]
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()[1:-1]] == ["fish"]
     assert "exporting what this data dir holds, without catching up first: " in result.stderr
     assert "cannot reach the Chroma server" in result.stderr
 

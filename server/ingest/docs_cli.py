@@ -141,8 +141,9 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
 )
 @click.option("--data-dir", default=None)
 def export_documents(collection: str, filters: str | None, output: str, data_dir: str | None) -> None:
-    """Write a collection's documents as JSON Lines ({"id", "text", "metadata"} a line, by id), as `rift import`
-    reads them. Works while a server runs: it reads one snapshot of the committed documents."""
+    """Write a collection's documents as JSON Lines ({"id", "text", "metadata"} a line, by id, between a header
+    line and a trailer line with their count and checksum, written last), as `rift import` reads them. Works while
+    a server runs: it reads one snapshot of the committed documents."""
     from server.ingest.jsonl import descriptor_of, open_descriptor
 
     if not output:
@@ -229,7 +230,8 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
 def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> None:
     """Add the documents of a JSON Lines FILE (- = stdin; gzipped too): {"id", "text", "metadata"} a line, as
     `rift export` writes them, or a BEIR corpus.jsonl ({"_id", "title", "text"}). Every line is checked before anything is
-    written; run it again to resume an interrupted import (stored documents are skipped, not embedded again)."""
+    written, and an export cut short (its trailer missing) is refused; run it again to resume an interrupted import
+    (stored documents are skipped, not embedded again)."""
     with contextlib.ExitStack() as stack:
         stream: IO[bytes] = file
         if not file.seekable():  # read twice (checked, then written): keep a copy of stdin or a pipe
@@ -245,6 +247,10 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
         else:
             stream.seek(0)
         _import(stream, collection, data_dir)
+
+
+def _count(documents: int) -> str:
+    return f"{documents:,} document{'' if documents == 1 else 's'}"
 
 
 def _interrupted(stored: str) -> NoReturn:
@@ -273,14 +279,20 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
         raise click.BadParameter(str(exc), param_hint="--collection") from None
     settings = load_settings(data_dir)
     try:  # the file before the store: opening one may create a data dir, or re-embed it for a changed model
-        documents = check_file(settings, stream)
+        checked = check_file(settings, stream)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         _interrupted("nothing was stored")
+    if not checked.checked:
+        click.echo(
+            "warning: the file has no rift export header or trailer (an export by an older rift, or another "
+            f"tool's file): a file cut short cannot be told from a whole one; {_count(checked.documents)} read",
+            err=True,
+        )
     rift = open_rift(settings)
     try:
-        report = load(rift, collection, stream, progress, checked=documents)
+        report = load(rift, collection, stream, progress, checked=checked.documents)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -2,9 +2,15 @@
 from elsewhere, such as a BEIR `corpus.jsonl`).
 
 One document per line: `{"id": ..., "text": ..., "metadata": {...}}`, the shape `add_documents` takes. An
-import reads the whole file once to check every line before it writes anything, so a bad line 90,000 stores
-nothing; then it writes in batches, and a run stopped half way is resumed by running it again (documents
-already stored with the same text and metadata are skipped without embedding them again).
+export's first line is a header, `{"rift_export": {"format": 1, "collection": ...}}`, and its last a trailer,
+`{"rift_export_end": {"documents": N, "sha256": ...}}` (the SHA-256 of its document lines, each with its "\n"),
+written once every document is: a file cut short at a line's end (a full disk, a killed export, a copy stopped
+part way) has a header and no trailer, and is refused rather than imported without the documents it lost. A file
+without a header (an older rift's export, a BEIR corpus) imports unchecked.
+
+An import reads the whole file once to check every line (and the trailer) before it writes anything, so a bad
+line 90,000 stores nothing; then it writes in batches, and a run stopped half way is resumed by running it again
+(documents already stored with the same text and metadata are skipped without embedding them again).
 
 An export reads rift's `state.sqlite`, where a write becomes visible when its transaction commits, in one read
 transaction: a consistent snapshot of the committed documents, even while a server is writing.
@@ -13,6 +19,7 @@ transaction: a consistent snapshot of the committed documents, even while a serv
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +27,7 @@ import sqlite3
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +39,8 @@ FIELDS = ("id", "text", "metadata")
 BEIR_FIELDS = ("_id", "title", "text", "metadata")
 BATCH_DOCUMENTS = 256  # per write: large enough to keep the model's batches full
 EXPORT_PAGE = 500
+EXPORT_FORMAT = 1  # the header's format: an import refuses a newer one
+HEADER, TRAILER = "rift_export", "rift_export_end"
 
 
 def document_text(title: str | None, text: str | None) -> str:
@@ -53,14 +62,22 @@ def parse_line(raw: str, line: int) -> ImportDocument | None:
     """One line of an import file as a document (None for a blank line); a RiftError names the line."""
     if not raw.strip():
         return None
+    return parse_value(_json(raw, line), line)
+
+
+def _json(raw: str, line: int) -> Any:
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RiftError(f"line {line}: not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise RiftError(f"line {line}: not JSON ({exc})") from None
     except RecursionError:
         raise RiftError(f"line {line}: not JSON (nested too deep)") from None
+
+
+def parse_value(value: Any, line: int) -> ImportDocument:
+    """A line's JSON value as a document; a RiftError names the line."""
     if not isinstance(value, dict):
         raise RiftError(f'line {line}: a JSON object such as {{"id": ..., "text": ...}} expected, got {_kind(value)}')
     beir = "_id" in value
@@ -92,19 +109,114 @@ def _kind(value: Any) -> str:
     )
 
 
-def read_lines(stream: IO[bytes]) -> Iterator[ImportDocument]:
-    """The documents of a JSON Lines byte stream (UTF-8, a BOM allowed), each with its line number."""
+@dataclass
+class ExportSeal:
+    """What a file's export header and trailer say, and what its document lines hold (`verify` compares them)."""
+
+    header: dict[str, Any] | None = None
+    trailer: dict[str, Any] | None = None
+    trailer_line: int = 0
+    documents: int = 0
+    lines: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def checked(self) -> bool:
+        """Whether the file could be checked for completeness (it has an export's header or trailer)."""
+        return self.header is not None or self.trailer is not None
+
+    def add(self, raw: bytes) -> None:
+        self.documents += 1
+        self.digest.update(raw.rstrip(b"\r\n") + b"\n")
+
+    def verify(self) -> None:
+        """Raise when the file is not the whole export its header and trailer describe."""
+        if self.header is not None and self.trailer is None:
+            raise RiftError(
+                f"the file looks cut short: {_documents(self.documents)} read (through line {self.lines:,}), and "
+                f"the {TRAILER} line that `rift export` writes last is missing (a full disk, an export stopped or a "
+                "copy cut part way?); nothing was imported: export the collection again (edited on purpose? "
+                f"remove its first line, the {HEADER} header, to import it unchecked)"
+            )
+        if self.trailer is None:
+            return
+        said, digest = self.trailer["documents"], self.digest.hexdigest()
+        if said != self.documents:
+            raise RiftError(
+                f"the file holds {_documents(self.documents)}, but its {TRAILER} line (line {self.trailer_line:,}) "
+                f"says the export wrote {said:,}: {'lines are missing' if self.documents < said else 'lines were added'}"
+                "; nothing was imported"
+            )
+        if self.trailer.get("sha256", digest) != digest:
+            raise RiftError(
+                f"the file's document lines are not those exported: their SHA-256 is {digest}, its {TRAILER} line "
+                f"(line {self.trailer_line:,}) says {self.trailer['sha256']} (a line changed after the export?); "
+                "nothing was imported"
+            )
+
+
+def _documents(n: int) -> str:
+    return f"{n:,} document{'' if n == 1 else 's'}"
+
+
+def read_lines(stream: IO[bytes], seal: ExportSeal | None = None, verify: bool = True) -> Iterator[ImportDocument]:
+    """The documents of a JSON Lines byte stream (UTF-8, a BOM allowed), each with its line number. An export's
+    header and trailer lines are read into `seal`, and with `verify` checked against the documents at the end."""
+    seal = seal if seal is not None else ExportSeal()
     for number, raw in enumerate(_raw_lines(stream), 1):
+        seal.lines = number
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RiftError(f"line {number}: not UTF-8 (byte {exc.start + 1})") from None
         if number == 1:
             text = text.removeprefix("\ufeff")
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         # Without its line end: JSON's error for a line cut short would name "line 2, column 1" of it.
-        doc = parse_line(text.rstrip("\r\n"), number)
-        if doc is not None:
-            yield doc
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            continue
+        value = _json(text, number)
+        if seal.trailer is not None:
+            raise RiftError(
+                f"line {number}: after the {TRAILER} line (line {seal.trailer_line}), which ends an export "
+                "(two exports joined in one file? import them one at a time)"
+            )
+        if isinstance(value, dict) and len(value) == 1 and (HEADER in value or TRAILER in value):
+            _marker(seal, value, number)
+            continue
+        doc = parse_value(value, number)
+        seal.add(raw)
+        yield doc
+    if verify:
+        seal.verify()
+
+
+def _marker(seal: ExportSeal, value: dict[str, Any], number: int) -> None:
+    if HEADER in value:
+        header = value[HEADER]
+        if seal.header is not None or seal.documents:
+            raise RiftError(
+                f"line {number}: a {HEADER} header, which only a file's first line holds (two exports joined in "
+                "one file? import them one at a time)"
+            )
+        if not isinstance(header, dict) or type(header.get("format")) is not int:
+            raise RiftError(f'line {number}: a {HEADER} header holds {{"format": <number>, ...}}')
+        if header["format"] != EXPORT_FORMAT:
+            raise RiftError(
+                f"line {number}: an export of format {header['format']}; this rift reads format {EXPORT_FORMAT} "
+                "(a newer rift wrote it: import it with that version)"
+            )
+        seal.header = header
+        return
+    trailer = value[TRAILER]
+    if (
+        not isinstance(trailer, dict)
+        or type(trailer.get("documents")) is not int
+        or not isinstance(trailer.get("sha256", ""), str)
+    ):
+        raise RiftError(f'line {number}: a {TRAILER} line holds {{"documents": <number>, "sha256": <hex>}}')
+    seal.trailer, seal.trailer_line = trailer, number
 
 
 def _raw_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -142,15 +254,16 @@ class ImportReport:
         }
 
 
-def check_file(settings: Any, stream: IO[bytes]) -> int:
-    """Check every line as `add_documents` would check it under `settings`, and that no two lines give one id;
-    returns the number of documents. Nothing is opened or written (a bad file must not start a store: that may
-    create a data dir, or re-embed one for a changed model)."""
+def check_file(settings: Any, stream: IO[bytes]) -> ExportSeal:
+    """Check every line as `add_documents` would check it under `settings`, that no two lines give one id, and
+    an export's trailer (a file cut short is refused); returns what was read (`.documents`: how many; `.checked`:
+    whether the file could be checked for completeness). Nothing is opened or written (a bad file must not start
+    a store: that may create a data dir, or re-embed one for a changed model)."""
     seen: dict[str, int] = {}
-    count = 0
+    seal = ExportSeal()
     # A document longer than one call takes could never be written: refused here, before any line is stored.
     per_call = settings.max_chars_per_call
-    for doc in read_lines(stream):
+    for doc in read_lines(stream, seal):
         doc_id, text, _ = _validated(settings, doc)
         if len(text) > per_call:
             raise RiftError(
@@ -161,8 +274,7 @@ def check_file(settings: Any, stream: IO[bytes]) -> int:
             what = doc.id_field if doc.doc_id is not None else "text (a line without an id gets its text's hash as id)"
             raise RiftError(f"line {doc.line}: its {what} {doc_id!r} is also line {seen[doc_id]}'s")
         seen[doc_id] = doc.line
-        count += 1
-    return count  # (0: an export of an empty collection, which imports as one)
+    return seal  # (0 documents: an export of an empty collection, which imports as one)
 
 
 def _validated(settings: Any, doc: ImportDocument) -> tuple[str, str, dict[str, Any]]:
@@ -190,7 +302,7 @@ def import_documents(
     check_collection_name(collection)
     settings = rift.engine().settings
     report = ImportReport(collection)
-    report.documents = checked if checked is not None else check_file(settings, stream)
+    report.documents = checked if checked is not None else check_file(settings, stream).documents
     stream.seek(0)
     limit_docs = min(BATCH_DOCUMENTS, settings.max_documents_per_call)
     batch: list[ImportDocument] = []
@@ -222,7 +334,7 @@ def import_documents(
         if progress is not None:
             progress(report)
 
-    for doc in read_lines(stream):
+    for doc in read_lines(stream, verify=False):  # (checked above)
         size = len(doc.text)
         if batch and (len(batch) >= limit_docs or chars + size > settings.max_chars_per_call):
             write()
@@ -318,7 +430,8 @@ def export_documents(
     conn: sqlite3.Connection, collection: str, filters: Mapping[str, Any] | None, out: IO[str]
 ) -> int:
     """Write the collection's documents (or those matching `filters`, as `list_documents` matches them) to `out`
-    as JSON Lines, by id, from one snapshot of the state; returns how many."""
+    as JSON Lines, by id, from one snapshot of the state, between a header line and a trailer line that holds
+    their count and SHA-256 (written last: a file without it is not whole); returns how many."""
     node = parse_filters(filters)
     conn.execute("BEGIN")  # one snapshot: pages read later see no write committed after the first
     try:
@@ -326,7 +439,11 @@ def export_documents(
         if collection not in names:
             there = f"the collections are {', '.join(names)}" if names else "there is none yet"
             raise NotFoundError(f"collection {collection!r} does not exist ({there})")
-        count, after = 0, ""
+        header: dict[str, Any] = {"format": EXPORT_FORMAT, "collection": collection}
+        if filters:
+            header["filters"] = dict(filters)
+        out.write(_line({HEADER: header}))
+        count, after, digest = 0, "", hashlib.sha256()
         known: set[str] = set()  # fields the documents read have: a filter naming others matched nothing for that
         while True:
             rows = conn.execute(
@@ -340,6 +457,7 @@ def export_documents(
                     problem = unknown_fields_problem(node, known, collection)
                     if problem:
                         raise RiftError(problem)
+                out.write(_line({TRAILER: {"documents": count, "sha256": digest.hexdigest()}}))
                 return count
             after = rows[-1][0]
             metadatas = [json.loads(m) for _, _, m in rows]
@@ -352,7 +470,9 @@ def export_documents(
                 if ok:
                     # Keys in one order: a process that read a document back from a Chroma server holds them in
                     # Chroma's, and the same collection exports the same file from any process.
-                    out.write(_line({"id": doc_id, "text": text, "metadata": dict(sorted(metadata.items()))}))
+                    line = _line({"id": doc_id, "text": text, "metadata": dict(sorted(metadata.items()))})
+                    out.write(line)
+                    digest.update(line.encode("utf-8"))
                     count += 1
     except sqlite3.Error as exc:
         _unchanged(conn)  # ("database disk image is malformed" from a torn read names the wrong cause)
