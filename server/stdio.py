@@ -2,16 +2,21 @@
 JSON to its parser, such as a lone surrogate escape or nesting past its depth, or not a JSON-RPC message) to
 the server as an exception, which the server only logs: the client waits for an answer that never comes.
 Here such a line gets the JSON-RPC error the specification asks for (-32700 parse error, -32600 invalid
-request), with the request's id wherever it can be found, so the client's call fails at once and says why."""
+request), with the request's id wherever it can be found, so the client's call fails at once and says why.
+The SDK also reads stdin with errors="replace", so a line that is not valid UTF-8 reached the tools with U+FFFD
+in place of its bytes, and was stored so; here stdin is read keeping those bytes (surrogateescape), which the
+parser refuses, and the line is answered with -32700 naming the first bad byte."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
+from mcp.server import stdio as sdk_stdio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
@@ -86,12 +91,33 @@ def echoable_id(value: Any) -> str | int | None:
     return value
 
 
+def not_utf8(line: str) -> str | None:
+    """What is wrong with a line read with errors="surrogateescape" whose bytes were not valid UTF-8 (its bad
+    bytes became U+DC80..U+DCFF, which valid UTF-8 never decodes to); None when they were valid."""
+    try:
+        raw = line.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None  # a surrogate no byte became: not from the transport's decoding
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{raw[exc.start]:02x} at offset {exc.start}: {exc.reason}"
+    return None
+
+
 def answer_to_unreadable(exc: Exception) -> JSONRPCError | None:
     """The error reply to a line the transport could not turn into a message; None where no reply is due (a
     malformed notification or response: nothing waits for an answer to those)."""
     if not isinstance(exc, ValidationError):
         return None
     errors = exc.errors(include_url=False)
+    for e in errors:  # the parser refuses the bytes that were not UTF-8, kept as surrogate escapes
+        raw = e.get("input")
+        problem = not_utf8(raw) if e["type"] == "string_unicode" and isinstance(raw, str) else None
+        if problem is not None:
+            return _error(
+                request_id_of(raw), PARSE_ERROR, f"Parse error: the request line is not valid UTF-8 ({problem})"
+            )
     unreadable = next((e for e in errors if e["type"] == "json_invalid"), None)
     if unreadable is not None:  # not JSON the SDK's parser reads
         raw = unreadable.get("input")
@@ -164,10 +190,22 @@ class AnsweringReadStream:
 
 
 async def serve_stdio(lowlevel_server: Any) -> None:
-    """Serve one MCP session on stdin/stdout (the SDK's transport: stdout claimed for the protocol)."""
-    async with stdio_server() as (read_stream, write_stream):
-        await lowlevel_server.run(
-            AnsweringReadStream(read_stream, write_stream),
-            write_stream,
-            lowlevel_server.create_initialization_options(),
-        )
+    """Serve one MCP session on stdin/stdout (the SDK's transport: stdin and stdout claimed for the protocol,
+    fd 0 pointing at the null device and fd 1 at stderr meanwhile). stdin is claimed here with the SDK's own
+    claim, as its transport does, but read keeping bytes that are not UTF-8 rather than replacing them (an
+    explicit stdin skips the transport's own claim of fd 0). These are the SDK's private names:
+    tests/test_stdio_server.py fails if they move."""
+    stdin_buffer, release_stdin = sdk_stdio._claim_fd(  # noqa: SLF001
+        0, sys.stdin, "rb", sdk_stdio._open_stdin_diversion  # noqa: SLF001
+    )
+    try:
+        text = sdk_stdio._UnownedTextWrapper(stdin_buffer, encoding="utf-8", errors="surrogateescape")  # noqa: SLF001
+        async with stdio_server(stdin=anyio.wrap_file(text)) as (read_stream, write_stream):
+            await lowlevel_server.run(
+                AnsweringReadStream(read_stream, write_stream),
+                write_stream,
+                lowlevel_server.create_initialization_options(),
+            )
+    finally:
+        if release_stdin is not None:
+            release_stdin()

@@ -350,3 +350,69 @@ def test_eof_while_the_model_loads_exits_at_once_and_frees_the_data_dir(tmp_path
     finally:
         second.kill()
         second.wait()
+
+
+def test_a_line_that_is_not_utf8_is_answered_and_nothing_is_stored(tmp_path: Path, tiny_model_path: Path) -> None:
+    """The SDK's transport read stdin with errors="replace": a line whose bytes were not UTF-8 reached
+    add_documents with U+FFFD in their place, and the altered text was stored (found by helper CG). Such a line
+    is answered with -32700 naming the first bad byte, with the request's id; nothing is stored and the session
+    goes on. fd 0 still points at the null device while the server runs (the SDK's claim of it, which rift's
+    own reading of stdin keeps), and valid UTF-8, a real U+FFFD included, is stored as sent."""
+    env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        proc = subprocess.Popen([RIFT, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def ask(raw: bytes, msg_id: int | str | None) -> dict:
+            proc.stdin.write(raw + b"\n")
+            proc.stdin.flush()
+            while True:
+                line = proc.stdout.readline()
+                assert line, (tmp_path / "stderr.log").read_text()[-3000:]
+                message = json.loads(line)
+                if message.get("id") == msg_id:
+                    return message
+
+        def call(msg_id: int, tool: str, arguments: dict) -> dict:
+            params = {"name": tool, "arguments": arguments}
+            return ask(rpc(msg_id, "tools/call", params).encode().rstrip(b"\n"), msg_id)
+
+        hello = {
+            "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        }
+        ask(rpc(1, "initialize", hello).encode(), 1)
+        proc.stdin.write(rpc(None, "notifications/initialized").encode())
+        if Path(f"/proc/{proc.pid}/fd/0").exists():  # Linux: the descriptors as the SDK's claim leaves them
+            assert os.readlink(f"/proc/{proc.pid}/fd/0") == os.devnull
+            assert os.readlink(f"/proc/{proc.pid}/fd/1") == str(tmp_path / "stderr.log")
+
+        head = b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add_documents","arguments":'
+        bad = head + b'{"documents":[{"id":"l1","text":"caf\xe9 \xff\xfe"}]}}}'
+        reply = ask(bad, 3)
+        assert reply["error"]["code"] == -32700, reply
+        offset = bad.index(b"\xe9")
+        assert reply["error"]["message"] == (
+            f"Parse error: the request line is not valid UTF-8 (byte 0xe9 at offset {offset}: invalid continuation byte)"
+        )
+        # A truncated sequence, an encoded surrogate, an overlong encoding; a bad byte in a string id (id null).
+        for n, text in enumerate([b"caf\xc3", b"\xed\xa0\xbd\xed\xb8\x80", b"\xc0\xaf"]):
+            line = head.replace(b'"id":3', b'"id":%d' % (4 + n)) + b'{"documents":[{"text":"' + text + b'"}]}}}'
+            reply = ask(line, 4 + n)
+            assert reply["error"]["code"] == -32700 and "not valid UTF-8" in reply["error"]["message"], reply
+        bad_id = b'{"jsonrpc":"2.0","id":"r\xff","method":"ping"}'
+        reply = ask(bad_id, None)
+        assert reply["error"]["code"] == -32700, reply
+        at = bad_id.index(b"\xff")
+        assert f"byte 0xff at offset {at}: invalid start byte" in reply["error"]["message"], reply
+
+        # Nothing was stored; the session goes on, and valid UTF-8 is stored as sent.
+        assert call(9, "get_document", {"doc_id": "l1"})["result"]["isError"] is True
+        assert sum(c["documents"] for c in call(10, "stats", {})["result"]["structuredContent"]["collections"]) == 0
+        text = "caf\u00e9 \ufffd \u2615 \U0001f600"
+        assert call(11, "add_documents", {"documents": [{"id": "l1", "text": text}]})["result"]["isError"] is False
+        got = call(12, "get_document", {"doc_id": "l1"})["result"]["structuredContent"]
+        assert got["text"] == text
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
