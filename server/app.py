@@ -34,6 +34,7 @@ from tools.resources import (
     NOT_PATHS,
     handle_completion,
     handle_list_resources,
+    percent_encoding_problem,
     read_document,
 )
 
@@ -125,6 +126,13 @@ class RiftMCPServer(MCPServer):
         if problem is not None:
             raise MCPError(code=INVALID_PARAMS, message=problem)
         return await super().get_prompt(name, arguments, context)
+
+    async def read_resource(self, uri: Any, context: Context | None = None) -> Any:
+        # The SDK decodes a URI's escapes leniently (U+FFFD for bytes that are not UTF-8): refuse those instead.
+        problem = percent_encoding_problem(str(uri))
+        if problem is not None:
+            raise MCPError(code=INVALID_PARAMS, message=problem, data={"uri": str(uri)})
+        return await super().read_resource(uri, context)
 
     async def _handle_list_resources(self, ctx: Any, params: Any) -> ListResourcesResult:
         # The SDK lists only resources registered one by one, on one page; rift's documents are many and

@@ -125,6 +125,30 @@ async def test_bad_uris_and_cursors_get_clear_errors(cfg: Settings) -> None:
         assert [r.name for r in (await client.list_resources()).resources] == ["doc"]
 
 
+async def test_percent_escapes_that_are_not_utf8_are_refused(cfg: Settings) -> None:
+    """The SDK's template matching decodes a URI's escapes with errors="replace": `caf%E9` read the document
+    whose id is "caf\ufffd", and another id's error quoted the mojibake (found by helper CG). Such a URI is
+    refused, naming the escape; a real U+FFFD, sent as its UTF-8 escapes, still reads its document."""
+    async with Client(create_server(cfg), raise_exceptions=False) as client:
+        await add(client, "default", [{"id": "caf\ufffd", "text": "the replacement-char document"}])
+        for uri, escape in [
+            ("rift://documents/default/caf%E9", "%E9"),
+            ("rift://documents/default/caf%ff", "%ff"),
+            ("rift://documents/default/caf%C3", "%C3"),  # a truncated sequence
+            ("rift://documents/default/a%C3%A9b%ED%A0%80", "%ED"),  # an encoded surrogate, after a good é
+            ("rift://documents/caf%E9/doc", "%E9"),
+        ]:
+            at = uri.index(escape)
+            with pytest.raises(MCPError) as err:
+                await client.read_resource(uri)
+            assert err.value.error.code == INVALID_PARAMS, uri
+            assert err.value.error.message.startswith("uri: percent-encoding is not UTF-8"), err.value.error.message
+            assert f"({escape} at character {at}:" in err.value.error.message, err.value.error.message
+            assert "\ufffd" not in err.value.error.message
+        read = await client.read_resource("rift://documents/default/caf%EF%BF%BD")
+        assert read.contents[0].text == "the replacement-char document"
+
+
 async def test_completion_of_collections_and_doc_ids(cfg: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resources, "COMPLETION_LIMIT", 2)
     ref = ResourceTemplateReference(type="ref/resource", uri=resources.DOCUMENT_TEMPLATE)

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -55,8 +56,23 @@ MAX_CURSOR = 16_384  # characters; a real cursor (two names, JSON-escaped, base6
 NOT_PATHS = ResourceSecurity(exempt_params={"collection", "doc_id"})
 
 
+PERCENT_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
 def document_uri(collection: str, doc_id: str) -> str:
     return f"rift://documents/{quote(collection, safe='')}/{quote(doc_id, safe='')}"
+
+
+def percent_encoding_problem(uri: str) -> str | None:
+    """What is wrong with a URI whose percent-escapes do not decode as UTF-8; None when they do. The SDK's
+    template matching decodes them with errors="replace", so `caf%E9` named the document "caf\ufffd"."""
+    for run in PERCENT_ESCAPES.finditer(uri):
+        try:
+            bytes.fromhex(run.group().replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            at = run.start() + 3 * exc.start
+            return f"uri: percent-encoding is not UTF-8 ({uri[at : at + 3]} at character {at}: {exc.reason})"
+    return None
 
 
 async def _call(what: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
