@@ -189,23 +189,41 @@ class AnsweringReadStream:
         await self.aclose()
 
 
+# The SDK's private names rift claims stdin with (mcp 2.3's mcp/server/stdio.py).
+SDK_STDIN_CLAIM = ("_claim_fd", "_open_stdin_diversion", "_UnownedTextWrapper")
+
+
 async def serve_stdio(lowlevel_server: Any) -> None:
     """Serve one MCP session on stdin/stdout (the SDK's transport: stdin and stdout claimed for the protocol,
     fd 0 pointing at the null device and fd 1 at stderr meanwhile). stdin is claimed here with the SDK's own
     claim, as its transport does, but read keeping bytes that are not UTF-8 rather than replacing them (an
-    explicit stdin skips the transport's own claim of fd 0). These are the SDK's private names:
-    tests/test_stdio_server.py fails if they move."""
-    stdin_buffer, release_stdin = sdk_stdio._claim_fd(  # noqa: SLF001
-        0, sys.stdin, "rb", sdk_stdio._open_stdin_diversion  # noqa: SLF001
-    )
+    explicit stdin skips the transport's own claim of fd 0). These are the SDK's private names: should a later
+    SDK 2.x move them, the server still starts, on the SDK's own reading of stdin (bytes that are not UTF-8
+    then arrive as U+FFFD), and says so on stderr; tests/test_stdio_server.py fails if they move."""
+    names = SDK_STDIN_CLAIM
+    claim, divert, wrapper = (getattr(sdk_stdio, name, None) for name in names)
+    if claim is None or divert is None or wrapper is None:
+        log.warning(
+            "this MCP SDK's stdio transport lacks %s: request lines that are not UTF-8 are read with U+FFFD "
+            "in place of their bytes instead of being refused",
+            ", ".join(n for n in names if getattr(sdk_stdio, n, None) is None),
+        )
+        async with stdio_server() as (read_stream, write_stream):
+            await _run(lowlevel_server, read_stream, write_stream)
+        return
+    stdin_buffer, release_stdin = claim(0, sys.stdin, "rb", divert)
     try:
-        text = sdk_stdio._UnownedTextWrapper(stdin_buffer, encoding="utf-8", errors="surrogateescape")  # noqa: SLF001
+        text = wrapper(stdin_buffer, encoding="utf-8", errors="surrogateescape")
         async with stdio_server(stdin=anyio.wrap_file(text)) as (read_stream, write_stream):
-            await lowlevel_server.run(
-                AnsweringReadStream(read_stream, write_stream),
-                write_stream,
-                lowlevel_server.create_initialization_options(),
-            )
+            await _run(lowlevel_server, read_stream, write_stream)
     finally:
         if release_stdin is not None:
             release_stdin()
+
+
+async def _run(lowlevel_server: Any, read_stream: Any, write_stream: Any) -> None:
+    await lowlevel_server.run(
+        AnsweringReadStream(read_stream, write_stream),
+        write_stream,
+        lowlevel_server.create_initialization_options(),
+    )

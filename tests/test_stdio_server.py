@@ -416,3 +416,43 @@ def test_a_line_that_is_not_utf8_is_answered_and_nothing_is_stored(tmp_path: Pat
         assert got["text"] == text
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0
+
+
+# `rift serve` on an MCP SDK whose stdio transport has moved the private names rift claims stdin with.
+SDK_WITHOUT_CLAIM = """
+import server.stdio
+server.stdio.SDK_STDIN_CLAIM = ("_claim_fd_moved", "_open_stdin_diversion", "_UnownedTextWrapper")
+from server.cli import main
+main(["serve"])
+"""
+
+
+def test_the_server_still_serves_when_the_sdk_moves_its_stdin_claim(tmp_path: Path, tiny_model_path: Path) -> None:
+    """rift reads stdin through the SDK's private claim so that bytes that are not UTF-8 are refused; a later
+    SDK 2.x (the pin allows one) may move those names. The server must then still serve, on the SDK's own
+    reading of stdin, and say on stderr what it lost, rather than fail to start."""
+    env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
+    hello = {
+        "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    }
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SDK_WITHOUT_CLAIM], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+            text=True, env=env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(rpc(1, "initialize", hello) + rpc(None, "notifications/initialized"))
+            proc.stdin.write(rpc(2, "tools/call", {"name": "stats", "arguments": {}}))
+            proc.stdin.flush()
+            replies = [json.loads(proc.stdout.readline()) for _ in range(2)]
+            assert [r.get("id") for r in replies] == [1, 2] and replies[1]["result"]["isError"] is False, replies
+            proc.stdin.close()
+            assert proc.wait(timeout=60) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert "lacks _claim_fd_moved" in stderr and "U+FFFD" in stderr, stderr[-3000:]
