@@ -246,7 +246,7 @@ class Rift:
                 from server.engine.engine import Engine
                 from server.engine.models import resolve_model
                 from server.engine.state_store import StateStore
-                from server.engine.vector_store import VectorStore
+                from server.engine.vector_store import VectorStore, close_client
 
             s = self.settings
             self.log = _open_query_log(s.log_db, s.log_max_queries)
@@ -282,9 +282,12 @@ class Rift:
                         # it and opens again (the repairs are written to survive a crash at any point, so an
                         # open cut short is finished by the next one), rather than failing every call until a
                         # restart.
+                        lost = client
                         client = self._chroma_lost_while_opening(engine, exc)
+                        close_client(lost)
             except BaseException:
                 state.close()
+                close_client(client)  # (an embedded store's System would otherwise stay cached: see close_client)
                 raise
             self._engine = engine
             from server.learning.manager import LearningManager
@@ -332,7 +335,7 @@ class Rift:
     def _chroma_client(self) -> Any:
         """Chroma's client. A server whose Chroma server does not answer keeps trying until it does, and
         starts then (tool calls meanwhile answer at once with why); a CLI command fails at once."""
-        from server.engine.vector_store import ChromaUnreachable, make_client
+        from server.engine.vector_store import ChromaUnreachable, close_client, make_client
 
         if not self._background or self.settings.vector_backend != "http":
             return make_client(self.settings)
@@ -342,6 +345,7 @@ class Rift:
             try:
                 client = make_client(self.settings)
                 if self._stopping.is_set():  # closed meanwhile (close() gave up waiting): start nothing
+                    close_client(client)
                     raise WaitAbandoned("closed while waiting for the Chroma server")
                 if self._waiting is not None:
                     log.warning("the Chroma server answers: starting")
@@ -366,6 +370,7 @@ class Rift:
         from server.engine.vector_store import (
             ChromaUnreachable,
             chroma_server_problem,
+            close_client,
             damaged_store,
             make_client,
         )
@@ -379,7 +384,7 @@ class Rift:
         if problem is None or not self._background or self.settings.vector_backend != "http":
             raise exc
         try:
-            make_client(self.settings)  # (its heartbeat)
+            close_client(make_client(self.settings))  # (its heartbeat)
         except ChromaUnreachable:
             pass  # gone: wait for it
         else:
@@ -638,6 +643,9 @@ class Rift:
                     except Exception:
                         log.warning("announcing owed writes failed; the next start announces them", exc_info=True)
                 self._engine.state.close()
+                # Chroma's client too: embedded Chroma keeps each store's System for the whole process, and
+                # rift opened again here would read the store as it was (see vector_store.close_client).
+                self._engine.vectors.close()
             finally:
                 if held:
                     self._engine._write_lock.release()

@@ -773,3 +773,58 @@ def test_a_lost_state_database_of_an_older_chunker_still_re_cuts_its_code(cfg: S
         assert app.repair_report["rechunked"] == {"default": 1}  # the Python file alone
     finally:
         app.close()
+
+
+WRITE_ELSEWHERE = """
+import sys
+from server.config import Settings
+from server.engine.engine import DocumentInput
+from server.service import Rift
+
+settings = Settings(data_dir=sys.argv[1], model=sys.argv[2], chunk_tokens=48, chunk_overlap=8)
+app = Rift(settings).start(background=False)
+app.delete_documents("default", ["x0", "x2"])
+app.add_documents("default", [DocumentInput(text=f"yankee {i} apples text", id=f"y{i}") for i in range(4)])
+app.close()
+"""
+
+
+def test_reopening_in_the_same_process_sees_what_another_process_wrote(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Embedded Chroma keeps one System per path for the whole process, and a client made later for that path
+    reuses it: rift closed and opened again in one process (a library user, the tests) searched the vectors
+    as this process last saw them, missing what another process added meanwhile. Closing rift now closes
+    its Chroma client, and the next open reads the store afresh. Another data dir open meanwhile in this
+    process is left alone, and reopening after a same-process close still works."""
+    cfg = make_settings(tmp_path / "data", tiny_model_path, exact_search_max_chunks=0)  # (Chroma's own search)
+    other = open_rift(make_settings(tmp_path / "other", tiny_model_path, exact_search_max_chunks=0))
+    try:
+        other.add_documents("default", docs(("o", "oscar apples orchard")))
+        app = open_rift(cfg)
+        try:
+            app.add_documents("default", docs(*[(f"x{i}", f"xray {i} apples words") for i in range(4)]))
+            assert sorted(ids(app.search("default", "apples", k=20, mode="vector").outcome.hits)) == [
+                "x0", "x1", "x2", "x3"
+            ]
+        finally:
+            app.close()
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(WRITE_ELSEWHERE), str(cfg.data_dir), cfg.model],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        expected = ["x1", "x3", "y0", "y1", "y2", "y3"]
+        for _ in range(2):  # written elsewhere, then closed and opened again here
+            app = open_rift(cfg)
+            try:
+                assert sorted(ids(app.search("default", "apples", k=20, mode="vector").outcome.hits)) == expected
+                assert {c.rsplit("::", 2)[0] for c in consistent(index_state(app))} == set(expected)
+            finally:
+                app.close()
+        # the other data dir's rift, open all along, still reads and writes its store
+        other.add_documents("default", docs(("p", "papa apples pears")))
+        assert sorted(ids(other.search("default", "apples", k=20, mode="vector").outcome.hits)) == ["o", "p"]
+    finally:
+        other.close()

@@ -53,7 +53,7 @@ from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokeniz
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
-from server.engine.vector_store import VectorStore, chroma_not_answering, chroma_server_problem
+from server.engine.vector_store import VectorStore, chroma_not_answering, chroma_server_problem, close_client
 from server.engine.versions import content_hash, same_float
 from server.errors import NotFoundError, RiftError
 
@@ -735,44 +735,52 @@ class Engine:
                 collection,
             )
         self._restored[collection] = len(lost)
-        local = self._local_chroma_collection(collection, chroma_name)
+        local_client, local = self._local_chroma_collection(collection, chroma_name)
         copied = 0
-        for start in range(0, len(lost), 500):
-            rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
-            held = _vectors_of(local, [r.chunk_id for r in rows], embedder.dimension) if local else {}
-            if held:
-                found = [r for r in rows if r.chunk_id in held]
-                self._upsert_rows(chroma_name, found, np.asarray([held[r.chunk_id] for r in found]))
-                copied += len(found)
-            self._embed_into(chroma_name, [r for r in rows if r.chunk_id not in held], embedder)
+        try:
+            for start in range(0, len(lost), 500):
+                rows = list(self.state.chunks_by_id(collection, lost[start : start + 500]).values())
+                held = _vectors_of(local, [r.chunk_id for r in rows], embedder.dimension) if local else {}
+                if held:
+                    found = [r for r in rows if r.chunk_id in held]
+                    self._upsert_rows(chroma_name, found, np.asarray([held[r.chunk_id] for r in found]))
+                    copied += len(found)
+                self._embed_into(chroma_name, [r for r in rows if r.chunk_id not in held], embedder)
+        finally:
+            if local_client is not None:  # (its store's System would stay cached for the process otherwise)
+                close_client(local_client)
         if copied:
             self._copied[collection] = copied
             log.warning("copied %d of those vectors from the embedded store %s", copied, self.settings.chroma_dir)
         return have | set(lost)
 
-    def _local_chroma_collection(self, collection: str, chroma_name: str) -> Any:
+    def _local_chroma_collection(self, collection: str, chroma_name: str) -> tuple[Any, Any]:
         """With a Chroma server, the embedded store this data dir used before (`data_dir/chroma`), when it holds
         `chroma_name`: a store moved to a server then copies its vectors instead of embedding every chunk
         again (over an hour on a CPU for 100K chunks). The collection's name carries the model version, and a
         chunk id its document version's hash (text, metadata, chunking) and its place, so a vector found there
-        is the one the model made of that chunk."""
+        is the one the model made of that chunk. Returns (client, collection), (None, None) when there is
+        none; the caller closes the client."""
         folder = self.settings.chroma_dir
         if self.shared is None or not (folder / "chroma.sqlite3").is_file():
-            return None
+            return None, None
         # Only at the move itself (the first start on a server), and not when the configured model's weights
         # changed meanwhile: the embedded store keeps vectors that later drops and rewrites reach only on the
         # server, under the same names.
         if collection not in self._moving or self._weights_changed:
-            return None
+            return None, None
+        client = None
         try:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
 
             client = chromadb.PersistentClient(path=str(folder), settings=ChromaSettings(anonymized_telemetry=False))
-            return client.get_collection(chroma_name)
+            return client, client.get_collection(chroma_name)
         except Exception as exc:  # no such collection, or an unreadable store: embed instead
             log.debug("no vectors to copy from %s for %s: %s", folder, chroma_name, exc)
-            return None
+            if client is not None:
+                close_client(client)
+            return None, None
 
     def _refuse_repair(self, collection: str, chunks: int, docs: int) -> None:
         if collection in self._moving:

@@ -93,6 +93,40 @@ def make_client(settings: Settings) -> Any:
         raise damaged from None
 
 
+def close_client(client: Any) -> None:
+    """Let go of a Chroma client made by `make_client` (or any chromadb client); never raises.
+
+    Chroma keeps one System per embedded store path for the whole process (SharedSystemClient's
+    `_identifier_to_system`), and a PersistentClient made later for that path reuses it, with the HNSW indexes
+    it read then: rift closed and opened again in one process (a library user, the tests) searched the store as
+    this process last saw it, missing what another process wrote meanwhile. Client.close() (public; 1.5.9 has
+    it) drops this client's reference and, at the last one, stops that path's System and forgets it, leaving
+    every other path's alone (chromadb's clear_system_cache() forgets all of them, also a store another rift in
+    this process has open: not used). A chromadb without it, or whose close() stops the System but keeps it
+    cached, gets the same by hand below."""
+    closed = False
+    close = getattr(client, "close", None)
+    if callable(close):
+        try:
+            close()
+            closed = True
+        except Exception as exc:
+            log.debug("closing Chroma's client failed: %s", exc)
+    try:  # the fallback: private state, so any change in it just leaves the System cached (as before)
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        identifier = getattr(client, "_identifier", None)
+        systems = SharedSystemClient._identifier_to_system
+        counts = getattr(SharedSystemClient, "_identifier_to_refcount", None)
+        # (with reference counts, a System still cached is still used by another client of that path: keep it)
+        if identifier in systems and (counts is None or identifier not in counts):
+            system = systems.pop(identifier)
+            if not closed:
+                system.stop()
+    except Exception as exc:
+        log.debug("could not release Chroma's cached System: %s", exc)
+
+
 # What embedded Chroma says of a damaged file: its SQLite database, or an HNSW segment's files (a kill while
 # Chroma rewrote index_metadata.pickle in place left it cut short, and every command then failed with
 # "Error constructing hnsw segment reader: ... Error deserializing pickle file"; found by helper BL).
@@ -326,6 +360,12 @@ class VectorStore:
     @property
     def client(self) -> Any:
         return self._client
+
+    def close(self) -> None:
+        """Close Chroma's client (see `close_client`): this store's handles are unusable afterwards."""
+        with self._lock:
+            self._collections.clear()
+            close_client(self._client)
 
     def forget(self, name: str) -> None:
         """Drop the cached handle: another process may have deleted and re-created the collection."""
