@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, CompleteRequestParams, ListResourcesResult, TextContent
 from pydantic import ConfigDict, ValidationError, model_validator
@@ -25,7 +26,7 @@ from server.config import Settings
 from server.service import DataDirLock, Rift
 from server.wire import read_ids_strictly
 from tools import ALL_TOOLS
-from tools._arguments import quoted, refuse_unknown_keys
+from tools._arguments import describe_invalid, quoted, refuse_unknown_keys
 from tools._common import ToolSpec
 from tools.prompts import ASK, IMPROVE, ask, improve_search, prompt_problem
 from tools.resources import (
@@ -99,9 +100,20 @@ class RiftMCPServer(MCPServer):
             # isError result; the SDK's "Unknown tool" also quoted the name whole.
             known = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
             raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {quoted(name)}; the tools are {known}")
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # Arguments the tool's model refused (the SDK raises exactly ToolError from the ValidationError; a
+            # tool's own ToolError has its ToolError as cause): the SDK passed on pydantic's text, "1 validation
+            # error for add_documents arguments\ndocuments.0\n  Input should be a valid dictionary or instance
+            # of DocumentIn [type=model_type, input_value=None, input_type=NoneType]". One line per problem
+            # instead, as rift's own errors word them: "documents[0]: must be an object, got null".
+            if type(exc) is ToolError and isinstance(exc.__cause__, ValidationError):
+                problems = describe_invalid(exc.__cause__)
+                raise ToolError(f"Error executing tool {name}: {problems}") from exc.__cause__
+            raise
         # The SDK writes a result's text as JSON indented by 2: about 30 % of a search's text was whitespace,
         # which an agent pays for in context on every call. Same JSON, same structured content.
-        result = await super().call_tool(name, arguments, context)
         if (
             isinstance(result, CallToolResult)
             and not result.is_error
@@ -229,7 +241,8 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     tool = server._tool_manager.get_tool(name)  # noqa: SLF001
     assert tool is not None, name
     loose = tool.fn_metadata.arg_model
-    # The title names the tool in validation errors ("1 validation error for delete_documents arguments").
+    # The title names the tool in pydantic's own text ("1 validation error for delete_documents arguments"),
+    # which call_tool rewords for the agent (describe_invalid).
     config = ConfigDict(**loose.model_config, extra="forbid", strict=True, title=f"{name} arguments")
     integers = _integer_fields(loose.model_json_schema())
 

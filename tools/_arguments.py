@@ -1,12 +1,14 @@
 """Names from a request, as an error quotes them: a 100,000-character key or tool name must not come back whole
-into an agent's context (pydantic's own "Extra inputs are not permitted" names the key in full)."""
+into an agent's context (pydantic's own "Extra inputs are not permitted" names the key in full); and a tool
+call's argument errors, as rift words them rather than pydantic."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 MAX_QUOTED = 100
 
@@ -36,3 +38,101 @@ def refuse_unknown_keys(model: type[BaseModel], data: Any, what: str, kind: str 
         takes = ", ".join(sorted(model.model_fields)) or "none"
         raise ValueError(f"{what} has no {kind} {quoted_list(map(str, unknown))}; it takes {takes}")
     return data
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, as an error names what it got ("null", not "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def argument_path(loc: Iterable[Any]) -> str:
+    """A pydantic error location as rift's own errors write it: documents[0].metadata.lang."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = str(part)
+            name = name if len(name) <= MAX_QUOTED else name[:MAX_QUOTED] + "…"
+            out += f".{name}" if out else name
+    return out
+
+
+# What a type error wanted, in JSON's words (pydantic: "a valid dictionary or instance of DocumentIn").
+_WANTED = {
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dict_type": "an object",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "set_type": "an array",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "none_required": "null",
+}
+MAX_PROBLEMS = 10  # lines of one error message; the rest are counted
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in _WANTED:
+        return f"must be {_WANTED[kind]}, got {json_type(value)}"
+    if kind == "missing":
+        return "missing (required)"
+    if kind == "extra_forbidden":
+        return "is not a known name"
+    if kind == "literal_error":
+        got = quoted(value) if isinstance(value, str) else json_type(value)
+        return f"must be {ctx.get('expected')}, got {got}"
+    if kind in ("too_short", "too_long"):
+        least = kind == "too_short"
+        bound = ctx["min_length"] if least else ctx["max_length"]
+        items = "item" if bound == 1 else "items"
+        got = ctx.get("actual_length")
+        return f"must have at {'least' if least else 'most'} {bound:,} {items}" + (f", got {got:,}" if got is not None else "")
+    if kind == "string_too_short":
+        least = ctx["min_length"]
+        return "must not be empty" if least == 1 else f"must have at least {least:,} characters"
+    if kind == "string_too_long" and isinstance(value, str):
+        return f"is {len(value):,} characters; the limit is {ctx['max_length']:,}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):  # a validator's own words
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    # Bounds and the rest: "Input should be less than or equal to 20" -> "must be less than or equal to 20".
+    message = re.sub(r"^(Input|Value|String|List|Dictionary|Object) should", "must", message)
+    return re.sub(r" or instance of \w+", "", message.replace("a valid dictionary", "an object"))
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A tool call's argument errors, one line each, `path: problem`, for the agent that sent them: rift's path
+    style (documents[0].text), JSON's type names, and no pydantic internals (error codes, Python class and type
+    names, the rejected value itself, which may be long or the caller's data)."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        path = argument_path(error["loc"])
+        line = f"{path}: {_problem(error)}" if path else _problem(error)
+        if line not in lines:
+            lines.append(line)
+    more = f"\n… and {len(lines) - MAX_PROBLEMS} more" if len(lines) > MAX_PROBLEMS else ""
+    return "\n".join(lines[:MAX_PROBLEMS]) + more

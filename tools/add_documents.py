@@ -19,19 +19,16 @@ from pydantic import (
 )
 
 from server.engine.engine import DocumentInput
-from tools._arguments import refuse_unknown_keys
+from tools._arguments import json_type, refuse_unknown_keys
 from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, progress_reporter, rift_of
 from tools.resources import announcing
-
-JSON_TYPE_NAMES = {type(None): "null", list: "array", dict: "object", tuple: "array"}
 
 
 def _scalar_only(value: Any) -> Any:
     # One clear error instead of pydantic's four union-member failures.
     if isinstance(value, str | bool | int | float):
         return value
-    got = JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-    raise ValueError(f"metadata values must be a string, number or boolean, got {got}")
+    raise ValueError(f"metadata values must be a string, number or boolean, got {json_type(value)}")
 
 
 MetadataValue = Annotated[StrictStr | StrictBool | StrictInt | StrictFloat, BeforeValidator(_scalar_only)]
