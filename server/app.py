@@ -243,7 +243,12 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
     loose = tool.fn_metadata.arg_model
     # The title names the tool in pydantic's own text ("1 validation error for delete_documents arguments"),
     # which call_tool rewords for the agent (describe_invalid).
-    config = ConfigDict(**loose.model_config, extra="forbid", strict=True, title=f"{name} arguments")
+    # allow_inf_nan=False: a raw NaN or Infinity in a number argument (retrain's epochs, learning_rate,
+    # merge_base; retrain_status' wait_seconds), which Python's JSON reader takes, was refused for the wrong
+    # reason ("less than or equal to 20" for a NaN epochs); now "must be a finite number, got NaN".
+    config = ConfigDict(
+        **loose.model_config, extra="forbid", strict=True, allow_inf_nan=False, title=f"{name} arguments"
+    )
     integers = _integer_fields(loose.model_json_schema())
 
     def integral_floats(cls: type, data: Any) -> Any:

@@ -5,6 +5,7 @@ with nothing half-written behind it."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import anyio
 import jsonschema
 import pytest
 from mcp import Client
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
@@ -439,6 +441,28 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
         assert after["collections"] == before["collections"]  # no 'b', no new collection
         found = await s.ok("hybrid_search", {"query": "fine", "mode": "keyword"})
         assert found["hits"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        ("retrain", {"epochs": math.nan}, "epochs: must be a finite number, got NaN"),
+        ("retrain", {"learning_rate": math.inf}, "learning_rate: must be a finite number, got Infinity"),
+        ("retrain", {"merge_base": math.nan}, "merge_base: must be a finite number, got NaN"),
+        ("retrain_status", {"wait_seconds": math.nan}, "wait_seconds: must be a finite number, got NaN"),
+        ("retrain_status", {"wait_seconds": -math.inf}, "wait_seconds: must be a finite number, got -Infinity"),
+    ],
+)
+async def test_nan_or_infinity_in_a_number_argument_is_named_as_such(
+    cfg: Settings, name: str, args: dict[str, Any], expected: str
+) -> None:
+    """A raw NaN (which Python's JSON reader, and so the wire, accepts) was refused as "Input should be less
+    than or equal to 20". The in-process client sends NaN as null, so the server is called directly; the raw
+    wire is checked in tests/test_stdio_server.py."""
+    server = create_server(cfg)  # validation comes before the tool's body: no session, no model
+    with pytest.raises(ToolError) as caught:
+        await server.call_tool(name, args)
+    assert str(caught.value) == f"Error executing tool {name}: {expected}"
 
 
 async def test_unknown_names_are_quoted_short_and_an_unknown_tool_is_a_protocol_error(cfg: Settings) -> None:

@@ -142,6 +142,11 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path, tiny_model_path: Path) -> 
         assert no_version["id"] == 8 and no_version["error"]["code"] == -32600
         old_version = send_raw('{"jsonrpc": "1.0", "id": 9, "method": "tools/list"}')
         assert old_version["id"] == 9 and "jsonrpc: Input should be '2.0'" in old_version["error"]["message"]
+        # A raw NaN (Python's JSON reader takes it) is named as what it is, not "less than or equal to 20".
+        nan = send_raw('{"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"retrain","arguments":'
+                       '{"epochs":NaN,"dry_run":true}}}')
+        assert nan["id"] == 13 and nan["result"]["isError"] is True, nan
+        assert nan["result"]["content"][0]["text"] == "Error executing tool retrain: epochs: must be a finite number, got NaN"
         bad_params = send_raw('{"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": "abc"}')
         assert bad_params["id"] == 10 and bad_params["error"]["code"] == -32600
         # An id JSON-RPC does not allow read as a notification's (the SDK ignores what it cannot take), so the

@@ -97,6 +97,9 @@ def _problem(error: Mapping[str, Any]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in _WANTED:
         return f"must be {_WANTED[kind]}, got {json_type(value)}"
+    if kind == "finite_number":  # JSON has no NaN or Infinity; Python's reader (and so the wire's) takes both
+        got = "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+        return f"must be a finite number, got {got}"
     if kind == "missing":
         return "missing (required)"
     if kind == "extra_forbidden":
