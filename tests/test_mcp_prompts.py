@@ -62,6 +62,10 @@ async def test_a_wrong_prompt_request_is_named_as_the_clients_error(cfg: Setting
             ("a" * 5000, {}, "unknown prompt '" + "a" * 100 + "'…; the prompts"),
             ("ask", {"question": "  "}, "question must not be empty"),
             ("ask", {"question": "x" * 9000}, "question is 9,000 characters; the limit is 8,192"),
+            # What hybrid_search would refuse as its query is refused here, before the agent starts on it.
+            ("ask", {"question": "why\x00"}, "question contains a NUL character"),
+            ("ask", {"question": "\u200b\u200b"}, "question must not be only whitespace or invisible characters"),
+            ("ask", {"question": "\ufeff \u200f"}, "question must not be only whitespace or invisible characters"),
             ("ask", {"question": "x", "collection": "no such/name"}, "collection must be 1-63 characters"),
         ]:
             with pytest.raises(MCPError) as caught:

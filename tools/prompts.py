@@ -10,7 +10,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 from pydantic import Field
 
-from server.engine.engine import MAX_QUERY_CHARS, check_collection_name
+from server.engine.engine import check_collection_name, check_query_text
 from server.errors import RiftError
 from tools._arguments import quoted
 
@@ -27,11 +27,10 @@ def ask(
     question = question.strip()
     if not question:
         raise MCPError(code=INVALID_PARAMS, message="question must not be empty")
-    if len(question) > MAX_QUERY_CHARS:
-        raise MCPError(
-            code=INVALID_PARAMS, message=f"question is {len(question):,} characters; the limit is {MAX_QUERY_CHARS:,}"
-        )
     try:
+        # The question becomes hybrid_search's query: refused here for what search would refuse (a NUL, only
+        # invisible characters, too long), not after the agent has started on a prompt that cannot work.
+        check_query_text(question, "question")
         check_collection_name(collection)
     except RiftError as exc:
         raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None

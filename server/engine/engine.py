@@ -278,6 +278,18 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def check_query_text(query: Any, where: str = "query") -> str:
+    """A search's text, as search takes it (the `ask` prompt checks its question with it too): a non-empty
+    string, not only whitespace or invisible characters, at most MAX_QUERY_CHARS, no NUL, valid Unicode."""
+    if not isinstance(query, str) or not query:
+        raise RiftError(f"{where} must be a non-empty string")
+    if not query.strip() or all(unicodedata.category(c)[0] in "CZ" for c in query):
+        raise RiftError(f"{where} must not be only whitespace or invisible characters")
+    if len(query) > MAX_QUERY_CHARS:
+        raise RiftError(f"{where} is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
+    return check_text(query, where, MAX_QUERY_CHARS)
+
+
 def check_collection_name(name: Any) -> str:
     if not isinstance(name, str) or not COLLECTION_NAME.match(name):
         raise RiftError(
@@ -2065,13 +2077,7 @@ class Engine:
     # --- reads ---------------------------------------------------------------------------------------------
 
     def check_query(self, query: Any, k: Any, mode: Any) -> tuple[str, int, Mode]:
-        if not isinstance(query, str) or not query:
-            raise RiftError("query must be a non-empty string")
-        if not query.strip() or all(unicodedata.category(c)[0] in "CZ" for c in query):
-            raise RiftError("query must not be only whitespace or invisible characters")
-        if len(query) > MAX_QUERY_CHARS:
-            raise RiftError(f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}")
-        check_text(query, "query", MAX_QUERY_CHARS)
+        query = check_query_text(query)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
             raise RiftError(f"k must be an integer from 1 to {self.settings.max_k} (setting max_k)")
         if mode not in ("hybrid", "vector", "keyword"):
