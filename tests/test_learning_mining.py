@@ -727,3 +727,118 @@ def test_a_deleted_section_does_not_become_its_lookalike_neighbour(tmp_path, tin
         assert skipped == {"passage_changed": 1}
     finally:
         app.close()
+
+
+def test_a_passage_rewritten_away_and_restored_maps_to_its_return(tmp_path, tiny_model_path) -> None:
+    """A git branch switched and back under `rift watch`: the document is rewritten (no passage kept) and then
+    restored byte for byte, under a new mtime, so new chunk ids. The searches logged on the first version (and
+    on a version renamed in between) map to the restored chunks, as if the document had never left; while it
+    is rewritten they teach nothing."""
+    from collections import Counter
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    paragraphs = [" ".join(w[(7 * p + j) % len(w)] for j in range(14)) + "." for p in range(3)]
+    text = "\n\n".join(paragraphs)
+    other = "\n\n".join(f"zz{p} " + " ".join(f"other{p}x{j}" for j in range(13)) + "." for p in range(3))
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path, chunk_tokens=16, chunk_overlap=0))
+    try:
+        app.add_documents("default", docs(("long", text, {"mtime": 1}), ("o", "neg " + " ".join(w[:3]))))
+        engine = app.engine()
+        first = engine.state.document_chunks("default", "long")
+        assert [c.text for c in first] == paragraphs
+        (neg,) = engine.state.document_chunks("default", "o")
+        app.update_metadata("default", ["long"], {"team": "a"}, [])  # renamed: first -> second
+        second = engine.state.document_chunks("default", "long")
+        logged = [
+            Triple("q", "default", "long", c.chunk_id, "o", neg.chunk_id, "fused") for c in [*first, *second]
+        ]
+        before, _ = materialize(engine, logged)
+        assert [p for _, p, _ in before] == paragraphs * 2
+
+        app.add_documents("default", docs(("long", other, {"mtime": 2})))  # the other branch
+        skipped: Counter[str] = Counter()
+        assert materialize(engine, logged, skipped) == ([], [])
+        assert skipped == {"passage_changed": len(logged)}
+
+        app.add_documents("default", docs(("long", text, {"mtime": 3})))  # and back
+        restored = engine.state.document_chunks("default", "long")
+        assert not {c.chunk_id for c in restored} & {c.chunk_id for c in [*first, *second]}
+        skipped = Counter()
+        assert materialize(engine, logged, skipped)[0] == before and not skipped
+        heirs = engine.state.successors("default", [c.chunk_id for c in [*first, *second]])
+        assert heirs == {c.chunk_id: r.chunk_id for c, r in zip([*first, *second], restored * 2, strict=True)}
+    finally:
+        app.close()
+
+
+def test_a_document_deleted_and_added_again_maps_to_its_return_in_that_document_only(
+    tmp_path, tiny_model_path
+) -> None:
+    """A document deleted and later added again with the same text: its logged searches map to its return. The
+    same text added under another document id does not take them (the search returned this document; its rows
+    must leave a pending retrain with the document they name), and a passage edited away and back within a
+    document comes back too."""
+    from collections import Counter
+
+    from server.learning.mining import Triple
+    from server.learning.pipeline import materialize
+    from tests.support.helpers import docs, make_settings, open_rift
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(("t", "quantum physics energy force note"), ("o", "coffee tea")))
+        engine = app.engine()
+        (pos,), (neg,) = (engine.state.document_chunks("default", d) for d in ("t", "o"))
+        logged = [Triple("quantum physics", "default", "t", pos.chunk_id, "o", neg.chunk_id, "fused")]
+        row = ("quantum physics", pos.text, neg.text)
+        app.delete_documents("default", ["t"])
+        app.add_documents("default", docs(("elsewhere", pos.text)))
+        skipped: Counter[str] = Counter()
+        assert materialize(engine, logged, skipped) == ([], []) and skipped == {"document_deleted": 1}
+        app.add_documents("default", docs(("t", pos.text, {"via": "again"})))
+        assert materialize(engine, logged)[0] == [row]
+
+        app.add_documents("default", docs(("t", "sugar salt recipe for a cake")))  # rewritten away
+        assert materialize(engine, logged)[0] == []
+        app.add_documents("default", docs(("t", pos.text)))  # and back: the very first chunk id, live again
+        assert materialize(engine, logged)[0] == [row]
+        assert engine.state.successors("default", [pos.chunk_id]) == {}
+    finally:
+        app.close()
+
+
+def test_gone_passages_are_forgotten_like_renamed_ids_and_upgraded_states_get_the_table(
+    tmp_path, tiny_model_path
+) -> None:
+    import time
+
+    from server.engine.state_store import StateStore
+    from tests.support.helpers import docs, make_settings, open_rift, sqlite_rows
+
+    path = tmp_path / "old.sqlite"
+    state = StateStore(path)
+    state._conn.execute("DROP TABLE chunk_tombstones")  # a data dir from before the table
+    state.close()
+    StateStore(path).close()
+    assert sqlite_rows(path, "SELECT COUNT(*) FROM chunk_tombstones") == [(0,)]
+
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        app.add_documents("default", docs(("a", "alpha beta gamma"), ("b", "delta epsilon")))
+        state = app.engine().state
+        (old,) = state.document_chunks("default", "a")
+        app.delete_documents("default", ["a"])
+        assert state.prune_successors(time.time() - 3600) == 0
+        assert state.prune_successors(time.time() + 1) == 1
+        app.add_documents("default", docs(("a", "alpha beta gamma", {"team": "x"})))
+        assert state.successors("default", [old.chunk_id]) == {}  # forgotten: no logged search can name it
+        app.delete_documents("default", ["a"])
+        app.delete_collection("default")
+        assert sqlite_rows(state.path, "SELECT COUNT(*) FROM chunk_tombstones") == [(0,)]
+    finally:
+        app.close()

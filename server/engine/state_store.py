@@ -7,6 +7,7 @@ Chroma's stored chunks remain the source of truth: on start-up `Engine` reconcil
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import sqlite3
 import threading
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 -- A document written again (a metadata change, a file touched, a re-chunk, an edit) gets new chunk ids; the
 -- query log names the ones a search saw. Each gone chunk id -> the same document's chunk that holds its passage
--- now, so mining still trains on the passage that was ranked (see `_note_successors`, `successors`).
+-- now (or again: see chunk_tombstones), so mining still trains on the passage that was ranked (see
+-- `_note_successors`, `successors`).
 CREATE TABLE IF NOT EXISTS chunk_successors (
     collection TEXT NOT NULL,
     old_id TEXT NOT NULL,
@@ -59,6 +61,19 @@ CREATE TABLE IF NOT EXISTS chunk_successors (
     PRIMARY KEY (collection, old_id)
 );
 CREATE INDEX IF NOT EXISTS chunk_successors_by_new ON chunk_successors (collection, new_id);
+-- A gone chunk id whose passage no write kept (its document deleted, or the passage rewritten away), and the
+-- ids that mapped to it: its document and a hash of its text (never the text: a deleted document's text
+-- leaves), so that when that document holds exactly that text again (a git branch switched and back, a file
+-- deleted and restored) the returning chunk becomes their successor (`_note_successors`). `at`: when it went.
+CREATE TABLE IF NOT EXISTS chunk_tombstones (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    old_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (collection, old_id)
+);
+CREATE INDEX IF NOT EXISTS chunk_tombstones_by_text ON chunk_tombstones (collection, doc_id, text_hash);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -125,6 +140,11 @@ EDITED_SIMILARITY = 0.8
 # The settings key holding when this state began to record chunk successors: a search logged before a
 # document's last write before then may name a chunk id whose successor was never recorded.
 SUCCESSORS_SINCE = "chunk_successors_since"
+
+
+def _text_hash(text: str) -> str:
+    """What a tombstone keeps of a gone chunk's text: enough to know it again, not the text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _span(meta: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -203,6 +223,7 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.create_function("rift_text_hash", 1, _text_hash, deterministic=True)
         incremental_if_new(self._conn)  # (deleted rows' pages go back to the disk: server/engine/sqlite_space.py)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
@@ -329,6 +350,7 @@ class StateStore:
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunk_successors WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM chunk_tombstones WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
             for chroma, chroma_id in (drop_chroma or {}).items():
                 value = json.dumps({"collection": name, "id": chroma_id})
@@ -603,11 +625,32 @@ class StateStore:
         a document repeats) maps to it; failing that, when the document's text is kept (a re-chunk), to the new
         chunk that covers most of its span, and when it changed, to the new chunk that is the old one after a
         small edit (`_Heirs.edited`). What mapped to a removed chunk maps on; the others end their chains: a
-        passage rewritten is no longer the one a search saw."""
+        passage rewritten is no longer the one a search saw. An ended chain leaves tombstones (its ids, its
+        document, its last text's hash), and a chunk of `add_rows` whose document held exactly its text when
+        the chain ended (the passage back: a branch switched back, a file restored) takes it up again."""
         added = {r.chunk_id for r in add_rows}
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
-        if not gone:
-            return
+        if gone:
+            self._note_heirs(collection, gone, added, add_rows, put_docs, now)
+            # A chunk id live again (metadata set back: the same hash) is no gone id: the chain's update may
+            # have pointed its own row at itself.
+            self._conn.executemany(
+                "DELETE FROM chunk_successors WHERE collection = ? AND old_id = ?",
+                [(collection, c) for c in added],
+            )
+        if add_rows:
+            self._revive(collection, add_rows)
+
+    def _note_heirs(
+        self,
+        collection: str,
+        gone: Sequence[str],
+        added: Collection[str],
+        add_rows: Sequence[ChunkRow],
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+        now: float,
+    ) -> None:
+        """`_note_successors` for the removed chunks `gone`."""
         by_doc: dict[str, list[ChunkRow]] = {}
         for r in add_rows:
             by_doc.setdefault(r.doc_id, []).append(r)
@@ -661,9 +704,21 @@ class StateStore:
                     ended.append(old)
                 else:
                     moves.append((old, heir.chunk_id))
+        # An ended chain's ids (the chunk, and those that mapped to it, each with when it went) become
+        # tombstones of its document and text (read before the chunks leave the table).
+        ends = [(collection, c) for c in ended]
         self._conn.executemany(
-            "DELETE FROM chunk_successors WHERE collection = ? AND new_id = ?", [(collection, c) for c in ended]
+            "INSERT OR REPLACE INTO chunk_tombstones SELECT s.collection, c.doc_id, rift_text_hash(c.text), "
+            "s.old_id, s.at FROM chunk_successors s JOIN chunks c ON c.collection = s.collection "
+            "AND c.chunk_id = s.new_id WHERE s.collection = ? AND s.new_id = ?",
+            ends,
         )
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO chunk_tombstones SELECT collection, doc_id, rift_text_hash(text), "
+            "chunk_id, ? FROM chunks WHERE collection = ? AND chunk_id = ?",
+            [(now, collection, c) for c in ended],
+        )
+        self._conn.executemany("DELETE FROM chunk_successors WHERE collection = ? AND new_id = ?", ends)
         self._conn.executemany(
             "UPDATE chunk_successors SET new_id = ? WHERE collection = ? AND new_id = ?",
             [(new, collection, old) for old, new in moves],
@@ -672,15 +727,49 @@ class StateStore:
             "INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)",
             [(collection, old, new, now) for old, new in moves],
         )
-        # A chunk id live again (metadata set back: the same hash) is no gone id: the update above may have
-        # pointed its own row at itself.
+
+    def _revive(self, collection: str, add_rows: Sequence[ChunkRow]) -> None:
+        """Inside `apply`'s transaction, after `_note_heirs`: each tombstone of a document that `add_rows`
+        give a chunk with exactly its text (the one at its old position first, for a text the document
+        repeats) becomes that chunk's predecessor, as when it went, and leaves; a tombstoned id live again
+        just leaves. Linear in `add_rows` (one index lookup each), and only when the collection has
+        tombstones at all (a first ingest has none)."""
+        sql = "SELECT 1 FROM chunk_tombstones WHERE collection = ? LIMIT 1"
+        if not self._conn.execute(sql, (collection,)).fetchone():
+            return
         self._conn.executemany(
-            "DELETE FROM chunk_successors WHERE collection = ? AND old_id = ?", [(collection, c) for c in added]
+            "DELETE FROM chunk_tombstones WHERE collection = ? AND old_id = ?",
+            [(collection, r.chunk_id) for r in add_rows],
+        )
+        returning: dict[tuple[str, str], list[ChunkRow]] = {}
+        for r in add_rows:
+            returning.setdefault((r.doc_id, _text_hash(r.text)), []).append(r)
+        keys = list(returning)
+        revived: list[tuple[str, str, str, float]] = []
+        for start in range(0, len(keys), 400):
+            part = keys[start : start + 400]
+            # (VALUES first, so each pair is one lookup of the index; `(doc_id, text_hash) IN (VALUES ...)`
+            # reads every tombstone of the collection.)
+            pairs = ",".join(["(?, ?)"] * len(part))
+            for old, doc_id, text_hash, at in self._conn.execute(
+                f"SELECT t.old_id, t.doc_id, t.text_hash, t.at FROM (VALUES {pairs}) "
+                "AS v CROSS JOIN chunk_tombstones AS t WHERE t.collection = ? AND t.doc_id = v.column1 "
+                "AND t.text_hash = v.column2",
+                [*(v for key in part for v in key), collection],
+            ):
+                heirs = returning[(doc_id, text_hash)]
+                index = old.rsplit("::", 1)[-1]
+                heir = next((r for r in heirs if str(r.chunk_index) == index), heirs[0])
+                revived.append((collection, old, heir.chunk_id, at))
+        self._conn.executemany("INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)", revived)
+        self._conn.executemany(
+            "DELETE FROM chunk_tombstones WHERE collection = ? AND old_id = ?",
+            [(collection, old) for _c, old, _new, _at in revived],
         )
 
     def successors(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
         """Gone chunk ids of `chunk_ids` -> the chunk that holds their passage now (see `_note_successors`); ids
-        with none (their passage rewritten, or never recorded) are left out."""
+        with none (their passage rewritten or deleted and not back, or never recorded) are left out."""
         out: dict[str, str] = {}
         ids = list(dict.fromkeys(chunk_ids))
         for start in range(0, len(ids), 500):
@@ -702,9 +791,10 @@ class StateStore:
 
     def prune_successors(self, before: float) -> int:
         """Forget the chunk ids that went before `before` (no logged search older than that is kept, so none
-        can name them). Returns how many were dropped."""
+        can name them), renamed or tombstoned. Returns how many were dropped."""
         with self._transaction():
             gone = self._conn.execute("DELETE FROM chunk_successors WHERE at < ?", (before,)).rowcount
+            gone += self._conn.execute("DELETE FROM chunk_tombstones WHERE at < ?", (before,)).rowcount
         if gone:
             with self._lock:
                 self._reclaim()

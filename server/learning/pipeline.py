@@ -113,9 +113,10 @@ def materialize(
 ) -> tuple[list[tuple[str, str, str]], list[Triple]]:
     """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
     best chunk is used when it is still stored, or its successor when its document was written again with that
-    passage kept (a metadata change, a re-chunk, a small edit: `StateStore.successors`). `skipped` (a mining report's) counts
-    the triples left out, so the report's counts add up: `document_deleted` (its positive or negative document
-    is gone since the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the
+    passage kept (a metadata change, a re-chunk, a small edit) or back (its exact text, after a rewrite or a
+    delete: a branch switched and back): `StateStore.successors`. `skipped` (a mining report's) counts the
+    triples left out, so the report's counts add up: `document_deleted` (its positive or negative document is
+    gone since the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the
     same)."""
     by_collection: dict[str, set[str]] = {}
     for t in triples:
@@ -126,7 +127,7 @@ def materialize(
         wanted = sorted(i for i in ids if i)
         found = engine.state.chunks_by_id(name, wanted)
         # A chunk id gone since the search, its document written again with that passage kept (a metadata
-        # change, a file touched, a re-chunk, a small edit): the same passage under its new id.
+        # change, a file touched, a re-chunk, a small edit) or back: the same passage under its new id.
         heirs = engine.state.successors(name, [i for i in wanted if i not in found])
         later = engine.state.chunks_by_id(name, sorted(set(heirs.values())))
         for cid, row in found.items():
