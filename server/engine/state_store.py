@@ -741,9 +741,12 @@ class StateStore:
             "DELETE FROM chunk_tombstones WHERE collection = ? AND old_id = ?",
             [(collection, r.chunk_id) for r in add_rows],
         )
-        returning: dict[tuple[str, str], list[ChunkRow]] = {}
+        # (doc_id, text hash) -> its first added chunk, and its added chunks by position: a text a document
+        # repeats thousands of times (a table's rule, a log's line) is one lookup per tombstone, not a scan.
+        returning: dict[tuple[str, str], tuple[ChunkRow, dict[str, ChunkRow]]] = {}
         for r in add_rows:
-            returning.setdefault((r.doc_id, _text_hash(r.text)), []).append(r)
+            _first, at_index = returning.setdefault((r.doc_id, _text_hash(r.text)), (r, {}))
+            at_index.setdefault(str(r.chunk_index), r)
         keys = list(returning)
         revived: list[tuple[str, str, str, float]] = []
         for start in range(0, len(keys), 400):
@@ -757,9 +760,8 @@ class StateStore:
                 "AND t.text_hash = v.column2",
                 [*(v for key in part for v in key), collection],
             ):
-                heirs = returning[(doc_id, text_hash)]
-                index = old.rsplit("::", 1)[-1]
-                heir = next((r for r in heirs if str(r.chunk_index) == index), heirs[0])
+                first, at_index = returning[(doc_id, text_hash)]
+                heir = at_index.get(old.rsplit("::", 1)[-1], first)
                 revived.append((collection, old, heir.chunk_id, at))
         self._conn.executemany("INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)", revived)
         self._conn.executemany(
