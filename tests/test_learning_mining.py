@@ -872,3 +872,31 @@ def test_a_document_repeating_one_text_thousands_of_times_comes_back_in_linear_t
         assert heirs == {a.chunk_id: b.chunk_id for a, b in zip(first, back, strict=True)}
     finally:
         state.close()
+
+
+def test_a_document_repeating_one_text_thousands_of_times_changes_metadata_in_linear_time(tmp_path) -> None:
+    """A document whose 30,000 chunks share one text, its metadata changed: each old chunk finds the new one at
+    its own position by one lookup. Scanning the new chunks of that text for each old one took 9 s in
+    `StateStore.apply` here (quadratic), against 0.2 s for its first ingest."""
+    import time
+
+    from server.engine.state_store import ChunkRow, StateStore
+
+    def version(doc_hash: str) -> list[ChunkRow]:
+        return [
+            ChunkRow(f"d::{doc_hash}::{i}", "d", doc_hash, i, "| --- | --- |", ("---",), {}) for i in range(30_000)
+        ]
+
+    state = StateStore(tmp_path / "state.sqlite")
+    try:
+        first, second = version("a" * 16), version("b" * 16)
+        started = time.perf_counter()
+        state.apply("c", [], first, put_docs=[("d", "a" * 16, "text", {})])
+        ingest = time.perf_counter() - started
+        started = time.perf_counter()
+        state.apply("c", [r.chunk_id for r in first], second, put_docs=[("d", "b" * 16, "text", {"m": 1})])
+        assert time.perf_counter() - started < 10 * ingest + 1.0  # (a few times the first ingest)
+        heirs = state.successors("c", [r.chunk_id for r in first])
+        assert heirs == {a.chunk_id: b.chunk_id for a, b in zip(first, second, strict=True)}
+    finally:
+        state.close()

@@ -158,9 +158,11 @@ class _Heirs:
     rather than all of them (a document of 20,000 chunks re-chunked took minutes: quadratic)."""
 
     def __init__(self, rows: Sequence[ChunkRow]) -> None:
-        self.by_text: dict[str, list[ChunkRow]] = {}
+        self.by_text: dict[str, ChunkRow] = {}  # (the first with that text)
+        self.by_text_at: dict[tuple[str, int], ChunkRow] = {}  # (a text a document repeats: one lookup)
         for r in rows:
-            self.by_text.setdefault(r.text, []).append(r)
+            self.by_text.setdefault(r.text, r)
+            self.by_text_at.setdefault((r.text, r.chunk_index), r)
         self.by_index = {r.chunk_index: r for r in rows}
         spans = [(span, n, r) for n, r in enumerate(rows) if (span := _span(r.metadata)) is not None]
         spans.sort(key=lambda x: (x[0][0], x[1]))
@@ -170,8 +172,7 @@ class _Heirs:
 
     def same_text(self, text: str, index: int) -> ChunkRow | None:
         """The new chunk with `text`, at `index` if one is there (a text the document repeats)."""
-        heirs = self.by_text.get(text, [])
-        return next((r for r in heirs if r.chunk_index == index), heirs[0] if heirs else None)
+        return self.by_text_at.get((text, index)) or self.by_text.get(text)
 
     def edited(
         self, text: str, index: int, meta: Mapping[str, Any], old_texts: Collection[str] = ()
