@@ -264,6 +264,7 @@ class Rift:
                 if not self._reembed:
                     self._refuse_another_model(state)
                 embedder = self._serving_embedder(Embedder, resolve_model)
+                keep = self._kept_versions()
                 client = self._chroma_client()
             except BaseException:
                 state.close()
@@ -275,7 +276,7 @@ class Rift:
                     engine.on_deleted_elsewhere = self._deleted_elsewhere
                     engine.on_documents_gone = self._documents_gone
                     try:
-                        self.repair_report = engine.open(rechunk=self._reembed)
+                        self.repair_report = engine.open(rechunk=self._reembed, keep=keep)
                         break
                     except Exception as exc:
                         # The Chroma server answered, then went away during the repairs: a server waits for
@@ -524,6 +525,17 @@ class Rift:
             f"configured with model {s.model!r} (setting `model`, RIFT_MODEL); it does not re-embed the store. "
             f"Set model to {lineage!r}, or start `rift serve` with the new model to re-embed every collection"
         )
+
+    def _kept_versions(self) -> set[str]:
+        """Versions whose vectors stay when start-up switches a collection left on one to the serving version:
+        those a rollback may return to within `learn_keep_versions`. A rollback killed after switching the
+        collections to its target, before the registry named it serving, left them there; start-up goes back
+        to the serving version, and dropped the target's vectors, so the next rollback to it embedded the
+        whole corpus again (an hour for 100k chunks on a CPU)."""
+        from server.learning.registry import Registry
+
+        s = self.settings
+        return Registry(s.models_dir).kept_for_rollback(s.learn_keep_versions, s.model)
 
     def _serving_embedder(self, embedder_cls: Any, resolve_model: Any) -> Any:
         """The registry's serving version (it survives restarts), else the configured model."""

@@ -347,3 +347,113 @@ def test_sigkill_during_reembed_serves_one_whole_model(
         assert served.search("default", "gravel", k=1).outcome.model_version == version
     finally:
         served.close()
+
+
+# --- a kill during a rollback's switch --------------------------------------------------------------------------
+
+ROLLBACK = """
+import os, signal, sys
+from server.config import Settings
+from server.engine.engine import Engine
+from server.learning.registry import Registry
+from server.service import Rift
+
+data_dir, model, target, where = sys.argv[1:5]
+settings = Settings(data_dir=data_dir, model=model, chunk_tokens=48, chunk_overlap=8)
+app = Rift(settings).start(background=False)
+
+def die(*_args, **_kwargs):
+    sys.stderr.write("killed at " + where + "\\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "between-collections":  # one collection switched to the target, the other not yet
+    real_switch = Engine.switch_vectors
+    switched = []
+    def switch_vectors(self, *args, **kwargs):
+        if switched:
+            die()
+        switched.append(args[0])
+        return real_switch(self, *args, **kwargs)
+    Engine.switch_vectors = switch_vectors
+elif where == "before-registry":  # every collection switched, the registry not yet naming the target serving
+    Registry.set_serving = die
+app.learning.rollback(target)
+app.learning.jobs.wait(300)
+sys.stderr.write("not killed: " + repr(app.learning.status()) + "\\n")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["between-collections", "before-registry"])
+def test_sigkill_during_a_rollback_keeps_every_kept_versions_vectors(
+    tmp_path: Path, tiny_model_path: Path, where: str
+) -> None:
+    """A rollback switches every collection to its target's kept vectors, then names it serving. Killed in
+    between, the next start switched the collections back to the serving version and dropped the target's
+    vectors: the next rollback to it embedded the whole corpus again (an hour for 100k chunks on a CPU). Now
+    start-up undoes the switch and both versions keep their vectors, so that rollback embeds nothing."""
+    from server.engine.embedder import Embedder
+    from server.engine.engine import chroma_name_for
+    from tests.support.learning import fill_two_collections
+
+    settings = make_settings(tmp_path / "data", tiny_model_path)
+    app = open_rift(settings)
+    try:
+        fill_two_collections(app)
+        # Another version serves (a re-index to a model of another dimension: a retrain's fine-tune is the same).
+        started = app.learning.reindex(str(build_tiny_model(tmp_path / "tiny16", hidden=16, seed=3)))
+        app.learning.jobs.wait(120)
+        assert app.learning.status(started["job_id"])["status"] == "succeeded"
+        newer, base = started["version"], str(tiny_model_path)
+        chunks = {name: app.engine().state.chunk_ids(name) for name in ("default", "other")}
+    finally:
+        app.close()
+    SharedSystemClient.clear_system_cache()  # the child changes this Chroma dir; read it afresh afterwards
+
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ROLLBACK), str(settings.data_dir), base, base, where],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "RIFT_CONFIG": os.devnull},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert f"killed at {where}" in proc.stderr
+    left = dict(sqlite_rows(settings.state_db, "SELECT name, model_version FROM collections"))
+    assert left["default"] == base and left["other"] == (newer if where == "between-collections" else base)
+    SharedSystemClient.clear_system_cache()
+
+    app = open_rift(settings)
+    try:
+        engine = app.engine()
+        # Undone: the registry's serving version serves every collection, none half-switched.
+        assert app.learning.registry.serving().version == newer == engine.embedder.version
+        assert {r.model_version for r in engine.state.collections()} == {newer}
+        for name, ids in chunks.items():
+            assert set(engine.vectors.all_ids(chroma_name_for(name, newer))) == ids
+            # The rollback's target keeps its vectors (learn_keep_versions is 2).
+            assert set(engine.vectors.all_ids(chroma_name_for(name, base))) == ids
+        out = app.search("default", "quantum energy", 3)
+        assert out.outcome.model_version == newer and out.outcome.hits
+        assert app.search("other", "coffee tea", 1, mode="vector").outcome.hits
+        encoded: list[int] = []
+        real = Embedder.encode_documents
+
+        def counting(self: Embedder, texts: Any, *args: Any, **kwargs: Any) -> Any:
+            encoded.append(len(texts))
+            return real(self, texts, *args, **kwargs)
+
+        Embedder.encode_documents = counting  # type: ignore[method-assign]
+        try:
+            again = app.learning.rollback(base)
+            app.learning.jobs.wait(120)
+        finally:
+            Embedder.encode_documents = real  # type: ignore[method-assign]
+        assert app.learning.status(again["job_id"])["status"] == "succeeded"
+        assert sum(encoded) == 0  # instant: the kept vectors are whole
+        assert app.search("default", "quantum energy", 3).outcome.model_version == base
+        assert {r.model_version for r in engine.state.collections()} == {base}
+    finally:
+        app.close()

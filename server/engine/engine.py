@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -488,10 +488,14 @@ class Engine:
         """Let go of an engine whose `open` failed (its state store stays open for the next one)."""
         self._side.shutdown(wait=False)
 
-    def open(self, rechunk: bool = True) -> dict[str, Any]:
+    def open(self, rechunk: bool = True, keep: Collection[str] = ()) -> dict[str, Any]:
         """Finish interrupted writes, reconcile with Chroma, build keyword indices, re-embed collections
         made by another model, re-chunk documents cut for other chunk settings (unless `rechunk` is off: a
-        command that only reads leaves that to the next server). Returns what was repaired."""
+        command that only reads leaves that to the next server). `keep`: model versions whose vectors stay
+        when a collection left on one is switched to the serving model (versions kept for a rollback: a
+        rollback killed after switching collections to its target, before the registry named it serving,
+        is undone here, and the next rollback to it must not embed the whole corpus again). Returns what
+        was repaired."""
         # The collections this start moves to a server: at the data dir's first start there (none before it
         # recorded being on one: this version's marker, or the Chroma ids earlier versions noted), each one
         # it holds; later, those whose move did not finish (a command that only reads, a crash, a collection
@@ -585,15 +589,29 @@ class Engine:
                 if self.shared is None and rechunk:
                     self._rechunk_orphans(record.name)
                 if record.model_version != self.embedder.version:
-                    log.warning(
-                        "collection %r was embedded by %s; the model to serve is %s: re-embedding its %d chunks "
-                        "before serving (to switch models without downtime, use `rift reindex --model`)",
-                        record.name,
-                        record.model_version,
-                        self.embedder.version,
-                        self.state.counts(record.name)[1],
-                    )
-                    self.reembed(record.name, self.embedder)
+                    kept = record.model_version in keep
+                    if kept:
+                        log.warning(
+                            "collection %r was left on version %s by a model switch that stopped before it "
+                            "finished (a rollback killed midway); the serving version is %s: switching it back "
+                            "(from its kept vectors, if any: only the chunks they lack are embedded); the vectors "
+                            "of %s stay for the next rollback",
+                            record.name,
+                            record.model_version,
+                            self.embedder.version,
+                            record.model_version,
+                        )
+                    else:
+                        log.warning(
+                            "collection %r was embedded by %s; the model to serve is %s: re-embedding its %d "
+                            "chunks before serving (to switch models without downtime, use `rift reindex "
+                            "--model`)",
+                            record.name,
+                            record.model_version,
+                            self.embedder.version,
+                            self.state.counts(record.name)[1],
+                        )
+                    self.reembed(record.name, self.embedder, keep_old=kept)
                     report["reembedded"].append(record.name)
                 if rechunk and self.shared is None:  # processes sharing a Chroma server would each re-chunk
                     rechunked = self.rechunk_if_changed(record.name)

@@ -914,7 +914,7 @@ class LearningManager:
         engine = engine or self.engine
         served = [v for v in self.registry.all() if v.status in ("serving", "retired")]
         served.sort(key=lambda v: v.served_at or v.created_at, reverse=True)
-        keep = {v.version for v in served[: self.settings.learn_keep_versions]}
+        keep = {v.version for v in self.registry.newest_served(self.settings.learn_keep_versions)}
         for v in self.registry.all():
             if v.version not in keep:
                 drop_built(engine, v.version)

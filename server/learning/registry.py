@@ -280,6 +280,23 @@ class Registry:
                 raise RiftError("nothing to roll back to: no earlier version has served")
             return max(retired, key=lambda v: v.served_at or v.created_at)
 
+    def newest_served(self, count: int) -> list[ModelVersion]:
+        """The `count` versions served most recently (the serving one first, then the newest retired ones):
+        those whose vectors stay in Chroma (`learn_keep_versions`), so a rollback to them embeds nothing."""
+        with self._lock:
+            served = [v for v in self._versions.values() if v.status in ("serving", "retired")]
+        served.sort(key=lambda v: v.served_at or v.created_at, reverse=True)
+        return served[:count]
+
+    def kept_for_rollback(self, count: int, configured_model: str) -> set[str]:
+        """The retired versions among the `count` served most recently that a rollback may return to (their
+        weights are there, of the configured model's lineage): their vectors are worth keeping."""
+        return {
+            v.version
+            for v in self.newest_served(count)
+            if v.status == "retired" and self._has_weights(v) and self.descends_from(v, configured_model)
+        }
+
     def _has_weights(self, entry: ModelVersion) -> bool:
         """False for a version whose weight folder under the models dir is gone: a fine-tune's, or a re-index's
         to a fine-tune's folder (only rift's own folders are ever deleted)."""
