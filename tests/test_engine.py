@@ -543,6 +543,39 @@ def test_a_data_dir_tokenized_before_identifier_parts_is_re_tokenized(rift_facto
     again.close()
 
 
+def test_an_import_block_does_not_outrank_the_definition_it_imports(rift_factory, monkeypatch) -> None:
+    """A module's import block is often a chunk of its own, full of identifiers; their parts made it match
+    "gate config" better than the class `GateConfig` (the block names it, and `MiningConfig`): an agent asking
+    about the class got `from ... import` lines first. Identifiers in import statements are now terms whole
+    only, and a data dir tokenized before re-tokenizes once on start."""
+    from server.engine import keyword_index
+
+    python = {"file_type": "python"}
+    importer = "from server.gate import GateConfig, MiningConfig"
+    definer = "class GateConfig:\n    gain = 0.0\n    loss = 0.01\n    queries = 200"
+    first = rift_factory()
+    first.add_documents("default", docs(("report.py", importer, python), ("gate.py", definer, python)))
+
+    def found(app: Any, query: str) -> list[tuple[str, str]]:
+        hits = app.search("default", query, mode="keyword", group_by_document=False).outcome.hits
+        return [(h.doc_id, h.text) for h in hits]
+
+    assert found(first, "gate config") == [("gate.py", definer), ("report.py", importer)]
+    assert found(first, "GateConfig")[1] == ("report.py", importer)  # the whole name still finds the import
+    # Put the store back as the previous version left it: import lines split too, its old signature.
+    engine = first.engine()
+    tok = engine.tokenizer
+    with monkeypatch.context() as before:
+        before.setattr(keyword_index, "_import_spans", lambda text: [])
+        engine.state.retokenize(tok.tokenize)
+    engine.state.put_setting("keyword_tokenizer", tok.signature.replace("parts-imports", "parts"))
+    first.close()
+    again = rift_factory()
+    assert again.repair_report["retokenized"] == 2
+    assert found(again, "gate config") == [("gate.py", definer), ("report.py", importer)]
+    again.close()
+
+
 def test_a_data_dir_from_before_tokenizer_signatures_says_it_re_tokenizes_before_it_does(
     rift_factory, caplog
 ) -> None:

@@ -6,6 +6,8 @@ the index before the delete with the deleted rows masked out."""
 
 from __future__ import annotations
 
+import re
+import time
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -253,6 +255,44 @@ def test_identifiers_are_terms_whole_and_by_their_parts() -> None:
     # Parts are words like any other: stopwords drop, the stemmer stems.
     assert KeywordTokenizer().tokenize(["get_the_rows"])[0] == ["get_the_row", "get", "row"]
     assert "words1+marks+parts" in tok.signature  # stored chunks re-tokenize once (test_engine)
+
+
+def test_identifiers_in_import_statements_are_terms_whole_only() -> None:
+    """An import names what it neither defines nor uses: its identifiers are indexed whole, without their
+    parts, so a file that imports `GateConfig` does not match "gate config" as the class does. Python's
+    forms, a bracketed list to its closing line, JS/TS and Go; the code around keeps its parts, and so does a
+    line of prose that starts "Import" (a capital: no statement)."""
+    tok = KeywordTokenizer(None, None)
+    code = (
+        "from server.gate import GateConfig, run_gate  # keep_this\n"
+        "from .store import (\n    StateStore,\n    chunk_rows,\n)\n"
+        "import numpy.linalg as np_linalg\n"
+        "    import top_rows\n"
+        'import {\n  fooBar,\n} from "./keywordIndex";\n'
+        'import (\n    "net/http_util"\n)\n'
+        "def make_gate(cfg: GateConfig) -> StateStore:\n"
+        "    return run_gate(cfg)\n"
+    )
+    terms = tok.tokenize([code])[0]
+    words = [w.lower() for w in re.findall(r"\w+", code)]
+    assert terms[: len(words)] == words  # every word whole ...
+    # ... then the parts, only of the code after the imports: make_gate, GateConfig, StateStore, run_gate.
+    assert terms[len(words) :] == ["make", "gate", "gate", "config", "state", "store", "run", "gate"]
+    assert tok.tokenize(["Import duties on key_words rose"])[0] == [
+        "import", "duties", "on", "key_words", "rose", "key", "words"
+    ]
+    assert tok.tokenize(["importantThing"])[0] == ["importantthing", "important", "thing"]
+    assert "words1+marks+parts-imports" in tok.signature  # stored chunks re-tokenize once (test_engine)
+
+
+def test_an_import_statement_left_open_is_bounded() -> None:
+    """A bracket that never closes ends the statement at its line; many of them cost linear time."""
+    tok = KeywordTokenizer(None, None)
+    assert tok.tokenize(["from a import (b_c\nd_e"])[0] == ["from", "a", "import", "b_c", "d_e", "d", "e"]
+    text = "from a import (x_y\n" * 20_000
+    started = time.perf_counter()
+    assert len(keyword_index._words(text)) == 80_000
+    assert time.perf_counter() - started < 5
 
 
 def test_a_query_finds_an_identifier_by_its_parts_and_the_identifier_ranks_first() -> None:

@@ -85,23 +85,59 @@ _PART_BREAK = regex.compile(
     r"_+|(?<=\p{Ll}\p{M}*\p{N}*)(?=\p{Lu})|(?<=\p{Lu}\p{M}*\p{N}*)(?=\p{Lu}\p{M}*\p{Ll}\p{M}*\p{Ll})"
 )
 _HAS_PARTS = regex.compile(r"_|\p{Ll}\p{M}*\p{N}*\p{Lu}|\p{Lu}\p{M}*\p{N}*\p{Lu}\p{M}*\p{Ll}\p{M}*\p{Ll}")
+# Except in import statements, whose identifiers are indexed whole only: an import names what it neither
+# defines nor uses, and its parts made every file importing `GateConfig` match "gate config" as well as the
+# class does (a module's import block, full of identifiers, is often a chunk of its own). The query
+# `GateConfig` still finds the import lines (the whole word). A statement is a line starting with `import` or
+# `from <module> import` (Python; the `import` lines of JS/TS, Go and Java), lower-case as those languages
+# write it, on to the line holding the closing bracket when the line leaves one open (`from a import (`,
+# `import {`, Go's `import (`). Measured on code: README "Keyword tokens".
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+[\w.]+[ \t]+)?import\b", re.MULTILINE)
+_IMPORT_CLOSERS = {"(": ")", "{": "}"}
+MAX_IMPORT_CHARS = 4000  # how far a statement's closing bracket is looked for (bounds the work on odd text)
+
+
+def _import_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each import statement in `text` (see `_IMPORT`)."""
+    spans: list[tuple[int, int]] = []
+    for match in _IMPORT.finditer(text):
+        if spans and match.start() < spans[-1][1]:
+            continue  # (a line inside the previous statement's brackets)
+        end = _line_end(text, match.end())
+        line = text[match.end() : end]
+        opened = max(line.rfind("("), line.rfind("{"))
+        if opened >= 0 and _IMPORT_CLOSERS[line[opened]] not in line[opened:]:
+            closed = text.find(_IMPORT_CLOSERS[line[opened]], end, end + MAX_IMPORT_CHARS)
+            if closed >= 0:
+                end = _line_end(text, closed)
+        spans.append((match.start(), end))
+    return spans
+
+
+def _line_end(text: str, at: int) -> int:
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end
 
 
 def _words(text: str) -> list[str]:
     """`text`'s words, lower-cased, CJK runs apart from the letters around them, then the parts of its
-    identifiers (see `_PART_BREAK`). A lone letter or digit is a word too (bm25s's default pattern drops it),
-    so `R`, `C++`, `-v` or `Python 3` have keyword terms; on SciFact and NFCorpus that moved BM25 nDCG@10 by
-    +0.002 each (README "Benchmarks")."""
+    identifiers (see `_PART_BREAK`) outside import statements (`_IMPORT`). A lone letter or digit is a word
+    too (bm25s's default pattern drops it), so `R`, `C++`, `-v` or `Python 3` have keyword terms; on SciFact
+    and NFCorpus that moved BM25 nDCG@10 by +0.002 each (README "Benchmarks")."""
     text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
     text = _SPACELESS_RUN.sub(lambda run: f" {run.group()} ", text)
     # Found before lower-casing, which the parts need; lower-casing changes no character's place in a word or
     # out of it (checked over every code point), so the words are those of the lower-cased text.
     words = _WORD.findall(text)
+    splittable = words
+    if "import" in text and (spans := _import_spans(text)):  # (their words whole only: see `_IMPORT`)
+        starts, ends = [0, *(end for _, end in spans)], [*(start for start, _ in spans), len(text)]
+        splittable = _WORD.findall(" ".join(text[a:b] for a, b in zip(starts, ends, strict=True)))
     # Cheap tests first: without "_", a word of lower-case letters, of capitals or of letters in title case has
     # no parts (digits or marks in a word can hide a break from str.istitle, which the regex then looks for).
     words += [
         part
-        for word in words
+        for word in splittable
         if ("_" in word or not (word.islower() or word.isupper() or (word.istitle() and word.isalpha())))
         and _HAS_PARTS.search(word)
         for part in _PART_BREAK.split(word)
@@ -178,7 +214,8 @@ class KeywordTokenizer:
     def __init__(self, stemmer_language: str | None = "english", stopwords: str | None = "en") -> None:
         # Stored tokens depend on all of this: the engine re-tokenizes stored chunks when it changes.
         self.signature = (
-            f"nfkc words1+marks+parts cjk-grams sea-bigrams stemmer={stemmer_language} stopwords={stopwords}"
+            f"nfkc words1+marks+parts-imports cjk-grams sea-bigrams stemmer={stemmer_language} "
+            f"stopwords={stopwords}"
         )
         self._stemmer = None
         if stemmer_language:
