@@ -276,6 +276,20 @@ engine.reembed("default", embedder)
 """
 
 
+def killed_at(where: str, script: str, *args: Any) -> None:
+    """Run `script` in a child process with `args` and `where` as its arguments; it must SIGKILL itself there."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args), where],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "RIFT_CONFIG": os.devnull},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert f"killed at {where}" in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert-b"), hidden=48, seed=1)
@@ -294,24 +308,7 @@ def test_sigkill_during_reembed_serves_one_whole_model(
     app.close()
     SharedSystemClient.clear_system_cache()  # the child changes this Chroma dir; read it afresh afterwards
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(REEMBED),
-            str(settings.data_dir),
-            str(tiny_model_path),
-            str(second_model),
-            where,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "RIFT_CONFIG": os.devnull},
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert f"killed at {where}" in proc.stderr
+    killed_at(where, REEMBED, settings.data_dir, tiny_model_path, second_model)
 
     # Before any repair: the record names one model, and its Chroma collection holds every chunk, embedded
     # by that model (its dimension).
@@ -411,16 +408,7 @@ def test_sigkill_during_a_rollback_keeps_every_kept_versions_vectors(
         app.close()
     SharedSystemClient.clear_system_cache()  # the child changes this Chroma dir; read it afresh afterwards
 
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(ROLLBACK), str(settings.data_dir), base, base, where],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "RIFT_CONFIG": os.devnull},
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert f"killed at {where}" in proc.stderr
+    killed_at(where, ROLLBACK, settings.data_dir, base, base)
     left = dict(sqlite_rows(settings.state_db, "SELECT name, model_version FROM collections"))
     assert left["default"] == base and left["other"] == (newer if where == "between-collections" else base)
     SharedSystemClient.clear_system_cache()
