@@ -363,3 +363,23 @@ def test_compare_pairs_each_query_of_the_defaults_and_the_changed_settings(tmp_p
     assert set(json.loads(other.output)["ndcg@10"]) == {"keyword"}
     bad = CliRunner().invoke(compare, [*common, "--set", "stopwords=klingon"])
     assert bad.exit_code == 2 and "unknown stopword list 'klingon'" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_learn_can_anchor_the_unmined_searches_to_the_base_model(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`--set learn_anchor_weight=W` (an experiment, not a setting): the logged training searches the miner made
+    no triple of, and their vector hits, are trained to keep the base model's embeddings beside the triples."""
+    data = write_beir_with_usage(tmp_path / "tiny")
+    # A first usage search no document answers by its words: no confident positive, so no triple of it.
+    queries = data / "queries.jsonl"
+    queries.write_text(json.dumps({"_id": "u0", "text": "purple elephant violin"}) + "\n" + queries.read_text())
+    qrels = data / "qrels" / "train.tsv"
+    head, *rest = qrels.read_text().splitlines(keepends=True)
+    qrels.write_text("".join([head, "u0\td5\t1\n", *rest]))
+    args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
+    args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--set", "learn_anchor_weight=1"]
+    result, _ = run_bench(args)
+    [seed] = result["seeds"]
+    assert result["train"]["anchor_weight"] == 1.0 and result["train"]["anchor_docs"] == 3
+    assert seed["mining"]["anchors"] > 0 and seed["train_s"] >= 0, seed["mining"]

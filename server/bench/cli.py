@@ -109,6 +109,9 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
     "mining_hard_positive_repeat": ("hard_positive_repeat", int),  # an experiment, not a setting
+    # an experiment, not a setting: keep the unmined searches' (and their vector hits') embeddings near the base's
+    "learn_anchor_weight": ("anchor_weight", float),
+    "learn_anchor_docs": ("anchor_docs", int),
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name

@@ -304,6 +304,27 @@ def repeat_hard_positives(
     return [*rows, *(hard * (times - 1))], len(hard)
 
 
+def anchor_texts(
+    log: Any, engine: Any, mined: Any, docs: int, query_prompt: str, document_prompt: str
+) -> list[str]:
+    """An experiment (`--set learn_anchor_weight=W`, not a setting): the texts whose embeddings training keeps
+    near the base model's. The logged training searches the miner made no triple of (no confident positive:
+    mostly those where BM25 is unsure, where the hybrid leans on the dense side), and the vector side's first
+    `docs` chunks of each: the trained model drifts towards what BM25 confirms, and lost ground on the queries
+    BM25 fails (README "Where the gain lands"); anchoring these keeps the dense side's own view there."""
+    used = {t.query_id for t in mined.report.triples}
+    heads = [q.query_id for q in mined.train_queries if q.query_id not in used]
+    texts: dict[str, None] = {}
+    wanted: dict[str, list[str]] = {}
+    for q in log.by_ids(heads):
+        texts[query_prompt + q.query] = None
+        wanted.setdefault(q.collection, []).extend(chunk for _doc, chunk, _score in q.vector[:docs])
+    for collection, ids in wanted.items():
+        for row in engine.state.chunks_by_id(collection, sorted(set(ids))).values():
+            texts[document_prompt + row.text] = None
+    return list(texts)
+
+
 def _label_quality(
     triples: Sequence[Any], qids_by_text: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
 ) -> dict[str, Any]:
@@ -379,6 +400,8 @@ def run_learning_experiment(
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
     hard_positive_repeat: int = 1,
+    anchor_weight: float = 0.0,
+    anchor_docs: int = 3,
     merge_base: float = _PRODUCT.learn_merge_base,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
@@ -457,6 +480,8 @@ def run_learning_experiment(
             "loss": loss,
             "mask_query_terms": mask_query_terms,
             "hard_positive_repeat": hard_positive_repeat,
+            "anchor_weight": anchor_weight,
+            "anchor_docs": anchor_docs,
             "merge_base": merge_base,
         },
         "seeds": [],
@@ -533,6 +558,13 @@ def run_learning_experiment(
             rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
             say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
             base_embedder = index.embedder
+            anchors: list[str] = []
+            if anchor_weight > 0:
+                anchors = anchor_texts(
+                    index.rift.log, engine, mined, anchor_docs, base_embedder.query_prompt,
+                    base_embedder.document_prompt,
+                )
+                seed_info["mining"]["anchors"] = len(anchors)
             trained = train_model(
                 base_embedder.spec.location,
                 rows,
@@ -540,6 +572,8 @@ def run_learning_experiment(
                 TrainConfig(**{**train_cfg.__dict__, "seed": seed}),
                 base_embedder.query_prompt,
                 base_embedder.document_prompt,
+                anchors=anchors,
+                anchor_weight=anchor_weight,
             )
             seed_info["train_s"] = round(trained.seconds, 1)
             seed_info["train_triples_per_s"] = round(len(rows) * epochs / max(trained.seconds, 1e-9), 2)

@@ -78,13 +78,19 @@ def train_model(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: Path | None = None,
+    anchors: Sequence[str] = (),
+    anchor_weight: float = 0.0,
 ) -> TrainResult:
     """Train on (query, positive text, negative text) rows and save the model to `out_dir`.
 
     With `checkpoint_dir`, training can outlive its process: it saves a checkpoint there every tenth of its
     steps and when `should_stop` stops it, and starts from the newest checkpoint it finds (model, optimizer,
     scheduler, random state and data order: the result equals an uninterrupted run's). The caller removes the
-    folder once the job is over. Without it, a scratch folder beside `out_dir` is used and removed."""
+    folder once the job is over. Without it, a scratch folder beside `out_dir` is used and removed.
+
+    `anchors` with `anchor_weight` > 0 (an experiment of `rift bench --learn`, not a setting): texts whose
+    embeddings the training keeps near the base model's, by a cosine-distance loss of that weight trained
+    beside the triples (learning without forgetting). The caller puts any prompt in the texts."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -123,6 +129,13 @@ def train_model(
         loss = losses.TripletLoss(model)
     else:
         raise ValueError(f"unknown loss {cfg.loss!r}; choose mnrl, cached_mnrl or triplet")
+    train_data: Any = data
+    train_loss: Any = loss
+    if anchors and anchor_weight > 0:
+        teacher = model.encode(list(anchors), batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+        kept = Dataset.from_dict({"sentence": list(anchors), "label": teacher.tolist()})
+        train_data = {"triples": data, "anchors": kept}
+        train_loss = {"triples": loss, "anchors": _anchor_loss(model, anchor_weight)}
     prompts: dict[str, str] = {}
     if query_prompt:
         prompts["anchor"] = query_prompt
@@ -132,7 +145,8 @@ def train_model(
     work = checkpoint_dir or out_dir.parent / f".{out_dir.name}.trainer"
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     # The batch sampler may drop a few rows that would repeat a text in a batch: an estimate is enough here.
-    steps = max(1, math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size)))
+    rows = len(triples) + (len(anchors) if anchor_weight > 0 else 0)
+    steps = max(1, math.ceil(cfg.epochs * math.ceil(rows / cfg.batch_size)))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -171,7 +185,7 @@ def train_model(
     model.model_card_data.set_widget_examples = lambda dataset: None
     model.save_pretrained = functools.partial(model.save_pretrained, create_model_card=False)
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=data, loss=loss, callbacks=[_Hooks()]
+        model=model, args=args, train_dataset=train_data, loss=train_loss, callbacks=[_Hooks()]
     )
     # With tqdm off, transformers adds a PrinterCallback that print()s metrics: that would corrupt MCP's stdout.
     trainer.remove_callback(PrinterCallback)
@@ -210,6 +224,17 @@ def train_model(
         device="cpu" if use_cpu else "cuda",
         resumed_at_step=checkpoint_step(resume_from) if resume_from is not None else None,
     )
+
+
+def _anchor_loss(model: Any, weight: float) -> Any:
+    """Cosine distance of the student's embedding from the base model's (the label), times `weight`."""
+    from sentence_transformers import losses
+
+    class _Anchored(losses.EmbedDistillLoss):
+        def forward(self, sentence_features: Any, labels: Any) -> Any:
+            return weight * super().forward(sentence_features, labels)
+
+    return _Anchored(model, distance_metric="cosine")
 
 
 def latest_checkpoint(folder: Path) -> str | None:
