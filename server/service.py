@@ -213,6 +213,7 @@ class Rift:
         self._reembed = True
         self._close_lock = threading.Lock()
         self._closed = False
+        self._released = False  # close() has stopped the jobs and is closing the stores: engine() refuses
         self._waiting: str | None = None  # why start-up is waiting (an unreachable Chroma server), while it is
         self._stopping = threading.Event()  # close() was called: a start-up still waiting gives up
         self._step_lock = threading.Lock()
@@ -617,6 +618,10 @@ class Rift:
 
             why = chroma_server_problem(self._error, then="then restart rift") or self._error
             raise RiftError(f"rift failed to start: {why}")
+        if self._released:
+            # (a library's Rift used after close(): its stores are closed, and a search would return a
+            # query_id its closed query log never records)
+            raise RiftError("this rift is closed: open its data dir again (Rift(settings).start()) to use it")
         return self._engine
 
     def close(self) -> None:
@@ -641,6 +646,7 @@ class Rift:
         """Close what is open and release the data dir's lock."""
         if self.learning is not None:
             self.learning.close()
+        self._released = True
         if self._engine is not None:
             # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
             # closes under it; one that takes longer is rolled back by the next start (its journal).

@@ -828,3 +828,35 @@ def test_reopening_in_the_same_process_sees_what_another_process_wrote(tmp_path:
         assert sorted(ids(other.search("default", "apples", k=20, mode="vector").outcome.hits)) == ["o", "p"]
     finally:
         other.close()
+
+
+def test_a_closed_rift_says_it_is_closed(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A library's Rift used after close(): a hybrid search answered from the in-memory indexes with a
+    query_id its closed query log never recorded, and the other calls failed with a closed SQLite database or,
+    since close() closes the Chroma client, chromadb's "'RustBindingsAPI' object has no attribute 'bindings'".
+    Each now says rift is closed, also through a store reference kept from before."""
+    cfg = make_settings(tmp_path / "data", tiny_model_path, exact_search_max_chunks=0)  # (Chroma's own search)
+    app = open_rift(cfg)
+    app.add_documents("default", docs(("a", "alpha apples words"), ("b", "bravo pears words")))
+    vectors = app.engine().vectors
+    chroma_name = app.engine().state.collection("default").chroma_name
+    app.close()
+    calls = {
+        "hybrid search": lambda: app.search("default", "apples"),
+        "vector search": lambda: app.search("default", "apples", mode="vector"),
+        "keyword search": lambda: app.search("default", "apples", mode="keyword"),
+        "add": lambda: app.add_documents("default", docs(("c", "charlie plums"))),
+        "stats": lambda: app.stats(),
+        "retrain": lambda: app.learning.retrain(dry_run=True),
+        "kept store": lambda: vectors.all_ids(chroma_name),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RiftError, match="closed") as caught:
+            call()
+        assert "bindings" not in str(caught.value), name
+    app.close()  # (again: nothing to do)
+    app = open_rift(cfg)  # and the data dir opens again in this process
+    try:
+        assert sorted(ids(app.search("default", "words", mode="vector").outcome.hits)) == ["a", "b"]
+    finally:
+        app.close()

@@ -295,6 +295,13 @@ def remove_dropped_index_folders(folder: Path) -> list[str]:
     return removed
 
 
+class _ClosedClient:
+    """Chroma's client once `VectorStore.close` has closed it: any use says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RiftError("rift's vector store is closed (rift was closed): open the data dir again to use it")
+
+
 class VectorStore:
     def __init__(self, client: Any, folder: Path | None = None) -> None:
         self._client = client
@@ -362,10 +369,14 @@ class VectorStore:
         return self._client
 
     def close(self) -> None:
-        """Close Chroma's client (see `close_client`): this store's handles are unusable afterwards."""
+        """Close Chroma's client (see `close_client`): this store's handles are unusable afterwards, and a
+        later use of the store says it is closed (rather than chromadb's AttributeError, "'RustBindingsAPI'
+        object has no attribute 'bindings'", or httpx's closed client)."""
         with self._lock:
             self._collections.clear()
-            close_client(self._client)
+            client, self._client = self._client, _ClosedClient()
+            if not isinstance(client, _ClosedClient):
+                close_client(client)
 
     def forget(self, name: str) -> None:
         """Drop the cached handle: another process may have deleted and re-created the collection."""
