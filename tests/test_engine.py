@@ -1537,6 +1537,35 @@ def test_a_long_document_shows_the_chunk_that_holds_the_query_s_words(rift_facto
         assert hit.doc_id == "long" and word in hit.text, (word, hit.text[:80])
 
 
+def test_a_query_naming_a_definition_shows_its_chunk(rift_factory) -> None:
+    """A file's callers of a name hold its words more often than its definition does: fused, a caller's chunk
+    ranked first and was shown, and the agent read another part of the right file. A query that is the name
+    (as written or split into words) shows the definition's first chunk; the document's ranking is unchanged."""
+    app = rift_factory()
+    callers = "".join(
+        f"def caller_{i}(root):\n"
+        + "".join(f"    step_{j} = writer_id(root) + writer_id(root) + {j}\n" for j in range(12))
+        + "    return step_0\n\n\n"
+        for i in range(4)
+    )
+    body = "".join(f"    part_{j} = root.strip() + str({j})\n" for j in range(14))
+    text = f"import os\n\n\n{callers}def writer_id(root):\n    \"\"\"Name this process.\"\"\"\n{body}"
+    text += "    return f'{root}-{os.getpid()}'\n\n\n" + callers.replace("caller_", "later_")
+    app.add_documents("default", docs(("shared.py", text, {"file_type": "python"}), ("cat", "the cat sat on the mat")))
+    engine = app.engine()
+    assert engine.get_document("default", "shared.py")[2] >= 6
+    defined = text.index("def writer_id")
+    for query in ("writer id", "writer_id", "WriterId", "Writer ID"):
+        grouped = app.search("default", query).outcome.hits
+        assert grouped[0].doc_id == "shared.py"
+        assert grouped[0].start <= defined < grouped[0].end, (query, grouped[0].text[:60])
+        assert grouped[0].metadata["symbol"] == "writer_id"
+    # Other words with the name name no definition: the fused ranking's chunk, as before.
+    fused = app.search("default", "writer id step", group_by_document=False).outcome.hits
+    [shown] = app.search("default", "writer id step", k=1).outcome.hits
+    assert shown.chunk_id == next(h.chunk_id for h in fused if h.doc_id == "shared.py")
+
+
 def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_factory) -> None:
     app = rift_factory()
     app.add_documents(

@@ -49,7 +49,7 @@ from server.engine.filters import (
     unknown_fields_problem,
 )
 from server.engine.fusion import rrf
-from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer
+from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer, name_parts
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
@@ -421,12 +421,18 @@ def _shown_chunks(
     keyword: Sequence[Candidate],
     weights: tuple[float, float],
     rrf_k: float,
+    query: str = "",
 ) -> dict[str, Candidate]:
     """Each of `docs`' chunk to show: the one that fusing the two sides' chunk lists ranks first, so a chunk
     both sides found wins. (Each side's best chunk of the document, by the side that ranked the document higher,
     showed a long document's vector chunk whenever both sides ranked it first: often not the chunk holding the
     query's words, which the keyword side had found.) One pass over the lists, scoring only `docs`' chunks: they
-    may run to thousands of candidates where a few long documents fill the depth."""
+    may run to thousands of candidates where a few long documents fill the depth.
+
+    Except where the query is a definition's name (`_named`): then the first candidate chunk of that definition.
+    A file's callers and imports of a name hold its words as often as the definition does, and fused higher than
+    it in a third of such searches (they may be both sides' first), so the agent was shown another part of the
+    right file (README "Tools", hybrid_search)."""
     wanted = set(docs)
     score: dict[str, float] = {}
     found: dict[str, Candidate] = {}
@@ -443,7 +449,47 @@ def _shown_chunks(
         c = found[chunk_id]
         if value > top.get(c.doc_id, -math.inf):
             best[c.doc_id], top[c.doc_id] = c, value
+    named = _named(query, found.values())
+    if named:
+        # The definition whose best chunk fuses highest (a name two classes' methods share), shown from its
+        # first chunk: the one holding the signature, where a long function's later chunk may fuse higher.
+        chosen: dict[str, tuple[float, str]] = {}
+        for chunk_id in named:
+            c = found[chunk_id]
+            if score[chunk_id] > chosen.get(c.doc_id, (-math.inf, ""))[0]:
+                chosen[c.doc_id] = (score[chunk_id], c.row.metadata["symbol"])  # type: ignore[union-attr]
+        first: dict[str, tuple[float, Candidate]] = {}
+        for chunk_id in named:
+            c = found[chunk_id]
+            if c.row.metadata["symbol"] != chosen[c.doc_id][1]:  # type: ignore[union-attr]
+                continue
+            start = c.row.metadata.get("_rift_start")  # type: ignore[union-attr]
+            at = float(start) if isinstance(start, int | float) else math.inf
+            if c.doc_id not in first or at < first[c.doc_id][0]:
+                first[c.doc_id] = (at, c)
+        best.update({doc: c for doc, (_, c) in first.items()})
     return best
+
+
+def _named(query: str, candidates: Iterable[Candidate]) -> list[str]:
+    """The chunk ids of `candidates` whose definition the query names: the last part of the chunk's `symbol`
+    (Python's label, `Engine.search` -> `search`) has the query's words, identifiers cut into parts (`writer_id`,
+    `WriterId` and "writer id" all name `writer_id`). A query of other words as well names nothing: measured on
+    code, a docstring's sentence naming identifiers then showed the wrong chunk more often."""
+    wanted = name_parts(query)
+    if not wanted:
+        return []
+    matches: dict[str, bool] = {}
+    out = []
+    for c in candidates:
+        symbol = c.row.metadata.get("symbol") if c.row is not None else None
+        if not isinstance(symbol, str) or not symbol:
+            continue
+        if symbol not in matches:
+            matches[symbol] = name_parts(symbol.rsplit(".", 1)[-1]) == wanted
+        if matches[symbol]:
+            out.append(c.chunk_id)
+    return out
 
 
 class Engine:
@@ -2277,7 +2323,7 @@ class Engine:
         rrf_k = rrf_k or self.settings.rrf_k
         fused = rrf([v_keys, k_keys], k=rrf_k, weights=w, limit=k)
         if group_by_document:
-            best = _shown_chunks((key_ for key_, _ in fused), vector_chunks, keyword_chunks, w, rrf_k)
+            best = _shown_chunks((key_ for key_, _ in fused), vector_chunks, keyword_chunks, w, rrf_k, query)
         else:  # (keys are chunks: either side's candidate is that chunk)
             best = {
                 key_: vector[v_rank[key_] - 1] if key_ in v_rank else keyword[k_rank[key_] - 1] for key_, _ in fused

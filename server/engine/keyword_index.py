@@ -147,6 +147,14 @@ def _words(text: str) -> list[str]:
     return " ".join(words).lower().replace("i\u0307", "i").split()
 
 
+def name_parts(text: str) -> list[str]:
+    """`text`'s words with each identifier cut into its parts (as `_words` cuts them), lower-cased, in order:
+    `writer_id`, `WriterId` and "writer id" all give ["writer", "id"]. For comparing a query with a name."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text.translate(_INVISIBLE)))
+    parts = [part for word in words for part in (_PART_BREAK.split(word) if _HAS_PARTS.search(word) else [word])]
+    return " ".join(p for p in parts if p).lower().replace("i\u0307", "i").split()
+
+
 # Where a sentence ends: after . ! ? and whitespace, or right after a CJK full stop (no space follows one).
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 
