@@ -1564,6 +1564,14 @@ def test_a_query_naming_a_definition_shows_its_chunk(rift_factory) -> None:
     fused = app.search("default", "writer id step", group_by_document=False).outcome.hits
     [shown] = app.search("default", "writer id step", k=1).outcome.hits
     assert shown.chunk_id == next(h.chunk_id for h in fused if h.doc_id == "shared.py")
+    # `symbol` is also an ordinary metadata key: a prose document's own (a ticker) names no definition.
+    prose = " ".join(f"Revenue grew in region {i} with steady margins." for i in range(24))
+    prose += " Apple ticker AAPL AAPL AAPL price target raised. " + prose
+    app.add_documents("default", docs(("report", prose, {"symbol": "AAPL"})))
+    fused = app.search("default", "AAPL", group_by_document=False).outcome.hits
+    [shown] = app.search("default", "AAPL", k=1).outcome.hits
+    assert engine.get_document("default", "report")[2] >= 3
+    assert shown.chunk_id == next(h.chunk_id for h in fused if h.doc_id == "report") and "AAPL" in shown.text
 
 
 def test_an_empty_filtered_search_blames_the_filter_only_when_it_is_why(rift_factory) -> None:

@@ -473,7 +473,7 @@ def _shown_chunks(
 
 def _named(query: str, candidates: Iterable[Candidate]) -> list[str]:
     """The chunk ids of `candidates` whose definition the query names: the last part of the chunk's `symbol`
-    (Python's label, `Engine.search` -> `search`) has the query's words, identifiers cut into parts (`writer_id`,
+    (the Python splitter's label, `Engine.search` -> `search`) has the query's words, identifiers cut into parts (`writer_id`,
     `WriterId` and "writer id" all name `writer_id`). A query of other words as well names nothing: measured on
     code, a docstring's sentence naming identifiers then showed the wrong chunk more often."""
     wanted = name_parts(query)
@@ -482,7 +482,11 @@ def _named(query: str, candidates: Iterable[Candidate]) -> list[str]:
     matches: dict[str, bool] = {}
     out = []
     for c in candidates:
-        symbol = c.row.metadata.get("symbol") if c.row is not None else None
+        # Only the Python splitter's labels: `symbol` is also an ordinary metadata key (a ticker, a gene), and
+        # a document's own metadata reaches every chunk of it (found by helper CS).
+        if c.row is None or c.row.metadata.get("file_type") != "python":
+            continue
+        symbol = c.row.metadata.get("symbol")
         if not isinstance(symbol, str) or not symbol:
             continue
         if symbol not in matches:
