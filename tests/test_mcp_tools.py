@@ -422,7 +422,7 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ("add_documents", {"documents": [None] * 30}, ["documents[9]: must be an object", "\n… and 20 more"]),
             ("feedback", {"query_id": "q", "judgments": [None]}, ["judgments[0]: must be an object, got null"]),
             ("hybrid_search", {"query": "cat", "mode": "fuzzy"}, ["mode: must be 'hybrid', 'vector' or 'keyword'"]),
-            ("hybrid_search", {"query": "x" * 9000}, ["query: is 9,000 characters; the limit is 8,192"]),
+            ("hybrid_search", {"query": "x" * 9000}, ["query is 9,000 characters; the limit is 8,192"]),
             ("hybrid_search", {"query": "cat", "filters": [1]}, ["filters: must be an object, got array"]),
             (
                 "hybrid_search",

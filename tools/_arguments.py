@@ -134,7 +134,9 @@ def describe_invalid(exc: ValidationError) -> str:
     lines: list[str] = []
     for error in exc.errors(include_url=False):
         path = argument_path(error["loc"])
-        line = f"{path}: {_problem(error)}" if path else _problem(error)
+        problem = _problem(error)
+        # ("query is 9,000 characters; the limit is 8,192", as the engine's own checks word a length)
+        line = f"{path}{' ' if problem.startswith('is ') else ': '}{problem}" if path else problem
         if line not in lines:
             lines.append(line)
     more = f"\n… and {len(lines) - MAX_PROBLEMS} more" if len(lines) > MAX_PROBLEMS else ""
