@@ -818,6 +818,41 @@ def test_a_watch_sync_that_fails_for_a_reason_says_it_in_one_line(app: Rift, doc
     assert all(r.exc_info is None for r in failed)  # no traceback for a problem that is the user's to fix
 
 
+@pytest.mark.parametrize("when", ["between syncs", "during a sync"])
+def test_a_watch_whose_rift_is_closed_stops_saying_so_once(
+    app: Rift, docs: Path, monkeypatch, caplog, when: str
+) -> None:
+    """A library's watch thread left running after its Rift is closed holds the engine, not the Rift: each
+    later sync logged a traceback ending in sqlite3's 'Cannot operate on a closed database' and it watched on
+    forever (found by helper CM). It now ends, with one line saying why."""
+    from server.ingest import watch
+
+    if when == "during a sync":  # (the second sync finds the rift closed under it: its error is the store's)
+        real, calls = watch.sync_paths, []
+
+        def closes_first(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                app.close()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(watch, "sync_paths", closes_first)
+    syncs: list = []
+    with caplog.at_level("INFO", logger="server.ingest.watch"), watching(app, docs, on_sync=syncs.append) as thread:
+        wait_for(lambda: len(syncs) == 1)
+        if when == "between syncs":
+            app.close()
+        (docs / "kelp.md").write_text("# Kelp\n\nKelp forests shelter sea otters.\n")
+        deadline = time.monotonic() + 5
+        while thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not thread.is_alive()  # (by itself: `watching` sets its stop event only after this)
+    said = [r.getMessage() for r in caplog.records if "was closed" in r.getMessage()]
+    assert said == [f"the rift this watch syncs into was closed: stopping the watch of {docs}"]
+    assert all(r.exc_info is None for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_rift_watch_lists_a_skipped_file_again_only_when_its_reason_changes(capsys) -> None:
     from server.ingest.cli import _print_report
     from server.ingest.sync import FileResult, SyncReport

@@ -532,6 +532,12 @@ class Engine:
         if settings.vector_backend == "http":
             self.shared = SharedSync(self, writer_id(settings.data_dir), settings.chroma_sync_ms)
 
+    @property
+    def closed(self) -> bool:
+        """Whether its stores were closed (the Rift holding it was): nothing can be read or written any more. A
+        caller holding the engine rather than the Rift (a folder's watch) asks this to stop."""
+        return self.state.closed
+
     # --- start-up ------------------------------------------------------------------------------------------
 
     def discard(self) -> None:

@@ -238,13 +238,20 @@ class StateStore:
         since = time.time() if "documents" in tables and "chunk_successors" not in tables else 0.0
         self._conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (SUCCESSORS_SINCE, repr(since)))
         self._lock = threading.RLock()
+        self._closed = False
         self._records: dict[str, CollectionRecord] = {}  # collection rows, read-through (see collection())
         with self._lock:
             self._reclaim(starting=True)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called: every later use fails (sqlite3's 'Cannot operate on a closed database')."""
+        return self._closed
 
     def _reclaim(self, starting: bool = False) -> None:
         """Give free pages back to the disk once they are a large part of the file (hold self._lock)."""

@@ -49,7 +49,8 @@ def watch_folder(
     stop_event: threading.Event | None = None,
     on_sync: Callable[[SyncReport], None] | None = None,
 ) -> None:
-    """Sync once, then after every debounced group of changes, until `stop_event` is set (or Ctrl-C).
+    """Sync once, then after every debounced group of changes, until `stop_event` is set (or Ctrl-C), or the
+    rift `engine` belongs to is closed (a library's watch thread left running: it says so and ends).
     Changes under `ignore_under` (e.g. rift's own data dir) are not reacted to."""
     from watchfiles import Change, DefaultFilter, watch
 
@@ -130,11 +131,24 @@ def watch_folder(
                 continue
         return frozenset(out)
 
-    def sync() -> None:
+    def rift_closed() -> bool:
+        """Whether the rift this watch syncs into was closed (its engine's stores are): the watch then ends,
+        saying so once, rather than failing every later sync with a closed database's traceback."""
+        if not engine.closed:
+            return False
+        log.warning("the rift this watch syncs into was closed: stopping the watch of %s", folder)
+        return True
+
+    def sync() -> bool:
+        """One sync of the folder; False when the rift was closed (before it, or under it): the watch ends."""
         nonlocal linked
+        if rift_closed():
+            return False
         try:
             report = sync_paths(engine, collection, [given], policy, glob=glob, prune=prune)
         except Exception as exc:  # one failed sync (a full disk, a bug on an odd file) must not end the watch
+            if rift_closed():  # (closed while it ran: its error is the closed store's)
+                return False
             from server.engine.vector_store import chroma_server_problem
 
             problem = user_message(exc) or chroma_server_problem(exc, then="the next change retries")
@@ -142,13 +156,14 @@ def watch_folder(
                 log.exception("sync of %s failed; watching on, the next change retries", folder)
             else:
                 log.error("sync of %s failed: %s; watching on, the next change retries", folder, problem)
-            return
+            return True
         linked = frozenset(filter(watchable, linked_files(report))) if watch_links else frozenset()
         nonlocal settle_at
         settling = any(f.status == "skipped" and f.reason == SETTLING for f in report.files)
         settle_at = time.monotonic() + SETTLING_S if settling else None
         if on_sync is not None:
             on_sync(report)
+        return True
 
     # A folder that is a mount point (a disk, a network share) and then is not is unmounted, not replaced: the
     # empty folder left under it must not prune the collection.
@@ -172,8 +187,11 @@ def watch_folder(
         return stop_event is not None and stop_event.is_set()
 
     def wait_while(condition: Callable[[], bool]) -> bool:
-        """Check `condition` every second until it is false (True) or the watch is stopped (False)."""
+        """Check `condition` every second until it is false (True) or the watch is stopped, or its rift closed
+        (False)."""
         while condition():
+            if rift_closed():
+                return False
             if stop_event is not None:
                 if stop_event.wait(1.0):
                     return False
@@ -189,6 +207,8 @@ def watch_folder(
     # every wake-up (at least every rust_timeout), and a new watch starts when it changes. A vanished folder
     # is not pruned: an unmounted disk or a checkout in progress must not empty the collection.
     while not stopped():
+        if rift_closed():
+            return
         watching = identity()
         if watching is None:
             log.warning(
@@ -237,6 +257,8 @@ def watch_folder(
             except (OSError, RuntimeError) as exc:  # the OS watch (watchfiles' own errors are RuntimeErrors)
                 failed = exc
                 break
+            if rift_closed():  # (checked at every wake-up: a closed rift ends the watch without a change)
+                return
             changes = {
                 (c, path)
                 for c, path in raw
@@ -249,7 +271,8 @@ def watch_folder(
                 break
             if not started or changes or (settle_at is not None and time.monotonic() >= settle_at):
                 log.info("syncing %s (%d changes)", folder, len(changes))
-                sync()
+                if not sync():
+                    return
                 started = True
                 relinked = linked != paths or on_disk(paths) != watched or bool(gone & paths)
             else:
@@ -268,7 +291,8 @@ def watch_folder(
                 continue
             # The OS watch itself fails (a symlink loop met by polling, the OS limit on watches): sync on a timer.
             log.warning("watching %s failed (%s); syncing it every %d s instead", folder, failed, FALLBACK_SYNC_S)
-            sync()
+            if not sync():
+                return
             if not wait_while(lambda until=time.monotonic() + FALLBACK_SYNC_S: time.monotonic() < until):  # noqa: B008
                 return
             continue
