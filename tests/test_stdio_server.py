@@ -66,6 +66,14 @@ async def test_claude_desktop_style_session(tmp_path: Path, tiny_model_path: Pat
     assert listed < 10
 
 
+# An initialize request's params (the newest protocol version).
+HELLO = {
+    "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
+    "capabilities": {},
+    "clientInfo": {"name": "t", "version": "0"},
+}
+
+
 def rpc(msg_id: int | None, method: str, params: dict | None = None) -> str:
     msg: dict = {"jsonrpc": "2.0", "method": method}
     if msg_id is not None:
@@ -234,12 +242,7 @@ def test_sigterm_closes_the_server_before_it_exits(tmp_path: Path, tiny_model_pa
                 if message.get("id") == msg_id:
                     return message
 
-        hello = {
-            "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        }
-        ask(1, "initialize", hello)
+        ask(1, "initialize", HELLO)
         proc.stdin.write(rpc(None, "notifications/initialized", None))
         add = {"name": "add_documents", "arguments": {"documents": [{"text": "the sea and the river"}]}}
         ask(2, "tools/call", add)
@@ -318,11 +321,6 @@ def test_eof_while_the_model_loads_exits_at_once_and_frees_the_data_dir(tmp_path
     server, still loading its model (the close waited up to 60 s for the load). Loading writes nothing, so the
     close does not wait for it; the next server starts and serves."""
     env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
-    hello = {
-        "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    }
     with (tmp_path / "first.log").open("w") as errlog:
         first = subprocess.Popen(
             [sys.executable, "-c", SLOW_LOAD_SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
@@ -330,7 +328,7 @@ def test_eof_while_the_model_loads_exits_at_once_and_frees_the_data_dir(tmp_path
         )
         assert first.stdin is not None and first.stdout is not None
         try:
-            first.stdin.write(rpc(1, "initialize", hello))
+            first.stdin.write(rpc(1, "initialize", HELLO))
             first.stdin.flush()
             assert json.loads(first.stdout.readline())["id"] == 1
             first.stdin.close()
@@ -345,7 +343,7 @@ def test_eof_while_the_model_loads_exits_at_once_and_frees_the_data_dir(tmp_path
     )
     assert second.stdin is not None and second.stdout is not None
     try:
-        second.stdin.write(rpc(1, "initialize", hello) + rpc(None, "notifications/initialized"))
+        second.stdin.write(rpc(1, "initialize", HELLO) + rpc(None, "notifications/initialized"))
         second.stdin.write(rpc(2, "tools/call", {"name": "stats", "arguments": {}}))
         second.stdin.flush()
         replies = [json.loads(second.stdout.readline()) for _ in range(2)]  # (a locked data dir: none)
@@ -382,12 +380,7 @@ def test_a_line_that_is_not_utf8_is_answered_and_nothing_is_stored(tmp_path: Pat
             params = {"name": tool, "arguments": arguments}
             return ask(rpc(msg_id, "tools/call", params).encode().rstrip(b"\n"), msg_id)
 
-        hello = {
-            "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        }
-        ask(rpc(1, "initialize", hello).encode(), 1)
+        ask(rpc(1, "initialize", HELLO).encode(), 1)
         proc.stdin.write(rpc(None, "notifications/initialized").encode())
         if Path(f"/proc/{proc.pid}/fd/0").exists():  # Linux: the descriptors as the SDK's claim leaves them
             assert os.readlink(f"/proc/{proc.pid}/fd/0") == os.devnull
@@ -437,11 +430,6 @@ def test_the_server_still_serves_when_the_sdk_moves_its_stdin_claim(tmp_path: Pa
     SDK 2.x (the pin allows one) may move those names. The server must then still serve, on the SDK's own
     reading of stdin, and say on stderr what it lost, rather than fail to start."""
     env = {**os.environ, **server_env(tmp_path / "data", tiny_model_path)}
-    hello = {
-        "protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1],
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    }
     with (tmp_path / "stderr.log").open("w") as errlog:
         proc = subprocess.Popen(
             [sys.executable, "-c", SDK_WITHOUT_CLAIM], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
@@ -449,7 +437,7 @@ def test_the_server_still_serves_when_the_sdk_moves_its_stdin_claim(tmp_path: Pa
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(rpc(1, "initialize", hello) + rpc(None, "notifications/initialized"))
+            proc.stdin.write(rpc(1, "initialize", HELLO) + rpc(None, "notifications/initialized"))
             proc.stdin.write(rpc(2, "tools/call", {"name": "stats", "arguments": {}}))
             proc.stdin.flush()
             replies = [json.loads(proc.stdout.readline()) for _ in range(2)]
