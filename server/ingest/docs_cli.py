@@ -249,10 +249,6 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
         _import(stream, collection, data_dir)
 
 
-def _count(documents: int) -> str:
-    return f"{documents:,} document{'' if documents == 1 else 's'}"
-
-
 def _interrupted(stored: str) -> NoReturn:
     click.echo(f"\ninterrupted: {stored}; run the same import again to resume", err=True)
     sys.exit(130)
@@ -261,7 +257,7 @@ def _interrupted(stored: str) -> NoReturn:
 def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     from server.cli import emit, load_settings, open_rift
     from server.engine.engine import check_collection_name
-    from server.ingest.jsonl import ImportReport, check_file
+    from server.ingest.jsonl import ImportReport, check_file, count_documents
     from server.ingest.jsonl import import_documents as load
 
     interactive = sys.stderr.isatty()
@@ -287,7 +283,7 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     if not checked.checked:
         click.echo(
             "warning: the file has no rift export header or trailer (an export by an older rift, or another "
-            f"tool's file): a file cut short cannot be told from a whole one; {_count(checked.documents)} read",
+            f"tool's file): a file cut short cannot be told from a whole one; {count_documents(checked.documents)} read",
             err=True,
         )
     rift = open_rift(settings)

@@ -133,7 +133,7 @@ class ExportSeal:
         """Raise when the file is not the whole export its header and trailer describe."""
         if self.header is not None and self.trailer is None:
             raise RiftError(
-                f"the file looks cut short: {_documents(self.documents)} read (through line {self.lines:,}), and "
+                f"the file looks cut short: {count_documents(self.documents)} read (through line {self.lines:,}), and "
                 f"the {TRAILER} line that `rift export` writes last is missing (a full disk, an export stopped or a "
                 "copy cut part way?); nothing was imported: export the collection again (edited on purpose? "
                 f"remove its first line, the {HEADER} header, to import it unchecked)"
@@ -143,7 +143,7 @@ class ExportSeal:
         said, digest = self.trailer["documents"], self.digest.hexdigest()
         if said != self.documents:
             raise RiftError(
-                f"the file holds {_documents(self.documents)}, but its {TRAILER} line (line {self.trailer_line:,}) "
+                f"the file holds {count_documents(self.documents)}, but its {TRAILER} line (line {self.trailer_line:,}) "
                 f"says the export wrote {said:,}: {'lines are missing' if self.documents < said else 'lines were added'}"
                 "; nothing was imported"
             )
@@ -155,7 +155,8 @@ class ExportSeal:
             )
 
 
-def _documents(n: int) -> str:
+def count_documents(n: int) -> str:
+    """'1 document', '1,200 documents'."""
     return f"{n:,} document{'' if n == 1 else 's'}"
 
 
