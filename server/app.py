@@ -272,7 +272,9 @@ def _refuse_unknown_arguments(server: MCPServer, name: str) -> None:
 def _publish_setting_bounds(server: MCPServer, spec: ToolSpec, settings: Settings) -> None:
     """Write into the published input schema the bounds that are settings (max_k, max_documents_per_call), as
     this server is configured: a fixed number in the annotation would allow what the server refuses, or
-    refuse what a raised setting allows. The engine enforces them, naming the setting."""
+    refuse what a raised setting allows. The engine enforces them, naming the setting. Defaults that are
+    settings (retrain's epochs, min_triples, ...) are described with the configured value, for the same
+    reason: an agent reading the built-in 32 may not try a retrain this server would run."""
     tool = server._tool_manager.get_tool(spec.name)  # noqa: SLF001
     assert tool is not None, spec.name
     for argument, keyword, setting in spec.setting_bounds:
@@ -280,6 +282,12 @@ def _publish_setting_bounds(server: MCPServer, spec: ToolSpec, settings: Setting
         # an optional argument's bound belongs to its non-null branch
         target = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
         target[keyword] = getattr(settings, setting)
+    for argument, setting in spec.setting_defaults:
+        schema = tool.parameters["properties"][argument]
+        said = f"(default: setting {setting})"
+        assert said in schema["description"], (spec.name, argument)
+        value = getattr(settings, setting)
+        schema["description"] = schema["description"].replace(said, f"(default: setting {setting}, {value:g})")
 
 
 # Keywords whose value is a schema, a list of schemas, or a map of names to schemas (JSON Schema 2020-12).

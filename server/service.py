@@ -828,7 +828,7 @@ class Rift:
                     "chunks": info.chunks,
                     "model_version": info.model_version,
                     "keyword_rebuild_ms": round(info.keyword_rebuild_ms, 2),
-                    "queries": self.log.stats(name) if self.log else {},
+                    "queries": self.log.stats(name) if self.log else None,
                     # (a shared Chroma server that lost its vectors, a model switched elsewhere: not healthy)
                     "problem": engine.shared.problem(name) if engine.shared is not None else None,
                 }
@@ -845,7 +845,7 @@ class Rift:
             "index_bytes": _index_bytes(self.settings),
             "collections": collections,
             # (one collection asked for: its block, not the same query over the log again)
-            "queries": collections[0]["queries"] if collection is not None else self.log.stats() if self.log else {},
+            "queries": collections[0]["queries"] if collection is not None else self.log.stats() if self.log else None,
             "logging_enabled": self.settings.log_queries,
             "load_seconds": round(self.load_seconds or 0.0, 2),
             "learning": self.learning.stats() if self.learning is not None else None,

@@ -118,6 +118,10 @@ def test_agreeing_top_hit_has_no_keyword_blind_spot(logged) -> None:
 
 
 def test_only_hybrid_searches_are_logged_and_stats_report_rates(logged) -> None:
+    # Before any compared search the means and shares are unknown, not 0.0 ("the two sides never agree").
+    empty = logged.stats("sci")["queries"]
+    assert empty["logged_queries"] == 0 and empty["mean_top_overlap"] is None
+    assert empty["share_with_vector_blind_spots"] is None and empty["mean_keyword_blind_spots"] is None
     logged.search("sci", QUERY, k=1)
     logged.search("sci", QUERY, k=1, mode="vector")
     logged.search("sci", QUERY, k=1, mode="keyword")
@@ -125,8 +129,8 @@ def test_only_hybrid_searches_are_logged_and_stats_report_rates(logged) -> None:
     stats = logged.stats("sci")
     queries = stats["queries"]
     assert queries["logged_queries"] == 2
-    assert queries["queries_with_keyword_blind_spots"] == pytest.approx(0.5)  # QUERY k=1; k=10 sees all
-    assert queries["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+    assert queries["share_with_keyword_blind_spots"] == pytest.approx(0.5)  # QUERY k=1; k=10 sees all
+    assert queries["share_with_vector_blind_spots"] == pytest.approx(1.0)
     assert 0 <= queries["mean_top_overlap"] <= 1
     assert stats["collections"][0]["queries"]["logged_queries"] == 2
     assert stats["logging_enabled"] is True
@@ -294,7 +298,7 @@ def test_a_query_without_keyword_terms_is_not_counted_as_disagreement(logged) ->
     queries = logged.stats("sci")["queries"]
     assert queries["logged_queries"] == 3 and queries["queries_without_keyword_terms"] == 1
     # Both compared searches have vector blind spots; counting the third would read 2/3.
-    assert queries["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+    assert queries["share_with_vector_blind_spots"] == pytest.approx(1.0)
     # A filter no document matches: neither side found anything, so nothing disagreed either.
     empty = logged.search("sci", QUERY, k=10, filters={"no_such_field": "x"})
     assert empty.outcome.hits == [] and not empty.disagreement.compared and empty.logged
@@ -321,7 +325,7 @@ def test_a_log_from_before_the_compared_column_opens_and_counts_its_rows_as_comp
         stats = log.stats("c")
         assert stats["logged_queries"] == 2 and stats["queries_not_compared"] == 1
         assert stats["mean_top_overlap"] == pytest.approx(0.4)
-        assert stats["queries_with_vector_blind_spots"] == pytest.approx(1.0)
+        assert stats["share_with_vector_blind_spots"] == pytest.approx(1.0)
     finally:
         log.close()
 

@@ -115,7 +115,7 @@ def test_to_chroma_shapes() -> None:
         ({"lang": {"$in": []}}, "filters.lang.$in must be a non-empty list"),
         ({"lang": {"$in": "en"}}, "filters.lang.$in must be a non-empty list"),
         ({"lang": {"$in": ["en", ["x"]]}}, "filters.lang.$in[1]"),
-        ({"lang": ["en"]}, "filters.lang must be a string, number or boolean"),
+        ({"lang": ["en"]}, 'filters.lang must be a string, number or boolean, got array; to match any of several values write {"lang": {"$in": [...]}}'),
         ({"lang": None}, "filters.lang must be a string, number or boolean, got null"),
         ({"lang": float("nan")}, "filters.lang must be a finite number"),
         ({"n": {"$lt": 1e19}}, "filters.n.$lt is 1e+19; numbers must lie within ±9.2e18"),

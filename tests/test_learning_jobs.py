@@ -96,6 +96,26 @@ def test_a_cancelled_job_reads_as_stopping_until_it_has() -> None:
     runner.wait(5)
 
 
+def test_progress_says_when_its_total_is_not_known_yet() -> None:
+    """A phase whose step count is not known yet reads total null, not "0 of 0", which reads as finished."""
+    runner = JobRunner()
+    entered, release = threading.Event(), threading.Event()
+
+    def work(job):
+        job.enter("training")
+        entered.set()
+        release.wait(5)
+        job.progress(1, 150)
+        return {"status": "succeeded"}
+
+    job = runner.start("retrain", {}, work)
+    assert entered.wait(5)
+    assert job.snapshot()["progress"] == {"done": 0, "total": None}
+    release.set()
+    runner.wait(5)
+    assert job.snapshot()["progress"] == {"done": 1, "total": 150}
+
+
 def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     rift = open_rift(settings)

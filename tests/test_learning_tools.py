@@ -49,8 +49,12 @@ def cfg(tmp_path: Path, tiny_model_path: Path) -> Settings:
 
 async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> None:
     async with connect(cfg) as client:
-        tools = {t.name for t in (await client.list_tools()).tools}
-        assert {"retrain", "retrain_status", "feedback", "rollback", "list_models"} <= tools
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        assert {"retrain", "retrain_status", "feedback", "rollback", "list_models"} <= set(listed)
+        # Defaults that are settings are published as this server is configured (min_triples 2, not 32).
+        published = listed["retrain"].input_schema["properties"]
+        assert published["min_triples"]["description"].endswith("(default: setting learn_min_triples, 2).")
+        assert published["epochs"]["description"].endswith(f"(default: setting learn_epochs, {cfg.learn_epochs:g}).")
         await ok(client, "add_documents", {"documents": corpus()})
         searches = [await ok(client, "hybrid_search", {"query": text}) for text in queries()]
         base = searches[0]["model_version"]
@@ -86,6 +90,7 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
 
         dry = await ok(client, "retrain", {"dry_run": True})
         assert dry["job_id"] is None and dry["status"] == "dry_run"
+        assert dry["would_train"] is True and dry["refusal"] is None
         mining = dry["mining"]
         assert mining["triples"] >= 2 and sum(mining["by_type"].values()) == mining["triples"]
         assert mining["examples"] and {"query", "positive_doc", "negative_doc", "kind"} <= set(
@@ -95,11 +100,17 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         # The latest search is held out for the gate: its feedback scores the candidate rather than training it,
         # which the summary says (the agent saw no feedback triple, and no word why).
         assert mining["holdout_with_feedback"] == 1
-        assert "min_triples" in await error(client, "retrain", {"min_triples": 100000})
+        # A dry run says what the real call would answer, refusal and all.
+        refused = await error(client, "retrain", {"min_triples": 100000})
+        assert "min_triples is 100000" in refused
+        foreseen = await ok(client, "retrain", {"dry_run": True, "min_triples": 100000})
+        assert foreseen["would_train"] is False and foreseen["refusal"] in refused
 
         started = await ok(client, "retrain", {"epochs": 1, "batch_size": 4})
         assert started["job_id"] and started["status"] == "running"
         assert "already running" in await error(client, "retrain", {})
+        busy = await ok(client, "retrain", {"dry_run": True})
+        assert busy["would_train"] is False and "already running" in busy["refusal"]
         seen: list[float] = []
 
         async def on_progress(value: float, total: float | None, message: str | None) -> None:

@@ -30,6 +30,8 @@ async def test_the_prompts_name_tools_and_arguments_that_exist(cfg: Settings) ->
         assert set(listed) == {"ask", "improve_search"}
         assert [(a.name, a.required) for a in listed["ask"].arguments or []] == [("question", True), ("collection", False)]
         tools = {t.name: set(t.input_schema.get("properties", {})) for t in (await client.list_tools()).tools}
+        for name in ("notes", "default"):
+            assert not (await client.call_tool("create_collection", {"collection": name})).is_error
         asked = await client.get_prompt("ask", {"question": "When does the river flood?", "collection": "notes"})
         improve = await client.get_prompt("improve_search", {})
         default = await client.get_prompt("ask", {"question": "x"})
@@ -54,6 +56,7 @@ async def test_a_wrong_prompt_request_is_named_as_the_clients_error(cfg: Setting
     """The SDK answered a missing argument or an unknown prompt with "Internal server error" and ignored a
     misspelt argument: each is -32602 naming what is wrong."""
     async with Client(create_server(cfg), raise_exceptions=False) as client:
+        assert not (await client.call_tool("create_collection", {"collection": "kb"})).is_error
         for name, arguments, message in [
             ("ask", {}, "prompt 'ask' needs the argument 'question'"),
             ("ask", {"question": "x", "colection": "kb"}, "prompt 'ask' has no argument 'colection'; it takes collection, question"),
@@ -67,6 +70,8 @@ async def test_a_wrong_prompt_request_is_named_as_the_clients_error(cfg: Setting
             ("ask", {"question": "\u200b\u200b"}, "question must not be only whitespace or invisible characters"),
             ("ask", {"question": "\ufeff \u200f"}, "question must not be only whitespace or invisible characters"),
             ("ask", {"question": "x", "collection": "no such/name"}, "collection must be 1-63 characters"),
+            # A collection that does not exist is refused with the ones that do, not at the workflow's first search.
+            ("ask", {"question": "x", "collection": "notes"}, "unknown collection 'notes' (collections: kb)"),
         ]:
             with pytest.raises(MCPError) as caught:
                 await client.get_prompt(name, arguments)

@@ -21,8 +21,9 @@ from tests.support.learning import corpus, queries
 pytestmark = pytest.mark.anyio
 
 # Compact JSON bytes of the whole tools/list result: 42,698 with pydantic's schemas as generated, 37,139
-# compacted. Room for a few more sentences of description, not for the boilerplate to come back.
-BUDGET = 38_500
+# compacted; 38,558 once stats' log figures were typed and retrain's dry run said whether it would train.
+# Room for a few more sentences of description, not for the boilerplate to come back.
+BUDGET = 39_000
 
 
 def size(value: Any) -> int:

@@ -15,7 +15,8 @@ import anyio
 from anyio.lowlevel import RunVar
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, ToolAnnotations
 
 from server.engine.vector_store import chroma_server_problem
 from server.errors import RiftError, disk_full_problem
@@ -60,6 +61,9 @@ class ToolSpec:
     # (argument, JSON Schema keyword, setting): a bound that is a setting, published as the server is configured
     # (server/app.py) rather than fixed in the annotation; the engine enforces it and names the setting.
     setting_bounds: tuple[tuple[str, str, str], ...] = ()
+    # (argument, setting): an argument whose default is a setting; its description's "(default: setting X)"
+    # gets the value this server is configured with (server/app.py), not the built-in one.
+    setting_defaults: tuple[tuple[str, str], ...] = ()
 
 
 def rift_of(ctx: Context) -> Rift:
@@ -187,3 +191,21 @@ def progress_reporter(ctx: Context, label: str) -> Callable[..., None]:
             log.debug("progress notification failed", exc_info=True)
 
     return report
+
+
+async def call_request(what: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
+    """Run engine work in a worker thread; its failure becomes a JSON-RPC error with a clear message, its data
+    naming `what` was asked for (a URI, or the method). Bad input (an unknown document or collection) is the
+    request's fault (-32602); a server that cannot answer yet (`server_side`: waiting for its Chroma server,
+    or it failed to start; while the model loads, the call waits) or a failing vector store is the server's
+    (-32603), so a client tries again rather than giving up on the request."""
+    data = {"uri": what} if "://" in what else {"method": what}
+    problem = not_unicode(fn, args, {})
+    if problem is not None:
+        raise MCPError(code=INVALID_PARAMS, message=problem, data=data)
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+    except RiftError as exc:
+        raise MCPError(code=INTERNAL_ERROR if server_side else INVALID_PARAMS, message=str(exc), data=data) from None
+    except Exception as exc:
+        raise MCPError(code=INTERNAL_ERROR, message=failure_message(fn, exc), data=data) from None

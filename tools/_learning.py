@@ -24,7 +24,9 @@ class JobStatus(BaseModel):
     phase: str = Field(
         description="mining, training, encoding, gating, switching, loading, or the final status."
     )
-    progress: dict[str, int] = Field(description="done/total within the current phase (steps or chunks).")
+    progress: dict[str, int | None] = Field(
+        description="done/total within the current phase (steps or chunks); total null while not known."
+    )
     elapsed_s: float
     phases: list[dict[str, Any]] = Field(description="Each phase with its duration in seconds.")
     params: dict[str, Any]

@@ -49,8 +49,8 @@ class DocumentIn(BaseModel):
     text: StrictStr = Field(description="The document's full text; it is chunked to fit the model.")
     metadata: dict[str, MetadataValue] | None = Field(
         None,
-        description="Flat str/int/float/bool values, usable in hybrid_search filters; at most 128 keys of up to "
-        "256 characters, 65,536 characters in all (every chunk stores a copy).",
+        description="Flat str/int/float/bool values for hybrid_search filters: up to 128 keys (not starting "
+        "'_rift_', '$' or '#') of up to 256 characters, 65,536 characters in all (every chunk stores a copy).",
     )
 
 

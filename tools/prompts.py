@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from mcp.server.mcpserver import Context
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 from pydantic import Field
@@ -13,14 +14,16 @@ from pydantic import Field
 from server.engine.engine import check_collection_name, check_query_text
 from server.errors import RiftError
 from tools._arguments import quoted
+from tools._common import call_request, rift_of
 
 ASK = "ask"
 IMPROVE = "improve_search"
 COLLECTION_ARGUMENT = "collection"  # the prompts' argument that `completion/complete` completes
 
 
-def ask(
+async def ask(
     question: Annotated[str, Field(description="What to find out from the stored documents.")],
+    ctx: Context,
     collection: Annotated[str, Field(description="The collection to search (default: default).")] = "default",
 ) -> str:
     """Answer a question from stored documents with sources, then tell rift which results were right."""
@@ -34,6 +37,9 @@ def ask(
         check_collection_name(collection)
     except RiftError as exc:
         raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+    # A collection that does not exist is refused now, with the ones that do, not at the workflow's first search.
+    engine = await call_request(f"prompt {ASK}", rift_of(ctx).engine, server_side=True)
+    await call_request(f"prompt {ASK}", engine.info, collection)
     return f"""Answer the question below from the documents stored in rift's collection "{collection}", not from memory.
 
 Question: {question}
@@ -49,7 +55,7 @@ def improve_search() -> str:
     return """Help rift's search learn from how it has been used.
 
 1. Call stats and report the learning status: searches logged, feedback verdicts, how often the vector and keyword sides disagree, and the retrain policy if one is set.
-2. Call retrain with dry_run=true to see the training triples it would use (counts by type, with examples). If it says there are too few, report its numbers (stats shows the minimum) and stop: more searches, and feedback on their results, add triples.
+2. Call retrain with dry_run=true to see the training triples it would use (counts by type, with examples). If its would_train is false, report its refusal (too few triples, or a job already running) and stop: more searches, and feedback on their results, add triples.
 3. Otherwise call retrain, then retrain_status with its job_id and wait_seconds=300 until the job has finished. Report the gate's decision with its numbers: a candidate that scores worse on the gate's measures is kept as a rejected version and the serving model stays; one that is no worse serves from then on.
 4. Say that list_models shows every version, and that rollback serves an earlier one if search seems worse later."""
 

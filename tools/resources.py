@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -23,7 +22,6 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     Annotations,
     CompleteRequestParams,
@@ -37,14 +35,12 @@ from mcp.types import (
 )
 
 from server.engine.state_store import DocumentEntry
-from server.errors import RiftError
 from server.ingest.manage import collection_names, complete_doc_ids, resource_page
 from server.ingest.manage import get_document as fetch_document
 from server.service import Rift
-from tools._common import failure_message, lone_surrogate, not_unicode, rift_of
+from tools._common import call_request, lone_surrogate, rift_of
 from tools.prompts import ASK, COLLECTION_ARGUMENT
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DOCUMENT_TEMPLATE = "rift://documents/{collection}/{doc_id}"
@@ -75,30 +71,12 @@ def percent_encoding_problem(uri: str) -> str | None:
     return None
 
 
-async def _call(what: str, fn: Callable[..., T], *args: Any, server_side: bool = False) -> T:
-    """Run engine work in a worker thread; its failure becomes a JSON-RPC error with a clear message, its data
-    naming `what` was asked for (a URI, or the method). Bad input (an unknown document or collection) is the
-    request's fault (-32602); a server that cannot answer yet (`server_side`: waiting for its Chroma server,
-    or it failed to start; while the model loads, the call waits) or a failing vector store is the server's
-    (-32603), so a client tries again rather than giving up on the request."""
-    data = {"uri": what} if "://" in what else {"method": what}
-    problem = not_unicode(fn, args, {})
-    if problem is not None:
-        raise MCPError(code=INVALID_PARAMS, message=problem, data=data)
-    try:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
-    except RiftError as exc:
-        raise MCPError(code=INTERNAL_ERROR if server_side else INVALID_PARAMS, message=str(exc), data=data) from None
-    except Exception as exc:
-        raise MCPError(code=INTERNAL_ERROR, message=failure_message(fn, exc), data=data) from None
-
-
 async def read_document(collection: str, doc_id: str, ctx: Context) -> str:
     """The document's whole text."""
     uri = document_uri(collection, doc_id)
     rift = rift_of(ctx)
-    await _call(uri, rift.engine, server_side=True)
-    view = await _call(uri, fetch_document, rift, collection, doc_id)
+    await call_request(uri, rift.engine, server_side=True)
+    view = await call_request(uri, fetch_document, rift, collection, doc_id)
     return view.text
 
 
@@ -141,8 +119,8 @@ def _resource(collection: str, entry: DocumentEntry) -> Resource:
 
 async def list_document_resources(rift: Rift, cursor: str | None) -> ListResourcesResult:
     start = _decode_cursor(cursor) if cursor is not None else None
-    engine = await _call("resources/list", rift.engine, server_side=True)
-    page, following = await _call("resources/list", resource_page, engine, start, LIST_PAGE)
+    engine = await call_request("resources/list", rift.engine, server_side=True)
+    page, following = await call_request("resources/list", resource_page, engine, start, LIST_PAGE)
     return ListResourcesResult(
         resources=[_resource(c, e) for c, e in page],
         next_cursor=_encode_cursor(following) if following else None,
@@ -158,7 +136,7 @@ def _completion(values: list[str], total: int) -> CompleteResult:
 
 async def _complete_collection(label: str, engine: Any, prefix: str) -> CompleteResult:
     """The collection names that start with `prefix` (the resource template's and the ask prompt's argument)."""
-    names = [n for n in await _call(label, collection_names, engine) if n.startswith(prefix)]
+    names = [n for n in await call_request(label, collection_names, engine) if n.startswith(prefix)]
     return _completion(names[:COMPLETION_LIMIT], len(names))
 
 
@@ -167,7 +145,7 @@ async def complete_document_uri(rift: Rift, params: CompleteRequestParams) -> Co
     ref, argument = params.ref, params.argument
     if not isinstance(ref, ResourceTemplateReference) or ref.uri != DOCUMENT_TEMPLATE:
         return NO_COMPLETION
-    engine = await _call(ref.uri, rift.engine, server_side=True)
+    engine = await call_request(ref.uri, rift.engine, server_side=True)
     if argument.name == "collection":
         return await _complete_collection(ref.uri, engine, argument.value)
     if argument.name != "doc_id":
@@ -176,7 +154,7 @@ async def complete_document_uri(rift: Rift, params: CompleteRequestParams) -> Co
     if not collection:
         return NO_COMPLETION  # which collection's ids: the client completes `collection` first
     return _completion(
-        *await _call(ref.uri, complete_doc_ids, engine, collection, argument.value, COMPLETION_LIMIT)
+        *await call_request(ref.uri, complete_doc_ids, engine, collection, argument.value, COMPLETION_LIMIT)
     )
 
 
@@ -186,7 +164,7 @@ async def complete_prompt_argument(rift: Rift, params: CompleteRequestParams) ->
     if not isinstance(ref, PromptReference) or ref.name != ASK or argument.name != COLLECTION_ARGUMENT:
         return NO_COMPLETION
     label = f"prompt {ref.name}"
-    return await _complete_collection(label, await _call(label, rift.engine, server_side=True), argument.value)
+    return await _complete_collection(label, await call_request(label, rift.engine, server_side=True), argument.value)
 
 
 async def handle_completion(ctx: ServerRequestContext[Rift], params: CompleteRequestParams) -> CompleteResult:

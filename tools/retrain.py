@@ -9,15 +9,14 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.config import RETRAIN_BOUNDS as _BOUNDS
-from server.config import LearnStrategy, Settings
+from server.config import LearnStrategy
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
-_DEFAULTS = Settings.model_construct()  # the built-in defaults, which configured settings may change
-
 
 def _default(setting: str) -> str:
-    return f"(default: setting {setting}, {getattr(_DEFAULTS, setting):g})"
+    # server/app.py adds the value this server is configured with (ToolSpec.setting_defaults)
+    return f"(default: setting {setting})"
 
 
 class RetrainResult(BaseModel):
@@ -28,6 +27,8 @@ class RetrainResult(BaseModel):
         "null while the job is still mining a long log (retrain_status then shows the counts, or why it "
         "stopped)."
     )
+    would_train: bool | None = Field(None, description="Dry run: would the real call train?")
+    refusal: str | None = Field(None, description="Dry run: why the real call would refuse.")
 
 
 async def retrain(
@@ -88,7 +89,7 @@ TOOL = ToolSpec(
         "disagreement log (and your feedback). Returns at once with a job_id; follow it with retrain_status. "
         "The new model serves only if an honest gate on held-out recent searches finds it no worse; "
         "otherwise it is kept as a rejected version. Searches keep working throughout. Use dry_run to see "
-        "the triples first."
+        "the triples first, and if it would train."
     ),
     annotations=ToolAnnotations(
         title="Retrain from use",
@@ -98,5 +99,12 @@ TOOL = ToolSpec(
         destructive_hint=True,
         idempotent_hint=False,
         open_world_hint=False,
+    ),
+    setting_defaults=(
+        ("epochs", "learn_epochs"),
+        ("learning_rate", "learn_learning_rate"),
+        ("batch_size", "learn_batch_size"),
+        ("min_triples", "learn_min_triples"),
+        ("merge_base", "learn_merge_base"),
     ),
 )

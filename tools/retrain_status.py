@@ -35,13 +35,13 @@ async def retrain_status(
     deadline = time.monotonic() + wait_seconds
     sent = -1.0
     while snap["status"] == "running" and time.monotonic() < deadline:
-        done, total = snap["progress"]["done"], snap["progress"]["total"]
+        done, total = snap["progress"]["done"], snap["progress"]["total"] or 0
         # MCP progress must increase: one scale across the phases, each phase one unit; only news is sent.
         overall = PHASE_ORDER.get(snap["phase"], 0) + (min(done, total) / total if total else 0.0)
         if overall > sent:
             sent = overall
             with contextlib.suppress(Exception):  # progress is best effort
-                message = f"{snap['kind']}: {snap['phase']} {done}/{total}"
+                message = f"{snap['kind']}: {snap['phase']}" + (f" {done}/{total}" if total else "")
                 await ctx.report_progress(round(overall, 4), float(PHASE_ORDER["done"]), message)
         await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         snap = await call(learning.status, snap["job_id"])

@@ -11,13 +11,29 @@ from pydantic import BaseModel, Field
 from tools._common import ToolSpec, call, rift_of
 
 
+class QueryStats(BaseModel):
+    """The disagreement log. Means and shares (0-1) are over compared searches (null before one):
+    mean_top_overlap, of the top hits both sides returned; share_with_*_blind_spots, of searches where that
+    side had a top hit the other missed; mean_*_blind_spots, such hits per search."""
+
+    logged_queries: int
+    queries_not_compared: int
+    queries_without_keyword_terms: int = Field(description="Not compared: the vector side answered alone.")
+    mean_top_overlap: float | None
+    share_with_vector_blind_spots: float | None
+    share_with_keyword_blind_spots: float | None
+    mean_vector_blind_spots: float | None
+    mean_keyword_blind_spots: float | None
+    feedback_labels: int
+
+
 class CollectionStats(BaseModel):
     name: str
     documents: int
     chunks: int
     model_version: str
     keyword_rebuild_ms: float
-    queries: dict[str, Any]
+    queries: QueryStats | None
     problem: str | None = Field(
         None,
         description="With a Chroma server: what keeps this collection from being searched and written here (the "
@@ -43,7 +59,7 @@ class StatsResult(BaseModel):
     )
     index_bytes: dict[str, int]
     collections: list[CollectionStats]
-    queries: dict[str, Any] = Field(description="Logged searches and disagreement rates.")
+    queries: QueryStats | None = Field(description="All collections' searches.")
     logging_enabled: bool
     load_seconds: float
     learning: dict[str, Any] | None = Field(

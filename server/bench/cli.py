@@ -301,9 +301,9 @@ def _run_learn(
     "--mode", "modes", multiple=True, type=click.Choice(MODES), help="Repeatable; default all three."
 )
 @click.option("--model", default=None, help="Embedding model name or folder (default: the settings' model).")
-@click.option("--rrf-k", default=None, help="RRF k, or a comma list to compare (default: settings, 60).")
+@click.option("--rrf-k", default=None, help="RRF k, or a comma list to compare (default: setting rrf_k).")
 @click.option(
-    "--depth", default=None, help="Candidates per retriever, or a comma list (default: settings, 100)."
+    "--depth", default=None, help="Candidates per retriever, or a comma list (default: setting candidate_depth)."
 )
 @click.option("--weights", multiple=True, help="'vector,keyword' RRF weights; repeat to compare.")
 @click.option(

@@ -1942,7 +1942,8 @@ class Engine:
                 docs.append((doc_id, found[1], check_metadata(merged, f"the metadata of {doc_id!r}")))
             if missing:
                 shown = ", ".join(repr(d) for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
-                raise NotFoundError(f"{len(missing)} ids are not in collection {collection!r}: {shown}")
+                counted = "1 id is" if len(missing) == 1 else f"{len(missing):,} ids are"
+                raise NotFoundError(f"{counted} not in collection {collection!r}: {shown}")
             total = sum(len(text) for _, text, _ in docs)
             if total > self.settings.max_chars_per_call:  # each is split and indexed again, as an add would
                 if len(docs) == 1:  # stored before the setting was lowered: fewer at a time cannot help

@@ -17,6 +17,7 @@ folders as ``_rift_dir_<depth>`` (see `path_keys`); ``$prefix`` compiles to equa
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import os
@@ -161,6 +162,12 @@ def _parse(raw: Any, path: str, depth: int) -> Node:
                 raise RiftError(f"{path}.{key} must name at least one operator")
             for op, operand in value.items():
                 nodes.append(_condition(key, op, operand, f"{path}.{key}.{op}"))
+        elif isinstance(value, list):
+            shown = json.dumps(key, ensure_ascii=False)
+            raise RiftError(
+                f"{path}.{key} must be a string, number or boolean, got array; to match any of several values "
+                f'write {{{shown}: {{"$in": [...]}}}}'
+            )
         else:
             nodes.append(Cond(key, "$eq", _scalar(value, f"{path}.{key}")))
     return nodes[0] if len(nodes) == 1 else Bool("$and", tuple(nodes))

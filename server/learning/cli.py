@@ -22,7 +22,8 @@ def _wait(learning: Any, started: dict[str, Any]) -> dict[str, Any]:
     last = ""
     while True:
         snap = learning.status(job_id)
-        line = f"{snap['kind']}: {snap['phase']} {snap['progress']['done']}/{snap['progress']['total']}"
+        done, total = snap["progress"]["done"], snap["progress"]["total"]
+        line = f"{snap['kind']}: {snap['phase']}" + (f" {done}/{total}" if total else "")
         if line != last:
             click.echo(line, err=True)
             last = line

@@ -76,7 +76,8 @@ class Job:
             "kind": self.kind,
             "status": self.status,
             "phase": self.phase,
-            "progress": {"done": self.done, "total": self.total},
+            # (a total of 0 is not known yet, or a phase without steps: null, not "0 of 0" that reads as done)
+            "progress": {"done": self.done, "total": self.total or None},
             "elapsed_s": round(end - self.started_at, 2),
             "phases": [
                 {"phase": p["phase"], "seconds": p.get("seconds", round(end - p["started_at"], 2))}

@@ -326,10 +326,22 @@ class LearningManager:
             self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
             self._check_room_to_train(self.engine, self.engine.embedder.spec.location)
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
+        need = min_triples if min_triples is not None else s.learn_min_triples
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
-            return {"job_id": None, "status": "dry_run", "mining": _mining_summary(mined, examples)}
-        need = min_triples if min_triples is not None else s.learn_min_triples
+            # what the real call would answer, so an agent need not start it to learn that it would be refused
+            refusal = None
+            if len(rows) < need:
+                refusal = self._too_few_triples(len(rows), mined, need)
+            elif running is not None:
+                refusal = running.busy()
+            return {
+                "job_id": None,
+                "status": "dry_run",
+                "mining": _mining_summary(mined, examples),
+                "would_train": refusal is None,
+                "refusal": refusal,
+            }
         cfg = TrainConfig(
             epochs=epochs or s.learn_epochs,
             learning_rate=learning_rate or s.learn_learning_rate,

@@ -608,10 +608,15 @@ class QueryLog:
             "logged_queries": int(n or 0),
             "queries_not_compared": int(uncompared or 0),
             "queries_without_keyword_terms": int(no_terms or 0),
-            "mean_top_overlap": round(overlap or 0.0, 4),
-            "queries_with_vector_blind_spots": round(vb or 0.0, 4),
-            "queries_with_keyword_blind_spots": round(kb or 0.0, 4),
-            "mean_vector_blind_spots": round(vb_n or 0.0, 3),
-            "mean_keyword_blind_spots": round(kb_n or 0.0, 3),
+            # means and shares over the compared searches; None before there is one (0.0 would read "never agree")
+            "mean_top_overlap": _rounded(overlap, 4),
+            "share_with_vector_blind_spots": _rounded(vb, 4),
+            "share_with_keyword_blind_spots": _rounded(kb, 4),
+            "mean_vector_blind_spots": _rounded(vb_n, 3),
+            "mean_keyword_blind_spots": _rounded(kb_n, 3),
             "feedback_labels": int(feedback or 0),
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
