@@ -1135,6 +1135,8 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
     assert doc["text"] == "# Keep" and doc["truncated"] and doc["metadata"]["source"] == keep
     where = json.dumps({"source": {"$prefix": str(folder / "old")}})
     assert run("list", "--filters", where)["total"] == 5
+    by_id = run("list", "--prefix", str(folder / "old") + os.sep, "--limit", "2")
+    assert by_id["total"] == 5 and [d["doc_id"] for d in by_id["documents"]] == [str(folder / "old" / "n0.md"), str(folder / "old" / "n1.md")]
     gone = run("delete", "--filters", where)
     assert sorted(gone["deleted"]) == sorted(str(folder / "old" / f"n{i}.md") for i in range(5))
     assert [d["doc_id"] for d in run("list")["documents"]] == [keep]

@@ -307,6 +307,37 @@ async def test_update_metadata_changes_filters_without_the_text(cfg: Settings) -
         assert (await s.ok("get_document", {"doc_id": "b"}))["metadata"] == {"tag": "draft", "year": 2020}
 
 
+async def test_documents_are_listed_by_the_start_of_their_id(cfg: Settings) -> None:
+    """Ids are not metadata, so filters cannot find 'every document under notes/': id_prefix does, with the
+    same paging (offset or after) and alongside filters."""
+    ids = ["notes", "notes/a", "notes/b", "notes/c", "notes0", "notez", "nou", "n\U0010ffff", "n\U0010ffffx"]
+    async with session(cfg) as s:
+        documents = [{"id": d, "text": f"text of {d}", "metadata": {"n": i}} for i, d in enumerate(ids)]
+        await s.ok("add_documents", {"documents": documents})
+
+        async def listed(**args: Any) -> tuple[int, list[str], dict[str, Any]]:
+            page = await s.ok("list_documents", args)
+            return page["total"], [d["doc_id"] for d in page["documents"]], page
+
+        assert (await listed(id_prefix="notes/"))[:2] == (3, ["notes/a", "notes/b", "notes/c"])
+        assert (await listed(id_prefix="notes"))[:2] == (5, ["notes", "notes/a", "notes/b", "notes/c", "notes0"])
+        assert (await listed(id_prefix="n\U0010ffff"))[:2] == (2, ["n\U0010ffff", "n\U0010ffffx"])
+        assert (await listed(id_prefix="x"))[:2] == (0, [])
+        total, first, page = await listed(id_prefix="notes/", limit=2)
+        assert (total, first, page["next_offset"]) == (3, ["notes/a", "notes/b"], 2)
+        assert (await listed(id_prefix="notes/", after=page["next_after"]))[1] == ["notes/c"]
+        assert (await listed(id_prefix="notes/", offset=2))[1] == ["notes/c"]
+        # with a metadata filter: both must hold
+        assert (await listed(id_prefix="notes", filters={"n": {"$gte": 3}}))[:2] == (2, ["notes/c", "notes0"])
+        assert (await listed(id_prefix="notes/", filters={"n": {"$gte": 3}}, after="notes/b"))[1] == ["notes/c"]
+        # what an agent tries first points here
+        tried = await s.error("list_documents", {"filters": {"id": {"$prefix": "notes/"}}})
+        assert "list_documents' id_prefix lists documents by the start of their id" in tried
+        tried = await s.error("delete_documents", {"filters": {"doc_id": "notes/a"}})
+        assert "a document's id is not metadata: list_documents' id_prefix" in tried
+        assert (await listed())[0] == len(ids)
+
+
 async def test_a_long_document_is_read_a_window_at_a_time_by_default(tmp_path: Path, tiny_model_path: Path) -> None:
     """Without max_chars, get_document returns at most get_document_max_chars: one very long document must not
     fill an agent's context; it pages on with offset, and max_chars (or the setting at 0) reads it whole."""

@@ -26,7 +26,7 @@ class DocumentEntry(BaseModel):
 
 class ListDocumentsResult(BaseModel):
     collection: str
-    total: int = Field(description="Documents matching the filters.")
+    total: int = Field(description="Documents matching the filters and id_prefix.")
     offset: int
     documents: list[DocumentEntry]
     next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
@@ -57,10 +57,15 @@ async def list_documents(
             "stable while documents change."
         ),
     ] = None,
+    id_prefix: Annotated[
+        str, Field(max_length=512, description="Only documents whose doc_id starts with this, e.g. 'notes/'.")
+    ] = "",
 ) -> ListDocumentsResult:
     engine = await call(rift_of(ctx).engine)
     read = caught_up(list_docs)
-    (total, page, offset), warnings = await call(read, engine, collection, filters, limit, offset, after)
+    (total, page, offset), warnings = await call(
+        read, engine, collection, filters, limit, offset, after, id_prefix
+    )
     end = offset + len(page)
     more = end < total
     return ListDocumentsResult(

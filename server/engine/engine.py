@@ -43,6 +43,7 @@ from server.engine.filters import (
     equal_mask,
     fields_of,
     mask,
+    named_fields,
     parse_filters,
     path_keys,
     to_chroma,
@@ -2000,7 +2001,7 @@ class Engine:
             unknown = sorted(fields_of(node) - columns.fields)
             if unknown and docs:
                 raise RiftError(
-                    f"filters name {', '.join(map(repr, unknown))}, which no document in {collection!r} has in "
+                    f"filters name {named_fields(unknown)}, which no document in {collection!r} has in "
                     "its metadata (delete filters read document metadata, as list_documents does; a chunk's "
                     "heading, symbol or page is not): nothing was deleted"
                 )

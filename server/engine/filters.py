@@ -201,6 +201,14 @@ def _blocking(node: Node, known: set[str]) -> set[str]:
     return set().union(*parts)
 
 
+def named_fields(unknown: Sequence[str]) -> str:
+    """Fields no document has, quoted; an agent's guess that ids are metadata is answered with where they are."""
+    named = ", ".join(map(repr, unknown))
+    if set(unknown) & {"id", "doc_id", "_id"}:
+        named += " (a document's id is not metadata: list_documents' id_prefix lists ids by their start)"
+    return named
+
+
 def unknown_fields_problem(node: Node, known: set[str], collection: str, of_chunks: bool = False) -> str | None:
     """Why a filter matched nothing when fields no document (`of_chunks`: no chunk, as a search filters) has
     are why: a typo, or a chunk's own key in a document filter. Said, rather than an empty answer that reads as
@@ -208,7 +216,7 @@ def unknown_fields_problem(node: Node, known: set[str], collection: str, of_chun
     unknown = sorted(_blocking(node, known))
     if not unknown:
         return None
-    named = ", ".join(map(repr, unknown))
+    named = named_fields(unknown)
     if of_chunks:
         return f"nothing can match: filters name {named}, which no chunk in {collection!r} has in its metadata"
     return (
@@ -244,7 +252,8 @@ def document_columns(metadatas: Sequence[Mapping[str, Any]], node: Node) -> Meta
 
 def _prefix(field: str, operand: Any, where: str) -> Node:
     if field != PREFIX_FIELD:
-        raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths)")
+        hint = "; list_documents' id_prefix lists documents by the start of their id" if field in ("id", "doc_id") else ""
+        raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths){hint}")
     if not isinstance(operand, str) or not os.path.isabs(operand) or "\x00" in operand:
         raise RiftError(f'{where} must be an absolute path, e.g. "/home/me/notes"')
     folder = PurePath(os.path.normpath(operand))

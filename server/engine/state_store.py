@@ -133,6 +133,17 @@ def _after_prefix(prefix: str) -> str | None:
     return head[:-1] + chr(nxt)
 
 
+def _id_range(prefix: str) -> tuple[str, list[str]]:
+    """The SQL (to AND onto a WHERE) and arguments that keep the ids starting with `prefix`: a range of the
+    primary key, so a page reads only its rows."""
+    if not prefix:
+        return "", []
+    end = _after_prefix(prefix)
+    if end is None:
+        return "AND doc_id >= ?", [prefix]
+    return "AND doc_id >= ? AND doc_id < ?", [prefix, end]
+
+
 # How many of their words (Jaccard) an edited chunk must share with the old one to stay its passage for the
 # query log's searches (a word or two changed in a 256-token chunk keeps ~0.95; a rewrite keeps almost none).
 EDITED_SIMILARITY = 0.8
@@ -504,13 +515,15 @@ class StateStore:
         return (rows[0][0], rows[0][1], json.loads(rows[0][2]), rows[0][3]) if rows else None
 
     def list_documents(
-        self, collection: str, limit: int, offset: int, after: str | None = None
+        self, collection: str, limit: int, offset: int, after: str | None = None, prefix: str = ""
     ) -> list[tuple[str, dict[str, Any]]]:
-        """(doc_id, metadata) by id: `limit` (-1 = all) from `offset`, of the ids that sort after `after`."""
+        """(doc_id, metadata) by id: `limit` (-1 = all) from `offset`, of the ids that sort after `after` (and
+        start with `prefix`)."""
+        where, args = _id_range(prefix)
         rows = self._rows(
-            "SELECT doc_id, metadata FROM documents WHERE collection = ? AND doc_id > ? "
+            f"SELECT doc_id, metadata FROM documents WHERE collection = ? AND doc_id > ? {where} "
             "ORDER BY doc_id LIMIT ? OFFSET ?",
-            (collection, after or "", limit, offset),
+            (collection, after or "", *args, limit, offset),
         )
         return [(r[0], json.loads(r[1])) for r in rows]
 
@@ -526,9 +539,11 @@ class StateStore:
         )
         return [r[0] for r in rows]
 
-    def document_count(self, collection: str, up_to: str | None = None) -> int:
-        """The collection's documents, or those whose id sorts at or before `up_to`."""
-        sql, args = "SELECT COUNT(*) FROM documents WHERE collection = ?", [collection]
+    def document_count(self, collection: str, up_to: str | None = None, prefix: str = "") -> int:
+        """The collection's documents (those whose id starts with `prefix`), or those whose id sorts at or
+        before `up_to`."""
+        where, ranged = _id_range(prefix)
+        sql, args = f"SELECT COUNT(*) FROM documents WHERE collection = ? {where}", [collection, *ranged]
         if up_to is not None:
             sql += " AND doc_id <= ?"
             args.append(up_to)
@@ -550,12 +565,9 @@ class StateStore:
 
     def doc_ids_starting(self, collection: str, prefix: str, limit: int) -> tuple[list[str], int]:
         """Up to `limit` ids (by id) that start with `prefix`, and how many ids do."""
-        where = "WHERE collection = ? AND doc_id >= ?"
-        args: list[Any] = [collection, prefix]
-        end = _after_prefix(prefix)
-        if end is not None:
-            where += " AND doc_id < ?"
-            args.append(end)
+        ranged, bounds = _id_range(prefix)
+        where = f"WHERE collection = ? {ranged}"
+        args: list[Any] = [collection, *bounds]
         page = self._rows(f"SELECT doc_id FROM documents {where} ORDER BY doc_id LIMIT ?", [*args, limit])
         ids = [r[0] for r in page]
         ((total,),) = self._rows(f"SELECT COUNT(*) FROM documents {where}", args)

@@ -51,9 +51,10 @@ def _run(data_dir: str | None, fn: Callable[[Any], Any]) -> None:
 @click.option("--filters", default=None, help='JSON metadata filter, e.g. \'{"tag": "draft"}\'.')
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--after", default=None, help="List from after this doc_id (the last one of the previous page).")
+@click.option("--prefix", "id_prefix", default="", help="Only documents whose doc_id starts with this.")
 @click.option("--data-dir", default=None)
 def list_documents(
-    collection: str, filters: str | None, limit: int, after: str | None, data_dir: str | None
+    collection: str, filters: str | None, limit: int, after: str | None, id_prefix: str, data_dir: str | None
 ) -> None:
     """List stored documents (id and metadata), ordered by id."""
     from server.ingest.manage import caught_up
@@ -63,7 +64,7 @@ def list_documents(
 
     def go(rift: Any) -> dict[str, Any]:
         engine = rift.engine()
-        (total, page, offset), warnings = caught_up(listing)(engine, collection, where, limit, 0, after)
+        (total, page, offset), warnings = caught_up(listing)(engine, collection, where, limit, 0, after, id_prefix)
         more = offset + len(page) < total
         return {
             "collection": collection,

@@ -147,12 +147,16 @@ def list_documents(
     limit: int = 50,
     offset: int = 0,
     after: str | None = None,
+    id_prefix: str = "",
 ) -> tuple[int, list[tuple[str, dict[str, Any]]], int]:
     """(number of matching documents, one page of (doc_id, metadata) ordered by id, the page's offset). Filters use the search
     grammar over document metadata ($prefix on source included); chunk-level keys such as heading are not
     document metadata. `after` (a doc_id) starts the page after that id instead of at `offset`: paging by
-    the last id seen lists every document once even while others are added or deleted between pages."""
+    the last id seen lists every document once even while others are added or deleted between pages.
+    `id_prefix` keeps the documents whose id starts with it (ids are not metadata, so filters cannot)."""
     node = parse_filters(filters)
+    if not isinstance(id_prefix, str) or not _is_unicode(id_prefix):
+        raise RiftError("id_prefix must be text: the start of the doc_ids to list")
     _check_int(limit, "limit", 1, MAX_LIST)
     _check_int(offset, "offset", 0)
     if after is not None and (not isinstance(after, str) or not after):
@@ -166,14 +170,14 @@ def list_documents(
     if node is None:  # a page from the primary key: reading every document's metadata took 1 s per 100K
         state = engine.state
         if after is not None:
-            offset = state.document_count(collection, up_to=after)
-            page = state.list_documents(collection, limit, 0, after=after)
-            return state.document_count(collection), page, offset
-        total = state.document_count(collection)
+            offset = state.document_count(collection, up_to=after, prefix=id_prefix)
+            page = state.list_documents(collection, limit, 0, after=after, prefix=id_prefix)
+            return state.document_count(collection, prefix=id_prefix), page, offset
+        total = state.document_count(collection, prefix=id_prefix)
         # past the end the page is empty, as a filtered listing's slice is; SQLite takes no offset over 2**63 - 1
-        page = state.list_documents(collection, limit, offset) if offset < total else []
+        page = state.list_documents(collection, limit, offset, prefix=id_prefix) if offset < total else []
         return total, page, offset
-    docs = engine.state.list_documents(collection, -1, 0)
+    docs = engine.state.list_documents(collection, -1, 0, prefix=id_prefix)
     columns = document_columns([m for _, m in docs], node)
     keep = mask(node, columns)
     docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
