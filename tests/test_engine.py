@@ -3,6 +3,7 @@ filters inside both retrievers, grouping, per-side ranks and the data-dir lock."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import unicodedata
@@ -1778,3 +1779,73 @@ def test_an_export_reading_the_state_meanwhile_keeps_its_snapshot(tmp_path: Path
     store.close()
     assert path.stat().st_size < full / 8 and sqlite_pages(path)[0] == 2
     assert sqlite_rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """What this process has open inside `folder` (Linux's /proc; deleted files end in ' (deleted)')."""
+    import os
+
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                out.append(target)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux's /proc")
+def test_dropped_collections_leave_no_open_index_files_behind(rift_factory) -> None:
+    """Embedded Chroma (1.5.9) keeps a dropped collection's HNSW index cached with its four files open, so
+    each model swap or deleted collection held memory (~2.6 MB for a small index, the whole index for a
+    large one) and, once rift deleted the folder, disk space hidden from `du`, until the process ended. After
+    a drop rift lets go of them (closing and opening the store again); the store keeps serving."""
+    rift = rift_factory()
+    chroma_dir = rift.settings.chroma_dir.resolve()
+    rift.add_documents("keep", docs(("cat", "the cat sat on the mat")))
+    for cycle in range(3):
+        rift.add_documents("gone", docs(*((f"d{i}", f"note {i} about the river {cycle}") for i in range(20))))
+        # (a search loads its index)
+        assert rift.search("gone", "note about the river", k=1, mode="vector").outcome.hits
+        rift.engine().delete_collection("gone")
+    assert [f for f in _open_files_under(chroma_dir) if f.endswith("(deleted)")] == []
+    assert ids(rift.search("keep", "the cat sat on the mat", k=1, mode="vector").outcome.hits) == ["cat"]
+    rift.add_documents("new", docs(("owl", "an owl hunts at night")))
+    assert ids(rift.search("new", "an owl hunts at night", k=1, mode="vector").outcome.hits) == ["owl"]
+
+
+def test_the_store_is_not_opened_again_under_a_call_in_flight(tmp_path: Path, monkeypatch) -> None:
+    """The release after a drop waits for the calls using Chroma's client (new ones wait for it); one still
+    running after RELEASE_WAIT_S keeps the client as it is, and the next drop releases it."""
+    import server.engine.vector_store as vector_store
+    from server.engine.vector_store import VectorStore, open_embedded
+
+    monkeypatch.setattr(vector_store, "RELEASE_WAIT_S", 0.3)
+    folder = tmp_path / "chroma"
+    store = VectorStore(open_embedded(folder), folder)
+    vectors = np.eye(3, dtype=np.float32)
+    try:
+        for name in ("keep-it", "drop-a", "drop-b"):
+            store.upsert(name, ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
+        first = store.client
+        inside, leave = threading.Event(), threading.Event()
+
+        def call_in_flight() -> None:
+            with store._using():
+                inside.set()
+                leave.wait(10)
+                assert store.client is first  # (not closed under it)
+
+        thread = threading.Thread(target=call_in_flight)
+        thread.start()
+        inside.wait(10)
+        store.drop("drop-a")
+        assert store.client is first and not store.exists("drop-a")
+        leave.set()
+        thread.join(10)
+        store.drop("drop-b")
+        assert store.client is not first
+        assert store.query("keep-it", vectors[0], 1)[0][0] == "a"
+        assert store.count("keep-it") == 3 and not store.exists("drop-b")
+    finally:
+        store.close()

@@ -6,12 +6,14 @@ default one would try to download a model).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +85,20 @@ def make_client(settings: Settings) -> Any:
                 ) from None
             why = excerpt(str(exc), 300)  # (an answer that is no Chroma's may be a whole web page)
             raise ChromaUnreachable(f"cannot reach the Chroma server at {where}: {why}") from None
-    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return open_embedded(settings.chroma_dir)
+
+
+def open_embedded(folder: Path) -> Any:
+    """An embedded Chroma client of the store in `folder` (made if missing); a damaged store raises the
+    RiftError that says what to do."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+        return chromadb.PersistentClient(path=str(folder), settings=ChromaSettings(anonymized_telemetry=False))
     except Exception as exc:
-        damaged = damaged_store(settings.chroma_dir, exc)
+        damaged = damaged_store(folder, exc)
         if damaged is None:
             raise
         raise damaged from None
@@ -302,6 +313,33 @@ class _ClosedClient:
         raise RiftError("rift's vector store is closed (rift was closed): open the data dir again to use it")
 
 
+class _Unopened:
+    """An embedded store whose client could not be opened again after a drop (see `VectorStore._release_dropped`):
+    the next call tries again, and any use until then says why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __getattr__(self, name: str) -> Any:
+        raise RiftError(self.why)
+
+
+# How long a drop waits for the calls in flight before it lets go of the embedded store's memory (see
+# VectorStore._release_dropped): new calls wait meanwhile, so only briefly; past it, the next drop tries again.
+RELEASE_WAIT_S = 5.0
+
+
+def _in_use(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A VectorStore method that uses Chroma's client: it runs while the client is not being replaced."""
+
+    @functools.wraps(method)
+    def using(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+        with self._using():
+            return method(self, *args, **kwargs)
+
+    return using
+
+
 class VectorStore:
     def __init__(self, client: Any, folder: Path | None = None) -> None:
         self._client = client
@@ -309,6 +347,87 @@ class VectorStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
+        # Calls using the client now (`_using`), and whether a drop is replacing it (`_release_dropped`).
+        self._idle = threading.Condition()
+        self._users = 0
+        self._releasing = False
+        self._depth = threading.local()
+
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._idle:
+                while self._releasing:
+                    self._idle.wait()
+                self._users += 1
+        self._depth.n = depth + 1
+        try:
+            if depth == 0 and isinstance(self._client, _Unopened):
+                self._open_again()
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._idle:
+                    self._users -= 1
+                    if not self._users:
+                        self._idle.notify_all()
+
+    def _open_again(self) -> None:
+        """Open the embedded store again after `_release_dropped` failed to (a RiftError says why if it fails
+        again)."""
+        with self._lock:
+            if isinstance(self._client, _Unopened):
+                assert self._folder is not None
+                try:
+                    self._client = open_embedded(self._folder)
+                    log.info("opened Chroma's store %s again", self._folder)
+                except Exception as exc:
+                    self._client = _Unopened(
+                        f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
+                    )
+                    raise RiftError(self._client.why) from None
+
+    def _release_dropped(self) -> None:
+        """Embedded: let go of what Chroma keeps in this process of the collections dropped so far. Chroma 1.x
+        (1.5.9) keeps a dropped collection's HNSW index in its cache (chroma-core/chroma#3296, #3336) and its
+        four index files open, so each model swap (a new collection in, the old one dropped) kept the old
+        vectors' index in memory (about 2.6 MB for a small collection, the whole index for a large one) and,
+        the folder being deleted, its files' disk space, hidden from `du`, until the process ended (its cache
+        is sized RLIMIT_NOFILE / 5 indexes, 4,000 for a limit of 20,000). Only stopping the store's System
+        frees them, so once no call is using it (new calls wait, at most RELEASE_WAIT_S) the client is closed
+        and the store opened again: a close and an open (tens of ms), and each collection's index is read
+        from its files at its next use. Nothing is written to the store. If it cannot be opened again, calls
+        fail saying why and the next one tries again."""
+        if self._folder is None or getattr(self._depth, "n", 0):
+            return
+        with self._idle:
+            if self._releasing:  # another drop is at it
+                return
+            self._releasing = True
+            try:
+                if not self._idle.wait_for(lambda: self._users == 0, RELEASE_WAIT_S):
+                    log.info(
+                        "Chroma's store %s still in use after %.0f s: what it keeps of dropped collections is "
+                        "released at the next drop or restart", self._folder, RELEASE_WAIT_S,
+                    )
+                    return
+                with self._lock:
+                    client = self._client
+                    if isinstance(client, _ClosedClient | _Unopened):
+                        return
+                    self._collections.clear()
+                    close_client(client)
+                    try:
+                        self._client = open_embedded(self._folder)
+                    except Exception as exc:
+                        why = f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
+                        log.warning("%s; the next call tries again", why)
+                        self._client = _Unopened(why)
+            finally:
+                self._releasing = False
+                self._idle.notify_all()
 
     def _coll(
         self,
@@ -343,9 +462,11 @@ class VectorStore:
                 self._collections[name] = coll
         return coll
 
+    @_in_use
     def ensure(self, name: str, dimension: int, labels: Mapping[str, Any] | None = None) -> None:
         self._coll(name, dimension, labels, create=True)
 
+    @_in_use
     def list_collections(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, metadata) of every collection in the Chroma database."""
         out = []
@@ -356,6 +477,7 @@ class VectorStore:
                 out.append((c.name, dict(c.metadata or {})))
         return out
 
+    @_in_use
     def collection_ids(self) -> dict[str, str]:
         """name -> Chroma's id of every collection in the Chroma database (one made again gets a new id)."""
         out = {}
@@ -387,18 +509,23 @@ class VectorStore:
         """Delete Chroma collection `name`; one already gone is fine, any other failure raises."""
         import chromadb.errors
 
-        with self._lock:
+        dropped = False
+        with self._using(), self._lock:
             self._collections.pop(name, None)
             try:
                 self._client.delete_collection(name)
+                dropped = True
             except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
-            self.sweep()
+        if dropped:
+            self._release_dropped()  # (first: the sweep then frees the index files' disk at once)
+        self.sweep()
 
     def sweep(self) -> list[str]:
         """Embedded: delete dropped collections' leftover index folders (see `remove_dropped_index_folders`)."""
         return remove_dropped_index_folders(self._folder) if self._folder is not None else []
 
+    @_in_use
     def collection_id(self, name: str) -> str | None:
         """Chroma's id of collection `name` (a collection dropped and made again gets a new one); None if
         there is none."""
@@ -409,9 +536,11 @@ class VectorStore:
         except (chromadb.errors.NotFoundError, ValueError):
             return None
 
+    @_in_use
     def exists(self, name: str) -> bool:
         return name in {c.name if hasattr(c, "name") else c for c in self._client.list_collections()}
 
+    @_in_use
     def upsert(
         self,
         name: str,
@@ -432,6 +561,7 @@ class VectorStore:
                 ],
             )
 
+    @_in_use
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete chunks `ids`; none to delete in a collection that is not there."""
         import chromadb.errors
@@ -445,6 +575,7 @@ class VectorStore:
         except chromadb.errors.NotFoundError:  # (a handle of a collection deleted since: it took them)
             self.forget(name)
 
+    @_in_use
     def query(
         self, name: str, embedding: np.ndarray, n: int, where: Mapping[str, Any] | None = None
     ) -> list[tuple[str, float]]:
@@ -460,9 +591,11 @@ class VectorStore:
         dists = result["distances"][0] if result.get("distances") else [0.0] * len(ids)
         return [(i, 1.0 - float(d)) for i, d in zip(ids, dists, strict=True)]
 
+    @_in_use
     def count(self, name: str) -> int:
         return int(self._coll(name).count())
 
+    @_in_use
     def all_ids(self, name: str) -> list[str]:
         coll = self._coll(name)
         out: list[str] = []
@@ -474,6 +607,7 @@ class VectorStore:
                 return out
             offset += self.max_batch
 
+    @_in_use
     def get(self, name: str, ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
         """(id, document, metadata) for the ids that exist."""
         coll = self._coll(name)
@@ -488,6 +622,7 @@ class VectorStore:
                 out.append((chunk_id, document if text is None else text, meta))
         return out
 
+    @_in_use
     def present(self, name: str, ids: Sequence[str]) -> set[str]:
         """Those of `ids` the collection holds (none when it is not there)."""
         import chromadb.errors
@@ -501,6 +636,7 @@ class VectorStore:
             return set()
         return out
 
+    @_in_use
     def where_ids(self, name: str, where: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """(id, metadata) of the chunks matching a Chroma `where` filter."""
         page = self._coll(name).get(where=dict(where), include=["metadatas"])
@@ -509,6 +645,7 @@ class VectorStore:
             for i, m in zip(page["ids"], page["metadatas"], strict=True)
         ]
 
+    @_in_use
     def embeddings_matrix(self, name: str, ids: Sequence[str]) -> np.ndarray | None:
         """The stored vectors of `ids`, one row each in that order; None if any id is missing (or the whole
         collection)."""
