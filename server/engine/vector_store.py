@@ -324,11 +324,6 @@ class _Unopened:
         raise RiftError(self.why)
 
 
-# How long a drop waits for the calls in flight before it lets go of the embedded store's memory (see
-# VectorStore._release_dropped): new calls wait meanwhile, so only briefly; past it, the next drop tries again.
-RELEASE_WAIT_S = 5.0
-
-
 def _in_use(method: Callable[..., Any]) -> Callable[..., Any]:
     """A VectorStore method that uses Chroma's client: it runs while the client is not being replaced."""
 
@@ -347,10 +342,12 @@ class VectorStore:
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.max_batch = int(getattr(client, "get_max_batch_size", lambda: 5000)() or 5000)
-        # Calls using the client now (`_using`), and whether a drop is replacing it (`_release_dropped`).
+        # Calls using the client now (`_using`); a drop asks for the client to be replaced once none is
+        # (`_release_due`), and while it is (`_releasing`, tens of ms) new calls wait (`_release_dropped`).
         self._idle = threading.Condition()
         self._users = 0
         self._releasing = False
+        self._release_due = False
         self._depth = threading.local()
 
     @contextmanager
@@ -371,8 +368,9 @@ class VectorStore:
             if depth == 0:
                 with self._idle:
                     self._users -= 1
-                    if not self._users:
-                        self._idle.notify_all()
+                    last = not self._users
+                if last and self._release_due:
+                    self._release_dropped()
 
     def _open_again(self) -> None:
         """Open the embedded store again after `_release_dropped` failed to (a RiftError says why if it fails
@@ -396,36 +394,32 @@ class VectorStore:
         vectors' index in memory (about 2.6 MB for a small collection, the whole index for a large one) and,
         the folder being deleted, its files' disk space, hidden from `du`, until the process ended (its cache
         is sized RLIMIT_NOFILE / 5 indexes, 4,000 for a limit of 20,000). Only stopping the store's System
-        frees them, so once no call is using it (new calls wait, at most RELEASE_WAIT_S) the client is closed
-        and the store opened again: a close and an open (tens of ms), and each collection's index is read
-        from its files at its next use. Nothing is written to the store. If it cannot be opened again, calls
-        fail saying why and the next one tries again."""
+        frees them, so the call that leaves the store unused after a drop (the drop itself, or the last of the
+        calls in flight then) closes the client and opens the store again: a close and an open, tens of ms,
+        during which new calls wait (none waits for a long call in flight: the release waits for it instead);
+        each collection's index is read from its files at its next use. Nothing is written to the store. If
+        it cannot be opened again, calls fail saying why and the next one tries again."""
         if self._folder is None or getattr(self._depth, "n", 0):
             return
         with self._idle:
-            if self._releasing:  # another drop is at it
-                return
-            self._releasing = True
-            try:
-                if not self._idle.wait_for(lambda: self._users == 0, RELEASE_WAIT_S):
-                    log.info(
-                        "Chroma's store %s still in use after %.0f s: what it keeps of dropped collections is "
-                        "released at the next drop or restart", self._folder, RELEASE_WAIT_S,
-                    )
+            if not self._release_due or self._releasing or self._users:
+                return  # nothing dropped, another thread at it, or calls in flight: the last of them does it
+            self._releasing, self._release_due = True, False
+        try:
+            with self._lock:
+                client = self._client
+                if isinstance(client, _ClosedClient | _Unopened):
                     return
-                with self._lock:
-                    client = self._client
-                    if isinstance(client, _ClosedClient | _Unopened):
-                        return
-                    self._collections.clear()
-                    close_client(client)
-                    try:
-                        self._client = open_embedded(self._folder)
-                    except Exception as exc:
-                        why = f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
-                        log.warning("%s; the next call tries again", why)
-                        self._client = _Unopened(why)
-            finally:
+                self._collections.clear()
+                close_client(client)
+                try:
+                    self._client = open_embedded(self._folder)
+                except Exception as exc:
+                    why = f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
+                    log.warning("%s; the next call tries again", why)
+                    self._client = _Unopened(why)
+        finally:
+            with self._idle:
                 self._releasing = False
                 self._idle.notify_all()
 
@@ -509,17 +503,14 @@ class VectorStore:
         """Delete Chroma collection `name`; one already gone is fine, any other failure raises."""
         import chromadb.errors
 
-        dropped = False
         with self._using(), self._lock:
             self._collections.pop(name, None)
             try:
                 self._client.delete_collection(name)
-                dropped = True
+                self._release_due = self._folder is not None  # (when this call, or the last in flight, ends)
             except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
-        if dropped:
-            self._release_dropped()  # (first: the sweep then frees the index files' disk at once)
-        self.sweep()
+        self.sweep()  # (its index files' disk is free once the release has closed them)
 
     def sweep(self) -> list[str]:
         """Embedded: delete dropped collections' leftover index folders (see `remove_dropped_index_folders`)."""
