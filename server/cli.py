@@ -15,6 +15,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from server.cli_values import collection_name, json_filters
 from server.config import Settings, default_config_file, read_config_file
 from server.errors import DataDirLockedError, RiftError
 
@@ -113,8 +114,9 @@ def no_store(settings: Settings) -> click.ClickException:
 def check_store(settings: Settings, must_exist: bool) -> None:
     """A ClickException when the data dir cannot be rift's (a file; a folder of other files) or, `must_exist`,
     is not one yet."""
-    # A folder with files but without rift's state (a notes folder given by mistake) is no store either:
-    # writing rift's files into it would be the wrong answer. An empty one may become one.
+    # A folder without rift's state (a notes folder given by mistake, a typo'd mkdir, a mount point not
+    # mounted) is no store either: a command that only reads must not write a new store into it. An empty
+    # one may become one where a command creates (add, import, serve).
     folder = settings.data_dir
     try:
         folder.stat()
@@ -127,7 +129,7 @@ def check_store(settings: Settings, must_exist: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise click.ClickException(f"data_dir {folder} is a file, not a folder; check --data-dir or RIFT_DATA_DIR")
     try:
-        foreign = must_exist and folder.is_dir() and not settings.state_db.exists() and any(folder.iterdir())
+        foreign = must_exist and folder.is_dir() and not settings.state_db.exists()
     except OSError:  # unreadable: start-up names the problem
         foreign = False
     if foreign and settings.chroma_dir.is_dir():
@@ -155,6 +157,9 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except click.ClickException:  # already one line for the user (and may echo user text)
             raise
+        except KeyboardInterrupt:  # (click's own answer is "Aborted!" and exit 1; commands that wrote say what)
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
         except Exception as exc:
             problem = chroma_server_problem(exc, then="run the command again once it answers")
             problem = problem or disk_full_problem(exc)
@@ -204,7 +209,7 @@ def _utf8_stdout() -> None:
     "--transport", type=click.Choice(["stdio", "streamable-http"]), default="stdio", show_default=True
 )
 @click.option("--host", default=None, help="HTTP bind address (default 127.0.0.1, RIFT_HTTP_HOST).")
-@click.option("--port", type=int, default=None, help="HTTP port (default 8765, RIFT_HTTP_PORT).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="HTTP port (default 8765, RIFT_HTTP_PORT).")
 @click.option("--data-dir", default=None, help="Data directory (default: the XDG data dir, RIFT_DATA_DIR).")
 def serve(transport: str, host: str | None, port: int | None, data_dir: str | None) -> None:
     """Run the MCP server. Its model comes from RIFT_MODEL or the config file, like every other command's;
@@ -273,7 +278,7 @@ def settings_table() -> str:
 
 
 @main.command()
-@click.option("--collection", default=None)
+@click.option("--collection", default=None, callback=collection_name)
 @click.option("--data-dir", default=None)
 def stats(collection: str | None, data_dir: str | None) -> None:
     """Print collections, model and disagreement statistics as JSON."""
@@ -297,7 +302,7 @@ def _snippet_chars(value: int) -> int:
 @main.command()
 @click.argument("query")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1), help="Hits, up to the setting max_k.")
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option(
     "--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True
 )
@@ -316,10 +321,7 @@ def search(
     query: str, k: int, collection: str, mode: str, filters: str | None, max_chars: int, data_dir: str | None
 ) -> None:
     """Search a collection from the shell (logged like an MCP search, source 'cli')."""
-    try:
-        parsed = json.loads(filters) if filters else None
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--filters") from None
+    parsed = json_filters(filters)
     rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
         response = rift.search(collection, query, k, mode, parsed, source="cli", max_chars=max_chars or None)
@@ -349,7 +351,7 @@ def search(
 
 
 @main.command()
-@click.option("--collection", default=None, help="Only this collection (default: every one).")
+@click.option("--collection", default=None, callback=collection_name, help="Only this collection (default: every one).")
 @click.option("--data-dir", default=None)
 def rechunk(collection: str | None, data_dir: str | None) -> None:
     """Split stored documents again for the current chunk settings (and chunker version), embedding only the

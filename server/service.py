@@ -154,7 +154,7 @@ class DataDirLock:
                 holder = "unknown"
             raise DataDirLockedError(
                 f"data dir {self._path.parent} is in use by another rift process (pid {holder}); stop it or "
-                "point this one elsewhere with RIFT_DATA_DIR"
+                "point this one elsewhere (--data-dir, or RIFT_DATA_DIR / data_dir in the settings)"
             ) from None
         except OSError as exc:  # a read-only copy, a folder in the lock file's place, ...
             raise RiftError(self._unusable(exc)) from None

@@ -182,6 +182,42 @@ def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
     assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
 
 
+def test_ctrl_c_during_a_delete_by_filters_says_what_it_deleted(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
+    """It printed "Aborted!" (exit 1) over documents already gone; any other command said the same."""
+    from server.service import Rift
+
+    docs = write_notes(tmp_path / "docs", count=5)
+    data = str(tmp_path / "data")
+    assert CliRunner().invoke(main, ["add", str(docs), "--data-dir", data]).exit_code == 0
+    real = Rift.delete_matching
+    calls: list[int] = []
+
+    def one_batch_at_a_time(self, collection, filters):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, collection, filters)
+
+    monkeypatch.setattr(Rift, "delete_matching", one_batch_at_a_time)
+    monkeypatch.setenv("RIFT_MAX_DOCUMENTS_PER_CALL", "2")
+    where = json.dumps({"file_type": "markdown"})
+    result = CliRunner().invoke(main, ["delete", "--filters", where, "--data-dir", data])
+    assert result.exit_code == 130, result.output
+    out = json.loads(result.stdout)
+    assert out["interrupted"] is True and len(out["deleted"]) == 4
+    assert "interrupted: 4 documents deleted (listed)" in result.stderr and "Aborted" not in result.output
+    monkeypatch.setattr(Rift, "delete_matching", real)
+    listed = CliRunner().invoke(main, ["list", "--data-dir", data])
+    assert json.loads(listed.stdout)["total"] == 1
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Rift, "stats", interrupted)
+    result = CliRunner().invoke(main, ["stats", "--data-dir", data])
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Aborted" not in result.output
+
+
 def test_sigterm_during_rift_add_takes_ctrl_cs_path(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:
     """A stop by SIGTERM (systemd, docker) killed a command mid-write: no note of what was stored, no close, and
     once a Chroma HNSW file cut short that no command could open again (found by helper BL)."""
@@ -310,7 +346,7 @@ def test_an_argument_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, env
     got = CliRunner().invoke(main, ["get", "x\udce9", "--data-dir", data])
     assert got.exit_code == 1 and "doc_id is not valid Unicode" in got.output, got.output
     listed = CliRunner().invoke(main, ["list", "--collection", "x\udce9", "--data-dir", data])
-    assert listed.exit_code == 1 and "collection must be 1-63 characters" in listed.output, listed.output
+    assert listed.exit_code == 2 and "collection must be 1-63 characters" in listed.output, listed.output
     for result in (got, listed):
         assert "Traceback" not in result.output and "UnicodeEncodeError" not in repr(result.exception)
 
@@ -346,9 +382,14 @@ def test_a_collection_name_with_a_trailing_newline_is_refused_before_anything_is
         ["collections", "create", "notes\n"],
         ["collections", "create", "no spaces"],
         ["add", str(tmp_path / "n.md"), "--collection", "notes\n"],
+        ["search", "cat", "--collection", "bad name!"],
+        ["watch", str(tmp_path), "--collection", "bad name!"],
+        ["list", "--collection", "bad name!"],
     ):
         result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
-        assert result.exit_code in (1, 2) and "collection must be 1-63 characters" in result.output, result.output
+        # (a bad option value, as click's own: exit 2, before any model loads)
+        assert result.exit_code == 2 and "collection must be 1-63 characters" in result.output, result.output
+        assert "Invalid value for '--collection'" in result.output or "collections" in args[0], result.output
         assert "Traceback" not in result.output and "Chroma" not in result.output
         assert not data.exists(), args
 
@@ -437,3 +478,34 @@ def test_a_port_that_answers_but_is_not_chroma_is_named_not_waited_for(
     assert "check chroma_auth_token" in str(refused) and not isinstance(refused, ChromaUnreachable)
     starting = problem(503, PAGE)  # a proxy whose Chroma is not up yet: waited for, as an unreachable one
     assert isinstance(starting, ChromaUnreachable) and "503 Service Unavailable" in str(starting), starting
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["retrain", "--epochs", "-1"], "--epochs"),
+        (["retrain", "--lr", "0"], "--lr"),
+        (["retrain", "--batch-size", "0"], "--batch-size"),
+        (["retrain", "--min-triples", "0"], "--min-triples"),
+        (["search", "cat", "--filters", "[1]"], "a JSON object"),
+        (["serve", "--transport", "streamable-http", "--port", "99999"], "--port"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_before_any_work(
+    tmp_path: Path, env: dict[str, str], args: list[str], message: str
+) -> None:
+    """They exited 1 after the model had loaded (retrain's bounds, search's filters), or not at all."""
+    data = tmp_path / "data"
+    result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not data.exists()
+
+
+def test_a_reading_command_on_an_empty_folder_writes_no_store_there(tmp_path: Path, env: dict[str, str]) -> None:
+    """`mkdir d; rift list --data-dir d` (a typo'd folder, a mount point not mounted) made a whole store there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in (["list"], ["stats"], ["models"], ["export"]):
+        result = CliRunner().invoke(main, [*command, "--data-dir", str(empty)])
+        assert result.exit_code == 1 and "no rift data folder at" in result.output, (command, result.output)
+    assert list(empty.iterdir()) == []

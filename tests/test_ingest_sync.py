@@ -1140,7 +1140,11 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
     gone = run("delete", "--filters", where)
     assert sorted(gone["deleted"]) == sorted(str(folder / "old" / f"n{i}.md") for i in range(5))
     assert [d["doc_id"] for d in run("list")["documents"]] == [keep]
-    assert run("delete", keep, "nope") == {"collection": "default", "deleted": [keep], "not_found": ["nope"]}
+    # An id that was not there is a failure (exit 1, as rm's), after the JSON of what was deleted.
+    partly = runner.invoke(main, ["delete", keep, "nope", "--data-dir", data])
+    assert partly.exit_code == 1, partly.output
+    assert json.loads(partly.stdout) == {"collection": "default", "deleted": [keep], "not_found": ["nope"]}
+    assert "1 of the ids is not in collection 'default': 'nope'; a file's document id is its absolute path" in partly.stderr
     for bad, message in [
         (["delete"], "document ids or --filters"),
         (["delete", "x", "--filters", "{}"], "document ids or --filters"),

@@ -636,3 +636,6 @@ def test_a_whole_export_round_trips_from_a_file_stdin_or_gzip_and_an_old_one_imp
     assert json.loads(part.stdout.split("\n")[0]) == {
         "rift_export": {"format": 1, "collection": "kb", "filters": {"tag": "rock"}}
     }
+    # A filter refused after reading (a field no document has) writes nothing: `> f.jsonl` kept a header alone.
+    refused = cli("export", "--collection", "kb", "--filters", '{"nosuch": 1}', "--data-dir", str(tmp_path / "copy0"), ok=False)
+    assert refused.exit_code == 1 and "'nosuch'" in refused.stderr and refused.stdout == ""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from server.cli_values import collection_name
 from server.errors import RiftError, user_message
 
 if TYPE_CHECKING:  # the engine loads only when a command runs, so `rift --help` and `rift serve` stay quick
@@ -52,7 +53,7 @@ def _print_report(
 
 @click.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())  # with --prune a path may be gone
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option(
     "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
 )
@@ -75,13 +76,11 @@ def add(
 ) -> None:
     """Ingest files and folders (Markdown, text, PDF, HTML, reStructuredText, code); run again to sync."""
     from server.cli import load_settings, open_rift
-    from server.engine.engine import check_collection_name
     from server.ingest.security import PathPolicy
     from server.ingest.sync import MAX_PATHS, SyncReport, sync_paths
     from server.ingest.walker import compile_glob
 
-    try:  # before the model loads: a typo fails at once
-        check_collection_name(collection)
+    try:  # before the model loads: a typo fails at once (--collection was checked as it was parsed)
         compile_glob(list(glob) or None)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
@@ -153,7 +152,7 @@ def _stored(report: SyncReport) -> str:
 
 @click.command("watch")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option(
     "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
 )
@@ -172,12 +171,10 @@ def watch(
 ) -> None:
     """Keep a collection in sync with a folder until interrupted (Ctrl-C)."""
     from server.cli import load_settings, open_rift
-    from server.engine.engine import check_collection_name
     from server.ingest.walker import compile_glob
     from server.ingest.watch import watch_folder
 
-    try:
-        check_collection_name(collection)  # fail now, not on every change while watching
+    try:  # fail now, not on every change while watching (--collection was checked as it was parsed)
         compile_glob(list(glob) or None)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None

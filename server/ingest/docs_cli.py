@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import json
 import os
 import shutil
 import sys
@@ -19,19 +18,8 @@ from typing import IO, Any, NoReturn
 
 import click
 
+from server.cli_values import collection_name, json_filters
 from server.errors import DataDirLockedError, RiftError, user_message
-
-
-def _filters(raw: str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--filters") from None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter('a JSON object, e.g. {"tag": "draft"}', param_hint="--filters")
-    return parsed
 
 
 def _run(data_dir: str | None, fn: Callable[[Any], Any]) -> None:
@@ -47,7 +35,7 @@ def _run(data_dir: str | None, fn: Callable[[Any], Any]) -> None:
 
 
 @click.command("list")
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option("--filters", default=None, help='JSON metadata filter, e.g. \'{"tag": "draft"}\'.')
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--after", default=None, help="List from after this doc_id (the last one of the previous page).")
@@ -60,7 +48,7 @@ def list_documents(
     from server.ingest.manage import caught_up
     from server.ingest.manage import list_documents as listing
 
-    where = _filters(filters)
+    where = json_filters(filters)
 
     def go(rift: Any) -> dict[str, Any]:
         engine = rift.engine()
@@ -79,7 +67,7 @@ def list_documents(
 
 @click.command("get")
 @click.argument("doc_id")
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--max-chars", default=None, type=click.IntRange(1), help="At most this many characters.")
 @click.option("--data-dir", default=None)
@@ -101,7 +89,7 @@ def get_document(
 
 @click.command("delete")
 @click.argument("ids", nargs=-1)
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option(
     "--filters",
     default=None,
@@ -111,13 +99,18 @@ def get_document(
 def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None, data_dir: str | None) -> None:
     """Delete documents by id, or every document matching --filters (all of them: unlike the MCP tool, it
     repeats until none is left)."""
-    where = _filters(filters)
+    where = json_filters(filters)
     if bool(ids) == (where is not None):
         raise click.UsageError("give document ids or --filters (one of the two)")
+
+    from server.cli import emit
+
+    missed: list[str] = []
 
     def go(rift: Any) -> dict[str, Any]:
         if ids:
             deleted, missing = rift.delete_documents(collection, list(ids))
+            missed.extend(missing)
             return {"collection": collection, "deleted": deleted, "not_found": missing}
         deleted: list[str] = []
         while True:
@@ -127,15 +120,30 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
                 if not deleted:
                     raise
                 raise RiftError(f"{exc} (after deleting {len(deleted)} documents: {', '.join(deleted)})") from None
+            except KeyboardInterrupt:
+                # A batch is one journaled write: the next start finishes it or undoes it. What the earlier
+                # batches deleted is said, rather than "Aborted!" over documents gone without a word.
+                emit({"collection": collection, "deleted": deleted, "not_found": [], "interrupted": True})
+                click.echo(
+                    f"\ninterrupted: {len(deleted):,} documents deleted (listed); the batch being deleted then is "
+                    "finished or undone at the next start; run the same delete again for the rest",
+                    err=True,
+                )
+                sys.exit(130)
             deleted.extend(batch)
             if not remaining or not batch:
                 return {"collection": collection, "deleted": deleted, "not_found": []}
 
     _run(data_dir, go)
+    if missed:  # (as rm does: a script's `&& ...` must not read "deleted" for an id that was never there)
+        shown = ", ".join(repr(d) for d in missed[:5]) + (" ..." if len(missed) > 5 else "")
+        hint = "; a file's document id is its absolute path" if any(not os.path.isabs(d) for d in missed) else ""
+        are = "is" if len(missed) == 1 else "are"
+        raise click.ClickException(f"{len(missed):,} of the ids {are} not in collection {collection!r}: {shown}{hint}")
 
 
 @click.command("export")
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option("--filters", default=None, help="Only the documents whose metadata matches this JSON filter.")
 @click.option(
     "--output", "-o", default="-", show_default=True, help="File to write (replaced only once it is whole); - = stdout."
@@ -169,7 +177,7 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
     from server.ingest.jsonl import read_only_state, write_output
     from server.service import DataDirLock
 
-    where = _filters(filters)
+    where = json_filters(filters)
     settings = load_settings(data_dir)
     check_store(settings, must_exist=True)
     if not settings.state_db.is_file():
@@ -226,7 +234,7 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
 
 @click.command("import")
 @click.argument("file", type=click.File("rb"))
-@click.option("--collection", default="default", show_default=True)
+@click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option("--data-dir", default=None)
 def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> None:
     """Add the documents of a JSON Lines FILE (- = stdin; gzipped too): {"id", "text", "metadata"} a line, as
@@ -257,7 +265,6 @@ def _interrupted(stored: str) -> NoReturn:
 
 def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     from server.cli import emit, load_settings, open_rift
-    from server.engine.engine import check_collection_name
     from server.ingest.jsonl import ImportReport, check_file, count_documents
     from server.ingest.jsonl import import_documents as load
 
@@ -270,10 +277,6 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
             done = report.added + report.updated + report.unchanged
             click.echo(f"\rimported {done:,}/{report.documents:,} documents", err=True, nl=False)
 
-    try:
-        check_collection_name(collection)  # (before the model loads)
-    except RiftError as exc:
-        raise click.BadParameter(str(exc), param_hint="--collection") from None
     settings = load_settings(data_dir)
     try:  # the file before the store: opening one may create a data dir, or re-embed it for a changed model
         checked = check_file(settings, stream)

@@ -443,7 +443,14 @@ def export_documents(
         header: dict[str, Any] = {"format": EXPORT_FORMAT, "collection": collection}
         if filters:
             header["filters"] = dict(filters)
-        out.write(_line({HEADER: header}))
+        # Written with the first document, or at the end: a filter refused once every document is read (one
+        # naming fields no document has) leaves nothing on stdout, not a header alone.
+        opening = [_line({HEADER: header})]
+
+        def begin() -> None:
+            if opening:
+                out.write(opening.pop())
+
         count, after, digest = 0, "", hashlib.sha256()
         known: set[str] = set()  # fields the documents read have: a filter naming others matched nothing for that
         while True:
@@ -458,6 +465,7 @@ def export_documents(
                     problem = unknown_fields_problem(node, known, collection)
                     if problem:
                         raise RiftError(problem)
+                begin()
                 out.write(_line({TRAILER: {"documents": count, "sha256": digest.hexdigest()}}))
                 return count
             after = rows[-1][0]
@@ -472,6 +480,7 @@ def export_documents(
                     # Keys in one order: a process that read a document back from a Chroma server holds them in
                     # Chroma's, and the same collection exports the same file from any process.
                     line = _line({"id": doc_id, "text": text, "metadata": dict(sorted(metadata.items()))})
+                    begin()
                     out.write(line)
                     digest.update(line.encode("utf-8"))
                     count += 1

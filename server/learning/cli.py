@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 import click
 
-from server.config import LearnStrategy
+from server.config import RETRAIN_BOUNDS, LearnStrategy
 from server.errors import RiftError
 
 REJECTED_EXIT = 3  # `rift retrain`: the job ran, the gate kept the serving model
@@ -73,16 +73,28 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     type=click.Choice(get_args(LearnStrategy)),
     default=None,
 )
-@click.option("--epochs", type=float, default=None)
+@click.option(
+    "--epochs", type=click.FloatRange(*RETRAIN_BOUNDS["epochs"]), default=None, help="(default: setting learn_epochs)"
+)
 @click.option(
     "--lr",
     "learning_rate",
-    type=float,
+    type=click.FloatRange(*RETRAIN_BOUNDS["learning_rate"]),
     default=None,
     help="Learning rate (default: setting learn_learning_rate).",
 )
-@click.option("--batch-size", type=int, default=None)
-@click.option("--min-triples", type=int, default=None)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(*map(int, RETRAIN_BOUNDS["batch_size"])),
+    default=None,
+    help="(default: setting learn_batch_size)",
+)
+@click.option(
+    "--min-triples",
+    type=click.IntRange(*map(int, RETRAIN_BOUNDS["min_triples"])),
+    default=None,
+    help="Refuse to train on fewer triples (default: setting learn_min_triples).",
+)
 @click.option(
     "--merge-base",
     type=click.FloatRange(0, 1),
