@@ -271,9 +271,11 @@ class Rift:
                 state.close()
                 raise
             folder = s.chroma_dir if s.vector_backend != "http" else None
+            store: VectorStore | None = None
             try:
                 while True:
-                    engine = Engine(s, embedder, VectorStore(client, folder), state)
+                    store = VectorStore(client, folder)
+                    engine = Engine(s, embedder, store, state)
                     engine.on_deleted_elsewhere = self._deleted_elsewhere
                     engine.on_documents_gone = self._documents_gone
                     try:
@@ -290,6 +292,8 @@ class Rift:
             except BaseException:
                 state.close()
                 close_client(client)  # (an embedded store's System would otherwise stay cached: see close_client)
+                if store is not None and store.client is not client:
+                    store.close()  # (a drop during the repairs opened the embedded store again: that client)
                 raise
             self._engine = engine
             from server.learning.manager import LearningManager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
@@ -1849,5 +1850,70 @@ def test_the_store_is_opened_again_only_once_no_call_is_in_flight(tmp_path: Path
         assert store.client is not first  # the long call was the last to leave: it released the store
         assert store.query("keep-it", vectors[0], 1)[0][0] == "a"
         assert store.count("keep-it") == 3 and not store.exists("drop-a")
+    finally:
+        store.close()
+
+
+def test_a_store_that_cannot_be_opened_again_says_why_and_still_closes(tmp_path: Path, monkeypatch) -> None:
+    """A release whose reopen fails leaves calls saying why (the next one tries again); closing such a store
+    raised that reason, and Rift.close then kept the data dir locked."""
+    import server.engine.vector_store as vector_store
+    from server.engine.vector_store import VectorStore, open_embedded
+
+    folder = tmp_path / "chroma"
+    store = VectorStore(open_embedded(folder), folder)
+    vectors = np.eye(3, dtype=np.float32)
+    store.upsert("keep-it", ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
+    store.upsert("drop-it", ["a"], vectors[:1], ["x"], [{}])
+
+    def no_files(path: Path) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(vector_store, "open_embedded", no_files)
+    store.drop("drop-it")
+    with pytest.raises(RiftError, match="cannot open Chroma's store .* again: .*Too many open files"):
+        store.count("keep-it")
+    store.close()  # (raised the reason above)
+    monkeypatch.undo()
+    again = VectorStore(open_embedded(folder), folder)
+    try:
+        assert again.count("keep-it") == 3 and not again.exists("drop-it")
+    finally:
+        again.close()
+
+
+def test_calls_that_never_pause_still_let_a_dropped_index_go(tmp_path: Path, monkeypatch) -> None:
+    """The release waits for a moment no call uses the store; calls overlapping without a gap postponed it for
+    good (a busy server kept every dropped index). Once it has waited RELEASE_PATIENCE_S, a new call waits for
+    those in flight, and the release comes first."""
+    import server.engine.vector_store as vector_store
+    from server.engine.vector_store import VectorStore, open_embedded
+
+    monkeypatch.setattr(vector_store, "RELEASE_PATIENCE_S", 0.2)
+    folder = tmp_path / "chroma"
+    store = VectorStore(open_embedded(folder), folder)
+    vectors = np.eye(3, dtype=np.float32)
+    try:
+        for name in ("keep-it", "drop-it"):
+            store.upsert(name, ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
+        first = store.client
+        inside, leave = threading.Event(), threading.Event()
+
+        def long_call() -> None:
+            with store._using():
+                inside.set()
+                leave.wait(10)
+
+        thread = threading.Thread(target=long_call)
+        thread.start()
+        assert inside.wait(10)
+        store.drop("drop-it")
+        assert store.count("keep-it") == 3 and store.client is first  # not due long yet: no wait
+        time.sleep(0.3)
+        threading.Timer(0.3, leave.set).start()
+        started = time.monotonic()
+        assert store.count("keep-it") == 3  # waited for the long call, then the release
+        assert time.monotonic() - started >= 0.2 and store.client is not first
+        thread.join(10)
     finally:
         store.close()

@@ -12,6 +12,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,7 +117,10 @@ def close_client(client: Any) -> None:
     this process has open: not used). A chromadb without it, or whose close() stops the System but keeps it
     cached, gets the same by hand below."""
     closed = False
-    close = getattr(client, "close", None)
+    try:
+        close = getattr(client, "close", None)
+    except Exception:  # (a stand-in whose every attribute raises)
+        return
     if callable(close):
         try:
             close()
@@ -324,6 +328,12 @@ class _Unopened:
         raise RiftError(self.why)
 
 
+# A release due this long (calls overlapping without a gap since the drop) makes new calls wait for the calls
+# in flight to end, each at most RELEASE_WAIT_S: without it, a busy server never let go of a dropped index.
+RELEASE_PATIENCE_S = 1.0
+RELEASE_WAIT_S = 2.0
+
+
 def _in_use(method: Callable[..., Any]) -> Callable[..., Any]:
     """A VectorStore method that uses Chroma's client: it runs while the client is not being replaced."""
 
@@ -348,15 +358,27 @@ class VectorStore:
         self._users = 0
         self._releasing = False
         self._release_due = False
+        self._due_since = 0.0
         self._depth = threading.local()
+
+    def _due(self) -> None:
+        """A collection was dropped: the client is to be replaced once no call uses it (`_release_dropped`)."""
+        if self._folder is not None and not self._release_due:
+            self._due_since = time.monotonic()
+            self._release_due = True
+
+    def _overdue(self) -> bool:
+        """A release has waited long for a gap between calls (under `_idle`)."""
+        return self._release_due and self._users > 0 and time.monotonic() - self._due_since > RELEASE_PATIENCE_S
 
     @contextmanager
     def _using(self) -> Iterator[None]:
         depth = getattr(self._depth, "n", 0)
         if depth == 0:
             with self._idle:
-                while self._releasing:
-                    self._idle.wait()
+                give_up = time.monotonic() + RELEASE_WAIT_S
+                while self._releasing or (self._overdue() and time.monotonic() < give_up):
+                    self._idle.wait(None if self._releasing else max(0.0, give_up - time.monotonic()))
                 self._users += 1
         self._depth.n = depth + 1
         try:
@@ -396,7 +418,8 @@ class VectorStore:
         is sized RLIMIT_NOFILE / 5 indexes, 4,000 for a limit of 20,000). Only stopping the store's System
         frees them, so the call that leaves the store unused after a drop (the drop itself, or the last of the
         calls in flight then) closes the client and opens the store again: a close and an open, tens of ms,
-        during which new calls wait (none waits for a long call in flight: the release waits for it instead);
+        during which new calls wait (and, once a release has been due for RELEASE_PATIENCE_S with calls
+        overlapping all along, for the calls in flight, each at most RELEASE_WAIT_S);
         each collection's index is read from its files at its next use. Nothing is written to the store. If
         it cannot be opened again, calls fail saying why and the next one tries again."""
         if self._folder is None or getattr(self._depth, "n", 0):
@@ -491,7 +514,7 @@ class VectorStore:
         with self._lock:
             self._collections.clear()
             client, self._client = self._client, _ClosedClient()
-            if not isinstance(client, _ClosedClient):
+            if not isinstance(client, _ClosedClient | _Unopened):  # (an _Unopened one was closed already)
                 close_client(client)
 
     def forget(self, name: str) -> None:
@@ -507,10 +530,13 @@ class VectorStore:
             self._collections.pop(name, None)
             try:
                 self._client.delete_collection(name)
-                self._release_due = self._folder is not None  # (when this call, or the last in flight, ends)
+                self._due()  # (when this call, or the last in flight, ends)
             except (chromadb.errors.NotFoundError, ValueError) as exc:  # already gone
                 log.debug("drop %s: %s", name, exc)
-        self.sweep()  # (its index files' disk is free once the release has closed them)
+            # Under the lock: a collection made meanwhile has segment rows but no index folder until its first
+            # write, which a sweep between its reads would take for a dropped one's. (The files' disk is free
+            # once the release has closed them too.)
+            self.sweep()
 
     def sweep(self) -> list[str]:
         """Embedded: delete dropped collections' leftover index folders (see `remove_dropped_index_folders`)."""
