@@ -143,6 +143,20 @@ def test_learn_without_the_module_says_so(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 2 and "--usage-split" in res.output
 
 
+def test_mining_analysis_and_learn_say_what_is_wrong_with_the_data(tmp_path: Path) -> None:
+    """A BEIR folder that is empty or missing is one `Error:` line in every mode, never a traceback."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, message in (
+        (["--mining-analysis", "--data", str(empty)], "no " + str(empty / "qrels" / "train.tsv")),
+        (["--learn", "--data", str(tmp_path / "missing")], "is not a folder"),
+        (["--log-reach", "--data", str(tmp_path / "missing")], "is not a folder"),
+    ):
+        res = CliRunner().invoke(main, ["bench", *args, "--usage-split", "train"])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (args, res.exception)
+        assert res.output.startswith("Error: ") and message in res.output, (args, res.output)
+
+
 def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     base = ["bench", "--learn", "--data", str(tmp_path), "--usage-split", "train"]
     res = CliRunner().invoke(main, [*base, "--set", "chunk_tokens=128"])

@@ -226,7 +226,10 @@ def _run_mining_analysis(
     from server.bench.learning_experiment import run_mining_analysis
     from server.bench.report import _table, json_line
 
-    result = run_mining_analysis(data, usage_split, model, cache_dir)
+    try:
+        result = run_mining_analysis(data, usage_split, model, cache_dir)
+    except RiftError as exc:  # BenchError (the data) among them, as in the other modes
+        raise click.ClickException(str(exc)) from None
     _echo_json(json_line({"kind": "mining-analysis", **result}), out)
     rows = []
     for name, v in result["variants"].items():
@@ -272,18 +275,22 @@ def _run_learn(
     # A run takes hours on a CPU: the experiment rewrites a checkpoint of the seeds done so far beside
     # --json-out, and only the finished result is appended to it as one JSON line, as in the other modes.
     checkpoint = out.with_name(out.name + ".partial") if out else None
-    result = module.run_learning_experiment(
-        data=data,
-        eval_split=split,
-        usage_split=usage_split,
-        model=model,
-        seeds=_ints(seeds, "--seeds", minimum=0) if seeds else [0],
-        cache_dir=cache_dir,
-        out=checkpoint,
-        labelled_bound=labelled_bound,
-        agent_feedback=agent_feedback,
-        **options,
-    )
+    seed_list = _ints(seeds, "--seeds", minimum=0) if seeds else [0]
+    try:
+        result = module.run_learning_experiment(
+            data=data,
+            eval_split=split,
+            usage_split=usage_split,
+            model=model,
+            seeds=seed_list,
+            cache_dir=cache_dir,
+            out=checkpoint,
+            labelled_bound=labelled_bound,
+            agent_feedback=agent_feedback,
+            **options,
+        )
+    except RiftError as exc:  # BenchError (the data) among them, as in the other modes
+        raise click.ClickException(str(exc)) from None
     from server.bench.report import json_line, learn_markdown
 
     _echo_json(json_line({"kind": "learn", **result}), out)
