@@ -157,6 +157,40 @@ def test_mining_analysis_and_learn_say_what_is_wrong_with_the_data(tmp_path: Pat
         assert res.output.startswith("Error: ") and message in res.output, (args, res.output)
 
 
+def test_options_a_mode_would_ignore_are_refused_before_any_work(tmp_path: Path) -> None:
+    """Two modes at once, or an option the chosen mode does not read, is a usage error (exit 2) before the
+    data is read (here it does not exist), never a run that silently drops part of what was asked."""
+    missing = ["--data", str(tmp_path / "no-such-beir")]
+    usage = [*missing, "--usage-split", "train"]
+    for args, message in (
+        ([*usage, "--mining-analysis", "--log-reach", "--learn", "--scale", "10", "--latency"],
+         "--mining-analysis, --log-reach, --learn: separate runs"),
+        ([*usage, "--log-reach", "--learn"], "--log-reach, --learn: separate runs"),
+        ([*usage, "--learn", "--scale", "10", "--latency"], "--latency and --scale do not apply with --learn"),
+        ([*usage, "--log-reach", "--set", "chunk_tokens=64"], "--set does not apply with --log-reach"),
+        ([*usage, "--mining-analysis", "--split", "dev"], "--split does not apply with --mining-analysis"),
+        ([*usage, "--mining-analysis", "--seeds", "1"], "--seeds does not apply with --mining-analysis"),
+        ([*usage, "--mode", "hybrid"], "--usage-split does not apply to the quality run"),
+        ([*missing, "--scale-only"], "--scale-only applies only with --scale"),
+        ([*missing, "--scale-batch", "5"], "--scale-batch applies only with --scale"),
+        ([*missing, "--ingest-sample", "5"], "--ingest-sample applies only with --latency"),
+        ([*missing, "--scale", "10", "--scale-only", "--latency", "--rrf-k", "10"],
+         "--scale-only skips the quality run that --latency, --rrf-k apply to"),
+    ):
+        res = CliRunner().invoke(main, ["bench", *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    # What each mode does read still reaches it (and fails on the missing folder, exit 1).
+    for args in (
+        [*usage, "--learn", "--split", "test", "--seeds", "0,1", "--set", "learn_epochs=1", "--agent-feedback"],
+        [*usage, "--log-reach", "--split", "train"],
+        [*usage, "--mining-analysis"],
+        [*missing, "--scale", "10", "--scale-only", "--mode", "hybrid", "--scale-batch", "5", "--max-rss-gib", "3"],
+        [*missing, "--latency", "--ingest-sample", "5", "--rrf-k", "10,60", "--limit-queries", "2", "--no-cache"],
+    ):
+        res = CliRunner().invoke(main, ["bench", *args, "--json-out", str(tmp_path / "out.jsonl")])
+        assert res.exit_code == 1 and "no-such-beir is not a folder" in res.output, (args, res.output)
+
+
 def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     base = ["bench", "--learn", "--data", str(tmp_path), "--usage-split", "train"]
     res = CliRunner().invoke(main, [*base, "--set", "chunk_tokens=128"])

@@ -299,6 +299,49 @@ def _run_learn(
     click.echo("\n" + learn_markdown(result))
 
 
+# The options each mode reads besides --data, --model, --cache-dir and --json-out, which all of them read, by
+# parameter name (None: the quality / latency / scale run). An option given to a mode that does not read it is
+# refused before any work: a run of hours must not start while silently dropping part of what was asked.
+_MODE_FLAGS = {"mining_analysis": "--mining-analysis", "log_reach": "--log-reach", "learn": "--learn"}
+_EVERY_MODE = {"data", "model", "cache_dir", "json_out"}
+_QUALITY_RUN = ("latency", "ingest_sample", "rrf_k", "depth", "weights", "limit_queries")  # what --scale-only skips
+_MODE_READS: dict[str | None, set[str]] = {
+    None: {*_QUALITY_RUN, "split", "modes", "settings_set", "plot_out", "no_cache"}
+    | {"scale", "scale_batch", "scale_only", "max_rss_gib"},
+    "learn": {"split", "usage_split", "seeds", "settings_set", "labelled_bound", "agent_feedback"},
+    "log_reach": {"split", "usage_split"},
+    "mining_analysis": {"usage_split"},
+}
+# Options of the quality run that mean something only beside another one.
+_NEEDS = {"scale_only": "scale", "scale_batch": "scale", "max_rss_gib": "scale", "ingest_sample": "latency"}
+
+
+def _check_modes(ctx: click.Context) -> None:
+    """Refuse (exit 2) two modes at once, and options the chosen mode would silently ignore."""
+    from click.core import ParameterSource
+
+    flag = {p.name: p.opts[0] for p in ctx.command.params if p.name}
+    given = {name for name in flag if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
+    modes = [name for name in _MODE_FLAGS if name in given]
+    if len(modes) > 1:
+        names = ", ".join(_MODE_FLAGS[m] for m in modes)
+        raise click.UsageError(f"{names}: separate runs, give one of them (or none, for the quality run)")
+    mode = modes[0] if modes else None
+    ignored = [flag[name] for name in flag if name in given - _MODE_READS[mode] - set(_MODE_FLAGS) - _EVERY_MODE]
+    if ignored:
+        names = " and ".join([", ".join(ignored[:-1]), ignored[-1]] if len(ignored) > 1 else ignored)
+        where = f"with {_MODE_FLAGS[mode]}" if mode else "to the quality run (no --learn, --log-reach or --mining-analysis)"
+        raise click.UsageError(f"{names} {'does' if len(ignored) == 1 else 'do'} not apply {where}")
+    if mode is not None:
+        return
+    for name, needed in _NEEDS.items():
+        if name in given and not ctx.params[needed]:
+            raise click.UsageError(f"{flag[name]} applies only with {flag[needed]}")
+    skipped = [flag[name] for name in _QUALITY_RUN if name in given]
+    if ctx.params["scale_only"] and skipped:
+        raise click.UsageError(f"--scale-only skips the quality run that {', '.join(skipped)} apply to")
+
+
 @click.command()
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="A BEIR-format folder.")
 @click.option(
@@ -373,7 +416,11 @@ def _run_learn(
 )
 @click.option("--no-cache", is_flag=True, help="Encode the corpus even when cached vectors exist.")
 @click.option("--learn", is_flag=True, help="Run the learning experiment instead (needs --usage-split).")
-@click.option("--usage-split", default=None, help="With --learn: the split whose queries simulate usage.")
+@click.option(
+    "--usage-split",
+    default=None,
+    help="With --learn, --log-reach or --mining-analysis: the split whose queries simulate usage.",
+)
 @click.option("--seeds", default="0", show_default=True, help="With --learn: comma list of seeds.")
 @click.option(
     "--labelled-bound",
@@ -436,6 +483,7 @@ def bench(
         raise click.UsageError("--labelled-bound and --agent-feedback apply only with --learn")
     if labelled_bound and agent_feedback:
         raise click.UsageError("choose one of --labelled-bound and --agent-feedback")
+    _check_modes(click.get_current_context())
     if mining_analysis:
         _run_mining_analysis(data, usage_split, model, cache_dir, json_out)
         return
