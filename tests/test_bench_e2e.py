@@ -141,6 +141,8 @@ def test_learn_without_the_module_says_so(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 1 and "learning experiment is not available" in res.output
     res = CliRunner().invoke(main, ["bench", "--learn", "--data", str(tmp_path)])
     assert res.exit_code == 2 and "--usage-split" in res.output
+    res = CliRunner().invoke(main, ["bench", "--learn", "--data", str(tmp_path), "--usage-split", "test"])
+    assert res.exit_code == 2 and "give two different splits (both are test)" in res.output
 
 
 def test_mining_analysis_and_learn_say_what_is_wrong_with_the_data(tmp_path: Path) -> None:

@@ -259,6 +259,10 @@ def _run_learn(
         raise click.UsageError(
             "--learn needs --data and --usage-split (the split whose queries simulate usage)"
         )
+    if usage_split == split:  # the experiment would refuse it only after loading both, with a traceback
+        raise click.UsageError(
+            f"--learn replays --usage-split and evaluates on --split: give two different splits (both are {split})"
+        )
     try:
         module = importlib.import_module("server.bench.learning_experiment")
     except ModuleNotFoundError as exc:
