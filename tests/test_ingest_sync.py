@@ -1212,3 +1212,19 @@ def test_watch_syncs_a_file_caught_empty_again_once_it_settles(app: Rift, docs: 
         wait_for(lambda: "guide.md" in stored(app, docs))
         (docs / "guide.md").write_text("")
         wait_for(lambda: "guide.md" not in stored(app, docs), timeout=20)
+
+
+def test_file_names_in_text_output_cannot_drive_the_terminal() -> None:
+    """`rift add` / `rift watch` print file names: an escape sequence, a newline or an undecodable byte in one
+    shows as a \\xNN escape in text output (it would colour the terminal or split the line), other Unicode as
+    it is; `printable`, for JSON (json.dumps escapes control characters itself), keeps the characters."""
+    from server.ingest.sync import printable, printable_text
+
+    assert printable_text("added     /d/esc\x1b[31mRED.md") == "added     /d/esc\\x1b[31mRED.md"
+    assert printable_text("line\nbreak\r\t\x00\x7f\x9b.md") == "line\\x0abreak\\x0d\\x09\\x00\\x7f\\x9b.md"
+    assert printable_text("/d/caf\udce9.md: lone \ud800") == "/d/caf\\xe9.md: lone \\ud800"
+    for kept in ("café Ünïcode.md", "日本語のメモ.md", "🙂 notes.md", "a\\x1b literal backslash.md"):
+        assert printable_text(kept) == kept
+    name = "/d/esc\x1b[31mRED\n.md"
+    assert json.loads(json.dumps(printable(name), ensure_ascii=False)) == name
+    assert printable("caf\udce9.md") == "caf\ufffd.md"  # unchanged: JSON shows undecodable bytes as U+FFFD

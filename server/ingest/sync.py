@@ -60,6 +60,24 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+# For a line of text output: C0 and C1 control characters and DEL (a file name can hold an escape sequence that
+# colours or clears the terminal, or a newline that splits its line), the bytes of a name that is not valid UTF-8
+# (surrogate escapes U+DC80-U+DCFF) and any other lone surrogate, each as a backslash escape.
+_TEXT_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    **{c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)},
+    **{c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)},
+}
+
+
+def printable_text(text: str) -> str:
+    """`text` for human-readable output (`rift add` and `rift watch` list file names): control characters and
+    undecodable bytes as \\xNN (the byte, as `os.fsencode(name).decode("utf-8", "backslashreplace")` shows it),
+    so a name cannot colour the terminal or split its line; letters, accents, CJK and emoji are kept. JSON
+    output keeps `printable`: json.dumps escapes control characters itself."""
+    return text.translate(_TEXT_ESCAPES)
+
+
 @dataclass
 class FileResult:
     path: str
