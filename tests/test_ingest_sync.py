@@ -1228,3 +1228,28 @@ def test_file_names_in_text_output_cannot_drive_the_terminal() -> None:
     name = "/d/esc\x1b[31mRED\n.md"
     assert json.loads(json.dumps(printable(name), ensure_ascii=False)) == name
     assert printable("caf\udce9.md") == "caf\ufffd.md"  # unchanged: JSON shows undecodable bytes as U+FFFD
+
+
+def test_rift_add_lists_control_characters_in_file_names_escaped(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rift add`'s text lines show a file name's escape sequence or newline as \\xNN (see printable_text)."""
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = ["esc\x1b[31mRED.md", "line\nbreak.md", "café 日本 🙂.md"]
+    for name in names:
+        (folder / name).write_text("# Note\n\nSome words about tides.\n")
+    data = str(tmp_path / "data")
+    text = CliRunner().invoke(main, ["add", str(folder), "--data-dir", data])
+    assert text.exit_code == 0, text.output
+    assert "\x1b" not in text.stdout and len(text.stdout.splitlines()) == 3, text.stdout
+    assert f"added     {folder}/esc\\x1b[31mRED.md" in text.stdout
+    assert f"added     {folder}/line\\x0abreak.md" in text.stdout
+    assert f"added     {folder}/café 日本 🙂.md" in text.stdout
+    # JSON keeps the names as they are (json escapes the control characters).
+    listed = CliRunner().invoke(main, ["add", str(folder), "--json", "--data-dir", data])
+    assert listed.exit_code == 0 and "\x1b" not in listed.stdout, listed.output
+    assert {f["path"] for f in json.loads(listed.stdout)["files"]} == {str(folder / n) for n in names}

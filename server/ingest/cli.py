@@ -23,7 +23,7 @@ def _print_report(
 ) -> None:
     """Print a sync's per-file lines and its summary. `skipped_before` (for `rift watch`, whose every sync
     walks the whole folder): files skipped last time with the same reason are not listed again; it is updated."""
-    from server.ingest.sync import printable
+    from server.ingest.sync import printable, printable_text
 
     if as_json:
         payload = {
@@ -46,7 +46,7 @@ def _print_report(
             continue
         detail = f" ({f.chunks} chunks)" if f.chunks else ""
         detail += f": {f.reason}" if f.reason else ""
-        click.echo(printable(f"{f.status:<9} {f.path}{detail}"))
+        click.echo(printable_text(f"{f.status:<9} {f.path}{detail}"))
     summary = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     click.echo(f"{report.collection}: {summary or 'nothing to do'}", err=True)
 
