@@ -433,3 +433,17 @@ def test_learn_can_anchor_the_unmined_searches_to_the_base_model(tmp_path: Path,
     [seed] = result["seeds"]
     assert result["train"]["anchor_weight"] == 1.0 and result["train"]["anchor_docs"] == 3
     assert seed["mining"]["anchors"] > 0 and seed["train_s"] >= 0, seed["mining"]
+
+
+def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: Path) -> None:
+    """The learning loop must never see an evaluation query: splits sharing a query id are refused in one
+    line (it was a ValueError traceback), before any model loads."""
+    from server.bench.beir import BenchError
+    from server.bench.learning_experiment import run_learning_experiment
+
+    data = write_beir_with_usage(tmp_path / "tiny")
+    shared = next(iter(QUERIES))
+    with (data / "qrels" / "train.tsv").open("a") as f:
+        f.write(f"{shared}\td1\t1\n")
+    with pytest.raises(BenchError, match="--usage-split train and --split test share 1 query ids"):
+        run_learning_experiment(data, "test", "train", None, [0], tmp_path / "cache", None)

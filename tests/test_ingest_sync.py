@@ -1223,6 +1223,8 @@ def test_file_names_in_text_output_cannot_drive_the_terminal() -> None:
     assert printable_text("added     /d/esc\x1b[31mRED.md") == "added     /d/esc\\x1b[31mRED.md"
     assert printable_text("line\nbreak\r\t\x00\x7f\x9b.md") == "line\\x0abreak\\x0d\\x09\\x00\\x7f\\x9b.md"
     assert printable_text("/d/caf\udce9.md: lone \ud800") == "/d/caf\\xe9.md: lone \\ud800"
+    # a right-to-left override shows "invoice\u202egnp.exe" as "invoiceexe.png"; a line separator breaks a line
+    assert printable_text("invoice\u202egnp.exe \u2066x\u2069 a\u2028b") == "invoice\\u202egnp.exe \\u2066x\\u2069 a\\u2028b"
     for kept in ("café Ünïcode.md", "日本語のメモ.md", "🙂 notes.md", "a\\x1b literal backslash.md"):
         assert printable_text(kept) == kept
     name = "/d/esc\x1b[31mRED\n.md"

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from server.bench.beir import load_beir
+from server.bench.beir import BenchError, load_beir
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
@@ -419,7 +419,10 @@ def run_learning_experiment(
     usage_ds = load_beir(data, usage_split)
     overlap = set(usage_ds.queries) & set(eval_ds.queries)
     if overlap:
-        raise ValueError(f"usage and eval splits share {len(overlap)} queries")
+        raise BenchError(
+            f"--usage-split {usage_split} and --split {eval_split} share {len(overlap)} query ids: the learning "
+            "loop must never see an evaluation query, so give splits apart"
+        )
     usage_ids, dropped = usage_apart_from(usage_ds.queries, eval_ds.queries)
     if dropped:
         say(f"{len(dropped)} usage queries left out: their text is an evaluation query's ({', '.join(dropped)})")

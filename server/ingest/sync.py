@@ -62,9 +62,13 @@ def printable(text: str) -> str:
 
 # For a line of text output: C0 and C1 control characters and DEL (a file name can hold an escape sequence that
 # colours or clears the terminal, or a newline that splits its line), the bytes of a name that is not valid UTF-8
-# (surrogate escapes U+DC80-U+DCFF) and any other lone surrogate, each as a backslash escape.
+# (surrogate escapes U+DC80-U+DCFF) and any other lone surrogate, each as a backslash escape; so are the
+# characters that reorder or break a line.
 _TEXT_ESCAPES = {
     **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    # bidirectional overrides and isolates, and the line and paragraph separators: a name can reverse how the
+    # rest of its line reads ("gnp.exe" shown as "exe.png") or break it
+    **{c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029, 0x200E, 0x200F)},
     **{c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)},
     **{c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)},
 }
