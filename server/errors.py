@@ -13,6 +13,12 @@ class NotFoundError(RiftError):
     """A named collection, document or query does not exist."""
 
 
+class ShuttingDown(RiftError):
+    """rift was closed (a shutdown: the client's EOF, SIGTERM, Ctrl-C, `Rift.close`) while a write was in
+    flight: the write stopped at a safe point, and nothing of it is stored (what it had put into Chroma is
+    removed by the next start)."""
+
+
 class DataDirLockedError(RuntimeError):
     """Another rift process holds the data directory."""
 

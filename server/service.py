@@ -652,10 +652,12 @@ class Rift:
             self.learning.close()
         self._released = True
         if self._engine is not None:
-            # A write in flight (a SIGTERM arriving mid-call) commits or fails before the state database
-            # closes under it; one that takes longer is rolled back by the next start (its journal).
-            # On the main thread (a SIGTERM handler, which blocks the event loop a write's progress report
-            # may need, and whose client kills it soon) only briefly.
+            # A write in flight (a SIGTERM arriving mid-call) stops at its next safe point (begin_close), or
+            # commits, before the state database closes under it; one that takes longer is rolled back by the
+            # next start (its journal), and says so in one line. On the main thread (a SIGTERM handler, which
+            # blocks the event loop a write's progress report may need, and whose client kills it soon) only
+            # briefly.
+            self._engine.begin_close()
             main = threading.current_thread() is threading.main_thread()
             held = self._engine._write_lock.acquire(timeout=1.0 if main else CLOSE_WAIT_S)
             try:

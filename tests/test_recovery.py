@@ -84,6 +84,109 @@ def test_closing_waits_for_a_write_in_flight(cfg: Settings, monkeypatch) -> None
     finally:
         again.close()
 
+def _close_mid_write(app: Rift, write: Any, started: Any) -> Any:
+    """Run `write` in a worker thread and close `app` (here, on the main thread: the SIGTERM handler's wait)
+    once `started` is set; the write's result or exception."""
+    import threading
+
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(write())
+        except Exception as exc:
+            out.append(exc)
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    assert started.wait(30)
+    app.close()
+    writer.join(30)
+    assert not writer.is_alive()
+    return out[0]
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_a_write_in_flight_at_close_stops_at_a_safe_point(cfg: Settings, monkeypatch, caplog) -> None:
+    """A close (SIGTERM, Ctrl-C, stdin's EOF, Rift.close) while a write embeds: the write stops between two
+    embedding batches, says so in one line and stores nothing. It ran on past the close's wait instead and met
+    the closed stores: sqlite3's 'Cannot operate on a closed database' or chromadb's AttributeError to the
+    caller, with tracebacks in the log, and an empty collection left behind."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from server.engine.embedder import Embedder
+    from server.errors import ShuttingDown
+
+    seed(cfg)
+    app = open_rift(cfg)
+    embedding = threading.Event()
+
+    def slow(self: Embedder, texts: Any, progress: Any = None) -> Any:  # 10 batches of 0.3 s
+        for done in range(1, 11):
+            embedding.set()
+            time.sleep(0.3)
+            if progress is not None:
+                progress(done * len(texts) // 10, len(texts))
+        return np.ones((len(texts), self.dimension), dtype=np.float32)
+
+    monkeypatch.setattr(Embedder, "encode_documents", slow)
+    new = docs(*[(f"n{i}", f"note {i} about the harbour") for i in range(20)])
+    result = _close_mid_write(app, lambda: app.add_documents("fresh", new), embedding)
+    monkeypatch.undo()
+    assert isinstance(result, ShuttingDown), repr(result)
+    assert "nothing of it is stored" in str(result) or "before storing anything" in str(result)
+    assert _tracebacks(caplog) == []
+    again = open_rift(cfg)
+    try:
+        assert again.repair_report["journal"] == 0  # stopped before it wrote anything
+        assert "fresh" not in again.engine().collection_names()  # (the write made it: it goes too)
+        consistent(index_state(again))
+    finally:
+        again.close()
+
+
+def test_a_close_that_cannot_wait_for_a_commit_leaves_one_line_and_a_consistent_store(
+    cfg: Settings, monkeypatch, caplog
+) -> None:
+    """A commit whose Chroma upsert outlasts the close's wait (1 s in a SIGTERM handler) has its stores closed
+    under it: the caller gets ShuttingDown and the log one line, not chromadb's AttributeError and the chained
+    tracebacks of a failed rollback; the next start removes what it put into Chroma."""
+    import threading
+    import time
+
+    from server.engine.vector_store import VectorStore
+    from server.errors import ShuttingDown
+
+    before = seed(cfg)
+    app = open_rift(cfg)
+    real = VectorStore.upsert
+    upserting = threading.Event()
+
+    def slow(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+        upserting.set()
+        time.sleep(1.5)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VectorStore, "upsert", slow)
+    result = _close_mid_write(app, lambda: app.add_documents("default", docs(("third", "brand new doc"))), upserting)
+    monkeypatch.undo()
+    assert isinstance(result, ShuttingDown), repr(result)
+    assert _tracebacks(caplog) == []
+    assert any("next start removes" in r.getMessage() for r in caplog.records)
+    again = open_rift(cfg)
+    try:
+        assert again.repair_report["journal"] == 1
+        assert consistent(index_state(again)) == consistent(before)
+    finally:
+        again.close()
+
+
 def test_failed_sqlite_commit_is_rolled_back_at_once(cfg: Settings, monkeypatch) -> None:
     before = seed(cfg)
     app = open_rift(cfg)

@@ -56,7 +56,7 @@ from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, w
 from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering, chroma_server_problem, close_client
 from server.engine.versions import content_hash, same_float
-from server.errors import NotFoundError, RiftError
+from server.errors import NotFoundError, RiftError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -520,6 +520,9 @@ class Engine:
         self.on_documents_gone: Callable[[str, list[str]], None] | None = None
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
+        # Set by `begin_close` (the Rift is closing): a write in flight stops at its next safe point (see
+        # `_stop_if_closing`) instead of running on until its stores are closed under it.
+        self._closing = threading.Event()
         self._restored: dict[str, int] = {}  # collection -> chunks put back into Chroma at open
         self._copied: dict[str, int] = {}  # ... of which copied from the embedded store (moved to a server)
         self._weights_changed = False  # the configured model's folder holds other weights than last time
@@ -535,9 +538,24 @@ class Engine:
 
     @property
     def closed(self) -> bool:
-        """Whether its stores were closed (the Rift holding it was): nothing can be read or written any more. A
-        caller holding the engine rather than the Rift (a folder's watch) asks this to stop."""
-        return self.state.closed
+        """Whether its stores were closed, or are being closed (the Rift holding it was): nothing can be read or
+        written any more. A caller holding the engine rather than the Rift (a folder's watch) asks this to stop."""
+        return self._closing.is_set() or self.state.closed
+
+    def begin_close(self) -> None:
+        """The Rift is closing: a write in flight stops at its next safe point (between two embedding batches,
+        before its commit begins, between two batches of its Chroma upsert), so closing waits for that rather
+        than closing the stores under it. A commit past its Chroma half finishes."""
+        self._closing.set()
+
+    def _stop_if_closing(self, collection: str) -> None:
+        """A safe point of a write: nothing of it is stored yet. Raises ShuttingDown when rift is closing."""
+        if self._closing.is_set():
+            log.warning("rift is closing: a write to collection %r stopped before it stored anything", collection)
+            raise ShuttingDown(
+                "rift was shut down while this call ran: it stopped before storing anything; send it again once "
+                "rift runs again"
+            )
 
     # --- start-up ------------------------------------------------------------------------------------------
 
@@ -892,13 +910,20 @@ class Engine:
         if rows:
             self._upsert_rows(chroma_name, rows, embedder.encode_documents([r.text for r in rows]))
 
-    def _upsert_rows(self, chroma_name: str, rows: Sequence[ChunkRow], embeddings: Any) -> None:
+    def _upsert_rows(
+        self,
+        chroma_name: str,
+        rows: Sequence[ChunkRow],
+        embeddings: Any,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.vectors.upsert(
             chroma_name,
             [r.chunk_id for r in rows],
             embeddings,
             [r.text for r in rows],
             [r.metadata for r in rows],
+            stop=stop,
         )
 
     def _chunking(self, collection: str) -> str:
@@ -1438,11 +1463,19 @@ class Engine:
             created = self.create_collection(collection)
             try:
                 return self._write_into(collection, docs, progress, rewrite)
-            except BaseException:
+            except BaseException as exc:
                 # A write that made the collection and then failed or was cancelled (before its commit) must
                 # not leave an empty collection behind.
                 if created:
                     self.drop_collection_if_empty(collection)
+                if self.state.closed and isinstance(exc, Exception) and not isinstance(exc, ShuttingDown):
+                    # The stores were closed under it (a close that waited its time out): their error says
+                    # nothing of why. Nothing of it is committed; the next start undoes the rest.
+                    log.warning("rift was closed during a write to collection %r: it is not stored", collection)
+                    raise ShuttingDown(
+                        "rift was shut down while this call ran: nothing of it is stored; send it again once "
+                        "rift runs again"
+                    ) from None
                 raise
 
     def check_room(self, need_bytes: int = 0, what: str = "") -> None:
@@ -1468,7 +1501,7 @@ class Engine:
         """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in
         shared mode, where another process may be writing into it. Failures are logged, not raised: the
         caller is already handling the write's own error."""
-        if self.shared is not None:
+        if self.shared is not None or self.state.closed:  # (closed: start-up finds the empty record)
             return False
         try:
             with self._write_lock:
@@ -1511,8 +1544,14 @@ class Engine:
                 changed.append((doc_id, text, meta, doc_hash))
         rows = self._chunk_rows(changed, embedder)
         if rows:
+
+            def embedding(done: int, total: int) -> None:  # (also a safe point for a close: see begin_close)
+                self._stop_if_closing(collection)
+                if progress is not None:
+                    progress(done, total)
+
             with self._unless_deleted_meanwhile(collection, record.chroma_name):  # (via its cached handle)
-                embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, progress)
+                embeddings = self._embed_reusing(collection, record.chroma_name, rows, embedder, embedding)
             old_ids = self.state.chunk_ids_of_docs(collection, [c[0] for c in changed])
             new_ids = [r.chunk_id for r in rows]
             stale = sorted(set(old_ids) - set(new_ids))
@@ -1673,6 +1712,7 @@ class Engine:
         replaces (with `remove_docs`, told to `on_documents_gone` once committed)."""
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
+        self._stop_if_closing(collection)  # (rift closing: the last point where nothing is written yet)
         written = None
         if rows:
             # Versions of one document are ordered by this time, taken now rather than before embedding: two
@@ -1692,9 +1732,24 @@ class Engine:
         journal_id = self.state.journal_begin(chroma_name, mine, stale)
         try:
             if rows:
-                self._upsert_rows(chroma_name, rows, embeddings)
+                # (Closing: stops between two batches; the journal entry has the next start remove them.)
+                self._upsert_rows(chroma_name, rows, embeddings, lambda: self._closing.is_set())
             self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
         except BaseException as exc:
+            if self._closing.is_set() and isinstance(exc, Exception):
+                # rift is closing (its stores may be closed already): not committed, and no time to undo the
+                # Chroma half now; the journal entry has the next start remove it, as after a crash.
+                log.warning(
+                    "rift is closing: write %s to collection %r stopped before its commit; the next start removes "
+                    "the %d chunks it put into Chroma",
+                    journal_id,
+                    collection,
+                    len(mine),
+                )
+                raise ShuttingDown(
+                    "rift was shut down while this call ran: nothing of it is stored; send it again once rift "
+                    "runs again"
+                ) from None
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
             # covers a crash in here).
             gone = self._gone_from_server(chroma_name, exc)
@@ -1748,12 +1803,20 @@ class Engine:
                     self.state.journal_clear(journal_id)
                 except Exception as exc:
                     # Committed and visible; the stale chunks are invisible to search and start-up removes them.
-                    _log_failure(
-                        logging.ERROR,
-                        f"removing replaced chunks of write {journal_id} failed",
-                        exc,
-                        "start-up will finish it",
-                    )
+                    if self.closed:  # (rift closed under it: its stores' error says nothing more)
+                        log.warning(
+                            "rift closed during write %s to collection %r, after its commit: the next start "
+                            "removes the chunks it replaced",
+                            journal_id,
+                            collection,
+                        )
+                    else:
+                        _log_failure(
+                            logging.ERROR,
+                            f"removing replaced chunks of write {journal_id} failed",
+                            exc,
+                            "start-up will finish it",
+                        )
                 if self.shared is not None and rows:
                     self._sweep_older_versions(chroma_name, rows)
             except BaseException:

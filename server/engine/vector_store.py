@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from server.config import Settings
-from server.errors import RiftError
+from server.errors import RiftError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -565,9 +565,14 @@ class VectorStore:
         embeddings: np.ndarray,
         documents: Sequence[str],
         metadatas: Sequence[Mapping[str, Any]],
+        stop: Callable[[], bool] | None = None,
     ) -> None:
+        """`stop`: asked before each batch after the first; true ends the upsert there (raising ShuttingDown),
+        leaving the batches already written (the caller's journal names them)."""
         coll = self._coll(name, int(embeddings.shape[1]) if len(ids) else None, create=True)
         for start in range(0, len(ids), self.max_batch):
+            if start and stop is not None and stop():
+                raise ShuttingDown(f"stopped after {start} of {len(ids)} chunks: rift is closing")
             end = start + self.max_batch
             coll.upsert(
                 ids=list(ids[start:end]),
