@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import socket
+import sys
+import time
 from typing import Any
 
 from server.config import Settings
@@ -116,15 +119,73 @@ def build_http_app(server: Any, settings: Settings) -> Any:
     return BearerAuth(app, settings.http_token) if settings.http_token else app
 
 
+class CallsInFlight:
+    """ASGI middleware: counts the POST requests being answered (a tool call's answer streams on its POST)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
+def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
+    """uvicorn's Server whose shutdown (SIGTERM, Ctrl-C) lets the calls in flight answer first, up to `wait_s`.
+    sse-starlette (the SDK's SSE responses) ended every open stream as soon as uvicorn began its shutdown, a
+    POST's too: a tool call in flight answered its client with an empty 200, while its write went on and was
+    stored (found by helper CV). Its streams now end once those calls have answered (or the wait is over): the
+    session's GET stream too, which never ends by itself and would hold uvicorn's shutdown for good."""
+    import asyncio
+
+    import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()  # (should_exit is set below, once the calls have answered)
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            for listening in self.servers:  # no new connection meanwhile (uvicorn's own shutdown does it again)
+                listening.close()
+            deadline = time.monotonic() + wait_s
+            if calls.count and not self.force_exit:
+                log.warning(
+                    "shutting down: waiting up to %.0f s for %d call(s) in flight to answer (Ctrl-C again to stop "
+                    "at once)",
+                    wait_s,
+                    calls.count,
+                )
+            while calls.count and not self.force_exit and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            AppStatus.should_exit = True  # the streams still open end now
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)
+
+
 def run_http(server: Any, settings: Settings) -> None:
     import uvicorn
 
-    app = build_http_app(server, settings)
+    from server.service import CLOSE_WAIT_S
+
+    calls = CallsInFlight(build_http_app(server, settings))
     host, port = settings.http_host, settings.http_port
     check_can_listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     log.warning("rift MCP over streamable HTTP on http://%s:%d/mcp", shown, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    config = uvicorn.Config(calls, host=host, port=port, log_level="warning")
+    http = draining_server(config, calls, CLOSE_WAIT_S)
+    with contextlib.suppress(KeyboardInterrupt):  # (as uvicorn.run: the Ctrl-C it re-raises once shut down)
+        http.run()
+    if not http.started:
+        sys.exit(3)  # (uvicorn.run's exit status when the server could not start)
 
 
 def check_can_listen(host: str, port: int) -> None:

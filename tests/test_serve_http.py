@@ -4,8 +4,11 @@ embedded data dir refused with a message naming the first one's pid."""
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +17,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support.processes import free_port, rift_binary, rift_env, start_rift, stop
+from tests.support.helpers import make_settings, open_rift
+from tests.support.processes import free_port, rift_binary, rift_env, start_rift, stop, wait_until
 
 TOKEN = "t0ken-for-tests"
 HELLO = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
@@ -95,3 +99,94 @@ def test_public_bind_without_a_token_is_refused(tmp_path: Path, tiny_model_path:
     assert proc.returncode == 1
     assert "refusing to bind 0.0.0.0 without a bearer token" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# `rift serve --transport streamable-http` whose writes embed for 3 s (a big add_documents).
+SLOW_WRITE_SERVE = """
+import sys, time
+import server.engine.embedder as embedder
+encode = embedder.Embedder.encode_documents
+def slow(self, texts, progress=None):
+    sys.stderr.write("embedding now\\n")
+    sys.stderr.flush()
+    time.sleep(3)
+    return encode(self, texts, progress)
+embedder.Embedder.encode_documents = slow
+from server.cli import main
+main(["serve", "--transport", "streamable-http", "--port", sys.argv[1]])
+"""
+
+
+def _sse_answer(body: str, request_id: int) -> dict | None:
+    """The JSON-RPC answer to `request_id` in an SSE body, if it has one."""
+    for line in body.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            if message.get("id") == request_id:
+                return message
+    return None
+
+
+@pytest.mark.anyio
+async def test_a_call_in_flight_when_the_server_stops_gets_its_answer(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """SIGTERM (or Ctrl-C) while a tool call runs: the call answers before the server stops. sse-starlette
+    ended every SSE stream as uvicorn's shutdown began, so the client got an empty 200 for an add_documents
+    that went on and was stored; the session's own GET stream still ends, so the server does stop."""
+    import anyio
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_WRITE_SERVE, str(port)],
+            env=rift_env(tmp_path / "data", tiny_model_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    try:
+        wait_until(lambda: httpx.get(url, timeout=1) and True, 60, "rift serve", proc, log)
+        async with httpx.AsyncClient(timeout=120) as http:
+            hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+            initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+            opened = await http.post(url, headers=headers, json=initialize)
+            headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+            await http.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            answers: list[str] = []
+            async with http.stream("GET", url, headers=headers) as listening:  # the session's own stream
+                assert listening.status_code == 200
+                async with anyio.create_task_group() as tg:
+
+                    async def add() -> None:
+                        args = {"documents": [{"id": "late", "text": "written as the server stops"}]}
+                        call = {"name": "add_documents", "arguments": args}
+                        sent = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}
+                        answers.append((await http.post(url, headers=headers, json=sent)).text)
+
+                    tg.start_soon(add)
+                    with anyio.fail_after(60):
+                        while "embedding now" not in log.read_text():
+                            await anyio.sleep(0.05)
+                    proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(60):  # the GET stream ends too: nothing holds the shutdown
+                    async for _ in listening.aiter_bytes():
+                        pass
+        answer = _sse_answer(answers[0], 2)
+        assert answer is not None, answers  # (was an empty 200)
+        assert answer["result"]["structuredContent"]["documents"][0]["status"] == "added", answer
+        assert proc.wait(timeout=60) != 0  # (uvicorn exits by the signal it stopped for)
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "waiting up to" in text  # one line saying why the stop waits
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        assert app.engine().state.doc_hashes("default", ["late"])
+    finally:
+        app.close()
