@@ -132,8 +132,12 @@ def test_cli_start_failures_are_one_clear_line(monkeypatch, tmp_path: Path) -> N
     res = CliRunner().invoke(main, ["search", "x", "--data-dir", str(tmp_path / "typo")])
     assert res.exit_code == 1 and "no rift data folder at" in res.output and not (tmp_path / "typo").exists()
     (tmp_path / "data").mkdir()
-    monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
+    # (an empty folder is no store for a command that only reads: stats refuses it before starting)
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(tmp_path / "data")])
+    assert res.exit_code == 1 and "no rift data folder at" in res.output
+    monkeypatch.setenv("RIFT_MODEL", str(tmp_path / "no-model"))
+    (tmp_path / "note.md").write_text("# A note\n")
+    res = CliRunner().invoke(main, ["add", str(tmp_path / "note.md"), "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "rift failed to start" in res.output and "Traceback" not in res.output
     assert "setting `model`, RIFT_MODEL" in res.output and f"no folder at {tmp_path / 'no-model'}" in res.output
     # A config file's misspelt key or [table] is named with the file and the nearest setting.
@@ -220,7 +224,7 @@ def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path,
     res = CliRunner().invoke(
         main, ["watch", str(tmp_path), "--collection", "Bad/Name", "--data-dir", str(tmp_path)]
     )
-    assert res.exit_code == 1 and "collection must be" in res.output
+    assert res.exit_code == 2 and "collection must be" in res.output  # (a bad option value, before any work)
     bad = tmp_path / "bad.toml"
     bad.write_text("k = [\n")
     monkeypatch.setenv("RIFT_CONFIG", str(bad))
