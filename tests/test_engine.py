@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -1917,3 +1918,24 @@ def test_calls_that_never_pause_still_let_a_dropped_index_go(tmp_path: Path, mon
         thread.join(10)
     finally:
         store.close()
+
+
+def test_a_reclaim_that_fails_after_the_commit_leaves_the_write_done(rift_factory, monkeypatch) -> None:
+    """Giving free pages back after a delete's commit raised into the write (a close between the two did it:
+    helper DA), which the commit then undid in Chroma though SQLite had it: the write reads as failed and the
+    stores disagree. It is logged instead; the write stands."""
+    from server.engine.state_store import StateStore
+
+    rift = rift_factory()
+    rift.add_documents("default", docs(*((f"d{i}", f"note {i} about the harbour") for i in range(6))))
+
+    def closed_meanwhile(self, starting: bool = False) -> None:
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    monkeypatch.setattr(StateStore, "_reclaim", closed_meanwhile)
+    deleted, missing = rift.delete_documents("default", ["d0", "d1"])
+    assert deleted == ["d0", "d1"] and missing == []
+    rift.add_documents("default", docs(("d2", "note 2, rewritten, about the river")))
+    state = index_state(rift)
+    assert state["sqlite"] == state["chroma"] == state["keyword"] and len(state["sqlite"]) >= 4
+    assert "d0" not in {h.doc_id for h in rift.search("default", "note about the harbour", k=10).outcome.hits}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.sqlite_space import WAL_LIMIT_BYTES, incremental_if_new, reclaim
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -594,7 +597,23 @@ class StateStore:
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
     ) -> None:
         """Remove and add chunks and whole documents (doc_id, hash, text, metadata) in one transaction, and
-        move the journal entry to 'delete-old' in the same transaction."""
+        move the journal entry to 'delete-old' in the same transaction. Held under the lock to the end: a close
+        between the commit and the reclaim after it made a committed write raise (helper DA), which its caller
+        then took for one that failed."""
+        with self._lock:
+            self._apply_rows(collection, remove_ids, add_rows, journal_id, remove_docs, put_docs)
+            if remove_ids or remove_docs:  # (a delete; a rewrite's new rows mostly fill what it frees)
+                self._reclaim_after_commit()
+
+    def _apply_rows(
+        self,
+        collection: str,
+        remove_ids: Sequence[str],
+        add_rows: Sequence[ChunkRow],
+        journal_id: int | None,
+        remove_docs: Sequence[str],
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+    ) -> None:
         with self._transaction():
             now = time.time()
             self._note_successors(collection, remove_ids, add_rows, put_docs, now)
@@ -628,9 +647,14 @@ class StateStore:
             )
             if journal_id is not None:
                 self._conn.execute("UPDATE journal SET phase = 'delete-old' WHERE id = ?", (journal_id,))
-        if remove_ids or remove_docs:  # (a delete; a rewrite's new rows mostly fill what it frees)
-            with self._lock:
-                self._reclaim()
+
+    def _reclaim_after_commit(self) -> None:
+        """Committed: giving pages back is optional and must not make the write read as failed (its caller would
+        undo the Chroma half of a committed write)."""
+        try:
+            self._reclaim()
+        except Exception as exc:
+            log.warning("giving free pages of rift's state back to the disk failed: %s", exc)
 
     def _note_successors(
         self,
