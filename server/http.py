@@ -137,6 +137,10 @@ class CallsInFlight:
             self.count -= 1
 
 
+# After the wait for calls in flight, the time a stopped write gets to send its answer.
+STOP_GRACE_S = 2.0
+
+
 def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
     """uvicorn's Server whose shutdown (SIGTERM, Ctrl-C) lets the calls in flight answer first, up to `wait_s`.
     sse-starlette (the SDK's SSE responses) ended every open stream as soon as uvicorn began its shutdown, a
@@ -164,6 +168,16 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
                 )
             while calls.count and not self.force_exit and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+            if calls.count and not self.force_exit:
+                # Still running (a long write): stop the writes at their next safe point, so that their calls
+                # answer that nothing of them is stored, rather than end without an answer (helper DA).
+                from server.app import SERVING
+
+                for rift in list(SERVING):
+                    rift.stop_writes()
+                grace = time.monotonic() + STOP_GRACE_S
+                while calls.count and not self.force_exit and time.monotonic() < grace:
+                    await asyncio.sleep(0.05)
             AppStatus.should_exit = True  # the streams still open end now
             await super().shutdown(sockets)
 
@@ -182,8 +196,13 @@ def run_http(server: Any, settings: Settings) -> None:
     log.warning("rift MCP over streamable HTTP on http://%s:%d/mcp", shown, port)
     config = uvicorn.Config(calls, host=host, port=port, log_level="warning")
     http = draining_server(config, calls, CLOSE_WAIT_S)
-    with contextlib.suppress(KeyboardInterrupt):  # (as uvicorn.run: the Ctrl-C it re-raises once shut down)
-        http.run()
+    from sse_starlette.sse import AppStatus
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # (as uvicorn.run: the Ctrl-C it re-raises once shut down)
+            http.run()
+    finally:
+        AppStatus.should_exit = False  # (process-wide: a later server in this process must not start ended)
     if not http.started:
         sys.exit(3)  # (uvicorn.run's exit status when the server could not start)
 

@@ -628,6 +628,13 @@ class Rift:
             raise RiftError("this rift is closed: open its data dir again (Rift(settings).start()) to use it")
         return self._engine
 
+    def stop_writes(self) -> None:
+        """A shutdown is under way: writes in flight stop at their next safe point, saying so (see
+        Engine.begin_close), before `close` closes the stores; for a transport that must answer its calls first."""
+        engine = self._engine
+        if engine is not None:
+            engine.begin_close()
+
     def close(self) -> None:
         """Stop jobs (a retrain checkpoints), write the query log, release the data dir. Once: a second
         caller (a SIGTERM arriving while the client's stdin EOF is already closing the server) waits for

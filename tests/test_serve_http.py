@@ -109,9 +109,11 @@ encode = embedder.Embedder.encode_documents
 def slow(self, texts, progress=None):
     sys.stderr.write("embedding now\\n")
     sys.stderr.flush()
-    time.sleep(3)
+    time.sleep(float(sys.argv[2]))
     return encode(self, texts, progress)
 embedder.Embedder.encode_documents = slow
+import server.service
+server.service.CLOSE_WAIT_S = float(sys.argv[3])  # how long a shutdown waits for calls in flight
 from server.cli import main
 main(["serve", "--transport", "streamable-http", "--port", sys.argv[1]])
 """
@@ -127,21 +129,17 @@ def _sse_answer(body: str, request_id: int) -> dict | None:
     return None
 
 
-@pytest.mark.anyio
-async def test_a_call_in_flight_when_the_server_stops_gets_its_answer(
-    tmp_path: Path, tiny_model_path: Path
-) -> None:
-    """SIGTERM (or Ctrl-C) while a tool call runs: the call answers before the server stops. sse-starlette
-    ended every SSE stream as uvicorn's shutdown began, so the client got an empty 200 for an add_documents
-    that went on and was stored; the session's own GET stream still ends, so the server does stop."""
+async def _add_during_shutdown(tmp_path: Path, model: Path, embed_s: float, wait_s: float) -> tuple[dict | None, str]:
+    """An add_documents whose embedding takes `embed_s`, and SIGTERM as it starts, to a server that waits up to
+    `wait_s` for calls in flight: (its JSON-RPC answer, the server's log)."""
     import anyio
 
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_WRITE_SERVE, str(port)],
-            env=rift_env(tmp_path / "data", tiny_model_path),
+            [sys.executable, "-c", SLOW_WRITE_SERVE, str(port), str(embed_s), str(wait_s)],
+            env=rift_env(tmp_path / "data", model),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -176,17 +174,44 @@ async def test_a_call_in_flight_when_the_server_stops_gets_its_answer(
                 with anyio.fail_after(60):  # the GET stream ends too: nothing holds the shutdown
                     async for _ in listening.aiter_bytes():
                         pass
-        answer = _sse_answer(answers[0], 2)
-        assert answer is not None, answers  # (was an empty 200)
-        assert answer["result"]["structuredContent"]["documents"][0]["status"] == "added", answer
         assert proc.wait(timeout=60) != 0  # (uvicorn exits by the signal it stopped for)
     finally:
         stop(proc)
-    text = log.read_text()
+    return _sse_answer(answers[0], 2), log.read_text()
+
+
+@pytest.mark.anyio
+async def test_a_call_in_flight_when_the_server_stops_gets_its_answer(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """SIGTERM (or Ctrl-C) while a tool call runs: the call answers before the server stops. sse-starlette
+    ended every SSE stream as uvicorn's shutdown began, so the client got an empty 200 for an add_documents
+    that went on and was stored; the session's own GET stream still ends, so the server does stop."""
+    answer, text = await _add_during_shutdown(tmp_path, tiny_model_path, embed_s=3, wait_s=10)
+    assert answer is not None, text  # (was an empty 200)
+    assert answer["result"]["structuredContent"]["documents"][0]["status"] == "added", answer
     assert "Traceback" not in text, text
     assert "waiting up to" in text  # one line saying why the stop waits
     app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
     try:
         assert app.engine().state.doc_hashes("default", ["late"])
+    finally:
+        app.close()
+
+
+@pytest.mark.anyio
+async def test_a_call_that_outlasts_the_shutdowns_wait_is_stopped_and_says_so(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A call still running when the wait for calls in flight ends got no answer at all (helper DA): its write
+    is now stopped at its next safe point, and its answer says nothing of it is stored."""
+    answer, text = await _add_during_shutdown(tmp_path, tiny_model_path, embed_s=2, wait_s=0.5)
+    assert answer is not None, text
+    assert answer["result"]["isError"] is True, answer
+    assert "rift was shut down while this call ran" in answer["result"]["content"][0]["text"], answer
+    assert "Traceback" not in text, text
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        assert not app.engine().state.doc_hashes("default", ["late"])
     finally:
         app.close()
