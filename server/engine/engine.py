@@ -65,6 +65,8 @@ def _log_failure(level: int, what: str, exc: BaseException, then: str) -> None:
     """Log a failure that a write survives (or leaves to start-up): one line when a Chroma server stopped
     answering, which is no bug (a traceback would reach a `rift add` user's terminal); the traceback otherwise."""
     problem = chroma_server_problem(exc, then=then)
+    if problem is None and isinstance(exc, RiftError):  # rift's own words (its stores closed under it, ...)
+        problem = f"{exc}; {then}"
     if problem is None:
         log.log(level, "%s; %s", what, then, exc_info=exc)
     else:
@@ -1501,7 +1503,7 @@ class Engine:
         """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in
         shared mode, where another process may be writing into it. Failures are logged, not raised: the
         caller is already handling the write's own error."""
-        if self.shared is not None or self.state.closed:  # (closed: start-up finds the empty record)
+        if self.shared is not None or self.state.closed:  # (closed: it stays, empty, for delete_collection)
             return False
         try:
             with self._write_lock:
