@@ -317,7 +317,10 @@ def test_a_wrong_gate_eval_data_fails_before_any_training(tmp_path: Path, tiny_m
             rift.learning.retrain(batch_size=4)
         assert rift.learning.jobs.running is None
         assert [v.kind for v in rift.learning.registry.all()] == ["base"]
-        assert rift.learning.retrain(dry_run=True)["status"] == "dry_run"  # a dry run reads no labels
+        # A dry run mines without the labels, and says the real call would be refused, with its words.
+        dry = rift.learning.retrain(dry_run=True)
+        assert dry["status"] == "dry_run" and dry["mining"]["triples"] >= 2
+        assert dry["would_train"] is False and "no-beir" in dry["refusal"] and "cannot be read" in dry["refusal"]
     finally:
         rift.close()
 

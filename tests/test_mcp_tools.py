@@ -313,6 +313,7 @@ async def test_documents_are_listed_by_the_start_of_their_id(cfg: Settings) -> N
     ids = ["notes", "notes/a", "notes/b", "notes/c", "notes0", "notez", "nou", "n\U0010ffff", "n\U0010ffffx"]
     async with session(cfg) as s:
         documents = [{"id": d, "text": f"text of {d}", "metadata": {"n": i}} for i, d in enumerate(ids)]
+        documents[ids.index("nou")]["metadata"]["extra"] = 1  # a field no document under "notes" has
         await s.ok("add_documents", {"documents": documents})
 
         async def listed(**args: Any) -> tuple[int, list[str], dict[str, Any]]:
@@ -330,6 +331,11 @@ async def test_documents_are_listed_by_the_start_of_their_id(cfg: Settings) -> N
         # with a metadata filter: both must hold
         assert (await listed(id_prefix="notes", filters={"n": {"$gte": 3}}))[:2] == (2, ["notes/c", "notes0"])
         assert (await listed(id_prefix="notes/", filters={"n": {"$gte": 3}}, after="notes/b"))[1] == ["notes/c"]
+        # a field only documents outside the prefix have matches nothing there; it is no unknown field
+        assert (await listed(id_prefix="notes", filters={"extra": 1}))[:2] == (0, [])
+        assert "which no document in 'default' has" in await s.error(
+            "list_documents", {"id_prefix": "notes", "filters": {"nobody": 1}}
+        )
         # what an agent tries first points here
         tried = await s.error("list_documents", {"filters": {"id": {"$prefix": "notes/"}}})
         assert "list_documents' id_prefix lists documents by the start of their id" in tried

@@ -4,7 +4,7 @@ learn: verdicts on the results the agent read (feedback), the strongest training
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.shared.exceptions import MCPError
@@ -12,7 +12,7 @@ from mcp.types import INVALID_PARAMS
 from pydantic import Field
 
 from server.engine.engine import check_collection_name, check_query_text
-from server.errors import RiftError
+from server.errors import NotFoundError, RiftError
 from tools._arguments import quoted
 from tools._common import call_request, rift_of
 
@@ -39,7 +39,7 @@ async def ask(
         raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
     # A collection that does not exist is refused now, with the ones that do, not at the workflow's first search.
     engine = await call_request(f"prompt {ASK}", rift_of(ctx).engine, server_side=True)
-    await call_request(f"prompt {ASK}", engine.info, collection)
+    await call_request(f"prompt {ASK}", _known, engine, collection)
     return f"""Answer the question below from the documents stored in rift's collection "{collection}", not from memory.
 
 Question: {question}
@@ -48,6 +48,16 @@ Question: {question}
 2. Read the hits that look promising with get_document (collection "{collection}"), passing the query_id of the search that returned them. In a long document, read around a hit with offset and max_chars (the hit's start and end say where its text is).
 3. Answer, citing the doc_id of every document you used. If the documents do not answer the question, say so rather than guess.
 4. Then judge what you read: for each search whose results you checked, call feedback with its query_id and judgments=[{{"doc_id": ..., "relevant": true or false}}, ...]: true for a document that answered the question, false for one that looked relevant and did not. rift fine-tunes its search on these verdicts, so judge only documents you checked. (A search whose query_id is null was not logged: skip it.)"""
+
+
+def _known(engine: Any, collection: str) -> None:
+    """NotFoundError unless `collection` exists; with a shared Chroma server, after catching up with other
+    processes (one may have just made it), as a search would."""
+    try:
+        engine.info(collection)
+    except NotFoundError:
+        engine.follow_others(force=True)
+        engine.info(collection)
 
 
 def improve_search() -> str:

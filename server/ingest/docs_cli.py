@@ -125,7 +125,8 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
                 # batches deleted is said, rather than "Aborted!" over documents gone without a word.
                 emit({"collection": collection, "deleted": deleted, "not_found": [], "interrupted": True})
                 click.echo(
-                    f"\ninterrupted: {len(deleted):,} documents deleted (listed); the batch being deleted then is "
+                    f"\ninterrupted: {len(deleted):,} document{'' if len(deleted) == 1 else 's'} deleted (listed); "
+                    "the batch being deleted then is "
                     "finished or undone at the next start; run the same delete again for the rest",
                     err=True,
                 )

@@ -182,7 +182,11 @@ def list_documents(
     keep = mask(node, columns)
     docs = [d for d, ok in zip(docs, keep, strict=True) if ok]
     if not docs and columns.size and (problem := unknown_fields_problem(node, columns.fields, collection)):
-        raise RiftError(problem)
+        if id_prefix:  # fields no document under the prefix has: the rest of the collection may have them
+            everyone = document_columns([m for _, m in engine.state.list_documents(collection, -1, 0)], node)
+            problem = unknown_fields_problem(node, everyone.fields, collection)
+        if problem:
+            raise RiftError(problem)
     if after is not None:  # ids are ordered as SQLite orders them: by UTF-8 bytes, i.e. by code point
         offset = bisect.bisect_right([d for d, _ in docs], after)
     return len(docs), docs[offset : offset + limit], offset

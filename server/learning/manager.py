@@ -329,12 +329,21 @@ class LearningManager:
         need = min_triples if min_triples is not None else s.learn_min_triples
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
-            # what the real call would answer, so an agent need not start it to learn that it would be refused
-            refusal = None
-            if len(rows) < need:
+            # What the real call would answer, in its order, so an agent need not start it to learn that it
+            # would be refused: a job running, the gate's labelled set, disk room, then too few triples.
+            refusal = running.busy() if running is not None else None
+            checks = (
+                self._labelled,
+                lambda: self._check_room_to_train(self.engine, self.engine.embedder.spec.location),
+            )
+            for check in checks:
+                if refusal is None:
+                    try:
+                        check()
+                    except RiftError as exc:
+                        refusal = str(exc)
+            if refusal is None and len(rows) < need:
                 refusal = self._too_few_triples(len(rows), mined, need)
-            elif running is not None:
-                refusal = running.busy()
             return {
                 "job_id": None,
                 "status": "dry_run",
