@@ -509,3 +509,17 @@ def test_a_reading_command_on_an_empty_folder_writes_no_store_there(tmp_path: Pa
         result = CliRunner().invoke(main, [*command, "--data-dir", str(empty)])
         assert result.exit_code == 1 and "no rift data folder at" in result.output, (command, result.output)
     assert list(empty.iterdir()) == []
+
+
+def test_rift_add_of_a_named_file_it_skips_exits_1(tmp_path: Path, env: dict[str, str]) -> None:
+    """`rift add notes.md data.bin && ...` went on as if both were stored: a file named on the command line
+    that is skipped is a failure (after the rest is stored); a folder's skipped files are not."""
+    folder = write_notes(tmp_path / "docs", count=2)
+    (folder / "data.bin").write_bytes(b"\x00\x01\x02binary\x00" * 100)
+    data = str(tmp_path / "data")
+    named = CliRunner().invoke(main, ["add", str(folder / "note0.md"), str(folder / "data.bin"), "--data-dir", data])
+    assert named.exit_code == 1, named.output
+    assert f"not stored, though named: {folder / 'data.bin'}: " in named.output and "Traceback" not in named.output
+    assert f"added     {folder / 'note0.md'}" in named.output
+    whole = CliRunner().invoke(main, ["add", str(folder), "--data-dir", data])
+    assert whole.exit_code == 0 and "data.bin" in whole.output, whole.output

@@ -136,6 +136,23 @@ def add(
         sys.exit(130)
     finally:
         rift.close()
+    refused = _skipped_named(paths, report)
+    if refused:  # (a folder's skipped files are its business; a file named by hand was meant to be stored)
+        raise click.ClickException(
+            f"not stored, though named: {'; '.join(refused[:5])}{' ...' if len(refused) > 5 else ''}"
+        )
+
+
+def _skipped_named(paths: tuple[str, ...], report: SyncReport) -> list[str]:
+    """The files named on the command line (not found in a folder) that the sync skipped, with why."""
+    from server.ingest.sync import printable_text
+
+    named = {os.path.realpath(p) for p in paths if os.path.isfile(p)}
+    return [
+        printable_text(f"{f.path}: {f.reason}")
+        for f in report.files
+        if f.status == "skipped" and os.path.realpath(f.path) in named
+    ]
 
 
 def _stored(report: SyncReport) -> str:
