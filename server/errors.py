@@ -18,6 +18,13 @@ class ShuttingDown(RiftError):
     flight: the write stopped at a safe point, and nothing of it is stored (what it had put into Chroma is
     removed by the next start)."""
 
+    def __init__(
+        self,
+        message: str = "rift was shut down while this call ran: nothing of it is stored; send it again once rift "
+        "runs again",
+    ) -> None:
+        super().__init__(message)
+
 
 class DataDirLockedError(RuntimeError):
     """Another rift process holds the data directory."""

@@ -1816,18 +1816,25 @@ def test_dropped_collections_leave_no_open_index_files_behind(rift_factory) -> N
     assert ids(rift.search("new", "an owl hunts at night", k=1, mode="vector").outcome.hits) == ["owl"]
 
 
+VECTORS = np.eye(3, dtype=np.float32)
+
+
+def _store_holding(folder: Path, *names: str) -> Any:
+    """An embedded VectorStore in `folder` whose collections `names` hold chunks a, b, c (VECTORS' rows)."""
+    from server.engine.vector_store import VectorStore, open_embedded
+
+    store = VectorStore(open_embedded(folder), folder)
+    for name in names:
+        store.upsert(name, ["a", "b", "c"], VECTORS, ["x", "y", "z"], [{}, {}, {}])
+    return store
+
+
 def test_the_store_is_opened_again_only_once_no_call_is_in_flight(tmp_path: Path) -> None:
     """The release after a drop never closes the client under a call using it, and never makes new calls wait
     for a long one: the call in flight keeps its client, others go on meanwhile, and the last call to leave
     releases it."""
-    from server.engine.vector_store import VectorStore, open_embedded
-
-    folder = tmp_path / "chroma"
-    store = VectorStore(open_embedded(folder), folder)
-    vectors = np.eye(3, dtype=np.float32)
+    store = _store_holding(tmp_path / "chroma", "keep-it", "drop-a")
     try:
-        for name in ("keep-it", "drop-a"):
-            store.upsert(name, ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
         first = store.client
         inside, leave = threading.Event(), threading.Event()
         seen: list[Any] = []
@@ -1844,12 +1851,12 @@ def test_the_store_is_opened_again_only_once_no_call_is_in_flight(tmp_path: Path
         store.drop("drop-a")
         assert store.client is first and not store.exists("drop-a")
         # other calls run meanwhile, without waiting for the long one
-        assert store.query("keep-it", vectors[1], 1)[0][0] == "b" and store.client is first
+        assert store.query("keep-it", VECTORS[1], 1)[0][0] == "b" and store.client is first
         leave.set()
         thread.join(10)
         assert seen == [first]
         assert store.client is not first  # the long call was the last to leave: it released the store
-        assert store.query("keep-it", vectors[0], 1)[0][0] == "a"
+        assert store.query("keep-it", VECTORS[0], 1)[0][0] == "a"
         assert store.count("keep-it") == 3 and not store.exists("drop-a")
     finally:
         store.close()
@@ -1862,10 +1869,7 @@ def test_a_store_that_cannot_be_opened_again_says_why_and_still_closes(tmp_path:
     from server.engine.vector_store import VectorStore, open_embedded
 
     folder = tmp_path / "chroma"
-    store = VectorStore(open_embedded(folder), folder)
-    vectors = np.eye(3, dtype=np.float32)
-    store.upsert("keep-it", ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
-    store.upsert("drop-it", ["a"], vectors[:1], ["x"], [{}])
+    store = _store_holding(folder, "keep-it", "drop-it")
 
     def no_files(path: Path) -> None:
         raise OSError(24, "Too many open files")
@@ -1888,15 +1892,10 @@ def test_calls_that_never_pause_still_let_a_dropped_index_go(tmp_path: Path, mon
     good (a busy server kept every dropped index). Once it has waited RELEASE_PATIENCE_S, a new call waits for
     those in flight, and the release comes first."""
     import server.engine.vector_store as vector_store
-    from server.engine.vector_store import VectorStore, open_embedded
 
     monkeypatch.setattr(vector_store, "RELEASE_PATIENCE_S", 0.2)
-    folder = tmp_path / "chroma"
-    store = VectorStore(open_embedded(folder), folder)
-    vectors = np.eye(3, dtype=np.float32)
+    store = _store_holding(tmp_path / "chroma", "keep-it", "drop-it")
     try:
-        for name in ("keep-it", "drop-it"):
-            store.upsert(name, ["a", "b", "c"], vectors, ["x", "y", "z"], [{}, {}, {}])
         first = store.client
         inside, leave = threading.Event(), threading.Event()
 

@@ -1474,10 +1474,7 @@ class Engine:
                     # The stores were closed under it (a close that waited its time out): their error says
                     # nothing of why. Nothing of it is committed; the next start undoes the rest.
                     log.warning("rift was closed during a write to collection %r: it is not stored", collection)
-                    raise ShuttingDown(
-                        "rift was shut down while this call ran: nothing of it is stored; send it again once "
-                        "rift runs again"
-                    ) from None
+                    raise ShuttingDown() from None
                 raise
 
     def check_room(self, need_bytes: int = 0, what: str = "") -> None:
@@ -1748,10 +1745,7 @@ class Engine:
                     collection,
                     len(mine),
                 )
-                raise ShuttingDown(
-                    "rift was shut down while this call ran: nothing of it is stored; send it again once rift "
-                    "runs again"
-                ) from None
+                raise ShuttingDown() from None
             # Not committed: undo the Chroma half now rather than at the next start (the journal still
             # covers a crash in here).
             gone = self._gone_from_server(chroma_name, exc)

@@ -399,15 +399,21 @@ class VectorStore:
         again)."""
         with self._lock:
             if isinstance(self._client, _Unopened):
-                assert self._folder is not None
-                try:
-                    self._client = open_embedded(self._folder)
-                    log.info("opened Chroma's store %s again", self._folder)
-                except Exception as exc:
-                    self._client = _Unopened(
-                        f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
-                    )
-                    raise RiftError(self._client.why) from None
+                why = self._open_store()
+                if why is not None:
+                    raise RiftError(why)
+                log.info("opened Chroma's store %s again", self._folder)
+
+    def _open_store(self) -> str | None:
+        """Open the embedded store as this store's client (hold self._lock), or leave an `_Unopened` standing in
+        that says why, and return why."""
+        assert self._folder is not None
+        try:
+            self._client = open_embedded(self._folder)
+        except Exception as exc:
+            self._client = _Unopened(f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}")
+            return self._client.why
+        return None
 
     def _release_dropped(self) -> None:
         """Embedded: let go of what Chroma keeps in this process of the collections dropped so far. Chroma 1.x
@@ -435,12 +441,9 @@ class VectorStore:
                     return
                 self._collections.clear()
                 close_client(client)
-                try:
-                    self._client = open_embedded(self._folder)
-                except Exception as exc:
-                    why = f"cannot open Chroma's store {self._folder} again: {excerpt(str(exc), 300)}"
+                why = self._open_store()
+                if why is not None:
                     log.warning("%s; the next call tries again", why)
-                    self._client = _Unopened(why)
         finally:
             with self._idle:
                 self._releasing = False

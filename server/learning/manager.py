@@ -319,29 +319,19 @@ class LearningManager:
         for name, (low, high) in RETRAIN_BOUNDS.items():
             if asked[name] is not None and not (low <= asked[name] <= high):
                 raise RiftError(f"{name} must be between {low} and {high}")
-        running = self.jobs.running
-        if running is not None and not dry_run:
-            raise RiftError(running.busy())
         if not dry_run:
-            self._labelled()  # a wrong gate_eval_data fails now, not after training and re-encoding
-            self._check_room_to_train(self.engine, self.engine.embedder.spec.location)
+            self._check_can_start()
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
         need = min_triples if min_triples is not None else s.learn_min_triples
         if dry_run:
             mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
             # What the real call would answer, in its order, so an agent need not start it to learn that it
-            # would be refused: a job running, the gate's labelled set, disk room, then too few triples.
-            refusal = running.busy() if running is not None else None
-            checks = (
-                self._labelled,
-                lambda: self._check_room_to_train(self.engine, self.engine.embedder.spec.location),
-            )
-            for check in checks:
-                if refusal is None:
-                    try:
-                        check()
-                    except RiftError as exc:
-                        refusal = str(exc)
+            # would be refused.
+            refusal = None
+            try:
+                self._check_can_start()
+            except RiftError as exc:
+                refusal = str(exc)
             if refusal is None and len(rows) < need:
                 refusal = self._too_few_triples(len(rows), mined, need)
             return {
@@ -470,6 +460,15 @@ class LearningManager:
 
         params = {**plan.params, "resumed": True}
         self.jobs.start("retrain", params, work, result=plan.result, job_id=plan.job_id)
+
+    def _check_can_start(self) -> None:
+        """RiftError for what refuses a retrain before mining: a job running, then a wrong gate_eval_data (now,
+        not after training and re-encoding), then a disk that cannot take the new weights."""
+        running = self.jobs.running
+        if running is not None:
+            raise RiftError(running.busy())
+        self._labelled()
+        self._check_room_to_train(self.engine, self.engine.embedder.spec.location)
 
     def _too_few_triples(self, triples: int, mined: Any, need: int) -> str:
         """Why a retrain is refused, with the advice that can help: searching more cannot while the log is off,
