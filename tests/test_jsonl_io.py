@@ -471,6 +471,25 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
     assert twice.exit_code == 2 and "two data dirs given" in twice.output
 
 
+def test_deleting_a_collection_at_the_prompt_says_what_was_kept(cli, tmp_path: Path, monkeypatch) -> None:
+    """On a terminal the command asks. "No", Ctrl-C and Ctrl-D each keep the collection and say so (click's
+    "Aborted!" did not say whether anything was deleted; Ctrl-C exits 130 as every interrupted command does)."""
+    from server.ingest import docs_cli
+
+    data = str(tmp_path / "a")
+    cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
+    monkeypatch.setattr(docs_cli, "_asks_a_person", lambda: True)
+    declined = cli("collections", "delete", "notes", "--data-dir", data, ok=False, stdin=b"n\n")
+    assert declined.exit_code == 1 and "collection 'notes' kept" in declined.output, declined.output
+    assert "Aborted" not in declined.output
+    closed = cli("collections", "delete", "notes", "--data-dir", data, ok=False, stdin=b"")  # (end of input)
+    assert closed.exit_code == 130 and "interrupted: collection 'notes' kept" in closed.output, closed.output
+    listed = json.loads(cli("collections", "--data-dir", data).output)["collections"]
+    assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
+    deleted = cli("collections", "delete", "notes", "--data-dir", data, stdin=b"y\n")
+    assert json.loads(deleted.output[deleted.output.index("{"):])["deleted_documents"] == 1
+
+
 def test_a_bad_file_is_refused_before_any_store_opens(cli, tmp_path: Path, monkeypatch) -> None:
     """The store opened first: for a file refused at line 1 it created a data dir, loaded the model, and with a
     changed model re-embedded the whole store."""

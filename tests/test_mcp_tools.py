@@ -338,7 +338,7 @@ async def test_documents_are_listed_by_the_start_of_their_id(cfg: Settings) -> N
         )
         # what an agent tries first points here
         tried = await s.error("list_documents", {"filters": {"id": {"$prefix": "notes/"}}})
-        assert "list_documents' id_prefix lists documents by the start of their id" in tried
+        assert "list_documents' id_prefix (`rift list --prefix`) lists documents by the start of their id" in tried
         tried = await s.error("delete_documents", {"filters": {"doc_id": "notes/a"}})
         assert "a document's id is not metadata: list_documents' id_prefix" in tried
         assert (await listed())[0] == len(ids)

@@ -201,11 +201,15 @@ def _blocking(node: Node, known: set[str]) -> set[str]:
     return set().union(*parts)
 
 
+# Named for both ways in: an agent's tool argument and the shell's option.
+ID_PREFIX_HINT = "list_documents' id_prefix (`rift list --prefix`) lists documents by the start of their id"
+
+
 def named_fields(unknown: Sequence[str]) -> str:
     """Fields no document has, quoted; an agent's guess that ids are metadata is answered with where they are."""
     named = ", ".join(map(repr, unknown))
     if set(unknown) & {"id", "doc_id", "_id"}:
-        named += " (a document's id is not metadata: list_documents' id_prefix lists ids by their start)"
+        named += f" (a document's id is not metadata: {ID_PREFIX_HINT})"
     return named
 
 
@@ -252,7 +256,7 @@ def document_columns(metadatas: Sequence[Mapping[str, Any]], node: Node) -> Meta
 
 def _prefix(field: str, operand: Any, where: str) -> Node:
     if field != PREFIX_FIELD:
-        hint = "; list_documents' id_prefix lists documents by the start of their id" if field in ("id", "doc_id") else ""
+        hint = f"; {ID_PREFIX_HINT}" if field in ("id", "doc_id") else ""
         raise RiftError(f"{where}: $prefix only works on {PREFIX_FIELD!r} (absolute file paths){hint}")
     if not isinstance(operand, str) or not os.path.isabs(operand) or "\x00" in operand:
         raise RiftError(f'{where} must be an absolute path, e.g. "/home/me/notes"')

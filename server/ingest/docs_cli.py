@@ -363,15 +363,33 @@ def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
     data_dir = _data_dir(data_dir)
     _check_name(name)
     if not yes:
-        if not sys.stdin.isatty():
+        if not _asks_a_person():
             raise click.UsageError(f"deleting collection {name!r} cannot be undone: add --yes to confirm")
-        click.confirm(f"Delete collection {name!r} and every document in it? This cannot be undone", abort=True, err=True)
+        _confirm_delete(name)
 
     def go(rift: Any) -> dict[str, Any]:
         info = rift.delete_collection(name)
         return {"collection": name, "deleted_documents": info.documents, "deleted_chunks": info.chunks}
 
     _run(data_dir, go)
+
+
+def _asks_a_person() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm_delete(name: str) -> None:
+    """Ask on the terminal. "No" keeps the collection (exit 1); Ctrl-C or Ctrl-D at the prompt is an interrupt
+    (130, as every command stopped by Ctrl-C) and keeps it too. click's answer to both was "Aborted!", which
+    did not say whether anything was deleted."""
+    try:
+        sure = click.confirm(f"Delete collection {name!r} and every document in it? This cannot be undone", err=True)
+    except click.Abort:  # (click turns Ctrl-C and end of input at a prompt into Abort)
+        click.echo(f"\ninterrupted: collection {name!r} kept", err=True)
+        sys.exit(130)
+    if not sure:
+        click.echo(f"collection {name!r} kept", err=True)
+        sys.exit(1)
 
 
 def _check_name(name: str) -> None:
