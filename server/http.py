@@ -168,6 +168,8 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
                 )
             while calls.count and not self.force_exit and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+            if calls.count and self.force_exit:
+                log.warning("stopping at once: %d call(s) in flight end without an answer", calls.count)
             if calls.count and not self.force_exit:
                 # Still running (a long write): stop the writes at their next safe point, so that their calls
                 # answer that nothing of them is stored, rather than end without an answer (helper DA).
@@ -184,6 +186,27 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
     return DrainingServer(config)
 
 
+class _CutOffQuietly(logging.Filter):
+    """A second Ctrl-C stops the server at once: uvicorn then cancels the calls still running and the
+    lifespan, and logged a traceback for each, read as a crash. The warning above says what happened; the
+    tracebacks of those cancellations are dropped (anything else is still logged)."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__()
+        self.server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        if not self.server.force_exit:
+            return True
+        cut_off = (asyncio.CancelledError, KeyboardInterrupt)
+        if record.exc_info and isinstance(record.exc_info[1], cut_off):
+            return False
+        text = record.getMessage()  # (the lifespan's own failure arrives as a formatted traceback)
+        return not (text.startswith("Traceback") and text.rstrip().endswith(("CancelledError", "KeyboardInterrupt")))
+
+
 def run_http(server: Any, settings: Settings) -> None:
     import uvicorn
 
@@ -198,11 +221,14 @@ def run_http(server: Any, settings: Settings) -> None:
     http = draining_server(config, calls, CLOSE_WAIT_S)
     from sse_starlette.sse import AppStatus
 
+    quiet = _CutOffQuietly(http)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # (as uvicorn.run: the Ctrl-C it re-raises once shut down)
             http.run()
     finally:
         AppStatus.should_exit = False  # (process-wide: a later server in this process must not start ended)
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
     if not http.started:
         sys.exit(3)  # (uvicorn.run's exit status when the server could not start)
 

@@ -4,6 +4,7 @@ embedded data dir refused with a message naming the first one's pid."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -129,9 +130,12 @@ def _sse_answer(body: str, request_id: int) -> dict | None:
     return None
 
 
-async def _add_during_shutdown(tmp_path: Path, model: Path, embed_s: float, wait_s: float) -> tuple[dict | None, str]:
+async def _add_during_shutdown(
+    tmp_path: Path, model: Path, embed_s: float, wait_s: float, ctrl_c_twice: bool = False
+) -> tuple[dict | None, str]:
     """An add_documents whose embedding takes `embed_s`, and SIGTERM as it starts, to a server that waits up to
-    `wait_s` for calls in flight: (its JSON-RPC answer, the server's log)."""
+    `wait_s` for calls in flight: (its JSON-RPC answer, the server's log). `ctrl_c_twice`: SIGINT instead, and
+    SIGINT again once the server says it waits."""
     import anyio
 
     port = free_port()
@@ -164,17 +168,27 @@ async def _add_during_shutdown(tmp_path: Path, model: Path, embed_s: float, wait
                         args = {"documents": [{"id": "late", "text": "written as the server stops"}]}
                         call = {"name": "add_documents", "arguments": args}
                         sent = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}
-                        answers.append((await http.post(url, headers=headers, json=sent)).text)
+                        try:
+                            answers.append((await http.post(url, headers=headers, json=sent)).text)
+                        except httpx.RemoteProtocolError:  # (cut off: a second Ctrl-C stops at once)
+                            answers.append("")
 
                     tg.start_soon(add)
                     with anyio.fail_after(60):
                         while "embedding now" not in log.read_text():
                             await anyio.sleep(0.05)
-                    proc.send_signal(signal.SIGTERM)
-                with anyio.fail_after(60):  # the GET stream ends too: nothing holds the shutdown
+                    proc.send_signal(signal.SIGINT if ctrl_c_twice else signal.SIGTERM)
+                    if ctrl_c_twice:
+                        with anyio.fail_after(60):
+                            while "waiting up to" not in log.read_text():
+                                await anyio.sleep(0.05)
+                        proc.send_signal(signal.SIGINT)
+                cut = (httpx.RemoteProtocolError,) if ctrl_c_twice else ()
+                with anyio.fail_after(60), contextlib.suppress(*cut):  # the GET stream ends: nothing holds the stop
                     async for _ in listening.aiter_bytes():
                         pass
-        assert proc.wait(timeout=60) != 0  # (uvicorn exits by the signal it stopped for)
+        status = proc.wait(timeout=60)
+        assert ctrl_c_twice or status != 0  # (uvicorn exits by the SIGTERM it stopped for; Ctrl-C is a stop)
     finally:
         stop(proc)
     return _sse_answer(answers[0], 2), log.read_text()
@@ -210,6 +224,24 @@ async def test_a_call_that_outlasts_the_shutdowns_wait_is_stopped_and_says_so(
     assert answer["result"]["isError"] is True, answer
     assert "rift was shut down while this call ran" in answer["result"]["content"][0]["text"], answer
     assert "Traceback" not in text, text
+    app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
+    try:
+        assert not app.engine().state.doc_hashes("default", ["late"])
+    finally:
+        app.close()
+
+
+@pytest.mark.anyio
+async def test_ctrl_c_twice_stops_at_once_without_tracebacks_and_stores_nothing_half(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """Ctrl-C again while the server waits for a call: it stops at once, as its warning promised. uvicorn then
+    cancels the call and the lifespan, and each logged a traceback, read as a crash; one line says it now.
+    The cut-off write stops before it stores anything."""
+    answer, text = await _add_during_shutdown(tmp_path, tiny_model_path, embed_s=3, wait_s=30, ctrl_c_twice=True)
+    assert answer is None, answer
+    assert "Traceback" not in text, text
+    assert "stopping at once: 1 call(s) in flight end without an answer" in text, text
     app = open_rift(make_settings(tmp_path / "data", tiny_model_path))
     try:
         assert not app.engine().state.doc_hashes("default", ["late"])
