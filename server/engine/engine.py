@@ -522,6 +522,7 @@ class Engine:
         self.on_documents_gone: Callable[[str, list[str]], None] | None = None
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
+        self._journal_owed = False  # an undo failed: its journal entry waits (see finish_owed_undos)
         # Set by `begin_close` (the Rift is closing): a write in flight stops at its next safe point (see
         # `_stop_if_closing`) instead of running on until its stores are closed under it.
         self._closing = threading.Event()
@@ -602,28 +603,8 @@ class Engine:
         }
         with self._write_lock:
             serving = {r.chroma_name: r.name for r in self.state.collections()}
-            settled: dict[str, set[str]] = {}  # Chroma name -> documents whose unfinished write was undone
-            existing = {name for name, _ in self.vectors.list_collections()}
-            for entry in self.state.journal_pending():
-                if entry.chroma_name not in existing:  # dropped since: a delete must not create it again
-                    self.state.journal_clear(entry.id)
-                    continue
-                ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
-                # Chunk ids are content hashes: a later write of the same content made these ids live
-                # again, and Chroma must keep every live chunk.
-                if entry.chroma_name in serving:
-                    live = self.state.live_chunk_ids(serving[entry.chroma_name], ids)
-                    ids = [i for i in ids if i not in live]
-                if self.shared is not None:  # ... or another process wrote them since
-                    ids = self.shared.written_before(entry.chroma_name, ids, entry.created_at)
-                log.warning(
-                    "recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids)
-                )
-                self.vectors.delete(entry.chroma_name, ids)
-                self.state.journal_clear(entry.id)
-                report["journal"] += 1
-                if ids:  # chunk ids are "<doc id>::<hash>::<n>"
-                    settled.setdefault(entry.chroma_name, set()).update(i.rsplit("::", 2)[0] for i in ids)
+            settled, report["journal"] = self._finish_journal()
+            self._journal_owed = False
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             self._finish_drops()  # of collections deleted before a crash or a Chroma error
@@ -722,12 +703,72 @@ class Engine:
                         "the move of collection(s) %s to the Chroma server is not finished; the next start goes on",
                         ", ".join(repr(c) for c in self._moving_markers()),
                     )
-                # Other processes may have read the unfinished write from Chroma meanwhile: tell them.
-                for chroma, doc_ids in settled.items():
-                    record = self.state.collection(serving.get(chroma, ""))
-                    if record is not None and record.chroma_name == chroma:
-                        self.shared.publish(record.name, chroma, record.model_version, sorted(doc_ids))
+                self._tell_undone(settled, serving)
         return report
+
+    def _finish_journal(self, say: bool = True) -> tuple[dict[str, set[str]], int]:
+        """Undo the Chroma half of writes that did not commit, and remove the chunks that committed writes
+        replaced, as the journal holds them (the caller holds the write lock: no write of this process is in
+        flight). Returns (Chroma name -> documents whose unfinished write was undone, entries finished).
+        `say`: log each entry before its try (start-up; a retry says only what it finished)."""
+        serving = {r.chroma_name: r.name for r in self.state.collections()}
+        settled: dict[str, set[str]] = {}
+        finished = 0
+        existing: set[str] | None = None
+        for entry in self.state.journal_pending():
+            if existing is None:
+                existing = {name for name, _ in self.vectors.list_collections()}
+            if entry.chroma_name not in existing:  # dropped since: a delete must not create it again
+                self.state.journal_clear(entry.id)
+                continue
+            ids = entry.new_ids if entry.phase == "write-new" else entry.old_ids
+            # Chunk ids are content hashes: a later write of the same content made these ids live
+            # again, and Chroma must keep every live chunk.
+            if entry.chroma_name in serving:
+                live = self.state.live_chunk_ids(serving[entry.chroma_name], ids)
+                ids = [i for i in ids if i not in live]
+            if self.shared is not None:  # ... or another process wrote them since
+                ids = self.shared.written_before(entry.chroma_name, ids, entry.created_at)
+            if say:
+                log.warning("recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids))
+            self.vectors.delete(entry.chroma_name, ids)
+            self.state.journal_clear(entry.id)
+            finished += 1
+            if ids:  # chunk ids are "<doc id>::<hash>::<n>"
+                settled.setdefault(entry.chroma_name, set()).update(i.rsplit("::", 2)[0] for i in ids)
+        return settled, finished
+
+    def _tell_undone(self, settled: Mapping[str, set[str]], serving: Mapping[str, str]) -> None:
+        """Other processes may have read an undone write from Chroma meanwhile (a full repair reads whatever
+        is there): have them read those documents again."""
+        for chroma, doc_ids in settled.items():
+            record = self.state.collection(serving.get(chroma, ""))
+            if record is not None and record.chroma_name == chroma:
+                self.shared.publish(record.name, chroma, record.model_version, sorted(doc_ids))
+
+    def finish_owed_undos(self) -> bool:
+        """Finish now what a failed undo left to start-up (the Chroma server died mid-write, before its undo
+        could reach it): a server that runs for weeks would otherwise keep that write's chunks in Chroma
+        until its next start, and every process that joined meanwhile would serve documents whose write
+        failed (found by helper DE). Tried before the next write and when a shared server answers again; a
+        failure leaves it owed. Returns whether it finished one."""
+        if not self._journal_owed or self.closed or (self.shared is not None and self.shared.known_unreachable):
+            return False  # (a server known down: each try would wait out chroma_timeout_s first)
+        with self._write_lock:
+            if not self._journal_owed:
+                return False
+            try:
+                serving = {r.chroma_name: r.name for r in self.state.collections()}
+                settled, finished = self._finish_journal(say=False)
+                if self.shared is not None:
+                    self._tell_undone(settled, serving)
+            except Exception as exc:
+                _log_failure(logging.WARNING, "finishing an interrupted write failed again", exc, "retrying later")
+                return False
+            self._journal_owed = False
+            if finished:
+                log.warning("finished %d interrupted write(s) that a failed undo had left", finished)
+            return bool(finished)
 
     def _reconcile(self, collection: str, chroma_name: str, repair: bool = True) -> tuple[int, int]:
         """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth), one whole
@@ -1712,6 +1753,7 @@ class Engine:
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
         self._stop_if_closing(collection)  # (rift closing: the last point where nothing is written yet)
+        self.finish_owed_undos()  # (before this write's own journal entry: only failed undos are pending)
         written = None
         if rows:
             # Versions of one document are ordered by this time, taken now rather than before embedding: two
@@ -1724,7 +1766,8 @@ class Engine:
         if self.shared is not None and mine:
             # Chunk ids are content hashes: ids Chroma already holds are another process's version of the same
             # text (this one's live chunks are never rewritten), which an undo of this write must leave.
-            held = self.vectors.present(chroma_name, mine)
+            with self._unless_deleted_meanwhile(collection, chroma_name):  # (nothing written yet)
+                held = self.vectors.present(chroma_name, mine)
             mine = [c for c in mine if c not in held]
         if self.shared is not None:
             self.shared.expect(collection, chroma_name)  # owed until announced: a crash before that is not lost
@@ -1760,7 +1803,10 @@ class Engine:
                 self.vectors.delete(chroma_name, mine)
                 self.state.journal_clear(journal_id)
             except Exception as undo_exc:
-                _log_failure(logging.ERROR, f"rollback of write {journal_id} failed", undo_exc, "start-up will finish it")
+                self._journal_owed = True
+                _log_failure(
+                    logging.ERROR, f"rollback of write {journal_id} failed", undo_exc, "the next write or start finishes it"
+                )
             else:
                 if self.shared is not None and (not rows or gone):
                     self.shared.unexpect(chroma_name)  # undone whole, and no other process read it
@@ -1807,11 +1853,12 @@ class Engine:
                             collection,
                         )
                     else:
+                        self._journal_owed = True
                         _log_failure(
                             logging.ERROR,
                             f"removing replaced chunks of write {journal_id} failed",
                             exc,
-                            "start-up will finish it",
+                            "the next write or start finishes it",
                         )
                 if self.shared is not None and rows:
                     self._sweep_older_versions(chroma_name, rows)
@@ -1947,16 +1994,22 @@ class Engine:
             written = float(rows[0].metadata["_rift_ts"])
             older = self.shared.older_versions(chroma_name, doc_ids, written, {r.chunk_id for r in rows})
             self.vectors.delete(chroma_name, sorted(older))
-        except chromadb.errors.NotFoundError:
-            return  # deleted by another process meanwhile (`_deleted_since_commit` follows it)
+        except chromadb.errors.ChromaError as exc:
+            if not self._gone_from_server(chroma_name, exc):  # ("Missing metadata segment": a drop under way)
+                self._log_sweep_failure(doc_ids, exc)
+            # else deleted by another process meanwhile (`_deleted_since_commit` follows it)
         except Exception as exc:
-            # Committed and visible: those chunks are never shown, and the next write of the document removes them.
-            _log_failure(
-                logging.WARNING,
-                f"removing other versions of {len(doc_ids)} written document(s) failed",
-                exc,
-                "the next write of those documents removes them (search never shows them)",
-            )
+            self._log_sweep_failure(doc_ids, exc)
+
+    @staticmethod
+    def _log_sweep_failure(doc_ids: Sequence[str], exc: BaseException) -> None:
+        # Committed and visible: those chunks are never shown, and the next write of the document removes them.
+        _log_failure(
+            logging.WARNING,
+            f"removing other versions of {len(doc_ids)} written document(s) failed",
+            exc,
+            "the next write of those documents removes them (search never shows them)",
+        )
 
     def update_metadata(
         self,

@@ -719,6 +719,11 @@ class SharedSync:
             return problem
         return None
 
+    @property
+    def known_unreachable(self) -> bool:
+        """Whether the server is known not to answer now (a call saw it fail, and none has seen it answer since)."""
+        return self._unreachable is not None
+
     def note_unreachable(self, exc: BaseException, asked: float) -> str | None:
         """The one-line problem if `exc` (from a request begun at `asked`, time.monotonic()) says the server
         cannot be reached, else None. A refused connection or a timeout is remembered (searches answer from
@@ -788,6 +793,8 @@ class SharedSync:
         if was_down and self._owed:
             with self.engine._write_lock:
                 self._pay_owed()
+            heads = self.read()
+        if self.engine.finish_owed_undos():  # (a write the server's failure left half undone)
             heads = self.read()
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
