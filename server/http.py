@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import ipaddress
 import json
@@ -223,14 +222,18 @@ def run_http(server: Any, settings: Settings) -> None:
 
     quiet = _CutOffQuietly(http)
     logging.getLogger("uvicorn.error").addFilter(quiet)
+    interrupted = False
     try:
-        with contextlib.suppress(KeyboardInterrupt):  # (as uvicorn.run: the Ctrl-C it re-raises once shut down)
-            http.run()
+        http.run()
+    except KeyboardInterrupt:  # the Ctrl-C uvicorn re-raises once shut down (SIGTERM's ends the process, 143)
+        interrupted = True
     finally:
         AppStatus.should_exit = False  # (process-wide: a later server in this process must not start ended)
         logging.getLogger("uvicorn.error").removeFilter(quiet)
     if not http.started:
         sys.exit(3)  # (uvicorn.run's exit status when the server could not start)
+    if interrupted:
+        sys.exit(130)  # (as every command stopped by Ctrl-C; uvicorn.run's is 0)
 
 
 def check_can_listen(host: str, port: int) -> None:

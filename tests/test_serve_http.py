@@ -188,7 +188,7 @@ async def _add_during_shutdown(
                     async for _ in listening.aiter_bytes():
                         pass
         status = proc.wait(timeout=60)
-        assert ctrl_c_twice or status != 0  # (uvicorn exits by the SIGTERM it stopped for; Ctrl-C is a stop)
+        assert status == (130 if ctrl_c_twice else -signal.SIGTERM)  # (Ctrl-C: 130, as every command)
     finally:
         stop(proc)
     return _sse_answer(answers[0], 2), log.read_text()

@@ -211,9 +211,11 @@ def watch(
             ignore_under=[settings.data_dir],
             on_sync=lambda report: _print_report(report, False, verbose=False, skipped_before=skipped),
         )
+        # Returned: between syncs, watchfiles takes Ctrl-C (or SIGTERM, made one) itself and the watch ends.
+        sys.exit(130)  # (as every command stopped by Ctrl-C)
     except (RiftError, NotADirectoryError) as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:  # (between syncs, watchfiles takes Ctrl-C itself and the watch returns)
+    except KeyboardInterrupt:  # (in the middle of a sync)
         click.echo(
             "\nstopped in the middle of a sync: what it stored stays; the next `rift watch` or `rift add` of the "
             "folder finishes it",
