@@ -322,7 +322,10 @@ def search(
 ) -> None:
     """Search a collection from the shell (logged like an MCP search, source 'cli')."""
     parsed = json_filters(filters)
-    rift = open_rift(load_settings(data_dir), must_exist=True)
+    settings = load_settings(data_dir)
+    if k > settings.max_k:  # (before the model loads, as every option out of range)
+        raise click.BadParameter(f"{k} is more than the setting max_k ({settings.max_k})", param_hint="'-k'")
+    rift = open_rift(settings, must_exist=True)
     try:
         response = rift.search(collection, query, k, mode, parsed, source="cli", max_chars=max_chars or None)
         emit(

@@ -64,6 +64,9 @@ def test_a_k_below_one_is_a_bad_option(env: dict[str, str]) -> None:
     """Exit 2, as for other bad option values, before any store is opened (it exited 1 from the engine)."""
     result = CliRunner().invoke(main, ["search", "cat", "-k", "0", "--data-dir", "/nonexistent/rift"])
     assert result.exit_code == 2 and "'-k'" in result.output and "x>=1" in result.output, result.output
+    # Above the setting max_k too (it exited 1, after the model had loaded: helper DC).
+    many = CliRunner().invoke(main, ["search", "cat", "-k", "101", "--data-dir", "/nonexistent/rift"])
+    assert many.exit_code == 2 and "'-k': 101 is more than the setting max_k (100)" in many.output, many.output
 
 
 def test_ctrl_c_while_starting_says_so_and_exits_130(tmp_path: Path, env: dict[str, str], monkeypatch) -> None:

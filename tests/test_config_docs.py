@@ -186,6 +186,13 @@ def test_a_device_torch_cannot_use_is_named(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RiftError, match=r"device 'cuda' \(setting `device`, RIFT_DEVICE\): torch .* no CUDA GPU"):
             check_device("cuda")
+    # The other kinds the setting takes: their error blamed the model folder (helper DC).
+    if not torch.xpu.is_available():
+        with pytest.raises(RiftError, match=r"device 'xpu:1' \(setting `device`, RIFT_DEVICE\): no xpu device here"):
+            check_device("xpu:1")
+    if getattr(torch, "hpu", None) is None:
+        with pytest.raises(RiftError, match=r"no hpu device here \(its torch plugin is not loaded\)"):
+            check_device("hpu")
 
 
 def test_cli_names_the_bad_option_and_hides_secrets(monkeypatch, tmp_path: Path, caplog) -> None:

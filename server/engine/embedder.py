@@ -49,6 +49,14 @@ def check_device(device: str) -> None:
             raise RiftError(f"{where}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise RiftError(f"{where}: Apple's MPS is not available here; use 'auto' or 'cpu'")
+    elif kind not in ("cpu", "cuda", "mps"):  # xpu, npu, hpu, mtia: torch.<kind> when built in or loaded by a plugin
+        backend = getattr(torch, kind, None)
+        if backend is None or not backend.is_available():
+            missing = "its torch plugin is not loaded" if backend is None else f"torch {torch.__version__} sees none"
+            raise RiftError(f"{where}: no {kind} device here ({missing}); use 'auto' or 'cpu'")
+        count = backend.device_count() if hasattr(backend, "device_count") else None
+        if index and count is not None and int(index) >= count:
+            raise RiftError(f"{where}: there are {count} {kind} devices ({kind}:0 ...)")
 
 
 class Embedder:
