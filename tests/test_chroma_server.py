@@ -2365,6 +2365,102 @@ def test_an_undo_the_server_failed_is_finished_without_a_restart(
     assert_same_index(a, b)
 
 
+def fail_write_and_its_undo(app: Rift, monkeypatch: pytest.MonkeyPatch, text: str, meanwhile: Any = None) -> None:
+    """A write of document "y" whose commit fails (after `meanwhile()`, if given) and whose undo cannot reach
+    the server: its journal entry is owed."""
+    engine = app.engine()
+    apply, get, delete = engine.state.apply, engine.vectors.get, engine.vectors.delete
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the Chroma server died")
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        if meanwhile is not None:
+            meanwhile()
+        monkeypatch.setattr(engine.vectors, "get", unreachable)
+        monkeypatch.setattr(engine.vectors, "delete", unreachable)
+        raise RuntimeError("state write failed")
+
+    monkeypatch.setattr(engine.state, "apply", fails)
+    with pytest.raises(RuntimeError, match="state write failed"):
+        app.add_documents("default", docs(("y", text)))
+    monkeypatch.setattr(engine.state, "apply", apply)
+    monkeypatch.setattr(engine.vectors, "get", get)
+    monkeypatch.setattr(engine.vectors, "delete", delete)
+    assert engine.state.journal_pending()
+
+
+def test_the_retry_of_a_failed_undo_spares_the_same_text_another_process_committed(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a and b write the same text of "y" at once: b stamped its version first and uploaded it after a did, then
+    committed it. a's commit fails; its undo would spare b's chunks (their stamp is not a's), but it cannot reach
+    the server, and its retry took every chunk stamped before a's journal entry: b's committed "y" was gone for
+    every process (helper DF)."""
+    import time as real_time
+
+    import server.engine.engine as engine_module
+
+    a, b = pair
+    a.add_documents("default", docs(("x", "a kept note about cats")))
+    b.engine().shared.sync(force=True)
+
+    class Earlier:  # b's clock: it stamped its version before a did
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_time, name)
+
+        def time(self) -> float:
+            return real_time.time() - 5
+
+    def b_writes() -> None:
+        monkeypatch.setattr(engine_module, "time", Earlier())
+        try:
+            assert b.add_documents("default", docs(("y", "the same text about snow")))[0].status == "added"
+        finally:
+            monkeypatch.setattr(engine_module, "time", real_time)
+
+    fail_write_and_its_undo(a, monkeypatch, "the same text about snow", meanwhile=b_writes)
+    a.engine().shared.sync(force=True)  # the retry
+    assert not a.engine().state.journal_pending()
+    for app in (b, a):
+        app.engine().shared.sync(force=True)
+        assert ids(app.search("default", "snow", mode="keyword").outcome.hits) == ["y"]
+    assert_same_index(a, b)
+
+
+def test_a_failed_write_sent_again_while_its_undo_is_owed_leaves_nothing(
+    pair: tuple[Rift, Rift], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """"y"'s write fails and so does its undo; its retries fail too, and "y" sent again fails as well. That
+    second write took the first one's chunks for another process's (so left them to the retry) and stamped them
+    anew (so the retry took them for another process's too): they stayed in Chroma, read by every process that
+    looked, and stored as a document at a's next start (helper DF)."""
+    a, b = pair
+    a.add_documents("default", docs(("x", "a kept note about cats")))
+    chroma_name = a.engine().state.collection("default").chroma_name
+    fail_write_and_its_undo(a, monkeypatch, "a failed write about snow")
+    engine = a.engine()
+    delete, tries = engine.vectors.delete, []
+
+    def flaky(name: str, chunk_ids: Any) -> None:  # the two retries (its sync, its commit) time out
+        if chunk_ids and len(tries) < 2:
+            tries.append(chunk_ids)
+            raise TimeoutError("timed out")
+        delete(name, chunk_ids)
+
+    monkeypatch.setattr(engine.vectors, "delete", flaky)
+    monkeypatch.setattr(engine.state, "apply", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("again")))
+    with pytest.raises(RuntimeError, match="again"):
+        a.add_documents("default", docs(("y", "a failed write about snow")))
+    monkeypatch.undo()
+    assert len(tries) == 2
+    a.engine().shared.sync(force=True)
+    assert not a.engine().state.journal_pending()
+    assert not a.engine().vectors.where_ids(chroma_name, {"_rift_doc": "y"})
+    b.engine().shared.refresh("default", chroma_name)  # a full read, as a process that joins now makes
+    assert not b.engine().state.doc_hashes("default", ["y"])
+
+
 def test_an_unknown_collection_searched_while_the_server_is_down_is_named_with_the_problem(
     chroma: ChromaServer, tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -523,6 +523,9 @@ class Engine:
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
         self._journal_owed = False  # an undo failed: its journal entry waits (see finish_owed_undos)
+        # Journal id -> the version stamp (_rift_ts) of a write whose undo failed, while this process runs: its
+        # retry removes only chunks still carrying that stamp, as the undo itself would have.
+        self._undo_stamps: dict[int, float] = {}
         # Set by `begin_close` (the Rift is closing): a write in flight stops at its next safe point (see
         # `_stop_if_closing`) instead of running on until its stores are closed under it.
         self._closing = threading.Event()
@@ -729,10 +732,17 @@ class Engine:
                 ids = [i for i in ids if i not in live]
             if self.shared is not None:  # ... or another process wrote them since
                 ids = self.shared.written_before(entry.chroma_name, ids, entry.created_at)
+                stamp = self._undo_stamps.get(entry.id)
+                if stamp is not None and ids:
+                    # ... or stamped them before this write and uploaded them after it (the same text written
+                    # at once): the undo spares those; so must its retry (found by helper DF).
+                    found = self.vectors.get(entry.chroma_name, ids)
+                    ids = [c for c, _, m in found if same_float(m.get("_rift_ts"), stamp)]
             if say:
                 log.warning("recovering interrupted write %s (%s, %d chunks)", entry.id, entry.phase, len(ids))
             self.vectors.delete(entry.chroma_name, ids)
             self.state.journal_clear(entry.id)
+            self._undo_stamps.pop(entry.id, None)
             finished += 1
             if ids:  # chunk ids are "<doc id>::<hash>::<n>"
                 settled.setdefault(entry.chroma_name, set()).update(i.rsplit("::", 2)[0] for i in ids)
@@ -1768,6 +1778,7 @@ class Engine:
             # text (this one's live chunks are never rewritten), which an undo of this write must leave.
             with self._unless_deleted_meanwhile(collection, chroma_name):  # (nothing written yet)
                 held = self.vectors.present(chroma_name, mine)
+                held -= self._owed_chunks(chroma_name, held)
             mine = [c for c in mine if c not in held]
         if self.shared is not None:
             self.shared.expect(collection, chroma_name)  # owed until announced: a crash before that is not lost
@@ -1804,6 +1815,8 @@ class Engine:
                 self.state.journal_clear(journal_id)
             except Exception as undo_exc:
                 self._journal_owed = True
+                if written is not None:
+                    self._undo_stamps[journal_id] = written
                 _log_failure(
                     logging.ERROR, f"rollback of write {journal_id} failed", undo_exc, "the next write or start finishes it"
                 )
@@ -1874,6 +1887,22 @@ class Engine:
                 self._deleted_since_commit(collection, chroma_name)
         finally:  # committed: the texts it removed or replaced are gone, whatever failed after
             self._texts_gone(collection, [*remove_docs, *replaced])
+
+    def _owed_chunks(self, chroma_name: str, held: set[str]) -> set[str]:
+        """Of `held` (ids Chroma holds), this process's own chunks of a write whose undo is still owed (they carry
+        its stamp): not another process's version. Counted as held, a write of the same text would restamp them
+        and, failing too, leave them; the owed retry then takes them for another process's and keeps them for
+        good (found by helper DF)."""
+        owed = {
+            c: self._undo_stamps[e.id]
+            for e in (self.state.journal_pending() if self._undo_stamps and held else ())
+            if e.id in self._undo_stamps and e.chroma_name == chroma_name and e.phase == "write-new"
+            for c in e.new_ids
+            if c in held
+        }
+        if not owed:
+            return set()
+        return {c for c, _, m in self.vectors.get(chroma_name, list(owed)) if same_float(m.get("_rift_ts"), owed[c])}
 
     def _texts_gone(self, collection: str, doc_ids: Iterable[str]) -> None:
         """Tell `on_documents_gone` that the stored texts of `doc_ids` left `collection`; never raises."""
