@@ -2356,6 +2356,22 @@ def test_an_undo_the_server_failed_is_finished_without_a_restart(
     if then == "write":
         a.add_documents("default", docs(("z", "a later write about birds")))
     else:
+        # A search's sync does not wait behind a write in flight for it (that write finishes it first).
+        held, release = threading.Event(), threading.Event()
+
+        def writing() -> None:
+            with a.engine()._write_lock:
+                held.set()
+                release.wait(30)
+
+        writer = threading.Thread(target=writing)
+        writer.start()
+        held.wait(30)
+        started = time.monotonic()
+        a.engine().shared.sync(force=True)
+        assert time.monotonic() - started < 5 and a.engine().state.journal_pending()
+        release.set()
+        writer.join()
         a.engine().shared.sync(force=True)
     assert not a.engine().state.journal_pending()
     assert not a.engine().vectors.where_ids(chroma_name, {"_rift_doc": "y"})

@@ -523,6 +523,7 @@ class Engine:
         self._rebuild_ms: dict[str, float] = {}
         self._write_lock = threading.RLock()
         self._journal_owed = False  # an undo failed: its journal entry waits (see finish_owed_undos)
+        self._owed_retry_failed = False
         # Journal id -> the version stamp (_rift_ts) of a write whose undo failed, while this process runs: its
         # retry removes only chunks still carrying that stamp, as the undo itself would have.
         self._undo_stamps: dict[int, float] = {}
@@ -756,15 +757,18 @@ class Engine:
             if record is not None and record.chroma_name == chroma:
                 self.shared.publish(record.name, chroma, record.model_version, sorted(doc_ids))
 
-    def finish_owed_undos(self) -> bool:
+    def finish_owed_undos(self, wait: bool = True) -> bool:
         """Finish now what a failed undo left to start-up (the Chroma server died mid-write, before its undo
         could reach it): a server that runs for weeks would otherwise keep that write's chunks in Chroma
         until its next start, and every process that joined meanwhile would serve documents whose write
         failed (found by helper DE). Tried before the next write and when a shared server answers again; a
-        failure leaves it owed. Returns whether it finished one."""
+        failure leaves it owed. Without `wait` (a search's sync) it is left to the write holding the lock,
+        which tries it first. Returns whether it finished one."""
         if not self._journal_owed or self.closed or (self.shared is not None and self.shared.known_unreachable):
             return False  # (a server known down: each try would wait out chroma_timeout_s first)
-        with self._write_lock:
+        if not self._write_lock.acquire(blocking=wait):
+            return False
+        try:
             if not self._journal_owed:
                 return False
             try:
@@ -773,12 +777,17 @@ class Engine:
                 if self.shared is not None:
                     self._tell_undone(settled, serving)
             except Exception as exc:
-                _log_failure(logging.WARNING, "finishing an interrupted write failed again", exc, "retrying later")
+                # (Once as a warning: a sync retries at every interval while the server fails it.)
+                level = logging.DEBUG if self._owed_retry_failed else logging.WARNING
+                self._owed_retry_failed = True
+                _log_failure(level, "finishing an interrupted write failed again", exc, "retrying later")
                 return False
-            self._journal_owed = False
+            self._journal_owed = self._owed_retry_failed = False
             if finished:
                 log.warning("finished %d interrupted write(s) that a failed undo had left", finished)
             return bool(finished)
+        finally:
+            self._write_lock.release()
 
     def _reconcile(self, collection: str, chroma_name: str, repair: bool = True) -> tuple[int, int]:
         """Make SQLite's chunk rows match Chroma's stored chunks (Chroma is the source of truth), one whole

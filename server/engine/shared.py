@@ -794,7 +794,7 @@ class SharedSync:
             with self.engine._write_lock:
                 self._pay_owed()
             heads = self.read()
-        if self.engine.finish_owed_undos():  # (a write the server's failure left half undone)
+        if self.engine.finish_owed_undos(wait=False):  # (a write the server's failure left half undone)
             heads = self.read()
         self._count("checks", "check_ms", started)
         if not self._changed(heads):
