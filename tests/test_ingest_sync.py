@@ -245,6 +245,28 @@ def test_prune_of_a_folder_that_is_gone_removes_its_documents(app: Rift, docs: P
     assert_consistent(app)
 
 
+def test_prune_of_a_path_that_changed_kind_removes_what_was_stored_there(app: Rift, docs: Path) -> None:
+    """A file replaced by a folder of the same name, and a folder replaced by a file: pruning the path named
+    removes the old documents (they stayed, searchable, with the path named; found by helper DG)."""
+    import shutil
+
+    readme = docs / "README"
+    readme.write_text("The walrus hauls out on the ice floe.\n")
+    sync(app, readme, docs / "notes")
+    assert {"README", "notes/walrus.txt"} <= stored(app, docs)
+    readme.unlink()
+    readme.mkdir()
+    (readme / "inside.md").write_text("# Inside\n\nThe heron nests by the reservoir.\n")
+    shutil.rmtree(docs / "notes")
+    (docs / "notes").write_text("not a folder any more\n")
+    got = statuses(sync(app, readme, docs / "notes", prune=True), docs)
+    assert got["README"] == ("removed", "replaced by a folder of the same name")
+    assert got["notes/walrus.txt"] == ("removed", "file no longer exists")
+    assert got["README/inside.md"] == ("added", None)
+    assert {"README", "notes/walrus.txt"}.isdisjoint(stored(app, docs))
+    assert_consistent(app)
+
+
 def test_size_limit_single_files_and_no_recursion(tmp_path: Path, tiny_model_path: Path, docs: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data2",

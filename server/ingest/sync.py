@@ -331,8 +331,8 @@ class _Sync:
             if doc_id != meta.get("source") or doc_id in self.keep:
                 continue  # not a file document, or a file that is still there
             path = _place(doc_id, meta)
-            if not path.is_relative_to(folder) or path == folder:
-                continue
+            if not path.is_relative_to(folder):
+                continue  # (a document at the folder's own path was a file that is now this folder: gone)
             if any(path.is_relative_to(unread) for unread in self.unread):
                 continue  # that file, or a folder above it, could not be read this time
             if not recursive and path.parent != folder:
@@ -456,9 +456,16 @@ def sync_paths(
             for target in targets:
                 if target.is_dir():
                     doomed.extend(run.prune(target, recursive, pattern))
-                elif run.left_out(str(target)):
-                    # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
-                    doomed.append(str(target))
+                else:
+                    if run.left_out(str(target)):
+                        # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
+                        doomed.append(str(target))
+                    # A synced folder now replaced by this file: none of its files can exist any more.
+                    doomed.extend(
+                        doc_id
+                        for doc_id in run.existing
+                        if doc_id != str(target) and run.vanished_under(target, recursive, pattern, doc_id)
+                    )
             doomed.extend(gone_docs)
             doomed = list(dict.fromkeys(doomed))
             if doomed:
@@ -471,11 +478,14 @@ def sync_paths(
                     else:
                         via = run.existing.get(doc_id, {}).get("via")
                         try:
-                            gone = not Path(doc_id).exists()
+                            gone = not Path(doc_id).is_file()
+                            folder = gone and Path(doc_id).is_dir()
                             unlinked = bool(via) and not Path(via).is_symlink()
                         except OSError:  # exists() raises on EACCES: it is there, only left out
-                            gone = unlinked = False
-                        if gone:
+                            gone = unlinked = folder = False
+                        if folder:
+                            reason = "replaced by a folder of the same name"
+                        elif gone:
                             reason = "file no longer exists"
                         elif unlinked:
                             reason = f"the symlink it was reached through ({via}) is gone"
