@@ -355,6 +355,36 @@ def test_cli_groups_leave_a_file_named_in_one_to_that_one(tmp_path: Path, tiny_m
         assert not [f for f in files if f["status"] == "removed"], run
 
 
+def test_cli_add_of_an_unreadable_named_file_stores_the_rest_and_names_it(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    """click refused an unreadable path as a usage error (exit 2) before anything ran, so `rift add a.md b.md`
+    stored neither; add_paths skips it with the reason (found by helper DG). Simulated: tests may run as root."""
+    from server.cli import main
+    from server.ingest import sync as sync_module
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    good, locked = tmp_path / "good.md", tmp_path / "locked.md"
+    good.write_text("# Good\n\nThe heron nests by the reservoir.\n")
+    locked.write_text("# Locked\n\nThe walrus hauls out.\n")
+    real_access, real_read = os.access, sync_module.read_file
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        return False if str(path) == str(locked) else real_access(path, mode, *args, **kwargs)
+
+    def read_file(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(sync_module, "read_file", read_file)
+    out = CliRunner().invoke(main, ["add", str(good), str(locked), "--data-dir", str(tmp_path / "data")])
+    assert out.exit_code == 1, out.output
+    assert f"added     {good}" in out.output
+    assert f"not stored, though named: {locked}: cannot read file: Permission denied" in out.output
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 

@@ -52,7 +52,9 @@ def _print_report(
 
 
 @click.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())  # with --prune a path may be gone
+# With --prune a path may be gone; an unreadable file is the sync's to report (skipped, with the rest stored), not
+# a usage error that stores nothing (click.Path's default readable=True refused it before anything ran).
+@click.argument("paths", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option(
     "--glob", "glob", multiple=True, help="Only files matching this gitignore-style pattern (repeatable)."
@@ -86,8 +88,12 @@ def add(
         raise click.ClickException(str(exc)) from None
     if not prune:  # a typo in the 150th path fails before the first 100 are stored (with --prune, a path
         for i, raw in enumerate(paths):  # that is gone may name a synced folder, which sync decides)
-            if not os.path.lexists(raw):
-                raise click.ClickException(f"paths[{i}] {raw!r} does not exist")
+            try:
+                os.lstat(raw)
+            except (FileNotFoundError, NotADirectoryError):
+                raise click.ClickException(f"paths[{i}] {raw!r} does not exist") from None
+            except OSError:
+                pass  # (a folder on the way that cannot be searched: the sync names the reason, not "does not exist")
     # The files named, resolved, by index: a folder in one group leaves those named in another to that group,
     # as it does those named in its own (a .gitignore of the folder neither lists nor prunes them).
     named: dict[int, Path] = {}
