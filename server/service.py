@@ -296,6 +296,7 @@ class Rift:
                     store.close()  # (a drop during the repairs opened the embedded store again: that client)
                 raise
             self._engine = engine
+            self._forget_searches_of_deleted_collections(engine)
             from server.learning.manager import LearningManager
 
             self.learning = LearningManager(self)
@@ -319,6 +320,19 @@ class Rift:
             self._error = exc
         finally:
             self._ready.set()
+
+    def _forget_searches_of_deleted_collections(self, engine: Any) -> None:
+        """A collection's deletion commits in rift's state, then its searches leave the query log (another
+        database). Killed in between, the searches and their feedback stayed, and a later collection of that
+        name trained on them (helper DD). Start-up forgets the searches of every collection that is gone."""
+        if self.log is None:
+            return
+        try:
+            for name in sorted(set(self.log.collections()) - set(engine.collection_names())):
+                gone = self.log.forget_collection(name)
+                log.warning("forgot %d logged search(es) of collection %r, which was deleted", gone, name)
+        except Exception:  # (the next start tries again)
+            log.exception("could not forget the logged searches of deleted collections")
 
     @contextlib.contextmanager
     def _writing_nothing(self) -> Any:

@@ -525,6 +525,42 @@ def test_a_pending_delete_spares_chunks_a_later_write_made_live_again(cfg: Setti
         app.close()
 
 
+def test_a_deletion_cut_off_before_its_searches_left_the_log_forgets_them_at_the_next_start(
+    cfg: Settings, monkeypatch
+) -> None:
+    """The deletion commits in rift's state, then its searches leave the query log (another database). Killed in
+    between (played by a forget that fails), the searches and feedback stayed, and a later collection of the
+    same name showed them in stats and trained on them (helper DD)."""
+    from server.learning.query_log import QueryLog
+
+    seed(cfg)
+    app = open_rift(cfg)
+    try:
+        app.add_documents("tmp", docs(("t1", "a secret note about zebras"), ("t2", "another note about lions")))
+        logged = app.search("tmp", "secret zebras")
+        kept = app.search("default", "gravel sand")
+        app.learning.feedback(logged.query_id, "t1", True)
+
+        def killed(*args: Any, **kwargs: Any) -> int:
+            raise RuntimeError("killed before the query log was cleaned")
+
+        monkeypatch.setattr(QueryLog, "forget_collection", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            app.delete_collection("tmp")
+        monkeypatch.undo()
+        assert app.log.get(logged.query_id) is not None  # (what a kill at that point leaves)
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        assert app.log.get(logged.query_id) is None and app.log.feedback_map() == {}
+        assert app.log.get(kept.query_id) is not None  # (a collection that is still there keeps its searches)
+        app.add_documents("tmp", docs(("t1", "a secret note about zebras")))
+        assert app.stats("tmp")["queries"]["logged_queries"] == 0
+    finally:
+        app.close()
+
+
 def test_a_deleted_collection_stays_deleted_when_chroma_fails_to_drop_it(cfg: Settings, monkeypatch) -> None:
     """The drop is noted in the transaction that forgets the collection, so a crash or a Chroma error
     before it finishes is finished at the next start: never adopted back as an orphan with its documents."""

@@ -505,6 +505,12 @@ class QueryLog:
             raise
         self.forget_collection(collection, before=started)
 
+    def collections(self) -> list[str]:
+        """The collections the logged searches name."""
+        self.flush()
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT DISTINCT collection FROM queries ORDER BY collection")]
+
     def forget_collection(self, collection: str, before: float | None = None) -> int:
         """Delete a collection's logged searches (those recorded before `before`) with their feedback and
         fetches, in one transaction. Returns how many searches went."""
