@@ -663,6 +663,21 @@ def test_a_damaged_hnsw_file_is_named_with_what_to_do(cfg: Settings) -> None:
         app.close()
 
 
+def test_chromas_compaction_failure_after_a_kill_is_named_as_a_damaged_store(cfg: Settings) -> None:
+    """A SIGKILL during a bulk write left embedded Chroma unable to apply its log ("Error in compaction: Failed
+    to apply logs to the hnsw segment writer": every read of that collection fails); rift failed to start with
+    Chroma's words alone (helper DD). Moving the folder aside re-embeds from the state, as above."""
+    from server.engine.vector_store import damaged_store
+
+    for words in (
+        "Error in compaction: Failed to apply logs to the hnsw segment writer",
+        "Error sending backfill request to compactor: ...",
+    ):
+        problem = damaged_store(cfg.chroma_dir, RuntimeError(words))
+        assert problem is not None and "move the folder aside" in str(problem) and words in str(problem)
+    assert damaged_store(cfg.chroma_dir, RuntimeError("Collection [x] does not exist")) is None
+
+
 def test_a_database_that_cannot_be_opened_is_named_and_left_in_place(cfg: Settings) -> None:
     """Unreadable is not damaged: a query log that could not be opened (permissions, a lock) was moved aside
     as damaged and a new one started, sidelining the learning data even from `rift stats`; an unreadable

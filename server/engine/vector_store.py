@@ -147,6 +147,8 @@ def close_client(client: Any) -> None:
 # "Error constructing hnsw segment reader: ... Error deserializing pickle file"; found by helper BL).
 _DAMAGE_SIGNS = (
     "malformed", "not a database", "hnsw segment reader", "deserializing pickle", "Error loading hnsw index",
+    # A kill during a bulk write can leave a log the compactor cannot apply (helper DD, Chroma 1.5.9):
+    "Failed to apply logs to the hnsw segment writer", "Error sending backfill request to compactor",
 )
 
 
