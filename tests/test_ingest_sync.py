@@ -1036,6 +1036,30 @@ def test_a_file_reached_through_a_symlink_is_pruned_when_the_link_goes(app: Rift
     assert_consistent(app)
 
 
+@pytest.mark.parametrize("link_now", ["a copy", "gone"])
+def test_prune_of_a_former_link_keeps_the_file_it_led_to_when_named_too(app: Rift, docs: Path, link_now: str) -> None:
+    """`rift add docs/comet.md shared/comet.md --prune`, where docs/comet.md was a symlink to the other (now a
+    regular copy, or deleted): the document of shared/comet.md, stored through the link, was read again in
+    that call and then pruned for the link's sake (found by helper DH)."""
+    import shutil
+
+    shared = docs.parent / "shared"
+    shared.mkdir()
+    target, link = shared / "comet.md", docs / "comet.md"
+    target.write_text("# Comets\n\nA comet's tail points away from the sun.\n")
+    link.symlink_to(target)
+    sync(app, docs)
+    assert dict(app.engine().state.list_documents("files", -1, 0))[str(target)]["via"] == str(link)
+    link.unlink()
+    if link_now == "a copy":
+        shutil.copy(target, link)
+    report = sync(app, link, target, prune=True)
+    assert str(target) not in {f.path for f in report.files if f.status == "removed"}
+    assert str(target) in {d for d, _ in app.engine().state.list_documents("files", -1, 0)}
+    assert "via" not in dict(app.engine().state.list_documents("files", -1, 0))[str(target)]
+    assert_consistent(app)
+
+
 def test_rift_s_own_files_are_never_documents_even_when_named(app: Rift) -> None:
     registry = app.settings.models_dir / "registry.json"
     assert registry.is_file()

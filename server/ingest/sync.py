@@ -467,7 +467,10 @@ def sync_paths(
                         if doc_id != str(target) and run.vanished_under(target, recursive, pattern, doc_id)
                     )
             doomed.extend(gone_docs)
-            doomed = list(dict.fromkeys(doomed))
+            # A document this call read and stored (or found unchanged) is a file that is there: no prune of
+            # another path takes it, though its stored `via` names a link that is gone or a file now (the
+            # link replaced by a copy, or deleted, with the file it led to named beside it; helper DH).
+            doomed = [doc_id for doc_id in dict.fromkeys(doomed) if doc_id not in run.keep]
             if doomed:
                 deleted, _ = engine.delete_documents(collection, doomed)
                 for doc_id in deleted:
