@@ -325,6 +325,27 @@ class _Sync:
             return False
         return pattern is None or pattern.match_file(path.relative_to(gone).as_posix())
 
+    def replaced_by_files(
+        self, files: Collection[Path], recursive: bool, pattern: pathspec.PathSpec | None
+    ) -> list[str]:
+        """The documents of what the named `files` replaced: a synced folder's files (none can exist any more),
+        or a file reached through a symlink that is now this file. One pass over the stored documents, each
+        looked up by its place and the folders above it (a pass per named file took 80 s for 100 files named
+        in a collection of 100,000 documents; helper DH)."""
+        if not files:
+            return []
+        doomed = []
+        for doc_id, meta in self.existing.items():
+            if doc_id != meta.get("source"):
+                continue
+            place = _place(doc_id, meta)
+            for at in (place, *place.parents):
+                if at in files:
+                    if doc_id != str(at) and self.vanished_under(at, recursive, pattern, doc_id):
+                        doomed.append(doc_id)
+                    break
+        return doomed
+
     def prune(self, folder: Path, recursive: bool, pattern: pathspec.PathSpec | None) -> list[str]:
         doomed = []
         for doc_id, meta in self.existing.items():
@@ -453,6 +474,7 @@ def sync_paths(
                     result.reason = f"{result.reason}; its earlier version stays indexed (prune removes it)"
         if prune:
             doomed: list[str] = []
+            files: set[Path] = set()
             for target in targets:
                 if target.is_dir():
                     doomed.extend(run.prune(target, recursive, pattern))
@@ -460,12 +482,8 @@ def sync_paths(
                     if run.left_out(str(target)):
                         # Named itself and now left out for good (empty, too large, binary): as a folder's would be.
                         doomed.append(str(target))
-                    # A synced folder now replaced by this file: none of its files can exist any more.
-                    doomed.extend(
-                        doc_id
-                        for doc_id in run.existing
-                        if doc_id != str(target) and run.vanished_under(target, recursive, pattern, doc_id)
-                    )
+                    files.add(target)
+            doomed.extend(run.replaced_by_files(files, recursive, pattern))
             doomed.extend(gone_docs)
             # A document this call read and stored (or found unchanged) is a file that is there: no prune of
             # another path takes it, though its stored `via` names a link that is gone or a file now (the
