@@ -191,7 +191,7 @@ def test_a_device_torch_cannot_use_is_named(tmp_path: Path) -> None:
         with pytest.raises(RiftError, match=r"device 'xpu:1' \(setting `device`, RIFT_DEVICE\): no xpu device here"):
             check_device("xpu:1")
     if getattr(torch, "hpu", None) is None:
-        with pytest.raises(RiftError, match=r"no hpu device here \(its torch plugin is not loaded\)"):
+        with pytest.raises(RiftError, match=r"no hpu device here \(its torch plugin, habana_frameworks.torch, is not installed\)"):
             check_device("hpu")
 
 

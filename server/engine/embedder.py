@@ -3,8 +3,10 @@ and expose the tokenizer so chunking can respect the model's sequence limit."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import tempfile
@@ -30,6 +32,10 @@ def embed_options(settings: Any) -> dict[str, Any]:
     }
 
 
+# Devices whose torch support a vendor's package adds when imported.
+_DEVICE_PLUGINS = {"npu": "torch_npu", "hpu": "habana_frameworks.torch"}
+
+
 def check_device(device: str) -> None:
     """A clear error naming the setting when `device` names hardware torch cannot use here (torch's own says
     "Torch not compiled with CUDA enabled" from deep inside the model load)."""
@@ -49,10 +55,19 @@ def check_device(device: str) -> None:
             raise RiftError(f"{where}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise RiftError(f"{where}: Apple's MPS is not available here; use 'auto' or 'cpu'")
-    elif kind not in ("cpu", "cuda", "mps"):  # xpu, npu, hpu, mtia: torch.<kind> when built in or loaded by a plugin
+    elif kind not in ("cpu", "cuda", "mps"):  # xpu, npu, hpu, mtia: torch.<kind>, built in or added by a plugin
+        plugin = _DEVICE_PLUGINS.get(kind)
+        if getattr(torch, kind, None) is None and plugin is not None:
+            with contextlib.suppress(ImportError):  # (what the vendor's own code imports before using it)
+                importlib.import_module(plugin)
         backend = getattr(torch, kind, None)
-        if backend is None or not backend.is_available():
-            missing = "its torch plugin is not loaded" if backend is None else f"torch {torch.__version__} sees none"
+        if backend is None:
+            missing = f"its torch plugin, {plugin}, is not installed" if plugin else "this torch cannot use it"
+        elif not backend.is_available():
+            missing = f"torch {torch.__version__} sees none"
+        else:
+            missing = ""
+        if missing:
             raise RiftError(f"{where}: no {kind} device here ({missing}); use 'auto' or 'cpu'")
         count = backend.device_count() if hasattr(backend, "device_count") else None
         if index and count is not None and int(index) >= count:
