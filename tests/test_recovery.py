@@ -663,10 +663,14 @@ def test_a_damaged_hnsw_file_is_named_with_what_to_do(cfg: Settings) -> None:
         app.close()
 
 
-def test_chromas_compaction_failure_after_a_kill_is_named_as_a_damaged_store(cfg: Settings) -> None:
+def test_chromas_compaction_failure_after_a_kill_is_named_as_a_damaged_store(cfg: Settings, monkeypatch) -> None:
     """A SIGKILL during a bulk write left embedded Chroma unable to apply its log ("Error in compaction: Failed
     to apply logs to the hnsw segment writer": every read of that collection fails); rift failed to start with
-    Chroma's words alone (helper DD). Moving the folder aside re-embeds from the state, as above."""
+    Chroma's words alone (helper DD). Moving the folder aside re-embeds from the state, as above. A full disk
+    can fail a compaction too (helper DH): then the disk is named first."""
+    import collections
+
+    import server.engine.vector_store as vector_store
     from server.engine.vector_store import damaged_store
 
     for words in (
@@ -676,6 +680,14 @@ def test_chromas_compaction_failure_after_a_kill_is_named_as_a_damaged_store(cfg
         problem = damaged_store(cfg.chroma_dir, RuntimeError(words))
         assert problem is not None and "move the folder aside" in str(problem) and words in str(problem)
     assert damaged_store(cfg.chroma_dir, RuntimeError("Collection [x] does not exist")) is None
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(vector_store.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 5 << 20))
+    low = str(damaged_store(cfg.chroma_dir, RuntimeError("Failed to apply logs to the hnsw segment writer")))
+    assert "its disk has 5 MB free: free some space and start again; if it still fails" in low, low
+    full = OSError(28, "No space left on device")
+    wrapped = RuntimeError("Error in compaction: Failed to apply logs to the hnsw segment writer")
+    wrapped.__cause__ = full
+    assert damaged_store(cfg.chroma_dir, wrapped) is None  # (the full disk's own message says it)
 
 
 def test_a_database_that_cannot_be_opened_is_named_and_left_in_place(cfg: Settings) -> None:

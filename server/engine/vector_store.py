@@ -153,14 +153,31 @@ _DAMAGE_SIGNS = (
 
 
 def damaged_store(chroma_dir: Path, exc: BaseException) -> RiftError | None:
-    """The error that names a damaged embedded store and what to do, when `exc` is Chroma's word for one."""
-    if not any(sign in str(exc) for sign in _DAMAGE_SIGNS):
+    """The error that names a damaged embedded store and what to do, when `exc` is Chroma's word for one. A
+    full disk can give the same words (Chroma's compaction fails): then the disk is named first, since moving
+    the store aside would cost a re-embedding of everything for nothing."""
+    from server.errors import disk_full_problem
+
+    if not any(sign in str(exc) for sign in _DAMAGE_SIGNS) or disk_full_problem(exc) is not None:
         return None
-    return RiftError(
-        f"Chroma's store {chroma_dir} is damaged ({excerpt(str(exc), 300)}); restore it from a backup, or move "
-        "the folder aside (keep the copy): `rift serve` or `rift add` then embed every document again from the "
-        "text rift's state holds"
+    advice = (
+        "restore it from a backup, or move the folder aside (keep the copy): `rift serve` or `rift add` then embed "
+        "every document again from the text rift's state holds"
     )
+    try:
+        free = shutil.disk_usage(chroma_dir).free
+    except OSError:
+        free = None
+    if free is not None and free < _LOW_DISK_BYTES:
+        return RiftError(
+            f"Chroma's store {chroma_dir} cannot be read ({excerpt(str(exc), 300)}) and its disk has "
+            f"{free / 1048576:.0f} MB free: free some space and start again; if it still fails, the store is "
+            f"damaged: {advice}"
+        )
+    return RiftError(f"Chroma's store {chroma_dir} is damaged ({excerpt(str(exc), 300)}); {advice}")
+
+
+_LOW_DISK_BYTES = 256 * 1024 * 1024
 
 
 def heartbeat_problem(answer: Any, where: str) -> str | None:
