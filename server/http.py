@@ -187,8 +187,8 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
 
 class _CutOffQuietly(logging.Filter):
     """A second Ctrl-C stops the server at once: uvicorn then cancels the calls still running and the
-    lifespan, and logged a traceback for each, read as a crash. The warning above says what happened; the
-    tracebacks of those cancellations are dropped (anything else is still logged)."""
+    lifespan, and logged a traceback for each, read as a crash. The shutdown's warning ("stopping at once")
+    says what happened; the tracebacks of those cancellations are dropped (anything else is still logged)."""
 
     def __init__(self, server: Any) -> None:
         super().__init__()

@@ -500,11 +500,11 @@ def sync_paths(
                         via = run.existing.get(doc_id, {}).get("via")
                         try:
                             gone = not Path(doc_id).is_file()
-                            folder = gone and Path(doc_id).is_dir()
+                            became_folder = gone and Path(doc_id).is_dir()
                             unlinked = bool(via) and not Path(via).is_symlink()
-                        except OSError:  # exists() raises on EACCES: it is there, only left out
-                            gone = unlinked = folder = False
-                        if folder:
+                        except OSError:  # is_file() raises on EACCES: it is there, only left out
+                            gone = unlinked = became_folder = False
+                        if became_folder:
                             reason = "replaced by a folder of the same name"
                         elif gone:
                             reason = "file no longer exists"
