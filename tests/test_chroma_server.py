@@ -243,6 +243,29 @@ def test_two_rift_processes_see_each_others_writes(pair: tuple[Rift, Rift]) -> N
     assert a.stats()["queries"]["logged_queries"] > 0 and b.stats()["queries"]["logged_queries"] > 0
 
 
+def test_a_start_on_a_server_never_drops_a_collection_a_write_made(
+    pair: tuple[Rift, Rift], tmp_path: Path, tiny_model_path: Path, chroma: ChromaServer
+) -> None:
+    """Alone on its store, a start drops an empty collection that a write made and was killed in before its
+    commit (tests/test_recovery.py). On a server another process may have asked for it or be writing into it:
+    a write marks nothing there, and a mark left from before the move only goes."""
+    a, b = pair
+    assert a.engine().create_collection("fresh", implicit=True)
+    assert a.engine().state.setting_keys("created_by_write:") == []
+    b.engine().shared.sync(force=True)
+    assert "fresh" in b.engine().collection_names()
+    b.engine().create_collection("fresh")  # b asks for it: it stays, empty
+    a.engine().state.put_setting("created_by_write:fresh", "1")  # as a kill before the move to the server leaves
+    a.close()
+    again = open_rift(make_settings(tmp_path / "a", tiny_model_path, **http_overrides(chroma)))
+    try:
+        assert "fresh" in again.engine().collection_names()
+        assert again.engine().state.setting_keys("created_by_write:") == []
+        b.engine().shared.sync(force=True)
+        assert "fresh" in b.engine().collection_names()
+    finally:
+        again.close()
+
 def test_conflicting_writes_of_one_document_converge(pair: tuple[Rift, Rift], monkeypatch) -> None:
     """Two processes write the same id without seeing each other's write first: the later one wins in
     Chroma and in both keyword indices."""

@@ -17,8 +17,10 @@ import pytest
 from server.config import Settings
 from server.engine.state_store import StateStore
 from server.errors import RiftError
+from server.ingest.security import PathPolicy
+from server.ingest.sync import sync_paths
 from server.service import Rift
-from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_rows
+from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_rows, write_notes
 
 OLD = " ".join(f"Line {i}: the old river report mentions gravel and sand." for i in range(12))
 NEW = "the new report is about snow on the mountain"
@@ -263,6 +265,139 @@ def test_killed_mid_write_is_repaired_at_start_up(cfg: Settings, where: str) -> 
             assert ids(app.search("default", "snow mountain", mode="keyword").outcome.hits) == ["doc"]
             assert app.search("default", "gravel sand", mode="keyword").outcome.hits == []
         assert ids(app.search("default", "fish sea", mode="hybrid", k=1).outcome.hits) == ["other"]
+    finally:
+        app.close()
+
+
+FIRST_WRITE_CRASH = """
+import os, sys
+from server.config import Settings
+from server.engine.engine import DocumentInput, Engine
+from server.engine.state_store import StateStore
+from server.engine.vector_store import VectorStore
+from server.ingest.security import PathPolicy
+from server.ingest.sync import sync_paths
+from server.service import Rift
+
+settings = Settings(data_dir=sys.argv[1], model=sys.argv[2], chunk_tokens=48, chunk_overlap=8)
+app = Rift(settings).start(background=False)
+where, how = sys.argv[3], sys.argv[4]
+die = lambda *a, **k: os._exit(17)
+if where == "made-in-chroma":   # the Chroma collection is made; the state has no row for it yet
+    StateStore.put_collection = die
+elif where == "embedding":      # the collection is made; its first documents are being embedded
+    Engine._embed_reusing = die
+elif where == "before-commit":  # Chroma has the new chunks; SQLite never committed them
+    StateStore.apply = die
+else:                           # "after-commit": SQLite committed; the cleanup after it never ran
+    VectorStore.delete = die
+if how == "add":
+    app.add_documents("fresh", [DocumentInput(text="the heron nests by the reservoir", id="n1")])
+else:
+    sync_paths(app.engine(), "fresh", [sys.argv[5]], PathPolicy.unrestricted())
+"""
+
+
+def crash_first_write(settings: Settings, where: str, how: str, folder: Path) -> None:
+    """Kill a process during the first write to collection "fresh", which that write creates."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_WRITE_CRASH, str(settings.data_dir), settings.model, where, how, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 17, proc.stderr[-2000:]
+
+
+def chroma_names_of(app: Rift, collection: str) -> list[str]:
+    return [n for n, _ in app.engine().vectors.list_collections() if n.startswith(f"rift-{collection}-")]
+
+
+@pytest.mark.parametrize("how", ["add", "sync"])
+@pytest.mark.parametrize("where", ["made-in-chroma", "embedding", "before-commit"])
+def test_a_collection_made_by_a_write_killed_before_its_commit_is_gone_at_the_next_start(
+    cfg: Settings, tmp_path: Path, where: str, how: str
+) -> None:
+    """A write (add_documents, a file sync) into a collection that does not exist creates it; killed before it
+    committed anything, the next start showed an empty collection nobody asked for (or adopted its empty Chroma
+    collection). It is removed whole: state row, Chroma collection, chunking setting."""
+    before = seed(cfg)
+    crash_first_write(cfg, where, how, write_notes(tmp_path / "notes", 2))
+    app = open_rift(cfg)
+    try:
+        engine = app.engine()
+        assert engine.collection_names() == ["default"] and chroma_names_of(app, "fresh") == []
+        assert engine.state.setting("chunking:fresh") is None
+        assert app.repair_report["adopted_from_chroma"] == []
+        assert consistent(index_state(app)) == before["chroma"]
+        assert engine.state.setting_keys("created_by_write:") == []
+        (status,) = app.add_documents("fresh", docs(("n1", "the heron nests by the reservoir")))
+        assert status.status == "added"
+        assert ids(app.search("fresh", "heron reservoir", mode="keyword").outcome.hits) == ["n1"]
+    finally:
+        app.close()
+    app = open_rift(cfg)  # committed: it stays
+    try:
+        assert app.engine().collection_names() == ["default", "fresh"]
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("how", ["add", "sync"])
+def test_a_collection_whose_first_write_committed_stays_after_a_kill(
+    cfg: Settings, tmp_path: Path, how: str
+) -> None:
+    seed(cfg)
+    crash_first_write(cfg, "after-commit", how, write_notes(tmp_path / "notes", 2))
+    app = open_rift(cfg)
+    try:
+        assert app.engine().collection_names() == ["default", "fresh"]
+        assert app.stats("fresh")["collections"][0]["documents"] == (1 if how == "add" else 2)
+        assert app.engine().state.setting_keys("created_by_write:") == []
+    finally:
+        app.close()
+
+
+def test_an_explicitly_created_empty_collection_stays(cfg: Settings, tmp_path: Path) -> None:
+    """Empty collections made on purpose stay: by create_collection, by a later create_collection of one a
+    write made (it was marked as made by that write), and by a file sync that finished with nothing to store."""
+    seed(cfg)
+    app = open_rift(cfg)
+    try:
+        engine = app.engine()
+        assert engine.create_collection("asked")
+        assert engine.create_collection("adopted", implicit=True)
+        assert not engine.create_collection("adopted")  # asked for now: no longer the write's
+        assert engine.create_collection("unfinished", implicit=True)  # as a write killed after it leaves it
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        sync_paths(engine, "synced", [str(empty)], PathPolicy.unrestricted())
+        assert engine.collection_names() == ["adopted", "asked", "default", "synced", "unfinished"]
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        assert app.engine().collection_names() == ["adopted", "asked", "default", "synced"]
+        assert chroma_names_of(app, "unfinished") == []
+    finally:
+        app.close()
+
+
+def test_a_marked_collection_holding_documents_is_never_dropped(cfg: Settings) -> None:
+    """The start-up drop removes only what holds nothing: a marked collection with a document stays (and loses
+    its mark), whatever left the mark behind."""
+    seed(cfg)
+    app = open_rift(cfg)
+    try:
+        app.engine().state.put_setting("created_by_write:default", "1")
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        assert app.engine().collection_names() == ["default"]
+        assert app.stats("default")["collections"][0]["documents"] == 2
+        assert app.engine().state.setting_keys("created_by_write:") == []
     finally:
         app.close()
 

@@ -53,7 +53,7 @@ from server.engine.fusion import rrf
 from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer, name_parts
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
-from server.engine.state_store import MOVING_TO_SERVER, ChunkRow, StateStore
+from server.engine.state_store import CREATED_BY_WRITE, MOVING_TO_SERVER, ChunkRow, StateStore
 from server.engine.vector_store import VectorStore, chroma_not_answering, chroma_server_problem, close_client
 from server.engine.versions import content_hash, same_float
 from server.errors import NotFoundError, RiftError, ShuttingDown
@@ -612,6 +612,9 @@ class Engine:
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
             self._finish_drops()  # of collections deleted before a crash or a Chroma error
+            dropped = self._drop_unfinished_creates()  # (after the journal: their chunks are undone)
+            if dropped:
+                report["dropped_unfinished_creates"] = dropped
             self.vectors.sweep()  # index files Chroma left on disk for collections dropped before
             if self._returning:
                 if not rechunk:
@@ -1178,6 +1181,40 @@ class Engine:
             dropped.append(name)
         return dropped
 
+    def _drop_unfinished_creates(self) -> list[str]:
+        """Drop the collections that a write made and was killed in before committing anything into them (their
+        `create_collection` mark is left): nobody asked for them, and they hold nothing. One holding any document
+        or chunk, in the state or in Chroma, stays: only its mark goes. Alone on the store only: the data dir's
+        lock keeps out every other writer, so none can be writing into one. With a Chroma server the marks only
+        go (left by a start before the move there): another process may have made or written the collection
+        there meanwhile, or be doing its own first write into it, which a drop would turn into an error."""
+        dropped: list[str] = []
+        for collection in self.state.setting_keys(CREATED_BY_WRITE):
+            if self.shared is None:
+                pending = self.state.pending_drops()  # (an earlier incarnation's, dropped on their own)
+                names = sorted(
+                    name
+                    for name, _meta in self.vectors.list_collections()
+                    if (match := CHROMA_NAME.match(name)) is not None
+                    and match.group(1) == collection
+                    and name not in pending
+                )
+                if not any(self.state.counts(collection)) and not any(self.vectors.count(n) for n in names):
+                    log.warning(
+                        "collection %r was made by a write that was cut off before it stored anything: removing it",
+                        collection,
+                    )
+                    self.state.delete_setting(f"chunking:{collection}")
+                    # As delete_collection does alone on the store (the drops noted with the state's change); this
+                    # also clears the mark, last, so a kill before it has the next start do all of it again.
+                    self.state.delete_collection(collection, {n: self.vectors.collection_id(n) for n in names})
+                    self._keyword.pop(collection, None)
+                    self._finish_drops(names)
+                    dropped.append(collection)
+                    continue
+            self.state.delete_setting(f"{CREATED_BY_WRITE}{collection}")
+        return dropped
+
     def _adopt_chroma_collections(self) -> list[str]:
         """Re-register rift's Chroma collections that the state database does not know (it was deleted or
         lost): Chroma holds every chunk, so `_reconcile` can rebuild the rest from it."""
@@ -1352,11 +1389,23 @@ class Engine:
             raise NotFoundError(f"unknown collection {collection!r} (collections: {known})")
         return record
 
-    def create_collection(self, collection: str) -> bool:
+    def create_collection(self, collection: str, implicit: bool = False) -> bool:
+        """Make `collection` if it does not exist; returns whether it made it. `implicit`: made by a write into a
+        collection that did not exist (not asked for), which `settle_created` or the write's commit keeps:
+        killed before either, the next start drops it if it holds nothing (`_drop_unfinished_creates`)."""
         check_collection_name(collection)
+        marker = f"{CREATED_BY_WRITE}{collection}"
         with self._write_lock:
             if self.state.collection(collection) is not None:
+                if not implicit and self.state.setting(marker) is not None:
+                    self.state.delete_setting(marker)  # asked for now: it stays, empty or not
                 return False
+            if implicit and self.shared is None:
+                # Noted before Chroma makes it: a kill in between would otherwise leave a Chroma collection for the
+                # next start to adopt. (Not with a Chroma server: see _drop_unfinished_creates.)
+                self.state.put_setting(marker, str(time.time()))
+            elif self.state.setting(marker) is not None:  # (left by an implicit create that failed midway)
+                self.state.delete_setting(marker)
             chroma_name = chroma_name_for(collection, self.embedder.version)
             if (
                 chroma_name in self.state.pending_drops()
@@ -1522,9 +1571,12 @@ class Engine:
             if self.shared is not None:
                 self.shared.sync(force=True)
                 self.shared.check_served_here(collection)
-            created = self.create_collection(collection)
+            created = self.create_collection(collection, implicit=True)
             try:
-                return self._write_into(collection, docs, progress, rewrite)
+                written = self._write_into(collection, docs, progress, rewrite)
+                if created:
+                    self.settle_created(collection)  # (committed: already kept; else it wrote nothing, and stays)
+                return written
             except BaseException as exc:
                 # A write that made the collection and then failed or was cancelled (before its commit) must
                 # not leave an empty collection behind.
@@ -1555,6 +1607,13 @@ class Engine:
                 f"min_free_disk_mb ({self.settings.min_free_disk_mb}){needs}: free some space (deleting documents "
                 "or `rift models --prune` helps) and write again; nothing was written"
             )
+
+    def settle_created(self, collection: str) -> None:
+        """The write that made `collection` (`create_collection` with `implicit`) finished: the collection stays,
+        as a finished write left it, even empty."""
+        key = f"{CREATED_BY_WRITE}{collection}"
+        if self.state.setting(key) is not None:
+            self.state.delete_setting(key)
 
     def drop_collection_if_empty(self, collection: str) -> bool:
         """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in

@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS journal (
 _DROP = "dropping:"  # settings key prefix: a deleted collection's Chroma collection still to drop
 # Settings key prefix: a collection whose move to a Chroma server has begun and not finished (see Engine.open).
 MOVING_TO_SERVER = "moving_to_server:"
+# Settings key prefix: a collection made by a write (not asked for) that nothing has been committed into yet; a
+# kill before that write's commit leaves it, and the next start drops the collection if it holds nothing (see
+# Engine._drop_unfinished_creates). Any commit into the collection, or its deletion, clears it.
+CREATED_BY_WRITE = "created_by_write:"
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,9 @@ class StateStore:
         transaction, note its Chroma collections `drop_chroma` (name -> Chroma's id for it) as to be dropped
         (see `pending_drops`) and drop their unfinished writes' journal entries."""
         with self._transaction():
-            self._conn.execute("DELETE FROM settings WHERE key = ?", (f"{MOVING_TO_SERVER}{name}",))
+            self._conn.execute(
+                "DELETE FROM settings WHERE key IN (?, ?)", (f"{MOVING_TO_SERVER}{name}", f"{CREATED_BY_WRITE}{name}")
+            )
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM chunk_successors WHERE collection = ?", (name,))
@@ -647,6 +653,8 @@ class StateStore:
             )
             if journal_id is not None:
                 self._conn.execute("UPDATE journal SET phase = 'delete-old' WHERE id = ?", (journal_id,))
+            # Committed into: a collection the write made is the user's now, whatever happens next.
+            self._conn.execute("DELETE FROM settings WHERE key = ?", (f"{CREATED_BY_WRITE}{collection}",))
 
     def _reclaim_after_commit(self) -> None:
         """Committed: giving pages back is optional and must not make the write read as failed (its caller would

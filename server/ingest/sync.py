@@ -424,7 +424,7 @@ def sync_paths(
         if not under:
             raise missing  # nothing of it was ever synced here: a typo, not a deletion
         gone_docs += under
-    created = engine.create_collection(collection)
+    created = engine.create_collection(collection, implicit=True)  # (dropped at the next start if killed unwritten)
     try:
         # rift's own files (the query log, registry, SQLite state) are never documents, even in a synced folder.
         own = Path(engine.settings.data_dir).resolve()
@@ -513,6 +513,8 @@ def sync_paths(
                         else:
                             reason = "left out of the folder now (e.g. .gitignore)"
                         run.report.files.append(FileResult(doc_id, "removed", reason))
+        if created:
+            engine.settle_created(collection)  # finished: it stays, even with nothing stored (an empty folder)
         return run.report
     except BaseException:
         # A sync that made the collection and stopped (cancelled, failed) before committing any document
