@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,102 @@ def test_a_marked_collection_holding_documents_is_never_dropped(cfg: Settings) -
     try:
         assert app.engine().collection_names() == ["default"]
         assert app.stats("default")["collections"][0]["documents"] == 2
+        assert app.engine().state.setting_keys("created_by_write:") == []
+    finally:
+        app.close()
+
+
+def sync_meanwhile(monkeypatch, what: Callable[[], None]) -> None:
+    """Makes a file sync run `what` (another caller's call, as from a second thread) when its first batch is
+    about to be written, then fail as a full disk would, before committing anything."""
+    import server.ingest.sync as sync
+
+    real = sync._Sync.flush
+
+    def flush(run: Any) -> None:
+        if run.batch:
+            what()
+            raise OSError(28, "No space left on device")
+        real(run)
+
+    monkeypatch.setattr(sync._Sync, "flush", flush)
+
+
+@pytest.mark.parametrize("how", ["asked", "deleted-and-asked"])
+def test_a_failed_sync_never_drops_a_collection_asked_for_while_it_ran(
+    cfg: Settings, tmp_path: Path, monkeypatch, how: str
+) -> None:
+    """A sync (not under the write lock: it reads files between its batches) made collection "fresh"; while it
+    ran the user asked for "fresh" (create_collection said it exists), or deleted and made it again; the sync
+    then failed before its commit. Its clean-up dropped the empty collection the user had asked for: it only
+    drops one that is still the write's."""
+    app = open_rift(cfg)
+    try:
+        engine = app.engine()
+
+        def ask() -> None:
+            if how == "deleted-and-asked":
+                app.delete_collection("fresh")
+                assert engine.create_collection("fresh")
+            else:
+                assert not engine.create_collection("fresh")
+
+        sync_meanwhile(monkeypatch, ask)
+        with pytest.raises(OSError):
+            sync_paths(engine, "fresh", [str(write_notes(tmp_path / "notes", 2))], PathPolicy.unrestricted())
+        assert "fresh" in engine.collection_names()
+    finally:
+        app.close()
+    app = open_rift(cfg)
+    try:
+        assert "fresh" in app.engine().collection_names()
+    finally:
+        app.close()
+
+
+SYNC_KILLED_AFTER_ANOTHER_FINISHED = """
+import os, sys
+from typing import Any
+import server.ingest.sync as sync
+from server.config import Settings
+from server.ingest.security import PathPolicy
+from server.ingest.sync import sync_paths
+from server.service import Rift
+
+settings = Settings(data_dir=sys.argv[1], model=sys.argv[2], chunk_tokens=48, chunk_overlap=8)
+app = Rift(settings).start(background=False)
+real = sync._Sync.flush
+
+def flush(run: Any) -> None:
+    if run.batch:  # sync A reads its files; another caller's sync of an empty folder into "fresh" finishes
+        sync_paths(app.engine(), "fresh", [sys.argv[4]], PathPolicy.unrestricted())
+        os._exit(17)
+    real(run)
+
+sync._Sync.flush = flush
+sync_paths(app.engine(), "fresh", [sys.argv[3]], PathPolicy.unrestricted())
+"""
+
+
+def test_a_collection_another_finished_sync_wrote_into_stays_after_a_kill(cfg: Settings, tmp_path: Path) -> None:
+    """Sync A made "fresh"; sync B into "fresh" (an empty folder) finished and told its caller so; A was killed
+    before its commit. The next start dropped "fresh" as A's unfinished create: a finished sync keeps the
+    collection it synced into, even empty, whichever call made it."""
+    seed(cfg)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = write_notes(tmp_path / "notes", 2)
+    proc = subprocess.run(
+        [sys.executable, "-c", SYNC_KILLED_AFTER_ANOTHER_FINISHED, str(cfg.data_dir), cfg.model, str(notes), str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    app = open_rift(cfg)
+    try:
+        assert app.engine().collection_names() == ["default", "fresh"]
         assert app.engine().state.setting_keys("created_by_write:") == []
     finally:
         app.close()

@@ -1616,14 +1616,20 @@ class Engine:
             self.state.delete_setting(key)
 
     def drop_collection_if_empty(self, collection: str) -> bool:
-        """Delete `collection` if it holds no document; for a write that created it and then stopped. Never in
+        """Delete `collection` if it holds no document and is still the write's (marked by its implicit
+        `create_collection`); for a write that created it and then stopped. One asked for meanwhile (an explicit
+        create, or deleted and made again), or kept by another write into it that finished, stays. Never in
         shared mode, where another process may be writing into it. Failures are logged, not raised: the
         caller is already handling the write's own error."""
         if self.shared is not None or self.state.closed:  # (closed: it stays, empty, for delete_collection)
             return False
         try:
             with self._write_lock:
-                if collection not in self.collection_names() or self.state.counts(collection)[0]:
+                if (
+                    collection not in self.collection_names()
+                    or self.state.setting(f"{CREATED_BY_WRITE}{collection}") is None
+                    or self.state.counts(collection)[0]
+                ):
                     return False
                 self.delete_collection(collection)
                 return True

@@ -513,8 +513,9 @@ def sync_paths(
                         else:
                             reason = "left out of the folder now (e.g. .gitignore)"
                         run.report.files.append(FileResult(doc_id, "removed", reason))
-        if created:
-            engine.settle_created(collection)  # finished: it stays, even with nothing stored (an empty folder)
+        # Finished: it stays, even with nothing stored (an empty folder); so does one that another call (a sync
+        # still reading) made, as this sync's caller was told it synced into it.
+        engine.settle_created(collection)
         return run.report
     except BaseException:
         # A sync that made the collection and stopped (cancelled, failed) before committing any document
