@@ -202,7 +202,7 @@ async def test_several_verdicts_in_one_feedback_call_are_recorded_all_or_none(cf
         assert recorded() == {hits[0]: True, hits[2]: False}
         one = await ok(client, "feedback", {"query_id": qid, "doc_id": hits[2], "relevant": True})
         assert (one["doc_id"], one["relevant"], one["replaced"]) == (hits[2], True, True)
-        assert one["judged"] == [{"doc_id": hits[2], "relevant": True, "replaced": True}]
+        assert one["judged"] == [{"doc_id": hits[2], "relevant": True, "replaced": True, "stored": True}]
         assert recorded() == {hits[0]: True, hits[2]: True}
 
         for args, needle in (
@@ -235,6 +235,31 @@ async def test_optional_text_arguments_that_look_like_json_stay_text(cfg: Settin
                 break
             assert len(pages) <= len(names), pages
         assert pages == sorted(names)
+
+
+async def test_feedback_says_when_the_judged_passage_is_no_longer_stored(cfg: Settings) -> None:
+    """A verdict on a document deleted (or rewritten) since the search was accepted as if it would train,
+    which it never can (found by helper DJ): it is still recorded, as the text may come back (a branch
+    switched back), and the result says, for each document, that its passage is no longer stored."""
+    async with connect(cfg) as client:
+        texts = {d["id"]: d["text"] for d in corpus()}
+        await ok(client, "add_documents", {"documents": corpus()})
+        search = await ok(client, "hybrid_search", {"query": queries()[0], "k": 3})
+        qid, hits = search["query_id"], [h["doc_id"] for h in search["hits"]]
+        await ok(client, "delete_documents", {"ids": [hits[0]]})
+        rewritten = {"id": hits[1], "text": "sugar salt recipe for a cake"}
+        await ok(client, "add_documents", {"documents": [rewritten]})
+        verdicts = [{"doc_id": d, "relevant": r} for d, r in zip(hits, (True, False, False), strict=True)]
+        out = await ok(client, "feedback", {"query_id": qid, "judgments": verdicts})
+        stored = [(j["doc_id"], j["stored"]) for j in out["judged"]]
+        assert stored == [(hits[0], False), (hits[1], False), (hits[2], True)]
+        assert out["stored"] is None  # (as doc_id, relevant and replaced: given with judgments)
+        one = await ok(client, "feedback", {"query_id": qid, "doc_id": hits[0], "relevant": True})
+        assert (one["replaced"], one["stored"]) == (True, False)  # recorded all the same
+
+        await ok(client, "add_documents", {"documents": [{"id": hits[0], "text": texts[hits[0]]}]})  # back
+        again = await ok(client, "feedback", {"query_id": qid, "doc_id": hits[0], "relevant": True})
+        assert again["stored"] is True and again["judged"][0]["stored"] is True
 
 
 async def test_verdicts_on_a_search_that_left_the_log_are_refused(cfg: Settings) -> None:

@@ -32,13 +32,18 @@ class Judged(BaseModel):
     doc_id: str = Field(description="The judged document.")
     relevant: bool = Field(description="The verdict recorded.")
     replaced: bool = Field(description="True when this overwrote an earlier judgement of the same pair.")
+    stored: bool = Field(
+        description="False when the passage the search ranked is gone (deleted or rewritten): kept, but "
+        "trains only if it comes back."
+    )
 
 
 class FeedbackResult(BaseModel):
     query_id: str
     doc_id: str | None = Field(description="The judged document (with doc_id and relevant; null with judgments).")
-    relevant: bool | None = Field(description="The verdict recorded (with doc_id and relevant; null with judgments).")
-    replaced: bool | None = Field(description="True when this overwrote an earlier judgement of the same pair.")
+    relevant: bool | None = Field(description="As in judged (null with judgments).")
+    replaced: bool | None = Field(description="As in judged (null with judgments).")
+    stored: bool | None = Field(description="As in judged (null with judgments).")
     judged: list[Judged] = Field(description="Every verdict recorded by this call, in the order given.")
 
 
@@ -78,6 +83,7 @@ async def feedback(
         doc_id=first and first.doc_id,
         relevant=first and first.relevant,
         replaced=first and first.replaced,
+        stored=first and first.stored,
         judged=judged,
     )
 

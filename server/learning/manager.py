@@ -28,8 +28,9 @@ from server.errors import NotFoundError, RiftError, disk_full_problem
 from server.learning import resume, training
 from server.learning.gate import Gate, GateConfig, LabelledSet
 from server.learning.jobs import Job, JobCancelled, JobRunner
-from server.learning.mining import STRATEGIES, MiningConfig
+from server.learning.mining import STRATEGIES, MiningConfig, logged_passages
 from server.learning.pipeline import (
+    Passages,
     build_all,
     collect_and_mine,
     drop_built,
@@ -205,7 +206,9 @@ class LearningManager:
         self, query_id: str, judgements: Sequence[tuple[str, bool]], listed: bool = False
     ) -> list[dict[str, Any]]:
         """Record verdicts on documents one search showed: all of them, or none when one is wrong. Returns
-        each as {doc_id, relevant, replaced}. `listed`: they came as a list (errors name judgments[i])."""
+        each as {doc_id, relevant, replaced, stored}: `stored` False when the passage the search ranked for
+        it is gone (its document deleted, or rewritten, since), so the verdict trains nothing unless it comes
+        back. `listed`: they came as a list (errors name judgments[i])."""
         if not isinstance(query_id, str) or not query_id.strip():
             raise RiftError("query_id must be the query_id returned by hybrid_search")
         if not judgements:
@@ -244,6 +247,8 @@ class LearningManager:
                     f"{query_id!r}; results were: {', '.join(logged.fused[:10]) or 'none'}"
                     + ("; nothing was recorded" if many else "")
                 )
+        # (Read before recording: a failure here leaves nothing recorded, as the call says.)
+        stored = self._still_stored(logged, [d for d, _ in judgements])
         replaced = self.log.add_judgements(query_id, judgements)
         if replaced is None:
             raise NotFoundError(
@@ -251,8 +256,17 @@ class LearningManager:
                 "deleted collection's searches go with it): nothing was recorded"
             )
         return [
-            {"doc_id": d, "relevant": r, "replaced": again} for (d, r), again in zip(judgements, replaced, strict=True)
+            {"doc_id": d, "relevant": r, "replaced": again, "stored": stored[d]}
+            for (d, r), again in zip(judgements, replaced, strict=True)
         ]
+
+    def _still_stored(self, logged: Any, doc_ids: Sequence[str]) -> dict[str, bool]:
+        """doc id -> whether the passage `logged` ranked for it can still be trained on (as `materialize`
+        reads it): stored under its id or a successor's. A verdict on a document deleted since is kept all the
+        same (it trains once that text is back: a branch switched back), but the agent is told."""
+        chunks = logged_passages(logged, doc_ids)
+        passages = Passages(self.engine, {logged.collection: set(chunks.values())})
+        return {d: isinstance(passages.find(logged.collection, d, c), tuple) for d, c in chunks.items()}
 
     # --- retrain -------------------------------------------------------------------------------------------
 

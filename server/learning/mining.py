@@ -141,6 +141,13 @@ def _chunk_of(doc: str, v: Mapping[str, tuple[int, str]], k: Mapping[str, tuple[
     return ""
 
 
+def logged_passages(q: LoggedQuery, doc_ids: Iterable[str]) -> dict[str, str]:
+    """doc id -> the chunk a triple on it would train on (its best chunk on the vector side, else on the
+    keyword side; "" when neither side ranked it)."""
+    v, k = _ranks(q.vector), _ranks(q.keyword)
+    return {d: _chunk_of(d, v, k) for d in doc_ids}
+
+
 def _negatives(
     q: LoggedQuery,
     positive: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,75 +105,84 @@ def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, suppleme
     return build(docs, collection, negative, mining)
 
 
-_CHANGED = object()  # `materialize`'s mark for a logged passage whose text changed since its search
+_CHANGED = object()  # a logged passage whose text changed since its search (`Passages.find`)
+
+
+class Passages:
+    """What the logged passages (a collection's chunk ids, as searches saw them) read now, looked up at once:
+    the chunk itself when still stored, or its successor when its document was written again with that passage
+    kept (a metadata change, a re-chunk, a small edit) or back (its exact text, after a rewrite or a delete: a
+    branch switched and back): `StateStore.successors`."""
+
+    def __init__(self, engine: Any, chunk_ids: Mapping[str, Collection[str]]) -> None:
+        self.state = engine.state
+        self.since = self.state.successors_since()
+        # (collection, chunk id) -> (its text now, the document that holds it when a successor does)
+        self.found: dict[tuple[str, str], tuple[str, str | None]] = {}
+        for name, ids in chunk_ids.items():
+            wanted = sorted(i for i in set(ids) if i)
+            found = self.state.chunks_by_id(name, wanted)
+            # A chunk id gone since the search, its passage kept or back: the same passage under its new id.
+            heirs = self.state.successors(name, [i for i in wanted if i not in found])
+            later = self.state.chunks_by_id(name, sorted(set(heirs.values())))
+            for cid, row in found.items():
+                self.found[(name, cid)] = (row.text, None)
+            for cid, heir in heirs.items():
+                if heir in later:
+                    self.found[(name, cid)] = (later[heir].text, later[heir].doc_id)
+
+    def find(self, collection: str, doc_id: str, chunk_id: str) -> tuple[str, str] | object | None:
+        """(text, the document it is in now) of the passage `chunk_id` of `doc_id` ("": the document's first),
+        `_CHANGED` when it was rewritten since, None when its document is gone."""
+        if (collection, chunk_id) in self.found:
+            text, now_in = self.found[(collection, chunk_id)]
+            return text, now_in or doc_id
+        rows = self.state.document_chunks(collection, doc_id)
+        if not rows:
+            return None
+        if not chunk_id or (len(rows) == 1 and self._untracked(collection, doc_id)):
+            return rows[0].text, doc_id
+        # A logged passage rewritten since (no successor): the document's text now is not what the search
+        # ranked, so it teaches nothing true about the query.
+        return _CHANGED
+
+    def _untracked(self, collection: str, doc_id: str) -> bool:
+        # Last written before the state recorded successors (an upgraded data dir): the passage may be the
+        # same under a new id, and a document of one chunk is that chunk, as before.
+        found = self.state.document(collection, doc_id)
+        return found is not None and found[3] < self.since
 
 
 def materialize(
     engine: Any, triples: Sequence[Triple], skipped: Counter[str] | None = None
 ) -> tuple[list[tuple[str, str, str]], list[Triple]]:
-    """(query, positive text, negative text) rows for the triples whose documents still exist. The logged
-    best chunk is used when it is still stored, or its successor when its document was written again with that
-    passage kept (a metadata change, a re-chunk, a small edit) or back (its exact text, after a rewrite or a
-    delete: a branch switched and back): `StateStore.successors`. `skipped` (a mining report's) counts the
-    triples left out, so the report's counts add up: `document_deleted` (its positive or negative document is
-    gone since the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the
-    same)."""
+    """(query, positive text, negative text) rows for the triples whose logged passages are still stored
+    (under their ids or a successor's: `Passages`). `skipped` (a mining report's) counts the triples left
+    out, so the report's counts add up: `document_deleted` (its positive or negative document is gone since
+    the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the same)."""
     by_collection: dict[str, set[str]] = {}
     for t in triples:
         by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
-    since = engine.state.successors_since()
-    chunks: dict[tuple[str, str], str] = {}
-    for name, ids in by_collection.items():
-        wanted = sorted(i for i in ids if i)
-        found = engine.state.chunks_by_id(name, wanted)
-        # A chunk id gone since the search, its document written again with that passage kept (a metadata
-        # change, a file touched, a re-chunk, a small edit) or back: the same passage under its new id.
-        heirs = engine.state.successors(name, [i for i in wanted if i not in found])
-        later = engine.state.chunks_by_id(name, sorted(set(heirs.values())))
-        for cid, row in found.items():
-            chunks[(name, cid)] = row.text
-        for cid, heir in heirs.items():
-            if heir in later:
-                chunks[(name, cid)] = later[heir].text
-
-    def text(collection: str, doc_id: str, chunk_id: str) -> str | object | None:
-        if (collection, chunk_id) in chunks:
-            return chunks[(collection, chunk_id)]
-        rows = engine.state.document_chunks(collection, doc_id)
-        if not rows:
-            return None
-        if not chunk_id or (len(rows) == 1 and untracked(collection, doc_id)):
-            return rows[0].text
-        # A logged passage rewritten since (no successor): the document's text now is not what the search
-        # ranked, so it teaches nothing true about the query.
-        return _CHANGED
-
-    def untracked(collection: str, doc_id: str) -> bool:
-        # Last written before the state recorded successors (an upgraded data dir): the passage may be the
-        # same under a new id, and a document of one chunk is that chunk, as before.
-        found = engine.state.document(collection, doc_id)
-        return found is not None and found[3] < since
-
+    passages = Passages(engine, by_collection)
     rows: list[tuple[str, str, str]] = []
     kept: list[Triple] = []
     for t in triples:
-        pos = t.positive_text or text(t.collection, t.positive_doc, t.positive_chunk)
-        neg = text(t.collection, t.negative_doc, t.negative_chunk)
-        reason = (
-            "document_deleted"
-            if pos is None or neg is None
-            else "passage_changed"
-            if pos is _CHANGED or neg is _CHANGED
-            else "same_text"
-            if pos == neg
-            else None
-        )
+        pos = (t.positive_text, t.positive_doc) if t.positive_text else None
+        pos = pos or passages.find(t.collection, t.positive_doc, t.positive_chunk)
+        neg = passages.find(t.collection, t.negative_doc, t.negative_chunk)
+        if pos is None or neg is None:
+            reason: str | None = "document_deleted"
+        elif pos is _CHANGED or neg is _CHANGED:
+            reason = "passage_changed"
+        else:
+            assert isinstance(pos, tuple) and isinstance(neg, tuple)
+            reason = "same_text" if pos[0] == neg[0] else None
         if reason is not None:
             if skipped is not None:
                 skipped[reason] += 1
             continue
-        assert isinstance(pos, str) and isinstance(neg, str)
-        rows.append((t.query, pos, neg))
+        assert isinstance(pos, tuple) and isinstance(neg, tuple)
+        rows.append((t.query, pos[0], neg[0]))
         kept.append(t)
     return rows, kept
 
