@@ -770,6 +770,103 @@ def test_a_renamed_folder_is_synced_without_embedding_anything_again(app: Rift, 
     assert top_doc(app, "walrus", docs) == "journal/walrus.txt"
 
 
+def test_a_renamed_file_keeps_the_searches_and_feedback_logged_on_it(app: Rift, docs: Path) -> None:
+    """A renamed or moved file is a new document (its id is its path) and its old one is pruned: the searches
+    logged on it and the agent's verdicts trained on nothing any more (found by helper DJ). The sync that
+    stores its whole text under the new path hands the old document's passages on to it; the training row
+    then names the new document, so a plan drops it when that one goes."""
+    folder = docs.parent / "notes"  # (in the allowed root, beside the corpus)
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.md").write_text("# Tides\n\nThe tide pool holds anemones and crabs at low water.\n")
+    (folder / "b.md").write_text("# Coffee\n\nEspresso is brewed under pressure with fine grounds.\n")
+    sync(app, folder, prune=True)
+    old, other = str(folder / "a.md"), str(folder / "b.md")
+    search = app.search("files", "tide pool anemones", k=2)
+    assert {h.doc_id for h in search.outcome.hits} == {old, other}
+    judged = app.learning.judge(search.query_id, [(old, True), (other, False)])
+    assert [j["stored"] for j in judged] == [True, True]
+    passages = app.engine().state.document_chunks("files", old)
+
+    (folder / "a.md").rename(folder / "sub" / "moved.md")
+    got = statuses(sync(app, folder, prune=True), folder)
+    assert got["sub/moved.md"][0] == "added" and got["a.md"][0] == "removed"
+    new = str(folder / "sub" / "moved.md")
+    now = app.engine().state.document_chunks("files", new)
+    heirs = app.engine().state.successors("files", [c.chunk_id for c in passages])
+    assert heirs == {c.chunk_id: n.chunk_id for c, n in zip(passages, now, strict=True)}
+    assert app.learning.feedback(search.query_id, old, True)["stored"] is True  # it still trains
+
+    _mined, rows, kept = app.learning.mine(dry_run=True)
+    assert [(t.kind, t.positive_doc, t.negative_doc) for t in kept] == [("feedback", new, other)]
+    (negative,) = app.engine().state.document_chunks("files", other)
+    assert rows == [("tide pool anemones", now[0].text, negative.text)]
+
+
+def test_a_file_renamed_to_another_type_maps_each_passage_to_the_chunk_covering_it(
+    app: Rift, docs: Path
+) -> None:
+    """notes.md renamed notes.txt: the same text, cut by another splitter (no chunk text in common), so each
+    old passage goes on in the new chunk that covers most of its span, as after a change of chunking."""
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    parts = [" ".join(w[(5 * p + j) % len(w)] for j in range(60)) + "." for p in range(4)]
+    parts = [f"## Part {p}\n\n{text}" for p, text in enumerate(parts)]
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Field notes\n\n" + "\n\n".join(parts))
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    old = state.document_chunks("files", str(folder / "notes.md"))
+    (folder / "notes.md").rename(folder / "notes.txt")
+    sync(app, folder, prune=True)
+    new = {c.chunk_id: c for c in state.document_chunks("files", str(folder / "notes.txt"))}
+    assert len(old) > 2 and not {c.text for c in old} & {c.text for c in new.values()}
+    heirs = state.successors("files", [c.chunk_id for c in old])
+    assert set(heirs) == {c.chunk_id for c in old} and set(heirs.values()) <= set(new)
+    for was in old:
+        assert set(was.text.split()) & set(new[heirs[was.chunk_id]].text.split())
+
+
+def test_only_a_whole_text_moved_one_to_one_in_one_sync_is_a_rename(app: Rift, docs: Path) -> None:
+    """A rename is told by the whole text, never by a passage two files share (a licence header), and only one
+    to one: two copies of one text gone, or come, link none of them; nor does a text pruned by one sync and
+    added by a later one. A rename beside them in the same sync is still followed."""
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    header = " ".join(f"licence clause {i} grants rights to copy." for i in range(12))
+    texts = {
+        "headed.md": f"{header}\n\nThe walrus hauls out on the ice floe to rest.",
+        "copy1.md": "Glaciers carve valleys over thousands of years.",
+        "copy2.md": "Glaciers carve valleys over thousands of years.",
+        "solo.md": "Auroras glow green when solar wind meets oxygen.",
+        "late.md": "Ferns unfurl their fronds in the shaded understory.",
+        "keep.md": "Basalt columns form as thick lava cools and cracks.",
+    }
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    before = {name: state.document_chunks("files", str(folder / name)) for name in texts}
+
+    for name in ("headed.md", "copy1.md", "copy2.md", "solo.md", "keep.md", "late.md"):
+        (folder / name).unlink()
+    (folder / "other.md").write_text(f"{header}\n\nThe puffin nests in burrows on the cliff top.")
+    (folder / "copy3.md").write_text(texts["copy1.md"])
+    (folder / "solo1.md").write_text(texts["solo.md"])
+    (folder / "solo2.md").write_text(texts["solo.md"])
+    (folder / "kept.md").write_text(texts["keep.md"])
+    sync(app, folder, prune=True)
+    other = state.document_chunks("files", str(folder / "other.md"))
+    assert {c.text for c in before["headed.md"]} & {c.text for c in other}  # a passage both files have
+    (folder / "late2.md").write_text(texts["late.md"])
+    sync(app, folder, prune=True)
+
+    heirs = state.successors("files", [c.chunk_id for chunks in before.values() for c in chunks])
+    (kept,) = state.document_chunks("files", str(folder / "kept.md"))
+    assert heirs == {before["keep.md"][0].chunk_id: kept.chunk_id}
+
+
 def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:
     odd = docs / "odd"
     odd.mkdir()

@@ -1830,10 +1830,12 @@ class Engine:
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
         remove_docs: Sequence[str] = (),
         replaced: Sequence[str] = (),
+        rename_targets: Collection[str] = (),
     ) -> None:
         """Write `rows` (and `put_docs`) and remove `stale` (and `remove_docs`): Chroma first, then rift's
         state, then the keyword index. `replaced`: documents of `put_docs` whose stored text this write
-        replaces (with `remove_docs`, told to `on_documents_gone` once committed)."""
+        replaces (with `remove_docs`, told to `on_documents_gone` once committed). `rename_targets`: as for
+        `StateStore.apply`."""
         # (No cancellation point between the two halves: undoing the Chroma half deletes chunk ids, which are
         # content hashes that another process sharing the server may hold too.)
         self._stop_if_closing(collection)  # (rift closing: the last point where nothing is written yet)
@@ -1861,7 +1863,15 @@ class Engine:
             if rows:
                 # (Closing: stops between two batches; the journal entry has the next start remove them.)
                 self._upsert_rows(chroma_name, rows, embeddings, lambda: self._closing.is_set())
-            self.state.apply(collection, stale, rows, journal_id, remove_docs=remove_docs, put_docs=put_docs)
+            self.state.apply(
+                collection,
+                stale,
+                rows,
+                journal_id,
+                remove_docs=remove_docs,
+                put_docs=put_docs,
+                rename_targets=rename_targets,
+            )
         except BaseException as exc:
             if self._closing.is_set() and isinstance(exc, Exception):
                 # rift is closing (its stores may be closed already): not committed, and no time to undo the
@@ -2177,8 +2187,12 @@ class Engine:
             # would be overwritten with the text read before it).
             return self._write_into(collection, docs, None, read_at=seen)
 
-    def delete_documents(self, collection: str, ids: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Returns (deleted ids, ids that were not present)."""
+    def delete_documents(
+        self, collection: str, ids: Sequence[str], rename_targets: Collection[str] = ()
+    ) -> tuple[list[str], list[str]]:
+        """Returns (deleted ids, ids that were not present). `rename_targets`: documents that one of `ids` may
+        have been renamed to (a file sync's, stored before it prunes): a deleted document whose whole text one
+        of them holds, one to one, hands its logged passages on to it (`StateStore._renamed`)."""
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise RiftError("ids must be a list of document ids")
         if not ids:
@@ -2193,7 +2207,7 @@ class Engine:
             present = self.state.doc_hashes(collection, list(dict.fromkeys(ids)))
             deleted = [d for d in dict.fromkeys(ids) if d in present]
             missing = [d for d in dict.fromkeys(ids) if d not in present]
-            self._delete_present(collection, deleted, seen)
+            self._delete_present(collection, deleted, seen, rename_targets)
         return deleted, missing
 
     def delete_matching(
@@ -2236,7 +2250,9 @@ class Engine:
         self._record(collection)
         return seen
 
-    def _delete_present(self, collection: str, doc_ids: Sequence[str], seen: float) -> None:
+    def _delete_present(
+        self, collection: str, doc_ids: Sequence[str], seen: float, rename_targets: Collection[str] = ()
+    ) -> None:
         """Delete documents the state holds (hold the write lock, after `_sync_for_write`, which gave `seen`)."""
         if not doc_ids:
             return
@@ -2246,7 +2262,15 @@ class Engine:
             with self._unless_deleted_meanwhile(collection, record.chroma_name):
                 older = self.shared.older_versions(record.chroma_name, list(doc_ids), seen, set())
             stale = sorted(set(stale) | older)
-        self._commit(collection, record.chroma_name, [], None, stale, remove_docs=list(doc_ids))
+        self._commit(
+            collection,
+            record.chroma_name,
+            [],
+            None,
+            stale,
+            remove_docs=list(doc_ids),
+            rename_targets=rename_targets,
+        )
 
     def reembed(
         self,

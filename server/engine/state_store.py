@@ -601,13 +601,17 @@ class StateStore:
         journal_id: int | None = None,
         remove_docs: Sequence[str] = (),
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]] = (),
+        rename_targets: Collection[str] = (),
     ) -> None:
         """Remove and add chunks and whole documents (doc_id, hash, text, metadata) in one transaction, and
         move the journal entry to 'delete-old' in the same transaction. Held under the lock to the end: a close
         between the commit and the reclaim after it made a committed write raise (helper DA), which its caller
-        then took for one that failed."""
+        then took for one that failed. `rename_targets`: documents that one of `remove_docs` may have been
+        renamed to (those a file sync stored before pruning: see `_renamed`)."""
         with self._lock:
-            self._apply_rows(collection, remove_ids, add_rows, journal_id, remove_docs, put_docs)
+            self._apply_rows(
+                collection, remove_ids, add_rows, journal_id, remove_docs, put_docs, rename_targets
+            )
             if remove_ids or remove_docs:  # (a delete; a rewrite's new rows mostly fill what it frees)
                 self._reclaim_after_commit()
 
@@ -619,10 +623,12 @@ class StateStore:
         journal_id: int | None,
         remove_docs: Sequence[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+        rename_targets: Collection[str] = (),
     ) -> None:
         with self._transaction():
             now = time.time()
-            self._note_successors(collection, remove_ids, add_rows, put_docs, now)
+            renamed = self._renamed(collection, remove_docs, rename_targets, put_docs)
+            self._note_successors(collection, remove_ids, add_rows, put_docs, now, renamed)
             self._conn.executemany(
                 "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
                 [(collection, d) for d in remove_docs],
@@ -671,19 +677,22 @@ class StateStore:
         add_rows: Sequence[ChunkRow],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
         now: float,
+        renamed: Mapping[str, str] | None = None,
     ) -> None:
         """Inside `apply`'s transaction, before the stored documents and `remove_ids` change: each removed chunk
         whose document gets, among `add_rows`, a chunk with the same text (the same position first, for a text
         a document repeats) maps to it; failing that, when the document's text is kept (a re-chunk), to the new
         chunk that covers most of its span, and when it changed, to the new chunk that is the old one after a
-        small edit (`_Heirs.edited`). What mapped to a removed chunk maps on; the others end their chains: a
-        passage rewritten is no longer the one a search saw. An ended chain leaves tombstones (its ids, its
-        document, its last text's hash), and a chunk of `add_rows` whose document held exactly its text when
-        the chain ended (the passage back: a branch switched back, a file restored) takes it up again."""
+        small edit (`_Heirs.edited`). A chunk of a document `renamed` (removed doc id -> the stored document
+        now holding its whole text) maps the same way to that document's chunks. What mapped to a removed
+        chunk maps on; the others end their chains: a passage rewritten is no longer the one a search saw. An
+        ended chain leaves tombstones (its ids, its document, its last text's hash), and a chunk of `add_rows`
+        whose document held exactly its text when the chain ended (the passage back: a branch switched back, a
+        file restored) takes it up again."""
         added = {r.chunk_id for r in add_rows}
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
         if gone:
-            self._note_heirs(collection, gone, added, add_rows, put_docs, now)
+            self._note_heirs(collection, gone, added, add_rows, put_docs, now, renamed or {})
             # A chunk id live again (metadata set back: the same hash) is no gone id: the chain's update may
             # have pointed its own row at itself.
             self._conn.executemany(
@@ -701,6 +710,7 @@ class StateStore:
         add_rows: Sequence[ChunkRow],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
         now: float,
+        renamed: Mapping[str, str],
     ) -> None:
         """`_note_successors` for the removed chunks `gone`."""
         by_doc: dict[str, list[ChunkRow]] = {}
@@ -756,6 +766,8 @@ class StateStore:
                     ended.append(old)
                 else:
                     moves.append((old, heir.chunk_id))
+        if renamed:
+            ended = self._follow_renames(collection, ended, renamed, by_doc, moves)
         # An ended chain's ids (the chunk, and those that mapped to it, each with when it went) become
         # tombstones of its document and text (read before the chunks leave the table).
         ends = [(collection, c) for c in ended]
@@ -779,6 +791,94 @@ class StateStore:
             "INSERT OR REPLACE INTO chunk_successors VALUES (?, ?, ?, ?)",
             [(collection, old, new, now) for old, new in moves],
         )
+
+    def _renamed(
+        self,
+        collection: str,
+        remove_docs: Sequence[str],
+        targets: Collection[str],
+        put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
+    ) -> dict[str, str]:
+        """Removed document -> the one of `targets` (stored, or written by this apply) that holds exactly its
+        whole text: a file renamed or moved, which a sync stores under its new path before it prunes the old
+        one. Only pairs that text makes one to one: two removed documents, or two targets, with one text
+        (copies of one file) link none, and a shared passage (a licence header) is no reason at all."""
+        texts = {d: t for d, _h, t, _m in put_docs}
+        removed = [d for d in dict.fromkeys(remove_docs) if d not in texts]
+        gone = set(removed)
+        targets = [d for d in dict.fromkeys(targets) if d not in gone]
+        if not removed or not targets:
+            return {}
+        new = self._text_hashes(collection, [d for d in targets if d not in texts])
+        for d in targets:
+            if d in texts:
+                new[d] = _text_hash(texts[d])
+        if not new:
+            return {}
+        old = self._text_hashes(collection, removed)
+        olds: dict[str, list[str]] = {}
+        news: dict[str, list[str]] = {}
+        for d, h in old.items():
+            olds.setdefault(h, []).append(d)
+        for d, h in new.items():
+            news.setdefault(h, []).append(d)
+        return {
+            was[0]: now[0] for h, was in olds.items() if len(was) == 1 and len(now := news.get(h, [])) == 1
+        }
+
+    def _text_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> `_text_hash` of its stored text, for those of `doc_ids` stored (inside a transaction)."""
+        out: dict[str, str] = {}
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            out.update(
+                self._conn.execute(
+                    "SELECT doc_id, rift_text_hash(text) FROM documents "
+                    f"WHERE collection = ? AND doc_id IN ({','.join('?' * len(part))})",
+                    [collection, *part],
+                ).fetchall()
+            )
+        return out
+
+    def _follow_renames(
+        self,
+        collection: str,
+        ended: Sequence[str],
+        renamed: Mapping[str, str],
+        by_doc: Mapping[str, Sequence[ChunkRow]],
+        moves: list[tuple[str, str]],
+    ) -> list[str]:
+        """Of the chains `ended` would end, those of a `renamed` document go on in the document it became:
+        each chunk to the new document's chunk with its text (at its position first), else, the whole text
+        being the same, to the one covering most of its span (cut otherwise: another file type's splitter).
+        Those are added to `moves`; the rest are returned."""
+        rest = set(ended)
+        for old_doc, new_doc in renamed.items():
+            rows = by_doc.get(new_doc)
+            if rows is None:
+                rows = [
+                    ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[5]))
+                    for r in self._conn.execute(
+                        "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, metadata FROM chunks "
+                        "WHERE collection = ? AND doc_id = ? ORDER BY chunk_index",
+                        (collection, new_doc),
+                    )
+                ]
+            if not rows:
+                continue
+            heirs = _Heirs(rows)
+            for chunk_id, index, text, meta in self._conn.execute(
+                "SELECT chunk_id, chunk_index, text, metadata FROM chunks "
+                "WHERE collection = ? AND doc_id = ?",
+                (collection, old_doc),
+            ):
+                if chunk_id not in rest:
+                    continue
+                heir = heirs.same_text(text, index) or heirs.most_overlapping(json.loads(meta))
+                if heir is not None:
+                    moves.append((chunk_id, heir.chunk_id))
+                    rest.discard(chunk_id)
+        return [c for c in ended if c in rest]
 
     def _revive(self, collection: str, add_rows: Sequence[ChunkRow]) -> None:
         """Inside `apply`'s transaction, after `_note_heirs`: each tombstone of a document that `add_rows`

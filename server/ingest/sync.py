@@ -8,6 +8,8 @@ A file's document id is its absolute (resolved) path, so ingesting a folder agai
   - new                                                              -> added
   - with prune=True, documents of files under a given folder that are gone, or now left out (.gitignore,
     binary, too large, no text)                                      -> removed
+    (a removed file whose whole text this sync stored under one new path: renamed or moved, so the searches
+    logged on it go on training on that document; see Engine.delete_documents)
 A file reached through a symlink in the folder is stored under its target's path, with the link in `via`:
 the document belongs to the folder the link is in, so removing the link and pruning removes it.
 A file that could not be read this time (permissions, a race) keeps its document.
@@ -143,6 +145,9 @@ class _Sync:
         self.last_report = time.monotonic()
         self.report = SyncReport(collection)
         self.keep: set[str] = set()  # documents that must survive pruning
+        # Documents this run stored with new text (added, or updated): a pruned file whose whole text one of
+        # them holds was renamed or moved to it, and its logged searches follow (Engine.delete_documents).
+        self.written: list[str] = []
         # Only the stored metadata changes (same bytes and a new mtime, or a newer extractor's same text): why.
         self.refreshed: dict[str, str] = {}
         self.unread: list[
@@ -306,6 +311,8 @@ class _Sync:
                 self.report.files.append(FileResult(status.id, "unchanged", self.refreshed[status.id]))
             else:
                 self.report.files.append(FileResult(status.id, status.status, chunks=status.chunks))
+                if status.status in ("added", "updated"):
+                    self.written.append(status.id)
             self.keep.add(status.id)
         self.batch = []
         self.batch_chars = 0
@@ -490,7 +497,7 @@ def sync_paths(
             # link replaced by a copy, or deleted, with the file it led to named beside it; helper DH).
             doomed = [doc_id for doc_id in dict.fromkeys(doomed) if doc_id not in run.keep]
             if doomed:
-                deleted, _ = engine.delete_documents(collection, doomed)
+                deleted, _ = engine.delete_documents(collection, doomed, rename_targets=run.written)
                 for doc_id in deleted:
                     earlier = run.skipped.get(doc_id)
                     if earlier is not None:

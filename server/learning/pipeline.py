@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +112,13 @@ class Passages:
     """What the logged passages (a collection's chunk ids, as searches saw them) read now, looked up at once:
     the chunk itself when still stored, or its successor when its document was written again with that passage
     kept (a metadata change, a re-chunk, a small edit) or back (its exact text, after a rewrite or a delete: a
-    branch switched and back): `StateStore.successors`."""
+    branch switched and back), or renamed with its whole text (a file moved, in one sync):
+    `StateStore.successors`."""
 
     def __init__(self, engine: Any, chunk_ids: Mapping[str, Collection[str]]) -> None:
         self.state = engine.state
         self.since = self.state.successors_since()
-        # (collection, chunk id) -> (its text now, the document that holds it when a successor does)
+        # (collection, chunk id) -> (its text now, the document that holds it when another one: a rename)
         self.found: dict[tuple[str, str], tuple[str, str | None]] = {}
         for name, ids in chunk_ids.items():
             wanted = sorted(i for i in set(ids) if i)
@@ -132,8 +133,9 @@ class Passages:
                     self.found[(name, cid)] = (later[heir].text, later[heir].doc_id)
 
     def find(self, collection: str, doc_id: str, chunk_id: str) -> tuple[str, str] | object | None:
-        """(text, the document it is in now) of the passage `chunk_id` of `doc_id` ("": the document's first),
-        `_CHANGED` when it was rewritten since, None when its document is gone."""
+        """(text, the document it is in now: `doc_id`, or the one it was renamed to) of the passage `chunk_id`
+        of `doc_id` ("": the document's first), `_CHANGED` when it was rewritten since, None when its document
+        is gone."""
         if (collection, chunk_id) in self.found:
             text, now_in = self.found[(collection, chunk_id)]
             return text, now_in or doc_id
@@ -157,9 +159,11 @@ def materialize(
     engine: Any, triples: Sequence[Triple], skipped: Counter[str] | None = None
 ) -> tuple[list[tuple[str, str, str]], list[Triple]]:
     """(query, positive text, negative text) rows for the triples whose logged passages are still stored
-    (under their ids or a successor's: `Passages`). `skipped` (a mining report's) counts the triples left
-    out, so the report's counts add up: `document_deleted` (its positive or negative document is gone since
-    the search), `passage_changed` (its text was rewritten since) and `same_text` (both read the same)."""
+    (under their ids or a successor's: `Passages`). A kept triple names the documents its texts come from now
+    (a renamed file's new path), so that a retrain's plan drops its row when that document goes. `skipped` (a
+    mining report's) counts the triples left out, so the report's counts add up: `document_deleted` (its
+    positive or negative document is gone since the search), `passage_changed` (its text was rewritten
+    since) and `same_text` (both read the same)."""
     by_collection: dict[str, set[str]] = {}
     for t in triples:
         by_collection.setdefault(t.collection, set()).update({t.positive_chunk, t.negative_chunk})
@@ -183,7 +187,8 @@ def materialize(
             continue
         assert isinstance(pos, tuple) and isinstance(neg, tuple)
         rows.append((t.query, pos[0], neg[0]))
-        kept.append(t)
+        renamed = (pos[1], neg[1]) != (t.positive_doc, t.negative_doc)
+        kept.append(replace(t, positive_doc=pos[1], negative_doc=neg[1]) if renamed else t)
     return rows, kept
 
 
