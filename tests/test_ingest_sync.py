@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -865,6 +866,44 @@ def test_only_a_whole_text_moved_one_to_one_in_one_sync_is_a_rename(app: Rift, d
     heirs = state.successors("files", [c.chunk_id for chunks in before.values() for c in chunks])
     (kept,) = state.document_chunks("files", str(folder / "kept.md"))
     assert heirs == {before["keep.md"][0].chunk_id: kept.chunk_id}
+
+
+def test_a_path_written_again_after_its_file_was_renamed_away_holds_its_own_passages(
+    app: Rift, docs: Path
+) -> None:
+    """A file renamed away and then written again at its old path (copied back, or renamed back, its mtime
+    kept) gets back the very chunk ids it had, which still mapped to the renamed file's chunks: a chunk id
+    live again kept a successor, so deleting it later left its searches training on the copy (a deletion
+    reported as `stored`, copies linked), and renaming back made the chunk its own successor (found by
+    helper DL). A chunk id written again is its own passage, with no successor."""
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Tides\n\nThe tide pool holds anemones and crabs at low water.\n")
+    (folder / "c.md").write_text("# Coffee\n\nEspresso is brewed under pressure with fine grounds.\n")
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    a, b = str(folder / "a.md"), str(folder / "b.md")
+    (first,) = state.document_chunks("files", a)
+    os.rename(folder / "a.md", folder / "b.md")
+    sync(app, folder, prune=True)
+    (moved,) = state.document_chunks("files", b)
+    assert state.successors("files", [first.chunk_id]) == {first.chunk_id: moved.chunk_id}
+
+    shutil.copy2(folder / "b.md", folder / "a.md")  # back beside its copy, mtime kept: the same chunk id
+    sync(app, folder, prune=True)
+    assert [c.chunk_id for c in state.document_chunks("files", a)] == [first.chunk_id]
+    assert state.successors("files", [first.chunk_id]) == {}
+    search = app.search("files", "tide pool anemones", k=3)
+    assert a in {h.doc_id for h in search.outcome.hits}
+    (folder / "a.md").unlink()  # deleted, its copy staying: no rename, nothing to train on
+    sync(app, folder, prune=True)
+    assert app.learning.feedback(search.query_id, a, True)["stored"] is False
+
+    os.rename(folder / "b.md", folder / "a.md")  # renamed back
+    sync(app, folder, prune=True)
+    assert [c.chunk_id for c in state.document_chunks("files", a)] == [first.chunk_id]
+    assert state.successors("files", [first.chunk_id, moved.chunk_id]) == {moved.chunk_id: first.chunk_id}
+    assert app.learning.feedback(search.query_id, a, True)["stored"] is True
 
 
 def test_one_odd_file_never_aborts_a_sync(app: Rift, docs: Path, monkeypatch) -> None:

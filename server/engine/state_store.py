@@ -693,14 +693,22 @@ class StateStore:
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
         if gone:
             self._note_heirs(collection, gone, added, add_rows, put_docs, now, renamed or {})
-            # A chunk id live again (metadata set back: the same hash) is no gone id: the chain's update may
-            # have pointed its own row at itself.
+        if added and self._has_successors(collection):
+            # A chunk id live again is no gone id: metadata set back (the same hash; the chain's update may
+            # have pointed its own row at itself), or a file renamed away and back, or copied back, its mtime
+            # kept (a new document, nothing gone: its old chunks still went on in the renamed file's). (Looked
+            # up 500 at a time, then deleted: a delete per added chunk cost a fifth of a large write.)
             self._conn.executemany(
                 "DELETE FROM chunk_successors WHERE collection = ? AND old_id = ?",
-                [(collection, c) for c in added],
+                [(collection, c) for c in self.successors(collection, sorted(added))],
             )
         if add_rows:
             self._revive(collection, add_rows)
+
+    def _has_successors(self, collection: str) -> bool:
+        """Whether the collection maps any gone chunk id (a first ingest maps none: nothing to look up)."""
+        sql = "SELECT 1 FROM chunk_successors WHERE collection = ? LIMIT 1"
+        return self._conn.execute(sql, (collection,)).fetchone() is not None
 
     def _note_heirs(
         self,
