@@ -499,11 +499,12 @@ class StateStore:
         """Those of `chunk_ids` that are live chunks of `collection`."""
         return set(self._chunk_ids_where(collection, "chunk_id", chunk_ids))
 
-    def document_chunks(self, collection: str, doc_id: str) -> list[ChunkRow]:
+    def document_chunks(self, collection: str, doc_id: str, limit: int = -1) -> list[ChunkRow]:
+        """A document's chunks in order; the first `limit` of them (-1: all)."""
         rows = self._rows(
             "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, '', metadata FROM chunks "
-            "WHERE collection = ? AND doc_id = ? ORDER BY chunk_index",
-            (collection, doc_id),
+            "WHERE collection = ? AND doc_id = ? ORDER BY chunk_index LIMIT ?",
+            (collection, doc_id, limit),
         )
         return [ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[6])) for r in rows]
 
