@@ -803,6 +803,35 @@ def test_a_renamed_file_keeps_the_searches_and_feedback_logged_on_it(app: Rift, 
     assert rows == [("tide pool anemones", now[0].text, negative.text)]
 
 
+def test_the_gate_reads_held_out_verdicts_under_the_ids_their_documents_have_now(app: Rift, docs: Path) -> None:
+    """The gate searches afresh and ranks documents by today's ids: a held-out verdict on a file renamed since
+    must count under its new path, and one on a file deleted since must not count at all (it scored 0 for both
+    models, yet counted towards the feedback queries that let labels decide; found by helper DL)."""
+    from server.learning.gate import GateConfig
+    from server.learning.mining import MiningConfig
+    from server.learning.pipeline import collect_and_mine
+
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Tides\n\nThe tide pool holds anemones and crabs at low water.\n")
+    (folder / "b.md").write_text("# Coffee\n\nEspresso is brewed under pressure with fine grounds.\n")
+    (folder / "c.md").write_text("# Kelp\n\nKelp forests shelter fish along rocky tide lines.\n")
+    sync(app, folder, prune=True)
+    a, b, c = (str(folder / n) for n in ("a.md", "b.md", "c.md"))
+    app.search("files", "espresso grounds", k=3)  # (older: trained on, not held out)
+    search = app.search("files", "tide pool anemones", k=3)
+    app.learning.judge(search.query_id, [(a, True), (b, False), (c, True)])
+    (folder / "a.md").rename(folder / "moved.md")
+    (folder / "c.md").unlink()
+    sync(app, folder, prune=True)
+    app.log.flush()
+
+    gate = GateConfig(holdout_fraction=0.5, min_holdout=1)
+    mined = collect_and_mine(app.log, app.engine(), MiningConfig(), gate)
+    assert [q.query_id for q in mined.holdout] == [search.query_id]
+    assert mined.feedback[search.query_id] == {str(folder / "moved.md"): True, b: False}
+
+
 def test_a_file_renamed_to_another_type_maps_each_passage_to_the_chunk_covering_it(
     app: Rift, docs: Path
 ) -> None:

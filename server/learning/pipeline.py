@@ -17,6 +17,7 @@ from server.learning.mining import (
     Triple,
     corpus_supplement,
     ict_queries,
+    logged_passages,
     mine,
     pseudo_queries,
 )
@@ -53,7 +54,7 @@ def collect_and_mine(
     kept = [q for q in train if normalized_query(q.query) not in evaluation]
     left_out, train = len(train) - len(kept), kept
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
-    feedback = query_log.feedback_map()
+    feedback = _held_out_labels_now(engine, holdout, query_log.feedback_map())
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches():
         fetched.setdefault(query_id, []).append(doc_id)
@@ -79,6 +80,31 @@ def collect_and_mine(
             corpus = _corpus_triples(engine, name, mining, supplement)
             report.triples.extend(t for t in corpus if normalized_query(t.query) not in held)
     return Mined(report, train, holdout, feedback, left_out)
+
+
+def _held_out_labels_now(
+    engine: Any, holdout: Sequence[LoggedQuery], feedback: dict[str, dict[str, bool]]
+) -> dict[str, dict[str, bool]]:
+    """`feedback` with the held-out queries' verdicts as the gate can score them now: the gate searches afresh
+    and ranks documents by their ids today, so a verdict on a file renamed since is moved to its new id, and
+    one on a document gone since is dropped (it would score 0 for both models, yet count towards the feedback
+    queries that let labels decide). A document still stored keeps its verdict, edited or not."""
+    out = dict(feedback)
+    for q in holdout:
+        labels = feedback.get(q.query_id)
+        if not labels:
+            continue
+        chunks = logged_passages(q, labels)
+        passages = Passages(engine, {q.collection: set(chunks.values())})
+        now: dict[str, bool] = {}
+        for doc_id, relevant in labels.items():
+            found = passages.find(q.collection, doc_id, chunks[doc_id])
+            if isinstance(found, tuple):
+                now[found[1]] = relevant
+            elif found is _CHANGED:
+                now[doc_id] = relevant
+        out[q.query_id] = now
+    return out
 
 
 def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, supplement: str) -> list[Triple]:
