@@ -59,3 +59,24 @@ def test_a_merge_with_the_base_interpolates_every_trained_weight(
     assert all(np.allclose(w, base[n], atol=1e-6) for n, w in model.state_dict().items())
     with pytest.raises(ValueError, match="base_share"):
         merge_into(model, str(tiny_model_path), 1.5)
+
+
+def test_a_stopped_training_is_logged_as_stopped_not_trained(
+    tiny_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A training that a cancel or a shutdown stops part way (continued at the next start) must not log
+    "trained on N triples": a server's stderr said so at every shutdown during a retrain."""
+    cfg = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=2, device="cpu", seed=1)
+    with caplog.at_level("INFO", logger="server.learning.training"):
+        result = train_model(
+            str(tiny_model_path),
+            ROWS,
+            tmp_path / "out",
+            cfg,
+            should_stop=lambda: True,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
+    assert result.cancelled and result.steps == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "server.learning.training"]
+    assert not any(m.startswith("trained on") for m in said), said
+    assert any(m.startswith("training stopped at step 1 of 6") for m in said), said

@@ -213,7 +213,13 @@ def train_model(
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(str(out_dir), create_model_card=False)
-    log.info("trained on %d triples in %.1fs (%s)", len(triples), seconds, "cpu" if use_cpu else "cuda")
+    ran_on = "cpu" if use_cpu else "cuda"
+    if state["cancelled"]:  # a cancel, or a shutdown that continues it at the next start: it did not finish
+        log.info(
+            "training stopped at step %d of %d after %.1fs (%s)", output.global_step, steps, seconds, ran_on
+        )
+    else:
+        log.info("trained on %d triples in %.1fs (%s)", len(triples), seconds, ran_on)
     return TrainResult(
         path=out_dir,
         examples=len(triples),
@@ -221,7 +227,7 @@ def train_model(
         seconds=seconds,
         cancelled=state["cancelled"],
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
-        device="cpu" if use_cpu else "cuda",
+        device=ran_on,
         resumed_at_step=checkpoint_step(resume_from) if resume_from is not None else None,
     )
 
