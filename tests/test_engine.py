@@ -1938,3 +1938,29 @@ def test_a_reclaim_that_fails_after_the_commit_leaves_the_write_done(rift_factor
     state = index_state(rift)
     assert state["sqlite"] == state["chroma"] == state["keyword"] and len(state["sqlite"]) >= 4
     assert "d0" not in {h.doc_id for h in rift.search("default", "note about the harbour", k=10).outcome.hits}
+
+
+def test_an_upsert_hears_a_stop_after_at_most_a_thousand_rows(tmp_path: Path) -> None:
+    """A write is told to stop (rift closing) only between two Chroma upserts; at Chroma's own cap (5,461 rows
+    embedded) one took 5-6 s, so a SIGTERM waited for it. Upserts of WRITE_BATCH rows are as fast in all."""
+    from server.engine.vector_store import WRITE_BATCH, VectorStore, open_embedded
+    from server.errors import ShuttingDown
+
+    store = VectorStore(open_embedded(tmp_path / "chroma"), tmp_path / "chroma")
+    try:
+        assert store.max_batch > 2 * WRITE_BATCH
+        rows = 2 * WRITE_BATCH + 500
+        vectors = np.random.default_rng(0).standard_normal((rows, 8)).astype(np.float32)
+        ids = [f"c{i}" for i in range(rows)]
+        asked: list[int] = []
+
+        def stop() -> bool:
+            asked.append(store.count("notes"))
+            return len(asked) == 2
+
+        with pytest.raises(ShuttingDown, match=f"stopped after {2 * WRITE_BATCH} of {rows} chunks"):
+            store.upsert("notes", ids, vectors, ["x"] * rows, [{}] * rows, stop=stop)
+        assert asked == [WRITE_BATCH, 2 * WRITE_BATCH]  # asked between each two upserts, not once per 5,461
+        assert store.count("notes") == 2 * WRITE_BATCH
+    finally:
+        store.close()
