@@ -461,6 +461,10 @@ async def test_bad_inputs_are_clear_errors_and_write_nothing(cfg: Settings) -> N
             ("hybrid_search", {"query": "cat", "mode": "fuzzy"}, ["mode: must be 'hybrid', 'vector' or 'keyword'"]),
             ("hybrid_search", {"query": "x" * 9000}, ["query is 9,000 characters; the limit is 8,192"]),
             ("hybrid_search", {"query": "cat", "filters": [1]}, ["filters: must be an object, got array"]),
+            # A union's members as one error, not pydantic's one per member with its Python type in the path
+            # ("glob.str: must be a string ...\nglob.list[str]: must be an array ...").
+            ("add_paths", {"paths": ["/x"], "glob": 5}, [": glob: must be a string or an array, got integer"]),
+            ("add_paths", {"paths": ["/x"], "glob": ["*.md", 1]}, [": glob[1]: must be a string, got integer"]),
             (
                 "hybrid_search",
                 {"query": "cat", "filters": {"n": {"$in": list(range(10_001))}}},

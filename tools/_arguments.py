@@ -100,6 +100,8 @@ def _problem(error: Mapping[str, Any]) -> str:
     if kind == "finite_number":  # JSON has no NaN or Infinity; Python's reader (and so the wire's) takes both
         got = "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
         return f"must be a finite number, got {got}"
+    if kind == "rift_union":  # (_unions_merged)
+        return f"{error['msg']}, got {json_type(value)}"
     if kind == "missing":
         return "missing (required)"
     if kind == "extra_forbidden":
@@ -127,12 +129,51 @@ def _problem(error: Mapping[str, Any]) -> str:
     return re.sub(r" or instance of \w+", "", message.replace("a valid dictionary", "an object"))
 
 
+def _is_member_tag(part: Any) -> bool:
+    """A location part pydantic adds for one member of a union (`str`, `list[str]`, `function-after[...]`)."""
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "bytes") or "[" in part or part.startswith(("function-", "constrained-"))
+    )
+
+
+def _unions_merged(errors: list[Any]) -> list[Any]:
+    """A union's errors as one: pydantic reports each member it tried (glob.str: must be a string; glob.list[str]:
+    must be an array), with its type in the path. Where a member got past the outer type (an array of the wrong
+    items), its own errors stand, without the tag; where none did, one error says what any member takes."""
+    groups: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+    for n, error in enumerate(errors):
+        loc = tuple(error["loc"])
+        at = next((i for i, part in enumerate(loc) if _is_member_tag(part)), None)
+        if at is not None:
+            groups.setdefault(loc[:at], []).append((n, error))
+    replace: dict[int, Any] = {}
+    for parent, members in groups.items():
+        shallow = [e.get("input") for _n, e in members if len(e["loc"]) == len(parent) + 1]
+        if len({e["loc"][len(parent)] for _n, e in members}) < 2 or any(v != shallow[0] for v in shallow):
+            continue  # one member, or keys of an object that look like members (each with its own value)
+        deeper = [(n, e) for n, e in members if len(e["loc"]) > len(parent) + 1]
+        for n, _e in members:
+            replace[n] = None
+        if deeper:
+            for n, e in deeper:
+                replace[n] = {**e, "loc": parent + tuple(e["loc"][len(parent) + 1 :])}
+        elif all(e["type"] in _WANTED for _n, e in members):
+            wanted = list(dict.fromkeys(_WANTED[e["type"]] for _n, e in members))
+            first, error = members[0]
+            joined = " or ".join(wanted) if len(wanted) < 3 else ", ".join(wanted[:-1]) + f" or {wanted[-1]}"
+            replace[first] = {**error, "loc": parent, "type": "rift_union", "msg": f"must be {joined}"}
+        else:
+            for n, e in members:
+                replace[n] = e
+    return [replace.get(n, e) for n, e in enumerate(errors) if replace.get(n, e) is not None]
+
+
 def describe_invalid(exc: ValidationError) -> str:
     """A tool call's argument errors, one line each, `path: problem`, for the agent that sent them: rift's path
     style (documents[0].text), JSON's type names, and no pydantic internals (error codes, Python class and type
     names, the rejected value itself, which may be long or the caller's data)."""
     lines: list[str] = []
-    for error in exc.errors(include_url=False):
+    for error in _unions_merged(list(exc.errors(include_url=False))):
         path = argument_path(error["loc"])
         problem = _problem(error)
         # ("query is 9,000 characters; the limit is 8,192", as the engine's own checks word a length)
