@@ -607,7 +607,7 @@ class Engine:
         }
         with self._write_lock:
             serving = {r.chroma_name: r.name for r in self.state.collections()}
-            settled, report["journal"] = self._finish_journal()
+            settled, report["journal"] = self._finish_journal(serving)
             self._journal_owed = False
             if self.shared is not None:
                 report["deleted_elsewhere"] = self.shared.gone_while_down()
@@ -713,12 +713,12 @@ class Engine:
                 self._tell_undone(settled, serving)
         return report
 
-    def _finish_journal(self, say: bool = True) -> tuple[dict[str, set[str]], int]:
+    def _finish_journal(self, serving: Mapping[str, str], say: bool = True) -> tuple[dict[str, set[str]], int]:
         """Undo the Chroma half of writes that did not commit, and remove the chunks that committed writes
         replaced, as the journal holds them (the caller holds the write lock: no write of this process is in
-        flight). Returns (Chroma name -> documents whose unfinished write was undone, entries finished).
-        `say`: log each entry before its try (start-up; a retry says only what it finished)."""
-        serving = {r.chroma_name: r.name for r in self.state.collections()}
+        flight). `serving`: Chroma name -> collection, of the serving collections. Returns (Chroma name ->
+        documents whose unfinished write was undone, entries finished). `say`: log each entry before its try
+        (start-up; a retry says only what it finished)."""
         settled: dict[str, set[str]] = {}
         finished = 0
         existing: set[str] | None = None
@@ -776,7 +776,7 @@ class Engine:
                 return False
             try:
                 serving = {r.chroma_name: r.name for r in self.state.collections()}
-                settled, finished = self._finish_journal(say=False)
+                settled, finished = self._finish_journal(serving, say=False)
                 if self.shared is not None:
                     self._tell_undone(settled, serving)
             except Exception as exc:

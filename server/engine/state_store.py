@@ -865,14 +865,7 @@ class StateStore:
         for old_doc, new_doc in renamed.items():
             rows = by_doc.get(new_doc)
             if rows is None:
-                rows = [
-                    ChunkRow(r[0], r[1], r[2], r[3], r[4], (), json.loads(r[5]))
-                    for r in self._conn.execute(
-                        "SELECT chunk_id, doc_id, doc_hash, chunk_index, text, metadata FROM chunks "
-                        "WHERE collection = ? AND doc_id = ? ORDER BY chunk_index",
-                        (collection, new_doc),
-                    )
-                ]
+                rows = self.document_chunks(collection, new_doc)
             if not rows:
                 continue
             heirs = _Heirs(rows)

@@ -90,14 +90,16 @@ def _held_out_labels_now(
     one on a document gone since is dropped (it would score 0 for both models, yet count towards the feedback
     queries that let labels decide). A document still stored keeps its verdict, edited or not."""
     out = dict(feedback)
-    for q in holdout:
-        labels = feedback.get(q.query_id)
-        if not labels:
-            continue
-        chunks = logged_passages(q, labels)
-        passages = Passages(engine, {q.collection: set(chunks.values())})
+    judged = [(q, logged_passages(q, feedback[q.query_id])) for q in holdout if feedback.get(q.query_id)]
+    if not judged:
+        return out
+    wanted: dict[str, set[str]] = {}
+    for q, chunks in judged:
+        wanted.setdefault(q.collection, set()).update(chunks.values())
+    passages = Passages(engine, wanted)  # (looked up once for all of them)
+    for q, chunks in judged:
         now: dict[str, bool] = {}
-        for doc_id, relevant in labels.items():
+        for doc_id, relevant in feedback[q.query_id].items():
             found = passages.find(q.collection, doc_id, chunks[doc_id])
             if isinstance(found, tuple):
                 now[found[1]] = relevant
