@@ -858,9 +858,9 @@ def test_a_file_renamed_to_another_type_maps_each_passage_to_the_chunk_covering_
         assert set(was.text.split()) & set(new[heirs[was.chunk_id]].text.split())
 
 
-def test_only_a_whole_text_moved_one_to_one_in_one_sync_is_a_rename(app: Rift, docs: Path) -> None:
-    """A rename is told by the whole text, never by a passage two files share (a licence header), and only one
-    to one: two copies of one text gone, or come, link none of them; nor does a text pruned by one sync and
+def test_only_a_text_moved_one_to_one_in_one_sync_is_a_rename(app: Rift, docs: Path) -> None:
+    """A rename is told by the whole text (or most of its words: the next test), never by a passage two files
+    share (a licence header, the rest of each file its own), and only one to one: two copies of one text gone, or come, link none of them; nor does a text pruned by one sync and
     added by a later one. A rename beside them in the same sync is still followed."""
     folder = docs.parent / "notes"
     folder.mkdir()
@@ -895,6 +895,64 @@ def test_only_a_whole_text_moved_one_to_one_in_one_sync_is_a_rename(app: Rift, d
     heirs = state.successors("files", [c.chunk_id for chunks in before.values() for c in chunks])
     (kept,) = state.document_chunks("files", str(folder / "kept.md"))
     assert heirs == {before["keep.md"][0].chunk_id: kept.chunk_id}
+
+
+def test_a_file_renamed_and_edited_in_one_sync_hands_on_the_passages_the_edit_kept(
+    app: Rift, docs: Path
+) -> None:
+    """`git mv` and an edit before the next sync (or an editor's "save as" after a change): the old path is
+    pruned and no stored text equals it, so every logged passage of it ended. A removed file whose words the
+    new one shares at least as an edited chunk must (Jaccard 0.8, stricter than git's 50 % rename score) is
+    that file, edited, when the pair is one to one: its kept passages go on, the edited one too after a small
+    edit, and a rewritten one ends as in a file edited in place. Two edited copies of one file link none, nor
+    does a rewrite."""
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    parts = [" ".join(w[(7 * p + j) % len(w)] for j in range(50)) + "." for p in range(4)]
+    body = "\n\n".join(f"## Part {p}\n\n{text}" for p, text in enumerate(parts))
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    (folder / "notes.md").write_text("# Field notes\n\n" + body)
+    (folder / "copied.md").write_text("# Copied\n\n" + parts[3] + " " + parts[2])
+    (folder / "solo.md").write_text("Auroras glow green when solar wind meets oxygen high above the pole.")
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    old = state.document_chunks("files", str(folder / "notes.md"))
+    copied = state.document_chunks("files", str(folder / "copied.md"))
+    (solo,) = state.document_chunks("files", str(folder / "solo.md"))
+    search = app.search("files", parts[1][:80], k=3)
+    assert str(folder / "notes.md") in {h.doc_id for h in search.outcome.hits}
+
+    # One word of part 1 changed, part 3 rewritten; renamed. copied.md edited into two copies; solo rewritten.
+    edited_parts = [parts[0], parts[1].replace(w[7], "kelp", 1), parts[2], "Entirely new closing words here."]
+    edited = "# Field notes\n\n" + "\n\n".join(f"## Part {p}\n\n{t}" for p, t in enumerate(edited_parts))
+    (folder / "notes.md").rename(folder / "journal.md")
+    (folder / "journal.md").write_text(edited)
+    for name in ("copied.md", "solo.md"):
+        (folder / name).unlink()
+    (folder / "copy-a.md").write_text("# Copied\n\n" + parts[3] + " " + parts[2] + " More.")
+    (folder / "copy-b.md").write_text("# Copied\n\n" + parts[3] + " " + parts[2] + " Less.")
+    (folder / "aurora.md").write_text("Green auroras glow when the wind from the sun meets oxygen over poles.")
+    got = statuses(sync(app, folder, prune=True), folder)
+    assert got["journal.md"][0] == "added" and got["notes.md"][0] == "removed"
+
+    new = state.document_chunks("files", str(folder / "journal.md"))
+    by_id = {c.chunk_id: c for c in new}
+    heirs = state.successors("files", [c.chunk_id for c in [*old, *copied, solo]])
+    assert set(heirs.values()) <= set(by_id)  # the copies and the rewrite link nothing
+    kept = [c for c in old if c.text in {n.text for n in new}]
+    assert kept and all(by_id[heirs[c.chunk_id]].text == c.text for c in kept)
+    changed = [c for c in old if c.text not in {n.text for n in new}]
+    part3 = ("# Field notes\n\n" + body).index("## Part 3")
+    rewritten = [c for c in changed if c.metadata["_rift_start"] >= part3]
+    edits = [c for c in changed if c not in rewritten]  # part 1's, one word changed: the small edit goes on
+    assert edits and all("kelp" in by_id[heirs[c.chunk_id]].text for c in edits if parts[1][:20] in c.text)
+    for c in edits:
+        words, heir = set(c.text.split()), set(by_id[heirs[c.chunk_id]].text.split())
+        assert len(words & heir) / len(words | heir) >= 0.8
+    assert rewritten and not any(c.chunk_id in heirs for c in rewritten)
+    assert app.learning.feedback(search.query_id, str(folder / "notes.md"), True)["stored"] is True
 
 
 def test_a_path_written_again_after_its_file_was_renamed_away_holds_its_own_passages(

@@ -936,3 +936,39 @@ def test_a_document_repeating_one_text_thousands_of_times_changes_metadata_in_li
         assert heirs == {a.chunk_id: b.chunk_id for a, b in zip(first, second, strict=True)}
     finally:
         state.close()
+
+
+def test_edited_renames_are_found_by_words_without_comparing_every_pair() -> None:
+    """`_similar_pairs` (the prefix filter that finds a file renamed and edited) returns exactly the pairs a
+    comparison of every pair finds, at the threshold and on both sides of it."""
+    import random
+
+    from server.engine.state_store import _similar_pairs
+
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(400)]
+    weights = [1 / (i + 1) for i in range(len(vocab))]  # (Zipf-like: the common words every text has)
+
+    def text() -> set[str]:
+        return set(rng.choices(vocab, weights=weights, k=rng.randint(1, 80)))
+
+    old = {f"old{i}": text() for i in range(60)}
+    new = {f"new{i}": text() for i in range(60)}
+    for i, words in enumerate(list(old.values())[:30]):  # edited copies, a few words changed or added
+        edited = set(words)
+        for _ in range(rng.randint(0, 6)):
+            if rng.random() < 0.5 and edited:
+                edited.discard(rng.choice(sorted(edited)))
+            else:
+                edited.add(rng.choice(vocab))
+        new[f"edit{i}"] = edited
+    old["empty"], new["empty"] = set(), set()
+    for threshold in (0.5, 0.8, 0.95):
+        every = {
+            (a, b)
+            for a, x in old.items()
+            for b, y in new.items()
+            if x and y and len(x & y) / len(x | y) >= threshold
+        }
+        assert set(_similar_pairs(old, new, threshold)) == every
+        assert every  # (the check has pairs to find)

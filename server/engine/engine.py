@@ -2191,8 +2191,9 @@ class Engine:
         self, collection: str, ids: Sequence[str], rename_targets: Collection[str] = ()
     ) -> tuple[list[str], list[str]]:
         """Returns (deleted ids, ids that were not present). `rename_targets`: documents that one of `ids` may
-        have been renamed to (a file sync's, stored before it prunes): a deleted document whose whole text one
-        of them holds, one to one, hands its logged passages on to it (`StateStore._renamed`)."""
+        have been renamed to (a file sync's, stored before it prunes): a deleted document whose text one of
+        them holds, whole or after a small edit, one to one, hands its logged passages on to it
+        (`StateStore._renamed`)."""
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise RiftError("ids must be a list of document ids")
         if not ids:

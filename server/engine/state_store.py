@@ -10,9 +10,11 @@ import bisect
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +157,13 @@ def _id_range(prefix: str) -> tuple[str, list[str]]:
 # query log's searches (a word or two changed in a 256-token chunk keeps ~0.95; a rewrite keeps almost none).
 EDITED_SIMILARITY = 0.8
 
+# A file renamed and edited in one sync is told by its words (`StateStore._edited_renames`): only documents of
+# about the same length are compared (a small edit keeps it within this ratio), and no more pairs of them than
+# this (past it, an edited rename is not looked for: a sync that renames and edits thousands of files; a million
+# pairs of 300-word texts took 1.3 s here).
+RENAME_LENGTH_RATIO = 0.8
+MAX_RENAME_PAIRS = 2_000_000
+
 # The settings key holding when this state began to record chunk successors: a search logged before a
 # document's last write before then may name a chunk id whose successor was never recorded.
 SUCCESSORS_SINCE = "chunk_successors_since"
@@ -163,6 +172,32 @@ SUCCESSORS_SINCE = "chunk_successors_since"
 def _text_hash(text: str) -> str:
     """What a tombstone keeps of a gone chunk's text: enough to know it again, not the text."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _similar_pairs(
+    old: Mapping[str, set[str]], new: Mapping[str, set[str]], threshold: float
+) -> Iterator[tuple[str, str]]:
+    """The (old, new) pairs of word sets whose Jaccard similarity is at least `threshold`, without comparing
+    every pair (a prefix filter, Bayardo et al. 2007): with the words of every set in one order, rarest first,
+    two sets that alike share a word among each one's first `len - ceil(threshold * len) + 1`, so only the
+    sets sharing such a word with an old one are compared with it."""
+    df = Counter(w for words in (*old.values(), *new.values()) for w in words)
+
+    def prefix(words: set[str]) -> list[str]:
+        ordered = sorted(words, key=lambda w: (df[w], w))
+        return ordered[: len(words) - math.ceil(threshold * len(words)) + 1]
+
+    index: dict[str, list[str]] = {}
+    for doc_id, words in new.items():
+        for w in prefix(words):
+            index.setdefault(w, []).append(doc_id)
+    for was, words in old.items():
+        if not words:
+            continue
+        for now in dict.fromkeys(d for w in prefix(words) for d in index.get(w, ())):
+            shared = len(words & new[now])
+            if shared / (len(words) + len(new[now]) - shared) >= threshold:  # (as `_Heirs.edited` reckons)
+                yield was, now
 
 
 def _span(meta: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -225,6 +260,15 @@ class _Heirs:
             if shared > 0 and (best is None or (-shared, n) < best[:2]):
                 best = (-shared, n, r)
         return best[2] if best is not None else None
+
+
+@dataclass(frozen=True)
+class Rename:
+    """Where a removed document's text went in the same write: `doc_id`, whole (`edited` False) or after a
+    small edit (`StateStore._renamed`)."""
+
+    doc_id: str
+    edited: bool = False
 
 
 @dataclass(frozen=True)
@@ -678,18 +722,18 @@ class StateStore:
         add_rows: Sequence[ChunkRow],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
         now: float,
-        renamed: Mapping[str, str] | None = None,
+        renamed: Mapping[str, Rename] | None = None,
     ) -> None:
         """Inside `apply`'s transaction, before the stored documents and `remove_ids` change: each removed chunk
         whose document gets, among `add_rows`, a chunk with the same text (the same position first, for a text
         a document repeats) maps to it; failing that, when the document's text is kept (a re-chunk), to the new
         chunk that covers most of its span, and when it changed, to the new chunk that is the old one after a
         small edit (`_Heirs.edited`). A chunk of a document `renamed` (removed doc id -> the stored document
-        now holding its whole text) maps the same way to that document's chunks. What mapped to a removed
-        chunk maps on; the others end their chains: a passage rewritten is no longer the one a search saw. An
-        ended chain leaves tombstones (its ids, its document, its last text's hash), and a chunk of `add_rows`
-        whose document held exactly its text when the chain ended (the passage back: a branch switched back, a
-        file restored) takes it up again."""
+        now holding its text, whole or after a small edit) maps the same way to that document's chunks. What
+        mapped to a removed chunk maps on; the others end their chains: a passage rewritten is no longer the one
+        a search saw. An ended chain leaves tombstones (its ids, its document, its last text's hash), and a chunk
+        of `add_rows` whose document held exactly its text when the chain ended (the passage back: a branch
+        switched back, a file restored) takes it up again."""
         added = {r.chunk_id for r in add_rows}
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
         if gone:
@@ -719,7 +763,7 @@ class StateStore:
         add_rows: Sequence[ChunkRow],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
         now: float,
-        renamed: Mapping[str, str],
+        renamed: Mapping[str, Rename],
     ) -> None:
         """`_note_successors` for the removed chunks `gone`."""
         by_doc: dict[str, list[ChunkRow]] = {}
@@ -807,11 +851,12 @@ class StateStore:
         remove_docs: Sequence[str],
         targets: Collection[str],
         put_docs: Sequence[tuple[str, str, str, dict[str, Any]]],
-    ) -> dict[str, str]:
-        """Removed document -> the one of `targets` (stored, or written by this apply) that holds exactly its
-        whole text: a file renamed or moved, which a sync stores under its new path before it prunes the old
-        one. Only pairs that text makes one to one: two removed documents, or two targets, with one text
-        (copies of one file) link none, and a shared passage (a licence header) is no reason at all."""
+    ) -> dict[str, Rename]:
+        """Removed document -> the one of `targets` (stored, or written by this apply) that holds its text: a file
+        renamed or moved, which a sync stores under its new path before it prunes the old one. Whole text first;
+        then, for the documents no whole text pairs, a small edit (`_edited_renames`: a file renamed and edited
+        before one sync). Only pairs that text makes one to one: two removed documents, or two targets, with one
+        text (copies of one file) link none, and a shared passage (a licence header) is no reason at all."""
         texts = {d: t for d, _h, t, _m in put_docs}
         removed = [d for d in dict.fromkeys(remove_docs) if d not in texts]
         gone = set(removed)
@@ -831,52 +876,109 @@ class StateStore:
             olds.setdefault(h, []).append(d)
         for d, h in new.items():
             news.setdefault(h, []).append(d)
+        pairs = {
+            was[0]: Rename(now[0])
+            for h, was in olds.items()
+            if len(was) == 1 and len(now := news.get(h, [])) == 1
+        }
+        # (A text on both sides is a rename or copies: either way, not an edit of another document.)
+        unmatched_old = [ws[0] for h, ws in olds.items() if len(ws) == 1 and h not in news]
+        unmatched_new = [ns[0] for h, ns in news.items() if len(ns) == 1 and h not in olds]
+        if unmatched_old and unmatched_new:
+            edited = self._edited_renames(collection, unmatched_old, unmatched_new, texts)
+            pairs.update((was, Rename(now, edited=True)) for was, now in edited.items())
+        return pairs
+
+    def _edited_renames(
+        self, collection: str, removed: Sequence[str], targets: Sequence[str], texts: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Removed document -> the target whose text is its text after a small edit: at least EDITED_SIMILARITY
+        of their words in common (Jaccard, as for an edited chunk), and one to one: neither has another such
+        partner among these (two edited copies of one file, or a template's instances, link none)."""
+        lengths = self._text_lengths(collection, removed)
+        if not lengths:
+            return {}
+        lo, hi = min(lengths.values()) * RENAME_LENGTH_RATIO, max(lengths.values()) / RENAME_LENGTH_RATIO
+        sizes = self._text_lengths(collection, [d for d in targets if d not in texts])
+        sizes.update((d, len(texts[d])) for d in targets if d in texts)
+        candidates = [d for d, n in sizes.items() if lo <= n <= hi]
+        if not candidates or len(candidates) * len(lengths) > MAX_RENAME_PAIRS:
+            return {}
+        old_words = {d: set(t.split()) for d, t in self._texts(collection, list(lengths)).items()}
+        stored = self._texts(collection, [d for d in candidates if d not in texts])
+        new_words = {d: set(texts[d].split() if d in texts else stored[d].split()) for d in candidates}
+        partners: dict[str, list[str]] = {}
+        claimed: dict[str, list[str]] = {}
+        for was, now in _similar_pairs(old_words, new_words, EDITED_SIMILARITY):
+            partners.setdefault(was, []).append(now)
+            claimed.setdefault(now, []).append(was)
         return {
-            was[0]: now[0] for h, was in olds.items() if len(was) == 1 and len(now := news.get(h, [])) == 1
+            was: nows[0] for was, nows in partners.items() if len(nows) == 1 and len(claimed[nows[0]]) == 1
         }
 
-    def _text_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        """doc id -> `_text_hash` of its stored text, for those of `doc_ids` stored (inside a transaction)."""
-        out: dict[str, str] = {}
+    def _text_lengths(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        """doc id -> the length in characters of its stored text, for those of `doc_ids` stored."""
+        return dict(self._by_doc_ids("SELECT doc_id, length(text) FROM documents", collection, doc_ids))
+
+    def _texts(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> its stored text, for those of `doc_ids` stored."""
+        return dict(self._by_doc_ids("SELECT doc_id, text FROM documents", collection, doc_ids))
+
+    def _by_doc_ids(self, select: str, collection: str, doc_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The rows of `select` (FROM documents) for those of `doc_ids` stored, looked up 500 at a time."""
+        out: list[tuple[Any, ...]] = []
         for start in range(0, len(doc_ids), 500):
             part = list(doc_ids[start : start + 500])
-            out.update(
+            out.extend(
                 self._conn.execute(
-                    "SELECT doc_id, rift_text_hash(text) FROM documents "
-                    f"WHERE collection = ? AND doc_id IN ({','.join('?' * len(part))})",
+                    f"{select} WHERE collection = ? AND doc_id IN ({','.join('?' * len(part))})",
                     [collection, *part],
                 ).fetchall()
             )
         return out
 
+    def _text_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> `_text_hash` of its stored text, for those of `doc_ids` stored (inside a transaction)."""
+        select = "SELECT doc_id, rift_text_hash(text) FROM documents"
+        return dict(self._by_doc_ids(select, collection, doc_ids))
+
     def _follow_renames(
         self,
         collection: str,
         ended: Sequence[str],
-        renamed: Mapping[str, str],
+        renamed: Mapping[str, Rename],
         by_doc: Mapping[str, Sequence[ChunkRow]],
         moves: list[tuple[str, str]],
     ) -> list[str]:
         """Of the chains `ended` would end, those of a `renamed` document go on in the document it became:
         each chunk to the new document's chunk with its text (at its position first), else, the whole text
-        being the same, to the one covering most of its span (cut otherwise: another file type's splitter).
-        Those are added to `moves`; the rest are returned."""
+        being the same, to the one covering most of its span (cut otherwise: another file type's splitter),
+        or, the text edited, to the chunk that is it after a small edit (`_Heirs.edited`; a passage the edit
+        rewrote ends there, as in a file edited in place). Those are added to `moves`; the rest are returned."""
         rest = set(ended)
-        for old_doc, new_doc in renamed.items():
-            rows = by_doc.get(new_doc)
+        for old_doc, rename in renamed.items():
+            rows = by_doc.get(rename.doc_id)
             if rows is None:
-                rows = self.document_chunks(collection, new_doc)
+                rows = self.document_chunks(collection, rename.doc_id)
             if not rows:
                 continue
             heirs = _Heirs(rows)
-            for chunk_id, index, text, meta in self._conn.execute(
-                "SELECT chunk_id, chunk_index, text, metadata FROM chunks "
-                "WHERE collection = ? AND doc_id = ?",
+            old_rows = self._conn.execute(
+                "SELECT chunk_id, chunk_index, text, metadata FROM chunks WHERE collection = ? AND doc_id = ?",
                 (collection, old_doc),
-            ):
+            ).fetchall()
+            # (Edited: a new chunk with the text of another of the old document's chunks is that one, moved.)
+            old_texts = {text for _c, _i, text, _m in old_rows} if rename.edited else set()
+            for chunk_id, index, text, meta_json in old_rows:
                 if chunk_id not in rest:
                     continue
-                heir = heirs.same_text(text, index) or heirs.most_overlapping(json.loads(meta))
+                heir = heirs.same_text(text, index)
+                if heir is None:
+                    meta = json.loads(meta_json)
+                    if rename.edited:
+                        heir = heirs.edited(text, index, meta, old_texts)
+                    else:
+                        heir = heirs.most_overlapping(meta)
                 if heir is not None:
                     moves.append((chunk_id, heir.chunk_id))
                     rest.discard(chunk_id)

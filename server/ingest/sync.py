@@ -8,8 +8,8 @@ A file's document id is its absolute (resolved) path, so ingesting a folder agai
   - new                                                              -> added
   - with prune=True, documents of files under a given folder that are gone, or now left out (.gitignore,
     binary, too large, no text)                                      -> removed
-    (a removed file whose whole text this sync stored under one new path: renamed or moved, so the searches
-    logged on it go on training on that document; see Engine.delete_documents)
+    (a removed file whose text this sync stored under one new path, whole or after a small edit: renamed or
+    moved, so the searches logged on it go on training on that document; see Engine.delete_documents)
 A file reached through a symlink in the folder is stored under its target's path, with the link in `via`:
 the document belongs to the folder the link is in, so removing the link and pruning removes it.
 A file that could not be read this time (permissions, a race) keeps its document.

@@ -140,7 +140,7 @@ class Passages:
     """What the logged passages (a collection's chunk ids, as searches saw them) read now, looked up at once:
     the chunk itself when still stored, or its successor when its document was written again with that passage
     kept (a metadata change, a re-chunk, a small edit) or back (its exact text, after a rewrite or a delete: a
-    branch switched and back), or renamed with its whole text (a file moved, in one sync):
+    branch switched and back), or renamed, its text whole or a little edited (a file moved, in one sync):
     `StateStore.successors`."""
 
     def __init__(self, engine: Any, chunk_ids: Mapping[str, Collection[str]]) -> None:
