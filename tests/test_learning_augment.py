@@ -1,6 +1,8 @@
 """Masking the query's words out of its training documents (server/learning/augment.py)."""
 
-from server.learning.augment import TermMasker, mask_shared_terms
+import re
+
+from server.learning.augment import TermMasker, drop_shared_query_words, mask_shared_terms
 
 ROW = (
     "Does vitamin D reduce fractures in older adults?",
@@ -44,3 +46,20 @@ def test_an_identifier_goes_when_its_parts_match_the_query() -> None:
         [("keyword index", "class KeywordIndex: one collection's side", "def top_rows(vectors): the best")]
     )
     assert "KeywordIndex" not in pos and "collection" in pos and "top_rows" in neg
+
+
+def test_dropping_shared_query_words_adds_a_harder_copy_of_each_row() -> None:
+    """Each row stays, and its copy's query lacks some of the words it shares with the positive (by stem;
+    stopwords are never query terms), never all of its words; the documents are untouched; seeded."""
+    rows = drop_shared_query_words([ROW] * 10, rate=0.5, seed=1)
+    assert rows[0] == ROW and rows == drop_shared_query_words([ROW] * 10, rate=0.5, seed=1)
+    copies = [r for r in rows if r != ROW]
+    assert copies and len(rows) == 10 + len(copies)
+    query_words = set(re.findall(r"\w+", ROW[0]))
+    for query, pos, neg in copies:
+        assert (pos, neg) == ROW[1:] and set(re.findall(r"\w+", query)) < query_words
+        assert query_words - set(re.findall(r"\w+", query)) <= {"vitamin", "D", "fractures", "adults"}
+    assert len({q for q, _p, _n in copies}) > 1  # different words dropped on different rows
+    assert drop_shared_query_words([ROW], rate=0.0) == [ROW]
+    unshared = ("tide pools", ROW[1], ROW[2])  # nothing shared with the positive: no copy
+    assert drop_shared_query_words([unshared], rate=1.0) == [unshared]

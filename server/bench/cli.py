@@ -108,6 +108,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # or replace only the mined triples' positives ("positives") or negatives ("negatives") by the labels'
     "labelled_scope": ("labelled_scope", str),
     "mining_mask_query_terms": ("mask_query_terms", float),  # a variant measured in the README, not a setting
+    "mining_drop_query_words": ("drop_query_words", float),  # an experiment, not a setting
     "mining_hard_positive_repeat": ("hard_positive_repeat", int),  # an experiment, not a setting
     # an experiment, not a setting: keep the unmined searches' (and their vector hits') embeddings near the base's
     "learn_anchor_weight": ("anchor_weight", float),
@@ -143,6 +144,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         raise click.BadParameter(f"learn_negative_source must be one of {choices}", param_hint="--set")
     for key, name in (
         ("mining_mask_query_terms", "mask_query_terms"),
+        ("mining_drop_query_words", "drop_query_words"),
         ("learn_merge_base", "merge_base"),
         ("agent_share", "agent_share"),
         ("agent_error_rate", "agent_error_rate"),

@@ -39,7 +39,7 @@ from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
 from server.engine.fusion import rrf
-from server.learning.augment import TermMasker, mask_shared_terms
+from server.learning.augment import TermMasker, drop_shared_query_words, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
 from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
@@ -399,6 +399,7 @@ def run_learning_experiment(
     second_opinion_depth: int = 0,
     loss: str = _PRODUCT.learn_loss,
     mask_query_terms: float = 0.0,
+    drop_query_words: float = 0.0,
     hard_positive_repeat: int = 1,
     anchor_weight: float = 0.0,
     anchor_docs: int = 3,
@@ -482,6 +483,7 @@ def run_learning_experiment(
             "negatives_per_query": negatives_per_query,
             "loss": loss,
             "mask_query_terms": mask_query_terms,
+            "drop_query_words": drop_query_words,
             "hard_positive_repeat": hard_positive_repeat,
             "anchor_weight": anchor_weight,
             "anchor_docs": anchor_docs,
@@ -559,6 +561,7 @@ def run_learning_experiment(
                 seed_info["mining"]["hard_positive_triples"] = hard
             masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
             rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
+            rows = drop_shared_query_words(rows, drop_query_words, masker, seed)
             say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
             base_embedder = index.embedder
             anchors: list[str] = []

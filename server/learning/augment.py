@@ -7,6 +7,12 @@ words, which is what BM25 does and what the hybrid already has. With the shared 
 what the words do not say: the vocabulary mismatch where BM25 fails and the hybrid leans on the dense side.
 Measured (README "Learning from use"): on SciFact it cost the dense side its gain and left the hybrid where
 it was, so it is an experiment variant (`rift bench --learn --set mining_mask_query_terms=1`), not a setting.
+
+`drop_shared_query_words`: the milder, query-side counterpart. Each row is kept, and a copy is added whose
+query lacks some of the words it shares with the positive (each with probability `rate`, at least one word
+left). The pair is unchanged, so the copy is still right, but its query holds fewer of the words BM25 found
+the positive by: the regime where BM25 fails and the hybrid leans on the dense side
+(`rift bench --learn --set mining_drop_query_words=0.5`; an experiment, not a setting).
 """
 
 from __future__ import annotations
@@ -60,4 +66,36 @@ def mask_shared_terms(
             out.append((query, new_pos, new_neg))
         else:
             out.append((query, pos, neg))
+    return out
+
+
+def drop_shared_query_words(
+    rows: Sequence[tuple[str, str, str]],
+    rate: float,
+    masker: TermMasker | None = None,
+    seed: int = 0,
+) -> list[tuple[str, str, str]]:
+    """`rows`, each followed by a copy whose query lacks each word it shares with the positive (by the keyword
+    index's stems) with probability `rate`; a copy that would drop no word, or every word, is not added."""
+    if rate <= 0:
+        return list(rows)
+    masker = masker or TermMasker()
+    stem = masker._tokenizer.stem
+    rng = random.Random(seed)
+    out: list[tuple[str, str, str]] = []
+    for query, pos, neg in rows:
+        out.append((query, pos, neg))
+        shared = masker.query_stems(query) & masker.query_stems(pos)
+        words = list(_WORD.finditer(query))
+        drop = [
+            m for m in words if any(stem(w) in shared for w in _words(m.group(0))) and rng.random() < rate
+        ]
+        if not drop or len(drop) == len(words):
+            continue
+        pieces, at = [], 0
+        for m in drop:
+            pieces.append(query[at : m.start()])
+            at = m.end()
+        kept = "".join(pieces) + query[at:]
+        out.append((re.sub(r"\s{2,}", " ", kept).strip(), pos, neg))
     return out
