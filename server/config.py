@@ -140,7 +140,11 @@ class Settings(BaseSettings):
     chroma_host: str = Field("127.0.0.1", description="Chroma server host (vector_backend = 'http').")
     chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port.")
     chroma_ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
-    chroma_auth_token: str | None = Field(None, description="Sent as 'Authorization: Bearer <token>'.")
+    chroma_auth_token: str | None = Field(
+        None,
+        description="The Chroma server's token, sent as chroma_auth_header says (default: 'Authorization: "
+        "Bearer <token>').",
+    )
     chroma_auth_header: Literal["authorization", "x-chroma-token"] = Field(
         "authorization",
         description="How the token travels: 'Authorization: Bearer <token>', or 'X-Chroma-Token: <token>' "
