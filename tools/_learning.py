@@ -22,7 +22,7 @@ class JobStatus(BaseModel):
     kind: str = Field(description="retrain, rollback or reindex.")
     status: str = Field(description="running, succeeded, rejected (gate said no), failed or cancelled.")
     phase: str = Field(
-        description="mining, training, encoding, gating, switching, loading, or the final status."
+        description="mining, training, encoding, gating, switching, loading, re-chunking, or the final status."
     )
     progress: dict[str, int | None] = Field(
         description="done/total within the current phase (steps or chunks); total null while not known."
