@@ -955,6 +955,43 @@ def test_a_file_renamed_and_edited_in_one_sync_hands_on_the_passages_the_edit_ke
     assert app.learning.feedback(search.query_id, str(folder / "notes.md"), True)["stored"] is True
 
 
+def test_a_template_s_instance_deleted_as_another_is_added_is_no_rename(app: Rift, docs: Path) -> None:
+    """Instances of one template (a generated reference's pages, stubs, daily notes) share most of their words
+    whatever each is about: one deleted and another added in one sync must not read as a file renamed and
+    edited, though no other file of that sync is as alike, when the folder holds more instances (helper DQ).
+    The deleted page's searches and verdicts then trained on the added page's text ("toolkit update" for a
+    search for "toolkit deploy"), and a verdict on the deleted page read as stored."""
+    page = "toolkit {name}: it is how we do it, so you can set it up as you like it to be and go on.\n"
+    folder = docs.parent / "commands"
+    folder.mkdir()
+    for name in ("export", "import", "deploy"):
+        (folder / f"{name}.md").write_text(page.format(name=name))
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    deploy = state.document_chunks("files", str(folder / "deploy.md"))
+    search = app.search("files", "toolkit deploy", k=3)
+    assert str(folder / "deploy.md") in {h.doc_id for h in search.outcome.hits}
+
+    (folder / "deploy.md").unlink()  # a command dropped, another added: its page has the same words but one
+    (folder / "update.md").write_text(page.format(name="update"))
+    got = statuses(sync(app, folder, prune=True), folder)
+    assert got["deploy.md"][0] == "removed" and got["update.md"][0] == "added"
+    assert state.successors("files", [c.chunk_id for c in deploy]) == {}
+    assert app.learning.feedback(search.query_id, str(folder / "deploy.md"), True)["stored"] is False
+
+    # Alone in its folder, the same change is a file renamed and edited (as git would say): it goes on.
+    for name in ("export", "import"):
+        (folder / f"{name}.md").unlink()
+    sync(app, folder, prune=True)
+    before = state.document_chunks("files", str(folder / "update.md"))
+    (folder / "update.md").rename(folder / "upgrade.md")
+    (folder / "upgrade.md").write_text(page.format(name="upgrade"))
+    sync(app, folder, prune=True)
+    after = {c.chunk_id: c.text for c in state.document_chunks("files", str(folder / "upgrade.md"))}
+    heirs = state.successors("files", [c.chunk_id for c in before])
+    assert heirs and set(heirs.values()) <= set(after)
+
+
 def test_a_path_written_again_after_its_file_was_renamed_away_holds_its_own_passages(
     app: Rift, docs: Path
 ) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -163,6 +164,10 @@ EDITED_SIMILARITY = 0.8
 # pairs of 300-word texts took 1.3 s here).
 RENAME_LENGTH_RATIO = 0.8
 MAX_RENAME_PAIRS = 2_000_000
+# A folder holding more like-sized files than this beside an edited rename's two is not read for near copies
+# of them (`StateStore._without_near_copies`): an edited rename there is taken for a generated folder's, and
+# not linked.
+MAX_RENAME_SIBLINGS = 5_000
 
 # The settings key holding when this state began to record chunk successors: a search logged before a
 # document's last write before then may name a chunk id whose successor was never recorded.
@@ -912,9 +917,48 @@ class StateStore:
         for was, now in _similar_pairs(old_words, new_words, EDITED_SIMILARITY):
             partners.setdefault(was, []).append(now)
             claimed.setdefault(now, []).append(was)
-        return {
+        pairs = {
             was: nows[0] for was, nows in partners.items() if len(nows) == 1 and len(claimed[nows[0]]) == 1
         }
+        if not pairs:
+            return {}
+        words = {**{was: old_words[was] for was in pairs}, **{now: new_words[now] for now in pairs.values()}}
+        return self._without_near_copies(collection, pairs, words, lo, hi)
+
+    def _without_near_copies(
+        self, collection: str, pairs: Mapping[str, str], words: Mapping[str, set[str]], lo: float, hi: float
+    ) -> dict[str, str]:
+        """`pairs` (removed document -> target) less those where either has a near copy (EDITED_SIMILARITY of
+        its words) among the other stored documents of its folder or the other's: a template's instances (a
+        generated API reference, a folder of stubs or daily notes) are alike whatever each is about, so one
+        deleted and another written in one sync is no rename, though no other file of the sync is as alike
+        (helper DQ: `deploy.md` dropped and `update.md` added beside `export.md` handed `toolkit deploy`'s
+        searches to `toolkit update`)."""
+        folders: dict[str, dict[str, None]] = {}  # folder -> the removed documents of pairs in it
+        for was, now in pairs.items():
+            for doc_id in (was, now):
+                head = os.path.dirname(doc_id)
+                if head and head != doc_id:
+                    folders.setdefault(os.path.join(head, ""), {})[was] = None
+        alike: set[str] = set()  # removed documents whose pair has a near copy
+        for folder, wases in folders.items():
+            ranged, bounds = _id_range(folder)
+            most = MAX_RENAME_SIBLINGS + 2 * len(wases)  # (the pairs' own documents are read too)
+            siblings = self._conn.execute(
+                f"SELECT doc_id, text FROM documents WHERE collection = ? {ranged} "
+                "AND instr(substr(doc_id, ?), ?) = 0 AND length(text) BETWEEN ? AND ? LIMIT ?",
+                [collection, *bounds, len(folder) + 1, os.sep, lo, hi, most + 1],
+            ).fetchall()
+            if len(siblings) > most:
+                alike.update(wases)
+                continue
+            mine = {d: words[d] for was in wases for d in (was, pairs[was])}
+            others = {d: set(t.split()) for d, t in siblings}
+            by_doc = {d: was for was in wases for d in (was, pairs[was])}
+            for doc_id, sibling in _similar_pairs(mine, others, EDITED_SIMILARITY):
+                if sibling not in (by_doc[doc_id], pairs[by_doc[doc_id]]):
+                    alike.add(by_doc[doc_id])
+        return {was: now for was, now in pairs.items() if was not in alike}
 
     def _text_lengths(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
         """doc id -> the length in characters of its stored text, for those of `doc_ids` stored."""
