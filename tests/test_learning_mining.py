@@ -972,3 +972,30 @@ def test_edited_renames_are_found_by_words_without_comparing_every_pair() -> Non
         }
         assert set(_similar_pairs(old, new, threshold)) == every
         assert every  # (the check has pairs to find)
+
+
+def test_edited_renames_are_not_looked_for_past_a_budget_of_words_compared(tmp_path, monkeypatch) -> None:
+    """The length window reaches from the shortest pruned document to the longest, so a sync pruning texts of
+    many lengths compares most of what it wrote: 1,000 pruned x 2,000 written Zipf texts of 50-5,000 words
+    (under MAX_RENAME_PAIRS) took 110 s, the state's lock held and every search waiting (helper DQ). Past
+    MAX_RENAME_WORK words compared, an edited rename is not looked for, as past MAX_RENAME_PAIRS."""
+    import server.engine.state_store as state_store
+    from server.engine.state_store import ChunkRow, StateStore
+
+    words = [f"w{i}" for i in range(300)]
+    texts = {"/a/notes.md": " ".join(words), "/b/journal.md": " ".join([*words[:-3], "x", "y", "z"])}
+
+    def ingest(state: StateStore, doc_id: str) -> ChunkRow:
+        row = ChunkRow(f"{doc_id}::h::0", doc_id, "h", 0, texts[doc_id], (), {})
+        state.apply("c", [], [row], put_docs=[(doc_id, "h", texts[doc_id], {})])
+        return row
+
+    for budget, linked in ((state_store.MAX_RENAME_WORK, True), (100, False)):
+        monkeypatch.setattr(state_store, "MAX_RENAME_WORK", budget)
+        state = StateStore(tmp_path / f"state-{budget}.sqlite")
+        try:
+            old, new = ingest(state, "/a/notes.md"), ingest(state, "/b/journal.md")
+            state.apply("c", [old.chunk_id], [], remove_docs=["/a/notes.md"], rename_targets=["/b/journal.md"])
+            assert state.successors("c", [old.chunk_id]) == ({old.chunk_id: new.chunk_id} if linked else {})
+        finally:
+            state.close()

@@ -164,6 +164,10 @@ EDITED_SIMILARITY = 0.8
 # pairs of 300-word texts took 1.3 s here).
 RENAME_LENGTH_RATIO = 0.8
 MAX_RENAME_PAIRS = 2_000_000
+# Nor past this many words compared in all (`_similar_pairs`): the length window spans the shortest pruned
+# document to the longest, so a sync pruning texts of every length reads most of what it wrote, and 1,000 pruned
+# x 2,000 written Zipf texts of 50-5,000 words compared 2.6e8 words in 110 s, the state's lock held.
+MAX_RENAME_WORK = 20_000_000
 # A folder holding more like-sized files than this beside an edited rename's two is not read for near copies
 # of them (`StateStore._without_near_copies`): an edited rename there is taken for a generated folder's, and
 # not linked.
@@ -179,13 +183,19 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+class _TooCostly(Exception):
+    """`_similar_pairs` compared more words than it was allowed."""
+
+
 def _similar_pairs(
-    old: Mapping[str, set[str]], new: Mapping[str, set[str]], threshold: float
+    old: Mapping[str, set[str]], new: Mapping[str, set[str]], threshold: float, max_work: int | None = None
 ) -> Iterator[tuple[str, str]]:
     """The (old, new) pairs of word sets whose Jaccard similarity is at least `threshold`, without comparing
     every pair (a prefix filter, Bayardo et al. 2007): with the words of every set in one order, rarest first,
     two sets that alike share a word among each one's first `len - ceil(threshold * len) + 1`, so only the
-    sets sharing such a word with an old one are compared with it."""
+    sets sharing such a word with an old one are compared with it, and only when neither is under `threshold`
+    times the other's size (no pair that alike is). Raises `_TooCostly` past `max_work` words compared."""
+    work = 0
     df = Counter(w for words in (*old.values(), *new.values()) for w in words)
 
     def prefix(words: set[str]) -> list[str]:
@@ -200,8 +210,14 @@ def _similar_pairs(
         if not words:
             continue
         for now in dict.fromkeys(d for w in prefix(words) for d in index.get(w, ())):
-            shared = len(words & new[now])
-            if shared / (len(words) + len(new[now]) - shared) >= threshold:  # (as `_Heirs.edited` reckons)
+            other = new[now]
+            if min(len(words), len(other)) < threshold * max(len(words), len(other)):
+                continue
+            work += min(len(words), len(other))
+            if max_work is not None and work > max_work:
+                raise _TooCostly
+            shared = len(words & other)
+            if shared / (len(words) + len(other) - shared) >= threshold:  # (as `_Heirs.edited` reckons)
                 yield was, now
 
 
@@ -914,9 +930,14 @@ class StateStore:
         new_words = {d: set(texts[d].split() if d in texts else stored[d].split()) for d in candidates}
         partners: dict[str, list[str]] = {}
         claimed: dict[str, list[str]] = {}
-        for was, now in _similar_pairs(old_words, new_words, EDITED_SIMILARITY):
-            partners.setdefault(was, []).append(now)
-            claimed.setdefault(now, []).append(was)
+        try:
+            for was, now in _similar_pairs(old_words, new_words, EDITED_SIMILARITY, MAX_RENAME_WORK):
+                partners.setdefault(was, []).append(now)
+                claimed.setdefault(now, []).append(was)
+        except _TooCostly:
+            sizes = (len(lengths), len(candidates))
+            log.info("%d pruned x %d written documents: too many words to look for edited renames", *sizes)
+            return {}
         pairs = {
             was: nows[0] for was, nows in partners.items() if len(nows) == 1 and len(claimed[nows[0]]) == 1
         }
@@ -955,9 +976,12 @@ class StateStore:
             mine = {d: words[d] for was in wases for d in (was, pairs[was])}
             others = {d: set(t.split()) for d, t in siblings}
             by_doc = {d: was for was in wases for d in (was, pairs[was])}
-            for doc_id, sibling in _similar_pairs(mine, others, EDITED_SIMILARITY):
-                if sibling not in (by_doc[doc_id], pairs[by_doc[doc_id]]):
-                    alike.add(by_doc[doc_id])
+            try:
+                for doc_id, sibling in _similar_pairs(mine, others, EDITED_SIMILARITY, MAX_RENAME_WORK):
+                    if sibling not in (by_doc[doc_id], pairs[by_doc[doc_id]]):
+                        alike.add(by_doc[doc_id])
+            except _TooCostly:
+                alike.update(wases)
         return {was: now for was, now in pairs.items() if was not in alike}
 
     def _text_lengths(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
