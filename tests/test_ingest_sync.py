@@ -991,6 +991,21 @@ def test_a_template_s_instance_deleted_as_another_is_added_is_no_rename(app: Rif
     heirs = state.successors("files", [c.chunk_id for c in before])
     assert heirs and set(heirs.values()) <= set(after)
 
+    # Moved into another folder under its name and edited: it goes on. Moved and renamed and edited at once:
+    # no more told from two files of a kind in two folders (a library's signal/wavelets.py and
+    # sparse/spfuncs.py), so it does not.
+    (folder / "old").mkdir()
+    (folder / "upgrade.md").rename(folder / "old" / "upgrade.md")
+    (folder / "old" / "upgrade.md").write_text(page.format(name="upgrade") + "Retired.\n")
+    sync(app, folder, prune=True)
+    moved = state.document_chunks("files", str(folder / "old" / "upgrade.md"))
+    assert set(state.successors("files", list(after)).values()) <= {c.chunk_id for c in moved}
+    assert state.successors("files", list(after))
+    (folder / "old" / "upgrade.md").rename(folder / "retired.md")
+    (folder / "retired.md").write_text(page.format(name="upgrade") + "Retired for good.\n")
+    sync(app, folder, prune=True)
+    assert state.successors("files", [c.chunk_id for c in moved]) == {}
+
 
 def test_a_path_written_again_after_its_file_was_renamed_away_holds_its_own_passages(
     app: Rift, docs: Path

@@ -983,7 +983,7 @@ def test_edited_renames_are_not_looked_for_past_a_budget_of_words_compared(tmp_p
     from server.engine.state_store import ChunkRow, StateStore
 
     words = [f"w{i}" for i in range(300)]
-    texts = {"/a/notes.md": " ".join(words), "/b/journal.md": " ".join([*words[:-3], "x", "y", "z"])}
+    texts = {"/a/notes.md": " ".join(words), "/a/journal.md": " ".join([*words[:-3], "x", "y", "z"])}
 
     def ingest(state: StateStore, doc_id: str) -> ChunkRow:
         row = ChunkRow(f"{doc_id}::h::0", doc_id, "h", 0, texts[doc_id], (), {})
@@ -994,8 +994,8 @@ def test_edited_renames_are_not_looked_for_past_a_budget_of_words_compared(tmp_p
         monkeypatch.setattr(state_store, "MAX_RENAME_WORK", budget)
         state = StateStore(tmp_path / f"state-{budget}.sqlite")
         try:
-            old, new = ingest(state, "/a/notes.md"), ingest(state, "/b/journal.md")
-            state.apply("c", [old.chunk_id], [], remove_docs=["/a/notes.md"], rename_targets=["/b/journal.md"])
+            old, new = ingest(state, "/a/notes.md"), ingest(state, "/a/journal.md")
+            state.apply("c", [old.chunk_id], [], remove_docs=["/a/notes.md"], rename_targets=["/a/journal.md"])
             assert state.successors("c", [old.chunk_id]) == ({old.chunk_id: new.chunk_id} if linked else {})
         finally:
             state.close()
