@@ -447,3 +447,16 @@ def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: 
         f.write(f"{shared}\td1\t1\n")
     with pytest.raises(BenchError, match="--usage-split train and --split test share 1 query ids"):
         run_learning_experiment(data, "test", "train", None, [0], tmp_path / "cache", None)
+
+
+@pytest.mark.parametrize("module", ["compare", "snippet_cost", "sentence_view", "query_bank"])
+def test_bench_modules_name_a_bad_data_folder_in_one_line(tmp_path: Path, module: str) -> None:
+    """`python -m server.bench.<module>` on a folder with no such split says so as `rift bench` does, in one
+    'Error:' line with exit 1, not a BenchError traceback (found by helper DS)."""
+    import importlib
+
+    command = importlib.import_module(f"server.bench.{module}").main
+    args = {"compare": ["--set", "rrf_k=30"], "query_bank": ["--usage-split", "train"]}.get(module, [])
+    result = CliRunner().invoke(command, ["--data", str(tmp_path), "--split", "test", *args])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: --split test: no ") and "Traceback" not in result.output

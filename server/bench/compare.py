@@ -24,6 +24,7 @@ import numpy as np
 
 from server.bench.beir import BeirDataset, load_beir
 from server.bench.cli import parse_overrides
+from server.bench.errors import one_line_errors
 from server.bench.harness import BenchIndex, bench_settings
 from server.bench.learning_experiment import paired_bootstrap
 from server.bench.metrics import evaluate
@@ -83,6 +84,7 @@ def run(
 @click.option("--mode", "modes", multiple=True, type=click.Choice(MODES), help="Repeatable; default all three.")
 @click.option("--model", default=None, help="Model name or folder (default: rift's).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
+@one_line_errors
 def main(data: Path, split: str, items: tuple[str, ...], modes: tuple[str, ...], model: str | None, cache_dir: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)

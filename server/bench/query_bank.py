@@ -32,6 +32,7 @@ import click
 import numpy as np
 
 from server.bench.beir import load_beir
+from server.bench.errors import one_line_errors
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.log_reach import usage_and_scored
@@ -152,6 +153,7 @@ def run(data: Path, split: str, usage_split: str, model: str | None, cache_dir: 
 @click.option("--usage-split", required=True, help="Whose query texts form the bank (never its labels).")
 @click.option("--model", default=None, help="Model name or folder (default: rift's).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
+@one_line_errors
 def main(data: Path, split: str, usage_split: str, model: str | None, cache_dir: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)

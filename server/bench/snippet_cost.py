@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from server.bench.beir import load_beir
+from server.bench.errors import one_line_errors
 from server.bench.harness import COLLECTION, BenchIndex
 
 HIT_FIELDS = (
@@ -78,6 +79,7 @@ def measure(
 @click.option("--max-chars", "max_chars", multiple=True, type=click.IntRange(20), default=(200, 300, 400), show_default=True)
 @click.option("--model", default=None, help="Model name or path (default: the configured one).")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".bench_cache"), show_default=True)
+@one_line_errors
 def main(data: Path, split: str, queries: int, max_chars: tuple[int, ...], model: str | None, cache_dir: Path) -> None:
     click.echo(json.dumps(measure(data, split, queries, max_chars, model, cache_dir)))
 
