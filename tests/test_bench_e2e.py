@@ -247,7 +247,9 @@ def test_mining_analysis_reports_every_variant(tmp_path: Path, tiny_model_path: 
     ]
     first, md = run_bench([*args, "--cache-dir", str(tmp_path / "cache")])
     assert first["kind"] == "mining-analysis" and first["usage_split"] == "test"
-    assert "fused (default)" in first["variants"] and "| variant | triples |" in md
+    assert "fused, BM25 margin 1.3, the hybrid's next 2 documents as negatives (the product's default)" in first[
+        "variants"
+    ] and "| variant | triples |" in md
     res = CliRunner().invoke(main, ["bench", "--mining-analysis", "--data", str(data)])
     assert res.exit_code == 2 and "--usage-split" in res.output
 

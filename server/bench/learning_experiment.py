@@ -734,7 +734,9 @@ def _destroyed_gate(
 
 
 MINING_VARIANTS: dict[str, dict[str, Any]] = {
-    "fused (default)": {"strategy": "fused"},
+    # (The miner's bare defaults, which the product's settings narrow: its default is the row "fused, BM25
+    # margin 1.3, the hybrid's next 2 documents as negatives".)
+    "fused, no margin, 1 vector negative (the miner's bare defaults)": {"strategy": "fused"},
     "fused, no positive filter": {"strategy": "fused", "positive_max_rank": 10_000},
     "fused, both sides top-3": {"strategy": "fused", "positive_max_rank": 3},
     "fused, weak negative guard (keyword top-10)": {"strategy": "fused", "negative_min_keyword_rank": 10},
@@ -749,7 +751,7 @@ MINING_VARIANTS: dict[str, dict[str, Any]] = {
         "positive_min_keyword_margin": 1.3,
         "negatives_per_query": 2,
     },
-    "fused, BM25 margin 1.3, the hybrid's next 2 documents as negatives": {
+    "fused, BM25 margin 1.3, the hybrid's next 2 documents as negatives (the product's default)": {
         "strategy": "fused",
         "positive_min_keyword_margin": 1.3,
         "negatives_per_query": 2,
