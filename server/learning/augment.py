@@ -12,7 +12,9 @@ it was, so it is an experiment variant (`rift bench --learn --set mining_mask_qu
 query lacks some of the words it shares with the positive (each with probability `rate`, at least one word
 left). The pair is unchanged, so the copy is still right, but its query holds fewer of the words BM25 found
 the positive by: the regime where BM25 fails and the hybrid leans on the dense side
-(`rift bench --learn --set mining_drop_query_words=0.5`; an experiment, not a setting).
+(`rift bench --learn --set mining_drop_query_words=0.5`; an experiment, not a setting). Measured on SciFact
+(README "Learning from use"): half the default's dense gain and a smaller hybrid one (+0.0008 against
++0.0052, seed 0), trading the gain where BM25 half answers for less loss where it fails.
 """
 
 from __future__ import annotations
