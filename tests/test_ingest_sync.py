@@ -955,6 +955,71 @@ def test_a_file_renamed_and_edited_in_one_sync_hands_on_the_passages_the_edit_ke
     assert app.learning.feedback(search.query_id, str(folder / "notes.md"), True)["stored"] is True
 
 
+def test_a_passage_an_edited_rename_rewrote_is_the_renamed_file_s_when_restored_and_judged(
+    app: Rift, docs: Path
+) -> None:
+    """A file renamed with an edit that rewrote a passage: the passage's searches end, as in a file edited in
+    place, but its tombstone stayed under the old path, so restoring the passage in the renamed file (an edit
+    undone) did not take them up again, and the gate dropped a held-out verdict on the file (its passage
+    rewritten, its old path gone: read as deleted), where an edit in place keeps it. Both follow the rename
+    now, also through a second rename that restores the passage in the same sync."""
+    from server.learning.gate import GateConfig
+    from server.learning.mining import MiningConfig
+    from server.learning.pipeline import collect_and_mine
+    from tests.support.tiny_model import WORDS
+
+    w = [x for x in WORDS if x.isalpha()]
+    parts = [" ".join(w[(7 * p + j) % len(w)] for j in range(50)) + "." for p in range(4)]
+    # Part 3 rewritten with words the other parts have: the file stays 90 % alike, and as long.
+    rewrite = " ".join(w[j] for j in [*range(0, 21), *range(50, 64), *range(0, 15)]) + "."
+
+    def body(last: str) -> str:
+        sections = enumerate([*parts[:3], last])
+        return "# Field notes\n\n" + "\n\n".join(f"## Part {p}\n\n{t}" for p, t in sections)
+
+    folder = docs.parent / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_text(body(parts[3]))
+    (folder / "solo.md").write_text("Auroras glow green when solar wind meets oxygen high above the pole.")
+    sync(app, folder, prune=True)
+    state = app.engine().state
+    a, b, c, solo = (str(folder / n) for n in ("a.md", "b.md", "c.md", "solo.md"))
+    old = state.document_chunks("files", a)
+    app.search("files", "auroras oxygen", k=3)  # (older: trained on, not held out)
+    search = app.search("files", " ".join(w[64:71]), k=3)  # words only part 3 has
+    app.learning.judge(search.query_id, [(a, True), (solo, False)])
+
+    (folder / "a.md").rename(folder / "b.md")
+    (folder / "b.md").write_text(body(rewrite))
+    sync(app, folder, prune=True)
+    heirs = state.successors("files", [x.chunk_id for x in old])
+    rewritten = [x for x in old if x.chunk_id not in heirs]
+    part3 = body("").index("## Part 3")
+    assert heirs and rewritten and all(x.metadata["_rift_end"] > part3 for x in rewritten)
+    assert app.learning.feedback(search.query_id, a, True)["stored"] is False
+    app.log.flush()
+    gate = GateConfig(holdout_fraction=0.5, min_holdout=1)
+    mined = collect_and_mine(app.log, app.engine(), MiningConfig(), gate)
+    assert [q.query_id for q in mined.holdout] == [search.query_id]
+    assert mined.feedback[search.query_id] == {b: True, solo: False}  # as for a.md edited in place
+
+    (folder / "b.md").write_text(body(parts[3]))  # the edit undone
+    sync(app, folder, prune=True)
+    now = {x.chunk_id for x in state.document_chunks("files", b)}
+    heirs = state.successors("files", [x.chunk_id for x in old])
+    assert set(heirs) == {x.chunk_id for x in old} and set(heirs.values()) <= now
+    assert app.learning.feedback(search.query_id, a, True)["stored"] is True
+
+    (folder / "b.md").write_text(body(rewrite))  # rewritten in place, then restored as the file is renamed
+    sync(app, folder, prune=True)
+    (folder / "b.md").rename(folder / "c.md")
+    (folder / "c.md").write_text(body(parts[3]))
+    sync(app, folder, prune=True)
+    now = {x.chunk_id for x in state.document_chunks("files", c)}
+    heirs = state.successors("files", [x.chunk_id for x in old])
+    assert set(heirs) == {x.chunk_id for x in old} and set(heirs.values()) <= now
+
+
 def test_a_template_s_instance_deleted_as_another_is_added_is_no_rename(app: Rift, docs: Path) -> None:
     """Instances of one template (a generated reference's pages, stubs, daily notes) share most of their words
     whatever each is about: one deleted and another added in one sync must not read as a file renamed and

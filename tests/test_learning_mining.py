@@ -208,6 +208,7 @@ def test_materialize_prefers_a_triples_own_positive_text() -> None:
     state = SimpleNamespace(
         chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
         successors=lambda name, ids: {},
+        tombstone_docs=lambda name, ids: {},
         successors_since=lambda: 0.0,
         document_chunks=lambda name, doc, limit=-1: [],
     )
@@ -232,6 +233,7 @@ def test_materialize_counts_the_triples_it_leaves_out() -> None:
     state = SimpleNamespace(
         chunks_by_id=lambda name, ids: {i: SimpleNamespace(text=rows[i]) for i in ids if i in rows},
         successors=lambda name, ids: {},
+        tombstone_docs=lambda name, ids: {},
         successors_since=lambda: 0.0,
         document_chunks=lambda name, doc, limit=-1: [],
     )

@@ -68,9 +68,10 @@ CREATE TABLE IF NOT EXISTS chunk_successors (
 );
 CREATE INDEX IF NOT EXISTS chunk_successors_by_new ON chunk_successors (collection, new_id);
 -- A gone chunk id whose passage no write kept (its document deleted, or the passage rewritten away), and the
--- ids that mapped to it: its document and a hash of its text (never the text: a deleted document's text
--- leaves), so that when that document holds exactly that text again (a git branch switched and back, a file
--- deleted and restored) the returning chunk becomes their successor (`_note_successors`). `at`: when it went.
+-- ids that mapped to it: its document (the one it was renamed to since, if so) and a hash of its text
+-- (never the text: a deleted document's text leaves), so that when that document holds exactly that text
+-- again (a git branch switched and back, a file deleted and restored) the returning chunk becomes their
+-- successor (`_note_successors`). `at`: when it went.
 CREATE TABLE IF NOT EXISTS chunk_tombstones (
     collection TEXT NOT NULL,
     doc_id TEXT NOT NULL,
@@ -764,6 +765,8 @@ class StateStore:
         gone = [c for c in dict.fromkeys(remove_ids) if c not in added]
         if gone:
             self._note_heirs(collection, gone, added, add_rows, put_docs, now, renamed or {})
+        if renamed:
+            self._pass_on_tombstones(collection, renamed, add_rows)
         if added and self._has_successors(collection):
             # A chunk id live again is no gone id: metadata set back (the same hash; the chain's update may
             # have pointed its own row at itself), or a file renamed away and back, or copied back, its mtime
@@ -775,6 +778,45 @@ class StateStore:
             )
         if add_rows:
             self._revive(collection, add_rows)
+
+    def _pass_on_tombstones(
+        self, collection: str, renamed: Mapping[str, Rename], add_rows: Sequence[ChunkRow]
+    ) -> None:
+        """The tombstones of a `renamed` document (the passages an edit rewrote before or in the rename, this
+        write's included) become the document's it became: the passage restored in the renamed file takes its
+        searches up again, as in a file edited in place (they stayed under the old path, where only a file
+        written there again could revive them), and `tombstone_docs` tells where its document went. Those
+        the renamed document holds already (back in the same sync) come back now (`add_rows` come back
+        after this anyway)."""
+        self._conn.executemany(
+            "UPDATE chunk_tombstones SET doc_id = ? WHERE collection = ? AND doc_id = ?",
+            [(rename.doc_id, collection, old) for old, rename in renamed.items()],
+        )
+        written = {r.doc_id for r in add_rows}
+        stored = [
+            r
+            for rename in renamed.values()
+            if rename.doc_id not in written
+            for r in self.document_chunks(collection, rename.doc_id)
+        ]
+        if stored:
+            self._revive(collection, stored)
+
+    def tombstone_docs(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """Gone chunk ids of `chunk_ids` whose passage no write kept -> the document they were last in (the
+        one a renamed document became: `_pass_on_tombstones`); others are left out."""
+        out: dict[str, str] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            out.update(
+                self._rows(
+                    "SELECT old_id, doc_id FROM chunk_tombstones "
+                    f"WHERE collection = ? AND old_id IN ({','.join('?' * len(part))})",
+                    [collection, *part],
+                )
+            )
+        return out
 
     def _has_successors(self, collection: str) -> bool:
         """Whether the collection maps any gone chunk id (a first ingest maps none: nothing to look up)."""

@@ -103,8 +103,8 @@ def _held_out_labels_now(
             found = passages.find(q.collection, doc_id, chunks[doc_id])
             if isinstance(found, tuple):
                 now[found[1]] = relevant
-            elif found is _CHANGED:
-                now[doc_id] = relevant
+            elif isinstance(found, Changed):
+                now[found.doc_id] = relevant
         out[q.query_id] = now
     return out
 
@@ -133,7 +133,12 @@ def _corpus_triples(engine: Any, collection: str, mining: MiningConfig, suppleme
     return build(docs, collection, negative, mining)
 
 
-_CHANGED = object()  # a logged passage whose text changed since its search (`Passages.find`)
+@dataclass(frozen=True)
+class Changed:
+    """A logged passage whose text was rewritten since its search (`Passages.find`), and the document that
+    holds what is left of it: its own, or the one it was renamed to."""
+
+    doc_id: str
 
 
 class Passages:
@@ -148,6 +153,8 @@ class Passages:
         self.since = self.state.successors_since()
         # (collection, chunk id) -> (its text now, the document that holds it when another one: a rename)
         self.found: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # (collection, chunk id) -> the document a rewritten passage was last in (another one: a rename)
+        self.moved: dict[tuple[str, str], str] = {}
         for name, ids in chunk_ids.items():
             wanted = sorted(i for i in set(ids) if i)
             found = self.state.chunks_by_id(name, wanted)
@@ -159,10 +166,13 @@ class Passages:
             for cid, heir in heirs.items():
                 if heir in later:
                     self.found[(name, cid)] = (later[heir].text, later[heir].doc_id)
+            ended = self.state.tombstone_docs(name, [i for i in wanted if i not in found and i not in heirs])
+            for cid, doc_id in ended.items():
+                self.moved[(name, cid)] = doc_id
 
-    def find(self, collection: str, doc_id: str, chunk_id: str) -> tuple[str, str] | object | None:
+    def find(self, collection: str, doc_id: str, chunk_id: str) -> tuple[str, str] | Changed | None:
         """(text, the document it is in now: `doc_id`, or the one it was renamed to) of the passage `chunk_id`
-        of `doc_id` ("": the document's first), `_CHANGED` when it was rewritten since, None when its document
+        of `doc_id` ("": the document's first), `Changed` when it was rewritten since, None when its document
         is gone."""
         if (collection, chunk_id) in self.found:
             text, now_in = self.found[(collection, chunk_id)]
@@ -171,12 +181,16 @@ class Passages:
         # each triple, and each judged document, on it.)
         rows = self.state.document_chunks(collection, doc_id, limit=2)
         if not rows:
+            # Renamed with an edit that rewrote this passage: its document goes on under the new path.
+            now_in = self.moved.get((collection, chunk_id))
+            if now_in and now_in != doc_id and self.state.document_chunks(collection, now_in, limit=1):
+                return Changed(now_in)
             return None
         if not chunk_id or (len(rows) == 1 and self._untracked(collection, doc_id)):
             return rows[0].text, doc_id
         # A logged passage rewritten since (no successor): the document's text now is not what the search
         # ranked, so it teaches nothing true about the query.
-        return _CHANGED
+        return Changed(doc_id)
 
     def _untracked(self, collection: str, doc_id: str) -> bool:
         # Last written before the state recorded successors (an upgraded data dir): the passage may be the
@@ -206,7 +220,7 @@ def materialize(
         neg = passages.find(t.collection, t.negative_doc, t.negative_chunk)
         if pos is None or neg is None:
             reason: str | None = "document_deleted"
-        elif pos is _CHANGED or neg is _CHANGED:
+        elif isinstance(pos, Changed) or isinstance(neg, Changed):
             reason = "passage_changed"
         else:
             assert isinstance(pos, tuple) and isinstance(neg, tuple)
