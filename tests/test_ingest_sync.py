@@ -924,8 +924,10 @@ def test_a_file_renamed_and_edited_in_one_sync_hands_on_the_passages_the_edit_ke
     search = app.search("files", parts[1][:80], k=3)
     assert str(folder / "notes.md") in {h.doc_id for h in search.outcome.hits}
 
-    # One word of part 1 changed, part 3 rewritten; renamed. copied.md edited into two copies; solo rewritten.
-    edited_parts = [parts[0], parts[1].replace(w[7], "kelp", 1), parts[2], "Entirely new closing words here."]
+    # One word of part 1 changed, part 3 rewritten (in words parts 0-2 have, at about its length); renamed.
+    # copied.md edited into two copies; solo rewritten.
+    rewrite = " ".join(w[j % 21] for j in range(50)) + "."
+    edited_parts = [parts[0], parts[1].replace(w[7], "kelp", 1), parts[2], rewrite]
     edited = "# Field notes\n\n" + "\n\n".join(f"## Part {p}\n\n{t}" for p, t in enumerate(edited_parts))
     (folder / "notes.md").rename(folder / "journal.md")
     (folder / "journal.md").write_text(edited)

@@ -1001,3 +1001,31 @@ def test_edited_renames_are_not_looked_for_past_a_budget_of_words_compared(tmp_p
             assert state.successors("c", [old.chunk_id]) == ({old.chunk_id: new.chunk_id} if linked else {})
         finally:
             state.close()
+
+
+def test_whether_an_edited_rename_links_does_not_hang_on_what_else_the_sync_pruned(tmp_path) -> None:
+    """The length window that picks candidates spans every pruned document's length, so a pair whose own
+    lengths are too far apart for an edit linked only when a shorter file was pruned in the same sync (helper
+    DT). Each pair's own lengths decide, whatever else goes."""
+    from server.engine.state_store import ChunkRow, StateStore
+
+    words = [f"w{i}" for i in range(300)]
+    texts = {
+        "/a/notes.md": " ".join(words + words[:100]),  # (the same words, a third longer than journal.md)
+        "/a/journal.md": " ".join(words),
+        "/a/short.md": "a short note",
+    }
+    for also in ([], ["/a/short.md"]):
+        state = StateStore(tmp_path / f"state-{len(also)}.sqlite")
+        try:
+            rows = {}
+            for doc_id in texts:
+                rows[doc_id] = ChunkRow(f"{doc_id}::h::0", doc_id, "h", 0, texts[doc_id], (), {})
+                state.apply("c", [], [rows[doc_id]], put_docs=[(doc_id, "h", texts[doc_id], {})])
+            gone = ["/a/notes.md", *also]
+            state.apply(
+                "c", [rows[d].chunk_id for d in gone], [], remove_docs=gone, rename_targets=["/a/journal.md"]
+            )
+            assert state.successors("c", [rows["/a/notes.md"].chunk_id]) == {}
+        finally:
+            state.close()

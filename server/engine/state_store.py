@@ -979,11 +979,14 @@ class StateStore:
         claimed: dict[str, list[str]] = {}
         try:
             for was, now in _similar_pairs(old_words, new_words, EDITED_SIMILARITY, MAX_RENAME_WORK):
-                partners.setdefault(was, []).append(now)
-                claimed.setdefault(now, []).append(was)
+                # (Each pair's own lengths: the window above spans every pruned document's, so without this
+                # whether a pair links would hang on what else the sync pruned; helper DT.)
+                if min(lengths[was], sizes[now]) >= RENAME_LENGTH_RATIO * max(lengths[was], sizes[now]):
+                    partners.setdefault(was, []).append(now)
+                    claimed.setdefault(now, []).append(was)
         except _TooCostly:
-            sizes = (len(lengths), len(candidates))
-            log.info("%d pruned x %d written documents: too many words to look for edited renames", *sizes)
+            counts = (len(lengths), len(candidates))
+            log.info("%d pruned x %d written documents: too many words to look for edited renames", *counts)
             return {}
         # A file renamed in its folder, or moved with its name: one renamed and moved at once, and edited too,
         # is not told apart from two files of a kind in two folders (a library's `signal/wavelets.py` pruned and
