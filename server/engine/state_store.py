@@ -805,17 +805,17 @@ class StateStore:
     def tombstone_docs(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
         """Gone chunk ids of `chunk_ids` whose passage no write kept -> the document they were last in (the
         one a renamed document became: `_pass_on_tombstones`); others are left out."""
+        return self._by_old_ids("SELECT old_id, doc_id FROM chunk_tombstones", collection, chunk_ids)
+
+    def _by_old_ids(self, select: str, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """old_id -> the second column of `select` (a table keyed by collection and old_id) for `chunk_ids`,
+        looked up 500 at a time."""
         out: dict[str, str] = {}
         ids = list(dict.fromkeys(chunk_ids))
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
-            out.update(
-                self._rows(
-                    "SELECT old_id, doc_id FROM chunk_tombstones "
-                    f"WHERE collection = ? AND old_id IN ({','.join('?' * len(part))})",
-                    [collection, *part],
-                )
-            )
+            sql = f"{select} WHERE collection = ? AND old_id IN ({','.join('?' * len(part))})"
+            out.update(self._rows(sql, [collection, *part]))
         return out
 
     def _has_successors(self, collection: str) -> bool:
@@ -1151,18 +1151,7 @@ class StateStore:
     def successors(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, str]:
         """Gone chunk ids of `chunk_ids` -> the chunk that holds their passage now (see `_note_successors`); ids
         with none (their passage rewritten or deleted and not back, or never recorded) are left out."""
-        out: dict[str, str] = {}
-        ids = list(dict.fromkeys(chunk_ids))
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            out.update(
-                self._rows(
-                    "SELECT old_id, new_id FROM chunk_successors "
-                    f"WHERE collection = ? AND old_id IN ({','.join('?' * len(part))})",
-                    [collection, *part],
-                )
-            )
-        return out
+        return self._by_old_ids("SELECT old_id, new_id FROM chunk_successors", collection, chunk_ids)
 
     def successors_since(self) -> float:
         """Since when this state records chunk successors: 0.0 for a state that always did, else the first start
