@@ -155,8 +155,12 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
+            from server.app import SERVING
+
             for listening in self.servers:  # no new connection meanwhile (uvicorn's own shutdown does it again)
                 listening.close()
+            for rift in list(SERVING):  # a call that only waits (a retrain_status wait) answers now
+                rift.begin_shutdown()
             deadline = time.monotonic() + wait_s
             if calls.count and not self.force_exit:
                 log.warning(
@@ -172,8 +176,6 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
             if calls.count and not self.force_exit:
                 # Still running (a long write): stop the writes at their next safe point, so that their calls
                 # answer that nothing of them is stored, rather than end without an answer (helper DA).
-                from server.app import SERVING
-
                 for rift in list(SERVING):
                     rift.stop_writes()
                 grace = time.monotonic() + STOP_GRACE_S

@@ -216,6 +216,7 @@ class Rift:
         self._released = False  # close() has stopped the jobs and is closing the stores: engine() refuses
         self._waiting: str | None = None  # why start-up is waiting (an unreachable Chroma server), while it is
         self._stopping = threading.Event()  # close() was called: a start-up still waiting gives up
+        self._shutting_down = threading.Event()  # a transport is draining its calls (begin_shutdown)
         self._step_lock = threading.Lock()
         self._quiet = False  # start-up is in a step that writes nothing (_writing_nothing)
 
@@ -641,6 +642,16 @@ class Rift:
             # query_id its closed query log never records)
             raise RiftError("this rift is closed: open its data dir again (Rift(settings).start()) to use it")
         return self._engine
+
+    def begin_shutdown(self) -> None:
+        """A transport began its shutdown and waits for the calls in flight to answer: a call that only waits
+        (retrain_status's wait_seconds, up to 300 s) answers now instead of holding that wait for its whole
+        length and then ending with no answer."""
+        self._shutting_down.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down.is_set() or self._stopping.is_set()
 
     def stop_writes(self) -> None:
         """A shutdown is under way: writes in flight stop at their next safe point, saying so (see

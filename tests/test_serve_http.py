@@ -247,3 +247,83 @@ async def test_ctrl_c_twice_stops_at_once_without_tracebacks_and_stores_nothing_
         assert not app.engine().state.doc_hashes("default", ["late"])
     finally:
         app.close()
+
+
+# `rift serve --transport streamable-http` whose retrain mines for up to 2 minutes (a long log), checking for a
+# cancel or a shutdown every 0.1 s as real mining does; `retrain` returns its job at once.
+SLOW_RETRAIN_SERVE = """
+import sys, time
+import server.learning.manager as manager
+def slow_mine(self, strategy=None, negatives_per_query=None, progress=None, dry_run=False):
+    for _ in range(1200):
+        progress(0, 1)
+        time.sleep(0.1)
+    raise RuntimeError("mining never ends in this test")
+manager.LearningManager.mine = slow_mine
+retrain = manager.LearningManager.retrain
+manager.LearningManager.retrain = lambda self, *a, **k: retrain(self, *a, **{**k, "wait_for_mining": 0.1})
+import server.service
+server.service.CLOSE_WAIT_S = float(sys.argv[2])  # how long a shutdown waits for calls in flight
+from server.cli import main
+main(["serve", "--transport", "streamable-http", "--port", sys.argv[1]])
+"""
+
+
+@pytest.mark.anyio
+async def test_a_retrain_status_wait_answers_at_once_when_the_server_stops(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """SIGTERM while an agent waits on retrain_status(wait_seconds): the wait held the shutdown for its whole
+    wait for calls in flight (CLOSE_WAIT_S, 10 s), and then ended with no answer, the client's "SSE stream
+    ended without a response" (found by helper DU). It now answers at once, saying why it stopped waiting."""
+    import time
+
+    import anyio
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_RETRAIN_SERVE, str(port), "30"],
+            env=rift_env(tmp_path / "data", tiny_model_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        wait_until(lambda: httpx.get(url, timeout=1) and True, 60, "rift serve", proc, log)
+        async with (
+            httpx2.AsyncClient(timeout=120) as http,
+            Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        ):
+            started = await client.call_tool("retrain", {"min_triples": 1})
+            assert not started.is_error, started.content
+            job = started.structured_content["job_id"]
+            waited: list = []
+
+            async def wait() -> None:
+                waited.append(await client.call_tool("retrain_status", {"job_id": job, "wait_seconds": 120}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.sleep(1.0)  # the wait is under way
+                stopped_at = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(25):  # (it was answered, if at all, after CLOSE_WAIT_S: 30 s here)
+                    while not waited:
+                        await anyio.sleep(0.05)
+            answered_s = time.monotonic() - stopped_at
+        status = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60))
+        exited_s = time.monotonic() - stopped_at
+    finally:
+        stop(proc)
+    text = log.read_text()
+    (answer,) = waited
+    assert not answer.is_error, answer.content
+    assert answer.structured_content["status"] == "running", answer.structured_content
+    assert any("shutting down" in w for w in answer.structured_content["warnings"]), answer.structured_content
+    assert answered_s < 5 and exited_s < 15, (answered_s, exited_s, text)
+    assert status == -signal.SIGTERM
+    assert "Traceback" not in text, text

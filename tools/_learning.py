@@ -39,3 +39,4 @@ class JobStatus(BaseModel):
         "running, the job is stopping: it ends cancelled at its next check (a training step, a batch of "
         "chunks), and no other job can start until it has."
     )
+    warnings: list[str] = []  # why a wait ended before the job did (a shutdown); undescribed: tools/list's budget

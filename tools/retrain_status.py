@@ -26,7 +26,8 @@ async def retrain_status(
     ] = 0,
     cancel: Annotated[bool, Field(description="Cancel the job (the serving model is untouched).")] = False,
 ) -> JobStatus:
-    learning = await call(learning_of, rift_of(ctx))
+    rift = rift_of(ctx)
+    learning = await call(learning_of, rift)
     if cancel:
         if job_id is None:
             job_id = (await call(learning.status))["job_id"]
@@ -34,7 +35,7 @@ async def retrain_status(
     snap = await call(learning.status, job_id)
     deadline = time.monotonic() + wait_seconds
     sent = -1.0
-    while snap["status"] == "running" and time.monotonic() < deadline:
+    while snap["status"] == "running" and time.monotonic() < deadline and not rift.shutting_down:
         done, total = snap["progress"]["done"], snap["progress"]["total"] or 0
         # MCP progress must increase: one scale across the phases, each phase one unit; only news is sent.
         overall = PHASE_ORDER.get(snap["phase"], 0) + (min(done, total) / total if total else 0.0)
@@ -45,7 +46,14 @@ async def retrain_status(
                 await ctx.report_progress(round(overall, 4), float(PHASE_ORDER["done"]), message)
         await anyio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         snap = await call(learning.status, snap["job_id"])
-    return JobStatus(**snap)
+    status = JobStatus(**snap)
+    if wait_seconds and status.status == "running" and rift.shutting_down:
+        # (the shutdown waits for calls in flight: this wait would hold it, and then end with no answer)
+        status.warnings.append(
+            "rift is shutting down, so this wait ended early and the job stops with it (an interrupted retrain "
+            "continues from its last checkpoint when rift starts again): ask again once rift runs again"
+        )
+    return status
 
 
 # Phases in the order a job passes them (rollback and reindex skip some); the last one ends the scale.
