@@ -1964,3 +1964,57 @@ def test_an_upsert_hears_a_stop_after_at_most_a_thousand_rows(tmp_path: Path) ->
         assert store.count("notes") == 2 * WRITE_BATCH
     finally:
         store.close()
+
+
+def test_a_query_waiting_for_the_model_goes_before_the_next_batch_of_documents(tiny_model_path: Path) -> None:
+    """The model runs one encode at a time, behind a lock that is not fair: the thread encoding a long
+    add_documents took it back at once after each batch, and a search waited two batches or more (with MiniLM
+    on a busy 2-core machine: helper DU). Here the searching thread wakes late, as on a busy CPU (it polls for
+    the lock); it still goes right after the batch in hand, where it went after all 10."""
+    from server.engine.embedder import Embedder
+    from server.engine.models import resolve_model
+
+    embedder = Embedder(resolve_model(str(tiny_model_path)), version="tiny", batch_size=1)  # 4 texts a batch
+    order: list[str] = []
+    query_waits = threading.Event()
+    real_encode = embedder.model.encode
+
+    def encode(texts: list[str], **kwargs: Any) -> Any:
+        order.append("query" if texts == ["where"] else "documents")
+        if len(order) == 1:  # the first batch holds the model: a search starts, and the batch ends once it waits
+            searching.start()
+            assert query_waits.wait(10)
+        time.sleep(0.02)
+        return real_encode(texts, **kwargs)
+
+    class LateWaking:
+        """The model's lock; a thread other than the writer's only tries it every 20 ms."""
+
+        def __init__(self) -> None:
+            self.inner = threading.Lock()
+            self.writer = threading.get_ident()
+
+        def acquire(self) -> bool:
+            if threading.get_ident() == self.writer:
+                return self.inner.acquire()
+            while not self.inner.acquire(blocking=False):
+                query_waits.set()
+                time.sleep(0.02)
+            return True
+
+        def release(self) -> None:
+            self.inner.release()
+
+        def __enter__(self) -> None:
+            self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+    embedder.model.encode = encode
+    embedder._lock = LateWaking()  # type: ignore[assignment]
+    searching = threading.Thread(target=lambda: embedder.encode_query("where"))
+    vectors = embedder.encode_documents([f"text {n}" for n in range(40)])  # 10 batches
+    searching.join(10)
+    assert vectors.shape[0] == 40 and not searching.is_alive()
+    assert order.index("query") == 1, order  # (was last: after all 10 batches)
