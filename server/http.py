@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import sys
 import time
@@ -154,6 +155,16 @@ def draining_server(config: Any, calls: CallsInFlight, wait_s: float) -> Any:
     AppStatus.disable_automatic_graceful_drain()  # (should_exit is set below, once the calls have answered)
 
     class DrainingServer(uvicorn.Server):
+        interrupted = False  # a SIGINT (Ctrl-C) stopped it
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # uvicorn re-raises the signal once shut down, and run_http exits 130 on the KeyboardInterrupt; but a
+            # process started with SIGINT ignored (a `cmd &` of a script, which every child inherits) gets no
+            # KeyboardInterrupt, and exited 0 after a `kill -INT` stopped it.
+            if sig == signal.SIGINT:
+                self.interrupted = True
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets: Any = None) -> None:
             from server.app import SERVING
 
@@ -234,7 +245,7 @@ def run_http(server: Any, settings: Settings) -> None:
         logging.getLogger("uvicorn.error").removeFilter(quiet)
     if not http.started:
         sys.exit(3)  # (uvicorn.run's exit status when the server could not start)
-    if interrupted:
+    if interrupted or http.interrupted:
         sys.exit(130)  # (as every command stopped by Ctrl-C; uvicorn.run's is 0)
 
 

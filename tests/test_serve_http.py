@@ -102,6 +102,32 @@ def test_public_bind_without_a_token_is_refused(tmp_path: Path, tiny_model_path:
     assert "Traceback" not in proc.stderr
 
 
+def test_sigint_exits_130_when_started_with_sigint_ignored(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A `rift serve &` in a script starts with SIGINT ignored (a non-interactive shell's background job, and
+    every child inherits it). uvicorn still stops on a `kill -INT`, but re-raised the signal into the ignored
+    disposition once shut down, so no KeyboardInterrupt came and the server exited 0, not Ctrl-C's 130 (found
+    when the test suite itself ran as such a job: the Ctrl-C-twice test below then read 0)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [rift_binary(), "serve", "--transport", "streamable-http", "--port", str(port)],
+            env=rift_env(tmp_path / "data", tiny_model_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    try:
+        wait_until(lambda: httpx.get(url, timeout=1) and True, 60, "rift serve", proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop(proc)
+
+
 # `rift serve --transport streamable-http` whose writes embed for 3 s (a big add_documents).
 SLOW_WRITE_SERVE = """
 import sys, time
