@@ -25,6 +25,14 @@ TOKEN = "t0ken-for-tests"
 HELLO = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
+def _spawn(argv: list[str], env: dict[str, str], log: Path, **popen: object) -> subprocess.Popen:
+    """A server process whose stdout and stderr go to `log`, with no stdin."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+
+
 def outward_address() -> str | None:
     """This machine's non-loopback address, if it has one (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -110,15 +118,12 @@ def test_sigint_exits_130_when_started_with_sigint_ignored(tmp_path: Path, tiny_
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [rift_binary(), "serve", "--transport", "streamable-http", "--port", str(port)],
-            env=rift_env(tmp_path / "data", tiny_model_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )
+    proc = _spawn(
+        [rift_binary(), "serve", "--transport", "streamable-http", "--port", str(port)],
+        rift_env(tmp_path / "data", tiny_model_path),
+        log,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     try:
         wait_until(lambda: httpx.get(url, timeout=1) and True, 60, "rift serve", proc, log)
         proc.send_signal(signal.SIGINT)
@@ -166,15 +171,12 @@ async def _add_during_shutdown(
 
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_WRITE_SERVE, str(port), str(embed_s), str(wait_s)],
-            env=rift_env(tmp_path / "data", model),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[1],
-        )
+    proc = _spawn(
+        [sys.executable, "-c", SLOW_WRITE_SERVE, str(port), str(embed_s), str(wait_s)],
+        rift_env(tmp_path / "data", model),
+        log,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
     try:
@@ -308,15 +310,12 @@ async def test_a_retrain_status_wait_answers_at_once_when_the_server_stops(
 
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_RETRAIN_SERVE, str(port), "30"],
-            env=rift_env(tmp_path / "data", tiny_model_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[1],
-        )
+    proc = _spawn(
+        [sys.executable, "-c", SLOW_RETRAIN_SERVE, str(port), "30"],
+        rift_env(tmp_path / "data", tiny_model_path),
+        log,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     try:
         wait_until(lambda: httpx.get(url, timeout=1) and True, 60, "rift serve", proc, log)
