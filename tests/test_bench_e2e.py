@@ -220,6 +220,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_negatives_per_query=0", "learn_negatives_per_query must be between 1 and 10"),
         ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 5"),
         ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
+        ("learn_rounds=0", "learn_rounds must be between 1 and 10"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)
@@ -435,6 +436,39 @@ def test_learn_can_anchor_the_unmined_searches_to_the_base_model(tmp_path: Path,
     [seed] = result["seeds"]
     assert result["train"]["anchor_weight"] == 1.0 and result["train"]["anchor_docs"] == 3
     assert seed["mining"]["anchors"] > 0 and seed["train_s"] >= 0, seed["mining"]
+
+
+@pytest.mark.slow
+def test_learn_in_rounds_retrains_from_the_serving_model_on_the_whole_log(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--set learn_rounds=2` (an experiment, not a setting): the usage queries are replayed in two parts with a
+    retrain after each, as the periodic policy would run: the second trains from the model that serves (the first
+    round's candidate if the gate accepted it) on triples mined from the whole log."""
+    import server.bench.learning_experiment as experiment
+
+    started_from: list[str] = []
+    real_train = experiment.train_model
+
+    def recording(location: str, *args: object, **kwargs: object) -> object:
+        started_from.append(str(location))
+        return real_train(location, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_model", recording)
+    data = write_beir_with_usage(tmp_path / "tiny")
+    args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
+    args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--set", "learn_rounds=2"]
+    result, md = run_bench(args)
+    [seed] = result["seeds"]
+    first, second = seed["rounds"]
+    assert result["train"]["rounds"] == 2
+    assert first["usage_queries"] + second["usage_queries"] == result["usage_queries"]
+    assert second["triples"] >= first["triples"] > 0  # mined from the whole log, not the second part alone
+    assert started_from[0] == str(tiny_model_path)
+    assert (started_from[1] != str(tiny_model_path)) == first["accepted"], (started_from, first)
+    # The reported model is the last round's candidate.
+    assert seed["hybrid_ndcg@10"] == second["hybrid_ndcg@10"]
+    assert "Each round" in md and "| 0 | 2 |" in md
 
 
 def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "mining_negative_source": ("negative_source", str),  # its earlier name
     "mining_max_pseudo": ("max_pseudo", int),
     "mining_second_opinion_depth": ("second_opinion_depth", int),  # an experiment, not a setting
+    # an experiment, not a setting: usage replayed in N parts, a retrain after each (the periodic policy)
+    "learn_rounds": ("rounds", int),
 }
 
 
@@ -151,6 +153,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if not 0.0 <= out.get(name, 0.0) <= 1.0:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
+    if not 1 <= out.get("rounds", 1) <= 10:
+        raise click.BadParameter("learn_rounds must be between 1 and 10", param_hint="--set")
     if not 0 <= out.get("second_opinion_depth", 0) <= 200:
         raise click.BadParameter("mining_second_opinion_depth must be between 0 and 200", param_hint="--set")
     from server.learning.mining import MiningConfig
@@ -400,7 +404,7 @@ def _check_modes(ctx: click.Context) -> None:
     "settings_set",
     multiple=True,
     help="Override a setting for this run, e.g. --set chunk_tokens=128; with --learn, the learn_* settings "
-    "(learn_loss also takes triplet) and the miner's "
+    "(learn_loss also takes triplet; learn_rounds=N replays usage in N parts, retraining after each) and the miner's "
     + ", ".join(key for key in LEARN_OPTIONS if key.startswith("mining_"))
     + " (learn_negative_source, earlier mining_negative_source: fused, vector, keyword, both, or checked with "
     "mining_second_opinion_depth).",

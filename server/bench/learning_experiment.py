@@ -410,6 +410,7 @@ def run_learning_experiment(
     agent_feedback: bool = False,
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
+    rounds: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
@@ -488,6 +489,7 @@ def run_learning_experiment(
             "anchor_weight": anchor_weight,
             "anchor_docs": anchor_docs,
             "merge_base": merge_base,
+            "rounds": rounds,
         },
         "seeds": [],
     }
@@ -508,104 +510,125 @@ def run_learning_experiment(
                 base_eval = _evaluate(
                     engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"), vector_lists=base_vectors
                 )
-            say(f"{eval_ds.name} seed {seed}: replaying {len(usage_ids)} usage queries")
-            t0 = time.perf_counter()
             judged = {"queries": 0, "relevant": 0, "not_relevant": 0, "wrong": 0}
             agent_rng = random.Random(seed)
-            for qid in usage_ids:
-                found = index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
-                # The agent judges a share of its searches, and may judge wrongly: each verdict flips with
-                # probability `agent_error_rate` (both draws seeded).
-                if not agent_feedback or agent_rng.random() >= agent_share:
-                    continue
-                shown = [hit.doc_id for hit in found.outcome.hits]
-                said = simulated_agent(shown, usage_ds.qrels.get(qid, {}))
-                for doc_id, relevant in said:
-                    if agent_rng.random() < agent_error_rate:
-                        relevant = not relevant
-                        judged["wrong"] += 1
-                    index.rift.learning.feedback(found.query_id, doc_id, relevant)
-                    judged["relevant" if relevant else "not_relevant"] += 1
-                judged["queries"] += bool(said)
-            seed_info["replay_s"] = round(time.perf_counter() - t0, 1)
-            if agent_feedback:
-                seed_info["agent_feedback"] = judged
+            # Rounds: the usage queries in `rounds` interleaved parts, each replayed then retrained from the
+            # serving model on the whole log, as the periodic policy would (a rejected candidate does not serve
+            # the next round). The reported model is the last round's candidate, as with one round.
+            parts = [usage_ids[r::rounds] for r in range(rounds)]
+            seed_info["rounds"] = []
+            replay_s = 0.0
+            for r, part in enumerate(parts):
+                tag = f"seed {seed}" + (f" round {r + 1}/{rounds}" if rounds > 1 else "")
+                say(f"{eval_ds.name} {tag}: replaying {len(part)} usage queries")
+                t0 = time.perf_counter()
+                for qid in part:
+                    found = index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
+                    # The agent judges a share of its searches, and may judge wrongly: each verdict flips with
+                    # probability `agent_error_rate` (both draws seeded).
+                    if not agent_feedback or agent_rng.random() >= agent_share:
+                        continue
+                    shown = [hit.doc_id for hit in found.outcome.hits]
+                    said = simulated_agent(shown, usage_ds.qrels.get(qid, {}))
+                    for doc_id, relevant in said:
+                        if agent_rng.random() < agent_error_rate:
+                            relevant = not relevant
+                            judged["wrong"] += 1
+                        index.rift.learning.feedback(found.query_id, doc_id, relevant)
+                        judged["relevant" if relevant else "not_relevant"] += 1
+                    judged["queries"] += bool(said)
+                replay_s += time.perf_counter() - t0
+                seed_info["replay_s"] = round(replay_s, 1)
+                if agent_feedback:
+                    seed_info["agent_feedback"] = judged
 
-            gate_cfg = GateConfig(seed=seed)
-            mined = collect_and_mine(
-                index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
-            )
-            if labelled_bound:
-                # "mined": label only the queries the miner made triples for, to tell whether the limit is
-                # which queries label-free mining can use, or how right its positives are on them.
-                used = {t.query_id for t in mined.report.triples}
-                heads = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
-                scope = list(index.rift.log.by_ids([q.query_id for q in heads]))
-                if labelled_scope in ("positives", "negatives"):
-                    mined.report.triples[:] = half_labelled_triples(
-                        mined.report.triples, scope, texts_to_qid, usage_ds.qrels, labelled_scope
-                    )
-                else:
-                    mined.report.triples[:] = labelled_triples(
-                        scope, texts_to_qid, usage_ds.qrels, negatives_per_query
-                    )
-                mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
-            rows, kept = materialize(engine, mined.report.triples)
-            seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
-            seed_info["mining"]["train_queries"] = len(mined.train_queries)
-            seed_info["mining"]["holdout_queries"] = len(mined.holdout)
-            seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
-            if hard_positive_repeat > 1:
-                train = list(index.rift.log.by_ids([q.query_id for q in mined.train_queries]))
-                rows, hard = repeat_hard_positives(rows, kept, train, hard_positive_repeat)
-                seed_info["mining"]["hard_positive_triples"] = hard
-            masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
-            rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
-            rows = drop_shared_query_words(rows, drop_query_words, masker, seed)
-            say(f"{eval_ds.name} seed {seed}: training on {len(rows)} triples")
-            base_embedder = index.embedder
-            anchors: list[str] = []
-            if anchor_weight > 0:
-                anchors = anchor_texts(
-                    index.rift.log, engine, mined, anchor_docs, base_embedder.query_prompt,
-                    base_embedder.document_prompt,
+                gate_cfg = GateConfig(seed=seed)
+                mined = collect_and_mine(
+                    index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
                 )
-                seed_info["mining"]["anchors"] = len(anchors)
-            trained = train_model(
-                base_embedder.spec.location,
-                rows,
-                Path(tmp) / "model",
-                TrainConfig(**{**train_cfg.__dict__, "seed": seed}),
-                base_embedder.query_prompt,
-                base_embedder.document_prompt,
-                anchors=anchors,
-                anchor_weight=anchor_weight,
-            )
-            seed_info["train_s"] = round(trained.seconds, 1)
-            seed_info["train_triples_per_s"] = round(len(rows) * epochs / max(trained.seconds, 1e-9), 2)
-            seed_info["train_device"] = trained.device
-            candidate = load_embedder(str(trained.path), f"learned-seed{seed}", index.settings)
-            say(f"{eval_ds.name} seed {seed}: re-encoding the corpus with the candidate")
-            t0 = time.perf_counter()
-            build_all(engine, candidate)
-            seed_info["reencode_s"] = round(time.perf_counter() - t0, 1)
-            t0 = time.perf_counter()
-            gate = Gate(engine, gate_cfg).score(
-                engine.embedder,
-                candidate,
-                mined.holdout,
-                mined.feedback,
-                trained_texts={normalized_query(row[0]) for row in rows},
-            )
-            seed_info["gate"] = gate.as_dict()
-            seed_info["gate_s"] = round(time.perf_counter() - t0, 1)
-            if destroyed_check and seed == seeds[0]:
-                seed_info["destroyed_gate"] = _destroyed_gate(
-                    engine, base_embedder, mined, gate_cfg, Path(tmp), index.settings
+                if labelled_bound:
+                    # "mined": label only the queries the miner made triples for, to tell whether the limit
+                    # is which queries label-free mining can use, or how right its positives are on them.
+                    used = {t.query_id for t in mined.report.triples}
+                    heads = [q for q in mined.train_queries if labelled_scope == "all" or q.query_id in used]
+                    scope = list(index.rift.log.by_ids([q.query_id for q in heads]))
+                    if labelled_scope in ("positives", "negatives"):
+                        mined.report.triples[:] = half_labelled_triples(
+                            mined.report.triples, scope, texts_to_qid, usage_ds.qrels, labelled_scope
+                        )
+                    else:
+                        mined.report.triples[:] = labelled_triples(
+                            scope, texts_to_qid, usage_ds.qrels, negatives_per_query
+                        )
+                    mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
+                rows, kept = materialize(engine, mined.report.triples)
+                seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
+                seed_info["mining"]["train_queries"] = len(mined.train_queries)
+                seed_info["mining"]["holdout_queries"] = len(mined.holdout)
+                seed_info["label_quality"] = _label_quality(kept, texts_to_qid, usage_ds.qrels)
+                if hard_positive_repeat > 1:
+                    train = list(index.rift.log.by_ids([q.query_id for q in mined.train_queries]))
+                    rows, hard = repeat_hard_positives(rows, kept, train, hard_positive_repeat)
+                    seed_info["mining"]["hard_positive_triples"] = hard
+                masker = TermMasker(index.settings.stemmer_language, index.settings.stopwords)
+                rows = mask_shared_terms(rows, mask_query_terms, masker, seed)
+                rows = drop_shared_query_words(rows, drop_query_words, masker, seed)
+                say(f"{eval_ds.name} {tag}: training on {len(rows)} triples")
+                serving = engine.embedder  # the base model in the first round
+                anchors: list[str] = []
+                if anchor_weight > 0:
+                    anchors = anchor_texts(
+                        index.rift.log, engine, mined, anchor_docs, serving.query_prompt,
+                        serving.document_prompt,
+                    )
+                    seed_info["mining"]["anchors"] = len(anchors)
+                trained = train_model(
+                    serving.spec.location,
+                    rows,
+                    Path(tmp) / f"model-{r}",
+                    TrainConfig(**{**train_cfg.__dict__, "seed": seed}),
+                    serving.query_prompt,
+                    serving.document_prompt,
+                    anchors=anchors,
+                    anchor_weight=anchor_weight,
                 )
-            switch_all(engine, candidate, keep_old=True)
-            say(f"{eval_ds.name} seed {seed}: evaluating the retrained model")
-            evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels, ensemble_with=base_vectors)
+                seed_info["train_s"] = round(trained.seconds, 1)
+                seed_info["train_triples_per_s"] = round(len(rows) * epochs / max(trained.seconds, 1e-9), 2)
+                seed_info["train_device"] = trained.device
+                candidate = load_embedder(str(trained.path), f"learned-seed{seed}-{r}", index.settings)
+                say(f"{eval_ds.name} {tag}: re-encoding the corpus with the candidate")
+                t0 = time.perf_counter()
+                build_all(engine, candidate)
+                seed_info["reencode_s"] = round(time.perf_counter() - t0, 1)
+                t0 = time.perf_counter()
+                gate = Gate(engine, gate_cfg).score(
+                    serving,
+                    candidate,
+                    mined.holdout,
+                    mined.feedback,
+                    trained_texts={normalized_query(row[0]) for row in rows},
+                )
+                seed_info["gate"] = gate.as_dict()
+                seed_info["gate_s"] = round(time.perf_counter() - t0, 1)
+                if destroyed_check and seed == seeds[0] and r == 0:
+                    seed_info["destroyed_gate"] = _destroyed_gate(
+                        engine, serving, mined, gate_cfg, Path(tmp), index.settings
+                    )
+                switch_all(engine, candidate, keep_old=True)
+                say(f"{eval_ds.name} {tag}: evaluating the retrained model")
+                evaluated = _evaluate(engine, eval_ds.queries, eval_ds.qrels, ensemble_with=base_vectors)
+                seed_info["rounds"].append(
+                    {
+                        "round": r + 1,
+                        "usage_queries": len(part),
+                        "triples": len(rows),
+                        "train_s": seed_info["train_s"],
+                        "accepted": gate.accepted,
+                        **{f"{m}_ndcg@10": round(float(np.mean(list(evaluated[m].values()))), 4) for m in MODES},
+                    }
+                )
+                if not gate.accepted and r < rounds - 1:
+                    switch_all(engine, serving, keep_old=True)  # the rejected candidate never served
             seed_info["per_query"] = {
                 m: {q: round(v, 5) for q, v in per.items()} for m, per in evaluated.items()
             }

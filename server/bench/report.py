@@ -285,6 +285,16 @@ def learn_markdown(result: dict[str, Any]) -> str:
     headers = ["seed", "triples", "train s", "re-encode s", "gate"]
     headers += [f"{m} nDCG@10 (base {modes[m]['base']:.4f}), Δ [95 % CI]" for m in LEARN_MODES]
     lines += _table(headers, rows)
+    rounds = [(s["seed"], r) for s in result.get("seeds", []) for r in s.get("rounds", [])]
+    if len({r["round"] for _, r in rounds}) > 1:
+        lines += ["", "Each round (usage replayed in parts, a retrain from the serving model after each):", ""]
+        rows = [
+            [seed, r["round"], r["usage_queries"], r["triples"], "accepted" if r["accepted"] else "rejected"]
+            + [f"{r[f'{m}_ndcg@10']:.4f}" for m in LEARN_MODES]
+            for seed, r in rounds
+        ]
+        headers = ["seed", "round", "usage queries", "triples", "gate"] + [f"{m} nDCG@10" for m in LEARN_MODES]
+        lines += _table(headers, rows)
     buckets = result.get("by_keyword_ndcg") or []
     if buckets:
         lines += [
