@@ -2018,3 +2018,43 @@ def test_a_query_waiting_for_the_model_goes_before_the_next_batch_of_documents(t
     searching.join(10)
     assert vectors.shape[0] == 40 and not searching.is_alive()
     assert order.index("query") == 1, order  # (was last: after all 10 batches)
+
+
+def test_a_query_waits_for_one_model_batch_of_documents_not_for_a_progress_step(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_documents reports progress every 4 model batches, and encoded those 4 in one call holding the model,
+    so a search waited for all 4 (about 11 s with MiniLM on a busy 2-core machine). Documents now go to the
+    model one batch at a time: a search that waits goes in after the batch in hand, and progress stays per 4."""
+    from server.engine import embedder as embedder_module
+    from server.engine.models import resolve_model
+
+    monkeypatch.setattr(embedder_module, "QUERY_TURN_S", 30.0)  # (so a late-waking search thread still goes)
+    embedder = embedder_module.Embedder(resolve_model(str(tiny_model_path)), version="tiny", batch_size=2)
+    calls: list[tuple[str, int]] = []
+    real_encode = embedder.model.encode
+
+    def encode(texts: list[str], **kwargs: Any) -> Any:
+        calls.append(("query" if texts == ["where"] else "documents", len(texts)))
+        if len(calls) == 1:  # the first documents hold the model: a search starts and waits for it
+            searching.start()
+            deadline = time.monotonic() + 10
+            while not embedder._queries_waiting and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert embedder._queries_waiting == 1
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(embedder.model, "encode", encode)
+    searching = threading.Thread(target=lambda: embedder.encode_query("where"))
+    progress: list[tuple[int, int]] = []
+    texts = [f"text number {n} " * (1 + n % 3) for n in range(20)]
+    vectors = embedder.encode_documents(texts, lambda done, total: progress.append((done, total)))
+    searching.join(10)
+    assert not searching.is_alive()
+    documents_before = sum(n for _, n in calls[: calls.index(("query", 1))])
+    assert documents_before == 2, calls  # one model batch (was 8: a whole progress step)
+    assert all(n <= 2 for kind, n in calls if kind == "documents"), calls
+    assert progress == [(8, 20), (16, 20), (20, 20)]
+    monkeypatch.undo()  # the vectors, in the texts' order, are those of one encode of them all
+    whole = embedder.model.encode(texts, prompt="", batch_size=2, normalize_embeddings=True)
+    assert np.allclose(vectors, whole, atol=1e-6)
