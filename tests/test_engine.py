@@ -2012,7 +2012,7 @@ def test_a_query_waiting_for_the_model_goes_before_the_next_batch_of_documents(t
             self.release()
 
     embedder.model.encode = encode
-    embedder._lock = LateWaking()  # type: ignore[assignment]
+    embedder._turns.lock = LateWaking()  # type: ignore[assignment]
     searching = threading.Thread(target=lambda: embedder.encode_query("where"))
     vectors = embedder.encode_documents([f"text {n}" for n in range(40)])  # 10 batches
     searching.join(10)
@@ -2027,9 +2027,10 @@ def test_a_query_waits_for_one_model_batch_of_documents_not_for_a_progress_step(
     so a search waited for all 4 (about 11 s with MiniLM on a busy 2-core machine). Documents now go to the
     model one batch at a time: a search that waits goes in after the batch in hand, and progress stays per 4."""
     from server.engine import embedder as embedder_module
+    from server.engine import model_turns
     from server.engine.models import resolve_model
 
-    monkeypatch.setattr(embedder_module, "QUERY_TURN_S", 30.0)  # (so a late-waking search thread still goes)
+    monkeypatch.setattr(model_turns, "QUERY_TURN_S", 30.0)  # (so a late-waking search thread still goes)
     embedder = embedder_module.Embedder(resolve_model(str(tiny_model_path)), version="tiny", batch_size=2)
     calls: list[tuple[str, int]] = []
     real_encode = embedder.model.encode
@@ -2039,9 +2040,9 @@ def test_a_query_waits_for_one_model_batch_of_documents_not_for_a_progress_step(
         if len(calls) == 1:  # the first documents hold the model: a search starts and waits for it
             searching.start()
             deadline = time.monotonic() + 10
-            while not embedder._queries_waiting and time.monotonic() < deadline:
+            while not embedder._turns.queries_waiting and time.monotonic() < deadline:
                 time.sleep(0.005)
-            assert embedder._queries_waiting == 1
+            assert embedder._turns.queries_waiting == 1
         return real_encode(texts, **kwargs)
 
     monkeypatch.setattr(embedder.model, "encode", encode)

@@ -10,22 +10,17 @@ import importlib
 import json
 import logging
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from server.engine.model_turns import ModelTurns
 from server.engine.models import ModelSpec, choose_query_prompt
 from server.errors import RiftError
 
 log = logging.getLogger(__name__)
-
-# How long a batch of documents waits, at most, for the queries waiting on the model to go first.
-QUERY_TURN_S = 1.0
-
 
 def embed_options(settings: Any) -> dict[str, Any]:
     """The Embedder keyword arguments that come from Settings beyond model, device and batch size."""
@@ -102,12 +97,7 @@ class Embedder:
         self.spec = spec
         self.version = version
         self.batch_size = batch_size
-        self._lock = threading.Lock()
-        # Queries blocked on the model. The lock is not fair: the thread encoding a long add_documents took it
-        # back at once after each batch, and a search waited two batches or more (with MiniLM on a busy 2-core
-        # machine, 2 of 7 searches 4.5 s against 2.2 s batches, 4 of 5 in another run: helper DU).
-        self._queries_waiting = 0
-        self._waiting_lock = threading.Lock()
+        self._turns = ModelTurns()  # (queries go before a write's next batch)
         check_device(device)
         self.model = SentenceTransformer(spec.location, device=None if device == "auto" else device)
         self.model.eval()
@@ -151,8 +141,8 @@ class Embedder:
         self, texts: Sequence[str], prompt: str, batch_size: int, backend: str, query: bool = False
     ) -> np.ndarray:
         if backend == "onnx":
-            return self._onnx.encode(texts, prompt, batch_size)
-        with self._turn(query):
+            return self._onnx.encode(texts, prompt, batch_size, query=query)
+        with self._turns.turn(query):
             vectors = self.model.encode(
                 list(texts),
                 # "" and not None: None makes sentence-transformers apply the model's `default_prompt_name`
@@ -165,28 +155,6 @@ class Embedder:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
-
-    @contextlib.contextmanager
-    def _turn(self, query: bool) -> Any:
-        """Hold the model. A batch of documents first lets the queries already waiting go (up to QUERY_TURN_S,
-        so that a steady stream of searches cannot hold a write back for good)."""
-        if query:
-            with self._waiting_lock:
-                self._queries_waiting += 1
-            try:
-                self._lock.acquire()
-            finally:
-                with self._waiting_lock:
-                    self._queries_waiting -= 1
-        else:
-            deadline = time.monotonic() + QUERY_TURN_S
-            while self._queries_waiting and time.monotonic() < deadline:
-                time.sleep(0.001)
-            self._lock.acquire()
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     def encode_query(self, text: str) -> np.ndarray:
         return self._encode([text], self.query_prompt, 1, self.backend, query=True)[0]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from server.engine.model_turns import ModelTurns
 from server.errors import RiftError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class OnnxEncoder:
         # Spinning threads win benchmarks on an idle machine and lose badly on a shared one.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self._lock = threading.Lock()
+        self._turns = ModelTurns()  # (its own: onnx queries need not wait for torch document batches)
         self._single = _single_text_tokenizer(self.tokenizer, self.max_length)
 
     def _prompt_length(self, prompt: str) -> int:
@@ -165,7 +165,7 @@ class OnnxEncoder:
             mask[np.arange(mask.shape[1])[None, :] < starts[:, None]] = 0
         return {**feed, POOLING_MASK: mask}
 
-    def encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], prompt: str, batch_size: int, query: bool = False) -> np.ndarray:
         texts = [prompt + t for t in texts] if prompt else list(texts)
         if len(texts) == 1 and self._single is not None:
             enc = self._single.encode(texts[0])
@@ -174,7 +174,7 @@ class OnnxEncoder:
                 for n, attr in zip(INPUTS, ("ids", "attention_mask", "type_ids"), strict=True)
             }
             feed = self._with_pooling_mask(feed, prompt)
-            with self._lock:
+            with self._turns.turn(query):
                 return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
         out = []
         for start in range(0, len(texts), max(batch_size, 1)):
@@ -189,7 +189,7 @@ class OnnxEncoder:
                 n: np.asarray(enc.get(n, np.zeros_like(enc["input_ids"])), dtype=np.int64) for n in INPUTS
             }
             feed = self._with_pooling_mask(feed, prompt)
-            with self._lock:
+            with self._turns.turn(query):
                 out.append(self.session.run(None, feed)[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
 
