@@ -323,3 +323,59 @@ async def test_a_cancelled_job_says_it_is_stopping_and_a_new_retrain_says_why_it
             release.set()
         done = await ok(client, "retrain_status", {"wait_seconds": 10})
         assert (done["status"], done["cancel_requested"]) == ("cancelled", True)
+
+
+async def test_a_reindex_counts_its_re_chunking_and_its_wait_reports_it(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a switch to a model that reads fewer tokens every stored document is cut again, which takes
+    minutes on a large store: that phase counts documents across the collections as the other phases count
+    theirs, and a wait's progress notifications go on through it (they stopped at switching)."""
+    import json
+    import shutil
+    import time
+
+    from server.app import SERVING
+    from server.learning.jobs import Job
+    from tools.retrain_status import PHASE_ORDER
+
+    short = tmp_path / "short-model"
+    shutil.copytree(tiny_model_path, short)
+    config = json.loads((short / "sentence_bert_config.json").read_text())
+    config["max_seq_length"] = 24
+    (short / "sentence_bert_config.json").write_text(json.dumps(config))
+    counted: list[tuple[int, int]] = []
+    real_progress = Job.progress
+
+    def slowed(job: Job, done: int, total: int) -> None:
+        real_progress(job, done, total)
+        if job.phase == "re-chunking":
+            counted.append((done, total))
+            time.sleep(0.6)  # the wait polls every 0.5 s: each count is seen
+
+    monkeypatch.setattr(Job, "progress", slowed)
+    text = " ".join(f"word{i} about the river and the sea" for i in range(12))
+    async with connect(make_settings(tmp_path / "data", tiny_model_path)) as client:
+        many = [{"id": f"d{i:02}", "text": f"{i} {text}"} for i in range(70)]
+        await ok(client, "add_documents", {"documents": many})
+        await ok(client, "add_documents", {"documents": [{"id": "o", "text": text}], "collection": "other"})
+        started = SERVING[-1].learning.reindex(str(short))
+        heard: list[tuple[float, str | None]] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            heard.append((value, message))
+
+        result = await client.call_tool(
+            "retrain_status", {"job_id": started["job_id"], "wait_seconds": 120}, progress_callback=on_progress
+        )
+        done = result.structured_content
+        assert done["status"] == "succeeded", done
+        assert [p["phase"] for p in done["phases"]][-2:] == ["switching", "re-chunking"]
+    # Batches of 64 documents, then the next collection; it ends with every document read.
+    assert counted[0] == (64, 71) and counted[-1] == (71, 71)
+    assert [d for d, _ in counted] == sorted(d for d, _ in counted)
+    values = [v for v, _ in heard]
+    assert values == sorted(set(values))  # still only increasing
+    rechunking = [(v, m) for v, m in heard if m and m.startswith("reindex: re-chunking")]
+    assert rechunking and all(v >= PHASE_ORDER["re-chunking"] for v, _ in rechunking)
+    assert any(m and m.endswith("/71") for _, m in rechunking)

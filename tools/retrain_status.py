@@ -65,7 +65,8 @@ PHASE_ORDER = {
     "encoding": 2,
     "gating": 3,
     "switching": 4,
-    "done": 5,
+    "re-chunking": 5,  # after a switch to a model that reads fewer tokens (else skipped)
+    "done": 6,
 }
 
 

@@ -1053,13 +1053,19 @@ class Engine:
         stored = self._recorded_chunking(collection)
         return stored is not None and stored != self._chunking(collection)
 
-    def rechunk_if_changed(self, collection: str, should_stop: Callable[[], bool] | None = None) -> int:
+    def rechunk_if_changed(
+        self,
+        collection: str,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """After a change of chunk_tokens or chunk_overlap (or of a model whose sequence limit caps the chunk
         size), split every stored document again from its stored text and embed the chunks that changed:
         otherwise old documents keep chunks the model may not read to the end. The chunking is part of a
         document version's hash, so each re-chunked document is a new version with new chunk ids (an
         interrupted write rolls back to the old one intact), and a run cut short resumes where it stopped:
-        documents already re-chunked are unchanged the second time. Returns the documents rewritten."""
+        documents already re-chunked are unchanged the second time. `progress` hears (documents read, of how
+        many) after each batch. Returns the documents rewritten."""
         key = f"chunking:{collection}"
         wanted, stored = self._chunking(collection), self._recorded_chunking(collection)
         if stored == wanted:
@@ -1096,6 +1102,8 @@ class Engine:
                     # above, which the text read before would then undo.)
                     written = self._write_into(collection, batch, None, read_at=seen, skip_late=True)
                 done += sum(s.status != "unchanged" for s in written)
+                if progress is not None:
+                    progress(min(first + 64, len(ids)), len(ids))
             log.warning(
                 "chunking of collection %r changed (%s -> %s): re-chunked %d documents in %.1fs",
                 collection,

@@ -927,19 +927,31 @@ class LearningManager:
                     names.append(name)
         if not names:  # (a fine-tune: its base's limit, nothing to do)
             return
+        # Counted in documents across the collections, as the other phases count theirs: a large store takes
+        # minutes here, and retrain_status should show it moving.
+        counts = {name: engine.state.document_count(name) for name in names}
+        total = sum(counts.values())
         try:
-            job.enter("re-chunking")
+            job.enter("re-chunking", total=total)
         except JobCancelled:
             return
+        before = 0
         for name in names:
+
+            def progress(done: int, _of: int, before: int = before, name: str = name) -> None:
+                # (clamped to the count taken above: documents added meanwhile must not push it past total)
+                job.progress(before + min(done, counts[name]), total)
+
             try:
-                engine.rechunk_if_changed(name, lambda: job.cancelled)
+                engine.rechunk_if_changed(name, lambda: job.cancelled, progress)
             except NotFoundError:
-                continue
+                pass
             except Exception:
                 log.exception("re-chunking collection %r for the new model failed; the next start retries", name)
             if job.cancelled:
                 return
+            before += counts[name]
+            job.progress(before, total)  # (a collection deleted meanwhile, or cut already, counts as done)
 
     def _prune(self, engine: Any = None) -> None:
         """Keep Chroma vectors only for the most recently served versions (fast rollback to them), and the
