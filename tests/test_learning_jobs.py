@@ -99,21 +99,67 @@ def test_a_cancelled_job_reads_as_stopping_until_it_has() -> None:
 def test_progress_says_when_its_total_is_not_known_yet() -> None:
     """A phase whose step count is not known yet reads total null, not "0 of 0", which reads as finished."""
     runner = JobRunner()
-    entered, release = threading.Event(), threading.Event()
+    entered, counted, release = threading.Event(), threading.Event(), threading.Event()
 
     def work(job):
         job.enter("training")
         entered.set()
-        release.wait(5)
+        counted.wait(5)
         job.progress(1, 150)
+        entered.clear()
+        entered.set()
+        release.wait(5)
         return {"status": "succeeded"}
 
     job = runner.start("retrain", {}, work)
     assert entered.wait(5)
     assert job.snapshot()["progress"] == {"done": 0, "total": None}
+    entered.clear()
+    counted.set()
+    assert entered.wait(5)
+    snap = job.snapshot()
+    assert snap["progress"] == {"done": 1, "total": 150}
+    assert snap["phases"][-1] | {"seconds": 0} == {"phase": "training", "seconds": 0, "done": 1, "total": 150}
     release.set()
     runner.wait(5)
-    assert job.snapshot()["progress"] == {"done": 1, "total": 150}
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "rejected", "failed", "cancelled"])
+def test_an_ended_job_reports_no_progress_and_its_phases_keep_their_counts(ending: str) -> None:
+    """An ended job's phase is its final status, which counts nothing: its progress reads null, not the last
+    phase's counters ("cancelled, 3 of 600" read as work still partial); each phase that counted keeps how far
+    it got in `phases`, so where a cancelled or failed job stopped still shows."""
+    runner = JobRunner()
+    cancel_now = threading.Event()
+
+    def work(job):
+        job.enter("training", total=600)
+        job.progress(600, 600)
+        job.enter("switching")
+        job.enter("gating", total=40)
+        job.progress(3, 40)
+        if ending == "cancelled":
+            cancel_now.set()
+            while True:
+                job.check()
+                time.sleep(0.01)
+        if ending == "failed":
+            raise RiftError("the disk is full")
+        return {"status": ending}
+
+    job = runner.start("retrain", {}, work)
+    if ending == "cancelled":
+        assert cancel_now.wait(5)
+        runner.cancel(job.id)
+    runner.wait(5)
+    snap = job.snapshot()
+    assert (snap["status"], snap["phase"]) == (ending, ending)
+    assert snap["progress"] == {"done": None, "total": None}
+    assert [{k: v for k, v in p.items() if k != "seconds"} for p in snap["phases"]] == [
+        {"phase": "training", "done": 600, "total": 600},
+        {"phase": "switching"},
+        {"phase": "gating", "done": 3, "total": 40},
+    ]
 
 
 def test_cancelled_retrain_changes_nothing(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -384,7 +430,14 @@ def test_cli_retrain_says_when_the_gate_kept_the_serving_model(
         main, ["retrain", "--batch-size", "4", "--data-dir", str(settings.data_dir)], env=env
     )
     assert result.exit_code == REJECTED_EXIT == 3, result.output
-    assert json.loads(result.stdout)["status"] == "rejected"
+    final = json.loads(result.stdout)
+    assert final["status"] == "rejected"
+    # Ended, it reports no progress (the gate's "44/44" read as a phase still going); the gate's count stays
+    # with its phase.
+    assert [line for line in result.stderr.splitlines() if line.startswith("retrain: ")][-1] == "retrain: rejected"
+    assert final["progress"] == {"done": None, "total": None}
+    gating = final["phases"][-1]
+    assert gating["phase"] == "gating" and gating["done"] == gating["total"] > 0
     assert "the gate rejected the candidate (" in result.stderr and "serving model is unchanged" in result.stderr
 
 

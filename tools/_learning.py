@@ -25,10 +25,10 @@ class JobStatus(BaseModel):
         description="mining, training, encoding, gating, switching, loading, re-chunking, or the final status."
     )
     progress: dict[str, int | None] = Field(
-        description="done/total within the current phase (steps or chunks); total null while not known."
+        description="done/total in the current phase; total null while not known, both null once ended."
     )
     elapsed_s: float
-    phases: list[dict[str, Any]] = Field(description="Each phase with its duration in seconds.")
+    phases: list[dict[str, Any]] = Field(description="Each phase: seconds taken, done/total if counted.")
     params: dict[str, Any]
     result: dict[str, Any] = Field(
         description="Triples used, training time, the gate's numbers, new version."

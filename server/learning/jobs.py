@@ -53,13 +53,35 @@ class Job:
         with self._phase_lock:  # a cancel either lands before this phase starts or sees it
             self.check()
             now = time.time()
-            if self.phases:
-                self.phases[-1]["seconds"] = round(now - self.phases[-1]["started_at"], 2)
+            self._close_phase(now)
             self.phases.append({"phase": phase, "started_at": now})
             self.phase, self.done, self.total = phase, 0, total
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total
+
+    def finish(self, status: str, error: str | None, result: dict[str, Any] | None) -> None:
+        """The job's end: status, phase and progress change under one hold of the lock, so a snapshot never
+        reads a final status beside the last phase's counters."""
+        with self._phase_lock:
+            now = time.time()
+            self._close_phase(now)
+            if result is not None:
+                self.result = result
+            if error is not None:  # (else any the work gave, as a cancel's reason)
+                self.error = error
+            self.status, self.phase, self.finished_at = status, status, now
+            self.done = self.total = 0
+        self.finished.set()
+
+    def _close_phase(self, now: float) -> None:
+        """Record how long the current phase took and how far it counted (where a cancelled or failed job
+        stopped stays readable after the job's own progress is cleared)."""
+        if not self.phases or "seconds" in self.phases[-1]:
+            return
+        self.phases[-1]["seconds"] = round(now - self.phases[-1]["started_at"], 2)
+        if self.total:
+            self.phases[-1].update(done=self.done, total=self.total)
 
     def check(self) -> None:
         if self._cancel.is_set():
@@ -70,19 +92,31 @@ class Job:
         return self._cancel.is_set()
 
     def snapshot(self) -> dict[str, Any]:
+        with self._phase_lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         end = self.finished_at or time.time()
+        phases = [
+            {"phase": p["phase"], "seconds": p.get("seconds", round(end - p["started_at"], 2))}
+            | ({"done": p["done"], "total": p["total"]} if "total" in p else {})
+            for p in self.phases
+        ]
+        # (a total of 0 is not known yet, or a phase without steps: null, not "0 of 0" that reads as done;
+        # an ended job has no current phase, so no progress either: `phases` keeps what each one counted)
+        progress: dict[str, int | None] = {"done": None, "total": None}
+        if self.finished_at is None:
+            progress = {"done": self.done, "total": self.total or None}
+            if phases and self.total:  # the current phase, counting
+                phases[-1].update(done=self.done, total=self.total)
         return {
             "job_id": self.id,
             "kind": self.kind,
             "status": self.status,
             "phase": self.phase,
-            # (a total of 0 is not known yet, or a phase without steps: null, not "0 of 0" that reads as done)
-            "progress": {"done": self.done, "total": self.total or None},
+            "progress": progress,
             "elapsed_s": round(end - self.started_at, 2),
-            "phases": [
-                {"phase": p["phase"], "seconds": p.get("seconds", round(end - p["started_at"], 2))}
-                for p in self.phases
-            ],
+            "phases": phases,
             "params": self.params,
             "result": self.result,
             "error": self.error,
@@ -150,24 +184,19 @@ class JobRunner:
             return job
 
     def _run(self, job: Job, work: Callable[[Job], dict[str, Any]]) -> None:
+        status, error, result = job.status, None, None
         try:
             result = work(job)
-            job.result = result
-            job.status = str(result.get("status", "succeeded"))
+            status = str(result.get("status", "succeeded"))
         except JobCancelled:
-            job.status = "cancelled"
+            status = "cancelled"
         except RiftError as exc:
-            job.status, job.error = "failed", str(exc)
+            status, error = "failed", str(exc)
         except Exception as exc:  # reported through retrain_status; the server keeps serving
             log.exception("%s job %s failed", job.kind, job.id)
-            job.status, job.error = "failed", disk_full_problem(exc) or f"{type(exc).__name__}: {exc}"
+            status, error = "failed", disk_full_problem(exc) or f"{type(exc).__name__}: {exc}"
         finally:
-            now = time.time()
-            if job.phases and "seconds" not in job.phases[-1]:
-                job.phases[-1]["seconds"] = round(now - job.phases[-1]["started_at"], 2)
-            job.phase = job.status
-            job.finished_at = now
-            job.finished.set()
+            job.finish(status, error, result)
 
     def get(self, job_id: str | None = None) -> Job:
         with self._lock:
