@@ -25,14 +25,23 @@ from server.service import Rift
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# tools/list goes into every agent's context (tests/test_tool_schemas.py BUDGET): the name rule is published
+# where a collection can be created; a tool that only reads or deletes one refuses a bad name in its error.
 COLLECTION_DESCRIPTION = "Collection name: 1-63 letters, digits, '_' or '-', starting with a letter or digit."
+# The grammar in full once, on hybrid_search; the document tools refer to it.
 FILTERS_DESCRIPTION = (
-    "Metadata filter. Keys are metadata fields (several keys: all must match); a value matches exactly and by "
-    'type (1, "1" and true differ). Operators: $eq, $ne; $gt, $gte, $lt, $lte (numbers); $in, $nin (a list); '
-    '$and, $or (a list of filters); {"source": {"$prefix": "/abs/folder"}} (files only). A key no document '
-    "has matches nothing under equality, ranges or $in; $ne and $nin also match documents that lack it. "
-    'E.g. {"lang": "en"}, {"year": {"$gte": 2020}}, {"tag": {"$in": ["a", "b"]}}, '
-    '{"$or": [{"lang": "en"}, {"lang": "de"}]}; files also carry name, file_type, size, mtime and title.'
+    'Metadata filter: {field: value} (several fields: all must match); a value matches exactly and by type (1, "1" '
+    "and true differ). Operators: $eq, $ne; $gt, $gte, $lt, $lte (numbers); $in, $nin (a list); $and, $or (a "
+    'list of filters); {"source": {"$prefix": "/abs/folder"}} (files only). A document without a field matches '
+    'only $ne and $nin on it. E.g. {"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]}. Files also carry name, '
+    "file_type, size, mtime and title."
+)
+DOCUMENT_FILTERS_DESCRIPTION = (
+    "Metadata filter as in hybrid_search, over document metadata (a chunk's heading, symbol or page is not)."
+)
+# Why a read that catches up with other processes (a shared Chroma server) may not have.
+STALE_WARNINGS = (
+    "Why this may be out of date (Chroma server unreachable: this process's own copy answered); empty normally."
 )
 
 # Writes take the engine's write lock one at a time, so a worker thread per queued write only waits; with

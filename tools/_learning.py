@@ -35,8 +35,7 @@ class JobStatus(BaseModel):
     )
     error: str | None
     cancel_requested: bool = Field(
-        description="A cancel was asked for (retrain_status cancel=true, or a shutdown). While status is still "
-        "running, the job is stopping: it ends cancelled at its next check (a training step, a batch of "
-        "chunks), and no other job can start until it has."
+        description="A cancel was asked for (cancel=true, or a shutdown): while status is still running, the "
+        "job is stopping (at its next training step or batch of chunks), and no other job can start until then."
     )
     warnings: list[str] = []  # why a wait ended before the job did (a shutdown); undescribed: tools/list's budget

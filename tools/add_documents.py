@@ -73,8 +73,7 @@ async def add_documents(
         list[DocumentIn],
         Field(
             min_length=1,
-            description="Documents to add or replace (at most the setting max_documents_per_call: the schema's "
-            "maxItems).",
+            description="Documents to add or replace (at most the setting max_documents_per_call).",
         ),
     ],
     ctx: Context,
@@ -102,9 +101,9 @@ TOOL = ToolSpec(
     name="add_documents",
     title="Add documents",
     description=(
-        "Store documents so they can be found later with hybrid_search. Use it to save notes, files' text, "
-        "web pages or any knowledge worth retrieving. Re-adding an id replaces that document; unchanged "
-        "content is skipped. The collection is created if it does not exist. Returns each document's status."
+        "Store documents for hybrid_search to find: notes, web pages or any knowledge worth retrieving. "
+        "Re-adding an id replaces that document; unchanged content is skipped. The collection is created if it "
+        "does not exist."
     ),
     annotations=ToolAnnotations(
         title="Add documents",

@@ -32,8 +32,8 @@ class AddPathsResult(BaseModel):
     skipped: int
     removed: int
     files: list[FileStatusOut] = Field(
-        description="Per-file status (removed and skipped ones first); an unchanged file is only counted, unless "
-        "something about it changed (reason: metadata refreshed, read again by a newer extractor)."
+        description="Per-file status, removed and skipped first; an unchanged file is only counted, unless it "
+        "has a reason (metadata refreshed, read again by a newer extractor)."
     )
     truncated: bool = Field(description=f"True when more than {MAX_LISTED} files were listed.")
 
@@ -125,12 +125,11 @@ TOOL = ToolSpec(
     name="add_paths",
     title="Add files and folders",
     description=(
-        "Ingest files or whole folders from disk so hybrid_search can find them: Markdown (front matter "
-        "and headings kept), plain text, PDF, HTML, reStructuredText and source code. Each file becomes one "
-        "document whose id is its absolute path, with metadata source, file_type, size, mtime and title. "
-        "Run it again on the same folder to sync: changed files are updated, unchanged ones skipped, and "
-        "with prune=true documents of deleted files are removed. Honours .gitignore; binary and oversized "
-        "files are skipped with a reason. Only paths under the server's allowed_roots can be read."
+        "Ingest files or whole folders from disk for hybrid_search: Markdown (front matter becomes metadata), "
+        "plain text, PDF, HTML, reStructuredText and source code. Each file is one document, its id the absolute "
+        "path, with metadata source, file_type, size, mtime and title. Run it again to sync: changed files are "
+        "updated, unchanged ones skipped, and prune=true removes deleted files' documents. Honours .gitignore; "
+        "binary and oversized files are skipped with a reason. Only paths under the server's allowed_roots."
     ),
     annotations=ToolAnnotations(
         title="Add files and folders",

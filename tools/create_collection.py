@@ -29,9 +29,8 @@ TOOL = ToolSpec(
     name="create_collection",
     title="Create collection",
     description=(
-        "Create an empty collection, e.g. to keep one project's or one source's documents apart from others. "
-        "Optional: add_documents and add_paths create the collection they write to. Creating one that exists "
-        "changes nothing."
+        "Create an empty collection, e.g. to keep one project's documents apart. Optional: add_documents and "
+        "add_paths create the collection they write to. Creating one that exists changes nothing."
     ),
     annotations=ToolAnnotations(
         title="Create collection",

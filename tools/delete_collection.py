@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools._common import ToolSpec, call_write, rift_of
 from tools.resources import announcing
 
 
@@ -19,7 +17,7 @@ class DeleteCollectionResult(BaseModel):
 
 
 async def delete_collection(
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)], ctx: Context
+    collection: str, ctx: Context
 ) -> DeleteCollectionResult:
     rift = rift_of(ctx)
     removed: list[str] = []  # its documents, read under the write lock that deletes them: all are announced
@@ -36,8 +34,9 @@ TOOL = ToolSpec(
     name="delete_collection",
     title="Delete collection",
     description=(
-        "Permanently delete a collection with all of its documents and chunks from both indices, and its logged "
-        "searches with their feedback (a retrain still training on them is cancelled). This cannot be undone; use delete_documents to remove only some documents. Only do this when the user asked for it."
+        "Permanently delete a collection: its documents and chunks in both indices, its logged searches and "
+        "their feedback (a retrain training on them is cancelled). This cannot be undone; delete_documents "
+        "removes only some documents. Only do this when the user asked for it."
     ),
     annotations=ToolAnnotations(
         title="Delete collection",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from server.errors import RiftError
 from server.service import Rift
-from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools._common import DOCUMENT_FILTERS_DESCRIPTION, ToolSpec, call_write, rift_of
 from tools.resources import announcing
 
 # Deleting by id costs little per id (no embedding, unlike an add); the bound only caps one request's size.
@@ -22,8 +22,8 @@ class DeleteDocumentsResult(BaseModel):
     deleted: list[str]
     not_found: list[str] = Field(description="Ids asked for that were not stored (with ids).")
     remaining: int = Field(
-        description="With filters: documents that still match, beyond those one call deletes (the setting "
-        "max_documents_per_call, 1,000 by default); call again with the same filters. 0 with ids."
+        description="With filters: matches left over (one call deletes at most the setting "
+        "max_documents_per_call); call again with the same filters. 0 with ids."
     )
 
 
@@ -34,20 +34,17 @@ async def delete_documents(
         Field(
             min_length=1,
             max_length=MAX_DELETE_IDS,
-            description=f"Document ids to delete (or give filters), up to {MAX_DELETE_IDS:,} a call: a fixed "
-            "limit, unlike a delete by filters, which the setting max_documents_per_call bounds.",
+            description="Ids to delete (or give filters).",
         ),
     ] = None,
     filters: Annotated[
         dict[str, Any] | None,
         Field(
-            description=FILTERS_DESCRIPTION
-            + " Deletes every document whose metadata matches (or give ids); at least one condition. It reads "
-            "document metadata, as list_documents does: a chunk's heading, symbol or page is not, and a field no "
-            "document has is refused."
+            description=DOCUMENT_FILTERS_DESCRIPTION
+            + " Deletes every match (or give ids); at least one condition; a field no document has is refused."
         ),
     ] = None,
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    collection: str = "default",
 ) -> DeleteDocumentsResult:
     async with announcing(ctx, collection, ids or []) as changed:
         deleted, missing, remaining = await call_write(_delete, rift_of(ctx), collection, ids, filters)
@@ -75,10 +72,9 @@ TOOL = ToolSpec(
     name="delete_documents",
     title="Delete documents",
     description=(
-        "Permanently remove documents, with every chunk, from both the vector and keyword indices: by id, or "
-        "every document whose metadata matches filters (e.g. all files under a folder). Use it when stored "
-        "knowledge is wrong or obsolete. Ids that do not exist are reported, not errors. To check what a filter "
-        "matches first, call list_documents with it."
+        "Permanently remove documents with every chunk from both indices: by id, or all whose metadata matches "
+        "filters (e.g. the files under a folder). Use it when stored knowledge is wrong or obsolete. Unknown ids "
+        "are reported in not_found, not errors. list_documents shows what a filter matches first."
     ),
     annotations=ToolAnnotations(
         title="Delete documents",

@@ -40,10 +40,14 @@ class Judged(BaseModel):
 
 class FeedbackResult(BaseModel):
     query_id: str
-    doc_id: str | None = Field(description="The judged document (with doc_id and relevant; null with judgments).")
-    relevant: bool | None = Field(description="As in judged (null with judgments).")
-    replaced: bool | None = Field(description="As in judged (null with judgments).")
-    stored: bool | None = Field(description="As in judged (null with judgments).")
+    # One verdict's fields, described once: they read as judged's.
+    doc_id: str | None = Field(
+        description="With doc_id and relevant: the verdict flat (relevant, replaced, stored as in judged); these "
+        "four are null with judgments."
+    )
+    relevant: bool | None
+    replaced: bool | None
+    stored: bool | None
     judged: list[Judged] = Field(description="Every verdict recorded by this call, in the order given.")
 
 
@@ -62,8 +66,8 @@ async def feedback(
         Field(
             min_length=1,
             max_length=MAX_JUDGMENTS,
-            description="Several verdicts on that search's results in one call, instead of doc_id and relevant: "
-            "[{doc_id, relevant}, ...]; all are recorded, or none when one is wrong.",
+            description="Several verdicts at once, instead of doc_id and relevant; all are recorded, or none when "
+            "one is wrong.",
         ),
     ] = None,
 ) -> FeedbackResult:
@@ -93,9 +97,9 @@ TOOL = ToolSpec(
     name="feedback",
     title="Judge search results",
     description=(
-        "Tell rift whether documents a hybrid_search returned were relevant to that search: one (doc_id, "
-        "relevant) or several at once (judgments). These judgements are the strongest training signal for "
-        "retrain and are used by its gate. Give the query_id from the search result and its doc_ids."
+        "Tell rift whether documents a hybrid_search returned were relevant to it: one (doc_id, relevant) or "
+        "several (judgments), with the search's query_id. These judgements are retrain's strongest training "
+        "signal, and its gate uses them."
     ),
     annotations=ToolAnnotations(
         title="Judge search results",

@@ -10,15 +10,14 @@ from pydantic import BaseModel, Field
 
 from server.ingest.manage import caught_up
 from server.ingest.manage import get_document as fetch_document
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import ToolSpec, call, rift_of
 
 
 class DocumentOut(BaseModel):
     collection: str
     doc_id: str
     text: str = Field(
-        description="The document's text, or the window offset .. offset + max_chars of it (by default at most the "
-        "server's get_document_max_chars: truncated says whether more follows)."
+        description="The text from offset, at most max_chars characters."
     )
     metadata: dict[str, Any]
     chunks: int
@@ -29,25 +28,25 @@ class DocumentOut(BaseModel):
         description="True when text stops before the end; call again with a later offset."
     )
     fetch_recorded: bool = Field(
-        description="True when this read was recorded against query_id (only a document that search's response named: a hit or a listed blind spot)."
+        description="True when this read was recorded against query_id (only a document that search showed: a "
+        "hit or a blind spot)."
     )
     warnings: list[str] = Field(
         default_factory=list,
-        description="Why this may be out of date (the Chroma server could not be reached, so this process's own "
-        "copy answered, without other processes' writes since), or why the read was not recorded against "
-        "query_id (the search is no longer in the query log, or did not show this document); empty normally.",
+        description="Why this may be out of date (Chroma server unreachable: this process's own copy answered) "
+        "or why the read was not recorded (the search is no longer logged, or did not show this document); "
+        "empty normally.",
     )
 
 
 async def get_document(
-    doc_id: Annotated[str, Field(min_length=1, description="The doc_id of a search hit or listed document.")],
+    doc_id: Annotated[str, Field(min_length=1)],
     ctx: Context,
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    collection: str = "default",
     query_id: Annotated[
         str | None,
         Field(
-            description="The query_id of the hybrid_search that found this document: it tells rift the hit "
-            "was useful."
+            description="The query_id of the hybrid_search that found it: tells rift the hit was useful."
         ),
     ] = None,
     offset: Annotated[int, Field(ge=0, description="First character to return.")] = 0,
@@ -55,8 +54,8 @@ async def get_document(
         int | None,
         Field(
             ge=1,
-            description="Return at most this many characters; null for the server's default (its "
-            "get_document_max_chars, 100,000 unless set; truncated says whether more follows).",
+            description="At most this many characters; null: the server's get_document_max_chars (100,000 "
+            "unless set).",
         ),
     ] = None,
 ) -> DocumentOut:
@@ -73,10 +72,9 @@ TOOL = ToolSpec(
     name="get_document",
     title="Get document",
     description=(
-        "Read a whole stored document (full text and metadata) by its doc_id, typically after hybrid_search "
-        "returned one of its chunks and you need the rest. Pass the search's query_id so rift can learn "
-        "which results were worth reading. A very long document comes back a window at a time (truncated: "
-        "true): call again with a later offset, or use offset/max_chars to read just the part you need."
+        "Read a stored document's text and metadata by doc_id, e.g. the rest of a hybrid_search hit. Pass the "
+        "search's query_id so rift learns which results were worth reading. A long document comes back a window "
+        "at a time (truncated: true): call again with a later offset, or read just a part with offset/max_chars."
     ),
     annotations=ToolAnnotations(
         title="Get document",

@@ -10,54 +10,42 @@ from pydantic import BaseModel, Field
 
 from server.ingest.extract import synced_file_keys
 from server.service import MIN_SNIPPET_CHARS
-from tools._common import COLLECTION_DESCRIPTION, FILTERS_DESCRIPTION, ToolSpec, call, rift_of
+from tools._common import FILTERS_DESCRIPTION, ToolSpec, call, rift_of
 
 
 class SearchHit(BaseModel):
     doc_id: str
     chunk_id: str
     text: str = Field(
-        description="The best-matching chunk of the document (with group_by_document: the one that fusing both "
-        "sides' chunk lists ranks first, so a chunk both sides found wins); with max_chars, the part of it that "
-        "holds the most query words (start and end say where it lies)."
+        description="The document's best chunk (by fused rank); with max_chars, its part with the most query words."
     )
     metadata: dict[str, Any] = Field(
-        description="The document's metadata, with the chunk's own labels (heading, symbol, page); for a file, "
-        "without file sync's bookkeeping (sha256, extractor) and source (the doc_id: its path; filters still "
-        "take it), which get_document shows."
+        description="The document's metadata with the chunk's labels (heading, symbol, page); a file's sha256, "
+        "extractor and source (its doc_id; filters take it) are left out: get_document shows them."
     )
-    score: float = Field(
-        description="Fused RRF score (higher is better): it depends on ranks only, so compare it within one search."
-    )
+    score: float = Field(description="Fused RRF score, from ranks only (higher is better): compare within one search.")
+    # A side's score and rank are null when that side did not return the document.
     vector_score: float | None = Field(
-        description="Cosine similarity (-1 to 1) of the query and the vector side's best chunk of this document "
-        "(with group_by_document it may be another chunk than text's); null if that side did not return it. Comparable across searches with one model: low "
-        "everywhere means nothing close."
+        description="Cosine similarity (-1 to 1) of the query and the document's best vector-side chunk (maybe not "
+        "text's); comparable across searches with one model: low everywhere means nothing close."
     )
     keyword_score: float | None = Field(
-        description="BM25 score (0 or more, unbounded) of the keyword side's best chunk of this document; null if "
-        "that side did not return it."
+        description="BM25 score (0 or more, unbounded) of the document's best keyword-side chunk."
     )
-    vector_rank: int | None = Field(
-        description="Rank in the vector list; null if that side did not return it."
-    )
-    keyword_rank: int | None = Field(
-        description="Rank in the keyword list; null if that side did not return it."
-    )
+    vector_rank: int | None
+    keyword_rank: int | None
     start: int | None = Field(
-        description="Where this chunk begins in the document's text, in characters: read around it with "
-        "get_document(doc_id, offset=..., max_chars=...)."
+        description="Character offset of text in the document: read around it with get_document(doc_id, offset=...)."
     )
-    end: int | None = Field(description="Where this chunk ends in the document's text (exclusive).")
+    end: int | None = Field(description="Where text ends (exclusive).")
     truncated: bool = Field(description="True when text is a part of the chunk (max_chars).")
 
 
 class DisagreementOut(BaseModel):
     top: int
     compared: bool = Field(
-        description="False when the query has no keyword terms (only stopwords or symbols), so the keyword "
-        "side did not search, or when neither side found anything (e.g. a filter no document matches): there "
-        "is then no overlap and there are no blind spots; also when the vector side could not run (warnings)."
+        description="False when a side did not search (a query of only stopwords or symbols; the vector side "
+        "failed: see warnings) or neither found anything; there are then no blind spots."
     )
     overlap: float | None = Field(
         description="Documents in both sides' top 5, over the longer of the two top-5 lists (0-1); "
@@ -81,10 +69,9 @@ class SearchResult(BaseModel):
     timings_ms: dict[str, float]
     warnings: list[str] = Field(
         default_factory=list,
-        description="Why these results may be incomplete, e.g. the Chroma server could not be reached: a hybrid "
-        "search then returns keyword results alone (not logged, so query_id is null); or why it found nothing (keyword "
-        "mode and a query of stopwords only; a filter naming a field or a value no chunk has, with the values it "
-        "has); empty normally.",
+        description="Why results may be incomplete (Chroma server unreachable: keyword results alone, not logged, "
+        "query_id null) or empty (a keyword-mode query of stopwords; a filter field or value no chunk has, with "
+        "the values it has); empty normally.",
     )
 
 
@@ -100,17 +87,11 @@ def _shown_metadata(doc_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 async def hybrid_search(
-    query: Annotated[str, Field(min_length=1, max_length=8192, description="What to look for, in words.")],
+    query: Annotated[str, Field(min_length=1, max_length=8192, description="A question or keywords.")],
     ctx: Context,
-    k: Annotated[
-        int,
-        Field(ge=1, description="How many results to return (at most the setting max_k: the schema's maximum)."),
-    ] = 10,
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
-    filters: Annotated[
-        dict[str, Any] | None,
-        Field(description=FILTERS_DESCRIPTION + " Applied inside both retrievers."),
-    ] = None,
+    k: Annotated[int, Field(ge=1, description="Results to return (at most the setting max_k).")] = 10,
+    collection: Annotated[str, Field(description="Collection to search.")] = "default",
+    filters: Annotated[dict[str, Any] | None, Field(description=FILTERS_DESCRIPTION)] = None,
     mode: Annotated[
         Literal["hybrid", "vector", "keyword"],
         Field(description="hybrid (default), vector only, or keyword only."),
@@ -120,10 +101,9 @@ async def hybrid_search(
         int | None,
         Field(
             ge=MIN_SNIPPET_CHARS,
-            description="At most this many characters of each hit's text: the part of its chunk with the most "
-            "query words, cut at word boundaries (for example 300 to skim many results for less context); "
-            "null for the server's default (whole chunks unless its search_max_chars is set; a large value "
-            "such as 1000000 asks for whole chunks then).",
+            description="Cut each hit's text to the part of its chunk with the most query words, at most this many "
+            "characters, e.g. 300 to skim; null: the server's search_max_chars, whole chunks unless set (then a "
+            "large value such as 1000000 asks for them).",
         ),
     ] = None,
 ) -> SearchResult:
@@ -176,14 +156,12 @@ TOOL = ToolSpec(
     name="hybrid_search",
     title="Hybrid search",
     description=(
-        "Find the stored documents most relevant to a question or keywords. Combines meaning-based (vector) "
-        "and exact-word (BM25) retrieval with reciprocal rank fusion, so it finds paraphrases as well as rare "
-        "names, codes and identifiers. Use it before answering from stored knowledge. Each hit shows its rank "
-        "on each side; the result's query_id identifies this search in the learning log. To skim many results "
-        "for less context, pass max_chars (e.g. 300): each hit then shows the part of its text with the most "
-        "query words, and get_document reads around it. When you have used the results, tell rift which hits "
-        "answered the question and which did not with feedback(query_id, judgments=[{doc_id, relevant}, ...]): "
-        "those judgements are what retrain learns from best."
+        "Find the stored documents most relevant to a question or keywords: meaning-based (vector) and "
+        "exact-word (BM25) retrieval fused by reciprocal rank, so it finds paraphrases as well as rare names, "
+        "codes and identifiers. Use it before answering from stored knowledge. To skim many results, pass "
+        "max_chars (e.g. 300) and read around a hit with get_document. Then tell rift which hits answered the "
+        "question and which did not with feedback(query_id, judgments=[{doc_id, relevant}, ...]): retrain "
+        "learns most from those. A side's score and rank are null when it did not return the hit."
     ),
     annotations=ToolAnnotations(
         title="Hybrid search",

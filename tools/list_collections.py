@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from server.ingest.manage import caught_up
 from server.ingest.manage import list_collections as catalog
-from tools._common import ToolSpec, call, rift_of
+from tools._common import STALE_WARNINGS, ToolSpec, call, rift_of
 
 
 class CollectionOut(BaseModel):
@@ -20,11 +20,7 @@ class CollectionOut(BaseModel):
 
 class ListCollectionsResult(BaseModel):
     collections: list[CollectionOut]
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
-        "copy answered, without other processes' writes since; empty normally.",
-    )
+    warnings: list[str] = Field(default_factory=list, description=STALE_WARNINGS)
 
 
 async def list_collections(ctx: Context) -> ListCollectionsResult:

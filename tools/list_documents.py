@@ -10,13 +10,7 @@ from pydantic import BaseModel, Field
 
 from server.ingest.manage import MAX_LIST, caught_up
 from server.ingest.manage import list_documents as list_docs
-from tools._common import (
-    COLLECTION_DESCRIPTION,
-    FILTERS_DESCRIPTION,
-    ToolSpec,
-    call,
-    rift_of,
-)
+from tools._common import DOCUMENT_FILTERS_DESCRIPTION, STALE_WARNINGS, ToolSpec, call, rift_of
 
 
 class DocumentEntry(BaseModel):
@@ -30,31 +24,21 @@ class ListDocumentsResult(BaseModel):
     offset: int
     documents: list[DocumentEntry]
     next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
-    next_after: str | None = Field(
-        description="Pass as `after` for the next page (null on the last page): unlike an offset, it lists "
-        "every document once even while documents are added or deleted between pages."
-    )
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="Why this may be out of date: the Chroma server could not be reached, so this process's own "
-        "copy answered, without other processes' writes since; empty normally.",
-    )
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page.")
+    warnings: list[str] = Field(default_factory=list, description=STALE_WARNINGS)
 
 
 async def list_documents(
     ctx: Context,
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
-    filters: Annotated[
-        dict[str, Any] | None,
-        Field(description=FILTERS_DESCRIPTION),
-    ] = None,
+    collection: str = "default",
+    filters: Annotated[dict[str, Any] | None, Field(description=DOCUMENT_FILTERS_DESCRIPTION)] = None,
     limit: Annotated[int, Field(ge=1, le=MAX_LIST, description="Documents per page.")] = 50,
     offset: Annotated[int, Field(ge=0, description="Documents to skip (past the last one: an empty page).")] = 0,
     after: Annotated[
         str | None,
         Field(
-            description="Start after this doc_id (the previous page's next_after) instead of at an offset; "
-            "stable while documents change."
+            description="Start after this doc_id (the previous page's next_after) instead of at an offset: it "
+            "lists every document once even while documents are added or deleted between pages."
         ),
     ] = None,
     id_prefix: Annotated[
@@ -84,9 +68,9 @@ TOOL = ToolSpec(
     name="list_documents",
     title="List documents",
     description=(
-        "List the documents stored in a collection with their metadata (for files: source path, file_type, "
-        "size, mtime, title), ordered by id, a page at a time. Filter by metadata to answer questions like "
-        "'which PDFs are stored' or 'what is indexed under this folder'. Use get_document to read one."
+        "List a collection's documents with their metadata, ordered by id, a page at a time. Filter by "
+        "metadata to answer questions like 'which PDFs are stored' or 'what is under this folder'. Read one "
+        "with get_document."
     ),
     annotations=ToolAnnotations(
         title="List documents",

@@ -24,8 +24,7 @@ class RetrainResult(BaseModel):
     status: str = Field(description="'running' (job started; 'cancelled' if cancelled meanwhile) or 'dry_run'.")
     mining: dict[str, Any] | None = Field(
         description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples; "
-        "null while the job is still mining a long log (retrain_status then shows the counts, or why it "
-        "stopped)."
+        "null while a long log is still being mined (retrain_status shows them, or why it stopped)."
     )
     would_train: bool | None = Field(None, description="Dry run: would the real call train?")
     refusal: str | None = Field(None, description="Dry run: why the real call would refuse.")
@@ -85,11 +84,10 @@ TOOL = ToolSpec(
     name="retrain",
     title="Retrain from use",
     description=(
-        "Fine-tune rift's embedding model on what its own searches taught it: triples mined from the "
-        "disagreement log (and your feedback). Returns at once with a job_id; follow it with retrain_status. "
-        "The new model serves only if an honest gate on held-out recent searches finds it no worse; "
-        "otherwise it is kept as a rejected version. Searches keep working throughout. Use dry_run to see "
-        "the triples first, and if it would train."
+        "Fine-tune rift's embedding model on triples mined from its search log and your feedback. Returns at "
+        "once with a job_id; follow it with retrain_status. The new model serves only if a gate on held-out "
+        "recent searches finds it no worse, else it is kept as a rejected version. Searches keep working "
+        "throughout. dry_run first shows the triples and whether it would train."
     ),
     annotations=ToolAnnotations(
         title="Retrain from use",

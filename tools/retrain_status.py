@@ -75,10 +75,9 @@ TOOL = ToolSpec(
     name="retrain_status",
     title="Learning job status",
     description=(
-        "Report a learning job (retrain, rollback, reindex): its phase (mining, training, encoding, gating, "
-        "switching), progress, triples used, training time and the gate's numbers, and whether the new model "
-        "now serves or was rejected. wait_seconds waits for it with progress notifications; cancel=true stops it "
-        "at its next step (until then it reads running with cancel_requested true)."
+        "Report a learning job (retrain, rollback, reindex): phase, progress, triples used, training time, the "
+        "gate's numbers, and whether the new model now serves or was rejected. wait_seconds waits for it with "
+        "progress notifications; cancel=true stops it at its next step."
     ),
     annotations=ToolAnnotations(
         title="Learning job status",

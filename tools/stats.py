@@ -36,8 +36,8 @@ class CollectionStats(BaseModel):
     queries: QueryStats | None
     problem: str | None = Field(
         None,
-        description="With a Chroma server: what keeps this collection from being searched and written here (the "
-        "server lost its vectors, another process switched its model) and what to do; null when nothing does.",
+        description="With a Chroma server: what keeps this collection from being searched and written here "
+        "(e.g. the server lost its vectors) and what to do; null normally.",
     )
 
 
@@ -53,9 +53,8 @@ class StatsResult(BaseModel):
     vector_backend: str
     chroma_unreachable: str | None = Field(
         None,
-        description="With a Chroma server (vector_backend 'http'): what is wrong while it cannot be reached "
-        "(searches then return keyword results alone, and these figures are this process's own); null when "
-        "the last check reached it (made at most every chroma_sync_ms), and with embedded Chroma.",
+        description="With a Chroma server: why it cannot be reached (searches then return keyword results "
+        "alone, and these figures are this process's own); null when the last check reached it.",
     )
     index_bytes: dict[str, int]
     collections: list[CollectionStats]

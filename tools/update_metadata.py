@@ -8,7 +8,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from tools._common import COLLECTION_DESCRIPTION, ToolSpec, call_write, rift_of
+from tools._common import ToolSpec, call_write, rift_of
 from tools.add_documents import MetadataValue
 from tools.resources import announcing
 
@@ -24,17 +24,16 @@ async def update_metadata(
         list[str],
         Field(
             min_length=1,
-            description="Ids of stored documents to change (at most the setting max_documents_per_call: the "
-            "schema's maxItems).",
+            description="Documents to change (at most the setting max_documents_per_call).",
         ),
     ],
     ctx: Context,
     metadata: Annotated[
         dict[str, MetadataValue] | None,
-        Field(description="Keys to set (added or replaced): flat str/int/float/bool values, as in add_documents."),
+        Field(description="Keys to set or replace; values as in add_documents."),
     ] = None,
     remove: Annotated[list[str] | None, Field(description="Keys to delete.")] = None,
-    collection: Annotated[str, Field(description=COLLECTION_DESCRIPTION)] = "default",
+    collection: str = "default",
 ) -> UpdateMetadataResult:
     async with announcing(ctx, collection, ids) as changed:
         statuses = await call_write(rift_of(ctx).update_metadata, collection, ids, metadata, remove or [])
@@ -51,10 +50,10 @@ TOOL = ToolSpec(
     name="update_metadata",
     title="Update metadata",
     description=(
-        "Set or remove metadata keys of stored documents (tags, status, dates used in hybrid_search filters) "
-        "without sending their text again; the text and its search vectors stay. All or nothing: an unknown "
-        "id refuses the call. Keys that file sync sets (source, mtime, ...) cannot change on a file's document, "
-        "and when that file changes, its next sync replaces the keys set here with what it reads from the file."
+        "Set or remove metadata keys (tags, status, dates for hybrid_search filters) of stored documents "
+        "without sending their text again. All or nothing: an unknown id refuses the call. On a file's document "
+        "the keys file sync sets (source, mtime, ...) cannot change, and once the file changes, its next sync "
+        "replaces the keys set here."
     ),
     annotations=ToolAnnotations(
         title="Update metadata",
