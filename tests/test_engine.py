@@ -20,6 +20,7 @@ import pytest
 
 from server.errors import DataDirLockedError, NotFoundError, RiftError
 from tests.support.helpers import docs, ids, index_state, make_settings, open_rift, sqlite_pages, sqlite_rows
+from tests.support.processes import wait_until
 
 LONG = " ".join(
     f"Sentence {i} talks about the river and the {w} near the old city." for i, w in enumerate(["sea"] * 30)
@@ -2039,10 +2040,7 @@ def test_a_query_waits_for_one_model_batch_of_documents_not_for_a_progress_step(
         calls.append(("query" if texts == ["where"] else "documents", len(texts)))
         if len(calls) == 1:  # the first documents hold the model: a search starts and waits for it
             searching.start()
-            deadline = time.monotonic() + 10
-            while not embedder._turns.queries_waiting and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert embedder._turns.queries_waiting == 1
+            wait_until(lambda: embedder._turns.queries_waiting == 1, 10, "the search waiting for the model")
         return real_encode(texts, **kwargs)
 
     monkeypatch.setattr(embedder.model, "encode", encode)

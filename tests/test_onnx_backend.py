@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.support.processes import wait_until
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -83,10 +84,7 @@ def test_with_onnx_for_documents_too_a_waiting_query_goes_before_the_next_batch(
             runs.append(int(feed["input_ids"].shape[0]))
             if len(runs) == 1:  # the first documents hold the model: a search starts and waits for it
                 searching.start()
-                deadline = time.monotonic() + 10
-                while not encoder._turns.queries_waiting and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                assert encoder._turns.queries_waiting == 1
+                wait_until(lambda: encoder._turns.queries_waiting == 1, 10, "the search waiting for the model")
             return real_session.run(names, feed)
 
     encoder.session = Recording()
