@@ -221,6 +221,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 5"),
         ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
         ("learn_rounds=0", "learn_rounds must be between 1 and 10"),
+        ("learn_rounds_new_only=2", "learn_rounds_new_only must be 0 or 1"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)
@@ -469,6 +470,12 @@ def test_learn_in_rounds_retrains_from_the_serving_model_on_the_whole_log(
     # The reported model is the last round's candidate.
     assert seed["hybrid_ndcg@10"] == second["hybrid_ndcg@10"]
     assert "Each round" in md and "| 0 | 2 |" in md
+    assert second["queries_trained_before"] > 0  # the whole log again, round 1's searches with it
+    # learn_rounds_new_only=1: a round trains only on searches no earlier round trained on.
+    result, _ = run_bench([*args, "--set", "learn_rounds_new_only=1", "--cache-dir", str(tmp_path / "cache2")])
+    first, second = result["seeds"][0]["rounds"]
+    assert result["train"]["rounds_new_only"] is True
+    assert second["queries_trained_before"] == 0 and second["triples"] > 0, second
 
 
 def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: Path) -> None:

@@ -411,6 +411,7 @@ def run_learning_experiment(
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
     rounds: int = 1,
+    rounds_new_only: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
@@ -490,6 +491,7 @@ def run_learning_experiment(
             "anchor_docs": anchor_docs,
             "merge_base": merge_base,
             "rounds": rounds,
+            "rounds_new_only": rounds_new_only,
         },
         "seeds": [],
     }
@@ -515,8 +517,11 @@ def run_learning_experiment(
             # Rounds: the usage queries in `rounds` interleaved parts, each replayed then retrained from the
             # serving model on the whole log, as the periodic policy would (a rejected candidate does not serve
             # the next round). The reported model is the last round's candidate, as with one round.
+            # With `rounds_new_only`, a round trains only on searches no earlier round trained on (the serving
+            # model learnt those already), rather than on the whole log again.
             parts = [usage_ids[r::rounds] for r in range(rounds)]
             seed_info["rounds"] = []
+            learnt_queries: set[str] = set()
             replay_s = 0.0
             for r, part in enumerate(parts):
                 tag = f"seed {seed}" + (f" round {r + 1}/{rounds}" if rounds > 1 else "")
@@ -561,6 +566,11 @@ def run_learning_experiment(
                             scope, texts_to_qid, usage_ds.qrels, negatives_per_query
                         )
                     mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
+                if rounds_new_only:
+                    mined.report.triples[:] = [t for t in mined.report.triples if t.query_id not in learnt_queries]
+                round_queries = {t.query_id for t in mined.report.triples}
+                again = len(round_queries & learnt_queries)  # searches an earlier round trained on already
+                learnt_queries |= round_queries
                 rows, kept = materialize(engine, mined.report.triples)
                 seed_info["mining"] = {**mined.report.summary(examples=3), "materialized": len(rows)}
                 seed_info["mining"]["train_queries"] = len(mined.train_queries)
@@ -622,6 +632,7 @@ def run_learning_experiment(
                         "round": r + 1,
                         "usage_queries": len(part),
                         "triples": len(rows),
+                        "queries_trained_before": again,
                         "train_s": seed_info["train_s"],
                         "accepted": gate.accepted,
                         **{f"{m}_ndcg@10": round(float(np.mean(list(evaluated[m].values()))), 4) for m in MODES},
