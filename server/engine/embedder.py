@@ -22,6 +22,7 @@ from server.errors import RiftError
 
 log = logging.getLogger(__name__)
 
+
 def embed_options(settings: Any) -> dict[str, Any]:
     """The Embedder keyword arguments that come from Settings beyond model, device and batch size."""
     return {
