@@ -527,21 +527,8 @@ def run_learning_experiment(
                 tag = f"seed {seed}" + (f" round {r + 1}/{rounds}" if rounds > 1 else "")
                 say(f"{eval_ds.name} {tag}: replaying {len(part)} usage queries")
                 t0 = time.perf_counter()
-                for qid in part:
-                    found = index.rift.search(COLLECTION, usage_ds.queries[qid], 10, "hybrid", source="usage")
-                    # The agent judges a share of its searches, and may judge wrongly: each verdict flips with
-                    # probability `agent_error_rate` (both draws seeded).
-                    if not agent_feedback or agent_rng.random() >= agent_share:
-                        continue
-                    shown = [hit.doc_id for hit in found.outcome.hits]
-                    said = simulated_agent(shown, usage_ds.qrels.get(qid, {}))
-                    for doc_id, relevant in said:
-                        if agent_rng.random() < agent_error_rate:
-                            relevant = not relevant
-                            judged["wrong"] += 1
-                        index.rift.learning.feedback(found.query_id, doc_id, relevant)
-                        judged["relevant" if relevant else "not_relevant"] += 1
-                    judged["queries"] += bool(said)
+                agent = (agent_rng, agent_share, agent_error_rate, judged) if agent_feedback else None
+                _replay(index.rift, usage_ds, part, agent)
                 replay_s += time.perf_counter() - t0
                 seed_info["replay_s"] = round(replay_s, 1)
                 if agent_feedback:
@@ -667,6 +654,30 @@ def run_learning_experiment(
             + json.dumps({m: result["modes"][m]["per_seed"][-1] for m in MODES})
         )
     return result
+
+
+def _replay(
+    rift: Any, usage: Any, qids: Sequence[str], agent: tuple[random.Random, float, float, dict[str, int]] | None
+) -> None:
+    """Search each usage query as an agent would. With `agent` (rng, share, error rate, counts), the simulated
+    agent judges a share of its searches and may judge wrongly: each verdict flips with probability `error
+    rate` (both draws seeded); `counts` tallies what it said."""
+    for qid in qids:
+        found = rift.search(COLLECTION, usage.queries[qid], 10, "hybrid", source="usage")
+        if agent is None:
+            continue
+        rng, share, error_rate, judged = agent
+        if rng.random() >= share:
+            continue
+        shown = [hit.doc_id for hit in found.outcome.hits]
+        said = simulated_agent(shown, usage.qrels.get(qid, {}))
+        for doc_id, relevant in said:
+            if rng.random() < error_rate:
+                relevant = not relevant
+                judged["wrong"] += 1
+            rift.learning.feedback(found.query_id, doc_id, relevant)
+            judged["relevant" if relevant else "not_relevant"] += 1
+        judged["queries"] += bool(said)
 
 
 def by_keyword_difficulty(
