@@ -621,6 +621,37 @@ def test_collections_from_earlier_versions_get_the_raised_search_ef(cfg: Setting
         app.close()
 
 
+def test_raising_search_ef_outlasts_a_briefly_locked_chroma_database(caplog: pytest.LogCaptureFixture) -> None:
+    """Embedded Chroma's collection update can meet "database is locked" while Chroma's own background work
+    writes (CI met it once: the collection kept ef 100). A few quick retries get the update through."""
+    from server.engine.vector_store import HNSW_SEARCH_EF, _raise_search_ef
+
+    class Collection:
+        name = "c"
+
+        def __init__(self, failures: int, message: str) -> None:
+            self.configuration = {"hnsw": {"ef_search": 100}}
+            self.failures, self.message, self.calls = failures, message, 0
+
+        def modify(self, configuration: dict[str, Any]) -> None:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise RuntimeError(self.message)
+            self.configuration = configuration
+
+    locked = "Database error: error returned from database: (code: 5) database is locked"
+    briefly = Collection(2, locked)
+    _raise_search_ef(briefly)
+    assert briefly.configuration["hnsw"]["ef_search"] == HNSW_SEARCH_EF and briefly.calls == 3
+
+    # Another error is not retried, and one that lasts is given up on: the collection still works, with a warning.
+    for coll, calls in ((Collection(1, "no such collection"), 1), (Collection(99, locked), 6)):
+        caplog.clear()
+        _raise_search_ef(coll)
+        assert coll.configuration["hnsw"]["ef_search"] == 100 and coll.calls == calls
+        assert "could not raise ef_search" in caplog.text
+
+
 def test_rebuilt_documents_keep_their_own_metadata_not_their_chunks(cfg: Settings) -> None:
     note = "# Setup\n\nInstall the river tools.\n\n## Linux\n\n" + "Run the gravel script. " * 40
     meta = {"file_type": "markdown", "author": "ana"}

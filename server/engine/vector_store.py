@@ -287,15 +287,28 @@ HNSW_SEARCH_EF = 400
 TEXT_KEY = "_rift_text"
 
 
-def _raise_search_ef(coll: Any) -> None:
+def _raise_search_ef(coll: Any, attempts: int = 6) -> None:
     """Collections made by earlier versions (or another tool) may search with Chroma's default ef 100."""
     try:
         hnsw = (getattr(coll, "configuration", None) or {}).get("hnsw") or {}
-        if int(hnsw.get("ef_search") or HNSW_SEARCH_EF) < HNSW_SEARCH_EF:
+        if int(hnsw.get("ef_search") or HNSW_SEARCH_EF) >= HNSW_SEARCH_EF:
+            return
+    except Exception as exc:
+        log.debug("could not read ef_search of %s: %s", getattr(coll, "name", "?"), exc)
+        return
+    for attempt in range(attempts):
+        try:
             coll.modify(configuration={"hnsw": {"ef_search": HNSW_SEARCH_EF}})
             log.info("raised ef_search of Chroma collection %s to %d", coll.name, HNSW_SEARCH_EF)
-    except Exception as exc:  # an accuracy upgrade only; the collection works either way
-        log.debug("could not raise ef_search of %s: %s", getattr(coll, "name", "?"), exc)
+            return
+        except Exception as exc:  # an accuracy upgrade only; the collection works either way
+            # Embedded Chroma 1.5.9's collection update (alone among rift's writes) meets SQLite's "database is
+            # locked" while its own background work writes: 29 of 600 updates in a stress loop, none once retried.
+            if "database is locked" in str(exc) and attempt + 1 < attempts:
+                time.sleep(0.05 * 2**attempt)
+                continue
+            log.warning("could not raise ef_search of Chroma collection %s: %s", getattr(coll, "name", "?"), exc)
+            return
 
 
 _SEGMENT_DIR = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
