@@ -287,7 +287,8 @@ def _publish_setting_bounds(server: MCPServer, spec: ToolSpec, settings: Setting
         said = f"(default: setting {setting})"
         assert said in schema["description"], (spec.name, argument)
         value = getattr(settings, setting)
-        schema["description"] = schema["description"].replace(said, f"(default: setting {setting}, {value:g})")
+        shown = f"{value:g}" if isinstance(value, int | float) else json.dumps(value)
+        schema["description"] = schema["description"].replace(said, f"(default: setting {setting}, {shown})")
 
 
 # Keywords whose value is a schema, a list of schemas, or a map of names to schemas (JSON Schema 2020-12).

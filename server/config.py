@@ -29,6 +29,7 @@ from pydantic_settings import (
 
 # How `retrain` mines triples (server/learning/mining.py); the CLI and the MCP tool offer the same choices.
 LearnStrategy = Literal["fused", "agreement", "keyword_blind", "fused+pseudo", "fused+ict"]
+LearnSearches = Literal["new", "all"]
 # Where mined hard negatives come from (setting learn_negative_source); the miner and the bench take these.
 NegativeSource = Literal["fused", "vector", "keyword", "both"]
 # What one retrain may ask for (the `retrain` tool publishes these bounds; `rift bench --learn` checks them too).
@@ -298,6 +299,12 @@ class Settings(BaseSettings):
     # --- learning from use (server/learning/; README "Learning from use") ---------------------------------
     learn_strategy: LearnStrategy = Field(
         "fused", description="How triples are mined from the log; 'fused' was best measured (README)."
+    )
+    learn_searches: LearnSearches = Field(
+        "new",
+        description="Which logged searches a retrain mines: 'new' = those the serving fine-tune has not trained "
+        "on (searched after its own retrain's training part, or judged or fetched since), so each retrain adds "
+        "what use added (measured better than 'all', README); 'all' = the whole log again.",
     )
     learn_epochs: float = Field(
         3.0, gt=0, le=20, description="Training epochs per retrain (3 with margin-filtered triples: README)."

@@ -221,7 +221,7 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_negative_source=checked", "checked needs mining_second_opinion_depth above 5"),
         ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
         ("learn_rounds=0", "learn_rounds must be between 1 and 10"),
-        ("learn_rounds_new_only=2", "learn_rounds_new_only must be 0 or 1"),
+        ("learn_searches=some", "learn_searches must be new or all"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)
@@ -440,12 +440,13 @@ def test_learn_can_anchor_the_unmined_searches_to_the_base_model(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_learn_in_rounds_retrains_from_the_serving_model_on_the_whole_log(
+def test_learn_in_rounds_retrains_from_the_serving_model_on_what_it_did_not_learn(
     tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--set learn_rounds=2` (an experiment, not a setting): the usage queries are replayed in two parts with a
     retrain after each, as the periodic policy would run: the second trains from the model that serves (the first
-    round's candidate if the gate accepted it) on triples mined from the whole log."""
+    round's candidate if the gate accepted it) on the searches that model did not learn, as the product does
+    (setting learn_searches "new"); `learn_searches=all` mines the whole log again."""
     import server.bench.learning_experiment as experiment
 
     started_from: list[str] = []
@@ -464,18 +465,20 @@ def test_learn_in_rounds_retrains_from_the_serving_model_on_the_whole_log(
     first, second = seed["rounds"]
     assert result["train"]["rounds"] == 2
     assert first["usage_queries"] + second["usage_queries"] == result["usage_queries"]
-    assert second["triples"] >= first["triples"] > 0  # mined from the whole log, not the second part alone
     assert started_from[0] == str(tiny_model_path)
     assert (started_from[1] != str(tiny_model_path)) == first["accepted"], (started_from, first)
     # The reported model is the last round's candidate.
     assert seed["hybrid_ndcg@10"] == second["hybrid_ndcg@10"]
     assert "Each round" in md and "| 0 | 2 |" in md
-    assert second["queries_trained_before"] > 0  # the whole log again, round 1's searches with it
-    # learn_rounds_new_only=1: a round trains only on searches no earlier round trained on.
-    result, _ = run_bench([*args, "--set", "learn_rounds_new_only=1", "--cache-dir", str(tmp_path / "cache2")])
+    assert result["train"]["searches"] == "new"
+    # Round 1's searches again only when its candidate was rejected: the serving model did not learn them.
+    assert (second["queries_trained_before"] == 0) == first["accepted"], (first, second)
+    assert second["triples"] > 0
+    result, _ = run_bench([*args, "--set", "learn_searches=all", "--cache-dir", str(tmp_path / "cache2")])
     first, second = result["seeds"][0]["rounds"]
-    assert result["train"]["rounds_new_only"] is True
-    assert second["queries_trained_before"] == 0 and second["triples"] > 0, second
+    assert result["train"]["searches"] == "all"
+    assert second["triples"] >= first["triples"] > 0  # mined from the whole log, not the second part alone
+    assert second["queries_trained_before"] > 0  # the whole log again, round 1's searches with it
 
 
 def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: Path) -> None:

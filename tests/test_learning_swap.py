@@ -833,7 +833,7 @@ def test_only_the_newest_retired_fine_tunes_keep_their_weights(tmp_path: Path, t
     refuses it by name and skips it when choosing the version to return to."""
     settings = make_settings(
         tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_keep_weights=1,
-        learn_keep_versions=1,
+        learn_keep_versions=1, learn_searches="all",  # (retrains again on the same log)
     )
     rift = open_rift(settings)
     try:
@@ -1056,6 +1056,7 @@ def test_a_fine_tune_folder_the_configured_model_names_keeps_its_weights(
     that path serves while the fine-tune's own entry is retired, and pruning past learn_keep_weights deleted
     the very weights being served."""
     knobs = {"learn_min_triples": 2, "gate_tolerance": 1.0, "learn_keep_weights": 1, "learn_keep_versions": 1}
+    knobs["learn_searches"] = "all"  # (retrains again on the same log)
     rift = open_rift(make_settings(tmp_path / "data", tiny_model_path, **knobs))
     try:
         fill_two_collections(rift)

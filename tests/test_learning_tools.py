@@ -55,6 +55,8 @@ async def test_retrain_swap_restart_and_rollback_through_mcp(cfg: Settings) -> N
         published = listed["retrain"].input_schema["properties"]
         assert published["min_triples"]["description"].endswith("(default: setting learn_min_triples, 2).")
         assert published["epochs"]["description"].endswith(f"(default: setting learn_epochs, {cfg.learn_epochs:g}).")
+        assert published["searches"]["description"].endswith('(default: setting learn_searches, "new").')
+        assert published["searches"]["anyOf"][0]["enum"] == ["new", "all"]
         await ok(client, "add_documents", {"documents": corpus()})
         searches = [await ok(client, "hybrid_search", {"query": text}) for text in queries()]
         base = searches[0]["model_version"]

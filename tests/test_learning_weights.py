@@ -29,7 +29,10 @@ def test_moving_a_damaged_registry_aside_keeps_every_fine_tunes_weights(
 ) -> None:
     """The damaged-registry error says the weights stay on disk; start-up used to delete every fine-tune's
     folder as a killed job's leftovers, the serving one included."""
-    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    # (learn_searches "all": it retrains again on the same log.)
+    settings = make_settings(
+        tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_searches="all"
+    )
     rift = open_rift(settings)
     try:
         fill_two_collections(rift)
@@ -84,7 +87,8 @@ def test_rollback_to_a_reindex_whose_folder_was_deleted_is_refused(tmp_path: Pat
     "weights deleted" with it, so rollback refuses it (it used to start a job that failed on the missing
     folder)."""
     settings = make_settings(
-        tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_keep_weights=1
+        tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0, learn_keep_weights=1,
+        learn_searches="all",  # (retrains again on the same log)
     )
     rift = open_rift(settings)
     try:

@@ -9,7 +9,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.config import RETRAIN_BOUNDS as _BOUNDS
-from server.config import LearnStrategy
+from server.config import LearnSearches, LearnStrategy
 from tools._common import ToolSpec, call, rift_of
 from tools._learning import learning_of
 
@@ -23,7 +23,8 @@ class RetrainResult(BaseModel):
     job_id: str | None = Field(description="Poll it with retrain_status; null for a dry run.")
     status: str = Field(description="'running' (job started; 'cancelled' if cancelled meanwhile) or 'dry_run'.")
     mining: dict[str, Any] | None = Field(
-        description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, examples; "
+        description="Strategy, logged queries seen, triples (by type), skipped counts, held-out queries, searches "
+        "left out as already learnt (already_learnt_queries), examples; "
         "null while a long log is still being mined (retrain_status shows them, or why it stopped)."
     )
     would_train: bool | None = Field(None, description="Dry run: would the real call train?")
@@ -61,6 +62,13 @@ async def retrain(
             f"(WiSE-FT; 0 = none) {_default('learn_merge_base')}.",
         ),
     ] = None,
+    searches: Annotated[
+        LearnSearches | None,
+        Field(
+            description="'new': mine only searches the serving fine-tune was not trained on (and older ones "
+            f"given feedback since); 'all': the whole log again {_default('learn_searches')}."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, Field(description="Only report the triples that would be used, with examples and counts.")
     ] = False,
@@ -74,6 +82,7 @@ async def retrain(
         batch_size=batch_size,
         min_triples=min_triples,
         merge_base=merge_base,
+        searches=searches,
         dry_run=dry_run,
     )
     return RetrainResult(**out)
@@ -104,5 +113,6 @@ TOOL = ToolSpec(
         ("batch_size", "learn_batch_size"),
         ("min_triples", "learn_min_triples"),
         ("merge_base", "learn_merge_base"),
+        ("searches", "learn_searches"),
     ),
 )

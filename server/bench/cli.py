@@ -123,7 +123,7 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "mining_second_opinion_depth": ("second_opinion_depth", int),  # an experiment, not a setting
     # an experiment, not a setting: usage replayed in N parts, a retrain after each (the periodic policy)
     "learn_rounds": ("rounds", int),
-    "learn_rounds_new_only": ("rounds_new_only", int),  # 1: a round trains only on searches not trained on before
+    "learn_searches": ("searches", str),  # new (the product's default) | all: which searches each round mines
 }
 
 
@@ -156,10 +156,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
             raise click.BadParameter(f"{key} must be between 0 and 1", param_hint="--set")
     if not 1 <= out.get("rounds", 1) <= 10:
         raise click.BadParameter("learn_rounds must be between 1 and 10", param_hint="--set")
-    if out.get("rounds_new_only", 0) not in (0, 1):
-        raise click.BadParameter("learn_rounds_new_only must be 0 or 1", param_hint="--set")
-    if "rounds_new_only" in out:
-        out["rounds_new_only"] = bool(out["rounds_new_only"])
+    if out.get("searches", "new") not in ("new", "all"):
+        raise click.BadParameter("learn_searches must be new or all", param_hint="--set")
     if not 0 <= out.get("second_opinion_depth", 0) <= 200:
         raise click.BadParameter("mining_second_opinion_depth must be between 0 and 200", param_hint="--set")
     from server.learning.mining import MiningConfig

@@ -42,7 +42,14 @@ from server.engine.fusion import rrf
 from server.learning.augment import TermMasker, drop_shared_query_words, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
-from server.learning.pipeline import build_all, collect_and_mine, load_embedder, materialize, switch_all
+from server.learning.pipeline import (
+    Learnt,
+    build_all,
+    collect_and_mine,
+    load_embedder,
+    materialize,
+    switch_all,
+)
 from server.learning.query_log import normalized_query
 from server.learning.training import TrainConfig, train_model
 
@@ -411,7 +418,7 @@ def run_learning_experiment(
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
     rounds: int = 1,
-    rounds_new_only: bool = False,
+    searches: str = _PRODUCT.learn_searches,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda msg: log.info("%s", msg))
@@ -491,7 +498,7 @@ def run_learning_experiment(
             "anchor_docs": anchor_docs,
             "merge_base": merge_base,
             "rounds": rounds,
-            "rounds_new_only": rounds_new_only,
+            "searches": searches,
         },
         "seeds": [],
     }
@@ -517,11 +524,12 @@ def run_learning_experiment(
             # Rounds: the usage queries in `rounds` interleaved parts, each replayed then retrained from the
             # serving model on the whole log, as the periodic policy would (a rejected candidate does not serve
             # the next round). The reported model is the last round's candidate, as with one round.
-            # With `rounds_new_only`, a round trains only on searches no earlier round trained on (the serving
-            # model learnt those already), rather than on the whole log again.
+            # With `searches` "new" (the product's default), a round mines only the searches the serving model
+            # has not learnt, as the product does (`Learnt`); "all" mines the whole log again.
             parts = [usage_ids[r::rounds] for r in range(rounds)]
             seed_info["rounds"] = []
             learnt_queries: set[str] = set()
+            learnt = Learnt()  # what the serving model learnt of the log: nothing, for the base model
             replay_s = 0.0
             for r, part in enumerate(parts):
                 tag = f"seed {seed}" + (f" round {r + 1}/{rounds}" if rounds > 1 else "")
@@ -536,7 +544,11 @@ def run_learning_experiment(
 
                 gate_cfg = GateConfig(seed=seed)
                 mined = collect_and_mine(
-                    index.rift.log, engine, MiningConfig(**{**mining.__dict__, "seed": seed}), gate_cfg
+                    index.rift.log,
+                    engine,
+                    MiningConfig(**{**mining.__dict__, "seed": seed}),
+                    gate_cfg,
+                    learnt=learnt if searches == "new" else None,
                 )
                 if labelled_bound:
                     # "mined": label only the queries the miner made triples for, to tell whether the limit
@@ -553,8 +565,6 @@ def run_learning_experiment(
                             scope, texts_to_qid, usage_ds.qrels, negatives_per_query
                         )
                     mined.report.skipped.clear()  # the miner's skips do not describe the labelled triples
-                if rounds_new_only:
-                    mined.report.triples[:] = [t for t in mined.report.triples if t.query_id not in learnt_queries]
                 round_queries = {t.query_id for t in mined.report.triples}
                 again = len(round_queries & learnt_queries)  # searches an earlier round trained on already
                 learnt_queries |= round_queries
@@ -625,7 +635,9 @@ def run_learning_experiment(
                         **{f"{m}_ndcg@10": round(float(np.mean(list(evaluated[m].values()))), 4) for m in MODES},
                     }
                 )
-                if not gate.accepted and r < rounds - 1:
+                if gate.accepted:
+                    learnt = mined.learnt
+                elif r < rounds - 1:
                     switch_all(engine, serving, keep_old=True)  # the rejected candidate never served
             seed_info["per_query"] = {
                 m: {q: round(v, 5) for q, v in per.items()} for m, per in evaluated.items()

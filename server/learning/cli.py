@@ -101,6 +101,13 @@ def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
     default=None,
     help="Move the trained weights back towards the serving model's by this share (WiSE-FT).",
 )
+@click.option(
+    "--searches",
+    type=click.Choice(["new", "all"]),
+    default=None,
+    help="new: only searches the serving fine-tune did not train on; all: the whole log again "
+    "(default: setting learn_searches).",
+)
 @click.option("--dry-run", is_flag=True, help="Only show the triples that would be mined.")
 @click.option("--data-dir", default=None)
 def retrain(
@@ -110,6 +117,7 @@ def retrain(
     batch_size: int | None,
     min_triples: int | None,
     merge_base: float | None,
+    searches: str | None,
     dry_run: bool,
     data_dir: str | None,
 ) -> None:
@@ -123,6 +131,7 @@ def retrain(
             batch_size=batch_size,
             min_triples=min_triples,
             merge_base=merge_base,
+            searches=searches,
             dry_run=dry_run,
             source="cli",
         )

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from server.config import RETRAIN_BOUNDS
+from server.config import RETRAIN_BOUNDS, LearnSearches
 from server.engine.models import PACKAGED_ALIASES, describe_load_failure
 from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError, disk_full_problem
@@ -30,6 +30,7 @@ from server.learning.gate import Gate, GateConfig, LabelledSet
 from server.learning.jobs import Job, JobCancelled, JobRunner
 from server.learning.mining import STRATEGIES, MiningConfig, logged_passages
 from server.learning.pipeline import (
+    Learnt,
     Passages,
     build_all,
     collect_and_mine,
@@ -90,6 +91,8 @@ def _mining_summary(mined: Any, examples: int) -> dict[str, Any]:
     )
     if mined.evaluation_left_out:
         summary["evaluation_queries_left_out"] = mined.evaluation_left_out
+    if mined.already_learnt:
+        summary["already_learnt_queries"] = mined.already_learnt
     return summary
 
 
@@ -291,6 +294,7 @@ class LearningManager:
         negatives_per_query: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         dry_run: bool = False,
+        searches: LearnSearches | None = None,
     ) -> tuple[Any, list, list]:
         mining, gate = self._configs(strategy, negatives_per_query)
         # A configured labelled set's queries are never trained on, even when they were searched: the gate then
@@ -303,11 +307,22 @@ class LearningManager:
                 raise
             evaluation = None
         never = {normalized_query(q) for q in evaluation.queries.values()} if evaluation is not None else set()
-        mined = collect_and_mine(self.log, self.engine, mining, gate, progress=progress, never_train=never)
+        learnt = self.learnt_by_serving() if (searches or self.settings.learn_searches) == "new" else None
+        mined = collect_and_mine(
+            self.log, self.engine, mining, gate, progress=progress, never_train=never, learnt=learnt
+        )
         rows, kept = materialize(self.engine, mined.report.triples, mined.report.skipped)
         mined.report.triples = kept
         self._prune_successors(self.engine)
         return mined, rows, kept
+
+    def learnt_by_serving(self) -> Learnt:
+        """What the serving model has learnt of the log: a fine-tune's record of it; nothing for a base model,
+        a re-index (another model) or a fine-tune from before rift recorded it."""
+        entry = self.registry.serving()
+        if entry is None or entry.kind != "fine-tune":
+            return Learnt()
+        return Learnt.of(entry.train)
 
     def retrain(
         self,
@@ -322,6 +337,7 @@ class LearningManager:
         examples: int = 5,
         source: str = "mcp",
         wait_for_mining: float | None = MINING_WAIT_S,
+        searches: LearnSearches | None = None,
     ) -> dict[str, Any]:
         """Start a retrain job. `wait_for_mining`: seconds the call waits for the job's mining (None: until it
         ends); when mining ends within them, the result has its counts, and a refusal (too few triples) or a
@@ -336,9 +352,12 @@ class LearningManager:
         if not dry_run:
             self._check_can_start()
         self._configs(strategy, negatives_per_query)  # an unknown strategy fails now, not in the job
+        if searches not in (None, "new", "all"):
+            raise RiftError(f"searches must be 'new' or 'all', not {searches!r}")
+        searches = searches or s.learn_searches
         need = min_triples if min_triples is not None else s.learn_min_triples
         if dry_run:
-            mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True)
+            mined, rows, _ = self.mine(strategy, negatives_per_query, dry_run=True, searches=searches)
             # What the real call would answer, in its order, so an agent need not start it to learn that it
             # would be refused.
             refusal = None
@@ -364,7 +383,7 @@ class LearningManager:
             device=s.device,
             merge_base=s.learn_merge_base if merge_base is None else merge_base,
         )
-        params = {"strategy": strategy or s.learn_strategy, "source": source, **asdict(cfg)}
+        params = {"strategy": strategy or s.learn_strategy, "searches": searches, "source": source, **asdict(cfg)}
         # Mining reads the whole log (seconds at the default 20,000 searches), so it runs in the job; the call
         # waits for it a little, so a small log's counts, or its refusal, still come back with the call.
         mined_out: dict[str, Any] = {}
@@ -380,7 +399,7 @@ class LearningManager:
                     job.progress(done, total)
                     job.check()  # a cancel, or a shutdown, need not wait for a long log's mining
 
-                mined, rows, kept = self.mine(strategy, negatives_per_query, progress)
+                mined, rows, kept = self.mine(strategy, negatives_per_query, progress, searches=searches)
                 job.check()
                 summary = _mining_summary(mined, examples)
                 mined_out["summary"] = summary
@@ -399,6 +418,7 @@ class LearningManager:
                     rows=[list(row) for row in rows],
                     row_collections=[t.collection for t in kept],
                     row_docs=[[t.positive_doc, t.negative_doc] for t in kept],
+                    learnt=mined.learnt.as_dict(),
                     strategy=mined.report.strategy,
                     triples_by_type=mined.report.counts_by_type(),
                     holdout=[q.query_id for q in mined.holdout],
@@ -493,6 +513,11 @@ class LearningManager:
             + (f" ({held} more are held out for the gate: the latest, and earlier askings of their texts)" if held else "")
             + f"; min_triples is {need}"
         )
+        if mined.already_learnt:
+            said += (
+                f" ({mined.already_learnt} older searches were left out: the serving model was trained on them; "
+                "searches='all' trains on them again)"
+            )
         if not self.settings.log_queries:
             return (
                 f"{said}. The query log is off (setting log_queries, RIFT_LOG_QUERIES): searches leave nothing to "
@@ -732,7 +757,9 @@ class LearningManager:
                     **({"resumed_at_step": trained.resumed_at_step} if trained.resumed_at_step else {}),
                 }
                 entry = self.registry.add(
-                    self._candidate_entry(plan, {**plan.config, **result["train"]}, "candidate being evaluated")
+                    self._candidate_entry(
+                        plan, {**plan.config, **result["train"], **plan.learnt}, "candidate being evaluated"
+                    )
                 )
                 (out_dir / UNREGISTERED).unlink(missing_ok=True)
                 with self._plan_lock:  # (a deleted collection's rows no longer cancel it: it learnt them)

@@ -4,9 +4,10 @@ collect the log -> time split -> mine -> materialize texts -> train -> build can
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,27 @@ from server.learning.query_log import LoggedQuery, QueryHead, QueryLog, normaliz
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Learnt:
+    """How much of the log a model has learnt: the searches up to `searches_through` (its retrain's training
+    part; the later ones it held out for the gate it did not train on) and the feedback and fetches recorded up
+    to `signals_through` (when that retrain read the log). Zero for a model that never trained on the log."""
+
+    searches_through: float = 0.0
+    signals_through: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"searches_through": self.searches_through, "signals_through": self.signals_through}
+
+    @classmethod
+    def of(cls, train: Mapping[str, Any]) -> Learnt:
+        """From a registry entry's `train` record (a fine-tune from before rift recorded it: nothing)."""
+        try:
+            return cls(float(train.get("searches_through", 0.0)), float(train.get("signals_through", 0.0)))
+        except (TypeError, ValueError):
+            return cls()
+
+
 @dataclass
 class Mined:
     report: MiningReport
@@ -33,6 +55,9 @@ class Mined:
     holdout: list[LoggedQuery]
     feedback: dict[str, dict[str, bool]]
     evaluation_left_out: int = 0  # logged searches not trained on: their text is a labelled evaluation query
+    already_learnt: int = 0  # training-side searches left out: the serving model learnt them (`Learnt`)
+    # What a model trained on these triples has learnt of the log (`learnt` for the next retrain's).
+    learnt: Learnt = field(default_factory=Learnt)
 
 
 def collect_and_mine(
@@ -43,16 +68,27 @@ def collect_and_mine(
     collection: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     never_train: Collection[str] = (),
+    learnt: Learnt | None = None,
 ) -> Mined:
     """The log split in time (the latest searches held out for the gate) and the older ones mined; `progress`
     as in `mine`. `never_train`: query texts (`normalized_query`) no training pair may have, such as a
-    labelled evaluation set's: a search of one is left out of mining."""
+    labelled evaluation set's: a search of one is left out of mining. `learnt`: what the model to be trained
+    further already learnt; its searches are left out unless feedback or a fetch came after (the whole log
+    still splits, so the gate holds out the latest searches as it would)."""
+    read_at = time.time()
     names = set(engine.collection_names())
     heads = [q for q in query_log.heads(collection) if q.collection in names]
     train, held_out = time_split(heads, gate)
     evaluation = frozenset(never_train)
     kept = [q for q in train if normalized_query(q.query) not in evaluation]
     left_out, train = len(train) - len(kept), kept
+    # (Taken before leaving learnt searches out: a search the last retrain learnt stays learnt.)
+    through = max([q.ts for q in train] + [learnt.searches_through if learnt else 0.0])
+    already = 0
+    if learnt is not None and (learnt.searches_through > 0 or learnt.signals_through > 0):
+        signalled = query_log.signalled_since(learnt.signals_through)
+        fresh = [q for q in train if q.ts > learnt.searches_through or q.query_id in signalled]
+        already, train = len(train) - len(fresh), fresh
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     feedback = _held_out_labels_now(engine, holdout, query_log.feedback_map())
     fetched: dict[str, list[str]] = {}
@@ -79,7 +115,7 @@ def collect_and_mine(
         for name in sorted({q.collection for q in train}):
             corpus = _corpus_triples(engine, name, mining, supplement)
             report.triples.extend(t for t in corpus if normalized_query(t.query) not in held)
-    return Mined(report, train, holdout, feedback, left_out)
+    return Mined(report, train, holdout, feedback, left_out, already, Learnt(through, read_at))
 
 
 def _held_out_labels_now(

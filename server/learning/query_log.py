@@ -573,6 +573,16 @@ class QueryLog:
         """Whether the search is (still) in the log (hold self._lock)."""
         return self._conn.execute("SELECT 1 FROM queries WHERE query_id = ?", (query_id,)).fetchone() is not None
 
+    def signalled_since(self, ts: float) -> set[str]:
+        """Ids of the searches given feedback, or a fetched result, after `ts`: signals a model trained
+        before then did not see, even when the search itself is older."""
+        self.flush()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT query_id FROM feedback WHERE ts > ? UNION SELECT query_id FROM fetches WHERE ts > ?", (ts, ts)
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def fetches(self, query_id: str | None = None) -> list[tuple[str, str, float]]:
         """(query_id, doc_id, ts) oldest first, for one search or all."""
         self.flush()

@@ -51,6 +51,9 @@ class ResumePlan:
     # query is the positive document's text too), so a deleted or rewritten document's texts can leave the plan
     # (empty in plans from before rift recorded them).
     row_docs: list[list[str]] = field(default_factory=list)
+    # What the candidate will have learnt of the log (`pipeline.Learnt.as_dict`), recorded with its weights so
+    # the next retrain mines only what came after (empty in plans from before rift recorded it).
+    learnt: dict[str, float] = field(default_factory=dict)
 
     def rows_of(self, collection: str) -> int:
         """How many rows came from `collection` (all of them when the plan does not say)."""
