@@ -282,7 +282,7 @@ async def test_ctrl_c_twice_stops_at_once_without_tracebacks_and_stores_nothing_
 SLOW_RETRAIN_SERVE = """
 import sys, time
 import server.learning.manager as manager
-def slow_mine(self, strategy=None, negatives_per_query=None, progress=None, dry_run=False):
+def slow_mine(self, strategy=None, negatives_per_query=None, progress=None, dry_run=False, **_):
     for _ in range(1200):
         progress(0, 1)
         time.sleep(0.1)
