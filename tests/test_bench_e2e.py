@@ -40,10 +40,15 @@ def write_beir(root: Path) -> Path:
 
 
 def run_bench(args: list[str]) -> tuple[dict, str]:
+    first, rest, _ = run_bench_with_stderr(args)
+    return first, rest
+
+
+def run_bench_with_stderr(args: list[str]) -> tuple[dict, str, str]:
     result = CliRunner().invoke(main, ["bench", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     first, _, rest = result.stdout.partition("\n")
-    return json.loads(first), rest
+    return json.loads(first), rest, result.stderr
 
 
 @pytest.mark.slow
@@ -460,7 +465,9 @@ def test_learn_in_rounds_retrains_from_the_serving_model_on_what_it_did_not_lear
     data = write_beir_with_usage(tmp_path / "tiny")
     args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
     args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--set", "learn_rounds=2"]
-    result, md = run_bench(args)
+    result, md, progress = run_bench_with_stderr(args)
+    # A run of hours reports its phases on stderr without -v (stdout is the result alone).
+    assert "] tiny seed 0 round 2/2: training on " in progress and progress.startswith("rift bench --learn [0:"), progress
     [seed] = result["seeds"]
     first, second = seed["rounds"]
     assert result["train"]["rounds"] == 2

@@ -1,7 +1,7 @@
 """`rift bench`: retrieval quality, speed and scale on a BEIR-format folder, through the engine the MCP tools use.
 
 Prints one JSON line (stable keys, schema "rift-bench/1") and then a markdown rendering to stdout; progress goes
-to stderr with -v.
+to stderr with -v. `--learn`, which runs for an hour or more on a CPU, always reports its phases on stderr.
 """
 
 from __future__ import annotations
@@ -289,6 +289,13 @@ def _run_learn(
     # --json-out, and only the finished result is appended to it as one JSON line, as in the other modes.
     checkpoint = out.with_name(out.name + ".partial") if out else None
     seed_list = _ints(seeds, "--seeds", minimum=0) if seeds else [0]
+    started = time.monotonic()
+
+    def phase(message: str) -> None:
+        # stderr, timed: hours of silence would look like a hang (stdout carries only the result).
+        minutes, seconds = divmod(int(time.monotonic() - started), 60)
+        click.echo(f"rift bench --learn [{minutes:d}:{seconds:02d}] {message}", err=True)
+
     try:
         result = module.run_learning_experiment(
             data=data,
@@ -300,6 +307,7 @@ def _run_learn(
             out=checkpoint,
             labelled_bound=labelled_bound,
             agent_feedback=agent_feedback,
+            progress=phase,
             **options,
         )
     except RiftError as exc:  # BenchError (the data) among them, as in the other modes
