@@ -92,14 +92,7 @@ def measure(searches: int, candidates: int, seed: int = 0) -> dict[str, Any]:
 def mine_log(path: Path) -> dict[str, Any]:
     """Mine the log at `path` as a retrain does (this process does nothing else)."""
     s = Settings.model_construct()
-    mining = MiningConfig(
-        strategy=s.learn_strategy,
-        negatives_per_query=s.learn_negatives_per_query,
-        positive_min_keyword_margin=s.learn_positive_min_keyword_margin,
-        negative_source=s.learn_negative_source,
-        fusion_k=s.rrf_k,
-        fusion_weights=(s.vector_weight, s.keyword_weight),
-    )
+    mining = MiningConfig.from_settings(s)
     log = QueryLog(path)
     before = _peak_mb()
     started = time.perf_counter()

@@ -278,13 +278,8 @@ class LearningManager:
         strategy = strategy or s.learn_strategy
         if strategy not in STRATEGIES:
             raise RiftError(f"strategy must be one of {', '.join(STRATEGIES)}")
-        mining = MiningConfig(
-            strategy=strategy,
-            negatives_per_query=negatives or s.learn_negatives_per_query,
-            positive_min_keyword_margin=s.learn_positive_min_keyword_margin,
-            negative_source=s.learn_negative_source,
-            fusion_k=s.rrf_k,
-            fusion_weights=(s.vector_weight, s.keyword_weight),
+        mining = MiningConfig.from_settings(
+            s, strategy=strategy, negatives_per_query=negatives or s.learn_negatives_per_query
         )
         return mining, self._gate_config()
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 from typing import Any, cast, get_args
 
-from server.config import LearnStrategy, NegativeSource
+from server.config import LearnStrategy, NegativeSource, Settings
 from server.engine.fusion import rrf
 from server.engine.keyword_index import SENTENCE_BREAK, length_in_words
 from server.learning.query_log import LoggedQuery, QueryHead, normalized_query
@@ -86,6 +86,21 @@ class MiningConfig:
     pseudo_per_document: int = 1
     max_pseudo: int = 2000
     seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> MiningConfig:
+        """How a retrain mines under `settings` (the learn_* and fusion settings), with `overrides`."""
+        return cls(
+            **{
+                "strategy": settings.learn_strategy,
+                "negatives_per_query": settings.learn_negatives_per_query,
+                "positive_min_keyword_margin": settings.learn_positive_min_keyword_margin,
+                "negative_source": settings.learn_negative_source,
+                "fusion_k": settings.rrf_k,
+                "fusion_weights": (settings.vector_weight, settings.keyword_weight),
+                **overrides,
+            }
+        )
 
 
 @dataclass(frozen=True)
