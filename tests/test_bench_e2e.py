@@ -513,3 +513,29 @@ def test_bench_modules_name_a_bad_data_folder_in_one_line(tmp_path: Path, module
     result = CliRunner().invoke(command, ["--data", str(tmp_path), "--split", "test", *args])
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: --split test: no ") and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_learning_diagnostics_run_on_a_beir_folder(tmp_path: Path, tiny_model_path: Path) -> None:
+    """The two analyses of what a retrain could use (no training): in-batch negatives, and per-query routing
+    between the base and a retrained model, each a `python -m` command printing one JSON line."""
+    from server.bench import in_batch_negatives, routing
+
+    data = write_beir_with_usage(tmp_path / "tiny")
+    common = ["--data", str(data), "--split", "test", "--model", str(tiny_model_path)]
+    common += ["--cache-dir", str(tmp_path / "cache")]
+    res = CliRunner().invoke(in_batch_negatives.main, [*common, "--usage-split", "train"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["triples"] == out["rows"] and set(out["flags"]) == {"keyword list", "any logged list"}
+    run = tmp_path / "learn.jsonl"
+    base = {q: 0.5 for q in QUERIES}
+    seed = {"seed": 0, "per_query": {"hybrid": {q: 1.0 for q in QUERIES}}}
+    run.write_text(json.dumps({"kind": "learn", "base_per_query": {"hybrid": base}, "seeds": [seed]}) + "\n")
+    res = CliRunner().invoke(routing.main, [*common, "--run", str(run)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rules = json.loads(res.stdout)["rules"]
+    assert rules["everywhere"] == [{"seed": 0, "retrained_queries": len(QUERIES), "hybrid": [0.5, 0.5, 0.5]}]
+    assert all(row["hybrid"][0] == row["retrained_queries"] * 0.5 / len(QUERIES) for r in rules.values() for row in r)
+    res = CliRunner().invoke(routing.main, [*common, "--run", str(data / "corpus.jsonl")])
+    assert res.exit_code == 1 and "not a `rift bench --learn" in res.output and "Traceback" not in res.output

@@ -316,3 +316,50 @@ def test_query_bank_normalisation_discounts_a_chunk_near_every_logged_query() ->
     assert normalized(elsewhere, penalty, 10.0, hubs) is elsewhere
     # Large scores do not overflow: the penalty is computed from the bank's best score down.
     assert np.isfinite(bank_penalty(bank_scores, beta=5000.0)).all()
+
+
+def test_in_batch_negatives_counts_relevant_candidates_and_what_a_flag_would_mask() -> None:
+    """`python -m server.bench.in_batch_negatives`: batches never repeat a text; each row is scored against the
+    other rows' documents, and a flag's masks are counted against the labels."""
+    import random
+
+    from server.bench.in_batch_negatives import Row, batches, in_batch_false_negatives
+
+    rows = [Row("q1", "a", "x"), Row("q1", "a", "y"), Row("q2", "b", "x"), Row("q3", "c", "z")]
+    for drawn in (batches(rows, 4, random.Random(s)) for s in range(20)):
+        assert sorted(map(repr, (r for b in drawn for r in b))) == sorted(map(repr, rows))  # every row, once
+        for batch in drawn:
+            texts = [t for r in batch for t in (f"q:{r.query}", f"d:{r.positive}", f"d:{r.negative}")]
+            assert len(texts) == len(set(texts))
+    # Two rows that share nothing, one batch: q1 meets b and y; b is relevant to q1, and the keyword flag masks it.
+    pair = [Row("q1", "a", "x"), Row("q2", "b", "y")]
+    out = in_batch_false_negatives(pair, {"q1": {"a", "b"}}, {"kw": {"q1": {"b", "y"}}}, batch_size=2, trials=3)
+    assert out["candidates_per_row"] == 2 and out["relevant_share_of_candidates"] == 0.25
+    assert out["rows_with_a_relevant_candidate"] == 0.5
+    assert out["flags"]["kw"] == {"masked_per_row": 1.0, "relevant_share_of_masked": 0.5, "relevant_caught": 1.0}
+
+
+def test_routing_reads_label_free_features_and_scores_a_per_query_choice(tmp_path: Path) -> None:
+    """`python -m server.bench.routing`: features come off the search's own lists; the routed system takes the
+    retrained model's score only where the rule holds."""
+    from server.bench.beir import BenchError
+    from server.bench.routing import features, read_runs, routed
+    from server.learning.query_log import LoggedQuery
+
+    logged = LoggedQuery(
+        "1", 0.0, "q", "c", "m", 10,
+        [("a", "a#0", 0.9), ("c", "c#0", 0.8)], [("a", "a#0", 6.0), ("b", "b#0", 3.0)], ["b", "a"],
+        0.5, [], [],
+    )  # fmt: skip
+    f = features(logged)
+    assert f == {"keyword_margin": 2.0, "first_agree": 1.0, "overlap": 0.1, "fused_first_keyword_rank": 1.0}
+    base, new = {"1": 0.5, "2": 0.5}, {"1": 1.0, "2": 0.0}
+    assert routed(base, new, {"1": True, "2": False})["hybrid"][0] == 0.25
+    assert routed(base, new, {"1": True, "2": True}) == {"retrained_queries": 2, "hybrid": [0.0, -0.5, 0.5]}
+    other = tmp_path / "quality.jsonl"
+    other.write_text('{"kind": "quality"}\n')
+    with pytest.raises(BenchError, match="not a `rift bench --learn"):
+        read_runs([other])
+    other.write_text("query-id\tcorpus-id\n")
+    with pytest.raises(BenchError, match="not a `rift bench --learn"):
+        read_runs([other])
