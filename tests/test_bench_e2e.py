@@ -227,9 +227,15 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("mining_second_opinion_depth=-1", "mining_second_opinion_depth must be between 0 and 200"),
         ("learn_rounds=0", "learn_rounds must be between 1 and 10"),
         ("learn_searches=some", "learn_searches must be new or all"),
+        ("learn_hardness_mode=harder", "learn_hardness_mode must be one of in_batch_negatives"),
+        ("learn_hardness_strength=5", "learn_hardness_strength needs learn_hardness_mode"),
+        ("learn_hardness_strength=-1", "learn_hardness_strength must be between 0 and 100"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)
+    both = ["--set", "learn_hardness_mode=hard_negatives", "--set", "learn_loss=triplet"]
+    res = CliRunner().invoke(main, [*base, *both])
+    assert res.exit_code == 2 and "applies only to learn_loss=mnrl" in res.output, res.output
 
 
 def test_bench_settings_are_checked_before_any_work(tmp_path: Path) -> None:

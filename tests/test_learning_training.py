@@ -35,6 +35,30 @@ def test_unknown_loss_is_refused(tiny_model_path: Path, tmp_path: Path) -> None:
         train_model(str(tiny_model_path), ROWS, tmp_path / "x", TrainConfig(loss="contrastive", device="cpu"))
 
 
+def test_hardness_weighting_reaches_the_mnrl_loss(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench's `learn_hardness_mode` experiment: MNRL built with sentence-transformers' hardness weighting;
+    another loss is refused rather than trained without it."""
+    from sentence_transformers import losses
+
+    built: list[tuple[str | None, float]] = []
+    real = losses.MultipleNegativesRankingLoss
+
+    class Recording(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            built.append((self.hardness_mode, self.hardness_strength))
+
+    monkeypatch.setattr(losses, "MultipleNegativesRankingLoss", Recording)
+    cfg = TrainConfig(epochs=1, batch_size=2, hardness_mode="hard_negatives", hardness_strength=5.0, device="cpu")
+    assert train_model(str(tiny_model_path), ROWS, tmp_path / "hard", cfg).path.is_dir()
+    assert built == [("hard_negatives", 5.0)]
+    cached = TrainConfig(loss="cached_mnrl", hardness_mode="hard_negatives", hardness_strength=5.0, device="cpu")
+    with pytest.raises(ValueError, match="only to the mnrl loss"):
+        train_model(str(tiny_model_path), ROWS, tmp_path / "x", cached)
+
+
 def test_a_merge_with_the_base_interpolates_every_trained_weight(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:

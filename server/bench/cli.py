@@ -124,6 +124,9 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # an experiment, not a setting: usage replayed in N parts, a retrain after each (the periodic policy)
     "learn_rounds": ("rounds", int),
     "learn_searches": ("searches", str),  # new (the product's default) | all: which searches each round mines
+    # an experiment, not a setting: MNRL's hardness weighting of negatives (sentence-transformers' hardness_mode)
+    "learn_hardness_mode": ("hardness_mode", str),
+    "learn_hardness_strength": ("hardness_strength", float),
 }
 
 
@@ -175,6 +178,16 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         )
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
+    if "hardness_mode" in out:
+        modes = ("in_batch_negatives", "hard_negatives", "all_negatives")
+        if out["hardness_mode"] not in modes:
+            raise click.BadParameter(f"learn_hardness_mode must be one of {', '.join(modes)}", param_hint="--set")
+        if out.get("loss", "mnrl") != "mnrl":
+            raise click.BadParameter("learn_hardness_mode applies only to learn_loss=mnrl", param_hint="--set")
+    if not 0.0 <= out.get("hardness_strength", 0.0) <= 100.0:
+        raise click.BadParameter("learn_hardness_strength must be between 0 and 100", param_hint="--set")
+    if out.get("hardness_strength", 0.0) > 0 and "hardness_mode" not in out:
+        raise click.BadParameter("learn_hardness_strength needs learn_hardness_mode", param_hint="--set")
     from server.learning.mining import STRATEGIES
 
     if out.get("strategy", STRATEGIES[0]) not in STRATEGIES:

@@ -411,6 +411,8 @@ def run_learning_experiment(
     anchor_weight: float = 0.0,
     anchor_docs: int = 3,
     merge_base: float = _PRODUCT.learn_merge_base,
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
     destroyed_check: bool = False,
     labelled_bound: bool = False,
     labelled_scope: str = "all",
@@ -457,6 +459,8 @@ def run_learning_experiment(
         max_seq_length=train_max_seq_length,
         loss=loss,
         merge_base=merge_base,
+        hardness_mode=hardness_mode,
+        hardness_strength=hardness_strength,
     )
     result: dict[str, Any] = {
         "dataset": eval_ds.name,
@@ -497,6 +501,8 @@ def run_learning_experiment(
             "anchor_weight": anchor_weight,
             "anchor_docs": anchor_docs,
             "merge_base": merge_base,
+            "hardness_mode": hardness_mode,
+            "hardness_strength": hardness_strength,
             "rounds": rounds,
             "searches": searches,
         },

@@ -38,6 +38,10 @@ class TrainConfig:
     )
     warmup_ratio: float = 0.1
     merge_base: float = 0.0  # WiSE-FT: the base model's share of the saved weights (0: the trained model)
+    # An experiment of the bench, not a setting: MNRL's hardness weighting (sentence-transformers' `hardness_mode`:
+    # "in_batch_negatives", "hard_negatives" or "all_negatives"; None = off) at `hardness_strength`.
+    hardness_mode: str | None = None
+    hardness_strength: float = 0.0
     seed: int = 0
     device: str = "auto"
 
@@ -119,7 +123,13 @@ def train_model(
             "negative": [t[2] for t in triples],
         }
     )
-    if cfg.loss == "mnrl":
+    if cfg.hardness_mode is not None and cfg.loss != "mnrl":
+        raise ValueError(f"hardness weighting applies only to the mnrl loss, not {cfg.loss!r}")
+    if cfg.loss == "mnrl" and cfg.hardness_mode is not None:
+        loss = losses.MultipleNegativesRankingLoss(
+            model, hardness_mode=cfg.hardness_mode, hardness_strength=cfg.hardness_strength
+        )
+    elif cfg.loss == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model)
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
