@@ -545,3 +545,6 @@ def test_learning_diagnostics_run_on_a_beir_folder(tmp_path: Path, tiny_model_pa
     assert all(row["hybrid"][0] == row["retrained_queries"] * 0.5 / len(QUERIES) for r in rules.values() for row in r)
     res = CliRunner().invoke(routing.main, [*common, "--run", str(data / "corpus.jsonl")])
     assert res.exit_code == 1 and "not a `rift bench --learn" in res.output and "Traceback" not in res.output
+    run.write_text(json.dumps({"kind": "learn", "base_per_query": {"hybrid": {"other": 0.5}}, "seeds": []}) + "\n")
+    res = CliRunner().invoke(routing.main, [*common, "--run", str(run)])
+    assert res.exit_code == 1 and "scored other queries than tiny test's" in res.output, res.output

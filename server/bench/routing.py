@@ -92,6 +92,9 @@ def read_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
 def run(data: Path, split: str, runs: Sequence[Path], model: str | None, cache_dir: Path | None) -> dict[str, Any]:
     results = read_runs(runs)
     evaluation = load_beir(Path(data), split)
+    for path, result in zip(runs, results, strict=True):  # (before minutes of indexing)
+        if not set(result["base_per_query"]["hybrid"]) <= set(evaluation.queries):
+            raise BenchError(f"{path} scored other queries than {evaluation.name} {split}'s: give a run of this split")
     found: dict[str, dict[str, float]] = {}
     with BenchIndex(model, cache_dir) as index:  # a throwaway log: evaluation queries never reach a retrain
         index.ingest(evaluation)
