@@ -125,12 +125,10 @@ def train_model(
     )
     if cfg.hardness_mode is not None and cfg.loss != "mnrl":
         raise ValueError(f"hardness weighting applies only to the mnrl loss, not {cfg.loss!r}")
-    if cfg.loss == "mnrl" and cfg.hardness_mode is not None:
+    if cfg.loss == "mnrl":  # (hardness None / 0.0 are the loss's own defaults: plain MNRL)
         loss = losses.MultipleNegativesRankingLoss(
             model, hardness_mode=cfg.hardness_mode, hardness_strength=cfg.hardness_strength
         )
-    elif cfg.loss == "mnrl":
-        loss = losses.MultipleNegativesRankingLoss(model)
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=cfg.mini_batch_size, show_progress_bar=False
