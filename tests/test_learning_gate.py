@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from server.config import DEFAULT_MODEL
-from server.learning.gate import Gate, GateConfig, GateReport, LabelledSet, known_item_query, time_split
+from server.learning.gate import (
+    Gate,
+    GateConfig,
+    GateReport,
+    LabelledSet,
+    asked_once,
+    known_item_query,
+    time_split,
+)
 from server.learning.pipeline import build_all, load_embedder
 from tests.support.helpers import docs, make_settings, open_rift
 
@@ -143,9 +151,37 @@ def test_a_repeated_query_is_held_out_with_every_earlier_asking() -> None:
     elsewhere = [asked(i, t) for i, t in enumerate(texts)]
     elsewhere += [LoggedQuery(str(10 + i), 10.0 + i, t, "other", "m", 10, [], [], [], 0.0, [], []) for i, t in
                   enumerate(texts[:3])]  # fmt: skip
-    train, holdout = time_split(elsewhere, GateConfig(holdout_fraction=0.2, min_holdout=1))
+    train, holdout = time_split(elsewhere, GateConfig(holdout_fraction=0.3, min_holdout=1))  # (3 of 10 texts)
     assert {(q.collection, q.query) for q in holdout} == {("other", t) for t in texts[:3]}
     assert not {q.query for q in train} & set(texts[:3])  # (they were asked in "c" first)
+
+
+def test_a_question_asked_again_and_again_is_one_held_out_query() -> None:
+    """An agent that asked one question five times in a row must not shrink the gate's sample to that text, nor
+    make it weigh five times, nor let it alone reach the 5 queries with feedback that let feedback decide."""
+    from server.learning.query_log import LoggedQuery
+
+    def asked(i: int, text: str, collection: str = "c") -> LoggedQuery:
+        return LoggedQuery(str(i), float(i), text, collection, "m", 10, [], [], [], 0.0, [], [])
+
+    log = [asked(i, f"question {i}") for i in range(20)] + [asked(20 + i, "Same  question") for i in range(5)]
+    train, holdout = time_split(log, GateConfig(holdout_fraction=0.2, min_holdout=1))
+    # 21 different texts: 4 held out, the repeated one and the three asked just before it.
+    assert {q.query for q in holdout} == {"question 17", "question 18", "question 19", "Same  question"}
+    assert len(holdout) == 8 and [q.query_id for q in train] == [str(i) for i in range(17)]
+    # Each text once, as last asked, with the verdicts of all its askings (a later verdict replaces an earlier).
+    feedback = {"20": {"d1": True, "d2": True}, "22": {"d3": True}, "24": {"d2": False}, "19": {"d9": True}}
+    once = asked_once(holdout, feedback)
+    assert [(q.query_id, labels) for q, labels in once] == [
+        ("17", {}), ("18", {}), ("19", {"d9": True}), ("24", {"d1": True, "d2": False, "d3": True})
+    ]
+    # The same text in another collection is another query there (each collection scores its own documents).
+    twice = asked_once([asked(1, "same"), asked(2, "SAME", "other")], {})
+    assert [q.query_id for q, _ in twice] == ["1", "2"]
+    # Fewer different texts than twice the minimum: half of them are held out, never all.
+    few = [asked(i, f"q {i % 2}") for i in range(10)]
+    train, holdout = time_split(few, GateConfig(holdout_fraction=0.2, min_holdout=3))
+    assert {q.query for q in holdout} == {"q 1"} and {q.query for q in train} == {"q 0"}
 
 
 def test_known_item_query_prefers_titles() -> None:

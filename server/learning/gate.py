@@ -18,7 +18,7 @@ What is scored (serving vs candidate, both over their own fully built vectors of
   stability@10       overlap of the two models' hybrid top-10 on the held-out queries (reported; a guard
                      against a model that upends everything).
 
-Held-out queries are the most recent logged queries (a time split): training uses only older ones.
+Held-out queries are the most recent logged query texts (a time split), each scored once: training uses only older ones.
 Decision: with a labelled set, the candidate must not lose labelled hybrid nDCG@10; with enough held-out
 feedback, it must not lose feedback nDCG@10; stability must stay above `min_stability`. No label-free signal
 may drop by more than `tolerance` when no labels decide, or by more than `guard_tolerance` when they do.
@@ -108,15 +108,22 @@ def time_split(queries: Sequence[Q], cfg: GateConfig) -> tuple[list[Q], list[Q]]
     held out with every earlier asking of it: the gate must score texts the candidate was not trained on, and
     an agent repeats itself (with feedback, the gate would otherwise decide on its training labels)."""
     ordered = sorted(queries, key=lambda q: q.ts)
-    n = min(cfg.max_holdout, max(cfg.min_holdout, round(len(ordered) * cfg.holdout_fraction)))
-    if len(ordered) < 2 * cfg.min_holdout:
-        n = min(len(ordered) // 2, n)
+    # Sized and taken in different texts, not searches: an agent that asked one question five times in a row
+    # must not shrink the gate's sample to one text. By text alone: one model serves every collection, so a
+    # text asked in another collection trains it too.
+    texts = len({normalized_query(q.query) for q in ordered})
+    n = min(cfg.max_holdout, max(cfg.min_holdout, round(texts * cfg.holdout_fraction)))
+    if texts < 2 * cfg.min_holdout:
+        n = min(texts // 2, n)
     if n <= 0:
         return ordered, []
-    # By text alone: one model serves every collection, so a text asked in another collection trains it too.
-    held = {normalized_query(q.query) for q in ordered[-n:]}
-    train = [q for q in ordered[:-n] if normalized_query(q.query) not in held]
-    return train, ordered[-n:]
+    held: set[str] = set()
+    start = len(ordered)
+    while len(held) < n:  # (n never exceeds the texts: this stops at the oldest search at the latest)
+        start -= 1
+        held.add(normalized_query(ordered[start].query))
+    train = [q for q in ordered[:start] if normalized_query(q.query) not in held]
+    return train, ordered[start:]
 
 
 _KNOWN_ITEM_CHARS = 600  # 32 English words never reach it; it cuts an unspaced CJK sentence
@@ -131,6 +138,22 @@ def known_item_query(text: str, meta: Mapping[str, Any]) -> str | None:
     if length_in_words(first) < 4:
         return None
     return " ".join(first.split()[:32])[:_KNOWN_ITEM_CHARS]
+
+
+def asked_once(
+    holdout: Sequence[LoggedQuery], feedback: Mapping[str, Mapping[str, bool]]
+) -> list[tuple[LoggedQuery, dict[str, bool]]]:
+    """Each held-out text once per collection, as last asked, with the verdicts given on any of its askings (a
+    later asking's verdict on a document replaces an earlier one's). A question asked five times is one query
+    to the gate: it must not weigh five times, nor count five times towards `min_feedback_queries`."""
+    out: dict[tuple[str, str], tuple[LoggedQuery, dict[str, bool]]] = {}
+    for q in sorted(holdout, key=lambda q: q.ts):
+        key = (q.collection, normalized_query(q.query))
+        labels = out[key][1] if key in out else {}
+        labels.update(feedback.get(q.query_id) or {})
+        out.pop(key, None)  # (re-inserted: the order is that of the last askings)
+        out[key] = (q, labels)
+    return list(out.values())
 
 
 class Gate:
@@ -177,7 +200,6 @@ class Gate:
         collections = set(self.engine.collection_names())
         fb_queries = 0
         known = self._known_items(collections, set(trained_texts))
-        total = len(holdout) + len(known) + (len(labelled.queries) if labelled is not None else 0)
         done = 0
 
         def tick() -> None:
@@ -186,7 +208,9 @@ class Gate:
             if progress is not None:
                 progress(done, total)
 
-        for q in holdout:
+        asked = asked_once(holdout, feedback)
+        total = len(asked) + len(known) + (len(labelled.queries) if labelled is not None else 0)
+        for q, labels in asked:
             if should_stop is not None and should_stop():
                 break
             tick()
@@ -200,7 +224,6 @@ class Gate:
                 continue
             top3 = keyword[:3]
             # Only a query with a confirmed document can score nDCG; rejections alone cannot.
-            labels = feedback.get(q.query_id) or {}
             judged = any(labels.values())
             fb_queries += judged
             hybrids = {}
@@ -247,7 +270,7 @@ class Gate:
             accepted=False,
             reason="",
             basis="label-free",
-            holdout_queries=len(holdout),
+            holdout_queries=len(asked),
             serving={k: round(v, 5) for k, v in mean["serving"].items()},
             candidate={k: round(v, 5) for k, v in mean["candidate"].items()},
             delta={k: round(v, 5) for k, v in delta.items()},

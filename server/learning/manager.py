@@ -26,7 +26,7 @@ from server.engine.models import PACKAGED_ALIASES, describe_load_failure
 from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError, disk_full_problem
 from server.learning import resume, training
-from server.learning.gate import Gate, GateConfig, LabelledSet
+from server.learning.gate import Gate, GateConfig, LabelledSet, asked_once
 from server.learning.jobs import Job, JobCancelled, JobRunner
 from server.learning.mining import STRATEGIES, MiningConfig, logged_passages
 from server.learning.pipeline import (
@@ -84,10 +84,11 @@ def _mining_summary(mined: Any, examples: int) -> dict[str, Any]:
     """What mining found, as retrain and its dry run report it. The latest searches are held out for the gate:
     their feedback scores the candidate there instead of training it (`holdout_with_feedback` says how many)."""
     summary = mined.report.summary(examples)
+    held = asked_once(mined.holdout, mined.feedback)  # (as the gate scores them: each text once)
     summary.update(
         train_queries=len(mined.train_queries),
-        holdout_queries=len(mined.holdout),
-        holdout_with_feedback=sum(any((mined.feedback.get(q.query_id) or {}).values()) for q in mined.holdout),
+        holdout_queries=len(held),
+        holdout_with_feedback=sum(any(labels.values()) for _q, labels in held),
     )
     if mined.evaluation_left_out:
         summary["evaluation_queries_left_out"] = mined.evaluation_left_out
