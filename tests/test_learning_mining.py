@@ -579,6 +579,44 @@ def test_a_long_log_is_mined_a_page_at_a_time_with_the_same_triples(
     log.close()
 
 
+def test_a_signal_given_while_mining_is_left_to_the_next_retrain(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feedback and fetches are read as of the time recorded as learnt (`signals_through`): a verdict given
+    after it is not trained on now, and the next retrain mines its search as signalled since; read with the
+    rest, it would be trained on twice."""
+    import time
+    from types import SimpleNamespace
+
+    from server.learning import pipeline
+    from server.learning.gate import GateConfig
+    from server.learning.query_log import QueryLog
+
+    log = QueryLog(tmp_path / "log.sqlite")
+    for i in range(12):
+        docs = [f"d{(i + j) % 7}" for j in range(5)]
+        rec = q(f"q{i:02d}", f"question {i}", [f"x{i % 4}", *docs], [*docs, *FILL], docs)
+        log.record(rec.query_id, rec.query, "c", "m", "hybrid", 5, None, rec.vector, rec.keyword, rec.fused, 5, 0.5,
+                   rec.vector_blind, rec.keyword_blind)  # fmt: skip
+    log.add_feedback("q01", "d2", True)
+    log.record_fetch("q02", "d3")
+    log.flush()
+    read_at = time.time()
+    time.sleep(0.01)
+    log.add_feedback("q03", "d4", True)  # given while the retrain below reads the log
+    log.record_fetch("q04", "d5")
+
+    class Engine:
+        def collection_names(self) -> list[str]:
+            return ["c"]
+
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(time=lambda: read_at))
+    mined = pipeline.collect_and_mine(log, Engine(), MiningConfig(), GateConfig(min_holdout=1, max_holdout=2))
+    assert "q01" in mined.feedback and "q03" not in mined.feedback
+    assert mined.learnt.signals_through == read_at
+    assert log.signalled_since(mined.learnt.signals_through) == {"q03", "q04"}
+    assert [d for _q, d, _ts in log.fetches(until=read_at)] == ["d3"] and len(log.fetches()) == 2
+    log.close()
+
+
 def test_progress_and_gone_count_hold_with_feedback_in_the_log() -> None:
     """A query with feedback used to rebind the list of queries being mined (to its negatives), so progress
     read "200 / 1" from then on and searches gone from the log were not counted."""

@@ -90,9 +90,11 @@ def collect_and_mine(
         fresh = [q for q in train if q.ts > learnt.searches_through or q.query_id in signalled]
         already, train = len(train) - len(fresh), fresh
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
-    feedback = _held_out_labels_now(engine, holdout, query_log.feedback_map())
+    # Signals read as of `read_at`, the time recorded as learnt: one given while this ran is left to the next
+    # retrain (`signalled_since`), never trained on twice.
+    feedback = _held_out_labels_now(engine, holdout, query_log.feedback_map(until=read_at))
     fetched: dict[str, list[str]] = {}
-    for query_id, doc_id, _ts in query_log.fetches():
+    for query_id, doc_id, _ts in query_log.fetches(until=read_at):
         fetched.setdefault(query_id, []).append(doc_id)
     opinion = None
     if mining.second_opinion_depth > 0:

@@ -528,11 +528,13 @@ class QueryLog:
                 self._reclaim()
         return int(gone)
 
-    def feedback_map(self) -> dict[str, dict[str, bool]]:
-        """query_id -> {doc_id: relevant}."""
+    def feedback_map(self, until: float | None = None) -> dict[str, dict[str, bool]]:
+        """query_id -> {doc_id: relevant}; with `until`, only verdicts given up to then (a later one is
+        `signalled_since` that time)."""
         self.flush()
+        where, args = ("WHERE ts <= ?", (until,)) if until is not None else ("", ())
         with self._lock:
-            rows = self._conn.execute("SELECT query_id, doc_id, relevant FROM feedback").fetchall()
+            rows = self._conn.execute(f"SELECT query_id, doc_id, relevant FROM feedback {where}", args).fetchall()
         out: dict[str, dict[str, bool]] = {}
         for qid, doc, rel in rows:
             out.setdefault(qid, {})[doc] = bool(rel)
@@ -583,10 +585,18 @@ class QueryLog:
             ).fetchall()
         return {r[0] for r in rows}
 
-    def fetches(self, query_id: str | None = None) -> list[tuple[str, str, float]]:
-        """(query_id, doc_id, ts) oldest first, for one search or all."""
+    def fetches(self, query_id: str | None = None, until: float | None = None) -> list[tuple[str, str, float]]:
+        """(query_id, doc_id, ts) oldest first, for one search or all; with `until`, only those up to then."""
         self.flush()
-        where, args = ("WHERE query_id = ?", (query_id,)) if query_id else ("", ())
+        clauses: list[str] = []
+        args: list[Any] = []
+        if query_id:
+            clauses.append("query_id = ?")
+            args.append(query_id)
+        if until is not None:
+            clauses.append("ts <= ?")
+            args.append(until)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._conn.execute(f"SELECT query_id, doc_id, ts FROM fetches {where} ORDER BY ts", args)
             return [(r[0], r[1], r[2]) for r in rows.fetchall()]
