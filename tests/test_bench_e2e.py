@@ -230,12 +230,17 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
         ("learn_hardness_mode=harder", "learn_hardness_mode must be one of in_batch_negatives"),
         ("learn_hardness_strength=5", "learn_hardness_strength needs learn_hardness_mode"),
         ("learn_hardness_strength=-1", "learn_hardness_strength must be between 0 and 100"),
+        ("learn_mnrl_directions=doc_to_query", "learn_mnrl_directions must list query_to_doc"),
+        ("learn_mnrl_directions=query_to_doc,sideways", "learn_mnrl_directions must list query_to_doc"),
     ):
         res = CliRunner().invoke(main, [*base, "--set", bad])
         assert res.exit_code == 2 and message in res.output, (bad, res.output)
     both = ["--set", "learn_hardness_mode=hard_negatives", "--set", "learn_loss=triplet"]
     res = CliRunner().invoke(main, [*base, *both])
     assert res.exit_code == 2 and "applies only to learn_loss=mnrl" in res.output, res.output
+    both = ["--set", "learn_mnrl_directions=query_to_doc,doc_to_query", "--set", "learn_loss=cached_mnrl"]
+    res = CliRunner().invoke(main, [*base, *both])
+    assert res.exit_code == 2 and "learn_mnrl_directions applies only" in res.output, res.output
 
 
 def test_bench_settings_are_checked_before_any_work(tmp_path: Path) -> None:

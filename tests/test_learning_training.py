@@ -35,28 +35,34 @@ def test_unknown_loss_is_refused(tiny_model_path: Path, tmp_path: Path) -> None:
         train_model(str(tiny_model_path), ROWS, tmp_path / "x", TrainConfig(loss="contrastive", device="cpu"))
 
 
-def test_hardness_weighting_reaches_the_mnrl_loss(
+def test_hardness_weighting_and_directions_reach_the_mnrl_loss(
     tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bench's `learn_hardness_mode` experiment: MNRL built with sentence-transformers' hardness weighting;
-    another loss is refused rather than trained without it."""
+    """The bench's `learn_hardness_mode` and `learn_mnrl_directions` experiments: MNRL built with
+    sentence-transformers' hardness weighting or symmetric directions; another loss is refused rather than
+    trained without them."""
     from sentence_transformers import losses
 
-    built: list[tuple[str | None, float]] = []
+    built: list[tuple[str | None, float, tuple[str, ...]]] = []
     real = losses.MultipleNegativesRankingLoss
 
     class Recording(real):  # type: ignore[misc,valid-type]
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
-            built.append((self.hardness_mode, self.hardness_strength))
+            built.append((self.hardness_mode, self.hardness_strength, tuple(self.directions)))
 
     monkeypatch.setattr(losses, "MultipleNegativesRankingLoss", Recording)
     cfg = TrainConfig(epochs=1, batch_size=2, hardness_mode="hard_negatives", hardness_strength=5.0, device="cpu")
     assert train_model(str(tiny_model_path), ROWS, tmp_path / "hard", cfg).path.is_dir()
-    assert built == [("hard_negatives", 5.0)]
+    symmetric = TrainConfig(epochs=1, batch_size=2, directions=("query_to_doc", "doc_to_query"), device="cpu")
+    assert train_model(str(tiny_model_path), ROWS, tmp_path / "both", symmetric).path.is_dir()
+    assert built == [("hard_negatives", 5.0, ("query_to_doc",)), (None, 0.0, ("query_to_doc", "doc_to_query"))]
     cached = TrainConfig(loss="cached_mnrl", hardness_mode="hard_negatives", hardness_strength=5.0, device="cpu")
-    with pytest.raises(ValueError, match="only to the mnrl loss"):
+    with pytest.raises(ValueError, match="hardness weighting applies only to the mnrl loss"):
         train_model(str(tiny_model_path), ROWS, tmp_path / "x", cached)
+    triplet = TrainConfig(loss="triplet", directions=("query_to_doc", "doc_to_query"), device="cpu")
+    with pytest.raises(ValueError, match="directions apply only to the mnrl loss"):
+        train_model(str(tiny_model_path), ROWS, tmp_path / "y", triplet)
 
 
 def test_a_merge_with_the_base_interpolates_every_trained_weight(

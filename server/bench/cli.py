@@ -127,6 +127,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # an experiment, not a setting: MNRL's hardness weighting of negatives (sentence-transformers' hardness_mode)
     "learn_hardness_mode": ("hardness_mode", str),
     "learn_hardness_strength": ("hardness_strength", float),
+    # an experiment, not a setting: MNRL's directions, comma-separated (query_to_doc,doc_to_query: symmetric)
+    "learn_mnrl_directions": ("mnrl_directions", str),
 }
 
 
@@ -188,6 +190,16 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         raise click.BadParameter("learn_hardness_strength must be between 0 and 100", param_hint="--set")
     if out.get("hardness_strength", 0.0) > 0 and "hardness_mode" not in out:
         raise click.BadParameter("learn_hardness_strength needs learn_hardness_mode", param_hint="--set")
+    if "mnrl_directions" in out:
+        names = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+        given = out["mnrl_directions"].split(",")
+        if "query_to_doc" not in given or not set(given) <= set(names) or len(set(given)) < len(given):
+            raise click.BadParameter(
+                f"learn_mnrl_directions must list query_to_doc and any of {', '.join(names[1:])}, comma-separated",
+                param_hint="--set",
+            )
+        if out.get("loss", "mnrl") != "mnrl":
+            raise click.BadParameter("learn_mnrl_directions applies only to learn_loss=mnrl", param_hint="--set")
     from server.learning.mining import STRATEGIES
 
     if out.get("strategy", STRATEGIES[0]) not in STRATEGIES:

@@ -413,6 +413,7 @@ def run_learning_experiment(
     merge_base: float = _PRODUCT.learn_merge_base,
     hardness_mode: str | None = None,
     hardness_strength: float = 0.0,
+    mnrl_directions: str = "query_to_doc",
     destroyed_check: bool = False,
     labelled_bound: bool = False,
     labelled_scope: str = "all",
@@ -461,6 +462,7 @@ def run_learning_experiment(
         merge_base=merge_base,
         hardness_mode=hardness_mode,
         hardness_strength=hardness_strength,
+        directions=tuple(mnrl_directions.split(",")),
     )
     result: dict[str, Any] = {
         "dataset": eval_ds.name,
@@ -503,6 +505,7 @@ def run_learning_experiment(
             "merge_base": merge_base,
             "hardness_mode": hardness_mode,
             "hardness_strength": hardness_strength,
+            "mnrl_directions": mnrl_directions,
             "rounds": rounds,
             "searches": searches,
         },

@@ -42,6 +42,9 @@ class TrainConfig:
     # "in_batch_negatives", "hard_negatives" or "all_negatives"; None = off) at `hardness_strength`.
     hardness_mode: str | None = None
     hardness_strength: float = 0.0
+    # An experiment of the bench, not a setting: MNRL's `directions` ("query_to_doc" is plain MNRL; adding
+    # "doc_to_query" makes it symmetric: each positive must also pick out its own query among the batch's).
+    directions: tuple[str, ...] = ("query_to_doc",)
     seed: int = 0
     device: str = "auto"
 
@@ -125,9 +128,14 @@ def train_model(
     )
     if cfg.hardness_mode is not None and cfg.loss != "mnrl":
         raise ValueError(f"hardness weighting applies only to the mnrl loss, not {cfg.loss!r}")
-    if cfg.loss == "mnrl":  # (hardness None / 0.0 are the loss's own defaults: plain MNRL)
+    if tuple(cfg.directions) != ("query_to_doc",) and cfg.loss != "mnrl":
+        raise ValueError(f"directions apply only to the mnrl loss, not {cfg.loss!r}")
+    if cfg.loss == "mnrl":  # (hardness None / 0.0 and query_to_doc alone are the loss's own defaults: plain MNRL)
         loss = losses.MultipleNegativesRankingLoss(
-            model, hardness_mode=cfg.hardness_mode, hardness_strength=cfg.hardness_strength
+            model,
+            hardness_mode=cfg.hardness_mode,
+            hardness_strength=cfg.hardness_strength,
+            directions=tuple(cfg.directions),
         )
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
