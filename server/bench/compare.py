@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 
 from server.bench.beir import BeirDataset, load_beir
 from server.bench.cli import parse_overrides
-from server.bench.errors import one_line_errors
+from server.bench.errors import beir_analysis
 from server.bench.harness import BenchIndex, bench_settings
 from server.bench.learning_experiment import paired_bootstrap
 from server.bench.metrics import evaluate
@@ -78,16 +77,11 @@ def run(
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@beir_analysis()
 @click.option("--split", required=True)
 @click.option("--set", "items", multiple=True, required=True, help="A setting to change, KEY=VALUE (repeatable).")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(MODES), help="Repeatable; default all three.")
-@click.option("--model", default=None, help="Model name or folder (default: rift's).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
-@one_line_errors
 def main(data: Path, split: str, items: tuple[str, ...], modes: tuple[str, ...], model: str | None, cache_dir: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING)
     overrides = parse_overrides(items)
     try:  # checked before anything runs: a setting the Settings model refuses (its error names it)
         bench_settings(Path(tempfile.gettempdir()) / "rift-compare-check", model, **overrides)

@@ -1,11 +1,15 @@
 """The bench modules' commands (`python -m server.bench.<name>`) report rift's own errors as `rift bench`
-does: one 'Error:' line (a data folder that is not BEIR, a model that does not load), not a traceback."""
+does: one 'Error:' line (a data folder that is not BEIR, a model that does not load), not a traceback; the
+analysis commands over a BEIR folder share their options and set-up (`beir_analysis`)."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
@@ -26,3 +30,30 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise click.ClickException(str(exc)) from None
 
     return wrapped
+
+
+
+def beir_analysis(
+    model_help: str = "Model name or folder (default: rift's).",
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Right under `@click.command()` of an analysis command over a BEIR folder: the options they all take
+    (`--data`, `--model`, `--cache-dir`, listed before the command's own), its errors in one line, and
+    Hugging Face offline, logging on stderr (stdout carries the command's JSON)."""
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(command)  # (carries the command's own click options)
+        def prepared(*args: Any, **kwargs: Any) -> R:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            logging.basicConfig(level=logging.WARNING)
+            return command(*args, **kwargs)
+
+        wrapped: Callable[..., R] = one_line_errors(prepared)
+        cache = click.Path(path_type=Path)
+        wrapped = click.option(
+            "--cache-dir", type=cache, default=Path(".bench_cache"), show_default=True, help="Corpus vectors kept here."
+        )(wrapped)
+        wrapped = click.option("--model", default=None, help=model_help)(wrapped)
+        folder = click.Path(path_type=Path, exists=True, file_okay=False)
+        return click.option("--data", type=folder, required=True, help="A BEIR folder.")(wrapped)
+
+    return decorate

@@ -16,8 +16,6 @@ An analysis, not a feature: the README ("Learning from use", "Open:") reports wh
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Any
 import click
 
 from server.bench.beir import load_beir
-from server.bench.errors import one_line_errors
+from server.bench.errors import beir_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, usage_apart_from
 from server.learning.gate import GateConfig
@@ -149,15 +147,10 @@ def run(data: Path, split: str, usage_split: str, model: str | None, cache_dir: 
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@beir_analysis()
 @click.option("--split", required=True, help="The evaluation split (its queries are never replayed).")
 @click.option("--usage-split", required=True, help="Whose query texts are replayed and mined.")
-@click.option("--model", default=None, help="Model name or folder (default: rift's).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
-@one_line_errors
 def main(data: Path, split: str, usage_split: str, model: str | None, cache_dir: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING)
     click.echo(json.dumps(run(data, split, usage_split, model, cache_dir)))
 
 

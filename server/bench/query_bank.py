@@ -22,8 +22,6 @@ the rest is scored): that is where a setting may honestly be chosen. An analysis
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import click
 import numpy as np
 
 from server.bench.beir import load_beir
-from server.bench.errors import one_line_errors
+from server.bench.errors import beir_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.log_reach import usage_and_scored
@@ -148,15 +146,10 @@ def run(data: Path, split: str, usage_split: str, model: str | None, cache_dir: 
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@beir_analysis()
 @click.option("--split", required=True, help="Whose queries to score (the same as --usage-split: 20 % of it).")
 @click.option("--usage-split", required=True, help="Whose query texts form the bank (never its labels).")
-@click.option("--model", default=None, help="Model name or folder (default: rift's).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
-@one_line_errors
 def main(data: Path, split: str, usage_split: str, model: str | None, cache_dir: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING)
     click.echo(json.dumps(run(data, split, usage_split, model, cache_dir)))
 
 

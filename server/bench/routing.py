@@ -18,8 +18,6 @@ retrained model everywhere on both datasets.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import click
 
 from server.bench.beir import BenchError, load_beir
-from server.bench.errors import one_line_errors
+from server.bench.errors import beir_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.learning.query_log import LoggedQuery
@@ -114,18 +112,13 @@ def run(data: Path, split: str, runs: Sequence[Path], model: str | None, cache_d
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@beir_analysis("The runs' base model (default: rift's).")
 @click.option("--split", required=True, help="The runs' evaluation split.")
 @click.option(
     "--run", "runs", type=click.Path(path_type=Path, exists=True, dir_okay=False), multiple=True, required=True,
     help="A `rift bench --learn --json-out` file of this dataset and split (repeatable).",
 )
-@click.option("--model", default=None, help="The runs' base model (default: rift's).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
-@one_line_errors
 def main(data: Path, split: str, runs: tuple[Path, ...], model: str | None, cache_dir: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING)
     click.echo(json.dumps(run(data, split, runs, model, cache_dir)))
 
 

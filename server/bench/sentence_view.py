@@ -16,8 +16,6 @@ it showed on the usage splits, and that the evaluation splits did not confirm th
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import numpy as np
 
 from server.bench.beir import load_beir
 from server.bench.embed_cache import CachingEmbedder
-from server.bench.errors import one_line_errors
+from server.bench.errors import beir_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.metrics import ndcg_at_k
@@ -103,14 +101,9 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@beir_analysis()
 @click.option("--split", required=True, help="Whose queries to score: a usage split, where tuning is honest.")
-@click.option("--model", default=None, help="Model name or folder (default: rift's).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench_cache"), show_default=True)
-@one_line_errors
 def main(data: Path, split: str, model: str | None, cache_dir: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING)
     click.echo(json.dumps(run(data, split, model, cache_dir)))
 
 
