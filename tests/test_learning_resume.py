@@ -121,6 +121,43 @@ def test_a_retrain_stopped_by_shutdown_continues_at_the_next_start(tmp_path: Pat
         assert torch.allclose(resumed[name], weight, atol=1e-6), name
 
 
+def test_a_continued_retrain_gates_on_held_out_verdicts_as_they_read_now(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate searches afresh and ranks today's documents: as for a retrain that did not stop, a held-out
+    verdict on a document deleted since the shutdown must not count (it scored 0 for both models, yet counted
+    towards the feedback queries that let labels decide)."""
+    from server.learning.gate import Gate
+
+    settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
+    plan, _base = _stopped_while_training(settings, at_step=1)
+    cli = open_rift(settings)  # (a one-off command: the plan waits for the next server)
+    try:
+        held = next(q for q in cli.log.by_ids(plan.holdout) if len(q.fused) >= 2)
+        uses = {d: sum(d in docs for docs in plan.row_docs) for d in held.fused[1:]}
+        kept, gone = held.fused[0], min(uses, key=uses.__getitem__)  # (the fewest training rows leave with it)
+        cli.learning.judge(held.query_id, [(kept, True), (gone, True)])
+        assert cli.delete_documents(held.collection, [gone])[0] == [gone]
+    finally:
+        cli.close()
+
+    seen: list[dict[str, dict[str, bool]]] = []
+    real = Gate.score
+
+    def recording(self, serving, candidate, holdout, feedback=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(dict(feedback or {}))
+        return real(self, serving, candidate, holdout, feedback, *args, **kwargs)
+
+    monkeypatch.setattr(Gate, "score", recording)
+    rift = _serve(settings)
+    try:
+        rift.learning.jobs.wait(180)
+        assert rift.learning.status(plan.job_id)["params"]["resumed"] is True
+    finally:
+        rift.close()
+    assert seen and seen[0][held.query_id] == {kept: True}
+
+
 def test_a_plan_that_cannot_continue_is_dropped_with_a_note(tmp_path: Path, tiny_model_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tiny_model_path, learn_min_triples=2, gate_tolerance=1.0)
     plan, base = _stopped_while_training(settings, at_step=1)

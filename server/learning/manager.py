@@ -35,6 +35,7 @@ from server.learning.pipeline import (
     build_all,
     collect_and_mine,
     drop_built,
+    held_out_labels_now,
     load_embedder,
     materialize,
     switch_all,
@@ -486,7 +487,9 @@ class LearningManager:
             plan.base_location = self.engine.embedder.spec.location
             plan.job_id = job.id  # (a plan from before rift kept ids: its next continuation keeps this one)
             holdout = [q for q in (self.log.get(qid) for qid in plan.holdout) if q is not None]
-            return self._retrain_job(job, plan, holdout, self.log.feedback_map())
+            # (as a retrain's gate reads them: a verdict on a document renamed or deleted since moves or goes)
+            feedback = held_out_labels_now(self.engine, holdout, self.log.feedback_map())
+            return self._retrain_job(job, plan, holdout, feedback)
 
         params = {**plan.params, "resumed": True}
         self.jobs.start("retrain", params, work, result=plan.result, job_id=plan.job_id)
@@ -1115,9 +1118,8 @@ class LearningManager:
                 )
             )
             holdout = list(self.log.by_ids([q.query_id for q in self.log.heads()[-200:]]))
-            return self._gate_and_switch(
-                job, embedder, entry, holdout, self.log.feedback_map(), {}, force=True
-            )
+            feedback = held_out_labels_now(self.engine, holdout, self.log.feedback_map())
+            return self._gate_and_switch(job, embedder, entry, holdout, feedback, {}, force=True)
 
         job = self.jobs.start("reindex", {"model": model, "version": version}, work)
         return {"job_id": job.id, "status": job.status, "version": version}

@@ -92,7 +92,7 @@ def collect_and_mine(
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     # Signals read as of `read_at`, the time recorded as learnt: one given while this ran is left to the next
     # retrain (`signalled_since`), never trained on twice.
-    feedback = _held_out_labels_now(engine, holdout, query_log.feedback_map(until=read_at))
+    feedback = held_out_labels_now(engine, holdout, query_log.feedback_map(until=read_at))
     fetched: dict[str, list[str]] = {}
     for query_id, doc_id, _ts in query_log.fetches(until=read_at):
         fetched.setdefault(query_id, []).append(doc_id)
@@ -120,7 +120,7 @@ def collect_and_mine(
     return Mined(report, train, holdout, feedback, left_out, already, Learnt(through, read_at))
 
 
-def _held_out_labels_now(
+def held_out_labels_now(
     engine: Any, holdout: Sequence[LoggedQuery], feedback: dict[str, dict[str, bool]]
 ) -> dict[str, dict[str, bool]]:
     """`feedback` with the held-out queries' verdicts as the gate can score them now: the gate searches afresh
