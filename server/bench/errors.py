@@ -32,7 +32,6 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapped
 
 
-
 def beir_analysis(
     model_help: str = "Model name or folder (default: rift's).",
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
