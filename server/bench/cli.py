@@ -180,10 +180,12 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         )
     if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
         raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
+    from server.learning.training import HARDNESS_MODES, MNRL_DIRECTIONS
+
     if "hardness_mode" in out:
-        modes = ("in_batch_negatives", "hard_negatives", "all_negatives")
-        if out["hardness_mode"] not in modes:
-            raise click.BadParameter(f"learn_hardness_mode must be one of {', '.join(modes)}", param_hint="--set")
+        if out["hardness_mode"] not in HARDNESS_MODES:
+            modes = ", ".join(HARDNESS_MODES)
+            raise click.BadParameter(f"learn_hardness_mode must be one of {modes}", param_hint="--set")
         if out.get("loss", "mnrl") != "mnrl":
             raise click.BadParameter("learn_hardness_mode applies only to learn_loss=mnrl", param_hint="--set")
     if not 0.0 <= out.get("hardness_strength", 0.0) <= 100.0:
@@ -191,11 +193,11 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
     if out.get("hardness_strength", 0.0) > 0 and "hardness_mode" not in out:
         raise click.BadParameter("learn_hardness_strength needs learn_hardness_mode", param_hint="--set")
     if "mnrl_directions" in out:
-        names = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
         given = out["mnrl_directions"].split(",")
-        if "query_to_doc" not in given or not set(given) <= set(names) or len(set(given)) < len(given):
+        if "query_to_doc" not in given or not set(given) <= set(MNRL_DIRECTIONS) or len(set(given)) < len(given):
+            others = ", ".join(d for d in MNRL_DIRECTIONS if d != "query_to_doc")
             raise click.BadParameter(
-                f"learn_mnrl_directions must list query_to_doc and any of {', '.join(names[1:])}, comma-separated",
+                f"learn_mnrl_directions must list query_to_doc and any of {others}, comma-separated",
                 param_hint="--set",
             )
         if out.get("loss", "mnrl") != "mnrl":

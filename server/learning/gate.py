@@ -111,7 +111,8 @@ def time_split(queries: Sequence[Q], cfg: GateConfig) -> tuple[list[Q], list[Q]]
     # Sized and taken in different texts, not searches: an agent that asked one question five times in a row
     # must not shrink the gate's sample to one text. By text alone: one model serves every collection, so a
     # text asked in another collection trains it too.
-    texts = len({normalized_query(q.query) for q in ordered})
+    keys = [normalized_query(q.query) for q in ordered]
+    texts = len(set(keys))
     n = min(cfg.max_holdout, max(cfg.min_holdout, round(texts * cfg.holdout_fraction)))
     if texts < 2 * cfg.min_holdout:
         n = min(texts // 2, n)
@@ -121,8 +122,8 @@ def time_split(queries: Sequence[Q], cfg: GateConfig) -> tuple[list[Q], list[Q]]
     start = len(ordered)
     while len(held) < n:  # (n never exceeds the texts: this stops at the oldest search at the latest)
         start -= 1
-        held.add(normalized_query(ordered[start].query))
-    train = [q for q in ordered[:start] if normalized_query(q.query) not in held]
+        held.add(keys[start])
+    train = [q for q, key in zip(ordered[:start], keys, strict=False) if key not in held]
     return train, ordered[start:]
 
 

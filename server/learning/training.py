@@ -24,6 +24,9 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 Loss = Literal["mnrl", "cached_mnrl", "triplet"]
+# MultipleNegativesRankingLoss's own choices (sentence-transformers 6), for the bench to check before any work.
+HARDNESS_MODES = ("in_batch_negatives", "hard_negatives", "all_negatives")
+MNRL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class TrainConfig:
     )
     warmup_ratio: float = 0.1
     merge_base: float = 0.0  # WiSE-FT: the base model's share of the saved weights (0: the trained model)
-    # An experiment of the bench, not a setting: MNRL's hardness weighting (sentence-transformers' `hardness_mode`:
-    # "in_batch_negatives", "hard_negatives" or "all_negatives"; None = off) at `hardness_strength`.
+    # An experiment of the bench, not a setting: MNRL's hardness weighting (sentence-transformers' `hardness_mode`,
+    # one of HARDNESS_MODES; None = off) at `hardness_strength`.
     hardness_mode: str | None = None
     hardness_strength: float = 0.0
     # An experiment of the bench, not a setting: MNRL's `directions` ("query_to_doc" is plain MNRL; adding
