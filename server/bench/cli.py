@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 from pydantic import ValidationError
@@ -178,9 +178,10 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         raise click.BadParameter(
             "labelled_scope must be all, mined, positives or negatives", param_hint="--set"
         )
-    if out.get("loss", "mnrl") not in ("mnrl", "cached_mnrl", "triplet"):
-        raise click.BadParameter("learn_loss must be mnrl, cached_mnrl or triplet", param_hint="--set")
-    from server.learning.training import HARDNESS_MODES, MNRL_DIRECTIONS
+    from server.learning.training import HARDNESS_MODES, MNRL_DIRECTIONS, Loss
+
+    if out.get("loss", "mnrl") not in get_args(Loss):
+        raise click.BadParameter(f"learn_loss must be one of {', '.join(get_args(Loss))}", param_hint="--set")
 
     if "hardness_mode" in out:
         if out["hardness_mode"] not in HARDNESS_MODES:
