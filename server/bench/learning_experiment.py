@@ -318,7 +318,8 @@ def anchor_texts(
     near the base model's. The logged training searches the miner made no triple of (no confident positive:
     mostly those where BM25 is unsure, where the hybrid leans on the dense side), and the vector side's first
     `docs` chunks of each: the trained model drifts towards what BM25 confirms, and lost ground on the queries
-    BM25 fails (README "Where the gain lands"); anchoring these keeps the dense side's own view there."""
+    BM25 fails (server/bench/LEARNING.md, "Where the gain lands"); anchoring these keeps the dense side's own
+    view there."""
     used = {t.query_id for t in mined.report.triples}
     heads = [q.query_id for q in mined.train_queries if q.query_id not in used]
     texts: dict[str, None] = {}

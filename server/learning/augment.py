@@ -5,7 +5,7 @@ positives are documents BM25 already ranks first, so the raw pair teaches the de
 words, which is what BM25 does and what the hybrid already has. With the shared words gone from both documents
 (positive and negative alike, so "lacks the query's words" is no shortcut), the pair can only be matched on
 what the words do not say: the vocabulary mismatch where BM25 fails and the hybrid leans on the dense side.
-Measured (README "Learning from use"): on SciFact it cost the dense side its gain and left the hybrid where
+Measured (server/bench/LEARNING.md): on SciFact it cost the dense side its gain and left the hybrid where
 it was, so it is an experiment variant (`rift bench --learn --set mining_mask_query_terms=1`), not a setting.
 
 `drop_shared_query_words`: the milder, query-side counterpart. Each row is kept, and a copy is added whose
@@ -13,7 +13,7 @@ query lacks some of the words it shares with the positive (each with probability
 left). The pair is unchanged, so the copy is still right, but its query holds fewer of the words BM25 found
 the positive by: the regime where BM25 fails and the hybrid leans on the dense side
 (`rift bench --learn --set mining_drop_query_words=0.5`; an experiment, not a setting). Measured on SciFact
-(README "Learning from use"): half the default's dense gain and a smaller hybrid one (+0.0008 against
+(server/bench/LEARNING.md): half the default's dense gain and a smaller hybrid one (+0.0008 against
 +0.0052, seed 0), trading the gain where BM25 half answers for less loss where it fails.
 """
 

@@ -25,7 +25,8 @@ may drop by more than `tolerance` when no labels decide, or by more than `guard_
 Label-free signals catch a damaged model; only labels (feedback or an evaluation set) can show that a model is
 better, and the report says which applied. They cannot tell "finds what BM25 misses" from "damaged": a model
 trained on real labels lost 0.035 of keyword agreement while gaining 0.022 labelled nDCG@10, and a harmful one
-lost 0.027 (README "Where the gain lands"). So where labels decide, the proxies only guard against collapse.
+lost 0.027 (server/bench/LEARNING.md, "Where the gain lands"). So where labels decide, the proxies only guard
+against collapse.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class GateConfig:
     guard_tolerance: float = 0.1
     min_stability: float = 0.5
     # 1,000 rather than 200: with 200 the paired delta's standard error (about 0.01) equalled the tolerance, so
-    # a decision could turn on the sample. Costs ~30 s more per gate on NFCorpus (README "Learning from use").
+    # a decision could turn on the sample. Costs ~30 s more per gate on NFCorpus (server/bench/LEARNING.md).
     known_items: int = 1000
     min_feedback_queries: int = 5
     depth: int = 100

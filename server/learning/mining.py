@@ -56,7 +56,7 @@ class MiningConfig:
     positive_min_keyword_margin: float = 0.0
     # An experiment, not a setting: where the BM25 margin refuses a query, take the vector side's first document
     # instead when its cosine beats the next document's by at least this much (0 = off). Positives the dense
-    # side is sure of, not only those BM25 is sure of (README "Learning from use", more variants).
+    # side is sure of, not only those BM25 is sure of (server/bench/LEARNING.md, more variants).
     positive_min_vector_margin: float = 0.0
     # False-negative guard: a negative must be absent from the keyword side's top `negative_min_keyword_rank`
     # (docs both sides like are too often relevant, e.g. NFCorpus has ~35 relevant docs per query) ...
@@ -72,7 +72,7 @@ class MiningConfig:
     # this bare default keeps the miner's earlier behaviour for the mining-analysis variants that name none.
     negative_source: str = "vector"
     agreement_depth: int = 5
-    # An experiment, not a setting (measured no better; README "Learning from use"): a second opinion of the
+    # An experiment, not a setting (measured no better; server/bench/LEARNING.md): a second opinion of the
     # model, each candidate scored by its best sentence (server/learning/second_opinion.py), over the first
     # `second_opinion_depth` documents of both sides (0 = off). A mined positive must be that view's first as
     # well, and negative source "checked" takes the vector side's best documents that the view ranks below its
@@ -497,7 +497,7 @@ def ict_queries(
     positive, so the pair teaches meaning rather than word overlap (the part BM25 already covers).
     `documents` and `negatives_from` are as for `pseudo_queries`; the first sentence of a chunk that starts
     with a title line is never chosen, and a chunk needs three sentences so the rest still says something.
-    Measured harmful at 2,000 pairs on SciFact (README "Learning from use"); kept to show it."""
+    Measured harmful at 2,000 pairs on SciFact (server/bench/LEARNING.md); kept to show it."""
 
     def make(rng: random.Random, text: str, _meta: Mapping[str, Any]) -> tuple[str, str] | None:
         title, sep, body = text.strip().partition("\n")

@@ -3,7 +3,7 @@
 The serving model scores each candidate by its best-matching sentence (title line and sentences, each embedded
 alone) instead of by the chunk embedding the vector side ranks with. It is the same model at a finer grain, so
 it needs no labels and no other weights, yet it errs differently: on the usage queries of SciFact and NFCorpus
-it ranks about as well as the chunk vectors alone and adds to both in fusion (README "Learning from use"; the
+it ranks about as well as the chunk vectors alone and adds to both in fusion (server/bench/LEARNING.md; the
 evaluation splits did not confirm that gain). `rift bench --learn` can use it to keep a positive only when
 this view ranks it first too, and to take as negatives the vector side's best documents that this view does
 not rank near the top (the dense side's own wrong answers): measured, that made the triples cleaner and the
