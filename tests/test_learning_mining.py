@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from server.engine.state_store import ChunkRow
 from server.learning.mining import MiningConfig, mine, mined_positive
 from tests.support.learning import FILL, q
 
@@ -920,6 +921,11 @@ def test_gone_passages_are_forgotten_like_renamed_ids_and_upgraded_states_get_th
         app.close()
 
 
+def _one_text_rows(doc_hash: str, n: int) -> list[ChunkRow]:
+    """`n` chunk rows of document "d" at version `doc_hash`, every one holding the same text (a table's rule)."""
+    return [ChunkRow(f"d::{doc_hash}::{i}", "d", doc_hash, i, "| --- | --- |", ("---",), {}) for i in range(n)]
+
+
 def test_a_document_repeating_one_text_thousands_of_times_comes_back_in_linear_time(tmp_path) -> None:
     """A document whose 20,000 chunks share one text (a table's rule, a log's repeated line), deleted and added
     again: each tombstone finds the returning chunk at its own position by one lookup. Scanning the returning
@@ -927,16 +933,11 @@ def test_a_document_repeating_one_text_thousands_of_times_comes_back_in_linear_t
     (quadratic), against 0.2 s for its first ingest."""
     import time
 
-    from server.engine.state_store import ChunkRow, StateStore
-
-    def version(doc_hash: str) -> list[ChunkRow]:
-        return [
-            ChunkRow(f"d::{doc_hash}::{i}", "d", doc_hash, i, "| --- | --- |", ("---",), {}) for i in range(20_000)
-        ]
+    from server.engine.state_store import StateStore
 
     state = StateStore(tmp_path / "state.sqlite")
     try:
-        first, back = version("a" * 16), version("b" * 16)
+        first, back = _one_text_rows("a" * 16, 20_000), _one_text_rows("b" * 16, 20_000)
         started = time.perf_counter()
         state.apply("c", [], first, put_docs=[("d", "a" * 16, "text", {})])
         ingest = time.perf_counter() - started
@@ -956,16 +957,11 @@ def test_a_document_repeating_one_text_thousands_of_times_changes_metadata_in_li
     `StateStore.apply` here (quadratic), against 0.2 s for its first ingest."""
     import time
 
-    from server.engine.state_store import ChunkRow, StateStore
-
-    def version(doc_hash: str) -> list[ChunkRow]:
-        return [
-            ChunkRow(f"d::{doc_hash}::{i}", "d", doc_hash, i, "| --- | --- |", ("---",), {}) for i in range(30_000)
-        ]
+    from server.engine.state_store import StateStore
 
     state = StateStore(tmp_path / "state.sqlite")
     try:
-        first, second = version("a" * 16), version("b" * 16)
+        first, second = _one_text_rows("a" * 16, 30_000), _one_text_rows("b" * 16, 30_000)
         started = time.perf_counter()
         state.apply("c", [], first, put_docs=[("d", "a" * 16, "text", {})])
         ingest = time.perf_counter() - started
