@@ -396,6 +396,45 @@ def test_sentence_view_analysis_scores_each_view_against_the_hybrid(tmp_path: Pa
     assert all(0.0 <= v["ndcg@10"] <= 1.0 for v in out["views"].values())
 
 
+def test_feedback_teacher_analysis_scores_each_expanded_search_against_the_hybrid(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """`python -m server.bench.feedback_teacher` (the learning record's pseudo-relevance-feedback figures) runs
+    rift's own searches, then the same query expanded with the hybrid's first documents on either side."""
+    from server.bench.feedback_teacher import FEEDBACK_DOCS
+    from server.bench.feedback_teacher import main as feedback_teacher
+
+    data = write_beir(tmp_path / "tiny")
+    args = ["--data", str(data), "--split", "test", "--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(feedback_teacher, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["queries"] == len(QUERIES) and 0 <= out["confident_queries"] <= len(QUERIES)
+    expanded = {f"{side} feedback {m}" for m in FEEDBACK_DOCS for side in ("vector", "keyword", "both")}
+    assert set(out["views"]) == {"vector", "keyword", "hybrid"} | expanded
+    assert out["views"]["hybrid"]["vs_hybrid"] == [0.0, 0.0, 0.0]
+    for view in out["views"].values():
+        assert 0.0 <= view["ndcg@10"] <= 1.0 and 0.0 <= view["first_relevant"] <= 1.0
+
+
+def test_feedback_expansion_adds_the_feedback_documents_top_terms_at_half_the_query_weight() -> None:
+    """RM3-like: each query term keeps weight 1 per occurrence; the feedback documents' best tf·idf terms share
+    half the query's length, a term the query already has gaining on top of its own weight."""
+    from types import SimpleNamespace
+
+    from server.bench.feedback_teacher import EXPANSION_TERMS, FeedbackSearch
+
+    tokens = [("cat", "mat", "fur"), ("fur", "whisker"), ("dog",)]
+    idf = {"cat": 1.0, "mat": 1.0, "fur": 2.0, "whisker": 3.0, "dog": 1.0}
+    fake = SimpleNamespace(tokens=tokens, rows_of={"d1": [0, 1], "d2": [2]}, idf=idf)
+    weights = FeedbackSearch.expansion(fake, ["cat", "cat", "mouse"], ["d1"])  # type: ignore[arg-type]
+    assert weights["mouse"] == 1.0 and weights["cat"] > 2.0  # the query's own terms stay
+    assert "dog" not in weights  # d2 was not a feedback document
+    added = sum(weights.values()) - 3
+    assert added == pytest.approx(0.5 * 3) and len(weights) <= 3 + EXPANSION_TERMS
+    assert weights["whisker"] > weights["mat"]  # tf·idf: rarer terms weigh more
+
+
 def test_query_bank_analysis_scores_each_setting_against_the_plain_fusion(tmp_path: Path, tiny_model_path: Path) -> None:
     """`python -m server.bench.query_bank` (the README's querybank figures): usage texts form the bank, the
     evaluation split is scored; with one split for both, 80 % is the bank and the rest is scored."""
@@ -513,7 +552,7 @@ def test_learn_refuses_usage_and_evaluation_splits_that_share_a_query(tmp_path: 
         run_learning_experiment(data, "test", "train", None, [0], tmp_path / "cache", None)
 
 
-@pytest.mark.parametrize("module", ["compare", "snippet_cost", "sentence_view", "query_bank"])
+@pytest.mark.parametrize("module", ["compare", "snippet_cost", "sentence_view", "query_bank", "feedback_teacher"])
 def test_bench_modules_name_a_bad_data_folder_in_one_line(tmp_path: Path, module: str) -> None:
     """`python -m server.bench.<module>` on a folder with no such split says so as `rift bench` does, in one
     'Error:' line with exit 1, not a BenchError traceback (found by helper DS)."""
