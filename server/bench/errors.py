@@ -5,6 +5,7 @@ analysis commands over a BEIR folder share their options and set-up (`beir_analy
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -56,3 +57,16 @@ def beir_analysis(
         return click.option("--data", type=folder, required=True, help="A BEIR folder.")(wrapped)
 
     return decorate
+
+
+def split_analysis(run: Callable[[Path, str, str | None, Path], dict[str, Any]]) -> click.Command:
+    """The command of an analysis that scores one split's queries: `beir_analysis`'s options plus `--split`,
+    printing `run(data, split, model, cache_dir)` as one JSON line."""
+
+    @click.command()
+    @beir_analysis()
+    @click.option("--split", required=True, help="Whose queries to score: a usage split, where tuning is honest.")
+    def main(data: Path, split: str, model: str | None, cache_dir: Path) -> None:
+        click.echo(json.dumps(run(data, split, model, cache_dir)))
+
+    return main

@@ -25,18 +25,16 @@ It is an analysis, not a feature: `server/bench/LEARNING.md` reports what it sho
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from server.bench.beir import load_beir
-from server.bench.errors import beir_analysis
+from server.bench.errors import split_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.metrics import ndcg_at_k
@@ -177,11 +175,7 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
     }
 
 
-@click.command()
-@beir_analysis()
-@click.option("--split", required=True, help="Whose queries to score: a usage split, where tuning is honest.")
-def main(data: Path, split: str, model: str | None, cache_dir: Path) -> None:
-    click.echo(json.dumps(run(data, split, model, cache_dir)))
+main = split_analysis(run)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,15 @@ it showed on the usage splits, and that the evaluation splits did not confirm th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from server.bench.beir import load_beir
 from server.bench.embed_cache import CachingEmbedder
-from server.bench.errors import beir_analysis
+from server.bench.errors import split_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.metrics import ndcg_at_k
@@ -100,11 +98,7 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
     return {"dataset": ds.name, "split": split, "queries": len(qids), "rrf_k": _PRODUCT.rrf_k, "views": views}
 
 
-@click.command()
-@beir_analysis()
-@click.option("--split", required=True, help="Whose queries to score: a usage split, where tuning is honest.")
-def main(data: Path, split: str, model: str | None, cache_dir: Path) -> None:
-    click.echo(json.dumps(run(data, split, model, cache_dir)))
+main = split_analysis(run)
 
 
 if __name__ == "__main__":
