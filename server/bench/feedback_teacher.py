@@ -129,7 +129,7 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
         index.ingest(ds)
         searched = [index.rift.search(COLLECTION, ds.queries[q], 10, "hybrid", source="bench").query_id for q in qids]
         index.rift.log.flush()
-        search = FeedbackSearch(index.engine._keyword[COLLECTION].snapshot)
+        search = FeedbackSearch(index.engine.keyword_snapshot(COLLECTION))
         for qid, query_id in zip(qids, searched, strict=True):
             logged = index.rift.log.get(query_id)
             if logged is None:

@@ -50,7 +50,13 @@ from server.engine.filters import (
     unknown_fields_problem,
 )
 from server.engine.fusion import rrf
-from server.engine.keyword_index import KeywordIndex, KeywordRow, KeywordTokenizer, name_parts
+from server.engine.keyword_index import (
+    KeywordIndex,
+    KeywordRow,
+    KeywordSnapshot,
+    KeywordTokenizer,
+    name_parts,
+)
 from server.engine.reconcile import CHUNK_KEYS, GAP_AFTER, GAP_BEFORE, MAX_GAP_CHARS, reconcile_with_chroma
 from server.engine.shared import ID_KEY, SharedSync, unseen_while_unreachable, writer_id
 from server.engine.state_store import CREATED_BY_WRITE, MOVING_TO_SERVER, ChunkRow, StateStore
@@ -2376,12 +2382,17 @@ class Engine:
             self._load_vector_copy(collection)
         return target
 
+    def keyword_snapshot(self, collection: str) -> KeywordSnapshot:
+        """The rows of `collection` as searches now see them (BM25 postings, and the vector copy when held);
+        empty for a collection without any. For analyses that score the index outside a search."""
+        return (self._keyword.get(collection) or KeywordIndex()).snapshot
+
     def vector_ranking(self, collection: str, embedder: Embedder, query: str, depth: int) -> list[Candidate]:
         """Documents ranked by `embedder`'s vectors for `collection` (built or live), best chunk per document.
         Used to compare a candidate model with the serving one before switching."""
         if self.shared is not None:  # not from vectors another process switched to, or the server lost
             self.shared.check_served_here(collection)
-        snap = (self._keyword.get(collection) or KeywordIndex()).snapshot
+        snap = self.keyword_snapshot(collection)
         if not snap.live_count:
             return []
         import chromadb.errors
