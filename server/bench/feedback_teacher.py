@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from server.bench.beir import load_beir
+from server.bench.beir import BenchError, load_beir
 from server.bench.errors import split_analysis
 from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
@@ -72,7 +72,10 @@ class FeedbackSearch:
 
     def __init__(self, snap: KeywordSnapshot) -> None:
         if snap.bm25 is None or snap.vectors is None:
-            raise RuntimeError("the collection has no in-memory vector copy (raise exact_search_max_chunks)")
+            raise BenchError(
+                "feedback_teacher needs the collection's in-memory BM25 and vector copy, which a corpus of no "
+                "chunks, or of more than the setting exact_search_max_chunks, does not have"
+            )
         self.owners = [row.doc_id for row in snap.rows]
         self.tokens = [row.tokens for row in snap.rows]
         self.vectors = np.asarray(snap.vectors.view(), dtype=np.float32)
