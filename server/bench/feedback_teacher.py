@@ -130,13 +130,9 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
     miner = MiningConfig(positive_min_keyword_margin=_PRODUCT.learn_positive_min_keyword_margin)
     with BenchIndex(model, cache_dir) as index:
         index.ingest(ds)
-        searched = [index.rift.search(COLLECTION, ds.queries[q], 10, "hybrid", source="bench").query_id for q in qids]
-        index.rift.log.flush()
+        searched = index.logged_searches([ds.queries[q] for q in qids])
         search = FeedbackSearch(index.engine.keyword_snapshot(COLLECTION))
-        for qid, query_id in zip(qids, searched, strict=True):
-            logged = index.rift.log.get(query_id)
-            if logged is None:
-                raise RuntimeError(f"search {query_id} was not logged")
+        for qid, logged in zip(qids, searched, strict=True):
             vector = [d for d, _c, _s in logged.vector]
             keyword = [d for d, _c, _s in logged.keyword]
             hybrid = _fuse([vector, keyword])
@@ -156,11 +152,14 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
                     views.setdefault(name, []).append(ranking)
     sure = np.asarray(confident, dtype=bool)
     out: dict[str, Any] = {}
-    base = [ndcg_at_k(r, ds.qrels[q]) for r, q in zip(views["hybrid"], qids, strict=True)]
+    scores = {
+        name: [ndcg_at_k(r, ds.qrels[q]) for r, q in zip(rankings, qids, strict=True)]
+        for name, rankings in views.items()
+    }
     for name, rankings in views.items():
-        ndcg = [ndcg_at_k(r, ds.qrels[q]) for r, q in zip(rankings, qids, strict=True)]
+        ndcg = scores[name]
         first = np.asarray([bool(r) and ds.qrels[q].get(r[0], 0) > 0 for r, q in zip(rankings, qids, strict=True)])
-        delta, low, high = paired_bootstrap(base, ndcg)
+        delta, low, high = paired_bootstrap(scores["hybrid"], ndcg)
         out[name] = {
             "ndcg@10": round(float(np.mean(ndcg)), 4),
             "vs_hybrid": [round(delta, 4), round(low, 4), round(high, 4)],

@@ -13,12 +13,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.bench.beir import BeirDataset
 from server.bench.embed_cache import CachingEmbedder
 from server.config import Settings
 from server.errors import RiftError
+
+if TYPE_CHECKING:
+    from server.learning.query_log import LoggedQuery
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,19 @@ class BenchIndex:
 
     def search(self, query: str, mode: str, k: int, **knobs: Any) -> Any:
         return self.rift.search(COLLECTION, query, k, mode, source="bench", **knobs)
+
+    def logged_searches(self, queries: list[str]) -> list[LoggedQuery]:
+        """Each query searched once in hybrid mode as an agent would (logged), then read back from the log: the
+        `LoggedQuery` records, in order, whose candidate lists an analysis re-fuses or scores."""
+        searched = [self.rift.search(COLLECTION, q, 10, "hybrid", source="bench").query_id for q in queries]
+        self.rift.log.flush()
+        out = []
+        for query_id in searched:
+            logged = self.rift.log.get(query_id)
+            if logged is None:
+                raise RuntimeError(f"search {query_id} was not logged")
+            out.append(logged)
+        return out
 
     def index_bytes(self) -> dict[str, int]:
         return self.rift.stats(COLLECTION)["index_bytes"]

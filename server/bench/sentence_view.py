@@ -24,7 +24,7 @@ import numpy as np
 from server.bench.beir import load_beir
 from server.bench.embed_cache import CachingEmbedder
 from server.bench.errors import split_analysis
-from server.bench.harness import COLLECTION, BenchIndex
+from server.bench.harness import BenchIndex
 from server.bench.learning_experiment import _PRODUCT, paired_bootstrap
 from server.bench.metrics import ndcg_at_k
 from server.engine.fusion import rrf
@@ -72,12 +72,7 @@ def run(data: Path, split: str, model: str | None, cache_dir: Path | None) -> di
     lists: dict[str, list[list[str]]] = {"vector": [], "keyword": [], "hybrid": []}
     with BenchIndex(model, cache_dir) as index:
         index.ingest(ds)
-        searched = [index.rift.search(COLLECTION, ds.queries[q], 10, "hybrid", source="bench").query_id for q in qids]
-        index.rift.log.flush()
-        for query_id in searched:
-            logged = index.rift.log.get(query_id)
-            if logged is None:
-                raise RuntimeError(f"search {query_id} was not logged")
+        for logged in index.logged_searches([ds.queries[q] for q in qids]):
             lists["vector"].append([d for d, _c, _s in logged.vector])
             lists["keyword"].append([d for d, _c, _s in logged.keyword])
             lists["hybrid"].append(_fuse([lists["vector"][-1], lists["keyword"][-1]]))
