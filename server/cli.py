@@ -316,11 +316,19 @@ def _snippet_chars(value: int) -> int:
     help="Each hit's text at most this long (20 or more): the part of its chunk with the most query words "
     "(0: whole chunks).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON (with their query_id and spans).")
 @click.option("--data-dir", default=None)
 def search(
-    query: str, k: int, collection: str, mode: str, filters: str | None, max_chars: int, data_dir: str | None
+    query: str,
+    k: int,
+    collection: str,
+    mode: str,
+    filters: str | None,
+    max_chars: int,
+    as_json: bool,
+    data_dir: str | None,
 ) -> None:
-    """Search a collection from the shell (logged like an MCP search, source 'cli')."""
+    """Search a collection from the shell (logged like an MCP search, source 'cli'); --json for scripts."""
     parsed = json_filters(filters)
     settings = load_settings(data_dir)
     if k > settings.max_k:  # (before the model loads, as every option out of range)
@@ -328,6 +336,9 @@ def search(
     rift = open_rift(settings, must_exist=True)
     try:
         response = rift.search(collection, query, k, mode, parsed, source="cli", max_chars=max_chars or None)
+        if not as_json:
+            _print_hits(response)
+            return
         emit(
             {
                 "query_id": response.query_id,
@@ -351,6 +362,31 @@ def search(
         raise click.ClickException(str(exc)) from None
     finally:
         rift.close()
+
+
+def _print_hits(response: Any) -> None:
+    """The hits for a reader: a line per hit (rank, doc_id, fused score, each side's rank), its text indented
+    below, the query_id of a logged search last (the MCP tools feedback and get_document take it); warnings go to stderr. Texts pass through
+    printable_text, so a stored document cannot colour the terminal."""
+    from server.ingest.sync import printable_text
+
+    for warning in response.outcome.warnings:
+        click.echo(f"warning: {printable_text(warning)}", err=True)
+    hits = response.outcome.hits
+    if not hits:
+        click.echo("no hits", err=True)
+    for rank, hit in enumerate(hits, 1):
+        sides = ", ".join(
+            f"{side} #{r}" for side, r in (("vector", hit.vector_rank), ("keyword", hit.keyword_rank)) if r
+        )
+        click.echo(f"{rank}. {printable_text(hit.doc_id)}  (score {hit.score:.4f}{'; ' + sides if sides else ''})")
+        lines = [printable_text(line.strip()) for line in hit.text.splitlines() if line.strip()]
+        if lines and hit.truncated:
+            lines[-1] += " …"
+        for line in lines:
+            click.echo(f"   {line}")
+    if response.query_id:  # (only hybrid searches are logged)
+        click.echo(f"query_id {response.query_id}")
 
 
 @main.command()

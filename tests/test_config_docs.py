@@ -298,7 +298,7 @@ def test_a_read_only_command_on_a_store_that_lost_its_state_says_how_to_rebuild_
     res = CliRunner().invoke(main, ["stats", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 1 and "has lost state.sqlite" in res.output and "rift serve" in res.output
     open_rift(settings).close()  # what `rift serve` does first: rebuild the state from Chroma
-    res = CliRunner().invoke(main, ["search", "cat", "--data-dir", str(settings.data_dir)])
+    res = CliRunner().invoke(main, ["search", "cat", "--json", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 0 and '"cat"' in res.output, res.output
 
 

@@ -386,6 +386,36 @@ def test_cli_add_of_an_unreadable_named_file_stores_the_rest_and_names_it(
     assert f"not stored, though named: {locked}: cannot read file: Permission denied" in out.output
 
 
+def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    """`rift search` prints a line per hit with its text indented below (escaped: a stored document cannot
+    colour the terminal) and the logged search's query_id; `--json` gives the same hits to a script."""
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "otter.md").write_text("# Otters\n\nThe otter cracks shells on a stone.\n")
+    (notes / "paint.txt").write_text("otter \x1b[31mred\x1b[0m paint\n")
+    (notes / "moss.txt").write_text("Moss grows on the north side.\n")
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(main, ["add", str(notes), "--data-dir", data]).exit_code == 0
+    text = runner.invoke(main, ["search", "otter shells", "-k", "2", "--data-dir", data])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].startswith(f"1. {notes / 'otter.md'}  (score ") and "keyword #1" in lines[0]
+    assert lines[1:3] == ["   # Otters", "   The otter cracks shells on a stone."]
+    assert "\x1b" not in text.output and "   otter \\x1b[31mred\\x1b[0m paint" in lines
+    assert lines[-1].startswith("query_id ") and sum(line[:1].isdigit() for line in lines) == 2
+    found = json.loads(runner.invoke(main, ["search", "otter shells", "-k", "2", "--json", "--data-dir", data]).output)
+    assert [h["doc_id"] for h in found["hits"]][0] == str(notes / "otter.md") and len(found["hits"]) == 2
+    assert found["query_id"] != lines[-1].removeprefix("query_id ")  # each search is logged on its own
+    short = runner.invoke(main, ["search", "stone", "--max-chars", "20", "--data-dir", data])
+    assert "…" in short.output  # a window shorter than its chunk says so
+    nothing = runner.invoke(main, ["search", "zzzq", "--mode", "keyword", "--data-dir", data])
+    assert nothing.exit_code == 0 and nothing.output.strip() == "no hits"
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 

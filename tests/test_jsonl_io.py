@@ -88,7 +88,9 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     assert copy == exported
     # The copy answers searches, filters on the imported metadata and $prefix on a file's source included.
     found = json.loads(
-        cli("search", "granite", "--collection", "copy", "--filters", '{"tag": "rock"}', "--data-dir", second).stdout
+        cli(
+            "search", "granite", "--collection", "copy", "--filters", '{"tag": "rock"}', "--json", "--data-dir", second
+        ).stdout
     )
     assert [h["doc_id"] for h in found["hits"]] == ["a"]
     where = json.dumps({"source": {"$prefix": str(folder)}})
