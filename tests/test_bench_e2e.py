@@ -208,6 +208,8 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "between 0 and 1" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "agent_share=0.5"])
     assert res.exit_code == 2 and "only with --agent-feedback" in res.output
+    res = CliRunner().invoke(main, [*base, "--agent-feedback", "--set", "agent_signal=clicks"])
+    assert res.exit_code == 2 and "agent_signal must be feedback or opens" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
     assert res.exit_code == 2 and "is not a number" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
@@ -317,10 +319,10 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache"), "--agent-feedback"]
     first, md = run_bench(args)
     assert first["agent_feedback"] is True and "simulated agent feedback" in first["strategy"]
-    assert first["agent"] == {"share": 1.0, "error_rate": 0.0}
+    assert first["agent"] == {"share": 1.0, "error_rate": 0.0, "signal": "feedback"}
     [seed] = first["seeds"]
     judged = seed["agent_feedback"]
-    assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"], "wrong": 0}
+    assert judged == {"queries": 5, "relevant": 5, "not_relevant": judged["not_relevant"], "wrong": 0, "opened": 0}
     assert seed["mining"]["by_type"].get("feedback", 0) > 0
     assert "hybrid" in first["modes"] and "NOT label-free" in md
     # The hybrid re-fused at the default weight is the hybrid search itself.
@@ -333,6 +335,13 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     quiet, _ = run_bench([*args, "--set", "agent_share=0", "--json-out", str(out)])
     assert quiet["seeds"][0]["agent_feedback"]["queries"] == 0
     assert "feedback" not in quiet["seeds"][0]["mining"]["by_type"]
+    # An agent that only reads: it opens the results it finds relevant (get_document with the query_id) and
+    # says nothing; mining takes each search's first opened document as its positive.
+    reader, md = run_bench([*args, "--set", "agent_signal=opens"])
+    assert "simulated agent reads (opened documents only)" in reader["strategy"] and "NOT label-free" in md
+    assert reader["seeds"][0]["agent_feedback"]["opened"] == 5
+    assert "feedback" not in reader["seeds"][0]["mining"]["by_type"]
+    assert reader["seeds"][0]["mining"]["by_type"].get("fetched", 0) > 0
     res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
     assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output
     # The labelled reference trains on the usage labels; the miner's skip counts would not describe it.

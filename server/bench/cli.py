@@ -103,6 +103,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # with --agent-feedback: the share of searches the simulated agent judges, and how often it judges wrongly
     "agent_share": ("agent_share", float),
     "agent_error_rate": ("agent_error_rate", float),
+    # with --agent-feedback: "feedback" (verdicts) or "opens" (it only opens the documents it found relevant)
+    "agent_signal": ("agent_signal", str),
     "train_merge_base": ("merge_base", float),  # learn_merge_base's earlier name
     # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined"),
     # or replace only the mined triples' positives ("positives") or negatives ("negatives") by the labels'
@@ -174,6 +176,8 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         )
     if out.get("hard_positive_repeat", 1) < 1:
         raise click.BadParameter("mining_hard_positive_repeat must be 1 or more", param_hint="--set")
+    if out.get("agent_signal", "feedback") not in ("feedback", "opens"):
+        raise click.BadParameter("agent_signal must be feedback or opens", param_hint="--set")
     if out.get("labelled_scope", "all") not in ("all", "mined", "positives", "negatives"):
         raise click.BadParameter(
             "labelled_scope must be all, mined, positives or negatives", param_hint="--set"
@@ -309,8 +313,8 @@ def _run_learn(
             "the learning experiment is not available in this build (server/bench/learning_experiment.py is missing)"
         ) from None
     options = _learn_options(overrides)
-    if not agent_feedback and {"agent_share", "agent_error_rate"} & set(options):
-        raise click.UsageError("agent_share and agent_error_rate apply only with --agent-feedback")
+    if not agent_feedback and {"agent_share", "agent_error_rate", "agent_signal"} & set(options):
+        raise click.UsageError("agent_share, agent_error_rate and agent_signal apply only with --agent-feedback")
     if not labelled_bound and "labelled_scope" in options:
         raise click.UsageError("labelled_scope applies only with --labelled-bound")
     # A run takes hours on a CPU: the experiment rewrites a checkpoint of the seeds done so far beside

@@ -16,7 +16,9 @@ Two runs are exceptions to "zero labels", and say so in their output:
   to show what perfect labels would give.
 - `agent_feedback=True` (`--agent-feedback`) lets the usage split's labels play an agent that reads each
   search's results and tells rift's `feedback` what it found (`simulated_agent`). Mining, training and the gate
-  then run unchanged: this is the product's own route for an agent's judgements, measured end to end.
+  then run unchanged: this is the product's own route for an agent's judgements, measured end to end. With
+  `agent_signal="opens"` the agent says nothing: it only opens the results it found relevant
+  (`get_document` with the search's query_id), the implicit signal an agent gives by reading.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from server.bench.harness import COLLECTION, BenchIndex
 from server.bench.metrics import ndcg_at_k
 from server.config import Settings
 from server.engine.fusion import rrf
+from server.ingest.manage import get_document
 from server.learning.augment import TermMasker, drop_shared_query_words, mask_shared_terms
 from server.learning.gate import Gate, GateConfig
 from server.learning.mining import MiningConfig, Triple
@@ -192,6 +195,11 @@ def ensemble_summary(
             }
         )
     return rows
+
+
+# What the simulated agent tells rift (--agent-feedback): verdicts through `feedback`, or only the documents it
+# opens to read (get_document with the search's query_id), the signal an agent gives without being asked.
+AGENT_SIGNALS = {"feedback": "feedback", "opens": "reads (opened documents only)"}
 
 
 def simulated_agent(
@@ -421,6 +429,7 @@ def run_learning_experiment(
     agent_feedback: bool = False,
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
+    agent_signal: str = "feedback",
     rounds: int = 1,
     searches: str = _PRODUCT.learn_searches,
     progress: Callable[[str], None] | None = None,
@@ -428,6 +437,8 @@ def run_learning_experiment(
     say = progress or (lambda msg: log.info("%s", msg))
     if labelled_bound and agent_feedback:
         raise ValueError("choose one of labelled_bound and agent_feedback")
+    if agent_signal not in AGENT_SIGNALS:
+        raise ValueError(f"unknown agent_signal {agent_signal!r}; choose one of {', '.join(AGENT_SIGNALS)}")
     data = Path(data)
     eval_ds = load_beir(data, eval_split)
     usage_ds = load_beir(data, usage_split)
@@ -475,12 +486,16 @@ def run_learning_experiment(
         "documents": len(eval_ds.documents),
         "strategy": f"labelled bound (usage-split relevance labels, {labelled_scope} queries)"
         if labelled_bound
-        else f"{strategy} + simulated agent feedback (usage-split relevance labels)"
+        else f"{strategy} + simulated agent {AGENT_SIGNALS[agent_signal]} (usage-split relevance labels)"
         if agent_feedback
         else strategy,
         "labelled_bound": labelled_bound,
         "agent_feedback": agent_feedback,
-        **({"agent": {"share": agent_share, "error_rate": agent_error_rate}} if agent_feedback else {}),
+        **(
+            {"agent": {"share": agent_share, "error_rate": agent_error_rate, "signal": agent_signal}}
+            if agent_feedback
+            else {}
+        ),
         "mining": {
             "positive_max_rank": positive_max_rank,
             "positive_min_keyword_margin": positive_min_keyword_margin,
@@ -529,7 +544,7 @@ def run_learning_experiment(
                 base_eval = _evaluate(
                     engine, eval_ds.queries, eval_ds.qrels, (*MODES, "keyword"), vector_lists=base_vectors
                 )
-            judged = {"queries": 0, "relevant": 0, "not_relevant": 0, "wrong": 0}
+            judged = {"queries": 0, "relevant": 0, "not_relevant": 0, "wrong": 0, "opened": 0}
             agent_rng = random.Random(seed)
             # Rounds: the usage queries in `rounds` interleaved parts, each replayed then retrained from the
             # serving model on the whole log, as the periodic policy would (a rejected candidate does not serve
@@ -546,7 +561,7 @@ def run_learning_experiment(
                 say(f"{eval_ds.name} {tag}: replaying {len(part)} usage queries")
                 t0 = time.perf_counter()
                 agent = (agent_rng, agent_share, agent_error_rate, judged) if agent_feedback else None
-                _replay(index.rift, usage_ds, part, agent)
+                _replay(index.rift, usage_ds, part, agent, opens_only=agent_signal == "opens")
                 replay_s += time.perf_counter() - t0
                 seed_info["replay_s"] = round(replay_s, 1)
                 if agent_feedback:
@@ -679,11 +694,16 @@ def run_learning_experiment(
 
 
 def _replay(
-    rift: Any, usage: Any, qids: Sequence[str], agent: tuple[random.Random, float, float, dict[str, int]] | None
+    rift: Any,
+    usage: Any,
+    qids: Sequence[str],
+    agent: tuple[random.Random, float, float, dict[str, int]] | None,
+    opens_only: bool = False,
 ) -> None:
     """Search each usage query as an agent would. With `agent` (rng, share, error rate, counts), the simulated
     agent judges a share of its searches and may judge wrongly: each verdict flips with probability `error
-    rate` (both draws seeded); `counts` tallies what it said."""
+    rate` (both draws seeded); `counts` tallies what it said. With `opens_only` it tells `feedback` nothing
+    and opens (get_document with the query_id) the documents it judged relevant, in the order it met them."""
     for qid in qids:
         found = rift.search(COLLECTION, usage.queries[qid], 10, "hybrid", source="usage")
         if agent is None:
@@ -697,7 +717,12 @@ def _replay(
             if rng.random() < error_rate:
                 relevant = not relevant
                 judged["wrong"] += 1
-            rift.learning.feedback(found.query_id, doc_id, relevant)
+            if opens_only:
+                if relevant:
+                    get_document(rift, COLLECTION, doc_id, query_id=found.query_id, max_chars=1)
+                    judged["opened"] += 1
+            else:
+                rift.learning.feedback(found.query_id, doc_id, relevant)
             judged["relevant" if relevant else "not_relevant"] += 1
         judged["queries"] += bool(said)
 

@@ -254,7 +254,8 @@ def learn_markdown(result: dict[str, Any]) -> str:
     if result.get("labelled_bound"):
         what = "labelled bound (NOT label-free)"
     elif result.get("agent_feedback"):
-        what = f"{what}, a simulated agent's feedback (NOT label-free)"
+        said = "reads" if result.get("agent", {}).get("signal") == "opens" else "feedback"
+        what = f"{what}, a simulated agent's {said} (NOT label-free)"
     lines = [
         f"**{result['dataset']}** ({result['eval_split']}, {result['eval_queries']} queries; usage = "
         f"{result['usage_split']}, {result['usage_queries']} queries), {what}",
