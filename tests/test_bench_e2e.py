@@ -210,6 +210,8 @@ def test_learn_takes_only_learning_settings(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "only with --agent-feedback" in res.output
     res = CliRunner().invoke(main, [*base, "--agent-feedback", "--set", "agent_signal=clicks"])
     assert res.exit_code == 2 and "agent_signal must be feedback or opens" in res.output
+    res = CliRunner().invoke(main, [*base, "--set", "mining_passed_over_negatives=maybe"])
+    assert res.exit_code == 2 and "is not 1 or 0 (true / false)" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "learn_epochs=many"])
     assert res.exit_code == 2 and "is not a number" in res.output
     res = CliRunner().invoke(main, [*base, "--set", "mining_positive_max_rank=top"])
@@ -342,6 +344,7 @@ def test_learn_with_a_simulated_agent_trains_on_its_feedback(tmp_path: Path, tin
     assert reader["seeds"][0]["agent_feedback"]["opened"] == 5
     assert "feedback" not in reader["seeds"][0]["mining"]["by_type"]
     assert reader["seeds"][0]["mining"]["by_type"].get("fetched", 0) > 0
+    assert reader["mining"]["passed_over_negatives"] is False
     res = CliRunner().invoke(main, ["bench", *args, "--labelled-bound"])
     assert res.exit_code == 2 and "choose one of --labelled-bound and --agent-feedback" in res.output
     # The labelled reference trains on the usage labels; the miner's skip counts would not describe it.

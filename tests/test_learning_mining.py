@@ -147,6 +147,23 @@ def test_opened_documents_are_implicit_positives() -> None:
     assert got == [("opened", "b", "x", "fetched")]
 
 
+def test_an_opened_document_can_take_the_hits_read_past_as_negatives() -> None:
+    """The experiment `passed_over_negatives`: hits shown above the first opened document, and not opened, are
+    its first negatives (then the mined ones); a hit opened later, or one below it, is never one of them."""
+    search = q("1", "read down", ["a", "b", "c", "d"], ["a", "b", "c", "d", *FILL], ["a", "b", "c", "d"])
+    cfg = MiningConfig(negative_source="fused", negatives_per_query=1, passed_over_negatives=True)
+    got = [(t.positive_doc, t.negative_doc, t.kind) for t in mine([search], cfg, fetched={"1": ["c", "b"]}).triples]
+    assert got == [("c", "a", "fetched")]  # b was opened too; d, below, is left to the miner
+    first = mine([search], cfg, fetched={"1": ["a"]}).triples  # nothing read past: the mined runner-up
+    assert [(t.positive_doc, t.negative_doc) for t in first] == [("a", "b")]
+    deep = mine([search], cfg, fetched={"1": ["d"]}).triples  # all three read past, beyond negatives_per_query
+    assert [t.negative_doc for t in deep] == ["a", "b", "c"]
+    rejected = mine([search], cfg, feedback={"1": {"a": False}}, fetched={"1": ["c"]}).triples
+    assert [t.negative_doc for t in rejected] == ["a", "b"]  # a rejection counts once
+    plain = mine([search], MiningConfig(negative_source="fused"), fetched={"1": ["c"]}).triples
+    assert [t.negative_doc for t in plain] == ["d"]  # off (the product): the runners-up after it
+
+
 def test_fused_negatives_continue_past_the_hits_the_search_returned() -> None:
     # A k=1 search logs one fused hit but both 200-deep candidate lists; an opened last hit likewise has no
     # returned hit after it. Their runners-up come from re-fusing the logged lists.

@@ -87,6 +87,16 @@ def _emit(result: dict[str, Any], json_out: Path | None, plot_out: Path | None) 
             raise click.ClickException(str(exc)) from None
 
 
+def _flag(raw: str) -> bool:
+    """A yes/no --set value: 1/0, true/false, yes/no."""
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise ValueError(raw)
+
+
 # --set keys the learning experiment takes, and how each is read. "triplet" is allowed here (not in Settings):
 # TripletLoss at lr 2e-5 for 3 epochs is the published collapse the gate must reject.
 LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
@@ -105,6 +115,8 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     "agent_error_rate": ("agent_error_rate", float),
     # with --agent-feedback: "feedback" (verdicts) or "opens" (it only opens the documents it found relevant)
     "agent_signal": ("agent_signal", str),
+    # an experiment, not a setting: an opened document's negatives start with the hits shown above it, not opened
+    "mining_passed_over_negatives": ("passed_over_negatives", _flag),
     "train_merge_base": ("merge_base", float),  # learn_merge_base's earlier name
     # with --labelled-bound: label every logged training query ("all") or only those the miner used ("mined"),
     # or replace only the mined triples' positives ("positives") or negatives ("negatives") by the labels'
@@ -145,7 +157,7 @@ def _learn_options(overrides: dict[str, Any]) -> dict[str, Any]:
         try:
             out[name] = kind(raw)
         except (TypeError, ValueError):
-            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            what = {int: "an integer", float: "a number", _flag: "1 or 0 (true / false)"}.get(kind, kind.__name__)
             raise click.BadParameter(f"{key}={raw!r} is not {what}", param_hint="--set") from None
     from server.learning.mining import NEGATIVE_SOURCES
 

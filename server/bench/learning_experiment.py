@@ -430,6 +430,7 @@ def run_learning_experiment(
     agent_share: float = 1.0,
     agent_error_rate: float = 0.0,
     agent_signal: str = "feedback",
+    passed_over_negatives: bool = False,
     rounds: int = 1,
     searches: str = _PRODUCT.learn_searches,
     progress: Callable[[str], None] | None = None,
@@ -462,6 +463,7 @@ def run_learning_experiment(
         negative_source=negative_source,
         max_pseudo=max_pseudo,
         second_opinion_depth=second_opinion_depth,
+        passed_over_negatives=passed_over_negatives,
         fusion_k=_PRODUCT.rrf_k,
         fusion_weights=(_PRODUCT.vector_weight, _PRODUCT.keyword_weight),
     )
@@ -505,6 +507,7 @@ def run_learning_experiment(
             "negatives_per_query": negatives_per_query,
             "max_pseudo": max_pseudo,
             "second_opinion_depth": second_opinion_depth,
+            "passed_over_negatives": passed_over_negatives,
         },
         "train": {
             "epochs": epochs,

@@ -79,6 +79,10 @@ class MiningConfig:
     # first `negative_min_opinion_rank` (the dense side's own wrong answers, which the other view doubts).
     second_opinion_depth: int = 0
     negative_min_opinion_rank: int = 5
+    # An experiment, not a setting: a search's first opened document (get_document with its query_id) takes as
+    # negatives first the hits shown above it that the agent did not open, which it read past (a "skip above"
+    # click model, Joachims et al. 2005), then the mined ones.
+    passed_over_negatives: bool = False
     # How the search fused its lists (the product passes its settings): the logged fused list holds only the k
     # hits returned, and "fused" negatives continue past them by re-fusing the logged candidate lists.
     fusion_k: float = 20.0
@@ -402,9 +406,10 @@ def mine(
                 continue
             above = v[pos][0] if cfg.strategy == "agreement" and pos in v else None
             negs = [n for n in _negatives(q, pos, cfg, v, k, above, ranks) if n not in opened]
-            negs = list(dict.fromkeys([*sorted(disliked), *negs]))[
-                : max(cfg.negatives_per_query, len(disliked))
-            ]
+            said = sorted(disliked)
+            if kind == "fetched" and cfg.passed_over_negatives and pos in q.fused:
+                said += [d for d in q.fused[: q.fused.index(pos)] if d not in opened and d not in disliked]
+            negs = list(dict.fromkeys([*said, *negs]))[: max(cfg.negatives_per_query, len(said))]
             if not negs:
                 report.skipped["no_hard_negative"] += 1
                 continue
