@@ -365,8 +365,9 @@ def search(
 
 
 def _print_hits(response: Any) -> None:
-    """The hits for a reader: a line per hit (rank, doc_id, fused score, each side's rank), its text indented
-    below, the query_id of a logged search last (the MCP tools feedback and get_document take it); warnings go to stderr. Texts pass through
+    """The hits for a reader: a line per hit (rank, doc_id, where in the document when its chunk says: heading,
+    symbol, page; the fused score and each side's rank), its text indented below, and last the query_id of a
+    logged search (the MCP tools feedback and get_document take it); warnings go to stderr. Texts pass through
     printable_text, so a stored document cannot colour the terminal."""
     from server.ingest.sync import printable_text
 
@@ -379,7 +380,11 @@ def _print_hits(response: Any) -> None:
         sides = ", ".join(
             f"{side} #{r}" for side, r in (("vector", hit.vector_rank), ("keyword", hit.keyword_rank)) if r
         )
-        click.echo(f"{rank}. {printable_text(hit.doc_id)}  (score {hit.score:.4f}{'; ' + sides if sides else ''})")
+        where = [str(hit.metadata[key]) for key in ("heading", "symbol") if hit.metadata.get(key)]
+        if hit.metadata.get("page"):
+            where.append(f"p. {hit.metadata['page']}")
+        place = printable_text(f" › {', '.join(where)}") if where else ""
+        click.echo(f"{rank}. {printable_text(hit.doc_id)}{place}  (score {hit.score:.4f}{'; ' + sides if sides else ''})")
         lines = [printable_text(line.strip()) for line in hit.text.splitlines() if line.strip()]
         if lines and hit.truncated:
             lines[-1] += " …"

@@ -387,8 +387,9 @@ def test_cli_add_of_an_unreadable_named_file_stores_the_rest_and_names_it(
 
 
 def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
-    """`rift search` prints a line per hit with its text indented below (escaped: a stored document cannot
-    colour the terminal) and the logged search's query_id; `--json` gives the same hits to a script."""
+    """`rift search` prints a line per hit (with the heading its chunk lies under) and its text indented below
+    (escaped: a stored document cannot colour the terminal), then the logged search's query_id; `--json` gives
+    the same hits to a script."""
     from server.cli import main
 
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
@@ -403,7 +404,7 @@ def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: P
     text = runner.invoke(main, ["search", "otter shells", "-k", "2", "--data-dir", data])
     assert text.exit_code == 0, text.output
     lines = text.output.splitlines()
-    assert lines[0].startswith(f"1. {notes / 'otter.md'}  (score ") and "keyword #1" in lines[0]
+    assert lines[0].startswith(f"1. {notes / 'otter.md'} › Otters  (score ") and "keyword #1" in lines[0]
     assert lines[1:3] == ["   # Otters", "   The otter cracks shells on a stone."]
     assert "\x1b" not in text.output and "   otter \\x1b[31mred\\x1b[0m paint" in lines
     assert lines[-1].startswith("query_id ") and sum(line[:1].isdigit() for line in lines) == 2
