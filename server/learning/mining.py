@@ -406,10 +406,11 @@ def mine(
                 continue
             above = v[pos][0] if cfg.strategy == "agreement" and pos in v else None
             negs = [n for n in _negatives(q, pos, cfg, v, k, above, ranks) if n not in opened]
-            said = sorted(disliked)
+            # The agent's own negatives, all kept: those it rejected, and (the experiment) those it read past.
+            known = sorted(disliked)
             if kind == "fetched" and cfg.passed_over_negatives and pos in q.fused:
-                said += [d for d in q.fused[: q.fused.index(pos)] if d not in opened and d not in disliked]
-            negs = list(dict.fromkeys([*said, *negs]))[: max(cfg.negatives_per_query, len(said))]
+                known += [d for d in q.fused[: q.fused.index(pos)] if d not in opened and d not in disliked]
+            negs = list(dict.fromkeys([*known, *negs]))[: max(cfg.negatives_per_query, len(known))]
             if not negs:
                 report.skipped["no_hard_negative"] += 1
                 continue
