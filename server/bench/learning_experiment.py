@@ -642,6 +642,7 @@ def run_learning_experiment(
                     mined.holdout,
                     mined.feedback,
                     trained_texts={normalized_query(row[0]) for row in rows},
+                    opened=mined.opened,
                 )
                 seed_info["gate"] = gate.as_dict()
                 seed_info["gate_s"] = round(time.perf_counter() - t0, 1)
@@ -822,7 +823,9 @@ def _destroyed_gate(
     model.save(str(path), create_model_card=False)
     destroyed = load_embedder(str(path), "destroyed", settings)
     build_all(engine, destroyed)
-    report = Gate(engine, gate_cfg).score(engine.embedder, destroyed, mined.holdout, mined.feedback)
+    report = Gate(engine, gate_cfg).score(
+        engine.embedder, destroyed, mined.holdout, mined.feedback, opened=mined.opened
+    )
     for name in engine.collection_names():
         engine.drop_vectors(name, "destroyed")
     return report.as_dict()

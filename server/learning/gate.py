@@ -8,6 +8,11 @@ What is scored (serving vs candidate, both over their own fully built vectors of
                      order), because the agent judged the serving model's results: counting every unjudged
                      document as not relevant would refuse a candidate for surfacing relevant documents the
                      agent was never shown.
+  opened_ndcg@10     hybrid nDCG@10 with the documents the agent opened from a held-out search's results
+                     (`get_document` with its query_id) as the relevant ones, on the whole ranking: an open is
+                     no verdict on the results it passed over, only a sign the document was worth reading. The
+                     agent opened what the serving model showed it, so the measure leans towards the serving
+                     model; a candidate must still rank what the agent read at least as high.
   labelled_ndcg@10   hybrid (and vector) nDCG@10 on a BEIR-format evaluation set the user configures
                      (`gate_eval_data`, `gate_eval_split`), searched in the collection that holds its corpus.
   keyword_recall@10  of the keyword side's top-3 documents for each held-out query, the share found in the
@@ -20,10 +25,11 @@ What is scored (serving vs candidate, both over their own fully built vectors of
 
 Held-out queries are the most recent logged query texts (a time split), each scored once: training uses only older ones.
 Decision: with a labelled set, the candidate must not lose labelled hybrid nDCG@10; with enough held-out
-feedback, it must not lose feedback nDCG@10; stability must stay above `min_stability`. No label-free signal
+feedback, it must not lose feedback nDCG@10; else, with enough held-out searches the agent opened documents
+from, it must not lose opened nDCG@10; stability must stay above `min_stability`. No label-free signal
 may drop by more than `tolerance` when no labels decide, or by more than `guard_tolerance` when they do.
-Label-free signals catch a damaged model; only labels (feedback or an evaluation set) can show that a model is
-better, and the report says which applied. They cannot tell "finds what BM25 misses" from "damaged": a model
+Label-free signals catch a damaged model; only labels (feedback, opens or an evaluation set) can show that a
+model is better, and the report says which applied. They cannot tell "finds what BM25 misses" from "damaged": a model
 trained on real labels lost 0.035 of keyword agreement while gaining 0.022 labelled nDCG@10, and a harmful one
 lost 0.027 (server/bench/LEARNING.md, "Where the gain lands"). So where labels decide, the proxies only guard
 against collapse.
@@ -47,6 +53,17 @@ log = logging.getLogger(__name__)
 Q = TypeVar("Q", LoggedQuery, QueryHead)  # a logged search, with or without its candidate lists
 
 
+# The signals that need no labels of any kind; the others (feedback, opens, a labelled set) decide when present.
+LABEL_FREE = ("keyword_recall@10", "known_item_mrr@10")
+
+
+def opened_ndcg(ranking: Sequence[str], opened: Collection[str], k: int = 10) -> float:
+    """nDCG@k of `ranking` with the documents the agent opened as the relevant ones, every other one counted as
+    not relevant: unlike a verdict, an open says nothing of the documents passed over, so there is nothing to
+    condense to."""
+    return ndcg_at_k(list(ranking[:k]), dict.fromkeys(opened, 1), k)
+
+
 def feedback_ndcg(ranking: Sequence[str], labels: Mapping[str, bool], k: int = 10) -> float:
     """nDCG@k of `ranking` condensed to the judged documents (Sakai 2007's condensed lists for incomplete
     judgments): how well a model orders what the agent confirmed above what it rejected. Unjudged documents
@@ -68,6 +85,9 @@ class GateConfig:
     # a decision could turn on the sample. Costs ~30 s more per gate on NFCorpus (server/bench/LEARNING.md).
     known_items: int = 1000
     min_feedback_queries: int = 5
+    # An open says less than a verdict (an agent also opens what turns out beside the point), so more held-out
+    # searches must carry one before opens decide.
+    min_opened_queries: int = 10
     depth: int = 100
     seed: int = 0
 
@@ -84,12 +104,14 @@ class LabelledSet:
 class GateReport:
     accepted: bool
     reason: str
-    basis: str  # labelled | feedback | label-free
+    basis: str  # labelled | feedback | opened | label-free
     holdout_queries: int
     serving: dict[str, float] = field(default_factory=dict)
     candidate: dict[str, float] = field(default_factory=dict)
     delta: dict[str, float] = field(default_factory=dict)
     stability: float | None = None
+    feedback_queries: int = 0  # held-out queries with a confirmed document (the ones feedback nDCG scores)
+    opened_queries: int = 0  # held-out queries the agent opened a document from
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +123,8 @@ class GateReport:
             "candidate": self.candidate,
             "delta": self.delta,
             "stability@10": self.stability,
+            "feedback_queries": self.feedback_queries,
+            "opened_queries": self.opened_queries,
         }
 
 
@@ -187,10 +211,13 @@ class Gate:
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
         trained_texts: Collection[str] = (),
+        opened: Mapping[str, Mapping[str, bool]] | None = None,
     ) -> GateReport:
         """`progress(done, total)` after each scored query (held-out, known-item and labelled ones).
         `trained_texts`: the candidate's training queries (normalized); a known item whose query is one of them
-        is not sampled (a title -> document pair from a corpus supplement would score its own training)."""
+        is not sampled (a title -> document pair from a corpus supplement would score its own training).
+        `opened`: query_id -> {doc_id: True} for the documents the agent opened from a held-out search
+        (`held_out_signals`: none the agent also judged)."""
         feedback = feedback or {}
         sums: dict[str, dict[str, list[float]]] = {"serving": {}, "candidate": {}}
         overlaps: list[float] = []
@@ -200,7 +227,7 @@ class Gate:
 
         models = {"serving": serving, "candidate": candidate}
         collections = set(self.engine.collection_names())
-        fb_queries = 0
+        fb_queries = op_queries = 0
         known = self._known_items(collections, set(trained_texts))
         done = 0
 
@@ -211,6 +238,8 @@ class Gate:
                 progress(done, total)
 
         asked = asked_once(holdout, feedback)
+        # (The opens of every asking of a text, as its verdicts are merged: keyed as asked_once keys them.)
+        opens = {(q.collection, normalized_query(q.query)): set(o) for q, o in asked_once(holdout, opened or {})}
         total = len(asked) + len(known) + (len(labelled.queries) if labelled is not None else 0)
         for q, labels in asked:
             if should_stop is not None and should_stop():
@@ -228,6 +257,8 @@ class Gate:
             # Only a query with a confirmed document can score nDCG; rejections alone cannot.
             judged = any(labels.values())
             fb_queries += judged
+            read = opens.get((q.collection, normalized_query(q.query)), set())
+            op_queries += bool(read)
             hybrids = {}
             for which, vector in vectors.items():
                 hybrids[which] = self._hybrid(vector, keyword)
@@ -235,6 +266,8 @@ class Gate:
                     add(which, "keyword_recall@10", len(set(top3) & set(vector[:10])) / len(top3))
                 if judged:
                     add(which, "feedback_ndcg@10", feedback_ndcg(hybrids[which], labels, 10))
+                if read:
+                    add(which, "opened_ndcg@10", opened_ndcg(hybrids[which], read, 10))
             a, b = set(hybrids["serving"][:10]), set(hybrids["candidate"][:10])
             if a or b:
                 overlaps.append(len(a & b) / max(len(a), len(b)))
@@ -277,8 +310,10 @@ class Gate:
             candidate={k: round(v, 5) for k, v in mean["candidate"].items()},
             delta={k: round(v, 5) for k, v in delta.items()},
             stability=None if stability is None else round(stability, 4),
+            feedback_queries=fb_queries,
+            opened_queries=op_queries,
         )
-        self._decide(report, delta, fb_queries)
+        self._decide(report, delta, fb_queries, op_queries)
         return report
 
     def _known_items(self, collections: set[str], trained: set[str]) -> list[tuple[str, str, str]]:
@@ -303,22 +338,23 @@ class Gate:
                     out.append((collection, doc_id, query))
         return out
 
-    def _decide(self, report: GateReport, delta: Mapping[str, float], fb_queries: int) -> None:
+    def _decide(
+        self, report: GateReport, delta: Mapping[str, float], fb_queries: int, op_queries: int = 0
+    ) -> None:
         labelled = "labelled_ndcg@10" in delta
         feedback = "feedback_ndcg@10" in delta and fb_queries >= self.cfg.min_feedback_queries
-        basis = "labelled" if labelled else "feedback" if feedback else "label-free"
+        opened = "opened_ndcg@10" in delta and op_queries >= self.cfg.min_opened_queries
+        basis = "labelled" if labelled else "feedback" if feedback else "opened" if opened else "label-free"
+        report.basis = basis
         tol = self.cfg.tolerance if basis == "label-free" else self.cfg.guard_tolerance
-        for name in ("keyword_recall@10", "known_item_mrr@10"):
+        for name in LABEL_FREE:
             if name in delta and delta[name] < -tol:
-                report.basis = basis
                 report.reason = f"{name} fell by {-delta[name]:.4f} (tolerance {tol})"
                 return
         if report.stability is not None and report.stability < self.cfg.min_stability:
-            report.basis = basis
             report.reason = f"stability@10 {report.stability:.3f} is below {self.cfg.min_stability}"
             return
         if labelled:
-            report.basis = basis
             if delta["labelled_ndcg@10"] < 0:
                 report.reason = f"labelled hybrid nDCG@10 fell by {-delta['labelled_ndcg@10']:.4f}"
                 return
@@ -332,18 +368,29 @@ class Gate:
             report.reason = f"labelled hybrid nDCG@10 {delta['labelled_ndcg@10']:+.4f}"
             return
         if feedback:
-            report.basis = basis
             if delta["feedback_ndcg@10"] < 0:
                 report.reason = f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f}"
                 return
             report.accepted = True
             report.reason = f"feedback nDCG@10 {delta['feedback_ndcg@10']:+.4f}; label-free signals held"
             return
-        if delta.get("feedback_ndcg@10", 0.0) < 0:  # too few queries to decide on, enough to veto
+        # Too few queries to decide on are enough to veto: the agent's verdicts first, then its opens (which
+        # never outvote verdicts or a labelled set, above: they are the weaker evidence).
+        if delta.get("feedback_ndcg@10", 0.0) < 0:
             report.reason = (
                 f"feedback nDCG@10 fell by {-delta['feedback_ndcg@10']:.4f} on the {fb_queries} held-out "
                 "queries with feedback"
             )
+            return
+        if delta.get("opened_ndcg@10", 0.0) < 0:
+            report.reason = (
+                f"opened nDCG@10 fell by {-delta['opened_ndcg@10']:.4f} on the {op_queries} held-out "
+                "queries the agent opened documents from"
+            )
+            return
+        if opened:
+            report.accepted = True
+            report.reason = f"opened nDCG@10 {delta['opened_ndcg@10']:+.4f}; label-free signals held"
             return
         if not delta:
             report.reason = (
@@ -351,7 +398,7 @@ class Gate:
                 "4 words or more to look up"
             )
             return
-        if sum(delta.values()) < -tol:
+        if sum(delta[name] for name in LABEL_FREE if name in delta) < -tol:
             report.reason = "label-free signals fell on balance"
             return
         report.accepted = True

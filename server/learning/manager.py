@@ -35,7 +35,7 @@ from server.learning.pipeline import (
     build_all,
     collect_and_mine,
     drop_built,
-    held_out_labels_now,
+    held_out_signals,
     load_embedder,
     materialize,
     switch_all,
@@ -86,10 +86,12 @@ def _mining_summary(mined: Any, examples: int) -> dict[str, Any]:
     their feedback scores the candidate there instead of training it (`holdout_with_feedback` says how many)."""
     summary = mined.report.summary(examples)
     held = asked_once(mined.holdout, mined.feedback)  # (as the gate scores them: each text once)
+    opened = asked_once(mined.holdout, mined.opened)
     summary.update(
         train_queries=len(mined.train_queries),
         holdout_queries=len(held),
         holdout_with_feedback=sum(any(labels.values()) for _q, labels in held),
+        holdout_with_opens=sum(bool(read) for _q, read in opened),
     )
     if mined.evaluation_left_out:
         summary["evaluation_queries_left_out"] = mined.evaluation_left_out
@@ -431,7 +433,7 @@ class LearningManager:
                 raise
             finally:
                 mining_over.set()
-            return self._retrain_job(job, plan, mined.holdout, mined.feedback)
+            return self._retrain_job(job, plan, mined.holdout, mined.feedback, mined.opened)
 
         job = self.jobs.start("retrain", params, work)
         mining_over.wait(wait_for_mining)
@@ -488,8 +490,8 @@ class LearningManager:
             plan.job_id = job.id  # (a plan from before rift kept ids: its next continuation keeps this one)
             holdout = [q for q in (self.log.get(qid) for qid in plan.holdout) if q is not None]
             # (as a retrain's gate reads them: a verdict on a document renamed or deleted since moves or goes)
-            feedback = held_out_labels_now(self.engine, holdout, self.log.feedback_map())
-            return self._retrain_job(job, plan, holdout, feedback)
+            feedback, opened = held_out_signals(self.engine, holdout, self.log)
+            return self._retrain_job(job, plan, holdout, feedback, opened)
 
         params = {**plan.params, "resumed": True}
         self.jobs.start("retrain", params, work, result=plan.result, job_id=plan.job_id)
@@ -689,7 +691,12 @@ class LearningManager:
         return self._labelled_data[1]
 
     def _retrain_job(
-        self, job: Job, plan: ResumePlan, holdout: list, feedback: dict[str, dict[str, bool]]
+        self,
+        job: Job,
+        plan: ResumePlan,
+        holdout: list,
+        feedback: dict[str, dict[str, bool]],
+        opened: dict[str, dict[str, bool]],
     ) -> dict[str, Any]:
         """Train (continuing from a checkpoint when there is one), gate and switch. The plan stays on disk
         while the job runs; it is removed when the job ends, unless a shutdown stopped it."""
@@ -776,7 +783,7 @@ class LearningManager:
             entry.dimension = candidate.dimension
             trained = {normalized_query(row[0]) for row in learnt}
             return self._gate_and_switch(
-                job, candidate, entry, holdout, feedback, result, force=False, trained_texts=trained
+                job, candidate, entry, holdout, feedback, result, force=False, trained_texts=trained, opened=opened
             )
         except BaseException as exc:
             # A shutdown, at any step, leaves the plan for the next start; a cancel or a failure does not. (A
@@ -847,6 +854,7 @@ class LearningManager:
         result: dict[str, Any],
         force: bool,
         trained_texts: set[str] | None = None,
+        opened: dict | None = None,
     ) -> dict[str, Any]:
         engine = self.engine
 
@@ -867,6 +875,7 @@ class LearningManager:
                 lambda: job.cancelled,
                 job.progress,
                 trained_texts or (),
+                opened,
             )
             job.check()
             result["gate"] = gate.as_dict()
@@ -1118,8 +1127,8 @@ class LearningManager:
                 )
             )
             holdout = list(self.log.by_ids([q.query_id for q in self.log.heads()[-200:]]))
-            feedback = held_out_labels_now(self.engine, holdout, self.log.feedback_map())
-            return self._gate_and_switch(job, embedder, entry, holdout, feedback, {}, force=True)
+            feedback, opened = held_out_signals(self.engine, holdout, self.log)
+            return self._gate_and_switch(job, embedder, entry, holdout, feedback, {}, force=True, opened=opened)
 
         job = self.jobs.start("reindex", {"model": model, "version": version}, work)
         return {"job_id": job.id, "status": job.status, "version": version}

@@ -58,6 +58,8 @@ class Mined:
     already_learnt: int = 0  # training-side searches left out: the serving model learnt them (`Learnt`)
     # What a model trained on these triples has learnt of the log (`learnt` for the next retrain's).
     learnt: Learnt = field(default_factory=Learnt)
+    # query_id -> {doc_id: True}: what the agent opened from held-out searches, for the gate (held_out_signals).
+    opened: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 def collect_and_mine(
@@ -92,10 +94,8 @@ def collect_and_mine(
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     # Signals read as of `read_at`, the time recorded as learnt: one given while this ran is left to the next
     # retrain (`signalled_since`), never trained on twice.
-    feedback = held_out_labels_now(engine, holdout, query_log.feedback_map(until=read_at))
-    fetched: dict[str, list[str]] = {}
-    for query_id, doc_id, _ts in query_log.fetches(until=read_at):
-        fetched.setdefault(query_id, []).append(doc_id)
+    feedback, opened = held_out_signals(engine, holdout, query_log, until=read_at)
+    fetched = _fetched(query_log, read_at)
     opinion = None
     if mining.second_opinion_depth > 0:
         from server.learning.second_opinion import SentenceOpinion
@@ -117,7 +117,32 @@ def collect_and_mine(
         for name in sorted({q.collection for q in train}):
             corpus = _corpus_triples(engine, name, mining, supplement)
             report.triples.extend(t for t in corpus if normalized_query(t.query) not in held)
-    return Mined(report, train, holdout, feedback, left_out, already, Learnt(through, read_at))
+    return Mined(report, train, holdout, feedback, left_out, already, Learnt(through, read_at), opened)
+
+
+def _fetched(query_log: QueryLog, until: float | None = None) -> dict[str, list[str]]:
+    """query_id -> the documents opened from that search (get_document with its query_id), first opened first."""
+    fetched: dict[str, list[str]] = {}
+    for query_id, doc_id, _ts in query_log.fetches(until=until):
+        fetched.setdefault(query_id, []).append(doc_id)
+    return fetched
+
+
+def held_out_signals(
+    engine: Any, holdout: Sequence[LoggedQuery], query_log: QueryLog, until: float | None = None
+) -> tuple[dict[str, dict[str, bool]], dict[str, dict[str, bool]]]:
+    """What the agent said of the held-out searches, as the gate can score it now (`held_out_labels_now`): its
+    verdicts (`feedback`), and the documents it opened from their results as {doc_id: True} (`opened`), but
+    none it also judged: a verdict says more than an open, and "not relevant" after reading one overrules it."""
+    feedback = query_log.feedback_map(until=until)
+    held = {q.query_id for q in holdout}
+    opened: dict[str, dict[str, bool]] = {}
+    for query_id, doc_ids in _fetched(query_log, until).items():
+        judged = feedback.get(query_id) or {}
+        read = {d: True for d in doc_ids if d not in judged}
+        if query_id in held and read:
+            opened[query_id] = read
+    return held_out_labels_now(engine, holdout, feedback), held_out_labels_now(engine, holdout, opened)
 
 
 def held_out_labels_now(
