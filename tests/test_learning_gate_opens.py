@@ -55,6 +55,19 @@ def test_opens_decide_only_where_neither_verdicts_nor_labels_do() -> None:
     assert not balance.accepted and balance.reason == "label-free signals fell on balance"
 
 
+def test_rift_models_says_which_basis_decided() -> None:
+    from server.learning.cli import version_line
+
+    gate = {"accepted": True, "basis": "opened", "reason": "opened nDCG@10 +0.0200; label-free signals held"}
+    row = version_line(
+        {"version": "ft-1", "kind": "fine-tune", "status": "serving", "created_at": 0.0, "triples": 1380, "gate": gate}
+    )
+    assert row[1:3] == ["fine-tune", "serving"] and row[4] == "1,380"
+    assert row[5] == "accepted (opened): opened nDCG@10 +0.0200; label-free signals held"
+    base = version_line({"version": "m", "kind": "base", "status": "retired", "created_at": 0.0, "note": None})
+    assert base[3:] == ["-", "-", ""]
+
+
 @pytest.mark.slow
 def test_a_retrain_gates_on_what_the_agent_opened_from_held_out_searches(
     tmp_path: Path, tiny_model_path: Path

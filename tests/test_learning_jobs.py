@@ -310,9 +310,15 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     mining = json.loads(strict.stdout)["mining"]
     assert mining["triples"] < out["mining"]["triples"]
     assert mining["skipped"]["positive_small_keyword_margin"] > 0
-    models = runner.invoke(main, ["models", "--data-dir", str(settings.data_dir)], env=env)
+    models = runner.invoke(main, ["models", "--json", "--data-dir", str(settings.data_dir)], env=env)
     assert models.exit_code == 0, models.output
     assert [v["status"] for v in json.loads(models.stdout)["versions"]] == ["serving"]
+    # For a reader, a table: a header and a line per version (the base model, serving, trained on nothing).
+    table = runner.invoke(main, ["models", "--data-dir", str(settings.data_dir)], env=env)
+    assert table.exit_code == 0, table.output
+    header, line = table.stdout.splitlines()
+    assert header.split() == ["VERSION", "KIND", "STATUS", "CREATED", "TRIPLES", "GATE"]
+    assert line.split()[1:3] == ["base", "serving"] and line.split()[5] == "-"
     pruned = runner.invoke(main, ["models", "--prune", "--data-dir", str(settings.data_dir)], env=env)
     assert pruned.exit_code == 0, pruned.output
     assert json.loads(pruned.stdout) == {"deleted": [], "freed_bytes": 0}

@@ -1,7 +1,8 @@
 """`rift retrain`, `rift models`, `rift rollback`, `rift reindex`: the learning tools from the shell.
 
 They open the data dir directly (stop the server first: it holds the data dir's lock), run the same background
-job the MCP tools start, report progress on stderr and print the final status as JSON on stdout."""
+job the MCP tools start, report progress on stderr and print the final status as JSON on stdout (`rift models`:
+a table, or JSON with --json)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,16 @@ def _wait(learning: Any, started: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def _run(data_dir: str | None, fn: Any, **settings: Any) -> None:
-    from server.cli import emit, load_settings, open_rift
+def _run(data_dir: str | None, fn: Any, emit: Any = None, **settings: Any) -> None:
+    """Run `fn(learning)` on the data dir's store and print its result (`emit`, default JSON on stdout)."""
+    from server.cli import emit as emit_json
+    from server.cli import load_settings, open_rift
 
     # Every learning command reads an existing store: a data dir that is not there is a typo.
     rift = open_rift(load_settings(data_dir, **settings), must_exist=True)
     try:
         result = fn(rift.learning)
-        emit(result)
+        (emit or emit_json)(result)
         if isinstance(result, dict) and result.get("status") in ("failed", "cancelled"):
             if result.get("error"):  # the reason, where a person reads (stdout has the whole JSON)
                 click.echo(f"{result.get('kind', 'job')} {result['status']}: {result['error']}", err=True)
@@ -146,13 +149,41 @@ def retrain(
     is_flag=True,
     help="Delete the weights of rejected and failed fine-tunes (never servable); their entries stay.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print every version's whole record as JSON.")
 @click.option("--data-dir", default=None)
-def models(prune: bool, data_dir: str | None) -> None:
-    """List model versions (serving, retired, rejected) with their gate numbers."""
+def models(prune: bool, as_json: bool, data_dir: str | None) -> None:
+    """List model versions, newest first: what serves, what retired, what the gate rejected and why
+    (--json: every record whole, with the gate's numbers)."""
     if prune:
         _run(data_dir, lambda learning: learning.delete_unservable_weights())
-    else:
+    elif as_json:
         _run(data_dir, lambda learning: {"versions": learning.models()})
+    else:
+        _run(data_dir, lambda learning: learning.models(), emit=_print_versions)
+
+
+def version_line(v: dict[str, Any]) -> list[str]:
+    """One version's columns for `rift models`: id, kind, status, when made, triples trained on, and the gate's
+    verdict with its basis and reason (else the registry's note, such as a re-index's model)."""
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(v["created_at"])) if v.get("created_at") else "-"
+    gate = v.get("gate") or {}
+    if gate:
+        said = f"{'accepted' if gate.get('accepted') else 'rejected'} ({gate.get('basis', '?')}): {gate.get('reason', '')}"
+    else:
+        said = v.get("note") or ""
+    triples = f"{v['triples']:,}" if v.get("triples") is not None else "-"
+    return [v["version"], v["kind"], v["status"], created, triples, said]
+
+
+def _print_versions(versions: list[dict[str, Any]]) -> None:
+    from server.ingest.sync import printable_text
+
+    rows = [["VERSION", "KIND", "STATUS", "CREATED", "TRIPLES", "GATE"]]
+    rows += [[printable_text(c) for c in version_line(v)] for v in versions]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.rjust(w) if i == 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
 
 
 @click.command()
