@@ -76,21 +76,25 @@ def test_a_retrain_gates_on_what_the_agent_opened_from_held_out_searches(
     rift = open_rift(settings)
     try:
         rift.add_documents("default", docs(*[(d["id"], d["text"]) for d in corpus()]))
-        found = [rift.search("default", text) for text in queries()]
-        # 60 texts: the latest 12 are held out. The agent reads the first hit of each of them, and of one
+        texts = [*queries(), *(f"{d['text'].split()[0]} note {i}" for i, d in enumerate(corpus()[:10]))]
+        found = [rift.search("default", text) for text in texts]
+        # 70 texts: the latest 14 are held out. The agent reads the first hit of each of them, and of one
         # search it trains on (that open is a positive for mining, not a gate signal).
-        held, trained = found[-12:], found[0]
+        held, trained = found[-14:], found[0]
         for out in [trained, *held]:
             get_document(rift, "default", out.outcome.hits[0].doc_id, query_id=out.query_id, max_chars=1)
-        # It read one and judged it beside the point: the verdict overrules the open.
+        # It read one and judged it beside the point: the verdict overrules the open. It asked another again
+        # and judged the document it had opened from the first asking: one query, and the verdict decides.
         rift.learning.feedback(held[0].query_id, held[0].outcome.hits[0].doc_id, False)
+        again = rift.search("default", texts[-1])
+        rift.learning.feedback(again.query_id, held[-1].outcome.hits[0].doc_id, False)
         # One it read is deleted since (unless another held-out search opened it too): it cannot be scored.
         gone = held[1].outcome.hits[0].doc_id
         rift.delete_documents("default", [gone])
-        scored = {out.query_id for out in held[1:] if out.outcome.hits[0].doc_id != gone}
+        scored = {out.query_id for out in held[1:-1] if out.outcome.hits[0].doc_id != gone}
 
         dry = rift.learning.retrain(dry_run=True)
-        assert dry["mining"]["holdout_queries"] == 12
+        assert dry["mining"]["holdout_queries"] == 14
         assert dry["mining"]["holdout_with_opens"] == len(scored) and dry["mining"]["holdout_with_feedback"] == 0
 
         started = rift.learning.retrain(batch_size=4, epochs=1)

@@ -174,12 +174,30 @@ def asked_once(
     to the gate: it must not weigh five times, nor count five times towards `min_feedback_queries`."""
     out: dict[tuple[str, str], tuple[LoggedQuery, dict[str, bool]]] = {}
     for q in sorted(holdout, key=lambda q: q.ts):
-        key = (q.collection, normalized_query(q.query))
+        key = asked_as(q)
         labels = out[key][1] if key in out else {}
         labels.update(feedback.get(q.query_id) or {})
         out.pop(key, None)  # (re-inserted: the order is that of the last askings)
         out[key] = (q, labels)
     return list(out.values())
+
+
+def asked_as(q: LoggedQuery) -> tuple[str, str]:
+    """What makes two searches one held-out query: the same text (`normalized_query`) in the same collection."""
+    return q.collection, normalized_query(q.query)
+
+
+def opened_once(
+    holdout: Sequence[LoggedQuery],
+    feedback: Mapping[str, Mapping[str, bool]],
+    opened: Mapping[str, Mapping[str, bool]],
+) -> dict[tuple[str, str], set[str]]:
+    """Per held-out query (`asked_as`), the documents opened from any of its askings, less those a verdict from
+    any of them judged: "not relevant" after reading a document overrules the open, and "relevant" makes it a
+    verdict, scored as feedback. Queries with nothing left are left out."""
+    judged = {asked_as(q): set(labels) for q, labels in asked_once(holdout, feedback)}
+    out = {asked_as(q): set(read) - judged.get(asked_as(q), set()) for q, read in asked_once(holdout, opened)}
+    return {key: read for key, read in out.items() if read}
 
 
 class Gate:
@@ -238,8 +256,7 @@ class Gate:
                 progress(done, total)
 
         asked = asked_once(holdout, feedback)
-        # (The opens of every asking of a text, as its verdicts are merged: keyed as asked_once keys them.)
-        opens = {(q.collection, normalized_query(q.query)): set(o) for q, o in asked_once(holdout, opened or {})}
+        opens = opened_once(holdout, feedback, opened or {})
         total = len(asked) + len(known) + (len(labelled.queries) if labelled is not None else 0)
         for q, labels in asked:
             if should_stop is not None and should_stop():
@@ -257,7 +274,7 @@ class Gate:
             # Only a query with a confirmed document can score nDCG; rejections alone cannot.
             judged = any(labels.values())
             fb_queries += judged
-            read = opens.get((q.collection, normalized_query(q.query)), set())
+            read = opens.get(asked_as(q), set())
             op_queries += bool(read)
             hybrids = {}
             for which, vector in vectors.items():

@@ -26,7 +26,7 @@ from server.engine.models import PACKAGED_ALIASES, describe_load_failure
 from server.engine.onnx_backend import prune_exports
 from server.errors import NotFoundError, RiftError, disk_full_problem
 from server.learning import resume, training
-from server.learning.gate import Gate, GateConfig, LabelledSet, asked_once
+from server.learning.gate import Gate, GateConfig, LabelledSet, asked_once, opened_once
 from server.learning.jobs import Job, JobCancelled, JobRunner
 from server.learning.mining import STRATEGIES, MiningConfig, logged_passages
 from server.learning.pipeline import (
@@ -86,12 +86,11 @@ def _mining_summary(mined: Any, examples: int) -> dict[str, Any]:
     their feedback scores the candidate there instead of training it (`holdout_with_feedback` says how many)."""
     summary = mined.report.summary(examples)
     held = asked_once(mined.holdout, mined.feedback)  # (as the gate scores them: each text once)
-    opened = asked_once(mined.holdout, mined.opened)
     summary.update(
         train_queries=len(mined.train_queries),
         holdout_queries=len(held),
         holdout_with_feedback=sum(any(labels.values()) for _q, labels in held),
-        holdout_with_opens=sum(bool(read) for _q, read in opened),
+        holdout_with_opens=len(opened_once(mined.holdout, mined.feedback, mined.opened)),
     )
     if mined.evaluation_left_out:
         summary["evaluation_queries_left_out"] = mined.evaluation_left_out

@@ -132,16 +132,11 @@ def held_out_signals(
     engine: Any, holdout: Sequence[LoggedQuery], query_log: QueryLog, until: float | None = None
 ) -> tuple[dict[str, dict[str, bool]], dict[str, dict[str, bool]]]:
     """What the agent said of the held-out searches, as the gate can score it now (`held_out_labels_now`): its
-    verdicts (`feedback`), and the documents it opened from their results as {doc_id: True} (`opened`), but
-    none it also judged: a verdict says more than an open, and "not relevant" after reading one overrules it."""
+    verdicts (`feedback`), and the documents it opened from their results as {doc_id: True} (`opened`; the
+    gate sets aside those it also judged, `opened_once`)."""
     feedback = query_log.feedback_map(until=until)
     held = {q.query_id for q in holdout}
-    opened: dict[str, dict[str, bool]] = {}
-    for query_id, doc_ids in _fetched(query_log, until).items():
-        judged = feedback.get(query_id) or {}
-        read = {d: True for d in doc_ids if d not in judged}
-        if query_id in held and read:
-            opened[query_id] = read
+    opened = {qid: dict.fromkeys(docs, True) for qid, docs in _fetched(query_log, until).items() if qid in held}
     return held_out_labels_now(engine, holdout, feedback), held_out_labels_now(engine, holdout, opened)
 
 
