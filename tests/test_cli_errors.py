@@ -179,7 +179,7 @@ def test_ctrl_c_during_rift_add_says_what_is_stored_and_a_rerun_finishes(
     assert "interrupted: 2 file(s) stored" in result.output and "run the same command again" in result.output
     assert "Aborted" not in result.output and "Traceback" not in result.output
     monkeypatch.setattr(sync._Sync, "flush", real_flush)
-    listed = CliRunner().invoke(main, ["list", "--collection", "notes", "--data-dir", data])
+    listed = CliRunner().invoke(main, ["list", "--collection", "notes", "--json", "--data-dir", data])
     assert listed.exit_code == 0 and json.loads(listed.output)["total"] == 2, listed.output
     again = CliRunner().invoke(main, ["add", str(docs), "--collection", "notes", "--data-dir", data])
     assert again.exit_code == 0 and "3 added, 2 unchanged" in again.output, again.output
@@ -210,7 +210,7 @@ def test_ctrl_c_during_a_delete_by_filters_says_what_it_deleted(tmp_path: Path, 
     assert out["interrupted"] is True and len(out["deleted"]) == 4
     assert "interrupted: 4 documents deleted (listed)" in result.stderr and "Aborted" not in result.output
     monkeypatch.setattr(Rift, "delete_matching", real)
-    listed = CliRunner().invoke(main, ["list", "--data-dir", data])
+    listed = CliRunner().invoke(main, ["list", "--json", "--data-dir", data])
     assert json.loads(listed.stdout)["total"] == 1
 
     def interrupted(*args, **kwargs):

@@ -417,6 +417,45 @@ def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: P
     assert nothing.exit_code == 0 and nothing.output.strip() == "no hits"
 
 
+def test_cli_list_and_get_read_as_text(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    """`rift list` prints a line per document (id, then its metadata but the path again) and says on stderr how
+    many of how many, and the next page's --after; `rift get` prints the text alone on stdout (tabs and lines
+    kept, control characters escaped), what it is and the part shown on stderr."""
+    from server.cli import main
+
+    monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("# Otters\n\nThe otter\tcracks shells.\n")
+    (notes / "b.txt").write_text("red \x1b[31mpaint\x1b[0m\n")
+    (notes / "c.txt").write_text("Moss grows on the north side.\n")
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(main, ["add", str(notes), "--data-dir", data]).exit_code == 0
+    page = runner.invoke(main, ["list", "--limit", "2", "--data-dir", data])
+    assert page.exit_code == 0, page.output
+    lines = page.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [str(notes / "a.md"), str(notes / "b.txt")]
+    assert lines[0] == f"{notes / 'a.md'}  file_type=markdown, title=Otters"  # (not its path again, size, hash)
+    assert page.stderr.strip() == f"documents 1 to 2 of 3 in default; the next page: --after {notes / 'b.txt'}"
+    rest = runner.invoke(main, ["list", "--after", str(notes / "b.txt"), "--data-dir", data])
+    assert rest.stdout.split("  ")[0] == str(notes / "c.txt") and rest.stderr.strip() == "documents 3 to 3 of 3 in default"
+    none = runner.invoke(main, ["list", "--prefix", "zz", "--data-dir", data])
+    assert none.exit_code == 0 and none.stdout == "" and none.stderr.strip() == "no documents in default"
+
+    whole = runner.invoke(main, ["get", str(notes / "a.md"), "--data-dir", data])
+    assert whole.exit_code == 0, whole.output
+    assert whole.stdout == "# Otters\n\nThe otter\tcracks shells.\n"
+    assert whole.stderr.strip() == f"{notes / 'a.md'} in default: 35 characters, 1 chunk(s); file_type=markdown, title=Otters"
+    painted = runner.invoke(main, ["get", str(notes / "b.txt"), "--data-dir", data])
+    assert "\x1b" not in painted.stdout and painted.stdout == "red \\x1b[31mpaint\\x1b[0m\n"
+    part = runner.invoke(main, ["get", str(notes / "a.md"), "--max-chars", "8", "--data-dir", data])
+    assert part.stdout == "# Otters\n"
+    assert part.stderr.splitlines()[-1] == "characters 0 to 8 of 35; --offset 8 for the rest"
+    end = runner.invoke(main, ["get", str(notes / "a.md"), "--offset", "10", "--data-dir", data])
+    assert end.stdout == "The otter\tcracks shells.\n" and end.stderr.splitlines()[-1] == "characters 10 to 35 of 35"
+
+
 def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, monkeypatch) -> None:
     from server.cli import main
 
@@ -1600,20 +1639,20 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
 
     for path in sorted(folder.rglob("*.md")):  # one file a call: the per-call limit is 2
         run("add", str(path), "--json")
-    listed = run("list", "--limit", "4")
+    listed = run("list", "--limit", "4", "--json")
     assert listed["total"] == 6 and len(listed["documents"]) == 4 and listed["next_after"]
-    rest = run("list", "--limit", "4", "--after", listed["next_after"])
+    rest = run("list", "--limit", "4", "--after", listed["next_after"], "--json")
     assert len(rest["documents"]) == 2 and rest["next_after"] is None
     keep = str(folder / "keep.md")
-    doc = run("get", keep, "--max-chars", "6")
+    doc = run("get", keep, "--max-chars", "6", "--json")
     assert doc["text"] == "# Keep" and doc["truncated"] and doc["metadata"]["source"] == keep
     where = json.dumps({"source": {"$prefix": str(folder / "old")}})
-    assert run("list", "--filters", where)["total"] == 5
-    by_id = run("list", "--prefix", str(folder / "old") + os.sep, "--limit", "2")
+    assert run("list", "--filters", where, "--json")["total"] == 5
+    by_id = run("list", "--prefix", str(folder / "old") + os.sep, "--limit", "2", "--json")
     assert by_id["total"] == 5 and [d["doc_id"] for d in by_id["documents"]] == [str(folder / "old" / "n0.md"), str(folder / "old" / "n1.md")]
     gone = run("delete", "--filters", where)
     assert sorted(gone["deleted"]) == sorted(str(folder / "old" / f"n{i}.md") for i in range(5))
-    assert [d["doc_id"] for d in run("list")["documents"]] == [keep]
+    assert [d["doc_id"] for d in run("list", "--json")["documents"]] == [keep]
     # An id that was not there is a failure (exit 1, as rm's), after the JSON of what was deleted.
     partly = runner.invoke(main, ["delete", keep, "nope", "--data-dir", data])
     assert partly.exit_code == 1, partly.output

@@ -79,7 +79,7 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     assert by_id["b"] == {"id": "b", "text": "Straße und Brücke über den Fluss 🌉", "metadata": {"year": 2020, "ok": True}}
     river = by_id[str(folder / "river.md")]
     assert river["metadata"]["source"] == str(folder / "river.md") and river["text"].startswith("# River")
-    listed = json.loads(cli("list", "--collection", "kb", "--data-dir", first).stdout)
+    listed = json.loads(cli("list", "--collection", "kb", "--json", "--data-dir", first).stdout)
     assert {d["doc_id"]: d["metadata"] for d in listed["documents"]} == {d["id"]: d["metadata"] for d in exported}
 
     again = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
@@ -94,7 +94,7 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     )
     assert [h["doc_id"] for h in found["hits"]] == ["a"]
     where = json.dumps({"source": {"$prefix": str(folder)}})
-    assert json.loads(cli("list", "--collection", "copy", "--filters", where, "--data-dir", second).stdout)["total"] == 1
+    assert json.loads(cli("list", "--collection", "copy", "--filters", where, "--json", "--data-dir", second).stdout)["total"] == 1
     same = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
     assert (same["added"], same["updated"], same["unchanged"], same["chunks"]) == (0, 0, 4, 0)
     # The folder's next sync into the copy finds its file as stored: nothing to read again.

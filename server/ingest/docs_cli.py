@@ -1,14 +1,17 @@
 """`rift list`, `rift get`, `rift delete`: the stored documents from the shell, as the MCP tools
 list_documents, get_document and delete_documents see them; `rift export` and `rift import`: a collection as
-JSON Lines. JSON on stdout; like the other commands they need the data dir to themselves (stop the server
-first), except `rift export`, which reads a snapshot of the committed documents."""
+JSON Lines. `rift list` and `rift get` print for a reader (--json for scripts), the others JSON on stdout; like
+the other commands they need the data dir to themselves (stop the server first), except `rift export`, which
+reads a snapshot of the committed documents."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
 import io
+import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -22,12 +25,14 @@ from server.cli_values import collection_name, json_filters
 from server.errors import DataDirLockedError, RiftError, user_message
 
 
-def _run(data_dir: str | None, fn: Callable[[Any], Any]) -> None:
-    from server.cli import emit, load_settings, open_rift
+def _run(data_dir: str | None, fn: Callable[[Any], Any], emit: Callable[[Any], None] | None = None) -> None:
+    """Run `fn(rift)` on the data dir's store and print its result (`emit`, default JSON on stdout)."""
+    from server.cli import emit as emit_json
+    from server.cli import load_settings, open_rift
 
     rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
-        emit(fn(rift))
+        (emit or emit_json)(fn(rift))
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -40,11 +45,18 @@ def _run(data_dir: str | None, fn: Callable[[Any], Any]) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--after", default=None, help="List from after this doc_id (the last one of the previous page).")
 @click.option("--prefix", "id_prefix", default="", help="Only documents whose doc_id starts with this.")
+@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON (with next_after for the next one).")
 @click.option("--data-dir", default=None)
 def list_documents(
-    collection: str, filters: str | None, limit: int, after: str | None, id_prefix: str, data_dir: str | None
+    collection: str,
+    filters: str | None,
+    limit: int,
+    after: str | None,
+    id_prefix: str,
+    as_json: bool,
+    data_dir: str | None,
 ) -> None:
-    """List stored documents (id and metadata), ordered by id."""
+    """List stored documents, ordered by id: a line per document with its metadata (--json for scripts)."""
     from server.ingest.manage import caught_up
     from server.ingest.manage import list_documents as listing
 
@@ -57,12 +69,51 @@ def list_documents(
         return {
             "collection": collection,
             "total": total,
+            "offset": offset,  # (where this page starts, also when it was asked for --after an id)
             "documents": [{"doc_id": d, "metadata": m} for d, m in page],
             "next_after": page[-1][0] if more and page else None,
             **({"warnings": warnings} if warnings else {}),
         }
 
-    _run(data_dir, go)
+    _run(data_dir, go, None if as_json else _print_listing)
+
+
+def _metadata_line(doc_id: str, metadata: dict[str, Any], width: int = 60) -> str:
+    """A document's metadata in one line, `key=value, ...`, each value cut to `width` characters. Of a file's
+    own keys, only its title and type: the rest (its path again, size, mtime, hash) is sync's bookkeeping,
+    which --json shows."""
+    from server.ingest.extract import synced_file_keys
+
+    hidden = synced_file_keys(doc_id, metadata) - {"title", "file_type"}
+    shown = []
+    for key, value in metadata.items():
+        if key in hidden:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        shown.append(f"{key}={text if len(text) <= width else text[: width - 1] + '…'}")
+    return ", ".join(shown)
+
+
+def _print_listing(listing: dict[str, Any]) -> None:
+    from server.ingest.sync import printable_text
+
+    for warning in listing.get("warnings", []):
+        click.echo(f"warning: {printable_text(warning)}", err=True)
+    for doc in listing["documents"]:
+        meta = _metadata_line(doc["doc_id"], doc["metadata"])
+        click.echo(printable_text(doc["doc_id"] + (f"  {meta}" if meta else "")))
+    shown, total, name = len(listing["documents"]), listing["total"], listing["collection"]
+    first = listing["offset"] + 1
+    said = (
+        f"no documents in {name}"
+        if not shown
+        else f"{total} documents in {name}"
+        if shown == total
+        else f"documents {first} to {first + shown - 1} of {total} in {name}"
+    )
+    if listing["next_after"] is not None:
+        said += f"; the next page: --after {shlex.quote(printable_text(listing['next_after']))}"
+    click.echo(said, err=True)
 
 
 @click.command("get")
@@ -70,11 +121,13 @@ def list_documents(
 @click.option("--collection", default="default", show_default=True, callback=collection_name)
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--max-chars", default=None, type=click.IntRange(1), help="At most this many characters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the text with its metadata and counts as JSON.")
 @click.option("--data-dir", default=None)
 def get_document(
-    doc_id: str, collection: str, offset: int, max_chars: int | None, data_dir: str | None
+    doc_id: str, collection: str, offset: int, max_chars: int | None, as_json: bool, data_dir: str | None
 ) -> None:
-    """Print a stored document's text and metadata."""
+    """Print a stored document's text (on stdout; what it is, its metadata and the part shown on stderr; --json:
+    all of it as JSON)."""
     from server.ingest.manage import caught_up
     from server.ingest.manage import get_document as fetch
 
@@ -84,7 +137,28 @@ def get_document(
         warnings = [*view.warnings, *warnings]
         return shown | ({"warnings": warnings} if warnings else {})
 
-    _run(data_dir, go)
+    _run(data_dir, go, None if as_json else _print_document)
+
+
+def _print_document(view: dict[str, Any]) -> None:
+    """The text alone on stdout (`rift get ID > copy.md`), control characters escaped but for tabs and line
+    breaks; the rest, for the reader, on stderr."""
+    from server.ingest.sync import printable_document, printable_text
+
+    for warning in view.get("warnings", []):
+        click.echo(f"warning: {printable_text(warning)}", err=True)
+    text, total, offset = view["text"], view["total_chars"], view["offset"]
+    meta = _metadata_line(view["doc_id"], view["metadata"])
+    click.echo(
+        printable_text(f"{view['doc_id']} in {view['collection']}: {total:,} characters, {view['chunks']} chunk(s)")
+        + (f"; {printable_text(meta)}" if meta else ""),
+        err=True,
+    )
+    click.echo(printable_document(text), nl=not text.endswith("\n"))
+    if offset or view["truncated"]:
+        end = offset + len(text)
+        more = f"; --offset {end} for the rest" if view["truncated"] else ""
+        click.echo(f"characters {offset:,} to {end:,} of {total:,}{more}", err=True)
 
 
 @click.command("delete")

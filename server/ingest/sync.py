@@ -84,6 +84,15 @@ def printable_text(text: str) -> str:
     return text.translate(_TEXT_ESCAPES)
 
 
+_DOCUMENT_ESCAPES = {c: e for c, e in _TEXT_ESCAPES.items() if c not in (0x09, 0x0A)}
+
+
+def printable_document(text: str) -> str:
+    """A stored document's text for the terminal (`rift get`): as `printable_text`, but its tabs and line
+    breaks kept (a Windows line end read as one)."""
+    return text.replace("\r\n", "\n").translate(_DOCUMENT_ESCAPES)
+
+
 @dataclass
 class FileResult:
     path: str
