@@ -419,7 +419,7 @@ def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: P
 
 def test_cli_list_and_get_read_as_text(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
     """`rift list` prints a line per document (id, then its metadata but the path again) and says on stderr how
-    many of how many, and the next page's --after; `rift get` prints the text alone on stdout (tabs and lines
+    many of how many, and the next page's --after; `rift collections` a line per collection; `rift get` prints the text alone on stdout (tabs and lines
     kept, control characters escaped), what it is and the part shown on stderr."""
     from server.cli import main
 
@@ -442,6 +442,11 @@ def test_cli_list_and_get_read_as_text(tmp_path: Path, tiny_model_path: Path, mo
     assert rest.stdout.split("  ")[0] == str(notes / "c.txt") and rest.stderr.strip() == "documents 3 to 3 of 3 in default"
     none = runner.invoke(main, ["list", "--prefix", "zz", "--data-dir", data])
     assert none.exit_code == 0 and none.stdout == "" and none.stderr.strip() == "no documents in default"
+    catalog = runner.invoke(main, ["collections", "--data-dir", data])
+    assert catalog.exit_code == 0, catalog.output
+    assert [line.split() for line in catalog.stdout.splitlines()] == [
+        ["COLLECTION", "DOCUMENTS", "CHUNKS", "MODEL"], ["default", "3", "3", str(tiny_model_path)]
+    ]
 
     whole = runner.invoke(main, ["get", str(notes / "a.md"), "--data-dir", data])
     assert whole.exit_code == 0, whole.output

@@ -150,7 +150,7 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     restored = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
     assert json.loads(restored.stdout)["documents"] == 0
     assert "the file holds no document: collection 'drafts' was created, empty" in restored.stderr
-    listed = json.loads(cli("collections", "--data-dir", other).output)["collections"]
+    listed = json.loads(cli("collections", "--json", "--data-dir", other).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("drafts", 0)]
     again = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
     assert "the file holds no document: nothing was imported" in again.stderr
@@ -451,7 +451,7 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
     }
     assert json.loads(cli("collections", "create", "notes", "--data-dir", data).output)["created"] is False
     cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
-    listed = json.loads(cli("collections", "--data-dir", data).output)["collections"]
+    listed = json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
     # Deleting cannot be undone: without a terminal to ask on, it needs --yes.
     refused = cli("collections", "delete", "notes", "--data-dir", data, ok=False)
@@ -461,15 +461,15 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
         "deleted_documents": 1,
         "deleted_chunks": 1,
     }
-    assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
+    assert json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"] == []
     gone = cli("collections", "delete", "notes", "--yes", "--data-dir", data, ok=False)
     assert gone.exit_code == 1 and "unknown collection 'notes'" in gone.output
     # --data-dir before the subcommand names the store too (it was ignored: the default store's was deleted).
-    cli("collections", "--data-dir", data, "create", "kept")
-    assert [c["name"] for c in json.loads(cli("collections", "--data-dir", data).output)["collections"]] == ["kept"]
-    cli("collections", "--data-dir", data, "delete", "kept", "--yes")
-    assert json.loads(cli("collections", "--data-dir", data).output)["collections"] == []
-    twice = cli("collections", "--data-dir", data, "delete", "kept", "--yes", "--data-dir", "elsewhere", ok=False)
+    cli("collections", "--json", "--data-dir", data, "create", "kept")
+    assert [c["name"] for c in json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]] == ["kept"]
+    cli("collections", "--json", "--data-dir", data, "delete", "kept", "--yes")
+    assert json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"] == []
+    twice = cli("collections", "--json", "--data-dir", data, "delete", "kept", "--yes", "--data-dir", "elsewhere", ok=False)
     assert twice.exit_code == 2 and "two data dirs given" in twice.output
 
 
@@ -486,7 +486,7 @@ def test_deleting_a_collection_at_the_prompt_says_what_was_kept(cli, tmp_path: P
     assert "Aborted" not in declined.output
     closed = cli("collections", "delete", "notes", "--data-dir", data, ok=False, stdin=b"")  # (end of input)
     assert closed.exit_code == 130 and "interrupted: collection 'notes' kept" in closed.output, closed.output
-    listed = json.loads(cli("collections", "--data-dir", data).output)["collections"]
+    listed = json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
     deleted = cli("collections", "delete", "notes", "--data-dir", data, stdin=b"y\n")
     assert json.loads(deleted.output[deleted.output.index("{"):])["deleted_documents"] == 1

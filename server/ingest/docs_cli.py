@@ -383,11 +383,12 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
 
 
 @click.group("collections", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="(listing: print it as JSON)")
 @click.option("--data-dir", default=None, help="(listing: the data dir to list)")
 @click.pass_context
-def collections(ctx: click.Context, data_dir: str | None) -> None:
-    """List collections with their documents, chunks and model version (as list_collections); `create NAME` and
-    `delete NAME --yes` manage them."""
+def collections(ctx: click.Context, as_json: bool, data_dir: str | None) -> None:
+    """List collections, a line each with its documents, chunks and model version (as list_collections;
+    --json for scripts); `create NAME` and `delete NAME --yes` manage them."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = data_dir  # (`rift collections --data-dir X delete NAME`: X, never the default store)
         return
@@ -398,7 +399,26 @@ def collections(ctx: click.Context, data_dir: str | None) -> None:
         listed, warnings = caught_up(catalog)(rift.engine())
         return {"collections": listed, **({"warnings": warnings} if warnings else {})}
 
-    _run(data_dir, go)
+    _run(data_dir, go, None if as_json else _print_collections)
+
+
+def _print_collections(catalog: dict[str, Any]) -> None:
+    from server.ingest.sync import printable_text
+
+    for warning in catalog.get("warnings", []):
+        click.echo(f"warning: {printable_text(warning)}", err=True)
+    rows = [["COLLECTION", "DOCUMENTS", "CHUNKS", "MODEL"]]
+    rows += [
+        [c["name"], f"{c['documents']:,}", f"{c['chunks']:,}", printable_text(str(c["model_version"]))]
+        for c in catalog["collections"]
+    ]
+    if len(rows) == 1:
+        click.echo("no collections", err=True)
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3]]
+        click.echo("  ".join(cells))
 
 
 def _data_dir(data_dir: str | None) -> str | None:
