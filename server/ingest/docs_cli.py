@@ -1,8 +1,8 @@
 """`rift list`, `rift get`, `rift delete`: the stored documents from the shell, as the MCP tools
 list_documents, get_document and delete_documents see them; `rift export` and `rift import`: a collection as
-JSON Lines. `rift list` and `rift get` print for a reader (--json for scripts), the others JSON on stdout; like
-the other commands they need the data dir to themselves (stop the server first), except `rift export`, which
-reads a snapshot of the committed documents."""
+JSON Lines; `rift collections`. `rift list`, `rift get` and `rift collections` print for a reader (--json for
+scripts), the others JSON on stdout. Like the other commands they need the data dir to themselves (stop the
+server first), except `rift export`, which reads a snapshot of the committed documents."""
 
 from __future__ import annotations
 
