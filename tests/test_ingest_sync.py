@@ -386,6 +386,20 @@ def test_cli_add_of_an_unreadable_named_file_stores_the_rest_and_names_it(
     assert f"not stored, though named: {locked}: cannot read file: Permission denied" in out.output
 
 
+def _notes_store(tmp_path: Path, files: dict[str, str]) -> tuple[Path, str, CliRunner]:
+    """A folder of `files` (name -> text) added with `rift add` to a new data dir: (folder, data dir, runner)."""
+    from server.cli import main
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name, text in files.items():
+        (notes / name).write_text(text)
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(main, ["add", str(notes), "--data-dir", data]).exit_code == 0
+    return notes, data, runner
+
+
 def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
     """`rift search` prints a line per hit (with the heading its chunk lies under) and its text indented below
     (escaped: a stored document cannot colour the terminal), then the logged search's query_id; `--json` gives
@@ -393,14 +407,12 @@ def test_cli_search_reads_as_text_and_as_json(tmp_path: Path, tiny_model_path: P
     from server.cli import main
 
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "otter.md").write_text("# Otters\n\nThe otter cracks shells on a stone.\n")
-    (notes / "paint.txt").write_text("otter \x1b[31mred\x1b[0m paint\n")
-    (notes / "moss.txt").write_text("Moss grows on the north side.\n")
-    data = str(tmp_path / "data")
-    runner = CliRunner()
-    assert runner.invoke(main, ["add", str(notes), "--data-dir", data]).exit_code == 0
+    files = {
+        "otter.md": "# Otters\n\nThe otter cracks shells on a stone.\n",
+        "paint.txt": "otter \x1b[31mred\x1b[0m paint\n",
+        "moss.txt": "Moss grows on the north side.\n",
+    }
+    notes, data, runner = _notes_store(tmp_path, files)
     text = runner.invoke(main, ["search", "otter shells", "-k", "2", "--data-dir", data])
     assert text.exit_code == 0, text.output
     lines = text.output.splitlines()
@@ -424,14 +436,12 @@ def test_cli_list_and_get_read_as_text(tmp_path: Path, tiny_model_path: Path, mo
     from server.cli import main
 
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "a.md").write_text("# Otters\n\nThe otter\tcracks shells.\n")
-    (notes / "b.txt").write_text("red \x1b[31mpaint\x1b[0m\n")
-    (notes / "c.txt").write_text("Moss grows on the north side.\n")
-    data = str(tmp_path / "data")
-    runner = CliRunner()
-    assert runner.invoke(main, ["add", str(notes), "--data-dir", data]).exit_code == 0
+    files = {
+        "a.md": "# Otters\n\nThe otter\tcracks shells.\n",
+        "b.txt": "red \x1b[31mpaint\x1b[0m\n",
+        "c.txt": "Moss grows on the north side.\n",
+    }
+    notes, data, runner = _notes_store(tmp_path, files)
     page = runner.invoke(main, ["list", "--limit", "2", "--data-dir", data])
     assert page.exit_code == 0, page.output
     lines = page.stdout.splitlines()
