@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import click
@@ -143,6 +143,15 @@ def check_store(settings: Settings, must_exist: bool) -> None:
 
 def emit(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
+
+def echo_table(rows: list[list[str]], right: Collection[int] = ()) -> None:
+    """`rows` (a header first) as aligned columns: each column padded to its widest cell, to the right for the
+    columns in `right` (numbers), but the last, which is printed as it is (a free-text column)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row[:-1], widths, strict=True))]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
 
 
 class _Commands(click.Group):

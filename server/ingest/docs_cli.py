@@ -403,6 +403,7 @@ def collections(ctx: click.Context, as_json: bool, data_dir: str | None) -> None
 
 
 def _print_collections(catalog: dict[str, Any]) -> None:
+    from server.cli import echo_table
     from server.ingest.sync import printable_text
 
     for warning in catalog.get("warnings", []):
@@ -415,10 +416,7 @@ def _print_collections(catalog: dict[str, Any]) -> None:
     if len(rows) == 1:
         click.echo("no collections", err=True)
         return
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3]]
-        click.echo("  ".join(cells))
+    echo_table(rows, right={1, 2})
 
 
 def _data_dir(data_dir: str | None) -> str | None:

@@ -176,14 +176,11 @@ def version_line(v: dict[str, Any]) -> list[str]:
 
 
 def _print_versions(versions: list[dict[str, Any]]) -> None:
+    from server.cli import echo_table
     from server.ingest.sync import printable_text
 
     rows = [["VERSION", "KIND", "STATUS", "CREATED", "TRIPLES", "GATE"]]
-    rows += [[printable_text(c) for c in version_line(v)] for v in versions]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [c.rjust(w) if i == 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
+    echo_table(rows + [[printable_text(c) for c in version_line(v)] for v in versions], right={4})
 
 
 @click.command()

@@ -94,8 +94,8 @@ def collect_and_mine(
     holdout = list(query_log.by_ids([q.query_id for q in held_out]))
     # Signals read as of `read_at`, the time recorded as learnt: one given while this ran is left to the next
     # retrain (`signalled_since`), never trained on twice.
-    feedback, opened = held_out_signals(engine, holdout, query_log, until=read_at)
     fetched = _fetched(query_log, read_at)
+    feedback, opened = held_out_signals(engine, holdout, query_log, until=read_at, fetched=fetched)
     opinion = None
     if mining.second_opinion_depth > 0:
         from server.learning.second_opinion import SentenceOpinion
@@ -129,14 +129,21 @@ def _fetched(query_log: QueryLog, until: float | None = None) -> dict[str, list[
 
 
 def held_out_signals(
-    engine: Any, holdout: Sequence[LoggedQuery], query_log: QueryLog, until: float | None = None
+    engine: Any,
+    holdout: Sequence[LoggedQuery],
+    query_log: QueryLog,
+    until: float | None = None,
+    fetched: Mapping[str, list[str]] | None = None,
 ) -> tuple[dict[str, dict[str, bool]], dict[str, dict[str, bool]]]:
     """What the agent said of the held-out searches, as the gate can score it now (`held_out_labels_now`): its
     verdicts (`feedback`), and the documents it opened from their results as {doc_id: True} (`opened`; the
-    gate sets aside those it also judged, `opened_once`)."""
+    gate sets aside those it also judged, `opened_once`). `fetched`: `_fetched` up to `until`, when the caller
+    has read it already."""
     feedback = query_log.feedback_map(until=until)
     held = {q.query_id for q in holdout}
-    opened = {qid: dict.fromkeys(docs, True) for qid, docs in _fetched(query_log, until).items() if qid in held}
+    if fetched is None:
+        fetched = _fetched(query_log, until)
+    opened = {qid: dict.fromkeys(docs, True) for qid, docs in fetched.items() if qid in held}
     return held_out_labels_now(engine, holdout, feedback), held_out_labels_now(engine, holdout, opened)
 
 
