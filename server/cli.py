@@ -288,16 +288,36 @@ def settings_table() -> str:
 
 @main.command()
 @click.option("--collection", default=None, callback=collection_name)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON (what the stats tool returns).")
 @click.option("--data-dir", default=None)
-def stats(collection: str | None, data_dir: str | None) -> None:
-    """Print collections, model and disagreement statistics as JSON."""
+def stats(collection: str | None, as_json: bool, data_dir: str | None) -> None:
+    """Print the model, the collections, how the two retrievers disagree and the learning status (--json:
+    every figure, as JSON)."""
     rift = open_rift(load_settings(data_dir), must_exist=True)
     try:
-        emit(rift.stats(collection))
+        payload = rift.stats(collection)
+        if as_json:
+            emit(payload)
+        else:
+            _print_stats(payload)
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         rift.close()
+
+
+def _print_stats(payload: dict[str, Any]) -> None:
+    from server.cli_stats import stats_text
+    from server.ingest.sync import printable_text
+
+    head, rows, tail = stats_text(payload)
+    for line in head:
+        click.echo(printable_text(line))
+    click.echo()
+    echo_table([[printable_text(c) for c in row] for row in rows], right={1, 2, 3, 4, 5, 6, 7})
+    click.echo()
+    for line in tail:
+        click.echo(printable_text(line))
 
 
 def _snippet_chars(value: int) -> int:

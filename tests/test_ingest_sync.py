@@ -457,6 +457,15 @@ def test_cli_list_and_get_read_as_text(tmp_path: Path, tiny_model_path: Path, mo
     assert [line.split() for line in catalog.stdout.splitlines()] == [
         ["COLLECTION", "DOCUMENTS", "CHUNKS", "MODEL"], ["default", "3", "3", str(tiny_model_path)]
     ]
+    assert runner.invoke(main, ["search", "otter shells", "--data-dir", data]).exit_code == 0
+    figures = runner.invoke(main, ["stats", "--data-dir", data])
+    assert figures.exit_code == 0, figures.output
+    lines = figures.stdout.splitlines()
+    assert lines[0].split()[:2] == ["model", str(tiny_model_path)]
+    table = lines.index(next(line for line in lines if line.startswith("COLLECTION")))
+    assert lines[table + 1].split()[:4] == ["default", "3", "3", "1"]  # documents, chunks, searches logged
+    assert "searches     1 logged, 0 feedback verdicts" in lines
+    assert json.loads(runner.invoke(main, ["stats", "--json", "--data-dir", data]).stdout)["queries"]["logged_queries"] == 1
 
     whole = runner.invoke(main, ["get", str(notes / "a.md"), "--data-dir", data])
     assert whole.exit_code == 0, whole.output
@@ -509,8 +518,8 @@ def test_cli_add_then_search(tmp_path: Path, tiny_model_path: Path, docs: Path, 
     more = [str(p) for p in sorted(many.iterdir())] + [str(many / "missing.md")]
     typo = runner.invoke(main, ["add", *more, "--collection", "typo", "--data-dir", data])
     assert typo.exit_code != 0 and f"paths[105] '{many / 'missing.md'}' does not exist" in typo.output
-    listed = runner.invoke(main, ["stats", "--data-dir", data])
-    assert '"typo"' not in listed.output
+    listed = runner.invoke(main, ["stats", "--json", "--data-dir", data])
+    assert "typo" not in [c["name"] for c in json.loads(listed.stdout)["collections"]]
     # A glob that matches nothing is refused before a watch starts, not logged on every change.
     bad = runner.invoke(main, ["watch", str(docs), "--glob", "[", "--data-dir", data])
     assert bad.exit_code != 0 and "matches nothing" in bad.output
