@@ -159,7 +159,7 @@ TOOL = ToolSpec(
         "Find the stored documents most relevant to a question or keywords: meaning-based (vector) and "
         "exact-word (BM25) retrieval fused by reciprocal rank, so it finds paraphrases as well as rare names, "
         "codes and identifiers. Use it before answering from stored knowledge. To skim many results, pass "
-        "max_chars (e.g. 300) and read around a hit with get_document. Then tell rift which hits answered the "
+        "max_chars (e.g. 300) and read a hit with get_document, passing this search's query_id. Then tell rift which hits answered the "
         "question and which did not with feedback(query_id, judgments=[{doc_id, relevant}, ...]): retrain "
         "learns most from those. A side's score and rank are null when it did not return the hit."
     ),
