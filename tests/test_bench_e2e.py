@@ -507,6 +507,23 @@ def test_learn_can_anchor_the_unmined_searches_to_the_base_model(tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_learn_can_train_a_denoising_autoencoder_on_corpus_sentences_beside_the_triples(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """`--set learn_denoise_weight=W` (an experiment, not a setting): TSDAE on sentences of the corpus, trained
+    beside the mined triples; the saved model is the encoder alone and is evaluated like any candidate."""
+    data = write_beir_with_usage(tmp_path / "tiny")
+    args = ["--learn", "--data", str(data), "--split", "test", "--usage-split", "train"]
+    args += ["--model", str(tiny_model_path), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--set", "learn_denoise_weight=0.5", "--set", "learn_denoise_texts=5"]
+    result, _ = run_bench(args)
+    [seed] = result["seeds"]
+    assert result["train"]["denoise_weight"] == 0.5 and result["train"]["denoise_texts"] == 5
+    assert 0 < seed["mining"]["denoise_pairs"] <= 5 and seed["train_s"] >= 0, seed["mining"]
+    assert 0.0 <= seed["hybrid_ndcg@10"] <= 1.0
+
+
+@pytest.mark.slow
 def test_learn_in_rounds_retrains_from_the_serving_model_on_what_it_did_not_learn(
     tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

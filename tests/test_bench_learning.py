@@ -14,6 +14,7 @@ from server.bench.learning_experiment import (
     ENSEMBLE_KEYS,
     FUSION_SWEEP,
     by_keyword_difficulty,
+    denoise_pairs,
     ensemble_summary,
     fusion_sweep,
     half_labelled_triples,
@@ -102,6 +103,31 @@ BASE = {
 
 def _run(vector: dict[str, float], hybrid: dict[str, float]) -> dict[str, dict[str, float]]:
     return {"vector": vector, "hybrid": hybrid}
+
+
+def test_denoising_pairs_are_seeded_corpus_sentences_with_words_deleted() -> None:
+    """`--set learn_denoise_weight=W` trains TSDAE beside the triples on these: sentences of six words or more
+    from the corpus alone, each with a damaged copy that keeps its words in order, about 40 % of them."""
+    documents = {
+        "d1": "Title of one\nThe first sentence has exactly seven words here. Short one. A third sentence that "
+        "is long enough to count!",
+        "d2": "Another document whose single sentence runs past six words",
+    }
+    pairs = denoise_pairs(documents, 10, seed=3)
+    originals = {
+        "The first sentence has exactly seven words here.",
+        "A third sentence that is long enough to count!",
+        "Another document whose single sentence runs past six words",
+    }
+    assert {o for _, o in pairs} == originals  # (fewer sentences than asked: each once)
+    for damaged, original in pairs:
+        words = original.split()
+        kept = damaged.split()
+        assert kept and len(kept) < len(words)
+        rest = iter(words)
+        assert all(w in rest for w in kept)  # a subsequence: deleted, never reordered or invented
+    assert denoise_pairs(documents, 10, seed=3) == pairs
+    assert len(denoise_pairs(documents, 2, seed=0)) == 2
 
 
 def test_gains_are_broken_down_by_how_well_bm25_answered() -> None:

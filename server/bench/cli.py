@@ -127,6 +127,9 @@ LEARN_OPTIONS: dict[str, tuple[str, Any]] = {
     # an experiment, not a setting: keep the unmined searches' (and their vector hits') embeddings near the base's
     "learn_anchor_weight": ("anchor_weight", float),
     "learn_anchor_docs": ("anchor_docs", int),
+    # an experiment, not a setting: TSDAE on corpus sentences beside the triples (its loss weight; how many)
+    "learn_denoise_weight": ("denoise_weight", float),
+    "learn_denoise_texts": ("denoise_texts", int),
     # mining variants (README "Learning from use": label quality per variant)
     "mining_positive_max_rank": ("positive_max_rank", int),
     "mining_positive_min_keyword_margin": ("positive_min_keyword_margin", float),  # its earlier name

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -341,6 +342,25 @@ def anchor_texts(
     return list(texts)
 
 
+def denoise_pairs(documents: Mapping[str, str], count: int, seed: int, keep: float = 0.4) -> list[tuple[str, str]]:
+    """An experiment (`--set learn_denoise_weight=W`, not a setting): `count` sentences drawn (seeded) from the
+    corpus, each with a damaged copy that keeps `keep` of its words (TSDAE's noise: deletion), for training
+    the dense side on the corpus's own language beside the mined triples. Only the corpus is read."""
+    rng = random.Random(seed)
+    sentences = [
+        sentence.strip()
+        for doc_id in sorted(documents)
+        for sentence in re.split(r"(?<=[.!?])\s+|\n+", documents[doc_id])
+        if len(sentence.split()) >= 6
+    ]
+    pairs = []
+    for sentence in rng.sample(sentences, min(count, len(sentences))):
+        words = sentence.split()
+        kept = [w for w in words if rng.random() < keep] or [rng.choice(words)]
+        pairs.append((" ".join(kept), sentence))
+    return pairs
+
+
 def _label_quality(
     triples: Sequence[Any], qids_by_text: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
 ) -> dict[str, Any]:
@@ -419,6 +439,8 @@ def run_learning_experiment(
     hard_positive_repeat: int = 1,
     anchor_weight: float = 0.0,
     anchor_docs: int = 3,
+    denoise_weight: float = 0.0,
+    denoise_texts: int = 2000,
     merge_base: float = _PRODUCT.learn_merge_base,
     hardness_mode: str | None = None,
     hardness_strength: float = 0.0,
@@ -521,6 +543,8 @@ def run_learning_experiment(
             "hard_positive_repeat": hard_positive_repeat,
             "anchor_weight": anchor_weight,
             "anchor_docs": anchor_docs,
+            "denoise_weight": denoise_weight,
+            "denoise_texts": denoise_texts,
             "merge_base": merge_base,
             "hardness_mode": hardness_mode,
             "hardness_strength": hardness_strength,
@@ -617,6 +641,9 @@ def run_learning_experiment(
                         serving.document_prompt,
                     )
                     seed_info["mining"]["anchors"] = len(anchors)
+                denoise = denoise_pairs(eval_ds.documents, denoise_texts, seed) if denoise_weight > 0 else []
+                if denoise:
+                    seed_info["mining"]["denoise_pairs"] = len(denoise)
                 trained = train_model(
                     serving.spec.location,
                     rows,
@@ -626,6 +653,8 @@ def run_learning_experiment(
                     serving.document_prompt,
                     anchors=anchors,
                     anchor_weight=anchor_weight,
+                    denoise=denoise,
+                    denoise_weight=denoise_weight,
                 )
                 seed_info["train_s"] = round(trained.seconds, 1)
                 seed_info["train_triples_per_s"] = round(len(rows) * epochs / max(trained.seconds, 1e-9), 2)

@@ -90,6 +90,8 @@ def train_model(
     checkpoint_dir: Path | None = None,
     anchors: Sequence[str] = (),
     anchor_weight: float = 0.0,
+    denoise: Sequence[tuple[str, str]] = (),
+    denoise_weight: float = 0.0,
 ) -> TrainResult:
     """Train on (query, positive text, negative text) rows and save the model to `out_dir`.
 
@@ -100,7 +102,12 @@ def train_model(
 
     `anchors` with `anchor_weight` > 0 (an experiment of `rift bench --learn`, not a setting): texts whose
     embeddings the training keeps near the base model's, by a cosine-distance loss of that weight trained
-    beside the triples (learning without forgetting). The caller puts any prompt in the texts."""
+    beside the triples (learning without forgetting). The caller puts any prompt in the texts.
+
+    `denoise` with `denoise_weight` > 0 (an experiment of the bench, not a setting): (damaged, original) corpus
+    texts trained beside the triples with TSDAE's loss (a decoder tied to the encoder rebuilds the original
+    from the damaged text's embedding): adaptation to the corpus's own language, the one label-free source
+    of information that neither BM25 nor the base model already brings to a search."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -155,6 +162,13 @@ def train_model(
         kept = Dataset.from_dict({"sentence": list(anchors), "label": teacher.tolist()})
         train_data = {"triples": data, "anchors": kept}
         train_loss = {"triples": loss, "anchors": _anchor_loss(model, anchor_weight)}
+    if denoise and denoise_weight > 0:
+        pairs = Dataset.from_dict({"damaged": [d for d, _ in denoise], "original": [o for _, o in denoise]})
+        train_data = {**(train_data if isinstance(train_data, dict) else {"triples": data}), "denoise": pairs}
+        train_loss = {
+            **(train_loss if isinstance(train_loss, dict) else {"triples": loss}),
+            "denoise": _denoise_loss(model, denoise_weight),
+        }
     prompts: dict[str, str] = {}
     if query_prompt:
         prompts["anchor"] = query_prompt
@@ -164,7 +178,7 @@ def train_model(
     work = checkpoint_dir or out_dir.parent / f".{out_dir.name}.trainer"
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     # The batch sampler may drop a few rows that would repeat a text in a batch: an estimate is enough here.
-    rows = len(triples) + (len(anchors) if anchor_weight > 0 else 0)
+    rows = len(triples) + (len(anchors) if anchor_weight > 0 else 0) + (len(denoise) if denoise_weight > 0 else 0)
     steps = max(1, math.ceil(cfg.epochs * math.ceil(rows / cfg.batch_size)))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
@@ -249,6 +263,18 @@ def train_model(
         device=ran_on,
         resumed_at_step=checkpoint_step(resume_from) if resume_from is not None else None,
     )
+
+
+def _denoise_loss(model: Any, weight: float) -> Any:
+    """TSDAE's loss (a decoder tied to the encoder rebuilds the original text), times `weight`; its decoder's
+    own parameters (cross-attention, LM head) are the loss's, which the trainer's optimizer includes."""
+    from sentence_transformers import losses
+
+    class _Denoising(losses.DenoisingAutoEncoderLoss):
+        def forward(self, sentence_features: Any, labels: Any) -> Any:
+            return weight * super().forward(sentence_features, labels)
+
+    return _Denoising(model, tie_encoder_decoder=True)
 
 
 def _anchor_loss(model: Any, weight: float) -> Any:
