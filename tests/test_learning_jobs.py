@@ -296,14 +296,22 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
         rift.close()
     env = {"RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48", "RIFT_CHUNK_OVERLAP": "8"}
     runner = CliRunner()
-    dry = runner.invoke(main, ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)], env=env)
+    dry = runner.invoke(main, ["retrain", "--dry-run", "--json", "--data-dir", str(settings.data_dir)], env=env)
     assert dry.exit_code == 0, dry.output
     out = json.loads(dry.stdout)
     assert out["status"] == "dry_run" and out["mining"]["triples"] > 0
+    # For a reader: whether it would train, the counts, and the examples, one a line.
+    text = runner.invoke(main, ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)], env=env)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[0] == "would train: yes"
+    assert lines[1].startswith(f"mined     {out['mining']['triples']:,} triples (fused ")
+    example = out["mining"]["examples"][0]
+    assert f"examples  {example['query']!r}: {example['positive_doc']} over {example['negative_doc']} (fused)" in lines
     # The miner's BM25-margin setting reaches `retrain`: an impossible margin keeps no fused positive.
     strict = runner.invoke(
         main,
-        ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)],
+        ["retrain", "--dry-run", "--json", "--data-dir", str(settings.data_dir)],
         env={**env, "RIFT_LEARN_POSITIVE_MIN_KEYWORD_MARGIN": "100"},
     )
     assert strict.exit_code == 0, strict.output
@@ -319,9 +327,11 @@ def test_cli_retrain_dry_run_and_models(tmp_path: Path, tiny_model_path: Path) -
     header, line = table.stdout.splitlines()
     assert header.split() == ["VERSION", "KIND", "STATUS", "CREATED", "TRIPLES", "GATE"]
     assert line.split()[1:3] == ["base", "serving"] and line.split()[5] == "-"
-    pruned = runner.invoke(main, ["models", "--prune", "--data-dir", str(settings.data_dir)], env=env)
+    pruned = runner.invoke(main, ["models", "--prune", "--json", "--data-dir", str(settings.data_dir)], env=env)
     assert pruned.exit_code == 0, pruned.output
     assert json.loads(pruned.stdout) == {"deleted": [], "freed_bytes": 0}
+    pruned = runner.invoke(main, ["models", "--prune", "--data-dir", str(settings.data_dir)], env=env)
+    assert pruned.stdout == "no rejected or failed fine-tune holds weights: nothing to delete\n"
     bad = runner.invoke(main, ["rollback", "--data-dir", str(settings.data_dir)], env=env)
     assert bad.exit_code != 0 and "nothing to roll back to" in bad.output
 
@@ -433,7 +443,7 @@ def test_cli_retrain_says_when_the_gate_kept_the_serving_model(
         "RIFT_LEARN_MIN_TRIPLES": "2",
     }
     result = CliRunner().invoke(
-        main, ["retrain", "--batch-size", "4", "--data-dir", str(settings.data_dir)], env=env
+        main, ["retrain", "--batch-size", "4", "--json", "--data-dir", str(settings.data_dir)], env=env
     )
     assert result.exit_code == REJECTED_EXIT == 3, result.output
     final = json.loads(result.stdout)
@@ -445,6 +455,15 @@ def test_cli_retrain_says_when_the_gate_kept_the_serving_model(
     gating = final["phases"][-1]
     assert gating["phase"] == "gating" and gating["done"] == gating["total"] > 0
     assert "the gate rejected the candidate (" in result.stderr and "serving model is unchanged" in result.stderr
+    # For a reader: the outcome, then what was mined and trained and what the gate measured.
+    text = CliRunner().invoke(main, ["retrain", "--batch-size", "4", "--data-dir", str(settings.data_dir)], env=env)
+    assert text.exit_code == REJECTED_EXIT, text.output
+    head, *rest = text.stdout.splitlines()
+    assert head.startswith("retrain ") and head.endswith(" is kept as rejected, the serving model is unchanged")
+    labels = [line.split()[0] for line in rest if not line.startswith(" ")]
+    assert [label for label in labels if label != "skipped"] == ["mined", "trained", "gate", "phases"], rest
+    gate = next(line for line in rest if line.startswith("gate "))
+    assert gate.startswith("gate      rejected (label-free, ") and "stability" in gate
 
 
 def test_retrain_returns_at_once_while_a_long_log_is_still_mined(

@@ -1,8 +1,8 @@
 """`rift retrain`, `rift models`, `rift rollback`, `rift reindex`: the learning tools from the shell.
 
 They open the data dir directly (stop the server first: it holds the data dir's lock), run the same background
-job the MCP tools start, report progress on stderr and print the final status as JSON on stdout (`rift models`:
-a table, or JSON with --json)."""
+job the MCP tools start, report progress on stderr and print the outcome on stdout for a reader (`rift models`:
+a table), or with --json the final status as the MCP tools return it."""
 
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def _run(data_dir: str | None, fn: Any, emit: Any = None, **settings: Any) -> No
     "(default: setting learn_searches).",
 )
 @click.option("--dry-run", is_flag=True, help="Only show the triples that would be mined.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's final status (or the dry run's answer) as JSON.")
 @click.option("--data-dir", default=None)
 def retrain(
     strategy: str | None,
@@ -122,9 +123,11 @@ def retrain(
     merge_base: float | None,
     searches: str | None,
     dry_run: bool,
+    as_json: bool,
     data_dir: str | None,
 ) -> None:
-    """Fine-tune the model on the search log, gate it, and serve it if it is no worse."""
+    """Fine-tune the model on the search log, gate it, and serve it if it is no worse (--json: the job's final
+    status, as retrain_status returns it)."""
 
     def go(learning: Any) -> dict[str, Any]:
         started = learning.retrain(
@@ -140,7 +143,7 @@ def retrain(
         )
         return started if dry_run else _wait(learning, started)
 
-    _run(data_dir, go)
+    _run(data_dir, go, emit=None if as_json else _print_dry_run if dry_run else _print_job)
 
 
 @click.command()
@@ -155,7 +158,7 @@ def models(prune: bool, as_json: bool, data_dir: str | None) -> None:
     """List model versions, newest first: what serves, what retired, what the gate rejected and why
     (--json: every record whole, with the gate's numbers)."""
     if prune:
-        _run(data_dir, lambda learning: learning.delete_unservable_weights())
+        _run(data_dir, lambda learning: learning.delete_unservable_weights(), emit=None if as_json else _print_pruned)
     elif as_json:
         _run(data_dir, lambda learning: {"versions": learning.models()})
     else:
@@ -185,18 +188,47 @@ def _print_versions(versions: list[dict[str, Any]]) -> None:
 
 @click.command()
 @click.argument("version", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the job's final status as JSON (what retrain_status returns).")
 @click.option("--data-dir", default=None)
-def rollback(version: str | None, data_dir: str | None) -> None:
+def rollback(version: str | None, as_json: bool, data_dir: str | None) -> None:
     """Serve VERSION again (default: the previously serving version)."""
-    _run(data_dir, lambda learning: _wait(learning, learning.rollback(version)))
+    _run(data_dir, lambda learning: _wait(learning, learning.rollback(version)), emit=None if as_json else _print_job)
 
 
 @click.command()
 @click.option("--model", "model", required=True, help="A sentence-transformers hub name or a local folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's final status as JSON (what retrain_status returns).")
 @click.option("--data-dir", default=None)
-def reindex(model: str, data_dir: str | None) -> None:
+def reindex(model: str, as_json: bool, data_dir: str | None) -> None:
     """Re-embed every collection with MODEL and serve it (a new dimension gets new collections)."""
-    _run(data_dir, lambda learning: _wait(learning, learning.reindex(model)))
+    _run(data_dir, lambda learning: _wait(learning, learning.reindex(model)), emit=None if as_json else _print_job)
+
+
+def _print_pruned(pruned: dict[str, Any]) -> None:
+    from server.cli_stats import size
+
+    deleted = pruned["deleted"]
+    if not deleted:
+        click.echo("no rejected or failed fine-tune holds weights: nothing to delete")
+    else:
+        names = ", ".join(f"{d['version']} ({d['status']})" for d in deleted)
+        click.echo(f"deleted the weights of {names}: {size(pruned['freed_bytes'])} freed")
+
+
+def _print_job(snapshot: dict[str, Any]) -> None:
+    from server.ingest.sync import printable_text
+    from server.learning.cli_text import job_lines
+
+    for line in job_lines(snapshot):
+        click.echo(printable_text(line))
+
+
+def _print_dry_run(answer: dict[str, Any]) -> None:
+    from server.ingest.sync import printable_text
+    from server.learning.cli_text import dry_run_lines
+
+    for line in dry_run_lines(answer):
+        click.echo(printable_text(line))
 
 
 COMMANDS = [retrain, models, rollback, reindex]
