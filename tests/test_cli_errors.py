@@ -204,7 +204,7 @@ def test_ctrl_c_during_a_delete_by_filters_says_what_it_deleted(tmp_path: Path, 
     monkeypatch.setattr(Rift, "delete_matching", one_batch_at_a_time)
     monkeypatch.setenv("RIFT_MAX_DOCUMENTS_PER_CALL", "2")
     where = json.dumps({"file_type": "markdown"})
-    result = CliRunner().invoke(main, ["delete", "--filters", where, "--data-dir", data])
+    result = CliRunner().invoke(main, ["delete", "--filters", where, "--json", "--data-dir", data])
     assert result.exit_code == 130, result.output
     out = json.loads(result.stdout)
     assert out["interrupted"] is True and len(out["deleted"]) == 4

@@ -1674,13 +1674,16 @@ def test_cli_lists_reads_and_deletes_documents(tmp_path: Path, tiny_model_path: 
     assert run("list", "--filters", where, "--json")["total"] == 5
     by_id = run("list", "--prefix", str(folder / "old") + os.sep, "--limit", "2", "--json")
     assert by_id["total"] == 5 and [d["doc_id"] for d in by_id["documents"]] == [str(folder / "old" / "n0.md"), str(folder / "old" / "n1.md")]
-    gone = run("delete", "--filters", where)
+    gone = run("delete", "--filters", where, "--json")
     assert sorted(gone["deleted"]) == sorted(str(folder / "old" / f"n{i}.md") for i in range(5))
     assert [d["doc_id"] for d in run("list", "--json")["documents"]] == [keep]
-    # An id that was not there is a failure (exit 1, as rm's), after the JSON of what was deleted.
-    partly = runner.invoke(main, ["delete", keep, "nope", "--data-dir", data])
+    # An id that was not there is a failure (exit 1, as rm's), after what was deleted.
+    partly = runner.invoke(main, ["delete", keep, "nope", "--json", "--data-dir", data])
     assert partly.exit_code == 1, partly.output
     assert json.loads(partly.stdout) == {"collection": "default", "deleted": [keep], "not_found": ["nope"]}
+    run("add", keep, "--json")
+    partly = runner.invoke(main, ["delete", keep, "nope", "--data-dir", data])  # for a reader: a line a document
+    assert partly.exit_code == 1 and partly.stdout.splitlines() == [f"deleted   {keep}", "default: 1 deleted"]
     assert "1 of the ids is not in collection 'default': 'nope'; a file's document id is its absolute path" in partly.stderr
     for bad, message in [
         (["delete"], "document ids or --filters"),

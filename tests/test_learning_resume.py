@@ -564,7 +564,7 @@ def test_a_document_deleted_by_another_process_leaves_an_interrupted_retrain(
     for name, value in {"RIFT_CONFIG": "/dev/null", "RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48",
                         "RIFT_CHUNK_OVERLAP": "8"}.items():
         monkeypatch.setenv(name, value)
-    deleted = CliRunner().invoke(main, ["delete", doc_id, "--data-dir", str(settings.data_dir)])
+    deleted = CliRunner().invoke(main, ["delete", doc_id, "--json", "--data-dir", str(settings.data_dir)])
     assert deleted.exit_code == 0, deleted.output
     assert json.loads(deleted.output)["deleted"] == [doc_id]
     assert text not in path.read_text()  # gone from the disk at once, not at the next start

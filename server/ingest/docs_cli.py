@@ -169,15 +169,29 @@ def _print_document(view: dict[str, Any]) -> None:
     default=None,
     help="Delete every document whose metadata matches this JSON filter (instead of IDS).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print what was deleted as JSON.")
 @click.option("--data-dir", default=None)
-def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None, data_dir: str | None) -> None:
+def delete_documents(
+    ids: tuple[str, ...], collection: str, filters: str | None, as_json: bool, data_dir: str | None
+) -> None:
     """Delete documents by id, or every document matching --filters (all of them: unlike the MCP tool, it
-    repeats until none is left)."""
+    repeats until none is left). Prints a line per deleted document (--json: the list as JSON)."""
     where = json_filters(filters)
     if bool(ids) == (where is not None):
         raise click.UsageError("give document ids or --filters (one of the two)")
 
-    from server.cli import emit
+    from server.cli import emit as emit_json
+
+    def emit(result: dict[str, Any]) -> None:
+        from server.ingest.sync import printable_text
+
+        if as_json:
+            emit_json(result)
+            return
+        for doc_id in result["deleted"]:
+            click.echo(printable_text(f"deleted   {doc_id}"))
+        n = len(result["deleted"])
+        click.echo(printable_text(f"{collection}: {n:,} deleted"))
 
     missed: list[str] = []
 
@@ -209,7 +223,7 @@ def delete_documents(ids: tuple[str, ...], collection: str, filters: str | None,
             if not remaining or not batch:
                 return {"collection": collection, "deleted": deleted, "not_found": []}
 
-    _run(data_dir, go)
+    _run(data_dir, go, emit)
     if missed:  # (as rm does: a script's `&& ...` must not read "deleted" for an id that was never there)
         shown = ", ".join(repr(d) for d in missed[:5]) + (" ..." if len(missed) > 5 else "")
         hint = "; a file's document id is its absolute path" if any(not os.path.isabs(d) for d in missed) else ""
