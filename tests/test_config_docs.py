@@ -272,7 +272,7 @@ def test_read_commands_refuse_another_model_instead_of_re_embedding(
         assert "it does not re-embed the store" in res.output
     assert (settings.models_dir / "registry.json").read_text() == registry_before
     fresh = CliRunner().invoke(main, ["collections", "create", "more", "--data-dir", str(tmp_path / "fresh")])
-    assert fresh.exit_code == 0 and '"created": true' in fresh.output, fresh.output
+    assert fresh.exit_code == 0 and "created collection 'more'" in fresh.output, fresh.output
     monkeypatch.setenv("RIFT_MODEL", str(tiny_model_path))
     res = CliRunner().invoke(main, ["stats", "--json", "--data-dir", str(settings.data_dir)])
     assert res.exit_code == 0 and '"notes"' in res.output

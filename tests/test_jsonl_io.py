@@ -445,22 +445,23 @@ def test_export_to_a_writable_file_in_a_folder_it_may_not_write_writes_it_in_pla
 
 def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path: Path) -> None:
     data = str(tmp_path / "a")
-    assert json.loads(cli("collections", "create", "notes", "--data-dir", data).output) == {
+    assert json.loads(cli("collections", "create", "notes", "--json", "--data-dir", data).output) == {
         "collection": "notes",
         "created": True,
     }
-    assert json.loads(cli("collections", "create", "notes", "--data-dir", data).output)["created"] is False
+    assert json.loads(cli("collections", "create", "notes", "--json", "--data-dir", data).output)["created"] is False
+    assert cli("collections", "create", "notes", "--data-dir", data).output == "collection 'notes' exists: left as it is\n"
+    assert cli("collections", "create", "other", "--data-dir", data).output == "created collection 'other'\n"
+    cli("collections", "delete", "other", "--yes", "--data-dir", data)
     cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
     listed = json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
     # Deleting cannot be undone: without a terminal to ask on, it needs --yes.
     refused = cli("collections", "delete", "notes", "--data-dir", data, ok=False)
     assert refused.exit_code == 2 and "add --yes to confirm" in refused.output
-    assert json.loads(cli("collections", "delete", "notes", "--yes", "--data-dir", data).output) == {
-        "collection": "notes",
-        "deleted_documents": 1,
-        "deleted_chunks": 1,
-    }
+    assert cli("collections", "delete", "notes", "--yes", "--data-dir", data).output == (
+        "deleted collection 'notes': 1 document, 1 chunk\n"
+    )
     assert json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"] == []
     gone = cli("collections", "delete", "notes", "--yes", "--data-dir", data, ok=False)
     assert gone.exit_code == 1 and "unknown collection 'notes'" in gone.output
@@ -489,7 +490,7 @@ def test_deleting_a_collection_at_the_prompt_says_what_was_kept(cli, tmp_path: P
     listed = json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
     deleted = cli("collections", "delete", "notes", "--data-dir", data, stdin=b"y\n")
-    assert json.loads(deleted.output[deleted.output.index("{"):])["deleted_documents"] == 1
+    assert deleted.output.endswith("deleted collection 'notes': 1 document, 1 chunk\n"), deleted.output
 
 
 def test_a_bad_file_is_refused_before_any_store_opens(cli, tmp_path: Path, monkeypatch) -> None:

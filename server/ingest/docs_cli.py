@@ -404,7 +404,8 @@ def collections(ctx: click.Context, as_json: bool, data_dir: str | None) -> None
     """List collections, a line each with its documents, chunks and model version (as list_collections;
     --json for scripts); `create NAME` and `delete NAME --yes` manage them."""
     if ctx.invoked_subcommand is not None:
-        ctx.obj = data_dir  # (`rift collections --data-dir X delete NAME`: X, never the default store)
+        # (`rift collections --data-dir X delete NAME`: X, never the default store; --json before it counts too)
+        ctx.obj = {"data_dir": data_dir, "json": as_json}
         return
     from server.ingest.manage import caught_up
     from server.ingest.manage import list_collections as catalog
@@ -435,16 +436,22 @@ def _print_collections(catalog: dict[str, Any]) -> None:
 
 def _data_dir(data_dir: str | None) -> str | None:
     """A subcommand's --data-dir, or the one given before it (both, and different: refused)."""
-    before = click.get_current_context().obj
+    before = (click.get_current_context().obj or {}).get("data_dir")
     if data_dir is not None and before is not None and data_dir != before:
         raise click.UsageError(f"two data dirs given: --data-dir {before} and --data-dir {data_dir}")
     return data_dir if data_dir is not None else before
 
 
+def _as_json(as_json: bool) -> bool:
+    """A subcommand's --json, or the one given before it."""
+    return as_json or bool((click.get_current_context().obj or {}).get("json"))
+
+
 @collections.command("create")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--data-dir", default=None)
-def create_collection(name: str, data_dir: str | None) -> None:
+def create_collection(name: str, as_json: bool, data_dir: str | None) -> None:
     """Create an empty collection (one that exists is left as it is)."""
     from server.cli import emit, load_settings, open_rift
 
@@ -452,7 +459,11 @@ def create_collection(name: str, data_dir: str | None) -> None:
     # A new data dir may be made, but a wrong RIFT_MODEL must not re-embed an existing one (nothing is added).
     rift = open_rift(load_settings(_data_dir(data_dir)), must_exist=False, reembed=False)
     try:
-        emit({"collection": name, "created": rift.engine().create_collection(name)})
+        created = rift.engine().create_collection(name)
+        if _as_json(as_json):
+            emit({"collection": name, "created": created})
+        else:
+            click.echo(f"created collection {name!r}" if created else f"collection {name!r} exists: left as it is")
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -462,8 +473,9 @@ def create_collection(name: str, data_dir: str | None) -> None:
 @collections.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Delete without asking (needed when stdin is not a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was deleted as JSON.")
 @click.option("--data-dir", default=None)
-def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
+def delete_collection(name: str, yes: bool, as_json: bool, data_dir: str | None) -> None:
     """Delete a collection with all of its documents, its logged searches and their feedback (as the
     delete_collection tool). It cannot be undone: `rift export` it first to keep a copy."""
     data_dir = _data_dir(data_dir)
@@ -477,7 +489,14 @@ def delete_collection(name: str, yes: bool, data_dir: str | None) -> None:
         info = rift.delete_collection(name)
         return {"collection": name, "deleted_documents": info.documents, "deleted_chunks": info.chunks}
 
-    _run(data_dir, go)
+    def said(out: dict[str, Any]) -> None:
+        docs, chunks = out["deleted_documents"], out["deleted_chunks"]
+        click.echo(
+            f"deleted collection {name!r}: {docs:,} document{'' if docs == 1 else 's'}, "
+            f"{chunks:,} chunk{'' if chunks == 1 else 's'}"
+        )
+
+    _run(data_dir, go, None if _as_json(as_json) else said)
 
 
 def _asks_a_person() -> bool:
