@@ -397,7 +397,7 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
 
 
 @click.group("collections", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="(listing: print it as JSON)")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: the listing, or the outcome of create / delete.")
 @click.option("--data-dir", default=None, help="(listing: the data dir to list)")
 @click.pass_context
 def collections(ctx: click.Context, as_json: bool, data_dir: str | None) -> None:
