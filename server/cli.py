@@ -425,8 +425,9 @@ def _print_hits(response: Any) -> None:
 
 @main.command()
 @click.option("--collection", default=None, callback=collection_name, help="Only this collection (default: every one).")
+@click.option("--json", "as_json", is_flag=True, help="Print each collection's count of documents rewritten as JSON.")
 @click.option("--data-dir", default=None)
-def rechunk(collection: str | None, data_dir: str | None) -> None:
+def rechunk(collection: str | None, as_json: bool, data_dir: str | None) -> None:
     """Split stored documents again for the current chunk settings (and chunker version), embedding only the
     chunks that changed. A local store does this at every start; with a shared Chroma server start-up only
     warns (every process would do it at once): run this once, then in each other process (which then finds
@@ -442,7 +443,12 @@ def rechunk(collection: str | None, data_dir: str | None) -> None:
         for name in names:
             click.echo(f"rechunk: {name}", err=True)
             done[name] = engine.rechunk_if_changed(name)
-        emit({"rechunked": done})
+        if as_json:
+            emit({"rechunked": done})
+            return
+        for name, rewritten in done.items():
+            plural = "" if rewritten == 1 else "s"
+            click.echo(f"{name}: {rewritten:,} document{plural} split again" if rewritten else f"{name}: nothing to do")
     except RiftError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
