@@ -67,7 +67,7 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
         + "\n\n",  # a blank line is skipped
         encoding="utf-8",
     )
-    imported = json.loads(cli("import", str(source), "--collection", "kb", "--data-dir", first).stdout)
+    imported = json.loads(cli("import", "--json", str(source), "--collection", "kb", "--data-dir", first).stdout)
     assert imported == {"collection": "kb", "documents": 3, "added": 3, "updated": 0, "unchanged": 0,
                         "chunks": imported["chunks"]} and imported["chunks"] >= 3
     dump = tmp_path / "kb.jsonl"
@@ -82,7 +82,7 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     listed = json.loads(cli("list", "--collection", "kb", "--json", "--data-dir", first).stdout)
     assert {d["doc_id"]: d["metadata"] for d in listed["documents"]} == {d["id"]: d["metadata"] for d in exported}
 
-    again = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
+    again = json.loads(cli("import", "--json", str(dump), "--collection", "copy", "--data-dir", second).stdout)
     assert again["added"] == 4
     copy = lines_of(cli("export", "--collection", "copy", "--data-dir", second).stdout)
     assert copy == exported
@@ -95,8 +95,10 @@ def test_export_then_import_keeps_every_document(cli, tmp_path: Path) -> None:
     assert [h["doc_id"] for h in found["hits"]] == ["a"]
     where = json.dumps({"source": {"$prefix": str(folder)}})
     assert json.loads(cli("list", "--collection", "copy", "--filters", where, "--json", "--data-dir", second).stdout)["total"] == 1
-    same = json.loads(cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout)
+    same = json.loads(cli("import", "--json", str(dump), "--collection", "copy", "--data-dir", second).stdout)
     assert (same["added"], same["updated"], same["unchanged"], same["chunks"]) == (0, 0, 4, 0)
+    said = cli("import", str(dump), "--collection", "copy", "--data-dir", second).stdout  # for a reader
+    assert said == "copy: 4 documents imported: 0 added, 0 updated, 4 unchanged (0 chunks embedded)\n"
     # The folder's next sync into the copy finds its file as stored: nothing to read again.
     synced = json.loads(cli("add", str(folder), "--collection", "copy", "--json", "--data-dir", second).stdout)
     assert [f["status"] for f in synced["files"]] == ["unchanged"], synced
@@ -131,12 +133,12 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     for bad, message in cases:
         path = tmp_path / "bad.jsonl"
         path.write_text("\n".join([*good, bad, good[0].replace("d0", "d9")]) + "\n")
-        result = cli("import", str(path), "--data-dir", data, ok=False)
+        result = cli("import", "--json", str(path), "--data-dir", data, ok=False)
         assert result.exit_code != 0 and message in result.output, (bad, result.output)
     path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n')
-    result = cli("import", str(path), "--data-dir", data, ok=False)
+    result = cli("import", "--json", str(path), "--data-dir", data, ok=False)
     assert "line 2: not UTF-8" in result.output
-    assert "No such file" in cli("import", str(tmp_path / "nope.jsonl"), "--data-dir", data, ok=False).output
+    assert "No such file" in cli("import", "--json", str(tmp_path / "nope.jsonl"), "--data-dir", data, ok=False).output
     # Nothing was written by any of them.
     listed = cli("list", "--data-dir", data, ok=False)
     assert listed.exit_code != 0 or json.loads(listed.stdout)["total"] == 0
@@ -147,12 +149,12 @@ def test_import_checks_every_line_before_it_writes(cli, tmp_path: Path, monkeypa
     cli("export", "--collection", "drafts", "-o", str(empty), "--data-dir", data)
     assert lines_of(empty.read_text()) == []
     other = str(tmp_path / "other")
-    restored = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
+    restored = cli("import", "--json", str(empty), "--collection", "drafts", "--data-dir", other)
     assert json.loads(restored.stdout)["documents"] == 0
     assert "the file holds no document: collection 'drafts' was created, empty" in restored.stderr
     listed = json.loads(cli("collections", "--json", "--data-dir", other).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("drafts", 0)]
-    again = cli("import", str(empty), "--collection", "drafts", "--data-dir", other)
+    again = cli("import", "--json", str(empty), "--collection", "drafts", "--data-dir", other)
     assert "the file holds no document: nothing was imported" in again.stderr
 
 
@@ -181,7 +183,7 @@ def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:
             {"_id": "MED-3", "title": "Only a title"},
         ]
     )
-    out = json.loads(cli("import", "-", "--collection", "nf", "--data-dir", data, stdin=corpus.encode()).stdout)
+    out = json.loads(cli("import", "--json", "-", "--collection", "nf", "--data-dir", data, stdin=corpus.encode()).stdout)
     assert out["added"] == 3
     docs = {d["id"]: d for d in lines_of(cli("export", "--collection", "nf", "--data-dir", data).stdout)}
     assert docs["MED-1"] == {"id": "MED-1", "text": "Vitamin D\nSunlight makes it.", "metadata": {"title": "Vitamin D", "url": "http://x"}}
@@ -190,12 +192,12 @@ def test_import_reads_a_beir_corpus_from_stdin(cli, tmp_path: Path) -> None:
     # As BEIR ships it: corpus.jsonl.gz, from a file or stdin; a damaged one is an error, not a traceback.
     packed = tmp_path / "corpus.jsonl.gz"
     packed.write_bytes(gzip.compress(corpus.encode()))
-    again = json.loads(cli("import", str(packed), "--collection", "nf", "--data-dir", data).stdout)
+    again = json.loads(cli("import", "--json", str(packed), "--collection", "nf", "--data-dir", data).stdout)
     assert (again["added"], again["unchanged"]) == (0, 3)
-    piped = cli("import", "-", "--collection", "nf2", "--data-dir", data, stdin=packed.read_bytes()).stdout
+    piped = cli("import", "--json", "-", "--collection", "nf2", "--data-dir", data, stdin=packed.read_bytes()).stdout
     assert json.loads(piped)["added"] == 3
     packed.write_bytes(packed.read_bytes()[:-12])
-    cut = cli("import", str(packed), "--collection", "nf3", "--data-dir", data, ok=False)
+    cut = cli("import", "--json", str(packed), "--collection", "nf3", "--data-dir", data, ok=False)
     assert cut.exit_code == 1 and "cannot read the file" in cut.output, cut.output
 
 
@@ -279,7 +281,7 @@ def test_cli_export_while_the_data_dir_is_locked(cli, tmp_path: Path, tiny_model
     data = tmp_path / "data"
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
-    cli("import", str(source), "--data-dir", str(data))
+    cli("import", "--json", str(source), "--data-dir", str(data))
     lock = DataDirLock(Settings(data_dir=data, model=str(tiny_model_path)))
     lock.acquire()
     try:
@@ -305,7 +307,7 @@ def test_export_output_goes_where_it_is_told_and_nowhere_else(cli, tmp_path: Pat
     data = str(tmp_path / "data")
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
-    cli("import", str(source), "--data-dir", data)
+    cli("import", "--json", str(source), "--data-dir", data)
     expected = [{"id": "x", "text": "the only document", "metadata": {}}]
     real = tmp_path / "real.jsonl"
     real.write_text("old\n")
@@ -427,7 +429,7 @@ def test_export_to_a_writable_file_in_a_folder_it_may_not_write_writes_it_in_pla
     data = str(tmp_path / "data")
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": "x", "text": "the only document"}) + "\n")
-    cli("import", str(source), "--data-dir", data)
+    cli("import", "--json", str(source), "--data-dir", data)
     target = tmp_path / "out.jsonl"
     target.write_text("an older export\n")
 
@@ -453,7 +455,7 @@ def test_collections_are_listed_created_and_deleted_from_the_shell(cli, tmp_path
     assert cli("collections", "create", "notes", "--data-dir", data).output == "collection 'notes' exists: left as it is\n"
     assert cli("collections", "create", "other", "--data-dir", data).output == "created collection 'other'\n"
     cli("collections", "delete", "other", "--yes", "--data-dir", data)
-    cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
+    cli("import", "--json", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
     listed = json.loads(cli("collections", "--json", "--data-dir", data).output)["collections"]
     assert [(c["name"], c["documents"]) for c in listed] == [("notes", 1)]
     # Deleting cannot be undone: without a terminal to ask on, it needs --yes.
@@ -480,7 +482,7 @@ def test_deleting_a_collection_at_the_prompt_says_what_was_kept(cli, tmp_path: P
     from server.ingest import docs_cli
 
     data = str(tmp_path / "a")
-    cli("import", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
+    cli("import", "--json", "-", "--collection", "notes", "--data-dir", data, stdin=b'{"id": "a", "text": "river floods"}\n')
     monkeypatch.setattr(docs_cli, "_asks_a_person", lambda: True)
     declined = cli("collections", "delete", "notes", "--data-dir", data, ok=False, stdin=b"n\n")
     assert declined.exit_code == 1 and "collection 'notes' kept" in declined.output, declined.output
@@ -502,7 +504,7 @@ def test_a_bad_file_is_refused_before_any_store_opens(cli, tmp_path: Path, monke
     bad.write_text('{"id": "a", "text": "fine"}\nnot json\n')
     opened = []
     monkeypatch.setattr(server.cli, "open_rift", lambda *a, **k: opened.append(1))
-    refused = cli("import", str(bad), "--data-dir", str(tmp_path / "fresh"), ok=False)
+    refused = cli("import", "--json", str(bad), "--data-dir", str(tmp_path / "fresh"), ok=False)
     assert refused.exit_code == 1 and "line 2: not JSON" in refused.output, refused.output
     assert opened == [] and not (tmp_path / "fresh").exists()
 
@@ -522,7 +524,7 @@ def test_ctrl_c_while_stdin_is_read_exits_130(cli, tmp_path: Path, monkeypatch) 
     writer = threading.Thread(target=lambda: pipe.write_bytes(b'{"text": "x"}\n'), daemon=True)
     writer.start()
     monkeypatch.setattr(docs_cli.shutil, "copyfileobj", interrupted)
-    result = cli("import", str(pipe), "--data-dir", str(tmp_path / "d"), ok=False)
+    result = cli("import", "--json", str(pipe), "--data-dir", str(tmp_path / "d"), ok=False)
     writer.join(10)
     assert result.exit_code == 130, result.output
     assert "interrupted: nothing was stored; run the same import again to resume" in result.output
@@ -554,7 +556,7 @@ def _whole_export(cli, tmp_path: Path) -> tuple[Path, list[str]]:
         json.dumps({"id": f"d{i}", "text": f"stone number {i} in the wall", "metadata": {"tag": "rock"}}) + "\n"
         for i in range(3)
     )
-    cli("import", "-", "--collection", "kb", "--data-dir", data, stdin=docs.encode())
+    cli("import", "--json", "-", "--collection", "kb", "--data-dir", data, stdin=docs.encode())
     dump = tmp_path / "kb.jsonl"
     cli("export", "--collection", "kb", "-o", str(dump), "--data-dir", data)
     return dump, dump.read_text(encoding="utf-8").split("\n")[:-1]
@@ -574,7 +576,7 @@ def test_an_export_ends_with_a_trailer_and_a_file_cut_short_is_refused_storing_n
     assert json.loads(lines[-1]) == {"rift_export_end": {"documents": 3, "sha256": digest}}
 
     target = str(tmp_path / "target")
-    cli("import", "-", "--collection", "kb", "--data-dir", target, stdin=b'{"id": "keep", "text": "already here"}\n')
+    cli("import", "--json", "-", "--collection", "kb", "--data-dir", target, stdin=b'{"id": "keep", "text": "already here"}\n')
 
     def stored() -> str:
         return cli("export", "--collection", "kb", "--data-dir", target).stdout
@@ -600,10 +602,10 @@ def test_an_export_ends_with_a_trailer_and_a_file_cut_short_is_refused_storing_n
         content = "".join(line + "\n" for line in kept).encode()
         cut.write_bytes(content)
         for args, stdin in (([str(cut)], None), (["-"], content), (["-"], gzip.compress(content))):
-            result = cli("import", *args, "--collection", "kb", "--data-dir", target, ok=False, stdin=stdin)
+            result = cli("import", "--json", *args, "--collection", "kb", "--data-dir", target, ok=False, stdin=stdin)
             assert result.exit_code == 1 and message in result.output, (kept, args, result.output)
     cut.write_text("".join(line + "\n" for line in lines[:-1]), encoding="utf-8")
-    result = cli("import", str(cut), "--collection", "kb", "--data-dir", target, ok=False)
+    result = cli("import", "--json", str(cut), "--collection", "kb", "--data-dir", target, ok=False)
     assert "is missing (a full disk, an export stopped or a copy cut part way?); nothing was imported: export the " \
         "collection again (edited on purpose? remove its first line, the rift_export header" in result.output
     assert stored() == before
@@ -628,18 +630,18 @@ def test_a_whole_export_round_trips_from_a_file_stdin_or_gzip_and_an_old_one_imp
     content = dump.read_bytes()
     for n, (args, stdin) in enumerate([([str(dump)], None), (["-"], content), (["-"], gzip.compress(content))]):
         data = str(tmp_path / f"copy{n}")
-        result = cli("import", *args, "--collection", "kb", "--data-dir", data, stdin=stdin)
+        result = cli("import", "--json", *args, "--collection", "kb", "--data-dir", data, stdin=stdin)
         assert json.loads(result.stdout)["added"] == 3 and "warning" not in result.stderr, result.stderr
         assert cli("export", "--collection", "kb", "--data-dir", data).stdout.encode() == content
     # CRLF line ends (a copy through an editor or a Windows tool) change no document: still whole.
     crlf = tmp_path / "crlf.jsonl"
     crlf.write_bytes(content.replace(b"\n", b"\r\n"))
-    assert json.loads(cli("import", str(crlf), "--collection", "kb", "--data-dir", str(tmp_path / "copy0")).stdout)[
+    assert json.loads(cli("import", "--json", str(crlf), "--collection", "kb", "--data-dir", str(tmp_path / "copy0")).stdout)[
         "unchanged"
     ] == 3
     old = tmp_path / "old.jsonl"
     old.write_text("".join(line + "\n" for line in lines[1:-1]), encoding="utf-8")  # what an older rift wrote
-    result = cli("import", str(old), "--collection", "kb", "--data-dir", str(tmp_path / "old"))
+    result = cli("import", "--json", str(old), "--collection", "kb", "--data-dir", str(tmp_path / "old"))
     assert json.loads(result.stdout)["added"] == 3
     assert "warning: the file has no rift export header or trailer" in result.stderr
     assert "a file cut short cannot be told from a whole one; 3 documents read" in result.stderr
@@ -651,7 +653,7 @@ def test_a_whole_export_round_trips_from_a_file_stdin_or_gzip_and_an_old_one_imp
         {"rift_export": {"format": 1, "collection": "drafts"}},
         {"rift_export_end": {"documents": 0, "sha256": hashlib.sha256(b"").hexdigest()}},
     ]
-    restored = cli("import", "-", "--collection", "drafts", "--data-dir", str(tmp_path / "e2"), stdin=empty.encode())
+    restored = cli("import", "--json", "-", "--collection", "drafts", "--data-dir", str(tmp_path / "e2"), stdin=empty.encode())
     assert "collection 'drafts' was created, empty" in restored.stderr and "warning" not in restored.stderr
     # A filtered export names its filter in its header.
     part = cli("export", "--collection", "kb", "--filters", '{"tag": "rock"}', "--data-dir", str(tmp_path / "copy0"))

@@ -324,8 +324,9 @@ def _export(collection: str, filters: str | None, output: str, stream: IO[str] |
 @click.command("import")
 @click.argument("file", type=click.File("rb"))
 @click.option("--collection", default="default", show_default=True, callback=collection_name)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts (added, updated, unchanged, chunks) as JSON.")
 @click.option("--data-dir", default=None)
-def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> None:
+def import_documents(file: IO[bytes], collection: str, as_json: bool, data_dir: str | None) -> None:
     """Add the documents of a JSON Lines FILE (- = stdin; gzipped too): {"id", "text", "metadata"} a line, as
     `rift export` writes them, or a BEIR corpus.jsonl ({"_id", "title", "text"}). Every line is checked before anything is
     written, and an export cut short (its trailer missing) is refused; run it again to resume an interrupted import
@@ -344,7 +345,7 @@ def import_documents(file: IO[bytes], collection: str, data_dir: str | None) -> 
             stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
         else:
             stream.seek(0)
-        _import(stream, collection, data_dir)
+        _import(stream, collection, data_dir, as_json)
 
 
 def _interrupted(stored: str) -> NoReturn:
@@ -352,7 +353,7 @@ def _interrupted(stored: str) -> NoReturn:
     sys.exit(130)
 
 
-def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
+def _import(stream: IO[bytes], collection: str, data_dir: str | None, as_json: bool) -> None:
     from server.cli import emit, load_settings, open_rift
     from server.ingest.jsonl import ImportReport, check_file, count_documents
     from server.ingest.jsonl import import_documents as load
@@ -393,7 +394,14 @@ def _import(stream: IO[bytes], collection: str, data_dir: str | None) -> None:
     if not report.documents:
         done = f"collection {collection!r} was created, empty" if report.created_empty else "nothing was imported"
         click.echo(f"the file holds no document: {done}", err=True)
-    emit(report.as_dict())
+    if as_json:
+        emit(report.as_dict())
+    elif report.documents:
+        r = report
+        click.echo(
+            f"{collection}: {r.documents:,} document{'' if r.documents == 1 else 's'} imported: {r.added:,} added, "
+            f"{r.updated:,} updated, {r.unchanged:,} unchanged ({r.chunks:,} chunks embedded)"
+        )
 
 
 @click.group("collections", invoke_without_command=True)
