@@ -112,10 +112,12 @@ def test_cli_retrain_takes_searches(tmp_path: Path, tiny_model_path: Path) -> No
         rift.close()
     env = {"RIFT_MODEL": str(tiny_model_path), "RIFT_CHUNK_TOKENS": "48", "RIFT_CHUNK_OVERLAP": "8"}
     runner = CliRunner()
-    base = ["retrain", "--dry-run", "--data-dir", str(settings.data_dir)]
+    base = ["retrain", "--dry-run", "--json", "--data-dir", str(settings.data_dir)]
     new = runner.invoke(main, base, env=env)
     assert new.exit_code == 0, new.output
     assert json.loads(new.stdout)["mining"]["already_learnt_queries"] == learnt
+    said = runner.invoke(main, [a for a in base if a != "--json"], env=env).stdout  # for a reader
+    assert f"left out  {learnt:,} searches the serving model already learnt" in said, said
     whole = runner.invoke(main, [*base, "--searches", "all"], env=env)
     assert whole.exit_code == 0, whole.output
     assert "already_learnt_queries" not in json.loads(whole.stdout)["mining"]

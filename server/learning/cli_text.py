@@ -22,6 +22,16 @@ def mining_lines(m: dict[str, Any]) -> list[str]:
         f"mined     {m.get('triples', 0):,} triples{f' ({by_type})' if by_type else ''} from "
         f"{m.get('train_queries', m.get('queries_seen', 0)):,} searches; {held}"
     ]
+    left = [
+        f"{m[k]:,} {what}"
+        for k, what in (
+            ("already_learnt_queries", "searches the serving model already learnt"),
+            ("evaluation_queries_left_out", "searches of the labelled evaluation set's queries"),
+        )
+        if m.get(k)
+    ]
+    if left:
+        lines.append(f"left out  {'; '.join(left)}")
     if m.get("skipped"):
         lines.append(f"skipped   {counts(m['skipped'])}")
     return lines
